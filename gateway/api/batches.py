@@ -1,0 +1,191 @@
+"""OpenAI-compatible Batches API: create, retrieve, list, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from gateway.api import idempotency
+from gateway.api.auth import Principal, provide_principal
+from gateway.api.errors import APIError, bad_request, not_found
+from gateway.api.objects import batch_object, list_object
+from gateway.context import GatewayContext
+from gateway.db import repo
+from gateway.db.models import Batch, now_s
+
+SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+CREATE_FIELDS = {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
+METADATA_MAX_PAIRS = 16
+METADATA_MAX_KEY = 64
+METADATA_MAX_VALUE = 512
+_WINDOW = re.compile(r"^(\d{1,4})([hd])$")
+MAX_WINDOW_HOURS = 7 * 24
+
+
+def parse_completion_window(value: object) -> int:
+    """Seconds in a completion window such as ``24h`` (OpenAI's only value) or ``2d``."""
+    match = _WINDOW.match(value) if isinstance(value, str) else None
+    hours = 0
+    if match:
+        hours = int(match.group(1)) * (24 if match.group(2) == "d" else 1)
+    if not 1 <= hours <= MAX_WINDOW_HOURS:
+        raise bad_request(
+            f"Invalid 'completion_window': {value!r}. Use '24h' (or a duration from '1h' to '7d').",
+            param="completion_window",
+        )
+    return hours * 3600
+
+
+def validate_metadata(value: object) -> dict[str, str] | None:
+    """OpenAI's metadata rules: at most 16 string pairs, keys <= 64 and values <= 512 chars."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad_request("'metadata' must be an object of string keys and string values.", param="metadata")
+    if len(value) > METADATA_MAX_PAIRS:
+        raise bad_request(f"'metadata' may hold at most {METADATA_MAX_PAIRS} pairs.", param="metadata")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise bad_request(f"metadata['{key}'] must be a string.", param=f"metadata.{key}")
+        if len(key) > METADATA_MAX_KEY:
+            raise bad_request(f"metadata keys may be at most {METADATA_MAX_KEY} characters.", param="metadata")
+        if len(item) > METADATA_MAX_VALUE:
+            raise bad_request(
+                f"metadata['{key}'] may be at most {METADATA_MAX_VALUE} characters.", param=f"metadata.{key}"
+            )
+    return dict(value)
+
+
+def _parse_create(raw: bytes) -> dict[str, Any]:
+    try:
+        body = msgspec.json.decode(raw) if raw else None
+    except msgspec.DecodeError:
+        raise bad_request("The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    unknown = sorted(set(body) - CREATE_FIELDS)
+    if unknown:
+        raise bad_request(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0], code="unknown_parameter")
+    for required in ("input_file_id", "endpoint", "completion_window"):
+        if body.get(required) in (None, ""):
+            raise bad_request(
+                f"Missing required parameter: '{required}'.", param=required, code="missing_required_parameter"
+            )
+    if not isinstance(body["input_file_id"], str):
+        raise bad_request("'input_file_id' must be a string.", param="input_file_id")
+    if body["endpoint"] not in SUPPORTED_ENDPOINTS:
+        raise bad_request(
+            f"Invalid 'endpoint': {body['endpoint']!r}. Supported: {', '.join(SUPPORTED_ENDPOINTS)}.",
+            param="endpoint",
+            code="unsupported_endpoint",
+        )
+    return body
+
+
+class BatchesController(Controller):
+    """``/v1/batches``"""
+
+    path = "/batches"
+    dependencies = {"principal": Provide(provide_principal)}
+    tags = ["batches"]
+
+    @post("/", status_code=200, summary="Create a batch")
+    async def create_batch(self, request: Request, state: State, principal: Principal) -> dict[str, Any]:
+        """Accept a batch for validation and execution; it starts in ``validating``."""
+        context: GatewayContext = state.context
+        raw = await request.body()
+        body = _parse_create(raw)
+        window_s = parse_completion_window(body["completion_window"])
+        metadata = validate_metadata(body.get("metadata"))
+        fingerprint = hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
+        idem_key = request.headers.get("idempotency-key")
+        async with context.sessions() as session:
+            earlier = await idempotency.earlier_result(session, principal.team_id, "batch", idem_key, fingerprint)
+            if earlier is None:
+                input_file = await repo.get_file(session, principal.team_id, body["input_file_id"])
+                if input_file is None:
+                    raise not_found("file", body["input_file_id"], param="input_file_id")
+                if input_file.purpose != "batch":
+                    raise bad_request(
+                        f"File '{input_file.id}' has purpose '{input_file.purpose}'; a batch needs purpose 'batch'.",
+                        param="input_file_id",
+                    )
+                created_at = now_s()
+                batch = Batch(
+                    team_id=principal.team_id,
+                    api_key_id=principal.api_key_id,
+                    input_file_id=input_file.id,
+                    endpoint=body["endpoint"],
+                    completion_window=body["completion_window"],
+                    metadata_=metadata,
+                    created_at=created_at,
+                    expires_at=created_at + window_s,
+                )
+                session.add(batch)
+                await session.commit()
+                earlier = await idempotency.remember(
+                    session, principal.team_id, "batch", idem_key, fingerprint, batch.id
+                )
+                if earlier is None:
+                    return batch_object(batch)
+                await session.delete(batch)
+                await session.commit()
+            original = await repo.get_batch(session, principal.team_id, earlier)
+        if original is None:
+            raise not_found("batch", earlier)
+        return batch_object(original)
+
+    @get("/", summary="List batches")
+    async def list_batches(
+        self, state: State, principal: Principal, after: str | None = None, limit: int = 20
+    ) -> dict[str, Any]:
+        """The caller's batches, newest first, with cursor pagination."""
+        context: GatewayContext = state.context
+        if not 1 <= limit <= 100:
+            raise bad_request("'limit' must be between 1 and 100.", param="limit")
+        async with context.sessions() as session:
+            cursor = None
+            if after:
+                cursor = await repo.get_batch(session, principal.team_id, after)
+                if cursor is None:
+                    raise not_found("batch", after, param="after")
+            rows = await repo.list_batches(session, principal.team_id, after=cursor, limit=limit + 1)
+        return list_object([batch_object(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+    @get("/{batch_id:str}", summary="Retrieve a batch")
+    async def retrieve_batch(self, state: State, principal: Principal, batch_id: str) -> dict[str, Any]:
+        """One batch of the caller's team."""
+        context: GatewayContext = state.context
+        async with context.sessions() as session:
+            row = await repo.get_batch(session, principal.team_id, batch_id)
+        if row is None:
+            raise not_found("batch", batch_id)
+        return batch_object(row)
+
+    @post("/{batch_id:str}/cancel", status_code=200, summary="Cancel a batch")
+    async def cancel_batch(self, state: State, principal: Principal, batch_id: str) -> dict[str, Any]:
+        """Request cancellation; finished requests keep their results."""
+        context: GatewayContext = state.context
+        async with context.sessions() as session:
+            row = await repo.get_batch(session, principal.team_id, batch_id)
+            if row is None:
+                raise not_found("batch", batch_id)
+            if row.status not in ("cancelling", "cancelled"):
+                changed = await repo.request_cancel(session, row)
+                await session.commit()
+                if not changed:
+                    await session.refresh(row)
+                    if row.status not in ("cancelling", "cancelled"):
+                        raise APIError(
+                            409,
+                            f"Cannot cancel a batch with status '{row.status}'.",
+                            code="batch_not_cancellable",
+                        )
+                await session.refresh(row)
+        return batch_object(row)

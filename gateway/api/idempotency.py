@@ -1,0 +1,50 @@
+"""``Idempotency-Key`` handling shared by the create endpoints.
+
+A retried create with the same key and team returns the original object; the same key with a
+different body answers 409. The key is stored in the same database as the object, and a race
+between two concurrent first attempts is settled by the table's primary key.
+"""
+
+from __future__ import annotations
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.api.errors import APIError
+from gateway.db import repo
+
+
+def _conflict() -> APIError:
+    return APIError(
+        409,
+        "This Idempotency-Key was already used with a different request body.",
+        code="idempotency_key_reused",
+        param="Idempotency-Key",
+    )
+
+
+async def earlier_result(
+    session: AsyncSession, team_id: str, kind: str, key: str | None, fingerprint: str
+) -> str | None:
+    """The id created by an earlier request with this key, or None if there was none."""
+    if not key:
+        return None
+    record = await repo.find_idempotent(session, team_id, kind, key)
+    if record is None:
+        return None
+    if record.fingerprint != fingerprint:
+        raise _conflict()
+    return record.resource_id
+
+
+async def remember(
+    session: AsyncSession, team_id: str, kind: str, key: str | None, fingerprint: str, resource_id: str
+) -> str | None:
+    """Record the key for ``resource_id``; if a concurrent request won, return the winner's id."""
+    if not key:
+        return None
+    winner = await repo.remember_idempotent(session, team_id, kind, key, fingerprint, resource_id)
+    if winner is None:
+        return None
+    if winner.fingerprint != fingerprint:
+        raise _conflict()
+    return winner.resource_id

@@ -1,0 +1,72 @@
+"""Rendering of stored rows as OpenAI API objects (every field the official SDK defines)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.db.models import Batch, StoredFile
+
+
+def file_object(row: StoredFile) -> dict[str, Any]:
+    """A File object."""
+    return {
+        "id": row.id,
+        "object": "file",
+        "bytes": row.bytes,
+        "created_at": row.created_at,
+        "expires_at": row.expires_at,
+        "filename": row.filename,
+        "purpose": row.purpose,
+        "status": row.status,
+        "status_details": row.status_details,
+    }
+
+
+def batch_object(row: Batch) -> dict[str, Any]:
+    """A Batch object."""
+    errors = {"object": "list", "data": row.errors} if row.errors else None
+    return {
+        "id": row.id,
+        "object": "batch",
+        "endpoint": row.endpoint,
+        "model": row.model,
+        "errors": errors,
+        "input_file_id": row.input_file_id,
+        "completion_window": row.completion_window,
+        "status": row.status,
+        "output_file_id": row.output_file_id,
+        "error_file_id": row.error_file_id,
+        "created_at": row.created_at,
+        "in_progress_at": row.in_progress_at,
+        "expires_at": row.expires_at,
+        "finalizing_at": row.finalizing_at,
+        "completed_at": row.completed_at,
+        "failed_at": row.failed_at,
+        "expired_at": row.expired_at,
+        "cancelling_at": row.cancelling_at,
+        "cancelled_at": row.cancelled_at,
+        "request_counts": {
+            "total": row.request_total,
+            "completed": row.request_completed,
+            "failed": row.request_failed,
+        },
+        "usage": {
+            "input_tokens": row.input_tokens,
+            "input_tokens_details": {"cached_tokens": row.cached_tokens},
+            "output_tokens": row.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": row.reasoning_tokens},
+            "total_tokens": row.input_tokens + row.output_tokens,
+        },
+        "metadata": row.metadata_,
+    }
+
+
+def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """OpenAI's cursor-page envelope."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }

@@ -1,0 +1,69 @@
+"""``create_app(settings)``: the Litestar application. Nothing heavy happens at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import Litestar, Router
+from litestar.config.app import AppConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from gateway import __version__
+from gateway.api.batches import BatchesController
+from gateway.api.errors import EXCEPTION_HANDLERS
+from gateway.api.files import FilesController
+from gateway.api.health import healthz, readyz
+from gateway.context import GatewayContext
+from gateway.db.engine import upgrade_to_head
+from gateway.jobs.worker import Worker
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, run_worker: bool | None = None) -> Litestar:
+    """Build the gateway application; the worker runs inside unless disabled."""
+    settings = settings or Settings()
+    with_worker = settings.worker.enabled_in_serve if run_worker is None else run_worker
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            await asyncio.to_thread(upgrade_to_head, settings.resolved_database_url)
+        context = GatewayContext.create(settings)
+        app.state.context = context
+        worker = Worker(context) if with_worker else None
+        task = asyncio.create_task(worker.run()) if worker else None
+        try:
+            yield
+        finally:
+            if worker and task:
+                worker.stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=10)
+            await context.close()
+
+    v1 = Router(path="/v1", route_handlers=[FilesController, BatchesController])
+    return Litestar(
+        route_handlers=[v1, healthz, readyz],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        openapi_config=OpenAPIConfig(
+            title="batch-gateway",
+            version=__version__,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        request_max_body_size=None,
+        debug=False,
+        on_app_init=[_quiet_logging],
+    )
+
+
+def _quiet_logging(config: AppConfig) -> AppConfig:
+    config.logging_config = None
+    return config

@@ -1,0 +1,172 @@
+"""SQLModel tables: the durable state of the gateway.
+
+Every change of state is written here before it has effects outside (a provider call, a file
+written for a client), so any worker can pick up any job after a crash.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str, length: int = 24) -> str:
+    """A random public id such as ``file-3fJ...``; the prefix says what it names."""
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def now_s() -> int:
+    """Current Unix time in whole seconds (the API's timestamp unit)."""
+    return int(time.time())
+
+
+class Team(SQLModel, table=True):
+    """A tenant: its keys see only its own files and batches."""
+
+    __tablename__ = "teams"
+
+    id: str = Field(default_factory=lambda: new_id("team_", 16), primary_key=True, max_length=64)
+    name: str = Field(index=True, unique=True, max_length=200)
+    created_at: int = Field(default_factory=now_s)
+
+
+class ApiKey(SQLModel, table=True):
+    """A client key. Only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(default_factory=lambda: new_id("key_", 16), primary_key=True, max_length=64)
+    team_id: str = Field(foreign_key="teams.id", index=True, max_length=64)
+    key_hash: str = Field(unique=True, max_length=64)
+    prefix: str = Field(max_length=16, description="First characters of the key, for display.")
+    name: str | None = Field(default=None, max_length=200)
+    created_at: int = Field(default_factory=now_s)
+    revoked_at: int | None = None
+
+
+class StoredFile(SQLModel, table=True):
+    """A file as the OpenAI Files API shows it; the bytes live in the blob store."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_team_seq", "team_id", "seq"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(default_factory=lambda: new_id("file-"), unique=True, max_length=64)
+    team_id: str = Field(foreign_key="teams.id", max_length=64)
+    filename: str = Field(max_length=1024)
+    purpose: str = Field(max_length=32)
+    bytes: int = Field(default=0, sa_type=BigInteger)
+    created_at: int = Field(default_factory=now_s)
+    expires_at: int | None = None
+    status: str = Field(default="processed", max_length=16)
+    status_details: str | None = Field(default=None, sa_type=Text)
+    storage_key: str = Field(max_length=256)
+    line_count: int | None = None
+    deleted: bool = Field(default=False)
+
+
+class Batch(SQLModel, table=True):
+    """A client batch, with OpenAI's fields plus the engine's bookkeeping."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        Index("ix_batches_team_seq", "team_id", "seq"),
+        Index("ix_batches_stage_lease", "stage", "lease_expires_at"),
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(default_factory=lambda: new_id("batch_"), unique=True, max_length=64)
+    team_id: str = Field(foreign_key="teams.id", max_length=64)
+    api_key_id: str | None = Field(default=None, max_length=64)
+    input_file_id: str = Field(max_length=64)
+    endpoint: str = Field(max_length=64)
+    completion_window: str = Field(max_length=16)
+    metadata_: dict[str, str] | None = Field(default=None, sa_column=Column("metadata", JSON))
+    model: str | None = Field(default=None, max_length=256)
+    status: str = Field(default="validating", max_length=16)
+    errors: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: int = Field(default_factory=now_s)
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    output_file_id: str | None = Field(default=None, max_length=64)
+    error_file_id: str | None = Field(default=None, max_length=64)
+    request_total: int = 0
+    request_completed: int = 0
+    request_failed: int = 0
+    input_tokens: int = Field(default=0, sa_type=BigInteger)
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
+    cached_tokens: int = Field(default=0, sa_type=BigInteger)
+    reasoning_tokens: int = Field(default=0, sa_type=BigInteger)
+    # Engine bookkeeping: which pipeline stage owns the batch next, and who holds it now.
+    stage: str = Field(default="validate", max_length=16)
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: float | None = None
+    updated_at: float = Field(default_factory=time.time)
+
+
+class Shard(SQLModel, table=True):
+    """One provider batch (or one fan-out run): a slice of a client batch sent to one provider."""
+
+    __tablename__ = "shards"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "seq"),
+        Index("ix_shards_state_due", "state", "next_action_at"),
+        Index("ix_shards_provider_state", "provider", "state"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("shard_", 20), primary_key=True, max_length=64)
+    batch_id: str = Field(foreign_key="batches.id", index=True, max_length=64)
+    seq: int
+    provider: str = Field(max_length=128)
+    provider_model: str = Field(max_length=256)
+    state: str = Field(default="queued", max_length=16)
+    request_count: int = 0
+    byte_size: int = Field(default=0, sa_type=BigInteger)
+    estimated_input_tokens: int = Field(default=0, sa_type=BigInteger)
+    input_key: str = Field(max_length=256)
+    submit_token: str = Field(default_factory=lambda: new_id("", 32), max_length=64)
+    provider_file_id: str | None = Field(default=None, max_length=256)
+    provider_batch_id: str | None = Field(default=None, max_length=256)
+    provider_status: str | None = Field(default=None, max_length=64)
+    progress_completed: int = 0
+    progress_failed: int = 0
+    result_completed: int = 0
+    result_failed: int = 0
+    output_key: str | None = Field(default=None, max_length=256)
+    error_key: str | None = Field(default=None, max_length=256)
+    attempts: int = 0
+    poll_delay_s: float = 0.0
+    next_action_at: float = Field(default_factory=time.time)
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: float = Field(default_factory=time.time)
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: float | None = None
+    updated_at: float = Field(default_factory=time.time)
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """Remembers the object an ``Idempotency-Key`` created, per team and kind of request."""
+
+    __tablename__ = "idempotency_keys"
+
+    team_id: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(primary_key=True, max_length=16)
+    key: str = Field(primary_key=True, max_length=256)
+    fingerprint: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    created_at: int = Field(default_factory=now_s)

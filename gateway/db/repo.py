@@ -1,0 +1,222 @@
+"""The database access layer for teams, keys, files, batches and idempotency records.
+
+HTTP handlers and pipeline stages call these functions; nothing else builds queries on these
+tables. Every function takes an open ``AsyncSession`` and leaves committing to the caller unless
+its name says otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Sequence
+
+from sqlalchemy import func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from gateway.db.models import ApiKey, Batch, IdempotencyRecord, StoredFile, Team
+
+KEY_PREFIX = "bgw-"
+
+
+def hash_key(secret: str) -> str:
+    """The stored form of an API key."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# --- teams and keys ---------------------------------------------------------------------------
+
+
+async def get_or_create_team(session: AsyncSession, name: str) -> Team:
+    """The team with this name, created if missing."""
+    team = (await session.exec(select(Team).where(Team.name == name))).first()
+    if team is None:
+        team = Team(name=name)
+        session.add(team)
+        await session.flush()
+    return team
+
+
+async def create_api_key(session: AsyncSession, team_name: str, key_name: str | None = None) -> tuple[str, ApiKey]:
+    """Create a key for the team (and the team if new); return the secret, shown only once."""
+    team = await get_or_create_team(session, team_name)
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(team_id=team.id, key_hash=hash_key(secret), prefix=secret[:10], name=key_name)
+    session.add(key)
+    await session.flush()
+    return secret, key
+
+
+async def authenticate(session: AsyncSession, secret: str) -> tuple[ApiKey, Team] | None:
+    """The live key and its team for a presented secret, or None."""
+    row = (
+        await session.exec(
+            select(ApiKey, Team)
+            .join(Team, col(Team.id) == col(ApiKey.team_id))
+            .where(ApiKey.key_hash == hash_key(secret), col(ApiKey.revoked_at).is_(None))
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+async def get_file(session: AsyncSession, team_id: str, file_id: str) -> StoredFile | None:
+    """A live file of this team."""
+    return (
+        await session.exec(
+            select(StoredFile).where(
+                StoredFile.id == file_id, StoredFile.team_id == team_id, col(StoredFile.deleted).is_(False)
+            )
+        )
+    ).first()
+
+
+async def list_files(
+    session: AsyncSession,
+    team_id: str,
+    *,
+    purpose: str | None,
+    after: StoredFile | None,
+    limit: int,
+    descending: bool,
+) -> list[StoredFile]:
+    """A page of the team's files ordered by creation, starting after the cursor file."""
+    query = select(StoredFile).where(StoredFile.team_id == team_id, col(StoredFile.deleted).is_(False))
+    if purpose:
+        query = query.where(StoredFile.purpose == purpose)
+    if after is not None and after.seq is not None:
+        query = query.where(col(StoredFile.seq) < after.seq if descending else col(StoredFile.seq) > after.seq)
+    order = col(StoredFile.seq).desc() if descending else col(StoredFile.seq).asc()
+    return list((await session.exec(query.order_by(order).limit(limit))).all())
+
+
+async def file_in_use(session: AsyncSession, file_id: str) -> bool:
+    """True while an unfinished batch reads this file."""
+    running = ("validating", "in_progress", "finalizing", "cancelling")
+    query = select(func.count()).select_from(Batch).where(
+        Batch.input_file_id == file_id, col(Batch.status).in_(running)
+    )
+    return bool((await session.exec(query)).one())
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+async def get_batch(session: AsyncSession, team_id: str | None, batch_id: str) -> Batch | None:
+    """A batch, restricted to one team unless ``team_id`` is None (admin)."""
+    query = select(Batch).where(Batch.id == batch_id)
+    if team_id is not None:
+        query = query.where(Batch.team_id == team_id)
+    return (await session.exec(query)).first()
+
+
+async def list_batches(
+    session: AsyncSession, team_id: str | None, *, after: Batch | None, limit: int, statuses: Sequence[str] = ()
+) -> list[Batch]:
+    """A page of batches, newest first, starting after the cursor batch."""
+    query = select(Batch)
+    if team_id is not None:
+        query = query.where(Batch.team_id == team_id)
+    if statuses:
+        query = query.where(col(Batch.status).in_(statuses))
+    if after is not None and after.seq is not None:
+        query = query.where(col(Batch.seq) < after.seq)
+    return list((await session.exec(query.order_by(col(Batch.seq).desc()).limit(limit))).all())
+
+
+async def request_cancel(session: AsyncSession, batch: Batch) -> bool:
+    """Move a running batch to ``cancelling`` with one compare-and-set; False if it had finished."""
+    now = int(time.time())
+    result = await session.exec(  # type: ignore[call-overload]
+        update(Batch)
+        .where(col(Batch.id) == batch.id, col(Batch.status).in_(("validating", "in_progress", "finalizing")))
+        .values(status="cancelling", cancelling_at=now, updated_at=time.time())
+    )
+    return bool(result.rowcount)
+
+
+# --- idempotency ------------------------------------------------------------------------------
+
+
+async def find_idempotent(session: AsyncSession, team_id: str, kind: str, key: str) -> IdempotencyRecord | None:
+    """The record a previous request with this key left."""
+    return await session.get(IdempotencyRecord, (team_id, kind, key))
+
+
+async def remember_idempotent(
+    session: AsyncSession, team_id: str, kind: str, key: str, fingerprint: str, resource_id: str
+) -> IdempotencyRecord | None:
+    """Store the key in its own transaction; on a concurrent winner return the winner's record."""
+    session.add(IdempotencyRecord(team_id=team_id, kind=kind, key=key, fingerprint=fingerprint, resource_id=resource_id))
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        return await find_idempotent(session, team_id, kind, key)
+    return None
+
+
+# --- engine claims ----------------------------------------------------------------------------
+
+
+async def claim_batch(session: AsyncSession, stages: Sequence[str], owner: str, lease_s: float) -> Batch | None:
+    """Claim one batch waiting in one of ``stages`` whose lease is free or expired.
+
+    The claim is one compare-and-set UPDATE on a candidate id, so it is atomic on PostgreSQL and
+    on SQLite alike: of two workers racing for a row, exactly one sees ``rowcount == 1``.
+    """
+    now = time.time()
+    free = or_(col(Batch.lease_expires_at).is_(None), col(Batch.lease_expires_at) < now)
+    candidates = (
+        await session.exec(
+            select(Batch.id).where(col(Batch.stage).in_(stages), free).order_by(col(Batch.seq)).limit(5)
+        )
+    ).all()
+    for batch_id in candidates:
+        result = await session.exec(  # type: ignore[call-overload]
+            update(Batch)
+            .where(col(Batch.id) == batch_id, col(Batch.stage).in_(stages), free)
+            .values(lease_owner=owner, lease_expires_at=now + lease_s)
+        )
+        await session.commit()
+        if result.rowcount == 1:
+            return await get_batch(session, None, batch_id)
+    return None
+
+
+async def release_batch(session: AsyncSession, batch_id: str, owner: str) -> None:
+    """Give up a lease this worker holds."""
+    await session.exec(  # type: ignore[call-overload]
+        update(Batch)
+        .where(col(Batch.id) == batch_id, col(Batch.lease_owner) == owner)
+        .values(lease_owner=None, lease_expires_at=None)
+    )
+    await session.commit()
+
+
+async def update_batch_if(
+    session: AsyncSession, batch_id: str, *, expected_status: str, values: dict[str, object]
+) -> bool:
+    """Update a batch only if its status is still ``expected_status`` (compare-and-set)."""
+    result = await session.exec(  # type: ignore[call-overload]
+        update(Batch)
+        .where(col(Batch.id) == batch_id, col(Batch.status) == expected_status)
+        .values(**values, updated_at=time.time())
+    )
+    return bool(result.rowcount)
+
+
+async def extend_batch_lease(session: AsyncSession, batch_id: str, owner: str, lease_s: float) -> bool:
+    """Heartbeat: push the lease forward if this worker still holds it."""
+    result = await session.exec(  # type: ignore[call-overload]
+        update(Batch)
+        .where(col(Batch.id) == batch_id, col(Batch.lease_owner) == owner)
+        .values(lease_expires_at=time.time() + lease_s)
+    )
+    await session.commit()
+    return bool(result.rowcount)

@@ -1,0 +1,179 @@
+"""Stage 1 of the data path: a client's upload, streamed into the blob store.
+
+The multipart body is parsed while it arrives and the file part is written straight to storage,
+so memory stays flat whatever the file's size. Size and line limits are enforced on the way and
+answered with a clear error before the whole body has been read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from gateway.api.errors import APIError, bad_request
+from gateway.storage import BlobStore
+
+MAX_FIELD_BYTES = 64 * 1024
+
+
+@dataclass
+class UploadResult:
+    """What the upload carried besides the stored bytes."""
+
+    fields: dict[str, str]
+    filename: str | None
+    size: int
+    line_count: int
+    sha256: str
+
+
+@dataclass
+class _PartState:
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    header_field: bytearray = field(default_factory=bytearray)
+    header_value: bytearray = field(default_factory=bytearray)
+    name: str | None = None
+    filename: str | None = None
+    value: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _Tally:
+    size: int = 0
+    newlines: int = 0
+    last_byte: bytes = b"\n"
+
+    def add(self, piece: bytes) -> None:
+        self.size += len(piece)
+        self.newlines += piece.count(b"\n")
+        self.last_byte = piece[-1:] or self.last_byte
+
+    @property
+    def line_count(self) -> int:
+        """Lines, counting a last line that lacks its newline."""
+        return self.newlines + (0 if self.last_byte == b"\n" else 1)
+
+
+class _MultipartSink:
+    """Collects form fields and hands file bytes to a queue the storage writer drains."""
+
+    def __init__(self) -> None:
+        self.part = _PartState()
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.file_chunks: list[bytes] = []
+        self.file_seen = False
+        self.in_file = False
+        self.oversized_field: str | None = None
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda data, start, end: self.part.header_field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self.part.header_value.extend(data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _part_begin(self) -> None:
+        self.part = _PartState()
+
+    def _header_end(self) -> None:
+        self.part.headers[bytes(self.part.header_field).lower()] = bytes(self.part.header_value)
+        self.part.header_field, self.part.header_value = bytearray(), bytearray()
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self.part.headers.get(b"content-disposition", b""))
+        name = options.get(b"name")
+        self.part.name = name.decode("utf-8", "replace") if name is not None else None
+        filename = options.get(b"filename")
+        if self.part.name == "file" and not self.file_seen:
+            self.in_file = self.file_seen = True
+            self.filename = filename.decode("utf-8", "replace") if filename is not None else None
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.in_file:
+            self.file_chunks.append(data[start:end])
+        elif len(self.part.value) + (end - start) > MAX_FIELD_BYTES:
+            self.oversized_field = self.part.name
+        else:
+            self.part.value.extend(data[start:end])
+
+    def _part_end(self) -> None:
+        if self.in_file:
+            self.in_file = False
+        elif self.part.name is not None:
+            self.fields[self.part.name] = self.part.value.decode("utf-8", "replace")
+
+
+async def receive_upload(
+    content_type: str | None,
+    body: AsyncIterator[bytes],
+    blobs: BlobStore,
+    key: str,
+    max_bytes: int,
+    max_lines: int,
+) -> UploadResult:
+    """Parse a ``multipart/form-data`` body, storing its ``file`` part under ``key``.
+
+    Raises APIError 400 for a body that is not multipart or lacks a file, and 413 as soon as the
+    file passes ``max_bytes`` or ``max_lines`` (the partial blob is removed).
+    """
+    mime, options = parse_options_header(content_type or "")
+    boundary = options.get(b"boundary")
+    if mime != b"multipart/form-data" or not boundary:
+        raise bad_request(
+            "Uploads must be sent as multipart/form-data with a 'file' part and a 'purpose' field.",
+            param="file",
+            code="invalid_content_type",
+        )
+    sink = _MultipartSink()
+    parser = MultipartParser(boundary, sink.callbacks())  # type: ignore[arg-type]
+    digest = hashlib.sha256()
+    tally = _Tally()
+
+    async def file_bytes() -> AsyncIterator[bytes]:
+        async for chunk in body:
+            parser.write(chunk)
+            if sink.oversized_field:
+                raise bad_request(f"Form field '{sink.oversized_field}' is too large.", param=sink.oversized_field)
+            for piece in sink.file_chunks:
+                tally.add(piece)
+                if tally.size > max_bytes:
+                    raise APIError(
+                        413,
+                        f"The file is larger than the {max_bytes} bytes this gateway accepts.",
+                        param="file",
+                        code="file_too_large",
+                    )
+                if tally.newlines > max_lines:
+                    raise APIError(
+                        413,
+                        f"The file has more than {max_lines} lines, the most one batch accepts.",
+                        param="file",
+                        code="too_many_lines",
+                    )
+                digest.update(piece)
+                yield piece
+            sink.file_chunks.clear()
+        parser.finalize()
+
+    size = await blobs.write_stream(key, file_bytes())
+    if not sink.file_seen:
+        blobs.delete(key)
+        raise bad_request("The upload has no 'file' part.", param="file", code="missing_file")
+    lines = tally.line_count
+    if lines > max_lines:
+        blobs.delete(key)
+        raise APIError(
+            413, f"The file has more than {max_lines} lines, the most one batch accepts.", param="file",
+            code="too_many_lines",
+        )
+    return UploadResult(
+        fields=sink.fields, filename=sink.filename, size=size, line_count=lines, sha256=digest.hexdigest()
+    )

@@ -1,0 +1,169 @@
+"""The adapter contract every provider kind implements.
+
+A provider author reads this file only. An adapter turns one *shard* (a slice of a client batch,
+as OpenAI-format JSONL lines) into work at one provider and brings the results back as
+OpenAI-format output lines. Adapters never touch the database: the engine records intent before
+calling them and reconciles after a crash through :meth:`ProviderAdapter.find_submitted`.
+
+Exception hierarchy::
+
+    ProviderError                    any failure talking to a provider
+    +-- ProviderUnavailable          transient: connection refused, timeout, 5xx; retry later
+    |   +-- ProviderRateLimited      429; ``retry_after_s`` says when
+    +-- ProviderRejected             permanent for this input: 4xx other than 429
+    +-- CapabilityNotSupported       the provider kind cannot do this at all
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import httpx
+
+    from gateway.providers.config import ProviderConfig
+
+
+class ProviderError(Exception):
+    """A provider call failed. Messages never contain credentials."""
+
+
+class ProviderUnavailable(ProviderError):
+    """Transient failure (network, timeout, 5xx): the same call may succeed later."""
+
+
+class ProviderRateLimited(ProviderUnavailable):
+    """The provider answered 429."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request for a reason retrying will not fix (4xx)."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class CapabilityNotSupported(ProviderError):
+    """This provider kind lacks the capability asked for (e.g. cancel on a sync endpoint)."""
+
+
+class ProviderBatchState(enum.StrEnum):
+    """Gateway-neutral state of one provider batch."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the provider will not change this batch any more."""
+        return self in _TERMINAL
+
+
+_TERMINAL = {
+    ProviderBatchState.COMPLETED,
+    ProviderBatchState.FAILED,
+    ProviderBatchState.EXPIRED,
+    ProviderBatchState.CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class ShardSubmission:
+    """What the engine hands an adapter to submit: one shard's input, already written to disk."""
+
+    shard_id: str
+    submit_token: str
+    """Opaque tag stored with the provider batch so a crashed submit can be found again."""
+    endpoint: str
+    provider_model: str
+    input_path: Path
+    """OpenAI-format batch input lines, ``body.model`` already set to ``provider_model``."""
+    request_count: int
+    completion_window: str = "24h"
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """Ids the provider gave the submitted shard."""
+
+    provider_batch_id: str
+    provider_file_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One status read of a provider batch."""
+
+    state: ProviderBatchState
+    raw_status: str
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """Outcome of a cheap liveness call to the provider."""
+
+    healthy: bool
+    detail: str = ""
+    latency_s: float | None = None
+
+
+@dataclass
+class ProviderAdapter(abc.ABC):
+    """One configured provider. Subclasses implement a protocol (``kind``)."""
+
+    kind: ClassVar[str]
+    config: ProviderConfig
+    http: httpx.AsyncClient
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The provider's configured name."""
+        return self.config.name
+
+    @abc.abstractmethod
+    async def submit(self, shard: ShardSubmission) -> SubmitResult:
+        """Create a provider batch for the shard; tag it with ``shard.submit_token``."""
+
+    @abc.abstractmethod
+    async def find_submitted(self, submit_token: str) -> SubmitResult | None:
+        """Find a provider batch created earlier with this token (crash reconciliation)."""
+
+    @abc.abstractmethod
+    async def poll(self, provider_batch_id: str) -> PollResult:
+        """Read the provider batch's state and progress."""
+
+    @abc.abstractmethod
+    async def fetch_results(self, provider_batch_id: str, dest: Path) -> None:
+        """Stream every result line the provider holds into ``dest`` as OpenAI-format output lines.
+
+        Success and error lines go to the same file; the engine sorts them by ``custom_id``.
+        A line the provider sent that cannot be parsed is skipped (the engine notices the
+        missing ``custom_id`` and treats that request as unfinished).
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, provider_batch_id: str) -> None:
+        """Ask the provider to stop the batch; results already finished stay fetchable."""
+
+    @abc.abstractmethod
+    async def health(self) -> HealthReport:
+        """A cheap call that tells whether the provider answers."""

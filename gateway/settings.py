@@ -1,0 +1,131 @@
+"""All configuration of batch-gateway, in one pydantic-settings class.
+
+Values come, highest priority first, from keyword arguments (tests), environment variables with the
+``BATCHGW_`` prefix (nested sections use ``__``, e.g. ``BATCHGW_LIMITS__MAX_UPLOAD_BYTES``), and an
+optional TOML file named by ``BATCHGW_CONFIG_FILE``. With nothing set, the gateway runs on a SQLite
+file and a local blob folder under ``./batchgw-data``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from gateway.providers.config import ProviderConfig
+
+
+class LimitSettings(BaseModel):
+    """Limits on client input; exceeding one answers a clear 4xx error."""
+
+    max_upload_bytes: int = Field(2 * 1024**3, description="Largest accepted upload, in bytes.")
+    max_file_lines: int = Field(5_000_000, description="Most requests (lines) in one batch input file.")
+    max_line_bytes: int = Field(8 * 1024**2, description="Longest accepted input line, in bytes.")
+    max_errors_reported: int = Field(1000, description="Validation errors kept in a batch's errors.data.")
+    files_list_max: int = Field(10_000, description="Largest page size of GET /v1/files.")
+
+
+class WorkerSettings(BaseModel):
+    """The execution engine inside `batchgw worker` (and inside `batchgw serve` by default)."""
+
+    enabled_in_serve: bool = Field(True, description="Run a worker inside `batchgw serve`.")
+    poll_interval_s: float = Field(0.5, description="Idle sleep between claim attempts.")
+    lease_s: float = Field(30.0, description="How long a claimed job stays owned without a heartbeat.")
+    provider_poll_min_s: float = Field(1.0, description="First delay between provider status polls.")
+    provider_poll_max_s: float = Field(30.0, description="Longest delay between provider status polls.")
+    concurrency: int = Field(8, description="Jobs one worker process drives at once.")
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway. See README's configuration section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BATCHGW_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(Path("batchgw-data"), description="Folder for the SQLite file and blobs.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite in data_dir. postgresql://... selects PostgreSQL."
+    )
+    blob_dir: Path | None = Field(None, description="Folder for file blobs; default data_dir/blobs.")
+    host: str = Field("127.0.0.1", description="Address `batchgw serve` listens on.")
+    port: int = Field(8080, description="Port `batchgw serve` listens on.")
+    admin_key: SecretStr | None = Field(None, description="Bearer key for /admin endpoints; unset disables them.")
+    auto_migrate: bool = Field(True, description="Apply database migrations when the gateway starts.")
+    public_base_url: str | None = Field(None, description="Base URL clients use, for links in responses.")
+    log_level: str = Field("INFO", description="Python logging level.")
+    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
+    providers: dict[str, ProviderConfig] = Field(
+        default_factory=dict, description="Configured providers by name; see gateway/providers/config.py."
+    )
+
+    @model_validator(mode="after")
+    def _name_providers(self) -> Settings:
+        for name, provider in self.providers.items():
+            provider.name = name
+        return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("BATCHGW_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The async SQLAlchemy URL in use (driver filled in)."""
+        return async_database_url(self.database_url or f"sqlite:///{self.data_dir / 'batchgw.db'}")
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        """The folder holding file blobs."""
+        return self.blob_dir or self.data_dir / "blobs"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to show: secrets masked."""
+        return self.model_dump(mode="json", exclude={"admin_key"}) | {
+            "admin_key": "set" if self.admin_key else None,
+            "database_url": redact_url(self.resolved_database_url),
+        }
+
+
+def async_database_url(url: str) -> str:
+    """Give a plain ``sqlite://`` or ``postgresql://`` URL the async driver this gateway uses."""
+    if url.startswith("sqlite:"):
+        return url.replace("sqlite:", "sqlite+aiosqlite:", 1)
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://", "postgresql+asyncpg://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a database URL."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
