@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
 
 from gateway.db.engine import create_engine
+from gateway.providers.registry import ProviderRegistry
 from gateway.settings import Settings
 from gateway.storage import BlobStore, LocalBlobStore
 
@@ -20,21 +22,31 @@ class GatewayContext:
     engine: AsyncEngine
     sessions: async_sessionmaker[SQLModelAsyncSession]
     blobs: BlobStore
+    http: httpx.AsyncClient
+    providers: ProviderRegistry
 
     @classmethod
     def create(cls, settings: Settings) -> GatewayContext:
         """Open the database engine and the blob store named by the settings."""
         engine = create_engine(settings.resolved_database_url)
         sessions = async_sessionmaker(engine, class_=SQLModelAsyncSession, expire_on_commit=False)
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            follow_redirects=False,
+        )
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
             blobs=LocalBlobStore(settings.resolved_blob_dir),
+            http=http,
+            providers=ProviderRegistry.from_config(settings.providers, http),
         )
 
     async def close(self) -> None:
-        """Release database connections."""
+        """Release database and HTTP connections."""
+        await self.http.aclose()
         await self.engine.dispose()
 
 

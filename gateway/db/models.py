@@ -131,8 +131,10 @@ class Shard(SQLModel, table=True):
     batch_id: str = Field(foreign_key="batches.id", index=True, max_length=64)
     seq: int
     provider: str = Field(max_length=128)
+    model: str = Field(max_length=256, description="The model name the client asked for.")
     provider_model: str = Field(max_length=256)
     state: str = Field(default="queued", max_length=16)
+    end_reason: str | None = Field(default=None, max_length=16)
     request_count: int = 0
     byte_size: int = Field(default=0, sa_type=BigInteger)
     estimated_input_tokens: int = Field(default=0, sa_type=BigInteger)
@@ -145,6 +147,10 @@ class Shard(SQLModel, table=True):
     progress_failed: int = 0
     result_completed: int = 0
     result_failed: int = 0
+    input_tokens: int = Field(default=0, sa_type=BigInteger)
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
+    cached_tokens: int = Field(default=0, sa_type=BigInteger)
+    reasoning_tokens: int = Field(default=0, sa_type=BigInteger)
     output_key: str | None = Field(default=None, max_length=256)
     error_key: str | None = Field(default=None, max_length=256)
     attempts: int = 0

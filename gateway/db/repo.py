@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from gateway.db.models import ApiKey, Batch, IdempotencyRecord, StoredFile, Team
+from gateway.db.models import ApiKey, Batch, IdempotencyRecord, Shard, StoredFile, Team
 
 KEY_PREFIX = "bgw-"
 
@@ -137,6 +137,13 @@ async def request_cancel(session: AsyncSession, batch: Batch) -> bool:
         .where(col(Batch.id) == batch.id, col(Batch.status).in_(("validating", "in_progress", "finalizing")))
         .values(status="cancelling", cancelling_at=now, updated_at=time.time())
     )
+    if result.rowcount:
+        # Wake the batch's shards so the cancel reaches the providers at once.
+        await session.exec(  # type: ignore[call-overload]
+            update(Shard)
+            .where(col(Shard.batch_id) == batch.id, col(Shard.state) != "done")
+            .values(next_action_at=time.time())
+        )
     return bool(result.rowcount)
 
 
@@ -189,12 +196,13 @@ async def claim_batch(session: AsyncSession, stages: Sequence[str], owner: str, 
     return None
 
 
-async def release_batch(session: AsyncSession, batch_id: str, owner: str) -> None:
-    """Give up a lease this worker holds."""
+async def release_batch(session: AsyncSession, batch_id: str, owner: str, retry_in: float | None = None) -> None:
+    """Give up this worker's lease; with ``retry_in``, keep it blocked that long (after a failed step)."""
+    expires = time.time() + retry_in if retry_in else None
     await session.exec(  # type: ignore[call-overload]
         update(Batch)
         .where(col(Batch.id) == batch_id, col(Batch.lease_owner) == owner)
-        .values(lease_owner=None, lease_expires_at=None)
+        .values(lease_owner=None if expires is None else owner, lease_expires_at=expires)
     )
     await session.commit()
 

@@ -16,17 +16,32 @@ from collections.abc import Awaitable, Callable
 
 from gateway.context import GatewayContext
 from gateway.db import repo
-from gateway.db.models import Batch
-from gateway.pipeline import validate
+from gateway.db import shards as shard_db
+from gateway.db.models import Batch, Shard
+from gateway.pipeline import merge, poll, route, submit, validate
 
 log = logging.getLogger(__name__)
 
-StageEntry = Callable[[GatewayContext, Batch], Awaitable[None]]
+FAILED_STEP_RETRY_S = 5.0
+"""A step that raised an unexpected error is retried after this delay (its lease is kept until then)."""
 
-BATCH_STAGES: dict[str, StageEntry] = {
+BatchStage = Callable[[GatewayContext, Batch], Awaitable[None]]
+ShardStage = Callable[[GatewayContext, Shard, Batch, str], Awaitable[None]]
+
+BATCH_STAGES: dict[str, BatchStage] = {
     "validate": validate.run,
+    "route": route.run,
+    "merge": merge.run,
 }
-"""Pipeline stage name -> its entry function. A batch in stage ``done`` needs nothing."""
+"""Batch stage -> its entry. In stage ``run`` the batch's shards do the work; ``done`` needs nothing."""
+
+SHARD_STAGES: dict[str, ShardStage] = {
+    "queued": submit.run,
+    "submitting": submit.run,
+    "running": poll.run,
+    "collecting": merge.collect_shard,
+}
+"""Shard state -> its entry. A shard in state ``done`` needs nothing."""
 
 
 def worker_id() -> str:
@@ -62,32 +77,58 @@ class Worker:
             try:
                 worked = await self.run_once()
             except Exception:
-                log.exception("worker slot %s: stage failed; will retry after the lease expires", slot)
+                log.exception("worker slot %s: step failed; retrying in %.0fs", slot, FAILED_STEP_RETRY_S)
                 worked = False
             if not worked:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=self.settings.poll_interval_s)
 
     async def run_once(self) -> bool:
-        """Claim and run one batch stage; False when there was nothing to do."""
+        """Claim and run one batch stage or one shard step; False when there was nothing to do."""
+        return await self._run_batch_stage() or await self._run_shard_step()
+
+    async def _run_batch_stage(self) -> bool:
         async with self.context.sessions() as session:
             batch = await repo.claim_batch(session, list(BATCH_STAGES), self.owner, self.settings.lease_s)
         if batch is None:
             return False
-        heartbeat = asyncio.create_task(self._heartbeat(batch.id))
+        heartbeat = asyncio.create_task(self._heartbeat(repo.extend_batch_lease, batch.id))
+        retry_in: float | None = None
         try:
             await BATCH_STAGES[batch.stage](self.context, batch)
+        except Exception:
+            retry_in = FAILED_STEP_RETRY_S
+            raise
         finally:
             heartbeat.cancel()
             async with self.context.sessions() as session:
-                await repo.release_batch(session, batch.id, self.owner)
+                await repo.release_batch(session, batch.id, self.owner, retry_in=retry_in)
         return True
 
-    async def _heartbeat(self, batch_id: str) -> None:
+    async def _run_shard_step(self) -> bool:
+        async with self.context.sessions() as session:
+            shard = await shard_db.claim_shard(session, self.owner, self.settings.lease_s)
+            batch = await repo.get_batch(session, None, shard.batch_id) if shard else None
+        if shard is None or batch is None:
+            return False
+        heartbeat = asyncio.create_task(self._heartbeat(shard_db.extend_shard_lease, shard.id))
+        retry_in: float | None = None
+        try:
+            await SHARD_STAGES[shard.state](self.context, shard, batch, self.owner)
+        except Exception:
+            retry_in = FAILED_STEP_RETRY_S
+            raise
+        finally:
+            heartbeat.cancel()
+            async with self.context.sessions() as session:
+                await shard_db.release_shard(session, shard.id, self.owner, retry_in=retry_in)
+        return True
+
+    async def _heartbeat(self, extend: Callable[..., Awaitable[bool]], row_id: str) -> None:
         interval = self.settings.lease_s / 3
         while True:
             await asyncio.sleep(interval)
             async with self.context.sessions() as session:
-                if not await repo.extend_batch_lease(session, batch_id, self.owner, self.settings.lease_s):
-                    log.warning("lost the lease on batch %s", batch_id)
+                if not await extend(session, row_id, self.owner, self.settings.lease_s):
+                    log.warning("lost the lease on %s", row_id)
                     return

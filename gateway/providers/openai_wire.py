@@ -50,6 +50,15 @@ def map_batch_status(status: object) -> ProviderBatchState | None:
     return _STATUS_LOOKUP.get(_status_key(status))
 
 
+def cancel_refusal_is_benign(status: object) -> bool:
+    """True if a refused cancel leaves nothing to stop: the batch ended, is cancelling or is finalizing."""
+    state = map_batch_status(status)
+    if state is None:
+        return False
+    finalizing = isinstance(status, str) and _status_key(status) == "finalizing"
+    return state.is_terminal or state is ProviderBatchState.CANCELLING or finalizing
+
+
 @dataclass(frozen=True)
 class RequestCounts:
     """``request_counts`` of a batch object; absent or malformed fields count as zero."""

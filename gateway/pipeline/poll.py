@@ -1,0 +1,94 @@
+"""Stage 5 of the data path: follow a submitted shard until its provider batch ends.
+
+Polls back off from ``provider_poll_min_s`` to ``provider_poll_max_s``, so the cost grows with
+the number of shards in flight, not with requests. A cancel or the end of the completion window
+is passed on to the provider here; results already finished are kept either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from gateway.context import GatewayContext
+from gateway.crashpoints import crash_point
+from gateway.db import shards as shard_db
+from gateway.db.models import Batch, Shard
+from gateway.pipeline.merge import batch_window_closed, collect_shard
+from gateway.providers.base import (
+    CapabilityNotSupported,
+    ProviderBatchState,
+    ProviderError,
+    ProviderUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+END_REASON_BY_STATE = {
+    ProviderBatchState.COMPLETED: "completed",
+    ProviderBatchState.FAILED: "failed",
+    ProviderBatchState.EXPIRED: "expired",
+    ProviderBatchState.CANCELLED: "cancelled",
+}
+
+
+async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
+    """Shard entry for state ``running``."""
+    assert shard.provider_batch_id, "a running shard has a provider batch"
+    adapter = context.providers.get(shard.provider)
+    stop_reason = "cancelled" if batch.status == "cancelling" else "expired" if batch_window_closed(batch) else None
+    if stop_reason and shard.end_reason is None:
+        try:
+            await adapter.cancel(shard.provider_batch_id)
+        except CapabilityNotSupported:
+            pass
+        except ProviderError as exc:
+            await _poll_later(context, shard, owner, error=str(exc))
+            return
+        async with context.sessions() as session:
+            await shard_db.save_shard(session, shard, owner, end_reason=stop_reason)
+            await session.commit()
+    try:
+        status = await adapter.poll(shard.provider_batch_id)
+    except ProviderUnavailable as exc:
+        await _poll_later(context, shard, owner, error=str(exc))
+        return
+    crash_point("poll.after_status")
+    if status.state.is_terminal:
+        async with context.sessions() as session:
+            await shard_db.save_shard(
+                session,
+                shard,
+                owner,
+                state="collecting",
+                provider_status=status.raw_status,
+                end_reason=shard.end_reason or END_REASON_BY_STATE[status.state],
+                last_error=status.error,
+            )
+            await session.commit()
+        await collect_shard(context, shard, batch, owner)
+        return
+    async with context.sessions() as session:
+        await shard_db.save_shard(
+            session,
+            shard,
+            owner,
+            provider_status=status.raw_status,
+            progress_completed=status.completed,
+            progress_failed=status.failed,
+        )
+        await shard_db.refresh_batch_progress(session, shard.batch_id)
+        await session.commit()
+    await _poll_later(context, shard, owner)
+
+
+async def _poll_later(context: GatewayContext, shard: Shard, owner: str, error: str | None = None) -> None:
+    settings = context.settings.worker
+    delay = min(settings.provider_poll_max_s, max(settings.provider_poll_min_s, shard.poll_delay_s * 2))
+    values: dict[str, object] = {"poll_delay_s": delay, "next_action_at": time.time() + delay}
+    if error:
+        log.warning("shard %s: polling %s failed: %s", shard.id, shard.provider, error)
+        values["last_error"] = error[:2000]
+    async with context.sessions() as session:
+        await shard_db.save_shard(session, shard, owner, **values)
+        await session.commit()

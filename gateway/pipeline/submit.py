@@ -1,0 +1,144 @@
+"""Stage 4 of the data path: hand a queued shard to its provider, exactly once.
+
+The intent (state ``submitting``) is committed before the provider is called. A shard found in
+``submitting`` afterwards (a retry, or a worker killed mid-call) is first looked up at the
+provider by its submit token, so a provider batch is never created twice for one shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from gateway.context import GatewayContext
+from gateway.crashpoints import crash_point
+from gateway.db import shards as shard_db
+from gateway.db.models import Batch, Shard
+from gateway.pipeline.merge import batch_window_closed, end_shard
+from gateway.providers.base import (
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderUnavailable,
+    ShardSubmission,
+    SubmitResult,
+)
+from gateway.providers.config import ProviderLimits
+
+log = logging.getLogger(__name__)
+
+CAPACITY_RETRY_S = 2.0
+MAX_SUBMIT_BACKOFF_S = 120.0
+
+
+async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
+    """Shard entry for states ``queued`` and ``submitting``."""
+    if batch.status == "cancelling":
+        await end_shard(context, shard, batch, owner, reason="cancelled")
+        return
+    if batch_window_closed(batch):
+        await end_shard(context, shard, batch, owner, reason="expired")
+        return
+    adapter = context.providers.get(shard.provider)
+    recovering = shard.state == "submitting"
+    if not recovering and not await _reserve_capacity(context, shard, owner):
+        return
+    try:
+        found = await adapter.find_submitted(shard.submit_token) if recovering else None
+        if found is None:
+            with context.blobs.local_path(shard.input_key) as path:
+                found = await adapter.submit(
+                    ShardSubmission(
+                        shard_id=shard.id,
+                        submit_token=shard.submit_token,
+                        endpoint=batch.endpoint,
+                        provider_model=shard.provider_model,
+                        input_path=path,
+                        request_count=shard.request_count,
+                    )
+                )
+        else:
+            log.info("shard %s: found its provider batch %s after a restart", shard.id, found.provider_batch_id)
+        crash_point("submit.after_provider_create")
+    except ProviderRejected as exc:
+        log.warning("shard %s rejected by %s: %s", shard.id, shard.provider, exc)
+        await end_shard(context, shard, batch, owner, reason="failed", error=str(exc))
+        return
+    except ProviderUnavailable as exc:
+        await _retry_later(context, shard, owner, exc)
+        return
+    await _record_submitted(context, shard, owner, found)
+
+
+async def _reserve_capacity(context: GatewayContext, shard: Shard, owner: str) -> bool:
+    """Move the shard to ``submitting`` if the provider's caps allow one more batch."""
+    limits = context.providers.get(shard.provider).config.limits
+    async with context.sessions() as session:
+        if not _fits(limits, shard, *await shard_db.in_flight(session, shard.provider), including_self=False):
+            await shard_db.save_shard(session, shard, owner, next_action_at=time.time() + _jitter(CAPACITY_RETRY_S))
+            await session.commit()
+            return False
+        await shard_db.save_shard(session, shard, owner, state="submitting", attempts=shard.attempts + 1)
+        await session.commit()
+        # Another worker may have reserved at the same moment: recount with both visible.
+        if _fits(limits, shard, *await shard_db.in_flight(session, shard.provider), including_self=True):
+            return True
+        await shard_db.save_shard(
+            session, shard, owner, state="queued", next_action_at=time.time() + _jitter(CAPACITY_RETRY_S)
+        )
+        await session.commit()
+    return False
+
+
+def _fits(
+    limits: ProviderLimits, shard: Shard, batches: int, tokens: dict[str, int], *, including_self: bool
+) -> bool:
+    own_batches = 1 if including_self else 0
+    own_tokens = shard.estimated_input_tokens if including_self else 0
+    if batches - own_batches >= limits.max_batches_in_flight:
+        return False
+    cap = limits.max_enqueued_tokens_per_model
+    queued = tokens.get(shard.provider_model, 0) - own_tokens
+    # A shard larger than the whole quota still runs once nothing else is queued for that model.
+    return cap is None or queued == 0 or queued + shard.estimated_input_tokens <= cap
+
+
+async def _retry_later(context: GatewayContext, shard: Shard, owner: str, exc: ProviderUnavailable) -> None:
+    delay = min(MAX_SUBMIT_BACKOFF_S, 2.0 ** min(shard.attempts, 7))
+    if isinstance(exc, ProviderRateLimited) and exc.retry_after_s:
+        delay = max(delay, exc.retry_after_s)
+    log.warning("shard %s: %s unavailable (%s); retrying in %.0fs", shard.id, shard.provider, exc, delay)
+    async with context.sessions() as session:
+        await shard_db.save_shard(
+            session,
+            shard,
+            owner,
+            attempts=shard.attempts + 1,
+            next_action_at=time.time() + _jitter(delay),
+            last_error=str(exc)[:2000],
+        )
+        await session.commit()
+
+
+async def _record_submitted(context: GatewayContext, shard: Shard, owner: str, result: SubmitResult) -> None:
+    poll_s = context.settings.worker.provider_poll_min_s
+    now = time.time()
+    async with context.sessions() as session:
+        await shard_db.save_shard(
+            session,
+            shard,
+            owner,
+            state="running",
+            provider_batch_id=result.provider_batch_id,
+            provider_file_id=result.provider_file_id,
+            submitted_at=now,
+            poll_delay_s=poll_s,
+            next_action_at=now + poll_s,
+            last_error=None,
+        )
+        await session.commit()
+    log.info("shard %s submitted to %s as %s", shard.id, shard.provider, result.provider_batch_id)
+
+
+def _jitter(seconds: float) -> float:
+    return seconds * random.uniform(0.8, 1.2)

@@ -1,0 +1,110 @@
+"""Provider kinds and the registry of configured provider adapters.
+
+Adding a provider kind is one line in :data:`ADAPTER_KINDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+import httpx
+
+from gateway.providers.base import ProviderAdapter
+from gateway.providers.config import ProviderConfig
+from gateway.providers.openai_batch import OpenAIBatchAdapter
+
+ADAPTER_KINDS: dict[str, type[ProviderAdapter]] = {
+    OpenAIBatchAdapter.kind: OpenAIBatchAdapter,
+}
+"""Adapter class by the ``kind`` a provider's configuration names."""
+
+
+class UnknownProviderKind(ValueError):
+    """A provider's configuration names a kind no adapter implements."""
+
+
+class UnknownProvider(LookupError):
+    """No enabled provider has this name."""
+
+
+class UnknownModel(LookupError):
+    """No enabled provider serves this gateway model name."""
+
+
+def build_adapter(config: ProviderConfig, http: httpx.AsyncClient) -> ProviderAdapter:
+    """The adapter for one provider, with its API key read from the environment."""
+    adapter_class = ADAPTER_KINDS.get(config.kind)
+    if adapter_class is None:
+        known = ", ".join(sorted(ADAPTER_KINDS))
+        raise UnknownProviderKind(
+            f"provider {config.name!r} has kind {config.kind!r}, which is not one of the known kinds: {known}"
+        )
+    return adapter_class(config=config, http=http, api_key=config.api_key())
+
+
+class ProviderRegistry:
+    """The adapters of every enabled configured provider, in configuration order."""
+
+    def __init__(self, adapters: Iterable[ProviderAdapter] = ()) -> None:
+        self._adapters: dict[str, ProviderAdapter] = {}
+        for adapter in adapters:
+            if adapter.name in self._adapters:
+                raise ValueError(f"two providers are named {adapter.name!r}")
+            self._adapters[adapter.name] = adapter
+
+    @classmethod
+    def from_config(
+        cls, providers: Mapping[str, ProviderConfig] | Iterable[ProviderConfig], http: httpx.AsyncClient
+    ) -> ProviderRegistry:
+        """Build adapters for the enabled providers (a name-keyed mapping as in the settings, or a list)."""
+        if isinstance(providers, Mapping):
+            configs = [
+                config if config.name else config.model_copy(update={"name": name})
+                for name, config in providers.items()
+            ]
+        else:
+            configs = list(providers)
+        return cls(build_adapter(config, http) for config in configs if config.enabled)
+
+    def get(self, name: str) -> ProviderAdapter:
+        """The adapter of the provider called ``name``."""
+        try:
+            return self._adapters[name]
+        except KeyError:
+            known = ", ".join(self._adapters) or "none"
+            raise UnknownProvider(
+                f"no enabled provider is named {name!r}; known providers: {known}"
+            ) from None
+
+    def names(self) -> list[str]:
+        """Names of the enabled providers, in configuration order."""
+        return list(self._adapters)
+
+    def models(self) -> list[str]:
+        """Every gateway model name some enabled provider serves, sorted."""
+        return sorted({model for adapter in self._adapters.values() for model in adapter.config.models})
+
+    def for_model(self, model: str) -> ProviderAdapter:
+        """The first enabled provider whose ``models`` has the gateway model name ``model``."""
+        for adapter in self._adapters.values():
+            if model in adapter.config.models:
+                return adapter
+        known = ", ".join(self.models()) or "none"
+        raise UnknownModel(f"no enabled provider serves model {model!r}; known models: {known}")
+
+    def provider_model(self, provider_name: str, model: str) -> str:
+        """The provider's own model id for a gateway model name."""
+        adapter = self.get(provider_name)
+        try:
+            return adapter.config.models[model]
+        except KeyError:
+            raise UnknownModel(f"provider {provider_name!r} does not serve model {model!r}") from None
+
+    def __iter__(self) -> Iterator[ProviderAdapter]:
+        return iter(self._adapters.values())
+
+    def __len__(self) -> int:
+        return len(self._adapters)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._adapters

@@ -1,0 +1,102 @@
+"""Which providers the simulator emulates: :class:`ProviderSpec` rows, read from TOML or built in.
+
+A configuration file looks like::
+
+    control_port = 9100
+
+    [[provider]]
+    name = "openai-sim"
+    kind = "openai"
+    models = ["gpt-4o-mini", "llama-3.3-70b"]
+    port = 9101
+    api_key = "sk-sim"            # optional: calls without it get a 401
+    processing_delay_s = 1.0
+
+    [provider.faults]             # optional: initial fault settings (see core.Faults)
+    fail_fraction = 0.1
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from gateway.simulator.core import Faults
+
+DEFAULT_CONTROL_PORT = 9100
+BATCH_FILE_MAX_BYTES = 200 * 1024 * 1024
+BATCH_MAX_LINES = 50_000
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class ProviderSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One emulated provider.
+
+    ``port`` 0 picks a free port. ``api_key`` set means every call must carry ``Authorization: Bearer <key>``.
+    ``processing_delay_s`` is roughly how long a batch takes from creation to its terminal status.
+    """
+
+    name: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
+    kind: str = "openai"
+    models: list[str] = msgspec.field(default_factory=lambda: ["gpt-4o-mini"])
+    port: Port = 0
+    api_key: str | None = None
+    processing_delay_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    faults: Faults = msgspec.field(default_factory=Faults)
+    max_file_bytes: Annotated[int, msgspec.Meta(ge=1)] = BATCH_FILE_MAX_BYTES
+    max_lines: Annotated[int, msgspec.Meta(ge=1)] = BATCH_MAX_LINES
+
+
+class SimulatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A set of emulated providers and the port of the control server."""
+
+    control_port: Port | None = DEFAULT_CONTROL_PORT
+    providers: list[ProviderSpec] = msgspec.field(name="provider", default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [spec.name for spec in self.providers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"provider names must be unique, got {names}")
+        ports = [spec.port for spec in self.providers if spec.port]
+        if self.control_port:
+            ports.append(self.control_port)
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"ports must be distinct, got {sorted(ports)}")
+
+
+def default_config() -> SimulatorConfig:
+    """The set `batchgw simulate` runs without a file: one OpenAI-protocol provider on port 9101."""
+    return SimulatorConfig(
+        control_port=DEFAULT_CONTROL_PORT,
+        providers=[
+            ProviderSpec(
+                name="openai-sim",
+                kind="openai",
+                models=["gpt-4o-mini", "llama-3.3-70b"],
+                port=9101,
+                processing_delay_s=1.0,
+            )
+        ],
+    )
+
+
+def parse_config(text: str) -> SimulatorConfig:
+    """Parse TOML text; raises ``ValueError`` with the offending field on bad input."""
+    try:
+        return msgspec.convert(tomllib.loads(text), SimulatorConfig)
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"invalid simulator configuration: {exc}") from exc
+
+
+def load_config(path: Path) -> SimulatorConfig:
+    """Read a simulator configuration file."""
+    return parse_config(path.read_text(encoding="utf-8"))
+
+
+def load_specs(path: Path) -> list[ProviderSpec]:
+    """Only the ``[[provider]]`` tables of a configuration file."""
+    return load_config(path).providers

@@ -1,0 +1,210 @@
+"""Shared fixtures: real databases, a real gateway process on a free port, keys and SDK clients.
+
+Every test that needs the gateway talks HTTP to a ``batchgw serve`` subprocess. The database is
+SQLite always, and PostgreSQL too when ``BATCHGW_TEST_DATABASE_URL`` is set; each gateway gets a
+fresh database (a new file, or a new PostgreSQL database created for it and dropped after).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+PG_URL = os.environ.get("BATCHGW_TEST_DATABASE_URL")
+DATABASES = ["sqlite", *(["postgresql"] if PG_URL else [])]
+
+
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class FreshDatabase:
+    """A database created for one gateway and removed afterwards."""
+
+    url: str
+    _drop: str | None = None
+
+    @classmethod
+    def create(cls, kind: str, folder: Path) -> FreshDatabase:
+        if kind == "sqlite":
+            return cls(url=f"sqlite:///{folder / 'gateway.db'}")
+        assert PG_URL, "BATCHGW_TEST_DATABASE_URL is not set"
+        name = f"bgw_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(_sync_pg(PG_URL), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+        return cls(url=url, _drop=name)
+
+    def drop(self) -> None:
+        if not self._drop or not PG_URL:
+            return
+        admin = create_engine(_sync_pg(PG_URL), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self._drop}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _sync_pg(url: str) -> str:
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+@dataclass
+class GatewayProcess:
+    """A ``batchgw`` subprocess (serve or worker) with its environment."""
+
+    data_dir: Path
+    database_url: str
+    port: int
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")}
+        env.update(
+            {
+                "BATCHGW_DATA_DIR": str(self.data_dir),
+                "BATCHGW_DATABASE_URL": self.database_url,
+                "BATCHGW_PORT": str(self.port),
+                "BATCHGW_HOST": "127.0.0.1",
+                "BATCHGW_ADMIN_KEY": "test-admin-key",
+                "BATCHGW_WORKER__POLL_INTERVAL_S": "0.1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a one-shot ``batchgw`` command against this gateway's database."""
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )
+
+    def start(self, *args: str, wait_ready: bool = True) -> GatewayProcess:
+        command = args or ("serve",)
+        self.log_path = self.data_dir / f"{command[0]}-{int(time.time() * 1000)}.log"
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", *command], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+        )
+        if wait_ready and command[0] == "serve":
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"gateway not ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no flush, as a crash would."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def create_key(self, team: str) -> str:
+        return self.cli("keys", "create", "--team", team).stdout.strip().splitlines()[-1]
+
+    def client(self, key: str, **kwargs: object) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.base_url}/v1",
+            api_key=key,
+            _strict_response_validation=True,
+            max_retries=0,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def database_kind(request: pytest.FixtureRequest) -> str:
+    """Each module runs once per available database."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def gateway_factory(
+    tmp_path_factory: pytest.TempPathFactory, database_kind: str
+) -> Iterator[type[GatewayProcess] | object]:
+    """Build gateway processes on fresh databases; all are stopped and dropped at the end."""
+    made: list[tuple[GatewayProcess, FreshDatabase]] = []
+
+    def make(extra_env: dict[str, str] | None = None, database: FreshDatabase | None = None) -> GatewayProcess:
+        folder = tmp_path_factory.mktemp("gateway")
+        db = database or FreshDatabase.create(database_kind, folder)
+        gw = GatewayProcess(data_dir=folder, database_url=db.url, port=free_port(), extra_env=extra_env or {})
+        made.append((gw, db))
+        return gw
+
+    yield make
+    for gw, _ in made:
+        gw.stop()
+    for _, db in made:
+        db.drop()
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_factory: object) -> GatewayProcess:
+    """One running gateway with default settings, shared by a test module."""
+    return gateway_factory().start()  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture(scope="module")
+def team_key(gateway: GatewayProcess) -> str:
+    """A client key of team ``acme``."""
+    return gateway.create_key("acme")
+
+
+@pytest.fixture(scope="module")
+def client(gateway: GatewayProcess, team_key: str) -> openai.OpenAI:
+    """The official SDK pointed at the gateway, with strict response validation."""
+    return gateway.client(team_key)
