@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from gateway import __version__
+from gateway.api.admin import AdminController
 from gateway.api.batches import BatchesController
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.files import FilesController
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
 
     v1 = Router(path="/v1", route_handlers=[FilesController, BatchesController])
     return Litestar(
-        route_handlers=[v1, healthz, readyz],
+        route_handlers=[v1, AdminController, healthz, readyz],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(

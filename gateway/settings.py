@@ -28,7 +28,7 @@ class LimitSettings(BaseModel):
 
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest accepted upload, in bytes.")
     max_file_lines: int = Field(5_000_000, description="Most requests (lines) in one batch input file.")
-    max_line_bytes: int = Field(8 * 1024**2, description="Longest accepted input line, in bytes.")
+    max_line_bytes: int = Field(1024**2, description="Longest accepted input line, in bytes.")
     max_errors_reported: int = Field(1000, description="Validation errors kept in a batch's errors.data.")
     files_list_max: int = Field(10_000, description="Largest page size of GET /v1/files.")
 

@@ -1,0 +1,1 @@
+"""Routing policies for batch-gateway: a package of its own, importable without the gateway."""

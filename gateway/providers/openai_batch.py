@@ -109,9 +109,7 @@ class OpenAIBatchAdapter(ProviderAdapter):
             return unwrap_batch(await self._send_json("POST", "/batches", json=body))
 
         batch = await self._retrying(create)
-        return SubmitResult(
-            provider_batch_id=self._batch_id(batch, "POST /batches"), provider_file_id=file_id
-        )
+        return SubmitResult(provider_batch_id=self._batch_id(batch, "POST /batches"), provider_file_id=file_id)
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
         """The batch tagged with ``submit_token`` among the newest :attr:`max_list_pages` pages."""
@@ -180,9 +178,7 @@ class OpenAIBatchAdapter(ProviderAdapter):
             return HealthReport(healthy=False, detail=str(exc), latency_s=time.monotonic() - started)
         latency = time.monotonic() - started
         if response.is_success:
-            return HealthReport(
-                healthy=True, detail=f"GET {path}: HTTP {response.status_code}", latency_s=latency
-            )
+            return HealthReport(healthy=True, detail=f"GET {path}: HTTP {response.status_code}", latency_s=latency)
         error = self._status_error("GET", path, response)
         return HealthReport(healthy=False, detail=str(error), latency_s=latency)
 
@@ -208,9 +204,7 @@ class OpenAIBatchAdapter(ProviderAdapter):
             if not page.has_more or page.last_id is None or page.last_id == after:
                 return None
             after = page.last_id
-        log.warning(
-            "provider %s: submit token not in the newest %d batch pages", self.name, self.max_list_pages
-        )
+        log.warning("provider %s: submit token not in the newest %d batch pages", self.name, self.max_list_pages)
         return None
 
     def _batch_id(self, batch: dict[str, Any], call: str) -> str:
@@ -246,9 +240,7 @@ class OpenAIBatchAdapter(ProviderAdapter):
                 raise self._transport_error("GET", path, exc) from None
             raise
 
-    def _keep_line(
-        self, line: bytes, number: int, file_id: str, provider_batch_id: str, out: IO[bytes]
-    ) -> None:
+    def _keep_line(self, line: bytes, number: int, file_id: str, provider_batch_id: str, out: IO[bytes]) -> None:
         if not line.strip():
             return
         try:

@@ -72,9 +72,7 @@ class ProviderRegistry:
             return self._adapters[name]
         except KeyError:
             known = ", ".join(self._adapters) or "none"
-            raise UnknownProvider(
-                f"no enabled provider is named {name!r}; known providers: {known}"
-            ) from None
+            raise UnknownProvider(f"no enabled provider is named {name!r}; known providers: {known}") from None
 
     def names(self) -> list[str]:
         """Names of the enabled providers, in configuration order."""

@@ -41,6 +41,7 @@ LOG_LIMIT = 10_000
 MAX_VALIDATION_ERRORS = 100
 STALL_POLL_S = 0.05
 LOG_DETAIL = "emulator_log_detail"  # key in the ASGI scope state where routes add details to the log entry
+EMULATOR_KEY = "emulator"  # key of the EmulatorState in the provider app's state
 
 
 class Faults(msgspec.Struct, forbid_unknown_fields=True):
@@ -460,6 +461,12 @@ class EmulatorState:
         if not job.cancel_requested:
             job.cancel_requested = True
             job.set_status("cancelling", self.clock.ts())
+
+
+def emulator_of(request: Any) -> EmulatorState:
+    """The state of the provider serving a request (routes get it from the app state)."""
+    state: EmulatorState = request.app.state[EMULATOR_KEY]
+    return state
 
 
 # --- the processing loop -------------------------------------------------------------------------------

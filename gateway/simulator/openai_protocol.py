@@ -24,6 +24,7 @@ from gateway.simulator.core import (
     Reply,
     StoredFile,
     embedding_vector,
+    emulator_of,
     model_reply,
     not_found,
     openai_error_body,
@@ -343,11 +344,21 @@ def _decode_create(raw: bytes) -> _BatchCreate:
         raise ApiError(400, "The request body is not valid JSON.", code="invalid_json") from None
 
 
+def _query_int(request: Request[Any, Any, Any], name: str, default: int, highest: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= highest:
+        raise _invalid(name, f"'{name}' must be an integer between 1 and {highest}.")
+    return int(raw)
+
+
 class FilesController(Controller):
     path = "/files"
 
     @post("/", status_code=200)
-    async def upload(self, request: Request[Any, Any, Any], emu: EmulatorState) -> dict[str, Any]:
+    async def upload(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        emu = emulator_of(request)
         form = await request.form()
         upload, purpose, ttl = form.get("file"), form.get("purpose"), form.get("expires_after[seconds]")
         if not isinstance(upload, UploadFile):
@@ -373,34 +384,39 @@ class FilesController(Controller):
         return file_object(stored)
 
     @get("/")
-    async def list_files(
-        self, emu: EmulatorState, after: str | None = None, limit: int = 10_000, order: str = "desc",
-        purpose: str | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
-        if not 1 <= limit <= 10_000 or order not in ("asc", "desc"):
-            raise _invalid("limit", "'limit' must be 1..10000 and 'order' asc or desc.")
-        files = [file_object(f) for f in emu.files.files.values() if purpose in (None, f.purpose)]
-        return list_page(files[::-1] if order == "desc" else files, after, limit)
+    async def list_files(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        query = request.query_params
+        limit, order, purpose = (
+            _query_int(request, "limit", 10_000, 10_000),
+            query.get("order", "desc"),
+            query.get("purpose"),
+        )
+        if order not in ("asc", "desc"):
+            raise _invalid("order", "'order' must be 'asc' or 'desc'.")
+        files = [file_object(f) for f in emulator_of(request).files.files.values() if purpose in (None, f.purpose)]
+        return list_page(files[::-1] if order == "desc" else files, query.get("after"), limit)
 
     @get("/{file_id:str}")
-    async def retrieve(self, emu: EmulatorState, file_id: str) -> dict[str, Any]:
-        return file_object(emu.files.get(file_id))
+    async def retrieve(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        return file_object(emulator_of(request).files.get(request.path_params["file_id"]))
 
     @get("/{file_id:str}/content")
-    async def content(self, emu: EmulatorState, file_id: str) -> File:
-        stored = emu.files.get(file_id)
+    async def content(self, request: Request[Any, Any, Any]) -> File:
+        stored = emulator_of(request).files.get(request.path_params["file_id"])
         return File(path=stored.path, filename=stored.filename, media_type="application/octet-stream")
 
     @delete("/{file_id:str}", status_code=200)
-    async def remove(self, emu: EmulatorState, file_id: str) -> dict[str, Any]:
-        return {"id": emu.files.delete(file_id).id, "object": "file", "deleted": True}
+    async def remove(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        deleted = emulator_of(request).files.delete(request.path_params["file_id"])
+        return {"id": deleted.id, "object": "file", "deleted": True}
 
 
 class BatchesController(Controller):
     path = "/batches"
 
     @post("/", status_code=200)
-    async def create(self, request: Request[Any, Any, Any], emu: EmulatorState) -> dict[str, Any]:
+    async def create(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        emu = emulator_of(request)
         spec = _decode_create(await request.body())
         if spec.endpoint not in SERVED_ENDPOINTS:
             served = ", ".join(SERVED_ENDPOINTS)
@@ -422,26 +438,26 @@ class BatchesController(Controller):
         return batch_object(job)
 
     @get("/")
-    async def list_batches(self, emu: EmulatorState, after: str | None = None, limit: int = 20) -> dict[str, Any]:
-        if not 1 <= limit <= 100:
-            raise _invalid("limit", "'limit' must be between 1 and 100.")
-        return list_page([batch_object(j) for j in reversed(emu.jobs.values())], after, limit)
+    async def list_batches(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        jobs = [batch_object(j) for j in reversed(emulator_of(request).jobs.values())]
+        return list_page(jobs, request.query_params.get("after"), _query_int(request, "limit", 20, 100))
 
     @get("/{batch_id:str}")
-    async def retrieve(self, emu: EmulatorState, batch_id: str) -> dict[str, Any]:
-        return batch_object(_job(emu, batch_id))
+    async def retrieve(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        return batch_object(_job(request))
 
     @post("/{batch_id:str}/cancel", status_code=200)
-    async def cancel(self, emu: EmulatorState, batch_id: str) -> dict[str, Any]:
-        job = _job(emu, batch_id)
+    async def cancel(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        job = _job(request)
         # Which states accept a cancel is unverified upstream: repeats are harmless, finished ones get 409.
         if job.status not in ("validating", "in_progress", "cancelling"):
             raise ApiError(409, f"Cannot cancel a batch with status '{job.status}'.")
-        emu.request_cancel(job)
+        emulator_of(request).request_cancel(job)
         return batch_object(job)
 
 
-def _job(emu: EmulatorState, batch_id: str) -> Job:
-    if batch_id not in emu.jobs:
+def _job(request: Request[Any, Any, Any]) -> Job:
+    jobs, batch_id = emulator_of(request).jobs, request.path_params["batch_id"]
+    if batch_id not in jobs:
         raise not_found("Batch", batch_id)
-    return emu.jobs[batch_id]
+    return jobs[batch_id]

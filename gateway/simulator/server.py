@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import msgspec
 import uvicorn
 from litestar import Litestar, Request, Response, get, post
-from litestar.di import Provide
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from gateway.simulator.config import ProviderSpec, SimulatorConfig, default_config, load_config
-from gateway.simulator.core import LOG_DETAIL, ApiError, EmulatorState, Faults, ProtocolDriver, random_id
+from gateway.simulator.core import EMULATOR_KEY, LOG_DETAIL, ApiError, EmulatorState, Faults, ProtocolDriver, random_id
 from gateway.simulator.openai_protocol import OpenAIDriver
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 T = TypeVar("T")
+Req = Request[Any, Any, Any]
 
 DRIVERS: dict[str, Callable[[], ProtocolDriver]] = {"openai": OpenAIDriver}
 BODY_SLACK_BYTES = 1024 * 1024  # room for multipart framing around the largest accepted file
@@ -69,7 +70,7 @@ def build_provider_app(state: EmulatorState) -> Litestar:
     """The Litestar app of one emulated provider (without the fault gate)."""
     return Litestar(
         route_handlers=state.driver.route_handlers(),
-        dependencies={"emu": Provide(lambda: state, sync_to_thread=False)},
+        state=State({EMULATOR_KEY: state}),
         exception_handlers=_exception_handlers(state.driver.error_body),
         request_max_body_size=state.max_file_bytes + BODY_SLACK_BYTES,
         openapi_config=None,
@@ -202,10 +203,17 @@ class ProviderRunner(_Listener):
 def build_control_app(cluster: SimulatorCluster) -> Litestar:
     """The control API: list providers, switch faults, reset, read logs and counters, shift clocks."""
 
-    def runner(name: str) -> ProviderRunner:
+    def runner(request: Req) -> ProviderRunner:
+        name = request.path_params["name"]
         if name not in cluster.names():
             raise ApiError(404, f"No emulated provider named {name!r}.", param="name")
         return cluster.runner(name)
+
+    async def json_object(request: Req) -> dict[str, Any]:
+        try:
+            return msgspec.json.decode(await request.body() or b"{}", type=dict[str, Any])
+        except msgspec.MsgspecError:
+            raise ApiError(400, "The request body must be a JSON object.", code="invalid_json") from None
 
     @get("/health")
     async def health() -> dict[str, Any]:
@@ -213,36 +221,36 @@ def build_control_app(cluster: SimulatorCluster) -> Litestar:
 
     @get("/providers")
     async def providers() -> list[dict[str, Any]]:
-        return [runner(name).describe() for name in cluster.names()]
+        return [cluster.runner(name).describe() for name in cluster.names()]
 
     @get("/providers/{name:str}")
-    async def provider(name: str) -> dict[str, Any]:
-        return runner(name).describe()
+    async def provider(request: Req) -> dict[str, Any]:
+        return runner(request).describe()
 
     @post("/providers/{name:str}/faults", status_code=200)
-    async def set_faults(name: str, data: dict[str, Any]) -> Any:
-        target = runner(name)
+    async def set_faults(request: Req) -> Any:
+        target = runner(request)
         try:
-            faults = target.state.update_faults(data)
+            faults = target.state.update_faults(await json_object(request))
         except msgspec.ValidationError as exc:
             raise ApiError(400, f"Invalid faults: {exc}", code="invalid_value") from None
         await target.reconcile()
         return msgspec.to_builtins(faults)
 
     @post("/providers/{name:str}/reset", status_code=200)
-    async def reset(name: str) -> dict[str, Any]:
-        target = runner(name)
+    async def reset(request: Req) -> dict[str, Any]:
+        target = runner(request)
         target.state.reset()
         await target.reconcile()
         return target.describe()
 
     @get("/providers/{name:str}/log")
-    async def request_log(name: str) -> dict[str, Any]:
-        return {"object": "list", "data": msgspec.to_builtins(list(runner(name).state.log))}
+    async def request_log(request: Req) -> dict[str, Any]:
+        return {"object": "list", "data": msgspec.to_builtins(list(runner(request).state.log))}
 
     @get("/providers/{name:str}/stats")
-    async def stats(name: str) -> dict[str, Any]:
-        state = runner(name).state
+    async def stats(request: Req) -> dict[str, Any]:
+        state = runner(request).state
         statuses: dict[str, int] = {}
         for job in state.jobs.values():
             statuses[job.status] = statuses.get(job.status, 0) + 1
@@ -250,11 +258,11 @@ def build_control_app(cluster: SimulatorCluster) -> Litestar:
         return {**counts, "files_stored": len(state.files.files), "batches": statuses}
 
     @post("/providers/{name:str}/clock", status_code=200)
-    async def clock(name: str, data: dict[str, Any]) -> dict[str, Any]:
-        advance = data.get("advance_s", 0)
+    async def clock(request: Req) -> dict[str, Any]:
+        state = runner(request).state
+        advance = (await json_object(request)).get("advance_s", 0)
         if isinstance(advance, bool) or not isinstance(advance, int | float):
             raise ApiError(400, "'advance_s' must be a number of seconds.", param="advance_s")
-        state = runner(name).state
         state.clock.advance(float(advance))
         return {"now": state.clock.now(), "offset_s": state.clock.offset_s}
 

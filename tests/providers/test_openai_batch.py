@@ -169,14 +169,17 @@ async def test_find_submitted_follows_pages(
     shard = write_shard(tmp_path, count=1)
     oldest = await adapter.submit(shard)
     base = cluster.base_url("sim")
-    for index in range(120):
+
+    async def create_other(index: int) -> int:
         body = {
             "input_file_id": oldest.provider_file_id,
             "endpoint": CHAT,
             "completion_window": "24h",
             "metadata": {"batchgw_submit_token": f"other-{index}"},
         }
-        assert (await http.post(f"{base}/batches", json=body)).status_code == 200
+        return (await http.post(f"{base}/batches", json=body)).status_code
+
+    assert set(await asyncio.gather(*(create_other(index) for index in range(120)))) == {200}
     found = await adapter.find_submitted(shard.submit_token)
     assert found is not None and found.provider_batch_id == oldest.provider_batch_id
     assert await calls(cluster, "sim", "GET", "/batches") == 2
@@ -235,9 +238,7 @@ async def test_rate_limit_long_retry_after_raises_at_once(
     assert await calls(cluster, "sim", "GET", "/batches/batch_x") == 1
 
 
-async def test_rate_limit_short_retry_after_is_honoured(
-    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster
-) -> None:
+async def test_rate_limit_short_retry_after_is_honoured(adapter: OpenAIBatchAdapter, cluster: SimulatorCluster) -> None:
     cluster.set_faults("sim", rate_limit_next=1, retry_after_s=1)
     started = time.monotonic()
     report = await adapter.find_submitted("tok-none")

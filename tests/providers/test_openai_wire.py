@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import Any
 
 import msgspec
 import pytest
@@ -153,9 +154,7 @@ def test_error_summary_token_limit() -> None:
 
 
 def test_error_summary_together_string_and_absent() -> None:
-    assert (
-        batch_error_summary({"status": "FAILED", "error": "input file is invalid"}) == "input file is invalid"
-    )
+    assert batch_error_summary({"status": "FAILED", "error": "input file is invalid"}) == "input file is invalid"
     assert batch_error_summary({"errors": None}) is None
     assert batch_error_summary({"errors": {"data": ["junk", 3]}}) is None
 
@@ -187,7 +186,7 @@ def test_parse_batch_page() -> None:
 def test_submit_token_lookup() -> None:
     meta = submit_metadata("tok-1", "shard-1")
     assert meta == {SUBMIT_TOKEN_KEY: "tok-1", SHARD_ID_KEY: "shard-1"}
-    batches = [
+    batches: list[dict[str, Any]] = [
         {"id": "a", "metadata": None},
         {"id": "b"},
         {"id": "c", "metadata": meta},
@@ -199,9 +198,7 @@ def test_submit_token_lookup() -> None:
 
 
 def test_error_message_from_body() -> None:
-    body = msgspec.json.encode(
-        {"error": {"message": "Invalid  file\n id", "type": "x", "param": None, "code": None}}
-    )
+    body = msgspec.json.encode({"error": {"message": "Invalid  file\n id", "type": "x", "param": None, "code": None}})
     assert error_message_from_body(body) == "Invalid file id"
     assert error_message_from_body(b'{"error": "plain"}') == "plain"
     assert error_message_from_body(b'{"message": "other"}') == "other"

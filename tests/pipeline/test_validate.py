@@ -1,0 +1,235 @@
+"""The line-by-line check of batch input files: ``iter_lines`` and ``validate_input_file``.
+
+These are pure functions over a file on disk, tested here without a gateway: line splitting at
+every chunk boundary, 1-based line numbers in every error, and the limits from ``LimitSettings``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.pipeline import validate
+from gateway.pipeline.validate import ValidationReport, iter_lines, validate_input_file
+from gateway.settings import LimitSettings
+
+CHAT = "/v1/chat/completions"
+HYPOTHESIS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def request_line(custom_id: str, model: str = "gpt-4o-mini", url: str = CHAT, content: str = "Hello") -> bytes:
+    """One well-formed chat request line, without its newline."""
+    body = {"model": model, "messages": [{"role": "user", "content": content}]}
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body}).encode()
+
+
+def write(path: Path, lines: list[bytes], trailing_newline: bool = True) -> Path:
+    """Write lines joined by newlines."""
+    path.write_bytes(b"\n".join(lines) + (b"\n" if trailing_newline and lines else b""))
+    return path
+
+
+def check(path: Path, **limits: int) -> ValidationReport:
+    """Validate a chat batch input with the given limits (defaults otherwise)."""
+    return validate_input_file(path, CHAT, LimitSettings(**limits))  # type: ignore[arg-type]
+
+
+def reference_lines(data: bytes, max_line_bytes: int) -> list[tuple[int, bytes | None]]:
+    """What ``iter_lines`` must yield, computed the obvious way."""
+    pieces = data.split(b"\n")
+    if pieces and pieces[-1] == b"":
+        pieces.pop()
+    return [(n, None if len(p) > max_line_bytes else p) for n, p in enumerate(pieces, start=1)]
+
+
+# --- iter_lines ---------------------------------------------------------------------------------
+
+
+@HYPOTHESIS
+@given(
+    data=st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\r", b"{}", b"\xff", b"xyz" * 5]), max_size=60).map(
+        b"".join
+    ),
+    chunk=st.integers(min_value=1, max_value=16),
+    max_line_bytes=st.integers(min_value=0, max_value=20),
+)
+def test_iter_lines_matches_a_plain_split_whatever_the_chunk_size(
+    tmp_path: Path, data: bytes, chunk: int, max_line_bytes: int
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    with mock.patch.object(validate, "READ_CHUNK", chunk):
+        got = list(iter_lines(path, max_line_bytes))
+    assert got == reference_lines(data, max_line_bytes)
+
+
+def test_iter_lines_counts_a_last_line_without_newline(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"one\ntwo")
+    assert list(iter_lines(path, 100)) == [(1, b"one"), (2, b"two")]
+
+
+def test_iter_lines_marks_only_the_long_line_and_keeps_numbering(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"short\n" + b"x" * 11 + b"\n" + b"y" * 10 + b"\nend\n")
+    with mock.patch.object(validate, "READ_CHUNK", 4):
+        got = list(iter_lines(path, 10))
+    assert got == [(1, b"short"), (2, None), (3, b"y" * 10), (4, b"end")]
+
+
+# --- validate_input_file: good files -------------------------------------------------------------
+
+
+@HYPOTHESIS
+@given(
+    models=st.lists(st.sampled_from(["gpt-4o-mini", "gpt-4o", "claude-x"]), min_size=1, max_size=40),
+    contents=st.text(max_size=30),
+    trailing_newline=st.booleans(),
+    crlf=st.booleans(),
+)
+def test_valid_lines_give_an_ok_report_with_the_right_counts(
+    tmp_path: Path, models: list[str], contents: str, trailing_newline: bool, crlf: bool
+) -> None:
+    lines = [request_line(f"req-{i}", model, content=contents) + (b"\r" if crlf else b"") for i, model in
+             enumerate(models)]
+    report = check(write(tmp_path / "in.jsonl", lines, trailing_newline))
+    assert report.ok, report.errors
+    assert report.errors == []
+    assert report.line_count == len(models)
+    assert report.models == {m: models.count(m) for m in set(models)}
+
+
+def test_a_line_exactly_at_the_byte_limit_is_accepted(tmp_path: Path) -> None:
+    line = request_line("only")
+    report = check(write(tmp_path / "in.jsonl", [line]), max_line_bytes=len(line))
+    assert report.ok
+    assert report.line_count == 1
+
+
+# --- validate_input_file: one broken line ----------------------------------------------------
+
+
+BROKEN: dict[str, tuple[bytes, str, str | None]] = {
+    "truncated json": (b'{"custom_id": "bad", "method": "POST"', "invalid_json_line", None),
+    "json array": (b"[1, 2, 3]", "invalid_json_line", None),
+    "blank": (b"   ", "empty_line", None),
+    "not utf-8": (b'{"custom_id": "caf\xe9", "method": "POST"}', "invalid_utf8", None),
+    "wrong url": (request_line("bad", url="/v1/embeddings"), "url_mismatch", "url"),
+    "missing body": (b'{"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions"}', "missing_body",
+                     "body"),
+    "body not an object": (b'{"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": 3}',
+                           "invalid_body", "body"),
+    "missing model": (b'{"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": {}}',
+                      "missing_model", "body.model"),
+    "wrong method": (request_line("bad").replace(b'"POST"', b'"GET"'), "invalid_method", "method"),
+    "missing custom_id": (request_line("").replace(b'"custom_id": "", ', b""), "invalid_custom_id", "custom_id"),
+    "numeric custom_id": (request_line("x").replace(b'"x"', b"7", 1), "invalid_custom_id", "custom_id"),
+    "duplicate custom_id": (request_line("req-0"), "duplicate_custom_id", "custom_id"),
+}
+
+
+@HYPOTHESIS
+@given(
+    count=st.integers(min_value=1, max_value=30),
+    data=st.data(),
+    kind=st.sampled_from(sorted(BROKEN)),
+)
+def test_one_broken_line_at_position_k_is_reported_at_line_k_plus_1(
+    tmp_path: Path, count: int, data: st.DataObject, kind: str
+) -> None:
+    position = data.draw(st.integers(min_value=0 if kind != "duplicate custom_id" else 1, max_value=count))
+    broken, code, param = BROKEN[kind]
+    lines = [request_line(f"req-{i}") for i in range(count)]
+    lines.insert(position, broken)
+    report = check(write(tmp_path / "in.jsonl", lines))
+    assert not report.ok
+    assert report.line_count == count + 1
+    assert report.error_count == 1, report.errors
+    (error,) = report.errors
+    assert error["code"] == code
+    assert error["line"] == position + 1
+    assert error["param"] == param
+    assert f"Line {position + 1}" in error["message"]
+
+
+def test_duplicate_custom_id_names_the_second_occurrence(tmp_path: Path) -> None:
+    lines = [request_line("a"), request_line("b"), request_line("c"), request_line("b"), request_line("b")]
+    report = check(write(tmp_path / "in.jsonl", lines))
+    assert [(e["code"], e["line"]) for e in report.errors] == [("duplicate_custom_id", 4), ("duplicate_custom_id", 5)]
+    assert "'b'" in report.errors[0]["message"]
+
+
+def test_every_problem_of_a_line_and_of_every_line_is_listed_in_order(tmp_path: Path) -> None:
+    lines = [
+        request_line("a"),
+        b"{oops",
+        json.dumps({"custom_id": "a", "method": "GET", "url": "/v1/embeddings"}).encode(),
+        b"",
+        request_line("d"),
+    ]
+    report = check(write(tmp_path / "in.jsonl", lines))
+    assert [(e["code"], e["line"]) for e in report.errors] == [
+        ("invalid_json_line", 2),
+        ("duplicate_custom_id", 3),
+        ("invalid_method", 3),
+        ("url_mismatch", 3),
+        ("missing_body", 3),
+        ("empty_line", 4),
+    ]
+    assert report.line_count == 5
+
+
+# --- validate_input_file: limits and empty input ---------------------------------------------
+
+
+def test_empty_file_is_an_error_without_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"")
+    report = check(path)
+    assert not report.ok
+    assert report.line_count == 0
+    assert [(e["code"], e["line"]) for e in report.errors] == [("empty_file", None)]
+
+
+def test_a_file_of_one_newline_is_one_blank_line(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n")
+    report = check(path)
+    assert [(e["code"], e["line"]) for e in report.errors] == [("empty_line", 1)]
+
+
+def test_line_over_the_byte_limit_is_named_and_the_rest_still_checked(tmp_path: Path) -> None:
+    long_line = request_line("long", content="x" * 2_000_000)
+    lines = [request_line("a"), long_line, b"{broken"]
+    with mock.patch.object(validate, "READ_CHUNK", 64 * 1024):
+        report = check(write(tmp_path / "in.jsonl", lines), max_line_bytes=1024 * 1024)
+    assert [(e["code"], e["line"]) for e in report.errors] == [("line_too_long", 2), ("invalid_json_line", 3)]
+    assert "Line 2" in report.errors[0]["message"]
+    assert str(1024 * 1024) in report.errors[0]["message"]
+
+
+def test_too_many_lines_stops_at_the_first_line_over_the_limit(tmp_path: Path) -> None:
+    lines = [request_line(f"r{i}") for i in range(6)] + [b"{broken"]
+    report = check(write(tmp_path / "in.jsonl", lines), max_file_lines=4)
+    assert [(e["code"], e["line"]) for e in report.errors] == [("too_many_requests", 5)]
+
+
+def test_errors_beyond_the_reporting_limit_are_summarised(tmp_path: Path) -> None:
+    lines = [b"{broken"] * 10
+    report = check(write(tmp_path / "in.jsonl", lines), max_errors_reported=3)
+    assert report.error_count == 10
+    assert [e["line"] for e in report.errors] == [1, 2, 3, None]
+    assert report.errors[-1]["code"] == "too_many_errors"
+    assert "7 more" in report.errors[-1]["message"]
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/embeddings", "/v1/chat/completions"])
+def test_url_must_match_the_batch_endpoint(tmp_path: Path, endpoint: str) -> None:
+    path = write(tmp_path / "in.jsonl", [request_line("a", url="/v1/embeddings")])
+    report = validate_input_file(path, endpoint, LimitSettings())  # type: ignore[call-arg]
+    assert report.ok is (endpoint == "/v1/embeddings")
