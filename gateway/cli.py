@@ -11,7 +11,9 @@ import typer
 
 from gateway.settings import Settings
 
-app = typer.Typer(help="batch-gateway: one OpenAI-compatible batch endpoint in front of many providers.", no_args_is_help=True)
+app = typer.Typer(
+    help="batch-gateway: one OpenAI-compatible batch endpoint in front of many providers.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 keys_app = typer.Typer(help="Client API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")

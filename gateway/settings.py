@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     auto_migrate: bool = Field(True, description="Apply database migrations when the gateway starts.")
     public_base_url: str | None = Field(None, description="Base URL clients use, for links in responses.")
     log_level: str = Field("INFO", description="Python logging level.")
-    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
-    worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     providers: dict[str, ProviderConfig] = Field(
         default_factory=dict, description="Configured providers by name; see gateway/providers/config.py."
     )

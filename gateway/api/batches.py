@@ -71,7 +71,9 @@ def _parse_create(raw: bytes) -> dict[str, Any]:
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
     unknown = sorted(set(body) - CREATE_FIELDS)
     if unknown:
-        raise bad_request(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0], code="unknown_parameter")
+        raise bad_request(
+            f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0], code="unknown_parameter"
+        )
     for required in ("input_file_id", "endpoint", "completion_window"):
         if body.get(required) in (None, ""):
             raise bad_request(

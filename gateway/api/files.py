@@ -67,7 +67,9 @@ class FilesController(Controller):
         try:
             purpose = upload.fields.get("purpose")
             if not purpose:
-                raise bad_request("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
+                raise bad_request(
+                    "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
+                )
             if purpose not in ACCEPTED_PURPOSES:
                 known = "known, but " if purpose in KNOWN_PURPOSES else ""
                 raise bad_request(

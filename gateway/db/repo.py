@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel import col, select
 
 from gateway.db.models import ApiKey, Batch, IdempotencyRecord, Shard, StoredFile, Team
@@ -98,8 +98,8 @@ async def list_files(
 async def file_in_use(session: AsyncSession, file_id: str) -> bool:
     """True while an unfinished batch reads this file."""
     running = ("validating", "in_progress", "finalizing", "cancelling")
-    query = select(func.count()).select_from(Batch).where(
-        Batch.input_file_id == file_id, col(Batch.status).in_(running)
+    query = (
+        select(func.count()).select_from(Batch).where(Batch.input_file_id == file_id, col(Batch.status).in_(running))
     )
     return bool((await session.exec(query)).one())
 
@@ -132,14 +132,14 @@ async def list_batches(
 async def request_cancel(session: AsyncSession, batch: Batch) -> bool:
     """Move a running batch to ``cancelling`` with one compare-and-set; False if it had finished."""
     now = int(time.time())
-    result = await session.exec(  # type: ignore[call-overload]
+    result = await session.exec(
         update(Batch)
         .where(col(Batch.id) == batch.id, col(Batch.status).in_(("validating", "in_progress", "finalizing")))
         .values(status="cancelling", cancelling_at=now, updated_at=time.time())
     )
     if result.rowcount:
         # Wake the batch's shards so the cancel reaches the providers at once.
-        await session.exec(  # type: ignore[call-overload]
+        await session.exec(
             update(Shard)
             .where(col(Shard.batch_id) == batch.id, col(Shard.state) != "done")
             .values(next_action_at=time.time())
@@ -159,7 +159,9 @@ async def remember_idempotent(
     session: AsyncSession, team_id: str, kind: str, key: str, fingerprint: str, resource_id: str
 ) -> IdempotencyRecord | None:
     """Store the key in its own transaction; on a concurrent winner return the winner's record."""
-    session.add(IdempotencyRecord(team_id=team_id, kind=kind, key=key, fingerprint=fingerprint, resource_id=resource_id))
+    session.add(
+        IdempotencyRecord(team_id=team_id, kind=kind, key=key, fingerprint=fingerprint, resource_id=resource_id)
+    )
     try:
         await session.commit()
     except IntegrityError:
@@ -180,12 +182,10 @@ async def claim_batch(session: AsyncSession, stages: Sequence[str], owner: str, 
     now = time.time()
     free = or_(col(Batch.lease_expires_at).is_(None), col(Batch.lease_expires_at) < now)
     candidates = (
-        await session.exec(
-            select(Batch.id).where(col(Batch.stage).in_(stages), free).order_by(col(Batch.seq)).limit(5)
-        )
+        await session.exec(select(Batch.id).where(col(Batch.stage).in_(stages), free).order_by(col(Batch.seq)).limit(5))
     ).all()
     for batch_id in candidates:
-        result = await session.exec(  # type: ignore[call-overload]
+        result = await session.exec(
             update(Batch)
             .where(col(Batch.id) == batch_id, col(Batch.stage).in_(stages), free)
             .values(lease_owner=owner, lease_expires_at=now + lease_s)
@@ -199,7 +199,7 @@ async def claim_batch(session: AsyncSession, stages: Sequence[str], owner: str, 
 async def release_batch(session: AsyncSession, batch_id: str, owner: str, retry_in: float | None = None) -> None:
     """Give up this worker's lease; with ``retry_in``, keep it blocked that long (after a failed step)."""
     expires = time.time() + retry_in if retry_in else None
-    await session.exec(  # type: ignore[call-overload]
+    await session.exec(
         update(Batch)
         .where(col(Batch.id) == batch_id, col(Batch.lease_owner) == owner)
         .values(lease_owner=None if expires is None else owner, lease_expires_at=expires)
@@ -211,7 +211,7 @@ async def update_batch_if(
     session: AsyncSession, batch_id: str, *, expected_status: str, values: dict[str, object]
 ) -> bool:
     """Update a batch only if its status is still ``expected_status`` (compare-and-set)."""
-    result = await session.exec(  # type: ignore[call-overload]
+    result = await session.exec(
         update(Batch)
         .where(col(Batch.id) == batch_id, col(Batch.status) == expected_status)
         .values(**values, updated_at=time.time())
@@ -221,7 +221,7 @@ async def update_batch_if(
 
 async def extend_batch_lease(session: AsyncSession, batch_id: str, owner: str, lease_s: float) -> bool:
     """Heartbeat: push the lease forward if this worker still holds it."""
-    result = await session.exec(  # type: ignore[call-overload]
+    result = await session.exec(
         update(Batch)
         .where(col(Batch.id) == batch_id, col(Batch.lease_owner) == owner)
         .values(lease_expires_at=time.time() + lease_s)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, or_, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select as sa_select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel import col, select
 
 from gateway.db.models import Batch, Shard
@@ -22,11 +23,13 @@ async def claim_shard(session: AsyncSession, owner: str, lease_s: float) -> Shar
     free = or_(col(Shard.lease_expires_at).is_(None), col(Shard.lease_expires_at) < now)
     due = (col(Shard.state).in_(ACTIVE_STATES), col(Shard.next_action_at) <= now, free)
     candidates = (
-        await session.exec(select(Shard.id).where(*due).order_by(col(Shard.next_action_at)).limit(8))  # type: ignore[call-overload]
+        await session.exec(select(Shard.id).where(*due).order_by(col(Shard.next_action_at)).limit(8))
     ).all()
     for shard_id in candidates:
-        result = await session.exec(  # type: ignore[call-overload]
-            update(Shard).where(col(Shard.id) == shard_id, *due).values(lease_owner=owner, lease_expires_at=now + lease_s)
+        result = await session.exec(
+            update(Shard)
+            .where(col(Shard.id) == shard_id, *due)
+            .values(lease_owner=owner, lease_expires_at=now + lease_s)
         )
         await session.commit()
         if result.rowcount == 1:
@@ -37,7 +40,7 @@ async def claim_shard(session: AsyncSession, owner: str, lease_s: float) -> Shar
 async def release_shard(session: AsyncSession, shard_id: str, owner: str, retry_in: float | None = None) -> None:
     """Give up this worker's lease; with ``retry_in``, keep it blocked that long (after a failed step)."""
     expires = time.time() + retry_in if retry_in else None
-    await session.exec(  # type: ignore[call-overload]
+    await session.exec(
         update(Shard)
         .where(col(Shard.id) == shard_id, col(Shard.lease_owner) == owner)
         .values(lease_owner=None if expires is None else owner, lease_expires_at=expires)
@@ -47,7 +50,7 @@ async def release_shard(session: AsyncSession, shard_id: str, owner: str, retry_
 
 async def extend_shard_lease(session: AsyncSession, shard_id: str, owner: str, lease_s: float) -> bool:
     """Heartbeat for a shard lease."""
-    result = await session.exec(  # type: ignore[call-overload]
+    result = await session.exec(
         update(Shard)
         .where(col(Shard.id) == shard_id, col(Shard.lease_owner) == owner)
         .values(lease_expires_at=time.time() + lease_s)
@@ -59,7 +62,7 @@ async def extend_shard_lease(session: AsyncSession, shard_id: str, owner: str, l
 async def save_shard(session: AsyncSession, shard: Shard, owner: str, **values: Any) -> bool:
     """Write ``values`` to a shard this worker still holds; False if the lease was lost."""
     values["updated_at"] = time.time()
-    result = await session.exec(  # type: ignore[call-overload]
+    result = await session.exec(
         update(Shard).where(col(Shard.id) == shard.id, col(Shard.lease_owner) == owner).values(**values)
     )
     if result.rowcount:
@@ -72,7 +75,7 @@ async def in_flight(session: AsyncSession, provider: str) -> tuple[int, dict[str
     """Provider batches running at ``provider`` and their estimated input tokens per provider model."""
     rows = (
         await session.exec(
-            select(Shard.provider_model, func.count(), func.coalesce(func.sum(Shard.estimated_input_tokens), 0))  # type: ignore[call-overload]
+            select(Shard.provider_model, func.count(), func.coalesce(func.sum(Shard.estimated_input_tokens), 0))
             .where(Shard.provider == provider, col(Shard.state).in_(IN_FLIGHT_STATES))
             .group_by(Shard.provider_model)
         )
@@ -88,18 +91,18 @@ async def batch_shards(session: AsyncSession, batch_id: str) -> Sequence[Shard]:
 async def refresh_batch_progress(session: AsyncSession, batch_id: str) -> None:
     """Recompute a batch's request counts and token usage from its shards."""
     totals = (
-        await session.exec(
-            select(  # type: ignore[call-overload]
+        await session.execute(
+            sa_select(
                 func.coalesce(func.sum(Shard.result_completed + Shard.progress_completed), 0),
                 func.coalesce(func.sum(Shard.result_failed + Shard.progress_failed), 0),
                 func.coalesce(func.sum(Shard.input_tokens), 0),
                 func.coalesce(func.sum(Shard.output_tokens), 0),
                 func.coalesce(func.sum(Shard.cached_tokens), 0),
                 func.coalesce(func.sum(Shard.reasoning_tokens), 0),
-            ).where(Shard.batch_id == batch_id)
+            ).where(col(Shard.batch_id) == batch_id)
         )
     ).one()
-    await session.exec(  # type: ignore[call-overload]
+    await session.exec(
         update(Batch)
         .where(col(Batch.id) == batch_id)
         .values(
@@ -118,5 +121,3 @@ async def open_shard_count(session: AsyncSession, batch_id: str) -> int:
     """Shards of the batch that have not finished."""
     query = select(func.count()).select_from(Shard).where(Shard.batch_id == batch_id, col(Shard.state) != "done")
     return int((await session.exec(query)).one())
-
-

@@ -171,7 +171,9 @@ async def receive_upload(
     if lines > max_lines:
         blobs.delete(key)
         raise APIError(
-            413, f"The file has more than {max_lines} lines, the most one batch accepts.", param="file",
+            413,
+            f"The file has more than {max_lines} lines, the most one batch accepts.",
+            param="file",
             code="too_many_lines",
         )
     return UploadResult(

@@ -53,9 +53,7 @@ class ShardResults:
 
     completed: int = 0
     failed: int = 0
-    usage: dict[str, int] = field(
-        default_factory=lambda: {"input": 0, "output": 0, "cached": 0, "reasoning": 0}
-    )
+    usage: dict[str, int] = field(default_factory=lambda: {"input": 0, "output": 0, "cached": 0, "reasoning": 0})
 
 
 def batch_window_closed(batch: Batch) -> bool:
@@ -213,7 +211,10 @@ async def _to_merge(session: Any, batch_id: str) -> None:
     """All shards are done: the batch goes to ``finalizing`` (unless cancelling) and to the merge stage."""
     now = now_s()
     if not await repo.update_batch_if(
-        session, batch_id, expected_status="in_progress", values={"status": "finalizing", "finalizing_at": now, "stage": "merge"}
+        session,
+        batch_id,
+        expected_status="in_progress",
+        values={"status": "finalizing", "finalizing_at": now, "stage": "merge"},
     ):
         await repo.update_batch_if(session, batch_id, expected_status="cancelling", values={"stage": "merge"})
 

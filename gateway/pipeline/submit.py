@@ -90,9 +90,7 @@ async def _reserve_capacity(context: GatewayContext, shard: Shard, owner: str) -
     return False
 
 
-def _fits(
-    limits: ProviderLimits, shard: Shard, batches: int, tokens: dict[str, int], *, including_self: bool
-) -> bool:
+def _fits(limits: ProviderLimits, shard: Shard, batches: int, tokens: dict[str, int], *, including_self: bool) -> bool:
     own_batches = 1 if including_self else 0
     own_tokens = shard.estimated_input_tokens if including_self else 0
     if batches - own_batches >= limits.max_batches_in_flight:

@@ -139,9 +139,7 @@ def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> Val
     return report
 
 
-def _check_line(
-    raw: bytes, number: int, endpoint: str, seen: set[str], report: ValidationReport, keep: int
-) -> None:
+def _check_line(raw: bytes, number: int, endpoint: str, seen: set[str], report: ValidationReport, keep: int) -> None:
     if not raw.strip():
         report.add("empty_line", f"Line {number} is blank; every line must be a JSON object.", number, None, keep)
         return
@@ -186,9 +184,7 @@ def _check_line(
     else:
         seen.add(custom_id)
     if line.method != "POST":
-        report.add(
-            "invalid_method", f"Line {number}: 'method' must be \"POST\".", number, "method", keep
-        )
+        report.add("invalid_method", f"Line {number}: 'method' must be \"POST\".", number, "method", keep)
     if line.url != endpoint:
         report.add(
             "url_mismatch",

@@ -48,7 +48,7 @@ class ProviderConfig(BaseModel):
     )
     timeout_s: float = Field(60.0, gt=0, description="Timeout of one HTTP call to the provider.")
     enabled: bool = True
-    limits: ProviderLimits = Field(default_factory=ProviderLimits)  # type: ignore[arg-type]
+    limits: ProviderLimits = Field(default_factory=ProviderLimits)
 
     @field_validator("models", mode="before")
     @classmethod
