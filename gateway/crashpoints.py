@@ -15,6 +15,7 @@ POINTS = (
     "poll.after_status",
     "collect.after_split",
     "merge.after_files_written",
+    "fanout.after_request",
 )
 
 _passes: dict[str, int] = {}

@@ -41,6 +41,14 @@ class BlobStore(abc.ABC):
         """A local path to write; the blob appears under ``key`` only when the block succeeds."""
 
     @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """True if a blob is stored under ``key``."""
+
+    @abc.abstractmethod
+    def append_path(self, key: str) -> Path:
+        """A local file that accumulates a blob by appends (durable progress of a running step)."""
+
+    @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove a blob; a missing blob is not an error."""
 
@@ -100,6 +108,14 @@ class LocalBlobStore(BlobStore):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def append_path(self, key: str) -> Path:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def delete(self, key: str) -> None:
         path = self._path(key)

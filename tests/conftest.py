@@ -7,6 +7,7 @@ fresh database (a new file, or a new PostgreSQL database created for it and drop
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,12 +18,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import openai
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from gateway.simulator import SimulatorCluster
 
 PG_URL = os.environ.get("BATCHGW_TEST_DATABASE_URL")
 DATABASES = ["sqlite", *(["postgresql"] if PG_URL else [])]
@@ -208,3 +213,59 @@ def team_key(gateway: GatewayProcess) -> str:
 def client(gateway: GatewayProcess, team_key: str) -> openai.OpenAI:
     """The official SDK pointed at the gateway, with strict response validation."""
     return gateway.client(team_key)
+
+
+# --- emulated providers (used by tests/engine) ------------------------------------------------------------
+
+ENGINE_ENV = {
+    "BATCHGW_WORKER__PROVIDER_POLL_MIN_S": "0.2",
+    "BATCHGW_WORKER__PROVIDER_POLL_MAX_S": "1",
+}
+"""Worker settings for end-to-end engine tests: provider polls every 0.2 s at first, backing off to 1 s."""
+
+SIMULATED_PROVIDERS = {"fast": 0.0, "other": 0.0, "steady": 1.0, "slow": 5.0}
+"""The emulated providers of the ``simulator`` fixture and their processing delay in seconds."""
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[SimulatorCluster]:
+    """OpenAI-protocol provider emulators on free loopback ports, with a control server (``control_url``).
+
+    Each of ``fast``, ``other``, ``steady`` and ``slow`` serves gpt-4o-mini, llama-3.3-70b and
+    text-embedding-3-small; they differ only in processing delay (see ``SIMULATED_PROVIDERS``).
+    Switch faults with ``POST {control_url}/providers/{name}/faults`` and clear jobs, log, counters
+    and faults with ``POST {control_url}/providers/{name}/reset``.
+    """
+    from gateway.simulator import ProviderSpec, SimulatorCluster
+
+    models = ["gpt-4o-mini", "llama-3.3-70b", "text-embedding-3-small"]
+    specs = [
+        ProviderSpec(name=name, models=models, processing_delay_s=delay) for name, delay in SIMULATED_PROVIDERS.items()
+    ]
+    with SimulatorCluster(specs, control_port=0) as cluster:
+        yield cluster
+
+
+def simulated_provider_env(
+    cluster: SimulatorCluster, folder: Path, providers: dict[str, dict[str, Any]]
+) -> dict[str, str]:
+    """Write a gateway provider file pointing at emulated providers; return the env for ``gateway_factory``.
+
+    ``providers`` maps a gateway provider name to ``{"emulator": <emulated provider>, "models":
+    {<gateway model>: <emulator model>}, "limits": {<ProviderLimits field>: value}}`` ("limits" optional).
+    Several gateway providers may share one emulator. The env also carries ``ENGINE_ENV``.
+    """
+    lines: list[str] = []
+    for name, spec in providers.items():
+        lines += [
+            f"[providers.{name}]",
+            'kind = "openai"',
+            f"base_url = {json.dumps(cluster.base_url(spec['emulator']))}",
+            "models = { " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in spec["models"].items()) + " }",
+            f"[providers.{name}.limits]",
+            *(f"{key} = {json.dumps(value)}" for key, value in spec.get("limits", {}).items()),
+            "",
+        ]
+    path = folder / "providers.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return {"BATCHGW_CONFIG_FILE": str(path), **ENGINE_ENV}

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.models import ApiKey, Batch, IdempotencyRecord, Shard, StoredFile, Team
 

@@ -8,13 +8,13 @@ from typing import Any
 
 from sqlalchemy import func, or_, update
 from sqlalchemy import select as sa_select
-from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.models import Batch, Shard
 
-ACTIVE_STATES = ("queued", "submitting", "running", "collecting")
-IN_FLIGHT_STATES = ("submitting", "running")
+ACTIVE_STATES = ("queued", "submitting", "running", "executing", "collecting")
+IN_FLIGHT_STATES = ("submitting", "running", "executing")
 
 
 async def claim_shard(session: AsyncSession, owner: str, lease_s: float) -> Shard | None:
@@ -121,3 +121,10 @@ async def open_shard_count(session: AsyncSession, batch_id: str) -> int:
     """Shards of the batch that have not finished."""
     query = select(func.count()).select_from(Shard).where(Shard.batch_id == batch_id, col(Shard.state) != "done")
     return int((await session.exec(query)).one())
+
+
+async def save_progress(session: AsyncSession, shard_id: str, answered: int) -> None:
+    """Record how many requests of a fan-out shard have been answered so far."""
+    await session.exec(
+        update(Shard).where(col(Shard.id) == shard_id).values(progress_completed=answered, updated_at=time.time())
+    )

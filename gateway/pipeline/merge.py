@@ -56,6 +56,11 @@ class ShardResults:
     usage: dict[str, int] = field(default_factory=lambda: {"input": 0, "output": 0, "cached": 0, "reasoning": 0})
 
 
+def raw_result_key(shard: Shard) -> str:
+    """Blob holding a shard's results as the provider gave them (before the join)."""
+    return f"shards/{shard.batch_id}/{shard.seq:05d}.raw.jsonl"
+
+
 def batch_window_closed(batch: Batch) -> bool:
     """True once the batch's completion window has passed."""
     return batch.expires_at is not None and time.time() >= batch.expires_at
@@ -143,12 +148,13 @@ async def end_shard(
 async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
     """Shard entry for state ``collecting``: fetch results, split them, and close the shard."""
     base = f"shards/{shard.batch_id}/{shard.seq:05d}"
-    raw_key = f"{base}.raw.jsonl"
-    raw_available = False
+    raw_key = raw_result_key(shard)
+    # Fan-out shards wrote their results as they ran; batch shards fetch them now.
+    raw_available = context.blobs.exists(raw_key) and not shard.provider_batch_id
     if shard.provider_batch_id:
         adapter = context.providers.get(shard.provider)
-        with context.blobs.writer_path(raw_key) as tmp:
-            await adapter.fetch_results(shard.provider_batch_id, tmp)
+        with context.blobs.writer_path(raw_key) as tmp, context.blobs.local_path(shard.input_key) as input_path:
+            await adapter.fetch_results(shard.provider_batch_id, tmp, input_path=input_path)
             tmp.touch()
         raw_available = True
     output_key, error_key = f"{base}.out.jsonl", f"{base}.err.jsonl"

@@ -15,6 +15,7 @@ from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
+from gateway.pipeline import fanout
 from gateway.pipeline.merge import batch_window_closed, end_shard
 from gateway.providers.base import (
     ProviderRateLimited,
@@ -40,6 +41,12 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
         await end_shard(context, shard, batch, owner, reason="expired")
         return
     adapter = context.providers.get(shard.provider)
+    if adapter.executes_locally:
+        async with context.sessions() as session:
+            await shard_db.save_shard(session, shard, owner, state="executing", submitted_at=time.time())
+            await session.commit()
+        await fanout.run(context, shard, batch, owner)
+        return
     recovering = shard.state == "submitting"
     if not recovering and not await _reserve_capacity(context, shard, owner):
         return

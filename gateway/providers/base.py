@@ -125,11 +125,29 @@ class HealthReport:
     latency_s: float | None = None
 
 
+@dataclass(frozen=True)
+class SyncRequest:
+    """One request of a shard, for providers the gateway drives request by request."""
+
+    custom_id: str
+    endpoint: str
+    body: bytes
+    """The request body as JSON, ``model`` already the provider's model id."""
+    estimated_tokens: int = 0
+    """Input plus expected output tokens, charged against a tokens-per-minute limit."""
+
+
 @dataclass
 class ProviderAdapter(abc.ABC):
-    """One configured provider. Subclasses implement a protocol (``kind``)."""
+    """One configured provider. Subclasses implement a protocol (``kind``).
+
+    Providers with a batch API implement submit / poll / fetch_results / cancel. Providers without
+    one set ``executes_locally`` and implement :meth:`execute` instead; the engine then runs the
+    shard's requests itself and their batch methods raise :class:`CapabilityNotSupported`.
+    """
 
     kind: ClassVar[str]
+    executes_locally: ClassVar[bool] = False
     config: ProviderConfig
     http: httpx.AsyncClient
     api_key: str | None = field(default=None, repr=False)
@@ -152,12 +170,14 @@ class ProviderAdapter(abc.ABC):
         """Read the provider batch's state and progress."""
 
     @abc.abstractmethod
-    async def fetch_results(self, provider_batch_id: str, dest: Path) -> None:
+    async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
         """Stream every result line the provider holds into ``dest`` as OpenAI-format output lines.
 
         Success and error lines go to the same file; the engine sorts them by ``custom_id``.
         A line the provider sent that cannot be parsed is skipped (the engine notices the
-        missing ``custom_id`` and treats that request as unfinished).
+        missing ``custom_id`` and treats that request as unfinished). ``input_path`` is the
+        shard's input as submitted, for adapters that must map provider ids back to
+        ``custom_id``s (the engine always passes it).
         """
 
     @abc.abstractmethod
@@ -167,3 +187,12 @@ class ProviderAdapter(abc.ABC):
     @abc.abstractmethod
     async def health(self) -> HealthReport:
         """A cheap call that tells whether the provider answers."""
+
+    async def execute(self, request: SyncRequest) -> bytes:
+        """Run one request now and return its OpenAI-format output line (without newline).
+
+        A request the provider refused or failed gives an error line, not an exception; only a
+        provider that stays unreachable after the adapter's own retries raises
+        :class:`ProviderUnavailable`, which pauses the shard.
+        """
+        raise CapabilityNotSupported(f"provider {self.name} ({self.kind}) runs batches, not single requests")

@@ -140,7 +140,7 @@ class OpenAIBatchAdapter(ProviderAdapter):
             error=batch_error_summary(batch) if state is ProviderBatchState.FAILED else None,
         )
 
-    async def fetch_results(self, provider_batch_id: str, dest: Path) -> None:
+    async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
         """Append the output and error files' lines to ``dest`` as OpenAI output envelopes."""
         batch = await self._retrieve(provider_batch_id)
         file_ids: list[str] = []

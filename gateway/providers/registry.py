@@ -12,9 +12,11 @@ import httpx
 from gateway.providers.base import ProviderAdapter
 from gateway.providers.config import ProviderConfig
 from gateway.providers.openai_batch import OpenAIBatchAdapter
+from gateway.providers.openai_sync import OpenAISyncAdapter
 
 ADAPTER_KINDS: dict[str, type[ProviderAdapter]] = {
     OpenAIBatchAdapter.kind: OpenAIBatchAdapter,
+    OpenAISyncAdapter.kind: OpenAISyncAdapter,
 }
 """Adapter class by the ``kind`` a provider's configuration names."""
 

@@ -211,13 +211,27 @@ class StoredFile(msgspec.Struct):
 
 
 class FileStore:
-    """Files of one emulated provider, kept in a private temporary folder."""
+    """Files of one emulated provider, kept in a private temporary folder made on first use."""
 
     CHUNK = 1024 * 1024
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
         self.files: dict[str, StoredFile] = {}
+        self._root: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            self._root = Path(tempfile.mkdtemp(prefix=self.prefix))
+        return self._root
+
+    def remove_all(self) -> None:
+        """Forget every file and delete the folder."""
+        self.files.clear()
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
 
     def _new(self, filename: str, purpose: str, created_at: int, expires_at: int | None) -> StoredFile:
         file_id = random_id("file-")
@@ -240,19 +254,24 @@ class FileStore:
                 last = chunk[-1:]
                 out.write(chunk)
         stored.lines += 1 if stored.bytes and last != b"\n" else 0
-        self.files[stored.id] = stored
+        self.add(stored)
         return stored
 
     def write_lines(self, lines: Iterable[bytes], **fields: Any) -> StoredFile:
-        """Store a JSONL file written line by line (``fields`` as for :meth:`save_stream`)."""
+        """Write a JSONL file (``fields`` as for :meth:`save_stream`); it is listed once :meth:`add`-ed.
+
+        Safe to call from a worker thread, while :meth:`add` belongs to the event loop.
+        """
         stored = self._new(**fields)
         with open(stored.path, "wb") as out:
             for line in lines:
                 out.write(line + b"\n")
                 stored.bytes += len(line) + 1
                 stored.lines += 1
-        self.files[stored.id] = stored
         return stored
+
+    def add(self, stored: StoredFile) -> None:
+        self.files[stored.id] = stored
 
     def get(self, file_id: str) -> StoredFile:
         if file_id not in self.files:
@@ -386,8 +405,11 @@ class ProtocolDriver(Protocol):
 
     def execute(self, state: EmulatorState, job: Job, item: JobItem) -> ItemOutcome: ...
 
-    def finalize(self, state: EmulatorState, job: Job, outcomes: Sequence[ItemOutcome]) -> None:
-        """Write the result artifacts of a finished job, lines in the given order."""
+    def finalize(self, state: EmulatorState, job: Job, outcomes: Sequence[ItemOutcome]) -> list[StoredFile]:
+        """Write the result files of a finished job (lines in the given order) in a worker thread.
+
+        Returns the files for the loop to register with ``state.files.add``.
+        """
         ...
 
 
@@ -400,7 +422,7 @@ class EmulatorState:
         self.api_key = spec.api_key
         self.processing_delay_s = spec.processing_delay_s
         self.max_file_bytes, self.max_lines = spec.max_file_bytes, spec.max_lines
-        self.files = FileStore(Path(tempfile.mkdtemp(prefix=f"batchgw-sim-{spec.name}-")))
+        self.files = FileStore(prefix=f"batchgw-sim-{spec.name}-")
         self.jobs: dict[str, Job] = {}
         self.log: deque[LogEntry] = deque(maxlen=LOG_LIMIT)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -421,7 +443,7 @@ class EmulatorState:
     def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        shutil.rmtree(self.files.root, ignore_errors=True)
+        self.files.remove_all()
 
     def update_faults(self, patch: Mapping[str, Any]) -> Faults:
         """Merge ``patch`` into the current faults (validated) and return the new settings."""
@@ -497,7 +519,8 @@ async def run_job(state: EmulatorState, job: Job) -> None:
         outcomes = list(job.outcomes)
         if state.faults.shuffle_output:
             random.Random(job.id).shuffle(outcomes)
-        await asyncio.to_thread(state.driver.finalize, state, job, outcomes)
+        for stored in await asyncio.to_thread(state.driver.finalize, state, job, outcomes):
+            state.files.add(stored)
         final: JobStatus = "completed" if stopped is None else "cancelled" if stopped is CANCELLED else "expired"
         job.set_status(final, state.clock.ts())
     except Exception as exc:

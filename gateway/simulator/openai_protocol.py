@@ -273,8 +273,8 @@ class OpenAIDriver:
         usage = body["usage"]
         return ItemOutcome(item.custom_id, 200, body, input_tokens=usage["prompt_tokens"], output_tokens=output)
 
-    def finalize(self, state: EmulatorState, job: Job, outcomes: Sequence[ItemOutcome]) -> None:
-        now = state.clock.ts()
+    def finalize(self, state: EmulatorState, job: Job, outcomes: Sequence[ItemOutcome]) -> list[StoredFile]:
+        now, written = state.clock.ts(), []
         expires = now + job.extra.get("output_ttl_s", FILE_TTL_S)
         corrupt = state.faults.malformed_output_line
         for ok, key, suffix in ((True, "output_file_id", "output"), (False, "error_file_id", "error")):
@@ -285,8 +285,9 @@ class OpenAIDriver:
                 stored = state.files.write_lines(
                     lines, filename=name, purpose="batch_output", created_at=now, expires_at=expires
                 )
-                job.extra[key] = stored.id
-                corrupt = False
+                job.extra[key], corrupt = stored.id, False
+                written.append(stored)
+        return written
 
     @staticmethod
     def _lines(job: Job, outcomes: Sequence[ItemOutcome], corrupt_first: bool) -> Iterator[bytes]:

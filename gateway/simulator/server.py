@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping, Sequence
@@ -140,9 +141,9 @@ class _Listener:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise OSError(exc.errno, f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app, lifespan="off", log_config=None, log_level="warning", timeout_graceful_shutdown=1
@@ -422,7 +423,10 @@ def describe_cluster(cluster: SimulatorCluster) -> str:
 
 
 def run_simulate(config_path: Path | None, control_port: int | None) -> None:
-    """Serve the configured (or built-in) emulated providers until Ctrl-C, printing their base URLs."""
+    """Serve the configured (or built-in) emulated providers until Ctrl-C, printing their base URLs.
+
+    ``control_port`` overrides the configuration's. A port already in use ends with ``SystemExit``.
+    """
     config = load_config(config_path) if config_path is not None else default_config()
     if control_port is not None:
         config.control_port = control_port
@@ -430,6 +434,17 @@ def run_simulate(config_path: Path | None, control_port: int | None) -> None:
     def announce(cluster: SimulatorCluster) -> None:
         print(describe_cluster(cluster), "Press Ctrl-C to stop.", sep="\n", flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(config, announce))
+    async def main() -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            with contextlib.suppress(NotImplementedError):  # no signal handlers on some platforms
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await serve_forever(config, announce)
+
+    try:
+        asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except OSError as exc:
+        raise SystemExit(f"batchgw simulate: {exc}") from None
     print("Simulator stopped.", flush=True)

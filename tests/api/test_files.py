@@ -63,12 +63,6 @@ def http(gateway: GatewayProcess, team_key: str) -> httpx.Client:
 
 
 @pytest.fixture(scope="module")
-def lister(gateway: GatewayProcess) -> openai.OpenAI:
-    """A client of a team that only the listing tests use, so the lists are exact."""
-    return gateway.client(gateway.create_key("files-listing"))
-
-
-@pytest.fixture(scope="module")
 def small_gateway(gateway_factory: object) -> GatewayProcess:
     """A gateway accepting uploads of at most 1000 bytes and 5 lines."""
     env = {"BATCHGW_LIMITS__MAX_UPLOAD_BYTES": "1000", "BATCHGW_LIMITS__MAX_FILE_LINES": "5"}
@@ -214,30 +208,36 @@ def test_exactly_the_line_limit_is_accepted(small_client: openai.OpenAI) -> None
 # --- list -----------------------------------------------------------------------------------------
 
 
-def test_list_orders_filters_and_pages(lister: openai.OpenAI) -> None:
-    empty = lister.files.with_raw_response.list().http_response.json()
-    assert empty == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
-    ids = [upload(lister, chat_jsonl(1, start=i), name=f"f{i}.jsonl").id for i in range(5)]
+def test_list_orders_filters_and_pages(client: openai.OpenAI) -> None:
+    marker = upload(client, b"{}\n", name="marker.jsonl").id
+    ids = [upload(client, chat_jsonl(1, start=i), name=f"f{i}.jsonl").id for i in range(5)]
 
-    newest_first = lister.files.list()
+    newest_first = client.files.list(limit=5)
     assert [f.id for f in newest_first.data] == ids[::-1]
-    assert newest_first.has_more is False
-    assert [f.id for f in lister.files.list(order="asc").data] == ids
-    assert [f.id for f in lister.files.list(purpose="batch").data] == ids[::-1]
-    assert lister.files.list(purpose="fine-tune").data == []
+    assert newest_first.has_more is True
+    assert (newest_first.first_id, newest_first.last_id) == (ids[4], ids[0])
+    assert [f.id for f in client.files.list(order="asc", after=marker).data] == ids
+    assert [f.id for f in client.files.list(purpose="batch", limit=5).data] == ids[::-1]
+    assert client.files.list(purpose="fine-tune").data == []
 
-    first = lister.files.list(limit=2, order="asc")
+    first = client.files.list(limit=2, order="asc", after=marker)
     assert [f.id for f in first.data] == ids[:2]
     assert first.has_more is True
     assert (first.first_id, first.last_id) == (ids[0], ids[1])
-    second = lister.files.list(limit=2, order="asc", after=first.last_id)
+    second = client.files.list(limit=2, order="asc", after=first.last_id)
     assert [f.id for f in second.data] == ids[2:4]
-    last = lister.files.list(limit=2, order="asc", after=second.last_id)
+    assert second.has_more is True
+    last = client.files.list(limit=2, order="asc", after=second.last_id)
     assert [f.id for f in last.data] == ids[4:]
     assert last.has_more is False
-    assert [f.id for f in lister.files.list(limit=2, order="desc", after=ids[2]).data] == [ids[1], ids[0]]
+    assert [f.id for f in client.files.list(limit=2, after=ids[2]).data] == [ids[1], ids[0]]
 
-    assert [f.id for f in lister.files.list(limit=2)] == ids[::-1]
+    empty = client.files.with_raw_response.list(order="asc", after=ids[4]).http_response.json()
+    assert empty == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+
+    every = [f.id for f in client.files.list(limit=2)]
+    assert every[:6] == [*ids[::-1], marker]
+    assert len(every) == len(set(every)) == len(client.files.list().data)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ RACERS = 12
 
 async def _seed(context: GatewayContext) -> tuple[str, str]:
     async with context.sessions() as session:
-        secret, key = await repo.create_api_key(session, "racers")
+        _secret, key = await repo.create_api_key(session, "racers")
         stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
         session.add(stored)
         batch = Batch(

@@ -30,6 +30,7 @@ from gateway.simulator.config import default_config, parse_config
 KEY = "sk-test"
 CHAT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
+HTTP = httpx.Client(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +46,10 @@ def cluster() -> Iterator[SimulatorCluster]:
 @pytest.fixture(autouse=True)
 def fresh(cluster: SimulatorCluster) -> None:
     for name in cluster.names():
-        httpx.post(f"{cluster.control_url}/providers/{name}/reset").raise_for_status()
+        control(cluster, "POST", f"/providers/{name}/reset").raise_for_status()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(cluster: SimulatorCluster) -> openai.OpenAI:
     return sdk(cluster, "main")
 
@@ -58,7 +59,7 @@ def sdk(cluster: SimulatorCluster, name: str, key: str = KEY) -> openai.OpenAI:
 
 
 def control(cluster: SimulatorCluster, method: str, path: str, body: Any = None) -> httpx.Response:
-    return httpx.request(method, f"{cluster.control_url}{path}", json=body)
+    return HTTP.request(method, f"{cluster.control_url}{path}", json=body)
 
 
 def set_faults(cluster: SimulatorCluster, name: str = "main", **faults: Any) -> dict[str, Any]:
@@ -188,7 +189,7 @@ def test_list_pagination_newest_first(cluster: SimulatorCluster, client: openai.
         client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h", metadata={"n": str(i)}).id
         for i in range(5)
     ]
-    page = httpx.get(f"{cluster.base_url('main')}/batches?limit=2", headers={"Authorization": f"Bearer {KEY}"})
+    page = HTTP.get(f"{cluster.base_url('main')}/batches?limit=2", headers={"Authorization": f"Bearer {KEY}"})
     body = page.json()
     assert (body["object"], body["has_more"], body["first_id"], body["last_id"]) == ("list", True, ids[4], ids[3])
     assert [b.id for b in client.batches.list(limit=2)] == ids[::-1]  # auto-pagination over after=
@@ -339,7 +340,7 @@ def test_outage_answers_503(cluster: SimulatorCluster, client: openai.OpenAI) ->
 
 def test_rate_limit_with_retry_after(cluster: SimulatorCluster, client: openai.OpenAI) -> None:
     set_faults(cluster, rate_limit_next=2, retry_after_s=7)
-    raw = httpx.get(f"{cluster.base_url('main')}/files", headers={"Authorization": f"Bearer {KEY}"})
+    raw = HTTP.get(f"{cluster.base_url('main')}/files", headers={"Authorization": f"Bearer {KEY}"})
     assert raw.status_code == 429 and raw.headers["retry-after"] == "7"
     assert raw.json()["error"]["code"] == "rate_limit_exceeded" and raw.json()["error"]["param"] is None
     with pytest.raises(openai.RateLimitError):

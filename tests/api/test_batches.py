@@ -1,0 +1,507 @@
+"""The Batches API through the official SDK: create, retrieve, list, cancel, and input validation.
+
+Two gateways are used. The default one runs its worker, so input files are validated in the
+background as in production. The "held" one runs no worker: its batches stay where the API left
+them, the validation stage is run on demand (in this process, on the gateway's database), and a
+``batchgw worker`` process is started only to finish cancellations. That is how a batch can be
+seen sitting in ``validating`` or ``in_progress``, waiting for the execution engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
+
+import httpx
+import openai
+import pytest
+from openai.types import Batch, FileObject
+
+from gateway.context import GatewayContext
+from gateway.db import repo
+from gateway.pipeline import validate
+from gateway.settings import LimitSettings, Settings
+from tests.conftest import GatewayProcess, free_port
+
+CHAT = "/v1/chat/completions"
+MODEL = "gpt-4o-mini"
+ONE_MIB = 1024 * 1024
+
+
+def request(custom_id: str, model: str = MODEL, url: str = CHAT, content: str = "What is 2 + 2?") -> dict:
+    """One chat request line as a dict."""
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": url,
+        "body": {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 16},
+    }
+
+
+def jsonl(*lines: dict | bytes) -> bytes:
+    """Lines (dicts are JSON-encoded, bytes kept) joined with newlines, with a final newline."""
+    return b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines)
+
+
+def good_file(count: int = 3, model: str = MODEL) -> bytes:
+    return jsonl(*(request(f"req-{i}", model) for i in range(count)))
+
+
+def upload(client: openai.OpenAI, content: bytes) -> FileObject:
+    return client.files.create(file=("input.jsonl", io.BytesIO(content)), purpose="batch")
+
+
+def create(client: openai.OpenAI, file_id: str, **kwargs: object) -> Batch:
+    return client.batches.create(
+        input_file_id=file_id, endpoint=CHAT, completion_window="24h", **kwargs  # type: ignore[arg-type]
+    )
+
+
+def wait_for(client: openai.OpenAI, batch_id: str, done: set[str], timeout: float = 30.0) -> Batch:
+    """Poll a batch until its status is one of ``done``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in done:
+            return batch
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {batch_id} still {batch.status!r} after {timeout}s")
+        time.sleep(0.05)
+
+
+def validated(client: openai.OpenAI, batch_id: str) -> Batch:
+    """The batch once validation has finished with it."""
+    deadline = time.monotonic() + 30
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status != "validating":
+            return batch
+        assert time.monotonic() < deadline, f"batch {batch_id} still validating"
+        time.sleep(0.05)
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict:
+    """The response is an OpenAI error with exactly message/type/param/code; returns the error."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"]
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code
+    if param is not None:
+        assert error["param"] == param
+    return dict(error)
+
+
+def run_validation_stage(gateway: GatewayProcess, batch_id: str) -> None:
+    """Run the validation stage on one batch as a worker would, with the gateway's settings."""
+
+    async def main() -> None:
+        with mock.patch.dict(os.environ, gateway.env(), clear=True):
+            settings = Settings()
+        context = GatewayContext.create(settings)
+        try:
+            async with context.sessions() as session:
+                batch = await repo.get_batch(session, None, batch_id)
+            assert batch is not None
+            await validate.run(context, batch)
+        finally:
+            await context.close()
+
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, main()).result()
+
+
+@pytest.fixture(scope="module")
+def http(gateway: GatewayProcess, team_key: str) -> httpx.Client:
+    """Raw HTTP with the team's key, for requests the SDK cannot make."""
+    with httpx.Client(base_url=gateway.base_url, headers={"Authorization": f"Bearer {team_key}"}) as raw:
+        yield raw
+
+
+@pytest.fixture(scope="module")
+def input_file(client: openai.OpenAI) -> FileObject:
+    """A valid three-request input file of the default team."""
+    return upload(client, good_file())
+
+
+@pytest.fixture(scope="module")
+def held(gateway_factory: object) -> GatewayProcess:
+    """A gateway without a worker, whose longest accepted input line is 4 MiB."""
+    env = {"BATCHGW_WORKER__ENABLED_IN_SERVE": "false", "BATCHGW_LIMITS__MAX_LINE_BYTES": str(4 * ONE_MIB)}
+    return gateway_factory(env).start()  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture(scope="module")
+def held_client(held: GatewayProcess) -> openai.OpenAI:
+    return held.client(held.create_key("acme"))
+
+
+# --- create and retrieve ---------------------------------------------------------------------
+
+
+def test_create_answers_a_validating_batch_that_retrieve_repeats(
+    client: openai.OpenAI, input_file: FileObject
+) -> None:
+    batch = create(client, input_file.id, metadata={"project": "tests", "run": "1"})
+    assert batch.id.startswith("batch_")
+    assert batch.object == "batch"
+    assert batch.status == "validating"
+    assert batch.endpoint == CHAT
+    assert batch.input_file_id == input_file.id
+    assert batch.completion_window == "24h"
+    assert batch.expires_at == batch.created_at + 24 * 3600
+    assert batch.metadata == {"project": "tests", "run": "1"}
+    assert batch.errors is None
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (0, 0, 0)
+    assert batch.in_progress_at is None and batch.failed_at is None and batch.cancelling_at is None
+    assert batch.output_file_id is None and batch.error_file_id is None
+    retrieved = client.batches.retrieve(batch.id)
+    assert (retrieved.id, retrieved.created_at, retrieved.metadata) == (batch.id, batch.created_at, batch.metadata)
+
+
+def test_embeddings_endpoint_is_accepted(client: openai.OpenAI) -> None:
+    line = {"custom_id": "e1", "method": "POST", "url": "/v1/embeddings", "body": {"model": "emb", "input": "hi"}}
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(line)).id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    assert batch.endpoint == "/v1/embeddings"
+    done = validated(client, batch.id)
+    assert done.in_progress_at is not None
+    assert done.request_counts.total == 1
+
+
+def test_good_batch_passes_validation_with_its_counts_and_model(
+    client: openai.OpenAI, input_file: FileObject
+) -> None:
+    batch = validated(client, create(client, input_file.id).id)
+    assert batch.in_progress_at is not None
+    assert batch.in_progress_at >= batch.created_at
+    assert batch.request_counts.total == 3
+    assert batch.model == MODEL
+    assert not [e for e in (batch.errors.data if batch.errors else []) if e.line is not None]
+
+
+def test_batch_of_several_models_has_no_single_model(client: openai.OpenAI) -> None:
+    content = jsonl(request("a", "gpt-4o-mini"), request("b", "gpt-4o"), request("c", "gpt-4o-mini"))
+    batch = validated(client, create(client, upload(client, content).id).id)
+    assert batch.in_progress_at is not None
+    assert batch.request_counts.total == 3
+    assert batch.model is None
+
+
+def test_batch_waits_in_progress_for_the_execution_engine(held: GatewayProcess, held_client: openai.OpenAI) -> None:
+    content = good_file(4) + b'{"custom_id": "last", "method": "POST", "url": "/v1/chat/completions", ' \
+        b'"body": {"model": "gpt-4o-mini"}}'
+    batch = create(held_client, upload(held_client, content).id)
+    time.sleep(0.3)
+    assert held_client.batches.retrieve(batch.id).status == "validating"
+    run_validation_stage(held, batch.id)
+    waiting = held_client.batches.retrieve(batch.id)
+    assert waiting.status == "in_progress"
+    assert waiting.in_progress_at is not None
+    assert waiting.request_counts.total == 5
+    assert (waiting.request_counts.completed, waiting.request_counts.failed) == (0, 0)
+    assert waiting.model == MODEL
+    assert waiting.errors is None
+    assert waiting.failed_at is None and waiting.finalizing_at is None
+
+
+# --- input validation: every bad line is named ------------------------------------------------------
+
+
+BAD_INPUTS: dict[str, tuple[bytes, str, int | None, str | None]] = {
+    "broken json": (jsonl(request("a"), request("b"), b'{"custom_id": "c", "method": '), "invalid_json_line", 3, None),
+    "duplicate custom_id": (
+        jsonl(request("a"), request("b"), request("c"), request("b")), "duplicate_custom_id", 4, "custom_id"
+    ),
+    "wrong url": (jsonl(request("a"), request("b", url="/v1/completions")), "url_mismatch", 2, "url"),
+    "missing body": (
+        jsonl(request("a"), {"custom_id": "b", "method": "POST", "url": CHAT}), "missing_body", 2, "body"
+    ),
+    "missing model": (
+        jsonl({"custom_id": "a", "method": "POST", "url": CHAT, "body": {"messages": []}}, request("b")),
+        "missing_model", 1, "body.model",
+    ),
+    "wrong method": (jsonl(request("a"), {**request("b"), "method": "GET"}), "invalid_method", 2, "method"),
+    "missing custom_id": (
+        jsonl(request("a"), {k: v for k, v in request("b").items() if k != "custom_id"}),
+        "invalid_custom_id", 2, "custom_id",
+    ),
+    "not an object": (jsonl(request("a"), b'["custom_id", "b"]'), "invalid_json_line", 2, None),
+    "non-utf-8 bytes": (
+        jsonl(request("a"), json.dumps(request("b", content="caf\u00e9")).encode().replace(b"caf\\u00e9", b"caf\xe9")),
+        "invalid_utf8", 2, None,
+    ),
+    "blank line": (jsonl(request("a"), b"", request("b")), "empty_line", 2, None),
+    "whitespace line": (jsonl(request("a"), request("b"), b"  \t "), "empty_line", 3, None),
+    "empty file": (b"", "empty_file", None, None),
+}
+
+
+@pytest.fixture(scope="module")
+def failed_batches(client: openai.OpenAI) -> dict[str, Batch]:
+    """One batch per bad input, all created first and then awaited together."""
+    created = {name: create(client, upload(client, content).id).id for name, (content, *_) in BAD_INPUTS.items()}
+    return {name: validated(client, batch_id) for name, batch_id in created.items()}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_fails_the_batch_naming_the_line(failed_batches: dict[str, Batch], case: str) -> None:
+    _, code, line, param = BAD_INPUTS[case]
+    batch = failed_batches[case]
+    assert batch.status == "failed"
+    assert batch.failed_at is not None
+    assert batch.in_progress_at is None
+    assert batch.errors is not None and batch.errors.object == "list"
+    assert [(e.code, e.line, e.param) for e in batch.errors.data] == [(code, line, param)]
+    if line is not None:
+        assert f"Line {line}" in (batch.errors.data[0].message or "")
+
+
+def test_every_bad_line_of_a_file_is_listed_in_order(client: openai.OpenAI) -> None:
+    content = jsonl(request("a"), b"{nope", request("a"), request("c", url="/v1/embeddings"), request("d"), b"")
+    batch = validated(client, create(client, upload(client, content).id).id)
+    assert batch.status == "failed"
+    assert batch.errors is not None
+    assert [(e.code, e.line) for e in batch.errors.data] == [
+        ("invalid_json_line", 2),
+        ("duplicate_custom_id", 3),
+        ("url_mismatch", 4),
+        ("empty_line", 6),
+    ]
+
+
+def test_two_megabyte_line_fails_naming_it_under_the_default_limit(client: openai.OpenAI) -> None:
+    limit = LimitSettings().max_line_bytes
+    assert limit < 2 * ONE_MIB
+    content = jsonl(request("small"), request("huge", content="z" * (2 * ONE_MIB)), request("after"), b"{broken")
+    batch = validated(client, create(client, upload(client, content).id).id)
+    assert batch.status == "failed"
+    assert batch.errors is not None
+    assert [(e.code, e.line) for e in batch.errors.data] == [("line_too_long", 2), ("invalid_json_line", 4)]
+    assert "Line 2" in (batch.errors.data[0].message or "")
+    assert str(limit) in (batch.errors.data[0].message or "")
+
+
+def test_two_megabyte_line_passes_when_the_limit_is_raised(held: GatewayProcess, held_client: openai.OpenAI) -> None:
+    content = jsonl(request("small"), request("huge", content="z" * (2 * ONE_MIB)), request("after"))
+    batch = create(held_client, upload(held_client, content).id)
+    run_validation_stage(held, batch.id)
+    passed = held_client.batches.retrieve(batch.id)
+    assert passed.status == "in_progress"
+    assert passed.request_counts.total == 3
+
+
+# --- create: bad requests ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/unknown", "/v1/responses", "v1/chat/completions", ""])
+def test_unknown_endpoint_is_400(client: openai.OpenAI, input_file: FileObject, endpoint: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.batches.create(input_file_id=input_file.id, endpoint=endpoint, completion_window="24h")  # type: ignore[arg-type]
+    assert_error(caught.value.response, 400, param="endpoint")
+
+
+@pytest.mark.parametrize("window", ["48x", "0h", "8d", "169h", "24", "twenty-four hours", ""])
+def test_bad_completion_window_is_400(client: openai.OpenAI, input_file: FileObject, window: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.batches.create(input_file_id=input_file.id, endpoint=CHAT, completion_window=window)  # type: ignore[arg-type]
+    assert_error(caught.value.response, 400, param="completion_window")
+
+
+def test_completion_window_of_a_wrong_type_is_400(http: httpx.Client, input_file: FileObject) -> None:
+    response = http.post(
+        "/v1/batches", json={"input_file_id": input_file.id, "endpoint": CHAT, "completion_window": 24}
+    )
+    assert_error(response, 400, param="completion_window")
+
+
+def test_metadata_at_openai_limits_is_accepted(client: openai.OpenAI, input_file: FileObject) -> None:
+    metadata = {f"{i:02d}".ljust(64, "k"): "v" * 512 for i in range(16)}
+    assert create(client, input_file.id, metadata=metadata).metadata == metadata
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {f"k{i}": "v" for i in range(17)},
+        {"k" * 65: "v"},
+        {"k": "v" * 513},
+        {"k": 1},
+        {"k": None},
+        ["k", "v"],
+    ],
+    ids=["17-pairs", "65-char-key", "513-char-value", "int-value", "null-value", "list"],
+)
+def test_metadata_over_openai_limits_is_400(client: openai.OpenAI, input_file: FileObject, metadata: object) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        create(client, input_file.id, metadata=metadata)
+    error = assert_error(caught.value.response, 400)
+    assert str(error["param"]).startswith("metadata")
+
+
+def test_unknown_create_parameter_is_400(client: openai.OpenAI, input_file: FileObject) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        create(client, input_file.id, extra_body={"temperature": 0.5})
+    assert_error(caught.value.response, 400, code="unknown_parameter", param="temperature")
+
+
+@pytest.mark.xfail(
+    reason="gateway/api/batches.py accepts 'output_expires_after' (it is in CREATE_FIELDS) but never validates "
+    "it: any value, even a string, is accepted with 200",
+    strict=True,
+)
+@pytest.mark.parametrize(
+    "value", ["soon", {"anchor": "created_at", "seconds": 60}, {"anchor": "completed_at", "seconds": 3600}]
+)
+def test_bad_output_expires_after_is_400(client: openai.OpenAI, input_file: FileObject, value: object) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        create(client, input_file.id, extra_body={"output_expires_after": value})
+    assert_error(caught.value.response, 400, param="output_expires_after")
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        (b"{not json", "invalid_json", None),
+        (b"", "invalid_json", None),
+        (b"[1, 2]", "invalid_json", None),
+        (b'"a string"', "invalid_json", None),
+        (b'{"endpoint": "/v1/chat/completions", "completion_window": "24h"}', "missing_required_parameter",
+         "input_file_id"),
+        (b'{"input_file_id": "file-x", "completion_window": "24h"}', "missing_required_parameter", "endpoint"),
+        (b'{"input_file_id": "file-x", "endpoint": "/v1/chat/completions"}', "missing_required_parameter",
+         "completion_window"),
+        (b'{"input_file_id": 7, "endpoint": "/v1/chat/completions", "completion_window": "24h"}', None,
+         "input_file_id"),
+    ],
+)
+def test_bad_create_body_is_400(http: httpx.Client, body: bytes, code: str | None, param: str | None) -> None:
+    response = http.post("/v1/batches", content=body, headers={"content-type": "application/json"})
+    assert_error(response, 400, code=code, param=param)
+
+
+def test_unknown_input_file_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        create(client, "file-doesnotexist")
+    assert_error(caught.value.response, 404, code="not_found", param="input_file_id")
+
+
+def test_deleted_input_file_is_404(client: openai.OpenAI) -> None:
+    file_id = upload(client, good_file()).id
+    client.files.delete(file_id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        create(client, file_id)
+    assert_error(caught.value.response, 404, param="input_file_id")
+
+
+def test_unknown_batch_is_404(http: httpx.Client) -> None:
+    assert_error(http.get("/v1/batches/batch_nope"), 404, code="not_found")
+    assert_error(http.post("/v1/batches/batch_nope/cancel"), 404, code="not_found")
+
+
+# --- list ---------------------------------------------------------------------------------------
+
+
+def test_list_pages_newest_first(client: openai.OpenAI, input_file: FileObject) -> None:
+    ids = [create(client, input_file.id, metadata={"page": str(i)}).id for i in range(5)]
+    newest = ids[::-1]
+
+    page = client.batches.list(limit=2)
+    assert [b.id for b in page.data] == newest[:2]
+    assert page.has_more is True
+    assert (page.first_id, page.last_id) == (newest[0], newest[1])
+    page = client.batches.list(limit=2, after=page.last_id)
+    assert [b.id for b in page.data] == newest[2:4]
+    assert page.has_more is True
+    page = client.batches.list(limit=1, after=page.last_id)
+    assert [b.id for b in page.data] == newest[4:]
+    assert [b.id for b in client.batches.list(limit=2, after=newest[2]).data] == newest[3:5]
+
+    everything = client.batches.list(limit=100)
+    assert everything.has_more is False
+    assert [b.id for b in everything.data][:5] == newest
+    walked = [b.id for b in client.batches.list(limit=2)]
+    assert walked == [b.id for b in everything.data]
+
+
+def test_list_default_page_is_twenty(client: openai.OpenAI, input_file: FileObject) -> None:
+    while len(client.batches.list(limit=100).data) <= 21:
+        create(client, input_file.id)
+    page = client.batches.list()
+    assert len(page.data) == 20
+    assert page.has_more is True
+
+
+@pytest.mark.parametrize(("query", "status"), [({"limit": "0"}, 400), ({"limit": "101"}, 400),
+                                                ({"limit": "x"}, 400), ({"after": "batch_nope"}, 404)])
+def test_bad_list_query_is_rejected(http: httpx.Client, query: dict[str, str], status: int) -> None:
+    assert_error(http.get("/v1/batches", params=query), status, param=next(iter(query)))
+
+
+# --- cancel and files in use ---------------------------------------------------------------------
+
+
+def test_input_file_of_a_running_batch_cannot_be_deleted(held: GatewayProcess, held_client: openai.OpenAI) -> None:
+    file_id = upload(held_client, good_file()).id
+    batch = create(held_client, file_id)
+    with pytest.raises(openai.ConflictError) as caught:
+        held_client.files.delete(file_id)
+    assert_error(caught.value.response, 409, code="file_in_use")
+    run_validation_stage(held, batch.id)
+    assert held_client.batches.retrieve(batch.id).status == "in_progress"
+    with pytest.raises(openai.ConflictError):
+        held_client.files.delete(file_id)
+    assert held_client.files.retrieve(file_id).id == file_id
+
+
+def test_cancel_ends_cancelled_from_validating_and_from_in_progress(
+    held: GatewayProcess, held_client: openai.OpenAI
+) -> None:
+    file_id = upload(held_client, good_file()).id
+    validating = create(held_client, file_id)
+    in_progress = create(held_client, file_id)
+    run_validation_stage(held, in_progress.id)
+    assert held_client.batches.retrieve(in_progress.id).status == "in_progress"
+
+    for batch in (validating, in_progress):
+        cancelling = held_client.batches.cancel(batch.id)
+        assert cancelling.status == "cancelling"
+        assert cancelling.cancelling_at is not None
+        assert held_client.batches.cancel(batch.id).status == "cancelling"
+    with pytest.raises(openai.ConflictError):
+        held_client.files.delete(file_id)
+
+    worker = GatewayProcess(
+        data_dir=held.data_dir, database_url=held.database_url, port=free_port(), extra_env=held.extra_env
+    ).start("worker")
+    try:
+        for batch in (validating, in_progress):
+            cancelled = wait_for(held_client, batch.id, {"cancelled", "failed", "completed"})
+            assert cancelled.status == "cancelled", worker.log()
+            assert cancelled.cancelled_at is not None
+            assert cancelled.cancelling_at is not None
+            assert cancelled.cancelled_at >= cancelled.cancelling_at
+    finally:
+        worker.stop()
+    assert held_client.batches.cancel(validating.id).status == "cancelled"
+    assert held_client.files.delete(file_id).deleted is True
+
+
+def test_failed_batch_cannot_be_cancelled_and_frees_its_file(client: openai.OpenAI) -> None:
+    file_id = upload(client, b"{broken\n").id
+    batch = validated(client, create(client, file_id).id)
+    assert batch.status == "failed"
+    with pytest.raises(openai.ConflictError) as caught:
+        client.batches.cancel(batch.id)
+    assert_error(caught.value.response, 409, code="batch_not_cancellable")
+    assert client.batches.retrieve(batch.id).status == "failed"
+    assert client.files.delete(file_id).deleted is True

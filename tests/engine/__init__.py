@@ -1,0 +1,219 @@
+"""End-to-end tests of the execution engine: the official SDK talks to a ``batchgw`` process, which
+runs the batches on the provider emulator. Shared helpers live here.
+
+Results are always joined on ``custom_id``: the emulator shuffles its output files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+from openai.types import Batch
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from gateway.simulator import SimulatorCluster
+from gateway.simulator.openai_protocol import chat_completion, embeddings
+from tests.conftest import GatewayProcess
+
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+ACTIVE_EMULATOR_STATES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+
+
+# --- requests --------------------------------------------------------------------------------------------
+
+
+def chat_request(custom_id: str, text: str, model: str = "gpt-4o-mini") -> dict[str, Any]:
+    """One input line for /v1/chat/completions."""
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 64}
+    return {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body}
+
+
+def embedding_request(custom_id: str, text: str, model: str = "text-embedding-3-small") -> dict[str, Any]:
+    """One input line for /v1/embeddings."""
+    return {"custom_id": custom_id, "method": "POST", "url": EMBEDDINGS, "body": {"model": model, "input": text}}
+
+
+def chat_requests(count: int, model: str = "gpt-4o-mini", prefix: str = "req") -> list[dict[str, Any]]:
+    """``count`` chat lines with distinct prompts of varying length."""
+    return [chat_request(f"{prefix}-{i:05d}", f"question {i}: " + "why " * (i % 7), model) for i in range(count)]
+
+
+def submit(client: openai.OpenAI, requests: Iterable[dict[str, Any]], endpoint: str = CHAT) -> Batch:
+    """Upload the lines as a batch input file and create a batch on it."""
+    content = "".join(json.dumps(r) + "\n" for r in requests).encode()
+    file = client.files.create(file=("input.jsonl", content), purpose="batch")
+    return client.batches.create(input_file_id=file.id, endpoint=endpoint, completion_window="24h")  # type: ignore[arg-type]
+
+
+def wait_for(
+    client: openai.OpenAI, batch_id: str, until: Callable[[Batch], bool] | None = None, timeout: float = 60.0
+) -> Batch:
+    """Poll the gateway until ``until(batch)`` holds (default: a terminal status)."""
+    deadline = time.monotonic() + timeout
+    batch = client.batches.retrieve(batch_id)
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if until(batch) if until else batch.status in TERMINAL:
+            return batch
+        time.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} did not reach the expected state in {timeout}s: {batch}")
+
+
+def read_jsonl(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    """The lines of a gateway file; an absent file (None) has none."""
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+
+
+def by_custom_id(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Result lines keyed by custom_id; fails if one appears twice."""
+    keyed = {line["custom_id"]: line for line in lines}
+    assert len(keyed) == len(lines), "a custom_id appears more than once"
+    return keyed
+
+
+# --- expected results from the emulator's deterministic model ----------------------------------------------
+
+
+def expected_body(request: dict[str, Any], provider_model: str, created: int) -> dict[str, Any]:
+    """The response body the emulator gives this request once the gateway sent it as ``provider_model``."""
+    body = {**request["body"], "model": provider_model}
+    if request["url"] == CHAT:
+        return chat_completion(body, [provider_model], request["custom_id"], created)
+    return embeddings(body, [provider_model])
+
+
+@dataclass
+class Outcome:
+    """A finished batch and its two files, keyed by custom_id."""
+
+    batch: Batch
+    output: dict[str, dict[str, Any]]
+    errors: dict[str, dict[str, Any]]
+
+
+def collect(client: openai.OpenAI, batch: Batch) -> Outcome:
+    """Download the batch's output and error files; every custom_id must appear once across both."""
+    output, errors = read_jsonl(client, batch.output_file_id), read_jsonl(client, batch.error_file_id)
+    keyed_output, keyed_errors = by_custom_id(output), by_custom_id(errors)
+    assert not set(keyed_output) & set(keyed_errors), "a custom_id is in both the output and the error file"
+    return Outcome(batch, keyed_output, keyed_errors)
+
+
+def assert_succeeded(
+    outcome: Outcome, requests: Iterable[dict[str, Any]], provider_model: Callable[[dict[str, Any]], str] | str
+) -> tuple[int, int]:
+    """Each request has a 200 line with the emulator's exact body; returns (input, output) tokens summed."""
+    input_tokens = output_tokens = 0
+    for request in requests:
+        line = outcome.output.get(request["custom_id"])
+        assert line is not None, f"no output line for {request['custom_id']}"
+        assert line["error"] is None and line["response"]["status_code"] == 200, line
+        body = line["response"]["body"]
+        model = provider_model(request) if callable(provider_model) else provider_model
+        assert body == expected_body(request, model, body.get("created", 0)), request["custom_id"]
+        input_tokens += body["usage"]["prompt_tokens"]
+        output_tokens += body["usage"].get("completion_tokens", 0)
+    return input_tokens, output_tokens
+
+
+def assert_all_succeeded(outcome: Outcome, requests: list[dict[str, Any]], provider_model: str) -> None:
+    """Every request succeeded, and the batch's counts and usage are the sums of its lines."""
+    assert outcome.batch.status == "completed", outcome.batch
+    assert set(outcome.output) == {r["custom_id"] for r in requests}
+    assert not outcome.errors and outcome.batch.error_file_id is None
+    input_tokens, output_tokens = assert_succeeded(outcome, requests, provider_model)
+    counts, usage = outcome.batch.request_counts, outcome.batch.usage
+    assert counts is not None and usage is not None
+    assert (counts.total, counts.completed, counts.failed) == (len(requests), len(requests), 0)
+    assert (usage.input_tokens, usage.output_tokens) == (input_tokens, output_tokens)
+    assert usage.total_tokens == input_tokens + output_tokens
+
+
+# --- the emulator's control API ---------------------------------------------------------------------------
+
+
+def control(cluster: SimulatorCluster, method: str, path: str, body: Any = None) -> Any:
+    """One call to the emulator's control server; returns the decoded answer."""
+    response = httpx.request(method, f"{cluster.control_url}{path}", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def set_faults(cluster: SimulatorCluster, name: str, **faults: Any) -> dict[str, Any]:
+    """Switch faults of one emulated provider."""
+    return control(cluster, "POST", f"/providers/{name}/faults", faults)  # type: ignore[no-any-return]
+
+
+def reset(cluster: SimulatorCluster, *names: str) -> None:
+    """Clear jobs, files, log, counters and faults of the named emulated providers."""
+    for name in names:
+        control(cluster, "POST", f"/providers/{name}/reset")
+
+
+def emulator_log(cluster: SimulatorCluster, name: str) -> list[dict[str, Any]]:
+    """Every API call the emulated provider saw since its last reset, oldest first."""
+    return control(cluster, "GET", f"/providers/{name}/log")["data"]  # type: ignore[no-any-return]
+
+
+def emulator_stats(cluster: SimulatorCluster, name: str) -> dict[str, Any]:
+    """The emulated provider's counters and its batches by status."""
+    return control(cluster, "GET", f"/providers/{name}/stats")  # type: ignore[no-any-return]
+
+
+def batch_creates(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The log entries of provider batches actually created (POST /v1/batches answered 200)."""
+    return [e for e in log if e["method"] == "POST" and e["path"] == "/v1/batches" and e["status"] == 200]
+
+
+def submit_tokens(log: list[dict[str, Any]]) -> list[str]:
+    """The gateway's submit token of every provider batch created, in creation order."""
+    return [e["detail"]["metadata"]["batchgw_submit_token"] for e in batch_creates(log)]
+
+
+def cancel_calls(log: list[dict[str, Any]]) -> set[str]:
+    """Provider batch ids the gateway asked to cancel."""
+    return {
+        e["path"].split("/")[3]
+        for e in log
+        if e["method"] == "POST" and e["path"].startswith("/v1/batches/") and e["path"].endswith("/cancel")
+    }
+
+
+# --- the gateway's database -------------------------------------------------------------------------------
+
+
+def query(gateway: GatewayProcess, sql: str, **params: Any) -> list[Any]:
+    """Rows of a read (or the result of a write) on the gateway's database, through a synchronous driver."""
+    url = make_url(gateway.database_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(text(sql), params)
+            return list(result) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def shard_tokens(gateway: GatewayProcess, batch_id: str) -> list[str]:
+    """The submit tokens of a batch's shards."""
+    return sorted(row[0] for row in query(gateway, "SELECT submit_token FROM shards WHERE batch_id = :b", b=batch_id))
+
+
+def assert_submitted_once(gateway: GatewayProcess, cluster: SimulatorCluster, emulator: str, batch_id: str) -> None:
+    """The emulator created exactly one provider batch per shard: no shard was submitted twice."""
+    tokens = submit_tokens(emulator_log(cluster, emulator))
+    assert len(tokens) == len(set(tokens)), f"a shard was submitted twice: {sorted(tokens)}"
+    assert sorted(tokens) == shard_tokens(gateway, batch_id)
