@@ -252,14 +252,15 @@ def simulated_provider_env(
     """Write a gateway provider file pointing at emulated providers; return the env for ``gateway_factory``.
 
     ``providers`` maps a gateway provider name to ``{"emulator": <emulated provider>, "models":
-    {<gateway model>: <emulator model>}, "limits": {<ProviderLimits field>: value}}`` ("limits" optional).
+    {<gateway model>: <emulator model>}, "limits": {<ProviderLimits field>: value}, "kind": <adapter kind>}``
+    ("limits" optional; "kind" defaults to "openai", "openai_sync" drives the emulator request by request).
     Several gateway providers may share one emulator. The env also carries ``ENGINE_ENV``.
     """
     lines: list[str] = []
     for name, spec in providers.items():
         lines += [
             f"[providers.{name}]",
-            'kind = "openai"',
+            f"kind = {json.dumps(spec.get('kind', 'openai'))}",
             f"base_url = {json.dumps(cluster.base_url(spec['emulator']))}",
             "models = { " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in spec["models"].items()) + " }",
             f"[providers.{name}.limits]",

@@ -390,7 +390,7 @@ class ProtocolDriver(Protocol):
     base_path: str
 
     def route_handlers(self) -> list[Any]:
-        """Litestar routers or controllers of the protocol's API (they get the state as ``emu``)."""
+        """Litestar routers or controllers of the protocol's API; routes reach the state via ``emulator_of``."""
         ...
 
     def error_body(self, err: ApiError) -> dict[str, Any]: ...

@@ -201,7 +201,9 @@ class OpenAIDriver:
     base_path = "/v1"
 
     def route_handlers(self) -> list[Any]:
-        return [Router(path=self.base_path, route_handlers=[FilesController, BatchesController])]
+        from gateway.simulator.openai_sync import SyncController
+
+        return [Router(path=self.base_path, route_handlers=[FilesController, BatchesController, SyncController])]
 
     def error_body(self, err: ApiError) -> dict[str, Any]:
         kind = err.type or ("server_error" if err.status >= 500 else "invalid_request_error")
@@ -387,11 +389,8 @@ class FilesController(Controller):
     @get("/")
     async def list_files(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         query = request.query_params
-        limit, order, purpose = (
-            _query_int(request, "limit", 10_000, 10_000),
-            query.get("order", "desc"),
-            query.get("purpose"),
-        )
+        order, purpose = query.get("order", "desc"), query.get("purpose")
+        limit = _query_int(request, "limit", 10_000, 10_000)
         if order not in ("asc", "desc"):
             raise _invalid("order", "'order' must be 'asc' or 'desc'.")
         files = [file_object(f) for f in emulator_of(request).files.files.values() if purpose in (None, f.purpose)]

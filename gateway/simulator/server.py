@@ -23,8 +23,10 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
+from gateway.simulator.anthropic_protocol import AnthropicDriver
 from gateway.simulator.config import ProviderSpec, SimulatorConfig, default_config, load_config
 from gateway.simulator.core import EMULATOR_KEY, LOG_DETAIL, ApiError, EmulatorState, Faults, ProtocolDriver, random_id
+from gateway.simulator.gemini_protocol import GeminiDriver
 from gateway.simulator.openai_protocol import OpenAIDriver
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ Send = Callable[[Message], Awaitable[None]]
 T = TypeVar("T")
 Req = Request[Any, Any, Any]
 
-DRIVERS: dict[str, Callable[[], ProtocolDriver]] = {"openai": OpenAIDriver}
+DRIVERS: dict[str, Callable[[], ProtocolDriver]] = {"openai": OpenAIDriver, "anthropic": AnthropicDriver, "gemini": GeminiDriver}
 BODY_SLACK_BYTES = 1024 * 1024  # room for multipart framing around the largest accepted file
 WATCH_INTERVAL_S = 0.1
 
@@ -336,8 +338,8 @@ class SimulatorCluster:
         finally:
             for task in watchers:
                 task.cancel()
-            for listener in [*self._runners.values(), *([self._control] if self._control else [])]:
-                await listener.close()
+            listeners: list[_Listener] = [*self._runners.values(), *([self._control] if self._control else [])]
+            await asyncio.gather(*(listener.close() for listener in listeners))
             for runner in self._runners.values():
                 runner.state.close()
 

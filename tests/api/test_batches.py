@@ -58,7 +58,10 @@ def upload(client: openai.OpenAI, content: bytes) -> FileObject:
 
 def create(client: openai.OpenAI, file_id: str, **kwargs: object) -> Batch:
     return client.batches.create(
-        input_file_id=file_id, endpoint=CHAT, completion_window="24h", **kwargs  # type: ignore[arg-type]
+        input_file_id=file_id,
+        endpoint=CHAT,
+        completion_window="24h",
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -147,9 +150,7 @@ def held_client(held: GatewayProcess) -> openai.OpenAI:
 # --- create and retrieve ---------------------------------------------------------------------
 
 
-def test_create_answers_a_validating_batch_that_retrieve_repeats(
-    client: openai.OpenAI, input_file: FileObject
-) -> None:
+def test_create_answers_a_validating_batch_that_retrieve_repeats(client: openai.OpenAI, input_file: FileObject) -> None:
     batch = create(client, input_file.id, metadata={"project": "tests", "run": "1"})
     assert batch.id.startswith("batch_")
     assert batch.object == "batch"
@@ -178,9 +179,7 @@ def test_embeddings_endpoint_is_accepted(client: openai.OpenAI) -> None:
     assert done.request_counts.total == 1
 
 
-def test_good_batch_passes_validation_with_its_counts_and_model(
-    client: openai.OpenAI, input_file: FileObject
-) -> None:
+def test_good_batch_passes_validation_with_its_counts_and_model(client: openai.OpenAI, input_file: FileObject) -> None:
     batch = validated(client, create(client, input_file.id).id)
     assert batch.in_progress_at is not None
     assert batch.in_progress_at >= batch.created_at
@@ -198,8 +197,10 @@ def test_batch_of_several_models_has_no_single_model(client: openai.OpenAI) -> N
 
 
 def test_batch_waits_in_progress_for_the_execution_engine(held: GatewayProcess, held_client: openai.OpenAI) -> None:
-    content = good_file(4) + b'{"custom_id": "last", "method": "POST", "url": "/v1/chat/completions", ' \
+    content = (
+        good_file(4) + b'{"custom_id": "last", "method": "POST", "url": "/v1/chat/completions", '
         b'"body": {"model": "gpt-4o-mini"}}'
+    )
     batch = create(held_client, upload(held_client, content).id)
     time.sleep(0.3)
     assert held_client.batches.retrieve(batch.id).status == "validating"
@@ -220,25 +221,32 @@ def test_batch_waits_in_progress_for_the_execution_engine(held: GatewayProcess, 
 BAD_INPUTS: dict[str, tuple[bytes, str, int | None, str | None]] = {
     "broken json": (jsonl(request("a"), request("b"), b'{"custom_id": "c", "method": '), "invalid_json_line", 3, None),
     "duplicate custom_id": (
-        jsonl(request("a"), request("b"), request("c"), request("b")), "duplicate_custom_id", 4, "custom_id"
+        jsonl(request("a"), request("b"), request("c"), request("b")),
+        "duplicate_custom_id",
+        4,
+        "custom_id",
     ),
     "wrong url": (jsonl(request("a"), request("b", url="/v1/completions")), "url_mismatch", 2, "url"),
-    "missing body": (
-        jsonl(request("a"), {"custom_id": "b", "method": "POST", "url": CHAT}), "missing_body", 2, "body"
-    ),
+    "missing body": (jsonl(request("a"), {"custom_id": "b", "method": "POST", "url": CHAT}), "missing_body", 2, "body"),
     "missing model": (
         jsonl({"custom_id": "a", "method": "POST", "url": CHAT, "body": {"messages": []}}, request("b")),
-        "missing_model", 1, "body.model",
+        "missing_model",
+        1,
+        "body.model",
     ),
     "wrong method": (jsonl(request("a"), {**request("b"), "method": "GET"}), "invalid_method", 2, "method"),
     "missing custom_id": (
         jsonl(request("a"), {k: v for k, v in request("b").items() if k != "custom_id"}),
-        "invalid_custom_id", 2, "custom_id",
+        "invalid_custom_id",
+        2,
+        "custom_id",
     ),
     "not an object": (jsonl(request("a"), b'["custom_id", "b"]'), "invalid_json_line", 2, None),
     "non-utf-8 bytes": (
         jsonl(request("a"), json.dumps(request("b", content="caf\u00e9")).encode().replace(b"caf\\u00e9", b"caf\xe9")),
-        "invalid_utf8", 2, None,
+        "invalid_utf8",
+        2,
+        None,
     ),
     "blank line": (jsonl(request("a"), b"", request("b")), "empty_line", 2, None),
     "whitespace line": (jsonl(request("a"), request("b"), b"  \t "), "empty_line", 3, None),
@@ -375,13 +383,22 @@ def test_bad_output_expires_after_is_400(client: openai.OpenAI, input_file: File
         (b"", "invalid_json", None),
         (b"[1, 2]", "invalid_json", None),
         (b'"a string"', "invalid_json", None),
-        (b'{"endpoint": "/v1/chat/completions", "completion_window": "24h"}', "missing_required_parameter",
-         "input_file_id"),
+        (
+            b'{"endpoint": "/v1/chat/completions", "completion_window": "24h"}',
+            "missing_required_parameter",
+            "input_file_id",
+        ),
         (b'{"input_file_id": "file-x", "completion_window": "24h"}', "missing_required_parameter", "endpoint"),
-        (b'{"input_file_id": "file-x", "endpoint": "/v1/chat/completions"}', "missing_required_parameter",
-         "completion_window"),
-        (b'{"input_file_id": 7, "endpoint": "/v1/chat/completions", "completion_window": "24h"}', None,
-         "input_file_id"),
+        (
+            b'{"input_file_id": "file-x", "endpoint": "/v1/chat/completions"}',
+            "missing_required_parameter",
+            "completion_window",
+        ),
+        (
+            b'{"input_file_id": 7, "endpoint": "/v1/chat/completions", "completion_window": "24h"}',
+            None,
+            "input_file_id",
+        ),
     ],
 )
 def test_bad_create_body_is_400(http: httpx.Client, body: bytes, code: str | None, param: str | None) -> None:
@@ -441,8 +458,10 @@ def test_list_default_page_is_twenty(client: openai.OpenAI, input_file: FileObje
     assert page.has_more is True
 
 
-@pytest.mark.parametrize(("query", "status"), [({"limit": "0"}, 400), ({"limit": "101"}, 400),
-                                                ({"limit": "x"}, 400), ({"after": "batch_nope"}, 404)])
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [({"limit": "0"}, 400), ({"limit": "101"}, 400), ({"limit": "x"}, 400), ({"after": "batch_nope"}, 404)],
+)
 def test_bad_list_query_is_rejected(http: httpx.Client, query: dict[str, str], status: int) -> None:
     assert_error(http.get("/v1/batches", params=query), status, param=next(iter(query)))
 

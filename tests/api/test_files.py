@@ -51,7 +51,9 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None,
     return dict(error)
 
 
-def upload(client: openai.OpenAI, content: bytes, name: str = "input.jsonl", **kwargs: object) -> openai.types.FileObject:
+def upload(
+    client: openai.OpenAI, content: bytes, name: str = "input.jsonl", **kwargs: object
+) -> openai.types.FileObject:
     return client.files.create(file=(name, io.BytesIO(content)), purpose="batch", **kwargs)  # type: ignore[arg-type]
 
 
@@ -188,7 +190,9 @@ def test_upload_over_the_size_limit_is_413_and_stores_nothing(
     error = assert_error(caught.value.response, 413, code="file_too_large", param="file")
     assert "1000" in error["message"]
     assert {f.id for f in small_client.files.list()} == before
-    leftovers = [p for p in (small_gateway.data_dir / "blobs").rglob("*") if p.is_file() and b"y" * 100 in p.read_bytes()]
+    leftovers = [
+        p for p in (small_gateway.data_dir / "blobs").rglob("*") if p.is_file() and b"y" * 100 in p.read_bytes()
+    ]
     assert leftovers == []
 
 
@@ -242,7 +246,12 @@ def test_list_orders_filters_and_pages(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize(
     ("query", "param"),
-    [({"limit": "0"}, "limit"), ({"limit": "10001"}, "limit"), ({"limit": "many"}, "limit"), ({"order": "up"}, "order")],
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "10001"}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"order": "up"}, "order"),
+    ],
 )
 def test_bad_list_query_is_400(http: httpx.Client, query: dict[str, str], param: str) -> None:
     assert_error(http.get("/v1/files", params=query), 400, param=param)

@@ -55,8 +55,9 @@ def stored(blobs: LocalBlobStore) -> list[Path]:
 
 @HYPOTHESIS
 @given(
-    content=st.lists(st.sampled_from([b'{"a": 1}', b"\n", b"\r\n", b"--", b"\xe2\x82\xac", b"x" * 50]), max_size=40)
-    .map(b"".join),
+    content=st.lists(
+        st.sampled_from([b'{"a": 1}', b"\n", b"\r\n", b"--", b"\xe2\x82\xac", b"x" * 50]), max_size=40
+    ).map(b"".join),
     sizes=st.lists(st.integers(min_value=1, max_value=97), min_size=1, max_size=5),
 )
 async def test_stored_bytes_equal_the_upload_whatever_the_chunking(
@@ -120,7 +121,11 @@ async def test_not_multipart_is_400(tmp_path: Path, content_type: str | None) ->
 async def test_malformed_multipart_body_is_a_400(tmp_path: Path) -> None:
     with pytest.raises(APIError) as caught:
         await receive_upload(
-            "multipart/form-data; boundary=xx", chunked(b"garbage\r\n", [64]), LocalBlobStore(tmp_path), "files/f", 10**6,
+            "multipart/form-data; boundary=xx",
+            chunked(b"garbage\r\n", [64]),
+            LocalBlobStore(tmp_path),
+            "files/f",
+            10**6,
             10**6,
         )
     assert caught.value.status_code == 400

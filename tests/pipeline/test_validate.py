@@ -52,9 +52,7 @@ def reference_lines(data: bytes, max_line_bytes: int) -> list[tuple[int, bytes |
 
 @HYPOTHESIS
 @given(
-    data=st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\r", b"{}", b"\xff", b"xyz" * 5]), max_size=60).map(
-        b"".join
-    ),
+    data=st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\r", b"{}", b"\xff", b"xyz" * 5]), max_size=60).map(b"".join),
     chunk=st.integers(min_value=1, max_value=16),
     max_line_bytes=st.integers(min_value=0, max_value=20),
 )
@@ -95,8 +93,9 @@ def test_iter_lines_marks_only_the_long_line_and_keeps_numbering(tmp_path: Path)
 def test_valid_lines_give_an_ok_report_with_the_right_counts(
     tmp_path: Path, models: list[str], contents: str, trailing_newline: bool, crlf: bool
 ) -> None:
-    lines = [request_line(f"req-{i}", model, content=contents) + (b"\r" if crlf else b"") for i, model in
-             enumerate(models)]
+    lines = [
+        request_line(f"req-{i}", model, content=contents) + (b"\r" if crlf else b"") for i, model in enumerate(models)
+    ]
     report = check(write(tmp_path / "in.jsonl", lines, trailing_newline))
     assert report.ok, report.errors
     assert report.errors == []
@@ -120,12 +119,17 @@ BROKEN: dict[str, tuple[bytes, str, str | None]] = {
     "blank": (b"   ", "empty_line", None),
     "not utf-8": (b'{"custom_id": "caf\xe9", "method": "POST"}', "invalid_utf8", None),
     "wrong url": (request_line("bad", url="/v1/embeddings"), "url_mismatch", "url"),
-    "missing body": (b'{"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions"}', "missing_body",
-                     "body"),
-    "body not an object": (b'{"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": 3}',
-                           "invalid_body", "body"),
-    "missing model": (b'{"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": {}}',
-                      "missing_model", "body.model"),
+    "missing body": (b'{"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions"}', "missing_body", "body"),
+    "body not an object": (
+        b'{"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": 3}',
+        "invalid_body",
+        "body",
+    ),
+    "missing model": (
+        b'{"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": {}}',
+        "missing_model",
+        "body.model",
+    ),
     "wrong method": (request_line("bad").replace(b'"POST"', b'"GET"'), "invalid_method", "method"),
     "missing custom_id": (request_line("").replace(b'"custom_id": "", ', b""), "invalid_custom_id", "custom_id"),
     "numeric custom_id": (request_line("x").replace(b'"x"', b"7", 1), "invalid_custom_id", "custom_id"),

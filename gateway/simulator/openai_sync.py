@@ -1,0 +1,80 @@
+"""The synchronous OpenAI endpoints of an emulated provider: ``/chat/completions``, ``/embeddings``
+and ``/models``, answered at once by the same deterministic model as its batches.
+
+Providers without a batch API are driven through these by the gateway's fan-out. Per-call faults
+(down, latency, 429 with Retry-After, 5xx) apply as to every call; ``fail_fraction`` fails the
+requests whose body hashes under it with a 500, deterministically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+
+from gateway.simulator.core import ApiError, emulator_of, hash_fraction
+from gateway.simulator.openai_protocol import chat_completion, embeddings
+
+
+def _body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise ApiError(400, "The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _count(request: Request[Any, Any, Any], succeeded: bool) -> None:
+    stats = emulator_of(request).stats
+    stats.requests_processed += 1
+    if succeeded:
+        stats.requests_succeeded += 1
+    else:
+        stats.requests_failed += 1
+
+
+def _maybe_fail(request: Request[Any, Any, Any], raw: bytes) -> None:
+    key = hashlib.sha256(raw).hexdigest()
+    if hash_fraction(key) < emulator_of(request).faults.fail_fraction:
+        _count(request, succeeded=False)
+        raise ApiError(500, "The server had an error while processing your request.", type="server_error")
+
+
+class SyncController(Controller):
+    """One request, one answer."""
+
+    @post("/chat/completions", status_code=200)
+    async def chat(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        raw = await request.body()
+        _maybe_fail(request, raw)
+        emu = emulator_of(request)
+        try:
+            answer = chat_completion(_body(raw), emu.models, hashlib.sha256(raw).hexdigest()[:16], emu.clock.ts())
+        except ApiError:
+            _count(request, succeeded=False)
+            raise
+        _count(request, succeeded=True)
+        return answer
+
+    @post("/embeddings", status_code=200)
+    async def embed(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        raw = await request.body()
+        _maybe_fail(request, raw)
+        try:
+            answer = embeddings(_body(raw), emulator_of(request).models)
+        except ApiError:
+            _count(request, succeeded=False)
+            raise
+        _count(request, succeeded=True)
+        return answer
+
+    @get("/models")
+    async def models(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        emu = emulator_of(request)
+        created = emu.clock.ts()
+        data = [{"id": m, "object": "model", "created": created, "owned_by": emu.name} for m in emu.models]
+        return {"object": "list", "data": data}

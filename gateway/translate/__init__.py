@@ -1,0 +1,1 @@
+"""Pure request and response translation between OpenAI format and other providers' formats."""

@@ -1,0 +1,197 @@
+"""Workers killed with SIGKILL at every crash point, and while polling: the batch still ends exact, submitted once.
+
+The API runs as ``serve --no-worker``; workers are separate ``batchgw worker`` processes on the same
+database and blob folder. The first worker of a test dies at ``BATCHGW_CRASH_AT``; a second one, started
+without it, takes over once the short lease (3 s) has expired.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.crashpoints import POINTS
+from gateway.simulator import SimulatorCluster
+from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.engine import (
+    Outcome,
+    assert_all_succeeded,
+    assert_submitted_once,
+    batch_creates,
+    chat_requests,
+    collect,
+    emulator_log,
+    emulator_stats,
+    reset,
+    submit,
+    wait_for,
+)
+
+REQUESTS = 20
+SHARDS = 4
+PROVIDERS: dict[str, dict[str, Any]] = {
+    "quick": {"emulator": "fast", "models": {"gpt-4o-mini": "gpt-4o-mini"}, "limits": {"max_requests_per_batch": 5}},
+    "slowp": {"emulator": "slow", "models": {"slow": "gpt-4o-mini"}, "limits": {"max_requests_per_batch": 5}},
+}
+LEASE_ENV = {"BATCHGW_WORKER__LEASE_S": "3"}
+
+StartWorker = Callable[..., GatewayProcess]
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory
+) -> GatewayProcess:
+    """The API only: every batch stage runs in the separate worker processes."""
+    env = {**simulated_provider_env(simulator, tmp_path_factory.mktemp("providers"), PROVIDERS), **LEASE_ENV}
+    return gateway_factory(env).start("serve", "--no-worker")  # type: ignore[no-any-return]
+
+
+class Workers:
+    """``batchgw worker`` processes on the gateway's database and blobs."""
+
+    def __init__(self, gateway: GatewayProcess) -> None:
+        self.gateway = gateway
+        self.running: list[GatewayProcess] = []
+
+    def start(self, **env: str) -> GatewayProcess:
+        gateway = self.gateway
+        worker = GatewayProcess(
+            data_dir=gateway.data_dir,
+            database_url=gateway.database_url,
+            port=gateway.port,
+            extra_env={**gateway.extra_env, **env},
+        )
+        self.running.append(worker)
+        return worker.start("worker")
+
+    def kill_all(self) -> None:
+        for worker in self.running:
+            worker.kill()
+        self.running.clear()
+
+
+@pytest.fixture(scope="module")
+def workers(gateway: GatewayProcess) -> Iterator[Workers]:
+    started = Workers(gateway)
+    yield started
+    started.kill_all()
+
+
+@pytest.fixture
+def start_worker(workers: Workers) -> Iterator[StartWorker]:
+    """Start workers for one test; none outlives it, so the next test's crash point is reached."""
+    yield workers.start
+    workers.kill_all()
+
+
+@pytest.fixture(autouse=True)
+def fresh_emulators(simulator: SimulatorCluster) -> None:
+    reset(simulator, *simulator.names())
+
+
+def wait_killed(worker: GatewayProcess, timeout: float = 60.0) -> None:
+    """The worker died of SIGKILL (at its crash point)."""
+    assert worker.process is not None
+    try:
+        code = worker.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the worker never reached its crash point:\n{worker.log()}") from None
+    assert code == -signal.SIGKILL, f"worker exited with {code}:\n{worker.log()}"
+
+
+@dataclass
+class CrashRun:
+    outcome: Outcome
+    requests: list[dict[str, Any]]
+
+
+def crash_and_recover(
+    point: str, client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster, start_worker: StartWorker
+) -> CrashRun:
+    """Run a batch on a worker that dies at ``point``, then finish it with a fresh worker."""
+    assert point in POINTS
+    requests = chat_requests(REQUESTS, prefix=point.replace(".", "-"))
+    first = start_worker(BATCHGW_CRASH_AT=point)
+    batch = submit(client, requests)
+    wait_killed(first)
+    assert client.batches.retrieve(batch.id).status not in ("completed", "failed", "expired", "cancelled")
+    second = start_worker()
+    batch = wait_for(client, batch.id, timeout=60)
+    assert batch.status == "completed", second.log()
+    return CrashRun(collect(client, batch), requests)
+
+
+def assert_exact_once(run: CrashRun, gateway: GatewayProcess, simulator: SimulatorCluster, emulator: str) -> None:
+    assert_all_succeeded(run.outcome, run.requests, "gpt-4o-mini")
+    assert len(batch_creates(emulator_log(simulator, emulator))) == SHARDS
+    assert_submitted_once(gateway, simulator, emulator, run.outcome.batch.id)
+
+
+@pytest.mark.parametrize("point", ["submit.after_provider_create", "poll.after_status", "collect.after_split"])
+def test_crash_at_point_recovers_exactly_once(
+    point: str, client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster, start_worker: StartWorker
+) -> None:
+    run = crash_and_recover(point, client, gateway, simulator, start_worker)
+    assert_exact_once(run, gateway, simulator, "fast")
+
+
+@pytest.fixture(scope="module")
+def merge_crash(
+    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster, workers: Workers
+) -> CrashRun:
+    """One run crashing in the merge, shared by the two tests below."""
+    reset(simulator, "fast")
+    try:
+        run = crash_and_recover("merge.after_files_written", client, gateway, simulator, workers.start)
+        assert_exact_once(run, gateway, simulator, "fast")
+    finally:
+        workers.kill_all()
+    return run
+
+
+def test_crash_in_merge_recovers_exactly_once(merge_crash: CrashRun) -> None:
+    assert merge_crash.outcome.batch.output_file_id is not None
+
+
+@pytest.mark.xfail(
+    reason="merge.run writes the output/error blobs under fresh random file ids before its commit, so a crash "
+    "there leaves blobs that no file row references and nothing deletes",
+    strict=True,
+)
+def test_crash_in_merge_leaves_no_unreferenced_file_blob(
+    merge_crash: CrashRun, client: openai.OpenAI, gateway: GatewayProcess
+) -> None:
+    known = {f.id for f in client.files.list()}
+    stored = {p.name for p in (gateway.data_dir / "blobs" / "files").iterdir()}
+    assert stored <= known, f"blobs without a file: {sorted(stored - known)}"
+
+
+def test_external_sigkill_while_shards_are_polling(
+    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster, start_worker: StartWorker
+) -> None:
+    requests = chat_requests(REQUESTS, model="slow", prefix="killed")
+    first = start_worker()
+    batch = submit(client, requests)
+    deadline = time.monotonic() + 30
+    while True:
+        log = emulator_log(simulator, "slow")
+        polled = any(e["method"] == "GET" and e["path"].startswith("/v1/batches/") for e in log)
+        if len(batch_creates(log)) == SHARDS and polled:
+            break
+        assert time.monotonic() < deadline, first.log()
+        time.sleep(0.1)
+    first.kill()
+    active = emulator_stats(simulator, "slow")["batches"]
+    assert active.get("completed", 0) < SHARDS, f"the provider batches finished before the kill: {active}"
+    start_worker()
+    batch = wait_for(client, batch.id, timeout=60)
+    run = CrashRun(collect(client, batch), requests)
+    assert_exact_once(run, gateway, simulator, "slow")

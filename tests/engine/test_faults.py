@@ -1,0 +1,268 @@
+"""Provider faults switched through the emulator's control API while the gateway runs a batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.simulator import SimulatorCluster, hash_fraction
+from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.engine import (
+    assert_all_succeeded,
+    assert_submitted_once,
+    assert_succeeded,
+    batch_creates,
+    cancel_calls,
+    chat_requests,
+    collect,
+    emulator_log,
+    emulator_stats,
+    query,
+    reset,
+    set_faults,
+    submit,
+    wait_for,
+)
+
+PROVIDERS: dict[str, dict[str, Any]] = {
+    "main": {"emulator": "fast", "models": {"gpt-4o-mini": "gpt-4o-mini"}},
+    "split": {"emulator": "fast", "models": {"split5": "gpt-4o-mini"}, "limits": {"max_requests_per_batch": 5}},
+    "slowp": {"emulator": "slow", "models": {"slow": "gpt-4o-mini"}},
+}
+SERVER_ERROR_BODY = {
+    "error": {
+        "message": "The server had an error while processing your request. Sorry about that!",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def provider_env(simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return simulated_provider_env(simulator, tmp_path_factory.mktemp("providers"), PROVIDERS)
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_factory: Any, provider_env: dict[str, str]) -> GatewayProcess:
+    return gateway_factory(provider_env).start()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(autouse=True)
+def fresh_emulators(simulator: SimulatorCluster) -> Iterator[None]:
+    reset(simulator, *simulator.names())
+    yield
+    reset(simulator, *simulator.names())
+
+
+def assert_still_waiting(client: openai.OpenAI, batch_id: str, seconds: float) -> None:
+    """For ``seconds`` the batch stays in progress with nothing finished."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        assert batch.status in ("validating", "in_progress"), batch
+        assert batch.request_counts is None or batch.request_counts.completed == 0
+        time.sleep(0.2)
+
+
+def test_provider_down_then_back_the_batch_waits_and_completes(
+    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster
+) -> None:
+    set_faults(simulator, "fast", down="refuse")
+    requests = chat_requests(10)
+    batch = submit(client, requests)
+    assert_still_waiting(client, batch.id, 3.0)
+    assert emulator_log(simulator, "fast") == []
+    set_faults(simulator, "fast", down="off")
+    batch = wait_for(client, batch.id)
+    assert_all_succeeded(collect(client, batch), requests, "gpt-4o-mini")
+    assert_submitted_once(gateway, simulator, "fast", batch.id)
+    assert "unavailable" in gateway.log()
+
+
+def test_503_on_every_call_then_recovery(
+    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster
+) -> None:
+    set_faults(simulator, "fast", down="503")
+    requests = chat_requests(10)
+    batch = submit(client, requests)
+    assert_still_waiting(client, batch.id, 2.5)
+    refused = emulator_log(simulator, "fast")
+    assert refused and all(e["status"] == 503 for e in refused)
+    set_faults(simulator, "fast", down="off")
+    batch = wait_for(client, batch.id)
+    assert_all_succeeded(collect(client, batch), requests, "gpt-4o-mini")
+    assert_submitted_once(gateway, simulator, "fast", batch.id)
+
+
+def test_random_5xx_answers_are_retried(
+    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster
+) -> None:
+    set_faults(simulator, "fast", error_5xx_rate=0.3)
+    requests = chat_requests(15, model="split5")
+    batch = wait_for(client, submit(client, requests).id, timeout=90)
+    assert_all_succeeded(collect(client, batch), requests, "gpt-4o-mini")
+    log = emulator_log(simulator, "fast")
+    assert any(e["status"] == 500 for e in log), "no 5xx was injected"
+    assert len(batch_creates(log)) == 3
+    assert_submitted_once(gateway, simulator, "fast", batch.id)
+
+
+def test_429_retry_after_is_honoured(client: openai.OpenAI, simulator: SimulatorCluster) -> None:
+    set_faults(simulator, "fast", rate_limit_next=2, retry_after_s=2)
+    requests = chat_requests(10)
+    batch = wait_for(client, submit(client, requests).id)
+    assert_all_succeeded(collect(client, batch), requests, "gpt-4o-mini")
+    log = emulator_log(simulator, "fast")
+    limited = [i for i, e in enumerate(log) if e["status"] == 429]
+    assert len(limited) == 2
+    for index in limited:
+        gap = log[index + 1]["timestamp"] - log[index]["timestamp"]
+        assert gap >= 1.9, f"the call after a 429 with Retry-After: 2 came {gap:.2f}s later"
+    assert len(log) <= 12, f"{len(log)} calls for one 10-line batch"
+
+
+def test_failed_requests_land_in_the_error_file_with_the_provider_body(
+    client: openai.OpenAI, simulator: SimulatorCluster
+) -> None:
+    set_faults(simulator, "fast", fail_fraction=0.3)
+    requests = chat_requests(30)
+    failing = {r["custom_id"] for r in requests if hash_fraction(r["custom_id"]) < 0.3}
+    assert 0 < len(failing) < 30
+    batch = wait_for(client, submit(client, requests).id)
+    assert batch.status == "completed"
+    outcome = collect(client, batch)
+    assert set(outcome.errors) == failing
+    for line in outcome.errors.values():
+        assert line["error"] is None
+        assert line["response"]["status_code"] == 500
+        assert line["response"]["body"] == SERVER_ERROR_BODY
+    succeeded = [r for r in requests if r["custom_id"] not in failing]
+    assert set(outcome.output) == {r["custom_id"] for r in succeeded}
+    input_tokens, output_tokens = assert_succeeded(outcome, succeeded, "gpt-4o-mini")
+    assert batch.request_counts is not None and batch.usage is not None
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (
+        30,
+        30 - len(failing),
+        len(failing),
+    )
+    assert (batch.usage.input_tokens, batch.usage.output_tokens) == (input_tokens, output_tokens)
+
+
+def test_shuffled_provider_output_is_joined_on_custom_id(client: openai.OpenAI, simulator: SimulatorCluster) -> None:
+    set_faults(simulator, "fast", shuffle_output=True)
+    requests = chat_requests(40)
+    batch = wait_for(client, submit(client, requests).id)
+    outcome = collect(client, batch)
+    assert list(outcome.output) != [r["custom_id"] for r in requests], "the provider output was not shuffled"
+    assert_all_succeeded(outcome, requests, "gpt-4o-mini")
+
+
+def test_provider_expiry_keeps_finished_lines_and_reports_the_rest_expired(
+    client: openai.OpenAI, simulator: SimulatorCluster
+) -> None:
+    set_faults(simulator, "fast", expire=True, expire_after_fraction=0.5)
+    requests = chat_requests(20)
+    batch = wait_for(client, submit(client, requests).id)
+    assert batch.status == "expired" and batch.expired_at is not None
+    outcome = collect(client, batch)
+    finished = requests[:10]
+    assert set(outcome.output) == {r["custom_id"] for r in finished}
+    input_tokens, output_tokens = assert_succeeded(outcome, finished, "gpt-4o-mini")
+    assert set(outcome.errors) == {r["custom_id"] for r in requests[10:]}
+    assert all(line["error"]["code"] == "batch_expired" for line in outcome.errors.values())
+    assert batch.request_counts is not None and batch.usage is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (10, 10)
+    assert (batch.usage.input_tokens, batch.usage.output_tokens) == (input_tokens, output_tokens)
+
+
+@pytest.mark.xfail(
+    reason="merge.split_results copies the provider's 'batch_cancelled' lines (the gateway cancels the provider "
+    "batch when its own window passes) instead of reporting them 'batch_expired'",
+    strict=True,
+)
+def test_gateway_completion_window_passing_expires_the_batch(
+    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster
+) -> None:
+    requests = chat_requests(30, model="slow")
+    batch = submit(client, requests)
+    wait_for(client, batch.id, lambda b: b.request_counts.completed > 0)  # type: ignore[union-attr]
+    # No setting shortens the window (see the next test), so the test moves the batch's deadline to now.
+    query(gateway, "UPDATE batches SET expires_at = :now WHERE id = :b", now=int(time.time()), b=batch.id)
+    batch = wait_for(client, batch.id)
+    assert batch.status == "expired" and batch.expired_at is not None
+    outcome = collect(client, batch)
+    assert set(outcome.output) | set(outcome.errors) == {r["custom_id"] for r in requests}
+    assert outcome.output and outcome.errors
+    assert_succeeded(outcome, [r for r in requests if r["custom_id"] in outcome.output], "gpt-4o-mini")
+    assert cancel_calls(emulator_log(simulator, "slow")), "the provider batch was not stopped"
+    codes = {line["error"]["code"] for line in outcome.errors.values()}
+    assert codes == {"batch_expired"}, codes
+
+
+@pytest.mark.xfail(
+    reason="missing setting: nothing shortens a batch's completion window (the API accepts 1h..7d), so the window "
+    "passing cannot be tested without waiting an hour; proposed: BATCHGW_WORKER__COMPLETION_WINDOW_OVERRIDE_S",
+    strict=True,
+)
+def test_short_completion_window_setting_expires_a_stalled_batch(
+    gateway_factory: Any, provider_env: dict[str, str], simulator: SimulatorCluster
+) -> None:
+    short = gateway_factory({**provider_env, "BATCHGW_WORKER__COMPLETION_WINDOW_OVERRIDE_S": "3"}).start()
+    try:
+        client = short.client(short.create_key("acme"))
+        set_faults(simulator, "fast", stall=True)
+        batch = submit(client, chat_requests(5))
+        assert batch.expires_at == batch.created_at + 3
+        batch = wait_for(client, batch.id, timeout=30)
+        assert batch.status == "expired"
+        outcome = collect(client, batch)
+        assert len(outcome.errors) == 5 and not outcome.output
+        assert {line["error"]["code"] for line in outcome.errors.values()} == {"batch_expired"}
+    finally:
+        short.stop()
+
+
+def test_malformed_output_line_becomes_an_error_line(
+    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster
+) -> None:
+    set_faults(simulator, "fast", malformed_output_line=True)
+    requests = chat_requests(10)
+    batch = wait_for(client, submit(client, requests).id)
+    assert batch.status == "completed"
+    outcome = collect(client, batch)
+    assert set(outcome.output) | set(outcome.errors) == {r["custom_id"] for r in requests}
+    assert len(outcome.errors) == 1
+    [line] = outcome.errors.values()
+    assert line["response"] is None and line["error"]["code"] == "result_missing"
+    assert_succeeded(outcome, [r for r in requests if r["custom_id"] in outcome.output], "gpt-4o-mini")
+    assert batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (9, 1)
+    assert gateway.process is not None and gateway.process.poll() is None
+    assert "Traceback" not in gateway.log()
+
+
+def test_stalled_provider_keeps_the_batch_in_progress_until_cancelled(
+    client: openai.OpenAI, simulator: SimulatorCluster
+) -> None:
+    set_faults(simulator, "fast", stall=True)
+    requests = chat_requests(8)
+    batch = submit(client, requests)
+    deadline = time.monotonic() + 10
+    while emulator_stats(simulator, "fast")["batches"].get("in_progress") != 1:
+        assert time.monotonic() < deadline, emulator_stats(simulator, "fast")
+        time.sleep(0.1)
+    assert_still_waiting(client, batch.id, 2.5)
+    assert client.batches.cancel(batch.id).status in ("cancelling", "cancelled")
+    batch = wait_for(client, batch.id)
+    assert batch.status == "cancelled"
+    outcome = collect(client, batch)
+    assert not outcome.output and set(outcome.errors) == {r["custom_id"] for r in requests}
+    assert all(line["error"]["code"] == "batch_cancelled" for line in outcome.errors.values())
+    log = emulator_log(simulator, "fast")
+    assert cancel_calls(log) == {e["detail"]["batch_id"] for e in batch_creates(log)}
