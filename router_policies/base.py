@@ -243,7 +243,7 @@ class JobFacts:
     est_output_tokens: int
     completion_window_s: float = DEFAULT_BATCH_TURNAROUND_S
     deadline_s: float | None = None
-    """Seconds from ``now`` by which the client wants results, if it said so."""
+    """Seconds from ``now`` by which the client wants results (the engine copies ``hints.deadline_s``)."""
     now: datetime = field(default_factory=_utc_now)
     hints: Hints = field(default_factory=Hints)
     remaining_budget_usd: float | None = None

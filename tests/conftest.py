@@ -217,6 +217,8 @@ def client(gateway: GatewayProcess, team_key: str) -> openai.OpenAI:
 
 # --- emulated providers (used by tests/engine) ------------------------------------------------------------
 
+pytest.register_assert_rewrite("tests.engine")  # detailed assertion messages from the shared engine helpers
+
 ENGINE_ENV = {
     "BATCHGW_WORKER__PROVIDER_POLL_MIN_S": "0.2",
     "BATCHGW_WORKER__PROVIDER_POLL_MAX_S": "1",

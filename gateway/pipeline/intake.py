@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.api.errors import APIError, bad_request
@@ -137,9 +138,19 @@ async def receive_upload(
     digest = hashlib.sha256()
     tally = _Tally()
 
+    def feed(chunk: bytes | None) -> None:
+        try:
+            if chunk is None:
+                parser.finalize()
+            else:
+                parser.write(chunk)
+        except MultipartParseError as exc:
+            message = f"The multipart body is malformed: {exc}"
+            raise bad_request(message, param="file", code="invalid_multipart") from None
+
     async def file_bytes() -> AsyncIterator[bytes]:
         async for chunk in body:
-            parser.write(chunk)
+            feed(chunk)
             if sink.oversized_field:
                 raise bad_request(f"Form field '{sink.oversized_field}' is too large.", param=sink.oversized_field)
             for piece in sink.file_chunks:
@@ -161,7 +172,7 @@ async def receive_upload(
                 digest.update(piece)
                 yield piece
             sink.file_chunks.clear()
-        parser.finalize()
+        feed(None)
 
     size = await blobs.write_stream(key, file_bytes())
     if not sink.file_seen:

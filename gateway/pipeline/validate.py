@@ -23,6 +23,8 @@ from gateway.settings import LimitSettings
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 4 * 1024 * 1024
+MAX_MODELS_PER_FILE = 100
+"""A file may mix models (each part is routed on its own), but not without bound."""
 
 
 class _InputLine(msgspec.Struct):
@@ -209,6 +211,15 @@ def _check_body(body: msgspec.Raw, number: int, report: ValidationReport, keep: 
         report.add(
             "missing_model",
             f"Line {number}: 'body.model' must be a non-empty string.",
+            number,
+            "body.model",
+            keep,
+        )
+        return
+    if head.model not in report.models and len(report.models) >= MAX_MODELS_PER_FILE:
+        report.add(
+            "too_many_models",
+            f"Line {number}: the file names more than {MAX_MODELS_PER_FILE} different models.",
             number,
             "body.model",
             keep,

@@ -9,14 +9,18 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import httpx
 
+from gateway.providers.anthropic_batch import AnthropicBatchAdapter
 from gateway.providers.base import ProviderAdapter
 from gateway.providers.config import ProviderConfig
+from gateway.providers.gemini_batch import GeminiBatchAdapter
 from gateway.providers.openai_batch import OpenAIBatchAdapter
 from gateway.providers.openai_sync import OpenAISyncAdapter
 
 ADAPTER_KINDS: dict[str, type[ProviderAdapter]] = {
     OpenAIBatchAdapter.kind: OpenAIBatchAdapter,
     OpenAISyncAdapter.kind: OpenAISyncAdapter,
+    AnthropicBatchAdapter.kind: AnthropicBatchAdapter,
+    GeminiBatchAdapter.kind: GeminiBatchAdapter,
 }
 """Adapter class by the ``kind`` a provider's configuration names."""
 

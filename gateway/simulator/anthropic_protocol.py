@@ -112,8 +112,12 @@ def conversation_texts(params: Mapping[str, Any]) -> tuple[list[str], str]:
     return texts, echo
 
 
+def _block_type(block: Any) -> Any:
+    return block.get("type") if isinstance(block, dict) else None
+
+
 def _check_block(block: Any, where: str) -> None:
-    kind = block.get("type") if isinstance(block, dict) else None
+    kind = _block_type(block)
     if kind not in BLOCK_TYPES:
         raise _invalid(f"{where}.type: Input tag {kind!r} does not match any of the expected tags")
     if kind == "text" and not isinstance(block.get("text"), str):
@@ -157,13 +161,13 @@ def check_params(params: Any, models: Sequence[str]) -> None:
         elif not isinstance(content, str):
             raise _invalid(f"messages.{index}.content: Input should be a valid string or list")
     system = params.get("system")
-    if system is not None and not isinstance(system, str):
-        if not isinstance(system, list) or any(not isinstance(b, dict) or b.get("type") != "text" for b in system):
-            raise _invalid("system: Input should be a string or a list of text blocks")
-    for name, high in (("temperature", 1.0), ("top_p", 1.0)):
+    blocks = system if isinstance(system, list) else []
+    if (system is not None and not isinstance(system, str | list)) or any(_block_type(b) != "text" for b in blocks):
+        raise _invalid("system: Input should be a string or a list of text blocks")
+    for name in ("temperature", "top_p"):
         value = params.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= high):
-            raise _invalid(f"{name}: Input should be a number between 0 and {high}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
+            raise _invalid(f"{name}: Input should be a number between 0 and 1")
     stops = params.get("stop_sequences")
     if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)):
         raise _invalid("stop_sequences: Input should be a list of strings")
@@ -173,7 +177,9 @@ def check_params(params: Any, models: Sequence[str]) -> None:
     if choice is not None and (not isinstance(choice, dict) or choice.get("type") not in TOOL_CHOICES):
         raise _invalid("tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
     tools = params.get("tools")
-    if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("name") for t in tools)):
+    if tools is not None and not (
+        isinstance(tools, list) and all(isinstance(t, dict) and t.get("name") for t in tools)
+    ):
         raise _invalid("tools: each tool needs a 'name'")
 
 
@@ -234,8 +240,8 @@ def batch_object(job: Job, base_url: str, now: float) -> dict[str, Any]:
 
 def error_response(err: ApiError) -> dict[str, Any]:
     """``{"type": "error", "error": {"type", "message"}, "request_id"}`` with an Anthropic error type."""
-    kind = err.type if err.type in ERROR_TYPES else None
-    kind = kind or ERROR_TYPE_BY_STATUS.get(err.status) or ("api_error" if err.status >= 500 else "invalid_request_error")
+    fallback = "api_error" if err.status >= 500 else "invalid_request_error"
+    kind = err.type if err.type in ERROR_TYPES else ERROR_TYPE_BY_STATUS.get(err.status, fallback)
     return {"type": "error", "error": {"type": kind, "message": err.message}, "request_id": random_id("req_")}
 
 
@@ -252,7 +258,8 @@ class AnthropicDriver:
         return error_response(err)
 
     def authorized(self, headers: Mapping[str, str], api_key: str) -> bool:
-        return headers.get("x-api-key") == api_key
+        # The documented header is x-api-key; recent official SDKs send the key as a bearer token.
+        return headers.get("x-api-key") == api_key or headers.get("authorization") == f"Bearer {api_key}"
 
     def validate(self, state: EmulatorState, job: Job) -> None:
         """Nothing left to do: the create call checked the envelope and filled ``job.items``."""

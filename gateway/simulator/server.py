@@ -37,7 +37,11 @@ Send = Callable[[Message], Awaitable[None]]
 T = TypeVar("T")
 Req = Request[Any, Any, Any]
 
-DRIVERS: dict[str, Callable[[], ProtocolDriver]] = {"openai": OpenAIDriver, "anthropic": AnthropicDriver, "gemini": GeminiDriver}
+DRIVERS: dict[str, Callable[[], ProtocolDriver]] = {
+    "openai": OpenAIDriver,
+    "anthropic": AnthropicDriver,
+    "gemini": GeminiDriver,
+}
 BODY_SLACK_BYTES = 1024 * 1024  # room for multipart framing around the largest accepted file
 WATCH_INTERVAL_S = 0.1
 

@@ -29,57 +29,40 @@ TOOL_CHOICE_TABLE: dict[str, dict[str, str]] = {
     "none": {"type": "none"},
 }
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+TRANSLATED_FIELDS = frozenset(
+    {"model", "messages", "max_tokens", "max_completion_tokens", "stop", "temperature", "top_p", "tools",
+     "tool_choice", "parallel_tool_calls", "user", "safety_identifier", "response_format"}
+)  # fmt: skip
 IGNORED_FIELDS = frozenset(
     {"seed", "store", "metadata", "service_tier", "prompt_cache_key", "stream_options", "prediction"}
 )
 """OpenAI fields dropped because they do not change the answer (or are best-effort hints only)."""
 NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
-    "n": (1,),
-    "stream": (False,),
-    "logprobs": (False,),
-    "presence_penalty": (0,),
-    "frequency_penalty": (0,),
-    "logit_bias": ({},),
-    "modalities": (["text"],),
-}
-"""OpenAI fields Anthropic lacks, accepted only with a value that means "feature off"."""
-TRANSLATED_FIELDS = frozenset(
-    {"model", "messages", "max_tokens", "max_completion_tokens", "stop", "temperature", "top_p", "tools",
-     "tool_choice", "parallel_tool_calls", "user", "safety_identifier", "response_format"}
-)  # fmt: skip
+    "n": (1,), "stream": (False,), "logprobs": (False,), "presence_penalty": (0,), "frequency_penalty": (0,),
+    "logit_bias": ({},), "modalities": (["text"],),
+}  # fmt: skip
+"""OpenAI fields Anthropic lacks, accepted only with the value that means "feature off"; any other field is refused."""
 FINISH_REASON_TABLE: dict[str, str] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
+    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+    "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter",
+}  # fmt: skip
 ERROR_STATUS_TABLE: dict[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "conflict_error": 409,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
+    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,
+    "not_found_error": 404, "conflict_error": 409, "request_too_large": 413, "rate_limit_error": 429,
+    "api_error": 500, "timeout_error": 504, "overloaded_error": 529,
+}  # fmt: skip
 """HTTP status of an ``errored`` result, by Anthropic error type; unknown types count as 500."""
 OPENAI_ERROR_TYPE: dict[str, str] = {
     "api_error": "server_error",
     "overloaded_error": "server_error",
     "timeout_error": "server_error",
 }
-"""OpenAI ``error.type`` for Anthropic types OpenAI names differently; others keep their name."""
+"""OpenAI ``error.type`` for Anthropic types OpenAI names differently; others keep their name (and go in ``code``)."""
 UNFINISHED_TABLE: dict[str, tuple[str, str]] = {
     "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
     "canceled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
 }
+"""OpenAI ``error`` (code, message) for results that never ran."""
 
 SAFE_CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAPPED_PREFIX = "m_"
@@ -268,6 +251,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
 
 
 def _tool_choice(choice: Any, parallel: Any, has_tools: bool) -> dict[str, Any] | None:
+    translated: dict[str, Any] | None
     if choice is None:
         translated = None
     elif isinstance(choice, str) and choice in TOOL_CHOICE_TABLE:
@@ -398,7 +382,7 @@ def message_to_chat(message: Mapping[str, Any], *, created: int) -> dict[str, An
 
 
 def openai_error(status: int, message: str, type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
-    """An OpenAI error-response line part ``(status_code, body)`` as a dict ``{"status_code", "body"}``."""
+    """``{"status_code", "body"}`` of an OpenAI error response, ``body`` being ``{"error": {...}}``."""
     return {"status_code": status, "body": {"error": {"message": message, "type": type, "param": param, "code": code}}}
 
 
@@ -424,9 +408,7 @@ def envelope(
     return {"id": line_id, "custom_id": custom_id, "response": response, "error": error}
 
 
-def result_to_envelope(
-    result: Any, *, custom_id: str, line_id: str, request_id: str, created: int
-) -> dict[str, Any]:
+def result_to_envelope(result: Any, *, custom_id: str, line_id: str, request_id: str, created: int) -> dict[str, Any]:
     """The OpenAI output line for one Anthropic ``result`` object; raises :class:`MalformedResult`."""
     kind = result.get("type") if isinstance(result, dict) else None
     if kind == "succeeded":

@@ -2,10 +2,10 @@
 
 :func:`chat_to_gemini` turns an OpenAI chat body into a GenerateContentRequest; :func:`gemini_to_chat`
 turns a GenerateContentResponse into a ``chat.completion``; :func:`google_error` turns a Google error
-status into an OpenAI error body. :func:`result_envelope` wraps either into an OpenAI batch output line.
-Whatever has no equivalent on the Gemini side raises :class:`TranslationError`, whose message is meant
-for the client. Fields without a Gemini counterpart that do not change the answer (``user``, ``store``,
-``metadata``, ``parallel_tool_calls``, ``logprobs``, ``reasoning_effort``, ...) are dropped.
+status into an OpenAI error body and HTTP status. Whatever has no equivalent on the Gemini side raises
+:class:`TranslationError`, whose message is meant for the client. Fields without a Gemini counterpart
+that do not change the answer (``user``, ``store``, ``metadata``, ``parallel_tool_calls``, ``logprobs``,
+``reasoning_effort``, ...) are dropped.
 """
 
 from __future__ import annotations
@@ -399,32 +399,3 @@ def google_error(status: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
     kind = OPENAI_ERROR_TYPES.get(http, "server_error" if http >= 500 else "invalid_request_error")
     text = message if isinstance(message, str) and message else name
     return http, {"error": {"message": text, "type": kind, "param": None, "code": name.lower()}}
-
-
-def result_envelope(
-    custom_id: str, result: Mapping[str, Any], *, batch_id: str, model: str, created: int
-) -> dict[str, Any]:
-    """The OpenAI batch output line for one Gemini result ``{"response": ...}`` or ``{"error": ...}``."""
-    seed = _digest(batch_id, custom_id)
-    response, error = result.get("response"), result.get("error")
-    request_id = f"req_{seed}"
-    if isinstance(response, Mapping):
-        status, body = 200, gemini_to_chat(response, model=model, created=created, fallback_id=f"chatcmpl-{seed}")
-        if isinstance(response.get("responseId"), str):
-            request_id = response["responseId"]
-    elif isinstance(error, Mapping):
-        status, body = google_error(error)
-    else:
-        missing = {"code": "invalid_provider_output", "message": "The provider returned no result."}
-        return {"id": f"batch_req_{seed}", "custom_id": custom_id, "response": None, "error": missing}
-    envelope = {"status_code": status, "request_id": request_id, "body": body}
-    return {"id": f"batch_req_{seed}", "custom_id": custom_id, "response": envelope, "error": None}
-
-
-def rejected_envelope(custom_id: str, error: TranslationError, *, batch_id: str) -> dict[str, Any]:
-    """The OpenAI error line of a request the gateway could not translate (never sent to Gemini)."""
-    seed = _digest(batch_id, custom_id)
-    message = f"This request cannot be sent to a Gemini model: {error}"
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": error.param, "code": None}}
-    envelope = {"status_code": 400, "request_id": f"req_{seed}", "body": body}
-    return {"id": f"batch_req_{seed}", "custom_id": custom_id, "response": envelope, "error": None}

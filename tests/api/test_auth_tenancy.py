@@ -122,6 +122,14 @@ def test_admin_key_is_not_a_client_key(gateway: GatewayProcess) -> None:
         admin_as_client.files.create(file=("a.jsonl", io.BytesIO(input_jsonl())), purpose="batch")
 
 
+def test_client_key_and_wrong_admin_key_are_refused_by_the_admin_api(gateway: GatewayProcess, team_key: str) -> None:
+    url = f"{gateway.base_url}/admin/providers"
+    assert httpx.get(url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
+    for key in (team_key, ADMIN_KEY + "x", "bgw-wrong"):
+        assert_error(httpx.get(url, headers={"Authorization": f"Bearer {key}"}), 401, code="invalid_api_key")
+    assert_error(httpx.get(url), 401)
+
+
 def test_key_is_checked_before_the_body_is_read(gateway: GatewayProcess) -> None:
     bad_json = httpx.post(f"{gateway.base_url}/v1/batches", content=b"{nope")
     assert_error(bad_json, 401)

@@ -81,11 +81,11 @@ def small_client(small_gateway: GatewayProcess) -> openai.OpenAI:
 
 def test_upload_returns_a_file_object_that_retrieve_repeats(client: openai.OpenAI) -> None:
     content = chat_jsonl(3)
-    created = upload(client, content, name="questions.jsonl")
+    created = upload(client, content, name="questions é 日本.jsonl")
     assert created.id.startswith("file-")
     assert created.object == "file"
     assert created.bytes == len(content)
-    assert created.filename == "questions.jsonl"
+    assert created.filename == "questions é 日本.jsonl"
     assert created.purpose == "batch"
     assert created.status == "processed"
     assert created.expires_at == created.created_at + THIRTY_DAYS

@@ -3,7 +3,9 @@
 Run ``python -m tests.bench.bench_upload [--lines N] [--profile]``. It writes an N-request chat JSONL
 file (default 1,000,000 lines of about 500 bytes: about 500 MB) to a temporary folder, starts
 ``batchgw serve`` on a free port with a temporary data folder and SQLite, uploads the file with the
-official SDK (streamed from disk), creates a batch and polls until it leaves ``validating``.
+official SDK (streamed from disk), creates a batch and polls until it leaves ``validating``. The
+server runs with default settings (the tests' short worker poll interval is put back to the default,
+since idle worker loops compete for the CPU); ``--env NAME=VALUE`` changes a setting.
 
 It prints the file size, the line count, upload and validation time and throughput, the combined
 upload + validation throughput, and the server process's peak RSS, both sampled every 50 ms and
@@ -33,6 +35,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from gateway.settings import WorkerSettings
 from tests.conftest import GatewayProcess, free_port
 
 MB = 1_000_000
@@ -145,10 +148,14 @@ def high_water_mark(pid: int) -> int | None:
     return None
 
 
-def measure(path: Path, lines: int, workdir: Path) -> Figures:
+def measure(path: Path, lines: int, workdir: Path, extra_env: dict[str, str] | None = None) -> Figures:
     """Start a gateway, upload, create a batch, wait for validation; return the figures."""
+    production_poll = {"BATCHGW_WORKER__POLL_INTERVAL_S": str(WorkerSettings().poll_interval_s)}
     gateway = GatewayProcess(
-        data_dir=workdir / "data", database_url=f"sqlite:///{workdir / 'data' / 'gateway.db'}", port=free_port()
+        data_dir=workdir / "data",
+        database_url=f"sqlite:///{workdir / 'data' / 'gateway.db'}",
+        port=free_port(),
+        extra_env=production_poll | (extra_env or {}),
     )
     gateway.data_dir.mkdir(parents=True, exist_ok=True)
     gateway.start()
@@ -292,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000, help="requests in the input file")
     parser.add_argument("--profile", action="store_true", help="profile intake and validation in-process after")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="extra BATCHGW_* setting for the server"
+    )
     args = parser.parse_args(argv)
+    extra_env = dict(item.split("=", 1) for item in args.env)
 
     with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
         workdir = Path(tmp)
@@ -300,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         size = write_input(path, args.lines)
         print(f"wrote {args.lines:,} lines, {size / MB:,.1f} MB in {time.perf_counter() - started:.1f} s", flush=True)
-        figures = measure(path, args.lines, workdir)
+        figures = measure(path, args.lines, workdir, extra_env)
         report(figures)
         if args.profile:
             profile_stages(path, workdir)

@@ -217,3 +217,19 @@ def assert_submitted_once(gateway: GatewayProcess, cluster: SimulatorCluster, em
     tokens = submit_tokens(emulator_log(cluster, emulator))
     assert len(tokens) == len(set(tokens)), f"a shard was submitted twice: {sorted(tokens)}"
     assert sorted(tokens) == shard_tokens(gateway, batch_id)
+
+
+# --- worker processes -------------------------------------------------------------------------------------
+
+
+def worker_process(gateway: GatewayProcess, name: str, **env: str) -> GatewayProcess:
+    """A ``batchgw worker`` (not started) on the gateway's database and blobs, logging in its own folder."""
+    folder = gateway.data_dir / name
+    folder.mkdir()
+    blobs = str(gateway.data_dir / "blobs")
+    return GatewayProcess(
+        data_dir=folder,
+        database_url=gateway.database_url,
+        port=gateway.port,
+        extra_env={**gateway.extra_env, "BATCHGW_BLOB_DIR": blobs, **env},
+    )

@@ -32,6 +32,7 @@ from tests.engine import (
     reset,
     submit,
     wait_for,
+    worker_process,
 )
 
 REQUESTS = 20
@@ -60,15 +61,11 @@ class Workers:
     def __init__(self, gateway: GatewayProcess) -> None:
         self.gateway = gateway
         self.running: list[GatewayProcess] = []
+        self.count = 0
 
     def start(self, **env: str) -> GatewayProcess:
-        gateway = self.gateway
-        worker = GatewayProcess(
-            data_dir=gateway.data_dir,
-            database_url=gateway.database_url,
-            port=gateway.port,
-            extra_env={**gateway.extra_env, **env},
-        )
+        self.count += 1
+        worker = worker_process(self.gateway, f"worker-{self.count}", **env)
         self.running.append(worker)
         return worker.start("worker")
 

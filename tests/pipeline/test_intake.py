@@ -113,11 +113,6 @@ async def test_not_multipart_is_400(tmp_path: Path, content_type: str | None) ->
     assert (caught.value.status_code, caught.value.code) == (400, "invalid_content_type")
 
 
-@pytest.mark.xfail(
-    reason="receive_upload lets python_multipart's MultipartParseError escape for a body that does not start "
-    "with the boundary, so the API answers 500 instead of a 400",
-    strict=True,
-)
 async def test_malformed_multipart_body_is_a_400(tmp_path: Path) -> None:
     with pytest.raises(APIError) as caught:
         await receive_upload(

@@ -1,0 +1,362 @@
+"""Adapter for the Gemini API batch mode (``POST /v1beta/models/{model}:batchGenerateContent``).
+
+A shard's OpenAI-format requests are translated by :mod:`gateway.translate.gemini` into a temporary
+JSONL file of ``{"key": custom_id, "request": GenerateContentRequest}`` lines. A small shard is sent
+inline in the create call; a larger one is uploaded through the resumable File API and named by
+``input_config.file_name``. The batch's ``display_name`` carries the submit token, which is how
+:meth:`GeminiBatchAdapter.find_submitted` finds a batch whose create answer was lost. A request that
+cannot be translated is never sent: :meth:`GeminiBatchAdapter.fetch_results` writes its error line.
+Only ``/v1/chat/completions`` shards are served; embeddings shards are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, ClassVar, TypeVar, cast
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from gateway.providers.base import (
+    CapabilityNotSupported,
+    HealthReport,
+    PollResult,
+    ProviderAdapter,
+    ProviderBatchState,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderUnavailable,
+    ShardSubmission,
+    SubmitResult,
+)
+from gateway.providers.gemini_wire import (
+    DISPLAY_PREFIX,
+    file_create_body,
+    has_display_name,
+    inline_create_body,
+    inlined_responses,
+    map_batch_state,
+    operation_end,
+    operation_model,
+    operation_output,
+    parse_operation,
+    rejected_envelope,
+    result_envelope,
+    retry_delay,
+    translate_shard,
+)
+from gateway.providers.openai_batch import OpenAIBatchAdapter, RetryPolicy
+from gateway.providers.openai_wire import LineSplitter, encode_line, error_message_from_body
+from gateway.providers.retry_after import parse_retry_after
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+API = "/v1beta"
+CHAT_ENDPOINT = "/v1/chat/completions"
+DEFAULT_INLINE_MAX_BYTES = 10 * 1024**2
+INLINE_LIMIT_BYTES = 20 * 1024**2 - 64 * 1024
+"""Gemini refuses create calls of 20 MB or more; the margin covers the envelope around the requests."""
+UPLOAD_CHUNK_BYTES = 1024**2
+_TRANSIENT_STATUS = frozenset({408})
+
+
+class UnsupportedEndpoint(CapabilityNotSupported, ProviderRejected):
+    """The shard's endpoint has no Gemini batch equivalent; permanent, so the engine fails the shard."""
+
+
+@dataclass
+class GeminiBatchAdapter(ProviderAdapter):
+    """A provider reached through the Gemini API's batch mode (``base_url`` without ``/v1beta``)."""
+
+    kind: ClassVar[str] = "gemini"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES
+    """Shards whose translated requests are larger go through the File API."""
+    max_list_pages: int = 20
+    """Pages of ``GET /v1beta/batches`` searched by :meth:`find_submitted`."""
+    list_page_size: int = 100
+
+    async def submit(self, shard: ShardSubmission) -> SubmitResult:
+        """Translate the shard, send it inline or as an uploaded file, and create the batch."""
+        if shard.endpoint != CHAT_ENDPOINT:
+            raise UnsupportedEndpoint(f"provider {self.name}: Gemini batches serve {CHAT_ENDPOINT} only")
+        display = DISPLAY_PREFIX + shard.submit_token
+        file_name: str | None = None
+        with tempfile.TemporaryDirectory(prefix="batchgw-gemini-") as folder:
+            requests = Path(folder) / "requests.jsonl"
+            translated = await asyncio.to_thread(translate_shard, shard.input_path, requests)
+            if not translated.sent:
+                first = translated.rejected[0][1] if translated.rejected else "the shard is empty"
+                raise ProviderRejected(f"provider {self.name}: no request can be sent to Gemini: {first}", 400)
+            body = None
+            if translated.size <= self.inline_max_bytes:
+                body = await asyncio.to_thread(inline_create_body, requests, display)
+            if body is None or len(body) > INLINE_LIMIT_BYTES:
+                file_name = await self._retrying(lambda: self._upload(requests, translated.size, display))
+                body = file_create_body(file_name, display)
+        model = quote(shard.provider_model.removeprefix("models/"), safe="")
+        path = f"{API}/models/{model}:batchGenerateContent"
+        attempts = 0
+
+        async def create() -> dict[str, Any]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                # The failed try may have created the batch (lost answer, 5xx after commit).
+                found = await self._find_batch(shard.submit_token, retrying=False)
+                if found is not None:
+                    return found
+            return cast(dict[str, Any], await self._send_json("POST", path, content=body))
+
+        operation = await self._retrying(create)
+        return SubmitResult(provider_batch_id=self._batch_name(operation, path), provider_file_id=file_name)
+
+    async def find_submitted(self, submit_token: str) -> SubmitResult | None:
+        """The batch whose display name carries ``submit_token``, among :attr:`max_list_pages` pages."""
+        operation = await self._find_batch(submit_token, retrying=True)
+        if operation is None:
+            return None
+        config = (operation.get("metadata") or {}).get("inputConfig")
+        file_name = config.get("fileName") if isinstance(config, dict) else None
+        return SubmitResult(
+            provider_batch_id=self._batch_name(operation, f"GET {API}/batches"),
+            provider_file_id=file_name if isinstance(file_name, str) else None,
+        )
+
+    async def poll(self, provider_batch_id: str) -> PollResult:
+        """Read the Operation: ``metadata.state`` (either spelling), ``batchStats`` and ``done``."""
+        result = parse_operation(await self._operation(provider_batch_id))
+        if map_batch_state(result.raw_status) is None and result.raw_status not in ("done", "running"):
+            log.warning("provider %s: unknown batch state %r", self.name, result.raw_status)
+        return result
+
+    async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
+        """Append one OpenAI output line per Gemini result, plus one per request that was never sent."""
+        operation = await self._operation(provider_batch_id)
+        output = operation_output(operation)
+        envelope = functools.partial(
+            result_envelope,
+            batch_id=provider_batch_id,
+            model=operation_model(operation),
+            created=operation_end(operation),
+        )
+        shard = await asyncio.to_thread(translate_shard, input_path) if input_path else None
+        inlined = inlined_responses(output)
+        with dest.open("ab") as out:
+            for position, item in enumerate(inlined or []):
+                key = (item.get("metadata") or {}).get("key")
+                if not isinstance(key, str) and shard and position < len(shard.sent):
+                    key = shard.sent[position]  # inline responses are documented to keep the input order
+                if isinstance(key, str):
+                    out.write(encode_line(envelope(key, item)))
+            if inlined is None and isinstance(output.get("responsesFile"), str):
+                await self._retrying(functools.partial(self._download, output["responsesFile"], out, envelope))
+            for custom_id, problem in shard.rejected if shard else []:
+                out.write(encode_line(rejected_envelope(custom_id, problem, batch_id=provider_batch_id)))
+
+    async def cancel(self, provider_batch_id: str) -> None:
+        """Ask for cancellation; a refusal because the batch already ended is fine."""
+        try:
+            await self._call_json("POST", f"{self._batch_path(provider_batch_id)}:cancel")
+        except ProviderRejected:
+            state = parse_operation(await self._operation(provider_batch_id)).state
+            if not (state.is_terminal or state is ProviderBatchState.CANCELLING):
+                raise
+            log.info("provider %s: batch %s is %s, cancel skipped", self.name, provider_batch_id, state)
+
+    async def health(self) -> HealthReport:
+        """``GET /v1beta/models?pageSize=1`` (the batches list where models is absent), without retries."""
+        started = time.monotonic()
+        path = f"{API}/models"
+        try:
+            response = await self._request("GET", path, params={"pageSize": 1})
+            if response.status_code == 404:
+                path = f"{API}/batches"
+                response = await self._request("GET", path, params={"pageSize": 1})
+        except ProviderError as exc:
+            return HealthReport(healthy=False, detail=str(exc), latency_s=time.monotonic() - started)
+        latency = time.monotonic() - started
+        if response.is_success:
+            return HealthReport(healthy=True, detail=f"GET {path}: HTTP {response.status_code}", latency_s=latency)
+        return HealthReport(healthy=False, detail=str(self._status_error("GET", path, response)), latency_s=latency)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _batch_path(self, provider_batch_id: str) -> str:
+        return f"{API}/batches/{quote(provider_batch_id.removeprefix('batches/'), safe='')}"
+
+    def _batch_name(self, operation: object, call: str) -> str:
+        name = operation.get("name") if isinstance(operation, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ProviderUnavailable(f"provider {self.name}: {call} answered an operation without a name")
+        return name
+
+    async def _operation(self, provider_batch_id: str) -> dict[str, Any]:
+        operation = await self._call_json("GET", self._batch_path(provider_batch_id))
+        if not isinstance(operation, dict):
+            raise ProviderUnavailable(f"provider {self.name}: batch {provider_batch_id} is not a JSON object")
+        return operation
+
+    async def _find_batch(self, submit_token: str, *, retrying: bool) -> dict[str, Any] | None:
+        display, page_token = DISPLAY_PREFIX + submit_token, ""
+        send = self._call_json if retrying else self._send_json
+        for _ in range(self.max_list_pages):
+            params: dict[str, str | int] = {"pageSize": self.list_page_size, **({"pageToken": page_token} if page_token else {})}
+            answer = await send("GET", f"{API}/batches", params=params)
+            answer = answer if isinstance(answer, dict) else {}
+            for operation in answer.get("operations") or []:
+                if has_display_name(operation, display):
+                    return cast(dict[str, Any], operation)
+            page_token = answer.get("nextPageToken") or ""
+            if not isinstance(page_token, str) or not page_token:
+                return None
+        log.warning("provider %s: submit token not in the first %d batch pages", self.name, self.max_list_pages)
+        return None
+
+    async def _upload(self, path: Path, size: int, display: str) -> str:
+        """Resumable upload: a start call names the upload URL, one ``upload, finalize`` call sends the bytes."""
+        start = {
+            "X-Goog-Upload-Protocol": "resumable",
+            "X-Goog-Upload-Command": "start",
+            "X-Goog-Upload-Header-Content-Length": str(size),
+            "X-Goog-Upload-Header-Content-Type": "application/jsonl",
+        }
+        where = f"/upload{API}/files"
+        answer = await self._request("POST", where, json={"file": {"display_name": display}}, headers=start)
+        url = answer.headers.get("x-goog-upload-url")
+        if not answer.is_success:
+            raise self._status_error("POST", where, answer)
+        if not url:
+            raise ProviderUnavailable(f"provider {self.name}: POST {where} answered without an upload URL")
+        send = {"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0", "Content-Length": str(size)}
+        uploaded = await self._send_json("POST", url, content=_file_chunks(path), headers=send, label=where)
+        name = uploaded.get("file", {}).get("name") if isinstance(uploaded, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ProviderUnavailable(f"provider {self.name}: POST {where} answered without a file name")
+        return name
+
+    async def _download(self, file_name: str, out: IO[bytes], envelope: Callable[..., dict[str, Any]]) -> None:
+        path = f"/download{API}/{quote(file_name, safe='/')}:download"
+        start = out.tell()
+        try:
+            async with self.http.stream(
+                "GET", self._url(path), params={"alt": "media"}, headers=self._headers(), timeout=self.config.timeout_s
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise self._status_error("GET", path, response)
+                splitter, number = LineSplitter(), 0
+                async for chunk in response.aiter_bytes():
+                    for line in splitter.feed(chunk):
+                        number += 1
+                        self._keep_line(line, number, file_name, out, envelope)
+                for line in splitter.flush():
+                    self._keep_line(line, number + 1, file_name, out, envelope)
+        except BaseException as exc:
+            # A retry starts the file again: drop what this try appended.
+            out.truncate(start)
+            out.seek(start)
+            if isinstance(exc, httpx.HTTPError):
+                raise self._transport_error("GET", path, exc) from None
+            raise
+
+    def _keep_line(
+        self, line: bytes, number: int, file_name: str, out: IO[bytes], envelope: Callable[..., dict[str, Any]]
+    ) -> None:
+        if not line.strip():
+            return
+        try:
+            item = msgspec.json.decode(line)
+        except msgspec.DecodeError:
+            item = None
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str) or not item["key"]:
+            log.warning(
+                "provider %s: skipped line %d of results file %s: no JSON with a key", self.name, number, file_name
+            )
+            return
+        out.write(encode_line(envelope(item["key"], item)))
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        # The OpenAI adapter's tenacity loop reads nothing but ``self.retry``: share it rather than copy it.
+        return await OpenAIBatchAdapter._retrying(cast(OpenAIBatchAdapter, self), call)
+
+    async def _call_json(self, method: str, path: str, *, params: dict[str, str | int] | None = None) -> Any:
+        return await self._retrying(lambda: self._send_json(method, path, params=params))
+
+    async def _send_json(self, method: str, path: str, *, label: str | None = None, **kwargs: Any) -> Any:
+        response = await self._request(method, path, label=label, **kwargs)
+        if not response.is_success:
+            raise self._status_error(method, label or path, response)
+        try:
+            return msgspec.json.decode(response.content)
+        except msgspec.DecodeError:
+            raise ProviderUnavailable(
+                f"provider {self.name}: {method} {label or path} answered HTTP {response.status_code}, not JSON"
+            ) from None
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str | int] | None = None,
+        json: Any = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        label: str | None = None,
+    ) -> httpx.Response:
+        sent = {**self._headers(), **(headers or {})}
+        if json is not None:
+            content = msgspec.json.encode(json)
+        if isinstance(content, bytes):
+            sent["Content-Type"] = "application/json"
+        url = path if path.startswith(("http://", "https://")) else self._url(path)
+        try:
+            return await self.http.request(
+                method, url, params=params, content=content, headers=sent, timeout=self.config.timeout_s
+            )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(method, label or path, exc) from None
+
+    def _url(self, path: str) -> str:
+        return f"{self.config.base_url.removesuffix(API)}{path}"
+
+    def _headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self.api_key} if self.api_key else {}
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    def _transport_error(self, method: str, path: str, exc: httpx.HTTPError) -> ProviderUnavailable:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return ProviderUnavailable(self._redact(f"provider {self.name}: {method} {path} failed: {detail}"))
+
+    def _status_error(self, method: str, path: str, response: httpx.Response) -> ProviderError:
+        status = response.status_code
+        detail = error_message_from_body(response.content)
+        message = self._redact(f"provider {self.name}: {method} {path} answered HTTP {status}: {detail}")
+        if status == 429:
+            delay = retry_delay(response.content)
+            return ProviderRateLimited(
+                message, retry_after_s=parse_retry_after(response.headers) if delay is None else delay
+            )
+        if status >= 500 or status in _TRANSIENT_STATUS:
+            return ProviderUnavailable(message)
+        return ProviderRejected(message, status_code=status)
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+            yield chunk

@@ -1,0 +1,246 @@
+"""Pure transforms of the Gemini batch-mode wire format (no network).
+
+Shared by :mod:`gateway.providers.gemini_batch` and its tests: the state table, reading an Operation,
+turning a shard's OpenAI input lines into Gemini requests (the blocking file work runs in a thread),
+and turning Gemini results into OpenAI batch output envelopes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway.providers.base import PollResult, ProviderBatchState
+from gateway.providers.openai_wire import encode_line
+from gateway.providers.retry_after import parse_google_retry_delay
+from gateway.translate.gemini import TranslationError, chat_to_gemini, gemini_to_chat, google_error
+
+DISPLAY_PREFIX = "batchgw-"
+
+BATCH_STATES: dict[str, ProviderBatchState] = {
+    "PENDING": ProviderBatchState.QUEUED,
+    "QUEUED": ProviderBatchState.QUEUED,
+    "PAUSED": ProviderBatchState.QUEUED,
+    "RUNNING": ProviderBatchState.RUNNING,
+    "UPDATING": ProviderBatchState.RUNNING,
+    "CANCELLING": ProviderBatchState.CANCELLING,
+    "SUCCEEDED": ProviderBatchState.COMPLETED,
+    "PARTIALLY_SUCCEEDED": ProviderBatchState.COMPLETED,
+    "FAILED": ProviderBatchState.FAILED,
+    "CANCELLED": ProviderBatchState.CANCELLED,
+    "EXPIRED": ProviderBatchState.EXPIRED,
+}
+"""Batch state without its ``BATCH_STATE_`` (wire) or ``JOB_STATE_`` (SDK) prefix -> gateway state."""
+
+
+def map_batch_state(state: object) -> ProviderBatchState | None:
+    """The gateway state for either spelling of a Gemini batch state; ``None`` if unknown."""
+    if not isinstance(state, str):
+        return None
+    return BATCH_STATES.get(state.upper().removeprefix("BATCH_STATE_").removeprefix("JOB_STATE_"))
+
+
+# --- reading an Operation -------------------------------------------------------------------------------
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _count(stats: Mapping[str, Any], key: str) -> int:
+    value = stats.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(value, 0)
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
+
+
+def parse_operation(operation: Mapping[str, Any]) -> PollResult:
+    """State and counts of a batch Operation; an unknown state falls back on ``done`` and ``error``."""
+    metadata = _mapping(operation.get("metadata"))
+    raw_state, error = metadata.get("state"), _mapping(operation.get("error"))
+    state = map_batch_state(raw_state)
+    done = operation.get("done") is True
+    if state is None:
+        state = ProviderBatchState.RUNNING
+        if done:
+            state = ProviderBatchState.FAILED if error else ProviderBatchState.COMPLETED
+    stats = _mapping(metadata.get("batchStats"))
+    message = str(error.get("message") or error.get("code") or "") or None
+    return PollResult(
+        state=state,
+        raw_status=str(raw_state or ("done" if done else "running")),
+        total=_count(stats, "requestCount"),
+        completed=_count(stats, "successfulRequestCount"),
+        failed=_count(stats, "failedRequestCount"),
+        error=message if state is ProviderBatchState.FAILED else None,
+    )
+
+
+def operation_output(operation: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The results: the Operation's ``response`` first, else ``metadata.output`` (empty if neither has any)."""
+    for output in (operation.get("response"), _mapping(operation.get("metadata")).get("output")):
+        if isinstance(output, Mapping) and ("inlinedResponses" in output or "responsesFile" in output):
+            return output
+    return {}
+
+
+def inlined_responses(output: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    """The ``inlinedResponses.inlinedResponses`` list (single nesting tolerated); None for a file output."""
+    inlined = output.get("inlinedResponses")
+    inlined = inlined.get("inlinedResponses") if isinstance(inlined, Mapping) else inlined
+    return [item for item in inlined if isinstance(item, Mapping)] if isinstance(inlined, list) else None
+
+
+def operation_model(operation: Mapping[str, Any]) -> str:
+    """The batch's model id without its ``models/`` prefix."""
+    return str(_mapping(operation.get("metadata")).get("model") or "").removeprefix("models/")
+
+
+def operation_end(operation: Mapping[str, Any]) -> int:
+    """Unix seconds of the batch's ``endTime`` (or ``updateTime``), now if absent."""
+    metadata = _mapping(operation.get("metadata"))
+    try:
+        return int(datetime.fromisoformat(str(metadata.get("endTime") or metadata["updateTime"])).timestamp())
+    except (KeyError, ValueError):
+        return int(time.time())
+
+
+def has_display_name(operation: object, display_name: str) -> bool:
+    """True if the Operation's batch carries this display name (either JSON spelling)."""
+    metadata = _mapping(_mapping(operation).get("metadata"))
+    return display_name in (metadata.get("displayName"), metadata.get("display_name"))
+
+
+def retry_delay(body: bytes) -> float | None:
+    """Seconds from the ``google.rpc.RetryInfo`` detail of a Google error body, if it has one."""
+    try:
+        error = _mapping(_mapping(msgspec.json.decode(body)).get("error"))
+    except msgspec.DecodeError:
+        return None
+    details = error.get("details")
+    for detail in details if isinstance(details, list) else []:
+        detail = _mapping(detail)
+        delay = detail.get("retryDelay")
+        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo") and isinstance(delay, str):
+            return parse_google_retry_delay(delay)
+    return None
+
+
+# --- shard translation ----------------------------------------------------------------------------------
+
+
+class _InputLine(msgspec.Struct):
+    custom_id: Any = None
+    body: Any = None
+
+
+class _RequestLine(msgspec.Struct):
+    key: str
+    request: msgspec.Raw
+
+
+_input_decoder = msgspec.json.Decoder(_InputLine)
+_request_decoder = msgspec.json.Decoder(_RequestLine)
+
+
+def translate_line(raw: bytes) -> tuple[str, dict[str, Any] | TranslationError] | None:
+    """The custom_id and GenerateContentRequest (or why there is none) of one input line; None if unreadable."""
+    try:
+        line = _input_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if not isinstance(line.custom_id, str) or not line.custom_id:
+        return None
+    if not isinstance(line.body, dict):
+        return line.custom_id, TranslationError("'body' must be an object.", "body")
+    try:
+        return line.custom_id, chat_to_gemini(line.body)
+    except TranslationError as exc:
+        return line.custom_id, exc
+
+
+@dataclass
+class TranslatedShard:
+    """What translating a shard gave: the ids sent (in order), the requests left out, the file written."""
+
+    path: Path | None = None
+    size: int = 0
+    sent: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, TranslationError]] = field(default_factory=list)
+
+
+def translate_shard(input_path: Path, dest: Path | None = None) -> TranslatedShard:
+    """Translate every line of a shard, writing ``{"key", "request"}`` lines to ``dest`` if given."""
+    shard = TranslatedShard(dest)
+    with input_path.open("rb") as source, dest.open("wb") if dest else contextlib.nullcontext() as out:
+        for raw in source:
+            item = translate_line(raw) if raw.strip() else None
+            if item is None:
+                continue
+            custom_id, request = item
+            if isinstance(request, TranslationError):
+                shard.rejected.append((custom_id, request))
+                continue
+            shard.sent.append(custom_id)
+            if out is not None:
+                encoded = encode_line({"key": custom_id, "request": request})
+                out.write(encoded)
+                shard.size += len(encoded)
+    return shard
+
+
+def inline_create_body(path: Path, display_name: str) -> bytes:
+    """The create body carrying a translated shard's requests inline, keyed by ``metadata.key``."""
+    with path.open("rb") as lines:
+        decoded = [_request_decoder.decode(raw) for raw in lines]
+    entries = [{"request": line.request, "metadata": {"key": line.key}} for line in decoded]
+    batch = {"display_name": display_name, "input_config": {"requests": {"requests": entries}}}
+    return msgspec.json.encode({"batch": batch})
+
+
+def file_create_body(file_name: str, display_name: str) -> bytes:
+    """The create body of a batch whose requests are in an uploaded file."""
+    return msgspec.json.encode({"batch": {"display_name": display_name, "input_config": {"file_name": file_name}}})
+
+
+# --- results --------------------------------------------------------------------------------------------
+
+
+def _seed(batch_id: str, custom_id: str) -> str:
+    return hashlib.sha256(f"{batch_id}\x00{custom_id}".encode()).hexdigest()[:24]
+
+
+def result_envelope(
+    custom_id: str, result: Mapping[str, Any], *, batch_id: str, model: str, created: int
+) -> dict[str, Any]:
+    """The OpenAI output line for one Gemini result ``{"response": ...}`` or ``{"error": Status}``."""
+    seed = _seed(batch_id, custom_id)
+    response, error = result.get("response"), result.get("error")
+    request_id = f"req_{seed}"
+    if isinstance(response, Mapping):
+        status, body = 200, gemini_to_chat(response, model=model, created=created, fallback_id=f"chatcmpl-{seed}")
+        request_id = str(response.get("responseId") or request_id)
+    elif isinstance(error, Mapping):
+        status, body = google_error(error)
+    else:
+        missing = {"code": "invalid_provider_output", "message": "The provider returned no result."}
+        return {"id": f"batch_req_{seed}", "custom_id": custom_id, "response": None, "error": missing}
+    envelope = {"status_code": status, "request_id": request_id, "body": body}
+    return {"id": f"batch_req_{seed}", "custom_id": custom_id, "response": envelope, "error": None}
+
+
+def rejected_envelope(custom_id: str, error: TranslationError, *, batch_id: str) -> dict[str, Any]:
+    """The OpenAI error line of a request the gateway could not translate (never sent to Gemini)."""
+    seed = _seed(batch_id, custom_id)
+    message = f"This request cannot be sent to a Gemini model: {error}"
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": error.param, "code": None}}
+    envelope = {"status_code": 400, "request_id": f"req_{seed}", "body": body}
+    return {"id": f"batch_req_{seed}", "custom_id": custom_id, "response": envelope, "error": None}
