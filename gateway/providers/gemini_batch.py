@@ -212,7 +212,9 @@ class GeminiBatchAdapter(ProviderAdapter):
         display, page_token = DISPLAY_PREFIX + submit_token, ""
         send = self._call_json if retrying else self._send_json
         for _ in range(self.max_list_pages):
-            params: dict[str, str | int] = {"pageSize": self.list_page_size, **({"pageToken": page_token} if page_token else {})}
+            params: dict[str, str | int] = {"pageSize": self.list_page_size}
+            if page_token:
+                params["pageToken"] = page_token
             answer = await send("GET", f"{API}/batches", params=params)
             answer = answer if isinstance(answer, dict) else {}
             for operation in answer.get("operations") or []:

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from unittest import mock
 
@@ -123,7 +124,7 @@ def run_validation_stage(gateway: GatewayProcess, batch_id: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def http(gateway: GatewayProcess, team_key: str) -> httpx.Client:
+def http(gateway: GatewayProcess, team_key: str) -> Iterator[httpx.Client]:
     """Raw HTTP with the team's key, for requests the SDK cannot make."""
     with httpx.Client(base_url=gateway.base_url, headers={"Authorization": f"Bearer {team_key}"}) as raw:
         yield raw

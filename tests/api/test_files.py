@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -58,7 +59,7 @@ def upload(
 
 
 @pytest.fixture(scope="module")
-def http(gateway: GatewayProcess, team_key: str) -> httpx.Client:
+def http(gateway: GatewayProcess, team_key: str) -> Iterator[httpx.Client]:
     """Raw HTTP with the team's key, for requests the SDK cannot make."""
     with httpx.Client(base_url=gateway.base_url, headers={"Authorization": f"Bearer {team_key}"}) as raw:
         yield raw
@@ -160,16 +161,11 @@ def test_body_that_is_not_multipart_is_400(http: httpx.Client, headers: dict[str
     assert_error(response, 400, code="invalid_content_type", param="file")
 
 
-@pytest.mark.xfail(
-    reason="gateway/pipeline/intake.py receive_upload does not catch python_multipart's MultipartParseError: a "
-    "multipart body that does not start with its boundary answers 500",
-    strict=True,
-)
 def test_malformed_multipart_body_is_400_not_500(http: httpx.Client) -> None:
     response = http.post(
         "/v1/files", content=b"garbage\r\n", headers={"content-type": "multipart/form-data; boundary=xx"}
     )
-    assert_error(response, 400)
+    assert_error(response, 400, code="invalid_multipart", param="file")
 
 
 def test_upload_of_exactly_the_size_limit_is_accepted(small_client: openai.OpenAI) -> None:

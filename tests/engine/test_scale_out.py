@@ -18,6 +18,7 @@ from tests.engine import (
     chat_requests,
     collect,
     emulator_log,
+    exact_totals,
     reset,
     set_faults,
     submit,
@@ -65,7 +66,7 @@ def test_two_workers_share_a_large_job_without_duplicate_submission(
     set_faults(simulator, "fast", latency_s=0.05)
     requests = chat_requests(REQUESTS)
     batch = wait_for(client, submit(client, requests).id, timeout=120)
-    assert_all_succeeded(collect(client, batch), requests, "gpt-4o-mini")
+    assert_all_succeeded(collect(client, batch), requests, "gpt-4o-mini", totals=exact_totals("postgresql"))
     creates = batch_creates(emulator_log(simulator, "fast"))
     assert len(creates) == REQUESTS // PER_SHARD
     assert all(e["detail"]["input_lines"] == PER_SHARD for e in creates)

@@ -232,6 +232,18 @@ def test_errors_beyond_the_reporting_limit_are_summarised(tmp_path: Path) -> Non
     assert "7 more" in report.errors[-1]["message"]
 
 
+def test_a_file_may_mix_models_up_to_the_limit(tmp_path: Path) -> None:
+    limit = validate.MAX_MODELS_PER_FILE
+    lines = [request_line(f"r{i}", model=f"model-{i}") for i in range(limit + 2)]
+    report = check(write(tmp_path / "in.jsonl", lines))
+    assert [(e["code"], e["line"], e["param"]) for e in report.errors] == [
+        ("too_many_models", limit + 1, "body.model"),
+        ("too_many_models", limit + 2, "body.model"),
+    ]
+    assert len(report.models) == limit
+    assert check(write(tmp_path / "ok.jsonl", lines[:limit])).ok
+
+
 @pytest.mark.parametrize("endpoint", ["/v1/embeddings", "/v1/chat/completions"])
 def test_url_must_match_the_batch_endpoint(tmp_path: Path, endpoint: str) -> None:
     path = write(tmp_path / "in.jsonl", [request_line("a", url="/v1/embeddings")])

@@ -1,0 +1,63 @@
+"""Pure transforms of the Gemini batch wire format: state table, Operation reading, retry hints."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from gateway.providers.base import ProviderBatchState
+from gateway.providers.gemini_wire import (
+    inlined_responses,
+    map_batch_state,
+    operation_output,
+    parse_operation,
+    retry_delay,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "state"),
+    [
+        ("BATCH_STATE_PENDING", ProviderBatchState.QUEUED), ("JOB_STATE_PENDING", ProviderBatchState.QUEUED),
+        ("JOB_STATE_QUEUED", ProviderBatchState.QUEUED), ("JOB_STATE_PAUSED", ProviderBatchState.QUEUED),
+        ("BATCH_STATE_RUNNING", ProviderBatchState.RUNNING), ("JOB_STATE_RUNNING", ProviderBatchState.RUNNING),
+        ("JOB_STATE_UPDATING", ProviderBatchState.RUNNING), ("JOB_STATE_CANCELLING", ProviderBatchState.CANCELLING),
+        ("BATCH_STATE_SUCCEEDED", ProviderBatchState.COMPLETED), ("JOB_STATE_SUCCEEDED", ProviderBatchState.COMPLETED),
+        ("JOB_STATE_PARTIALLY_SUCCEEDED", ProviderBatchState.COMPLETED),
+        ("BATCH_STATE_FAILED", ProviderBatchState.FAILED), ("JOB_STATE_FAILED", ProviderBatchState.FAILED),
+        ("BATCH_STATE_CANCELLED", ProviderBatchState.CANCELLED), ("JOB_STATE_CANCELLED", ProviderBatchState.CANCELLED),
+        ("BATCH_STATE_EXPIRED", ProviderBatchState.EXPIRED), ("JOB_STATE_EXPIRED", ProviderBatchState.EXPIRED),
+        ("batch_state_running", ProviderBatchState.RUNNING), ("BATCH_STATE_UNSPECIFIED", None), (None, None),
+    ],
+)  # fmt: skip
+def test_state_table(raw: str | None, state: ProviderBatchState | None) -> None:
+    assert map_batch_state(raw) is state
+
+
+def test_parse_operation_falls_back_on_done() -> None:
+    failed = parse_operation({"done": True, "error": {"code": 3, "message": "bad input file"}, "metadata": {}})
+    assert failed.state is ProviderBatchState.FAILED and failed.error == "bad input file"
+    assert parse_operation({"done": True, "response": {}}).state is ProviderBatchState.COMPLETED
+    assert parse_operation({"metadata": {"state": "BATCH_STATE_UNSPECIFIED"}}).state is ProviderBatchState.RUNNING
+    stats = {"requestCount": "10", "successfulRequestCount": "6", "failedRequestCount": 1, "pendingRequestCount": "3"}
+    running = parse_operation({"metadata": {"state": "BATCH_STATE_RUNNING", "batchStats": stats}})
+    assert (running.total, running.completed, running.failed, running.error) == (10, 6, 1, None)
+
+
+def test_output_prefers_response_then_metadata() -> None:
+    response = {"responsesFile": "files/a"}
+    mirrored = {"responsesFile": "files/b"}
+    assert operation_output({"response": response, "metadata": {"output": mirrored}}) == response
+    assert operation_output({"response": {"@type": "x"}, "metadata": {"output": mirrored}}) == mirrored
+    assert operation_output({"done": True}) == {}
+    assert inlined_responses({"inlinedResponses": {"inlinedResponses": [{"a": 1}, 2]}}) == [{"a": 1}]
+    assert inlined_responses({"inlinedResponses": [{"b": 1}]}) == [{"b": 1}]
+    assert inlined_responses(mirrored) is None
+
+
+def test_retry_delay_from_retry_info() -> None:
+    details = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure"},
+               {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "27.5s"}]  # fmt: skip
+    assert retry_delay(msgspec.json.encode({"error": {"code": 429, "details": details}})) == 27.5
+    assert retry_delay(b'{"error": {"code": 429}}') is None
+    assert retry_delay(b"not json") is None
