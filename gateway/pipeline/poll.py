@@ -14,7 +14,7 @@ from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
-from gateway.pipeline.merge import batch_window_closed, collect_shard
+from gateway.pipeline.merge import batch_window_closed, collect_shard, end_shard
 from gateway.providers.base import (
     CapabilityNotSupported,
     ProviderBatchState,
@@ -52,6 +52,11 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
         status = await adapter.poll(shard.provider_batch_id)
     except ProviderUnavailable as exc:
         await _poll_later(context, shard, owner, error=str(exc))
+        return
+    except ProviderError as exc:
+        # The provider refuses to tell (e.g. 404: its batch is gone): nothing more will come back.
+        log.warning("shard %s: %s refused the status read: %s", shard.id, shard.provider, exc)
+        await end_shard(context, shard, batch, owner, reason="failed", error=str(exc))
         return
     crash_point("poll.after_status")
     if status.state.is_terminal:

@@ -18,6 +18,7 @@ from gateway.db.models import Batch, Shard
 from gateway.pipeline import fanout
 from gateway.pipeline.merge import batch_window_closed, end_shard
 from gateway.providers.base import (
+    CapabilityNotSupported,
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
@@ -67,7 +68,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
         else:
             log.info("shard %s: found its provider batch %s after a restart", shard.id, found.provider_batch_id)
         crash_point("submit.after_provider_create")
-    except ProviderRejected as exc:
+    except (ProviderRejected, CapabilityNotSupported) as exc:
         log.warning("shard %s rejected by %s: %s", shard.id, shard.provider, exc)
         await end_shard(context, shard, batch, owner, reason="failed", error=str(exc))
         return

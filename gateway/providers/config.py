@@ -18,6 +18,7 @@ in configuration: ``api_key_env`` names the environment variable that holds it.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -48,6 +49,10 @@ class ProviderConfig(BaseModel):
     )
     timeout_s: float = Field(60.0, gt=0, description="Timeout of one HTTP call to the provider.")
     enabled: bool = True
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings of this provider's adapter kind, e.g. inline_max_bytes for gemini.",
+    )
     limits: ProviderLimits = Field(default_factory=ProviderLimits)
 
     @field_validator("models", mode="before")

@@ -5,6 +5,7 @@ Adding a provider kind is one line in :data:`ADAPTER_KINDS`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 
 import httpx
@@ -33,6 +34,10 @@ class UnknownProvider(LookupError):
     """No enabled provider has this name."""
 
 
+class UnknownProviderOption(ValueError):
+    """A provider's ``options`` names a setting its adapter kind does not have."""
+
+
 class UnknownModel(LookupError):
     """No enabled provider serves this gateway model name."""
 
@@ -45,7 +50,14 @@ def build_adapter(config: ProviderConfig, http: httpx.AsyncClient) -> ProviderAd
         raise UnknownProviderKind(
             f"provider {config.name!r} has kind {config.kind!r}, which is not one of the known kinds: {known}"
         )
-    return adapter_class(config=config, http=http, api_key=config.api_key())
+    settable = {f.name for f in dataclasses.fields(adapter_class) if f.init} - {"config", "http", "api_key"}
+    unknown = sorted(set(config.options) - settable)
+    if unknown:
+        raise UnknownProviderOption(
+            f"provider {config.name!r} ({config.kind}) has no option {', '.join(unknown)}; "
+            f"options of this kind: {', '.join(sorted(settable)) or 'none'}"
+        )
+    return adapter_class(config=config, http=http, api_key=config.api_key(), **config.options)
 
 
 class ProviderRegistry:

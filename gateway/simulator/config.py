@@ -69,7 +69,10 @@ class SimulatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def default_config() -> SimulatorConfig:
-    """The set `batchgw simulate` runs without a file: one OpenAI-protocol provider on port 9101."""
+    """The set `batchgw simulate` runs without a file: one emulated provider per protocol.
+
+    ``gateway/config/simulated.toml`` is the gateway configuration that points at exactly this set.
+    """
     return SimulatorConfig(
         control_port=DEFAULT_CONTROL_PORT,
         providers=[
@@ -79,7 +82,21 @@ def default_config() -> SimulatorConfig:
                 models=["gpt-4o-mini", "llama-3.3-70b"],
                 port=9101,
                 processing_delay_s=1.0,
-            )
+            ),
+            ProviderSpec(
+                name="anthropic-sim",
+                kind="anthropic",
+                models=["claude-haiku-4-5"],
+                port=9102,
+                processing_delay_s=1.0,
+                max_lines=100_000,
+                max_file_bytes=256 * 1024 * 1024,
+            ),
+            ProviderSpec(
+                name="gemini-sim", kind="gemini", models=["gemini-2.5-flash"], port=9103, processing_delay_s=1.0
+            ),
+            # Serves the synchronous endpoints the gateway's fan-out drives (as DeepSeek or vLLM would).
+            ProviderSpec(name="deepseek-sim", kind="openai", models=["deepseek-chat"], port=9104),
         ],
     )
 

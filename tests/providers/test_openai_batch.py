@@ -370,5 +370,5 @@ async def test_registry(monkeypatch: pytest.MonkeyPatch, http: httpx.AsyncClient
 async def test_unknown_kind(http: httpx.AsyncClient) -> None:
     assert ADAPTER_KINDS["openai"] is OpenAIBatchAdapter
     config = ProviderConfig(name="x", kind="carrier-pigeon", base_url="http://127.0.0.1:1")
-    with pytest.raises(UnknownProviderKind, match="known kinds: .*openai"):
+    with pytest.raises(UnknownProviderKind, match=r"known kinds: .*openai"):
         build_adapter(config, http)
