@@ -50,7 +50,8 @@ def build_adapter(config: ProviderConfig, http: httpx.AsyncClient) -> ProviderAd
         raise UnknownProviderKind(
             f"provider {config.name!r} has kind {config.kind!r}, which is not one of the known kinds: {known}"
         )
-    settable = {f.name for f in dataclasses.fields(adapter_class) if f.init} - {"config", "http", "api_key"}
+    settable = {f.name for f in dataclasses.fields(adapter_class) if f.init and not f.name.startswith("_")}
+    settable -= {"config", "http", "api_key"}
     unknown = sorted(set(config.options) - settable)
     if unknown:
         raise UnknownProviderOption(
