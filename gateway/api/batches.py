@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
@@ -62,6 +61,24 @@ def validate_metadata(value: object) -> dict[str, str] | None:
     return dict(value)
 
 
+def validate_output_expiry(value: object) -> None:
+    """OpenAI's rule: ``{"anchor": "created_at", "seconds": 3600..2592000}``, or absent."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or set(value) != {"anchor", "seconds"}:
+        raise bad_request(
+            "'output_expires_after' must be an object with 'anchor' and 'seconds'.", param="output_expires_after"
+        )
+    if value["anchor"] != "created_at":
+        raise bad_request("'output_expires_after.anchor' must be 'created_at'.", param="output_expires_after")
+    seconds = value["seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 3600 <= seconds <= 2_592_000:
+        raise bad_request(
+            "'output_expires_after.seconds' must be an integer from 3600 (1 hour) to 2592000 (30 days).",
+            param="output_expires_after",
+        )
+
+
 def _parse_create(raw: bytes) -> dict[str, Any]:
     try:
         body = msgspec.json.decode(raw) if raw else None
@@ -101,12 +118,13 @@ class BatchesController(Controller):
     async def create_batch(self, request: Request, state: State, principal: Principal) -> dict[str, Any]:
         """Accept a batch for validation and execution; it starts in ``validating``."""
         context: GatewayContext = state.context
+        idem_key = idempotency.key_of(request)
         raw = await request.body()
         body = _parse_create(raw)
         window_s = parse_completion_window(body["completion_window"])
         metadata = validate_metadata(body.get("metadata"))
-        fingerprint = hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
-        idem_key = request.headers.get("idempotency-key")
+        validate_output_expiry(body.get("output_expires_after"))
+        fingerprint = idempotency.fingerprint(msgspec.json.encode(body, order="sorted").decode())
         async with context.sessions() as session:
             earlier = await idempotency.earlier_result(session, principal.team_id, "batch", idem_key, fingerprint)
             if earlier is None:

@@ -21,6 +21,7 @@ from gateway.pipeline.intake import receive_upload
 ACCEPTED_PURPOSES = {"batch"}
 KNOWN_PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
 DEFAULT_BATCH_FILE_TTL_S = 30 * 24 * 3600
+EXPIRY_FIELDS = ("expires_after[anchor]", "expires_after.anchor", "expires_after[seconds]", "expires_after.seconds")
 
 
 def _expiry(fields: dict[str, str], created_at: int) -> int:
@@ -54,6 +55,7 @@ class FilesController(Controller):
         """Stream a multipart upload into storage; ``purpose`` must be ``batch``."""
         context: GatewayContext = state.context
         limits = context.settings.limits
+        idem_key = idempotency.key_of(request)
         file_id = new_id("file-")
         key = f"files/{file_id}"
         upload = await receive_upload(
@@ -89,8 +91,8 @@ class FilesController(Controller):
                 storage_key=key,
                 line_count=upload.line_count,
             )
-            fingerprint = f"{upload.sha256}:{purpose}:{row.filename}"
-            idem_key = request.headers.get("idempotency-key")
+            expires = (upload.fields.get(name, "") for name in EXPIRY_FIELDS)
+            fingerprint = idempotency.fingerprint(upload.sha256, purpose, row.filename, *expires)
             async with context.sessions() as session:
                 earlier = await idempotency.earlier_result(session, principal.team_id, "file", idem_key, fingerprint)
                 if earlier is None:
@@ -150,6 +152,8 @@ class FilesController(Controller):
         """Stream the file's bytes."""
         context: GatewayContext = state.context
         row = await _team_file(state, principal, file_id)
+        if not context.blobs.exists(row.storage_key):
+            raise APIError(404, f"The content of file '{file_id}' is no longer stored.", code="content_missing")
         return Stream(
             context.blobs.iter_bytes(row.storage_key),
             media_type="application/octet-stream",

@@ -7,10 +7,33 @@ between two concurrent first attempts is settled by the table's primary key.
 
 from __future__ import annotations
 
+import hashlib
+
+from litestar import Request
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.api.errors import APIError
 from gateway.db import repo
+
+MAX_KEY_LENGTH = 256
+
+
+def key_of(request: Request) -> str | None:
+    """The request's ``Idempotency-Key``, checked before any work is done."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise APIError(
+            400,
+            f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} characters long.",
+            code="invalid_idempotency_key",
+            param="Idempotency-Key",
+        )
+    return key
+
+
+def fingerprint(*parts: str) -> str:
+    """A fixed-size digest of what makes two requests the same."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def _conflict() -> APIError:

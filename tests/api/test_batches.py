@@ -363,11 +363,6 @@ def test_unknown_create_parameter_is_400(client: openai.OpenAI, input_file: File
     assert_error(caught.value.response, 400, code="unknown_parameter", param="temperature")
 
 
-@pytest.mark.xfail(
-    reason="gateway/api/batches.py accepts 'output_expires_after' (it is in CREATE_FIELDS) but never validates "
-    "it: any value, even a string, is accepted with 200",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "value", ["soon", {"anchor": "created_at", "seconds": 60}, {"anchor": "completed_at", "seconds": 3600}]
 )

@@ -19,11 +19,6 @@ from openai.types import Batch, FileObject
 from tests.conftest import GatewayProcess
 
 CHAT = "/v1/chat/completions"
-FINGERPRINT_TOO_LONG_ON_POSTGRESQL = (
-    "gateway/api/files.py stores the fingerprint f'{sha256}:{purpose}:{filename}' (> 64 characters) in "
-    "IdempotencyRecord.fingerprint, a VARCHAR(64): on PostgreSQL every upload with an Idempotency-Key answers 500 "
-    "(StringDataRightTruncation), after the file row was committed and its blob deleted"
-)
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict:
@@ -90,14 +85,6 @@ def input_file(client: openai.OpenAI) -> FileObject:
     return upload(client, input_jsonl(uuid.uuid4().hex[:8]))
 
 
-@pytest.fixture()
-def xfail_on_postgresql(request: pytest.FixtureRequest, database_kind: str) -> None:
-    """Mark the test as failing on PostgreSQL because of the fingerprint length bug."""
-    request.applymarker(
-        pytest.mark.xfail(database_kind == "postgresql", reason=FINGERPRINT_TOO_LONG_ON_POSTGRESQL, strict=True)
-    )
-
-
 # --- batches -----------------------------------------------------------------------------------------
 
 
@@ -154,17 +141,7 @@ def test_concurrent_retries_create_one_batch(client: openai.OpenAI, input_file: 
     assert batches_reading(client, input_file.id) == [results[0].id]
 
 
-def test_long_idempotency_key_is_honoured_or_rejected_never_500(
-    request: pytest.FixtureRequest, database_kind: str, client: openai.OpenAI, input_file: FileObject
-) -> None:
-    request.applymarker(
-        pytest.mark.xfail(
-            database_kind == "postgresql",
-            reason="IdempotencyRecord.key is a VARCHAR(256) and gateway/api/idempotency.py does not check the "
-            "header's length: on PostgreSQL a longer Idempotency-Key answers 500 after the batch was committed",
-            strict=True,
-        )
-    )
+def test_long_idempotency_key_is_honoured_or_rejected_never_500(client: openai.OpenAI, input_file: FileObject) -> None:
     key = "k" * 300
     try:
         first = create(client, input_file.id, key)
@@ -179,7 +156,6 @@ def test_long_idempotency_key_is_honoured_or_rejected_never_500(
 # --- files -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("xfail_on_postgresql")
 def test_upload_retried_with_the_same_key_is_the_same_file(client: openai.OpenAI) -> None:
     key, content = new_key(), input_jsonl("same")
     first = upload(client, content, key)
@@ -189,7 +165,6 @@ def test_upload_retried_with_the_same_key_is_the_same_file(client: openai.OpenAI
     assert client.files.content(first.id).content == content
 
 
-@pytest.mark.usefixtures("xfail_on_postgresql")
 def test_upload_key_reused_with_other_content_is_409(client: openai.OpenAI) -> None:
     key = new_key()
     first = upload(client, input_jsonl("one"), key)
@@ -201,13 +176,6 @@ def test_upload_key_reused_with_other_content_is_409(client: openai.OpenAI) -> N
     assert client.files.content(first.id).content == input_jsonl("one")
 
 
-@pytest.mark.xfail(
-    reason="gateway/api/files.py fingerprints an upload as sha256:purpose:filename only, so the same key with "
-    "another expires_after answers the original file (200) instead of 409 (and on PostgreSQL: "
-    + FINGERPRINT_TOO_LONG_ON_POSTGRESQL
-    + ")",
-    strict=True,
-)
 def test_upload_key_reused_with_another_expiry_is_409(client: openai.OpenAI) -> None:
     key, content = new_key(), input_jsonl("expiry")
     upload(client, content, key)
@@ -215,7 +183,6 @@ def test_upload_key_reused_with_another_expiry_is_409(client: openai.OpenAI) -> 
         upload(client, content, key, expires_after={"anchor": "created_at", "seconds": 3600})
 
 
-@pytest.mark.usefixtures("xfail_on_postgresql")
 def test_upload_keys_belong_to_a_team(client: openai.OpenAI, other_client: openai.OpenAI) -> None:
     key = new_key()
     mine = upload(client, input_jsonl("acme"), key)
@@ -225,7 +192,6 @@ def test_upload_keys_belong_to_a_team(client: openai.OpenAI, other_client: opena
     assert upload(client, input_jsonl("acme"), key).id == mine.id
 
 
-@pytest.mark.usefixtures("xfail_on_postgresql")
 def test_a_key_used_for_a_file_is_free_for_a_batch(client: openai.OpenAI) -> None:
     key = new_key()
     file = upload(client, input_jsonl("kinds"), key)
