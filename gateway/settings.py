@@ -27,7 +27,9 @@ class LimitSettings(BaseModel):
     """Limits on client input; exceeding one answers a clear 4xx error."""
 
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest accepted upload, in bytes.")
-    max_file_lines: int = Field(5_000_000, description="Most requests (lines) in one batch input file.")
+    max_file_lines: int = Field(
+        1_000_000, description="Most requests (lines) in one batch input file; validation holds ~70 bytes per line."
+    )
     max_line_bytes: int = Field(1024**2, description="Longest accepted input line, in bytes.")
     max_errors_reported: int = Field(1000, description="Validation errors kept in a batch's errors.data.")
     files_list_max: int = Field(10_000, description="Largest page size of GET /v1/files.")

@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 
 CHUNK_SIZE = 1024 * 1024
+WRITE_BUFFER = 4 * 1024 * 1024
 
 
 class BlobStore(abc.ABC):
@@ -75,11 +76,18 @@ class LocalBlobStore(BlobStore):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")
         written = 0
+        pending = bytearray()
         try:
             async with await anyio.open_file(tmp, "wb") as handle:
+                # Network chunks are small; each write goes to a thread, so write in large pieces.
                 async for chunk in chunks:
-                    await handle.write(chunk)
+                    pending += chunk
                     written += len(chunk)
+                    if len(pending) >= WRITE_BUFFER:
+                        await handle.write(bytes(pending))
+                        pending.clear()
+                if pending:
+                    await handle.write(bytes(pending))
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -158,6 +158,18 @@ class GatewayProcess:
                 self.kill()
 
     def create_key(self, team: str) -> str:
+        """A client key for ``team``: through the admin API when this process serves it, else the CLI."""
+        admin_key = self.env().get("BATCHGW_ADMIN_KEY")
+        serving = self.process is not None and self.process.poll() is None and self.process.args[3:4] == ["serve"]
+        if serving and admin_key:
+            response = httpx.post(
+                f"{self.base_url}/admin/keys",
+                json={"team": team},
+                headers={"Authorization": f"Bearer {admin_key}"},
+                timeout=30,
+            )
+            assert response.status_code == 201, response.text
+            return str(response.json()["key"])
         return self.cli("keys", "create", "--team", team).stdout.strip().splitlines()[-1]
 
     def client(self, key: str, **kwargs: object) -> openai.OpenAI:

@@ -12,7 +12,8 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from gateway.context import GatewayContext
 from gateway.db import repo
@@ -64,66 +65,87 @@ class Worker:
         self._stop.set()
 
     async def run(self) -> None:
-        """Run claim loops until :meth:`stop` is called."""
-        log.info("worker %s started", self.owner)
-        loops = [asyncio.create_task(self._loop(n)) for n in range(self.settings.concurrency)]
-        try:
-            await asyncio.gather(*loops)
-        finally:
-            for task in loops:
-                task.cancel()
+        """Claim and run steps, ``concurrency`` at a time, until :meth:`stop` is called.
 
-    async def _loop(self, slot: int) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = await self.run_once()
-            except Exception:
-                log.exception("worker slot %s: step failed; retrying in %.0fs", slot, FAILED_STEP_RETRY_S)
-                worked = False
-            if not worked:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=self.settings.poll_interval_s)
+        One loop claims work (one query when idle, every ``poll_interval_s``); each claimed step
+        runs in its own task while the loop claims the next, up to the concurrency limit.
+        """
+        log.info("worker %s started", self.owner)
+        slots = asyncio.Semaphore(self.settings.concurrency)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stop.is_set():
+                await slots.acquire()
+                try:
+                    step = await self._claim()
+                except Exception:
+                    log.exception("claiming work failed; retrying in %.1fs", self.settings.poll_interval_s)
+                    step = None
+                if step is None:
+                    slots.release()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), timeout=self.settings.poll_interval_s)
+                    continue
+                task = asyncio.create_task(step)
+                running.add(task)
+
+                def finished(done: asyncio.Task[None]) -> None:
+                    running.discard(done)
+                    slots.release()
+
+                task.add_done_callback(finished)
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
 
     async def run_once(self) -> bool:
-        """Claim and run one batch stage or one shard step; False when there was nothing to do."""
-        return await self._run_batch_stage() or await self._run_shard_step()
-
-    async def _run_batch_stage(self) -> bool:
-        async with self.context.sessions() as session:
-            batch = await repo.claim_batch(session, list(BATCH_STAGES), self.owner, self.settings.lease_s)
-        if batch is None:
+        """Claim and run one step in this task; False when there was nothing to do."""
+        step = await self._claim()
+        if step is None:
             return False
+        await step
+        return True
+
+    async def _claim(self) -> Coroutine[Any, Any, None] | None:
+        """The next step to run: a batch stage first, else a shard step; None when idle."""
+        lease = self.settings.lease_s
+        async with self.context.sessions() as session:
+            batch = await repo.claim_batch(session, list(BATCH_STAGES), self.owner, lease)
+            if batch is not None:
+                return self._run_batch_stage(batch)
+            shard = await shard_db.claim_shard(session, self.owner, lease)
+            if shard is None:
+                return None
+            owner_batch = await repo.get_batch(session, None, shard.batch_id)
+        if owner_batch is None:
+            return None
+        return self._run_shard_step(shard, owner_batch)
+
+    async def _run_batch_stage(self, batch: Batch) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(repo.extend_batch_lease, batch.id))
         retry_in: float | None = None
         try:
             await BATCH_STAGES[batch.stage](self.context, batch)
         except Exception:
             retry_in = FAILED_STEP_RETRY_S
-            raise
+            log.exception("batch %s: stage %s failed; retrying in %.0fs", batch.id, batch.stage, retry_in)
         finally:
             heartbeat.cancel()
             async with self.context.sessions() as session:
                 await repo.release_batch(session, batch.id, self.owner, retry_in=retry_in)
-        return True
 
-    async def _run_shard_step(self) -> bool:
-        async with self.context.sessions() as session:
-            shard = await shard_db.claim_shard(session, self.owner, self.settings.lease_s)
-            batch = await repo.get_batch(session, None, shard.batch_id) if shard else None
-        if shard is None or batch is None:
-            return False
+    async def _run_shard_step(self, shard: Shard, batch: Batch) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(shard_db.extend_shard_lease, shard.id))
         retry_in: float | None = None
         try:
             await SHARD_STAGES[shard.state](self.context, shard, batch, self.owner)
         except Exception:
             retry_in = FAILED_STEP_RETRY_S
-            raise
+            log.exception("shard %s: step %s failed; retrying in %.0fs", shard.id, shard.state, retry_in)
         finally:
             heartbeat.cancel()
             async with self.context.sessions() as session:
                 await shard_db.release_shard(session, shard.id, self.owner, retry_in=retry_in)
-        return True
 
     async def _heartbeat(self, extend: Callable[..., Awaitable[bool]], row_id: str) -> None:
         interval = self.settings.lease_s / 3

@@ -38,8 +38,21 @@ class _BodyHead(msgspec.Struct):
     model: Any = None
 
 
+class _ValidBody(msgspec.Struct):
+    model: str
+
+
+class _ValidLine(msgspec.Struct):
+    custom_id: str
+    method: str
+    url: str
+    body: _ValidBody
+
+
 _line_decoder = msgspec.json.Decoder(_InputLine)
 _body_decoder = msgspec.json.Decoder(_BodyHead)
+_valid_decoder = msgspec.json.Decoder(_ValidLine)
+"""The fast path: one decode that only succeeds for a well-formed line; anything else is re-read slowly."""
 
 
 @dataclass
@@ -102,7 +115,10 @@ def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> Val
     """Check every line of a batch input file against the batch's endpoint and the limits."""
     report = ValidationReport()
     keep = limits.max_errors_reported
-    seen: set[str] = set()
+    # Duplicates are found by the hash of each custom_id (half the memory of the strings); the rare
+    # repeated hash is settled exactly by a second pass over the lines concerned.
+    seen: set[int] = set()
+    repeated: set[int] = set()
     for number, raw in iter_lines(path, limits.max_line_bytes):
         report.line_count = number
         if number > limits.max_file_lines:
@@ -125,7 +141,22 @@ def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> Val
             continue
         if raw.endswith(b"\r"):
             raw = raw[:-1]
-        _check_line(raw, number, endpoint, seen, report, keep)
+        line = _fast_decode(raw)
+        if line is None or line.method != "POST" or line.url != endpoint or not line.custom_id or not line.body.model:
+            custom_id, line = _check_line(raw, number, endpoint, report, keep)
+        else:
+            custom_id = line.custom_id
+        if line is not None:
+            _count_model(line.body.model, number, report, keep)
+        if custom_id is None:
+            continue
+        key = hash(custom_id)
+        if key in seen:
+            repeated.add(key)
+        else:
+            seen.add(key)
+    if repeated:
+        _report_duplicates(path, limits.max_line_bytes, repeated, report, keep)
     if report.line_count == 0:
         report.add("empty_file", "The input file is empty: it must hold at least one request.", None, None, keep)
     if report.error_count > len(report.errors):
@@ -141,50 +172,82 @@ def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> Val
     return report
 
 
-def _check_line(raw: bytes, number: int, endpoint: str, seen: set[str], report: ValidationReport, keep: int) -> None:
+def _fast_decode(raw: bytes) -> _ValidLine | None:
+    if not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        return _valid_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
+def _count_model(model: str, number: int, report: ValidationReport, keep: int) -> None:
+    if model not in report.models and len(report.models) >= MAX_MODELS_PER_FILE:
+        report.add(
+            "too_many_models",
+            f"Line {number}: the file names more than {MAX_MODELS_PER_FILE} different models.",
+            number,
+            "body.model",
+            keep,
+        )
+        return
+    report.models[model] = report.models.get(model, 0) + 1
+
+
+def _report_duplicates(path: Path, max_line_bytes: int, hashes: set[int], report: ValidationReport, keep: int) -> None:
+    """Second pass over the lines whose custom_id hash repeated: report the true duplicates exactly."""
+    first_line: dict[str, int] = {}
+    for number, raw in iter_lines(path, max_line_bytes):
+        try:
+            custom_id = _line_decoder.decode(raw.rstrip(b"\r")).custom_id if raw else None
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(custom_id, str) or not custom_id or hash(custom_id) not in hashes:
+            continue
+        if custom_id in first_line:
+            report.add(
+                "duplicate_custom_id",
+                f"Line {number}: the custom_id '{custom_id[:100]}' is a duplicate of line {first_line[custom_id]}. "
+                "The custom_id parameter must be unique for each request in a batch.",
+                number,
+                "custom_id",
+                keep,
+            )
+        else:
+            first_line[custom_id] = number
+    # Errors in line order; on one line the duplicate first, as a one-pass check would have found it.
+    report.errors.sort(key=lambda e: (e["line"] if e["line"] is not None else 0, e["code"] != "duplicate_custom_id"))
+
+
+def _check_line(
+    raw: bytes, number: int, endpoint: str, report: ValidationReport, keep: int
+) -> tuple[str | None, _ValidLine | None]:
+    """The slow path: name every problem of one line; return its custom_id, and the line if it is valid."""
+    errors_before = report.error_count
     if not raw.strip():
         report.add("empty_line", f"Line {number} is blank; every line must be a JSON object.", number, None, keep)
-        return
+        return None, None
     if not raw.isascii():
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            report.add(
-                "invalid_utf8",
-                f"Line {number} is not valid UTF-8 (byte {exc.start + 1}).",
-                number,
-                None,
-                keep,
-            )
-            return
+            report.add("invalid_utf8", f"Line {number} is not valid UTF-8 (byte {exc.start + 1}).", number, None, keep)
+            return None, None
     try:
         line = _line_decoder.decode(raw)
     except msgspec.ValidationError:
         report.add("invalid_json_line", f"Line {number} is not a JSON object.", number, None, keep)
-        return
+        return None, None
     except msgspec.DecodeError as exc:
         report.add("invalid_json_line", f"Line {number} is not valid JSON: {exc}.", number, None, keep)
-        return
+        return None, None
     custom_id = line.custom_id
     if not isinstance(custom_id, str) or not custom_id:
-        report.add(
-            "invalid_custom_id",
-            f"Line {number}: 'custom_id' must be a non-empty string.",
-            number,
-            "custom_id",
-            keep,
-        )
-    elif custom_id in seen:
-        report.add(
-            "duplicate_custom_id",
-            f"Line {number}: the custom_id '{custom_id[:100]}' is a duplicate of another request. "
-            "The custom_id parameter must be unique for each request in a batch.",
-            number,
-            "custom_id",
-            keep,
-        )
-    else:
-        seen.add(custom_id)
+        message = f"Line {number}: 'custom_id' must be a non-empty string."
+        report.add("invalid_custom_id", message, number, "custom_id", keep)
     if line.method != "POST":
         report.add("invalid_method", f"Line {number}: 'method' must be \"POST\".", number, "method", keep)
     if line.url != endpoint:
@@ -195,37 +258,27 @@ def _check_line(raw: bytes, number: int, endpoint: str, seen: set[str], report: 
             "url",
             keep,
         )
-    _check_body(line.body, number, report, keep)
+    model = _check_body(line.body, number, report, keep)
+    valid_id = custom_id if isinstance(custom_id, str) and custom_id else None
+    if report.error_count > errors_before or model is None or valid_id is None:
+        return valid_id, None
+    return valid_id, _ValidLine(custom_id=valid_id, method="POST", url=endpoint, body=_ValidBody(model=model))
 
 
-def _check_body(body: msgspec.Raw, number: int, report: ValidationReport, keep: int) -> None:
+def _check_body(body: msgspec.Raw, number: int, report: ValidationReport, keep: int) -> str | None:
     if not body:
         report.add("missing_body", f"Line {number}: 'body' is missing.", number, "body", keep)
-        return
+        return None
     try:
         head = _body_decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
         report.add("invalid_body", f"Line {number}: 'body' must be a JSON object.", number, "body", keep)
-        return
+        return None
     if not isinstance(head.model, str) or not head.model:
-        report.add(
-            "missing_model",
-            f"Line {number}: 'body.model' must be a non-empty string.",
-            number,
-            "body.model",
-            keep,
-        )
-        return
-    if head.model not in report.models and len(report.models) >= MAX_MODELS_PER_FILE:
-        report.add(
-            "too_many_models",
-            f"Line {number}: the file names more than {MAX_MODELS_PER_FILE} different models.",
-            number,
-            "body.model",
-            keep,
-        )
-        return
-    report.models[head.model] = report.models.get(head.model, 0) + 1
+        message = f"Line {number}: 'body.model' must be a non-empty string."
+        report.add("missing_model", message, number, "body.model", keep)
+        return None
+    return head.model
 
 
 def _short(value: Any) -> str:

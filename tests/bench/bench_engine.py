@@ -143,9 +143,19 @@ def log_events(log: str) -> list[tuple[float, str, str]]:
     return events
 
 
-def milestones(created: float, seen_done: float, log: str, watcher: JobWatcher) -> list[tuple[str, float]]:
-    """Seconds from batch creation to each milestone of the run, in order."""
+def milestones(
+    created: float, seen_done: float, log: str, watcher: JobWatcher, calls: list[tuple[float, str, str]]
+) -> list[tuple[str, float]]:
+    """Seconds from batch creation to each milestone of the run, in order.
+
+    ``calls`` are the emulator's (end time, method, path) of every API call it answered.
+    """
     events = log_events(log)
+    seen_by_poll = max(
+        min(t for t, method, path in calls if method == "GET" and path == f"/v1/batches/{job}" and t >= done)
+        for job, done in watcher.finished.items()
+    )
+    downloaded = max(t for t, method, path in calls if method == "GET" and path.endswith("/content"))
 
     def last(pattern: str) -> float:
         times = [t for t, _, message in events if re.search(pattern, message)]
@@ -158,7 +168,9 @@ def milestones(created: float, seen_done: float, log: str, watcher: JobWatcher) 
         ("routed (shard files written)", last(r"routed into")),
         ("last shard submitted (upload + create)", last(r"submitted to")),
         ("last provider batch done (emulator)", max(watcher.finished.values()) - created),
-        ("last shard collected (poll, fetch, join)", last(r"collected:")),
+        ("status poll sees it done", seen_by_poll - created),
+        ("results downloaded from the provider", downloaded - created),
+        ("last shard collected (join on custom_id)", last(r"collected:")),
         ("merged (output file written)", last(r"batch \S+ completed")),
         ("client sees completed", seen_done - created),
     ]
@@ -198,7 +210,7 @@ def measure(count: int, workdir: Path, database_url: str | None, extra_env: dict
         sampler.start()
         watcher.start()
         created = time.time()
-        batch = client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
         while batch.status not in ("completed", "failed", "expired", "cancelled"):
             time.sleep(0.05)
             batch = client.batches.retrieve(batch.id)
@@ -213,6 +225,7 @@ def measure(count: int, workdir: Path, database_url: str | None, extra_env: dict
             raise RuntimeError(f"the output file has {lines} lines for {count} requests")
         time.sleep(0.2)
         hwm = high_water_mark(worker.process.pid)
+        calls = [(e.timestamp, e.method, e.path) for e in cluster.state(EMULATOR).log]
         peak = sampler.stop()
         watcher.stop()
         return Figures(
@@ -226,7 +239,7 @@ def measure(count: int, workdir: Path, database_url: str | None, extra_env: dict
             peak_rss=peak,
             hwm=hwm,
             provider_s=max(watcher.finished[job] - watcher.started[job] for job in watcher.finished),
-            milestones=milestones(created, seen_done, worker.log(), watcher),
+            milestones=milestones(created, seen_done, worker.log(), watcher, calls),
         )
     finally:
         for process in (worker, api):

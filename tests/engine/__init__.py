@@ -178,7 +178,7 @@ def control(cluster: SimulatorCluster, method: str, path: str, body: Any = None)
 
 def set_faults(cluster: SimulatorCluster, name: str, **faults: Any) -> dict[str, Any]:
     """Switch faults of one emulated provider."""
-    return control(cluster, "POST", f"/providers/{name}/faults", faults)  # type: ignore[no-any-return]
+    return control(cluster, "POST", f"/providers/{name}/faults", faults)
 
 
 def reset(cluster: SimulatorCluster, *names: str) -> None:
@@ -189,12 +189,12 @@ def reset(cluster: SimulatorCluster, *names: str) -> None:
 
 def emulator_log(cluster: SimulatorCluster, name: str) -> list[dict[str, Any]]:
     """Every API call the emulated provider saw since its last reset, oldest first."""
-    return control(cluster, "GET", f"/providers/{name}/log")["data"]  # type: ignore[no-any-return]
+    return control(cluster, "GET", f"/providers/{name}/log")["data"]
 
 
 def emulator_stats(cluster: SimulatorCluster, name: str) -> dict[str, Any]:
     """The emulated provider's counters and its batches by status."""
-    return control(cluster, "GET", f"/providers/{name}/stats")  # type: ignore[no-any-return]
+    return control(cluster, "GET", f"/providers/{name}/stats")
 
 
 def batch_creates(log: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -53,7 +53,7 @@ def gateway(
 ) -> GatewayProcess:
     """The API only: every batch stage runs in the separate worker processes."""
     env = {**simulated_provider_env(simulator, tmp_path_factory.mktemp("providers"), PROVIDERS), **LEASE_ENV}
-    return gateway_factory(env).start("serve", "--no-worker")  # type: ignore[no-any-return]
+    return gateway_factory(env).start("serve", "--no-worker")
 
 
 class Workers:

@@ -63,7 +63,7 @@ def gateway(
     gateway_factory: Any, simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> GatewayProcess:
     env = simulated_provider_env(simulator, tmp_path_factory.mktemp("providers"), PROVIDERS)
-    return gateway_factory(env).start()  # type: ignore[no-any-return]
+    return gateway_factory(env).start()
 
 
 @pytest.fixture(autouse=True)

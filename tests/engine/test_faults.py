@@ -52,7 +52,7 @@ def provider_env(simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="module")
 def gateway(gateway_factory: Any, provider_env: dict[str, str]) -> GatewayProcess:
-    return gateway_factory(provider_env).start()  # type: ignore[no-any-return]
+    return gateway_factory(provider_env).start()
 
 
 @pytest.fixture(autouse=True)

@@ -48,7 +48,7 @@ def gateway(
         **simulated_provider_env(simulator, tmp_path_factory.mktemp("providers"), PROVIDERS),
         "BATCHGW_WORKER__LEASE_S": "5",
     }
-    return gateway_factory(env).start("serve", "--no-worker")  # type: ignore[no-any-return]
+    return gateway_factory(env).start("serve", "--no-worker")
 
 
 @pytest.fixture
