@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -24,6 +25,8 @@ class GatewayContext:
     blobs: BlobStore
     http: httpx.AsyncClient
     providers: ProviderRegistry
+    work_available: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when this process created work, so an idle worker in it starts at once instead of at its next poll."""
 
     @classmethod
     def create(cls, settings: Settings) -> GatewayContext:

@@ -153,6 +153,7 @@ class BatchesController(Controller):
                     session, principal.team_id, "batch", idem_key, fingerprint, batch.id
                 )
                 if earlier is None:
+                    context.work_available.set()
                     return batch_object(batch)
                 await session.delete(batch)
                 await session.commit()

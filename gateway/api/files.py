@@ -65,6 +65,7 @@ class FilesController(Controller):
             key,
             max_bytes=limits.max_upload_bytes,
             max_lines=limits.max_file_lines,
+            digest_content=idem_key is not None,
         )
         try:
             purpose = upload.fields.get("purpose")

@@ -8,7 +8,6 @@ stage that ran halfway runs again from the state recorded in the database.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -83,8 +82,7 @@ class Worker:
                     step = None
                 if step is None:
                     slots.release()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), timeout=self.settings.poll_interval_s)
+                    await self._idle()
                     continue
                 task = asyncio.create_task(step)
                 running.add(task)
@@ -97,6 +95,17 @@ class Worker:
         finally:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+
+    async def _idle(self) -> None:
+        """Sleep until the next poll, or until this process announces new work, or until stopped."""
+        wake = self.context.work_available
+        waiters = [asyncio.create_task(self._stop.wait()), asyncio.create_task(wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=self.settings.poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        wake.clear()
 
     async def run_once(self) -> bool:
         """Claim and run one step in this task; False when there was nothing to do."""

@@ -119,11 +119,13 @@ async def receive_upload(
     key: str,
     max_bytes: int,
     max_lines: int,
+    digest_content: bool = True,
 ) -> UploadResult:
     """Parse a ``multipart/form-data`` body, storing its ``file`` part under ``key``.
 
     Raises APIError 400 for a body that is not multipart or lacks a file, and 413 as soon as the
-    file passes ``max_bytes`` or ``max_lines`` (the partial blob is removed).
+    file passes ``max_bytes`` or ``max_lines`` (the partial blob is removed). ``digest_content``
+    computes the file's SHA-256, needed only to compare idempotent retries.
     """
     mime, options = parse_options_header(content_type or "")
     boundary = options.get(b"boundary")
@@ -169,7 +171,8 @@ async def receive_upload(
                         param="file",
                         code="too_many_lines",
                     )
-                digest.update(piece)
+                if digest_content:
+                    digest.update(piece)
                 yield piece
             sink.file_chunks.clear()
         feed(None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,38 +78,34 @@ class ValidationReport:
             self.errors.append({"code": code, "message": message, "param": param, "line": line})
 
 
-def iter_lines(path: Path, max_line_bytes: int) -> Any:
+def iter_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
     """Yield ``(line_number, bytes_or_None)`` for each line; None marks a line over the limit.
 
     Reads fixed-size chunks so a single huge line never has to fit in memory.
     """
     number = 0
-    pending = bytearray()
+    carry = bytearray()
     too_long = False
     with path.open("rb") as handle:
         while chunk := handle.read(READ_CHUNK):
-            start = 0
-            while True:
-                end = chunk.find(b"\n", start)
-                if end < 0:
-                    if not too_long:
-                        pending += chunk[start:]
-                        if len(pending) > max_line_bytes:
-                            too_long, pending = True, bytearray()
-                    break
+            pieces = chunk.split(b"\n")
+            tail = pieces.pop()
+            if pieces and (carry or too_long):
                 number += 1
-                if too_long:
-                    yield number, None
-                elif pending:
-                    pending += chunk[start:end]
-                    yield number, (None if len(pending) > max_line_bytes else bytes(pending))
-                else:
-                    piece = chunk[start:end]
-                    yield number, (None if len(piece) > max_line_bytes else piece)
-                pending, too_long = bytearray(), False
-                start = end + 1
-    if pending or too_long:
-        yield number + 1, (None if too_long else bytes(pending))
+                if not too_long:
+                    carry += pieces[0]
+                yield number, (None if too_long or len(carry) > max_line_bytes else bytes(carry))
+                carry, too_long = bytearray(), False
+                pieces = pieces[1:]
+            for piece in pieces:
+                number += 1
+                yield number, (piece if len(piece) <= max_line_bytes else None)
+            if not too_long:
+                carry += tail
+                if len(carry) > max_line_bytes:
+                    carry, too_long = bytearray(), True
+    if carry or too_long:
+        yield number + 1, (None if too_long else bytes(carry))
 
 
 def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> ValidationReport:
