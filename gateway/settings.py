@@ -31,6 +31,9 @@ class LimitSettings(BaseModel):
         1_000_000, description="Most requests (lines) in one batch input file; validation holds ~70 bytes per line."
     )
     max_line_bytes: int = Field(1024**2, description="Longest accepted input line, in bytes.")
+    min_completion_window_s: int = Field(
+        3600, ge=1, description="Shortest completion_window a client may ask for (longest: 7 days)."
+    )
     max_errors_reported: int = Field(1000, description="Validation errors kept in a batch's errors.data.")
     files_list_max: int = Field(10_000, description="Largest page size of GET /v1/files.")
 

@@ -23,22 +23,22 @@ CREATE_FIELDS = {"input_file_id", "endpoint", "completion_window", "metadata", "
 METADATA_MAX_PAIRS = 16
 METADATA_MAX_KEY = 64
 METADATA_MAX_VALUE = 512
-_WINDOW = re.compile(r"^(\d{1,4})([hd])$")
-MAX_WINDOW_HOURS = 7 * 24
+_WINDOW = re.compile(r"^(\d{1,7})([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_WINDOW_S = 7 * 86400
 
 
-def parse_completion_window(value: object) -> int:
-    """Seconds in a completion window such as ``24h`` (OpenAI's only value) or ``2d``."""
+def parse_completion_window(value: object, min_seconds: int = 3600) -> int:
+    """Seconds in a completion window such as ``24h`` (OpenAI's only value), ``90m`` or ``2d``."""
     match = _WINDOW.match(value) if isinstance(value, str) else None
-    hours = 0
-    if match:
-        hours = int(match.group(1)) * (24 if match.group(2) == "d" else 1)
-    if not 1 <= hours <= MAX_WINDOW_HOURS:
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2)] if match else 0
+    if not min_seconds <= seconds <= MAX_WINDOW_S:
+        shortest = f"{min_seconds // 3600}h" if min_seconds % 3600 == 0 else f"{min_seconds}s"
         raise bad_request(
-            f"Invalid 'completion_window': {value!r}. Use '24h' (or a duration from '1h' to '7d').",
+            f"Invalid 'completion_window': {value!r}. Use '24h' (or a duration from '{shortest}' to '7d').",
             param="completion_window",
         )
-    return hours * 3600
+    return seconds
 
 
 def validate_metadata(value: object) -> dict[str, str] | None:
@@ -121,7 +121,9 @@ class BatchesController(Controller):
         idem_key = idempotency.key_of(request)
         raw = await request.body()
         body = _parse_create(raw)
-        window_s = parse_completion_window(body["completion_window"])
+        window_s = parse_completion_window(
+            body["completion_window"], context.settings.limits.min_completion_window_s
+        )
         metadata = validate_metadata(body.get("metadata"))
         validate_output_expiry(body.get("output_expires_after"))
         fingerprint = idempotency.fingerprint(msgspec.json.encode(body, order="sorted").decode())

@@ -88,8 +88,17 @@ async def batch_shards(session: AsyncSession, batch_id: str) -> Sequence[Shard]:
     return (await session.exec(select(Shard).where(Shard.batch_id == batch_id).order_by(col(Shard.seq)))).all()
 
 
+async def lock_batch(session: AsyncSession, batch_id: str) -> None:
+    """Hold the batch row until commit, so shards finishing together update it one after another.
+
+    Each then sums the shards after the others committed (PostgreSQL, READ COMMITTED); SQLite
+    runs one write transaction at a time anyway.
+    """
+    await session.execute(sa_select(col(Batch.id)).where(col(Batch.id) == batch_id).with_for_update())
+
+
 async def refresh_batch_progress(session: AsyncSession, batch_id: str) -> None:
-    """Recompute a batch's request counts and token usage from its shards."""
+    """Recompute a batch's request counts and token usage from its shards (call :func:`lock_batch` first)."""
     totals = (
         await session.execute(
             sa_select(

@@ -183,6 +183,7 @@ async def _execute_all(
                 os.fsync(sink.fileno())
                 async with context.sessions() as session:
                     await shard_db.save_progress(session, shard.id, answered["count"])
+                    await shard_db.lock_batch(session, batch_id)
                     await shard_db.refresh_batch_progress(session, batch_id)
                     current = await repo.get_batch(session, None, batch_id)
                     await session.commit()

@@ -26,6 +26,7 @@ from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard, StoredFile, new_id, now_s
 from gateway.pipeline.route import iter_custom_ids
+from gateway.providers.base import CapabilityNotSupported, ProviderRejected
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ def split_results(
                         continue
                     if not isinstance(item.custom_id, str) or item.custom_id not in pending:
                         continue
+                    if item.response is None and _unexecuted(item.error):
+                        continue  # the provider never ran it: reported below with the gateway's reason
                     del pending[item.custom_id]
                     record = {
                         "id": request_line_id(batch_id, item.custom_id),
@@ -121,6 +124,13 @@ def split_results(
             }
             err.write(_encoder.encode(record) + b"\n")
     return results
+
+
+UNEXECUTED_CODES = frozenset({"batch_cancelled", "batch_expired"})
+
+
+def _unexecuted(error: dict[str, Any] | None) -> bool:
+    return isinstance(error, dict) and error.get("code") in UNEXECUTED_CODES
 
 
 def _add_usage(totals: dict[str, int], body: Any) -> None:
@@ -152,11 +162,7 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, own
     # Fan-out shards wrote their results as they ran; batch shards fetch them now.
     raw_available = context.blobs.exists(raw_key) and not shard.provider_batch_id
     if shard.provider_batch_id:
-        adapter = context.providers.get(shard.provider)
-        with context.blobs.writer_path(raw_key) as tmp, context.blobs.local_path(shard.input_key) as input_path:
-            await adapter.fetch_results(shard.provider_batch_id, tmp, input_path=input_path)
-            tmp.touch()
-        raw_available = True
+        raw_available = await _fetch_results(context, shard, raw_key)
     output_key, error_key = f"{base}.out.jsonl", f"{base}.err.jsonl"
     with (
         context.blobs.local_path(shard.input_key) as input_path,
@@ -190,12 +196,28 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, own
         if not saved:
             await session.rollback()
             return
+        await shard_db.lock_batch(session, shard.batch_id)
         await shard_db.refresh_batch_progress(session, shard.batch_id)
         if await shard_db.open_shard_count(session, shard.batch_id) == 0:
             await _to_merge(session, batch.id)
         await session.commit()
     context.blobs.delete(raw_key)
     log.info("shard %s collected: %d ok, %d failed", shard.id, results.completed, results.failed)
+
+
+async def _fetch_results(context: GatewayContext, shard: Shard, raw_key: str) -> bool:
+    """Download a provider batch's results; False if the provider refuses for good (then none come)."""
+    assert shard.provider_batch_id
+    adapter = context.providers.get(shard.provider)
+    try:
+        with context.blobs.writer_path(raw_key) as tmp, context.blobs.local_path(shard.input_key) as input_path:
+            await adapter.fetch_results(shard.provider_batch_id, tmp, input_path=input_path)
+            tmp.touch()
+    except (ProviderRejected, CapabilityNotSupported) as exc:
+        # Transient failures propagate and the step is retried; a refusal will not change.
+        log.warning("shard %s: %s refused its results: %s", shard.id, shard.provider, exc)
+        return False
+    return True
 
 
 async def _split(
@@ -235,7 +257,8 @@ async def run(context: GatewayContext, batch: Batch) -> None:
         if not keys:
             continue
         file_id = new_id("file-")
-        storage_key = f"files/{file_id}"
+        # Named after the batch, not the new id: a merge cut short and run again overwrites its blobs.
+        storage_key = f"outputs/{batch.id}/{kind}.jsonl"
         size = await context.blobs.write_stream(storage_key, _concat(context, keys))
         files[kind] = StoredFile(
             id=file_id,

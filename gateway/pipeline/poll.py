@@ -82,6 +82,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
             progress_completed=status.completed,
             progress_failed=status.failed,
         )
+        await shard_db.lock_batch(session, shard.batch_id)
         await shard_db.refresh_batch_progress(session, shard.batch_id)
         await session.commit()
     await _poll_later(context, shard, owner)

@@ -185,7 +185,9 @@ def test_cancel_mid_run_keeps_finished_results(
     requests = chat_requests(40, model="slow")
     batch = submit(client, requests)
     running = wait_for(
-        client, batch.id, lambda b: b.status == "in_progress" and b.request_counts.completed > 0  # type: ignore[union-attr]
+        client,
+        batch.id,
+        lambda b: b.status == "in_progress" and b.request_counts.completed > 0,  # type: ignore[union-attr]
     )
     assert running.request_counts is not None and running.request_counts.completed < 40
     cancelling = cancel(client, batch.id)
@@ -224,12 +226,6 @@ def batch_row_locked(gateway: GatewayProcess, batch_id: str) -> Iterator[None]:
         engine.dispose()
 
 
-@pytest.mark.xfail(
-    reason="merge.collect_shard (via shards.refresh_batch_progress) sums the shards and writes the batch totals "
-    "without locking the batch row first: on PostgreSQL (READ COMMITTED) shards finishing together each write "
-    "sums that miss the others, and the last writer wins",
-    strict=True,
-)
 def test_shards_finishing_together_keep_exact_totals(
     client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster, database_kind: str
 ) -> None:

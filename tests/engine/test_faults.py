@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -183,18 +184,13 @@ def test_provider_expiry_keeps_finished_lines_and_reports_the_rest_expired(
     assert (batch.usage.input_tokens, batch.usage.output_tokens) == (input_tokens, output_tokens)
 
 
-@pytest.mark.xfail(
-    reason="merge.split_results copies the provider's 'batch_cancelled' lines (the gateway cancels the provider "
-    "batch when its own window passes) instead of reporting them 'batch_expired'",
-    strict=True,
-)
 def test_gateway_completion_window_passing_expires_the_batch(
     client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster
 ) -> None:
     requests = chat_requests(30, model="slow")
     batch = submit(client, requests)
     wait_for(client, batch.id, lambda b: b.request_counts.completed > 0)  # type: ignore[union-attr]
-    # No setting shortens the window (see the next test), so the test moves the batch's deadline to now.
+    # The deadline moves to now while the provider batches run (the next test uses a short window instead).
     query(gateway, "UPDATE batches SET expires_at = :now WHERE id = :b", now=int(time.time()), b=batch.id)
     batch = wait_for(client, batch.id)
     assert batch.status == "expired" and batch.expired_at is not None
@@ -207,19 +203,20 @@ def test_gateway_completion_window_passing_expires_the_batch(
     assert codes == {"batch_expired"}, codes
 
 
-@pytest.mark.xfail(
-    reason="missing setting: nothing shortens a batch's completion window (the API accepts 1h..7d), so the window "
-    "passing cannot be tested without waiting an hour; proposed: BATCHGW_WORKER__COMPLETION_WINDOW_OVERRIDE_S",
-    strict=True,
-)
 def test_short_completion_window_setting_expires_a_stalled_batch(
     gateway_factory: Any, provider_env: dict[str, str], simulator: SimulatorCluster
 ) -> None:
-    short = gateway_factory({**provider_env, "BATCHGW_WORKER__COMPLETION_WINDOW_OVERRIDE_S": "3"}).start()
+    short = gateway_factory({**provider_env, "BATCHGW_LIMITS__MIN_COMPLETION_WINDOW_S": "1"}).start()
     try:
         client = short.client(short.create_key("acme"))
         set_faults(simulator, "fast", stall=True)
-        batch = submit(client, chat_requests(5))
+        content = "".join(json.dumps(r) + "\n" for r in chat_requests(5)).encode()
+        file = client.files.create(file=("input.jsonl", content), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=file.id,
+            endpoint="/v1/chat/completions",
+            completion_window="3s",  # type: ignore[arg-type]
+        )
         assert batch.expires_at == batch.created_at + 3
         batch = wait_for(client, batch.id, timeout=30)
         assert batch.status == "expired"
@@ -270,11 +267,6 @@ def test_stalled_provider_keeps_the_batch_in_progress_until_cancelled(
     assert cancel_calls(log) == {e["detail"]["batch_id"] for e in batch_creates(log)}
 
 
-@pytest.mark.xfail(
-    reason="poll.run handles only ProviderUnavailable: a provider answering 404 for a batch it lost raises "
-    "ProviderRejected out of the step, which the worker retries every 5 s forever, so the batch never ends",
-    strict=True,
-)
 def test_provider_losing_the_batch_ends_it_with_errors(client: openai.OpenAI, simulator: SimulatorCluster) -> None:
     set_faults(simulator, "fast", stall=True)
     requests = chat_requests(6)
