@@ -127,34 +127,17 @@ def assert_succeeded(
     return input_tokens, output_tokens
 
 
-LOST_TOTALS_DATABASES = frozenset({"postgresql"})
-"""Known bug: on PostgreSQL a batch's request_counts and usage can miss shards that finished at the same
-moment (merge.collect_shard recounts the shards without locking the batch row, under READ COMMITTED).
-test_execution.py::test_shards_finishing_together_keep_exact_totals reproduces it deterministically;
-until it is fixed, tests of batches with several concurrent shards check the batch totals only on the
-other databases (``exact_totals``)."""
-
-
-def exact_totals(database_kind: str) -> bool:
-    """Whether the batch totals of a multi-shard batch can be checked exactly on this database."""
-    return database_kind not in LOST_TOTALS_DATABASES
-
-
-def assert_all_succeeded(
-    outcome: Outcome, requests: list[dict[str, Any]], provider_model: str, *, totals: bool = True
-) -> None:
-    """Every request succeeded, and (with ``totals``) the batch's counts and usage are the sums of its lines."""
+def assert_all_succeeded(outcome: Outcome, requests: list[dict[str, Any]], provider_model: str) -> None:
+    """Every request succeeded, and the batch's counts and usage are the sums of its lines."""
     assert outcome.batch.status == "completed", outcome.batch
     assert set(outcome.output) == {r["custom_id"] for r in requests}
     assert not outcome.errors and outcome.batch.error_file_id is None
     input_tokens, output_tokens = assert_succeeded(outcome, requests, provider_model)
     counts, usage = outcome.batch.request_counts, outcome.batch.usage
     assert counts is not None and usage is not None
-    assert counts.total == len(requests)
-    if totals:
-        assert (counts.total, counts.completed, counts.failed) == (len(requests), len(requests), 0)
-        assert (usage.input_tokens, usage.output_tokens) == (input_tokens, output_tokens)
-        assert usage.total_tokens == input_tokens + output_tokens
+    assert (counts.total, counts.completed, counts.failed) == (len(requests), len(requests), 0)
+    assert (usage.input_tokens, usage.output_tokens) == (input_tokens, output_tokens)
+    assert usage.total_tokens == input_tokens + output_tokens
 
 
 def cancel(client: openai.OpenAI, batch_id: str) -> Batch:

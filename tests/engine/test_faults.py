@@ -23,7 +23,6 @@ from tests.engine import (
     collect,
     emulator_log,
     emulator_stats,
-    exact_totals,
     query,
     reset,
     set_faults,
@@ -104,12 +103,12 @@ def test_503_on_every_call_then_recovery(
 
 
 def test_random_5xx_answers_are_retried(
-    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster, database_kind: str
+    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster
 ) -> None:
     set_faults(simulator, "fast", error_5xx_rate=0.3)
     requests = chat_requests(15, model="split5")
     batch = wait_for(client, submit(client, requests).id, timeout=90)
-    assert_all_succeeded(collect(client, batch), requests, "gpt-4o-mini", totals=exact_totals(database_kind))
+    assert_all_succeeded(collect(client, batch), requests, "gpt-4o-mini")
     log = emulator_log(simulator, "fast")
     assert any(e["status"] == 500 for e in log), "no 5xx was injected"
     assert len(batch_creates(log)) == 3
