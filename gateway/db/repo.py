@@ -130,20 +130,23 @@ async def list_batches(
 
 
 async def request_cancel(session: AsyncSession, batch: Batch) -> bool:
-    """Move a running batch to ``cancelling`` with one compare-and-set; False if it had finished."""
+    """Move a running batch to ``cancelling`` with one compare-and-set; False if it had finished.
+
+    The shards are touched before the batch, the order in which workers lock them too (a shard,
+    then its batch), so a cancel and a finishing shard never deadlock on PostgreSQL.
+    """
     now = int(time.time())
+    # Wake the batch's shards so the cancel reaches the providers at once (harmless if it fails).
+    await session.exec(
+        update(Shard)
+        .where(col(Shard.batch_id) == batch.id, col(Shard.state) != "done")
+        .values(next_action_at=time.time())
+    )
     result = await session.exec(
         update(Batch)
         .where(col(Batch.id) == batch.id, col(Batch.status).in_(("validating", "in_progress", "finalizing")))
         .values(status="cancelling", cancelling_at=now, updated_at=time.time())
     )
-    if result.rowcount:
-        # Wake the batch's shards so the cancel reaches the providers at once.
-        await session.exec(
-            update(Shard)
-            .where(col(Shard.batch_id) == batch.id, col(Shard.state) != "done")
-            .values(next_action_at=time.time())
-        )
     return bool(result.rowcount)
 
 
