@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import psutil
-
 from gateway.settings import WorkerSettings
 from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.bench import RssSampler, high_water_mark
 from tests.conftest import GatewayProcess, free_port, simulated_provider_env
 from tests.engine import CHAT, worker_process
 
@@ -40,41 +39,6 @@ TARGET_S = 20.0
 TARGET_RSS_MB = 300.0
 EMULATOR = "bench"
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ (\S+): (.*)$")
-
-
-class RssSampler(threading.Thread):
-    """Peak resident set size of one process, sampled until stopped."""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            except psutil.Error:
-                return
-            self._halt.wait(self.interval)
-
-    def stop(self) -> int:
-        self._halt.set()
-        self.join()
-        return self.peak
-
-
-def high_water_mark(pid: int) -> int | None:
-    """VmHWM of a live process, in bytes (Linux only)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 class JobWatcher(threading.Thread):
@@ -206,7 +170,7 @@ def measure(count: int, workdir: Path, database_url: str | None, extra_env: dict
         worker = worker_process(api, "worker").start("worker")
         assert worker.process is not None
         time.sleep(3.0)  # let the worker finish importing and migrating: its start-up is not the engine's time
-        sampler, watcher = RssSampler(worker.process.pid), JobWatcher(cluster)
+        sampler, watcher = RssSampler(worker.process.pid, interval=0.02), JobWatcher(cluster)
         sampler.start()
         watcher.start()
         created = time.time()

@@ -26,7 +26,6 @@ import json
 import pstats
 import random
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import httpx
 import psutil
 
 from gateway.settings import WorkerSettings
+from tests.bench import RssSampler, high_water_mark
 from tests.conftest import GatewayProcess, free_port
 
 MB = 1_000_000
@@ -111,41 +111,6 @@ def write_input(path: Path, count: int) -> int:
                 batch.clear()
         handle.write(b"".join(batch))
     return path.stat().st_size
-
-
-class RssSampler(threading.Thread):
-    """Samples a process's resident set size every ``interval`` seconds and keeps the peak."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            except psutil.Error:
-                return
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> int:
-        self._stop_event.set()
-        self.join()
-        return self.peak
-
-
-def high_water_mark(pid: int) -> int | None:
-    """VmHWM of a live process, in bytes (Linux only)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def measure(path: Path, lines: int, workdir: Path, extra_env: dict[str, str] | None = None) -> Figures:
