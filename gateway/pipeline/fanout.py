@@ -24,7 +24,7 @@ from gateway.crashpoints import crash_point
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
-from gateway.pipeline.merge import batch_window_closed, collect_shard, end_shard, raw_result_key
+from gateway.pipeline.merge import collect_shard, end_shard, raw_result_key, stop_reason
 from gateway.providers.base import ProviderAdapter, ProviderUnavailable, SyncRequest
 
 log = logging.getLogger(__name__)
@@ -112,11 +112,8 @@ def pending_requests(input_path: Path, endpoint: str, done: set[str]) -> Iterato
 
 async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
     """Shard entry for state ``executing``."""
-    if batch.status == "cancelling":
-        await end_shard(context, shard, batch, owner, reason="cancelled")
-        return
-    if batch_window_closed(batch):
-        await end_shard(context, shard, batch, owner, reason="expired")
+    if reason := stop_reason(batch):
+        await end_shard(context, shard, batch, owner, reason=reason)
         return
     adapter = context.providers.get(shard.provider)
     result_path = context.blobs.append_path(raw_result_key(shard))
@@ -187,11 +184,9 @@ async def _execute_all(
                     await shard_db.refresh_batch_progress(session, batch_id)
                     current = await repo.get_batch(session, None, batch_id)
                     await session.commit()
-                if current is not None and current.status == "cancelling":
-                    reason["value"] = "cancelled"
-                    stop.set()
-                elif current is not None and batch_window_closed(current):
-                    reason["value"] = "expired"
+                halt = stop_reason(current) if current is not None else None
+                if halt:
+                    reason["value"] = halt
                     stop.set()
 
         concurrency = adapter.config.limits.max_concurrency

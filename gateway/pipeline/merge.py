@@ -67,6 +67,13 @@ def batch_window_closed(batch: Batch) -> bool:
     return batch.expires_at is not None and time.time() >= batch.expires_at
 
 
+def stop_reason(batch: Batch) -> str | None:
+    """Why the batch's unfinished work must stop (``cancelled``, ``expired``), or None to go on."""
+    if batch.status == "cancelling":
+        return "cancelled"
+    return "expired" if batch_window_closed(batch) else None
+
+
 def request_line_id(batch_id: str, custom_id: str) -> str:
     """A stable gateway id for one request's result line."""
     return "batch_req_" + hashlib.sha256(f"{batch_id}\0{custom_id}".encode()).hexdigest()[:24]

@@ -14,7 +14,7 @@ from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
-from gateway.pipeline.merge import batch_window_closed, collect_shard, end_shard
+from gateway.pipeline.merge import collect_shard, end_shard, stop_reason
 from gateway.providers.base import (
     CapabilityNotSupported,
     ProviderBatchState,
@@ -36,8 +36,8 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
     """Shard entry for state ``running``."""
     assert shard.provider_batch_id, "a running shard has a provider batch"
     adapter = context.providers.get(shard.provider)
-    stop_reason = "cancelled" if batch.status == "cancelling" else "expired" if batch_window_closed(batch) else None
-    if stop_reason and shard.end_reason is None:
+    halt = stop_reason(batch)
+    if halt and shard.end_reason is None:
         try:
             await adapter.cancel(shard.provider_batch_id)
         except CapabilityNotSupported:
@@ -46,7 +46,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
             await _poll_later(context, shard, owner, error=str(exc))
             return
         async with context.sessions() as session:
-            await shard_db.save_shard(session, shard, owner, end_reason=stop_reason)
+            await shard_db.save_shard(session, shard, owner, end_reason=halt)
             await session.commit()
     try:
         status = await adapter.poll(shard.provider_batch_id)

@@ -16,7 +16,7 @@ from gateway.crashpoints import crash_point
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
 from gateway.pipeline import fanout
-from gateway.pipeline.merge import batch_window_closed, end_shard
+from gateway.pipeline.merge import end_shard, stop_reason
 from gateway.providers.base import (
     CapabilityNotSupported,
     ProviderRateLimited,
@@ -35,11 +35,8 @@ MAX_SUBMIT_BACKOFF_S = 120.0
 
 async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
     """Shard entry for states ``queued`` and ``submitting``."""
-    if batch.status == "cancelling":
-        await end_shard(context, shard, batch, owner, reason="cancelled")
-        return
-    if batch_window_closed(batch):
-        await end_shard(context, shard, batch, owner, reason="expired")
+    if reason := stop_reason(batch):
+        await end_shard(context, shard, batch, owner, reason=reason)
         return
     adapter = context.providers.get(shard.provider)
     if adapter.executes_locally:
