@@ -110,6 +110,10 @@ class Batch(SQLModel, table=True):
     output_tokens: int = Field(default=0, sa_type=BigInteger)
     cached_tokens: int = Field(default=0, sa_type=BigInteger)
     reasoning_tokens: int = Field(default=0, sa_type=BigInteger)
+    policy: str | None = Field(default=None, max_length=64, description="The routing policy that placed the batch.")
+    estimated_cost_usd: float | None = Field(default=None, description="Projected cost when routed (the reservation).")
+    cost_usd: float = Field(default=0.0, description="Spend recorded in the ledger so far.")
+    list_cost_usd: float = Field(default=0.0, description="What the same tokens cost at synchronous list prices.")
     # Engine bookkeeping: which pipeline stage owns the batch next, and who holds it now.
     stage: str = Field(default="validate", max_length=16)
     lease_owner: str | None = Field(default=None, max_length=128)
@@ -133,6 +137,10 @@ class Shard(SQLModel, table=True):
     provider: str = Field(max_length=128)
     model: str = Field(max_length=256, description="The model name the client asked for.")
     provider_model: str = Field(max_length=256)
+    mode: str = Field(default="batch", max_length=8, description="'batch' (provider batch) or 'sync' (fan-out).")
+    parent_id: str | None = Field(default=None, max_length=64, description="Shard whose unfinished requests this carries.")
+    generation: int = Field(default=0, description="How many times this shard's requests were tried before.")
+    pinned: bool = Field(default=False, description="The client pinned the provider: never moved elsewhere.")
     state: str = Field(default="queued", max_length=16)
     end_reason: str | None = Field(default=None, max_length=16)
     request_count: int = 0
@@ -147,10 +155,17 @@ class Shard(SQLModel, table=True):
     progress_failed: int = 0
     result_completed: int = 0
     result_failed: int = 0
+    result_moved: int = Field(default=0, description="Requests handed to a follow-up shard (retry or failover).")
     input_tokens: int = Field(default=0, sa_type=BigInteger)
     output_tokens: int = Field(default=0, sa_type=BigInteger)
     cached_tokens: int = Field(default=0, sa_type=BigInteger)
     reasoning_tokens: int = Field(default=0, sa_type=BigInteger)
+    estimated_output_tokens: int = Field(default=0, sa_type=BigInteger)
+    input_per_mtok: float = Field(default=0.0, description="USD per MTok input at the rate this shard pays.")
+    output_per_mtok: float = Field(default=0.0, description="USD per MTok output at the rate this shard pays.")
+    list_input_per_mtok: float = Field(default=0.0, description="Synchronous list price, for savings.")
+    list_output_per_mtok: float = Field(default=0.0, description="Synchronous list price, for savings.")
+    estimated_cost_usd: float = 0.0
     output_key: str | None = Field(default=None, max_length=256)
     error_key: str | None = Field(default=None, max_length=256)
     attempts: int = 0
@@ -159,10 +174,71 @@ class Shard(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_type=Text)
     created_at: float = Field(default_factory=time.time)
     submitted_at: float | None = None
+    last_progress_at: float | None = Field(default=None, description="When the provider last reported progress.")
+    unavailable_since: float | None = Field(default=None, description="First of the current run of failed calls.")
     finished_at: float | None = None
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_expires_at: float | None = None
     updated_at: float = Field(default_factory=time.time)
+
+
+class RoutingDecision(SQLModel, table=True):
+    """One routing choice for part of a batch: the ranked candidates, the one taken and why."""
+
+    __tablename__ = "routing_decisions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: str = Field(foreign_key="batches.id", index=True, max_length=64)
+    shard_id: str | None = Field(default=None, max_length=64, description="The shard that failed, for a failover.")
+    kind: str = Field(max_length=16, description="'route', 'failover' or 'retry'.")
+    model: str = Field(max_length=256)
+    policy: str = Field(max_length=64)
+    chosen_provider: str | None = Field(default=None, max_length=128)
+    reason: str = Field(sa_type=Text)
+    cause: str | None = Field(default=None, sa_type=Text, description="What made a failover or retry necessary.")
+    request_count: int = 0
+    candidates: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    created_at: float = Field(default_factory=time.time)
+
+
+class ProviderHealth(SQLModel, table=True):
+    """Circuit breaker of one provider, shared by every gateway process."""
+
+    __tablename__ = "provider_health"
+
+    provider: str = Field(primary_key=True, max_length=128)
+    circuit: str = Field(default="closed", max_length=16, description="'closed', 'open' or 'half_open'.")
+    consecutive_failures: int = 0
+    opened_at: float | None = None
+    probe_until: float | None = Field(default=None, description="A half-open probe is in progress until then.")
+    last_error: str | None = Field(default=None, sa_type=Text)
+    last_failure_at: float | None = None
+    last_success_at: float | None = None
+    updated_at: float = Field(default_factory=time.time)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """What one collected shard cost: written once, in the transaction that closes the shard."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (Index("ix_ledger_team_time", "team_id", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    shard_id: str = Field(unique=True, max_length=64)
+    batch_id: str = Field(index=True, max_length=64)
+    team_id: str = Field(max_length=64)
+    api_key_id: str | None = Field(default=None, max_length=64)
+    provider: str = Field(max_length=128)
+    model: str = Field(max_length=256)
+    provider_model: str = Field(max_length=256)
+    mode: str = Field(max_length=8)
+    requests: int = 0
+    input_tokens: int = Field(default=0, sa_type=BigInteger)
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
+    cached_tokens: int = Field(default=0, sa_type=BigInteger)
+    cost_usd: float = 0.0
+    list_cost_usd: float = Field(default=0.0, description="The same tokens at synchronous list prices.")
+    created_at: float = Field(default_factory=time.time, index=True)
 
 
 class IdempotencyRecord(SQLModel, table=True):
