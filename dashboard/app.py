@@ -1,9 +1,42 @@
-"""Operator dashboard (Streamlit). Run with ``streamlit run dashboard/app.py``."""
+"""Operator dashboard (Streamlit): ``batchgw dashboard`` runs it; it reads the gateway's admin API only.
+
+Configuration comes from the environment: ``BATCHGW_DASHBOARD_GATEWAY_URL`` (default
+``http://127.0.0.1:8080``) and ``BATCHGW_ADMIN_KEY``. The key is never shown.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-st.set_page_config(page_title="batch-gateway", layout="wide")
-st.title("batch-gateway")
-st.info("The operator dashboard is not built yet. Use the admin API (/admin/*) meanwhile.")
+from dashboard import ui
+from dashboard.client import GatewayError
+
+PAGES = Path(__file__).parent / "pages"
+
+st.set_page_config(page_title="batch-gateway", page_icon=":material/inventory_2:", layout="wide")
+
+navigation = st.navigation(
+    [
+        st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/list_alt:", url_path="jobs", default=True),
+        st.Page(PAGES / "job.py", title="Job detail", icon=":material/search:", url_path="job"),
+        st.Page(PAGES / "spend.py", title="Spend", icon=":material/payments:", url_path="spend"),
+        st.Page(PAGES / "alerts.py", title="Alerts & budgets", icon=":material/notifications:", url_path="alerts"),
+        st.Page(PAGES / "providers.py", title="Providers", icon=":material/dns:", url_path="providers"),
+    ]
+)
+
+admin = ui.client()
+with st.sidebar:
+    st.caption(f"Gateway: `{admin.base_url}`")
+try:
+    admin.request("GET", "/admin/providers")
+except GatewayError as error:
+    st.title("batch-gateway")
+    ui.show_error(error)
+    if error.kind == "down":
+        st.caption("Start it with `batchgw serve`, or point the dashboard elsewhere with --gateway-url.")
+    st.stop()
+
+navigation.run()

@@ -14,10 +14,13 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from gateway import __version__
 from gateway.api.admin import AdminController
+from gateway.api.admin_billing import AdminBillingController
+from gateway.api.admin_ops import AdminOpsController
 from gateway.api.batches import BatchesController
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.files import FilesController
 from gateway.api.health import healthz, readyz
+from gateway.api.metrics import metrics_endpoint
 from gateway.context import GatewayContext
 from gateway.db.engine import upgrade_to_head
 from gateway.jobs.worker import Worker
@@ -50,7 +53,15 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
 
     v1 = Router(path="/v1", route_handlers=[FilesController, BatchesController])
     return Litestar(
-        route_handlers=[v1, AdminController, healthz, readyz],
+        route_handlers=[
+            v1,
+            AdminController,
+            AdminBillingController,
+            AdminOpsController,
+            healthz,
+            readyz,
+            metrics_endpoint,
+        ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from gateway import client_cli
 from gateway.settings import Settings
 
 app = typer.Typer(
@@ -18,6 +20,9 @@ db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 keys_app = typer.Typer(help="Client API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.command("submit")(client_cli.submit)
+app.command("ls")(client_cli.ls)
+app.command("status")(client_cli.status)
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -63,6 +68,10 @@ def run_worker() -> None:
     _setup_logging(settings)
     if settings.auto_migrate:
         upgrade_to_head(settings.resolved_database_url)
+    if settings.metrics.worker_port:
+        from gateway.metrics import serve_process_metrics
+
+        serve_process_metrics(settings.host, settings.metrics.worker_port)
 
     async def main() -> None:
         context = GatewayContext.create(settings)
@@ -121,6 +130,100 @@ def simulate(
     from gateway.simulator.server import run_simulate
 
     run_simulate(config, control_port)
+
+
+@app.command()
+def estimate(
+    file: Annotated[Path, typer.Argument(help="A batch input file (JSONL).", exists=True, dir_okay=False)],
+    model: Annotated[str | None, typer.Option(help="Price every line as this model (default: each line's).")] = None,
+    policy: Annotated[str | None, typer.Option(help="Routing policy (default: the deployment's).")] = None,
+    endpoint: Annotated[str, typer.Option(help="The batch endpoint the lines are for.")] = "/v1/chat/completions",
+) -> None:
+    """Estimate a file's tokens and its cost on every provider, and show the policy's choice."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from gateway.billing.quote import quote_file
+    from gateway.context import GatewayContext
+    from gateway.db.engine import upgrade_to_head
+
+    settings = Settings()
+    if settings.auto_migrate:
+        upgrade_to_head(settings.resolved_database_url)
+
+    async def main() -> Any:
+        context = GatewayContext.create(settings)
+        try:
+            return await quote_file(
+                context, file, endpoint=endpoint, model=model, metadata={"policy": policy} if policy else None
+            )
+        finally:
+            await context.close()
+
+    try:
+        quote = asyncio.run(main())
+    except (ValueError, LookupError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    table = Table(
+        title=f"{file.name}: estimated cost by provider (policy {quote.policy}; cost $ at the offer's own rate)"
+    )
+    for column in ("model", "provider", "mode", "requests", "tokens in/out", "sync $", "cost $", "savings $"):
+        table.add_column(column, justify="left" if column in ("model", "provider", "mode") else "right")
+    table.add_column("policy")
+    for row in quote.rows:
+        choice = "chosen" if row.rank == 1 else (f"#{row.rank}" if row.rank else "ruled out")
+        table.add_row(
+            row.model,
+            row.provider + ("" if row.priced else " (unpriced)"),
+            row.mode,
+            f"{row.requests:,}",
+            f"{row.input_tokens:,}/{row.output_tokens:,}",
+            f"{row.sync_cost_usd:.4f}",
+            f"{row.cost_usd:.4f}",
+            f"{row.savings_usd:.4f}",
+            choice,
+        )
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    for problem in quote.problems:
+        console.print(f"[red]cannot route:[/red] {problem}")
+    console.print(f"Estimated total on the policy's choices: ${quote.chosen_cost_usd:.4f}")
+    if quote.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def dashboard(
+    gateway_url: Annotated[
+        str | None, typer.Option(help="Gateway URL (default: BATCHGW_DASHBOARD_GATEWAY_URL, or the local gateway).")
+    ] = None,
+    admin_key: Annotated[
+        str | None, typer.Option(help="Admin key (default: BATCHGW_ADMIN_KEY; prefer it: options show in ps).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port.")] = 8501,
+) -> None:
+    """Run the operator dashboard (Streamlit, headless) against the gateway's admin API."""
+    import os
+    import sys
+
+    import dashboard
+
+    settings = Settings()
+    env = dict(os.environ)
+    env["BATCHGW_DASHBOARD_GATEWAY_URL"] = (
+        gateway_url or env.get("BATCHGW_DASHBOARD_GATEWAY_URL") or f"http://{settings.host}:{settings.port}"
+    )
+    if admin_key:
+        env["BATCHGW_ADMIN_KEY"] = admin_key
+    script = Path(dashboard.__file__).with_name("app.py")
+    typer.echo(f"dashboard on http://{host}:{port} for {env['BATCHGW_DASHBOARD_GATEWAY_URL']}")
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless=true"]
+    command += [f"--server.address={host}", f"--server.port={port}", "--browser.gatherUsageStats=false"]
+    command += ["--client.toolbarMode=viewer"]
+    # Replace this process, so signals (Ctrl-C, a service manager's stop) reach Streamlit itself.
+    os.execve(sys.executable, command, env)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,18 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
 
+from gateway.catalog.loader import load_catalog
 from gateway.db.engine import create_engine
 from gateway.providers.registry import ProviderRegistry
+from gateway.routing.offers import OfferBook
 from gateway.settings import Settings
 from gateway.storage import BlobStore, LocalBlobStore
+from router_policies.registry import PolicyRegistry, default_registry
 
 
 @dataclass
 class GatewayContext:
-    """Settings, database and blob store of one process."""
+    """Settings, database, blob store, providers, offers and policies of one process."""
 
     settings: Settings
     engine: AsyncEngine
@@ -25,6 +28,8 @@ class GatewayContext:
     blobs: BlobStore
     http: httpx.AsyncClient
     providers: ProviderRegistry
+    offers: OfferBook
+    policies: PolicyRegistry
     work_available: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when this process created work, so an idle worker in it starts at once instead of at its next poll."""
 
@@ -38,13 +43,17 @@ class GatewayContext:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             follow_redirects=False,
         )
+        providers = ProviderRegistry.from_config(settings.providers, http)
+        catalog = load_catalog(settings.catalog.file, settings.catalog.overrides)
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
             blobs=LocalBlobStore(settings.resolved_blob_dir),
             http=http,
-            providers=ProviderRegistry.from_config(settings.providers, http),
+            providers=providers,
+            offers=OfferBook(catalog, providers),
+            policies=default_registry(),
         )
 
     async def close(self) -> None:

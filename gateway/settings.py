@@ -49,6 +49,72 @@ class WorkerSettings(BaseModel):
     concurrency: int = Field(8, description="Jobs one worker process drives at once.")
 
 
+class RoutingSettings(BaseModel):
+    """How jobs are placed on providers, and when work moves to another one."""
+
+    default_policy: str = Field("cheapest", description="Policy used when a batch names none in its metadata.")
+    max_request_attempts: int = Field(
+        3, ge=1, description="Tries of one request (first run included) before a retryable error is final."
+    )
+    submit_retry_base_s: float = Field(2.0, gt=0, description="First wait after a failed provider call.")
+    circuit_failure_threshold: int = Field(
+        3, ge=1, description="Consecutive failed calls (errors, timeouts) that open a provider's circuit."
+    )
+    circuit_cooldown_s: float = Field(30.0, gt=0, description="Open circuit: wait this long, then one probe decides.")
+    provider_down_failover_s: float = Field(
+        300.0, gt=0, description="A running shard whose provider stays unreachable this long moves elsewhere."
+    )
+    stall_timeout_s: float = Field(
+        3600.0, gt=0, description="A provider batch with no progress this long is cancelled and re-routed."
+    )
+    turnaround_samples: int = Field(50, ge=1, description="Finished shards per provider model kept for p50/p90.")
+    canary_requests: int = Field(
+        0, ge=0, description="Canary size for large jobs that ask for none (0: only batches with a 'canary' hint)."
+    )
+    canary_min_requests: int = Field(10_000, ge=1, description="Jobs at least this large get the default canary.")
+    canary_max_error_rate: float = Field(
+        0.2, ge=0, le=1, description="A canary whose share of failed requests is above this stops its batch."
+    )
+
+
+class CatalogSettings(BaseModel):
+    """The priced model catalog (see gateway/catalog/models.toml)."""
+
+    file: Path | None = Field(None, description="A catalog file replacing the shipped one.")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Fields of shipped offers to replace, keyed by 'provider/provider_model'.",
+    )
+
+
+class BillingSettings(BaseModel):
+    """Budgets, billing alerts and the alert webhook."""
+
+    webhook_url: SecretStr | None = Field(
+        None, description="URL that receives each alert as a Slack-compatible JSON POST; unset: alerts are only stored."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook POST.")
+    webhook_max_attempts: int = Field(8, ge=1, description="POSTs of one alert before it is given up (recorded).")
+    webhook_backoff_s: float = Field(5.0, ge=0, description="Delay before the first retry; doubles on each failure.")
+    webhook_backoff_max_s: float = Field(600.0, ge=0, description="Longest delay between two attempts.")
+    webhook_poll_interval_s: float = Field(2.0, gt=0, description="How often the worker looks for alerts to post.")
+    anomaly_factor: float = Field(
+        3.0, gt=1, description="Alert when a batch's actual cost per request exceeds its estimate by this factor."
+    )
+    anomaly_min_requests: int = Field(20, ge=1, description="Finished requests needed before the anomaly rule runs.")
+    default_thresholds: list[float] = Field(
+        [0.5, 0.8, 1.0], description="Alert thresholds (fractions of the limit) of a budget created without any."
+    )
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics: the API serves ``/metrics``; a ``batchgw worker`` process serves its own counters."""
+
+    worker_port: int | None = Field(
+        None, ge=1, le=65535, description="Port where `batchgw worker` serves its counters at /metrics; unset: none."
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of the gateway. See README's configuration section."""
 
@@ -71,6 +137,10 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level.")
     limits: LimitSettings = Field(default_factory=LimitSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     providers: dict[str, ProviderConfig] = Field(
         default_factory=dict, description="Configured providers by name; see gateway/providers/config.py."
     )

@@ -1,4 +1,5 @@
-"""Admin API (guarded by the admin key): providers, batches across teams with their shards, keys."""
+"""Admin API (guarded by the admin key): providers with health and prices, batches across teams with
+their shards and routing decisions, keys."""
 
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ from litestar.di import Provide
 from gateway.api.auth import require_admin
 from gateway.api.errors import bad_request, not_found
 from gateway.api.objects import batch_object, list_object
+from gateway.billing.estimate import cost_usd
 from gateway.context import GatewayContext
+from gateway.db import billing as billing_db
 from gateway.db import repo
+from gateway.db import routing as routing_db
 from gateway.db import shards as shard_db
-from gateway.db.models import Shard
+from gateway.db.models import Batch, ProviderHealth, RoutingDecision, Shard
+from gateway.routing.health import percentile, provider_states
+from gateway.routing.offers import PricedOffer
 
 
 def shard_view(shard: Shard) -> dict[str, Any]:
@@ -26,18 +32,103 @@ def shard_view(shard: Shard) -> dict[str, Any]:
         "provider": shard.provider,
         "model": shard.model,
         "provider_model": shard.provider_model,
+        "mode": shard.mode,
         "state": shard.state,
         "end_reason": shard.end_reason,
+        "generation": shard.generation,
+        "parent_id": shard.parent_id,
+        "pinned": shard.pinned,
+        "canary": shard.canary,
         "provider_batch_id": shard.provider_batch_id,
         "provider_status": shard.provider_status,
         "request_count": shard.request_count,
         "completed": shard.result_completed + shard.progress_completed,
         "failed": shard.result_failed + shard.progress_failed,
+        "moved": shard.result_moved,
         "attempts": shard.attempts,
+        "estimated_cost_usd": round(shard.estimated_cost_usd, 6),
+        "cost_usd": round(cost_usd(shard.input_tokens, shard.output_tokens, shard_rates(shard)), 6),
         "last_error": shard.last_error,
         "created_at": shard.created_at,
         "submitted_at": shard.submitted_at,
         "finished_at": shard.finished_at,
+    }
+
+
+def shard_rates(shard: Shard) -> tuple[float, float]:
+    """The USD per MTok a shard pays."""
+    return shard.input_per_mtok, shard.output_per_mtok
+
+
+def admin_batch_view(row: Batch, team: str | None) -> dict[str, Any]:
+    """A batch as operators see it: the API object plus team, stage, policy, providers and money."""
+    finished = row.completed_at or row.failed_at or row.expired_at or row.cancelled_at
+    return batch_object(row) | {
+        "team_id": row.team_id,
+        "team": team,
+        "stage": row.stage,
+        "policy": row.policy,
+        "models": sorted({row.model} if row.model else set()),
+        "providers": row.providers.split(",") if row.providers else [],
+        "estimated_cost_usd": row.estimated_cost_usd,
+        "cost_usd": round(row.cost_usd, 6),
+        "savings_usd": round(row.list_cost_usd - row.cost_usd, 6),
+        "turnaround_s": (finished - row.created_at) if finished else None,
+    }
+
+
+def decision_view(decision: RoutingDecision) -> dict[str, Any]:
+    """A routing decision as the admin API shows it."""
+    return {
+        "id": decision.id,
+        "kind": decision.kind,
+        "model": decision.model,
+        "policy": decision.policy,
+        "chosen_provider": decision.chosen_provider,
+        "reason": decision.reason,
+        "cause": decision.cause,
+        "shard_id": decision.shard_id,
+        "request_count": decision.request_count,
+        "candidates": decision.candidates,
+        "created_at": decision.created_at,
+    }
+
+
+def health_view(row: ProviderHealth | None) -> dict[str, Any]:
+    """A provider's circuit breaker (closed when nothing was ever recorded)."""
+    if row is None:
+        return {
+            "circuit": "closed",
+            "consecutive_failures": 0,
+            "opened_at": None,
+            "last_error": None,
+            "last_failure_at": None,
+            "last_success_at": None,
+        }
+    return {
+        "circuit": row.circuit,
+        "consecutive_failures": row.consecutive_failures,
+        "opened_at": row.opened_at,
+        "last_error": row.last_error,
+        "last_failure_at": row.last_failure_at,
+        "last_success_at": row.last_success_at,
+    }
+
+
+def offer_view(priced: PricedOffer) -> dict[str, Any]:
+    """A priced offer with where its price comes from."""
+    offer, source = priced.offer, priced.source
+    return {
+        "model": offer.model,
+        "provider_model": offer.provider_model,
+        "mode": offer.mode,
+        "input_per_mtok": offer.input_per_mtok,
+        "output_per_mtok": offer.output_per_mtok,
+        "batch_input_per_mtok": offer.batch_input_per_mtok,
+        "batch_output_per_mtok": offer.batch_output_per_mtok,
+        "priced": source is not None,
+        "source": source.source if source else None,
+        "as_of": source.as_of.isoformat() if source else None,
     }
 
 
@@ -48,17 +139,58 @@ class AdminController(Controller):
     dependencies = {"_admin": Provide(require_admin)}
     tags = ["admin"]
 
-    @get("/providers", summary="Configured providers (no secrets)")
+    @get("/providers", summary="Providers: configuration, health, load, turnaround and prices (no secrets)")
     async def providers(self, state: State, _admin: None) -> dict[str, Any]:
-        """Each provider's kind, base URL, models and limits; keys are named by variable only."""
+        """Each provider's kind, base URL, models and limits (keys named by variable only), its circuit
+        breaker, shards in flight, observed turnaround per model and its priced offers."""
         context: GatewayContext = state.context
-        return {"data": [adapter.config.public_dict() for adapter in context.providers]}
+        states = await provider_states(context)
+        async with context.sessions() as session:
+            rows = await routing_db.health_rows(session)
+            samples = await routing_db.turnaround_samples(session, context.settings.routing.turnaround_samples)
+        data = []
+        for adapter in context.providers:
+            name = adapter.name
+            row = rows.get(name)
+            turnaround = {
+                provider_model: {
+                    "p50_s": round(percentile(values, 50), 3),
+                    "p90_s": round(percentile(values, 90), 3),
+                    "samples": len(values),
+                }
+                for (provider, provider_model), values in samples.items()
+                if provider == name and values
+            }
+            data.append(
+                adapter.config.public_dict()
+                | {
+                    "mode": "sync" if adapter.executes_locally else "batch",
+                    "health": health_view(row),
+                    "in_flight": states[name].in_flight,
+                    "max_batches_in_flight": adapter.config.limits.max_batches_in_flight,
+                    "turnaround": turnaround,
+                    "offers": [offer_view(o) for o in context.offers.all_offers() if o.offer.provider == name],
+                }
+            )
+        return {
+            "data": data,
+            "policies": context.policies.names(),
+            "default_policy": context.settings.routing.default_policy,
+        }
 
     @get("/batches", summary="Batches of every team")
     async def batches(
-        self, state: State, _admin: None, after: str | None = None, limit: int = 20, status: str | None = None
+        self,
+        state: State,
+        _admin: None,
+        after: str | None = None,
+        limit: int = 20,
+        status: str | None = None,
+        team: str | None = None,
+        provider: str | None = None,
+        since: float | None = None,
     ) -> dict[str, Any]:
-        """Newest first, with cursor pagination and an optional status filter."""
+        """Newest first, with cursor pagination; filters by status, team name, provider and creation time."""
         context: GatewayContext = state.context
         if not 1 <= limit <= 100:
             raise bad_request("'limit' must be between 1 and 100.", param="limit")
@@ -66,25 +198,40 @@ class AdminController(Controller):
             cursor = await repo.get_batch(session, None, after) if after else None
             if after and cursor is None:
                 raise not_found("batch", after, param="after")
+            team_id = None
+            if team:
+                found = await billing_db.team_by_name(session, team)
+                if found is None:
+                    return list_object([], has_more=False)
+                team_id = found.id
             rows = await repo.list_batches(
-                session, None, after=cursor, limit=limit + 1, statuses=[status] if status else ()
+                session,
+                team_id,
+                after=cursor,
+                limit=limit + 1,
+                statuses=[status] if status else (),
+                provider=provider,
+                since=since,
             )
-        data = [batch_object(r) | {"team_id": r.team_id, "stage": r.stage} for r in rows[:limit]]
+            names = await repo.team_names(session, [r.team_id for r in rows])
+        data = [admin_batch_view(r, names.get(r.team_id)) for r in rows[:limit]]
         return list_object(data, has_more=len(rows) > limit)
 
-    @get("/batches/{batch_id:str}", summary="One batch with its shards")
+    @get("/batches/{batch_id:str}", summary="One batch with its shards and routing decisions")
     async def batch_detail(self, state: State, _admin: None, batch_id: str) -> dict[str, Any]:
-        """The batch object plus the engine's view: stage and every shard."""
+        """The batch object plus the engine's view: every shard and every routing decision with its
+        candidates, estimated costs, choice, reason and (for failovers and retries) cause."""
         context: GatewayContext = state.context
         async with context.sessions() as session:
             row = await repo.get_batch(session, None, batch_id)
             if row is None:
                 raise not_found("batch", batch_id)
             shards = await shard_db.batch_shards(session, batch_id)
-        return batch_object(row) | {
-            "team_id": row.team_id,
-            "stage": row.stage,
+            decisions = await routing_db.batch_decisions(session, batch_id)
+            names = await repo.team_names(session, [row.team_id])
+        return admin_batch_view(row, names.get(row.team_id)) | {
             "shards": [shard_view(s) for s in shards],
+            "decisions": [decision_view(d) for d in decisions],
         }
 
     @post("/keys", status_code=201, summary="Create a client API key")

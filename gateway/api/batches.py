@@ -14,9 +14,12 @@ from gateway.api import idempotency
 from gateway.api.auth import Principal, provide_principal
 from gateway.api.errors import APIError, bad_request, not_found
 from gateway.api.objects import batch_object, list_object
+from gateway.billing import budgets as billing
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.models import Batch, now_s
+from router_policies.base import PolicyError
+from router_policies.registry import parse_hints
 
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 CREATE_FIELDS = {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
@@ -26,6 +29,7 @@ METADATA_MAX_VALUE = 512
 _WINDOW = re.compile(r"^(\d{1,7})([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_S = 7 * 86400
+RESERVED_METADATA_PREFIX = "gateway_"
 
 
 def parse_completion_window(value: object, min_seconds: int = 3600) -> int:
@@ -59,6 +63,36 @@ def validate_metadata(value: object) -> dict[str, str] | None:
                 f"metadata['{key}'] may be at most {METADATA_MAX_VALUE} characters.", param=f"metadata.{key}"
             )
     return dict(value)
+
+
+def validate_routing_hints(context: GatewayContext, metadata: dict[str, str] | None) -> None:
+    """Routing hints in ``metadata`` (policy, deadline, providers, weights, max_cost_usd, canary) must be valid."""
+    try:
+        hints = parse_hints(metadata, context.policies)
+    except PolicyError as exc:
+        message = f"Invalid routing hint in 'metadata': {exc}."
+        raise bad_request(message, param="metadata", code="invalid_hint") from None
+    named = [*hints.providers, *hints.weights]
+    unknown = sorted({name for name in named if name not in context.providers})
+    if unknown:
+        known = ", ".join(context.providers.names()) or "none"
+        raise bad_request(
+            f"Invalid routing hint in 'metadata': unknown provider {', '.join(map(repr, unknown))}; known: {known}.",
+            param="metadata",
+            code="invalid_hint",
+        )
+    canary = (metadata or {}).get("canary")
+    if canary is not None and not (canary.isdigit() and int(canary) > 0):
+        raise bad_request(
+            f"Invalid routing hint in 'metadata': canary {canary!r} must be a whole number of requests above 0.",
+            param="metadata.canary",
+            code="invalid_hint",
+        )
+    if any(key.startswith(RESERVED_METADATA_PREFIX) for key in metadata or {}):
+        raise bad_request(
+            f"metadata keys starting with '{RESERVED_METADATA_PREFIX}' are reserved for the gateway.",
+            param="metadata",
+        )
 
 
 def validate_output_expiry(value: object) -> None:
@@ -125,11 +159,15 @@ class BatchesController(Controller):
             body["completion_window"], context.settings.limits.min_completion_window_s
         )
         metadata = validate_metadata(body.get("metadata"))
+        validate_routing_hints(context, metadata)
         validate_output_expiry(body.get("output_expires_after"))
         fingerprint = idempotency.fingerprint(msgspec.json.encode(body, order="sorted").decode())
         async with context.sessions() as session:
             earlier = await idempotency.earlier_result(session, principal.team_id, "batch", idem_key, fingerprint)
             if earlier is None:
+                refusal = await billing.refuse_new_batch(session, principal.team_id)
+                if refusal is not None:
+                    raise APIError(429, refusal, code="budget_exceeded", type_="insufficient_quota")
                 input_file = await repo.get_file(session, principal.team_id, body["input_file_id"])
                 if input_file is None:
                     raise not_found("file", body["input_file_id"], param="input_file_id")

@@ -57,8 +57,25 @@ def batch_object(row: Batch) -> dict[str, Any]:
             "output_tokens_details": {"reasoning_tokens": row.reasoning_tokens},
             "total_tokens": row.input_tokens + row.output_tokens,
         },
-        "metadata": row.metadata_,
+        "metadata": _metadata(row),
     }
+
+
+def _metadata(row: Batch) -> dict[str, str] | None:
+    """The client's metadata plus, once routed, where the batch ran and what it cost.
+
+    The gateway's keys are strings, as OpenAI's metadata values are, so the official SDKs parse them.
+    """
+    if row.policy is None:
+        return row.metadata_
+    gateway = {
+        "gateway_policy": row.policy,
+        "gateway_providers": row.providers or "",
+        "gateway_estimated_cost_usd": f"{row.estimated_cost_usd or 0.0:.6f}",
+        "gateway_cost_usd": f"{row.cost_usd:.6f}",
+        "gateway_savings_usd": f"{row.list_cost_usd - row.cost_usd:.6f}",
+    }
+    return {**(row.metadata_ or {}), **gateway}
 
 
 def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:

@@ -114,6 +114,7 @@ class Batch(SQLModel, table=True):
     estimated_cost_usd: float | None = Field(default=None, description="Projected cost when routed (the reservation).")
     cost_usd: float = Field(default=0.0, description="Spend recorded in the ledger so far.")
     list_cost_usd: float = Field(default=0.0, description="What the same tokens cost at synchronous list prices.")
+    providers: str | None = Field(default=None, max_length=1024, description="Providers that ran its shards.")
     # Engine bookkeeping: which pipeline stage owns the batch next, and who holds it now.
     stage: str = Field(default="validate", max_length=16)
     lease_owner: str | None = Field(default=None, max_length=128)
@@ -138,9 +139,12 @@ class Shard(SQLModel, table=True):
     model: str = Field(max_length=256, description="The model name the client asked for.")
     provider_model: str = Field(max_length=256)
     mode: str = Field(default="batch", max_length=8, description="'batch' (provider batch) or 'sync' (fan-out).")
-    parent_id: str | None = Field(default=None, max_length=64, description="Shard whose unfinished requests this carries.")
+    parent_id: str | None = Field(
+        default=None, max_length=64, description="Shard whose unfinished requests this carries."
+    )
     generation: int = Field(default=0, description="How many times this shard's requests were tried before.")
     pinned: bool = Field(default=False, description="The client pinned the provider: never moved elsewhere.")
+    canary: bool = Field(default=False, description="Runs first; the batch's other shards wait in state 'held'.")
     state: str = Field(default="queued", max_length=16)
     end_reason: str | None = Field(default=None, max_length=16)
     request_count: int = 0
@@ -252,3 +256,63 @@ class IdempotencyRecord(SQLModel, table=True):
     fingerprint: str = Field(max_length=64)
     resource_id: str = Field(max_length=64)
     created_at: int = Field(default_factory=now_s)
+
+
+class Budget(SQLModel, table=True):
+    """A spending limit for one UTC calendar period, for one team or for all teams together.
+
+    ``scope`` is ``"global"`` or ``"team:<team id>"`` (``team_id`` repeats the id for joins); there is
+    at most one budget per scope and period. A hard budget refuses and pauses work once spent.
+    """
+
+    __tablename__ = "budgets"
+    __table_args__ = (UniqueConstraint("scope", "period"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str = Field(max_length=80, description="'global' or 'team:<team id>'.")
+    team_id: str | None = Field(default=None, foreign_key="teams.id", index=True, max_length=64)
+    period: str = Field(max_length=8, description="'day' or 'month' (UTC calendar periods).")
+    limit_usd: float
+    hard: bool = Field(default=False, description="Refuse new batches and pause queued shards once exhausted.")
+    thresholds: list[float] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+
+class BillingAlert(SQLModel, table=True):
+    """A budget threshold crossed or a batch costing far more than estimated; fires once (``dedup_key``)."""
+
+    __tablename__ = "billing_alerts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32, description="'budget_threshold' or 'anomaly'.")
+    dedup_key: str = Field(
+        unique=True, max_length=200, description="One alert per budget, period, limit and threshold, or per batch."
+    )
+    budget_id: int | None = None
+    team_id: str | None = Field(default=None, max_length=64)
+    batch_id: str | None = Field(default=None, max_length=64)
+    period: str | None = Field(default=None, max_length=8)
+    period_start: float | None = None
+    threshold: float | None = Field(default=None, description="Fraction of the limit, or the anomaly cost factor.")
+    spent_usd: float | None = None
+    limit_usd: float | None = None
+    message: str = Field(sa_type=Text)
+    created_at: float = Field(default_factory=time.time, index=True)
+    acknowledged_at: float | None = None
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """The webhook outbox: one row per alert to post, written in the alert's transaction."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (Index("ix_webhook_outbox_state_due", "state", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    alert_id: int = Field(foreign_key="billing_alerts.id", unique=True)
+    state: str = Field(default="pending", max_length=16, description="'pending', 'delivered' or 'failed'.")
+    attempts: int = 0
+    next_attempt_at: float = Field(default_factory=time.time)
+    delivered_at: float | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: float = Field(default_factory=time.time)

@@ -116,17 +116,37 @@ async def get_batch(session: AsyncSession, team_id: str | None, batch_id: str) -
 
 
 async def list_batches(
-    session: AsyncSession, team_id: str | None, *, after: Batch | None, limit: int, statuses: Sequence[str] = ()
+    session: AsyncSession,
+    team_id: str | None,
+    *,
+    after: Batch | None,
+    limit: int,
+    statuses: Sequence[str] = (),
+    provider: str | None = None,
+    since: float | None = None,
 ) -> list[Batch]:
-    """A page of batches, newest first, starting after the cursor batch."""
+    """A page of batches, newest first, starting after the cursor batch.
+
+    ``provider`` keeps batches with a shard on that provider; ``since`` those created at or after it.
+    """
     query = select(Batch)
     if team_id is not None:
         query = query.where(Batch.team_id == team_id)
     if statuses:
         query = query.where(col(Batch.status).in_(statuses))
+    if provider:
+        query = query.where(("," + func.coalesce(col(Batch.providers), "") + ",").contains(f",{provider},"))
+    if since is not None:
+        query = query.where(col(Batch.created_at) >= since)
     if after is not None and after.seq is not None:
         query = query.where(col(Batch.seq) < after.seq)
     return list((await session.exec(query.order_by(col(Batch.seq).desc()).limit(limit))).all())
+
+
+async def team_names(session: AsyncSession, team_ids: Sequence[str]) -> dict[str, str]:
+    """Team names by id."""
+    rows = (await session.exec(select(Team.id, Team.name).where(col(Team.id).in_(team_ids)))).all()
+    return {team_id: name for team_id, name in rows}
 
 
 async def request_cancel(session: AsyncSession, batch: Batch) -> bool:
@@ -231,3 +251,12 @@ async def extend_batch_lease(session: AsyncSession, batch_id: str, owner: str, l
     )
     await session.commit()
     return bool(result.rowcount)
+
+
+# --- admin actions ----------------------------------------------------------------------------
+
+
+async def get_file_any_team(session: AsyncSession, file_id: str) -> StoredFile | None:
+    """A live file of any team (admin downloads)."""
+    query = select(StoredFile).where(StoredFile.id == file_id, col(StoredFile.deleted).is_(False))
+    return (await session.exec(query)).first()

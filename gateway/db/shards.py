@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, update
@@ -11,7 +12,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.db.models import Batch, Shard
+from gateway.db.models import Batch, LedgerEntry, Shard
 
 ACTIVE_STATES = ("queued", "submitting", "running", "executing", "collecting")
 IN_FLIGHT_STATES = ("submitting", "running", "executing")
@@ -22,9 +23,7 @@ async def claim_shard(session: AsyncSession, owner: str, lease_s: float) -> Shar
     now = time.time()
     free = or_(col(Shard.lease_expires_at).is_(None), col(Shard.lease_expires_at) < now)
     due = (col(Shard.state).in_(ACTIVE_STATES), col(Shard.next_action_at) <= now, free)
-    candidates = (
-        await session.exec(select(Shard.id).where(*due).order_by(col(Shard.next_action_at)).limit(8))
-    ).all()
+    candidates = (await session.exec(select(Shard.id).where(*due).order_by(col(Shard.next_action_at)).limit(8))).all()
     for shard_id in candidates:
         result = await session.exec(
             update(Shard)
@@ -98,7 +97,7 @@ async def lock_batch(session: AsyncSession, batch_id: str) -> None:
 
 
 async def refresh_batch_progress(session: AsyncSession, batch_id: str) -> None:
-    """Recompute a batch's request counts and token usage from its shards (call :func:`lock_batch` first)."""
+    """Recompute a batch's request counts, token usage, spend and providers (call :func:`lock_batch` first)."""
     totals = (
         await session.execute(
             sa_select(
@@ -111,10 +110,24 @@ async def refresh_batch_progress(session: AsyncSession, batch_id: str) -> None:
             ).where(col(Shard.batch_id) == batch_id)
         )
     ).one()
+    spend = (
+        await session.execute(
+            sa_select(
+                func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0),
+                func.coalesce(func.sum(LedgerEntry.list_cost_usd), 0.0),
+            ).where(col(LedgerEntry.batch_id) == batch_id)
+        )
+    ).one()
+    providers = (
+        await session.exec(select(Shard.provider).where(Shard.batch_id == batch_id).distinct().order_by(Shard.provider))
+    ).all()
     await session.exec(
         update(Batch)
         .where(col(Batch.id) == batch_id)
         .values(
+            cost_usd=float(spend[0]),
+            list_cost_usd=float(spend[1]),
+            providers=",".join(providers)[:1024] or None,
             request_completed=int(totals[0]),
             request_failed=int(totals[1]),
             input_tokens=int(totals[2]),
@@ -136,4 +149,82 @@ async def save_progress(session: AsyncSession, shard_id: str, answered: int) -> 
     """Record how many requests of a fan-out shard have been answered so far."""
     await session.exec(
         update(Shard).where(col(Shard.id) == shard_id).values(progress_completed=answered, updated_at=time.time())
+    )
+
+
+async def in_flight_by_provider(session: AsyncSession) -> dict[str, int]:
+    """Provider batches (and fan-out runs) in flight, per provider."""
+    rows = (
+        await session.exec(
+            select(Shard.provider, func.count()).where(col(Shard.state).in_(IN_FLIGHT_STATES)).group_by(Shard.provider)
+        )
+    ).all()
+    return {str(provider): int(count) for provider, count in rows}
+
+
+async def next_seq(session: AsyncSession, batch_id: str) -> int:
+    """The next free shard number of a batch (call under :func:`lock_batch`)."""
+    query = select(func.coalesce(func.max(Shard.seq), -1)).where(Shard.batch_id == batch_id)
+    return int((await session.exec(query)).one()) + 1
+
+
+@dataclass(frozen=True)
+class CanaryStats:
+    """Where a batch's canary stands."""
+
+    open_canary: int
+    held: int
+    requests: int
+    completed: int
+    failed: int
+    cost_usd: float
+
+
+async def canary_stats(session: AsyncSession, batch_id: str) -> CanaryStats:
+    """Open canary shards, held shards, and the finished canary's requests, outcomes and spend."""
+    is_canary = (col(Shard.batch_id) == batch_id) & col(Shard.canary)
+    open_canary = (await session.exec(select(func.count()).where(is_canary, col(Shard.state) != "done"))).one()
+    held = (
+        await session.exec(select(func.count()).where(col(Shard.batch_id) == batch_id, col(Shard.state) == "held"))
+    ).one()
+    totals = (
+        await session.execute(
+            sa_select(
+                func.coalesce(func.sum(Shard.request_count).filter(col(Shard.generation) == 0), 0),
+                func.coalesce(func.sum(Shard.result_completed), 0),
+                func.coalesce(func.sum(Shard.result_failed), 0),
+            ).where(is_canary)
+        )
+    ).one()
+    cost = (
+        await session.execute(
+            sa_select(func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0))
+            .join(Shard, col(Shard.id) == col(LedgerEntry.shard_id))
+            .where(is_canary)
+        )
+    ).one()
+    return CanaryStats(int(open_canary), int(held), int(totals[0]), int(totals[1]), int(totals[2]), float(cost[0]))
+
+
+async def release_held(session: AsyncSession, batch_id: str) -> None:
+    """Let a batch's held shards run."""
+    await session.exec(
+        update(Shard)
+        .where(col(Shard.batch_id) == batch_id, col(Shard.state) == "held")
+        .values(state="queued", next_action_at=time.time(), updated_at=time.time())
+    )
+
+
+async def drop_held(session: AsyncSession, batch_id: str, reason: str) -> None:
+    """End a batch's held shards unrun: they are collected into error lines."""
+    await session.exec(
+        update(Shard)
+        .where(col(Shard.batch_id) == batch_id, col(Shard.state) == "held")
+        .values(
+            state="collecting",
+            end_reason="canary_failed",
+            last_error=reason,
+            next_action_at=time.time(),
+            updated_at=time.time(),
+        )
     )

@@ -8,21 +8,25 @@ stage that ran halfway runs again from the state recorded in the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from gateway.billing import webhooks
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
 from gateway.pipeline import fanout, merge, poll, route, submit, validate
+from gateway.routing import health
 
 log = logging.getLogger(__name__)
 
 FAILED_STEP_RETRY_S = 5.0
+HEALTH_PROBE_EVERY_S = 2.0
 """A step that raised an unexpected error is retried after this delay (its lease is kept until then)."""
 
 BatchStage = Callable[[GatewayContext, Batch], Awaitable[None]]
@@ -72,6 +76,10 @@ class Worker:
         log.info("worker %s started", self.owner)
         slots = asyncio.Semaphore(self.settings.concurrency)
         running: set[asyncio.Task[None]] = set()
+        housekeeping = [
+            asyncio.create_task(self._every(HEALTH_PROBE_EVERY_S, health.probe_open_circuits)),
+            asyncio.create_task(webhooks.run_webhook_loop(self.context, self._stop)),
+        ]
         try:
             while not self._stop.is_set():
                 await slots.acquire()
@@ -93,8 +101,21 @@ class Worker:
 
                 task.add_done_callback(finished)
         finally:
+            for task in housekeeping:
+                task.cancel()
+            await asyncio.gather(*housekeeping, return_exceptions=True)
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+
+    async def _every(self, seconds: float, job: Callable[[GatewayContext], Awaitable[None]]) -> None:
+        """Run ``job`` every ``seconds`` until stopped; a failing run is logged and retried next time."""
+        while not self._stop.is_set():
+            try:
+                await job(self.context)
+            except Exception:
+                log.exception("%s failed", getattr(job, "__name__", "housekeeping"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
     async def _idle(self) -> None:
         """Sleep until the next poll, or until this process announces new work, or until stopped."""

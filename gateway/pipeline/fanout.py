@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 
+from gateway.billing.estimate import estimate_body
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point
 from gateway.db import repo
@@ -26,13 +27,12 @@ from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
 from gateway.pipeline.merge import collect_shard, end_shard, raw_result_key, stop_reason
 from gateway.providers.base import ProviderAdapter, ProviderUnavailable, SyncRequest
+from gateway.routing import health
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 1.0
 PAUSE_AFTER_UNAVAILABLE_S = 10.0
-BYTES_PER_TOKEN_ESTIMATE = 4
-DEFAULT_OUTPUT_TOKENS = 256
 
 
 class _Line(msgspec.Struct):
@@ -42,11 +42,6 @@ class _Line(msgspec.Struct):
 
 class _Done(msgspec.Struct):
     custom_id: str
-
-
-class _Limits(msgspec.Struct):
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
 
 
 def finished_ids(path: Path) -> set[str]:
@@ -88,7 +83,6 @@ def _truncate_torn_tail(path: Path) -> None:
 def pending_requests(input_path: Path, endpoint: str, done: set[str]) -> Iterator[SyncRequest]:
     """The shard's requests not answered yet, in input order."""
     decoder = msgspec.json.Decoder(_Line)
-    limits_decoder = msgspec.json.Decoder(_Limits)
     with input_path.open("rb") as handle:
         for raw in handle:
             if not raw.strip():
@@ -97,16 +91,9 @@ def pending_requests(input_path: Path, endpoint: str, done: set[str]) -> Iterato
             if line.custom_id in done:
                 continue
             body = bytes(line.body)
-            try:
-                limits = limits_decoder.decode(body)
-                output = limits.max_completion_tokens or limits.max_tokens or DEFAULT_OUTPUT_TOKENS
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                output = DEFAULT_OUTPUT_TOKENS
+            _, input_tokens, output_tokens = estimate_body(body, endpoint)
             yield SyncRequest(
-                custom_id=line.custom_id,
-                endpoint=endpoint,
-                body=body,
-                estimated_tokens=len(body) // BYTES_PER_TOKEN_ESTIMATE + output,
+                custom_id=line.custom_id, endpoint=endpoint, body=body, estimated_tokens=input_tokens + output_tokens
             )
 
 
@@ -122,6 +109,13 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
         requests = pending_requests(input_path, batch.endpoint, done)
         outcome = await _execute_all(context, adapter, shard, batch.id, requests, result_path, len(done))
     if outcome == "unavailable":
+        opened = await health.call_failed(context, shard.provider, f"{shard.provider} unreachable during fan-out")
+        since = shard.unavailable_since or time.time()
+        if opened or time.time() - since >= context.settings.routing.provider_down_failover_s:
+            # Answers so far are kept; collection moves the rest (or fails them when pinned).
+            message = f"{shard.provider} stayed unreachable during fan-out"
+            await end_shard(context, shard, batch, owner, reason="abandoned", error=message)
+            return
         async with context.sessions() as session:
             await shard_db.save_shard(
                 session,
@@ -129,10 +123,12 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
                 owner,
                 attempts=shard.attempts + 1,
                 next_action_at=time.time() + PAUSE_AFTER_UNAVAILABLE_S * min(8, 1 + shard.attempts),
+                unavailable_since=since,
                 last_error=f"provider {shard.provider} unreachable; the shard resumes where it stopped",
             )
             await session.commit()
         return
+    await health.call_succeeded(context, shard.provider)
     if outcome in ("cancelled", "expired"):
         await end_shard(context, shard, batch, owner, reason=outcome)
         return

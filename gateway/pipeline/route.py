@@ -1,37 +1,47 @@
 """Stage 3 of the data path: choose where each request runs and cut the batch into shards.
 
-A shard is one provider batch: lines of one model, for one provider, within that provider's
-request and byte limits. Shard inputs are written to the blob store first (under names derived
-from the batch id, so a rerun overwrites them), then the shard rows are inserted and the batch
-moves on, in one transaction.
+The file is read once to estimate each model's requests and tokens
+(:mod:`gateway.billing.estimate`); the batch's policy then ranks the offers of each model
+(:mod:`gateway.routing.placement`), and every decision is stored with its candidates and reason.
+A second pass writes the shard inputs: lines of one model for one provider, within that provider's
+request and byte limits, ``body.model`` rewritten to the provider's model id; a policy that splits
+a model across providers gives each its share of the lines.
+
+Shard inputs are written to the blob store first (under names derived from the batch id, so a rerun
+overwrites them), then the shard rows, the decisions, the budget reservation and the batch's move
+to ``run`` are committed in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import msgspec
 
+from gateway.billing import budgets
+from gateway.billing.estimate import cost_usd, estimate_body, estimate_file
 from gateway.context import GatewayContext
 from gateway.db import repo
-from gateway.db.models import Batch, Shard, now_s
-from gateway.pipeline.validate import finish_unstarted, iter_lines
+from gateway.db.models import Batch, RoutingDecision, Shard, now_s
+from gateway.pipeline.validate import finish_unstarted
 from gateway.providers.config import ProviderLimits
-from gateway.storage import BlobStore
+from gateway.routing.offers import UnknownModel
+from gateway.routing.placement import Choice, NoUsableProvider, rank, split_shares
+from router_policies.base import PolicyError
 
 log = logging.getLogger(__name__)
 
-BYTES_PER_TOKEN_ESTIMATE = 4
-"""Input tokens are estimated from request bytes until the spend estimator replaces this."""
-
 
 class _Head(msgspec.Struct):
+    custom_id: str = ""
     body: msgspec.Raw = msgspec.Raw(b"")
 
 
@@ -45,11 +55,37 @@ _model_decoder = msgspec.json.Decoder(_BodyModel)
 
 @dataclass(frozen=True)
 class Placement:
-    """Where requests for one model go."""
+    """Where (a share of) the requests of one model go, and at what price."""
 
     provider: str
     provider_model: str
+    model: str
+    """The logical model."""
+    mode: str
     limits: ProviderLimits
+    paid_rates: tuple[float, float]
+    list_rates: tuple[float, float]
+    pinned: bool = False
+    start_at: float | None = None
+    share: float = 1.0
+
+    @classmethod
+    def of(cls, context: GatewayContext, choice: Choice, pinned: bool) -> Placement:
+        """The placement for a ranked choice."""
+        offer = choice.candidate.offer
+        start = choice.candidate.start_at
+        return cls(
+            provider=offer.provider,
+            provider_model=offer.provider_model,
+            model=offer.model,
+            mode=offer.mode,
+            limits=context.providers.get(offer.provider).config.limits,
+            paid_rates=choice.priced.paid_rates,
+            list_rates=choice.priced.list_rates,
+            pinned=pinned,
+            start_at=start.timestamp() if start else None,
+            share=choice.candidate.share,
+        )
 
 
 @dataclass
@@ -57,80 +93,147 @@ class ShardPlan:
     """A shard being written."""
 
     seq: int
-    model: str
     placement: Placement
     key: str
     handle: IO[bytes]
+    canary: bool = False
     request_count: int = 0
     byte_size: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def shard(self, batch_id: str, generation: int = 0, parent_id: str | None = None, held: bool = False) -> Shard:
+        """The row for this plan; ``held`` shards wait for their batch's canary."""
+        place = self.placement
+        return Shard(
+            state="held" if held else "queued",
+            canary=self.canary,
+            batch_id=batch_id,
+            seq=self.seq,
+            provider=place.provider,
+            model=place.model,
+            provider_model=place.provider_model,
+            mode=place.mode,
+            pinned=place.pinned,
+            generation=generation,
+            parent_id=parent_id,
+            request_count=self.request_count,
+            byte_size=self.byte_size,
+            estimated_input_tokens=self.input_tokens,
+            estimated_output_tokens=self.output_tokens,
+            input_per_mtok=place.paid_rates[0],
+            output_per_mtok=place.paid_rates[1],
+            list_input_per_mtok=place.list_rates[0],
+            list_output_per_mtok=place.list_rates[1],
+            estimated_cost_usd=cost_usd(self.input_tokens, self.output_tokens, place.paid_rates),
+            input_key=self.key,
+            next_action_at=max(time.time(), place.start_at or 0.0),
+        )
 
 
-@dataclass
-class RoutePlan:
-    """The shards a batch was cut into."""
+class _ModelLines:
+    """Assigns the lines of one model to its placements by share: the first n1 lines to the first, ..."""
 
-    shards: list[ShardPlan] = field(default_factory=list)
+    def __init__(self, placements: list[Placement], counts: list[int]) -> None:
+        self.placements = placements
+        self.ends = list(itertools.accumulate(counts))
+        self.seen = 0
+        self.index = 0
+
+    def next_placement(self) -> int:
+        """Index of the placement that takes the next line."""
+        while self.index < len(self.ends) - 1 and self.seen >= self.ends[self.index]:
+            self.index += 1
+        self.seen += 1
+        return self.index
 
 
-class NoProviderForModel(LookupError):
-    """No configured provider serves a model the batch asks for."""
+def share_counts(total: int, shares: list[float]) -> list[int]:
+    """Split ``total`` requests by ``shares`` (largest remainder), so the counts sum to ``total``."""
+    raw = [total * share for share in shares]
+    counts = [int(value) for value in raw]
+    order = sorted(range(len(raw)), key=lambda i: raw[i] - counts[i], reverse=True)
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
 
 
 def shard_key(batch_id: str, seq: int) -> str:
-    """Blob name of a shard's input."""
+    """Blob name of a first-placement shard's input."""
     return f"shards/{batch_id}/{seq:05d}.in.jsonl"
 
 
 def split_into_shards(
     input_path: Path,
     batch_id: str,
-    placements: dict[str, Placement],
-    blobs: BlobStore,
-    max_line_bytes: int,
+    endpoint: str,
+    placements: dict[str, list[Placement]],
+    counts: dict[str, int],
+    blobs: Any,
+    key_of: Any = shard_key,
+    canary_lines: int = 0,
 ) -> list[ShardPlan]:
-    """Write the shard inputs of a batch; rewrites ``body.model`` to the provider's model id."""
+    """Write shard inputs for the lines of ``input_path`` (blank lines skipped).
+
+    ``placements`` maps the model named in ``body.model`` to where its lines go; ``counts`` gives
+    each model's request count (to split by share). ``key_of(batch_id, seq)`` names the blobs. The
+    first ``canary_lines`` requests go to shards of their own, marked ``canary``.
+    """
     done: list[ShardPlan] = []
-    open_by_model: dict[str, ShardPlan] = {}
+    assign = {
+        model: _ModelLines(places, share_counts(counts[model], [p.share for p in places]))
+        for model, places in placements.items()
+    }
+    open_shards: dict[tuple[str, int, bool], ShardPlan] = {}
     with contextlib.ExitStack() as stack:
 
-        def new_shard(model: str) -> ShardPlan:
-            seq = len(done) + len(open_by_model)
-            key = shard_key(batch_id, seq)
+        def new_shard(placement: Placement, canary: bool) -> ShardPlan:
+            seq = len(done) + len(open_shards)
+            key = key_of(batch_id, seq)
             path = stack.enter_context(blobs.writer_path(key))
             handle = stack.enter_context(path.open("wb"))
-            return ShardPlan(seq=seq, model=model, placement=placements[model], key=key, handle=handle)
+            return ShardPlan(seq=seq, placement=placement, key=key, handle=handle, canary=canary)
 
-        for _, raw in iter_lines(input_path, max_line_bytes):
-            if raw is None or not raw.strip():
-                continue
-            line = raw.rstrip(b"\r")
-            model = _model_decoder.decode(_head_decoder.decode(line).body).model
-            if model not in placements:
-                raise NoProviderForModel(model)
-            placement = placements[model]
-            if placement.provider_model != model:
-                line = _rewrite_model(line, placement.provider_model)
-            size = len(line) + 1
-            shard = open_by_model.get(model)
-            limits = placement.limits
-            if shard is not None and (
-                shard.request_count >= limits.max_requests_per_batch
-                or shard.byte_size + size > limits.max_bytes_per_batch
-            ):
-                done.append(open_by_model.pop(model))
-                shard = None
-            if shard is None:
-                shard = open_by_model[model] = new_shard(model)
-            shard.handle.write(line + b"\n")
-            shard.request_count += 1
-            shard.byte_size += size
-        done.extend(open_by_model.values())
+        requests = 0
+        with input_path.open("rb") as source:
+            for raw in source:
+                line = raw.rstrip(b"\r\n")
+                if not line.strip():
+                    continue
+                requests += 1
+                canary = requests <= canary_lines
+                name = _model_decoder.decode(_head_decoder.decode(line).body).model
+                lines = assign[name]
+                index = lines.next_placement()
+                placement = lines.placements[index]
+                if name != placement.provider_model:
+                    line = rewrite_model(line, placement.provider_model)
+                _, input_tokens, output_tokens = estimate_body(bytes(_head_decoder.decode(line).body), endpoint)
+                size = len(line) + 1
+                slot = (name, index, canary)
+                shard = open_shards.get(slot)
+                limits = placement.limits
+                if shard is not None and (
+                    shard.request_count >= limits.max_requests_per_batch
+                    or shard.byte_size + size > limits.max_bytes_per_batch
+                ):
+                    done.append(open_shards.pop(slot))
+                    shard = None
+                if shard is None:
+                    shard = open_shards[slot] = new_shard(placement, canary)
+                shard.handle.write(line + b"\n")
+                shard.request_count += 1
+                shard.byte_size += size
+                shard.input_tokens += input_tokens
+                shard.output_tokens += output_tokens
+        done.extend(open_shards.values())
         for shard in done:
             shard.handle.close()
     return sorted(done, key=lambda s: s.seq)
 
 
-def _rewrite_model(line: bytes, provider_model: str) -> bytes:
+def rewrite_model(line: bytes, provider_model: str) -> bytes:
+    """The request line with ``body.model`` set to the provider's model id."""
     request: dict[str, Any] = msgspec.json.decode(line)
     request["body"]["model"] = provider_model
     return msgspec.json.encode(request)
@@ -138,68 +241,99 @@ def _rewrite_model(line: bytes, provider_model: str) -> bytes:
 
 def iter_custom_ids(path: Path) -> Iterator[str]:
     """The custom_ids of a shard input, in order."""
-
-    class _Id(msgspec.Struct):
-        custom_id: str
-
-    decoder = msgspec.json.Decoder(_Id)
     with path.open("rb") as handle:
         for line in handle:
             if line.strip():
-                yield decoder.decode(line).custom_id
+                yield _head_decoder.decode(line).custom_id
 
 
 async def run(context: GatewayContext, batch: Batch) -> None:
-    """Stage entry: route a validated batch and create its shards."""
+    """Stage entry: rank offers for each model of a validated batch and create its shards."""
     if batch.status == "cancelling":
         await finish_unstarted(context, batch, status="cancelled")
         return
-    registry = context.providers
-    placements = {
-        model: Placement(adapter.name, registry.provider_model(adapter.name, model), adapter.config.limits)
-        for model in registry.models()
-        for adapter in [registry.for_model(model)]
-    }
     async with context.sessions() as session:
         input_file = await repo.get_file(session, batch.team_id, batch.input_file_id)
     if input_file is None:
-        await _fail(context, batch, "input_file_missing", f"The input file '{batch.input_file_id}' was deleted.")
+        await fail(context, batch, "input_file_missing", f"The input file '{batch.input_file_id}' was deleted.")
         return
-    try:
-        with context.blobs.local_path(input_file.storage_key) as path:
-            plans = await asyncio.to_thread(
-                split_into_shards, path, batch.id, placements, context.blobs, context.settings.limits.max_line_bytes
-            )
-    except NoProviderForModel as exc:
-        known = ", ".join(sorted(placements)) or "none configured"
-        await _fail(
-            context, batch, "model_not_found", f"No configured provider serves model '{exc.args[0]}'. Known: {known}."
-        )
-        return
-    async with context.sessions() as session:
-        for plan in plans:
-            session.add(
-                Shard(
-                    batch_id=batch.id,
-                    seq=plan.seq,
-                    provider=plan.placement.provider,
-                    model=plan.model,
-                    provider_model=plan.placement.provider_model,
-                    request_count=plan.request_count,
-                    byte_size=plan.byte_size,
-                    estimated_input_tokens=plan.byte_size // BYTES_PER_TOKEN_ESTIMATE,
-                    input_key=plan.key,
+    with context.blobs.local_path(input_file.storage_key) as path:
+        estimates = await asyncio.to_thread(estimate_file, path, batch.endpoint)
+        placements: dict[str, list[Placement]] = {}
+        decisions: list[RoutingDecision] = []
+        estimated_cost = 0.0
+        policy = None
+        for name, estimate in estimates.items():
+            try:
+                resolved = context.offers.resolve(name)
+                ranking = await rank(
+                    context,
+                    batch,
+                    resolved,
+                    requests=estimate.requests,
+                    input_tokens=estimate.input_tokens,
+                    output_tokens=estimate.output_tokens,
                 )
-            )
-        changed = await repo.update_batch_if(session, batch.id, expected_status="in_progress", values={"stage": "run"})
+            except UnknownModel as exc:
+                await fail(
+                    context, batch, "model_not_found", f"Line {estimate.first_line}: {exc}.", estimate.first_line
+                )
+                return
+            except NoUsableProvider as exc:
+                await fail(context, batch, "provider_unavailable", f"Cannot route model {name!r}: {exc}.")
+                return
+            except PolicyError as exc:
+                await fail(context, batch, "routing_refused", f"Cannot route model {name!r}: {exc}.")
+                return
+            policy = ranking.policy
+            taken = split_shares(ranking)
+            placements[name] = [Placement.of(context, choice, resolved.pinned_provider is not None) for choice in taken]
+            estimated_cost += sum(choice.candidate.estimated_cost_usd for choice in taken)
+            decisions.append(ranking.decision)
+        counts = {name: estimate.requests for name, estimate in estimates.items()}
+        canary = canary_size(context, batch, sum(counts.values()))
+        plans = await asyncio.to_thread(
+            split_into_shards, path, batch.id, batch.endpoint, placements, counts, context.blobs, shard_key, canary
+        )
+    async with context.sessions() as session:
+        refusal = await budgets.reserve(session, batch.team_id, batch.id, estimated_cost)
+        if refusal is not None:
+            await session.rollback()
+            await fail(context, batch, "budget_exceeded", refusal)
+            return
+        for plan in plans:
+            session.add(plan.shard(batch.id, held=canary > 0 and not plan.canary))
+        for decision in decisions:
+            session.add(decision)
+        changed = await repo.update_batch_if(
+            session,
+            batch.id,
+            expected_status="in_progress",
+            values={"stage": "run", "policy": policy, "estimated_cost_usd": estimated_cost},
+        )
         if not changed:
             await session.rollback()
             return
         await session.commit()
-    log.info("batch %s routed into %d shards", batch.id, len(plans))
+    log.info("batch %s routed into %d shards (%s)", batch.id, len(plans), ", ".join(d.reason for d in decisions))
 
 
-async def _fail(context: GatewayContext, batch: Batch, code: str, message: str) -> None:
+def canary_size(context: GatewayContext, batch: Batch, requests: int) -> int:
+    """Requests to run first as a canary: the batch's ``canary`` hint, else the deployment's default for
+    large jobs; 0 when the job is not larger than the canary."""
+    asked = (batch.metadata_ or {}).get("canary")
+    routing = context.settings.routing
+    if asked is not None:
+        size = int(asked)
+    elif routing.canary_requests and requests >= routing.canary_min_requests:
+        size = routing.canary_requests
+    else:
+        size = 0
+    return size if 0 < size < requests else 0
+
+
+async def fail(context: GatewayContext, batch: Batch, code: str, message: str, line: int | None = None) -> None:
+    """End a batch that cannot be routed, with one error in ``errors.data``."""
     async with context.sessions() as session:
         await repo.update_batch_if(
             session,
@@ -209,7 +343,7 @@ async def _fail(context: GatewayContext, batch: Batch, code: str, message: str) 
                 "status": "failed",
                 "failed_at": now_s(),
                 "stage": "done",
-                "errors": [{"code": code, "message": message, "param": None, "line": None}],
+                "errors": [{"code": code, "message": message, "param": None, "line": line}],
             },
         )
         await session.commit()

@@ -11,6 +11,7 @@ import logging
 import random
 import time
 
+from gateway.billing import budgets
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point
 from gateway.db import shards as shard_db
@@ -26,10 +27,12 @@ from gateway.providers.base import (
     SubmitResult,
 )
 from gateway.providers.config import ProviderLimits
+from gateway.routing import health
 
 log = logging.getLogger(__name__)
 
 CAPACITY_RETRY_S = 2.0
+BUDGET_RECHECK_S = 5.0
 MAX_SUBMIT_BACKOFF_S = 120.0
 
 
@@ -38,6 +41,13 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
     if reason := stop_reason(batch):
         await end_shard(context, shard, batch, owner, reason=reason)
         return
+    recovering = shard.state == "submitting"
+    if not recovering:
+        if await _budget_paused(context, shard, batch, owner):
+            return
+        if await health.circuit_of(context, shard.provider) == "open":
+            await _leave_open_circuit(context, shard, batch, owner)
+            return
     adapter = context.providers.get(shard.provider)
     if adapter.executes_locally:
         async with context.sessions() as session:
@@ -45,7 +55,6 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
             await session.commit()
         await fanout.run(context, shard, batch, owner)
         return
-    recovering = shard.state == "submitting"
     if not recovering and not await _reserve_capacity(context, shard, owner):
         return
     try:
@@ -66,13 +75,53 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
             log.info("shard %s: found its provider batch %s after a restart", shard.id, found.provider_batch_id)
         crash_point("submit.after_provider_create")
     except (ProviderRejected, CapabilityNotSupported) as exc:
+        # Another provider may accept it: collection moves the requests to the next candidate.
         log.warning("shard %s rejected by %s: %s", shard.id, shard.provider, exc)
-        await end_shard(context, shard, batch, owner, reason="failed", error=str(exc))
+        await end_shard(context, shard, batch, owner, reason="failed", error=f"{shard.provider} refused it: {exc}")
         return
     except ProviderUnavailable as exc:
-        await _retry_later(context, shard, owner, exc)
+        opened = await health.call_failed(context, shard.provider, str(exc))
+        if opened and not recovering:
+            await _leave_open_circuit(context, shard, batch, owner)
+        elif recovering and _down_too_long(context, shard):
+            # It may have been created before the provider went away; results from it are never read.
+            await end_shard(context, shard, batch, owner, reason="abandoned", error=f"{shard.provider}: {exc}")
+        else:
+            await _retry_later(context, shard, owner, exc)
         return
+    await health.call_succeeded(context, shard.provider)
     await _record_submitted(context, shard, owner, found)
+
+
+async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> bool:
+    """Leave the shard queued while a hard budget of its team is exhausted."""
+    async with context.sessions() as session:
+        paused = await budgets.team_paused(session, batch.team_id)
+        if paused is not None:
+            await shard_db.save_shard(
+                session, shard, owner, next_action_at=time.time() + BUDGET_RECHECK_S, last_error=f"paused: {paused}"
+            )
+        await session.commit()
+    return paused is not None
+
+
+async def _leave_open_circuit(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
+    """The provider's circuit is open: move the unsent shard elsewhere, or fail it when pinned."""
+    if shard.pinned:
+        message = (
+            f"provider {shard.provider} is unavailable (circuit open after repeated failures); "
+            "the batch pins this provider, so its requests were not moved elsewhere"
+        )
+        await end_shard(context, shard, batch, owner, reason="failed", error=message)
+        return
+    await end_shard(
+        context, shard, batch, owner, reason="rerouted", error=f"{shard.provider} is unavailable (circuit open)"
+    )
+
+
+def _down_too_long(context: GatewayContext, shard: Shard) -> bool:
+    since = shard.unavailable_since
+    return since is not None and time.time() - since >= context.settings.routing.provider_down_failover_s
 
 
 async def _reserve_capacity(context: GatewayContext, shard: Shard, owner: str) -> bool:
@@ -107,7 +156,8 @@ def _fits(limits: ProviderLimits, shard: Shard, batches: int, tokens: dict[str, 
 
 
 async def _retry_later(context: GatewayContext, shard: Shard, owner: str, exc: ProviderUnavailable) -> None:
-    delay = min(MAX_SUBMIT_BACKOFF_S, 2.0 ** min(shard.attempts, 7))
+    base = context.settings.routing.submit_retry_base_s
+    delay = min(MAX_SUBMIT_BACKOFF_S, base * 2.0 ** min(shard.attempts, 7))
     if isinstance(exc, ProviderRateLimited) and exc.retry_after_s:
         delay = max(delay, exc.retry_after_s)
     log.warning("shard %s: %s unavailable (%s); retrying in %.0fs", shard.id, shard.provider, exc, delay)
@@ -119,6 +169,7 @@ async def _retry_later(context: GatewayContext, shard: Shard, owner: str, exc: P
             attempts=shard.attempts + 1,
             next_action_at=time.time() + _jitter(delay),
             last_error=str(exc)[:2000],
+            unavailable_since=shard.unavailable_since or time.time(),
         )
         await session.commit()
 
@@ -137,6 +188,8 @@ async def _record_submitted(context: GatewayContext, shard: Shard, owner: str, r
             submitted_at=now,
             poll_delay_s=poll_s,
             next_action_at=now + poll_s,
+            last_progress_at=now,
+            unavailable_since=None,
             last_error=None,
         )
         await session.commit()

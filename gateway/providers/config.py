@@ -47,6 +47,9 @@ class ProviderConfig(BaseModel):
     models: dict[str, str] = Field(
         default_factory=dict, description="Gateway model name -> the provider's own model id."
     )
+    catalog_provider: str | None = Field(
+        None, description="Whose prices in the model catalog apply (default: this provider's name)."
+    )
     timeout_s: float = Field(60.0, gt=0, description="Timeout of one HTTP call to the provider.")
     enabled: bool = True
     options: dict[str, Any] = Field(

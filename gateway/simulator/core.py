@@ -54,6 +54,12 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
     retry_after_s: NonNegInt = 1
     error_5xx_rate: Fraction = 0.0
     fail_fraction: Fraction = 0.0
+    runaway_output_tokens: NonNegInt = 0
+    """OpenAI protocol: chat replies of requests without max_tokens run to this many tokens (0: off), as a
+    model that rambles would; the cost surprise canary runs exist to catch."""
+    fail_per_batch: bool = False
+    """False: the same custom_ids fail every time; True: each provider batch fails its own random-looking
+    share, as transient errors do, so a retry of a failed request usually succeeds."""
     shuffle_output: bool = True
     expire: bool = False
     expire_after_fraction: Fraction = 0.5
@@ -545,7 +551,8 @@ async def _process_items(state: EmulatorState, job: Job, budget_s: float) -> tup
             return CANCELLED
         if _deadline_passed(state, job) or (faults.expire and index >= faults.expire_after_fraction * job.total):
             return EXPIRED
-        if hash_fraction(item.custom_id) < faults.fail_fraction:
+        key = f"{job.id}:{item.custom_id}" if faults.fail_per_batch else item.custom_id
+        if hash_fraction(key) < faults.fail_fraction:
             outcome = ItemOutcome(item.custom_id, 500, state.driver.error_body(server_error()))
         else:
             outcome = state.driver.execute(state, job, item)

@@ -117,6 +117,21 @@ def chat_completion(body: Mapping[str, Any], models: Sequence[str], custom_id: s
     }  # fmt: skip
 
 
+def _ramble(body: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """A chat.completion whose every choice runs on to ``tokens`` completion tokens."""
+    choices = [
+        {**choice, "message": {**choice["message"], "content": ("la " * tokens * 2)[: tokens * 4]}}
+        for choice in body["choices"]
+    ]
+    completion = tokens * len(choices)
+    usage = {
+        **body["usage"],
+        "completion_tokens": completion,
+        "total_tokens": body["usage"]["prompt_tokens"] + completion,
+    }
+    return {**body, "choices": choices, "usage": usage}
+
+
 def _is_tokens(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
 
@@ -267,6 +282,11 @@ class OpenAIDriver:
         try:
             if job.endpoint == CHAT:
                 body = chat_completion(item.body, state.models, item.custom_id, state.clock.ts())
+                runaway = state.faults.runaway_output_tokens
+                if runaway and not (
+                    _positive_int(item.body, "max_tokens") or _positive_int(item.body, "max_completion_tokens")
+                ):
+                    body = _ramble(body, runaway)
                 output = body["usage"]["completion_tokens"]
             else:
                 body, output = embeddings(item.body, state.models), 0

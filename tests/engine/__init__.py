@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.simulator import SimulatorCluster
 from gateway.simulator.openai_protocol import chat_completion, embeddings
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, simulated_provider_env
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -243,3 +244,81 @@ def worker_process(gateway: GatewayProcess, name: str, **env: str) -> GatewayPro
         port=gateway.port,
         extra_env={**gateway.extra_env, "BATCHGW_BLOB_DIR": blobs, **env},
     )
+
+
+# --- two providers selling one model at different prices (routing, failover, spend) ------------------------
+
+CHEAP = {"batch": (0.075, 0.30), "sync": (0.15, 0.60)}
+PRICEY = {"batch": (1.25, 5.00), "sync": (2.50, 10.00)}
+ROUTING_ENV = {
+    "BATCHGW_ROUTING__SUBMIT_RETRY_BASE_S": "0.2",
+    "BATCHGW_ROUTING__CIRCUIT_FAILURE_THRESHOLD": "2",
+    "BATCHGW_ROUTING__CIRCUIT_COOLDOWN_S": "600",
+    "BATCHGW_ROUTING__PROVIDER_DOWN_FAILOVER_S": "2",
+}
+
+
+def write_catalog(folder: Path, prices: dict[str, dict[str, tuple[float, float]]], model: str = "gpt-4o-mini") -> Path:
+    """A catalog in which each named provider sells ``model`` at its sync and batch prices."""
+    lines = ["schema_version = 1", "", f'[models."{model}"]', ""]
+    for provider, rates in prices.items():
+        lines += [
+            f'[[models."{model}".offers]]',
+            f'provider = "{provider}"',
+            f'provider_model = "{model}"',
+            'modes = ["batch", "sync"]',
+            f"input_per_mtok = {rates['sync'][0]}",
+            f"output_per_mtok = {rates['sync'][1]}",
+            f"batch_input_per_mtok = {rates['batch'][0]}",
+            f"batch_output_per_mtok = {rates['batch'][1]}",
+            'source = "test prices"',
+            "as_of = 2026-12-01",
+            "",
+        ]
+    path = folder / "catalog.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def start_gateway(
+    factory: Any,
+    cluster: SimulatorCluster,
+    folder: Path,
+    *,
+    cheap: str = "steady",
+    pricey: str = "fast",
+    limits: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> GatewayProcess:
+    """A gateway with providers ``cheap`` and ``pricey`` on two emulators, both serving gpt-4o-mini."""
+    providers = {
+        "cheap": {"emulator": cheap, "models": {"gpt-4o-mini": "gpt-4o-mini"}, "limits": limits or {}},
+        "pricey": {"emulator": pricey, "models": {"gpt-4o-mini": "gpt-4o-mini"}, "limits": limits or {}},
+    }
+    catalog = write_catalog(folder, {"cheap": CHEAP, "pricey": PRICEY})
+    gateway_env = (
+        simulated_provider_env(cluster, folder, providers) | ROUTING_ENV | {"BATCHGW_CATALOG__FILE": str(catalog)}
+    )
+    return factory(gateway_env | (env or {})).start()  # type: ignore[no-any-return]
+
+
+def admin(gateway: GatewayProcess, path: str) -> Any:
+    """GET an admin endpoint of the gateway; returns the decoded answer."""
+    response = httpx.get(
+        f"{gateway.base_url}/admin{path}", headers={"Authorization": "Bearer test-admin-key"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def expected_cost(outcome: Outcome, rates: dict[str, tuple[float, float]]) -> float:
+    """Cost of the output lines at the batch rate of the provider each line names."""
+    total = 0.0
+    for line in outcome.output.values():
+        usage = line["response"]["body"]["usage"]
+        rate_in, rate_out = rates[line["provider"]]
+        total += (usage["prompt_tokens"] * rate_in + usage["completion_tokens"] * rate_out) / 1_000_000
+    return total
+
+
+BATCH_RATES = {"cheap": CHEAP["batch"], "pricey": PRICEY["batch"]}

@@ -165,22 +165,25 @@ def test_shuffled_provider_output_is_joined_on_custom_id(client: openai.OpenAI, 
     assert_all_succeeded(outcome, requests, "gpt-4o-mini")
 
 
-def test_provider_expiry_keeps_finished_lines_and_reports_the_rest_expired(
+def test_provider_expiry_keeps_finished_lines_and_requeues_the_rest(
     client: openai.OpenAI, simulator: SimulatorCluster
 ) -> None:
+    # Every provider batch expires half-way: 20 -> 10 done, the other 10 requeued -> 5 done, the last
+    # 5 requeued -> 3 done; after the third try (routing.max_request_attempts) 2 end as expired.
     set_faults(simulator, "fast", expire=True, expire_after_fraction=0.5)
     requests = chat_requests(20)
     batch = wait_for(client, submit(client, requests).id)
-    assert batch.status == "expired" and batch.expired_at is not None
+    assert batch.status == "completed"
     outcome = collect(client, batch)
-    finished = requests[:10]
+    finished = requests[:18]
     assert set(outcome.output) == {r["custom_id"] for r in finished}
     input_tokens, output_tokens = assert_succeeded(outcome, finished, "gpt-4o-mini")
-    assert set(outcome.errors) == {r["custom_id"] for r in requests[10:]}
+    assert set(outcome.errors) == {r["custom_id"] for r in requests[18:]}
     assert all(line["error"]["code"] == "batch_expired" for line in outcome.errors.values())
     assert batch.request_counts is not None and batch.usage is not None
-    assert (batch.request_counts.completed, batch.request_counts.failed) == (10, 10)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (18, 2)
     assert (batch.usage.input_tokens, batch.usage.output_tokens) == (input_tokens, output_tokens)
+    assert len(batch_creates(emulator_log(simulator, "fast"))) == 3
 
 
 def test_gateway_completion_window_passing_expires_the_batch(

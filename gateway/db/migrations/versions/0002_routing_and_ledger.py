@@ -85,6 +85,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("estimated_cost_usd", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("list_cost_usd", sa.Float(), nullable=False, server_default="0"))
+        batch_op.add_column(sa.Column("providers", sqlmodel.sql.sqltypes.AutoString(length=1024), nullable=True))
 
     with op.batch_alter_table("shards", schema=None) as batch_op:
         batch_op.add_column(
@@ -93,6 +94,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("parent_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True))
         batch_op.add_column(sa.Column("generation", sa.Integer(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("pinned", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch_op.add_column(sa.Column("canary", sa.Boolean(), nullable=False, server_default=sa.false()))
         batch_op.add_column(sa.Column("result_moved", sa.Integer(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("estimated_output_tokens", sa.BigInteger(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("input_per_mtok", sa.Float(), nullable=False, server_default="0"))
@@ -115,12 +117,14 @@ def downgrade() -> None:
         batch_op.drop_column("input_per_mtok")
         batch_op.drop_column("estimated_output_tokens")
         batch_op.drop_column("result_moved")
+        batch_op.drop_column("canary")
         batch_op.drop_column("pinned")
         batch_op.drop_column("generation")
         batch_op.drop_column("parent_id")
         batch_op.drop_column("mode")
 
     with op.batch_alter_table("batches", schema=None) as batch_op:
+        batch_op.drop_column("providers")
         batch_op.drop_column("list_cost_usd")
         batch_op.drop_column("cost_usd")
         batch_op.drop_column("estimated_cost_usd")

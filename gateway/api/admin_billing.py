@@ -1,0 +1,238 @@
+"""Admin billing API (guarded by the admin key): spend from the ledger, budgets, billing alerts."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, delete, get, post, put
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.params import Body, Parameter
+
+from gateway.api.auth import require_admin
+from gateway.api.errors import bad_request, not_found
+from gateway.billing import budgets
+from gateway.billing.alerts import alert_view
+from gateway.billing.budgets import PERIODS, BudgetStatus
+from gateway.context import GatewayContext
+from gateway.db import billing as db
+from gateway.db.models import BillingAlert, WebhookDelivery
+
+MAX_BUCKETS = 10_000
+MAX_LIMIT_USD = 1e9
+MAX_THRESHOLDS = 20
+MAX_THRESHOLD = 10.0
+_DEFAULT_RANGE_S = {"hour": 2 * 86400, "day": 30 * 86400}
+
+
+class BudgetIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``PUT /admin/budgets``: create the budget of a scope and period, or replace it."""
+
+    scope: str
+    """'global' (all teams together) or 'team:<team name>'."""
+    period: str
+    """'day' or 'month': UTC calendar periods."""
+    limit_usd: float
+    """The limit in USD for one period (> 0)."""
+    hard: bool = False
+    """Refuse new batches (429) and pause the team's queued shards once spent."""
+    thresholds: list[float] | None = None
+    """Fractions of the limit that raise an alert; default from settings (0.5, 0.8, 1.0)."""
+
+
+def budget_view(status: BudgetStatus) -> dict[str, Any]:
+    """A budget with its current period's spend, reservations and utilisation."""
+    budget = status.budget
+    scope = "global" if budget.team_id is None else f"team:{status.team_name or budget.team_id}"
+    return {
+        "id": budget.id,
+        "object": "budget",
+        "scope": scope,
+        "team_id": budget.team_id,
+        "period": budget.period,
+        "limit_usd": budget.limit_usd,
+        "hard": budget.hard,
+        "thresholds": budget.thresholds,
+        "period_start": status.period_start,
+        "period_end": status.period_end,
+        "spent_usd": status.spent_usd,
+        "reserved_usd": status.reserved_usd,
+        "remaining_usd": max(0.0, budget.limit_usd - status.spent_usd - status.reserved_usd),
+        "utilisation": status.utilisation,
+        "exhausted": status.exhausted,
+        "created_at": budget.created_at,
+        "updated_at": budget.updated_at,
+    }
+
+
+def _alert_with_delivery(alert: BillingAlert, delivery: WebhookDelivery | None) -> dict[str, Any]:
+    webhook = None
+    if delivery is not None:
+        webhook = {
+            "state": delivery.state,
+            "attempts": delivery.attempts,
+            "delivered_at": delivery.delivered_at,
+            "last_error": delivery.last_error,
+        }
+    return alert_view(alert) | {"object": "billing_alert", "webhook": webhook}
+
+
+def _checked_budget(body: BudgetIn, default_thresholds: list[float]) -> tuple[str | None, list[float]]:
+    """The team name of the scope (None: global) and the thresholds; 400 on anything invalid."""
+    scope = body.scope.strip()
+    team: str | None = None
+    if scope.startswith("team:") and scope[5:].strip():
+        team = scope[5:].strip()
+    elif scope != "global":
+        raise bad_request(f"Invalid 'scope': {body.scope!r}. Use 'global' or 'team:<team name>'.", param="scope")
+    if body.period not in PERIODS:
+        raise bad_request(f"Invalid 'period': {body.period!r}. Use 'day' or 'month'.", param="period")
+    if not math.isfinite(body.limit_usd) or not 0 < body.limit_usd <= MAX_LIMIT_USD:
+        raise bad_request("'limit_usd' must be a number above 0 (USD per period).", param="limit_usd")
+    thresholds = default_thresholds if body.thresholds is None else body.thresholds
+    if len(thresholds) > MAX_THRESHOLDS:
+        raise bad_request(f"'thresholds' may hold at most {MAX_THRESHOLDS} values.", param="thresholds")
+    for value in thresholds:
+        if not math.isfinite(value) or not 0 < value <= MAX_THRESHOLD:
+            raise bad_request(
+                f"Each threshold is a fraction of the limit above 0 and at most {MAX_THRESHOLD:g}; got {value!r}.",
+                param="thresholds",
+            )
+    return team, thresholds
+
+
+class AdminBillingController(Controller):
+    """``/admin``: spend, budgets and billing alerts; every route needs the admin key."""
+
+    path = "/admin"
+    dependencies = {"_admin": Provide(require_admin)}
+    tags = ["billing"]
+
+    @get("/spend", summary="Spend from the ledger by time bucket and provider, model or team")
+    async def spend(
+        self,
+        state: State,
+        _admin: None,
+        group_by: Annotated[str, Parameter(description="'provider', 'model' or 'team'.")] = "provider",
+        bucket: Annotated[str, Parameter(description="'hour' or 'day' (UTC).")] = "day",
+        since: Annotated[
+            float | None, Parameter(description="Unix seconds; default 2 days (hour) or 30 days back.")
+        ] = None,
+        until: Annotated[float | None, Parameter(description="Unix seconds, exclusive; default now.")] = None,
+    ) -> dict[str, Any]:
+        """Cost, list-price cost, savings, requests and tokens per bucket and key, with totals."""
+        context: GatewayContext = state.context
+        if group_by not in db.SPEND_GROUPS:
+            raise bad_request(f"Invalid 'group_by': {group_by!r}. Use provider, model or team.", param="group_by")
+        if bucket not in db.BUCKET_SECONDS:
+            raise bad_request(f"Invalid 'bucket': {bucket!r}. Use hour or day.", param="bucket")
+        end = time.time() if until is None else until
+        start = end - _DEFAULT_RANGE_S[bucket] if since is None else since
+        if not (math.isfinite(start) and math.isfinite(end)) or start >= end:
+            raise bad_request("'since' must be before 'until' (Unix seconds).", param="since")
+        if (end - start) / db.BUCKET_SECONDS[bucket] > MAX_BUCKETS:
+            raise bad_request(f"The range holds more than {MAX_BUCKETS} {bucket} buckets; narrow it.", param="since")
+        async with context.sessions() as session:
+            rows = await db.spend_by(session, group_by, bucket, start, end)
+        data = [
+            {
+                "bucket_start": r.bucket_start,
+                "key": r.key,
+                "cost_usd": r.cost_usd,
+                "list_cost_usd": r.list_cost_usd,
+                "savings_usd": round(r.list_cost_usd - r.cost_usd, 10),
+                "requests": r.requests,
+                "input_tokens": r.input_tokens,
+                "output_tokens": r.output_tokens,
+            }
+            for r in rows
+        ]
+        cost = sum(r.cost_usd for r in rows)
+        list_cost = sum(r.list_cost_usd for r in rows)
+        totals = {
+            "cost_usd": cost,
+            "list_cost_usd": list_cost,
+            "savings_usd": round(list_cost - cost, 10),
+            "requests": sum(r.requests for r in rows),
+            "input_tokens": sum(r.input_tokens for r in rows),
+            "output_tokens": sum(r.output_tokens for r in rows),
+        }
+        query = {"group_by": group_by, "bucket": bucket, "since": start, "until": end}
+        return {"object": "list", "data": data, "totals": totals, "query": query}
+
+    @get("/budgets", summary="Budgets with current spend, reservations and utilisation")
+    async def list_budgets(self, state: State, _admin: None) -> dict[str, Any]:
+        """Every budget; spent and reserved are for the current UTC day or month."""
+        context: GatewayContext = state.context
+        async with context.sessions() as session:
+            statuses = await budgets.budget_statuses(session)
+        return {"object": "list", "data": [budget_view(s) for s in statuses]}
+
+    @put("/budgets", status_code=200, summary="Create or replace the budget of a scope and period")
+    async def put_budget(
+        self,
+        state: State,
+        _admin: None,
+        data: Annotated[BudgetIn, Body(description="One budget per scope and period; a second PUT replaces it.")],
+    ) -> dict[str, Any]:
+        """Raising a hard budget resumes the team's paused work within seconds."""
+        context: GatewayContext = state.context
+        team, thresholds = _checked_budget(data, context.settings.billing.default_thresholds)
+        async with context.sessions() as session:
+            team_id: str | None = None
+            if team is not None:
+                found = await db.team_by_name(session, team)
+                if found is None:
+                    raise not_found("team", team, param="scope")
+                team_id = found.id
+            budget = await budgets.set_budget(session, team_id, data.period, data.limit_usd, data.hard, thresholds)
+            await session.commit()
+            status = await budgets.status_of(session, budget, team)
+        return budget_view(status)
+
+    @delete("/budgets/{budget_id:int}", status_code=200, summary="Delete a budget")
+    async def delete_budget(self, state: State, _admin: None, budget_id: int) -> dict[str, Any]:
+        """Its alerts stay."""
+        context: GatewayContext = state.context
+        async with context.sessions() as session:
+            deleted = await db.delete_budget(session, budget_id)
+            await session.commit()
+        if not deleted:
+            raise not_found("budget", str(budget_id))
+        return {"id": budget_id, "object": "budget.deleted", "deleted": True}
+
+    @get("/alerts", summary="Billing alerts, newest first")
+    async def list_alerts(
+        self,
+        state: State,
+        _admin: None,
+        acknowledged: Annotated[bool | None, Parameter(description="Only (un)acknowledged alerts.")] = None,
+        limit: Annotated[int, Parameter(description="1 to 500.")] = 50,
+    ) -> dict[str, Any]:
+        """Budget thresholds crossed and cost anomalies, with their webhook delivery state."""
+        context: GatewayContext = state.context
+        if not 1 <= limit <= 500:
+            raise bad_request("'limit' must be between 1 and 500.", param="limit")
+        async with context.sessions() as session:
+            alerts = await db.list_alerts(session, acknowledged, limit)
+            deliveries = await db.deliveries_of(session, [a.id for a in alerts if a.id is not None])
+        data = [_alert_with_delivery(a, deliveries.get(a.id or 0)) for a in alerts]
+        return {"object": "list", "data": data}
+
+    @post("/alerts/{alert_id:int}/ack", status_code=200, summary="Acknowledge an alert")
+    async def ack_alert(self, state: State, _admin: None, alert_id: int) -> dict[str, Any]:
+        """Marks the alert seen; acknowledging twice keeps the first time."""
+        context: GatewayContext = state.context
+        async with context.sessions() as session:
+            alert = await db.get_alert(session, alert_id)
+            if alert is None:
+                raise not_found("alert", str(alert_id))
+            if alert.acknowledged_at is None:
+                alert.acknowledged_at = time.time()
+                session.add(alert)
+                await session.commit()
+            delivery = await db.delivery_of(session, alert_id)
+        return _alert_with_delivery(alert, delivery)

@@ -1,0 +1,190 @@
+"""Admin actions for operators: cancel any team's batch, retry its failed requests, download its files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from litestar import Controller, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.response import Stream
+
+from gateway.api.auth import require_admin
+from gateway.api.batches import METADATA_MAX_PAIRS
+from gateway.api.errors import APIError, not_found
+from gateway.api.objects import batch_object
+from gateway.context import GatewayContext
+from gateway.db import repo
+from gateway.db.models import Batch, StoredFile, new_id, now_s
+from gateway.storage import BlobStore
+
+FINISHED = ("completed", "failed", "expired", "cancelled")
+RETRY_OF_KEY = "retry_of"
+
+
+def failed_custom_ids(error_file: Path) -> set[str]:
+    """The ``custom_id`` of every line of a batch's error file."""
+    ids: set[str] = set()
+    with error_file.open("rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                custom_id = json.loads(raw).get("custom_id")
+                if isinstance(custom_id, str):
+                    ids.add(custom_id)
+    return ids
+
+
+def copy_selected_lines(source: Path, target: Path, wanted: set[str]) -> tuple[int, int]:
+    """Copy the input lines whose ``custom_id`` is in ``wanted``, byte for byte; return (lines, bytes)."""
+    lines = size = 0
+    with source.open("rb") as reader, target.open("wb") as writer:
+        for raw in reader:
+            if not raw.strip():
+                continue
+            try:
+                custom_id = json.loads(raw).get("custom_id")
+            except (ValueError, AttributeError):
+                continue
+            if custom_id in wanted:
+                line = raw if raw.endswith(b"\n") else raw + b"\n"
+                writer.write(line)
+                lines += 1
+                size += len(line)
+    return lines, size
+
+
+def _build_retry_input(blobs: BlobStore, input_key: str, error_key: str, target_key: str) -> tuple[int, int]:
+    with blobs.local_path(error_key) as error_path:
+        wanted = failed_custom_ids(error_path)
+    if not wanted:
+        return 0, 0
+    with blobs.local_path(input_key) as input_path, blobs.writer_path(target_key) as target:
+        return copy_selected_lines(input_path, target, wanted)
+
+
+def _safe_name(filename: str, fallback: str) -> str:
+    return "".join(c for c in filename if c.isalnum() or c in "._-")[:200] or fallback
+
+
+def _retry_metadata(original: dict[str, str] | None, batch_id: str) -> dict[str, str]:
+    metadata = {k: v for k, v in (original or {}).items() if k != RETRY_OF_KEY}
+    if len(metadata) < METADATA_MAX_PAIRS:
+        metadata[RETRY_OF_KEY] = batch_id
+    return metadata
+
+
+class AdminOpsController(Controller):
+    """``/admin``: actions on any team's batches and files; every route needs the admin key."""
+
+    path = "/admin"
+    dependencies = {"_admin": Provide(require_admin)}
+    tags = ["admin"]
+
+    @post("/batches/{batch_id:str}/cancel", status_code=200, summary="Cancel any team's batch")
+    async def cancel(self, state: State, _admin: None, batch_id: str) -> dict[str, Any]:
+        """Same semantics as the client cancel: finished requests keep their results; 409 once finished."""
+        context: GatewayContext = state.context
+        async with context.sessions() as session:
+            row = await repo.get_batch(session, None, batch_id)
+            if row is None:
+                raise not_found("batch", batch_id)
+            if row.status not in ("cancelling", "cancelled"):
+                changed = await repo.request_cancel(session, row)
+                await session.commit()
+                await session.refresh(row)
+                if not changed and row.status not in ("cancelling", "cancelled"):
+                    raise APIError(
+                        409, f"Cannot cancel a batch with status '{row.status}'.", code="batch_not_cancellable"
+                    )
+        context.work_available.set()
+        return batch_object(row) | {"team_id": row.team_id, "stage": row.stage}
+
+    @post("/batches/{batch_id:str}/retry", status_code=201, summary="Retry a batch's failed requests")
+    async def retry(self, state: State, _admin: None, batch_id: str) -> dict[str, Any]:
+        """A new batch for the same team whose input is the original lines of the requests that failed."""
+        context: GatewayContext = state.context
+        async with context.sessions() as session:
+            original = await repo.get_batch(session, None, batch_id)
+            if original is None:
+                raise not_found("batch", batch_id)
+            if original.status not in FINISHED:
+                raise APIError(
+                    409,
+                    f"Batch '{batch_id}' is still '{original.status}': retry its failed requests once it has finished.",
+                    code="batch_not_finished",
+                )
+            if not original.error_file_id:
+                raise APIError(409, f"Batch '{batch_id}' has no failed requests to retry.", code="nothing_to_retry")
+            input_file = await repo.get_file(session, original.team_id, original.input_file_id)
+            error_file = await repo.get_file(session, original.team_id, original.error_file_id)
+        if input_file is None or error_file is None or not context.blobs.exists(input_file.storage_key):
+            raise APIError(
+                409, f"The input or error file of batch '{batch_id}' is no longer stored.", code="content_missing"
+            )
+        file_id = new_id("file-")
+        key = f"files/{file_id}"
+        lines, size = await asyncio.to_thread(
+            _build_retry_input, context.blobs, input_file.storage_key, error_file.storage_key, key
+        )
+        if lines == 0:
+            context.blobs.delete(key)
+            raise APIError(
+                409,
+                f"None of the failed requests of batch '{batch_id}' were found in its input file.",
+                code="nothing_to_retry",
+            )
+        created_at = now_s()
+        window_s = (original.expires_at or created_at) - original.created_at
+        new_file = StoredFile(
+            id=file_id,
+            team_id=original.team_id,
+            filename=f"{batch_id}_retry.jsonl",
+            purpose="batch",
+            bytes=size,
+            created_at=created_at,
+            expires_at=input_file.expires_at,
+            storage_key=key,
+            line_count=lines,
+        )
+        batch = Batch(
+            team_id=original.team_id,
+            input_file_id=file_id,
+            endpoint=original.endpoint,
+            completion_window=original.completion_window,
+            metadata_=_retry_metadata(original.metadata_, batch_id),
+            created_at=created_at,
+            expires_at=created_at + max(window_s, 0),
+        )
+        try:
+            async with context.sessions() as session:
+                session.add(new_file)
+                await session.flush()
+                session.add(batch)
+                await session.commit()
+        except BaseException:
+            context.blobs.delete(key)
+            raise
+        context.work_available.set()
+        return batch_object(batch) | {"team_id": batch.team_id, "stage": batch.stage, "retry_of": batch_id}
+
+    @get("/files/{file_id:str}/content", summary="Download any team's file")
+    async def file_content(self, state: State, _admin: None, file_id: str) -> Stream:
+        """Stream the bytes of an input, output or error file of any team."""
+        context: GatewayContext = state.context
+        async with context.sessions() as session:
+            row = await repo.get_file_any_team(session, file_id)
+        if row is None:
+            raise not_found("file", file_id)
+        if not context.blobs.exists(row.storage_key):
+            raise APIError(404, f"The content of file '{file_id}' is no longer stored.", code="content_missing")
+        return Stream(
+            context.blobs.iter_bytes(row.storage_key),
+            media_type="application/octet-stream",
+            headers={
+                "content-length": str(row.bytes),
+                "content-disposition": f'attachment; filename="{_safe_name(row.filename, file_id)}"',
+            },
+        )

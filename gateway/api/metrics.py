@@ -1,0 +1,49 @@
+"""``GET /metrics``: Prometheus text exposition. Open to scrapers: it holds no secrets."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from litestar import Response, get
+from litestar.datastructures import State
+
+from gateway import metrics
+from gateway.billing.budgets import budget_statuses
+from gateway.context import GatewayContext
+from gateway.db.stats import BudgetUse, MetricsSnapshot, metrics_snapshot
+
+log = logging.getLogger(__name__)
+
+
+@get("/metrics", include_in_schema=False, sync_to_thread=False)
+async def metrics_endpoint(state: State) -> Response[bytes]:
+    """This process's counters and histograms plus state gauges read from the database now."""
+    context: GatewayContext = state.context
+    snapshot: MetricsSnapshot | None
+    try:
+        snapshot = await read_snapshot(context, time.time())
+    except Exception:
+        log.warning("metrics: the database could not be read; state gauges left out", exc_info=True)
+        snapshot = None
+    body = metrics.render(snapshot, (adapter.name for adapter in context.providers))
+    return Response(body, media_type="text/plain", headers={"content-type": metrics.CONTENT_TYPE})
+
+
+async def read_snapshot(context: GatewayContext, now: float) -> MetricsSnapshot:
+    """Every state gauge's value, budgets counted exactly as the billing package counts them."""
+    async with context.sessions() as session:
+        snapshot = await metrics_snapshot(session, now)
+        statuses = await budget_statuses(session, now)
+    budgets = [
+        BudgetUse(
+            scope=f"team:{status.team_name or status.budget.team_id}" if status.budget.team_id else "global",
+            period=status.budget.period,
+            limit_usd=status.budget.limit_usd,
+            spent_usd=status.spent_usd,
+            utilization=status.utilisation,
+        )
+        for status in statuses
+    ]
+    return dataclasses.replace(snapshot, budgets=budgets)

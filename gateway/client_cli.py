@@ -1,0 +1,376 @@
+"""``batchgw submit``, ``batchgw ls`` and ``batchgw status``: the client side, for people who just want results.
+
+These commands talk to a running gateway through its public API with the official ``openai`` SDK, exactly
+as any client would; they never touch the database. The gateway URL and key come from ``--base-url`` /
+``BATCHGW_BASE_URL`` and ``--api-key`` / ``BATCHGW_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types import Batch
+    from rich.console import Console
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+POLL_S = 1.0
+EXIT_INTERRUPTED = 130
+ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+
+BaseUrl = Annotated[str, typer.Option("--base-url", envvar="BATCHGW_BASE_URL", help="The gateway's /v1 URL.")]
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", envvar="BATCHGW_API_KEY", help="Client key (prefer BATCHGW_API_KEY).")
+]
+Out = Annotated[
+    Path | None,
+    typer.Option("--out", dir_okay=False, help="Write the merged results (output and error lines, input order) here."),
+]
+
+
+class ClientError(Exception):
+    """A failure the user can act on; printed without a traceback."""
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    _console(stderr=True).print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _client(base_url: str, api_key: str | None) -> openai.OpenAI:
+    import openai
+
+    if not api_key:
+        _fail("no API key: pass --api-key or set BATCHGW_API_KEY (create one with `batchgw keys create`)", 2)
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=120.0)
+
+
+@contextlib.contextmanager
+def _clear_errors(base_url: str) -> Iterator[None]:
+    """Turn SDK and file errors into one-line messages and a non-zero exit code."""
+    import openai
+
+    try:
+        yield
+    except openai.APIConnectionError:
+        _fail(f"cannot reach the gateway at {base_url} (is `batchgw serve` running? see --base-url)")
+    except openai.AuthenticationError:
+        _fail(f"the gateway at {base_url} refused the API key (401): check --api-key / BATCHGW_API_KEY")
+    except openai.APIStatusError as exc:
+        _fail(f"the gateway answered {exc.status_code}: {_error_message(exc)}")
+    except (ClientError, OSError) as exc:
+        _fail(str(exc))
+
+
+def _error_message(exc: Any) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body) if isinstance(body, dict) else {}
+    return str(error.get("message") or exc.message) if isinstance(error, dict) else str(exc.message)
+
+
+def submit(
+    file: Annotated[Path, typer.Argument(help="Batch input, one JSON request per line (OpenAI batch format).")],
+    model: Annotated[str | None, typer.Option("--model", help="Set body.model of every request to this.")] = None,
+    policy: Annotated[str | None, typer.Option("--policy", help="Routing policy (batch metadata `policy`).")] = None,
+    max_cost: Annotated[
+        str | None, typer.Option("--max-cost", metavar="USD", help="Spend cap in USD (metadata `max_cost_usd`).")
+    ] = None,
+    endpoint: Annotated[str, typer.Option("--endpoint", help=f"One of {', '.join(ENDPOINTS)}.")] = ENDPOINTS[0],
+    completion_window: Annotated[str, typer.Option("--completion-window", help="e.g. 24h.")] = "24h",
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the batch ends.")] = False,
+    out: Out = None,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Upload FILE through the gateway's API and create a batch; with --wait, follow it and write --out."""
+    if not file.is_file():
+        _fail(f"input file not found: {file}", 2)
+    if endpoint not in ENDPOINTS:
+        _fail(f"--endpoint must be one of {', '.join(ENDPOINTS)}", 2)
+    metadata = {"policy": policy} if policy else {}
+    if max_cost is not None:
+        metadata["max_cost_usd"] = _parse_usd(max_cost)
+    client = _client(base_url, api_key)
+    console = _console()
+    try:
+        with _clear_errors(base_url):
+            with _upload_source(file, model) as source:
+                upload = client.files.create(file=(file.name, source), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=upload.id,
+                endpoint=endpoint,  # type: ignore[arg-type]
+                completion_window=completion_window,  # type: ignore[arg-type]
+                metadata=metadata,
+            )
+    except KeyboardInterrupt:
+        _fail("interrupted before the batch was created; nothing runs", EXIT_INTERRUPTED)
+    console.print(f"batch [bold]{batch.id}[/] created ({batch.status}) from {file} as {upload.id}")
+    if not (wait or out):
+        console.print(f"follow it with: batchgw status {batch.id} --wait --out results.jsonl")
+        return
+    _wait_and_collect(client, batch.id, out, base_url)
+
+
+def _parse_usd(text: str) -> str:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        _fail(f"--max-cost must be an amount in USD, got {text!r}", 2)
+    if not value.is_finite() or value <= 0:
+        _fail(f"--max-cost must be a positive amount in USD, got {text!r}", 2)
+    return str(value)
+
+
+@contextlib.contextmanager
+def _upload_source(file: Path, model: str | None) -> Iterator[Any]:
+    """The file to upload: FILE itself, or a copy with body.model rewritten line by line (flat memory)."""
+    if model is None:
+        with file.open("rb") as handle:
+            yield handle
+        return
+    with tempfile.TemporaryFile() as copy:
+        with file.open("rb") as source:
+            for line in source:
+                copy.write(_with_model(line, model))
+        copy.seek(0)
+        yield copy
+
+
+def _with_model(line: bytes, model: str) -> bytes:
+    """``line`` with body.model set; a line that is not a request object is kept for the gateway to report."""
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(request, dict) or not isinstance(request.get("body"), dict):
+        return line
+    request["body"]["model"] = model
+    return json.dumps(request, ensure_ascii=False).encode() + b"\n"
+
+
+def status(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch id.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the batch ends.")] = False,
+    out: Out = None,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Show one batch; with --wait, follow it to its end and write the merged results to --out."""
+    client = _client(base_url, api_key)
+    if wait or out:
+        _wait_and_collect(client, batch_id, out, base_url)
+        return
+    with _clear_errors(base_url):
+        batch = client.batches.retrieve(batch_id)
+    _console().print(_batch_table(batch))
+
+
+def ls(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100, help="How many of the newest batches.")] = 20,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """List your newest batches."""
+    from rich import box
+    from rich.table import Column, Table
+
+    client = _client(base_url, api_key)
+    with _clear_errors(base_url):
+        page = client.batches.list(limit=limit)
+    if not page.data:
+        _console().print("no batches yet")
+        return
+    table = Table(
+        Column("id", no_wrap=True, min_width=30),
+        Column("status", no_wrap=True),
+        Column("requests", no_wrap=True),
+        "providers",
+        Column("cost", no_wrap=True),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for batch in page.data:
+        meta = batch.metadata or {}
+        table.add_row(
+            batch.id,
+            batch.status,
+            _requests(batch),
+            meta.get("gateway_providers") or "-",
+            _usd(meta.get("gateway_cost_usd")),
+        )
+    _console().print(table)
+
+
+def _requests(batch: Batch) -> str:
+    counts = batch.request_counts
+    if not counts or not counts.total:
+        return "-"
+    failed = f" ({counts.failed} failed)" if counts.failed else ""
+    return f"{counts.completed + counts.failed}/{counts.total}{failed}"
+
+
+def _time(epoch: int | None) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if epoch else "-"
+
+
+def _usd(value: str | None) -> str:
+    """A metadata amount as dollars to a hundredth of a cent; "-" when the gateway has not set it."""
+    if not value:
+        return "-"
+    try:
+        return f"${Decimal(value):,.4f}"
+    except InvalidOperation:
+        return value
+
+
+def _batch_table(batch: Batch) -> Any:
+    from rich.table import Table
+
+    counts = batch.request_counts
+    meta = dict(batch.metadata or {})
+    table = Table("field", "value", title=f"batch {batch.id}", show_header=False)
+    rows = [
+        ("status", batch.status),
+        ("endpoint", batch.endpoint),
+        ("completion window", batch.completion_window),
+        ("requests", f"{counts.completed} done, {counts.failed} failed of {counts.total}" if counts else "-"),
+        ("providers", meta.pop("gateway_providers", "") or "-"),
+        ("cost", _usd(meta.pop("gateway_cost_usd", ""))),
+        ("created", _time(batch.created_at)),
+        ("in progress", _time(batch.in_progress_at)),
+        ("finished", _time(batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at)),
+        ("input file", batch.input_file_id),
+        ("output file", batch.output_file_id or "-"),
+        ("error file", batch.error_file_id or "-"),
+        *sorted(meta.items()),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    for error in (batch.errors.data or [])[:10] if batch.errors else []:
+        table.add_row("error", f"line {error.line}: {error.message}" if error.line else str(error.message))
+    return table
+
+
+def _wait_and_collect(client: openai.OpenAI, batch_id: str, out: Path | None, base_url: str) -> None:
+    """Follow the batch with a live progress bar; Ctrl-C stops waiting but leaves the batch running."""
+    console = _console()
+    resume = f"batchgw status {batch_id} --wait" + (f" --out {out}" if out else "")
+    console.print(f"waiting for {batch_id} (Ctrl-C stops waiting; the batch keeps running)")
+    try:
+        with _clear_errors(base_url):
+            batch = _follow(client, batch_id, console)
+    except KeyboardInterrupt:
+        console.print(f"\nstopped waiting: batch {batch_id} is still running on the gateway.\nresume with: {resume}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    counts = batch.request_counts
+    summary = f"{counts.completed} done, {counts.failed} failed of {counts.total}" if counts else ""
+    console.print(f"batch {batch_id} {batch.status}: {summary}")
+    for error in (batch.errors.data or [])[:10] if batch.errors else []:
+        console.print(f"  line {error.line}: {error.message}" if error.line else f"  {error.message}")
+    if out is not None:
+        with _clear_errors(base_url):
+            written = _write_results(client, batch, out)
+        console.print(f"wrote {written} result lines to {out}")
+    if batch.status != "completed":
+        raise typer.Exit(1)
+
+
+def _follow(client: openai.OpenAI, batch_id: str, console: Console) -> Batch:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TextColumn("providers {task.fields[providers]}"),
+        TextColumn("cost {task.fields[cost]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("validating", total=None, failed=0, providers="-", cost="-")
+        while True:
+            batch = client.batches.retrieve(batch_id)
+            counts, meta = batch.request_counts, batch.metadata or {}
+            progress.update(
+                task,
+                description=batch.status,
+                total=counts.total if counts and counts.total else None,
+                completed=(counts.completed + counts.failed) if counts else 0,
+                failed=counts.failed if counts else 0,
+                providers=meta.get("gateway_providers") or "-",
+                cost=_usd(meta.get("gateway_cost_usd")),
+            )
+            if batch.status in TERMINAL:
+                return batch
+            time.sleep(POLL_S)
+
+
+def _write_results(client: openai.OpenAI, batch: Batch, out: Path) -> int:
+    """Output and error lines joined on custom_id, in the order of the batch's input file."""
+    with tempfile.TemporaryDirectory() as folder:
+        results: dict[str, tuple[Path, int]] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id:
+                path = Path(folder) / file_id
+                _download(client, file_id, path)
+                with path.open("rb") as lines:
+                    offset = 0
+                    for line in lines:
+                        if line.strip():
+                            results.setdefault(str(json.loads(line)["custom_id"]), (path, offset))
+                        offset += len(line)
+        source = Path(folder) / "input.jsonl"
+        _download(client, batch.input_file_id, source)
+        written = 0
+        handles: dict[Path, Any] = {}
+        try:
+            with source.open("rb") as requests, out.open("wb") as target:
+                for line in requests:
+                    custom_id = _custom_id(line)
+                    if custom_id is None or custom_id not in results:
+                        continue
+                    path, offset = results.pop(custom_id)
+                    handle = handles.get(path) or handles.setdefault(path, path.open("rb"))
+                    handle.seek(offset)
+                    result = handle.readline()
+                    target.write(result if result.endswith(b"\n") else result + b"\n")
+                    written += 1
+        finally:
+            for handle in handles.values():
+                handle.close()
+        if results:
+            raise ClientError(f"{len(results)} result lines match no request of the input file")
+        return written
+
+
+def _custom_id(line: bytes) -> str | None:
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return None
+    return str(request["custom_id"]) if isinstance(request, dict) and "custom_id" in request else None
+
+
+def _download(client: openai.OpenAI, file_id: str, path: Path) -> None:
+    with client.files.with_streaming_response.content(file_id) as response, path.open("wb") as target:
+        for chunk in response.iter_bytes():
+            target.write(chunk)

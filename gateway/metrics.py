@@ -1,0 +1,278 @@
+"""Every Prometheus metric of the gateway, defined here and nowhere else.
+
+Two kinds of metric:
+
+* **Events** (counters, histograms) live in the process that saw the event and are counted once
+  there; with several gateway processes, Prometheus sums them across its scrape targets.
+* **State** (gauges such as batches by status, budget use, circuit state) is computed from the
+  shared database when ``/metrics`` is scraped, so every process reports the same, correct values.
+  :func:`render` joins the process's counters with such a :class:`~gateway.db.stats.MetricsSnapshot`.
+
+Label values are short, bounded vocabularies (provider and model names from configuration, team
+names, outcome and cause codes): never ids, messages or anything secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.db.stats import BATCH_STATUSES, CIRCUIT_STATES, SHARD_STATES, MetricsSnapshot
+
+disable_created_metrics()  # no *_created series: they double the exposition and no rule or panel reads them
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""The text exposition format's content type (``text/plain; version=0.0.4; charset=utf-8``)."""
+
+TURNAROUND_BUCKETS = (
+    1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 259200, 604800,
+)  # fmt: skip
+"""Seconds: from one second to a week, the longest completion window a batch may have."""
+
+REQUEST_OUTCOMES = ("succeeded", "failed", "expired", "cancelled", "retried")
+"""Values of the ``outcome`` label of :data:`REQUESTS`."""
+
+ALERT_KINDS = ("budget_threshold", "anomaly")
+"""Values of the ``kind`` label of :data:`ALERTS_FIRED`."""
+
+# --- events ------------------------------------------------------------------------------------------------
+
+SPEND_USD = Counter(
+    "batchgw_spend_usd",
+    "Spend in USD recorded in the ledger, at the price of the offer that served the requests.",
+    ["provider", "model", "team"],
+)
+SAVINGS_USD = Counter(
+    "batchgw_savings_usd",
+    "USD saved against the same tokens at the synchronous list price.",
+    ["provider", "model", "team"],
+)
+REQUESTS = Counter(
+    "batchgw_requests",
+    "Requests finished by provider and outcome (succeeded, failed, expired, cancelled; retried = sent again).",
+    ["provider", "outcome"],
+)
+TOKENS = Counter(
+    "batchgw_tokens",
+    "Tokens reported by providers, by direction (input, output).",
+    ["provider", "model", "direction"],
+)
+FAILOVERS = Counter(
+    "batchgw_failovers",
+    "Work moved from one provider to another (to_provider 'none' when no provider could take it).",
+    ["from_provider", "to_provider", "cause"],
+)
+ALERTS_FIRED = Counter(
+    "batchgw_alerts_fired",
+    "Billing alerts created, by kind (budget_threshold, anomaly).",
+    ["kind"],
+)
+SHARD_TURNAROUND = Histogram(
+    "batchgw_shard_turnaround_seconds",
+    "Time from a shard's submission to the provider to its results being collected.",
+    ["provider"],
+    buckets=TURNAROUND_BUCKETS,
+)
+BATCH_TURNAROUND = Histogram(
+    "batchgw_batch_turnaround_seconds",
+    "Time from a batch's creation to its end (completed, failed, expired or cancelled).",
+    ["provider"],
+    buckets=TURNAROUND_BUCKETS,
+)
+
+for _kind in ALERT_KINDS:
+    ALERTS_FIRED.labels(kind=_kind)  # exported at 0 from the start, so increase() sees the first alert
+
+
+def prime(providers: Iterable[str]) -> None:
+    """Export each provider's request counters at 0 before its first request, so rates see every increment."""
+    for provider in providers:
+        for outcome in REQUEST_OUTCOMES:
+            REQUESTS.labels(provider=provider, outcome=outcome)
+
+
+# --- state read from the database at scrape time -----------------------------------------------------------
+
+GAUGES: dict[str, str] = {
+    "batchgw_batches": "Batches by status.",
+    "batchgw_shards": "Shards (provider batches or fan-out runs) by state and provider.",
+    "batchgw_provider_up": "1 unless the provider's circuit breaker is open.",
+    "batchgw_provider_circuit_state": "1 for the provider's current circuit state (closed, open, half_open), else 0.",
+    "batchgw_budget_limit_usd": "Limit of each budget in USD.",
+    "batchgw_budget_spent_usd": "Spend in USD counted against each budget in its current period.",
+    "batchgw_budget_utilization_ratio": "Spend in the current period divided by the budget's limit.",
+    "batchgw_reserved_budget_usd": "Estimated cost of unfinished batches not yet spent, by team.",
+    "batchgw_oldest_queued_shard_age_seconds": "Age of the oldest shard waiting to be submitted (0 when none).",
+    "batchgw_batches_past_window": "Unfinished batches whose completion window has passed.",
+    "batchgw_database_up": "1 when the scrape could read the database, else 0 (the state gauges are then absent).",
+}
+"""Name and help of every gauge :class:`SnapshotCollector` yields."""
+
+
+def _add(counter: Counter, amount: float, **labels: str) -> None:
+    if amount > 0:
+        counter.labels(**labels).inc(amount)
+    else:
+        counter.labels(**labels)  # the series exists (at 0) so that rate() and ratios see it
+
+
+def record_shard_collected(
+    *,
+    provider: str,
+    model: str,
+    team: str,
+    succeeded: int,
+    failed: int,
+    expired: int,
+    cancelled: int,
+    retried: int,
+    input_tokens: int,
+    output_tokens: int,
+    cost_usd: float,
+    list_cost_usd: float,
+    turnaround_s: float | None,
+) -> None:
+    """Count a collected shard once, after the transaction that wrote its ledger row committed.
+
+    ``team`` is the team's name; ``retried`` counts requests handed to a follow-up shard.
+    """
+    for outcome, count in zip(REQUEST_OUTCOMES, (succeeded, failed, expired, cancelled, retried), strict=True):
+        _add(REQUESTS, count, provider=provider, outcome=outcome)
+    _add(TOKENS, input_tokens, provider=provider, model=model, direction="input")
+    _add(TOKENS, output_tokens, provider=provider, model=model, direction="output")
+    _add(SPEND_USD, cost_usd, provider=provider, model=model, team=team)
+    _add(SAVINGS_USD, list_cost_usd - cost_usd, provider=provider, model=model, team=team)
+    if turnaround_s is not None:
+        SHARD_TURNAROUND.labels(provider=provider).observe(max(0.0, turnaround_s))
+
+
+def record_failover(from_provider: str, to_provider: str | None, cause: str) -> None:
+    """Count work moved off ``from_provider``; ``cause`` is a short code (e.g. 'provider_down', 'expired')."""
+    FAILOVERS.labels(from_provider=from_provider, to_provider=to_provider or "none", cause=cause).inc()
+
+
+def record_batch_finished(provider: str, turnaround_s: float) -> None:
+    """Observe a batch's turnaround once it ended (``provider``: the one that served most of it)."""
+    BATCH_TURNAROUND.labels(provider=provider).observe(max(0.0, turnaround_s))
+
+
+def record_alert_fired(kind: str) -> None:
+    """Count one new billing alert of ``kind`` ('budget_threshold' or 'anomaly')."""
+    ALERTS_FIRED.labels(kind=kind).inc()
+
+
+# --- exposition --------------------------------------------------------------------------------------------
+
+
+class SnapshotCollector(Collector):
+    """Gauges of one database snapshot (``None``: the database could not be read)."""
+
+    def __init__(self, snapshot: MetricsSnapshot | None, providers: Iterable[str] = ()) -> None:
+        self.snapshot = snapshot
+        self.providers = sorted(set(providers))
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield ``batchgw_database_up`` and, when the snapshot exists, every state gauge."""
+        up = GaugeMetricFamily("batchgw_database_up", GAUGES["batchgw_database_up"])
+        up.add_metric([], 0 if self.snapshot is None else 1)
+        yield up
+        if self.snapshot is not None:
+            yield from self._state(self.snapshot)
+
+    def _state(self, snap: MetricsSnapshot) -> Iterator[Metric]:
+        providers = sorted(set(self.providers) | set(snap.circuits) | {p for _, p in snap.shards})
+
+        batches = _gauge("batchgw_batches", ["status"])
+        for status in sorted(set(BATCH_STATUSES) | set(snap.batches)):
+            batches.add_metric([status], snap.batches.get(status, 0))
+        yield batches
+
+        shards = _gauge("batchgw_shards", ["state", "provider"])
+        for provider in providers:
+            for state in sorted(set(SHARD_STATES) | {s for s, p in snap.shards if p == provider}):
+                shards.add_metric([state, provider], snap.shards.get((state, provider), 0))
+        yield shards
+
+        up = _gauge("batchgw_provider_up", ["provider"])
+        circuit = _gauge("batchgw_provider_circuit_state", ["provider", "state"])
+        for provider in providers:
+            current = snap.circuits.get(provider, "closed")
+            up.add_metric([provider], 0 if current == "open" else 1)
+            for state in sorted(set(CIRCUIT_STATES) | {current}):
+                circuit.add_metric([provider, state], 1 if state == current else 0)
+        yield up
+        yield circuit
+
+        limit = _gauge("batchgw_budget_limit_usd", ["scope", "period"])
+        spent = _gauge("batchgw_budget_spent_usd", ["scope", "period"])
+        ratio = _gauge("batchgw_budget_utilization_ratio", ["scope", "period"])
+        for budget in snap.budgets:
+            labels = [budget.scope, budget.period]
+            limit.add_metric(labels, budget.limit_usd)
+            spent.add_metric(labels, budget.spent_usd)
+            ratio.add_metric(labels, budget.utilization)
+        yield from (limit, spent, ratio)
+
+        reserved = _gauge("batchgw_reserved_budget_usd", ["team"])
+        for team, usd in sorted(snap.reserved_usd.items()):
+            reserved.add_metric([team], usd)
+        yield reserved
+
+        oldest = _gauge("batchgw_oldest_queued_shard_age_seconds", [])
+        oldest.add_metric([], snap.oldest_queued_shard_age_s)
+        yield oldest
+
+        past = _gauge("batchgw_batches_past_window", [])
+        past.add_metric([], snap.batches_past_window)
+        yield past
+
+
+def _gauge(name: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, GAUGES[name], labels=labels)
+
+
+class _Joined(Collector):
+    """Several collectors seen as one (so one registry renders the process's and the snapshot's metrics)."""
+
+    def __init__(self, *collectors: Collector | CollectorRegistry) -> None:
+        self.collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.collectors:
+            yield from collector.collect()
+
+
+def render(snapshot: MetricsSnapshot | None, providers: Iterable[str] = ()) -> bytes:
+    """The text exposition of this process's metrics plus the snapshot's gauges."""
+    providers = list(providers)
+    prime(providers)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Joined(REGISTRY, SnapshotCollector(snapshot, providers)))
+    return generate_latest(registry)
+
+
+def serve_process_metrics(host: str, port: int) -> None:
+    """Serve this process's counters and histograms at ``http://host:port/metrics`` from a daemon thread.
+
+    For ``batchgw worker`` processes, which record events but have no API: state gauges are left to the
+    API processes, which read them from the database.
+    """
+    start_http_server(port, addr=host)
+
+
+def metric_names() -> set[str]:
+    """Every metric family name this module defines (counters without their ``_total`` suffix)."""
+    events = (SPEND_USD, SAVINGS_USD, REQUESTS, TOKENS, FAILOVERS, ALERTS_FIRED, SHARD_TURNAROUND, BATCH_TURNAROUND)
+    return set(GAUGES) | {family.name for metric in events for family in metric.describe()}

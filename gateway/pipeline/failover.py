@@ -1,0 +1,149 @@
+"""Moving requests that did not finish to where they can: retries and failover.
+
+When a shard is collected, its requests that ended with a retryable error (429, 5xx, timeouts) or
+never ran because their provider batch failed, expired at the provider, stalled or was abandoned
+are *moved*: their input lines become a follow-up shard placed by the batch's policy. A provider
+that failed the whole shard is left out of that placement (``failover``); single failed requests
+may go back to the same provider (``retry``), and so may a whole shard when no other provider serves
+its model. Requests already answered are never moved, so no
+request is answered twice. A request is tried at most ``routing.max_request_attempts`` times; a
+pinned shard moves only within its pinned provider; nothing moves once the batch is cancelled or
+its completion window has passed. When no provider can take the requests, they get error lines
+saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.context import GatewayContext
+from gateway.db.models import Batch, RoutingDecision, Shard
+from gateway.pipeline.route import Placement, ShardPlan, split_into_shards
+from gateway.routing.placement import NoUsableProvider, rank
+from router_policies.base import PolicyError
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+"""Besides every 5xx: statuses a later try may not get."""
+RETRYABLE_ERROR_CODES = frozenset(
+    {"batch_expired", "timeout", "server_error", "rate_limit_exceeded", "overloaded_error", "api_error"}
+)
+"""Error codes of result lines without an HTTP status that a later try may not get."""
+PROVIDER_FAILURES = frozenset({"failed", "expired", "cancelled", "stalled", "abandoned", "rerouted"})
+"""End reasons of a shard whose provider let it down as a whole (as opposed to single requests)."""
+
+
+def retryable(status_code: Any, error: Any) -> bool:
+    """Whether a failed result line is worth another try."""
+    if isinstance(status_code, int) and status_code > 0:
+        return status_code in RETRYABLE_STATUS or status_code >= 500
+    code = error.get("code") if isinstance(error, dict) else None
+    return code in RETRYABLE_ERROR_CODES
+
+
+def may_move(batch_stopping: bool, shard: Shard, max_attempts: int) -> bool:
+    """Whether the shard's unfinished requests may still go elsewhere."""
+    if batch_stopping or shard.end_reason == "canary_failed":
+        return False
+    return shard.end_reason == "rerouted" or shard.generation + 1 < max_attempts
+
+
+def moved_key(shard: Shard) -> str:
+    """Blob of the input lines a collected shard hands on."""
+    return f"shards/{shard.batch_id}/{shard.seq:05d}.moved.jsonl"
+
+
+@dataclass
+class Move:
+    """Where a shard's moved requests go: follow-up shards, or nowhere (``error``)."""
+
+    decision: RoutingDecision
+    plans: list[ShardPlan] = field(default_factory=list)
+    error: str | None = None
+
+    def shards(self, batch_id: str, parent: Shard, first_seq: int) -> list[Shard]:
+        """Rows for the follow-up shards, numbered from ``first_seq``."""
+        rows = []
+        # Requests moved before they were ever sent keep their count of tries.
+        generation = parent.generation + (0 if parent.end_reason == "rerouted" else 1)
+        for index, plan in enumerate(self.plans):
+            row = plan.shard(batch_id, generation=generation, parent_id=parent.id)
+            row.seq, row.canary = first_seq + index, parent.canary
+            rows.append(row)
+        return rows
+
+
+def cause_of(shard: Shard, moved: int) -> tuple[str, str, bool]:
+    """``(kind, cause, provider_failed)`` for moving ``moved`` requests off ``shard``."""
+    reason = shard.end_reason or "completed"
+    if reason in PROVIDER_FAILURES:
+        detail = f": {shard.last_error}" if shard.last_error else ""
+        return "failover", f"{shard.provider} {_REASON_TEXT.get(reason, reason)}{detail}", True
+    return "retry", f"{moved} request(s) failed at {shard.provider} with retryable errors (429, 5xx, timeouts)", False
+
+
+_REASON_TEXT = {
+    "failed": "failed the provider batch",
+    "expired": "expired the provider batch before it finished",
+    "cancelled": "cancelled the provider batch",
+    "stalled": "made no progress (stalled batch abandoned)",
+    "abandoned": "stayed unreachable (batch abandoned)",
+    "rerouted": "could not take the shard",
+}
+
+
+async def plan_move(context: GatewayContext, batch: Batch, shard: Shard, moved_path: Path, moved: int) -> Move:
+    """Rank offers for the moved requests and write the follow-up shards' inputs (rows not yet added)."""
+    kind, cause, provider_failed = cause_of(shard, moved)
+    name = f"{shard.provider}/{shard.model}" if shard.pinned else shard.model
+    share = moved / max(1, shard.request_count)
+    try:
+        resolved = context.offers.resolve(name)
+        ranked = functools.partial(
+            rank,
+            context,
+            batch,
+            resolved,
+            requests=moved,
+            input_tokens=int(shard.estimated_input_tokens * share),
+            output_tokens=int(shard.estimated_output_tokens * share),
+            kind=kind,
+            cause=cause,
+            shard_id=shard.id,
+            single=True,
+        )
+        try:
+            ranking = await ranked(exclude=frozenset({shard.provider}) if provider_failed else frozenset())
+        except NoUsableProvider:
+            if not provider_failed:
+                raise
+            # Nobody else serves it: the same provider again, if it is still usable.
+            ranking = await ranked()
+    except (LookupError, NoUsableProvider, PolicyError) as exc:
+        decision = RoutingDecision(
+            batch_id=batch.id,
+            shard_id=shard.id,
+            kind=kind,
+            model=shard.model,
+            policy=batch.policy or context.settings.routing.default_policy,
+            chosen_provider=None,
+            reason=f"not moved: {exc}",
+            cause=cause,
+            request_count=moved,
+        )
+        return Move(decision, error=f"{cause}; no other placement: {exc}")
+    placement = Placement.of(context, ranking.choices[0], shard.pinned)
+    plans = await asyncio.to_thread(
+        split_into_shards,
+        moved_path,
+        batch.id,
+        batch.endpoint,
+        {shard.provider_model: [placement]},
+        {shard.provider_model: moved},
+        context.blobs,
+        lambda batch_id, index: f"shards/{batch_id}/{shard.seq:05d}.next-{index}.in.jsonl",
+    )
+    return Move(ranking.decision, plans)

@@ -1,0 +1,109 @@
+"""Provider health: a circuit breaker per provider, shared through the database, and the state
+policies see (circuit, in-flight load, limits, observed turnaround).
+
+Consecutive failed calls (errors and timeouts of submit and poll) open a provider's circuit. While it
+is open no new work goes there. After ``circuit_cooldown_s`` one probe (the adapter's cheap health
+call, made by whichever worker claims it first) decides: success closes the circuit, failure opens
+it for another cool-down.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+
+from gateway.context import GatewayContext
+from gateway.db import routing as routing_db
+from gateway.db import shards as shard_db
+from router_policies.base import ProviderState
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 30.0
+
+
+async def call_failed(context: GatewayContext, provider: str, error: str) -> bool:
+    """Record a failed call to ``provider``; True if it opened the circuit."""
+    async with context.sessions() as session:
+        row, opened = await routing_db.record_failure(
+            session, provider, error, context.settings.routing.circuit_failure_threshold
+        )
+        await session.commit()
+    if opened:
+        log.warning("provider %s: circuit open after %d failures: %s", provider, row.consecutive_failures, error)
+    return opened
+
+
+async def call_succeeded(context: GatewayContext, provider: str) -> None:
+    """Record a successful call to ``provider`` (closes its circuit)."""
+    async with context.sessions() as session:
+        if await routing_db.record_success(session, provider):
+            log.info("provider %s: circuit closed", provider)
+        await session.commit()
+
+
+async def circuit_of(context: GatewayContext, provider: str) -> str:
+    """``closed``, ``open`` or ``half_open`` (no row yet means closed)."""
+    async with context.sessions() as session:
+        rows = await routing_db.health_rows(session)
+    row = rows.get(provider)
+    return row.circuit if row is not None else "closed"
+
+
+async def probe_open_circuits(context: GatewayContext) -> None:
+    """Probe each provider whose circuit cooled down; the first worker to claim a probe runs it."""
+    settings = context.settings.routing
+    async with context.sessions() as session:
+        rows = await routing_db.health_rows(session)
+    for name, row in rows.items():
+        if row.circuit == "closed" or name not in context.providers:
+            continue
+        async with context.sessions() as session:
+            claimed = await routing_db.claim_probe(session, name, settings.circuit_cooldown_s, PROBE_TIMEOUT_S)
+            await session.commit()
+        if not claimed:
+            continue
+        report = await context.providers.get(name).health()
+        if report.healthy:
+            await call_succeeded(context, name)
+        else:
+            await call_failed(context, name, f"health probe failed: {report.detail}")
+
+
+async def provider_states(context: GatewayContext) -> dict[str, ProviderState]:
+    """What the policies see of every enabled provider right now."""
+    per_model = context.settings.routing.turnaround_samples
+    async with context.sessions() as session:
+        rows = await routing_db.health_rows(session)
+        samples = await routing_db.turnaround_samples(session, per_model)
+        in_flight = await shard_db.in_flight_by_provider(session)
+    states: dict[str, ProviderState] = {}
+    for adapter in context.providers:
+        name = adapter.name
+        row = rows.get(name)
+        circuit = row.circuit if row is not None else "closed"
+        limits = adapter.config.limits
+        p50, p90 = {}, {}
+        for (provider, provider_model), values in samples.items():
+            if provider == name and values:
+                p50[provider_model], p90[provider_model] = percentile(values, 50), percentile(values, 90)
+        states[name] = ProviderState(
+            provider=name,
+            healthy=circuit != "open",
+            circuit=circuit,  # type: ignore[arg-type]
+            in_flight=in_flight.get(name, 0),
+            max_in_flight=limits.max_batches_in_flight,
+            turnaround_p50_s=p50,
+            turnaround_p90_s=p90,
+            requests_per_minute=limits.requests_per_minute if adapter.executes_locally else None,
+            tokens_per_minute=limits.tokens_per_minute if adapter.executes_locally else None,
+            max_requests_per_batch=limits.max_requests_per_batch,
+        )
+    return states
+
+
+def percentile(values: list[float], pct: int) -> float:
+    """The ``pct``-th percentile (inclusive method; one value is its own percentile)."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]

@@ -1,0 +1,167 @@
+"""The offers the gateway can route to: configured providers joined with the priced model catalog.
+
+A configured provider serves the gateway model names in its ``models`` table. Each becomes one
+policy :class:`~router_policies.base.Offer`: the provider's mode follows its adapter kind (a provider
+batch, or synchronous fan-out for ``openai_sync``), and its prices come from the catalog offer of the
+same logical model sold by ``catalog_provider`` (default: the provider's own name). A provider that
+serves a model the catalog does not price is still routable, at a price of zero, and is reported as
+unpriced (it never wins on price by accident of a missing entry: see :meth:`OfferBook.unpriced`).
+
+Clients name a model by logical name or catalog alias (``llama-3.3-70b``), or pin a provider with
+``provider/model`` (``groq-sim/llama-3.3-70b``), where ``model`` is a logical name, an alias, or the
+provider's own model id.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field
+
+from gateway.catalog.loader import Catalog, OfferEntry
+from gateway.providers.registry import ProviderRegistry
+from router_policies.base import Offer
+
+log = logging.getLogger(__name__)
+
+
+class UnknownModel(LookupError):
+    """No configured provider serves this model name; the message suggests close matches."""
+
+    def __init__(self, name: str, suggestions: list[str]) -> None:
+        hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        super().__init__(f"unknown model {name!r}{hint}")
+        self.name = name
+        self.suggestions = suggestions
+
+
+@dataclass(frozen=True)
+class PricedOffer:
+    """A routable offer and where its price comes from."""
+
+    offer: Offer
+    source: OfferEntry | None
+    """The catalog entry that priced it, or None when the catalog has no price."""
+
+    @property
+    def list_rates(self) -> tuple[float, float]:
+        """Synchronous list prices (USD per MTok in, out): the base for savings."""
+        return self.offer.input_per_mtok, self.offer.output_per_mtok
+
+    @property
+    def paid_rates(self) -> tuple[float, float]:
+        """Prices this offer is charged at outside price windows (batch rate for provider batches)."""
+        return self.offer.base_rates(self.offer.mode == "batch")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a client's model name stands for."""
+
+    requested: str
+    model: str
+    """The logical model name."""
+    offers: tuple[PricedOffer, ...]
+    pinned_provider: str | None = None
+
+
+@dataclass
+class OfferBook:
+    """Offers by logical model, built once per process from the catalog and the providers."""
+
+    catalog: Catalog
+    providers: ProviderRegistry
+    _offers: dict[str, list[PricedOffer]] = field(default_factory=dict, init=False)
+    _aliases: dict[str, str] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        for adapter in self.providers:
+            mode = "sync" if adapter.executes_locally else "batch"
+            seller = adapter.config.catalog_provider or adapter.name
+            for served, provider_model in adapter.config.models.items():
+                logical = self._logical(served)
+                self._aliases[served] = logical
+                entry = self._catalog_entry(logical, seller, mode)
+                offer = _offer(adapter.name, logical, provider_model, mode, entry)
+                self._offers.setdefault(logical, []).append(PricedOffer(offer, entry))
+        for name in self.catalog.names():
+            for alias in (name, *self.catalog.data.models[name].aliases):
+                if name in self._offers:
+                    self._aliases.setdefault(alias, name)
+        if unpriced := self.unpriced():
+            log.warning("no catalog price for %s: routed at a price of 0", ", ".join(unpriced))
+
+    def _logical(self, name: str) -> str:
+        try:
+            return self.catalog.resolve(name).model
+        except LookupError:
+            return name
+
+    def _catalog_entry(self, logical: str, seller: str, mode: str) -> OfferEntry | None:
+        if logical not in self.catalog.data.models:
+            return None
+        for entry in self.catalog.data.models[logical].offers:
+            if entry.provider == seller and mode in entry.modes:
+                return entry
+        return None
+
+    def models(self) -> list[str]:
+        """Logical models some provider serves, sorted."""
+        return sorted(self._offers)
+
+    def offers(self, model: str) -> list[PricedOffer]:
+        """Every offer of a logical model."""
+        return list(self._offers.get(model, []))
+
+    def all_offers(self) -> list[PricedOffer]:
+        """Every offer of every model."""
+        return [offer for offers in self._offers.values() for offer in offers]
+
+    def unpriced(self) -> list[str]:
+        """``provider/model`` of offers the catalog does not price."""
+        return sorted(f"{o.offer.provider}/{o.offer.model}" for o in self.all_offers() if o.source is None)
+
+    def resolve(self, name: str) -> ResolvedModel:
+        """The logical model and offers behind a client's model name; raises :class:`UnknownModel`."""
+        key = name.strip()
+        if key in self._aliases:
+            logical = self._aliases[key]
+            return ResolvedModel(name, logical, tuple(self._offers[logical]))
+        provider, sep, rest = key.partition("/")
+        if sep and provider in self.providers:
+            for logical, offers in self._offers.items():
+                pinned = tuple(
+                    o
+                    for o in offers
+                    if o.offer.provider == provider and rest in (logical, o.offer.provider_model, *self._names(logical))
+                )
+                if pinned:
+                    return ResolvedModel(name, logical, pinned, pinned_provider=provider)
+        raise UnknownModel(name, self.close_matches(key))
+
+    def _names(self, logical: str) -> list[str]:
+        return [alias for alias, target in self._aliases.items() if target == logical]
+
+    def close_matches(self, name: str, n: int = 3) -> list[str]:
+        """Served names and pins that look like ``name``, best first."""
+        pins = [f"{o.offer.provider}/{o.offer.model}" for o in self.all_offers()]
+        return difflib.get_close_matches(name, [*self._aliases, *pins], n=n, cutoff=0.6)
+
+
+def _offer(provider: str, logical: str, provider_model: str, mode: str, entry: OfferEntry | None) -> Offer:
+    if entry is None:
+        return Offer(provider, logical, provider_model, 0.0, 0.0, mode=mode)  # type: ignore[arg-type]
+    base = entry.to_offers(logical)[0]
+    return Offer(
+        provider=provider,
+        model=logical,
+        provider_model=provider_model,
+        input_per_mtok=base.input_per_mtok,
+        output_per_mtok=base.output_per_mtok,
+        batch_input_per_mtok=base.batch_input_per_mtok,
+        batch_output_per_mtok=base.batch_output_per_mtok,
+        mode=mode,  # type: ignore[arg-type]
+        context_window=base.context_window,
+        max_output_tokens=base.max_output_tokens,
+        price_windows=base.price_windows,
+    )

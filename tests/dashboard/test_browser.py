@@ -1,0 +1,120 @@
+"""End to end in a real browser: ``batchgw dashboard`` against a live gateway, driven in headless Chromium.
+
+Uses Debian's Chromium (no browser download). In CI (``CI=true``) a missing Chromium fails the test;
+elsewhere it skips. With ``BATCHGW_SCREENSHOTS=1`` it saves a screenshot of each page into
+``dashboard/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.dashboard.conftest import ADMIN_KEY, Seeded
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "dashboard" / "screenshots"
+TIMEOUT_MS = 30_000
+
+
+def _require_browser() -> Any:
+    """Playwright's sync API, or a skip (a failure in CI) when it or Chromium is missing."""
+    problem = None
+    try:
+        from playwright import sync_api
+    except ImportError:
+        problem = "the playwright package is not installed"
+    if problem is None and not CHROMIUM.exists():
+        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
+    if problem is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"browser test cannot run in CI: {problem}")
+        pytest.skip(problem)
+    return sync_api
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(seeded: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``batchgw dashboard`` on a free port, pointed at the seeded gateway."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")}
+    env["BATCHGW_ADMIN_KEY"] = ADMIN_KEY
+    log_path = tmp_path_factory.mktemp("dashboard") / "dashboard.log"
+    command = [sys.executable, "-m", "gateway.cli", "dashboard", "--port", str(port)]
+    command += ["--gateway-url", seeded.gateway.base_url]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"dashboard exited:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dashboard not up:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _shot(page: Any, name: str) -> None:
+    if os.environ.get("BATCHGW_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.wait_for_timeout(1500)  # let charts and tables finish drawing
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def _open(page: Any, url: str, heading: str) -> None:
+    page.goto(url)
+    page.get_by_role("heading", name=heading).first.wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text("Loading").first.wait_for(state="hidden", timeout=TIMEOUT_MS)
+
+
+def test_jobs_page_shows_the_batch_and_cancel_works(seeded: Seeded, dashboard_url: str) -> None:
+    sync_api = _require_browser()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 950})
+            page.set_default_timeout(TIMEOUT_MS)
+            _open(page, dashboard_url, "Jobs")
+            running = page.get_by_role("link", name=seeded.running.id)
+            running.wait_for()
+            assert page.get_by_text("Running now (1)").is_visible()
+            _shot(page, "jobs")
+
+            running.click()
+            page.get_by_role("heading", name=f"Job {seeded.running.id}").wait_for()
+            assert "batch=" + seeded.running.id in page.url
+            page.get_by_role("button", name="Cancel job").click()
+            page.get_by_text("Cancel requested").first.wait_for()
+            assert seeded.admin.batch(seeded.running.id)["status"] in ("cancelling", "cancelled")
+
+            _open(page, f"{dashboard_url}/job?batch={seeded.flaky.id}", f"Job {seeded.flaky.id}")
+            page.get_by_text("failed requests").first.wait_for()
+            _shot(page, "job")
+            for path, heading in (("spend", "Spend"), ("alerts", "Alerts & budgets"), ("providers", "Providers")):
+                _open(page, f"{dashboard_url}/{path}", heading)
+                assert not page.get_by_text("Traceback").count()
+                _shot(page, path)
+        finally:
+            browser.close()

@@ -1,0 +1,268 @@
+"""Routing end to end: two emulated providers sell the same model at different prices.
+
+The batch runs on the cheapest healthy one, moves when that one fails (down, failing requests,
+stalled), completes exactly once per request, and an admin can read why each decision was taken.
+Each test starts its own gateway, so circuit breakers and turnaround statistics start fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.simulator import SimulatorCluster
+from tests.engine import (
+    BATCH_RATES,
+    CHEAP,
+    admin,
+    chat_requests,
+    collect,
+    emulator_log,
+    expected_cost,
+    reset,
+    set_faults,
+    start_gateway,
+    submit,
+    wait_for,
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_emulators(simulator: SimulatorCluster) -> None:
+    reset(simulator, "fast", "steady", "slow", "other")
+
+
+def test_batch_runs_on_the_cheapest_provider_and_says_why(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    gateway = start_gateway(gateway_factory, simulator, tmp_path, cheap="fast", pricey="other")
+    client = gateway.client(gateway.create_key("acme"))
+    requests = chat_requests(30)
+    batch = wait_for(client, submit(client, requests).id)
+    outcome = collect(client, batch)
+    assert batch.status == "completed" and len(outcome.output) == 30 and not outcome.errors
+    assert {line["provider"] for line in outcome.output.values()} == {"cheap"}
+    assert not emulator_log(simulator, "other"), "the expensive provider was called"
+
+    metadata = batch.metadata or {}
+    assert metadata["gateway_policy"] == "cheapest"
+    assert metadata["gateway_providers"] == "cheap"
+    cost = expected_cost(outcome, BATCH_RATES)
+    assert float(metadata["gateway_cost_usd"]) == pytest.approx(cost, abs=1e-6)
+    list_cost = expected_cost(outcome, {"cheap": CHEAP["sync"]})
+    assert float(metadata["gateway_savings_usd"]) == pytest.approx(list_cost - cost, abs=1e-6)
+
+    detail = admin(gateway, f"/batches/{batch.id}")
+    [decision] = detail["decisions"]
+    assert decision["kind"] == "route" and decision["policy"] == "cheapest"
+    assert decision["chosen_provider"] == "cheap"
+    assert "lowest estimated cost" in decision["reason"]
+    ranked = [c["provider"] for c in decision["candidates"]]
+    assert ranked == ["cheap", "pricey"]
+    costs = [c["estimated_cost_usd"] for c in decision["candidates"]]
+    assert 0 < costs[0] < costs[1]
+    assert detail["providers"] == ["cheap"] and detail["cost_usd"] == pytest.approx(cost, abs=1e-6)
+
+
+def test_cheap_provider_going_down_mid_job_moves_the_rest_exactly_once(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    gateway = start_gateway(
+        gateway_factory, simulator, tmp_path, cheap="steady", pricey="fast", limits={"max_requests_per_batch": 10}
+    )
+    client = gateway.client(gateway.create_key("acme"))
+    requests = chat_requests(60)
+    batch = submit(client, requests)
+    wait_for(client, batch.id, until=lambda b: b.status == "in_progress", timeout=30)
+    deadline = time.monotonic() + 30
+    while not any(e["path"] == "/v1/batches" and e["method"] == "POST" for e in emulator_log(simulator, "steady")):
+        assert time.monotonic() < deadline, "nothing reached the cheap provider"
+        time.sleep(0.05)
+    set_faults(simulator, "steady", down="refuse")
+    batch = wait_for(client, batch.id, timeout=120)
+    outcome = collect(client, batch)
+    assert batch.status == "completed", batch
+    assert set(outcome.output) == {r["custom_id"] for r in requests} and not outcome.errors
+    assert batch.request_counts is not None
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (60, 60, 0)
+    assert "pricey" in {line["provider"] for line in outcome.output.values()}
+
+    detail = admin(gateway, f"/batches/{batch.id}")
+    failovers = [d for d in detail["decisions"] if d["kind"] == "failover"]
+    assert failovers, detail["decisions"]
+    for decision in failovers:
+        assert decision["chosen_provider"] == "pricey"
+        assert "cheap" in decision["cause"]
+        assert [c["provider"] for c in decision["candidates"]] == ["pricey"]
+    assert sum(s["completed"] for s in detail["shards"]) == 60
+    assert float((batch.metadata or {})["gateway_cost_usd"]) == pytest.approx(
+        expected_cost(outcome, BATCH_RATES), abs=1e-6
+    )
+    providers = admin(gateway, "/providers")["data"]
+    assert {p["name"]: p["health"]["circuit"] for p in providers}["cheap"] == "open"
+
+
+def test_requests_failing_at_random_are_retried_until_the_job_completes(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    gateway = start_gateway(
+        gateway_factory,
+        simulator,
+        tmp_path,
+        cheap="fast",
+        pricey="other",
+        env={"BATCHGW_ROUTING__MAX_REQUEST_ATTEMPTS": "10"},
+    )
+    client = gateway.client(gateway.create_key("acme"))
+    set_faults(simulator, "fast", fail_fraction=0.3, fail_per_batch=True)
+    requests = chat_requests(50)
+    batch = wait_for(client, submit(client, requests).id, timeout=120)
+    outcome = collect(client, batch)
+    assert batch.status == "completed"
+    assert set(outcome.output) == {r["custom_id"] for r in requests} and not outcome.errors
+    detail = admin(gateway, f"/batches/{batch.id}")
+    retries = [d for d in detail["decisions"] if d["kind"] == "retry"]
+    assert retries and all(d["chosen_provider"] == "cheap" for d in retries)
+    assert max(s["generation"] for s in detail["shards"]) >= 1
+    served = [e for e in emulator_log(simulator, "fast") if e["path"] == "/v1/batches" and e["method"] == "POST"]
+    assert len(served) == len(detail["shards"])
+    assert float((batch.metadata or {})["gateway_cost_usd"]) == pytest.approx(
+        expected_cost(outcome, BATCH_RATES), abs=1e-6
+    )
+
+
+def test_a_stalled_provider_batch_is_abandoned_and_rerouted(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    gateway = start_gateway(
+        gateway_factory,
+        simulator,
+        tmp_path,
+        cheap="fast",
+        pricey="other",
+        env={"BATCHGW_ROUTING__STALL_TIMEOUT_S": "2"},
+    )
+    client = gateway.client(gateway.create_key("acme"))
+    set_faults(simulator, "fast", stall=True)
+    requests = chat_requests(20)
+    batch = wait_for(client, submit(client, requests).id, timeout=90)
+    outcome = collect(client, batch)
+    assert batch.status == "completed"
+    assert set(outcome.output) == {r["custom_id"] for r in requests} and not outcome.errors
+    assert {line["provider"] for line in outcome.output.values()} == {"pricey"}
+    detail = admin(gateway, f"/batches/{batch.id}")
+    [failover] = [d for d in detail["decisions"] if d["kind"] == "failover"]
+    assert "no progress" in failover["cause"] and failover["chosen_provider"] == "pricey"
+    cancels = [e for e in emulator_log(simulator, "fast") if e["path"].endswith("/cancel")]
+    assert cancels, "the stalled provider batch was not cancelled"
+
+
+def test_a_pinned_provider_that_is_down_fails_the_batch_instead_of_moving_it(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    gateway = start_gateway(gateway_factory, simulator, tmp_path, cheap="fast", pricey="other")
+    client = gateway.client(gateway.create_key("acme"))
+    set_faults(simulator, "fast", down="refuse")
+    requests = chat_requests(5, model="cheap/gpt-4o-mini")
+    batch = wait_for(client, submit(client, requests).id, timeout=60)
+    assert batch.status == "failed", batch
+    assert batch.errors is not None and batch.errors.data
+    message = batch.errors.data[0].message or ""
+    assert "cheap" in message and "pins" in message, message
+    outcome = collect(client, batch)
+    assert set(outcome.errors) == {r["custom_id"] for r in requests} and not outcome.output
+    assert not emulator_log(simulator, "other"), "a pinned batch reached another provider"
+
+
+def test_routing_hints_are_checked_when_the_batch_is_created(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    gateway = start_gateway(gateway_factory, simulator, tmp_path, cheap="fast", pricey="other")
+    client = gateway.client(gateway.create_key("acme"))
+    content = "".join(json.dumps(r) + "\n" for r in chat_requests(3)).encode()
+    file = client.files.create(file=("input.jsonl", content), purpose="batch")
+    cases = {
+        "policy": ({"policy": "fastest"}, "unknown policy 'fastest'"),
+        "deadline": ({"deadline": "soon"}, "deadline 'soon'"),
+        "providers": ({"providers": "cheap,nowhere"}, "unknown provider 'nowhere'"),
+        "cost": ({"max_cost_usd": "lots"}, "max_cost_usd 'lots'"),
+        "canary": ({"canary": "-5"}, "canary"),
+    }
+    for metadata, message in cases.values():
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.batches.create(
+                input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+            )
+        assert message in str(raised.value), (metadata, str(raised.value))
+
+
+def test_unknown_model_fails_with_its_line_and_close_matches(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    gateway = start_gateway(gateway_factory, simulator, tmp_path, cheap="fast", pricey="other")
+    client = gateway.client(gateway.create_key("acme"))
+    requests = chat_requests(3) + chat_requests(1, model="gpt-4o-mimi", prefix="typo")
+    batch = wait_for(client, submit(client, requests).id)
+    assert batch.status == "failed" and batch.errors is not None
+    [error] = batch.errors.data
+    assert error.code == "model_not_found" and error.line == 4
+    assert "'gpt-4o-mimi'" in (error.message or "") and "did you mean 'gpt-4o-mini'" in (error.message or "")
+
+
+def test_spread_policy_splits_by_weight_and_a_third_party_policy_plugs_in(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    package = tmp_path / "plugin"
+    package.mkdir()
+    (package / "acme_priciest.py").write_text(
+        textwrap.dedent(
+            """
+            from router_policies.base import Candidate, estimate_cost, is_usable
+
+            class PriciestPolicy:
+                name = "priciest"
+
+                def rank(self, job, offers, states):
+                    usable = [o for o in offers if is_usable(states.get(o.provider))]
+                    priced = [(estimate_cost(o, job.est_input_tokens, job.est_output_tokens), o) for o in usable]
+                    priced.sort(key=lambda row: -row[0])
+                    return [Candidate(o, cost, f"most expensive first: ${cost:.4f}") for cost, o in priced]
+            """
+        )
+    )
+    dist_info = package / "acme_priciest-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-priciest\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text("[batch_gateway.policies]\npriciest = acme_priciest:PriciestPolicy\n")
+    import os
+
+    pythonpath = os.pathsep.join(filter(None, [str(package), os.environ.get("PYTHONPATH")]))
+    gateway = start_gateway(
+        gateway_factory, simulator, tmp_path, cheap="fast", pricey="other", env={"PYTHONPATH": pythonpath}
+    )
+    client = gateway.client(gateway.create_key("acme"))
+
+    content = "".join(json.dumps(r) + "\n" for r in chat_requests(10)).encode()
+    file = client.files.create(file=("input.jsonl", content), purpose="batch")
+    plugged = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"policy": "priciest"}
+    )
+    spread = client.batches.create(
+        input_file_id=file.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"policy": "spread", "weights": "cheap=3,pricey=2"},
+    )
+    plugged_outcome = collect(client, wait_for(client, plugged.id))
+    assert {line["provider"] for line in plugged_outcome.output.values()} == {"pricey"}
+    assert "most expensive first" in admin(gateway, f"/batches/{plugged.id}")["decisions"][0]["reason"]
+
+    spread_outcome = collect(client, wait_for(client, spread.id))
+    served = [line["provider"] for line in spread_outcome.output.values()]
+    assert sorted(served) == ["cheap"] * 6 + ["pricey"] * 4
