@@ -81,7 +81,7 @@ def budget_chart(budgets: list[dict[str, Any]]) -> alt.LayerChart | alt.FacetCha
                 tooltip=[alt.Tooltip("threshold:Q", format=".0%"), "state:N"],
             )
         )
-    return alt.layer(*layers).properties(height=max(80, 44 * len(bars)))
+    return alt.layer(*layers).properties(height=alt.Step(40))
 
 
 def show_budgets(budgets: list[dict[str, Any]]) -> None:
@@ -100,15 +100,16 @@ def show_budgets(budgets: list[dict[str, Any]]) -> None:
 def spend_chart(rows: list[dict[str, Any]], value: str, group: str) -> alt.Chart:
     """Stacked bars of ``value`` per time bucket, one colour per provider, model or team."""
     frame = pd.DataFrame(rows)
-    frame["time"] = pd.to_datetime(frame["bucket_start"], unit="s", utc=True)
+    # Buckets as ordered labels: one bar per hour or day even when only a few have spend.
+    frame["bucket"] = pd.to_datetime(frame["bucket_start"], unit="s", utc=True).dt.strftime("%Y-%m-%d %H:%M")
     return (
         alt.Chart(frame)
-        .mark_bar()
+        .mark_bar(size=28)
         .encode(
-            x=alt.X("time:T", title="time (UTC)"),
-            y=alt.Y(f"sum({value}):Q", title=value.replace("_", " ")),
+            x=alt.X("bucket:O", title="bucket start (UTC)", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y(f"sum({value}):Q", title=f"{value.replace('_usd', '').replace('_', ' ')} (USD)"),
             color=alt.Color("key:N", title=group),
-            tooltip=["key:N", "time:T", alt.Tooltip(f"{value}:Q", format="$.4f"), "requests:Q"],
+            tooltip=["key:N", "bucket:O", alt.Tooltip(f"{value}:Q", format="$.6f"), "requests:Q"],
         )
-        .properties(height=300)
+        .properties(height=280)
     )

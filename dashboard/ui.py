@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import streamlit as st
 
@@ -56,8 +56,3 @@ def act(call: Callable[[], T], done: str) -> T | None:
         return None
     st.toast(done, icon=":material/check_circle:")
     return result
-
-
-def field(obj: dict[str, Any], name: str) -> Any:
-    """A field the gateway may not send yet (None when absent)."""
-    return obj.get(name)

@@ -226,5 +226,21 @@ def dashboard(
     os.execve(sys.executable, command, env)
 
 
+@app.command()
+def demo(
+    headless: Annotated[bool, typer.Option(help="No dashboard; stop and exit when the batch is done.")] = False,
+    data_dir: Annotated[Path, typer.Option(help="Folder for this run (recreated each run).")] = Path("batchgw-demo"),
+    port: Annotated[int, typer.Option(help="Gateway port (a free one if busy).")] = 8080,
+    dashboard_port: Annotated[int, typer.Option(help="Dashboard port (a free one if busy).")] = 8501,
+    items: Annotated[int, typer.Option(min=10, max=50_000, help="Requests in the sample batch.")] = 2000,
+) -> None:
+    """Run the whole product on emulated providers: a batch, a provider outage, failover, spend and alerts."""
+    from gateway.demo import DemoOptions
+    from gateway.demo import main as run_demo
+
+    options = DemoOptions(headless=headless, data_dir=data_dir, port=port, dashboard_port=dashboard_port, items=items)
+    raise typer.Exit(run_demo(options))
+
+
 if __name__ == "__main__":
     app()

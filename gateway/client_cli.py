@@ -36,7 +36,11 @@ ApiKey = Annotated[
 ]
 Out = Annotated[
     Path | None,
-    typer.Option("--out", dir_okay=False, help="Write the merged results (output and error lines, input order) here."),
+    typer.Option(
+        "--out",
+        dir_okay=False,
+        help="Wait, then write the merged results here (output and error lines, in input order).",
+    ),
 ]
 
 
@@ -47,11 +51,14 @@ class ClientError(Exception):
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # No markup: file names and the gateway's messages are printed as they are.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    _console(stderr=True).print(f"[bold red]error:[/] {message}")
+    from rich.text import Text
+
+    _console(stderr=True).print(Text.assemble(("error: ", "bold red"), message))
     raise typer.Exit(code)
 
 
@@ -122,7 +129,7 @@ def submit(
             )
     except KeyboardInterrupt:
         _fail("interrupted before the batch was created; nothing runs", EXIT_INTERRUPTED)
-    console.print(f"batch [bold]{batch.id}[/] created ({batch.status}) from {file} as {upload.id}")
+    console.print(f"batch {batch.id} created ({batch.status}) from {file} as {upload.id}")
     if not (wait or out):
         console.print(f"follow it with: batchgw status {batch.id} --wait --out results.jsonl")
         return
@@ -286,8 +293,11 @@ def _wait_and_collect(client: openai.OpenAI, batch_id: str, out: Path | None, ba
     for error in (batch.errors.data or [])[:10] if batch.errors else []:
         console.print(f"  line {error.line}: {error.message}" if error.line else f"  {error.message}")
     if out is not None:
-        with _clear_errors(base_url):
-            written = _write_results(client, batch, out)
+        try:
+            with _clear_errors(base_url):
+                written = _write_results(client, batch, out)
+        except KeyboardInterrupt:
+            _fail(f"interrupted while writing {out}; write it again with: {resume}", EXIT_INTERRUPTED)
         console.print(f"wrote {written} result lines to {out}")
     if batch.status != "completed":
         raise typer.Exit(1)
@@ -297,12 +307,12 @@ def _follow(client: openai.OpenAI, batch_id: str, console: Console) -> Batch:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("failed {task.fields[failed]}"),
-        TextColumn("providers {task.fields[providers]}"),
-        TextColumn("cost {task.fields[cost]}"),
+        TextColumn("failed {task.fields[failed]}", markup=False),
+        TextColumn("providers {task.fields[providers]}", markup=False),
+        TextColumn("cost {task.fields[cost]}", markup=False),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:

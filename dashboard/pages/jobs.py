@@ -31,24 +31,24 @@ def row(batch: dict[str, Any]) -> dict[str, Any]:
     return {
         "job": f"job?batch={batch['id']}",
         "team": batch.get("team") or batch.get("team_id") or fmt.MISSING,
-        "model": fmt.joined(batch.get("models") or batch.get("model")),
-        "policy": batch.get("policy") or fmt.MISSING,
         "providers": fmt.joined(batch.get("providers")),
         "status": fmt.status_label(batch.get("status")),
         "progress": fmt.progress(batch),
         "succeeded": completed,
         "failed": failed,
         "total": total,
-        "estimated": fmt.money(batch.get("estimated_cost_usd")),
         "cost": fmt.money(batch.get("cost_usd")),
         "saved": fmt.money(batch.get("savings_usd")),
+        "estimated": fmt.money(batch.get("estimated_cost_usd")),
         "turnaround": fmt.duration(batch.get("turnaround_s")),
+        "model": fmt.joined(batch.get("models") or batch.get("model")),
+        "policy": batch.get("policy") or fmt.MISSING,
         "created": fmt.when(batch.get("created_at")),
     }
 
 
 COLUMNS = {
-    "job": st.column_config.LinkColumn("batch", display_text=r"job\?batch=(.*)", width="medium"),
+    "job": st.column_config.LinkColumn("batch", display_text=r"job\?batch=(.*)", width="small"),
     "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
 }
 
@@ -113,7 +113,7 @@ provider = filters[2].selectbox(
     "Provider", ["", *provider_names], format_func=lambda p: p or "any", key="jobs_provider"
 )
 period = filters[3].selectbox("Created", list(PERIODS), index=3, key="jobs_period")
-auto = filters[4].toggle("Auto-refresh", value=True, key="jobs_auto", help=f"Every {REFRESH_S}s while jobs run")
+auto = filters[4].toggle("Live", value=True, key="jobs_auto", help=f"Every {REFRESH_S}s while jobs run")
 window = PERIODS[period]
 since = int(time.time()) - window if window else None
 

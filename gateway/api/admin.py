@@ -3,6 +3,7 @@ their shards and routing decisions, keys."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ from gateway.api.auth import require_admin
 from gateway.api.errors import bad_request, not_found
 from gateway.api.objects import batch_object, list_object
 from gateway.billing.estimate import cost_usd
+from gateway.billing.quote import quote_file
 from gateway.context import GatewayContext
 from gateway.db import billing as billing_db
 from gateway.db import repo
@@ -53,6 +55,16 @@ def shard_view(shard: Shard) -> dict[str, Any]:
         "submitted_at": shard.submitted_at,
         "finished_at": shard.finished_at,
     }
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise bad_request("The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return body
 
 
 def shard_rates(shard: Shard) -> tuple[float, float]:
@@ -234,15 +246,46 @@ class AdminController(Controller):
             "decisions": [decision_view(d) for d in decisions],
         }
 
+    @post("/estimate", status_code=200, summary="Estimate an uploaded file's cost on every offer")
+    async def estimate(self, request: Request, state: State, _admin: None) -> dict[str, Any]:
+        """Body ``{"file_id", "model"?, "policy"?, "endpoint"?}``: tokens, synchronous and offer cost,
+        savings and the policy's ranking for each model of the file (as ``batchgw estimate`` prints)."""
+        context: GatewayContext = state.context
+        body = _json_object(await request.body())
+        file_id, model, policy = body.get("file_id"), body.get("model"), body.get("policy")
+        endpoint = body.get("endpoint", "/v1/chat/completions")
+        if not isinstance(file_id, str) or not file_id:
+            raise bad_request("'file_id' must be the id of an uploaded batch input file.", param="file_id")
+        for name, value in (("model", model), ("policy", policy), ("endpoint", endpoint)):
+            if value is not None and not isinstance(value, str):
+                raise bad_request(f"'{name}' must be a string.", param=name)
+        if policy is not None and policy not in context.policies.names():
+            known = ", ".join(context.policies.names())
+            raise bad_request(f"Unknown policy {policy!r}; known policies: {known}.", param="policy")
+        async with context.sessions() as session:
+            stored = await repo.get_file_any_team(session, file_id)
+        if stored is None:
+            raise not_found("file", file_id, param="file_id")
+        with context.blobs.local_path(stored.storage_key) as path:
+            try:
+                quote = await quote_file(
+                    context, path, endpoint=endpoint, model=model, metadata={"policy": policy} if policy else None
+                )
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise bad_request(f"The file is not a valid batch input file: {exc}.", param="file_id") from None
+        return {
+            "policy": quote.policy,
+            "chosen_cost_usd": round(quote.chosen_cost_usd, 6),
+            "problems": quote.problems,
+            "data": [asdict(row) | {"savings_usd": round(row.savings_usd, 6)} for row in quote.rows],
+        }
+
     @post("/keys", status_code=201, summary="Create a client API key")
     async def create_key(self, request: Request, state: State, _admin: None) -> dict[str, Any]:
         """Body ``{"team": NAME, "name": LABEL?}``; the secret is in this response only."""
         context: GatewayContext = state.context
-        try:
-            body = msgspec.json.decode(await request.body())
-        except msgspec.DecodeError:
-            raise bad_request("The request body is not valid JSON.", code="invalid_json") from None
-        team = body.get("team") if isinstance(body, dict) else None
+        body = _json_object(await request.body())
+        team = body.get("team")
         if not isinstance(team, str) or not team.strip():
             raise bad_request("'team' must be a non-empty string.", param="team")
         async with context.sessions() as session:

@@ -310,7 +310,7 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, own
         await shard_db.refresh_batch_progress(session, shard.batch_id)
         if shard.canary:
             await canary.evaluate(session, context, batch)
-        new_alerts = await alerts.after_spend(session, batch.team_id, batch.id)
+        new_alerts = await alerts.after_spend(session, batch.team_id, batch.id, context.settings.billing)
         over_cap = await _cost_cap_reached(session, batch)
         if await shard_db.open_shard_count(session, shard.batch_id) == 0:
             await _to_merge(session, batch.id)

@@ -61,7 +61,8 @@ def start(
         "BATCHGW_BILLING__WEBHOOK_BACKOFF_S": "0.1",
         "BATCHGW_BILLING__WEBHOOK_POLL_INTERVAL_S": "0.2",
     }
-    return factory(env).start()  # type: ignore[no-any-return]
+    gateway: GatewayProcess = factory(env).start()
+    return gateway
 
 
 @pytest.fixture
@@ -145,6 +146,7 @@ def test_budget_alerts_reservations_and_refusals_end_to_end(gateway: GatewayProc
     assert budget["spent_usd"] == pytest.approx(2 * spent_once, rel=1e-9)
     metrics = httpx.get(f"{gateway.base_url}/metrics", timeout=30).text
     assert 'batchgw_alerts_fired_total{kind="budget_threshold"} 1.0' in metrics
+    assert "secret-token" not in gateway.log() + metrics  # the webhook URL is a secret
 
 
 def shard_states(gateway: GatewayProcess, batch_id: str) -> list[tuple[str, str | None]]:
@@ -189,7 +191,7 @@ def test_spent_hard_budget_pauses_queued_shards_until_raised(
     wait_until(paused)
     time.sleep(6)  # longer than the submit stage's budget re-check: still waiting
     assert sorted(state for state, _ in shard_states(gateway, batch.id)) == ["done", "queued"]
-    assert "daily budget of team 'acme'" in next(e for s, e in shard_states(gateway, batch.id) if s == "queued")
+    assert "daily budget of team 'acme'" in next(e or "" for s, e in shard_states(gateway, batch.id) if s == "queued")
     admin(gateway, "PUT", "/budgets", json=budget | {"limit_usd": 100})
     final = wait_for(client, batch.id, timeout=60)
     assert final.status == "completed" and final.request_counts and final.request_counts.completed == 20

@@ -25,6 +25,14 @@ PROVIDERS: dict[str, dict[str, Any]] = {
 }
 FLAKY_REQUESTS = 12
 GLOBAL_LIMIT_USD = 0.00001
+TEAM_LIMIT_USD = 0.00005
+
+
+@pytest.fixture(scope="module")
+def database_kind() -> str:
+    """SQLite only: the dashboard sees the gateway through HTTP, and the admin API's database code is tested
+    on every database in tests/api/test_admin_ops.py."""
+    return "sqlite"
 
 
 @dataclass
@@ -53,6 +61,7 @@ def seeded(
     admin = AdminClient(gateway.base_url, ADMIN_KEY)
     # A tiny global budget, so the first spend crosses its thresholds and raises alerts.
     admin.put_budget({"scope": "global", "period": "day", "limit_usd": GLOBAL_LIMIT_USD, "thresholds": [0.5, 1.0]})
+    admin.put_budget({"scope": "team:acme", "period": "month", "limit_usd": TEAM_LIMIT_USD, "thresholds": [0.5, 0.8]})
     acme, globex = gateway.client(keys["acme"]), gateway.client(keys["globex"])
     done = submit(acme, chat_requests(6, prefix="done"))
     flaky = submit(globex, chat_requests(FLAKY_REQUESTS, model="flaky-mini", prefix="flaky"))

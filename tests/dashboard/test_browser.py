@@ -94,7 +94,7 @@ def test_jobs_page_shows_the_batch_and_cancel_works(seeded: Seeded, dashboard_ur
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 950})
+            page = browser.new_page(viewport={"width": 1500, "height": 1500})
             page.set_default_timeout(TIMEOUT_MS)
             _open(page, dashboard_url, "Jobs")
             running = page.get_by_role("link", name=seeded.running.id)

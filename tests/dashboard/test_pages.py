@@ -209,6 +209,12 @@ def test_budgets_show_use_and_thresholds_and_can_be_set(seeded: Seeded, monkeypa
     assert row["limit"] == fmt.money(GLOBAL_LIMIT_USD, 2) and row["thresholds"] == "50%, 100%"
     assert row["next threshold"] == "all passed"
     assert any("Budget global / day is at" in w.value for w in at.warning)
+    acme = next(b for b in seeded.admin.budgets() if b["scope"] == "team:acme")
+    assert 0 < acme["utilisation"] < 0.5
+    row = budgets.loc["team:acme / month"]
+    assert row["use"] == fmt.percent(acme["utilisation"]) and row["spent"] == fmt.money(acme["spent_usd"])
+    assert (row["thresholds"], row["next threshold"]) == ("50%, 80%", "50%")
+    assert not any("team:acme" in w.value for w in at.warning)
 
     at.text_input(key="budget_scope").input("team:globex")
     at.selectbox(key="budget_period").select("month")

@@ -43,6 +43,32 @@ PROVIDERS: dict[str, dict[str, Any]] = {
     "slowp": {"emulator": "slow", "models": {"slow": "gpt-4o-mini"}, "limits": {"max_requests_per_batch": 5}},
 }
 LEASE_ENV = {"BATCHGW_WORKER__LEASE_S": "3"}
+BATCH_RATES = (0.075, 0.30)
+CATALOG = """
+schema_version = 1
+[models."gpt-4o-mini"]
+[[models."gpt-4o-mini".offers]]
+provider = "quick"
+provider_model = "gpt-4o-mini"
+modes = ["batch"]
+input_per_mtok = 0.15
+output_per_mtok = 0.60
+batch_input_per_mtok = 0.075
+batch_output_per_mtok = 0.30
+source = "test prices"
+as_of = 2026-12-01
+[models."slow"]
+[[models."slow".offers]]
+provider = "slowp"
+provider_model = "gpt-4o-mini"
+modes = ["batch"]
+input_per_mtok = 0.15
+output_per_mtok = 0.60
+batch_input_per_mtok = 0.075
+batch_output_per_mtok = 0.30
+source = "test prices"
+as_of = 2026-12-01
+"""
 
 StartWorker = Callable[..., GatewayProcess]
 
@@ -52,7 +78,10 @@ def gateway(
     gateway_factory: Any, simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> GatewayProcess:
     """The API only: every batch stage runs in the separate worker processes."""
-    env = {**simulated_provider_env(simulator, tmp_path_factory.mktemp("providers"), PROVIDERS), **LEASE_ENV}
+    folder = tmp_path_factory.mktemp("providers")
+    (folder / "catalog.toml").write_text(CATALOG, encoding="utf-8")
+    env = {**simulated_provider_env(simulator, folder, PROVIDERS), **LEASE_ENV}
+    env["BATCHGW_CATALOG__FILE"] = str(folder / "catalog.toml")
     return gateway_factory(env).start("serve", "--no-worker")
 
 
@@ -128,10 +157,18 @@ def crash_and_recover(
 
 
 def assert_exact_once(run: CrashRun, gateway: GatewayProcess, simulator: SimulatorCluster, emulator: str) -> None:
-    """Exact output, one provider batch per shard, each submit token used once."""
+    """Exact output, one provider batch per shard, each submit token used once, each shard paid once."""
     assert_all_succeeded(run.outcome, run.requests, "gpt-4o-mini")
     assert len(batch_creates(emulator_log(simulator, emulator))) == SHARDS
     assert_submitted_once(gateway, simulator, emulator, run.outcome.batch.id)
+    rows = query(gateway, "SELECT shard_id, requests, cost_usd FROM ledger WHERE batch_id = :b", b=run.outcome.batch.id)
+    assert len(rows) == SHARDS == len({row[0] for row in rows}), rows
+    assert sum(row[1] for row in rows) == REQUESTS
+    usage = [line["response"]["body"]["usage"] for line in run.outcome.output.values()]
+    expected = sum(u["prompt_tokens"] * BATCH_RATES[0] + u["completion_tokens"] * BATCH_RATES[1] for u in usage) / 1e6
+    assert sum(row[2] for row in rows) == pytest.approx(expected, rel=1e-9)
+    metadata = run.outcome.batch.metadata or {}
+    assert float(metadata["gateway_cost_usd"]) == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize("point", ["submit.after_provider_create", "poll.after_status", "collect.after_split"])

@@ -1,6 +1,8 @@
 """The same OpenAI-format input file, run on each of the four provider kinds (OpenAI batch protocol,
 Anthropic Message Batches, Gemini batch mode, synchronous fan-out), gives equivalent output files:
-one line per custom_id with the same content, finish reason and token counts.
+one line per custom_id with the same content, finish reason and token counts; and each batch's cost,
+in its metadata and in the ledger, is exactly the tokens the emulator reported times the offer's price
+(the batch rate for provider batches, the synchronous rate for fan-out).
 
 The emulators of all protocols share one deterministic model, so equal answers are expected.
 """
@@ -16,9 +18,16 @@ import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.conftest import ENGINE_ENV, GatewayProcess
-from tests.engine import CHAT, Outcome, collect, submit, wait_for
+from tests.engine import CHAT, Outcome, collect, query, submit, wait_for
 
 EMULATED_MODEL = "shared-model"
+PRICES = {
+    # gateway provider: (sync input, sync output, batch input, batch output) USD per MTok
+    "openai": (0.15, 0.60, 0.075, 0.30),
+    "anthropic": (1.00, 5.00, 0.50, 2.50),
+    "gemini": (0.30, 2.50, 0.15, 1.25),
+    "fanout": (0.27, 1.10, None, None),
+}
 KINDS = {
     # gateway provider: (adapter kind, emulator kind, base path)
     "openai": ("openai", "openai", "/v1"),
@@ -52,9 +61,31 @@ def gateway(
             f"models = {{ {json.dumps(f'via-{name}')} = {json.dumps(EMULATED_MODEL)} }}",
             "",
         ]
-    path = tmp_path_factory.mktemp("providers") / "providers.toml"
+    folder = tmp_path_factory.mktemp("providers")
+    path = folder / "providers.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
-    return gateway_factory({"BATCHGW_CONFIG_FILE": str(path), **ENGINE_ENV}).start()  # type: ignore[no-any-return]
+    catalog = ["schema_version = 1", ""]
+    for name, (sync_in, sync_out, batch_in, batch_out) in PRICES.items():
+        catalog += [
+            f'[models."via-{name}"]',
+            f'[[models."via-{name}".offers]]',
+            f'provider = "{name}"',
+            f'provider_model = "{EMULATED_MODEL}"',
+            'modes = ["sync"]' if batch_in is None else 'modes = ["batch"]',
+            f"input_per_mtok = {sync_in}",
+            f"output_per_mtok = {sync_out}",
+            *(
+                []
+                if batch_in is None
+                else [f"batch_input_per_mtok = {batch_in}", f"batch_output_per_mtok = {batch_out}"]
+            ),
+            'source = "test prices"',
+            "as_of = 2026-12-01",
+            "",
+        ]
+    (folder / "catalog.toml").write_text("\n".join(catalog), encoding="utf-8")
+    env = {"BATCHGW_CONFIG_FILE": str(path), "BATCHGW_CATALOG__FILE": str(folder / "catalog.toml"), **ENGINE_ENV}
+    return gateway_factory(env).start()  # type: ignore[no-any-return]
 
 
 def request(custom_id: str, *messages: tuple[str, str], **fields: Any) -> dict[str, Any]:
@@ -94,7 +125,19 @@ def essentials(outcome: Outcome) -> dict[str, tuple[Any, ...]]:
     return result
 
 
-def test_four_kinds_give_equivalent_outputs(client: openai.OpenAI) -> None:
+def exact_cost(outcome: Outcome, provider: str) -> tuple[float, float]:
+    """(cost, synchronous list cost) of the output lines at the provider's prices."""
+    sync_in, sync_out, batch_in, batch_out = PRICES[provider]
+    tokens_in = sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in outcome.output.values())
+    tokens_out = sum(line["response"]["body"]["usage"]["completion_tokens"] for line in outcome.output.values())
+    paid = (sync_in, sync_out) if batch_in is None else (batch_in, batch_out)
+    return (
+        (tokens_in * paid[0] + tokens_out * paid[1]) / 1_000_000,  # type: ignore[operator]
+        (tokens_in * sync_in + tokens_out * sync_out) / 1_000_000,
+    )
+
+
+def test_four_kinds_give_equivalent_outputs_at_exact_prices(client: openai.OpenAI, gateway: GatewayProcess) -> None:
     outcomes = {provider: run_on(client, provider) for provider in KINDS}
     reference = essentials(outcomes["openai"])
     assert sorted(reference) == sorted(r["custom_id"] for r in REQUESTS)
@@ -108,3 +151,15 @@ def test_four_kinds_give_equivalent_outputs(client: openai.OpenAI) -> None:
         assert usage is not None
         assert usage.input_tokens == sum(v[2] for v in reference.values()), provider
         assert usage.output_tokens == sum(v[3] for v in reference.values()), provider
+        cost, list_cost = exact_cost(outcome, provider)
+        metadata = outcome.batch.metadata or {}
+        assert metadata["gateway_providers"] == provider
+        assert float(metadata["gateway_cost_usd"]) == pytest.approx(cost, abs=1e-6), provider
+        assert float(metadata["gateway_savings_usd"]) == pytest.approx(list_cost - cost, abs=1e-6), provider
+        [(ledger_cost, ledger_list, ledger_mode, requests)] = query(
+            gateway,
+            "SELECT SUM(cost_usd), SUM(list_cost_usd), MAX(mode), SUM(requests) FROM ledger WHERE batch_id = :b",
+            b=outcome.batch.id,
+        )
+        assert ledger_cost == pytest.approx(cost, rel=1e-9) and ledger_list == pytest.approx(list_cost, rel=1e-9)
+        assert ledger_mode == ("sync" if provider == "fanout" else "batch") and requests == len(REQUESTS)

@@ -128,9 +128,9 @@ def test_probes(production: Rendered) -> None:
     assert dashboard["livenessProbe"]["httpGet"]["path"] == "/_stcore/health"
     assert dashboard["readinessProbe"]["httpGet"]["path"] == "/_stcore/health"
     worker = containers(production.get("Deployment", f"{FULLNAME}-worker"))[0]
-    assert worker["livenessProbe"]["exec"]["command"][:2] == ["python", "-c"]
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     assert worker["readinessProbe"]["exec"]["command"][:2] == ["python", "-c"]
-    assert "ports" not in worker
+    assert [p["name"] for p in worker["ports"]] == ["metrics"]
 
 
 def test_every_deployment_has_a_matching_disruption_budget(production: Rendered, default: Rendered) -> None:
@@ -167,15 +167,26 @@ def test_migrations_run_in_a_pre_install_and_pre_upgrade_hook(production: Render
     assert "serviceAccountName" not in job["spec"]["template"]["spec"], "hooks run before the release's account"
 
 
-def test_service_monitor_scrapes_the_api_metrics(production: Rendered) -> None:
+def test_service_monitor_scrapes_api_and_worker_metrics(production: Rendered) -> None:
     monitor = production.get("ServiceMonitor", FULLNAME)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    service = production.get("Service", f"{FULLNAME}-api")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["path"] == "/metrics" and endpoint["port"] == service["spec"]["ports"][0]["name"]
+    selector = monitor["spec"]["selector"]
+    endpoints = {e["port"]: e for e in monitor["spec"]["endpoints"]}
+    scraped = {}
+    for service in production.kinds("Service"):
+        labels = service["metadata"]["labels"]
+        selected = selector["matchLabels"].items() <= labels.items() and all(
+            labels.get(e["key"]) in e["values"] for e in selector["matchExpressions"]
+        )
+        ports = {p["name"] for p in service["spec"]["ports"]} & set(endpoints)
+        if selected and ports:
+            scraped[service["metadata"]["name"]] = ports
+    assert scraped == {f"{FULLNAME}-api": {"http"}, f"{FULLNAME}-worker-metrics": {"metrics"}}
+    assert {e["path"] for e in endpoints.values()} == {"/metrics"}
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    headless = production.get("Service", f"{FULLNAME}-worker-metrics")
+    assert headless["spec"]["clusterIP"] == "None"
 
 
 def test_prometheus_rule_is_the_repository_rules_file(production: Rendered) -> None:

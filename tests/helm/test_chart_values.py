@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,9 +12,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.settings import Settings
+from tests.conftest import free_port
 from tests.helm.conftest import FULLNAME, helm, render, values_file
 
 PG = {"database": {"url": "postgresql://gw:pw@db:5432/gw"}, "persistence": {"accessModes": ["ReadWriteMany"]}}
@@ -181,31 +181,62 @@ def test_worker_readiness_probe_asks_the_database(chart: Any, tmp_path: Path) ->
     assert unreachable.returncode != 0
 
 
-def test_worker_liveness_probe_finds_a_running_worker(chart: Any, tmp_path: Path) -> None:
-    script = probe_script(chart, "livenessProbe")
-    batchgw = shutil.which("batchgw")
-    assert batchgw, "the batchgw console script is installed"
-    env = {"BATCHGW_DATA_DIR": str(tmp_path), "BATCHGW_DATABASE_URL": f"sqlite:///{tmp_path / 'gw.db'}"}
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")}
-    worker = subprocess.Popen(
-        [batchgw, "worker"], env={**clean, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+def test_worker_liveness_probe_reaches_the_workers_metrics_server(chart: Any, tmp_path: Path) -> None:
+    """The chart's worker environment makes ``batchgw worker`` serve the port and path the probe asks."""
+    rendered = render(chart, values_file("production-values.yaml"))
+    worker = rendered.get("Deployment", f"{FULLNAME}-worker")["spec"]["template"]["spec"]["containers"][0]
+    probe = worker["livenessProbe"]["httpGet"]
+    (port,) = [p for p in worker["ports"] if p["name"] == probe["port"]]
+    chart_env = {e["name"]: e["value"] for e in worker["env"] if "value" in e}
+    assert chart_env["BATCHGW_METRICS__WORKER_PORT"] == str(port["containerPort"])
+    assert chart_env["BATCHGW_HOST"] == "0.0.0.0"
+    local_port = free_port()  # the same variables, on a port free on this machine and on loopback
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")},
+        "BATCHGW_METRICS__WORKER_PORT": str(local_port),
+        "BATCHGW_HOST": "127.0.0.1",
+        "BATCHGW_DATA_DIR": str(tmp_path),
+        "BATCHGW_DATABASE_URL": f"sqlite:///{tmp_path / 'gw.db'}",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
     try:
-        time.sleep(1.0)
-        assert worker.poll() is None
-        assert run_probe(script, env).returncode == 0
-        worker.send_signal(signal.SIGSTOP)  # a stopped worker is not alive
-        try:
-            result = run_probe(script, env)
-        finally:
-            worker.send_signal(signal.SIGCONT)
-        others = [
-            line
-            for line in subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout.splitlines()
-            if "/batchgw worker" in line and not line.startswith("T")
-        ]
-        if not others:  # another batchgw worker on this machine would rightly keep the probe green
-            assert result.returncode != 0 and "no running batchgw worker" in result.stderr
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, "the worker exited"
+            try:
+                response = httpx.get(f"http://127.0.0.1:{local_port}{probe['path']}", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the worker's metrics server never answered"
+                time.sleep(0.2)
+        assert response.status_code == 200
     finally:
-        worker.terminate()
-        worker.wait(timeout=15)
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_every_value_is_typed_and_described(chart: Any) -> None:
+    """Each key of values.yaml has a schema entry with a description (and no entry lacks one)."""
+    schema = chart.schema
+    assert schema is not None and schema["additionalProperties"] is False
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        if "$ref" in node:
+            target: dict[str, Any] = schema
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            return target
+        return node
+
+    def walk(values: dict[str, Any], node: dict[str, Any], path: str) -> None:
+        properties = resolve(node).get("properties", {})
+        for key, value in values.items():
+            assert key in properties, f"{path}{key} is not in values.schema.json"
+            entry = resolve(properties[key])
+            assert entry.get("description"), f"{path}{key} has no description"
+            if isinstance(value, dict) and "properties" in entry:
+                walk(value, entry, f"{path}{key}.")
+
+    walk(chart.values, schema, "")

@@ -1,0 +1,403 @@
+"""``batchgw demo``: the whole product on one machine, with no configuration and no keys.
+
+Two emulated providers sell ``llama-3.3-70b`` at different prices (``groq-sim`` cheap and a little flaky,
+``together-sim`` dearer); a gateway and, unless headless, the dashboard run as child processes. A sample
+classification batch goes through the official ``openai`` SDK, the cheap provider is taken down part-way,
+and the demo reports the failover, the results, the spend and savings and the billing alerts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import httpx
+import openai
+from rich.console import Console
+
+from gateway.demo_report import DemoOutcome, print_summary, sample_requests
+from gateway.simulator import Faults, ProviderSpec, SimulatorCluster
+
+MODEL = "llama-3.3-70b"
+CHEAP, PRICEY = "groq-sim", "together-sim"
+EMULATORS = {
+    CHEAP: {"catalog": "groq", "model": "llama-3.3-70b-versatile"},
+    PRICEY: {"catalog": "together", "model": "meta-llama/Llama-3.3-70B-Instruct-Turbo"},
+}
+PROCESSING_DELAY_S = 1.5
+FLAKY_FRACTION = 0.05
+OUTAGE_AT = 1 / 3  # share of requests answered when the cheap provider goes down
+# The daily budget is the estimate / this share. The estimate prices every request on the cheap provider at
+# max_tokens, so the spend lands between ~50% (all on the cheap one) and ~130% (after failover) of it.
+BUDGET_SHARE = 0.8
+MARKER = ".batchgw-demo"
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+FAST_SETTINGS = {
+    "BATCHGW_WORKER__POLL_INTERVAL_S": "0.1",
+    "BATCHGW_WORKER__PROVIDER_POLL_MIN_S": "0.2",
+    "BATCHGW_WORKER__PROVIDER_POLL_MAX_S": "1",
+    "BATCHGW_ROUTING__PROVIDER_DOWN_FAILOVER_S": "3",
+    "BATCHGW_ROUTING__CIRCUIT_FAILURE_THRESHOLD": "2",
+    "BATCHGW_ROUTING__SUBMIT_RETRY_BASE_S": "0.2",
+    "BATCHGW_ROUTING__MAX_REQUEST_ATTEMPTS": "5",
+    "BATCHGW_BILLING__WEBHOOK_URL": "",
+}
+
+
+class DemoError(Exception):
+    """A failure the user can act on; reported in one line, without a traceback."""
+
+
+@dataclass
+class DemoOptions:
+    """The command's options."""
+
+    headless: bool = False
+    data_dir: Path = Path("batchgw-demo")
+    port: int = 8080
+    dashboard_port: int = 8501
+    items: int = 2000
+
+
+@dataclass
+class Child:
+    """A child process and the file its output goes to."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def tail(self, lines: int = 15) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Children:
+    """Child processes, stopped in reverse start order (SIGTERM, then SIGKILL after a grace period)."""
+
+    started: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> Child:
+        with log_path.open("ab") as log:
+            # A session of its own: a terminal's Ctrl-C reaches only the demo, which then stops each child in order.
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        child = Child(name, process, log_path)
+        self.started.append(child)
+        return child
+
+    def dead(self) -> Child | None:
+        return next((c for c in self.started if c.process.poll() is not None), None)
+
+    def stop_all(self, grace_s: float = 10.0) -> None:
+        for child in reversed(self.started):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        for child in reversed(self.started):
+            try:
+                child.process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait(5)
+        self.started.clear()
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """An empty folder for this run; only a folder an earlier demo made (it holds the marker) is wiped."""
+    path = path.resolve()
+    if path.exists():
+        if not path.is_dir():
+            raise DemoError(f"--data-dir {path} is a file; name a folder")
+        if any(path.iterdir()) and not (path / MARKER).exists():
+            raise DemoError(f"--data-dir {path} is not empty and was not made by the demo; name another folder")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / MARKER).write_text("made by `batchgw demo`; deleted and recreated on each run\n", encoding="utf-8")
+    return path
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # As the servers do: a port with only closed connections lingering (TIME_WAIT) is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(wanted: int, what: str, console: Console) -> int:
+    """``wanted`` when nothing listens there, else a free port (and the user is told)."""
+    if wanted and port_is_free(wanted):
+        return wanted
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    if wanted:
+        console.print(f"[yellow]port {wanted} is busy, so the {what} uses port {port}[/yellow]")
+    return port
+
+
+def start_emulators() -> SimulatorCluster:
+    """The two emulated providers on free loopback ports, the cheap one failing ~5% of requests per batch."""
+    cheap_faults = Faults(fail_fraction=FLAKY_FRACTION, fail_per_batch=True)
+    specs = [
+        ProviderSpec(name=CHEAP, models=[EMULATORS[CHEAP]["model"]], processing_delay_s=PROCESSING_DELAY_S,
+                     faults=cheap_faults),
+        ProviderSpec(name=PRICEY, models=[EMULATORS[PRICEY]["model"]], processing_delay_s=PROCESSING_DELAY_S),
+    ]  # fmt: skip
+    cluster = SimulatorCluster(specs, control_port=0)
+    cluster.start()
+    return cluster
+
+
+def write_gateway_config(folder: Path, cluster: SimulatorCluster) -> Path:
+    """The gateway's provider file: both emulators serve the model, within small limits so the job is sharded."""
+    lines = [f"# Providers of `batchgw demo` (emulated on loopback; no keys). Control API: {cluster.control_url}", ""]
+    for name, spec in EMULATORS.items():
+        lines += [
+            f"[providers.{name}]",
+            'kind = "openai"',
+            f"base_url = {json.dumps(cluster.base_url(name))}",
+            f"catalog_provider = {json.dumps(spec['catalog'])}",
+            f"models = {{ {json.dumps(MODEL)} = {json.dumps(spec['model'])} }}",
+            "timeout_s = 10",
+            "",
+            f"[providers.{name}.limits]",
+            "max_requests_per_batch = 200",
+            "max_batches_in_flight = 2",
+            "",
+        ]
+    path = folder / "gateway.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def child_env(data_dir: Path, config: Path, admin_key: str, port: int) -> dict[str, str]:
+    """The environment of the gateway and dashboard: the caller's, minus any gateway settings of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")}
+    return env | FAST_SETTINGS | {
+        "BATCHGW_DATA_DIR": str(data_dir),
+        "BATCHGW_CONFIG_FILE": str(config),
+        "BATCHGW_ADMIN_KEY": admin_key,
+        "BATCHGW_HOST": "127.0.0.1",
+        "BATCHGW_PORT": str(port),
+    }
+
+
+def wait_until_up(child: Child, url: str, timeout_s: float) -> None:
+    """Poll ``url`` until it answers 200; a child that exits or a timeout is a ``DemoError`` with its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if child.process.poll() is not None:
+            raise DemoError(f"the {child.name} stopped while starting; its log ({child.log_path}) ends:\n{child.tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise DemoError(f"the {child.name} did not answer {url} within {timeout_s:.0f}s; see {child.log_path}")
+
+
+class Admin:
+    """The gateway's admin API."""
+
+    def __init__(self, base_url: str, key: str) -> None:
+        self.http = httpx.Client(base_url=f"{base_url}/admin", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise DemoError(f"{method} /admin{path} answered {response.status_code}: {response.text[:300]}")
+        return response.json()
+
+
+def watch(
+    client: openai.OpenAI, batch_id: str, cluster: SimulatorCluster, console: Console, timeout_s: float = 600
+) -> tuple[Any, float | None]:
+    """Follow the batch to its end, taking the cheap provider down part-way; returns it and the outage time."""
+    started = time.monotonic()
+    outage_at: float | None = None
+    last_line = ""
+    last_print = 0.0
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        counts = batch.request_counts
+        done = (counts.completed + counts.failed) if counts else 0
+        total = counts.total if counts and counts.total else 0
+        elapsed = time.monotonic() - started
+        if outage_at is None and total and done >= total * OUTAGE_AT and batch.status not in TERMINAL:
+            cluster.set_faults(CHEAP, down="refuse")
+            outage_at = elapsed
+            console.print(
+                f"[bold red]>>> {CHEAP} is DOWN now[/bold red] (connections refused) with {done:,}/{total:,} "
+                f"requests answered; the gateway has to move the rest to {PRICEY}"
+            )
+        meta = batch.metadata or {}
+        line = (
+            f"{elapsed:5.1f}s  {batch.status:<11} {done:>6,}/{total:,} answered"
+            f"  ({counts.failed if counts else 0} failed)  on {meta.get('gateway_providers') or '-'}"
+            f"  cost ${float(meta.get('gateway_cost_usd') or 0):.4f}"
+        )
+        changed = line.split()[1:] != last_line.split()[1:]
+        if batch.status in TERMINAL or (changed and elapsed - last_print >= 1.5):
+            console.print(line, highlight=False)
+            last_line, last_print = line, elapsed
+        if batch.status in TERMINAL:
+            return batch, outage_at
+        if elapsed > timeout_s:
+            raise DemoError(f"batch {batch_id} did not finish within {timeout_s:.0f}s (status {batch.status})")
+        time.sleep(0.5)
+
+
+def write_results(client: openai.OpenAI, batch: Any, requests: list[dict[str, Any]], path: Path) -> Counter[str]:
+    """Output and error lines in input order, one per custom_id; returns how many lines each custom_id got."""
+    lines: dict[str, list[str]] = {}
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        if file_id:
+            for raw in client.files.content(file_id).text.splitlines():
+                if raw.strip():
+                    lines.setdefault(json.loads(raw)["custom_id"], []).append(raw)
+    with path.open("w", encoding="utf-8") as out:
+        for request in requests:
+            for raw in lines.get(request["custom_id"], []):
+                out.write(raw + "\n")
+    return Counter({cid: len(found) for cid, found in lines.items()})
+
+
+def run_demo(options: DemoOptions, console: Console) -> int:
+    """The whole demo; returns the exit code."""
+    children = Children()
+    cluster: SimulatorCluster | None = None
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        data_dir = prepare_data_dir(options.data_dir)
+        port = choose_port(options.port, "gateway", console)
+        cluster = start_emulators()
+        console.print(f"emulated providers: {CHEAP} at {cluster.base_url(CHEAP)} (cheap, fails ~5% of requests), "
+                      f"{PRICEY} at {cluster.base_url(PRICEY)}", highlight=False)  # fmt: skip
+        admin_key = "bgw-admin-" + secrets.token_urlsafe(18)
+        env = child_env(data_dir, write_gateway_config(data_dir, cluster), admin_key, port)
+        gateway_url = f"http://127.0.0.1:{port}"
+        gateway = children.start("gateway", ["serve"], env, data_dir / "gateway.log")
+        wait_until_up(gateway, f"{gateway_url}/readyz", 90)
+        console.print(f"gateway ready at {gateway_url}/v1 (log: {gateway.log_path})", highlight=False)
+        dashboard_url, dashboard = None, None
+        if not options.headless:
+            dashboard_port = choose_port(options.dashboard_port, "dashboard", console)
+            dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+            dashboard_args = ["dashboard", "--gateway-url", gateway_url, "--port", str(dashboard_port)]
+            dashboard = children.start("dashboard", dashboard_args, env, data_dir / "dashboard.log")
+        admin = Admin(gateway_url, admin_key)
+        client_key = admin.call("POST", "/keys", json={"team": "demo", "name": "batchgw demo"})["key"]
+        client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=client_key, max_retries=3, timeout=60)
+
+        requests = sample_requests(options.items, MODEL)
+        input_path = data_dir / "requests.jsonl"
+        input_path.write_text("".join(json.dumps(r) + "\n" for r in requests), encoding="utf-8")
+        with input_path.open("rb") as handle:
+            upload = client.files.create(file=handle, purpose="batch")
+        estimate = admin.call("POST", "/estimate", json={"file_id": upload.id})
+        limit = round(max(float(estimate["chosen_cost_usd"]), 1e-4) / BUDGET_SHARE, 6)
+        admin.call("PUT", "/budgets", json={"scope": "global", "period": "day", "limit_usd": limit, "hard": False})
+        console.print(f"estimated cost ${estimate['chosen_cost_usd']:.4f} on the cheapest provider; "
+                      f"global daily budget set to ${limit:.4f} (alerts at 50%, 80%, 100%)", highlight=False)  # fmt: skip
+        batch = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
+            metadata={"demo": "review-sentiment"}, extra_headers={"Idempotency-Key": f"demo-{upload.id}"},
+        )  # fmt: skip
+        console.print(f"submitted batch {batch.id}: {len(requests):,} reviews to label (model {MODEL})")
+        batch, outage_at = watch(client, batch.id, cluster, console)
+
+        results_path = data_dir / "results.jsonl"
+        answered = write_results(client, batch, requests, results_path)
+        outcome = DemoOutcome(
+            batch=batch, detail=admin.call("GET", f"/batches/{batch.id}"),
+            spend=admin.call("GET", "/spend", params={"group_by": "provider"}),
+            alerts=admin.call("GET", "/alerts")["data"], answered=answered, requests=requests,
+            results_path=results_path, outage_at=outage_at, gateway_url=gateway_url, dashboard_url=dashboard_url,
+            admin_key=admin_key, client_key=client_key, control_url=cluster.control_url, down=CHEAP,
+        )  # fmt: skip
+        problems = print_summary(outcome, console)
+        if options.headless:
+            if problems:
+                console.print("[bold red]demo failed:[/bold red] " + "; ".join(problems))
+                return 1
+            console.print(f"[bold green]demo succeeded[/bold green] in {time.monotonic() - started:.0f}s")
+            return 0
+        assert dashboard is not None and dashboard_url is not None
+        wait_until_up(dashboard, f"{dashboard_url}/_stcore/health", 60)
+        console.print(f"dashboard ready at {dashboard_url}", highlight=False)
+        return keep_running(children, console)
+    except DemoError as exc:
+        console.print(f"[bold red]demo failed:[/bold red] {exc}", highlight=False)
+        return 1
+    except (openai.APIError, httpx.HTTPError) as exc:
+        console.print(f"[bold red]demo failed:[/bold red] the gateway call failed: {exc}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    finally:
+        console.print("stopping the gateway, dashboard and emulators ...")
+        children.stop_all()
+        if cluster is not None:
+            cluster.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def keep_running(children: Children, console: Console) -> int:
+    """Serve until Ctrl-C (or SIGTERM); a child that stops on its own ends the demo with an error."""
+    console.print("[bold]Everything keeps running: press Ctrl-C to stop.[/bold]")
+    while True:
+        dead = children.dead()
+        if dead is not None:
+            console.print(f"[bold red]the {dead.name} stopped unexpectedly; its log ends:[/bold red]\n{dead.tail()}")
+            return 1
+        time.sleep(1)
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """The emulators log request errors the demo provokes on purpose; keep them off the terminal."""
+    import logging
+
+    logger = logging.getLogger("gateway.simulator")
+    level, logger.level = logger.level, logging.CRITICAL
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def main(options: DemoOptions, stdout: IO[str] | None = None) -> int:
+    """Entry point of ``batchgw demo``."""
+    console = Console(file=stdout, width=None if (stdout or sys.stdout).isatty() else 140)
+    with _quiet_logs():
+        return run_demo(options, console)

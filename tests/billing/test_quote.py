@@ -1,0 +1,125 @@
+"""Estimates before spending: ``batchgw estimate FILE`` and ``POST /admin/estimate`` price a file on every
+offer at its synchronous and its own rate, and show which one the policy picks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.billing.estimate import cost_usd, estimate_file
+from gateway.catalog.loader import load_catalog
+from tests.conftest import GatewayProcess
+
+PROVIDERS = """
+[providers.groq]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+models = { "llama-3.3-70b" = "llama-3.3-70b-versatile" }
+
+[providers.together]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+models = { "llama-3.3-70b" = "meta-llama/Llama-3.3-70B-Instruct-Turbo" }
+"""
+
+
+def shipped_rates(provider: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(sync, batch) USD per MTok of the shipped catalog's llama-3.3-70b offer of ``provider``."""
+    [entry] = [o for o in load_catalog().data.models["llama-3.3-70b"].offers if o.provider == provider]
+    batch = (entry.batch_input_per_mtok, entry.batch_output_per_mtok)
+    sync = (entry.input_per_mtok, entry.output_per_mtok)
+    return sync, batch if batch[0] is not None else sync  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("estimate")
+    (folder / "providers.toml").write_text(PROVIDERS, encoding="utf-8")
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "llama-3.3-70b",
+                "messages": [{"role": "user", "content": "label " * i}],
+                "max_tokens": 20,
+            },
+        }
+        for i in range(200)
+    ]
+    (folder / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return folder
+
+
+def expected(folder: Path, provider: str) -> tuple[float, float]:
+    [entry] = estimate_file(folder / "in.jsonl", "/v1/chat/completions").values()
+    sync, batch = shipped_rates(provider)
+    return cost_usd(entry.input_tokens, entry.output_tokens, sync), cost_usd(
+        entry.input_tokens, entry.output_tokens, batch
+    )
+
+
+def test_the_command_prints_every_offer_and_the_policy_choice(workspace: Path) -> None:
+    env = {"BATCHGW_CONFIG_FILE": str(workspace / "providers.toml"), "BATCHGW_DATA_DIR": str(workspace / "data")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "estimate", str(workspace / "in.jsonl")],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")}, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[2].strip(): line for line in result.stdout.splitlines() if line.count("│") > 8}
+    groq_sync, groq_batch = expected(workspace, "groq")
+    _, together_batch = expected(workspace, "together")
+    assert groq_batch < together_batch, "the shipped catalog should make Groq's batch rate the cheaper"
+    assert f"{groq_sync:.4f}" in rows["groq"] and f"{groq_batch:.4f}" in rows["groq"] and "chosen" in rows["groq"]
+    assert f"{groq_sync - groq_batch:.4f}" in rows["groq"]
+    assert f"{together_batch:.4f}" in rows["together"] and "#2" in rows["together"]
+    assert f"Estimated total on the policy's choices: ${groq_batch:.4f}" in result.stdout
+
+
+def test_the_command_explains_an_unknown_model(workspace: Path) -> None:
+    env = {"BATCHGW_CONFIG_FILE": str(workspace / "providers.toml"), "BATCHGW_DATA_DIR": str(workspace / "data")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "estimate", str(workspace / "in.jsonl"), "--model", "llama-3.3-7b"],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")}, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "cannot route: unknown model 'llama-3.3-7b'; did you mean 'llama-3.3-70b'" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_the_admin_endpoint_gives_the_same_figures(workspace: Path, gateway_factory: Any) -> None:
+    gateway: GatewayProcess = gateway_factory({"BATCHGW_CONFIG_FILE": str(workspace / "providers.toml")}).start()
+    client = gateway.client(gateway.create_key("acme"))
+    upload = client.files.create(file=(workspace / "in.jsonl").read_bytes(), purpose="batch")
+    headers = {"Authorization": "Bearer test-admin-key"}
+    response = httpx.post(f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id}, headers=headers)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    rows = {row["provider"]: row for row in answer["data"]}
+    groq_sync, groq_batch = expected(workspace, "groq")
+    assert rows["groq"]["rank"] == 1 and rows["together"]["rank"] == 2
+    assert rows["groq"]["cost_usd"] == pytest.approx(groq_batch) and rows["groq"]["sync_cost_usd"] == pytest.approx(
+        groq_sync
+    )
+    assert answer["chosen_cost_usd"] == pytest.approx(groq_batch, abs=1e-6)
+
+    bad = httpx.post(
+        f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id, "policy": "nope"}, headers=headers
+    )
+    assert bad.status_code == 400 and "unknown policy 'nope'" in bad.json()["error"]["message"].lower()
+    missing = httpx.post(f"{gateway.base_url}/admin/estimate", json={"file_id": "file-none"}, headers=headers)
+    assert missing.status_code == 404
