@@ -25,6 +25,21 @@ app.command("ls")(client_cli.ls)
 app.command("status")(client_cli.status)
 
 
+def _load_settings() -> Settings:
+    """The settings, and a check that the gateway can start with them: a clear message, not a traceback."""
+    from pydantic import ValidationError
+
+    from gateway.context import check_configuration
+
+    try:
+        settings = Settings()
+        asyncio.run(check_configuration(settings))
+    except (ValidationError, ValueError, LookupError, OSError) as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return settings
+
+
 def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -44,7 +59,7 @@ def serve(
 
     from gateway.app import create_app
 
-    settings = Settings()
+    settings = _load_settings()
     _setup_logging(settings)
     application = create_app(settings, run_worker=worker)
     typer.echo(f"batch-gateway listening on http://{host or settings.host}:{port or settings.port}/v1")
@@ -64,7 +79,7 @@ def run_worker() -> None:
     from gateway.db.engine import upgrade_to_head
     from gateway.jobs.worker import Worker
 
-    settings = Settings()
+    settings = _load_settings()
     _setup_logging(settings)
     if settings.auto_migrate:
         upgrade_to_head(settings.resolved_database_url)
@@ -147,7 +162,7 @@ def estimate(
     from gateway.context import GatewayContext
     from gateway.db.engine import upgrade_to_head
 
-    settings = Settings()
+    settings = _load_settings()
     if settings.auto_migrate:
         upgrade_to_head(settings.resolved_database_url)
 

@@ -43,8 +43,7 @@ class GatewayContext:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             follow_redirects=False,
         )
-        providers = ProviderRegistry.from_config(settings.providers, http)
-        catalog = load_catalog(settings.catalog.file, settings.catalog.overrides)
+        providers, offers, policies = routing_setup(settings, http)
         return cls(
             settings=settings,
             engine=engine,
@@ -52,8 +51,8 @@ class GatewayContext:
             blobs=LocalBlobStore(settings.resolved_blob_dir),
             http=http,
             providers=providers,
-            offers=OfferBook(catalog, providers),
-            policies=default_registry(),
+            offers=offers,
+            policies=policies,
         )
 
     async def close(self) -> None:
@@ -62,4 +61,25 @@ class GatewayContext:
         await self.engine.dispose()
 
 
-__all__ = ["AsyncSession", "GatewayContext"]
+def routing_setup(
+    settings: Settings, http: httpx.AsyncClient
+) -> tuple[ProviderRegistry, OfferBook, PolicyRegistry]:
+    """Providers, priced offers and policies from the settings.
+
+    Raises ``ValueError`` or ``LookupError`` naming the problem: an unknown provider kind or option, an
+    invalid catalog, an unknown default policy.
+    """
+    providers = ProviderRegistry.from_config(settings.providers, http)
+    offers = OfferBook(load_catalog(settings.catalog.file, settings.catalog.overrides), providers)
+    policies = default_registry()
+    policies.get(settings.routing.default_policy)
+    return providers, offers, policies
+
+
+async def check_configuration(settings: Settings) -> None:
+    """Fail early, with a message, on configuration the gateway cannot start with."""
+    async with httpx.AsyncClient() as http:
+        routing_setup(settings, http)
+
+
+__all__ = ["AsyncSession", "GatewayContext", "check_configuration"]

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -202,13 +201,17 @@ def write_gateway_config(folder: Path, cluster: SimulatorCluster) -> Path:
 def child_env(data_dir: Path, config: Path, admin_key: str, port: int) -> dict[str, str]:
     """The environment of the gateway and dashboard: the caller's, minus any gateway settings of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")}
-    return env | FAST_SETTINGS | {
-        "BATCHGW_DATA_DIR": str(data_dir),
-        "BATCHGW_CONFIG_FILE": str(config),
-        "BATCHGW_ADMIN_KEY": admin_key,
-        "BATCHGW_HOST": "127.0.0.1",
-        "BATCHGW_PORT": str(port),
-    }
+    return (
+        env
+        | FAST_SETTINGS
+        | {
+            "BATCHGW_DATA_DIR": str(data_dir),
+            "BATCHGW_CONFIG_FILE": str(config),
+            "BATCHGW_ADMIN_KEY": admin_key,
+            "BATCHGW_HOST": "127.0.0.1",
+            "BATCHGW_PORT": str(port),
+        }
+    )
 
 
 def wait_until_up(child: Child, url: str, timeout_s: float) -> None:
@@ -216,7 +219,9 @@ def wait_until_up(child: Child, url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if child.process.poll() is not None:
-            raise DemoError(f"the {child.name} stopped while starting; its log ({child.log_path}) ends:\n{child.tail()}")
+            raise DemoError(
+                f"the {child.name} stopped while starting; its log ({child.log_path}) ends:\n{child.tail()}"
+            )
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -295,7 +300,8 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     children = Children()
     cluster: SimulatorCluster | None = None
     started = time.monotonic()
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # Set explicitly: a shell starting the demo in the background may have left SIGINT ignored.
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         data_dir = prepare_data_dir(options.data_dir)
         port = choose_port(options.port, "gateway", console)
@@ -314,6 +320,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             dashboard_url = f"http://127.0.0.1:{dashboard_port}"
             dashboard_args = ["dashboard", "--gateway-url", gateway_url, "--port", str(dashboard_port)]
             dashboard = children.start("dashboard", dashboard_args, env, data_dir / "dashboard.log")
+            console.print(f"dashboard starting at {dashboard_url}: open it to watch the batch", highlight=False)
         admin = Admin(gateway_url, admin_key)
         client_key = admin.call("POST", "/keys", json={"team": "demo", "name": "batchgw demo"})["key"]
         client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=client_key, max_retries=3, timeout=60)
@@ -326,8 +333,11 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         estimate = admin.call("POST", "/estimate", json={"file_id": upload.id})
         limit = round(max(float(estimate["chosen_cost_usd"]), 1e-4) / BUDGET_SHARE, 6)
         admin.call("PUT", "/budgets", json={"scope": "global", "period": "day", "limit_usd": limit, "hard": False})
-        console.print(f"estimated cost ${estimate['chosen_cost_usd']:.4f} on the cheapest provider; "
-                      f"global daily budget set to ${limit:.4f} (alerts at 50%, 80%, 100%)", highlight=False)  # fmt: skip
+        console.print(
+            f"estimated cost ${estimate['chosen_cost_usd']:.4f} on the cheapest provider; "
+            f"global daily budget set to ${limit:.4f} (alerts at 50%, 80%, 100%)",
+            highlight=False,
+        )
         batch = client.batches.create(
             input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
             metadata={"demo": "review-sentiment"}, extra_headers={"Idempotency-Key": f"demo-{upload.id}"},
@@ -345,12 +355,12 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             admin_key=admin_key, client_key=client_key, control_url=cluster.control_url, down=CHEAP,
         )  # fmt: skip
         problems = print_summary(outcome, console)
-        if options.headless:
-            if problems:
-                console.print("[bold red]demo failed:[/bold red] " + "; ".join(problems))
-                return 1
+        if problems:
+            console.print("[bold red]demo failed:[/bold red] " + "; ".join(problems), highlight=False)
+        else:
             console.print(f"[bold green]demo succeeded[/bold green] in {time.monotonic() - started:.0f}s")
-            return 0
+        if options.headless:
+            return 1 if problems else 0
         assert dashboard is not None and dashboard_url is not None
         wait_until_up(dashboard, f"{dashboard_url}/_stcore/health", 60)
         console.print(f"dashboard ready at {dashboard_url}", highlight=False)
@@ -359,45 +369,42 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         console.print(f"[bold red]demo failed:[/bold red] {exc}", highlight=False)
         return 1
     except (openai.APIError, httpx.HTTPError) as exc:
-        console.print(f"[bold red]demo failed:[/bold red] the gateway call failed: {exc}", highlight=False)
+        console.print(f"[bold red]demo failed:[/bold red] a call to the gateway failed: {exc}", highlight=False)
+        dead = children.dead()
+        if dead is not None:
+            console.print(f"the {dead.name} had stopped; its log ({dead.log_path}) ends:\n{dead.tail()}")
         return 1
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
     finally:
+        for sig in previous:  # a second Ctrl-C must not cut the clean-up short and orphan a child
+            signal.signal(sig, signal.SIG_IGN)
         console.print("stopping the gateway, dashboard and emulators ...")
         children.stop_all()
         if cluster is not None:
             cluster.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def keep_running(children: Children, console: Console) -> int:
-    """Serve until Ctrl-C (or SIGTERM); a child that stops on its own ends the demo with an error."""
+    """Serve until Ctrl-C or SIGTERM (exit 0); a child that stops on its own ends the demo with an error."""
     console.print("[bold]Everything keeps running: press Ctrl-C to stop.[/bold]")
-    while True:
-        dead = children.dead()
-        if dead is not None:
-            console.print(f"[bold red]the {dead.name} stopped unexpectedly; its log ends:[/bold red]\n{dead.tail()}")
-            return 1
-        time.sleep(1)
-
-
-@contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
-    """The emulators log request errors the demo provokes on purpose; keep them off the terminal."""
-    import logging
-
-    logger = logging.getLogger("gateway.simulator")
-    level, logger.level = logger.level, logging.CRITICAL
     try:
-        yield
-    finally:
-        logger.setLevel(level)
+        while True:
+            dead = children.dead()
+            if dead is not None:
+                console.print(
+                    f"[bold red]the {dead.name} stopped unexpectedly; its log ends:[/bold red]\n{dead.tail()}"
+                )
+                return 1
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
 
 
 def main(options: DemoOptions, stdout: IO[str] | None = None) -> int:
     """Entry point of ``batchgw demo``."""
     console = Console(file=stdout, width=None if (stdout or sys.stdout).isatty() else 140)
-    with _quiet_logs():
-        return run_demo(options, console)
+    return run_demo(options, console)

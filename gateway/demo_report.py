@@ -13,9 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-SYSTEM_PROMPT = (
-    "You label product reviews. Answer with exactly one word: positive, negative or neutral."
-)
+SYSTEM_PROMPT = "You label product reviews. Answer with exactly one word: positive, negative or neutral."
 PRODUCTS = (
     "blender", "desk lamp", "running shoes", "coffee grinder", "phone case", "rain jacket", "mechanical keyboard",
     "water bottle", "air fryer", "backpack", "electric toothbrush", "office chair", "bluetooth speaker",

@@ -48,8 +48,10 @@ def row(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 COLUMNS = {
-    "job": st.column_config.LinkColumn("batch", display_text=r"job\?batch=(.*)", width="small"),
-    "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+    "job": st.column_config.LinkColumn("batch", display_text=r"job\?batch=(.*)", width="medium"),
+    "progress": st.column_config.ProgressColumn(
+        "progress", min_value=0.0, max_value=1.0, format="percent", width="small"
+    ),
 }
 
 

@@ -17,7 +17,7 @@ from gateway.db.stats import BudgetUse, MetricsSnapshot, metrics_snapshot
 log = logging.getLogger(__name__)
 
 
-@get("/metrics", include_in_schema=False, sync_to_thread=False)
+@get("/metrics", include_in_schema=False)
 async def metrics_endpoint(state: State) -> Response[bytes]:
     """This process's counters and histograms plus state gauges read from the database now."""
     context: GatewayContext = state.context

@@ -322,3 +322,21 @@ def expected_cost(outcome: Outcome, rates: dict[str, tuple[float, float]]) -> fl
 
 
 BATCH_RATES = {"cheap": CHEAP["batch"], "pricey": PRICEY["batch"]}
+
+
+def unbounded_requests(count: int) -> list[dict[str, Any]]:
+    """Chat lines without max_tokens: estimated at the default output, so a rambling model overruns."""
+    lines = [chat_request(f"req-{i:04d}", f"label item {i}") for i in range(count)]
+    for line in lines:
+        del line["body"]["max_tokens"]
+    return lines
+
+
+def create_batch(client: openai.OpenAI, requests: list[dict[str, Any]], metadata: dict[str, str]) -> str:
+    """Upload the lines and create a chat batch with ``metadata``; returns its id."""
+    content = "".join(json.dumps(r) + "\n" for r in requests).encode()
+    file = client.files.create(file=("input.jsonl", content), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+    )
+    return batch.id

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import openai
-
 from gateway.simulator import SimulatorCluster
-from tests.engine import admin, chat_request, collect, emulator_log, reset, set_faults, start_gateway, wait_for
-
-
-def unbounded_requests(count: int) -> list[dict[str, Any]]:
-    """Chat lines without max_tokens: estimated at the default output, so a rambling model overruns."""
-    lines = [chat_request(f"req-{i:04d}", f"label item {i}") for i in range(count)]
-    for line in lines:
-        del line["body"]["max_tokens"]
-    return lines
-
-
-def create(client: openai.OpenAI, requests: list[dict[str, Any]], metadata: dict[str, str]) -> str:
-    content = "".join(json.dumps(r) + "\n" for r in requests).encode()
-    file = client.files.create(file=("input.jsonl", content), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
-    )
-    return batch.id
+from tests.engine import (
+    admin,
+    collect,
+    create_batch,
+    emulator_log,
+    reset,
+    set_faults,
+    start_gateway,
+    unbounded_requests,
+    wait_for,
+)
 
 
 def provider_batches(cluster: SimulatorCluster, name: str) -> int:
@@ -43,7 +33,7 @@ def test_canary_stops_a_job_whose_projection_is_over_its_cap_and_lets_a_cheap_on
     # Estimated at about $0.0035 (40 x 256 output tokens at $0.30/MTok): under a cap of $0.01.
     cap = {"canary": "5", "max_cost_usd": "0.01"}
 
-    cheap = wait_for(client, create(client, requests, cap))
+    cheap = wait_for(client, create_batch(client, requests, cap))
     assert cheap.status == "completed", cheap
     assert len(collect(client, cheap).output) == 40
     verdict = [d for d in admin(gateway, f"/batches/{cheap.id}")["decisions"] if d["kind"] == "canary"]
@@ -52,7 +42,7 @@ def test_canary_stops_a_job_whose_projection_is_over_its_cap_and_lets_a_cheap_on
 
     reset(simulator, "fast")
     set_faults(simulator, "fast", runaway_output_tokens=2000)
-    runaway = wait_for(client, create(client, requests, cap))
+    runaway = wait_for(client, create_batch(client, requests, cap))
     assert runaway.status == "failed", runaway
     assert runaway.errors is not None
     [error] = [e for e in runaway.errors.data if e.code == "canary_failed"]
@@ -71,12 +61,16 @@ def test_canary_with_too_many_errors_stops_the_batch(
 ) -> None:
     reset(simulator, "fast", "other")
     gateway = start_gateway(
-        gateway_factory, simulator, tmp_path, cheap="fast", pricey="other",
+        gateway_factory,
+        simulator,
+        tmp_path,
+        cheap="fast",
+        pricey="other",
         env={"BATCHGW_ROUTING__MAX_REQUEST_ATTEMPTS": "1"},
     )
     client = gateway.client(gateway.create_key("acme"))
     set_faults(simulator, "fast", fail_fraction=1.0)
-    batch = wait_for(client, create(client, unbounded_requests(30), {"canary": "4"}))
+    batch = wait_for(client, create_batch(client, unbounded_requests(30), {"canary": "4"}))
     assert batch.status == "failed"
     assert batch.errors is not None
     message = next(e.message for e in batch.errors.data if e.code == "canary_failed") or ""
