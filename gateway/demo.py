@@ -332,7 +332,8 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             upload = client.files.create(file=handle, purpose="batch")
         estimate = admin.call("POST", "/estimate", json={"file_id": upload.id})
         limit = round(max(float(estimate["chosen_cost_usd"]), 1e-4) / BUDGET_SHARE, 6)
-        admin.call("PUT", "/budgets", json={"scope": "global", "period": "day", "limit_usd": limit, "hard": False})
+        budget = {"scope": "global", "period": "day", "limit_usd": limit, "hard": False, "thresholds": [0.5, 0.8, 1.0]}
+        admin.call("PUT", "/budgets", json=budget)
         console.print(
             f"estimated cost ${estimate['chosen_cost_usd']:.4f} on the cheapest provider; "
             f"global daily budget set to ${limit:.4f} (alerts at 50%, 80%, 100%)",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.demo_report import group_decisions, sample_requests
 
 
@@ -16,15 +18,16 @@ def test_the_sample_batch_is_deterministic_distinct_and_capped() -> None:
 
 
 def test_alike_decisions_are_grouped_with_ids_and_counts_blanked() -> None:
+    def decision(kind: str, to: str, count: int, reason: str = "", cause: str | None = None) -> dict[str, Any]:
+        return {"kind": kind, "chosen_provider": to, "request_count": count, "reason": reason, "cause": cause}
+
     decisions = [
-        {"kind": "route", "chosen_provider": "groq-sim", "reason": "cheapest", "cause": None, "request_count": 2000},
-        {"kind": "retry", "chosen_provider": "groq-sim", "cause": "5 request(s) failed at groq-sim", "request_count": 5},
-        {"kind": "retry", "chosen_provider": "groq-sim", "cause": "7 request(s) failed at groq-sim", "request_count": 7},
-        {"kind": "failover", "chosen_provider": "together-sim", "request_count": 200,
-         "cause": "groq-sim unreachable: GET /batches/batch_1a2b failed"},
-        {"kind": "failover", "chosen_provider": "together-sim", "request_count": 150,
-         "cause": "groq-sim unreachable: GET /batches/batch_9f8e failed"},
-    ]  # fmt: skip
+        decision("route", "groq-sim", 2000, reason="cheapest"),
+        decision("retry", "groq-sim", 5, reason="cheapest", cause="5 request(s) failed at groq-sim"),
+        decision("retry", "groq-sim", 7, reason="cheapest", cause="7 request(s) failed at groq-sim"),
+        decision("failover", "together-sim", 200, cause="groq-sim unreachable: GET /batches/batch_1a2b failed"),
+        decision("failover", "together-sim", 150, cause="groq-sim unreachable: GET /batches/batch_9f8e failed"),
+    ]
     assert group_decisions(decisions) == {
         ("route", "groq-sim", "cheapest"): (1, 2000),
         ("retry", "groq-sim", "cause: some requests failed at groq-sim"): (2, 12),
