@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from gateway import client_cli
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.context import GatewayContext
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="batch-gateway: one OpenAI-compatible batch endpoint in front of many providers.", no_args_is_help=True
@@ -38,6 +44,24 @@ def _load_settings() -> Settings:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from None
     return settings
+
+
+def _run_with_context(settings: Settings, job: Callable[[GatewayContext], Awaitable[T]]) -> T:
+    """Run ``job`` with this process's gateway context (database migrated first when enabled), then close it."""
+    from gateway.context import GatewayContext
+    from gateway.db.engine import upgrade_to_head
+
+    if settings.auto_migrate:
+        upgrade_to_head(settings.resolved_database_url)
+
+    async def main() -> T:
+        context = GatewayContext.create(settings)
+        try:
+            return await job(context)
+        finally:
+            await context.close()
+
+    return asyncio.run(main())
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -75,27 +99,19 @@ def serve(
 @app.command("worker")
 def run_worker() -> None:
     """Run a worker process only (no API)."""
-    from gateway.context import GatewayContext
-    from gateway.db.engine import upgrade_to_head
     from gateway.jobs.worker import Worker
 
     settings = _load_settings()
     _setup_logging(settings)
-    if settings.auto_migrate:
-        upgrade_to_head(settings.resolved_database_url)
     if settings.metrics.worker_port:
         from gateway.metrics import serve_process_metrics
 
         serve_process_metrics(settings.host, settings.metrics.worker_port)
 
-    async def main() -> None:
-        context = GatewayContext.create(settings)
-        try:
-            await Worker(context).run()
-        finally:
-            await context.close()
+    async def work(context: GatewayContext) -> None:
+        await Worker(context).run()
 
-    asyncio.run(main())
+    _run_with_context(settings, work)
 
 
 @db_app.command("upgrade")
@@ -115,25 +131,15 @@ def keys_create(
     name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
 ) -> None:
     """Create a client API key and print it once."""
-    from gateway.context import GatewayContext
     from gateway.db import repo
-    from gateway.db.engine import upgrade_to_head
 
-    settings = Settings()
-    if settings.auto_migrate:
-        upgrade_to_head(settings.resolved_database_url)
+    async def create(context: GatewayContext) -> str:
+        async with context.sessions() as session:
+            secret, _ = await repo.create_api_key(session, team, name)
+            await session.commit()
+        return secret
 
-    async def main() -> str:
-        context = GatewayContext.create(settings)
-        try:
-            async with context.sessions() as session:
-                secret, _ = await repo.create_api_key(session, team, name)
-                await session.commit()
-            return secret
-        finally:
-            await context.close()
-
-    typer.echo(asyncio.run(main()))
+    typer.echo(_run_with_context(_load_settings(), create))
 
 
 @app.command()
@@ -158,25 +164,14 @@ def estimate(
     from rich.console import Console
     from rich.table import Table
 
-    from gateway.billing.quote import quote_file
-    from gateway.context import GatewayContext
-    from gateway.db.engine import upgrade_to_head
+    from gateway.billing.quote import Quote, quote_file
 
-    settings = _load_settings()
-    if settings.auto_migrate:
-        upgrade_to_head(settings.resolved_database_url)
-
-    async def main() -> Any:
-        context = GatewayContext.create(settings)
-        try:
-            return await quote_file(
-                context, file, endpoint=endpoint, model=model, metadata={"policy": policy} if policy else None
-            )
-        finally:
-            await context.close()
+    async def price(context: GatewayContext) -> Quote:
+        metadata = {"policy": policy} if policy else None
+        return await quote_file(context, file, endpoint=endpoint, model=model, metadata=metadata)
 
     try:
-        quote = asyncio.run(main())
+        quote = _run_with_context(_load_settings(), price)
     except (ValueError, LookupError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
