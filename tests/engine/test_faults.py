@@ -269,7 +269,7 @@ def test_stalled_provider_keeps_the_batch_in_progress_until_cancelled(
     assert cancel_calls(log) == {e["detail"]["batch_id"] for e in batch_creates(log)}
 
 
-def test_provider_losing_the_batch_ends_it_with_errors(client: openai.OpenAI, simulator: SimulatorCluster) -> None:
+def test_provider_losing_the_batch_runs_its_requests_again(client: openai.OpenAI, simulator: SimulatorCluster) -> None:
     set_faults(simulator, "fast", stall=True)
     requests = chat_requests(6)
     batch = submit(client, requests)
@@ -277,7 +277,11 @@ def test_provider_losing_the_batch_ends_it_with_errors(client: openai.OpenAI, si
     while emulator_stats(simulator, "fast")["batches"].get("in_progress") != 1:
         assert time.monotonic() < deadline, emulator_stats(simulator, "fast")
         time.sleep(0.1)
-    reset(simulator, "fast")  # the provider forgets the batch: every status read answers 404
-    batch = wait_for(client, batch.id, timeout=8)
+    reset(simulator, "fast")  # the provider forgets the batch (every status read answers 404) and stalls no more
+    batch = wait_for(client, batch.id, timeout=30)
     outcome = collect(client, batch)
-    assert not outcome.output and set(outcome.errors) == {r["custom_id"] for r in requests}
+    assert batch.status == "completed"
+    assert set(outcome.output) == {r["custom_id"] for r in requests} and not outcome.errors
+    log = emulator_log(simulator, "fast")
+    assert any(e["status"] == 404 for e in log), "the lost batch was never asked for"
+    assert len(batch_creates(log)) == 1, "the requests were not submitted again exactly once"
