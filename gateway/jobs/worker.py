@@ -20,7 +20,7 @@ from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
-from gateway.pipeline import fanout, merge, poll, route, submit, validate
+from gateway.pipeline import collect, fanout, merge, poll, route, submit, validate
 from gateway.routing import health
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ SHARD_STAGES: dict[str, ShardStage] = {
     "submitting": submit.run,
     "running": poll.run,
     "executing": fanout.run,
-    "collecting": merge.collect_shard,
+    "collecting": collect.collect_shard,
 }
 """Shard state -> its entry. A shard in state ``done`` needs nothing."""
 

@@ -25,7 +25,7 @@ from gateway.crashpoints import crash_point
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
-from gateway.pipeline.merge import collect_shard, end_shard, raw_result_key, stop_reason
+from gateway.pipeline.collect import collect_shard, end_shard, raw_result_key, stop_reason
 from gateway.providers.base import ProviderAdapter, ProviderUnavailable, SyncRequest
 from gateway.routing import health
 

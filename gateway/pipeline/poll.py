@@ -14,7 +14,7 @@ from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
-from gateway.pipeline.merge import collect_shard, end_shard, stop_reason
+from gateway.pipeline.collect import collect_shard, end_shard, stop_reason
 from gateway.providers.base import (
     CapabilityNotSupported,
     ProviderBatchState,

@@ -17,7 +17,7 @@ from gateway.crashpoints import crash_point
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
 from gateway.pipeline import fanout
-from gateway.pipeline.merge import end_shard, stop_reason
+from gateway.pipeline.collect import end_shard, stop_reason
 from gateway.providers.base import (
     CapabilityNotSupported,
     ProviderRateLimited,

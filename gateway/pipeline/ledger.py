@@ -1,0 +1,118 @@
+"""The spend ledger: what each collected shard cost, recorded once, and what that spend sets off.
+
+:func:`record` runs inside the transaction that closes a shard (see :mod:`gateway.pipeline.collect`):
+it adds the shard's ledger row (unique per shard, so retries, failovers and restarted workers never
+count it twice), brings the batch's totals up to date, fires billing alerts, and stops a batch whose
+spend reached its own ``max_cost_usd``. :func:`count` adds the same figures to the metrics once that
+transaction has committed. Cost is the usage the provider reported times the rate of the offer that
+served the shard (its batch rate, or the synchronous rate for fan-out); the list cost prices the same
+tokens at the synchronous list price, so savings are a real figure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway import metrics
+from gateway.billing import alerts
+from gateway.billing.estimate import cost_usd
+from gateway.context import GatewayContext
+from gateway.db import billing as billing_db
+from gateway.db import repo
+from gateway.db import shards as shard_db
+from gateway.db.models import Batch, LedgerEntry, Shard, now_s
+from gateway.routing.placement import batch_hints
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What recording a shard's spend found."""
+
+    cost_usd: float
+    list_cost_usd: float
+    team: str
+    """The team's name (metrics label)."""
+    wake_workers: bool
+    """Alerts fired or the batch was stopped: work for the workers right away."""
+
+
+async def record(
+    session: AsyncSession, context: GatewayContext, batch: Batch, shard: Shard, completed: int, usage: dict[str, int]
+) -> Spend:
+    """Add the shard's ledger row and what follows from it (call under the batch lock; the caller commits)."""
+    cost = cost_usd(usage["input"], usage["output"], (shard.input_per_mtok, shard.output_per_mtok))
+    list_cost = cost_usd(usage["input"], usage["output"], (shard.list_input_per_mtok, shard.list_output_per_mtok))
+    session.add(
+        LedgerEntry(
+            shard_id=shard.id,
+            batch_id=batch.id,
+            team_id=batch.team_id,
+            api_key_id=batch.api_key_id,
+            provider=shard.provider,
+            model=shard.model,
+            provider_model=shard.provider_model,
+            mode=shard.mode,
+            requests=completed,
+            input_tokens=usage["input"],
+            output_tokens=usage["output"],
+            cached_tokens=usage["cached"],
+            cost_usd=cost,
+            list_cost_usd=list_cost,
+        )
+    )
+    await session.flush()
+    await shard_db.refresh_batch_progress(session, batch.id)
+    fired = await alerts.after_spend(session, batch.team_id, batch.id, context.settings.billing)
+    capped = await _cost_cap_reached(session, batch)
+    team = await billing_db.team_name(session, batch.team_id) or batch.team_id
+    return Spend(cost, list_cost, team, bool(fired) or capped)
+
+
+def count(shard: Shard, spend: Spend, succeeded: int, failed: int, moved: int, usage: dict[str, int]) -> None:
+    """Metrics of a collected shard, counted once its transaction committed."""
+    halted = shard.end_reason in ("cancelled", "expired")
+    unanswered = failed if halted else 0
+    metrics.record_shard_collected(
+        provider=shard.provider,
+        model=shard.model,
+        team=spend.team,
+        succeeded=succeeded,
+        failed=failed - unanswered,
+        expired=unanswered if shard.end_reason == "expired" else 0,
+        cancelled=unanswered if shard.end_reason == "cancelled" else 0,
+        retried=moved,
+        input_tokens=usage["input"],
+        output_tokens=usage["output"],
+        cost_usd=spend.cost_usd,
+        list_cost_usd=spend.list_cost_usd,
+        turnaround_s=(time.time() - shard.submitted_at) if shard.submitted_at else None,
+    )
+
+
+async def _cost_cap_reached(session: Any, batch: Batch) -> bool:
+    """Stop a batch whose spend reached its own ``max_cost_usd``: it is cancelled with an error saying so."""
+    cap = batch_hints(batch).max_cost_usd
+    if cap is None:
+        return False
+    current = await repo.get_batch(session, None, batch.id)
+    if current is None or current.cost_usd < cap or current.status != "in_progress":
+        return False
+    error = {
+        "code": "max_cost_reached",
+        "message": f"Spend reached the batch's max_cost_usd of ${cap:.4f} (${current.cost_usd:.4f}); "
+        "its remaining requests were not run.",
+        "param": "metadata.max_cost_usd",
+        "line": None,
+    }
+    # Only the batch row: its shards notice at their next step (touching them here, under the batch
+    # lock, would take locks in the opposite order to other workers).
+    return await repo.update_batch_if(
+        session,
+        batch.id,
+        expected_status="in_progress",
+        values={"status": "cancelling", "cancelling_at": now_s(), "errors": [*(current.errors or []), error]},
+    )
