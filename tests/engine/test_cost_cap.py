@@ -8,6 +8,7 @@ from typing import Any
 from gateway.simulator import SimulatorCluster
 from tests.engine import (
     admin,
+    batch_creates,
     collect,
     create_batch,
     emulator_log,
@@ -41,7 +42,7 @@ def test_spend_reaching_max_cost_stops_the_remaining_shards(
     assert "max_cost_usd of $0.0100" in (error.message or "")
     spent = float((batch.metadata or {})["gateway_cost_usd"])
     assert 0.01 <= spent < 0.02, spent
-    created = [e for e in emulator_log(simulator, "fast") if e["path"] == "/v1/batches" and e["method"] == "POST"]
+    created = batch_creates(emulator_log(simulator, "fast"))
     assert len(created) < 4, "every shard ran although the cap was reached"
     outcome = collect(client, batch)
     assert len(outcome.output) + len(outcome.errors) == 40

@@ -44,31 +44,23 @@ PROVIDERS: dict[str, dict[str, Any]] = {
 }
 LEASE_ENV = {"BATCHGW_WORKER__LEASE_S": "3"}
 BATCH_RATES = (0.075, 0.30)
-CATALOG = """
-schema_version = 1
-[models."gpt-4o-mini"]
-[[models."gpt-4o-mini".offers]]
-provider = "quick"
+CATALOG = "schema_version = 1\n" + "".join(
+    f"""
+[models."{model}"]
+[[models."{model}".offers]]
+provider = "{provider}"
 provider_model = "gpt-4o-mini"
 modes = ["batch"]
 input_per_mtok = 0.15
 output_per_mtok = 0.60
-batch_input_per_mtok = 0.075
-batch_output_per_mtok = 0.30
-source = "test prices"
-as_of = 2026-12-01
-[models."slow"]
-[[models."slow".offers]]
-provider = "slowp"
-provider_model = "gpt-4o-mini"
-modes = ["batch"]
-input_per_mtok = 0.15
-output_per_mtok = 0.60
-batch_input_per_mtok = 0.075
-batch_output_per_mtok = 0.30
+batch_input_per_mtok = {BATCH_RATES[0]}
+batch_output_per_mtok = {BATCH_RATES[1]}
 source = "test prices"
 as_of = 2026-12-01
 """
+    for provider, spec in PROVIDERS.items()
+    for model in spec["models"]
+)
 
 StartWorker = Callable[..., GatewayProcess]
 

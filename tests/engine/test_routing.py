@@ -21,6 +21,7 @@ from tests.engine import (
     BATCH_RATES,
     CHEAP,
     admin,
+    batch_creates,
     chat_requests,
     collect,
     emulator_log,
@@ -81,7 +82,7 @@ def test_cheap_provider_going_down_mid_job_moves_the_rest_exactly_once(
     batch = submit(client, requests)
     wait_for(client, batch.id, until=lambda b: b.status == "in_progress", timeout=30)
     deadline = time.monotonic() + 30
-    while not any(e["path"] == "/v1/batches" and e["method"] == "POST" for e in emulator_log(simulator, "steady")):
+    while not batch_creates(emulator_log(simulator, "steady")):
         assert time.monotonic() < deadline, "nothing reached the cheap provider"
         time.sleep(0.05)
     set_faults(simulator, "steady", down="refuse")
@@ -130,7 +131,7 @@ def test_requests_failing_at_random_are_retried_until_the_job_completes(
     retries = [d for d in detail["decisions"] if d["kind"] == "retry"]
     assert retries and all(d["chosen_provider"] == "cheap" for d in retries)
     assert max(s["generation"] for s in detail["shards"]) >= 1
-    served = [e for e in emulator_log(simulator, "fast") if e["path"] == "/v1/batches" and e["method"] == "POST"]
+    served = batch_creates(emulator_log(simulator, "fast"))
     assert len(served) == len(detail["shards"])
     assert float((batch.metadata or {})["gateway_cost_usd"]) == pytest.approx(
         expected_cost(outcome, BATCH_RATES), abs=1e-6
