@@ -13,6 +13,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.models import ProviderHealth, RoutingDecision, Shard
 
+SUCCESS_STAMP_EVERY_S = 30.0
+
 # --- decisions --------------------------------------------------------------------------------
 
 
@@ -70,17 +72,28 @@ async def record_failure(
 
 
 async def record_success(session: AsyncSession, provider: str) -> bool:
-    """A call succeeded: close the circuit and reset the count. True if that changed anything."""
+    """A call succeeded: close the circuit and reset the count. True if it had recorded failures.
+
+    ``last_success_at`` is refreshed at most every :data:`SUCCESS_STAMP_EVERY_S`, so a busy provider
+    costs one read per success, not a write.
+    """
     now = time.time()
-    result = await session.exec(
-        update(ProviderHealth)
-        .where(
-            col(ProviderHealth.provider) == provider,
-            (col(ProviderHealth.circuit) != "closed") | (col(ProviderHealth.consecutive_failures) > 0),
+    row = (await session.exec(select(ProviderHealth).where(ProviderHealth.provider == provider))).first()
+    if row is None:
+        await ensure_health_row(session, provider)
+        await session.exec(
+            update(ProviderHealth).where(col(ProviderHealth.provider) == provider).values(last_success_at=now)
         )
-        .values(circuit="closed", consecutive_failures=0, opened_at=None, probe_until=None, last_success_at=now)
-    )
-    return bool(result.rowcount)
+        return False
+    recovered = row.circuit != "closed" or row.consecutive_failures > 0
+    stale = row.last_success_at is None or row.last_success_at < now - SUCCESS_STAMP_EVERY_S
+    if recovered or stale:
+        await session.exec(
+            update(ProviderHealth)
+            .where(col(ProviderHealth.provider) == provider)
+            .values(circuit="closed", consecutive_failures=0, opened_at=None, probe_until=None, last_success_at=now)
+        )
+    return recovered
 
 
 async def claim_probe(session: AsyncSession, provider: str, cooldown_s: float, probe_s: float) -> bool:

@@ -38,7 +38,7 @@ async def call_succeeded(context: GatewayContext, provider: str) -> None:
     """Record a successful call to ``provider`` (closes its circuit)."""
     async with context.sessions() as session:
         if await routing_db.record_success(session, provider):
-            log.info("provider %s: circuit closed", provider)
+            log.info("provider %s: healthy again (circuit closed, failures reset)", provider)
         await session.commit()
 
 
