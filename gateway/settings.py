@@ -65,7 +65,7 @@ class RoutingSettings(BaseModel):
         300.0, gt=0, description="A running shard whose provider stays unreachable this long moves elsewhere."
     )
     stall_timeout_s: float = Field(
-        3600.0, gt=0, description="A provider batch with no progress this long is cancelled and re-routed."
+        21600.0, gt=0, description="A provider batch with no progress this long is cancelled and re-routed."
     )
     turnaround_samples: int = Field(50, ge=1, description="Finished shards per provider model kept for p50/p90.")
     canary_requests: int = Field(
