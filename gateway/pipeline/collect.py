@@ -221,7 +221,7 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, own
     # Fan-out shards wrote their results as they ran; batch shards fetch them now.
     raw_available = context.blobs.exists(raw_key) and not shard.provider_batch_id
     if shard.provider_batch_id:
-        raw_available = await _fetch_results(context, shard, raw_key, owner)
+        raw_available = await _fetch_results(context, batch, shard, raw_key, owner)
     output_key, error_key, moved_key = f"{base}.out.jsonl", f"{base}.err.jsonl", failover.moved_key(shard)
     can_move = failover.may_move(stop_reason(batch) is not None, shard, context.settings.routing.max_request_attempts)
     move: failover.Move | None = None
@@ -315,9 +315,10 @@ def _fail_moved(batch_id: str, moved_path: Path, error_path: Path, message: str,
                 err.write(error_line(batch_id, custom_id, "provider_unavailable", message, provider) + b"\n")
 
 
-async def _fetch_results(context: GatewayContext, shard: Shard, raw_key: str, owner: str) -> bool:
+async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, raw_key: str, owner: str) -> bool:
     """Download a provider batch's results; False if none will come (the provider refuses for good,
-    or stayed unreachable past ``routing.provider_down_failover_s``: the shard is then abandoned)."""
+    or stayed unreachable past ``routing.provider_down_failover_s`` while another provider could take the
+    requests: the shard is then abandoned)."""
     assert shard.provider_batch_id
     adapter = context.providers.get(shard.provider)
     try:
@@ -328,9 +329,10 @@ async def _fetch_results(context: GatewayContext, shard: Shard, raw_key: str, ow
         log.warning("shard %s: %s refused its results: %s", shard.id, shard.provider, exc)
         return False
     except ProviderUnavailable as exc:
-        await health.call_failed(context, shard.provider, str(exc))
+        await health.call_failed(context, shard.provider, exc)
         since = shard.unavailable_since or time.time()
-        if time.time() - since < context.settings.routing.provider_down_failover_s:
+        down_too_long = time.time() - since >= context.settings.routing.provider_down_failover_s
+        if not down_too_long or not await failover.give_up_on_provider(context, batch, shard):
             async with context.sessions() as session:
                 await shard_db.save_shard(session, shard, owner, unavailable_since=since)
                 await session.commit()

@@ -51,6 +51,27 @@ def may_move(batch_stopping: bool, shard: Shard, max_attempts: int) -> bool:
     return shard.end_reason == "rerouted" or shard.generation + 1 < max_attempts
 
 
+async def give_up_on_provider(context: GatewayContext, batch: Batch, shard: Shard) -> bool:
+    """Whether to stop waiting for the shard's failing provider: yes when the shard is pinned (its batch
+    fails with a clear error), or when another usable provider could take its requests; with nowhere
+    else to go, waiting for the provider to come back loses nothing."""
+    if shard.pinned:
+        return True
+    try:
+        await rank(
+            context,
+            batch,
+            context.offers.resolve(shard.model),
+            requests=shard.request_count,
+            input_tokens=shard.estimated_input_tokens,
+            output_tokens=shard.estimated_output_tokens,
+            exclude=frozenset({shard.provider}),
+        )
+    except (LookupError, NoUsableProvider, PolicyError):
+        return False
+    return True
+
+
 def moved_key(shard: Shard) -> str:
     """Blob of the input lines a collected shard hands on."""
     return f"shards/{shard.batch_id}/{shard.seq:05d}.moved.jsonl"

@@ -25,6 +25,7 @@ from gateway.crashpoints import crash_point
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
+from gateway.pipeline import failover
 from gateway.pipeline.collect import collect_shard, end_shard, raw_result_key, stop_reason
 from gateway.providers.base import ProviderAdapter, ProviderUnavailable, SyncRequest
 from gateway.routing import health
@@ -111,7 +112,8 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
     if outcome == "unavailable":
         opened = await health.call_failed(context, shard.provider, f"{shard.provider} unreachable during fan-out")
         since = shard.unavailable_since or time.time()
-        if opened or time.time() - since >= context.settings.routing.provider_down_failover_s:
+        down_too_long = opened or time.time() - since >= context.settings.routing.provider_down_failover_s
+        if down_too_long and await failover.give_up_on_provider(context, batch, shard):
             # Answers so far are kept; collection moves the rest (or fails them when pinned).
             message = f"{shard.provider} stayed unreachable during fan-out"
             await end_shard(context, shard, batch, owner, reason="abandoned", error=message)

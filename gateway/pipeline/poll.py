@@ -14,6 +14,7 @@ from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
+from gateway.pipeline import failover
 from gateway.pipeline.collect import collect_shard, end_shard, stop_reason
 from gateway.providers.base import (
     CapabilityNotSupported,
@@ -52,9 +53,10 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
     try:
         status = await adapter.poll(shard.provider_batch_id)
     except ProviderUnavailable as exc:
-        await health.call_failed(context, shard.provider, str(exc))
+        await health.call_failed(context, shard.provider, exc)
         since = shard.unavailable_since or time.time()
-        if time.time() - since >= context.settings.routing.provider_down_failover_s:
+        down_too_long = time.time() - since >= context.settings.routing.provider_down_failover_s
+        if down_too_long and await failover.give_up_on_provider(context, batch, shard):
             message = f"{shard.provider} unreachable for {time.time() - since:.0f}s: {exc}"
             await end_shard(context, shard, batch, owner, reason="abandoned", error=message)
             return

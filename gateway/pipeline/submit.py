@@ -16,7 +16,7 @@ from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
-from gateway.pipeline import fanout
+from gateway.pipeline import failover, fanout
 from gateway.pipeline.collect import end_shard, stop_reason
 from gateway.providers.base import (
     CapabilityNotSupported,
@@ -80,10 +80,12 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
         await end_shard(context, shard, batch, owner, reason="failed", error=f"{shard.provider} refused it: {exc}")
         return
     except ProviderUnavailable as exc:
-        opened = await health.call_failed(context, shard.provider, str(exc))
+        opened = await health.call_failed(context, shard.provider, exc)
         if opened and not recovering:
             await _leave_open_circuit(context, shard, batch, owner)
-        elif recovering and _down_too_long(context, shard):
+        elif (
+            recovering and _down_too_long(context, shard) and await failover.give_up_on_provider(context, batch, shard)
+        ):
             # It may have been created before the provider went away; results from it are never read.
             await end_shard(context, shard, batch, owner, reason="abandoned", error=f"{shard.provider}: {exc}")
         else:
@@ -106,7 +108,20 @@ async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, ow
 
 
 async def _leave_open_circuit(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
-    """The provider's circuit is open: move the unsent shard elsewhere, or fail it when pinned."""
+    """The provider's circuit is open: move the unsent shard elsewhere, fail it when pinned, or wait for
+    the provider when no other one serves the model."""
+    if not await failover.give_up_on_provider(context, batch, shard):
+        wait = context.settings.routing.circuit_cooldown_s
+        async with context.sessions() as session:
+            await shard_db.save_shard(
+                session,
+                shard,
+                owner,
+                next_action_at=time.time() + _jitter(wait),
+                last_error=f"waiting for {shard.provider} to recover (circuit open; no other provider serves it)",
+            )
+            await session.commit()
+        return
     if shard.pinned:
         message = (
             f"provider {shard.provider} is unavailable (circuit open after repeated failures); "

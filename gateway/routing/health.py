@@ -15,6 +15,7 @@ import statistics
 from gateway.context import GatewayContext
 from gateway.db import routing as routing_db
 from gateway.db import shards as shard_db
+from gateway.providers.base import ProviderRateLimited
 from router_policies.base import ProviderState
 
 log = logging.getLogger(__name__)
@@ -22,11 +23,16 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 30.0
 
 
-async def call_failed(context: GatewayContext, provider: str, error: str) -> bool:
-    """Record a failed call to ``provider``; True if it opened the circuit."""
+async def call_failed(context: GatewayContext, provider: str, error: Exception | str) -> bool:
+    """Record a failed call to ``provider``; True if it opened the circuit.
+
+    A 429 is not a failure here: the provider is up and asks for patience, which the caller gives.
+    """
+    if isinstance(error, ProviderRateLimited):
+        return False
     async with context.sessions() as session:
         row, opened = await routing_db.record_failure(
-            session, provider, error, context.settings.routing.circuit_failure_threshold
+            session, provider, str(error), context.settings.routing.circuit_failure_threshold
         )
         await session.commit()
     if opened:

@@ -17,9 +17,11 @@ import openai
 import pytest
 
 from gateway.simulator import SimulatorCluster
+from tests.conftest import simulated_provider_env
 from tests.engine import (
     BATCH_RATES,
     CHEAP,
+    ROUTING_ENV,
     admin,
     batch_creates,
     chat_requests,
@@ -267,3 +269,27 @@ def test_spread_policy_splits_by_weight_and_a_third_party_policy_plugs_in(
     spread_outcome = collect(client, wait_for(client, spread.id))
     served = [line["provider"] for line in spread_outcome.output.values()]
     assert sorted(served) == ["cheap"] * 6 + ["pricey"] * 4
+
+
+def test_with_no_other_provider_an_outage_is_waited_out_not_failed(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    providers = {"only": {"emulator": "fast", "models": {"gpt-4o-mini": "gpt-4o-mini"}}}
+    env = simulated_provider_env(simulator, tmp_path, providers) | ROUTING_ENV
+    env["BATCHGW_ROUTING__CIRCUIT_COOLDOWN_S"] = "1"
+    gateway = gateway_factory(env).start()
+    client = gateway.client(gateway.create_key("acme"))
+    set_faults(simulator, "fast", down="refuse")
+    requests = chat_requests(10)
+    batch = submit(client, requests)
+    deadline = time.monotonic() + 30
+    while admin(gateway, "/providers")["data"][0]["health"]["circuit"] != "open":
+        assert time.monotonic() < deadline, "the outage never opened the circuit"
+        time.sleep(0.2)
+    time.sleep(3)  # longer than provider_down_failover_s: with nowhere else to go, the shard waits
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    set_faults(simulator, "fast", down="off")
+    batch = wait_for(client, batch.id, timeout=60)
+    outcome = collect(client, batch)
+    assert batch.status == "completed" and set(outcome.output) == {r["custom_id"] for r in requests}
+    assert admin(gateway, "/providers")["data"][0]["health"]["circuit"] == "closed"
