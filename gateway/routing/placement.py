@@ -85,7 +85,10 @@ async def rank(
     offers = [o for o in resolved.offers if o.offer.provider in states]
     now = datetime.now(UTC)
     elapsed = max(0.0, time.time() - batch.created_at)
-    remaining_s = (batch.expires_at - time.time()) if batch.expires_at else 24 * 3600.0
+    window_s = float(batch.expires_at - batch.created_at) if batch.expires_at else 24 * 3600.0
+    # The first placement gets the window the client asked for (a 24h provider fits a 24h window);
+    # a failover gets what is left of it.
+    remaining_s = window_s if kind == "route" else window_s - elapsed
     job = JobFacts(
         model=resolved.model,
         request_count=requests,

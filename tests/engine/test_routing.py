@@ -21,11 +21,13 @@ from tests.conftest import simulated_provider_env
 from tests.engine import (
     BATCH_RATES,
     CHEAP,
+    PRICEY,
     ROUTING_ENV,
     admin,
     batch_creates,
     chat_requests,
     collect,
+    create_batch,
     emulator_log,
     expected_cost,
     reset,
@@ -33,6 +35,7 @@ from tests.engine import (
     start_gateway,
     submit,
     wait_for,
+    write_catalog,
 )
 
 
@@ -293,3 +296,39 @@ def test_with_no_other_provider_an_outage_is_waited_out_not_failed(
     outcome = collect(client, batch)
     assert batch.status == "completed" and set(outcome.output) == {r["custom_id"] for r in requests}
     assert admin(gateway, "/providers")["data"][0]["health"]["circuit"] == "closed"
+
+
+def test_a_short_deadline_falls_back_to_synchronous_fan_out(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    providers = {
+        "cheap": {"emulator": "fast", "models": {"gpt-4o-mini": "gpt-4o-mini"}},
+        "pricey": {
+            "emulator": "other",
+            "kind": "openai_sync",
+            "models": {"gpt-4o-mini": "gpt-4o-mini"},
+            "limits": {"requests_per_minute": 6000, "max_concurrency": 8},
+        },
+    }
+    env = simulated_provider_env(simulator, tmp_path, providers) | ROUTING_ENV
+    env["BATCHGW_CATALOG__FILE"] = str(write_catalog(tmp_path, {"cheap": CHEAP, "pricey": PRICEY}))
+    gateway = gateway_factory(env).start()
+    client = gateway.client(gateway.create_key("acme"))
+    requests = chat_requests(12)
+    # With no turnaround observed yet, a batch tier is assumed to take its 24 h: too slow for 1 h.
+    urgent = wait_for(client, create_batch(client, requests, {"policy": "deadline", "deadline": "1h"}))
+    relaxed = wait_for(client, create_batch(client, requests, {"policy": "deadline"}))
+    assert {line["provider"] for line in collect(client, relaxed).output.values()} == {"cheap"}
+    assert {line["provider"] for line in collect(client, urgent).output.values()} == {"pricey"}
+    [decision] = admin(gateway, f"/batches/{urgent.id}")["decisions"]
+    assert decision["chosen_provider"] == "pricey" and "sync fan-out tier" in decision["reason"]
+    assert "too slow for the deadline" in decision["reason"]
+    sync_rates = {"pricey": PRICEY["sync"]}
+    assert float((urgent.metadata or {})["gateway_cost_usd"]) == pytest.approx(
+        expected_cost(collect(client, urgent), sync_rates), abs=1e-6
+    )
+    # Now the cheap batch provider has been seen to finish in seconds: the same deadline fits it.
+    observed = wait_for(client, create_batch(client, requests, {"policy": "deadline", "deadline": "1h"}))
+    assert {line["provider"] for line in collect(client, observed).output.values()} == {"cheap"}
+    turnaround = {p["name"]: p["turnaround"] for p in admin(gateway, "/providers")["data"]}["cheap"]
+    assert turnaround["gpt-4o-mini"]["samples"] >= 1 and turnaround["gpt-4o-mini"]["p90_s"] < 60
