@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -99,7 +100,8 @@ async def after_spend(
 ) -> list[BillingAlert]:
     """Fire the alerts that spend just recorded in the ledger calls for; return the new ones.
 
-    Call it after inserting the ledger rows, in the same transaction (it does not commit). Pass
+    Call it after inserting the ledger rows, in the same transaction (it does not commit), and
+    :func:`count_fired` with its answer once that transaction committed. Pass
     ``context.settings.billing``; without it the settings are read from the environment.
     """
     config = settings or Settings().billing
@@ -120,6 +122,11 @@ async def after_spend(
         fired.append(stored)
         if config.webhook_url is not None:
             await db.queue_webhook(session, stored.id, now)
-        record_alert_fired(stored.kind)
         log.info("billing alert %s (%s): %s", stored.id, stored.kind, stored.message)
     return fired
+
+
+def count_fired(alerts: Sequence[BillingAlert]) -> None:
+    """Count new alerts in ``batchgw_alerts_fired_total``; call it once their transaction committed."""
+    for alert in alerts:
+        record_alert_fired(alert.kind)

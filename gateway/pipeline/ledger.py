@@ -24,7 +24,7 @@ from gateway.context import GatewayContext
 from gateway.db import billing as billing_db
 from gateway.db import repo
 from gateway.db import shards as shard_db
-from gateway.db.models import Batch, LedgerEntry, Shard, now_s
+from gateway.db.models import Batch, BillingAlert, LedgerEntry, Shard, now_s
 from gateway.routing.placement import batch_hints
 
 
@@ -36,6 +36,8 @@ class Spend:
     list_cost_usd: float
     team: str
     """The team's name (metrics label)."""
+    alerts: list[BillingAlert]
+    """Billing alerts this spend fired (counted in the metrics by :func:`count`)."""
     wake_workers: bool
     """Alerts fired or the batch was stopped: work for the workers right away."""
 
@@ -69,7 +71,7 @@ async def record(
     fired = await alerts.after_spend(session, batch.team_id, batch.id, context.settings.billing)
     capped = await _cost_cap_reached(session, batch)
     team = await billing_db.team_name(session, batch.team_id) or batch.team_id
-    return Spend(cost, list_cost, team, bool(fired) or capped)
+    return Spend(cost, list_cost, team, fired, bool(fired) or capped)
 
 
 def count(shard: Shard, spend: Spend, succeeded: int, failed: int, moved: int, usage: dict[str, int]) -> None:
@@ -91,6 +93,7 @@ def count(shard: Shard, spend: Spend, succeeded: int, failed: int, moved: int, u
         list_cost_usd=spend.list_cost_usd,
         turnaround_s=(time.time() - shard.submitted_at) if shard.submitted_at else None,
     )
+    alerts.count_fired(spend.alerts)
 
 
 async def _cost_cap_reached(session: Any, batch: Batch) -> bool:

@@ -7,7 +7,7 @@ import asyncio
 from prometheus_client import REGISTRY
 from sqlmodel import select
 
-from gateway.billing.alerts import after_spend
+from gateway.billing.alerts import after_spend, count_fired
 from gateway.billing.budgets import set_budget
 from gateway.db.models import BillingAlert, WebhookDelivery
 from gateway.settings import BillingSettings
@@ -30,6 +30,7 @@ async def _spend_and_check(seed: Seeder, team: str, batch: str, cost: float) -> 
     async with seed.sessions() as session:
         fired = await after_spend(session, team, batch, WEBHOOK)
         await session.commit()
+    count_fired(fired)
     return [alert.threshold or 0.0 for alert in fired]
 
 
@@ -99,6 +100,7 @@ async def test_anomaly_fires_once_when_cost_per_request_runs_far_above_estimate(
         async with seed.sessions() as session:
             fired = await after_spend(session, acme, batch, settings)
             await session.commit()
+        count_fired(fired)
         return [a.kind for a in fired]
 
     assert await check(0.5, 10) == []  # $0.05 per request, but only 10 finished: too few to judge
