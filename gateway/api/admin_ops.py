@@ -13,7 +13,7 @@ from litestar.di import Provide
 from litestar.response import Stream
 
 from gateway.api.auth import require_admin
-from gateway.api.batches import METADATA_MAX_PAIRS
+from gateway.api.batches import METADATA_MAX_PAIRS, cancel_batch
 from gateway.api.errors import APIError, not_found
 from gateway.api.objects import batch_object
 from gateway.context import GatewayContext
@@ -86,20 +86,7 @@ class AdminOpsController(Controller):
     @post("/batches/{batch_id:str}/cancel", status_code=200, summary="Cancel any team's batch")
     async def cancel(self, state: State, _admin: None, batch_id: str) -> dict[str, Any]:
         """Same semantics as the client cancel: finished requests keep their results; 409 once finished."""
-        context: GatewayContext = state.context
-        async with context.sessions() as session:
-            row = await repo.get_batch(session, None, batch_id)
-            if row is None:
-                raise not_found("batch", batch_id)
-            if row.status not in ("cancelling", "cancelled"):
-                changed = await repo.request_cancel(session, row)
-                await session.commit()
-                await session.refresh(row)
-                if not changed and row.status not in ("cancelling", "cancelled"):
-                    raise APIError(
-                        409, f"Cannot cancel a batch with status '{row.status}'.", code="batch_not_cancellable"
-                    )
-        context.work_available.set()
+        row = await cancel_batch(state.context, None, batch_id)
         return batch_object(row) | {"team_id": row.team_id, "stage": row.stage}
 
     @post("/batches/{batch_id:str}/retry", status_code=201, summary="Retry a batch's failed requests")

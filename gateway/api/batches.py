@@ -141,6 +141,23 @@ def _parse_create(raw: bytes) -> dict[str, Any]:
     return body
 
 
+async def cancel_batch(context: GatewayContext, team_id: str | None, batch_id: str) -> Batch:
+    """Move a batch to ``cancelling`` (any team's when ``team_id`` is None); finished requests keep their
+    results. 404 for an unknown batch, 409 for one that already ended otherwise."""
+    async with context.sessions() as session:
+        row = await repo.get_batch(session, team_id, batch_id)
+        if row is None:
+            raise not_found("batch", batch_id)
+        if row.status not in ("cancelling", "cancelled"):
+            changed = await repo.request_cancel(session, row)
+            await session.commit()
+            await session.refresh(row)
+            if not changed and row.status not in ("cancelling", "cancelled"):
+                raise APIError(409, f"Cannot cancel a batch with status '{row.status}'.", code="batch_not_cancellable")
+    context.work_available.set()
+    return row
+
+
 class BatchesController(Controller):
     """``/v1/batches``"""
 
@@ -155,9 +172,7 @@ class BatchesController(Controller):
         idem_key = idempotency.key_of(request)
         raw = await request.body()
         body = _parse_create(raw)
-        window_s = parse_completion_window(
-            body["completion_window"], context.settings.limits.min_completion_window_s
-        )
+        window_s = parse_completion_window(body["completion_window"], context.settings.limits.min_completion_window_s)
         metadata = validate_metadata(body.get("metadata"))
         validate_routing_hints(context, metadata)
         validate_output_expiry(body.get("output_expires_after"))
@@ -232,21 +247,4 @@ class BatchesController(Controller):
     @post("/{batch_id:str}/cancel", status_code=200, summary="Cancel a batch")
     async def cancel_batch(self, state: State, principal: Principal, batch_id: str) -> dict[str, Any]:
         """Request cancellation; finished requests keep their results."""
-        context: GatewayContext = state.context
-        async with context.sessions() as session:
-            row = await repo.get_batch(session, principal.team_id, batch_id)
-            if row is None:
-                raise not_found("batch", batch_id)
-            if row.status not in ("cancelling", "cancelled"):
-                changed = await repo.request_cancel(session, row)
-                await session.commit()
-                if not changed:
-                    await session.refresh(row)
-                    if row.status not in ("cancelling", "cancelled"):
-                        raise APIError(
-                            409,
-                            f"Cannot cancel a batch with status '{row.status}'.",
-                            code="batch_not_cancellable",
-                        )
-                await session.refresh(row)
-        return batch_object(row)
+        return batch_object(await cancel_batch(state.context, principal.team_id, batch_id))
