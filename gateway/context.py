@@ -14,7 +14,7 @@ from gateway.db.engine import create_engine
 from gateway.providers.registry import ProviderRegistry
 from gateway.routing.offers import OfferBook
 from gateway.settings import Settings
-from gateway.storage import BlobStore, LocalBlobStore
+from gateway.storage import BlobStore, open_blob_store
 from router_policies.registry import PolicyRegistry, default_registry
 
 
@@ -48,7 +48,7 @@ class GatewayContext:
             settings=settings,
             engine=engine,
             sessions=sessions,
-            blobs=LocalBlobStore(settings.resolved_blob_dir),
+            blobs=open_blob_store(settings),
             http=http,
             providers=providers,
             offers=offers,
@@ -58,6 +58,7 @@ class GatewayContext:
     async def close(self) -> None:
         """Release database and HTTP connections."""
         await self.http.aclose()
+        await self.blobs.close()
         await self.engine.dispose()
 
 

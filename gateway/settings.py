@@ -115,6 +115,26 @@ class MetricsSettings(BaseModel):
     )
 
 
+class StorageSettings(BaseModel):
+    """Where blobs live: a local folder (the embedded default) or S3-compatible object storage."""
+
+    url: str | None = Field(
+        None,
+        description="'s3://bucket/prefix': object storage shared by every replica; unset: the local blob folder.",
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint for non-AWS stores (MinIO, Ceph, R2, GCS's S3 interface); unset: AWS."
+    )
+    region: str | None = Field(None, description="Region of the bucket; unset: from the environment (AWS_REGION).")
+    allow_http: bool = Field(False, description="Allow a plain-http endpoint (a store on a private network).")
+    force_path_style: bool = Field(
+        True, description="Address the bucket in the path (http://host/bucket/key), as MinIO and Ceph expect."
+    )
+    multipart_part_bytes: int = Field(
+        16 * 1024**2, ge=5 * 1024**2, description="Part size of streaming multipart uploads (memory per upload)."
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of the gateway. See README's configuration section."""
 
@@ -129,6 +149,9 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; default sqlite in data_dir. postgresql://... selects PostgreSQL."
     )
     blob_dir: Path | None = Field(None, description="Folder for file blobs; default data_dir/blobs.")
+    scratch_dir: Path | None = Field(
+        None, description="Folder for this process's temporary files (local copies of blobs); default data_dir/scratch."
+    )
     host: str = Field("127.0.0.1", description="Address `batchgw serve` listens on.")
     port: int = Field(8080, description="Port `batchgw serve` listens on.")
     admin_key: SecretStr | None = Field(None, description="Bearer key for /admin endpoints; unset disables them.")
@@ -141,6 +164,7 @@ class Settings(BaseSettings):
     billing: BillingSettings = Field(default_factory=BillingSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     providers: dict[str, ProviderConfig] = Field(
         default_factory=dict, description="Configured providers by name; see gateway/providers/config.py."
     )
@@ -180,6 +204,11 @@ class Settings(BaseSettings):
     def resolved_blob_dir(self) -> Path:
         """The folder holding file blobs."""
         return self.blob_dir or self.data_dir / "blobs"
+
+    @property
+    def resolved_scratch_dir(self) -> Path:
+        """The folder for this process's temporary files."""
+        return self.scratch_dir or self.data_dir / "scratch"
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to show: secrets masked."""

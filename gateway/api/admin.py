@@ -266,7 +266,7 @@ class AdminController(Controller):
             stored = await repo.get_file_any_team(session, file_id)
         if stored is None:
             raise not_found("file", file_id, param="file_id")
-        with context.blobs.local_path(stored.storage_key) as path:
+        async with context.blobs.local_copy(stored.storage_key) as path:
             try:
                 quote = await quote_file(
                     context, path, endpoint=endpoint, model=model, metadata={"policy": policy} if policy else None

@@ -56,13 +56,13 @@ def copy_selected_lines(source: Path, target: Path, wanted: set[str]) -> tuple[i
     return lines, size
 
 
-def _build_retry_input(blobs: BlobStore, input_key: str, error_key: str, target_key: str) -> tuple[int, int]:
-    with blobs.local_path(error_key) as error_path:
-        wanted = failed_custom_ids(error_path)
+async def _build_retry_input(blobs: BlobStore, input_key: str, error_key: str, target_key: str) -> tuple[int, int]:
+    async with blobs.local_copy(error_key) as error_path:
+        wanted = await asyncio.to_thread(failed_custom_ids, error_path)
     if not wanted:
         return 0, 0
-    with blobs.local_path(input_key) as input_path, blobs.writer_path(target_key) as target:
-        return copy_selected_lines(input_path, target, wanted)
+    async with blobs.local_copy(input_key) as input_path, blobs.staged(target_key) as target:
+        return await asyncio.to_thread(copy_selected_lines, input_path, target, wanted)
 
 
 def _safe_name(filename: str, fallback: str) -> str:
@@ -107,17 +107,15 @@ class AdminOpsController(Controller):
                 raise APIError(409, f"Batch '{batch_id}' has no failed requests to retry.", code="nothing_to_retry")
             input_file = await repo.get_file(session, original.team_id, original.input_file_id)
             error_file = await repo.get_file(session, original.team_id, original.error_file_id)
-        if input_file is None or error_file is None or not context.blobs.exists(input_file.storage_key):
+        if input_file is None or error_file is None or not await context.blobs.exists(input_file.storage_key):
             raise APIError(
                 409, f"The input or error file of batch '{batch_id}' is no longer stored.", code="content_missing"
             )
         file_id = new_id("file-")
         key = f"files/{file_id}"
-        lines, size = await asyncio.to_thread(
-            _build_retry_input, context.blobs, input_file.storage_key, error_file.storage_key, key
-        )
+        lines, size = await _build_retry_input(context.blobs, input_file.storage_key, error_file.storage_key, key)
         if lines == 0:
-            context.blobs.delete(key)
+            await context.blobs.delete(key)
             raise APIError(
                 409,
                 f"None of the failed requests of batch '{batch_id}' were found in its input file.",
@@ -152,7 +150,7 @@ class AdminOpsController(Controller):
                 session.add(batch)
                 await session.commit()
         except BaseException:
-            context.blobs.delete(key)
+            await context.blobs.delete(key)
             raise
         context.work_available.set()
         return batch_object(batch) | {"team_id": batch.team_id, "stage": batch.stage, "retry_of": batch_id}
@@ -165,7 +163,7 @@ class AdminOpsController(Controller):
             row = await repo.get_file_any_team(session, file_id)
         if row is None:
             raise not_found("file", file_id)
-        if not context.blobs.exists(row.storage_key):
+        if not await context.blobs.exists(row.storage_key):
             raise APIError(404, f"The content of file '{file_id}' is no longer stored.", code="content_missing")
         return Stream(
             context.blobs.iter_bytes(row.storage_key),

@@ -107,13 +107,13 @@ class FilesController(Controller):
                     row.deleted = True
                     session.add(row)
                     await session.commit()
-                context.blobs.delete(key)
+                await context.blobs.delete(key)
                 original = await repo.get_file(session, principal.team_id, earlier)
             if original is None:
                 raise not_found("file", earlier)
             return file_object(original)
         except BaseException:
-            context.blobs.delete(key)
+            await context.blobs.delete(key)
             raise
 
     @get("/", summary="List files")
@@ -153,7 +153,7 @@ class FilesController(Controller):
         """Stream the file's bytes."""
         context: GatewayContext = state.context
         row = await _team_file(state, principal, file_id)
-        if not context.blobs.exists(row.storage_key):
+        if not await context.blobs.exists(row.storage_key):
             raise APIError(404, f"The content of file '{file_id}' is no longer stored.", code="content_missing")
         return Stream(
             context.blobs.iter_bytes(row.storage_key),
@@ -176,7 +176,7 @@ class FilesController(Controller):
             row.deleted = True
             session.add(row)
             await session.commit()
-        context.blobs.delete(row.storage_key)
+        await context.blobs.delete(row.storage_key)
         return {"id": file_id, "object": "file", "deleted": True}
 
 

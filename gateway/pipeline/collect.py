@@ -32,6 +32,14 @@ from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard, now_s
 from gateway.pipeline import canary, failover, ledger
 from gateway.pipeline.failover import retryable
+from gateway.pipeline.lifecycle import (
+    fanout_parts_prefix,
+    gather_parts,
+    moved_key,
+    raw_result_key,
+    shard_base,
+    stop_reason,
+)
 from gateway.pipeline.route import iter_custom_ids
 from gateway.providers.base import CapabilityNotSupported, ProviderRejected, ProviderUnavailable
 from gateway.routing import health
@@ -73,23 +81,6 @@ class ShardResults:
     failed: int = 0
     moved: int = 0
     usage: dict[str, int] = field(default_factory=lambda: {"input": 0, "output": 0, "cached": 0, "reasoning": 0})
-
-
-def raw_result_key(shard: Shard) -> str:
-    """Blob holding a shard's results as the provider gave them (before the join)."""
-    return f"shards/{shard.batch_id}/{shard.seq:05d}.raw.jsonl"
-
-
-def batch_window_closed(batch: Batch) -> bool:
-    """True once the batch's completion window has passed."""
-    return batch.expires_at is not None and time.time() >= batch.expires_at
-
-
-def stop_reason(batch: Batch) -> str | None:
-    """Why the batch's unfinished work must stop (``cancelled``, ``expired``), or None to go on."""
-    if batch.status == "cancelling":
-        return "cancelled"
-    return "expired" if batch_window_closed(batch) else None
 
 
 def request_line_id(batch_id: str, custom_id: str) -> str:
@@ -216,23 +207,25 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, own
     :mod:`gateway.pipeline.failover`), records its spend, decides a canary, and hands the batch to the
     merge stage once none of its shards is open.
     """
-    base = f"shards/{shard.batch_id}/{shard.seq:05d}"
+    base = shard_base(shard)
     raw_key = raw_result_key(shard)
-    # Fan-out shards wrote their results as they ran; batch shards fetch them now.
-    raw_available = context.blobs.exists(raw_key) and not shard.provider_batch_id
     if shard.provider_batch_id:
         raw_available = await _fetch_results(context, batch, shard, raw_key, owner)
-    output_key, error_key, moved_key = f"{base}.out.jsonl", f"{base}.err.jsonl", failover.moved_key(shard)
+    else:
+        # Fan-out shards published their answers in parts as they ran.
+        async with context.blobs.staged(raw_key) as raw_tmp:
+            raw_available = await gather_parts(context.blobs, fanout_parts_prefix(shard), raw_tmp) > 0
+    output_key, error_key, moved_blob = f"{base}.out.jsonl", f"{base}.err.jsonl", moved_key(shard)
     can_move = failover.may_move(stop_reason(batch) is not None, shard, context.settings.routing.max_request_attempts)
     move: failover.Move | None = None
-    with (
-        context.blobs.local_path(shard.input_key) as input_path,
-        context.blobs.writer_path(output_key) as output_tmp,
-        context.blobs.writer_path(error_key) as error_tmp,
-        context.blobs.writer_path(moved_key) as moved_tmp,
+    async with (
+        context.blobs.local_copy(shard.input_key) as input_path,
+        context.blobs.staged(output_key) as output_tmp,
+        context.blobs.staged(error_key) as error_tmp,
+        context.blobs.staged(moved_blob) as moved_tmp,
     ):
-        with contextlib.ExitStack() as stack:
-            raw_path = stack.enter_context(context.blobs.local_path(raw_key)) if raw_available else None
+        async with contextlib.AsyncExitStack() as stack:
+            raw_path = await stack.enter_async_context(context.blobs.local_copy(raw_key)) if raw_available else None
             results = await asyncio.to_thread(
                 split_results,
                 batch.id,
@@ -289,8 +282,9 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, own
         if await shard_db.open_shard_count(session, shard.batch_id) == 0:
             await _to_merge(session, batch.id)
         await session.commit()
-    context.blobs.delete(raw_key)
-    context.blobs.delete(moved_key)
+    await context.blobs.delete(raw_key)
+    await context.blobs.delete(moved_blob)
+    await context.blobs.delete_prefix(fanout_parts_prefix(shard))
     ledger.count(shard, spend, results.completed, results.failed, results.moved, results.usage)
     if move is not None and move.decision.kind == "failover":
         metrics.record_failover(shard.provider, move.decision.chosen_provider, shard.end_reason or "failed")
@@ -322,9 +316,8 @@ async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, ra
     assert shard.provider_batch_id
     adapter = context.providers.get(shard.provider)
     try:
-        with context.blobs.writer_path(raw_key) as tmp, context.blobs.local_path(shard.input_key) as input_path:
+        async with context.blobs.staged(raw_key) as tmp, context.blobs.local_copy(shard.input_key) as input_path:
             await adapter.fetch_results(shard.provider_batch_id, tmp, input_path=input_path)
-            tmp.touch()
     except (ProviderRejected, CapabilityNotSupported) as exc:
         log.warning("shard %s: %s refused its results: %s", shard.id, shard.provider, exc)
         return False

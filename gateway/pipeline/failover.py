@@ -22,7 +22,8 @@ from typing import Any
 
 from gateway.context import GatewayContext
 from gateway.db.models import Batch, RoutingDecision, Shard
-from gateway.pipeline.route import Placement, ShardPlan, split_into_shards
+from gateway.pipeline.lifecycle import follow_up_key
+from gateway.pipeline.route import Placement, ShardPlan, publish_shards, split_into_shards
 from gateway.routing.placement import NoUsableProvider, rank
 from router_policies.base import PolicyError
 
@@ -70,11 +71,6 @@ async def give_up_on_provider(context: GatewayContext, batch: Batch, shard: Shar
     except (LookupError, NoUsableProvider, PolicyError):
         return False
     return True
-
-
-def moved_key(shard: Shard) -> str:
-    """Blob of the input lines a collected shard hands on."""
-    return f"shards/{shard.batch_id}/{shard.seq:05d}.moved.jsonl"
 
 
 @dataclass
@@ -164,7 +160,8 @@ async def plan_move(context: GatewayContext, batch: Batch, shard: Shard, moved_p
         batch.endpoint,
         {shard.provider_model: [placement]},
         {shard.provider_model: moved},
-        context.blobs,
-        lambda batch_id, index: f"shards/{batch_id}/{shard.seq:05d}.next-{index}.in.jsonl",
+        context.blobs.scratch,
+        lambda _batch_id, index: follow_up_key(shard, index),
     )
+    await publish_shards(context.blobs, plans)
     return Move(ranking.decision, plans)

@@ -1,10 +1,10 @@
 """Stage 4b of the data path: run a shard request by request on a provider without a batch API.
 
-Results are appended to the shard's result blob as they arrive and flushed to the operating
-system at once, so a worker killed mid-shard loses only the requests in flight: on restart the
-blob tells which ``custom_id``s are done and only the others are sent. Progress counts reach the
-database every second; a cancel or the end of the completion window stops the run, and the
-shard is collected like any provider batch.
+Answers are stored as they arrive in part blobs of the shard (see ``_PartWriter``), so a worker
+killed mid-shard loses only the requests in flight (on object storage, at most one second of
+answers): on restart, on any node, the parts tell which ``custom_id``s are done and only the others
+are sent. Progress counts reach the database every second; a cancel or the end of the completion
+window stops the run, and the shard is collected like any provider batch.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +23,14 @@ from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point
 from gateway.db import repo
 from gateway.db import shards as shard_db
-from gateway.db.models import Batch, Shard
+from gateway.db.models import Batch, Shard, new_id
 from gateway.pipeline import failover
-from gateway.pipeline.collect import collect_shard, end_shard, raw_result_key, stop_reason
+from gateway.pipeline.collect import collect_shard, end_shard
+from gateway.pipeline.lifecycle import fanout_parts_prefix, stop_reason
 from gateway.providers.base import ProviderAdapter, ProviderUnavailable, SyncRequest
 from gateway.routing import health
+from gateway.storage import BlobStore
+from gateway.storage.local import scratch_file
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,7 @@ class _Done(msgspec.Struct):
 
 
 def finished_ids(path: Path) -> set[str]:
-    """custom_ids already answered in a result blob; a torn last line is cut off first."""
-    if not path.exists():
-        return set()
-    _truncate_torn_tail(path)
+    """custom_ids answered in a file of result lines (unreadable lines are skipped)."""
     decoder = msgspec.json.Decoder(_Done)
     done: set[str] = set()
     with path.open("rb") as handle:
@@ -57,28 +56,6 @@ def finished_ids(path: Path) -> set[str]:
             with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                 done.add(decoder.decode(line).custom_id)
     return done
-
-
-def _truncate_torn_tail(path: Path) -> None:
-    size = path.stat().st_size
-    if size == 0:
-        return
-    with path.open("rb+") as handle:
-        handle.seek(max(0, size - 1))
-        if handle.read(1) == b"\n":
-            return
-        # Walk back to the last complete line; a crash mid-write leaves a partial one.
-        position = size
-        while position > 0:
-            step = min(65536, position)
-            handle.seek(position - step)
-            chunk = handle.read(step)
-            newline = chunk.rfind(b"\n")
-            if newline >= 0:
-                handle.truncate(position - step + newline + 1)
-                return
-            position -= step
-        handle.truncate(0)
 
 
 def pending_requests(input_path: Path, endpoint: str, done: set[str]) -> Iterator[SyncRequest]:
@@ -104,11 +81,14 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
         await end_shard(context, shard, batch, owner, reason=reason)
         return
     adapter = context.providers.get(shard.provider)
-    result_path = context.blobs.append_path(raw_result_key(shard))
-    done = await asyncio.to_thread(finished_ids, result_path)
-    with context.blobs.local_path(shard.input_key) as input_path:
-        requests = pending_requests(input_path, batch.endpoint, done)
-        outcome = await _execute_all(context, adapter, shard, batch.id, requests, result_path, len(done))
+    parts = _PartWriter(context.blobs, fanout_parts_prefix(shard))
+    try:
+        done = await parts.answered_before()
+        async with context.blobs.local_copy(shard.input_key) as input_path:
+            requests = pending_requests(input_path, batch.endpoint, done)
+            outcome = await _execute_all(context, adapter, shard, batch.id, requests, parts, len(done))
+    finally:
+        parts.discard()
     if outcome == "unavailable":
         opened = await health.call_failed(context, shard.provider, f"{shard.provider} unreachable during fan-out")
         since = shard.unavailable_since or time.time()
@@ -140,62 +120,129 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
     await collect_shard(context, shard, batch, owner)
 
 
+class _PartWriter:
+    """Answers of one fan-out run, stored as part blobs under the shard's parts prefix.
+
+    Where the blob store appends in place (the local folder), every answer is appended to this
+    run's part as it arrives, so a killed worker loses only the requests in flight. Otherwise
+    (object storage) answers gather in a local scratch file and each :meth:`publish` stores those
+    written since the last one as a new part, so a killed worker loses at most one publish
+    interval of answers. Either way any worker on any node resumes or collects the shard from the
+    parts.
+    """
+
+    def __init__(self, blobs: BlobStore, prefix: str) -> None:
+        self.blobs = blobs
+        self.prefix = prefix
+        self.run = f"{int(time.time() * 1000):013d}-{new_id('', 8)}"
+        self.appender = blobs.appender(f"{prefix}{self.run}.jsonl")
+        self.path = scratch_file(blobs.scratch, suffix=".jsonl")
+        self.sink = self.path.open("ab")
+        self.published = 0
+        self.count = 0
+
+    async def answered_before(self) -> set[str]:
+        """custom_ids answered by earlier runs of this shard (from its published parts)."""
+        done: set[str] = set()
+        async for info in self.blobs.list(self.prefix):
+            async with self.blobs.local_copy(info.key) as path:
+                done |= await asyncio.to_thread(finished_ids, path)
+        return done
+
+    def write(self, line: bytes) -> None:
+        if self.appender is not None:
+            self.appender.write(line + b"\n")
+        else:
+            self.sink.write(line + b"\n")
+
+    async def publish(self) -> None:
+        """Make the answers so far durable: sync the appended part, or store a new part blob."""
+        if self.appender is not None:
+            await asyncio.to_thread(self.appender.sync)
+            return
+        self.sink.flush()
+        end = self.sink.tell()
+        if end == self.published:
+            return
+        part = scratch_file(self.blobs.scratch, suffix=".jsonl")
+        await asyncio.to_thread(_copy_range, self.path, part, self.published, end)
+        self.count += 1
+        await self.blobs.put_file(f"{self.prefix}{self.run}-{self.count:06d}.jsonl", part)
+        self.published = end
+
+    def discard(self) -> None:
+        """Close this run's part and remove the local scratch file."""
+        if self.appender is not None:
+            self.appender.close()
+        self.sink.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _copy_range(source: Path, dest: Path, start: int, end: int) -> None:
+    with source.open("rb") as reader, dest.open("wb") as writer:
+        reader.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            chunk = reader.read(min(1024 * 1024, remaining))
+            if not chunk:
+                break
+            writer.write(chunk)
+            remaining -= len(chunk)
+
+
 async def _execute_all(
     context: GatewayContext,
     adapter: ProviderAdapter,
     shard: Shard,
     batch_id: str,
     requests: Iterator[SyncRequest],
-    result_path: Path,
+    parts: _PartWriter,
     already_done: int,
 ) -> str:
     """Run the requests with the provider's concurrency; return why the run ended."""
     stop: asyncio.Event = asyncio.Event()
     reason = {"value": "completed"}
     answered = {"count": already_done}
-    with result_path.open("ab") as sink:
 
-        async def worker() -> None:
-            while not stop.is_set():
-                request = next(requests, None)
-                if request is None:
-                    return
-                try:
-                    line = await adapter.execute(request)
-                except ProviderUnavailable as exc:
-                    log.warning("shard %s: %s", shard.id, exc)
-                    reason["value"] = "unavailable"
-                    stop.set()
-                    return
-                sink.write(line + b"\n")
-                sink.flush()
-                answered["count"] += 1
-                crash_point("fanout.after_request")
+    async def worker() -> None:
+        while not stop.is_set():
+            request = next(requests, None)
+            if request is None:
+                return
+            try:
+                line = await adapter.execute(request)
+            except ProviderUnavailable as exc:
+                log.warning("shard %s: %s", shard.id, exc)
+                reason["value"] = "unavailable"
+                stop.set()
+                return
+            parts.write(line)
+            answered["count"] += 1
+            crash_point("fanout.after_request")
 
-        async def watch() -> None:
-            while not stop.is_set():
-                await asyncio.sleep(PROGRESS_EVERY_S)
-                os.fsync(sink.fileno())
-                async with context.sessions() as session:
-                    await shard_db.save_progress(session, shard.id, answered["count"])
-                    await shard_db.lock_batch(session, batch_id)
-                    await shard_db.refresh_batch_progress(session, batch_id)
-                    current = await repo.get_batch(session, None, batch_id)
-                    await session.commit()
-                halt = stop_reason(current) if current is not None else None
-                if halt:
-                    reason["value"] = halt
-                    stop.set()
+    async def watch() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            await parts.publish()
+            async with context.sessions() as session:
+                await shard_db.save_progress(session, shard.id, answered["count"])
+                await shard_db.lock_batch(session, batch_id)
+                await shard_db.refresh_batch_progress(session, batch_id)
+                current = await repo.get_batch(session, None, batch_id)
+                await session.commit()
+            halt = stop_reason(current) if current is not None else None
+            if halt:
+                reason["value"] = halt
+                stop.set()
 
-        concurrency = adapter.config.limits.max_concurrency
-        watcher = asyncio.create_task(watch())
-        try:
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        finally:
-            stop.set()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            sink.flush()
-            os.fsync(sink.fileno())
+    concurrency = adapter.config.limits.max_concurrency
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        stop.set()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await parts.publish()
     return reason["value"]

@@ -179,11 +179,11 @@ async def receive_upload(
 
     size = await blobs.write_stream(key, file_bytes())
     if not sink.file_seen:
-        blobs.delete(key)
+        await blobs.delete(key)
         raise bad_request("The upload has no 'file' part.", param="file", code="missing_file")
     lines = tally.line_count
     if lines > max_lines:
-        blobs.delete(key)
+        await blobs.delete(key)
         raise APIError(
             413,
             f"The file has more than {max_lines} lines, the most one batch accepts.",

@@ -20,7 +20,7 @@ from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard, StoredFile, new_id, now_s
 from gateway.pipeline import failover
-from gateway.pipeline.collect import batch_window_closed
+from gateway.pipeline.lifecycle import batch_window_closed
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ async def run(context: GatewayContext, batch: Batch) -> None:
         shards = list(await shard_db.batch_shards(session, batch.id))
     files: dict[str, StoredFile] = {}
     for kind, attr in (("output", "output_key"), ("error", "error_key")):
-        keys = [getattr(s, attr) for s in shards if getattr(s, attr) and context.blobs.size(getattr(s, attr)) > 0]
+        keys = [key for s in shards if (key := getattr(s, attr)) and await context.blobs.size(key) > 0]
         if not keys:
             continue
         file_id = new_id("file-")
@@ -65,13 +65,13 @@ async def run(context: GatewayContext, batch: Batch) -> None:
         if not changed:
             await session.rollback()
             for row in files.values():
-                context.blobs.delete(row.storage_key)
+                await context.blobs.delete(row.storage_key)
             return
         await session.commit()
     for shard in shards:
         for key in (shard.output_key, shard.error_key):
             if key:
-                context.blobs.delete(key)
+                await context.blobs.delete(key)
     served = Counter({s.provider: s.result_completed for s in shards if s.result_completed})
     if served:
         metrics.record_batch_finished(served.most_common(1)[0][0], time.time() - batch.created_at)

@@ -15,7 +15,8 @@ from gateway.crashpoints import crash_point
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
 from gateway.pipeline import failover
-from gateway.pipeline.collect import collect_shard, end_shard, stop_reason
+from gateway.pipeline.collect import collect_shard, end_shard
+from gateway.pipeline.lifecycle import stop_reason
 from gateway.providers.base import (
     CapabilityNotSupported,
     ProviderBatchState,

@@ -31,10 +31,13 @@ from gateway.billing.estimate import cost_usd, estimate_body, estimate_file
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.models import Batch, RoutingDecision, Shard, now_s
+from gateway.pipeline.lifecycle import shard_input_key
 from gateway.pipeline.validate import finish_unstarted
 from gateway.providers.config import ProviderLimits
 from gateway.routing.offers import UnknownModel
 from gateway.routing.placement import Choice, NoUsableProvider, rank, split_shares
+from gateway.storage import BlobStore
+from gateway.storage.local import scratch_file
 from router_policies.base import PolicyError
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,8 @@ class ShardPlan:
     seq: int
     placement: Placement
     key: str
+    path: Path
+    """The shard input being written, in the blob store's scratch folder until :func:`publish_shards`."""
     handle: IO[bytes]
     canary: bool = False
     request_count: int = 0
@@ -158,26 +163,22 @@ def share_counts(total: int, shares: list[float]) -> list[int]:
     return counts
 
 
-def shard_key(batch_id: str, seq: int) -> str:
-    """Blob name of a first-placement shard's input."""
-    return f"shards/{batch_id}/{seq:05d}.in.jsonl"
-
-
 def split_into_shards(
     input_path: Path,
     batch_id: str,
     endpoint: str,
     placements: dict[str, list[Placement]],
     counts: dict[str, int],
-    blobs: Any,
-    key_of: Any = shard_key,
+    scratch: Path,
+    key_of: Any = shard_input_key,
     canary_lines: int = 0,
 ) -> list[ShardPlan]:
-    """Write shard inputs for the lines of ``input_path`` (blank lines skipped).
+    """Write shard inputs for the lines of ``input_path`` (blank lines skipped) into ``scratch``.
 
     ``placements`` maps the model named in ``body.model`` to where its lines go; ``counts`` gives
-    each model's request count (to split by share). ``key_of(batch_id, seq)`` names the blobs. The
-    first ``canary_lines`` requests go to shards of their own, marked ``canary``.
+    each model's request count (to split by share). ``key_of(batch_id, seq)`` names the blobs the
+    files become once :func:`publish_shards` stores them. The first ``canary_lines`` requests go to
+    shards of their own, marked ``canary``.
     """
     done: list[ShardPlan] = []
     assign = {
@@ -185,51 +186,68 @@ def split_into_shards(
         for model, places in placements.items()
     }
     open_shards: dict[tuple[str, int, bool], ShardPlan] = {}
+    written: list[Path] = []
     with contextlib.ExitStack() as stack:
 
         def new_shard(placement: Placement, canary: bool) -> ShardPlan:
             seq = len(done) + len(open_shards)
             key = key_of(batch_id, seq)
-            path = stack.enter_context(blobs.writer_path(key))
+            path = scratch_file(scratch, suffix=".jsonl")
+            written.append(path)
             handle = stack.enter_context(path.open("wb"))
-            return ShardPlan(seq=seq, placement=placement, key=key, handle=handle, canary=canary)
+            return ShardPlan(seq=seq, placement=placement, key=key, path=path, handle=handle, canary=canary)
 
-        requests = 0
-        with input_path.open("rb") as source:
-            for raw in source:
-                line = raw.rstrip(b"\r\n")
-                if not line.strip():
-                    continue
-                requests += 1
-                canary = requests <= canary_lines
-                name = _model_decoder.decode(_head_decoder.decode(line).body).model
-                lines = assign[name]
-                index = lines.next_placement()
-                placement = lines.placements[index]
-                if name != placement.provider_model:
-                    line = rewrite_model(line, placement.provider_model)
-                _, input_tokens, output_tokens = estimate_body(bytes(_head_decoder.decode(line).body), endpoint)
-                size = len(line) + 1
-                slot = (name, index, canary)
-                shard = open_shards.get(slot)
-                limits = placement.limits
-                if shard is not None and (
-                    shard.request_count >= limits.max_requests_per_batch
-                    or shard.byte_size + size > limits.max_bytes_per_batch
-                ):
-                    done.append(open_shards.pop(slot))
-                    shard = None
-                if shard is None:
-                    shard = open_shards[slot] = new_shard(placement, canary)
-                shard.handle.write(line + b"\n")
-                shard.request_count += 1
-                shard.byte_size += size
-                shard.input_tokens += input_tokens
-                shard.output_tokens += output_tokens
-        done.extend(open_shards.values())
+        try:
+            requests = 0
+            with input_path.open("rb") as source:
+                for raw in source:
+                    line = raw.rstrip(b"\r\n")
+                    if not line.strip():
+                        continue
+                    requests += 1
+                    canary = requests <= canary_lines
+                    name = _model_decoder.decode(_head_decoder.decode(line).body).model
+                    lines = assign[name]
+                    index = lines.next_placement()
+                    placement = lines.placements[index]
+                    if name != placement.provider_model:
+                        line = rewrite_model(line, placement.provider_model)
+                    _, input_tokens, output_tokens = estimate_body(bytes(_head_decoder.decode(line).body), endpoint)
+                    size = len(line) + 1
+                    slot = (name, index, canary)
+                    shard = open_shards.get(slot)
+                    limits = placement.limits
+                    if shard is not None and (
+                        shard.request_count >= limits.max_requests_per_batch
+                        or shard.byte_size + size > limits.max_bytes_per_batch
+                    ):
+                        done.append(open_shards.pop(slot))
+                        shard = None
+                    if shard is None:
+                        shard = open_shards[slot] = new_shard(placement, canary)
+                    shard.handle.write(line + b"\n")
+                    shard.request_count += 1
+                    shard.byte_size += size
+                    shard.input_tokens += input_tokens
+                    shard.output_tokens += output_tokens
+            done.extend(open_shards.values())
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         for shard in done:
             shard.handle.close()
     return sorted(done, key=lambda s: s.seq)
+
+
+async def publish_shards(blobs: BlobStore, plans: list[ShardPlan]) -> None:
+    """Store the shard inputs :func:`split_into_shards` wrote under their keys (scratch files consumed)."""
+    try:
+        for plan in plans:
+            await blobs.put_file(plan.key, plan.path)
+    finally:
+        for plan in plans:
+            plan.path.unlink(missing_ok=True)
 
 
 def rewrite_model(line: bytes, provider_model: str) -> bytes:
@@ -257,7 +275,7 @@ async def run(context: GatewayContext, batch: Batch) -> None:
     if input_file is None:
         await fail(context, batch, "input_file_missing", f"The input file '{batch.input_file_id}' was deleted.")
         return
-    with context.blobs.local_path(input_file.storage_key) as path:
+    async with context.blobs.local_copy(input_file.storage_key) as path:
         estimates = await asyncio.to_thread(estimate_file, path, batch.endpoint)
         placements: dict[str, list[Placement]] = {}
         decisions: list[RoutingDecision] = []
@@ -293,8 +311,17 @@ async def run(context: GatewayContext, batch: Batch) -> None:
         counts = {name: estimate.requests for name, estimate in estimates.items()}
         canary = canary_size(context, batch, sum(counts.values()))
         plans = await asyncio.to_thread(
-            split_into_shards, path, batch.id, batch.endpoint, placements, counts, context.blobs, shard_key, canary
+            split_into_shards,
+            path,
+            batch.id,
+            batch.endpoint,
+            placements,
+            counts,
+            context.blobs.scratch,
+            shard_input_key,
+            canary,
         )
+    await publish_shards(context.blobs, plans)
     async with context.sessions() as session:
         refusal = await budgets.reserve(session, batch.team_id, batch.id, estimated_cost)
         if refusal is not None:

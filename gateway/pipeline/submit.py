@@ -17,7 +17,8 @@ from gateway.crashpoints import crash_point
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, Shard
 from gateway.pipeline import failover, fanout
-from gateway.pipeline.collect import end_shard, stop_reason
+from gateway.pipeline.collect import end_shard
+from gateway.pipeline.lifecycle import stop_reason
 from gateway.providers.base import (
     CapabilityNotSupported,
     ProviderRateLimited,
@@ -60,7 +61,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
     try:
         found = await adapter.find_submitted(shard.submit_token) if recovering else None
         if found is None:
-            with context.blobs.local_path(shard.input_key) as path:
+            async with context.blobs.local_copy(shard.input_key) as path:
                 found = await adapter.submit(
                     ShardSubmission(
                         shard_id=shard.id,

@@ -294,7 +294,7 @@ async def run(context: GatewayContext, batch: Batch) -> None:
         report = ValidationReport()
         report.add("input_file_missing", f"The input file '{batch.input_file_id}' was deleted.", None, None, 1)
     else:
-        with context.blobs.local_path(input_file.storage_key) as path:
+        async with context.blobs.local_copy(input_file.storage_key) as path:
             report = await asyncio.to_thread(validate_input_file, path, batch.endpoint, context.settings.limits)
     now = now_s()
     async with context.sessions() as session:

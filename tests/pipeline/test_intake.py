@@ -65,7 +65,7 @@ async def test_stored_bytes_equal_the_upload_whatever_the_chunking(
 ) -> None:
     content_type, body = multipart(content, {"purpose": "batch", "note": "n" * 30})
     result, blobs = await upload(tmp_path, content_type, body, sizes)
-    with blobs.local_path("files/f") as path:
+    async with blobs.local_copy("files/f") as path:
         assert path.read_bytes() == content
     assert result.size == len(content)
     assert result.sha256 == hashlib.sha256(content).hexdigest()

@@ -1,0 +1,205 @@
+"""The embedded default blob store: files under one local folder."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+
+from gateway.storage.base import CHUNK_SIZE, BlobAppender, BlobInfo, BlobMissing, BlobStore, StorageFull
+
+WRITE_BUFFER = 4 * 1024 * 1024
+PART_SUFFIX = ".part"
+"""Blobs being written carry this suffix until they are complete (listings skip them)."""
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+class LocalBlobStore(BlobStore):
+    """Blobs as files under one folder, written through a temporary name and renamed."""
+
+    def __init__(self, root: Path, scratch: Path | None = None) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._resolved_root = self.root.resolve()
+        self.scratch = scratch or self.root / ".scratch"
+        self.scratch.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self._resolved_root / key).resolve()
+        if self._resolved_root not in path.parents or not key or "\x00" in key:
+            raise ValueError(f"invalid blob key {key!r}")
+        return path
+
+    async def write_stream(self, key: str, chunks: AsyncIterable[bytes]) -> int:
+        path = self._path(key)
+        tmp = path.with_name(path.name + PART_SUFFIX)
+        written = 0
+        pending = bytearray()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            async with await anyio.open_file(tmp, "wb") as handle:
+                # Network chunks are small; each write goes to a thread, so write in large pieces.
+                async for chunk in chunks:
+                    pending += chunk
+                    written += len(chunk)
+                    if len(pending) >= WRITE_BUFFER:
+                        await handle.write(bytes(pending))
+                        pending.clear()
+                if pending:
+                    await handle.write(bytes(pending))
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in _FULL_ERRNOS:
+                raise StorageFull(exc.errno, f"blob store cannot write: {os.strerror(exc.errno)}") from exc
+            raise
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return written
+
+    async def put_file(self, key: str, path: Path) -> int:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        size = path.stat().st_size
+        try:
+            os.replace(path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # Scratch on another filesystem: copy through a temporary name, then rename.
+            tmp = target.with_name(target.name + PART_SUFFIX)
+            try:
+                await anyio.to_thread.run_sync(shutil.copyfile, path, tmp)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+        return size
+
+    async def iter_bytes(
+        self, key: str, chunk_size: int = CHUNK_SIZE, *, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        try:
+            handle = await anyio.open_file(self._path(key), "rb")
+        except FileNotFoundError:
+            raise BlobMissing(key) from None
+        async with handle:
+            if start:
+                await handle.seek(start)
+            remaining = None if end is None else max(0, end - start)
+            while remaining is None or remaining > 0:
+                size = chunk_size if remaining is None else min(chunk_size, remaining)
+                chunk = await handle.read(size)
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+
+    @asynccontextmanager
+    async def local_copy(self, key: str) -> AsyncIterator[Path]:
+        path = self._path(key)
+        if not path.is_file():
+            raise BlobMissing(key)
+        yield path
+
+    @asynccontextmanager
+    async def staged(self, key: str) -> AsyncIterator[Path]:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + PART_SUFFIX)
+        try:
+            yield tmp
+            if not tmp.exists():
+                tmp.touch()
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    async def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise BlobMissing(key) from None
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    def appender(self, key: str) -> BlobAppender:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _FileAppender(path)
+
+    async def delete_prefix(self, prefix: str) -> None:
+        if prefix.endswith("/"):
+            folder = self._path(prefix.rstrip("/"))
+            if folder.is_dir():
+                await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+                return
+        await super().delete_prefix(prefix)
+
+    async def list(self, prefix: str) -> AsyncIterator[BlobInfo]:
+        # Walk only the folder the prefix names (or its parent, for a partial last segment).
+        folder_key = prefix if prefix.endswith("/") else prefix.rpartition("/")[0]
+        folder = self._path(folder_key) if folder_key.strip("/") else self._resolved_root
+        if not folder.is_dir():
+            return
+        entries = await anyio.to_thread.run_sync(_walk, folder, self._resolved_root, self.scratch.resolve())
+        for key, size, modified in entries:
+            if key.startswith(prefix):
+                yield BlobInfo(key, size, modified)
+
+
+class _FileAppender(BlobAppender):
+    """Appends go to the operating system at once (a killed process loses nothing written)."""
+
+    def __init__(self, path: Path) -> None:
+        self.handle = path.open("ab", buffering=0)
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+
+    def sync(self) -> None:
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _walk(folder: Path, root: Path, scratch: Path) -> list[tuple[str, int, float]]:
+    found: list[tuple[str, int, float]] = []
+    for directory, subdirs, files in os.walk(folder):
+        if Path(directory) == scratch or scratch in Path(directory).parents:
+            subdirs.clear()
+            continue
+        for name in files:
+            if name.endswith(PART_SUFFIX):
+                continue
+            path = Path(directory) / name
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            found.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime))
+    return found
+
+
+def scratch_file(folder: Path, suffix: str = "") -> Path:
+    """A new empty file in ``folder`` (the caller removes it)."""
+    handle, name = tempfile.mkstemp(dir=folder, suffix=suffix)
+    os.close(handle)
+    return Path(name)
