@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 import httpx
@@ -18,6 +19,28 @@ from gateway.storage import BlobStore, open_blob_store
 from router_policies.registry import PolicyRegistry, default_registry
 
 
+class WorkSignal:
+    """Wakes every idle loop of this process at once when new work may be ready.
+
+    Unlike a plain :class:`asyncio.Event`, one :meth:`set` reaches every loop waiting at that moment,
+    and a loop that starts waiting later waits for the next one.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        """Wake the loops waiting now."""
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Return on the next :meth:`set`, or after ``timeout`` seconds."""
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
 @dataclass
 class GatewayContext:
     """Settings, database, blob store, providers, offers and policies of one process."""
@@ -30,7 +53,7 @@ class GatewayContext:
     providers: ProviderRegistry
     offers: OfferBook
     policies: PolicyRegistry
-    work_available: asyncio.Event = field(default_factory=asyncio.Event)
+    work_available: WorkSignal = field(default_factory=WorkSignal)
     """Set when this process created work, so an idle worker in it starts at once instead of at its next poll."""
 
     @classmethod

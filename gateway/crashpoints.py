@@ -1,8 +1,10 @@
-"""Named points where a worker can be made to die with SIGKILL, for crash-recovery testing.
+"""Named points where a worker can be made to die (SIGKILL) or freeze (SIGSTOP), for failure testing.
 
 Set ``BATCHGW_CRASH_AT=<point>`` (or ``<point>:<n>`` to die on the n-th pass) in a worker's
-environment and the process kills itself there, with no cleanup, as a power cut would. With the
-variable unset (always, in production) a crash point costs one dictionary lookup.
+environment and the process kills itself there, with no cleanup, as a power cut would. Set
+``BATCHGW_FREEZE_AT=<point>`` (or ``<point>:<n>``) and it stops itself there instead, as a long GC
+pause or a frozen VM would: it goes on where it stopped once sent SIGCONT, possibly long after its
+lease expired. With the variables unset (always, in production) a point costs one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import signal
 
 POINTS = (
+    "route.after_shards_written",
+    "submit.before_provider_create",
     "submit.after_provider_create",
     "poll.after_status",
     "collect.after_split",
@@ -21,14 +25,25 @@ POINTS = (
 _passes: dict[str, int] = {}
 
 
-def crash_point(name: str) -> None:
-    """Die here if the environment asks for it."""
-    target = os.environ.get("BATCHGW_CRASH_AT")
+def _due(variable: str, name: str) -> bool:
+    target = os.environ.get(variable)
     if not target:
-        return
+        return False
     point, _, nth = target.partition(":")
     if point != name:
-        return
-    _passes[name] = _passes.get(name, 0) + 1
-    if _passes[name] >= int(nth or 1):
+        return False
+    key = f"{variable}:{name}"
+    _passes[key] = _passes.get(key, 0) + 1
+    return _passes[key] == int(nth or 1)
+
+
+def crash_point(name: str) -> None:
+    """Die here if the environment asks for it."""
+    if _due("BATCHGW_CRASH_AT", name):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def freeze_point(name: str) -> None:
+    """Stop this process here (once) if the environment asks for it; it resumes on SIGCONT."""
+    if _due("BATCHGW_FREEZE_AT", name):
+        os.kill(os.getpid(), signal.SIGSTOP)

@@ -51,12 +51,18 @@ ALERT_KINDS = ("budget_threshold", "anomaly")
 
 SPEND_USD = Counter(
     "batchgw_spend_usd",
-    "Spend in USD recorded in the ledger, at the price of the offer that served the requests.",
-    ["provider", "model", "team"],
+    "Spend in USD recorded in the ledger, at the price of the offer that ran the requests "
+    "(reason 'served': collected answers; 'abandoned': what a provider batch the gateway moved work off billed).",
+    ["provider", "model", "team", "reason"],
 )
 SAVINGS_USD = Counter(
     "batchgw_savings_usd",
-    "USD saved against the same tokens at the synchronous list price.",
+    "USD saved against the same tokens at the cheapest synchronous list price of the model (positive part).",
+    ["provider", "model", "team"],
+)
+SYNC_BASELINE_USD = Counter(
+    "batchgw_sync_baseline_usd",
+    "What the answered tokens would have cost at the cheapest synchronous list price of the model.",
     ["provider", "model", "team"],
 )
 REQUESTS = Counter(
@@ -152,10 +158,16 @@ def record_shard_collected(
         _add(REQUESTS, count, provider=provider, outcome=outcome)
     _add(TOKENS, input_tokens, provider=provider, model=model, direction="input")
     _add(TOKENS, output_tokens, provider=provider, model=model, direction="output")
-    _add(SPEND_USD, cost_usd, provider=provider, model=model, team=team)
+    _add(SPEND_USD, cost_usd, provider=provider, model=model, team=team, reason="served")
     _add(SAVINGS_USD, list_cost_usd - cost_usd, provider=provider, model=model, team=team)
+    _add(SYNC_BASELINE_USD, list_cost_usd, provider=provider, model=model, team=team)
     if turnaround_s is not None:
         SHARD_TURNAROUND.labels(provider=provider).observe(max(0.0, turnaround_s))
+
+
+def record_abandoned_spend(*, provider: str, model: str, team: str, cost_usd: float) -> None:
+    """Count what an abandoned provider batch billed, once its ledger row committed."""
+    _add(SPEND_USD, cost_usd, provider=provider, model=model, team=team, reason="abandoned")
 
 
 def record_failover(from_provider: str, to_provider: str | None, cause: str) -> None:
@@ -274,5 +286,15 @@ def serve_process_metrics(host: str, port: int) -> None:
 
 def metric_names() -> set[str]:
     """Every metric family name this module defines (counters without their ``_total`` suffix)."""
-    events = (SPEND_USD, SAVINGS_USD, REQUESTS, TOKENS, FAILOVERS, ALERTS_FIRED, SHARD_TURNAROUND, BATCH_TURNAROUND)
+    events = (
+        SPEND_USD,
+        SAVINGS_USD,
+        SYNC_BASELINE_USD,
+        REQUESTS,
+        TOKENS,
+        FAILOVERS,
+        ALERTS_FIRED,
+        SHARD_TURNAROUND,
+        BATCH_TURNAROUND,
+    )
     return set(GAUGES) | {family.name for metric in events for family in metric.describe()}

@@ -46,7 +46,24 @@ class WorkerSettings(BaseModel):
     lease_s: float = Field(30.0, description="How long a claimed job stays owned without a heartbeat.")
     provider_poll_min_s: float = Field(1.0, description="First delay between provider status polls.")
     provider_poll_max_s: float = Field(30.0, description="Longest delay between provider status polls.")
-    concurrency: int = Field(8, description="Jobs one worker process drives at once.")
+    concurrency: int = Field(
+        8, ge=1, description="Shard steps (submit, poll, fan-out, collect) one process runs at once."
+    )
+    batch_concurrency: int = Field(
+        2, ge=1, description="Batch stages (validate, route, merge) one process runs at once, in a lane of their own."
+    )
+    stage_max_attempts: int = Field(
+        5, ge=1, description="Attempts of a stage that raised before its batch or shard ends with the error."
+    )
+    stage_retry_base_s: float = Field(5.0, gt=0, description="Wait after a stage's first failed attempt; doubles.")
+    stage_retry_max_s: float = Field(300.0, gt=0, description="Longest wait between two attempts of a stage.")
+    abandoned_sweep_s: float = Field(
+        2.0, gt=0, description="How often abandoned provider batches due for a cancel or a poll are looked at."
+    )
+    blob_gc_interval_s: float = Field(600.0, gt=0, description="How often blobs no database row names are removed.")
+    blob_gc_grace_s: float = Field(
+        3600.0, ge=0, description="Age a blob no row names must reach before removal (writers still publishing)."
+    )
 
 
 class RoutingSettings(BaseModel):

@@ -113,12 +113,21 @@ class Batch(SQLModel, table=True):
     policy: str | None = Field(default=None, max_length=64, description="The routing policy that placed the batch.")
     estimated_cost_usd: float | None = Field(default=None, description="Projected cost when routed (the reservation).")
     cost_usd: float = Field(default=0.0, description="Spend recorded in the ledger so far.")
+    abandoned_cost_usd: float = Field(
+        default=0.0, description="Of which billed by provider batches the gateway moved work off (paid twice)."
+    )
     list_cost_usd: float = Field(default=0.0, description="What the same tokens cost at synchronous list prices.")
     providers: str | None = Field(default=None, max_length=1024, description="Providers that ran its shards.")
     # Engine bookkeeping: which pipeline stage owns the batch next, and who holds it now.
     stage: str = Field(default="validate", max_length=16)
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_expires_at: float | None = None
+    lease_token: int = Field(default=0, description="Fencing token: grows with every claim of the row.")
+    next_action_at: float = Field(default=0.0, description="The batch stage is not claimed before this time.")
+    stage_attempts: int = Field(default=0, description="Failed attempts of the current stage.")
+    attempt_log: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON), description="Recent failed attempts: time, stage, error class, message."
+    )
     updated_at: float = Field(default_factory=time.time)
 
 
@@ -176,6 +185,12 @@ class Shard(SQLModel, table=True):
     poll_delay_s: float = 0.0
     next_action_at: float = Field(default_factory=time.time)
     last_error: str | None = Field(default=None, sa_type=Text)
+    wait_code: str | None = Field(default=None, max_length=32, description="Why the shard is not progressing now.")
+    wait_detail: str | None = Field(default=None, sa_type=Text, description="The same, in words, with times.")
+    stage_attempts: int = Field(default=0, description="Failed attempts of the current step (unexpected errors).")
+    attempt_log: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON), description="Recent failed attempts: time, state, error class, message."
+    )
     created_at: float = Field(default_factory=time.time)
     submitted_at: float | None = None
     last_progress_at: float | None = Field(default=None, description="When the provider last reported progress.")
@@ -183,6 +198,7 @@ class Shard(SQLModel, table=True):
     finished_at: float | None = None
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_expires_at: float | None = None
+    lease_token: int = Field(default=0, description="Fencing token: grows with every claim of the row.")
     updated_at: float = Field(default_factory=time.time)
 
 
@@ -225,10 +241,18 @@ class LedgerEntry(SQLModel, table=True):
     """What one collected shard cost: written once, in the transaction that closes the shard."""
 
     __tablename__ = "ledger"
-    __table_args__ = (Index("ix_ledger_team_time", "team_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_ledger_team_time", "team_id", "created_at"),
+        UniqueConstraint("shard_id", "kind", name="uq_ledger_shard_kind"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    shard_id: str = Field(unique=True, max_length=64)
+    shard_id: str = Field(max_length=64)
+    kind: str = Field(
+        default="served",
+        max_length=16,
+        description="'served': the shard's collected requests; 'abandoned': what an abandoned provider batch billed.",
+    )
     batch_id: str = Field(index=True, max_length=64)
     team_id: str = Field(max_length=64)
     api_key_id: str | None = Field(default=None, max_length=64)
@@ -243,6 +267,58 @@ class LedgerEntry(SQLModel, table=True):
     cost_usd: float = 0.0
     list_cost_usd: float = Field(default=0.0, description="The same tokens at synchronous list prices.")
     created_at: float = Field(default_factory=time.time, index=True)
+
+
+class AbandonedProviderBatch(SQLModel, table=True):
+    """A provider batch the gateway stopped waiting for: still owned until the provider ends it.
+
+    Work moved off it (failover, stall, a worker that lost its lease after creating it), so its
+    answers are not used; but it may still run and bill. The gateway sends it a cancel as soon as
+    the provider answers, polls it until it ends, and records what it billed in the ledger (kind
+    ``abandoned``) against the batch and team.
+    """
+
+    __tablename__ = "abandoned_provider_batches"
+    __table_args__ = (
+        Index("ix_abandoned_state_due", "state", "next_action_at"),
+        UniqueConstraint("provider", "submit_token"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    shard_id: str = Field(max_length=64, index=True)
+    batch_id: str = Field(max_length=64, index=True)
+    team_id: str = Field(max_length=64)
+    api_key_id: str | None = Field(default=None, max_length=64)
+    provider: str = Field(max_length=128)
+    model: str = Field(max_length=256)
+    provider_model: str = Field(max_length=256)
+    submit_token: str = Field(max_length=64)
+    provider_batch_id: str | None = Field(
+        default=None, max_length=256, description="Unknown when the create call's answer was lost: found by token."
+    )
+    origin: str = Field(
+        default="abandoned",
+        max_length=16,
+        description="'abandoned': work moved off it; 'orphan': created by a worker that had lost its lease.",
+    )
+    reason: str = Field(sa_type=Text, description="Why work moved off it.")
+    state: str = Field(default="open", max_length=16, description="'open' (not ended at the provider) or 'settled'.")
+    cancel_sent_at: float | None = None
+    provider_status: str | None = Field(default=None, max_length=64)
+    requests_billed: int = 0
+    input_tokens: int = Field(default=0, sa_type=BigInteger)
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
+    cost_usd: float = 0.0
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+    attempts: int = 0
+    next_action_at: float = Field(default_factory=time.time)
+    last_error: str | None = Field(default=None, sa_type=Text)
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: float | None = None
+    lease_token: int = 0
+    created_at: float = Field(default_factory=time.time)
+    settled_at: float | None = None
 
 
 class IdempotencyRecord(SQLModel, table=True):

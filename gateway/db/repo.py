@@ -17,9 +17,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway.db.leases import Lease
 from gateway.db.models import ApiKey, Batch, IdempotencyRecord, Shard, StoredFile, Team
 
 KEY_PREFIX = "bgw-"
+ATTEMPT_LOG_KEEP = 20
+"""Failed attempts kept on a batch or shard row (the newest)."""
 
 
 def hash_key(secret: str) -> str:
@@ -197,21 +200,21 @@ async def remember_idempotent(
 
 
 async def claim_batch(session: AsyncSession, stages: Sequence[str], owner: str, lease_s: float) -> Batch | None:
-    """Claim one batch waiting in one of ``stages`` whose lease is free or expired.
+    """Claim one due batch waiting in one of ``stages`` whose lease is free or expired.
 
     The claim is one compare-and-set UPDATE on a candidate id, so it is atomic on PostgreSQL and
-    on SQLite alike: of two workers racing for a row, exactly one sees ``rowcount == 1``.
+    on SQLite alike: of two workers racing for a row, exactly one sees ``rowcount == 1``. It also
+    increments the row's fencing token (see :mod:`gateway.db.leases`).
     """
     now = time.time()
     free = or_(col(Batch.lease_expires_at).is_(None), col(Batch.lease_expires_at) < now)
-    candidates = (
-        await session.exec(select(Batch.id).where(col(Batch.stage).in_(stages), free).order_by(col(Batch.seq)).limit(5))
-    ).all()
+    due = (col(Batch.stage).in_(stages), col(Batch.next_action_at) <= now, free)
+    candidates = (await session.exec(select(Batch.id).where(*due).order_by(col(Batch.seq)).limit(5))).all()
     for batch_id in candidates:
         result = await session.exec(
             update(Batch)
-            .where(col(Batch.id) == batch_id, col(Batch.stage).in_(stages), free)
-            .values(lease_owner=owner, lease_expires_at=now + lease_s)
+            .where(col(Batch.id) == batch_id, *due)
+            .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Batch.lease_token) + 1)
         )
         await session.commit()
         if result.rowcount == 1:
@@ -219,36 +222,60 @@ async def claim_batch(session: AsyncSession, stages: Sequence[str], owner: str, 
     return None
 
 
-async def release_batch(session: AsyncSession, batch_id: str, owner: str, retry_in: float | None = None) -> None:
-    """Give up this worker's lease; with ``retry_in``, keep it blocked that long (after a failed step)."""
-    expires = time.time() + retry_in if retry_in else None
+async def release_batch(session: AsyncSession, batch_id: str, lease: Lease) -> None:
+    """Give up this worker's lease (no-op once another worker holds the row)."""
     await session.exec(
         update(Batch)
-        .where(col(Batch.id) == batch_id, col(Batch.lease_owner) == owner)
-        .values(lease_owner=None if expires is None else owner, lease_expires_at=expires)
+        .where(col(Batch.id) == batch_id, *lease.holds(Batch))
+        .values(lease_owner=None, lease_expires_at=None)
     )
     await session.commit()
 
 
 async def update_batch_if(
-    session: AsyncSession, batch_id: str, *, expected_status: str, values: dict[str, object]
+    session: AsyncSession,
+    batch_id: str,
+    *,
+    expected_status: str,
+    values: dict[str, object],
+    lease: Lease | None = None,
 ) -> bool:
-    """Update a batch only if its status is still ``expected_status`` (compare-and-set)."""
+    """Update a batch only if its status is still ``expected_status`` (compare-and-set), and, with
+    ``lease``, only while that lease is the batch's current one (a stage's fenced write)."""
+    fence = lease.holds(Batch) if lease is not None else ()
     result = await session.exec(
         update(Batch)
-        .where(col(Batch.id) == batch_id, col(Batch.status) == expected_status)
+        .where(col(Batch.id) == batch_id, col(Batch.status) == expected_status, *fence)
         .values(**values, updated_at=time.time())
     )
     return bool(result.rowcount)
 
 
-async def extend_batch_lease(session: AsyncSession, batch_id: str, owner: str, lease_s: float) -> bool:
+async def extend_batch_lease(session: AsyncSession, batch_id: str, lease: Lease) -> bool:
     """Heartbeat: push the lease forward if this worker still holds it."""
     result = await session.exec(
         update(Batch)
-        .where(col(Batch.id) == batch_id, col(Batch.lease_owner) == owner)
-        .values(lease_expires_at=time.time() + lease_s)
+        .where(col(Batch.id) == batch_id, *lease.holds(Batch))
+        .values(lease_expires_at=time.time() + lease.lease_s)
     )
+    await session.commit()
+    return bool(result.rowcount)
+
+
+async def record_batch_failure(
+    session: AsyncSession, batch_id: str, lease: Lease, entry: dict[str, object], retry_at: float | None
+) -> bool:
+    """Note a failed attempt of the batch's stage; with ``retry_at``, release the lease until then."""
+    batch = await get_batch(session, None, batch_id)
+    if batch is None:
+        return False
+    values: dict[str, object] = {
+        "stage_attempts": batch.stage_attempts + 1,
+        "attempt_log": [*(batch.attempt_log or [])[-(ATTEMPT_LOG_KEEP - 1) :], entry],
+    }
+    if retry_at is not None:
+        values |= {"next_action_at": retry_at, "lease_owner": None, "lease_expires_at": None}
+    result = await session.exec(update(Batch).where(col(Batch.id) == batch_id, *lease.holds(Batch)).values(**values))
     await session.commit()
     return bool(result.rowcount)
 

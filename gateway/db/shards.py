@@ -12,7 +12,9 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway.db.leases import Lease
 from gateway.db.models import Batch, LedgerEntry, Shard
+from gateway.db.repo import ATTEMPT_LOG_KEEP
 
 ACTIVE_STATES = ("queued", "submitting", "running", "executing", "collecting")
 IN_FLIGHT_STATES = ("submitting", "running", "executing")
@@ -28,7 +30,7 @@ async def claim_shard(session: AsyncSession, owner: str, lease_s: float) -> Shar
         result = await session.exec(
             update(Shard)
             .where(col(Shard.id) == shard_id, *due)
-            .values(lease_owner=owner, lease_expires_at=now + lease_s)
+            .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Shard.lease_token) + 1)
         )
         await session.commit()
         if result.rowcount == 1:
@@ -36,38 +38,57 @@ async def claim_shard(session: AsyncSession, owner: str, lease_s: float) -> Shar
     return None
 
 
-async def release_shard(session: AsyncSession, shard_id: str, owner: str, retry_in: float | None = None) -> None:
-    """Give up this worker's lease; with ``retry_in``, keep it blocked that long (after a failed step)."""
-    expires = time.time() + retry_in if retry_in else None
+async def release_shard(session: AsyncSession, shard_id: str, lease: Lease) -> None:
+    """Give up this worker's lease (no-op once another worker holds the row)."""
     await session.exec(
         update(Shard)
-        .where(col(Shard.id) == shard_id, col(Shard.lease_owner) == owner)
-        .values(lease_owner=None if expires is None else owner, lease_expires_at=expires)
+        .where(col(Shard.id) == shard_id, *lease.holds(Shard))
+        .values(lease_owner=None, lease_expires_at=None)
     )
     await session.commit()
 
 
-async def extend_shard_lease(session: AsyncSession, shard_id: str, owner: str, lease_s: float) -> bool:
+async def extend_shard_lease(session: AsyncSession, shard_id: str, lease: Lease) -> bool:
     """Heartbeat for a shard lease."""
     result = await session.exec(
         update(Shard)
-        .where(col(Shard.id) == shard_id, col(Shard.lease_owner) == owner)
-        .values(lease_expires_at=time.time() + lease_s)
+        .where(col(Shard.id) == shard_id, *lease.holds(Shard))
+        .values(lease_expires_at=time.time() + lease.lease_s)
     )
     await session.commit()
     return bool(result.rowcount)
 
 
-async def save_shard(session: AsyncSession, shard: Shard, owner: str, **values: Any) -> bool:
-    """Write ``values`` to a shard this worker still holds; False if the lease was lost."""
+async def save_shard(session: AsyncSession, shard: Shard, lease: Lease, **values: Any) -> bool:
+    """Write ``values`` to a shard while ``lease`` is its current one; False (nothing written) if lost."""
+    if lease.lost:
+        return False
     values["updated_at"] = time.time()
-    result = await session.exec(
-        update(Shard).where(col(Shard.id) == shard.id, col(Shard.lease_owner) == owner).values(**values)
-    )
+    result = await session.exec(update(Shard).where(col(Shard.id) == shard.id, *lease.holds(Shard)).values(**values))
     if result.rowcount:
         for name, value in values.items():
             setattr(shard, name, value)
+    else:
+        lease.lost = True
     return bool(result.rowcount)
+
+
+async def record_shard_failure(
+    session: AsyncSession, shard: Shard, lease: Lease, entry: dict[str, object], retry_at: float, wait: str
+) -> bool:
+    """Note a failed attempt of the shard's step, say so as its waiting reason, and retry it at ``retry_at``."""
+    values = {
+        "stage_attempts": shard.stage_attempts + 1,
+        "attempt_log": [*(shard.attempt_log or [])[-(ATTEMPT_LOG_KEEP - 1) :], entry],
+        "next_action_at": retry_at,
+        "wait_code": "retrying",
+        "wait_detail": wait,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    saved = await save_shard(session, shard, lease, **values)
+    await session.commit()
+    return saved
 
 
 async def in_flight(session: AsyncSession, provider: str) -> tuple[int, dict[str, int]]:
@@ -115,6 +136,7 @@ async def refresh_batch_progress(session: AsyncSession, batch_id: str) -> None:
             sa_select(
                 func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0),
                 func.coalesce(func.sum(LedgerEntry.list_cost_usd), 0.0),
+                func.coalesce(func.sum(LedgerEntry.cost_usd).filter(col(LedgerEntry.kind) == "abandoned"), 0.0),
             ).where(col(LedgerEntry.batch_id) == batch_id)
         )
     ).one()
@@ -127,6 +149,7 @@ async def refresh_batch_progress(session: AsyncSession, batch_id: str) -> None:
         .values(
             cost_usd=float(spend[0]),
             list_cost_usd=float(spend[1]),
+            abandoned_cost_usd=float(spend[2]),
             providers=",".join(providers)[:1024] or None,
             request_completed=int(totals[0]),
             request_failed=int(totals[1]),
@@ -143,13 +166,6 @@ async def open_shard_count(session: AsyncSession, batch_id: str) -> int:
     """Shards of the batch that have not finished."""
     query = select(func.count()).select_from(Shard).where(Shard.batch_id == batch_id, col(Shard.state) != "done")
     return int((await session.exec(query)).one())
-
-
-async def save_progress(session: AsyncSession, shard_id: str, answered: int) -> None:
-    """Record how many requests of a fan-out shard have been answered so far."""
-    await session.exec(
-        update(Shard).where(col(Shard.id) == shard_id).values(progress_completed=answered, updated_at=time.time())
-    )
 
 
 async def in_flight_by_provider(session: AsyncSession) -> dict[str, int]:

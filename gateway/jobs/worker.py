@@ -1,8 +1,13 @@
-"""The worker loop: claim a batch whose stage needs work, run that stage, release it.
+"""The worker: claim a batch or shard whose stage needs work, run that stage, release it.
 
-Claims are leases with heartbeats, so a worker killed at any point leaves work that another
-worker (or the same one restarted) picks up once the lease expires. Stages are idempotent: a
-stage that ran halfway runs again from the state recorded in the database.
+The dispatch tables below are the one place that shows the order of the data path. Two lanes claim
+work independently, so batch intake (validate, route, merge) never starves the shards of running jobs
+(submit, poll, fan-out, collect) or the reverse. Claims are leases with fencing tokens and heartbeats
+(:mod:`gateway.db.leases`): a worker killed at any point leaves work another worker picks up once the
+lease expires, and a worker frozen past its lease has its stage cancelled when it wakes, and can write
+nothing anyway. A stage that raises is retried with backoff up to ``worker.stage_max_attempts``
+times, each attempt recorded on the row; errors that cannot heal by retrying end the batch or shard at
+once with an OpenAI-shaped error, keeping every answer already received.
 """
 
 from __future__ import annotations
@@ -12,25 +17,28 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.billing import webhooks
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db import shards as shard_db
+from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard
-from gateway.pipeline import collect, fanout, merge, poll, route, submit, validate
+from gateway.jobs import blob_gc
+from gateway.jobs.failures import attempt_entry, cannot_heal, retry_delay
+from gateway.pipeline import collect, fanout, merge, poll, route, settle, submit, validate
 from gateway.routing import health
 
 log = logging.getLogger(__name__)
 
-FAILED_STEP_RETRY_S = 5.0
 HEALTH_PROBE_EVERY_S = 2.0
-"""A step that raised an unexpected error is retried after this delay (its lease is kept until then)."""
 
-BatchStage = Callable[[GatewayContext, Batch], Awaitable[None]]
-ShardStage = Callable[[GatewayContext, Shard, Batch, str], Awaitable[None]]
+BatchStage = Callable[[GatewayContext, Batch, Lease], Coroutine[Any, Any, None]]
+ShardStage = Callable[[GatewayContext, Shard, Batch, Lease], Coroutine[Any, Any, None]]
 
 BATCH_STAGES: dict[str, BatchStage] = {
     "validate": validate.run,
@@ -42,11 +50,18 @@ BATCH_STAGES: dict[str, BatchStage] = {
 SHARD_STAGES: dict[str, ShardStage] = {
     "queued": submit.run,
     "submitting": submit.run,
-    "running": poll.run,
     "executing": fanout.run,
+    "running": poll.run,
     "collecting": collect.collect_shard,
 }
-"""Shard state -> its entry. A shard in state ``done`` needs nothing."""
+"""Shard state -> its entry. A shard in state ``done`` needs nothing; ``held`` waits for its canary."""
+
+BATCH_GIVE_UP: dict[str, Callable[[GatewayContext, Batch, Lease, str, str], Awaitable[None]]] = {
+    "validate": validate.give_up,
+    "route": route.give_up,
+    "merge": merge.give_up,
+}
+"""Batch stage -> how it ends a batch whose stage cannot succeed (code, message)."""
 
 
 def worker_id() -> str:
@@ -54,8 +69,17 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass
+class _Lane:
+    """One kind of work with its own concurrency."""
+
+    name: str
+    concurrency: int
+    claim: Callable[[], Awaitable[Coroutine[Any, Any, None] | None]]
+
+
 class Worker:
-    """Drives batches through the pipeline stages, ``concurrency`` at a time."""
+    """Drives batches through the pipeline stages in two lanes (batch stages, shard steps)."""
 
     def __init__(self, context: GatewayContext, owner: str | None = None) -> None:
         self.context = context
@@ -68,25 +92,36 @@ class Worker:
         self._stop.set()
 
     async def run(self) -> None:
-        """Claim and run steps, ``concurrency`` at a time, until :meth:`stop` is called.
-
-        One loop claims work (one query when idle, every ``poll_interval_s``); each claimed step
-        runs in its own task while the loop claims the next, up to the concurrency limit.
-        """
+        """Claim and run steps in both lanes until :meth:`stop` is called."""
         log.info("worker %s started", self.owner)
-        slots = asyncio.Semaphore(self.settings.concurrency)
-        running: set[asyncio.Task[None]] = set()
+        lanes = [
+            _Lane("batch", self.settings.batch_concurrency, self._claim_batch),
+            _Lane("shard", self.settings.concurrency, self._claim_shard),
+        ]
         housekeeping = [
             asyncio.create_task(self._every(HEALTH_PROBE_EVERY_S, health.probe_open_circuits)),
+            asyncio.create_task(self._every(self.settings.abandoned_sweep_s, self._settle_abandoned)),
+            asyncio.create_task(self._every(self.settings.blob_gc_interval_s, self._collect_blobs)),
             asyncio.create_task(webhooks.run_webhook_loop(self.context, self._stop)),
         ]
+        try:
+            await asyncio.gather(*(self._run_lane(lane) for lane in lanes))
+        finally:
+            for task in housekeeping:
+                task.cancel()
+            await asyncio.gather(*housekeeping, return_exceptions=True)
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        """Claim work of one lane, up to its concurrency, each step in its own task."""
+        slots = asyncio.Semaphore(lane.concurrency)
+        running: set[asyncio.Task[None]] = set()
         try:
             while not self._stop.is_set():
                 await slots.acquire()
                 try:
-                    step = await self._claim()
+                    step = await lane.claim()
                 except Exception:
-                    log.exception("claiming work failed; retrying in %.1fs", self.settings.poll_interval_s)
+                    log.exception("claiming %s work failed; retrying", lane.name)
                     step = None
                 if step is None:
                     slots.release()
@@ -101,9 +136,6 @@ class Worker:
 
                 task.add_done_callback(finished)
         finally:
-            for task in housekeeping:
-                task.cancel()
-            await asyncio.gather(*housekeeping, return_exceptions=True)
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
 
@@ -117,71 +149,187 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
+    async def _collect_blobs(self, context: GatewayContext) -> None:
+        await blob_gc.collect_garbage(context)
+
+    async def _settle_abandoned(self, context: GatewayContext) -> None:
+        await settle.run_due(context, self.owner, self.settings.lease_s)
+
     async def _idle(self) -> None:
         """Sleep until the next poll, or until this process announces new work, or until stopped."""
-        wake = self.context.work_available
-        waiters = [asyncio.create_task(self._stop.wait()), asyncio.create_task(wake.wait())]
+        stop = asyncio.create_task(self._stop.wait())
+        wake = asyncio.create_task(self.context.work_available.wait(self.settings.poll_interval_s))
         try:
-            await asyncio.wait(waiters, timeout=self.settings.poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([stop, wake], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
-        wake.clear()
+            stop.cancel()
+            wake.cancel()
 
     async def run_once(self) -> bool:
-        """Claim and run one step in this task; False when there was nothing to do."""
-        step = await self._claim()
+        """Claim and run one step (a batch stage first) in this task; False when there was nothing to do."""
+        step = await self._claim_batch() or await self._claim_shard()
         if step is None:
             return False
         await step
         return True
 
-    async def _claim(self) -> Coroutine[Any, Any, None] | None:
-        """The next step to run: a batch stage first, else a shard step; None when idle."""
-        lease = self.settings.lease_s
+    async def _claim_batch(self) -> Coroutine[Any, Any, None] | None:
+        lease_s = self.settings.lease_s
         async with self.context.sessions() as session:
-            batch = await repo.claim_batch(session, list(BATCH_STAGES), self.owner, lease)
-            if batch is not None:
-                return self._run_batch_stage(batch)
-            shard = await shard_db.claim_shard(session, self.owner, lease)
+            batch = await repo.claim_batch(session, list(BATCH_STAGES), self.owner, lease_s)
+        if batch is None:
+            return None
+        return self._run_batch_stage(batch, Lease(self.owner, batch.lease_token, lease_s))
+
+    async def _claim_shard(self) -> Coroutine[Any, Any, None] | None:
+        lease_s = self.settings.lease_s
+        async with self.context.sessions() as session:
+            shard = await shard_db.claim_shard(session, self.owner, lease_s)
             if shard is None:
                 return None
-            owner_batch = await repo.get_batch(session, None, shard.batch_id)
-        if owner_batch is None:
+            batch = await repo.get_batch(session, None, shard.batch_id)
+        lease = Lease(self.owner, shard.lease_token, lease_s)
+        if batch is None:
+            async with self.context.sessions() as session:
+                await shard_db.release_shard(session, shard.id, lease)
             return None
-        return self._run_shard_step(shard, owner_batch)
+        return self._run_shard_step(shard, batch, lease)
 
-    async def _run_batch_stage(self, batch: Batch) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(repo.extend_batch_lease, batch.id))
-        retry_in: float | None = None
-        try:
-            await BATCH_STAGES[batch.stage](self.context, batch)
-        except Exception:
-            retry_in = FAILED_STEP_RETRY_S
-            log.exception("batch %s: stage %s failed; retrying in %.0fs", batch.id, batch.stage, retry_in)
-        finally:
-            heartbeat.cancel()
+    async def _run_batch_stage(self, batch: Batch, lease: Lease) -> None:
+        stage = batch.stage
+        extend = repo.extend_batch_lease
+        error = await self._supervised(BATCH_STAGES[stage](self.context, batch, lease), extend, batch.id, lease)
+        if error is None:
             async with self.context.sessions() as session:
-                await repo.release_batch(session, batch.id, self.owner, retry_in=retry_in)
-
-    async def _run_shard_step(self, shard: Shard, batch: Batch) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(shard_db.extend_shard_lease, shard.id))
-        retry_in: float | None = None
-        try:
-            await SHARD_STAGES[shard.state](self.context, shard, batch, self.owner)
-        except Exception:
-            retry_in = FAILED_STEP_RETRY_S
-            log.exception("shard %s: step %s failed; retrying in %.0fs", shard.id, shard.state, retry_in)
-        finally:
-            heartbeat.cancel()
+                await repo.release_batch(session, batch.id, lease)
+            self.context.work_available.set()
+            return
+        attempts = batch.stage_attempts + 1
+        entry = attempt_entry(stage, error)
+        if cannot_heal(error) or attempts >= self.settings.stage_max_attempts:
+            code, message = _final_error(stage, error, attempts)
+            log.error("batch %s: stage %s gave up after %d attempt(s): %s", batch.id, stage, attempts, message)
             async with self.context.sessions() as session:
-                await shard_db.release_shard(session, shard.id, self.owner, retry_in=retry_in)
+                await repo.record_batch_failure(session, batch.id, lease, entry, retry_at=None)
+            try:
+                await BATCH_GIVE_UP[stage](self.context, batch, lease, code, message)
+            finally:
+                async with self.context.sessions() as session:
+                    await repo.release_batch(session, batch.id, lease)
+            self.context.work_available.set()
+            return
+        delay = retry_delay(attempts, self.settings.stage_retry_base_s, self.settings.stage_retry_max_s)
+        log.warning(
+            "batch %s: stage %s failed (attempt %d of %d), retrying in %.0fs: %s",
+            batch.id, stage, attempts, self.settings.stage_max_attempts, delay, entry["message"],
+        )  # fmt: skip
+        async with self.context.sessions() as session:
+            await repo.record_batch_failure(session, batch.id, lease, entry, retry_at=time.time() + delay)
 
-    async def _heartbeat(self, extend: Callable[..., Awaitable[bool]], row_id: str) -> None:
-        interval = self.settings.lease_s / 3
+    async def _run_shard_step(self, shard: Shard, batch: Batch, lease: Lease) -> None:
+        state = shard.state
+        step = SHARD_STAGES[state](self.context, shard, batch, lease)
+        error = await self._supervised(step, shard_db.extend_shard_lease, shard.id, lease)
+        if error is None:
+            async with self.context.sessions() as session:
+                if shard.stage_attempts and not lease.lost:
+                    await shard_db.save_shard(session, shard, lease, stage_attempts=0)
+                await shard_db.release_shard(session, shard.id, lease)
+            self.context.work_available.set()
+            return
+        attempts = shard.stage_attempts + 1
+        entry = attempt_entry(state, error)
+        if cannot_heal(error) or attempts >= self.settings.stage_max_attempts:
+            code, message = _final_error(state, error, attempts)
+            log.error("shard %s: step %s gave up after %d attempt(s): %s", shard.id, state, attempts, message)
+            try:
+                await collect.give_up(self.context, shard, batch, lease, code, message, entry)
+            except Exception:
+                log.exception("shard %s: ending it after a failed step failed too; retrying", shard.id)
+                async with self.context.sessions() as session:
+                    await shard_db.record_shard_failure(
+                        session, shard, lease, entry, time.time() + self.settings.stage_retry_max_s, message
+                    )
+                return
+            async with self.context.sessions() as session:
+                await shard_db.release_shard(session, shard.id, lease)
+            self.context.work_available.set()
+            return
+        delay = retry_delay(attempts, self.settings.stage_retry_base_s, self.settings.stage_retry_max_s)
+        wait = (
+            f"step '{state}' failed (attempt {attempts} of {self.settings.stage_max_attempts}): "
+            f"{entry['message']}; retrying at {time.strftime('%H:%M:%S', time.gmtime(time.time() + delay))} UTC"
+        )
+        log.warning("shard %s: %s", shard.id, wait)
+        async with self.context.sessions() as session:
+            await shard_db.record_shard_failure(session, shard, lease, entry, time.time() + delay, wait)
+
+    async def _supervised(
+        self,
+        work: Coroutine[Any, Any, None],
+        extend: Callable[[Any, str, Lease], Awaitable[bool]],
+        row_id: str,
+        lease: Lease,
+    ) -> BaseException | None:
+        """Run a stage under heartbeats; the error it raised, or None.
+
+        A lost lease (another worker claimed the row, or this process was frozen past the lease) cancels
+        the stage at once; its fenced writes would fail anyway. That is not an error of the stage.
+        """
+        task = asyncio.create_task(work)
+        beat = asyncio.create_task(self._heartbeat(extend, row_id, lease, task))
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not lease.lost:
+                raise
+            log.warning("lost the lease on %s: its stage was stopped", row_id)
+            return None
+        except Exception as exc:
+            if lease.lost:
+                log.warning("lost the lease on %s: its stage stopped (%s)", row_id, type(exc).__name__)
+                return None
+            return exc
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        return None
+
+    async def _heartbeat(
+        self,
+        extend: Callable[[Any, str, Lease], Awaitable[bool]],
+        row_id: str,
+        lease: Lease,
+        stage: asyncio.Task[None],
+    ) -> None:
+        interval = lease.lease_s / 3
         while True:
             await asyncio.sleep(interval)
-            async with self.context.sessions() as session:
-                if not await extend(session, row_id, self.owner, self.settings.lease_s):
-                    log.warning("lost the lease on %s", row_id)
-                    return
+            if lease.stale:
+                # Frozen past the lease (or the database was unreachable that long): another worker may own
+                # the row by now. Stop before the stage does anything more.
+                lease.lost = True
+            else:
+                try:
+                    async with self.context.sessions() as session:
+                        held = await extend(session, row_id, lease)
+                except Exception:
+                    log.warning("heartbeat for %s failed; retrying", row_id, exc_info=True)
+                    continue
+                if held:
+                    lease.renewed()
+                    continue
+                lease.lost = True
+            stage.cancel()
+            return
+
+
+def _final_error(stage: str, error: BaseException, attempts: int) -> tuple[str, str]:
+    """The code and message a stage's last failure ends its batch or shard with."""
+    from gateway.jobs.failures import describe
+
+    code, detail = describe(error)
+    if cannot_heal(error):
+        return code, detail
+    return "stage_failed", f"the '{stage}' step failed {attempts} times; last error: {detail}"

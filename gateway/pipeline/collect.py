@@ -7,18 +7,16 @@ to a follow-up shard (:mod:`gateway.pipeline.failover`) or, when they may not, g
 saying why (cancelled, expired, provider failure). The same transaction closes the shard, adds its
 follow-up shards, writes its ledger row (:mod:`gateway.pipeline.ledger`), decides a canary
 (:mod:`gateway.pipeline.canary`) and, once no shard of the batch is open, hands the batch to the merge
-stage. A collect cut short runs again: blob names derive from ids, and its database change is one
-transaction.
+stage. The blobs an attempt writes carry its fencing token, and only the transaction that closes the
+shard, fenced by the same lease, makes them the shard's: an attempt cut short, or one whose lease
+was lost, leaves nothing another attempt uses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +24,27 @@ import msgspec
 
 from gateway import metrics
 from gateway.context import GatewayContext
-from gateway.crashpoints import crash_point
+from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import repo
 from gateway.db import shards as shard_db
+from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, now_s
-from gateway.pipeline import canary, failover, ledger
+from gateway.pipeline import canary, failover, ledger, lifecycle
 from gateway.pipeline.failover import retryable
-from gateway.pipeline.lifecycle import (
-    fanout_parts_prefix,
-    gather_parts,
-    moved_key,
-    raw_result_key,
-    shard_base,
-    stop_reason,
+from gateway.pipeline.lifecycle import at, attempt_key, fanout_parts_prefix, gather_parts, stop_reason, wait
+from gateway.pipeline.results import (
+    ShardResults,
+    error_line,
+    id_decoder,
+    iter_custom_ids,
+    request_line_id,
+    result_decoder,
 )
-from gateway.pipeline.route import iter_custom_ids
-from gateway.providers.base import CapabilityNotSupported, ProviderRejected, ProviderUnavailable
+from gateway.pipeline.results import encoder as line_encoder
+from gateway.providers.base import CapabilityNotSupported, ProviderRateLimited, ProviderRejected, ProviderUnavailable
 from gateway.routing import health
+from gateway.storage import BlobMissing
+from gateway.storage.local import scratch_file
 
 log = logging.getLogger(__name__)
 
@@ -56,36 +58,8 @@ MISSING_RESULT_ERRORS = {
     "rerouted": ("provider_unavailable", "No provider could take this request: {detail}"),
     "canary_failed": ("canary_failed", "This request was not run: {detail}"),
 }
-
-
-class _ResultLine(msgspec.Struct):
-    custom_id: Any = None
-    response: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-
-
-class _IdLine(msgspec.Struct):
-    custom_id: str = ""
-
-
-_result_decoder = msgspec.json.Decoder(_ResultLine)
-_id_decoder = msgspec.json.Decoder(_IdLine)
-_encoder = msgspec.json.Encoder()
-
-
-@dataclass
-class ShardResults:
-    """Counts and token usage of one collected shard."""
-
-    completed: int = 0
-    failed: int = 0
-    moved: int = 0
-    usage: dict[str, int] = field(default_factory=lambda: {"input": 0, "output": 0, "cached": 0, "reasoning": 0})
-
-
-def request_line_id(batch_id: str, custom_id: str) -> str:
-    """A stable gateway id for one request's result line."""
-    return "batch_req_" + hashlib.sha256(f"{batch_id}\0{custom_id}".encode()).hexdigest()[:24]
+UNEXECUTED_CODES = frozenset({"batch_cancelled", "batch_expired"})
+RESULTS_RETRY_S = 10.0
 
 
 def split_results(
@@ -114,7 +88,7 @@ def split_results(
             with raw_path.open("rb") as raw:
                 for number, line in enumerate(raw, 1):
                     try:
-                        item = _result_decoder.decode(line)
+                        item = result_decoder.decode(line)
                     except (msgspec.DecodeError, msgspec.ValidationError):
                         log.warning("skipping an unreadable result line %d of batch %s", number, batch_id)
                         continue
@@ -123,9 +97,8 @@ def split_results(
                     if item.response is None and _unexecuted(item.error):
                         continue  # the provider never ran it: handled below with the pending ones
                     del pending[item.custom_id]
-                    status = (item.response or {}).get("status_code")
-                    ok = item.error is None and isinstance(status, int) and 200 <= status < 300
-                    if not ok and can_move and retryable(status, item.error):
+                    ok = item.ok
+                    if not ok and can_move and retryable(item.status_code, item.error):
                         moved.add(item.custom_id)
                         continue
                     record = {
@@ -137,11 +110,11 @@ def split_results(
                     }
                     if ok:
                         results.completed += 1
-                        _add_usage(results.usage, (item.response or {}).get("body"))
-                        out.write(_encoder.encode(record) + b"\n")
+                        results.usage.add((item.response or {}).get("body"))
+                        out.write(line_encoder.encode(record) + b"\n")
                     else:
                         results.failed += 1
-                        err.write(_encoder.encode(record) + b"\n")
+                        err.write(line_encoder.encode(record) + b"\n")
         code, message = MISSING_RESULT_ERRORS.get(end_reason, MISSING_RESULT_ERRORS["failed"])
         message = message.format(detail=detail or "no detail given")
         for custom_id in pending:
@@ -154,150 +127,135 @@ def split_results(
     with input_path.open("rb") as source, moved_path.open("wb") as sink:
         if moved:
             for line in source:
-                if line.strip() and _id_decoder.decode(line).custom_id in moved:
+                if line.strip() and id_decoder.decode(line).custom_id in moved:
                     sink.write(line if line.endswith(b"\n") else line + b"\n")
     return results
-
-
-def error_line(batch_id: str, custom_id: str, code: str, message: str, provider: str | None) -> bytes:
-    """An error-file line for a request that got no answer."""
-    record = {
-        "id": request_line_id(batch_id, custom_id),
-        "custom_id": custom_id,
-        "response": None,
-        "error": {"code": code, "message": message},
-        "provider": provider,
-    }
-    return _encoder.encode(record)
-
-
-UNEXECUTED_CODES = frozenset({"batch_cancelled", "batch_expired"})
 
 
 def _unexecuted(error: dict[str, Any] | None) -> bool:
     return isinstance(error, dict) and error.get("code") in UNEXECUTED_CODES
 
 
-def _add_usage(totals: dict[str, int], body: Any) -> None:
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return
-    totals["input"] += int(usage.get("prompt_tokens") or 0)
-    totals["output"] += int(usage.get("completion_tokens") or 0)
-    totals["cached"] += int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    totals["reasoning"] += int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
-
-
-async def end_shard(
-    context: GatewayContext, shard: Shard, batch: Batch, owner: str, *, reason: str, error: str | None = None
-) -> None:
-    """Finish a shard that will get no (more) provider results, then collect what it has."""
-    async with context.sessions() as session:
-        await shard_db.save_shard(
-            session, shard, owner, state="collecting", end_reason=reason, last_error=error or shard.last_error
-        )
-        await session.commit()
-    await collect_shard(context, shard, batch, owner)
-
-
-async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
+async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> None:
     """Shard entry for state ``collecting``: fetch results, split them, move what did not finish, close.
 
     One transaction closes the shard, adds its follow-up shards and routing decision (see
     :mod:`gateway.pipeline.failover`), records its spend, decides a canary, and hands the batch to the
     merge stage once none of its shards is open.
     """
-    base = shard_base(shard)
-    raw_key = raw_result_key(shard)
-    if shard.provider_batch_id:
-        raw_available = await _fetch_results(context, batch, shard, raw_key, owner)
-    else:
-        # Fan-out shards published their answers in parts as they ran.
-        async with context.blobs.staged(raw_key) as raw_tmp:
-            raw_available = await gather_parts(context.blobs, fanout_parts_prefix(shard), raw_tmp) > 0
-    output_key, error_key, moved_blob = f"{base}.out.jsonl", f"{base}.err.jsonl", moved_key(shard)
-    can_move = failover.may_move(stop_reason(batch) is not None, shard, context.settings.routing.max_request_attempts)
-    move: failover.Move | None = None
-    async with (
-        context.blobs.local_copy(shard.input_key) as input_path,
-        context.blobs.staged(output_key) as output_tmp,
-        context.blobs.staged(error_key) as error_tmp,
-        context.blobs.staged(moved_blob) as moved_tmp,
-    ):
-        async with contextlib.AsyncExitStack() as stack:
-            raw_path = await stack.enter_async_context(context.blobs.local_copy(raw_key)) if raw_available else None
+    scratch = context.blobs.scratch
+    raw_path = scratch_file(scratch, suffix=".raw.jsonl")
+    moved_path = scratch_file(scratch, suffix=".moved.jsonl")
+    try:
+        if shard.provider_batch_id:
+            fetched = await _fetch_results(context, batch, shard, lease, raw_path)
+            if fetched == "later":
+                return
+            raw_available = fetched == "fetched"
+        else:
+            # Fan-out shards published their answers in parts as they ran.
+            raw_available = await gather_parts(context.blobs, fanout_parts_prefix(shard), raw_path) > 0
+        output_key, error_key = attempt_key(shard, lease, "out.jsonl"), attempt_key(shard, lease, "err.jsonl")
+        stopping = stop_reason(batch) is not None
+        can_move = failover.may_move(stopping, shard, context.settings.routing.max_request_attempts)
+        move: failover.Move | None = None
+        async with (
+            context.blobs.local_copy(shard.input_key) as input_path,
+            context.blobs.staged(output_key) as output_tmp,
+            context.blobs.staged(error_key) as error_tmp,
+        ):
             results = await asyncio.to_thread(
                 split_results,
                 batch.id,
                 input_path,
-                raw_path,
+                raw_path if raw_available else None,
                 output_tmp,
                 error_tmp,
-                moved_tmp,
+                moved_path,
                 shard.end_reason or "completed",
                 shard.last_error,
                 shard.provider,
                 can_move,
             )
-        if results.moved:
-            move = await failover.plan_move(context, batch, shard, moved_tmp, results.moved)
-            if move.error is not None:
-                shard.last_error = move.error
-                await asyncio.to_thread(_fail_moved, batch.id, moved_tmp, error_tmp, move.error, shard.provider)
-                results.failed += results.moved
-                results.moved = 0
-        crash_point("collect.after_split")
+            if results.moved:
+                move = await failover.plan_move(context, batch, shard, lease, moved_path, results.moved)
+                if move.error is not None:
+                    shard.last_error = move.error
+                    await asyncio.to_thread(_fail_moved, batch.id, moved_path, error_tmp, move.error, shard.provider)
+                    results.failed += results.moved
+                    results.moved = 0
+            crash_point("collect.after_split")
+            freeze_point("collect.after_split")
+    finally:
+        raw_path.unlink(missing_ok=True)
+        moved_path.unlink(missing_ok=True)
+    closed = await _close(context, shard, batch, lease, results, move, output_key, error_key)
+    if not closed:
+        # Another worker owns the shard now: nothing this attempt wrote is used.
+        for key in (output_key, error_key, *(plan.key for plan in (move.plans if move else []))):
+            await context.blobs.delete(key)
+        return
+    await context.blobs.delete_prefix(fanout_parts_prefix(shard))
+
+
+async def _close(
+    context: GatewayContext,
+    shard: Shard,
+    batch: Batch,
+    lease: Lease,
+    results: ShardResults,
+    move: failover.Move | None,
+    output_key: str,
+    error_key: str,
+) -> bool:
+    """The one transaction that makes this attempt's results the shard's; False if the lease was lost."""
     async with context.sessions() as session:
         saved = await shard_db.save_shard(
             session,
             shard,
-            owner,
+            lease,
             state="done",
             result_completed=results.completed,
             result_failed=results.failed,
             result_moved=results.moved,
             progress_completed=0,
             progress_failed=0,
-            input_tokens=results.usage["input"],
-            output_tokens=results.usage["output"],
-            cached_tokens=results.usage["cached"],
-            reasoning_tokens=results.usage["reasoning"],
+            input_tokens=results.usage.input,
+            output_tokens=results.usage.output,
+            cached_tokens=results.usage.cached,
+            reasoning_tokens=results.usage.reasoning,
             output_key=output_key,
             error_key=error_key,
             finished_at=time.time(),
             end_reason=shard.end_reason,
             last_error=shard.last_error,
+            wait_code=None,
+            wait_detail=None,
         )
         if not saved:
             await session.rollback()
-            return
+            return False
         await shard_db.lock_batch(session, shard.batch_id)
         if move is not None:
             session.add(move.decision)
             for child in move.shards(batch.id, shard, await shard_db.next_seq(session, batch.id)):
                 session.add(child)
-        spend = await ledger.record(session, context, batch, shard, results.completed, results.usage)
+        spend = await ledger.record(session, context, batch, shard, results.completed, results.usage.as_dict())
         if shard.canary:
             await canary.evaluate(session, context, batch)
         if await shard_db.open_shard_count(session, shard.batch_id) == 0:
             await _to_merge(session, batch.id)
         await session.commit()
-    await context.blobs.delete(raw_key)
-    await context.blobs.delete(moved_blob)
-    await context.blobs.delete_prefix(fanout_parts_prefix(shard))
-    ledger.count(shard, spend, results.completed, results.failed, results.moved, results.usage)
+    ledger.count(shard, spend, results.completed, results.failed, results.moved, results.usage.as_dict())
     if move is not None and move.decision.kind == "failover":
         metrics.record_failover(shard.provider, move.decision.chosen_provider, shard.end_reason or "failed")
     if spend.wake_workers:
         context.work_available.set()
     log.info(
         "shard %s collected: %d ok, %d failed, %d moved; $%.6f",
-        shard.id,
-        results.completed,
-        results.failed,
-        results.moved,
-        spend.cost_usd,
-    )
+        shard.id, results.completed, results.failed, results.moved, spend.cost_usd,
+    )  # fmt: skip
+    return True
 
 
 def _fail_moved(batch_id: str, moved_path: Path, error_path: Path, message: str, provider: str) -> None:
@@ -305,34 +263,143 @@ def _fail_moved(batch_id: str, moved_path: Path, error_path: Path, message: str,
     with moved_path.open("rb") as source, error_path.open("ab") as err:
         for line in source:
             if line.strip():
-                custom_id = _id_decoder.decode(line).custom_id
+                custom_id = id_decoder.decode(line).custom_id
                 err.write(error_line(batch_id, custom_id, "provider_unavailable", message, provider) + b"\n")
 
 
-async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, raw_key: str, owner: str) -> bool:
-    """Download a provider batch's results; False if none will come (the provider refuses for good,
-    or stayed unreachable past ``routing.provider_down_failover_s`` while another provider could take the
-    requests: the shard is then abandoned)."""
+async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, lease: Lease, dest: Path) -> str:
+    """Download a provider batch's results into ``dest``: ``fetched``; ``none`` when none will come (the
+    provider refuses for good, or stayed unreachable past ``routing.provider_down_failover_s`` while another
+    provider is healthy: the provider batch is then abandoned, and billed when it can be read); ``later``
+    when the provider is rate limiting or unreachable for now (the shard waits, saying so)."""
     assert shard.provider_batch_id
     adapter = context.providers.get(shard.provider)
     try:
-        async with context.blobs.staged(raw_key) as tmp, context.blobs.local_copy(shard.input_key) as input_path:
-            await adapter.fetch_results(shard.provider_batch_id, tmp, input_path=input_path)
+        async with context.blobs.local_copy(shard.input_key) as input_path:
+            await adapter.fetch_results(shard.provider_batch_id, dest, input_path=input_path)
     except (ProviderRejected, CapabilityNotSupported) as exc:
         log.warning("shard %s: %s refused its results: %s", shard.id, shard.provider, exc)
-        return False
+        return "none"
+    except ProviderRateLimited as exc:
+        delay = lifecycle.rate_limited_delay(exc.retry_after_s, RESULTS_RETRY_S)
+        detail = f"{shard.provider} is rate limiting result downloads (HTTP 429) until {at(time.time() + delay)}"
+        await wait(context, shard, lease, "rate_limited", detail, time.time() + delay)
+        return "later"
     except ProviderUnavailable as exc:
         await health.call_failed(context, shard.provider, exc)
         since = shard.unavailable_since or time.time()
-        down_too_long = time.time() - since >= context.settings.routing.provider_down_failover_s
-        if not down_too_long or not await failover.give_up_on_provider(context, batch, shard):
-            async with context.sessions() as session:
-                await shard_db.save_shard(session, shard, owner, unavailable_since=since)
-                await session.commit()
-            raise  # the step is retried shortly
-        shard.end_reason, shard.last_error = "abandoned", f"{shard.provider} unreachable for its results: {exc}"
-        return False
-    return True
+        if time.time() - since >= context.settings.routing.provider_down_failover_s:
+            failure = f"{shard.provider} unreachable for its results for {time.time() - since:.0f}s ({exc})"
+            verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
+            if verdict.allowed:
+                await lifecycle.abandon_provider_batch(context, shard, batch, verdict.evidence)
+                shard.end_reason, shard.last_error = "abandoned", verdict.evidence
+                return "none"
+        until = time.time() + lifecycle.jitter(RESULTS_RETRY_S)
+        detail = f"results of {shard.provider} batch unreachable since {at(since)}: {exc}; next try at {at(until)}"
+        await wait(context, shard, lease, "provider_unreachable", detail, until, unavailable_since=since)
+        return "later"
+    return "fetched"
+
+
+async def give_up(
+    context: GatewayContext,
+    shard: Shard,
+    batch: Batch,
+    lease: Lease,
+    code: str,
+    message: str,
+    entry: dict[str, object],
+) -> None:
+    """End a shard whose step cannot succeed (see :mod:`gateway.jobs.failures`).
+
+    A provider batch it may still have running is kept owned (cancelled and billed); a shard that was not
+    collecting yet is collected with the error (its requests move elsewhere or get error lines); a shard
+    whose collection itself cannot run is closed with error lines for its requests (from its input, when
+    that is still stored) and the batch records the error.
+    """
+    history = {"stage_attempts": shard.stage_attempts + 1, "attempt_log": [*(shard.attempt_log or [])[-19:], entry]}
+    if shard.provider_batch_id and shard.state in ("running", "collecting"):
+        await lifecycle.abandon_provider_batch(context, shard, batch, f"its '{shard.state}' step failed: {message}")
+    elif shard.state == "submitting":
+        await lifecycle.abandon_provider_batch(context, shard, batch, f"its submit step failed: {message}")
+    if shard.state != "collecting":
+        async with context.sessions() as session:
+            await shard_db.save_shard(session, shard, lease, **history)
+            await session.commit()
+        await lifecycle.end_shard(context, shard, lease, reason="failed", error=message)
+        return
+    await _abort(context, shard, batch, lease, code, message, history)
+
+
+async def _abort(
+    context: GatewayContext,
+    shard: Shard,
+    batch: Batch,
+    lease: Lease,
+    code: str,
+    message: str,
+    history: dict[str, Any],
+) -> None:
+    """Close a shard that cannot be collected: every request it holds gets an error line if its input is
+    still stored; otherwise the batch's errors say how many requests were lost."""
+    error_key = attempt_key(shard, lease, "err.jsonl")
+    written = 0
+    try:
+        async with context.blobs.local_copy(shard.input_key) as input_path, context.blobs.staged(error_key) as tmp:
+            text = f"This request's results could not be collected: {message}"
+            written = await asyncio.to_thread(_error_lines, batch.id, input_path, tmp, code, text, shard.provider)
+    except BlobMissing:
+        await context.blobs.delete(error_key)
+    lost = shard.request_count - written
+    async with context.sessions() as session:
+        saved = await shard_db.save_shard(
+            session,
+            shard,
+            lease,
+            state="done",
+            result_completed=0,
+            result_failed=shard.request_count,
+            result_moved=0,
+            progress_completed=0,
+            progress_failed=0,
+            output_key=None,
+            error_key=error_key if written else None,
+            finished_at=time.time(),
+            end_reason=shard.end_reason or "failed",
+            last_error=message,
+            wait_code=None,
+            wait_detail=None,
+            **history,
+        )
+        if not saved:
+            await session.rollback()
+            await context.blobs.delete(error_key)
+            return
+        await shard_db.lock_batch(session, shard.batch_id)
+        current = await repo.get_batch(session, None, batch.id)
+        detail = f"{shard.request_count} request(s) of a shard at {shard.provider} could not be collected: {message}"
+        if lost:
+            detail += f" ({lost} of them have no line in the error file: their input is no longer stored)"
+        error = {"code": code, "message": detail, "param": None, "line": None}
+        if current is not None:
+            await repo.update_batch_if(
+                session, batch.id, expected_status=current.status, values={"errors": [*(current.errors or []), error]}
+            )
+        await shard_db.refresh_batch_progress(session, batch.id)
+        if await shard_db.open_shard_count(session, shard.batch_id) == 0:
+            await _to_merge(session, batch.id)
+        await session.commit()
+    log.error("shard %s closed without results: %s", shard.id, detail)
+
+
+def _error_lines(batch_id: str, input_path: Path, dest: Path, code: str, message: str, provider: str) -> int:
+    count = 0
+    with dest.open("wb") as err:
+        for custom_id in iter_custom_ids(input_path):
+            err.write(error_line(batch_id, custom_id, code, message, provider) + b"\n")
+            count += 1
+    return count
 
 
 async def _to_merge(session: Any, batch_id: str) -> None:
@@ -342,6 +409,11 @@ async def _to_merge(session: Any, batch_id: str) -> None:
         session,
         batch_id,
         expected_status="in_progress",
-        values={"status": "finalizing", "finalizing_at": now, "stage": "merge"},
+        values={"status": "finalizing", "finalizing_at": now, "stage": "merge", "stage_attempts": 0},
     ):
-        await repo.update_batch_if(session, batch_id, expected_status="cancelling", values={"stage": "merge"})
+        await repo.update_batch_if(
+            session, batch_id, expected_status="cancelling", values={"stage": "merge", "stage_attempts": 0}
+        )
+
+
+__all__ = ["collect_shard", "give_up", "split_results"]

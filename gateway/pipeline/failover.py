@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.context import GatewayContext
+from gateway.db.leases import Lease
 from gateway.db.models import Batch, RoutingDecision, Shard
-from gateway.pipeline.lifecycle import follow_up_key
+from gateway.pipeline.lifecycle import PROVIDER_FAILURES, attempt_key
 from gateway.pipeline.route import Placement, ShardPlan, publish_shards, split_into_shards
 from gateway.routing.placement import NoUsableProvider, rank
 from router_policies.base import PolicyError
@@ -33,8 +34,6 @@ RETRYABLE_ERROR_CODES = frozenset(
     {"batch_expired", "timeout", "server_error", "rate_limit_exceeded", "overloaded_error", "api_error"}
 )
 """Error codes of result lines without an HTTP status that a later try may not get."""
-PROVIDER_FAILURES = frozenset({"failed", "expired", "cancelled", "stalled", "abandoned", "rerouted"})
-"""End reasons of a shard whose provider let it down as a whole (as opposed to single requests)."""
 
 
 def retryable(status_code: Any, error: Any) -> bool:
@@ -50,27 +49,6 @@ def may_move(batch_stopping: bool, shard: Shard, max_attempts: int) -> bool:
     if batch_stopping or shard.end_reason == "canary_failed":
         return False
     return shard.end_reason == "rerouted" or shard.generation + 1 < max_attempts
-
-
-async def give_up_on_provider(context: GatewayContext, batch: Batch, shard: Shard) -> bool:
-    """Whether to stop waiting for the shard's failing provider: yes when the shard is pinned (its batch
-    fails with a clear error), or when another usable provider could take its requests; with nowhere
-    else to go, waiting for the provider to come back loses nothing."""
-    if shard.pinned:
-        return True
-    try:
-        await rank(
-            context,
-            batch,
-            context.offers.resolve(shard.model),
-            requests=shard.request_count,
-            input_tokens=shard.estimated_input_tokens,
-            output_tokens=shard.estimated_output_tokens,
-            exclude=frozenset({shard.provider}),
-        )
-    except (LookupError, NoUsableProvider, PolicyError):
-        return False
-    return True
 
 
 @dataclass
@@ -112,7 +90,9 @@ _REASON_TEXT = {
 }
 
 
-async def plan_move(context: GatewayContext, batch: Batch, shard: Shard, moved_path: Path, moved: int) -> Move:
+async def plan_move(
+    context: GatewayContext, batch: Batch, shard: Shard, lease: Lease, moved_path: Path, moved: int
+) -> Move:
     """Rank offers for the moved requests and write the follow-up shards' inputs (rows not yet added)."""
     kind, cause, provider_failed = cause_of(shard, moved)
     name = f"{shard.provider}/{shard.model}" if shard.pinned else shard.model
@@ -152,7 +132,8 @@ async def plan_move(context: GatewayContext, batch: Batch, shard: Shard, moved_p
             request_count=moved,
         )
         return Move(decision, error=f"{cause}; no other placement: {exc}")
-    placement = Placement.of(context, ranking.choices[0], shard.pinned)
+    baseline = (shard.list_input_per_mtok, shard.list_output_per_mtok)
+    placement = Placement.of(context, ranking.choices[0], shard.pinned, baseline)
     plans = await asyncio.to_thread(
         split_into_shards,
         moved_path,
@@ -161,7 +142,7 @@ async def plan_move(context: GatewayContext, batch: Batch, shard: Shard, moved_p
         {shard.provider_model: [placement]},
         {shard.provider_model: moved},
         context.blobs.scratch,
-        lambda _batch_id, index: follow_up_key(shard, index),
+        lambda _batch_id, index: attempt_key(shard, lease, f"next-{index}.in.jsonl"),
     )
     await publish_shards(context.blobs, plans)
     return Move(ranking.decision, plans)

@@ -23,10 +23,10 @@ from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point
 from gateway.db import repo
 from gateway.db import shards as shard_db
+from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, new_id
-from gateway.pipeline import failover
-from gateway.pipeline.collect import collect_shard, end_shard
-from gateway.pipeline.lifecycle import fanout_parts_prefix, stop_reason
+from gateway.pipeline import lifecycle
+from gateway.pipeline.lifecycle import at, end_shard, fanout_parts_prefix, stop_reason, wait
 from gateway.providers.base import ProviderAdapter, ProviderUnavailable, SyncRequest
 from gateway.routing import health
 from gateway.storage import BlobStore
@@ -75,10 +75,10 @@ def pending_requests(input_path: Path, endpoint: str, done: set[str]) -> Iterato
             )
 
 
-async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
+async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> None:
     """Shard entry for state ``executing``."""
     if reason := stop_reason(batch):
-        await end_shard(context, shard, batch, owner, reason=reason)
+        await end_shard(context, shard, lease, reason=reason)
         return
     adapter = context.providers.get(shard.provider)
     parts = _PartWriter(context.blobs, fanout_parts_prefix(shard))
@@ -86,38 +86,46 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
         done = await parts.answered_before()
         async with context.blobs.local_copy(shard.input_key) as input_path:
             requests = pending_requests(input_path, batch.endpoint, done)
-            outcome = await _execute_all(context, adapter, shard, batch.id, requests, parts, len(done))
+            outcome = await _execute_all(context, adapter, shard, batch.id, requests, parts, len(done), lease)
     finally:
         parts.discard()
+    if outcome == "lease_lost":
+        return
     if outcome == "unavailable":
-        opened = await health.call_failed(context, shard.provider, f"{shard.provider} unreachable during fan-out")
-        since = shard.unavailable_since or time.time()
-        down_too_long = opened or time.time() - since >= context.settings.routing.provider_down_failover_s
-        if down_too_long and await failover.give_up_on_provider(context, batch, shard):
-            # Answers so far are kept; collection moves the rest (or fails them when pinned).
-            message = f"{shard.provider} stayed unreachable during fan-out"
-            await end_shard(context, shard, batch, owner, reason="abandoned", error=message)
-            return
-        async with context.sessions() as session:
-            await shard_db.save_shard(
-                session,
-                shard,
-                owner,
-                attempts=shard.attempts + 1,
-                next_action_at=time.time() + PAUSE_AFTER_UNAVAILABLE_S * min(8, 1 + shard.attempts),
-                unavailable_since=since,
-                last_error=f"provider {shard.provider} unreachable; the shard resumes where it stopped",
-            )
-            await session.commit()
+        await _unavailable(context, shard, batch, lease)
         return
     await health.call_succeeded(context, shard.provider)
     if outcome in ("cancelled", "expired"):
-        await end_shard(context, shard, batch, owner, reason=outcome)
+        await end_shard(context, shard, lease, reason=outcome)
         return
-    async with context.sessions() as session:
-        await shard_db.save_shard(session, shard, owner, state="collecting", end_reason="completed")
-        await session.commit()
-    await collect_shard(context, shard, batch, owner)
+    await end_shard(context, shard, lease, reason="completed")
+
+
+async def _unavailable(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> None:
+    """The provider stopped answering mid-run: move the rest if it has been down long enough and another
+    provider is healthy now, else pause the shard (answers so far are kept either way)."""
+    opened = await health.call_failed(context, shard.provider, f"{shard.provider} unreachable during fan-out")
+    since = shard.unavailable_since or time.time()
+    if opened or time.time() - since >= context.settings.routing.provider_down_failover_s:
+        failure = f"{shard.provider} stayed unreachable during fan-out since {at(since)}"
+        verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
+        if verdict.allowed:
+            # Answers so far are kept; collection moves the rest (or fails them when pinned).
+            await end_shard(context, shard, lease, reason="abandoned", error=verdict.evidence)
+            return
+    until = time.time() + PAUSE_AFTER_UNAVAILABLE_S * min(8, 1 + shard.attempts)
+    detail = f"{shard.provider} unreachable since {at(since)}; the shard resumes where it stopped at {at(until)}"
+    await wait(
+        context,
+        shard,
+        lease,
+        "provider_unreachable",
+        detail,
+        until,
+        attempts=shard.attempts + 1,
+        unavailable_since=since,
+        last_error=f"provider {shard.provider} unreachable; the shard resumes where it stopped",
+    )
 
 
 class _PartWriter:
@@ -198,6 +206,7 @@ async def _execute_all(
     requests: Iterator[SyncRequest],
     parts: _PartWriter,
     already_done: int,
+    lease: Lease,
 ) -> str:
     """Run the requests with the provider's concurrency; return why the run ended."""
     stop: asyncio.Event = asyncio.Event()
@@ -223,13 +232,30 @@ async def _execute_all(
     async def watch() -> None:
         while not stop.is_set():
             await asyncio.sleep(PROGRESS_EVERY_S)
+            if lease.stale:
+                reason["value"] = "lease_lost"
+                stop.set()
+                return
             await parts.publish()
+            detail = f"running at {shard.provider}: {answered['count']} of {shard.request_count} requests answered"
             async with context.sessions() as session:
-                await shard_db.save_progress(session, shard.id, answered["count"])
-                await shard_db.lock_batch(session, batch_id)
-                await shard_db.refresh_batch_progress(session, batch_id)
+                saved = await shard_db.save_shard(
+                    session,
+                    shard,
+                    lease,
+                    progress_completed=answered["count"],
+                    wait_code="provider_turnaround",
+                    wait_detail=detail,
+                )
+                if saved:
+                    await shard_db.lock_batch(session, batch_id)
+                    await shard_db.refresh_batch_progress(session, batch_id)
                 current = await repo.get_batch(session, None, batch_id)
                 await session.commit()
+            if not saved:
+                reason["value"] = "lease_lost"
+                stop.set()
+                return
             halt = stop_reason(current) if current is not None else None
             if halt:
                 reason["value"] = halt

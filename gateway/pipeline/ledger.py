@@ -24,7 +24,7 @@ from gateway.context import GatewayContext
 from gateway.db import billing as billing_db
 from gateway.db import repo
 from gateway.db import shards as shard_db
-from gateway.db.models import Batch, BillingAlert, LedgerEntry, Shard, now_s
+from gateway.db.models import AbandonedProviderBatch, Batch, BillingAlert, LedgerEntry, Shard, now_s
 from gateway.routing.placement import batch_hints
 
 
@@ -72,6 +72,38 @@ async def record(
     capped = await _cost_cap_reached(session, batch)
     team = await billing_db.team_name(session, batch.team_id) or batch.team_id
     return Spend(cost, list_cost, team, fired, bool(fired) or capped)
+
+
+async def record_abandoned(
+    session: AsyncSession, row: AbandonedProviderBatch, usage: dict[str, int]
+) -> tuple[float, str]:
+    """Add the ledger row of what an abandoned provider batch billed (kind ``abandoned``) and bring its
+    batch's totals up to date; returns the cost and the team's name (the caller commits)."""
+    cost = cost_usd(usage["input"], usage["output"], (row.input_per_mtok, row.output_per_mtok))
+    session.add(
+        LedgerEntry(
+            shard_id=row.shard_id,
+            kind="abandoned",
+            batch_id=row.batch_id,
+            team_id=row.team_id,
+            api_key_id=row.api_key_id,
+            provider=row.provider,
+            model=row.model,
+            provider_model=row.provider_model,
+            mode="batch",
+            requests=0,  # answered elsewhere: billed here, but not requests this batch was served by
+            input_tokens=usage["input"],
+            output_tokens=usage["output"],
+            cached_tokens=usage["cached"],
+            cost_usd=cost,
+            list_cost_usd=0.0,
+        )
+    )
+    await session.flush()
+    await shard_db.lock_batch(session, row.batch_id)
+    await shard_db.refresh_batch_progress(session, row.batch_id)
+    team = await billing_db.team_name(session, row.team_id) or row.team_id
+    return cost, team
 
 
 def count(shard: Shard, spend: Spend, succeeded: int, failed: int, moved: int, usage: dict[str, int]) -> None:

@@ -1,15 +1,37 @@
-"""Rules every stage of the data path agrees on: when a batch's work must stop, and blob names.
+"""Rules every stage of the data path agrees on: when work must stop, how a shard ends or waits, when
+a provider counts as down (and when its work may move), and blob names.
 
-Stages never import one another; what two of them must decide the same way lives here.
+Stages never import one another and never call the next stage: a stage hands off by writing its row
+(e.g. :func:`end_shard` moves a shard to ``collecting``) and the worker runs whatever is due next.
+Every write here is fenced by the caller's :class:`~gateway.db.leases.Lease`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.db.models import Batch, Shard
+from gateway.context import GatewayContext
+from gateway.db import abandoned as abandoned_db
+from gateway.db import repo
+from gateway.db import routing as routing_db
+from gateway.db import shards as shard_db
+from gateway.db.leases import Lease
+from gateway.db.models import Batch, Shard, now_s
+from gateway.providers.base import ProviderError
+from gateway.routing.placement import NoUsableProvider, rank
 from gateway.storage import BlobStore
+from router_policies.base import PolicyError
+
+log = logging.getLogger(__name__)
+
+
+PROVIDER_FAILURES = frozenset({"failed", "expired", "cancelled", "stalled", "abandoned", "rerouted"})
+"""End reasons of a shard whose provider let it down as a whole (as opposed to single requests)."""
 
 
 def batch_window_closed(batch: Batch) -> bool:
@@ -24,12 +46,176 @@ def stop_reason(batch: Batch) -> str | None:
     return "expired" if batch_window_closed(batch) else None
 
 
+# --- shards: ending, waiting, moving ----------------------------------------------------------------
+
+
+async def end_shard(
+    context: GatewayContext, shard: Shard, lease: Lease, *, reason: str, error: str | None = None
+) -> bool:
+    """Hand a shard that will get no (more) provider results to collection; False if the lease was lost."""
+    async with context.sessions() as session:
+        saved = await shard_db.save_shard(
+            session,
+            shard,
+            lease,
+            state="collecting",
+            end_reason=reason,
+            last_error=error or shard.last_error,
+            next_action_at=time.time(),
+            wait_code=None,
+            wait_detail=None,
+        )
+        await session.commit()
+    return saved
+
+
+async def wait(
+    context: GatewayContext,
+    shard: Shard,
+    lease: Lease,
+    code: str,
+    detail: str,
+    until: float,
+    **values: object,
+) -> bool:
+    """Leave the shard as it is until ``until``, saying why (``code`` and ``detail``, shown to operators
+    and clients); ``values`` are written with it."""
+    async with context.sessions() as session:
+        saved = await shard_db.save_shard(
+            session, shard, lease, next_action_at=until, wait_code=code, wait_detail=detail[:2000], **values
+        )
+        await session.commit()
+    return saved
+
+
+def at(timestamp: float) -> str:
+    """A time for waiting reasons: ``HH:MM:SS UTC``."""
+    return time.strftime("%H:%M:%S UTC", time.gmtime(timestamp))
+
+
+def jitter(seconds: float) -> float:
+    """``seconds`` give or take 20 %, so that many waiters do not wake together."""
+    return seconds * random.uniform(0.8, 1.2)
+
+
+def rate_limited_delay(retry_after_s: float | None, fallback_s: float) -> float:
+    """How long to wait after a 429: the provider's Retry-After (with jitter, never less), else ``fallback_s``."""
+    if retry_after_s:
+        return retry_after_s * random.uniform(1.0, 1.3)
+    return jitter(fallback_s)
+
+
+@dataclass(frozen=True)
+class MoveVerdict:
+    """Whether a shard's work may leave its failing provider, and the evidence either way."""
+
+    allowed: bool
+    evidence: str
+
+
+PROBE_TIMEOUT_S = 10.0
+
+
+async def may_leave_provider(context: GatewayContext, batch: Batch, shard: Shard, failure: str) -> MoveVerdict:
+    """Decide whether a shard's requests may leave its unreachable provider (``failure`` says how it failed).
+
+    A rate-limited provider never reaches here: it is waited out. A pinned shard may always "leave" (its
+    requests then fail with a clear error instead of waiting). Otherwise another provider serving the
+    model must be healthy right now: its circuit closed and its health probe answering. When every
+    candidate is down, the work waits where it is.
+    """
+    if shard.pinned:
+        return MoveVerdict(True, f"{failure}; the batch pins {shard.provider}, so its requests fail instead of moving")
+    try:
+        ranking = await rank(
+            context,
+            batch,
+            context.offers.resolve(shard.model),
+            requests=shard.request_count,
+            input_tokens=shard.estimated_input_tokens,
+            output_tokens=shard.estimated_output_tokens,
+            exclude=frozenset({shard.provider}),
+        )
+    except (LookupError, NoUsableProvider, PolicyError) as exc:
+        return MoveVerdict(False, f"{failure}; nowhere else to go: {exc}")
+    async with context.sessions() as session:
+        circuits = {name: row.circuit for name, row in (await routing_db.health_rows(session)).items()}
+    tried: list[str] = []
+    for choice in ranking.choices:
+        name = choice.provider
+        if name == shard.provider or name in tried:
+            continue
+        tried.append(name)
+        if circuits.get(name, "closed") != "closed":
+            continue
+        started = time.monotonic()
+        try:
+            report = await asyncio.wait_for(context.providers.get(name).health(), PROBE_TIMEOUT_S)
+        except (TimeoutError, ProviderError) as exc:
+            log.info("failover probe of %s failed: %s", name, exc)
+            continue
+        if report.healthy:
+            latency = time.monotonic() - started
+            return MoveVerdict(
+                True, f"{failure}; {name} is healthy (circuit closed, health probe answered in {latency:.2f}s)"
+            )
+    checked = ", ".join(tried) or "none"
+    return MoveVerdict(False, f"{failure}; no other provider is healthy now (checked: {checked})")
+
+
+async def abandon_provider_batch(
+    context: GatewayContext, shard: Shard, batch: Batch, reason: str, *, origin: str = "abandoned"
+) -> None:
+    """Keep owning a provider batch the gateway stops waiting for: it gets a cancel as soon as the provider
+    answers, is polled until it ends, and what it billed goes to the ledger (see :mod:`gateway.pipeline.settle`)."""
+    async with context.sessions() as session:
+        await abandoned_db.register(
+            session, shard, batch, reason, provider_batch_id=shard.provider_batch_id, origin=origin
+        )
+        await session.commit()
+
+
+async def fail_batch(
+    context: GatewayContext, batch: Batch, lease: Lease, code: str, message: str, line: int | None = None
+) -> bool:
+    """End a batch before any of it reached a provider, with one error in ``errors.data``."""
+    async with context.sessions() as session:
+        changed = await repo.update_batch_if(
+            session,
+            batch.id,
+            expected_status=batch.status,
+            values={
+                "status": "failed",
+                "failed_at": now_s(),
+                "stage": "done",
+                "errors": [{"code": code, "message": message, "param": None, "line": line}],
+            },
+            lease=lease,
+        )
+        await session.commit()
+    return changed
+
+
+async def end_unstarted(context: GatewayContext, batch: Batch, lease: Lease, status: str) -> None:
+    """End a batch that never reached a provider (cancelled before routing)."""
+    stamp = {"cancelled": "cancelled_at", "failed": "failed_at", "expired": "expired_at"}[status]
+    async with context.sessions() as session:
+        await repo.update_batch_if(
+            session,
+            batch.id,
+            expected_status=batch.status,
+            values={"status": status, stamp: now_s(), "stage": "done"},
+            lease=lease,
+        )
+        await session.commit()
+
+
 # --- blob names ----------------------------------------------------------------------------------
 
 
-def shard_input_key(batch_id: str, seq: int) -> str:
-    """Blob name of a first-placement shard's input."""
-    return f"shards/{batch_id}/{seq:05d}.in.jsonl"
+def shard_input_key(batch_id: str, seq: int, *, attempt: int) -> str:
+    """Blob name of a first-placement shard's input, written by the route attempt with fencing token ``attempt``."""
+    return f"shards/{batch_id}/{seq:05d}.r{attempt}.in.jsonl"
 
 
 def shard_base(shard: Shard) -> str:
@@ -37,24 +223,14 @@ def shard_base(shard: Shard) -> str:
     return f"shards/{shard.batch_id}/{shard.seq:05d}"
 
 
-def raw_result_key(shard: Shard) -> str:
-    """Blob holding a provider batch's results as the provider gave them (before the join)."""
-    return f"{shard_base(shard)}.raw.jsonl"
+def attempt_key(shard: Shard, lease: Lease, suffix: str) -> str:
+    """A blob of one attempt at a shard's step: two attempts (two fencing tokens) never share a blob."""
+    return f"{shard_base(shard)}.t{lease.token}.{suffix}"
 
 
 def fanout_parts_prefix(shard: Shard) -> str:
-    """Folder of a fan-out shard's answers: one part blob per flush, named by run and sequence."""
+    """Folder of a fan-out shard's answers: one part blob per run (or per flush), never rewritten."""
     return f"{shard_base(shard)}.fanout/"
-
-
-def moved_key(shard: Shard) -> str:
-    """Blob of the input lines a collected shard hands on."""
-    return f"{shard_base(shard)}.moved.jsonl"
-
-
-def follow_up_key(shard: Shard, index: int) -> str:
-    """Blob name of the ``index``-th follow-up shard's input of a collected shard."""
-    return f"{shard_base(shard)}.next-{index}.in.jsonl"
 
 
 async def gather_parts(blobs: BlobStore, prefix: str, dest: Path) -> int:

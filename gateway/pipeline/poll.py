@@ -2,7 +2,12 @@
 
 Polls back off from ``provider_poll_min_s`` to ``provider_poll_max_s``, so the cost grows with
 the number of shards in flight, not with requests. A cancel or the end of the completion window
-is passed on to the provider here; results already finished are kept either way.
+is passed on to the provider here; results already finished are kept either way. A provider that
+answers 429 is waited out (its Retry-After honoured); one that stays unreachable for
+``routing.provider_down_failover_s`` loses the shard only if another provider is healthy right now
+(:func:`gateway.pipeline.lifecycle.may_leave_provider`), and the abandoned provider batch stays owned:
+cancelled, polled and billed (:mod:`gateway.pipeline.settle`). A finished provider batch goes to
+collection (state ``collecting``).
 """
 
 from __future__ import annotations
@@ -11,16 +16,18 @@ import logging
 import time
 
 from gateway.context import GatewayContext
-from gateway.crashpoints import crash_point
+from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import shards as shard_db
+from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard
-from gateway.pipeline import failover
-from gateway.pipeline.collect import collect_shard, end_shard
-from gateway.pipeline.lifecycle import stop_reason
+from gateway.pipeline import lifecycle
+from gateway.pipeline.lifecycle import at, end_shard, stop_reason, wait
 from gateway.providers.base import (
     CapabilityNotSupported,
+    PollResult,
     ProviderBatchState,
     ProviderError,
+    ProviderRateLimited,
     ProviderUnavailable,
 )
 from gateway.routing import health
@@ -35,7 +42,7 @@ END_REASON_BY_STATE = {
 }
 
 
-async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
+async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> None:
     """Shard entry for state ``running``."""
     assert shard.provider_batch_id, "a running shard has a provider batch"
     adapter = context.providers.get(shard.provider)
@@ -46,29 +53,28 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
         except CapabilityNotSupported:
             pass
         except ProviderError as exc:
-            await _poll_later(context, shard, owner, error=str(exc))
+            await _poll_later(context, shard, lease, error=f"cancelling at {shard.provider} failed: {exc}")
             return
         async with context.sessions() as session:
-            await shard_db.save_shard(session, shard, owner, end_reason=halt)
+            await shard_db.save_shard(session, shard, lease, end_reason=halt)
             await session.commit()
     try:
         status = await adapter.poll(shard.provider_batch_id)
+    except ProviderRateLimited as exc:
+        delay = lifecycle.rate_limited_delay(exc.retry_after_s, context.settings.worker.provider_poll_max_s)
+        detail = f"{shard.provider} is rate limiting (HTTP 429) until {at(time.time() + delay)}: {exc}"
+        await wait(context, shard, lease, "rate_limited", detail, time.time() + delay)
+        return
     except ProviderUnavailable as exc:
-        await health.call_failed(context, shard.provider, exc)
-        since = shard.unavailable_since or time.time()
-        down_too_long = time.time() - since >= context.settings.routing.provider_down_failover_s
-        if down_too_long and await failover.give_up_on_provider(context, batch, shard):
-            message = f"{shard.provider} unreachable for {time.time() - since:.0f}s: {exc}"
-            await end_shard(context, shard, batch, owner, reason="abandoned", error=message)
-            return
-        await _poll_later(context, shard, owner, error=str(exc), unavailable_since=since)
+        await _unreachable(context, shard, batch, lease, exc)
         return
     except ProviderError as exc:
         # The provider refuses to tell (e.g. 404: its batch is gone): nothing more will come back.
         log.warning("shard %s: %s refused the status read: %s", shard.id, shard.provider, exc)
-        await end_shard(context, shard, batch, owner, reason="failed", error=str(exc))
+        await end_shard(context, shard, lease, reason="failed", error=str(exc))
         return
     crash_point("poll.after_status")
+    freeze_point("poll.after_status")
     if shard.unavailable_since is not None:
         await health.call_succeeded(context, shard.provider)
     if status.state.is_terminal:
@@ -76,44 +82,92 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -
             await shard_db.save_shard(
                 session,
                 shard,
-                owner,
+                lease,
                 state="collecting",
                 provider_status=status.raw_status,
                 end_reason=shard.end_reason or END_REASON_BY_STATE[status.state],
                 last_error=status.error,
+                next_action_at=time.time(),
+                wait_code=None,
+                wait_detail=None,
             )
             await session.commit()
-        await collect_shard(context, shard, batch, owner)
         return
+    await _progress(context, shard, batch, lease, status, halt)
+
+
+async def _progress(
+    context: GatewayContext, shard: Shard, batch: Batch, lease: Lease, status: PollResult, halt: str | None
+) -> None:
     now = time.time()
     progressed = status.completed + status.failed != shard.progress_completed + shard.progress_failed
     last_progress = now if progressed else (shard.last_progress_at or shard.submitted_at or now)
     stall_s = context.settings.routing.stall_timeout_s
     if now - last_progress >= stall_s and not halt:
         if shard.end_reason != "stalled":
-            await _give_up_stalled(context, shard, owner, now - last_progress)
+            await _give_up_stalled(context, shard, lease, now - last_progress)
         elif now - last_progress >= 2 * stall_s:
-            # It did not even honour the cancel: keep nothing from it and move on.
-            await end_shard(context, shard, batch, owner, reason="stalled")
+            # It did not even honour the cancel: stop waiting for it, but keep owning it (billed if it ends).
+            reason = f"{shard.provider} batch made no progress for {now - last_progress:.0f}s and ignored the cancel"
+            await lifecycle.abandon_provider_batch(context, shard, batch, reason)
+            await end_shard(context, shard, lease, reason="stalled", error=reason)
             return
+    settings = context.settings.worker
+    delay = min(settings.provider_poll_max_s, max(settings.provider_poll_min_s, shard.poll_delay_s * 2))
+    done = status.completed + status.failed
+    detail = (
+        f"running at {shard.provider} (status {status.raw_status}): {done} of {shard.request_count} requests done; "
+        f"next check at {at(now + delay)}"
+    )
     async with context.sessions() as session:
-        await shard_db.save_shard(
+        saved = await shard_db.save_shard(
             session,
             shard,
-            owner,
+            lease,
             provider_status=status.raw_status,
             progress_completed=status.completed,
             progress_failed=status.failed,
             last_progress_at=last_progress,
             unavailable_since=None,
+            poll_delay_s=delay,
+            next_action_at=now + delay,
+            wait_code="provider_turnaround",
+            wait_detail=detail,
         )
-        await shard_db.lock_batch(session, shard.batch_id)
-        await shard_db.refresh_batch_progress(session, shard.batch_id)
+        if saved:
+            await shard_db.lock_batch(session, shard.batch_id)
+            await shard_db.refresh_batch_progress(session, shard.batch_id)
         await session.commit()
-    await _poll_later(context, shard, owner)
 
 
-async def _give_up_stalled(context: GatewayContext, shard: Shard, owner: str, idle_s: float) -> None:
+async def _unreachable(
+    context: GatewayContext, shard: Shard, batch: Batch, lease: Lease, exc: ProviderUnavailable
+) -> None:
+    """The provider did not answer (connection error, timeout, 5xx): wait, or move the work if it has been
+    down long enough and another provider can take it now."""
+    await health.call_failed(context, shard.provider, exc)
+    since = shard.unavailable_since or time.time()
+    down_s = time.time() - since
+    if down_s >= context.settings.routing.provider_down_failover_s:
+        failure = f"{shard.provider} unreachable for {down_s:.0f}s (last error: {exc})"
+        verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
+        if verdict.allowed:
+            await lifecycle.abandon_provider_batch(context, shard, batch, verdict.evidence)
+            await end_shard(context, shard, lease, reason="abandoned", error=verdict.evidence)
+            return
+        log.info("shard %s: %s", shard.id, verdict.evidence)
+    await _poll_later(
+        context,
+        shard,
+        lease,
+        error=str(exc),
+        unavailable_since=since,
+        wait_code="provider_unreachable",
+        wait_detail=f"{shard.provider} unreachable since {at(since)}: {exc}",
+    )
+
+
+async def _give_up_stalled(context: GatewayContext, shard: Shard, lease: Lease, idle_s: float) -> None:
     """Cancel a provider batch that made no progress; what it finished is kept when it ends."""
     assert shard.provider_batch_id
     log.warning("shard %s: no progress at %s for %.0fs; cancelling it", shard.id, shard.provider, idle_s)
@@ -123,7 +177,7 @@ async def _give_up_stalled(context: GatewayContext, shard: Shard, owner: str, id
         log.warning("shard %s: cancelling the stalled batch failed: %s", shard.id, exc)
     async with context.sessions() as session:
         await shard_db.save_shard(
-            session, shard, owner, end_reason="stalled", last_error=f"no progress for {idle_s:.0f}s"
+            session, shard, lease, end_reason="stalled", last_error=f"no progress for {idle_s:.0f}s"
         )
         await session.commit()
 
@@ -131,9 +185,11 @@ async def _give_up_stalled(context: GatewayContext, shard: Shard, owner: str, id
 async def _poll_later(
     context: GatewayContext,
     shard: Shard,
-    owner: str,
+    lease: Lease,
     error: str | None = None,
     unavailable_since: float | None = None,
+    wait_code: str | None = None,
+    wait_detail: str | None = None,
 ) -> None:
     settings = context.settings.worker
     delay = min(settings.provider_poll_max_s, max(settings.provider_poll_min_s, shard.poll_delay_s * 2))
@@ -143,6 +199,8 @@ async def _poll_later(
     if error:
         log.warning("shard %s: polling %s failed: %s", shard.id, shard.provider, error)
         values["last_error"] = error[:2000]
+    if wait_code:
+        values |= {"wait_code": wait_code, "wait_detail": (wait_detail or "")[:2000]}
     async with context.sessions() as session:
-        await shard_db.save_shard(session, shard, owner, **values)
+        await shard_db.save_shard(session, shard, lease, **values)
         await session.commit()

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -29,10 +29,11 @@ import msgspec
 from gateway.billing import budgets
 from gateway.billing.estimate import cost_usd, estimate_body, estimate_file
 from gateway.context import GatewayContext
+from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import repo
-from gateway.db.models import Batch, RoutingDecision, Shard, now_s
-from gateway.pipeline.lifecycle import shard_input_key
-from gateway.pipeline.validate import finish_unstarted
+from gateway.db.leases import Lease
+from gateway.db.models import Batch, RoutingDecision, Shard
+from gateway.pipeline.lifecycle import end_unstarted, fail_batch, shard_input_key
 from gateway.providers.config import ProviderLimits
 from gateway.routing.offers import UnknownModel
 from gateway.routing.placement import Choice, NoUsableProvider, rank, split_shares
@@ -73,8 +74,8 @@ class Placement:
     share: float = 1.0
 
     @classmethod
-    def of(cls, context: GatewayContext, choice: Choice, pinned: bool) -> Placement:
-        """The placement for a ranked choice."""
+    def of(cls, context: GatewayContext, choice: Choice, pinned: bool, baseline: tuple[float, float]) -> Placement:
+        """The placement for a ranked choice; ``baseline`` is the synchronous rates savings are measured against."""
         offer = choice.candidate.offer
         start = choice.candidate.start_at
         return cls(
@@ -84,7 +85,7 @@ class Placement:
             mode=offer.mode,
             limits=context.providers.get(offer.provider).config.limits,
             paid_rates=choice.priced.paid_rates,
-            list_rates=choice.priced.list_rates,
+            list_rates=baseline,
             pinned=pinned,
             start_at=start.timestamp() if start else None,
             share=choice.candidate.share,
@@ -257,23 +258,16 @@ def rewrite_model(line: bytes, provider_model: str) -> bytes:
     return msgspec.json.encode(request)
 
 
-def iter_custom_ids(path: Path) -> Iterator[str]:
-    """The custom_ids of a shard input, in order."""
-    with path.open("rb") as handle:
-        for line in handle:
-            if line.strip():
-                yield _head_decoder.decode(line).custom_id
-
-
-async def run(context: GatewayContext, batch: Batch) -> None:
+async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
     """Stage entry: rank offers for each model of a validated batch and create its shards."""
     if batch.status == "cancelling":
-        await finish_unstarted(context, batch, status="cancelled")
+        await end_unstarted(context, batch, lease, status="cancelled")
         return
     async with context.sessions() as session:
         input_file = await repo.get_file(session, batch.team_id, batch.input_file_id)
     if input_file is None:
-        await fail(context, batch, "input_file_missing", f"The input file '{batch.input_file_id}' was deleted.")
+        message = f"The input file '{batch.input_file_id}' was deleted."
+        await fail_batch(context, batch, lease, "input_file_missing", message)
         return
     async with context.blobs.local_copy(input_file.storage_key) as path:
         estimates = await asyncio.to_thread(estimate_file, path, batch.endpoint)
@@ -293,19 +287,20 @@ async def run(context: GatewayContext, batch: Batch) -> None:
                     output_tokens=estimate.output_tokens,
                 )
             except UnknownModel as exc:
-                await fail(
-                    context, batch, "model_not_found", f"Line {estimate.first_line}: {exc}.", estimate.first_line
-                )
+                message = f"Line {estimate.first_line}: {exc}."
+                await fail_batch(context, batch, lease, "model_not_found", message, estimate.first_line)
                 return
             except NoUsableProvider as exc:
-                await fail(context, batch, "provider_unavailable", f"Cannot route model {name!r}: {exc}.")
+                await fail_batch(context, batch, lease, "provider_unavailable", f"Cannot route model {name!r}: {exc}.")
                 return
             except PolicyError as exc:
-                await fail(context, batch, "routing_refused", f"Cannot route model {name!r}: {exc}.")
+                await fail_batch(context, batch, lease, "routing_refused", f"Cannot route model {name!r}: {exc}.")
                 return
             policy = ranking.policy
             taken = split_shares(ranking)
-            placements[name] = [Placement.of(context, choice, resolved.pinned_provider is not None) for choice in taken]
+            baseline = context.offers.sync_baseline(resolved.model, estimate.input_tokens, estimate.output_tokens)
+            pinned = resolved.pinned_provider is not None
+            placements[name] = [Placement.of(context, choice, pinned, baseline) for choice in taken]
             estimated_cost += sum(choice.candidate.estimated_cost_usd for choice in taken)
             decisions.append(ranking.decision)
         counts = {name: estimate.requests for name, estimate in estimates.items()}
@@ -318,15 +313,18 @@ async def run(context: GatewayContext, batch: Batch) -> None:
             placements,
             counts,
             context.blobs.scratch,
-            shard_input_key,
+            functools.partial(shard_input_key, attempt=lease.token),
             canary,
         )
+    crash_point("route.after_shards_written")
+    freeze_point("route.after_shards_written")
     await publish_shards(context.blobs, plans)
     async with context.sessions() as session:
         refusal = await budgets.reserve(session, batch.team_id, batch.id, estimated_cost)
         if refusal is not None:
             await session.rollback()
-            await fail(context, batch, "budget_exceeded", refusal)
+            await _discard(context, plans)
+            await fail_batch(context, batch, lease, "budget_exceeded", refusal)
             return
         for plan in plans:
             session.add(plan.shard(batch.id, held=canary > 0 and not plan.canary))
@@ -336,13 +334,28 @@ async def run(context: GatewayContext, batch: Batch) -> None:
             session,
             batch.id,
             expected_status="in_progress",
-            values={"stage": "run", "policy": policy, "estimated_cost_usd": estimated_cost},
+            values={"stage": "run", "policy": policy, "estimated_cost_usd": estimated_cost, "stage_attempts": 0},
+            lease=lease,
         )
         if not changed:
             await session.rollback()
+            await _discard(context, plans)
             return
         await session.commit()
     log.info("batch %s routed into %d shards (%s)", batch.id, len(plans), ", ".join(d.reason for d in decisions))
+
+
+async def _discard(context: GatewayContext, plans: list[ShardPlan]) -> None:
+    """Remove shard inputs this attempt published but no row will name."""
+    for plan in plans:
+        await context.blobs.delete(plan.key)
+
+
+async def give_up(context: GatewayContext, batch: Batch, lease: Lease, code: str, message: str) -> None:
+    """End a batch whose routing cannot run (its input is gone or unreadable); nothing was spent."""
+    if code == "content_missing":
+        code, message = "input_file_missing", f"The content of input file '{batch.input_file_id}' is missing."
+    await fail_batch(context, batch, lease, code, f"Routing could not run: {message}")
 
 
 def canary_size(context: GatewayContext, batch: Batch, requests: int) -> int:
@@ -357,20 +370,3 @@ def canary_size(context: GatewayContext, batch: Batch, requests: int) -> int:
     else:
         size = 0
     return size if 0 < size < requests else 0
-
-
-async def fail(context: GatewayContext, batch: Batch, code: str, message: str, line: int | None = None) -> None:
-    """End a batch that cannot be routed, with one error in ``errors.data``."""
-    async with context.sessions() as session:
-        await repo.update_batch_if(
-            session,
-            batch.id,
-            expected_status=batch.status,
-            values={
-                "status": "failed",
-                "failed_at": now_s(),
-                "stage": "done",
-                "errors": [{"code": code, "message": message, "param": None, "line": line}],
-            },
-        )
-        await session.commit()

@@ -1,24 +1,31 @@
 """Stage 4 of the data path: hand a queued shard to its provider, exactly once.
 
-The intent (state ``submitting``) is committed before the provider is called. A shard found in
-``submitting`` afterwards (a retry, or a worker killed mid-call) is first looked up at the
-provider by its submit token, so a provider batch is never created twice for one shard.
+The intent (state ``submitting``, with a fresh submit token) is committed before the provider is
+called, and the provider batch is tagged with that token. A shard found in ``submitting`` afterwards
+(a retry, or a worker killed or frozen mid-call) is first looked up at the provider by its token; only
+when nothing is found is a new token committed and the shard submitted again. A worker that learns
+after the provider's answer that it lost its lease hands the provider batch it created to
+:mod:`gateway.pipeline.settle` (cancelled and billed, never used), so a frozen worker that wakes up
+cannot leave a second, unowned provider batch running.
+
+Shards of providers without a batch API go to state ``executing`` (:mod:`gateway.pipeline.fanout`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import random
 import time
 
 from gateway.billing import budgets
 from gateway.context import GatewayContext
-from gateway.crashpoints import crash_point
+from gateway.crashpoints import crash_point, freeze_point
+from gateway.db import abandoned as abandoned_db
 from gateway.db import shards as shard_db
-from gateway.db.models import Batch, Shard
-from gateway.pipeline import failover, fanout
-from gateway.pipeline.collect import end_shard
-from gateway.pipeline.lifecycle import stop_reason
+from gateway.db.leases import Lease
+from gateway.db.models import Batch, Shard, new_id
+from gateway.pipeline import lifecycle
+from gateway.pipeline.lifecycle import at, end_shard, jitter, stop_reason, wait
 from gateway.providers.base import (
     CapabilityNotSupported,
     ProviderRateLimited,
@@ -35,129 +42,206 @@ log = logging.getLogger(__name__)
 CAPACITY_RETRY_S = 2.0
 BUDGET_RECHECK_S = 5.0
 MAX_SUBMIT_BACKOFF_S = 120.0
+RATE_LIMIT_FALLBACK_S = 10.0
 
 
-async def run(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
+async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> None:
     """Shard entry for states ``queued`` and ``submitting``."""
     if reason := stop_reason(batch):
-        await end_shard(context, shard, batch, owner, reason=reason)
+        await end_shard(context, shard, lease, reason=reason)
         return
     recovering = shard.state == "submitting"
     if not recovering:
-        if await _budget_paused(context, shard, batch, owner):
+        if await _budget_paused(context, shard, batch, lease):
             return
         if await health.circuit_of(context, shard.provider) == "open":
-            await _leave_open_circuit(context, shard, batch, owner)
+            await _leave_open_circuit(context, shard, batch, lease)
             return
     adapter = context.providers.get(shard.provider)
     if adapter.executes_locally:
         async with context.sessions() as session:
-            await shard_db.save_shard(session, shard, owner, state="executing", submitted_at=time.time())
+            await shard_db.save_shard(
+                session, shard, lease, state="executing", submitted_at=time.time(), wait_code=None, wait_detail=None
+            )
             await session.commit()
-        await fanout.run(context, shard, batch, owner)
         return
-    if not recovering and not await _reserve_capacity(context, shard, owner):
+    if not recovering and not await _reserve_capacity(context, shard, lease):
         return
     try:
         found = await adapter.find_submitted(shard.submit_token) if recovering else None
         if found is None:
-            async with context.blobs.local_copy(shard.input_key) as path:
-                found = await adapter.submit(
-                    ShardSubmission(
-                        shard_id=shard.id,
-                        submit_token=shard.submit_token,
-                        endpoint=batch.endpoint,
-                        provider_model=shard.provider_model,
-                        input_path=path,
-                        request_count=shard.request_count,
-                    )
-                )
+            if recovering and not await _new_token(context, shard, lease):
+                return
+            freeze_point("submit.before_provider_create")
+            if lease.stale:
+                return  # frozen past the lease: another worker may be submitting this shard now
+            found = await _create(context, shard, batch, lease)
         else:
             log.info("shard %s: found its provider batch %s after a restart", shard.id, found.provider_batch_id)
         crash_point("submit.after_provider_create")
+        freeze_point("submit.after_provider_create")
     except (ProviderRejected, CapabilityNotSupported) as exc:
         # Another provider may accept it: collection moves the requests to the next candidate.
         log.warning("shard %s rejected by %s: %s", shard.id, shard.provider, exc)
-        await end_shard(context, shard, batch, owner, reason="failed", error=f"{shard.provider} refused it: {exc}")
+        await end_shard(context, shard, lease, reason="failed", error=f"{shard.provider} refused it: {exc}")
+        return
+    except ProviderRateLimited as exc:
+        # Alive and asking for patience: wait it out, never move the work because of it.
+        delay = lifecycle.rate_limited_delay(exc.retry_after_s, RATE_LIMIT_FALLBACK_S)
+        detail = f"{shard.provider} is rate limiting (HTTP 429) until {at(time.time() + delay)}: {exc}"
+        await wait(context, shard, lease, "rate_limited", detail, time.time() + delay, last_error=str(exc)[:2000])
         return
     except ProviderUnavailable as exc:
-        opened = await health.call_failed(context, shard.provider, exc)
-        if opened and not recovering:
-            await _leave_open_circuit(context, shard, batch, owner)
-        elif (
-            recovering and _down_too_long(context, shard) and await failover.give_up_on_provider(context, batch, shard)
-        ):
-            # It may have been created before the provider went away; results from it are never read.
-            await end_shard(context, shard, batch, owner, reason="abandoned", error=f"{shard.provider}: {exc}")
-        else:
-            await _retry_later(context, shard, owner, exc)
+        await _unavailable(context, shard, batch, lease, exc, recovering)
         return
     await health.call_succeeded(context, shard.provider)
-    await _record_submitted(context, shard, owner, found)
+    await _record_submitted(context, shard, batch, lease, found)
 
 
-async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> bool:
+async def _create(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> SubmitResult:
+    """Create the provider batch. If the stage is cancelled mid-call (its lease was lost), the provider batch
+    may exist: it is registered as an orphan, to be found by its token and cancelled unless adopted."""
+    adapter = context.providers.get(shard.provider)
+    try:
+        async with context.blobs.local_copy(shard.input_key) as path:
+            return await adapter.submit(
+                ShardSubmission(
+                    shard_id=shard.id,
+                    submit_token=shard.submit_token,
+                    endpoint=batch.endpoint,
+                    provider_model=shard.provider_model,
+                    input_path=path,
+                    request_count=shard.request_count,
+                )
+            )
+    except asyncio.CancelledError:
+        if lease.lost:
+            await _register_orphan(context, shard, batch, None, "its worker lost the lease during the create call")
+        raise
+
+
+async def _register_orphan(
+    context: GatewayContext, shard: Shard, batch: Batch, provider_batch_id: str | None, why: str
+) -> None:
+    async with context.sessions() as session:
+        await abandoned_db.register(
+            session, shard, batch, why, provider_batch_id=provider_batch_id, origin="orphan"
+        )
+        await session.commit()
+    log.warning("shard %s: provider batch at %s may be orphaned (%s)", shard.id, shard.provider, why)
+
+
+async def _new_token(context: GatewayContext, shard: Shard, lease: Lease) -> bool:
+    """Commit a fresh submit token before submitting again, so that a provider batch created under the
+    old one (by a worker that lost its lease) is told apart from this attempt's."""
+    async with context.sessions() as session:
+        saved = await shard_db.save_shard(session, shard, lease, submit_token=new_id("", 32))
+        await session.commit()
+    return saved
+
+
+async def _unavailable(
+    context: GatewayContext, shard: Shard, batch: Batch, lease: Lease, exc: ProviderUnavailable, recovering: bool
+) -> None:
+    opened = await health.call_failed(context, shard.provider, exc)
+    if opened and not recovering:
+        await _leave_open_circuit(context, shard, batch, lease)
+        return
+    since = shard.unavailable_since or time.time()
+    if recovering and time.time() - since >= context.settings.routing.provider_down_failover_s:
+        failure = f"{shard.provider} unreachable for {time.time() - since:.0f}s ({exc})"
+        verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
+        if verdict.allowed:
+            # It may have been created before the provider went away: kept, cancelled and billed if so.
+            await lifecycle.abandon_provider_batch(context, shard, batch, verdict.evidence)
+            await end_shard(context, shard, lease, reason="abandoned", error=verdict.evidence)
+            return
+        exc = ProviderUnavailable(verdict.evidence)
+    base = context.settings.routing.submit_retry_base_s
+    delay = jitter(min(MAX_SUBMIT_BACKOFF_S, base * 2.0 ** min(shard.attempts, 7)))
+    log.warning("shard %s: %s unavailable (%s); retrying in %.0fs", shard.id, shard.provider, exc, delay)
+    detail = f"{shard.provider} unreachable since {at(since)}: {exc}; next try at {at(time.time() + delay)}"
+    await wait(
+        context,
+        shard,
+        lease,
+        "provider_unreachable",
+        detail,
+        time.time() + delay,
+        attempts=shard.attempts + 1,
+        last_error=str(exc)[:2000],
+        unavailable_since=since,
+    )
+
+
+async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> bool:
     """Leave the shard queued while a hard budget of its team is exhausted."""
     async with context.sessions() as session:
         paused = await budgets.team_paused(session, batch.team_id)
-        if paused is not None:
-            await shard_db.save_shard(
-                session, shard, owner, next_action_at=time.time() + BUDGET_RECHECK_S, last_error=f"paused: {paused}"
-            )
-        await session.commit()
-    return paused is not None
+    if paused is None:
+        return False
+    until = time.time() + BUDGET_RECHECK_S
+    await wait(context, shard, lease, "budget_hold", f"held by budget: {paused}", until, last_error=f"paused: {paused}")
+    return True
 
 
-async def _leave_open_circuit(context: GatewayContext, shard: Shard, batch: Batch, owner: str) -> None:
+async def _leave_open_circuit(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> None:
     """The provider's circuit is open: move the unsent shard elsewhere, fail it when pinned, or wait for
-    the provider when no other one serves the model."""
-    if not await failover.give_up_on_provider(context, batch, shard):
-        wait = context.settings.routing.circuit_cooldown_s
-        async with context.sessions() as session:
-            await shard_db.save_shard(
-                session,
-                shard,
-                owner,
-                next_action_at=time.time() + _jitter(wait),
-                last_error=f"waiting for {shard.provider} to recover (circuit open; no other provider serves it)",
-            )
-            await session.commit()
+    the provider when no other one is healthy."""
+    failure = f"{shard.provider} is unavailable (circuit open)"
+    verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
+    if not verdict.allowed:
+        delay = jitter(context.settings.routing.circuit_cooldown_s)
+        detail = f"waiting for {shard.provider} to recover: {verdict.evidence}; next look at {at(time.time() + delay)}"
+        await wait(context, shard, lease, "circuit_open", detail, time.time() + delay, last_error=verdict.evidence)
         return
     if shard.pinned:
         message = (
             f"provider {shard.provider} is unavailable (circuit open after repeated failures); "
             "the batch pins this provider, so its requests were not moved elsewhere"
         )
-        await end_shard(context, shard, batch, owner, reason="failed", error=message)
+        await end_shard(context, shard, lease, reason="failed", error=message)
         return
-    await end_shard(
-        context, shard, batch, owner, reason="rerouted", error=f"{shard.provider} is unavailable (circuit open)"
-    )
+    await end_shard(context, shard, lease, reason="rerouted", error=verdict.evidence)
 
 
-def _down_too_long(context: GatewayContext, shard: Shard) -> bool:
-    since = shard.unavailable_since
-    return since is not None and time.time() - since >= context.settings.routing.provider_down_failover_s
-
-
-async def _reserve_capacity(context: GatewayContext, shard: Shard, owner: str) -> bool:
-    """Move the shard to ``submitting`` if the provider's caps allow one more batch."""
+async def _reserve_capacity(context: GatewayContext, shard: Shard, lease: Lease) -> bool:
+    """Move the shard to ``submitting`` (with a fresh submit token) if the provider's caps allow one more batch."""
     limits = context.providers.get(shard.provider).config.limits
     async with context.sessions() as session:
-        if not _fits(limits, shard, *await shard_db.in_flight(session, shard.provider), including_self=False):
-            await shard_db.save_shard(session, shard, owner, next_action_at=time.time() + _jitter(CAPACITY_RETRY_S))
-            await session.commit()
-            return False
-        await shard_db.save_shard(session, shard, owner, state="submitting", attempts=shard.attempts + 1)
-        await session.commit()
-        # Another worker may have reserved at the same moment: recount with both visible.
-        if _fits(limits, shard, *await shard_db.in_flight(session, shard.provider), including_self=True):
-            return True
-        await shard_db.save_shard(
-            session, shard, owner, state="queued", next_action_at=time.time() + _jitter(CAPACITY_RETRY_S)
+        batches, tokens = await shard_db.in_flight(session, shard.provider)
+    if not _fits(limits, shard, batches, tokens, including_self=False):
+        await _wait_for_capacity(context, shard, lease, limits, batches)
+        return False
+    async with context.sessions() as session:
+        saved = await shard_db.save_shard(
+            session, shard, lease, state="submitting", attempts=shard.attempts + 1, submit_token=new_id("", 32)
         )
         await session.commit()
+        if not saved:
+            return False
+        # Another worker may have reserved at the same moment: recount with both visible.
+        batches, tokens = await shard_db.in_flight(session, shard.provider)
+    if _fits(limits, shard, batches, tokens, including_self=True):
+        return True
+    async with context.sessions() as session:
+        await shard_db.save_shard(session, shard, lease, state="queued")
+        await session.commit()
+    await _wait_for_capacity(context, shard, lease, limits, batches - 1)
     return False
+
+
+async def _wait_for_capacity(
+    context: GatewayContext, shard: Shard, lease: Lease, limits: ProviderLimits, in_flight: int
+) -> None:
+    quota = limits.max_enqueued_tokens_per_model
+    detail = (
+        f"queued behind {in_flight} provider batches running at {shard.provider} "
+        f"(max_batches_in_flight {limits.max_batches_in_flight}"
+        + (f", enqueued-token quota {quota}" if quota else "")
+        + ")"
+    )
+    await wait(context, shard, lease, "queued_capacity", detail, time.time() + jitter(CAPACITY_RETRY_S))
 
 
 def _fits(limits: ProviderLimits, shard: Shard, batches: int, tokens: dict[str, int], *, including_self: bool) -> bool:
@@ -171,33 +255,16 @@ def _fits(limits: ProviderLimits, shard: Shard, batches: int, tokens: dict[str, 
     return cap is None or queued == 0 or queued + shard.estimated_input_tokens <= cap
 
 
-async def _retry_later(context: GatewayContext, shard: Shard, owner: str, exc: ProviderUnavailable) -> None:
-    base = context.settings.routing.submit_retry_base_s
-    delay = min(MAX_SUBMIT_BACKOFF_S, base * 2.0 ** min(shard.attempts, 7))
-    if isinstance(exc, ProviderRateLimited) and exc.retry_after_s:
-        delay = max(delay, exc.retry_after_s)
-    log.warning("shard %s: %s unavailable (%s); retrying in %.0fs", shard.id, shard.provider, exc, delay)
-    async with context.sessions() as session:
-        await shard_db.save_shard(
-            session,
-            shard,
-            owner,
-            attempts=shard.attempts + 1,
-            next_action_at=time.time() + _jitter(delay),
-            last_error=str(exc)[:2000],
-            unavailable_since=shard.unavailable_since or time.time(),
-        )
-        await session.commit()
-
-
-async def _record_submitted(context: GatewayContext, shard: Shard, owner: str, result: SubmitResult) -> None:
+async def _record_submitted(
+    context: GatewayContext, shard: Shard, batch: Batch, lease: Lease, result: SubmitResult
+) -> None:
     poll_s = context.settings.worker.provider_poll_min_s
     now = time.time()
     async with context.sessions() as session:
-        await shard_db.save_shard(
+        saved = await shard_db.save_shard(
             session,
             shard,
-            owner,
+            lease,
             state="running",
             provider_batch_id=result.provider_batch_id,
             provider_file_id=result.provider_file_id,
@@ -207,10 +274,14 @@ async def _record_submitted(context: GatewayContext, shard: Shard, owner: str, r
             last_progress_at=now,
             unavailable_since=None,
             last_error=None,
+            wait_code="provider_turnaround",
+            wait_detail=f"submitted to {shard.provider} at {at(now)}; waiting for its first status",
         )
         await session.commit()
+    if not saved:
+        # Another worker owns the shard now and may have submitted it too: this provider batch is not ours to use.
+        await _register_orphan(
+            context, shard, batch, result.provider_batch_id, "its worker lost the lease before recording it"
+        )
+        return
     log.info("shard %s submitted to %s as %s", shard.id, shard.provider, result.provider_batch_id)
-
-
-def _jitter(seconds: float) -> float:
-    return seconds * random.uniform(0.8, 1.2)

@@ -18,7 +18,9 @@ import msgspec
 
 from gateway.context import GatewayContext
 from gateway.db import repo
+from gateway.db.leases import Lease
 from gateway.db.models import Batch, now_s
+from gateway.pipeline.lifecycle import end_unstarted, fail_batch
 from gateway.settings import LimitSettings
 
 log = logging.getLogger(__name__)
@@ -283,12 +285,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-async def run(context: GatewayContext, batch: Batch) -> None:
+async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
     """Stage entry: validate a ``validating`` batch, then fail it or queue it for routing."""
     async with context.sessions() as session:
         input_file = await repo.get_file(session, batch.team_id, batch.input_file_id)
     if batch.status == "cancelling":
-        await finish_unstarted(context, batch, status="cancelled")
+        await end_unstarted(context, batch, lease, status="cancelled")
         return
     if input_file is None:
         report = ValidationReport()
@@ -305,21 +307,20 @@ async def run(context: GatewayContext, batch: Batch) -> None:
                 "request_total": report.line_count,
                 "model": next(iter(report.models)) if len(report.models) == 1 else None,
                 "stage": "route",
+                "stage_attempts": 0,
             }
         else:
             values = {"status": "failed", "failed_at": now, "errors": report.errors, "stage": "done"}
-        changed = await repo.update_batch_if(session, batch.id, expected_status="validating", values=values)
+        changed = await repo.update_batch_if(
+            session, batch.id, expected_status="validating", values=values, lease=lease
+        )
         await session.commit()
     if changed:
         log.info("batch %s validated: %s lines, %s problems", batch.id, report.line_count, report.error_count)
 
 
-async def finish_unstarted(context: GatewayContext, batch: Batch, status: str) -> None:
-    """End a batch that never reached a provider."""
-    now = now_s()
-    stamp = {"cancelled": "cancelled_at", "failed": "failed_at", "expired": "expired_at"}[status]
-    async with context.sessions() as session:
-        await repo.update_batch_if(
-            session, batch.id, expected_status=batch.status, values={"status": status, stamp: now, "stage": "done"}
-        )
-        await session.commit()
+async def give_up(context: GatewayContext, batch: Batch, lease: Lease, code: str, message: str) -> None:
+    """End a batch whose validation cannot run (its input is gone or unreadable)."""
+    if code == "content_missing":
+        code, message = "input_file_missing", f"The content of input file '{batch.input_file_id}' is missing."
+    await fail_batch(context, batch, lease, code, f"Validation could not run: {message}")

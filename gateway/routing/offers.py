@@ -117,6 +117,19 @@ class OfferBook:
         """Every offer of every model."""
         return [offer for offers in self._offers.values() for offer in offers]
 
+    def sync_baseline(self, model: str, input_tokens: int, output_tokens: int) -> tuple[float, float]:
+        """Synchronous list rates (USD per MTok in, out) of the cheapest priced offer of a logical model
+        for these tokens: what the work would cost without batching, the base of every savings figure.
+
+        Whoever serves the work, its savings are measured against this one baseline, so a failover to a
+        pricier provider shows as less (or negative) savings. (0, 0) when no offer of the model is priced.
+        """
+        priced = [o for o in self._offers.get(model, []) if o.source is not None]
+        if not priced:
+            return 0.0, 0.0
+        best = min(priced, key=lambda o: o.list_rates[0] * input_tokens + o.list_rates[1] * output_tokens)
+        return best.list_rates
+
     def unpriced(self) -> list[str]:
         """``provider/model`` of offers the catalog does not price."""
         return sorted(f"{o.offer.provider}/{o.offer.model}" for o in self.all_offers() if o.source is None)

@@ -118,5 +118,9 @@ class BlobStore(abc.ABC):
         for key in [info.key async for info in self.list(prefix)]:
             await self.delete(key)
 
+    async def sweep_partial(self, older_than: float) -> int:
+        """Remove writes that never completed (a process killed mid-write) started before ``older_than``."""
+        return 0
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default store holds none."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -151,6 +152,18 @@ class LocalBlobStore(BlobStore):
                 await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
                 return
         await super().delete_prefix(prefix)
+
+    async def sweep_partial(self, older_than: float) -> int:
+        def sweep() -> int:
+            removed = 0
+            for path in self._resolved_root.rglob(f"*{PART_SUFFIX}"):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < older_than:
+                        path.unlink()
+                        removed += 1
+            return removed
+
+        return await anyio.to_thread.run_sync(sweep)
 
     async def list(self, prefix: str) -> AsyncIterator[BlobInfo]:
         # Walk only the folder the prefix names (or its parent, for a partial last segment).

@@ -9,6 +9,7 @@ from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.engine import upgrade_to_head
+from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, StoredFile
 from gateway.settings import Settings
 from tests.conftest import FreshDatabase
@@ -55,9 +56,11 @@ async def _race(database_kind: str, tmp_path: Path) -> None:
         # The winner's name is the one recorded, and a released lease can be claimed again.
         async with context.sessions() as session:
             assert (await repo.get_batch(session, None, batch_id)).lease_owner == batches[0].lease_owner  # type: ignore[union-attr]
-            await repo.release_batch(session, batch_id, str(batches[0].lease_owner))
+            winner = batches[0]
+            await repo.release_batch(session, batch_id, Lease(str(winner.lease_owner), winner.lease_token, 30))
             again = await repo.claim_batch(session, ["validate"], "late-worker", 30)
         assert again is not None and again.lease_owner == "late-worker"
+        assert again.lease_token == winner.lease_token + 1, "every claim gives the row a new fencing token"
     finally:
         await context.close()
         database.drop()
@@ -65,3 +68,38 @@ async def _race(database_kind: str, tmp_path: Path) -> None:
 
 def test_exactly_one_claim_wins(database_kind: str, tmp_path: Path) -> None:
     asyncio.run(_race(database_kind, tmp_path))
+
+
+async def _fenced(database_kind: str, tmp_path: Path) -> None:
+    database = FreshDatabase.create(database_kind, tmp_path)
+    settings = Settings(data_dir=tmp_path, database_url=database.url)
+    upgrade_to_head(settings.resolved_database_url)
+    context = GatewayContext.create(settings)
+    try:
+        _batch_id, shard_id = await _seed(context)
+        async with context.sessions() as session:
+            first = await shard_db.claim_shard(session, "frozen-worker", 0.01)
+        assert first is not None
+        stale = Lease("frozen-worker", first.lease_token, 0.01)
+        await asyncio.sleep(0.05)  # the frozen worker's lease expires; another worker takes the shard
+        async with context.sessions() as session:
+            second = await shard_db.claim_shard(session, "live-worker", 30)
+        assert second is not None and second.id == shard_id
+        live = Lease("live-worker", second.lease_token, 30)
+        async with context.sessions() as session:
+            assert not await shard_db.save_shard(session, first, stale, state="done", last_error="late write")
+            assert stale.lost
+            assert not await shard_db.extend_shard_lease(session, shard_id, stale)
+            assert await shard_db.save_shard(session, second, live, last_error="live write")
+            await session.commit()
+            row = await session.get(Shard, shard_id)
+            assert row is not None
+            await session.refresh(row)
+        assert (row.state, row.last_error, row.lease_owner) == ("queued", "live write", "live-worker")
+    finally:
+        await context.close()
+        database.drop()
+
+
+def test_a_worker_that_lost_its_lease_can_write_nothing(database_kind: str, tmp_path: Path) -> None:
+    asyncio.run(_fenced(database_kind, tmp_path))

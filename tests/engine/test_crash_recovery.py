@@ -189,20 +189,33 @@ def test_crash_in_merge_recovers_exactly_once(merge_crash: CrashRun) -> None:
     assert merge_crash.outcome.batch.output_file_id is not None
 
 
-def test_crash_in_merge_leaves_no_unreferenced_file_blob(
-    merge_crash: CrashRun, client: openai.OpenAI, gateway: GatewayProcess
+def test_blobs_a_crashed_merge_left_are_collected(
+    merge_crash: CrashRun, client: openai.OpenAI, gateway: GatewayProcess, start_worker: StartWorker
 ) -> None:
-    referenced = {row[0] for row in query(gateway, "SELECT storage_key FROM files")}
+    """The killed merge's files carry its fencing token and no row names them: the blob collector removes
+    them, and the finished batch's shard blobs, but nothing a row names."""
     blobs = gateway.data_dir / "blobs"
-    stored = {
-        str(path.relative_to(blobs))
-        for folder in ("files", "outputs")
-        if (blobs / folder).exists()
-        for path in (blobs / folder).rglob("*")
-        if path.is_file()
-    }
-    assert stored, "the batch's files are stored"
-    assert stored <= referenced, f"blobs without a file: {sorted(stored - referenced)}"
+
+    def unnamed() -> tuple[set[str], set[str]]:
+        referenced = {row[0] for row in query(gateway, "SELECT storage_key FROM files WHERE NOT deleted")}
+        stored = {
+            str(path.relative_to(blobs))
+            for folder in ("files", "outputs", "shards")
+            if (blobs / folder).exists()
+            for path in (blobs / folder).rglob("*")
+            if path.is_file()
+        }
+        return stored - referenced, referenced
+
+    left, referenced = unnamed()
+    assert any(key.startswith("outputs/") for key in left), "the crashed merge left its own output blob"
+    start_worker(BATCHGW_WORKER__BLOB_GC_INTERVAL_S="0.5", BATCHGW_WORKER__BLOB_GC_GRACE_S="1")
+    deadline = time.monotonic() + 30
+    while (left := unnamed()[0]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"blobs no row names: {sorted(left)}"
+    assert all((blobs / key).is_file() for key in referenced), "a blob a file names was removed"
+    assert client.files.content(str(merge_crash.outcome.batch.output_file_id)).text
 
 
 def test_external_sigkill_while_shards_are_polling(

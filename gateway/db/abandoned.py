@@ -1,0 +1,127 @@
+"""Database access for abandoned provider batches (see :class:`~gateway.db.models.AbandonedProviderBatch`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from sqlalchemy import func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.db.leases import Lease
+from gateway.db.models import AbandonedProviderBatch, Batch, Shard
+
+
+async def register(
+    session: AsyncSession,
+    shard: Shard,
+    batch: Batch,
+    reason: str,
+    *,
+    provider_batch_id: str | None,
+    submit_token: str | None = None,
+    origin: str = "abandoned",
+) -> None:
+    """Keep a provider batch the gateway stops waiting for, to cancel, poll and bill it until it ends.
+
+    Idempotent per provider and submit token: registering the same provider batch twice keeps one row.
+    """
+    values = {
+        "shard_id": shard.id,
+        "batch_id": batch.id,
+        "team_id": batch.team_id,
+        "api_key_id": batch.api_key_id,
+        "provider": shard.provider,
+        "model": shard.model,
+        "provider_model": shard.provider_model,
+        "submit_token": submit_token or shard.submit_token,
+        "provider_batch_id": provider_batch_id,
+        "origin": origin,
+        "reason": reason[:2000],
+        "state": "open",
+        "requests_billed": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cost_usd": 0.0,
+        "input_per_mtok": shard.input_per_mtok,
+        "output_per_mtok": shard.output_per_mtok,
+        "attempts": 0,
+        "next_action_at": time.time(),
+        "lease_token": 0,
+        "created_at": time.time(),
+    }
+    table = AbandonedProviderBatch.__table__  # type: ignore[attr-defined]
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    await session.exec(insert.values(**values).on_conflict_do_nothing(index_elements=["provider", "submit_token"]))
+
+
+async def claim_due(session: AsyncSession, owner: str, lease_s: float, limit: int = 8) -> list[AbandonedProviderBatch]:
+    """Claim open rows due for a cancel or a poll (compare-and-set per row, as shard claims)."""
+    now = time.time()
+    free = or_(
+        col(AbandonedProviderBatch.lease_expires_at).is_(None), col(AbandonedProviderBatch.lease_expires_at) < now
+    )
+    due = (col(AbandonedProviderBatch.state) == "open", col(AbandonedProviderBatch.next_action_at) <= now, free)
+    ids = (
+        await session.exec(
+            select(AbandonedProviderBatch.id).where(*due).order_by(col(AbandonedProviderBatch.next_action_at)).limit(limit)
+        )
+    ).all()
+    claimed: list[AbandonedProviderBatch] = []
+    for row_id in ids:
+        result = await session.exec(
+            update(AbandonedProviderBatch)
+            .where(col(AbandonedProviderBatch.id) == row_id, *due)
+            .values(
+                lease_owner=owner,
+                lease_expires_at=now + lease_s,
+                lease_token=col(AbandonedProviderBatch.lease_token) + 1,
+            )
+        )
+        await session.commit()
+        if result.rowcount == 1:
+            row = await session.get(AbandonedProviderBatch, row_id)
+            if row is not None:
+                await session.refresh(row)
+                claimed.append(row)
+    return claimed
+
+
+async def save(session: AsyncSession, row: AbandonedProviderBatch, lease: Lease, **values: object) -> bool:
+    """Write ``values`` while ``lease`` holds the row; False (nothing written) once lost."""
+    result = await session.exec(
+        update(AbandonedProviderBatch)
+        .where(col(AbandonedProviderBatch.id) == row.id, *lease.holds(AbandonedProviderBatch))
+        .values(**values)
+    )
+    if result.rowcount:
+        for name, value in values.items():
+            setattr(row, name, value)
+    return bool(result.rowcount)
+
+
+async def for_batch(session: AsyncSession, batch_id: str) -> Sequence[AbandonedProviderBatch]:
+    """Every abandoned provider batch of a client batch."""
+    query = select(AbandonedProviderBatch).where(AbandonedProviderBatch.batch_id == batch_id)
+    return (await session.exec(query.order_by(col(AbandonedProviderBatch.id)))).all()
+
+
+async def open_count(session: AsyncSession) -> int:
+    """Abandoned provider batches not yet ended at their provider."""
+    query = select(func.count()).select_from(AbandonedProviderBatch).where(AbandonedProviderBatch.state == "open")
+    return int((await session.exec(query)).one())
+
+
+async def orphan_fate(session: AsyncSession, row: AbandonedProviderBatch, provider_batch_id: str) -> str:
+    """What became of an orphan's shard: ``undecided`` while a worker may still adopt the provider batch
+    (the shard is being submitted), ``adopted`` if the shard runs it, else ``orphaned``."""
+    shard = await session.get(Shard, row.shard_id)
+    if shard is None:
+        return "orphaned"
+    await session.refresh(shard)
+    if shard.state == "submitting":
+        return "undecided"
+    return "adopted" if shard.provider_batch_id == provider_batch_id else "orphaned"

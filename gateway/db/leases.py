@@ -1,0 +1,45 @@
+"""Leases with fencing tokens: the proof a worker still owns the row it works on.
+
+Every claim of a batch or shard row sets its ``lease_owner`` and increments its ``lease_token``.
+A worker keeps the :class:`Lease` it got and conditions every write of its stage on both
+(:meth:`Lease.holds`): once another worker has claimed the row (a new token), the old worker's writes
+match no row, so a worker that was frozen past its lease and wakes up can finish, publish or delete
+nothing. Blobs a stage writes carry the token in their names, so two attempts never share a blob.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import col
+
+
+@dataclass
+class Lease:
+    """One claim on one row: who holds it, with which fencing token, and since when it was renewed."""
+
+    owner: str
+    token: int
+    lease_s: float
+    renewed_at: float = field(default_factory=time.monotonic)
+    lost: bool = False
+    """Set once a heartbeat found the row claimed by someone else (or this process too late to renew)."""
+
+    def holds(self, table: Any) -> tuple[Any, Any]:
+        """WHERE conditions true only while this lease is the row's current one."""
+        return col(table.lease_owner) == self.owner, col(table.lease_token) == self.token
+
+    def renewed(self) -> None:
+        """Note a successful heartbeat."""
+        self.renewed_at = time.monotonic()
+
+    @property
+    def stale(self) -> bool:
+        """True when the lease is lost or has not been renewed within its length (the process was frozen)."""
+        return self.lost or time.monotonic() - self.renewed_at >= self.lease_s
+
+
+class LeaseLost(Exception):
+    """This worker no longer holds the row's lease: the stage must stop without writing anything."""

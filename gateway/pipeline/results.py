@@ -1,0 +1,125 @@
+"""Result lines: the shapes of the output and error files, shared by collection, settling and merge.
+
+Every line of an output or error file is OpenAI's (``id``, ``custom_id``, ``response``, ``error``) plus
+``provider``, the provider that answered it. Lines are decoded only as far as a step needs
+(``custom_id``, the status code, the usage) and written with one encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class ResultLine(msgspec.Struct):
+    """A provider result line, decoded as far as collection needs."""
+
+    custom_id: Any = None
+    response: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def status_code(self) -> Any:
+        """The HTTP status of the request's answer (None when it has no response)."""
+        return (self.response or {}).get("status_code")
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx answer without an error."""
+        status = self.status_code
+        return self.error is None and isinstance(status, int) and 200 <= status < 300
+
+
+class _IdLine(msgspec.Struct):
+    custom_id: str = ""
+
+
+result_decoder = msgspec.json.Decoder(ResultLine)
+id_decoder = msgspec.json.Decoder(_IdLine)
+encoder = msgspec.json.Encoder()
+
+
+@dataclass
+class Usage:
+    """Tokens reported by a provider's answers."""
+
+    input: int = 0
+    output: int = 0
+    cached: int = 0
+    reasoning: int = 0
+    requests: int = 0
+
+    def add(self, body: Any) -> None:
+        """Add one successful answer's ``usage``."""
+        self.requests += 1
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            return
+        self.input += int(usage.get("prompt_tokens") or 0)
+        self.output += int(usage.get("completion_tokens") or 0)
+        self.cached += int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        self.reasoning += int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+
+    def as_dict(self) -> dict[str, int]:
+        """``input``, ``output``, ``cached``, ``reasoning`` token counts."""
+        return {"input": self.input, "output": self.output, "cached": self.cached, "reasoning": self.reasoning}
+
+
+@dataclass
+class ShardResults:
+    """Counts and token usage of one collected shard."""
+
+    completed: int = 0
+    failed: int = 0
+    moved: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+
+def request_line_id(batch_id: str, custom_id: str) -> str:
+    """A stable gateway id for one request's result line."""
+    return "batch_req_" + hashlib.sha256(f"{batch_id}\0{custom_id}".encode()).hexdigest()[:24]
+
+
+def error_line(batch_id: str, custom_id: str, code: str, message: str, provider: str | None) -> bytes:
+    """An error-file line for a request that got no answer."""
+    record = {
+        "id": request_line_id(batch_id, custom_id),
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": code, "message": message},
+        "provider": provider,
+    }
+    return encoder.encode(record)
+
+
+def iter_custom_ids(path: Path) -> Iterator[str]:
+    """The custom_ids of a JSONL file of requests or results, in order (blank lines skipped)."""
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield id_decoder.decode(line).custom_id
+
+
+def billed_usage(path: Path) -> Usage:
+    """Usage of the successful answers in a file of provider result lines: what the provider billed.
+
+    Unreadable lines and repeated custom_ids count once at most.
+    """
+    usage = Usage()
+    seen: set[str] = set()
+    with path.open("rb") as handle:
+        for line in handle:
+            try:
+                item = result_decoder.decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if not isinstance(item.custom_id, str) or item.custom_id in seen or not item.ok:
+                continue
+            seen.add(item.custom_id)
+            usage.add((item.response or {}).get("body"))
+    return usage
