@@ -9,6 +9,8 @@ from typing import Any
 MISSING = "—"
 RUNNING = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 FINISHED = frozenset({"completed", "failed", "expired", "cancelled"})
+HEALTHY_WAITS = frozenset({"provider_turnaround", "working", "intake", "merging", "scheduled", "queued_capacity"})
+"""Waiting codes of a job that is progressing normally; any other one is shown as a problem."""
 CIRCUIT_LABEL = {"closed": "closed (healthy)", "half_open": "half-open (probing)", "open": "OPEN (avoided)"}
 
 
@@ -75,3 +77,12 @@ def joined(values: Any) -> str:
     if isinstance(values, list | tuple):
         return ", ".join(str(v) for v in values)
     return str(values)
+
+
+def waiting_label(batch: dict[str, Any]) -> str:
+    """Why a running job waits, marked when it is a problem (empty for finished jobs)."""
+    waiting = batch.get("waiting") or {}
+    if batch.get("status") not in RUNNING or not waiting.get("detail"):
+        return ""
+    marker = "" if waiting.get("code") in HEALTHY_WAITS else "⚠ "
+    return f"{marker}{waiting['detail']}"

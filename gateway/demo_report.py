@@ -89,7 +89,8 @@ class DemoOutcome:
 
 
 def _usd(value: float | str | None) -> str:
-    return f"${float(value or 0):.4f}"
+    amount = float(value or 0)
+    return f"-${-amount:.4f}" if amount < 0 else f"${amount:.4f}"
 
 
 def served_by(results_path: Path) -> tuple[Counter[str], int]:
@@ -172,7 +173,7 @@ def print_summary(outcome: DemoOutcome, console: Console) -> list[str]:
 
     console.print(
         f"cost {_usd(meta.get('gateway_cost_usd'))} (estimated {_usd(meta.get('gateway_estimated_cost_usd'))}); "
-        f"savings {_usd(meta.get('gateway_savings_usd'))} against synchronous list prices",
+        f"savings {_usd(meta.get('gateway_savings_usd'))} against the cheapest synchronous price of the model",
         highlight=False,
     )
     alerts = Table("alert", "message", title="Billing alerts (GET /admin/alerts)", box=box.SIMPLE_HEAD)

@@ -30,7 +30,7 @@ def families(exposition: bytes) -> dict[str, dict[frozenset[tuple[str, str]], fl
 def test_record_shard_collected_counts_every_figure_once() -> None:
     labels = {"provider": "unit-p", "model": "unit-m", "team": "unit-t"}
     before = {o: sample("batchgw_requests_total", provider="unit-p", outcome=o) for o in metrics.REQUEST_OUTCOMES}
-    spend = sample("batchgw_spend_usd_total", **labels)
+    spend = sample("batchgw_spend_usd_total", reason="served", **labels)
     metrics.record_shard_collected(
         **labels,
         succeeded=7,
@@ -52,8 +52,9 @@ def test_record_shard_collected_counts_every_figure_once() -> None:
         "cancelled": 0,
         "retried": 3,
     }
-    assert sample("batchgw_spend_usd_total", **labels) - spend == pytest.approx(0.25)
+    assert sample("batchgw_spend_usd_total", reason="served", **labels) - spend == pytest.approx(0.25)
     assert sample("batchgw_savings_usd_total", **labels) == pytest.approx(0.25)
+    assert sample("batchgw_sync_baseline_usd_total", **labels) == pytest.approx(0.5)
     tokens = {"provider": "unit-p", "model": "unit-m"}
     assert sample("batchgw_tokens_total", direction="input", **tokens) == 100
     assert sample("batchgw_tokens_total", direction="output", **tokens) == 40
@@ -146,3 +147,11 @@ def test_every_defined_metric_is_exposed_and_lint_clean() -> None:
     assert promtool, "CI installs promtool (.ci/run)"
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_what_an_abandoned_provider_batch_billed_is_spend_with_its_own_reason() -> None:
+    labels = {"provider": "unit-abandoned", "model": "unit-m", "team": "unit-t"}
+    served = sample("batchgw_spend_usd_total", reason="served", **labels)
+    metrics.record_abandoned_spend(**labels, cost_usd=0.125)
+    assert sample("batchgw_spend_usd_total", reason="abandoned", **labels) == pytest.approx(0.125)
+    assert sample("batchgw_spend_usd_total", reason="served", **labels) == served

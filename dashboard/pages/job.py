@@ -49,9 +49,22 @@ def header(batch: dict[str, Any]) -> None:
     cols[3].metric(
         "Cost", fmt.money(batch.get("cost_usd")), help=f"estimated {fmt.money(batch.get('estimated_cost_usd'))}"
     )
-    cols[4].metric("Saved", fmt.money(batch.get("savings_usd")), help="Against synchronous list prices")
+    cols[4].metric(
+        "Saved", fmt.money(batch.get("savings_usd")), help="Against the cheapest synchronous price of the model"
+    )
     cols[5].metric("Turnaround", fmt.duration(batch.get("turnaround_s")))
     st.progress(fmt.progress(batch))
+    waiting = batch.get("waiting") or {}
+    if waiting.get("detail") and batch.get("status") in fmt.RUNNING:
+        show = st.warning if waiting.get("code") not in fmt.HEALTHY_WAITS else st.info
+        show(f"**Waiting:** {waiting['detail']}", icon=":material/hourglass_top:")
+    paid_twice = batch.get("paid_twice_usd") or 0
+    if paid_twice:
+        st.error(
+            f"**Paid twice: {fmt.money(paid_twice)}.** Provider batches this job moved off still ran requests that "
+            "were answered elsewhere; what they billed is included in the cost above.",
+            icon=":material/payments:",
+        )
 
 
 def shards(batch: dict[str, Any]) -> None:
@@ -80,11 +93,41 @@ def shards(batch: dict[str, Any]) -> None:
             "took": fmt.duration(
                 s["finished_at"] - s["submitted_at"] if s.get("finished_at") and s.get("submitted_at") else None
             ),
+            "waiting": ((s.get("waiting") or {}).get("detail") or "") if s.get("state") != "done" else "",
             "last error": s.get("last_error") or "",
         }
         for s in rows
     ]
     st.dataframe(pd.DataFrame(table), hide_index=True, key="shards_table")
+    attempts = [(s.get("seq"), entry) for s in rows for entry in s.get("attempt_log") or []]
+    attempts += [("batch", entry) for entry in batch.get("attempt_log") or []]
+    history = [{"shard": where, **entry, "at": fmt.when(entry.get("at"))} for where, entry in attempts]
+    if history:
+        with st.expander(f"Failed attempts ({len(history)})"):
+            st.dataframe(pd.DataFrame(history), hide_index=True, key="attempt_history")
+
+
+def abandoned(batch: dict[str, Any]) -> None:
+    """Provider batches work moved off: cancelled, followed to their end, and what they billed."""
+    rows = batch.get("abandoned_provider_batches") or []
+    if not rows:
+        return
+    st.subheader("Abandoned provider batches")
+    st.caption("Kept until their provider ends them: each gets a cancel, is polled, and what it billed is recorded.")
+    table = [
+        {
+            "provider": r.get("provider"),
+            "provider batch": r.get("provider_batch_id") or fmt.MISSING,
+            "state": r.get("state"),
+            "provider status": r.get("provider_status") or fmt.MISSING,
+            "cancel sent": fmt.when(r.get("cancel_sent_at")),
+            "requests billed": r.get("requests_billed"),
+            "billed": fmt.money(r.get("cost_usd")),
+            "why": r.get("reason") or "",
+        }
+        for r in rows
+    ]
+    st.dataframe(pd.DataFrame(table), hide_index=True, key="abandoned_table")
 
 
 def decisions(batch: dict[str, Any]) -> None:
@@ -210,6 +253,7 @@ if picked:
             st.success(notice)
         actions(detail)
         shards(detail)
+        abandoned(detail)
         decisions(detail)
         error_sample(detail)
         if detail.get("status") in fmt.RUNNING:

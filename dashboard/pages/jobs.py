@@ -33,6 +33,7 @@ def row(batch: dict[str, Any]) -> dict[str, Any]:
         "team": batch.get("team") or batch.get("team_id") or fmt.MISSING,
         "providers": fmt.joined(batch.get("providers")),
         "status": fmt.status_label(batch.get("status")),
+        "waiting": fmt.waiting_label(batch),
         "progress": fmt.progress(batch),
         "succeeded": completed,
         "failed": failed,
@@ -73,6 +74,10 @@ def running_now(batches: list[dict[str, Any]]) -> None:
                 f" · on {fmt.joined(batch.get('providers'))} · {fmt.joined(batch.get('models') or batch.get('model'))}"
             )
             right.progress(fmt.progress(batch), text=f"{completed + failed} of {total} answered ({failed} failed)")
+            waiting = batch.get("waiting") or {}
+            if waiting.get("detail"):
+                problem = waiting.get("code") not in fmt.HEALTHY_WAITS
+                left.markdown(f"{':warning: ' if problem else ''}**Waiting:** {waiting['detail']}")
 
 
 def table(status: str, team: str, provider: str, since: int | None) -> bool:

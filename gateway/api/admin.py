@@ -17,11 +17,13 @@ from gateway.api.objects import batch_object, list_object
 from gateway.billing.estimate import cost_usd
 from gateway.billing.quote import quote_file
 from gateway.context import GatewayContext
+from gateway.db import abandoned as abandoned_db
 from gateway.db import billing as billing_db
 from gateway.db import repo
 from gateway.db import routing as routing_db
 from gateway.db import shards as shard_db
-from gateway.db.models import Batch, ProviderHealth, RoutingDecision, Shard
+from gateway.db.models import AbandonedProviderBatch, Batch, ProviderHealth, RoutingDecision, Shard
+from gateway.pipeline import lifecycle
 from gateway.routing.health import percentile, provider_states
 from gateway.routing.offers import PricedOffer
 
@@ -51,6 +53,9 @@ def shard_view(shard: Shard) -> dict[str, Any]:
         "estimated_cost_usd": round(shard.estimated_cost_usd, 6),
         "cost_usd": round(cost_usd(shard.input_tokens, shard.output_tokens, shard_rates(shard)), 6),
         "last_error": shard.last_error,
+        "waiting": {"code": shard.wait_code, "detail": shard.wait_detail} if shard.wait_code else None,
+        "step_attempts": shard.stage_attempts,
+        "attempt_log": shard.attempt_log or [],
         "created_at": shard.created_at,
         "submitted_at": shard.submitted_at,
         "finished_at": shard.finished_at,
@@ -72,10 +77,10 @@ def shard_rates(shard: Shard) -> tuple[float, float]:
     return shard.input_per_mtok, shard.output_per_mtok
 
 
-def admin_batch_view(row: Batch, team: str | None) -> dict[str, Any]:
-    """A batch as operators see it: the API object plus team, stage, policy, providers and money."""
+def admin_batch_view(row: Batch, team: str | None, waiting: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A batch as operators see it: the API object plus team, stage, policy, providers, money and why it waits."""
     finished = row.completed_at or row.failed_at or row.expired_at or row.cancelled_at
-    return batch_object(row) | {
+    return batch_object(row, waiting) | {
         "team_id": row.team_id,
         "team": team,
         "stage": row.stage,
@@ -85,7 +90,31 @@ def admin_batch_view(row: Batch, team: str | None) -> dict[str, Any]:
         "estimated_cost_usd": row.estimated_cost_usd,
         "cost_usd": round(row.cost_usd, 6),
         "savings_usd": round(row.list_cost_usd - row.cost_usd, 6),
+        "paid_twice_usd": round(row.abandoned_cost_usd, 6),
         "turnaround_s": (finished - row.created_at) if finished else None,
+        "waiting": {"code": waiting[0], "detail": waiting[1]} if waiting else None,
+        "stage_attempts": row.stage_attempts,
+        "attempt_log": row.attempt_log or [],
+    }
+
+
+def abandoned_view(row: AbandonedProviderBatch) -> dict[str, Any]:
+    """A provider batch the gateway moved work off, and what became of it."""
+    return {
+        "provider": row.provider,
+        "provider_batch_id": row.provider_batch_id,
+        "origin": row.origin,
+        "reason": row.reason,
+        "state": row.state,
+        "cancel_sent_at": row.cancel_sent_at,
+        "provider_status": row.provider_status,
+        "requests_billed": row.requests_billed,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "cost_usd": round(row.cost_usd, 6),
+        "last_error": row.last_error,
+        "created_at": row.created_at,
+        "settled_at": row.settled_at,
     }
 
 
@@ -226,7 +255,8 @@ class AdminController(Controller):
                 since=since,
             )
             names = await repo.team_names(session, [r.team_id for r in rows])
-        data = [admin_batch_view(r, names.get(r.team_id)) for r in rows[:limit]]
+            waits = {r.id: await lifecycle.batch_waiting(session, r) for r in rows[:limit]}
+        data = [admin_batch_view(r, names.get(r.team_id), waits[r.id]) for r in rows[:limit]]
         return list_object(data, has_more=len(rows) > limit)
 
     @get("/batches/{batch_id:str}", summary="One batch with its shards and routing decisions")
@@ -241,9 +271,12 @@ class AdminController(Controller):
             shards = await shard_db.batch_shards(session, batch_id)
             decisions = await routing_db.batch_decisions(session, batch_id)
             names = await repo.team_names(session, [row.team_id])
-        return admin_batch_view(row, names.get(row.team_id)) | {
+            waiting = await lifecycle.batch_waiting(session, row)
+            abandoned = await abandoned_db.for_batch(session, batch_id)
+        return admin_batch_view(row, names.get(row.team_id), waiting) | {
             "shards": [shard_view(s) for s in shards],
             "decisions": [decision_view(d) for d in decisions],
+            "abandoned_provider_batches": [abandoned_view(a) for a in abandoned],
         }
 
     @post("/estimate", status_code=200, summary="Estimate an uploaded file's cost on every offer")

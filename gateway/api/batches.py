@@ -18,6 +18,7 @@ from gateway.billing import budgets as billing
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.models import Batch, now_s
+from gateway.pipeline import lifecycle
 from router_policies.base import PolicyError
 from router_policies.registry import parse_hints
 
@@ -240,9 +241,10 @@ class BatchesController(Controller):
         context: GatewayContext = state.context
         async with context.sessions() as session:
             row = await repo.get_batch(session, principal.team_id, batch_id)
-        if row is None:
-            raise not_found("batch", batch_id)
-        return batch_object(row)
+            if row is None:
+                raise not_found("batch", batch_id)
+            waiting = await lifecycle.batch_waiting(session, row)
+        return batch_object(row, waiting)
 
     @post("/{batch_id:str}/cancel", status_code=200, summary="Cancel a batch")
     async def cancel_batch(self, state: State, principal: Principal, batch_id: str) -> dict[str, Any]:

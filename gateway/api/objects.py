@@ -22,8 +22,8 @@ def file_object(row: StoredFile) -> dict[str, Any]:
     }
 
 
-def batch_object(row: Batch) -> dict[str, Any]:
-    """A Batch object."""
+def batch_object(row: Batch, waiting: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A Batch object; ``waiting`` (code, sentence) says why an unfinished batch is not done yet."""
     errors = {"object": "list", "data": row.errors} if row.errors else None
     return {
         "id": row.id,
@@ -57,24 +57,31 @@ def batch_object(row: Batch) -> dict[str, Any]:
             "output_tokens_details": {"reasoning_tokens": row.reasoning_tokens},
             "total_tokens": row.input_tokens + row.output_tokens,
         },
-        "metadata": _metadata(row),
+        "metadata": _metadata(row, waiting),
     }
 
 
-def _metadata(row: Batch) -> dict[str, str] | None:
-    """The client's metadata plus, once routed, where the batch ran and what it cost.
+def _metadata(row: Batch, waiting: tuple[str, str] | None) -> dict[str, str] | None:
+    """The client's metadata plus, once routed, where the batch ran and what it cost, and, while it waits,
+    why (``gateway_waiting``).
 
     The gateway's keys are strings, as OpenAI's metadata values are, so the official SDKs parse them.
     """
-    if row.policy is None:
+    gateway: dict[str, str] = {}
+    if row.policy is not None:
+        gateway = {
+            "gateway_policy": row.policy,
+            "gateway_providers": row.providers or "",
+            "gateway_estimated_cost_usd": f"{row.estimated_cost_usd or 0.0:.6f}",
+            "gateway_cost_usd": f"{row.cost_usd:.6f}",
+            "gateway_savings_usd": f"{row.list_cost_usd - row.cost_usd:.6f}",
+        }
+        if row.abandoned_cost_usd:
+            gateway["gateway_paid_twice_usd"] = f"{row.abandoned_cost_usd:.6f}"
+    if waiting is not None:
+        gateway["gateway_waiting"] = waiting[1]
+    if not gateway:
         return row.metadata_
-    gateway = {
-        "gateway_policy": row.policy,
-        "gateway_providers": row.providers or "",
-        "gateway_estimated_cost_usd": f"{row.estimated_cost_usd or 0.0:.6f}",
-        "gateway_cost_usd": f"{row.cost_usd:.6f}",
-        "gateway_savings_usd": f"{row.list_cost_usd - row.cost_usd:.6f}",
-    }
     return {**(row.metadata_ or {}), **gateway}
 
 

@@ -244,3 +244,15 @@ async def drop_held(session: AsyncSession, batch_id: str, reason: str) -> None:
             updated_at=time.time(),
         )
     )
+
+
+async def open_shard_waits(session: AsyncSession, batch_id: str) -> list[tuple[str, str | None, str | None]]:
+    """``(state, wait_code, wait_detail)`` of every unfinished shard of a batch."""
+    rows = (
+        await session.exec(
+            select(Shard.state, Shard.wait_code, Shard.wait_detail).where(
+                Shard.batch_id == batch_id, col(Shard.state) != "done"
+            )
+        )
+    ).all()
+    return [(str(state), code, detail) for state, code, detail in rows]

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlmodel.ext.asyncio.session import AsyncSession
+
 from gateway.context import GatewayContext
 from gateway.db import abandoned as abandoned_db
 from gateway.db import repo
@@ -245,3 +247,66 @@ async def gather_parts(blobs: BlobStore, prefix: str, dest: Path) -> int:
             if last != b"\n":
                 sink.write(b"\n")  # a part cut short by a crash: its torn last line stays on its own
     return len(keys)
+
+
+# --- why a batch waits ----------------------------------------------------------------------------------
+
+WAIT_PRIORITY = (
+    "auth_failed",
+    "provider_unreachable",
+    "circuit_open",
+    "budget_hold",
+    "rate_limited",
+    "retrying",
+    "queued_capacity",
+    "canary_hold",
+    "scheduled",
+    "provider_turnaround",
+)
+"""Waiting codes, most telling first: a batch shows the first one any of its open shards has."""
+
+WAITING_TEXT_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class ShardWait:
+    """What one unfinished shard is waiting for (see :func:`waiting_reason`)."""
+
+    state: str
+    code: str | None
+    detail: str | None
+
+
+def waiting_reason(batch: Batch, shards: list[ShardWait]) -> tuple[str, str] | None:
+    """Why an unfinished batch is not done yet, as ``(code, sentence)``; None once it has ended.
+
+    The batch's own stage speaks first (a failing validate, route or merge step); then the most telling
+    reason among its open shards, with how many share it.
+    """
+    if batch.stage == "done":
+        return None
+    if batch.stage_attempts and batch.attempt_log:
+        last = batch.attempt_log[-1]
+        text = f"the '{batch.stage}' step failed {batch.stage_attempts} time(s), retrying: {last.get('message')}"
+        return "retrying", text[:WAITING_TEXT_LIMIT]
+    if batch.stage in ("validate", "route", "merge"):
+        return None  # moving through intake or merge: nothing to wait for
+    open_shards = [s for s in shards if s.state != "done"]
+    canary = ShardWait("held", "canary_hold", "held until the batch's canary requests have run and been judged")
+    waits = [canary if s.state == "held" else s for s in open_shards]
+    for code in WAIT_PRIORITY:
+        matching = [s for s in waits if s.code == code]
+        if matching:
+            prefix = f"{len(matching)} of {len(open_shards)} open shards: " if len(open_shards) > 1 else ""
+            return code, (prefix + (matching[0].detail or code))[:WAITING_TEXT_LIMIT]
+    if open_shards:
+        return "working", f"{len(open_shards)} shard(s) in progress"
+    return None
+
+
+async def batch_waiting(session: AsyncSession, batch: Batch) -> tuple[str, str] | None:
+    """:func:`waiting_reason` of a batch, reading its open shards (nothing is read for a finished batch)."""
+    if batch.stage == "done":
+        return None
+    waits = [ShardWait(*row) for row in await shard_db.open_shard_waits(session, batch.id)]
+    return waiting_reason(batch, waits)

@@ -47,7 +47,9 @@ EMULATOR_KEY = "emulator"  # key of the EmulatorState in the provider app's stat
 class Faults(msgspec.Struct, forbid_unknown_fields=True):
     """Fault injection settings of one emulated provider; everything off except output shuffling."""
 
-    down: Literal["off", "refuse", "503"] = "off"
+    down: Literal["off", "refuse", "reset", "503"] = "off"
+    """``refuse``: nothing listens (connection refused); ``reset``: connections are accepted and reset at once;
+    ``503``: every call answers 503. Batches already created keep running either way."""
     latency_s: NonNegFloat = 0.0
     rate_limit_next: NonNegInt = 0
     rate_limit_rate: Fraction = 0.0

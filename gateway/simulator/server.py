@@ -2,7 +2,8 @@
 
 Every provider app sits behind :class:`FaultGate`, which stamps ``x-request-id``, writes the request log and
 answers the per-call faults (outage, auth, 429, 5xx, latency) before the protocol routes see the call.
-``down = "refuse"`` really closes the listening socket; switching it back reopens the same port.
+``down = "refuse"`` really closes the listening socket, ``down = "reset"`` accepts connections and resets
+them (TCP RST) before any byte is answered; switching back reopens the same port.
 """
 
 from __future__ import annotations
@@ -171,6 +172,30 @@ class _Listener:
             await task
 
 
+class _Resetter:
+    """A listener that accepts each connection and resets it at once, as a crashing proxy would."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._server: asyncio.Server | None = None
+
+    async def open(self) -> None:
+        async def reset(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            writer.transport.abort()
+
+        self._server = await asyncio.start_server(reset, self.host, self.port, reuse_address=True)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+
 class ProviderRunner(_Listener):
     """One emulated provider: its state, its app, and a listener that follows the ``down`` fault."""
 
@@ -178,19 +203,33 @@ class ProviderRunner(_Listener):
         self.state = EmulatorState(spec, driver_for(spec.kind))
         super().__init__(FaultGate(build_provider_app(self.state), self.state), host, spec.port)
         self._lock = asyncio.Lock()
+        self._resetter: _Resetter | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}{self.state.driver.base_path}"
 
     async def reconcile(self) -> None:
-        """Open or close the listening socket to match ``faults.down``."""
+        """Open or close the listening socket to match ``faults.down`` (serving, refusing or resetting)."""
         async with self._lock:
-            refuse = self.state.faults.down == "refuse"
-            if refuse and self.listening:
+            down = self.state.faults.down
+            serving = down not in ("refuse", "reset")
+            if not serving and self.listening:
                 await self.close()
-            elif not refuse and not self.listening:
+            if down != "reset" and self._resetter is not None:
+                await self._resetter.close()
+                self._resetter = None
+            if down == "reset" and self._resetter is None:
+                self._resetter = _Resetter(self.host, self.port)
+                await self._resetter.open()
+            if serving and not self.listening:
                 await self.open()
+
+    async def stop_resetting(self) -> None:
+        """Close the resetting listener, if one runs."""
+        if self._resetter is not None:
+            await self._resetter.close()
+            self._resetter = None
 
     async def watch(self) -> None:
         """Follow fault changes made in-process (code may set ``state.faults.down`` directly)."""
@@ -264,6 +303,30 @@ def build_control_app(cluster: SimulatorCluster) -> Litestar:
         counts = msgspec.to_builtins(state.stats)
         return {**counts, "files_stored": len(state.files.files), "batches": statuses}
 
+    @get("/providers/{name:str}/invoice")
+    async def invoice(request: Req) -> dict[str, Any]:
+        """What the provider would bill: per batch, the requests that ran to a successful answer and their tokens
+        (completed requests of cancelled and expired batches are billed too, as real providers do)."""
+        state = runner(request).state
+        batches = [
+            {
+                "id": job.id,
+                "status": job.status,
+                "metadata": job.metadata,
+                "requests_billed": job.completed,
+                "input_tokens": job.input_tokens,
+                "output_tokens": job.output_tokens,
+            }
+            for job in state.jobs.values()
+        ]
+        jobs = list(state.jobs.values())
+        totals = {
+            "requests_billed": sum(job.completed for job in jobs),
+            "input_tokens": sum(job.input_tokens for job in jobs),
+            "output_tokens": sum(job.output_tokens for job in jobs),
+        }
+        return {"object": "invoice", "provider": state.name, "batches": batches, **totals}
+
     @post("/providers/{name:str}/clock", status_code=200)
     async def clock(request: Req) -> dict[str, Any]:
         state = runner(request).state
@@ -274,7 +337,7 @@ def build_control_app(cluster: SimulatorCluster) -> Litestar:
         return {"now": state.clock.now(), "offset_s": state.clock.offset_s}
 
     return Litestar(
-        route_handlers=[health, providers, provider, set_faults, reset, request_log, stats, clock],
+        route_handlers=[health, providers, provider, set_faults, reset, request_log, stats, invoice, clock],
         exception_handlers=_exception_handlers(OpenAIDriver().error_body),
         openapi_config=None,
         logging_config=None,
@@ -345,6 +408,7 @@ class SimulatorCluster:
             listeners: list[_Listener] = [*self._runners.values(), *([self._control] if self._control else [])]
             await asyncio.gather(*(listener.close() for listener in listeners))
             for runner in self._runners.values():
+                await runner.stop_resetting()
                 runner.state.close()
 
     def start(self, timeout: float = 15.0) -> None:

@@ -60,7 +60,7 @@ def test_a_finished_batch_is_counted_and_agrees_with_the_ledger(gateway: Gateway
         gateway, "SELECT SUM(cost_usd), SUM(list_cost_usd) FROM ledger WHERE batch_id = :b", b=finished_batch.id
     )
     assert cost > 0 and list_cost > cost
-    spend = value(text, "batchgw_spend_usd_total", team="acme", **tokens)
+    spend = value(text, "batchgw_spend_usd_total", team="acme", reason="served", **tokens)
     savings = value(text, "batchgw_savings_usd_total", team="acme", **tokens)
     assert spend == pytest.approx(cost, abs=1e-12)
     assert savings == pytest.approx(list_cost - cost, abs=1e-12)

@@ -1,0 +1,211 @@
+"""Provider failures as they happen in production, tried end to end against the emulators:
+
+* an outage mid-job (503s, connection resets, a refused port): the work moves to the healthy provider,
+  and the provider batches left behind stay owned: cancelled as soon as their provider answers again,
+  followed to their end and billed, so the ledger equals each provider's own invoice;
+* a storm of 429s: the provider is alive and asks for patience, which it gets: nothing moves;
+* every provider down: nowhere to go, so nothing moves; the job finishes where it was once they are back.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.simulator import SimulatorCluster
+from tests.conftest import GatewayProcess
+from tests.engine import (
+    BATCH_RATES,
+    batch_creates,
+    chat_requests,
+    collect,
+    control,
+    emulator_log,
+    query,
+    reset,
+    set_faults,
+    start_gateway,
+    submit,
+    wait_for,
+)
+
+REQUESTS = 40
+PER_SHARD = 10
+POLL_INTERVAL_S = 1.0
+"""``provider_poll_max_s`` of these gateways (the engine tests' setting): the longest a step waits to poll."""
+STORM_S = 30.0
+ENV = {"BATCHGW_WORKER__ABANDONED_SWEEP_S": "0.25"}
+
+
+@pytest.fixture(autouse=True)
+def clean_emulators(simulator: SimulatorCluster) -> None:
+    reset(simulator, "fast", "steady", "slow")
+
+
+def admin_call(gateway: GatewayProcess, method: str, path: str, body: Any = None) -> Any:
+    response = httpx.request(
+        method,
+        f"{gateway.base_url}/admin{path}",
+        json=body,
+        headers={"Authorization": "Bearer test-admin-key"},
+        timeout=30,
+    )
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+def wait_until(check: Any, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.1)
+
+
+def invoice_usd(cluster: SimulatorCluster, emulator: str, rates: tuple[float, float]) -> float:
+    """What the emulated provider bills: every successful request of every batch it ran, at ``rates``."""
+    invoice = control(cluster, "GET", f"/providers/{emulator}/invoice")
+    return sum(b["input_tokens"] * rates[0] + b["output_tokens"] * rates[1] for b in invoice["batches"]) / 1e6
+
+
+def ledger_usd(gateway: GatewayProcess, provider: str) -> float:
+    return float(query(gateway, "SELECT coalesce(sum(cost_usd), 0) FROM ledger WHERE provider = :p", p=provider)[0][0])
+
+
+@pytest.mark.parametrize("mode", ["503", "reset", "refuse"])
+def test_outage_mid_job_moves_work_once_and_bills_what_the_abandoned_batches_ran(
+    mode: str, gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    gateway = start_gateway(
+        gateway_factory, simulator, tmp_path, cheap="slow", pricey="fast",
+        limits={"max_requests_per_batch": PER_SHARD}, env=ENV,
+    )  # fmt: skip
+    admin_call(gateway, "PUT", "/budgets", {"scope": "global", "period": "day", "limit_usd": 100, "hard": False})
+    client = gateway.client(gateway.create_key("acme"))
+    requests = chat_requests(REQUESTS)
+    batch = submit(client, requests)
+    wait_until(
+        lambda: len(batch_creates(emulator_log(simulator, "slow"))) == REQUESTS // PER_SHARD,
+        60, "the shards never reached the cheap provider",
+    )  # fmt: skip
+    set_faults(simulator, "slow", down=mode)
+    batch = wait_for(client, batch.id, timeout=120)
+    outcome = collect(client, batch)
+    assert batch.status == "completed", batch
+    assert set(outcome.output) == {r["custom_id"] for r in requests} and not outcome.errors
+    assert {line["provider"] for line in outcome.output.values()} == {"pricey"}
+
+    abandoned = admin_call(gateway, "GET", f"/batches/{batch.id}")["abandoned_provider_batches"]
+    assert len(abandoned) == REQUESTS // PER_SHARD and all(a["state"] == "open" for a in abandoned), abandoned
+    assert all("healthy" in a["reason"] for a in abandoned), "the move records the probe that allowed it"
+    failovers = [d for d in admin_call(gateway, "GET", f"/batches/{batch.id}")["decisions"] if d["kind"] == "failover"]
+    assert failovers and all("health probe answered" in d["cause"] for d in failovers), failovers
+
+    back_at = time.time()
+    set_faults(simulator, "slow", down="off")
+
+    def settled() -> bool:
+        rows = admin_call(gateway, "GET", f"/batches/{batch.id}")["abandoned_provider_batches"]
+        return all(a["state"] == "settled" for a in rows)
+
+    wait_until(settled, 60, "the abandoned provider batches were never settled")
+    cancels = {
+        entry["path"].split("/")[3]: entry["timestamp"]
+        for entry in emulator_log(simulator, "slow")
+        if entry["method"] == "POST" and entry["path"].endswith("/cancel")
+    }
+    for row in abandoned:
+        assert row["provider_batch_id"] in cancels, f"no cancel for {row['provider_batch_id']}"
+        # One poll interval after the provider answers again, plus scheduling slack on a busy machine.
+        assert cancels[row["provider_batch_id"]] - back_at <= POLL_INTERVAL_S + 1.0, (cancels, back_at)
+
+    # Each provider's ledger equals its own invoice: the abandoned batches are billed, once.
+    cheap_invoice = invoice_usd(simulator, "slow", BATCH_RATES["cheap"])
+    assert cheap_invoice > 0, "the abandoned batches ran requests before the cancel"
+    assert ledger_usd(gateway, "cheap") == pytest.approx(cheap_invoice, abs=1e-6)
+    pricey_invoice = invoice_usd(simulator, "fast", BATCH_RATES["pricey"])
+    assert ledger_usd(gateway, "pricey") == pytest.approx(pricey_invoice, abs=1e-6)
+    total = ledger_usd(gateway, "cheap") + ledger_usd(gateway, "pricey")
+
+    batch = client.batches.retrieve(batch.id)
+    metadata = batch.metadata or {}
+    assert float(metadata["gateway_cost_usd"]) == pytest.approx(total, abs=1e-6)
+    assert float(metadata["gateway_paid_twice_usd"]) == pytest.approx(cheap_invoice, abs=1e-6)
+    detail = admin_call(gateway, "GET", f"/batches/{batch.id}")
+    assert detail["paid_twice_usd"] == pytest.approx(cheap_invoice, abs=1e-6)
+    [budget] = admin_call(gateway, "GET", "/budgets")["data"]
+    assert budget["spent_usd"] == pytest.approx(total, abs=1e-6)
+    metrics = httpx.get(f"{gateway.base_url}/metrics", timeout=30).text
+    abandoned_spend = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("batchgw_spend_usd_total{") and 'reason="abandoned"' in line
+    )
+    assert abandoned_spend == pytest.approx(cheap_invoice, abs=1e-6)
+
+
+def test_a_429_storm_is_waited_out_and_moves_nothing(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    gateway = start_gateway(
+        gateway_factory, simulator, tmp_path, cheap="steady", pricey="fast",
+        limits={"max_requests_per_batch": PER_SHARD}, env=ENV,
+    )  # fmt: skip
+    client = gateway.client(gateway.create_key("acme"))
+    requests = chat_requests(REQUESTS)
+    batch = submit(client, requests)
+    wait_until(lambda: len(batch_creates(emulator_log(simulator, "steady"))) >= 1, 60, "nothing was submitted")
+    set_faults(simulator, "steady", rate_limit_rate=1.0, retry_after_s=1)
+    storm_ends = time.monotonic() + STORM_S
+    seen_reason = False
+    while time.monotonic() < storm_ends:
+        current = client.batches.retrieve(batch.id)
+        assert current.status in ("in_progress", "validating"), current
+        seen_reason = seen_reason or "rate limiting" in (current.metadata or {}).get("gateway_waiting", "")
+        time.sleep(0.5)
+    assert seen_reason, "the batch never said it waits for a rate-limiting provider"
+    set_faults(simulator, "steady", rate_limit_rate=0.0)
+    batch = wait_for(client, batch.id, timeout=120)
+    outcome = collect(client, batch)
+    assert batch.status == "completed" and len(outcome.output) == REQUESTS and not outcome.errors
+    assert {line["provider"] for line in outcome.output.values()} == {"cheap"}
+    assert not emulator_log(simulator, "fast"), "a request reached the second provider during the storm"
+    providers = {p["name"]: p["health"]["circuit"] for p in admin_call(gateway, "GET", "/providers")["data"]}
+    assert providers["cheap"] == "closed", "429s opened the circuit"
+    assert not admin_call(gateway, "GET", f"/batches/{batch.id}")["abandoned_provider_batches"]
+
+
+def test_with_every_provider_down_nothing_moves_and_the_job_finishes_where_it_was(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    gateway = start_gateway(
+        gateway_factory, simulator, tmp_path, cheap="steady", pricey="fast",
+        limits={"max_requests_per_batch": PER_SHARD}, env=ENV,
+    )  # fmt: skip
+    client = gateway.client(gateway.create_key("acme"))
+    requests = chat_requests(REQUESTS)
+    batch = submit(client, requests)
+    wait_until(
+        lambda: len(batch_creates(emulator_log(simulator, "steady"))) == REQUESTS // PER_SHARD,
+        60, "the shards never reached the cheap provider",
+    )  # fmt: skip
+    set_faults(simulator, "steady", down="refuse")
+    set_faults(simulator, "fast", down="refuse")
+    time.sleep(STORM_S)
+    waiting = client.batches.retrieve(batch.id)
+    assert waiting.status == "in_progress"
+    assert "unreachable" in (waiting.metadata or {}).get("gateway_waiting", ""), waiting.metadata
+    set_faults(simulator, "steady", down="off")
+    set_faults(simulator, "fast", down="off")
+    batch = wait_for(client, batch.id, timeout=120)
+    outcome = collect(client, batch)
+    assert batch.status == "completed" and len(outcome.output) == REQUESTS and not outcome.errors
+    assert {line["provider"] for line in outcome.output.values()} == {"cheap"}
+    assert not batch_creates(emulator_log(simulator, "fast")), "work moved although nowhere else was up"
+    assert not admin_call(gateway, "GET", f"/batches/{batch.id}")["abandoned_provider_batches"]
+    assert len(batch_creates(emulator_log(simulator, "steady"))) == REQUESTS // PER_SHARD
+
+
