@@ -24,7 +24,7 @@ from gateway.providers.base import (
 )
 from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_batch import GeminiBatchAdapter
-from gateway.providers.openai_batch import RetryPolicy
+from gateway.providers.http import RetryPolicy
 from gateway.providers.registry import ADAPTER_KINDS, build_adapter
 from gateway.simulator import ProviderSpec, SimulatorCluster, hash_fraction
 from gateway.simulator.openai_protocol import chat_completion

@@ -13,17 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.providers.base import ProviderBatchState
+from gateway.providers.http import error_message_from_body
+from gateway.providers.jsonl import LineSplitter, encode_line
 from gateway.providers.openai_wire import (
     BATCH_STATUS_TABLE,
     SHARD_ID_KEY,
     SUBMIT_TOKEN_KEY,
-    LineSplitter,
     MalformedLine,
     RequestCounts,
     batch_error_summary,
     cancel_refusal_is_benign,
-    encode_line,
-    error_message_from_body,
     find_batch_with_token,
     has_submit_token,
     map_batch_status,
