@@ -154,15 +154,19 @@ def shorten(text: str, limit: int | None = DETAIL_LIMIT) -> str:
 
 _AUTH_VALUE = re.compile(r"(?i)\b(bearer|basic)\s+\S+")
 _URL = re.compile(r"(?i)\b(?:https?|wss?)://[^\s\"'<>()\[\]{}]+")
+_KEY_PREFIX = r"\b(?:sk|pk|rk|gsk|xai|sess)[-_]"
 _KEY_LIKE = re.compile(
-    r"\b(?:sk|pk|rk|gsk|xai|sess)[-_][A-Za-z0-9_\-.*•]{6,}"  # prefixed keys (OpenAI, Anthropic, Groq, xAI...)
+    rf"{_KEY_PREFIX}[A-Za-z0-9_\-]{{16,}}"  # prefixed keys (OpenAI, Anthropic, Groq, xAI...)
+    rf"|{_KEY_PREFIX}[\w\-]*(?:\.\.\.|…)\w"  # the same, shortened with an ellipsis
     r"|AIza[0-9A-Za-z_\-]{20,}"  # Google API keys
 )
-_MASKED = re.compile(r"\w[^\s]*?(?:\*{3,}|•{3,})|(?:\*{3,}|•{3,})[^\s]*?\w")
+_MASKED = re.compile(r"\w\S*?(?:\*{3,}|•{3,})|(?:\*{3,}|•{3,})\S*?\w")
 _PUBLIC_PREFIX = re.compile(r"^(?:[a-z0-9]{1,6}[-_]){1,3}")
 _EDGE = "\"'`()[]{}<>,.;:!?"
 FRAGMENT = 4
 """Characters of the configured key that, found in a provider's message, count as a fragment of it."""
+SANITISED_MAX = 4 * DETAIL_LIMIT
+"""Characters of provider text sanitised at the most; the rest is dropped (an error page can be large)."""
 
 
 def _key_grams(secret: str | None) -> frozenset[str]:
@@ -176,45 +180,39 @@ def _key_grams(secret: str | None) -> frozenset[str]:
     return frozenset(private[i : i + FRAGMENT] for i in range(len(private) - FRAGMENT + 1))
 
 
-def _clean_word(word: str, grams: frozenset[str], provider: str, hosts: tuple[str, ...]) -> str:
+def _clean_word(word: str, grams: frozenset[str]) -> str:
     core = word.strip(_EDGE)
     if not core:
         return word
-    start = word.index(core)
-    lead, tail = word[:start], word[start + len(core) :]
-    if _URL.fullmatch(core):
-        return f"{lead}{provider}{tail}"
-    for host in hosts:
-        if host in core.lower():
-            core = re.sub(re.escape(host), provider, core, flags=re.IGNORECASE)
-    if _KEY_LIKE.search(core) or _MASKED.search(core):
-        return f"{lead}{REDACTED}{tail}"
-    if any(core[i : i + FRAGMENT] in grams for i in range(len(core) - FRAGMENT + 1)):
-        return f"{lead}{REDACTED}{tail}"
-    return f"{lead}{core}{tail}"
+    keyish = _KEY_LIKE.search(core) or _MASKED.search(core)
+    if keyish or any(core[i : i + FRAGMENT] in grams for i in range(len(core) - FRAGMENT + 1)):
+        start = word.index(core)
+        return f"{word[:start]}{REDACTED}{word[start + len(core) :]}"
+    return word
 
 
 def sanitise(text: str, *, provider: str, secret: str | None = None, base_url: str = "") -> str:
     """``text`` from a provider made safe for logs and clients.
 
-    Credentials after ``Bearer``/``Basic``, anything shaped like an API key (masked forms such as
-    ``sk-abc***xyz`` included) and every word holding a piece of ``secret`` at least
-    :data:`FRAGMENT` characters long become ``***``; URLs and the host of ``base_url`` become
-    ``provider``.
+    URLs and the host of ``base_url`` become ``provider``; credentials after ``Bearer``/``Basic``,
+    anything shaped like an API key (masked forms such as ``sk-abc***xyz`` included) and every word
+    holding a piece of ``secret`` at least :data:`FRAGMENT` characters long become ``***``. Text
+    longer than :data:`SANITISED_MAX` is cut first, at a word boundary, so that no cut-off key stays.
     """
+    if len(text) > SANITISED_MAX:
+        head = text[:SANITISED_MAX]
+        words = head.rsplit(None, 1)
+        text = (words[0] if len(words) == 2 else head) + " ..."
     if secret:
         text = text.replace(secret, REDACTED)
     text = _AUTH_VALUE.sub(lambda match: f"{match.group(1)} {REDACTED}", text)
+    text = _URL.sub(lambda match: provider + match.group()[len(match.group().rstrip(_EDGE)) :], text)
     parts = urlsplit(base_url)
-    hosts = tuple(
-        host.lower()
-        for host in (parts.netloc, parts.hostname or "")
-        if host and ("." in host or ":" in host)  # a bare name like "vllm" would also match ordinary words
-    )
+    for host in (parts.netloc, parts.hostname or ""):
+        if host and ("." in host or ":" in host):  # a bare name like "vllm" would also match ordinary words
+            text = re.sub(re.escape(host), provider, text, flags=re.IGNORECASE)
     grams = _key_grams(secret)
-    return "".join(
-        part if part.isspace() else _clean_word(part, grams, provider, hosts) for part in re.split(r"(\s+)", text)
-    )
+    return "".join(part if part.isspace() else _clean_word(part, grams) for part in re.split(r"(\s+)", text))
 
 
 # --------------------------------------------------------------------------- the base
@@ -317,9 +315,9 @@ class HttpAdapter(ProviderAdapter):
 
     # ----------------------------------------------------------------- retries
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]], policy: RetryPolicy | None = None) -> T:
-        """``call()``, tried again on :class:`ProviderUnavailable` as the policy says; the last error is raised."""
-        policy = policy or self.retry
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, tried again on :class:`ProviderUnavailable` as :attr:`retry` says; the last error is raised."""
+        policy = self.retry
 
         def hinted(state: RetryCallState) -> float | None:
             exc = state.outcome.exception() if state.outcome is not None else None

@@ -75,9 +75,7 @@ class OpenAISyncAdapter(HttpAdapter):
         except _RetryableAnswer as exc:
             response = exc.response
         except ProviderUnavailable as exc:
-            raise ProviderUnavailable(
-                f"provider {self.name}: POST {path} unreachable after {self.retry.attempts} tries ({exc})"
-            ) from None
+            raise ProviderUnavailable(f"{exc} (unreachable after {self.retry.attempts} tries)") from None
         request_id = response.headers.get("x-request-id")
         return sync_output_line(request.custom_id, response.status_code, response.content, request_id, self._sanitise)
 

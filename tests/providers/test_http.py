@@ -118,11 +118,13 @@ OPENAI_401 = (
         ("google AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStU bad", ["google *** bad"], ["AIza"]),
         ("see http://10.0.0.7:8080/v1/files?key=1, then", ["see prov, then"], ["10.0.0.7"]),
         ("host 10.0.0.7:8080 and 10.0.0.7 timed out", ["host prov and prov timed out"], ["10.0.0.7"]),
+        ("docs (url=https://platform.example/docs).", ["docs (url=prov)."], ["platform"]),
         (
-            "No such batch object: batch_abc123 (x-api-key header; project quota)",
-            ["No such batch object: batch_abc123 (x-api-key header; project quota)"],
+            "No such batch object: batch_abc123 (x-api-key header; project quota; model xai-grok-beta)",
+            ["No such batch object: batch_abc123 (x-api-key header; project quota; model xai-grok-beta)"],
             [],
         ),
+        ("word " * 1000 + WRONG_KEY[:20], ["word word", " ..."], [WRONG_KEY[:12]]),  # cut before sanitising
     ],
 )
 def test_sanitise(text: str, kept: list[str], gone: list[str]) -> None:
