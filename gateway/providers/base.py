@@ -5,13 +5,22 @@ as OpenAI-format JSONL lines) into work at one provider and brings the results b
 OpenAI-format output lines. Adapters never touch the database: the engine records intent before
 calling them and reconciles after a crash through :meth:`ProviderAdapter.find_submitted`.
 
+A kind with a batch API implements submit / find_submitted / poll / fetch_results / cancel and
+health; a kind without one sets ``executes_locally`` and implements execute and health only (the
+batch methods it leaves alone raise :class:`CapabilityNotSupported`). Kinds that speak HTTP inherit
+:class:`gateway.providers.http.HttpAdapter`, which holds retries, downloads and error hygiene.
+
 Exception hierarchy::
 
     ProviderError                    any failure talking to a provider
     +-- ProviderUnavailable          transient: connection refused, timeout, 5xx; retry later
     |   +-- ProviderRateLimited      429; ``retry_after_s`` says when
     +-- ProviderRejected             permanent for this input: 4xx other than 429
+    |   +-- ProviderAuthFailed       401/403: the configured key is wrong or lacks permission
     +-- CapabilityNotSupported       the provider kind cannot do this at all
+
+Messages of these exceptions may reach clients and logs: they never carry a key, a fragment of
+one, or a provider's URL or host (the provider's configured name stands in for those).
 """
 
 from __future__ import annotations
@@ -33,15 +42,18 @@ class ProviderError(Exception):
 
 
 class ProviderUnavailable(ProviderError):
-    """Transient failure (network, timeout, 5xx): the same call may succeed later."""
+    """Transient failure (network, timeout, 5xx): the same call may succeed later.
 
-
-class ProviderRateLimited(ProviderUnavailable):
-    """The provider answered 429."""
+    ``retry_after_s`` is the provider's own hint of when to try again, if it gave one.
+    """
 
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ProviderRateLimited(ProviderUnavailable):
+    """The provider answered 429."""
 
 
 class ProviderRejected(ProviderError):
@@ -50,6 +62,14 @@ class ProviderRejected(ProviderError):
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class ProviderAuthFailed(ProviderRejected):
+    """The provider refused the configured key (401, 403 or the provider's equivalent).
+
+    Nothing sent to this provider will succeed until an operator fixes the key: the message names
+    the environment variable to check, never the key.
+    """
 
 
 class CapabilityNotSupported(ProviderError):
@@ -141,9 +161,10 @@ class SyncRequest:
 class ProviderAdapter(abc.ABC):
     """One configured provider. Subclasses implement a protocol (``kind``).
 
-    Providers with a batch API implement submit / poll / fetch_results / cancel. Providers without
-    one set ``executes_locally`` and implement :meth:`execute` instead; the engine then runs the
-    shard's requests itself and their batch methods raise :class:`CapabilityNotSupported`.
+    Providers with a batch API implement submit / find_submitted / poll / fetch_results / cancel.
+    Providers without one set ``executes_locally`` and implement :meth:`execute` instead; the engine
+    then runs the shard's requests itself. Every method a kind does not implement raises
+    :class:`CapabilityNotSupported`; only :meth:`health` is required of every kind.
     """
 
     kind: ClassVar[str]
@@ -157,19 +178,22 @@ class ProviderAdapter(abc.ABC):
         """The provider's configured name."""
         return self.config.name
 
-    @abc.abstractmethod
+    def unsupported(self, what: str) -> CapabilityNotSupported:
+        """The error of a capability this kind lacks."""
+        return CapabilityNotSupported(f"provider {self.name} ({self.kind}) {what}")
+
     async def submit(self, shard: ShardSubmission) -> SubmitResult:
         """Create a provider batch for the shard; tag it with ``shard.submit_token``."""
+        raise self.unsupported("has no batch API")
 
-    @abc.abstractmethod
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
         """Find a provider batch created earlier with this token (crash reconciliation)."""
+        raise self.unsupported("has no batch API")
 
-    @abc.abstractmethod
     async def poll(self, provider_batch_id: str) -> PollResult:
         """Read the provider batch's state and progress."""
+        raise self.unsupported("has no batch API")
 
-    @abc.abstractmethod
     async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
         """Stream every result line the provider holds into ``dest`` as OpenAI-format output lines.
 
@@ -179,10 +203,11 @@ class ProviderAdapter(abc.ABC):
         shard's input as submitted, for adapters that must map provider ids back to
         ``custom_id``s (the engine always passes it).
         """
+        raise self.unsupported("has no batch API")
 
-    @abc.abstractmethod
     async def cancel(self, provider_batch_id: str) -> None:
         """Ask the provider to stop the batch; results already finished stay fetchable."""
+        raise self.unsupported("has no batch API")
 
     @abc.abstractmethod
     async def health(self) -> HealthReport:
@@ -191,8 +216,9 @@ class ProviderAdapter(abc.ABC):
     async def execute(self, request: SyncRequest) -> bytes:
         """Run one request now and return its OpenAI-format output line (without newline).
 
-        A request the provider refused or failed gives an error line, not an exception; only a
-        provider that stays unreachable after the adapter's own retries raises
-        :class:`ProviderUnavailable`, which pauses the shard.
+        A request the provider refused or failed gives an error line, not an exception. Raises
+        :class:`ProviderUnavailable` when the provider stays unreachable after the adapter's own
+        retries (the engine pauses the shard), and :class:`ProviderAuthFailed` when it refuses the
+        configured key (every other request would fail the same way).
         """
-        raise CapabilityNotSupported(f"provider {self.name} ({self.kind}) runs batches, not single requests")
+        raise self.unsupported("runs batches, not single requests")

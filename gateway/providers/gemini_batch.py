@@ -12,14 +12,14 @@ Only ``/v1/chat/completions`` shards are served; embeddings shards are refused.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -29,10 +29,9 @@ from gateway.providers.base import (
     CapabilityNotSupported,
     HealthReport,
     PollResult,
-    ProviderAdapter,
+    ProviderAuthFailed,
     ProviderBatchState,
     ProviderError,
-    ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
     ShardSubmission,
@@ -44,6 +43,7 @@ from gateway.providers.gemini_wire import (
     has_display_name,
     inline_create_body,
     inlined_responses,
+    key_refused,
     map_batch_state,
     operation_end,
     operation_model,
@@ -54,21 +54,16 @@ from gateway.providers.gemini_wire import (
     retry_delay,
     translate_shard,
 )
-from gateway.providers.openai_batch import OpenAIBatchAdapter, RetryPolicy
-from gateway.providers.openai_wire import LineSplitter, encode_line, error_message_from_body
-from gateway.providers.retry_after import parse_retry_after
+from gateway.providers.http import HttpAdapter, file_chunks
+from gateway.providers.jsonl import encode_line
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 API = "/v1beta"
 CHAT_ENDPOINT = "/v1/chat/completions"
 DEFAULT_INLINE_MAX_BYTES = 10 * 1024**2
 INLINE_LIMIT_BYTES = 20 * 1024**2 - 64 * 1024
 """Gemini refuses create calls of 20 MB or more; the margin covers the envelope around the requests."""
-UPLOAD_CHUNK_BYTES = 1024**2
-_TRANSIENT_STATUS = frozenset({408})
 
 
 class UnsupportedEndpoint(CapabilityNotSupported, ProviderRejected):
@@ -76,11 +71,10 @@ class UnsupportedEndpoint(CapabilityNotSupported, ProviderRejected):
 
 
 @dataclass
-class GeminiBatchAdapter(ProviderAdapter):
+class GeminiBatchAdapter(HttpAdapter):
     """A provider reached through the Gemini API's batch mode (``base_url`` without ``/v1beta``)."""
 
     kind: ClassVar[str] = "gemini"
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
     inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES
     """Shards whose translated requests are larger go through the File API."""
     max_list_pages: int = 20
@@ -107,19 +101,12 @@ class GeminiBatchAdapter(ProviderAdapter):
                 body = file_create_body(file_name, display)
         model = quote(shard.provider_model.removeprefix("models/"), safe="")
         path = f"{API}/models/{model}:batchGenerateContent"
-        attempts = 0
+        raw_body = msgspec.Raw(body)
 
         async def create() -> dict[str, Any]:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1:
-                # The failed try may have created the batch (lost answer, 5xx after commit).
-                found = await self._find_batch(shard.submit_token, retrying=False)
-                if found is not None:
-                    return found
-            return cast(dict[str, Any], await self._send_json("POST", path, content=body))
+            return cast(dict[str, Any], await self._send_json("POST", path, json=raw_body))
 
-        operation = await self._retrying(create)
+        operation = await self._create_once(create, lambda: self._find_batch(shard.submit_token, retrying=False))
         return SubmitResult(provider_batch_id=self._batch_name(operation, path), provider_file_id=file_name)
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
@@ -139,6 +126,8 @@ class GeminiBatchAdapter(ProviderAdapter):
         result = parse_operation(await self._operation(provider_batch_id))
         if map_batch_state(result.raw_status) is None and result.raw_status not in ("done", "running"):
             log.warning("provider %s: unknown batch state %r", self.name, result.raw_status)
+        if result.error is not None:
+            result = dataclasses.replace(result, error=self._sanitise(result.error))
         return result
 
     async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
@@ -161,7 +150,10 @@ class GeminiBatchAdapter(ProviderAdapter):
                 if isinstance(key, str):
                     out.write(encode_line(envelope(key, item)))
             if inlined is None and isinstance(output.get("responsesFile"), str):
-                await self._retrying(functools.partial(self._download, output["responsesFile"], out, envelope))
+                file_name = output["responsesFile"]
+                path = f"/download{API}/{quote(file_name, safe='/')}:download"
+                keep = functools.partial(self._result_line, file_name=file_name, envelope=envelope)
+                await self._download_lines(path, out, keep, params={"alt": "media"})
             for custom_id, problem in shard.rejected if shard else []:
                 out.write(encode_line(rejected_envelope(custom_id, problem, batch_id=provider_batch_id)))
 
@@ -177,19 +169,26 @@ class GeminiBatchAdapter(ProviderAdapter):
 
     async def health(self) -> HealthReport:
         """``GET /v1beta/models?pageSize=1`` (the batches list where models is absent), without retries."""
-        started = time.monotonic()
-        path = f"{API}/models"
-        try:
-            response = await self._request("GET", path, params={"pageSize": 1})
-            if response.status_code == 404:
-                path = f"{API}/batches"
-                response = await self._request("GET", path, params={"pageSize": 1})
-        except ProviderError as exc:
-            return HealthReport(healthy=False, detail=str(exc), latency_s=time.monotonic() - started)
-        latency = time.monotonic() - started
-        if response.is_success:
-            return HealthReport(healthy=True, detail=f"GET {path}: HTTP {response.status_code}", latency_s=latency)
-        return HealthReport(healthy=False, detail=str(self._status_error("GET", path, response)), latency_s=latency)
+        return await self._probe((f"{API}/models", {"pageSize": 1}), (f"{API}/batches", {"pageSize": 1}))
+
+    # ----------------------------------------------------------------- hooks of the HTTP base
+
+    def _url(self, path: str) -> str:
+        if "://" in path:
+            return super()._url(path)
+        return f"{self.config.base_url.removesuffix(API)}{path}"
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self.api_key} if self.api_key else {}
+
+    def _error_class(self, response: httpx.Response) -> type[ProviderError]:
+        if response.status_code == 400 and key_refused(response.content):
+            return ProviderAuthFailed
+        return super()._error_class(response)
+
+    def _retry_hint(self, response: httpx.Response) -> float | None:
+        delay = retry_delay(response.content)
+        return super()._retry_hint(response) if delay is None else delay
 
     # ----------------------------------------------------------------- helpers
 
@@ -242,42 +241,15 @@ class GeminiBatchAdapter(ProviderAdapter):
         if not url:
             raise ProviderUnavailable(f"provider {self.name}: POST {where} answered without an upload URL")
         send = {"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0", "Content-Length": str(size)}
-        uploaded = await self._send_json("POST", url, content=_file_chunks(path), headers=send, label=where)
+        uploaded = await self._send_json("POST", url, content=file_chunks(path), headers=send, label=where)
         name = uploaded.get("file", {}).get("name") if isinstance(uploaded, dict) else None
         if not isinstance(name, str) or not name:
             raise ProviderUnavailable(f"provider {self.name}: POST {where} answered without a file name")
         return name
 
-    async def _download(self, file_name: str, out: IO[bytes], envelope: Callable[..., dict[str, Any]]) -> None:
-        path = f"/download{API}/{quote(file_name, safe='/')}:download"
-        start = out.tell()
-        try:
-            async with self.http.stream(
-                "GET", self._url(path), params={"alt": "media"}, headers=self._headers(), timeout=self.config.timeout_s
-            ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise self._status_error("GET", path, response)
-                splitter, number = LineSplitter(), 0
-                async for chunk in response.aiter_bytes():
-                    for line in splitter.feed(chunk):
-                        number += 1
-                        self._keep_line(line, number, file_name, out, envelope)
-                for line in splitter.flush():
-                    self._keep_line(line, number + 1, file_name, out, envelope)
-        except BaseException as exc:
-            # A retry starts the file again: drop what this try appended.
-            out.truncate(start)
-            out.seek(start)
-            if isinstance(exc, httpx.HTTPError):
-                raise self._transport_error("GET", path, exc) from None
-            raise
-
-    def _keep_line(
-        self, line: bytes, number: int, file_name: str, out: IO[bytes], envelope: Callable[..., dict[str, Any]]
-    ) -> None:
-        if not line.strip():
-            return
+    def _result_line(
+        self, line: bytes, number: int, *, file_name: str, envelope: Callable[..., dict[str, Any]]
+    ) -> Mapping[str, Any] | None:
         try:
             item = msgspec.json.decode(line)
         except msgspec.DecodeError:
@@ -286,79 +258,5 @@ class GeminiBatchAdapter(ProviderAdapter):
             log.warning(
                 "provider %s: skipped line %d of results file %s: no JSON with a key", self.name, number, file_name
             )
-            return
-        out.write(encode_line(envelope(item["key"], item)))
-
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        # The OpenAI adapter's tenacity loop reads nothing but ``self.retry``: share it rather than copy it.
-        return await OpenAIBatchAdapter._retrying(cast(OpenAIBatchAdapter, self), call)
-
-    async def _call_json(self, method: str, path: str, *, params: dict[str, str | int] | None = None) -> Any:
-        return await self._retrying(lambda: self._send_json(method, path, params=params))
-
-    async def _send_json(self, method: str, path: str, *, label: str | None = None, **kwargs: Any) -> Any:
-        response = await self._request(method, path, label=label, **kwargs)
-        if not response.is_success:
-            raise self._status_error(method, label or path, response)
-        try:
-            return msgspec.json.decode(response.content)
-        except msgspec.DecodeError:
-            raise ProviderUnavailable(
-                f"provider {self.name}: {method} {label or path} answered HTTP {response.status_code}, not JSON"
-            ) from None
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, str | int] | None = None,
-        json: Any = None,
-        content: bytes | AsyncIterator[bytes] | None = None,
-        headers: dict[str, str] | None = None,
-        label: str | None = None,
-    ) -> httpx.Response:
-        sent = {**self._headers(), **(headers or {})}
-        if json is not None:
-            content = msgspec.json.encode(json)
-        if isinstance(content, bytes):
-            sent["Content-Type"] = "application/json"
-        url = path if path.startswith(("http://", "https://")) else self._url(path)
-        try:
-            return await self.http.request(
-                method, url, params=params, content=content, headers=sent, timeout=self.config.timeout_s
-            )
-        except httpx.HTTPError as exc:
-            raise self._transport_error(method, label or path, exc) from None
-
-    def _url(self, path: str) -> str:
-        return f"{self.config.base_url.removesuffix(API)}{path}"
-
-    def _headers(self) -> dict[str, str]:
-        return {"x-goog-api-key": self.api_key} if self.api_key else {}
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self.api_key, "***") if self.api_key else text
-
-    def _transport_error(self, method: str, path: str, exc: httpx.HTTPError) -> ProviderUnavailable:
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return ProviderUnavailable(self._redact(f"provider {self.name}: {method} {path} failed: {detail}"))
-
-    def _status_error(self, method: str, path: str, response: httpx.Response) -> ProviderError:
-        status = response.status_code
-        detail = error_message_from_body(response.content)
-        message = self._redact(f"provider {self.name}: {method} {path} answered HTTP {status}: {detail}")
-        if status == 429:
-            delay = retry_delay(response.content)
-            return ProviderRateLimited(
-                message, retry_after_s=parse_retry_after(response.headers) if delay is None else delay
-            )
-        if status >= 500 or status in _TRANSIENT_STATUS:
-            return ProviderUnavailable(message)
-        return ProviderRejected(message, status_code=status)
-
-
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as handle:
-        while chunk := handle.read(UPLOAD_CHUNK_BYTES):
-            yield chunk
+            return None
+        return envelope(item["key"], item)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from gateway.providers.base import PollResult, ProviderBatchState
-from gateway.providers.openai_wire import encode_line
+from gateway.providers.jsonl import encode_line
 from gateway.providers.retry_after import parse_google_retry_delay
 from gateway.translate.gemini import TranslationError, chat_to_gemini, gemini_to_chat, google_error
 
@@ -119,19 +119,35 @@ def has_display_name(operation: object, display_name: str) -> bool:
     return display_name in (metadata.get("displayName"), metadata.get("display_name"))
 
 
-def retry_delay(body: bytes) -> float | None:
-    """Seconds from the ``google.rpc.RetryInfo`` detail of a Google error body, if it has one."""
+def _error_details(body: bytes, kind: str) -> Iterator[Mapping[str, Any]]:
+    """The ``error.details`` entries of a Google error body whose ``@type`` is ``google.rpc.<kind>``."""
     try:
         error = _mapping(_mapping(msgspec.json.decode(body)).get("error"))
     except msgspec.DecodeError:
-        return None
+        return
     details = error.get("details")
     for detail in details if isinstance(details, list) else []:
         detail = _mapping(detail)
+        if str(detail.get("@type", "")).endswith(f"google.rpc.{kind}"):
+            yield detail
+
+
+def retry_delay(body: bytes) -> float | None:
+    """Seconds from the ``google.rpc.RetryInfo`` detail of a Google error body, if it has one."""
+    for detail in _error_details(body, "RetryInfo"):
         delay = detail.get("retryDelay")
-        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo") and isinstance(delay, str):
+        if isinstance(delay, str):
             return parse_google_retry_delay(delay)
     return None
+
+
+KEY_REFUSED_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+"""``ErrorInfo.reason`` of the 400 Google answers for a key it does not accept (not a 401)."""
+
+
+def key_refused(body: bytes) -> bool:
+    """True if a Google error body says the API key itself was refused."""
+    return any(detail.get("reason") in KEY_REFUSED_REASONS for detail in _error_details(body, "ErrorInfo"))
 
 
 # --- shard translation ----------------------------------------------------------------------------------

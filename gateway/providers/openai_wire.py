@@ -8,7 +8,7 @@ OpenAI-compatible providers: OpenAI, Azure OpenAI (capitalised statuses), Groq a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,50 +167,6 @@ def find_batch_with_token(batches: list[dict[str, Any]], submit_token: str) -> d
     return next((batch for batch in batches if has_submit_token(batch, submit_token)), None)
 
 
-def error_message_from_body(body: bytes, *, limit: int = 300) -> str:
-    """The human message of an error answer (OpenAI ``{"error": {"message"}}`` and common variants)."""
-    message: object = None
-    try:
-        obj = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        obj = None
-    if isinstance(obj, dict):
-        error = obj.get("error")
-        if isinstance(error, dict):
-            message = error.get("message") or error.get("code")
-        elif isinstance(error, str):
-            message = error
-        message = message or obj.get("message") or obj.get("detail")
-    if not isinstance(message, str) or not message:
-        message = body.decode("utf-8", "replace").strip()
-    text = " ".join(message.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class LineSplitter:
-    """Splits a byte stream on ``\\n`` only, buffering a partial last line between chunks.
-
-    Text-mode line iteration also breaks on U+2028 and other separators that may appear raw
-    inside a JSON string, which would cut a valid JSON line in two.
-    """
-
-    def __init__(self) -> None:
-        self._tail = b""
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """Complete lines in ``chunk`` (and the buffered tail), without their terminators."""
-        if not chunk:
-            return []
-        parts = (self._tail + chunk).split(b"\n")
-        self._tail = parts.pop()
-        return [part.removesuffix(b"\r") for part in parts]
-
-    def flush(self) -> list[bytes]:
-        """The last line if the stream did not end with a newline."""
-        tail, self._tail = self._tail.removesuffix(b"\r"), b""
-        return [tail] if tail else []
-
-
 class MalformedLine(ValueError):
     """A provider result line that cannot be used; the message says why (never the line itself)."""
 
@@ -263,6 +219,37 @@ def normalise_output_line(raw: bytes, provider_batch_id: str) -> dict[str, Any]:
     }
 
 
-def encode_line(envelope: Mapping[str, Any]) -> bytes:
-    """One JSONL line (with its newline) for an output envelope."""
-    return msgspec.json.encode(envelope) + b"\n"
+def sync_output_line(
+    custom_id: str, status: int, body: bytes, request_id: str | None, clean: Callable[[str], str]
+) -> bytes:
+    """The output line (without newline) of one synchronous answer, as a provider batch would have written it.
+
+    The message of an error answer goes through ``clean`` (it reaches the client); a body that is not
+    a JSON object becomes a ``server_error``.
+    """
+    try:
+        decoded: Any = msgspec.json.decode(body) if body else None
+    except msgspec.DecodeError:
+        decoded = None
+    if not isinstance(decoded, dict):
+        text = clean(body[:500].decode("utf-8", "replace"))
+        decoded = {"error": {"message": f"HTTP {status}: {text}", "type": "server_error", "param": None, "code": None}}
+    elif not 200 <= status < 300:
+        decoded = _clean_error_body(decoded, clean)
+    envelope = {
+        "id": "",
+        "custom_id": custom_id,
+        "response": {"status_code": status, "request_id": request_id or "", "body": decoded},
+        "error": None,
+    }
+    return msgspec.json.encode(envelope)
+
+
+def _clean_error_body(body: dict[str, Any], clean: Callable[[str], str]) -> dict[str, Any]:
+    """The error body with its human text (``error.message``, or a string ``error``/``message``/``detail``) cleaned."""
+    cleaned = {key: clean(value) if key in ("error", "message", "detail") and isinstance(value, str) else value
+               for key, value in body.items()}  # fmt: skip
+    error = cleaned.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        cleaned["error"] = {**error, "message": clean(error["message"])}
+    return cleaned

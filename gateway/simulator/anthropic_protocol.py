@@ -33,6 +33,7 @@ from gateway.simulator.core import (
     emulator_of,
     model_reply,
     random_id,
+    refused_key_error,
     stable_id,
 )
 
@@ -260,6 +261,9 @@ class AnthropicDriver:
     def authorized(self, headers: Mapping[str, str], api_key: str) -> bool:
         # The documented header is x-api-key; recent official SDKs send the key as a bearer token.
         return headers.get("x-api-key") == api_key or headers.get("authorization") == f"Bearer {api_key}"
+
+    def key_refused(self, headers: Mapping[str, str]) -> ApiError:
+        return refused_key_error()
 
     def validate(self, state: EmulatorState, job: Job) -> None:
         """Nothing left to do: the create call checked the envelope and filled ``job.items``."""

@@ -104,6 +104,11 @@ def not_found(kind: str, ident: str, param: str | None = None) -> ApiError:
     return ApiError(404, f"No such {kind} object: {ident}", param=param)
 
 
+def refused_key_error() -> ApiError:
+    """The 401 of a call without the expected key, in words that name no key."""
+    return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
 def server_error() -> ApiError:
     """The retryable 500 that injected failures answer."""
     message = "The server had an error while processing your request. Sorry about that!"
@@ -407,6 +412,10 @@ class ProtocolDriver(Protocol):
         """Whether the request headers (lower-case names) carry the expected key."""
         ...
 
+    def key_refused(self, headers: Mapping[str, str]) -> ApiError:
+        """The 401 of a call whose headers do not carry the expected key (e.g. :func:`refused_key_error`)."""
+        ...
+
     def validate(self, state: EmulatorState, job: Job) -> None:
         """Fill ``job.items`` and ``job.model``, or ``job.errors`` when the input is invalid."""
         ...
@@ -464,7 +473,7 @@ class EmulatorState:
         if faults.down == "503":
             return ApiError(503, "The server is overloaded or not ready yet.", type="server_error")
         if self.api_key and not self.driver.authorized(headers, self.api_key):
-            return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+            return self.driver.key_refused(headers)
         if faults.rate_limit_next > 0 or self.rng.random() < faults.rate_limit_rate:
             faults.rate_limit_next = max(0, faults.rate_limit_next - 1)
             wait = faults.retry_after_s

@@ -30,6 +30,7 @@ from gateway.simulator.core import (
     emulator_of,
     model_reply,
     random_id,
+    refused_key_error,
     stable_id,
 )
 from gateway.simulator.gemini_files import (
@@ -200,6 +201,9 @@ class GeminiDriver:
 
     def authorized(self, headers: Mapping[str, str], api_key: str) -> bool:
         return headers.get("x-goog-api-key") == api_key
+
+    def key_refused(self, headers: Mapping[str, str]) -> ApiError:
+        return refused_key_error()
 
     def validate(self, state: EmulatorState, job: Job) -> None:
         inline: list[tuple[dict[str, Any], dict[str, Any]]] | None = job.extra.get("inline")

@@ -227,6 +227,16 @@ class OpenAIDriver:
     def authorized(self, headers: Mapping[str, str], api_key: str) -> bool:
         return headers.get("authorization") == f"Bearer {api_key}"
 
+    def key_refused(self, headers: Mapping[str, str]) -> ApiError:
+        # OpenAI's own words: a masked fragment of the key sent, and where to find a valid one.
+        sent = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        where = f"http://{headers.get('host', 'localhost')}/account/api-keys"
+        if not sent:
+            return ApiError(401, f"You didn't provide an API key. You can obtain an API key from {where}.")
+        masked = f"{sent[:6]}{'*' * max(len(sent) - 10, 3)}{sent[-4:]}" if len(sent) > 10 else "*" * len(sent)
+        message = f"Incorrect API key provided: {masked}. You can find your API key at {where}."
+        return ApiError(401, message, code="invalid_api_key")
+
     def validate(self, state: EmulatorState, job: Job) -> None:
         stored = state.files.files.get(job.extra["input_file_id"])
         if stored is None:

@@ -24,7 +24,7 @@ from gateway.providers.base import (
     ShardSubmission,
 )
 from gateway.providers.config import ProviderConfig
-from gateway.providers.openai_batch import RetryPolicy
+from gateway.providers.http import RetryPolicy
 from gateway.providers.registry import ADAPTER_KINDS, build_adapter
 from gateway.simulator import ProviderSpec, SimulatorCluster, prompt_tokens
 

@@ -16,6 +16,7 @@ import pytest
 
 from gateway.providers.base import (
     CapabilityNotSupported,
+    ProviderAuthFailed,
     ProviderBatchState,
     ProviderRateLimited,
     ProviderRejected,
@@ -24,7 +25,7 @@ from gateway.providers.base import (
 )
 from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_batch import GeminiBatchAdapter
-from gateway.providers.openai_batch import RetryPolicy
+from gateway.providers.http import RetryPolicy
 from gateway.providers.registry import ADAPTER_KINDS, build_adapter
 from gateway.simulator import ProviderSpec, SimulatorCluster, hash_fraction
 from gateway.simulator.openai_protocol import chat_completion
@@ -408,3 +409,22 @@ async def test_interrupted_download_is_not_duplicated(tmp_path: Path) -> None:
         await adapter.fetch_results("f1", dest)
     assert list(read_lines(dest)) == ["earlier", "a", "b"] and attempts == 2
     assert read_lines(dest)["b"]["response"]["status_code"] == 400
+
+
+async def test_google_400_for_an_invalid_key_is_an_auth_failure(tmp_path: Path) -> None:
+    # Google answers a key it does not accept with 400 INVALID_ARGUMENT and an ErrorInfo reason, not 401.
+    info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}
+    body = {"error": {"code": 400, "message": f"API key not valid: {WRONG_KEY}.", "status": "INVALID_ARGUMENT",
+                      "details": [info]}}  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json=body)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    config = ProviderConfig(name="mock", kind="gemini", base_url="http://mock.invalid", api_key_env="GEMINI_KEY")
+    adapter = GeminiBatchAdapter(config=config, http=client, api_key=WRONG_KEY, retry=FAST_RETRY)
+    async with client:
+        with pytest.raises(ProviderAuthFailed) as info_:
+            await adapter.poll("batches/x")
+    message = str(info_.value)
+    assert info_.value.status_code == 400 and "check the key in GEMINI_KEY" in message and WRONG_KEY not in message

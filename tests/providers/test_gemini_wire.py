@@ -8,6 +8,7 @@ import pytest
 from gateway.providers.base import ProviderBatchState
 from gateway.providers.gemini_wire import (
     inlined_responses,
+    key_refused,
     map_batch_state,
     operation_output,
     parse_operation,
@@ -61,3 +62,13 @@ def test_retry_delay_from_retry_info() -> None:
     assert retry_delay(msgspec.json.encode({"error": {"code": 429, "details": details}})) == 27.5
     assert retry_delay(b'{"error": {"code": 429}}') is None
     assert retry_delay(b"not json") is None
+
+
+def test_key_refused_reads_the_error_info_reason() -> None:
+    info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}
+    invalid = {"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
+                         "status": "INVALID_ARGUMENT", "details": [info]}}  # fmt: skip
+    assert key_refused(msgspec.json.encode(invalid))
+    other = {"error": {"code": 400, "status": "INVALID_ARGUMENT", "details": [{**info, "reason": "BAD_REQUEST"}]}}
+    assert not key_refused(msgspec.json.encode(other))
+    assert not key_refused(b'{"error": {"code": 400}}') and not key_refused(b"not json")

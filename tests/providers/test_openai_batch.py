@@ -22,7 +22,8 @@ from gateway.providers.base import (
     ShardSubmission,
 )
 from gateway.providers.config import ProviderConfig
-from gateway.providers.openai_batch import OpenAIBatchAdapter, RetryPolicy
+from gateway.providers.http import RetryPolicy
+from gateway.providers.openai_batch import OpenAIBatchAdapter
 from gateway.providers.registry import (
     ADAPTER_KINDS,
     ProviderRegistry,

@@ -13,17 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.providers.base import ProviderBatchState
+from gateway.providers.http import error_message_from_body
+from gateway.providers.jsonl import LineSplitter, encode_line
 from gateway.providers.openai_wire import (
     BATCH_STATUS_TABLE,
     SHARD_ID_KEY,
     SUBMIT_TOKEN_KEY,
-    LineSplitter,
     MalformedLine,
     RequestCounts,
     batch_error_summary,
     cancel_refusal_is_benign,
-    encode_line,
-    error_message_from_body,
     find_batch_with_token,
     has_submit_token,
     map_batch_status,
@@ -31,6 +30,7 @@ from gateway.providers.openai_wire import (
     parse_batch_page,
     parse_request_counts,
     submit_metadata,
+    sync_output_line,
     unwrap_batch,
 )
 from gateway.providers.retry_after import (
@@ -355,3 +355,28 @@ def test_retry_after_never_raises(headers: dict[str, str], now: float) -> None:
 def test_retry_after_value_never_raises(text: str) -> None:
     value = parse_retry_after_value(text, now=NOW)
     assert value is None or (isinstance(value, float) and math.isfinite(value) and value >= 0.0)
+
+
+# --------------------------------------------------------------------------- synchronous answers
+
+
+def _redact(text: str) -> str:
+    return text.replace("https://example.test/keys", "<prov>")
+
+
+def test_sync_output_line_cleans_only_error_text() -> None:
+    ok = {"id": "chatcmpl-1", "choices": [{"message": {"content": "see https://example.test/keys"}}]}
+    line = msgspec.json.decode(sync_output_line("a", 200, msgspec.json.encode(ok), "req_1", _redact))
+    assert line == {
+        "id": "", "custom_id": "a", "error": None,
+        "response": {"status_code": 200, "request_id": "req_1", "body": ok},
+    }  # fmt: skip
+    error = {"message": "bad model, see https://example.test/keys", "type": "x", "param": None, "code": "c"}
+    body = msgspec.json.decode(sync_output_line("b", 400, msgspec.json.encode({"error": error}), None, _redact))
+    assert body["response"]["request_id"] == ""
+    assert body["response"]["body"]["error"] == {**error, "message": "bad model, see <prov>"}
+    plain = msgspec.json.decode(sync_output_line("c", 422, b'{"detail": "https://example.test/keys"}', None, _redact))
+    assert plain["response"]["body"] == {"detail": "<prov>"}
+    text = msgspec.json.decode(sync_output_line("d", 502, b"<html>https://example.test/keys</html>", None, _redact))
+    wrapped = text["response"]["body"]["error"]
+    assert wrapped["type"] == "server_error" and wrapped["message"] == "HTTP 502: <html><prov></html>"

@@ -1,0 +1,479 @@
+"""The one base of every adapter that talks HTTP to its provider.
+
+:class:`HttpAdapter` holds what the kinds share: the bounded retry of one call (tenacity, backoff
+with jitter, a provider's retry hint honoured), request helpers (JSON, streamed bodies, multipart
+uploads), the streamed line download that starts again cleanly when a try is cut off, error
+hygiene, and the table that turns an HTTP status into an exception of :mod:`gateway.providers.base`.
+
+A kind overrides hooks, never the machinery:
+
+- :meth:`HttpAdapter._auth_headers` (default ``Authorization: Bearer``) and :meth:`HttpAdapter._url`;
+- :attr:`HttpAdapter.STATUS_ERRORS` or :meth:`HttpAdapter._error_class` (e.g. Gemini's 400 for an
+  invalid key), :meth:`HttpAdapter._error_detail` (e.g. Anthropic's error types) and
+  :meth:`HttpAdapter._retry_hint` (e.g. Gemini's ``RetryInfo``).
+
+Error hygiene: whatever a provider says goes through :func:`sanitise` before it can reach an
+exception, a log line or a client: keys, masked keys and fragments of the configured key become
+``***``, the provider's URLs and host become its configured name.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, ClassVar, TypedDict, TypeVar, Unpack
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from gateway.providers.base import (
+    HealthReport,
+    ProviderAdapter,
+    ProviderAuthFailed,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+from gateway.providers.jsonl import LineSplitter, encode_line
+from gateway.providers.retry_after import parse_retry_after
+
+__all__ = [
+    "HttpAdapter",
+    "Multipart",
+    "RetryPolicy",
+    "error_message_from_body",
+    "file_chunks",
+    "sanitise",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CHUNK_BYTES = 1024 * 1024
+DETAIL_LIMIT = 300
+"""Characters of a provider's error message kept in an exception."""
+REDACTED = "***"
+
+Params = Mapping[str, str | int]
+KeepLine = Callable[[bytes, int], Mapping[str, Any] | None]
+"""Turns one downloaded line (and its 1-based number) into an output envelope, or None to skip it."""
+
+
+# --------------------------------------------------------------------------- retry policy
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retry of one HTTP call on :class:`ProviderUnavailable` (429 included)."""
+
+    attempts: int = 3
+    """Tries in total, the first included."""
+    initial_s: float = 0.5
+    max_s: float = 8.0
+    retry_after_cap_s: float = 10.0
+    """A provider hint to wait longer than this ends the retries at once, for the engine to schedule."""
+    wait_out_long_hints: bool = False
+    """Wait ``retry_after_cap_s`` on a longer hint instead of giving up (request-by-request kinds)."""
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before try ``attempt + 1`` when the provider gave no hint: exponential, with jitter."""
+        return min(self.max_s, self.initial_s * 2 ** (attempt - 1)) + random.uniform(0, self.initial_s)
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+@dataclass(frozen=True)
+class Multipart:
+    """A ``multipart/form-data`` body whose file part streams from disk (opened anew on each try)."""
+
+    path: Path
+    filename: str
+    content_type: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+async def file_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
+    """A file's bytes for a streamed request body; a new iterator is needed for each try."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            yield chunk
+
+
+class RequestOptions(TypedDict, total=False):
+    """What a call may carry besides its method and path."""
+
+    params: Params | None
+    json: Any
+    """Encoded as the JSON body."""
+    content: bytes | AsyncIterator[bytes]
+    """The body as is; a file streams through :func:`file_chunks` (give its ``Content-Length`` in headers)."""
+    multipart: Multipart
+    headers: Mapping[str, str]
+    label: str
+    """Names the call in errors instead of the path (for URLs the provider handed out)."""
+
+
+# --------------------------------------------------------------------------- error text
+
+
+def error_message_from_body(body: bytes, *, limit: int | None = DETAIL_LIMIT) -> str:
+    """The human message of an error answer (``{"error": {"message"}}`` of OpenAI, Anthropic and
+    Google, and common variants), else the body as text; shortened to ``limit`` characters."""
+    message: object = None
+    try:
+        obj = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        error = obj.get("error")
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("code")
+        elif isinstance(error, str):
+            message = error
+        message = message or obj.get("message") or obj.get("detail")
+    if not isinstance(message, str) or not message:
+        message = body.decode("utf-8", "replace").strip()
+    return shorten(" ".join(message.split()), limit)
+
+
+def shorten(text: str, limit: int | None = DETAIL_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, marked with ``...`` when cut."""
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
+_AUTH_VALUE = re.compile(r"(?i)\b(bearer|basic)\s+\S+")
+_URL = re.compile(r"(?i)\b(?:https?|wss?)://[^\s\"'<>()\[\]{}]+")
+_KEY_PREFIX = r"\b(?:sk|pk|rk|gsk|xai|sess)[-_]"
+_KEY_LIKE = re.compile(
+    rf"{_KEY_PREFIX}[A-Za-z0-9_\-]{{16,}}"  # prefixed keys (OpenAI, Anthropic, Groq, xAI...)
+    rf"|{_KEY_PREFIX}[\w\-]*(?:\.\.\.|…)\w"  # the same, shortened with an ellipsis
+    r"|AIza[0-9A-Za-z_\-]{20,}"  # Google API keys
+)
+_MASKED = re.compile(r"\w\S*?(?:\*{3,}|•{3,})|(?:\*{3,}|•{3,})\S*?\w")
+_PUBLIC_PREFIX = re.compile(r"^(?:[a-z0-9]{1,6}[-_]){1,3}")
+_EDGE = "\"'`()[]{}<>,.;:!?"
+FRAGMENT = 4
+"""Characters of the configured key that, found in a provider's message, count as a fragment of it."""
+SANITISED_MAX = 4 * DETAIL_LIMIT
+"""Characters of provider text sanitised at the most; the rest is dropped (an error page can be large)."""
+
+
+def _key_grams(secret: str | None) -> frozenset[str]:
+    """Every ``FRAGMENT``-long piece of the key's secret part (the key without a public prefix such as
+    ``sk-proj-``, unless too little would remain)."""
+    if not secret:
+        return frozenset()
+    private = secret[len(match.group()) :] if (match := _PUBLIC_PREFIX.match(secret)) else secret
+    if len(private) < 2 * FRAGMENT:
+        private = secret
+    return frozenset(private[i : i + FRAGMENT] for i in range(len(private) - FRAGMENT + 1))
+
+
+def _clean_word(word: str, grams: frozenset[str]) -> str:
+    core = word.strip(_EDGE)
+    if not core:
+        return word
+    keyish = _KEY_LIKE.search(core) or _MASKED.search(core)
+    if keyish or any(core[i : i + FRAGMENT] in grams for i in range(len(core) - FRAGMENT + 1)):
+        start = word.index(core)
+        return f"{word[:start]}{REDACTED}{word[start + len(core) :]}"
+    return word
+
+
+def sanitise(text: str, *, provider: str, secret: str | None = None, base_url: str = "") -> str:
+    """``text`` from a provider made safe for logs and clients.
+
+    URLs and the host of ``base_url`` become ``provider``; credentials after ``Bearer``/``Basic``,
+    anything shaped like an API key (masked forms such as ``sk-abc***xyz`` included) and every word
+    holding a piece of ``secret`` at least :data:`FRAGMENT` characters long become ``***``. Text
+    longer than :data:`SANITISED_MAX` is cut first, at a word boundary, so that no cut-off key stays.
+    """
+    if len(text) > SANITISED_MAX:
+        head = text[:SANITISED_MAX]
+        words = head.rsplit(None, 1)
+        text = (words[0] if len(words) == 2 else head) + " ..."
+    if secret:
+        text = text.replace(secret, REDACTED)
+    text = _AUTH_VALUE.sub(lambda match: f"{match.group(1)} {REDACTED}", text)
+    text = _URL.sub(lambda match: provider + match.group()[len(match.group().rstrip(_EDGE)) :], text)
+    parts = urlsplit(base_url)
+    for host in (parts.netloc, parts.hostname or ""):
+        if host and ("." in host or ":" in host):  # a bare name like "vllm" would also match ordinary words
+            text = re.sub(re.escape(host), provider, text, flags=re.IGNORECASE)
+    grams = _key_grams(secret)
+    return "".join(part if part.isspace() else _clean_word(part, grams) for part in re.split(r"(\s+)", text))
+
+
+# --------------------------------------------------------------------------- the base
+
+
+@dataclass
+class HttpAdapter(ProviderAdapter):
+    """An adapter whose provider is an HTTP API at ``config.base_url``.
+
+    Subclasses call :meth:`_call_json` (retried) or :meth:`_send_json` (one try) for JSON calls,
+    :meth:`_request` for anything else, :meth:`_download_lines` for result files and :meth:`_probe`
+    for health; every failure arrives as a sanitised :class:`ProviderError`.
+    """
+
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    STATUS_ERRORS: ClassVar[Mapping[int, type[ProviderError]]] = {
+        401: ProviderAuthFailed,
+        403: ProviderAuthFailed,
+        408: ProviderUnavailable,
+        429: ProviderRateLimited,
+    }
+    """Exception by HTTP status. Any other status from 500 up is ProviderUnavailable, any other 4xx
+    ProviderRejected."""
+
+    # ----------------------------------------------------------------- hooks of a kind
+
+    def _auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate a call (and any the protocol wants on every call)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def _url(self, path: str) -> str:
+        """The URL of an API path; an absolute URL must be on the configured origin (the key goes nowhere else)."""
+        if "://" not in path:
+            return f"{self.config.base_url}{path}"
+        if not self._same_origin(path):
+            raise ProviderRejected(f"provider {self.name}: answered a URL on another host; the key is not sent there")
+        return path
+
+    def _error_class(self, response: httpx.Response) -> type[ProviderError]:
+        """Which exception a non-2xx answer raises."""
+        status = response.status_code
+        found = self.STATUS_ERRORS.get(status)
+        if found is not None:
+            return found
+        return ProviderUnavailable if status >= 500 else ProviderRejected
+
+    def _error_detail(self, response: httpx.Response) -> str:
+        """The provider's explanation of an error answer (not yet sanitised or shortened)."""
+        return error_message_from_body(response.content, limit=None)
+
+    def _retry_hint(self, response: httpx.Response) -> float | None:
+        """Seconds the provider asks to wait: ``retry-after-ms``, then ``retry-after`` (seconds or a date)."""
+        return parse_retry_after(response.headers)
+
+    # ----------------------------------------------------------------- errors
+
+    def _same_origin(self, url: str) -> bool:
+        """True if ``url`` has the scheme and host of the configured base URL."""
+        ours, theirs = urlsplit(self.config.base_url), urlsplit(url)
+        return (theirs.scheme, theirs.netloc) == (ours.scheme, ours.netloc)
+
+    def _sanitise(self, text: str) -> str:
+        """Provider text without key material, URLs or hosts (see :func:`sanitise`)."""
+        return sanitise(text, provider=self.name, secret=self.api_key, base_url=self.config.base_url)
+
+    def _key_hint(self) -> str:
+        """What an operator should check when the provider refuses the key; names the variable, never the key."""
+        env = self.config.api_key_env
+        if env and not self.api_key:
+            return f"check the key in {env} (it is not set)"
+        if env:
+            return f"check the key in {env}"
+        if self.api_key:
+            return "check the provider's API key"
+        return "no API key is configured (set api_key_env)"
+
+    def _status_error(self, method: str, path: str, response: httpx.Response) -> ProviderError:
+        """The exception of a non-2xx answer, its message sanitised."""
+        status = response.status_code
+        where = f"provider {self.name}: {method} {self._sanitise(path)}"
+        detail = shorten(self._sanitise(self._error_detail(response)))
+        kind = self._error_class(response)
+        if issubclass(kind, ProviderAuthFailed):
+            message = f"{where}: authentication failed (HTTP {status}): {self._key_hint()}; the provider said: {detail}"
+            return kind(message, status_code=status)
+        message = f"{where} answered HTTP {status}: {detail}"
+        if issubclass(kind, ProviderUnavailable):
+            return kind(message, retry_after_s=self._retry_hint(response))
+        if issubclass(kind, ProviderRejected):
+            return kind(message, status_code=status)
+        return kind(message)
+
+    def _transport_error(self, method: str, path: str, exc: httpx.HTTPError) -> ProviderUnavailable:
+        """The exception of a call that got no answer (refused, reset, timed out)."""
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return ProviderUnavailable(
+            f"provider {self.name}: {method} {self._sanitise(path)} failed: {self._sanitise(detail)}"
+        )
+
+    # ----------------------------------------------------------------- retries
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, tried again on :class:`ProviderUnavailable` as :attr:`retry` says; the last error is raised."""
+        policy = self.retry
+
+        def hinted(state: RetryCallState) -> float | None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            return exc.retry_after_s if isinstance(exc, ProviderUnavailable) else None
+
+        def stop(state: RetryCallState) -> bool:
+            delay = hinted(state)
+            too_long = delay is not None and delay > policy.retry_after_cap_s and not policy.wait_out_long_hints
+            return state.attempt_number >= policy.attempts or too_long
+
+        def wait(state: RetryCallState) -> float:
+            delay = hinted(state)
+            return policy.backoff(state.attempt_number) if delay is None else min(delay, policy.retry_after_cap_s)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            sleep = state.next_action.sleep if state.next_action is not None else 0.0
+            # Waiting as the provider asked is routine; any other retry is worth a warning.
+            level = logging.INFO if hinted(state) is not None else logging.WARNING
+            log.log(level, "%s; try %d, retrying in %.2fs", exc, state.attempt_number, sleep)
+
+        retrying = AsyncRetrying(
+            stop=stop,
+            wait=wait,
+            retry=retry_if_exception_type(ProviderUnavailable),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: the retry loop returns or raises")
+
+    async def _create_once(self, create: Callable[[], Awaitable[T]], find: Callable[[], Awaitable[T | None]]) -> T:
+        """A retried create call that never creates twice: before each retry, ``find`` looks for what
+        the failed try may have created (an answer lost, or a 5xx after the provider committed)."""
+        tries = 0
+
+        async def attempt() -> T:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and (found := await find()) is not None:
+                return found
+            return await create()
+
+        return await self._retrying(attempt)
+
+    # ----------------------------------------------------------------- calls
+
+    async def _request(self, method: str, path: str, **options: Unpack[RequestOptions]) -> httpx.Response:
+        """One call, whatever it answers; only a call without an answer raises (ProviderUnavailable)."""
+        url = self._url(path)
+        params, content, multipart = options.get("params"), options.get("content"), options.get("multipart")
+        sent = {**self._auth_headers(), **options.get("headers", {})}
+        if "json" in options:
+            content = msgspec.json.encode(options["json"])
+            sent["Content-Type"] = "application/json"
+        timeout = self.config.timeout_s
+        try:
+            if multipart is None:
+                return await self.http.request(
+                    method, url, params=params, content=content, headers=sent, timeout=timeout
+                )
+            # httpx reads the open file in chunks while sending: the file is never held in memory.
+            with multipart.path.open("rb") as handle:
+                return await self.http.request(
+                    method,
+                    url,
+                    params=params,
+                    headers=sent,
+                    timeout=timeout,
+                    data=dict(multipart.fields),
+                    files={"file": (multipart.filename, handle, multipart.content_type)},
+                )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(method, options.get("label") or path, exc) from None
+
+    async def _send_json(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Any:
+        """One call whose answer must be 2xx JSON."""
+        response = await self._request(method, path, **options)
+        label = options.get("label") or path
+        if not response.is_success:
+            raise self._status_error(method, label, response)
+        try:
+            return msgspec.json.decode(response.content)
+        except msgspec.DecodeError:
+            raise ProviderUnavailable(
+                f"provider {self.name}: {method} {self._sanitise(label)} answered HTTP {response.status_code}, not JSON"
+            ) from None
+
+    async def _call_json(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Any:
+        """:meth:`_send_json`, retried as the policy says."""
+        return await self._retrying(lambda: self._send_json(method, path, **options))
+
+    async def _download_lines(
+        self, path: str, out: IO[bytes], keep: KeepLine, *, params: Params | None = None, label: str | None = None
+    ) -> None:
+        """Append the lines of a provider file to ``out``, each as ``keep`` turns it, retried as the policy says.
+
+        A try that fails part-way removes what it appended before the next try starts the file
+        again, so ``out`` never holds a partial or repeated line.
+        """
+        await self._retrying(functools.partial(self._download_once, path, out, keep, params, label or path))
+
+    async def _download_once(
+        self, path: str, out: IO[bytes], keep: KeepLine, params: Params | None, label: str
+    ) -> None:
+        start = out.tell()
+        try:
+            async with self.http.stream(
+                "GET", self._url(path), params=params, headers=self._auth_headers(), timeout=self.config.timeout_s
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise self._status_error("GET", label, response)
+                splitter, number = LineSplitter(), 0
+                async for chunk in response.aiter_bytes():
+                    for line in splitter.feed(chunk):
+                        number += 1
+                        _write_kept(out, keep, line, number)
+                for line in splitter.flush():
+                    number += 1
+                    _write_kept(out, keep, line, number)
+        except BaseException as exc:
+            out.truncate(start)
+            out.seek(start)
+            if isinstance(exc, httpx.HTTPError):
+                raise self._transport_error("GET", label, exc) from None
+            raise
+
+    async def _probe(
+        self, *calls: tuple[str, Params | None], healthy: Callable[[httpx.Response], bool] | None = None
+    ) -> HealthReport:
+        """A health check without retries: ``GET`` the first path, the next one where a path answers 404.
+
+        Healthy when ``healthy`` says so (default: a 2xx answer).
+        """
+        started = time.monotonic()
+        path = ""
+        try:
+            for path, params in calls:
+                response = await self._request("GET", path, params=params)
+                if response.status_code != 404:
+                    break
+        except ProviderError as exc:
+            return HealthReport(healthy=False, detail=str(exc), latency_s=time.monotonic() - started)
+        latency = time.monotonic() - started
+        if (healthy or _is_success)(response):
+            return HealthReport(healthy=True, detail=f"GET {path}: HTTP {response.status_code}", latency_s=latency)
+        return HealthReport(healthy=False, detail=str(self._status_error("GET", path, response)), latency_s=latency)
+
+
+def _is_success(response: httpx.Response) -> bool:
+    return response.is_success
+
+
+def _write_kept(out: IO[bytes], keep: KeepLine, line: bytes, number: int) -> None:
+    if line.strip() and (envelope := keep(line, number)) is not None:
+        out.write(encode_line(envelope))
