@@ -44,7 +44,7 @@ TURNAROUND_BUCKETS = (
 REQUEST_OUTCOMES = ("succeeded", "failed", "expired", "cancelled", "retried")
 """Values of the ``outcome`` label of :data:`REQUESTS`."""
 
-ALERT_KINDS = ("budget_threshold", "anomaly")
+ALERT_KINDS = ("budget_threshold", "anomaly", "provider_auth_failed")
 """Values of the ``kind`` label of :data:`ALERTS_FIRED`."""
 
 # --- events ------------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ FAILOVERS = Counter(
 )
 ALERTS_FIRED = Counter(
     "batchgw_alerts_fired",
-    "Billing alerts created, by kind (budget_threshold, anomaly).",
+    "Alerts created, by kind (budget_threshold, anomaly, provider_auth_failed).",
     ["kind"],
 )
 SHARD_TURNAROUND = Histogram(

@@ -23,7 +23,7 @@ from gateway.settings import BillingSettings, Settings
 
 log = logging.getLogger(__name__)
 
-KINDS = ("budget_threshold", "anomaly")
+KINDS = ("budget_threshold", "anomaly", "provider_auth_failed")
 
 
 def alert_view(alert: BillingAlert) -> dict[str, Any]:
@@ -124,6 +124,29 @@ async def after_spend(
             await db.queue_webhook(session, stored.id, now)
         log.info("billing alert %s (%s): %s", stored.id, stored.kind, stored.message)
     return fired
+
+
+async def provider_auth_failed(
+    session: AsyncSession, provider: str, message: str, opened_at: float, settings: BillingSettings
+) -> BillingAlert | None:
+    """Alert that a provider refused the gateway's key (once per opening of its circuit); None if already raised.
+
+    Not about money, but it goes the same way as billing alerts: stored, listed, counted and posted to the
+    alert webhook, because nothing reaches that provider until an operator fixes the key.
+    """
+    alert = BillingAlert(
+        kind="provider_auth_failed",
+        dedup_key=f"provider_auth:{provider}:{int(opened_at)}",
+        message=f"Provider '{provider}' refused the gateway's key: {message} Work waits or moves elsewhere.",
+        created_at=time.time(),
+    )
+    stored = await db.insert_alert_once(session, alert)
+    if stored is None or stored.id is None:
+        return None
+    if settings.webhook_url is not None:
+        await db.queue_webhook(session, stored.id, stored.created_at)
+    log.warning("alert %s (%s): %s", stored.id, stored.kind, stored.message)
+    return stored
 
 
 def count_fired(alerts: Sequence[BillingAlert]) -> None:

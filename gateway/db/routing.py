@@ -71,6 +71,23 @@ async def record_failure(
     return row, opens
 
 
+async def force_open(session: AsyncSession, provider: str, error: str) -> bool:
+    """Open a provider's circuit at once (a failure retrying cannot fix); True if it was not open already."""
+    await ensure_health_row(session, provider)
+    now = time.time()
+    row = (
+        await session.exec(select(ProviderHealth).where(ProviderHealth.provider == provider).with_for_update())
+    ).one()
+    await session.refresh(row)
+    was_open = row.circuit == "open"
+    row.consecutive_failures += 1
+    row.last_error, row.last_failure_at, row.updated_at = error[:2000], now, now
+    if not was_open:
+        row.circuit, row.opened_at, row.probe_until = "open", now, None
+    session.add(row)
+    return not was_open
+
+
 async def record_success(session: AsyncSession, provider: str) -> bool:
     """A call succeeded: close the circuit and reset the count. True if it had recorded failures.
 

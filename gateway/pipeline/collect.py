@@ -41,7 +41,13 @@ from gateway.pipeline.results import (
     result_decoder,
 )
 from gateway.pipeline.results import encoder as line_encoder
-from gateway.providers.base import CapabilityNotSupported, ProviderRateLimited, ProviderRejected, ProviderUnavailable
+from gateway.providers.base import (
+    CapabilityNotSupported,
+    ProviderAuthFailed,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from gateway.routing import health
 from gateway.storage import BlobMissing
 from gateway.storage.local import scratch_file
@@ -277,6 +283,17 @@ async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, le
     try:
         async with context.blobs.local_copy(shard.input_key) as input_path:
             await adapter.fetch_results(shard.provider_batch_id, dest, input_path=input_path)
+    except ProviderAuthFailed as exc:
+        await health.auth_failed(context, shard.provider, exc)
+        failure = f"{shard.provider} refused the gateway's key when reading results: {exc}"
+        verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
+        if verdict.allowed:
+            await lifecycle.abandon_provider_batch(context, shard, batch, verdict.evidence)
+            shard.end_reason, shard.last_error = "abandoned", verdict.evidence
+            return "none"
+        until = time.time() + context.settings.routing.circuit_cooldown_s
+        await wait(context, shard, lease, "auth_failed", verdict.evidence, until)
+        return "later"
     except (ProviderRejected, CapabilityNotSupported) as exc:
         log.warning("shard %s: %s refused its results: %s", shard.id, shard.provider, exc)
         return "none"

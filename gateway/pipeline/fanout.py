@@ -27,7 +27,7 @@ from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, new_id
 from gateway.pipeline import lifecycle
 from gateway.pipeline.lifecycle import at, end_shard, fanout_parts_prefix, stop_reason, wait
-from gateway.providers.base import ProviderAdapter, ProviderUnavailable, SyncRequest
+from gateway.providers.base import ProviderAdapter, ProviderAuthFailed, ProviderUnavailable, SyncRequest
 from gateway.routing import health
 from gateway.storage import BlobStore
 from gateway.storage.local import scratch_file
@@ -86,10 +86,14 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         done = await parts.answered_before()
         async with context.blobs.local_copy(shard.input_key) as input_path:
             requests = pending_requests(input_path, batch.endpoint, done)
-            outcome = await _execute_all(context, adapter, shard, batch.id, requests, parts, len(done), lease)
+            outcome, error = await _execute_all(context, adapter, shard, batch.id, requests, parts, len(done), lease)
     finally:
         parts.discard()
     if outcome == "lease_lost":
+        return
+    if outcome == "auth_failed" and error is not None:
+        await health.auth_failed(context, shard.provider, error)
+        await _unavailable(context, shard, batch, lease, failure=str(error), code="auth_failed")
         return
     if outcome == "unavailable":
         await _unavailable(context, shard, batch, lease)
@@ -101,25 +105,36 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
     await end_shard(context, shard, lease, reason="completed")
 
 
-async def _unavailable(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> None:
-    """The provider stopped answering mid-run: move the rest if it has been down long enough and another
-    provider is healthy now, else pause the shard (answers so far are kept either way)."""
-    opened = await health.call_failed(context, shard.provider, f"{shard.provider} unreachable during fan-out")
+async def _unavailable(
+    context: GatewayContext,
+    shard: Shard,
+    batch: Batch,
+    lease: Lease,
+    failure: str | None = None,
+    code: str = "provider_unreachable",
+) -> None:
+    """The provider stopped answering mid-run (or refused the key): move the rest if it has been failing long
+    enough and another provider is healthy now, else pause the shard (answers so far are kept either way)."""
     since = shard.unavailable_since or time.time()
+    if code == "auth_failed":
+        opened = True
+    else:
+        opened = await health.call_failed(context, shard.provider, f"{shard.provider} unreachable during fan-out")
     if opened or time.time() - since >= context.settings.routing.provider_down_failover_s:
-        failure = f"{shard.provider} stayed unreachable during fan-out since {at(since)}"
+        failure = failure or f"{shard.provider} stayed unreachable during fan-out since {at(since)}"
         verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
         if verdict.allowed:
             # Answers so far are kept; collection moves the rest (or fails them when pinned).
             await end_shard(context, shard, lease, reason="abandoned", error=verdict.evidence)
             return
     until = time.time() + PAUSE_AFTER_UNAVAILABLE_S * min(8, 1 + shard.attempts)
-    detail = f"{shard.provider} unreachable since {at(since)}; the shard resumes where it stopped at {at(until)}"
+    problem = "refused the gateway's key" if code == "auth_failed" else "unreachable"
+    detail = f"{shard.provider} {problem} since {at(since)}; the shard resumes where it stopped at {at(until)}"
     await wait(
         context,
         shard,
         lease,
-        "provider_unreachable",
+        code,
         detail,
         until,
         attempts=shard.attempts + 1,
@@ -207,10 +222,11 @@ async def _execute_all(
     parts: _PartWriter,
     already_done: int,
     lease: Lease,
-) -> str:
-    """Run the requests with the provider's concurrency; return why the run ended."""
+) -> tuple[str, Exception | None]:
+    """Run the requests with the provider's concurrency; return why the run ended (and the error that ended it)."""
     stop: asyncio.Event = asyncio.Event()
     reason = {"value": "completed"}
+    failure: dict[str, Exception] = {}
     answered = {"count": already_done}
 
     async def worker() -> None:
@@ -220,6 +236,12 @@ async def _execute_all(
                 return
             try:
                 line = await adapter.execute(request)
+            except ProviderAuthFailed as exc:
+                log.error("shard %s: %s", shard.id, exc)
+                failure["error"] = exc
+                reason["value"] = "auth_failed"
+                stop.set()
+                return
             except ProviderUnavailable as exc:
                 log.warning("shard %s: %s", shard.id, exc)
                 reason["value"] = "unavailable"
@@ -271,4 +293,4 @@ async def _execute_all(
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await parts.publish()
-    return reason["value"]
+    return reason["value"], failure.get("error")

@@ -25,6 +25,7 @@ from gateway.pipeline.lifecycle import at, end_shard, stop_reason, wait
 from gateway.providers.base import (
     CapabilityNotSupported,
     PollResult,
+    ProviderAuthFailed,
     ProviderBatchState,
     ProviderError,
     ProviderRateLimited,
@@ -60,6 +61,10 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
             await session.commit()
     try:
         status = await adapter.poll(shard.provider_batch_id)
+    except ProviderAuthFailed as exc:
+        await health.auth_failed(context, shard.provider, exc)
+        await _unreachable(context, shard, batch, lease, exc, code="auth_failed")
+        return
     except ProviderRateLimited as exc:
         delay = lifecycle.rate_limited_delay(exc.retry_after_s, context.settings.worker.provider_poll_max_s)
         detail = f"{shard.provider} is rate limiting (HTTP 429) until {at(time.time() + delay)}: {exc}"
@@ -141,14 +146,20 @@ async def _progress(
 
 
 async def _unreachable(
-    context: GatewayContext, shard: Shard, batch: Batch, lease: Lease, exc: ProviderUnavailable
+    context: GatewayContext,
+    shard: Shard,
+    batch: Batch,
+    lease: Lease,
+    exc: ProviderError,
+    code: str = "provider_unreachable",
 ) -> None:
-    """The provider did not answer (connection error, timeout, 5xx): wait, or move the work if it has been
-    down long enough and another provider can take it now."""
-    await health.call_failed(context, shard.provider, exc)
+    """The provider did not answer (connection error, timeout, 5xx) or refused the key: wait, or move the work
+    if it has been failing long enough (a refused key: at once) and another provider can take it now."""
+    if code != "auth_failed":
+        await health.call_failed(context, shard.provider, exc)
     since = shard.unavailable_since or time.time()
     down_s = time.time() - since
-    if down_s >= context.settings.routing.provider_down_failover_s:
+    if code == "auth_failed" or down_s >= context.settings.routing.provider_down_failover_s:
         failure = f"{shard.provider} unreachable for {down_s:.0f}s (last error: {exc})"
         verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
         if verdict.allowed:
@@ -162,8 +173,12 @@ async def _unreachable(
         lease,
         error=str(exc),
         unavailable_since=since,
-        wait_code="provider_unreachable",
-        wait_detail=f"{shard.provider} unreachable since {at(since)}: {exc}",
+        wait_code=code,
+        wait_detail=(
+            f"{shard.provider} refused the gateway's key since {at(since)}: {exc}"
+            if code == "auth_failed"
+            else f"{shard.provider} unreachable since {at(since)}: {exc}"
+        ),
     )
 
 

@@ -31,7 +31,13 @@ from gateway.db.leases import Lease
 from gateway.db.models import AbandonedProviderBatch, Shard
 from gateway.pipeline import ledger
 from gateway.pipeline.results import billed_usage
-from gateway.providers.base import CapabilityNotSupported, ProviderError, ProviderRejected, ProviderUnavailable
+from gateway.providers.base import (
+    CapabilityNotSupported,
+    ProviderAuthFailed,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from gateway.storage import BlobMissing
 from gateway.storage.local import scratch_file
 
@@ -79,6 +85,8 @@ async def advance(context: GatewayContext, row: AbandonedProviderBatch, lease: L
         if row.cancel_sent_at is None:
             try:
                 await adapter.cancel(row.provider_batch_id)
+            except ProviderAuthFailed:
+                raise
             except (ProviderRejected, CapabilityNotSupported) as exc:
                 log.info("abandoned %s at %s: cancel refused (%s)", row.provider_batch_id, row.provider, exc)
             async with context.sessions() as session:
@@ -90,7 +98,8 @@ async def advance(context: GatewayContext, row: AbandonedProviderBatch, lease: L
             await _later(context, row, lease, None, provider_status=status.raw_status, backoff=True)
             return
         await _bill(context, row, lease, status.raw_status)
-    except ProviderUnavailable as exc:
+    except (ProviderUnavailable, ProviderAuthFailed) as exc:
+        # Unreachable, or refusing the key until an operator fixes it: the batch may still bill, so keep at it.
         await _later(context, row, lease, f"{row.provider} unavailable: {exc}")
     except ProviderError as exc:
         # The provider will not tell (e.g. the batch is gone): nothing more can be learnt or billed.

@@ -28,6 +28,7 @@ from gateway.pipeline import lifecycle
 from gateway.pipeline.lifecycle import at, end_shard, jitter, stop_reason, wait
 from gateway.providers.base import (
     CapabilityNotSupported,
+    ProviderAuthFailed,
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
@@ -80,6 +81,12 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
             log.info("shard %s: found its provider batch %s after a restart", shard.id, found.provider_batch_id)
         crash_point("submit.after_provider_create")
         freeze_point("submit.after_provider_create")
+    except ProviderAuthFailed as exc:
+        await health.auth_failed(context, shard.provider, exc)
+        if recovering:
+            await lifecycle.abandon_provider_batch(context, shard, batch, f"{shard.provider} refused the key: {exc}")
+        await _leave_open_circuit(context, shard, batch, lease, failure=str(exc), code="auth_failed")
+        return
     except (ProviderRejected, CapabilityNotSupported) as exc:
         # Another provider may accept it: collection moves the requests to the next candidate.
         log.warning("shard %s rejected by %s: %s", shard.id, shard.provider, exc)
@@ -185,20 +192,34 @@ async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, le
     return True
 
 
-async def _leave_open_circuit(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> None:
-    """The provider's circuit is open: move the unsent shard elsewhere, fail it when pinned, or wait for
-    the provider when no other one is healthy."""
-    failure = f"{shard.provider} is unavailable (circuit open)"
+async def _leave_open_circuit(
+    context: GatewayContext,
+    shard: Shard,
+    batch: Batch,
+    lease: Lease,
+    failure: str | None = None,
+    code: str = "circuit_open",
+) -> None:
+    """The provider's circuit is open (or it refused the key): move the unsent shard elsewhere, fail it when
+    pinned, or wait for the provider when no other one is healthy."""
+    if failure is None:
+        failure = f"{shard.provider} is unavailable (circuit open: {await health.last_error(context, shard.provider)})"
+        if "authentication failed" in failure:
+            code = "auth_failed"
     verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
     if not verdict.allowed:
         delay = jitter(context.settings.routing.circuit_cooldown_s)
-        detail = f"waiting for {shard.provider} to recover: {verdict.evidence}; next look at {at(time.time() + delay)}"
-        await wait(context, shard, lease, "circuit_open", detail, time.time() + delay, last_error=verdict.evidence)
+        what = (
+            f"{shard.provider} refused the gateway's key (fix the key in its api_key_env and restart)"
+            if code == "auth_failed"
+            else f"waiting for {shard.provider} to recover"
+        )
+        detail = f"{what}: {verdict.evidence}; next look at {at(time.time() + delay)}"
+        await wait(context, shard, lease, code, detail, time.time() + delay, last_error=verdict.evidence)
         return
     if shard.pinned:
         message = (
-            f"provider {shard.provider} is unavailable (circuit open after repeated failures); "
-            "the batch pins this provider, so its requests were not moved elsewhere"
+            f"{failure}; the batch pins this provider, so its requests were not moved elsewhere"
         )
         await end_shard(context, shard, lease, reason="failed", error=message)
         return

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 
+from gateway.billing import alerts
 from gateway.context import GatewayContext
 from gateway.db import routing as routing_db
 from gateway.db import shards as shard_db
@@ -40,6 +42,23 @@ async def call_failed(context: GatewayContext, provider: str, error: Exception |
     return opened
 
 
+async def auth_failed(context: GatewayContext, provider: str, error: Exception) -> None:
+    """The provider refused the gateway's key: open its circuit at once with reason "authentication failed" and
+    raise an alert (once per opening). Probes keep failing until the key is fixed and the gateway restarted."""
+    reason = f"authentication failed: {error}"
+    async with context.sessions() as session:
+        opened = await routing_db.force_open(session, provider, reason)
+        alert = None
+        if opened:
+            billing = context.settings.billing
+            alert = await alerts.provider_auth_failed(session, provider, str(error), time.time(), billing)
+        await session.commit()
+    if opened:
+        log.error("provider %s: circuit open: %s", provider, reason)
+    if alert is not None:
+        alerts.count_fired([alert])
+
+
 async def call_succeeded(context: GatewayContext, provider: str) -> None:
     """Record a successful call to ``provider`` (closes its circuit)."""
     async with context.sessions() as session:
@@ -54,6 +73,13 @@ async def circuit_of(context: GatewayContext, provider: str) -> str:
         rows = await routing_db.health_rows(session)
     row = rows.get(provider)
     return row.circuit if row is not None else "closed"
+
+
+async def last_error(context: GatewayContext, provider: str) -> str:
+    """The last failure recorded for a provider (empty when none)."""
+    async with context.sessions() as session:
+        row = (await routing_db.health_rows(session)).get(provider)
+    return row.last_error or "" if row is not None else ""
 
 
 async def probe_open_circuits(context: GatewayContext) -> None:
