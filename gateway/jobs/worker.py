@@ -46,6 +46,7 @@ BATCH_STAGES: dict[str, BatchStage] = {
     "merge": merge.run,
 }
 """Batch stage -> its entry. In stage ``run`` the batch's shards do the work; ``done`` needs nothing."""
+INTAKE_STAGES = ["validate", "route"]
 
 SHARD_STAGES: dict[str, ShardStage] = {
     "queued": submit.run,
@@ -176,7 +177,10 @@ class Worker:
     async def _claim_batch(self) -> Coroutine[Any, Any, None] | None:
         lease_s = self.settings.lease_s
         async with self.context.sessions() as session:
-            batch = await repo.claim_batch(session, list(BATCH_STAGES), self.owner, lease_s)
+            # A batch whose requests are all answered is merged before new batches are taken in.
+            batch = await repo.claim_batch(session, ["merge"], self.owner, lease_s)
+            if batch is None:
+                batch = await repo.claim_batch(session, INTAKE_STAGES, self.owner, lease_s)
         if batch is None:
             return None
         return self._run_batch_stage(batch, Lease(self.owner, batch.lease_token, lease_s))

@@ -1,0 +1,74 @@
+"""The worker's two lanes: a flood of new batches (validate, route) never starves the shards of a job that is
+already running (submit, poll, collect), because each kind of work is claimed by a lane of its own."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from gateway.simulator import SimulatorCluster
+from tests.conftest import simulated_provider_env
+from tests.engine import admin, chat_requests, reset, submit, wait_for
+
+CLIENTS = 50
+RUNNING_JOB = 40
+PROVIDERS: dict[str, dict[str, Any]] = {
+    # The running job: four provider batches, one at a time, about a second each.
+    "main": {
+        "emulator": "steady",
+        "models": {"gpt-4o-mini": "gpt-4o-mini"},
+        "limits": {"max_requests_per_batch": 10, "max_batches_in_flight": 1},
+    },
+    # The flood's batches.
+    "bulk": {"emulator": "fast", "models": {"llama-3.3-70b": "llama-3.3-70b"}},
+}
+
+
+def flood(client: openai.OpenAI, stop: threading.Event, created: list[str], errors: list[BaseException]) -> None:
+    """One client creating small batches back to back until told to stop."""
+    while not stop.is_set():
+        try:
+            created.append(submit(client, chat_requests(2, model="llama-3.3-70b", prefix=f"flood-{len(created)}")).id)
+        except BaseException as exc:
+            errors.append(exc)
+            return
+
+
+def test_shards_of_a_running_job_progress_while_fifty_clients_create_batches(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    reset(simulator, "steady", "fast")
+    env = simulated_provider_env(simulator, tmp_path, PROVIDERS)
+    gateway = gateway_factory(env).start()
+    key = gateway.create_key("acme")
+    clients = [gateway.client(key, timeout=60) for _ in range(CLIENTS)]
+    job = submit(clients[0], chat_requests(RUNNING_JOB, prefix="running"))
+    wait_for(clients[0], job.id, until=lambda b: b.status == "in_progress", timeout=30)
+    stop, created, errors = threading.Event(), [], []
+    threads = [threading.Thread(target=flood, args=(c, stop, created, errors), daemon=True) for c in clients]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    try:
+        done = wait_for(clients[0], job.id, timeout=90)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not errors, errors[:3]
+    assert done.status == "completed", done
+    assert done.request_counts is not None and done.request_counts.completed == RUNNING_JOB
+    assert len(created) >= CLIENTS, "the flood created batches while the job ran"
+    # The job's provider batches, one at a time, each about a second at the provider, were submitted,
+    # polled and collected within seconds although intake never ran dry.
+    shards = admin(gateway, f"/batches/{job.id}")["shards"]
+    gaps = sorted(s["submitted_at"] for s in shards)
+    print(f"running job finished {took:.1f}s into a flood of {len(created)} new batches from {CLIENTS} clients")
+    assert len(shards) == RUNNING_JOB // 10
+    assert took < 30, f"the running job took {took:.1f}s under the flood ({len(created)} batches created)"
+    assert gaps[-1] - gaps[0] < 25
