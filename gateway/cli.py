@@ -31,19 +31,44 @@ app.command("ls")(client_cli.ls)
 app.command("status")(client_cli.status)
 
 
-def _load_settings() -> Settings:
-    """The settings, and a check that the gateway can start with them: a clear message, not a traceback."""
+def _load_settings(*, require_keys: bool = True, check: bool = True) -> Settings:
+    """The settings, or exit 2 with one line on stderr naming the mistake (file, table, key); no traceback.
+
+    ``check`` also checks what the engine needs (providers, catalog, default policy), and
+    ``require_keys`` that every enabled provider's ``api_key_env`` is set.
+    """
     from pydantic import ValidationError
 
-    from gateway.context import check_configuration
+    from gateway.config_errors import ConfigError
 
     try:
-        settings = Settings()
-        asyncio.run(check_configuration(settings))
+        settings = Settings.load()
+        if check:
+            from gateway.context import check_configuration
+
+            asyncio.run(check_configuration(settings, require_keys=require_keys))
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     except (ValidationError, ValueError, LookupError, OSError) as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
+        typer.echo(" ".join(f"config error: {exc}".split()), err=True)
         raise typer.Exit(2) from None
     return settings
+
+
+def _log_configuration(settings: Settings) -> None:
+    """One line per provider and per available routing policy (never a key, never a full URL)."""
+    from router_policies.registry import BUILTIN_POLICIES, default_registry
+
+    log = logging.getLogger("gateway.config")
+    if not settings.providers:
+        log.warning("no providers configured: batches cannot be routed")
+    for provider in settings.providers.values():
+        log.info("%s", provider.describe())
+    for name in default_registry().names():
+        origin = "built-in" if name in BUILTIN_POLICIES else "plug-in"
+        default = ", the default" if name == settings.routing.default_policy else ""
+        log.info("routing policy %s: %s%s", name, origin, default)
 
 
 def _run_with_context(settings: Settings, job: Callable[[GatewayContext], Awaitable[T]]) -> T:
@@ -79,12 +104,14 @@ def serve(
     worker: Annotated[bool | None, typer.Option("--worker/--no-worker", help="Run a worker in this process.")] = None,
 ) -> None:
     """Run the API (and, by default, a worker) on the configured database."""
+    settings = _load_settings()
+
     import uvicorn
 
     from gateway.app import create_app
 
-    settings = _load_settings()
     _setup_logging(settings)
+    _log_configuration(settings)
     application = create_app(settings, run_worker=worker)
     typer.echo(f"batch-gateway listening on http://{host or settings.host}:{port or settings.port}/v1")
     uvicorn.run(
@@ -103,6 +130,7 @@ def run_worker() -> None:
 
     settings = _load_settings()
     _setup_logging(settings)
+    _log_configuration(settings)
     if settings.metrics.worker_port:
         from gateway.metrics import serve_process_metrics
 
@@ -120,7 +148,7 @@ def db_upgrade() -> None:
     from gateway.db.engine import upgrade_to_head
     from gateway.settings import redact_url
 
-    settings = Settings()
+    settings = _load_settings(check=False)
     upgrade_to_head(settings.resolved_database_url)
     typer.echo(f"database at head: {redact_url(settings.resolved_database_url)}")
 
@@ -139,7 +167,7 @@ def keys_create(
             await session.commit()
         return secret
 
-    typer.echo(_run_with_context(_load_settings(), create))
+    typer.echo(_run_with_context(_load_settings(require_keys=False), create))
 
 
 @app.command()
@@ -171,7 +199,7 @@ def estimate(
         return await quote_file(context, file, endpoint=endpoint, model=model, metadata=metadata)
 
     try:
-        quote = _run_with_context(_load_settings(), price)
+        quote = _run_with_context(_load_settings(require_keys=False), price)
     except (ValueError, LookupError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -220,11 +248,12 @@ def dashboard(
 
     import dashboard
 
-    settings = Settings()
     env = dict(os.environ)
-    env["BATCHGW_DASHBOARD_GATEWAY_URL"] = (
-        gateway_url or env.get("BATCHGW_DASHBOARD_GATEWAY_URL") or f"http://{settings.host}:{settings.port}"
-    )
+    url = gateway_url or env.get("BATCHGW_DASHBOARD_GATEWAY_URL")
+    if not url:  # the local gateway, as its settings say: read them as strictly as the gateway does
+        settings = _load_settings(check=False)
+        url = f"http://{settings.host}:{settings.port}"
+    env["BATCHGW_DASHBOARD_GATEWAY_URL"] = url
     if admin_key:
         env["BATCHGW_ADMIN_KEY"] = admin_key
     script = Path(dashboard.__file__).with_name("app.py")

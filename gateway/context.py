@@ -10,9 +10,10 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
 
-from gateway.catalog.loader import load_catalog
+from gateway.catalog.loader import CatalogError, load_catalog
+from gateway.config_errors import ConfigError, ConfigProblem, did_you_mean
 from gateway.db.engine import create_engine
-from gateway.providers.registry import ProviderRegistry
+from gateway.providers.registry import ADAPTER_KINDS, ProviderRegistry, adapter_options
 from gateway.routing.offers import OfferBook
 from gateway.settings import Settings
 from gateway.storage import BlobStore, open_blob_store
@@ -85,9 +86,7 @@ class GatewayContext:
         await self.engine.dispose()
 
 
-def routing_setup(
-    settings: Settings, http: httpx.AsyncClient
-) -> tuple[ProviderRegistry, OfferBook, PolicyRegistry]:
+def routing_setup(settings: Settings, http: httpx.AsyncClient) -> tuple[ProviderRegistry, OfferBook, PolicyRegistry]:
     """Providers, priced offers and policies from the settings.
 
     Raises ``ValueError`` or ``LookupError`` naming the problem: an unknown provider kind or option, an
@@ -100,10 +99,39 @@ def routing_setup(
     return providers, offers, policies
 
 
-async def check_configuration(settings: Settings) -> None:
-    """Fail early, with a message, on configuration the gateway cannot start with."""
+async def check_configuration(settings: Settings, *, require_keys: bool = True) -> None:
+    """Raise :class:`ConfigError` naming every mistake the gateway cannot start with.
+
+    Checks each enabled provider (kind, adapter options, base URL, models, catalog provider and,
+    with ``require_keys``, that the variable ``api_key_env`` names is set), the catalog with its
+    overrides, and the default policy; then builds the provider adapters once.
+    """
+    problems: list[ConfigProblem] = []
+    sellers: set[str] | None = None
+    try:
+        catalog = load_catalog(settings.catalog.file, settings.catalog.overrides)
+        sellers = {offer.provider for _, offer in catalog.entries()}
+    except CatalogError as exc:
+        path: tuple[str, ...] = ("catalog", "overrides", exc.pin) if exc.pin else ("catalog", "file")
+        problems.append(settings.config_problem(path, str(exc)))
+    kinds = {kind: adapter_options(adapter) for kind, adapter in ADAPTER_KINDS.items()}
+    for name, provider in settings.providers.items():
+        for path, text in provider.problems(kinds, require_key=require_keys, sellers=sellers):
+            problems.append(settings.config_problem(("providers", name, *path), text))
+    policies = default_registry()
+    policy = settings.routing.default_policy
+    try:
+        policies.get(policy)
+    except ValueError as exc:
+        text = f"default_policy: {exc}{did_you_mean(policy, policies.names())}"
+        problems.append(settings.config_problem(("routing", "default_policy"), text))
+    if problems:
+        raise ConfigError(problems)
     async with httpx.AsyncClient() as http:
-        routing_setup(settings, http)
+        try:
+            ProviderRegistry.from_config(settings.providers, http)
+        except (ValueError, LookupError) as exc:
+            raise ConfigError([settings.config_problem(("providers",), str(exc))]) from None
 
 
 __all__ = ["AsyncSession", "GatewayContext", "check_configuration"]

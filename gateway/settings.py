@@ -4,6 +4,10 @@ Values come, highest priority first, from keyword arguments (tests), environment
 ``BATCHGW_`` prefix (nested sections use ``__``, e.g. ``BATCHGW_LIMITS__MAX_UPLOAD_BYTES``), and an
 optional TOML file named by ``BATCHGW_CONFIG_FILE``. With nothing set, the gateway runs on a SQLite
 file and a local blob folder under ``./batchgw-data``.
+
+Every table rejects keys it does not know, and a named file must exist. :meth:`Settings.load`
+(what the ``batchgw`` commands use) also rejects ``BATCHGW_`` variables that name no setting, and
+turns every mistake into one :class:`~gateway.config_errors.ConfigError` line.
 """
 
 from __future__ import annotations
@@ -12,18 +16,41 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
+    SettingsError,
 )
 
+from gateway.config_errors import (
+    CONFIG_FILE_VARIABLE,
+    ConfigError,
+    ConfigProblem,
+    ConfigSources,
+    read_config_file,
+)
 from gateway.providers.config import ProviderConfig
 
 
-class LimitSettings(BaseModel):
+class _Section(BaseModel):
+    """A table of the configuration: unknown keys are mistakes, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitSettings(_Section):
     """Limits on client input; exceeding one answers a clear 4xx error."""
 
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest accepted upload, in bytes.")
@@ -38,7 +65,7 @@ class LimitSettings(BaseModel):
     files_list_max: int = Field(10_000, description="Largest page size of GET /v1/files.")
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(_Section):
     """The execution engine inside `batchgw worker` (and inside `batchgw serve` by default)."""
 
     enabled_in_serve: bool = Field(True, description="Run a worker inside `batchgw serve`.")
@@ -66,7 +93,7 @@ class WorkerSettings(BaseModel):
     )
 
 
-class RoutingSettings(BaseModel):
+class RoutingSettings(_Section):
     """How jobs are placed on providers, and when work moves to another one."""
 
     default_policy: str = Field("cheapest", description="Policy used when a batch names none in its metadata.")
@@ -94,7 +121,7 @@ class RoutingSettings(BaseModel):
     )
 
 
-class CatalogSettings(BaseModel):
+class CatalogSettings(_Section):
     """The priced model catalog (see gateway/catalog/models.toml)."""
 
     file: Path | None = Field(None, description="A catalog file replacing the shipped one.")
@@ -104,7 +131,7 @@ class CatalogSettings(BaseModel):
     )
 
 
-class BillingSettings(BaseModel):
+class BillingSettings(_Section):
     """Budgets, billing alerts and the alert webhook."""
 
     webhook_url: SecretStr | None = Field(
@@ -124,7 +151,7 @@ class BillingSettings(BaseModel):
     )
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(_Section):
     """Prometheus metrics: the API serves ``/metrics``; a ``batchgw worker`` process serves its own counters."""
 
     worker_port: int | None = Field(
@@ -132,7 +159,7 @@ class MetricsSettings(BaseModel):
     )
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(_Section):
     """Where blobs live: a local folder (the embedded default) or S3-compatible object storage."""
 
     url: str | None = Field(
@@ -158,7 +185,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BATCHGW_",
         env_nested_delimiter="__",
-        extra="ignore",
+        extra="forbid",
     )
 
     data_dir: Path = Field(Path("batchgw-data"), description="Folder for the SQLite file and blobs.")
@@ -186,6 +213,8 @@ class Settings(BaseSettings):
         default_factory=dict, description="Configured providers by name; see gateway/providers/config.py."
     )
 
+    _sources: ConfigSources | None = PrivateAttr(None)
+
     @model_validator(mode="after")
     def _name_providers(self) -> Settings:
         for name, provider in self.providers.items():
@@ -207,10 +236,35 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("BATCHGW_CONFIG_FILE")
+        config_file = os.environ.get(CONFIG_FILE_VARIABLE)
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=read_config_file(config_file)))
         return tuple(sources)
+
+    @classmethod
+    def load(cls) -> Settings:
+        """The settings from the environment and the config file, or :class:`ConfigError` naming every mistake.
+
+        Beyond what constructing :class:`Settings` checks, ``BATCHGW_`` variables that name no
+        setting are mistakes too (see :meth:`ConfigSources.unknown_variables`).
+        """
+        sources = ConfigSources.read()
+        problems = sources.unknown_variables(cls)
+        try:
+            settings = cls()
+        except ValidationError as exc:
+            raise ConfigError([*problems, *sources.explain(exc, cls)]) from None
+        except SettingsError as exc:
+            raise ConfigError([*problems, ConfigProblem("the environment", (), str(exc))]) from None
+        if problems:
+            raise ConfigError(problems)
+        settings._sources = sources
+        return settings
+
+    def config_problem(self, path: tuple[str, ...], text: str) -> ConfigProblem:
+        """A problem with the setting at ``path`` (tables, then the key), naming the file or variable that set it."""
+        sources = self._sources or ConfigSources.read()
+        return sources.problem(path, text)
 
     @property
     def resolved_database_url(self) -> str:

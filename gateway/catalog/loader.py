@@ -31,7 +31,11 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 
 
 class CatalogError(ValueError):
-    """The catalog file or its overrides are invalid."""
+    """The catalog file or its overrides are invalid; ``pin`` names the override at fault, if one is."""
+
+    def __init__(self, message: str, pin: str | None = None) -> None:
+        super().__init__(message)
+        self.pin = pin
 
 
 class UnknownModel(LookupError):
@@ -236,10 +240,15 @@ def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Mapping[str, A
         if pin not in offers_by_pin:
             suggestions = difflib.get_close_matches(pin, list(offers_by_pin), n=3)
             hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
-            raise CatalogError(f"override for {pin!r} matches no offer in the catalog{hint}")
+            raise CatalogError(f"override for {pin!r} matches no offer in the catalog{hint}", pin)
         for key in ("provider", "provider_model"):
             if key in fields:
-                raise CatalogError(f"override for {pin!r} cannot change {key}")
+                raise CatalogError(f"override for {pin!r} cannot change {key}", pin)
+        for key in fields:
+            if key not in OfferEntry.model_fields:
+                close = difflib.get_close_matches(key, list(OfferEntry.model_fields), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise CatalogError(f"override for {pin!r} has an unknown field {key!r}{hint}", pin)
         for offer in offers_by_pin[pin]:
             offer.update(fields)
 

@@ -13,18 +13,30 @@ Example (``[providers.<name>]`` in the file named by ``BATCHGW_CONFIG_FILE``)::
 Every field can be overridden from the environment, e.g.
 ``BATCHGW_PROVIDERS__OPENAI__BASE_URL=http://127.0.0.1:9101/v1``. The key itself is never stored
 in configuration: ``api_key_env`` names the environment variable that holds it.
+
+Unknown keys are rejected when the configuration is read; :meth:`ProviderConfig.problems` finds
+what only the start can check (kind, adapter options, models, the key's variable).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from gateway.config_errors import did_you_mean
+
+Problem = tuple[tuple[str, ...], str]
+"""A key's path below the provider's table (``("options", "inline_max")``) and what is wrong with it."""
 
 
 class ProviderLimits(BaseModel):
     """What one provider accepts; the engine splits and queues work to stay inside."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_requests_per_batch: int = Field(50_000, ge=1, description="Requests in one provider batch.")
     max_bytes_per_batch: int = Field(200 * 1024**2, ge=1024, description="Bytes of one provider batch.")
@@ -39,6 +51,8 @@ class ProviderLimits(BaseModel):
 
 class ProviderConfig(BaseModel):
     """One configured provider."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str = ""
     kind: str = Field(description="Adapter kind, e.g. 'openai'.")
@@ -77,3 +91,78 @@ class ProviderConfig(BaseModel):
     def public_dict(self) -> dict[str, object]:
         """Configuration safe to show to an admin: names the key's variable, never the key."""
         return self.model_dump(mode="json")
+
+    def host(self) -> str:
+        """Host (and port) of ``base_url``: no scheme, path, query or credentials."""
+        parts = urlsplit(self.base_url)
+        host = parts.hostname or "?"
+        if ":" in host:
+            host = f"[{host}]"
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        return f"{host}:{port}" if port else host
+
+    def describe(self) -> str:
+        """One log line: kind, host, key variable, models and limits; never the key or the full URL."""
+        if not self.enabled:
+            return f"provider {self.name}: disabled"
+        models = ", ".join(name if name == model else f"{name}={model}" for name, model in self.models.items())
+        limits = " ".join(f"{k}={v}" for k, v in self.limits.model_dump().items() if v is not None)
+        key = f"key from {self.api_key_env}" if self.api_key_env else "no key"
+        prices = f", prices of {self.catalog_provider}" if self.catalog_provider else ""
+        return (
+            f"provider {self.name}: kind {self.kind}, host {self.host()}, {key}{prices}, "
+            f"models {models or 'none'}, limits {limits}"
+        )
+
+    def problems(
+        self,
+        kinds: Mapping[str, Mapping[str, Any]],
+        *,
+        require_key: bool = True,
+        sellers: Collection[str] | None = None,
+    ) -> list[Problem]:
+        """What stops this provider from starting; nothing for a disabled one.
+
+        ``kinds`` maps each adapter kind to its options and their types; ``require_key`` asks that
+        ``api_key_env`` names a set variable; ``sellers`` are the providers the model catalog prices.
+        """
+        if not self.enabled:
+            return []
+        found: list[Problem] = []
+        scheme = urlsplit(self.base_url).scheme
+        if scheme not in ("http", "https") or not urlsplit(self.base_url).hostname:
+            found.append((("base_url",), "base_url must be an http:// or https:// URL with a host"))
+        if not self.models:
+            found.append((("models",), "serves no models: 'models' needs at least one entry"))
+        for name, model in self.models.items():
+            if not name.strip():
+                found.append((("models",), "models has an empty model name"))
+            elif not model.strip():
+                found.append((("models",), f"models maps {name!r} to an empty provider model id"))
+        if require_key and self.api_key_env and not os.environ.get(self.api_key_env):
+            found.append(
+                (("api_key_env",), f"api_key_env names {self.api_key_env}, which is not set in the environment")
+            )
+        if sellers is not None and self.catalog_provider and self.catalog_provider not in sellers:
+            hint = did_you_mean(self.catalog_provider, sellers)
+            text = f"catalog_provider {self.catalog_provider!r} prices nothing in the catalog{hint}"
+            found.append((("catalog_provider",), text))
+        if self.kind not in kinds:
+            hint = did_you_mean(self.kind, kinds)
+            found.append((("kind",), f"unknown kind {self.kind!r}{hint}; kinds: {', '.join(sorted(kinds))}"))
+            return found
+        options = kinds[self.kind]
+        for option, value in self.options.items():
+            if option not in options:
+                hint = did_you_mean(option, options)
+                known = ", ".join(sorted(options)) or "none"
+                found.append((("options", option), f"unknown option {option!r}{hint}; options of {self.kind}: {known}"))
+                continue
+            try:
+                TypeAdapter(options[option]).validate_python(value)
+            except ValidationError as exc:
+                found.append((("options", option), f"option {option!r}: {exc.errors()[0]['msg']}"))
+        return found

@@ -6,6 +6,7 @@ Adding a provider kind is one line in :data:`ADAPTER_KINDS`.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Iterable, Iterator, Mapping
 
 import httpx
@@ -42,6 +43,19 @@ class UnknownModel(LookupError):
     """No enabled provider serves this gateway model name."""
 
 
+def adapter_options(adapter_class: type[ProviderAdapter]) -> dict[str, typing.Any]:
+    """The settings a provider's ``options`` may give this adapter kind, with their types."""
+    try:  # the adapters name these two only for type checkers
+        hints = typing.get_type_hints(adapter_class, localns={"ProviderConfig": ProviderConfig, "httpx": httpx})
+    except (NameError, TypeError):
+        hints = {}
+    return {
+        f.name: hints.get(f.name, typing.Any)
+        for f in dataclasses.fields(adapter_class)
+        if f.init and not f.name.startswith("_") and f.name not in {"config", "http", "api_key"}
+    }
+
+
 def build_adapter(config: ProviderConfig, http: httpx.AsyncClient) -> ProviderAdapter:
     """The adapter for one provider, with its API key read from the environment."""
     adapter_class = ADAPTER_KINDS.get(config.kind)
@@ -50,8 +64,7 @@ def build_adapter(config: ProviderConfig, http: httpx.AsyncClient) -> ProviderAd
         raise UnknownProviderKind(
             f"provider {config.name!r} has kind {config.kind!r}, which is not one of the known kinds: {known}"
         )
-    settable = {f.name for f in dataclasses.fields(adapter_class) if f.init and not f.name.startswith("_")}
-    settable -= {"config", "http", "api_key"}
+    settable = set(adapter_options(adapter_class))
     unknown = sorted(set(config.options) - settable)
     if unknown:
         raise UnknownProviderOption(
