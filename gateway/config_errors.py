@@ -35,6 +35,7 @@ OTHER_VARIABLES = frozenset(
         "BATCHGW_API_KEY",  # the same client commands
         "BATCHGW_DASHBOARD_GATEWAY_URL",  # `batchgw dashboard`
         "BATCHGW_CRASH_AT",  # crash points (gateway/crashpoints.py)
+        "BATCHGW_FREEZE_AT",  # freeze points (the same module)
         "BATCHGW_SCREENSHOTS",  # the dashboard's browser test
     }
 )
