@@ -261,6 +261,8 @@ def _batch_table(batch: Batch) -> Any:
         ("requests", f"{counts.completed} done, {counts.failed} failed of {counts.total}" if counts else "-"),
         ("providers", meta.pop("gateway_providers", "") or "-"),
         ("cost", _usd(meta.pop("gateway_cost_usd", ""))),
+        *([("paid twice", _usd(meta.pop("gateway_paid_twice_usd")))] if "gateway_paid_twice_usd" in meta else []),
+        *([("waiting", meta.pop("gateway_waiting"))] if "gateway_waiting" in meta else []),
         ("created", _time(batch.created_at)),
         ("in progress", _time(batch.in_progress_at)),
         ("finished", _time(batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at)),
@@ -314,9 +316,10 @@ def _follow(client: openai.OpenAI, batch_id: str, console: Console) -> Batch:
         TextColumn("providers {task.fields[providers]}", markup=False),
         TextColumn("cost {task.fields[cost]}", markup=False),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[waiting]}", markup=False),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("validating", total=None, failed=0, providers="-", cost="-")
+        task = progress.add_task("validating", total=None, failed=0, providers="-", cost="-", waiting="")
         while True:
             batch = client.batches.retrieve(batch_id)
             counts, meta = batch.request_counts, batch.metadata or {}
@@ -328,6 +331,7 @@ def _follow(client: openai.OpenAI, batch_id: str, console: Console) -> Batch:
                 failed=counts.failed if counts else 0,
                 providers=meta.get("gateway_providers") or "-",
                 cost=_usd(meta.get("gateway_cost_usd")),
+                waiting=meta.get("gateway_waiting", ""),
             )
             if batch.status in TERMINAL:
                 return batch

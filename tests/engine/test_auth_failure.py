@@ -16,6 +16,7 @@ import pytest
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.conftest import ENGINE_ENV, GatewayProcess
 from tests.engine import chat_requests, collect, submit, wait_for
+from tests.test_client_cli import batchgw
 
 RIGHT_KEY = "sk-sim-Right8Hs3Jd6Q7vLm2Xc9Tb4Nw"
 WRONG_KEY = "sk-sim-Wrong5gYk1Pq7Mv3Bt9Cx2Lf4"
@@ -97,7 +98,8 @@ def test_with_only_the_refusing_provider_the_batch_waits_and_says_why(
     gateway = gateway_with(
         gateway_factory, cluster, tmp_path, {"locked": {"kind": "openai", "emulator": "locked", "keyed": "yes"}}
     )
-    client = gateway.client(gateway.create_key("acme"))
+    key = gateway.create_key("acme")
+    client = gateway.client(key)
     batch = submit(client, chat_requests(3))
     deadline = time.monotonic() + 30
     while "refused" not in (client.batches.retrieve(batch.id).metadata or {}).get("gateway_waiting", ""):
@@ -109,3 +111,6 @@ def test_with_only_the_refusing_provider_the_batch_waits_and_says_why(
     assert_no_key(waiting.model_dump_json())
     jobs = admin(gateway, "/batches")["data"]
     assert jobs[0]["waiting"]["code"] == "auth_failed"
+    shown = batchgw(gateway, key, "status", batch.id)
+    assert shown.returncode == 0, shown.stderr
+    assert "waiting" in shown.stdout and "refused the gateway's key" in " ".join(shown.stdout.split())
