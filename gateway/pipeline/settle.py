@@ -48,13 +48,16 @@ async def run_due(context: GatewayContext, owner: str, lease_s: float) -> None:
     """Advance every abandoned provider batch that is due (claimed one at a time across workers)."""
     async with context.sessions() as session:
         rows = await abandoned_db.claim_due(session, owner, lease_s)
-    for row in rows:
-        lease = Lease(owner, row.lease_token, lease_s)
-        try:
-            await advance(context, row, lease)
-        except Exception:
-            log.exception("abandoned provider batch %s at %s: settling failed", row.provider_batch_id, row.provider)
-            await _later(context, row, lease, "settling failed unexpectedly; retrying")
+    # Concurrently: one provider batch waiting out its adapter's retries must not delay the others' cancels.
+    await asyncio.gather(*(_advance_one(context, row, Lease(owner, row.lease_token, lease_s)) for row in rows))
+
+
+async def _advance_one(context: GatewayContext, row: AbandonedProviderBatch, lease: Lease) -> None:
+    try:
+        await advance(context, row, lease)
+    except Exception:
+        log.exception("abandoned provider batch %s at %s: settling failed", row.provider_batch_id, row.provider)
+        await _later(context, row, lease, "settling failed unexpectedly; retrying")
 
 
 async def advance(context: GatewayContext, row: AbandonedProviderBatch, lease: Lease) -> None:

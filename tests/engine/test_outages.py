@@ -37,6 +37,9 @@ REQUESTS = 40
 PER_SHARD = 10
 POLL_INTERVAL_S = 1.0
 """``provider_poll_max_s`` of these gateways (the engine tests' setting): the longest a step waits to poll."""
+ADAPTER_RETRY_S = 2.5
+"""The longest an adapter call waits between its own retries (3 tries: about 0.5 s, then about 1 s, plus jitter):
+a call that started while the provider was down may be asleep when it comes back."""
 STORM_S = 30.0
 ENV = {"BATCHGW_WORKER__ABANDONED_SWEEP_S": "0.25"}
 
@@ -119,8 +122,9 @@ def test_outage_mid_job_moves_work_once_and_bills_what_the_abandoned_batches_ran
     }
     for row in abandoned:
         assert row["provider_batch_id"] in cancels, f"no cancel for {row['provider_batch_id']}"
-        # One poll interval after the provider answers again, plus scheduling slack on a busy machine.
-        assert cancels[row["provider_batch_id"]] - back_at <= POLL_INTERVAL_S + 1.0, (cancels, back_at)
+        # Within one poll interval of the provider answering again (plus the adapter's own retry sleep, for a
+        # call that began before the provider came back).
+        assert cancels[row["provider_batch_id"]] - back_at <= POLL_INTERVAL_S + ADAPTER_RETRY_S, (cancels, back_at)
 
     # Each provider's ledger equals its own invoice: the abandoned batches are billed, once.
     cheap_invoice = invoice_usd(simulator, "slow", BATCH_RATES["cheap"])
