@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -131,8 +132,27 @@ class StorageSettings(BaseModel):
         True, description="Address the bucket in the path (http://host/bucket/key), as MinIO and Ceph expect."
     )
     multipart_part_bytes: int = Field(
-        16 * 1024**2, ge=5 * 1024**2, description="Part size of streaming multipart uploads (memory per upload)."
+        16 * 1024**2,
+        ge=5 * 1024**2,
+        le=5 * 1024**3,
+        description="Part size of multipart uploads; an upload holds about (upload_concurrency + 1) parts in memory.",
     )
+    upload_concurrency: int = Field(2, ge=1, le=32, description="Parts of one upload sent at once.")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Longest time one request to the store may take (a part, a ranged read, a listing)."
+    )
+
+    @field_validator("url", "endpoint_url", "region")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value:
+            parse_s3_url(value)
+        return value
 
 
 class Settings(BaseSettings):
@@ -216,6 +236,19 @@ class Settings(BaseSettings):
             "admin_key": "set" if self.admin_key else None,
             "database_url": redact_url(self.resolved_database_url),
         }
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` as (bucket, prefix without slashes at either end); ValueError if malformed."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"storage.url must look like 's3://bucket/prefix', not {url!r}")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError("storage.url takes no credentials, query or fragment: 's3://bucket/prefix'")
+    prefix = parts.path.strip("/")
+    if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
+        raise ValueError(f"storage.url has an invalid prefix: {url!r}")
+    return parts.netloc, prefix
 
 
 def async_database_url(url: str) -> str:
