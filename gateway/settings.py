@@ -154,6 +154,16 @@ class StorageSettings(BaseModel):
             parse_s3_url(value)
         return value
 
+    @model_validator(mode="after")
+    def _endpoint(self) -> StorageSettings:
+        if self.endpoint_url:
+            scheme = urlsplit(self.endpoint_url).scheme
+            if scheme not in ("http", "https"):
+                raise ValueError(f"storage.endpoint_url must be an http(s) URL, not {self.endpoint_url!r}")
+            if scheme == "http" and not self.allow_http:
+                raise ValueError("storage.endpoint_url is plain http: set storage.allow_http = true to allow it")
+        return self
+
 
 class Settings(BaseSettings):
     """Every setting of the gateway. See README's configuration section."""

@@ -99,11 +99,6 @@ class S3BlobStore(BlobStore):
             config["region"] = settings.region
         if settings.endpoint_url:
             endpoint = settings.endpoint_url.rstrip("/")
-            scheme = urlsplit(endpoint).scheme
-            if scheme not in ("http", "https"):
-                raise ValueError(f"storage.endpoint_url must be an http(s) URL, not {settings.endpoint_url!r}")
-            if scheme == "http" and not settings.allow_http:
-                raise ValueError("storage.endpoint_url is plain http: set storage.allow_http = true to allow it")
             if not settings.force_path_style:
                 endpoint = _virtual_host(endpoint, bucket)
             config["endpoint"] = endpoint

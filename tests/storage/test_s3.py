@@ -69,9 +69,19 @@ def test_malformed_urls_are_refused_when_settings_load(url: str) -> None:
         StorageSettings(url=url)
 
 
-def test_a_plain_http_endpoint_needs_allow_http(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="allow_http"):
-        S3BlobStore.from_settings(s3_settings(s3_server, bucket, allow_http=False), tmp_path)
+@pytest.mark.parametrize(
+    ("endpoint", "allow_http", "message"),
+    [
+        ("http://minio.internal:9000", False, "allow_http"),
+        ("ftp://minio.internal", True, "http"),
+        ("minio.internal:9000", True, "http"),
+    ],
+)
+def test_endpoints_are_checked_when_settings_load(endpoint: str, allow_http: bool, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        StorageSettings(url="s3://bucket/p", endpoint_url=endpoint, allow_http=allow_http)
+    with pytest.raises(ValidationError, match=message):
+        Settings(storage={"url": "s3://bucket/p", "endpoint_url": endpoint, "allow_http": allow_http})  # type: ignore[arg-type]
 
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
