@@ -128,6 +128,21 @@ class S3BlobStore(BlobStore):
 
     async def write_stream(self, key: str, chunks: AsyncIterable[bytes]) -> int:
         path = _path(key)
+        iterator = aiter(chunks)
+        # A blob that fits in one part is stored with a single request; a larger one streams into a
+        # multipart upload, which completes only once every part is stored.
+        head = bytearray()
+        async for chunk in iterator:
+            head += chunk
+            if len(head) > self.part_bytes:
+                return await self._write_multipart(key, path, head, iterator)
+        try:
+            await obstore.put_async(self.store, path, bytes(head), use_multipart=False)
+        except BaseError as exc:
+            self._raise_write_error(key, exc)
+        return len(head)
+
+    async def _write_multipart(self, key: str, path: str, head: bytearray, rest: AsyncIterator[bytes]) -> int:
         # The library pulls pieces from ``feed`` on its own threads; the caller's iterator is read
         # here, in the caller's task, so a failure or a cancellation on either side ends both and
         # the multipart upload is aborted rather than left behind.
@@ -152,10 +167,14 @@ class S3BlobStore(BlobStore):
                 max_concurrency=self.upload_concurrency,
             )
         )
-        written = 0
-        pending = bytearray()
+        written = len(head)
         try:
-            async for chunk in chunks:
+            first = bytes(head)
+            head.clear()  # the caller's buffer: only the copy handed to the library stays alive
+            await _send(queue, first, upload)
+            del first
+            pending = bytearray()
+            async for chunk in rest:
                 pending += chunk
                 written += len(chunk)
                 if len(pending) >= FEED_BYTES:
@@ -163,7 +182,6 @@ class S3BlobStore(BlobStore):
                     pending.clear()
             if pending:
                 await _send(queue, bytes(pending), upload)
-                pending.clear()
             await _send(queue, None, upload)
             await asyncio.shield(upload)
         except BaseException as exc:

@@ -44,6 +44,10 @@ class Figures:
     store: str
     size: int
     upload_s: float
+    upload_cpu_s: float
+    """CPU seconds the gateway spent on the upload."""
+    server_cpu_s: float | None
+    """CPU seconds the S3 test server spent on the upload."""
     download_s: float | None
     idle_rss: int
     peak_rss: int
@@ -75,7 +79,16 @@ def write_input(path: Path, size: int) -> int:
     return path.stat().st_size
 
 
-def measure(store: str, path: Path, workdir: Path, env: dict[str, str], download: bool) -> Figures:
+def cpu_seconds(process: psutil.Process | None) -> float:
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def measure(
+    store: str, path: Path, workdir: Path, env: dict[str, str], download: bool, server_pid: int | None = None
+) -> Figures:
     """Start a gateway with ``env``, upload the file (and fetch it back); return the figures."""
     settings = {
         "BATCHGW_WORKER__POLL_INTERVAL_S": str(WorkerSettings().poll_interval_s),
@@ -96,10 +109,14 @@ def measure(store: str, path: Path, workdir: Path, env: dict[str, str], download
         idle = psutil.Process(pid).memory_info().rss
         sampler = RssSampler(pid)
         sampler.start()
+        server = psutil.Process(server_pid) if server_pid else None
+        cpu_before, server_before = cpu_seconds(psutil.Process(pid)), cpu_seconds(server)
         started = time.perf_counter()
         with path.open("rb") as handle:
             uploaded = client.files.create(file=handle, purpose="batch")
         upload_s = time.perf_counter() - started
+        upload_cpu_s = cpu_seconds(psutil.Process(pid)) - cpu_before
+        server_cpu_s = cpu_seconds(server) - server_before if server else None
         assert uploaded.bytes == path.stat().st_size, uploaded
         download_s = None
         if download:
@@ -111,24 +128,28 @@ def measure(store: str, path: Path, workdir: Path, env: dict[str, str], download
             download_s = time.perf_counter() - started
             assert received == uploaded.bytes
         peak = sampler.stop()
-        return Figures(store, uploaded.bytes, upload_s, download_s, idle, peak, high_water_mark(pid))
+        return Figures(
+            store, uploaded.bytes, upload_s, upload_cpu_s, server_cpu_s, download_s, idle, peak, high_water_mark(pid)
+        )
     finally:
         gateway.stop()
 
 
 def report(rows: list[Figures]) -> None:
     print(
-        f"{'store':<8} {'size':>10} {'upload':>9} {'MB/s':>7} {'download':>9} {'MB/s':>7} "
-        f"{'idle RSS':>9} {'peak RSS':>9} {'VmHWM':>8} {'growth':>7}"
+        f"{'store':<6} {'size':>6} {'upload':>7} {'MB/s':>6} {'gw CPU':>7} {'S3 CPU':>7} {'download':>8} {'MB/s':>6} "
+        f"{'idle RSS':>8} {'peak RSS':>8} {'VmHWM':>6} {'growth':>6}"
     )
     for f in rows:
         size = f.size / MB
-        down = f"{f.download_s:8.1f}s {size / f.download_s:7.1f}" if f.download_s else f"{'-':>9} {'-':>7}"
-        hwm = f"{f.peak_hwm / MB:7.0f}M" if f.peak_hwm else f"{'-':>8}"
+        down = f"{f.download_s:7.1f}s {size / f.download_s:6.1f}" if f.download_s else f"{'-':>8} {'-':>6}"
+        server = f"{f.server_cpu_s:6.1f}s" if f.server_cpu_s is not None else f"{'-':>7}"
+        hwm = f"{f.peak_hwm / MB:5.0f}M" if f.peak_hwm else f"{'-':>6}"
         print(
-            f"{f.store:<8} {size:9.0f}M {f.upload_s:8.1f}s {size / f.upload_s:7.1f} {down} "
-            f"{f.idle_rss / MB:8.0f}M {f.peak_rss / MB:8.0f}M {hwm} {(f.peak_rss - f.idle_rss) / MB:6.0f}M"
+            f"{f.store:<6} {size:5.0f}M {f.upload_s:6.1f}s {size / f.upload_s:6.1f} {f.upload_cpu_s:6.1f}s {server} "
+            f"{down} {f.idle_rss / MB:7.0f}M {f.peak_rss / MB:7.0f}M {hwm} {(f.peak_rss - f.idle_rss) / MB:5.0f}M"
         )
+    print("MB = 10^6 bytes; growth = peak RSS - idle RSS of the gateway; CPU = seconds of the upload.")
 
 
 def main() -> None:
@@ -145,7 +166,8 @@ def main() -> None:
         server = start_s3_server()
         try:
             bucket = server.new_bucket()
-            rows = [measure("s3", path, workdir, server.storage_env(bucket) | S3_TEST_CREDENTIALS, args.download)]
+            env = server.storage_env(bucket) | S3_TEST_CREDENTIALS
+            rows = [measure("s3", path, workdir, env, args.download, server.process.pid)]
             stored = server.keys(bucket)
             assert list(stored.values()) == [size], stored
         finally:
