@@ -58,9 +58,16 @@ def bucket(s3_server: S3Server) -> str:
     return s3_server.new_bucket()
 
 
+MAX_UPLOAD = 24 * 1024 * 1024
+LIMITS = {
+    "BATCHGW_LIMITS__MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+    "BATCHGW_STORAGE__MULTIPART_PART_BYTES": str(5 * 1024 * 1024),  # uploads past 5 MiB go multipart
+}
+
+
 @pytest.fixture(scope="module")
 def gateway(gateway_factory: Any, env: dict[str, str], s3_server: S3Server, bucket: str) -> GatewayProcess:
-    return gateway_factory(env | s3_server.storage_env(bucket, PREFIX)).start()  # type: ignore[no-any-return]
+    return gateway_factory(env | s3_server.storage_env(bucket, PREFIX) | LIMITS).start()  # type: ignore[no-any-return]
 
 
 @pytest.fixture(autouse=True)
@@ -183,6 +190,20 @@ def test_the_api_serves_results_straight_from_the_bucket(
     )
     assert client.files.content(file_id).read() == stored["Body"].read()
     assert client.files.retrieve(file_id).bytes == stored["ContentLength"]
+
+
+def test_an_upload_refused_midway_leaves_nothing_in_the_bucket(
+    client: openai.OpenAI, s3_server: S3Server, bucket: str
+) -> None:
+    before = set(s3_server.keys(bucket))
+    line = json.dumps(chat_requests(1)[0]).encode() + b"\n"
+    content = line * (MAX_UPLOAD // len(line) + 1000)  # several parts are stored before the limit is passed
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.files.create(file=("big.jsonl", content), purpose="batch")
+    assert refused.value.status_code == 413
+    assert refused.value.body["code"] == "file_too_large"  # type: ignore[index]
+    assert set(s3_server.keys(bucket)) == before
+    assert s3_server.pending_uploads(bucket) == []
 
 
 # --- API and worker on different nodes ------------------------------------------------------------------------
