@@ -157,8 +157,13 @@ class StorageSettings(BaseModel):
     @model_validator(mode="after")
     def _endpoint(self) -> StorageSettings:
         if self.endpoint_url:
-            scheme = urlsplit(self.endpoint_url).scheme
-            if scheme not in ("http", "https"):
+            parts = urlsplit(self.endpoint_url)
+            scheme = parts.scheme
+            if "@" in parts.netloc:
+                raise ValueError(
+                    "storage.endpoint_url takes no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                )
+            if scheme not in ("http", "https") or not parts.netloc:
                 raise ValueError(f"storage.endpoint_url must be an http(s) URL, not {self.endpoint_url!r}")
             if scheme == "http" and not self.allow_http:
                 raise ValueError("storage.endpoint_url is plain http: set storage.allow_http = true to allow it")
@@ -172,6 +177,7 @@ class Settings(BaseSettings):
         env_prefix="BATCHGW_",
         env_nested_delimiter="__",
         extra="ignore",
+        hide_input_in_errors=True,  # a refused value may hold a secret (a URL with credentials in it)
     )
 
     data_dir: Path = Field(Path("batchgw-data"), description="Folder for the SQLite file and blobs.")

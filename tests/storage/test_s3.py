@@ -75,6 +75,7 @@ def test_malformed_urls_are_refused_when_settings_load(url: str) -> None:
         ("http://minio.internal:9000", False, "allow_http"),
         ("ftp://minio.internal", True, "http"),
         ("minio.internal:9000", True, "http"),
+        ("https://key:secret@minio.internal", False, "takes no credentials"),
     ],
 )
 def test_endpoints_are_checked_when_settings_load(endpoint: str, allow_http: bool, message: str) -> None:
@@ -82,6 +83,13 @@ def test_endpoints_are_checked_when_settings_load(endpoint: str, allow_http: boo
         StorageSettings(url="s3://bucket/p", endpoint_url=endpoint, allow_http=allow_http)
     with pytest.raises(ValidationError, match=message):
         Settings(storage={"url": "s3://bucket/p", "endpoint_url": endpoint, "allow_http": allow_http})  # type: ignore[arg-type]
+
+
+def test_a_refused_storage_setting_does_not_echo_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHGW_STORAGE__URL", "s3://AKIAEXAMPLE:very-secret@bucket/p")
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert "storage.url" in str(refused.value) and "very-secret" not in str(refused.value)
 
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
