@@ -164,7 +164,7 @@ class StorageSettings(BaseModel):
                     "storage.endpoint_url takes no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                 )
             if scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(f"storage.endpoint_url must be an http(s) URL, not {self.endpoint_url!r}")
+                raise ValueError("storage.endpoint_url must be an http(s) URL such as https://minio.internal:9000")
             if scheme == "http" and not self.allow_http:
                 raise ValueError("storage.endpoint_url is plain http: set storage.allow_http = true to allow it")
         return self
@@ -177,7 +177,6 @@ class Settings(BaseSettings):
         env_prefix="BATCHGW_",
         env_nested_delimiter="__",
         extra="ignore",
-        hide_input_in_errors=True,  # a refused value may hold a secret (a URL with credentials in it)
     )
 
     data_dir: Path = Field(Path("batchgw-data"), description="Folder for the SQLite file and blobs.")
@@ -255,15 +254,20 @@ class Settings(BaseSettings):
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` as (bucket, prefix without slashes at either end); ValueError if malformed."""
+    """``s3://bucket/prefix`` as (bucket, prefix without slashes at either end); ValueError if malformed.
+
+    The messages never repeat the URL: a malformed one may hold credentials.
+    """
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ValueError("storage.url takes no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
     if parts.scheme != "s3" or not parts.netloc:
-        raise ValueError(f"storage.url must look like 's3://bucket/prefix', not {url!r}")
-    if parts.query or parts.fragment or "@" in parts.netloc:
-        raise ValueError("storage.url takes no credentials, query or fragment: 's3://bucket/prefix'")
+        raise ValueError("storage.url must look like 's3://bucket/prefix'")
+    if parts.query or parts.fragment:
+        raise ValueError("storage.url takes no query or fragment: 's3://bucket/prefix'")
     prefix = parts.path.strip("/")
     if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
-        raise ValueError(f"storage.url has an invalid prefix: {url!r}")
+        raise ValueError("storage.url has an empty, '.' or '..' segment in its prefix")
     return parts.netloc, prefix
 
 
