@@ -30,6 +30,7 @@ from tests.engine import (
     emulator_log,
     emulator_stats,
     expected_body,
+    query,
     reset,
     set_faults,
     submit,
@@ -76,9 +77,21 @@ def clean_emulators(simulator: SimulatorCluster) -> Iterator[None]:
     yield
 
 
-def job_keys(s3_server: S3Server, bucket: str, outcome: Outcome, input_file_id: str) -> dict[str, set[str]]:
-    """The bucket's objects that belong to one job, by role, once the job's cleanup has settled."""
+def job_keys(
+    gateway: GatewayProcess, s3_server: S3Server, bucket: str, outcome: Outcome, input_file_id: str
+) -> dict[str, set[str]]:
+    """The bucket's objects that belong to one job, by role, once the job's cleanup has settled.
+
+    The files to keep are those the database names: the input file and the batch's output and error files.
+    """
     batch = outcome.batch
+    file_ids = [i for i in (input_file_id, batch.output_file_id, batch.error_file_id) if i]
+    named = ", ".join(f":f{n}" for n in range(len(file_ids)))
+    rows = query(
+        gateway, f"SELECT storage_key FROM files WHERE id IN ({named})", **{f"f{n}": i for n, i in enumerate(file_ids)}
+    )
+    kept = {f"{PREFIX}/{row[0]}" for row in rows}
+    assert len(kept) == len(file_ids)
     deadline = time.monotonic() + 10
     while True:
         keys = set(s3_server.keys(bucket, f"{PREFIX}/"))
@@ -87,9 +100,6 @@ def job_keys(s3_server: S3Server, bucket: str, outcome: Outcome, input_file_id: 
         if not intermediate or time.monotonic() > deadline:  # shard results are removed just after the merge commits
             break
         time.sleep(0.2)
-    kept = {f"{PREFIX}/files/{input_file_id}", f"{PREFIX}/outputs/{batch.id}/output.jsonl"}
-    if batch.error_file_id:
-        kept.add(f"{PREFIX}/outputs/{batch.id}/error.jsonl")
     return {
         "kept": keys & kept,
         "expected_kept": kept,
@@ -109,13 +119,18 @@ class Job:
 
 
 def run_job(
-    client: openai.OpenAI, s3_server: S3Server, bucket: str, requests: list[dict[str, Any]], timeout: float = 60
+    gateway: GatewayProcess,
+    client: openai.OpenAI,
+    s3_server: S3Server,
+    bucket: str,
+    requests: list[dict[str, Any]],
+    timeout: float = 60,
 ) -> Job:
     content = "".join(json.dumps(r) + "\n" for r in requests).encode()
     upload = client.files.create(file=("input.jsonl", content), purpose="batch")
     batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
     outcome = collect(client, wait_for(client, batch.id, timeout=timeout))
-    return Job(outcome, requests, job_keys(s3_server, bucket, outcome, upload.id))
+    return Job(outcome, requests, job_keys(gateway, s3_server, bucket, outcome, upload.id))
 
 
 @pytest.fixture(scope="module")
@@ -124,17 +139,21 @@ def client(gateway: GatewayProcess) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def batch_job(client: openai.OpenAI, s3_server: S3Server, bucket: str, simulator: SimulatorCluster) -> Job:
+def batch_job(
+    gateway: GatewayProcess, client: openai.OpenAI, s3_server: S3Server, bucket: str, simulator: SimulatorCluster
+) -> Job:
     reset(simulator, "fast")
-    job = run_job(client, s3_server, bucket, chat_requests(100, model="batch-model", prefix="batch"))
+    job = run_job(gateway, client, s3_server, bucket, chat_requests(100, model="batch-model", prefix="batch"))
     assert len(batch_creates(emulator_log(simulator, "fast"))) == 3  # 100 requests in shards of at most 40
     return job
 
 
 @pytest.fixture(scope="module")
-def fanout_job(client: openai.OpenAI, s3_server: S3Server, bucket: str, simulator: SimulatorCluster) -> Job:
+def fanout_job(
+    gateway: GatewayProcess, client: openai.OpenAI, s3_server: S3Server, bucket: str, simulator: SimulatorCluster
+) -> Job:
     reset(simulator, "other")
-    job = run_job(client, s3_server, bucket, chat_requests(60, model="sync-model", prefix="sync"))
+    job = run_job(gateway, client, s3_server, bucket, chat_requests(60, model="sync-model", prefix="sync"))
     assert emulator_stats(simulator, "other")["requests_processed"] == 60  # each request sent once
     return job
 
@@ -168,7 +187,7 @@ def test_only_the_input_and_result_files_stay_after_fanout(fanout_job: Job) -> N
     assert_only_input_and_results_stay(fanout_job)
 
 
-@pytest.mark.xfail(strict=True, reason="the merge stage does not remove the shards' input copies yet")
+@pytest.mark.xfail(strict=True, reason="shard input copies are not removed when their job ends")
 def test_shard_inputs_are_removed_when_the_job_ends(batch_job: Job, fanout_job: Job) -> None:
     assert batch_job.keys["shard_inputs"] | fanout_job.keys["shard_inputs"] == set()
 
@@ -181,13 +200,12 @@ def test_the_local_data_folder_holds_no_blobs(gateway: GatewayProcess, batch_job
 
 
 def test_the_api_serves_results_straight_from_the_bucket(
-    client: openai.OpenAI, s3_server: S3Server, bucket: str, batch_job: Job
+    gateway: GatewayProcess, client: openai.OpenAI, s3_server: S3Server, bucket: str, batch_job: Job
 ) -> None:
     file_id = batch_job.outcome.batch.output_file_id
     assert file_id is not None
-    stored = s3_server.client().get_object(
-        Bucket=bucket, Key=f"{PREFIX}/outputs/{batch_job.outcome.batch.id}/output.jsonl"
-    )
+    [(key,)] = query(gateway, "SELECT storage_key FROM files WHERE id = :f", f=file_id)
+    stored = s3_server.client().get_object(Bucket=bucket, Key=f"{PREFIX}/{key}")
     assert client.files.content(file_id).read() == stored["Body"].read()
     assert client.files.retrieve(file_id).bytes == stored["ContentLength"]
 
@@ -231,7 +249,7 @@ def test_api_and_worker_share_only_the_database_and_the_bucket(
         requests = chat_requests(50, model="batch-model", prefix="b") + chat_requests(
             30, model="sync-model", prefix="s"
         )
-        job = run_job(client, s3_server, own_bucket, requests, timeout=90)
+        job = run_job(api, client, s3_server, own_bucket, requests, timeout=90)
     finally:
         worker.stop()
     outcome = job.outcome
