@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -175,8 +176,42 @@ class StorageSettings(_Section):
         True, description="Address the bucket in the path (http://host/bucket/key), as MinIO and Ceph expect."
     )
     multipart_part_bytes: int = Field(
-        16 * 1024**2, ge=5 * 1024**2, description="Part size of streaming multipart uploads (memory per upload)."
+        16 * 1024**2,
+        ge=5 * 1024**2,
+        le=5 * 1024**3,
+        description="Part size of multipart uploads; an upload holds about (upload_concurrency + 1) parts in memory.",
     )
+    upload_concurrency: int = Field(2, ge=1, le=32, description="Parts of one upload sent at once.")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Longest time one request to the store may take (a part, a ranged read, a listing)."
+    )
+
+    @field_validator("url", "endpoint_url", "region")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value:
+            parse_s3_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> StorageSettings:
+        if self.endpoint_url:
+            parts = urlsplit(self.endpoint_url)
+            scheme = parts.scheme
+            if "@" in parts.netloc:
+                raise ValueError(
+                    "storage.endpoint_url takes no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                )
+            if scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("storage.endpoint_url must be an http(s) URL such as https://minio.internal:9000")
+            if scheme == "http" and not self.allow_http:
+                raise ValueError("storage.endpoint_url is plain http: set storage.allow_http = true to allow it")
+        return self
 
 
 class Settings(BaseSettings):
@@ -287,6 +322,24 @@ class Settings(BaseSettings):
             "admin_key": "set" if self.admin_key else None,
             "database_url": redact_url(self.resolved_database_url),
         }
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` as (bucket, prefix without slashes at either end); ValueError if malformed.
+
+    The messages never repeat the URL: a malformed one may hold credentials.
+    """
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ValueError("storage.url takes no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError("storage.url must look like 's3://bucket/prefix'")
+    if parts.query or parts.fragment:
+        raise ValueError("storage.url takes no query or fragment: 's3://bucket/prefix'")
+    prefix = parts.path.strip("/")
+    if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
+        raise ValueError("storage.url has an empty, '.' or '..' segment in its prefix")
+    return parts.netloc, prefix
 
 
 def async_database_url(url: str) -> str:

@@ -284,3 +284,103 @@ def simulated_provider_env(
     path = folder / "providers.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
     return {"BATCHGW_CONFIG_FILE": str(path), **ENGINE_ENV}
+
+
+# --- S3-compatible object storage (moto's standalone server) ------------------------------------------------
+
+S3_TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing-access-key",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_REGION": "us-east-1",
+    # Never ask a cloud metadata service for credentials: only the keys above are used.
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_METADATA_ENDPOINT": "http://127.0.0.1:9",
+}
+"""Environment of every process that talks to the test S3 server (it accepts any keys)."""
+
+
+@dataclass
+class S3Server:
+    """A real S3-wire server (moto's standalone server) on loopback."""
+
+    endpoint_url: str
+    process: subprocess.Popen[bytes]
+
+    def client(self, **credentials: str) -> Any:
+        """A boto3 S3 client on the server: an independent view of what the gateway stored."""
+        import boto3
+
+        keys = {
+            "aws_access_key_id": S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        } | credentials
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1", **keys)
+
+    def new_bucket(self) -> str:
+        """Create an empty bucket with a fresh name and return the name."""
+        name = f"bgw-{uuid.uuid4().hex[:16]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> dict[str, int]:
+        """Every object of a bucket under ``prefix``, with its size."""
+        found: dict[str, int] = {}
+        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            found.update({item["Key"]: item["Size"] for item in page.get("Contents", [])})
+        return found
+
+    def pending_uploads(self, bucket: str) -> list[str]:
+        """Keys of multipart uploads started and neither completed nor aborted."""
+        return [item["Key"] for item in self.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+    def storage_env(self, bucket: str, prefix: str = "gw") -> dict[str, str]:
+        """The environment of a ``batchgw`` process keeping its blobs in ``bucket``."""
+        return {
+            **S3_TEST_CREDENTIALS,
+            "BATCHGW_STORAGE__URL": f"s3://{bucket}/{prefix}",
+            "BATCHGW_STORAGE__ENDPOINT_URL": self.endpoint_url,
+            "BATCHGW_STORAGE__ALLOW_HTTP": "true",
+        }
+
+
+def start_s3_server(extra_env: dict[str, str] | None = None) -> S3Server:
+    """Start moto's standalone S3 server as a subprocess on a free loopback port; wait until it answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))} | (extra_env or {})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the S3 test server exited with {process.returncode}")
+        try:
+            httpx.get(f"{endpoint}/moto-api/data.json", timeout=1)
+            return S3Server(endpoint_url=endpoint, process=process)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise TimeoutError("the S3 test server did not answer within 30 s")
+
+
+def stop_s3_server(server: S3Server) -> None:
+    """Stop a server started by :func:`start_s3_server`."""
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-wire server for this test session (one per test worker); make a bucket per use with ``new_bucket``."""
+    pytest.importorskip("moto.server", reason="moto[server] (test extra) is the S3 test server")
+    server = start_s3_server()
+    yield server
+    stop_s3_server(server)

@@ -14,7 +14,7 @@ from tests.helm.conftest import CHART, FULLNAME, NAMESPACE, Rendered, helm, rend
 
 KUBERNETES_VERSION = "1.34.0"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
-SCENARIOS = ["default", "production-values.yaml", "postgres-inline-values.yaml"]
+SCENARIOS = ["default", "production-values.yaml", "postgres-inline-values.yaml", "object-storage-values.yaml"]
 
 
 def scenario_values(scenario: str) -> dict[str, Any] | None:
@@ -94,6 +94,62 @@ def test_production_values_scale_out(production: Rendered) -> None:
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": f"{FULLNAME}-api", "port": {"name": "http"}}
     assert "Mode: scaled" in production.notes
+
+
+@pytest.fixture(scope="module")
+def object_storage(chart: Any) -> Rendered:
+    return render(chart, values_file("object-storage-values.yaml"))
+
+
+def volumes_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_object_storage_needs_no_shared_volume(object_storage: Rendered) -> None:
+    """Blobs in a bucket with PostgreSQL: no claim at all; each pod keeps temporary files in an emptyDir."""
+    assert not object_storage.kinds("PersistentVolumeClaim")
+    for name in ("api", "worker"):
+        deployment = object_storage.get("Deployment", f"{FULLNAME}-{name}")
+        assert volumes_of(deployment)["data"] == {"name": "data", "emptyDir": {"sizeLimit": "40Gi"}}
+        env = env_of(containers(deployment)[0])
+        assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "batch-gateway-s3", "key": "AWS_ACCESS_KEY_ID"}}
+        assert env["AWS_SECRET_ACCESS_KEY"] == {
+            "secretKeyRef": {"name": "batch-gateway-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+        }
+    for other in [*object_storage.kinds("Job"), object_storage.get("Deployment", f"{FULLNAME}-dashboard")]:
+        for container in containers(other):
+            assert not {e["name"] for e in container.get("env", [])} & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    account = object_storage.get("ServiceAccount", FULLNAME)
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/batch-gateway-blobs")
+    assert "s3://batch-gateway-blobs/prod" in object_storage.notes and "no volume is mounted" in object_storage.notes
+
+
+def test_object_storage_credentials_are_optional(chart: Any) -> None:
+    """Without a Secret the pods rely on a workload identity: no credential variables at all."""
+    values = values_file("object-storage-values.yaml")
+    values["storage"]["existingSecret"] = ""
+    rendered = render(chart, values)
+    for deployment in rendered.kinds("Deployment"):
+        for container in containers(deployment):
+            assert not [e for e in container.get("env", []) if e["name"].startswith("AWS_")]
+
+
+def test_embedded_mode_with_object_storage_keeps_sqlite_on_its_claim(chart: Any) -> None:
+    rendered = render(chart, {"storage": {"url": "s3://blobs/trial"}})
+    claim = rendered.get("PersistentVolumeClaim", f"{FULLNAME}-data")
+    api = rendered.get("Deployment", f"{FULLNAME}-api")
+    assert volumes_of(api)["data"]["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
+    assert "Mode: embedded" in rendered.notes
+
+
+def test_blobs_on_a_volume_unless_object_storage(production: Rendered, default: Rendered) -> None:
+    for rendered in (production, default):
+        for deployment in rendered.kinds("Deployment"):
+            for container in containers(deployment):
+                assert not [e for e in container.get("env", []) if e["name"].startswith("AWS_")]
+    api = production.get("Deployment", f"{FULLNAME}-api")
+    assert volumes_of(api)["data"]["persistentVolumeClaim"] == {"claimName": f"{FULLNAME}-data"}
+    assert f"shared volume {FULLNAME}-data" in production.notes
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

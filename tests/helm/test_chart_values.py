@@ -40,6 +40,16 @@ PG = {"database": {"url": "postgresql://gw:pw@db:5432/gw"}, "persistence": {"acc
         ({"providers": {"openai": {"kind": "bedrock", "base_url": "https://x"}}}, "/providers/openai/kind"),
         ({"config": {"database_url": "postgresql://gw@db/gw"}}, "/config"),
         ({"ingress": {"enabled": True, "hosts": [{"host": "a.example.com", "paths": []}]}}, "minItems"),
+        ({"storage": {"url": "https://bucket.s3.amazonaws.com"}}, "/storage/url"),
+        ({"storage": {"url": "s3://Bad_Bucket/p"}}, "/storage/url"),
+        ({"storage": {"bucket": "blobs"}}, "additional properties 'bucket' not allowed"),
+        ({"storage": {"url": "s3://blobs/p", "accessKey": "AKIA..."}}, "additional properties 'accessKey' not allowed"),
+        ({"storage": {"existingSecret": "s3-keys"}}, "/storage/url': minLength"),
+        ({"storage": {"url": "s3://blobs/p", "endpointUrl": "http://minio:9000"}}, "/storage/allowHttp"),
+        ({"storage": {"url": "s3://blobs/p", "endpointUrl": "minio:9000"}}, "/storage/endpointUrl"),
+        ({"storage": {"scratchSizeLimit": "lots"}}, "/storage/scratchSizeLimit"),
+        ({"storage": {"forcePathStyle": "yes"}}, "/storage/forcePathStyle"),
+        ({"config": {"storage": {"url": "s3://blobs/p"}}}, "/config"),
     ],
 )
 def test_schema_rejects_bad_values(chart: Any, values: dict[str, Any], message: str) -> None:
@@ -55,6 +65,18 @@ def test_schema_accepts_scenarios(chart: Any) -> None:
     chart.validate_schema(values_file("production-values.yaml"))
     chart.validate_schema(values_file("postgres-inline-values.yaml"))
     chart.validate_schema({**PG, "api": {"replicas": 5}})
+    chart.validate_schema(values_file("object-storage-values.yaml"))
+    chart.validate_schema({"storage": {"url": "s3://blobs", "endpointUrl": "http://minio:9000", "allowHttp": True}})
+
+
+def test_object_storage_replaces_the_shared_volume(chart: Any) -> None:
+    """With PostgreSQL and object storage, no ReadWriteMany volume (and no volume at all) is required."""
+    database = {"database": {"url": "postgresql://gw:pw@db:5432/gw"}}
+    for persistence in ({"accessModes": ["ReadWriteOnce"]}, {"enabled": False}):
+        rendered = render(chart, {**database, "persistence": persistence, "storage": {"url": "s3://blobs/gw"}})
+        assert not rendered.kinds("PersistentVolumeClaim")
+    with pytest.raises(helm.HelmRenderError, match=r"set storage\.url"):
+        render(chart, database)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +159,44 @@ def test_rendered_configuration_is_read_by_the_gateway(
     assert settings.limits.max_upload_bytes == 1073741824 and settings.worker.provider_poll_max_s == 60.0
     assert settings.catalog.overrides == {"openai/gpt-4o-mini": {"batch_input_per_mtok": 0.075}}
     assert settings.catalog.file is None
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        (
+            values_file("object-storage-values.yaml")["storage"],
+            {
+                "url": "s3://batch-gateway-blobs/prod",
+                "endpoint_url": "https://minio.storage.svc.cluster.local:9000",
+                "region": "us-east-1",
+                "force_path_style": True,
+                "allow_http": False,
+            },
+        ),
+        (
+            {"url": "s3://blobs", "endpointUrl": "http://minio:9000", "allowHttp": True, "forcePathStyle": False},
+            {
+                "url": "s3://blobs",
+                "endpoint_url": "http://minio:9000",
+                "region": None,
+                "force_path_style": False,
+                "allow_http": True,
+            },
+        ),
+        (
+            {"url": ""},
+            {"url": None, "endpoint_url": None, "region": None, "force_path_style": True, "allow_http": False},
+        ),
+    ],
+)
+def test_rendered_storage_settings_are_read_by_the_gateway(
+    chart: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, storage: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(rendered_config(chart, {"storage": storage})["gateway.toml"])
+    settings = load_settings(monkeypatch, path).storage
+    assert {name: getattr(settings, name) for name in expected} == expected
 
 
 def test_catalog_file_and_awkward_keys_survive_rendering(

@@ -63,6 +63,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or .Values.database.url .Values.database.existingSecret }}true{{ end }}
 {{- end }}
 
+{{/* "true" when file blobs live in object storage (storage.url), else "". */}}
+{{- define "batch-gateway.objectStorage" -}}
+{{- if .Values.storage.url }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the data folder lives on the PersistentVolumeClaim: it holds the SQLite file (embedded
+mode) or the blobs (no object storage). With PostgreSQL and object storage nothing needs a volume. */}}
+{{- define "batch-gateway.dataOnClaim" -}}
+{{- if and .Values.persistence.enabled (not (and (include "batch-gateway.externalDatabase" .) (include "batch-gateway.objectStorage" .))) }}true{{ end }}
+{{- end }}
+
 {{/* "true" when workers run in their own Deployment. */}}
 {{- define "batch-gateway.separateWorkers" -}}
 {{- if and (include "batch-gateway.externalDatabase" .) .Values.worker.enabled }}true{{ end }}
@@ -97,11 +108,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (not $external) (or (gt (int .Values.worker.replicas) 1) .Values.worker.autoscaling.enabled) }}
 {{- fail "worker.replicas > 1 or worker.autoscaling needs PostgreSQL: set database.url or database.existingSecret" }}
 {{- end }}
-{{- if and $external (not .Values.persistence.enabled) }}
-{{- fail "with PostgreSQL, API and worker pods share file blobs: set persistence.enabled=true on a ReadWriteMany volume" }}
+{{- $objects := include "batch-gateway.objectStorage" . }}
+{{- if and $external (not $objects) (not .Values.persistence.enabled) }}
+{{- fail "with PostgreSQL, API and worker pods share file blobs: set storage.url (object storage), or persistence.enabled=true on a ReadWriteMany volume" }}
 {{- end }}
-{{- if and $external .Values.persistence.enabled (not .Values.persistence.existingClaim) (not (has "ReadWriteMany" .Values.persistence.accessModes)) }}
-{{- fail "with PostgreSQL, API and worker pods share file blobs: persistence.accessModes must include ReadWriteMany (or set persistence.existingClaim)" }}
+{{- if and $external (not $objects) .Values.persistence.enabled (not .Values.persistence.existingClaim) (not (has "ReadWriteMany" .Values.persistence.accessModes)) }}
+{{- fail "with PostgreSQL, API and worker pods share file blobs: set storage.url (object storage), or persistence.accessModes must include ReadWriteMany (or set persistence.existingClaim)" }}
+{{- end }}
+{{- if and .Values.storage.existingSecret (not $objects) }}
+{{- fail "storage.existingSecret holds object storage credentials: set storage.url too" }}
 {{- end }}
 {{- if and .Values.worker.autoscaling.enabled (gt (int .Values.worker.autoscaling.minReplicas) (int .Values.worker.autoscaling.maxReplicas)) }}
 {{- fail "worker.autoscaling.minReplicas must not exceed worker.autoscaling.maxReplicas" }}
@@ -177,6 +192,22 @@ securityContext:
 {{- end }}
 {{- end }}
 
+{{/* Object storage credentials, for the API and worker containers only. */}}
+{{- define "batch-gateway.storageEnv" -}}
+{{- with .Values.storage.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.storage.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.storage.secretAccessKeyKey }}
+{{- end }}
+{{- end }}
+
 {{- define "batch-gateway.adminKeyEnv" -}}
 - name: BATCHGW_ADMIN_KEY
   valueFrom:
@@ -212,9 +243,13 @@ securityContext:
   configMap:
     name: {{ include "batch-gateway.fullname" . }}-config
 - name: data
-{{- if .Values.persistence.enabled }}
+{{- if include "batch-gateway.dataOnClaim" . }}
   persistentVolumeClaim:
     claimName: {{ default (printf "%s-data" (include "batch-gateway.fullname" .)) .Values.persistence.existingClaim }}
+{{- else if and (include "batch-gateway.externalDatabase" .) (include "batch-gateway.objectStorage" .) .Values.storage.scratchSizeLimit }}
+  # Blobs are in object storage: the pod keeps only temporary files here.
+  emptyDir:
+    sizeLimit: {{ .Values.storage.scratchSizeLimit }}
 {{- else }}
   emptyDir: {}
 {{- end }}
