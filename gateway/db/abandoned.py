@@ -109,6 +109,14 @@ async def for_batch(session: AsyncSession, batch_id: str) -> Sequence[AbandonedP
     return (await session.exec(query.order_by(col(AbandonedProviderBatch.id)))).all()
 
 
+async def open_shard_ids(session: AsyncSession, batch_id: str) -> set[str]:
+    """Shards of a batch with an abandoned provider batch not yet settled (their inputs are still needed)."""
+    query = select(AbandonedProviderBatch.shard_id).where(
+        AbandonedProviderBatch.batch_id == batch_id, AbandonedProviderBatch.state == "open"
+    )
+    return set((await session.exec(query)).all())
+
+
 async def open_count(session: AsyncSession) -> int:
     """Abandoned provider batches not yet ended at their provider."""
     query = select(func.count()).select_from(AbandonedProviderBatch).where(AbandonedProviderBatch.state == "open")

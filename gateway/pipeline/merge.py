@@ -22,6 +22,7 @@ from typing import Any
 from gateway import metrics
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point, freeze_point
+from gateway.db import abandoned as abandoned_db
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
@@ -95,8 +96,12 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
         if not published:
             for row in files.values():
                 await context.blobs.delete(row.storage_key)
+    # The shards' blobs are not needed any more, except the inputs of abandoned provider batches not yet billed.
+    async with context.sessions() as session:
+        still_needed = await abandoned_db.open_shard_ids(session, batch.id)
     for shard in shards:
-        for key in (shard.output_key, shard.error_key):
+        keep = shard.id in still_needed
+        for key in (shard.output_key, shard.error_key, None if keep else shard.input_key):
             if key:
                 await context.blobs.delete(key)
     served = Counter({s.provider: s.result_completed for s in shards if s.result_completed})

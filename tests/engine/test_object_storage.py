@@ -187,7 +187,6 @@ def test_only_the_input_and_result_files_stay_after_fanout(fanout_job: Job) -> N
     assert_only_input_and_results_stay(fanout_job)
 
 
-@pytest.mark.xfail(strict=True, reason="shard input copies are not removed when their job ends")
 def test_shard_inputs_are_removed_when_the_job_ends(batch_job: Job, fanout_job: Job) -> None:
     assert batch_job.keys["shard_inputs"] | fanout_job.keys["shard_inputs"] == set()
 
