@@ -170,6 +170,26 @@ def keys_create(
     typer.echo(_run_with_context(_load_settings(require_keys=False), create))
 
 
+@app.command("gc")
+def collect_blobs(
+    grace_s: Annotated[
+        float | None,
+        typer.Option("--grace-s", help="Remove unnamed blobs at least this old (default: worker.blob_gc_grace_s)."),
+    ] = None,
+) -> None:
+    """Remove stored blobs no database row names (what workers also do every worker.blob_gc_interval_s).
+
+    A grace of 0 is safe only while no batch is being uploaded, routed, collected or merged.
+    """
+    from gateway.jobs.blob_gc import collect_garbage
+
+    async def collect(context: GatewayContext) -> int:
+        return await collect_garbage(context, grace_s)
+
+    removed = _run_with_context(_load_settings(require_keys=False), collect)
+    typer.echo(f"removed {removed} blob(s) no row names")
+
+
 @app.command()
 def simulate(
     config: Annotated[Path | None, typer.Option(help="TOML file listing emulated providers.")] = None,
