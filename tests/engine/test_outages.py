@@ -16,8 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from dashboard import format as fmt
 from gateway.simulator import SimulatorCluster
 from tests.conftest import GatewayProcess
+from tests.dashboard.conftest import app_test
 from tests.engine import (
     BATCH_RATES,
     batch_creates,
@@ -80,7 +82,7 @@ def ledger_usd(gateway: GatewayProcess, provider: str) -> float:
 
 @pytest.mark.parametrize("mode", ["503", "reset", "refuse"])
 def test_outage_mid_job_moves_work_once_and_bills_what_the_abandoned_batches_ran(
-    mode: str, gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+    mode: str, gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gateway = start_gateway(
         gateway_factory, simulator, tmp_path, cheap="slow", pricey="fast",
@@ -149,6 +151,17 @@ def test_outage_mid_job_moves_work_once_and_bills_what_the_abandoned_batches_ran
         if line.startswith("batchgw_spend_usd_total{") and 'reason="abandoned"' in line
     )
     assert abandoned_spend == pytest.approx(cheap_invoice, abs=1e-6)
+
+    # The operator's job page says so.
+    page = app_test(monkeypatch, gateway.base_url)
+    page.switch_page("pages/job.py")
+    page.query_params["batch"] = batch.id
+    page.run()
+    assert not page.exception, [e.value for e in page.exception]
+    banner = " ".join(str(e.value) for e in page.error)
+    assert f"Paid twice: {fmt.money(cheap_invoice)}" in banner, banner
+    abandoned_table = next(d.value for d in page.dataframe if "requests billed" in d.value.columns)
+    assert len(abandoned_table) == REQUESTS // PER_SHARD and set(abandoned_table["state"]) == {"settled"}
 
 
 def test_a_429_storm_is_waited_out_and_moves_nothing(
