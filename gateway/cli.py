@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -65,11 +64,9 @@ def _run_with_context(settings: Settings, job: Callable[[GatewayContext], Awaita
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from gateway.logs import configure_logging
+
+    configure_logging(settings)
 
 
 @app.command()
@@ -92,6 +89,7 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # keep the gateway's log format (gateway.logs) for the server's lines too
         access_log=False,
     )
 

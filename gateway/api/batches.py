@@ -13,7 +13,9 @@ from litestar.di import Provide
 from gateway.api import idempotency
 from gateway.api.auth import Principal, provide_principal
 from gateway.api.errors import APIError, bad_request, not_found
+from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
 from gateway.api.objects import batch_object, list_object
+from gateway.api.openapi import CLIENT_SECURITY, CREATE_BATCH_BODY, errors, with_request_body
 from gateway.billing import budgets as billing
 from gateway.context import GatewayContext
 from gateway.db import repo
@@ -114,12 +116,7 @@ def validate_output_expiry(value: object) -> None:
 
 
 def _parse_create(raw: bytes) -> dict[str, Any]:
-    try:
-        body = msgspec.json.decode(raw) if raw else None
-    except msgspec.DecodeError:
-        raise bad_request("The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    body = decode_json_object(raw, free_text=("metadata",))
     unknown = sorted(set(body) - CREATE_FIELDS)
     if unknown:
         raise bad_request(
@@ -164,8 +161,16 @@ class BatchesController(Controller):
     path = "/batches"
     dependencies = {"principal": Provide(provide_principal)}
     tags = ["batches"]
+    security = CLIENT_SECURITY
 
-    @post("/", status_code=200, summary="Create a batch")
+    @post(
+        "/",
+        status_code=200,
+        summary="Create a batch",
+        responses=errors(404, 409, 413, 429),
+        operation_class=with_request_body(CREATE_BATCH_BODY),
+        request_max_body_size=MAX_JSON_BODY_BYTES,
+    )
     async def create_batch(self, request: Request, state: State, principal: Principal) -> dict[str, Any]:
         """Accept a batch for validation and execution; it starts in ``validating``."""
         context: GatewayContext = state.context
@@ -217,7 +222,7 @@ class BatchesController(Controller):
             raise not_found("batch", earlier)
         return batch_object(original)
 
-    @get("/", summary="List batches")
+    @get("/", summary="List batches", responses=errors(404))
     async def list_batches(
         self, state: State, principal: Principal, after: str | None = None, limit: int = 20
     ) -> dict[str, Any]:
@@ -234,7 +239,7 @@ class BatchesController(Controller):
             rows = await repo.list_batches(session, principal.team_id, after=cursor, limit=limit + 1)
         return list_object([batch_object(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
-    @get("/{batch_id:str}", summary="Retrieve a batch")
+    @get("/{batch_id:str}", summary="Retrieve a batch", responses=errors(404))
     async def retrieve_batch(self, state: State, principal: Principal, batch_id: str) -> dict[str, Any]:
         """One batch of the caller's team."""
         context: GatewayContext = state.context
@@ -244,7 +249,7 @@ class BatchesController(Controller):
             raise not_found("batch", batch_id)
         return batch_object(row)
 
-    @post("/{batch_id:str}/cancel", status_code=200, summary="Cancel a batch")
+    @post("/{batch_id:str}/cancel", status_code=200, summary="Cancel a batch", responses=errors(404, 409))
     async def cancel_batch(self, state: State, principal: Principal, batch_id: str) -> dict[str, Any]:
         """Request cancellation; finished requests keep their results."""
         return batch_object(await cancel_batch(state.context, principal.team_id, batch_id))
