@@ -14,7 +14,7 @@ from litestar.params import Body, Parameter
 
 from gateway.api.auth import require_admin
 from gateway.api.errors import bad_request, not_found
-from gateway.api.inputs import MAX_JSON_BODY_BYTES, check_text
+from gateway.api.inputs import MAX_JSON_BODY_BYTES, check_json_request, check_text
 from gateway.api.openapi import ADMIN_SECURITY, DB_ID, admin_errors
 from gateway.billing import budgets
 from gateway.billing.alerts import alert_view
@@ -181,6 +181,7 @@ class AdminBillingController(Controller):
         summary="Create or replace the budget of a scope and period",
         responses=admin_errors(404, 413),
         request_max_body_size=MAX_JSON_BODY_BYTES,
+        before_request=check_json_request,
     )
     async def put_budget(
         self,

@@ -59,6 +59,18 @@ def check_request_url(request: Request) -> None:
             raise invalid_characters(f"Query parameter '{name[:64]}'", name if not _CONTROL.search(name) else None)
 
 
+async def check_json_request(request: Request) -> None:
+    """``check_request_url``, then refuse a body nested too deep before the framework decodes it into
+    the handler's ``data`` (a ``before_request`` of handlers that take one)."""
+    check_request_url(request)
+    if nests_deeper_than(await request.body(), MAX_JSON_DEPTH):
+        raise _too_deep()
+
+
+def _too_deep() -> APIError:
+    return bad_request(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.", code="nesting_too_deep")
+
+
 def _check_strings(value: Any, path: str, free_text_params: frozenset[str]) -> None:
     if isinstance(value, str):
         check_text(value, path, free_text=path in free_text_params or path.split(".")[0] in free_text_params)
@@ -78,9 +90,7 @@ def decode_json_object(raw: bytes, *, free_text: tuple[str, ...] = ()) -> dict[s
     with no control characters in its keys and strings (except tab and line breaks in the
     ``free_text`` fields and everything under them)."""
     if nests_deeper_than(raw, MAX_JSON_DEPTH):
-        raise bad_request(
-            f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.", code="nesting_too_deep"
-        )
+        raise _too_deep()
     try:
         body = msgspec.json.decode(raw) if raw else None
     except msgspec.DecodeError:
