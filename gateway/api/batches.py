@@ -32,6 +32,8 @@ _WINDOW = re.compile(r"^(\d{1,7})([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_S = 7 * 86400
 RESERVED_METADATA_PREFIX = "gateway_"
+MAX_CANARY = 1_000_000_000
+"""Largest canary size (already far above the most lines a file holds)."""
 
 
 def parse_completion_window(value: object, min_seconds: int = 3600) -> int:
@@ -84,9 +86,10 @@ def validate_routing_hints(context: GatewayContext, metadata: dict[str, str] | N
             code="invalid_hint",
         )
     canary = (metadata or {}).get("canary")
-    if canary is not None and not (canary.isdigit() and int(canary) > 0):
+    if canary is not None and not (canary.isascii() and canary.isdigit() and 0 < int(canary) <= MAX_CANARY):
         raise bad_request(
-            f"Invalid routing hint in 'metadata': canary {canary!r} must be a whole number of requests above 0.",
+            f"Invalid routing hint in 'metadata': canary {canary!r} must be a whole number of requests from 1 to "
+            f"{MAX_CANARY}.",
             param="metadata.canary",
             code="invalid_hint",
         )

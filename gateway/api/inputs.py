@@ -42,10 +42,14 @@ def invalid_characters(where: str, param: str | None) -> APIError:
     )
 
 
+def has_control_characters(value: str, *, free_text: bool = False) -> bool:
+    """True when ``value`` holds a control character (tab and line breaks do not count in free text)."""
+    return (_CONTROL_BUT_WHITESPACE if free_text else _CONTROL).search(value) is not None
+
+
 def check_text(value: str, param: str, *, free_text: bool = False) -> str:
     """``value`` unless it holds a control character (tab and line breaks allowed in free text)."""
-    pattern = _CONTROL_BUT_WHITESPACE if free_text else _CONTROL
-    if pattern.search(value):
+    if has_control_characters(value, free_text=free_text):
         raise invalid_characters(f"'{param}'", param)
     return value
 

@@ -16,7 +16,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.api.errors import APIError, bad_request
-from gateway.api.inputs import check_text, invalid_characters
+from gateway.api.inputs import has_control_characters, invalid_characters
 from gateway.storage import BlobStore
 
 MAX_FIELD_BYTES = 64 * 1024
@@ -112,9 +112,7 @@ class _MultipartSink:
             return
         self.in_file = self.file_seen = True
         self.filename = filename.decode("utf-8", "replace")[:MAX_FILENAME_CHARS] if filename is not None else None
-        try:
-            check_text(self.filename or "", "filename")
-        except APIError:
+        if has_control_characters(self.filename or ""):
             self.problem = self.problem or invalid_characters("The file's name", "file")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:

@@ -21,8 +21,6 @@ from schemathesis import Case
 
 from tests.conftest import GatewayProcess
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 MAX_EXAMPLES = 25
 """Generated cases per operation in the fuzzing phase (the coverage phase adds its own boundary cases);
 with 23 operations this keeps a run on one database well under a minute on two cores."""

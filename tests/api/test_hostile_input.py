@@ -187,6 +187,17 @@ def test_a_control_character_in_any_body_string_is_400(
     assert checked >= 9
 
 
+@pytest.mark.parametrize(
+    "canary",
+    ["\u00b2", "\u0663", "9" * 500, "0", "-1", str(10**12)],
+    ids=["superscript", "arabic", "huge", "0", "-1", "1e12"],
+)
+def test_a_canary_hint_that_is_not_a_plain_count_is_400(http: httpx.Client, input_file: str, canary: str) -> None:
+    """A superscript two passes ``str.isdigit`` but not ``int``: it was a 500."""
+    body = valid_bodies(input_file)[("post", "/v1/batches")] | {"metadata": {"canary": canary}}
+    assert_error(http.post("/v1/batches", json=body), 400, code="invalid_hint", param="metadata.canary")
+
+
 def test_a_control_character_in_a_metadata_key_is_400(http: httpx.Client, input_file: str) -> None:
     body = valid_bodies(input_file)[("post", "/v1/batches")] | {"metadata": {"k\x00": "v"}}
     assert_error(http.post("/v1/batches", json=body), 400, code="invalid_characters", param="metadata")
