@@ -1,8 +1,8 @@
 """OpenAI-shaped errors and the exception handlers that render every failure in that shape.
 
-Every non-2xx answer has the body ``{"error": {"message", "type", "param", "code"}}``; unexpected
-exceptions are logged with a traceback on the server and answered as a plain 500 message,
-never as a traceback.
+Every non-2xx answer has the body ``{"error": {"message", "type", "param", "code"}}``; a write the
+blob store refused (disk full or not writable) is a 507; unexpected exceptions are logged with a
+traceback on the server and answered as a plain 500 message, never as a traceback.
 """
 
 from __future__ import annotations
