@@ -2,9 +2,10 @@
 
 Schemathesis reads the OpenAPI document the gateway serves (``/schema/openapi.json``) and sends
 what it describes, valid and invalid: boundary values, wrong types, missing and unknown fields,
-strings with control characters, huge numbers. Every answer must be below 500, and every error
-must be in OpenAI's shape. Requests carry a client key on /v1 and the admin key on /admin; some
-path ids are swapped for ids of real objects so the handlers behind the 404s are fuzzed too.
+strings with control characters, huge numbers. Every answer must be below 500, every error must
+be in OpenAI's shape, and every answer must be one the document lists, with a body that fits it.
+Requests carry a client key on /v1 and the admin key on /admin; some path ids are swapped for ids
+of real objects so the handlers behind the 404s are fuzzed too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import Case
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
 from tests.conftest import GatewayProcess
 
@@ -84,6 +86,8 @@ def test_no_operation_answers_a_server_error(
         assert list(body) == ["error"], reproduce
         assert set(body["error"]) == {"message", "type", "param", "code"}, reproduce
         assert isinstance(body["error"]["message"], str) and body["error"]["message"], reproduce
+    # The document does not mislead: the status is one it lists for the operation, the body fits its schema.
+    case.validate_response(response, checks=[status_code_conformance, response_schema_conformance])
 
 
 def test_the_gateway_log_holds_no_traceback(gateway: GatewayProcess) -> None:
