@@ -16,10 +16,10 @@ from typing import Any
 
 import msgspec
 
+from gateway import jsondepth
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.models import Batch, now_s
-from gateway.jsondepth import nests_deeper_than
 from gateway.settings import LimitSettings
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> Val
             continue
         if raw.endswith(b"\r"):
             raw = raw[:-1]
-        if nests_deeper_than(raw, MAX_LINE_DEPTH):
+        if jsondepth.nests_deeper_than(raw, MAX_LINE_DEPTH):
             message = f"Line {number} is nested more than {MAX_LINE_DEPTH} levels deep (arrays and objects)."
             report.add("nesting_too_deep", message, number, None, keep)
             continue
@@ -207,7 +207,7 @@ def _report_duplicates(path: Path, max_line_bytes: int, hashes: set[int], report
     """Second pass over the lines whose custom_id hash repeated: report the true duplicates exactly."""
     first_line: dict[str, int] = {}
     for number, raw in iter_lines(path, max_line_bytes):
-        if raw is None or nests_deeper_than(raw, MAX_LINE_DEPTH):
+        if raw is None or jsondepth.nests_deeper_than(raw, MAX_LINE_DEPTH):
             continue
         try:
             custom_id = _line_decoder.decode(raw.rstrip(b"\r")).custom_id
