@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -67,6 +68,7 @@ def _setup_logging(settings: Settings) -> None:
     from gateway.logs import configure_logging
 
     configure_logging(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @app.command()

@@ -76,7 +76,7 @@ def test_configure_logging_sends_every_logger_through_the_format(log_format: str
         configure_logging(Settings(log_format={log_format!r}, log_level="INFO"))
         logging.getLogger("gateway.x").warning("id %s", {HOSTILE!r})
         logging.getLogger("uvicorn.error").info("server line")
-        logging.getLogger("httpx").info("quiet: below WARNING")
+        logging.getLogger("gateway.z").debug("quiet: below INFO")
         try:
             raise RuntimeError({HOSTILE!r})
         except RuntimeError:
