@@ -20,7 +20,9 @@ from gateway.api.batches import BatchesController
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.files import FilesController
 from gateway.api.health import healthz, readyz
+from gateway.api.inputs import check_request_url
 from gateway.api.metrics import metrics_endpoint
+from gateway.api.openapi import COMPONENTS
 from gateway.context import GatewayContext
 from gateway.db.engine import upgrade_to_head
 from gateway.jobs.worker import Worker
@@ -64,11 +66,13 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        before_request=check_request_url,
         openapi_config=OpenAPIConfig(
             title="batch-gateway",
             version=__version__,
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
+            components=COMPONENTS,
         ),
         request_max_body_size=None,
         debug=False,

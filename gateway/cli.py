@@ -90,10 +90,9 @@ def _run_with_context(settings: Settings, job: Callable[[GatewayContext], Awaita
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from gateway.logs import configure_logging
+
+    configure_logging(settings)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
@@ -119,6 +118,7 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # keep the gateway's log format (gateway.logs) for the server's lines too
         access_log=False,
     )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -237,6 +237,9 @@ class Settings(BaseSettings):
     auto_migrate: bool = Field(True, description="Apply database migrations when the gateway starts.")
     public_base_url: str | None = Field(None, description="Base URL clients use, for links in responses.")
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'text': one escaped line per record; 'json': one JSON object per line."
+    )
     limits: LimitSettings = Field(default_factory=LimitSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

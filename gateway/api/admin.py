@@ -13,7 +13,9 @@ from litestar.di import Provide
 
 from gateway.api.auth import require_admin
 from gateway.api.errors import bad_request, not_found
+from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
 from gateway.api.objects import batch_object, list_object
+from gateway.api.openapi import ADMIN_SECURITY, CREATE_KEY_BODY, ESTIMATE_BODY, admin_errors, with_request_body
 from gateway.billing.estimate import cost_usd
 from gateway.billing.quote import quote_file
 from gateway.context import GatewayContext
@@ -62,14 +64,8 @@ def shard_view(shard: Shard) -> dict[str, Any]:
     }
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise bad_request("The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    return body
+MAX_NAME_CHARS = 200
+"""Longest team name and key label (the columns' width)."""
 
 
 def shard_rates(shard: Shard) -> tuple[float, float]:
@@ -179,8 +175,13 @@ class AdminController(Controller):
     path = "/admin"
     dependencies = {"_admin": Provide(require_admin)}
     tags = ["admin"]
+    security = ADMIN_SECURITY
 
-    @get("/providers", summary="Providers: configuration, health, load, turnaround and prices (no secrets)")
+    @get(
+        "/providers",
+        responses=admin_errors(),
+        summary="Providers: configuration, health, load, turnaround and prices (no secrets)",
+    )
     async def providers(self, state: State, _admin: None) -> dict[str, Any]:
         """Each provider's kind, base URL, models and limits (keys named by variable only), its circuit
         breaker, shards in flight, observed turnaround per model and its priced offers."""
@@ -219,7 +220,7 @@ class AdminController(Controller):
             "default_policy": context.settings.routing.default_policy,
         }
 
-    @get("/batches", summary="Batches of every team")
+    @get("/batches", summary="Batches of every team", responses=admin_errors(404))
     async def batches(
         self,
         state: State,
@@ -259,7 +260,11 @@ class AdminController(Controller):
         data = [admin_batch_view(r, names.get(r.team_id), waits[r.id]) for r in rows[:limit]]
         return list_object(data, has_more=len(rows) > limit)
 
-    @get("/batches/{batch_id:str}", summary="One batch with its shards and routing decisions")
+    @get(
+        "/batches/{batch_id:str}",
+        summary="One batch with its shards and routing decisions",
+        responses=admin_errors(404),
+    )
     async def batch_detail(self, state: State, _admin: None, batch_id: str) -> dict[str, Any]:
         """The batch object plus the engine's view: every shard and every routing decision with its
         candidates, estimated costs, choice, reason and (for failovers and retries) cause."""
@@ -279,12 +284,19 @@ class AdminController(Controller):
             "abandoned_provider_batches": [abandoned_view(a) for a in abandoned],
         }
 
-    @post("/estimate", status_code=200, summary="Estimate an uploaded file's cost on every offer")
+    @post(
+        "/estimate",
+        status_code=200,
+        summary="Estimate an uploaded file's cost on every offer",
+        responses=admin_errors(404, 413),
+        operation_class=with_request_body(ESTIMATE_BODY),
+        request_max_body_size=MAX_JSON_BODY_BYTES,
+    )
     async def estimate(self, request: Request, state: State, _admin: None) -> dict[str, Any]:
         """Body ``{"file_id", "model"?, "policy"?, "endpoint"?}``: tokens, synchronous and offer cost,
         savings and the policy's ranking for each model of the file (as ``batchgw estimate`` prints)."""
         context: GatewayContext = state.context
-        body = _json_object(await request.body())
+        body = decode_json_object(await request.body())
         file_id, model, policy = body.get("file_id"), body.get("model"), body.get("policy")
         endpoint = body.get("endpoint", "/v1/chat/completions")
         if not isinstance(file_id, str) or not file_id:
@@ -306,6 +318,11 @@ class AdminController(Controller):
                 )
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise bad_request(f"The file is not a valid batch input file: {exc}.", param="file_id") from None
+            except RecursionError:
+                # The decoder's own limit: lines this deep never pass a batch's validation either.
+                raise bad_request(
+                    "The file is not a valid batch input file: a line is nested too deeply.", param="file_id"
+                ) from None
         return {
             "policy": quote.policy,
             "chosen_cost_usd": round(quote.chosen_cost_usd, 6),
@@ -313,15 +330,26 @@ class AdminController(Controller):
             "data": [asdict(row) | {"savings_usd": round(row.savings_usd, 6)} for row in quote.rows],
         }
 
-    @post("/keys", status_code=201, summary="Create a client API key")
+    @post(
+        "/keys",
+        status_code=201,
+        summary="Create a client API key",
+        responses=admin_errors(413),
+        operation_class=with_request_body(CREATE_KEY_BODY),
+        request_max_body_size=MAX_JSON_BODY_BYTES,
+    )
     async def create_key(self, request: Request, state: State, _admin: None) -> dict[str, Any]:
         """Body ``{"team": NAME, "name": LABEL?}``; the secret is in this response only."""
         context: GatewayContext = state.context
-        body = _json_object(await request.body())
-        team = body.get("team")
-        if not isinstance(team, str) or not team.strip():
-            raise bad_request("'team' must be a non-empty string.", param="team")
+        body = decode_json_object(await request.body(), free_text=("name",))
+        team, name = body.get("team"), body.get("name")
+        if not isinstance(team, str) or not team.strip() or len(team.strip()) > MAX_NAME_CHARS:
+            raise bad_request(
+                f"'team' must be a non-empty string of at most {MAX_NAME_CHARS} characters.", param="team"
+            )
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
+            raise bad_request(f"'name' must be a string of at most {MAX_NAME_CHARS} characters.", param="name")
         async with context.sessions() as session:
-            secret, key = await repo.create_api_key(session, team.strip(), body.get("name"))
+            secret, key = await repo.create_api_key(session, team.strip(), name)
             await session.commit()
         return {"id": key.id, "team": team.strip(), "key": secret, "prefix": key.prefix}

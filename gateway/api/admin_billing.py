@@ -14,6 +14,8 @@ from litestar.params import Body, Parameter
 
 from gateway.api.auth import require_admin
 from gateway.api.errors import bad_request, not_found
+from gateway.api.inputs import MAX_JSON_BODY_BYTES, check_json_request, check_text
+from gateway.api.openapi import ADMIN_SECURITY, DB_ID, admin_errors
 from gateway.billing import budgets
 from gateway.billing.alerts import alert_view
 from gateway.billing.budgets import PERIODS, BudgetStatus
@@ -82,7 +84,8 @@ def _alert_with_delivery(alert: BillingAlert, delivery: WebhookDelivery | None) 
 
 def _checked_budget(body: BudgetIn, default_thresholds: list[float]) -> tuple[str | None, list[float]]:
     """The team name of the scope (None: global) and the thresholds; 400 on anything invalid."""
-    scope = body.scope.strip()
+    scope = check_text(body.scope, "scope").strip()
+    check_text(body.period, "period")
     team: str | None = None
     if scope.startswith("team:") and scope[5:].strip():
         team = scope[5:].strip()
@@ -110,8 +113,9 @@ class AdminBillingController(Controller):
     path = "/admin"
     dependencies = {"_admin": Provide(require_admin)}
     tags = ["billing"]
+    security = ADMIN_SECURITY
 
-    @get("/spend", summary="Spend from the ledger by time bucket and provider, model or team")
+    @get("/spend", summary="Spend from the ledger by time bucket and provider, model or team", responses=admin_errors())
     async def spend(
         self,
         state: State,
@@ -163,7 +167,7 @@ class AdminBillingController(Controller):
         query = {"group_by": group_by, "bucket": bucket, "since": start, "until": end}
         return {"object": "list", "data": data, "totals": totals, "query": query}
 
-    @get("/budgets", summary="Budgets with current spend, reservations and utilisation")
+    @get("/budgets", summary="Budgets with current spend, reservations and utilisation", responses=admin_errors())
     async def list_budgets(self, state: State, _admin: None) -> dict[str, Any]:
         """Every budget; spent and reserved are for the current UTC day or month."""
         context: GatewayContext = state.context
@@ -171,7 +175,14 @@ class AdminBillingController(Controller):
             statuses = await budgets.budget_statuses(session)
         return {"object": "list", "data": [budget_view(s) for s in statuses]}
 
-    @put("/budgets", status_code=200, summary="Create or replace the budget of a scope and period")
+    @put(
+        "/budgets",
+        status_code=200,
+        summary="Create or replace the budget of a scope and period",
+        responses=admin_errors(404, 413),
+        request_max_body_size=MAX_JSON_BODY_BYTES,
+        before_request=check_json_request,
+    )
     async def put_budget(
         self,
         state: State,
@@ -193,8 +204,10 @@ class AdminBillingController(Controller):
             status = await budgets.status_of(session, budget, team)
         return budget_view(status)
 
-    @delete("/budgets/{budget_id:int}", status_code=200, summary="Delete a budget")
-    async def delete_budget(self, state: State, _admin: None, budget_id: int) -> dict[str, Any]:
+    @delete("/budgets/{budget_id:int}", status_code=200, summary="Delete a budget", responses=admin_errors(404))
+    async def delete_budget(
+        self, state: State, _admin: None, budget_id: Annotated[int, Parameter(**DB_ID)]
+    ) -> dict[str, Any]:
         """Its alerts stay."""
         context: GatewayContext = state.context
         async with context.sessions() as session:
@@ -204,7 +217,7 @@ class AdminBillingController(Controller):
             raise not_found("budget", str(budget_id))
         return {"id": budget_id, "object": "budget.deleted", "deleted": True}
 
-    @get("/alerts", summary="Billing alerts, newest first")
+    @get("/alerts", summary="Billing alerts, newest first", responses=admin_errors())
     async def list_alerts(
         self,
         state: State,
@@ -222,8 +235,10 @@ class AdminBillingController(Controller):
         data = [_alert_with_delivery(a, deliveries.get(a.id or 0)) for a in alerts]
         return {"object": "list", "data": data}
 
-    @post("/alerts/{alert_id:int}/ack", status_code=200, summary="Acknowledge an alert")
-    async def ack_alert(self, state: State, _admin: None, alert_id: int) -> dict[str, Any]:
+    @post("/alerts/{alert_id:int}/ack", status_code=200, summary="Acknowledge an alert", responses=admin_errors(404))
+    async def ack_alert(
+        self, state: State, _admin: None, alert_id: Annotated[int, Parameter(**DB_ID)]
+    ) -> dict[str, Any]:
         """Marks the alert seen; acknowledging twice keeps the first time."""
         context: GatewayContext = state.context
         async with context.sessions() as session:

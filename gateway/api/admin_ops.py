@@ -16,6 +16,7 @@ from gateway.api.auth import require_admin
 from gateway.api.batches import METADATA_MAX_PAIRS, cancel_batch
 from gateway.api.errors import APIError, not_found
 from gateway.api.objects import batch_object
+from gateway.api.openapi import ADMIN_SECURITY, admin_errors
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.models import Batch, StoredFile, new_id, now_s
@@ -82,14 +83,25 @@ class AdminOpsController(Controller):
     path = "/admin"
     dependencies = {"_admin": Provide(require_admin)}
     tags = ["admin"]
+    security = ADMIN_SECURITY
 
-    @post("/batches/{batch_id:str}/cancel", status_code=200, summary="Cancel any team's batch")
+    @post(
+        "/batches/{batch_id:str}/cancel",
+        status_code=200,
+        summary="Cancel any team's batch",
+        responses=admin_errors(404, 409),
+    )
     async def cancel(self, state: State, _admin: None, batch_id: str) -> dict[str, Any]:
         """Same semantics as the client cancel: finished requests keep their results; 409 once finished."""
         row = await cancel_batch(state.context, None, batch_id)
         return batch_object(row) | {"team_id": row.team_id, "stage": row.stage}
 
-    @post("/batches/{batch_id:str}/retry", status_code=201, summary="Retry a batch's failed requests")
+    @post(
+        "/batches/{batch_id:str}/retry",
+        status_code=201,
+        summary="Retry a batch's failed requests",
+        responses=admin_errors(404, 409),
+    )
     async def retry(self, state: State, _admin: None, batch_id: str) -> dict[str, Any]:
         """A new batch for the same team whose input is the original lines of the requests that failed."""
         context: GatewayContext = state.context
@@ -155,7 +167,7 @@ class AdminOpsController(Controller):
         context.work_available.set()
         return batch_object(batch) | {"team_id": batch.team_id, "stage": batch.stage, "retry_of": batch_id}
 
-    @get("/files/{file_id:str}/content", summary="Download any team's file")
+    @get("/files/{file_id:str}/content", summary="Download any team's file", responses=admin_errors(404))
     async def file_content(self, state: State, _admin: None, file_id: str) -> Stream:
         """Stream the bytes of an input, output or error file of any team."""
         context: GatewayContext = state.context

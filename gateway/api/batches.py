@@ -13,7 +13,9 @@ from litestar.di import Provide
 from gateway.api import idempotency
 from gateway.api.auth import Principal, provide_principal
 from gateway.api.errors import APIError, bad_request, not_found
+from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
 from gateway.api.objects import batch_object, list_object
+from gateway.api.openapi import CLIENT_SECURITY, CREATE_BATCH_BODY, errors, with_request_body
 from gateway.billing import budgets as billing
 from gateway.context import GatewayContext
 from gateway.db import repo
@@ -31,6 +33,8 @@ _WINDOW = re.compile(r"^(\d{1,7})([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_S = 7 * 86400
 RESERVED_METADATA_PREFIX = "gateway_"
+MAX_CANARY = 1_000_000_000
+"""Largest canary size (already far above the most lines a file holds)."""
 
 
 def parse_completion_window(value: object, min_seconds: int = 3600) -> int:
@@ -83,9 +87,10 @@ def validate_routing_hints(context: GatewayContext, metadata: dict[str, str] | N
             code="invalid_hint",
         )
     canary = (metadata or {}).get("canary")
-    if canary is not None and not (canary.isdigit() and int(canary) > 0):
+    if canary is not None and not (canary.isascii() and canary.isdigit() and 0 < int(canary) <= MAX_CANARY):
         raise bad_request(
-            f"Invalid routing hint in 'metadata': canary {canary!r} must be a whole number of requests above 0.",
+            f"Invalid routing hint in 'metadata': canary {canary!r} must be a whole number of requests from 1 to "
+            f"{MAX_CANARY}.",
             param="metadata.canary",
             code="invalid_hint",
         )
@@ -115,12 +120,7 @@ def validate_output_expiry(value: object) -> None:
 
 
 def _parse_create(raw: bytes) -> dict[str, Any]:
-    try:
-        body = msgspec.json.decode(raw) if raw else None
-    except msgspec.DecodeError:
-        raise bad_request("The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    body = decode_json_object(raw, free_text=("metadata",))
     unknown = sorted(set(body) - CREATE_FIELDS)
     if unknown:
         raise bad_request(
@@ -165,8 +165,16 @@ class BatchesController(Controller):
     path = "/batches"
     dependencies = {"principal": Provide(provide_principal)}
     tags = ["batches"]
+    security = CLIENT_SECURITY
 
-    @post("/", status_code=200, summary="Create a batch")
+    @post(
+        "/",
+        status_code=200,
+        summary="Create a batch",
+        responses=errors(404, 409, 413, 429),
+        operation_class=with_request_body(CREATE_BATCH_BODY),
+        request_max_body_size=MAX_JSON_BODY_BYTES,
+    )
     async def create_batch(self, request: Request, state: State, principal: Principal) -> dict[str, Any]:
         """Accept a batch for validation and execution; it starts in ``validating``."""
         context: GatewayContext = state.context
@@ -218,7 +226,7 @@ class BatchesController(Controller):
             raise not_found("batch", earlier)
         return batch_object(original)
 
-    @get("/", summary="List batches")
+    @get("/", summary="List batches", responses=errors(404))
     async def list_batches(
         self, state: State, principal: Principal, after: str | None = None, limit: int = 20
     ) -> dict[str, Any]:
@@ -235,7 +243,7 @@ class BatchesController(Controller):
             rows = await repo.list_batches(session, principal.team_id, after=cursor, limit=limit + 1)
         return list_object([batch_object(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
-    @get("/{batch_id:str}", summary="Retrieve a batch")
+    @get("/{batch_id:str}", summary="Retrieve a batch", responses=errors(404))
     async def retrieve_batch(self, state: State, principal: Principal, batch_id: str) -> dict[str, Any]:
         """One batch of the caller's team."""
         context: GatewayContext = state.context
@@ -246,7 +254,7 @@ class BatchesController(Controller):
             waiting = await lifecycle.batch_waiting(session, row)
         return batch_object(row, waiting)
 
-    @post("/{batch_id:str}/cancel", status_code=200, summary="Cancel a batch")
+    @post("/{batch_id:str}/cancel", status_code=200, summary="Cancel a batch", responses=errors(404, 409))
     async def cancel_batch(self, state: State, principal: Principal, batch_id: str) -> dict[str, Any]:
         """Request cancellation; finished requests keep their results."""
         return batch_object(await cancel_batch(state.context, principal.team_id, batch_id))

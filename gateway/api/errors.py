@@ -1,8 +1,8 @@
 """OpenAI-shaped errors and the exception handlers that render every failure in that shape.
 
-Every non-2xx answer has the body ``{"error": {"message", "type", "param", "code"}}``; unexpected
-exceptions are logged with a traceback on the server and answered as a plain 500 message,
-never as a traceback.
+Every non-2xx answer has the body ``{"error": {"message", "type", "param", "code"}}``; a write the
+blob store refused (disk full or not writable) is a 507; unexpected exceptions are logged with a
+traceback on the server and answered as a plain 500 message, never as a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import logging
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_507_INSUFFICIENT_STORAGE
+
+from gateway.storage import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,9 @@ def http_exception_handler(_: Request, exc: HTTPException) -> Response[dict[str,
         message = "Unknown request URL. Please check the URL and method."
     elif status == 405:
         code = "method_not_allowed"
+    elif status == 413:
+        code = "request_too_large"
+        message = "The request body is larger than this endpoint accepts."
     headers = dict(exc.headers or {})
     error = APIError(status, message, code=code, param=param, headers=headers)
     return api_error_handler(_, error)
@@ -107,8 +112,22 @@ def internal_error_handler(request: Request, exc: Exception) -> Response[dict[st
     return api_error_handler(request, error)
 
 
+def storage_full_handler(request: Request, exc: StorageFull) -> Response[dict[str, dict[str, str | None]]]:
+    """A write the blob store refused (disk full, read-only or not writable): 507, nothing stored."""
+    log.error("storage refused a write on %s %s: %s", request.method, request.url.path, exc.strerror or exc)
+    error = APIError(
+        HTTP_507_INSUFFICIENT_STORAGE,
+        "The gateway's storage is full or cannot be written to, so nothing was stored. Retry later; "
+        "if this persists, tell the gateway's operator.",
+        code="storage_full",
+        type_="server_error",
+    )
+    return api_error_handler(request, error)
+
+
 EXCEPTION_HANDLERS = {
     APIError: api_error_handler,
+    StorageFull: storage_full_handler,
     HTTPException: http_exception_handler,
     Exception: internal_error_handler,
 }

@@ -12,11 +12,13 @@ from litestar.response import Stream
 from gateway.api import idempotency
 from gateway.api.auth import Principal, provide_principal
 from gateway.api.errors import APIError, bad_request, not_found
+from gateway.api.inputs import check_text
 from gateway.api.objects import file_object, list_object
+from gateway.api.openapi import CLIENT_SECURITY, UPLOAD_BODY, errors, with_request_body
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.models import StoredFile, new_id, now_s
-from gateway.pipeline.intake import receive_upload
+from gateway.pipeline.intake import check_declared_length, receive_upload
 
 ACCEPTED_PURPOSES = {"batch"}
 KNOWN_PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
@@ -49,13 +51,21 @@ class FilesController(Controller):
     path = "/files"
     dependencies = {"principal": Provide(provide_principal)}
     tags = ["files"]
+    security = CLIENT_SECURITY
 
-    @post("/", status_code=200, summary="Upload a file")
+    @post(
+        "/",
+        status_code=200,
+        summary="Upload a file",
+        responses=errors(409, 413, 507),
+        operation_class=with_request_body(UPLOAD_BODY),
+    )
     async def create_file(self, request: Request, state: State, principal: Principal) -> dict[str, Any]:
         """Stream a multipart upload into storage; ``purpose`` must be ``batch``."""
         context: GatewayContext = state.context
         limits = context.settings.limits
         idem_key = idempotency.key_of(request)
+        check_declared_length(request.headers.get("content-length"), limits.max_upload_bytes)
         file_id = new_id("file-")
         key = f"files/{file_id}"
         upload = await receive_upload(
@@ -69,6 +79,7 @@ class FilesController(Controller):
         )
         try:
             purpose = upload.fields.get("purpose")
+            check_text(purpose or "", "purpose")
             if not purpose:
                 raise bad_request(
                     "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
@@ -116,7 +127,7 @@ class FilesController(Controller):
             await context.blobs.delete(key)
             raise
 
-    @get("/", summary="List files")
+    @get("/", summary="List files", responses=errors(404))
     async def list_files(
         self,
         state: State,
@@ -143,12 +154,12 @@ class FilesController(Controller):
             )
         return list_object([file_object(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
-    @get("/{file_id:str}", summary="Retrieve a file")
+    @get("/{file_id:str}", summary="Retrieve a file", responses=errors(404))
     async def retrieve_file(self, state: State, principal: Principal, file_id: str) -> dict[str, Any]:
         """One file of the caller's team."""
         return file_object(await _team_file(state, principal, file_id))
 
-    @get("/{file_id:str}/content", summary="Download a file's content")
+    @get("/{file_id:str}/content", summary="Download a file's content", responses=errors(404))
     async def file_content(self, state: State, principal: Principal, file_id: str) -> Stream:
         """Stream the file's bytes."""
         context: GatewayContext = state.context
@@ -161,7 +172,7 @@ class FilesController(Controller):
             headers={"content-length": str(row.bytes)},
         )
 
-    @delete("/{file_id:str}", status_code=200, summary="Delete a file")
+    @delete("/{file_id:str}", status_code=200, summary="Delete a file", responses=errors(404, 409))
     async def delete_file(self, state: State, principal: Principal, file_id: str) -> dict[str, Any]:
         """Delete a file unless a running batch still reads it."""
         context: GatewayContext = state.context

@@ -13,6 +13,7 @@ from litestar import Request
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.api.errors import APIError
+from gateway.api.inputs import check_text
 from gateway.db import repo
 
 MAX_KEY_LENGTH = 256
@@ -28,7 +29,7 @@ def key_of(request: Request) -> str | None:
             code="invalid_idempotency_key",
             param="Idempotency-Key",
         )
-    return key
+    return None if key is None else check_text(key, "Idempotency-Key")
 
 
 def fingerprint(*parts: str) -> str:

@@ -29,7 +29,7 @@ from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard
 from gateway.jobs import blob_gc
-from gateway.jobs.failures import attempt_entry, cannot_heal, retry_delay
+from gateway.jobs.failures import attempt_entry, cannot_heal, describe, retry_delay
 from gateway.pipeline import collect, fanout, merge, poll, route, settle, submit, validate
 from gateway.routing import health
 
@@ -331,8 +331,6 @@ class Worker:
 
 def _final_error(stage: str, error: BaseException, attempts: int) -> tuple[str, str]:
     """The code and message a stage's last failure ends its batch or shard with."""
-    from gateway.jobs.failures import describe
-
     code, detail = describe(error)
     if cannot_heal(error):
         return code, detail

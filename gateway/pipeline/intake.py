@@ -2,7 +2,8 @@
 
 The multipart body is parsed while it arrives and the file part is written straight to storage,
 so memory stays flat whatever the file's size. Size and line limits are enforced on the way and
-answered with a clear error before the whole body has been read.
+answered with a clear error before the whole body has been read; a body whose announced length is
+already over the limit is refused before any of it is read.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.api.errors import APIError, bad_request
+from gateway.api.inputs import has_control_characters, invalid_characters
 from gateway.storage import BlobStore
 
 MAX_FIELD_BYTES = 64 * 1024
+MULTIPART_ALLOWANCE = 1024 * 1024
+"""Room for the form fields and part headers around the file: a body announcing more than
+``max_upload_bytes`` plus this is refused before it is read."""
+MAX_FILENAME_CHARS = 1024
 
 
 @dataclass
@@ -69,6 +75,8 @@ class _MultipartSink:
         self.file_seen = False
         self.in_file = False
         self.oversized_field: str | None = None
+        self.problem: APIError | None = None
+        """The first problem found in the parts' headers, raised by the reader."""
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -93,9 +101,19 @@ class _MultipartSink:
         name = options.get(b"name")
         self.part.name = name.decode("utf-8", "replace") if name is not None else None
         filename = options.get(b"filename")
-        if self.part.name == "file" and not self.file_seen:
-            self.in_file = self.file_seen = True
-            self.filename = filename.decode("utf-8", "replace") if filename is not None else None
+        if self.part.name != "file":
+            return
+        if self.file_seen:
+            self.problem = self.problem or bad_request(
+                "The upload has more than one 'file' part; send one file per request.",
+                param="file",
+                code="multiple_files",
+            )
+            return
+        self.in_file = self.file_seen = True
+        self.filename = filename.decode("utf-8", "replace")[:MAX_FILENAME_CHARS] if filename is not None else None
+        if has_control_characters(self.filename or ""):
+            self.problem = self.problem or invalid_characters("The file's name", "file")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file:
@@ -112,6 +130,22 @@ class _MultipartSink:
             self.fields[self.part.name] = self.part.value.decode("utf-8", "replace")
 
 
+def check_declared_length(content_length: str | None, max_bytes: int) -> None:
+    """Answer 413 at once when the announced body is larger than any acceptable upload."""
+    try:
+        declared = int(content_length) if content_length else None
+    except ValueError:
+        return  # the HTTP server refuses a malformed Content-Length before the gateway sees it
+    if declared is not None and declared > max_bytes + MULTIPART_ALLOWANCE:
+        raise _too_large(max_bytes)
+
+
+def _too_large(max_bytes: int) -> APIError:
+    return APIError(
+        413, f"The file is larger than the {max_bytes} bytes this gateway accepts.", param="file", code="file_too_large"
+    )
+
+
 async def receive_upload(
     content_type: str | None,
     body: AsyncIterator[bytes],
@@ -123,8 +157,9 @@ async def receive_upload(
 ) -> UploadResult:
     """Parse a ``multipart/form-data`` body, storing its ``file`` part under ``key``.
 
-    Raises APIError 400 for a body that is not multipart or lacks a file, and 413 as soon as the
-    file passes ``max_bytes`` or ``max_lines`` (the partial blob is removed). ``digest_content``
+    Raises APIError 400 for a body that is not multipart, lacks a file, has two file parts or a
+    file name with control characters, and 413 as soon as the file passes ``max_bytes`` or
+    ``max_lines`` (the partial blob is removed). ``digest_content``
     computes the file's SHA-256, needed only to compare idempotent retries.
     """
     mime, options = parse_options_header(content_type or "")
@@ -153,17 +188,14 @@ async def receive_upload(
     async def file_bytes() -> AsyncIterator[bytes]:
         async for chunk in body:
             feed(chunk)
+            if sink.problem:
+                raise sink.problem
             if sink.oversized_field:
                 raise bad_request(f"Form field '{sink.oversized_field}' is too large.", param=sink.oversized_field)
             for piece in sink.file_chunks:
                 tally.add(piece)
                 if tally.size > max_bytes:
-                    raise APIError(
-                        413,
-                        f"The file is larger than the {max_bytes} bytes this gateway accepts.",
-                        param="file",
-                        code="file_too_large",
-                    )
+                    raise _too_large(max_bytes)
                 if tally.newlines > max_lines:
                     raise APIError(
                         413,
@@ -176,6 +208,8 @@ async def receive_upload(
                 yield piece
             sink.file_chunks.clear()
         feed(None)
+        if sink.problem:
+            raise sink.problem
 
     size = await blobs.write_stream(key, file_bytes())
     if not sink.file_seen:

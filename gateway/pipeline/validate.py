@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from gateway import jsondepth
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.leases import Lease
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 4 * 1024 * 1024
 MAX_MODELS_PER_FILE = 100
 """A file may mix models (each part is routed on its own), but not without bound."""
+MAX_LINE_DEPTH = 128
+"""Deepest nesting of arrays and objects in one input line. Real requests (messages, content parts,
+tool and response JSON schemas) stay far below it; decoders recurse once per level, so a line
+nested thousands of levels deep would crash them rather than be rejected."""
 
 
 class _InputLine(msgspec.Struct):
@@ -140,6 +145,10 @@ def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> Val
             continue
         if raw.endswith(b"\r"):
             raw = raw[:-1]
+        if jsondepth.nests_deeper_than(raw, MAX_LINE_DEPTH):
+            message = f"Line {number} is nested more than {MAX_LINE_DEPTH} levels deep (arrays and objects)."
+            report.add("nesting_too_deep", message, number, None, keep)
+            continue
         line = _fast_decode(raw)
         if line is None or line.method != "POST" or line.url != endpoint or not line.custom_id or not line.body.model:
             custom_id, line = _check_line(raw, number, endpoint, report, keep)
@@ -200,8 +209,10 @@ def _report_duplicates(path: Path, max_line_bytes: int, hashes: set[int], report
     """Second pass over the lines whose custom_id hash repeated: report the true duplicates exactly."""
     first_line: dict[str, int] = {}
     for number, raw in iter_lines(path, max_line_bytes):
+        if raw is None or jsondepth.nests_deeper_than(raw, MAX_LINE_DEPTH):
+            continue
         try:
-            custom_id = _line_decoder.decode(raw.rstrip(b"\r")).custom_id if raw else None
+            custom_id = _line_decoder.decode(raw.rstrip(b"\r")).custom_id
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             continue
         if not isinstance(custom_id, str) or not custom_id or hash(custom_id) not in hashes:

@@ -7,7 +7,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -57,8 +57,7 @@ class LocalBlobStore(BlobStore):
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            if exc.errno in _FULL_ERRNOS:
-                raise StorageFull(exc.errno, f"blob store cannot write: {os.strerror(exc.errno)}") from exc
+            _raise_full(exc)
             raise
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -114,13 +113,16 @@ class LocalBlobStore(BlobStore):
     @asynccontextmanager
     async def staged(self, key: str) -> AsyncIterator[Path]:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + PART_SUFFIX)
         try:
-            yield tmp
-            if not tmp.exists():
-                tmp.touch()
-            os.replace(tmp, target)
+            with _storage_errors():
+                target.parent.mkdir(parents=True, exist_ok=True)
+            with _storage_errors():  # the caller's writes to the staged file too
+                yield tmp
+            with _storage_errors():
+                if not tmp.exists():
+                    tmp.touch()
+                os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -191,6 +193,21 @@ class _FileAppender(BlobAppender):
 
     def close(self) -> None:
         self.handle.close()
+
+
+def _raise_full(exc: OSError) -> None:
+    """Raise :class:`StorageFull` for an error that means the store is out of space or not writable."""
+    if exc.errno in _FULL_ERRNOS:
+        raise StorageFull(exc.errno, f"blob store cannot write: {os.strerror(exc.errno)}") from exc
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        _raise_full(exc)
+        raise
 
 
 def _walk(folder: Path, root: Path, scratch: Path) -> list[tuple[str, int, float]]:

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.api.errors import APIError
-from gateway.pipeline.intake import UploadResult, receive_upload
+from gateway.pipeline.intake import MULTIPART_ALLOWANCE, UploadResult, check_declared_length, receive_upload
 from gateway.storage import LocalBlobStore
 
 HYPOTHESIS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -124,3 +124,55 @@ async def test_malformed_multipart_body_is_a_400(tmp_path: Path) -> None:
             10**6,
         )
     assert caught.value.status_code == 400
+
+
+@HYPOTHESIS
+@given(sizes=st.lists(st.integers(min_value=1, max_value=97), min_size=1, max_size=5))
+async def test_two_file_parts_are_400_and_leave_nothing_behind(tmp_path: Path, sizes: list[int]) -> None:
+    request = httpx.Request(
+        "POST",
+        "http://gateway/v1/files",
+        data={"purpose": "batch"},
+        files=[("file", ("a.jsonl", b'{"a": 1}\n' * 20)), ("file", ("b.jsonl", b'{"b": 2}\n'))],
+    )
+    blobs = LocalBlobStore(tmp_path / f"blobs-{len(sizes)}-{sizes[0]}")
+    with pytest.raises(APIError) as caught:
+        await receive_upload(
+            request.headers["content-type"], chunked(request.read(), sizes), blobs, "files/f", 10**6, 10**6
+        )
+    assert (caught.value.status_code, caught.value.code, caught.value.param) == (400, "multiple_files", "file")
+    assert stored(blobs) == []
+
+
+@pytest.mark.parametrize("filename", [b"a\x00.jsonl", b"a\nb.jsonl", b"\x1b[2J.jsonl", b"a\x7f"])
+async def test_a_file_name_with_a_control_character_is_400(tmp_path: Path, filename: bytes) -> None:
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="' + filename + b'"\r\n\r\n'
+        b'{"a": 1}\n\r\n--b--\r\n'
+    )
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    with pytest.raises(APIError) as caught:
+        await receive_upload("multipart/form-data; boundary=b", chunked(body, [7]), blobs, "files/f", 10**6, 10**6)
+    assert (caught.value.status_code, caught.value.code, caught.value.param) == (400, "invalid_characters", "file")
+    assert stored(blobs) == []
+
+
+@pytest.mark.parametrize(
+    ("declared", "refused"),
+    [
+        (None, False),
+        ("", False),
+        ("0", False),
+        ("1000", False),
+        (str(1000 + MULTIPART_ALLOWANCE), False),
+        (str(1001 + MULTIPART_ALLOWANCE), True),
+        (str(3 * 1024**3), True),
+    ],
+)
+def test_an_announced_length_over_the_limit_and_its_allowance_is_413(declared: str | None, refused: bool) -> None:
+    if not refused:
+        check_declared_length(declared, 1000)
+        return
+    with pytest.raises(APIError) as caught:
+        check_declared_length(declared, 1000)
+    assert (caught.value.status_code, caught.value.code) == (413, "file_too_large")

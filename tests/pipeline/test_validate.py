@@ -249,3 +249,42 @@ def test_url_must_match_the_batch_endpoint(tmp_path: Path, endpoint: str) -> Non
     path = write(tmp_path / "in.jsonl", [request_line("a", url="/v1/embeddings")])
     report = validate_input_file(path, endpoint, LimitSettings())  # type: ignore[call-arg]
     assert report.ok is (endpoint == "/v1/embeddings")
+
+
+# --- nesting -------------------------------------------------------------------------------------
+
+
+def nested_line(custom_id: str, depth: int) -> bytes:
+    """A valid request line whose deepest value sits ``depth`` levels down (the line itself is level 1)."""
+    inner = "[" * (depth - 2) + "]" * (depth - 2)
+    return (
+        f'{{"custom_id": "{custom_id}", "method": "POST", "url": "{CHAT}", '
+        f'"body": {{"model": "gpt-4o-mini", "x": {inner or 0}}}}}'
+    ).encode()
+
+
+def test_a_line_at_the_nesting_limit_is_valid_and_one_deeper_is_not(tmp_path: Path) -> None:
+    at_limit = nested_line("a", validate.MAX_LINE_DEPTH)
+    over = nested_line("b", validate.MAX_LINE_DEPTH + 1)
+    assert json.loads(at_limit) and json.loads(over)
+    report = check(write(tmp_path / "in.jsonl", [at_limit, over, request_line("c")]))
+    assert report.line_count == 3
+    assert [(e["code"], e["line"]) for e in report.errors] == [("nesting_too_deep", 2)]
+    assert str(validate.MAX_LINE_DEPTH) in report.errors[0]["message"]
+
+
+@pytest.mark.parametrize("line", [b"[" * 5000 + b"]" * 5000, b'{"a":' * 100_000, b"[" * 1_000_000])
+def test_a_line_nested_thousands_deep_is_a_line_error_not_a_crash(tmp_path: Path, line: bytes) -> None:
+    report = check(write(tmp_path / "in.jsonl", [request_line("a"), line, request_line("c")]))
+    assert [(e["code"], e["line"]) for e in report.errors] == [("nesting_too_deep", 2)]
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path: Path) -> None:
+    report = check(write(tmp_path / "in.jsonl", [request_line("a", content="[" * 5000 + '\\"{' * 300)]))
+    assert report.ok, report.errors
+
+
+def test_a_deep_line_beside_repeated_custom_ids_does_not_crash_the_duplicate_pass(tmp_path: Path) -> None:
+    deep = b'{"custom_id": "a", "body": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    report = check(write(tmp_path / "in.jsonl", [request_line("a"), deep, request_line("a")]))
+    assert [(e["code"], e["line"]) for e in report.errors] == [("nesting_too_deep", 2), ("duplicate_custom_id", 3)]

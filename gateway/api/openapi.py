@@ -1,0 +1,168 @@
+"""What the served OpenAPI document (``/schema/openapi.json``) says beyond what the handlers' signatures show.
+
+Error responses are documented in OpenAI's shape (the framework's default describes its own error
+body, which the gateway never sends); the bodies that handlers read themselves (the multipart
+upload and the JSON bodies parsed by :mod:`gateway.api.inputs`) are documented here; both keys are
+documented as bearer schemes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import msgspec
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Components, Operation, RequestBody, Schema, SecurityScheme
+from litestar.openapi.spec import OpenAPIMediaType as MediaType
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
+
+from gateway.api.inputs import MAX_DB_INT
+
+CLIENT_SECURITY: list[dict[str, list[str]]] = [{"clientKey": []}]
+ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminKey": []}]
+COMPONENTS = Components(
+    security_schemes={
+        "clientKey": SecurityScheme(type="http", scheme="bearer", description="A client key (`bgw-...`)."),
+        "adminKey": SecurityScheme(type="http", scheme="bearer", description="The admin key (BATCHGW_ADMIN_KEY)."),
+    }
+)
+
+
+class ErrorDetail(msgspec.Struct):
+    """OpenAI's error object."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(msgspec.Struct):
+    """Every non-2xx answer of the gateway."""
+
+    error: ErrorDetail
+
+
+_WHY = {
+    400: "Invalid input (parameter, body, characters, nesting, number range)",
+    401: "Missing or wrong key",
+    403: "Admin API disabled (no admin key configured)",
+    404: "Unknown id (also another team's)",
+    409: "The object's state forbids the action, or an Idempotency-Key reused with another body",
+    413: "Request or upload over a limit",
+    429: "A hard budget is exhausted",
+    507: "The gateway's storage is full or not writable; nothing was stored",
+}
+
+
+def errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """Error responses in OpenAI's shape for the given status codes (400 and 401 always)."""
+    return {
+        status: ResponseSpec(
+            data_container=ErrorBody,
+            generate_examples=False,
+            description=_WHY.get(status, HTTPStatus(status).phrase),
+        )
+        for status in sorted({400, 401, *statuses})
+    }
+
+
+def admin_errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """Error responses of an admin route."""
+    return errors(403, *statuses)
+
+
+def with_request_body(body: RequestBody) -> type[Operation]:
+    """An operation class documenting ``body``, for handlers that read their body themselves."""
+
+    @dataclass
+    class DocumentedOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = body
+
+    return DocumentedOperation
+
+
+def _json(schema: Schema, description: str) -> RequestBody:
+    return RequestBody(content={"application/json": MediaType(schema=schema)}, description=description, required=True)
+
+
+_ID = Schema(type=OpenAPIType.STRING, min_length=1)
+_WINDOW = Schema(type=OpenAPIType.STRING, pattern=r"^\d{1,7}[smhd]$", examples=["24h"])
+_METADATA = Schema(
+    type=[OpenAPIType.OBJECT, OpenAPIType.NULL],
+    max_properties=16,
+    additional_properties=Schema(type=OpenAPIType.STRING, max_length=512),
+    description="At most 16 pairs; keys up to 64 characters. Routing hints: policy, deadline, providers, weights, "
+    "max_cost_usd, canary.",
+)
+
+CREATE_BATCH_BODY = _json(
+    Schema(
+        type=OpenAPIType.OBJECT,
+        required=["input_file_id", "endpoint", "completion_window"],
+        properties={
+            "input_file_id": _ID,
+            "endpoint": Schema(type=OpenAPIType.STRING, enum=["/v1/chat/completions", "/v1/embeddings"]),
+            "completion_window": _WINDOW,
+            "metadata": _METADATA,
+            "output_expires_after": Schema(
+                type=[OpenAPIType.OBJECT, OpenAPIType.NULL],
+                required=["anchor", "seconds"],
+                properties={
+                    "anchor": Schema(type=OpenAPIType.STRING, enum=["created_at"]),
+                    "seconds": Schema(type=OpenAPIType.INTEGER, minimum=3600, maximum=2_592_000),
+                },
+                additional_properties=False,
+            ),
+        },
+        additional_properties=False,
+    ),
+    "OpenAI's batch create body.",
+)
+
+UPLOAD_BODY = RequestBody(
+    content={
+        "multipart/form-data": MediaType(
+            schema=Schema(
+                type=OpenAPIType.OBJECT,
+                required=["file", "purpose"],
+                properties={
+                    "file": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
+                    "purpose": Schema(type=OpenAPIType.STRING, enum=["batch"]),
+                    "expires_after[anchor]": Schema(type=OpenAPIType.STRING, enum=["created_at"]),
+                    "expires_after[seconds]": Schema(type=OpenAPIType.INTEGER, minimum=3600, maximum=2_592_000),
+                },
+            )
+        )
+    },
+    description="One 'file' part (JSONL, one request per line) and the 'purpose' field.",
+    required=True,
+)
+
+CREATE_KEY_BODY = _json(
+    Schema(
+        type=OpenAPIType.OBJECT,
+        required=["team"],
+        properties={"team": _ID, "name": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL], max_length=256)},
+    ),
+    "The team the key belongs to (created if new) and an optional label.",
+)
+
+ESTIMATE_BODY = _json(
+    Schema(
+        type=OpenAPIType.OBJECT,
+        required=["file_id"],
+        properties={
+            "file_id": _ID,
+            "model": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL]),
+            "policy": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL]),
+            "endpoint": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL]),
+        },
+    ),
+    "The uploaded file to price; optionally a model for every line, a policy and the endpoint.",
+)
+
+DB_ID = {"ge": 1, "le": MAX_DB_INT}
+"""Bounds of an integer id in a path (``Parameter(**DB_ID)``)."""
