@@ -12,9 +12,11 @@ the adapter itself knows nothing of databases.
 seconds, or its tokens' share of ``tokens_per_minute`` when that is longer, and it is sent at the start of
 its stretch; stretches never overlap and never start before "now". This is the virtual-scheduling form of
 the generic cell rate algorithm with no burst allowance: requests leave evenly spaced, so no one-second
-window holds more than ``ceil(requests_per_minute / 60)`` of them (give or take one for timer jitter),
-neither at start nor after an idle spell (time nobody used is lost, not saved up). A stretch as long as the
-larger of the two costs is exactly what two separate burst-free limiters, one per limit, would allow.
+window holds more than ``ceil(requests_per_minute / 60)`` of them, give or take one, neither at start nor
+after an idle spell (time nobody used is lost, not saved up). A stretch as long as the larger of the two
+costs is exactly what two separate burst-free limiters, one per limit, would allow. A request that its
+process was too busy to send on time (more than :data:`MAX_LATE_S` late) gives its moment up and queues
+once more, so a process that stalled does not catch up in a burst.
 
 **Two timelines, chosen by the database** (:func:`limiter_for`):
 
@@ -22,17 +24,20 @@ larger of the two costs is exactly what two separate burst-free limiters, one pe
 - :class:`SharedTimeline` (PostgreSQL, any number of replicas): they live in the database
   (``provider_pacing.next_free_at`` and ``provider_health.rate_limited_until``, see
   :mod:`gateway.db.pacing`). A process reserves a *chunk* of the timeline in one atomic
-  ``UPDATE ... RETURNING``, as long as the requests waiting in it need (at most :data:`CHUNK_S`), then
-  shares it out among them without another round trip. The chunks of all processes follow each other on
-  the one line, so together they keep the limits exactly, whatever the number of replicas. A stretch
-  reserved and not used (request cancelled, process killed) is lost: mistakes only ever fall below the
-  limit. Times are the database's clock, handed back as "seconds from now", so nodes' clocks need not agree.
+  ``UPDATE ... RETURNING`` (what its waiting requests need, or what it used over the last :data:`CHUNK_S`
+  if that is more, and at most :data:`CHUNK_S`), then shares it out among its requests without another
+  round trip: about ten round trips a second per busy process, whatever the rate. The chunks of all
+  processes follow each other on the one line, so together they keep the limits exactly, whatever the
+  number of replicas. A stretch reserved and not used (request cancelled, process killed) is lost: mistakes
+  only ever fall below the limit. Times are the database's clock; each process places them on its own
+  (:class:`DatabaseClock`), so nodes' clocks need not agree.
 
 **The 429 pause.** :meth:`RequestLimiter.rate_limited` moves the provider's pause end forward (never back)
 for every process: the shared timeline writes it to the database at once, and no reservation starts inside
 it. Other processes learn of it with their next reservation, or at the latest :data:`PAUSE_FRESH_S` later
-(a request about to leave reads it when the last reading is older). A stretch that turns out to lie inside
-a pause is given up and its request queues again, so a pause ends as smoothly as a start.
+(while requests come, each process reads it in the background, so no request waits for the reading). A
+stretch that turns out to lie inside a pause is given up and its request queues again, so a pause ends as
+smoothly as a start.
 
 Not shared: ``max_concurrency`` stays a per-process bound (each replica keeps at most that many requests in
 flight). Batch providers' API calls (submit, poll, downloads) are not paced: they are few, and their
@@ -51,7 +56,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -62,12 +67,13 @@ from gateway.providers.config import ProviderLimits
 log = logging.getLogger(__name__)
 
 CHUNK_S = 0.1
-"""A process reserves what its waiting requests need, or what it used in the last CHUNK_S if that is more,
-and at most CHUNK_S of the timeline, in one round trip: about ten round trips a second at most, at any rate."""
+"""The most of a shared timeline one process reserves in one round trip, and how far ahead it plans."""
 USE_WINDOW_S = 1.0
 """How far back a process looks to see how much of the timeline it uses."""
 PAUSE_FRESH_S = 0.5
-"""A process reads a provider's shared 429 pause again when its last reading is older than this."""
+"""While requests come, a process reads a provider's shared 429 pause this often (in the background)."""
+WATCH_IDLE_S = 5.0
+"""A process stops reading the shared pause when no request came for this long."""
 DEFAULT_RATE_LIMIT_PAUSE_S = 5.0
 """Pause after a 429 that named no time."""
 MAX_PAUSE_S = 120.0
@@ -128,6 +134,9 @@ class Pace:
 class Timeline(abc.ABC):
     """Where a provider's timeline and 429 pause are kept. Times are this process's ``time.monotonic()``."""
 
+    in_process: ClassVar[bool] = False
+    """True when no other process changes it (nothing to watch)."""
+
     @abc.abstractmethod
     async def reserve(self, seconds: float) -> tuple[float, float]:
         """Reserve the next free ``seconds``; returns when they start and when the pause ends."""
@@ -143,6 +152,8 @@ class Timeline(abc.ABC):
 
 class LocalTimeline(Timeline):
     """A timeline in this process's memory: one node, one worker process."""
+
+    in_process = True
 
     def __init__(self) -> None:
         self.next_free_at = 0.0
@@ -235,6 +246,8 @@ class PacedLimiter:
         self._pause_lock = asyncio.Lock()
         self._pause_ends_at = 0.0
         self._pause_read_at = -math.inf
+        self._requested_at = -math.inf
+        self._watcher: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def slot(self, estimated_tokens: int) -> AsyncIterator[None]:
@@ -246,6 +259,7 @@ class PacedLimiter:
     async def acquire(self, estimated_tokens: int = 0) -> None:
         """Return when one request of ``estimated_tokens`` may leave now (no concurrency slot taken)."""
         cost = self.pace.cost(estimated_tokens)
+        self._watch_pause()
         late_once = False
         while True:
             if cost > 0:
@@ -255,7 +269,8 @@ class PacedLimiter:
                 if time.monotonic() - at > MAX_LATE_S and not late_once:
                     late_once = True  # once only: a process that is always late must still send
                     continue
-            await self._read_pause()
+            if cost == 0:
+                await self._read_pause()  # nothing is paced: no schedule to keep, the reading may delay the request
             if (paused := self._pause_ends_at - time.monotonic()) <= 0:
                 return
             if cost == 0:
@@ -307,6 +322,22 @@ class PacedLimiter:
                 return at
             self._stretches.popleft()  # what is left of it is too short, past or paused: lost
         return None
+
+    def _watch_pause(self) -> None:
+        """Keep the shared pause fresh in the background while requests come, so that none waits for a reading."""
+        self._requested_at = time.monotonic()
+        if self.timeline.in_process or (self._watcher is not None and not self._watcher.done()):
+            return
+        self._watcher = asyncio.create_task(self._read_pauses(), name=f"pause of {self.provider}")
+
+    async def _read_pauses(self) -> None:
+        """Read the pause every PAUSE_FRESH_S until no request came for WATCH_IDLE_S."""
+        while time.monotonic() - self._requested_at < WATCH_IDLE_S:
+            try:
+                self._saw_pause(await self.timeline.paused_until())
+            except Exception as exc:  # the next reading may succeed; meanwhile reservations still carry the pause
+                log.warning("provider %s: reading its shared 429 pause failed: %s", self.provider, exc)
+            await asyncio.sleep(PAUSE_FRESH_S)
 
     async def _read_pause(self) -> None:
         """Learn of a pause another process set, when the last reading is older than :data:`PAUSE_FRESH_S`."""

@@ -96,7 +96,7 @@ class FaultGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id, status = random_id("req_", 32), 500
+        request_id, status, received_at = random_id("req_", 32), 500, self.state.clock.now()
         detail: dict[str, Any] = {}
         scope.setdefault("state", {})[LOG_DETAIL] = detail
 
@@ -120,7 +120,7 @@ class FaultGate:
             await send_with_id({"type": "http.response.start", "status": err.status, "headers": head})
             await send_with_id({"type": "http.response.body", "body": body})
         finally:
-            self.state.record_call(scope["method"], scope["path"], status, request_id, detail)
+            self.state.record_call(scope["method"], scope["path"], status, request_id, detail, received_at)
 
 
 class _QuietServer(uvicorn.Server):
