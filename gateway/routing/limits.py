@@ -14,9 +14,11 @@ its stretch; stretches never overlap and never start before "now". This is the v
 the generic cell rate algorithm with no burst allowance: requests leave evenly spaced, so no one-second
 window holds more than ``ceil(requests_per_minute / 60)`` of them, give or take one, neither at start nor
 after an idle spell (time nobody used is lost, not saved up). A stretch as long as the larger of the two
-costs is exactly what two separate burst-free limiters, one per limit, would allow. A request that its
-process was too busy to send on time (more than :data:`MAX_LATE_S` late) gives its moment up and queues
-once more, so a process that stalled does not catch up in a burst.
+costs is exactly what two separate burst-free limiters, one per limit, would allow. A process too busy to
+send a request on time does not catch up in a burst: a request more than :data:`MAX_LATE_S` late gives its
+moment up and queues once more. So a request leaves within MAX_LATE_S of its moment, and a second holds at
+most ``ceil(requests_per_minute / 60) + 1`` requests while they are 60 / (2 MAX_LATE_S) = 600 a minute or
+fewer; above that, a process that stalls can add up to MAX_LATE_S worth (5%) to one second.
 
 **Two timelines, chosen by the database** (:func:`limiter_for`):
 
@@ -81,6 +83,8 @@ MAX_PAUSE_S = 120.0
 MAX_LATE_S = 0.05
 """A request whose moment passed longer ago than this (its process was too busy to send it then) gives the
 moment up and queues once more, so that a stalled process does not catch up in a burst."""
+TAKE_PAST_S = MAX_LATE_S / 2
+"""How far in the past a stretch may start and still be handed out whole: a reservation takes a round trip."""
 CLOCK_AGING = 1e-3
 """Seconds per second by which a measured database round trip counts as slower as it ages."""
 _SLACK_S = 1e-6
@@ -312,8 +316,9 @@ class PacedLimiter:
         self._used_at = time.monotonic()
 
     def _take(self, cost: float) -> float | None:
-        """Hand out the next ``cost`` seconds of reserved stretches, not before now nor inside the pause."""
-        earliest = max(time.monotonic(), self._pause_ends_at)
+        """Hand out the next ``cost`` seconds of reserved stretches, not inside the pause nor more than
+        :data:`TAKE_PAST_S` before now (a stretch that started while its reservation was on the way)."""
+        earliest = max(time.monotonic() - TAKE_PAST_S, self._pause_ends_at)
         while self._stretches:
             stretch = self._stretches[0]
             at = max(stretch[0], earliest)
