@@ -15,10 +15,10 @@ the generic cell rate algorithm with no burst allowance: requests leave evenly s
 window holds more than ``ceil(requests_per_minute / 60)`` of them, give or take one, neither at start nor
 after an idle spell (time nobody used is lost, not saved up). A stretch as long as the larger of the two
 costs is exactly what two separate burst-free limiters, one per limit, would allow. A process too busy to
-send a request on time does not catch up in a burst: a request more than :data:`MAX_LATE_S` late gives its
-moment up and queues once more. So a request leaves within MAX_LATE_S of its moment, and a second holds at
-most ``ceil(requests_per_minute / 60) + 1`` requests while they are 60 / (2 MAX_LATE_S) = 600 a minute or
-fewer; above that, a process that stalls can add up to MAX_LATE_S worth (5%) to one second.
+send a request on time does not catch up in a burst: a request later than half its own stretch (and at
+most :data:`MAX_LATE_S`) gives its moment up and queues once more (once: a process always that late must
+still send). Requests leaving within half a stretch of their moments keep every second within
+``ceil(requests_per_minute / 60) + 1``; the price of a stalled process is moments lost, never a burst.
 
 **Two timelines, chosen by the database** (:func:`limiter_for`):
 
@@ -81,10 +81,7 @@ DEFAULT_RATE_LIMIT_PAUSE_S = 5.0
 MAX_PAUSE_S = 120.0
 """The longest pause a 429 can impose."""
 MAX_LATE_S = 0.05
-"""A request whose moment passed longer ago than this (its process was too busy to send it then) gives the
-moment up and queues once more, so that a stalled process does not catch up in a burst."""
-TAKE_PAST_S = MAX_LATE_S / 2
-"""How far in the past a stretch may start and still be handed out whole: a reservation takes a round trip."""
+"""The latest a request may leave after its moment (half its stretch when that is shorter)."""
 CLOCK_AGING = 1e-3
 """Seconds per second by which a measured database round trip counts as slower as it ages."""
 _SLACK_S = 1e-6
@@ -263,14 +260,15 @@ class PacedLimiter:
     async def acquire(self, estimated_tokens: int = 0) -> None:
         """Return when one request of ``estimated_tokens`` may leave now (no concurrency slot taken)."""
         cost = self.pace.cost(estimated_tokens)
+        max_late = min(MAX_LATE_S, cost / 2)
         self._watch_pause()
         late_once = False
         while True:
             if cost > 0:
-                at = await self._assign(cost)
+                at = await self._assign(cost, max_late / 2)
                 if (delay := at - time.monotonic()) > 0:
                     await asyncio.sleep(delay)
-                if time.monotonic() - at > MAX_LATE_S and not late_once:
+                if time.monotonic() - at > max_late and not late_once:
                     late_once = True  # once only: a process that is always late must still send
                     continue
             if cost == 0:
@@ -289,12 +287,13 @@ class PacedLimiter:
             log.warning("provider %s asked to slow down: its requests wait %.1fs", self.provider, seconds)
         self._saw_pause(ends_at)
 
-    async def _assign(self, cost: float) -> float:
-        """The moment a request of ``cost`` seconds may leave: a stretch of one this process reserved."""
+    async def _assign(self, cost: float, past: float) -> float:
+        """The moment a request of ``cost`` seconds may leave: a stretch of one this process reserved, not
+        before ``past`` seconds ago (a stretch may start while its reservation is on the way)."""
         self._demand += cost
         try:
             async with self._lock:
-                while (at := self._take(cost)) is None:
+                while (at := self._take(cost, past)) is None:
                     # What the requests waiting now need, or what this process used in the last CHUNK_S,
                     # in whole requests of this one's cost (a remainder shorter than a request is lost).
                     wanted = min(max(self._demand, self._use_rate() * CHUNK_S), CHUNK_S)
@@ -315,10 +314,10 @@ class PacedLimiter:
         self._used = self._use_rate() + cost / USE_WINDOW_S
         self._used_at = time.monotonic()
 
-    def _take(self, cost: float) -> float | None:
+    def _take(self, cost: float, past: float) -> float | None:
         """Hand out the next ``cost`` seconds of reserved stretches, not inside the pause nor more than
-        :data:`TAKE_PAST_S` before now (a stretch that started while its reservation was on the way)."""
-        earliest = max(time.monotonic() - TAKE_PAST_S, self._pause_ends_at)
+        ``past`` seconds before now."""
+        earliest = max(time.monotonic() - past, self._pause_ends_at)
         while self._stretches:
             stretch = self._stretches[0]
             at = max(stretch[0], earliest)
