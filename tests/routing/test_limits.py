@@ -99,7 +99,8 @@ def per_second(rpm: int) -> int:
 
 
 def late_allowance(rpm: int) -> int:
-    """Permits a busy event loop may hand out late into the next second (up to MAX_LATE_S each)."""
+    """Slack for a busy test machine: a request late a second time still leaves (so that a process always
+    that late is not starved), and sixty-four callers share one event loop here."""
     return math.ceil(rpm / 60 * MAX_LATE_S)
 
 
