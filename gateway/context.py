@@ -14,6 +14,7 @@ from gateway.catalog.loader import CatalogError, load_catalog
 from gateway.config_errors import ConfigError, ConfigProblem, did_you_mean
 from gateway.db.engine import create_engine
 from gateway.providers.registry import ADAPTER_KINDS, ProviderRegistry, adapter_options
+from gateway.routing.limits import hand_limiters
 from gateway.routing.offers import OfferBook
 from gateway.settings import Settings
 from gateway.storage import BlobStore, open_blob_store
@@ -68,6 +69,7 @@ class GatewayContext:
             follow_redirects=False,
         )
         providers, offers, policies = routing_setup(settings, http)
+        hand_limiters(providers, engine)
         return cls(
             settings=settings,
             engine=engine,

@@ -234,6 +234,21 @@ class ProviderHealth(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_type=Text)
     last_failure_at: float | None = None
     last_success_at: float | None = None
+    rate_limited_until: float | None = Field(
+        default=None, description="A 429 holds every process's requests to the provider until then (database clock)."
+    )
+    updated_at: float = Field(default_factory=time.time)
+
+
+class ProviderPacing(SQLModel, table=True):
+    """One provider's request timeline, shared by every gateway process (see :mod:`gateway.routing.limits`)."""
+
+    __tablename__ = "provider_pacing"
+
+    provider: str = Field(primary_key=True, max_length=128)
+    next_free_at: float = Field(
+        default=0.0, description="Unix time (database clock) from which the timeline is not reserved yet."
+    )
     updated_at: float = Field(default_factory=time.time)
 
 

@@ -9,23 +9,18 @@ A request is retried as the official SDK does (408, 409, 429 and 5xx; a ``Retry-
 out up to two minutes), then its last answer becomes its output line. A 401/403 raises
 :class:`~gateway.providers.base.ProviderAuthFailed`: every other request would fail the same way.
 
-The provider's concurrency, requests- and tokens-per-minute limits and the pause a 429 asks for
-are applied in this process by :class:`LocalRateLimits`, the one place of this module that knows
-about them.
+Every try of every request waits for the provider's limits (concurrency, requests and tokens per
+minute, a 429's pause) through the limiter the engine hands it (:meth:`OpenAISyncAdapter.use_limiter`;
+:mod:`gateway.routing.limits`), shared by every replica on PostgreSQL. Until one is handed in, the
+adapter keeps its limits in this process.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import httpx
-from aiolimiter import AsyncLimiter
 
 from gateway.providers.base import (
     HealthReport,
@@ -35,11 +30,9 @@ from gateway.providers.base import (
     ProviderUnavailable,
     SyncRequest,
 )
-from gateway.providers.config import ProviderLimits
 from gateway.providers.http import HttpAdapter, RetryPolicy
 from gateway.providers.openai_wire import sync_output_line
-
-log = logging.getLogger(__name__)
+from gateway.routing.limits import RequestLimiter, local_limiter
 
 SYNC_RETRY = RetryPolicy(attempts=6, initial_s=0.5, max_s=30.0, retry_after_cap_s=120.0, wait_out_long_hints=True)
 """Six tries; a provider's ``Retry-After`` is waited out, two minutes at the most."""
@@ -61,10 +54,19 @@ class OpenAISyncAdapter(HttpAdapter):
     executes_locally: ClassVar[bool] = True
     STATUS_ERRORS = {**HttpAdapter.STATUS_ERRORS, 409: ProviderUnavailable}
     retry: RetryPolicy = field(default_factory=lambda: SYNC_RETRY)
-    _limits: LocalRateLimits = field(init=False, repr=False)
+    _limiter: RequestLimiter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._limits = LocalRateLimits.of(self.config.limits, self.name)
+        self._limiter = local_limiter(self.name, self.config.limits)
+
+    @property
+    def limiter(self) -> RequestLimiter:
+        """What paces this adapter's requests."""
+        return self._limiter
+
+    def use_limiter(self, limiter: RequestLimiter) -> None:
+        """Pace every request, retries included, with ``limiter`` (the engine's, shared between replicas)."""
+        self._limiter = limiter
 
     async def execute(self, request: SyncRequest) -> bytes:
         """Send one request; return its output line. Raises ProviderUnavailable if unreachable,
@@ -87,7 +89,7 @@ class OpenAISyncAdapter(HttpAdapter):
         return response.status_code < 500 and not issubclass(self._error_class(response), ProviderAuthFailed)
 
     async def _send_once(self, path: str, request: SyncRequest) -> httpx.Response:
-        async with self._limits.slot(request.estimated_tokens):
+        async with self._limiter.slot(request.estimated_tokens):
             response = await self._request(
                 "POST", path, content=request.body, headers={"Content-Type": "application/json"}
             )
@@ -99,63 +101,6 @@ class OpenAISyncAdapter(HttpAdapter):
         if issubclass(kind, ProviderUnavailable):
             hint = self._retry_hint(response)
             if issubclass(kind, ProviderRateLimited):
-                self._limits.pause(hint)
+                await self._limiter.rate_limited(hint)
             raise _RetryableAnswer(self._status_error("POST", path, response), response, hint)
         return response  # refused for a reason of its own: the request's error line
-
-
-# --------------------------------------------------------------------------- local rate limits
-
-
-DEFAULT_RATE_LIMIT_PAUSE_S = 5.0
-MAX_PAUSE_S = 120.0
-
-
-def _minute_limiter(per_minute: int | None) -> AsyncLimiter | None:
-    """A smooth limiter: ``per_minute`` spread over the minute rather than one burst."""
-    if per_minute is None:
-        return None
-    if per_minute >= 60:
-        return AsyncLimiter(per_minute / 60, 1.0)
-    return AsyncLimiter(1, 60.0 / per_minute)
-
-
-@dataclass
-class LocalRateLimits:
-    """One provider's limits as this process applies them: at most ``max_concurrency`` requests in flight,
-    ``requests_per_minute`` and ``tokens_per_minute`` as smooth rates, and a 429's ``Retry-After``
-    pausing every request to the provider."""
-
-    provider: str
-    concurrency: asyncio.Semaphore
-    requests: AsyncLimiter | None
-    tokens: AsyncLimiter | None
-    paused_until: float = 0.0
-
-    @classmethod
-    def of(cls, limits: ProviderLimits, provider: str) -> LocalRateLimits:
-        """The limits of a provider's configuration."""
-        tokens = AsyncLimiter(limits.tokens_per_minute, 60.0) if limits.tokens_per_minute else None
-        return cls(
-            provider, asyncio.Semaphore(limits.max_concurrency), _minute_limiter(limits.requests_per_minute), tokens
-        )
-
-    @contextlib.asynccontextmanager
-    async def slot(self, estimated_tokens: int) -> AsyncIterator[None]:
-        """Wait out a pause and the rates, then hold one of the concurrent slots while the request runs."""
-        while (delay := self.paused_until - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
-        if self.requests is not None:
-            await self.requests.acquire()
-        if self.tokens is not None:
-            await self.tokens.acquire(min(max(estimated_tokens, 1), self.tokens.max_rate))
-        async with self.concurrency:
-            yield
-
-    def pause(self, seconds: float | None) -> None:
-        """Hold every request to the provider for ``seconds`` (a default when the 429 named no time)."""
-        seconds = seconds or DEFAULT_RATE_LIMIT_PAUSE_S
-        until = time.monotonic() + min(seconds, MAX_PAUSE_S)
-        if until > self.paused_until:
-            log.warning("provider %s asked to slow down: pausing %.1fs", self.provider, seconds)
-            self.paused_until = until

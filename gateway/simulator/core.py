@@ -305,11 +305,14 @@ class LogEntry(msgspec.Struct):
     """One API call seen by an emulated provider."""
 
     timestamp: float
+    """When the call was answered."""
     method: str
     path: str
     status: int
     request_id: str
     detail: dict[str, Any] | None = None
+    received_at: float | None = None
+    """When the call arrived (a provider counts its rate limits from arrivals)."""
 
 
 class Stats(msgspec.Struct):
@@ -484,9 +487,17 @@ class EmulatorState:
             return server_error()
         return None
 
-    def record_call(self, method: str, path: str, status: int, request_id: str, detail: dict[str, Any]) -> None:
+    def record_call(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        request_id: str,
+        detail: dict[str, Any],
+        received_at: float | None = None,
+    ) -> None:
         self.stats.api_calls += 1
-        self.log.append(LogEntry(self.clock.now(), method, path, status, request_id, detail or None))
+        self.log.append(LogEntry(self.clock.now(), method, path, status, request_id, detail or None, received_at))
 
     def launch(self, job: Job) -> None:
         """Register a new job and start advancing it in the running event loop."""

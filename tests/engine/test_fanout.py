@@ -69,8 +69,9 @@ def test_rate_limit_holds(client: Any, simulator: SimulatorCluster) -> None:
     stamps = sorted(e["timestamp"] for e in chat_calls(simulator))
     assert len(stamps) == 40
     per_second = RPM / 60
-    # A smooth limiter: one second's worth may go at once, then the configured rate.
-    assert stamps[-1] - stamps[0] >= (40 - per_second) / per_second * 0.9
+    # Paced from the first request on, with no burst at start (the per-second bound leaves room for a
+    # busy machine's jitter; tests/engine/test_fanout_limits.py holds four workers to the exact bound).
+    assert stamps[-1] - stamps[0] >= (40 - 1) / per_second * 0.9
     busiest = max(sum(1 for t in stamps if start <= t < start + 1.0) for start in stamps)
     assert busiest <= 2 * per_second
 
