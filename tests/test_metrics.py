@@ -105,10 +105,17 @@ def test_render_joins_counters_and_snapshot_gauges() -> None:
         circuits={"p2": "open", "p3": "half_open"},
         budgets=[
             BudgetUse(
-                scope="team:acme", period="day", limit_usd=10.0, spent_usd=12.5, utilization=1.25, reserved_usd=1.5,
+                scope="team:acme",
+                period="day",
+                limit_usd=10.0,
+                spent_usd=12.5,
+                utilization=1.25,
+                reserved_usd=1.5,
                 hard=True,
             ),
-            BudgetUse(scope="global", period="month", limit_usd=100.0, spent_usd=40.0, utilization=0.4, reserved_usd=20),
+            BudgetUse(
+                scope="global", period="month", limit_usd=100.0, spent_usd=40.0, utilization=0.4, reserved_usd=20
+            ),
         ],
         held_batches={"canary": 2},
         oldest_queued_shard_age_s=42.0,

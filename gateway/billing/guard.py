@@ -25,11 +25,13 @@ batch (``projected_cost_usd``) whenever spend lands, and what a batch still rese
 * before work moves to another provider or is retried (:func:`move_fits`): the move is priced at the new
   offer's rate and must fit.
 
-**The bound.** Nothing is started that does not fit, so a hard budget can only be overshot by work already
-in flight when a check finds it exceeded: the requests of the provider batches submitted before that check
-(at most ``max_batches_in_flight`` x ``max_requests_per_batch`` per provider) and, for fan-out, the requests
-sent within the last second (at most one second of ``requests_per_minute``, or ``max_concurrency`` in
-flight). Each such request costs at most its input plus the model's largest output at its offer's rate.
+**The bound.** Nothing is started that does not fit, and no shard of a batch under a hard budget starts while
+another of its shards waits to be collected, so a hard budget can only be overshot by work already in flight
+when a check finds it exceeded: the requests of the provider batches submitted before that check (at most
+``max_batches_in_flight`` x ``max_requests_per_batch`` per provider) and, for fan-out, the requests sent
+within the last second (at most one second of ``requests_per_minute``, or ``max_concurrency`` in flight).
+Each such request costs at most its input plus its largest output (its ``max_tokens``, else the model's
+limit) at its offer's rate.
 """
 
 from __future__ import annotations
@@ -191,7 +193,8 @@ async def after_spend(
     facts = await db.projection_facts(session, batch.id)
     projection = _projection(current, facts)
     previous = reserved_total(current)
-    await db.set_projection(session, batch.id, projection.expected_usd)
+    stopping = current.status == "cancelling"  # nothing more starts: it reserves nothing beyond its spend
+    await db.set_projection(session, batch.id, projection.actual_usd if stopping else projection.expected_usd)
     if current.status != "in_progress" or current.hold_reason is not None or facts.held:
         return projection, None  # stopping already, or its canary (or an operator) decides
     if projection.expected_usd <= previous + EPSILON:
@@ -206,19 +209,21 @@ async def after_spend(
 class BudgetCheck:
     """What a running or about-to-start shard must do for its budgets."""
 
-    action: Literal["go", "pause", "stop"]
-    """``go``; ``pause``: a hard budget's actual spend reached its limit (the work waits); ``stop``: the batch's
-    projection does not fit (the batch is stopped)."""
+    action: Literal["go", "wait", "pause", "stop"]
+    """``go``; ``wait``: a moment, until a finished shard's cost is checked; ``pause``: a hard budget's actual spend
+    reached its limit (the work waits for it); ``stop``: the batch's projection does not fit (it is stopped)."""
     message: str = ""
     alert: BillingAlert | None = None
 
 
 async def running_check(
-    session: AsyncSession, batch: Batch, settings: BillingSettings, live: Live | None = None
+    session: AsyncSession, batch: Batch, settings: BillingSettings, live: Live | None = None, *, starting: bool = False
 ) -> BudgetCheck:
     """Check a batch's running or queued work against its hard budgets (the caller commits).
 
-    ``live`` counts the answers of a running fan-out shard that are not in the ledger yet.
+    ``live`` counts the answers of a running fan-out shard that are not in the ledger yet. ``starting``: a shard
+    is about to be sent; it waits while another shard of the batch is being collected, so that no work starts
+    before the cost of work already done is checked (this keeps the overshoot to the work in flight).
     """
     current = await db.get_batch(session, batch.id) or batch
     if current.status != "in_progress" or not await db.budgets_of_team(session, current.team_id, hard_only=True):
@@ -227,7 +232,10 @@ async def running_check(
     paused = await team_paused(session, current.team_id, extra_spent_usd=extra)
     if paused is not None:
         return BudgetCheck("pause", paused)
-    projection = await project(session, current, live=live)
+    facts = await db.projection_facts(session, current.id)
+    if starting and facts.collecting:
+        return BudgetCheck("wait", "a finished shard of the batch is being collected: its cost is checked first")
+    projection = _projection(current, facts, live)
     if projection.expected_usd <= reserved_total(current) + EPSILON:
         return BudgetCheck("go")
     reason = await over_budget(session, current, projection)

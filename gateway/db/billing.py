@@ -405,6 +405,8 @@ class ProjectionFacts:
     """Everything the ledger holds for the batch (served and abandoned)."""
     held: int = 0
     """Shards waiting for the batch's canary verdict."""
+    collecting: int = 0
+    """Shards whose provider finished and whose cost is being collected."""
 
 
 async def projection_facts(session: AsyncSession, batch_id: str) -> ProjectionFacts:
@@ -439,12 +441,24 @@ async def projection_facts(session: AsyncSession, batch_id: str) -> ProjectionFa
             select(func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0)).where(LedgerEntry.batch_id == batch_id)
         )
     ).one()
-    held = (
-        await session.exec(
-            select(func.count()).select_from(Shard).where(Shard.batch_id == batch_id, Shard.state == "held")
-        )
-    ).one()
-    return ProjectionFacts(float(open_estimated), float(done[0]), float(served), int(done[1]), float(actual), int(held))
+    states = dict(
+        (
+            await session.exec(
+                select(Shard.state, func.count())
+                .where(Shard.batch_id == batch_id, col(Shard.state).in_(("held", "collecting")))
+                .group_by(Shard.state)
+            )
+        ).all()
+    )
+    return ProjectionFacts(
+        float(open_estimated),
+        float(done[0]),
+        float(served),
+        int(done[1]),
+        float(actual),
+        int(states.get("held", 0)),
+        int(states.get("collecting", 0)),
+    )
 
 
 async def set_projection(session: AsyncSession, batch_id: str, projected_usd: float) -> None:
@@ -473,6 +487,7 @@ async def stop_batch_if_running(session: AsyncSession, batch_id: str, errors: li
             status="cancelling",
             cancelling_at=now,
             errors=errors,
+            projected_cost_usd=Batch.cost_usd,  # nothing more is started: it reserves nothing more
             hold_reason="budget",
             hold_detail=errors[-1]["message"] if errors else None,
             updated_at=time.time(),

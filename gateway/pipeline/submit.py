@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 CAPACITY_RETRY_S = 2.0
 BUDGET_RECHECK_S = 5.0
+COLLECT_RECHECK_S = 0.5
+"""A shard waiting for its batch's finished shard to be collected (hard budgets) looks again this soon."""
 CANARY_HOLD_RECHECK_S = 3600.0
 """A shard held with its batch's canary looks again this often (a release or a cancel wakes it at once)."""
 MAX_SUBMIT_BACKOFF_S = 120.0
@@ -191,11 +193,15 @@ async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, le
     budget (the batch is stopped, see :mod:`gateway.billing.guard`)."""
     async with context.sessions() as session:
         current = await repo.get_batch(session, None, batch.id) or batch
-        if current.hold_reason == "canary":
+        if current.hold_reason == "canary" or stop_reason(current):
             check = guard.BudgetCheck("go")
         else:
-            check = await guard.running_check(session, current, context.settings.billing)
+            check = await guard.running_check(session, current, context.settings.billing, starting=True)
             await session.commit()
+    if halt := stop_reason(current):
+        # Stopped (by a budget, a cancel) since this step was claimed: nothing more is sent.
+        await end_shard(context, shard, lease, reason=halt)
+        return True
     if current.hold_reason == "canary":
         detail = f"held for an operator after its canary: {current.hold_detail or 'see the batch'}"
         await wait(context, shard, lease, "canary_hold", detail, time.time() + CANARY_HOLD_RECHECK_S)
@@ -210,6 +216,9 @@ async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, le
         return True
     if check.action == "go":
         return False
+    if check.action == "wait":
+        await wait(context, shard, lease, "budget_hold", check.message, time.time() + COLLECT_RECHECK_S)
+        return True
     until = time.time() + BUDGET_RECHECK_S
     detail = f"held by budget: {check.message}"
     await wait(context, shard, lease, "budget_hold", detail, until, last_error=f"paused: {check.message}")

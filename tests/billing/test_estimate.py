@@ -43,7 +43,9 @@ def test_estimate_body_is_the_upper_bound_for_rate_limits() -> None:
     capped = body(max_tokens=50)
     assert estimate_body(capped, CHAT) == ("m", len(capped) // BYTES_PER_TOKEN, 50)
     assert estimate_body(body(), CHAT)[2] == DEFAULT_OUTPUT_TOKENS
-    assert estimate_body(json.dumps({"model": "m", "max_completion_tokens": 7, "max_tokens": 50}).encode(), CHAT)[2] == 7
+    assert (
+        estimate_body(json.dumps({"model": "m", "max_completion_tokens": 7, "max_tokens": 50}).encode(), CHAT)[2] == 7
+    )
     assert estimate_body(json.dumps({"model": "e", "input": "hi"}).encode(), "/v1/embeddings")[2] == 0
 
 
