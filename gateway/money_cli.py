@@ -55,7 +55,7 @@ def remote_estimate(
     except openai.APIConnectionError:
         fail(f"cannot reach the gateway at {base_url}")
     except openai.APIStatusError as exc:
-        fail(f"the gateway refused the upload: {_error_of(exc.response)}")
+        fail(f"the gateway refused the upload: {exc.message}")
     try:
         response = httpx.post(
             f"{base_url.rstrip('/')}/estimates",

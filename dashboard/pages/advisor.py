@@ -98,8 +98,9 @@ policy = controls[3].text_input("Policy", placeholder="default", key="advisor_po
 chosen = choices.get(picked) if picked else None
 target = file_id.strip() or (chosen or {}).get("input_file_id")
 if st.button("Estimate", key="advisor_go", disabled=not target, type="primary") and target:
+    wanted: str = str(target)
     answer = ui.act(
-        lambda: ui.client().estimate(target, deadline=deadline.strip() or None, policy=policy.strip() or None),
+        lambda: ui.client().estimate(wanted, deadline=deadline.strip() or None, policy=policy.strip() or None),
         "Estimated",
     )
     if answer is not None:
