@@ -75,7 +75,8 @@ def remote_estimate(
 
 def print_estimate(estimate: dict[str, Any], title: str) -> int:
     """Print an estimate (as ``/v1/estimates`` answers it); the exit code: 1 when something cannot be routed."""
-    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    # No markup: provider names and the gateway's sentences are printed as they are.
+    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False, markup=False)
     table = Table(title=f"{title}: estimated cost by provider (policy {estimate['policy']})")
     columns = ("model", "provider", "mode", "requests", "tokens in/out (p50-p90 out)", "sync $", "cost $",
                "savings $", "turnaround p50/p90", "fan-out", "policy")  # fmt: skip

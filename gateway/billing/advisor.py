@@ -152,7 +152,7 @@ def advise(
             if savings < min_savings_usd:
                 return advice(
                     "fan-out",
-                    f"small job: batching saves only {_usd(savings)} (under {_usd(min_savings_usd)}); "
+                    f"batching saves only {_usd(savings)} (under {_usd(min_savings_usd)}); "
                     f"{fan_text(fanout)} for {_usd(fanout.cost_usd)}",
                     True,
                     small=True,

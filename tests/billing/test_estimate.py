@@ -12,12 +12,16 @@ from gateway.billing.estimate import (
     BYTES_PER_TOKEN,
     DEFAULT_OUTPUT_TOKENS,
     Estimator,
+    cache_rates,
     cost_usd,
     estimate_body,
     estimate_file,
+    shard_cost,
     usage_cost_usd,
 )
 from gateway.billing.history import History, Sample
+from gateway.catalog.loader import load_catalog
+from gateway.db.models import Shard
 
 CHAT = "/v1/chat/completions"
 
@@ -99,3 +103,20 @@ def test_costs_price_cached_and_cache_write_tokens_at_their_own_rates() -> None:
     assert usage_cost_usd(usage, (1.0, 5.0)) == pytest.approx(6.0)  # no cache rates: all input at the input rate
     odd = {"input": 10, "output": 0, "cached": 50, "cache_write": 50}  # more cached than input: capped
     assert usage_cost_usd(odd, (1.0, 5.0), (0.0, 2.0)) == 0.0
+
+
+def test_shipped_cache_rates_and_what_a_shard_pays_for_cached_input() -> None:
+    [haiku] = load_catalog().data.models["claude-haiku"].offers
+    assert cache_rates(haiku, batch=True) == (0.05, 0.625)  # 0.1x and 1.25x the batch input rate of 0.50
+    assert cache_rates(haiku, batch=False) == (0.10, 1.25)
+    [mini] = load_catalog().data.models["gpt-4o-mini"].offers
+    assert cache_rates(mini, batch=True) == (None, None)  # no cache price: the input rate applies
+    shard = Shard(
+        batch_id="b", seq=0, provider="anthropic", model="claude-haiku", provider_model="claude-haiku-4-5",
+        input_key="k", input_per_mtok=0.50, output_per_mtok=2.50, cached_input_per_mtok=0.05,
+        cache_write_per_mtok=0.625, list_input_per_mtok=1.00, list_output_per_mtok=5.00,
+    )  # fmt: skip
+    usage = {"input": 1_000_000, "output": 100_000, "cached": 800_000, "cache_write": 100_000}
+    cost, list_cost = shard_cost(shard, usage)
+    assert cost == pytest.approx(0.1 * 0.50 + 0.8 * 0.05 + 0.1 * 0.625 + 0.1 * 2.50)
+    assert list_cost == pytest.approx(0.1 * 1.00 + 0.8 * 0.10 + 0.1 * 1.25 + 0.1 * 5.00)  # same discounts, list rate

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,45 @@ def test_a_failover_that_does_not_fit_at_the_new_price_is_not_placed(
     assert "pricey at $" in message and "no placement fits the hard budget" in message
     assert batch.errors is not None and any(e.code == "budget_exceeded" for e in batch.errors.data)
     assert batch_creates(emulator_log(simulator, "other")) == []  # nothing ever reached the pricier provider
+
+
+def test_a_spent_budget_stops_a_fan_out_run_within_a_second_and_raising_it_resumes(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    reset(simulator, "steady")
+    rate = 300  # requests a minute: 5 a second
+    providers = {
+        "syncp": {
+            "emulator": "steady",
+            "kind": "openai_sync",
+            "models": {"gpt-4o-mini": "gpt-4o-mini"},
+            "limits": {"requests_per_minute": rate, "max_concurrency": 2},
+        }
+    }
+    env = simulated_provider_env(simulator, tmp_path, providers) | {
+        "BATCHGW_CATALOG__FILE": str(write_catalog(tmp_path))
+    }
+    env["BATCHGW_PROVIDERS__SYNCP__CATALOG_PROVIDER"] = "cheap"
+    gateway: GatewayProcess = gateway_factory(env).start()
+    client = gateway.client(gateway.create_key("acme"))
+    set_budget(gateway, 100.0)
+    requests = chat_requests(60)
+    batch_id = client.batches.create(
+        input_file_id=upload(client, requests), endpoint="/v1/chat/completions", completion_window="24h"
+    ).id
+    started = wait_for(client, batch_id, lambda b: b.request_counts is not None and b.request_counts.completed >= 10)
+    assert started.request_counts is not None
+    answered_before = started.request_counts.completed
+    set_budget(gateway, 0.000001)  # spent already: the run must stop at its next check (every second)
+    wait_for(client, batch_id, lambda b: "held by budget" in (b.metadata or {}).get("gateway_waiting", ""), 60)
+    shards = httpx.get(f"{gateway.base_url}/admin/batches/{batch_id}", headers=ADMIN, timeout=30).json()["shards"]
+    [paused] = [s for s in shards if s["state"] == "done"]
+    assert paused["end_reason"] == "budget"
+    # One second of requests at the rate limit, the two in flight, and a second of slack for a busy machine.
+    assert answered_before <= paused["completed"] <= answered_before + 2 * rate // 60 + 2
+    time.sleep(3)  # longer than the budget re-check: nothing more is sent while it is spent
+    held = client.batches.retrieve(batch_id)
+    assert held.request_counts is not None and held.request_counts.completed == paused["completed"] < 60
+    set_budget(gateway, 100.0)
+    outcome = collect(client, wait_for(client, batch_id, timeout=120))
+    assert outcome.batch.status == "completed" and set(outcome.output) == {r["custom_id"] for r in requests}
