@@ -23,6 +23,7 @@ navigation = st.navigation(
         st.Page(PAGES / "job.py", title="Job detail", icon=":material/search:", url_path="job"),
         st.Page(PAGES / "spend.py", title="Spend", icon=":material/payments:", url_path="spend"),
         st.Page(PAGES / "alerts.py", title="Alerts & budgets", icon=":material/notifications:", url_path="alerts"),
+        st.Page(PAGES / "advisor.py", title="Advisor", icon=":material/balance:", url_path="advisor"),
         st.Page(PAGES / "providers.py", title="Providers", icon=":material/dns:", url_path="providers"),
     ]
 )

@@ -38,6 +38,7 @@ def budget_rows(budgets: list[dict[str, Any]]) -> pd.DataFrame:
             "budget": budget_label(b),
             "spent": fmt.money(b.get("spent_usd")),
             "reserved": fmt.money(b.get("reserved_usd")),
+            "left": fmt.money(b.get("remaining_usd")),
             "limit": fmt.money(b.get("limit_usd"), 2),
             "use": fmt.percent(utilization_of(b)),
             "thresholds": ", ".join(fmt.percent(t) for t in thresholds_of(b)) or fmt.MISSING,

@@ -183,3 +183,21 @@ class AdminClient:
     def ack_alert(self, alert_id: str | int) -> dict[str, Any]:
         """Acknowledge an alert."""
         return dict(self.request("POST", f"/admin/alerts/{alert_id}/ack"))
+
+    def release_canary(self, batch_id: str) -> dict[str, Any]:
+        """Let a batch held after its canary run the rest of its requests."""
+        return dict(self.request("POST", f"/admin/batches/{batch_id}/canary/release"))
+
+    def cancel_canary(self, batch_id: str) -> dict[str, Any]:
+        """Cancel a batch held after its canary (its canary's answers are kept)."""
+        return dict(self.request("POST", f"/admin/batches/{batch_id}/canary/cancel"))
+
+    def held_canaries(self) -> list[dict[str, Any]]:
+        """Batches held for an operator after their canary."""
+        return list(self.request("GET", "/admin/canaries").get("data", []))
+
+    def estimate(self, file_id: str, **options: str | None) -> dict[str, Any]:
+        """Cost, turnaround and the advisor's recommendation for an uploaded file (options: model, policy,
+        deadline, endpoint, team)."""
+        body = {"file_id": file_id} | {name: value for name, value in options.items() if value}
+        return dict(self.request("POST", "/admin/estimate", json=body))

@@ -18,6 +18,7 @@ from gateway.api.admin_billing import AdminBillingController
 from gateway.api.admin_ops import AdminOpsController
 from gateway.api.batches import BatchesController
 from gateway.api.errors import EXCEPTION_HANDLERS
+from gateway.api.estimates import EstimatesController
 from gateway.api.files import FilesController
 from gateway.api.health import healthz, readyz
 from gateway.api.inputs import check_request_url
@@ -53,7 +54,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
                     await asyncio.wait_for(task, timeout=10)
             await context.close()
 
-    v1 = Router(path="/v1", route_handlers=[FilesController, BatchesController])
+    v1 = Router(path="/v1", route_handlers=[FilesController, BatchesController, EstimatesController])
     return Litestar(
         route_handlers=[
             v1,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -24,8 +23,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 keys_app = typer.Typer(help="Client API keys.", no_args_is_help=True)
+canary_app = typer.Typer(help="Batches held after their canary: list, release, cancel.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(canary_app, name="canary")
 app.command("submit")(client_cli.submit)
 app.command("ls")(client_cli.ls)
 app.command("status")(client_cli.status)
@@ -206,49 +207,101 @@ def estimate(
     file: Annotated[Path, typer.Argument(help="A batch input file (JSONL).", exists=True, dir_okay=False)],
     model: Annotated[str | None, typer.Option(help="Price every line as this model (default: each line's).")] = None,
     policy: Annotated[str | None, typer.Option(help="Routing policy (default: the deployment's).")] = None,
+    deadline: Annotated[
+        str | None, typer.Option(help="When the results are needed, e.g. 4h (default: the 24h completion window).")
+    ] = None,
     endpoint: Annotated[str, typer.Option(help="The batch endpoint the lines are for.")] = "/v1/chat/completions",
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url", envvar="BATCHGW_BASE_URL", help="A running gateway's /v1 URL (default: the local config)."
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="BATCHGW_API_KEY", help="Client key for --base-url.")
+    ] = None,
+    team: Annotated[
+        str | None, typer.Option(help="Local config only: estimate from this team's history (with a key: its team).")
+    ] = None,
 ) -> None:
-    """Estimate a file's tokens and its cost on every provider, and show the policy's choice."""
-    from rich.console import Console
-    from rich.table import Table
+    """A file's cost on every provider, its expected turnaround, and whether to batch it, fan it out, or both."""
+    from gateway import money_cli
 
-    from gateway.billing.quote import Quote, quote_file
+    if base_url:
+        answer = money_cli.remote_estimate(
+            file, base_url, api_key, model=model, policy=policy, deadline=deadline, endpoint=endpoint
+        )
+        raise typer.Exit(money_cli.print_estimate(answer, file.name))
 
-    async def price(context: GatewayContext) -> Quote:
-        metadata = {"policy": policy} if policy else None
-        return await quote_file(context, file, endpoint=endpoint, model=model, metadata=metadata)
+    from gateway.api.estimates import quote_view
+    from gateway.billing.quote import quote_file
+    from gateway.db import billing as billing_db
+
+    metadata = {key: value for key, value in (("policy", policy), ("deadline", deadline)) if value}
+
+    async def price(context: GatewayContext) -> dict[str, Any]:
+        team_id = None
+        if team:
+            async with context.sessions() as session:
+                found = await billing_db.team_by_name(session, team)
+            if found is None:
+                raise LookupError(f"no team named {team!r}")
+            team_id = found.id
+        quote = await quote_file(
+            context, file, endpoint=endpoint, model=model, metadata=metadata or None, team_id=team_id
+        )
+        return quote_view(quote)
 
     try:
-        quote = _run_with_context(_load_settings(require_keys=False), price)
+        answer = _run_with_context(_load_settings(require_keys=False), price)
     except (ValueError, LookupError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    table = Table(
-        title=f"{file.name}: estimated cost by provider (policy {quote.policy}; cost $ at the offer's own rate)"
-    )
-    for column in ("model", "provider", "mode", "requests", "tokens in/out", "sync $", "cost $", "savings $"):
-        table.add_column(column, justify="left" if column in ("model", "provider", "mode") else "right")
-    table.add_column("policy")
-    for row in quote.rows:
-        choice = "chosen" if row.rank == 1 else (f"#{row.rank}" if row.rank else "ruled out")
-        table.add_row(
-            row.model,
-            row.provider + ("" if row.priced else " (unpriced)"),
-            row.mode,
-            f"{row.requests:,}",
-            f"{row.input_tokens:,}/{row.output_tokens:,}",
-            f"{row.sync_cost_usd:.4f}",
-            f"{row.cost_usd:.4f}",
-            f"{row.savings_usd:.4f}",
-            choice,
-        )
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(table)
-    for problem in quote.problems:
-        console.print(f"[red]cannot route:[/red] {problem}")
-    console.print(f"Estimated total on the policy's choices: ${quote.chosen_cost_usd:.4f}")
-    if quote.problems:
-        raise typer.Exit(1)
+    raise typer.Exit(money_cli.print_estimate(answer, file.name))
+
+
+AdminUrl = Annotated[
+    str, typer.Option("--base-url", envvar="BATCHGW_BASE_URL", help="The gateway's URL (its /v1 URL works too).")
+]
+AdminKey = Annotated[
+    str | None, typer.Option("--admin-key", envvar="BATCHGW_ADMIN_KEY", help="The admin key (prefer the variable).")
+]
+
+
+@canary_app.command("ls")
+def canary_ls(base_url: AdminUrl = "http://127.0.0.1:8080", admin_key: AdminKey = None) -> None:
+    """Batches held for an operator after their canary, with what was projected and why."""
+    from gateway import money_cli
+
+    held = money_cli.admin_call(base_url, admin_key, "GET", "/canaries")["data"]
+    if not held:
+        typer.echo("no batch is held after its canary")
+    for row in held:
+        money_cli.print_held(row)
+
+
+@canary_app.command("release")
+def canary_release(
+    batch_id: Annotated[str, typer.Argument(help="The held batch.")],
+    base_url: AdminUrl = "http://127.0.0.1:8080",
+    admin_key: AdminKey = None,
+) -> None:
+    """Let a held batch's remaining requests run (raise a hard budget first if its projection does not fit)."""
+    from gateway import money_cli
+
+    money_cli.print_held(money_cli.admin_call(base_url, admin_key, "POST", f"/batches/{batch_id}/canary/release"))
+
+
+@canary_app.command("cancel")
+def canary_cancel(
+    batch_id: Annotated[str, typer.Argument(help="The held batch.")],
+    base_url: AdminUrl = "http://127.0.0.1:8080",
+    admin_key: AdminKey = None,
+) -> None:
+    """Cancel a held batch: its canary's answers are kept, the rest is not run."""
+    from gateway import money_cli
+
+    money_cli.print_held(money_cli.admin_call(base_url, admin_key, "POST", f"/batches/{batch_id}/canary/cancel"))
 
 
 @app.command()

@@ -29,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.db.stats import BATCH_STATUSES, CIRCUIT_STATES, SHARD_STATES, MetricsSnapshot
+from gateway.db.stats import BATCH_STATUSES, CIRCUIT_STATES, HOLD_REASONS, SHARD_STATES, MetricsSnapshot
 
 disable_created_metrics()  # no *_created series: they double the exposition and no rule or panel reads them
 
@@ -41,11 +41,14 @@ TURNAROUND_BUCKETS = (
 )  # fmt: skip
 """Seconds: from one second to a week, the longest completion window a batch may have."""
 
-REQUEST_OUTCOMES = ("succeeded", "failed", "expired", "cancelled", "retried")
-"""Values of the ``outcome`` label of :data:`REQUESTS`."""
+REQUEST_OUTCOMES = ("succeeded", "failed", "expired", "cancelled")
+"""Values of the ``outcome`` label of :data:`REQUESTS`: each request's final outcome, counted once."""
 
-ALERT_KINDS = ("budget_threshold", "anomaly", "provider_auth_failed")
+ALERT_KINDS = ("budget_threshold", "anomaly", "canary", "budget_stop", "provider_auth_failed")
 """Values of the ``kind`` label of :data:`ALERTS_FIRED`."""
+
+WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
+"""Values of the ``outcome`` label of :data:`WEBHOOK_DELIVERIES`."""
 
 # --- events ------------------------------------------------------------------------------------------------
 
@@ -67,8 +70,14 @@ SYNC_BASELINE_USD = Counter(
 )
 REQUESTS = Counter(
     "batchgw_requests",
-    "Requests finished by provider and outcome (succeeded, failed, expired, cancelled; retried = sent again).",
+    "Requests finished by provider and final outcome (succeeded, failed, expired, cancelled); each request once.",
     ["provider", "outcome"],
+)
+REQUEST_RETRIES = Counter(
+    "batchgw_request_retries",
+    "Requests handed from a provider to a follow-up shard to be tried again (retry or failover); their final "
+    "outcome is counted in batchgw_requests_total.",
+    ["provider"],
 )
 TOKENS = Counter(
     "batchgw_tokens",
@@ -82,8 +91,14 @@ FAILOVERS = Counter(
 )
 ALERTS_FIRED = Counter(
     "batchgw_alerts_fired",
-    "Alerts created, by kind (budget_threshold, anomaly, provider_auth_failed).",
+    "Alerts created, by kind (budget_threshold, anomaly, canary, budget_stop, provider_auth_failed).",
     ["kind"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "batchgw_alert_webhook_deliveries",
+    "Attempts to post an alert to the webhook, by outcome (delivered; failed: retried later; gave_up: last attempt "
+    "failed, the alert was not delivered).",
+    ["outcome"],
 )
 SHARD_TURNAROUND = Histogram(
     "batchgw_shard_turnaround_seconds",
@@ -100,6 +115,8 @@ BATCH_TURNAROUND = Histogram(
 
 for _kind in ALERT_KINDS:
     ALERTS_FIRED.labels(kind=_kind)  # exported at 0 from the start, so increase() sees the first alert
+for _outcome in WEBHOOK_OUTCOMES:
+    WEBHOOK_DELIVERIES.labels(outcome=_outcome)
 
 
 def prime(providers: Iterable[str]) -> None:
@@ -107,6 +124,7 @@ def prime(providers: Iterable[str]) -> None:
     for provider in providers:
         for outcome in REQUEST_OUTCOMES:
             REQUESTS.labels(provider=provider, outcome=outcome)
+        REQUEST_RETRIES.labels(provider=provider)
 
 
 # --- state read from the database at scrape time -----------------------------------------------------------
@@ -118,8 +136,10 @@ GAUGES: dict[str, str] = {
     "batchgw_provider_circuit_state": "1 for the provider's current circuit state (closed, open, half_open), else 0.",
     "batchgw_budget_limit_usd": "Limit of each budget in USD.",
     "batchgw_budget_spent_usd": "Spend in USD counted against each budget in its current period.",
+    "batchgw_budget_reserved_usd": "What unfinished batches under each budget are still expected to spend, in USD.",
+    "batchgw_budget_remaining_usd": "Limit minus spent minus reserved (never below 0), in USD.",
     "batchgw_budget_utilization_ratio": "Spend in the current period divided by the budget's limit.",
-    "batchgw_reserved_budget_usd": "Estimated cost of unfinished batches not yet spent, by team.",
+    "batchgw_batches_held": "Unfinished batches held for an operator (reason 'canary') or stopped for a budget.",
     "batchgw_oldest_queued_shard_age_seconds": "Age of the oldest shard waiting to be submitted (0 when none).",
     "batchgw_batches_past_window": "Unfinished batches whose completion window has passed.",
     "batchgw_database_up": "1 when the scrape could read the database, else 0 (the state gauges are then absent).",
@@ -152,10 +172,12 @@ def record_shard_collected(
 ) -> None:
     """Count a collected shard once, after the transaction that wrote its ledger row committed.
 
-    ``team`` is the team's name; ``retried`` counts requests handed to a follow-up shard.
+    ``team`` is the team's name; ``retried`` counts requests handed to a follow-up shard (in their own series:
+    their final outcome is counted when a shard finally answers them).
     """
-    for outcome, count in zip(REQUEST_OUTCOMES, (succeeded, failed, expired, cancelled, retried), strict=True):
+    for outcome, count in zip(REQUEST_OUTCOMES, (succeeded, failed, expired, cancelled), strict=True):
         _add(REQUESTS, count, provider=provider, outcome=outcome)
+    _add(REQUEST_RETRIES, retried, provider=provider)
     _add(TOKENS, input_tokens, provider=provider, model=model, direction="input")
     _add(TOKENS, output_tokens, provider=provider, model=model, direction="output")
     _add(SPEND_USD, cost_usd, provider=provider, model=model, team=team, reason="served")
@@ -181,8 +203,13 @@ def record_batch_finished(provider: str, turnaround_s: float) -> None:
 
 
 def record_alert_fired(kind: str) -> None:
-    """Count one new billing alert of ``kind`` ('budget_threshold' or 'anomaly')."""
+    """Count one new alert of ``kind`` (see :data:`ALERT_KINDS`)."""
     ALERTS_FIRED.labels(kind=kind).inc()
+
+
+def record_webhook_attempt(outcome: str) -> None:
+    """Count one attempt to post an alert: ``delivered``, ``failed`` (retried later) or ``gave_up``."""
+    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
 
 
 # --- exposition --------------------------------------------------------------------------------------------
@@ -227,20 +254,25 @@ class SnapshotCollector(Collector):
         yield up
         yield circuit
 
-        limit = _gauge("batchgw_budget_limit_usd", ["scope", "period"])
-        spent = _gauge("batchgw_budget_spent_usd", ["scope", "period"])
-        ratio = _gauge("batchgw_budget_utilization_ratio", ["scope", "period"])
+        budget_labels = ["scope", "period", "hard"]
+        limit = _gauge("batchgw_budget_limit_usd", budget_labels)
+        spent = _gauge("batchgw_budget_spent_usd", budget_labels)
+        reserved = _gauge("batchgw_budget_reserved_usd", budget_labels)
+        remaining = _gauge("batchgw_budget_remaining_usd", budget_labels)
+        ratio = _gauge("batchgw_budget_utilization_ratio", budget_labels)
         for budget in snap.budgets:
-            labels = [budget.scope, budget.period]
+            labels = [budget.scope, budget.period, "true" if budget.hard else "false"]
             limit.add_metric(labels, budget.limit_usd)
             spent.add_metric(labels, budget.spent_usd)
+            reserved.add_metric(labels, budget.reserved_usd)
+            remaining.add_metric(labels, max(0.0, budget.limit_usd - budget.spent_usd - budget.reserved_usd))
             ratio.add_metric(labels, budget.utilization)
-        yield from (limit, spent, ratio)
+        yield from (limit, spent, reserved, remaining, ratio)
 
-        reserved = _gauge("batchgw_reserved_budget_usd", ["team"])
-        for team, usd in sorted(snap.reserved_usd.items()):
-            reserved.add_metric([team], usd)
-        yield reserved
+        held = _gauge("batchgw_batches_held", ["reason"])
+        for reason in sorted(set(HOLD_REASONS) | set(snap.held_batches)):
+            held.add_metric([reason], snap.held_batches.get(reason, 0))
+        yield held
 
         oldest = _gauge("batchgw_oldest_queued_shard_age_seconds", [])
         oldest.add_metric([], snap.oldest_queued_shard_age_s)
@@ -291,6 +323,8 @@ def metric_names() -> set[str]:
         SAVINGS_USD,
         SYNC_BASELINE_USD,
         REQUESTS,
+        REQUEST_RETRIES,
+        WEBHOOK_DELIVERIES,
         TOKENS,
         FAILOVERS,
         ALERTS_FIRED,

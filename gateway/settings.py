@@ -114,9 +114,9 @@ class RoutingSettings(_Section):
     )
     turnaround_samples: int = Field(50, ge=1, description="Finished shards per provider model kept for p50/p90.")
     canary_requests: int = Field(
-        0, ge=0, description="Canary size for large jobs that ask for none (0: only batches with a 'canary' hint)."
+        100, ge=0, description="Canary size for large jobs that ask for none (0: only batches with a 'canary' hint)."
     )
-    canary_min_requests: int = Field(10_000, ge=1, description="Jobs at least this large get the default canary.")
+    canary_min_requests: int = Field(5_000, ge=1, description="Jobs at least this large get the default canary.")
     canary_max_error_rate: float = Field(
         0.2, ge=0, le=1, description="A canary whose share of failed requests is above this stops its batch."
     )
@@ -149,6 +149,14 @@ class BillingSettings(_Section):
     anomaly_min_requests: int = Field(20, ge=1, description="Finished requests needed before the anomaly rule runs.")
     default_thresholds: list[float] = Field(
         [0.5, 0.8, 1.0], description="Alert thresholds (fractions of the limit) of a budget created without any."
+    )
+    canary_action: Literal["hold", "alert"] = Field(
+        "hold",
+        description="A canary projecting above anomaly_factor x the estimate, or above what a hard budget can take: "
+        "'hold' the batch for an operator (with an alert), or only 'alert' and go on.",
+    )
+    min_batch_savings_usd: float = Field(
+        0.50, ge=0, description="The estimate advisor flags jobs where batching saves less than this (USD)."
     )
 
 

@@ -31,6 +31,7 @@ def test_record_shard_collected_counts_every_figure_once() -> None:
     labels = {"provider": "unit-p", "model": "unit-m", "team": "unit-t"}
     before = {o: sample("batchgw_requests_total", provider="unit-p", outcome=o) for o in metrics.REQUEST_OUTCOMES}
     spend = sample("batchgw_spend_usd_total", reason="served", **labels)
+    retries = sample("batchgw_request_retries_total", provider="unit-p")
     metrics.record_shard_collected(
         **labels,
         succeeded=7,
@@ -50,8 +51,8 @@ def test_record_shard_collected_counts_every_figure_once() -> None:
         "failed": 2,
         "expired": 1,
         "cancelled": 0,
-        "retried": 3,
     }
+    assert sample("batchgw_request_retries_total", provider="unit-p") - retries == 3  # its own series
     assert sample("batchgw_spend_usd_total", reason="served", **labels) - spend == pytest.approx(0.25)
     assert sample("batchgw_savings_usd_total", **labels) == pytest.approx(0.25)
     assert sample("batchgw_sync_baseline_usd_total", **labels) == pytest.approx(0.5)
@@ -102,8 +103,21 @@ def test_render_joins_counters_and_snapshot_gauges() -> None:
         batches={"in_progress": 2},
         shards={("queued", "p1"): 3, ("done", "p2"): 1},
         circuits={"p2": "open", "p3": "half_open"},
-        budgets=[BudgetUse(scope="team:acme", period="day", limit_usd=10.0, spent_usd=12.5, utilization=1.25)],
-        reserved_usd={"acme": 1.5, "beta": 0.0},
+        budgets=[
+            BudgetUse(
+                scope="team:acme",
+                period="day",
+                limit_usd=10.0,
+                spent_usd=12.5,
+                utilization=1.25,
+                reserved_usd=1.5,
+                hard=True,
+            ),
+            BudgetUse(
+                scope="global", period="month", limit_usd=100.0, spent_usd=40.0, utilization=0.4, reserved_usd=20
+            ),
+        ],
+        held_batches={"canary": 2},
         oldest_queued_shard_age_s=42.0,
         batches_past_window=1,
     )
@@ -118,14 +132,21 @@ def test_render_joins_counters_and_snapshot_gauges() -> None:
     circuit = found["batchgw_provider_circuit_state"]
     assert circuit[frozenset({("provider", "p3"), ("state", "half_open")})] == 1
     assert circuit[frozenset({("provider", "p3"), ("state", "closed")})] == 0
-    budget = frozenset({("scope", "team:acme"), ("period", "day")})
+    budget = frozenset({("scope", "team:acme"), ("period", "day"), ("hard", "true")})
     assert found["batchgw_budget_utilization_ratio"][budget] == 1.25
     assert found["batchgw_budget_spent_usd"][budget] == 12.5
     assert found["batchgw_budget_limit_usd"][budget] == 10.0
-    assert found["batchgw_reserved_budget_usd"][frozenset({("team", "beta")})] == 0
+    assert found["batchgw_budget_reserved_usd"][budget] == 1.5
+    assert found["batchgw_budget_remaining_usd"][budget] == 0  # over: never negative
+    soft = frozenset({("scope", "global"), ("period", "month"), ("hard", "false")})
+    assert found["batchgw_budget_remaining_usd"][soft] == 40.0
+    held = {dict(labels)["reason"]: v for labels, v in found["batchgw_batches_held"].items()}
+    assert held == {"canary": 2, "budget": 0}
     assert found["batchgw_oldest_queued_shard_age_seconds"] == {frozenset(): 42.0}
     assert found["batchgw_batches_past_window"] == {frozenset(): 1}
     assert found["batchgw_requests_total"][frozenset({("provider", "idle"), ("outcome", "failed")})] == 0
+    assert found["batchgw_request_retries_total"][frozenset({("provider", "idle")})] == 0
+    assert found["batchgw_alert_webhook_deliveries_total"][frozenset({("outcome", "gave_up")})] >= 0
     assert "process_cpu_seconds_total" in found  # the process's own collectors are part of the exposition
     assert not any(name.endswith("_created") for name in found)
 

@@ -10,7 +10,12 @@ from dashboard import charts, ui
 from dashboard import format as fmt
 from dashboard.client import GatewayError
 
-KIND_ICON = {"budget_threshold": ":material/savings:", "anomaly": ":material/trending_up:"}
+KIND_ICON = {
+    "budget_threshold": ":material/savings:",
+    "anomaly": ":material/trending_up:",
+    "canary": ":material/front_hand:",
+    "budget_stop": ":material/block:",
+}
 
 
 def parse_thresholds(text: str) -> list[float]:

@@ -1,4 +1,5 @@
-"""Job detail: shards, routing decisions and failovers, a sample of errors, and the operator's actions."""
+"""Job detail: shards, routing decisions and failovers, a sample of errors, and the operator's actions (cancel,
+retry, and release or cancel a batch held after its canary)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,31 @@ def header(batch: dict[str, Any]) -> None:
             "were answered elsewhere; what they billed is included in the cost above.",
             icon=":material/payments:",
         )
+
+
+def canary_hold(batch: dict[str, Any]) -> None:
+    """A batch held after its canary: what was projected and why, and the operator's two choices."""
+    hold = batch.get("hold") or {}
+    if hold.get("reason") != "canary" or batch.get("status") != "in_progress":
+        return
+    admin = ui.client()
+    st.warning(
+        f"**Held after its canary:** {hold.get('detail') or fmt.MISSING}. Projected "
+        f"{fmt.money(hold.get('canary_projected_usd'))} against an estimate of "
+        f"{fmt.money(batch.get('estimated_cost_usd'))}.",
+        icon=":material/front_hand:",
+    )
+    cols = st.columns(4)
+    if cols[0].button("Release: run the rest", key="canary_release", type="primary"):
+        result = ui.act(lambda: admin.release_canary(batch["id"]), "Released")
+        if result:
+            st.session_state["job_notice"] = "Released: the rest of the job runs now."
+            st.rerun()
+    if cols[1].button("Cancel the job", key="canary_cancel"):
+        result = ui.act(lambda: admin.cancel_canary(batch["id"]), "Cancelled")
+        if result:
+            st.session_state["job_notice"] = "Cancelled: the canary's answers are kept, the rest is not run."
+            st.rerun()
 
 
 def shards(batch: dict[str, Any]) -> None:
@@ -251,6 +277,7 @@ if picked:
         notice = st.session_state.pop("job_notice", None)
         if notice:
             st.success(notice)
+        canary_hold(detail)
         actions(detail)
         shards(detail)
         abandoned(detail)

@@ -3,10 +3,8 @@ their shards and routing decisions, keys."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
-import msgspec
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -15,9 +13,8 @@ from gateway.api.auth import require_admin
 from gateway.api.errors import bad_request, not_found
 from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
 from gateway.api.objects import batch_object, list_object
-from gateway.api.openapi import ADMIN_SECURITY, CREATE_KEY_BODY, ESTIMATE_BODY, admin_errors, with_request_body
+from gateway.api.openapi import ADMIN_SECURITY, CREATE_KEY_BODY, admin_errors, with_request_body
 from gateway.billing.estimate import cost_usd
-from gateway.billing.quote import quote_file
 from gateway.context import GatewayContext
 from gateway.db import abandoned as abandoned_db
 from gateway.db import billing as billing_db
@@ -84,11 +81,17 @@ def admin_batch_view(row: Batch, team: str | None, waiting: tuple[str, str] | No
         "models": sorted({row.model} if row.model else set()),
         "providers": row.providers.split(",") if row.providers else [],
         "estimated_cost_usd": row.estimated_cost_usd,
+        "projected_cost_usd": row.projected_cost_usd,
         "cost_usd": round(row.cost_usd, 6),
         "savings_usd": round(row.list_cost_usd - row.cost_usd, 6),
         "paid_twice_usd": round(row.abandoned_cost_usd, 6),
         "turnaround_s": (finished - row.created_at) if finished else None,
         "waiting": {"code": waiting[0], "detail": waiting[1]} if waiting else None,
+        "hold": (
+            {"reason": row.hold_reason, "detail": row.hold_detail, "canary_projected_usd": row.canary_projected_usd}
+            if row.hold_reason
+            else None
+        ),
         "stage_attempts": row.stage_attempts,
         "attempt_log": row.attempt_log or [],
     }
@@ -282,52 +285,6 @@ class AdminController(Controller):
             "shards": [shard_view(s) for s in shards],
             "decisions": [decision_view(d) for d in decisions],
             "abandoned_provider_batches": [abandoned_view(a) for a in abandoned],
-        }
-
-    @post(
-        "/estimate",
-        status_code=200,
-        summary="Estimate an uploaded file's cost on every offer",
-        responses=admin_errors(404, 413),
-        operation_class=with_request_body(ESTIMATE_BODY),
-        request_max_body_size=MAX_JSON_BODY_BYTES,
-    )
-    async def estimate(self, request: Request, state: State, _admin: None) -> dict[str, Any]:
-        """Body ``{"file_id", "model"?, "policy"?, "endpoint"?}``: tokens, synchronous and offer cost,
-        savings and the policy's ranking for each model of the file (as ``batchgw estimate`` prints)."""
-        context: GatewayContext = state.context
-        body = decode_json_object(await request.body())
-        file_id, model, policy = body.get("file_id"), body.get("model"), body.get("policy")
-        endpoint = body.get("endpoint", "/v1/chat/completions")
-        if not isinstance(file_id, str) or not file_id:
-            raise bad_request("'file_id' must be the id of an uploaded batch input file.", param="file_id")
-        for name, value in (("model", model), ("policy", policy), ("endpoint", endpoint)):
-            if value is not None and not isinstance(value, str):
-                raise bad_request(f"'{name}' must be a string.", param=name)
-        if policy is not None and policy not in context.policies.names():
-            known = ", ".join(context.policies.names())
-            raise bad_request(f"Unknown policy {policy!r}; known policies: {known}.", param="policy")
-        async with context.sessions() as session:
-            stored = await repo.get_file_any_team(session, file_id)
-        if stored is None:
-            raise not_found("file", file_id, param="file_id")
-        async with context.blobs.local_copy(stored.storage_key) as path:
-            try:
-                quote = await quote_file(
-                    context, path, endpoint=endpoint, model=model, metadata={"policy": policy} if policy else None
-                )
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise bad_request(f"The file is not a valid batch input file: {exc}.", param="file_id") from None
-            except RecursionError:
-                # The decoder's own limit: lines this deep never pass a batch's validation either.
-                raise bad_request(
-                    "The file is not a valid batch input file: a line is nested too deeply.", param="file_id"
-                ) from None
-        return {
-            "policy": quote.policy,
-            "chosen_cost_usd": round(quote.chosen_cost_usd, 6),
-            "problems": quote.problems,
-            "data": [asdict(row) | {"savings_usd": round(row.savings_usd, 6)} for row in quote.rows],
         }
 
     @post(

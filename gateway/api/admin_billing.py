@@ -1,4 +1,5 @@
-"""Admin billing API (guarded by the admin key): spend from the ledger, budgets, billing alerts."""
+"""Admin billing API (guarded by the admin key): spend from the ledger, budgets, billing alerts, estimates and
+the advisor, and the release or cancel of batches held after their canary."""
 
 from __future__ import annotations
 
@@ -7,21 +8,25 @@ import time
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, delete, get, post, put
+from litestar import Controller, Request, delete, get, post, put
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.params import Body, Parameter
 
 from gateway.api.auth import require_admin
-from gateway.api.errors import bad_request, not_found
+from gateway.api.errors import APIError, bad_request, not_found
+from gateway.api.estimates import estimate_stored, parse_request
 from gateway.api.inputs import MAX_JSON_BODY_BYTES, check_json_request, check_text
-from gateway.api.openapi import ADMIN_SECURITY, DB_ID, admin_errors
+from gateway.api.objects import batch_object
+from gateway.api.openapi import ADMIN_ESTIMATE_BODY, ADMIN_SECURITY, DB_ID, admin_errors, with_request_body
 from gateway.billing import budgets
 from gateway.billing.alerts import alert_view
 from gateway.billing.budgets import PERIODS, BudgetStatus
 from gateway.context import GatewayContext
 from gateway.db import billing as db
-from gateway.db.models import BillingAlert, WebhookDelivery
+from gateway.db import repo
+from gateway.db.models import Batch, BillingAlert, WebhookDelivery
+from gateway.pipeline import canary
 
 MAX_BUCKETS = 10_000
 MAX_LIMIT_USD = 1e9
@@ -251,3 +256,105 @@ class AdminBillingController(Controller):
                 await session.commit()
             delivery = await db.delivery_of(session, alert_id)
         return _alert_with_delivery(alert, delivery)
+
+    @post(
+        "/estimate",
+        status_code=200,
+        summary="Estimate an uploaded file: cost, turnaround and a recommendation",
+        responses=admin_errors(404, 413),
+        operation_class=with_request_body(ADMIN_ESTIMATE_BODY),
+        request_max_body_size=MAX_JSON_BODY_BYTES,
+    )
+    async def estimate(self, request: Request, state: State, _admin: None) -> dict[str, Any]:
+        """Body ``{"file_id", "model"?, "policy"?, "deadline"?, "endpoint"?, "team"?}``: per offer the batch and
+        synchronous cost, savings, the token range and its basis, expected turnaround and synchronous fan-out
+        time; per model the advisor's recommendation for the deadline. Estimates learn from the history of
+        ``team`` (a name; default: the team that uploaded the file)."""
+        context: GatewayContext = state.context
+        parsed = parse_request(context, await request.body(), admin=True)
+        async with context.sessions() as session:
+            stored = await repo.get_file_any_team(session, parsed.file_id)
+            if stored is None:
+                raise not_found("file", parsed.file_id, param="file_id")
+            team_id = stored.team_id
+            if parsed.team is not None:
+                team = await db.team_by_name(session, parsed.team)
+                if team is None:
+                    raise not_found("team", parsed.team, param="team")
+                team_id = team.id
+        return await estimate_stored(context, stored, parsed, team_id)
+
+    @get("/canaries", summary="Batches held for an operator after their canary")
+    async def held_canaries(self, state: State, _admin: None) -> dict[str, Any]:
+        """Unfinished batches whose canary projected too much, oldest first, with what was projected and why."""
+        context: GatewayContext = state.context
+        async with context.sessions() as session:
+            rows = await db.held_batches(session, canary.HOLD)
+            names = await repo.team_names(session, [row.team_id for row in rows])
+        return {"object": "list", "data": [held_view(row, names.get(row.team_id)) for row in rows]}
+
+    @post("/batches/{batch_id:str}/canary/release", status_code=200, summary="Release a batch held after its canary")
+    async def release_canary(self, state: State, _admin: None, batch_id: str) -> dict[str, Any]:
+        """The held requests run; the batch's reservation rises to the canary's projection (a hard budget that
+        cannot take it stops the batch before anything more is spent: raise the budget first). 409 unless held."""
+        context: GatewayContext = state.context
+        async with context.sessions() as session:
+            row = await _held(session, batch_id)
+            await canary.release(session, row)
+            await session.commit()
+            await session.refresh(row)
+            names = await repo.team_names(session, [row.team_id])
+        context.work_available.set()
+        return held_view(row, names.get(row.team_id))
+
+    @post("/batches/{batch_id:str}/canary/cancel", status_code=200, summary="Cancel a batch held after its canary")
+    async def cancel_canary(self, state: State, _admin: None, batch_id: str) -> dict[str, Any]:
+        """The held requests are not run (error lines ``batch_cancelled``); the canary's answers are delivered and
+        the batch ends ``cancelled``, with an error saying an operator cancelled it after its canary. 409 unless
+        held."""
+        context: GatewayContext = state.context
+        async with context.sessions() as session:
+            row = await _held(session, batch_id)
+            error = {
+                "code": "canary_cancelled",
+                "message": f"Cancelled by an operator after its canary: {row.hold_detail or 'see its decisions'}.",
+                "param": None,
+                "line": None,
+            }
+            await repo.update_batch_if(
+                session,
+                batch_id,
+                expected_status=row.status,
+                values={"errors": [*(row.errors or []), error], "hold_reason": None, "hold_detail": None},
+            )
+            await repo.request_cancel(session, row)
+            await session.commit()
+            await session.refresh(row)
+            names = await repo.team_names(session, [row.team_id])
+        context.work_available.set()
+        return held_view(row, names.get(row.team_id))
+
+
+async def _held(session: Any, batch_id: str) -> Batch:
+    row = await repo.get_batch(session, None, batch_id)
+    if row is None:
+        raise not_found("batch", batch_id)
+    if row.hold_reason != canary.HOLD or row.status != "in_progress":
+        raise APIError(
+            409,
+            f"Batch '{batch_id}' is not held after its canary (status '{row.status}').",
+            code="batch_not_held",
+        )
+    return row
+
+
+def held_view(row: Batch, team: str | None) -> dict[str, Any]:
+    """A batch with its hold: why it waits, what its canary projected, its estimate."""
+    return batch_object(row) | {
+        "team": team,
+        "hold_reason": row.hold_reason,
+        "hold_detail": row.hold_detail,
+        "canary_projected_usd": row.canary_projected_usd,
+        "estimated_cost_usd": row.estimated_cost_usd,
+        "cost_usd": round(row.cost_usd, 6),
+    }

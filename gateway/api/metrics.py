@@ -43,6 +43,8 @@ async def read_snapshot(context: GatewayContext, now: float) -> MetricsSnapshot:
             limit_usd=status.budget.limit_usd,
             spent_usd=status.spent_usd,
             utilization=status.utilisation,
+            reserved_usd=status.reserved_usd,
+            hard=status.budget.hard,
         )
         for status in statuses
     ]

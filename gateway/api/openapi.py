@@ -159,9 +159,22 @@ ESTIMATE_BODY = _json(
             "model": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL]),
             "policy": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL]),
             "endpoint": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL]),
+            "deadline": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL]),
         },
     ),
-    "The uploaded file to price; optionally a model for every line, a policy and the endpoint.",
+    "The uploaded file to price; optionally a model for every line, a policy, a deadline and the endpoint.",
+)
+
+ADMIN_ESTIMATE_BODY = _json(
+    Schema(
+        type=OpenAPIType.OBJECT,
+        required=["file_id"],
+        properties={
+            **(ESTIMATE_BODY.content["application/json"].schema.properties or {}),  # type: ignore[union-attr]
+            "team": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL]),
+        },
+    ),
+    "As for clients, plus the team whose history the estimate learns from (default: the file's team).",
 )
 
 DB_ID = {"ge": 1, "le": MAX_DB_INT}

@@ -23,7 +23,7 @@ from gateway.settings import BillingSettings, Settings
 
 log = logging.getLogger(__name__)
 
-KINDS = ("budget_threshold", "anomaly", "provider_auth_failed")
+KINDS = ("budget_threshold", "anomaly", "canary", "budget_stop", "provider_auth_failed")
 
 
 def alert_view(alert: BillingAlert) -> dict[str, Any]:

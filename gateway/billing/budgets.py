@@ -1,11 +1,13 @@
 """Budgets: what a team (or everyone) may spend per UTC day or month, and the checks against them.
 
 Spent is the ledger's cost in the current period. Reserved is what unfinished batches are still
-expected to cost: the sum of ``max(0, estimated_cost_usd - cost_usd)`` over the team's batches in
-``validating``, ``in_progress``, ``finalizing`` or ``cancelling``, so a reservation shrinks as
-actual spend lands and disappears when the batch ends. A *hard* budget refuses new batches once
-``spent + reserved >= limit``, refuses a batch whose estimate does not fit, and pauses the team's
-queued shards once ``spent >= limit``. The global budget applies to every team at once.
+expected to cost: the sum of ``max(0, expected - cost_usd)`` over the team's batches in
+``validating``, ``in_progress``, ``finalizing`` or ``cancelling``, where expected is the batch's
+projection (its estimate at first, then spend plus a projection of the rest: see
+:mod:`gateway.billing.guard`), so a reservation follows reality as spend lands and disappears when the
+batch ends. A *hard* budget refuses new batches once ``spent + reserved >= limit``, refuses a batch whose
+estimate does not fit, stops a batch whose projection no longer fits, and pauses the team's work once
+``spent >= limit``. The global budget applies to every team at once.
 
 None of these functions commit: the caller commits, so a check and the state change it allows are
 one transaction.
@@ -23,7 +25,7 @@ from gateway.db import billing as db
 from gateway.db.models import Budget
 
 PERIODS = ("day", "month")
-_EPSILON = 1e-9
+EPSILON = 1e-9
 _ADJECTIVE = {"day": "daily", "month": "monthly"}
 
 
@@ -78,12 +80,12 @@ class BudgetStatus:
     @property
     def exhausted(self) -> bool:
         """Actual spend reached the limit."""
-        return self.spent_usd + _EPSILON >= self.budget.limit_usd
+        return self.spent_usd + EPSILON >= self.budget.limit_usd
 
     @property
     def committed_exhausted(self) -> bool:
         """Spend plus reservations reached the limit."""
-        return self.spent_usd + self.reserved_usd + _EPSILON >= self.budget.limit_usd
+        return self.spent_usd + self.reserved_usd + EPSILON >= self.budget.limit_usd
 
     def until(self) -> str:
         """End of the period, readable."""
@@ -156,7 +158,7 @@ async def reserve(session: AsyncSession, team_id: str, batch_id: str, estimated_
             await session.refresh(budget)
             status = await status_of(session, budget, name, exclude_batch_id=batch_id)
             committed = status.spent_usd + status.reserved_usd
-            if committed + estimated_cost_usd > budget.limit_usd + _EPSILON:
+            if committed + estimated_cost_usd > budget.limit_usd + EPSILON:
                 left = max(0.0, budget.limit_usd - committed)
                 return (
                     f"Batch {batch_id} is estimated to cost {usd(estimated_cost_usd)}, which does not fit the "
@@ -171,10 +173,13 @@ async def reserve(session: AsyncSession, team_id: str, batch_id: str, estimated_
     return None
 
 
-async def team_paused(session: AsyncSession, team_id: str) -> str | None:
-    """Why the team's queued shards must wait (a hard budget spent), or None."""
+async def team_paused(session: AsyncSession, team_id: str, *, extra_spent_usd: float = 0.0) -> str | None:
+    """Why the team's work must wait (a hard budget's actual spend reached its limit), or None.
+
+    ``extra_spent_usd`` counts spend not yet in the ledger (answers of a running fan-out shard).
+    """
     for status in await team_statuses(session, team_id, hard_only=True):
-        if status.exhausted:
+        if status.spent_usd + extra_spent_usd + EPSILON >= status.budget.limit_usd:
             return (
                 f"The {status.label} of {usd(status.budget.limit_usd)} is spent ({usd(status.spent_usd)} this "
                 f"{status.budget.period}); queued work waits until the budget is raised or the period ends "

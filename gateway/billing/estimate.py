@@ -1,24 +1,36 @@
 """Token estimates for requests before they run, and the cost they project on an offer.
 
-The method, deliberately simple and conservative:
+An :class:`Estimator` expects, for each request of a team:
 
-* **input tokens**: the bytes of the request body divided by :data:`BYTES_PER_TOKEN` (4, the usual
-  rule of thumb for English text with JSON around it; it overestimates for short prompts, since the
-  JSON keys count too);
-* **output tokens**: the request's own ``max_completion_tokens`` or ``max_tokens`` when set, the most a
-  provider may write and so an upper bound; otherwise :data:`DEFAULT_OUTPUT_TOKENS`. Embeddings write
-  no output tokens.
+* **input tokens**: the bytes of the request body divided by :data:`BYTES_PER_TOKEN` (4), scaled by how
+  far that rule was off for the team's past requests of the same model and endpoint (JSON keys count as
+  bytes but not as tokens, so the rule overestimates short prompts);
+* **output tokens**: the mean of what the team's past requests of the same model and endpoint actually
+  wrote (:mod:`gateway.billing.history`), cut at the request's ``max_completion_tokens`` or ``max_tokens``;
+  with fewer than :data:`~gateway.billing.history.MIN_HISTORY` past requests, the catalog's
+  ``default_output_tokens`` of the model (else :data:`DEFAULT_OUTPUT_TOKENS`), again capped by the
+  request's own limit. Embeddings write no output tokens.
 
-Canary runs replace these guesses with measured figures before the full job is spent.
+Every estimate carries a range (the p50 and p90 of past requests, per request) and its basis
+("from 12,000 past requests" or "no history: default"). :func:`estimate_body` is the upper bound used
+for rate limits: a provider counts ``max_tokens`` against a tokens-per-minute limit whatever is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
+
+from gateway.billing.history import History
+
+if TYPE_CHECKING:
+    from gateway.catalog.loader import OfferEntry
+    from gateway.context import GatewayContext
+    from gateway.db.models import Shard
 
 BYTES_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 256
@@ -40,6 +52,51 @@ _line_decoder = msgspec.json.Decoder(_Line)
 _body_decoder = msgspec.json.Decoder(_Body)
 
 
+def _head(body: bytes) -> _Body:
+    try:
+        return _body_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _Body()
+
+
+def raw_input_tokens(body: bytes) -> int:
+    """Input tokens by the bytes / 4 rule alone."""
+    return max(1, len(body) // BYTES_PER_TOKEN)
+
+
+def estimate_body(body: bytes, endpoint: str) -> tuple[str, int, int]:
+    """``(model, input tokens, most output tokens)`` of one request body: bytes / 4 in, the request's own
+    ``max_completion_tokens`` or ``max_tokens`` out (else :data:`DEFAULT_OUTPUT_TOKENS`). An upper bound,
+    for rate limits; costs use an :class:`Estimator`."""
+    head = _head(body)
+    output = 0 if endpoint == EMBEDDINGS else head.max_completion_tokens or head.max_tokens or DEFAULT_OUTPUT_TOKENS
+    return head.model, raw_input_tokens(body), max(0, output)
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What the estimates of one model rest on."""
+
+    model: str
+    """The logical model."""
+    history: History | None
+    default_output: int
+    default_source: str
+    """``catalog`` (the model's ``default_output_tokens``) or ``built-in``."""
+
+    @property
+    def learned(self) -> bool:
+        """Estimates come from the team's history."""
+        return self.history is not None and self.history.usable
+
+    def describe(self) -> str:
+        """``from 12,000 past requests`` or ``no history: default (256 output tokens)``."""
+        if self.learned:
+            assert self.history is not None
+            return f"from {self.history.requests:,} past requests"
+        return f"no history: {self.default_source} default ({self.default_output} output tokens)"
+
+
 @dataclass(frozen=True)
 class RequestEstimate:
     """Expected tokens of one request."""
@@ -47,7 +104,11 @@ class RequestEstimate:
     custom_id: str
     model: str
     input_tokens: int
-    output_tokens: int
+    output_tokens: float
+    output_low: float
+    """p50 of past requests (capped), or the expectation without history."""
+    output_high: float
+    """p90 of past requests (capped), or the expectation without history."""
 
 
 @dataclass
@@ -59,42 +120,181 @@ class ModelEstimate:
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    output_low: int = 0
+    output_high: int = 0
+    basis: str = "no history: default"
+    _sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0], repr=False)
+
+    def add(self, request: RequestEstimate) -> None:
+        """Count one request in."""
+        self.requests += 1
+        self.input_tokens += request.input_tokens
+        sums = self._sums
+        sums[0] += request.output_tokens
+        sums[1] += request.output_low
+        sums[2] += request.output_high
+        self.output_tokens, self.output_low, self.output_high = (round(value) for value in sums)
+
+    def merged_with(self, other: ModelEstimate) -> None:
+        """Add another model's requests (to price a file as one model)."""
+        self.requests += other.requests
+        self.input_tokens += other.input_tokens
+        self._sums = [a + b for a, b in zip(self._sums, other._sums, strict=True)]
+        self.output_tokens, self.output_low, self.output_high = (round(value) for value in self._sums)
 
 
-def estimate_body(body: bytes, endpoint: str) -> tuple[str, int, int]:
-    """``(model, input tokens, output tokens)`` expected for one request body."""
-    try:
-        head = _body_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        head = _Body()
-    output = 0 if endpoint == EMBEDDINGS else head.max_completion_tokens or head.max_tokens or DEFAULT_OUTPUT_TOKENS
-    return head.model, max(1, len(body) // BYTES_PER_TOKEN), max(0, output)
+class Estimator:
+    """Expected tokens per request of one team's requests to one endpoint (see the module docstring)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        histories: Mapping[str, History] | None = None,
+        defaults: Mapping[str, int] | None = None,
+        logical: Callable[[str], str] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.histories = dict(histories or {})
+        self.defaults = dict(defaults or {})
+        self.logical = logical or (lambda name: name)
+        self._bases: dict[str, Basis] = {}
+
+    def basis(self, name: str) -> Basis:
+        """The basis of estimates for a model name as a request gives it."""
+        found = self._bases.get(name)
+        if found is None:
+            model = self.logical(name)
+            default = self.defaults.get(model)
+            found = Basis(
+                model=model,
+                history=self.histories.get(model),
+                default_output=default or DEFAULT_OUTPUT_TOKENS,
+                default_source="catalog" if default else "built-in",
+            )
+            self._bases[name] = found
+        return found
+
+    def request(self, body: bytes, custom_id: str = "") -> RequestEstimate:
+        """Expected tokens of one request body."""
+        head = _head(body)
+        basis = self.basis(head.model)
+        raw = raw_input_tokens(body)
+        history = basis.history if basis.learned else None
+        input_tokens = max(1, round(raw * history.input_scale)) if history is not None else raw
+        if self.endpoint == EMBEDDINGS:
+            return RequestEstimate(custom_id, head.model, input_tokens, 0.0, 0.0, 0.0)
+        cap = head.max_completion_tokens or head.max_tokens or None
+        if history is not None:
+            limit = float(cap) if cap else float("inf")
+            return RequestEstimate(
+                custom_id,
+                head.model,
+                input_tokens,
+                history.expected_output(cap),
+                min(history.quantile(0.5), limit),
+                min(history.quantile(0.9), limit),
+            )
+        expected = float(min(basis.default_output, cap) if cap else basis.default_output)
+        return RequestEstimate(custom_id, head.model, input_tokens, expected, expected, expected)
 
 
-def iter_estimates(path: Path, endpoint: str) -> Iterator[RequestEstimate]:
+def iter_estimates(path: Path, estimator: Estimator) -> Iterator[RequestEstimate]:
     """An estimate for every request line of a (validated) batch input file, in order."""
     with path.open("rb") as handle:
         for raw in handle:
             if not raw.strip():
                 continue
             line = _line_decoder.decode(raw)
-            model, input_tokens, output_tokens = estimate_body(bytes(line.body), endpoint)
-            yield RequestEstimate(line.custom_id, model, input_tokens, output_tokens)
+            yield estimator.request(bytes(line.body), line.custom_id)
 
 
-def estimate_file(path: Path, endpoint: str) -> dict[str, ModelEstimate]:
-    """Requests and expected tokens per model name of a batch input file."""
+def estimate_file(path: Path, endpoint: str, estimator: Estimator | None = None) -> dict[str, ModelEstimate]:
+    """Requests and expected tokens per model name of a batch input file (no history: the defaults)."""
+    estimator = estimator or Estimator(endpoint)
     models: dict[str, ModelEstimate] = {}
-    for number, request in enumerate(iter_estimates(path, endpoint), 1):
+    for number, request in enumerate(iter_estimates(path, estimator), 1):
         entry = models.get(request.model)
         if entry is None:
-            entry = models[request.model] = ModelEstimate(request.model, first_line=number)
-        entry.requests += 1
-        entry.input_tokens += request.input_tokens
-        entry.output_tokens += request.output_tokens
+            basis = estimator.basis(request.model).describe()
+            entry = models[request.model] = ModelEstimate(request.model, first_line=number, basis=basis)
+        entry.add(request)
     return models
+
+
+async def team_estimator(context: GatewayContext, team_id: str | None, endpoint: str) -> Estimator:
+    """The estimator of a team (None: no history, defaults only) for requests to ``endpoint``."""
+    from gateway.db import billing as billing_db
+
+    histories: dict[str, History] = {}
+    if team_id:
+        async with context.sessions() as session:
+            rows = await billing_db.output_stats(session, team_id, endpoint)
+        histories = {
+            row.model: History.of(
+                requests=row.requests,
+                output_tokens=row.output_tokens,
+                input_tokens=row.input_tokens,
+                estimated_input_tokens=row.estimated_input_tokens,
+                histogram=row.histogram,
+            )
+            for row in rows
+        }
+    catalog = context.offers.catalog.data.models
+    defaults = {name: entry.default_output_tokens for name, entry in catalog.items() if entry.default_output_tokens}
+
+    # Lines moved by a failover already carry the provider's model id.
+    by_provider_model = {priced.offer.provider_model: priced.offer.model for priced in context.offers.all_offers()}
+
+    def logical(name: str) -> str:
+        try:
+            return context.offers.resolve(name).model
+        except LookupError:
+            return by_provider_model.get(name, name)
+
+    return Estimator(endpoint, histories, defaults, logical)
 
 
 def cost_usd(input_tokens: int, output_tokens: int, rates: tuple[float, float]) -> float:
     """USD for tokens at ``(input, output)`` USD per million tokens."""
     return (input_tokens * rates[0] + output_tokens * rates[1]) / 1_000_000
+
+
+def usage_cost_usd(
+    usage: Mapping[str, int], rates: tuple[float, float], cache_rates: tuple[float | None, float | None] = (None, None)
+) -> float:
+    """USD for a provider's reported usage: cached and cache-write input tokens at their own rates (None: the
+    input rate), the rest of the input and the output at ``rates``."""
+    total_in = max(0, usage.get("input", 0))
+    cached = min(max(0, usage.get("cached", 0)), total_in)
+    written = min(max(0, usage.get("cache_write", 0)), total_in - cached)
+    cached_rate = rates[0] if cache_rates[0] is None else cache_rates[0]
+    write_rate = rates[0] if cache_rates[1] is None else cache_rates[1]
+    plain = total_in - cached - written
+    return (plain * rates[0] + cached * cached_rate + written * write_rate + usage.get("output", 0) * rates[1]) / 1e6
+
+
+def cache_rates(entry: OfferEntry | None, batch: bool) -> tuple[float | None, float | None]:
+    """USD per MTok of cached (cache-read) and cache-write input tokens of a catalog offer, None where the
+    catalog gives no rate (those tokens are then charged at the input rate). A provider batch takes the
+    ``batch_*`` cache rates, else the synchronous cache rates."""
+    if entry is None:
+        return None, None
+    cached, written = entry.cached_input_per_mtok, entry.cache_write_per_mtok
+    if batch:
+        if entry.batch_cached_input_per_mtok is not None:
+            cached = entry.batch_cached_input_per_mtok
+        if entry.batch_cache_write_per_mtok is not None:
+            written = entry.batch_cache_write_per_mtok
+    return cached, written
+
+
+def shard_cost(shard: Shard, usage: Mapping[str, int]) -> tuple[float, float]:
+    """``(cost, list cost)`` of a shard's usage: at the rates it pays (cached and cache-write input at their own
+    rates), and at the synchronous baseline, where cache reads and writes keep the same discount."""
+    paid = (shard.input_per_mtok, shard.output_per_mtok)
+    cache = (shard.cached_input_per_mtok, shard.cache_write_per_mtok)
+    cost = usage_cost_usd(usage, paid, cache)
+    baseline = (shard.list_input_per_mtok, shard.list_output_per_mtok)
+    factor = baseline[0] / paid[0] if paid[0] > 0 else 1.0
+    cached, written = (None if rate is None else rate * factor for rate in cache)
+    return cost, usage_cost_usd(usage, baseline, (cached, written))

@@ -3,7 +3,8 @@
 The body is Slack-compatible: ``{"text": "<the alert's sentence>", "alert": {...}}``. An attempt
 is claimed with a compare-and-set on the outbox row, so several workers never post the same alert
 at the same time; a 2xx answer marks it delivered. After ``webhook_max_attempts`` failures the row
-is marked ``failed`` with the last error. The webhook URL (often a secret) is never logged.
+is marked ``failed`` with the last error. Every attempt is counted in
+``batchgw_alert_webhook_deliveries_total{outcome}``. The webhook URL (often a secret) is never logged.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gateway.billing.alerts import alert_view
 from gateway.context import GatewayContext
 from gateway.db import billing as db
 from gateway.db.models import BillingAlert, WebhookDelivery
+from gateway.metrics import record_webhook_attempt
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +54,18 @@ async def _attempt(context: GatewayContext, delivery: WebhookDelivery, alert: Bi
     attempt = delivery.attempts + 1
     error = await _post(context.http, url, alert, config.webhook_timeout_s)
     if error is None:
-        state, next_at = "delivered", time.time()
+        state, next_at, outcome = "delivered", time.time(), "delivered"
     elif attempt >= config.webhook_max_attempts:
-        state, next_at = "failed", time.time()
+        state, next_at, outcome = "failed", time.time(), "gave_up"
         log.warning("gave up posting alert %s after %d attempts: %s", alert.id, attempt, error)
     else:
-        state = "pending"
+        state, outcome = "pending", "failed"
         next_at = time.time() + min(config.webhook_backoff_s * 2 ** (attempt - 1), config.webhook_backoff_max_s)
         log.info("posting alert %s failed (attempt %d): %s; retrying", alert.id, attempt, error)
     async with context.sessions() as session:
         await db.finish_delivery(session, delivery.id, state=state, next_attempt_at=next_at, error=error)
         await session.commit()
+    record_webhook_attempt(outcome)
     return error is None
 
 

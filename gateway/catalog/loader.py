@@ -78,6 +78,14 @@ class OfferEntry(BaseModel):
     output_per_mtok: float = Field(ge=0, allow_inf_nan=False)
     batch_input_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
     batch_output_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
+    cached_input_per_mtok: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Input read from a prompt cache (synchronous rate)."
+    )
+    cache_write_per_mtok: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Input written to a prompt cache (synchronous rate)."
+    )
+    batch_cached_input_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
+    batch_cache_write_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
     context_window: int | None = Field(None, ge=1)
     max_output_tokens: int | None = Field(None, ge=1)
     price_windows: tuple[PriceWindowEntry, ...] = ()
@@ -134,6 +142,9 @@ class ModelEntry(BaseModel):
 
     description: str = ""
     aliases: tuple[str, ...] = ()
+    default_output_tokens: int | None = Field(
+        None, ge=1, description="Output tokens a request is expected to write when a team has no history of it."
+    )
     offers: tuple[OfferEntry, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -112,12 +112,23 @@ class Batch(SQLModel, table=True):
     reasoning_tokens: int = Field(default=0, sa_type=BigInteger)
     policy: str | None = Field(default=None, max_length=64, description="The routing policy that placed the batch.")
     estimated_cost_usd: float | None = Field(default=None, description="Projected cost when routed (the reservation).")
+    projected_cost_usd: float | None = Field(
+        default=None,
+        description="What the batch is now expected to cost in all: max(estimate, spent + projection of the rest).",
+    )
     cost_usd: float = Field(default=0.0, description="Spend recorded in the ledger so far.")
     abandoned_cost_usd: float = Field(
         default=0.0, description="Of which billed by provider batches the gateway moved work off (paid twice)."
     )
     list_cost_usd: float = Field(default=0.0, description="What the same tokens cost at synchronous list prices.")
     providers: str | None = Field(default=None, max_length=1024, description="Providers that ran its shards.")
+    hold_reason: str | None = Field(
+        default=None,
+        max_length=32,
+        description="'canary': held for an operator after its canary; 'budget': stopped to hold a hard budget.",
+    )
+    hold_detail: str | None = Field(default=None, sa_type=Text, description="Why, with the figures.")
+    canary_projected_usd: float | None = Field(default=None, description="The full job's cost its canary projected.")
     # Engine bookkeeping: which pipeline stage owns the batch next, and who holds it now.
     stage: str = Field(default="validate", max_length=16)
     lease_owner: str | None = Field(default=None, max_length=128)
@@ -172,10 +183,17 @@ class Shard(SQLModel, table=True):
     input_tokens: int = Field(default=0, sa_type=BigInteger)
     output_tokens: int = Field(default=0, sa_type=BigInteger)
     cached_tokens: int = Field(default=0, sa_type=BigInteger)
+    cache_write_tokens: int = Field(default=0, sa_type=BigInteger)
     reasoning_tokens: int = Field(default=0, sa_type=BigInteger)
     estimated_output_tokens: int = Field(default=0, sa_type=BigInteger)
     input_per_mtok: float = Field(default=0.0, description="USD per MTok input at the rate this shard pays.")
     output_per_mtok: float = Field(default=0.0, description="USD per MTok output at the rate this shard pays.")
+    cached_input_per_mtok: float | None = Field(
+        default=None, description="USD per MTok of cached input (cache reads); None: the input rate."
+    )
+    cache_write_per_mtok: float | None = Field(
+        default=None, description="USD per MTok of input written to a prompt cache; None: the input rate."
+    )
     list_input_per_mtok: float = Field(default=0.0, description="Synchronous list price, for savings.")
     list_output_per_mtok: float = Field(default=0.0, description="Synchronous list price, for savings.")
     estimated_cost_usd: float = 0.0
@@ -279,6 +297,7 @@ class LedgerEntry(SQLModel, table=True):
     input_tokens: int = Field(default=0, sa_type=BigInteger)
     output_tokens: int = Field(default=0, sa_type=BigInteger)
     cached_tokens: int = Field(default=0, sa_type=BigInteger)
+    cache_write_tokens: int = Field(default=0, sa_type=BigInteger)
     cost_usd: float = 0.0
     list_cost_usd: float = Field(default=0.0, description="The same tokens at synchronous list prices.")
     created_at: float = Field(default_factory=time.time, index=True)
@@ -407,3 +426,28 @@ class WebhookDelivery(SQLModel, table=True):
     delivered_at: float | None = None
     last_error: str | None = Field(default=None, sa_type=Text)
     created_at: float = Field(default_factory=time.time)
+
+
+class OutputTokenStats(SQLModel, table=True):
+    """What a team's past requests of one model and endpoint actually used: the basis of learned estimates.
+
+    ``histogram`` counts answered requests by output tokens in log-spaced buckets (see
+    :mod:`gateway.billing.history`); the sums give exact means. Updated in the transaction that writes a
+    shard's ledger row, so each answer counts once.
+    """
+
+    __tablename__ = "output_token_stats"
+    __table_args__ = (UniqueConstraint("team_id", "model", "endpoint"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: str = Field(max_length=64)
+    model: str = Field(max_length=256, description="The logical model.")
+    endpoint: str = Field(max_length=64)
+    requests: int = Field(default=0, sa_type=BigInteger, description="Answered requests counted.")
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
+    input_tokens: int = Field(default=0, sa_type=BigInteger, description="Input tokens the provider reported.")
+    estimated_input_tokens: int = Field(
+        default=0, sa_type=BigInteger, description="Request-body bytes / 4 of the same requests."
+    )
+    histogram: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: float = Field(default_factory=time.time)

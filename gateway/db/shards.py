@@ -256,3 +256,20 @@ async def open_shard_waits(session: AsyncSession, batch_id: str) -> list[tuple[s
         )
     ).all()
     return [(str(state), code, detail) for state, code, detail in rows]
+
+
+async def hold_for_operator(session: AsyncSession, batch_id: str, detail: str) -> None:
+    """Queue a batch's held shards behind an operator's decision: they stay unsent (submit sees the batch's hold)
+    and wake on a release or a cancel."""
+    now = time.time()
+    await session.exec(
+        update(Shard)
+        .where(col(Shard.batch_id) == batch_id, col(Shard.state) == "held")
+        .values(
+            state="queued",
+            next_action_at=now + 3600.0,
+            wait_code="canary_hold",
+            wait_detail=detail[:2000],
+            updated_at=now,
+        )
+    )

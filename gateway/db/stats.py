@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.db.models import Batch, ProviderHealth, Shard, Team
+from gateway.db.models import Batch, ProviderHealth, Shard
 
 BATCH_STATUSES = (
     "validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled",
@@ -29,6 +29,9 @@ SHARD_STATES = ("queued", "submitting", "running", "executing", "collecting", "d
 CIRCUIT_STATES = ("closed", "open", "half_open")
 """States of a provider's circuit breaker."""
 
+HOLD_REASONS = ("canary", "budget")
+"""Why an unfinished batch is held: for an operator after its canary, or stopped for a hard budget."""
+
 
 @dataclass(frozen=True)
 class BudgetUse:
@@ -39,6 +42,8 @@ class BudgetUse:
     limit_usd: float
     spent_usd: float
     utilization: float
+    reserved_usd: float = 0.0
+    hard: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,8 @@ class MetricsSnapshot:
     """Circuit state by provider (providers without a health row are closed)."""
     budgets: list[BudgetUse] = field(default_factory=list)
     """Filled by the caller from the billing package, which owns how a budget's period and spend are counted."""
-    reserved_usd: dict[str, float] = field(default_factory=dict)
-    """Reserved and not yet spent, by team name (every team, 0 when nothing is reserved)."""
+    held_batches: dict[str, int] = field(default_factory=dict)
+    """Unfinished batches by hold reason."""
     oldest_queued_shard_age_s: float = 0.0
     batches_past_window: int = 0
 
@@ -84,21 +89,17 @@ async def metrics_snapshot(session: AsyncSession, now: float | None = None) -> M
         batches=batches,
         shards=shards,
         circuits=circuits,
-        reserved_usd=await _reserved_by_team(session),
+        held_batches=await _held_batches(session),
         oldest_queued_shard_age_s=max(0.0, now - float(oldest)) if oldest is not None else 0.0,
         batches_past_window=int(past_window),
     )
 
 
-async def _reserved_by_team(session: AsyncSession) -> dict[str, float]:
-    """Sum over each team's unfinished batches of what their estimate has not yet spent."""
-    unspent = col(Batch.estimated_cost_usd) - col(Batch.cost_usd)
+async def _held_batches(session: AsyncSession) -> dict[str, int]:
+    """Unfinished batches by hold reason."""
     rows = await session.execute(
-        select(col(Team.name), func.sum(case((unspent > 0, unspent), else_=0.0)))
-        .join(Batch, col(Batch.team_id) == col(Team.id))
-        .where(col(Batch.status).in_(UNFINISHED_STATUSES), col(Batch.estimated_cost_usd).is_not(None))
-        .group_by(col(Team.name))
+        select(col(Batch.hold_reason), func.count())
+        .where(col(Batch.status).in_(UNFINISHED_STATUSES), col(Batch.hold_reason).is_not(None))
+        .group_by(col(Batch.hold_reason))
     )
-    reserved = {str(name): 0.0 for name in (await session.execute(select(col(Team.name)))).scalars()}
-    reserved.update({str(name): float(total or 0.0) for name, total in rows.all()})
-    return reserved
+    return {str(reason): int(count) for reason, count in rows.all()}

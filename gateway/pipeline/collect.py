@@ -23,8 +23,11 @@ from typing import Any
 import msgspec
 
 from gateway import metrics
+from gateway.billing.estimate import raw_input_tokens
+from gateway.billing.guard import BUDGET_ERROR
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point, freeze_point
+from gateway.db import billing as billing_db
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
@@ -63,6 +66,11 @@ MISSING_RESULT_ERRORS = {
     "abandoned": ("provider_unavailable", "The provider that held this request stayed unreachable: {detail}"),
     "rerouted": ("provider_unavailable", "No provider could take this request: {detail}"),
     "canary_failed": ("canary_failed", "This request was not run: {detail}"),
+    "budget_exceeded": (
+        "budget_exceeded",
+        "This request was not run: the batch was stopped to hold a hard budget (see the batch's errors).",
+    ),
+    "budget": ("budget_exceeded", "This request was not run: a hard budget is spent: {detail}"),
 }
 UNEXECUTED_CODES = frozenset({"batch_cancelled", "batch_expired"})
 RESULTS_RETRY_S = 10.0
@@ -86,7 +94,7 @@ def split_results(
     (their input lines) instead of the error file. Every output and error line names the
     ``provider`` that answered it.
     """
-    pending = dict.fromkeys(iter_custom_ids(input_path))
+    pending = _input_estimates(input_path)
     moved: set[str] = set()
     results = ShardResults()
     with output_path.open("wb") as out, error_path.open("wb") as err:
@@ -102,7 +110,7 @@ def split_results(
                         continue
                     if item.response is None and _unexecuted(item.error):
                         continue  # the provider never ran it: handled below with the pending ones
-                    del pending[item.custom_id]
+                    raw_input = pending.pop(item.custom_id)
                     ok = item.ok
                     if not ok and can_move and retryable(item.status_code, item.error):
                         moved.add(item.custom_id)
@@ -116,7 +124,9 @@ def split_results(
                     }
                     if ok:
                         results.completed += 1
-                        results.usage.add((item.response or {}).get("body"))
+                        body = (item.response or {}).get("body")
+                        results.usage.add(body)
+                        results.sample.add(*_answer_tokens(body), raw_input)
                         out.write(line_encoder.encode(record) + b"\n")
                     else:
                         results.failed += 1
@@ -136,6 +146,33 @@ def split_results(
                 if line.strip() and id_decoder.decode(line).custom_id in moved:
                     sink.write(line if line.endswith(b"\n") else line + b"\n")
     return results
+
+
+class _InputLine(msgspec.Struct):
+    custom_id: str = ""
+    body: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+_input_decoder = msgspec.json.Decoder(_InputLine)
+
+
+def _input_estimates(input_path: Path) -> dict[str, int]:
+    """The shard's custom_ids in order, each with its input tokens by the bytes / 4 rule."""
+    found: dict[str, int] = {}
+    with input_path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                request = _input_decoder.decode(line)
+                found[request.custom_id] = raw_input_tokens(bytes(request.body))
+    return found
+
+
+def _answer_tokens(body: Any) -> tuple[int, int]:
+    """``(output, input)`` tokens an answer's usage reports."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    return int(usage.get("completion_tokens") or 0), int(usage.get("prompt_tokens") or 0)
 
 
 def _unexecuted(error: dict[str, Any] | None) -> bool:
@@ -187,7 +224,9 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lea
                 move = await failover.plan_move(context, batch, shard, lease, moved_path, results.moved)
                 if move.error is not None:
                     shard.last_error = move.error
-                    await asyncio.to_thread(_fail_moved, batch.id, moved_path, error_tmp, move.error, shard.provider)
+                    await asyncio.to_thread(
+                        _fail_moved, batch.id, moved_path, error_tmp, move.error, shard.provider, move.code
+                    )
                     results.failed += results.moved
                     results.moved = 0
             crash_point("collect.after_split")
@@ -229,6 +268,7 @@ async def _close(
             input_tokens=results.usage.input,
             output_tokens=results.usage.output,
             cached_tokens=results.usage.cached,
+            cache_write_tokens=results.usage.cache_write,
             reasoning_tokens=results.usage.reasoning,
             output_key=output_key,
             error_key=error_key,
@@ -244,17 +284,24 @@ async def _close(
         await shard_db.lock_batch(session, shard.batch_id)
         if move is not None:
             session.add(move.decision)
+            if move.code == BUDGET_ERROR and move.error:
+                await _note_budget_refusal(session, batch.id, move.error)
             for child in move.shards(batch.id, shard, await shard_db.next_seq(session, batch.id)):
                 session.add(child)
-        spend = await ledger.record(session, context, batch, shard, results.completed, results.usage.as_dict())
-        if shard.canary:
-            await canary.evaluate(session, context, batch)
+        usage = results.usage.as_dict()
+        spend = await ledger.record(session, context, batch, shard, results.completed, usage, results.sample)
+        if shard.canary and (verdict := await canary.evaluate(session, context, batch)) is not None:
+            spend.alerts.append(verdict)
         if await shard_db.open_shard_count(session, shard.batch_id) == 0:
             await _to_merge(session, batch.id)
         await session.commit()
     ledger.count(shard, spend, results.completed, results.failed, results.moved, results.usage.as_dict())
     if move is not None and move.decision.kind == "failover":
         metrics.record_failover(shard.provider, move.decision.chosen_provider, shard.end_reason or "failed")
+    if spend.stopped:
+        async with context.sessions() as session:
+            await billing_db.wake_open_shards(session, batch.id)
+            await session.commit()
     if spend.wake_workers:
         context.work_available.set()
     log.info(
@@ -264,13 +311,24 @@ async def _close(
     return True
 
 
-def _fail_moved(batch_id: str, moved_path: Path, error_path: Path, message: str, provider: str) -> None:
+async def _note_budget_refusal(session: Any, batch_id: str, message: str) -> None:
+    """Record on the batch that requests were not moved because no placement fit its hard budget."""
+    current = await repo.get_batch(session, None, batch_id)
+    if current is None:
+        return
+    error = {"code": BUDGET_ERROR, "message": f"Requests not moved: {message}", "param": None, "line": None}
+    await repo.update_batch_if(
+        session, batch_id, expected_status=current.status, values={"errors": [*(current.errors or []), error]}
+    )
+
+
+def _fail_moved(batch_id: str, moved_path: Path, error_path: Path, message: str, provider: str, code: str) -> None:
     """Requests that could be moved nowhere get error lines."""
     with moved_path.open("rb") as source, error_path.open("ab") as err:
         for line in source:
             if line.strip():
                 custom_id = id_decoder.decode(line).custom_id
-                err.write(error_line(batch_id, custom_id, "provider_unavailable", message, provider) + b"\n")
+                err.write(error_line(batch_id, custom_id, code, message, provider) + b"\n")
 
 
 async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, lease: Lease, dest: Path) -> str:

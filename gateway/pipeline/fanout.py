@@ -3,8 +3,9 @@
 Answers are stored as they arrive in part blobs of the shard (see ``_PartWriter``), so a worker
 killed mid-shard loses only the requests in flight (on object storage, at most one second of
 answers): on restart, on any node, the parts tell which ``custom_id``s are done and only the others
-are sent. Progress counts reach the database every second; a cancel or the end of the completion
-window stops the run, and the shard is collected like any provider batch.
+are sent. Progress counts reach the database every second; a cancel, the end of the completion
+window or a hard budget (checked every second with the run's answers counted,
+:mod:`gateway.billing.guard`) stops the run, and the shard is collected like any provider batch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.billing.estimate import estimate_body
+from gateway.billing import alerts, guard
+from gateway.billing.estimate import estimate_body, shard_cost
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point
 from gateway.db import repo
@@ -27,6 +29,7 @@ from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, new_id
 from gateway.pipeline import lifecycle
 from gateway.pipeline.lifecycle import at, end_shard, fanout_parts_prefix, stop_reason, wait
+from gateway.pipeline.results import Usage, result_decoder
 from gateway.providers.base import ProviderAdapter, ProviderAuthFailed, ProviderUnavailable, SyncRequest
 from gateway.routing import health
 from gateway.storage import BlobStore
@@ -86,11 +89,12 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         done = await parts.answered_before()
         async with context.blobs.local_copy(shard.input_key) as input_path:
             requests = pending_requests(input_path, batch.endpoint, done)
-            outcome, error = await _execute_all(context, adapter, shard, batch.id, requests, parts, len(done), lease)
+            outcome, error = await _execute_all(context, adapter, shard, batch, requests, parts, len(done), lease)
     finally:
         parts.discard()
     if outcome == "lease_lost":
         return
+    error_text = str(error) if outcome in ("budget", "budget_exceeded") and error is not None else None
     if outcome == "auth_failed" and error is not None:
         await health.auth_failed(context, shard.provider, error)
         await _unavailable(context, shard, batch, lease, failure=str(error), code="auth_failed")
@@ -99,8 +103,8 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         await _unavailable(context, shard, batch, lease)
         return
     await health.call_succeeded(context, shard.provider)
-    if outcome in ("cancelled", "expired"):
-        await end_shard(context, shard, lease, reason=outcome)
+    if outcome in ("cancelled", "expired", "budget_exceeded", "budget"):
+        await end_shard(context, shard, lease, reason=outcome, error=error_text)
         return
     await end_shard(context, shard, lease, reason="completed")
 
@@ -201,6 +205,41 @@ class _PartWriter:
         self.path.unlink(missing_ok=True)
 
 
+class _LiveSpend:
+    """What the answers of this fan-out run cost so far (they reach the ledger when the shard is collected)."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.answered = 0
+        self.cost_usd = 0.0
+
+    def add(self, line: bytes) -> None:
+        try:
+            item = result_decoder.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        self.answered += 1
+        if item.ok:
+            usage = Usage()
+            usage.add((item.response or {}).get("body"))
+            self.cost_usd += shard_cost(self.shard, usage.as_dict())[0]
+
+
+async def _budget_check(context: GatewayContext, batch: Batch, spent: _LiveSpend) -> tuple[str, Exception] | None:
+    """Stop the run when a hard budget says so (see :mod:`gateway.billing.guard`), counting this run's answers:
+    ``budget`` (spent: the rest waits) or ``budget_exceeded`` (the batch no longer fits: it is stopped)."""
+    live = guard.Live(spent.shard, spent.answered, spent.cost_usd)
+    async with context.sessions() as session:
+        check = await guard.running_check(session, batch, context.settings.billing, live=live)
+        await session.commit()
+    if check.alert is not None:
+        alerts.count_fired([check.alert])
+    if check.action == "go":
+        return None
+    log.warning("shard %s: fan-out stopped: %s", spent.shard.id, check.message)
+    return ("budget" if check.action == "pause" else "budget_exceeded"), RuntimeError(check.message)
+
+
 def _copy_range(source: Path, dest: Path, start: int, end: int) -> None:
     with source.open("rb") as reader, dest.open("wb") as writer:
         reader.seek(start)
@@ -217,17 +256,19 @@ async def _execute_all(
     context: GatewayContext,
     adapter: ProviderAdapter,
     shard: Shard,
-    batch_id: str,
+    batch: Batch,
     requests: Iterator[SyncRequest],
     parts: _PartWriter,
     already_done: int,
     lease: Lease,
 ) -> tuple[str, Exception | None]:
     """Run the requests with the provider's concurrency; return why the run ended (and the error that ended it)."""
+    batch_id = batch.id
     stop: asyncio.Event = asyncio.Event()
     reason = {"value": "completed"}
     failure: dict[str, Exception] = {}
     answered = {"count": already_done}
+    spent = _LiveSpend(shard)
 
     async def worker() -> None:
         while not stop.is_set():
@@ -249,6 +290,7 @@ async def _execute_all(
                 return
             parts.write(line)
             answered["count"] += 1
+            spent.add(line)
             crash_point("fanout.after_request")
 
     async def watch() -> None:
@@ -281,6 +323,11 @@ async def _execute_all(
             halt = stop_reason(current) if current is not None else None
             if halt:
                 reason["value"] = halt
+                stop.set()
+                return
+            check = await _budget_check(context, current or batch, spent)
+            if check is not None:
+                reason["value"], failure["error"] = check
                 stop.set()
 
     concurrency = adapter.config.limits.max_concurrency

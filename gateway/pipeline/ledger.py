@@ -2,11 +2,14 @@
 
 :func:`record` runs inside the transaction that closes a shard (see :mod:`gateway.pipeline.collect`):
 it adds the shard's ledger row (unique per shard, so retries, failovers and restarted workers never
-count it twice), brings the batch's totals up to date, fires billing alerts, and stops a batch whose
-spend reached its own ``max_cost_usd``. :func:`count` adds the same figures to the metrics once that
+count it twice), brings the batch's totals up to date, counts what the answered requests used in the
+team's history (learned estimates), fires billing alerts, updates the batch's projection and stops a batch
+that no longer fits a hard budget (:mod:`gateway.billing.guard`) or whose spend reached its own
+``max_cost_usd``. :func:`count` adds the same figures to the metrics once that
 transaction has committed. Cost is the usage the provider reported times the rate of the offer that
-served the shard (its batch rate, or the synchronous rate for fan-out); the list cost prices the same
-tokens at the synchronous list price, so savings are a real figure.
+served the shard (its batch rate, or the synchronous rate for fan-out; cached and cache-write input at
+the offer's own cache rates where the provider reports them); the list cost prices the same tokens at the
+synchronous list price, so savings are a real figure.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from typing import Any
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway import metrics
-from gateway.billing import alerts
-from gateway.billing.estimate import cost_usd
+from gateway.billing import alerts, guard
+from gateway.billing.estimate import shard_cost, usage_cost_usd
+from gateway.billing.history import Sample
 from gateway.context import GatewayContext
 from gateway.db import billing as billing_db
 from gateway.db import repo
@@ -40,14 +44,23 @@ class Spend:
     """Billing alerts this spend fired (counted in the metrics by :func:`count`)."""
     wake_workers: bool
     """Alerts fired or the batch was stopped: work for the workers right away."""
+    stopped: bool = False
+    """The batch was stopped (its budget or its own cost cap): its open shards should be woken."""
 
 
 async def record(
-    session: AsyncSession, context: GatewayContext, batch: Batch, shard: Shard, completed: int, usage: dict[str, int]
+    session: AsyncSession,
+    context: GatewayContext,
+    batch: Batch,
+    shard: Shard,
+    completed: int,
+    usage: dict[str, int],
+    sample: Sample | None = None,
 ) -> Spend:
-    """Add the shard's ledger row and what follows from it (call under the batch lock; the caller commits)."""
-    cost = cost_usd(usage["input"], usage["output"], (shard.input_per_mtok, shard.output_per_mtok))
-    list_cost = cost_usd(usage["input"], usage["output"], (shard.list_input_per_mtok, shard.list_output_per_mtok))
+    """Add the shard's ledger row and what follows from it (call under the batch lock; the caller commits):
+    the batch's totals, the team's history of what requests used (``sample``), billing alerts, the batch's
+    projection and the budget checks that may stop it (:mod:`gateway.billing.guard`), and its own cost cap."""
+    cost, list_cost = shard_cost(shard, usage)
     session.add(
         LedgerEntry(
             shard_id=shard.id,
@@ -62,16 +75,32 @@ async def record(
             input_tokens=usage["input"],
             output_tokens=usage["output"],
             cached_tokens=usage["cached"],
+            cache_write_tokens=usage.get("cache_write", 0),
             cost_usd=cost,
             list_cost_usd=list_cost,
         )
     )
     await session.flush()
     await shard_db.refresh_batch_progress(session, batch.id)
+    if sample is not None:
+        await billing_db.add_to_history(
+            session,
+            batch.team_id,
+            shard.model,
+            batch.endpoint,
+            requests=sample.requests,
+            output_tokens=sample.output_tokens,
+            input_tokens=sample.input_tokens,
+            estimated_input_tokens=sample.estimated_input_tokens,
+            histogram=sample.histogram,
+        )
     fired = await alerts.after_spend(session, batch.team_id, batch.id, context.settings.billing)
     capped = await _cost_cap_reached(session, batch)
+    _, stopped = await guard.after_spend(session, batch, context.settings.billing)
+    if stopped is not None:
+        fired.append(stopped)
     team = await billing_db.team_name(session, batch.team_id) or batch.team_id
-    return Spend(cost, list_cost, team, fired, bool(fired) or capped)
+    return Spend(cost, list_cost, team, fired, bool(fired) or capped, stopped=stopped is not None or capped)
 
 
 async def record_abandoned(
@@ -79,7 +108,7 @@ async def record_abandoned(
 ) -> tuple[float, str]:
     """Add the ledger row of what an abandoned provider batch billed (kind ``abandoned``) and bring its
     batch's totals up to date; returns the cost and the team's name (the caller commits)."""
-    cost = cost_usd(usage["input"], usage["output"], (row.input_per_mtok, row.output_per_mtok))
+    cost = usage_cost_usd(usage, (row.input_per_mtok, row.output_per_mtok))
     session.add(
         LedgerEntry(
             shard_id=row.shard_id,
@@ -95,6 +124,7 @@ async def record_abandoned(
             input_tokens=usage["input"],
             output_tokens=usage["output"],
             cached_tokens=usage["cached"],
+            cache_write_tokens=usage.get("cache_write", 0),
             cost_usd=cost,
             list_cost_usd=0.0,
         )
@@ -108,7 +138,7 @@ async def record_abandoned(
 
 def count(shard: Shard, spend: Spend, succeeded: int, failed: int, moved: int, usage: dict[str, int]) -> None:
     """Metrics of a collected shard, counted once its transaction committed."""
-    halted = shard.end_reason in ("cancelled", "expired")
+    halted = shard.end_reason in ("cancelled", "expired", "budget_exceeded")
     unanswered = failed if halted else 0
     metrics.record_shard_collected(
         provider=shard.provider,
@@ -117,7 +147,7 @@ def count(shard: Shard, spend: Spend, succeeded: int, failed: int, moved: int, u
         succeeded=succeeded,
         failed=failed - unanswered,
         expired=unanswered if shard.end_reason == "expired" else 0,
-        cancelled=unanswered if shard.end_reason == "cancelled" else 0,
+        cancelled=unanswered if shard.end_reason in ("cancelled", "budget_exceeded") else 0,
         retried=moved,
         input_tokens=usage["input"],
         output_tokens=usage["output"],

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway.billing import guard
+from gateway.billing.estimate import cost_usd
 from gateway.context import GatewayContext
 from gateway.db import abandoned as abandoned_db
 from gateway.db import repo
@@ -42,9 +44,10 @@ def batch_window_closed(batch: Batch) -> bool:
 
 
 def stop_reason(batch: Batch) -> str | None:
-    """Why the batch's unfinished work must stop (``cancelled``, ``expired``), or None to go on."""
+    """Why the batch's unfinished work must stop (``cancelled``, ``budget_exceeded``: stopped to hold a hard
+    budget, ``expired``), or None to go on."""
     if batch.status == "cancelling":
-        return "cancelled"
+        return "budget_exceeded" if batch.hold_reason == "budget" else "cancelled"
     return "expired" if batch_window_closed(batch) else None
 
 
@@ -123,8 +126,9 @@ async def may_leave_provider(context: GatewayContext, batch: Batch, shard: Shard
 
     A rate-limited provider never reaches here: it is waited out. A pinned shard may always "leave" (its
     requests then fail with a clear error instead of waiting). Otherwise another provider serving the
-    model must be healthy right now: its circuit closed and its health probe answering. When every
-    candidate is down, the work waits where it is.
+    model must be healthy right now (its circuit closed and its health probe answering) and the move must
+    fit the batch's hard budgets at that provider's price. When no candidate qualifies, the work waits
+    where it is.
     """
     if shard.pinned:
         return MoveVerdict(True, f"{failure}; the batch pins {shard.provider}, so its requests fail instead of moving")
@@ -143,12 +147,19 @@ async def may_leave_provider(context: GatewayContext, batch: Batch, shard: Shard
     async with context.sessions() as session:
         circuits = {name: row.circuit for name, row in (await routing_db.health_rows(session)).items()}
     tried: list[str] = []
+    over_budget: list[str] = []
     for choice in ranking.choices:
         name = choice.provider
         if name == shard.provider or name in tried:
             continue
         tried.append(name)
         if circuits.get(name, "closed") != "closed":
+            continue
+        new_cost = cost_usd(shard.estimated_input_tokens, shard.estimated_output_tokens, choice.priced.paid_rates)
+        async with context.sessions() as session:
+            refusal = await guard.move_fits(session, batch, shard.estimated_cost_usd, new_cost)
+        if refusal is not None:
+            over_budget.append(f"{name} at ${new_cost:.4f}: {refusal}")
             continue
         started = time.monotonic()
         try:
@@ -162,6 +173,8 @@ async def may_leave_provider(context: GatewayContext, batch: Batch, shard: Shard
                 True, f"{failure}; {name} is healthy (circuit closed, health probe answered in {latency:.2f}s)"
             )
     checked = ", ".join(tried) or "none"
+    if over_budget:
+        return MoveVerdict(False, f"{failure}; moving would not fit the budget ({'; '.join(over_budget)})")
     return MoveVerdict(False, f"{failure}; no other provider is healthy now (checked: {checked})")
 
 

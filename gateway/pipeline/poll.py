@@ -1,8 +1,9 @@
 """Stage 5 of the data path: follow a submitted shard until its provider batch ends.
 
 Polls back off from ``provider_poll_min_s`` to ``provider_poll_max_s``, so the cost grows with
-the number of shards in flight, not with requests. A cancel or the end of the completion window
-is passed on to the provider here; results already finished are kept either way. A provider that
+the number of shards in flight, not with requests. A cancel, the end of the completion window or a hard
+budget (:mod:`gateway.billing.guard`: spent, or no longer able to take the batch) is passed on to the
+provider here as a cancel; results already finished are kept either way. A provider that
 answers 429 is waited out (its Retry-After honoured); one that stays unreachable for
 ``routing.provider_down_failover_s`` loses the shard only if another provider is healthy right now
 (:func:`gateway.pipeline.lifecycle.may_leave_provider`), and the abandoned provider batch stays owned:
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
+from gateway.billing import alerts, guard
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import shards as shard_db
@@ -35,6 +37,8 @@ from gateway.routing import health
 
 log = logging.getLogger(__name__)
 
+BUDGET_HALTS = frozenset({"budget", "budget_exceeded"})
+"""End reasons of provider batches cancelled for a hard budget (their reason is kept for the error lines)."""
 END_REASON_BY_STATE = {
     ProviderBatchState.COMPLETED: "completed",
     ProviderBatchState.FAILED: "failed",
@@ -48,6 +52,9 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
     assert shard.provider_batch_id, "a running shard has a provider batch"
     adapter = context.providers.get(shard.provider)
     halt = stop_reason(batch)
+    why: str | None = None
+    if halt is None and shard.end_reason is None:
+        halt, why = await _budget_halt(context, batch)
     if halt and shard.end_reason is None:
         try:
             await adapter.cancel(shard.provider_batch_id)
@@ -57,7 +64,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
             await _poll_later(context, shard, lease, error=f"cancelling at {shard.provider} failed: {exc}")
             return
         async with context.sessions() as session:
-            await shard_db.save_shard(session, shard, lease, end_reason=halt)
+            await shard_db.save_shard(session, shard, lease, end_reason=halt, last_error=why or shard.last_error)
             await session.commit()
     try:
         status = await adapter.poll(shard.provider_batch_id)
@@ -91,7 +98,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
                 state="collecting",
                 provider_status=status.raw_status,
                 end_reason=shard.end_reason or END_REASON_BY_STATE[status.state],
-                last_error=status.error,
+                last_error=status.error or (shard.last_error if shard.end_reason in BUDGET_HALTS else None),
                 next_action_at=time.time(),
                 wait_code=None,
                 wait_detail=None,
@@ -99,6 +106,21 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
             await session.commit()
         return
     await _progress(context, shard, batch, lease, status, halt)
+
+
+async def _budget_halt(context: GatewayContext, batch: Batch) -> tuple[str | None, str | None]:
+    """``budget`` when a hard budget of the batch's team is spent (the provider batch is cancelled and its
+    unfinished requests wait for the budget), ``budget_exceeded`` when the batch no longer fits one (it is
+    stopped), else None; with the reason."""
+    async with context.sessions() as session:
+        check = await guard.running_check(session, batch, context.settings.billing)
+        await session.commit()
+    if check.alert is not None:
+        alerts.count_fired([check.alert])
+    if check.action == "go":
+        return None, None
+    log.warning("batch %s: %s", batch.id, check.message)
+    return ("budget" if check.action == "pause" else "budget_exceeded"), check.message
 
 
 async def _progress(

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from gateway.billing.history import Sample
+
 
 class ResultLine(msgspec.Struct):
     """A provider result line, decoded as far as collection needs."""
@@ -51,6 +53,7 @@ class Usage:
     input: int = 0
     output: int = 0
     cached: int = 0
+    cache_write: int = 0
     reasoning: int = 0
     requests: int = 0
 
@@ -62,12 +65,20 @@ class Usage:
             return
         self.input += int(usage.get("prompt_tokens") or 0)
         self.output += int(usage.get("completion_tokens") or 0)
-        self.cached += int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        self.cached += int(details.get("cached_tokens") or 0)
+        self.cache_write += int(details.get("cache_write_tokens") or 0)
         self.reasoning += int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
 
     def as_dict(self) -> dict[str, int]:
-        """``input``, ``output``, ``cached``, ``reasoning`` token counts."""
-        return {"input": self.input, "output": self.output, "cached": self.cached, "reasoning": self.reasoning}
+        """``input``, ``output``, ``cached``, ``cache_write``, ``reasoning`` token counts."""
+        return {
+            "input": self.input,
+            "output": self.output,
+            "cached": self.cached,
+            "cache_write": self.cache_write,
+            "reasoning": self.reasoning,
+        }
 
 
 @dataclass
@@ -78,6 +89,8 @@ class ShardResults:
     failed: int = 0
     moved: int = 0
     usage: Usage = field(default_factory=Usage)
+    sample: Sample = field(default_factory=Sample)
+    """Tokens per answered request, for the team's history (learned estimates)."""
 
 
 def request_line_id(batch_id: str, custom_id: str) -> str:

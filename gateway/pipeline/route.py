@@ -1,7 +1,7 @@
 """Stage 3 of the data path: choose where each request runs and cut the batch into shards.
 
-The file is read once to estimate each model's requests and tokens
-(:mod:`gateway.billing.estimate`); the batch's policy then ranks the offers of each model
+The file is read once to estimate each model's requests and tokens (:mod:`gateway.billing.estimate`,
+learned from the team's past requests where it has them); the batch's policy then ranks the offers of each model
 (:mod:`gateway.routing.placement`), and every decision is stored with its candidates and reason.
 A second pass writes the shard inputs: lines of one model for one provider, within that provider's
 request and byte limits, ``body.model`` rewritten to the provider's model id; a policy that splits
@@ -27,7 +27,7 @@ from typing import IO, Any
 import msgspec
 
 from gateway.billing import budgets
-from gateway.billing.estimate import cost_usd, estimate_body, estimate_file
+from gateway.billing.estimate import Estimator, cache_rates, cost_usd, estimate_file, team_estimator
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import repo
@@ -69,6 +69,8 @@ class Placement:
     limits: ProviderLimits
     paid_rates: tuple[float, float]
     list_rates: tuple[float, float]
+    cache_rates: tuple[float | None, float | None] = (None, None)
+    """USD per MTok of cached and cache-write input (None: the input rate)."""
     pinned: bool = False
     start_at: float | None = None
     share: float = 1.0
@@ -86,6 +88,7 @@ class Placement:
             limits=context.providers.get(offer.provider).config.limits,
             paid_rates=choice.priced.paid_rates,
             list_rates=baseline,
+            cache_rates=cache_rates(choice.priced.source, offer.mode == "batch"),
             pinned=pinned,
             start_at=start.timestamp() if start else None,
             share=choice.candidate.share,
@@ -107,6 +110,8 @@ class ShardPlan:
     byte_size: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    expected_output: float = 0.0
+    """Output tokens expected, before rounding into ``output_tokens``."""
 
     def shard(self, batch_id: str, generation: int = 0, parent_id: str | None = None, held: bool = False) -> Shard:
         """The row for this plan; ``held`` shards wait for their batch's canary."""
@@ -129,6 +134,8 @@ class ShardPlan:
             estimated_output_tokens=self.output_tokens,
             input_per_mtok=place.paid_rates[0],
             output_per_mtok=place.paid_rates[1],
+            cached_input_per_mtok=place.cache_rates[0],
+            cache_write_per_mtok=place.cache_rates[1],
             list_input_per_mtok=place.list_rates[0],
             list_output_per_mtok=place.list_rates[1],
             estimated_cost_usd=cost_usd(self.input_tokens, self.output_tokens, place.paid_rates),
@@ -173,14 +180,17 @@ def split_into_shards(
     scratch: Path,
     key_of: Any = shard_input_key,
     canary_lines: int = 0,
+    estimator: Estimator | None = None,
 ) -> list[ShardPlan]:
     """Write shard inputs for the lines of ``input_path`` (blank lines skipped) into ``scratch``.
 
     ``placements`` maps the model named in ``body.model`` to where its lines go; ``counts`` gives
     each model's request count (to split by share). ``key_of(batch_id, seq)`` names the blobs the
     files become once :func:`publish_shards` stores them. The first ``canary_lines`` requests go to
-    shards of their own, marked ``canary``.
+    shards of their own, marked ``canary``. Each shard's tokens are estimated by ``estimator`` (default:
+    no history).
     """
+    estimator = estimator or Estimator(endpoint)
     done: list[ShardPlan] = []
     assign = {
         model: _ModelLines(places, share_counts(counts[model], [p.share for p in places]))
@@ -207,13 +217,14 @@ def split_into_shards(
                         continue
                     requests += 1
                     canary = requests <= canary_lines
-                    name = _model_decoder.decode(_head_decoder.decode(line).body).model
+                    body = bytes(_head_decoder.decode(line).body)
+                    name = _model_decoder.decode(body).model
                     lines = assign[name]
                     index = lines.next_placement()
                     placement = lines.placements[index]
+                    expected = estimator.request(body)
                     if name != placement.provider_model:
                         line = rewrite_model(line, placement.provider_model)
-                    _, input_tokens, output_tokens = estimate_body(bytes(_head_decoder.decode(line).body), endpoint)
                     size = len(line) + 1
                     slot = (name, index, canary)
                     shard = open_shards.get(slot)
@@ -229,8 +240,9 @@ def split_into_shards(
                     shard.handle.write(line + b"\n")
                     shard.request_count += 1
                     shard.byte_size += size
-                    shard.input_tokens += input_tokens
-                    shard.output_tokens += output_tokens
+                    shard.input_tokens += expected.input_tokens
+                    shard.expected_output += expected.output_tokens
+                    shard.output_tokens = round(shard.expected_output)
             done.extend(open_shards.values())
         except BaseException:
             for path in written:
@@ -269,8 +281,9 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
         message = f"The input file '{batch.input_file_id}' was deleted."
         await fail_batch(context, batch, lease, "input_file_missing", message)
         return
+    estimator = await team_estimator(context, batch.team_id, batch.endpoint)
     async with context.blobs.local_copy(input_file.storage_key) as path:
-        estimates = await asyncio.to_thread(estimate_file, path, batch.endpoint)
+        estimates = await asyncio.to_thread(estimate_file, path, batch.endpoint, estimator)
         placements: dict[str, list[Placement]] = {}
         decisions: list[RoutingDecision] = []
         estimated_cost = 0.0
@@ -315,6 +328,7 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
             context.blobs.scratch,
             functools.partial(shard_input_key, attempt=lease.token),
             canary,
+            estimator,
         )
     crash_point("route.after_shards_written")
     freeze_point("route.after_shards_written")

@@ -17,10 +17,12 @@ import asyncio
 import logging
 import time
 
-from gateway.billing import budgets
+from gateway.billing import alerts, guard
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import abandoned as abandoned_db
+from gateway.db import billing as billing_db
+from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, new_id
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 
 CAPACITY_RETRY_S = 2.0
 BUDGET_RECHECK_S = 5.0
+COLLECT_RECHECK_S = 0.5
+"""A shard waiting for its batch's finished shard to be collected (hard budgets) looks again this soon."""
+CANARY_HOLD_RECHECK_S = 3600.0
+"""A shard held with its batch's canary looks again this often (a release or a cancel wakes it at once)."""
 MAX_SUBMIT_BACKOFF_S = 120.0
 RATE_LIMIT_FALLBACK_S = 10.0
 
@@ -182,13 +188,40 @@ async def _unavailable(
 
 
 async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> bool:
-    """Leave the shard queued while a hard budget of its team is exhausted."""
+    """Keep the shard from starting when its budgets say so: it waits while its batch's canary is held for an
+    operator or while a hard budget of its team is spent; it ends unrun when its batch no longer fits a hard
+    budget (the batch is stopped, see :mod:`gateway.billing.guard`)."""
     async with context.sessions() as session:
-        paused = await budgets.team_paused(session, batch.team_id)
-    if paused is None:
+        current = await repo.get_batch(session, None, batch.id) or batch
+        if current.hold_reason == "canary" or stop_reason(current):
+            check = guard.BudgetCheck("go")
+        else:
+            check = await guard.running_check(session, current, context.settings.billing, starting=True)
+            await session.commit()
+    if halt := stop_reason(current):
+        # Stopped (by a budget, a cancel) since this step was claimed: nothing more is sent.
+        await end_shard(context, shard, lease, reason=halt)
+        return True
+    if current.hold_reason == "canary":
+        detail = f"held for an operator after its canary: {current.hold_detail or 'see the batch'}"
+        await wait(context, shard, lease, "canary_hold", detail, time.time() + CANARY_HOLD_RECHECK_S)
+        return True
+    if check.alert is not None:
+        alerts.count_fired([check.alert])
+    if check.action == "stop":
+        async with context.sessions() as session:
+            await billing_db.wake_open_shards(session, batch.id)
+            await session.commit()
+        await end_shard(context, shard, lease, reason="budget_exceeded", error=check.message)
+        return True
+    if check.action == "go":
         return False
+    if check.action == "wait":
+        await wait(context, shard, lease, "budget_hold", check.message, time.time() + COLLECT_RECHECK_S)
+        return True
     until = time.time() + BUDGET_RECHECK_S
-    await wait(context, shard, lease, "budget_hold", f"held by budget: {paused}", until, last_error=f"paused: {paused}")
+    detail = f"held by budget: {check.message}"
+    await wait(context, shard, lease, "budget_hold", detail, until, last_error=f"paused: {check.message}")
     return True
 
 

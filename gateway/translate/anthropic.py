@@ -335,9 +335,11 @@ def _int(value: Any) -> int:
 
 
 def chat_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenAI ``usage`` from Anthropic ``usage``: prompt tokens include cache writes and reads."""
+    """OpenAI ``usage`` from Anthropic ``usage``: prompt tokens include cache writes and reads (both also counted
+    in ``prompt_tokens_details``)."""
     cache_read = _int(usage.get("cache_read_input_tokens"))
-    prompt = _int(usage.get("input_tokens")) + _int(usage.get("cache_creation_input_tokens")) + cache_read
+    cache_write = _int(usage.get("cache_creation_input_tokens"))
+    prompt = _int(usage.get("input_tokens")) + cache_write + cache_read
     completion = _int(usage.get("output_tokens"))
     details = usage.get("output_tokens_details")
     thinking = _int(details.get("thinking_tokens")) if isinstance(details, dict) else 0
@@ -345,7 +347,8 @@ def chat_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cache_read},
+        # cache_write_tokens is the gateway's own key: cache writes are priced apart from other input.
+        "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": cache_write},
         "completion_tokens_details": {"reasoning_tokens": thinking},
     }
 

@@ -51,8 +51,9 @@ def test_a_finished_batch_is_counted_and_agrees_with_the_ledger(gateway: Gateway
     text = scrape(gateway.base_url)
     usage = finished_batch.usage
     assert value(text, "batchgw_requests_total", provider="main", outcome="succeeded") == 12
-    for outcome in ("failed", "expired", "cancelled", "retried"):
+    for outcome in ("failed", "expired", "cancelled"):
         assert value(text, "batchgw_requests_total", provider="main", outcome=outcome) == 0
+    assert value(text, "batchgw_request_retries_total", provider="main") == 0
     tokens = {"provider": "main", "model": "gpt-4o-mini"}
     assert value(text, "batchgw_tokens_total", direction="input", **tokens) == usage.input_tokens
     assert value(text, "batchgw_tokens_total", direction="output", **tokens) == usage.output_tokens
@@ -110,10 +111,12 @@ def test_budget_gauges_agree_with_the_admin_api(gateway: GatewayProcess, finishe
     response = httpx.put(f"{gateway.base_url}/admin/budgets", json=body, headers=ADMIN, timeout=30)
     assert response.status_code == 200, response.text
     text = scrape(gateway.base_url)
-    labels = {"scope": "team:acme", "period": "month"}
+    labels = {"scope": "team:acme", "period": "month", "hard": "false"}
     assert value(text, "batchgw_budget_limit_usd", **labels) == pytest.approx(limit)
     assert value(text, "batchgw_budget_spent_usd", **labels) == pytest.approx(spent, abs=1e-12)
     assert value(text, "batchgw_budget_utilization_ratio", **labels) == pytest.approx(0.25)
+    assert value(text, "batchgw_budget_reserved_usd", **labels) == 0  # nothing running
+    assert value(text, "batchgw_budget_remaining_usd", **labels) == pytest.approx(limit - spent)
     [listed] = httpx.get(f"{gateway.base_url}/admin/budgets", headers=ADMIN, timeout=30).json()["data"]
     assert listed["spent_usd"] == pytest.approx(spent, abs=1e-12)
 
@@ -149,9 +152,18 @@ def test_batches_past_their_window_and_reservations(idle_gateway: GatewayProcess
         completion_window="1s",  # type: ignore[arg-type]
     )
     query(idle_gateway, "UPDATE batches SET estimated_cost_usd = 0.25, cost_usd = 0.05 WHERE id = :b", b=batch.id)
+    for team in ("acme", "beta"):
+        body = {"scope": f"team:{team}", "period": "day", "limit_usd": 1.0, "hard": True}
+        assert httpx.put(f"{idle_gateway.base_url}/admin/budgets", json=body, headers=ADMIN, timeout=30).is_success
     text = scrape(idle_gateway.base_url)
     assert value(text, "batchgw_batches", status="validating") == 1
-    assert value(text, "batchgw_reserved_budget_usd", team="acme") == pytest.approx(0.20)
-    assert value(text, "batchgw_reserved_budget_usd", team="beta") == 0
+    labels = {"period": "day", "hard": "true"}
+    assert value(text, "batchgw_budget_reserved_usd", scope="team:acme", **labels) == pytest.approx(0.20)
+    assert value(text, "batchgw_budget_remaining_usd", scope="team:acme", **labels) == pytest.approx(0.80)
+    assert value(text, "batchgw_budget_reserved_usd", scope="team:beta", **labels) == 0
+    query(idle_gateway, "UPDATE batches SET projected_cost_usd = 0.45 WHERE id = :b", b=batch.id)  # reality grew
+    assert value(scrape(idle_gateway.base_url), "batchgw_budget_reserved_usd", scope="team:acme", **labels) == (
+        pytest.approx(0.40)
+    )
     time.sleep(1.5)
     assert value(scrape(idle_gateway.base_url), "batchgw_batches_past_window") == 1

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.engine import create_engine, upgrade_to_head
-from gateway.db.models import Batch, LedgerEntry, Team
+from gateway.db.models import Batch, LedgerEntry, Shard, Team
 from gateway.settings import async_database_url
 from tests.conftest import FreshDatabase
 
@@ -62,6 +62,39 @@ class Seeder:
             await session.commit()
             return batch.id
 
+    async def shard(
+        self,
+        batch_id: str,
+        *,
+        seq: int,
+        state: str = "queued",
+        estimated: float = 0.0,
+        requests: int = 10,
+        completed: int = 0,
+        rates: tuple[float, float] = (1.0, 1.0),
+    ) -> str:
+        """A shard of the batch, estimated at ``estimated`` USD for its ``requests``."""
+        async with self.sessions() as session:
+            shard = Shard(
+                batch_id=batch_id,
+                seq=seq,
+                provider="fast",
+                model="gpt-4o-mini",
+                provider_model="gpt-4o-mini",
+                state=state,
+                request_count=requests,
+                result_completed=completed,
+                estimated_cost_usd=estimated,
+                estimated_input_tokens=requests * 100,
+                estimated_output_tokens=requests * 10,
+                input_per_mtok=rates[0],
+                output_per_mtok=rates[1],
+                input_key=f"shards/{batch_id}/{seq}",
+            )
+            session.add(shard)
+            await session.commit()
+            return shard.id
+
     async def spend(
         self,
         team_id: str,
@@ -73,12 +106,13 @@ class Seeder:
         provider: str = "fast",
         model: str = "gpt-4o-mini",
         list_cost: float | None = None,
+        shard_id: str | None = None,
     ) -> None:
         """A ledger row, as the engine writes one when it collects a shard."""
         async with self.sessions() as session:
             session.add(
                 LedgerEntry(
-                    shard_id=f"shard_{time.monotonic_ns()}",
+                    shard_id=shard_id or f"shard_{time.monotonic_ns()}",
                     batch_id=batch_id,
                     team_id=team_id,
                     provider=provider,

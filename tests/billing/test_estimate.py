@@ -1,35 +1,122 @@
-"""Token estimates: bytes / 4 in, max_tokens (or the default) out, nothing out for embeddings."""
+"""Token estimates: bytes / 4 in (scaled by what the team's history shows), the team's past outputs out (else the
+catalog's or the built-in default), capped by max_tokens; nothing out for embeddings. Costs of reported usage."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from gateway.billing.estimate import BYTES_PER_TOKEN, DEFAULT_OUTPUT_TOKENS, cost_usd, estimate_body, estimate_file
+import pytest
+
+from gateway.billing.estimate import (
+    BYTES_PER_TOKEN,
+    DEFAULT_OUTPUT_TOKENS,
+    Estimator,
+    cache_rates,
+    cost_usd,
+    estimate_body,
+    estimate_file,
+    shard_cost,
+    usage_cost_usd,
+)
+from gateway.billing.history import History, Sample
+from gateway.catalog.loader import load_catalog
+from gateway.db.models import Shard
+
+CHAT = "/v1/chat/completions"
 
 
-def test_estimate_body() -> None:
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 50}).encode()
-    assert estimate_body(body, "/v1/chat/completions") == ("m", len(body) // BYTES_PER_TOKEN, 50)
-    no_cap = json.dumps({"model": "m", "messages": []}).encode()
-    assert estimate_body(no_cap, "/v1/chat/completions")[2] == DEFAULT_OUTPUT_TOKENS
-    newer = json.dumps({"model": "m", "max_completion_tokens": 7, "max_tokens": 50}).encode()
-    assert estimate_body(newer, "/v1/chat/completions")[2] == 7
+def body(model: str = "m", **fields: object) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "x" * 400}], **fields}).encode()
+
+
+def learned(outputs: list[int], scale: float = 1.0) -> History:
+    sample = Sample()
+    for value in outputs:
+        sample.add(value, 0, 0)
+    return History.of(
+        requests=sample.requests,
+        output_tokens=sample.output_tokens,
+        input_tokens=int(1000 * scale),
+        estimated_input_tokens=1000,
+        histogram=sample.histogram,
+    )
+
+
+def test_estimate_body_is_the_upper_bound_for_rate_limits() -> None:
+    capped = body(max_tokens=50)
+    assert estimate_body(capped, CHAT) == ("m", len(capped) // BYTES_PER_TOKEN, 50)
+    assert estimate_body(body(), CHAT)[2] == DEFAULT_OUTPUT_TOKENS
+    assert (
+        estimate_body(json.dumps({"model": "m", "max_completion_tokens": 7, "max_tokens": 50}).encode(), CHAT)[2] == 7
+    )
     assert estimate_body(json.dumps({"model": "e", "input": "hi"}).encode(), "/v1/embeddings")[2] == 0
 
 
-def test_estimate_file_groups_by_model_with_first_lines(tmp_path: Path) -> None:
-    lines = [
-        {"custom_id": f"r{i}", "body": {"model": "a" if i % 3 else "b", "max_tokens": 10}} for i in range(1, 10)
-    ]
+def test_without_history_the_default_is_capped_by_max_tokens() -> None:
+    estimator = Estimator(CHAT, defaults={"big": 900})
+    assert estimator.request(body()).output_tokens == DEFAULT_OUTPUT_TOKENS
+    assert estimator.request(body(max_tokens=50)).output_tokens == 50
+    assert estimator.request(body(max_tokens=5000)).output_tokens == DEFAULT_OUTPUT_TOKENS
+    assert estimator.request(body("big")).output_tokens == 900
+    assert estimator.basis("m").describe() == f"no history: built-in default ({DEFAULT_OUTPUT_TOKENS} output tokens)"
+    assert estimator.basis("big").describe() == "no history: catalog default (900 output tokens)"
+    embedding = Estimator("/v1/embeddings").request(json.dumps({"model": "e", "input": "hi"}).encode())
+    assert embedding.output_tokens == 0
+
+
+def test_with_history_outputs_and_inputs_are_learned() -> None:
+    history = learned([40] * 60 + [400] * 40, scale=0.5)
+    estimator = Estimator(CHAT, histories={"logical": history}, logical=lambda name: "logical")
+    request = estimator.request(body("alias"))
+    assert request.output_tokens == pytest.approx(184)  # the exact mean
+    assert request.output_low == pytest.approx(40, rel=0.1)  # p50
+    assert request.output_high == pytest.approx(400, rel=0.1)  # p90
+    assert request.input_tokens == round(len(body("alias")) // BYTES_PER_TOKEN * 0.5)
+    capped = estimator.request(body("alias", max_tokens=100))
+    assert capped.output_tokens < 100 and capped.output_high == 100
+    assert estimator.basis("alias").describe() == "from 100 past requests"
+
+
+def test_estimate_file_groups_by_model_with_first_lines_ranges_and_basis(tmp_path: Path) -> None:
+    lines = [{"custom_id": f"r{i}", "body": {"model": "a" if i % 3 else "b", "max_tokens": 10}} for i in range(1, 10)]
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    models = estimate_file(path, "/v1/chat/completions")
+    models = estimate_file(path, CHAT)
     assert {name: (m.requests, m.first_line, m.output_tokens) for name, m in models.items()} == {
         "a": (6, 1, 60),
         "b": (3, 3, 30),
     }
+    history = learned([2] * 50 + [20] * 50)
+    models = estimate_file(path, CHAT, Estimator(CHAT, histories={"a": history}))
+    a = models["a"]
+    assert (a.output_low, a.output_high) == (pytest.approx(12, abs=1), 60)  # p50 ~2, p90 cut at 10, six requests
+    assert a.output_tokens == round(6 * history.expected_output(10))
+    assert a.basis == "from 100 past requests" and models["b"].basis.startswith("no history")
 
 
-def test_cost() -> None:
+def test_costs_price_cached_and_cache_write_tokens_at_their_own_rates() -> None:
     assert cost_usd(1_000_000, 2_000_000, (0.5, 1.5)) == 3.5
+    usage = {"input": 1_000_000, "output": 1_000_000, "cached": 600_000, "cache_write": 100_000}
+    # 300k plain at 1.00, 600k cached at 0.10, 100k written at 1.25, 1M out at 5.00
+    assert usage_cost_usd(usage, (1.0, 5.0), (0.10, 1.25)) == pytest.approx(0.3 + 0.06 + 0.125 + 5.0)
+    assert usage_cost_usd(usage, (1.0, 5.0)) == pytest.approx(6.0)  # no cache rates: all input at the input rate
+    odd = {"input": 10, "output": 0, "cached": 50, "cache_write": 50}  # more cached than input: capped
+    assert usage_cost_usd(odd, (1.0, 5.0), (0.0, 2.0)) == 0.0
+
+
+def test_shipped_cache_rates_and_what_a_shard_pays_for_cached_input() -> None:
+    [haiku] = load_catalog().data.models["claude-haiku"].offers
+    assert cache_rates(haiku, batch=True) == (0.05, 0.625)  # 0.1x and 1.25x the batch input rate of 0.50
+    assert cache_rates(haiku, batch=False) == (0.10, 1.25)
+    [mini] = load_catalog().data.models["gpt-4o-mini"].offers
+    assert cache_rates(mini, batch=True) == (None, None)  # no cache price: the input rate applies
+    shard = Shard(
+        batch_id="b", seq=0, provider="anthropic", model="claude-haiku", provider_model="claude-haiku-4-5",
+        input_key="k", input_per_mtok=0.50, output_per_mtok=2.50, cached_input_per_mtok=0.05,
+        cache_write_per_mtok=0.625, list_input_per_mtok=1.00, list_output_per_mtok=5.00,
+    )  # fmt: skip
+    usage = {"input": 1_000_000, "output": 100_000, "cached": 800_000, "cache_write": 100_000}
+    cost, list_cost = shard_cost(shard, usage)
+    assert cost == pytest.approx(0.1 * 0.50 + 0.8 * 0.05 + 0.1 * 0.625 + 0.1 * 2.50)
+    assert list_cost == pytest.approx(0.1 * 1.00 + 0.8 * 0.10 + 0.1 * 1.25 + 0.1 * 5.00)  # same discounts, list rate

@@ -1,5 +1,7 @@
-"""Estimates before spending: ``batchgw estimate FILE`` and ``POST /admin/estimate`` price a file on every
-offer at its synchronous and its own rate, and show which one the policy picks."""
+"""Estimates before spending: ``batchgw estimate FILE`` (on the local configuration or a running gateway),
+``POST /admin/estimate`` and ``POST /v1/estimates`` price a file on every offer at its synchronous and its own
+rate, show which one the policy picks, the token range and its basis, turnaround and fan-out time, and the
+advisor's recommendation for the deadline."""
 
 from __future__ import annotations
 
@@ -123,3 +125,100 @@ def test_the_admin_endpoint_gives_the_same_figures(workspace: Path, gateway_fact
     assert bad.status_code == 400 and "unknown policy 'nope'" in bad.json()["error"]["message"].lower()
     missing = httpx.post(f"{gateway.base_url}/admin/estimate", json={"file_id": "file-none"}, headers=headers)
     assert missing.status_code == 404
+
+
+def test_the_estimate_shows_ranges_turnaround_fan_out_and_advice(workspace: Path, gateway_factory: Any) -> None:
+    gateway: GatewayProcess = gateway_factory({"BATCHGW_CONFIG_FILE": str(workspace / "providers.toml")}).start()
+    client = gateway.client(gateway.create_key("acme"))
+    upload = client.files.create(file=(workspace / "in.jsonl").read_bytes(), purpose="batch")
+    headers = {"Authorization": "Bearer test-admin-key"}
+
+    def estimate(**body: str) -> dict[str, Any]:
+        response = httpx.post(
+            f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id, **body}, headers=headers, timeout=60
+        )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    answer = estimate()
+    groq = next(row for row in answer["data"] if row["provider"] == "groq")
+    assert groq["basis"] == "no history: built-in default (256 output tokens)"
+    assert groq["output_tokens"] == 200 * 20  # max_tokens 20 caps the default
+    assert groq["turnaround_p90_s"] == 24 * 3600 and "documented 24h window" in groq["turnaround_basis"]
+    # 200 requests and no rate limit configured: an assumed 60 a minute.
+    assert groq["fanout_s"] == pytest.approx(200.0) and "assumed 60 requests/min" in groq["fanout_basis"]
+    [advice] = answer["advice"]
+    # The batch saves far less than the $0.50 minimum: a small job, fanned out in minutes.
+    assert advice["recommendation"] == "fan-out" and advice["small_job"] and advice["meets_deadline"]
+    assert advice["reason"].startswith("batching saves only $")
+
+    [urgent] = estimate(deadline="1h")["advice"]
+    assert urgent["deadline_s"] == 3600 and urgent["recommendation"] == "fan-out"
+    assert "fan-out on" in urgent["reason"] and "misses the 60m deadline" in urgent["reason"]
+
+    for body, param in (({"deadline": "soon"}, "deadline"), ({"endpoint": "/v1/other"}, "endpoint")):
+        bad = httpx.post(
+            f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id, **body}, headers=headers, timeout=30
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
+    unknown_team = httpx.post(
+        f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id, "team": "nobody"}, headers=headers
+    )
+    assert unknown_team.status_code == 404 and unknown_team.json()["error"]["param"] == "team"
+
+
+def test_clients_estimate_their_own_files_from_their_team_history(workspace: Path, gateway_factory: Any) -> None:
+    gateway: GatewayProcess = gateway_factory({"BATCHGW_CONFIG_FILE": str(workspace / "providers.toml")}).start()
+    key, other_key = gateway.create_key("acme"), gateway.create_key("globex")
+    upload = gateway.client(key).files.create(file=(workspace / "in.jsonl").read_bytes(), purpose="batch")
+    url = f"{gateway.base_url}/v1/estimates"
+
+    def post(body: Any, token: str | None = key) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(url, content=json.dumps(body), headers=headers, timeout=60)
+
+    answer = post({"file_id": upload.id, "deadline": "2h"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["object"] == "estimate" and answer.json()["advice"][0]["deadline_s"] == 7200
+    admin_view = httpx.post(
+        f"{gateway.base_url}/admin/estimate",
+        json={"file_id": upload.id, "deadline": "2h"},
+        headers={"Authorization": "Bearer test-admin-key"},
+    ).json()
+    assert answer.json()["data"] == admin_view["data"]
+    assert post({"file_id": upload.id}, token=other_key).status_code == 404  # another team's file is not found
+    assert post({"file_id": upload.id}, token=None).status_code == 401
+    for body, param in (({"file_id": upload.id, "team": "acme"}, "team"), ({"model": "x"}, "file_id")):
+        bad = post(body)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
+    assert post("not an object").json()["error"]["code"] == "invalid_json"
+
+
+def test_the_command_estimates_against_a_running_gateway(workspace: Path, gateway_factory: Any) -> None:
+    gateway: GatewayProcess = gateway_factory({"BATCHGW_CONFIG_FILE": str(workspace / "providers.toml")}).start()
+    key = gateway.create_key("acme")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")}
+    command = [sys.executable, "-m", "gateway.cli", "estimate", str(workspace / "in.jsonl"), "--deadline", "1h"]
+    result = subprocess.run(
+        [*command, "--base-url", f"{gateway.base_url}/v1", "--api-key", key],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    _, groq_batch = expected(workspace, "groq")
+    assert f"Estimated total on the policy's choices: ${groq_batch:.4f}" in result.stdout
+    assert "estimate basis, llama-3.3-70b: no history: built-in default (256 output tokens)" in result.stdout
+    assert "advice for llama-3.3-70b: FAN-OUT" in result.stdout and "misses the 60m deadline" in result.stdout
+    files = gateway.client(key).files.list()
+    assert files.data == []  # the upload the estimate needed is gone again
+    refused = subprocess.run(
+        [*command, "--base-url", f"{gateway.base_url}/v1", "--api-key", "bgw-wrong"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "error:" in refused.stderr

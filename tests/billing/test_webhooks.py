@@ -1,4 +1,5 @@
-"""Alert webhook: a real HTTP receiver on loopback that fails first; delivery exactly once after retries."""
+"""Alert webhook: a real HTTP receiver on loopback that fails first; delivery exactly once after retries; every
+attempt counted by outcome in ``batchgw_alert_webhook_deliveries_total``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlmodel import select
 
 from gateway.billing.alerts import after_spend
@@ -15,9 +17,17 @@ from gateway.billing.budgets import set_budget
 from gateway.billing.webhooks import deliver_due, run_webhook_loop
 from gateway.context import GatewayContext
 from gateway.db.models import WebhookDelivery
+from gateway.metrics import WEBHOOK_OUTCOMES
 from gateway.settings import BillingSettings, Settings
 from tests.billing.conftest import Receiver, Seeder
 from tests.conftest import free_port
+
+WEBHOOK = "batchgw_alert_webhook_deliveries"
+
+
+def _deliveries() -> dict[str, float]:
+    """``batchgw_alert_webhook_deliveries_total`` by outcome, in this process."""
+    return {o: REGISTRY.get_sample_value(f"{WEBHOOK}_total", {"outcome": o}) or 0.0 for o in WEBHOOK_OUTCOMES}
 
 
 def _context(seed: Seeder, tmp_path: Path, url: str | None, **billing: Any) -> GatewayContext:
@@ -49,6 +59,7 @@ async def test_failing_receiver_gets_the_alert_exactly_once_after_retries(
 ) -> None:
     context = _context(seed, tmp_path, receiver.url)
     alert_id = await _fire_one_alert(seed, context.settings.billing)
+    before = _deliveries()
     stop = asyncio.Event()
     loop = asyncio.create_task(run_webhook_loop(context, stop))
     try:
@@ -60,6 +71,8 @@ async def test_failing_receiver_gets_the_alert_exactly_once_after_retries(
         stop.set()
         await asyncio.wait_for(loop, 5)
     assert [status for status, _ in receiver.posts] == [500, 500, 200]
+    after = _deliveries()
+    assert {o: after[o] - before[o] for o in after} == {"delivered": 1, "failed": 2, "gave_up": 0}
     body = receiver.accepted[0]
     assert body["text"] == "100% of the daily budget of team 'acme' reached: $12.50 of $10.00 spent (hard limit)."
     assert body["alert"]["id"] == alert_id and body["alert"]["kind"] == "budget_threshold"
@@ -75,6 +88,7 @@ async def test_failing_receiver_gets_the_alert_exactly_once_after_retries(
 async def test_gives_up_after_max_attempts_and_records_it(seed: Seeder, tmp_path: Path, receiver: Receiver) -> None:
     context = _context(seed, tmp_path, receiver.url, webhook_max_attempts=3)
     await _fire_one_alert(seed, context.settings.billing)
+    before = _deliveries()
     for _ in range(40):
         await deliver_due(context)
         if (await _outbox(seed)).state != "pending":
@@ -84,6 +98,8 @@ async def test_gives_up_after_max_attempts_and_records_it(seed: Seeder, tmp_path
     assert (row.state, row.attempts, row.last_error) == ("failed", 3, "HTTP 500")
     assert row.delivered_at is None and len(receiver.posts) == 3
     assert "secret-token" not in (row.last_error or "")
+    after = _deliveries()
+    assert {o: after[o] - before[o] for o in after} == {"delivered": 0, "failed": 2, "gave_up": 1}
     await context.close()
 
 

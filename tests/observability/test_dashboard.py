@@ -83,6 +83,16 @@ def test_queries_use_only_defined_metrics(dashboard: dict[str, Any]) -> None:
     for grouping in ("sum by (provider)", "sum by (model)", "sum by (team)"):
         assert f"{grouping} (rate(batchgw_spend_usd_total" in joined, grouping
     assert "histogram_quantile(0.9, sum by (le, provider) (rate(batchgw_shard_turnaround_seconds_bucket" in joined
+    # Money the operators plan with: reservations, forecasts, holds, retries apart from outcomes, alert delivery.
+    for needed in (
+        "batchgw_budget_reserved_usd",
+        "batchgw_budget_remaining_usd",
+        "predict_linear(batchgw_budget_spent_usd",
+        "batchgw_batches_held",
+        "batchgw_request_retries_total",
+        "batchgw_alert_webhook_deliveries_total",
+    ):
+        assert needed in joined, needed
 
 
 def test_queries_are_valid_promql(dashboard: dict[str, Any], promtool: str, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from tests.engine import chat_requests, query, submit, wait_for
 from tests.observability import RULES_FILE, provider_file
 
 ADMIN = {"Authorization": "Bearer test-admin-key"}
-ALERT = "BatchGatewayBudgetExceeded"
+ALERT = "BatchGatewaySoftBudgetExceeded"
 
 
 class PrometheusServer:
@@ -130,9 +130,9 @@ def test_spend_over_budget_alert_fires(
     [alert] = prometheus.wait_until(
         "the budget alert firing", lambda: [a for a in budget_alerts(prometheus) if a["state"] == "firing"]
     )
-    assert alert["labels"] == {"alertname": ALERT, "scope": "global", "period": "day", "severity": "critical"}
+    assert alert["labels"] == {"alertname": ALERT, "scope": "global", "period": "day", "severity": "warning"}
     assert float(alert["value"]) == pytest.approx(spent / 0.00001, rel=1e-9)
-    assert alert["annotations"]["summary"] == "Budget global (day) is spent"
+    assert alert["annotations"]["summary"] == "Soft budget global (day) is spent"
 
     [sample] = prometheus.wait_until(
         "the spend counter", lambda: prometheus.api("query", query="sum(batchgw_spend_usd_total) > 0")["result"]

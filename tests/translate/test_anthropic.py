@@ -208,7 +208,8 @@ def test_message_to_chat_completion_validates_in_the_openai_sdk() -> None:
     assert parsed.choices[0].finish_reason == "stop"
     assert completion["usage"] == {
         "prompt_tokens": 22, "completion_tokens": 4, "total_tokens": 26,
-        "prompt_tokens_details": {"cached_tokens": 7}, "completion_tokens_details": {"reasoning_tokens": 2},
+        "prompt_tokens_details": {"cached_tokens": 7, "cache_write_tokens": 5},
+        "completion_tokens_details": {"reasoning_tokens": 2},
     }  # fmt: skip
 
 
