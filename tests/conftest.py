@@ -182,6 +182,26 @@ class GatewayProcess:
         )
 
 
+_made_in_test: list[tuple[GatewayProcess, FreshDatabase | None]] | None = None
+"""Gateways a test body makes (as opposed to fixtures): stopped and dropped as soon as that test ends, so
+modules that start a gateway per test do not hold database connections for the whole module."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    global _made_in_test
+    _made_in_test = []
+    try:
+        yield
+    finally:
+        made, _made_in_test = _made_in_test, None
+        for gw, _ in made:
+            gw.stop()
+        for _, db in made:
+            if db is not None:
+                db.drop()
+
+
 @pytest.fixture(scope="module", params=DATABASES)
 def database_kind(request: pytest.FixtureRequest) -> str:
     """Each module runs once per available database."""
@@ -199,7 +219,10 @@ def gateway_factory(
         folder = tmp_path_factory.mktemp("gateway")
         db = database or FreshDatabase.create(database_kind, folder)
         gw = GatewayProcess(data_dir=folder, database_url=db.url, port=free_port(), extra_env=extra_env or {})
-        made.append((gw, db))
+        if _made_in_test is not None:
+            _made_in_test.append((gw, None if database is not None else db))
+        else:
+            made.append((gw, db))
         return gw
 
     yield make
