@@ -284,7 +284,7 @@ class AdminBillingController(Controller):
                 team_id = team.id
         return await estimate_stored(context, stored, parsed, team_id)
 
-    @get("/canaries", summary="Batches held for an operator after their canary")
+    @get("/canaries", summary="Batches held for an operator after their canary", responses=admin_errors())
     async def held_canaries(self, state: State, _admin: None) -> dict[str, Any]:
         """Unfinished batches whose canary projected too much, oldest first, with what was projected and why."""
         context: GatewayContext = state.context
@@ -293,7 +293,12 @@ class AdminBillingController(Controller):
             names = await repo.team_names(session, [row.team_id for row in rows])
         return {"object": "list", "data": [held_view(row, names.get(row.team_id)) for row in rows]}
 
-    @post("/batches/{batch_id:str}/canary/release", status_code=200, summary="Release a batch held after its canary")
+    @post(
+        "/batches/{batch_id:str}/canary/release",
+        status_code=200,
+        summary="Release a batch held after its canary",
+        responses=admin_errors(404, 409),
+    )
     async def release_canary(self, state: State, _admin: None, batch_id: str) -> dict[str, Any]:
         """The held requests run; the batch's reservation rises to the canary's projection (a hard budget that
         cannot take it stops the batch before anything more is spent: raise the budget first). 409 unless held."""
@@ -307,7 +312,12 @@ class AdminBillingController(Controller):
         context.work_available.set()
         return held_view(row, names.get(row.team_id))
 
-    @post("/batches/{batch_id:str}/canary/cancel", status_code=200, summary="Cancel a batch held after its canary")
+    @post(
+        "/batches/{batch_id:str}/canary/cancel",
+        status_code=200,
+        summary="Cancel a batch held after its canary",
+        responses=admin_errors(404, 409),
+    )
     async def cancel_canary(self, state: State, _admin: None, batch_id: str) -> dict[str, Any]:
         """The held requests are not run (error lines ``batch_cancelled``); the canary's answers are delivered and
         the batch ends ``cancelled``, with an error saying an operator cancelled it after its canary. 409 unless

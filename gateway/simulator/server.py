@@ -100,11 +100,21 @@ class FaultGate:
         detail: dict[str, Any] = {}
         scope.setdefault("state", {})[LOG_DETAIL] = detail
 
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self.state.record_call(scope["method"], scope["path"], status, request_id, detail, received_at)
+
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                record()  # before the last byte: a client holding the answer always finds the call in the log
             await send(message)
 
         try:
@@ -120,7 +130,7 @@ class FaultGate:
             await send_with_id({"type": "http.response.start", "status": err.status, "headers": head})
             await send_with_id({"type": "http.response.body", "body": body})
         finally:
-            self.state.record_call(scope["method"], scope["path"], status, request_id, detail, received_at)
+            record()
 
 
 class _QuietServer(uvicorn.Server):
