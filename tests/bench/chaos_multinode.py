@@ -15,8 +15,9 @@ At the end it checks, and prints: every custom_id of both jobs exactly once acro
 files, all succeeded; each provider batch created once per shard (or, when a frozen worker created one
 after losing its lease, cancelled and billed); the batch provider's invoice equal to the ledger; the
 synchronous provider's requests (by arrival time at its emulator, a process of its own) never above
-1,200 in any 60 seconds (+5%) across all workers together (the busiest second is printed too); and, after a final ``batchgw gc``,
-no blob in the bucket but the input and the result files. It exits non-zero if any check fails.
+1,200 in any 60 seconds (+5%) across all workers together (the busiest second is printed too); and,
+after a final ``batchgw gc``, no blob in the bucket but the input and the result files. It exits
+non-zero if any check fails.
 """
 
 from __future__ import annotations
