@@ -1,0 +1,34 @@
+"""One place that owns transactions: a unit of work opens a session, commits on success, rolls back on error.
+
+Callers never call ``session.commit()`` themselves: they write inside ``async with transaction(sessions)``
+and the block's end is the commit point. A block that must publish a change before an outside effect
+(the "database before the world" rule of the pipeline) simply ends before that effect and opens a new
+unit of work afterwards. Read-only callers use :func:`reading`, which never commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+
+@asynccontextmanager
+async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session whose work is committed when the block ends normally and rolled back when it raises."""
+    async with sessions() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        await session.commit()
+
+
+@asynccontextmanager
+async def reading(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session for reads only: nothing it does is committed."""
+    async with sessions() as session:
+        yield session

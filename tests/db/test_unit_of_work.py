@@ -1,0 +1,44 @@
+"""The unit of work commits a block that ends normally and rolls back one that raises, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from gateway.context import GatewayContext
+from gateway.db.engine import upgrade_to_head
+from gateway.db.models import Team
+from gateway.db.unit_of_work import reading, transaction
+from gateway.settings import Settings
+from tests.conftest import FreshDatabase
+
+
+async def _exercise(context: GatewayContext) -> tuple[list[str], list[str]]:
+    async with transaction(context.sessions) as session:
+        session.add(Team(name="uow-commit"))
+    with pytest.raises(RuntimeError, match="boom"):
+        async with transaction(context.sessions) as session:
+            session.add(Team(name="uow-rollback"))
+            await session.flush()
+            raise RuntimeError("boom")
+    async with reading(context.sessions) as session:
+        kept = (await session.exec(select(Team.name).where(Team.name == "uow-commit"))).all()
+        dropped = (await session.exec(select(Team.name).where(Team.name == "uow-rollback"))).all()
+    return list(kept), list(dropped)
+
+
+def test_a_block_is_committed_when_it_ends_and_rolled_back_when_it_raises(database_kind: str, tmp_path: Path) -> None:
+    database = FreshDatabase.create(database_kind, tmp_path)
+    settings = Settings(data_dir=tmp_path, database_url=database.url)
+    upgrade_to_head(settings.resolved_database_url)
+    context = GatewayContext.create(settings)
+    try:
+        kept, dropped = asyncio.run(_exercise(context))
+    finally:
+        asyncio.run(context.close())
+        database.drop()
+    assert kept == ["uow-commit"]
+    assert dropped == []
