@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 from openai.types import Batch
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
@@ -244,6 +245,24 @@ def worker_process(gateway: GatewayProcess, name: str, **env: str) -> GatewayPro
         port=gateway.port,
         extra_env={**gateway.extra_env, "BATCHGW_BLOB_DIR": blobs, **env},
     )
+
+
+def api_without_worker(
+    gateway_factory: Any,
+    simulator: SimulatorCluster,
+    providers_dir: Path,
+    database_kind: str,
+    providers: dict[str, dict[str, Any]],
+    **env: str,
+) -> GatewayProcess:
+    """A ``batchgw serve --no-worker`` on PostgreSQL, for tests that start several workers of their own.
+
+    Skips the test on SQLite: several worker processes on one database need PostgreSQL.
+    """
+    if database_kind != "postgresql":
+        pytest.skip("several workers on one database need PostgreSQL")
+    full_env = {**simulated_provider_env(simulator, providers_dir, providers), **env}
+    return gateway_factory(full_env).start("serve", "--no-worker")  # type: ignore[no-any-return]
 
 
 # --- two providers selling one model at different prices (routing, failover, spend) ------------------------

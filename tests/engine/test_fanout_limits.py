@@ -14,10 +14,11 @@ import pytest
 from openai.types import Batch
 
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess
 from tests.engine import (
     CHAT,
     TERMINAL,
+    api_without_worker,
     chat_requests,
     collect,
     emulator_log,
@@ -50,10 +51,9 @@ PROVIDERS: dict[str, dict[str, Any]] = {
 def gateway(
     gateway_factory: Any, simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory, database_kind: str
 ) -> GatewayProcess:
-    if database_kind != "postgresql":
-        pytest.skip("several workers on one database need PostgreSQL")
-    env = simulated_provider_env(simulator, tmp_path_factory.mktemp("providers"), PROVIDERS)
-    return gateway_factory(env).start("serve", "--no-worker")
+    return api_without_worker(
+        gateway_factory, simulator, tmp_path_factory.mktemp("providers"), database_kind, PROVIDERS
+    )
 
 
 @pytest.fixture

@@ -19,8 +19,9 @@ import openai
 import pytest
 
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess
 from tests.engine import (
+    api_without_worker,
     assert_all_succeeded,
     batch_creates,
     chat_requests,
@@ -53,13 +54,14 @@ POINTS = [
 def gateway(
     gateway_factory: Any, simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory, database_kind: str
 ) -> GatewayProcess:
-    if database_kind != "postgresql":
-        pytest.skip("several workers on one database need PostgreSQL")
-    env = {
-        **simulated_provider_env(simulator, tmp_path_factory.mktemp("providers"), PROVIDERS),
-        "BATCHGW_WORKER__LEASE_S": str(LEASE_S),
-    }
-    return gateway_factory(env).start("serve", "--no-worker")
+    return api_without_worker(
+        gateway_factory,
+        simulator,
+        tmp_path_factory.mktemp("providers"),
+        database_kind,
+        PROVIDERS,
+        BATCHGW_WORKER__LEASE_S=str(LEASE_S),
+    )
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ import openai
 import pytest
 
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess
 from tests.engine import (
+    api_without_worker,
     assert_all_succeeded,
     assert_submitted_once,
     batch_creates,
@@ -41,13 +42,14 @@ SUBMITTED = re.compile(r"shard (\S+) submitted to bulk as (\S+)")
 def gateway(
     gateway_factory: Any, simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory, database_kind: str
 ) -> GatewayProcess:
-    if database_kind != "postgresql":
-        pytest.skip("several workers on one database need PostgreSQL")
-    env = {
-        **simulated_provider_env(simulator, tmp_path_factory.mktemp("providers"), PROVIDERS),
-        "BATCHGW_WORKER__LEASE_S": "5",
-    }
-    return gateway_factory(env).start("serve", "--no-worker")
+    return api_without_worker(
+        gateway_factory,
+        simulator,
+        tmp_path_factory.mktemp("providers"),
+        database_kind,
+        PROVIDERS,
+        BATCHGW_WORKER__LEASE_S="5",
+    )
 
 
 @pytest.fixture
@@ -65,7 +67,11 @@ def test_two_workers_share_a_large_job_without_duplicate_submission(
     set_faults(simulator, "fast", latency_s=0.05)
     requests = chat_requests(REQUESTS)
     batch = wait_for(client, submit(client, requests).id, timeout=120)
-    assert_all_succeeded(collect(client, batch), requests, "gpt-4o-mini", )
+    assert_all_succeeded(
+        collect(client, batch),
+        requests,
+        "gpt-4o-mini",
+    )
     creates = batch_creates(emulator_log(simulator, "fast"))
     assert len(creates) == REQUESTS // PER_SHARD
     assert all(e["detail"]["input_lines"] == PER_SHARD for e in creates)

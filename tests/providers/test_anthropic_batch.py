@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +13,6 @@ from openai.types.chat import ChatCompletion
 
 from gateway.providers.anthropic_batch import LOCAL_BATCH_PREFIX, AnthropicBatchAdapter
 from gateway.providers.base import (
-    PollResult,
     ProviderBatchState,
     ProviderRateLimited,
     ProviderRejected,
@@ -24,14 +20,12 @@ from gateway.providers.base import (
     ShardSubmission,
 )
 from gateway.providers.config import ProviderConfig
-from gateway.providers.http import RetryPolicy
 from gateway.providers.registry import ADAPTER_KINDS, build_adapter
 from gateway.simulator import ProviderSpec, SimulatorCluster, prompt_tokens
+from tests.providers.support import FAST_RETRY, chat_line, questions, wait_terminal, write_shard
 
-CHAT = "/v1/chat/completions"
 MODEL = "claude-haiku-4-5"
 SECRET = "sk-ant-secret-5d1e7b"
-FAST_RETRY = RetryPolicy(attempts=3, initial_s=0.01, max_s=0.05, retry_after_cap_s=2.0)
 UNSAFE_IDS = ["has space", "x" * 80, "ünïcode", "m_" + "0" * 40]
 TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Lima"}'}}
@@ -48,18 +42,6 @@ def cluster() -> Iterator[SimulatorCluster]:
         yield running
 
 
-@pytest.fixture(autouse=True)
-def fresh_emulators(cluster: SimulatorCluster) -> None:
-    for name in cluster.names():
-        cluster.reset(name)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
 def make_adapter(
     cluster: SimulatorCluster, http: httpx.AsyncClient, name: str = "claude", api_key: str | None = SECRET
 ) -> AnthropicBatchAdapter:
@@ -73,31 +55,7 @@ def adapter(cluster: SimulatorCluster, http: httpx.AsyncClient) -> AnthropicBatc
 
 
 def line(custom_id: str, text: str, **fields: Any) -> dict[str, Any]:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": text}], **fields}
-    return {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body}
-
-
-def write_shard(folder: Path, lines: list[dict[str, Any]]) -> ShardSubmission:
-    path = folder / f"shard-{uuid.uuid4().hex[:8]}.jsonl"
-    path.write_bytes(b"".join(msgspec.json.encode(entry) + b"\n" for entry in lines))
-    return ShardSubmission(
-        shard_id=f"shard-{uuid.uuid4().hex[:6]}", submit_token=uuid.uuid4().hex, endpoint=CHAT,
-        provider_model=MODEL, input_path=path, request_count=len(lines),
-    )  # fmt: skip
-
-
-def plain(count: int) -> list[dict[str, Any]]:
-    return [line(f"req-{i:03d}", f"question {i}") for i in range(count)]
-
-
-async def wait_terminal(adapter: AnthropicBatchAdapter, batch_id: str) -> PollResult:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        result = await adapter.poll(batch_id)
-        if result.state.is_terminal:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} did not end")
+    return chat_line(custom_id, text, fields.pop("model", MODEL), **fields)
 
 
 async def fetch(adapter: AnthropicBatchAdapter, batch_id: str, shard: ShardSubmission) -> dict[str, dict[str, Any]]:
@@ -129,7 +87,7 @@ async def test_round_trip_with_unsafe_ids_and_rejections(
         {"role": "user", "content": [{"type": "text", "text": "And here?"}, IMAGE]},
     ]
     lines[4]["body"]["messages"].insert(0, {"role": "system", "content": "Answer tersely."})
-    shard = write_shard(tmp_path, lines)
+    shard = write_shard(tmp_path, lines, MODEL)
     submitted = await adapter.submit(shard)
     assert submitted.provider_batch_id.startswith("msgbatch_")
     job = cluster.state("claude").jobs[submitted.provider_batch_id]
@@ -171,7 +129,7 @@ async def test_default_max_tokens_is_configurable(
 ) -> None:
     adapter = make_adapter(cluster, http)
     adapter.default_max_tokens = 3
-    shard = write_shard(tmp_path, [line("a", "a question longer than three tokens")])
+    shard = write_shard(tmp_path, [line("a", "a question longer than three tokens")], MODEL)
     batch_id = (await adapter.submit(shard)).provider_batch_id
     assert cluster.state("claude").jobs[batch_id].items[0].body["max_tokens"] == 3
     await wait_terminal(adapter, batch_id)
@@ -181,7 +139,7 @@ async def test_default_max_tokens_is_configurable(
 async def test_shard_with_nothing_to_send(
     adapter: AnthropicBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
 ) -> None:
-    shard = write_shard(tmp_path, [line("a", "x", n=2), line("b", "x", logprobs=True)])
+    shard = write_shard(tmp_path, [line("a", "x", n=2), line("b", "x", logprobs=True)], MODEL)
     batch_id = (await adapter.submit(shard)).provider_batch_id
     assert batch_id.startswith(LOCAL_BATCH_PREFIX) and not cluster.state("claude").jobs
     assert (await adapter.poll(batch_id)).state is ProviderBatchState.COMPLETED
@@ -195,7 +153,7 @@ async def test_running_counts_cancel_and_cancelled_lines(
 ) -> None:
     adapter = make_adapter(cluster, http, "slow")
     cluster.set_faults("slow", stall=True)
-    shard = write_shard(tmp_path, plain(5))
+    shard = write_shard(tmp_path, questions(5, MODEL), MODEL)
     batch_id = (await adapter.submit(shard)).provider_batch_id
     running = await adapter.poll(batch_id)
     assert (running.state, running.total, running.completed, running.failed) == (ProviderBatchState.RUNNING, 5, 0, 0)
@@ -212,7 +170,7 @@ async def test_window_expiry_maps_to_expired(
     adapter: AnthropicBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
 ) -> None:
     cluster.set_faults("claude", stall=True)
-    shard = write_shard(tmp_path, plain(3))
+    shard = write_shard(tmp_path, questions(3, MODEL), MODEL)
     batch_id = (await adapter.submit(shard)).provider_batch_id
     cluster.state("claude").clock.advance(86_401)
     assert (await wait_terminal(adapter, batch_id)).state is ProviderBatchState.EXPIRED
@@ -224,7 +182,7 @@ async def test_malformed_result_line_is_skipped(
     adapter: AnthropicBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
 ) -> None:
     cluster.set_faults("claude", malformed_output_line=True)
-    shard = write_shard(tmp_path, plain(4))
+    shard = write_shard(tmp_path, questions(4, MODEL), MODEL)
     batch_id = (await adapter.submit(shard)).provider_batch_id
     await wait_terminal(adapter, batch_id)
     assert len(await fetch(adapter, batch_id, shard)) == 3
@@ -236,7 +194,7 @@ async def test_malformed_result_line_is_skipped(
 async def test_find_submitted_knows_only_what_this_process_saw(
     adapter: AnthropicBatchAdapter, cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    shard = write_shard(tmp_path, plain(2))
+    shard = write_shard(tmp_path, questions(2, MODEL), MODEL)
     submitted = await adapter.submit(shard)
     assert await adapter.find_submitted(shard.submit_token) == submitted
     assert await adapter.find_submitted("another-token") is None
@@ -255,7 +213,7 @@ async def test_headers_and_streamed_create_body(cluster: SimulatorCluster, tmp_p
 
     async with httpx.AsyncClient(event_hooks={"request": [record]}) as http:
         adapter = make_adapter(cluster, http)
-        await adapter.submit(write_shard(tmp_path, plain(3)))
+        await adapter.submit(write_shard(tmp_path, questions(3, MODEL), MODEL))
     create = seen[0]
     assert create.headers["x-api-key"] == SECRET and create.headers["anthropic-version"] == "2023-06-01"
     assert "authorization" not in create.headers and "transfer-encoding" not in create.headers
@@ -270,7 +228,7 @@ async def test_errors_are_typed_and_redacted(
     assert rejected.value.status_code == 404 and "not_found_error" in str(rejected.value)
     wrong = make_adapter(cluster, http, api_key="sk-ant-wrong-key")
     with pytest.raises(ProviderRejected) as denied:
-        await wrong.submit(write_shard(tmp_path, plain(1)))
+        await wrong.submit(write_shard(tmp_path, questions(1, MODEL), MODEL))
     assert denied.value.status_code == 401 and "sk-ant-wrong-key" not in str(denied.value)
     cluster.set_faults("claude", rate_limit_next=5, retry_after_s=30)
     with pytest.raises(ProviderRateLimited) as limited:
@@ -278,7 +236,7 @@ async def test_errors_are_typed_and_redacted(
     assert limited.value.retry_after_s == 30 and "rate_limit_error" in str(limited.value)
     cluster.set_faults("claude", rate_limit_next=0, down="503")
     with pytest.raises(ProviderUnavailable):
-        await adapter.submit(write_shard(tmp_path, plain(1)))
+        await adapter.submit(write_shard(tmp_path, questions(1, MODEL), MODEL))
     cluster.set_faults("claude", down="off")
     with pytest.raises(ProviderRejected):
         await adapter.submit(ShardSubmission("s", "t", "/v1/embeddings", MODEL, tmp_path / "none", 0))
@@ -288,7 +246,7 @@ async def test_transient_failures_are_retried(
     adapter: AnthropicBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
 ) -> None:
     cluster.set_faults("claude", rate_limit_next=1, retry_after_s=0)
-    submitted = await adapter.submit(write_shard(tmp_path, plain(2)))
+    submitted = await adapter.submit(write_shard(tmp_path, questions(2, MODEL), MODEL))
     assert list(cluster.state("claude").jobs) == [submitted.provider_batch_id]
 
 

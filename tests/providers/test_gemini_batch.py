@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -25,16 +24,15 @@ from gateway.providers.base import (
 )
 from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_batch import GeminiBatchAdapter
-from gateway.providers.http import RetryPolicy
 from gateway.providers.registry import ADAPTER_KINDS, build_adapter
 from gateway.simulator import ProviderSpec, SimulatorCluster, hash_fraction
 from gateway.simulator.openai_protocol import chat_completion
+from tests.providers.support import CHAT, FAST_RETRY, calls, wait_terminal, write_shard
+from tests.providers.support import read_lines as read_result_lines
 
-CHAT = "/v1/chat/completions"
 MODEL = "gemini-2.5-flash"
 SECRET = "gm-secret-5c2e81d7"
 WRONG_KEY = "gm-wrong-key-0b44fe19"
-FAST_RETRY = RetryPolicy(attempts=3, initial_s=0.01, max_s=0.05, retry_after_cap_s=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +43,6 @@ def cluster() -> Iterator[SimulatorCluster]:
     ]
     with SimulatorCluster(specs, control_port=None) as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh_emulators(cluster: SimulatorCluster) -> None:
-    for name in cluster.names():
-        cluster.reset(name)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 def make_adapter(
@@ -96,44 +82,20 @@ def standard_lines(count: int) -> list[dict[str, Any]]:
     return lines
 
 
-def write_shard(folder: Path, lines: list[dict[str, Any]], endpoint: str = CHAT) -> ShardSubmission:
-    path = folder / f"shard-{uuid.uuid4().hex[:8]}.jsonl"
-    path.write_bytes(b"".join(msgspec.json.encode(line) + b"\n" for line in lines))
-    return ShardSubmission(
-        shard_id=f"shard-{uuid.uuid4().hex[:6]}",
-        submit_token=uuid.uuid4().hex,
-        endpoint=endpoint,
-        provider_model=MODEL,
-        input_path=path,
-        request_count=len(lines),
-    )
-
-
-async def wait_terminal(adapter: GeminiBatchAdapter, batch_id: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await adapter.poll(batch_id)
-        if result.state.is_terminal:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} did not finish")
+def shard_of(folder: Path, lines: list[dict[str, Any]], endpoint: str = CHAT) -> ShardSubmission:
+    return write_shard(folder, lines, MODEL, endpoint)
 
 
 def read_lines(path: Path) -> dict[str, dict[str, Any]]:
-    lines = [msgspec.json.decode(line) for line in path.read_bytes().splitlines()]
+    lines = read_result_lines(path)
     keyed = {line["custom_id"]: line for line in lines}
     assert len(keyed) == len(lines), "a custom_id appears twice"
     return keyed
 
 
-async def calls(cluster: SimulatorCluster, name: str, method: str, path_part: str) -> list[Any]:
-    await asyncio.sleep(0.1)  # the emulator logs a call just after answering it
-    return [e for e in cluster.state(name).log if e.method == method and path_part in e.path]
-
-
 async def run_round_trip(adapter: GeminiBatchAdapter, cluster: SimulatorCluster, tmp_path: Path) -> None:
     lines = standard_lines(6)
-    shard = write_shard(tmp_path, lines)
+    shard = shard_of(tmp_path, lines)
     submitted = await adapter.submit(shard)
     assert submitted.provider_batch_id.startswith("batches/")
     status = await wait_terminal(adapter, submitted.provider_batch_id)
@@ -186,7 +148,7 @@ async def test_find_submitted_by_display_name(
     cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     adapter = make_adapter(cluster, http, list_page_size=2)
-    shards = [write_shard(tmp_path, standard_lines(1)) for _ in range(5)]
+    shards = [shard_of(tmp_path, standard_lines(1)) for _ in range(5)]
     created = [await adapter.submit(shard) for shard in shards]
     assert created[0].provider_file_id is None
     found = await adapter.find_submitted(shards[0].submit_token)
@@ -197,7 +159,7 @@ async def test_find_submitted_by_display_name(
     assert await limited.find_submitted(shards[0].submit_token) is None
 
     by_file = make_adapter(cluster, http, inline_max_bytes=0)
-    shard = write_shard(tmp_path, standard_lines(1))
+    shard = shard_of(tmp_path, standard_lines(1))
     submitted = await by_file.submit(shard)
     found = await by_file.find_submitted(shard.submit_token)
     assert found == submitted and submitted.provider_file_id and submitted.provider_file_id.startswith("files/")
@@ -205,7 +167,7 @@ async def test_find_submitted_by_display_name(
 
 async def test_cancel(adapter: GeminiBatchAdapter, cluster: SimulatorCluster, tmp_path: Path) -> None:
     cluster.set_faults("gem", stall=True)
-    submitted = await adapter.submit(write_shard(tmp_path, standard_lines(3)))
+    submitted = await adapter.submit(shard_of(tmp_path, standard_lines(3)))
     await adapter.cancel(submitted.provider_batch_id)
     status = await wait_terminal(adapter, submitted.provider_batch_id)
     assert status.state is ProviderBatchState.CANCELLED and status.error is None
@@ -220,7 +182,7 @@ async def test_expired_and_failed_per_request(
     adapter: GeminiBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
 ) -> None:
     cluster.set_faults("gem", fail_fraction=0.5)
-    shard = write_shard(tmp_path, standard_lines(10)[:10])
+    shard = shard_of(tmp_path, standard_lines(10)[:10])
     submitted = await adapter.submit(shard)
     await wait_terminal(adapter, submitted.provider_batch_id)
     dest = tmp_path / "failed.jsonl"
@@ -231,7 +193,7 @@ async def test_expired_and_failed_per_request(
     assert all(results[cid]["response"]["body"]["error"]["type"] == "server_error" for cid in failing)
 
     cluster.set_faults("gem", fail_fraction=0.0, expire=True)
-    shard = write_shard(tmp_path, standard_lines(4))
+    shard = shard_of(tmp_path, standard_lines(4))
     submitted = await adapter.submit(shard)
     status = await wait_terminal(adapter, submitted.provider_batch_id)
     assert status.state is ProviderBatchState.EXPIRED
@@ -245,7 +207,7 @@ async def test_malformed_result_line_skipped(
 ) -> None:
     cluster.set_faults("gem", malformed_output_line=True)
     adapter = make_adapter(cluster, http, inline_max_bytes=0)
-    shard = write_shard(tmp_path, standard_lines(5)[:5])
+    shard = shard_of(tmp_path, standard_lines(5)[:5])
     submitted = await adapter.submit(shard)
     await wait_terminal(adapter, submitted.provider_batch_id)
     dest = tmp_path / "out.jsonl"
@@ -257,11 +219,11 @@ async def test_malformed_result_line_skipped(
 
 async def test_embeddings_shards_are_refused(adapter: GeminiBatchAdapter, tmp_path: Path) -> None:
     with pytest.raises(CapabilityNotSupported) as info:
-        await adapter.submit(write_shard(tmp_path, standard_lines(1), endpoint="/v1/embeddings"))
+        await adapter.submit(shard_of(tmp_path, standard_lines(1), endpoint="/v1/embeddings"))
     assert isinstance(info.value, ProviderRejected), "the engine fails a rejected shard instead of retrying it"
     bad = [chat_line("x", [{"role": "user", "content": [{"type": "video_url"}]}])]
     with pytest.raises(ProviderRejected, match="no request can be sent"):
-        await adapter.submit(write_shard(tmp_path, bad))
+        await adapter.submit(shard_of(tmp_path, bad))
 
 
 # --------------------------------------------------------------------------- health and errors
@@ -310,7 +272,7 @@ async def test_rejections_and_the_key_never_shows(
     assert info.value.status_code == 404 and "not found" in str(info.value)
     bad = make_adapter(cluster, http, api_key=WRONG_KEY)
     with pytest.raises(ProviderRejected) as info:
-        await bad.submit(write_shard(tmp_path, standard_lines(1)))
+        await bad.submit(shard_of(tmp_path, standard_lines(1)))
     assert info.value.status_code == 401 and "provider gem" in str(info.value)
     assert WRONG_KEY not in str(info.value) and WRONG_KEY not in repr(bad)
     report = await bad.health()
@@ -349,7 +311,7 @@ async def test_lost_create_answer_does_not_duplicate(tmp_path: Path) -> None:
 
     adapter, client = _mock_adapter(handler)
     async with client:
-        result = await adapter.submit(write_shard(tmp_path, standard_lines(1)))
+        result = await adapter.submit(shard_of(tmp_path, standard_lines(1)))
     assert result.provider_batch_id == "batches/b0" and len(created) == 1
 
 
@@ -370,7 +332,7 @@ async def test_job_state_spelling_and_metadata_output(tmp_path: Path) -> None:
         return httpx.Response(200, json=operation)
 
     adapter, client = _mock_adapter(handler)
-    shard = write_shard(tmp_path, [*standard_lines(1)[:1], chat_line("second", [{"role": "user", "content": "x"}])])
+    shard = shard_of(tmp_path, [*standard_lines(1)[:1], chat_line("second", [{"role": "user", "content": "x"}])])
     dest = tmp_path / "out.jsonl"
     async with client:
         status = await adapter.poll("batches/j1")

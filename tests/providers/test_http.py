@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ import openai
 import pytest
 
 from gateway.providers.base import (
-    ProviderAdapter,
     ProviderAuthFailed,
     ProviderBatchState,
     ProviderError,
@@ -33,17 +31,17 @@ from gateway.providers.base import (
     SyncRequest,
 )
 from gateway.providers.config import ProviderConfig
-from gateway.providers.http import HttpAdapter, RetryPolicy, sanitise
+from gateway.providers.http import HttpAdapter, sanitise
 from gateway.providers.registry import build_adapter
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.conftest import ENGINE_ENV, GatewayProcess
+from tests.providers import support
+from tests.providers.support import CHAT, FAST_RETRY
 
-CHAT = "/v1/chat/completions"
 MODEL = "shared-model"
 RIGHT_KEY = "sk-proj-R1ghtKeyQ7vLm2Xc9Tb4Nw8Hs3Jd6"
 WRONG_KEY = "sk-proj-Wr0ngKeyZ5gYk1Pq7Mv3Bt9Cx2Lf4"
 KEY_ENV = "BATCHGW_TEST_KEYED_PROVIDER_KEY"
-FAST_RETRY = RetryPolicy(attempts=3, initial_s=0.01, max_s=0.05, retry_after_cap_s=2.0)
 EMULATOR_KIND = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini", "openai_sync": "openai"}
 BASE_PATH = {"openai": "/v1", "anthropic": "", "gemini": "", "openai_sync": "/v1"}
 DOWNLOAD_MARK = {"openai": b"/content", "anthropic": b"/results", "gemini": b":download"}
@@ -204,28 +202,12 @@ class CuttingRelay:
 
 
 def chat_line(custom_id: str, text: str) -> dict[str, Any]:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 64}
-    return {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body}
+    return support.chat_line(custom_id, text, MODEL, max_tokens=64)
 
 
-def write_shard(folder: Path, count: int) -> ShardSubmission:
-    path = folder / f"shard-{uuid.uuid4().hex[:8]}.jsonl"
+def long_questions(folder: Path, count: int) -> ShardSubmission:
     lines = [chat_line(f"req-{i:04d}", f"question {i}: " + "tell me more " * 8) for i in range(count)]
-    path.write_bytes(b"".join(msgspec.json.encode(line) + b"\n" for line in lines))
-    return ShardSubmission(
-        shard_id=f"shard-{uuid.uuid4().hex[:6]}", submit_token=uuid.uuid4().hex, endpoint=CHAT,
-        provider_model=MODEL, input_path=path, request_count=count,
-    )  # fmt: skip
-
-
-async def wait_terminal(adapter: ProviderAdapter, batch_id: str) -> ProviderBatchState:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        state = (await adapter.poll(batch_id)).state
-        if state.is_terminal:
-            return state
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} did not end")
+    return support.write_shard(folder, lines, MODEL)
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
@@ -247,9 +229,9 @@ async def test_download_cut_part_way_is_retried_without_duplicates(
         adapter = build_adapter(config, http)
         assert isinstance(adapter, HttpAdapter)
         adapter.retry = FAST_RETRY
-        shard = write_shard(tmp_path, count)
+        shard = long_questions(tmp_path, count)
         batch_id = (await adapter.submit(shard)).provider_batch_id
-        assert await wait_terminal(adapter, batch_id) is ProviderBatchState.COMPLETED
+        assert (await support.wait_terminal(adapter, batch_id)).state is ProviderBatchState.COMPLETED
         dest = tmp_path / "results.jsonl"
         dest.write_bytes(b'{"custom_id":"earlier"}\n')
         await adapter.fetch_results(batch_id, dest, input_path=shard.input_path)
@@ -291,7 +273,7 @@ async def test_wrong_key_raises_auth_failed_with_a_clean_message(
                 body = msgspec.json.encode(chat_line("a", "hello")["body"])
                 await adapter.execute(SyncRequest("a", CHAT, body, estimated_tokens=10))
             else:
-                await adapter.submit(write_shard(tmp_path, 2))
+                await adapter.submit(long_questions(tmp_path, 2))
         health = await adapter.health()
     message = str(info.value)
     assert info.value.status_code == 401 and isinstance(info.value, ProviderRejected)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from gateway.providers.base import (
     ShardSubmission,
 )
 from gateway.providers.config import ProviderConfig
-from gateway.providers.http import RetryPolicy
 from gateway.providers.openai_batch import OpenAIBatchAdapter
 from gateway.providers.registry import (
     ADAPTER_KINDS,
@@ -33,11 +31,11 @@ from gateway.providers.registry import (
     build_adapter,
 )
 from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.providers.support import CHAT, FAST_RETRY, calls, questions, read_lines, wait_terminal, write_shard
 
-CHAT = "/v1/chat/completions"
 SECRET = "sk-sim-secret-7f3a9c2e"
 WRONG_KEY = "sk-wrong-key-51b8d0aa"
-FAST_RETRY = RetryPolicy(attempts=3, initial_s=0.01, max_s=0.05, retry_after_cap_s=2.0)
+MODEL = "gpt-4o-mini"
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +46,6 @@ def cluster() -> Iterator[SimulatorCluster]:
     ]
     with SimulatorCluster(specs, control_port=None) as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh_emulators(cluster: SimulatorCluster) -> None:
-    for name in cluster.names():
-        cluster.reset(name)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 def make_adapter(
@@ -76,40 +62,8 @@ def adapter(cluster: SimulatorCluster, http: httpx.AsyncClient) -> OpenAIBatchAd
     return make_adapter(cluster, http)
 
 
-def write_shard(folder: Path, count: int = 50) -> ShardSubmission:
-    path = folder / f"shard-{uuid.uuid4().hex[:8]}.jsonl"
-    with path.open("wb") as out:
-        for index in range(count):
-            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"question {index}"}]}
-            line = {"custom_id": f"req-{index:03d}", "method": "POST", "url": CHAT, "body": body}
-            out.write(msgspec.json.encode(line) + b"\n")
-    return ShardSubmission(
-        shard_id=f"shard-{uuid.uuid4().hex[:6]}",
-        submit_token=f"tok-{uuid.uuid4().hex}",
-        endpoint=CHAT,
-        provider_model="gpt-4o-mini",
-        input_path=path,
-        request_count=count,
-    )
-
-
-async def wait_terminal(adapter: OpenAIBatchAdapter, batch_id: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await adapter.poll(batch_id)
-        if result.state.is_terminal:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} did not finish")
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    return [msgspec.json.decode(line) for line in path.read_bytes().splitlines()]
-
-
-async def calls(cluster: SimulatorCluster, name: str, method: str, path_part: str) -> int:
-    await asyncio.sleep(0.1)  # the emulator logs a call just after answering it
-    return sum(1 for e in cluster.state(name).log if e.method == method and path_part in e.path)
+def shard_of(folder: Path, count: int = 50) -> ShardSubmission:
+    return write_shard(folder, questions(count, MODEL), MODEL)
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -119,7 +73,7 @@ async def test_submit_poll_fetch_round_trip(
     adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
 ) -> None:
     cluster.set_faults("sim", fail_fraction=0.2)
-    shard = write_shard(tmp_path)
+    shard = shard_of(tmp_path)
     submitted = await adapter.submit(shard)
     assert submitted.provider_batch_id.startswith("batch_")
     assert submitted.provider_file_id and submitted.provider_file_id.startswith("file-")
@@ -155,7 +109,7 @@ async def test_failed_batch_reports_errors(adapter: OpenAIBatchAdapter, tmp_path
 
 
 async def test_find_submitted(adapter: OpenAIBatchAdapter, tmp_path: Path) -> None:
-    shard = write_shard(tmp_path, count=3)
+    shard = shard_of(tmp_path, count=3)
     submitted = await adapter.submit(shard)
     found = await adapter.find_submitted(shard.submit_token)
     assert found is not None
@@ -167,7 +121,7 @@ async def test_find_submitted(adapter: OpenAIBatchAdapter, tmp_path: Path) -> No
 async def test_find_submitted_follows_pages(
     adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    shard = write_shard(tmp_path, count=1)
+    shard = shard_of(tmp_path, count=1)
     oldest = await adapter.submit(shard)
     base = cluster.base_url("sim")
 
@@ -183,7 +137,7 @@ async def test_find_submitted_follows_pages(
     assert set(await asyncio.gather(*(create_other(index) for index in range(120)))) == {200}
     found = await adapter.find_submitted(shard.submit_token)
     assert found is not None and found.provider_batch_id == oldest.provider_batch_id
-    assert await calls(cluster, "sim", "GET", "/batches") == 2
+    assert len(await calls(cluster, "sim", "GET", "/batches")) == 2
 
     adapter.max_list_pages = 1
     assert await adapter.find_submitted(shard.submit_token) is None
@@ -191,7 +145,7 @@ async def test_find_submitted_follows_pages(
 
 async def test_cancel(adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path) -> None:
     cluster.set_faults("sim", stall=True)
-    submitted = await adapter.submit(write_shard(tmp_path, count=5))
+    submitted = await adapter.submit(shard_of(tmp_path, count=5))
     await adapter.cancel(submitted.provider_batch_id)
     after = await adapter.poll(submitted.provider_batch_id)
     assert after.state in (ProviderBatchState.CANCELLING, ProviderBatchState.CANCELLED)
@@ -236,7 +190,7 @@ async def test_rate_limit_long_retry_after_raises_at_once(
         await adapter.poll("batch_x")
     assert info.value.retry_after_s == 30.0
     assert "429" in str(info.value) and "GET /batches/batch_x" in str(info.value)
-    assert await calls(cluster, "sim", "GET", "/batches/batch_x") == 1
+    assert len(await calls(cluster, "sim", "GET", "/batches/batch_x")) == 1
 
 
 async def test_rate_limit_short_retry_after_is_honoured(adapter: OpenAIBatchAdapter, cluster: SimulatorCluster) -> None:
@@ -245,7 +199,7 @@ async def test_rate_limit_short_retry_after_is_honoured(adapter: OpenAIBatchAdap
     report = await adapter.find_submitted("tok-none")
     assert report is None
     assert time.monotonic() - started >= 0.9
-    assert await calls(cluster, "sim", "GET", "/batches") == 2
+    assert len(await calls(cluster, "sim", "GET", "/batches")) == 2
 
 
 async def test_5xx_retried_then_unavailable(adapter: OpenAIBatchAdapter, cluster: SimulatorCluster) -> None:
@@ -253,14 +207,14 @@ async def test_5xx_retried_then_unavailable(adapter: OpenAIBatchAdapter, cluster
     with pytest.raises(ProviderUnavailable) as info:
         await adapter.poll("batch_x")
     assert "HTTP 500" in str(info.value)
-    assert await calls(cluster, "sim", "GET", "/batches/batch_x") == FAST_RETRY.attempts
+    assert len(await calls(cluster, "sim", "GET", "/batches/batch_x")) == FAST_RETRY.attempts
 
 
 async def test_malformed_output_line_skipped(
     adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cluster.set_faults("sim", malformed_output_line=True)
-    submitted = await adapter.submit(write_shard(tmp_path, count=10))
+    submitted = await adapter.submit(shard_of(tmp_path, count=10))
     await wait_terminal(adapter, submitted.provider_batch_id)
     dest = tmp_path / "out.jsonl"
     with caplog.at_level(logging.WARNING, logger="gateway.providers.openai_batch"):
@@ -310,7 +264,7 @@ async def test_submit_after_lost_create_answer_does_not_duplicate(tmp_path: Path
 
     adapter, client = _mock_adapter(handler)
     async with client:
-        result = await adapter.submit(write_shard(tmp_path, count=2))
+        result = await adapter.submit(shard_of(tmp_path, count=2))
     assert result.provider_batch_id == "batch_0" and len(created) == 1
 
 

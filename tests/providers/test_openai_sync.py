@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,8 @@ from gateway.providers.config import ProviderConfig, ProviderLimits
 from gateway.providers.http import RetryPolicy
 from gateway.providers.openai_sync import OpenAISyncAdapter
 from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.providers.support import CHAT
 
-CHAT = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
 FAST = RetryPolicy(attempts=3, initial_s=0.01, max_s=0.05, retry_after_cap_s=5.0, wait_out_long_hints=True)
 
@@ -27,17 +27,6 @@ FAST = RetryPolicy(attempts=3, initial_s=0.01, max_s=0.05, retry_after_cap_s=5.0
 def cluster() -> Iterator[SimulatorCluster]:
     with SimulatorCluster([ProviderSpec(name="sync", models=[MODEL])], control_port=None) as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh(cluster: SimulatorCluster) -> None:
-    cluster.reset("sync")
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 def make_adapter(http: httpx.AsyncClient, base_url: str, **limits: Any) -> OpenAISyncAdapter:
