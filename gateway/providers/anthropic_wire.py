@@ -19,7 +19,7 @@ from typing import IO, Any
 import msgspec
 
 from gateway.providers.base import PollResult, ProviderBatchState
-from gateway.providers.http import error_message_from_body
+from gateway.providers.error_text import error_message_from_body
 from gateway.providers.jsonl import iter_lines
 from gateway.translate.anthropic import (
     MalformedResult,

@@ -31,7 +31,8 @@ from gateway.providers.base import (
     SyncRequest,
 )
 from gateway.providers.config import ProviderConfig
-from gateway.providers.http import HttpAdapter, sanitise
+from gateway.providers.error_text import sanitise
+from gateway.providers.http import HttpAdapter
 from gateway.providers.registry import build_adapter
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.conftest import ENGINE_ENV, GatewayProcess

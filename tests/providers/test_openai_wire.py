@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.providers.base import ProviderBatchState
-from gateway.providers.http import error_message_from_body
+from gateway.providers.error_text import error_message_from_body
 from gateway.providers.jsonl import LineSplitter, encode_line
 from gateway.providers.openai_wire import (
     BATCH_STATUS_TABLE,
