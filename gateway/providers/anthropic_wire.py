@@ -21,9 +21,9 @@ import msgspec
 from gateway.providers.base import PollResult, ProviderBatchState
 from gateway.providers.error_text import error_message_from_body
 from gateway.providers.jsonl import iter_lines
+from gateway.translate import TranslationError
 from gateway.translate.anthropic import (
     MalformedResult,
-    TranslationError,
     chat_to_messages,
     envelope,
     provider_custom_id,

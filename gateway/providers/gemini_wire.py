@@ -21,7 +21,8 @@ import msgspec
 from gateway.providers.base import PollResult, ProviderBatchState
 from gateway.providers.jsonl import encode_line
 from gateway.providers.retry_after import parse_google_retry_delay
-from gateway.translate.gemini import TranslationError, chat_to_gemini, gemini_to_chat, google_error
+from gateway.translate import TranslationError
+from gateway.translate.gemini import chat_to_gemini, gemini_to_chat, google_error
 
 DISPLAY_PREFIX = "batchgw-"
 

@@ -1,1 +1,12 @@
 """Pure request and response translation between OpenAI format and other providers' formats."""
+
+from __future__ import annotations
+
+
+class TranslationError(ValueError):
+    """A request the target provider cannot run as asked; it becomes an OpenAI-format 400 line for that request
+    and is never sent. ``param`` names the offending field, ``code`` is the OpenAI error code."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "unsupported_parameter") -> None:
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code

@@ -1,5 +1,7 @@
 """OpenAI chat completions <-> Anthropic Messages, both directions, without I/O.
 
+Over 400 lines on purpose: both directions of one mapping, so each field's way in and way out read side by side.
+
 Requests: :func:`chat_to_messages` turns an OpenAI ``/v1/chat/completions`` body into Anthropic Messages
 ``params``; a field that would silently change the answer if dropped raises :class:`TranslationError`,
 which the adapter turns into that request's OpenAI-format 400 line. Results: :func:`result_to_envelope`
@@ -16,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
+
+from gateway.translate import TranslationError
 
 DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` sent when the client set neither ``max_tokens`` nor ``max_completion_tokens``."""
@@ -68,14 +72,6 @@ SAFE_CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAPPED_PREFIX = "m_"
 _MAPPED_ID = re.compile(r"m_[0-9a-f]{40}")
 _DATA_URL = re.compile(r"data:([^;,]+);base64,(.*)", re.DOTALL)
-
-
-class TranslationError(ValueError):
-    """A request Anthropic cannot run as asked; becomes an OpenAI-format 400 for that request."""
-
-    def __init__(self, message: str, param: str | None = None, code: str = "unsupported_parameter") -> None:
-        super().__init__(message)
-        self.message, self.param, self.code = message, param, code
 
 
 class MalformedResult(ValueError):

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from gateway.translate import TranslationError
+
 SYSTEM_ROLES = frozenset({"system", "developer"})
 ROLES: dict[str, str] = {"user": "user", "assistant": "model", "tool": "user", "function": "user"}
 """OpenAI message role -> Gemini ``Content.role`` (system roles go to ``systemInstruction``)."""
@@ -82,14 +84,6 @@ HTTP_STATUS_NAMES: dict[int, str] = {
 
 OPENAI_ERROR_TYPES: dict[int, str] = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 """HTTP status -> OpenAI error ``type``; otherwise ``invalid_request_error`` below 500, ``server_error`` above."""
-
-
-class TranslationError(ValueError):
-    """A request that cannot be expressed for Gemini; ``param`` names the offending field."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 # --- OpenAI request -> Gemini request -------------------------------------------------------------------

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from gateway.simulator.gemini_protocol import generate_content
 from gateway.simulator.openai_protocol import chat_completion
+from gateway.translate import TranslationError
 from gateway.translate.gemini import (
-    TranslationError,
     chat_to_gemini,
     gemini_to_chat,
     google_error,
