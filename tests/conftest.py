@@ -1,5 +1,7 @@
 """Shared fixtures: real databases, a real gateway process on a free port, keys and SDK clients.
 
+Over 400 lines on purpose: the one fixture layer every test package shares (databases, gateway, emulators, S3).
+
 Every test that needs the gateway talks HTTP to a ``batchgw serve`` subprocess. The database is
 SQLite always, and PostgreSQL too when ``BATCHGW_TEST_DATABASE_URL`` is set; each gateway gets a
 fresh database (a new file, or a new PostgreSQL database created for it and dropped after).

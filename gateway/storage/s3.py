@@ -1,5 +1,7 @@
 """Blobs in S3-compatible object storage (AWS S3, MinIO, Ceph, R2, GCS's S3 interface), through obstore.
 
+Over 400 lines on purpose: one store, whose writes and reads share its multipart, ranged-read and error machinery.
+
 Every API and worker replica can share one bucket, so no shared volume is needed. Writes are
 streaming multipart uploads that complete only when every byte is stored, so a reader never sees a
 partial blob; a write that fails is aborted. Reads are ranged GETs of a few MiB each, fetched a
