@@ -24,7 +24,7 @@ from typing import Annotated
 
 import msgspec
 
-from gateway.simulator.core import Faults
+from gateway.simulator.state import Faults
 
 DEFAULT_CONTROL_PORT = 9100
 BATCH_FILE_MAX_BYTES = 200 * 1024 * 1024
