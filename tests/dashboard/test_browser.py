@@ -118,3 +118,55 @@ def test_jobs_page_shows_the_batch_and_cancel_works(seeded: Seeded, dashboard_ur
                 _shot(page, path)
         finally:
             browser.close()
+
+
+def test_every_page_opened_first_by_its_url_has_the_apps_navigation_caption_and_wide_layout(
+    seeded: Seeded, dashboard_url: str
+) -> None:
+    """A deep link in a fresh session (as the Jobs table's links open) renders the app, not a bare page."""
+    sync_api = _require_browser()
+    headings = {
+        "jobs": "Jobs", f"job?batch={seeded.done.id}": f"Job {seeded.done.id}", "spend": "Spend",
+        "alerts": "Alerts & budgets", "advisor": "Advisor", "providers": "Providers",
+    }  # fmt: skip
+    problems: dict[str, list[str]] = {}
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            for path, heading in headings.items():
+                context = browser.new_context(viewport={"width": 1500, "height": 1200})
+                try:
+                    page = context.new_page()
+                    page.set_default_timeout(TIMEOUT_MS)
+                    _open(page, f"{dashboard_url}/{path}", heading)
+                    found = _app_chrome_problems(page, seeded.gateway.base_url)
+                    if found:
+                        problems[path] = found
+                finally:
+                    context.close()
+        finally:
+            browser.close()
+    assert not problems, problems
+
+
+def _app_chrome_problems(page: Any, gateway_url: str) -> list[str]:
+    """What is missing of the app's own frame: its navigation, the gateway caption, the wide layout."""
+    from playwright.sync_api import TimeoutError as Timeout
+
+    problems = []
+    nav = page.get_by_test_id("stSidebarNav")
+    for title in ("Jobs", "Job detail", "Spend", "Alerts & budgets", "Advisor", "Providers"):
+        try:
+            nav.get_by_role("link", name=title, exact=True).wait_for(timeout=5_000)
+        except Timeout:
+            problems.append(f"no {title!r} link in the navigation")
+    if nav.get_by_role("link", name="app", exact=True).count():
+        problems.append("the navigation lists the entry script (Streamlit's automatic pages)")
+    try:
+        page.get_by_test_id("stSidebar").get_by_text(gateway_url).first.wait_for(timeout=5_000)
+    except Timeout:
+        problems.append("no gateway caption in the sidebar")
+    width = page.get_by_test_id("stMainBlockContainer").first.bounding_box()["width"]
+    if width < 900:  # the centered layout caps the content at 736 px
+        problems.append(f"narrow layout: the content is {width:.0f} px wide")
+    return problems
