@@ -12,7 +12,7 @@ A configuration file looks like::
     api_key = "sk-sim"            # optional: calls without it get a 401
     processing_delay_s = 1.0
 
-    [provider.faults]             # optional: initial fault settings (see core.Faults)
+    [provider.faults]             # optional: initial fault settings (see state.Faults)
     fail_fraction = 0.1
 """
 
