@@ -13,7 +13,9 @@ import streamlit as st
 from dashboard import ui
 from dashboard.client import GatewayError
 
-PAGES = Path(__file__).parent / "pages"
+# Not "pages/": Streamlit takes a folder of that name beside the script for its automatic navigation, which
+# a deep link opened in a fresh session would show instead of this app's own.
+PAGES = Path(__file__).parent / "views"
 
 st.set_page_config(page_title="batch-gateway", page_icon=":material/inventory_2:", layout="wide")
 

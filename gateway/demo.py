@@ -8,14 +8,10 @@ and the demo reports the failover, the results, the spend and savings and the bi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -26,9 +22,11 @@ from typing import IO, Any
 
 import httpx
 import openai
+from openai.types import Batch, FileObject
 from rich.console import Console
 
 from gateway.demo_report import DemoOutcome, print_summary, sample_requests
+from gateway.demo_setup import Child, Children, DemoError, choose_port, prepare_data_dir, wait_until_up
 from gateway.simulator import Faults, ProviderSpec, SimulatorCluster
 
 MODEL = "llama-3.3-70b"
@@ -43,7 +41,6 @@ OUTAGE_AT = 1 / 3  # share of requests answered when the cheap provider goes dow
 # The daily budget is the estimate / this share. The estimate prices every request on the cheap provider at
 # max_tokens, so the spend lands between ~50% (all on the cheap one) and ~130% (after failover) of it.
 BUDGET_SHARE = 0.8
-MARKER = ".batchgw-demo"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 FAST_SETTINGS = {
     "BATCHGW_WORKER__POLL_INTERVAL_S": "0.1",
@@ -55,10 +52,6 @@ FAST_SETTINGS = {
     "BATCHGW_ROUTING__MAX_REQUEST_ATTEMPTS": "5",
     "BATCHGW_BILLING__WEBHOOK_URL": "",
 }
-
-
-class DemoError(Exception):
-    """A failure the user can act on; reported in one line, without a traceback."""
 
 
 @dataclass
@@ -73,94 +66,33 @@ class DemoOptions:
 
 
 @dataclass
-class Child:
-    """A child process and the file its output goes to."""
+class Running:
+    """What the demo started so far, for the clean-up to stop."""
 
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def tail(self, lines: int = 15) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+    children: Children = field(default_factory=Children)
+    cluster: SimulatorCluster | None = None
 
 
 @dataclass
-class Children:
-    """Child processes, stopped in reverse start order (SIGTERM, then SIGKILL after a grace period)."""
+class Gateway:
+    """The gateway child: where it answers, its admin API and the environment it (and the dashboard) got."""
 
-    started: list[Child] = field(default_factory=list)
+    url: str
+    admin_key: str
+    env: dict[str, str]
+    admin: Admin
 
-    def start(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> Child:
-        with log_path.open("ab") as log:
-            # A session of its own: a terminal's Ctrl-C reaches only the demo, which then stops each child in order.
-            process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", *args],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        child = Child(name, process, log_path)
-        self.started.append(child)
-        return child
 
-    def dead(self) -> Child | None:
-        return next((c for c in self.started if c.process.poll() is not None), None)
+@dataclass
+class Dashboard:
+    """The dashboard child and where it answers."""
 
-    def stop_all(self, grace_s: float = 10.0) -> None:
-        for child in reversed(self.started):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        for child in reversed(self.started):
-            try:
-                child.process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait(5)
-        self.started.clear()
+    child: Child
+    url: str
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
-
-
-def prepare_data_dir(path: Path) -> Path:
-    """An empty folder for this run; only a folder an earlier demo made (it holds the marker) is wiped."""
-    path = path.resolve()
-    if path.exists():
-        if not path.is_dir():
-            raise DemoError(f"--data-dir {path} is a file; name a folder")
-        if any(path.iterdir()) and not (path / MARKER).exists():
-            raise DemoError(f"--data-dir {path} is not empty and was not made by the demo; name another folder")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    (path / MARKER).write_text("made by `batchgw demo`; deleted and recreated on each run\n", encoding="utf-8")
-    return path
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        # As the servers do: a port with only closed connections lingering (TIME_WAIT) is free to listen on.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def choose_port(wanted: int, what: str, console: Console) -> int:
-    """``wanted`` when nothing listens there, else a free port (and the user is told)."""
-    if wanted and port_is_free(wanted):
-        return wanted
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    if wanted:
-        console.print(f"[yellow]port {wanted} is busy, so the {what} uses port {port}[/yellow]")
-    return port
 
 
 def start_emulators() -> SimulatorCluster:
@@ -214,21 +146,6 @@ def child_env(data_dir: Path, config: Path, admin_key: str, port: int) -> dict[s
     )
 
 
-def wait_until_up(child: Child, url: str, timeout_s: float) -> None:
-    """Poll ``url`` until it answers 200; a child that exits or a timeout is a ``DemoError`` with its log."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if child.process.poll() is not None:
-            raise DemoError(
-                f"the {child.name} stopped while starting; its log ({child.log_path}) ends:\n{child.tail()}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise DemoError(f"the {child.name} did not answer {url} within {timeout_s:.0f}s; see {child.log_path}")
-
-
 class Admin:
     """The gateway's admin API."""
 
@@ -242,10 +159,81 @@ class Admin:
         return response.json()
 
 
+# --- the steps, in the order the demo runs them --------------------------------------------------------
+
+
+def start_providers(running: Running, console: Console) -> SimulatorCluster:
+    """Step 1: the emulated providers."""
+    running.cluster = cluster = start_emulators()
+    console.print(f"emulated providers: {CHEAP} at {cluster.base_url(CHEAP)} (cheap, fails ~5% of requests), "
+                  f"{PRICEY} at {cluster.base_url(PRICEY)}", highlight=False)  # fmt: skip
+    return cluster
+
+
+def start_gateway(running: Running, cluster: SimulatorCluster, data_dir: Path, port: int, console: Console) -> Gateway:
+    """Step 2: the gateway on both emulators, with a fresh admin key; returns once it is ready."""
+    admin_key = "bgw-admin-" + secrets.token_urlsafe(18)
+    env = child_env(data_dir, write_gateway_config(data_dir, cluster), admin_key, port)
+    url = f"http://127.0.0.1:{port}"
+    child = running.children.start("gateway", ["serve"], env, data_dir / "gateway.log")
+    wait_until_up(child, f"{url}/readyz", 90)
+    console.print(f"gateway ready at {url}/v1 (log: {child.log_path})", highlight=False)
+    return Gateway(url, admin_key, env, Admin(url, admin_key))
+
+
+def start_dashboard(
+    running: Running, gateway: Gateway, data_dir: Path, wanted_port: int, console: Console
+) -> Dashboard:
+    """Step 3 (unless headless): the dashboard, started now and awaited only once the batch is done."""
+    port = choose_port(wanted_port, "dashboard", console)
+    url = f"http://127.0.0.1:{port}"
+    args = ["dashboard", "--gateway-url", gateway.url, "--port", str(port)]
+    child = running.children.start("dashboard", args, gateway.env, data_dir / "dashboard.log")
+    console.print(f"dashboard starting at {url}: open it to watch the batch", highlight=False)
+    return Dashboard(child, url)
+
+
+def open_client(gateway: Gateway) -> tuple[str, openai.OpenAI]:
+    """Step 4: a team key from the admin API and the official SDK client that uses it."""
+    key = gateway.admin.call("POST", "/keys", json={"team": "demo", "name": "batchgw demo"})["key"]
+    return key, openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=3, timeout=60)
+
+
+def upload_requests(client: openai.OpenAI, requests: list[dict[str, Any]], data_dir: Path) -> FileObject:
+    """Step 5: the sample requests, written to ``requests.jsonl`` and uploaded."""
+    input_path = data_dir / "requests.jsonl"
+    input_path.write_text("".join(json.dumps(r) + "\n" for r in requests), encoding="utf-8")
+    with input_path.open("rb") as handle:
+        return client.files.create(file=handle, purpose="batch")
+
+
+def set_budget(admin: Admin, file_id: str, console: Console) -> None:
+    """Step 6: a daily global budget just above the estimate, so that the spend raises billing alerts."""
+    estimate = admin.call("POST", "/estimate", json={"file_id": file_id})
+    limit = round(max(float(estimate["chosen_cost_usd"]), 1e-4) / BUDGET_SHARE, 6)
+    budget = {"scope": "global", "period": "day", "limit_usd": limit, "hard": False, "thresholds": [0.5, 0.8, 1.0]}
+    admin.call("PUT", "/budgets", json=budget)
+    console.print(
+        f"estimated cost ${estimate['chosen_cost_usd']:.4f} on the cheapest provider; "
+        f"global daily budget set to ${limit:.4f} (alerts at 50%, 80%, 100%)",
+        highlight=False,
+    )
+
+
+def submit_batch(client: openai.OpenAI, file_id: str, count: int, console: Console) -> Batch:
+    """Step 7: the batch, submitted through the SDK with an idempotency key."""
+    batch = client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
+        metadata={"demo": "review-sentiment"}, extra_headers={"Idempotency-Key": f"demo-{file_id}"},
+    )  # fmt: skip
+    console.print(f"submitted batch {batch.id}: {count:,} reviews to label (model {MODEL})")
+    return batch
+
+
 def watch(
     client: openai.OpenAI, batch_id: str, cluster: SimulatorCluster, console: Console, timeout_s: float = 600
 ) -> tuple[Any, float | None]:
-    """Follow the batch to its end, taking the cheap provider down part-way; returns it and the outage time."""
+    """Step 8: follow the batch to its end, taking the cheap provider down part-way; returns it and the outage time."""
     started = time.monotonic()
     outage_at: float | None = None
     last_line = ""
@@ -281,7 +269,7 @@ def watch(
 
 
 def write_results(client: openai.OpenAI, batch: Any, requests: list[dict[str, Any]], path: Path) -> Counter[str]:
-    """Output and error lines in input order, one per custom_id; returns how many lines each custom_id got."""
+    """Step 9: output and error lines in input order, one per custom_id; returns how many lines each custom_id got."""
     lines: dict[str, list[str]] = {}
     for file_id in (batch.output_file_id, batch.error_file_id):
         if file_id:
@@ -295,83 +283,69 @@ def write_results(client: openai.OpenAI, batch: Any, requests: list[dict[str, An
     return Counter({cid: len(found) for cid, found in lines.items()})
 
 
-def run_demo(options: DemoOptions, console: Console) -> int:
-    """The whole demo; returns the exit code."""
-    children = Children()
-    cluster: SimulatorCluster | None = None
+def report(outcome: DemoOutcome, started: float, console: Console) -> list[str]:
+    """Step 10: the summary and the verdict; returns the problems found."""
+    problems = print_summary(outcome, console)
+    if problems:
+        console.print("[bold red]demo failed:[/bold red] " + "; ".join(problems), highlight=False)
+    else:
+        console.print(f"[bold green]demo succeeded[/bold green] in {time.monotonic() - started:.0f}s")
+    return problems
+
+
+def stay_up(running: Running, dashboard: Dashboard, console: Console) -> int:
+    """Step 11 (unless headless): once the dashboard answers, everything serves until Ctrl-C."""
+    wait_until_up(dashboard.child, f"{dashboard.url}/_stcore/health", 60)
+    console.print(f"dashboard ready at {dashboard.url}", highlight=False)
+    return keep_running(running.children, console)
+
+
+def run_steps(options: DemoOptions, running: Running, console: Console) -> int:
+    """The demo's steps in order; returns the exit code."""
     started = time.monotonic()
+    data_dir = prepare_data_dir(options.data_dir)
+    port = choose_port(options.port, "gateway", console)
+    cluster = start_providers(running, console)
+    gateway = start_gateway(running, cluster, data_dir, port, console)
+    dashboard = None
+    if not options.headless:
+        dashboard = start_dashboard(running, gateway, data_dir, options.dashboard_port, console)
+    client_key, client = open_client(gateway)
+    requests = sample_requests(options.items, MODEL)
+    upload = upload_requests(client, requests, data_dir)
+    set_budget(gateway.admin, upload.id, console)
+    batch = submit_batch(client, upload.id, len(requests), console)
+    batch, outage_at = watch(client, batch.id, cluster, console)
+    results_path = data_dir / "results.jsonl"
+    answered = write_results(client, batch, requests, results_path)
+    admin = gateway.admin
+    outcome = DemoOutcome(
+        batch=batch, detail=admin.call("GET", f"/batches/{batch.id}"),
+        spend=admin.call("GET", "/spend", params={"group_by": "provider"}),
+        alerts=admin.call("GET", "/alerts")["data"], answered=answered, requests=requests,
+        results_path=results_path, outage_at=outage_at, gateway_url=gateway.url,
+        dashboard_url=dashboard.url if dashboard else None, admin_key=gateway.admin_key, client_key=client_key,
+        control_url=cluster.control_url, down=CHEAP,
+    )  # fmt: skip
+    problems = report(outcome, started, console)
+    if dashboard is None:
+        return 1 if problems else 0
+    return stay_up(running, dashboard, console)
+
+
+def run_demo(options: DemoOptions, console: Console) -> int:
+    """The whole demo, stopping whatever it started however it ends; returns the exit code."""
+    running = Running()
     # Set explicitly: a shell starting the demo in the background may have left SIGINT ignored.
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        data_dir = prepare_data_dir(options.data_dir)
-        port = choose_port(options.port, "gateway", console)
-        cluster = start_emulators()
-        console.print(f"emulated providers: {CHEAP} at {cluster.base_url(CHEAP)} (cheap, fails ~5% of requests), "
-                      f"{PRICEY} at {cluster.base_url(PRICEY)}", highlight=False)  # fmt: skip
-        admin_key = "bgw-admin-" + secrets.token_urlsafe(18)
-        env = child_env(data_dir, write_gateway_config(data_dir, cluster), admin_key, port)
-        gateway_url = f"http://127.0.0.1:{port}"
-        gateway = children.start("gateway", ["serve"], env, data_dir / "gateway.log")
-        wait_until_up(gateway, f"{gateway_url}/readyz", 90)
-        console.print(f"gateway ready at {gateway_url}/v1 (log: {gateway.log_path})", highlight=False)
-        dashboard_url, dashboard = None, None
-        if not options.headless:
-            dashboard_port = choose_port(options.dashboard_port, "dashboard", console)
-            dashboard_url = f"http://127.0.0.1:{dashboard_port}"
-            dashboard_args = ["dashboard", "--gateway-url", gateway_url, "--port", str(dashboard_port)]
-            dashboard = children.start("dashboard", dashboard_args, env, data_dir / "dashboard.log")
-            console.print(f"dashboard starting at {dashboard_url}: open it to watch the batch", highlight=False)
-        admin = Admin(gateway_url, admin_key)
-        client_key = admin.call("POST", "/keys", json={"team": "demo", "name": "batchgw demo"})["key"]
-        client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=client_key, max_retries=3, timeout=60)
-
-        requests = sample_requests(options.items, MODEL)
-        input_path = data_dir / "requests.jsonl"
-        input_path.write_text("".join(json.dumps(r) + "\n" for r in requests), encoding="utf-8")
-        with input_path.open("rb") as handle:
-            upload = client.files.create(file=handle, purpose="batch")
-        estimate = admin.call("POST", "/estimate", json={"file_id": upload.id})
-        limit = round(max(float(estimate["chosen_cost_usd"]), 1e-4) / BUDGET_SHARE, 6)
-        budget = {"scope": "global", "period": "day", "limit_usd": limit, "hard": False, "thresholds": [0.5, 0.8, 1.0]}
-        admin.call("PUT", "/budgets", json=budget)
-        console.print(
-            f"estimated cost ${estimate['chosen_cost_usd']:.4f} on the cheapest provider; "
-            f"global daily budget set to ${limit:.4f} (alerts at 50%, 80%, 100%)",
-            highlight=False,
-        )
-        batch = client.batches.create(
-            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
-            metadata={"demo": "review-sentiment"}, extra_headers={"Idempotency-Key": f"demo-{upload.id}"},
-        )  # fmt: skip
-        console.print(f"submitted batch {batch.id}: {len(requests):,} reviews to label (model {MODEL})")
-        batch, outage_at = watch(client, batch.id, cluster, console)
-
-        results_path = data_dir / "results.jsonl"
-        answered = write_results(client, batch, requests, results_path)
-        outcome = DemoOutcome(
-            batch=batch, detail=admin.call("GET", f"/batches/{batch.id}"),
-            spend=admin.call("GET", "/spend", params={"group_by": "provider"}),
-            alerts=admin.call("GET", "/alerts")["data"], answered=answered, requests=requests,
-            results_path=results_path, outage_at=outage_at, gateway_url=gateway_url, dashboard_url=dashboard_url,
-            admin_key=admin_key, client_key=client_key, control_url=cluster.control_url, down=CHEAP,
-        )  # fmt: skip
-        problems = print_summary(outcome, console)
-        if problems:
-            console.print("[bold red]demo failed:[/bold red] " + "; ".join(problems), highlight=False)
-        else:
-            console.print(f"[bold green]demo succeeded[/bold green] in {time.monotonic() - started:.0f}s")
-        if options.headless:
-            return 1 if problems else 0
-        assert dashboard is not None and dashboard_url is not None
-        wait_until_up(dashboard, f"{dashboard_url}/_stcore/health", 60)
-        console.print(f"dashboard ready at {dashboard_url}", highlight=False)
-        return keep_running(children, console)
+        return run_steps(options, running, console)
     except DemoError as exc:
         console.print(f"[bold red]demo failed:[/bold red] {exc}", highlight=False)
         return 1
     except (openai.APIError, httpx.HTTPError) as exc:
         console.print(f"[bold red]demo failed:[/bold red] a call to the gateway failed: {exc}", highlight=False)
-        dead = children.dead()
+        dead = running.children.dead()
         if dead is not None:
             console.print(f"the {dead.name} had stopped; its log ({dead.log_path}) ends:\n{dead.tail()}")
         return 1
@@ -382,9 +356,9 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         for sig in previous:  # a second Ctrl-C must not cut the clean-up short and orphan a child
             signal.signal(sig, signal.SIG_IGN)
         console.print("stopping the gateway, dashboard and emulators ...")
-        children.stop_all()
-        if cluster is not None:
-            cluster.stop()
+        running.children.stop_all()
+        if running.cluster is not None:
+            running.cluster.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

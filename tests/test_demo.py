@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from gateway.demo import MARKER, DemoError, choose_port, prepare_data_dir
 from gateway.demo_report import sample_requests
+from gateway.demo_setup import MARKER, DemoError, choose_port, prepare_data_dir
 from tests.conftest import free_port
 
 DEMO_TIMEOUT_S = 180

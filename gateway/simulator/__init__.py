@@ -5,19 +5,11 @@
 """
 
 from gateway.simulator.config import ProviderSpec, SimulatorConfig, default_config, load_config, load_specs
-from gateway.simulator.core import (
-    ApiError,
-    EmulatorState,
-    Faults,
-    Reply,
-    embedding_vector,
-    hash_fraction,
-    model_reply,
-    prompt_tokens,
-    text_tokens,
-)
+from gateway.simulator.errors import ApiError
+from gateway.simulator.model import Reply, embedding_vector, hash_fraction, model_reply, prompt_tokens, text_tokens
 from gateway.simulator.openai_protocol import OpenAIDriver, message_texts, simulate_chat
 from gateway.simulator.server import SimulatorCluster, run_simulate, serve_forever
+from gateway.simulator.state import EmulatorState, Faults
 
 __all__ = [
     "ApiError",

@@ -1,44 +1,28 @@
-"""The Anthropic Message Batches protocol on top of the generic emulator machinery.
+"""The Anthropic Message Batches protocol: request params through the deterministic model, and the driver
+that runs a batch's requests and writes its results file.
 
 Requests arrive inline in the create call; ``custom_id``s are checked at once (400), the ``params`` of each
-request only while the batch runs (an invalid one becomes an ``errored`` result). ``request_counts`` keep
-everything in ``processing`` until the batch ends. The deterministic model of :mod:`gateway.simulator.core`
-answers, so the same conversation gets the same text and token counts as from the OpenAI protocol.
+request only while the batch runs (an invalid one becomes an ``errored`` result). The deterministic model of
+:mod:`gateway.simulator.model` answers, so the same conversation gets the same text and token counts as from
+the OpenAI protocol. The HTTP routes and the batch objects live in :mod:`gateway.simulator.anthropic_routes`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Router, delete, get, post
-from litestar.response import File, Response
+from litestar import Router
 
-from gateway.simulator.core import (
-    CANCELLED,
-    DAY_S,
-    ECHO_MAX_CHARS,
-    LOG_DETAIL,
-    REPLY_PREFIX,
-    ApiError,
-    EmulatorState,
-    ItemOutcome,
-    Job,
-    JobItem,
-    StoredFile,
-    emulator_of,
-    model_reply,
-    random_id,
-    refused_key_error,
-    stable_id,
-)
+from gateway.simulator.errors import ApiError, refused_key_error
+from gateway.simulator.file_store import StoredFile
+from gateway.simulator.jobs import CANCELLED, ItemOutcome, Job, JobItem
+from gateway.simulator.model import ECHO_MAX_CHARS, REPLY_PREFIX, model_reply, random_id, stable_id
+from gateway.simulator.state import DAY_S, EmulatorState
 
 BATCHES = "/v1/messages/batches"
-API_VERSION_HEADER = "anthropic-version"
 MAX_OUTPUT_TOKENS = 64_000
 RETENTION_S = 29 * DAY_S
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -58,21 +42,11 @@ PARAMS = frozenset(
 )  # fmt: skip
 BLOCK_TYPES = frozenset({"text", "image", "tool_use", "tool_result", "document", "thinking", "redacted_thinking"})
 TOOL_CHOICES = frozenset({"auto", "any", "tool", "none"})
-STATUS_TABLE: dict[str, str] = {
-    "validating": "in_progress", "in_progress": "in_progress", "finalizing": "in_progress",
-    "cancelling": "canceling",
-    "completed": "ended", "failed": "ended", "expired": "ended", "cancelled": "ended",
-}  # fmt: skip
-"""The machinery's job status -> ``processing_status``."""
 
 
-def _invalid(message: str, status: int = 400, kind: str = "invalid_request_error") -> ApiError:
+def invalid(message: str, status: int = 400, kind: str = "invalid_request_error") -> ApiError:
+    """An error answer with an Anthropic error type (a 400 ``invalid_request_error`` unless told)."""
     return ApiError(status, message, type=kind)
-
-
-def rfc3339(ts: int | None) -> str | None:
-    """``2026-01-02T03:04:05Z`` for Unix seconds."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- request params through the deterministic model ----------------------------------------------------
@@ -120,68 +94,68 @@ def _block_type(block: Any) -> Any:
 def _check_block(block: Any, where: str) -> None:
     kind = _block_type(block)
     if kind not in BLOCK_TYPES:
-        raise _invalid(f"{where}.type: Input tag {kind!r} does not match any of the expected tags")
+        raise invalid(f"{where}.type: Input tag {kind!r} does not match any of the expected tags")
     if kind == "text" and not isinstance(block.get("text"), str):
-        raise _invalid(f"{where}.text: Field required")
+        raise invalid(f"{where}.text: Field required")
     if kind == "image":
         source = block.get("source")
         if not isinstance(source, dict) or source.get("type") not in ("base64", "url"):
-            raise _invalid(f"{where}.source: Input should be a base64 or url image source")
+            raise invalid(f"{where}.source: Input should be a base64 or url image source")
     if kind == "tool_use" and not (isinstance(block.get("name"), str) and isinstance(block.get("input"), dict)):
-        raise _invalid(f"{where}: tool_use blocks need a string 'name' and an object 'input'")
+        raise invalid(f"{where}: tool_use blocks need a string 'name' and an object 'input'")
     if kind == "tool_result" and not isinstance(block.get("tool_use_id"), str):
-        raise _invalid(f"{where}.tool_use_id: Field required")
+        raise invalid(f"{where}.tool_use_id: Field required")
 
 
 def check_params(params: Any, models: Sequence[str]) -> None:
     """Validate one request's ``params`` like the Messages API; raises an ``ApiError`` (400 or 404)."""
     if not isinstance(params, dict):
-        raise _invalid("params: Input should be a valid dictionary")
+        raise invalid("params: Input should be a valid dictionary")
     extra = sorted(set(params) - PARAMS)
     if extra:
-        raise _invalid(f"{extra[0]}: Extra inputs are not permitted")
+        raise invalid(f"{extra[0]}: Extra inputs are not permitted")
     model, max_tokens, messages = params.get("model"), params.get("max_tokens"), params.get("messages")
     if not isinstance(model, str) or not model:
-        raise _invalid("model: Field required")
+        raise invalid("model: Field required")
     if model not in models:
-        raise _invalid(f"model: {model}", 404, "not_found_error")
+        raise invalid(f"model: {model}", 404, "not_found_error")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise _invalid("max_tokens: Field required (an integer >= 1 in a batch)")
+        raise invalid("max_tokens: Field required (an integer >= 1 in a batch)")
     if max_tokens > MAX_OUTPUT_TOKENS:
-        raise _invalid(f"max_tokens: {max_tokens} > {MAX_OUTPUT_TOKENS}, the maximum allowed for {model}")
+        raise invalid(f"max_tokens: {max_tokens} > {MAX_OUTPUT_TOKENS}, the maximum allowed for {model}")
     if not isinstance(messages, list) or not messages:
-        raise _invalid("messages: at least one message is required")
+        raise invalid("messages: at least one message is required")
     for index, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ("user", "assistant"):
-            raise _invalid(f"messages.{index}.role: Input should be 'user' or 'assistant'")
+            raise invalid(f"messages.{index}.role: Input should be 'user' or 'assistant'")
         content = message.get("content")
         if isinstance(content, list):
             for number, block in enumerate(content):
                 _check_block(block, f"messages.{index}.content.{number}")
         elif not isinstance(content, str):
-            raise _invalid(f"messages.{index}.content: Input should be a valid string or list")
+            raise invalid(f"messages.{index}.content: Input should be a valid string or list")
     system = params.get("system")
     blocks = system if isinstance(system, list) else []
     if (system is not None and not isinstance(system, str | list)) or any(_block_type(b) != "text" for b in blocks):
-        raise _invalid("system: Input should be a string or a list of text blocks")
+        raise invalid("system: Input should be a string or a list of text blocks")
     for name in ("temperature", "top_p"):
         value = params.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
-            raise _invalid(f"{name}: Input should be a number between 0 and 1")
+            raise invalid(f"{name}: Input should be a number between 0 and 1")
     stops = params.get("stop_sequences")
     if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)):
-        raise _invalid("stop_sequences: Input should be a list of strings")
+        raise invalid("stop_sequences: Input should be a list of strings")
     if params.get("stream"):
-        raise _invalid("stream: streaming is not supported in Message Batches")
+        raise invalid("stream: streaming is not supported in Message Batches")
     choice = params.get("tool_choice")
     if choice is not None and (not isinstance(choice, dict) or choice.get("type") not in TOOL_CHOICES):
-        raise _invalid("tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
+        raise invalid("tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
     tools = params.get("tools")
     if tools is not None and not (
         isinstance(tools, list) and all(isinstance(t, dict) and t.get("name") for t in tools)
     ):
-        raise _invalid("tools: each tool needs a 'name'")
+        raise invalid("tools: each tool needs a 'name'")
 
 
 def simulate_message(params: Any, models: Sequence[str], message_id: str) -> dict[str, Any]:
@@ -208,37 +182,6 @@ def simulate_message(params: Any, models: Sequence[str], message_id: str) -> dic
     }  # fmt: skip
 
 
-# --- batch objects -------------------------------------------------------------------------------------
-
-
-def _ended(job: Job) -> bool:
-    return STATUS_TABLE[job.status] == "ended"
-
-
-def request_counts(job: Job) -> dict[str, int]:
-    """All ``processing`` until the batch ends, then the final split (which sums to the same total)."""
-    zero = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
-    if not _ended(job):
-        return {**zero, "processing": len(job.items)}
-    counts: dict[str, int] | None = job.extra.get("counts")
-    return counts if counts is not None else {**zero, "errored": len(job.items)}
-
-
-def batch_object(job: Job, base_url: str, now: float) -> dict[str, Any]:
-    """The ``message_batch`` object; ``base_url`` is where this emulator is reached (for ``results_url``)."""
-    status = STATUS_TABLE[job.status]
-    ended_at = job.times.get(f"{job.status}_at") if status == "ended" else None
-    archived = job.created_at + RETENTION_S
-    return {
-        "id": job.id, "type": "message_batch", "processing_status": status,
-        "request_counts": request_counts(job), "ended_at": rfc3339(ended_at),
-        "created_at": rfc3339(job.created_at), "expires_at": rfc3339(job.expires_at),
-        "archived_at": rfc3339(archived) if now >= archived else None,
-        "cancel_initiated_at": rfc3339(job.times.get("cancelling_at")),
-        "results_url": f"{base_url}{BATCHES}/{job.id}/results" if status == "ended" else None,
-    }  # fmt: skip
-
-
 def error_response(err: ApiError) -> dict[str, Any]:
     """``{"type": "error", "error": {"type", "message"}, "request_id"}`` with an Anthropic error type."""
     fallback = "api_error" if err.status >= 500 else "invalid_request_error"
@@ -253,7 +196,9 @@ class AnthropicDriver:
     base_path = ""
 
     def route_handlers(self) -> list[Any]:
-        return [Router(path=BATCHES, route_handlers=[MessageBatchesController], before_request=_require_version)]
+        from gateway.simulator.anthropic_routes import MessageBatchesController, require_version
+
+        return [Router(path=BATCHES, route_handlers=[MessageBatchesController], before_request=require_version)]
 
     def error_body(self, err: ApiError) -> dict[str, Any]:
         return error_response(err)
@@ -304,123 +249,3 @@ def _result_lines(results: Sequence[dict[str, Any]], corrupt_first: bool) -> Ite
     for index, result in enumerate(results):
         encoded = msgspec.json.encode(result)
         yield encoded[: len(encoded) // 2] if corrupt_first and index == 0 else encoded
-
-
-# --- routes --------------------------------------------------------------------------------------------
-
-Req = Request[Any, Any, Any]
-
-
-async def _require_version(request: Req) -> None:
-    if not request.headers.get(API_VERSION_HEADER):
-        raise _invalid(f"{API_VERSION_HEADER}: header is required")
-
-
-def _base_url(request: Req) -> str:
-    return str(request.base_url).rstrip("/")
-
-
-def _job(request: Req) -> Job:
-    jobs, batch_id = emulator_of(request).jobs, request.path_params["batch_id"]
-    if batch_id not in jobs:
-        raise _invalid(f"No message batch found with id '{batch_id}'", 404, "not_found_error")
-    return jobs[batch_id]
-
-
-def _render(request: Req, job: Job) -> dict[str, Any]:
-    return batch_object(job, _base_url(request), emulator_of(request).clock.now())
-
-
-def _parse_requests(raw: bytes, max_requests: int) -> list[JobItem]:
-    try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise _invalid("The request body is not valid JSON.") from None
-    requests = body.get("requests") if isinstance(body, dict) else None
-    if not isinstance(requests, list):
-        raise _invalid("requests: Field required")
-    if not 1 <= len(requests) <= max_requests:
-        raise _invalid(f"requests: List should have between 1 and {max_requests} items, not {len(requests)}")
-    items: list[JobItem] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(requests):
-        custom_id = entry.get("custom_id") if isinstance(entry, dict) else None
-        if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
-            raise _invalid(f"requests.{index}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
-        if custom_id in seen:
-            raise _invalid(f"requests.{index}.custom_id: custom_id '{custom_id}' is not unique within the batch")
-        if not isinstance(entry.get("params"), dict):
-            raise _invalid(f"requests.{index}.params: Input should be a valid dictionary")
-        seen.add(custom_id)
-        items.append(JobItem(custom_id, entry["params"], index + 1))
-    return items
-
-
-def _page(request: Req, jobs: list[Job]) -> dict[str, Any]:
-    raw_limit = request.query_params.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
-        raise _invalid("limit: Input should be an integer between 1 and 1000")
-    limit, ids = int(raw_limit), [job.id for job in jobs]
-    after, before = request.query_params.get("after_id"), request.query_params.get("before_id")
-    if before is not None:
-        end = ids.index(before) if before in ids else 0
-        start = max(0, end - limit)
-        chosen, has_more = jobs[start:end], start > 0
-    else:
-        start = 0 if after is None else ids.index(after) + 1 if after in ids else len(ids)
-        chosen, has_more = jobs[start : start + limit], start + limit < len(ids)
-    data = [_render(request, job) for job in chosen]
-    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-    return {"data": data, "has_more": has_more, "first_id": first, "last_id": last}
-
-
-class MessageBatchesController(Controller):
-    path = "/"
-
-    @post("/", status_code=200)
-    async def create(self, request: Req) -> dict[str, Any]:
-        emu = emulator_of(request)
-        items = _parse_requests(await request.body(), emu.max_lines)
-        now = emu.clock.ts()
-        job = Job(random_id("msgbatch_", 24), "/v1/messages", now, now + DAY_S, items=items, total=len(items))
-        emu.launch(job)
-        request.scope.get("state", {}).setdefault(LOG_DETAIL, {}).update(batch_id=job.id, requests=len(items))
-        return _render(request, job)
-
-    @get("/")
-    async def list_batches(self, request: Req) -> dict[str, Any]:
-        return _page(request, list(reversed(emulator_of(request).jobs.values())))
-
-    @get("/{batch_id:str}")
-    async def retrieve(self, request: Req) -> dict[str, Any]:
-        return _render(request, _job(request))
-
-    @post("/{batch_id:str}/cancel", status_code=200)
-    async def cancel(self, request: Req) -> dict[str, Any]:
-        job = _job(request)
-        if _ended(job):
-            raise _invalid(f"Message batch '{job.id}' has already ended and cannot be canceled")
-        emulator_of(request).request_cancel(job)
-        return _render(request, job)
-
-    @delete("/{batch_id:str}", status_code=200)
-    async def remove(self, request: Req) -> dict[str, Any]:
-        job, emu = _job(request), emulator_of(request)
-        if not _ended(job):
-            raise _invalid(f"Message batch '{job.id}' is still processing; cancel it before deleting it")
-        emu.jobs.pop(job.id)
-        if job.extra.get("results_file_id") in emu.files.files:
-            emu.files.delete(job.extra["results_file_id"])
-        return {"id": job.id, "type": "message_batch_deleted"}
-
-    @get("/{batch_id:str}/results")
-    async def results(self, request: Req) -> Response[Any]:
-        job, emu = _job(request), emulator_of(request)
-        if not _ended(job):
-            raise _invalid(f"Message batch '{job.id}' has not ended yet; results are not available")
-        if emu.clock.now() >= job.created_at + RETENTION_S:
-            raise _invalid(f"The results of message batch '{job.id}' are no longer available", 404, "not_found_error")
-        stored = emu.files.files.get(job.extra.get("results_file_id", ""))
-        if stored is None:
-            return Response(b"", media_type="application/x-jsonl")
-        return File(path=Path(stored.path), filename=stored.filename, media_type="application/x-jsonl")

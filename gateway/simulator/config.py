@@ -12,7 +12,7 @@ A configuration file looks like::
     api_key = "sk-sim"            # optional: calls without it get a 401
     processing_delay_s = 1.0
 
-    [provider.faults]             # optional: initial fault settings (see core.Faults)
+    [provider.faults]             # optional: initial fault settings (see state.Faults)
     fail_fraction = 0.1
 """
 
@@ -24,7 +24,7 @@ from typing import Annotated
 
 import msgspec
 
-from gateway.simulator.core import Faults
+from gateway.simulator.state import Faults
 
 DEFAULT_CONTROL_PORT = 9100
 BATCH_FILE_MAX_BYTES = 200 * 1024 * 1024

@@ -17,7 +17,10 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.response import File
 
-from gateway.simulator.core import DAY_S, LOG_DETAIL, ApiError, EmulatorState, StoredFile, emulator_of, random_id
+from gateway.simulator.errors import ApiError
+from gateway.simulator.file_store import StoredFile
+from gateway.simulator.model import random_id
+from gateway.simulator.state import DAY_S, EmulatorState, emulator_of, note
 from gateway.translate.gemini import GOOGLE_STATUS_HTTP
 
 Req = Request[Any, Any, Any]
@@ -37,11 +40,6 @@ def invalid(message: str, status: str = "INVALID_ARGUMENT") -> ApiError:
 def json_field(obj: Mapping[str, Any], camel: str, snake: str) -> Any:
     """Google's JSON mapping accepts both spellings of a field name."""
     return obj.get(camel, obj.get(snake))
-
-
-def note(request: Req, **detail: Any) -> None:
-    """Attach details to this call's entry in the request log."""
-    request.scope.get("state", {}).setdefault(LOG_DETAIL, {}).update(detail)
 
 
 async def json_object(request: Req) -> dict[str, Any]:

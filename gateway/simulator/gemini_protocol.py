@@ -17,22 +17,8 @@ from typing import Any
 import msgspec
 from litestar import delete, get, post
 
-from gateway.simulator.core import (
-    DAY_S,
-    EXPIRED,
-    ApiError,
-    EmulatorState,
-    ItemOutcome,
-    Job,
-    JobItem,
-    Reply,
-    StoredFile,
-    emulator_of,
-    model_reply,
-    random_id,
-    refused_key_error,
-    stable_id,
-)
+from gateway.simulator.errors import ApiError, refused_key_error
+from gateway.simulator.file_store import StoredFile
 from gateway.simulator.gemini_files import (
     FILE_ROUTES,
     FILE_TTL_S,
@@ -41,9 +27,11 @@ from gateway.simulator.gemini_files import (
     invalid,
     json_field,
     json_object,
-    note,
     rfc3339,
 )
+from gateway.simulator.jobs import EXPIRED, ItemOutcome, Job, JobItem
+from gateway.simulator.model import Reply, model_reply, random_id, stable_id
+from gateway.simulator.state import DAY_S, EmulatorState, emulator_of, note
 from gateway.translate.gemini import GOOGLE_STATUS_HTTP, GRPC_STATUS_NAMES, HTTP_STATUS_NAMES
 
 TYPE_PREFIX = "type.googleapis.com/google.ai.generativelanguage.v1beta."

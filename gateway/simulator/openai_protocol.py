@@ -1,38 +1,25 @@
-"""The OpenAI Files + Batches protocol (also spoken by Groq and Together) on top of the generic machinery."""
+"""The OpenAI batch protocol (also spoken by Groq and Together): request bodies through the deterministic
+model, and the driver that validates a batch's input file, runs its requests and writes its result files.
+
+The HTTP routes live in :mod:`gateway.simulator.openai_routes` (Files and Batches) and
+:mod:`gateway.simulator.openai_sync` (the synchronous endpoints).
+"""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Router, delete, get, post
-from litestar.datastructures import UploadFile
-from litestar.response import File
+from litestar import Router
 
-from gateway.simulator.core import (
-    DAY_S,
-    LOG_DETAIL,
-    MAX_VALIDATION_ERRORS,
-    ApiError,
-    EmulatorState,
-    ItemOutcome,
-    Job,
-    JobItem,
-    Reply,
-    StoredFile,
-    embedding_vector,
-    emulator_of,
-    model_reply,
-    not_found,
-    openai_error_body,
-    pack_floats,
-    random_id,
-    stable_id,
-    text_tokens,
-)
+from gateway.simulator.errors import ApiError, openai_error_body
+from gateway.simulator.file_store import StoredFile
+from gateway.simulator.jobs import ItemOutcome, Job, JobItem
+from gateway.simulator.model import Reply, embedding_vector, model_reply, pack_floats, stable_id, text_tokens
+from gateway.simulator.state import DAY_S, EmulatorState
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -40,9 +27,11 @@ SERVED_ENDPOINTS = (CHAT, EMBEDDINGS)
 FILE_TTL_S = 30 * DAY_S
 TTL_MIN_S, TTL_MAX_S = 3600, 30 * DAY_S
 MAX_DIMENSIONS = 4096
+MAX_VALIDATION_ERRORS = 100
 
 
-def _invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
+def invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
+    """The 400 of an invalid request parameter."""
     return ApiError(400, message, param=param, code=code)
 
 
@@ -64,17 +53,17 @@ def message_texts(messages: Sequence[Mapping[str, Any]]) -> list[str]:
 def _positive_int(body: Mapping[str, Any], name: str) -> int | None:
     value = body.get(name)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise _invalid(name, f"Invalid value for '{name}': expected an integer >= 1.")
+        raise invalid(name, f"Invalid value for '{name}': expected an integer >= 1.")
     return value
 
 
 def _served_model(body: Mapping[str, Any], models: Sequence[str]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _invalid("model", "You must provide a model parameter.", "missing_required_parameter")
+        raise invalid("model", "You must provide a model parameter.", "missing_required_parameter")
     if model not in models:
         message = f"The model `{model}` does not exist or you do not have access to it."
-        raise _invalid("model", message, "model_not_found")
+        raise invalid("model", message, "model_not_found")
     return model
 
 
@@ -82,13 +71,13 @@ def simulate_chat(body: Mapping[str, Any]) -> Reply:
     """The emulated model's reply to a chat completion body (raises a 400 ``ApiError`` if invalid)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise _invalid("messages", "'messages' must be a non-empty array of objects.")
+        raise invalid("messages", "'messages' must be a non-empty array of objects.")
     if body.get("stream"):
-        raise _invalid("stream", "Streaming is not supported in batch requests.")
+        raise invalid("stream", "Streaming is not supported in batch requests.")
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else stop or []
     if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) for s in stops):
-        raise _invalid("stop", "'stop' must be a string or an array of up to 4 strings.")
+        raise invalid("stop", "'stop' must be a string or an array of up to 4 strings.")
     cap = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
     texts = message_texts(messages)
     users = [text for message, text in zip(messages, texts, strict=True) if message.get("role") == "user"]
@@ -142,10 +131,10 @@ def embeddings(body: Mapping[str, Any], models: Sequence[str]) -> dict[str, Any]
     raw = body.get("input")
     inputs = [raw] if isinstance(raw, str) or _is_tokens(raw) else raw
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) or _is_tokens(i) for i in inputs):
-        raise _invalid("input", "'input' must be a string, an array of strings or of token arrays.")
+        raise invalid("input", "'input' must be a string, an array of strings or of token arrays.")
     dimensions = _positive_int(body, "dimensions") or 8
     if dimensions > MAX_DIMENSIONS:
-        raise _invalid("dimensions", f"'dimensions' must be at most {MAX_DIMENSIONS}.")
+        raise invalid("dimensions", f"'dimensions' must be at most {MAX_DIMENSIONS}.")
     data, tokens = [], 0
     for index, item in enumerate(inputs):
         tokens += text_tokens(item) if isinstance(item, str) else len(item)
@@ -156,47 +145,6 @@ def embeddings(body: Mapping[str, Any], models: Sequence[str]) -> dict[str, Any]
         data.append({"object": "embedding", "index": index, "embedding": value})
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return {"object": "list", "data": data, "model": model, "usage": usage}
-
-
-# --- object shapes -------------------------------------------------------------------------------------
-
-
-def file_object(stored: StoredFile) -> dict[str, Any]:
-    return {
-        "id": stored.id, "object": "file", "bytes": stored.bytes, "created_at": stored.created_at,
-        "expires_at": stored.expires_at, "filename": stored.filename, "purpose": stored.purpose,
-        "status": "processed", "status_details": None,
-    }  # fmt: skip
-
-
-def batch_object(job: Job) -> dict[str, Any]:
-    times, extra = job.times, job.extra
-    stamps = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
-    return {
-        "id": job.id, "object": "batch", "endpoint": job.endpoint, "model": job.model,
-        "errors": {"object": "list", "data": job.errors} if job.errors else None,
-        "input_file_id": extra["input_file_id"], "completion_window": extra["completion_window"],
-        "status": job.status, "output_file_id": extra.get("output_file_id"),
-        "error_file_id": extra.get("error_file_id"), "created_at": job.created_at, "expires_at": job.expires_at,
-        **{f"{name}_at": times.get(f"{name}_at") for name in stamps},
-        "request_counts": {"total": job.total, "completed": job.completed, "failed": job.failed},
-        "usage": {
-            "input_tokens": job.input_tokens, "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": job.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": job.input_tokens + job.output_tokens,
-        },
-        "metadata": job.metadata,
-    }  # fmt: skip
-
-
-def list_page(objects: Sequence[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:
-    """The cursor page after the object with id ``after`` (an unknown cursor gives an empty page)."""
-    ids = [o["id"] for o in objects]
-    start = 0 if after is None else ids.index(after) + 1 if after in ids else len(ids)
-    data = list(objects[start : start + limit])
-    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-    has_more = start + limit < len(ids)
-    return {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more}
 
 
 def _issue(code: str, message: str, line: int | None, param: str | None = None) -> dict[str, Any]:
@@ -216,6 +164,7 @@ class OpenAIDriver:
     base_path = "/v1"
 
     def route_handlers(self) -> list[Any]:
+        from gateway.simulator.openai_routes import BatchesController, FilesController
         from gateway.simulator.openai_sync import SyncController
 
         return [Router(path=self.base_path, route_handlers=[FilesController, BatchesController, SyncController])]
@@ -335,159 +284,3 @@ class OpenAIDriver:
                 {"id": line_id, "custom_id": outcome.custom_id, "response": response, "error": error}
             )
             yield encoded[: len(encoded) // 2] if corrupt_first and index == 0 else encoded
-
-
-# --- routes --------------------------------------------------------------------------------------------
-
-
-def _note(request: Request[Any, Any, Any], **detail: Any) -> None:
-    """Attach details to this call's entry in the request log."""
-    request.scope.get("state", {}).setdefault(LOG_DETAIL, {}).update(detail)
-
-
-class _ExpiresAfter(msgspec.Struct, forbid_unknown_fields=True):
-    anchor: Literal["created_at"]
-    seconds: Annotated[int, msgspec.Meta(ge=TTL_MIN_S, le=TTL_MAX_S)]
-
-
-Metadata = Annotated[
-    dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
-    msgspec.Meta(max_length=16),
-]
-
-
-class _BatchCreate(msgspec.Struct):
-    input_file_id: str
-    endpoint: str
-    completion_window: str
-    metadata: Metadata | None = None
-    output_expires_after: _ExpiresAfter | None = None
-
-
-def _decode_create(raw: bytes) -> _BatchCreate:
-    try:
-        return msgspec.json.decode(raw, type=_BatchCreate)
-    except msgspec.ValidationError as exc:
-        # msgspec names the field as "... - at `$.metadata[...]`" or "missing required field `endpoint`"
-        text = str(exc)
-        where = text.split("at `$.", 1)[1] if "at `$." in text else text.partition("`")[2]
-        param = where.split("`")[0].split("[")[0] or None
-        raise ApiError(400, f"Invalid request: {text}", param=param, code="invalid_value") from None
-    except msgspec.DecodeError:
-        raise ApiError(400, "The request body is not valid JSON.", code="invalid_json") from None
-
-
-def _query_int(request: Request[Any, Any, Any], name: str, default: int, highest: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= highest:
-        raise _invalid(name, f"'{name}' must be an integer between 1 and {highest}.")
-    return int(raw)
-
-
-class FilesController(Controller):
-    path = "/files"
-
-    @post("/", status_code=200)
-    async def upload(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        emu = emulator_of(request)
-        form = await request.form()
-        upload, purpose, ttl = form.get("file"), form.get("purpose"), form.get("expires_after[seconds]")
-        if not isinstance(upload, UploadFile):
-            raise _invalid("file", "Missing required parameter: 'file'.", "missing_required_parameter")
-        try:
-            if purpose != "batch":
-                raise _invalid("purpose", f"Invalid purpose {purpose!r}: this provider only accepts 'batch'.")
-            if not upload.filename.endswith(".jsonl"):
-                raise _invalid("file", "Invalid file format for Batch API. Must be .jsonl", "invalid_file_format")
-            if ttl is not None and (not str(ttl).isdigit() or not TTL_MIN_S <= int(ttl) <= TTL_MAX_S):
-                raise _invalid("expires_after.seconds", f"Must be between {TTL_MIN_S} and {TTL_MAX_S}.")
-            now = emu.clock.ts()
-            expires = now + (int(ttl) if ttl is not None else FILE_TTL_S)
-            stored = await emu.files.save_stream(
-                upload.read, emu.max_file_bytes, filename=upload.filename, purpose="batch",
-                created_at=now, expires_at=expires,
-            )  # fmt: skip
-        finally:
-            await upload.close()
-        emu.stats.files_uploaded += 1
-        emu.stats.bytes_uploaded += stored.bytes
-        _note(request, file_id=stored.id, bytes=stored.bytes, lines=stored.lines)
-        return file_object(stored)
-
-    @get("/")
-    async def list_files(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        query = request.query_params
-        order, purpose = query.get("order", "desc"), query.get("purpose")
-        limit = _query_int(request, "limit", 10_000, 10_000)
-        if order not in ("asc", "desc"):
-            raise _invalid("order", "'order' must be 'asc' or 'desc'.")
-        files = [file_object(f) for f in emulator_of(request).files.files.values() if purpose in (None, f.purpose)]
-        return list_page(files[::-1] if order == "desc" else files, query.get("after"), limit)
-
-    @get("/{file_id:str}")
-    async def retrieve(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        return file_object(emulator_of(request).files.get(request.path_params["file_id"]))
-
-    @get("/{file_id:str}/content")
-    async def content(self, request: Request[Any, Any, Any]) -> File:
-        stored = emulator_of(request).files.get(request.path_params["file_id"])
-        return File(path=stored.path, filename=stored.filename, media_type="application/octet-stream")
-
-    @delete("/{file_id:str}", status_code=200)
-    async def remove(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        deleted = emulator_of(request).files.delete(request.path_params["file_id"])
-        return {"id": deleted.id, "object": "file", "deleted": True}
-
-
-class BatchesController(Controller):
-    path = "/batches"
-
-    @post("/", status_code=200)
-    async def create(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        emu = emulator_of(request)
-        spec = _decode_create(await request.body())
-        if spec.endpoint not in SERVED_ENDPOINTS:
-            served = ", ".join(SERVED_ENDPOINTS)
-            raise _invalid("endpoint", f"Invalid endpoint {spec.endpoint!r}: this provider serves {served}.")
-        if spec.completion_window != "24h":
-            raise _invalid("completion_window", "Invalid completion_window: only '24h' is supported.")
-        stored = emu.files.files.get(spec.input_file_id)
-        if stored is None:
-            raise not_found("File", spec.input_file_id, param="input_file_id")
-        if stored.purpose != "batch":
-            raise _invalid("input_file_id", "The input file must have purpose 'batch'.")
-        now = emu.clock.ts()
-        extra: dict[str, Any] = {"input_file_id": stored.id, "completion_window": spec.completion_window}
-        if spec.output_expires_after is not None:
-            extra["output_ttl_s"] = spec.output_expires_after.seconds
-        job = Job(random_id("batch_", 32), spec.endpoint, now, now + DAY_S, spec.metadata, extra)
-        emu.launch(job)
-        _note(request, batch_id=job.id, metadata=spec.metadata, input_lines=stored.lines)
-        return batch_object(job)
-
-    @get("/")
-    async def list_batches(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        jobs = [batch_object(j) for j in reversed(emulator_of(request).jobs.values())]
-        return list_page(jobs, request.query_params.get("after"), _query_int(request, "limit", 20, 100))
-
-    @get("/{batch_id:str}")
-    async def retrieve(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        return batch_object(_job(request))
-
-    @post("/{batch_id:str}/cancel", status_code=200)
-    async def cancel(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        job = _job(request)
-        # Which states accept a cancel is unverified upstream: repeats are harmless, finished ones get 409.
-        if job.status not in ("validating", "in_progress", "cancelling"):
-            raise ApiError(409, f"Cannot cancel a batch with status '{job.status}'.")
-        emulator_of(request).request_cancel(job)
-        return batch_object(job)
-
-
-def _job(request: Request[Any, Any, Any]) -> Job:
-    jobs, batch_id = emulator_of(request).jobs, request.path_params["batch_id"]
-    if batch_id not in jobs:
-        raise not_found("Batch", batch_id)
-    return jobs[batch_id]

@@ -14,8 +14,10 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get, post
 
-from gateway.simulator.core import ApiError, emulator_of, hash_fraction
+from gateway.simulator.errors import ApiError
+from gateway.simulator.model import hash_fraction
 from gateway.simulator.openai_protocol import chat_completion, embeddings
+from gateway.simulator.state import emulator_of
 
 
 def _body(raw: bytes) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import GatewayProcess, free_port
 from tests.dashboard.conftest import ADMIN_KEY, app_test
 
-PAGES = ("pages/jobs.py", "pages/job.py", "pages/spend.py", "pages/alerts.py", "pages/providers.py")
+PAGES = ("views/jobs.py", "views/job.py", "views/spend.py", "views/alerts.py", "views/providers.py")
 
 
 def rendered(at: AppTest) -> str:
@@ -64,10 +64,10 @@ def test_empty_gateway_shows_empty_states(gateway: GatewayProcess, monkeypatch: 
     assert any("No jobs match these filters yet" in i.value for i in at.info)
     assert f"`{gateway.base_url}`" in at.sidebar.caption[0].value
     assert ADMIN_KEY not in rendered(at)
-    at.switch_page("pages/job.py")
+    at.switch_page("views/job.py")
     at.run()
     assert [i.value for i in at.info] == ["No jobs yet: nothing to show."]
-    at.switch_page("pages/alerts.py")
+    at.switch_page("views/alerts.py")
     at.run()
     assert not at.exception
     assert [s.value for s in at.success] == ["No open alerts."]

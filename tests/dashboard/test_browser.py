@@ -7,6 +7,7 @@ elsewhere it skips. With ``BATCHGW_SCREENSHOTS=1`` it saves a screenshot of each
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -45,12 +46,26 @@ def _require_browser() -> Any:
 @pytest.fixture(scope="module")
 def dashboard_url(seeded: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``batchgw dashboard`` on a free port, pointed at the seeded gateway."""
+    with _dashboard(seeded.gateway.base_url, tmp_path_factory.mktemp("dashboard")) as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_dashboard_url(seeded: Seeded, tmp_path: Path) -> Iterator[str]:
+    """A dashboard of its own, which no browser has opened yet."""
+    with _dashboard(seeded.gateway.base_url, tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _dashboard(gateway_url: str, log_dir: Path) -> Iterator[str]:
+    """Run ``batchgw dashboard`` on a free port until the block ends; yields its URL once it is healthy."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")}
     env["BATCHGW_ADMIN_KEY"] = ADMIN_KEY
-    log_path = tmp_path_factory.mktemp("dashboard") / "dashboard.log"
+    log_path = log_dir / "dashboard.log"
     command = [sys.executable, "-m", "gateway.cli", "dashboard", "--port", str(port)]
-    command += ["--gateway-url", seeded.gateway.base_url]
+    command += ["--gateway-url", gateway_url]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -118,3 +133,58 @@ def test_jobs_page_shows_the_batch_and_cancel_works(seeded: Seeded, dashboard_ur
                 _shot(page, path)
         finally:
             browser.close()
+
+
+def test_every_page_opened_first_by_its_url_has_the_apps_navigation_caption_and_wide_layout(
+    seeded: Seeded, fresh_dashboard_url: str
+) -> None:
+    """A deep link (as the Jobs table's links are) opened in a fresh session, on a dashboard no one has opened
+    at ``/`` yet, renders the app's own frame: not Streamlit's automatic pages, centered and without a caption."""
+    sync_api = _require_browser()
+    headings = {
+        "job?batch=" + seeded.done.id: f"Job {seeded.done.id}", "spend": "Spend", "alerts": "Alerts & budgets",
+        "advisor": "Advisor", "providers": "Providers", "jobs": "Jobs",
+    }  # fmt: skip
+    problems: dict[str, list[str]] = {}
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            for path, heading in headings.items():
+                context = browser.new_context(viewport={"width": 1500, "height": 1200})
+                try:
+                    page = context.new_page()
+                    page.set_default_timeout(TIMEOUT_MS)
+                    _open(page, f"{fresh_dashboard_url}/{path}", heading)
+                    found = _app_frame_problems(page, seeded.gateway.base_url)
+                    if found:
+                        problems[path] = found
+                finally:
+                    context.close()
+        finally:
+            browser.close()
+    assert not problems, problems
+
+
+def _app_frame_problems(page: Any, gateway_url: str) -> list[str]:
+    """What is missing of the app's own frame: its navigation, the gateway caption, the wide layout."""
+    from playwright.sync_api import TimeoutError as Timeout
+
+    problems = []
+    nav = page.get_by_test_id("stSidebarNav")
+    try:
+        nav.get_by_role("link", name="Job detail", exact=True).wait_for(timeout=5_000)
+    except Timeout:
+        problems.append("not the app's navigation")
+    else:
+        titles = ("Jobs", "Job detail", "Spend", "Alerts & budgets", "Advisor", "Providers")
+        missing = [title for title in titles if not nav.get_by_role("link", name=title, exact=True).count()]
+        if missing:
+            problems.append(f"the navigation lacks {missing}")
+    try:
+        page.get_by_test_id("stSidebar").get_by_text(gateway_url).first.wait_for(timeout=2_000)
+    except Timeout:
+        problems.append("no gateway caption")
+    width = page.get_by_test_id("stMainBlockContainer").first.bounding_box()["width"]
+    if width < 900:  # the centered layout caps the content at 736 px
+        problems.append(f"narrow layout ({width:.0f} px)")
+    return problems

@@ -56,10 +56,10 @@ def held(
 
 
 def test_a_held_job_shows_why_and_is_released_from_its_page(held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = run_page(app_test(monkeypatch, held.gateway.base_url), "pages/job.py", batch=held.held_id)
+    at = run_page(app_test(monkeypatch, held.gateway.base_url), "views/job.py", batch=held.held_id)
     warning = next(w.value for w in at.warning if "Held after its canary" in w.value)
     assert "x the estimate" in warning and "Projected $" in warning
-    advisor = run_page(app_test(monkeypatch, held.gateway.base_url), "pages/advisor.py")
+    advisor = run_page(app_test(monkeypatch, held.gateway.base_url), "views/advisor.py")
     assert held.held_id in texts(advisor)  # listed among the batches waiting for an operator
     at.button(key="canary_release").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -73,7 +73,7 @@ def test_a_held_job_shows_why_and_is_released_from_its_page(held: Held, monkeypa
 def test_the_advisor_estimates_a_jobs_input_with_a_recommendation(
     held: Held, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at = run_page(app_test(monkeypatch, held.gateway.base_url), "pages/advisor.py")
+    at = run_page(app_test(monkeypatch, held.gateway.base_url), "views/advisor.py")
     file_id = held.admin.batch(held.done_id)["input_file_id"]
     at.text_input(key="advisor_file").set_value(file_id).run()
     at.text_input(key="advisor_deadline").set_value("1h").run()
@@ -89,7 +89,7 @@ def test_the_advisor_estimates_a_jobs_input_with_a_recommendation(
 
 
 def test_budgets_show_reserved_and_left(held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = run_page(app_test(monkeypatch, held.gateway.base_url), "pages/spend.py")
+    at = run_page(app_test(monkeypatch, held.gateway.base_url), "views/spend.py")
     budgets = frame_with(at, "left")
     [budget] = held.admin.budgets()
     assert budgets["left"].iloc[0] == f"${budget['remaining_usd']:,.4f}"

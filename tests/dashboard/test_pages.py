@@ -117,7 +117,7 @@ def test_jobs_filters_by_status_and_team(seeded: Seeded, monkeypatch: pytest.Mon
 
 
 def test_job_detail_shows_shards_on_their_provider(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "pages/job.py", batch=seeded.done.id)
+    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "views/job.py", batch=seeded.done.id)
     assert at.title[0].value == f"Job {seeded.done.id}"
     assert metric(at, "Status") == "completed" and metric(at, "Answered") == "6 / 6" and metric(at, "Failed") == "0"
     shards = frame_with(at, "provider")
@@ -135,7 +135,7 @@ def test_job_detail_samples_errors_and_retries_the_failed_requests(
 ) -> None:
     assert seeded.flaky.request_counts is not None
     failed = seeded.flaky.request_counts.failed
-    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "pages/job.py", batch=seeded.flaky.id)
+    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "views/job.py", batch=seeded.flaky.id)
     assert metric(at, "Failed") == str(failed)
     # The engine retried the failed requests on the same provider: each retry is shown with its cause.
     decisions = api_batch(seeded, seeded.flaky.id)["decisions"]
@@ -163,7 +163,7 @@ def test_job_detail_samples_errors_and_retries_the_failed_requests(
 
 
 def test_job_detail_cancels_a_running_job(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "pages/job.py", batch=seeded.running.id)
+    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "views/job.py", batch=seeded.running.id)
     assert metric(at, "Status") == "in progress"
     assert list(frame_with(at, "provider")["provider"]) == ["slowp"]
     at.button(key="cancel").click().run()
@@ -173,7 +173,7 @@ def test_job_detail_cancels_a_running_job(seeded: Seeded, monkeypatch: pytest.Mo
 
 
 def test_job_detail_unknown_id_is_a_clear_message(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "pages/job.py", batch="batch_nope")
+    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "views/job.py", batch="batch_nope")
     assert "No such batch: 'batch_nope'" in texts(at)
 
 
@@ -181,7 +181,7 @@ def test_job_detail_unknown_id_is_a_clear_message(seeded: Seeded, monkeypatch: p
 
 
 def test_spend_shows_cost_and_savings_by_provider_and_team(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "pages/spend.py")
+    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "views/spend.py")
     totals = seeded.admin.spend(group_by="provider", bucket="hour", since=int(time.time()) - 86400)["totals"]
     assert totals["cost_usd"] > 0
     assert metric(at, "Spent") == fmt.money(totals["cost_usd"])
@@ -204,7 +204,7 @@ def test_alerts_newest_first_and_acknowledge(seeded: Seeded, monkeypatch: pytest
         time.sleep(0.2)
     open_alerts = seeded.admin.alerts(acknowledged=False)
     assert len(open_alerts) >= 2, open_alerts
-    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "pages/alerts.py")
+    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "views/alerts.py")
     rendered = [m.value for m in at.markdown if m.value.startswith(":material/") and "UTC" in m.value]
     assert len(rendered) == len(open_alerts)
     page_text = texts(at)
@@ -218,7 +218,7 @@ def test_alerts_newest_first_and_acknowledge(seeded: Seeded, monkeypatch: pytest
 
 
 def test_budgets_show_use_and_thresholds_and_can_be_set(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "pages/alerts.py")
+    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "views/alerts.py")
     budgets = frame_with(at, "budget").set_index("budget")
     row = budgets.loc["global / day"]
     assert row["limit"] == fmt.money(GLOBAL_LIMIT_USD, 2) and row["thresholds"] == "50%, 100%"
@@ -252,7 +252,7 @@ def test_budgets_show_use_and_thresholds_and_can_be_set(seeded: Seeded, monkeypa
 
 
 def test_providers_show_kind_capacity_and_models(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "pages/providers.py")
+    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "views/providers.py")
     table = frame_with(at, "provider").set_index("provider")
     assert list(table.index) == ["fastp", "flakyp", "slowp"]
     assert set(table["kind"]) == {"openai"}

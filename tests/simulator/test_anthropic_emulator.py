@@ -14,7 +14,7 @@ from anthropic.types.messages import MessageBatch, MessageBatchIndividualRespons
 
 from gateway.simulator import ProviderSpec, SimulatorCluster, hash_fraction, prompt_tokens
 from gateway.simulator.config import parse_config
-from gateway.simulator.server import driver_for
+from gateway.simulator.provider_server import driver_for
 
 KEY = "sk-ant-test"
 MODEL = "claude-haiku-4-5"

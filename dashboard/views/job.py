@@ -261,7 +261,7 @@ def actions(batch: dict[str, Any]) -> None:
     original, retry_id = st.session_state.get("job_retry") or (None, None)
     if retry_id and original == batch["id"]:
         st.page_link(
-            "pages/job.py",
+            "views/job.py",
             label=f"Open the retry {retry_id}",
             icon=":material/replay:",
             query_params={"batch": retry_id},

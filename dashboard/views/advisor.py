@@ -80,7 +80,7 @@ def held_section() -> None:
                 f"{fmt.money(row.get('canary_projected_usd'))} (estimated {fmt.money(row.get('estimated_cost_usd'))})"
             )
             st.caption(row.get("hold_detail") or "")
-            st.page_link("pages/job.py", label="Open: release or cancel", query_params={"batch": row["id"]})
+            st.page_link("views/job.py", label="Open: release or cancel", query_params={"batch": row["id"]})
 
 
 st.title("Advisor")

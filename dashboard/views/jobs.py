@@ -67,7 +67,7 @@ def running_now(batches: list[dict[str, Any]]) -> None:
         with st.container(border=True):
             left, right = st.columns([3, 2])
             left.page_link(
-                "pages/job.py", label=batch["id"], icon=":material/open_in_new:", query_params={"batch": batch["id"]}
+                "views/job.py", label=batch["id"], icon=":material/open_in_new:", query_params={"batch": batch["id"]}
             )
             left.caption(
                 f"{fmt.status_label(batch.get('status'))} · team {batch.get('team') or batch.get('team_id')}"
