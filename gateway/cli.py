@@ -233,8 +233,8 @@ def estimate(
         )
         raise typer.Exit(money_cli.print_estimate(answer, file.name))
 
-    from gateway.api.estimates import quote_view
     from gateway.billing.quote import quote_file
+    from gateway.billing.quote_view import quote_view
     from gateway.db import billing as billing_db
 
     metadata = {key: value for key, value in (("policy", policy), ("deadline", deadline)) if value}

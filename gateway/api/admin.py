@@ -10,7 +10,6 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from gateway.api.auth import require_admin
-from gateway.api.errors import bad_request, not_found
 from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
 from gateway.api.objects import batch_object, list_object
 from gateway.api.openapi import ADMIN_SECURITY, CREATE_KEY_BODY, admin_errors, with_request_body
@@ -22,6 +21,7 @@ from gateway.db import repo
 from gateway.db import routing as routing_db
 from gateway.db import shards as shard_db
 from gateway.db.models import AbandonedProviderBatch, Batch, ProviderHealth, RoutingDecision, Shard
+from gateway.errors import bad_request, not_found
 from gateway.pipeline import lifecycle
 from gateway.routing.health import percentile, provider_states
 from gateway.routing.offers import PricedOffer

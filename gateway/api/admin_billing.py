@@ -14,9 +14,8 @@ from litestar.di import Provide
 from litestar.params import Body, Parameter
 
 from gateway.api.auth import require_admin
-from gateway.api.errors import APIError, bad_request, not_found
 from gateway.api.estimates import estimate_stored, parse_request
-from gateway.api.inputs import MAX_JSON_BODY_BYTES, check_json_request, check_text
+from gateway.api.inputs import MAX_JSON_BODY_BYTES, check_json_request
 from gateway.api.objects import batch_object
 from gateway.api.openapi import ADMIN_ESTIMATE_BODY, ADMIN_SECURITY, DB_ID, admin_errors, with_request_body
 from gateway.billing import budgets
@@ -26,7 +25,9 @@ from gateway.context import GatewayContext
 from gateway.db import billing as db
 from gateway.db import repo
 from gateway.db.models import Batch, BillingAlert, WebhookDelivery
+from gateway.errors import Conflict, bad_request, not_found
 from gateway.pipeline import canary
+from gateway.textcheck import check_text
 
 MAX_BUCKETS = 10_000
 MAX_LIMIT_USD = 1e9
@@ -350,8 +351,7 @@ async def _held(session: Any, batch_id: str) -> Batch:
     if row is None:
         raise not_found("batch", batch_id)
     if row.hold_reason != canary.HOLD or row.status != "in_progress":
-        raise APIError(
-            409,
+        raise Conflict(
             f"Batch '{batch_id}' is not held after its canary (status '{row.status}').",
             code="batch_not_held",
         )

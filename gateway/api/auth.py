@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from litestar import Request
 from litestar.datastructures import State
 
-from gateway.api.errors import APIError
 from gateway.context import GatewayContext
 from gateway.db import repo
+from gateway.errors import Forbidden, Unauthorized
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,7 @@ def _bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise APIError(
-            401,
+        raise Unauthorized(
             "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY'.",
             code="missing_api_key",
         )
@@ -41,7 +40,7 @@ async def provide_principal(request: Request, state: State) -> Principal:
     async with context.sessions() as session:
         found = await repo.authenticate(session, token)
     if found is None:
-        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        raise Unauthorized("Incorrect API key provided.")
     key, team = found
     return Principal(team_id=team.id, team_name=team.name, api_key_id=key.id)
 
@@ -52,6 +51,6 @@ async def require_admin(request: Request, state: State) -> None:
     admin_key = context.settings.admin_key
     token = _bearer(request)
     if admin_key is None:
-        raise APIError(403, "Admin endpoints are disabled: BATCHGW_ADMIN_KEY is not set.", code="admin_disabled")
+        raise Forbidden("Admin endpoints are disabled: BATCHGW_ADMIN_KEY is not set.", code="admin_disabled")
     if not hmac.compare_digest(token.encode(), admin_key.get_secret_value().encode()):
-        raise APIError(401, "Incorrect admin key provided.", code="invalid_api_key")
+        raise Unauthorized("Incorrect admin key provided.")

@@ -3,7 +3,7 @@ team's history) and ``POST /admin/estimate`` (an operator, for any file) answer 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -12,13 +12,15 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from gateway.api.auth import Principal, provide_principal
-from gateway.api.errors import bad_request, not_found
 from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
 from gateway.api.openapi import ESTIMATE_BODY, errors, with_request_body
-from gateway.billing.quote import Quote, quote_file
+from gateway.billing.quote import quote_file
+from gateway.billing.quote_view import quote_view
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.models import StoredFile
+from gateway.db.unit_of_work import reading
+from gateway.errors import bad_request, not_found
 from router_policies.base import PolicyError
 from router_policies.registry import parse_hints
 
@@ -66,7 +68,7 @@ def parse_request(context: GatewayContext, raw: bytes, *, admin: bool) -> Estima
 async def estimate_stored(
     context: GatewayContext, stored: StoredFile, request: EstimateRequest, team_id: str | None
 ) -> dict[str, Any]:
-    """The quote of a stored file as JSON (see :func:`quote_view`)."""
+    """The quote of a stored file as JSON (see :func:`~gateway.billing.quote_view.quote_view`)."""
     async with context.blobs.local_copy(stored.storage_key) as path:
         try:
             quote = await quote_file(
@@ -85,20 +87,6 @@ async def estimate_stored(
                 "The file is not a valid batch input file: a line is nested too deeply.", param="file_id"
             ) from None
     return quote_view(quote)
-
-
-def quote_view(quote: Quote) -> dict[str, Any]:
-    """Every offer's figures, the advisor's recommendations and the problems that would stop routing."""
-    low, high = quote.chosen_range_usd
-    return {
-        "object": "estimate",
-        "policy": quote.policy,
-        "chosen_cost_usd": round(quote.chosen_cost_usd, 6),
-        "chosen_cost_range_usd": [round(low, 6), round(high, 6)],
-        "problems": quote.problems,
-        "data": [asdict(row) | {"savings_usd": round(row.savings_usd, 6)} for row in quote.rows],
-        "advice": [asdict(advice) for advice in quote.advice],
-    }
 
 
 class EstimatesController(Controller):
@@ -122,7 +110,7 @@ class EstimatesController(Controller):
         the advisor's recommendation (batch, fan-out or tiered) for the deadline."""
         context: GatewayContext = state.context
         parsed = parse_request(context, await request.body(), admin=False)
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             stored = await repo.get_file(session, principal.team_id, parsed.file_id)
         if stored is None:
             raise not_found("file", parsed.file_id, param="file_id")

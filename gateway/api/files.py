@@ -11,14 +11,16 @@ from litestar.response import Stream
 
 from gateway.api import idempotency
 from gateway.api.auth import Principal, provide_principal
-from gateway.api.errors import APIError, bad_request, not_found
-from gateway.api.inputs import check_text
 from gateway.api.objects import file_object, list_object
 from gateway.api.openapi import CLIENT_SECURITY, UPLOAD_BODY, errors, with_request_body
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.models import StoredFile, new_id, now_s
+from gateway.db.unit_of_work import reading, transaction
+from gateway.errors import Conflict, NotFound, bad_request, not_found
 from gateway.pipeline.intake import check_declared_length, receive_upload
+from gateway.pipeline.intake import idempotency as intake_idempotency
+from gateway.textcheck import check_text
 
 ACCEPTED_PURPOSES = {"batch"}
 KNOWN_PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
@@ -104,21 +106,26 @@ class FilesController(Controller):
                 line_count=upload.line_count,
             )
             expires = (upload.fields.get(name, "") for name in EXPIRY_FIELDS)
-            fingerprint = idempotency.fingerprint(upload.sha256, purpose, row.filename, *expires)
-            async with context.sessions() as session:
-                earlier = await idempotency.earlier_result(session, principal.team_id, "file", idem_key, fingerprint)
+            fingerprint = intake_idempotency.fingerprint(upload.sha256, purpose, row.filename, *expires)
+            async with transaction(context.sessions) as session:
+                earlier = await intake_idempotency.earlier_result(
+                    session, principal.team_id, "file", idem_key, fingerprint
+                )
                 if earlier is None:
                     session.add(row)
-                    await session.commit()
-                    earlier = await idempotency.remember(
+            if earlier is None:
+                async with transaction(context.sessions) as session:
+                    earlier = await intake_idempotency.remember(
                         session, principal.team_id, "file", idem_key, fingerprint, row.id
                     )
-                    if earlier is None:
-                        return file_object(row)
-                    row.deleted = True
-                    session.add(row)
-                    await session.commit()
-                await context.blobs.delete(key)
+                    loser = None if earlier is None else await repo.get_file(session, principal.team_id, row.id)
+                    if loser is not None:  # a concurrent upload with the same key won: ours goes
+                        loser.deleted = True
+                        session.add(loser)
+                if earlier is None:
+                    return file_object(row)
+            await context.blobs.delete(key)
+            async with reading(context.sessions) as session:
                 original = await repo.get_file(session, principal.team_id, earlier)
             if original is None:
                 raise not_found("file", earlier)
@@ -143,7 +150,7 @@ class FilesController(Controller):
             raise bad_request(f"'limit' must be between 1 and {context.settings.limits.files_list_max}.", param="limit")
         if order not in ("asc", "desc"):
             raise bad_request("'order' must be 'asc' or 'desc'.", param="order")
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             cursor = None
             if after:
                 cursor = await repo.get_file(session, principal.team_id, after)
@@ -165,7 +172,7 @@ class FilesController(Controller):
         context: GatewayContext = state.context
         row = await _team_file(state, principal, file_id)
         if not await context.blobs.exists(row.storage_key):
-            raise APIError(404, f"The content of file '{file_id}' is no longer stored.", code="content_missing")
+            raise NotFound(f"The content of file '{file_id}' is no longer stored.", code="content_missing")
         return Stream(
             context.blobs.iter_bytes(row.storage_key),
             media_type="application/octet-stream",
@@ -176,24 +183,21 @@ class FilesController(Controller):
     async def delete_file(self, state: State, principal: Principal, file_id: str) -> dict[str, Any]:
         """Delete a file unless a running batch still reads it."""
         context: GatewayContext = state.context
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             row = await repo.get_file(session, principal.team_id, file_id)
             if row is None:
                 raise not_found("file", file_id)
             if await repo.file_in_use(session, file_id):
-                raise APIError(
-                    409, f"File '{file_id}' is the input of a batch that is still running.", code="file_in_use"
-                )
+                raise Conflict(f"File '{file_id}' is the input of a batch that is still running.", code="file_in_use")
             row.deleted = True
             session.add(row)
-            await session.commit()
         await context.blobs.delete(row.storage_key)
         return {"id": file_id, "object": "file", "deleted": True}
 
 
 async def _team_file(state: State, principal: Principal, file_id: str) -> StoredFile:
     context: GatewayContext = state.context
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         row = await repo.get_file(session, principal.team_id, file_id)
     if row is None:
         raise not_found("file", file_id)

@@ -1,9 +1,7 @@
 """Guards on what clients send, applied at the API boundary before anything reaches the database.
 
 * Ids, path segments, query parameters and headers the gateway reads must hold no control
-  characters (U+0000-U+001F, U+007F-U+009F): PostgreSQL cannot store a NUL, and none of them has a
-  meaning in an id. Free-text body fields (metadata values, a key's label) may hold tab, line
-  feed and carriage return, and no other control character.
+  characters; free-text body fields may hold tab and line breaks (see :mod:`gateway.textcheck`).
 * JSON request bodies are at most ``MAX_JSON_BODY_BYTES`` long and nested at most
   ``MAX_JSON_DEPTH`` levels deep.
 * Integer ids in paths fit the database's integer column (``MAX_DB_INT``).
@@ -13,14 +11,14 @@ Each refusal is a 400 in OpenAI's error shape naming the parameter at fault.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
 from litestar import Request
 
-from gateway.api.errors import APIError, bad_request
+from gateway.errors import InvalidRequest, bad_request
 from gateway.jsondepth import nests_deeper_than
+from gateway.textcheck import CONTROL, check_text, invalid_characters
 
 MAX_JSON_BODY_BYTES = 1024 * 1024
 """Largest JSON request body (creating a batch, a key, a budget, an estimate); larger ones answer 413."""
@@ -29,38 +27,14 @@ MAX_JSON_DEPTH = 32
 MAX_DB_INT = 2**31 - 1
 """Largest integer id (a 32-bit column on PostgreSQL)."""
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CONTROL_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
-def invalid_characters(where: str, param: str | None) -> APIError:
-    """The 400 answered for a control character."""
-    return bad_request(
-        f"{where} contains a control character (such as NUL or a line break), which is not allowed.",
-        param=param,
-        code="invalid_characters",
-    )
-
-
-def has_control_characters(value: str, *, free_text: bool = False) -> bool:
-    """True when ``value`` holds a control character (tab and line breaks do not count in free text)."""
-    return (_CONTROL_BUT_WHITESPACE if free_text else _CONTROL).search(value) is not None
-
-
-def check_text(value: str, param: str, *, free_text: bool = False) -> str:
-    """``value`` unless it holds a control character (tab and line breaks allowed in free text)."""
-    if has_control_characters(value, free_text=free_text):
-        raise invalid_characters(f"'{param}'", param)
-    return value
-
 
 def check_request_url(request: Request) -> None:
     """Refuse a path or query parameter holding a control character (an app-wide ``before_request``)."""
-    if _CONTROL.search(request.scope["path"]):
+    if CONTROL.search(request.scope["path"]):
         raise invalid_characters("The request path", None)
     for name, value in request.query_params.multi_items():
-        if _CONTROL.search(name) or _CONTROL.search(value):
-            raise invalid_characters(f"Query parameter '{name[:64]}'", name if not _CONTROL.search(name) else None)
+        if CONTROL.search(name) or CONTROL.search(value):
+            raise invalid_characters(f"Query parameter '{name[:64]}'", name if not CONTROL.search(name) else None)
 
 
 async def check_json_request(request: Request) -> None:
@@ -71,7 +45,7 @@ async def check_json_request(request: Request) -> None:
         raise _too_deep()
 
 
-def _too_deep() -> APIError:
+def _too_deep() -> InvalidRequest:
     return bad_request(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.", code="nesting_too_deep")
 
 
@@ -81,7 +55,7 @@ def _check_strings(value: Any, path: str, free_text_params: frozenset[str]) -> N
     elif isinstance(value, dict):
         for key, item in value.items():
             name = f"{path}.{key}" if path else key
-            if _CONTROL.search(key):
+            if CONTROL.search(key):
                 raise invalid_characters(f"A key of '{path or 'the body'}'", path or None)
             _check_strings(item, name, free_text_params)
     elif isinstance(value, list):

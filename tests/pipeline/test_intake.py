@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.api.errors import APIError
+from gateway.errors import GatewayError as APIError
 from gateway.pipeline.intake import MULTIPART_ALLOWANCE, UploadResult, check_declared_length, receive_upload
 from gateway.storage import LocalBlobStore
 

@@ -1,4 +1,4 @@
-"""Stage 1 of the data path: a client's upload, streamed into the blob store.
+"""A client's upload, streamed into the blob store.
 
 The multipart body is parsed while it arrives and the file part is written straight to storage,
 so memory stays flat whatever the file's size. Size and line limits are enforced on the way and
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from gateway.api.errors import APIError, bad_request
-from gateway.api.inputs import has_control_characters, invalid_characters
+from gateway.errors import GatewayError, TooLarge, bad_request
 from gateway.storage import BlobStore
+from gateway.textcheck import has_control_characters, invalid_characters
 
 MAX_FIELD_BYTES = 64 * 1024
 MULTIPART_ALLOWANCE = 1024 * 1024
@@ -75,7 +75,7 @@ class _MultipartSink:
         self.file_seen = False
         self.in_file = False
         self.oversized_field: str | None = None
-        self.problem: APIError | None = None
+        self.problem: GatewayError | None = None
         """The first problem found in the parts' headers, raised by the reader."""
 
     def callbacks(self) -> dict[str, object]:
@@ -140,9 +140,9 @@ def check_declared_length(content_length: str | None, max_bytes: int) -> None:
         raise _too_large(max_bytes)
 
 
-def _too_large(max_bytes: int) -> APIError:
-    return APIError(
-        413, f"The file is larger than the {max_bytes} bytes this gateway accepts.", param="file", code="file_too_large"
+def _too_large(max_bytes: int) -> TooLarge:
+    return TooLarge(
+        f"The file is larger than the {max_bytes} bytes this gateway accepts.", param="file", code="file_too_large"
     )
 
 
@@ -157,10 +157,10 @@ async def receive_upload(
 ) -> UploadResult:
     """Parse a ``multipart/form-data`` body, storing its ``file`` part under ``key``.
 
-    Raises APIError 400 for a body that is not multipart, lacks a file, has two file parts or a
-    file name with control characters, and 413 as soon as the file passes ``max_bytes`` or
-    ``max_lines`` (the partial blob is removed). ``digest_content``
-    computes the file's SHA-256, needed only to compare idempotent retries.
+    Raises a 400 :class:`~gateway.errors.InvalidRequest` for a body that is not multipart, lacks a
+    file, has two file parts or a file name with control characters, and a 413
+    :class:`~gateway.errors.TooLarge` as soon as the file passes ``max_bytes`` or ``max_lines`` (the
+    partial blob is removed). ``digest_content`` computes the file's SHA-256, needed only to compare idempotent retries.
     """
     mime, options = parse_options_header(content_type or "")
     boundary = options.get(b"boundary")
@@ -197,8 +197,7 @@ async def receive_upload(
                 if tally.size > max_bytes:
                     raise _too_large(max_bytes)
                 if tally.newlines > max_lines:
-                    raise APIError(
-                        413,
+                    raise TooLarge(
                         f"The file has more than {max_lines} lines, the most one batch accepts.",
                         param="file",
                         code="too_many_lines",
@@ -218,8 +217,7 @@ async def receive_upload(
     lines = tally.line_count
     if lines > max_lines:
         await blobs.delete(key)
-        raise APIError(
-            413,
+        raise TooLarge(
             f"The file has more than {max_lines} lines, the most one batch accepts.",
             param="file",
             code="too_many_lines",
