@@ -47,10 +47,15 @@ RESERVED_PREFIXES = ("BATCHGW_TEST_",)
 Loc = Sequence[str | int]
 
 
+def close_matches(word: str, choices: Iterable[str], n: int = 1) -> list[str]:
+    """Up to ``n`` of ``choices`` that look like ``word``, best first."""
+    return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` when one of ``choices`` is close to ``word``, else ``""``."""
     choices = list(choices)
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    close = close_matches(word, choices)
     if not close and len(word) >= 3:  # 'port' for 'worker_port': a part of the name
         close = [c for c in choices if word.lower() in c.lower()][:1]
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -2,8 +2,8 @@
 
 A name is either a logical model (``gpt-4o-mini``, or one of its aliases) or a *pin*,
 ``provider/model``, where ``model`` is the provider's own id or a logical name: a pin keeps only
-that provider's offers. Each catalog offer becomes one :class:`router_policies.base.Offer` per mode
-it lists.
+that provider's offers (resolution: :mod:`gateway.catalog.names`). Each catalog offer becomes one
+:class:`router_policies.base.Offer` per mode it lists.
 
 Overrides replace fields of shipped offers without editing the file; they are keyed by the pin of
 the offer (``provider/provider_model``)::
@@ -16,7 +16,6 @@ from __future__ import annotations
 import difflib
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import date
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.catalog.names import NameIndex, Resolved
 from router_policies.base import Offer, PriceWindow
 
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
@@ -36,16 +36,6 @@ class CatalogError(ValueError):
     def __init__(self, message: str, pin: str | None = None) -> None:
         super().__init__(message)
         self.pin = pin
-
-
-class UnknownModel(LookupError):
-    """No logical model, alias or pin has this name; the message suggests close matches."""
-
-    def __init__(self, name: str, suggestions: list[str]) -> None:
-        hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        super().__init__(f"unknown model {name!r}{hint}")
-        self.name = name
-        self.suggestions = suggestions
 
 
 class PriceWindowEntry(BaseModel):
@@ -176,22 +166,17 @@ class CatalogFile(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """What a requested name stands for."""
-
-    model: str
-    """The logical model."""
-    offers: tuple[Offer, ...]
-    pinned_provider: str | None = None
-
-
 class Catalog:
     """A validated catalog with lookups by logical name, alias or pin."""
 
     def __init__(self, data: CatalogFile) -> None:
         self.data = data
-        self._alias = {alias: name for name, entry in data.models.items() for alias in (name, *entry.aliases)}
+        aliases = {alias: name for name, entry in data.models.items() for alias in (name, *entry.aliases)}
+        offers = {
+            name: [o for entry in model.offers for o in entry.to_offers(name)] for name, model in data.models.items()
+        }
+        pins = [offer.pin for _, offer in self.entries()]
+        self._index = NameIndex(aliases, offers, lambda o: (o.provider, o.provider_model), pins)
 
     def names(self) -> list[str]:
         """Logical model names, sorted."""
@@ -209,25 +194,9 @@ class Catalog:
         """Every policy offer of every model."""
         return [offer for name, entry in self.entries() for offer in entry.to_offers(name)]
 
-    def resolve(self, name: str) -> Resolved:
-        """The logical model and offers behind ``name``; raises :class:`UnknownModel`."""
-        key = name.strip()
-        if key in self._alias:
-            model = self._alias[key]
-            offers = [o for entry in self.data.models[model].offers for o in entry.to_offers(model)]
-            return Resolved(model, tuple(offers))
-        provider, sep, rest = key.partition("/")
-        if sep:
-            for model, entry in self.data.models.items():
-                matches = [
-                    o
-                    for offer in entry.offers
-                    if offer.provider == provider and rest in (offer.provider_model, *self._names_of(model))
-                    for o in offer.to_offers(model)
-                ]
-                if matches:
-                    return Resolved(model, tuple(matches), pinned_provider=provider)
-        raise UnknownModel(name, self.close_matches(key))
+    def resolve(self, name: str) -> Resolved[Offer]:
+        """The logical model and offers behind ``name``; raises :class:`~gateway.errors.UnknownModel`."""
+        return self._index.resolve(name)
 
     def offers(self, name: str) -> tuple[Offer, ...]:
         """The policy offers behind ``name``."""
@@ -235,11 +204,7 @@ class Catalog:
 
     def close_matches(self, name: str, n: int = 3) -> list[str]:
         """Known names and pins that look like ``name``, best first."""
-        pins = [offer.pin for _, offer in self.entries()]
-        return difflib.get_close_matches(name.strip(), [*self._alias, *pins], n=n, cutoff=0.6)
-
-    def _names_of(self, model: str) -> tuple[str, ...]:
-        return (model, *self.data.models[model].aliases)
+        return self._index.close_matches(name, n)
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Mapping[str, Any]]) -> None:

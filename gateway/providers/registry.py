@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import httpx
 
+from gateway.errors import UnknownModel
 from gateway.providers.anthropic_batch import AnthropicBatchAdapter
 from gateway.providers.base import ProviderAdapter
 from gateway.providers.config import ProviderConfig
@@ -37,10 +38,6 @@ class UnknownProvider(LookupError):
 
 class UnknownProviderOption(ValueError):
     """A provider's ``options`` names a setting its adapter kind does not have."""
-
-
-class UnknownModel(LookupError):
-    """No enabled provider serves this gateway model name."""
 
 
 def adapter_options(adapter_class: type[ProviderAdapter]) -> dict[str, typing.Any]:
@@ -120,7 +117,7 @@ class ProviderRegistry:
             if model in adapter.config.models:
                 return adapter
         known = ", ".join(self.models()) or "none"
-        raise UnknownModel(f"no enabled provider serves model {model!r}; known models: {known}")
+        raise UnknownModel(model, message=f"no enabled provider serves model {model!r}; known models: {known}")
 
     def provider_model(self, provider_name: str, model: str) -> str:
         """The provider's own model id for a gateway model name."""
@@ -128,7 +125,7 @@ class ProviderRegistry:
         try:
             return adapter.config.models[model]
         except KeyError:
-            raise UnknownModel(f"provider {provider_name!r} does not serve model {model!r}") from None
+            raise UnknownModel(model, message=f"provider {provider_name!r} does not serve model {model!r}") from None
 
     def __iter__(self) -> Iterator[ProviderAdapter]:
         return iter(self._adapters.values())

@@ -14,25 +14,16 @@ provider's own model id.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass, field
 
 from gateway.catalog.loader import Catalog, OfferEntry
+from gateway.catalog.names import NameIndex, Resolved
+from gateway.errors import UnknownModel
 from gateway.providers.registry import ProviderRegistry
 from router_policies.base import Offer
 
 log = logging.getLogger(__name__)
-
-
-class UnknownModel(LookupError):
-    """No configured provider serves this model name; the message suggests close matches."""
-
-    def __init__(self, name: str, suggestions: list[str]) -> None:
-        hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        super().__init__(f"unknown model {name!r}{hint}")
-        self.name = name
-        self.suggestions = suggestions
 
 
 @dataclass(frozen=True)
@@ -54,15 +45,8 @@ class PricedOffer:
         return self.offer.base_rates(self.offer.mode == "batch")
 
 
-@dataclass(frozen=True)
-class ResolvedModel:
-    """What a client's model name stands for."""
-
-    requested: str
-    model: str
-    """The logical model name."""
-    offers: tuple[PricedOffer, ...]
-    pinned_provider: str | None = None
+ResolvedModel = Resolved[PricedOffer]
+"""What a client's model name stands for among the routable offers."""
 
 
 @dataclass
@@ -73,6 +57,7 @@ class OfferBook:
     providers: ProviderRegistry
     _offers: dict[str, list[PricedOffer]] = field(default_factory=dict, init=False)
     _aliases: dict[str, str] = field(default_factory=dict, init=False)
+    _index: NameIndex[PricedOffer] = field(init=False)
 
     def __post_init__(self) -> None:
         for adapter in self.providers:
@@ -88,6 +73,8 @@ class OfferBook:
             for alias in (name, *self.catalog.data.models[name].aliases):
                 if name in self._offers:
                     self._aliases.setdefault(alias, name)
+        pins = [f"{o.offer.provider}/{o.offer.model}" for o in self.all_offers()]
+        self._index = NameIndex(self._aliases, self._offers, lambda o: (o.offer.provider, o.offer.provider_model), pins)
         if unpriced := self.unpriced():
             log.warning("no catalog price for %s: routed at a price of 0", ", ".join(unpriced))
 
@@ -136,29 +123,11 @@ class OfferBook:
 
     def resolve(self, name: str) -> ResolvedModel:
         """The logical model and offers behind a client's model name; raises :class:`UnknownModel`."""
-        key = name.strip()
-        if key in self._aliases:
-            logical = self._aliases[key]
-            return ResolvedModel(name, logical, tuple(self._offers[logical]))
-        provider, sep, rest = key.partition("/")
-        if sep and provider in self.providers:
-            for logical, offers in self._offers.items():
-                pinned = tuple(
-                    o
-                    for o in offers
-                    if o.offer.provider == provider and rest in (logical, o.offer.provider_model, *self._names(logical))
-                )
-                if pinned:
-                    return ResolvedModel(name, logical, pinned, pinned_provider=provider)
-        raise UnknownModel(name, self.close_matches(key))
-
-    def _names(self, logical: str) -> list[str]:
-        return [alias for alias, target in self._aliases.items() if target == logical]
+        return self._index.resolve(name)
 
     def close_matches(self, name: str, n: int = 3) -> list[str]:
         """Served names and pins that look like ``name``, best first."""
-        pins = [f"{o.offer.provider}/{o.offer.model}" for o in self.all_offers()]
-        return difflib.get_close_matches(name, [*self._aliases, *pins], n=n, cutoff=0.6)
+        return self._index.close_matches(name, n)
 
 
 def _offer(provider: str, logical: str, provider_model: str, mode: str, entry: OfferEntry | None) -> Offer:
@@ -178,3 +147,6 @@ def _offer(provider: str, logical: str, provider_model: str, mode: str, entry: O
         max_output_tokens=base.max_output_tokens,
         price_windows=base.price_windows,
     )
+
+
+__all__ = ["OfferBook", "PricedOffer", "ResolvedModel", "UnknownModel"]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.catalog.loader import Catalog, CatalogError, UnknownModel, load_catalog
+from gateway.catalog.loader import Catalog, CatalogError, load_catalog
+from gateway.errors import UnknownModel
 from router_policies.base import JobFacts, ProviderState
 from router_policies.cheapest import CheapestPolicy
 

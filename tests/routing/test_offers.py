@@ -9,9 +9,10 @@ import httpx
 import pytest
 
 from gateway.catalog.loader import load_catalog
+from gateway.errors import UnknownModel
 from gateway.providers.config import ProviderConfig
 from gateway.providers.registry import ProviderRegistry
-from gateway.routing.offers import OfferBook, UnknownModel
+from gateway.routing.offers import OfferBook
 
 CATALOG = """
 schema_version = 1
