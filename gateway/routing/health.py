@@ -14,10 +14,11 @@ import statistics
 import time
 
 from gateway.billing import alerts
-from gateway.context import GatewayContext
 from gateway.db import routing as routing_db
 from gateway.db import shards as shard_db
+from gateway.db.unit_of_work import reading, transaction
 from gateway.providers.base import ProviderRateLimited
+from gateway.routing.needs import RoutingNeeds
 from router_policies.base import ProviderState
 
 log = logging.getLogger(__name__)
@@ -25,74 +26,71 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 30.0
 
 
-async def call_failed(context: GatewayContext, provider: str, error: Exception | str) -> bool:
+async def call_failed(context: RoutingNeeds, provider: str, error: Exception | str) -> bool:
     """Record a failed call to ``provider``; True if it opened the circuit.
 
     A 429 is not a failure here: the provider is up and asks for patience, which the caller gives.
     """
     if isinstance(error, ProviderRateLimited):
         return False
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         row, opened = await routing_db.record_failure(
             session, provider, str(error), context.settings.routing.circuit_failure_threshold
         )
-        await session.commit()
     if opened:
         log.warning("provider %s: circuit open after %d failures: %s", provider, row.consecutive_failures, error)
     return opened
 
 
-async def auth_failed(context: GatewayContext, provider: str, error: Exception) -> None:
+async def auth_failed(context: RoutingNeeds, provider: str, error: Exception) -> None:
     """The provider refused the gateway's key: open its circuit at once with reason "authentication failed" and
     raise an alert (once per opening). Probes keep failing until the key is fixed and the gateway restarted."""
     reason = f"authentication failed: {error}"
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         opened = await routing_db.force_open(session, provider, reason)
         alert = None
         if opened:
             billing = context.settings.billing
             alert = await alerts.provider_auth_failed(session, provider, str(error), time.time(), billing)
-        await session.commit()
     if opened:
         log.error("provider %s: circuit open: %s", provider, reason)
     if alert is not None:
         alerts.count_fired([alert])
 
 
-async def call_succeeded(context: GatewayContext, provider: str) -> None:
+async def call_succeeded(context: RoutingNeeds, provider: str) -> None:
     """Record a successful call to ``provider`` (closes its circuit)."""
-    async with context.sessions() as session:
-        if await routing_db.record_success(session, provider):
-            log.info("provider %s: healthy again (circuit closed, failures reset)", provider)
-        await session.commit()
+    async with transaction(context.sessions) as session:
+        closed = await routing_db.record_success(session, provider)
+    if closed:
+        log.info("provider %s: healthy again (circuit closed, failures reset)", provider)
 
 
-async def circuit_of(context: GatewayContext, provider: str) -> str:
+async def circuit_of(context: RoutingNeeds, provider: str) -> str:
     """``closed``, ``open`` or ``half_open`` (no row yet means closed)."""
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         rows = await routing_db.health_rows(session)
     row = rows.get(provider)
     return row.circuit if row is not None else "closed"
 
 
-async def last_error(context: GatewayContext, provider: str) -> str:
+async def last_error(context: RoutingNeeds, provider: str) -> str:
     """The last failure recorded for a provider (empty when none)."""
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         row = (await routing_db.health_rows(session)).get(provider)
     return row.last_error or "" if row is not None else ""
 
 
-async def probe_open_circuits(context: GatewayContext) -> None:
+async def probe_open_circuits(context: RoutingNeeds) -> None:
     """Probe each provider whose circuit cooled down; the first worker to claim a probe runs it."""
     settings = context.settings.routing
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         rows = await routing_db.health_rows(session)
     for name, row in rows.items():
         if row.circuit == "closed" or name not in context.providers:
             continue
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             claimed = await routing_db.claim_probe(session, name, settings.circuit_cooldown_s, PROBE_TIMEOUT_S)
-            await session.commit()
         if not claimed:
             continue
         report = await context.providers.get(name).health()
@@ -102,10 +100,10 @@ async def probe_open_circuits(context: GatewayContext) -> None:
             await call_failed(context, name, f"health probe failed: {report.detail}")
 
 
-async def provider_states(context: GatewayContext) -> dict[str, ProviderState]:
+async def provider_states(context: RoutingNeeds) -> dict[str, ProviderState]:
     """What the policies see of every enabled provider right now."""
     per_model = context.settings.routing.turnaround_samples
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         rows = await routing_db.health_rows(session)
         samples = await routing_db.turnaround_samples(session, per_model)
         in_flight = await shard_db.in_flight_by_provider(session)

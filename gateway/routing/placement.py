@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from gateway.context import GatewayContext
 from gateway.db.models import Batch, RoutingDecision
 from gateway.routing.health import provider_states
+from gateway.routing.needs import RoutingNeeds
 from gateway.routing.offers import PricedOffer, ResolvedModel
 from router_policies.base import Candidate, Hints, JobFacts, PolicyError, ProviderState, is_usable
 from router_policies.registry import parse_hints
@@ -52,13 +52,13 @@ def batch_hints(batch: Batch) -> Hints:
     return parse_hints(batch.metadata_ or {})
 
 
-def policy_name(context: GatewayContext, batch: Batch) -> str:
+def policy_name(context: RoutingNeeds, batch: Batch) -> str:
     """The policy of a batch: its own ``policy`` hint or the deployment's default."""
     return batch.policy or batch_hints(batch).policy or context.settings.routing.default_policy
 
 
 async def rank(
-    context: GatewayContext,
+    context: RoutingNeeds,
     batch: Batch,
     resolved: ResolvedModel,
     *,
