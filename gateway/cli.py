@@ -161,11 +161,11 @@ def keys_create(
 ) -> None:
     """Create a client API key and print it once."""
     from gateway.db import repo
+    from gateway.db.unit_of_work import transaction
 
     async def create(context: GatewayContext) -> str:
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             secret, _ = await repo.create_api_key(session, team, name)
-            await session.commit()
         return secret
 
     typer.echo(_run_with_context(_load_settings(require_keys=False), create))
@@ -236,13 +236,14 @@ def estimate(
     from gateway.billing.quote import quote_file
     from gateway.billing.quote_view import quote_view
     from gateway.db import billing as billing_db
+    from gateway.db.unit_of_work import reading
 
     metadata = {key: value for key, value in (("policy", policy), ("deadline", deadline)) if value}
 
     async def price(context: GatewayContext) -> dict[str, Any]:
         team_id = None
         if team:
-            async with context.sessions() as session:
+            async with reading(context.sessions) as session:
                 found = await billing_db.team_by_name(session, team)
             if found is None:
                 raise LookupError(f"no team named {team!r}")

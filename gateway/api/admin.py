@@ -21,6 +21,7 @@ from gateway.db import repo
 from gateway.db import routing as routing_db
 from gateway.db import shards as shard_db
 from gateway.db.models import AbandonedProviderBatch, Batch, ProviderHealth, RoutingDecision, Shard
+from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import bad_request, not_found
 from gateway.pipeline import lifecycle
 from gateway.routing.health import percentile, provider_states
@@ -190,7 +191,7 @@ class AdminController(Controller):
         breaker, shards in flight, observed turnaround per model and its priced offers."""
         context: GatewayContext = state.context
         states = await provider_states(context)
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             rows = await routing_db.health_rows(session)
             samples = await routing_db.turnaround_samples(session, context.settings.routing.turnaround_samples)
         data = []
@@ -239,7 +240,7 @@ class AdminController(Controller):
         context: GatewayContext = state.context
         if not 1 <= limit <= 100:
             raise bad_request("'limit' must be between 1 and 100.", param="limit")
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             cursor = await repo.get_batch(session, None, after) if after else None
             if after and cursor is None:
                 raise not_found("batch", after, param="after")
@@ -272,7 +273,7 @@ class AdminController(Controller):
         """The batch object plus the engine's view: every shard and every routing decision with its
         candidates, estimated costs, choice, reason and (for failovers and retries) cause."""
         context: GatewayContext = state.context
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             row = await repo.get_batch(session, None, batch_id)
             if row is None:
                 raise not_found("batch", batch_id)
@@ -306,7 +307,6 @@ class AdminController(Controller):
             )
         if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
             raise bad_request(f"'name' must be a string of at most {MAX_NAME_CHARS} characters.", param="name")
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             secret, key = await repo.create_api_key(session, team.strip(), name)
-            await session.commit()
         return {"id": key.id, "team": team.strip(), "key": secret, "prefix": key.prefix}

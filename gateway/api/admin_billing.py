@@ -25,6 +25,7 @@ from gateway.context import GatewayContext
 from gateway.db import billing as db
 from gateway.db import repo
 from gateway.db.models import Batch, BillingAlert, WebhookDelivery
+from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import Conflict, bad_request, not_found
 from gateway.pipeline import canary
 from gateway.textcheck import check_text
@@ -145,7 +146,7 @@ class AdminBillingController(Controller):
             raise bad_request("'since' must be before 'until' (Unix seconds).", param="since")
         if (end - start) / db.BUCKET_SECONDS[bucket] > MAX_BUCKETS:
             raise bad_request(f"The range holds more than {MAX_BUCKETS} {bucket} buckets; narrow it.", param="since")
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             rows = await db.spend_by(session, group_by, bucket, start, end)
         data = [
             {
@@ -177,7 +178,7 @@ class AdminBillingController(Controller):
     async def list_budgets(self, state: State, _admin: None) -> dict[str, Any]:
         """Every budget; spent and reserved are for the current UTC day or month."""
         context: GatewayContext = state.context
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             statuses = await budgets.budget_statuses(session)
         return {"object": "list", "data": [budget_view(s) for s in statuses]}
 
@@ -198,7 +199,7 @@ class AdminBillingController(Controller):
         """Raising a hard budget resumes the team's paused work within seconds."""
         context: GatewayContext = state.context
         team, thresholds = _checked_budget(data, context.settings.billing.default_thresholds)
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             team_id: str | None = None
             if team is not None:
                 found = await db.team_by_name(session, team)
@@ -206,7 +207,7 @@ class AdminBillingController(Controller):
                     raise not_found("team", team, param="scope")
                 team_id = found.id
             budget = await budgets.set_budget(session, team_id, data.period, data.limit_usd, data.hard, thresholds)
-            await session.commit()
+            await session.flush()
             status = await budgets.status_of(session, budget, team)
         return budget_view(status)
 
@@ -216,9 +217,8 @@ class AdminBillingController(Controller):
     ) -> dict[str, Any]:
         """Its alerts stay."""
         context: GatewayContext = state.context
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             deleted = await db.delete_budget(session, budget_id)
-            await session.commit()
         if not deleted:
             raise not_found("budget", str(budget_id))
         return {"id": budget_id, "object": "budget.deleted", "deleted": True}
@@ -235,7 +235,7 @@ class AdminBillingController(Controller):
         context: GatewayContext = state.context
         if not 1 <= limit <= 500:
             raise bad_request("'limit' must be between 1 and 500.", param="limit")
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             alerts = await db.list_alerts(session, acknowledged, limit)
             deliveries = await db.deliveries_of(session, [a.id for a in alerts if a.id is not None])
         data = [_alert_with_delivery(a, deliveries.get(a.id or 0)) for a in alerts]
@@ -247,14 +247,14 @@ class AdminBillingController(Controller):
     ) -> dict[str, Any]:
         """Marks the alert seen; acknowledging twice keeps the first time."""
         context: GatewayContext = state.context
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             alert = await db.get_alert(session, alert_id)
             if alert is None:
                 raise not_found("alert", str(alert_id))
             if alert.acknowledged_at is None:
                 alert.acknowledged_at = time.time()
                 session.add(alert)
-                await session.commit()
+                await session.flush()
             delivery = await db.delivery_of(session, alert_id)
         return _alert_with_delivery(alert, delivery)
 
@@ -273,7 +273,7 @@ class AdminBillingController(Controller):
         ``team`` (a name; default: the team that uploaded the file)."""
         context: GatewayContext = state.context
         parsed = parse_request(context, await request.body(), admin=True)
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             stored = await repo.get_file_any_team(session, parsed.file_id)
             if stored is None:
                 raise not_found("file", parsed.file_id, param="file_id")
@@ -289,7 +289,7 @@ class AdminBillingController(Controller):
     async def held_canaries(self, state: State, _admin: None) -> dict[str, Any]:
         """Unfinished batches whose canary projected too much, oldest first, with what was projected and why."""
         context: GatewayContext = state.context
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             rows = await db.held_batches(session, canary.HOLD)
             names = await repo.team_names(session, [row.team_id for row in rows])
         return {"object": "list", "data": [held_view(row, names.get(row.team_id)) for row in rows]}
@@ -304,10 +304,10 @@ class AdminBillingController(Controller):
         """The held requests run; the batch's reservation rises to the canary's projection (a hard budget that
         cannot take it stops the batch before anything more is spent: raise the budget first). 409 unless held."""
         context: GatewayContext = state.context
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             row = await _held(session, batch_id)
             await canary.release(session, row)
-            await session.commit()
+            await session.flush()
             await session.refresh(row)
             names = await repo.team_names(session, [row.team_id])
         context.work_available.set()
@@ -324,7 +324,7 @@ class AdminBillingController(Controller):
         the batch ends ``cancelled``, with an error saying an operator cancelled it after its canary. 409 unless
         held."""
         context: GatewayContext = state.context
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             row = await _held(session, batch_id)
             error = {
                 "code": "canary_cancelled",
@@ -339,7 +339,7 @@ class AdminBillingController(Controller):
                 values={"errors": [*(row.errors or []), error], "hold_reason": None, "hold_detail": None},
             )
             await repo.request_cancel(session, row)
-            await session.commit()
+            await session.flush()
             await session.refresh(row)
             names = await repo.team_names(session, [row.team_id])
         context.work_available.set()

@@ -10,6 +10,7 @@ from litestar.datastructures import State
 
 from gateway.context import GatewayContext
 from gateway.db import repo
+from gateway.db.unit_of_work import reading
 from gateway.errors import Forbidden, Unauthorized
 
 
@@ -37,7 +38,7 @@ async def provide_principal(request: Request, state: State) -> Principal:
     """Resolve the caller's key to its team, or answer 401."""
     token = _bearer(request)
     context: GatewayContext = state.context
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         found = await repo.authenticate(session, token)
     if found is None:
         raise Unauthorized("Incorrect API key provided.")

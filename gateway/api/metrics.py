@@ -13,6 +13,7 @@ from gateway import metrics
 from gateway.billing.budgets import budget_statuses
 from gateway.context import GatewayContext
 from gateway.db.stats import BudgetUse, MetricsSnapshot, metrics_snapshot
+from gateway.db.unit_of_work import reading
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ async def metrics_endpoint(state: State) -> Response[bytes]:
 
 async def read_snapshot(context: GatewayContext, now: float) -> MetricsSnapshot:
     """Every state gauge's value, budgets counted exactly as the billing package counts them."""
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         snapshot = await metrics_snapshot(session, now)
         statuses = await budget_statuses(session, now)
     budgets = [
