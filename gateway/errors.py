@@ -8,35 +8,39 @@ gateway, so any layer may raise these errors.
 Every exception the project defines, by where it lives::
 
     Exception
-    ├── GatewayError                      here: answered to a client in OpenAI's shape
-    │   ├── InvalidRequest                400 invalid_request_error (bad_request)
-    │   ├── Unauthorized                  401 (missing or wrong key), Forbidden 403
-    │   ├── NotFound                      404 not_found (not_found)
-    │   ├── Conflict                      409 (batch not cancellable, not finished, nothing to retry...)
-    │   ├── TooLarge                      413 (file or line count over the limits)
-    │   ├── QuotaExceeded                 429 insufficient_quota (a budget refuses new work)
-    │   └── UnknownModel (+LookupError)   404 model_not_found, with "did you mean" suggestions
-    ├── ProviderError                     gateway.providers.base: a provider call failed
-    │   ├── ProviderUnavailable           transient; ProviderRateLimited (429) below it
-    │   ├── ProviderRejected              4xx; ProviderAuthFailed (the key) below it
-    │   └── CapabilityNotSupported
-    ├── LeaseLost                         gateway.db.leases: a stage must stop without writing
+    ├── GatewayError                   here: answered to an API client in OpenAI's shape
+    │   ├── InvalidRequest             400 invalid_request_error (built by bad_request)
+    │   ├── Unauthorized, Forbidden    401 invalid_api_key / missing_api_key, 403
+    │   ├── NotFound                   404 not_found (built by not_found)
+    │   ├── Conflict                   409: the object's state forbids the request
+    │   ├── TooLarge                   413: an upload over a size or line limit
+    │   ├── QuotaExceeded              429 insufficient_quota: a hard budget is used up
+    │   └── UnknownModel (LookupError) 404 model_not_found, with "did you mean" suggestions
+    ├── ProviderError                  gateway.providers.base: a provider call failed
+    │   ├── ProviderUnavailable        transient (network, 5xx); ProviderRateLimited (429) below it
+    │   ├── ProviderRejected           4xx; ProviderAuthFailed (the gateway's key) below it
+    │   └── CapabilityNotSupported     the provider kind cannot do what was asked
+    ├── LeaseLost                      gateway.db.leases: a stage must stop without writing
+    ├── ClientError, DemoError         gateway.client_cli, gateway.demo: a one-line failure for a user
     ├── ValueError
-    │   ├── ConfigError                   gateway.config_errors: the gateway cannot start
-    │   ├── CatalogError                  gateway.catalog.loader: invalid models.toml or overrides
-    │   ├── TranslationError              gateway.translate: a request a provider cannot express
-    │   ├── MalformedResult, MalformedLine   a provider result line that cannot be used
+    │   ├── ConfigError                gateway.config_errors: settings the gateway cannot start with
+    │   ├── CatalogError               gateway.catalog.loader: an invalid catalog or override
     │   ├── UnknownProviderKind, UnknownProviderOption   gateway.providers.registry
-    │   └── PolicyError                   router_policies.base: an invalid routing hint or policy
+    │   ├── TranslationError           gateway.translate: a request a provider format cannot express
+    │   ├── MalformedResult            gateway.translate.anthropic: an unusable Anthropic result line
+    │   ├── MalformedLine              gateway.providers.openai_wire: an unusable OpenAI result line
+    │   └── PolicyError                router_policies.base: an invalid routing hint or policy
     ├── LookupError
-    │   ├── UnknownProvider               gateway.providers.registry
-    │   └── NoUsableProvider              gateway.routing.placement: nothing usable serves a model
+    │   ├── UnknownProvider            gateway.providers.registry: no enabled provider has the name
+    │   └── NoUsableProvider           gateway.routing.placement: nothing usable serves a model
     └── OSError
-        ├── BlobMissing (FileNotFoundError)   gateway.storage: answered as content_missing
-        └── StorageFull                   gateway.storage: answered 507 storage_full
+        ├── BlobMissing (FileNotFoundError)   gateway.storage: stored content is gone
+        └── StorageFull                gateway.storage: the blob store refused a write (answered 507)
 
-Errors below a request (provider, lease, translation, placement) never reach a client as
-exceptions: the pipeline records them on the batch or the request, in the same OpenAI vocabulary.
+Only :class:`GatewayError` and :class:`~gateway.storage.StorageFull` reach an API client as exceptions
+(:mod:`gateway.api.errors` renders both, and the framework's own HTTP errors, in OpenAI's shape). The
+others happen below a request: the pipeline records them on the batch or the request line, with the
+same OpenAI ``code`` vocabulary, and the command-line tools print them in one line.
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ class GatewayError(Exception):
     """A failure answered to the client in OpenAI's error shape.
 
     Subclasses set the usual ``status_code`` and ``code``; any of them may be given per instance.
-    The ``type`` follows the status unless given.
+    The ``type`` follows the status unless given. ``line`` is the input line at fault, for an error
+    recorded on a batch rather than answered.
     """
 
     status_code: int = 500
@@ -76,6 +81,7 @@ class GatewayError(Exception):
         param: str | None = None,
         type_: str | None = None,
         headers: dict[str, str] | None = None,
+        line: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -86,6 +92,11 @@ class GatewayError(Exception):
         self.param = param
         self.type = type_ or _TYPE_BY_STATUS.get(self.status_code, "server_error")
         self.headers = headers or {}
+        self.line = line
+
+    def as_batch_error(self) -> dict[str, str | int | None]:
+        """The error as an entry of a batch's ``errors`` list: ``{"code", "message", "param", "line"}``."""
+        return {"code": self.code, "message": self.message, "param": self.param, "line": self.line}
 
 
 class InvalidRequest(GatewayError):

@@ -10,7 +10,6 @@ seen sitting in ``validating`` or ``in_progress``, waiting for the execution eng
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import time
@@ -31,81 +30,20 @@ from gateway.db.leases import Lease
 from gateway.db.models import Batch as BatchRow
 from gateway.pipeline import validate
 from gateway.settings import LimitSettings, Settings
+from tests.api.batch_helpers import (
+    CHAT,
+    MODEL,
+    ONE_MIB,
+    assert_error,
+    create,
+    good_file,
+    jsonl,
+    request,
+    upload,
+    validated,
+    wait_for,
+)
 from tests.conftest import GatewayProcess, free_port
-
-CHAT = "/v1/chat/completions"
-MODEL = "gpt-4o-mini"
-ONE_MIB = 1024 * 1024
-
-
-def request(custom_id: str, model: str = MODEL, url: str = CHAT, content: str = "What is 2 + 2?") -> dict:
-    """One chat request line as a dict."""
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": url,
-        "body": {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 16},
-    }
-
-
-def jsonl(*lines: dict | bytes) -> bytes:
-    """Lines (dicts are JSON-encoded, bytes kept) joined with newlines, with a final newline."""
-    return b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines)
-
-
-def good_file(count: int = 3, model: str = MODEL) -> bytes:
-    return jsonl(*(request(f"req-{i}", model) for i in range(count)))
-
-
-def upload(client: openai.OpenAI, content: bytes) -> FileObject:
-    return client.files.create(file=("input.jsonl", io.BytesIO(content)), purpose="batch")
-
-
-def create(client: openai.OpenAI, file_id: str, **kwargs: object) -> Batch:
-    return client.batches.create(
-        input_file_id=file_id,
-        endpoint=CHAT,
-        completion_window="24h",
-        **kwargs,  # type: ignore[arg-type]
-    )
-
-
-def wait_for(client: openai.OpenAI, batch_id: str, done: set[str], timeout: float = 30.0) -> Batch:
-    """Poll a batch until its status is one of ``done``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in done:
-            return batch
-        if time.monotonic() > deadline:
-            raise AssertionError(f"batch {batch_id} still {batch.status!r} after {timeout}s")
-        time.sleep(0.05)
-
-
-def validated(client: openai.OpenAI, batch_id: str) -> Batch:
-    """The batch once validation has finished with it."""
-    deadline = time.monotonic() + 30
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status != "validating":
-            return batch
-        assert time.monotonic() < deadline, f"batch {batch_id} still validating"
-        time.sleep(0.05)
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict:
-    """The response is an OpenAI error with exactly message/type/param/code; returns the error."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert list(body) == ["error"]
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    if code is not None:
-        assert error["code"] == code
-    if param is not None:
-        assert error["param"] == param
-    return dict(error)
 
 
 def run_validation_stage(gateway: GatewayProcess, batch_id: str) -> None:
@@ -319,118 +257,6 @@ def test_two_megabyte_line_passes_when_the_limit_is_raised(held: GatewayProcess,
     passed = held_client.batches.retrieve(batch.id)
     assert passed.status == "in_progress"
     assert passed.request_counts.total == 3
-
-
-# --- create: bad requests ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("endpoint", ["/v1/unknown", "/v1/responses", "v1/chat/completions", ""])
-def test_unknown_endpoint_is_400(client: openai.OpenAI, input_file: FileObject, endpoint: str) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.batches.create(input_file_id=input_file.id, endpoint=endpoint, completion_window="24h")  # type: ignore[arg-type]
-    assert_error(caught.value.response, 400, param="endpoint")
-
-
-@pytest.mark.parametrize("window", ["48x", "0h", "8d", "169h", "24", "twenty-four hours", ""])
-def test_bad_completion_window_is_400(client: openai.OpenAI, input_file: FileObject, window: str) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.batches.create(input_file_id=input_file.id, endpoint=CHAT, completion_window=window)  # type: ignore[arg-type]
-    assert_error(caught.value.response, 400, param="completion_window")
-
-
-def test_completion_window_of_a_wrong_type_is_400(http: httpx.Client, input_file: FileObject) -> None:
-    response = http.post(
-        "/v1/batches", json={"input_file_id": input_file.id, "endpoint": CHAT, "completion_window": 24}
-    )
-    assert_error(response, 400, param="completion_window")
-
-
-def test_metadata_at_openai_limits_is_accepted(client: openai.OpenAI, input_file: FileObject) -> None:
-    metadata = {f"{i:02d}".ljust(64, "k"): "v" * 512 for i in range(16)}
-    assert create(client, input_file.id, metadata=metadata).metadata == metadata
-
-
-@pytest.mark.parametrize(
-    "metadata",
-    [
-        {f"k{i}": "v" for i in range(17)},
-        {"k" * 65: "v"},
-        {"k": "v" * 513},
-        {"k": 1},
-        {"k": None},
-        ["k", "v"],
-    ],
-    ids=["17-pairs", "65-char-key", "513-char-value", "int-value", "null-value", "list"],
-)
-def test_metadata_over_openai_limits_is_400(client: openai.OpenAI, input_file: FileObject, metadata: object) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        create(client, input_file.id, metadata=metadata)
-    error = assert_error(caught.value.response, 400)
-    assert str(error["param"]).startswith("metadata")
-
-
-def test_unknown_create_parameter_is_400(client: openai.OpenAI, input_file: FileObject) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        create(client, input_file.id, extra_body={"temperature": 0.5})
-    assert_error(caught.value.response, 400, code="unknown_parameter", param="temperature")
-
-
-@pytest.mark.parametrize(
-    "value", ["soon", {"anchor": "created_at", "seconds": 60}, {"anchor": "completed_at", "seconds": 3600}]
-)
-def test_bad_output_expires_after_is_400(client: openai.OpenAI, input_file: FileObject, value: object) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        create(client, input_file.id, extra_body={"output_expires_after": value})
-    assert_error(caught.value.response, 400, param="output_expires_after")
-
-
-@pytest.mark.parametrize(
-    ("body", "code", "param"),
-    [
-        (b"{not json", "invalid_json", None),
-        (b"", "invalid_json", None),
-        (b"[1, 2]", "invalid_json", None),
-        (b'"a string"', "invalid_json", None),
-        (
-            b'{"endpoint": "/v1/chat/completions", "completion_window": "24h"}',
-            "missing_required_parameter",
-            "input_file_id",
-        ),
-        (b'{"input_file_id": "file-x", "completion_window": "24h"}', "missing_required_parameter", "endpoint"),
-        (
-            b'{"input_file_id": "file-x", "endpoint": "/v1/chat/completions"}',
-            "missing_required_parameter",
-            "completion_window",
-        ),
-        (
-            b'{"input_file_id": 7, "endpoint": "/v1/chat/completions", "completion_window": "24h"}',
-            None,
-            "input_file_id",
-        ),
-    ],
-)
-def test_bad_create_body_is_400(http: httpx.Client, body: bytes, code: str | None, param: str | None) -> None:
-    response = http.post("/v1/batches", content=body, headers={"content-type": "application/json"})
-    assert_error(response, 400, code=code, param=param)
-
-
-def test_unknown_input_file_is_404(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.NotFoundError) as caught:
-        create(client, "file-doesnotexist")
-    assert_error(caught.value.response, 404, code="not_found", param="input_file_id")
-
-
-def test_deleted_input_file_is_404(client: openai.OpenAI) -> None:
-    file_id = upload(client, good_file()).id
-    client.files.delete(file_id)
-    with pytest.raises(openai.NotFoundError) as caught:
-        create(client, file_id)
-    assert_error(caught.value.response, 404, param="input_file_id")
-
-
-def test_unknown_batch_is_404(http: httpx.Client) -> None:
-    assert_error(http.get("/v1/batches/batch_nope"), 404, code="not_found")
-    assert_error(http.post("/v1/batches/batch_nope/cancel"), 404, code="not_found")
 
 
 # --- list ---------------------------------------------------------------------------------------
