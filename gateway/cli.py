@@ -24,9 +24,11 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 keys_app = typer.Typer(help="Client API keys.", no_args_is_help=True)
 canary_app = typer.Typer(help="Batches held after their canary: list, release, cancel.", no_args_is_help=True)
+batches_app = typer.Typer(help="Any team's batches, on the database directly: cancel, retry.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(canary_app, name="canary")
+app.add_typer(batches_app, name="batches")
 app.command("submit")(client_cli.submit)
 app.command("ls")(client_cli.ls)
 app.command("status")(client_cli.status)
@@ -169,6 +171,41 @@ def keys_create(
         return secret
 
     typer.echo(_run_with_context(_load_settings(require_keys=False), create))
+
+
+def _batch_action(action: Callable[[GatewayContext], Awaitable[str]]) -> None:
+    """Run an intake action on this deployment's database; a refusal is one line on stderr and exit 1."""
+    from gateway.errors import GatewayError
+
+    try:
+        typer.echo(_run_with_context(_load_settings(require_keys=False), action))
+    except GatewayError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+@batches_app.command("cancel")
+def batches_cancel(batch_id: Annotated[str, typer.Argument(help="Any team's batch.")]) -> None:
+    """Cancel a batch (finished requests keep their results); prints its id and status."""
+    from gateway.pipeline import intake
+
+    async def cancel(context: GatewayContext) -> str:
+        batch = await intake.cancel_batch(context, None, batch_id)
+        return f"{batch.id} {batch.status}"
+
+    _batch_action(cancel)
+
+
+@batches_app.command("retry")
+def batches_retry(batch_id: Annotated[str, typer.Argument(help="A finished batch of any team.")]) -> None:
+    """A new batch of a finished batch's failed requests, for the same team; prints its id and status."""
+    from gateway.pipeline import intake
+
+    async def retry(context: GatewayContext) -> str:
+        batch = await intake.retry_batch(context, batch_id)
+        return f"{batch.id} {batch.status} (retry of {batch_id})"
+
+    _batch_action(retry)
 
 
 @app.command("gc")

@@ -132,3 +132,21 @@ def test_download_any_team_file_streams_the_same_bytes(
     # The other team's key still cannot read it: only the admin API crosses teams.
     with pytest.raises(openai.NotFoundError):
         acme.files.content(done.output_file_id)
+
+
+def test_the_cli_cancels_and_retries_on_the_database(gateway: GatewayProcess, acme: openai.OpenAI) -> None:
+    running = submit(acme, chat_requests(2, model="slow-mini", prefix="cli"))
+    refused = gateway.cli("batches", "retry", running.id, check=False)
+    assert refused.returncode == 1 and "once it has finished" in refused.stderr, refused
+    cancelled = gateway.cli("batches", "cancel", running.id)
+    assert cancelled.stdout.split() == [running.id, "cancelling"], cancelled
+    assert wait_for(acme, running.id).status == "cancelled"
+    unknown = gateway.cli("batches", "cancel", "batch_x", check=False)
+    assert unknown.returncode == 1 and "No such batch: 'batch_x'" in unknown.stderr, unknown
+
+    flaky = wait_for(acme, submit(acme, chat_requests(12, model="flaky-mini", prefix="clif")).id)
+    assert flaky.request_counts is not None and flaky.request_counts.failed > 0
+    retried = gateway.cli("batches", "retry", flaky.id)
+    new_id, status = retried.stdout.split()[:2]
+    assert status == "validating" and retried.stdout.strip().endswith(f"(retry of {flaky.id})"), retried
+    assert wait_for(acme, new_id).request_counts.total == flaky.request_counts.failed  # type: ignore[union-attr]
