@@ -1,6 +1,6 @@
 """A batch enters the pipeline: the checks on a create request, creating the batch, cancelling it.
 
-The client API and the admin API call these functions and only parse and render around them.
+The client API, the admin API and the CLI call these functions and only parse and render around them.
 """
 
 from __future__ import annotations
