@@ -15,36 +15,11 @@ from gateway.api.objects import file_object, list_object
 from gateway.api.openapi import CLIENT_SECURITY, UPLOAD_BODY, errors, with_request_body
 from gateway.context import GatewayContext
 from gateway.db import repo
-from gateway.db.models import StoredFile, new_id, now_s
+from gateway.db.models import StoredFile
 from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import Conflict, NotFound, bad_request, not_found
-from gateway.pipeline.intake import check_declared_length, receive_upload
-from gateway.pipeline.intake import idempotency as intake_idempotency
-from gateway.textcheck import check_text
-
-ACCEPTED_PURPOSES = {"batch"}
-KNOWN_PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
-DEFAULT_BATCH_FILE_TTL_S = 30 * 24 * 3600
-EXPIRY_FIELDS = ("expires_after[anchor]", "expires_after.anchor", "expires_after[seconds]", "expires_after.seconds")
-
-
-def _expiry(fields: dict[str, str], created_at: int) -> int:
-    anchor = fields.get("expires_after[anchor]") or fields.get("expires_after.anchor")
-    seconds = fields.get("expires_after[seconds]") or fields.get("expires_after.seconds")
-    if anchor is None and seconds is None:
-        return created_at + DEFAULT_BATCH_FILE_TTL_S
-    if anchor != "created_at":
-        raise bad_request("'expires_after[anchor]' must be 'created_at'.", param="expires_after.anchor")
-    try:
-        ttl = int(seconds or "")
-    except ValueError:
-        raise bad_request("'expires_after[seconds]' must be an integer.", param="expires_after.seconds") from None
-    if not 3600 <= ttl <= 2_592_000:
-        raise bad_request(
-            "'expires_after[seconds]' must be between 3600 (1 hour) and 2592000 (30 days).",
-            param="expires_after.seconds",
-        )
-    return created_at + ttl
+from gateway.pipeline import intake
+from gateway.pipeline.intake import check_declared_length
 
 
 class FilesController(Controller):
@@ -65,74 +40,11 @@ class FilesController(Controller):
     async def create_file(self, request: Request, state: State, principal: Principal) -> dict[str, Any]:
         """Stream a multipart upload into storage; ``purpose`` must be ``batch``."""
         context: GatewayContext = state.context
-        limits = context.settings.limits
         idem_key = idempotency.key_of(request)
-        check_declared_length(request.headers.get("content-length"), limits.max_upload_bytes)
-        file_id = new_id("file-")
-        key = f"files/{file_id}"
-        upload = await receive_upload(
-            request.headers.get("content-type"),
-            request.stream(),
-            context.blobs,
-            key,
-            max_bytes=limits.max_upload_bytes,
-            max_lines=limits.max_file_lines,
-            digest_content=idem_key is not None,
-        )
-        try:
-            purpose = upload.fields.get("purpose")
-            check_text(purpose or "", "purpose")
-            if not purpose:
-                raise bad_request(
-                    "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
-                )
-            if purpose not in ACCEPTED_PURPOSES:
-                known = "known, but " if purpose in KNOWN_PURPOSES else ""
-                raise bad_request(
-                    f"Purpose '{purpose[:64]}' is {known}not accepted here: this gateway stores batch input "
-                    "files only (purpose='batch').",
-                    param="purpose",
-                )
-            created_at = now_s()
-            row = StoredFile(
-                id=file_id,
-                team_id=principal.team_id,
-                filename=(upload.filename or "upload.jsonl")[:1024],
-                purpose=purpose,
-                bytes=upload.size,
-                created_at=created_at,
-                expires_at=_expiry(upload.fields, created_at),
-                storage_key=key,
-                line_count=upload.line_count,
-            )
-            expires = (upload.fields.get(name, "") for name in EXPIRY_FIELDS)
-            fingerprint = intake_idempotency.fingerprint(upload.sha256, purpose, row.filename, *expires)
-            async with transaction(context.sessions) as session:
-                earlier = await intake_idempotency.earlier_result(
-                    session, principal.team_id, "file", idem_key, fingerprint
-                )
-                if earlier is None:
-                    session.add(row)
-            if earlier is None:
-                async with transaction(context.sessions) as session:
-                    earlier = await intake_idempotency.remember(
-                        session, principal.team_id, "file", idem_key, fingerprint, row.id
-                    )
-                    loser = None if earlier is None else await repo.get_file(session, principal.team_id, row.id)
-                    if loser is not None:  # a concurrent upload with the same key won: ours goes
-                        loser.deleted = True
-                        session.add(loser)
-                if earlier is None:
-                    return file_object(row)
-            await context.blobs.delete(key)
-            async with reading(context.sessions) as session:
-                original = await repo.get_file(session, principal.team_id, earlier)
-            if original is None:
-                raise not_found("file", earlier)
-            return file_object(original)
-        except BaseException:
-            await context.blobs.delete(key)
-            raise
+        check_declared_length(request.headers.get("content-length"), context.settings.limits.max_upload_bytes)
+        content_type = request.headers.get("content-type")
+        row = await intake.create_file(context, principal.team_id, content_type, request.stream(), idem_key)
+        return file_object(row)
 
     @get("/", summary="List files", responses=errors(404))
     async def list_files(
