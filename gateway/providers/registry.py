@@ -11,7 +11,6 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import httpx
 
-from gateway.errors import UnknownModel
 from gateway.providers.anthropic_batch import AnthropicBatchAdapter
 from gateway.providers.base import ProviderAdapter
 from gateway.providers.config import ProviderConfig
@@ -110,22 +109,6 @@ class ProviderRegistry:
     def models(self) -> list[str]:
         """Every gateway model name some enabled provider serves, sorted."""
         return sorted({model for adapter in self._adapters.values() for model in adapter.config.models})
-
-    def for_model(self, model: str) -> ProviderAdapter:
-        """The first enabled provider whose ``models`` has the gateway model name ``model``."""
-        for adapter in self._adapters.values():
-            if model in adapter.config.models:
-                return adapter
-        known = ", ".join(self.models()) or "none"
-        raise UnknownModel(model, message=f"no enabled provider serves model {model!r}; known models: {known}")
-
-    def provider_model(self, provider_name: str, model: str) -> str:
-        """The provider's own model id for a gateway model name."""
-        adapter = self.get(provider_name)
-        try:
-            return adapter.config.models[model]
-        except KeyError:
-            raise UnknownModel(model, message=f"provider {provider_name!r} does not serve model {model!r}") from None
 
     def __iter__(self) -> Iterator[ProviderAdapter]:
         return iter(self._adapters.values())

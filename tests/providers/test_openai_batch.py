@@ -25,7 +25,6 @@ from gateway.providers.openai_batch import OpenAIBatchAdapter
 from gateway.providers.registry import (
     ADAPTER_KINDS,
     ProviderRegistry,
-    UnknownModel,
     UnknownProvider,
     UnknownProviderKind,
     build_adapter,
@@ -310,14 +309,9 @@ async def test_registry(monkeypatch: pytest.MonkeyPatch, http: httpx.AsyncClient
     }
     registry = ProviderRegistry.from_config(providers, http)
     assert registry.names() == ["a", "b"] and len(registry) == 2 and "off" not in registry
-    assert registry.for_model("m1").name == "a" and registry.for_model("m2").name == "b"
     assert registry.get("a").api_key == SECRET and registry.get("b").api_key is None
-    assert registry.provider_model("b", "m2") == "b-m2"
+    assert registry.get("b").config.models == {"m1": "b-m1", "m2": "b-m2"}
     assert isinstance(registry.get("a"), OpenAIBatchAdapter)
-    with pytest.raises(UnknownModel, match="known models: m1, m2"):
-        registry.for_model("m3")
-    with pytest.raises(UnknownModel):
-        registry.provider_model("a", "m2")
     with pytest.raises(UnknownProvider, match="known providers: a, b"):
         registry.get("off")
 

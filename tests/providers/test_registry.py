@@ -8,7 +8,7 @@ import pytest
 from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_batch import GeminiBatchAdapter
 from gateway.providers.openai_sync import OpenAISyncAdapter
-from gateway.providers.registry import ProviderRegistry, UnknownModel, UnknownProviderOption, build_adapter
+from gateway.providers.registry import ProviderRegistry, UnknownProviderOption, build_adapter
 
 
 async def test_options_reach_the_adapter() -> None:
@@ -34,8 +34,7 @@ async def test_sync_kind_and_model_lookup() -> None:
             },
             http,
         )
-    adapter = registry.for_model("ds")
+    adapter = registry.get("deepseek")
     assert isinstance(adapter, OpenAISyncAdapter) and adapter.executes_locally
-    assert registry.provider_model("deepseek", "ds") == "deepseek-chat"
-    with pytest.raises(UnknownModel, match="known models: ds"):
-        registry.for_model("gpt-4o-mini")
+    assert adapter.config.models == {"ds": "deepseek-chat"}
+    assert registry.names() == ["deepseek"], "a disabled provider is not registered"
