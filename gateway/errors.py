@@ -27,8 +27,7 @@ Every exception the project defines, by where it lives::
     │   ├── CatalogError               gateway.catalog.loader: an invalid catalog or override
     │   ├── UnknownProviderKind, UnknownProviderOption   gateway.providers.registry
     │   ├── TranslationError           gateway.translate: a request a provider format cannot express
-    │   ├── MalformedResult            gateway.translate.anthropic: an unusable Anthropic result line
-    │   ├── MalformedLine              gateway.providers.openai_wire: an unusable OpenAI result line
+    │   ├── MalformedResult            gateway.translate: a provider result line the gateway cannot use
     │   └── PolicyError                router_policies.base: an invalid routing hint or policy
     ├── LookupError
     │   ├── UnknownProvider            gateway.providers.registry: no enabled provider has the name

@@ -26,7 +26,6 @@ from gateway.providers.base import (
 )
 from gateway.providers.http import HttpAdapter, Multipart
 from gateway.providers.openai_wire import (
-    MalformedLine,
     batch_error_summary,
     cancel_refusal_is_benign,
     find_batch_with_token,
@@ -37,6 +36,7 @@ from gateway.providers.openai_wire import (
     submit_metadata,
     unwrap_batch,
 )
+from gateway.translate import MalformedResult
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class OpenAIBatchAdapter(HttpAdapter):
     def _result_line(self, line: bytes, number: int, file_id: str, provider_batch_id: str) -> Mapping[str, Any] | None:
         try:
             return normalise_output_line(line, provider_batch_id)
-        except MalformedLine as exc:
+        except MalformedResult as exc:
             log.warning(
                 "provider %s: skipped line %d of result file %s of batch %s: %s",
                 self.name,

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from gateway.providers.base import ProviderBatchState
+from gateway.translate import MalformedResult
 
 SUBMIT_TOKEN_KEY = "batchgw_submit_token"
 SHARD_ID_KEY = "batchgw_shard_id"
@@ -167,10 +168,6 @@ def find_batch_with_token(batches: list[dict[str, Any]], submit_token: str) -> d
     return next((batch for batch in batches if has_submit_token(batch, submit_token)), None)
 
 
-class MalformedLine(ValueError):
-    """A provider result line that cannot be used; the message says why (never the line itself)."""
-
-
 def _line_id(provider_batch_id: str, custom_id: str) -> str:
     digest = hashlib.sha256(f"{provider_batch_id}\x00{custom_id}".encode()).hexdigest()[:24]
     return f"batch_req_{digest}"
@@ -191,19 +188,19 @@ def _normalise_error(error: object) -> dict[str, Any] | None:
 def normalise_output_line(raw: bytes, provider_batch_id: str) -> dict[str, Any]:
     """Turn one provider result line into the OpenAI envelope ``{id, custom_id, response, error}``.
 
-    Raises :class:`MalformedLine` if the line is not a JSON object with a string ``custom_id``.
+    Raises :class:`MalformedResult` if the line is not a JSON object with a string ``custom_id``.
     A line with neither a response object nor an error gets an ``invalid_provider_output`` error,
     so the request shows up as failed rather than silently succeeded.
     """
     try:
         obj = msgspec.json.decode(raw)
     except msgspec.DecodeError:
-        raise MalformedLine("not valid JSON") from None
+        raise MalformedResult("not valid JSON") from None
     if not isinstance(obj, dict):
-        raise MalformedLine("not a JSON object")
+        raise MalformedResult("not a JSON object")
     custom_id = obj.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
-        raise MalformedLine("no string custom_id")
+        raise MalformedResult("no string custom_id")
     line_id = obj.get("id")
     response = obj.get("response")
     error = _normalise_error(obj.get("error"))

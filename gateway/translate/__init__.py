@@ -10,3 +10,7 @@ class TranslationError(ValueError):
     def __init__(self, message: str, param: str | None = None, code: str = "unsupported_parameter") -> None:
         super().__init__(message)
         self.message, self.param, self.code = message, param, code
+
+
+class MalformedResult(ValueError):
+    """A provider's result line the gateway cannot use; the message says why, never quoting the line."""

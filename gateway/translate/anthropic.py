@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.translate import TranslationError
+from gateway.translate import MalformedResult, TranslationError
 
 DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` sent when the client set neither ``max_tokens`` nor ``max_completion_tokens``."""
@@ -72,10 +72,6 @@ SAFE_CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAPPED_PREFIX = "m_"
 _MAPPED_ID = re.compile(r"m_[0-9a-f]{40}")
 _DATA_URL = re.compile(r"data:([^;,]+);base64,(.*)", re.DOTALL)
-
-
-class MalformedResult(ValueError):
-    """An Anthropic result line without the fields its ``type`` needs."""
 
 
 # --- custom_id mapping ---------------------------------------------------------------------------------

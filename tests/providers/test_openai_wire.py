@@ -19,7 +19,6 @@ from gateway.providers.openai_wire import (
     BATCH_STATUS_TABLE,
     SHARD_ID_KEY,
     SUBMIT_TOKEN_KEY,
-    MalformedLine,
     RequestCounts,
     batch_error_summary,
     cancel_refusal_is_benign,
@@ -38,6 +37,7 @@ from gateway.providers.retry_after import (
     parse_retry_after,
     parse_retry_after_value,
 )
+from gateway.translate import MalformedResult
 
 S = ProviderBatchState
 
@@ -292,7 +292,7 @@ def test_string_error_and_empty_line_get_errors() -> None:
     ],
 )
 def test_malformed_lines_rejected(raw: bytes) -> None:
-    with pytest.raises(MalformedLine):
+    with pytest.raises(MalformedResult):
         normalise_output_line(raw, "batch_1")
 
 

@@ -13,10 +13,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolC
 
 from gateway.simulator.anthropic_protocol import simulate_message
 from gateway.simulator.openai_protocol import chat_completion
-from gateway.translate import TranslationError
+from gateway.translate import MalformedResult, TranslationError
 from gateway.translate.anthropic import (
     DEFAULT_MAX_TOKENS,
-    MalformedResult,
     chat_to_messages,
     error_to_openai,
     message_to_chat,
