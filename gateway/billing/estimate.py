@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from gateway.billing.history import History
+from gateway.db.unit_of_work import reading
 
 if TYPE_CHECKING:
     from gateway.catalog.loader import OfferEntry
@@ -227,7 +228,7 @@ async def team_estimator(context: GatewayContext, team_id: str | None, endpoint:
 
     histories: dict[str, History] = {}
     if team_id:
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             rows = await billing_db.output_stats(session, team_id, endpoint)
         histories = {
             row.model: History.of(

@@ -1,8 +1,9 @@
 """The database access layer for teams, keys, files, batches and idempotency records.
 
 HTTP handlers and pipeline stages call these functions; nothing else builds queries on these
-tables. Every function takes an open ``AsyncSession`` and leaves committing to the caller unless
-its name says otherwise.
+tables. Every function takes an open ``AsyncSession`` and leaves committing to the caller's unit of work
+(:mod:`gateway.db.unit_of_work`), except claims: :func:`claim_batch` takes the session factory and commits
+each claim statement on its own, so a claim is taken or not the moment it returns.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.leases import Lease
 from gateway.db.models import ApiKey, Batch, IdempotencyRecord, Shard, StoredFile, Team
+from gateway.db.unit_of_work import reading, transaction
 
 KEY_PREFIX = "bgw-"
 ATTEMPT_LOG_KEEP = 20
@@ -199,26 +202,30 @@ async def remember_idempotent(
 # --- engine claims ----------------------------------------------------------------------------
 
 
-async def claim_batch(session: AsyncSession, stages: Sequence[str], owner: str, lease_s: float) -> Batch | None:
+async def claim_batch(
+    sessions: async_sessionmaker[AsyncSession], stages: Sequence[str], owner: str, lease_s: float
+) -> Batch | None:
     """Claim one due batch waiting in one of ``stages`` whose lease is free or expired.
 
-    The claim is one compare-and-set UPDATE on a candidate id, so it is atomic on PostgreSQL and
-    on SQLite alike: of two workers racing for a row, exactly one sees ``rowcount == 1``. It also
-    increments the row's fencing token (see :mod:`gateway.db.leases`).
+    The claim is one compare-and-set UPDATE on a candidate id, committed on its own, so it is atomic on
+    PostgreSQL and on SQLite alike: of two workers racing for a row, exactly one sees ``rowcount == 1``.
+    It also increments the row's fencing token (see :mod:`gateway.db.leases`).
     """
     now = time.time()
     free = or_(col(Batch.lease_expires_at).is_(None), col(Batch.lease_expires_at) < now)
     due = (col(Batch.stage).in_(stages), col(Batch.next_action_at) <= now, free)
-    candidates = (await session.exec(select(Batch.id).where(*due).order_by(col(Batch.seq)).limit(5))).all()
+    async with reading(sessions) as session:
+        candidates = (await session.exec(select(Batch.id).where(*due).order_by(col(Batch.seq)).limit(5))).all()
     for batch_id in candidates:
-        result = await session.exec(
-            update(Batch)
-            .where(col(Batch.id) == batch_id, *due)
-            .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Batch.lease_token) + 1)
-        )
-        await session.commit()
+        async with transaction(sessions) as session:
+            result = await session.exec(
+                update(Batch)
+                .where(col(Batch.id) == batch_id, *due)
+                .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Batch.lease_token) + 1)
+            )
         if result.rowcount == 1:
-            return await get_batch(session, None, batch_id)
+            async with reading(sessions) as session:
+                return await get_batch(session, None, batch_id)
     return None
 
 
@@ -229,7 +236,6 @@ async def release_batch(session: AsyncSession, batch_id: str, lease: Lease) -> N
         .where(col(Batch.id) == batch_id, *lease.holds(Batch))
         .values(lease_owner=None, lease_expires_at=None)
     )
-    await session.commit()
 
 
 async def update_batch_if(
@@ -258,7 +264,6 @@ async def extend_batch_lease(session: AsyncSession, batch_id: str, lease: Lease)
         .where(col(Batch.id) == batch_id, *lease.holds(Batch))
         .values(lease_expires_at=time.time() + lease.lease_s)
     )
-    await session.commit()
     return bool(result.rowcount)
 
 
@@ -276,7 +281,6 @@ async def record_batch_failure(
     if retry_at is not None:
         values |= {"next_action_at": retry_at, "lease_owner": None, "lease_expires_at": None}
     result = await session.exec(update(Batch).where(col(Batch.id) == batch_id, *lease.holds(Batch)).values(**values))
-    await session.commit()
     return bool(result.rowcount)
 
 

@@ -1,4 +1,8 @@
-"""Database access for shards: claims, capacity counts, and batch progress aggregates."""
+"""Database access for shards: claims, capacity counts, and batch progress aggregates.
+
+The caller's unit of work commits these writes, except :func:`claim_shard`, which commits its claim
+statement on its own (see :func:`gateway.db.repo.claim_batch`).
+"""
 
 from __future__ import annotations
 
@@ -9,32 +13,37 @@ from typing import Any
 
 from sqlalchemy import func, or_, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, LedgerEntry, Shard
 from gateway.db.repo import ATTEMPT_LOG_KEEP
+from gateway.db.unit_of_work import reading, transaction
 
 ACTIVE_STATES = ("queued", "submitting", "running", "executing", "collecting")
 IN_FLIGHT_STATES = ("submitting", "running", "executing")
 
 
-async def claim_shard(session: AsyncSession, owner: str, lease_s: float) -> Shard | None:
+async def claim_shard(sessions: async_sessionmaker[AsyncSession], owner: str, lease_s: float) -> Shard | None:
     """Claim one due shard whose lease is free, with a compare-and-set UPDATE (see repo.claim_batch)."""
     now = time.time()
     free = or_(col(Shard.lease_expires_at).is_(None), col(Shard.lease_expires_at) < now)
     due = (col(Shard.state).in_(ACTIVE_STATES), col(Shard.next_action_at) <= now, free)
-    candidates = (await session.exec(select(Shard.id).where(*due).order_by(col(Shard.next_action_at)).limit(8))).all()
+    async with reading(sessions) as session:
+        query = select(Shard.id).where(*due).order_by(col(Shard.next_action_at)).limit(8)
+        candidates = (await session.exec(query)).all()
     for shard_id in candidates:
-        result = await session.exec(
-            update(Shard)
-            .where(col(Shard.id) == shard_id, *due)
-            .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Shard.lease_token) + 1)
-        )
-        await session.commit()
+        async with transaction(sessions) as session:
+            result = await session.exec(
+                update(Shard)
+                .where(col(Shard.id) == shard_id, *due)
+                .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Shard.lease_token) + 1)
+            )
         if result.rowcount == 1:
-            return await session.get(Shard, shard_id)
+            async with reading(sessions) as session:
+                return await session.get(Shard, shard_id)
     return None
 
 
@@ -45,7 +54,6 @@ async def release_shard(session: AsyncSession, shard_id: str, lease: Lease) -> N
         .where(col(Shard.id) == shard_id, *lease.holds(Shard))
         .values(lease_owner=None, lease_expires_at=None)
     )
-    await session.commit()
 
 
 async def extend_shard_lease(session: AsyncSession, shard_id: str, lease: Lease) -> bool:
@@ -55,7 +63,6 @@ async def extend_shard_lease(session: AsyncSession, shard_id: str, lease: Lease)
         .where(col(Shard.id) == shard_id, *lease.holds(Shard))
         .values(lease_expires_at=time.time() + lease.lease_s)
     )
-    await session.commit()
     return bool(result.rowcount)
 
 
@@ -86,9 +93,7 @@ async def record_shard_failure(
         "lease_owner": None,
         "lease_expires_at": None,
     }
-    saved = await save_shard(session, shard, lease, **values)
-    await session.commit()
-    return saved
+    return await save_shard(session, shard, lease, **values)
 
 
 async def in_flight(session: AsyncSession, provider: str) -> tuple[int, dict[str, int]]:

@@ -32,6 +32,7 @@ from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, now_s
+from gateway.db.unit_of_work import Rollback, transaction
 from gateway.pipeline import canary, failover, ledger, lifecycle
 from gateway.pipeline.failover import retryable
 from gateway.pipeline.lifecycle import at, attempt_key, fanout_parts_prefix, gather_parts, stop_reason, wait
@@ -254,7 +255,7 @@ async def _close(
     error_key: str,
 ) -> bool:
     """The one transaction that makes this attempt's results the shard's; False if the lease was lost."""
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(
             session,
             shard,
@@ -279,8 +280,7 @@ async def _close(
             wait_detail=None,
         )
         if not saved:
-            await session.rollback()
-            return False
+            raise Rollback
         await shard_db.lock_batch(session, shard.batch_id)
         if move is not None:
             session.add(move.decision)
@@ -294,14 +294,14 @@ async def _close(
             spend.alerts.append(verdict)
         if await shard_db.open_shard_count(session, shard.batch_id) == 0:
             await _to_merge(session, batch.id)
-        await session.commit()
+    if not saved:
+        return False
     ledger.count(shard, spend, results.completed, results.failed, results.moved, results.usage.as_dict())
     if move is not None and move.decision.kind == "failover":
         metrics.record_failover(shard.provider, move.decision.chosen_provider, shard.end_reason or "failed")
     if spend.stopped:
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             await billing_db.wake_open_shards(session, batch.id)
-            await session.commit()
     if spend.wake_workers:
         context.work_available.set()
     log.info(
@@ -399,9 +399,8 @@ async def give_up(
     elif shard.state == "submitting":
         await lifecycle.abandon_provider_batch(context, shard, batch, f"its submit step failed: {message}")
     if shard.state != "collecting":
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             await shard_db.save_shard(session, shard, lease, **history)
-            await session.commit()
         await lifecycle.end_shard(context, shard, lease, reason="failed", error=message)
         return
     await _abort(context, shard, batch, lease, code, message, history)
@@ -427,7 +426,10 @@ async def _abort(
     except BlobMissing:
         await context.blobs.delete(error_key)
     lost = shard.request_count - written
-    async with context.sessions() as session:
+    detail = f"{shard.request_count} request(s) of a shard at {shard.provider} could not be collected: {message}"
+    if lost:
+        detail += f" ({lost} of them have no line in the error file: their input is no longer stored)"
+    async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(
             session,
             shard,
@@ -448,14 +450,9 @@ async def _abort(
             **history,
         )
         if not saved:
-            await session.rollback()
-            await context.blobs.delete(error_key)
-            return
+            raise Rollback
         await shard_db.lock_batch(session, shard.batch_id)
         current = await repo.get_batch(session, None, batch.id)
-        detail = f"{shard.request_count} request(s) of a shard at {shard.provider} could not be collected: {message}"
-        if lost:
-            detail += f" ({lost} of them have no line in the error file: their input is no longer stored)"
         error = {"code": code, "message": detail, "param": None, "line": None}
         if current is not None:
             await repo.update_batch_if(
@@ -464,7 +461,9 @@ async def _abort(
         await shard_db.refresh_batch_progress(session, batch.id)
         if await shard_db.open_shard_count(session, shard.batch_id) == 0:
             await _to_merge(session, batch.id)
-        await session.commit()
+    if not saved:
+        await context.blobs.delete(error_key)
+        return
     log.error("shard %s closed without results: %s", shard.id, detail)
 
 

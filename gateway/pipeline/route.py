@@ -33,6 +33,7 @@ from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import repo
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, RoutingDecision, Shard
+from gateway.db.unit_of_work import Rollback, reading, transaction
 from gateway.pipeline.lifecycle import end_unstarted, fail_batch, shard_input_key
 from gateway.providers.config import ProviderLimits
 from gateway.routing.offers import UnknownModel
@@ -275,7 +276,7 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
     if batch.status == "cancelling":
         await end_unstarted(context, batch, lease, status="cancelled")
         return
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         input_file = await repo.get_file(session, batch.team_id, batch.input_file_id)
     if input_file is None:
         message = f"The input file '{batch.input_file_id}' was deleted."
@@ -333,13 +334,11 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
     crash_point("route.after_shards_written")
     freeze_point("route.after_shards_written")
     await publish_shards(context.blobs, plans)
-    async with context.sessions() as session:
+    changed = False
+    async with transaction(context.sessions) as session:
         refusal = await budgets.reserve(session, batch.team_id, batch.id, estimated_cost)
         if refusal is not None:
-            await session.rollback()
-            await _discard(context, plans)
-            await fail_batch(context, batch, lease, "budget_exceeded", refusal)
-            return
+            raise Rollback
         for plan in plans:
             session.add(plan.shard(batch.id, held=canary > 0 and not plan.canary))
         for decision in decisions:
@@ -352,10 +351,12 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
             lease=lease,
         )
         if not changed:
-            await session.rollback()
-            await _discard(context, plans)
-            return
-        await session.commit()
+            raise Rollback
+    if not changed:
+        await _discard(context, plans)
+        if refusal is not None:
+            await fail_batch(context, batch, lease, "budget_exceeded", refusal)
+        return
     log.info("batch %s routed into %d shards (%s)", batch.id, len(plans), ", ".join(d.reason for d in decisions))
 
 
