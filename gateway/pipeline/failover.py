@@ -28,7 +28,7 @@ from gateway.db.leases import Lease
 from gateway.db.models import Batch, RoutingDecision, Shard
 from gateway.db.unit_of_work import reading
 from gateway.pipeline.lifecycle import PROVIDER_FAILURES, attempt_key
-from gateway.pipeline.route import Placement, ShardPlan, publish_shards, split_into_shards
+from gateway.pipeline.shard_plans import Placement, ShardPlan, publish_shards, split_into_shards
 from gateway.routing.placement import Choice, NoUsableProvider, rank
 from router_policies.base import PolicyError
 
