@@ -10,7 +10,7 @@ import gateway.pipeline
 
 STAGES = {"intake", "validate", "route", "submit", "fanout", "poll", "collect", "merge"}
 SHARED = {"lifecycle", "results", "shard_plans"}
-COLLECT_PARTS = {"ledger", "canary", "failover", "settle"}
+COLLECT_PARTS = {"ledger", "canary", "failover", "joining", "settle"}
 
 
 def pipeline_imports() -> dict[str, set[str]]:
