@@ -94,11 +94,9 @@ async def claim_due(
                     lease_token=col(AbandonedProviderBatch.lease_token) + 1,
                 )
             )
-        if result.rowcount == 1:
-            async with reading(sessions) as session:
-                row = await session.get(AbandonedProviderBatch, row_id)
-            if row is not None:
-                claimed.append(row)
+            row = await session.get(AbandonedProviderBatch, row_id) if result.rowcount == 1 else None
+        if row is not None:
+            claimed.append(row)
     return claimed
 
 

@@ -2,8 +2,8 @@
 
 HTTP handlers and pipeline stages call these functions; nothing else builds queries on these
 tables. Every function takes an open ``AsyncSession`` and leaves committing to the caller's unit of work
-(:mod:`gateway.db.unit_of_work`), except claims: :func:`claim_batch` takes the session factory and commits
-each claim statement on its own, so a claim is taken or not the moment it returns.
+(:mod:`gateway.db.unit_of_work`); a claim (:func:`claim_batch`) runs in a unit of work of its own, so it
+is committed the moment that block ends.
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.leases import Lease
 from gateway.db.models import ApiKey, Batch, IdempotencyRecord, Shard, StoredFile, Team
-from gateway.db.unit_of_work import reading, transaction
 
 KEY_PREFIX = "bgw-"
 ATTEMPT_LOG_KEEP = 20
@@ -202,30 +200,26 @@ async def remember_idempotent(
 # --- engine claims ----------------------------------------------------------------------------
 
 
-async def claim_batch(
-    sessions: async_sessionmaker[AsyncSession], stages: Sequence[str], owner: str, lease_s: float
-) -> Batch | None:
+async def claim_batch(session: AsyncSession, stages: Sequence[str], owner: str, lease_s: float) -> Batch | None:
     """Claim one due batch waiting in one of ``stages`` whose lease is free or expired.
 
-    The claim is one compare-and-set UPDATE on a candidate id, committed on its own, so it is atomic on
-    PostgreSQL and on SQLite alike: of two workers racing for a row, exactly one sees ``rowcount == 1``.
-    It also increments the row's fencing token (see :mod:`gateway.db.leases`).
+    The claim is one compare-and-set UPDATE on a candidate id, so it is atomic on PostgreSQL and on SQLite
+    alike: of two workers racing for a row, exactly one sees ``rowcount == 1`` (a candidate another worker
+    took first matches no row and writes nothing). It also increments the row's fencing token (see
+    :mod:`gateway.db.leases`). Run it in a unit of work of its own: the claim holds once that commits.
     """
     now = time.time()
     free = or_(col(Batch.lease_expires_at).is_(None), col(Batch.lease_expires_at) < now)
     due = (col(Batch.stage).in_(stages), col(Batch.next_action_at) <= now, free)
-    async with reading(sessions) as session:
-        candidates = (await session.exec(select(Batch.id).where(*due).order_by(col(Batch.seq)).limit(5))).all()
+    candidates = (await session.exec(select(Batch.id).where(*due).order_by(col(Batch.seq)).limit(5))).all()
     for batch_id in candidates:
-        async with transaction(sessions) as session:
-            result = await session.exec(
-                update(Batch)
-                .where(col(Batch.id) == batch_id, *due)
-                .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Batch.lease_token) + 1)
-            )
+        result = await session.exec(
+            update(Batch)
+            .where(col(Batch.id) == batch_id, *due)
+            .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Batch.lease_token) + 1)
+        )
         if result.rowcount == 1:
-            async with reading(sessions) as session:
-                return await get_batch(session, None, batch_id)
+            return await get_batch(session, None, batch_id)
     return None
 
 

@@ -1,7 +1,7 @@
 """Database access for shards: claims, capacity counts, and batch progress aggregates.
 
-The caller's unit of work commits these writes, except :func:`claim_shard`, which commits its claim
-statement on its own (see :func:`gateway.db.repo.claim_batch`).
+The caller's unit of work commits these writes; a claim (:func:`claim_shard`) runs in a unit of work of its
+own (see :func:`gateway.db.repo.claim_batch`).
 """
 
 from __future__ import annotations
@@ -13,37 +13,32 @@ from typing import Any
 
 from sqlalchemy import func, or_, update
 from sqlalchemy import select as sa_select
-from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, LedgerEntry, Shard
 from gateway.db.repo import ATTEMPT_LOG_KEEP
-from gateway.db.unit_of_work import reading, transaction
 
 ACTIVE_STATES = ("queued", "submitting", "running", "executing", "collecting")
 IN_FLIGHT_STATES = ("submitting", "running", "executing")
 
 
-async def claim_shard(sessions: async_sessionmaker[AsyncSession], owner: str, lease_s: float) -> Shard | None:
-    """Claim one due shard whose lease is free, with a compare-and-set UPDATE (see repo.claim_batch)."""
+async def claim_shard(session: AsyncSession, owner: str, lease_s: float) -> Shard | None:
+    """Claim one due shard whose lease is free, with a compare-and-set UPDATE (see repo.claim_batch: run it in
+    a unit of work of its own)."""
     now = time.time()
     free = or_(col(Shard.lease_expires_at).is_(None), col(Shard.lease_expires_at) < now)
     due = (col(Shard.state).in_(ACTIVE_STATES), col(Shard.next_action_at) <= now, free)
-    async with reading(sessions) as session:
-        query = select(Shard.id).where(*due).order_by(col(Shard.next_action_at)).limit(8)
-        candidates = (await session.exec(query)).all()
+    candidates = (await session.exec(select(Shard.id).where(*due).order_by(col(Shard.next_action_at)).limit(8))).all()
     for shard_id in candidates:
-        async with transaction(sessions) as session:
-            result = await session.exec(
-                update(Shard)
-                .where(col(Shard.id) == shard_id, *due)
-                .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Shard.lease_token) + 1)
-            )
+        result = await session.exec(
+            update(Shard)
+            .where(col(Shard.id) == shard_id, *due)
+            .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Shard.lease_token) + 1)
+        )
         if result.rowcount == 1:
-            async with reading(sessions) as session:
-                return await session.get(Shard, shard_id)
+            return await session.get(Shard, shard_id)
     return None
 
 

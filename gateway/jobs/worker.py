@@ -28,7 +28,7 @@ from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard
-from gateway.db.unit_of_work import reading, transaction
+from gateway.db.unit_of_work import transaction
 from gateway.jobs import blob_gc
 from gateway.jobs.failures import attempt_entry, cannot_heal, describe, retry_delay
 from gateway.pipeline import collect, fanout, merge, poll, route, settle, submit, validate
@@ -177,22 +177,22 @@ class Worker:
 
     async def _claim_batch(self) -> Coroutine[Any, Any, None] | None:
         lease_s = self.settings.lease_s
-        sessions = self.context.sessions
-        # A batch whose requests are all answered is merged before new batches are taken in.
-        batch = await repo.claim_batch(sessions, ["merge"], self.owner, lease_s)
-        if batch is None:
-            batch = await repo.claim_batch(sessions, INTAKE_STAGES, self.owner, lease_s)
+        async with transaction(self.context.sessions) as session:
+            # A batch whose requests are all answered is merged before new batches are taken in.
+            batch = await repo.claim_batch(session, ["merge"], self.owner, lease_s)
+            if batch is None:
+                batch = await repo.claim_batch(session, INTAKE_STAGES, self.owner, lease_s)
         if batch is None:
             return None
         return self._run_batch_stage(batch, Lease(self.owner, batch.lease_token, lease_s))
 
     async def _claim_shard(self) -> Coroutine[Any, Any, None] | None:
         lease_s = self.settings.lease_s
-        shard = await shard_db.claim_shard(self.context.sessions, self.owner, lease_s)
+        async with transaction(self.context.sessions) as session:
+            shard = await shard_db.claim_shard(session, self.owner, lease_s)
+            batch = await repo.get_batch(session, None, shard.batch_id) if shard is not None else None
         if shard is None:
             return None
-        async with reading(self.context.sessions) as session:
-            batch = await repo.get_batch(session, None, shard.batch_id)
         lease = Lease(self.owner, shard.lease_token, lease_s)
         if batch is None:
             async with transaction(self.context.sessions) as session:

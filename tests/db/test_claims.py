@@ -43,10 +43,12 @@ async def _race(database_kind: str, tmp_path: Path) -> None:
         batch_id, shard_id = await _seed(context)
 
         async def claim_batch(n: int) -> Batch | None:
-            return await repo.claim_batch(context.sessions, ["validate"], f"worker-{n}", 30)
+            async with transaction(context.sessions) as session:
+                return await repo.claim_batch(session, ["validate"], f"worker-{n}", 30)
 
         async def claim_shard(n: int) -> Shard | None:
-            return await shard_db.claim_shard(context.sessions, f"worker-{n}", 30)
+            async with transaction(context.sessions) as session:
+                return await shard_db.claim_shard(session, f"worker-{n}", 30)
 
         batches = [b for b in await asyncio.gather(*(claim_batch(n) for n in range(RACERS))) if b]
         shards = [s for s in await asyncio.gather(*(claim_shard(n) for n in range(RACERS))) if s]
@@ -57,7 +59,7 @@ async def _race(database_kind: str, tmp_path: Path) -> None:
             assert (await repo.get_batch(session, None, batch_id)).lease_owner == batches[0].lease_owner  # type: ignore[union-attr]
             winner = batches[0]
             await repo.release_batch(session, batch_id, Lease(str(winner.lease_owner), winner.lease_token, 30))
-        again = await repo.claim_batch(context.sessions, ["validate"], "late-worker", 30)
+            again = await repo.claim_batch(session, ["validate"], "late-worker", 30)
         assert again is not None and again.lease_owner == "late-worker"
         assert again.lease_token == winner.lease_token + 1, "every claim gives the row a new fencing token"
     finally:
@@ -76,11 +78,13 @@ async def _fenced(database_kind: str, tmp_path: Path) -> None:
     context = GatewayContext.create(settings)
     try:
         _batch_id, shard_id = await _seed(context)
-        first = await shard_db.claim_shard(context.sessions, "frozen-worker", 0.01)
+        async with transaction(context.sessions) as session:
+            first = await shard_db.claim_shard(session, "frozen-worker", 0.01)
         assert first is not None
         stale = Lease("frozen-worker", first.lease_token, 0.01)
         await asyncio.sleep(0.05)  # the frozen worker's lease expires; another worker takes the shard
-        second = await shard_db.claim_shard(context.sessions, "live-worker", 30)
+        async with transaction(context.sessions) as session:
+            second = await shard_db.claim_shard(session, "live-worker", 30)
         assert second is not None and second.id == shard_id
         live = Lease("live-worker", second.lease_token, 30)
         async with context.sessions() as session:
