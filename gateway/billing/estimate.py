@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from gateway.billing.history import History
+from gateway.db.unit_of_work import reading
 
 if TYPE_CHECKING:
     from gateway.catalog.loader import OfferEntry
@@ -223,12 +224,12 @@ def estimate_file(path: Path, endpoint: str, estimator: Estimator | None = None)
 
 async def team_estimator(context: GatewayContext, team_id: str | None, endpoint: str) -> Estimator:
     """The estimator of a team (None: no history, defaults only) for requests to ``endpoint``."""
-    from gateway.db import billing as billing_db
+    from gateway.db import history as history_db
 
     histories: dict[str, History] = {}
     if team_id:
-        async with context.sessions() as session:
-            rows = await billing_db.output_stats(session, team_id, endpoint)
+        async with reading(context.sessions) as session:
+            rows = await history_db.output_stats(session, team_id, endpoint)
         histories = {
             row.model: History.of(
                 requests=row.requests,

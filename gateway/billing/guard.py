@@ -45,6 +45,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.billing.budgets import EPSILON, status_of, team_paused, usd
 from gateway.db import billing as db
+from gateway.db import projections as projections_db
 from gateway.db.models import Batch, BillingAlert, Shard, now_s
 from gateway.settings import BillingSettings
 
@@ -94,11 +95,11 @@ async def project(
 ) -> Projection:
     """The batch's projection now; ``live`` counts a running fan-out shard's answers, ``open_delta_usd`` adds
     to the estimate of its unfinished work (a move being priced)."""
-    return _projection(batch, await db.projection_facts(session, batch.id), live, open_delta_usd)
+    return _projection(batch, await projections_db.projection_facts(session, batch.id), live, open_delta_usd)
 
 
 def _projection(
-    batch: Batch, facts: db.ProjectionFacts, live: Live | None = None, open_delta_usd: float = 0.0
+    batch: Batch, facts: projections_db.ProjectionFacts, live: Live | None = None, open_delta_usd: float = 0.0
 ) -> Projection:
     open_estimated = facts.open_estimated_usd + open_delta_usd
     done_expected, done_served, answered, actual = (
@@ -190,11 +191,12 @@ async def after_spend(
     current = await db.get_batch(session, batch.id)
     if current is None:
         current = batch
-    facts = await db.projection_facts(session, batch.id)
+    facts = await projections_db.projection_facts(session, batch.id)
     projection = _projection(current, facts)
     previous = reserved_total(current)
     stopping = current.status == "cancelling"  # nothing more starts: it reserves nothing beyond its spend
-    await db.set_projection(session, batch.id, projection.actual_usd if stopping else projection.expected_usd)
+    projected = projection.actual_usd if stopping else projection.expected_usd
+    await projections_db.set_projection(session, batch.id, projected)
     if current.status != "in_progress" or current.hold_reason is not None or facts.held:
         return projection, None  # stopping already, or its canary (or an operator) decides
     if projection.expected_usd <= previous + EPSILON:
@@ -232,7 +234,7 @@ async def running_check(
     paused = await team_paused(session, current.team_id, extra_spent_usd=extra)
     if paused is not None:
         return BudgetCheck("pause", paused)
-    facts = await db.projection_facts(session, current.id)
+    facts = await projections_db.projection_facts(session, current.id)
     if starting and facts.collecting:
         return BudgetCheck("wait", "a finished shard of the batch is being collected: its cost is checked first")
     projection = _projection(current, facts, live)

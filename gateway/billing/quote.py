@@ -21,6 +21,7 @@ from gateway.billing.estimate import ModelEstimate, cost_usd, estimate_file, tea
 from gateway.context import GatewayContext
 from gateway.db import routing as routing_db
 from gateway.db.models import Batch
+from gateway.db.unit_of_work import reading
 from gateway.routing.health import provider_states
 from gateway.routing.offers import UnknownModel
 from gateway.routing.placement import NoUsableProvider, rank
@@ -119,7 +120,7 @@ async def quote_file(
     hints = parse_hints(metadata or {})
     deadline_s = hints.deadline_s or DEFAULT_BATCH_TURNAROUND_S
     states = await provider_states(context)
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         samples = await routing_db.turnaround_samples(session, context.settings.routing.turnaround_samples)
     quote = Quote(policy=hints.policy or context.settings.routing.default_policy)
     for name, estimate in estimates.items():

@@ -20,6 +20,7 @@ from gateway.billing.alerts import alert_view
 from gateway.context import GatewayContext
 from gateway.db import billing as db
 from gateway.db.models import BillingAlert, WebhookDelivery
+from gateway.db.unit_of_work import reading, transaction
 from gateway.metrics import record_webhook_attempt
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,8 @@ async def _post(client: httpx.AsyncClient, url: str, alert: BillingAlert, timeou
 
 async def _attempt(context: GatewayContext, delivery: WebhookDelivery, alert: BillingAlert, url: str) -> bool:
     config = context.settings.billing
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         claimed = await db.claim_delivery(session, delivery, lease_until=time.time() + config.webhook_timeout_s + 30)
-        await session.commit()
     if not claimed or delivery.id is None:
         return False
     attempt = delivery.attempts + 1
@@ -62,9 +62,8 @@ async def _attempt(context: GatewayContext, delivery: WebhookDelivery, alert: Bi
         state, outcome = "pending", "failed"
         next_at = time.time() + min(config.webhook_backoff_s * 2 ** (attempt - 1), config.webhook_backoff_max_s)
         log.info("posting alert %s failed (attempt %d): %s; retrying", alert.id, attempt, error)
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         await db.finish_delivery(session, delivery.id, state=state, next_attempt_at=next_at, error=error)
-        await session.commit()
     record_webhook_attempt(outcome)
     return error is None
 
@@ -75,7 +74,7 @@ async def deliver_due(context: GatewayContext) -> int:
     if secret is None:
         return 0
     url = secret.get_secret_value()
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         due = await db.due_deliveries(session, time.time(), BATCH_SIZE)
     delivered = 0
     for delivery, alert in due:

@@ -1,4 +1,7 @@
-"""Database access for abandoned provider batches (see :class:`~gateway.db.models.AbandonedProviderBatch`)."""
+"""Database access for abandoned provider batches (see :class:`~gateway.db.models.AbandonedProviderBatch`).
+
+The caller's unit of work commits these writes, except :func:`claim_due`, which commits each claim on its own.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.leases import Lease
 from gateway.db.models import AbandonedProviderBatch, Batch, Shard
+from gateway.db.unit_of_work import reading, transaction
 
 
 async def register(
@@ -58,35 +63,40 @@ async def register(
     await session.exec(insert.values(**values).on_conflict_do_nothing(index_elements=["provider", "submit_token"]))
 
 
-async def claim_due(session: AsyncSession, owner: str, lease_s: float, limit: int = 8) -> list[AbandonedProviderBatch]:
-    """Claim open rows due for a cancel or a poll (compare-and-set per row, as shard claims)."""
+async def claim_due(
+    sessions: async_sessionmaker[AsyncSession], owner: str, lease_s: float, limit: int = 8
+) -> list[AbandonedProviderBatch]:
+    """Claim open rows due for a cancel or a poll (compare-and-set per row, each committed on its own, as
+    shard claims)."""
     now = time.time()
     free = or_(
         col(AbandonedProviderBatch.lease_expires_at).is_(None), col(AbandonedProviderBatch.lease_expires_at) < now
     )
     due = (col(AbandonedProviderBatch.state) == "open", col(AbandonedProviderBatch.next_action_at) <= now, free)
-    ids = (
-        await session.exec(
-            select(AbandonedProviderBatch.id).where(*due).order_by(col(AbandonedProviderBatch.next_action_at)).limit(limit)
-        )
-    ).all()
+    async with reading(sessions) as session:
+        ids = (
+            await session.exec(
+                select(AbandonedProviderBatch.id)
+                .where(*due)
+                .order_by(col(AbandonedProviderBatch.next_action_at))
+                .limit(limit)
+            )
+        ).all()
     claimed: list[AbandonedProviderBatch] = []
     for row_id in ids:
-        result = await session.exec(
-            update(AbandonedProviderBatch)
-            .where(col(AbandonedProviderBatch.id) == row_id, *due)
-            .values(
-                lease_owner=owner,
-                lease_expires_at=now + lease_s,
-                lease_token=col(AbandonedProviderBatch.lease_token) + 1,
+        async with transaction(sessions) as session:
+            result = await session.exec(
+                update(AbandonedProviderBatch)
+                .where(col(AbandonedProviderBatch.id) == row_id, *due)
+                .values(
+                    lease_owner=owner,
+                    lease_expires_at=now + lease_s,
+                    lease_token=col(AbandonedProviderBatch.lease_token) + 1,
+                )
             )
-        )
-        await session.commit()
-        if result.rowcount == 1:
-            row = await session.get(AbandonedProviderBatch, row_id)
-            if row is not None:
-                await session.refresh(row)
-                claimed.append(row)
+            row = await session.get(AbandonedProviderBatch, row_id) if result.rowcount == 1 else None
+        if row is not None:
+            claimed.append(row)
     return claimed
 
 

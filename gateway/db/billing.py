@@ -1,6 +1,9 @@
-"""The database access layer for budgets, billing alerts, the webhook outbox and spend from the ledger.
+"""The database access layer for budgets, billing alerts, the webhook outbox, spend from the ledger and
+batches stopped for a budget.
 
-Every function takes an open ``AsyncSession`` and leaves committing to the caller.
+Every function takes an open ``AsyncSession`` and leaves committing to the caller. A team's learned output
+lengths are in :mod:`gateway.db.history`, the facts a batch's cost projection is made of in
+:mod:`gateway.db.projections`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from gateway.db.models import (
     BillingAlert,
     Budget,
     LedgerEntry,
-    OutputTokenStats,
     Shard,
     Team,
     WebhookDelivery,
@@ -315,155 +317,7 @@ async def deliveries_of(session: AsyncSession, alert_ids: Sequence[int]) -> dict
     return {row.alert_id: row for row in rows.all()}
 
 
-# --- learned estimates ----------------------------------------------------------------------------
-
-
-async def output_stats(session: AsyncSession, team_id: str, endpoint: str) -> Sequence[OutputTokenStats]:
-    """The team's history rows (one per logical model) for ``endpoint``."""
-    query = select(OutputTokenStats).where(OutputTokenStats.team_id == team_id, OutputTokenStats.endpoint == endpoint)
-    return list((await session.exec(query)).all())
-
-
-async def add_to_history(
-    session: AsyncSession,
-    team_id: str,
-    model: str,
-    endpoint: str,
-    *,
-    requests: int,
-    output_tokens: int,
-    input_tokens: int,
-    estimated_input_tokens: int,
-    histogram: dict[int, int],
-) -> None:
-    """Count a collected shard's answered requests in the team's history (in the caller's transaction).
-
-    The row is created if missing (without failing on a concurrent creator) and then locked, so two shards
-    collected at once both count. ``histogram`` counts requests per bucket (see :mod:`gateway.billing.history`).
-    """
-    if requests == 0:
-        return
-    insert = pg_insert if _dialect(session) == "postgresql" else sqlite_insert
-    await session.exec(
-        insert(OutputTokenStats)
-        .values(
-            team_id=team_id,
-            model=model,
-            endpoint=endpoint,
-            requests=0,
-            output_tokens=0,
-            input_tokens=0,
-            estimated_input_tokens=0,
-            histogram={},
-            updated_at=time.time(),
-        )
-        .on_conflict_do_nothing(index_elements=["team_id", "model", "endpoint"])
-    )
-    where = (
-        col(OutputTokenStats.team_id) == team_id,
-        col(OutputTokenStats.model) == model,
-        col(OutputTokenStats.endpoint) == endpoint,
-    )
-    if _dialect(session) == "sqlite":
-        row = (await session.exec(select(OutputTokenStats).where(*where))).one()
-    else:
-        row = (await session.exec(select(OutputTokenStats).where(*where).with_for_update())).one()
-    await session.refresh(row)
-    merged = {str(k): int(v) for k, v in row.histogram.items()}
-    for bucket, count in histogram.items():
-        merged[str(bucket)] = merged.get(str(bucket), 0) + count
-    await session.exec(
-        update(OutputTokenStats)
-        .where(col(OutputTokenStats.id) == row.id)
-        .values(
-            requests=row.requests + requests,
-            output_tokens=row.output_tokens + output_tokens,
-            input_tokens=row.input_tokens + input_tokens,
-            estimated_input_tokens=row.estimated_input_tokens + estimated_input_tokens,
-            histogram=merged,
-            updated_at=time.time(),
-        )
-        .execution_options(synchronize_session=False)
-    )
-
-
-# --- projections of running batches ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProjectionFacts:
-    """What a batch's projection is computed from."""
-
-    open_estimated_usd: float
-    """Estimated cost of its unfinished shards, each at the rates of the offer it is placed on."""
-    done_expected_usd: float
-    """Estimated cost of the requests its finished shards answered."""
-    done_served_usd: float
-    """What those answers actually cost (ledger, kind 'served')."""
-    answered: int
-    actual_usd: float
-    """Everything the ledger holds for the batch (served and abandoned)."""
-    held: int = 0
-    """Shards waiting for the batch's canary verdict."""
-    collecting: int = 0
-    """Shards whose provider finished and whose cost is being collected."""
-
-
-async def projection_facts(session: AsyncSession, batch_id: str) -> ProjectionFacts:
-    """Estimates and actual spend of a batch's shards (see :mod:`gateway.billing.guard`)."""
-    open_estimated = (
-        await session.exec(
-            select(func.coalesce(func.sum(Shard.estimated_cost_usd), 0.0)).where(
-                Shard.batch_id == batch_id, col(Shard.state) != "done"
-            )
-        )
-    ).one()
-    done = (
-        await session.exec(
-            select(
-                func.coalesce(
-                    func.sum(col(Shard.estimated_cost_usd) * col(Shard.result_completed) / col(Shard.request_count)),
-                    0.0,
-                ),
-                func.coalesce(func.sum(Shard.result_completed), 0),
-            ).where(Shard.batch_id == batch_id, Shard.state == "done", col(Shard.request_count) > 0)
-        )
-    ).one()
-    served = (
-        await session.exec(
-            select(func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0)).where(
-                LedgerEntry.batch_id == batch_id, LedgerEntry.kind == "served"
-            )
-        )
-    ).one()
-    actual = (
-        await session.exec(
-            select(func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0)).where(LedgerEntry.batch_id == batch_id)
-        )
-    ).one()
-    states = dict(
-        (
-            await session.exec(
-                select(Shard.state, func.count())
-                .where(Shard.batch_id == batch_id, col(Shard.state).in_(("held", "collecting")))
-                .group_by(Shard.state)
-            )
-        ).all()
-    )
-    return ProjectionFacts(
-        float(open_estimated),
-        float(done[0]),
-        float(served),
-        int(done[1]),
-        float(actual),
-        int(states.get("held", 0)),
-        int(states.get("collecting", 0)),
-    )
-
-
-async def set_projection(session: AsyncSession, batch_id: str, projected_usd: float) -> None:
-    """Store a batch's projected total cost (its reservation follows it)."""
-    await session.exec(update(Batch).where(col(Batch.id) == batch_id).values(projected_cost_usd=projected_usd))
+# --- stopping running batches ------------------------------------------------------------------
 
 
 async def wake_open_shards(session: AsyncSession, batch_id: str) -> None:

@@ -1,5 +1,8 @@
 """SQLModel tables: the durable state of the gateway.
 
+Kept in one module although it is long: it is one concern, the one schema the migrations describe, and
+importing it registers every table with the metadata at once.
+
 Every change of state is written here before it has effects outside (a provider call, a file
 written for a client), so any worker can pick up any job after a crash.
 """

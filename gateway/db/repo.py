@@ -1,8 +1,9 @@
 """The database access layer for teams, keys, files, batches and idempotency records.
 
 HTTP handlers and pipeline stages call these functions; nothing else builds queries on these
-tables. Every function takes an open ``AsyncSession`` and leaves committing to the caller unless
-its name says otherwise.
+tables. Every function takes an open ``AsyncSession`` and leaves committing to the caller's unit of work
+(:mod:`gateway.db.unit_of_work`); a claim (:func:`claim_batch`) runs in a unit of work of its own, so it
+is committed the moment that block ends.
 """
 
 from __future__ import annotations
@@ -202,9 +203,10 @@ async def remember_idempotent(
 async def claim_batch(session: AsyncSession, stages: Sequence[str], owner: str, lease_s: float) -> Batch | None:
     """Claim one due batch waiting in one of ``stages`` whose lease is free or expired.
 
-    The claim is one compare-and-set UPDATE on a candidate id, so it is atomic on PostgreSQL and
-    on SQLite alike: of two workers racing for a row, exactly one sees ``rowcount == 1``. It also
-    increments the row's fencing token (see :mod:`gateway.db.leases`).
+    The claim is one compare-and-set UPDATE on a candidate id, so it is atomic on PostgreSQL and on SQLite
+    alike: of two workers racing for a row, exactly one sees ``rowcount == 1`` (a candidate another worker
+    took first matches no row and writes nothing). It also increments the row's fencing token (see
+    :mod:`gateway.db.leases`). Run it in a unit of work of its own: the claim holds once that commits.
     """
     now = time.time()
     free = or_(col(Batch.lease_expires_at).is_(None), col(Batch.lease_expires_at) < now)
@@ -216,7 +218,6 @@ async def claim_batch(session: AsyncSession, stages: Sequence[str], owner: str, 
             .where(col(Batch.id) == batch_id, *due)
             .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Batch.lease_token) + 1)
         )
-        await session.commit()
         if result.rowcount == 1:
             return await get_batch(session, None, batch_id)
     return None
@@ -229,7 +230,6 @@ async def release_batch(session: AsyncSession, batch_id: str, lease: Lease) -> N
         .where(col(Batch.id) == batch_id, *lease.holds(Batch))
         .values(lease_owner=None, lease_expires_at=None)
     )
-    await session.commit()
 
 
 async def update_batch_if(
@@ -258,7 +258,6 @@ async def extend_batch_lease(session: AsyncSession, batch_id: str, lease: Lease)
         .where(col(Batch.id) == batch_id, *lease.holds(Batch))
         .values(lease_expires_at=time.time() + lease.lease_s)
     )
-    await session.commit()
     return bool(result.rowcount)
 
 
@@ -276,7 +275,6 @@ async def record_batch_failure(
     if retry_at is not None:
         values |= {"next_action_at": retry_at, "lease_owner": None, "lease_expires_at": None}
     result = await session.exec(update(Batch).where(col(Batch.id) == batch_id, *lease.holds(Batch)).values(**values))
-    await session.commit()
     return bool(result.rowcount)
 
 

@@ -1,4 +1,8 @@
-"""Database access for shards: claims, capacity counts, and batch progress aggregates."""
+"""Database access for shards: claims, capacity counts, and batch progress aggregates.
+
+The caller's unit of work commits these writes; a claim (:func:`claim_shard`) runs in a unit of work of its
+own (see :func:`gateway.db.repo.claim_batch`).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ IN_FLIGHT_STATES = ("submitting", "running", "executing")
 
 
 async def claim_shard(session: AsyncSession, owner: str, lease_s: float) -> Shard | None:
-    """Claim one due shard whose lease is free, with a compare-and-set UPDATE (see repo.claim_batch)."""
+    """Claim one due shard whose lease is free, with a compare-and-set UPDATE (see repo.claim_batch: run it in
+    a unit of work of its own)."""
     now = time.time()
     free = or_(col(Shard.lease_expires_at).is_(None), col(Shard.lease_expires_at) < now)
     due = (col(Shard.state).in_(ACTIVE_STATES), col(Shard.next_action_at) <= now, free)
@@ -32,7 +37,6 @@ async def claim_shard(session: AsyncSession, owner: str, lease_s: float) -> Shar
             .where(col(Shard.id) == shard_id, *due)
             .values(lease_owner=owner, lease_expires_at=now + lease_s, lease_token=col(Shard.lease_token) + 1)
         )
-        await session.commit()
         if result.rowcount == 1:
             return await session.get(Shard, shard_id)
     return None
@@ -45,7 +49,6 @@ async def release_shard(session: AsyncSession, shard_id: str, lease: Lease) -> N
         .where(col(Shard.id) == shard_id, *lease.holds(Shard))
         .values(lease_owner=None, lease_expires_at=None)
     )
-    await session.commit()
 
 
 async def extend_shard_lease(session: AsyncSession, shard_id: str, lease: Lease) -> bool:
@@ -55,7 +58,6 @@ async def extend_shard_lease(session: AsyncSession, shard_id: str, lease: Lease)
         .where(col(Shard.id) == shard_id, *lease.holds(Shard))
         .values(lease_expires_at=time.time() + lease.lease_s)
     )
-    await session.commit()
     return bool(result.rowcount)
 
 
@@ -86,9 +88,7 @@ async def record_shard_failure(
         "lease_owner": None,
         "lease_expires_at": None,
     }
-    saved = await save_shard(session, shard, lease, **values)
-    await session.commit()
-    return saved
+    return await save_shard(session, shard, lease, **values)
 
 
 async def in_flight(session: AsyncSession, provider: str) -> tuple[int, dict[str, int]]:

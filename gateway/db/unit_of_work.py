@@ -3,7 +3,9 @@
 Callers never call ``session.commit()`` themselves: they write inside ``async with transaction(sessions)``
 and the block's end is the commit point. A block that must publish a change before an outside effect
 (the "database before the world" rule of the pipeline) simply ends before that effect and opens a new
-unit of work afterwards. Read-only callers use :func:`reading`, which never commits.
+unit of work afterwards. A block that finds its work must not be kept (a fenced write matched no row)
+raises :class:`Rollback`: its work is rolled back and the code after the block runs. Read-only callers use
+:func:`reading`, which never commits.
 """
 
 from __future__ import annotations
@@ -15,12 +17,20 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 
+class Rollback(Exception):
+    """Raised in a :func:`transaction` block to roll its work back and leave the block without an error."""
+
+
 @asynccontextmanager
 async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session whose work is committed when the block ends normally and rolled back when it raises."""
+    """A session whose work is committed when the block ends normally and rolled back when it raises
+    (quietly for :class:`Rollback`)."""
     async with sessions() as session:
         try:
             yield session
+        except Rollback:
+            await session.rollback()
+            return
         except BaseException:
             await session.rollback()
             raise

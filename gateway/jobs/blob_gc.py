@@ -16,6 +16,7 @@ from collections import defaultdict
 
 from gateway.context import GatewayContext
 from gateway.db import blobs as blobs_db
+from gateway.db.unit_of_work import reading, transaction
 from gateway.storage import BlobInfo
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,8 @@ async def collect_garbage(context: GatewayContext, grace_s: float | None = None)
     """Remove unnamed blobs older than the grace period; returns how many were removed."""
     grace = context.settings.worker.blob_gc_grace_s if grace_s is None else grace_s
     cutoff = time.time() - grace
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         expired = await blobs_db.expire_files(session)
-        await session.commit()
     if expired:
         log.info("%d expired file(s) marked deleted", expired)
     removed = 0
@@ -47,7 +47,7 @@ async def collect_garbage(context: GatewayContext, grace_s: float | None = None)
 async def _unnamed(context: GatewayContext, prefix: str, blobs: list[BlobInfo]) -> list[BlobInfo]:
     if not blobs:
         return []
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         if prefix != "shards/":
             named = await blobs_db.named_file_keys(session, [b.key for b in blobs])
             return [b for b in blobs if b.key not in named]

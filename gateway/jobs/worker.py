@@ -28,6 +28,7 @@ from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard
+from gateway.db.unit_of_work import transaction
 from gateway.jobs import blob_gc
 from gateway.jobs.failures import attempt_entry, cannot_heal, describe, retry_delay
 from gateway.pipeline import collect, fanout, merge, poll, route, settle, submit, validate
@@ -176,7 +177,7 @@ class Worker:
 
     async def _claim_batch(self) -> Coroutine[Any, Any, None] | None:
         lease_s = self.settings.lease_s
-        async with self.context.sessions() as session:
+        async with transaction(self.context.sessions) as session:
             # A batch whose requests are all answered is merged before new batches are taken in.
             batch = await repo.claim_batch(session, ["merge"], self.owner, lease_s)
             if batch is None:
@@ -187,14 +188,14 @@ class Worker:
 
     async def _claim_shard(self) -> Coroutine[Any, Any, None] | None:
         lease_s = self.settings.lease_s
-        async with self.context.sessions() as session:
+        async with transaction(self.context.sessions) as session:
             shard = await shard_db.claim_shard(session, self.owner, lease_s)
-            if shard is None:
-                return None
-            batch = await repo.get_batch(session, None, shard.batch_id)
+            batch = await repo.get_batch(session, None, shard.batch_id) if shard is not None else None
+        if shard is None:
+            return None
         lease = Lease(self.owner, shard.lease_token, lease_s)
         if batch is None:
-            async with self.context.sessions() as session:
+            async with transaction(self.context.sessions) as session:
                 await shard_db.release_shard(session, shard.id, lease)
             return None
         return self._run_shard_step(shard, batch, lease)
@@ -204,7 +205,7 @@ class Worker:
         extend = repo.extend_batch_lease
         error = await self._supervised(BATCH_STAGES[stage](self.context, batch, lease), extend, batch.id, lease)
         if error is None:
-            async with self.context.sessions() as session:
+            async with transaction(self.context.sessions) as session:
                 await repo.release_batch(session, batch.id, lease)
             self.context.work_available.set()
             return
@@ -213,12 +214,12 @@ class Worker:
         if cannot_heal(error) or attempts >= self.settings.stage_max_attempts:
             code, message = _final_error(stage, error, attempts)
             log.error("batch %s: stage %s gave up after %d attempt(s): %s", batch.id, stage, attempts, message)
-            async with self.context.sessions() as session:
+            async with transaction(self.context.sessions) as session:
                 await repo.record_batch_failure(session, batch.id, lease, entry, retry_at=None)
             try:
                 await BATCH_GIVE_UP[stage](self.context, batch, lease, code, message)
             finally:
-                async with self.context.sessions() as session:
+                async with transaction(self.context.sessions) as session:
                     await repo.release_batch(session, batch.id, lease)
             self.context.work_available.set()
             return
@@ -227,7 +228,7 @@ class Worker:
             "batch %s: stage %s failed (attempt %d of %d), retrying in %.0fs: %s",
             batch.id, stage, attempts, self.settings.stage_max_attempts, delay, entry["message"],
         )  # fmt: skip
-        async with self.context.sessions() as session:
+        async with transaction(self.context.sessions) as session:
             await repo.record_batch_failure(session, batch.id, lease, entry, retry_at=time.time() + delay)
 
     async def _run_shard_step(self, shard: Shard, batch: Batch, lease: Lease) -> None:
@@ -235,7 +236,7 @@ class Worker:
         step = SHARD_STAGES[state](self.context, shard, batch, lease)
         error = await self._supervised(step, shard_db.extend_shard_lease, shard.id, lease)
         if error is None:
-            async with self.context.sessions() as session:
+            async with transaction(self.context.sessions) as session:
                 if shard.stage_attempts and not lease.lost:
                     await shard_db.save_shard(session, shard, lease, stage_attempts=0)
                 await shard_db.release_shard(session, shard.id, lease)
@@ -250,12 +251,12 @@ class Worker:
                 await collect.give_up(self.context, shard, batch, lease, code, message, entry)
             except Exception:
                 log.exception("shard %s: ending it after a failed step failed too; retrying", shard.id)
-                async with self.context.sessions() as session:
+                async with transaction(self.context.sessions) as session:
                     await shard_db.record_shard_failure(
                         session, shard, lease, entry, time.time() + self.settings.stage_retry_max_s, message
                     )
                 return
-            async with self.context.sessions() as session:
+            async with transaction(self.context.sessions) as session:
                 await shard_db.release_shard(session, shard.id, lease)
             self.context.work_available.set()
             return
@@ -265,7 +266,7 @@ class Worker:
             f"{entry['message']}; retrying at {time.strftime('%H:%M:%S', time.gmtime(time.time() + delay))} UTC"
         )
         log.warning("shard %s: %s", shard.id, wait)
-        async with self.context.sessions() as session:
+        async with transaction(self.context.sessions) as session:
             await shard_db.record_shard_failure(session, shard, lease, entry, time.time() + delay, wait)
 
     async def _supervised(
@@ -316,7 +317,7 @@ class Worker:
                 lease.lost = True
             else:
                 try:
-                    async with self.context.sessions() as session:
+                    async with transaction(self.context.sessions) as session:
                         held = await extend(session, row_id, lease)
                 except Exception:
                     log.warning("heartbeat for %s failed; retrying", row_id, exc_info=True)

@@ -29,6 +29,7 @@ from gateway.billing import guard
 from gateway.billing.budgets import usd
 from gateway.context import GatewayContext
 from gateway.db import billing as billing_db
+from gateway.db import projections as projections_db
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.models import Batch, BillingAlert, RoutingDecision
@@ -126,7 +127,7 @@ async def _worries(session: AsyncSession, context: GatewayContext, batch: Batch,
             f"the projection is {projection / estimate:.1f}x the estimate of {usd(estimate)} "
             f"(above anomaly_factor {factor:g})"
         )
-    facts = await billing_db.projection_facts(session, batch.id)
+    facts = await projections_db.projection_facts(session, batch.id)
     whole = guard.Projection(
         estimate_usd=estimate,
         actual_usd=facts.actual_usd,

@@ -1,11 +1,11 @@
 """Stage 6 of the data path: collect a finished shard, joining its results on ``custom_id``.
 
 ``collect_shard`` turns one finished provider batch (or fan-out run) into the shard's success lines
-and error lines, with exactly one line for every request of the shard: lines the provider sent for
-unknown or already seen ids are dropped; requests that failed retryably or were never answered move
-to a follow-up shard (:mod:`gateway.pipeline.failover`) or, when they may not, get an error line
-saying why (cancelled, expired, provider failure). The same transaction closes the shard, adds its
-follow-up shards, writes its ledger row (:mod:`gateway.pipeline.ledger`), decides a canary
+and error lines (:mod:`gateway.pipeline.joining`), with exactly one line for every request of the shard:
+lines the provider sent for unknown or already seen ids are dropped; requests that failed retryably or
+were never answered move to a follow-up shard (:mod:`gateway.pipeline.failover`) or, when they may not,
+get an error line saying why (cancelled, expired, provider failure). The same transaction closes the
+shard, adds its follow-up shards, writes its ledger row (:mod:`gateway.pipeline.ledger`), decides a canary
 (:mod:`gateway.pipeline.canary`) and, once no shard of the batch is open, hands the batch to the merge
 stage. The blobs an attempt writes carry its fencing token, and only the transaction that closes the
 shard, fenced by the same lease, makes them the shard's: an attempt cut short, or one whose lease
@@ -20,10 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from gateway import metrics
-from gateway.billing.estimate import raw_input_tokens
 from gateway.billing.guard import BUDGET_ERROR
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point, freeze_point
@@ -32,18 +29,11 @@ from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, now_s
+from gateway.db.unit_of_work import Rollback, transaction
 from gateway.pipeline import canary, failover, ledger, lifecycle
-from gateway.pipeline.failover import retryable
+from gateway.pipeline.joining import error_lines, fail_moved, split_results
 from gateway.pipeline.lifecycle import at, attempt_key, fanout_parts_prefix, gather_parts, stop_reason, wait
-from gateway.pipeline.results import (
-    ShardResults,
-    error_line,
-    id_decoder,
-    iter_custom_ids,
-    request_line_id,
-    result_decoder,
-)
-from gateway.pipeline.results import encoder as line_encoder
+from gateway.pipeline.results import ShardResults
 from gateway.providers.base import (
     CapabilityNotSupported,
     ProviderAuthFailed,
@@ -57,126 +47,7 @@ from gateway.storage.local import scratch_file
 
 log = logging.getLogger(__name__)
 
-MISSING_RESULT_ERRORS = {
-    "cancelled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
-    "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
-    "failed": ("provider_batch_failed", "The provider batch that held this request failed: {detail}"),
-    "completed": ("result_missing", "The provider finished its batch without a valid result for this request."),
-    "stalled": ("provider_stalled", "The provider batch that held this request made no progress: {detail}"),
-    "abandoned": ("provider_unavailable", "The provider that held this request stayed unreachable: {detail}"),
-    "rerouted": ("provider_unavailable", "No provider could take this request: {detail}"),
-    "canary_failed": ("canary_failed", "This request was not run: {detail}"),
-    "budget_exceeded": (
-        "budget_exceeded",
-        "This request was not run: the batch was stopped to hold a hard budget (see the batch's errors).",
-    ),
-    "budget": ("budget_exceeded", "This request was not run: a hard budget is spent: {detail}"),
-}
-UNEXECUTED_CODES = frozenset({"batch_cancelled", "batch_expired"})
 RESULTS_RETRY_S = 10.0
-
-
-def split_results(
-    batch_id: str,
-    input_path: Path,
-    raw_path: Path | None,
-    output_path: Path,
-    error_path: Path,
-    moved_path: Path,
-    end_reason: str,
-    detail: str | None,
-    provider: str,
-    can_move: bool,
-) -> ShardResults:
-    """Write one output, error or moved line per request of the shard; see the module docstring.
-
-    With ``can_move``, requests that failed retryably or were never answered go to ``moved_path``
-    (their input lines) instead of the error file. Every output and error line names the
-    ``provider`` that answered it.
-    """
-    pending = _input_estimates(input_path)
-    moved: set[str] = set()
-    results = ShardResults()
-    with output_path.open("wb") as out, error_path.open("wb") as err:
-        if raw_path is not None and raw_path.exists():
-            with raw_path.open("rb") as raw:
-                for number, line in enumerate(raw, 1):
-                    try:
-                        item = result_decoder.decode(line)
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        log.warning("skipping an unreadable result line %d of batch %s", number, batch_id)
-                        continue
-                    if not isinstance(item.custom_id, str) or item.custom_id not in pending:
-                        continue
-                    if item.response is None and _unexecuted(item.error):
-                        continue  # the provider never ran it: handled below with the pending ones
-                    raw_input = pending.pop(item.custom_id)
-                    ok = item.ok
-                    if not ok and can_move and retryable(item.status_code, item.error):
-                        moved.add(item.custom_id)
-                        continue
-                    record = {
-                        "id": request_line_id(batch_id, item.custom_id),
-                        "custom_id": item.custom_id,
-                        "response": item.response,
-                        "error": item.error,
-                        "provider": provider,
-                    }
-                    if ok:
-                        results.completed += 1
-                        body = (item.response or {}).get("body")
-                        results.usage.add(body)
-                        results.sample.add(*_answer_tokens(body), raw_input)
-                        out.write(line_encoder.encode(record) + b"\n")
-                    else:
-                        results.failed += 1
-                        err.write(line_encoder.encode(record) + b"\n")
-        code, message = MISSING_RESULT_ERRORS.get(end_reason, MISSING_RESULT_ERRORS["failed"])
-        message = message.format(detail=detail or "no detail given")
-        for custom_id in pending:
-            if can_move:
-                moved.add(custom_id)
-                continue
-            results.failed += 1
-            err.write(error_line(batch_id, custom_id, code, message, provider) + b"\n")
-    results.moved = len(moved)
-    with input_path.open("rb") as source, moved_path.open("wb") as sink:
-        if moved:
-            for line in source:
-                if line.strip() and id_decoder.decode(line).custom_id in moved:
-                    sink.write(line if line.endswith(b"\n") else line + b"\n")
-    return results
-
-
-class _InputLine(msgspec.Struct):
-    custom_id: str = ""
-    body: msgspec.Raw = msgspec.Raw(b"{}")
-
-
-_input_decoder = msgspec.json.Decoder(_InputLine)
-
-
-def _input_estimates(input_path: Path) -> dict[str, int]:
-    """The shard's custom_ids in order, each with its input tokens by the bytes / 4 rule."""
-    found: dict[str, int] = {}
-    with input_path.open("rb") as handle:
-        for line in handle:
-            if line.strip():
-                request = _input_decoder.decode(line)
-                found[request.custom_id] = raw_input_tokens(bytes(request.body))
-    return found
-
-
-def _answer_tokens(body: Any) -> tuple[int, int]:
-    """``(output, input)`` tokens an answer's usage reports."""
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return 0, 0
-    return int(usage.get("completion_tokens") or 0), int(usage.get("prompt_tokens") or 0)
-
-
-def _unexecuted(error: dict[str, Any] | None) -> bool:
-    return isinstance(error, dict) and error.get("code") in UNEXECUTED_CODES
 
 
 async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> None:
@@ -225,7 +96,7 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lea
                 if move.error is not None:
                     shard.last_error = move.error
                     await asyncio.to_thread(
-                        _fail_moved, batch.id, moved_path, error_tmp, move.error, shard.provider, move.code
+                        fail_moved, batch.id, moved_path, error_tmp, move.error, shard.provider, move.code
                     )
                     results.failed += results.moved
                     results.moved = 0
@@ -254,7 +125,7 @@ async def _close(
     error_key: str,
 ) -> bool:
     """The one transaction that makes this attempt's results the shard's; False if the lease was lost."""
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(
             session,
             shard,
@@ -279,8 +150,7 @@ async def _close(
             wait_detail=None,
         )
         if not saved:
-            await session.rollback()
-            return False
+            raise Rollback
         await shard_db.lock_batch(session, shard.batch_id)
         if move is not None:
             session.add(move.decision)
@@ -294,14 +164,14 @@ async def _close(
             spend.alerts.append(verdict)
         if await shard_db.open_shard_count(session, shard.batch_id) == 0:
             await _to_merge(session, batch.id)
-        await session.commit()
+    if not saved:
+        return False
     ledger.count(shard, spend, results.completed, results.failed, results.moved, results.usage.as_dict())
     if move is not None and move.decision.kind == "failover":
         metrics.record_failover(shard.provider, move.decision.chosen_provider, shard.end_reason or "failed")
     if spend.stopped:
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             await billing_db.wake_open_shards(session, batch.id)
-            await session.commit()
     if spend.wake_workers:
         context.work_available.set()
     log.info(
@@ -320,15 +190,6 @@ async def _note_budget_refusal(session: Any, batch_id: str, message: str) -> Non
     await repo.update_batch_if(
         session, batch_id, expected_status=current.status, values={"errors": [*(current.errors or []), error]}
     )
-
-
-def _fail_moved(batch_id: str, moved_path: Path, error_path: Path, message: str, provider: str, code: str) -> None:
-    """Requests that could be moved nowhere get error lines."""
-    with moved_path.open("rb") as source, error_path.open("ab") as err:
-        for line in source:
-            if line.strip():
-                custom_id = id_decoder.decode(line).custom_id
-                err.write(error_line(batch_id, custom_id, code, message, provider) + b"\n")
 
 
 async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, lease: Lease, dest: Path) -> str:
@@ -399,9 +260,8 @@ async def give_up(
     elif shard.state == "submitting":
         await lifecycle.abandon_provider_batch(context, shard, batch, f"its submit step failed: {message}")
     if shard.state != "collecting":
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             await shard_db.save_shard(session, shard, lease, **history)
-            await session.commit()
         await lifecycle.end_shard(context, shard, lease, reason="failed", error=message)
         return
     await _abort(context, shard, batch, lease, code, message, history)
@@ -423,11 +283,14 @@ async def _abort(
     try:
         async with context.blobs.local_copy(shard.input_key) as input_path, context.blobs.staged(error_key) as tmp:
             text = f"This request's results could not be collected: {message}"
-            written = await asyncio.to_thread(_error_lines, batch.id, input_path, tmp, code, text, shard.provider)
+            written = await asyncio.to_thread(error_lines, batch.id, input_path, tmp, code, text, shard.provider)
     except BlobMissing:
         await context.blobs.delete(error_key)
     lost = shard.request_count - written
-    async with context.sessions() as session:
+    detail = f"{shard.request_count} request(s) of a shard at {shard.provider} could not be collected: {message}"
+    if lost:
+        detail += f" ({lost} of them have no line in the error file: their input is no longer stored)"
+    async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(
             session,
             shard,
@@ -448,14 +311,9 @@ async def _abort(
             **history,
         )
         if not saved:
-            await session.rollback()
-            await context.blobs.delete(error_key)
-            return
+            raise Rollback
         await shard_db.lock_batch(session, shard.batch_id)
         current = await repo.get_batch(session, None, batch.id)
-        detail = f"{shard.request_count} request(s) of a shard at {shard.provider} could not be collected: {message}"
-        if lost:
-            detail += f" ({lost} of them have no line in the error file: their input is no longer stored)"
         error = {"code": code, "message": detail, "param": None, "line": None}
         if current is not None:
             await repo.update_batch_if(
@@ -464,17 +322,10 @@ async def _abort(
         await shard_db.refresh_batch_progress(session, batch.id)
         if await shard_db.open_shard_count(session, shard.batch_id) == 0:
             await _to_merge(session, batch.id)
-        await session.commit()
+    if not saved:
+        await context.blobs.delete(error_key)
+        return
     log.error("shard %s closed without results: %s", shard.id, detail)
-
-
-def _error_lines(batch_id: str, input_path: Path, dest: Path, code: str, message: str, provider: str) -> int:
-    count = 0
-    with dest.open("wb") as err:
-        for custom_id in iter_custom_ids(input_path):
-            err.write(error_line(batch_id, custom_id, code, message, provider) + b"\n")
-            count += 1
-    return count
 
 
 async def _to_merge(session: Any, batch_id: str) -> None:
@@ -491,4 +342,4 @@ async def _to_merge(session: Any, batch_id: str) -> None:
         )
 
 
-__all__ = ["collect_shard", "give_up", "split_results"]
+__all__ = ["collect_shard", "give_up"]

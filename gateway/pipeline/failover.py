@@ -26,8 +26,9 @@ from gateway.billing.estimate import cost_usd, team_estimator
 from gateway.context import GatewayContext
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, RoutingDecision, Shard
+from gateway.db.unit_of_work import reading
 from gateway.pipeline.lifecycle import PROVIDER_FAILURES, attempt_key
-from gateway.pipeline.route import Placement, ShardPlan, publish_shards, split_into_shards
+from gateway.pipeline.shard_plans import Placement, ShardPlan, publish_shards, split_into_shards
 from gateway.routing.placement import Choice, NoUsableProvider, rank
 from router_policies.base import PolicyError
 
@@ -183,7 +184,7 @@ async def _within_budget(
     refusals: list[str] = []
     for choice in choices:
         new = cost_usd(moved_in, moved_out, choice.priced.paid_rates)
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             refusal = await guard.move_fits(session, batch, old, new)
         if refusal is None:
             return choice, refusals

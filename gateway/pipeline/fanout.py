@@ -27,6 +27,7 @@ from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, new_id
+from gateway.db.unit_of_work import transaction
 from gateway.pipeline import lifecycle
 from gateway.pipeline.lifecycle import at, end_shard, fanout_parts_prefix, stop_reason, wait
 from gateway.pipeline.results import Usage, result_decoder
@@ -229,9 +230,8 @@ async def _budget_check(context: GatewayContext, batch: Batch, spent: _LiveSpend
     """Stop the run when a hard budget says so (see :mod:`gateway.billing.guard`), counting this run's answers:
     ``budget`` (spent: the rest waits) or ``budget_exceeded`` (the batch no longer fits: it is stopped)."""
     live = guard.Live(spent.shard, spent.answered, spent.cost_usd)
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         check = await guard.running_check(session, batch, context.settings.billing, live=live)
-        await session.commit()
     if check.alert is not None:
         alerts.count_fired([check.alert])
     if check.action == "go":
@@ -302,7 +302,7 @@ async def _execute_all(
                 return
             await parts.publish()
             detail = f"running at {shard.provider}: {answered['count']} of {shard.request_count} requests answered"
-            async with context.sessions() as session:
+            async with transaction(context.sessions) as session:
                 saved = await shard_db.save_shard(
                     session,
                     shard,
@@ -315,7 +315,6 @@ async def _execute_all(
                     await shard_db.lock_batch(session, batch_id)
                     await shard_db.refresh_batch_progress(session, batch_id)
                 current = await repo.get_batch(session, None, batch_id)
-                await session.commit()
             if not saved:
                 reason["value"] = "lease_lost"
                 stop.set()

@@ -26,6 +26,7 @@ from gateway.billing.estimate import shard_cost, usage_cost_usd
 from gateway.billing.history import Sample
 from gateway.context import GatewayContext
 from gateway.db import billing as billing_db
+from gateway.db import history as history_db
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.models import AbandonedProviderBatch, Batch, BillingAlert, LedgerEntry, Shard, now_s
@@ -83,7 +84,7 @@ async def record(
     await session.flush()
     await shard_db.refresh_batch_progress(session, batch.id)
     if sample is not None:
-        await billing_db.add_to_history(
+        await history_db.add_to_history(
             session,
             batch.team_id,
             shard.model,

@@ -26,6 +26,7 @@ from gateway.db import routing as routing_db
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, now_s
+from gateway.db.unit_of_work import reading, transaction
 from gateway.providers.base import ProviderError
 from gateway.routing.placement import NoUsableProvider, rank
 from gateway.storage import BlobStore
@@ -58,7 +59,7 @@ async def end_shard(
     context: GatewayContext, shard: Shard, lease: Lease, *, reason: str, error: str | None = None
 ) -> bool:
     """Hand a shard that will get no (more) provider results to collection; False if the lease was lost."""
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(
             session,
             shard,
@@ -70,7 +71,6 @@ async def end_shard(
             wait_code=None,
             wait_detail=None,
         )
-        await session.commit()
     return saved
 
 
@@ -85,11 +85,10 @@ async def wait(
 ) -> bool:
     """Leave the shard as it is until ``until``, saying why (``code`` and ``detail``, shown to operators
     and clients); ``values`` are written with it."""
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(
             session, shard, lease, next_action_at=until, wait_code=code, wait_detail=detail[:2000], **values
         )
-        await session.commit()
     return saved
 
 
@@ -144,7 +143,7 @@ async def may_leave_provider(context: GatewayContext, batch: Batch, shard: Shard
         )
     except (LookupError, NoUsableProvider, PolicyError) as exc:
         return MoveVerdict(False, f"{failure}; nowhere else to go: {exc}")
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         circuits = {name: row.circuit for name, row in (await routing_db.health_rows(session)).items()}
     tried: list[str] = []
     over_budget: list[str] = []
@@ -156,7 +155,7 @@ async def may_leave_provider(context: GatewayContext, batch: Batch, shard: Shard
         if circuits.get(name, "closed") != "closed":
             continue
         new_cost = cost_usd(shard.estimated_input_tokens, shard.estimated_output_tokens, choice.priced.paid_rates)
-        async with context.sessions() as session:
+        async with reading(context.sessions) as session:
             refusal = await guard.move_fits(session, batch, shard.estimated_cost_usd, new_cost)
         if refusal is not None:
             over_budget.append(f"{name} at ${new_cost:.4f}: {refusal}")
@@ -183,18 +182,17 @@ async def abandon_provider_batch(
 ) -> None:
     """Keep owning a provider batch the gateway stops waiting for: it gets a cancel as soon as the provider
     answers, is polled until it ends, and what it billed goes to the ledger (see :mod:`gateway.pipeline.settle`)."""
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         await abandoned_db.register(
             session, shard, batch, reason, provider_batch_id=shard.provider_batch_id, origin=origin
         )
-        await session.commit()
 
 
 async def fail_batch(
     context: GatewayContext, batch: Batch, lease: Lease, code: str, message: str, line: int | None = None
 ) -> bool:
     """End a batch before any of it reached a provider, with one error in ``errors.data``."""
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         changed = await repo.update_batch_if(
             session,
             batch.id,
@@ -207,14 +205,13 @@ async def fail_batch(
             },
             lease=lease,
         )
-        await session.commit()
     return changed
 
 
 async def end_unstarted(context: GatewayContext, batch: Batch, lease: Lease, status: str) -> None:
     """End a batch that never reached a provider (cancelled before routing)."""
     stamp = {"cancelled": "cancelled_at", "failed": "failed_at", "expired": "expired_at"}[status]
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         await repo.update_batch_if(
             session,
             batch.id,
@@ -222,7 +219,6 @@ async def end_unstarted(context: GatewayContext, batch: Batch, lease: Lease, sta
             values={"status": status, stamp: now_s(), "stage": "done"},
             lease=lease,
         )
-        await session.commit()
 
 
 # --- blob names ----------------------------------------------------------------------------------

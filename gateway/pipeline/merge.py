@@ -27,6 +27,7 @@ from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, StoredFile, new_id, now_s
+from gateway.db.unit_of_work import Rollback, reading, transaction
 from gateway.pipeline.lifecycle import PROVIDER_FAILURES, batch_window_closed
 from gateway.pipeline.results import error_line, iter_custom_ids
 from gateway.storage import BlobMissing
@@ -35,10 +36,9 @@ from gateway.storage.local import scratch_file
 log = logging.getLogger(__name__)
 
 
-
 async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
     """Batch entry for stage ``merge``: write the output and error files and end the batch."""
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         shards = list(await shard_db.batch_shards(session, batch.id))
     lost = [s for s in shards if await _blob_lost(context, s.output_key) or await _blob_lost(context, s.error_key)]
     files: dict[str, StoredFile] = {}
@@ -70,7 +70,7 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
         final = final_status(batch, shards)
         if lost:
             final["errors"] = [*final.get("errors", batch.errors or []), _lost_error(lost)]
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             for row in files.values():
                 session.add(row)
             changed = await repo.update_batch_if(
@@ -88,16 +88,16 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
             if not changed:
                 # Another worker holds the batch now, or a cancel changed it: this attempt's files are not used
                 # (a cancel makes the merge run again with the new status).
-                await session.rollback()
-                return
-            await session.commit()
-            published = True
+                raise Rollback
+        if not changed:
+            return
+        published = True
     finally:
         if not published:
             for row in files.values():
                 await context.blobs.delete(row.storage_key)
     # The shards' blobs are not needed any more, except the inputs of abandoned provider batches not yet billed.
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         still_needed = await abandoned_db.open_shard_ids(session, batch.id)
     for shard in shards:
         keep = shard.id in still_needed
@@ -159,7 +159,7 @@ def final_status(batch: Batch, shards: list[Shard]) -> dict[str, Any]:
 async def give_up(context: GatewayContext, batch: Batch, lease: Lease, code: str, message: str) -> None:
     """End a batch whose merge cannot succeed: it fails with the reason; its shards' results stay stored."""
     error = {"code": code, "message": f"The batch's result files could not be written: {message}", "param": None}
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         await repo.update_batch_if(
             session,
             batch.id,
@@ -172,7 +172,6 @@ async def give_up(context: GatewayContext, batch: Batch, lease: Lease, code: str
             },
             lease=lease,
         )
-        await session.commit()
 
 
 async def _concat(context: GatewayContext, batch: Batch, keys: list[str], lost: list[Shard]) -> AsyncIterator[bytes]:

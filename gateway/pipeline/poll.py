@@ -22,6 +22,7 @@ from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard
+from gateway.db.unit_of_work import transaction
 from gateway.pipeline import lifecycle
 from gateway.pipeline.lifecycle import at, end_shard, stop_reason, wait
 from gateway.providers.base import (
@@ -63,9 +64,8 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         except ProviderError as exc:
             await _poll_later(context, shard, lease, error=f"cancelling at {shard.provider} failed: {exc}")
             return
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             await shard_db.save_shard(session, shard, lease, end_reason=halt, last_error=why or shard.last_error)
-            await session.commit()
     try:
         status = await adapter.poll(shard.provider_batch_id)
     except ProviderAuthFailed as exc:
@@ -90,7 +90,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
     if shard.unavailable_since is not None:
         await health.call_succeeded(context, shard.provider)
     if status.state.is_terminal:
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             await shard_db.save_shard(
                 session,
                 shard,
@@ -103,7 +103,6 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
                 wait_code=None,
                 wait_detail=None,
             )
-            await session.commit()
         return
     await _progress(context, shard, batch, lease, status, halt)
 
@@ -112,9 +111,8 @@ async def _budget_halt(context: GatewayContext, batch: Batch) -> tuple[str | Non
     """``budget`` when a hard budget of the batch's team is spent (the provider batch is cancelled and its
     unfinished requests wait for the budget), ``budget_exceeded`` when the batch no longer fits one (it is
     stopped), else None; with the reason."""
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         check = await guard.running_check(session, batch, context.settings.billing)
-        await session.commit()
     if check.alert is not None:
         alerts.count_fired([check.alert])
     if check.action == "go":
@@ -146,7 +144,7 @@ async def _progress(
         f"running at {shard.provider} (status {status.raw_status}): {done} of {shard.request_count} requests done; "
         f"next check at {at(now + delay)}"
     )
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(
             session,
             shard,
@@ -164,7 +162,6 @@ async def _progress(
         if saved:
             await shard_db.lock_batch(session, shard.batch_id)
             await shard_db.refresh_batch_progress(session, shard.batch_id)
-        await session.commit()
 
 
 async def _unreachable(
@@ -212,11 +209,10 @@ async def _give_up_stalled(context: GatewayContext, shard: Shard, lease: Lease, 
         await context.providers.get(shard.provider).cancel(shard.provider_batch_id)
     except ProviderError as exc:
         log.warning("shard %s: cancelling the stalled batch failed: %s", shard.id, exc)
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         await shard_db.save_shard(
             session, shard, lease, end_reason="stalled", last_error=f"no progress for {idle_s:.0f}s"
         )
-        await session.commit()
 
 
 async def _poll_later(
@@ -238,6 +234,5 @@ async def _poll_later(
         values["last_error"] = error[:2000]
     if wait_code:
         values |= {"wait_code": wait_code, "wait_detail": (wait_detail or "")[:2000]}
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         await shard_db.save_shard(session, shard, lease, **values)
-        await session.commit()

@@ -29,6 +29,7 @@ from gateway.context import GatewayContext
 from gateway.db import abandoned as abandoned_db
 from gateway.db.leases import Lease
 from gateway.db.models import AbandonedProviderBatch, Shard
+from gateway.db.unit_of_work import Rollback, reading, transaction
 from gateway.pipeline import ledger
 from gateway.pipeline.results import billed_usage
 from gateway.providers.base import (
@@ -46,8 +47,7 @@ log = logging.getLogger(__name__)
 
 async def run_due(context: GatewayContext, owner: str, lease_s: float) -> None:
     """Advance every abandoned provider batch that is due (claimed one at a time across workers)."""
-    async with context.sessions() as session:
-        rows = await abandoned_db.claim_due(session, owner, lease_s)
+    rows = await abandoned_db.claim_due(context.sessions, owner, lease_s)
     # Concurrently: one provider batch waiting out its adapter's retries must not delay the others' cancels.
     await asyncio.gather(*(_advance_one(context, row, Lease(owner, row.lease_token, lease_s)) for row in rows))
 
@@ -72,12 +72,11 @@ async def advance(context: GatewayContext, row: AbandonedProviderBatch, lease: L
             if found is None:
                 await _settle(context, row, lease, "never created at the provider", None)
                 return
-            async with context.sessions() as session:
+            async with transaction(context.sessions) as session:
                 await abandoned_db.save(session, row, lease, provider_batch_id=found.provider_batch_id)
-                await session.commit()
         assert row.provider_batch_id is not None
         if row.origin == "orphan":
-            async with context.sessions() as session:
+            async with reading(context.sessions) as session:
                 fate = await abandoned_db.orphan_fate(session, row, row.provider_batch_id)
             if fate == "undecided":
                 await _later(context, row, lease, "its shard is being submitted; deciding once that is done")
@@ -92,9 +91,8 @@ async def advance(context: GatewayContext, row: AbandonedProviderBatch, lease: L
                 raise
             except (ProviderRejected, CapabilityNotSupported) as exc:
                 log.info("abandoned %s at %s: cancel refused (%s)", row.provider_batch_id, row.provider, exc)
-            async with context.sessions() as session:
+            async with transaction(context.sessions) as session:
                 await abandoned_db.save(session, row, lease, cancel_sent_at=time.time())
-                await session.commit()
             log.info("abandoned provider batch %s at %s: cancel sent", row.provider_batch_id, row.provider)
         status = await adapter.poll(row.provider_batch_id)
         if not status.state.is_terminal:
@@ -128,7 +126,7 @@ async def _bill(context: GatewayContext, row: AbandonedProviderBatch, lease: Lea
 
 
 async def _input_key(context: GatewayContext, row: AbandonedProviderBatch) -> str:
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         shard = await session.get(Shard, row.shard_id)
     return shard.input_key if shard is not None else ""
 
@@ -144,7 +142,7 @@ async def _settle(
 ) -> None:
     """Close the row; with ``usage``, in the same transaction as its ledger row."""
     cost, team = 0.0, ""
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         values: dict[str, object] = {
             "state": "settled",
             "settled_at": time.time(),
@@ -155,13 +153,14 @@ async def _settle(
         }
         if usage is not None:
             values |= {"requests_billed": requests, "input_tokens": usage["input"], "output_tokens": usage["output"]}
-        if not await abandoned_db.save(session, row, lease, **values):
-            await session.rollback()
-            return
+        settled = await abandoned_db.save(session, row, lease, **values)
+        if not settled:
+            raise Rollback
         if usage is not None:
             cost, team = await ledger.record_abandoned(session, row, usage)
             await abandoned_db.save(session, row, lease, cost_usd=cost)
-        await session.commit()
+    if not settled:
+        return
     if usage is not None:
         metrics.record_abandoned_spend(provider=row.provider, model=row.model, team=team, cost_usd=cost)
         log.warning(
@@ -198,6 +197,5 @@ async def _later(
         values["last_error"] = error[:2000]
     if provider_status is not None:
         values["provider_status"] = provider_status
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         await abandoned_db.save(session, row, lease, **values)
-        await session.commit()

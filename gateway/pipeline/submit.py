@@ -26,6 +26,7 @@ from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, new_id
+from gateway.db.unit_of_work import reading, transaction
 from gateway.pipeline import lifecycle
 from gateway.pipeline.lifecycle import at, end_shard, jitter, stop_reason, wait
 from gateway.providers.base import (
@@ -66,11 +67,10 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
             return
     adapter = context.providers.get(shard.provider)
     if adapter.executes_locally:
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             await shard_db.save_shard(
                 session, shard, lease, state="executing", submitted_at=time.time(), wait_code=None, wait_detail=None
             )
-            await session.commit()
         return
     if not recovering and not await _reserve_capacity(context, shard, lease):
         return
@@ -136,20 +136,18 @@ async def _create(context: GatewayContext, shard: Shard, batch: Batch, lease: Le
 async def _register_orphan(
     context: GatewayContext, shard: Shard, batch: Batch, provider_batch_id: str | None, why: str
 ) -> None:
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         await abandoned_db.register(
             session, shard, batch, why, provider_batch_id=provider_batch_id, origin="orphan"
         )
-        await session.commit()
     log.warning("shard %s: provider batch at %s may be orphaned (%s)", shard.id, shard.provider, why)
 
 
 async def _new_token(context: GatewayContext, shard: Shard, lease: Lease) -> bool:
     """Commit a fresh submit token before submitting again, so that a provider batch created under the
     old one (by a worker that lost its lease) is told apart from this attempt's."""
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(session, shard, lease, submit_token=new_id("", 32))
-        await session.commit()
     return saved
 
 
@@ -191,13 +189,13 @@ async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, le
     """Keep the shard from starting when its budgets say so: it waits while its batch's canary is held for an
     operator or while a hard budget of its team is spent; it ends unrun when its batch no longer fits a hard
     budget (the batch is stopped, see :mod:`gateway.billing.guard`)."""
-    async with context.sessions() as session:
+    # Only the budget check writes (its projection, a stop); the other branch commits nothing.
+    async with transaction(context.sessions) as session:
         current = await repo.get_batch(session, None, batch.id) or batch
         if current.hold_reason == "canary" or stop_reason(current):
             check = guard.BudgetCheck("go")
         else:
             check = await guard.running_check(session, current, context.settings.billing, starting=True)
-            await session.commit()
     if halt := stop_reason(current):
         # Stopped (by a budget, a cancel) since this step was claimed: nothing more is sent.
         await end_shard(context, shard, lease, reason=halt)
@@ -209,9 +207,8 @@ async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, le
     if check.alert is not None:
         alerts.count_fired([check.alert])
     if check.action == "stop":
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             await billing_db.wake_open_shards(session, batch.id)
-            await session.commit()
         await end_shard(context, shard, lease, reason="budget_exceeded", error=check.message)
         return True
     if check.action == "go":
@@ -262,25 +259,24 @@ async def _leave_open_circuit(
 async def _reserve_capacity(context: GatewayContext, shard: Shard, lease: Lease) -> bool:
     """Move the shard to ``submitting`` (with a fresh submit token) if the provider's caps allow one more batch."""
     limits = context.providers.get(shard.provider).config.limits
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         batches, tokens = await shard_db.in_flight(session, shard.provider)
     if not _fits(limits, shard, batches, tokens, including_self=False):
         await _wait_for_capacity(context, shard, lease, limits, batches)
         return False
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(
             session, shard, lease, state="submitting", attempts=shard.attempts + 1, submit_token=new_id("", 32)
         )
-        await session.commit()
-        if not saved:
-            return False
-        # Another worker may have reserved at the same moment: recount with both visible.
+    if not saved:
+        return False
+    # Another worker may have reserved at the same moment: recount with both visible.
+    async with reading(context.sessions) as session:
         batches, tokens = await shard_db.in_flight(session, shard.provider)
     if _fits(limits, shard, batches, tokens, including_self=True):
         return True
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         await shard_db.save_shard(session, shard, lease, state="queued")
-        await session.commit()
     await _wait_for_capacity(context, shard, lease, limits, batches - 1)
     return False
 
@@ -314,7 +310,7 @@ async def _record_submitted(
 ) -> None:
     poll_s = context.settings.worker.provider_poll_min_s
     now = time.time()
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(
             session,
             shard,
@@ -331,7 +327,6 @@ async def _record_submitted(
             wait_code="provider_turnaround",
             wait_detail=f"submitted to {shard.provider} at {at(now)}; waiting for its first status",
         )
-        await session.commit()
     if not saved:
         # Another worker owns the shard now and may have submitted it too: this provider batch is not ours to use.
         await _register_orphan(

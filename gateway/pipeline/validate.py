@@ -21,6 +21,7 @@ from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, now_s
+from gateway.db.unit_of_work import reading, transaction
 from gateway.pipeline.lifecycle import end_unstarted, fail_batch
 from gateway.settings import LimitSettings
 
@@ -298,7 +299,7 @@ def _short(value: Any) -> str:
 
 async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
     """Stage entry: validate a ``validating`` batch, then fail it or queue it for routing."""
-    async with context.sessions() as session:
+    async with reading(context.sessions) as session:
         input_file = await repo.get_file(session, batch.team_id, batch.input_file_id)
     if batch.status == "cancelling":
         await end_unstarted(context, batch, lease, status="cancelled")
@@ -310,7 +311,7 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
         async with context.blobs.local_copy(input_file.storage_key) as path:
             report = await asyncio.to_thread(validate_input_file, path, batch.endpoint, context.settings.limits)
     now = now_s()
-    async with context.sessions() as session:
+    async with transaction(context.sessions) as session:
         if report.ok:
             values: dict[str, Any] = {
                 "status": "in_progress",
@@ -325,7 +326,6 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
         changed = await repo.update_batch_if(
             session, batch.id, expected_status="validating", values=values, lease=lease
         )
-        await session.commit()
     if changed:
         log.info("batch %s validated: %s lines, %s problems", batch.id, report.line_count, report.error_count)
 

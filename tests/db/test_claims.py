@@ -11,6 +11,7 @@ from gateway.db import shards as shard_db
 from gateway.db.engine import upgrade_to_head
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, StoredFile
+from gateway.db.unit_of_work import transaction
 from gateway.settings import Settings
 from tests.conftest import FreshDatabase
 
@@ -42,11 +43,11 @@ async def _race(database_kind: str, tmp_path: Path) -> None:
         batch_id, shard_id = await _seed(context)
 
         async def claim_batch(n: int) -> Batch | None:
-            async with context.sessions() as session:
+            async with transaction(context.sessions) as session:
                 return await repo.claim_batch(session, ["validate"], f"worker-{n}", 30)
 
         async def claim_shard(n: int) -> Shard | None:
-            async with context.sessions() as session:
+            async with transaction(context.sessions) as session:
                 return await shard_db.claim_shard(session, f"worker-{n}", 30)
 
         batches = [b for b in await asyncio.gather(*(claim_batch(n) for n in range(RACERS))) if b]
@@ -54,7 +55,7 @@ async def _race(database_kind: str, tmp_path: Path) -> None:
         assert [b.id for b in batches] == [batch_id]
         assert [s.id for s in shards] == [shard_id]
         # The winner's name is the one recorded, and a released lease can be claimed again.
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             assert (await repo.get_batch(session, None, batch_id)).lease_owner == batches[0].lease_owner  # type: ignore[union-attr]
             winner = batches[0]
             await repo.release_batch(session, batch_id, Lease(str(winner.lease_owner), winner.lease_token, 30))
@@ -77,12 +78,12 @@ async def _fenced(database_kind: str, tmp_path: Path) -> None:
     context = GatewayContext.create(settings)
     try:
         _batch_id, shard_id = await _seed(context)
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             first = await shard_db.claim_shard(session, "frozen-worker", 0.01)
         assert first is not None
         stale = Lease("frozen-worker", first.lease_token, 0.01)
         await asyncio.sleep(0.05)  # the frozen worker's lease expires; another worker takes the shard
-        async with context.sessions() as session:
+        async with transaction(context.sessions) as session:
             second = await shard_db.claim_shard(session, "live-worker", 30)
         assert second is not None and second.id == shard_id
         live = Lease("live-worker", second.lease_token, 30)

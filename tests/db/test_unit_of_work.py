@@ -1,4 +1,5 @@
-"""The unit of work commits a block that ends normally and rolls back one that raises, on both databases."""
+"""The unit of work commits a block that ends normally and rolls back one that raises (or asks to), on both
+databases."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from gateway.context import GatewayContext
 from gateway.db.engine import upgrade_to_head
 from gateway.db.models import Team
-from gateway.db.unit_of_work import reading, transaction
+from gateway.db.unit_of_work import Rollback, reading, transaction
 from gateway.settings import Settings
 from tests.conftest import FreshDatabase
 
@@ -24,9 +25,14 @@ async def _exercise(context: GatewayContext) -> tuple[list[str], list[str]]:
             session.add(Team(name="uow-rollback"))
             await session.flush()
             raise RuntimeError("boom")
+    async with transaction(context.sessions) as session:
+        session.add(Team(name="uow-discarded"))
+        await session.flush()
+        raise Rollback
     async with reading(context.sessions) as session:
         kept = (await session.exec(select(Team.name).where(Team.name == "uow-commit"))).all()
-        dropped = (await session.exec(select(Team.name).where(Team.name == "uow-rollback"))).all()
+        dropped_names = ("uow-rollback", "uow-discarded")
+        dropped = (await session.exec(select(Team.name).where(col(Team.name).in_(dropped_names)))).all()
     return list(kept), list(dropped)
 
 

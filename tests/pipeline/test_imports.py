@@ -1,0 +1,44 @@
+"""Stages hand off through the database, never by importing one another: a stage module imports only the
+shared pipeline modules, and only collection imports the parts of collection."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import gateway.pipeline
+
+STAGES = {"intake", "validate", "route", "submit", "fanout", "poll", "collect", "merge"}
+SHARED = {"lifecycle", "results", "shard_plans"}
+COLLECT_PARTS = {"ledger", "canary", "failover", "joining", "settle"}
+
+
+def pipeline_imports() -> dict[str, set[str]]:
+    """Every pipeline module and the pipeline modules it imports."""
+    folder = Path(gateway.pipeline.__file__).parent
+    found: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "gateway.pipeline":
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gateway.pipeline."):
+                names.add(str(node.module).rsplit(".", 1)[1])
+            elif isinstance(node, ast.Import):
+                names.update(a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("gateway.pipeline."))
+        found[path.stem] = names
+    return found
+
+
+def test_no_stage_imports_another_stage_or_a_part_of_collection() -> None:
+    imports = pipeline_imports()
+    assert imports.keys() >= STAGES
+    for stage in STAGES:
+        allowed = SHARED | (COLLECT_PARTS if stage == "collect" else set())
+        assert imports[stage] <= allowed, f"{stage} imports {sorted(imports[stage] - allowed)}"
+
+
+def test_shared_modules_and_parts_of_collection_import_no_stage() -> None:
+    for name, imported in pipeline_imports().items():
+        if name not in STAGES:
+            assert not imported & STAGES, f"{name} imports the stage(s) {sorted(imported & STAGES)}"
