@@ -22,8 +22,8 @@ from gateway.context import GatewayContext
 from gateway.db import routing as routing_db
 from gateway.db.models import Batch
 from gateway.db.unit_of_work import reading
+from gateway.errors import UnknownModel
 from gateway.routing.health import provider_states
-from gateway.routing.offers import UnknownModel
 from gateway.routing.placement import NoUsableProvider, rank
 from router_policies.base import DEFAULT_BATCH_TURNAROUND_S, PolicyError
 from router_policies.registry import parse_hints

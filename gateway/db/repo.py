@@ -14,7 +14,6 @@ import time
 from collections.abc import Sequence
 
 from sqlalchemy import func, or_, update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -182,19 +181,14 @@ async def find_idempotent(session: AsyncSession, team_id: str, kind: str, key: s
     return await session.get(IdempotencyRecord, (team_id, kind, key))
 
 
-async def remember_idempotent(
+def add_idempotent(
     session: AsyncSession, team_id: str, kind: str, key: str, fingerprint: str, resource_id: str
-) -> IdempotencyRecord | None:
-    """Store the key in its own transaction; on a concurrent winner return the winner's record."""
+) -> None:
+    """Record that ``key`` created ``resource_id``; a concurrent first use of the key fails the commit
+    with an ``IntegrityError`` (the table's primary key settles the race)."""
     session.add(
         IdempotencyRecord(team_id=team_id, kind=kind, key=key, fingerprint=fingerprint, resource_id=resource_id)
     )
-    try:
-        await session.commit()
-    except IntegrityError:
-        await session.rollback()
-        return await find_idempotent(session, team_id, kind, key)
-    return None
 
 
 # --- engine claims ----------------------------------------------------------------------------

@@ -26,9 +26,9 @@ from gateway.db import repo
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, RoutingDecision
 from gateway.db.unit_of_work import Rollback, reading, transaction
+from gateway.errors import UnknownModel
 from gateway.pipeline.lifecycle import end_unstarted, fail_batch, shard_input_key
 from gateway.pipeline.shard_plans import Placement, ShardPlan, publish_shards, split_into_shards
-from gateway.routing.offers import UnknownModel
 from gateway.routing.placement import NoUsableProvider, rank, split_shares
 from router_policies.base import PolicyError
 

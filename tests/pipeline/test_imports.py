@@ -13,20 +13,26 @@ SHARED = {"lifecycle", "results", "shard_plans"}
 COLLECT_PARTS = {"ledger", "canary", "failover", "joining", "settle"}
 
 
+def _imported(path: Path) -> set[str]:
+    """The pipeline modules (first name under ``gateway.pipeline``) one file imports."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "gateway.pipeline":
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gateway.pipeline."):
+            names.add(str(node.module).split(".")[2])
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[2] for a in node.names if a.name.startswith("gateway.pipeline."))
+    return names
+
+
 def pipeline_imports() -> dict[str, set[str]]:
-    """Every pipeline module and the pipeline modules it imports."""
+    """Every pipeline module (a package counts as one: intake) and the other pipeline modules it imports."""
     folder = Path(gateway.pipeline.__file__).parent
-    found: dict[str, set[str]] = {}
-    for path in folder.glob("*.py"):
-        names: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "gateway.pipeline":
-                names.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gateway.pipeline."):
-                names.add(str(node.module).rsplit(".", 1)[1])
-            elif isinstance(node, ast.Import):
-                names.update(a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("gateway.pipeline."))
-        found[path.stem] = names
+    found: dict[str, set[str]] = {path.stem: _imported(path) for path in folder.glob("*.py")}
+    for package in (p for p in folder.iterdir() if (p / "__init__.py").is_file()):
+        imported = set().union(*(_imported(path) for path in package.rglob("*.py")))
+        found[package.name] = imported - {package.name}
     return found
 
 

@@ -199,9 +199,11 @@ async def create_batch(
             )
             session.add(batch)
     if batch is not None:
-        async with transaction(context.sessions) as session:
-            earlier = await idempotency.remember(session, team_id, "batch", idem_key, request.fingerprint, batch.id)
-            if earlier is not None:  # a concurrent create with the same key won: ours goes
+        earlier = await idempotency.remember(
+            context.sessions, team_id, "batch", idem_key, request.fingerprint, batch.id
+        )
+        if earlier is not None:  # a concurrent create with the same key won: ours goes
+            async with transaction(context.sessions) as session:
                 loser = await repo.get_batch(session, team_id, batch.id)
                 if loser is not None:
                     await session.delete(loser)

@@ -94,12 +94,13 @@ async def create_file(
             if earlier is None:
                 session.add(row)
         if earlier is None:
-            async with transaction(context.sessions) as session:
-                earlier = await idempotency.remember(session, team_id, "file", idem_key, fingerprint, row.id)
-                loser = None if earlier is None else await repo.get_file(session, team_id, row.id)
-                if loser is not None:  # a concurrent upload with the same key won: ours goes
-                    loser.deleted = True
-                    session.add(loser)
+            earlier = await idempotency.remember(context.sessions, team_id, "file", idem_key, fingerprint, row.id)
+            if earlier is not None:  # a concurrent upload with the same key won: ours goes
+                async with transaction(context.sessions) as session:
+                    loser = await repo.get_file(session, team_id, row.id)
+                    if loser is not None:
+                        loser.deleted = True
+                        session.add(loser)
             if earlier is None:
                 return row
         await context.blobs.delete(key)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db import repo
+from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import Conflict
 
 
@@ -42,13 +45,26 @@ async def earlier_result(
 
 
 async def remember(
-    session: AsyncSession, team_id: str, kind: str, key: str | None, fingerprint: str, resource_id: str
+    sessions: async_sessionmaker[AsyncSession],
+    team_id: str,
+    kind: str,
+    key: str | None,
+    fingerprint: str,
+    resource_id: str,
 ) -> str | None:
-    """Record the key for ``resource_id``; if a concurrent request won, return the winner's id."""
+    """Record the key for ``resource_id`` in a unit of work of its own; if a concurrent request won, return the
+    winner's id."""
     if not key:
         return None
-    winner = await repo.remember_idempotent(session, team_id, kind, key, fingerprint, resource_id)
-    if winner is None:
+    try:
+        async with transaction(sessions) as session:
+            repo.add_idempotent(session, team_id, kind, key, fingerprint, resource_id)
+    except IntegrityError:
+        async with reading(sessions) as session:
+            winner = await repo.find_idempotent(session, team_id, kind, key)
+        if winner is None:  # the winner's record vanished (its team was deleted): nothing to defer to
+            raise
+    else:
         return None
     if winner.fingerprint != fingerprint:
         raise _conflict()
