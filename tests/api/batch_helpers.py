@@ -1,4 +1,4 @@
-"""Helpers shared by the Batches API tests: request lines, uploads, creates, polling and error checks."""
+"""Helpers shared by the API tests: request lines, uploads, creates, polling and the OpenAI error-shape check."""
 
 from __future__ import annotations
 
@@ -78,6 +78,7 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None,
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert isinstance(error["message"], str) and error["message"]
+    assert error["type"] == "invalid_request_error"
     if code is not None:
         assert error["code"] == code
     if param is not None:

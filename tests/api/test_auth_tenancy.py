@@ -16,6 +16,7 @@ import openai
 import pytest
 from openai.types import Batch, FileObject
 
+from tests.api.batch_helpers import assert_error
 from tests.conftest import GatewayProcess
 
 CHAT = "/v1/chat/completions"
@@ -32,22 +33,6 @@ ROUTES = [
     ("GET", "/v1/batches/batch_x"),
     ("POST", "/v1/batches/batch_x/cancel"),
 ]
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict:
-    """The response is an OpenAI error with exactly message/type/param/code; returns the error."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert list(body) == ["error"]
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] == "invalid_request_error"
-    if code is not None:
-        assert error["code"] == code
-    if param is not None:
-        assert error["param"] == param
-    return dict(error)
 
 
 def input_jsonl(count: int = 2) -> bytes:

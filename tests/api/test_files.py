@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from tests.api.batch_helpers import assert_error
 from tests.conftest import GatewayProcess
 
 THIRTY_DAYS = 30 * 24 * 3600
@@ -34,22 +35,6 @@ def chat_jsonl(count: int, start: int = 0) -> bytes:
         for i in range(start, start + count)
     ]
     return ("\n".join(lines) + "\n").encode()
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict:
-    """The response is an OpenAI error with exactly message/type/param/code; returns the error."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert list(body) == ["error"]
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] == "invalid_request_error"
-    if code is not None:
-        assert error["code"] == code
-    if param is not None:
-        assert error["param"] == param
-    return dict(error)
 
 
 def upload(

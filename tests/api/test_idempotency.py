@@ -11,28 +11,14 @@ import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import openai
 import pytest
 from openai.types import Batch, FileObject
 
+from tests.api.batch_helpers import assert_error
 from tests.conftest import GatewayProcess
 
 CHAT = "/v1/chat/completions"
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict:
-    """The response is an OpenAI error with exactly message/type/param/code; returns the error."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert list(body) == ["error"]
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    if code is not None:
-        assert error["code"] == code
-    if param is not None:
-        assert error["param"] == param
-    return dict(error)
 
 
 def new_key() -> str:

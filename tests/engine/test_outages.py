@@ -154,7 +154,7 @@ def test_outage_mid_job_moves_work_once_and_bills_what_the_abandoned_batches_ran
 
     # The operator's job page says so.
     page = app_test(monkeypatch, gateway.base_url)
-    page.switch_page("pages/job.py")
+    page.switch_page("views/job.py")
     page.query_params["batch"] = batch.id
     page.run()
     assert not page.exception, [e.value for e in page.exception]
