@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -281,6 +282,8 @@ def _batch_table(batch: Batch) -> Any:
 def _wait_and_collect(client: openai.OpenAI, batch_id: str, out: Path | None, base_url: str) -> None:
     """Follow the batch with a live progress bar; Ctrl-C stops waiting but leaves the batch running."""
     console = _console()
+    # Set explicitly: a shell that started this command in the background may have left SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     resume = f"batchgw status {batch_id} --wait" + (f" --out {out}" if out else "")
     console.print(f"waiting for {batch_id} (Ctrl-C stops waiting; the batch keeps running)")
     try:
