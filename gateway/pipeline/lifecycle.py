@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, now_s
 from gateway.db.unit_of_work import reading, transaction
-from gateway.providers.base import ProviderError
+from gateway.providers.base import ProviderError, ProviderRateLimited
 from gateway.routing.placement import NoUsableProvider, rank
 from gateway.storage import BlobStore
 from router_policies.base import PolicyError
@@ -120,14 +121,22 @@ class MoveVerdict:
 PROBE_TIMEOUT_S = 10.0
 
 
-async def may_leave_provider(context: GatewayContext, batch: Batch, shard: Shard, failure: str) -> MoveVerdict:
+async def may_leave_provider(
+    context: GatewayContext,
+    batch: Batch,
+    shard: Shard,
+    failure: str,
+    answers_again: Callable[[], Awaitable[object]] | None = None,
+) -> MoveVerdict:
     """Decide whether a shard's requests may leave its unreachable provider (``failure`` says how it failed).
 
     A rate-limited provider never reaches here: it is waited out. A pinned shard may always "leave" (its
     requests then fail with a clear error instead of waiting). Otherwise another provider serving the
-    model must be healthy right now (its circuit closed and its health probe answering) and the move must
-    fit the batch's hard budgets at that provider's price. When no candidate qualifies, the work waits
-    where it is.
+    model must be healthy right now (its circuit closed and its health probe answering), the move must
+    fit the batch's hard budgets at that provider's price, and ``answers_again`` (the failed call, tried
+    once more once a candidate qualifies) must still fail: the failure may be older than the candidate's
+    probe (a call that failed just before its provider came back). When no candidate qualifies, the work
+    waits where it is.
     """
     if shard.pinned:
         return MoveVerdict(True, f"{failure}; the batch pins {shard.provider}, so its requests fail instead of moving")
@@ -160,21 +169,40 @@ async def may_leave_provider(context: GatewayContext, batch: Batch, shard: Shard
         if refusal is not None:
             over_budget.append(f"{name} at ${new_cost:.4f}: {refusal}")
             continue
-        started = time.monotonic()
-        try:
-            report = await asyncio.wait_for(context.providers.get(name).health(), PROBE_TIMEOUT_S)
-        except (TimeoutError, ProviderError) as exc:
-            log.info("failover probe of %s failed: %s", name, exc)
+        latency = await _probe(context, name)
+        if latency is None:
             continue
-        if report.healthy:
-            latency = time.monotonic() - started
-            return MoveVerdict(
-                True, f"{failure}; {name} is healthy (circuit closed, health probe answered in {latency:.2f}s)"
-            )
+        if answers_again is not None and await _answers(answers_again):
+            return MoveVerdict(False, f"{failure}; {shard.provider} answers again, so nothing moves")
+        return MoveVerdict(
+            True, f"{failure}; {name} is healthy (circuit closed, health probe answered in {latency:.2f}s)"
+        )
     checked = ", ".join(tried) or "none"
     if over_budget:
         return MoveVerdict(False, f"{failure}; moving would not fit the budget ({'; '.join(over_budget)})")
     return MoveVerdict(False, f"{failure}; no other provider is healthy now (checked: {checked})")
+
+
+async def _probe(context: GatewayContext, name: str) -> float | None:
+    """Seconds ``name``'s health probe took to answer healthy; None when it failed or timed out."""
+    started = time.monotonic()
+    try:
+        report = await asyncio.wait_for(context.providers.get(name).health(), PROBE_TIMEOUT_S)
+    except (TimeoutError, ProviderError) as exc:
+        log.info("failover probe of %s failed: %s", name, exc)
+        return None
+    return time.monotonic() - started if report.healthy else None
+
+
+async def _answers(call: Callable[[], Awaitable[object]]) -> bool:
+    """Whether ``call`` reaches its provider now (a 429 is an answer: the provider is alive)."""
+    try:
+        await asyncio.wait_for(call(), PROBE_TIMEOUT_S)
+    except ProviderRateLimited:
+        return True
+    except (TimeoutError, ProviderError):
+        return False
+    return True
 
 
 async def abandon_provider_batch(

@@ -180,7 +180,15 @@ async def _unreachable(
     down_s = time.time() - since
     if code == "auth_failed" or down_s >= context.settings.routing.provider_down_failover_s:
         failure = f"{shard.provider} unreachable for {down_s:.0f}s (last error: {exc})"
-        verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
+        provider_batch_id = shard.provider_batch_id
+        assert provider_batch_id is not None
+
+        async def poll_again() -> object:
+            return await context.providers.get(shard.provider).poll(provider_batch_id)
+
+        verdict = await lifecycle.may_leave_provider(
+            context, batch, shard, failure, answers_again=None if code == "auth_failed" else poll_again
+        )
         if verdict.allowed:
             await lifecycle.abandon_provider_batch(context, shard, batch, verdict.evidence)
             await end_shard(context, shard, lease, reason="abandoned", error=verdict.evidence)

@@ -72,8 +72,13 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
                 session, shard, lease, state="executing", submitted_at=time.time(), wait_code=None, wait_detail=None
             )
         return
-    if not recovering and not await _reserve_capacity(context, shard, lease):
-        return
+    if not recovering:
+        if not await _reserve_capacity(context, shard, lease):
+            return
+        # Checked again with the reservation committed: a shard of the batch that finished since the first
+        # check (which may have freed this very slot) is now seen being collected, or the stop it led to.
+        if await _budget_paused(context, shard, batch, lease, reserved=True):
+            return
     try:
         found = await adapter.find_submitted(shard.submit_token) if recovering else None
         if found is None:
@@ -185,10 +190,14 @@ async def _unavailable(
     )
 
 
-async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> bool:
+async def _budget_paused(
+    context: GatewayContext, shard: Shard, batch: Batch, lease: Lease, *, reserved: bool = False
+) -> bool:
     """Keep the shard from starting when its budgets say so: it waits while its batch's canary is held for an
     operator or while a hard budget of its team is spent; it ends unrun when its batch no longer fits a hard
-    budget (the batch is stopped, see :mod:`gateway.billing.guard`)."""
+    budget (the batch is stopped, see :mod:`gateway.billing.guard`). A ``reserved`` shard (already
+    ``submitting``, nothing sent) that waits gives its provider slot back in the same write."""
+    give_back: dict[str, object] = {"state": "queued"} if reserved else {}
     # Only the budget check writes (its projection, a stop); the other branch commits nothing.
     async with transaction(context.sessions) as session:
         current = await repo.get_batch(session, None, batch.id) or batch
@@ -202,7 +211,7 @@ async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, le
         return True
     if current.hold_reason == "canary":
         detail = f"held for an operator after its canary: {current.hold_detail or 'see the batch'}"
-        await wait(context, shard, lease, "canary_hold", detail, time.time() + CANARY_HOLD_RECHECK_S)
+        await wait(context, shard, lease, "canary_hold", detail, time.time() + CANARY_HOLD_RECHECK_S, **give_back)
         return True
     if check.alert is not None:
         alerts.count_fired([check.alert])
@@ -214,11 +223,13 @@ async def _budget_paused(context: GatewayContext, shard: Shard, batch: Batch, le
     if check.action == "go":
         return False
     if check.action == "wait":
-        await wait(context, shard, lease, "budget_hold", check.message, time.time() + COLLECT_RECHECK_S)
+        await wait(context, shard, lease, "budget_hold", check.message, time.time() + COLLECT_RECHECK_S, **give_back)
         return True
     until = time.time() + BUDGET_RECHECK_S
     detail = f"held by budget: {check.message}"
-    await wait(context, shard, lease, "budget_hold", detail, until, last_error=f"paused: {check.message}")
+    await wait(
+        context, shard, lease, "budget_hold", detail, until, last_error=f"paused: {check.message}", **give_back
+    )
     return True
 
 

@@ -1,0 +1,127 @@
+"""When a shard's requests may leave its provider, decided against live emulators and a real database: only
+for another provider that answers now, and never while the shard's own provider answers again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.context import GatewayContext
+from gateway.db.engine import upgrade_to_head
+from gateway.db.models import Batch, Shard
+from gateway.pipeline.lifecycle import may_leave_provider
+from gateway.providers.config import ProviderConfig
+from gateway.settings import CatalogSettings, Settings
+from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.conftest import FreshDatabase
+
+MODEL = "gpt-4o-mini"
+FAILURE = "home unreachable for 40s (last error: connection refused)"
+
+
+def write_catalog(folder: Path) -> Path:
+    """One model at two providers: ``home`` the cheaper."""
+    offers = []
+    for provider, rate in (("home", 0.1), ("away", 0.2)):
+        offers += [
+            f'[[models."{MODEL}".offers]]',
+            f'provider = "{provider}"',
+            f'provider_model = "{MODEL}"',
+            'modes = ["batch"]',
+            f"input_per_mtok = {rate * 2}",
+            f"output_per_mtok = {rate * 4}",
+            f"batch_input_per_mtok = {rate}",
+            f"batch_output_per_mtok = {rate * 2}",
+            'source = "test prices"',
+            "as_of = 2026-12-01",
+        ]
+    path = folder / "catalog.toml"
+    path.write_text("\n".join(["schema_version = 1", f'[models."{MODEL}"]', *offers, ""]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[SimulatorCluster]:
+    with SimulatorCluster([ProviderSpec(name="home"), ProviderSpec(name="away")], control_port=0) as running:
+        yield running
+
+
+@pytest.fixture
+async def context(cluster: SimulatorCluster, database_kind: str, tmp_path: Path) -> AsyncIterator[GatewayContext]:
+    database = FreshDatabase.create(database_kind, tmp_path)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database.url,
+        providers={
+            name: ProviderConfig(kind="openai", base_url=cluster.base_url(name), models=[MODEL])
+            for name in ("home", "away")
+        },
+        catalog=CatalogSettings(file=write_catalog(tmp_path)),
+    )
+    await asyncio.to_thread(upgrade_to_head, settings.resolved_database_url)
+    made = GatewayContext.create(settings)
+    for name in ("home", "away"):
+        cluster.set_faults(name, down="off")
+    yield made
+    await made.close()
+    database.drop()
+
+
+def running_at_home() -> tuple[Batch, Shard]:
+    batch = Batch(team_id="team_x", input_file_id="file-x", endpoint="/v1/chat/completions", completion_window="24h")
+    shard = Shard(
+        batch_id=batch.id, seq=0, provider="home", model=MODEL, provider_model=MODEL, input_key="k",
+        request_count=10, estimated_input_tokens=1_000, estimated_output_tokens=1_000,
+    )  # fmt: skip
+    return batch, shard
+
+
+async def test_the_work_moves_when_its_provider_still_fails_and_another_answers(
+    cluster: SimulatorCluster, context: GatewayContext
+) -> None:
+    batch, shard = running_at_home()
+    cluster.set_faults("home", down="refuse")
+    home = context.providers.get("home")
+    verdict = await may_leave_provider(
+        context, batch, shard, FAILURE, answers_again=lambda: home.find_submitted("token")
+    )
+    assert verdict.allowed, verdict.evidence
+    assert "away is healthy" in verdict.evidence and verdict.evidence.startswith(FAILURE)
+
+
+async def test_a_provider_that_answers_again_keeps_its_work(cluster: SimulatorCluster, context: GatewayContext) -> None:
+    # The failure was seen just before the provider came back; by the time another qualifies, it answers.
+    batch, shard = running_at_home()
+    home = context.providers.get("home")
+    verdict = await may_leave_provider(
+        context, batch, shard, FAILURE, answers_again=lambda: home.find_submitted("token")
+    )
+    assert not verdict.allowed
+    assert "home answers again, so nothing moves" in verdict.evidence
+
+
+async def test_a_provider_answering_429_is_alive_and_keeps_its_work(
+    cluster: SimulatorCluster, context: GatewayContext
+) -> None:
+    batch, shard = running_at_home()
+    cluster.set_faults("home", rate_limit_rate=1.0)
+    try:
+        home = context.providers.get("home")
+        verdict = await may_leave_provider(
+            context, batch, shard, FAILURE, answers_again=lambda: home.find_submitted("token")
+        )
+    finally:
+        cluster.set_faults("home", rate_limit_rate=0.0)
+    assert not verdict.allowed, verdict.evidence
+
+
+async def test_with_nowhere_healthy_to_go_nothing_moves(cluster: SimulatorCluster, context: GatewayContext) -> None:
+    batch, shard = running_at_home()
+    cluster.set_faults("home", down="refuse")
+    cluster.set_faults("away", down="503")
+    verdict = await may_leave_provider(context, batch, shard, FAILURE)
+    assert not verdict.allowed
+    assert "no other provider is healthy now (checked: away)" in verdict.evidence
