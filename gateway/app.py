@@ -15,6 +15,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from gateway import __version__
 from gateway.api.admin import AdminController
 from gateway.api.admin_billing import AdminBillingController
+from gateway.api.admin_keys import AdminKeysController
 from gateway.api.admin_ops import AdminOpsController
 from gateway.api.batches import BatchesController
 from gateway.api.errors import EXCEPTION_HANDLERS
@@ -23,6 +24,7 @@ from gateway.api.files import FilesController
 from gateway.api.health import healthz, readyz
 from gateway.api.inputs import check_request_url
 from gateway.api.metrics import metrics_endpoint
+from gateway.api.models import ModelsController
 from gateway.api.openapi import COMPONENTS
 from gateway.context import GatewayContext
 from gateway.db.engine import upgrade_to_head
@@ -54,13 +56,14 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
                     await asyncio.wait_for(task, timeout=10)
             await context.close()
 
-    v1 = Router(path="/v1", route_handlers=[FilesController, BatchesController, EstimatesController])
+    v1 = Router(path="/v1", route_handlers=[FilesController, BatchesController, EstimatesController, ModelsController])
     return Litestar(
         route_handlers=[
             v1,
             AdminController,
             AdminBillingController,
             AdminOpsController,
+            AdminKeysController,
             healthz,
             readyz,
             metrics_endpoint,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from gateway import client_cli
+from gateway.cli_support import load_settings, run_with_context
+from gateway.keys_cli import keys_app
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ app = typer.Typer(
     help="batch-gateway: one OpenAI-compatible batch endpoint in front of many providers.", no_args_is_help=True
 )
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
-keys_app = typer.Typer(help="Client API keys.", no_args_is_help=True)
 canary_app = typer.Typer(help="Batches held after their canary: list, release, cancel.", no_args_is_help=True)
 batches_app = typer.Typer(help="Any team's batches, on the database directly: cancel, retry.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -32,31 +32,6 @@ app.add_typer(batches_app, name="batches")
 app.command("submit")(client_cli.submit)
 app.command("ls")(client_cli.ls)
 app.command("status")(client_cli.status)
-
-
-def _load_settings(*, require_keys: bool = True, check: bool = True) -> Settings:
-    """The settings, or exit 2 with one line on stderr naming the mistake (file, table, key); no traceback.
-
-    ``check`` also checks what the engine needs (providers, catalog, default policy), and
-    ``require_keys`` that every enabled provider's ``api_key_env`` is set.
-    """
-    from pydantic import ValidationError
-
-    from gateway.config_errors import ConfigError
-
-    try:
-        settings = Settings.load()
-        if check:
-            from gateway.context import check_configuration
-
-            asyncio.run(check_configuration(settings, require_keys=require_keys))
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    except (ValidationError, ValueError, LookupError, OSError) as exc:
-        typer.echo(" ".join(f"config error: {exc}".split()), err=True)
-        raise typer.Exit(2) from None
-    return settings
 
 
 def _log_configuration(settings: Settings) -> None:
@@ -74,24 +49,6 @@ def _log_configuration(settings: Settings) -> None:
         log.info("routing policy %s: %s%s", name, origin, default)
 
 
-def _run_with_context(settings: Settings, job: Callable[[GatewayContext], Awaitable[T]]) -> T:
-    """Run ``job`` with this process's gateway context (database migrated first when enabled), then close it."""
-    from gateway.context import GatewayContext
-    from gateway.db.engine import upgrade_to_head
-
-    if settings.auto_migrate:
-        upgrade_to_head(settings.resolved_database_url)
-
-    async def main() -> T:
-        context = GatewayContext.create(settings)
-        try:
-            return await job(context)
-        finally:
-            await context.close()
-
-    return asyncio.run(main())
-
-
 def _setup_logging(settings: Settings) -> None:
     from gateway.logs import configure_logging
 
@@ -106,7 +63,7 @@ def serve(
     worker: Annotated[bool | None, typer.Option("--worker/--no-worker", help="Run a worker in this process.")] = None,
 ) -> None:
     """Run the API (and, by default, a worker) on the configured database."""
-    settings = _load_settings()
+    settings = load_settings()
 
     import uvicorn
 
@@ -131,7 +88,7 @@ def run_worker() -> None:
     """Run a worker process only (no API)."""
     from gateway.jobs.worker import Worker
 
-    settings = _load_settings()
+    settings = load_settings()
     _setup_logging(settings)
     _log_configuration(settings)
     if settings.metrics.worker_port:
@@ -142,7 +99,7 @@ def run_worker() -> None:
     async def work(context: GatewayContext) -> None:
         await Worker(context).run()
 
-    _run_with_context(settings, work)
+    run_with_context(settings, work)
 
 
 @db_app.command("upgrade")
@@ -151,26 +108,9 @@ def db_upgrade() -> None:
     from gateway.db.engine import upgrade_to_head
     from gateway.settings import redact_url
 
-    settings = _load_settings(check=False)
+    settings = load_settings(check=False)
     upgrade_to_head(settings.resolved_database_url)
     typer.echo(f"database at head: {redact_url(settings.resolved_database_url)}")
-
-
-@keys_app.command("create")
-def keys_create(
-    team: Annotated[str, typer.Option(help="Team the key belongs to (created if new).")],
-    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
-) -> None:
-    """Create a client API key and print it once."""
-    from gateway.db import repo
-    from gateway.db.unit_of_work import transaction
-
-    async def create(context: GatewayContext) -> str:
-        async with transaction(context.sessions) as session:
-            secret, _ = await repo.create_api_key(session, team, name)
-        return secret
-
-    typer.echo(_run_with_context(_load_settings(require_keys=False), create))
 
 
 def _batch_action(action: Callable[[GatewayContext], Awaitable[str]]) -> None:
@@ -178,7 +118,7 @@ def _batch_action(action: Callable[[GatewayContext], Awaitable[str]]) -> None:
     from gateway.errors import GatewayError
 
     try:
-        typer.echo(_run_with_context(_load_settings(require_keys=False), action))
+        typer.echo(run_with_context(load_settings(require_keys=False), action))
     except GatewayError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
@@ -224,7 +164,7 @@ def collect_blobs(
     async def collect(context: GatewayContext) -> int:
         return await collect_garbage(context, grace_s)
 
-    removed = _run_with_context(_load_settings(require_keys=False), collect)
+    removed = run_with_context(load_settings(require_keys=False), collect)
     typer.echo(f"removed {removed} blob(s) no row names")
 
 
@@ -291,7 +231,7 @@ def estimate(
         return quote_view(quote)
 
     try:
-        answer = _run_with_context(_load_settings(require_keys=False), price)
+        answer = run_with_context(load_settings(require_keys=False), price)
     except (ValueError, LookupError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -362,7 +302,7 @@ def dashboard(
     env = dict(os.environ)
     url = gateway_url or env.get("BATCHGW_DASHBOARD_GATEWAY_URL")
     if not url:  # the local gateway, as its settings say: read them as strictly as the gateway does
-        settings = _load_settings(check=False)
+        settings = load_settings(check=False)
         url = f"http://{settings.host}:{settings.port}"
     env["BATCHGW_DASHBOARD_GATEWAY_URL"] = url
     if admin_key:

@@ -1,18 +1,17 @@
 """Admin API (guarded by the admin key): providers with health and prices, batches across teams with
-their shards and routing decisions, keys."""
+their shards and routing decisions (keys: :mod:`gateway.api.admin_keys`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.di import Provide
 
 from gateway.api.auth import require_admin
-from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
 from gateway.api.objects import batch_object, list_object
-from gateway.api.openapi import ADMIN_SECURITY, CREATE_KEY_BODY, admin_errors, with_request_body
+from gateway.api.openapi import ADMIN_SECURITY, admin_errors
 from gateway.billing.estimate import cost_usd
 from gateway.context import GatewayContext
 from gateway.db import abandoned as abandoned_db
@@ -21,7 +20,7 @@ from gateway.db import repo
 from gateway.db import routing as routing_db
 from gateway.db import shards as shard_db
 from gateway.db.models import AbandonedProviderBatch, Batch, ProviderHealth, RoutingDecision, Shard
-from gateway.db.unit_of_work import reading, transaction
+from gateway.db.unit_of_work import reading
 from gateway.errors import bad_request, not_found
 from gateway.pipeline import lifecycle
 from gateway.routing.health import percentile, provider_states
@@ -60,10 +59,6 @@ def shard_view(shard: Shard) -> dict[str, Any]:
         "submitted_at": shard.submitted_at,
         "finished_at": shard.finished_at,
     }
-
-
-MAX_NAME_CHARS = 200
-"""Longest team name and key label (the columns' width)."""
 
 
 def shard_rates(shard: Shard) -> tuple[float, float]:
@@ -287,26 +282,3 @@ class AdminController(Controller):
             "decisions": [decision_view(d) for d in decisions],
             "abandoned_provider_batches": [abandoned_view(a) for a in abandoned],
         }
-
-    @post(
-        "/keys",
-        status_code=201,
-        summary="Create a client API key",
-        responses=admin_errors(413),
-        operation_class=with_request_body(CREATE_KEY_BODY),
-        request_max_body_size=MAX_JSON_BODY_BYTES,
-    )
-    async def create_key(self, request: Request, state: State, _admin: None) -> dict[str, Any]:
-        """Body ``{"team": NAME, "name": LABEL?}``; the secret is in this response only."""
-        context: GatewayContext = state.context
-        body = decode_json_object(await request.body(), free_text=("name",))
-        team, name = body.get("team"), body.get("name")
-        if not isinstance(team, str) or not team.strip() or len(team.strip()) > MAX_NAME_CHARS:
-            raise bad_request(
-                f"'team' must be a non-empty string of at most {MAX_NAME_CHARS} characters.", param="team"
-            )
-        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
-            raise bad_request(f"'name' must be a string of at most {MAX_NAME_CHARS} characters.", param="name")
-        async with transaction(context.sessions) as session:
-            secret, key = await repo.create_api_key(session, team.strip(), name)
-        return {"id": key.id, "team": team.strip(), "key": secret, "prefix": key.prefix}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass
 
 from litestar import Request
@@ -10,8 +11,11 @@ from litestar.datastructures import State
 
 from gateway.context import GatewayContext
 from gateway.db import repo
-from gateway.db.unit_of_work import reading
+from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import Forbidden, Unauthorized
+
+LAST_USED_EVERY_S = 60
+"""A key's ``last_used_at`` is written at most this often (a write a minute per key, not one per request)."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,9 @@ def _bearer(request: Request) -> str:
 
 
 async def provide_principal(request: Request, state: State) -> Principal:
-    """Resolve the caller's key to its team, or answer 401."""
+    """Resolve the caller's key to its team, or answer 401 (saying so when the key was revoked or expired).
+
+    Read from the database on every request, so a revocation holds at once on every replica."""
     token = _bearer(request)
     context: GatewayContext = state.context
     async with reading(context.sessions) as session:
@@ -43,7 +49,19 @@ async def provide_principal(request: Request, state: State) -> Principal:
     if found is None:
         raise Unauthorized("Incorrect API key provided.")
     key, team = found
+    now = int(time.time())
+    if key.revoked_at is not None:
+        raise Unauthorized(f"This API key was revoked at {_when(key.revoked_at)}.", code="api_key_revoked")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise Unauthorized(f"This API key expired at {_when(key.expires_at)}.", code="api_key_expired")
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_EVERY_S:
+        async with transaction(context.sessions) as session:
+            await repo.note_key_used(session, key.id, now, LAST_USED_EVERY_S)
     return Principal(team_id=team.id, team_name=team.name, api_key_id=key.id)
+
+
+def _when(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
 async def require_admin(request: Request, state: State) -> None:

@@ -145,9 +145,16 @@ CREATE_KEY_BODY = _json(
     Schema(
         type=OpenAPIType.OBJECT,
         required=["team"],
-        properties={"team": _ID, "name": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL], max_length=256)},
+        properties={
+            "team": _ID,
+            "name": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL], max_length=200),
+            "expires_at": Schema(
+                type=[OpenAPIType.INTEGER, OpenAPIType.NULL],
+                description="When the key stops working (unix seconds, in the next ten years); never if absent.",
+            ),
+        },
     ),
-    "The team the key belongs to (created if new) and an optional label.",
+    "The team the key belongs to (created if new), an optional label and an optional expiry.",
 )
 
 ESTIMATE_BODY = _json(

@@ -52,6 +52,8 @@ class ApiKey(SQLModel, table=True):
     name: str | None = Field(default=None, max_length=200)
     created_at: int = Field(default_factory=now_s)
     revoked_at: int | None = None
+    expires_at: int | None = Field(default=None, description="When the key stops working (unix seconds), if ever.")
+    last_used_at: int | None = Field(default=None, description="Last authenticated request, to the minute.")
 
 
 class StoredFile(SQLModel, table=True):

@@ -16,11 +16,14 @@ from collections.abc import Sequence
 from sqlalchemy import func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import Select
 
 from gateway.db.leases import Lease
 from gateway.db.models import ApiKey, Batch, IdempotencyRecord, Shard, StoredFile, Team
 
 KEY_PREFIX = "bgw-"
+MAX_KEY_LIFETIME_S = 10 * 366 * 24 * 3600
+"""Furthest expiry a key may be given: ten years ahead (a key meant to live longer needs none)."""
 ATTEMPT_LOG_KEEP = 20
 """Failed attempts kept on a batch or shard row (the newest)."""
 
@@ -43,26 +46,65 @@ async def get_or_create_team(session: AsyncSession, name: str) -> Team:
     return team
 
 
-async def create_api_key(session: AsyncSession, team_name: str, key_name: str | None = None) -> tuple[str, ApiKey]:
+async def create_api_key(
+    session: AsyncSession, team_name: str, key_name: str | None = None, *, expires_at: int | None = None
+) -> tuple[str, ApiKey]:
     """Create a key for the team (and the team if new); return the secret, shown only once."""
     team = await get_or_create_team(session, team_name)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(team_id=team.id, key_hash=hash_key(secret), prefix=secret[:10], name=key_name)
+    key = ApiKey(team_id=team.id, key_hash=hash_key(secret), prefix=secret[:10], name=key_name, expires_at=expires_at)
     session.add(key)
     await session.flush()
     return secret, key
 
 
 async def authenticate(session: AsyncSession, secret: str) -> tuple[ApiKey, Team] | None:
-    """The live key and its team for a presented secret, or None."""
-    row = (
-        await session.exec(
-            select(ApiKey, Team)
-            .join(Team, col(Team.id) == col(ApiKey.team_id))
-            .where(ApiKey.key_hash == hash_key(secret), col(ApiKey.revoked_at).is_(None))
-        )
-    ).first()
+    """The key a presented secret belongs to (live, revoked or expired: the caller tells) and its team, or None."""
+    row = (await session.exec(_keys_with_teams().where(ApiKey.key_hash == hash_key(secret)))).first()
     return (row[0], row[1]) if row else None
+
+
+def _keys_with_teams() -> Select[ApiKey, Team]:
+    return select(ApiKey, Team).join(Team, col(Team.id) == col(ApiKey.team_id))
+
+
+async def note_key_used(session: AsyncSession, key_id: str, now: int, every_s: int) -> None:
+    """Record a key's use, at most once every ``every_s`` seconds (one write a minute, not one a request)."""
+    await session.exec(
+        update(ApiKey)
+        .where(
+            col(ApiKey.id) == key_id,
+            or_(col(ApiKey.last_used_at).is_(None), col(ApiKey.last_used_at) <= now - every_s),
+        )
+        .values(last_used_at=now)
+    )
+
+
+async def list_api_keys(
+    session: AsyncSession, team_id: str | None = None, *, include_revoked: bool = False
+) -> list[tuple[ApiKey, Team]]:
+    """Keys with their teams, newest first; revoked keys only when asked."""
+    query = _keys_with_teams()
+    if team_id is not None:
+        query = query.where(ApiKey.team_id == team_id)
+    if not include_revoked:
+        query = query.where(col(ApiKey.revoked_at).is_(None))
+    rows = (await session.exec(query.order_by(col(ApiKey.created_at).desc(), col(ApiKey.id)))).all()
+    return [(key, team) for key, team in rows]
+
+
+async def get_api_key(session: AsyncSession, key_id: str) -> tuple[ApiKey, Team] | None:
+    """A key by its id (never its secret) with its team."""
+    row = (await session.exec(_keys_with_teams().where(ApiKey.id == key_id))).first()
+    return (row[0], row[1]) if row else None
+
+
+async def revoke_api_key(session: AsyncSession, key_id: str, now: int) -> bool:
+    """Revoke a key from now on (the next request presenting it is refused); False if it was already revoked."""
+    result = await session.exec(
+        update(ApiKey).where(col(ApiKey.id) == key_id, col(ApiKey.revoked_at).is_(None)).values(revoked_at=now)
+    )
+    return bool(result.rowcount)
 
 
 # --- files ------------------------------------------------------------------------------------
