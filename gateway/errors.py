@@ -15,6 +15,7 @@ Every exception the project defines, by where it lives::
     │   ├── Conflict                   409: the object's state forbids the request
     │   ├── TooLarge                   413: an upload over a size or line limit
     │   ├── QuotaExceeded              429 insufficient_quota: a hard budget is used up
+    │   ├── RateLimited                429 rate_limit_exceeded: a key or team over its request rate
     │   └── UnknownModel (LookupError) 404 model_not_found, with "did you mean" suggestions
     ├── ProviderError                  gateway.providers.base: a provider call failed
     │   ├── ProviderUnavailable        transient (network, 5xx); ProviderRateLimited (429) below it
@@ -44,6 +45,7 @@ same OpenAI ``code`` vocabulary, and the command-line tools print them in one li
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 _TYPE_BY_STATUS = {
@@ -145,6 +147,18 @@ class QuotaExceeded(GatewayError):
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message, code=code, type_="insufficient_quota")
+
+
+class RateLimited(GatewayError):
+    """429 ``rate_limit_exceeded``: a client key or its team sends faster than its limit; ``Retry-After``
+    (whole seconds) says when the next request is admitted."""
+
+    status_code = 429
+    code: str | None = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message, type_="requests", headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+        self.retry_after_s = retry_after_s
 
 
 class UnknownModel(GatewayError, LookupError):

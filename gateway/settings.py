@@ -64,6 +64,12 @@ class LimitSettings(_Section):
     )
     max_errors_reported: int = Field(1000, description="Validation errors kept in a batch's errors.data.")
     files_list_max: int = Field(10_000, description="Largest page size of GET /v1/files.")
+    key_requests_per_minute: int = Field(
+        0, ge=0, description="Client API requests one key may make a minute, across every API replica (0: no limit)."
+    )
+    team_requests_per_minute: int = Field(
+        0, ge=0, description="Client API requests all keys of one team may make a minute, together (0: no limit)."
+    )
 
 
 class WorkerSettings(_Section):

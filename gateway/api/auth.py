@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from dataclasses import dataclass
 
@@ -10,9 +11,10 @@ from litestar import Request
 from litestar.datastructures import State
 
 from gateway.context import GatewayContext
-from gateway.db import repo
-from gateway.db.unit_of_work import reading, transaction
-from gateway.errors import Forbidden, Unauthorized
+from gateway.db import ratelimits, repo
+from gateway.db.models import Team
+from gateway.db.unit_of_work import Rollback, reading, transaction
+from gateway.errors import Forbidden, RateLimited, Unauthorized
 
 LAST_USED_EVERY_S = 60
 """A key's ``last_used_at`` is written at most this often (a write a minute per key, not one per request)."""
@@ -54,10 +56,37 @@ async def provide_principal(request: Request, state: State) -> Principal:
         raise Unauthorized(f"This API key was revoked at {_when(key.revoked_at)}.", code="api_key_revoked")
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthorized(f"This API key expired at {_when(key.expires_at)}.", code="api_key_expired")
+    await _admit(context, key.id, team)
     if key.last_used_at is None or now - key.last_used_at >= LAST_USED_EVERY_S:
         async with transaction(context.sessions) as session:
             await repo.note_key_used(session, key.id, now, LAST_USED_EVERY_S)
     return Principal(team_id=team.id, team_name=team.name, api_key_id=key.id)
+
+
+async def _admit(context: GatewayContext, key_id: str, team: Team) -> None:
+    """Answer 429 with Retry-After when the key or its team is over its request rate (when limits are set)."""
+    settings = context.settings.limits
+    limits = [
+        ratelimits.Limit(name, per_minute)
+        for name, per_minute in ((f"key:{key_id}", settings.key_requests_per_minute),
+                                 (f"team:{team.id}", settings.team_requests_per_minute))
+        if per_minute
+    ]  # fmt: skip
+    if not limits:
+        return
+    refusal = None
+    async with transaction(context.sessions) as session:
+        refusal = await ratelimits.admit(session, limits, time.time())
+        if refusal is not None:
+            raise Rollback  # neither timeline keeps a reservation for a refused request
+    if refusal is not None:
+        limit, wait_s = refusal
+        whose = f"key {key_id}" if limit.name.startswith("key:") else f"team '{team.name}'"
+        raise RateLimited(
+            f"Rate limit reached for requests of {whose}: {limit.per_minute} a minute. "
+            f"Please try again in {max(1, math.ceil(wait_s))}s.",
+            retry_after_s=wait_s,
+        )
 
 
 def _when(timestamp: int) -> str:

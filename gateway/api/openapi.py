@@ -51,26 +51,32 @@ _WHY = {
     404: "Unknown id (also another team's)",
     409: "The object's state forbids the action, or an Idempotency-Key reused with another body",
     413: "Request or upload over a limit",
-    429: "A hard budget is exhausted",
+    429: "A hard budget is exhausted (insufficient_quota), or the key or its team is over its request rate "
+    "(rate_limit_exceeded, with Retry-After)",
     507: "The gateway's storage is full or not writable; nothing was stored",
 }
 
 
-def errors(*statuses: int) -> dict[int, ResponseSpec]:
-    """Error responses in OpenAI's shape for the given status codes (400 and 401 always)."""
+def _error_specs(statuses: set[int]) -> dict[int, ResponseSpec]:
     return {
         status: ResponseSpec(
             data_container=ErrorBody,
             generate_examples=False,
             description=_WHY.get(status, HTTPStatus(status).phrase),
         )
-        for status in sorted({400, 401, *statuses})
+        for status in sorted(statuses)
     }
 
 
+def errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """Error responses in OpenAI's shape of a client (/v1) route: the given status codes, and 400, 401 and 429
+    (request rate limits of keys and teams) always."""
+    return _error_specs({400, 401, 429, *statuses})
+
+
 def admin_errors(*statuses: int) -> dict[int, ResponseSpec]:
-    """Error responses of an admin route."""
-    return errors(403, *statuses)
+    """Error responses of an admin route: the given status codes, and 400, 401 and 403 always."""
+    return _error_specs({400, 401, 403, *statuses})
 
 
 def with_request_body(body: RequestBody) -> type[Operation]:

@@ -275,6 +275,16 @@ class ProviderPacing(SQLModel, table=True):
     updated_at: float = Field(default_factory=time.time)
 
 
+class ApiRateLimit(SQLModel, table=True):
+    """The request timeline of one client key or team (see :mod:`gateway.db.ratelimits`), shared by every
+    API replica."""
+
+    __tablename__ = "api_rate_limits"
+
+    name: str = Field(primary_key=True, max_length=96, description="'key:<key id>' or 'team:<team id>'.")
+    next_free_at: float = Field(default=0.0, description="Unix time from which the timeline is not reserved yet.")
+
+
 class LedgerEntry(SQLModel, table=True):
     """What one collected shard cost: written once, in the transaction that closes the shard."""
 
