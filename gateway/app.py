@@ -23,7 +23,7 @@ from gateway.api.estimates import EstimatesController
 from gateway.api.files import FilesController
 from gateway.api.health import healthz, readyz
 from gateway.api.inputs import check_request_url
-from gateway.api.metrics import metrics_endpoint
+from gateway.api.metrics import http_metrics, metrics_endpoint
 from gateway.api.models import ModelsController
 from gateway.api.openapi import COMPONENTS
 from gateway.context import GatewayContext
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         before_request=check_request_url,
+        middleware=[http_metrics],
         openapi_config=OpenAPIConfig(
             title="batch-gateway",
             version=__version__,

@@ -112,6 +112,13 @@ BATCH_TURNAROUND = Histogram(
     ["provider"],
     buckets=TURNAROUND_BUCKETS,
 )
+HTTP_REQUEST_SECONDS = Histogram(
+    "batchgw_http_request_duration_seconds",
+    "API requests answered by this process, from arrival to the response's last byte, by route template, "
+    "method and status class (2xx, 4xx, 5xx); _count counts the requests.",
+    ["route", "method", "status_class"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 
 for _kind in ALERT_KINDS:
     ALERTS_FIRED.labels(kind=_kind)  # exported at 0 from the start, so increase() sees the first alert
@@ -152,6 +159,11 @@ def _add(counter: Counter, amount: float, **labels: str) -> None:
         counter.labels(**labels).inc(amount)
     else:
         counter.labels(**labels)  # the series exists (at 0) so that rate() and ratios see it
+
+
+def record_http_request(*, route: str, method: str, status: int, seconds: float) -> None:
+    """One API request: ``route`` is its template (``/v1/files/{file_id}``), never a path with ids in it."""
+    HTTP_REQUEST_SECONDS.labels(route=route, method=method, status_class=f"{status // 100}xx").observe(seconds)
 
 
 def record_shard_collected(
@@ -330,5 +342,6 @@ def metric_names() -> set[str]:
         ALERTS_FIRED,
         SHARD_TURNAROUND,
         BATCH_TURNAROUND,
+        HTTP_REQUEST_SECONDS,
     )
     return set(GAUGES) | {family.name for metric in events for family in metric.describe()}

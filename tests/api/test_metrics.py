@@ -46,6 +46,33 @@ def test_metrics_are_open_to_scrapers_in_the_text_format(gateway: GatewayProcess
     assert "/metrics" not in schema["paths"]
 
 
+def test_api_requests_are_timed_by_route_template_method_and_status_class(idle_gateway: GatewayProcess) -> None:
+    key = idle_gateway.create_key("timed")
+    headers = {"Authorization": f"Bearer {key}"}
+    before = scrape(idle_gateway.base_url)
+    files = "/v1/files/{file_id}"
+    seen = {
+        (files, "GET", "4xx"): value(before, "batchgw_http_request_duration_seconds_count",
+                                     route=files, method="GET", status_class="4xx") or 0,
+        ("/v1/files", "GET", "2xx"): value(before, "batchgw_http_request_duration_seconds_count",
+                                           route="/v1/files", method="GET", status_class="2xx") or 0,
+    }  # fmt: skip
+    for n in range(3):  # three different ids: one route template
+        assert httpx.get(f"{idle_gateway.base_url}/v1/files/file-{n}", headers=headers, timeout=30).status_code == 404
+    assert httpx.get(f"{idle_gateway.base_url}/v1/files", headers=headers, timeout=30).status_code == 200
+    after = scrape(idle_gateway.base_url)
+
+    count = "batchgw_http_request_duration_seconds_count"
+    assert value(after, count, route=files, method="GET", status_class="4xx") == seen[(files, "GET", "4xx")] + 3
+    assert value(after, count, route="/v1/files", method="GET", status_class="2xx") == (
+        seen[("/v1/files", "GET", "2xx")] + 1
+    )
+    assert "file-1" not in after, "a path with an id became a label"
+    slowest = value(after, "batchgw_http_request_duration_seconds_bucket",
+                    route="/v1/files", method="GET", status_class="2xx", le="+Inf")  # fmt: skip
+    assert slowest == value(after, count, route="/v1/files", method="GET", status_class="2xx")
+
+
 def test_a_finished_batch_is_counted_and_agrees_with_the_ledger(gateway: GatewayProcess, finished_batch: Any) -> None:
     assert finished_batch.status == "completed"
     text = scrape(gateway.base_url)
