@@ -32,6 +32,8 @@ app.add_typer(batches_app, name="batches")
 app.command("submit")(client_cli.submit)
 app.command("ls")(client_cli.ls)
 app.command("status")(client_cli.status)
+app.command("cancel")(client_cli.cancel)
+app.command("download")(client_cli.download)
 
 
 def _log_configuration(settings: Settings) -> None:

@@ -1,4 +1,5 @@
-"""``batchgw submit``, ``batchgw ls`` and ``batchgw status``: the client side, for people who just want results.
+"""``batchgw submit``, ``ls``, ``status``, ``cancel`` and ``download``: the client side, for people who just want
+results.
 
 These commands talk to a running gateway through its public API with the official ``openai`` SDK, exactly
 as any client would; they never touch the database. The gateway URL and key come from ``--base-url`` /
@@ -11,14 +12,15 @@ import contextlib
 import json
 import signal
 import tempfile
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+from gateway.client_progress import TERMINAL, follow, requests_text, time_text, usd_text
+from gateway.client_results import ResultsMismatch, write_results
 
 if TYPE_CHECKING:
     import openai
@@ -26,8 +28,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-POLL_S = 1.0
 EXIT_INTERRUPTED = 130
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 
@@ -82,10 +82,19 @@ def _clear_errors(base_url: str) -> Iterator[None]:
         _fail(f"cannot reach the gateway at {base_url} (is `batchgw serve` running? see --base-url)")
     except openai.AuthenticationError:
         _fail(f"the gateway at {base_url} refused the API key (401): check --api-key / BATCHGW_API_KEY")
+    except openai.NotFoundError as exc:
+        _fail(f"the gateway answered 404: {_error_message(exc)}{_v1_hint(base_url)}")
     except openai.APIStatusError as exc:
         _fail(f"the gateway answered {exc.status_code}: {_error_message(exc)}")
-    except (ClientError, OSError) as exc:
+    except (ClientError, ResultsMismatch, OSError) as exc:
         _fail(str(exc))
+
+
+def _v1_hint(base_url: str) -> str:
+    """A hint when the base URL lacks the API's ``/v1`` (every route then answers 404)."""
+    if base_url.rstrip("/").endswith("/v1"):
+        return ""
+    return f" (the base URL should end in /v1: try --base-url {base_url.rstrip('/')}/v1)"
 
 
 def _error_message(exc: Any) -> str:
@@ -220,33 +229,11 @@ def ls(
         table.add_row(
             batch.id,
             batch.status,
-            _requests(batch),
+            requests_text(batch),
             meta.get("gateway_providers") or "-",
-            _usd(meta.get("gateway_cost_usd")),
+            usd_text(meta.get("gateway_cost_usd")),
         )
     _console().print(table)
-
-
-def _requests(batch: Batch) -> str:
-    counts = batch.request_counts
-    if not counts or not counts.total:
-        return "-"
-    failed = f" ({counts.failed} failed)" if counts.failed else ""
-    return f"{counts.completed + counts.failed}/{counts.total}{failed}"
-
-
-def _time(epoch: int | None) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if epoch else "-"
-
-
-def _usd(value: str | None) -> str:
-    """A metadata amount as dollars to a hundredth of a cent; "-" when the gateway has not set it."""
-    if not value:
-        return "-"
-    try:
-        return f"${Decimal(value):,.4f}"
-    except InvalidOperation:
-        return value
 
 
 def _batch_table(batch: Batch) -> Any:
@@ -261,12 +248,12 @@ def _batch_table(batch: Batch) -> Any:
         ("completion window", batch.completion_window),
         ("requests", f"{counts.completed} done, {counts.failed} failed of {counts.total}" if counts else "-"),
         ("providers", meta.pop("gateway_providers", "") or "-"),
-        ("cost", _usd(meta.pop("gateway_cost_usd", ""))),
-        *([("paid twice", _usd(meta.pop("gateway_paid_twice_usd")))] if "gateway_paid_twice_usd" in meta else []),
+        ("cost", usd_text(meta.pop("gateway_cost_usd", ""))),
+        *([("paid twice", usd_text(meta.pop("gateway_paid_twice_usd")))] if "gateway_paid_twice_usd" in meta else []),
         *([("waiting", meta.pop("gateway_waiting"))] if "gateway_waiting" in meta else []),
-        ("created", _time(batch.created_at)),
-        ("in progress", _time(batch.in_progress_at)),
-        ("finished", _time(batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at)),
+        ("created", time_text(batch.created_at)),
+        ("in progress", time_text(batch.in_progress_at)),
+        ("finished", time_text(batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at)),
         ("input file", batch.input_file_id),
         ("output file", batch.output_file_id or "-"),
         ("error file", batch.error_file_id or "-"),
@@ -288,7 +275,7 @@ def _wait_and_collect(client: openai.OpenAI, batch_id: str, out: Path | None, ba
     console.print(f"waiting for {batch_id} (Ctrl-C stops waiting; the batch keeps running)")
     try:
         with _clear_errors(base_url):
-            batch = _follow(client, batch_id, console)
+            batch = follow(client, batch_id, console)
     except KeyboardInterrupt:
         console.print(f"\nstopped waiting: batch {batch_id} is still running on the gateway.\nresume with: {resume}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -300,94 +287,50 @@ def _wait_and_collect(client: openai.OpenAI, batch_id: str, out: Path | None, ba
     if out is not None:
         try:
             with _clear_errors(base_url):
-                written = _write_results(client, batch, out)
+                written = write_results(client, batch, out)
         except KeyboardInterrupt:
             _fail(f"interrupted while writing {out}; write it again with: {resume}", EXIT_INTERRUPTED)
         console.print(f"wrote {written} result lines to {out}")
+    elif batch.output_file_id or batch.error_file_id:
+        files = ", ".join(
+            f"{what} file {file_id}"
+            for what, file_id in (("output", batch.output_file_id), ("error", batch.error_file_id))
+            if file_id
+        )
+        console.print(f"results are on the gateway ({files}); write them with: batchgw download {batch_id} --out FILE")
     if batch.status != "completed":
         raise typer.Exit(1)
 
 
-def _follow(client: openai.OpenAI, batch_id: str, console: Console) -> Batch:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("failed {task.fields[failed]}", markup=False),
-        TextColumn("providers {task.fields[providers]}", markup=False),
-        TextColumn("cost {task.fields[cost]}", markup=False),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[waiting]}", markup=False),
+def cancel(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch id.")],
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Cancel a batch: unfinished requests stop, finished ones keep their results (fetch them with download)."""
+    client = _client(base_url, api_key)
+    with _clear_errors(base_url):
+        batch = client.batches.cancel(batch_id)
+    _console().print(
+        f"batch {batch.id} {batch.status}: {requests_text(batch)} requests done; finished requests keep their results "
+        f"(batchgw download {batch.id} --out FILE once it has ended)"
     )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("validating", total=None, failed=0, providers="-", cost="-", waiting="")
-        while True:
-            batch = client.batches.retrieve(batch_id)
-            counts, meta = batch.request_counts, batch.metadata or {}
-            progress.update(
-                task,
-                description=batch.status,
-                total=counts.total if counts and counts.total else None,
-                completed=(counts.completed + counts.failed) if counts else 0,
-                failed=counts.failed if counts else 0,
-                providers=meta.get("gateway_providers") or "-",
-                cost=_usd(meta.get("gateway_cost_usd")),
-                waiting=meta.get("gateway_waiting", ""),
+
+
+def download(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch id.")],
+    out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Where to write the merged results.")],
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Write an ended batch's results to --out: output and error lines together, in input order."""
+    client = _client(base_url, api_key)
+    with _clear_errors(base_url):
+        batch = client.batches.retrieve(batch_id)
+        if batch.status not in TERMINAL:
+            raise ClientError(
+                f"batch {batch_id} is {batch.status}: its results are not complete yet; "
+                f"wait for them with: batchgw status {batch_id} --wait --out {out}"
             )
-            if batch.status in TERMINAL:
-                return batch
-            time.sleep(POLL_S)
-
-
-def _write_results(client: openai.OpenAI, batch: Batch, out: Path) -> int:
-    """Output and error lines joined on custom_id, in the order of the batch's input file."""
-    with tempfile.TemporaryDirectory() as folder:
-        results: dict[str, tuple[Path, int]] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if file_id:
-                path = Path(folder) / file_id
-                _download(client, file_id, path)
-                with path.open("rb") as lines:
-                    offset = 0
-                    for line in lines:
-                        if line.strip():
-                            results.setdefault(str(json.loads(line)["custom_id"]), (path, offset))
-                        offset += len(line)
-        source = Path(folder) / "input.jsonl"
-        _download(client, batch.input_file_id, source)
-        written = 0
-        handles: dict[Path, Any] = {}
-        try:
-            with source.open("rb") as requests, out.open("wb") as target:
-                for line in requests:
-                    custom_id = _custom_id(line)
-                    if custom_id is None or custom_id not in results:
-                        continue
-                    path, offset = results.pop(custom_id)
-                    handle = handles.get(path) or handles.setdefault(path, path.open("rb"))
-                    handle.seek(offset)
-                    result = handle.readline()
-                    target.write(result if result.endswith(b"\n") else result + b"\n")
-                    written += 1
-        finally:
-            for handle in handles.values():
-                handle.close()
-        if results:
-            raise ClientError(f"{len(results)} result lines match no request of the input file")
-        return written
-
-
-def _custom_id(line: bytes) -> str | None:
-    try:
-        request = json.loads(line)
-    except ValueError:
-        return None
-    return str(request["custom_id"]) if isinstance(request, dict) and "custom_id" in request else None
-
-
-def _download(client: openai.OpenAI, file_id: str, path: Path) -> None:
-    with client.files.with_streaming_response.content(file_id) as response, path.open("wb") as target:
-        for chunk in response.iter_bytes():
-            target.write(chunk)
+        written = write_results(client, batch, out)
+    _console().print(f"wrote {written} result lines of batch {batch_id} ({batch.status}) to {out}")

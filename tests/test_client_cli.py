@@ -1,4 +1,5 @@
-"""``batchgw submit``, ``ls`` and ``status``, run as real commands against a live gateway on the emulators."""
+"""``batchgw submit``, ``ls``, ``status``, ``cancel`` and ``download``, run as real commands against a live gateway
+on the emulators."""
 
 from __future__ import annotations
 
@@ -84,7 +85,9 @@ def test_submit_wait_rewrites_the_model_and_writes_results_in_input_order(
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert "completed: 40 done, 0 failed of 40" in run.stdout and "wrote 40 result lines" in run.stdout
-    assert "providers" in run.stdout and "cost" in run.stdout  # the progress line's last frame
+    # Not a terminal: plain progress lines, no bar drawn with control characters.
+    assert "completed: 40/40 requests done, providers main, cost $" in run.stdout
+    assert "\x1b" not in run.stdout and "━" not in run.stdout
     lines = read_lines(out)
     assert [line["custom_id"] for line in lines] == [r["custom_id"] for r in requests]
     for request, line in zip(requests, lines, strict=True):
@@ -163,6 +166,55 @@ def test_ctrl_c_while_waiting_leaves_the_batch_running(
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert client.batches.retrieve(batch_id).status == "completed"
     assert [line["custom_id"] for line in read_lines(out)] == [r["custom_id"] for r in requests]
+
+
+def test_wait_without_out_says_where_the_results_are_and_download_writes_them(
+    gateway: GatewayProcess, team_key: str, tmp_path: Path
+) -> None:
+    requests = chat_requests(6, prefix="dl")[::-1]
+    run = batchgw(gateway, team_key, "submit", str(write_requests(tmp_path / "in.jsonl", requests)), "--wait")
+    assert run.returncode == 0, run.stdout + run.stderr
+    batch_id = batch_id_in(run.stdout)
+    assert "results are on the gateway (output file file-" in run.stdout
+    assert f"write them with: batchgw download {batch_id} --out FILE" in run.stdout
+
+    out = tmp_path / "results.jsonl"
+    fetched = batchgw(gateway, team_key, "download", batch_id, "--out", str(out))
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    assert f"wrote 6 result lines of batch {batch_id} (completed) to {out}" in " ".join(fetched.stdout.split())
+    assert [line["custom_id"] for line in read_lines(out)] == [r["custom_id"] for r in requests]
+
+
+def test_cancel_stops_a_running_batch_and_its_finished_requests_can_be_downloaded(
+    gateway: GatewayProcess, team_key: str, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    requests = chat_requests(10, model="slow-model", prefix="stop")
+    created = batchgw(gateway, team_key, "submit", str(write_requests(tmp_path / "in.jsonl", requests)))
+    batch_id = batch_id_in(created.stdout)
+    out = tmp_path / "results.jsonl"
+    early = batchgw(gateway, team_key, "download", batch_id, "--out", str(out))
+    assert early.returncode == 1 and "its results are not complete yet" in " ".join(early.stderr.split())
+    assert not out.exists()
+
+    cancelled = batchgw(gateway, team_key, "cancel", batch_id)
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert f"batch {batch_id} cancel" in cancelled.stdout and "finished requests keep their results" in cancelled.stdout
+    assert wait_for(client, batch_id, timeout=60).status == "cancelled"
+    fetched = batchgw(gateway, team_key, "download", batch_id, "--out", str(out))
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    lines = read_lines(out)
+    assert [line["custom_id"] for line in lines] == [r["custom_id"] for r in requests]
+    assert {line["error"]["code"] for line in lines if line["error"]} <= {"batch_cancelled"}
+
+
+def test_a_base_url_without_v1_gets_a_hint(gateway: GatewayProcess, team_key: str) -> None:
+    env = {**cli_env(gateway, team_key), "BATCHGW_BASE_URL": gateway.base_url}
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "ls"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 1
+    message = " ".join(run.stderr.split())
+    assert "answered 404" in message and f"try --base-url {gateway.base_url}/v1" in message
 
 
 def test_an_invalid_line_fails_the_batch_with_its_line_number(
