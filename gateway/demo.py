@@ -3,7 +3,8 @@
 Two emulated providers sell ``llama-3.3-70b`` at different prices (``groq-sim`` cheap and a little flaky,
 ``together-sim`` dearer); a gateway and, unless headless, the dashboard run as child processes. A sample
 classification batch goes through the official ``openai`` SDK, the cheap provider is taken down part-way,
-and the demo reports the failover, the results, the spend and savings and the billing alerts.
+and the demo reports the failover, the results, the spend and savings and the billing alerts. The steps
+stay together in this one file (past 400 lines) so that the story reads top to bottom.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import httpx
 import openai
@@ -26,7 +27,15 @@ from openai.types import Batch, FileObject
 from rich.console import Console
 
 from gateway.demo_report import DemoOutcome, print_summary, sample_requests
-from gateway.demo_setup import Child, Children, DemoError, choose_port, prepare_data_dir, wait_until_up
+from gateway.demo_setup import (
+    Child,
+    Children,
+    DemoError,
+    choose_port,
+    hold_data_dir,
+    prepare_data_dir,
+    wait_until_up,
+)
 from gateway.simulator import Faults, ProviderSpec, SimulatorCluster
 
 MODEL = "llama-3.3-70b"
@@ -71,6 +80,7 @@ class Running:
 
     children: Children = field(default_factory=Children)
     cluster: SimulatorCluster | None = None
+    data_dir_lock: BinaryIO | None = None
 
 
 @dataclass
@@ -304,6 +314,7 @@ def run_steps(options: DemoOptions, running: Running, console: Console) -> int:
     """The demo's steps in order; returns the exit code."""
     started = time.monotonic()
     data_dir = prepare_data_dir(options.data_dir)
+    running.data_dir_lock = hold_data_dir(data_dir)
     port = choose_port(options.port, "gateway", console)
     cluster = start_providers(running, console)
     gateway = start_gateway(running, cluster, data_dir, port, console)
@@ -355,12 +366,17 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     finally:
         for sig in previous:  # a second Ctrl-C must not cut the clean-up short and orphan a child
             signal.signal(sig, signal.SIG_IGN)
+        # With the reader of a piped output gone, rich's first print points stdout at /dev/null and raises
+        # SystemExit(1): the clean-up below still runs, quietly.
         console.print("stopping the gateway, dashboard and emulators ...")
         running.children.stop_all()
         if running.cluster is not None:
             running.cluster.stop()
+        if running.data_dir_lock is not None:
+            running.data_dir_lock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
 
 
 def keep_running(children: Children, console: Console) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 from rich.console import Console
@@ -73,17 +75,42 @@ class Children:
 
 
 def prepare_data_dir(path: Path) -> Path:
-    """An empty folder for this run; only a folder an earlier demo made (it holds the marker) is wiped."""
+    """An empty folder for this run; only a folder an earlier demo made (it holds the marker) is wiped, and
+    never while a demo still runs in it (see :func:`hold_data_dir`)."""
     path = path.resolve()
     if path.exists():
         if not path.is_dir():
             raise DemoError(f"--data-dir {path} is a file; name a folder")
         if any(path.iterdir()) and not (path / MARKER).exists():
             raise DemoError(f"--data-dir {path} is not empty and was not made by the demo; name another folder")
+        if (path / MARKER).exists():
+            with (path / MARKER).open("rb") as marker:
+                _lock_or_refuse(marker, path)
         shutil.rmtree(path)
     path.mkdir(parents=True)
     (path / MARKER).write_text("made by `batchgw demo`; deleted and recreated on each run\n", encoding="utf-8")
     return path
+
+
+def hold_data_dir(path: Path) -> BinaryIO:
+    """Lock the folder's marker for as long as the returned file stays open (the process's life at most), so
+    that another demo started on the same folder refuses instead of wiping it under this one."""
+    marker = (path / MARKER).open("rb")
+    try:
+        _lock_or_refuse(marker, path)
+    except DemoError:
+        marker.close()
+        raise
+    return marker
+
+
+def _lock_or_refuse(marker: BinaryIO, path: Path) -> None:
+    try:
+        fcntl.flock(marker.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DemoError(
+            f"--data-dir {path} is in use by another `batchgw demo`; stop that one or name another folder"
+        ) from None
 
 
 def port_is_free(port: int) -> bool:

@@ -149,6 +149,14 @@ class BillingSettings(_Section):
     webhook_backoff_s: float = Field(5.0, ge=0, description="Delay before the first retry; doubles on each failure.")
     webhook_backoff_max_s: float = Field(600.0, ge=0, description="Longest delay between two attempts.")
     webhook_poll_interval_s: float = Field(2.0, gt=0, description="How often the worker looks for alerts to post.")
+
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _blank_url_is_unset(cls, value: object) -> object:
+        # An empty variable (BATCHGW_BILLING__WEBHOOK_URL=) means "no webhook", not a URL to retry forever.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
     anomaly_factor: float = Field(
         3.0, gt=1, description="Alert when a batch's actual cost per request exceeds its estimate by this factor."
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import pytest
 from rich.console import Console
 
 from gateway.demo_report import sample_requests
-from gateway.demo_setup import MARKER, DemoError, choose_port, prepare_data_dir
+from gateway.demo_setup import MARKER, DemoError, choose_port, hold_data_dir, prepare_data_dir
 from tests.conftest import free_port
 
 DEMO_TIMEOUT_S = 180
@@ -89,6 +91,45 @@ def test_each_run_starts_from_an_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x", encoding="utf-8")
     with pytest.raises(DemoError, match="is a file"):
         prepare_data_dir(tmp_path / "file")
+
+
+def test_a_folder_another_demo_runs_in_is_refused_and_kept(tmp_path: Path) -> None:
+    folder = prepare_data_dir(tmp_path / "demo")
+    (folder / "results.jsonl").write_text("the other demo's\n", encoding="utf-8")
+    held = hold_data_dir(folder)
+    try:
+        with pytest.raises(DemoError, match="is in use by another `batchgw demo`"):
+            prepare_data_dir(folder)
+        result = run_demo("--headless", "--data-dir", str(folder), "--port", str(free_port()), timeout=60)
+        assert result.returncode == 1 and "is in use by another `batchgw demo`" in " ".join(result.stdout.split())
+        assert (folder / "results.jsonl").read_text(encoding="utf-8") == "the other demo's\n"
+    finally:
+        held.close()
+    assert sorted(p.name for p in prepare_data_dir(folder).iterdir()) == [MARKER], "released with its process"
+
+
+def test_ctrl_c_with_the_output_piped_to_a_reader_that_is_gone_still_stops_everything(tmp_path: Path) -> None:
+    # `batchgw demo | tee log` and Ctrl-C: the terminal's SIGINT ends the reader too, so every later print hits
+    # a closed pipe; the demo must still stop the gateway, the emulators and itself.
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "demo", "--headless", "--data-dir", str(tmp_path / "d"),
+         "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert demo.stdout is not None
+    seen = ""
+    while "gateway ready at" not in seen:
+        line = demo.stdout.readline().decode(errors="replace")
+        assert line, f"the demo ended early: {seen}"
+        seen += line
+    demo.stdout.close()  # the reader is gone
+    demo.send_signal(signal.SIGINT)
+    assert demo.wait(timeout=60) != 0
+    stderr = demo.stderr.read().decode(errors="replace") if demo.stderr else ""
+    assert "Traceback" not in stderr, stderr
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0, "the gateway still listens after the demo ended"
 
 
 def test_a_busy_port_is_replaced_by_a_free_one_and_the_user_told() -> None:

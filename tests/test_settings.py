@@ -92,6 +92,14 @@ def test_every_mistake_of_a_file_is_listed_on_the_one_line(env: pytest.MonkeyPat
     assert message.count("config error in") == 1
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_webhook_url_means_no_webhook(env: pytest.MonkeyPatch, tmp_path: Path, blank: str) -> None:
+    assert load(env, tmp_path, f"[billing]\nwebhook_url = '{blank}'\n").billing.webhook_url is None
+    assert load(env, tmp_path, None, BATCHGW_BILLING__WEBHOOK_URL=blank).billing.webhook_url is None
+    configured = load(env, tmp_path, None, BATCHGW_BILLING__WEBHOOK_URL="http://127.0.0.1:9/hook").billing.webhook_url
+    assert configured is not None and configured.get_secret_value() == "http://127.0.0.1:9/hook"
+
+
 def test_a_bad_value_is_never_echoed(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     message = refused(env, tmp_path, "port = 'sk-secret-value'\n")
     assert "top-level key 'port'" in message and "sk-secret-value" not in message
