@@ -17,6 +17,7 @@ from gateway.api.admin import AdminController
 from gateway.api.admin_billing import AdminBillingController
 from gateway.api.admin_keys import AdminKeysController
 from gateway.api.admin_ops import AdminOpsController
+from gateway.api.admin_webhooks import AdminWebhooksController
 from gateway.api.batches import BatchesController
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.estimates import EstimatesController
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             AdminBillingController,
             AdminOpsController,
             AdminKeysController,
+            AdminWebhooksController,
             healthz,
             readyz,
             metrics_endpoint,

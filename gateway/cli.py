@@ -13,6 +13,7 @@ from gateway import client_cli
 from gateway.cli_support import load_settings, run_with_context
 from gateway.keys_cli import keys_app
 from gateway.settings import Settings
+from gateway.webhooks_cli import webhooks_app
 
 if TYPE_CHECKING:
     from gateway.context import GatewayContext
@@ -27,6 +28,7 @@ canary_app = typer.Typer(help="Batches held after their canary: list, release, c
 batches_app = typer.Typer(help="Any team's batches, on the database directly: cancel, retry.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(canary_app, name="canary")
 app.add_typer(batches_app, name="batches")
 app.command("submit")(client_cli.submit)

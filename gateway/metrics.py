@@ -100,6 +100,12 @@ WEBHOOK_DELIVERIES = Counter(
     "failed, the alert was not delivered).",
     ["outcome"],
 )
+BATCH_EVENT_DELIVERIES = Counter(
+    "batchgw_batch_webhook_deliveries",
+    "Attempts to post a batch event to a team's webhook endpoint, by outcome (delivered; failed: retried later; "
+    "gave_up: not delivered within events.give_up_after_s).",
+    ["outcome"],
+)
 SHARD_TURNAROUND = Histogram(
     "batchgw_shard_turnaround_seconds",
     "Time from a shard's submission to the provider to its results being collected.",
@@ -124,6 +130,7 @@ for _kind in ALERT_KINDS:
     ALERTS_FIRED.labels(kind=_kind)  # exported at 0 from the start, so increase() sees the first alert
 for _outcome in WEBHOOK_OUTCOMES:
     WEBHOOK_DELIVERIES.labels(outcome=_outcome)
+    BATCH_EVENT_DELIVERIES.labels(outcome=_outcome)
 
 
 def prime(providers: Iterable[str]) -> None:
@@ -217,6 +224,11 @@ def record_batch_finished(provider: str, turnaround_s: float) -> None:
 def record_alert_fired(kind: str) -> None:
     """Count one new alert of ``kind`` (see :data:`ALERT_KINDS`)."""
     ALERTS_FIRED.labels(kind=kind).inc()
+
+
+def record_batch_event_attempt(outcome: str) -> None:
+    """One POST of a batch event: ``delivered``, ``failed`` (retried) or ``gave_up``."""
+    BATCH_EVENT_DELIVERIES.labels(outcome=outcome).inc()
 
 
 def record_webhook_attempt(outcome: str) -> None:
@@ -337,6 +349,7 @@ def metric_names() -> set[str]:
         REQUESTS,
         REQUEST_RETRIES,
         WEBHOOK_DELIVERIES,
+        BATCH_EVENT_DELIVERIES,
         TOKENS,
         FAILOVERS,
         ALERTS_FIRED,

@@ -174,6 +174,18 @@ class BillingSettings(_Section):
     )
 
 
+class EventSettings(_Section):
+    """Batch webhooks: teams' endpoints get batch.completed / failed / expired / cancelled, signed."""
+
+    poll_interval_s: float = Field(1.0, gt=0, description="How often a worker queues new events and posts due ones.")
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one POST to an endpoint.")
+    backoff_s: float = Field(5.0, gt=0, description="Delay before an event's first retry; doubles on each failure.")
+    backoff_max_s: float = Field(3600.0, gt=0, description="Longest delay between two attempts.")
+    give_up_after_s: float = Field(
+        72 * 3600.0, gt=0, description="An event not delivered this long after it was queued is given up."
+    )
+
+
 class MetricsSettings(_Section):
     """Prometheus metrics: the API serves ``/metrics``; a ``batchgw worker`` process serves its own counters."""
 
@@ -265,6 +277,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)

@@ -163,6 +163,28 @@ CREATE_KEY_BODY = _json(
     "The team the key belongs to (created if new), an optional label and an optional expiry.",
 )
 
+CREATE_WEBHOOK_BODY = _json(
+    Schema(
+        type=OpenAPIType.OBJECT,
+        required=["team", "url"],
+        properties={
+            "team": _ID,
+            "url": Schema(type=OpenAPIType.STRING, min_length=1, max_length=2048, description="An http(s) URL."),
+            "event_types": Schema(
+                type=[OpenAPIType.ARRAY, OpenAPIType.NULL],
+                items=Schema(
+                    type=OpenAPIType.STRING,
+                    enum=["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"],
+                ),
+                min_items=1,
+                description="Events to post (default: all four).",
+            ),
+            "name": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL], max_length=256),
+        },
+    ),
+    "The team whose batches are reported, where to post, which events, and an optional label.",
+)
+
 ESTIMATE_BODY = _json(
     Schema(
         type=OpenAPIType.OBJECT,

@@ -466,3 +466,45 @@ class OutputTokenStats(SQLModel, table=True):
     )
     histogram: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     updated_at: float = Field(default_factory=time.time)
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """Where a team's batch events are posted, signed with the endpoint's secret (Standard Webhooks)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: str = Field(default_factory=lambda: new_id("we_", 24), primary_key=True, max_length=64)
+    team_id: str = Field(foreign_key="teams.id", index=True, max_length=64)
+    name: str | None = Field(default=None, max_length=256)
+    url: str = Field(sa_type=Text)
+    event_types: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    signing_secret: str = Field(max_length=128, description="whsec_ + base64 of 32 random bytes; shown once.")
+    created_at: int = Field(default_factory=now_s)
+    deleted_at: int | None = None
+
+
+class BatchEvent(SQLModel, table=True):
+    """The outbox of batch webhooks: one event per batch and endpoint, queued once the batch's end is committed."""
+
+    __tablename__ = "batch_events"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "batch_id"),
+        Index("ix_batch_events_state_due", "state", "next_attempt_at"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("evt_", 32), primary_key=True, max_length=64)
+    message_id: str = Field(
+        default_factory=lambda: new_id("wh_", 32), max_length=64, description="webhook-id: the same on every retry."
+    )
+    endpoint_id: str = Field(foreign_key="webhook_endpoints.id", max_length=64)
+    batch_id: str = Field(max_length=64)
+    type: str = Field(max_length=32, description="batch.completed, batch.failed, batch.expired or batch.cancelled.")
+    created_at: int = Field(description="When the batch reached its end (the event's created_at).")
+    state: str = Field(default="pending", max_length=16, description="'pending', 'delivered' or 'gave_up'.")
+    attempts: int = 0
+    next_attempt_at: float = Field(default_factory=time.time)
+    queued_at: float = Field(default_factory=time.time)
+    delivered_at: float | None = None
+    last_status: int | None = Field(default=None, description="HTTP status of the last attempt, if it got one.")
+    last_error: str | None = Field(default=None, sa_type=Text)
+

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import batch_events
 from gateway.billing import webhooks
 from gateway.context import GatewayContext
 from gateway.db import repo
@@ -105,6 +106,7 @@ class Worker:
             asyncio.create_task(self._every(self.settings.abandoned_sweep_s, self._settle_abandoned)),
             asyncio.create_task(self._every(self.settings.blob_gc_interval_s, self._collect_blobs)),
             asyncio.create_task(webhooks.run_webhook_loop(self.context, self._stop)),
+            asyncio.create_task(batch_events.run_event_loop(self.context, self._stop)),
         ]
         try:
             await asyncio.gather(*(self._run_lane(lane) for lane in lanes))

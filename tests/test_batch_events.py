@@ -1,0 +1,217 @@
+"""Batch webhooks end to end: a gateway on the emulators posts each ended batch to the endpoints its team
+registered, signed so that the official SDK's ``client.webhooks.unwrap`` accepts it (and rejects a tampered
+body or another secret), retried with the same ``webhook-id`` until a 2xx, never followed through a redirect."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from gateway.simulator import SimulatorCluster
+from tests.api.batch_helpers import assert_error
+from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.engine import chat_requests, reset, submit, wait_for
+
+ADMIN = {"Authorization": "Bearer test-admin-key"}
+PROVIDERS = {
+    "main": {"emulator": "fast", "models": {"gpt-4o-mini": "gpt-4o-mini"}},
+    "slowp": {"emulator": "slow", "models": {"slow-model": "gpt-4o-mini"}},
+}
+
+
+@dataclass
+class Receiver:
+    """An HTTP server that records every POST by path; ``answers`` scripts the statuses a path gets."""
+
+    server: ThreadingHTTPServer
+    posts: dict[str, list[tuple[dict[str, str], bytes]]] = field(default_factory=dict)
+    answers: dict[str, list[int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def received(self, path: str) -> list[tuple[dict[str, str], bytes]]:
+        with self.lock:
+            return list(self.posts.get(path, []))
+
+    def wait_for(self, path: str, count: int, timeout: float = 60) -> list[tuple[dict[str, str], bytes]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received(path)) < count:
+            assert time.monotonic() < deadline, f"{path}: {len(self.received(path))} of {count} posts arrived"
+            time.sleep(0.1)
+        return self.received(path)
+
+
+@pytest.fixture(scope="module")
+def receiver(database_kind: str) -> Iterator[Receiver]:
+    """A receiver per gateway (one per database), so that no post of one run is counted in the other."""
+    holder: list[Receiver] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            target = holder[0]
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            with target.lock:
+                target.posts.setdefault(self.path, []).append((dict(self.headers.items()), body))
+                scripted = target.answers.get(self.path)
+                status = scripted.pop(0) if scripted else 200
+            self.send_response(status)
+            if 300 <= status < 400:
+                self.send_header("location", target.url("/elsewhere"))
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    holder.append(Receiver(server))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield holder[0]
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_factory: Any, simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    env = simulated_provider_env(simulator, tmp_path_factory.mktemp("providers"), PROVIDERS)
+    env |= {"BATCHGW_EVENTS__POLL_INTERVAL_S": "0.2", "BATCHGW_EVENTS__BACKOFF_S": "0.3"}
+    return gateway_factory(env).start()
+
+
+@pytest.fixture(autouse=True)
+def fresh_emulators(simulator: SimulatorCluster) -> None:
+    reset(simulator, "fast", "slow")
+
+
+def register(gateway: GatewayProcess, team: str, url: str, **fields: Any) -> dict[str, Any]:
+    response = httpx.post(
+        f"{gateway.base_url}/admin/webhook_endpoints", json={"team": team, "url": url, **fields}, headers=ADMIN
+    )
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def unwrap(secret: str, headers: dict[str, str], body: bytes) -> Any:
+    return openai.OpenAI(api_key="unused", webhook_secret=secret).webhooks.unwrap(body, headers)
+
+
+def test_each_ended_batch_is_posted_once_to_its_teams_endpoints_signed_as_openai_signs(
+    gateway: GatewayProcess, receiver: Receiver
+) -> None:
+    every = register(gateway, "acme", receiver.url("/acme"), name="all of acme")
+    failures = register(gateway, "acme", receiver.url("/acme-failures"), event_types=["batch.failed"])
+    other = register(gateway, "globex", receiver.url("/globex"))
+    assert every["signing_secret"].startswith("whsec_") and every["event_types"] == [
+        "batch.completed", "batch.failed", "batch.expired", "batch.cancelled",
+    ]  # fmt: skip
+    client = gateway.client(gateway.create_key("acme"))
+
+    completed = wait_for(client, submit(client, chat_requests(3, prefix="ok")).id)
+    running = submit(client, chat_requests(4, model="slow-model", prefix="stop"))
+    client.batches.cancel(running.id)
+    cancelled = wait_for(client, running.id, timeout=60)
+    bad = io.BytesIO(json.dumps(chat_requests(1)[0]).encode() + b"\n{not json\n")
+    upload = client.files.create(file=("bad.jsonl", bad), purpose="batch")
+    failed = wait_for(client, client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    ).id)  # fmt: skip
+    assert (completed.status, cancelled.status, failed.status) == ("completed", "cancelled", "failed")
+
+    posts = receiver.wait_for("/acme", 3)
+    events = {}
+    for headers, body in posts:
+        event = unwrap(every["signing_secret"], headers, body)
+        events[event.data.id] = event
+        assert headers["webhook-id"].startswith("wh_") and headers["content-type"] == "application/json"
+        assert event.id.startswith("evt_") and json.loads(body)["object"] == "event"
+    assert {batch_id: e.type for batch_id, e in events.items()} == {
+        completed.id: "batch.completed", cancelled.id: "batch.cancelled", failed.id: "batch.failed",
+    }  # fmt: skip
+    assert events[completed.id].created_at == completed.completed_at
+    assert events[failed.id].created_at == failed.failed_at
+
+    [(headers, body)] = receiver.wait_for("/acme-failures", 1)
+    assert unwrap(failures["signing_secret"], headers, body).data.id == failed.id
+    time.sleep(1.0)  # a few more passes: nothing is posted twice, nothing to another team
+    assert len(receiver.received("/acme")) == 3 and len(receiver.received("/acme-failures")) == 1
+    assert receiver.received("/globex") == []
+
+    headers, body = posts[0]
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        unwrap(every["signing_secret"], headers, body.replace(b"batch_", b"batch-"))
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        unwrap(other["signing_secret"], headers, body)
+
+    detail = httpx.get(f"{gateway.base_url}/admin/webhook_endpoints/{every['id']}", headers=ADMIN).json()
+    assert detail["deliveries"] == {"pending": 0, "delivered": 3, "gave_up": 0}
+    assert {e["state"] for e in detail["recent_events"]} == {"delivered"}
+    listed = httpx.get(f"{gateway.base_url}/admin/webhook_endpoints", params={"team": "acme"}, headers=ADMIN)
+    assert {e["id"] for e in listed.json()["data"]} == {every["id"], failures["id"]}
+    assert every["signing_secret"] not in listed.text and every["signing_secret"][-4:] in listed.text
+
+
+def test_a_failing_endpoint_gets_retries_with_the_same_webhook_id_and_a_redirect_is_not_followed(
+    gateway: GatewayProcess, receiver: Receiver
+) -> None:
+    receiver.answers["/flaky"] = [500, 503]
+    receiver.answers["/moved"] = [302] * 50
+    flaky = register(gateway, "initech", receiver.url("/flaky"))
+    moved = register(gateway, "initech", receiver.url("/moved"))
+    client = gateway.client(gateway.create_key("initech"))
+    batch = wait_for(client, submit(client, chat_requests(2, prefix="retry")).id)
+
+    attempts = receiver.wait_for("/flaky", 3)
+    assert len({headers["webhook-id"] for headers, _ in attempts}) == 1, "a retry changed the webhook-id"
+    stamps = [int(headers["webhook-timestamp"]) for headers, _ in attempts]
+    assert stamps == sorted(stamps)
+    for headers, body in attempts:  # every attempt is signed for its own timestamp
+        assert unwrap(flaky["signing_secret"], headers, body).data.id == batch.id
+    detail = httpx.get(f"{gateway.base_url}/admin/webhook_endpoints/{flaky['id']}", headers=ADMIN).json()
+    [event] = detail["recent_events"]
+    assert (event["state"], event["attempts"], event["last_status"]) == ("delivered", 3, 200)
+
+    receiver.wait_for("/moved", 2)
+    assert receiver.received("/elsewhere") == [], "a redirect was followed"
+    detail = httpx.get(f"{gateway.base_url}/admin/webhook_endpoints/{moved['id']}", headers=ADMIN).json()
+    [event] = detail["recent_events"]
+    assert event["state"] == "pending" and event["last_status"] == 302 and event["attempts"] >= 2
+
+
+def test_a_deleted_endpoint_gets_nothing_more(gateway: GatewayProcess, receiver: Receiver) -> None:
+    gone = register(gateway, "umbrella", receiver.url("/gone"))
+    deleted = httpx.delete(f"{gateway.base_url}/admin/webhook_endpoints/{gone['id']}", headers=ADMIN)
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    client = gateway.client(gateway.create_key("umbrella"))
+    wait_for(client, submit(client, chat_requests(1, prefix="late")).id)
+    time.sleep(1.0)
+    assert receiver.received("/gone") == []
+    assert_error(httpx.get(f"{gateway.base_url}/admin/webhook_endpoints/{gone['id']}", headers=ADMIN), 404)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"url": "ftp://example.com/x"}, "url"),
+        ({"url": "not a url"}, "url"),
+        ({"url": "https://example.com/x", "event_types": ["batch.done"]}, "event_types"),
+        ({"url": "https://example.com/x", "event_types": []}, "event_types"),
+        ({"url": "https://example.com/x", "team": ""}, "team"),
+    ],
+)
+def test_a_bad_endpoint_is_a_400_naming_the_field(gateway: GatewayProcess, fields: dict[str, Any], param: str) -> None:
+    body = {"team": "acme", **fields}
+    response = httpx.post(f"{gateway.base_url}/admin/webhook_endpoints", json=body, headers=ADMIN)
+    assert_error(response, 400, param=param)
