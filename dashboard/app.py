@@ -27,6 +27,7 @@ navigation = st.navigation(
         st.Page(PAGES / "alerts.py", title="Alerts & budgets", icon=":material/notifications:", url_path="alerts"),
         st.Page(PAGES / "advisor.py", title="Advisor", icon=":material/balance:", url_path="advisor"),
         st.Page(PAGES / "providers.py", title="Providers", icon=":material/dns:", url_path="providers"),
+        st.Page(PAGES / "webhooks.py", title="Webhooks", icon=":material/webhook:", url_path="webhooks"),
     ]
 )
 

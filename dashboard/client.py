@@ -135,6 +135,14 @@ class AdminClient:
             params["acknowledged"] = "true" if acknowledged else "false"
         return list(self.request("GET", "/admin/alerts", params=params).get("data", []))
 
+    def webhook_endpoints(self) -> list[dict[str, Any]]:
+        """Batch webhook endpoints of every team, newest first (never their secrets)."""
+        return list(self.request("GET", "/admin/webhook_endpoints").get("data", []))
+
+    def webhook_endpoint(self, endpoint_id: str) -> dict[str, Any]:
+        """One endpoint with its deliveries by state and its latest events."""
+        return dict(self.request("GET", f"/admin/webhook_endpoints/{endpoint_id}"))
+
     def file_head(self, file_id: str, max_bytes: int = 65536) -> bytes:
         """The first bytes of a file (for samples), without downloading all of it."""
         return b"".join(self._stream(file_id, max_bytes))
@@ -183,6 +191,14 @@ class AdminClient:
     def ack_alert(self, alert_id: str | int) -> dict[str, Any]:
         """Acknowledge an alert."""
         return dict(self.request("POST", f"/admin/alerts/{alert_id}/ack"))
+
+    def add_webhook_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Register a team's endpoint; the answer holds its signing secret, this once."""
+        return dict(self.request("POST", "/admin/webhook_endpoints", json=body))
+
+    def delete_webhook_endpoint(self, endpoint_id: str) -> None:
+        """Stop posting batch events to an endpoint."""
+        self.request("DELETE", f"/admin/webhook_endpoints/{endpoint_id}")
 
     def release_canary(self, batch_id: str) -> dict[str, Any]:
         """Let a batch held after its canary run the rest of its requests."""

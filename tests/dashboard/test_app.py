@@ -8,7 +8,9 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import GatewayProcess, free_port
 from tests.dashboard.conftest import ADMIN_KEY, app_test
 
-PAGES = ("views/jobs.py", "views/job.py", "views/spend.py", "views/alerts.py", "views/providers.py")
+PAGES = (
+    "views/jobs.py", "views/job.py", "views/spend.py", "views/alerts.py", "views/providers.py", "views/webhooks.py",
+)  # fmt: skip
 
 
 def rendered(at: AppTest) -> str:

@@ -143,7 +143,7 @@ def test_every_page_opened_first_by_its_url_has_the_apps_navigation_caption_and_
     sync_api = _require_browser()
     headings = {
         "job?batch=" + seeded.done.id: f"Job {seeded.done.id}", "spend": "Spend", "alerts": "Alerts & budgets",
-        "advisor": "Advisor", "providers": "Providers", "jobs": "Jobs",
+        "advisor": "Advisor", "providers": "Providers", "jobs": "Jobs", "webhooks": "Webhooks",
     }  # fmt: skip
     problems: dict[str, list[str]] = {}
     with sync_api.sync_playwright() as playwright:

@@ -15,7 +15,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import format as fmt
+from tests.conftest import free_port
 from tests.dashboard.conftest import GLOBAL_LIMIT_USD, Seeded, app_test
+from tests.engine import chat_requests, submit, wait_for
 
 
 def frame_with(at: AppTest, column: str) -> pd.DataFrame:
@@ -246,6 +248,41 @@ def test_budgets_show_use_and_thresholds_and_can_be_set(seeded: Seeded, monkeypa
     at.text_input(key="budget_thresholds").input("lots")
     next(b for b in at.button if b.label == "Save budget").click().run()
     assert "Thresholds must be numbers" in texts(at)
+
+
+# --- Webhooks ---------------------------------------------------------------------------------------------
+
+
+def test_webhooks_register_shows_the_secret_once_and_lists_deliveries(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = run_page(app_test(monkeypatch, seeded.gateway.base_url), "views/webhooks.py")
+    at.text_input(key="webhook_team").input("globex")
+    at.text_input(key="webhook_url").input(f"http://127.0.0.1:{free_port()}/nobody-listens")
+    at.multiselect(key="webhook_events").set_value(["batch.completed"])
+    at.button[0].click().run()  # the form's Register button
+    assert not at.exception, [e.value for e in at.exception]
+    [secret] = [c.value for c in at.code]
+    assert secret.startswith("whsec_") and any("shown this once" in s.value for s in at.success)
+    [registered] = [e for e in seeded.admin.webhook_endpoints() if e["team"] == "globex"]
+    assert registered["event_types"] == ["batch.completed"] and secret not in str(registered)
+
+    # A completed batch of the team: its event waits for a receiver that never answers.
+    client = seeded.gateway.client(seeded.keys["globex"])
+    wait_for(client, submit(client, chat_requests(1, prefix="hook")).id, timeout=30)
+    deadline = time.monotonic() + 30
+    while not seeded.admin.webhook_endpoint(registered["id"])["recent_events"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    at.run()
+    assert not at.code, "the secret was shown again"
+    endpoints = frame_with(at, "endpoint").set_index("endpoint")
+    assert endpoints.loc[registered["id"], "team"] == "globex"
+    assert endpoints.loc[registered["id"], "events"] == "completed"
+    assert endpoints.loc[registered["id"], ["delivered", "pending", "gave up"]].tolist() == [0, 1, 0]
+    at.selectbox(key="webhook_events_of").set_value(registered["id"]).run()
+    events = frame_with(at, "attempts")
+    assert events["event"].tolist() == ["batch.completed"] and events["state"].tolist() == ["pending"]
+    assert events["last answer"].tolist() == ["no answer"]
 
 
 # --- Providers --------------------------------------------------------------------------------------------
