@@ -186,8 +186,9 @@ def test_wait_without_out_says_where_the_results_are_and_download_writes_them(
 
 
 def test_cancel_stops_a_running_batch_and_its_finished_requests_can_be_downloaded(
-    gateway: GatewayProcess, team_key: str, client: openai.OpenAI, tmp_path: Path
+    gateway: GatewayProcess, team_key: str, client: openai.OpenAI, simulator: SimulatorCluster, tmp_path: Path
 ) -> None:
+    set_faults(simulator, "slow", stall=True)  # running until cancelled, however slow this machine is
     requests = chat_requests(10, model="slow-model", prefix="stop")
     created = batchgw(gateway, team_key, "submit", str(write_requests(tmp_path / "in.jsonl", requests)))
     batch_id = batch_id_in(created.stdout)

@@ -137,6 +137,11 @@ def valid_bodies(input_file: str) -> dict[tuple[str, str], dict[str, Any]]:
             "metadata": {"note": "hello"},
         },
         ("post", "/admin/keys"): {"team": "hostile-input", "name": "label"},
+        ("post", "/admin/webhook_endpoints"): {
+            "team": "hostile-input",
+            "url": "https://hooks.example.com/x",
+            "name": "l",
+        },
         ("post", "/admin/estimate"): {"file_id": input_file, "model": "gpt-4o-mini"},
         ("post", "/v1/estimates"): {"file_id": input_file, "model": "gpt-4o-mini"},
         ("put", "/admin/budgets"): {"scope": "team:hostile-input", "period": "day", "limit_usd": 100000},
