@@ -3,15 +3,16 @@ their shards and routing decisions (keys: :mod:`gateway.api.admin_keys`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.params import Parameter
 
 from gateway.api.auth import require_admin
 from gateway.api.objects import batch_object, list_object
-from gateway.api.openapi import ADMIN_SECURITY, admin_errors
+from gateway.api.openapi import ADMIN_SECURITY, admin_errors, page_size
 from gateway.billing.estimate import cost_usd
 from gateway.context import GatewayContext
 from gateway.db import abandoned as abandoned_db
@@ -225,7 +226,7 @@ class AdminController(Controller):
         state: State,
         _admin: None,
         after: str | None = None,
-        limit: int = 20,
+        limit: Annotated[int, Parameter(**page_size(100, "Batches per page, 1 to 100."))] = 20,
         status: str | None = None,
         team: str | None = None,
         provider: str | None = None,

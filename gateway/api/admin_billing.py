@@ -17,7 +17,7 @@ from gateway.api.auth import require_admin
 from gateway.api.estimates import estimate_stored, parse_request
 from gateway.api.inputs import MAX_JSON_BODY_BYTES, check_json_request
 from gateway.api.objects import batch_object
-from gateway.api.openapi import ADMIN_ESTIMATE_BODY, ADMIN_SECURITY, DB_ID, admin_errors, with_request_body
+from gateway.api.openapi import ADMIN_ESTIMATE_BODY, ADMIN_SECURITY, DB_ID, admin_errors, page_size, with_request_body
 from gateway.billing import budgets
 from gateway.billing.alerts import alert_view
 from gateway.billing.budgets import PERIODS, BudgetStatus
@@ -229,7 +229,7 @@ class AdminBillingController(Controller):
         state: State,
         _admin: None,
         acknowledged: Annotated[bool | None, Parameter(description="Only (un)acknowledged alerts.")] = None,
-        limit: Annotated[int, Parameter(description="1 to 500.")] = 50,
+        limit: Annotated[int, Parameter(**page_size(500, "Alerts to return, 1 to 500."))] = 50,
     ) -> dict[str, Any]:
         """Budget thresholds crossed and cost anomalies, with their webhook delivery state."""
         context: GatewayContext = state.context

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.params import Parameter
 
 from gateway.api import idempotency
 from gateway.api.auth import Principal, provide_principal
 from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
 from gateway.api.objects import batch_object, list_object
-from gateway.api.openapi import CLIENT_SECURITY, CREATE_BATCH_BODY, errors, with_request_body
+from gateway.api.openapi import CLIENT_SECURITY, CREATE_BATCH_BODY, errors, page_size, with_request_body
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.unit_of_work import reading
@@ -47,7 +48,11 @@ class BatchesController(Controller):
 
     @get("/", summary="List batches", responses=errors(404))
     async def list_batches(
-        self, state: State, principal: Principal, after: str | None = None, limit: int = 20
+        self,
+        state: State,
+        principal: Principal,
+        after: str | None = None,
+        limit: Annotated[int, Parameter(**page_size(100, "Batches per page, 1 to 100."))] = 20,
     ) -> dict[str, Any]:
         """The caller's batches, newest first, with cursor pagination."""
         context: GatewayContext = state.context

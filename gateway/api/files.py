@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.params import Parameter
 from litestar.response import Stream
 
 from gateway.api import idempotency
 from gateway.api.auth import Principal, provide_principal
 from gateway.api.objects import file_object, list_object
-from gateway.api.openapi import CLIENT_SECURITY, UPLOAD_BODY, errors, with_request_body
+from gateway.api.openapi import CLIENT_SECURITY, UPLOAD_BODY, errors, page_size, with_request_body
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.models import StoredFile
@@ -52,7 +53,9 @@ class FilesController(Controller):
         state: State,
         principal: Principal,
         after: str | None = None,
-        limit: int = 10_000,
+        limit: Annotated[
+            int, Parameter(**page_size(None, "Files per page: 1 to limits.files_list_max (10,000 by default)."))
+        ] = 10_000,
         order: str = "desc",
         purpose: str | None = None,
     ) -> dict[str, Any]:

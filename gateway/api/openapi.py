@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
 import msgspec
 from litestar.openapi.datastructures import ResponseSpec
@@ -211,6 +212,15 @@ ADMIN_ESTIMATE_BODY = _json(
     ),
     "As for clients, plus the team whose history the estimate learns from (default: the file's team).",
 )
+
+
+def page_size(maximum: int | None, description: str) -> dict[str, Any]:
+    """``Parameter`` options documenting a page size's bounds; the handler itself answers 400 outside them."""
+    bounds: dict[str, Any] = {"minimum": 1}
+    if maximum:
+        bounds["maximum"] = maximum
+    return {"description": description, "schema_extra": bounds}
+
 
 DB_ID = {"ge": 1, "le": MAX_DB_INT}
 """Bounds of an integer id in a path (``Parameter(**DB_ID)``)."""
