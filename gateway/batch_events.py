@@ -49,7 +49,10 @@ def checked_url(value: object) -> str:
     """An http(s) URL with a host, at most 2,048 characters."""
     if not isinstance(value, str) or not value or len(value) > MAX_URL_CHARS:
         raise bad_request(f"'url' must be an http(s) URL of at most {MAX_URL_CHARS} characters.", param="url")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise bad_request("'url' must be an http(s) URL with a host, e.g. https://example.com/hooks.", param="url")
     return value

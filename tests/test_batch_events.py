@@ -206,6 +206,7 @@ def test_a_deleted_endpoint_gets_nothing_more(gateway: GatewayProcess, receiver:
     [
         ({"url": "ftp://example.com/x"}, "url"),
         ({"url": "not a url"}, "url"),
+        ({"url": "http://[::1/hooks"}, "url"),
         ({"url": "https://example.com/x", "event_types": ["batch.done"]}, "event_types"),
         ({"url": "https://example.com/x", "event_types": []}, "event_types"),
         ({"url": "https://example.com/x", "team": ""}, "team"),
