@@ -14,7 +14,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from gateway.api.auth import require_admin
-from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
+from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object, team_and_label
 from gateway.api.objects import list_object
 from gateway.api.openapi import ADMIN_SECURITY, CREATE_KEY_BODY, admin_errors, with_request_body
 from gateway.context import GatewayContext
@@ -23,9 +23,6 @@ from gateway.db import repo
 from gateway.db.models import ApiKey, Team
 from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import bad_request, not_found
-
-MAX_NAME_CHARS = 200
-"""Longest team name and key label (the columns' width)."""
 
 
 def key_view(key: ApiKey, team: Team, now: int) -> dict[str, Any]:
@@ -84,18 +81,12 @@ class AdminKeysController(Controller):
         response only."""
         context: GatewayContext = state.context
         body = decode_json_object(await request.body(), free_text=("name",))
-        team, name = body.get("team"), body.get("name")
-        if not isinstance(team, str) or not team.strip() or len(team.strip()) > MAX_NAME_CHARS:
-            raise bad_request(
-                f"'team' must be a non-empty string of at most {MAX_NAME_CHARS} characters.", param="team"
-            )
-        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
-            raise bad_request(f"'name' must be a string of at most {MAX_NAME_CHARS} characters.", param="name")
+        team, name = team_and_label(body)
         now = int(time.time())
         expires_at = expiry_from(body.get("expires_at"), now)
         async with transaction(context.sessions) as session:
-            secret, key = await repo.create_api_key(session, team.strip(), name, expires_at=expires_at)
-            owner = await billing_db.team_by_name(session, team.strip())
+            secret, key = await repo.create_api_key(session, team, name, expires_at=expires_at)
+            owner = await billing_db.team_by_name(session, team)
         assert owner is not None
         return key_view(key, owner, now) | {"key": secret}
 

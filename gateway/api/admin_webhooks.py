@@ -10,7 +10,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from gateway.api.auth import require_admin
-from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
+from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object, team_and_label
 from gateway.api.objects import list_object
 from gateway.api.openapi import ADMIN_SECURITY, CREATE_WEBHOOK_BODY, admin_errors, with_request_body
 from gateway.batch_events import checked_event_types, checked_url, new_signing_secret
@@ -20,7 +20,7 @@ from gateway.db import events as events_db
 from gateway.db import repo
 from gateway.db.models import BatchEvent, WebhookEndpoint, now_s
 from gateway.db.unit_of_work import reading, transaction
-from gateway.errors import bad_request, not_found
+from gateway.errors import not_found
 
 RECENT_EVENTS = 20
 
@@ -76,16 +76,11 @@ class AdminWebhooksController(Controller):
         """Body ``{"team", "url", "event_types"?, "name"?}``; the ``signing_secret`` is in this response only."""
         context: GatewayContext = state.context
         body = decode_json_object(await request.body(), free_text=("name",))
-        team = body.get("team")
-        if not isinstance(team, str) or not team.strip() or len(team.strip()) > 200:
-            raise bad_request("'team' must be a non-empty string of at most 200 characters.", param="team")
-        name = body.get("name")
-        if name is not None and (not isinstance(name, str) or len(name) > 256):
-            raise bad_request("'name' must be a string of at most 256 characters.", param="name")
+        team, name = team_and_label(body)
         url, event_types = checked_url(body.get("url")), checked_event_types(body.get("event_types"))
         secret = new_signing_secret()
         async with transaction(context.sessions) as session:
-            owner = await repo.get_or_create_team(session, team.strip())
+            owner = await repo.get_or_create_team(session, team)
             endpoint = await events_db.add_endpoint(session, owner.id, url, event_types, name, secret)
         return endpoint_view(endpoint, owner.name) | {"signing_secret": secret}
 

@@ -26,6 +26,8 @@ MAX_JSON_DEPTH = 32
 """Deepest nesting of a JSON request body; the API's bodies need 3 levels."""
 MAX_DB_INT = 2**31 - 1
 """Largest integer id (a 32-bit column on PostgreSQL)."""
+MAX_NAME_CHARS = 200
+"""Longest team name and label of a key or webhook endpoint in an admin body (the columns' width)."""
 
 
 def check_request_url(request: Request) -> None:
@@ -77,3 +79,13 @@ def decode_json_object(raw: bytes, *, free_text: tuple[str, ...] = ()) -> dict[s
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
     _check_strings(body, "", frozenset(free_text))
     return body
+
+
+def team_and_label(body: dict[str, Any]) -> tuple[str, str | None]:
+    """An admin body's ``team`` (required, stripped) and optional ``name`` label, each at most 200 characters."""
+    team, name = body.get("team"), body.get("name")
+    if not isinstance(team, str) or not team.strip() or len(team.strip()) > MAX_NAME_CHARS:
+        raise bad_request(f"'team' must be a non-empty string of at most {MAX_NAME_CHARS} characters.", param="team")
+    if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
+        raise bad_request(f"'name' must be a string of at most {MAX_NAME_CHARS} characters.", param="name")
+    return team.strip(), name

@@ -180,7 +180,7 @@ CREATE_WEBHOOK_BODY = _json(
                 min_items=1,
                 description="Events to post (default: all four).",
             ),
-            "name": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL], max_length=256),
+            "name": Schema(type=[OpenAPIType.STRING, OpenAPIType.NULL], max_length=200),
         },
     ),
     "The team whose batches are reported, where to post, which events, and an optional label.",
