@@ -32,6 +32,7 @@ from standardwebhooks.webhooks import Webhook
 from gateway import __version__
 from gateway.context import GatewayContext
 from gateway.db import events as db
+from gateway.db import outbox
 from gateway.db.models import BatchEvent, WebhookEndpoint
 from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import bad_request
@@ -130,7 +131,7 @@ async def _post(client: httpx.AsyncClient, endpoint: WebhookEndpoint, event: Bat
 async def _attempt(context: GatewayContext, event: BatchEvent, endpoint: WebhookEndpoint) -> bool:
     settings = context.settings.events
     async with transaction(context.sessions) as session:
-        claimed = await db.claim_event(session, event, lease_until=time.time() + settings.timeout_s + 30)
+        claimed = await outbox.claim(session, event, time.time() + settings.timeout_s + outbox.LEASE_MARGIN_S)
     if not claimed:
         return False
     attempt = event.attempts + 1
@@ -146,7 +147,12 @@ async def _attempt(context: GatewayContext, event: BatchEvent, endpoint: Webhook
         state, outcome = "pending", "failed"
         next_at = now + min(settings.backoff_s * 2 ** (attempt - 1), settings.backoff_max_s)
     async with transaction(context.sessions) as session:
-        await db.finish_event(session, event.id, state=state, next_attempt_at=next_at, status=status, error=error)
+        recorded = await outbox.finish(
+            session, event, state=state, next_attempt_at=next_at, last_status=status, last_error=error
+        )
+    if not recorded:
+        log.info("event %s: its attempt outlived its lease; the answer is not recorded", event.id)
+        return False
     record_batch_event_attempt(outcome)
     return error is None
 

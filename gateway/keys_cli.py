@@ -71,15 +71,14 @@ def keys_list(
     from gateway.db import billing as billing_db
     from gateway.db import repo
     from gateway.db.unit_of_work import reading
+    from gateway.errors import NotFound
 
     async def rows(context: GatewayContext) -> list[tuple[str, ...]] | None:
         async with reading(context.sessions) as session:
-            team_id = None
-            if team is not None:
-                found = await billing_db.team_by_name(session, team)
-                if found is None:
-                    return None
-                team_id = found.id
+            try:
+                team_id = await billing_db.team_id_named(session, team)
+            except NotFound:
+                return None
             keys = await repo.list_api_keys(session, team_id, include_revoked=all_keys)
         now = int(time.time())
         return [

@@ -60,15 +60,14 @@ def webhooks_list(team: Annotated[str | None, typer.Option(help="Only this team'
     from gateway.db import events as events_db
     from gateway.db import repo
     from gateway.db.unit_of_work import reading
+    from gateway.errors import NotFound
 
     async def rows(context: GatewayContext) -> list[tuple[str, ...]] | None:
         async with reading(context.sessions) as session:
-            team_id = None
-            if team is not None:
-                found = await billing_db.team_by_name(session, team)
-                if found is None:
-                    return None
-                team_id = found.id
+            try:
+                team_id = await billing_db.team_id_named(session, team)
+            except NotFound:
+                return None
             endpoints = await events_db.endpoints(session, team_id)
             names = await repo.team_names(session, [e.team_id for e in endpoints])
             counts = {e.id: await events_db.event_counts(session, e.id) for e in endpoints}

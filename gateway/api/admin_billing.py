@@ -200,12 +200,7 @@ class AdminBillingController(Controller):
         context: GatewayContext = state.context
         team, thresholds = _checked_budget(data, context.settings.billing.default_thresholds)
         async with transaction(context.sessions) as session:
-            team_id: str | None = None
-            if team is not None:
-                found = await db.team_by_name(session, team)
-                if found is None:
-                    raise not_found("team", team, param="scope")
-                team_id = found.id
+            team_id = await db.team_id_named(session, team, param="scope")
             budget = await budgets.set_budget(session, team_id, data.period, data.limit_usd, data.hard, thresholds)
             await session.flush()
             status = await budgets.status_of(session, budget, team)

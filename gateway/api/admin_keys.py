@@ -97,12 +97,7 @@ class AdminKeysController(Controller):
         """Keys newest first, of one team by name if given; revoked ones only with ``include_revoked``."""
         context: GatewayContext = state.context
         async with reading(context.sessions) as session:
-            team_id = None
-            if team is not None:
-                found = await billing_db.team_by_name(session, team)
-                if found is None:
-                    raise not_found("team", team, param="team")
-                team_id = found.id
+            team_id = await billing_db.team_id_named(session, team)
             rows = await repo.list_api_keys(session, team_id, include_revoked=include_revoked)
         now = int(time.time())
         return list_object([key_view(key, owner, now) for key, owner in rows], has_more=False)

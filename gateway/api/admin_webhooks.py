@@ -89,12 +89,7 @@ class AdminWebhooksController(Controller):
         """Endpoints newest first, of one team by name if given."""
         context: GatewayContext = state.context
         async with reading(context.sessions) as session:
-            team_id = None
-            if team is not None:
-                found = await billing_db.team_by_name(session, team)
-                if found is None:
-                    raise not_found("team", team, param="team")
-                team_id = found.id
+            team_id = await billing_db.team_id_named(session, team)
             rows = await events_db.endpoints(session, team_id)
             names = await repo.team_names(session, [row.team_id for row in rows])
         return list_object([endpoint_view(row, names.get(row.team_id, row.team_id)) for row in rows], has_more=False)

@@ -19,6 +19,7 @@ import httpx
 from gateway.billing.alerts import alert_view
 from gateway.context import GatewayContext
 from gateway.db import billing as db
+from gateway.db import outbox
 from gateway.db.models import BillingAlert, WebhookDelivery
 from gateway.db.unit_of_work import reading, transaction
 from gateway.metrics import record_webhook_attempt
@@ -48,7 +49,7 @@ async def _post(client: httpx.AsyncClient, url: str, alert: BillingAlert, timeou
 async def _attempt(context: GatewayContext, delivery: WebhookDelivery, alert: BillingAlert, url: str) -> bool:
     config = context.settings.billing
     async with transaction(context.sessions) as session:
-        claimed = await db.claim_delivery(session, delivery, lease_until=time.time() + config.webhook_timeout_s + 30)
+        claimed = await outbox.claim(session, delivery, time.time() + config.webhook_timeout_s + outbox.LEASE_MARGIN_S)
     if not claimed or delivery.id is None:
         return False
     attempt = delivery.attempts + 1
@@ -63,7 +64,7 @@ async def _attempt(context: GatewayContext, delivery: WebhookDelivery, alert: Bi
         next_at = time.time() + min(config.webhook_backoff_s * 2 ** (attempt - 1), config.webhook_backoff_max_s)
         log.info("posting alert %s failed (attempt %d): %s; retrying", alert.id, attempt, error)
     async with transaction(context.sessions) as session:
-        await db.finish_delivery(session, delivery.id, state=state, next_attempt_at=next_at, error=error)
+        await outbox.finish(session, delivery, state=state, next_attempt_at=next_at, last_error=error)
     record_webhook_attempt(outcome)
     return error is None
 

@@ -15,12 +15,11 @@ from typing import Any
 
 from sqlalchemy import Integer, cast, delete, func, update
 from sqlalchemy import select as sa_select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway.db.engine import dialect_insert
 from gateway.db.models import (
     Batch,
     BillingAlert,
@@ -30,6 +29,7 @@ from gateway.db.models import (
     Team,
     WebhookDelivery,
 )
+from gateway.errors import not_found
 
 OPEN_BATCH_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 """Batches whose unspent estimate still counts as reserved."""
@@ -95,6 +95,17 @@ async def delete_budget(session: AsyncSession, budget_id: int) -> bool:
 async def team_by_name(session: AsyncSession, name: str) -> Team | None:
     """A team by its name."""
     return (await session.exec(select(Team).where(Team.name == name))).first()
+
+
+async def team_id_named(session: AsyncSession, name: str | None, *, param: str = "team") -> str | None:
+    """The id of the team called ``name`` for a filter (None when no name is given); raises
+    :class:`~gateway.errors.NotFound` naming ``param`` when no team has that name."""
+    if name is None:
+        return None
+    found = await team_by_name(session, name)
+    if found is None:
+        raise not_found("team", name, param=param)
+    return found.id
 
 
 async def team_name(session: AsyncSession, team_id: str) -> str | None:
@@ -224,7 +235,7 @@ async def insert_alert_once(session: AsyncSession, alert: BillingAlert) -> Billi
     the caller's transaction stays usable.
     """
     values = alert.model_dump(exclude={"id"})
-    insert = pg_insert if _dialect(session) == "postgresql" else sqlite_insert
+    insert = dialect_insert(session)
     statement = insert(BillingAlert).values(**values).on_conflict_do_nothing(index_elements=["dedup_key"])
     result = await session.exec(statement.returning(col(BillingAlert.id)))
     new_id = result.scalar_one_or_none()
@@ -266,42 +277,6 @@ async def due_deliveries(
         .limit(limit)
     )
     return list(rows.all())
-
-
-async def claim_delivery(session: AsyncSession, delivery: WebhookDelivery, lease_until: float) -> bool:
-    """Compare-and-set: take one due row for an attempt, so two workers never post the same alert at once."""
-    result = await session.exec(
-        update(WebhookDelivery)
-        .where(
-            col(WebhookDelivery.id) == delivery.id,
-            col(WebhookDelivery.state) == "pending",
-            col(WebhookDelivery.attempts) == delivery.attempts,
-            col(WebhookDelivery.next_attempt_at) == delivery.next_attempt_at,
-        )
-        .values(attempts=delivery.attempts + 1, next_attempt_at=lease_until)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount)
-
-
-async def finish_delivery(
-    session: AsyncSession,
-    delivery_id: int,
-    *,
-    state: str,
-    next_attempt_at: float,
-    error: str | None,
-) -> None:
-    """Record an attempt's outcome: delivered, retry later (pending), or given up (failed)."""
-    values: dict[str, Any] = {"state": state, "next_attempt_at": next_attempt_at, "last_error": error}
-    if state == "delivered":
-        values["delivered_at"] = time.time()
-    await session.exec(
-        update(WebhookDelivery)
-        .where(col(WebhookDelivery.id) == delivery_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
 
 
 async def delivery_of(session: AsyncSession, alert_id: int) -> WebhookDelivery | None:

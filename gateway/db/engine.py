@@ -8,6 +8,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -70,3 +71,11 @@ def upgrade_to_head(url: str) -> None:
     """Apply every migration not yet applied (blocking; run it before serving)."""
     ensure_sqlite_dir(url)
     command.upgrade(alembic_config(url), "head")
+
+
+def dialect_insert(session: AsyncSession) -> Any:
+    """The ``insert`` of the session's database, whose ``on_conflict_do_nothing`` / ``_do_update`` the
+    upserts use (PostgreSQL's, else SQLite's: the two databases the gateway runs on)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert

@@ -3,20 +3,19 @@
 An event is queued from committed state: a sweep finds the batches of an endpoint's team that ended (in a
 status the endpoint asked for) since the endpoint was registered and have no event for it yet; the unique
 (endpoint, batch) pair makes that idempotent across workers. Deliveries are claimed with a compare-and-set,
-as the alert outbox's are.
+as the alert outbox's are (:mod:`gateway.db.outbox`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import exists, func, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway.db.engine import dialect_insert
 from gateway.db.models import Batch, BatchEvent, WebhookEndpoint, new_id
 
 EVENT_TYPES = ("batch.completed", "batch.failed", "batch.expired", "batch.cancelled")
@@ -94,16 +93,14 @@ async def queue_new_events(session: AsyncSession, endpoint: WebhookEndpoint, lim
         }
         for batch_id, status, ended_at in rows
     ]
-    dialect = (await session.connection()).dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(BatchEvent).values(values).on_conflict_do_nothing(index_elements=["endpoint_id", "batch_id"])
-    await session.exec(statement)
+    insert = dialect_insert(session)
+    await session.exec(
+        insert(BatchEvent).values(values).on_conflict_do_nothing(index_elements=["endpoint_id", "batch_id"])
+    )
     return len(values)
 
 
-async def due_events(
-    session: AsyncSession, now: float, limit: int
-) -> Sequence[tuple[BatchEvent, WebhookEndpoint]]:
+async def due_events(session: AsyncSession, now: float, limit: int) -> Sequence[tuple[BatchEvent, WebhookEndpoint]]:
     """Pending events whose attempt is due, oldest first, with their (not deleted) endpoints."""
     rows = await session.exec(
         select(BatchEvent, WebhookEndpoint)
@@ -117,48 +114,6 @@ async def due_events(
         .limit(limit)
     )
     return list(rows.all())
-
-
-async def claim_event(session: AsyncSession, event: BatchEvent, lease_until: float) -> bool:
-    """Compare-and-set: take one due event for an attempt, so two workers never post it at once."""
-    result = await session.exec(
-        update(BatchEvent)
-        .where(
-            col(BatchEvent.id) == event.id,
-            col(BatchEvent.state) == "pending",
-            col(BatchEvent.attempts) == event.attempts,
-            col(BatchEvent.next_attempt_at) == event.next_attempt_at,
-        )
-        .values(attempts=event.attempts + 1, next_attempt_at=lease_until)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount)
-
-
-async def finish_event(
-    session: AsyncSession,
-    event_id: str,
-    *,
-    state: str,
-    next_attempt_at: float,
-    status: int | None,
-    error: str | None,
-) -> None:
-    """Record an attempt's outcome: delivered, retry later (pending), or given up."""
-    values: dict[str, Any] = {
-        "state": state,
-        "next_attempt_at": next_attempt_at,
-        "last_status": status,
-        "last_error": error,
-    }
-    if state == "delivered":
-        values["delivered_at"] = time.time()
-    await session.exec(
-        update(BatchEvent)
-        .where(col(BatchEvent.id) == event_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
 
 
 async def recent_events(session: AsyncSession, endpoint_id: str, limit: int) -> Sequence[BatchEvent]:

@@ -11,11 +11,10 @@ import time
 from collections.abc import Sequence
 
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway.db.engine import dialect_insert
 from gateway.db.models import OutputTokenStats
 
 
@@ -44,7 +43,7 @@ async def add_to_history(
     """
     if requests == 0:
         return
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = dialect_insert(session)
     await session.exec(
         insert(OutputTokenStats)
         .values(

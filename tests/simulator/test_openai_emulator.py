@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -25,8 +24,6 @@ from tests.simulator.openai_emulators import (
     HTTP,
     KEY,
     chat_line,
-    control,
-    emulators,
     jsonl,
     lines_of,
     sdk,
@@ -34,24 +31,6 @@ from tests.simulator.openai_emulators import (
     upload,
     wait,
 )
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[SimulatorCluster]:
-    with emulators() as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh(cluster: SimulatorCluster) -> None:
-    for name in cluster.names():
-        control(cluster, "POST", f"/providers/{name}/reset").raise_for_status()
-
-
-@pytest.fixture(scope="module")
-def client(cluster: SimulatorCluster) -> openai.OpenAI:
-    return sdk(cluster, "main")
-
 
 # --- the deterministic model -----------------------------------------------------------------------------
 

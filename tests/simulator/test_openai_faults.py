@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import msgspec
 import openai
@@ -19,32 +18,12 @@ from tests.simulator.openai_emulators import (
     HTTP,
     KEY,
     control,
-    emulators,
     jsonl,
     lines_of,
-    sdk,
     set_faults,
     submit,
     wait,
 )
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[SimulatorCluster]:
-    with emulators() as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh(cluster: SimulatorCluster) -> None:
-    for name in cluster.names():
-        control(cluster, "POST", f"/providers/{name}/reset").raise_for_status()
-
-
-@pytest.fixture(scope="module")
-def client(cluster: SimulatorCluster) -> openai.OpenAI:
-    return sdk(cluster, "main")
-
 
 # --- faults, switched through the control API -------------------------------------------------------
 
