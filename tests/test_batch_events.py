@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +22,7 @@ import pytest
 from gateway.simulator import SimulatorCluster
 from tests.api.batch_helpers import assert_error
 from tests.conftest import GatewayProcess, simulated_provider_env
-from tests.engine import chat_requests, reset, submit, wait_for
+from tests.engine import chat_requests, reset, submit, wait_for, worker_process
 
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 PROVIDERS = {
@@ -36,6 +38,8 @@ class Receiver:
     server: ThreadingHTTPServer
     posts: dict[str, list[tuple[dict[str, str], bytes]]] = field(default_factory=dict)
     answers: dict[str, list[int]] = field(default_factory=dict)
+    held: dict[str, threading.Event] = field(default_factory=dict)
+    """Paths whose first post is answered only once the event is set (then with its scripted status)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str) -> str:
@@ -66,6 +70,9 @@ def receiver(database_kind: str) -> Iterator[Receiver]:
                 target.posts.setdefault(self.path, []).append((dict(self.headers.items()), body))
                 scripted = target.answers.get(self.path)
                 status = scripted.pop(0) if scripted else 200
+                hold = target.held.pop(self.path, None)
+            if hold is not None:
+                hold.wait(120)
             self.send_response(status)
             if 300 <= status < 400:
                 self.send_header("location", target.url("/elsewhere"))
@@ -216,3 +223,82 @@ def test_a_bad_endpoint_is_a_400_naming_the_field(gateway: GatewayProcess, field
     body = {"team": "acme", **fields}
     response = httpx.post(f"{gateway.base_url}/admin/webhook_endpoints", json=body, headers=ADMIN)
     assert_error(response, 400, param=param)
+
+
+# --- crashes ----------------------------------------------------------------------------------------------
+
+CRASH_ENV = {
+    "BATCHGW_EVENTS__TIMEOUT_S": "2",
+    "BATCHGW_EVENTS__BACKOFF_S": "0.3",
+    "BATCHGW_EVENTS__POLL_INTERVAL_S": "0.2",
+}
+"""An attempt stays claimed 2 s + 5 s: a crashed or frozen worker's event is posted again after 7 s."""
+
+
+def event_detail(gateway: GatewayProcess, endpoint_id: str) -> dict[str, Any]:
+    detail = httpx.get(f"{gateway.base_url}/admin/webhook_endpoints/{endpoint_id}", headers=ADMIN).json()
+    [event] = detail["recent_events"]
+    return dict(event)
+
+
+def test_a_gateway_killed_mid_post_posts_the_event_again_with_the_same_webhook_id(
+    gateway_factory: Any, simulator: SimulatorCluster, receiver: Receiver, tmp_path: Path
+) -> None:
+    env = simulated_provider_env(simulator, tmp_path, PROVIDERS) | CRASH_ENV
+    gateway: GatewayProcess = gateway_factory(env).start()
+    released = threading.Event()
+    receiver.held["/killed"] = released
+    endpoint = register(gateway, "wayne", receiver.url("/killed"))
+    client = gateway.client(gateway.create_key("wayne"))
+    batch = wait_for(client, submit(client, chat_requests(2, prefix="kill")).id)
+    receiver.wait_for("/killed", 1)
+    gateway.kill()  # SIGKILL while the receiver holds the answer: the attempt's outcome is never recorded
+    released.set()
+    gateway.start()
+
+    posts = receiver.wait_for("/killed", 2, timeout=60)
+    assert len({headers["webhook-id"] for headers, _ in posts}) == 1
+    assert {unwrap(endpoint["signing_secret"], h, b).data.id for h, b in posts} == {batch.id}
+    deadline = time.monotonic() + 30
+    while event_detail(gateway, endpoint["id"])["state"] != "delivered":
+        assert time.monotonic() < deadline, event_detail(gateway, endpoint["id"])
+        time.sleep(0.2)
+    assert event_detail(gateway, endpoint["id"])["attempts"] == 2
+
+
+def test_a_worker_frozen_past_its_lease_changes_nothing_when_it_wakes(
+    gateway_factory: Any, simulator: SimulatorCluster, receiver: Receiver, tmp_path: Path, database_kind: str
+) -> None:
+    if database_kind != "postgresql":
+        pytest.skip("several workers on one database need PostgreSQL")
+    env = simulated_provider_env(simulator, tmp_path, PROVIDERS) | CRASH_ENV
+    api: GatewayProcess = gateway_factory(env).start("serve", "--no-worker")
+    frozen = worker_process(api, "frozen").start("worker")
+    released = threading.Event()
+    receiver.answers["/frozen"] = [500]  # what the frozen worker hears when it wakes: a failure
+    receiver.held["/frozen"] = released
+    endpoint = register(api, "stark", receiver.url("/frozen"))
+    client = api.client(api.create_key("stark"))
+    wait_for(client, submit(client, chat_requests(2, prefix="freeze")).id, timeout=60)
+    receiver.wait_for("/frozen", 1)
+    assert frozen.process is not None
+    frozen.process.send_signal(signal.SIGSTOP)
+    live = worker_process(api, "live").start("worker")
+    try:
+        receiver.wait_for("/frozen", 2, timeout=60)  # the live worker, once the frozen one's lease ran out
+        deadline = time.monotonic() + 30
+        while event_detail(api, endpoint["id"])["state"] != "delivered":
+            assert time.monotonic() < deadline, event_detail(api, endpoint["id"])
+            time.sleep(0.2)
+        released.set()  # the frozen worker's attempt now fails (HTTP 500, or its own timeout on waking)
+        frozen.process.send_signal(signal.SIGCONT)
+        time.sleep(3.0)  # time for the woken worker to record its failure and, were it believed, to post again
+        assert len(receiver.received("/frozen")) == 2, "the woken worker's stale failure caused another post"
+        event = event_detail(api, endpoint["id"])
+        assert (event["state"], event["attempts"], event["last_status"]) == ("delivered", 2, 200)
+    finally:
+        released.set()
+        if frozen.process.poll() is None:
+            frozen.process.send_signal(signal.SIGCONT)
+        frozen.stop()
+        live.stop()
