@@ -378,7 +378,6 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             signal.signal(sig, handler)
 
 
-
 def keep_running(children: Children, console: Console) -> int:
     """Serve until Ctrl-C or SIGTERM (exit 0); a child that stops on its own ends the demo with an error."""
     console.print("[bold]Everything keeps running: press Ctrl-C to stop.[/bold]")

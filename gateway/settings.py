@@ -157,6 +157,7 @@ class BillingSettings(_Section):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
     anomaly_factor: float = Field(
         3.0, gt=1, description="Alert when a batch's actual cost per request exceeds its estimate by this factor."
     )

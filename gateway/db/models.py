@@ -507,4 +507,3 @@ class BatchEvent(SQLModel, table=True):
     delivered_at: float | None = None
     last_status: int | None = Field(default=None, description="HTTP status of the last attempt, if it got one.")
     last_error: str | None = Field(default=None, sa_type=Text)
-

@@ -6,7 +6,8 @@ called, and the provider batch is tagged with that token. A shard found in ``sub
 when nothing is found is a new token committed and the shard submitted again. A worker that learns
 after the provider's answer that it lost its lease hands the provider batch it created to
 :mod:`gateway.pipeline.settle` (cancelled and billed, never used), so a frozen worker that wakes up
-cannot leave a second, unowned provider batch running.
+cannot leave a second, unowned provider batch running. The lease is checked again right before the
+create call, after the upload: a worker frozen mid-upload that wakes up creates nothing.
 
 Shards of providers without a batch API go to state ``executing`` (:mod:`gateway.pipeline.fanout`).
 """
@@ -14,6 +15,7 @@ Shards of providers without a batch API go to state ``executing`` (:mod:`gateway
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -37,6 +39,7 @@ from gateway.providers.base import (
     ProviderUnavailable,
     ShardSubmission,
     SubmitResult,
+    SubmitWithdrawn,
 )
 from gateway.providers.config import ProviderLimits
 from gateway.routing import health
@@ -84,7 +87,6 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         if found is None:
             if recovering and not await _new_token(context, shard, lease):
                 return
-            freeze_point("submit.before_provider_create")
             if lease.stale:
                 return  # frozen past the lease: another worker may be submitting this shard now
             found = await _create(context, shard, batch, lease)
@@ -92,6 +94,9 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
             log.info("shard %s: found its provider batch %s after a restart", shard.id, found.provider_batch_id)
         crash_point("submit.after_provider_create")
         freeze_point("submit.after_provider_create")
+    except SubmitWithdrawn as exc:
+        log.info("%s: its worker lost the lease; the shard's new owner submits it", exc)
+        return
     except ProviderAuthFailed as exc:
         await health.auth_failed(context, shard.provider, exc)
         if recovering:
@@ -130,6 +135,7 @@ async def _create(context: GatewayContext, shard: Shard, batch: Batch, lease: Le
                     provider_model=shard.provider_model,
                     input_path=path,
                     request_count=shard.request_count,
+                    may_create=functools.partial(_still_owned, lease),
                 )
             )
     except asyncio.CancelledError:
@@ -138,13 +144,18 @@ async def _create(context: GatewayContext, shard: Shard, batch: Batch, lease: Le
         raise
 
 
+def _still_owned(lease: Lease) -> bool:
+    """Asked by the adapter right before its create call (after an upload that may have taken long):
+    a worker frozen or cut off past its lease must not create what the shard's new owner creates too."""
+    freeze_point("submit.before_provider_create")
+    return not lease.stale
+
+
 async def _register_orphan(
     context: GatewayContext, shard: Shard, batch: Batch, provider_batch_id: str | None, why: str
 ) -> None:
     async with transaction(context.sessions) as session:
-        await abandoned_db.register(
-            session, shard, batch, why, provider_batch_id=provider_batch_id, origin="orphan"
-        )
+        await abandoned_db.register(session, shard, batch, why, provider_batch_id=provider_batch_id, origin="orphan")
     log.warning("shard %s: provider batch at %s may be orphaned (%s)", shard.id, shard.provider, why)
 
 
@@ -227,9 +238,7 @@ async def _budget_paused(
         return True
     until = time.time() + BUDGET_RECHECK_S
     detail = f"held by budget: {check.message}"
-    await wait(
-        context, shard, lease, "budget_hold", detail, until, last_error=f"paused: {check.message}", **give_back
-    )
+    await wait(context, shard, lease, "budget_hold", detail, until, last_error=f"paused: {check.message}", **give_back)
     return True
 
 
@@ -259,9 +268,7 @@ async def _leave_open_circuit(
         await wait(context, shard, lease, code, detail, time.time() + delay, last_error=verdict.evidence)
         return
     if shard.pinned:
-        message = (
-            f"{failure}; the batch pins this provider, so its requests were not moved elsewhere"
-        )
+        message = f"{failure}; the batch pins this provider, so its requests were not moved elsewhere"
         await end_shard(context, shard, lease, reason="failed", error=message)
         return
     await end_shard(context, shard, lease, reason="rerouted", error=verdict.evidence)

@@ -99,7 +99,7 @@ class AnthropicBatchAdapter(HttpAdapter):
                     status_code=413,
                 )
             # No tag can be read back from a Message Batch (module docstring): a retry cannot look first.
-            batch = await self._retrying(lambda: self._create(body))
+            batch = await self._create_once(shard, lambda: self._create(body), None)
         batch_id = self._batch_id(batch)
         self._ledger[shard.submit_token] = batch_id
         while len(self._ledger) > _LEDGER_SIZE:

@@ -18,6 +18,7 @@ Exception hierarchy::
     +-- ProviderRejected             permanent for this input: 4xx other than 429
     |   +-- ProviderAuthFailed       401/403: the configured key is wrong or lacks permission
     +-- CapabilityNotSupported       the provider kind cannot do this at all
+    SubmitWithdrawn                  not a failure: the engine called a create off (ShardSubmission.may_create)
 
 Messages of these exceptions may reach clients and logs: they never carry a key, a fragment of
 one, or a provider's URL or host (the provider's configured name stands in for those).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -72,6 +74,13 @@ class ProviderAuthFailed(ProviderRejected):
     """
 
 
+class SubmitWithdrawn(Exception):
+    """The engine withdrew a submission just before its create call (its worker no longer owns the shard).
+
+    Not a provider failure: nothing was created, and the shard's new owner submits it.
+    """
+
+
 class CapabilityNotSupported(ProviderError):
     """This provider kind lacks the capability asked for (e.g. cancel on a sync endpoint)."""
 
@@ -114,6 +123,10 @@ class ShardSubmission:
     """OpenAI-format batch input lines, ``body.model`` already set to ``provider_model``."""
     request_count: int
     completion_window: str = "24h"
+    may_create: Callable[[], bool] = field(default=lambda: True, compare=False)
+    """Asked right before each create call, after any upload: ``False`` raises :class:`SubmitWithdrawn`.
+    The engine answers whether its worker still holds the shard's lease, so a worker frozen during the
+    upload creates nothing when it wakes."""
 
 
 @dataclass(frozen=True)

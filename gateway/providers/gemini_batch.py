@@ -106,7 +106,7 @@ class GeminiBatchAdapter(HttpAdapter):
         async def create() -> dict[str, Any]:
             return cast(dict[str, Any], await self._send_json("POST", path, json=raw_body))
 
-        operation = await self._create_once(create, lambda: self._find_batch(shard.submit_token, retrying=False))
+        operation = await self._create_once(shard, create, lambda: self._find_batch(shard.submit_token, retrying=False))
         return SubmitResult(provider_batch_id=self._batch_name(operation, path), provider_file_id=file_name)
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:

@@ -40,6 +40,8 @@ from gateway.providers.base import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
+    ShardSubmission,
+    SubmitWithdrawn,
 )
 from gateway.providers.error_text import error_message_from_body, sanitise, shorten
 from gateway.providers.jsonl import LineSplitter, encode_line
@@ -249,16 +251,24 @@ class HttpAdapter(ProviderAdapter):
                 return await call()
         raise AssertionError("unreachable: the retry loop returns or raises")
 
-    async def _create_once(self, create: Callable[[], Awaitable[T]], find: Callable[[], Awaitable[T | None]]) -> T:
+    async def _create_once(
+        self,
+        shard: ShardSubmission,
+        create: Callable[[], Awaitable[T]],
+        find: Callable[[], Awaitable[T | None]] | None,
+    ) -> T:
         """A retried create call that never creates twice: before each retry, ``find`` looks for what
-        the failed try may have created (an answer lost, or a 5xx after the provider committed)."""
+        the failed try may have created (an answer lost, or a 5xx after the provider committed); a kind
+        that cannot look passes ``None``. Each try first asks ``shard.may_create``."""
         tries = 0
 
         async def attempt() -> T:
             nonlocal tries
             tries += 1
-            if tries > 1 and (found := await find()) is not None:
+            if tries > 1 and find is not None and (found := await find()) is not None:
                 return found
+            if not shard.may_create():
+                raise SubmitWithdrawn(f"provider {self.name}: shard {shard.shard_id} withdrawn before its create call")
             return await create()
 
         return await self._retrying(attempt)

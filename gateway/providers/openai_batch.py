@@ -70,7 +70,7 @@ class OpenAIBatchAdapter(HttpAdapter):
         async def create() -> dict[str, Any]:
             return unwrap_batch(await self._send_json("POST", "/batches", json=body))
 
-        batch = await self._create_once(create, lambda: self._find_batch(shard.submit_token, retrying=False))
+        batch = await self._create_once(shard, create, lambda: self._find_batch(shard.submit_token, retrying=False))
         return SubmitResult(provider_batch_id=self._batch_id(batch, "POST /batches"), provider_file_id=file_id)
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,12 @@ from gateway.providers.base import (
     ProviderRejected,
     ProviderUnavailable,
     ShardSubmission,
+    SubmitWithdrawn,
 )
 from gateway.providers.config import ProviderConfig
 from gateway.providers.registry import ADAPTER_KINDS, build_adapter
 from gateway.simulator import ProviderSpec, SimulatorCluster, prompt_tokens
-from tests.providers.support import FAST_RETRY, chat_line, questions, wait_terminal, write_shard
+from tests.providers.support import FAST_RETRY, calls, chat_line, questions, wait_terminal, write_shard
 
 MODEL = "claude-haiku-4-5"
 SECRET = "sk-ant-secret-5d1e7b"
@@ -200,6 +202,17 @@ async def test_find_submitted_knows_only_what_this_process_saw(
     assert await adapter.find_submitted("another-token") is None
     # A restarted process has no record, and listing cannot tell same-sized batches apart: it resubmits.
     assert await make_adapter(cluster, http).find_submitted(shard.submit_token) is None
+
+
+async def test_withdrawn_submission_creates_nothing(
+    adapter: AnthropicBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    shard = dataclasses.replace(write_shard(tmp_path, questions(2, MODEL), MODEL), may_create=lambda: False)
+    before = len(await calls(cluster, "claude", "POST", "/batches"))
+    with pytest.raises(SubmitWithdrawn):
+        await adapter.submit(shard)
+    assert len(await calls(cluster, "claude", "POST", "/batches")) == before
+    assert await adapter.find_submitted(shard.submit_token) is None
 
 
 # --------------------------------------------------------------------------- wire and errors

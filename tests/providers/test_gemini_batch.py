@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -21,6 +22,7 @@ from gateway.providers.base import (
     ProviderRejected,
     ProviderUnavailable,
     ShardSubmission,
+    SubmitWithdrawn,
 )
 from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_batch import GeminiBatchAdapter
@@ -163,6 +165,20 @@ async def test_find_submitted_by_display_name(
     submitted = await by_file.submit(shard)
     found = await by_file.find_submitted(shard.submit_token)
     assert found == submitted and submitted.provider_file_id and submitted.provider_file_id.startswith("files/")
+
+
+async def test_withdrawn_after_the_upload_creates_nothing(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    adapter = make_adapter(cluster, http, inline_max_bytes=0)  # always through an uploaded file
+    shard = dataclasses.replace(shard_of(tmp_path, standard_lines(2)), may_create=lambda: False)
+    uploads = len(await calls(cluster, "gem", "POST", "/upload/v1beta/files"))
+    creates = len(await calls(cluster, "gem", "POST", ":batchGenerateContent"))
+    with pytest.raises(SubmitWithdrawn):
+        await adapter.submit(shard)
+    assert len(await calls(cluster, "gem", "POST", "/upload/v1beta/files")) > uploads  # the file went up
+    assert len(await calls(cluster, "gem", "POST", ":batchGenerateContent")) == creates
+    assert await adapter.find_submitted(shard.submit_token) is None
 
 
 async def test_cancel(adapter: GeminiBatchAdapter, cluster: SimulatorCluster, tmp_path: Path) -> None:

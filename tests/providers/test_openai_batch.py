@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from gateway.providers.base import (
     ProviderRejected,
     ProviderUnavailable,
     ShardSubmission,
+    SubmitWithdrawn,
 )
 from gateway.providers.config import ProviderConfig
 from gateway.providers.openai_batch import OpenAIBatchAdapter
@@ -115,6 +117,26 @@ async def test_find_submitted(adapter: OpenAIBatchAdapter, tmp_path: Path) -> No
     assert found.provider_batch_id == submitted.provider_batch_id
     assert found.provider_file_id == submitted.provider_file_id
     assert await adapter.find_submitted("tok-never-used") is None
+
+
+async def test_withdrawn_after_the_upload_creates_nothing(
+    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    asked: list[str] = []
+
+    def may_create() -> bool:
+        asked.append("asked")
+        return False  # the worker lost its lease while the file was uploading
+
+    shard = dataclasses.replace(shard_of(tmp_path, count=3), may_create=may_create)
+    uploads_before = len(await calls(cluster, "sim", "POST", "/files"))
+    creates_before = len(await calls(cluster, "sim", "POST", "/batches"))
+    with pytest.raises(SubmitWithdrawn):
+        await adapter.submit(shard)
+    assert asked == ["asked"]
+    assert len(await calls(cluster, "sim", "POST", "/files")) == uploads_before + 1
+    assert len(await calls(cluster, "sim", "POST", "/batches")) == creates_before
+    assert await adapter.find_submitted(shard.submit_token) is None
 
 
 async def test_find_submitted_follows_pages(
