@@ -24,6 +24,7 @@ from gateway.api.estimates import EstimatesController
 from gateway.api.files import FilesController
 from gateway.api.health import healthz, readyz
 from gateway.api.inputs import check_request_url
+from gateway.api.message_batches import MessageBatchesController
 from gateway.api.metrics import http_metrics, metrics_endpoint
 from gateway.api.models import ModelsController
 from gateway.api.openapi import COMPONENTS
@@ -57,7 +58,16 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
                     await asyncio.wait_for(task, timeout=10)
             await context.close()
 
-    v1 = Router(path="/v1", route_handlers=[FilesController, BatchesController, EstimatesController, ModelsController])
+    v1 = Router(
+        path="/v1",
+        route_handlers=[
+            FilesController,
+            BatchesController,
+            EstimatesController,
+            ModelsController,
+            MessageBatchesController,
+        ],
+    )
     return Litestar(
         route_handlers=[
             v1,

@@ -29,22 +29,26 @@ class Principal:
     api_key_id: str
 
 
-def _bearer(request: Request) -> str:
+def _bearer(request: Request, *, api_key_header: bool = False) -> str:
+    """The key of ``Authorization: Bearer``, or (``api_key_header``) of ``x-api-key`` as Anthropic's clients send it."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized(
-            "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY'.",
-            code="missing_api_key",
-        )
-    return token.strip()
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if api_key_header and request.headers.get("x-api-key", "").strip():
+        return request.headers["x-api-key"].strip()
+    raise Unauthorized(
+        "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY'"
+        + (" or in the x-api-key header." if api_key_header else "."),
+        code="missing_api_key",
+    )
 
 
 async def provide_principal(request: Request, state: State) -> Principal:
     """Resolve the caller's key to its team, or answer 401 (saying so when the key was revoked or expired).
 
     Read from the database on every request, so a revocation holds at once on every replica."""
-    token = _bearer(request)
+    token = _bearer(request, api_key_header=True)
     context: GatewayContext = state.context
     async with reading(context.sessions) as session:
         found = await repo.authenticate(session, token)

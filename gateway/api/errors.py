@@ -2,7 +2,8 @@
 
 Domain errors (:class:`gateway.errors.GatewayError` and its kinds) carry their status, type and code;
 the framework's own HTTP errors are mapped to the same vocabulary here. Every non-2xx answer has the
-body ``{"error": {"message", "type", "param", "code"}}``; a write the blob store refused (disk full or
+body ``{"error": {"message", "type", "param", "code"}}`` (on the Anthropic-compatible routes, Anthropic's
+``{"type": "error", "error": {"type", "message"}, "request_id"}``); a write the blob store refused (disk full or
 not writable) is a 507; unexpected exceptions are logged with a traceback on the server and answered
 as a plain 500 message, never as a traceback.
 """
@@ -10,6 +11,8 @@ as a plain 500 message, never as a traceback.
 from __future__ import annotations
 
 import logging
+import secrets
+from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
@@ -17,8 +20,13 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_507_INSUF
 
 from gateway.errors import GatewayError
 from gateway.storage import StorageFull
+from gateway.translate.anthropic_clients import error_object, error_type
 
 log = logging.getLogger(__name__)
+
+
+ANTHROPIC_FORMAT_PATHS = ("/v1/messages",)
+"""Routes of the Anthropic-compatible endpoint: their errors are in Anthropic's shape."""
 
 
 def error_body(error: GatewayError) -> dict[str, dict[str, str | None]]:
@@ -26,12 +34,18 @@ def error_body(error: GatewayError) -> dict[str, dict[str, str | None]]:
     return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
 
 
-def gateway_error_handler(_: Request, exc: GatewayError) -> Response[dict[str, dict[str, str | None]]]:
-    """Render a domain error."""
+def gateway_error_handler(request: Request, exc: GatewayError) -> Response[dict[str, Any]]:
+    """Render a domain error: in OpenAI's shape, or in Anthropic's on the Anthropic-compatible routes
+    (``{"type": "error", "error": {"type", "message"}, "request_id"}``)."""
+    if request.url.path.startswith(ANTHROPIC_FORMAT_PATHS):
+        request_id = "req_" + secrets.token_hex(12)
+        body = error_object(error_type(exc.status_code), exc.message, request_id)
+        headers = {**(exc.headers or {}), "request-id": request_id}
+        return Response(content=body, status_code=exc.status_code, headers=headers)
     return Response(content=error_body(exc), status_code=exc.status_code, headers=exc.headers)
 
 
-def http_exception_handler(_: Request, exc: HTTPException) -> Response[dict[str, dict[str, str | None]]]:
+def http_exception_handler(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:
     """Render the framework's own HTTP errors (404 route, 405, validation) in OpenAI's shape."""
     status = exc.status_code
     message = exc.detail or "Request failed"
@@ -58,7 +72,7 @@ def http_exception_handler(_: Request, exc: HTTPException) -> Response[dict[str,
     return gateway_error_handler(_, error)
 
 
-def internal_error_handler(request: Request, exc: Exception) -> Response[dict[str, dict[str, str | None]]]:
+def internal_error_handler(request: Request, exc: Exception) -> Response[dict[str, Any]]:
     """Log an unexpected exception and answer a 500 without details."""
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     error = GatewayError(
@@ -70,7 +84,7 @@ def internal_error_handler(request: Request, exc: Exception) -> Response[dict[st
     return gateway_error_handler(request, error)
 
 
-def storage_full_handler(request: Request, exc: StorageFull) -> Response[dict[str, dict[str, str | None]]]:
+def storage_full_handler(request: Request, exc: StorageFull) -> Response[dict[str, Any]]:
     """A write the blob store refused (disk full, read-only or not writable): 507, nothing stored."""
     log.error("storage refused a write on %s %s: %s", request.method, request.url.path, exc.strerror or exc)
     error = GatewayError(

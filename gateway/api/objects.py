@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from gateway.db.models import Batch, StoredFile
+from gateway.db.message_batches import public_id
+from gateway.db.models import Batch, MessageBatch, StoredFile
 
 
 def file_object(row: StoredFile) -> dict[str, Any]:
@@ -93,4 +95,45 @@ def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
         "has_more": has_more,
+    }
+
+
+def rfc3339(timestamp: float | None) -> str | None:
+    """An RFC 3339 UTC time (Anthropic's timestamps), or None."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def message_batch_object(
+    message: MessageBatch, batch: Batch, counts: dict[str, int] | None, results_url: str
+) -> dict[str, Any]:
+    """An Anthropic MessageBatch object; ``counts`` are the final counts once it ended (None before)."""
+    ended_at = batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at
+    if counts is not None:
+        status = "ended"
+    else:
+        status = "canceling" if batch.status == "cancelling" else "in_progress"
+        counts = {"processing": message.request_count, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+    return {
+        "id": public_id(batch.id),
+        "type": "message_batch",
+        "processing_status": status,
+        "request_counts": counts,
+        "ended_at": rfc3339(ended_at) if status == "ended" else None,
+        "created_at": rfc3339(batch.created_at),
+        "expires_at": rfc3339(batch.expires_at),
+        "archived_at": None,
+        "cancel_initiated_at": rfc3339(batch.cancelling_at),
+        "results_url": results_url if status == "ended" else None,
+    }
+
+
+def message_batch_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """Anthropic's list envelope."""
+    return {
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
     }

@@ -69,6 +69,34 @@ def _error_specs(statuses: set[int]) -> dict[int, ResponseSpec]:
     }
 
 
+class AnthropicErrorDetail(msgspec.Struct):
+    """Anthropic's error object."""
+
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(msgspec.Struct):
+    """Every non-2xx answer of the Anthropic-compatible routes."""
+
+    type: str
+    error: AnthropicErrorDetail
+    request_id: str | None
+
+
+def anthropic_errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """Error responses in Anthropic's shape (the ``/v1/messages`` routes): the given statuses, and 400, 401
+    and 429 always."""
+    return {
+        status: ResponseSpec(
+            data_container=AnthropicErrorBody,
+            generate_examples=False,
+            description=_WHY.get(status, HTTPStatus(status).phrase),
+        )
+        for status in sorted({400, 401, 429, *statuses})
+    }
+
+
 def errors(*statuses: int) -> dict[int, ResponseSpec]:
     """Error responses in OpenAI's shape of a client (/v1) route: the given status codes, and 400, 401 and 429
     (request rate limits of keys and teams) always."""
@@ -146,6 +174,35 @@ UPLOAD_BODY = RequestBody(
     },
     description="One 'file' part (JSONL, one request per line) and the 'purpose' field.",
     required=True,
+)
+
+CREATE_MESSAGE_BATCH_BODY = _json(
+    Schema(
+        type=OpenAPIType.OBJECT,
+        required=["requests"],
+        properties={
+            "requests": Schema(
+                type=OpenAPIType.ARRAY,
+                min_items=1,
+                items=Schema(
+                    type=OpenAPIType.OBJECT,
+                    required=["custom_id", "params"],
+                    properties={
+                        "custom_id": Schema(type=OpenAPIType.STRING, pattern=r"^[a-zA-Z0-9_-]{1,64}$"),
+                        "params": Schema(
+                            type=OpenAPIType.OBJECT,
+                            description="A Messages API body (model, max_tokens, messages, ...); checked after "
+                            "the create call, as at Anthropic: one that cannot run ends 'errored'.",
+                        ),
+                    },
+                    additional_properties=False,
+                ),
+            ),
+            "metadata": _METADATA,
+        },
+        additional_properties=False,
+    ),
+    "Anthropic's Message Batches create body; 'metadata' (routing hints) is the gateway's addition.",
 )
 
 CREATE_KEY_BODY = _json(

@@ -9,13 +9,14 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.db.models import AbandonedProviderBatch, Batch, Shard, StoredFile
+from gateway.db.models import AbandonedProviderBatch, Batch, MessageBatch, Shard, StoredFile
 
 CHUNK = 500
 
 
 async def named_file_keys(session: AsyncSession, keys: Iterable[str]) -> set[str]:
-    """Those of ``keys`` that a live file (upload, output or error file) stores its content under."""
+    """Those of ``keys`` that a live file (upload, output or error file) stores its content under, or a live
+    message batch its intake errors."""
     keys = list(keys)
     named: set[str] = set()
     for start in range(0, len(keys), CHUNK):
@@ -24,6 +25,10 @@ async def named_file_keys(session: AsyncSession, keys: Iterable[str]) -> set[str
             col(StoredFile.storage_key).in_(chunk), col(StoredFile.deleted).is_(False)
         )
         named.update((await session.exec(query)).all())
+        intake_errors = select(MessageBatch.intake_errors_key).where(
+            col(MessageBatch.intake_errors_key).in_(chunk), col(MessageBatch.deleted_at).is_(None)
+        )
+        named.update(key for key in (await session.exec(intake_errors)).all() if key is not None)
     return named
 
 

@@ -507,3 +507,23 @@ class BatchEvent(SQLModel, table=True):
     delivered_at: float | None = None
     last_status: int | None = Field(default=None, description="HTTP status of the last attempt, if it got one.")
     last_error: str | None = Field(default=None, sa_type=Text)
+
+
+class MessageBatch(SQLModel, table=True):
+    """A batch created through the Anthropic-compatible endpoint: its requests run as the batch ``batch_id``.
+
+    Its public id is ``msgbatch_`` plus the batch id's suffix. Requests whose ``params`` could not be
+    translated never reach the batch: their ``errored`` results wait in the blob ``intake_errors_key``.
+    """
+
+    __tablename__ = "message_batches"
+
+    batch_id: str = Field(foreign_key="batches.id", primary_key=True, max_length=64)
+    team_id: str = Field(foreign_key="teams.id", index=True, max_length=64)
+    request_count: int = Field(description="Requests in the create call, those errored at intake included.")
+    intake_errors: int = Field(default=0, description="Requests answered 'errored' without being run.")
+    intake_errors_key: str | None = Field(default=None, max_length=256)
+    counts: dict[str, int] | None = Field(
+        default=None, sa_column=Column(JSON), description="Final request_counts, kept once processing ended."
+    )
+    deleted_at: int | None = None

@@ -21,7 +21,7 @@ from gateway.storage import BlobInfo
 
 log = logging.getLogger(__name__)
 
-PREFIXES = ("files/", "outputs/", "shards/")
+PREFIXES = ("files/", "outputs/", "shards/", "message-batches/")
 
 
 async def collect_garbage(context: GatewayContext, grace_s: float | None = None) -> int:

@@ -71,9 +71,17 @@ def validated(client: openai.OpenAI, batch_id: str) -> Batch:
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict:
-    """The response is an OpenAI error with exactly message/type/param/code; returns the error."""
+    """The response is an OpenAI error with exactly message/type/param/code; returns the error. On the
+    Anthropic-format routes (``/v1/messages``), an Anthropic error of the same status (no code or param there)."""
     assert response.status_code == status, response.text
     body = response.json()
+    if response.request.url.path.startswith("/v1/messages"):
+        assert set(body) == {"type", "error", "request_id"} and body["type"] == "error", body
+        assert set(body["error"]) == {"type", "message"} and body["error"]["message"], body
+        assert body["error"]["type"] == ("invalid_request_error" if status == 400 else body["error"]["type"])
+        if code == "invalid_characters":
+            assert "control character" in body["error"]["message"], body
+        return dict(body["error"])
     assert list(body) == ["error"]
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}

@@ -74,7 +74,8 @@ def _with_real_ids(case: Case, real_ids: dict[str, str]) -> None:
 def test_no_operation_answers_a_server_error(
     case: Case, gateway: GatewayProcess, team_key: str, real_ids: dict[str, str]
 ) -> None:
-    """Whatever the fuzzer sends, the gateway answers below 500, errors in OpenAI's shape."""
+    """Whatever the fuzzer sends, the gateway answers below 500, errors in OpenAI's shape (Anthropic's on the
+    Anthropic-format routes)."""
     _with_real_ids(case, real_ids)
     key = ADMIN_KEY if case.path.startswith("/admin") else team_key
     reproduce = case.as_curl_command()
@@ -85,7 +86,12 @@ def test_no_operation_answers_a_server_error(
     assert response.status_code < 500, (
         f"{response.status_code} {response.text[:500]}\n{reproduce}\n--- gateway log ---\n{gateway.log()[-4000:]}"
     )
-    if response.status_code >= 400:
+    if response.status_code >= 400 and case.path.startswith("/v1/messages"):  # the Anthropic-format routes
+        body = response.json()
+        assert set(body) == {"type", "error", "request_id"} and body["type"] == "error", reproduce
+        assert set(body["error"]) == {"type", "message"}, reproduce
+        assert isinstance(body["error"]["message"], str) and body["error"]["message"], reproduce
+    elif response.status_code >= 400:
         body = response.json()
         assert list(body) == ["error"], reproduce
         assert set(body["error"]) == {"message", "type", "param", "code"}, reproduce

@@ -6,14 +6,16 @@ The client API, the admin API and the CLI call these functions and only parse an
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from sqlmodel import SQLModel
 
 from gateway.billing import budgets as billing
 from gateway.context import GatewayContext
+from gateway.db import message_batches as message_db
 from gateway.db import repo
 from gateway.db.models import Batch, now_s
 from gateway.db.unit_of_work import reading, transaction
@@ -166,11 +168,17 @@ def check_batch_request(context: GatewayContext, body: Mapping[str, Any]) -> Bat
 
 
 async def create_batch(
-    context: GatewayContext, team_id: str, api_key_id: str | None, request: BatchRequest, idem_key: str | None
+    context: GatewayContext,
+    team_id: str,
+    api_key_id: str | None,
+    request: BatchRequest,
+    idem_key: str | None,
+    attach: Callable[[Batch], SQLModel] | None = None,
 ) -> Batch:
     """Create a batch in ``validating`` for the team's input file, or return the batch an earlier create with
     the same ``idem_key`` made. 429 when a hard budget is used up, 404 for an unknown file, 400 for a file
-    whose purpose is not ``batch``, 409 for a key reused with another request."""
+    whose purpose is not ``batch``, 409 for a key reused with another request. ``attach`` makes a row that
+    refers to the new batch, written in the same transaction."""
     batch: Batch | None = None
     async with transaction(context.sessions) as session:
         earlier = await idempotency.earlier_result(session, team_id, "batch", idem_key, request.fingerprint)
@@ -198,6 +206,9 @@ async def create_batch(
                 expires_at=created_at + request.window_s,
             )
             session.add(batch)
+            if attach is not None:
+                await session.flush()  # the batch row first: the attached row refers to it
+                session.add(attach(batch))
     if batch is not None:
         earlier = await idempotency.remember(
             context.sessions, team_id, "batch", idem_key, request.fingerprint, batch.id
@@ -206,6 +217,8 @@ async def create_batch(
             async with transaction(context.sessions) as session:
                 loser = await repo.get_batch(session, team_id, batch.id)
                 if loser is not None:
+                    if attach is not None:
+                        await message_db.remove(session, batch.id)
                     await session.delete(loser)
         if earlier is None:
             context.work_available.set()
