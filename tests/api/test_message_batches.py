@@ -272,3 +272,15 @@ def test_a_body_over_the_upload_limit_is_413_announced_or_streamed(gateway: Gate
     for response in (announced, streamed):
         assert response.status_code == 413, response.text
         assert response.json()["error"]["type"] == "request_too_large"
+
+
+def test_an_idempotency_key_returns_the_first_batch(gateway: GatewayProcess, team_key: str) -> None:
+    url = f"{gateway.base_url}/v1/messages/batches"
+    headers = {"x-api-key": team_key, "Idempotency-Key": f"nightly-{time.time_ns()}"}
+    body = {"requests": [{"custom_id": "once", "params": params("gpt-4o-mini", "hi")}]}
+    first = httpx.post(url, json=body, headers=headers, timeout=30)
+    again = httpx.post(url, json=body, headers=headers, timeout=30)
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert first.json()["id"] == again.json()["id"]
+    other = httpx.post(url, json={"requests": [{"custom_id": "two", "params": {}}]}, headers=headers, timeout=30)
+    assert other.status_code == 409 and other.json()["error"]["type"] == "conflict_error"
