@@ -296,14 +296,29 @@ def dashboard(
     ] = None,
     host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Listen port.")] = 8501,
+    login: Annotated[
+        bool | None,
+        typer.Option(
+            "--login/--no-login",
+            help="Ask for the admin key (or the OIDC login) before showing anything (default: "
+            "BATCHGW_DASHBOARD_LOGIN, on). --no-login only behind an authenticating proxy of your own.",
+        ),
+    ] = None,
 ) -> None:
     """Run the operator dashboard (Streamlit, headless) against the gateway's admin API."""
     import os
     import sys
 
     import dashboard
+    from dashboard.auth import LOGIN_ENV, login_required
 
     env = dict(os.environ)
+    if login is not None:
+        env[LOGIN_ENV] = "on" if login else "off"
+    try:
+        required = login_required(env.get(LOGIN_ENV))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--login/--no-login") from None
     url = gateway_url or env.get("BATCHGW_DASHBOARD_GATEWAY_URL")
     if not url:  # the local gateway, as its settings say: read them as strictly as the gateway does
         settings = load_settings(check=False)
@@ -312,7 +327,8 @@ def dashboard(
     if admin_key:
         env["BATCHGW_ADMIN_KEY"] = admin_key
     script = Path(dashboard.__file__).with_name("app.py")
-    typer.echo(f"dashboard on http://{host}:{port} for {env['BATCHGW_DASHBOARD_GATEWAY_URL']}")
+    access = "login required" if required else "no login: keep it behind an authenticating proxy"
+    typer.echo(f"dashboard on http://{host}:{port} for {env['BATCHGW_DASHBOARD_GATEWAY_URL']} ({access})")
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless=true"]
     command += [f"--server.address={host}", f"--server.port={port}", "--browser.gatherUsageStats=false"]
     command += ["--client.toolbarMode=viewer"]

@@ -199,7 +199,8 @@ def start_dashboard(
     url = f"http://127.0.0.1:{port}"
     args = ["dashboard", "--gateway-url", gateway.url, "--port", str(port)]
     child = running.children.start("dashboard", args, gateway.env, data_dir / "dashboard.log")
-    console.print(f"dashboard starting at {url}: open it to watch the batch", highlight=False)
+    console.print(f"dashboard starting at {url}: open it to watch the batch (it asks for the admin key "
+                  f"{gateway.admin_key})", highlight=False)  # fmt: skip
     return Dashboard(child, url)
 
 

@@ -189,7 +189,7 @@ def print_summary(outcome: DemoOutcome, console: Console) -> list[str]:
     console.print(f"metrics       {outcome.gateway_url}/metrics", highlight=False)
     console.print(f"admin API     {outcome.gateway_url}/admin/...  (admin key {outcome.admin_key})", highlight=False)
     if outcome.dashboard_url:
-        console.print(f"dashboard     {outcome.dashboard_url}", highlight=False)
+        console.print(f"dashboard     {outcome.dashboard_url}  (log in with the admin key)", highlight=False)
     console.print(f"emulators     {outcome.control_url}/providers  (to bring {outcome.down} back: POST "
                   f"{{\"down\": \"off\"}} to /providers/{outcome.down}/faults)", highlight=False)  # fmt: skip
     return check(outcome)

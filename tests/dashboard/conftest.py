@@ -1,23 +1,32 @@
-"""A gateway on emulated providers, seeded once per module with real batches, for the dashboard tests."""
+"""A gateway on emulated providers, seeded once per module with real batches, for the dashboard tests; how the
+tests log in to the dashboard (AppTest and a real browser) and run ``batchgw dashboard``."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from openai.types import Batch
 from streamlit.testing.v1 import AppTest
 
 from dashboard.client import AdminClient
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess, free_port, simulated_provider_env
 from tests.engine import chat_requests, reset, set_faults, submit, wait_for
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 ADMIN_KEY = "test-admin-key"  # what tests/conftest.py gives every gateway
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's
+TIMEOUT_MS = 30_000
 PROVIDERS: dict[str, dict[str, Any]] = {
     "fastp": {"emulator": "fast", "models": {"gpt-4o-mini": "gpt-4o-mini"}},
     "flakyp": {"emulator": "other", "models": {"flaky-mini": "gpt-4o-mini"}},
@@ -85,3 +94,90 @@ def app_test(monkeypatch: pytest.MonkeyPatch, url: str, key: str | None = ADMIN_
     else:
         monkeypatch.setenv("BATCHGW_ADMIN_KEY", key)
     return AppTest.from_file(str(APP), default_timeout=30)
+
+
+# --- logging in -------------------------------------------------------------------------------------------
+
+
+def login_form_shown(at: AppTest) -> bool:
+    """Whether the run rendered the login form's admin key field."""
+    return any(t.key == "login_key" for t in at.text_input)
+
+
+def submit_key(at: AppTest, key: str) -> AppTest:
+    """Type ``key`` into the login form and press its button."""
+    at.text_input(key="login_key").input(key)
+    next(b for b in at.button if b.label == "Log in").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def log_in(at: AppTest, key: str = ADMIN_KEY) -> AppTest:
+    """Run the app, which opens on the login form, and log in with ``key`` as an operator would; the page the
+    test switched to (with its query) then renders."""
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert login_form_shown(at), "the dashboard showed no login form"
+    submit_key(at, key)
+    assert not login_form_shown(at), [e.value for e in at.error]
+    return at
+
+
+def browser_log_in(page: Any, key: str = ADMIN_KEY) -> None:
+    """On the login form the browser shows, type ``key`` and press "Log in"."""
+    page.get_by_label("Admin key", exact=True).fill(key)
+    page.get_by_role("button", name="Log in").click()
+    page.mouse.move(0, 0)  # not left hovering over what the page shows next
+
+
+# --- the dashboard in a real browser ----------------------------------------------------------------------
+
+
+def require_browser() -> Any:
+    """Playwright's sync API, or a skip (a failure in CI) when it or Chromium is missing."""
+    problem = None
+    try:
+        from playwright import sync_api
+    except ImportError:
+        problem = "the playwright package is not installed"
+    if problem is None and not CHROMIUM.exists():
+        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
+    if problem is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"browser test cannot run in CI: {problem}")
+        pytest.skip(problem)
+    return sync_api
+
+
+@contextlib.contextmanager
+def run_dashboard(gateway_url: str, log_dir: Path, *options: str) -> Iterator[str]:
+    """Run ``batchgw dashboard`` on a free port until the block ends; yields its URL once it is healthy."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")}
+    env["BATCHGW_ADMIN_KEY"] = ADMIN_KEY
+    log_path = log_dir / "dashboard.log"
+    command = [sys.executable, "-m", "gateway.cli", "dashboard", "--port", str(port)]
+    command += ["--gateway-url", gateway_url, *options]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"dashboard exited:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dashboard not up:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import GatewayProcess, free_port
-from tests.dashboard.conftest import ADMIN_KEY, app_test
+from tests.dashboard.conftest import ADMIN_KEY, app_test, log_in, login_form_shown
 
 PAGES = (
     "views/jobs.py", "views/job.py", "views/spend.py", "views/alerts.py", "views/providers.py", "views/webhooks.py",
@@ -23,7 +23,7 @@ def test_gateway_down_is_a_clear_message_on_every_page(page: str, monkeypatch: p
     url = f"http://127.0.0.1:{free_port()}"
     at = app_test(monkeypatch, url)
     at.switch_page(page)
-    at.run()
+    log_in(at)
     assert not at.exception
     message = f"Cannot reach the gateway at {url} (ConnectError). Is it running?"
     assert at.error and all(e.value.endswith(message) for e in at.error), [e.value for e in at.error]
@@ -32,8 +32,7 @@ def test_gateway_down_is_a_clear_message_on_every_page(page: str, monkeypatch: p
 
 def test_gateway_down_stops_at_the_entry_page(monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    at = app_test(monkeypatch, url)
-    at.run()
+    at = log_in(app_test(monkeypatch, url))
     assert not at.exception
     assert [e.value for e in at.error] == [f"Cannot reach the gateway at {url} (ConnectError). Is it running?"]
     assert any("batchgw serve" in c.value for c in at.main.caption)
@@ -42,8 +41,7 @@ def test_gateway_down_stops_at_the_entry_page(monkeypatch: pytest.MonkeyPatch) -
 
 def test_wrong_admin_key_is_named_and_never_shown(gateway: GatewayProcess, monkeypatch: pytest.MonkeyPatch) -> None:
     wrong = "not-the-admin-key-0123456789"
-    at = app_test(monkeypatch, gateway.base_url, key=wrong)
-    at.run()
+    at = log_in(app_test(monkeypatch, gateway.base_url, key=wrong), key=wrong)  # the key the dashboard was given
     assert not at.exception
     assert len(at.error) == 1 and "The gateway refused the admin key" in at.error[0].value
     assert wrong not in rendered(at) and ADMIN_KEY not in rendered(at)
@@ -57,11 +55,11 @@ def test_missing_admin_key_says_how_to_set_it(gateway: GatewayProcess, monkeypat
     assert [e.value for e in at.error] == [
         "No admin key: set BATCHGW_ADMIN_KEY (or pass --admin-key to batchgw dashboard)."
     ]
+    assert not login_form_shown(at)  # no key to log in with
 
 
 def test_empty_gateway_shows_empty_states(gateway: GatewayProcess, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = app_test(monkeypatch, gateway.base_url)
-    at.run()
+    at = log_in(app_test(monkeypatch, gateway.base_url))
     assert not at.exception and not at.error
     assert any("No jobs match these filters yet" in i.value for i in at.info)
     assert f"`{gateway.base_url}`" in at.sidebar.caption[0].value

@@ -7,88 +7,30 @@ elsewhere it skips. With ``BATCHGW_SCREENSHOTS=1`` it saves a screenshot of each
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.dashboard.conftest import ADMIN_KEY, Seeded
+from tests.dashboard.conftest import CHROMIUM, TIMEOUT_MS, Seeded, browser_log_in, require_browser, run_dashboard
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "dashboard" / "screenshots"
-TIMEOUT_MS = 30_000
-
-
-def _require_browser() -> Any:
-    """Playwright's sync API, or a skip (a failure in CI) when it or Chromium is missing."""
-    problem = None
-    try:
-        from playwright import sync_api
-    except ImportError:
-        problem = "the playwright package is not installed"
-    if problem is None and not CHROMIUM.exists():
-        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
-    if problem is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"browser test cannot run in CI: {problem}")
-        pytest.skip(problem)
-    return sync_api
 
 
 @pytest.fixture(scope="module")
 def dashboard_url(seeded: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``batchgw dashboard`` on a free port, pointed at the seeded gateway."""
-    with _dashboard(seeded.gateway.base_url, tmp_path_factory.mktemp("dashboard")) as url:
+    with run_dashboard(seeded.gateway.base_url, tmp_path_factory.mktemp("dashboard")) as url:
         yield url
 
 
 @pytest.fixture
 def fresh_dashboard_url(seeded: Seeded, tmp_path: Path) -> Iterator[str]:
     """A dashboard of its own, which no browser has opened yet."""
-    with _dashboard(seeded.gateway.base_url, tmp_path) as url:
+    with run_dashboard(seeded.gateway.base_url, tmp_path) as url:
         yield url
-
-
-@contextlib.contextmanager
-def _dashboard(gateway_url: str, log_dir: Path) -> Iterator[str]:
-    """Run ``batchgw dashboard`` on a free port until the block ends; yields its URL once it is healthy."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGW_")}
-    env["BATCHGW_ADMIN_KEY"] = ADMIN_KEY
-    log_path = log_dir / "dashboard.log"
-    command = [sys.executable, "-m", "gateway.cli", "dashboard", "--port", str(port)]
-    command += ["--gateway-url", gateway_url]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"dashboard exited:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"dashboard not up:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _shot(page: Any, name: str) -> None:
@@ -99,13 +41,15 @@ def _shot(page: Any, name: str) -> None:
 
 
 def _open(page: Any, url: str, heading: str) -> None:
+    """Open ``url`` (a new browser session, so it asks for the admin key first), log in and wait for the page."""
     page.goto(url)
+    browser_log_in(page)
     page.get_by_role("heading", name=heading).first.wait_for(timeout=TIMEOUT_MS)
     page.get_by_text("Loading").first.wait_for(state="hidden", timeout=TIMEOUT_MS)
 
 
 def test_jobs_page_shows_the_batch_and_cancel_works(seeded: Seeded, dashboard_url: str) -> None:
-    sync_api = _require_browser()
+    sync_api = require_browser()
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:
@@ -140,10 +84,11 @@ def test_every_page_opened_first_by_its_url_has_the_apps_navigation_caption_and_
 ) -> None:
     """A deep link (as the Jobs table's links are) opened in a fresh session, on a dashboard no one has opened
     at ``/`` yet, renders the app's own frame: not Streamlit's automatic pages, centered and without a caption."""
-    sync_api = _require_browser()
+    sync_api = require_browser()
+    # Jobs, the default page, is at "/" (Streamlit answers "/jobs" with its "Page not found" dialog).
     headings = {
         "job?batch=" + seeded.done.id: f"Job {seeded.done.id}", "spend": "Spend", "alerts": "Alerts & budgets",
-        "advisor": "Advisor", "providers": "Providers", "jobs": "Jobs", "webhooks": "Webhooks",
+        "advisor": "Advisor", "providers": "Providers", "": "Jobs", "webhooks": "Webhooks",
     }  # fmt: skip
     problems: dict[str, list[str]] = {}
     with sync_api.sync_playwright() as playwright:

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import format as fmt
 from tests.conftest import free_port
-from tests.dashboard.conftest import GLOBAL_LIMIT_USD, Seeded, app_test
+from tests.dashboard.conftest import GLOBAL_LIMIT_USD, Seeded, app_test, log_in
 from tests.engine import chat_requests, submit, wait_for
 
 
@@ -45,10 +45,11 @@ def texts(at: AppTest) -> str:
 
 
 def run_page(at: AppTest, page: str, **query: str) -> AppTest:
+    """Open ``page`` with ``query`` in a new session: it asks for the admin key, then renders."""
     at.switch_page(page)
     for name, value in query.items():
         at.query_params[name] = value
-    at.run()
+    log_in(at)
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -63,8 +64,7 @@ def api_batch(seeded: Seeded, batch_id: str) -> dict[str, Any]:
 def test_jobs_lists_every_team_batch_with_status_counts_and_providers(
     seeded: Seeded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at = app_test(monkeypatch, seeded.gateway.base_url)
-    at.run()
+    at = log_in(app_test(monkeypatch, seeded.gateway.base_url))
     assert not at.exception, [e.value for e in at.exception]
     table = frame_with(at, "job").set_index("job")
     expected = {
@@ -98,8 +98,7 @@ def test_jobs_lists_every_team_batch_with_status_counts_and_providers(
 
 
 def test_jobs_filters_by_status_and_team(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = app_test(monkeypatch, seeded.gateway.base_url)
-    at.run()
+    at = log_in(app_test(monkeypatch, seeded.gateway.base_url))
     at.selectbox(key="jobs_status").select("completed").run()
     assert set(frame_with(at, "job")["job"]) == {f"job?batch={seeded.done.id}", f"job?batch={seeded.flaky.id}"}
     at.selectbox(key="jobs_status").select("").run()
