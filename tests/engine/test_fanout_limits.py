@@ -111,9 +111,10 @@ def test_four_workers_together_keep_the_providers_rate(
     assert per_minute <= RPM * 1.05, f"{per_minute} requests in one minute, limit {RPM}"
     # Stamped on arrival: on a loaded two-core machine an arrival can lag its slot by a few hundred ms and
     # share a second with the next ones, so two-second windows are counted (edge jitter weighs half as much).
-    # A burst (workers each sending at the full rate) would show four times the bound.
+    # A burst (workers each sending at the full rate) would show four times the rate; a quarter over it is
+    # what arrival lag alone has shown on a loaded machine (23 for 20).
     per_two_seconds = busiest(stamps, 2.0)
-    bound = 2 * math.ceil(RPM / 60) + 2
+    bound = math.ceil(2 * RPM / 60 * 1.25)
     assert per_two_seconds <= bound, f"{per_two_seconds} requests in two seconds, limit {2 * RPM / 60:g}"
     # No burst at start: the first second after the first request holds one second's worth.
     assert sum(1 for t in stamps if t < stamps[0] + 1.0) <= math.ceil(RPM / 60) + 1

@@ -19,7 +19,7 @@ import pytest
 from dashboard import format as fmt
 from gateway.simulator import SimulatorCluster
 from tests.conftest import GatewayProcess
-from tests.dashboard.conftest import app_test
+from tests.dashboard.conftest import app_test, log_in
 from tests.engine import (
     BATCH_RATES,
     batch_creates,
@@ -156,7 +156,7 @@ def test_outage_mid_job_moves_work_once_and_bills_what_the_abandoned_batches_ran
     page = app_test(monkeypatch, gateway.base_url)
     page.switch_page("views/job.py")
     page.query_params["batch"] = batch.id
-    page.run()
+    log_in(page)
     assert not page.exception, [e.value for e in page.exception]
     banner = " ".join(str(e.value) for e in page.error)
     assert f"Paid twice: {fmt.money(cheap_invoice)}" in banner, banner
