@@ -73,4 +73,4 @@ def test_shards_of_a_running_job_progress_while_fifty_clients_create_batches(
     # Starved, the job's shards waited minutes; served in its own lane it ends within a minute or so even
     # when the machine running the suite is loaded (63 s seen at a load average of 7 on two cores).
     assert took < 80, f"the running job took {took:.1f}s under the flood ({len(created)} batches created)"
-    assert gaps[-1] - gaps[0] < 40
+    assert gaps[-1] - gaps[0] < 70  # every shard reached its provider while the flood went on

@@ -261,22 +261,22 @@ async def test_processes_that_come_and_go_never_add_up_to_a_burst(limiters: Limi
 async def test_a_429_in_one_process_pauses_the_others(limiters: Limiters, database: str) -> None:
     rpm = 1200
     here, elsewhere = limiters(requests_per_minute=rpm), limiters(requests_per_minute=rpm)
-    pause_s = 2.0
+    pause_s = 3.0
 
     async def pause_soon() -> tuple[float, float]:
         await asyncio.sleep(0.6)
         await here.rate_limited(pause_s)
         return time.monotonic(), time.time()
 
-    other = asyncio.create_task(take_permits(elsewhere, 4.0, callers=8))
+    other = asyncio.create_task(take_permits(elsewhere, 5.0, callers=8))
     told, told_wall = await pause_soon()
     stamps = await other
-    # The other process stops within PAUSE_FRESH_S (its next reading, which may take a moment on a busy
-    # machine) and resumes when the pause ends.
-    during = [t for t in stamps if told + PAUSE_FRESH_S + 0.3 < t < told + pause_s - 0.05]
+    # The other process stops within PAUSE_FRESH_S (its next reading, which on a loaded two-core machine
+    # running the whole suite has taken up to a second more) and resumes when the pause ends.
+    during = [t for t in stamps if told + PAUSE_FRESH_S + 0.8 < t < told + pause_s - 0.05]
     assert not during, f"{len(during)} requests left the other process during the pause"
     after = [t for t in stamps if t >= told + pause_s - 0.05]
-    assert after and after[0] < told + pause_s + PAUSE_FRESH_S + 0.2
+    assert after and after[0] < told + pause_s + PAUSE_FRESH_S + 0.6
     assert busiest(after) <= per_second(rpm)
     # The pause is on the provider's health row, where every process and the operator see it.
     check = create_engine(database)
