@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.translate import MalformedResult, TranslationError
+from gateway.translate import MalformedResult, TranslationError, optional_number
 
 DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` sent when the client set neither ``max_tokens`` nor ``max_completion_tokens``."""
@@ -217,15 +217,6 @@ def _positive_int(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def _number(body: Mapping[str, Any], name: str) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TranslationError(f"'{name}' must be a number.", name, "invalid_value")
-    return float(value)
-
-
 def _tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
         raise TranslationError("'tools' must be an array.", "tools", "invalid_value")
@@ -298,10 +289,10 @@ def chat_to_messages(body: Mapping[str, Any], *, default_max_tokens: int = DEFAU
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise TranslationError("'stop' must be a string or an array of strings.", "stop", "invalid_value")
         params["stop_sequences"] = stops
-    temperature = _number(body, "temperature")
+    temperature = optional_number(body, "temperature")
     if temperature is not None:
         params["temperature"] = min(max(temperature, 0.0), 1.0)
-    top_p = _number(body, "top_p")
+    top_p = optional_number(body, "top_p")
     if top_p is not None:
         params["top_p"] = top_p
     tools = _tools(body["tools"]) if body.get("tools") else []

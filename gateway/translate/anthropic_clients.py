@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.translate import TranslationError
+from gateway.translate import TranslationError, optional_number
 
 # --- tables ------------------------------------------------------------------------------------------
 
@@ -253,15 +253,6 @@ def _check_params(params: Mapping[str, Any]) -> None:
         raise TranslationError(f"Parameter '{name}' is not supported by this gateway.", name)
 
 
-def _number(params: Mapping[str, Any], name: str) -> float | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TranslationError(f"'{name}' must be a number.", name, "invalid_value")
-    return float(value)
-
-
 def params_to_chat(params: Any) -> dict[str, Any]:
     """The OpenAI chat completion body for Anthropic Messages ``params``; raises :class:`TranslationError`."""
     if not isinstance(params, dict):
@@ -278,7 +269,7 @@ def params_to_chat(params: Any) -> dict[str, Any]:
         params.get("messages")
     )
     for name in ("temperature", "top_p"):
-        value = _number(params, name)
+        value = optional_number(params, name)
         if value is not None:
             body[name] = value
     stops = params.get("stop_sequences")
