@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -12,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
 
 from gateway.catalog.loader import CatalogError, load_catalog
 from gateway.config_errors import ConfigError, ConfigProblem, did_you_mean
+from gateway.db import wakeups
 from gateway.db.engine import create_engine
 from gateway.providers.registry import ADAPTER_KINDS, ProviderRegistry, adapter_options
 from gateway.routing.limits import hand_limiters
@@ -20,27 +24,64 @@ from gateway.settings import Settings
 from gateway.storage import BlobStore, open_blob_store
 from router_policies.registry import PolicyRegistry, default_registry
 
+log = logging.getLogger(__name__)
+
 
 class WorkSignal:
     """Wakes every idle loop of this process at once when new work may be ready.
 
     Unlike a plain :class:`asyncio.Event`, one :meth:`set` reaches every loop waiting at that moment,
-    and a loop that starts waiting later waits for the next one.
+    and a loop that starts waiting later waits for the next one. With ``announce`` (PostgreSQL: see
+    :mod:`gateway.db.wakeups`), :meth:`set` also tells other processes, one announcement at a time:
+    sets that arrive while one is being sent are folded into one more.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, announce: Callable[[], Awaitable[None]] | None = None) -> None:
         self._event = asyncio.Event()
+        self._announce = announce
+        self._announcing: asyncio.Task[None] | None = None
+        self._again = False
 
     def set(self) -> None:
-        """Wake the loops waiting now."""
+        """Wake the loops waiting now, here and (with ``announce``) in other processes."""
+        self.wake_local()
+        if self._announce is None:
+            return
+        if self._announcing is not None and not self._announcing.done():
+            self._again = True  # the one being sent may have left before this hand-off committed
+            return
+        self._announcing = asyncio.get_running_loop().create_task(self._send())
+
+    def wake_local(self) -> None:
+        """Wake the loops of this process waiting now."""
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, timeout: float) -> None:
-        """Return on the next :meth:`set`, or after ``timeout`` seconds."""
-        event = self._event
+    def ticket(self) -> asyncio.Event:
+        """What :meth:`wait` waits on now: take it before looking for work, so a set in between is not missed."""
+        return self._event
+
+    async def wait(self, timeout: float, ticket: asyncio.Event | None = None) -> None:
+        """Return on the next :meth:`set` (or the first after ``ticket`` was taken), or after ``timeout`` seconds."""
+        event = ticket or self._event
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
+
+    async def close(self) -> None:
+        """Finish the announcement being sent."""
+        if self._announcing is not None:
+            await asyncio.gather(self._announcing, return_exceptions=True)
+
+    async def _send(self) -> None:
+        assert self._announce is not None
+        while True:
+            self._again = False
+            try:
+                await self._announce()
+            except Exception as exc:  # a wake-up is a hint: other workers still find the work at their next poll
+                log.warning("announcing new work to other processes failed: %s", exc)
+            if not self._again:
+                return
 
 
 @dataclass
@@ -56,7 +97,7 @@ class GatewayContext:
     offers: OfferBook
     policies: PolicyRegistry
     work_available: WorkSignal = field(default_factory=WorkSignal)
-    """Set when this process created work, so an idle worker in it starts at once instead of at its next poll."""
+    """Set when this process created work, so an idle worker starts at once instead of at its next poll."""
 
     @classmethod
     def create(cls, settings: Settings) -> GatewayContext:
@@ -79,10 +120,12 @@ class GatewayContext:
             providers=providers,
             offers=offers,
             policies=policies,
+            work_available=WorkSignal(functools.partial(wakeups.notify, engine) if wakeups.notifies(engine) else None),
         )
 
     async def close(self) -> None:
         """Release database and HTTP connections."""
+        await self.work_available.close()
         await self.http.aclose()
         await self.blobs.close()
         await self.engine.dispose()

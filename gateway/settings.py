@@ -76,9 +76,16 @@ class WorkerSettings(_Section):
     """The execution engine inside `batchgw worker` (and inside `batchgw serve` by default)."""
 
     enabled_in_serve: bool = Field(True, description="Run a worker inside `batchgw serve`.")
-    poll_interval_s: float = Field(0.5, description="Idle sleep between claim attempts.")
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="Longest idle sleep between claim attempts where other processes' work is not announced."
+    )
+    idle_max_s: float = Field(
+        5.0, gt=0, description="Longest idle sleep on PostgreSQL, where every hand-off is announced (LISTEN/NOTIFY)."
+    )
     lease_s: float = Field(30.0, description="How long a claimed job stays owned without a heartbeat.")
-    provider_poll_min_s: float = Field(1.0, description="First delay between provider status polls.")
+    provider_poll_min_s: float = Field(
+        0.25, gt=0, description="First delay between provider status polls (doubling: a small batch is seen done soon)."
+    )
     provider_poll_max_s: float = Field(30.0, description="Longest delay between provider status polls.")
     concurrency: int = Field(
         8, ge=1, description="Shard steps (submit, poll, fan-out, collect) one process runs at once."

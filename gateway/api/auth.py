@@ -12,8 +12,7 @@ from litestar.datastructures import State
 
 from gateway.context import GatewayContext
 from gateway.db import ratelimits, repo
-from gateway.db.models import Team
-from gateway.db.unit_of_work import Rollback, reading, transaction
+from gateway.db.unit_of_work import Rollback, transaction
 from gateway.errors import Forbidden, RateLimited, Unauthorized
 
 LAST_USED_EVERY_S = 60
@@ -50,30 +49,28 @@ async def provide_principal(request: Request, state: State) -> Principal:
     Read from the database on every request, so a revocation holds at once on every replica."""
     token = _bearer(request, api_key_header=True)
     context: GatewayContext = state.context
-    async with reading(context.sessions) as session:
-        found = await repo.authenticate(session, token)
-    if found is None:
+    key = await repo.authenticate(context.engine, token)
+    if key is None:
         raise Unauthorized("Incorrect API key provided.")
-    key, team = found
     now = int(time.time())
     if key.revoked_at is not None:
         raise Unauthorized(f"This API key was revoked at {_when(key.revoked_at)}.", code="api_key_revoked")
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthorized(f"This API key expired at {_when(key.expires_at)}.", code="api_key_expired")
-    await _admit(context, key.id, team)
+    await _admit(context, key)
     if key.last_used_at is None or now - key.last_used_at >= LAST_USED_EVERY_S:
         async with transaction(context.sessions) as session:
-            await repo.note_key_used(session, key.id, now, LAST_USED_EVERY_S)
-    return Principal(team_id=team.id, team_name=team.name, api_key_id=key.id)
+            await repo.note_key_used(session, key.key_id, now, LAST_USED_EVERY_S)
+    return Principal(team_id=key.team_id, team_name=key.team_name, api_key_id=key.key_id)
 
 
-async def _admit(context: GatewayContext, key_id: str, team: Team) -> None:
+async def _admit(context: GatewayContext, key: repo.PresentedKey) -> None:
     """Answer 429 with Retry-After when the key or its team is over its request rate (when limits are set)."""
     settings = context.settings.limits
     limits = [
         ratelimits.Limit(name, per_minute)
-        for name, per_minute in ((f"key:{key_id}", settings.key_requests_per_minute),
-                                 (f"team:{team.id}", settings.team_requests_per_minute))
+        for name, per_minute in ((f"key:{key.key_id}", settings.key_requests_per_minute),
+                                 (f"team:{key.team_id}", settings.team_requests_per_minute))
         if per_minute
     ]  # fmt: skip
     if not limits:
@@ -85,7 +82,7 @@ async def _admit(context: GatewayContext, key_id: str, team: Team) -> None:
             raise Rollback  # neither timeline keeps a reservation for a refused request
     if refusal is not None:
         limit, wait_s = refusal
-        whose = f"key {key_id}" if limit.name.startswith("key:") else f"team '{team.name}'"
+        whose = f"key {key.key_id}" if limit.name.startswith("key:") else f"team '{key.team_name}'"
         raise RateLimited(
             f"Rate limit reached for requests of {whose}: {limit.per_minute} a minute. "
             f"Please try again in {max(1, math.ceil(wait_s))}s.",

@@ -12,8 +12,11 @@ import hashlib
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import func, or_, update
+from sqlalchemy import select as select_columns
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import Select
@@ -58,10 +61,38 @@ async def create_api_key(
     return secret, key
 
 
-async def authenticate(session: AsyncSession, secret: str) -> tuple[ApiKey, Team] | None:
-    """The key a presented secret belongs to (live, revoked or expired: the caller tells) and its team, or None."""
-    row = (await session.exec(_keys_with_teams().where(ApiKey.key_hash == hash_key(secret)))).first()
-    return (row[0], row[1]) if row else None
+@dataclass(frozen=True)
+class PresentedKey:
+    """The key a request presented, as its check needs it (live, revoked or expired: the caller tells)."""
+
+    key_id: str
+    team_id: str
+    team_name: str
+    revoked_at: int | None
+    expires_at: int | None
+    last_used_at: int | None
+
+
+async def authenticate(engine: AsyncEngine, secret: str) -> PresentedKey | None:
+    """The key a presented secret belongs to, with its team's name, or None.
+
+    One statement on a pooled connection, without a session or loaded rows: it runs on every request.
+    """
+    statement = (
+        select_columns(
+            col(ApiKey.id),
+            col(ApiKey.team_id),
+            col(Team.name),
+            col(ApiKey.revoked_at),
+            col(ApiKey.expires_at),
+            col(ApiKey.last_used_at),
+        )
+        .join(Team, col(Team.id) == col(ApiKey.team_id))
+        .where(col(ApiKey.key_hash) == hash_key(secret))
+    )
+    async with engine.connect() as connection:
+        row = (await connection.execute(statement)).first()
+    return PresentedKey(*row) if row else None
 
 
 def _keys_with_teams() -> Select[ApiKey, Team]:

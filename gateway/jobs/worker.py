@@ -18,18 +18,18 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import batch_events
 from gateway.billing import webhooks
 from gateway.context import GatewayContext
-from gateway.db import repo
+from gateway.db import repo, wakeups
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard
-from gateway.db.unit_of_work import transaction
+from gateway.db.unit_of_work import reading, transaction
 from gateway.jobs import blob_gc
 from gateway.jobs.failures import attempt_entry, cannot_heal, describe, retry_delay
 from gateway.pipeline import collect, fanout, merge, poll, route, settle, submit, validate
@@ -49,6 +49,8 @@ BATCH_STAGES: dict[str, BatchStage] = {
 }
 """Batch stage -> its entry. In stage ``run`` the batch's shards do the work; ``done`` needs nothing."""
 INTAKE_STAGES = ["validate", "route"]
+MIN_IDLE_S = 0.01
+"""Shortest idle sleep: work due now that another worker claimed first is not retried in a busy loop."""
 
 SHARD_STAGES: dict[str, ShardStage] = {
     "queued": submit.run,
@@ -79,6 +81,10 @@ class _Lane:
     name: str
     concurrency: int
     claim: Callable[[], Awaitable[Coroutine[Any, Any, None] | None]]
+    batch_stages: Sequence[str]
+    """Batch stages this lane claims (for when its next work falls due)."""
+    shard_states: Sequence[str]
+    """Shard states this lane claims."""
 
 
 class Worker:
@@ -98,8 +104,8 @@ class Worker:
         """Claim and run steps in both lanes until :meth:`stop` is called."""
         log.info("worker %s started", self.owner)
         lanes = [
-            _Lane("batch", self.settings.batch_concurrency, self._claim_batch),
-            _Lane("shard", self.settings.concurrency, self._claim_shard),
+            _Lane("batch", self.settings.batch_concurrency, self._claim_batch, ["merge", *INTAKE_STAGES], []),
+            _Lane("shard", self.settings.concurrency, self._claim_shard, [], shard_db.ACTIVE_STATES),
         ]
         housekeeping = [
             asyncio.create_task(self._every(HEALTH_PROBE_EVERY_S, health.probe_open_circuits)),
@@ -108,6 +114,9 @@ class Worker:
             asyncio.create_task(webhooks.run_webhook_loop(self.context, self._stop)),
             asyncio.create_task(batch_events.run_event_loop(self.context, self._stop)),
         ]
+        if wakeups.notifies(self.context.engine):
+            wake = self.context.work_available.wake_local
+            housekeeping.append(asyncio.create_task(wakeups.listen(self.context.engine, wake, self._stop)))
         try:
             await asyncio.gather(*(self._run_lane(lane) for lane in lanes))
         finally:
@@ -129,7 +138,7 @@ class Worker:
                     step = None
                 if step is None:
                     slots.release()
-                    await self._idle()
+                    await self._idle(lane)
                     continue
                 task = asyncio.create_task(step)
                 running.add(task)
@@ -159,10 +168,26 @@ class Worker:
     async def _settle_abandoned(self, context: GatewayContext) -> None:
         await settle.run_due(context, self.owner, self.settings.lease_s)
 
-    async def _idle(self) -> None:
-        """Sleep until the next poll, or until this process announces new work, or until stopped."""
+    async def _idle(self, lane: _Lane) -> None:
+        """Sleep until the lane's next work falls due, a hand-off announces new work, or the worker stops.
+
+        Work another process creates is announced on PostgreSQL, so there the sleep may last up to
+        ``worker.idle_max_s``; on SQLite it is announced only within this process, and the sleep lasts at
+        most ``worker.poll_interval_s``.
+        """
+        settings = self.settings
+        ticket = self.context.work_available.ticket()
+        longest = settings.idle_max_s if wakeups.notifies(self.context.engine) else settings.poll_interval_s
+        try:
+            async with reading(self.context.sessions) as session:
+                due = await wakeups.next_due_at(session, lane.batch_stages, lane.shard_states)
+        except Exception:
+            log.exception("reading when %s work falls due failed; polling", lane.name)
+            due = None
+            longest = settings.poll_interval_s
         stop = asyncio.create_task(self._stop.wait())
-        wake = asyncio.create_task(self.context.work_available.wait(self.settings.poll_interval_s))
+        sleep_s = max(MIN_IDLE_S, wakeups.seconds_until(due, longest))
+        wake = asyncio.create_task(self.context.work_available.wait(sleep_s, ticket))
         try:
             await asyncio.wait([stop, wake], return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
+
+from tests.conftest import free_port
 
 
 class RssSampler(threading.Thread):
@@ -42,3 +51,47 @@ def high_water_mark(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+@dataclass
+class EmulatorProcess:
+    """A provider emulator (``batchgw simulate``) running in a process of its own."""
+
+    base_url: str
+    control_url: str
+    pid: int
+
+
+@contextmanager
+def emulator_process(folder: Path, name: str, models: list[str]) -> Iterator[EmulatorProcess]:
+    """Start one OpenAI-protocol emulator answering at once, in its own process; stop it on exit.
+
+    In a process of its own, its figures are not slowed by the benchmark's client or other emulators.
+    """
+    port, control = free_port(), free_port()
+    config = folder / f"{name}-emulator.toml"
+    model_list = ", ".join(f'"{model}"' for model in models)
+    config.write_text(
+        f'control_port = {control}\n\n[[provider]]\nname = "{name}"\nmodels = [{model_list}]\nport = {port}\n',
+        encoding="utf-8",
+    )
+    log = (folder / f"{name}-emulator.log").open("wb")
+    command = [sys.executable, "-m", "gateway.cli", "simulate", "--config", str(config)]
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        emulator = EmulatorProcess(f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{control}", proc.pid)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{emulator.control_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the {name} emulator did not start")
+            time.sleep(0.2)
+        yield emulator
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

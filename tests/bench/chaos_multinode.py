@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +42,7 @@ from openai.types import Batch
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests import conftest
+from tests.bench import EmulatorProcess, emulator_process
 from tests.conftest import FreshDatabase, GatewayProcess, S3Server, free_port, start_s3_server
 
 PROVIDER = "bulk"
@@ -79,46 +79,7 @@ def write_requests(path: Path, count: int, model: str) -> None:
             out.write(json.dumps(line) + "\n")
 
 
-@dataclass
-class PacedEmulator:
-    """The synchronous provider's emulator, in a process of its own: the arrival times it logs are then not
-    delayed by the batch emulator's work (all emulators of one cluster share one event loop)."""
-
-    base_url: str
-    control_url: str
-
-
-@contextmanager
-def paced_emulator(folder: Path) -> Iterator[PacedEmulator]:
-    port, control = free_port(), free_port()
-    config = folder / "paced-emulator.toml"
-    config.write_text(
-        f'control_port = {control}\n\n[[provider]]\nname = "{PACED}"\nmodels = ["{PACED_MODEL}"]\nport = {port}\n',
-        encoding="utf-8",
-    )
-    log = (folder / "paced-emulator.log").open("wb")
-    command = [sys.executable, "-m", "gateway.cli", "simulate", "--config", str(config)]
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        emulator = PacedEmulator(f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{control}")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{emulator.control_url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the paced emulator did not start")
-            time.sleep(0.2)
-        yield emulator
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-
-
-def config_file(folder: Path, cluster: SimulatorCluster, paced: PacedEmulator) -> Path:
+def config_file(folder: Path, cluster: SimulatorCluster, paced: EmulatorProcess) -> Path:
     path = folder / "gateway.toml"
     path.write_text(
         f"""
@@ -249,7 +210,9 @@ def run(requests: int, seed: int, timeout_s: float) -> int:
         stack.callback(database.drop)
         specs = [ProviderSpec(name=PROVIDER, models=[MODEL], processing_delay_s=20.0)]
         cluster = stack.enter_context(SimulatorCluster(specs, control_port=0))
-        paced_provider = stack.enter_context(paced_emulator(root))
+        # The paced emulator runs in a process of its own: the arrival times it logs are then not delayed by
+        # the batch emulator's work (all emulators of one cluster share one event loop).
+        paced_provider = stack.enter_context(emulator_process(root, PACED, [PACED_MODEL]))
         env = {
             **s3.storage_env(bucket),
             "BATCHGW_CONFIG_FILE": str(config_file(root, cluster, paced_provider)),

@@ -1,0 +1,315 @@
+"""The same client straight at a provider emulator (the floor) and through the gateway, side by side.
+
+Run ``python -m tests.bench.bench_floor`` (sizes 10,000, 50,000 and 300,000 requests; ``--million`` adds
+1,000,000; ``--sizes`` picks others). One OpenAI-protocol emulator answering at once runs in a process of
+its own; the gateway runs as ``batchgw serve --no-worker`` plus one ``batchgw worker`` on SQLite (or
+``--database-url``) with production polling settings, routed to that emulator. For every size, the
+official ``openai`` client runs the same job both ways, interleaved (floor, gateway, floor, ...,
+``--rounds`` times): upload, create, poll every 20 ms, download, count the output lines. A job larger
+than the provider's 50,000-request limit is run at the floor as 50,000-request jobs one after another
+(what a client without the gateway would do), and its floor is their summed time.
+
+Printed per size: both times and their ratio, the gateway's upload and validation throughput, its CPU
+seconds (API + worker) per 100,000 requests and the peak RSS of each process. Then status reads of a
+completed batch with 32 connections for ``--status-seconds``, emulator and gateway interleaved: requests
+per second and p50/p99 latency of each. MB means 10^6 bytes. The client runs in this process, so the
+figures include its own cost on both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+
+from gateway.settings import WorkerSettings
+from tests.bench import EmulatorProcess, RssSampler, emulator_process
+from tests.bench.bench_engine import write_input
+from tests.conftest import GatewayProcess, free_port
+from tests.engine import worker_process
+
+MB = 1_000_000
+PROVIDER_MAX_LINES = 50_000
+POLL_S = 0.02
+STATUS_CONNECTIONS = 32
+GOAL_RATIO_SMALL = 1.5
+GOAL_RATIO_SPLIT = 1.25
+GOAL_STATUS_SHARE = 0.8
+GOAL_STATUS_P99_MS = 100.0
+GOAL_CPU_PER_100K = 1.5
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass
+class JobRun:
+    """One client journey: upload, create, wait, download."""
+
+    upload_s: float
+    validate_s: float
+    wait_s: float
+    download_s: float
+    lines: int
+    batch_id: str
+
+    @property
+    def total_s(self) -> float:
+        return self.upload_s + self.wait_s + self.download_s
+
+
+@dataclass
+class SizeFigures:
+    requests: int
+    input_mb: float
+    floor: list[float] = field(default_factory=list)
+    floor_batch_id: str = ""
+    gateway: list[JobRun] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
+    api_rss: int = 0
+    worker_rss: int = 0
+
+
+@dataclass
+class StatusFigures:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def run_job(client: openai.OpenAI, path: Path) -> JobRun:
+    """Upload ``path``, create its batch, poll until it ends, download its output."""
+    started = time.monotonic()
+    with path.open("rb") as handle:
+        file = client.files.create(file=(path.name, handle), purpose="batch")
+    uploaded = time.monotonic()
+    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    validated: float | None = None
+    while batch.status not in TERMINAL:
+        if validated is None and batch.status != "validating":
+            validated = time.monotonic()
+        time.sleep(POLL_S)
+        batch = client.batches.retrieve(batch.id)
+    done = time.monotonic()
+    if batch.status != "completed" or batch.output_file_id is None:
+        raise RuntimeError(f"batch {batch.id} ended {batch.status}: {batch.errors}")
+    lines = 0
+    with client.files.with_streaming_response.content(batch.output_file_id) as response:
+        for chunk in response.iter_bytes():
+            lines += chunk.count(b"\n")
+    finished = time.monotonic()
+    return JobRun(
+        upload_s=uploaded - started,
+        validate_s=(validated or done) - uploaded,
+        wait_s=done - uploaded,
+        download_s=finished - done,
+        lines=lines,
+        batch_id=batch.id,
+    )
+
+
+def split_input(path: Path, lines_per_part: int) -> list[Path]:
+    """``path`` cut into files of at most ``lines_per_part`` lines (the provider's per-batch limit)."""
+    parts: list[Path] = []
+    with path.open("rb") as source:
+        out = None
+        for number, line in enumerate(source):
+            if number % lines_per_part == 0:
+                if out is not None:
+                    out.close()
+                parts.append(path.with_name(f"{path.stem}-part{len(parts):03d}.jsonl"))
+                out = parts[-1].open("wb")
+            assert out is not None
+            out.write(line)
+        if out is not None:
+            out.close()
+    return parts
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+async def status_load(url: str, api_key: str, seconds: float) -> StatusFigures:
+    """GET ``url`` from ``STATUS_CONNECTIONS`` connections for ``seconds``; throughput and latency."""
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=STATUS_CONNECTIONS, max_keepalive_connections=STATUS_CONNECTIONS)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(limits=limits, headers=headers, timeout=30) as client:
+        await client.get(url)  # warm: one connection, the route, any cache
+        deadline = time.monotonic() + seconds
+
+        async def one_connection() -> None:
+            while time.monotonic() < deadline:
+                sent = time.monotonic()
+                response = await client.get(url)
+                if response.status_code != 200:
+                    raise RuntimeError(f"status read answered {response.status_code}: {response.text[:200]}")
+                latencies.append(time.monotonic() - sent)
+
+        started = time.monotonic()
+        await asyncio.gather(*(one_connection() for _ in range(STATUS_CONNECTIONS)))
+        elapsed = time.monotonic() - started
+    latencies.sort()
+    return StatusFigures(
+        rps=len(latencies) / elapsed,
+        p50_ms=latencies[len(latencies) // 2] * 1000,
+        p99_ms=latencies[int(len(latencies) * 0.99)] * 1000,
+    )
+
+
+def gateway_env(root: Path, emulator: EmulatorProcess) -> dict[str, str]:
+    config = root / "providers.toml"
+    config.write_text(
+        "[providers.floor]\n"
+        'kind = "openai"\n'
+        f'base_url = "{emulator.base_url}"\n'
+        'models = { "gpt-4o-mini" = "gpt-4o-mini" }\n',
+        encoding="utf-8",
+    )
+    # Production settings: the tests' fast polling would flatter the figures and busy the CPU.
+    defaults = WorkerSettings()
+    return {
+        "BATCHGW_CONFIG_FILE": str(config),
+        "BATCHGW_WORKER__POLL_INTERVAL_S": str(defaults.poll_interval_s),
+        "BATCHGW_WORKER__PROVIDER_POLL_MIN_S": str(defaults.provider_poll_min_s),
+        "BATCHGW_WORKER__PROVIDER_POLL_MAX_S": str(defaults.provider_poll_max_s),
+    }
+
+
+StatusPair = tuple[StatusFigures, StatusFigures]
+"""Status-read figures of the emulator and the gateway, measured one after the other."""
+
+
+def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], list[StatusPair]]:
+    sizes: list[SizeFigures] = []
+    status: list[StatusPair] = []
+    with ExitStack() as stack:
+        emulator = stack.enter_context(emulator_process(root, "floor", ["gpt-4o-mini"]))
+        gateway_dir = root / "gateway"
+        gateway_dir.mkdir()
+        database_url = args.database_url or f"sqlite:///{gateway_dir / 'gateway.db'}"
+        api = GatewayProcess(
+            data_dir=gateway_dir, database_url=database_url, port=free_port(), extra_env=gateway_env(root, emulator)
+        )
+        api.start("serve", "--no-worker")
+        stack.callback(api.stop)
+        worker = worker_process(api, "worker").start("worker")
+        stack.callback(worker.stop)
+        assert api.process is not None and worker.process is not None
+        pids = [api.process.pid, worker.process.pid]
+        key = api.create_key("bench")
+        direct = openai.OpenAI(base_url=emulator.base_url, api_key="bench", timeout=1800, max_retries=0)
+        through = openai.OpenAI(base_url=f"{api.base_url}/v1", api_key=key, timeout=1800, max_retries=0)
+        time.sleep(3.0)  # the worker's start-up (imports, migrations) is not the engine's time
+
+        for count in args.sizes:
+            path = root / f"input-{count}.jsonl"
+            figures = SizeFigures(requests=count, input_mb=write_input(path, count) / MB)
+            parts = split_input(path, PROVIDER_MAX_LINES) if count > PROVIDER_MAX_LINES else [path]
+            for _ in range(args.rounds):
+                floor_runs = [run_job(direct, part) for part in parts]
+                if sum(run.lines for run in floor_runs) != count:
+                    raise RuntimeError("the floor's outputs do not hold one line per request")
+                figures.floor.append(sum(run.total_s for run in floor_runs))
+                figures.floor_batch_id = floor_runs[-1].batch_id
+                samplers = [RssSampler(pid, interval=0.02) for pid in pids]
+                for sampler in samplers:
+                    sampler.start()
+                cpu_before = cpu_seconds(pids)
+                run = run_job(through, path)
+                figures.cpu_s.append(cpu_seconds(pids) - cpu_before)
+                api_peak, worker_peak = (sampler.stop() for sampler in samplers)
+                figures.api_rss = max(figures.api_rss, api_peak)
+                figures.worker_rss = max(figures.worker_rss, worker_peak)
+                if run.lines != count:
+                    raise RuntimeError(f"the gateway's output has {run.lines} lines for {count} requests")
+                figures.gateway.append(run)
+                report_size(figures, live=True)
+            sizes.append(figures)
+            for part in parts:
+                if part != path:
+                    part.unlink()
+
+        floor_batch, gateway_batch = sizes[0].floor_batch_id, sizes[0].gateway[-1].batch_id
+        for _ in range(args.rounds):
+            emulator_figures = asyncio.run(
+                status_load(f"{emulator.base_url}/batches/{floor_batch}", "bench", args.status_seconds)
+            )
+            gateway_figures = asyncio.run(
+                status_load(f"{api.base_url}/v1/batches/{gateway_batch}", key, args.status_seconds)
+            )
+            status.append((emulator_figures, gateway_figures))
+    return sizes, status
+
+
+def report_size(figures: SizeFigures, live: bool = False) -> None:
+    if live:
+        run = figures.gateway[-1]
+        print(
+            f"  {figures.requests:>9,}: floor {figures.floor[-1]:7.2f} s, gateway {run.total_s:7.2f} s "
+            f"(upload {run.upload_s:.2f} s, validation {run.validate_s:.2f} s, download {run.download_s:.2f} s), "
+            f"ratio {run.total_s / figures.floor[-1]:.2f}x, gateway CPU {figures.cpu_s[-1]:.1f} s",
+            flush=True,
+        )
+
+
+def report(sizes: list[SizeFigures], status: list[StatusPair]) -> None:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n{cpus} CPUs, 1-minute load average at the end {load:.2f}")
+    print(f"{'requests':>10} {'input MB':>9} {'floor s':>9} {'gateway s':>10} {'ratio':>7} {'goal':>7} "
+          f"{'upload+valid. MB/s':>19} {'CPU s/100k':>11} {'API RSS':>8} {'worker RSS':>11}")  # fmt: skip
+    for figures in sizes:
+        floor = statistics.median(figures.floor)
+        gateway = statistics.median(run.total_s for run in figures.gateway)
+        intake = statistics.median(run.upload_s + run.validate_s for run in figures.gateway)
+        goal = GOAL_RATIO_SPLIT if figures.requests > PROVIDER_MAX_LINES else GOAL_RATIO_SMALL
+        cpu = statistics.median(figures.cpu_s) / figures.requests * 100_000
+        print(
+            f"{figures.requests:>10,} {figures.input_mb:>9.1f} {floor:>9.2f} {gateway:>10.2f} "
+            f"{gateway / floor:>6.2f}x {'<=' + format(goal, '.2f'):>7} {figures.input_mb / intake:>19.0f} "
+            f"{cpu:>11.2f} {figures.api_rss / MB:>6.0f}MB {figures.worker_rss / MB:>9.0f}MB"
+        )
+    print(f"\nstatus reads of a completed batch, {STATUS_CONNECTIONS} connections")
+    print(f"{'':>10} {'RPS':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for emulator_figures, gateway_figures in status:
+        for name, row in (("emulator", emulator_figures), ("gateway", gateway_figures)):
+            print(f"{name:>10} {row.rps:>8.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f}")
+        share = gateway_figures.rps / emulator_figures.rps
+        print(
+            f"{'':>10} gateway/emulator RPS {share:.2f} (goal >= {GOAL_STATUS_SHARE}), "
+            f"p99 {gateway_figures.p99_ms:.0f} ms (goal < {GOAL_STATUS_P99_MS:.0f} ms)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="10000,50000,300000", help="request counts, comma-separated")
+    parser.add_argument("--million", action="store_true", help="add a 1,000,000-request job")
+    parser.add_argument("--rounds", type=int, default=1, help="floor/gateway pairs per size (default 1)")
+    parser.add_argument("--status-seconds", type=float, default=5.0, help="length of each status-read run")
+    parser.add_argument("--database-url", help="the gateway's database (default: SQLite in a temporary folder)")
+    args = parser.parse_args(argv)
+    args.sizes = [int(size) for size in args.sizes.split(",")] + ([1_000_000] if args.million else [])
+    with tempfile.TemporaryDirectory(prefix="bench-floor-") as folder:
+        sizes, status = measure(args, Path(folder))
+    report(sizes, status)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
