@@ -3,7 +3,7 @@
 Error responses are documented in OpenAI's shape (the framework's default describes its own error
 body, which the gateway never sends); the bodies that handlers read themselves (the multipart
 upload and the JSON bodies parsed by :mod:`gateway.api.inputs`) are documented here; both keys are
-documented as bearer schemes.
+documented as bearer schemes, and a client key also as the ``x-api-key`` header.
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 
 from gateway.api.inputs import MAX_DB_INT
 
-CLIENT_SECURITY: list[dict[str, list[str]]] = [{"clientKey": []}]
+CLIENT_SECURITY: list[dict[str, list[str]]] = [{"clientKey": []}, {"clientApiKey": []}]
+"""A client key, as a bearer token or (as Anthropic's clients send it) in ``x-api-key``: either one."""
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminKey": []}]
 COMPONENTS = Components(
     security_schemes={
         "clientKey": SecurityScheme(type="http", scheme="bearer", description="A client key (`bgw-...`)."),
+        "clientApiKey": SecurityScheme(
+            type="apiKey", name="x-api-key", security_scheme_in="header", description="A client key, as `x-api-key`."
+        ),
         "adminKey": SecurityScheme(type="http", scheme="bearer", description="The admin key (BATCHGW_ADMIN_KEY)."),
     }
 )

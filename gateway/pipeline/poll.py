@@ -1,14 +1,15 @@
 """Stage 5 of the data path: follow a submitted shard until its provider batch ends.
 
-Polls back off from ``provider_poll_min_s`` to ``provider_poll_max_s``, so the cost grows with
-the number of shards in flight, not with requests. A cancel, the end of the completion window or a hard
-budget (:mod:`gateway.billing.guard`: spent, or no longer able to take the batch) is passed on to the
-provider here as a cancel; results already finished are kept either way. A provider that
-answers 429 is waited out (its Retry-After honoured); one that stays unreachable for
-``routing.provider_down_failover_s`` loses the shard only if another provider is healthy right now
-(:func:`gateway.pipeline.lifecycle.may_leave_provider`), and the abandoned provider batch stays owned:
-cancelled, polled and billed (:mod:`gateway.pipeline.settle`). A finished provider batch goes to
-collection (state ``collecting``).
+Polls back off from ``provider_poll_min_s`` to ``provider_poll_max_s``, so the cost grows with the
+number of shards in flight, not with requests; when the provider reports progress, the next poll comes
+when that progress says the batch will be done, if that is sooner (:func:`next_poll_in`). A cancel,
+the end of the completion window or a hard budget (:mod:`gateway.billing.guard`: spent, or no longer
+able to take the batch) is passed on to the provider here as a cancel; results already finished are
+kept either way. A provider that answers 429 is waited out (its Retry-After honoured); one that stays
+unreachable for ``routing.provider_down_failover_s`` loses the shard only if another provider is
+healthy right now (:func:`gateway.pipeline.lifecycle.may_leave_provider`), and the abandoned provider
+batch stays owned: cancelled, polled and billed (:mod:`gateway.pipeline.settle`). A finished provider
+batch goes to collection (state ``collecting``).
 """
 
 from __future__ import annotations
@@ -138,8 +139,11 @@ async def _progress(
             await end_shard(context, shard, lease, reason="stalled", error=reason)
             return
     settings = context.settings.worker
-    delay = min(settings.provider_poll_max_s, max(settings.provider_poll_min_s, shard.poll_delay_s * 2))
+    backoff = min(settings.provider_poll_max_s, max(settings.provider_poll_min_s, shard.poll_delay_s * 2))
     done = status.completed + status.failed
+    before = shard.progress_completed + shard.progress_failed
+    since = shard.last_progress_at or shard.submitted_at
+    delay = next_poll_in(backoff, settings.provider_poll_min_s, before, since, done, shard.request_count, now)
     detail = (
         f"running at {shard.provider} (status {status.raw_status}): {done} of {shard.request_count} requests done; "
         f"next check at {at(now + delay)}"
@@ -154,7 +158,7 @@ async def _progress(
             progress_failed=status.failed,
             last_progress_at=last_progress,
             unavailable_since=None,
-            poll_delay_s=delay,
+            poll_delay_s=backoff,
             next_action_at=now + delay,
             wait_code="provider_turnaround",
             wait_detail=detail,
@@ -162,6 +166,31 @@ async def _progress(
         if saved:
             await shard_db.lock_batch(session, shard.batch_id)
             await shard_db.refresh_batch_progress(session, shard.batch_id)
+
+
+def next_poll_in(
+    backoff_s: float, min_s: float, done_before: int, since: float | None, done_now: int, total: int, now: float
+) -> float:
+    """Seconds until the next poll: the backoff, or sooner when the provider's own progress says the batch
+    ends sooner.
+
+    From the requests done since the last progress (``done_before`` at ``since``), the rate so far gives
+    when the rest will be done; the poll comes a tenth later than that, never sooner than ``min_s``. Once
+    every request is done, the polls start again from ``min_s`` and double while the provider writes its
+    output. The backoff itself keeps growing, so a provider that reports no progress is asked ever less
+    often.
+    """
+    if since is None or now <= since:
+        return backoff_s
+    if done_now >= total:
+        # Every request is done and the provider is writing its output: ask again soon, then less often
+        # the longer that takes (``since`` is when the last request was seen done).
+        writing_s = now - since if done_now == done_before else 0.0
+        return max(min_s, min(backoff_s, writing_s))
+    if done_now <= done_before:
+        return backoff_s
+    rate = (done_now - done_before) / (now - since)
+    return max(min_s, min(backoff_s, (total - done_now) / rate * 1.1))
 
 
 async def _unreachable(

@@ -84,6 +84,13 @@ def test_openapi_schema_describes_the_client_api(gateway: GatewayProcess) -> Non
         ("/readyz", "get"),
     }
     assert expected <= operations
+    # A client key goes as a bearer token or, as Anthropic's clients send it, in x-api-key: both documented.
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["clientApiKey"] == {
+        "type": "apiKey", "name": "x-api-key", "in": "header", "description": "A client key, as `x-api-key`."
+    }  # fmt: skip
+    for path in ("/v1/batches/{batch_id}", "/v1/messages/batches/{message_batch_id}"):
+        assert schema["paths"][path]["get"]["security"] == [{"clientKey": []}, {"clientApiKey": []}], path
 
 
 @pytest.mark.parametrize(

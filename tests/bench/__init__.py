@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +14,11 @@ from pathlib import Path
 
 import httpx
 import psutil
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
+from gateway.db.engine import upgrade_to_head
+from gateway.settings import async_database_url
 from tests.conftest import free_port
 
 
@@ -95,3 +100,26 @@ def emulator_process(folder: Path, name: str, models: list[str]) -> Iterator[Emu
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@contextmanager
+def fresh_database(url: str | None, workdir: Path) -> Iterator[tuple[str, str | None]]:
+    """A migrated database for one benchmark run: SQLite in ``workdir`` when ``url`` is None, else a database
+    created on ``url``'s PostgreSQL server and dropped afterwards. Yields its URL twice, the second None on SQLite."""
+    if url is None:
+        sqlite = f"sqlite:///{workdir / 'gateway.db'}"
+        upgrade_to_head(async_database_url(sqlite))
+        yield sqlite, None
+        return
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(make_url(async_database_url(url)), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    created = make_url(url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade_to_head(async_database_url(created))
+        yield created, created
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -23,26 +23,20 @@ import asyncio
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psutil
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from gateway.db.engine import create_engine as create_async_engine
-from gateway.db.engine import upgrade_to_head
 from gateway.providers.config import ProviderLimits
 from gateway.routing.limits import LocalTimeline, PacedLimiter, SharedTimeline
 from gateway.settings import WorkerSettings, async_database_url
+from tests.bench import emulator_process, fresh_database
 from tests.conftest import GatewayProcess, free_port
 from tests.engine import CHAT, worker_process
 
@@ -92,36 +86,6 @@ def figures(label: str, limit_rpm: int, stamps: list[float]) -> Figures:
 # --- through the gateway ------------------------------------------------------------------------------------
 
 
-@contextmanager
-def emulator(workdir: Path) -> Iterator[tuple[str, str, psutil.Process]]:
-    """An emulated provider in a process of its own; yields its base URL, control URL and process."""
-    port, control = free_port(), free_port()
-    config = workdir / "emulator.toml"
-    config.write_text(
-        f'control_port = {control}\n\n[[provider]]\nname = "{EMULATOR}"\nport = {port}\nmodels = ["gpt-4o-mini"]\n'
-    )
-    log = (workdir / "emulator.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "simulate", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
-    control_url = f"http://127.0.0.1:{control}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{control_url}/providers", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the emulator did not start:\n" + (workdir / "emulator.log").read_text())
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/v1", control_url, psutil.Process(process.pid)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-
-
 def provider_file(path: Path, base_url: str, rpm: int, concurrency: int) -> None:
     """A gateway configuration with one synchronous provider on the emulator."""
     path.write_text(
@@ -155,7 +119,9 @@ def through_gateway(label: str, rpm: int, count: int, concurrency: int, workdir:
     """One batch of ``count`` requests through a fresh gateway (API + one worker) at a limit of ``rpm``."""
     run = workdir / label
     run.mkdir()
-    with emulator(run) as (base_url, control_url, emulator_process):
+    with emulator_process(run, EMULATOR, ["gpt-4o-mini"]) as emulator:
+        base_url, control_url = emulator.base_url, emulator.control_url
+        emulator_proc = psutil.Process(emulator.pid)
         provider_file(run / "providers.toml", base_url, rpm, concurrency)
         defaults = WorkerSettings()
         env = {
@@ -174,12 +140,12 @@ def through_gateway(label: str, rpm: int, count: int, concurrency: int, workdir:
             assert worker.process is not None
             time.sleep(3.0)  # the worker's start-up (imports, migrations) is not fan-out time
             worker_proc = psutil.Process(worker.process.pid)
-            worker_cpu, emulator_cpu = _cpu(worker_proc), _cpu(emulator_process)
+            worker_cpu, emulator_cpu = _cpu(worker_proc), _cpu(emulator_proc)
             batch = client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
             while batch.status not in ("completed", "failed", "expired", "cancelled"):
                 time.sleep(0.5)
                 batch = client.batches.retrieve(batch.id)
-            worker_cpu, emulator_cpu = _cpu(worker_proc) - worker_cpu, _cpu(emulator_process) - emulator_cpu
+            worker_cpu, emulator_cpu = _cpu(worker_proc) - worker_cpu, _cpu(emulator_proc) - emulator_cpu
             if batch.status != "completed":
                 raise RuntimeError(f"the batch ended {batch.status}: {batch.errors}\n{worker.log()[-4000:]}")
             log = httpx.get(f"{control_url}/providers/{EMULATOR}/log", timeout=60).json()["data"]
@@ -241,28 +207,6 @@ async def limiters_alone(high: int, low: int, database_url: str | None) -> list[
 
 
 # --- databases and the report -------------------------------------------------------------------------------
-
-
-@contextmanager
-def fresh_database(url: str | None, workdir: Path) -> Iterator[tuple[str, str | None]]:
-    """The gateway's database URL (migrated) and, on PostgreSQL, the same for the limiter-alone runs."""
-    if url is None:
-        sqlite = f"sqlite:///{workdir / 'gateway.db'}"
-        upgrade_to_head(async_database_url(sqlite))
-        yield sqlite, None
-        return
-    name = f"bench_fanout_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(make_url(async_database_url(url)), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    created = make_url(url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade_to_head(async_database_url(created))
-        yield created, created
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def report(title: str, rows: list[Figures], per_request_cpu: bool) -> None:

@@ -9,11 +9,12 @@ official ``openai`` client runs the same job both ways, interleaved (floor, gate
 than the provider's 50,000-request limit is run at the floor as 50,000-request jobs one after another
 (what a client without the gateway would do), and its floor is their summed time.
 
-Printed per size: both times and their ratio, the gateway's upload and validation throughput, its CPU
-seconds (API + worker) per 100,000 requests and the peak RSS of each process. Then status reads of a
-completed batch with 32 connections for ``--status-seconds``, emulator and gateway interleaved: requests
-per second and p50/p99 latency of each. MB means 10^6 bytes. The client runs in this process, so the
-figures include its own cost on both sides alike.
+Printed per size: both times and their ratio; the input's MB over the time from the upload's start
+to the batch leaving ``validating``, as the client sees it (so it includes the worker noticing the new
+batch); the gateway's CPU seconds (API + worker) per 100,000 requests; the peak RSS of each process.
+Then status reads of a completed batch with 32 connections for ``--status-seconds``, emulator and
+gateway interleaved: requests per second and p50/p99 latency of each. MB means 10^6 bytes. The client
+runs in this process, so the figures include its own cost on both sides alike.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import openai
 import psutil
 
 from gateway.settings import WorkerSettings
-from tests.bench import EmulatorProcess, RssSampler, emulator_process
+from tests.bench import EmulatorProcess, RssSampler, emulator_process, fresh_database
 from tests.bench.bench_engine import write_input
 from tests.conftest import GatewayProcess, free_port
 from tests.engine import worker_process
@@ -201,7 +202,7 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], li
         emulator = stack.enter_context(emulator_process(root, "floor", ["gpt-4o-mini"]))
         gateway_dir = root / "gateway"
         gateway_dir.mkdir()
-        database_url = args.database_url or f"sqlite:///{gateway_dir / 'gateway.db'}"
+        database_url, _ = stack.enter_context(fresh_database(args.database_url, gateway_dir))
         api = GatewayProcess(
             data_dir=gateway_dir, database_url=database_url, port=free_port(), extra_env=gateway_env(root, emulator)
         )
@@ -302,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--million", action="store_true", help="add a 1,000,000-request job")
     parser.add_argument("--rounds", type=int, default=1, help="floor/gateway pairs per size (default 1)")
     parser.add_argument("--status-seconds", type=float, default=5.0, help="length of each status-read run")
-    parser.add_argument("--database-url", help="the gateway's database (default: SQLite in a temporary folder)")
+    parser.add_argument(
+        "--database-url", help="a PostgreSQL server to create the gateway's database on (default: SQLite)"
+    )
     args = parser.parse_args(argv)
     args.sizes = [int(size) for size in args.sizes.split(",")] + ([1_000_000] if args.million else [])
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as folder:
