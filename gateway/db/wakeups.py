@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 import psycopg
-from sqlalchemy import case, func
+from sqlalchemy import ColumnElement, case, func
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select, text
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -49,15 +49,19 @@ async def notify(engine: AsyncEngine) -> None:
         await connection.commit()
 
 
+def conninfo(engine: AsyncEngine) -> str:
+    """The engine's database as a plain psycopg connection string (a listener needs its own connection)."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 async def listen(engine: AsyncEngine, on_wake: Callable[[], None], stop: asyncio.Event) -> None:
     """Call ``on_wake`` for every other process's notification until ``stop`` is set; reconnects on errors.
 
     ``on_wake`` is also called after each (re)connect: notifications sent while disconnected are lost.
     """
-    conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     while not stop.is_set():
         try:
-            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
+            async with await psycopg.AsyncConnection.connect(conninfo(engine), autocommit=True) as connection:
                 await connection.execute(f"LISTEN {CHANNEL}")
                 on_wake()
                 while not stop.is_set():
@@ -77,7 +81,10 @@ async def next_due_at(session: AsyncSession, batch_stages: Sequence[str], shard_
     waiting at all.
     """
     earliest: list[float] = []
-    for table, where in ((Batch, col(Batch.stage).in_(batch_stages)), (Shard, col(Shard.state).in_(shard_states))):
+    tables: list[tuple[type[Batch] | type[Shard], ColumnElement[bool]]] = []
+    tables += [(Batch, col(Batch.stage).in_(batch_stages))] if batch_stages else []
+    tables += [(Shard, col(Shard.state).in_(shard_states))] if shard_states else []  # a lane claims one table
+    for table, where in tables:
         lease_end, next_action = col(table.lease_expires_at), col(table.next_action_at)
         claimable = case((lease_end > next_action, lease_end), else_=next_action)
         value = (await session.exec(select(func.min(claimable)).where(where))).one()

@@ -110,7 +110,7 @@ async def _notified(tmp_path: Path) -> None:
         received: list[str] = []
 
         async def spy() -> None:
-            conninfo = context.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            conninfo = wakeups.conninfo(context.engine)
             async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
                 await connection.execute(f"LISTEN {wakeups.CHANNEL}")
                 ready.set()
