@@ -84,6 +84,10 @@ def serve(
         log_level=settings.log_level.lower(),
         log_config=None,  # keep the gateway's log format (gateway.logs) for the server's lines too
         access_log=False,
+        # The standard loop, not uvloop: under uvloop a provider connection reset right after it opened
+        # surfaces from the HTTP client as an AttributeError (the closed transport has no socket to
+        # describe) instead of a connection error, so the call is not treated as the outage it is.
+        loop="asyncio",
     )
 
 
