@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -80,8 +80,15 @@ def running_now(batches: list[dict[str, Any]]) -> None:
                 left.markdown(f"{':warning: ' if problem else ''}**Waiting:** {waiting['detail']}")
 
 
-def table(status: str, team: str, provider: str, since: int | None) -> bool:
-    """Render the summary, running jobs and table; True while some listed job still runs."""
+class Listing(NamedTuple):
+    """The jobs listed, and whether the gateway has more than it sent."""
+
+    batches: list[dict[str, Any]]
+    has_more: bool
+
+
+def fetch_jobs(status: str, team: str, provider: str, since: int | None) -> Listing | None:
+    """The newest 100 jobs matching the filters (None when the gateway could not be read: the error is shown)."""
     page = ui.fetch(
         lambda: ui.client().batches(
             limit=100, status=status or None, team=team or None, provider=provider or None, since=since
@@ -89,11 +96,24 @@ def table(status: str, team: str, provider: str, since: int | None) -> bool:
         "jobs",
     )
     if page is None:
-        return False
+        return None
     batches = [b for b in page.get("data", []) if matches(b, team, provider, since)]
+    return Listing(batches, bool(page.get("has_more")))
+
+
+def any_running(listing: Listing | None) -> bool:
+    """Whether some listed job still runs."""
+    return listing is not None and any(b.get("status") in fmt.RUNNING for b in listing.batches)
+
+
+def table(listing: Listing | None) -> None:
+    """Render the summary, running jobs and table."""
+    if listing is None:
+        return
+    batches = listing.batches
     if not batches:
         st.info("No jobs match these filters yet. Submit a batch through /v1/batches and it appears here.")
-        return False
+        return
     by_status = pd.Series([b.get("status") for b in batches]).value_counts()
     cols = st.columns(4)
     cols[0].metric("Jobs listed", len(batches))
@@ -103,12 +123,11 @@ def table(status: str, team: str, provider: str, since: int | None) -> bool:
     running_now(batches)
     st.subheader("All jobs")
     st.dataframe(pd.DataFrame([row(b) for b in batches]), column_config=COLUMNS, hide_index=True, key="jobs_table")
-    if page.get("has_more"):
+    if listing.has_more:
         st.caption("Showing the newest 100 jobs; narrow the filters to see older ones.")
     if all(b.get("providers") is None for b in batches):
         st.caption("Routing and cost columns: not available on this gateway yet.")
     st.caption(f"Updated {fmt.when(time.time())} UTC")
-    return any(b.get("status") in fmt.RUNNING for b in batches)
 
 
 st.title("Jobs")
@@ -124,15 +143,19 @@ auto = filters[4].toggle("Live", value=True, key="jobs_auto", help=f"Every {REFR
 window = PERIODS[period]
 since = int(time.time()) - window if window else None
 
-live = table(status, team, provider, since)
-if live and auto:
+jobs = fetch_jobs(status, team, provider, since)
+if auto and any_running(jobs):
+    first = [jobs]
 
     @st.fragment(run_every=REFRESH_S)
-    def _refresh() -> None:
-        # Rerun the page while jobs run; once none does, the rerun renders without the timer.
-        if st.session_state.get("_jobs_tick"):
-            st.rerun(scope="app")
-        st.session_state["_jobs_tick"] = True
+    def _live() -> None:
+        # Only this part reruns while jobs run. A whole-app rerun on a timer would race a click on a job's
+        # link, and the click could be lost (the rerun keeps the visitor on this page).
+        current = first.pop() if first else fetch_jobs(status, team, provider, since)
+        table(current)
+        if current is not None and not any_running(current):
+            st.rerun(scope="app")  # nothing runs any more: draw the page once more, without the timer
 
-    st.session_state["_jobs_tick"] = False
-    _refresh()
+    _live()
+else:
+    table(jobs)

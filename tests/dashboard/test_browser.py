@@ -61,6 +61,14 @@ def test_jobs_page_shows_the_batch_and_cancel_works(seeded: Seeded, dashboard_ur
             assert page.get_by_text("Running now (1)").is_visible()
             _shot(page, "jobs")
 
+            # While a job runs the list refreshes on its own, and a click on a job still lands on it.
+            updated = page.get_by_text("Updated ").last
+            before = updated.inner_text()
+            page.wait_for_function(
+                "before => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith('Updated ')"
+                " && p.innerText !== before)",
+                arg=before,
+            )
             running.click()
             page.get_by_role("heading", name=f"Job {seeded.running.id}").wait_for()
             assert "batch=" + seeded.running.id in page.url
@@ -126,7 +134,7 @@ def _app_frame_problems(page: Any, gateway_url: str) -> list[str]:
         if missing:
             problems.append(f"the navigation lacks {missing}")
     try:
-        page.get_by_test_id("stSidebar").get_by_text(gateway_url).first.wait_for(timeout=2_000)
+        page.get_by_test_id("stSidebar").get_by_text(gateway_url).first.wait_for(timeout=10_000)
     except Timeout:
         problems.append("no gateway caption")
     width = page.get_by_test_id("stMainBlockContainer").first.bounding_box()["width"]
