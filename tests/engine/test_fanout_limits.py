@@ -116,8 +116,12 @@ def test_four_workers_together_keep_the_providers_rate(
     per_two_seconds = busiest(stamps, 2.0)
     bound = math.ceil(2 * RPM / 60 * 1.25)
     assert per_two_seconds <= bound, f"{per_two_seconds} requests in two seconds, limit {2 * RPM / 60:g}"
-    # No burst at start: the first second after the first request holds one second's worth.
-    assert sum(1 for t in stamps if t < stamps[0] + 1.0) <= math.ceil(RPM / 60) + 1
+    # No burst at start: the first second after the first request holds one second's worth, plus one for the
+    # timeline's own tolerance and one for a stamp held back while the emulator was stalled (requests queued
+    # behind a stall are stamped together; once seen on the loaded two-core machine: 12 for 11). Any burst
+    # shows more: four workers that each sent one request outside the timeline would make 14.
+    first_second = sum(1 for t in stamps if t < stamps[0] + 1.0)
+    assert first_second <= math.ceil(RPM / 60) + 2, f"{first_second} requests in the first second"
     assert stamps[-1] - stamps[0] > 60.0, "the job should run over a minute"
     # Not merely slow: together the workers came close to the limit.
     assert per_minute >= RPM * 0.8, f"only {per_minute} requests in the busiest minute: the workers held back"
