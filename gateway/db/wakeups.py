@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-import psycopg
 from sqlalchemy import ColumnElement, case, func
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select, text
@@ -59,6 +58,8 @@ async def listen(engine: AsyncEngine, on_wake: Callable[[], None], stop: asyncio
 
     ``on_wake`` is also called after each (re)connect: notifications sent while disconnected are lost.
     """
+    import psycopg  # here, not at the top: only PostgreSQL deployments listen, and it costs every start
+
     while not stop.is_set():
         try:
             async with await psycopg.AsyncConnection.connect(conninfo(engine), autocommit=True) as connection:
