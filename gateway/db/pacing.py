@@ -79,6 +79,11 @@ async def pause(connection: AsyncConnection, provider: str, seconds: float) -> t
     return float(ends or 0.0), float(at)
 
 
+async def clock(connection: AsyncConnection) -> float:
+    """The database's clock now, as Unix seconds."""
+    return float((await connection.execute(sa_select(database_now()))).scalar_one())
+
+
 async def paused_until(connection: AsyncConnection, provider: str) -> tuple[float, float]:
     """When the provider's 429 pause ends (0 if it never had one) and the database's "now"."""
     ends, at = (await connection.execute(sa_select(rate_limited_until(provider), database_now()))).one()

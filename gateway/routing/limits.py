@@ -33,7 +33,8 @@ late add at most ``requests_per_minute / 30,000`` (0.2%). A stalled process lose
   processes follow each other on the one line, so together they keep the limits exactly, whatever the
   number of replicas. A stretch reserved and not used (request cancelled, process killed) is lost: mistakes
   only ever fall below the limit. Times are the database's clock; each process places them on its own
-  (:class:`DatabaseClock`), so nodes' clocks need not agree.
+  (:class:`DatabaseClock`, learnt from a few round trips before the first reservation and kept fresh by every
+  one after), so nodes' clocks need not agree.
 
 **The 429 pause.** :meth:`RequestLimiter.rate_limited` moves the provider's pause end forward (never back)
 for every process: the shared timeline writes it to the database at once, and no reservation starts inside
@@ -61,7 +62,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.db import pacing as pacing_db
 from gateway.providers.base import ProviderAdapter
@@ -85,6 +86,10 @@ MAX_LATE_S = 0.05
 """The latest a request may leave after its moment: half its stretch, within MIN_LATE_S and MAX_LATE_S."""
 MIN_LATE_S = 0.002
 """At high rates half a stretch is shorter than a busy event loop's lag: this much is always allowed."""
+CLOCK_PROBES = 3
+"""Round trips a shared timeline spends reading the database's clock before it first places a time on it: the
+first reading alone may have come back late (a busy process) and would place this process's moments off by
+up to half its round trip, while every other process keeps its own."""
 CLOCK_AGING = 1e-3
 """Seconds per second by which a measured database round trip counts as slower as it ages."""
 _SLACK_S = 1e-6
@@ -189,9 +194,11 @@ class DatabaseClock:
         self.offset = 0.0
         self.round_trip = math.inf
         self.measured_at = -math.inf
+        self.observations = 0
 
     def observe(self, database_now: float, sent: float, received: float) -> None:
         """Learn from one round trip: ``database_now`` was read between ``sent`` and ``received`` (monotonic)."""
+        self.observations += 1
         aged = self.round_trip + (received - self.measured_at) * CLOCK_AGING
         if received - sent <= aged:
             self.offset = database_now - (sent + received) / 2
@@ -212,6 +219,7 @@ class SharedTimeline(Timeline):
 
     async def reserve(self, seconds: float) -> tuple[float, float]:
         async with self.engine.connect() as connection:
+            await self._learn_clock(connection)
             sent = time.monotonic()
             start, pause_ends, now = await pacing_db.reserve(connection, self.provider, seconds)
             self.clock.observe(now, sent, time.monotonic())
@@ -219,6 +227,7 @@ class SharedTimeline(Timeline):
 
     async def pause(self, seconds: float) -> float:
         async with self.engine.connect() as connection:
+            await self._learn_clock(connection)
             sent = time.monotonic()
             pause_ends, now = await pacing_db.pause(connection, self.provider, seconds)
             self.clock.observe(now, sent, time.monotonic())
@@ -226,10 +235,18 @@ class SharedTimeline(Timeline):
 
     async def paused_until(self) -> float:
         async with self.engine.connect() as connection:
+            await self._learn_clock(connection)
             sent = time.monotonic()
             pause_ends, now = await pacing_db.paused_until(connection, self.provider)
             self.clock.observe(now, sent, time.monotonic())
         return self.clock.local(pause_ends)
+
+    async def _learn_clock(self, connection: AsyncConnection) -> None:
+        """Read the database's clock until :data:`CLOCK_PROBES` round trips were seen (once per process)."""
+        while self.clock.observations < CLOCK_PROBES:
+            sent = time.monotonic()
+            now = await pacing_db.clock(connection)
+            self.clock.observe(now, sent, time.monotonic())
 
 
 class PacedLimiter:

@@ -25,6 +25,7 @@ from gateway.db.engine import create_engine, upgrade_to_head
 from gateway.providers.config import ProviderConfig, ProviderLimits
 from gateway.providers.openai_sync import OpenAISyncAdapter
 from gateway.routing.limits import (
+    CLOCK_PROBES,
     MAX_LATE_S,
     PAUSE_FRESH_S,
     LocalTimeline,
@@ -235,6 +236,24 @@ async def test_chunks_of_several_processes_sum_within_the_limit(limiters: Limite
     # A floor, not a figure: on a loaded two-core machine the database round trips slow the callers down.
     came = sum(1 for t in stamps if t < stamps[0] + 2.0)
     assert came >= 0.5 * 2.0 * rpm / 60, "the processes together fell well below the limit"
+
+
+@pytest.mark.usefixtures("shared")
+async def test_a_process_reads_the_database_clock_several_times_before_placing_its_first_moment(
+    limiters: Limiters,
+) -> None:
+    timeline = limiters(requests_per_minute=600).timeline
+    assert isinstance(timeline, SharedTimeline)
+    await timeline.reserve(0.1)
+    clock = timeline.clock
+    assert clock.observations == CLOCK_PROBES + 1, "the first reservation came after the clock readings"
+    # The database runs on this machine: its clock is this machine's wall clock, so the learnt offset between
+    # it and this process's monotonic clock must match the one read here, within the best round trip.
+    offset_here = time.time() - time.monotonic()
+    assert abs(clock.offset - offset_here) <= clock.round_trip / 2 + 0.005, (clock.offset, offset_here)
+    await timeline.reserve(0.1)
+    await timeline.paused_until()
+    assert clock.observations == CLOCK_PROBES + 3, "later calls read the clock once more each"
 
 
 @pytest.mark.usefixtures("shared")
