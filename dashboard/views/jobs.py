@@ -145,7 +145,7 @@ since = int(time.time()) - window if window else None
 
 jobs = fetch_jobs(status, team, provider, since)
 if auto and any_running(jobs):
-    first = [jobs]
+    first = [jobs]  # the full run draws what it fetched; each timer rerun fetches afresh
 
     @st.fragment(run_every=REFRESH_S)
     def _live() -> None:

@@ -79,9 +79,9 @@ async def pause(connection: AsyncConnection, provider: str, seconds: float) -> t
     return float(ends or 0.0), float(at)
 
 
-async def clock(connection: AsyncConnection) -> float:
-    """The database's clock now, as Unix seconds."""
-    return float((await connection.execute(sa_select(database_now()))).scalar_one())
+async def clock(connection: AsyncConnection) -> tuple[float]:
+    """The database's "now" alone, as Unix seconds (a reading to learn its clock from)."""
+    return (float((await connection.execute(sa_select(database_now()))).scalar_one()),)
 
 
 async def paused_until(connection: AsyncConnection, provider: str) -> tuple[float, float]:

@@ -57,7 +57,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
@@ -209,6 +209,10 @@ class DatabaseClock:
         return database_time - self.offset
 
 
+DatabaseQuery = Callable[[AsyncConnection], Awaitable[tuple[float, ...]]]
+"""A statement of :mod:`gateway.db.pacing`: times of the database's clock, its "now" last."""
+
+
 class SharedTimeline(Timeline):
     """A provider's timeline in the database, shared by every process on it (PostgreSQL)."""
 
@@ -218,35 +222,31 @@ class SharedTimeline(Timeline):
         self.clock = DatabaseClock()
 
     async def reserve(self, seconds: float) -> tuple[float, float]:
-        async with self.engine.connect() as connection:
-            await self._learn_clock(connection)
-            sent = time.monotonic()
-            start, pause_ends, now = await pacing_db.reserve(connection, self.provider, seconds)
-            self.clock.observe(now, sent, time.monotonic())
-        return self.clock.local(start), self.clock.local(pause_ends)
+        start, pause_ends = await self._ask(lambda connection: pacing_db.reserve(connection, self.provider, seconds))
+        return start, pause_ends
 
     async def pause(self, seconds: float) -> float:
-        async with self.engine.connect() as connection:
-            await self._learn_clock(connection)
-            sent = time.monotonic()
-            pause_ends, now = await pacing_db.pause(connection, self.provider, seconds)
-            self.clock.observe(now, sent, time.monotonic())
-        return self.clock.local(pause_ends)
+        (pause_ends,) = await self._ask(lambda connection: pacing_db.pause(connection, self.provider, seconds))
+        return pause_ends
 
     async def paused_until(self) -> float:
-        async with self.engine.connect() as connection:
-            await self._learn_clock(connection)
-            sent = time.monotonic()
-            pause_ends, now = await pacing_db.paused_until(connection, self.provider)
-            self.clock.observe(now, sent, time.monotonic())
-        return self.clock.local(pause_ends)
+        (pause_ends,) = await self._ask(lambda connection: pacing_db.paused_until(connection, self.provider))
+        return pause_ends
 
-    async def _learn_clock(self, connection: AsyncConnection) -> None:
-        """Read the database's clock until :data:`CLOCK_PROBES` round trips were seen (once per process)."""
-        while self.clock.observations < CLOCK_PROBES:
-            sent = time.monotonic()
-            now = await pacing_db.clock(connection)
-            self.clock.observe(now, sent, time.monotonic())
+    async def _ask(self, query: DatabaseQuery) -> list[float]:
+        """Run ``query``, first reading the database's clock until :data:`CLOCK_PROBES` round trips were seen
+        (once per process); its times, on this process's clock."""
+        async with self.engine.connect() as connection:
+            while self.clock.observations < CLOCK_PROBES:
+                await self._timed(connection, pacing_db.clock)
+            return await self._timed(connection, query)
+
+    async def _timed(self, connection: AsyncConnection, query: DatabaseQuery) -> list[float]:
+        """Run ``query`` (its last value is the database's "now"), learning the clock from its round trip."""
+        sent = time.monotonic()
+        *times, now = await query(connection)
+        self.clock.observe(now, sent, time.monotonic())
+        return [self.clock.local(value) for value in times]
 
 
 class PacedLimiter:
