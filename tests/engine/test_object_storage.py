@@ -97,7 +97,10 @@ def job_keys(
         keys = set(s3_server.keys(bucket, f"{PREFIX}/"))
         shards = {k for k in keys if k.startswith(f"{PREFIX}/shards/{batch.id}/")}
         intermediate = {k for k in shards if not k.endswith(".in.jsonl")}
-        if not intermediate or time.monotonic() > deadline:  # shard results are removed just after the merge commits
+        # A shard's blobs (results, then input) are removed one by one just after the merge commits, so the batch
+        # reads completed a moment before they are gone. None of these jobs leaves an abandoned provider batch
+        # (whose input would be kept), so every one is waited for.
+        if not shards or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     return {
