@@ -40,6 +40,13 @@ PROVIDER_FAILURES = frozenset({"failed", "expired", "cancelled", "stalled", "aba
 """End reasons of a shard whose provider let it down as a whole (as opposed to single requests)."""
 
 
+def window_left_s(batch: Batch) -> float:
+    """Seconds until the batch's completion window closes (a day for a batch without one)."""
+    if batch.expires_at is None:
+        return 24 * 3600.0
+    return max(0.0, batch.expires_at - time.time())
+
+
 def batch_window_closed(batch: Batch) -> bool:
     """True once the batch's completion window has passed."""
     return batch.expires_at is not None and time.time() >= batch.expires_at

@@ -135,6 +135,7 @@ async def _create(context: GatewayContext, shard: Shard, batch: Batch, lease: Le
                     provider_model=shard.provider_model,
                     input_path=path,
                     request_count=shard.request_count,
+                    window_s=lifecycle.window_left_s(batch),
                     may_create=functools.partial(_still_owned, lease),
                 )
             )

@@ -59,6 +59,7 @@ from gateway.providers.base import (
     ProviderUnavailable,
     ShardSubmission,
     SubmitResult,
+    UnsupportedEndpoint,
 )
 from gateway.providers.http import HttpAdapter, file_chunks
 from gateway.providers.jsonl import encode_line
@@ -84,10 +85,14 @@ class AnthropicBatchAdapter(HttpAdapter):
 
     # ----------------------------------------------------------------- adapter contract
 
+    def serves(self, endpoint: str) -> bool:
+        """Chat only: Anthropic has no embeddings."""
+        return endpoint == CHAT
+
     async def submit(self, shard: ShardSubmission) -> SubmitResult:
         """Translate the shard and create one Message Batch from it."""
         if shard.endpoint != CHAT:
-            raise ProviderRejected(f"provider {self.name}: Anthropic batches serve only {CHAT}", status_code=400)
+            raise UnsupportedEndpoint(f"provider {self.name}: Anthropic batches serve only {CHAT}", status_code=400)
         with tempfile.NamedTemporaryFile(prefix="batchgw-anthropic-", suffix=".json") as out:
             body = await asyncio.to_thread(write_create_body, shard.input_path, out, self.default_max_tokens)
             if body.count == 0:

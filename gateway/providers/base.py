@@ -85,6 +85,11 @@ class CapabilityNotSupported(ProviderError):
     """This provider kind lacks the capability asked for (e.g. cancel on a sync endpoint)."""
 
 
+class UnsupportedEndpoint(CapabilityNotSupported, ProviderRejected):
+    """The shard's endpoint is one this provider does not serve; permanent, so the engine fails the shard.
+    Routing asks :meth:`ProviderAdapter.serves` first, so this only meets a provider pinned by hand."""
+
+
 class ProviderBatchState(enum.StrEnum):
     """Gateway-neutral state of one provider batch."""
 
@@ -122,7 +127,8 @@ class ShardSubmission:
     input_path: Path
     """OpenAI-format batch input lines, ``body.model`` already set to ``provider_model``."""
     request_count: int
-    completion_window: str = "24h"
+    window_s: float = 24 * 3600.0
+    """Seconds left of the client's completion window: the longest provider window that fits is asked for."""
     may_create: Callable[[], bool] = field(default=lambda: True, compare=False)
     """Asked right before each create call, after any upload: ``False`` raises :class:`SubmitWithdrawn`.
     The engine answers whether its worker still holds the shard's lease, so a worker frozen during the
@@ -190,6 +196,10 @@ class ProviderAdapter(abc.ABC):
     def name(self) -> str:
         """The provider's configured name."""
         return self.config.name
+
+    def serves(self, endpoint: str) -> bool:
+        """Whether this provider runs requests of ``endpoint`` (e.g. ``/v1/embeddings``); routing asks."""
+        return True
 
     def unsupported(self, what: str) -> CapabilityNotSupported:
         """The error of a capability this kind lacks."""

@@ -26,7 +26,6 @@ import httpx
 import msgspec
 
 from gateway.providers.base import (
-    CapabilityNotSupported,
     HealthReport,
     PollResult,
     ProviderAuthFailed,
@@ -36,6 +35,7 @@ from gateway.providers.base import (
     ProviderUnavailable,
     ShardSubmission,
     SubmitResult,
+    UnsupportedEndpoint,
 )
 from gateway.providers.gemini_wire import (
     DISPLAY_PREFIX,
@@ -66,10 +66,6 @@ INLINE_LIMIT_BYTES = 20 * 1024**2 - 64 * 1024
 """Gemini refuses create calls of 20 MB or more; the margin covers the envelope around the requests."""
 
 
-class UnsupportedEndpoint(CapabilityNotSupported, ProviderRejected):
-    """The shard's endpoint has no Gemini batch equivalent; permanent, so the engine fails the shard."""
-
-
 @dataclass
 class GeminiBatchAdapter(HttpAdapter):
     """A provider reached through the Gemini API's batch mode (``base_url`` without ``/v1beta``)."""
@@ -80,6 +76,10 @@ class GeminiBatchAdapter(HttpAdapter):
     max_list_pages: int = 20
     """Pages of ``GET /v1beta/batches`` searched by :meth:`find_submitted`."""
     list_page_size: int = 100
+
+    def serves(self, endpoint: str) -> bool:
+        """Chat only: Gemini's embeddings batches take another request shape, not translated yet."""
+        return endpoint == CHAT_ENDPOINT
 
     async def submit(self, shard: ShardSubmission) -> SubmitResult:
         """Translate the shard, send it inline or as an uploaded file, and create the batch."""

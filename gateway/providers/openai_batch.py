@@ -1,18 +1,20 @@
 """Adapter for every provider that speaks OpenAI's Files + Batches protocol.
 
 One class serves OpenAI, Azure OpenAI (``/openai/v1``), Groq (``/openai/v1``) and Together: the
-``base_url`` of the provider's configuration selects the service, and the wire dialects are
-reconciled by the pure transforms in :mod:`gateway.providers.openai_wire`. Retries, downloads and
-error hygiene come from :class:`gateway.providers.http.HttpAdapter`.
+``base_url`` of the provider's configuration selects the service, its ``dialect`` option names
+where the service departs from OpenAI's format (a row of
+:data:`gateway.providers.openai_wire.DIALECTS`), and the pure transforms of that module read every
+dialect's answers. Retries, downloads and error hygiene come from
+:class:`gateway.providers.http.HttpAdapter`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 from gateway.providers.base import (
@@ -23,22 +25,32 @@ from gateway.providers.base import (
     ProviderUnavailable,
     ShardSubmission,
     SubmitResult,
+    UnsupportedEndpoint,
 )
 from gateway.providers.http import HttpAdapter, Multipart
 from gateway.providers.openai_wire import (
+    DIALECTS,
+    BatchPage,
+    Dialect,
+    DialectName,
     batch_error_summary,
     cancel_refusal_is_benign,
+    find_batch_on_file,
     find_batch_with_token,
+    find_upload_of,
     map_batch_status,
     normalise_output_line,
     parse_batch_page,
     parse_request_counts,
     submit_metadata,
     unwrap_batch,
+    upload_name,
 )
 from gateway.translate import MalformedResult
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _CANCEL_REFUSED_STATUS = frozenset({400, 409})
 
@@ -48,29 +60,52 @@ class OpenAIBatchAdapter(HttpAdapter):
     """A provider reached through OpenAI's ``/files`` and ``/batches`` endpoints."""
 
     kind: ClassVar[str] = "openai"
+    dialect: DialectName = "openai"
+    """Where the provider departs from OpenAI's format: ``azure``, ``groq`` or ``together``."""
     max_list_pages: int = 20
     """Pages of ``GET /batches`` (100 each, newest first) searched by :meth:`find_submitted`."""
 
+    def __post_init__(self) -> None:
+        if self.dialect not in DIALECTS:
+            known = ", ".join(DIALECTS)
+            raise ValueError(f"provider {self.name}: unknown dialect {self.dialect!r}; dialects: {known}")
+
+    @property
+    def wire(self) -> Dialect:
+        """This provider's row of the dialect table."""
+        return DIALECTS[self.dialect]
+
+    def serves(self, endpoint: str) -> bool:
+        """Whether the provider's batches take ``endpoint`` (Groq and Together: chat only)."""
+        return endpoint in self.wire.endpoints
+
     async def submit(self, shard: ShardSubmission) -> SubmitResult:
-        """Upload the shard file, then create a batch tagged with the shard's submit token."""
-        upload = Multipart(
-            shard.input_path, f"{shard.input_path.stem}.jsonl", "application/jsonl", {"purpose": "batch"}
-        )
+        """Upload the shard file under a name that carries its submit token, then create a batch tagged
+        with the token (where the provider keeps ``metadata``)."""
+        if not self.serves(shard.endpoint):
+            served = ", ".join(sorted(self.wire.endpoints))
+            raise UnsupportedEndpoint(f"provider {self.name}: its batches serve {served} only", status_code=400)
+        fields = {"purpose": self.wire.upload_purpose}
+        upload = Multipart(shard.input_path, upload_name(shard.submit_token), "application/jsonl", fields)
         uploaded = await self._call_json("POST", "/files", multipart=upload)
         file_id = uploaded.get("id") if isinstance(uploaded, dict) else None
         if not isinstance(file_id, str) or not file_id:
             raise ProviderUnavailable(f"provider {self.name}: POST /files answered without a file id")
-        body = {
+        body: dict[str, Any] = {
             "input_file_id": file_id,
             "endpoint": shard.endpoint,
-            "completion_window": shard.completion_window,
-            "metadata": submit_metadata(shard.submit_token, shard.shard_id),
+            "completion_window": self.wire.completion_window(shard.window_s),
         }
+        if self.wire.keeps_metadata:
+            body["metadata"] = submit_metadata(shard.submit_token, shard.shard_id)
 
         async def create() -> dict[str, Any]:
             return unwrap_batch(await self._send_json("POST", "/batches", json=body))
 
-        batch = await self._create_once(shard, create, lambda: self._find_batch(shard.submit_token, retrying=False))
+        async def find() -> dict[str, Any] | None:
+            return await self._find_batch(shard.submit_token, retrying=False, file_id=file_id)
+
+        batch = await self._create_once(shard, create, find)
         return SubmitResult(provider_batch_id=self._batch_id(batch, "POST /batches"), provider_file_id=file_id)
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
@@ -133,6 +168,11 @@ class OpenAIBatchAdapter(HttpAdapter):
                 raise
             log.info("provider %s: batch %s is %s, cancel skipped", self.name, provider_batch_id, status)
 
+    def _auth_headers(self) -> dict[str, str]:
+        if self.wire.key_header and self.api_key:
+            return {self.wire.key_header: self.api_key}
+        return super()._auth_headers()
+
     async def health(self) -> HealthReport:
         """``GET /models`` (``GET /batches?limit=1`` where models is absent), without retries."""
         return await self._probe(("/models", None), ("/batches", {"limit": 1}))
@@ -142,21 +182,36 @@ class OpenAIBatchAdapter(HttpAdapter):
     async def _retrieve(self, provider_batch_id: str) -> dict[str, Any]:
         return unwrap_batch(await self._call_json("GET", f"/batches/{quote(provider_batch_id, safe='')}"))
 
-    async def _find_batch(self, submit_token: str, *, retrying: bool) -> dict[str, Any] | None:
-        after: str | None = None
+    async def _find_batch(
+        self, submit_token: str, *, retrying: bool, file_id: str | None = None
+    ) -> dict[str, Any] | None:
+        """The batch of ``submit_token``: tagged with it, or (where ``metadata`` is dropped) created on the
+        file uploaded for it, ``file_id`` when the caller knows it."""
         send = self._call_json if retrying else self._send_json
+        if self.wire.keeps_metadata:
+            return await self._search("/batches", send, lambda page: find_batch_with_token(page.batches, submit_token))
+        upload = file_id or await self._search("/files", send, lambda page: find_upload_of(page.batches, submit_token))
+        if upload is None:
+            return None
+        return await self._search("/batches", send, lambda page: find_batch_on_file(page.batches, upload))
+
+    async def _search(
+        self, path: str, send: Callable[..., Awaitable[Any]], match: Callable[[BatchPage], T | None]
+    ) -> T | None:
+        """The first match in the newest :attr:`max_list_pages` pages of a list endpoint."""
+        after: str | None = None
         for _ in range(self.max_list_pages):
             params: dict[str, str | int] = {"limit": 100}
             if after is not None:
                 params["after"] = after
-            page = parse_batch_page(await send("GET", "/batches", params=params))
-            found = find_batch_with_token(page.batches, submit_token)
+            page = parse_batch_page(await send("GET", path, params=params))
+            found = match(page)
             if found is not None:
                 return found
             if not page.has_more or page.last_id is None or page.last_id == after:
                 return None
             after = page.last_id
-        log.warning("provider %s: submit token not in the newest %d batch pages", self.name, self.max_list_pages)
+        log.warning("provider %s: submit token not in the newest %d pages of %s", self.name, self.max_list_pages, path)
         return None
 
     def _batch_id(self, batch: dict[str, Any], call: str) -> str:

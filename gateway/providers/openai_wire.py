@@ -1,8 +1,10 @@
 """Pure transforms of the OpenAI Files + Batches wire format (no I/O, no network).
 
 Shared by :mod:`gateway.providers.openai_batch` and its tests. Covers the dialects of the
-OpenAI-compatible providers: OpenAI, Azure OpenAI (capitalised statuses), Groq and Together
-(UPPERCASE statuses, create answer wrapped in ``{"job": ...}``).
+OpenAI-compatible providers: what departs from OpenAI's own format is a row of :data:`DIALECTS`
+(Azure's ``api-key`` header, Groq's windows up to 7 days, Together's upload purpose and missing
+``metadata``); what every reader tolerates anyway (capitalised or UPPERCASE statuses, a create answer
+wrapped in ``{"job": ...}``, a list answered as a bare array) is folded here for all of them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -19,6 +21,63 @@ from gateway.translate import MalformedResult
 
 SUBMIT_TOKEN_KEY = "batchgw_submit_token"
 SHARD_ID_KEY = "batchgw_shard_id"
+UPLOAD_NAME_PREFIX = "batchgw-"
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+_HOUR = 3600.0
+WINDOW_SLACK_S = _HOUR
+
+DialectName = Literal["openai", "azure", "groq", "together"]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """Where one OpenAI-protocol provider departs from OpenAI's own wire format."""
+
+    upload_purpose: str = "batch"
+    key_header: str | None = None
+    """Header that carries the bare key (Azure's ``api-key``); ``None`` sends ``Authorization: Bearer``."""
+    windows: tuple[tuple[float, str], ...] = ((24 * _HOUR, "24h"),)
+    """Completion windows the provider accepts, shortest first, as (seconds, value sent)."""
+    endpoints: frozenset[str] = frozenset({CHAT, EMBEDDINGS})
+    """Batch endpoints the provider serves."""
+    keeps_metadata: bool = True
+    """False: the provider drops a batch's ``metadata``, so a submit is found again by its upload's name."""
+
+    def completion_window(self, remaining_s: float) -> str:
+        """The longest accepted window that fits in what is left of the client's (the shortest if none does).
+
+        A window up to :data:`WINDOW_SLACK_S` longer than what is left still fits: the client's window
+        started at its create call, a little before this submit, and a client who asked for 72h should
+        get a 72h provider batch, not 48h.
+        """
+        fitting = [value for seconds, value in self.windows if seconds <= remaining_s + WINDOW_SLACK_S]
+        return fitting[-1] if fitting else self.windows[0][1]
+
+
+DIALECTS: dict[DialectName, Dialect] = {
+    "openai": Dialect(),
+    # Azure OpenAI v1 (``https://<resource>.openai.azure.com/openai/v1``): the key goes in ``api-key``;
+    # ``models`` maps each gateway model to a Global-Batch deployment's name, which is what lines carry.
+    "azure": Dialect(key_header="api-key"),
+    # Groq takes windows "from 24h to 7d"; its exact grammar is unverified, so only the forms its
+    # documentation shows are sent: whole days in hours, and "7d".
+    "groq": Dialect(
+        windows=((24 * _HOUR, "24h"), (48 * _HOUR, "48h"), (72 * _HOUR, "72h"), (168 * _HOUR, "7d")),
+        endpoints=frozenset({CHAT}),
+    ),
+    # Together's SDK uploads with purpose "batch-api" (whether plain "batch" works is unverified), and its
+    # job object has no ``metadata``: the create body carries only the fields its documentation lists.
+    "together": Dialect(upload_purpose="batch-api", endpoints=frozenset({CHAT}), keeps_metadata=False),
+}
+"""Dialect by the ``dialect`` option of an ``openai`` provider."""
+
+
+def upload_name(submit_token: str) -> str:
+    """The file name a shard is uploaded under: it carries the submit token, so that a provider that drops
+    ``metadata`` still lets a crashed submit be found again (by the batch whose input is that file)."""
+    return f"{UPLOAD_NAME_PREFIX}{submit_token}.jsonl"
+
 
 BATCH_STATUS_TABLE: dict[str, ProviderBatchState] = {
     "validating": ProviderBatchState.QUEUED,
@@ -130,7 +189,7 @@ def unwrap_batch(obj: object) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BatchPage:
-    """One page of ``GET /batches``."""
+    """One page of ``GET /batches`` (or of ``GET /files``: the envelope is the same)."""
 
     batches: list[dict[str, Any]]
     has_more: bool
@@ -166,6 +225,21 @@ def has_submit_token(batch: Mapping[str, Any], submit_token: str) -> bool:
 def find_batch_with_token(batches: list[dict[str, Any]], submit_token: str) -> dict[str, Any] | None:
     """The first batch in the list tagged with ``submit_token``."""
     return next((batch for batch in batches if has_submit_token(batch, submit_token)), None)
+
+
+def find_upload_of(files: list[dict[str, Any]], submit_token: str) -> str | None:
+    """The id of the file uploaded for ``submit_token`` (see :func:`upload_name`), if the list holds it."""
+    name = upload_name(submit_token)
+    for file in files:
+        file_id = file.get("id")
+        if file.get("filename") == name and isinstance(file_id, str) and file_id:
+            return file_id
+    return None
+
+
+def find_batch_on_file(batches: list[dict[str, Any]], file_id: str) -> dict[str, Any] | None:
+    """The first batch in the list whose input is the file ``file_id``."""
+    return next((batch for batch in batches if batch.get("input_file_id") == file_id), None)
 
 
 def _line_id(provider_batch_id: str, custom_id: str) -> str:

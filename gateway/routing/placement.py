@@ -82,7 +82,8 @@ async def rank(
     states = await provider_states(context)
     blocked = {p: replace(states[p], healthy=False) for p in exclude if p in states}
     states = {**states, **blocked}
-    offers = [o for o in resolved.offers if o.offer.provider in states]
+    serving = {name for name in states if context.providers.get(name).serves(batch.endpoint)}
+    offers = [o for o in resolved.offers if o.offer.provider in serving]
     now = datetime.now(UTC)
     elapsed = max(0.0, time.time() - batch.created_at)
     window_s = float(batch.expires_at - batch.created_at) if batch.expires_at else 24 * 3600.0
@@ -104,7 +105,7 @@ async def rank(
     choices = [Choice(c, by_offer[(c.offer.provider, c.offer.provider_model, c.offer.mode)]) for c in candidates]
     choices = [c for c in choices if is_usable(states.get(c.provider))]
     if not choices:
-        raise NoUsableProvider(_why_none(resolved, states, exclude))
+        raise NoUsableProvider(_why_none(resolved, states, exclude, serving, batch.endpoint))
     taken = choices[:1] if single else _taken(choices)
     decision = RoutingDecision(
         batch_id=batch.id,
@@ -148,7 +149,13 @@ def candidate_view(choice: Choice) -> dict[str, object]:
     }
 
 
-def _why_none(resolved: ResolvedModel, states: Mapping[str, ProviderState], exclude: frozenset[str]) -> str:
+def _why_none(
+    resolved: ResolvedModel,
+    states: Mapping[str, ProviderState],
+    exclude: frozenset[str],
+    serving: set[str],
+    endpoint: str,
+) -> str:
     reasons = []
     for priced in resolved.offers:
         provider = priced.offer.provider
@@ -157,6 +164,8 @@ def _why_none(resolved: ResolvedModel, states: Mapping[str, ProviderState], excl
             reasons.append(f"{provider}: failed this work already")
         elif state is None:
             reasons.append(f"{provider}: not enabled")
+        elif provider not in serving:
+            reasons.append(f"{provider}: does not serve {endpoint}")
         elif state.circuit == "open":
             reasons.append(f"{provider}: circuit open (provider failing)")
     detail = "; ".join(reasons) or "no provider serves it"

@@ -24,6 +24,7 @@ from typing import Annotated
 
 import msgspec
 
+from gateway.simulator.openai_dialects import DialectName
 from gateway.simulator.state import Faults
 
 DEFAULT_CONTROL_PORT = 9100
@@ -38,6 +39,8 @@ class ProviderSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     ``port`` 0 picks a free port. ``api_key`` set means every call must carry ``Authorization: Bearer <key>``.
     ``processing_delay_s`` is roughly how long a batch takes from creation to its terminal status.
+    ``dialect`` (kind ``openai`` only) switches the OpenAI protocol to Azure's, Groq's or Together's variant
+    (see :mod:`gateway.simulator.openai_dialects`).
     """
 
     name: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -49,6 +52,11 @@ class ProviderSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     faults: Faults = msgspec.field(default_factory=Faults)
     max_file_bytes: Annotated[int, msgspec.Meta(ge=1)] = BATCH_FILE_MAX_BYTES
     max_lines: Annotated[int, msgspec.Meta(ge=1)] = BATCH_MAX_LINES
+    dialect: DialectName = "openai"
+
+    def __post_init__(self) -> None:
+        if self.dialect != "openai" and self.kind != "openai":
+            raise ValueError(f"provider {self.name}: dialect {self.dialect!r} needs kind 'openai', not {self.kind!r}")
 
 
 class SimulatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

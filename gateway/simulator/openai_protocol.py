@@ -19,11 +19,9 @@ from gateway.simulator.errors import ApiError, openai_error_body
 from gateway.simulator.file_store import StoredFile
 from gateway.simulator.jobs import ItemOutcome, Job, JobItem
 from gateway.simulator.model import Reply, embedding_vector, model_reply, pack_floats, stable_id, text_tokens
+from gateway.simulator.openai_dialects import CHAT, DIALECTS
 from gateway.simulator.state import DAY_S, EmulatorState
 
-CHAT = "/v1/chat/completions"
-EMBEDDINGS = "/v1/embeddings"
-SERVED_ENDPOINTS = (CHAT, EMBEDDINGS)
 FILE_TTL_S = 30 * DAY_S
 TTL_MIN_S, TTL_MAX_S = 3600, 30 * DAY_S
 MAX_DIMENSIONS = 4096
@@ -158,10 +156,13 @@ DUPLICATE = (
 
 
 class OpenAIDriver:
-    """Validation, execution and result files of OpenAI batches."""
+    """Validation, execution and result files of OpenAI batches, in one of the protocol's dialects."""
 
     kind = "openai"
-    base_path = "/v1"
+
+    def __init__(self, dialect: str = "openai") -> None:
+        self.wire = DIALECTS[dialect]
+        self.base_path = self.wire.base_path
 
     def route_handlers(self) -> list[Any]:
         from gateway.simulator.openai_routes import BatchesController, FilesController
@@ -174,9 +175,17 @@ class OpenAIDriver:
         return openai_error_body(err.message, kind, err.param, err.code)
 
     def authorized(self, headers: Mapping[str, str], api_key: str) -> bool:
+        if self.wire.key_header is not None:
+            return headers.get(self.wire.key_header) == api_key
         return headers.get("authorization") == f"Bearer {api_key}"
 
     def key_refused(self, headers: Mapping[str, str]) -> ApiError:
+        if self.wire.key_header is not None:  # Azure's words
+            message = (
+                "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid "
+                "key for an active subscription and use a correct regional API endpoint for your resource."
+            )
+            return ApiError(401, message, code="401")
         # OpenAI's own words: a masked fragment of the key sent, and where to find a valid one.
         sent = headers.get("authorization", "").removeprefix("Bearer ").strip()
         where = f"http://{headers.get('host', 'localhost')}/account/api-keys"
@@ -218,9 +227,14 @@ class OpenAIDriver:
         custom_id, body, url = line.get("custom_id"), line.get("body"), line.get("url")
         if not isinstance(custom_id, str) or not custom_id:
             return _issue("invalid_request", "Each line needs a string 'custom_id'.", number, "custom_id")
-        if line.get("method") != "POST":
+        longest = self.wire.max_custom_id
+        if longest is not None and len(custom_id) > longest:
+            message = f"custom_id must be at most {longest} characters."
+            return _issue("invalid_request", message, number, "custom_id")
+        method_url_given = "method" in line or "url" in line
+        if (self.wire.lines_need_method_url or method_url_given) and line.get("method") != "POST":
             return _issue("invalid_request", "Only the POST method is supported.", number, "method")
-        if url != job.endpoint:
+        if (self.wire.lines_need_method_url or method_url_given) and url != job.endpoint:
             message = f"The url {url!r} does not match the batch endpoint {job.endpoint!r}."
             return _issue("url_mismatch", message, number, "url")
         if not isinstance(body, dict):
@@ -260,7 +274,8 @@ class OpenAIDriver:
         corrupt = state.faults.malformed_output_line
         for ok, key, suffix in ((True, "output_file_id", "output"), (False, "error_file_id", "error")):
             chosen = [o for o in outcomes if o.ok is ok]
-            if chosen:
+            # Azure points error_file_id at an empty file even when nothing failed.
+            if chosen or (not ok and self.wire.always_error_file):
                 name = f"batch_{job.id}_{suffix}.jsonl"
                 lines = self._lines(job, chosen, corrupt)
                 stored = state.files.write_lines(

@@ -13,9 +13,14 @@ from litestar.response import File
 from gateway.simulator.errors import ApiError, not_found
 from gateway.simulator.file_store import StoredFile
 from gateway.simulator.jobs import Job
-from gateway.simulator.model import random_id
-from gateway.simulator.openai_protocol import FILE_TTL_S, SERVED_ENDPOINTS, TTL_MAX_S, TTL_MIN_S, invalid
-from gateway.simulator.state import DAY_S, emulator_of, note
+from gateway.simulator.openai_dialects import DIALECTS, WireDialect, together_job
+from gateway.simulator.openai_protocol import FILE_TTL_S, TTL_MAX_S, TTL_MIN_S, invalid
+from gateway.simulator.state import emulator_of, note
+
+
+def dialect_of(request: Request[Any, Any, Any]) -> WireDialect:
+    """The OpenAI dialect the provider serving ``request`` speaks."""
+    return DIALECTS[emulator_of(request).spec.dialect]
 
 
 def file_object(stored: StoredFile) -> dict[str, Any]:
@@ -26,16 +31,20 @@ def file_object(stored: StoredFile) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def batch_object(job: Job) -> dict[str, Any]:
+def batch_object(job: Job, dialect: WireDialect = DIALECTS["openai"]) -> dict[str, Any]:
+    """The batch as the dialect shows it (Together's job object for Together)."""
     times, extra = job.times, job.extra
+    if dialect.together_jobs:
+        return together_job(job, dialect, extra.get("input_bytes", 0))
     stamps = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
     return {
         "id": job.id, "object": "batch", "endpoint": job.endpoint, "model": job.model,
         "errors": {"object": "list", "data": job.errors} if job.errors else None,
         "input_file_id": extra["input_file_id"], "completion_window": extra["completion_window"],
-        "status": job.status, "output_file_id": extra.get("output_file_id"),
-        "error_file_id": extra.get("error_file_id"), "created_at": job.created_at, "expires_at": job.expires_at,
-        **{f"{name}_at": times.get(f"{name}_at") for name in stamps},
+        "status": dialect.status(job.status), "output_file_id": extra.get("output_file_id"),
+        "error_file_id": extra.get("error_file_id"), "created_at": dialect.time(job.created_at),
+        "expires_at": dialect.time(job.expires_at),
+        **{f"{name}_at": dialect.time(times.get(f"{name}_at")) for name in stamps},
         "request_counts": {"total": job.total, "completed": job.completed, "failed": job.failed},
         "usage": {
             "input_tokens": job.input_tokens, "input_tokens_details": {"cached_tokens": 0},
@@ -108,8 +117,10 @@ class FilesController(Controller):
         if not isinstance(upload, UploadFile):
             raise invalid("file", "Missing required parameter: 'file'.", "missing_required_parameter")
         try:
-            if purpose != "batch":
-                raise invalid("purpose", f"Invalid purpose {purpose!r}: this provider only accepts 'batch'.")
+            purposes = dialect_of(request).purposes
+            if purpose not in purposes:
+                accepted = ", ".join(repr(p) for p in sorted(purposes))
+                raise invalid("purpose", f"Invalid purpose {purpose!r}: this provider only accepts {accepted}.")
             if not upload.filename.endswith(".jsonl"):
                 raise invalid("file", "Invalid file format for Batch API. Must be .jsonl", "invalid_file_format")
             if ttl is not None and (not str(ttl).isdigit() or not TTL_MIN_S <= int(ttl) <= TTL_MAX_S):
@@ -117,7 +128,7 @@ class FilesController(Controller):
             now = emu.clock.ts()
             expires = now + (int(ttl) if ttl is not None else FILE_TTL_S)
             stored = await emu.files.save_stream(
-                upload.read, emu.max_file_bytes, filename=upload.filename, purpose="batch",
+                upload.read, emu.max_file_bytes, filename=upload.filename, purpose=str(purpose),
                 created_at=now, expires_at=expires,
             )  # fmt: skip
         finally:
@@ -157,44 +168,52 @@ class BatchesController(Controller):
 
     @post("/", status_code=200)
     async def create(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        emu = emulator_of(request)
+        emu, dialect = emulator_of(request), dialect_of(request)
         spec = _decode_create(await request.body())
-        if spec.endpoint not in SERVED_ENDPOINTS:
-            served = ", ".join(SERVED_ENDPOINTS)
+        if spec.endpoint not in dialect.endpoints:
+            served = ", ".join(dialect.endpoints)
             raise invalid("endpoint", f"Invalid endpoint {spec.endpoint!r}: this provider serves {served}.")
-        if spec.completion_window != "24h":
-            raise invalid("completion_window", "Invalid completion_window: only '24h' is supported.")
+        hours = dialect.window_hours(spec.completion_window)
+        if hours is None:
+            raise invalid("completion_window", f"Invalid completion_window: {dialect.window_rule()}.")
         stored = emu.files.files.get(spec.input_file_id)
         if stored is None:
             raise not_found("File", spec.input_file_id, param="input_file_id")
-        if stored.purpose != "batch":
-            raise invalid("input_file_id", "The input file must have purpose 'batch'.")
+        if stored.purpose not in dialect.purposes:
+            raise invalid("input_file_id", f"The input file must have purpose {'/'.join(sorted(dialect.purposes))}.")
         now = emu.clock.ts()
-        extra: dict[str, Any] = {"input_file_id": stored.id, "completion_window": spec.completion_window}
+        extra: dict[str, Any] = {
+            "input_file_id": stored.id, "completion_window": spec.completion_window, "input_bytes": stored.bytes,
+        }  # fmt: skip
         if spec.output_expires_after is not None:
             extra["output_ttl_s"] = spec.output_expires_after.seconds
-        job = Job(random_id("batch_", 32), spec.endpoint, now, now + DAY_S, spec.metadata, extra)
+        metadata = spec.metadata if dialect.keeps_metadata else None
+        job = Job(dialect.new_batch_id(), spec.endpoint, now, now + hours * 3600, metadata, extra)
         emu.launch(job)
         note(request, batch_id=job.id, metadata=spec.metadata, input_lines=stored.lines)
-        return batch_object(job)
+        created = batch_object(job, dialect)
+        return {"job": created} if dialect.together_jobs else created
 
     @get("/")
-    async def list_batches(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        jobs = [batch_object(j) for j in reversed(emulator_of(request).jobs.values())]
+    async def list_batches(self, request: Request[Any, Any, Any]) -> Any:
+        dialect = dialect_of(request)
+        jobs = [batch_object(j, dialect) for j in reversed(emulator_of(request).jobs.values())]
+        if dialect.together_jobs:  # Together answers the whole list as a bare array, without paging
+            return jobs
         return list_page(jobs, request.query_params.get("after"), _query_int(request, "limit", 20, 100))
 
     @get("/{batch_id:str}")
     async def retrieve(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        return batch_object(_job(request))
+        return batch_object(_job(request), dialect_of(request))
 
     @post("/{batch_id:str}/cancel", status_code=200)
     async def cancel(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         job = _job(request)
         # Which states accept a cancel is unverified upstream: repeats are harmless, finished ones get 409.
         if job.status not in ("validating", "in_progress", "cancelling"):
-            raise ApiError(409, f"Cannot cancel a batch with status '{job.status}'.")
+            raise ApiError(409, f"Cannot cancel a batch with status '{dialect_of(request).status(job.status)}'.")
         emulator_of(request).request_cancel(job)
-        return batch_object(job)
+        return batch_object(job, dialect_of(request))
 
 
 def _job(request: Request[Any, Any, Any]) -> Job:

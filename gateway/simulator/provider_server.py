@@ -35,20 +35,20 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-DRIVERS: dict[str, Callable[[], ProtocolDriver]] = {
-    "openai": OpenAIDriver,
-    "anthropic": AnthropicDriver,
-    "gemini": GeminiDriver,
+DRIVERS: dict[str, Callable[[ProviderSpec], ProtocolDriver]] = {
+    "openai": lambda spec: OpenAIDriver(spec.dialect),
+    "anthropic": lambda _: AnthropicDriver(),
+    "gemini": lambda _: GeminiDriver(),
 }
 BODY_SLACK_BYTES = 1024 * 1024  # room for multipart framing around the largest accepted file
 WATCH_INTERVAL_S = 0.1
 
 
-def driver_for(kind: str) -> ProtocolDriver:
-    """A fresh protocol driver for an emulator kind."""
-    if kind not in DRIVERS:
-        raise ValueError(f"unknown emulator kind {kind!r}; known kinds: {', '.join(sorted(DRIVERS))}")
-    return DRIVERS[kind]()
+def driver_for(spec: ProviderSpec) -> ProtocolDriver:
+    """A fresh protocol driver for an emulated provider's kind (and dialect)."""
+    if spec.kind not in DRIVERS:
+        raise ValueError(f"unknown emulator kind {spec.kind!r}; known kinds: {', '.join(sorted(DRIVERS))}")
+    return DRIVERS[spec.kind](spec)
 
 
 def exception_handlers(render: Callable[[ApiError], dict[str, Any]]) -> dict[Any, Any]:
@@ -211,7 +211,7 @@ class ProviderRunner(Listener):
     """One emulated provider: its state, its app, and a listener that follows the ``down`` fault."""
 
     def __init__(self, spec: ProviderSpec, host: str) -> None:
-        self.state = EmulatorState(spec, driver_for(spec.kind))
+        self.state = EmulatorState(spec, driver_for(spec))
         super().__init__(FaultGate(build_provider_app(self.state), self.state), host, spec.port)
         self._lock = asyncio.Lock()
         self._resetter: _Resetter | None = None

@@ -164,7 +164,8 @@ def describe_cluster(cluster: SimulatorCluster) -> str:
     for name in cluster.names():
         state = cluster.state(name)
         key = f", api key {state.api_key}" if state.api_key else ""
-        lines.append(f"{name} ({state.kind}) {cluster.base_url(name)}  models: {', '.join(state.models)}{key}")
+        kind = state.kind if state.spec.dialect == "openai" else f"{state.kind}, {state.spec.dialect} dialect"
+        lines.append(f"{name} ({kind}) {cluster.base_url(name)}  models: {', '.join(state.models)}{key}")
     with contextlib.suppress(RuntimeError):
         lines.append(f"control {cluster.control_url}")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
-"""The same OpenAI-format input file, run on each of the four provider kinds (OpenAI batch protocol,
-Anthropic Message Batches, Gemini batch mode, synchronous fan-out), gives equivalent output files:
-one line per custom_id with the same content, finish reason and token counts; and each batch's cost,
-in its metadata and in the ledger, is exactly the tokens the emulator reported times the offer's price
-(the batch rate for provider batches, the synchronous rate for fan-out).
+"""The same OpenAI-format input file, run on each provider kind (the OpenAI batch protocol in OpenAI's, Azure's,
+Groq's and Together's dialects, Anthropic Message Batches, Gemini batch mode, synchronous fan-out), gives
+equivalent output files: one line per custom_id with the same content, finish reason and token counts; and
+each batch's cost, in its metadata and in the ledger, is exactly the tokens the emulator reported times the
+offer's price (the batch rate for provider batches, the synchronous rate for fan-out). An embeddings batch is
+routed only to the kinds that serve embeddings, however cheap the others are.
 
 The emulators of all protocols share one deterministic model, so equal answers are expected.
 """
@@ -10,6 +11,7 @@ The emulators of all protocols share one deterministic model, so equal answers a
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,74 +20,112 @@ import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.conftest import ENGINE_ENV, GatewayProcess
-from tests.engine import CHAT, Outcome, collect, query, submit, wait_for
+from tests.engine import CHAT, EMBEDDINGS, Outcome, admin, collect, embedding_request, query, submit, wait_for
 
 EMULATED_MODEL = "shared-model"
+DEPLOYMENT = "shared-model-global-batch"
+"""Azure lines carry the deployment's name as their model."""
+AZURE_KEY = "azure-key-3f9d0c1b7a"
 PRICES = {
     # gateway provider: (sync input, sync output, batch input, batch output) USD per MTok
     "openai": (0.15, 0.60, 0.075, 0.30),
+    "azure": (0.16, 0.64, 0.08, 0.32),
+    "groq": (0.05, 0.08, 0.025, 0.04),
+    "together": (0.06, 0.10, 0.03, 0.05),
     "anthropic": (1.00, 5.00, 0.50, 2.50),
     "gemini": (0.30, 2.50, 0.15, 1.25),
     "fanout": (0.27, 1.10, None, None),
 }
 KINDS = {
-    # gateway provider: (adapter kind, emulator kind, base path)
-    "openai": ("openai", "openai", "/v1"),
-    "anthropic": ("anthropic", "anthropic", ""),
-    "gemini": ("gemini", "gemini", ""),
-    "fanout": ("openai_sync", "openai", "/v1"),
+    # gateway provider: (adapter kind, emulator kind, dialect)
+    "openai": ("openai", "openai", "openai"),
+    "azure": ("openai", "openai", "azure"),
+    "groq": ("openai", "openai", "groq"),
+    "together": ("openai", "openai", "together"),
+    "anthropic": ("anthropic", "anthropic", "openai"),
+    "gemini": ("gemini", "gemini", "openai"),
+    "fanout": ("openai_sync", "openai", "openai"),
 }
+SERVE_EMBEDDINGS = ("openai", "azure", "fanout")
+CREATED = "submit.after_provider_create"
+ANY_KIND = "any-kind"
+"""A model every provider serves, for the routing test."""
+
+
+def provider_model(name: str) -> str:
+    return DEPLOYMENT if name == "azure" else EMULATED_MODEL
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[SimulatorCluster]:
     specs = [
-        ProviderSpec(name=f"{name}-emu", kind=emulator_kind, models=[EMULATED_MODEL], processing_delay_s=0.2)
-        for name, (_, emulator_kind, _) in KINDS.items()
+        ProviderSpec(
+            name=f"{name}-emu",
+            kind=emulator_kind,
+            dialect=dialect,  # type: ignore[arg-type]
+            models=[provider_model(name)],
+            processing_delay_s=0.2,
+            api_key=AZURE_KEY if name == "azure" else None,
+        )
+        for name, (_, emulator_kind, dialect) in KINDS.items()
     ]
     with SimulatorCluster(specs, control_port=None) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    gateway_factory: Any, cluster: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory
-) -> GatewayProcess:
+def gateway_env(cluster: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a gateway on every emulated kind, with the test catalog's prices."""
     lines = []
-    for name, (adapter_kind, _, base_path) in KINDS.items():
-        port = cluster.port_of(f"{name}-emu")
+    for name, (adapter_kind, _, dialect) in KINDS.items():
+        served = {f"via-{name}": provider_model(name), ANY_KIND: provider_model(name)}
         lines += [
             f"[providers.{name}]",
             f"kind = {json.dumps(adapter_kind)}",
-            f"base_url = {json.dumps(f'http://127.0.0.1:{port}{base_path}')}",
-            f"models = {{ {json.dumps(f'via-{name}')} = {json.dumps(EMULATED_MODEL)} }}",
+            f"base_url = {json.dumps(cluster.base_url(f'{name}-emu'))}",
+            "models = { " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in served.items()) + " }",
+            *([f"options = {{ dialect = {json.dumps(dialect)} }}"] if dialect != "openai" else []),
+            *(['api_key_env = "TEST_AZURE_KEY"'] if name == "azure" else []),
             "",
         ]
     folder = tmp_path_factory.mktemp("providers")
     path = folder / "providers.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
     catalog = ["schema_version = 1", ""]
-    for name, (sync_in, sync_out, batch_in, batch_out) in PRICES.items():
-        catalog += [
-            f'[models."via-{name}"]',
-            f'[[models."via-{name}".offers]]',
-            f'provider = "{name}"',
-            f'provider_model = "{EMULATED_MODEL}"',
-            'modes = ["sync"]' if batch_in is None else 'modes = ["batch"]',
-            f"input_per_mtok = {sync_in}",
-            f"output_per_mtok = {sync_out}",
-            *(
-                []
-                if batch_in is None
-                else [f"batch_input_per_mtok = {batch_in}", f"batch_output_per_mtok = {batch_out}"]
-            ),
-            'source = "test prices"',
-            "as_of = 2026-12-01",
-            "",
-        ]
+    for model in (*(f"via-{name}" for name in PRICES), ANY_KIND):
+        catalog += [f'[models."{model}"]']
+        for name, (sync_in, sync_out, batch_in, batch_out) in PRICES.items():
+            if model not in (f"via-{name}", ANY_KIND):
+                continue
+            catalog += [
+                f'[[models."{model}".offers]]',
+                f'provider = "{name}"',
+                f'provider_model = "{provider_model(name)}"',
+                'modes = ["sync"]' if batch_in is None else 'modes = ["batch"]',
+                f"input_per_mtok = {sync_in}",
+                f"output_per_mtok = {sync_out}",
+                *(
+                    []
+                    if batch_in is None
+                    else [f"batch_input_per_mtok = {batch_in}", f"batch_output_per_mtok = {batch_out}"]
+                ),
+                'source = "test prices"',
+                "as_of = 2026-12-01",
+                "",
+            ]
     (folder / "catalog.toml").write_text("\n".join(catalog), encoding="utf-8")
-    env = {"BATCHGW_CONFIG_FILE": str(path), "BATCHGW_CATALOG__FILE": str(folder / "catalog.toml"), **ENGINE_ENV}
-    return gateway_factory(env).start()  # type: ignore[no-any-return]
+    env = {
+        "BATCHGW_CONFIG_FILE": str(path),
+        "BATCHGW_CATALOG__FILE": str(folder / "catalog.toml"),
+        "TEST_AZURE_KEY": AZURE_KEY,
+        **ENGINE_ENV,
+    }
+    return env
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_factory: Any, gateway_env: dict[str, str]) -> GatewayProcess:
+    return gateway_factory(gateway_env).start()  # type: ignore[no-any-return]
 
 
 def request(custom_id: str, *messages: tuple[str, str], **fields: Any) -> dict[str, Any]:
@@ -103,8 +143,8 @@ REQUESTS = [
 ]
 
 
-def run_on(client: openai.OpenAI, provider: str) -> Outcome:
-    requests = [{**r, "body": {**r["body"], "model": f"via-{provider}"}} for r in REQUESTS]
+def run_on(client: openai.OpenAI, provider: str, model: str | None = None) -> Outcome:
+    requests = [{**r, "body": {**r["body"], "model": model or f"via-{provider}"}} for r in REQUESTS]
     return collect(client, wait_for(client, submit(client, requests).id, timeout=90))
 
 
@@ -137,7 +177,7 @@ def exact_cost(outcome: Outcome, provider: str) -> tuple[float, float]:
     )
 
 
-def test_four_kinds_give_equivalent_outputs_at_exact_prices(client: openai.OpenAI, gateway: GatewayProcess) -> None:
+def test_every_kind_gives_equivalent_outputs_at_exact_prices(client: openai.OpenAI, gateway: GatewayProcess) -> None:
     outcomes = {provider: run_on(client, provider) for provider in KINDS}
     reference = essentials(outcomes["openai"])
     assert sorted(reference) == sorted(r["custom_id"] for r in REQUESTS)
@@ -163,3 +203,58 @@ def test_four_kinds_give_equivalent_outputs_at_exact_prices(client: openai.OpenA
         )
         assert ledger_cost == pytest.approx(cost, rel=1e-9) and ledger_list == pytest.approx(list_cost, rel=1e-9)
         assert ledger_mode == ("sync" if provider == "fanout" else "batch") and requests == len(REQUESTS)
+
+
+def test_an_embeddings_batch_goes_only_to_kinds_that_serve_embeddings(
+    client: openai.OpenAI, gateway: GatewayProcess, cluster: SimulatorCluster
+) -> None:
+    chat = run_on(client, "groq", model=ANY_KIND)
+    assert chat.batch.metadata and chat.batch.metadata["gateway_providers"] == "groq"  # the cheapest for chat
+
+    requests = [embedding_request(f"emb-{i}", f"text {i}", model=ANY_KIND) for i in range(5)]
+    batch = wait_for(client, submit(client, requests, endpoint=EMBEDDINGS).id, timeout=90)
+    outcome = collect(client, batch)
+    assert batch.status == "completed" and sorted(outcome.output) == [f"emb-{i}" for i in range(5)]
+    assert all(line["response"]["body"]["object"] == "list" for line in outcome.output.values())
+    [decision] = admin(gateway, f"/batches/{batch.id}")["decisions"]
+    assert decision["chosen_provider"] == "openai"
+    assert sorted(c["provider"] for c in decision["candidates"]) == sorted(SERVE_EMBEDDINGS)
+    endpoints = {name: {job.endpoint for job in cluster.state(f"{name}-emu").jobs.values()} for name in KINDS}
+    assert EMBEDDINGS in endpoints["openai"]
+    assert not any(EMBEDDINGS in endpoints[name] for name in ("groq", "together", "anthropic", "gemini"))
+
+
+def test_a_worker_killed_after_a_together_create_leaves_one_batch_that_the_next_adopts(
+    gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster
+) -> None:
+    """Together keeps no metadata: the next worker finds the batch by the name of the file it was created on."""
+    api = gateway_factory(gateway_env).start("serve", "--no-worker")
+    client = api.client(api.create_key("crash"))
+    jobs = cluster.state("together-emu").jobs
+    before = set(jobs)
+    requests = [{**r, "body": {**r["body"], "model": "via-together"}} for r in REQUESTS]
+    batch = submit(client, requests)
+    quick_lease = {"BATCHGW_WORKER__LEASE_S": "3"}
+    dying = GatewayProcess(
+        api.data_dir, api.database_url, api.port, {**gateway_env, **quick_lease, "BATCHGW_CRASH_AT": CREATED}
+    )
+    dying.start("worker", wait_ready=False)
+    assert dying.process is not None and dying.process.wait(timeout=60) == -signal.SIGKILL
+    [created] = set(jobs) - before
+    survivor = GatewayProcess(api.data_dir, api.database_url, api.port, {**gateway_env, **quick_lease})
+    survivor.start("worker", wait_ready=False)
+    try:
+        outcome = collect(client, wait_for(client, batch.id, timeout=90))
+    finally:
+        survivor.stop()
+    assert outcome.batch.status == "completed" and not outcome.errors
+    assert sorted(outcome.output) == sorted(r["custom_id"] for r in REQUESTS)
+    assert set(jobs) - before == {created}, "the shard was submitted twice"
+    [(shard_id, provider_batch_id)] = query(
+        api, "SELECT id, provider_batch_id FROM shards WHERE batch_id = :b", b=outcome.batch.id
+    )
+    assert provider_batch_id == created
+    [(rows, requests_paid)] = query(
+        api, "SELECT COUNT(*), SUM(requests) FROM ledger WHERE batch_id = :b", b=outcome.batch.id
+    )
+    assert (rows, requests_paid) == (1, len(REQUESTS)), shard_id

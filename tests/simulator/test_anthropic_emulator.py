@@ -284,4 +284,4 @@ def test_stall_cancel_and_clock_expiry(cluster: SimulatorCluster, client: anthro
 def test_config_kind_and_driver() -> None:
     config = parse_config('[[provider]]\nname = "claude"\nkind = "anthropic"\nmodels = ["claude-haiku-4-5"]\n')
     assert config.providers[0].kind == "anthropic"
-    assert driver_for("anthropic").kind == "anthropic"
+    assert driver_for(config.providers[0]).kind == "anthropic"
