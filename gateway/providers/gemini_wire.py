@@ -20,6 +20,7 @@ import msgspec
 
 from gateway.providers.base import PollResult, ProviderBatchState
 from gateway.providers.jsonl import encode_line
+from gateway.providers.openai_wire import rejected_line
 from gateway.providers.retry_after import parse_google_retry_delay
 from gateway.translate import TranslationError
 from gateway.translate.gemini import chat_to_gemini, gemini_to_chat, google_error
@@ -256,8 +257,4 @@ def result_envelope(
 
 def rejected_envelope(custom_id: str, error: TranslationError, *, batch_id: str) -> dict[str, Any]:
     """The OpenAI error line of a request the gateway could not translate (never sent to Gemini)."""
-    seed = _seed(batch_id, custom_id)
-    message = f"This request cannot be sent to a Gemini model: {error}"
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": error.param, "code": None}}
-    envelope = {"status_code": 400, "request_id": f"req_{seed}", "body": body}
-    return {"id": f"batch_req_{seed}", "custom_id": custom_id, "response": envelope, "error": None}
+    return rejected_line(custom_id, error, batch_id=batch_id, target="a Gemini model")

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import msgspec
 
 from gateway.providers.base import ProviderBatchState
-from gateway.translate import MalformedResult
+from gateway.translate import MalformedResult, TranslationError
 
 SUBMIT_TOKEN_KEY = "batchgw_submit_token"
 SHARD_ID_KEY = "batchgw_shard_id"
@@ -245,6 +245,15 @@ def find_batch_on_file(batches: list[dict[str, Any]], file_id: str) -> dict[str,
 def _line_id(provider_batch_id: str, custom_id: str) -> str:
     digest = hashlib.sha256(f"{provider_batch_id}\x00{custom_id}".encode()).hexdigest()[:24]
     return f"batch_req_{digest}"
+
+
+def rejected_line(custom_id: str, error: TranslationError, *, batch_id: str, target: str) -> dict[str, Any]:
+    """The OpenAI error line of a request the gateway could not translate for ``target`` (never sent)."""
+    line_id = _line_id(batch_id, custom_id)
+    message = f"This request cannot be sent to {target}: {error}"
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": error.param, "code": None}}
+    response = {"status_code": 400, "request_id": "req_" + line_id.removeprefix("batch_req_"), "body": body}
+    return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
 
 
 def _normalise_error(error: object) -> dict[str, Any] | None:

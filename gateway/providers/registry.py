@@ -15,6 +15,7 @@ from gateway.providers.anthropic_batch import AnthropicBatchAdapter
 from gateway.providers.base import ProviderAdapter
 from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_batch import GeminiBatchAdapter
+from gateway.providers.mistral_batch import MistralBatchAdapter
 from gateway.providers.openai_batch import OpenAIBatchAdapter
 from gateway.providers.openai_sync import OpenAISyncAdapter
 
@@ -23,6 +24,7 @@ ADAPTER_KINDS: dict[str, type[ProviderAdapter]] = {
     OpenAISyncAdapter.kind: OpenAISyncAdapter,
     AnthropicBatchAdapter.kind: AnthropicBatchAdapter,
     GeminiBatchAdapter.kind: GeminiBatchAdapter,
+    MistralBatchAdapter.kind: MistralBatchAdapter,
 }
 """Adapter class by the ``kind`` a provider's configuration names."""
 

@@ -25,6 +25,7 @@ from gateway.simulator.anthropic_protocol import AnthropicDriver
 from gateway.simulator.config import ProviderSpec
 from gateway.simulator.errors import ApiError
 from gateway.simulator.gemini_protocol import GeminiDriver
+from gateway.simulator.mistral_protocol import MistralDriver
 from gateway.simulator.model import random_id
 from gateway.simulator.openai_protocol import OpenAIDriver
 from gateway.simulator.state import EMULATOR_KEY, LOG_DETAIL, EmulatorState, ProtocolDriver
@@ -39,6 +40,7 @@ DRIVERS: dict[str, Callable[[ProviderSpec], ProtocolDriver]] = {
     "openai": lambda spec: OpenAIDriver(spec.dialect),
     "anthropic": lambda _: AnthropicDriver(),
     "gemini": lambda _: GeminiDriver(),
+    "mistral": lambda _: MistralDriver(),
 }
 BODY_SLACK_BYTES = 1024 * 1024  # room for multipart framing around the largest accepted file
 WATCH_INTERVAL_S = 0.1

@@ -1,7 +1,7 @@
 """The same OpenAI-format input file, run on each provider kind (the OpenAI batch protocol in OpenAI's, Azure's,
-Groq's and Together's dialects, Anthropic Message Batches, Gemini batch mode, synchronous fan-out), gives
-equivalent output files: one line per custom_id with the same content, finish reason and token counts; and
-each batch's cost, in its metadata and in the ledger, is exactly the tokens the emulator reported times the
+Groq's and Together's dialects, Anthropic Message Batches, Gemini batch mode, Mistral batch jobs, synchronous
+fan-out), gives equivalent output files: one line per custom_id with the same content, finish reason and token
+counts; and each batch's cost, in its metadata and in the ledger, is exactly the tokens the emulator reported times the
 offer's price (the batch rate for provider batches, the synchronous rate for fan-out). An embeddings batch is
 routed only to the kinds that serve embeddings, however cheap the others are.
 
@@ -34,6 +34,7 @@ PRICES = {
     "together": (0.06, 0.10, 0.03, 0.05),
     "anthropic": (1.00, 5.00, 0.50, 2.50),
     "gemini": (0.30, 2.50, 0.15, 1.25),
+    "mistral": (0.10, 0.30, 0.05, 0.15),
     "fanout": (0.27, 1.10, None, None),
 }
 KINDS = {
@@ -44,9 +45,10 @@ KINDS = {
     "together": ("openai", "openai", "together"),
     "anthropic": ("anthropic", "anthropic", "openai"),
     "gemini": ("gemini", "gemini", "openai"),
+    "mistral": ("mistral", "mistral", "openai"),
     "fanout": ("openai_sync", "openai", "openai"),
 }
-SERVE_EMBEDDINGS = ("openai", "azure", "fanout")
+SERVE_EMBEDDINGS = ("openai", "azure", "mistral", "fanout")
 CREATED = "submit.after_provider_create"
 ANY_KIND = "any-kind"
 """A model every provider serves, for the routing test."""
@@ -217,22 +219,24 @@ def test_an_embeddings_batch_goes_only_to_kinds_that_serve_embeddings(
     assert batch.status == "completed" and sorted(outcome.output) == [f"emb-{i}" for i in range(5)]
     assert all(line["response"]["body"]["object"] == "list" for line in outcome.output.values())
     [decision] = admin(gateway, f"/batches/{batch.id}")["decisions"]
-    assert decision["chosen_provider"] == "openai"
+    assert decision["chosen_provider"] == "mistral"  # the cheapest that serves embeddings
     assert sorted(c["provider"] for c in decision["candidates"]) == sorted(SERVE_EMBEDDINGS)
     endpoints = {name: {job.endpoint for job in cluster.state(f"{name}-emu").jobs.values()} for name in KINDS}
-    assert EMBEDDINGS in endpoints["openai"]
+    assert EMBEDDINGS in endpoints["mistral"]
     assert not any(EMBEDDINGS in endpoints[name] for name in ("groq", "together", "anthropic", "gemini"))
 
 
-def test_a_worker_killed_after_a_together_create_leaves_one_batch_that_the_next_adopts(
-    gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster
+@pytest.mark.parametrize("provider", ["together", "mistral"])
+def test_a_worker_killed_right_after_its_create_leaves_one_batch_that_the_next_adopts(
+    gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster, provider: str
 ) -> None:
-    """Together keeps no metadata: the next worker finds the batch by the name of the file it was created on."""
+    """Together keeps no metadata: the next worker finds the batch by the name of the file it was created on.
+    Mistral keeps it: the next worker finds the job by its tag."""
     api = gateway_factory(gateway_env).start("serve", "--no-worker")
     client = api.client(api.create_key("crash"))
-    jobs = cluster.state("together-emu").jobs
+    jobs = cluster.state(f"{provider}-emu").jobs
     before = set(jobs)
-    requests = [{**r, "body": {**r["body"], "model": "via-together"}} for r in REQUESTS]
+    requests = [{**r, "body": {**r["body"], "model": f"via-{provider}"}} for r in REQUESTS]
     batch = submit(client, requests)
     quick_lease = {"BATCHGW_WORKER__LEASE_S": "3"}
     dying = GatewayProcess(
