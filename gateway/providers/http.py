@@ -45,7 +45,9 @@ from gateway.providers.base import (
 )
 from gateway.providers.error_text import error_message_from_body, sanitise, shorten
 from gateway.providers.jsonl import LineSplitter, encode_line
+from gateway.providers.openai_wire import normalise_output_line
 from gateway.providers.retry_after import parse_retry_after
+from gateway.translate import MalformedResult
 
 __all__ = ["HttpAdapter", "Multipart", "RetryPolicy", "file_chunks"]
 
@@ -272,6 +274,21 @@ class HttpAdapter(ProviderAdapter):
             return await create()
 
         return await self._retrying(attempt)
+
+    def _output_line(self, line: bytes, number: int, file_id: str, provider_batch_id: str) -> Mapping[str, Any] | None:
+        """A result-file line in OpenAI's output envelope, normalised; None (and a warning) if unusable."""
+        try:
+            return normalise_output_line(line, provider_batch_id)
+        except MalformedResult as exc:
+            log.warning(
+                "provider %s: skipped line %d of result file %s of batch %s: %s",
+                self.name,
+                number,
+                file_id,
+                provider_batch_id,
+                exc,
+            )
+            return None
 
     # ----------------------------------------------------------------- calls
 

@@ -9,6 +9,7 @@ that fits what is left of the client's window. Output and error files hold OpenA
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -32,20 +33,17 @@ from gateway.providers.jsonl import encode_line
 from gateway.providers.mistral_wire import (
     INLINE_LIMIT,
     JOB_STATUS,
-    job_counts,
-    job_error_summary,
+    parse_job,
     read_requests,
     timeout_hours,
     translate_shard,
 )
 from gateway.providers.openai_wire import (
     find_batch_with_token,
-    normalise_output_line,
     parse_batch_page,
     rejected_line,
     submit_metadata,
 )
-from gateway.translate import MalformedResult
 from gateway.translate.mistral import CHAT, EMBEDDINGS
 
 log = logging.getLogger(__name__)
@@ -115,22 +113,12 @@ class MistralBatchAdapter(HttpAdapter):
 
     async def poll(self, provider_batch_id: str) -> PollResult:
         """Read the job's status and counts."""
-        job = await self._retrieve(provider_batch_id)
-        raw_status = job.get("status")
-        state = JOB_STATUS.get(raw_status) if isinstance(raw_status, str) else None
-        if state is None:
-            log.warning("provider %s: unknown job status %r, treated as running", self.name, raw_status)
-            state = ProviderBatchState.RUNNING
-        counts = job_counts(job)
-        error = job_error_summary(job) if state is ProviderBatchState.FAILED else None
-        return PollResult(
-            state=state,
-            raw_status=str(raw_status),
-            total=counts.total,
-            completed=counts.completed,
-            failed=counts.failed,
-            error=self._sanitise(error) if error is not None else None,
-        )
+        result, known = parse_job(await self._retrieve(provider_batch_id))
+        if not known:
+            log.warning("provider %s: unknown job status %r, treated as running", self.name, result.raw_status)
+        if result.error is None:
+            return result
+        return dataclasses.replace(result, error=self._sanitise(result.error))
 
     async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
         """Append the output and error files' lines to ``dest``, then a 400 line per request never sent."""
@@ -144,7 +132,7 @@ class MistralBatchAdapter(HttpAdapter):
                     continue
 
                 def keep(line: bytes, number: int, file_id: str = file_id) -> Mapping[str, Any] | None:
-                    return self._result_line(line, number, file_id, provider_batch_id)
+                    return self._output_line(line, number, file_id, provider_batch_id)
 
                 await self._download_lines(f"/files/{quote(file_id, safe='')}/content", out, keep)
             for custom_id, problem in shard.rejected if shard else []:
@@ -187,17 +175,3 @@ class MistralBatchAdapter(HttpAdapter):
                 return None
         log.warning("provider %s: submit token not in the newest %d job pages", self.name, self.max_list_pages)
         return None
-
-    def _result_line(self, line: bytes, number: int, file_id: str, provider_batch_id: str) -> Mapping[str, Any] | None:
-        try:
-            return normalise_output_line(line, provider_batch_id)
-        except MalformedResult as exc:
-            log.warning(
-                "provider %s: skipped line %d of result file %s of job %s: %s",
-                self.name,
-                number,
-                file_id,
-                provider_batch_id,
-                exc,
-            )
-            return None

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.providers.base import ProviderBatchState
+from gateway.providers.base import PollResult, ProviderBatchState
 from gateway.providers.jsonl import encode_line
 from gateway.translate import TranslationError
 from gateway.translate.mistral import to_mistral
@@ -53,6 +53,23 @@ def _count(job: Mapping[str, Any], key: str) -> int:
 def job_counts(job: Mapping[str, Any]) -> JobCounts:
     """Read ``total_requests``, ``succeeded_requests`` and ``failed_requests``; absent ones count as zero."""
     return JobCounts(_count(job, "total_requests"), _count(job, "succeeded_requests"), _count(job, "failed_requests"))
+
+
+def parse_job(job: Mapping[str, Any]) -> tuple[PollResult, bool]:
+    """The poll result of a job object, and whether its status is one this table knows (unknown: running)."""
+    raw_status = job.get("status")
+    state = JOB_STATUS.get(raw_status) if isinstance(raw_status, str) else None
+    counts = job_counts(job)
+    failed = state is ProviderBatchState.FAILED
+    result = PollResult(
+        state=state or ProviderBatchState.RUNNING,
+        raw_status=str(raw_status),
+        total=counts.total,
+        completed=counts.completed,
+        failed=counts.failed,
+        error=job_error_summary(job) if failed else None,
+    )
+    return result, state is not None
 
 
 def job_error_summary(job: Mapping[str, Any], *, limit: int = 3) -> str | None:

@@ -39,14 +39,12 @@ from gateway.providers.openai_wire import (
     find_batch_with_token,
     find_upload_of,
     map_batch_status,
-    normalise_output_line,
     parse_batch_page,
     parse_request_counts,
     submit_metadata,
     unwrap_batch,
     upload_name,
 )
-from gateway.translate import MalformedResult
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +149,7 @@ class OpenAIBatchAdapter(HttpAdapter):
                 path = f"/files/{quote(file_id, safe='')}/content"
 
                 def keep(line: bytes, number: int, file_id: str = file_id) -> Mapping[str, Any] | None:
-                    return self._result_line(line, number, file_id, provider_batch_id)
+                    return self._output_line(line, number, file_id, provider_batch_id)
 
                 await self._download_lines(path, out, keep)
 
@@ -219,17 +217,3 @@ class OpenAIBatchAdapter(HttpAdapter):
         if not isinstance(batch_id, str) or not batch_id:
             raise ProviderUnavailable(f"provider {self.name}: {call} answered a batch without an id")
         return batch_id
-
-    def _result_line(self, line: bytes, number: int, file_id: str, provider_batch_id: str) -> Mapping[str, Any] | None:
-        try:
-            return normalise_output_line(line, provider_batch_id)
-        except MalformedResult as exc:
-            log.warning(
-                "provider %s: skipped line %d of result file %s of batch %s: %s",
-                self.name,
-                number,
-                file_id,
-                provider_batch_id,
-                exc,
-            )
-            return None

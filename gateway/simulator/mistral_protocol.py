@@ -245,16 +245,9 @@ class FilesController(Controller):
         try:
             if purpose not in ("batch", "fine-tune", "ocr"):
                 raise unprocessable("purpose", "Input should be 'fine-tune', 'batch' or 'ocr'", "enum")
-            now = emu.clock.ts()
-            stored = await emu.files.save_stream(
-                upload.read, emu.max_file_bytes, filename=upload.filename, purpose=str(purpose),
-                created_at=now, expires_at=None,
-            )  # fmt: skip
+            stored = await emu.save_upload(request, upload, str(purpose), None)
         finally:
             await upload.close()
-        emu.stats.files_uploaded += 1
-        emu.stats.bytes_uploaded += stored.bytes
-        note(request, file_id=stored.id, bytes=stored.bytes, lines=stored.lines)
         return file_object(stored)
 
     @get("/")

@@ -125,17 +125,10 @@ class FilesController(Controller):
                 raise invalid("file", "Invalid file format for Batch API. Must be .jsonl", "invalid_file_format")
             if ttl is not None and (not str(ttl).isdigit() or not TTL_MIN_S <= int(ttl) <= TTL_MAX_S):
                 raise invalid("expires_after.seconds", f"Must be between {TTL_MIN_S} and {TTL_MAX_S}.")
-            now = emu.clock.ts()
-            expires = now + (int(ttl) if ttl is not None else FILE_TTL_S)
-            stored = await emu.files.save_stream(
-                upload.read, emu.max_file_bytes, filename=upload.filename, purpose=str(purpose),
-                created_at=now, expires_at=expires,
-            )  # fmt: skip
+            expires = emu.clock.ts() + (int(ttl) if ttl is not None else FILE_TTL_S)
+            stored = await emu.save_upload(request, upload, str(purpose), expires)
         finally:
             await upload.close()
-        emu.stats.files_uploaded += 1
-        emu.stats.bytes_uploaded += stored.bytes
-        note(request, file_id=stored.id, bytes=stored.bytes, lines=stored.lines)
         return file_object(stored)
 
     @get("/")

@@ -208,6 +208,17 @@ class EmulatorState:
         self.stats.api_calls += 1
         self.log.append(LogEntry(self.clock.now(), method, path, status, request_id, detail or None, received_at))
 
+    async def save_upload(self, request: Any, upload: Any, purpose: str, expires_at: int | None) -> StoredFile:
+        """Store a multipart upload that passed the route's checks, count it and note it in the call's log."""
+        stored = await self.files.save_stream(
+            upload.read, self.max_file_bytes, filename=upload.filename, purpose=purpose,
+            created_at=self.clock.ts(), expires_at=expires_at,
+        )  # fmt: skip
+        self.stats.files_uploaded += 1
+        self.stats.bytes_uploaded += stored.bytes
+        note(request, file_id=stored.id, bytes=stored.bytes, lines=stored.lines)
+        return stored
+
     def launch(self, job: Job) -> None:
         """Register a new job and start advancing it in the running event loop."""
         self.jobs[job.id] = job
