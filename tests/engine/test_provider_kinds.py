@@ -221,6 +221,13 @@ def test_an_embeddings_batch_goes_only_to_kinds_that_serve_embeddings(
     [decision] = admin(gateway, f"/batches/{batch.id}")["decisions"]
     assert decision["chosen_provider"] == "mistral"  # the cheapest that serves embeddings
     assert sorted(c["provider"] for c in decision["candidates"]) == sorted(SERVE_EMBEDDINGS)
+    # A model only chat-only providers serve: the batch fails at once, saying why, instead of waiting.
+    groq_only = [embedding_request("g-0", "text", model="via-groq")]
+    refused = wait_for(client, submit(client, groq_only, endpoint=EMBEDDINGS).id, timeout=60)
+    assert refused.status == "failed" and refused.errors is not None
+    [error] = refused.errors.data
+    assert error.code == "provider_unavailable" and "groq: does not serve /v1/embeddings" in (error.message or "")
+
     endpoints = {name: {job.endpoint for job in cluster.state(f"{name}-emu").jobs.values()} for name in KINDS}
     assert EMBEDDINGS in endpoints["mistral"]
     assert not any(EMBEDDINGS in endpoints[name] for name in ("groq", "together", "anthropic", "gemini"))
