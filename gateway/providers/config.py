@@ -105,15 +105,17 @@ class ProviderConfig(BaseModel):
         return f"{host}:{port}" if port else host
 
     def describe(self) -> str:
-        """One log line: kind, host, key variable, models and limits; never the key or the full URL."""
+        """One log line: kind and adapter options, host, key variable, models and limits; never the key or the
+        full URL (adapter options hold settings such as ``dialect``, never secrets)."""
         if not self.enabled:
             return f"provider {self.name}: disabled"
         models = ", ".join(name if name == model else f"{name}={model}" for name, model in self.models.items())
         limits = " ".join(f"{k}={v}" for k, v in self.limits.model_dump().items() if v is not None)
         key = f"key from {self.api_key_env}" if self.api_key_env else "no key"
         prices = f", prices of {self.catalog_provider}" if self.catalog_provider else ""
+        options = "".join(f", {name} {value}" for name, value in self.options.items())
         return (
-            f"provider {self.name}: kind {self.kind}, host {self.host()}, {key}{prices}, "
+            f"provider {self.name}: kind {self.kind}{options}, host {self.host()}, {key}{prices}, "
             f"models {models or 'none'}, limits {limits}"
         )
 

@@ -89,9 +89,10 @@ def test_the_start_up_line_shows_the_host_only() -> None:
         api_key_env="GROQ_API_KEY",
         models={"llama-3.3-70b": "llama-3.3-70b-versatile", "gpt-4o-mini": "gpt-4o-mini"},
         limits={"max_batches_in_flight": 4},
+        options={"dialect": "groq"},
     ).describe()
     assert line == (
-        "provider groq: kind openai, host api.groq.com:8443, key from GROQ_API_KEY, "
+        "provider groq: kind openai, dialect groq, host api.groq.com:8443, key from GROQ_API_KEY, "
         "models llama-3.3-70b=llama-3.3-70b-versatile, gpt-4o-mini, limits max_requests_per_batch=50000 "
         "max_bytes_per_batch=209715200 max_batches_in_flight=4 max_concurrency=16"
     )
@@ -199,7 +200,7 @@ def test_a_correct_configuration_logs_each_provider_and_policy(tmp_path: Path, c
         "provider groq: kind openai, host api.groq.com, key from GROQ_TEST_KEY, "
         "models llama-3.3-70b=llama-3.3-70b-versatile, limits max_requests_per_batch=50000 "
         "max_bytes_per_batch=209715200 max_batches_in_flight=100 max_concurrency=16",
-        "provider gem: kind gemini, host 127.0.0.1:9, no key, models gemini-2.5-flash, limits "
+        "provider gem: kind gemini, inline_max_bytes 4096, host 127.0.0.1:9, no key, models gemini-2.5-flash, limits "
         "max_requests_per_batch=50000 max_bytes_per_batch=209715200 max_batches_in_flight=100 max_concurrency=16",
         *(f"routing policy {name}: {origin(name)}" for name in default_registry().names()),
     ]
