@@ -35,6 +35,11 @@ from types import MappingProxyType
 from typing import Literal, Protocol, runtime_checkable
 
 Mode = Literal["batch", "sync"]
+Tier = Literal["standard", "flex", "priority"]
+"""The service tier of a synchronous offer: ``flex`` is slower and may be refused, at about the batch price;
+``priority`` is faster at a premium."""
+Service = Literal["batch", "standard", "flex", "priority"]
+"""How an offer runs the work: a provider batch, or synchronous fan-out at one of the tiers."""
 CircuitState = Literal["closed", "open", "half_open"]
 
 MTOK = 1_000_000
@@ -151,18 +156,36 @@ class Offer:
     context_window: int | None = None
     max_output_tokens: int | None = None
     price_windows: tuple[PriceWindow, ...] = ()
+    tier: Tier = "standard"
+    """The service tier synchronous requests ask for (``input_per_mtok``/``output_per_mtok`` are its prices)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("batch", "sync"):
             raise ValueError(f"mode must be 'batch' or 'sync', got {self.mode!r}")
+        if self.tier not in ("standard", "flex", "priority"):
+            raise ValueError(f"tier must be 'standard', 'flex' or 'priority', got {self.tier!r}")
+        if self.tier != "standard" and self.mode != "sync":
+            raise ValueError(f"a {self.tier} offer runs synchronously: its mode must be 'sync'")
         for name in ("input_per_mtok", "output_per_mtok", "batch_input_per_mtok", "batch_output_per_mtok"):
             _check_price(name, getattr(self, name))
         object.__setattr__(self, "price_windows", tuple(self.price_windows))
 
     @property
+    def service(self) -> Service:
+        """``batch``, or the tier of a synchronous offer."""
+        return "batch" if self.mode == "batch" else self.tier
+
+    @property
+    def run_mode(self) -> str:
+        """``batch``, ``sync``, or the tier (``flex``, ``priority``) of a synchronous offer at one: the mode its
+        shards, ledger rows and quotes show."""
+        return self.mode if self.tier == "standard" else self.tier
+
+    @property
     def label(self) -> str:
-        """Short human name, e.g. ``openai/gpt-4o-mini (batch)``."""
-        return f"{self.provider}/{self.provider_model} ({self.mode})"
+        """Short human name, e.g. ``openai/gpt-4o-mini (batch)`` or ``openai/gpt-5-mini (sync, flex)``."""
+        tier = f", {self.tier}" if self.tier != "standard" else ""
+        return f"{self.provider}/{self.provider_model} ({self.mode}{tier})"
 
     def base_rates(self, batch: bool) -> tuple[float, float]:
         """Input and output USD per MTok outside any price window."""
@@ -220,6 +243,8 @@ class Hints:
     """Preferred providers, most preferred first."""
     weights: Mapping[str, float] = field(default_factory=dict)
     max_cost_usd: float | None = None
+    tier: Service | None = None
+    """Only offers of this service: ``batch``, ``standard``, ``flex`` or ``priority`` (the ``tier`` key)."""
     extra: Mapping[str, str] = field(default_factory=dict)
     """Metadata keys the gateway does not interpret, for third-party policies."""
 

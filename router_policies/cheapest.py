@@ -20,14 +20,15 @@ def cost_order(job: JobFacts, offers: Sequence[Offer], states: Mapping[str, Prov
         run_s = estimate_duration(job, offer, states.get(offer.provider)).seconds
         p90 = observed_p90_s(offer, states)
         cost = job_cost(job, offer, run_s)
-        priced.append((cost, math.inf if p90 is None else p90, offer.provider, offer.provider_model, offer.mode, offer))
+        turnaround = math.inf if p90 is None else p90
+        priced.append((cost, turnaround, offer.provider, offer.provider_model, offer.service, offer))
     priced.sort(key=lambda row: row[:5])
     if not priced:
         return []
     best = priced[0][0]
     candidates = []
     for cost, *_, offer in priced:
-        rate = "batch rate" if offer.mode == "batch" else "sync rate"
+        rate = {"batch": "batch rate", "standard": "sync rate"}.get(offer.service, f"{offer.service} rate")
         extra = "lowest estimated cost" if cost == best else f"+${cost - best:.4f} over the cheapest"
         candidates.append(Candidate(offer, cost, f"${cost:.4f} at {rate} ({extra})"))
     return candidates

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from router_policies.base import Candidate, JobFacts, Offer, ProviderState
 from router_policies.helpers import Duration, estimate_duration, format_seconds, job_cost, usable_offers, within_cap
 
-_TIER = {"batch": "batch tier", "sync": "sync fan-out tier"}
+_TIER = {"batch": "batch tier", "standard": "sync fan-out tier", "flex": "flex tier", "priority": "priority tier"}
 
 
 class DeadlinePolicy:
@@ -37,7 +37,7 @@ class DeadlinePolicy:
 
         candidates = []
         for offer, duration, cost in fitting:
-            why = f"{_TIER[offer.mode]}: {format_seconds(duration.seconds)} ({duration.basis}) fits {limit_text}"
+            why = f"{_TIER[offer.service]}: {format_seconds(duration.seconds)} ({duration.basis}) fits {limit_text}"
             if offer.mode == "sync" and slower_batch is not None:
                 why += (
                     f"; batch tier needs {format_seconds(slower_batch.seconds)} ({slower_batch.basis}),"
@@ -45,7 +45,7 @@ class DeadlinePolicy:
                 )
             candidates.append(Candidate(offer, cost, f"{why}; ${cost:.4f}"))
         for offer, duration, cost in late:
-            why = f"{_TIER[offer.mode]}: {format_seconds(duration.seconds)} ({duration.basis}) misses {limit_text}"
+            why = f"{_TIER[offer.service]}: {format_seconds(duration.seconds)} ({duration.basis}) misses {limit_text}"
             if not fitting:
                 why = "no offer fits; fastest first. " + why
             candidates.append(Candidate(offer, cost, f"{why}; ${cost:.4f}"))
@@ -53,4 +53,4 @@ class DeadlinePolicy:
 
 
 def _name(offer: Offer) -> tuple[str, str, str]:
-    return offer.provider, offer.provider_model, offer.mode
+    return offer.provider, offer.provider_model, offer.service

@@ -23,6 +23,8 @@ from router_policies.base import (
 )
 
 _DAY_S = 24 * 3600
+FLEX_LATENCY_S = 15 * 60.0
+"""Flex requests answer within minutes ("1-15 min target"); counted once, as the last wave's wait."""
 
 
 def usable_offers(offers: Sequence[Offer], states: Mapping[str, ProviderState]) -> list[Offer]:
@@ -49,7 +51,7 @@ def estimate_duration(job: JobFacts, offer: Offer, state: ProviderState | None) 
 
     Batch: the observed p90 turnaround, else :data:`DEFAULT_BATCH_TURNAROUND_S`. Sync fan-out: the
     slower of the request and token rate limits (:data:`DEFAULT_SYNC_REQUESTS_PER_MINUTE` if none
-    is known). A known queue wait is added to both.
+    is known), plus :data:`FLEX_LATENCY_S` at the flex tier. A known queue wait is added to both.
     """
     wait = state.queue_wait_s if state is not None and state.queue_wait_s else 0.0
     if offer.mode == "batch":
@@ -69,6 +71,8 @@ def estimate_duration(job: JobFacts, offer: Offer, state: ProviderState | None) 
         if tpm:
             limits.append(((job.est_input_tokens + job.est_output_tokens) / tpm, f"{tpm:g} tpm"))
     minutes, basis = max(limits)
+    if offer.tier == "flex":
+        return Duration(minutes * 60 + wait + FLEX_LATENCY_S, f"{basis} + flex latency up to {FLEX_LATENCY_S / 60:g}m")
     return Duration(minutes * 60 + wait, basis)
 
 

@@ -61,7 +61,7 @@ class OffpeakPolicy:
                     _Variant(offer, now_cost, run_s, f"misses the time limit {format_seconds(limit)}; {now_text}")
                 )
         fitting.sort(key=_Variant.key)
-        late.sort(key=lambda v: (v.finish_s, v.cost, v.offer.provider, v.offer.provider_model, v.offer.mode))
+        late.sort(key=lambda v: (v.finish_s, v.cost, v.offer.provider, v.offer.provider_model, v.offer.service))
         candidates = [Candidate(v.offer, v.cost, v.reason, v.start_at) for v in fitting + late]
         return within_cap(job, candidates)
 

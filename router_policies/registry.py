@@ -37,7 +37,8 @@ BUILTIN_POLICIES: Mapping[str, Callable[[], Policy]] = {
     "spread": SpreadPolicy,
     "offpeak": OffpeakPolicy,
 }
-HINT_KEYS = ("policy", "deadline", "providers", "weights", "max_cost_usd")
+HINT_KEYS = ("policy", "deadline", "providers", "weights", "max_cost_usd", "tier")
+SERVICES = ("batch", "standard", "flex", "priority")
 """Metadata keys the gateway reads as routing hints; any other key passes through in ``Hints.extra``."""
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -173,7 +174,7 @@ def _parse_weights(text: str) -> dict[str, float]:
 
 def parse_hints(metadata: Mapping[str, str] | None, registry: PolicyRegistry | None = None) -> Hints:
     """Validate the routing keys of a batch's ``metadata`` (``policy``, ``deadline``, ``providers``,
-    ``weights``, ``max_cost_usd``); raise :class:`PolicyError` with a message fit for the client.
+    ``weights``, ``max_cost_usd``, ``tier``); raise :class:`PolicyError` with a message fit for the client.
 
     ``policy`` is checked against ``registry`` (default: the process-wide one).
     """
@@ -192,11 +193,15 @@ def parse_hints(metadata: Mapping[str, str] | None, registry: PolicyRegistry | N
     max_cost_usd = None if max_cost is None else _parse_number("max_cost_usd", max_cost)
     if max_cost_usd == 0:
         raise PolicyError("max_cost_usd must be above 0")
+    tier = metadata.get("tier")
+    if tier is not None and tier.strip() not in SERVICES:
+        raise PolicyError(f"tier {tier!r} is not one of {', '.join(SERVICES)}")
     return Hints(
         policy=policy,
         deadline_s=None if deadline is None else parse_duration(deadline),
         providers=() if providers is None else _parse_providers(providers),
         weights={} if weights is None else _parse_weights(weights),
         max_cost_usd=max_cost_usd,
+        tier=None if tier is None else tier.strip(),  # type: ignore[arg-type]
         extra={key: value for key, value in metadata.items() if key not in HINT_KEYS},
     )

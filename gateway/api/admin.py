@@ -158,7 +158,7 @@ def offer_view(priced: PricedOffer) -> dict[str, Any]:
     return {
         "model": offer.model,
         "provider_model": offer.provider_model,
-        "mode": offer.mode,
+        "mode": offer.run_mode,
         "input_per_mtok": offer.input_per_mtok,
         "output_per_mtok": offer.output_per_mtok,
         "batch_input_per_mtok": offer.batch_input_per_mtok,

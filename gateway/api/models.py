@@ -43,7 +43,7 @@ def _offer_view(priced: PricedOffer) -> dict[str, Any]:
     return {
         "provider": offer.provider,
         "provider_model": offer.provider_model,
-        "mode": offer.mode,
+        "mode": offer.run_mode,
         "input_per_mtok": paid_in,
         "output_per_mtok": paid_out,
         "sync_input_per_mtok": offer.input_per_mtok,

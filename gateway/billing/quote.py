@@ -26,6 +26,7 @@ from gateway.errors import UnknownModel
 from gateway.routing.health import provider_states
 from gateway.routing.placement import NoUsableProvider, rank
 from router_policies.base import DEFAULT_BATCH_TURNAROUND_S, PolicyError
+from router_policies.helpers import FLEX_LATENCY_S
 from router_policies.registry import parse_hints
 
 
@@ -162,6 +163,9 @@ async def quote_file(
                     limits.max_requests_per_batch,
                     limits.max_batches_in_flight,
                 )
+            elif offer.tier == "flex":
+                basis = f"fan-out at {fanout.basis}, flex answers within {FLEX_LATENCY_S / 60:g}m"
+                timing = Timing(fanout.p50_s, fanout.p90_s + FLEX_LATENCY_S, basis)
             else:
                 timing = Timing(fanout.p50_s, fanout.p90_s, f"fan-out at {fanout.basis}")
             paid = priced.paid_rates
@@ -170,7 +174,7 @@ async def quote_file(
                     model=resolved.model,
                     provider=offer.provider,
                     provider_model=offer.provider_model,
-                    mode=offer.mode,
+                    mode=offer.run_mode,
                     requests=estimate.requests,
                     input_tokens=estimate.input_tokens,
                     output_tokens=estimate.output_tokens,

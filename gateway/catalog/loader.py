@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.catalog.names import NameIndex, Resolved
-from router_policies.base import Offer, PriceWindow
+from router_policies.base import Offer, PriceWindow, Tier
 
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -76,6 +76,14 @@ class OfferEntry(BaseModel):
     )
     batch_cached_input_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
     batch_cache_write_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
+    flex_input_per_mtok: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Synchronous requests at the flex service tier."
+    )
+    flex_output_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
+    priority_input_per_mtok: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Synchronous requests at the priority service tier."
+    )
+    priority_output_per_mtok: float | None = Field(None, ge=0, allow_inf_nan=False)
     context_window: int | None = Field(None, ge=1)
     max_output_tokens: int | None = Field(None, ge=1)
     price_windows: tuple[PriceWindowEntry, ...] = ()
@@ -92,9 +100,23 @@ class OfferEntry(BaseModel):
 
     @model_validator(mode="after")
     def _batch_rates_together(self) -> OfferEntry:
-        if (self.batch_input_per_mtok is None) != (self.batch_output_per_mtok is None):
-            raise ValueError("give both batch_input_per_mtok and batch_output_per_mtok, or neither")
+        for prefix in ("batch", "flex", "priority"):
+            if (getattr(self, f"{prefix}_input_per_mtok") is None) != (
+                getattr(self, f"{prefix}_output_per_mtok") is None
+            ):
+                raise ValueError(f"give both {prefix}_input_per_mtok and {prefix}_output_per_mtok, or neither")
+        if self.tier_rates() and "sync" not in self.modes:
+            raise ValueError("flex and priority prices are synchronous service tiers: modes must include 'sync'")
         return self
+
+    def tier_rates(self) -> dict[Tier, tuple[float, float]]:
+        """USD per MTok (input, output) of each synchronous service tier this offer prices besides standard."""
+        rates: dict[Tier, tuple[float, float]] = {}
+        for tier in ("flex", "priority"):
+            given = getattr(self, f"{tier}_input_per_mtok"), getattr(self, f"{tier}_output_per_mtok")
+            if given[0] is not None and given[1] is not None:
+                rates[tier] = (given[0], given[1])
+        return rates
 
     @property
     def pin(self) -> str:
@@ -102,11 +124,25 @@ class OfferEntry(BaseModel):
         return f"{self.provider}/{self.provider_model}"
 
     def to_offers(self, model: str) -> list[Offer]:
-        """One policy offer per mode."""
+        """One policy offer per mode, then one per priced synchronous service tier."""
         windows = tuple(
             PriceWindow(w.start_utc, w.end_utc, w.input_per_mtok, w.output_per_mtok, w.label)
             for w in self.price_windows
         )
+        tiers = [
+            Offer(
+                provider=self.provider,
+                model=model,
+                provider_model=self.provider_model,
+                input_per_mtok=rates[0],
+                output_per_mtok=rates[1],
+                mode="sync",
+                context_window=self.context_window,
+                max_output_tokens=self.max_output_tokens,
+                tier=tier,
+            )
+            for tier, rates in self.tier_rates().items()
+        ]
         return [
             Offer(
                 provider=self.provider,
@@ -122,7 +158,7 @@ class OfferEntry(BaseModel):
                 price_windows=windows,
             )
             for mode in self.modes
-        ]
+        ] + tiers
 
 
 class ModelEntry(BaseModel):

@@ -163,7 +163,11 @@ class Shard(SQLModel, table=True):
     provider: str = Field(max_length=128)
     model: str = Field(max_length=256, description="The model name the client asked for.")
     provider_model: str = Field(max_length=256)
-    mode: str = Field(default="batch", max_length=8, description="'batch' (provider batch) or 'sync' (fan-out).")
+    mode: str = Field(
+        default="batch",
+        max_length=8,
+        description="'batch' (provider batch), 'sync' (fan-out), 'flex' or 'priority' (fan-out at that tier).",
+    )
     parent_id: str | None = Field(
         default=None, max_length=64, description="Shard whose unfinished requests this carries."
     )

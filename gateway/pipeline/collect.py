@@ -32,7 +32,15 @@ from gateway.db.models import Batch, Shard, now_s
 from gateway.db.unit_of_work import Rollback, transaction
 from gateway.pipeline import canary, failover, ledger, lifecycle
 from gateway.pipeline.joining import error_lines, fail_moved, split_results
-from gateway.pipeline.lifecycle import at, attempt_key, fanout_parts_prefix, gather_parts, stop_reason, wait
+from gateway.pipeline.lifecycle import (
+    at,
+    attempt_key,
+    fanout_parts_prefix,
+    gather_parts,
+    shard_tier,
+    stop_reason,
+    wait,
+)
 from gateway.pipeline.results import ShardResults
 from gateway.providers.base import (
     CapabilityNotSupported,
@@ -90,6 +98,7 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lea
                 shard.last_error,
                 shard.provider,
                 can_move,
+                shard_tier(shard),
             )
             if results.moved:
                 move = await failover.plan_move(context, batch, shard, lease, moved_path, results.moved)

@@ -18,6 +18,7 @@ from gateway.billing.estimate import raw_input_tokens
 from gateway.pipeline.failover import retryable
 from gateway.pipeline.results import (
     ShardResults,
+    Usage,
     error_line,
     id_decoder,
     iter_custom_ids,
@@ -57,16 +58,17 @@ def split_results(
     detail: str | None,
     provider: str,
     can_move: bool,
+    tier: str = "standard",
 ) -> ShardResults:
     """Write one output, error or moved line per request of the shard; see the module docstring.
 
     With ``can_move``, requests that failed retryably or were never answered go to ``moved_path``
     (their input lines) instead of the error file. Every output and error line names the
-    ``provider`` that answered it.
+    ``provider`` that answered it. ``tier`` is the service tier the shard's requests asked for.
     """
     pending = _input_estimates(input_path)
     moved: set[str] = set()
-    results = ShardResults()
+    results = ShardResults(usage=Usage(asked_tier=tier))
     with output_path.open("wb") as out, error_path.open("wb") as err:
         if raw_path is not None and raw_path.exists():
             with raw_path.open("rb") as raw:

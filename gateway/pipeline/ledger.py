@@ -61,7 +61,9 @@ async def record(
     """Add the shard's ledger row and what follows from it (call under the batch lock; the caller commits):
     the batch's totals, the team's history of what requests used (``sample``), billing alerts, the batch's
     projection and the budget checks that may stop it (:mod:`gateway.billing.guard`), and its own cost cap."""
-    cost, list_cost = shard_cost(shard, usage)
+    downgraded = usage.get("standard_input", 0) or usage.get("standard_output", 0)
+    standard = context.offers.standard_rates(shard.provider, shard.provider_model) if downgraded else None
+    cost, list_cost = shard_cost(shard, usage, standard)
     session.add(
         LedgerEntry(
             shard_id=shard.id,

@@ -40,6 +40,11 @@ PROVIDER_FAILURES = frozenset({"failed", "expired", "cancelled", "stalled", "aba
 """End reasons of a shard whose provider let it down as a whole (as opposed to single requests)."""
 
 
+def shard_tier(shard: Shard) -> str:
+    """The synchronous service tier a shard's requests ask for: ``flex``, ``priority`` or ``standard``."""
+    return shard.mode if shard.mode in ("flex", "priority") else "standard"
+
+
 def window_left_s(batch: Batch) -> float:
     """Seconds until the batch's completion window closes (a day for a batch without one)."""
     if batch.expires_at is None:

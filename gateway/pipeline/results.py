@@ -46,9 +46,18 @@ id_decoder = msgspec.json.Decoder(_IdLine)
 encoder = msgspec.json.Encoder()
 
 
+STANDARD_TIERS = frozenset({"default", "standard"})
+"""``service_tier`` values of an answer served at the standard tier (OpenAI says ``default``)."""
+
+
 @dataclass
 class Usage:
-    """Tokens reported by a provider's answers."""
+    """Tokens reported by a provider's answers.
+
+    ``asked_tier`` is the service tier the shard's requests asked for; answers the provider served at the
+    standard tier instead (a priority request downgraded) are also counted in ``standard_input`` and
+    ``standard_output``: they are billed at the standard rate.
+    """
 
     input: int = 0
     output: int = 0
@@ -56,6 +65,9 @@ class Usage:
     cache_write: int = 0
     reasoning: int = 0
     requests: int = 0
+    asked_tier: str = "standard"
+    standard_input: int = 0
+    standard_output: int = 0
 
     def add(self, body: Any) -> None:
         """Add one successful answer's ``usage``."""
@@ -63,21 +75,28 @@ class Usage:
         usage = body.get("usage") if isinstance(body, dict) else None
         if not isinstance(usage, dict):
             return
-        self.input += int(usage.get("prompt_tokens") or 0)
-        self.output += int(usage.get("completion_tokens") or 0)
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        self.input += prompt
+        self.output += completion
         details = usage.get("prompt_tokens_details") or {}
         self.cached += int(details.get("cached_tokens") or 0)
         self.cache_write += int(details.get("cache_write_tokens") or 0)
         self.reasoning += int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+        if self.asked_tier != "standard" and body.get("service_tier") in STANDARD_TIERS:
+            self.standard_input += prompt
+            self.standard_output += completion
 
     def as_dict(self) -> dict[str, int]:
-        """``input``, ``output``, ``cached``, ``cache_write``, ``reasoning`` token counts."""
+        """``input``, ``output``, ``cached``, ``cache_write``, ``reasoning`` token counts, and the ``standard_input``
+        and ``standard_output`` of those served at the standard tier although another was asked for."""
         return {
             "input": self.input,
             "output": self.output,
             "cached": self.cached,
             "cache_write": self.cache_write,
             "reasoning": self.reasoning,
+            "standard_input": self.standard_input,
+            "standard_output": self.standard_output,
         }
 
 

@@ -38,6 +38,7 @@ class _BodyModel(msgspec.Struct):
 
 _head_decoder = msgspec.json.Decoder(_Head)
 _model_decoder = msgspec.json.Decoder(_BodyModel)
+_TIER_FIELD = b'"service_tier"'
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class Placement:
     pinned: bool = False
     start_at: float | None = None
     share: float = 1.0
+    tier: str = "standard"
+    """The synchronous service tier its requests ask for (``standard``, ``flex`` or ``priority``)."""
 
     @classmethod
     def of(cls, context: GatewayContext, choice: Choice, pinned: bool, baseline: tuple[float, float]) -> Placement:
@@ -67,7 +70,7 @@ class Placement:
             provider=offer.provider,
             provider_model=offer.provider_model,
             model=offer.model,
-            mode=offer.mode,
+            mode=offer.run_mode,
             limits=context.providers.get(offer.provider).config.limits,
             paid_rates=choice.priced.paid_rates,
             list_rates=baseline,
@@ -75,6 +78,7 @@ class Placement:
             pinned=pinned,
             start_at=start.timestamp() if start else None,
             share=choice.candidate.share,
+            tier=offer.tier,
         )
 
 
@@ -206,8 +210,9 @@ def split_into_shards(
                     index = lines.next_placement()
                     placement = lines.placements[index]
                     expected = estimator.request(body)
-                    if name != placement.provider_model:
-                        line = rewrite_model(line, placement.provider_model)
+                    tiered = placement.tier != "standard" or _TIER_FIELD in body
+                    if name != placement.provider_model or tiered:
+                        line = rewrite_model(line, placement.provider_model, placement.tier)
                     size = len(line) + 1
                     slot = (name, index, canary)
                     shard = open_shards.get(slot)
@@ -246,8 +251,15 @@ async def publish_shards(blobs: BlobStore, plans: list[ShardPlan]) -> None:
             plan.path.unlink(missing_ok=True)
 
 
-def rewrite_model(line: bytes, provider_model: str) -> bytes:
-    """The request line with ``body.model`` set to the provider's model id."""
+def rewrite_model(line: bytes, provider_model: str, tier: str = "standard") -> bytes:
+    """The request line with ``body.model`` set to the provider's model id and ``body.service_tier`` to the
+    placement's tier: a ``flex`` or ``priority`` asked elsewhere (by the client, or by the shard this line comes
+    from) is removed on a batch or standard placement, which cannot honour it; other values pass through."""
     request: dict[str, Any] = msgspec.json.decode(line)
-    request["body"]["model"] = provider_model
+    body = request["body"]
+    body["model"] = provider_model
+    if tier != "standard":
+        body["service_tier"] = tier
+    elif body.get("service_tier") in ("flex", "priority"):
+        del body["service_tier"]
     return msgspec.json.encode(request)

@@ -115,6 +115,8 @@ class RequestOptions(TypedDict, total=False):
     headers: Mapping[str, str]
     label: str
     """Names the call in errors instead of the path (for URLs the provider handed out)."""
+    timeout_s: float
+    """This call's timeout instead of the provider's ``timeout_s``."""
 
 
 # --------------------------------------------------------------------------- the base
@@ -300,7 +302,7 @@ class HttpAdapter(ProviderAdapter):
         if "json" in options:
             content = msgspec.json.encode(options["json"])
             sent["Content-Type"] = "application/json"
-        timeout = self.config.timeout_s
+        timeout = options.get("timeout_s", self.config.timeout_s)
         try:
             if multipart is None:
                 return await self.http.request(

@@ -9,6 +9,10 @@ A request is retried as the official SDK does (408, 409, 429 and 5xx; a ``Retry-
 out up to two minutes), then its last answer becomes its output line. A 401/403 raises
 :class:`~gateway.providers.base.ProviderAuthFailed`: every other request would fail the same way.
 
+A request a shard placed at the ``flex`` service tier (``"service_tier":"flex"`` in its body) gets a
+15-minute timeout, as flex answers can queue for minutes; flex's 429 for short capacity is unbilled and
+retried like any 429, and a request still refused after its tries is moved to a follow-up shard.
+
 Every try of every request waits for the provider's limits (concurrency, requests and tokens per
 minute, a 429's pause) through the limiter the engine hands it (:meth:`OpenAISyncAdapter.use_limiter`;
 :mod:`gateway.routing.limits`), shared by every replica on PostgreSQL. Until one is handed in, the
@@ -36,6 +40,12 @@ from gateway.routing.limits import RequestLimiter, local_limiter
 
 SYNC_RETRY = RetryPolicy(attempts=6, initial_s=0.5, max_s=30.0, retry_after_cap_s=120.0, wait_out_long_hints=True)
 """Six tries; a provider's ``Retry-After`` is waited out, two minutes at the most."""
+
+
+FLEX_TIMEOUT_S = 900.0
+"""Timeout of a ``service_tier: "flex"`` request: flex answers can take minutes (OpenAI advises 15)."""
+_FLEX_FIELD = b'"service_tier":"flex"'
+"""How the gateway's shard lines spell the flex tier (written compactly when the shard is placed)."""
 
 
 class _RetryableAnswer(ProviderUnavailable):
@@ -89,9 +99,12 @@ class OpenAISyncAdapter(HttpAdapter):
         return response.status_code < 500 and not issubclass(self._error_class(response), ProviderAuthFailed)
 
     async def _send_once(self, path: str, request: SyncRequest) -> httpx.Response:
+        # A flex request may queue for minutes before it is answered: it gets the long timeout flex asks for.
+        flex = _FLEX_FIELD in request.body
+        timeout = max(self.config.timeout_s, FLEX_TIMEOUT_S) if flex else self.config.timeout_s
         async with self._limiter.slot(request.estimated_tokens):
             response = await self._request(
-                "POST", path, content=request.body, headers={"Content-Type": "application/json"}
+                "POST", path, content=request.body, headers={"Content-Type": "application/json"}, timeout_s=timeout
             )
         if response.is_success:
             return response

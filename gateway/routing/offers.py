@@ -3,7 +3,9 @@
 A configured provider serves the gateway model names in its ``models`` table. Each becomes one
 policy :class:`~router_policies.base.Offer`: the provider's mode follows its adapter kind (a provider
 batch, or synchronous fan-out for ``openai_sync``), and its prices come from the catalog offer of the
-same logical model sold by ``catalog_provider`` (default: the provider's own name). A provider that
+same logical model sold by ``catalog_provider`` (default: the provider's own name). A synchronous
+provider whose catalog offer prices the ``flex`` or ``priority`` service tier gets one more offer per tier,
+at that tier's prices. A provider that
 serves a model the catalog does not price is still routable, at a price of zero, and is reported as
 unpriced (it never wins on price by accident of a missing entry: see :meth:`OfferBook.unpriced`).
 
@@ -15,7 +17,7 @@ provider's own model id.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.catalog.loader import Catalog, OfferEntry
 from gateway.catalog.names import NameIndex, Resolved
@@ -36,7 +38,10 @@ class PricedOffer:
 
     @property
     def list_rates(self) -> tuple[float, float]:
-        """Synchronous list prices (USD per MTok in, out): the base for savings."""
+        """Synchronous list prices at the standard tier (USD per MTok in, out): the base for savings, and what
+        a request asked at another tier costs when the provider serves it at the standard one."""
+        if self.offer.tier != "standard" and self.source is not None:
+            return self.source.input_per_mtok, self.source.output_per_mtok
         return self.offer.input_per_mtok, self.offer.output_per_mtok
 
     @property
@@ -69,6 +74,11 @@ class OfferBook:
                 entry = self._catalog_entry(logical, seller, mode)
                 offer = _offer(adapter.name, logical, provider_model, mode, entry)
                 self._offers.setdefault(logical, []).append(PricedOffer(offer, entry))
+                for tier, (rate_in, rate_out) in entry.tier_rates().items() if entry and mode == "sync" else ():
+                    # A tier's prices are flat: the standard offer's off-peak windows are not its own.
+                    tiered = replace(offer, input_per_mtok=rate_in, output_per_mtok=rate_out, price_windows=())
+                    tiered = replace(tiered, tier=tier)
+                    self._offers[logical].append(PricedOffer(tiered, entry))
         for name in self.catalog.names():
             for alias in (name, *self.catalog.data.models[name].aliases):
                 if name in self._offers:
@@ -116,6 +126,16 @@ class OfferBook:
             return 0.0, 0.0
         best = min(priced, key=lambda o: o.list_rates[0] * input_tokens + o.list_rates[1] * output_tokens)
         return best.list_rates
+
+    def standard_rates(self, provider: str, provider_model: str) -> tuple[float, float] | None:
+        """The standard-tier synchronous rates of a provider's model, for requests a provider served at the
+        standard tier although another was asked for; None if no synchronous offer of it is priced."""
+        for priced in self.all_offers():
+            offer = priced.offer
+            same = (offer.provider, offer.provider_model, offer.mode) == (provider, provider_model, "sync")
+            if same and priced.source is not None:
+                return priced.list_rates
+        return None
 
     def unpriced(self) -> list[str]:
         """``provider/model`` of offers the catalog does not price."""

@@ -84,6 +84,8 @@ async def rank(
     states = {**states, **blocked}
     serving = {name for name in states if context.providers.get(name).serves(batch.endpoint)}
     offers = [o for o in resolved.offers if o.offer.provider in serving]
+    if hints.tier is not None:
+        offers = [o for o in offers if o.offer.service == hints.tier]
     now = datetime.now(UTC)
     elapsed = max(0.0, time.time() - batch.created_at)
     window_s = float(batch.expires_at - batch.created_at) if batch.expires_at else 24 * 3600.0
@@ -101,10 +103,12 @@ async def rank(
         hints=hints,
     )
     candidates = policy.rank(job, [o.offer for o in offers], states)
-    by_offer = {(o.offer.provider, o.offer.provider_model, o.offer.mode): o for o in offers}
-    choices = [Choice(c, by_offer[(c.offer.provider, c.offer.provider_model, c.offer.mode)]) for c in candidates]
+    by_offer = {(o.offer.provider, o.offer.provider_model, o.offer.service): o for o in offers}
+    choices = [Choice(c, by_offer[(c.offer.provider, c.offer.provider_model, c.offer.service)]) for c in candidates]
     choices = [c for c in choices if is_usable(states.get(c.provider))]
     if not choices:
+        if hints.tier is not None and not offers:
+            raise NoUsableProvider(f"no enabled provider offers {resolved.model!r} at the {hints.tier} tier")
         raise NoUsableProvider(_why_none(resolved, states, exclude, serving, batch.endpoint))
     taken = choices[:1] if single else _taken(choices)
     decision = RoutingDecision(
@@ -141,6 +145,7 @@ def candidate_view(choice: Choice) -> dict[str, object]:
         "provider": candidate.offer.provider,
         "provider_model": candidate.offer.provider_model,
         "mode": candidate.offer.mode,
+        "tier": candidate.offer.service,
         "estimated_cost_usd": round(candidate.estimated_cost_usd, 6),
         "share": candidate.share,
         "start_at": candidate.start_at.timestamp() if candidate.start_at else None,

@@ -96,7 +96,8 @@ def build_control_app(cluster: SimulatorCluster) -> Litestar:
             "input_tokens": sum(job.input_tokens for job in jobs),
             "output_tokens": sum(job.output_tokens for job in jobs),
         }
-        return {"object": "invoice", "provider": state.name, "batches": batches, **totals}
+        by_tier = state.stats.usage_by_tier  # synchronous chat answers, by the service tier that served them
+        return {"object": "invoice", "provider": state.name, "batches": batches, **totals, "sync_by_tier": by_tier}
 
     @post("/providers/{name:str}/clock", status_code=200)
     async def clock(request: Req) -> dict[str, Any]:

@@ -4,6 +4,11 @@ and ``/models``, answered at once by the same deterministic model as its batches
 Providers without a batch API are driven through these by the gateway's fan-out. Per-call faults
 (down, latency, 429 with Retry-After, 5xx) apply as to every call; ``fail_fraction`` fails the
 requests whose body hashes under it with a 500, deterministically.
+
+Chat completions take OpenAI's ``service_tier`` and answer the tier that served them: ``flex`` and
+``priority`` as asked, ``auto``/``default``/none as ``default``. ``flex_unavailable_rate`` refuses flex calls
+with the unbilled 429 of short flex capacity; ``priority_downgrade_rate`` serves priority calls as
+``default``, as the ramp limit does.
 """
 
 from __future__ import annotations
@@ -46,6 +51,30 @@ def _maybe_fail(request: Request[Any, Any, Any], raw: bytes) -> None:
         raise ApiError(500, "The server had an error while processing your request.", type="server_error")
 
 
+TIERS = ("auto", "default", "flex", "priority")
+FLEX_UNAVAILABLE = (
+    "Resource Unavailable: flex processing is temporarily short of capacity. Retry later, or retry with "
+    "service_tier 'auto' for standard processing. You were not charged for this request."
+)
+
+
+def _served_tier(request: Request[Any, Any, Any], asked: Any) -> str:
+    """The tier that serves a call asking for ``asked`` (raises flex's 429 when flex capacity is short)."""
+    if asked is not None and asked not in TIERS:
+        raise ApiError(400, f"Invalid value for 'service_tier': {asked!r}.", param="service_tier", code="invalid_value")
+    emu = emulator_of(request)
+    if asked == "flex":
+        faults = emu.faults
+        if faults.flex_unavailable_next > 0 or emu.rng.random() < faults.flex_unavailable_rate:
+            faults.flex_unavailable_next = max(0, faults.flex_unavailable_next - 1)
+            emu.stats.flex_refused += 1
+            raise ApiError(429, FLEX_UNAVAILABLE, type="rate_limit_error", code="resource_unavailable")
+        return "flex"
+    if asked == "priority":
+        return "default" if emu.rng.random() < emu.faults.priority_downgrade_rate else "priority"
+    return "default"
+
+
 class SyncController(Controller):
     """One request, one answer."""
 
@@ -55,12 +84,17 @@ class SyncController(Controller):
         _maybe_fail(request, raw)
         emu = emulator_of(request)
         try:
-            answer = chat_completion(_body(raw), emu.models, hashlib.sha256(raw).hexdigest()[:16], emu.clock.ts())
+            body = _body(raw)
+            served = _served_tier(request, body.pop("service_tier", None))
+            answer = chat_completion(body, emu.models, hashlib.sha256(raw).hexdigest()[:16], emu.clock.ts())
         except ApiError:
             _count(request, succeeded=False)
             raise
         _count(request, succeeded=True)
-        return answer
+        billed = emu.stats.usage_by_tier.setdefault(served, {"input": 0, "output": 0})
+        billed["input"] += answer["usage"]["prompt_tokens"]
+        billed["output"] += answer["usage"]["completion_tokens"]
+        return {**answer, "service_tier": served}
 
     @post("/embeddings", status_code=200)
     async def embed(self, request: Request[Any, Any, Any]) -> dict[str, Any]:

@@ -56,6 +56,14 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
     expire_after_fraction: Fraction = 0.5
     malformed_output_line: bool = False
     stall: bool = False
+    flex_unavailable_rate: Fraction = 0.0
+    """Synchronous calls asking ``service_tier: "flex"`` refused at this rate with OpenAI's unbilled 429
+    ``resource_unavailable`` (flex capacity short)."""
+    flex_unavailable_next: NonNegInt = 0
+    """The next this many flex calls are refused so (then the rate applies)."""
+    priority_downgrade_rate: Fraction = 0.0
+    """Synchronous calls asking ``service_tier: "priority"`` served at this rate as ``default`` instead (the
+    ramp limit), billed at the standard rate."""
 
     def merged(self, patch: Mapping[str, Any]) -> Faults:
         """A validated copy with ``patch`` applied; raises ``msgspec.ValidationError`` on bad input."""
@@ -106,6 +114,11 @@ class Stats(msgspec.Struct):
     requests_processed: int = 0
     requests_succeeded: int = 0
     requests_failed: int = 0
+    flex_refused: int = 0
+    """Flex calls refused for short capacity (unbilled)."""
+    usage_by_tier: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    """Input and output tokens of the synchronous chat answers by the tier that served them (``{"flex":
+    {"input": n, "output": m}}``): what the provider bills at each tier's rate."""
 
 
 class ProtocolDriver(Protocol):

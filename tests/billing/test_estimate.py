@@ -22,6 +22,7 @@ from gateway.billing.estimate import (
 from gateway.billing.history import History, Sample
 from gateway.catalog.loader import load_catalog
 from gateway.db.models import Shard
+from gateway.pipeline.results import Usage
 
 CHAT = "/v1/chat/completions"
 
@@ -120,3 +121,27 @@ def test_shipped_cache_rates_and_what_a_shard_pays_for_cached_input() -> None:
     cost, list_cost = shard_cost(shard, usage)
     assert cost == pytest.approx(0.1 * 0.50 + 0.8 * 0.05 + 0.1 * 0.625 + 0.1 * 2.50)
     assert list_cost == pytest.approx(0.1 * 1.00 + 0.8 * 0.10 + 0.1 * 1.25 + 0.1 * 5.00)  # same discounts, list rate
+
+
+def test_priority_answers_served_at_the_standard_tier_cost_the_standard_rate() -> None:
+    usage = Usage(asked_tier="priority")
+    for served, prompt, completion in (("priority", 300_000, 30_000), ("default", 100_000, 10_000), (None, 5, 5)):
+        body: dict[str, object] = {"usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+        if served is not None:
+            body["service_tier"] = served
+        usage.add(body)
+    totals = usage.as_dict()
+    assert (totals["input"], totals["standard_input"], totals["standard_output"]) == (400_005, 100_000, 10_000)
+    shard = Shard(
+        batch_id="b", seq=0, provider="p", model="m", provider_model="pm", input_key="k", mode="priority",
+        input_per_mtok=2.0, output_per_mtok=8.0, list_input_per_mtok=1.0, list_output_per_mtok=4.0,
+    )  # fmt: skip
+    cost, list_cost = shard_cost(shard, totals, standard_rates=(1.0, 4.0))
+    assert cost == pytest.approx((300_005 * 2.0 + 30_005 * 8.0 + 100_000 * 1.0 + 10_000 * 4.0) / 1e6)
+    assert list_cost == pytest.approx((400_005 * 1.0 + 40_005 * 4.0) / 1e6)
+    assert shard_cost(shard, totals)[0] == pytest.approx(
+        (400_005 * 2.0 + 40_005 * 8.0) / 1e6
+    )  # no standard price known
+    standard_only = Usage()  # a standard shard never splits its usage
+    standard_only.add({"usage": {"prompt_tokens": 7, "completion_tokens": 3}, "service_tier": "default"})
+    assert standard_only.as_dict()["standard_input"] == 0

@@ -172,3 +172,25 @@ def test_catalog_offers_feed_a_policy(catalog: Catalog) -> None:
     best = CheapestPolicy().rank(job, offers, states)[0]
     assert (best.offer.provider, best.offer.mode) == ("groq", "batch")
     assert best.estimated_cost_usd == pytest.approx(0.4425 + 0.5925)
+
+
+def test_flex_and_priority_prices_become_offers_of_their_tier(tmp_path: Path) -> None:
+    tiered = MINIMAL.replace('modes = ["batch"]', 'modes = ["batch", "sync"]').replace(
+        'source = "example.com/pricing"',
+        "flex_input_per_mtok = 0.5\nflex_output_per_mtok = 1.0\npriority_input_per_mtok = 2.0\n"
+        'priority_output_per_mtok = 4.0\nsource = "example.com/pricing"',
+    )
+    path = tmp_path / "tiers.toml"
+    path.write_text(tiered)
+    offers = load_catalog(path).offers("m")
+    assert [(o.run_mode, o.input_per_mtok, o.output_per_mtok) for o in offers] == [
+        ("batch", 1.0, 2.0), ("sync", 1.0, 2.0), ("flex", 0.5, 1.0), ("priority", 2.0, 4.0),
+    ]  # fmt: skip
+    assert [o.label for o in offers[2:]] == ["p/pm (sync, flex)", "p/pm (sync, priority)"]
+    for text, message in (
+        (tiered.replace('modes = ["batch", "sync"]', 'modes = ["batch"]'), "modes must include 'sync'"),
+        (tiered.replace("priority_output_per_mtok = 4.0\n", ""), "give both priority_input_per_mtok"),
+    ):
+        path.write_text(text)
+        with pytest.raises(CatalogError, match=message):
+            load_catalog(path)

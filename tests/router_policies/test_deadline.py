@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router_policies.base import Hints
+from router_policies.base import Hints, Offer
 from router_policies.deadline import DeadlinePolicy
 from tests.router_policies import job, offer, states
 
@@ -63,3 +63,29 @@ def test_unusable_providers_are_left_out_and_the_cap_applies() -> None:
     assert policy.rank(job(deadline_s=3600), [SYNC], states(b={"circuit": "open"})) == []
     ranked = policy.rank(job(Hints(max_cost_usd=1.5), deadline_s=2 * 3600), [BATCH, SYNC], states("a", "b"))
     assert [c.offer for c in ranked] == [BATCH]
+
+
+FLEX = Offer(
+    provider="b", model="m", provider_model="b-m", input_per_mtok=0.6, output_per_mtok=1.2, mode="sync", tier="flex"
+)
+PRIORITY = Offer(
+    provider="b", model="m", provider_model="b-m", input_per_mtok=2.0, output_per_mtok=4.0, mode="sync", tier="priority"
+)
+
+
+def test_a_one_hour_deadline_takes_the_flex_tier_and_three_days_the_cheaper_batch_tier() -> None:
+    offers = [BATCH, SYNC, FLEX, PRIORITY]
+    hour = policy.rank(job(deadline_s=3600), offers, states("a", "b"))
+    assert (hour[0].offer.service, hour[0].offer.label) == ("flex", "b/b-m (sync, flex)")
+    assert hour[0].reason.startswith("flex tier: 32m (default 60 rpm + flex latency up to 15m) fits deadline 60m")
+    assert [c.offer.service for c in hour[1:3]] == ["standard", "priority"]  # fitting, by cost
+    observed = states("b", a={"turnaround_p90_s": {"a-m": 20 * 3600.0}})
+    days = policy.rank(job(deadline_s=72 * 3600, completion_window_s=72 * 3600), offers, observed)
+    assert days[0].offer is BATCH and days[0].reason.startswith("batch tier: 20.0h (observed p90) fits deadline 3.0d")
+
+
+def test_a_tier_offer_is_synchronous() -> None:
+    with pytest.raises(ValueError, match="its mode must be 'sync'"):
+        Offer(provider="b", model="m", provider_model="b-m", input_per_mtok=1, output_per_mtok=1, tier="flex")
+    with pytest.raises(ValueError, match="tier must be"):
+        Offer(provider="b", model="m", provider_model="b-m", input_per_mtok=1, output_per_mtok=1, mode="sync", tier="x")  # type: ignore[arg-type]

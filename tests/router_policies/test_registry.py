@@ -86,6 +86,7 @@ def test_parse_hints_reads_every_key(registry: PolicyRegistry) -> None:
             "providers": "groq, together",
             "weights": "groq=2,together=1.5",
             "max_cost_usd": "25",
+            "tier": " flex",
             "team": "search",
         },
         registry,
@@ -95,6 +96,7 @@ def test_parse_hints_reads_every_key(registry: PolicyRegistry) -> None:
     assert hints.providers == ("groq", "together")
     assert dict(hints.weights) == {"groq": 2.0, "together": 1.5}
     assert hints.max_cost_usd == 25.0
+    assert hints.tier == "flex"
     assert dict(hints.extra) == {"team": "search"}
     empty = parse_hints(None, registry)
     assert (empty.policy, empty.deadline_s, empty.providers, dict(empty.weights)) == (None, None, (), {})
@@ -122,6 +124,7 @@ def test_durations(text: str, seconds: float) -> None:
         ({"providers": "groq,groq"}, "lists groq more than once"),
         ({"providers": "gr oq"}, "'gr oq' is not a valid provider name"),
         ({"weights": "groq:2"}, "must look like 'groq=2,together=1'"),
+        ({"tier": "turbo"}, "tier 'turbo' is not one of batch, standard, flex, priority"),
         ({"weights": "groq=two"}, "weight of groq 'two' is not a number"),
         ({"weights": "groq=-1"}, "must be a finite number >= 0"),
         ({"weights": "groq=0,together=0"}, "at least one weight above 0"),
