@@ -125,6 +125,14 @@ class RoutingSettings(_Section):
     stall_timeout_s: float = Field(
         21600.0, gt=0, description="A provider batch with no progress this long is cancelled and re-routed."
     )
+    escalate_before_deadline_s: float = Field(
+        900.0,
+        ge=0,
+        description=(
+            "A provider batch still running this long before its batch's deadline hint is cancelled, and its "
+            "unfinished requests move to the fastest tier that fits what is left (0: never)."
+        ),
+    )
     turnaround_samples: int = Field(50, ge=1, description="Finished shards per provider model kept for p50/p90.")
     canary_requests: int = Field(
         100, ge=0, description="Canary size for large jobs that ask for none (0: only batches with a 'canary' hint)."

@@ -99,6 +99,7 @@ _REASON_TEXT = {
     "stalled": "made no progress (stalled batch abandoned)",
     "abandoned": "stayed unreachable (batch abandoned)",
     "rerouted": "could not take the shard",
+    "behind": "was too slow for the deadline (batch cancelled)",
 }
 
 
@@ -123,6 +124,8 @@ async def plan_move(
             cause=cause,
             shard_id=shard.id,
             single=True,
+            # Work that fell behind its deadline goes to the fastest tier that fits, whatever the batch's policy.
+            policy_override="deadline" if shard.end_reason == "behind" else None,
         )
         try:
             ranking = await ranked(exclude=frozenset({shard.provider}) if provider_failed else frozenset())

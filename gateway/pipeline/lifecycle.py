@@ -29,20 +29,27 @@ from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, now_s
 from gateway.db.unit_of_work import reading, transaction
 from gateway.providers.base import ProviderError, ProviderRateLimited
-from gateway.routing.placement import NoUsableProvider, rank
+from gateway.routing.placement import NoUsableProvider, batch_hints, rank
 from gateway.storage import BlobStore
 from router_policies.base import PolicyError
 
 log = logging.getLogger(__name__)
 
 
-PROVIDER_FAILURES = frozenset({"failed", "expired", "cancelled", "stalled", "abandoned", "rerouted"})
-"""End reasons of a shard whose provider let it down as a whole (as opposed to single requests)."""
+PROVIDER_FAILURES = frozenset({"failed", "expired", "cancelled", "stalled", "abandoned", "rerouted", "behind"})
+"""End reasons of a shard whose provider let it down as a whole (as opposed to single requests); ``behind``:
+its provider batch was still running too close to the batch's deadline."""
 
 
 def shard_tier(shard: Shard) -> str:
     """The synchronous service tier a shard's requests ask for: ``flex``, ``priority`` or ``standard``."""
     return shard.mode if shard.mode in ("flex", "priority") else "standard"
+
+
+def deadline_at(batch: Batch) -> float | None:
+    """When the client wants the batch's results (its ``deadline`` hint), if it gave one."""
+    hints = batch_hints(batch)
+    return None if hints.deadline_s is None else batch.created_at + hints.deadline_s
 
 
 def window_left_s(batch: Batch) -> float:

@@ -126,6 +126,11 @@ async def _progress(
     context: GatewayContext, shard: Shard, batch: Batch, lease: Lease, status: PollResult, halt: str | None
 ) -> None:
     now = time.time()
+    due = lifecycle.deadline_at(batch)
+    ahead_s = context.settings.routing.escalate_before_deadline_s
+    if due is not None and ahead_s > 0 and now >= due - ahead_s and shard.end_reason is None and not halt:
+        await _escalate(context, shard, lease, due - now)
+        return
     progressed = status.completed + status.failed != shard.progress_completed + shard.progress_failed
     last_progress = now if progressed else (shard.last_progress_at or shard.submitted_at or now)
     stall_s = context.settings.routing.stall_timeout_s
@@ -249,6 +254,23 @@ async def _give_up_stalled(context: GatewayContext, shard: Shard, lease: Lease, 
     async with transaction(context.sessions) as session:
         await shard_db.save_shard(
             session, shard, lease, end_reason="stalled", last_error=f"no progress for {idle_s:.0f}s"
+        )
+
+
+async def _escalate(context: GatewayContext, shard: Shard, lease: Lease, left_s: float) -> None:
+    """Cancel a provider batch still running near the batch's deadline: what it finished is kept when it ends,
+    and collection moves the rest to the fastest tier that fits (end reason ``behind``)."""
+    assert shard.provider_batch_id
+    why = f"still running {max(0.0, left_s):.0f}s before the batch's deadline"
+    log.warning("shard %s: %s at %s; cancelling it to move the rest to a faster tier", shard.id, why, shard.provider)
+    try:
+        await context.providers.get(shard.provider).cancel(shard.provider_batch_id)
+    except ProviderError as exc:
+        await _poll_later(context, shard, lease, error=f"cancelling at {shard.provider} failed: {exc}")
+        return
+    async with transaction(context.sessions) as session:
+        await shard_db.save_shard(
+            session, shard, lease, end_reason="behind", last_error=why, next_action_at=time.time()
         )
 
 

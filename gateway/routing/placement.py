@@ -70,14 +70,16 @@ async def rank(
     cause: str | None = None,
     shard_id: str | None = None,
     single: bool = False,
+    policy_override: str | None = None,
 ) -> Ranking:
     """Rank the offers of ``resolved`` for this part of the batch; raises :class:`NoUsableProvider`
     or :class:`PolicyError` (the caller fails the requests with its message).
 
-    ``single`` places everything on the best candidate even when the policy would split.
+    ``single`` places everything on the best candidate even when the policy would split; ``policy_override``
+    names a policy to use instead of the batch's.
     """
     hints = batch_hints(batch)
-    name = policy_name(context, batch)
+    name = policy_override or policy_name(context, batch)
     policy = context.policies.get(name)
     states = await provider_states(context)
     blocked = {p: replace(states[p], healthy=False) for p in exclude if p in states}

@@ -3,8 +3,9 @@ priority tiers next to a provider batch.
 
 A one-hour deadline runs at the flex tier (the batch tier's 24h does not fit), and flex refusals for short
 capacity cost nothing; a three-day deadline takes the cheaper batch tier; a ``tier=priority`` batch asks for
-priority, and the answers the provider downgraded to the standard tier are billed at the standard rate. Every
-cost is checked against what the emulator bills at each tier.
+priority, and the answers the provider downgraded to the standard tier are billed at the standard rate; a
+provider batch still running close to the deadline is cancelled and its unfinished requests move to a tier
+fast enough. Every cost is checked against what the emulator bills at each tier.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ source = "test prices"
 as_of = 2026-12-01
 """
 REQUESTS = 20
+ESCALATE_BEFORE_S = 50
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,10 @@ def gateway(
 ) -> GatewayProcess:
     folder = tmp_path_factory.mktemp("providers")
     (folder / "catalog.toml").write_text(CATALOG, encoding="utf-8")
-    env = simulated_provider_env(simulator, folder, PROVIDERS) | {"BATCHGW_CATALOG__FILE": str(folder / "catalog.toml")}
+    env = simulated_provider_env(simulator, folder, PROVIDERS) | {
+        "BATCHGW_CATALOG__FILE": str(folder / "catalog.toml"),
+        "BATCHGW_ROUTING__ESCALATE_BEFORE_DEADLINE_S": str(ESCALATE_BEFORE_S),
+    }
     return gateway_factory(env).start()  # type: ignore[no-any-return]
 
 
@@ -77,14 +82,14 @@ def clean_emulators(simulator: SimulatorCluster) -> Iterator[None]:
     reset(simulator, "other", "fast")
 
 
-def run(client: openai.OpenAI, prefix: str, window: str = "24h", **metadata: str) -> Batch:
+def run(client: openai.OpenAI, prefix: str, window: str = "24h", policy: str = "deadline", **metadata: str) -> Batch:
     lines = "".join(json.dumps(r) + "\n" for r in chat_requests(REQUESTS, model=MODEL, prefix=prefix))
     file = client.files.create(file=("input.jsonl", lines.encode()), purpose="batch")
     batch = client.batches.create(
         input_file_id=file.id,
         endpoint=CHAT,
         completion_window=window,  # type: ignore[arg-type]
-        metadata={"policy": "deadline", **metadata},
+        metadata={"policy": policy, **metadata},
     )
     return wait_for(client, batch.id, timeout=120)
 
@@ -169,3 +174,22 @@ def test_priority_answers_downgraded_to_standard_are_billed_at_the_standard_rate
     assert modes == {"priority"} and cost == pytest.approx(expected, rel=1e-9)
     metadata = batch.metadata or {}
     assert float(metadata["gateway_cost_usd"]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_provider_batch_still_running_near_the_deadline_moves_to_a_faster_tier(
+    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster
+) -> None:
+    set_faults(simulator, "fast", stall=True)  # the cheap provider batch makes no progress
+    batch = run(client, "late", policy="cheapest", deadline=f"{ESCALATE_BEFORE_S + 10}s")
+    outcome = collect(client, batch)
+    assert batch.status == "completed" and len(outcome.output) == REQUESTS and not outcome.errors
+    assert {line["provider"] for line in outcome.output.values()} == {"tiered"}
+    route, failover = admin(gateway, f"/batches/{batch.id}")["decisions"]
+    assert (route["kind"], route["chosen_provider"]) == ("route", "batchy")
+    assert (failover["kind"], failover["policy"], failover["chosen_provider"]) == ("failover", "deadline", "tiered")
+    assert "batchy was too slow for the deadline (batch cancelled)" in failover["cause"]
+    assert failover["reason"].startswith("tiered: sync fan-out tier:")  # flex's 15 minutes do not fit what is left
+    jobs = control(simulator, "GET", "/providers/fast/stats")["batches"]
+    assert jobs == {"cancelled": 1}
+    cost, modes = ledger_cost(gateway, batch.id)
+    assert modes == {"batch", "sync"} and cost == pytest.approx(priced(tokens(list(outcome.output.values())), STANDARD))
