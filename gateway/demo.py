@@ -41,8 +41,9 @@ from gateway.simulator import Faults, ProviderSpec, SimulatorCluster
 MODEL = "llama-3.3-70b"
 CHEAP, PRICEY = "groq-sim", "together-sim"
 EMULATORS = {
-    CHEAP: {"catalog": "groq", "model": "llama-3.3-70b-versatile"},
-    PRICEY: {"catalog": "together", "model": "meta-llama/Llama-3.3-70B-Instruct-Turbo"},
+    # Each emulator speaks its provider's dialect of the OpenAI batch protocol, as the gateway's adapter does.
+    CHEAP: {"catalog": "groq", "model": "llama-3.3-70b-versatile", "dialect": "groq"},
+    PRICEY: {"catalog": "together", "model": "meta-llama/Llama-3.3-70B-Instruct-Turbo", "dialect": "together"},
 }
 PROCESSING_DELAY_S = 1.5
 FLAKY_FRACTION = 0.05
@@ -110,8 +111,9 @@ def start_emulators() -> SimulatorCluster:
     cheap_faults = Faults(fail_fraction=FLAKY_FRACTION, fail_per_batch=True)
     specs = [
         ProviderSpec(name=CHEAP, models=[EMULATORS[CHEAP]["model"]], processing_delay_s=PROCESSING_DELAY_S,
-                     faults=cheap_faults),
-        ProviderSpec(name=PRICEY, models=[EMULATORS[PRICEY]["model"]], processing_delay_s=PROCESSING_DELAY_S),
+                     faults=cheap_faults, dialect="groq"),
+        ProviderSpec(name=PRICEY, models=[EMULATORS[PRICEY]["model"]], processing_delay_s=PROCESSING_DELAY_S,
+                     dialect="together"),
     ]  # fmt: skip
     cluster = SimulatorCluster(specs, control_port=0)
     cluster.start()
@@ -128,6 +130,7 @@ def write_gateway_config(folder: Path, cluster: SimulatorCluster) -> Path:
             f"base_url = {json.dumps(cluster.base_url(name))}",
             f"catalog_provider = {json.dumps(spec['catalog'])}",
             f"models = {{ {json.dumps(MODEL)} = {json.dumps(spec['model'])} }}",
+            f"options = {{ dialect = {json.dumps(spec['dialect'])} }}",
             "timeout_s = 10",
             "",
             f"[providers.{name}.limits]",
