@@ -76,8 +76,9 @@ class OfferBook:
                 self._offers.setdefault(logical, []).append(PricedOffer(offer, entry))
                 for tier, (rate_in, rate_out) in entry.tier_rates().items() if entry and mode == "sync" else ():
                     # A tier's prices are flat: the standard offer's off-peak windows are not its own.
-                    tiered = replace(offer, input_per_mtok=rate_in, output_per_mtok=rate_out, price_windows=())
-                    tiered = replace(tiered, tier=tier)
+                    tiered = replace(
+                        offer, input_per_mtok=rate_in, output_per_mtok=rate_out, price_windows=(), tier=tier
+                    )
                     self._offers[logical].append(PricedOffer(tiered, entry))
         for name in self.catalog.names():
             for alias in (name, *self.catalog.data.models[name].aliases):
