@@ -83,6 +83,14 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
             decisions.append(ranking.decision)
         counts = {name: estimate.requests for name, estimate in estimates.items()}
         canary = canary_size(context, batch, sum(counts.values()))
+        # The canary and the rest each make a provider batch: where batches have a minimum (Bedrock), both must
+        # reach it, else the job runs without a canary.
+        floor = max(place.min_requests for places in placements.values() for place in places)
+        if canary and floor > 1:
+            canary = max(canary, floor)
+            if sum(counts.values()) - canary < floor:
+                log.info("batch %s runs without a canary: its providers take batches of at least %d", batch.id, floor)
+                canary = 0
         plans = await asyncio.to_thread(
             split_into_shards,
             path,

@@ -60,6 +60,8 @@ class Placement:
     share: float = 1.0
     tier: str = "standard"
     """The synchronous service tier its requests ask for (``standard``, ``flex`` or ``priority``)."""
+    min_requests: int = 1
+    """Fewest requests one of its provider batches may hold."""
 
     @classmethod
     def of(cls, context: GatewayContext, choice: Choice, pinned: bool, baseline: tuple[float, float]) -> Placement:
@@ -79,7 +81,17 @@ class Placement:
             start_at=start.timestamp() if start else None,
             share=choice.candidate.share,
             tier=offer.tier,
+            min_requests=context.providers.get(offer.provider).min_requests(),
         )
+
+    def shard_cap(self, count: int) -> int:
+        """Requests per shard for ``count`` requests: the provider's maximum, evened out over the shards
+        when its batches have a minimum, so the last shard is not left below it."""
+        cap = self.limits.max_requests_per_batch
+        if self.min_requests <= 1 or count <= cap:
+            return cap
+        shards = -(-count // cap)
+        return -(-count // shards)
 
 
 @dataclass
@@ -136,6 +148,7 @@ class _ModelLines:
 
     def __init__(self, placements: list[Placement], counts: list[int]) -> None:
         self.placements = placements
+        self.counts = counts
         self.ends = list(itertools.accumulate(counts))
         self.seen = 0
         self.index = 0
@@ -183,6 +196,11 @@ def split_into_shards(
         model: _ModelLines(places, share_counts(counts[model], [p.share for p in places]))
         for model, places in placements.items()
     }
+    caps = {
+        (model, index): place.shard_cap(count)
+        for model, lines in assign.items()
+        for index, (place, count) in enumerate(zip(lines.placements, lines.counts, strict=True))
+    }
     open_shards: dict[tuple[str, int, bool], ShardPlan] = {}
     written: list[Path] = []
     with contextlib.ExitStack() as stack:
@@ -218,7 +236,7 @@ def split_into_shards(
                     shard = open_shards.get(slot)
                     limits = placement.limits
                     if shard is not None and (
-                        shard.request_count >= limits.max_requests_per_batch
+                        shard.request_count >= caps[(name, index)]
                         or shard.byte_size + size > limits.max_bytes_per_batch
                     ):
                         done.append(open_shards.pop(slot))

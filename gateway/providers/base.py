@@ -188,6 +188,8 @@ class ProviderAdapter(abc.ABC):
 
     kind: ClassVar[str]
     executes_locally: ClassVar[bool] = False
+    DEFAULT_MIN_REQUESTS: ClassVar[int] = 1
+    """Fewest requests a batch of this kind may hold when ``limits.min_requests_per_batch`` is unset."""
     config: ProviderConfig
     http: httpx.AsyncClient
     api_key: str | None = field(default=None, repr=False)
@@ -200,6 +202,11 @@ class ProviderAdapter(abc.ABC):
     def serves(self, endpoint: str) -> bool:
         """Whether this provider runs requests of ``endpoint`` (e.g. ``/v1/embeddings``); routing asks."""
         return True
+
+    def min_requests(self) -> int:
+        """Fewest requests one provider batch may hold: routing places smaller work elsewhere."""
+        configured = self.config.limits.min_requests_per_batch
+        return self.DEFAULT_MIN_REQUESTS if configured is None else configured
 
     def unsupported(self, what: str) -> CapabilityNotSupported:
         """The error of a capability this kind lacks."""

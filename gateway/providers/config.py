@@ -39,6 +39,9 @@ class ProviderLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_requests_per_batch: int = Field(50_000, ge=1, description="Requests in one provider batch.")
+    min_requests_per_batch: int | None = Field(
+        None, ge=1, description="Fewest requests in one provider batch (unset: the kind's own; bedrock 100, else 1)."
+    )
     max_bytes_per_batch: int = Field(200 * 1024**2, ge=1024, description="Bytes of one provider batch.")
     max_batches_in_flight: int = Field(100, ge=1, description="Provider batches running at once.")
     max_enqueued_tokens_per_model: int | None = Field(

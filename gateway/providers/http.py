@@ -148,6 +148,13 @@ class HttpAdapter(ProviderAdapter):
         """Headers that authenticate a call (and any the protocol wants on every call)."""
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    async def _signed(
+        self, method: str, url: str, params: Params | None, body: bytes | None, headers: dict[str, str]
+    ) -> dict[str, str]:
+        """The headers of one call once authenticated; a kind that signs each request (AWS SigV4) overrides this.
+        ``body`` is None for a streamed or multipart body, which such a kind does not send."""
+        return headers
+
     def _url(self, path: str) -> str:
         """The URL of an API path; an absolute URL must be on the configured origin (the key goes nowhere else)."""
         if "://" not in path:
@@ -302,6 +309,8 @@ class HttpAdapter(ProviderAdapter):
         if "json" in options:
             content = msgspec.json.encode(options["json"])
             sent["Content-Type"] = "application/json"
+        signed_body = content if isinstance(content, bytes) or content is None else None
+        sent = await self._signed(method, url, params, signed_body if multipart is None else None, sent)
         timeout = options.get("timeout_s", self.config.timeout_s)
         try:
             if multipart is None:
@@ -354,8 +363,10 @@ class HttpAdapter(ProviderAdapter):
     ) -> None:
         start = out.tell()
         try:
+            url = self._url(path)
+            headers = await self._signed("GET", url, params, None, self._auth_headers())
             async with self.http.stream(
-                "GET", self._url(path), params=params, headers=self._auth_headers(), timeout=self.config.timeout_s
+                "GET", url, params=params, headers=headers, timeout=self.config.timeout_s
             ) as response:
                 if not response.is_success:
                     await response.aread()

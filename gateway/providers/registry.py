@@ -13,6 +13,7 @@ import httpx
 
 from gateway.providers.anthropic_batch import AnthropicBatchAdapter
 from gateway.providers.base import ProviderAdapter
+from gateway.providers.bedrock_batch import BedrockBatchAdapter
 from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_batch import GeminiBatchAdapter
 from gateway.providers.mistral_batch import MistralBatchAdapter
@@ -25,6 +26,7 @@ ADAPTER_KINDS: dict[str, type[ProviderAdapter]] = {
     AnthropicBatchAdapter.kind: AnthropicBatchAdapter,
     GeminiBatchAdapter.kind: GeminiBatchAdapter,
     MistralBatchAdapter.kind: MistralBatchAdapter,
+    BedrockBatchAdapter.kind: BedrockBatchAdapter,
 }
 """Adapter class by the ``kind`` a provider's configuration names."""
 

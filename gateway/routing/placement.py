@@ -85,6 +85,9 @@ async def rank(
     blocked = {p: replace(states[p], healthy=False) for p in exclude if p in states}
     states = {**states, **blocked}
     serving = {name for name in states if context.providers.get(name).serves(batch.endpoint)}
+    # A provider whose batches need more requests than this part has (Bedrock's record minimum) cannot take it.
+    too_small = {name for name in serving if context.providers.get(name).min_requests() > requests}
+    serving -= too_small
     offers = [o for o in resolved.offers if o.offer.provider in serving]
     if hints.tier is not None:
         offers = [o for o in offers if o.offer.service == hints.tier]
@@ -111,7 +114,8 @@ async def rank(
     if not choices:
         if hints.tier is not None and not offers:
             raise NoUsableProvider(f"no enabled provider offers {resolved.model!r} at the {hints.tier} tier")
-        raise NoUsableProvider(_why_none(resolved, states, exclude, serving, batch.endpoint))
+        minimums = {name: context.providers.get(name).min_requests() for name in too_small}
+        raise NoUsableProvider(_why_none(resolved, states, exclude, serving, batch.endpoint, minimums, requests))
     taken = choices[:1] if single else _taken(choices)
     decision = RoutingDecision(
         batch_id=batch.id,
@@ -120,12 +124,23 @@ async def rank(
         model=resolved.model,
         policy=name,
         chosen_provider=",".join(c.provider for c in taken),
-        reason=" + ".join(f"{c.provider}: {c.candidate.reason}" for c in taken),
+        reason=" + ".join(f"{c.provider}: {c.candidate.reason}" for c in taken)
+        + _passed_over(context, too_small, requests),
         cause=cause,
         request_count=requests,
         candidates=[candidate_view(c) for c in choices],
     )
     return Ranking(name, choices, decision)
+
+
+def _passed_over(context: RoutingNeeds, too_small: set[str], requests: int) -> str:
+    """What the decision's reason adds about providers left out because the work is below their minimum."""
+    if not too_small:
+        return ""
+    least = ", ".join(
+        f"{name} takes batches of at least {context.providers.get(name).min_requests()}" for name in sorted(too_small)
+    )
+    return f" (passed over, {requests} requests: {least})"
 
 
 def _taken(choices: list[Choice]) -> list[Choice]:
@@ -162,6 +177,8 @@ def _why_none(
     exclude: frozenset[str],
     serving: set[str],
     endpoint: str,
+    minimums: Mapping[str, int],
+    requests: int,
 ) -> str:
     reasons = []
     for priced in resolved.offers:
@@ -171,6 +188,9 @@ def _why_none(
             reasons.append(f"{provider}: failed this work already")
         elif state is None:
             reasons.append(f"{provider}: not enabled")
+        elif provider in minimums:
+            least = minimums[provider]
+            reasons.append(f"{provider}: takes batches of at least {least} requests, this part has {requests}")
         elif provider not in serving:
             reasons.append(f"{provider}: does not serve {endpoint}")
         elif state.circuit == "open":

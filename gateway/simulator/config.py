@@ -30,6 +30,8 @@ from gateway.simulator.state import Faults
 DEFAULT_CONTROL_PORT = 9100
 BATCH_FILE_MAX_BYTES = 200 * 1024 * 1024
 BATCH_MAX_LINES = 50_000
+DEFAULT_REGION = "us-east-1"
+BEDROCK_MIN_RECORDS = 100
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
@@ -41,6 +43,11 @@ class ProviderSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ``processing_delay_s`` is roughly how long a batch takes from creation to its terminal status.
     ``dialect`` (kind ``openai`` only) switches the OpenAI protocol to Azure's, Groq's or Together's variant
     (see :mod:`gateway.simulator.openai_dialects`).
+
+    Kind ``bedrock`` only: ``s3_endpoint_url`` is the S3-compatible server holding the jobs' input and output
+    (None: AWS S3; credentials from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), ``region`` the region of the
+    job ARNs and of the SigV4 scope calls must carry, ``min_records`` the "Minimum number of records per batch
+    inference job" quota (``max_lines`` is the maximum).
     """
 
     name: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -53,10 +60,21 @@ class ProviderSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_file_bytes: Annotated[int, msgspec.Meta(ge=1)] = BATCH_FILE_MAX_BYTES
     max_lines: Annotated[int, msgspec.Meta(ge=1)] = BATCH_MAX_LINES
     dialect: DialectName = "openai"
+    s3_endpoint_url: str | None = None
+    region: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")] = DEFAULT_REGION
+    min_records: Annotated[int, msgspec.Meta(ge=1)] = BEDROCK_MIN_RECORDS
 
     def __post_init__(self) -> None:
         if self.dialect != "openai" and self.kind != "openai":
             raise ValueError(f"provider {self.name}: dialect {self.dialect!r} needs kind 'openai', not {self.kind!r}")
+        bedrock_only = {
+            "s3_endpoint_url": self.s3_endpoint_url is not None,
+            "region": self.region != DEFAULT_REGION,
+            "min_records": self.min_records != BEDROCK_MIN_RECORDS,
+        }
+        for field, is_set in bedrock_only.items():
+            if is_set and self.kind != "bedrock":
+                raise ValueError(f"provider {self.name}: {field} needs kind 'bedrock', not {self.kind!r}")
 
 
 class SimulatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -22,6 +22,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from gateway.simulator.anthropic_protocol import AnthropicDriver
+from gateway.simulator.bedrock_protocol import BedrockDriver
 from gateway.simulator.config import ProviderSpec
 from gateway.simulator.errors import ApiError
 from gateway.simulator.gemini_protocol import GeminiDriver
@@ -41,6 +42,7 @@ DRIVERS: dict[str, Callable[[ProviderSpec], ProtocolDriver]] = {
     "anthropic": lambda _: AnthropicDriver(),
     "gemini": lambda _: GeminiDriver(),
     "mistral": lambda _: MistralDriver(),
+    "bedrock": lambda spec: BedrockDriver(spec.region, spec.s3_endpoint_url),
 }
 BODY_SLACK_BYTES = 1024 * 1024  # room for multipart framing around the largest accepted file
 WATCH_INTERVAL_S = 0.1
@@ -57,7 +59,8 @@ def exception_handlers(render: Callable[[ApiError], dict[str, Any]]) -> dict[Any
     """Litestar exception handlers that answer every error in the body shape ``render`` gives."""
 
     def respond(err: ApiError) -> Response[Any]:
-        return Response(render(err), status_code=err.status, headers=err.headers, media_type="application/json")
+        body = render(err)  # first: rendering may add headers (Bedrock names the exception in one)
+        return Response(body, status_code=err.status, headers=err.headers, media_type="application/json")
 
     def api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
         return respond(exc)
@@ -126,7 +129,7 @@ class FaultGate:
             if err is None:
                 await self.app(scope, receive, send_with_id)
                 return
-            body = msgspec.json.encode(self.state.driver.error_body(err))
+            body = msgspec.json.encode(self.state.driver.error_body(err))  # before the headers, as in respond
             head = [(b"content-type", b"application/json"), *((k.encode(), v.encode()) for k, v in err.headers.items())]
             await send_with_id({"type": "http.response.start", "status": err.status, "headers": head})
             await send_with_id({"type": "http.response.body", "body": body})

@@ -1,9 +1,10 @@
 """The same OpenAI-format input file, run on each provider kind (the OpenAI batch protocol in OpenAI's, Azure's,
-Groq's and Together's dialects, Anthropic Message Batches, Gemini batch mode, Mistral batch jobs, synchronous
-fan-out), gives equivalent output files: one line per custom_id with the same content, finish reason and token
-counts; and each batch's cost, in its metadata and in the ledger, is exactly the tokens the emulator reported times the
-offer's price (the batch rate for provider batches, the synchronous rate for fan-out). An embeddings batch is
-routed only to the kinds that serve embeddings, however cheap the others are.
+Groq's and Together's dialects, Anthropic Message Batches, Gemini batch mode, Mistral batch jobs, Bedrock batch
+inference on Claude with records in a real S3-wire server, synchronous fan-out), gives equivalent output files: one
+line per custom_id with the same content, finish reason and token counts; and each batch's cost, in its metadata and
+in the ledger, is exactly the tokens the emulator reported times the offer's price (the batch rate for provider
+batches, the synchronous rate for fan-out). An embeddings batch is routed only to the kinds that serve embeddings,
+however cheap the others are.
 
 The emulators of all protocols share one deterministic model, so equal answers are expected.
 """
@@ -19,11 +20,13 @@ import openai
 import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
-from tests.conftest import ENGINE_ENV, GatewayProcess
+from tests.conftest import ENGINE_ENV, S3_TEST_CREDENTIALS, GatewayProcess, S3Server
 from tests.engine import CHAT, EMBEDDINGS, Outcome, admin, collect, embedding_request, query, submit, wait_for
 
 EMULATED_MODEL = "shared-model"
 DEPLOYMENT = "shared-model-global-batch"
+BEDROCK_MODEL = "anthropic.shared-model-v1:0"
+"""Bedrock reads Claude bodies for models of the Anthropic family."""
 """Azure lines carry the deployment's name as their model."""
 AZURE_KEY = "azure-key-3f9d0c1b7a"
 PRICES = {
@@ -35,6 +38,7 @@ PRICES = {
     "anthropic": (1.00, 5.00, 0.50, 2.50),
     "gemini": (0.30, 2.50, 0.15, 1.25),
     "mistral": (0.10, 0.30, 0.05, 0.15),
+    "bedrock": (0.80, 4.00, 0.40, 2.00),
     "fanout": (0.27, 1.10, None, None),
 }
 KINDS = {
@@ -46,6 +50,7 @@ KINDS = {
     "anthropic": ("anthropic", "anthropic", "openai"),
     "gemini": ("gemini", "gemini", "openai"),
     "mistral": ("mistral", "mistral", "openai"),
+    "bedrock": ("bedrock", "bedrock", "openai"),
     "fanout": ("openai_sync", "openai", "openai"),
 }
 SERVE_EMBEDDINGS = ("openai", "azure", "mistral", "fanout")
@@ -55,11 +60,12 @@ ANY_KIND = "any-kind"
 
 
 def provider_model(name: str) -> str:
-    return DEPLOYMENT if name == "azure" else EMULATED_MODEL
+    return {"azure": DEPLOYMENT, "bedrock": BEDROCK_MODEL}.get(name, EMULATED_MODEL)
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[SimulatorCluster]:
+def cluster(s3_server: S3Server) -> Iterator[SimulatorCluster]:
+    """One emulator per kind; Bedrock's takes jobs of any size here (its minimum is tested on its own)."""
     specs = [
         ProviderSpec(
             name=f"{name}-emu",
@@ -68,15 +74,32 @@ def cluster() -> Iterator[SimulatorCluster]:
             models=[provider_model(name)],
             processing_delay_s=0.2,
             api_key=AZURE_KEY if name == "azure" else None,
+            **({"s3_endpoint_url": s3_server.endpoint_url, "min_records": 1} if name == "bedrock" else {}),  # type: ignore[arg-type]
         )
         for name, (_, emulator_kind, dialect) in KINDS.items()
     ]
-    with SimulatorCluster(specs, control_port=None) as running:
-        yield running
+    with pytest.MonkeyPatch.context() as patch:
+        for variable, value in S3_TEST_CREDENTIALS.items():
+            patch.setenv(variable, value)
+        with SimulatorCluster(specs, control_port=None) as running:
+            yield running
+
+
+def bedrock_settings(s3_server: S3Server) -> list[str]:
+    options = {
+        "role_arn": "arn:aws:iam::123456789012:role/BatchInference", "s3_uri": f"s3://{s3_server.new_bucket()}/jobs",
+        "s3_endpoint_url": s3_server.endpoint_url, "s3_allow_http": True, "region": "us-east-1",
+    }  # fmt: skip
+    return [
+        "options = { " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in options.items()) + " }",
+        "limits = { min_requests_per_batch = 1 }",
+    ]
 
 
 @pytest.fixture(scope="module")
-def gateway_env(cluster: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def gateway_env(
+    cluster: SimulatorCluster, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """The environment of a gateway on every emulated kind, with the test catalog's prices."""
     lines = []
     for name, (adapter_kind, _, dialect) in KINDS.items():
@@ -88,6 +111,7 @@ def gateway_env(cluster: SimulatorCluster, tmp_path_factory: pytest.TempPathFact
             "models = { " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in served.items()) + " }",
             *([f"options = {{ dialect = {json.dumps(dialect)} }}"] if dialect != "openai" else []),
             *(['api_key_env = "TEST_AZURE_KEY"'] if name == "azure" else []),
+            *(bedrock_settings(s3_server) if name == "bedrock" else []),
             "",
         ]
     folder = tmp_path_factory.mktemp("providers")
@@ -120,6 +144,7 @@ def gateway_env(cluster: SimulatorCluster, tmp_path_factory: pytest.TempPathFact
         "BATCHGW_CONFIG_FILE": str(path),
         "BATCHGW_CATALOG__FILE": str(folder / "catalog.toml"),
         "TEST_AZURE_KEY": AZURE_KEY,
+        **S3_TEST_CREDENTIALS,
         **ENGINE_ENV,
     }
     return env
@@ -230,7 +255,7 @@ def test_an_embeddings_batch_goes_only_to_kinds_that_serve_embeddings(
 
     endpoints = {name: {job.endpoint for job in cluster.state(f"{name}-emu").jobs.values()} for name in KINDS}
     assert EMBEDDINGS in endpoints["mistral"]
-    assert not any(EMBEDDINGS in endpoints[name] for name in ("groq", "together", "anthropic", "gemini"))
+    assert not any(EMBEDDINGS in endpoints[name] for name in ("groq", "together", "anthropic", "gemini", "bedrock"))
 
 
 @pytest.mark.parametrize("provider", ["together", "mistral"])

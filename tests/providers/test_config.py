@@ -61,7 +61,8 @@ def test_kind_options_base_url_and_catalog_provider_are_checked() -> None:
     assert config(kind="opneai").problems(KINDS) == [
         (
             ("kind",),
-            "unknown kind 'opneai' (did you mean 'openai'?); kinds: anthropic, gemini, mistral, openai, openai_sync",
+            "unknown kind 'opneai' (did you mean 'openai'?); "
+            "kinds: anthropic, bedrock, gemini, mistral, openai, openai_sync",
         )
     ]
     [(path, text)] = config(kind="gemini", options={"inline_max": 1}).problems(KINDS)

@@ -1,0 +1,224 @@
+"""Pure transforms of Bedrock batch inference (no network): job statuses, records in and out, the manifest.
+
+A shard's OpenAI lines become records ``{"recordId", "modelInput"}``. Bedrock's ``recordId`` is an 11-character
+alphanumeric string, so each record is named after its line in the shard (``R`` and ten digits) and the
+client's ``custom_id`` is found again from the shard input when results are read (:class:`ShardIndex`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway.providers.base import PollResult, ProviderBatchState
+from gateway.providers.jsonl import encode_line, iter_lines
+from gateway.translate import MalformedResult, TranslationError
+from gateway.translate.bedrock import Family, from_model_output, record_error_status, titan_base64, to_model_input
+
+JOB_STATUS: dict[str, ProviderBatchState] = {
+    "Submitted": ProviderBatchState.QUEUED,
+    "Validating": ProviderBatchState.QUEUED,
+    "Scheduled": ProviderBatchState.QUEUED,
+    "InProgress": ProviderBatchState.RUNNING,
+    "Stopping": ProviderBatchState.CANCELLING,
+    "Completed": ProviderBatchState.COMPLETED,
+    # Not every record ran before the job's timeout: the finished ones are in S3, the rest must move on.
+    "PartiallyCompleted": ProviderBatchState.EXPIRED,
+    "Expired": ProviderBatchState.EXPIRED,
+    "Failed": ProviderBatchState.FAILED,
+    "Stopped": ProviderBatchState.CANCELLED,
+}
+"""Bedrock job status -> gateway state."""
+MIN_TIMEOUT_HOURS, MAX_TIMEOUT_HOURS = 24, 168
+"""``timeoutDurationInHours`` takes 24 to 168."""
+MANIFEST = "manifest.json.out"
+OUTPUT_SUFFIX = ".jsonl.out"
+JOB_NAME_PREFIX = "batchgw-"
+_JOB_ID = re.compile(r"[a-z0-9]{12}")
+
+
+def record_id(line_number: int) -> str:
+    """The ``recordId`` of the shard's line ``line_number`` (1-based)."""
+    return f"R{line_number:010d}"
+
+
+def job_name(submit_token: str) -> str:
+    """The job's name: the submit token, by which :meth:`find_submitted` finds it in a listing."""
+    return JOB_NAME_PREFIX + submit_token
+
+
+def timeout_hours(window_s: float) -> int:
+    """Whole hours left of the client's window, within Bedrock's 24 to 168."""
+    return max(MIN_TIMEOUT_HOURS, min(MAX_TIMEOUT_HOURS, int(window_s // 3600)))
+
+
+def job_id_of(job_arn: str) -> str:
+    """The 12-character id at the end of a job ARN (the name of the job's output folder)."""
+    tail = job_arn.rsplit("/", 1)[-1]
+    return tail if _JOB_ID.fullmatch(tail) else job_arn
+
+
+def _count(job: Mapping[str, Any], key: str) -> int:
+    value = job.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def parse_job(job: Mapping[str, Any]) -> tuple[PollResult, bool]:
+    """The poll result of a job object, and whether its status is one the table knows (unknown: running)."""
+    raw_status = job.get("status")
+    state = JOB_STATUS.get(raw_status) if isinstance(raw_status, str) else None
+    message = job.get("message")
+    failed = state is ProviderBatchState.FAILED
+    result = PollResult(
+        state=state or ProviderBatchState.RUNNING,
+        raw_status=str(raw_status),
+        total=_count(job, "totalRecordCount"),
+        completed=_count(job, "successRecordCount"),
+        failed=_count(job, "errorRecordCount"),
+        error=(str(message) if message else "the job failed without a message") if failed else None,
+    )
+    return result, state is not None
+
+
+def iso_time(value: Any) -> int | None:
+    """Unix seconds of an ISO 8601 time, None if absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
+# --- shard input -----------------------------------------------------------------------------------------
+
+
+class _InputLine(msgspec.Struct):
+    custom_id: Any = None
+    body: Any = None
+
+
+_input_decoder = msgspec.json.Decoder(_InputLine)
+
+
+@dataclass
+class ShardIndex:
+    """A shard as Bedrock records: each record's client ``custom_id``, the requests never sent and why."""
+
+    custom_ids: dict[str, str] = field(default_factory=dict)
+    """``recordId`` -> client ``custom_id``, for the records sent."""
+    base64: set[str] = field(default_factory=set)
+    """``recordId``s of embeddings asked with ``encoding_format: base64``."""
+    rejected: list[tuple[str, TranslationError]] = field(default_factory=list)
+    size: int = 0
+    """Bytes of the records written."""
+
+    @property
+    def sent(self) -> int:
+        """Records sent."""
+        return len(self.custom_ids)
+
+
+def translate_shard(
+    input_path: Path, endpoint: str, family: Family, default_max_tokens: int, dest: Path | None = None
+) -> ShardIndex:
+    """Read a shard's OpenAI lines as records (written to ``dest`` when given); blocking, so run it in a thread."""
+    index = ShardIndex()
+    with dest.open("wb") if dest else contextlib.nullcontext() as out:
+        for number, raw in iter_lines(input_path):
+            try:
+                line = _input_decoder.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if not isinstance(line.custom_id, str) or not line.custom_id:
+                continue
+            if not isinstance(line.body, dict):
+                index.rejected.append((line.custom_id, TranslationError("'body' must be an object.", "body")))
+                continue
+            try:
+                model_input = to_model_input(family, endpoint, line.body, default_max_tokens)
+            except TranslationError as exc:
+                index.rejected.append((line.custom_id, exc))
+                continue
+            rid = record_id(number)
+            index.custom_ids[rid] = line.custom_id
+            if line.body.get("encoding_format") == "base64":
+                index.base64.add(rid)
+            if out is not None:
+                encoded = encode_line({"recordId": rid, "modelInput": model_input})
+                out.write(encoded)
+                index.size += len(encoded)
+    return index
+
+
+# --- results ---------------------------------------------------------------------------------------------
+
+
+class _Record(msgspec.Struct):
+    recordId: Any = None  # Bedrock's field names
+    modelOutput: Any = None
+    error: Any = None
+
+
+_record_decoder = msgspec.json.Decoder(_Record)
+
+
+def result_envelope(
+    raw: bytes, *, index: ShardIndex, family: Family, model: str, job_id: str, created: int
+) -> dict[str, Any]:
+    """The OpenAI output line of one ``.jsonl.out`` record; raises :class:`MalformedResult`."""
+    try:
+        record = _record_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise MalformedResult("not a JSON record") from None
+    custom_id = index.custom_ids.get(record.recordId) if isinstance(record.recordId, str) else None
+    if custom_id is None:
+        raise MalformedResult("record with a recordId this shard never sent")
+    line_id = f"batch_req_{job_id}_{record.recordId}"
+    request_id = f"req_{job_id}_{record.recordId}"
+    if record.error is not None or record.modelOutput is None:
+        status, message = record_error_status(record.error)
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        response = {"status_code": status, "request_id": request_id, "body": body}
+        return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
+    answer = from_model_output(family, record.modelOutput, model, created)
+    if record.recordId in index.base64:
+        answer = titan_base64(answer)
+    response = {"status_code": 200, "request_id": request_id, "body": answer}
+    return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
+
+
+def manifest_tokens(raw: bytes) -> tuple[int, int] | None:
+    """Input and output token counts of a ``manifest.json.out``, None if it holds none."""
+    try:
+        manifest = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    counts = manifest.get("inputTokenCount"), manifest.get("outputTokenCount")
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        return None
+    return counts[0], counts[1]  # type: ignore[return-value]
+
+
+def response_tokens(envelope: Mapping[str, Any]) -> tuple[int, int]:
+    """Input and output tokens an output line's answer reports (0, 0 for an error line)."""
+    response = envelope.get("response") or {}
+    usage = (response.get("body") or {}).get("usage") if response.get("status_code") == 200 else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def output_keys(keys: Iterator[str]) -> list[str]:
+    """The record files among the keys of a job's output folder, sorted (the manifest is not one)."""
+    return sorted(key for key in keys if key.endswith(OUTPUT_SUFFIX))

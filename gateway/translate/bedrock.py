@@ -1,0 +1,141 @@
+"""OpenAI request bodies -> the InvokeModel bodies of Bedrock's model families, and their answers back.
+
+A Bedrock batch record holds a model's *native* InvokeModel body (``modelInput``) and its native answer
+(``modelOutput``), so the translation depends on the family of the model id, found by the table
+:data:`FAMILIES`: Claude models take Anthropic's Messages body (through :mod:`gateway.translate.anthropic`,
+with ``anthropic_version: bedrock-2023-05-31`` and no ``model``), Titan text embeddings take one
+``inputText``. A model of any other family is :data:`None` from :func:`family_of`: the adapter refuses
+to start with it rather than send bodies the model cannot read.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.translate import MalformedResult, TranslationError
+from gateway.translate.anthropic import DEFAULT_MAX_TOKENS, chat_to_messages, message_to_chat
+
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+ANTHROPIC_VERSION = "bedrock-2023-05-31"
+"""The ``anthropic_version`` Claude's InvokeModel body on Bedrock carries."""
+ANTHROPIC_UNSENT = frozenset({"model", "metadata"})
+"""Messages params Bedrock's Claude body does not take: the model is the job's, and it has no metadata."""
+TITAN_DIMENSIONS = frozenset({256, 512, 1024})
+"""Output sizes Titan Text Embeddings V2 offers."""
+TITAN_IGNORED = frozenset({"model", "user"})
+
+
+def _anthropic_input(body: Mapping[str, Any], default_max_tokens: int) -> dict[str, Any]:
+    params = chat_to_messages(body, default_max_tokens=default_max_tokens)
+    return {"anthropic_version": ANTHROPIC_VERSION, **{k: v for k, v in params.items() if k not in ANTHROPIC_UNSENT}}
+
+
+def _anthropic_output(output: Mapping[str, Any], model: str, created: int) -> dict[str, Any]:
+    answer = message_to_chat(output, created=created)
+    answer["model"] = answer.get("model") or model
+    return answer
+
+
+def _titan_input(body: Mapping[str, Any], _default_max_tokens: int) -> dict[str, Any]:
+    for name, value in body.items():
+        if name not in TITAN_IGNORED | {"input", "dimensions", "encoding_format"} and value is not None:
+            raise TranslationError(f"'{name}' is not supported by Titan embeddings.", name)
+    text = body.get("input")
+    if isinstance(text, list) and len(text) == 1:
+        text = text[0]
+    if not isinstance(text, str) or not text:
+        raise TranslationError(
+            "Titan embeds one text per request: 'input' must be a non-empty string (or a list of one).", "input"
+        )
+    record: dict[str, Any] = {"inputText": text}
+    dimensions = body.get("dimensions")
+    if dimensions is not None:
+        if dimensions not in TITAN_DIMENSIONS or isinstance(dimensions, bool):
+            sizes = ", ".join(map(str, sorted(TITAN_DIMENSIONS)))
+            raise TranslationError(f"'dimensions' must be one of {sizes} for Titan.", "dimensions", "invalid_value")
+        record["dimensions"] = dimensions
+    if body.get("encoding_format") not in (None, "float", "base64"):
+        raise TranslationError("'encoding_format' must be 'float' or 'base64'.", "encoding_format", "invalid_value")
+    return record
+
+
+def _titan_output(output: Mapping[str, Any], model: str, _created: int) -> dict[str, Any]:
+    vector = output.get("embedding")
+    tokens = output.get("inputTextTokenCount")
+    if not isinstance(vector, list) or not isinstance(tokens, int):
+        raise MalformedResult("Titan answer without embedding or inputTextTokenCount")
+    data = {"object": "embedding", "index": 0, "embedding": vector}
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {"object": "list", "data": [data], "model": model, "usage": usage}
+
+
+def titan_base64(answer: dict[str, Any]) -> dict[str, Any]:
+    """The embeddings answer with its vectors as OpenAI's ``base64`` encoding (little-endian float32)."""
+    for item in answer["data"]:
+        vector = item["embedding"]
+        item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return answer
+
+
+@dataclass(frozen=True)
+class Family:
+    """A Bedrock model family: which endpoint it serves and how its bodies translate."""
+
+    name: str
+    endpoint: str
+    pattern: re.Pattern[str]
+    """Matches the family's model ids, with or without a cross-region profile prefix (``us.``, ``global.``)."""
+    to_input: Callable[[Mapping[str, Any], int], dict[str, Any]]
+    """OpenAI request body (and the default ``max_tokens``) -> ``modelInput``; raises TranslationError."""
+    from_output: Callable[[Mapping[str, Any], str, int], dict[str, Any]]
+    """``modelOutput`` (and the model id, the creation time) -> OpenAI response body; raises MalformedResult."""
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("anthropic", CHAT, re.compile(r"^(?:[a-z]{2,7}\.)?anthropic\."), _anthropic_input, _anthropic_output),
+    Family("titan-embed", EMBEDDINGS, re.compile(r"^amazon\.titan-embed-text"), _titan_input, _titan_output),
+)
+"""The model families this gateway can send to Bedrock; a model of another family is refused at start."""
+
+
+def family_of(model_id: str) -> Family | None:
+    """The family of a Bedrock model id or ARN (its last path segment is matched), None if unsupported."""
+    name = model_id.rsplit("/", 1)[-1]
+    return next((family for family in FAMILIES if family.pattern.match(name)), None)
+
+
+def to_model_input(
+    family: Family, endpoint: str, body: Mapping[str, Any], default_max_tokens: int = DEFAULT_MAX_TOKENS
+) -> dict[str, Any]:
+    """The ``modelInput`` of one OpenAI request; raises :class:`TranslationError` if it cannot be sent."""
+    if endpoint != family.endpoint:
+        raise TranslationError(f"Bedrock {family.name} models do not serve {endpoint}.", "url")
+    return family.to_input(body, default_max_tokens)
+
+
+def from_model_output(family: Family, output: Any, model: str, created: int) -> dict[str, Any]:
+    """The OpenAI response body of one ``modelOutput``; raises :class:`MalformedResult`."""
+    if not isinstance(output, Mapping):
+        raise MalformedResult("record without an object modelOutput")
+    return family.from_output(output, model, created)
+
+
+def record_error_status(error: Any) -> tuple[int, str]:
+    """HTTP status and message of a record's ``error`` (``{"errorCode", "errorMessage"}``)."""
+    if not isinstance(error, Mapping):
+        return 500, "Bedrock reported a record error without details."
+    code = error.get("errorCode")
+    try:
+        status = int(code) if code is not None and not isinstance(code, bool) else 500
+    except (TypeError, ValueError):
+        status = 500
+    if not 400 <= status <= 599:
+        status = 500
+    message = error.get("errorMessage")
+    return status, str(message) if message else "Bedrock reported a record error without a message."

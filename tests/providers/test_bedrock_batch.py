@@ -1,0 +1,266 @@
+"""BedrockBatchAdapter against the Bedrock emulator on loopback, with records in a real S3-wire server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.providers.base import (
+    ProviderAuthFailed,
+    ProviderBatchState,
+    ProviderRejected,
+    ProviderUnavailable,
+    UnsupportedEndpoint,
+)
+from gateway.providers.bedrock_batch import BedrockBatchAdapter
+from gateway.providers.config import ProviderConfig, ProviderLimits
+from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.conftest import S3_TEST_CREDENTIALS, S3Server, free_port
+from tests.providers.support import FAST_RETRY, calls, questions, read_lines, wait_terminal, write_shard
+
+CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
+TITAN = "amazon.titan-embed-text-v2:0"
+EMBEDDINGS = "/v1/embeddings"
+ACCESS_KEY = S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"]
+API_KEY = "bedrock-api-key-5c1e9a"
+ROLE = "arn:aws:iam::123456789012:role/BatchInference"
+MINIMUM = 5
+
+
+@pytest.fixture(scope="module")
+def aws_env() -> Iterator[None]:
+    """The S3 test server's credentials in this process, where the adapter's signer and both S3 clients read them."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+            patch.delenv(name, raising=False)
+        for name, value in S3_TEST_CREDENTIALS.items():
+            patch.setenv(name, value)
+        yield
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: S3Server) -> str:
+    return s3_server.new_bucket()
+
+
+@pytest.fixture(scope="module")
+def cluster(aws_env: None, s3_server: S3Server) -> Iterator[SimulatorCluster]:
+    """Signed calls must carry the S3 test key id; bearer calls the API key (the emulator takes either)."""
+    spec = ProviderSpec(
+        name="bedrock", kind="bedrock", models=[CLAUDE, TITAN], api_key=ACCESS_KEY, processing_delay_s=0.2,
+        s3_endpoint_url=s3_server.endpoint_url, min_records=MINIMUM,
+    )  # fmt: skip
+    with SimulatorCluster([spec], control_port=None) as running:
+        yield running
+
+
+def adapter_of(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, s3: S3Server, bucket: str, **options: Any
+) -> BedrockBatchAdapter:
+    limits = ProviderLimits(min_requests_per_batch=options.pop("min_requests", MINIMUM))
+    config = ProviderConfig(
+        name="bedrock", kind="bedrock", base_url=cluster.base_url("bedrock"), models=[CLAUDE, TITAN], limits=limits
+    )
+    settings = {
+        "role_arn": ROLE, "s3_uri": f"s3://{bucket}/jobs", "s3_endpoint_url": s3.endpoint_url, "s3_allow_http": True,
+        "region": "us-east-1",
+    } | options  # fmt: skip
+    api_key = settings.pop("api_key", None)
+    return BedrockBatchAdapter(config=config, http=http, api_key=api_key, retry=FAST_RETRY, **settings)
+
+
+@pytest.fixture
+def adapter(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, s3_server: S3Server, bucket: str
+) -> BedrockBatchAdapter:
+    return adapter_of(cluster, http, s3_server, bucket)
+
+
+async def test_round_trip_through_s3_joins_records_on_their_ids(
+    adapter: BedrockBatchAdapter, cluster: SimulatorCluster, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    cluster.set_faults("bedrock", fail_fraction=0.2, shuffle_output=True)
+    lines = questions(30, CLAUDE, max_completion_tokens=40)
+    lines[3]["body"]["logprobs"] = True  # Claude cannot honour it: never sent, a 400 line instead
+    lines[5]["custom_id"] = "a custom id Bedrock would never take as a recordId / ünïcode"
+    shard = write_shard(tmp_path, lines, CLAUDE)
+    submitted = await adapter.submit(shard)
+
+    token = shard.submit_token
+    stored = s3_server.keys(bucket, f"jobs/{token}/")
+    assert list(stored) == [f"jobs/{token}/batchgw-{token}.jsonl"]
+    records = s3_server.client().get_object(Bucket=bucket, Key=f"jobs/{token}/batchgw-{token}.jsonl")["Body"].read()
+    first = json.loads(records.splitlines()[0])
+    assert first["recordId"] == "R0000000001" and first["modelInput"]["anthropic_version"] == "bedrock-2023-05-31"
+    assert "model" not in first["modelInput"] and len(records.splitlines()) == 29
+    assert submitted.provider_file_id == f"s3://{bucket}/jobs/{token}/batchgw-{token}.jsonl"
+
+    final = await wait_terminal(adapter, submitted.provider_batch_id)
+    assert final.state is ProviderBatchState.COMPLETED and final.raw_status == "Completed"
+    assert final.total == 29 and final.completed + final.failed == 29 and final.failed > 0
+    dest = tmp_path / "out.jsonl"
+    await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    by_id = {line["custom_id"]: line for line in read_lines(dest)}
+    assert sorted(by_id) == sorted(line["custom_id"] for line in lines)
+    refused = by_id["req-003"]["response"]
+    assert refused["status_code"] == 400 and "cannot be sent to a Bedrock model" in refused["body"]["error"]["message"]
+    statuses = [line["response"]["status_code"] for line in by_id.values()]
+    assert statuses.count(200) == final.completed and statuses.count(500) == final.failed
+    answered = next(line["response"]["body"] for line in by_id.values() if line["response"]["status_code"] == 200)
+    assert answered["object"] == "chat.completion" and answered["usage"]["completion_tokens"] <= 40
+
+
+async def test_titan_embeddings_round_trip_in_float_and_base64(adapter: BedrockBatchAdapter, tmp_path: Path) -> None:
+    lines = [
+        {"custom_id": f"e{i}", "body": {"model": TITAN, "input": f"text {i}", "dimensions": 256}} for i in range(6)
+    ]
+    lines[0]["body"]["encoding_format"] = "base64"
+    lines[1]["body"]["input"] = ["two", "texts"]  # Titan embeds one text per request
+    shard = write_shard(tmp_path, lines, TITAN, endpoint=EMBEDDINGS)
+    submitted = await adapter.submit(shard)
+    final = await wait_terminal(adapter, submitted.provider_batch_id)
+    assert final.state is ProviderBatchState.COMPLETED and final.completed == 5
+    dest = tmp_path / "out.jsonl"
+    await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    by_id = {line["custom_id"]: line["response"] for line in read_lines(dest)}
+    assert by_id["e1"]["status_code"] == 400 and "one text per request" in by_id["e1"]["body"]["error"]["message"]
+    assert isinstance(by_id["e0"]["body"]["data"][0]["embedding"], str)
+    vector = by_id["e2"]["body"]["data"][0]["embedding"]
+    assert len(vector) == 256 and by_id["e2"]["body"]["usage"]["prompt_tokens"] > 0
+
+
+async def test_a_repeated_submit_of_the_same_shard_creates_one_job_and_is_found_by_its_token(
+    adapter: BedrockBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    shard = write_shard(tmp_path, questions(MINIMUM, CLAUDE), CLAUDE)
+    first = await adapter.submit(shard)
+    again = await adapter.submit(shard)
+    assert again.provider_batch_id == first.provider_batch_id
+    assert len(cluster.state("bedrock").jobs) == 1
+    creates = await calls(cluster, "bedrock", "POST", "/model-invocation-job")
+    assert len(creates) == 2  # the second create was answered with the first job
+    found = await adapter.find_submitted(shard.submit_token)
+    assert found is not None and found.provider_batch_id == first.provider_batch_id
+    assert await adapter.find_submitted("tok-never-submitted") is None
+
+
+async def test_calls_are_signed_with_sigv4_for_bedrock_in_the_providers_region(
+    adapter: BedrockBatchAdapter, cluster: SimulatorCluster, http: httpx.AsyncClient, s3_server: S3Server, bucket: str
+) -> None:
+    assert (await adapter.health()).healthy
+    elsewhere = adapter_of(cluster, http, s3_server, bucket, region="eu-west-1")  # the emulator runs in us-east-1
+    report = await elsewhere.health()
+    assert not report.healthy and "authentication failed (HTTP 403)" in report.detail
+    assert "AWS_ACCESS_KEY_ID" in report.detail and S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in report.detail
+
+
+async def test_a_bedrock_api_key_goes_as_a_bearer_token_instead_of_a_signature(
+    cluster: SimulatorCluster,
+    http: httpx.AsyncClient,
+    s3_server: S3Server,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDNOTKNOWNHERE")  # a signature would now be refused
+    assert not (await adapter_of(cluster, http, s3_server, bucket).health()).healthy
+    assert (await adapter_of(cluster, http, s3_server, bucket, api_key=ACCESS_KEY).health()).healthy
+
+
+async def test_refused_credentials_fail_with_a_hint_and_no_secret(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    wrong = adapter_of(cluster, http, s3_server, bucket, api_key=API_KEY)
+    with pytest.raises(ProviderAuthFailed) as refused:
+        await wrong.submit(write_shard(tmp_path, questions(MINIMUM, CLAUDE), CLAUDE))
+    assert API_KEY not in str(refused.value) and "provider bedrock" in str(refused.value)
+    assert not (await wrong.health()).healthy
+
+
+async def test_work_below_the_record_minimum_is_refused_before_anything_is_created(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    adapter = adapter_of(cluster, http, s3_server, bucket, min_requests=10)
+    with pytest.raises(ProviderRejected, match="fewer than the 10 a Bedrock job needs"):
+        await adapter.submit(write_shard(tmp_path, questions(MINIMUM, CLAUDE), CLAUDE))
+    assert not cluster.state("bedrock").jobs
+
+
+async def test_a_job_bedrock_refuses_in_validation_fails_with_bedrocks_message(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    lenient = adapter_of(cluster, http, s3_server, bucket, min_requests=2)  # below the account's real minimum
+    submitted = await lenient.submit(write_shard(tmp_path, questions(2, CLAUDE), CLAUDE))
+    final = await wait_terminal(lenient, submitted.provider_batch_id)
+    assert final.state is ProviderBatchState.FAILED and final.error is not None and "minimum" in final.error
+
+
+async def test_a_stopped_job_keeps_the_records_it_finished(
+    adapter: BedrockBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    cluster.set_faults("bedrock", stall=True)
+    shard = write_shard(tmp_path, questions(MINIMUM, CLAUDE), CLAUDE)
+    submitted = await adapter.submit(shard)
+    await adapter.cancel(submitted.provider_batch_id)
+    cluster.set_faults("bedrock", stall=False)
+    final = await wait_terminal(adapter, submitted.provider_batch_id)
+    assert final.state is ProviderBatchState.CANCELLED and final.raw_status == "Stopped"
+    await adapter.cancel(submitted.provider_batch_id)  # stopping an ended job is not an error
+    dest = tmp_path / "out.jsonl"
+    await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    assert len(read_lines(dest)) == final.completed + final.failed
+
+
+async def test_an_unreachable_bucket_is_a_transient_failure_and_creates_nothing(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, bucket: str, tmp_path: Path
+) -> None:
+    closed = S3Server(endpoint_url=f"http://127.0.0.1:{free_port()}", process=None)  # type: ignore[arg-type]
+    adapter = adapter_of(cluster, http, closed, bucket)
+    with pytest.raises(ProviderUnavailable, match="writing the records to S3 failed"):
+        await adapter.submit(write_shard(tmp_path, questions(MINIMUM, CLAUDE), CLAUDE))
+    assert not cluster.state("bedrock").jobs
+
+
+async def test_a_429_flood_is_waited_out(
+    adapter: BedrockBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    cluster.set_faults("bedrock", rate_limit_next=2, retry_after_s=0)
+    submitted = await adapter.submit(write_shard(tmp_path, questions(MINIMUM, CLAUDE), CLAUDE))
+    assert (await wait_terminal(adapter, submitted.provider_batch_id)).state is ProviderBatchState.COMPLETED
+
+
+async def test_a_shard_of_the_other_endpoint_is_refused(adapter: BedrockBatchAdapter, tmp_path: Path) -> None:
+    assert adapter.serves("/v1/chat/completions") and adapter.serves(EMBEDDINGS)
+    assert not adapter.serves("/v1/responses")
+    shard = write_shard(tmp_path, questions(MINIMUM, CLAUDE), CLAUDE, endpoint=EMBEDDINGS)
+    with pytest.raises(UnsupportedEndpoint):
+        await adapter.submit(shard)
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"role_arn": "BatchInference"}, "role_arn must be an IAM role ARN"),
+        ({"s3_uri": "my-bucket"}, "s3_uri must name the bucket"),
+    ],
+)
+def test_missing_or_malformed_settings_stop_the_start(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, s3_server: S3Server, options: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        adapter_of(cluster, http, s3_server, "bucket", **options)
+
+
+def test_a_model_of_an_unsupported_family_stops_the_start(http: httpx.AsyncClient) -> None:
+    config = ProviderConfig(
+        name="bedrock", kind="bedrock", base_url="https://bedrock.eu-west-1.amazonaws.com", models=["meta.llama3-8b"]
+    )
+    with pytest.raises(ValueError, match=r"meta\.llama3-8b.*not supported here; supported: anthropic"):
+        BedrockBatchAdapter(config=config, http=http, role_arn=ROLE, s3_uri="s3://b/p")
+    titan = config.model_copy(update={"models": {"t": TITAN}})
+    adapter = BedrockBatchAdapter(config=titan, http=http, role_arn=ROLE, s3_uri="s3://b/p")
+    assert adapter.region == "eu-west-1" and adapter.min_requests() == 100

@@ -1,0 +1,141 @@
+"""OpenAI bodies -> Bedrock model families' InvokeModel bodies, and their answers back."""
+
+from __future__ import annotations
+
+import base64
+import struct
+
+import pytest
+
+from gateway.translate import MalformedResult, TranslationError
+from gateway.translate.bedrock import (
+    ANTHROPIC_VERSION,
+    CHAT,
+    EMBEDDINGS,
+    family_of,
+    from_model_output,
+    record_error_status,
+    titan_base64,
+    to_model_input,
+)
+
+CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
+TITAN = "amazon.titan-embed-text-v2:0"
+
+
+@pytest.mark.parametrize(
+    ("model", "family"),
+    [
+        (CLAUDE, "anthropic"),
+        ("us.anthropic.claude-haiku-4-5-20251001-v1:0", "anthropic"),
+        ("global.anthropic.claude-sonnet-4-5-20250929-v1:0", "anthropic"),
+        ("arn:aws:bedrock:us-east-1:123456789012:inference-profile/eu.anthropic.claude-3-haiku", "anthropic"),
+        (TITAN, "titan-embed"),
+        ("meta.llama3-70b-instruct-v1:0", None),
+        ("cohere.embed-english-v3", None),
+        ("amazon.nova-lite-v1:0", None),
+    ],
+)
+def test_families_are_found_by_model_id_with_or_without_a_profile_prefix(model: str, family: str | None) -> None:
+    found = family_of(model)
+    assert (found.name if found else None) == family
+
+
+def test_claude_bodies_are_anthropic_messages_with_bedrocks_version_and_no_model() -> None:
+    family = family_of(CLAUDE)
+    assert family is not None
+    body = {
+        "model": CLAUDE,
+        "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        "max_completion_tokens": 30,
+        "stop": "\n",
+        "user": "u-1",
+    }
+    record = to_model_input(family, CHAT, body)
+    assert record == {
+        "anthropic_version": ANTHROPIC_VERSION,
+        "max_tokens": 30,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "stop_sequences": ["\n"],
+    }
+
+
+def test_a_claude_body_anthropic_cannot_take_is_refused_by_the_shared_translation() -> None:
+    family = family_of(CLAUDE)
+    assert family is not None
+    with pytest.raises(TranslationError) as refused:
+        to_model_input(family, CHAT, {"messages": [{"role": "user", "content": "x"}], "logprobs": True})
+    assert refused.value.param == "logprobs"
+
+
+def test_a_claude_answer_becomes_a_chat_completion_with_its_usage() -> None:
+    family = family_of(CLAUDE)
+    assert family is not None
+    message = {
+        "id": "msg_bdrk_01",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-3-haiku-20240307",
+        "content": [{"type": "text", "text": "Hello"}],
+        "stop_reason": "max_tokens",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 3},
+    }
+    answer = from_model_output(family, message, CLAUDE, 1_700_000_000)
+    assert answer["choices"][0]["message"]["content"] == "Hello"
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert (answer["usage"]["prompt_tokens"], answer["usage"]["completion_tokens"]) == (12, 3)
+    with pytest.raises(MalformedResult):
+        from_model_output(family, {"content": []}, CLAUDE, 0)
+
+
+def test_titan_takes_one_text_and_its_dimensions() -> None:
+    family = family_of(TITAN)
+    assert family is not None
+    assert to_model_input(family, EMBEDDINGS, {"model": TITAN, "input": ["one text"], "dimensions": 256}) == {
+        "inputText": "one text",
+        "dimensions": 256,
+    }
+    for bad, param in (
+        ({"input": ["a", "b"]}, "input"),
+        ({"input": [1, 2, 3]}, "input"),
+        ({"input": "a", "dimensions": 300}, "dimensions"),
+        ({"input": "a", "encoding_format": "int8"}, "encoding_format"),
+        ({"input": "a", "normalize_to": 1}, "normalize_to"),
+    ):
+        with pytest.raises(TranslationError) as refused:
+            to_model_input(family, EMBEDDINGS, bad)
+        assert refused.value.param == param
+
+
+def test_a_family_refuses_the_other_endpoint() -> None:
+    titan = family_of(TITAN)
+    assert titan is not None
+    with pytest.raises(TranslationError, match="do not serve /v1/chat/completions"):
+        to_model_input(titan, CHAT, {"messages": []})
+
+
+def test_a_titan_answer_becomes_an_embeddings_list_in_float_or_base64() -> None:
+    family = family_of(TITAN)
+    assert family is not None
+    answer = from_model_output(family, {"embedding": [0.5, -1.0], "inputTextTokenCount": 4}, TITAN, 0)
+    assert answer["data"] == [{"object": "embedding", "index": 0, "embedding": [0.5, -1.0]}]
+    assert answer["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
+    packed = titan_base64(answer)["data"][0]["embedding"]
+    assert struct.unpack("<2f", base64.b64decode(packed)) == (0.5, -1.0)
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        ({"errorCode": 400, "errorMessage": "bad request"}, 400),
+        ({"errorCode": "429", "errorMessage": "slow down"}, 429),
+        ({"errorCode": 200, "errorMessage": "odd"}, 500),
+        ({"errorCode": "x"}, 500),
+        (None, 500),
+    ],
+)
+def test_record_errors_keep_a_plausible_status(error: object, status: int) -> None:
+    found, message = record_error_status(error)
+    assert found == status and message
