@@ -258,6 +258,21 @@ def test_an_embeddings_batch_goes_only_to_kinds_that_serve_embeddings(
     assert not any(EMBEDDINGS in endpoints[name] for name in ("groq", "together", "anthropic", "gemini", "bedrock"))
 
 
+@pytest.mark.parametrize("provider", SERVE_EMBEDDINGS)
+def test_an_embeddings_backfill_of_10000_inputs_runs_on_each_kind_that_serves_embeddings(
+    client: openai.OpenAI, database_kind: str, provider: str
+) -> None:
+    """Bedrock's backfill (Titan bodies) is in its own module."""
+    if database_kind != "sqlite":
+        pytest.skip("the backfill measures the provider kind; the database's part is the same as in the tests above")
+    requests = [embedding_request(f"doc-{i:05d}", f"document {i}", model=f"via-{provider}") for i in range(10_000)]
+    batch = wait_for(client, submit(client, requests, endpoint=EMBEDDINGS).id, timeout=300)
+    outcome = collect(client, batch)
+    assert batch.status == "completed" and not outcome.errors and len(outcome.output) == 10_000
+    assert {line["provider"] for line in outcome.output.values()} == {provider}
+    assert all(line["response"]["body"]["usage"]["prompt_tokens"] > 0 for line in outcome.output.values())
+
+
 @pytest.mark.parametrize("provider", ["together", "mistral"])
 def test_a_worker_killed_right_after_its_create_leaves_one_batch_that_the_next_adopts(
     gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster, provider: str
