@@ -359,3 +359,21 @@ def create_batch(client: openai.OpenAI, requests: list[dict[str, Any]], metadata
         input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
     )
     return batch.id
+
+
+# --- frozen workers -------------------------------------------------------------------------------------
+
+
+def process_state(worker: GatewayProcess) -> str:
+    """The kernel's one-letter state of the worker process (``T`` when stopped)."""
+    assert worker.process is not None
+    stat = Path(f"/proc/{worker.process.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def wait_frozen(worker: GatewayProcess, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while process_state(worker) != "T":
+        assert worker.process is not None and worker.process.poll() is None, worker.log()
+        assert time.monotonic() < deadline, f"the worker never reached its freeze point:\n{worker.log()}"
+        time.sleep(0.05)

@@ -29,6 +29,8 @@ from tests.engine import (
     set_faults,
     submit,
     wait_for,
+    wait_frozen,
+    worker_process,
 )
 
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
@@ -44,6 +46,7 @@ PRICES = {
     ("embed", "fallback"): ("embed-on-openai", 0.02, 0.0),
 }
 CREATED = "submit.after_provider_create"
+LEASE_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +292,38 @@ def test_an_embeddings_backfill_of_10000_inputs_runs_on_titan(
     sample = outcome.output["doc-04321"]["response"]["body"]
     assert sample["object"] == "list" and len(sample["data"][0]["embedding"]) == 256
     assert sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in outcome.output.values()) > 10_000
+
+
+@pytest.mark.parametrize("point", ["submit.before_provider_create", "submit.after_provider_create"])
+def test_a_worker_frozen_past_its_lease_around_its_create_leaves_one_job(
+    point: str, gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster, database_kind: str
+) -> None:
+    """Frozen after the records are in S3 and before the create, the woken worker creates nothing; frozen after
+    it, the job it created is the one the live worker found by its name."""
+    if database_kind != "postgresql":
+        pytest.skip("several workers on one database need PostgreSQL")
+    lease = {"BATCHGW_WORKER__LEASE_S": str(LEASE_S)}
+    api = gateway_factory({**gateway_env, **lease}).start("serve", "--no-worker")
+    client = api.client(api.create_key("freeze"))
+    frozen = worker_process(api, f"frozen-{point}", BATCHGW_FREEZE_AT=point).start("worker")
+    workers = [frozen]
+    try:
+        batch = submit(client, chat_lines(MINIMUM, point.replace(".", "-")))
+        wait_frozen(frozen)
+        live = worker_process(api, f"live-{point}").start("worker")
+        workers.append(live)
+        time.sleep(LEASE_S * 1.5)  # the frozen worker's lease has expired: the live worker owns its shard now
+        assert frozen.process is not None
+        frozen.process.send_signal(signal.SIGCONT)
+        outcome = collect(client, wait_for(client, batch.id, timeout=120))
+        time.sleep(LEASE_S)  # the woken worker has had time to try whatever it was doing
+    finally:
+        for worker in workers:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGCONT)
+            worker.stop()
+    assert outcome.batch.status == "completed" and not outcome.errors and len(outcome.output) == MINIMUM
+    assert providers_of(outcome) == {"bedrock": MINIMUM}
+    assert len(cluster.state("bedrock-emu").jobs) == 1, "the shard ran twice at Bedrock"
+    [(rows, requests)] = query(api, "SELECT COUNT(*), SUM(requests) FROM ledger WHERE batch_id = :b", b=batch.id)
+    assert (rows, requests) == (1, MINIMUM)

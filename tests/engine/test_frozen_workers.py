@@ -12,7 +12,6 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -31,6 +30,7 @@ from tests.engine import (
     reset,
     submit,
     wait_for,
+    wait_frozen,
     worker_process,
 )
 
@@ -72,21 +72,6 @@ def workers(gateway: GatewayProcess) -> Iterator[list[GatewayProcess]]:
         if worker.process is not None and worker.process.poll() is None:
             worker.process.send_signal(signal.SIGCONT)
         worker.stop()
-
-
-def process_state(worker: GatewayProcess) -> str:
-    """The kernel's one-letter state of the worker process (``T`` when stopped)."""
-    assert worker.process is not None
-    stat = Path(f"/proc/{worker.process.pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def wait_frozen(worker: GatewayProcess, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while process_state(worker) != "T":
-        assert worker.process is not None and worker.process.poll() is None, worker.log()
-        assert time.monotonic() < deadline, f"the worker never reached its freeze point:\n{worker.log()}"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("point", POINTS)
