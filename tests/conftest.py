@@ -324,6 +324,18 @@ S3_TEST_CREDENTIALS = {
 """Environment of every process that talks to the test S3 server (it accepts any keys)."""
 
 
+@pytest.fixture(scope="module")
+def aws_env() -> Iterator[None]:
+    """The S3 test server's credentials in this process's environment (and no other AWS identity), where
+    in-process S3 clients, emulators included, and the AWS request signer read them."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+            patch.delenv(name, raising=False)
+        for name, value in S3_TEST_CREDENTIALS.items():
+            patch.setenv(name, value)
+        yield
+
+
 @dataclass
 class S3Server:
     """A real S3-wire server (moto's standalone server) on loopback."""

@@ -48,7 +48,6 @@ from gateway.providers.anthropic_wire import (
     parse_batch,
     rejected_line,
     result_line,
-    unix_time,
     write_create_body,
 )
 from gateway.providers.base import (
@@ -60,6 +59,7 @@ from gateway.providers.base import (
     ShardSubmission,
     SubmitResult,
     UnsupportedEndpoint,
+    unix_time,
 )
 from gateway.providers.http import HttpAdapter, file_chunks
 from gateway.providers.jsonl import encode_line

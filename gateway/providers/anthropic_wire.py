@@ -12,7 +12,6 @@ import hashlib
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -156,16 +155,6 @@ def parse_batch(batch: Mapping[str, Any]) -> PollResult | None:
         completed=succeeded,
         failed=errored + canceled + expired,
     )
-
-
-def unix_time(value: Any) -> int | None:
-    """Unix seconds of an RFC 3339 timestamp, or None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return None
 
 
 # --- results --------------------------------------------------------------------------------------------

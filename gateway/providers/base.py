@@ -30,8 +30,9 @@ import abc
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import httpx
@@ -113,6 +114,16 @@ _TERMINAL = {
     ProviderBatchState.EXPIRED,
     ProviderBatchState.CANCELLED,
 }
+
+
+def unix_time(value: Any) -> int | None:
+    """Unix seconds of an ISO 8601 / RFC 3339 timestamp (as providers write them), None if absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ work elsewhere (:meth:`ProviderAdapter.min_requests`).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import re
@@ -47,12 +46,12 @@ from gateway.providers.base import (
     ShardSubmission,
     SubmitResult,
     UnsupportedEndpoint,
+    unix_time,
 )
 from gateway.providers.bedrock_wire import (
     MANIFEST,
     OUTPUT_SUFFIX,
     ShardIndex,
-    iso_time,
     job_id_of,
     job_name,
     manifest_tokens,
@@ -63,7 +62,7 @@ from gateway.providers.bedrock_wire import (
     translate_shard,
 )
 from gateway.providers.http import HttpAdapter, Params
-from gateway.providers.jsonl import LineSplitter, encode_line
+from gateway.providers.jsonl import LineSplitter, encode_line, iter_requests
 from gateway.providers.openai_wire import rejected_line
 from gateway.settings import StorageSettings, parse_s3_url
 from gateway.storage.s3 import S3BlobStore
@@ -139,7 +138,7 @@ class BedrockBatchAdapter(HttpAdapter):
             )
         store = self._blobs()
         name = job_name(shard.submit_token)
-        input_key = f"{shard.submit_token}/{name}.jsonl"
+        input_key = _input_key(shard.submit_token)
         with tempfile.TemporaryDirectory(prefix="batchgw-bedrock-") as folder:
             records = Path(folder) / f"{name}.jsonl"
             index = await asyncio.to_thread(
@@ -179,7 +178,7 @@ class BedrockBatchAdapter(HttpAdapter):
 
         # The same clientRequestToken returns the job the first try created, so a retry needs no lookup.
         arn = await self._create_once(shard, create, None)
-        return SubmitResult(provider_batch_id=arn, provider_file_id=f"{base}/{name}.jsonl")
+        return SubmitResult(provider_batch_id=arn, provider_file_id=input_key)
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
         """The job named after ``submit_token`` (and created with it as ``clientRequestToken``), if any."""
@@ -191,20 +190,14 @@ class BedrockBatchAdapter(HttpAdapter):
                 token = job.get("clientRequestToken")
                 if token not in (None, submit_token):
                     continue
-                source = (job.get("inputDataConfig") or {}).get("s3InputDataConfig") or {}
-                return SubmitResult(provider_batch_id=job["jobArn"], provider_file_id=source.get("s3Uri"))
+                return SubmitResult(provider_batch_id=job["jobArn"], provider_file_id=_input_key(submit_token))
         return None
 
     async def poll(self, provider_batch_id: str) -> PollResult:
         """Read the job's status and record counts."""
         if provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
             return PollResult(state=ProviderBatchState.COMPLETED, raw_status="Completed")
-        result, known = parse_job(await self._retrieve(provider_batch_id))
-        if not known:
-            log.warning("provider %s: unknown job status %r, treated as running", self.name, result.raw_status)
-        if result.error is None:
-            return result
-        return dataclasses.replace(result, error=self._sanitise(result.error))
+        return self._poll_result(*parse_job(await self._retrieve(provider_batch_id)))
 
     async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
         """Append the job's records as OpenAI output lines under their client ``custom_id``s, then the unsent lines.
@@ -214,8 +207,8 @@ class BedrockBatchAdapter(HttpAdapter):
         """
         if input_path is None:
             raise ProviderRejected(f"provider {self.name}: Bedrock results are read against the shard input", 400)
-        if provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
-            model = next(iter(self.config.models.values()))
+        if provider_batch_id.startswith(LOCAL_BATCH_PREFIX):  # nothing was sent: the shard names its model
+            model = await asyncio.to_thread(_shard_model, input_path) or next(iter(self.config.models.values()))
         else:
             job = await self._retrieve(provider_batch_id)
             model = str(job.get("modelId") or next(iter(self.config.models.values())))
@@ -225,7 +218,7 @@ class BedrockBatchAdapter(HttpAdapter):
         with dest.open("ab") as out:
             if not provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
                 folder = self._output_folder(job, provider_batch_id)
-                created = iso_time(job.get("endTime")) or iso_time(job.get("submitTime")) or 0
+                created = unix_time(job.get("endTime")) or unix_time(job.get("submitTime")) or 0
                 copy = _RecordCopy(self.name, out, index, family, model, job_id_of(provider_batch_id), created)
                 await self._copy_records(folder, copy)
             for custom_id, err in index.rejected:
@@ -379,6 +372,19 @@ class _RecordCopy:
         used = response_tokens(envelope)
         self.tokens = (self.tokens[0] + used[0], self.tokens[1] + used[1])
         self.out.write(encode_line(envelope))
+
+
+def _input_key(submit_token: str) -> str:
+    """The records' key below ``s3_uri`` (also the shard's ``provider_file_id``)."""
+    return f"{submit_token}/{job_name(submit_token)}.jsonl"
+
+
+def _shard_model(input_path: Path) -> str | None:
+    """The provider model the first request of a shard names."""
+    for _, _, body in iter_requests(input_path):
+        model = body.get("model") if isinstance(body, dict) else None
+        return model if isinstance(model, str) else None
+    return None
 
 
 def _region_of(base_url: str) -> str | None:

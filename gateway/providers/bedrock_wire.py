@@ -11,14 +11,13 @@ import contextlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from gateway.providers.base import PollResult, ProviderBatchState
-from gateway.providers.jsonl import encode_line, iter_lines
+from gateway.providers.jsonl import encode_line, iter_requests
 from gateway.translate import MalformedResult, TranslationError
 from gateway.translate.bedrock import Family, from_model_output, record_error_status, titan_base64, to_model_input
 
@@ -87,25 +86,7 @@ def parse_job(job: Mapping[str, Any]) -> tuple[PollResult, bool]:
     return result, state is not None
 
 
-def iso_time(value: Any) -> int | None:
-    """Unix seconds of an ISO 8601 time, None if absent or unreadable."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return None
-
-
 # --- shard input -----------------------------------------------------------------------------------------
-
-
-class _InputLine(msgspec.Struct):
-    custom_id: Any = None
-    body: Any = None
-
-
-_input_decoder = msgspec.json.Decoder(_InputLine)
 
 
 @dataclass
@@ -132,24 +113,17 @@ def translate_shard(
     """Read a shard's OpenAI lines as records (written to ``dest`` when given); blocking, so run it in a thread."""
     index = ShardIndex()
     with dest.open("wb") if dest else contextlib.nullcontext() as out:
-        for number, raw in iter_lines(input_path):
+        for number, custom_id, request in iter_requests(input_path):
             try:
-                line = _input_decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
-            if not isinstance(line.custom_id, str) or not line.custom_id:
-                continue
-            if not isinstance(line.body, dict):
-                index.rejected.append((line.custom_id, TranslationError("'body' must be an object.", "body")))
-                continue
-            try:
-                model_input = to_model_input(family, endpoint, line.body, default_max_tokens)
+                if isinstance(request, TranslationError):
+                    raise request
+                model_input = to_model_input(family, endpoint, request, default_max_tokens)
             except TranslationError as exc:
-                index.rejected.append((line.custom_id, exc))
+                index.rejected.append((custom_id, exc))
                 continue
             rid = record_id(number)
-            index.custom_ids[rid] = line.custom_id
-            if line.body.get("encoding_format") == "base64":
+            index.custom_ids[rid] = custom_id
+            if request.get("encoding_format") == "base64":
                 index.base64.add(rid)
             if out is not None:
                 encoded = encode_line({"recordId": rid, "modelInput": model_input})

@@ -18,6 +18,7 @@ before it can reach an exception, a log line or a client.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import random
@@ -34,6 +35,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from gateway.providers.base import (
     HealthReport,
+    PollResult,
     ProviderAdapter,
     ProviderAuthFailed,
     ProviderError,
@@ -298,6 +300,15 @@ class HttpAdapter(ProviderAdapter):
                 exc,
             )
             return None
+
+    def _poll_result(self, result: PollResult, known: bool) -> PollResult:
+        """A status read parsed by a kind's table: an unknown status (read as running) is logged, and the
+        provider's error text sanitised."""
+        if not known:
+            log.warning("provider %s: unknown job status %r, treated as running", self.name, result.raw_status)
+        if result.error is None:
+            return result
+        return dataclasses.replace(result, error=self._sanitise(result.error))
 
     # ----------------------------------------------------------------- calls
 

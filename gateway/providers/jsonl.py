@@ -12,7 +12,9 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["LineSplitter", "encode_line", "iter_lines"]
+from gateway.translate import TranslationError
+
+__all__ = ["LineSplitter", "encode_line", "iter_lines", "iter_requests"]
 
 
 class LineSplitter:
@@ -46,3 +48,27 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 def encode_line(value: Mapping[str, Any]) -> bytes:
     """One JSONL line (with its newline)."""
     return msgspec.json.encode(value) + b"\n"
+
+
+class _RequestLine(msgspec.Struct):
+    custom_id: Any = None
+    body: Any = None
+
+
+_request_decoder = msgspec.json.Decoder(_RequestLine)
+
+
+def iter_requests(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | TranslationError]]:
+    """``(line number, custom_id, body)`` of each request line of a shard input; a body that is not an object
+    comes as the :class:`TranslationError` its 400 line names. Lines that are not requests are skipped."""
+    for number, raw in iter_lines(path):
+        try:
+            line = _request_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if not isinstance(line.custom_id, str) or not line.custom_id:
+            continue
+        if isinstance(line.body, dict):
+            yield number, line.custom_id, line.body
+        else:
+            yield number, line.custom_id, TranslationError("'body' must be an object.", "body")

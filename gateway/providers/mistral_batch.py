@@ -9,7 +9,6 @@ that fits what is left of the client's window. Output and error files hold OpenA
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -113,12 +112,7 @@ class MistralBatchAdapter(HttpAdapter):
 
     async def poll(self, provider_batch_id: str) -> PollResult:
         """Read the job's status and counts."""
-        result, known = parse_job(await self._retrieve(provider_batch_id))
-        if not known:
-            log.warning("provider %s: unknown job status %r, treated as running", self.name, result.raw_status)
-        if result.error is None:
-            return result
-        return dataclasses.replace(result, error=self._sanitise(result.error))
+        return self._poll_result(*parse_job(await self._retrieve(provider_batch_id)))
 
     async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
         """Append the output and error files' lines to ``dest``, then a 400 line per request never sent."""

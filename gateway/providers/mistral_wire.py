@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from gateway.providers.base import PollResult, ProviderBatchState
-from gateway.providers.jsonl import encode_line
+from gateway.providers.jsonl import encode_line, iter_requests
 from gateway.translate import TranslationError
 from gateway.translate.mistral import to_mistral
 
@@ -90,14 +90,6 @@ def timeout_hours(window_s: float) -> int:
     return max(1, min(MAX_TIMEOUT_HOURS, int(window_s // 3600)))
 
 
-class _InputLine(msgspec.Struct):
-    custom_id: Any = None
-    body: Any = None
-
-
-_input_decoder = msgspec.json.Decoder(_InputLine)
-
-
 @dataclass
 class MistralShard:
     """A shard as Mistral lines: the ids sent (in order), the requests left out and why, the bytes written."""
@@ -110,27 +102,18 @@ class MistralShard:
 def translate_shard(input_path: Path, endpoint: str, dest: Path | None = None) -> MistralShard:
     """Translate a shard's OpenAI lines into Mistral's ``{"custom_id", "body"}`` lines (written to ``dest``)."""
     shard = MistralShard()
-    with input_path.open("rb") as source, dest.open("wb") if dest else contextlib.nullcontext() as out:
-        for raw in source:
-            if not raw.strip():
-                continue
+    with dest.open("wb") if dest else contextlib.nullcontext() as out:
+        for _, custom_id, request in iter_requests(input_path):
             try:
-                line = _input_decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
-            if not isinstance(line.custom_id, str) or not line.custom_id:
-                continue
-            if not isinstance(line.body, dict):
-                shard.rejected.append((line.custom_id, TranslationError("'body' must be an object.", "body")))
-                continue
-            try:
-                body = to_mistral(endpoint, line.body)
+                if isinstance(request, TranslationError):
+                    raise request
+                body = to_mistral(endpoint, request)
             except TranslationError as exc:
-                shard.rejected.append((line.custom_id, exc))
+                shard.rejected.append((custom_id, exc))
                 continue
-            shard.sent.append(line.custom_id)
+            shard.sent.append(custom_id)
             if out is not None:
-                encoded = encode_line({"custom_id": line.custom_id, "body": body})
+                encoded = encode_line({"custom_id": custom_id, "body": body})
                 out.write(encoded)
                 shard.size += len(encoded)
     return shard

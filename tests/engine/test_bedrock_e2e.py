@@ -50,7 +50,7 @@ LEASE_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server: S3Server) -> Iterator[SimulatorCluster]:
+def cluster(s3_server: S3Server, aws_env: None) -> Iterator[SimulatorCluster]:
     """The Bedrock emulator reads and writes the test S3 server with the test credentials, as the gateway does."""
     specs = [
         ProviderSpec(
@@ -63,11 +63,8 @@ def cluster(s3_server: S3Server) -> Iterator[SimulatorCluster]:
         ),
         ProviderSpec(name="fallback-emu", models=["claude-on-openai", "embed-on-openai"], processing_delay_s=0.2),
     ]
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in S3_TEST_CREDENTIALS.items():
-            patch.setenv(name, value)
-        with SimulatorCluster(specs, control_port=0) as running:
-            yield running
+    with SimulatorCluster(specs, control_port=0) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +230,10 @@ def test_failed_records_are_retried_elsewhere_when_too_few_for_a_bedrock_job(
 
 
 def test_bedrock_going_down_mid_job_moves_the_work_to_the_other_provider(
-    client: openai.OpenAI, gateway: GatewayProcess, cluster: SimulatorCluster
+    gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster
 ) -> None:
+    gateway = gateway_factory(gateway_env).start()  # its own: the circuit it opens stays open for the module
+    client = gateway.client(gateway.create_key("outage"))
     set_faults(cluster, "bedrock-emu", stall=True)  # the job waits in Scheduled: Bedrock goes down mid-job
     batch = submit(client, chat_lines(120, "o"))
     deadline = time.monotonic() + 60

@@ -64,7 +64,7 @@ def provider_model(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server: S3Server) -> Iterator[SimulatorCluster]:
+def cluster(s3_server: S3Server, aws_env: None) -> Iterator[SimulatorCluster]:
     """One emulator per kind; Bedrock's takes jobs of any size here (its minimum is tested on its own)."""
     specs = [
         ProviderSpec(
@@ -78,11 +78,8 @@ def cluster(s3_server: S3Server) -> Iterator[SimulatorCluster]:
         )
         for name, (_, emulator_kind, dialect) in KINDS.items()
     ]
-    with pytest.MonkeyPatch.context() as patch:
-        for variable, value in S3_TEST_CREDENTIALS.items():
-            patch.setenv(variable, value)
-        with SimulatorCluster(specs, control_port=None) as running:
-            yield running
+    with SimulatorCluster(specs, control_port=None) as running:
+        yield running
 
 
 def bedrock_settings(s3_server: S3Server) -> list[str]:
@@ -146,6 +143,7 @@ def gateway_env(
         "TEST_AZURE_KEY": AZURE_KEY,
         **S3_TEST_CREDENTIALS,
         **ENGINE_ENV,
+        "BATCHGW_ROUTING__MAX_REQUEST_ATTEMPTS": "10",  # requests failing at random get there in the end
     }
     return env
 
@@ -256,6 +254,24 @@ def test_an_embeddings_batch_goes_only_to_kinds_that_serve_embeddings(
     endpoints = {name: {job.endpoint for job in cluster.state(f"{name}-emu").jobs.values()} for name in KINDS}
     assert EMBEDDINGS in endpoints["mistral"]
     assert not any(EMBEDDINGS in endpoints[name] for name in ("groq", "together", "anthropic", "gemini", "bedrock"))
+
+
+@pytest.mark.parametrize("provider", ["mistral", "together", "groq"])
+def test_requests_a_provider_fails_and_a_429_flood_are_retried_until_the_batch_completes(
+    client: openai.OpenAI, cluster: SimulatorCluster, provider: str
+) -> None:
+    emulator = f"{provider}-emu"
+    before = set(cluster.state(emulator).jobs)
+    cluster.set_faults(emulator, fail_fraction=0.3, fail_per_batch=True, rate_limit_next=3, retry_after_s=0)
+    lines = [request(f"f-{i:02d}", ("user", f"question {i}"), max_tokens=16) for i in range(40)]
+    requests = [{**line, "body": {**line["body"], "model": f"via-{provider}"}} for line in lines]
+    try:
+        outcome = collect(client, wait_for(client, submit(client, requests).id, timeout=120))
+    finally:
+        cluster.set_faults(emulator, fail_fraction=0.0, fail_per_batch=False, rate_limit_next=0, retry_after_s=1)
+    assert outcome.batch.status == "completed" and not outcome.errors and len(outcome.output) == 40
+    assert all(line["response"]["status_code"] == 200 for line in outcome.output.values())
+    assert len(set(cluster.state(emulator).jobs) - before) >= 2  # the failed requests ran again in a retry
 
 
 @pytest.mark.parametrize("provider", SERVE_EMBEDDINGS)

@@ -33,17 +33,6 @@ MINIMUM = 5
 
 
 @pytest.fixture(scope="module")
-def aws_env() -> Iterator[None]:
-    """The S3 test server's credentials in this process, where the adapter's signer and both S3 clients read them."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
-            patch.delenv(name, raising=False)
-        for name, value in S3_TEST_CREDENTIALS.items():
-            patch.setenv(name, value)
-        yield
-
-
-@pytest.fixture(scope="module")
 def bucket(s3_server: S3Server) -> str:
     return s3_server.new_bucket()
 
@@ -98,7 +87,7 @@ async def test_round_trip_through_s3_joins_records_on_their_ids(
     first = json.loads(records.splitlines()[0])
     assert first["recordId"] == "R0000000001" and first["modelInput"]["anthropic_version"] == "bedrock-2023-05-31"
     assert "model" not in first["modelInput"] and len(records.splitlines()) == 29
-    assert submitted.provider_file_id == f"s3://{bucket}/jobs/{token}/batchgw-{token}.jsonl"
+    assert submitted.provider_file_id == f"{token}/batchgw-{token}.jsonl"  # below s3_uri
 
     final = await wait_terminal(adapter, submitted.provider_batch_id)
     assert final.state is ProviderBatchState.COMPLETED and final.raw_status == "Completed"
@@ -264,3 +253,17 @@ def test_a_model_of_an_unsupported_family_stops_the_start(http: httpx.AsyncClien
     titan = config.model_copy(update={"models": {"t": TITAN}})
     adapter = BedrockBatchAdapter(config=titan, http=http, role_arn=ROLE, s3_uri="s3://b/p")
     assert adapter.region == "eu-west-1" and adapter.min_requests() == 100
+
+
+async def test_a_shard_whose_every_line_is_refused_sends_nothing_and_answers_400_lines(
+    adapter: BedrockBatchAdapter, cluster: SimulatorCluster, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    lines = [{"custom_id": f"e{i}", "body": {"model": TITAN, "input": ["a", "b"]}} for i in range(3)]
+    shard = write_shard(tmp_path, lines, TITAN, endpoint=EMBEDDINGS)
+    submitted = await adapter.submit(shard)
+    assert (await adapter.poll(submitted.provider_batch_id)).state is ProviderBatchState.COMPLETED
+    dest = tmp_path / "out.jsonl"
+    await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    answers = [line["response"] for line in read_lines(dest)]
+    assert len(answers) == 3 and all("one text per request" in a["body"]["error"]["message"] for a in answers)
+    assert not cluster.state("bedrock").jobs and not s3_server.keys(bucket, f"jobs/{shard.submit_token}/")

@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from gateway.simulator import ProviderSpec, SimulatorCluster, embedding_vector, model_reply, text_tokens
 from gateway.simulator.config import parse_config
-from tests.conftest import S3_TEST_CREDENTIALS, S3Server
+from tests.conftest import S3Server
 
 NAME = "bedrock"
 KEY = "AKIAEMULATORKEY00001"
@@ -41,17 +41,6 @@ TERMINAL = {"Completed", "PartiallyCompleted", "Expired", "Failed", "Stopped"}
 ORDER = ["Submitted", "Validating", "Scheduled", "InProgress", "Completed"]
 ARN = re.compile(rf"arn:aws:bedrock:{REGION}:{ACCOUNT}:model-invocation-job/(?P<id>[a-z0-9]{{12}})")
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-@pytest.fixture(scope="module")
-def aws_env() -> Iterator[None]:
-    """The test server's credentials in this process's environment, where the emulator's S3 client reads them."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
-            patch.delenv(name, raising=False)
-        for name, value in S3_TEST_CREDENTIALS.items():
-            patch.setenv(name, value)
-        yield
 
 
 @pytest.fixture(scope="module")
