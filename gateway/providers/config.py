@@ -29,6 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from gateway.config_errors import did_you_mean
 
+KEYLESS_AUTH: dict[str, str] = {"bedrock": "signed with AWS credentials"}
+"""How a provider of these kinds authenticates when ``api_key_env`` is unset (the start-up line says so)."""
+
 Problem = tuple[tuple[str, ...], str]
 """A key's path below the provider's table (``("options", "inline_max")``) and what is wrong with it."""
 
@@ -114,7 +117,7 @@ class ProviderConfig(BaseModel):
             return f"provider {self.name}: disabled"
         models = ", ".join(name if name == model else f"{name}={model}" for name, model in self.models.items())
         limits = " ".join(f"{k}={v}" for k, v in self.limits.model_dump().items() if v is not None)
-        key = f"key from {self.api_key_env}" if self.api_key_env else "no key"
+        key = f"key from {self.api_key_env}" if self.api_key_env else KEYLESS_AUTH.get(self.kind, "no key")
         prices = f", prices of {self.catalog_provider}" if self.catalog_provider else ""
         options = "".join(f", {name} {value}" for name, value in self.options.items())
         return (

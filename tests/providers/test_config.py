@@ -100,6 +100,12 @@ def test_the_start_up_line_shows_the_host_only() -> None:
     assert "pa55word" not in line and "abc" not in line and "/openai/v1" not in line
 
 
+def test_the_start_up_line_says_how_a_keyless_provider_authenticates() -> None:
+    bedrock = config(kind="bedrock", base_url="https://bedrock.us-east-1.amazonaws.com", api_key_env=None)
+    assert ", signed with AWS credentials," in bedrock.describe()
+    assert ", no key," in config(api_key_env=None).describe()
+
+
 # --- real processes ---------------------------------------------------------------------------------------
 
 
