@@ -32,6 +32,7 @@ import httpx
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import get_session
 
 from gateway.providers.base import (
@@ -205,24 +206,31 @@ class BedrockBatchAdapter(HttpAdapter):
         Records are joined on ``recordId`` (Bedrock does not promise input order); the manifest's token
         counts are compared with the records' and a difference is logged.
         """
-        if input_path is None:
-            raise ProviderRejected(f"provider {self.name}: Bedrock results are read against the shard input", 400)
-        if provider_batch_id.startswith(LOCAL_BATCH_PREFIX):  # nothing was sent: the shard names its model
-            model = await asyncio.to_thread(_shard_model, input_path) or next(iter(self.config.models.values()))
+        local = provider_batch_id.startswith(LOCAL_BATCH_PREFIX)
+        job: dict[str, Any] = {}
+        if local:  # nothing was sent: the shard names its model
+            shard_model = await asyncio.to_thread(_shard_model, input_path) if input_path else None
+            model = shard_model or next(iter(self.config.models.values()))
         else:
             job = await self._retrieve(provider_batch_id)
             model = str(job.get("modelId") or next(iter(self.config.models.values())))
         family = self._family(model)
-        endpoint = family.endpoint
-        index = await asyncio.to_thread(translate_shard, input_path, endpoint, family, self.default_max_tokens)
+        if input_path is None:  # the shard input is gone: records keep their recordId, enough to bill them
+            index = ShardIndex(known=False)
+        else:
+            args = (input_path, family.endpoint, family, self.default_max_tokens)
+            index = await asyncio.to_thread(translate_shard, *args)
         with dest.open("ab") as out:
-            if not provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
+            answered: set[str] = set()
+            if not local:
                 folder = self._output_folder(job, provider_batch_id)
                 created = unix_time(job.get("endTime")) or unix_time(job.get("submitTime")) or 0
                 copy = _RecordCopy(self.name, out, index, family, model, job_id_of(provider_batch_id), created)
-                await self._copy_records(folder, copy)
-            for custom_id, err in index.rejected:
-                out.write(encode_line(rejected_line(custom_id, err, batch_id=provider_batch_id, target=TARGET)))
+                await self._copy_records(folder, copy, _count_of(job, "successRecordCount", "errorRecordCount"))
+                answered = copy.answered
+            for rid, custom_id, err in index.rejected:
+                if rid not in answered:
+                    out.write(encode_line(rejected_line(custom_id, err, batch_id=provider_batch_id, target=TARGET)))
 
     async def cancel(self, provider_batch_id: str) -> None:
         """Stop the job; a job already ended or stopping is fine (its finished records stay in S3)."""
@@ -258,6 +266,8 @@ class BedrockBatchAdapter(HttpAdapter):
     ) -> dict[str, str]:
         if self.api_key:  # a Bedrock API key: the bearer header of the base
             return headers
+        if body is None:
+            raise ProviderRejected(f"provider {self.name}: a streamed body cannot be signed", 400)
         credentials = await self._frozen_credentials()
         target = str(httpx.URL(url, params=params)) if params else url
         request = AWSRequest(method=method, url=target, data=body or b"", headers=headers)
@@ -288,12 +298,18 @@ class BedrockBatchAdapter(HttpAdapter):
         return self._store
 
     async def _frozen_credentials(self) -> ReadOnlyCredentials:
-        if self._credentials is None:
-            found = await asyncio.to_thread(get_session().get_credentials)
-            if found is None:
-                raise ProviderAuthFailed(f"provider {self.name}: no AWS credentials found; {self._key_hint()}", 401)
-            self._credentials = found
-        return await asyncio.to_thread(self._credentials.get_frozen_credentials)
+        try:
+            if self._credentials is None:
+                found = await asyncio.to_thread(get_session().get_credentials)
+                if found is None:
+                    raise ProviderAuthFailed(f"provider {self.name}: no AWS credentials found; {self._key_hint()}", 401)
+                self._credentials = found
+            return await asyncio.to_thread(self._credentials.get_frozen_credentials)
+        except (BotoCoreError, ClientError) as exc:  # a profile not found, a refresh refused...
+            kind = type(exc).__name__
+            raise ProviderAuthFailed(
+                f"provider {self.name}: AWS credentials unavailable ({kind}); {self._key_hint()}", 401
+            ) from None
 
     async def _retrieve(self, provider_batch_id: str) -> dict[str, Any]:
         job = await self._call_json("GET", f"{JOB}/{quote(provider_batch_id, safe='')}", label=f"{JOB}/{{id}}")
@@ -314,7 +330,8 @@ class BedrockBatchAdapter(HttpAdapter):
             raise ProviderRejected(f"provider {self.name}: job {provider_batch_id} writes outside {self.s3_uri}", 400)
         return f"{out_key.removeprefix(start)}/{job_id_of(provider_batch_id)}/"
 
-    async def _copy_records(self, folder: str, results: _RecordCopy) -> None:
+    async def _copy_records(self, folder: str, results: _RecordCopy, reported: int) -> None:
+        """Copy the records of the job's output folder; ``reported`` is how many the job says it processed."""
         store = self._blobs()
         try:
             keys = sorted([info.key async for info in store.list(folder)])
@@ -335,11 +352,19 @@ class BedrockBatchAdapter(HttpAdapter):
             counted = None
             if manifest in keys:
                 counted = manifest_tokens(b"".join([chunk async for chunk in store.iter_bytes(manifest)]))
-        except OSError as exc:  # BlobMissing is one
+        except BaseException as exc:
             results.out.truncate(start)
             results.out.seek(start)
+            if not isinstance(exc, OSError):  # BlobMissing is one
+                raise
             failure = f"provider {self.name}: reading the job's results from S3 failed: {exc}"
             raise ProviderUnavailable(failure) from None
+        if reported and not results.answered:
+            # Never read an empty folder as "nothing ran": the unfinished requests would run and be paid again.
+            raise ProviderUnavailable(
+                f"provider {self.name}: job {results.job_id} reports {reported} processed records, "
+                f"but {self.s3_uri}/{folder} holds none"
+            )
         if counted is not None and counted != results.tokens:
             log.warning("provider %s: job %s's manifest counts %d input and %d output tokens, its records %d and %d",
                         self.name, results.job_id, *counted, *results.tokens)  # fmt: skip
@@ -357,6 +382,8 @@ class _RecordCopy:
     job_id: str
     created: int
     tokens: tuple[int, int] = (0, 0)
+    answered: set[str] = field(default_factory=set)
+    """``recordId``s written."""
 
     def write(self, line: bytes, number: int, key: str) -> None:
         if not line.strip():
@@ -369,9 +396,14 @@ class _RecordCopy:
             where = f"line {number} of {key} of job {self.job_id}"
             log.warning("provider %s: skipped %s: %s", self.provider, where, exc)
             return
+        self.answered.add(envelope["id"].removeprefix(f"batch_req_{self.job_id}_"))  # the line id ends in the recordId
         used = response_tokens(envelope)
         self.tokens = (self.tokens[0] + used[0], self.tokens[1] + used[1])
         self.out.write(encode_line(envelope))
+
+
+def _count_of(job: Mapping[str, Any], *keys: str) -> int:
+    return sum(v for k in keys if isinstance(v := job.get(k), int) and not isinstance(v, bool) and v > 0)
 
 
 def _input_key(submit_token: str) -> str:

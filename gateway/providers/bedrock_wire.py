@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,17 +94,18 @@ class ShardIndex:
     """A shard as Bedrock records: each record's client ``custom_id``, the requests never sent and why."""
 
     custom_ids: dict[str, str] = field(default_factory=dict)
-    """``recordId`` -> client ``custom_id``, for the records sent."""
+    """``recordId`` -> client ``custom_id`` of every request line, sent or not: a record is joined to its line
+    even if a newer gateway would translate that line differently."""
+    sent: int = 0
+    """Records written (or that would be)."""
     base64: set[str] = field(default_factory=set)
     """``recordId``s of embeddings asked with ``encoding_format: base64``."""
-    rejected: list[tuple[str, TranslationError]] = field(default_factory=list)
+    rejected: list[tuple[str, str, TranslationError]] = field(default_factory=list)
+    """``(recordId, custom_id, why)`` of the lines never sent; each gets a 400 line unless a record answers it."""
     size: int = 0
     """Bytes of the records written."""
-
-    @property
-    def sent(self) -> int:
-        """Records sent."""
-        return len(self.custom_ids)
+    known: bool = True
+    """False when the shard input is gone: records then keep their ``recordId`` as ``custom_id`` (billing only)."""
 
 
 def translate_shard(
@@ -114,15 +115,16 @@ def translate_shard(
     index = ShardIndex()
     with dest.open("wb") if dest else contextlib.nullcontext() as out:
         for number, custom_id, request in iter_requests(input_path):
+            rid = record_id(number)
+            index.custom_ids[rid] = custom_id
             try:
                 if isinstance(request, TranslationError):
                     raise request
                 model_input = to_model_input(family, endpoint, request, default_max_tokens)
             except TranslationError as exc:
-                index.rejected.append((custom_id, exc))
+                index.rejected.append((rid, custom_id, exc))
                 continue
-            rid = record_id(number)
-            index.custom_ids[rid] = custom_id
+            index.sent += 1
             if request.get("encoding_format") == "base64":
                 index.base64.add(rid)
             if out is not None:
@@ -153,6 +155,8 @@ def result_envelope(
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise MalformedResult("not a JSON record") from None
     custom_id = index.custom_ids.get(record.recordId) if isinstance(record.recordId, str) else None
+    if custom_id is None and not index.known and isinstance(record.recordId, str):
+        custom_id = record.recordId
     if custom_id is None:
         raise MalformedResult("record with a recordId this shard never sent")
     line_id = f"batch_req_{job_id}_{record.recordId}"
@@ -191,8 +195,3 @@ def response_tokens(envelope: Mapping[str, Any]) -> tuple[int, int]:
     if not isinstance(usage, dict):
         return 0, 0
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-
-
-def output_keys(keys: Iterator[str]) -> list[str]:
-    """The record files among the keys of a job's output folder, sorted (the manifest is not one)."""
-    return sorted(key for key in keys if key.endswith(OUTPUT_SUFFIX))

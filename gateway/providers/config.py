@@ -25,7 +25,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from gateway.config_errors import did_you_mean
 
@@ -53,6 +53,15 @@ class ProviderLimits(BaseModel):
     requests_per_minute: int | None = Field(None, ge=1, description="API calls per minute.")
     tokens_per_minute: int | None = Field(None, ge=1, description="Tokens per minute (sync fan-out).")
     max_concurrency: int = Field(16, ge=1, description="Requests at once (sync fan-out).")
+
+    @model_validator(mode="after")
+    def _minimum_fits(self) -> ProviderLimits:
+        if self.min_requests_per_batch is not None and self.min_requests_per_batch > self.max_requests_per_batch:
+            raise ValueError(
+                f"min_requests_per_batch ({self.min_requests_per_batch}) is above "
+                f"max_requests_per_batch ({self.max_requests_per_batch}): no batch could hold both"
+            )
+        return self
 
 
 class ProviderConfig(BaseModel):

@@ -154,7 +154,7 @@ class HttpAdapter(ProviderAdapter):
         self, method: str, url: str, params: Params | None, body: bytes | None, headers: dict[str, str]
     ) -> dict[str, str]:
         """The headers of one call once authenticated; a kind that signs each request (AWS SigV4) overrides this.
-        ``body`` is None for a streamed or multipart body, which such a kind does not send."""
+        ``body`` is the exact bytes sent (``b""`` without a body), None for a streamed or multipart body."""
         return headers
 
     def _url(self, path: str) -> str:
@@ -320,8 +320,8 @@ class HttpAdapter(ProviderAdapter):
         if "json" in options:
             content = msgspec.json.encode(options["json"])
             sent["Content-Type"] = "application/json"
-        signed_body = content if isinstance(content, bytes) or content is None else None
-        sent = await self._signed(method, url, params, signed_body if multipart is None else None, sent)
+        signed_body = content if isinstance(content, bytes) else b"" if content is None and multipart is None else None
+        sent = await self._signed(method, url, params, signed_body, sent)
         timeout = options.get("timeout_s", self.config.timeout_s)
         try:
             if multipart is None:
@@ -375,7 +375,7 @@ class HttpAdapter(ProviderAdapter):
         start = out.tell()
         try:
             url = self._url(path)
-            headers = await self._signed("GET", url, params, None, self._auth_headers())
+            headers = await self._signed("GET", url, params, b"", self._auth_headers())
             async with self.http.stream(
                 "GET", url, params=params, headers=headers, timeout=self.config.timeout_s
             ) as response:

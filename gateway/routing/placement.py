@@ -45,6 +45,8 @@ class Ranking:
     policy: str
     choices: list[Choice]
     decision: RoutingDecision
+    taken: list[Choice]
+    """The choices that receive work: all of a split, else the first."""
 
 
 def batch_hints(batch: Batch) -> Hints:
@@ -86,7 +88,9 @@ async def rank(
     states = {**states, **blocked}
     serving = {name for name in states if context.providers.get(name).serves(batch.endpoint)}
     # A provider whose batches need more requests than this part has (Bedrock's record minimum) cannot take it.
-    too_small = {name for name in serving if context.providers.get(name).min_requests() > requests}
+    offering = {o.offer.provider for o in resolved.offers}
+    minimums = {name: context.providers.get(name).min_requests() for name in serving & offering}
+    too_small = {name for name, least in minimums.items() if least > requests}
     serving -= too_small
     offers = [o for o in resolved.offers if o.offer.provider in serving]
     if hints.tier is not None:
@@ -114,9 +118,16 @@ async def rank(
     if not choices:
         if hints.tier is not None and not offers:
             raise NoUsableProvider(f"no enabled provider offers {resolved.model!r} at the {hints.tier} tier")
-        minimums = {name: context.providers.get(name).min_requests() for name in too_small}
-        raise NoUsableProvider(_why_none(resolved, states, exclude, serving, batch.endpoint, minimums, requests))
+        small = {name: minimums[name] for name in too_small}
+        raise NoUsableProvider(_why_none(resolved, states, exclude, serving, batch.endpoint, small, requests))
     taken = choices[:1] if single else _taken(choices)
+    if len(taken) > 1 and any(c.candidate.share * requests < minimums.get(c.provider, 1) for c in taken):
+        # A split would leave a provider less than its minimum: the best takes it all (at its full-job cost).
+        best = choices[0]
+        whole = replace(
+            best.candidate, share=1.0, estimated_cost_usd=best.candidate.estimated_cost_usd / best.candidate.share
+        )
+        taken = [replace(best, candidate=whole)]
     decision = RoutingDecision(
         batch_id=batch.id,
         shard_id=shard_id,
@@ -125,21 +136,19 @@ async def rank(
         policy=name,
         chosen_provider=",".join(c.provider for c in taken),
         reason=" + ".join(f"{c.provider}: {c.candidate.reason}" for c in taken)
-        + _passed_over(context, too_small, requests),
+        + _passed_over({name: minimums[name] for name in too_small}, requests),
         cause=cause,
         request_count=requests,
         candidates=[candidate_view(c) for c in choices],
     )
-    return Ranking(name, choices, decision)
+    return Ranking(name, choices, decision, taken)
 
 
-def _passed_over(context: RoutingNeeds, too_small: set[str], requests: int) -> str:
+def _passed_over(too_small: Mapping[str, int], requests: int) -> str:
     """What the decision's reason adds about providers left out because the work is below their minimum."""
     if not too_small:
         return ""
-    least = ", ".join(
-        f"{name} takes batches of at least {context.providers.get(name).min_requests()}" for name in sorted(too_small)
-    )
+    least = ", ".join(f"{name} takes batches of at least {too_small[name]}" for name in sorted(too_small))
     return f" (passed over, {requests} requests: {least})"
 
 
@@ -152,7 +161,7 @@ def _taken(choices: list[Choice]) -> list[Choice]:
 
 def split_shares(ranking: Ranking) -> list[Choice]:
     """The choices that take part in the placement, with their shares (one choice at 1.0 unless split)."""
-    return _taken(ranking.choices)
+    return ranking.taken
 
 
 def candidate_view(choice: Choice) -> dict[str, object]:

@@ -79,7 +79,10 @@ def titan_base64(answer: dict[str, Any]) -> dict[str, Any]:
     """The embeddings answer with its vectors as OpenAI's ``base64`` encoding (little-endian float32)."""
     for item in answer["data"]:
         vector = item["embedding"]
-        item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        try:
+            item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        except struct.error:
+            raise MalformedResult("Titan embedding with a value that is not a number") from None
     return answer
 
 

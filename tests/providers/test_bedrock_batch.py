@@ -267,3 +267,31 @@ async def test_a_shard_whose_every_line_is_refused_sends_nothing_and_answers_400
     answers = [line["response"] for line in read_lines(dest)]
     assert len(answers) == 3 and all("one text per request" in a["body"]["error"]["message"] for a in answers)
     assert not cluster.state("bedrock").jobs and not s3_server.keys(bucket, f"jobs/{shard.submit_token}/")
+
+
+async def test_an_output_folder_emptied_under_a_finished_job_is_a_transient_failure_not_an_empty_result(
+    adapter: BedrockBatchAdapter, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    shard = write_shard(tmp_path, questions(MINIMUM, CLAUDE), CLAUDE)
+    submitted = await adapter.submit(shard)
+    assert (await wait_terminal(adapter, submitted.provider_batch_id)).completed == MINIMUM
+    client = s3_server.client()
+    for key in s3_server.keys(bucket, f"jobs/{shard.submit_token}/out/"):
+        client.delete_object(Bucket=bucket, Key=key)
+    dest = tmp_path / "out.jsonl"
+    with pytest.raises(ProviderUnavailable, match=f"reports {MINIMUM} processed records, but .* holds none"):
+        await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    assert dest.read_bytes() == b""
+
+
+async def test_without_the_shard_input_records_are_still_read_for_billing(
+    adapter: BedrockBatchAdapter, tmp_path: Path
+) -> None:
+    shard = write_shard(tmp_path, questions(MINIMUM, CLAUDE), CLAUDE)
+    submitted = await adapter.submit(shard)
+    await wait_terminal(adapter, submitted.provider_batch_id)
+    dest = tmp_path / "out.jsonl"
+    await adapter.fetch_results(submitted.provider_batch_id, dest)
+    lines = read_lines(dest)
+    assert sorted(line["custom_id"] for line in lines) == [f"R{n:010d}" for n in range(1, MINIMUM + 1)]
+    assert all(line["response"]["body"]["usage"]["completion_tokens"] > 0 for line in lines)

@@ -79,8 +79,9 @@ def test_records_are_named_after_their_line_and_refused_lines_are_kept_apart(tmp
     records = [json.loads(line) for line in dest.read_text().splitlines()]
     assert [r["recordId"] for r in records] == ["R0000000001", "R0000000003"]
     assert records[0]["modelInput"]["anthropic_version"] == "bedrock-2023-05-31"
-    assert index.custom_ids == {"R0000000001": "first question", "R0000000003": "q/3"}
-    assert [custom_id for custom_id, _ in index.rejected] == ["refused"] and index.size == dest.stat().st_size
+    assert index.custom_ids == {"R0000000001": "first question", "R0000000002": "refused", "R0000000003": "q/3"}
+    assert [(rid, custom_id) for rid, custom_id, _ in index.rejected] == [("R0000000002", "refused")]
+    assert index.sent == 2 and index.size == dest.stat().st_size
 
 
 def test_result_records_join_on_record_id_whatever_their_order(tmp_path: Path) -> None:

@@ -213,3 +213,8 @@ def test_a_correct_configuration_logs_each_provider_and_policy(tmp_path: Path, c
     ]
     assert "routing policy cheapest: built-in, the default" in lines
     assert SECRET not in log and "pa55word" not in log
+
+
+def test_a_batch_minimum_above_the_maximum_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"min_requests_per_batch \(200\) is above max_requests_per_batch \(100\)"):
+        config(limits={"min_requests_per_batch": 200, "max_requests_per_batch": 100})
