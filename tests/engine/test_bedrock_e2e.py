@@ -216,6 +216,23 @@ def test_a_canary_on_bedrock_is_raised_to_its_minimum_and_dropped_when_the_rest_
     assert [(bool(canary), n) for canary, n in sizes[150]] == [(False, 150)]
 
 
+def test_a_split_that_would_leave_bedrock_below_its_minimum_is_not_made(
+    client: openai.OpenAI, gateway: GatewayProcess
+) -> None:
+    used = {}
+    for count in (150, 250):  # halves of 75 (below the minimum) and 125 (above it)
+        batch_id = create_batch(
+            client, chat_lines(count, f"w{count}"), {"policy": "spread", "weights": "bedrock=1,fallback=1"}
+        )
+        outcome = collect(client, wait_for(client, batch_id, timeout=120))
+        assert outcome.batch.status == "completed" and not outcome.errors and len(outcome.output) == count
+        used[count] = providers_of(outcome)
+        [decision] = admin(gateway, f"/batches/{batch_id}")["decisions"]
+        assert decision["chosen_provider"] == ",".join(used[count])
+    assert len(used[150]) == 1 and sum(used[150].values()) == 150
+    assert used[250] == {"bedrock": 125, "fallback": 125}
+
+
 def test_failed_records_are_retried_elsewhere_when_too_few_for_a_bedrock_job(
     client: openai.OpenAI, gateway: GatewayProcess, cluster: SimulatorCluster
 ) -> None:
