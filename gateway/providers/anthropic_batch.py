@@ -39,7 +39,6 @@ from gateway.providers.anthropic_wire import (
     BATCHES,
     CANCEL_IS_MOOT,
     CHAT,
-    LOCAL_BATCH_PREFIX,
     MAX_BODY_BYTES,
     MAX_REQUESTS,
     CreateBody,
@@ -51,6 +50,7 @@ from gateway.providers.anthropic_wire import (
     write_create_body,
 )
 from gateway.providers.base import (
+    LOCAL_BATCH_PREFIX,
     HealthReport,
     PollResult,
     ProviderBatchState,

@@ -37,8 +37,6 @@ CHAT = "/v1/chat/completions"
 API_VERSION = "2023-06-01"
 MAX_REQUESTS = 100_000
 MAX_BODY_BYTES = 256 * 1024**2
-LOCAL_BATCH_PREFIX = "local-empty-"
-"""Id of a "batch" whose every request failed translation: nothing is sent, all its lines are 400s."""
 STATE_TABLE: dict[str, ProviderBatchState] = {
     "in_progress": ProviderBatchState.RUNNING,
     "canceling": ProviderBatchState.CANCELLING,

@@ -116,6 +116,11 @@ _TERMINAL = {
 }
 
 
+LOCAL_BATCH_PREFIX = "local-empty-"
+"""Id prefix of a "provider batch" whose every request failed translation: nothing was sent, so polling it
+reads completed and its results are the 400 lines of its requests (adapters that translate use it)."""
+
+
 def unix_time(value: Any) -> int | None:
     """Unix seconds of an ISO 8601 / RFC 3339 timestamp (as providers write them), None if absent or unreadable."""
     if not isinstance(value, str):

@@ -36,6 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import get_session
 
 from gateway.providers.base import (
+    LOCAL_BATCH_PREFIX,
     HealthReport,
     PollResult,
     ProviderAuthFailed,
@@ -76,8 +77,6 @@ log = logging.getLogger(__name__)
 JOB = "/model-invocation-job"
 JOBS = "/model-invocation-jobs"
 SIGNING_NAME = "bedrock"
-LOCAL_BATCH_PREFIX = "local-empty-"
-"""Id of a "job" whose every request failed translation: nothing is sent, all its lines are 400s."""
 TARGET = "a Bedrock model"
 _ROLE_ARN = re.compile(r"arn:aws(-[^:]+)?:iam::\d{12}:role/.+")
 _CONTROL_HOST = re.compile(r"bedrock(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
