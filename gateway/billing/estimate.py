@@ -289,27 +289,42 @@ def cache_rates(entry: OfferEntry | None, batch: bool) -> tuple[float | None, fl
     return cached, written
 
 
+def unbilled(usage: Mapping[str, int]) -> dict[str, int]:
+    """``usage`` without the tokens of answers whose charge the provider reported (its ``billed_*`` counts):
+    the tokens the gateway prices itself."""
+    rest = dict(usage)
+    for name in ("input", "output", "cached", "cache_write"):
+        rest[name] = usage.get(name, 0) - usage.get(f"billed_{name}", 0)
+    return rest
+
+
 def shard_cost(
-    shard: Shard, usage: Mapping[str, int], standard_rates: tuple[float, float] | None = None
+    shard: Shard,
+    usage: Mapping[str, int],
+    standard_rates: tuple[float, float] | None = None,
+    billed_usd: float = 0.0,
 ) -> tuple[float, float]:
     """``(cost, list cost)`` of a shard's usage: at the rates it pays (cached and cache-write input at their own
     rates), and at the synchronous baseline, where cache reads and writes keep the same discount.
 
     Answers served at the standard tier although the shard asked for another (``standard_input`` and
     ``standard_output``: a priority request downgraded) cost ``standard_rates``, the provider's standard
-    synchronous rates, when given."""
+    synchronous rates, when given. Answers whose charge the provider reported (``billed_*`` tokens) cost
+    ``billed_usd``, what it reported; their tokens still count at the list price."""
     paid = (shard.input_per_mtok, shard.output_per_mtok)
     cache = (shard.cached_input_per_mtok, shard.cache_write_per_mtok)
+    priced = unbilled(usage)
     served_standard = {"input": usage.get("standard_input", 0), "output": usage.get("standard_output", 0)}
     if standard_rates is not None and (served_standard["input"] or served_standard["output"]):
         rest = {
-            **usage,
-            "input": usage.get("input", 0) - served_standard["input"],
-            "output": usage.get("output", 0) - served_standard["output"],
+            **priced,
+            "input": priced["input"] - served_standard["input"],
+            "output": priced["output"] - served_standard["output"],
         }
         cost = usage_cost_usd(rest, paid, cache) + usage_cost_usd(served_standard, standard_rates)
     else:
-        cost = usage_cost_usd(usage, paid, cache)
+        cost = usage_cost_usd(priced, paid, cache)
+    cost += billed_usd
     baseline = (shard.list_input_per_mtok, shard.list_output_per_mtok)
     factor = baseline[0] / paid[0] if paid[0] > 0 else 1.0
     cached, written = (None if rate is None else rate * factor for rate in cache)

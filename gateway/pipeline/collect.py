@@ -168,7 +168,9 @@ async def _close(
             for child in move.shards(batch.id, shard, await shard_db.next_seq(session, batch.id)):
                 session.add(child)
         usage = results.usage.as_dict()
-        spend = await ledger.record(session, context, batch, shard, results.completed, usage, results.sample)
+        spend = await ledger.record(
+            session, context, batch, shard, results.completed, usage, results.sample, results.usage.billed_usd
+        )
         if shard.canary and (verdict := await canary.evaluate(session, context, batch)) is not None:
             spend.alerts.append(verdict)
         if await shard_db.open_shard_count(session, shard.batch_id) == 0:

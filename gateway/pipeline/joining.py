@@ -97,7 +97,7 @@ def split_results(
                     if ok:
                         results.completed += 1
                         body = (item.response or {}).get("body")
-                        results.usage.add(body)
+                        results.usage.add(body, item.billed_usd)
                         results.sample.add(*_answer_tokens(body), raw_input)
                         out.write(line_encoder.encode(record) + b"\n")
                     else:

@@ -8,8 +8,9 @@ that no longer fits a hard budget (:mod:`gateway.billing.guard`) or whose spend 
 ``max_cost_usd``. :func:`count` adds the same figures to the metrics once that
 transaction has committed. Cost is the usage the provider reported times the rate of the offer that
 served the shard (its batch rate, or the synchronous rate for fan-out; cached and cache-write input at
-the offer's own cache rates where the provider reports them); the list cost prices the same tokens at the
-synchronous list price, so savings are a real figure.
+the offer's own cache rates where the provider reports them), except where the provider reports what it
+billed for an answer (OpenRouter's ``usage.cost``): that charge is the cost. The list cost prices the same
+tokens at the synchronous list price, so savings are a real figure.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway import metrics
 from gateway.billing import alerts, guard
-from gateway.billing.estimate import shard_cost, usage_cost_usd
+from gateway.billing.estimate import shard_cost, unbilled, usage_cost_usd
 from gateway.billing.history import Sample
 from gateway.context import GatewayContext
 from gateway.db import billing as billing_db
@@ -57,13 +58,15 @@ async def record(
     completed: int,
     usage: dict[str, int],
     sample: Sample | None = None,
+    billed_usd: float = 0.0,
 ) -> Spend:
     """Add the shard's ledger row and what follows from it (call under the batch lock; the caller commits):
     the batch's totals, the team's history of what requests used (``sample``), billing alerts, the batch's
-    projection and the budget checks that may stop it (:mod:`gateway.billing.guard`), and its own cost cap."""
+    projection and the budget checks that may stop it (:mod:`gateway.billing.guard`), and its own cost cap.
+    ``billed_usd`` is what the provider reported billing for the answers counted in ``usage``'s ``billed_*``."""
     downgraded = usage.get("standard_input", 0) or usage.get("standard_output", 0)
     standard = context.offers.standard_rates(shard.provider, shard.provider_model) if downgraded else None
-    cost, list_cost = shard_cost(shard, usage, standard)
+    cost, list_cost = shard_cost(shard, usage, standard, billed_usd)
     session.add(
         LedgerEntry(
             shard_id=shard.id,
@@ -107,11 +110,12 @@ async def record(
 
 
 async def record_abandoned(
-    session: AsyncSession, row: AbandonedProviderBatch, usage: dict[str, int]
+    session: AsyncSession, row: AbandonedProviderBatch, usage: dict[str, int], billed_usd: float = 0.0
 ) -> tuple[float, str]:
     """Add the ledger row of what an abandoned provider batch billed (kind ``abandoned``) and bring its
-    batch's totals up to date; returns the cost and the team's name (the caller commits)."""
-    cost = usage_cost_usd(usage, (row.input_per_mtok, row.output_per_mtok))
+    batch's totals up to date; returns the cost and the team's name (the caller commits). ``billed_usd`` is
+    what the provider reported billing for the answers counted in ``usage``'s ``billed_*``."""
+    cost = usage_cost_usd(unbilled(usage), (row.input_per_mtok, row.output_per_mtok)) + billed_usd
     session.add(
         LedgerEntry(
             shard_id=row.shard_id,

@@ -24,6 +24,8 @@ class ResultLine(msgspec.Struct):
     custom_id: Any = None
     response: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    billed_usd: float | None = None
+    """What the provider billed for this answer, where it reports its charge (see the adapter contract)."""
 
     @property
     def status_code(self) -> Any:
@@ -56,7 +58,9 @@ class Usage:
 
     ``asked_tier`` is the service tier the shard's requests asked for; answers the provider served at the
     standard tier instead (a priority request downgraded) are also counted in ``standard_input`` and
-    ``standard_output``: they are billed at the standard rate.
+    ``standard_output``: they are billed at the standard rate. Answers whose provider reported what it billed
+    for them add that to ``billed_usd`` and their tokens also to the ``billed_*`` counts: the ledger takes the
+    reported charge for those and prices only the rest.
     """
 
     input: int = 0
@@ -68,27 +72,41 @@ class Usage:
     asked_tier: str = "standard"
     standard_input: int = 0
     standard_output: int = 0
+    billed_usd: float = 0.0
+    billed_input: int = 0
+    billed_output: int = 0
+    billed_cached: int = 0
+    billed_cache_write: int = 0
 
-    def add(self, body: Any) -> None:
-        """Add one successful answer's ``usage``."""
+    def add(self, body: Any, billed_usd: float | None = None) -> None:
+        """Add one successful answer's ``usage`` (and what the provider billed for it, if it said)."""
         self.requests += 1
+        if billed_usd is not None:
+            self.billed_usd += billed_usd
         usage = body.get("usage") if isinstance(body, dict) else None
         if not isinstance(usage, dict):
             return
         prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        cached, written = int(details.get("cached_tokens") or 0), int(details.get("cache_write_tokens") or 0)
         self.input += prompt
         self.output += completion
-        details = usage.get("prompt_tokens_details") or {}
-        self.cached += int(details.get("cached_tokens") or 0)
-        self.cache_write += int(details.get("cache_write_tokens") or 0)
+        self.cached += cached
+        self.cache_write += written
         self.reasoning += int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
-        if self.asked_tier != "standard" and body.get("service_tier") in STANDARD_TIERS:
+        if billed_usd is not None:
+            self.billed_input += prompt
+            self.billed_output += completion
+            self.billed_cached += cached
+            self.billed_cache_write += written
+        elif self.asked_tier != "standard" and body.get("service_tier") in STANDARD_TIERS:
             self.standard_input += prompt
             self.standard_output += completion
 
     def as_dict(self) -> dict[str, int]:
-        """``input``, ``output``, ``cached``, ``cache_write``, ``reasoning`` token counts, and the ``standard_input``
-        and ``standard_output`` of those served at the standard tier although another was asked for."""
+        """``input``, ``output``, ``cached``, ``cache_write``, ``reasoning`` token counts, the ``standard_input``
+        and ``standard_output`` of those served at the standard tier although another was asked for, and the
+        ``billed_*`` tokens of the answers whose charge the provider reported (:attr:`billed_usd`)."""
         return {
             "input": self.input,
             "output": self.output,
@@ -97,6 +115,10 @@ class Usage:
             "reasoning": self.reasoning,
             "standard_input": self.standard_input,
             "standard_output": self.standard_output,
+            "billed_input": self.billed_input,
+            "billed_output": self.billed_output,
+            "billed_cached": self.billed_cached,
+            "billed_cache_write": self.billed_cache_write,
         }
 
 
@@ -153,5 +175,5 @@ def billed_usage(path: Path) -> Usage:
             if not isinstance(item.custom_id, str) or item.custom_id in seen or not item.ok:
                 continue
             seen.add(item.custom_id)
-            usage.add((item.response or {}).get("body"))
+            usage.add((item.response or {}).get("body"), item.billed_usd)
     return usage

@@ -122,7 +122,7 @@ async def _bill(context: GatewayContext, row: AbandonedProviderBatch, lease: Lea
         usage = await asyncio.to_thread(billed_usage, raw)
     finally:
         raw.unlink(missing_ok=True)
-    await _settle(context, row, lease, None, provider_status, usage.as_dict(), usage.requests)
+    await _settle(context, row, lease, None, provider_status, usage.as_dict(), usage.requests, usage.billed_usd)
 
 
 async def _input_key(context: GatewayContext, row: AbandonedProviderBatch) -> str:
@@ -139,6 +139,7 @@ async def _settle(
     provider_status: str | None,
     usage: dict[str, int] | None = None,
     requests: int = 0,
+    billed_usd: float = 0.0,
 ) -> None:
     """Close the row; with ``usage``, in the same transaction as its ledger row."""
     cost, team = 0.0, ""
@@ -157,7 +158,7 @@ async def _settle(
         if not settled:
             raise Rollback
         if usage is not None:
-            cost, team = await ledger.record_abandoned(session, row, usage)
+            cost, team = await ledger.record_abandoned(session, row, usage, billed_usd)
             await abandoned_db.save(session, row, lease, cost_usd=cost)
     if not settled:
         return

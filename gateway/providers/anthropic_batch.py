@@ -24,7 +24,6 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from gateway.providers.anthropic_wire import (
 )
 from gateway.providers.base import (
     LOCAL_BATCH_PREFIX,
+    CreatesAnsweredHere,
     HealthReport,
     PollResult,
     ProviderBatchState,
@@ -70,7 +70,6 @@ __all__ = ["LOCAL_BATCH_PREFIX", "AnthropicBatchAdapter"]
 log = logging.getLogger(__name__)
 
 _CANCEL_REFUSED_STATUS = frozenset({400, 409})
-_LEDGER_SIZE = 10_000
 
 
 @dataclass
@@ -81,7 +80,7 @@ class AnthropicBatchAdapter(HttpAdapter):
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     """``max_tokens`` for requests that set neither ``max_tokens`` nor ``max_completion_tokens``."""
     api_version: str = API_VERSION
-    _ledger: OrderedDict[str, str] = field(default_factory=OrderedDict, init=False, repr=False)
+    _created: CreatesAnsweredHere = field(default_factory=CreatesAnsweredHere, init=False, repr=False)
 
     # ----------------------------------------------------------------- adapter contract
 
@@ -106,14 +105,12 @@ class AnthropicBatchAdapter(HttpAdapter):
             # No tag can be read back from a Message Batch (module docstring): a retry cannot look first.
             batch = await self._create_once(shard, lambda: self._create(body), None)
         batch_id = self._batch_id(batch)
-        self._ledger[shard.submit_token] = batch_id
-        while len(self._ledger) > _LEDGER_SIZE:
-            self._ledger.popitem(last=False)
+        self._created.remember(shard.submit_token, batch_id)
         return SubmitResult(provider_batch_id=batch_id)
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
         """The batch created for ``submit_token`` if this process saw its create answered (module docstring)."""
-        batch_id = self._ledger.get(submit_token)
+        batch_id = self._created.get(submit_token)
         if batch_id is None:
             log.info("provider %s: no record of submit token %s; Anthropic batches cannot be found by tag",
                      self.name, submit_token)  # fmt: skip

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -119,6 +120,29 @@ _TERMINAL = {
 LOCAL_BATCH_PREFIX = "local-empty-"
 """Id prefix of a "provider batch" whose every request failed translation: nothing was sent, so polling it
 reads completed and its results are the 400 lines of its requests (adapters that translate use it)."""
+
+
+class CreatesAnsweredHere:
+    """Provider batch ids by submit token, for the creates this process saw answered (most recent ones kept).
+
+    Crash reconciliation for kinds whose batches carry no tag the gateway could read back (Anthropic,
+    OpenRouter): :meth:`ProviderAdapter.find_submitted` can adopt only what it knows for certain. After a
+    restart nothing is known, and the engine submits again: a possible duplicate (billed, its results
+    ignored), never another shard's batch adopted."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._ids: OrderedDict[str, str] = OrderedDict()
+        self._keep = keep
+
+    def remember(self, submit_token: str, provider_batch_id: str) -> None:
+        """Note the batch a create for ``submit_token`` made."""
+        self._ids[submit_token] = provider_batch_id
+        while len(self._ids) > self._keep:
+            self._ids.popitem(last=False)
+
+    def get(self, submit_token: str) -> str | None:
+        """The batch a create for ``submit_token`` made, if this process saw it answered."""
+        return self._ids.get(submit_token)
 
 
 def unix_time(value: Any) -> int | None:

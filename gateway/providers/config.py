@@ -32,6 +32,12 @@ from gateway.config_errors import did_you_mean
 KEYLESS_AUTH: dict[str, str] = {"bedrock": "signed with AWS credentials"}
 """How a provider of these kinds authenticates when ``api_key_env`` is unset (the start-up line says so)."""
 
+KIND_CAPS: dict[str, dict[str, int]] = {
+    "openrouter": {"max_requests_per_batch": 5_000, "max_bytes_per_batch": 200 * 1000 * 1000},
+}
+"""Most a kind's provider API takes in one batch: the limits where a provider's ``limits`` table does not set
+them, and a configuration problem where it sets more."""
+
 Problem = tuple[tuple[str, ...], str]
 """A key's path below the provider's table (``("options", "inline_max")``) and what is wrong with it."""
 
@@ -41,11 +47,15 @@ class ProviderLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_requests_per_batch: int = Field(50_000, ge=1, description="Requests in one provider batch.")
+    max_requests_per_batch: int = Field(
+        50_000, ge=1, description="Requests in one provider batch (unset: 50,000; openrouter 5,000)."
+    )
     min_requests_per_batch: int | None = Field(
         None, ge=1, description="Fewest requests in one provider batch (unset: the kind's own; bedrock 100, else 1)."
     )
-    max_bytes_per_batch: int = Field(200 * 1024**2, ge=1024, description="Bytes of one provider batch.")
+    max_bytes_per_batch: int = Field(
+        200 * 1024**2, ge=1024, description="Bytes of one provider batch (unset: 200 MiB; openrouter 200 MB)."
+    )
     max_batches_in_flight: int = Field(100, ge=1, description="Provider batches running at once.")
     max_enqueued_tokens_per_model: int | None = Field(
         None, ge=1, description="Provider queue quota of input tokens per model, if it has one."
@@ -86,6 +96,17 @@ class ProviderConfig(BaseModel):
         description="Settings of this provider's adapter kind, e.g. inline_max_bytes for gemini.",
     )
     limits: ProviderLimits = Field(default_factory=ProviderLimits)
+
+    @model_validator(mode="after")
+    def _kind_limits(self) -> ProviderConfig:
+        defaults = {
+            name: value
+            for name, value in KIND_CAPS.get(self.kind, {}).items()
+            if name not in self.limits.model_fields_set
+        }
+        if defaults:
+            self.limits = ProviderLimits.model_validate({**self.limits.model_dump(exclude_unset=True), **defaults})
+        return self
 
     @field_validator("models", mode="before")
     @classmethod
@@ -171,6 +192,10 @@ class ProviderConfig(BaseModel):
             hint = did_you_mean(self.kind, kinds)
             found.append((("kind",), f"unknown kind {self.kind!r}{hint}; kinds: {', '.join(sorted(kinds))}"))
             return found
+        for limit, cap in KIND_CAPS.get(self.kind, {}).items():
+            if getattr(self.limits, limit) > cap:
+                text = f"{limit} {getattr(self.limits, limit)} is more than one {self.kind} batch takes ({cap})"
+                found.append((("limits", limit), text))
         options = kinds[self.kind]
         for option, value in self.options.items():
             if option not in options:

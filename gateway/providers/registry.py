@@ -19,6 +19,7 @@ from gateway.providers.gemini_batch import GeminiBatchAdapter
 from gateway.providers.mistral_batch import MistralBatchAdapter
 from gateway.providers.openai_batch import OpenAIBatchAdapter
 from gateway.providers.openai_sync import OpenAISyncAdapter
+from gateway.providers.openrouter_batch import OpenRouterBatchAdapter
 
 ADAPTER_KINDS: dict[str, type[ProviderAdapter]] = {
     OpenAIBatchAdapter.kind: OpenAIBatchAdapter,
@@ -27,6 +28,7 @@ ADAPTER_KINDS: dict[str, type[ProviderAdapter]] = {
     GeminiBatchAdapter.kind: GeminiBatchAdapter,
     MistralBatchAdapter.kind: MistralBatchAdapter,
     BedrockBatchAdapter.kind: BedrockBatchAdapter,
+    OpenRouterBatchAdapter.kind: OpenRouterBatchAdapter,
 }
 """Adapter class by the ``kind`` a provider's configuration names."""
 

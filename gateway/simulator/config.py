@@ -32,6 +32,7 @@ BATCH_FILE_MAX_BYTES = 200 * 1024 * 1024
 BATCH_MAX_LINES = 50_000
 DEFAULT_REGION = "us-east-1"
 BEDROCK_MIN_RECORDS = 100
+OPENROUTER_USD_PER_MTOK = (0.075, 0.3)
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
@@ -48,6 +49,9 @@ class ProviderSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     (None: AWS S3; credentials from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), ``region`` the region of the
     job ARNs and of the SigV4 scope calls must carry, ``min_records`` the "Minimum number of records per batch
     inference job" quota (``max_lines`` is the maximum).
+
+    Kind ``openrouter`` only: ``usd_per_mtok`` is ``[input, output]``, the USD per million tokens the emulated
+    OpenRouter bills (each result's and each batch's ``usage.cost``).
     """
 
     name: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -63,6 +67,7 @@ class ProviderSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     s3_endpoint_url: str | None = None
     region: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")] = DEFAULT_REGION
     min_records: Annotated[int, msgspec.Meta(ge=1)] = BEDROCK_MIN_RECORDS
+    usd_per_mtok: list[float] = msgspec.field(default_factory=lambda: list(OPENROUTER_USD_PER_MTOK))
 
     def __post_init__(self) -> None:
         if self.dialect != "openai" and self.kind != "openai":
@@ -75,6 +80,13 @@ class ProviderSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for field, is_set in bedrock_only.items():
             if is_set and self.kind != "bedrock":
                 raise ValueError(f"provider {self.name}: {field} needs kind 'bedrock', not {self.kind!r}")
+        price = self.usd_per_mtok
+        # Checked here rather than by type constraints, which msgspec applies only when decoding.
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in price)
+        if len(price) != 2 or not numbers:
+            raise ValueError(f"provider {self.name}: usd_per_mtok must be two numbers >= 0 ([input, output])")
+        if price != list(OPENROUTER_USD_PER_MTOK) and self.kind != "openrouter":
+            raise ValueError(f"provider {self.name}: usd_per_mtok needs kind 'openrouter', not {self.kind!r}")
 
 
 class SimulatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

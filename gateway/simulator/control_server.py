@@ -77,8 +77,10 @@ def build_control_app(cluster: SimulatorCluster) -> Litestar:
     @get("/providers/{name:str}/invoice")
     async def invoice(request: Req) -> dict[str, Any]:
         """What the provider would bill: per batch, the requests that ran to a successful answer and their tokens
-        (completed requests of cancelled and expired batches are billed too, as real providers do)."""
+        (completed requests of cancelled and expired batches are billed too, as real providers do). Providers
+        that bill a cost of their own (OpenRouter's ``usage.cost``) add ``cost_usd``, per batch and in total."""
         state = runner(request).state
+        costed = state.kind == "openrouter"
         batches = [
             {
                 "id": job.id,
@@ -87,6 +89,7 @@ def build_control_app(cluster: SimulatorCluster) -> Litestar:
                 "requests_billed": job.completed,
                 "input_tokens": job.input_tokens,
                 "output_tokens": job.output_tokens,
+                **({"cost_usd": job.extra.get("cost_usd", 0.0)} if costed else {}),
             }
             for job in state.jobs.values()
         ]
@@ -95,6 +98,7 @@ def build_control_app(cluster: SimulatorCluster) -> Litestar:
             "requests_billed": sum(job.completed for job in jobs),
             "input_tokens": sum(job.input_tokens for job in jobs),
             "output_tokens": sum(job.output_tokens for job in jobs),
+            **({"cost_usd": sum(batch["cost_usd"] for batch in batches)} if costed else {}),
         }
         by_tier = state.stats.usage_by_tier  # synchronous chat answers, by the service tier that served them
         return {"object": "invoice", "provider": state.name, "batches": batches, **totals, "sync_by_tier": by_tier}

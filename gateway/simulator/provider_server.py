@@ -29,6 +29,7 @@ from gateway.simulator.gemini_protocol import GeminiDriver
 from gateway.simulator.mistral_protocol import MistralDriver
 from gateway.simulator.model import random_id
 from gateway.simulator.openai_protocol import OpenAIDriver
+from gateway.simulator.openrouter_protocol import OpenRouterDriver
 from gateway.simulator.state import EMULATOR_KEY, LOG_DETAIL, EmulatorState, ProtocolDriver
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ DRIVERS: dict[str, Callable[[ProviderSpec], ProtocolDriver]] = {
     "gemini": lambda _: GeminiDriver(),
     "mistral": lambda _: MistralDriver(),
     "bedrock": lambda spec: BedrockDriver(spec.region, spec.s3_endpoint_url),
+    "openrouter": lambda _: OpenRouterDriver(),
 }
 BODY_SLACK_BYTES = 1024 * 1024  # room for multipart framing around the largest accepted file
 WATCH_INTERVAL_S = 0.1

@@ -145,3 +145,20 @@ def test_priority_answers_served_at_the_standard_tier_cost_the_standard_rate() -
     standard_only = Usage()  # a standard shard never splits its usage
     standard_only.add({"usage": {"prompt_tokens": 7, "completion_tokens": 3}, "service_tier": "default"})
     assert standard_only.as_dict()["standard_input"] == 0
+
+
+def test_answers_whose_charge_the_provider_reported_cost_that_charge_and_the_rest_their_tokens() -> None:
+    usage = Usage()
+    usage.add({"usage": {"prompt_tokens": 200_000, "completion_tokens": 50_000}}, billed_usd=0.0123)
+    usage.add({"usage": {"prompt_tokens": 100_000, "completion_tokens": 10_000}}, billed_usd=0.0077)
+    usage.add({"usage": {"prompt_tokens": 1_000_000, "completion_tokens": 100_000}})  # no charge reported
+    totals = usage.as_dict()
+    assert usage.billed_usd == pytest.approx(0.02)
+    assert (totals["input"], totals["billed_input"], totals["billed_output"]) == (1_300_000, 300_000, 60_000)
+    shard = Shard(
+        batch_id="b", seq=0, provider="openrouter", model="m", provider_model="pm", input_key="k",
+        input_per_mtok=0.5, output_per_mtok=2.0, list_input_per_mtok=1.0, list_output_per_mtok=4.0,
+    )  # fmt: skip
+    cost, list_cost = shard_cost(shard, totals, billed_usd=usage.billed_usd)
+    assert cost == pytest.approx(0.02 + (1_000_000 * 0.5 + 100_000 * 2.0) / 1e6)
+    assert list_cost == pytest.approx((1_300_000 * 1.0 + 160_000 * 4.0) / 1e6)  # every token at the list price

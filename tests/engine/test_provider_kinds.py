@@ -1,9 +1,10 @@
 """The same OpenAI-format input file, run on each provider kind (the OpenAI batch protocol in OpenAI's, Azure's,
 Groq's and Together's dialects, Anthropic Message Batches, Gemini batch mode, Mistral batch jobs, Bedrock batch
-inference on Claude with records in a real S3-wire server, synchronous fan-out), gives equivalent output files: one
-line per custom_id with the same content, finish reason and token counts; and each batch's cost, in its metadata and
-in the ledger, is exactly the tokens the emulator reported times the offer's price (the batch rate for provider
-batches, the synchronous rate for fan-out). An embeddings batch is routed only to the kinds that serve embeddings,
+inference on Claude with records in a real S3-wire server, OpenRouter batches, synchronous fan-out), gives
+equivalent output files: one line per custom_id with the same content, finish reason and token counts; and each
+batch's cost, in its metadata and in the ledger, is exactly the tokens the emulator reported times the offer's
+price (the batch rate for provider batches, the synchronous rate for fan-out; OpenRouter's emulator bills at that
+rate, and the ledger takes what it billed). An embeddings batch is routed only to the kinds that serve embeddings,
 however cheap the others are.
 
 The emulators of all protocols share one deterministic model, so equal answers are expected.
@@ -39,6 +40,7 @@ PRICES = {
     "gemini": (0.30, 2.50, 0.15, 1.25),
     "mistral": (0.10, 0.30, 0.05, 0.15),
     "bedrock": (0.80, 4.00, 0.40, 2.00),
+    "openrouter": (0.20, 0.80, 0.10, 0.40),
     "fanout": (0.27, 1.10, None, None),
 }
 KINDS = {
@@ -51,9 +53,10 @@ KINDS = {
     "gemini": ("gemini", "gemini", "openai"),
     "mistral": ("mistral", "mistral", "openai"),
     "bedrock": ("bedrock", "bedrock", "openai"),
+    "openrouter": ("openrouter", "openrouter", "openai"),
     "fanout": ("openai_sync", "openai", "openai"),
 }
-SERVE_EMBEDDINGS = ("openai", "azure", "mistral", "fanout")
+SERVE_EMBEDDINGS = ("openai", "azure", "mistral", "openrouter", "fanout")
 CREATED = "submit.after_provider_create"
 ANY_KIND = "any-kind"
 """A model every provider serves, for the routing test."""
@@ -75,6 +78,8 @@ def cluster(s3_server: S3Server, aws_env: None) -> Iterator[SimulatorCluster]:
             processing_delay_s=0.2,
             api_key=AZURE_KEY if name == "azure" else None,
             **({"s3_endpoint_url": s3_server.endpoint_url, "min_records": 1} if name == "bedrock" else {}),  # type: ignore[arg-type]
+            # OpenRouter bills in dollars: at the catalog's batch rate here, so every kind's cost compares alike.
+            **({"usd_per_mtok": list(PRICES[name][2:])} if name == "openrouter" else {}),  # type: ignore[arg-type]
         )
         for name, (_, emulator_kind, dialect) in KINDS.items()
     ]
@@ -256,7 +261,7 @@ def test_an_embeddings_batch_goes_only_to_kinds_that_serve_embeddings(
     assert not any(EMBEDDINGS in endpoints[name] for name in ("groq", "together", "anthropic", "gemini", "bedrock"))
 
 
-@pytest.mark.parametrize("provider", ["mistral", "together", "groq"])
+@pytest.mark.parametrize("provider", ["mistral", "together", "groq", "openrouter"])
 def test_requests_a_provider_fails_and_a_429_flood_are_retried_until_the_batch_completes(
     client: openai.OpenAI, cluster: SimulatorCluster, provider: str
 ) -> None:

@@ -62,7 +62,7 @@ def test_kind_options_base_url_and_catalog_provider_are_checked() -> None:
         (
             ("kind",),
             "unknown kind 'opneai' (did you mean 'openai'?); "
-            "kinds: anthropic, bedrock, gemini, mistral, openai, openai_sync",
+            "kinds: anthropic, bedrock, gemini, mistral, openai, openai_sync, openrouter",
         )
     ]
     [(path, text)] = config(kind="gemini", options={"inline_max": 1}).problems(KINDS)
@@ -218,3 +218,19 @@ def test_a_correct_configuration_logs_each_provider_and_policy(tmp_path: Path, c
 def test_a_batch_minimum_above_the_maximum_is_refused() -> None:
     with pytest.raises(ValueError, match=r"min_requests_per_batch \(200\) is above max_requests_per_batch \(100\)"):
         config(limits={"min_requests_per_batch": 200, "max_requests_per_batch": 100})
+
+
+def test_an_openrouter_provider_takes_openrouters_caps_unless_it_sets_fewer() -> None:
+    openrouter = {"kind": "openrouter", "base_url": "https://openrouter.ai/api/v1"}
+    limits = config(**openrouter).limits
+    assert (limits.max_requests_per_batch, limits.max_bytes_per_batch) == (5_000, 200_000_000)
+    assert config(**openrouter, limits={"max_requests_per_batch": 1_000}).limits.max_requests_per_batch == 1_000
+    assert config(**openrouter, limits={"max_requests_per_batch": 1_000}).limits.max_bytes_per_batch == 200_000_000
+    assert config().limits.max_requests_per_batch == 50_000  # other kinds keep the general default
+    too_many = config(**openrouter, limits={"max_requests_per_batch": 6_000})
+    assert too_many.problems(KINDS) == [
+        (
+            ("limits", "max_requests_per_batch"),
+            "max_requests_per_batch 6000 is more than one openrouter batch takes (5000)",
+        )
+    ]

@@ -1,0 +1,184 @@
+"""Pure transforms of OpenRouter's batch wire format (no I/O, no network).
+
+An OpenRouter batch is one JSON create call holding every request inline (``{endpoint, model, requests}``,
+``endpoint`` and ``model`` written before ``requests``: OpenRouter parses the body as a stream and refuses
+the other order), and its results come back inline on ``GET /batches/{id}`` once it has ended, each in
+OpenAI's output-line shape. Statuses and ``request_counts`` are OpenAI's (:mod:`gateway.providers.openai_wire`).
+
+OpenRouter bills a batch in dollars, not tokens: ``usage.cost`` of the ended batch. :func:`billed_shares` turns
+that figure into a charge per answer, so the ledger records what OpenRouter billed rather than tokens at a
+catalog price.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from gateway.providers.jsonl import iter_requests
+from gateway.providers.openai_wire import normalise_output_line
+from gateway.translate import MalformedResult, TranslationError
+
+BATCHES = "/batches"
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+ENDPOINTS = frozenset({CHAT, EMBEDDINGS})
+"""Endpoints the gateway sends to OpenRouter (it also takes ``/v1/responses`` and ``/v1/messages``, which
+clients of this gateway do not batch)."""
+MAX_REQUESTS = 5_000
+MAX_BODY_BYTES = 200 * 1000 * 1000
+"""OpenRouter's caps per batch: 5,000 requests and "200 MB" (read as decimal megabytes, the smaller reading)."""
+COMPLETION_WINDOW = "24h"
+"""The only window OpenRouter accepts."""
+
+
+@dataclass(frozen=True)
+class CreateBody:
+    """A create call's JSON body, written to a temporary file."""
+
+    path: Path
+    size: int
+    count: int
+
+
+def write_create_body(
+    shard_path: Path, out: IO[bytes], endpoint: str, model: str, provider: dict[str, Any] | None = None
+) -> CreateBody:
+    """Write ``{"endpoint", "model", "completion_window", "provider"?, "requests": [...]}`` (in that order) for
+    the shard's requests whose body is an object; one request in memory at a time."""
+    count = 0
+    fields: dict[str, Any] = {"endpoint": endpoint, "model": model, "completion_window": COMPLETION_WINDOW}
+    if provider is not None:
+        fields["provider"] = provider
+    head = msgspec.json.encode(fields)
+    out.write(head[:-1] + b',"requests":[')
+    for _, custom_id, body in iter_requests(shard_path):
+        if isinstance(body, TranslationError):
+            continue
+        out.write((b"," if count else b"") + msgspec.json.encode({"custom_id": custom_id, "body": body}))
+        count += 1
+    out.write(b"]}")
+    out.flush()
+    return CreateBody(Path(out.name), out.tell(), count)
+
+
+def unsent_requests(shard_path: Path) -> Iterator[tuple[str, TranslationError]]:
+    """``(custom_id, why)`` of each shard request :func:`write_create_body` left out."""
+    for _, custom_id, body in iter_requests(shard_path):
+        if isinstance(body, TranslationError):
+            yield custom_id, body
+
+
+class BatchStatus(msgspec.Struct):
+    """A batch object read for its status: ``results`` is skipped, however large."""
+
+    id: Any = None
+    status: Any = None
+    request_counts: Any = None
+    error: Any = None
+    model: Any = None
+    endpoint: Any = None
+    created_at: Any = None
+
+
+class BatchResults(msgspec.Struct):
+    """An ended batch object read for its results, each kept as raw JSON until it is used."""
+
+    status: Any = None
+    results: list[msgspec.Raw] | None = None
+    usage: Any = None
+
+
+class _FailedItem(msgspec.Struct):
+    error: Any = None
+
+
+status_decoder = msgspec.json.Decoder(BatchStatus)
+_failed_decoder = msgspec.json.Decoder(_FailedItem)
+results_decoder = msgspec.json.Decoder(BatchResults)
+
+
+@dataclass
+class ResultLines:
+    """The result lines of an ended batch in OpenAI's envelope, with what OpenRouter billed for each answer."""
+
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    """``(1-based position, why)`` of results that could not be used."""
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
+def _answer_usage(line: dict[str, Any]) -> tuple[int, float | None] | None:
+    """``(total tokens, the answer's own usage.cost)`` of a successful answer, None for a failed request."""
+    response = line.get("response")
+    if line.get("error") is not None or not isinstance(response, dict):
+        return None
+    status = response.get("status_code")
+    if not isinstance(status, int) or not 200 <= status < 300:
+        return None
+    body = response.get("body")
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return 0, None
+    tokens = sum(int(v) for k in ("prompt_tokens", "completion_tokens") if isinstance(v := usage.get(k), int))
+    return max(tokens, 0), _number(usage.get("cost"))
+
+
+def billed_shares(batch_cost: Any, answers: Sequence[tuple[int, float | None]]) -> list[float] | None:
+    """What OpenRouter billed for each answer, given the batch's ``usage.cost`` and each answer's
+    ``(total tokens, own usage.cost)``; None when neither the batch nor every answer says.
+
+    The batch's ``usage.cost`` is what OpenRouter bills, so the shares always add up to it: weighted by each
+    answer's own ``usage.cost`` when every answer carries one (whether result bodies carry it is not
+    documented), else by tokens, else evenly. Without a batch figure, the answers' own costs are the charge.
+    """
+    if not answers:
+        return []
+    total = _number(batch_cost)
+    own = [cost for _, cost in answers]
+    if total is None:
+        return [cost for cost in own if cost is not None] if all(cost is not None for cost in own) else None
+    weights: list[float] = [cost for cost in own if cost is not None]
+    if len(weights) != len(answers) or sum(weights) <= 0:
+        weights = [float(tokens) for tokens, _ in answers]
+    if sum(weights) <= 0:
+        weights = [1.0] * len(answers)
+    scale = total / sum(weights)
+    return [weight * scale for weight in weights]
+
+
+def result_lines(batch: BatchResults, provider_batch_id: str) -> ResultLines:
+    """The batch's results as OpenAI output lines; each successful one carries ``billed_usd``."""
+    found = ResultLines()
+    answers: list[tuple[int, tuple[int, float | None]]] = []
+    for position, raw in enumerate(batch.results or [], 1):
+        try:
+            line = normalise_output_line(bytes(raw), provider_batch_id)
+        except MalformedResult as exc:
+            found.skipped.append((position, str(exc)))
+            continue
+        if isinstance(line["error"], dict) and line["error"].get("code") is None:
+            # A failed request's error names its kind in ``type`` (server_error, timeout, ...): kept as the code
+            # the gateway reads to decide whether another try may succeed.
+            kind = _failed_decoder.decode(raw).error
+            if isinstance(kind, dict) and isinstance(kind.get("type"), str):
+                line["error"]["code"] = kind["type"]
+        answer = _answer_usage(line)
+        if answer is not None:
+            answers.append((len(found.lines), answer))
+        found.lines.append(line)
+    usage = batch.usage if isinstance(batch.usage, dict) else {}
+    shares = billed_shares(usage.get("cost"), [answer for _, answer in answers])
+    for (index, _), share in zip(answers, shares or [], strict=False):
+        found.lines[index]["billed_usd"] = share
+    return found
