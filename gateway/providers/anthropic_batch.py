@@ -110,12 +110,7 @@ class AnthropicBatchAdapter(HttpAdapter):
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
         """The batch created for ``submit_token`` if this process saw its create answered (module docstring)."""
-        batch_id = self._created.get(submit_token)
-        if batch_id is None:
-            log.info("provider %s: no record of submit token %s; Anthropic batches cannot be found by tag",
-                     self.name, submit_token)  # fmt: skip
-            return None
-        return SubmitResult(provider_batch_id=batch_id)
+        return self._created.find(submit_token, self.name)
 
     async def poll(self, provider_batch_id: str) -> PollResult:
         """Retrieve the batch; counts are all ``processing`` until it ends (Anthropic's semantics)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,32 +118,11 @@ _TERMINAL = {
 }
 
 
+log = logging.getLogger(__name__)
+
 LOCAL_BATCH_PREFIX = "local-empty-"
 """Id prefix of a "provider batch" whose every request failed translation: nothing was sent, so polling it
 reads completed and its results are the 400 lines of its requests (adapters that translate use it)."""
-
-
-class CreatesAnsweredHere:
-    """Provider batch ids by submit token, for the creates this process saw answered (most recent ones kept).
-
-    Crash reconciliation for kinds whose batches carry no tag the gateway could read back (Anthropic,
-    OpenRouter): :meth:`ProviderAdapter.find_submitted` can adopt only what it knows for certain. After a
-    restart nothing is known, and the engine submits again: a possible duplicate (billed, its results
-    ignored), never another shard's batch adopted."""
-
-    def __init__(self, keep: int = 10_000) -> None:
-        self._ids: OrderedDict[str, str] = OrderedDict()
-        self._keep = keep
-
-    def remember(self, submit_token: str, provider_batch_id: str) -> None:
-        """Note the batch a create for ``submit_token`` made."""
-        self._ids[submit_token] = provider_batch_id
-        while len(self._ids) > self._keep:
-            self._ids.popitem(last=False)
-
-    def get(self, submit_token: str) -> str | None:
-        """The batch a create for ``submit_token`` made, if this process saw it answered."""
-        return self._ids.get(submit_token)
 
 
 def unix_time(value: Any) -> int | None:
@@ -181,6 +161,34 @@ class SubmitResult:
 
     provider_batch_id: str
     provider_file_id: str | None = None
+
+
+class CreatesAnsweredHere:
+    """Provider batch ids by submit token, for the creates this process saw answered (most recent ones kept).
+
+    Crash reconciliation for kinds whose batches carry no tag the gateway could read back (Anthropic,
+    OpenRouter): :meth:`ProviderAdapter.find_submitted` can adopt only what it knows for certain. After a
+    restart nothing is known, and the engine submits again: a possible duplicate (billed, its results
+    ignored), never another shard's batch adopted."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._ids: OrderedDict[str, str] = OrderedDict()
+        self._keep = keep
+
+    def remember(self, submit_token: str, provider_batch_id: str) -> None:
+        """Note the batch a create for ``submit_token`` made."""
+        self._ids[submit_token] = provider_batch_id
+        while len(self._ids) > self._keep:
+            self._ids.popitem(last=False)
+
+    def find(self, submit_token: str, provider: str) -> SubmitResult | None:
+        """The batch a create for ``submit_token`` made, if this process saw it answered (logged when not)."""
+        batch_id = self._ids.get(submit_token)
+        if batch_id is None:
+            log.info("provider %s: no record of submit token %s, and its batches cannot be found by tag",
+                     provider, submit_token)  # fmt: skip
+            return None
+        return SubmitResult(provider_batch_id=batch_id)
 
 
 @dataclass(frozen=True)

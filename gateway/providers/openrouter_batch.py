@@ -108,12 +108,7 @@ class OpenRouterBatchAdapter(HttpAdapter):
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
         """The batch created for ``submit_token`` if this process saw its create answered (module docstring)."""
-        batch_id = self._created.get(submit_token)
-        if batch_id is None:
-            log.info("provider %s: no record of submit token %s; OpenRouter batches cannot be found by tag",
-                     self.name, submit_token)  # fmt: skip
-            return None
-        return SubmitResult(provider_batch_id=batch_id)
+        return self._created.find(submit_token, self.name)
 
     async def poll(self, provider_batch_id: str) -> PollResult:
         """Read the batch's status and counts (its inline results are skipped, not decoded)."""

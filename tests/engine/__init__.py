@@ -7,6 +7,7 @@ Results are always joined on ``custom_id``: the emulator shuffles its output fil
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -245,6 +246,18 @@ def worker_process(gateway: GatewayProcess, name: str, **env: str) -> GatewayPro
         port=gateway.port,
         extra_env={**gateway.extra_env, "BATCHGW_BLOB_DIR": blobs, **env},
     )
+
+
+def worker_killed_at(api: GatewayProcess, env: dict[str, str], point: str, lease_s: float = 3.0) -> GatewayProcess:
+    """Run a worker beside ``api`` that dies by SIGKILL at crash point ``point``, then start the worker that takes
+    over once its lease (``lease_s``) runs out; the caller stops that one."""
+    lease = {"BATCHGW_WORKER__LEASE_S": str(lease_s)}
+    dying = GatewayProcess(api.data_dir, api.database_url, api.port, {**env, **lease, "BATCHGW_CRASH_AT": point})
+    dying.start("worker", wait_ready=False)
+    assert dying.process is not None and dying.process.wait(timeout=60) == -signal.SIGKILL
+    survivor = GatewayProcess(api.data_dir, api.database_url, api.port, {**env, **lease})
+    survivor.start("worker", wait_ready=False)
+    return survivor
 
 
 def api_without_worker(

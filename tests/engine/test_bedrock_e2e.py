@@ -30,6 +30,7 @@ from tests.engine import (
     submit,
     wait_for,
     wait_frozen,
+    worker_killed_at,
     worker_process,
 )
 
@@ -272,15 +273,8 @@ def test_a_worker_killed_right_after_its_create_leaves_one_job_that_the_next_ado
     client = api.client(api.create_key("crash"))
     jobs = cluster.state("bedrock-emu").jobs
     batch = submit(client, chat_lines(MINIMUM, "k"))
-    quick_lease = {"BATCHGW_WORKER__LEASE_S": "3"}
-    dying = GatewayProcess(
-        api.data_dir, api.database_url, api.port, {**gateway_env, **quick_lease, "BATCHGW_CRASH_AT": CREATED}
-    )
-    dying.start("worker", wait_ready=False)
-    assert dying.process is not None and dying.process.wait(timeout=60) == -signal.SIGKILL
+    survivor = worker_killed_at(api, gateway_env, CREATED)
     [created] = list(jobs)
-    survivor = GatewayProcess(api.data_dir, api.database_url, api.port, {**gateway_env, **quick_lease})
-    survivor.start("worker", wait_ready=False)
     try:
         outcome = collect(client, wait_for(client, batch.id, timeout=120))
     finally:

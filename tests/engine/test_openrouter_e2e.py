@@ -6,7 +6,6 @@ one OpenRouter batch; a client's cancel, which OpenRouter cannot pass on, keeps 
 from __future__ import annotations
 
 import json
-import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.conftest import ENGINE_ENV, GatewayProcess
-from tests.engine import CHAT, cancel, collect, query, reset, submit, wait_for
+from tests.engine import CHAT, cancel, collect, query, reset, submit, wait_for, worker_killed_at
 
 KEY = "sk-or-e2e-7f3a2c9d01"
 MODEL = "meta-llama/llama-3.3-70b-instruct"
@@ -145,15 +144,9 @@ def test_a_worker_killed_mid_job_leaves_one_batch_that_the_next_worker_finishes(
     api = gateway_factory(gateway_env).start("serve", "--no-worker")
     client = api.client(api.create_key("crash"))
     batch = submit(client, chat_lines(20, "k"))
-    quick_lease = {"BATCHGW_WORKER__LEASE_S": "3"}
-    crash = {"BATCHGW_CRASH_AT": "poll.after_status"}
-    dying = GatewayProcess(api.data_dir, api.database_url, api.port, {**gateway_env, **quick_lease, **crash})
-    dying.start("worker", wait_ready=False)
-    assert dying.process is not None and dying.process.wait(timeout=60) == -signal.SIGKILL
+    survivor = worker_killed_at(api, gateway_env, "poll.after_status")
     jobs = cluster.state("openrouter-emu").jobs
     [created] = list(jobs)
-    survivor = GatewayProcess(api.data_dir, api.database_url, api.port, {**gateway_env, **quick_lease})
-    survivor.start("worker", wait_ready=False)
     try:
         outcome = collect(client, wait_for(client, batch.id, timeout=90))
     finally:

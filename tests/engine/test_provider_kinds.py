@@ -13,7 +13,6 @@ The emulators of all protocols share one deterministic model, so equal answers a
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +21,18 @@ import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.conftest import ENGINE_ENV, S3_TEST_CREDENTIALS, GatewayProcess, S3Server
-from tests.engine import CHAT, EMBEDDINGS, Outcome, admin, collect, embedding_request, query, submit, wait_for
+from tests.engine import (
+    CHAT,
+    EMBEDDINGS,
+    Outcome,
+    admin,
+    collect,
+    embedding_request,
+    query,
+    submit,
+    wait_for,
+    worker_killed_at,
+)
 
 EMULATED_MODEL = "shared-model"
 DEPLOYMENT = "shared-model-global-batch"
@@ -306,15 +316,8 @@ def test_a_worker_killed_right_after_its_create_leaves_one_batch_that_the_next_a
     before = set(jobs)
     requests = [{**r, "body": {**r["body"], "model": f"via-{provider}"}} for r in REQUESTS]
     batch = submit(client, requests)
-    quick_lease = {"BATCHGW_WORKER__LEASE_S": "3"}
-    dying = GatewayProcess(
-        api.data_dir, api.database_url, api.port, {**gateway_env, **quick_lease, "BATCHGW_CRASH_AT": CREATED}
-    )
-    dying.start("worker", wait_ready=False)
-    assert dying.process is not None and dying.process.wait(timeout=60) == -signal.SIGKILL
+    survivor = worker_killed_at(api, gateway_env, CREATED)
     [created] = set(jobs) - before
-    survivor = GatewayProcess(api.data_dir, api.database_url, api.port, {**gateway_env, **quick_lease})
-    survivor.start("worker", wait_ready=False)
     try:
         outcome = collect(client, wait_for(client, batch.id, timeout=90))
     finally:
