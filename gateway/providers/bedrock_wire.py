@@ -18,8 +18,8 @@ import msgspec
 
 from gateway.providers.base import PollResult, ProviderBatchState
 from gateway.providers.jsonl import encode_line, iter_requests
-from gateway.translate import MalformedResult, TranslationError
-from gateway.translate.bedrock import Family, from_model_output, record_error_status, titan_base64, to_model_input
+from gateway.translate import MalformedResult, TranslationError, vectors_as_base64
+from gateway.translate.bedrock import Family, from_model_output, record_error_status, to_model_input
 
 JOB_STATUS: dict[str, ProviderBatchState] = {
     "Submitted": ProviderBatchState.QUEUED,
@@ -169,7 +169,7 @@ def result_envelope(
         return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
     answer = from_model_output(family, record.modelOutput, model, created)
     if record.recordId in index.base64:
-        answer = titan_base64(answer)
+        answer = vectors_as_base64(answer, "Titan")
     response = {"status_code": 200, "request_id": request_id, "body": answer}
     return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
 

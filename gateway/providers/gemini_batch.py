@@ -1,12 +1,14 @@
-"""Adapter for the Gemini API batch mode (``POST /v1beta/models/{model}:batchGenerateContent``).
+"""Adapter for the Gemini API batch mode (``POST /v1beta/models/{model}:batchGenerateContent``, and
+``:asyncBatchEmbedContent`` for embeddings).
 
-A shard's OpenAI-format requests are translated by :mod:`gateway.translate.gemini` into a temporary
-JSONL file of ``{"key": custom_id, "request": GenerateContentRequest}`` lines. A small shard is sent
+A shard's OpenAI-format requests are translated by :mod:`gateway.translate.gemini` (chat) or
+:mod:`gateway.translate.gemini_embeddings` (one text per embeddings request) into a temporary
+JSONL file of ``{"key": custom_id, "request": ...}`` lines. A small shard is sent
 inline in the create call; a larger one is uploaded through the resumable File API and named by
 ``input_config.file_name``. The batch's ``display_name`` carries the submit token, which is how
 :meth:`GeminiBatchAdapter.find_submitted` finds a batch whose create answer was lost. A request that
 cannot be translated is never sent: :meth:`GeminiBatchAdapter.fetch_results` writes its error line.
-Only ``/v1/chat/completions`` shards are served; embeddings shards are refused.
+An embedding answer carries Gemini's ``tokenCount``, which the ledger prices.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from gateway.providers.base import (
 )
 from gateway.providers.gemini_wire import (
     DISPLAY_PREFIX,
+    EMBEDDINGS,
     file_create_body,
     has_display_name,
     inline_create_body,
@@ -61,6 +64,8 @@ log = logging.getLogger(__name__)
 
 API = "/v1beta"
 CHAT_ENDPOINT = "/v1/chat/completions"
+CREATE_METHODS = {CHAT_ENDPOINT: "batchGenerateContent", EMBEDDINGS: "asyncBatchEmbedContent"}
+"""The model method that creates a batch of each endpoint's requests."""
 DEFAULT_INLINE_MAX_BYTES = 10 * 1024**2
 INLINE_LIMIT_BYTES = 20 * 1024**2 - 64 * 1024
 """Gemini refuses create calls of 20 MB or more; the margin covers the envelope around the requests."""
@@ -78,13 +83,14 @@ class GeminiBatchAdapter(HttpAdapter):
     list_page_size: int = 100
 
     def serves(self, endpoint: str) -> bool:
-        """Chat only: Gemini's embeddings batches take another request shape, not translated yet."""
-        return endpoint == CHAT_ENDPOINT
+        """Chat and embeddings."""
+        return endpoint in CREATE_METHODS
 
     async def submit(self, shard: ShardSubmission) -> SubmitResult:
         """Translate the shard, send it inline or as an uploaded file, and create the batch."""
-        if shard.endpoint != CHAT_ENDPOINT:
-            raise UnsupportedEndpoint(f"provider {self.name}: Gemini batches serve {CHAT_ENDPOINT} only")
+        method = CREATE_METHODS.get(shard.endpoint)
+        if method is None:
+            raise UnsupportedEndpoint(f"provider {self.name}: Gemini batches serve {', '.join(CREATE_METHODS)}")
         display = DISPLAY_PREFIX + shard.submit_token
         file_name: str | None = None
         with tempfile.TemporaryDirectory(prefix="batchgw-gemini-") as folder:
@@ -100,7 +106,7 @@ class GeminiBatchAdapter(HttpAdapter):
                 file_name = await self._retrying(lambda: self._upload(requests, translated.size, display))
                 body = file_create_body(file_name, display)
         model = quote(shard.provider_model.removeprefix("models/"), safe="")
-        path = f"{API}/models/{model}:batchGenerateContent"
+        path = f"{API}/models/{model}:{method}"
         raw_body = msgspec.Raw(body)
 
         async def create() -> dict[str, Any]:
@@ -141,6 +147,8 @@ class GeminiBatchAdapter(HttpAdapter):
             created=operation_end(operation),
         )
         shard = await asyncio.to_thread(translate_shard, input_path) if input_path else None
+        if shard is not None:
+            envelope = functools.partial(envelope, base64=shard.base64)
         inlined = inlined_responses(output)
         with dest.open("ab") as out:
             for position, item in enumerate(inlined or []):

@@ -2,7 +2,10 @@
 
 Shared by :mod:`gateway.providers.gemini_batch` and its tests: the state table, reading an Operation,
 turning a shard's OpenAI input lines into Gemini requests (the blocking file work runs in a thread),
-and turning Gemini results into OpenAI batch output envelopes.
+and turning Gemini results into OpenAI batch output envelopes. Chat lines become GenerateContentRequests,
+embeddings lines EmbedContentRequests (:mod:`gateway.translate.gemini_embeddings`); both kinds of batch
+share the Operation, the inline ``{"request", "metadata": {"key"}}`` entries and the ``{"key", "request"}``
+file lines.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,10 +25,15 @@ from gateway.providers.base import PollResult, ProviderBatchState
 from gateway.providers.jsonl import encode_line
 from gateway.providers.openai_wire import rejected_line
 from gateway.providers.retry_after import parse_google_retry_delay
-from gateway.translate import TranslationError
+from gateway.translate import MalformedResult, TranslationError, vectors_as_base64
 from gateway.translate.gemini import chat_to_gemini, gemini_to_chat, google_error
+from gateway.translate.gemini_embeddings import embedding_to_gemini, gemini_to_embedding
 
 DISPLAY_PREFIX = "batchgw-"
+EMBEDDINGS = "/v1/embeddings"
+INLINED_OUTPUTS = ("inlinedResponses", "inlinedEmbedContentResponses")
+"""Keys of a batch output holding inline results: the wire's for both kinds of batch, then the name the official
+SDK gives an embeddings batch's (it renames the key when the items hold embeddings), in case a service uses it."""
 
 BATCH_STATES: dict[str, ProviderBatchState] = {
     "PENDING": ProviderBatchState.QUEUED,
@@ -89,14 +97,15 @@ def parse_operation(operation: Mapping[str, Any]) -> PollResult:
 def operation_output(operation: Mapping[str, Any]) -> Mapping[str, Any]:
     """The results: the Operation's ``response`` first, else ``metadata.output`` (empty if neither has any)."""
     for output in (operation.get("response"), _mapping(operation.get("metadata")).get("output")):
-        if isinstance(output, Mapping) and ("inlinedResponses" in output or "responsesFile" in output):
+        if isinstance(output, Mapping) and any(key in output for key in (*INLINED_OUTPUTS, "responsesFile")):
             return output
     return {}
 
 
 def inlined_responses(output: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
-    """The ``inlinedResponses.inlinedResponses`` list (single nesting tolerated); None for a file output."""
-    inlined = output.get("inlinedResponses")
+    """The ``inlinedResponses.inlinedResponses`` list (``inlinedEmbedContentResponses.inlinedResponses`` of an
+    embeddings batch; single nesting tolerated); None for a file output."""
+    inlined = next((output[key] for key in INLINED_OUTPUTS if key in output), None)
     inlined = inlined.get("inlinedResponses") if isinstance(inlined, Mapping) else inlined
     return [item for item in inlined if isinstance(item, Mapping)] if isinstance(inlined, list) else None
 
@@ -157,6 +166,7 @@ def key_refused(body: bytes) -> bool:
 
 class _InputLine(msgspec.Struct):
     custom_id: Any = None
+    url: Any = None
     body: Any = None
 
 
@@ -170,7 +180,8 @@ _request_decoder = msgspec.json.Decoder(_RequestLine)
 
 
 def translate_line(raw: bytes) -> tuple[str, dict[str, Any] | TranslationError] | None:
-    """The custom_id and GenerateContentRequest (or why there is none) of one input line; None if unreadable."""
+    """The custom_id and GenerateContentRequest, or EmbedContentRequest for an embeddings line (or why there is
+    none), of one input line; None if unreadable."""
     try:
         line = _input_decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -180,6 +191,8 @@ def translate_line(raw: bytes) -> tuple[str, dict[str, Any] | TranslationError] 
     if not isinstance(line.body, dict):
         return line.custom_id, TranslationError("'body' must be an object.", "body")
     try:
+        if line.url == EMBEDDINGS:
+            return line.custom_id, embedding_to_gemini(line.body)
         return line.custom_id, chat_to_gemini(line.body)
     except TranslationError as exc:
         return line.custom_id, exc
@@ -193,6 +206,8 @@ class TranslatedShard:
     size: int = 0
     sent: list[str] = field(default_factory=list)
     rejected: list[tuple[str, TranslationError]] = field(default_factory=list)
+    base64: set[str] = field(default_factory=set)
+    """Ids of the embeddings requests that asked for ``encoding_format: base64``."""
 
 
 def translate_shard(input_path: Path, dest: Path | None = None) -> TranslatedShard:
@@ -208,11 +223,32 @@ def translate_shard(input_path: Path, dest: Path | None = None) -> TranslatedSha
                 shard.rejected.append((custom_id, request))
                 continue
             shard.sent.append(custom_id)
+            if b'"base64"' in raw and _wants_base64(raw):
+                shard.base64.add(custom_id)
             if out is not None:
                 encoded = encode_line({"key": custom_id, "request": request})
                 out.write(encoded)
                 shard.size += len(encoded)
     return shard
+
+
+class _EncodingBody(msgspec.Struct):
+    encoding_format: Any = None
+
+
+class _EncodingLine(msgspec.Struct):
+    body: _EncodingBody | None = None
+
+
+_encoding_decoder = msgspec.json.Decoder(_EncodingLine)
+
+
+def _wants_base64(raw: bytes) -> bool:
+    try:
+        body = _encoding_decoder.decode(raw).body
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return body is not None and body.encoding_format == "base64"
 
 
 def inline_create_body(path: Path, display_name: str) -> bytes:
@@ -237,19 +273,36 @@ def _seed(batch_id: str, custom_id: str) -> str:
 
 
 def result_envelope(
-    custom_id: str, result: Mapping[str, Any], *, batch_id: str, model: str, created: int
+    custom_id: str,
+    result: Mapping[str, Any],
+    *,
+    batch_id: str,
+    model: str,
+    created: int,
+    base64: Collection[str] = (),
 ) -> dict[str, Any]:
-    """The OpenAI output line for one Gemini result ``{"response": ...}`` or ``{"error": Status}``."""
+    """The OpenAI output line for one Gemini result ``{"response": ...}`` or ``{"error": Status}``; an
+    embedding answer's vector is base64-encoded when its request (``custom_id`` in ``base64``) asked so."""
     seed = _seed(batch_id, custom_id)
     response, error = result.get("response"), result.get("error")
     request_id = f"req_{seed}"
-    if isinstance(response, Mapping):
+    unusable = "The provider returned no result."
+    if isinstance(response, Mapping) and "embedding" in response:
+        try:
+            status, body = 200, gemini_to_embedding(response, model=model)
+            if custom_id in base64:
+                body = vectors_as_base64(body, "Gemini")
+        except MalformedResult as exc:
+            status, unusable = 0, f"The provider's answer cannot be used: {exc}."
+    elif isinstance(response, Mapping):
         status, body = 200, gemini_to_chat(response, model=model, created=created, fallback_id=f"chatcmpl-{seed}")
         request_id = str(response.get("responseId") or request_id)
     elif isinstance(error, Mapping):
         status, body = google_error(error)
     else:
-        missing = {"code": "invalid_provider_output", "message": "The provider returned no result."}
+        status = 0
+    if status == 0:
+        missing = {"code": "invalid_provider_output", "message": unusable}
         return {"id": f"batch_req_{seed}", "custom_id": custom_id, "response": None, "error": missing}
     envelope = {"status_code": status, "request_id": request_id, "body": body}
     return {"id": f"batch_req_{seed}", "custom_id": custom_id, "response": envelope, "error": None}

@@ -1,12 +1,16 @@
 """The Gemini API batch mode (``/v1beta``) on top of the generic emulator machinery.
 
-A batch is a long-running Operation whose ``metadata`` is a GenerateContentBatch with ``BATCH_STATE_*``
-states and int64-as-string ``batchStats``. Input comes inline in the create call or as a JSONL file sent
-through the resumable File API (:mod:`gateway.simulator.gemini_files`); results come back inline, in
-input order, or as a responses file (the only variant ``shuffle_output`` applies to). An expired batch has
-no results; a cancelled one keeps the results of the requests that ran in ``metadata.output``. Errors use
-Google's ``{"error": {code, message, status, details}}`` body, with the 429 retry hint as
-``RetryInfo.retryDelay``.
+Two kinds of batch: ``models/{m}:batchGenerateContent`` (GenerateContentRequests) and
+``models/{m}:asyncBatchEmbedContent`` (EmbedContentRequests, answered with the OpenAI emulator's vector and
+token count for the same text). Either is a long-running Operation whose ``metadata`` is a
+GenerateContentBatch or EmbedContentBatch with ``BATCH_STATE_*`` states and int64-as-string ``batchStats``.
+Input comes inline in the create call or as a JSONL file of ``{"key", "request"}`` lines sent through the
+resumable File API (:mod:`gateway.simulator.gemini_files`); results come back inline, in input order, under
+``inlinedResponses.inlinedResponses`` (both kinds, as the service sends them; the SDKs rename the embeddings
+one ``inlinedEmbedContentResponses``), or as a responses file of ``{"key", "response" | "error"}`` lines
+(the only variant ``shuffle_output`` applies to). An expired batch has no results; a cancelled one keeps the
+results of the requests that ran in ``metadata.output``. Errors use Google's
+``{"error": {code, message, status, details}}`` body, with the 429 retry hint as ``RetryInfo.retryDelay``.
 """
 
 from __future__ import annotations
@@ -30,11 +34,16 @@ from gateway.simulator.gemini_files import (
     rfc3339,
 )
 from gateway.simulator.jobs import EXPIRED, ItemOutcome, Job, JobItem
-from gateway.simulator.model import Reply, model_reply, random_id, stable_id
+from gateway.simulator.model import Reply, embedding_vector, model_reply, random_id, stable_id, text_tokens
+from gateway.simulator.openai_protocol import MAX_DIMENSIONS
 from gateway.simulator.state import DAY_S, EmulatorState, emulator_of, note
 from gateway.translate.gemini import GOOGLE_STATUS_HTTP, GRPC_STATUS_NAMES, HTTP_STATUS_NAMES
 
 TYPE_PREFIX = "type.googleapis.com/google.ai.generativelanguage.v1beta."
+GENERATE, EMBED = "batchGenerateContent", "asyncBatchEmbedContent"
+BATCH_TYPES = {GENERATE: "GenerateContentBatch", EMBED: "EmbedContentBatch"}
+"""Create method (also the job's ``endpoint``) -> the batch resource's type; its output type adds ``Output``."""
+CREATE_REQUESTS = {GENERATE: "BatchGenerateContentRequest", EMBED: "AsyncBatchEmbedContentRequest"}
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 INLINE_LIMIT_BYTES = 20 * 1024 * 1024
 BATCH_TTL_S = 2 * DAY_S
@@ -52,9 +61,16 @@ STATES = {
 ENDED = {"failed": (3, None), "cancelled": (1, "The batch was cancelled."), "expired": (4, "The batch expired.")}
 """Terminal status -> ``google.rpc.Status`` code and message of the Operation's ``error``."""
 GRPC_CODES = {name: code for code, name in enumerate(GRPC_STATUS_NAMES)}
+TASK_TYPES = frozenset({
+    "TASK_TYPE_UNSPECIFIED", "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY", "CLASSIFICATION",
+    "CLUSTERING", "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY",
+})  # fmt: skip
+"""``EmbedContentRequest.taskType`` values."""
+DEFAULT_DIMENSIONS = 8
+"""Vector size without ``outputDimensionality``, as the OpenAI emulator's without ``dimensions``."""
 
 
-# --- the deterministic model in GenerateContent shape ---------------------------------------------------
+# --- the deterministic model in GenerateContent and EmbedContent shape ------------------------------------
 
 
 def _part_texts(content: Any, where: str) -> list[str]:
@@ -118,6 +134,37 @@ def generate_content(request: Mapping[str, Any], model: str, response_id: str) -
     }  # fmt: skip
 
 
+def embed_content(request: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """A SingleEmbedContentResponse (raises a 400 ``ApiError`` for an invalid EmbedContentRequest).
+
+    The text parts are embedded as one text, so the vector and ``tokenCount`` equal what the OpenAI
+    emulator's embeddings give for that text; ``taskType`` and ``title`` are checked but change nothing.
+    """
+    content = request.get("content")
+    parts = content.get("parts") if isinstance(content, Mapping) else None
+    parts = parts if isinstance(parts, list) else []
+    texts = [p["text"] for p in parts if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
+    if not texts:
+        raise invalid("* EmbedContentRequest.content: content must have at least one text part.")
+    named = request.get("model")
+    if named is not None and (not isinstance(named, str) or named.removeprefix("models/") != model):
+        raise invalid(f"* EmbedContentRequest.model: every request must use the batch's model models/{model}.")
+    task = json_field(request, "taskType", "task_type")
+    if task is not None and (not isinstance(task, str) or task not in TASK_TYPES):
+        raise invalid(f"* EmbedContentRequest.task_type: invalid value {task!r}.")
+    if not isinstance(request.get("title", ""), str):
+        raise invalid("* EmbedContentRequest.title: must be a string.")
+    size = json_field(request, "outputDimensionality", "output_dimensionality")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_DIMENSIONS):
+        message = f"* EmbedContentRequest.output_dimensionality: must be between 1 and {MAX_DIMENSIONS}."
+        raise invalid(message)
+    text = "".join(texts)
+    return {
+        "embedding": {"values": embedding_vector(text, size or DEFAULT_DIMENSIONS)},
+        "tokenCount": text_tokens(text),
+    }
+
+
 # --- resources ------------------------------------------------------------------------------------------
 
 
@@ -132,9 +179,9 @@ def _stats(job: Job) -> dict[str, str]:
 
 def operation(job: Job) -> dict[str, Any]:
     """The Operation of a batch; ``response`` and ``metadata.output`` carry the same results."""
-    name, extra = f"batches/{job.id}", job.extra
+    name, extra, kind = f"batches/{job.id}", job.extra, BATCH_TYPES[job.endpoint]
     metadata: dict[str, Any] = {
-        "@type": TYPE_PREFIX + "GenerateContentBatch", "name": name, "model": f"models/{job.model}",
+        "@type": TYPE_PREFIX + kind, "name": name, "model": f"models/{job.model}",
         "displayName": extra["display_name"], "createTime": rfc3339(job.created_at),
         "updateTime": rfc3339(max([job.created_at, *job.times.values()])), "batchStats": _stats(job),
         "state": STATES[job.status], "priority": extra["priority"],
@@ -144,7 +191,7 @@ def operation(job: Job) -> dict[str, Any]:
     result: dict[str, Any] = {"name": name, "metadata": metadata, "done": job.status in ("completed", *ENDED)}
     if result["done"]:
         metadata["endTime"] = metadata["updateTime"]
-    output = {"@type": TYPE_PREFIX + "GenerateContentBatchOutput", **extra.get("output", {})}
+    output = {"@type": f"{TYPE_PREFIX}{kind}Output", **extra.get("output", {})}
     if extra.get("output"):
         metadata["output"] = output
     if job.status == "completed":
@@ -222,8 +269,11 @@ class GeminiDriver:
             job.errors = [{"code": "invalid_argument", "message": message, "line": None}]
 
     def execute(self, state: EmulatorState, job: Job, item: JobItem) -> ItemOutcome:
-        response_id = stable_id("", job.id, str(item.line), item.custom_id, length=22)
         try:
+            if job.endpoint == EMBED:
+                body = embed_content(item.body, job.model or "")
+                return ItemOutcome(item.custom_id, 200, body, input_tokens=body["tokenCount"])
+            response_id = stable_id("", job.id, str(item.line), item.custom_id, length=22)
             body = generate_content(item.body, job.model or "", response_id)
         except ApiError as err:
             return ItemOutcome(item.custom_id, err.status, self.error_body(err))
@@ -237,6 +287,7 @@ class GeminiDriver:
         inline = job.extra.get("inline")
         if inline is not None:
             # Documented to keep the input order: job.outcomes is in item order, whatever the shuffle did.
+            # Embeddings batches answer under the same key (the SDKs rename it inlinedEmbedContentResponses).
             results = [{"metadata": meta, **_result(o)} for (meta, _), o in zip(inline, job.outcomes, strict=True)
                        if o.status_code is not None]  # fmt: skip
             job.extra["output"] = {"inlinedResponses": {"inlinedResponses": results}}
@@ -283,7 +334,7 @@ async def create_batch(request: Req) -> dict[str, Any]:
     name = request.path_params["name"]
     emu = emulator_of(request)
     model, _, method = name.rpartition(":")
-    if method != "batchGenerateContent":
+    if method not in CREATE_REQUESTS:
         raise invalid(f"Method {method!r} is not served here.", "NOT_FOUND")
     if model not in emu.models:
         raise invalid(f"models/{model} is not found for API version v1beta.", "NOT_FOUND")
@@ -292,7 +343,7 @@ async def create_batch(request: Req) -> dict[str, Any]:
     batch = (await json_object(request)).get("batch")
     config = json_field(batch, "inputConfig", "input_config") if isinstance(batch, dict) else None
     if not isinstance(batch, dict) or not isinstance(config, dict):
-        raise invalid("* BatchGenerateContentRequest.batch.input_config: input_config is required.")
+        raise invalid(f"* {CREATE_REQUESTS[method]}.batch.input_config: input_config is required.")
     requests, file_name = config.get("requests"), json_field(config, "fileName", "file_name")
     now = emu.clock.ts()
     extra: dict[str, Any] = {"display_name": str(json_field(batch, "displayName", "display_name") or ""),
@@ -312,7 +363,7 @@ async def create_batch(request: Req) -> dict[str, Any]:
         extra["input_file"] = stored.id
     else:
         raise invalid("* input_config: exactly one of requests or file_name must be set.")
-    job = Job(random_id("", 24), "batchGenerateContent", now, now + BATCH_TTL_S, None, extra, model=model)
+    job = Job(random_id("", 24), method, now, now + BATCH_TTL_S, None, extra, model=model)
     emu.launch(job)
     note(request, batch=f"batches/{job.id}", display_name=extra["display_name"], source=extra.get("input_file"))
     return operation(job)
@@ -320,7 +371,7 @@ async def create_batch(request: Req) -> dict[str, Any]:
 
 @get("/v1beta/models")
 async def list_models(request: Req) -> dict[str, Any]:
-    methods = ["generateContent", "batchGenerateContent", "countTokens"]
+    methods = ["generateContent", GENERATE, "countTokens", EMBED]
     models = [{"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": methods}
               for m in emulator_of(request).models]  # fmt: skip
     return _page(request, models, "models", 50)

@@ -10,14 +10,12 @@ to start with it rather than send bodies the model cannot read.
 
 from __future__ import annotations
 
-import base64
 import re
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.translate import MalformedResult, TranslationError
+from gateway.translate import MalformedResult, TranslationError, single_text
 from gateway.translate.anthropic import DEFAULT_MAX_TOKENS, chat_to_messages, message_to_chat
 
 CHAT = "/v1/chat/completions"
@@ -46,22 +44,13 @@ def _titan_input(body: Mapping[str, Any], _default_max_tokens: int) -> dict[str,
     for name, value in body.items():
         if name not in TITAN_IGNORED | {"input", "dimensions", "encoding_format"} and value is not None:
             raise TranslationError(f"'{name}' is not supported by Titan embeddings.", name)
-    text = body.get("input")
-    if isinstance(text, list) and len(text) == 1:
-        text = text[0]
-    if not isinstance(text, str) or not text:
-        raise TranslationError(
-            "Titan embeds one text per request: 'input' must be a non-empty string (or a list of one).", "input"
-        )
-    record: dict[str, Any] = {"inputText": text}
+    record: dict[str, Any] = {"inputText": single_text(body, "Titan")}
     dimensions = body.get("dimensions")
     if dimensions is not None:
         if dimensions not in TITAN_DIMENSIONS or isinstance(dimensions, bool):
             sizes = ", ".join(map(str, sorted(TITAN_DIMENSIONS)))
             raise TranslationError(f"'dimensions' must be one of {sizes} for Titan.", "dimensions", "invalid_value")
         record["dimensions"] = dimensions
-    if body.get("encoding_format") not in (None, "float", "base64"):
-        raise TranslationError("'encoding_format' must be 'float' or 'base64'.", "encoding_format", "invalid_value")
     return record
 
 
@@ -73,17 +62,6 @@ def _titan_output(output: Mapping[str, Any], model: str, _created: int) -> dict[
     data = {"object": "embedding", "index": 0, "embedding": vector}
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return {"object": "list", "data": [data], "model": model, "usage": usage}
-
-
-def titan_base64(answer: dict[str, Any]) -> dict[str, Any]:
-    """The embeddings answer with its vectors as OpenAI's ``base64`` encoding (little-endian float32)."""
-    for item in answer["data"]:
-        vector = item["embedding"]
-        try:
-            item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        except struct.error:
-            raise MalformedResult("Titan embedding with a value that is not a number") from None
-    return answer
 
 
 @dataclass(frozen=True)

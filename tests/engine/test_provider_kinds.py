@@ -66,7 +66,7 @@ KINDS = {
     "openrouter": ("openrouter", "openrouter", "openai"),
     "fanout": ("openai_sync", "openai", "openai"),
 }
-SERVE_EMBEDDINGS = ("openai", "azure", "mistral", "openrouter", "fanout")
+SERVE_EMBEDDINGS = ("openai", "azure", "gemini", "mistral", "openrouter", "fanout")
 CREATED = "submit.after_provider_create"
 ANY_KIND = "any-kind"
 """A model every provider serves, for the routing test."""
@@ -268,7 +268,7 @@ def test_an_embeddings_batch_goes_only_to_kinds_that_serve_embeddings(
 
     endpoints = {name: {job.endpoint for job in cluster.state(f"{name}-emu").jobs.values()} for name in KINDS}
     assert EMBEDDINGS in endpoints["mistral"]
-    assert not any(EMBEDDINGS in endpoints[name] for name in ("groq", "together", "anthropic", "gemini", "bedrock"))
+    assert not any(EMBEDDINGS in endpoints[name] for name in ("groq", "together", "anthropic", "bedrock"))
 
 
 @pytest.mark.parametrize("provider", ["mistral", "together", "groq", "openrouter"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,11 +30,13 @@ from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_batch import GeminiBatchAdapter
 from gateway.providers.registry import ADAPTER_KINDS, build_adapter
 from gateway.simulator import ProviderSpec, SimulatorCluster, hash_fraction
-from gateway.simulator.openai_protocol import chat_completion
+from gateway.simulator.openai_protocol import chat_completion, embeddings
 from tests.providers.support import CHAT, FAST_RETRY, calls, wait_terminal, write_shard
 from tests.providers.support import read_lines as read_result_lines
 
 MODEL = "gemini-2.5-flash"
+EMBED = "gemini-embedding-001"
+EMBEDDINGS = "/v1/embeddings"
 SECRET = "gm-secret-5c2e81d7"
 WRONG_KEY = "gm-wrong-key-0b44fe19"
 
@@ -40,7 +44,7 @@ WRONG_KEY = "gm-wrong-key-0b44fe19"
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[SimulatorCluster]:
     specs = [
-        ProviderSpec(name="gem", kind="gemini", models=[MODEL], api_key=SECRET, processing_delay_s=0.3),
+        ProviderSpec(name="gem", kind="gemini", models=[MODEL, EMBED], api_key=SECRET, processing_delay_s=0.3),
         ProviderSpec(name="open", kind="gemini", models=[MODEL]),
     ]
     with SimulatorCluster(specs, control_port=None) as running:
@@ -233,9 +237,45 @@ async def test_malformed_result_line_skipped(
     assert any("skipped line 1 of results file" in record.getMessage() for record in caplog.records)
 
 
-async def test_embeddings_shards_are_refused(adapter: GeminiBatchAdapter, tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "file"])
+async def test_embeddings_round_trip_priced_by_gemini_token_counts(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path, inline: bool
+) -> None:
+    adapter = make_adapter(cluster, http, **({} if inline else {"inline_max_bytes": 0}))
+    texts = [f"document number {i}" for i in range(6)]
+    lines = [
+        {"custom_id": f"e{i}", "method": "POST", "url": EMBEDDINGS, "body": {"model": EMBED, "input": text}}
+        for i, text in enumerate(texts)
+    ]
+    lines[1]["body"]["dimensions"] = 4
+    lines[2]["body"]["encoding_format"] = "base64"
+    lines[3]["body"]["input"] = ["two", "texts"]  # Gemini embeds one text per request: never sent
+    shard = write_shard(tmp_path, lines, EMBED, EMBEDDINGS)
+    submitted = await adapter.submit(shard)
+    [create] = await calls(cluster, "gem", "POST", ":asyncBatchEmbedContent")
+    assert create.status == 200 and (submitted.provider_file_id is None) is inline
+    assert (await wait_terminal(adapter, submitted.provider_batch_id)).state is ProviderBatchState.COMPLETED
+    dest = tmp_path / "out.jsonl"
+    await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    by_id = read_lines(dest)
+    assert sorted(by_id) == [f"e{i}" for i in range(6)]
+    refused = by_id["e3"]["response"]
+    assert refused["status_code"] == 400 and refused["body"]["error"]["param"] == "input"
+    for custom_id in ("e0", "e1", "e4", "e5"):
+        index = int(custom_id[1:])
+        expected = embeddings({"model": EMBED, "input": texts[index], **lines[index]["body"]}, [EMBED])
+        body = by_id[custom_id]["response"]["body"]
+        assert body["data"][0]["embedding"] == pytest.approx(expected["data"][0]["embedding"])
+        assert body["usage"] == expected["usage"]  # Gemini's tokenCount, as the ledger prices it
+    assert len(by_id["e1"]["response"]["body"]["data"][0]["embedding"]) == 4
+    packed = by_id["e2"]["response"]["body"]["data"][0]["embedding"]
+    vector = embeddings({"model": EMBED, "input": texts[2]}, [EMBED])["data"][0]["embedding"]
+    assert struct.unpack(f"<{len(vector)}f", base64.b64decode(packed)) == pytest.approx(vector)
+
+
+async def test_shards_of_other_endpoints_are_refused(adapter: GeminiBatchAdapter, tmp_path: Path) -> None:
     with pytest.raises(CapabilityNotSupported) as info:
-        await adapter.submit(shard_of(tmp_path, standard_lines(1), endpoint="/v1/embeddings"))
+        await adapter.submit(shard_of(tmp_path, standard_lines(1), endpoint="/v1/completions"))
     assert isinstance(info.value, ProviderRejected), "the engine fails a rejected shard instead of retrying it"
     bad = [chat_line("x", [{"role": "user", "content": [{"type": "video_url"}]}])]
     with pytest.raises(ProviderRejected, match="no request can be sent"):

@@ -1,6 +1,11 @@
-"""Pure transforms of the Gemini batch wire format: state table, Operation reading, retry hints."""
+"""Pure transforms of the Gemini batch wire format: state table, Operation reading, retry hints, embeddings
+shards and their results."""
 
 from __future__ import annotations
+
+import base64
+import struct
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -12,7 +17,9 @@ from gateway.providers.gemini_wire import (
     map_batch_state,
     operation_output,
     parse_operation,
+    result_envelope,
     retry_delay,
+    translate_shard,
 )
 
 
@@ -72,3 +79,34 @@ def test_key_refused_reads_the_error_info_reason() -> None:
     other = {"error": {"code": 400, "status": "INVALID_ARGUMENT", "details": [{**info, "reason": "BAD_REQUEST"}]}}
     assert not key_refused(msgspec.json.encode(other))
     assert not key_refused(b'{"error": {"code": 400}}') and not key_refused(b"not json")
+
+
+def test_an_embeddings_shard_translates_by_each_lines_url_and_notes_who_wants_base64(tmp_path: Path) -> None:
+    def line(custom_id: str, url: str, body: dict[str, object]) -> bytes:
+        return msgspec.json.encode({"custom_id": custom_id, "method": "POST", "url": url, "body": body}) + b"\n"
+
+    shard = tmp_path / "shard.jsonl"
+    shard.write_bytes(
+        line("e1", "/v1/embeddings", {"model": "m", "input": "one", "encoding_format": "base64"})
+        + line("e2", "/v1/embeddings", {"model": "m", "input": ["two"], "dimensions": 4})
+        + line("e3", "/v1/embeddings", {"model": "m", "input": ["a", "b"]})
+    )
+    translated = translate_shard(shard, tmp_path / "requests.jsonl")
+    assert translated.sent == ["e1", "e2"] and [cid for cid, _ in translated.rejected] == ["e3"]
+    assert translated.base64 == {"e1"}
+    requests = [msgspec.json.decode(raw) for raw in (tmp_path / "requests.jsonl").read_bytes().splitlines()]
+    assert requests[1] == {"key": "e2", "request": {"content": {"parts": [{"text": "two"}]}, "outputDimensionality": 4}}
+
+
+def test_an_embedding_result_becomes_an_openai_line_in_float_or_base64_and_an_unusable_one_an_error() -> None:
+    result = {"response": {"embedding": {"values": [0.5, -1.0]}, "tokenCount": 4}, "metadata": {"key": "e1"}}
+    envelope = result_envelope("e1", result, batch_id="batches/b", model="gemini-embedding-001", created=0)
+    body = envelope["response"]["body"]
+    assert envelope["response"]["status_code"] == 200 and envelope["error"] is None
+    assert body["data"][0]["embedding"] == [0.5, -1.0] and body["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
+    packed = result_envelope("e1", result, batch_id="batches/b", model="m", created=0, base64={"e1"})
+    vector = packed["response"]["body"]["data"][0]["embedding"]
+    assert struct.unpack("<2f", base64.b64decode(vector)) == (0.5, -1.0)
+    unusable = result_envelope("e2", {"response": {"embedding": {"values": [1.0]}}}, batch_id="b", model="m", created=0)
+    assert unusable["response"] is None and unusable["error"]["code"] == "invalid_provider_output"
+    assert "tokenCount" in unusable["error"]["message"]

@@ -11,17 +11,20 @@ import httpx
 import msgspec
 import pytest
 
-from gateway.simulator import ProviderSpec, SimulatorCluster, hash_fraction, model_reply
+from gateway.simulator import ProviderSpec, SimulatorCluster, embedding_vector, hash_fraction, model_reply, text_tokens
+from gateway.simulator.openai_protocol import embeddings
 
 KEY = "gm-test-key"
 MODEL = "gemini-2.5-flash"
+EMBED_MODEL = "gemini-embedding-001"
 PREFIX = "type.googleapis.com/google.ai.generativelanguage.v1beta."
+GENERATE, EMBED = "batchGenerateContent", "asyncBatchEmbedContent"
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[SimulatorCluster]:
-    spec = ProviderSpec(name="gem", kind="gemini", models=[MODEL, "gemini-2.5-pro"], api_key=KEY)
-    with SimulatorCluster([spec], control_port=None) as running:
+    spec = ProviderSpec(name="gem", kind="gemini", models=[MODEL, "gemini-2.5-pro", EMBED_MODEL], api_key=KEY)
+    with SimulatorCluster([spec], control_port=0) as running:
         yield running
 
 
@@ -41,6 +44,25 @@ def request(text: str, **config: Any) -> dict[str, Any]:
     if config:
         body["generationConfig"] = config
     return body
+
+
+def embed_request(*texts: str, **fields: Any) -> dict[str, Any]:
+    """An EmbedContentRequest as the SDK sends it (one Content, role included)."""
+    return {"content": {"role": "user", "parts": [{"text": text} for text in texts]}, **fields}
+
+
+def create_embed_inline(http: httpx.Client, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    listed = [{"request": r, "metadata": {"key": f"k{i}"}} for i, r in enumerate(requests)]
+    batch = {"displayName": "vectors", "inputConfig": {"requests": {"requests": listed}}}
+    response = http.post(f"/v1beta/models/{EMBED_MODEL}:{EMBED}", json={"batch": batch})
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def openai_embedding(text: str) -> tuple[list[float], int]:
+    """The vector and prompt tokens the OpenAI emulator's embeddings give for one text."""
+    body = embeddings({"model": "text-embedding-3-small", "input": text}, ["text-embedding-3-small"])
+    return body["data"][0]["embedding"], body["usage"]["prompt_tokens"]
 
 
 def create_inline(http: httpx.Client, requests: list[dict[str, Any]], model: str = MODEL) -> httpx.Response:
@@ -71,10 +93,13 @@ def upload(http: httpx.Client, data: bytes, name: str = "input") -> str:
     return str(done.json()["file"]["name"])
 
 
-def create_file(http: httpx.Client, requests: list[dict[str, Any]]) -> dict[str, Any]:
+def create_file(http: httpx.Client, requests: list[dict[str, Any]], method: str = GENERATE) -> dict[str, Any]:
     lines = b"".join(msgspec.json.encode({"key": f"k{i}", "request": r}) + b"\n" for i, r in enumerate(requests))
-    batch = {"displayName": "from-file", "inputConfig": {"fileName": upload(http, lines)}}
-    response = http.post(f"/v1beta/models/{MODEL}:batchGenerateContent", json={"batch": batch})
+    # Generate batches spell the input camelCase, embeddings batches snake_case as the SDK does.
+    source = {"fileName": upload(http, lines)} if method == GENERATE else {"file_name": upload(http, lines)}
+    batch = {"displayName": "from-file", "inputConfig": source}
+    model = MODEL if method == GENERATE else EMBED_MODEL
+    response = http.post(f"/v1beta/models/{model}:{method}", json={"batch": batch})
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
 
@@ -338,3 +363,148 @@ def test_stall_keeps_the_batch_running(cluster: SimulatorCluster, http: httpx.Cl
     assert operation["metadata"]["batchStats"]["pendingRequestCount"] == "1"
     cluster.set_faults("gem", stall=False)
     assert wait_done(http, name)["metadata"]["state"] == "BATCH_STATE_SUCCEEDED"
+
+
+# --------------------------------------------------------------------------- embeddings batches
+
+
+def test_inline_embeddings_batch_succeeds_with_the_openai_emulators_vectors(http: httpx.Client) -> None:
+    texts = [("first text",), ("a longer second text to embed",), ("split ", "in two parts")]
+    operation = create_embed_inline(http, [embed_request(*t, taskType="RETRIEVAL_DOCUMENT") for t in texts])
+    metadata = operation["metadata"]
+    assert metadata["@type"] == PREFIX + "EmbedContentBatch" and metadata["model"] == f"models/{EMBED_MODEL}"
+    assert metadata["displayName"] == "vectors" and metadata["state"] == "BATCH_STATE_PENDING"
+    assert metadata["batchStats"]["requestCount"] == "3" and operation["done"] is False
+
+    done = wait_done(http, operation["name"])
+    response = done["response"]
+    assert done["metadata"]["state"] == "BATCH_STATE_SUCCEEDED" and "error" not in done
+    assert done["metadata"]["batchStats"]["successfulRequestCount"] == "3"
+    assert response["@type"] == PREFIX + "EmbedContentBatchOutput" and done["metadata"]["output"] == response
+    # The service answers under inlinedResponses; the SDKs rename it inlinedEmbedContentResponses.
+    assert set(response) == {"@type", "inlinedResponses"}
+    items = response["inlinedResponses"]["inlinedResponses"]
+    assert [item["metadata"] for item in items] == [{"key": f"k{i}"} for i in range(3)]
+    for parts, item in zip(texts, items, strict=True):
+        vector, tokens = openai_embedding("".join(parts))
+        assert item["response"] == {"embedding": {"values": vector}, "tokenCount": tokens}
+        assert len(vector) == 8
+
+
+def test_file_embeddings_batch_writes_key_response_lines(http: httpx.Client) -> None:
+    texts = [f"document number {i}" for i in range(5)]
+    operation = create_file(http, [embed_request(t) for t in texts], method=EMBED)
+    assert operation["metadata"]["@type"] == PREFIX + "EmbedContentBatch"
+    assert operation["metadata"]["inputConfig"]["fileName"].startswith("files/")
+    done = wait_done(http, operation["name"])
+    output = done["response"]
+    assert output["@type"] == PREFIX + "EmbedContentBatchOutput" and set(output) == {"@type", "responsesFile"}
+    lines = [msgspec.json.decode(line) for line in download(http, output["responsesFile"])]
+    assert all(set(line) == {"key", "response"} for line in lines)
+    by_key = {line["key"]: line["response"] for line in lines}
+    assert sorted(by_key) == [f"k{i}" for i in range(5)]
+    for i, text in enumerate(texts):
+        expected = {"embedding": {"values": embedding_vector(text)}, "tokenCount": text_tokens(text)}
+        assert by_key[f"k{i}"] == expected
+
+
+def test_embeddings_output_dimensionality_is_honoured(http: httpx.Client) -> None:
+    requests = [
+        embed_request("short", outputDimensionality=3),
+        embed_request("wide", outputDimensionality=300),
+        embed_request("snake", output_dimensionality=16),
+        embed_request("default"),
+    ]
+    done = wait_done(http, create_embed_inline(http, requests)["name"])
+    items = done["response"]["inlinedResponses"]["inlinedResponses"]
+    values = [item["response"]["embedding"]["values"] for item in items]
+    assert [len(v) for v in values] == [3, 300, 16, 8]
+    assert values == [embedding_vector(t, n) for t, n in (("short", 3), ("wide", 300), ("snake", 16), ("default", 8))]
+
+
+def test_bad_embed_requests_get_error_items_while_the_rest_succeed(http: httpx.Client) -> None:
+    bad: list[dict[str, Any]] = [
+        {"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "AA=="}}]}},
+        {"title": "no content at all"},
+        embed_request("x", outputDimensionality=0),
+        embed_request("x", outputDimensionality=-4),
+        embed_request("x", outputDimensionality=1_000_000),
+        embed_request("x", outputDimensionality=True),
+        embed_request("x", taskType="NOT_A_TASK"),
+        embed_request("x", model="models/gemini-2.5-pro"),
+    ]
+    good = [embed_request("fine"), embed_request("also fine", model=f"models/{EMBED_MODEL}")]
+    done = wait_done(http, create_embed_inline(http, [good[0], *bad, good[1]])["name"])
+    assert done["metadata"]["state"] == "BATCH_STATE_SUCCEEDED"
+    stats = done["metadata"]["batchStats"]
+    assert (stats["successfulRequestCount"], stats["failedRequestCount"]) == ("2", str(len(bad)))
+    first, *errors, last = done["response"]["inlinedResponses"]["inlinedResponses"]
+    for item in errors:
+        assert set(item) == {"metadata", "error"} and item["error"]["code"] == 3 and item["error"]["message"]
+    assert first["response"]["tokenCount"] == text_tokens("fine")
+    assert last["response"]["embedding"]["values"] == embedding_vector("also fine")
+
+
+def test_fail_fraction_gives_embed_error_items(cluster: SimulatorCluster, http: httpx.Client) -> None:
+    cluster.set_faults("gem", fail_fraction=0.5)
+    requests = [embed_request(f"text {i}") for i in range(20)]
+    failing = {f"k{i}" for i in range(20) if hash_fraction(f"k{i}") < 0.5}
+    assert 0 < len(failing) < 20
+    inline = wait_done(http, create_embed_inline(http, requests)["name"])
+    items = inline["response"]["inlinedResponses"]["inlinedResponses"]
+    assert {item["metadata"]["key"] for item in items if "error" in item} == failing
+    assert all(item["error"]["code"] == 13 for item in items if "error" in item)
+    assert inline["metadata"]["batchStats"]["failedRequestCount"] == str(len(failing))
+    from_file = wait_done(http, create_file(http, requests, method=EMBED)["name"])
+    lines = [msgspec.json.decode(line) for line in download(http, from_file["response"]["responsesFile"])]
+    assert {line["key"] for line in lines if "error" in line} == failing
+    assert all(set(line) == {"key", "error"} and line["error"]["code"] == 13 for line in lines if "error" in line)
+
+
+def test_embeddings_batches_expire_cancel_and_corrupt_like_generate_batches(
+    cluster: SimulatorCluster, http: httpx.Client
+) -> None:
+    cluster.set_faults("gem", expire=True)
+    expired = wait_done(http, create_embed_inline(http, [embed_request("a"), embed_request("b")])["name"])
+    assert expired["metadata"]["state"] == "BATCH_STATE_EXPIRED" and expired["error"]["code"] == 4
+    assert "response" not in expired and "output" not in expired["metadata"]
+    cluster.set_faults("gem", expire=False, stall=True)
+    stalled = create_embed_inline(http, [embed_request("never embedded")])["name"]
+    assert http.post(f"/v1beta/{stalled}:cancel").json() == {}
+    cancelled = wait_done(http, stalled)
+    assert cancelled["metadata"]["state"] == "BATCH_STATE_CANCELLED" and cancelled["error"]["code"] == 1
+    cluster.set_faults("gem", stall=False, malformed_output_line=True, shuffle_output=False)
+    done = wait_done(http, create_file(http, [embed_request(f"t{i}") for i in range(3)], method=EMBED)["name"])
+    first, *rest = download(http, done["response"]["responsesFile"])
+    with pytest.raises(msgspec.DecodeError):
+        msgspec.json.decode(first)
+    assert [msgspec.json.decode(line)["key"] for line in rest] == ["k1", "k2"]
+
+
+def test_embeddings_job_endpoint_and_invoice(cluster: SimulatorCluster, http: httpx.Client) -> None:
+    texts = ["one", "a somewhat longer text"]
+    embed = wait_done(http, create_embed_inline(http, [embed_request(t) for t in texts])["name"])
+    generate = wait_done(http, create_inline(http, [request("q")]).json()["name"])
+    jobs = cluster.state("gem").jobs
+    assert jobs[embed["name"].removeprefix("batches/")].endpoint == EMBED
+    assert jobs[generate["name"].removeprefix("batches/")].endpoint == GENERATE
+    invoice = httpx.get(f"{cluster.control_url}/providers/gem/invoice", timeout=10).json()
+    billed = {batch["id"]: batch for batch in invoice["batches"]}[embed["name"].removeprefix("batches/")]
+    assert billed["requests_billed"] == 2 and billed["output_tokens"] == 0
+    assert billed["input_tokens"] == sum(text_tokens(t) for t in texts)
+
+
+def test_models_list_names_async_batch_embed_content(http: httpx.Client) -> None:
+    models = http.get("/v1beta/models").json()["models"]
+    assert all(EMBED in model["supportedGenerationMethods"] for model in models)
+    assert f"models/{EMBED_MODEL}" in [model["name"] for model in models]
+
+
+def test_other_methods_stay_not_found(http: httpx.Client) -> None:
+    batch = {"batch": {"inputConfig": {"requests": {"requests": [{"request": embed_request("x")}]}}}}
+    for method in ("batchEmbedContents", "embedContent", "asyncBatchEmbedContents"):
+        google_error(http.post(f"/v1beta/models/{EMBED_MODEL}:{method}", json=batch), 404, "NOT_FOUND")
+    missing = google_error(
+        http.post(f"/v1beta/models/{EMBED_MODEL}:{EMBED}", json={"batch": {}}), 400, "INVALID_ARGUMENT"
+    )
+    assert "AsyncBatchEmbedContentRequest" in missing["message"]

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from gateway.translate import MalformedResult, TranslationError
+from gateway.translate import MalformedResult, TranslationError, vectors_as_base64
 from gateway.translate.bedrock import (
     ANTHROPIC_VERSION,
     CHAT,
@@ -15,7 +15,6 @@ from gateway.translate.bedrock import (
     family_of,
     from_model_output,
     record_error_status,
-    titan_base64,
     to_model_input,
 )
 
@@ -122,7 +121,7 @@ def test_a_titan_answer_becomes_an_embeddings_list_in_float_or_base64() -> None:
     answer = from_model_output(family, {"embedding": [0.5, -1.0], "inputTextTokenCount": 4}, TITAN, 0)
     assert answer["data"] == [{"object": "embedding", "index": 0, "embedding": [0.5, -1.0]}]
     assert answer["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
-    packed = titan_base64(answer)["data"][0]["embedding"]
+    packed = vectors_as_base64(answer, "Titan")["data"][0]["embedding"]
     assert struct.unpack("<2f", base64.b64decode(packed)) == (0.5, -1.0)
 
 
