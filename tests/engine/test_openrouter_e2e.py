@@ -1,11 +1,13 @@
 """An openrouter-kind provider end to end: the official SDK sends OpenAI batches to ``batchgw serve``, which runs
 them as OpenRouter batches on the emulator. The ledger records what OpenRouter billed (its ``usage.cost``), not
 tokens at the catalog's price; a batch above OpenRouter's 5,000 requests is split; a worker killed mid-job leaves
-one OpenRouter batch; a client's cancel, which OpenRouter cannot pass on, keeps what the batch answered."""
+one OpenRouter batch, and one frozen before its create creates none when it wakes; a client's cancel, which
+OpenRouter cannot pass on, keeps what the batch answered."""
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,12 +18,24 @@ import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.conftest import ENGINE_ENV, GatewayProcess
-from tests.engine import CHAT, cancel, collect, query, reset, submit, wait_for, worker_killed_at
+from tests.engine import (
+    CHAT,
+    cancel,
+    collect,
+    query,
+    reset,
+    submit,
+    wait_for,
+    wait_frozen,
+    worker_killed_at,
+    worker_process,
+)
 
 KEY = "sk-or-e2e-7f3a2c9d01"
 MODEL = "meta-llama/llama-3.3-70b-instruct"
 BILLED = (0.11, 0.37)
 """What the emulated OpenRouter bills, USD per million input and output tokens."""
+LEASE_S = 3.0
 CATALOG = {"sync": (0.20, 0.80), "batch": (0.10, 0.40)}
 """The catalog's prices of the offer: what routing estimates with, not what the ledger records."""
 
@@ -176,3 +190,35 @@ def test_a_cancelled_batch_waits_for_openrouter_to_end_and_keeps_its_answers(
     assert job.status == "completed"
     [(cost,)] = query(gateway, "SELECT SUM(cost_usd) FROM ledger WHERE batch_id = :b", b=batch.id)
     assert cost == pytest.approx(openrouter_batch(cluster, job.id)["usage"]["cost"], rel=1e-9)
+
+
+def test_a_worker_frozen_past_its_lease_before_its_create_creates_nothing_when_it_wakes(
+    gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster, database_kind: str
+) -> None:
+    """Frozen just before the create call (SIGSTOP), the worker loses its lease; the live worker submits the
+    shard, and the woken one, asking whether it still holds the shard, creates nothing."""
+    if database_kind != "postgresql":
+        pytest.skip("several workers on one database need PostgreSQL")
+    lease = {"BATCHGW_WORKER__LEASE_S": str(LEASE_S)}
+    api = gateway_factory({**gateway_env, **lease}).start("serve", "--no-worker")
+    client = api.client(api.create_key("freeze"))
+    frozen = worker_process(api, "frozen", BATCHGW_FREEZE_AT="submit.before_provider_create").start("worker")
+    workers = [frozen]
+    try:
+        batch = submit(client, chat_lines(20, "z"))
+        wait_frozen(frozen)
+        workers.append(worker_process(api, "live").start("worker"))
+        time.sleep(LEASE_S * 1.5)  # the frozen worker's lease has expired: the live worker owns its shard now
+        assert frozen.process is not None
+        frozen.process.send_signal(signal.SIGCONT)
+        outcome = collect(client, wait_for(client, batch.id, timeout=120))
+        time.sleep(LEASE_S)  # the woken worker has had time to try its create
+    finally:
+        for worker in workers:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGCONT)
+            worker.stop()
+    assert outcome.batch.status == "completed" and not outcome.errors and len(outcome.output) == 20
+    assert len(cluster.state("openrouter-emu").jobs) == 1, "the shard was created twice at OpenRouter"
+    [(rows, requests)] = query(api, "SELECT COUNT(*), SUM(requests) FROM ledger WHERE batch_id = :b", b=batch.id)
+    assert (rows, requests) == (1, 20)
