@@ -43,11 +43,9 @@ def endpoints_section() -> None:
         events_table(detail.get("recent_events", []))
     with st.expander("Remove an endpoint"):
         doomed = st.selectbox("Endpoint", [e["id"] for e in endpoints], key="webhook_remove_pick")
-        if (
-            st.button("Remove", key="webhook_remove")
-            and doomed
-            and ui.act(lambda: ui.client().delete_webhook_endpoint(doomed), f"Endpoint {doomed} removed") is not None
-        ):
+        if st.button("Remove", key="webhook_remove") and doomed and ui.act(
+            lambda: ui.client().delete_webhook_endpoint(doomed), f"Endpoint {doomed} removed"
+        ) is not None:
             st.rerun()
 
 

@@ -128,8 +128,8 @@ async def _progress(
     now = time.time()
     due = lifecycle.deadline_at(batch)
     ahead_s = context.settings.routing.escalate_before_deadline_s
-    if due is not None and ahead_s > 0 and now >= due - ahead_s and shard.end_reason is None and not halt:
-        await _escalate(context, shard, lease, due - now)
+    behind = due is not None and ahead_s > 0 and now >= due - ahead_s and shard.end_reason is None and not halt
+    if behind and due is not None and await _escalate(context, shard, lease, due - now):
         return
     progressed = status.completed + status.failed != shard.progress_completed + shard.progress_failed
     last_progress = now if progressed else (shard.last_progress_at or shard.submitted_at or now)
@@ -257,21 +257,25 @@ async def _give_up_stalled(context: GatewayContext, shard: Shard, lease: Lease, 
         )
 
 
-async def _escalate(context: GatewayContext, shard: Shard, lease: Lease, left_s: float) -> None:
+async def _escalate(context: GatewayContext, shard: Shard, lease: Lease, left_s: float) -> bool:
     """Cancel a provider batch still running near the batch's deadline: what it finished is kept when it ends,
-    and collection moves the rest to the fastest tier that fits (end reason ``behind``)."""
+    and collection moves the rest to the fastest tier that fits (end reason ``behind``). False when the provider
+    cannot cancel a batch at all: the shard is then polled as usual until its batch ends."""
     assert shard.provider_batch_id
     why = f"still running {max(0.0, left_s):.0f}s before the batch's deadline"
-    log.warning("shard %s: %s at %s; cancelling it to move the rest to a faster tier", shard.id, why, shard.provider)
     try:
         await context.providers.get(shard.provider).cancel(shard.provider_batch_id)
+    except CapabilityNotSupported:
+        return False
     except ProviderError as exc:
         await _poll_later(context, shard, lease, error=f"cancelling at {shard.provider} failed: {exc}")
-        return
+        return True
+    log.warning("shard %s: %s at %s; cancelled it to move the rest to a faster tier", shard.id, why, shard.provider)
     async with transaction(context.sessions) as session:
         await shard_db.save_shard(
             session, shard, lease, end_reason="behind", last_error=why, next_action_at=time.time()
         )
+    return True
 
 
 async def _poll_later(

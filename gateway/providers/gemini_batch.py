@@ -148,7 +148,7 @@ class GeminiBatchAdapter(HttpAdapter):
         )
         shard = await asyncio.to_thread(translate_shard, input_path) if input_path else None
         if shard is not None:
-            envelope = functools.partial(envelope, base64=shard.base64)
+            envelope = functools.partial(envelope, embeddings=shard.embeddings)
         inlined = inlined_responses(output)
         with dest.open("ab") as out:
             for position, item in enumerate(inlined or []):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -206,8 +206,21 @@ class TranslatedShard:
     size: int = 0
     sent: list[str] = field(default_factory=list)
     rejected: list[tuple[str, TranslationError]] = field(default_factory=list)
-    base64: set[str] = field(default_factory=set)
-    """Ids of the embeddings requests that asked for ``encoding_format: base64``."""
+    embeddings: dict[str, EmbeddingAsk] = field(default_factory=dict)
+    """What each embeddings request sent asked for, by id."""
+
+
+@dataclass(frozen=True)
+class EmbeddingAsk:
+    """What reading an embeddings request's answer needs from the request."""
+
+    estimated_tokens: int
+    """The text's bytes / 4, rounded up (the gateway's estimate): the tokens counted if Gemini reports none."""
+    base64: bool = False
+    """The request asked for ``encoding_format: base64``."""
+
+
+BYTES_PER_TOKEN = 4
 
 
 def translate_shard(input_path: Path, dest: Path | None = None) -> TranslatedShard:
@@ -223,8 +236,10 @@ def translate_shard(input_path: Path, dest: Path | None = None) -> TranslatedSha
                 shard.rejected.append((custom_id, request))
                 continue
             shard.sent.append(custom_id)
-            if b'"base64"' in raw and _wants_base64(raw):
-                shard.base64.add(custom_id)
+            if "content" in request:  # an EmbedContentRequest: one text part
+                text = request["content"]["parts"][0]["text"]
+                estimate = -(-len(text.encode()) // BYTES_PER_TOKEN)
+                shard.embeddings[custom_id] = EmbeddingAsk(estimate, b'"base64"' in raw and _wants_base64(raw))
             if out is not None:
                 encoded = encode_line({"key": custom_id, "request": request})
                 out.write(encoded)
@@ -279,18 +294,23 @@ def result_envelope(
     batch_id: str,
     model: str,
     created: int,
-    base64: Collection[str] = (),
+    embeddings: Mapping[str, EmbeddingAsk] | None = None,
 ) -> dict[str, Any]:
-    """The OpenAI output line for one Gemini result ``{"response": ...}`` or ``{"error": Status}``; an
-    embedding answer's vector is base64-encoded when its request (``custom_id`` in ``base64``) asked so."""
+    """The OpenAI output line for one Gemini result ``{"response": ...}`` or ``{"error": Status}``.
+
+    ``embeddings`` (the shard's embeddings requests, when the shard is known) says which answers are
+    embeddings, their vector encoding and token estimate; without it an answer holding ``embedding`` is one."""
     seed = _seed(batch_id, custom_id)
     response, error = result.get("response"), result.get("error")
     request_id = f"req_{seed}"
     unusable = "The provider returned no result."
-    if isinstance(response, Mapping) and "embedding" in response:
+    ask = embeddings.get(custom_id) if embeddings is not None else None
+    embedded = ask is not None if embeddings is not None else isinstance(response, Mapping) and "embedding" in response
+    if isinstance(response, Mapping) and embedded:
         try:
-            status, body = 200, gemini_to_embedding(response, model=model)
-            if custom_id in base64:
+            estimate = ask.estimated_tokens if ask else None
+            status, body = 200, gemini_to_embedding(response, model=model, estimated_tokens=estimate)
+            if ask is not None and ask.base64:
                 body = vectors_as_base64(body, "Gemini")
         except MalformedResult as exc:
             status, unusable = 0, f"The provider's answer cannot be used: {exc}."

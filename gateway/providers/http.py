@@ -270,9 +270,10 @@ class HttpAdapter(ProviderAdapter):
         create: Callable[[], Awaitable[T]],
         find: Callable[[], Awaitable[T | None]] | None,
     ) -> T:
-        """A retried create call that never creates twice: before each retry, ``find`` looks for what
-        the failed try may have created (an answer lost, or a 5xx after the provider committed); a kind
-        that cannot look passes ``None``. Each try first asks ``shard.may_create``."""
+        """A retried create call: before each retry, ``find`` looks for what the failed try may have created
+        (an answer lost, or a 5xx after the provider committed), so a kind that can look never creates twice.
+        A kind that cannot look passes ``None``: a try whose answer was lost may then leave a second batch
+        (billed, its results ignored). Each try first asks ``shard.may_create``."""
         tries = 0
 
         async def attempt() -> T:

@@ -135,14 +135,15 @@ class OpenRouterBatchAdapter(HttpAdapter):
         with dest.open("ab") as out:
             if not provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
                 batch = await self._retrieve(provider_batch_id, results_decoder)
-                if batch.results is None:
-                    raise ProviderUnavailable(
-                        f"provider {self.name}: batch {provider_batch_id} has no results yet ({batch.status})"
-                    )
+                self._check_results(batch, provider_batch_id)
                 found = await asyncio.to_thread(result_lines, batch, provider_batch_id)
                 for position, why in found.skipped:
                     log.warning("provider %s: skipped result %d of batch %s: %s",
                                 self.name, position, provider_batch_id, why)  # fmt: skip
+                if found.unassigned_usd:
+                    log.warning("provider %s: batch %s billed $%.6f but answered nothing successfully; "
+                                "that charge is not in the ledger", self.name, provider_batch_id,
+                                found.unassigned_usd)  # fmt: skip
                 for line in found.lines:
                     out.write(encode_line(line))
             if input_path is not None:
@@ -162,6 +163,23 @@ class OpenRouterBatchAdapter(HttpAdapter):
         return await self._probe((BATCHES, {"limit": 1}))
 
     # ----------------------------------------------------------------- helpers
+
+    def _check_results(self, batch: BatchResults, provider_batch_id: str) -> None:
+        """Raise unless ``batch`` holds its results, or ended without answering anything."""
+        if batch.results is not None:
+            return
+        state = map_batch_status(batch.status)
+        if state is None or not state.is_terminal:
+            raise ProviderUnavailable(
+                f"provider {self.name}: batch {provider_batch_id} has no results yet ({batch.status})"
+            )
+        if state is ProviderBatchState.COMPLETED:
+            # OpenRouter deletes a batch's requests and results 30 days after its creation (or when asked to):
+            # nothing will come back, and waiting would hold the shard forever.
+            raise ProviderRejected(
+                f"provider {self.name}: batch {provider_batch_id} completed but its results are gone (deleted)"
+            )
+        # A failed, expired or cancelled batch without results answered nothing: its requests are unanswered.
 
     def _routing(self) -> dict[str, Any] | None:
         if not self.upstream_providers:

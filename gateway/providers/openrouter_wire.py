@@ -77,13 +77,9 @@ def unsent_requests(shard_path: Path) -> Iterator[tuple[str, TranslationError]]:
 class BatchStatus(msgspec.Struct):
     """A batch object read for its status: ``results`` is skipped, however large."""
 
-    id: Any = None
     status: Any = None
     request_counts: Any = None
     error: Any = None
-    model: Any = None
-    endpoint: Any = None
-    created_at: Any = None
 
 
 class BatchResults(msgspec.Struct):
@@ -110,12 +106,32 @@ class ResultLines:
     lines: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)
     """``(1-based position, why)`` of results that could not be used."""
+    unassigned_usd: float = 0.0
+    """What the batch billed that no answer carries (a batch cost with no successful answer to share it)."""
 
 
 def _number(value: Any) -> float | None:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         return None
     return float(value)
+
+
+def batch_cost(usage: Any) -> float | None:
+    """What OpenRouter billed for a batch: ``usage.cost``, plus, on a BYOK route (``is_byok``, where ``cost`` is
+    only OpenRouter's fee), the upstream provider's charge in ``cost_details.upstream_inference_cost``."""
+    if not isinstance(usage, dict):
+        return None
+    cost = _number(usage.get("cost"))
+    details = usage.get("cost_details")
+    upstream = _number(details.get("upstream_inference_cost")) if isinstance(details, dict) else None
+    if cost is not None and usage.get("is_byok") is True and upstream is not None:
+        cost += upstream
+    return cost
 
 
 def _answer_usage(line: dict[str, Any]) -> tuple[int, float | None] | None:
@@ -134,7 +150,7 @@ def _answer_usage(line: dict[str, Any]) -> tuple[int, float | None] | None:
     return max(tokens, 0), _number(usage.get("cost"))
 
 
-def billed_shares(batch_cost: Any, answers: Sequence[tuple[int, float | None]]) -> list[float] | None:
+def billed_shares(total: float | None, answers: Sequence[tuple[int, float | None]]) -> list[float] | None:
     """What OpenRouter billed for each answer, given the batch's ``usage.cost`` and each answer's
     ``(total tokens, own usage.cost)``; None when neither the batch nor every answer says.
 
@@ -144,7 +160,6 @@ def billed_shares(batch_cost: Any, answers: Sequence[tuple[int, float | None]]) 
     """
     if not answers:
         return []
-    total = _number(batch_cost)
     own = [cost for _, cost in answers]
     if total is None:
         return [cost for cost in own if cost is not None] if all(cost is not None for cost in own) else None
@@ -161,12 +176,17 @@ def result_lines(batch: BatchResults, provider_batch_id: str) -> ResultLines:
     """The batch's results as OpenAI output lines; each successful one carries ``billed_usd``."""
     found = ResultLines()
     answers: list[tuple[int, tuple[int, float | None]]] = []
+    seen: set[str] = set()
     for position, raw in enumerate(batch.results or [], 1):
         try:
             line = normalise_output_line(bytes(raw), provider_batch_id)
         except MalformedResult as exc:
             found.skipped.append((position, str(exc)))
             continue
+        if line["custom_id"] in seen:  # only the first result of an id is used: only it may carry a share
+            found.skipped.append((position, "a second result for the same custom_id"))
+            continue
+        seen.add(line["custom_id"])
         if isinstance(line["error"], dict) and line["error"].get("code") is None:
             # A failed request's error names its kind in ``type`` (server_error, timeout, ...): kept as the code
             # the gateway reads to decide whether another try may succeed.
@@ -177,8 +197,10 @@ def result_lines(batch: BatchResults, provider_batch_id: str) -> ResultLines:
         if answer is not None:
             answers.append((len(found.lines), answer))
         found.lines.append(line)
-    usage = batch.usage if isinstance(batch.usage, dict) else {}
-    shares = billed_shares(usage.get("cost"), [answer for _, answer in answers])
+    total = batch_cost(batch.usage)
+    shares = billed_shares(total, [answer for _, answer in answers])
     for (index, _), share in zip(answers, shares or [], strict=False):
         found.lines[index]["billed_usd"] = share
+    if not answers and total:
+        found.unassigned_usd = total
     return found

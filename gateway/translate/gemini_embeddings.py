@@ -31,14 +31,19 @@ def embedding_to_gemini(body: Mapping[str, Any]) -> dict[str, Any]:
     return request
 
 
-def gemini_to_embedding(response: Mapping[str, Any], *, model: str) -> dict[str, Any]:
-    """The OpenAI embeddings list of one ``SingleEmbedContentResponse``; raises :class:`MalformedResult` for an
-    answer without a vector or a token count (the gateway could neither answer nor price it)."""
+def gemini_to_embedding(
+    response: Mapping[str, Any], *, model: str, estimated_tokens: int | None = None
+) -> dict[str, Any]:
+    """The OpenAI embeddings list of one ``SingleEmbedContentResponse``, its ``usage`` Gemini's ``tokenCount``
+    (``estimated_tokens`` when Gemini reports none: the answer is kept, since it was paid for). Raises
+    :class:`MalformedResult` for an answer without a vector, or without a token count when there is no estimate."""
     embedding = response.get("embedding")
     values = embedding.get("values") if isinstance(embedding, Mapping) else None
     tokens = response.get("tokenCount")
     if isinstance(tokens, str) and tokens.isdigit():  # int64 fields may come as strings in Google's JSON
         tokens = int(tokens)
+    if tokens is None:
+        tokens = estimated_tokens
     if not isinstance(values, list) or isinstance(tokens, bool) or not isinstance(tokens, int):
         raise MalformedResult("Gemini embedding answer without embedding.values or tokenCount")
     data = {"object": "embedding", "index": 0, "embedding": values}

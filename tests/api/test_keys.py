@@ -86,7 +86,9 @@ def test_a_bad_expiry_is_a_400_naming_it(gateway: GatewayProcess, expires_at: ob
     assert_error(admin(gateway, "POST", "", {"team": "acme", "expires_at": expires_at}), 400, param="expires_at")
 
 
-def test_a_revocation_holds_on_every_api_process_of_the_database(gateway: GatewayProcess, database_kind: str) -> None:
+def test_a_revocation_holds_on_every_api_process_of_the_database(
+    gateway: GatewayProcess, database_kind: str
+) -> None:
     if database_kind != "postgresql":
         pytest.skip("several API processes on one database need PostgreSQL")
     first = gateway
@@ -99,3 +101,4 @@ def test_a_revocation_holds_on_every_api_process_of_the_database(gateway: Gatewa
         assert refused(replica).code == "api_key_revoked"
     finally:
         second.stop()
+

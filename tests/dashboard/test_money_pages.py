@@ -28,7 +28,9 @@ class Held:
 
 
 @pytest.fixture(scope="module")
-def held(gateway_factory: Any, simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Held]:
+def held(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Held]:
     """A gateway where a 40-request job's default canary projects 10x its estimate (held), and a finished job."""
     reset(simulator, "fast")
     providers = {"fastp": {"emulator": "fast", "models": {"gpt-4o-mini": "gpt-4o-mini"}}}
@@ -68,7 +70,9 @@ def test_a_held_job_shows_why_and_is_released_from_its_page(held: Held, monkeypa
         time.sleep(0.2)
 
 
-def test_the_advisor_estimates_a_jobs_input_with_a_recommendation(held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_advisor_estimates_a_jobs_input_with_a_recommendation(
+    held: Held, monkeypatch: pytest.MonkeyPatch
+) -> None:
     at = run_page(app_test(monkeypatch, held.gateway.base_url), "views/advisor.py")
     file_id = held.admin.batch(held.done_id)["input_file_id"]
     at.text_input(key="advisor_file").set_value(file_id).run()

@@ -222,3 +222,28 @@ def test_a_worker_frozen_past_its_lease_before_its_create_creates_nothing_when_i
     assert len(cluster.state("openrouter-emu").jobs) == 1, "the shard was created twice at OpenRouter"
     [(rows, requests)] = query(api, "SELECT COUNT(*), SUM(requests) FROM ledger WHERE batch_id = :b", b=batch.id)
     assert (rows, requests) == (1, 20)
+
+
+def test_a_batch_behind_its_deadline_is_polled_to_its_end_as_openrouter_cannot_cancel(
+    gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster
+) -> None:
+    """Every batch here is already within the escalation margin of its deadline: the gateway would cancel its
+    provider batch and move the rest, but OpenRouter has no cancel, so the shard is simply polled to its end."""
+    gateway = gateway_factory({**gateway_env, "BATCHGW_ROUTING__ESCALATE_BEFORE_DEADLINE_S": "86400"}).start()
+    client = gateway.client(gateway.create_key("deadline"))
+    lines = "".join(json.dumps(line) + "\n" for line in chat_lines(10, "d"))
+    file = client.files.create(file=("input.jsonl", lines.encode()), purpose="batch")
+    created = client.batches.create(
+        input_file_id=file.id,
+        endpoint=CHAT,
+        completion_window="24h",
+        metadata={"policy": "cheapest", "deadline": "2h"},
+    )
+    outcome = collect(client, wait_for(client, created.id, timeout=90))
+    assert outcome.batch.status == "completed" and not outcome.errors and len(outcome.output) == 10
+    [(end_reason, last_error)] = query(
+        gateway, "SELECT end_reason, last_error FROM shards WHERE batch_id = :b", b=created.id
+    )
+    assert end_reason == "completed" and last_error is None
+    assert [job.status for job in cluster.state("openrouter-emu").jobs.values()] == ["completed"]
+    assert "cancelling at openrouter failed" not in gateway.log()  # no cancel tried and failed on every poll

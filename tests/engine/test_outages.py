@@ -224,3 +224,5 @@ def test_with_every_provider_down_nothing_moves_and_the_job_finishes_where_it_wa
     assert not batch_creates(emulator_log(simulator, "fast")), "work moved although nowhere else was up"
     assert not admin_call(gateway, "GET", f"/batches/{batch.id}")["abandoned_provider_batches"]
     assert len(batch_creates(emulator_log(simulator, "steady"))) == REQUESTS // PER_SHARD
+
+

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.providers.base import ProviderBatchState
 from gateway.providers.gemini_wire import (
+    EmbeddingAsk,
     inlined_responses,
     key_refused,
     map_batch_state,
@@ -93,7 +94,7 @@ def test_an_embeddings_shard_translates_by_each_lines_url_and_notes_who_wants_ba
     )
     translated = translate_shard(shard, tmp_path / "requests.jsonl")
     assert translated.sent == ["e1", "e2"] and [cid for cid, _ in translated.rejected] == ["e3"]
-    assert translated.base64 == {"e1"}
+    assert translated.embeddings == {"e1": EmbeddingAsk(1, base64=True), "e2": EmbeddingAsk(1)}  # 3 bytes: 1 token
     requests = [msgspec.json.decode(raw) for raw in (tmp_path / "requests.jsonl").read_bytes().splitlines()]
     assert requests[1] == {"key": "e2", "request": {"content": {"parts": [{"text": "two"}]}, "outputDimensionality": 4}}
 
@@ -104,9 +105,18 @@ def test_an_embedding_result_becomes_an_openai_line_in_float_or_base64_and_an_un
     body = envelope["response"]["body"]
     assert envelope["response"]["status_code"] == 200 and envelope["error"] is None
     assert body["data"][0]["embedding"] == [0.5, -1.0] and body["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
-    packed = result_envelope("e1", result, batch_id="batches/b", model="m", created=0, base64={"e1"})
+    asks = {"e1": EmbeddingAsk(9, base64=True), "e2": EmbeddingAsk(7)}
+    packed = result_envelope("e1", result, batch_id="batches/b", model="m", created=0, embeddings=asks)
     vector = packed["response"]["body"]["data"][0]["embedding"]
     assert struct.unpack("<2f", base64.b64decode(vector)) == (0.5, -1.0)
     unusable = result_envelope("e2", {"response": {"embedding": {"values": [1.0]}}}, batch_id="b", model="m", created=0)
     assert unusable["response"] is None and unusable["error"]["code"] == "invalid_provider_output"
     assert "tokenCount" in unusable["error"]["message"]
+    # With the shard known: an answer without tokenCount is kept at the estimate, one without a vector is no
+    # chat answer but an error.
+    estimated = result_envelope(
+        "e2", {"response": {"embedding": {"values": [1.0]}}}, batch_id="b", model="m", created=0, embeddings=asks
+    )
+    assert estimated["response"]["body"]["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    empty = result_envelope("e2", {"response": {"tokenCount": 3}}, batch_id="b", model="m", created=0, embeddings=asks)
+    assert empty["response"] is None and empty["error"]["code"] == "invalid_provider_output"

@@ -99,6 +99,11 @@ async def test_the_create_body_names_endpoint_and_model_first_and_pins_the_upstr
     job = cluster.state("openrouter").jobs[submitted.provider_batch_id]
     assert job.endpoint == "/v1/chat/completions" and job.model == MODEL and len(job.items) == 3
     assert (await wait_terminal(adapter, submitted.provider_batch_id)).state is ProviderBatchState.COMPLETED
+    batch = httpx.get(
+        f"{cluster.base_url('openrouter')}/batches/{submitted.provider_batch_id}",
+        headers={"Authorization": f"Bearer {KEY}"},
+    ).json()
+    assert batch["provider"] == "deepinfra"  # the batch ran where the pin said
 
 
 async def test_embeddings_round_trip(cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path) -> None:
@@ -137,6 +142,9 @@ async def test_a_batch_that_fails_validation_after_the_202_reports_why(
     final = await wait_terminal(adapter, submitted.provider_batch_id)
     assert final.state is ProviderBatchState.FAILED
     assert final.error is not None and "req-001" in final.error
+    dest = tmp_path / "out.jsonl"
+    await adapter.fetch_results(submitted.provider_batch_id, dest)  # ended without answers: nothing, no error
+    assert dest.read_bytes() == b""
 
 
 async def test_a_wrong_key_is_an_auth_failure_naming_the_variable(

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.providers.openrouter_wire import (
     BatchResults,
+    batch_cost,
     billed_shares,
     result_lines,
     results_decoder,
@@ -44,7 +45,6 @@ def test_the_batch_cost_is_shared_by_each_answers_own_cost_else_by_tokens_else_e
     assert billed_shares(0.04, [(0, None), (0, None)]) == pytest.approx([0.02, 0.02])
     assert billed_shares(None, [(10, 0.001), (20, 0.002)]) == pytest.approx([0.001, 0.002])
     assert billed_shares(None, [(10, 0.001), (20, None)]) is None  # nothing says what all of them cost
-    assert billed_shares("n/a", [(10, None)]) is None
     assert billed_shares(0.5, []) == []
 
 
@@ -68,3 +68,23 @@ def test_result_lines_carry_their_share_of_usage_cost_and_failed_requests_carry_
     assert [line.get("billed_usd") for line in found.lines] == pytest.approx([0.0004, None, 0.0006])
     assert found.lines[1]["error"] == {"code": "timeout", "message": "timed out"}  # the retry rule reads the code
     assert [position for position, _ in found.skipped] == [3]
+
+
+def test_the_batch_cost_is_usage_cost_plus_the_upstream_charge_on_byok_routes() -> None:
+    assert batch_cost({"cost": 0.25, "is_byok": False}) == 0.25
+    assert batch_cost({"cost": "0.25"}) == 0.25  # a number written as a string is still the charge
+    byok = {"cost": 0.01, "is_byok": True, "cost_details": {"upstream_inference_cost": 0.5}}
+    assert batch_cost(byok) == pytest.approx(0.51)  # OpenRouter's fee plus what the upstream provider billed
+    assert batch_cost({"cost": None}) is None and batch_cost(None) is None and batch_cost({"cost": "n/a"}) is None
+
+
+def test_a_repeated_custom_id_is_used_once_and_a_cost_nothing_answered_is_reported() -> None:
+    ok = {"status_code": 200, "body": {"usage": {"prompt_tokens": 5, "completion_tokens": 5, "cost": 0.002}}}
+    results = [{"custom_id": "a", "response": ok}, {"custom_id": "a", "response": ok}]
+    batch = results_decoder.decode(msgspec.json.encode({"results": results, "usage": {"cost": 0.002}}))
+    found = result_lines(batch, "batch_1")
+    assert [line["custom_id"] for line in found.lines] == ["a"] and found.lines[0]["billed_usd"] == 0.002
+    assert [position for position, _ in found.skipped] == [2]
+    failed = [{"custom_id": "b", "response": None, "error": {"message": "no", "type": "server_error"}}]
+    batch = results_decoder.decode(msgspec.json.encode({"results": failed, "usage": {"cost": 0.003}}))
+    assert result_lines(batch, "batch_1").unassigned_usd == 0.003
