@@ -40,7 +40,6 @@ from gateway.providers.anthropic_wire import (
     CHAT,
     MAX_BODY_BYTES,
     MAX_REQUESTS,
-    CreateBody,
     ShardIndex,
     error_detail,
     parse_batch,
@@ -61,7 +60,7 @@ from gateway.providers.base import (
     UnsupportedEndpoint,
     unix_time,
 )
-from gateway.providers.http import HttpAdapter, file_chunks
+from gateway.providers.http import HttpAdapter
 from gateway.providers.jsonl import encode_line
 from gateway.translate.anthropic import DEFAULT_MAX_TOKENS, MalformedResult
 
@@ -94,19 +93,10 @@ class AnthropicBatchAdapter(HttpAdapter):
             raise UnsupportedEndpoint(f"provider {self.name}: Anthropic batches serve only {CHAT}", status_code=400)
         with tempfile.NamedTemporaryFile(prefix="batchgw-anthropic-", suffix=".json") as out:
             body = await asyncio.to_thread(write_create_body, shard.input_path, out, self.default_max_tokens)
-            if body.count == 0:
-                return SubmitResult(provider_batch_id=LOCAL_BATCH_PREFIX + shard.submit_token)
-            if body.count > MAX_REQUESTS or body.size > MAX_BODY_BYTES:
-                raise ProviderRejected(
-                    f"provider {self.name}: the shard translates to {body.count} requests and {body.size} bytes; "
-                    f"a Message Batch holds at most {MAX_REQUESTS} requests and {MAX_BODY_BYTES} bytes",
-                    status_code=413,
-                )
-            # No tag can be read back from a Message Batch (module docstring): a retry cannot look first.
-            batch = await self._create_once(shard, lambda: self._create(body), None)
-        batch_id = self._batch_id(batch)
-        self._created.remember(shard.submit_token, batch_id)
-        return SubmitResult(provider_batch_id=batch_id)
+            caps = (MAX_REQUESTS, MAX_BODY_BYTES)
+            return await self._create_inline(
+                shard, body, path=BATCHES, caps=caps, batch="a Message Batch", created=self._created
+            )
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
         """The batch created for ``submit_token`` if this process saw its create answered (module docstring)."""
@@ -184,20 +174,6 @@ class AnthropicBatchAdapter(HttpAdapter):
         if not isinstance(batch, dict):
             raise ProviderUnavailable(f"provider {self.name}: GET {BATCHES}/{{id}} answered no batch object")
         return batch
-
-    async def _create(self, body: CreateBody) -> dict[str, Any]:
-        # An explicit Content-Length keeps httpx from chunking the streamed body.
-        headers = {"Content-Type": "application/json", "Content-Length": str(body.size)}
-        batch = await self._send_json("POST", BATCHES, content=file_chunks(body.path), headers=headers)
-        if not isinstance(batch, dict):
-            raise ProviderUnavailable(f"provider {self.name}: POST {BATCHES} answered no batch object")
-        return batch
-
-    def _batch_id(self, batch: dict[str, Any]) -> str:
-        batch_id = batch.get("id")
-        if not isinstance(batch_id, str) or not batch_id:
-            raise ProviderUnavailable(f"provider {self.name}: POST {BATCHES} answered a batch without an id")
-        return batch_id
 
     def _results_url(self, batch: dict[str, Any], provider_batch_id: str) -> str:
         url = batch.get("results_url")

@@ -19,6 +19,7 @@ import msgspec
 
 from gateway.providers.base import PollResult, ProviderBatchState
 from gateway.providers.error_text import error_message_from_body
+from gateway.providers.http import CreateBody
 from gateway.providers.jsonl import iter_lines
 from gateway.translate import TranslationError
 from gateway.translate.anthropic import (
@@ -70,15 +71,6 @@ def iter_shard(path: Path, default_max_tokens: int) -> Iterator[tuple[str, dict[
             yield line.custom_id, chat_to_messages(line.body, default_max_tokens=default_max_tokens)
         except TranslationError as err:
             yield line.custom_id, err
-
-
-@dataclass(frozen=True)
-class CreateBody:
-    """A create call's JSON body, written to a temporary file."""
-
-    path: Path
-    size: int
-    count: int
 
 
 def write_create_body(shard_path: Path, out: IO[bytes], default_max_tokens: int) -> CreateBody:

@@ -34,6 +34,8 @@ import msgspec
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from gateway.providers.base import (
+    LOCAL_BATCH_PREFIX,
+    CreatesAnsweredHere,
     HealthReport,
     PollResult,
     ProviderAdapter,
@@ -43,6 +45,7 @@ from gateway.providers.base import (
     ProviderRejected,
     ProviderUnavailable,
     ShardSubmission,
+    SubmitResult,
     SubmitWithdrawn,
 )
 from gateway.providers.error_text import error_message_from_body, sanitise, shorten
@@ -96,6 +99,16 @@ class Multipart:
     filename: str
     content_type: str
     fields: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CreateBody:
+    """A create call's JSON body holding a batch's requests inline, written to a temporary file."""
+
+    path: Path
+    size: int
+    count: int
+    """Requests in the body."""
 
 
 async def file_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
@@ -286,6 +299,44 @@ class HttpAdapter(ProviderAdapter):
             return await create()
 
         return await self._retrying(attempt)
+
+    async def _create_inline(
+        self,
+        shard: ShardSubmission,
+        body: CreateBody,
+        *,
+        path: str,
+        caps: tuple[int, int],
+        batch: str,
+        created: CreatesAnsweredHere,
+    ) -> SubmitResult:
+        """Create one batch whose requests travel inline in ``body`` (``POST path``, streamed from its file), for
+        kinds whose batches carry no tag to be found by (see :class:`CreatesAnsweredHere`, which notes the id).
+
+        A body without requests (every one failed translation) creates nothing; one over ``caps`` (requests,
+        bytes; ``batch`` names such a batch in the message) is refused with a 413 before any call."""
+        if body.count == 0:
+            return SubmitResult(provider_batch_id=LOCAL_BATCH_PREFIX + shard.submit_token)
+        if body.count > caps[0] or body.size > caps[1]:
+            raise ProviderRejected(
+                f"provider {self.name}: the shard makes {body.count} requests and {body.size} bytes; "
+                f"{batch} holds at most {caps[0]} requests and {caps[1]} bytes",
+                status_code=413,
+            )
+
+        async def create() -> str:
+            # An explicit Content-Length keeps httpx from chunking the streamed body.
+            headers = {"Content-Type": "application/json", "Content-Length": str(body.size)}
+            answer = await self._send_json("POST", path, content=file_chunks(body.path), headers=headers)
+            batch_id = answer.get("id") if isinstance(answer, dict) else None
+            if not isinstance(batch_id, str) or not batch_id:
+                raise ProviderUnavailable(f"provider {self.name}: POST {path} answered a batch without an id")
+            return batch_id
+
+        # Nothing of such a batch can be read back to find it: a retry cannot look first.
+        batch_id = await self._create_once(shard, create, None)
+        created.remember(shard.submit_token, batch_id)
+        return SubmitResult(provider_batch_id=batch_id)
 
     def _output_line(self, line: bytes, number: int, file_id: str, provider_batch_id: str) -> Mapping[str, Any] | None:
         """A result-file line in OpenAI's output envelope, normalised; None (and a warning) if unusable."""

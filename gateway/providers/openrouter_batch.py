@@ -42,7 +42,7 @@ from gateway.providers.base import (
     SubmitResult,
     UnsupportedEndpoint,
 )
-from gateway.providers.http import HttpAdapter, file_chunks
+from gateway.providers.http import HttpAdapter
 from gateway.providers.jsonl import encode_line
 from gateway.providers.openai_wire import batch_error_summary, map_batch_status, parse_request_counts, rejected_line
 from gateway.providers.openrouter_wire import (
@@ -54,7 +54,6 @@ from gateway.providers.openrouter_wire import (
     MAX_REQUESTS,
     BatchResults,
     BatchStatus,
-    CreateBody,
     result_lines,
     results_decoder,
     status_decoder,
@@ -93,18 +92,10 @@ class OpenRouterBatchAdapter(HttpAdapter):
             body = await asyncio.to_thread(
                 write_create_body, shard.input_path, out, shard.endpoint, shard.provider_model, self._routing()
             )
-            if body.count == 0:
-                return SubmitResult(provider_batch_id=LOCAL_BATCH_PREFIX + shard.submit_token)
-            if body.count > MAX_REQUESTS or body.size > MAX_BODY_BYTES:
-                raise ProviderRejected(
-                    f"provider {self.name}: the shard makes {body.count} requests and {body.size} bytes; "
-                    f"an OpenRouter batch holds at most {MAX_REQUESTS} requests and {MAX_BODY_BYTES} bytes",
-                    status_code=413,
-                )
-            # Nothing of a batch can be read back to find it (module docstring): a retry cannot look first.
-            batch = await self._create_once(shard, lambda: self._create(body), None)
-        self._created.remember(shard.submit_token, batch)
-        return SubmitResult(provider_batch_id=batch)
+            caps = (MAX_REQUESTS, MAX_BODY_BYTES)
+            return await self._create_inline(
+                shard, body, path=BATCHES, caps=caps, batch="an OpenRouter batch", created=self._created
+            )
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
         """The batch created for ``submit_token`` if this process saw its create answered (module docstring)."""
@@ -185,15 +176,6 @@ class OpenRouterBatchAdapter(HttpAdapter):
         if not self.upstream_providers:
             return None
         return {"only": list(self.upstream_providers), "allow_fallbacks": False}
-
-    async def _create(self, body: CreateBody) -> str:
-        # An explicit Content-Length keeps httpx from chunking the streamed body.
-        headers = {"Content-Type": "application/json", "Content-Length": str(body.size)}
-        batch = await self._send_json("POST", BATCHES, content=file_chunks(body.path), headers=headers)
-        batch_id = batch.get("id") if isinstance(batch, dict) else None
-        if not isinstance(batch_id, str) or not batch_id:
-            raise ProviderUnavailable(f"provider {self.name}: POST {BATCHES} answered a batch without an id")
-        return batch_id
 
     async def _retrieve(self, provider_batch_id: str, decoder: msgspec.json.Decoder[S]) -> S:
         path = f"{BATCHES}/{quote(provider_batch_id, safe='')}"

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import msgspec
 
+from gateway.providers.http import CreateBody
 from gateway.providers.jsonl import iter_requests
 from gateway.providers.openai_wire import normalise_output_line
 from gateway.translate import MalformedResult, TranslationError
@@ -35,15 +36,6 @@ MAX_BODY_BYTES = 200 * 1000 * 1000
 """OpenRouter's caps per batch: 5,000 requests and "200 MB" (read as decimal megabytes, the smaller reading)."""
 COMPLETION_WINDOW = "24h"
 """The only window OpenRouter accepts."""
-
-
-@dataclass(frozen=True)
-class CreateBody:
-    """A create call's JSON body, written to a temporary file."""
-
-    path: Path
-    size: int
-    count: int
 
 
 def write_create_body(
