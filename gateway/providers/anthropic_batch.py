@@ -72,13 +72,29 @@ _CANCEL_REFUSED_STATUS = frozenset({400, 409})
 
 
 @dataclass
-class AnthropicBatchAdapter(HttpAdapter):
+class AnthropicHttpAdapter(HttpAdapter):
+    """Anthropic's ways on the HTTP base, shared by its batch and synchronous kinds: the key in ``x-api-key``
+    with the ``anthropic-version`` header, and error types in error messages."""
+
+    api_version: str = API_VERSION
+
+    def _auth_headers(self) -> dict[str, str]:
+        headers = {"anthropic-version": self.api_version}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        return headers
+
+    def _error_detail(self, response: httpx.Response) -> str:
+        return error_detail(response.content)
+
+
+@dataclass
+class AnthropicBatchAdapter(AnthropicHttpAdapter):
     """A provider reached through Anthropic's ``/v1/messages/batches`` endpoints."""
 
     kind: ClassVar[str] = "anthropic"
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     """``max_tokens`` for requests that set neither ``max_tokens`` nor ``max_completion_tokens``."""
-    api_version: str = API_VERSION
     _created: CreatesAnsweredHere = field(default_factory=CreatesAnsweredHere, init=False, repr=False)
 
     # ----------------------------------------------------------------- adapter contract
@@ -155,17 +171,6 @@ class AnthropicBatchAdapter(HttpAdapter):
     async def health(self) -> HealthReport:
         """``GET /v1/messages/batches?limit=1``, without retries."""
         return await self._probe((BATCHES, {"limit": 1}))
-
-    # ----------------------------------------------------------------- hooks of the HTTP base
-
-    def _auth_headers(self) -> dict[str, str]:
-        headers = {"anthropic-version": self.api_version}
-        if self.api_key:
-            headers["x-api-key"] = self.api_key
-        return headers
-
-    def _error_detail(self, response: httpx.Response) -> str:
-        return error_detail(response.content)
 
     # ----------------------------------------------------------------- helpers
 

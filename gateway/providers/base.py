@@ -236,6 +236,9 @@ class ProviderAdapter(abc.ABC):
 
     kind: ClassVar[str]
     executes_locally: ClassVar[bool] = False
+    service_tiers: ClassVar[frozenset[str]] = frozenset()
+    """Service tiers besides the standard one this kind can ask its provider for (``flex``, ``priority``): a
+    catalog price for another tier makes no offer on it. Only kinds that execute locally have tiers."""
     DEFAULT_MIN_REQUESTS: ClassVar[int] = 1
     """Fewest requests a batch of this kind may hold when ``limits.min_requests_per_batch`` is unset."""
     config: ProviderConfig

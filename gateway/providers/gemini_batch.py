@@ -72,7 +72,30 @@ INLINE_LIMIT_BYTES = 20 * 1024**2 - 64 * 1024
 
 
 @dataclass
-class GeminiBatchAdapter(HttpAdapter):
+class GeminiHttpAdapter(HttpAdapter):
+    """The Gemini API's ways on the HTTP base, shared by its batch and synchronous kinds: the key in
+    ``x-goog-api-key``, ``base_url`` with or without ``/v1beta``, a 400 for an invalid key, ``RetryInfo``."""
+
+    def _url(self, path: str) -> str:
+        if "://" in path:
+            return super()._url(path)
+        return f"{self.config.base_url.removesuffix(API)}{path}"
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self.api_key} if self.api_key else {}
+
+    def _error_class(self, response: httpx.Response) -> type[ProviderError]:
+        if response.status_code == 400 and key_refused(response.content):
+            return ProviderAuthFailed
+        return super()._error_class(response)
+
+    def _retry_hint(self, response: httpx.Response) -> float | None:
+        delay = retry_delay(response.content)
+        return super()._retry_hint(response) if delay is None else delay
+
+
+@dataclass
+class GeminiBatchAdapter(GeminiHttpAdapter):
     """A provider reached through the Gemini API's batch mode (``base_url`` without ``/v1beta``)."""
 
     kind: ClassVar[str] = "gemini"
@@ -178,25 +201,6 @@ class GeminiBatchAdapter(HttpAdapter):
     async def health(self) -> HealthReport:
         """``GET /v1beta/models?pageSize=1`` (the batches list where models is absent), without retries."""
         return await self._probe((f"{API}/models", {"pageSize": 1}), (f"{API}/batches", {"pageSize": 1}))
-
-    # ----------------------------------------------------------------- hooks of the HTTP base
-
-    def _url(self, path: str) -> str:
-        if "://" in path:
-            return super()._url(path)
-        return f"{self.config.base_url.removesuffix(API)}{path}"
-
-    def _auth_headers(self) -> dict[str, str]:
-        return {"x-goog-api-key": self.api_key} if self.api_key else {}
-
-    def _error_class(self, response: httpx.Response) -> type[ProviderError]:
-        if response.status_code == 400 and key_refused(response.content):
-            return ProviderAuthFailed
-        return super()._error_class(response)
-
-    def _retry_hint(self, response: httpx.Response) -> float | None:
-        delay = retry_delay(response.content)
-        return super()._retry_hint(response) if delay is None else delay
 
     # ----------------------------------------------------------------- helpers
 

@@ -12,10 +12,12 @@ from collections.abc import Iterable, Iterator, Mapping
 import httpx
 
 from gateway.providers.anthropic_batch import AnthropicBatchAdapter
+from gateway.providers.anthropic_sync import AnthropicSyncAdapter
 from gateway.providers.base import ProviderAdapter
 from gateway.providers.bedrock_batch import BedrockBatchAdapter
 from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_batch import GeminiBatchAdapter
+from gateway.providers.gemini_sync import GeminiSyncAdapter
 from gateway.providers.mistral_batch import MistralBatchAdapter
 from gateway.providers.openai_batch import OpenAIBatchAdapter
 from gateway.providers.openai_sync import OpenAISyncAdapter
@@ -29,6 +31,8 @@ ADAPTER_KINDS: dict[str, type[ProviderAdapter]] = {
     MistralBatchAdapter.kind: MistralBatchAdapter,
     BedrockBatchAdapter.kind: BedrockBatchAdapter,
     OpenRouterBatchAdapter.kind: OpenRouterBatchAdapter,
+    GeminiSyncAdapter.kind: GeminiSyncAdapter,
+    AnthropicSyncAdapter.kind: AnthropicSyncAdapter,
 }
 """Adapter class by the ``kind`` a provider's configuration names."""
 

@@ -5,7 +5,7 @@ policy :class:`~router_policies.base.Offer`: the provider's mode follows its ada
 batch, or synchronous fan-out for ``openai_sync``), and its prices come from the catalog offer of the
 same logical model sold by ``catalog_provider`` (default: the provider's own name). A synchronous
 provider whose catalog offer prices the ``flex`` or ``priority`` service tier gets one more offer per
-tier, at that tier's prices. A provider that serves a model the catalog does not price is still
+tier its kind can ask for (``service_tiers`` of the adapter), at that tier's prices. A provider that serves a model the catalog does not price is still
 routable, at a price of zero, and is reported as unpriced (it never wins on price by accident of a
 missing entry: see :meth:`OfferBook.unpriced`).
 
@@ -75,6 +75,8 @@ class OfferBook:
                 offer = _offer(adapter.name, logical, provider_model, mode, entry)
                 self._offers.setdefault(logical, []).append(PricedOffer(offer, entry))
                 for tier, (rate_in, rate_out) in entry.tier_rates().items() if entry and mode == "sync" else ():
+                    if tier not in adapter.service_tiers:
+                        continue  # priced, but this kind cannot ask its provider for it (Anthropic has no flex)
                     # A tier's prices are flat: the standard offer's off-peak windows are not its own.
                     tiered = replace(
                         offer, input_per_mtok=rate_in, output_per_mtok=rate_out, price_windows=(), tier=tier

@@ -4,7 +4,8 @@ that runs a batch's requests and writes its results file.
 Requests arrive inline in the create call; ``custom_id``s are checked at once (400), the ``params`` of each
 request only while the batch runs (an invalid one becomes an ``errored`` result). The deterministic model of
 :mod:`gateway.simulator.model` answers, so the same conversation gets the same text and token counts as from
-the OpenAI protocol. The HTTP routes and the batch objects live in :mod:`gateway.simulator.anthropic_routes`.
+the OpenAI protocol. The HTTP routes and the batch objects live in :mod:`gateway.simulator.anthropic_routes`;
+the synchronous ``/v1/messages`` in :mod:`gateway.simulator.anthropic_sync`.
 """
 
 from __future__ import annotations
@@ -197,8 +198,10 @@ class AnthropicDriver:
 
     def route_handlers(self) -> list[Any]:
         from gateway.simulator.anthropic_routes import MessageBatchesController, require_version
+        from gateway.simulator.anthropic_sync import create_message
 
-        return [Router(path=BATCHES, route_handlers=[MessageBatchesController], before_request=require_version)]
+        batches = Router(path=BATCHES, route_handlers=[MessageBatchesController], before_request=require_version)
+        return [batches, create_message]
 
     def error_body(self, err: ApiError) -> dict[str, Any]:
         return error_response(err)

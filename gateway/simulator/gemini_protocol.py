@@ -222,7 +222,7 @@ class GeminiDriver:
         self.file_api = FileApi()
 
     def route_handlers(self) -> list[Any]:
-        return [create_batch, list_models, list_batches, get_batch, batch_action, delete_batch, *FILE_ROUTES]
+        return [model_method, list_models, list_batches, get_batch, batch_action, delete_batch, *FILE_ROUTES]
 
     def error_body(self, err: ApiError) -> dict[str, Any]:
         status = err.code if err.code in GOOGLE_STATUS_HTTP else None
@@ -330,14 +330,24 @@ def _job(request: Req, name: str) -> Job:
 
 
 @post("/v1beta/models/{name:str}", status_code=200)
-async def create_batch(request: Req) -> dict[str, Any]:
+async def model_method(request: Req) -> Any:
+    """``models/{model}:{method}``: a batch create, or the synchronous ``generateContent``."""
+    from gateway.simulator.gemini_sync import GENERATE, generate
+
     name = request.path_params["name"]
     emu = emulator_of(request)
     model, _, method = name.rpartition(":")
-    if method not in CREATE_REQUESTS:
+    if method not in (*CREATE_REQUESTS, GENERATE):
         raise invalid(f"Method {method!r} is not served here.", "NOT_FOUND")
     if model not in emu.models:
         raise invalid(f"models/{model} is not found for API version v1beta.", "NOT_FOUND")
+    if method == GENERATE:
+        return await generate(request, model)
+    return await _create_batch(request, model, method)
+
+
+async def _create_batch(request: Req, model: str, method: str) -> dict[str, Any]:
+    emu = emulator_of(request)
     if int(request.headers.get("content-length") or 0) > INLINE_LIMIT_BYTES:
         raise invalid(f"Request payload size exceeds the limit: {INLINE_LIMIT_BYTES} bytes.")
     batch = (await json_object(request)).get("batch")

@@ -3,7 +3,7 @@ and ``/models``, answered at once by the same deterministic model as its batches
 
 Providers without a batch API are driven through these by the gateway's fan-out. Per-call faults
 (down, latency, 429 with Retry-After, 5xx) apply as to every call; ``fail_fraction`` fails the
-requests whose body hashes under it with a 500, deterministically.
+requests whose body hashes under it with a 500, deterministically (:mod:`gateway.simulator.sync_calls`).
 
 Chat completions take OpenAI's ``service_tier`` and answer the tier that served them: ``flex`` and
 ``priority`` as asked, ``auto``/``default``/none as ``default``. ``flex_unavailable_rate`` refuses flex calls
@@ -20,9 +20,9 @@ import msgspec
 from litestar import Controller, Request, get, post
 
 from gateway.simulator.errors import ApiError
-from gateway.simulator.model import hash_fraction
 from gateway.simulator.openai_protocol import chat_completion, embeddings
 from gateway.simulator.state import emulator_of
+from gateway.simulator.sync_calls import FlexUnavailable, Tier, bill, count, maybe_fail, serve_tier
 
 
 def _body(raw: bytes) -> dict[str, Any]:
@@ -35,23 +35,8 @@ def _body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _count(request: Request[Any, Any, Any], succeeded: bool) -> None:
-    stats = emulator_of(request).stats
-    stats.requests_processed += 1
-    if succeeded:
-        stats.requests_succeeded += 1
-    else:
-        stats.requests_failed += 1
-
-
-def _maybe_fail(request: Request[Any, Any, Any], raw: bytes) -> None:
-    key = hashlib.sha256(raw).hexdigest()
-    if hash_fraction(key) < emulator_of(request).faults.fail_fraction:
-        _count(request, succeeded=False)
-        raise ApiError(500, "The server had an error while processing your request.", type="server_error")
-
-
-TIERS = ("auto", "default", "flex", "priority")
+OPENAI_TIERS: dict[str, Tier] = {"auto": "standard", "default": "standard", "flex": "flex", "priority": "priority"}
+"""OpenAI ``service_tier`` values this emulator takes -> the tier asked for."""
 FLEX_UNAVAILABLE = (
     "Resource Unavailable: flex processing is temporarily short of capacity. Retry later, or retry with "
     "service_tier 'auto' for standard processing. You were not charged for this request."
@@ -59,20 +44,14 @@ FLEX_UNAVAILABLE = (
 
 
 def _served_tier(request: Request[Any, Any, Any], asked: Any) -> str:
-    """The tier that serves a call asking for ``asked`` (raises flex's 429 when flex capacity is short)."""
-    if asked is not None and asked not in TIERS:
+    """The OpenAI name of the tier that serves a call asking for ``asked`` (flex's 429 when flex is short)."""
+    if asked is not None and asked not in OPENAI_TIERS:
         raise ApiError(400, f"Invalid value for 'service_tier': {asked!r}.", param="service_tier", code="invalid_value")
-    emu = emulator_of(request)
-    if asked == "flex":
-        faults = emu.faults
-        if faults.flex_unavailable_next > 0 or emu.rng.random() < faults.flex_unavailable_rate:
-            faults.flex_unavailable_next = max(0, faults.flex_unavailable_next - 1)
-            emu.stats.flex_refused += 1
-            raise ApiError(429, FLEX_UNAVAILABLE, type="rate_limit_error", code="resource_unavailable")
-        return "flex"
-    if asked == "priority":
-        return "default" if emu.rng.random() < emu.faults.priority_downgrade_rate else "priority"
-    return "default"
+    try:
+        served = serve_tier(emulator_of(request), OPENAI_TIERS[asked or "auto"])
+    except FlexUnavailable:
+        raise ApiError(429, FLEX_UNAVAILABLE, type="rate_limit_error", code="resource_unavailable") from None
+    return "default" if served == "standard" else served
 
 
 class SyncController(Controller):
@@ -81,31 +60,29 @@ class SyncController(Controller):
     @post("/chat/completions", status_code=200)
     async def chat(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         raw = await request.body()
-        _maybe_fail(request, raw)
+        maybe_fail(request, raw)
         emu = emulator_of(request)
         try:
             body = _body(raw)
             served = _served_tier(request, body.pop("service_tier", None))
             answer = chat_completion(body, emu.models, hashlib.sha256(raw).hexdigest()[:16], emu.clock.ts())
         except ApiError:
-            _count(request, succeeded=False)
+            count(request, succeeded=False)
             raise
-        _count(request, succeeded=True)
-        billed = emu.stats.usage_by_tier.setdefault(served, {"input": 0, "output": 0})
-        billed["input"] += answer["usage"]["prompt_tokens"]
-        billed["output"] += answer["usage"]["completion_tokens"]
+        count(request, succeeded=True)
+        bill(emu, served, answer["usage"]["prompt_tokens"], answer["usage"]["completion_tokens"])
         return {**answer, "service_tier": served}
 
     @post("/embeddings", status_code=200)
     async def embed(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         raw = await request.body()
-        _maybe_fail(request, raw)
+        maybe_fail(request, raw)
         try:
             answer = embeddings(_body(raw), emulator_of(request).models)
         except ApiError:
-            _count(request, succeeded=False)
+            count(request, succeeded=False)
             raise
-        _count(request, succeeded=True)
+        count(request, succeeded=True)
         return answer
 
     @get("/models")

@@ -41,6 +41,12 @@ IGNORED_FIELDS = frozenset(
     {"seed", "store", "metadata", "service_tier", "prompt_cache_key", "stream_options", "prediction"}
 )
 """OpenAI fields dropped because they do not change the answer (or are best-effort hints only)."""
+SERVICE_TIERS: dict[str, str] = {"priority": "auto", "standard": "standard_only", "flex": "standard_only"}
+"""The tier a synchronous request was placed at -> Anthropic ``service_tier``: ``auto`` takes Priority Tier
+capacity where the organisation has some; anything else asks for the standard tier only (Anthropic has no
+flex), so no request is served, and billed, at a tier it was not placed at. Batch requests send none."""
+SERVED_TIERS: dict[str, str] = {"standard": "default", "priority": "priority"}
+"""Anthropic ``usage.service_tier`` -> OpenAI ``service_tier``; ``batch`` (a Message Batch's) has no OpenAI value."""
 NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "n": (1,), "stream": (False,), "logprobs": (False,), "presence_penalty": (0,), "frequency_penalty": (0,),
     "logit_bias": ({},), "modalities": (["text"],),
@@ -337,7 +343,8 @@ def chat_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def message_to_chat(message: Mapping[str, Any], *, created: int) -> dict[str, Any]:
-    """An OpenAI ``chat.completion`` body for an Anthropic Message; the ``msg_…`` id is kept."""
+    """An OpenAI ``chat.completion`` body for an Anthropic Message; the ``msg_…`` id is kept, and
+    ``usage.service_tier`` becomes ``service_tier`` where OpenAI has a name for it (:data:`SERVED_TIERS`)."""
     content = message.get("content")
     usage = message.get("usage")
     if not isinstance(content, list) or not isinstance(usage, dict) or not isinstance(message.get("id"), str):
@@ -357,7 +364,7 @@ def message_to_chat(message: Mapping[str, Any], *, created: int) -> dict[str, An
     if tool_calls:
         reply["tool_calls"] = tool_calls
     finish = FINISH_REASON_TABLE.get(str(message.get("stop_reason")), "stop")
-    return {
+    chat = {
         "id": message["id"],
         "object": "chat.completion",
         "created": created,
@@ -365,6 +372,11 @@ def message_to_chat(message: Mapping[str, Any], *, created: int) -> dict[str, An
         "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}],
         "usage": chat_usage(usage),
     }
+    served = usage.get("service_tier")
+    tier = SERVED_TIERS.get(served) if isinstance(served, str) else None
+    if tier is not None:
+        chat["service_tier"] = tier
+    return chat
 
 
 def openai_error(status: int, message: str, type: str, code: str | None, param: str | None = None) -> dict[str, Any]:

@@ -38,6 +38,12 @@ MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens")
 
 TOOL_CHOICE_MODES: dict[str, str] = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 
+SERVICE_TIERS: dict[str, str] = {"flex": "flex", "priority": "priority"}
+"""OpenAI ``service_tier`` -> Gemini ``serviceTier`` (at the request's root, as the official SDK sends it);
+any other value asks for the standard tier, which is Gemini's default, so nothing is sent."""
+SERVED_TIERS: dict[str, str] = {"standard": "default", "unspecified": "default", "flex": "flex", "priority": "priority"}
+"""Gemini's name of the tier that served a request -> OpenAI ``service_tier`` (whose standard tier is ``default``)."""
+
 FINISH_REASONS: dict[str, str] = {
     "STOP": "stop",
     "MAX_TOKENS": "length",
@@ -126,6 +132,9 @@ def chat_to_gemini(body: Mapping[str, Any]) -> dict[str, Any]:
         request["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
         request["toolConfig"] = {"functionCallingConfig": _tool_choice(body["tool_choice"])}
+    tier = body.get("service_tier")
+    if isinstance(tier, str) and tier in SERVICE_TIERS:
+        request["serviceTier"] = SERVICE_TIERS[tier]
     return request
 
 
@@ -312,6 +321,14 @@ def usage_to_openai(meta: Any) -> dict[str, Any]:
     }
 
 
+def served_tier(value: Any) -> str | None:
+    """OpenAI's ``service_tier`` for the tier Gemini says served a request (``usageMetadata.serviceTier`` or
+    ``x-gemini-service-tier``, in any case, with or without ``SERVICE_TIER_``); None for a value it does not have."""
+    if not isinstance(value, str):
+        return None
+    return SERVED_TIERS.get(value.lower().removeprefix("service_tier_"))
+
+
 def _digest(*parts: str, length: int = 24) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:length]
 
@@ -346,7 +363,8 @@ def _choice(candidate: Mapping[str, Any], position: int, completion_id: str) -> 
 def gemini_to_chat(response: Mapping[str, Any], *, model: str, created: int, fallback_id: str) -> dict[str, Any]:
     """A ``chat.completion`` body for a GenerateContentResponse.
 
-    The id is ``chatcmpl-<responseId>`` or ``fallback_id``; the model is ``modelVersion`` or ``model``.
+    The id is ``chatcmpl-<responseId>`` or ``fallback_id``; the model is ``modelVersion`` or ``model``;
+    ``service_tier`` is ``usageMetadata.serviceTier`` when Gemini names the tier that served the request.
     """
     response_id = response.get("responseId")
     completion_id = f"chatcmpl-{response_id}" if isinstance(response_id, str) and response_id else fallback_id
@@ -361,14 +379,19 @@ def gemini_to_chat(response: Mapping[str, Any], *, model: str, created: int, fal
             {"index": 0, "message": message, "logprobs": None, "finish_reason": "content_filter" if blocked else "stop"}
         ]
     version = response.get("modelVersion")
-    return {
+    meta = response.get("usageMetadata")
+    chat = {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": version if isinstance(version, str) and version else model,
         "choices": choices,
-        "usage": usage_to_openai(response.get("usageMetadata")),
+        "usage": usage_to_openai(meta),
     }
+    tier = served_tier(meta.get("serviceTier")) if isinstance(meta, Mapping) else None
+    if tier is not None:
+        chat["service_tier"] = tier
+    return chat
 
 
 def google_status_name(status: Mapping[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """The same OpenAI-format input file, run on each provider kind (the OpenAI batch protocol in OpenAI's, Azure's,
 Groq's and Together's dialects, Anthropic Message Batches, Gemini batch mode, Mistral batch jobs, Bedrock batch
-inference on Claude with records in a real S3-wire server, OpenRouter batches, synchronous fan-out), gives
+inference on Claude with records in a real S3-wire server, OpenRouter batches, synchronous fan-out to OpenAI-compatible
+endpoints, Gemini's generateContent and Anthropic's Messages), gives
 equivalent output files: one line per custom_id with the same content, finish reason and token counts; and each
 batch's cost, in its metadata and in the ledger, is exactly the tokens the emulator reported times the offer's
 price (the batch rate for provider batches, the synchronous rate for fan-out; OpenRouter's emulator bills at that
@@ -52,6 +53,8 @@ PRICES = {
     "bedrock": (0.80, 4.00, 0.40, 2.00),
     "openrouter": (0.20, 0.80, 0.10, 0.40),
     "fanout": (0.27, 1.10, None, None),
+    "gemini_sync": (0.30, 2.50, None, None),
+    "anthropic_sync": (1.00, 5.00, None, None),
 }
 KINDS = {
     # gateway provider: (adapter kind, emulator kind, dialect)
@@ -65,6 +68,8 @@ KINDS = {
     "bedrock": ("bedrock", "bedrock", "openai"),
     "openrouter": ("openrouter", "openrouter", "openai"),
     "fanout": ("openai_sync", "openai", "openai"),
+    "gemini_sync": ("gemini_sync", "gemini", "openai"),
+    "anthropic_sync": ("anthropic_sync", "anthropic", "openai"),
 }
 SERVE_EMBEDDINGS = ("openai", "azure", "gemini", "mistral", "openrouter", "fanout")
 CREATED = "submit.after_provider_create"
@@ -242,7 +247,7 @@ def test_every_kind_gives_equivalent_outputs_at_exact_prices(client: openai.Open
             b=outcome.batch.id,
         )
         assert ledger_cost == pytest.approx(cost, rel=1e-9) and ledger_list == pytest.approx(list_cost, rel=1e-9)
-        assert ledger_mode == ("sync" if provider == "fanout" else "batch") and requests == len(REQUESTS)
+        assert ledger_mode == ("sync" if PRICES[provider][2] is None else "batch") and requests == len(REQUESTS)
 
 
 def test_an_embeddings_batch_goes_only_to_kinds_that_serve_embeddings(

@@ -4,6 +4,7 @@ chart renders read back by the gateway's own settings."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -15,9 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.providers.registry import ADAPTER_KINDS
 from gateway.settings import Settings
 from tests.conftest import free_port
-from tests.helm.conftest import FULLNAME, helm, render, values_file
+from tests.helm.conftest import CHART, FULLNAME, helm, render, values_file
 
 PG = {"database": {"url": "postgresql://gw:pw@db:5432/gw"}, "persistence": {"accessModes": ["ReadWriteMany"]}}
 
@@ -37,7 +39,7 @@ PG = {"database": {"url": "postgresql://gw:pw@db:5432/gw"}, "persistence": {"acc
             {"providers": {"openai": {"kind": "openai", "base_url": "https://x", "api_key": "sk-1"}}},
             "/providers/openai",
         ),
-        ({"providers": {"openai": {"kind": "bedrock", "base_url": "https://x"}}}, "/providers/openai/kind"),
+        ({"providers": {"openai": {"kind": "opneai", "base_url": "https://x"}}}, "/providers/openai/kind"),
         ({"config": {"database_url": "postgresql://gw@db/gw"}}, "/config"),
         ({"ingress": {"enabled": True, "hosts": [{"host": "a.example.com", "paths": []}]}}, "minItems"),
         ({"storage": {"url": "https://bucket.s3.amazonaws.com"}}, "/storage/url"),
@@ -58,6 +60,14 @@ def test_schema_rejects_bad_values(chart: Any, values: dict[str, Any], message: 
     assert message in str(raised.value)
     with pytest.raises(helm.HelmValuesError):
         render(chart, values)  # an install validates the same way
+
+
+def test_the_schema_takes_every_provider_kind_the_gateway_has(chart: Any) -> None:
+    for kind in ADAPTER_KINDS:
+        chart.validate_schema({"providers": {"p": {"kind": kind, "base_url": "https://x"}}})
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    kinds = schema["properties"]["providers"]["additionalProperties"]["properties"]["kind"]["enum"]
+    assert sorted(kinds) == sorted(ADAPTER_KINDS)
 
 
 def test_schema_accepts_scenarios(chart: Any) -> None:

@@ -62,7 +62,7 @@ def test_kind_options_base_url_and_catalog_provider_are_checked() -> None:
         (
             ("kind",),
             "unknown kind 'opneai' (did you mean 'openai'?); "
-            "kinds: anthropic, bedrock, gemini, mistral, openai, openai_sync, openrouter",
+            "kinds: anthropic, anthropic_sync, bedrock, gemini, gemini_sync, mistral, openai, openai_sync, openrouter",
         )
     ]
     [(path, text)] = config(kind="gemini", options={"inline_max": 1}).problems(KINDS)

@@ -105,3 +105,46 @@ def test_unknown_names_suggest_close_matches(book: OfferBook, name: str, suggest
 def test_a_pin_on_a_provider_that_does_not_serve_the_model_is_unknown(book: OfferBook) -> None:
     with pytest.raises(UnknownModel):
         book.resolve("groq-east/mystery-model")
+
+
+TIERED_CATALOG = """
+schema_version = 1
+
+[models."tiered"]
+
+[[models."tiered".offers]]
+provider = "vendor"
+provider_model = "tiered-1"
+modes = ["batch", "sync"]
+input_per_mtok = 1.0
+output_per_mtok = 4.0
+flex_input_per_mtok = 0.5
+flex_output_per_mtok = 2.0
+priority_input_per_mtok = 2.0
+priority_output_per_mtok = 8.0
+source = "test"
+as_of = 2026-12-01
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "tiers"),
+    [
+        ("openai", {"batch"}),
+        ("openai_sync", {"standard", "flex", "priority"}),
+        ("gemini_sync", {"standard", "flex", "priority"}),
+        ("anthropic_sync", {"standard", "priority"}),  # Anthropic has no flex tier to ask for
+    ],
+)
+def test_a_priced_tier_is_an_offer_only_where_the_kind_can_ask_for_it(
+    tmp_path: Path, kind: str, tiers: set[str]
+) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(TIERED_CATALOG, encoding="utf-8")
+    config = ProviderConfig(
+        kind=kind, base_url="http://127.0.0.1:1", catalog_provider="vendor", models={"tiered": "tiered-1"}
+    )
+    book = OfferBook(load_catalog(path), ProviderRegistry.from_config({"p": config}, httpx.AsyncClient()))
+    offers = {o.offer.service: o.offer.base_rates(o.offer.mode == "batch") for o in book.resolve("tiered").offers}
+    assert set(offers) == tiers
+    assert offers.get("flex", (0.5, 2.0)) == (0.5, 2.0) and offers.get("priority", (2.0, 8.0)) == (2.0, 8.0)

@@ -1,0 +1,144 @@
+"""GeminiSyncAdapter against the Gemini emulator's ``:generateContent`` on loopback: translation both ways, the
+tier asked and the tier that served, flex refusals and priority downgrades, errors and a refused key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from gateway.providers.base import ProviderAuthFailed, SyncRequest
+from gateway.providers.config import ProviderConfig
+from gateway.providers.gemini_sync import GeminiSyncAdapter
+from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.providers.support import CHAT, FAST_RETRY
+
+MODEL = "gemini-2.5-flash"
+SECRET = "gm-sync-secret-77a1c3"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[SimulatorCluster]:
+    specs = [
+        ProviderSpec(name="gem", kind="gemini", models=[MODEL], api_key=SECRET),
+        ProviderSpec(name="oai", models=[MODEL]),
+    ]
+    with SimulatorCluster(specs, control_port=None) as running:
+        yield running
+
+
+def make_adapter(cluster: SimulatorCluster, http: httpx.AsyncClient, api_key: str = SECRET) -> GeminiSyncAdapter:
+    config = ProviderConfig(
+        name="gem", kind="gemini_sync", base_url=cluster.base_url("gem"), models=[MODEL], timeout_s=5
+    )
+    return GeminiSyncAdapter(config=config, http=http, api_key=api_key, retry=FAST_RETRY)
+
+
+def request(custom_id: str, text: str = "hello", **fields: Any) -> SyncRequest:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 16, **fields}
+    return SyncRequest(custom_id, CHAT, msgspec.json.encode(body), estimated_tokens=20)
+
+
+def posts(cluster: SimulatorCluster) -> list[tuple[str, int]]:
+    return [(entry.path, entry.status) for entry in cluster.state("gem").log if entry.method == "POST"]
+
+
+async def run(adapter: GeminiSyncAdapter, item: SyncRequest) -> dict[str, Any]:
+    line: dict[str, Any] = msgspec.json.decode(await adapter.execute(item))
+    return line
+
+
+async def test_an_answer_reads_as_the_openai_emulator_answers_the_same_request(
+    cluster: SimulatorCluster, http: httpx.AsyncClient
+) -> None:
+    line = await run(make_adapter(cluster, http), request("a", "the same question"))
+    assert line["custom_id"] == "a" and line["error"] is None and line["response"]["status_code"] == 200
+    body = line["response"]["body"]
+    direct = httpx.post(
+        cluster.base_url("oai") + "/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "the same question"}], "max_tokens": 16},
+    ).json()
+    assert body["object"] == "chat.completion" and body["model"] == MODEL
+    assert body["choices"][0]["message"]["content"] == direct["choices"][0]["message"]["content"]
+    assert body["choices"][0]["finish_reason"] == direct["choices"][0]["finish_reason"]
+    for key in ("prompt_tokens", "completion_tokens"):
+        assert body["usage"][key] == direct["usage"][key]
+    assert body["service_tier"] == "default"
+    assert line["response"]["request_id"] and body["id"] == "chatcmpl-" + line["response"]["request_id"]
+    assert posts(cluster) == [(f"/v1beta/models/{MODEL}:generateContent", 200)]
+    assert cluster.state("gem").stats.usage_by_tier == {
+        "standard": {"input": body["usage"]["prompt_tokens"], "output": body["usage"]["completion_tokens"]}
+    }
+
+
+async def test_flex_is_asked_and_served_and_refused_flex_calls_are_retried_unbilled(
+    cluster: SimulatorCluster, http: httpx.AsyncClient
+) -> None:
+    cluster.set_faults("gem", flex_unavailable_next=2)
+    line = await run(make_adapter(cluster, http), request("f", service_tier="flex"))
+    body = line["response"]["body"]
+    assert line["response"]["status_code"] == 200 and body["service_tier"] == "flex"
+    assert [status for _, status in posts(cluster)] == [429, 429, 200]
+    stats = cluster.state("gem").stats
+    assert stats.flex_refused == 2
+    assert stats.usage_by_tier == {
+        "flex": {"input": body["usage"]["prompt_tokens"], "output": body["usage"]["completion_tokens"]}
+    }
+
+
+async def test_flex_refused_on_every_try_leaves_its_429_line_and_bills_nothing(
+    cluster: SimulatorCluster, http: httpx.AsyncClient
+) -> None:
+    cluster.set_faults("gem", flex_unavailable_rate=1.0)
+    line = await run(make_adapter(cluster, http), request("f", service_tier="flex"))
+    assert line["response"]["status_code"] == 429
+    assert line["response"]["body"]["error"]["code"] == "resource_exhausted"
+    assert len(posts(cluster)) == FAST_RETRY.attempts
+    assert cluster.state("gem").stats.usage_by_tier == {}
+
+
+async def test_priority_downgraded_by_gemini_reads_as_standard(
+    cluster: SimulatorCluster, http: httpx.AsyncClient
+) -> None:
+    adapter = make_adapter(cluster, http)
+    served = (await run(adapter, request("p1", service_tier="priority")))["response"]["body"]["service_tier"]
+    cluster.set_faults("gem", priority_downgrade_rate=1.0)
+    downgraded = (await run(adapter, request("p2", service_tier="priority")))["response"]["body"]["service_tier"]
+    assert (served, downgraded) == ("priority", "default")
+    assert set(cluster.state("gem").stats.usage_by_tier) == {"priority", "standard"}
+
+
+async def test_a_request_that_cannot_be_translated_gets_a_400_line_and_is_never_sent(
+    cluster: SimulatorCluster, http: httpx.AsyncClient
+) -> None:
+    body = {"model": MODEL, "messages": [{"role": "robot", "content": "hi"}]}
+    item = SyncRequest("bad", CHAT, msgspec.json.encode(body), estimated_tokens=5)
+    line = await run(make_adapter(cluster, http), item)
+    assert line["custom_id"] == "bad" and line["response"]["status_code"] == 400
+    error = line["response"]["body"]["error"]
+    assert "cannot be sent to a Gemini model" in error["message"] and error["param"] == "messages[0].role"
+    assert posts(cluster) == []
+
+
+async def test_gemini_errors_become_openai_error_lines(cluster: SimulatorCluster, http: httpx.AsyncClient) -> None:
+    body = {"model": "gemini-none", "messages": [{"role": "user", "content": "hi"}]}
+    line = await run(make_adapter(cluster, http), SyncRequest("nf", CHAT, msgspec.json.encode(body)))
+    assert line["response"]["status_code"] == 404
+    assert line["response"]["body"]["error"]["code"] == "not_found"
+    assert len(posts(cluster)) == 1, "a 404 is the request's own answer, not retried"
+
+
+async def test_a_refused_key_raises_without_leaking_it(cluster: SimulatorCluster, http: httpx.AsyncClient) -> None:
+    with pytest.raises(ProviderAuthFailed) as caught:
+        await make_adapter(cluster, http, api_key="gm-wrong-key-1f0c").execute(request("k"))
+    assert "gm-wrong-key-1f0c" not in str(caught.value) and SECRET not in str(caught.value)
+
+
+async def test_health_and_endpoints(cluster: SimulatorCluster, http: httpx.AsyncClient) -> None:
+    adapter = make_adapter(cluster, http)
+    assert (await adapter.health()).healthy
+    assert adapter.serves(CHAT) and not adapter.serves("/v1/embeddings")
+    assert adapter.executes_locally
