@@ -17,9 +17,8 @@ from litestar import Request, post
 
 from gateway.simulator.anthropic_protocol import invalid, simulate_message
 from gateway.simulator.anthropic_routes import require_version
-from gateway.simulator.errors import ApiError
 from gateway.simulator.state import emulator_of
-from gateway.simulator.sync_calls import Tier, bill, count, maybe_fail, serve_tier
+from gateway.simulator.sync_calls import Tier, bill, counted, maybe_fail, serve_tier
 
 MESSAGES = "/v1/messages"
 ANTHROPIC_TIERS: dict[str, Tier] = {"auto": "priority", "standard_only": "standard"}
@@ -32,23 +31,19 @@ async def create_message(request: Request[Any, Any, Any]) -> dict[str, Any]:
     raw = await request.body()
     maybe_fail(request, raw)
     emu = emulator_of(request)
-    try:
+    with counted(request):
         try:
             params = msgspec.json.decode(raw)
         except msgspec.DecodeError:
             raise invalid("The request body is not valid JSON.") from None
         asked = params.pop("service_tier", "auto") if isinstance(params, dict) else "auto"
-        if asked not in ANTHROPIC_TIERS:
+        if not isinstance(asked, str) or asked not in ANTHROPIC_TIERS:
             raise invalid("service_tier: Input should be 'auto' or 'standard_only'")
         if isinstance(params, dict) and params.get("stream"):
             raise invalid("stream: this emulator answers without streaming")
         message_id = "msg_" + hashlib.sha256(raw).hexdigest()[:24]
         message = simulate_message(params, emu.models, message_id)
         served = serve_tier(emu, ANTHROPIC_TIERS[asked])
-    except ApiError:
-        count(request, succeeded=False)
-        raise
-    count(request, succeeded=True)
     usage = message["usage"]
     usage["service_tier"] = served
     bill(emu, served, usage["input_tokens"], usage["output_tokens"])

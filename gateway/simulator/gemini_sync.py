@@ -23,7 +23,7 @@ from gateway.simulator.errors import ApiError
 from gateway.simulator.gemini_files import Req, invalid, json_field
 from gateway.simulator.gemini_protocol import generate_content
 from gateway.simulator.state import emulator_of
-from gateway.simulator.sync_calls import FlexUnavailable, Tier, bill, count, maybe_fail, serve_tier
+from gateway.simulator.sync_calls import FlexUnavailable, Tier, bill, counted, maybe_fail, serve_tier
 
 GENERATE = "generateContent"
 TIER_HEADER = "x-gemini-service-tier"
@@ -49,7 +49,7 @@ async def generate(request: Req, model: str) -> Response[dict[str, Any]]:
     raw = await request.body()
     maybe_fail(request, raw)
     emu = emulator_of(request)
-    try:
+    with counted(request):
         try:
             body = msgspec.json.decode(raw or b"{}")
         except msgspec.DecodeError:
@@ -62,10 +62,6 @@ async def generate(request: Req, model: str) -> Response[dict[str, Any]]:
             delay = {"retry-after": str(emu.faults.retry_after_s)}  # sent as RetryInfo, as Google's 429s are
             raise ApiError(429, FLEX_SHED, code="RESOURCE_EXHAUSTED", headers=delay) from None
         answer = generate_content(body, model, hashlib.sha256(raw).hexdigest()[:22])
-    except ApiError:
-        count(request, succeeded=False)
-        raise
-    count(request, succeeded=True)
     usage = answer["usageMetadata"]
     usage["serviceTier"] = served
     bill(emu, served, usage["promptTokenCount"], usage["candidatesTokenCount"])

@@ -22,7 +22,7 @@ from litestar import Controller, Request, get, post
 from gateway.simulator.errors import ApiError
 from gateway.simulator.openai_protocol import chat_completion, embeddings
 from gateway.simulator.state import emulator_of
-from gateway.simulator.sync_calls import FlexUnavailable, Tier, bill, count, maybe_fail, serve_tier
+from gateway.simulator.sync_calls import FlexUnavailable, Tier, bill, counted, maybe_fail, serve_tier
 
 
 def _body(raw: bytes) -> dict[str, Any]:
@@ -62,14 +62,10 @@ class SyncController(Controller):
         raw = await request.body()
         maybe_fail(request, raw)
         emu = emulator_of(request)
-        try:
+        with counted(request):
             body = _body(raw)
             served = _served_tier(request, body.pop("service_tier", None))
             answer = chat_completion(body, emu.models, hashlib.sha256(raw).hexdigest()[:16], emu.clock.ts())
-        except ApiError:
-            count(request, succeeded=False)
-            raise
-        count(request, succeeded=True)
         bill(emu, served, answer["usage"]["prompt_tokens"], answer["usage"]["completion_tokens"])
         return {**answer, "service_tier": served}
 
@@ -77,12 +73,8 @@ class SyncController(Controller):
     async def embed(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         raw = await request.body()
         maybe_fail(request, raw)
-        try:
+        with counted(request):
             answer = embeddings(_body(raw), emulator_of(request).models)
-        except ApiError:
-            count(request, succeeded=False)
-            raise
-        count(request, succeeded=True)
         return answer
 
     @get("/models")

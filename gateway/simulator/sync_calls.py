@@ -14,6 +14,8 @@ counted in ``stats.flex_refused``), ``priority_downgrade_rate`` serves priority 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from litestar import Request
@@ -49,6 +51,17 @@ def bill(emu: EmulatorState, tier: str, input_tokens: int, output_tokens: int) -
     billed = emu.stats.usage_by_tier.setdefault(tier, {"input": 0, "output": 0})
     billed["input"] += input_tokens
     billed["output"] += output_tokens
+
+
+@contextmanager
+def counted(request: Request[Any, Any, Any]) -> Iterator[None]:
+    """Count the request answered in the block: failed if it raises an ``ApiError``, else succeeded."""
+    try:
+        yield
+    except ApiError:
+        count(request, succeeded=False)
+        raise
+    count(request, succeeded=True)
 
 
 def count(request: Request[Any, Any, Any], succeeded: bool) -> None:

@@ -390,3 +390,44 @@ def wait_frozen(worker: GatewayProcess, timeout: float = 60.0) -> None:
         assert worker.process is not None and worker.process.poll() is None, worker.log()
         assert time.monotonic() < deadline, f"the worker never reached its freeze point:\n{worker.log()}"
         time.sleep(0.05)
+
+
+# --- service tiers --------------------------------------------------------------------------------------
+
+
+def run_tiered(
+    client: openai.OpenAI,
+    model: str,
+    prefix: str,
+    count: int,
+    window: str = "24h",
+    policy: str = "deadline",
+    **metadata: str,
+) -> Batch:
+    """A chat batch of ``count`` requests with routing hints in its metadata, waited for to its end."""
+    lines = "".join(json.dumps(r) + "\n" for r in chat_requests(count, model=model, prefix=prefix))
+    file = client.files.create(file=("input.jsonl", lines.encode()), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=file.id,
+        endpoint=CHAT,
+        completion_window=window,  # type: ignore[arg-type]
+        metadata={"policy": policy, **metadata},
+    )
+    return wait_for(client, batch.id, timeout=120)
+
+
+def answer_tokens(lines: Iterable[dict[str, Any]]) -> tuple[int, int]:
+    """(input, output) tokens the answers of these output lines report."""
+    usage = [line["response"]["body"]["usage"] for line in lines]
+    return sum(u["prompt_tokens"] for u in usage), sum(u["completion_tokens"] for u in usage)
+
+
+def priced(counts: tuple[int, int], rates: tuple[float, float]) -> float:
+    """USD of (input, output) tokens at (input, output) USD per million."""
+    return (counts[0] * rates[0] + counts[1] * rates[1]) / 1e6
+
+
+def ledger_cost(gateway: GatewayProcess, batch_id: str) -> tuple[float, set[str]]:
+    """The batch's cost in the ledger, and the modes (batch, sync, flex, priority) of its rows."""
+    rows = query(gateway, "SELECT cost_usd, mode FROM ledger WHERE batch_id = :b", b=batch_id)
+    return sum(cost for cost, _ in rows), {mode for _, mode in rows}

@@ -12,7 +12,6 @@ answering 5xx to a third of the calls still gives every answer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,8 +20,19 @@ import pytest
 from openai.types import Batch
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
-from tests.conftest import ENGINE_ENV, GatewayProcess
-from tests.engine import CHAT, admin, chat_requests, collect, query, submit, wait_for
+from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.engine import (
+    admin,
+    answer_tokens,
+    chat_requests,
+    collect,
+    ledger_cost,
+    priced,
+    run_tiered,
+    submit,
+    wait_for,
+    worker_killed_at,
+)
 
 GEMINI, CLAUDE = "tiered-gemini", "tiered-claude"
 STANDARD, FLEX, PRIORITY, BATCH = (1.0, 4.0), (0.5, 2.0), (2.0, 8.0), (0.4, 1.6)
@@ -58,31 +68,21 @@ def offer(provider: str, model: str, mode: str, rates: dict[str, tuple[float, fl
 @pytest.fixture(scope="module")
 def env(cluster: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("providers")
-    lines: list[str] = []
-    for name, (kind, emulator, model, served) in PROVIDERS.items():
-        lines += [
-            f"[providers.{name}]",
-            f'kind = "{kind}"',
-            f"base_url = {json.dumps(cluster.base_url(emulator))}",
-            f'models = {{ "{served}" = "{model}" }}',
-            *(
-                [f"limits = {{ max_concurrency = {CONCURRENCY}, requests_per_minute = 6000 }}"]
-                if kind != "openai"
-                else []
-            ),
-            "",
-        ]
-    (folder / "providers.toml").write_text("\n".join(lines), encoding="utf-8")
+    providers = {
+        name: {
+            "emulator": emulator,
+            "kind": kind,
+            "models": {served: model},
+            "limits": {"max_concurrency": CONCURRENCY, "requests_per_minute": 6000} if kind != "openai" else {},
+        }
+        for name, (kind, emulator, model, served) in PROVIDERS.items()
+    }
     catalog = ["schema_version = 1", f'[models."{GEMINI}"]', f'[models."{CLAUDE}"]', ""]
     catalog += offer("gem", GEMINI, "sync", {"": STANDARD, "flex_": FLEX, "priority_": PRIORITY})
     catalog += offer("batchy", GEMINI, "batch", {"": STANDARD, "batch_": BATCH})
     catalog += offer("claude", CLAUDE, "sync", {"": STANDARD, "priority_": PRIORITY})
     (folder / "catalog.toml").write_text("\n".join(catalog), encoding="utf-8")
-    return {
-        "BATCHGW_CONFIG_FILE": str(folder / "providers.toml"),
-        "BATCHGW_CATALOG__FILE": str(folder / "catalog.toml"),
-        **ENGINE_ENV,
-    }
+    return simulated_provider_env(cluster, folder, providers) | {"BATCHGW_CATALOG__FILE": str(folder / "catalog.toml")}
 
 
 @pytest.fixture(scope="module")
@@ -100,29 +100,7 @@ def clean_emulators(cluster: SimulatorCluster) -> Iterator[None]:
 
 
 def run(client: openai.OpenAI, model: str, prefix: str, window: str = "24h", **metadata: str) -> Batch:
-    lines = "".join(json.dumps(r) + "\n" for r in chat_requests(REQUESTS, model=model, prefix=prefix))
-    file = client.files.create(file=("input.jsonl", lines.encode()), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=file.id,
-        endpoint=CHAT,
-        completion_window=window,  # type: ignore[arg-type]
-        metadata={"policy": "deadline", **metadata},
-    )
-    return wait_for(client, batch.id, timeout=120)
-
-
-def tokens(lines: list[dict[str, Any]]) -> tuple[int, int]:
-    usage = [line["response"]["body"]["usage"] for line in lines]
-    return sum(u["prompt_tokens"] for u in usage), sum(u["completion_tokens"] for u in usage)
-
-
-def priced(counts: tuple[int, int], rates: tuple[float, float]) -> float:
-    return (counts[0] * rates[0] + counts[1] * rates[1]) / 1e6
-
-
-def ledger(gateway: GatewayProcess, batch_id: str) -> tuple[float, set[str]]:
-    rows = query(gateway, "SELECT cost_usd, mode FROM ledger WHERE batch_id = :b", b=batch_id)
-    return sum(cost for cost, _ in rows), {mode for _, mode in rows}
+    return run_tiered(client, model, prefix, REQUESTS, window, **metadata)
 
 
 def by_served_tier(lines: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -138,7 +116,8 @@ def billed(cluster: SimulatorCluster, emulator: str) -> dict[str, dict[str, int]
 
 def as_billed(served: dict[str, list[dict[str, Any]]], names: dict[str, str]) -> dict[str, dict[str, int]]:
     """The emulator's invoice the answers imply, with the provider's name of each tier."""
-    return {names[tier]: dict(zip(("input", "output"), tokens(lines), strict=True)) for tier, lines in served.items()}
+    billed = {tier: answer_tokens(lines) for tier, lines in served.items()}
+    return {names[tier]: {"input": counts[0], "output": counts[1]} for tier, counts in billed.items()}
 
 
 def test_a_one_hour_deadline_runs_at_gemini_flex_and_refused_flex_calls_cost_nothing(
@@ -155,8 +134,8 @@ def test_a_one_hour_deadline_runs_at_gemini_flex_and_refused_flex_calls_cost_not
     assert {c["tier"] for c in decision["candidates"]} == {"batch", "standard", "flex", "priority"}
     assert cluster.state("gem-emu").stats.flex_refused == 3
     assert billed(cluster, "gem-emu") == as_billed(served, {"flex": "flex"})  # the refused calls billed nothing
-    cost, modes = ledger(gateway, batch.id)
-    assert modes == {"flex"} and cost == pytest.approx(priced(tokens(served["flex"]), FLEX), rel=1e-9)
+    cost, modes = ledger_cost(gateway, batch.id)
+    assert modes == {"flex"} and cost == pytest.approx(priced(answer_tokens(served["flex"]), FLEX), rel=1e-9)
 
 
 def test_a_three_day_deadline_takes_the_cheaper_batch_tier(
@@ -168,8 +147,8 @@ def test_a_three_day_deadline_takes_the_cheaper_batch_tier(
     decision = admin(gateway, f"/batches/{batch.id}")["decisions"][0]
     assert decision["chosen_provider"] == "batchy" and decision["reason"].startswith("batchy: batch tier:")
     assert billed(cluster, "gem-emu") == {}
-    cost, modes = ledger(gateway, batch.id)
-    assert modes == {"batch"} and cost == pytest.approx(priced(tokens(list(outcome.output.values())), BATCH))
+    cost, modes = ledger_cost(gateway, batch.id)
+    assert modes == {"batch"} and cost == pytest.approx(priced(answer_tokens(list(outcome.output.values())), BATCH))
 
 
 @pytest.mark.parametrize(
@@ -195,8 +174,8 @@ def test_priority_answers_served_at_the_standard_tier_are_billed_at_the_standard
     served = by_served_tier(list(outcome.output.values()))
     assert set(served) == {"priority", "default"}, "the emulator downgraded none or all: nothing is compared"
     assert billed(cluster, emulator) == as_billed(served, names)
-    cost, modes = ledger(gateway, batch.id)
-    expected = priced(tokens(served["priority"]), PRIORITY) + priced(tokens(served["default"]), STANDARD)
+    cost, modes = ledger_cost(gateway, batch.id)
+    expected = priced(answer_tokens(served["priority"]), PRIORITY) + priced(answer_tokens(served["default"]), STANDARD)
     assert modes == {"priority"} and cost == pytest.approx(expected, rel=1e-9)
     assert float((batch.metadata or {})["gateway_cost_usd"]) == pytest.approx(expected, abs=1e-6)
 
@@ -211,8 +190,8 @@ def test_a_standard_placement_on_anthropic_is_never_billed_at_priority(
     served = by_served_tier(list(outcome.output.values()))
     assert set(served) == {"default"}
     assert billed(cluster, "claude-emu") == as_billed(served, {"default": "standard"})
-    cost, modes = ledger(gateway, batch.id)
-    assert modes == {"sync"} and cost == pytest.approx(priced(tokens(served["default"]), STANDARD), rel=1e-9)
+    cost, modes = ledger_cost(gateway, batch.id)
+    assert modes == {"sync"} and cost == pytest.approx(priced(answer_tokens(served["default"]), STANDARD), rel=1e-9)
 
 
 PINNED = [("gem", f"gem/{GEMINI}"), ("claude", f"claude/{CLAUDE}")]
@@ -226,18 +205,9 @@ def test_a_worker_killed_mid_shard_resends_at_most_the_requests_in_flight(
     emulator = PROVIDERS[provider][1]
     api = gateway_factory(env).start("serve", "--no-worker")
     client = api.client(api.create_key("crash"))
-    lease = {"BATCHGW_WORKER__LEASE_S": "3"}
     requests = chat_requests(30, model=model, prefix=f"kill-{provider}")
     batch = submit(client, requests)
-    dying = GatewayProcess(
-        api.data_dir, api.database_url, api.port, {**env, **lease, "BATCHGW_CRASH_AT": "fanout.after_request:15"}
-    )
-    dying.start("worker", wait_ready=False)
-    assert dying.process is not None and dying.process.wait(timeout=60) == -9  # killed itself mid-shard
-    sent_before = cluster.state(emulator).stats.requests_processed
-    assert 15 <= sent_before < 30
-    survivor = GatewayProcess(api.data_dir, api.database_url, api.port, {**env, **lease})
-    survivor.start("worker", wait_ready=False)
+    survivor = worker_killed_at(api, env, "fanout.after_request:15")  # the first worker dies after 15 answers
     try:
         outcome = collect(client, wait_for(client, batch.id, timeout=90))
     finally:

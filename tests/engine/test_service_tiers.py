@@ -10,7 +10,6 @@ fast enough. Every cost is checked against what the emulator bills at each tier.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ from openai.types import Batch
 
 from gateway.simulator import SimulatorCluster
 from tests.conftest import GatewayProcess, simulated_provider_env
-from tests.engine import CHAT, admin, chat_requests, collect, control, query, reset, set_faults, wait_for
+from tests.engine import admin, answer_tokens, collect, control, ledger_cost, priced, reset, run_tiered, set_faults
 
 MODEL = "tiered-model"
 STANDARD, FLEX, PRIORITY, BATCH = (1.0, 4.0), (0.5, 2.0), (2.0, 8.0), (0.4, 1.6)
@@ -83,37 +82,7 @@ def clean_emulators(simulator: SimulatorCluster) -> Iterator[None]:
 
 
 def run(client: openai.OpenAI, prefix: str, window: str = "24h", policy: str = "deadline", **metadata: str) -> Batch:
-    lines = "".join(json.dumps(r) + "\n" for r in chat_requests(REQUESTS, model=MODEL, prefix=prefix))
-    file = client.files.create(file=("input.jsonl", lines.encode()), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=file.id,
-        endpoint=CHAT,
-        completion_window=window,  # type: ignore[arg-type]
-        metadata={"policy": policy, **metadata},
-    )
-    return wait_for(client, batch.id, timeout=120)
-
-
-def tokens(lines: list[dict[str, Any]]) -> tuple[int, int]:
-    usage = [line["response"]["body"]["usage"] for line in lines]
-    return sum(u["prompt_tokens"] for u in usage), sum(u["completion_tokens"] for u in usage)
-
-
-def priced(counts: tuple[int, int], rates: tuple[float, float]) -> float:
-    return (counts[0] * rates[0] + counts[1] * rates[1]) / 1e6
-
-
-def ledger_cost(gateway: GatewayProcess, batch_id: str) -> tuple[float, set[str]]:
-    [(cost, modes)] = (
-        query(
-            gateway, "SELECT SUM(cost_usd), STRING_AGG(DISTINCT mode, ',') FROM ledger WHERE batch_id = :b", b=batch_id
-        )
-        if "postgresql" in gateway.database_url
-        else query(
-            gateway, "SELECT SUM(cost_usd), GROUP_CONCAT(DISTINCT mode) FROM ledger WHERE batch_id = :b", b=batch_id
-        )
-    )
-    return cost, set(modes.split(","))
+    return run_tiered(client, MODEL, prefix, REQUESTS, window, policy, **metadata)
 
 
 def invoice(simulator: SimulatorCluster) -> dict[str, dict[str, int]]:
@@ -135,7 +104,7 @@ def test_a_one_hour_deadline_runs_at_the_flex_tier_and_refused_flex_calls_cost_n
     assert {c["tier"] for c in decision["candidates"]} == {"batch", "standard", "flex", "priority"}
     stats = control(simulator, "GET", "/providers/other/stats")
     assert stats["flex_refused"] == 3
-    used = tokens(list(outcome.output.values()))
+    used = answer_tokens(list(outcome.output.values()))
     assert invoice(simulator) == {"flex": {"input": used[0], "output": used[1]}}
     cost, modes = ledger_cost(gateway, batch.id)
     assert modes == {"flex"} and cost == pytest.approx(priced(used, FLEX), rel=1e-9)
@@ -151,7 +120,7 @@ def test_a_three_day_deadline_takes_the_cheaper_batch_tier(
     assert decision["chosen_provider"] == "batchy" and decision["reason"].startswith("batchy: batch tier:")
     assert invoice(simulator) == {}
     cost, modes = ledger_cost(gateway, batch.id)
-    assert modes == {"batch"} and cost == pytest.approx(priced(tokens(list(outcome.output.values())), BATCH))
+    assert modes == {"batch"} and cost == pytest.approx(priced(answer_tokens(list(outcome.output.values())), BATCH))
 
 
 def test_priority_answers_downgraded_to_standard_are_billed_at_the_standard_rate(
@@ -167,10 +136,10 @@ def test_priority_answers_downgraded_to_standard_are_billed_at_the_standard_rate
     assert set(served) == {"priority", "default"}, "the emulator downgraded none or all: nothing is compared"
     billed = invoice(simulator)
     assert billed == {
-        tier: dict(zip(("input", "output"), tokens(lines), strict=True)) for tier, lines in served.items()
+        tier: dict(zip(("input", "output"), answer_tokens(lines), strict=True)) for tier, lines in served.items()
     }
     cost, modes = ledger_cost(gateway, batch.id)
-    expected = priced(tokens(served["priority"]), PRIORITY) + priced(tokens(served["default"]), STANDARD)
+    expected = priced(answer_tokens(served["priority"]), PRIORITY) + priced(answer_tokens(served["default"]), STANDARD)
     assert modes == {"priority"} and cost == pytest.approx(expected, rel=1e-9)
     metadata = batch.metadata or {}
     assert float(metadata["gateway_cost_usd"]) == pytest.approx(expected, abs=1e-6)
@@ -192,4 +161,5 @@ def test_a_provider_batch_still_running_near_the_deadline_moves_to_a_faster_tier
     jobs = control(simulator, "GET", "/providers/fast/stats")["batches"]
     assert jobs == {"cancelled": 1}
     cost, modes = ledger_cost(gateway, batch.id)
-    assert modes == {"batch", "sync"} and cost == pytest.approx(priced(tokens(list(outcome.output.values())), STANDARD))
+    used = answer_tokens(outcome.output.values())
+    assert modes == {"batch", "sync"} and cost == pytest.approx(priced(used, STANDARD))

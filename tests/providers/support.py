@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.providers.base import PollResult, ProviderAdapter, ShardSubmission
+from gateway.providers.base import PollResult, ProviderAdapter, ShardSubmission, SyncRequest
 from gateway.providers.http import RetryPolicy
 from gateway.simulator import SimulatorCluster
 
@@ -23,6 +23,18 @@ def chat_line(custom_id: str, text: str, model: str, **fields: Any) -> dict[str,
     """One OpenAI batch input line asking ``model`` one user question, plus any extra body fields."""
     body = {"model": model, "messages": [{"role": "user", "content": text}], **fields}
     return {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body}
+
+
+def sync_request(custom_id: str, model: str, text: str = "hello", **fields: Any) -> SyncRequest:
+    """One chat request of a synchronous shard, asking ``model`` one user question (16 tokens at most)."""
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 16, **fields}
+    return SyncRequest(custom_id, CHAT, msgspec.json.encode(body), estimated_tokens=20)
+
+
+async def executed(adapter: ProviderAdapter, item: SyncRequest) -> dict[str, Any]:
+    """The decoded output line ``adapter`` gives for ``item``."""
+    line: dict[str, Any] = msgspec.json.decode(await adapter.execute(item))
+    return line
 
 
 def questions(count: int, model: str, **fields: Any) -> list[dict[str, Any]]:

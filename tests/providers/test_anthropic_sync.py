@@ -15,7 +15,7 @@ from gateway.providers.anthropic_sync import AnthropicSyncAdapter
 from gateway.providers.base import ProviderAuthFailed, SyncRequest
 from gateway.providers.config import ProviderConfig
 from gateway.simulator import ProviderSpec, SimulatorCluster
-from tests.providers.support import CHAT, FAST_RETRY
+from tests.providers.support import CHAT, FAST_RETRY, executed, sync_request
 
 MODEL = "claude-haiku-4-5"
 SECRET = "sk-ant-sync-secret-4d20e9"
@@ -39,23 +39,17 @@ def make_adapter(cluster: SimulatorCluster, http: httpx.AsyncClient, api_key: st
 
 
 def request(custom_id: str, text: str = "hello", **fields: Any) -> SyncRequest:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 16, **fields}
-    return SyncRequest(custom_id, CHAT, msgspec.json.encode(body), estimated_tokens=20)
+    return sync_request(custom_id, MODEL, text, **fields)
 
 
 def posts(cluster: SimulatorCluster) -> list[int]:
     return [entry.status for entry in cluster.state("claude").log if entry.method == "POST"]
 
 
-async def run(adapter: AnthropicSyncAdapter, item: SyncRequest) -> dict[str, Any]:
-    line: dict[str, Any] = msgspec.json.decode(await adapter.execute(item))
-    return line
-
-
 async def test_an_answer_reads_as_the_openai_emulator_answers_the_same_request(
     cluster: SimulatorCluster, http: httpx.AsyncClient
 ) -> None:
-    line = await run(make_adapter(cluster, http), request("a", "the same question"))
+    line = await executed(make_adapter(cluster, http), request("a", "the same question"))
     assert line["custom_id"] == "a" and line["error"] is None and line["response"]["status_code"] == 200
     body = line["response"]["body"]
     direct = httpx.post(
@@ -73,7 +67,7 @@ async def test_an_answer_reads_as_the_openai_emulator_answers_the_same_request(
 async def test_a_standard_placement_asks_standard_only_even_where_priority_capacity_exists(
     cluster: SimulatorCluster, http: httpx.AsyncClient
 ) -> None:
-    line = await run(make_adapter(cluster, http), request("s"))
+    line = await executed(make_adapter(cluster, http), request("s"))
     assert line["response"]["body"]["service_tier"] == "default"
     assert set(cluster.state("claude").stats.usage_by_tier) == {"standard"}
 
@@ -82,23 +76,23 @@ async def test_a_priority_placement_asks_auto_and_reads_the_tier_that_served_it(
     cluster: SimulatorCluster, http: httpx.AsyncClient
 ) -> None:
     adapter = make_adapter(cluster, http)
-    served = (await run(adapter, request("p1", service_tier="priority")))["response"]["body"]["service_tier"]
+    served = (await executed(adapter, request("p1", service_tier="priority")))["response"]["body"]["service_tier"]
     cluster.set_faults("claude", priority_downgrade_rate=1.0)  # no Priority Tier capacity left
-    downgraded = (await run(adapter, request("p2", service_tier="priority")))["response"]["body"]["service_tier"]
+    downgraded = (await executed(adapter, request("p2", service_tier="priority")))["response"]["body"]["service_tier"]
     assert (served, downgraded) == ("priority", "default")
     assert set(cluster.state("claude").stats.usage_by_tier) == {"priority", "standard"}
 
 
 async def test_rate_limits_are_retried_as_anthropic_asks(cluster: SimulatorCluster, http: httpx.AsyncClient) -> None:
     cluster.set_faults("claude", rate_limit_next=1, retry_after_s=1)
-    line = await run(make_adapter(cluster, http), request("r"))
+    line = await executed(make_adapter(cluster, http), request("r"))
     assert line["response"]["status_code"] == 200 and posts(cluster) == [429, 200]
 
 
 async def test_a_request_that_cannot_be_translated_gets_a_400_line_and_is_never_sent(
     cluster: SimulatorCluster, http: httpx.AsyncClient
 ) -> None:
-    line = await run(make_adapter(cluster, http), request("n2", n=2))
+    line = await executed(make_adapter(cluster, http), request("n2", n=2))
     assert line["custom_id"] == "n2" and line["response"]["status_code"] == 400
     assert "cannot be sent to an Anthropic model" in line["response"]["body"]["error"]["message"]
     assert posts(cluster) == []
@@ -106,7 +100,7 @@ async def test_a_request_that_cannot_be_translated_gets_a_400_line_and_is_never_
 
 async def test_anthropic_errors_become_openai_error_lines(cluster: SimulatorCluster, http: httpx.AsyncClient) -> None:
     body = {"model": "claude-none", "messages": [{"role": "user", "content": "hi"}]}
-    line = await run(make_adapter(cluster, http), SyncRequest("nf", CHAT, msgspec.json.encode(body)))
+    line = await executed(make_adapter(cluster, http), SyncRequest("nf", CHAT, msgspec.json.encode(body)))
     assert line["response"]["status_code"] == 404
     error = line["response"]["body"]["error"]
     assert error["code"] == "not_found_error" and "claude-none" in error["message"]

@@ -14,7 +14,7 @@ from gateway.providers.base import ProviderAuthFailed, SyncRequest
 from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_sync import GeminiSyncAdapter
 from gateway.simulator import ProviderSpec, SimulatorCluster
-from tests.providers.support import CHAT, FAST_RETRY
+from tests.providers.support import CHAT, FAST_RETRY, executed, sync_request
 
 MODEL = "gemini-2.5-flash"
 SECRET = "gm-sync-secret-77a1c3"
@@ -38,23 +38,17 @@ def make_adapter(cluster: SimulatorCluster, http: httpx.AsyncClient, api_key: st
 
 
 def request(custom_id: str, text: str = "hello", **fields: Any) -> SyncRequest:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 16, **fields}
-    return SyncRequest(custom_id, CHAT, msgspec.json.encode(body), estimated_tokens=20)
+    return sync_request(custom_id, MODEL, text, **fields)
 
 
 def posts(cluster: SimulatorCluster) -> list[tuple[str, int]]:
     return [(entry.path, entry.status) for entry in cluster.state("gem").log if entry.method == "POST"]
 
 
-async def run(adapter: GeminiSyncAdapter, item: SyncRequest) -> dict[str, Any]:
-    line: dict[str, Any] = msgspec.json.decode(await adapter.execute(item))
-    return line
-
-
 async def test_an_answer_reads_as_the_openai_emulator_answers_the_same_request(
     cluster: SimulatorCluster, http: httpx.AsyncClient
 ) -> None:
-    line = await run(make_adapter(cluster, http), request("a", "the same question"))
+    line = await executed(make_adapter(cluster, http), request("a", "the same question"))
     assert line["custom_id"] == "a" and line["error"] is None and line["response"]["status_code"] == 200
     body = line["response"]["body"]
     direct = httpx.post(
@@ -78,7 +72,7 @@ async def test_flex_is_asked_and_served_and_refused_flex_calls_are_retried_unbil
     cluster: SimulatorCluster, http: httpx.AsyncClient
 ) -> None:
     cluster.set_faults("gem", flex_unavailable_next=2)
-    line = await run(make_adapter(cluster, http), request("f", service_tier="flex"))
+    line = await executed(make_adapter(cluster, http), request("f", service_tier="flex"))
     body = line["response"]["body"]
     assert line["response"]["status_code"] == 200 and body["service_tier"] == "flex"
     assert [status for _, status in posts(cluster)] == [429, 429, 200]
@@ -93,7 +87,7 @@ async def test_flex_refused_on_every_try_leaves_its_429_line_and_bills_nothing(
     cluster: SimulatorCluster, http: httpx.AsyncClient
 ) -> None:
     cluster.set_faults("gem", flex_unavailable_rate=1.0)
-    line = await run(make_adapter(cluster, http), request("f", service_tier="flex"))
+    line = await executed(make_adapter(cluster, http), request("f", service_tier="flex"))
     assert line["response"]["status_code"] == 429
     assert line["response"]["body"]["error"]["code"] == "resource_exhausted"
     assert len(posts(cluster)) == FAST_RETRY.attempts
@@ -104,9 +98,9 @@ async def test_priority_downgraded_by_gemini_reads_as_standard(
     cluster: SimulatorCluster, http: httpx.AsyncClient
 ) -> None:
     adapter = make_adapter(cluster, http)
-    served = (await run(adapter, request("p1", service_tier="priority")))["response"]["body"]["service_tier"]
+    served = (await executed(adapter, request("p1", service_tier="priority")))["response"]["body"]["service_tier"]
     cluster.set_faults("gem", priority_downgrade_rate=1.0)
-    downgraded = (await run(adapter, request("p2", service_tier="priority")))["response"]["body"]["service_tier"]
+    downgraded = (await executed(adapter, request("p2", service_tier="priority")))["response"]["body"]["service_tier"]
     assert (served, downgraded) == ("priority", "default")
     assert set(cluster.state("gem").stats.usage_by_tier) == {"priority", "standard"}
 
@@ -116,7 +110,7 @@ async def test_a_request_that_cannot_be_translated_gets_a_400_line_and_is_never_
 ) -> None:
     body = {"model": MODEL, "messages": [{"role": "robot", "content": "hi"}]}
     item = SyncRequest("bad", CHAT, msgspec.json.encode(body), estimated_tokens=5)
-    line = await run(make_adapter(cluster, http), item)
+    line = await executed(make_adapter(cluster, http), item)
     assert line["custom_id"] == "bad" and line["response"]["status_code"] == 400
     error = line["response"]["body"]["error"]
     assert "cannot be sent to a Gemini model" in error["message"] and error["param"] == "messages[0].role"
@@ -125,7 +119,7 @@ async def test_a_request_that_cannot_be_translated_gets_a_400_line_and_is_never_
 
 async def test_gemini_errors_become_openai_error_lines(cluster: SimulatorCluster, http: httpx.AsyncClient) -> None:
     body = {"model": "gemini-none", "messages": [{"role": "user", "content": "hi"}]}
-    line = await run(make_adapter(cluster, http), SyncRequest("nf", CHAT, msgspec.json.encode(body)))
+    line = await executed(make_adapter(cluster, http), SyncRequest("nf", CHAT, msgspec.json.encode(body)))
     assert line["response"]["status_code"] == 404
     assert line["response"]["body"]["error"]["code"] == "not_found"
     assert len(posts(cluster)) == 1, "a 404 is the request's own answer, not retried"
