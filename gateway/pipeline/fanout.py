@@ -22,7 +22,7 @@ import msgspec
 from gateway.billing import alerts, guard
 from gateway.billing.estimate import estimate_body, shard_cost
 from gateway.context import GatewayContext
-from gateway.crashpoints import crash_point
+from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
@@ -292,6 +292,7 @@ async def _execute_all(
             answered["count"] += 1
             spent.add(line)
             crash_point("fanout.after_request")
+            freeze_point("fanout.after_request")
 
     async def watch() -> None:
         while not stop.is_set():

@@ -6,12 +6,15 @@ a three-day deadline takes the cheaper batch tier; ``tier=priority`` asks Gemini
 and Anthropic for ``service_tier: auto``, and the answers served at the standard tier instead are billed at
 the standard rate; a standard placement on Anthropic asks for ``standard_only``, so nothing is billed at
 priority. Every cost is checked against what the emulator billed at each tier. A worker killed in the middle
-of a shard on either kind leaves no request unanswered and resends at most the ones in flight, and a provider
-answering 5xx to a third of the calls still gives every answer.
+of a shard on either kind leaves no request unanswered and resends at most the ones in flight; one frozen there
+past its lease and woken while another finishes the shard adds no answer and no charge (PostgreSQL); and a
+provider answering 5xx to a third of the calls still gives every answer.
 """
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,7 +34,9 @@ from tests.engine import (
     run_tiered,
     submit,
     wait_for,
+    wait_frozen,
     worker_killed_at,
+    worker_process,
 )
 
 GEMINI, CLAUDE = "tiered-gemini", "tiered-claude"
@@ -230,3 +235,42 @@ def test_a_provider_failing_a_third_of_its_calls_still_answers_every_request(
     assert all(line["response"]["status_code"] == 200 for line in outcome.output.values())
     statuses = [entry.status for entry in cluster.state(emulator).log if entry.method == "POST"]
     assert statuses.count(429) == 3 and any(status >= 500 for status in statuses)
+
+
+@pytest.mark.parametrize(("provider", "model"), PINNED, ids=["gemini", "anthropic"])
+def test_a_worker_frozen_mid_shard_past_its_lease_changes_nothing_when_it_wakes(
+    gateway_factory: Any, env: dict[str, str], cluster: SimulatorCluster, database_kind: str, provider: str, model: str
+) -> None:
+    if database_kind != "postgresql":
+        pytest.skip("several workers on one database need PostgreSQL")
+    emulator = PROVIDERS[provider][1]
+    lease = {"BATCHGW_WORKER__LEASE_S": "3"}
+    api = gateway_factory(env | lease).start("serve", "--no-worker")
+    client = api.client(api.create_key("freeze"))
+    requests = chat_requests(30, model=model, prefix=f"freeze-{provider}")
+    frozen = worker_process(api, f"frozen-{provider}", BATCHGW_FREEZE_AT="fanout.after_request:10").start("worker")
+    live: GatewayProcess | None = None
+    try:
+        batch = submit(client, requests)
+        wait_frozen(frozen)
+        live = worker_process(api, f"live-{provider}").start("worker")
+        time.sleep(4.5)  # the frozen worker's lease has expired: the live worker owns the shard now
+        assert frozen.process is not None
+        frozen.process.send_signal(signal.SIGCONT)
+        outcome = collect(client, wait_for(client, batch.id, timeout=90))
+        time.sleep(3)  # the woken worker has had time to try whatever it was doing
+        again = client.batches.retrieve(batch.id)
+    finally:
+        for worker in (frozen, live):
+            if worker is not None and worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGCONT)
+            if worker is not None:
+                worker.stop()
+    assert outcome.batch.status == "completed" and not outcome.errors
+    assert sorted(outcome.output) == sorted(r["custom_id"] for r in requests)
+    assert (again.status, again.output_file_id) == ("completed", outcome.batch.output_file_id)
+    assert 30 <= cluster.state(emulator).stats.requests_processed <= 30 + CONCURRENCY
+    # Paid once: the ledger holds the answers in the output file, at the rate of the tier that served them.
+    cost, modes = ledger_cost(api, outcome.batch.id)
+    rates = {"flex": FLEX, "sync": STANDARD}[modes.pop()]
+    assert not modes and cost == pytest.approx(priced(answer_tokens(outcome.output.values()), rates), rel=1e-9)
