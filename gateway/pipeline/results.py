@@ -57,8 +57,8 @@ class Usage:
     """Tokens reported by a provider's answers.
 
     ``asked_tier`` is the service tier the shard's requests asked for; answers the provider served at the
-    standard tier instead (a priority request downgraded) are also counted in ``standard_input`` and
-    ``standard_output``: they are billed at the standard rate. Answers whose provider reported what it billed
+    standard tier instead (a priority request downgraded), and flex answers that do not say which tier served
+    them, are also counted in ``standard_input`` and ``standard_output``: they are billed at the standard rate. Answers whose provider reported what it billed
     for them add that to ``billed_usd`` and their tokens also to the ``billed_*`` counts: the ledger takes the
     reported charge for those and prices only the rest.
     """
@@ -99,9 +99,17 @@ class Usage:
             self.billed_output += completion
             self.billed_cached += cached
             self.billed_cache_write += written
-        elif self.asked_tier != "standard" and body.get("service_tier") in STANDARD_TIERS:
+        elif self._served_at_standard(body.get("service_tier")):
             self.standard_input += prompt
             self.standard_output += completion
+
+    def _served_at_standard(self, served: Any) -> bool:
+        """Whether an answer to a request asked at :attr:`asked_tier` is billed at the standard rate: it says it was
+        served at the standard tier, or it is a flex answer that names no tier (never billed below what it may
+        cost)."""
+        if self.asked_tier == "standard":
+            return False
+        return served in STANDARD_TIERS if isinstance(served, str) else self.asked_tier == "flex"
 
     def as_dict(self) -> dict[str, int]:
         """``input``, ``output``, ``cached``, ``cache_write``, ``reasoning`` token counts, the ``standard_input``

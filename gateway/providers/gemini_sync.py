@@ -72,6 +72,5 @@ class GeminiSyncAdapter(SyncHttpAdapter, GeminiHttpAdapter):
                 chat["service_tier"] = tier
             content, request_id = msgspec.json.encode(chat), str(answer.get("responseId") or "") or None
         elif answer is not None and isinstance(answer.get("error"), dict):
-            status, error = google_error(answer["error"])
-            content = msgspec.json.encode(error)
+            content = msgspec.json.encode(google_error(answer["error"])[1])  # the status is the HTTP one
         return sync_output_line(request.custom_id, status, content, request_id, self._sanitise)

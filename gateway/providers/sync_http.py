@@ -54,7 +54,7 @@ PLACED_TIERS = frozenset({"flex", "priority"})
 def asked_tier(body: Any) -> str:
     """The service tier a shard request's OpenAI body asks for: ``flex``, ``priority`` or ``standard``."""
     tier = body.get("service_tier") if isinstance(body, dict) else None
-    return tier if tier in PLACED_TIERS else "standard"
+    return tier if isinstance(tier, str) and tier in PLACED_TIERS else "standard"
 
 
 def json_object(raw: bytes) -> dict[str, Any] | None:

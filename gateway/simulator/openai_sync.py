@@ -45,7 +45,7 @@ FLEX_UNAVAILABLE = (
 
 def _served_tier(request: Request[Any, Any, Any], asked: Any) -> str:
     """The OpenAI name of the tier that serves a call asking for ``asked`` (flex's 429 when flex is short)."""
-    if asked is not None and asked not in OPENAI_TIERS:
+    if asked is not None and (not isinstance(asked, str) or asked not in OPENAI_TIERS):
         raise ApiError(400, f"Invalid value for 'service_tier': {asked!r}.", param="service_tier", code="invalid_value")
     try:
         served = serve_tier(emulator_of(request), OPENAI_TIERS[asked or "auto"])

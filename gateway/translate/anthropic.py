@@ -188,6 +188,8 @@ def _conversation(messages: Any) -> tuple[str | None, list[dict[str, Any]]]:
         param = f"messages[{index}]"
         role = message.get("role") if isinstance(message, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(role, str):
+            raise TranslationError("Each message needs a string 'role'.", f"{param}.role")
         if role != "tool":
             tool_turn = None
         if role in SYSTEM_ROLES:

@@ -218,7 +218,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
 
 def _tool_choice(choice: Any, body: dict[str, Any]) -> None:
     kind = choice.get("type") if isinstance(choice, dict) else None
-    if kind in TOOL_CHOICE_TABLE:
+    if isinstance(kind, str) and kind in TOOL_CHOICE_TABLE:
         body["tool_choice"] = TOOL_CHOICE_TABLE[kind]
     elif kind == "tool" and isinstance(choice, dict) and isinstance(choice.get("name"), str):
         body["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}

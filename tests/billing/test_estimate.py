@@ -147,6 +147,18 @@ def test_priority_answers_served_at_the_standard_tier_cost_the_standard_rate() -
     assert standard_only.as_dict()["standard_input"] == 0
 
 
+def test_flex_answers_that_name_no_tier_are_billed_at_the_standard_rate() -> None:
+    """A flex price is only earned where the provider says flex served the request; a priority answer that names
+    no tier keeps the priority rate (never billed below what it may cost)."""
+    flex, priority = Usage(asked_tier="flex"), Usage(asked_tier="priority")
+    for usage in (flex, priority):
+        usage.add({"usage": {"prompt_tokens": 100, "completion_tokens": 10}})
+        usage.add({"usage": {"prompt_tokens": 1_000, "completion_tokens": 50}, "service_tier": "flex"})
+        usage.add({"usage": {"prompt_tokens": 7, "completion_tokens": 3}, "service_tier": ["odd"]})
+    assert (flex.as_dict()["standard_input"], flex.as_dict()["standard_output"]) == (107, 13)
+    assert (priority.as_dict()["standard_input"], priority.as_dict()["standard_output"]) == (0, 0)
+
+
 def test_answers_whose_charge_the_provider_reported_cost_that_charge_and_the_rest_their_tokens() -> None:
     usage = Usage()
     usage.add({"usage": {"prompt_tokens": 200_000, "completion_tokens": 50_000}}, billed_usd=0.0123)

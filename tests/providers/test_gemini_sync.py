@@ -3,16 +3,19 @@ tier asked and the tier that served, flex refusals and priority downgrades, erro
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
-from gateway.providers.base import ProviderAuthFailed, SyncRequest
+from gateway.providers.base import ProviderAuthFailed, ProviderUnavailable, SyncRequest
 from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_sync import GeminiSyncAdapter
+from gateway.providers.http import RetryPolicy
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.providers.support import CHAT, FAST_RETRY, executed, sync_request
 
@@ -136,3 +139,97 @@ async def test_health_and_endpoints(cluster: SimulatorCluster, http: httpx.Async
     assert (await adapter.health()).healthy
     assert adapter.serves(CHAT) and not adapter.serves("/v1/embeddings")
     assert adapter.executes_locally
+
+
+# --- answers the emulator never gives, from a canned server on loopback ----------------------------------
+
+
+class _Canned(BaseHTTPRequestHandler):
+    """Answers every POST with the server's next canned (status, headers, body)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        status, headers, body = self.server.answers.pop(0)  # type: ignore[attr-defined]
+        self.send_response(status)
+        for name, value in {"content-type": "application/json", **headers}.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def canned() -> Iterator[tuple[str, list[tuple[int, dict[str, str], bytes]]]]:
+    """A base URL and the list of answers its server gives, in order."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
+    server.answers = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", server.answers  # type: ignore[attr-defined]
+    server.shutdown()
+
+
+def generated(tier: str | None) -> bytes:
+    usage: dict[str, Any] = {"promptTokenCount": 3, "candidatesTokenCount": 2}
+    if tier is not None:
+        usage["serviceTier"] = tier
+    content = {"role": "model", "parts": [{"text": "ok"}]}
+    return msgspec.json.encode({"candidates": [{"content": content, "finishReason": "STOP"}], "usageMetadata": usage})
+
+
+async def test_the_served_tier_is_read_from_the_header_first_then_the_body(
+    canned: tuple[str, list[tuple[int, dict[str, str], bytes]]], http: httpx.AsyncClient
+) -> None:
+    base_url, answers = canned
+    answers += [
+        (200, {"x-gemini-service-tier": "standard"}, generated("priority")),  # the header wins
+        (200, {}, generated("SERVICE_TIER_PRIORITY")),  # only the body says
+        (200, {"x-gemini-service-tier": "FLEX"}, generated(None)),  # only the header says
+        (200, {}, generated(None)),  # neither: no tier named (a flex answer is then billed at standard)
+    ]
+    config = ProviderConfig(name="gem", kind="gemini_sync", base_url=base_url, models=[MODEL], timeout_s=5)
+    adapter = GeminiSyncAdapter(config=config, http=http, api_key=SECRET, retry=FAST_RETRY)
+    tiers = [
+        (await executed(adapter, request(f"t{i}", service_tier="priority")))["response"]["body"].get("service_tier")
+        for i in range(4)
+    ]
+    assert tiers == ["default", "priority", "flex", None]
+
+
+async def test_an_error_line_keeps_the_http_status_and_never_shows_the_key(
+    canned: tuple[str, list[tuple[int, dict[str, str], bytes]]], http: httpx.AsyncClient
+) -> None:
+    base_url, answers = canned
+    leak = {"error": {"code": 200, "message": f"quota for key {SECRET} is used up", "status": "OK"}}
+    answers.append((400, {}, msgspec.json.encode(leak)))
+    config = ProviderConfig(name="gem", kind="gemini_sync", base_url=base_url, models=[MODEL], timeout_s=5)
+    adapter = GeminiSyncAdapter(config=config, http=http, api_key=SECRET, retry=FAST_RETRY)
+    raw = await adapter.execute(request("e"))
+    line = msgspec.json.decode(raw)
+    assert line["response"]["status_code"] == 400 and "quota for key" in line["response"]["body"]["error"]["message"]
+    assert SECRET.encode() not in raw
+
+
+async def test_a_service_tier_that_is_not_a_string_asks_for_the_standard_tier(
+    cluster: SimulatorCluster, http: httpx.AsyncClient
+) -> None:
+    line = await executed(make_adapter(cluster, http), request("odd", service_tier=["flex"]))
+    assert line["response"]["status_code"] == 200 and line["response"]["body"]["service_tier"] == "default"
+
+
+async def test_a_flex_request_waits_longer_than_the_provider_timeout(
+    cluster: SimulatorCluster, http: httpx.AsyncClient
+) -> None:
+    """Flex answers can queue for minutes: a flex request outlives ``timeout_s``, a standard one does not."""
+    config = ProviderConfig(
+        name="gem", kind="gemini_sync", base_url=cluster.base_url("gem"), models=[MODEL], timeout_s=0.5
+    )
+    adapter = GeminiSyncAdapter(config=config, http=http, api_key=SECRET, retry=RetryPolicy(attempts=1))
+    cluster.set_faults("gem", latency_s=1.0)
+    flex = await executed(adapter, request("slow-flex", service_tier="flex"))
+    assert flex["response"]["status_code"] == 200
+    with pytest.raises(ProviderUnavailable):
+        await adapter.execute(request("slow-standard"))

@@ -167,6 +167,7 @@ def test_json_schema_response_format() -> None:
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"tool_choice": {"type": "allowed_tools"}}, "tool_choice"),
         ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
         ({"messages": [user([{"type": "input_audio", "input_audio": {}}])]}, "messages[0].content[0]"),
         ({"messages": []}, "messages"),
     ],

@@ -63,6 +63,7 @@ def test_a_tool_conversation_becomes_openai_messages_in_order() -> None:
         ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}, "messages[0].content[0]"),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0]"),
         ({"surprise": 1}, "surprise"),
+        ({"tool_choice": {"type": ["auto"]}}, "tool_choice"),
     ],
 )
 def test_what_would_change_the_answer_is_refused_naming_the_field(change: dict[str, Any], param: str) -> None:
