@@ -58,9 +58,9 @@ class Usage:
 
     ``asked_tier`` is the service tier the shard's requests asked for; answers the provider served at the
     standard tier instead (a priority request downgraded), and flex answers that do not say which tier served
-    them, are also counted in ``standard_input`` and ``standard_output``: they are billed at the standard rate. Answers whose provider reported what it billed
-    for them add that to ``billed_usd`` and their tokens also to the ``billed_*`` counts: the ledger takes the
-    reported charge for those and prices only the rest.
+    them, are also counted in ``standard_input`` and ``standard_output``: they are billed at the standard rate.
+    Answers whose provider reported what it billed for them add that to ``billed_usd`` and their tokens also to
+    the ``billed_*`` counts: the ledger takes the reported charge for those and prices only the rest.
     """
 
     input: int = 0

@@ -2,12 +2,12 @@
 
 A configured provider serves the gateway model names in its ``models`` table. Each becomes one
 policy :class:`~router_policies.base.Offer`: the provider's mode follows its adapter kind (a provider
-batch, or synchronous fan-out for ``openai_sync``), and its prices come from the catalog offer of the
-same logical model sold by ``catalog_provider`` (default: the provider's own name). A synchronous
-provider whose catalog offer prices the ``flex`` or ``priority`` service tier gets one more offer per
-tier its kind can ask for (``service_tiers`` of the adapter), at that tier's prices. A provider that serves a model the catalog does not price is still
-routable, at a price of zero, and is reported as unpriced (it never wins on price by accident of a
-missing entry: see :meth:`OfferBook.unpriced`).
+batch, or synchronous fan-out for the kinds that execute locally), and its prices come from the catalog
+offer of the same logical model sold by ``catalog_provider`` (default: the provider's own name). A
+synchronous provider whose catalog offer prices the ``flex`` or ``priority`` service tier gets one more
+offer per tier its kind can ask for (``service_tiers`` of the adapter), at that tier's prices. A provider
+that serves a model the catalog does not price is still routable, at a price of zero, and is reported
+as unpriced (it never wins on price by accident of a missing entry: see :meth:`OfferBook.unpriced`).
 
 Clients name a model by logical name or catalog alias (``llama-3.3-70b``), or pin a provider with
 ``provider/model`` (``groq-sim/llama-3.3-70b``), where ``model`` is a logical name, an alias, or the
