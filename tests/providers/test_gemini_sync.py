@@ -44,6 +44,11 @@ def request(custom_id: str, text: str = "hello", **fields: Any) -> SyncRequest:
     return sync_request(custom_id, MODEL, text, **fields)
 
 
+def billed_as(tier: str, body: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """The emulator's invoice by tier when one answer's tokens were billed at ``tier``."""
+    return {tier: {"input": body["usage"]["prompt_tokens"], "output": body["usage"]["completion_tokens"]}}
+
+
 def posts(cluster: SimulatorCluster) -> list[tuple[str, int]]:
     return [(entry.path, entry.status) for entry in cluster.state("gem").log if entry.method == "POST"]
 
@@ -66,9 +71,7 @@ async def test_an_answer_reads_as_the_openai_emulator_answers_the_same_request(
     assert body["service_tier"] == "default"
     assert line["response"]["request_id"] and body["id"] == "chatcmpl-" + line["response"]["request_id"]
     assert posts(cluster) == [(f"/v1beta/models/{MODEL}:generateContent", 200)]
-    assert cluster.state("gem").stats.usage_by_tier == {
-        "standard": {"input": body["usage"]["prompt_tokens"], "output": body["usage"]["completion_tokens"]}
-    }
+    assert cluster.state("gem").stats.usage_by_tier == billed_as("standard", body)
 
 
 async def test_flex_is_asked_and_served_and_refused_flex_calls_are_retried_unbilled(
@@ -81,9 +84,7 @@ async def test_flex_is_asked_and_served_and_refused_flex_calls_are_retried_unbil
     assert [status for _, status in posts(cluster)] == [429, 429, 200]
     stats = cluster.state("gem").stats
     assert stats.flex_refused == 2
-    assert stats.usage_by_tier == {
-        "flex": {"input": body["usage"]["prompt_tokens"], "output": body["usage"]["completion_tokens"]}
-    }
+    assert stats.usage_by_tier == billed_as("flex", body)
 
 
 async def test_flex_refused_on_every_try_leaves_its_429_line_and_bills_nothing(
