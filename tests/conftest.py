@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,11 +36,28 @@ PG_URL = os.environ.get("BATCHGW_TEST_DATABASE_URL")
 DATABASES = ["sqlite", *(["postgresql"] if PG_URL else [])]
 
 
+_LISTEN_PORTS = range(20_000, 32_000)
+"""Where test servers listen: below Linux's ephemeral range (32768-60999), from which every outgoing
+connection takes its source port. A port the kernel handed out for ``bind(0)`` can be taken by such a
+connection before the server that was meant to listen on it starts; a port from this range cannot."""
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on loopback nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on loopback nobody listens on right now, not handed out before by this process."""
+    for _ in range(200):
+        port = random.choice(_LISTEN_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port found in 200 tries")
 
 
 @dataclass
@@ -119,14 +137,23 @@ class GatewayProcess:
 
     def start(self, *args: str, wait_ready: bool = True) -> GatewayProcess:
         command = args or ("serve",)
-        self.log_path = self.data_dir / f"{command[0]}-{int(time.time() * 1000)}.log"
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", *command], env=self.env(), stdout=log, stderr=subprocess.STDOUT
-        )
-        if wait_ready and command[0] == "serve":
-            self.wait_ready()
-        return self
+        for _ in range(3):
+            self.log_path = self.data_dir / f"{command[0]}-{int(time.time() * 1000)}.log"
+            log = self.log_path.open("wb")
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", *command], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+            )
+            if not (wait_ready and command[0] == "serve"):
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except RuntimeError:
+                # Another process took the port between choosing and binding it: choose again.
+                if "address already in use" not in self.log() or "BATCHGW_PORT" in self.extra_env:
+                    raise
+                self.port = free_port()
+        raise RuntimeError(f"gateway could not bind a port in 3 tries:\n{self.log()}")
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
