@@ -30,7 +30,7 @@ from gateway.db.models import Batch, Shard, new_id
 from gateway.db.unit_of_work import transaction
 from gateway.pipeline import lifecycle
 from gateway.pipeline.lifecycle import at, end_shard, fanout_parts_prefix, stop_reason, wait
-from gateway.pipeline.results import Usage, result_decoder
+from gateway.pipeline.results import Usage, decode_result
 from gateway.providers.base import ProviderAdapter, ProviderAuthFailed, ProviderUnavailable, SyncRequest
 from gateway.routing import health
 from gateway.storage import BlobStore
@@ -216,13 +216,13 @@ class _LiveSpend:
 
     def add(self, line: bytes) -> None:
         try:
-            item = result_decoder.decode(line)
+            item = decode_result(line)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
         self.answered += 1
         if item.ok:
             usage = Usage()
-            usage.add((item.response or {}).get("body"))
+            usage.add(item.body)
             self.cost_usd += shard_cost(self.shard, usage.as_dict())[0]
 
 

@@ -17,13 +17,14 @@ import msgspec
 from gateway.billing.estimate import raw_input_tokens
 from gateway.pipeline.failover import retryable
 from gateway.pipeline.results import (
+    AnswerBody,
     ShardResults,
     Usage,
+    decode_result,
     error_line,
     id_decoder,
     iter_custom_ids,
     request_line_id,
-    result_decoder,
 )
 from gateway.pipeline.results import encoder as line_encoder
 
@@ -74,7 +75,7 @@ def split_results(
             with raw_path.open("rb") as raw:
                 for number, line in enumerate(raw, 1):
                     try:
-                        item = result_decoder.decode(line)
+                        item = decode_result(line)
                     except (msgspec.DecodeError, msgspec.ValidationError):
                         log.warning("skipping an unreadable result line %d of batch %s", number, batch_id)
                         continue
@@ -96,9 +97,8 @@ def split_results(
                     }
                     if ok:
                         results.completed += 1
-                        body = (item.response or {}).get("body")
-                        results.usage.add(body, item.billed_usd)
-                        results.sample.add(*_answer_tokens(body), raw_input)
+                        results.usage.add(item.body, item.billed_usd)
+                        results.sample.add(*_answer_tokens(item.body), raw_input)
                         out.write(line_encoder.encode(record) + b"\n")
                     else:
                         results.failed += 1
@@ -139,9 +139,9 @@ def _input_estimates(input_path: Path) -> dict[str, int]:
     return found
 
 
-def _answer_tokens(body: Any) -> tuple[int, int]:
+def _answer_tokens(body: AnswerBody | None) -> tuple[int, int]:
     """``(output, input)`` tokens an answer's usage reports."""
-    usage = body.get("usage") if isinstance(body, dict) else None
+    usage = body.usage if body is not None else None
     if not isinstance(usage, dict):
         return 0, 0
     return int(usage.get("completion_tokens") or 0), int(usage.get("prompt_tokens") or 0)

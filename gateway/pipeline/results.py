@@ -18,19 +18,39 @@ import msgspec
 from gateway.billing.history import Sample
 
 
-class ResultLine(msgspec.Struct):
-    """A provider result line, decoded as far as collection needs."""
+class AnswerBody(msgspec.Struct):
+    """What collection reads of an answer's body: its usage and the service tier that served it."""
 
+    usage: Any = None
+    service_tier: Any = None
+
+
+class _Answer(msgspec.Struct):
+    status_code: Any = None
+    body: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _ResultEnvelope(msgspec.Struct):
     custom_id: Any = None
-    response: dict[str, Any] | None = None
+    response: msgspec.Raw = msgspec.Raw(b"null")
     error: dict[str, Any] | None = None
     billed_usd: float | None = None
-    """What the provider billed for this answer, where it reports its charge (see the adapter contract)."""
 
-    @property
-    def status_code(self) -> Any:
-        """The HTTP status of the request's answer (None when it has no response)."""
-        return (self.response or {}).get("status_code")
+
+@dataclass(slots=True)
+class ResultLine:
+    """A provider result line, decoded as far as collection needs; the response stays the provider's bytes."""
+
+    custom_id: Any
+    response: msgspec.Raw | None
+    """The answer as it arrived (written to the output unchanged), None when there is none."""
+    error: dict[str, Any] | None
+    billed_usd: float | None
+    """What the provider billed for this answer, where it reports its charge (see the adapter contract)."""
+    status_code: Any
+    """The HTTP status of the request's answer (None when it has no response)."""
+    body: AnswerBody | None
+    """The answer body's usage and served tier (None when the body is not an object)."""
 
     @property
     def ok(self) -> bool:
@@ -39,11 +59,30 @@ class ResultLine(msgspec.Struct):
         return self.error is None and isinstance(status, int) and 200 <= status < 300
 
 
+_envelope_decoder = msgspec.json.Decoder(_ResultEnvelope)
+_answer_decoder = msgspec.json.Decoder(_Answer | None)
+_body_decoder = msgspec.json.Decoder(AnswerBody)
+
+
+def decode_result(line: bytes) -> ResultLine:
+    """One result line, its response scanned for the status code, usage and tier only.
+
+    Raises :class:`msgspec.DecodeError` or :class:`msgspec.ValidationError` for a line that is not a JSON
+    object, or whose ``response`` is neither an object nor null.
+    """
+    envelope = _envelope_decoder.decode(line)
+    answer = _answer_decoder.decode(envelope.response)
+    result = ResultLine(envelope.custom_id, None, envelope.error, envelope.billed_usd, None, None)
+    if answer is not None:
+        result.response, result.status_code = envelope.response, answer.status_code
+        result.body = _body_decoder.decode(answer.body) if memoryview(answer.body)[:1] == b"{" else None
+    return result
+
+
 class _IdLine(msgspec.Struct):
     custom_id: str = ""
 
 
-result_decoder = msgspec.json.Decoder(ResultLine)
 id_decoder = msgspec.json.Decoder(_IdLine)
 encoder = msgspec.json.Encoder()
 
@@ -78,12 +117,12 @@ class Usage:
     billed_cached: int = 0
     billed_cache_write: int = 0
 
-    def add(self, body: Any, billed_usd: float | None = None) -> None:
+    def add(self, body: AnswerBody | None, billed_usd: float | None = None) -> None:
         """Add one successful answer's ``usage`` (and what the provider billed for it, if it said)."""
         self.requests += 1
         if billed_usd is not None:
             self.billed_usd += billed_usd
-        usage = body.get("usage") if isinstance(body, dict) else None
+        usage = body.usage if body is not None else None
         if not isinstance(usage, dict):
             return
         prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -99,7 +138,7 @@ class Usage:
             self.billed_output += completion
             self.billed_cached += cached
             self.billed_cache_write += written
-        elif self._served_at_standard(body.get("service_tier")):
+        elif self._served_at_standard(body.service_tier if body is not None else None):
             self.standard_input += prompt
             self.standard_output += completion
 
@@ -177,11 +216,11 @@ def billed_usage(path: Path) -> Usage:
     with path.open("rb") as handle:
         for line in handle:
             try:
-                item = result_decoder.decode(line)
+                item = decode_result(line)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue
             if not isinstance(item.custom_id, str) or item.custom_id in seen or not item.ok:
                 continue
             seen.add(item.custom_id)
-            usage.add((item.response or {}).get("body"), item.billed_usd)
+            usage.add(item.body, item.billed_usd)
     return usage

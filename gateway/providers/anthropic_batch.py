@@ -62,6 +62,7 @@ from gateway.providers.base import (
 )
 from gateway.providers.http import HttpAdapter
 from gateway.providers.jsonl import encode_line
+from gateway.providers.status_board import StatusBoard
 from gateway.translate.anthropic import DEFAULT_MAX_TOKENS, MalformedResult
 
 __all__ = ["LOCAL_BATCH_PREFIX", "AnthropicBatchAdapter"]
@@ -96,6 +97,8 @@ class AnthropicBatchAdapter(AnthropicHttpAdapter):
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     """``max_tokens`` for requests that set neither ``max_tokens`` nor ``max_completion_tokens``."""
     _created: CreatesAnsweredHere = field(default_factory=CreatesAnsweredHere, init=False, repr=False)
+    board: StatusBoard = field(default_factory=StatusBoard, repr=False, compare=False)
+    """Recent status answers: the polls of one tick share one list page."""
 
     # ----------------------------------------------------------------- adapter contract
 
@@ -119,10 +122,13 @@ class AnthropicBatchAdapter(AnthropicHttpAdapter):
         return self._created.find(submit_token, self.name)
 
     async def poll(self, provider_batch_id: str) -> PollResult:
-        """Retrieve the batch; counts are all ``processing`` until it ends (Anthropic's semantics)."""
+        """Read the batch (from the page listed for this tick's polls, else retrieved); counts are all
+        ``processing`` until it ends (Anthropic's semantics)."""
         if provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
             return PollResult(state=ProviderBatchState.COMPLETED, raw_status="ended")
-        batch = await self._retrieve(provider_batch_id)
+        batch = await self.board.read(
+            provider_batch_id, lambda: self._retrieve(provider_batch_id), self._newest_batches, self.name
+        )
         result = parse_batch(batch)
         if result is None:
             raw_status = batch.get("processing_status")
@@ -137,7 +143,7 @@ class AnthropicBatchAdapter(AnthropicHttpAdapter):
             index = await asyncio.to_thread(ShardIndex.read, input_path, self.default_max_tokens)
         with dest.open("ab") as out:
             if not provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
-                batch = await self._retrieve(provider_batch_id)
+                batch = self.board.ended(provider_batch_id, _has_ended) or await self._retrieve(provider_batch_id)
                 url = self._results_url(batch, provider_batch_id)
                 created = unix_time(batch.get("ended_at")) or unix_time(batch.get("created_at")) or int(time.time())
 
@@ -174,6 +180,11 @@ class AnthropicBatchAdapter(AnthropicHttpAdapter):
 
     # ----------------------------------------------------------------- helpers
 
+    async def _newest_batches(self) -> list[dict[str, Any]]:
+        page = await self._call_json("GET", BATCHES, params={"limit": 100})
+        data = page.get("data") if isinstance(page, dict) else None
+        return [batch for batch in data if isinstance(batch, dict)] if isinstance(data, list) else []
+
     async def _retrieve(self, provider_batch_id: str) -> dict[str, Any]:
         batch = await self._call_json("GET", f"{BATCHES}/{quote(provider_batch_id, safe='')}")
         if not isinstance(batch, dict):
@@ -190,3 +201,7 @@ class AnthropicBatchAdapter(AnthropicHttpAdapter):
         # The API key goes only to the configured host.
         log.warning("provider %s: results_url on another host; using the configured base URL", self.name)
         return self._url(f"{BATCHES}/{quote(provider_batch_id, safe='')}/results")
+
+
+def _has_ended(batch: dict[str, Any]) -> bool:
+    return batch.get("processing_status") == "ended"

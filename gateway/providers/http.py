@@ -341,7 +341,7 @@ class HttpAdapter(ProviderAdapter):
     def _output_line(self, line: bytes, number: int, file_id: str, provider_batch_id: str) -> Mapping[str, Any] | None:
         """A result-file line in OpenAI's output envelope, normalised; None (and a warning) if unusable."""
         try:
-            return normalise_output_line(line, provider_batch_id)
+            return normalise_output_line(line, provider_batch_id, decode_response=False)
         except MalformedResult as exc:
             log.warning(
                 "provider %s: skipped line %d of result file %s of batch %s: %s",

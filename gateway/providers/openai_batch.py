@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
@@ -45,6 +45,7 @@ from gateway.providers.openai_wire import (
     unwrap_batch,
     upload_name,
 )
+from gateway.providers.status_board import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class OpenAIBatchAdapter(HttpAdapter):
     """Where the provider departs from OpenAI's format: ``azure``, ``groq`` or ``together``."""
     max_list_pages: int = 20
     """Pages of ``GET /batches`` (100 each, newest first) searched by :meth:`find_submitted`."""
+    board: StatusBoard = field(default_factory=StatusBoard, repr=False, compare=False)
+    """Recent status answers: the polls of one tick share one ``GET /batches`` page."""
 
     def __post_init__(self) -> None:
         if self.dialect not in DIALECTS:
@@ -118,8 +121,11 @@ class OpenAIBatchAdapter(HttpAdapter):
         )
 
     async def poll(self, provider_batch_id: str) -> PollResult:
-        """Retrieve the batch and translate its status and request counts."""
-        batch = await self._retrieve(provider_batch_id)
+        """Read the batch (from the page of batches listed for this tick's polls, else retrieved) and translate
+        its status and request counts."""
+        batch = await self.board.read(
+            provider_batch_id, lambda: self._retrieve(provider_batch_id), self._newest_batches, self.name
+        )
         raw_status = batch.get("status")
         state = map_batch_status(raw_status)
         if state is None:
@@ -137,8 +143,9 @@ class OpenAIBatchAdapter(HttpAdapter):
         )
 
     async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
-        """Append the output and error files' lines to ``dest`` as OpenAI output envelopes."""
-        batch = await self._retrieve(provider_batch_id)
+        """Append the output and error files' lines to ``dest`` as OpenAI output envelopes (the file ids from the
+        poll that saw the batch end, where this process made it)."""
+        batch = self.board.ended(provider_batch_id, _has_ended) or await self._retrieve(provider_batch_id)
         file_ids: list[str] = []
         for key in ("output_file_id", "error_file_id"):
             value = batch.get(key)
@@ -176,6 +183,9 @@ class OpenAIBatchAdapter(HttpAdapter):
         return await self._probe(("/models", None), ("/batches", {"limit": 1}))
 
     # ----------------------------------------------------------------- helpers
+
+    async def _newest_batches(self) -> list[dict[str, Any]]:
+        return parse_batch_page(await self._call_json("GET", "/batches", params={"limit": 100})).batches
 
     async def _retrieve(self, provider_batch_id: str) -> dict[str, Any]:
         return unwrap_batch(await self._call_json("GET", f"/batches/{quote(provider_batch_id, safe='')}"))
@@ -217,3 +227,8 @@ class OpenAIBatchAdapter(HttpAdapter):
         if not isinstance(batch_id, str) or not batch_id:
             raise ProviderUnavailable(f"provider {self.name}: {call} answered a batch without an id")
         return batch_id
+
+
+def _has_ended(batch: dict[str, Any]) -> bool:
+    state = map_batch_status(batch.get("status"))
+    return state is not None and state.is_terminal

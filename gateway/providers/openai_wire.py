@@ -268,27 +268,43 @@ def _normalise_error(error: object) -> dict[str, Any] | None:
     return None
 
 
-def normalise_output_line(raw: bytes, provider_batch_id: str) -> dict[str, Any]:
+class _ProviderLine(msgspec.Struct):
+    """A provider result line, decoded only as far as its envelope: the response stays bytes."""
+
+    custom_id: Any = None
+    id: Any = None
+    response: msgspec.Raw = msgspec.Raw(b"null")
+    error: Any = None
+
+
+_provider_line_decoder = msgspec.json.Decoder(_ProviderLine)
+
+
+def normalise_output_line(raw: bytes, provider_batch_id: str, *, decode_response: bool = True) -> dict[str, Any]:
     """Turn one provider result line into the OpenAI envelope ``{id, custom_id, response, error}``.
 
-    Raises :class:`MalformedResult` if the line is not a JSON object with a string ``custom_id``.
+    Raises :class:`MalformedResult` if the line is not a UTF-8 JSON object with a string ``custom_id``.
     A line with neither a response object nor an error gets an ``invalid_provider_output`` error,
-    so the request shows up as failed rather than silently succeeded.
+    so the request shows up as failed rather than silently succeeded. Without ``decode_response`` the
+    response object is passed through as the provider's bytes (:class:`msgspec.Raw`): the envelope is
+    re-encoded, the answer is not decoded and encoded again.
     """
     try:
-        obj = msgspec.json.decode(raw)
+        raw.decode()  # a skipped value's bytes are not checked by the decoder below; the output must be UTF-8
+        line = _provider_line_decoder.decode(raw)
+    except UnicodeDecodeError:
+        raise MalformedResult("not valid UTF-8") from None
     except msgspec.DecodeError:
         raise MalformedResult("not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise MalformedResult("not a JSON object")
-    custom_id = obj.get("custom_id")
+    except msgspec.ValidationError:
+        raise MalformedResult("not a JSON object") from None
+    custom_id, line_id = line.custom_id, line.id
     if not isinstance(custom_id, str) or not custom_id:
         raise MalformedResult("no string custom_id")
-    line_id = obj.get("id")
-    response = obj.get("response")
-    error = _normalise_error(obj.get("error"))
-    if not isinstance(response, dict):
-        response = None
+    response: Any = line.response if memoryview(line.response)[:1] == b"{" else None
+    if response is not None and decode_response:
+        response = msgspec.json.decode(response)
+    error = _normalise_error(line.error)
     if response is None and error is None:
         error = {"code": "invalid_provider_output", "message": "The provider returned no result."}
     return {

@@ -259,6 +259,18 @@ def test_success_line_kept() -> None:
     }
 
 
+def test_a_passed_through_response_is_the_providers_bytes() -> None:
+    answer = b'{"status_code": 200,  "body": {"z": 1, "a": "\\u00e9"}}'
+    line = b'{"custom_id": "q-1", "response": ' + answer + b"}"
+    envelope = normalise_output_line(line, "batch_1", decode_response=False)
+    assert bytes(envelope["response"]) == answer
+    assert msgspec.json.encode(envelope["response"]) == answer  # written out unchanged, not decoded and encoded again
+    with pytest.raises(MalformedResult, match="UTF-8"):
+        normalise_output_line(b'{"custom_id": "q-1", "response": {"body": "\xff"}}', "b", decode_response=False)
+    text = normalise_output_line(b'{"custom_id": "q-1", "response": "text"}', "b", decode_response=False)
+    assert text["response"] is None and text["error"]["code"] == "invalid_provider_output"
+
+
 def test_error_line_and_generated_id() -> None:
     raw = b'{"custom_id":"q-3","response":null,"error":{"code":"batch_expired","message":"late"}}'
     first = normalise_output_line(raw, "batch_1")

@@ -1,0 +1,92 @@
+"""The status answers of one provider's batches, shared by the polls of one tick.
+
+Polling every in-flight batch with its own ``GET`` costs one provider call per shard per tick. A provider
+whose protocol lists batches (newest first, with the same objects a retrieve answers) can answer them all
+with one page: when more than one of its batches is polled within :attr:`StatusBoard.window_s`, the board
+reads the newest page once and answers every poll of that window from it. A batch not on that page (older
+than the newest page) and a lone poll get their own retrieve, as before.
+
+A status read this way is at most ``window_s`` old; a batch polled alone is always retrieved afresh. The
+last answer of each batch is kept for a while, so the collection that follows a poll seeing the batch end
+reads its result file ids from that answer instead of asking again: a batch that ended does not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.providers.base import ProviderRejected
+
+log = logging.getLogger(__name__)
+Batch = dict[str, Any]
+
+
+@dataclass
+class StatusBoard:
+    """Recent batch objects of one provider, keyed by the provider's batch id (see the module docstring)."""
+
+    window_s: float = 0.5
+    """How old a listed status may be when it answers a poll; the polls within it share one list call."""
+    lists: bool = True
+    """False once the provider refused a list call: every poll retrieves its batch."""
+    keep_s: float = 300.0
+    """How long a batch is remembered after its last poll (its last answer serves :meth:`ended`)."""
+    _answers: dict[str, tuple[float, Batch]] = field(default_factory=dict, repr=False)
+    """The last answer about each batch polled, and when it was listed (-inf for a retrieve's own answer)."""
+    _polled: dict[str, float] = field(default_factory=dict, repr=False)
+    _listed_at: float = field(default=float("-inf"), repr=False)
+    _listing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    async def read(
+        self,
+        batch_id: str,
+        retrieve: Callable[[], Awaitable[Batch]],
+        newest_page: Callable[[], Awaitable[list[Batch]]],
+        provider: str,
+    ) -> Batch:
+        """The batch's status object: from the shared list page (``newest_page``) when several batches are being
+        polled, else from ``retrieve``. ``provider`` names the provider in the log."""
+        now = time.monotonic()
+        self._forget(now)
+        self._polled[batch_id] = now
+        if (fresh := self._fresh(batch_id, now)) is not None:
+            return fresh
+        if self.lists and sum(now - at < self.window_s for at in self._polled.values()) > 1:
+            async with self._listing:  # concurrent polls wait for one list call, then read its answer
+                if self.lists and time.monotonic() - self._listed_at >= self.window_s:
+                    try:
+                        page = await newest_page()
+                    except ProviderRejected as exc:  # no list endpoint there: every poll retrieves
+                        self.lists = False
+                        log.warning("provider %s: batch list refused (%s); each batch is polled alone", provider, exc)
+                        page = []
+                    self._listed_at = listed = time.monotonic()
+                    for batch in page:
+                        if (found := batch.get("id")) in self._polled:  # only batches being polled are kept
+                            self._answers[found] = (listed, batch)
+            if (fresh := self._fresh(batch_id, time.monotonic())) is not None:
+                return fresh
+        batch = await retrieve()
+        self._answers[batch_id] = (float("-inf"), batch)  # kept for ended(), never answers another poll
+        return batch
+
+    def ended(self, batch_id: str, has_ended: Callable[[Batch], bool]) -> Batch | None:
+        """The last answer for the batch if ``has_ended`` says it ended (its result files are then final)."""
+        entry = self._answers.get(batch_id)
+        return entry[1] if entry is not None and has_ended(entry[1]) else None
+
+    def _fresh(self, batch_id: str, now: float) -> Batch | None:
+        entry = self._answers.get(batch_id)
+        return entry[1] if entry is not None and now - entry[0] < self.window_s else None
+
+    def _forget(self, now: float) -> None:
+        """Drop batches not polled for :attr:`keep_s` (they ended and were collected, or another process polls
+        them now)."""
+        if self._polled and now - min(self._polled.values()) >= self.keep_s:
+            self._polled = {key: at for key, at in self._polled.items() if now - at < self.keep_s}
+            self._answers = {key: entry for key, entry in self._answers.items() if key in self._polled}

@@ -1,0 +1,54 @@
+"""Result lines are decoded only as far as collection needs; the answer itself stays the provider's bytes."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from gateway.pipeline.results import decode_result, encoder
+
+ANSWER = (
+    b'{"status_code": 200, "request_id": "req_1", "body": {"id": "c-1", "service_tier": "flex", '
+    b'"choices": [{"message": {"content": "caf\\u00e9 \xe2\x98\x95"}}], '
+    b'"usage": {"prompt_tokens": 12, "completion_tokens": 3}}}'
+)
+
+
+def test_an_answer_is_read_for_status_usage_and_tier_and_kept_as_its_bytes() -> None:
+    item = decode_result(b'{"custom_id": "q-1", "response": ' + ANSWER + b', "error": null, "billed_usd": 0.5}')
+    assert (item.custom_id, item.status_code, item.ok, item.billed_usd) == ("q-1", 200, True, 0.5)
+    assert item.body is not None
+    assert item.body.usage == {"prompt_tokens": 12, "completion_tokens": 3}
+    assert item.body.service_tier == "flex"
+    assert item.response is not None and bytes(item.response) == ANSWER
+    line = encoder.encode({"custom_id": item.custom_id, "response": item.response})
+    assert line == b'{"custom_id":"q-1","response":' + ANSWER + b"}"
+    assert msgspec.json.decode(line)["response"]["body"]["choices"][0]["message"]["content"] == "caf\u00e9 \u2615"
+
+
+def test_an_error_line_has_no_response_and_is_not_ok() -> None:
+    item = decode_result(b'{"custom_id": "q-2", "response": null, "error": {"code": "x", "message": "m"}}')
+    assert (item.response, item.status_code, item.body, item.ok) == (None, None, None, False)
+    assert item.error == {"code": "x", "message": "m"}
+
+
+def test_a_non_2xx_answer_or_a_body_that_is_not_an_object() -> None:
+    failed = decode_result(b'{"custom_id": "q", "response": {"status_code": 429, "body": {"error": {}}}}')
+    assert (failed.status_code, failed.ok) == (429, False)
+    text = decode_result(b'{"custom_id": "q", "response": {"status_code": 200, "body": "plain text"}}')
+    assert (text.ok, text.body) == (True, None)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"[1]",
+        b'{"custom_id": "q", "response": "text"}',
+        b'{"custom_id": "q", "response": {"status_code": 200, "body": {"usage": 01}}}',
+        b'{"custom_id": "q", "error": "a string"}',
+        b'{"custom_id": "q", "response": {"status_code": 200}',
+    ],
+)
+def test_unreadable_lines_raise(line: bytes) -> None:
+    with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
+        decode_result(line)

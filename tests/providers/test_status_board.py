@@ -1,0 +1,123 @@
+"""The polls of one tick share one ``GET /batches`` page (OpenAI protocol, against the emulator on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.providers.anthropic_batch import AnthropicBatchAdapter
+from gateway.providers.base import ProviderBatchState
+from gateway.providers.config import ProviderConfig
+from gateway.providers.openai_batch import OpenAIBatchAdapter
+from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.providers.support import FAST_RETRY, calls, questions, read_lines, wait_terminal, write_shard
+
+MODEL = "gpt-4o-mini"
+CLAUDE = "claude-haiku-4-5"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[SimulatorCluster]:
+    specs = [
+        ProviderSpec(name="sim", models=[MODEL], processing_delay_s=0.4),
+        ProviderSpec(name="claude", kind="anthropic", models=[CLAUDE], processing_delay_s=0.4),
+    ]
+    with SimulatorCluster(specs, control_port=None) as running:
+        yield running
+
+
+@pytest.fixture
+def adapter(cluster: SimulatorCluster, http: httpx.AsyncClient) -> OpenAIBatchAdapter:
+    config = ProviderConfig(name="sim", kind="openai", base_url=cluster.base_url("sim"), models=[MODEL], timeout_s=5)
+    return OpenAIBatchAdapter(config=config, http=http, retry=FAST_RETRY)
+
+
+async def submitted(adapter: OpenAIBatchAdapter, folder: Path, count: int, size: int = 2) -> list[str]:
+    return [
+        (await adapter.submit(write_shard(folder, questions(size, MODEL), MODEL))).provider_batch_id
+        for _ in range(count)
+    ]
+
+
+async def status_calls(cluster: SimulatorCluster, name: str = "sim") -> tuple[int, int]:
+    """(list calls, retrieve calls) the emulator answered so far."""
+    gets = [entry for entry in await calls(cluster, name, "GET", "/batches") if not entry.path.endswith("/results")]
+    listed = sum(entry.path.rstrip("/").endswith("/batches") for entry in gets)
+    return listed, len(gets) - listed
+
+
+async def test_the_polls_of_one_tick_share_one_list_call(
+    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    ids = await submitted(adapter, tmp_path, 10)
+    first = await adapter.poll(ids[0])  # alone so far: retrieved
+    assert await status_calls(cluster) == (0, 1)
+    results = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
+    assert await status_calls(cluster) == (1, 2)  # ten polls: the first alone again, then one page for the rest
+    assert first.total == 2 and all(result.total == 2 for result in results)
+    assert all(not result.state.is_terminal for result in results)
+    await asyncio.sleep(1.0)  # the page is too old now and the batches have ended
+    ended = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
+    assert [result.state for result in ended] == [ProviderBatchState.COMPLETED] * 10
+    assert await status_calls(cluster) == (2, 3)  # again: the first poll alone, then one page
+
+
+async def test_a_batch_polled_alone_is_always_read_afresh(
+    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    [batch_id] = await submitted(adapter, tmp_path, 1)
+    final = await wait_terminal(adapter, batch_id)
+    listed, retrieved = await status_calls(cluster)
+    assert final.state is ProviderBatchState.COMPLETED
+    assert listed == 0 and retrieved >= 1
+
+
+async def test_collection_reads_the_file_ids_from_the_poll_that_saw_the_end(
+    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    [batch_id] = await submitted(adapter, tmp_path, 1, size=5)
+    await wait_terminal(adapter, batch_id)
+    before = await status_calls(cluster)
+    dest = tmp_path / "results.jsonl"
+    await adapter.fetch_results(batch_id, dest)
+    assert await status_calls(cluster) == before  # no second read of the batch
+    assert sorted(line["custom_id"] for line in read_lines(dest)) == [f"req-{i:03d}" for i in range(5)]
+    other = OpenAIBatchAdapter(config=adapter.config, http=adapter.http, retry=FAST_RETRY)  # another process
+    await other.fetch_results(batch_id, tmp_path / "again.jsonl")
+    assert (await status_calls(cluster))[1] == before[1] + 1
+
+
+async def test_a_batch_older_than_the_newest_page_is_retrieved(
+    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    oldest, *_ = await submitted(adapter, tmp_path, 101, size=1)
+    newest = (await submitted(adapter, tmp_path, 1, size=1))[0]
+    results = await asyncio.gather(adapter.poll(newest), adapter.poll(oldest))
+    assert results[1].state is ProviderBatchState.COMPLETED and results[1].total == 1
+    assert await status_calls(cluster) == (1, 2)  # newest alone at first, then the page, then oldest not on it
+
+
+async def test_message_batches_share_one_list_call_too(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    config = ProviderConfig(
+        name="claude", kind="anthropic", base_url=cluster.base_url("claude"), models=[CLAUDE], timeout_s=5
+    )
+    adapter = AnthropicBatchAdapter(config=config, http=http, retry=FAST_RETRY)
+    shards = [write_shard(tmp_path, questions(2, CLAUDE), CLAUDE) for _ in range(5)]
+    ids = [(await adapter.submit(shard)).provider_batch_id for shard in shards]
+    running = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
+    assert not any(result.state.is_terminal for result in running)
+    assert await status_calls(cluster, "claude") == (1, 1)  # the first alone, then one page for the other four
+    await asyncio.sleep(1.0)
+    ended = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
+    assert [result.state for result in ended] == [ProviderBatchState.COMPLETED] * 5
+    before = await status_calls(cluster, "claude")
+    dest = tmp_path / "results.jsonl"
+    await adapter.fetch_results(ids[3], dest, input_path=shards[3].input_path)
+    assert await status_calls(cluster, "claude") == before  # the results URL came from the poll's answer
+    assert sorted(line["custom_id"] for line in read_lines(dest)) == ["req-000", "req-001"]
