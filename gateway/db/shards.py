@@ -222,6 +222,23 @@ async def canary_stats(session: AsyncSession, batch_id: str) -> CanaryStats:
     return CanaryStats(int(open_canary), int(held), int(totals[0]), int(totals[1]), int(totals[2]), float(cost[0]))
 
 
+async def poll_now(session: AsyncSession, provider: str, provider_batch_ids: list[str]) -> int:
+    """Make the running shards of these provider batches due now (their provider showed them ended); how many."""
+    now = time.time()
+    result = await session.exec(
+        update(Shard)
+        .where(
+            col(Shard.provider) == provider,
+            col(Shard.provider_batch_id).in_(provider_batch_ids),
+            col(Shard.state) == "running",
+            col(Shard.next_action_at) > now,
+        )
+        .values(next_action_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
+
+
 async def release_held(session: AsyncSession, batch_id: str) -> None:
     """Let a batch's held shards run."""
     await session.exec(

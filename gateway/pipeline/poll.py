@@ -1,8 +1,10 @@
 """Stage 5 of the data path: follow a submitted shard until its provider batch ends.
 
 Polls back off from ``provider_poll_min_s`` to ``provider_poll_max_s``, so the cost grows with the
-number of shards in flight, not with requests; when the provider reports progress, the next poll comes
-when that progress says the batch will be done, if that is sooner (:func:`next_poll_in`). A cancel,
+number of shards in flight, not with requests, yet come at least every tenth of the time the batch has run
+(:data:`AGE_SHARE`); when the provider reports progress, the next poll comes when that progress says the
+batch will be done, if that is sooner (:func:`next_poll_in`). A poll whose answer (a shared list page)
+shows other batches of the provider ended makes their shards due at once. A cancel,
 the end of the completion window or a hard budget (:mod:`gateway.billing.guard`: spent, or no longer
 able to take the batch) is passed on to the provider here as a cancel; results already finished are
 kept either way. A provider that answers 429 is waited out (its Retry-After honoured); one that stays
@@ -48,6 +50,10 @@ END_REASON_BY_STATE = {
     ProviderBatchState.CANCELLED: "cancelled",
 }
 
+AGE_SHARE = 0.1
+"""A running provider batch is polled at least every tenth of the time it has run (then the backoff's maximum),
+so noticing its end takes at most about a tenth longer than the batch itself."""
+
 
 async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> None:
     """Shard entry for state ``running``."""
@@ -88,6 +94,9 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         return
     crash_point("poll.after_status")
     freeze_point("poll.after_status")
+    if ended_elsewhere := adapter.take_seen_ended():
+        async with transaction(context.sessions) as session:
+            await shard_db.poll_now(session, shard.provider, ended_elsewhere)
     if shard.unavailable_since is not None:
         await health.call_succeeded(context, shard.provider)
     if status.state.is_terminal:
@@ -148,7 +157,10 @@ async def _progress(
     done = status.completed + status.failed
     before = shard.progress_completed + shard.progress_failed
     since = shard.last_progress_at or shard.submitted_at
-    delay = next_poll_in(backoff, settings.provider_poll_min_s, before, since, done, shard.request_count, now)
+    running_s = now - (shard.submitted_at or now)
+    delay = next_poll_in(
+        backoff, settings.provider_poll_min_s, before, since, done, shard.request_count, now, running_s=running_s
+    )
     detail = (
         f"running at {shard.provider} (status {status.raw_status}): {done} of {shard.request_count} requests done; "
         f"next check at {at(now + delay)}"
@@ -174,10 +186,18 @@ async def _progress(
 
 
 def next_poll_in(
-    backoff_s: float, min_s: float, done_before: int, since: float | None, done_now: int, total: int, now: float
+    backoff_s: float,
+    min_s: float,
+    done_before: int,
+    since: float | None,
+    done_now: int,
+    total: int,
+    now: float,
+    *,
+    running_s: float | None = None,
 ) -> float:
     """Seconds until the next poll: the backoff, or sooner when the provider's own progress says the batch
-    ends sooner.
+    ends sooner, and never later than :data:`AGE_SHARE` of ``running_s`` (how long the batch has run).
 
     From the requests done since the last progress (``done_before`` at ``since``), the rate so far gives
     when the rest will be done; the poll comes a tenth later than that, never sooner than ``min_s``. Once
@@ -185,6 +205,15 @@ def next_poll_in(
     output. The backoff itself keeps growing, so a provider that reports no progress is asked ever less
     often.
     """
+    delay = _by_progress(backoff_s, min_s, done_before, since, done_now, total, now)
+    if running_s is None:
+        return delay
+    return min(delay, max(min_s, AGE_SHARE * running_s))
+
+
+def _by_progress(
+    backoff_s: float, min_s: float, done_before: int, since: float | None, done_now: int, total: int, now: float
+) -> float:
     if since is None or now <= since:
         return backoff_s
     if done_now >= total:

@@ -127,7 +127,7 @@ class AnthropicBatchAdapter(AnthropicHttpAdapter):
         if provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
             return PollResult(state=ProviderBatchState.COMPLETED, raw_status="ended")
         batch = await self.board.read(
-            provider_batch_id, lambda: self._retrieve(provider_batch_id), self._newest_batches, self.name
+            provider_batch_id, lambda: self._retrieve(provider_batch_id), self._newest_batches, _has_ended, self.name
         )
         result = parse_batch(batch)
         if result is None:
@@ -179,6 +179,10 @@ class AnthropicBatchAdapter(AnthropicHttpAdapter):
         return await self._probe((BATCHES, {"limit": 1}))
 
     # ----------------------------------------------------------------- helpers
+
+    def take_seen_ended(self) -> list[str]:
+        """Batches a shared list page showed ended (see :class:`StatusBoard`)."""
+        return self.board.take_ended()
 
     async def _newest_batches(self) -> list[dict[str, Any]]:
         page = await self._call_json("GET", BATCHES, params={"limit": 100})

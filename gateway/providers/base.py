@@ -290,6 +290,11 @@ class ProviderAdapter(abc.ABC):
         """Ask the provider to stop the batch; results already finished stay fetchable."""
         raise self.unsupported("has no batch API")
 
+    def take_seen_ended(self) -> list[str]:
+        """Provider batches that a status read of another batch showed ended since the last call (a kind whose
+        polls share a list page); their shards can be collected without waiting for their own next poll."""
+        return []
+
     @abc.abstractmethod
     async def health(self) -> HealthReport:
         """A cheap call that tells whether the provider answers."""

@@ -124,7 +124,7 @@ class OpenAIBatchAdapter(HttpAdapter):
         """Read the batch (from the page of batches listed for this tick's polls, else retrieved) and translate
         its status and request counts."""
         batch = await self.board.read(
-            provider_batch_id, lambda: self._retrieve(provider_batch_id), self._newest_batches, self.name
+            provider_batch_id, lambda: self._retrieve(provider_batch_id), self._newest_batches, _has_ended, self.name
         )
         raw_status = batch.get("status")
         state = map_batch_status(raw_status)
@@ -183,6 +183,10 @@ class OpenAIBatchAdapter(HttpAdapter):
         return await self._probe(("/models", None), ("/batches", {"limit": 1}))
 
     # ----------------------------------------------------------------- helpers
+
+    def take_seen_ended(self) -> list[str]:
+        """Batches a shared list page showed ended (see :class:`StatusBoard`)."""
+        return self.board.take_ended()
 
     async def _newest_batches(self) -> list[dict[str, Any]]:
         return parse_batch_page(await self._call_json("GET", "/batches", params={"limit": 100})).batches

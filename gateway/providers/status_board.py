@@ -9,6 +9,8 @@ than the newest page) and a lone poll get their own retrieve, as before.
 A status read this way is at most ``window_s`` old; a batch polled alone is always retrieved afresh. The
 last answer of each batch is kept for a while, so the collection that follows a poll seeing the batch end
 reads its result file ids from that answer instead of asking again: a batch that ended does not change.
+A page that shows another polled batch ended says so (:meth:`StatusBoard.take_ended`), so its shard is
+collected at once rather than at its own next poll.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class StatusBoard:
     """The last answer about each batch polled, and when it was listed (-inf for a retrieve's own answer)."""
     _polled: dict[str, float] = field(default_factory=dict, repr=False)
     _listed_at: float = field(default=float("-inf"), repr=False)
+    _ended: list[str] = field(default_factory=list, repr=False)
+    _reported: set[str] = field(default_factory=set, repr=False)
     _listing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def read(
@@ -47,10 +51,12 @@ class StatusBoard:
         batch_id: str,
         retrieve: Callable[[], Awaitable[Batch]],
         newest_page: Callable[[], Awaitable[list[Batch]]],
+        has_ended: Callable[[Batch], bool],
         provider: str,
     ) -> Batch:
         """The batch's status object: from the shared list page (``newest_page``) when several batches are being
-        polled, else from ``retrieve``. ``provider`` names the provider in the log."""
+        polled, else from ``retrieve``. Other polled batches the page shows ended (``has_ended``) are noted for
+        :meth:`take_ended`. ``provider`` names the provider in the log."""
         now = time.monotonic()
         self._forget(now)
         self._polled[batch_id] = now
@@ -69,11 +75,22 @@ class StatusBoard:
                     for batch in page:
                         if (found := batch.get("id")) in self._polled:  # only batches being polled are kept
                             self._answers[found] = (listed, batch)
+                            if found not in self._reported and has_ended(batch):
+                                self._reported.add(found)
+                                if found != batch_id:  # its own poll is reading it now
+                                    self._ended.append(found)
             if (fresh := self._fresh(batch_id, time.monotonic())) is not None:
                 return fresh
         batch = await retrieve()
         self._answers[batch_id] = (float("-inf"), batch)  # kept for ended(), never answers another poll
+        if has_ended(batch):
+            self._reported.add(batch_id)  # its own poll saw the end
         return batch
+
+    def take_ended(self) -> list[str]:
+        """Batches polled here that a list page showed ended since the last call."""
+        ended, self._ended = self._ended, []
+        return ended
 
     def ended(self, batch_id: str, has_ended: Callable[[Batch], bool]) -> Batch | None:
         """The last answer for the batch if ``has_ended`` says it ended (its result files are then final)."""
@@ -90,3 +107,4 @@ class StatusBoard:
         if self._polled and now - min(self._polled.values()) >= self.keep_s:
             self._polled = {key: at for key, at in self._polled.items() if now - at < self.keep_s}
             self._answers = {key: entry for key, entry in self._answers.items() if key in self._polled}
+            self._reported &= self._polled.keys()

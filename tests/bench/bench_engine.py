@@ -115,10 +115,13 @@ def milestones(
     ``calls`` are the emulator's (end time, method, path) of every API call it answered.
     """
     events = log_events(log)
-    seen_by_poll = max(
-        min(t for t, method, path in calls if method == "GET" and path == f"/v1/batches/{job}" and t >= done)
-        for job, done in watcher.finished.items()
-    )
+    status_paths = {"/v1/batches"}  # the list call that answers the polls of several batches at once
+
+    def status_read_after(job: str, done: float) -> float:
+        paths = status_paths | {f"/v1/batches/{job}"}
+        return min(t for t, method, path in calls if method == "GET" and path in paths and t >= done)
+
+    seen_by_poll = max(status_read_after(job, done) for job, done in watcher.finished.items())
     downloaded = max(t for t, method, path in calls if method == "GET" and path.endswith("/content"))
 
     def last(pattern: str) -> float:

@@ -30,3 +30,19 @@ def test_next_poll(
     backoff: float, before: int, since: float | None, done: int, total: int, expected: float, why: str
 ) -> None:
     assert next_poll_in(backoff, 0.25, before, since, done, total, NOW) == pytest.approx(expected), why
+
+
+@pytest.mark.parametrize(
+    ("backoff", "running_s", "expected", "why"),
+    [
+        (16.0, 40.0, 4.0, "running for 40 s: polled within 4 s however far the backoff grew"),
+        (16.0, 1.0, 0.25, "just submitted: never sooner than the shortest delay"),
+        (30.0, 3_600.0, 30.0, "running for an hour: the backoff"),
+        (8.0, 200.0, 8.0, "a backoff shorter than a tenth of the run time"),
+    ],
+)
+def test_a_batch_is_polled_at_least_every_tenth_of_its_run_time(
+    backoff: float, running_s: float, expected: float, why: str
+) -> None:
+    delay = next_poll_in(backoff, 0.25, 0, NOW - running_s, 0, 100, NOW, running_s=running_s)
+    assert delay == pytest.approx(expected), why

@@ -58,12 +58,27 @@ async def test_the_polls_of_one_tick_share_one_list_call(
     assert await status_calls(cluster) == (0, 1)
     results = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
     assert await status_calls(cluster) == (1, 2)  # ten polls: the first alone again, then one page for the rest
-    assert first.total == 2 and all(result.total == 2 for result in results)
-    assert all(not result.state.is_terminal for result in results)
+    assert not first.state.is_terminal and not any(result.state.is_terminal for result in results)
     await asyncio.sleep(1.0)  # the page is too old now and the batches have ended
     ended = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
-    assert [result.state for result in ended] == [ProviderBatchState.COMPLETED] * 10
+    assert [(result.state, result.total) for result in ended] == [(ProviderBatchState.COMPLETED, 2)] * 10
     assert await status_calls(cluster) == (2, 3)  # again: the first poll alone, then one page
+
+
+async def test_a_page_that_shows_other_batches_ended_names_them_once(
+    adapter: OpenAIBatchAdapter, tmp_path: Path
+) -> None:
+    first, second, third = await submitted(adapter, tmp_path, 3)
+    await asyncio.gather(*(adapter.poll(batch_id) for batch_id in (first, second, third)))
+    assert adapter.take_seen_ended() == []  # running: nothing ended yet
+    await asyncio.sleep(1.0)
+    await adapter.poll(first)  # alone within this window: retrieved, no page
+    assert adapter.take_seen_ended() == []
+    assert (await adapter.poll(second)).state is ProviderBatchState.COMPLETED  # the page: third ended too
+    assert adapter.take_seen_ended() == [third]
+    await asyncio.sleep(0.6)
+    await asyncio.gather(adapter.poll(first), adapter.poll(second))
+    assert adapter.take_seen_ended() == []  # third was named already
 
 
 async def test_a_batch_polled_alone_is_always_read_afresh(
