@@ -67,9 +67,13 @@ _body_decoder = msgspec.json.Decoder(AnswerBody)
 def decode_result(line: bytes) -> ResultLine:
     """One result line, its response scanned for the status code, usage and tier only.
 
-    Raises :class:`msgspec.DecodeError` or :class:`msgspec.ValidationError` for a line that is not a JSON
+    Raises :class:`msgspec.DecodeError` or :class:`msgspec.ValidationError` for a line that is not a UTF-8 JSON
     object, or whose ``response`` is neither an object nor null.
     """
+    try:
+        line.decode()  # the response is passed on unread: it must be UTF-8 for the client's output file
+    except UnicodeDecodeError:
+        raise msgspec.DecodeError("not valid UTF-8") from None
     envelope = _envelope_decoder.decode(line)
     answer = _answer_decoder.decode(envelope.response)
     result = ResultLine(envelope.custom_id, None, envelope.error, envelope.billed_usd, None, None)

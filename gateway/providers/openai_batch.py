@@ -70,6 +70,7 @@ class OpenAIBatchAdapter(HttpAdapter):
         if self.dialect not in DIALECTS:
             known = ", ".join(DIALECTS)
             raise ValueError(f"provider {self.name}: unknown dialect {self.dialect!r}; dialects: {known}")
+        self.board.lists = self.wire.lists_newest_first
 
     @property
     def wire(self) -> Dialect:

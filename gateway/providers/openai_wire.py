@@ -43,6 +43,9 @@ class Dialect:
     """Batch endpoints the provider serves."""
     keeps_metadata: bool = True
     """False: the provider drops a batch's ``metadata``, so a submit is found again by its upload's name."""
+    lists_newest_first: bool = True
+    """``GET /batches?limit=100`` answers the newest batches first, one short page: the polls of one tick can
+    share it. False where paging or order is undocumented: every poll retrieves its own batch."""
 
     def completion_window(self, remaining_s: float) -> str:
         """The longest accepted window that fits in what is left of the client's (the shortest if none does).
@@ -62,13 +65,18 @@ DIALECTS: dict[DialectName, Dialect] = {
     "azure": Dialect(key_header="api-key"),
     # Groq takes windows "from 24h to 7d"; its exact grammar is unverified, so only the forms its
     # documentation shows are sent: whole days in hours, and "7d".
+    # Its list takes no paging parameters (it may answer the whole history), so polls retrieve.
     "groq": Dialect(
         windows=((24 * _HOUR, "24h"), (48 * _HOUR, "48h"), (72 * _HOUR, "72h"), (168 * _HOUR, "7d")),
         endpoints=frozenset({CHAT}),
+        lists_newest_first=False,
     ),
     # Together's SDK uploads with purpose "batch-api" (whether plain "batch" works is unverified), and its
-    # job object has no ``metadata``: the create body carries only the fields its documentation lists.
-    "together": Dialect(upload_purpose="batch-api", endpoints=frozenset({CHAT}), keeps_metadata=False),
+    # job object has no ``metadata``: the create body carries only the fields its documentation lists. The
+    # paging and order of its list are undocumented, so polls retrieve.
+    "together": Dialect(
+        upload_purpose="batch-api", endpoints=frozenset({CHAT}), keeps_metadata=False, lists_newest_first=False
+    ),
 }
 """Dialect by the ``dialect`` option of an ``openai`` provider."""
 
@@ -292,6 +300,10 @@ def normalise_output_line(raw: bytes, provider_batch_id: str, *, decode_response
     try:
         raw.decode()  # a skipped value's bytes are not checked by the decoder below; the output must be UTF-8
         line = _provider_line_decoder.decode(raw)
+        response: Any = line.response if memoryview(line.response)[:1] == b"{" else None
+        # A bare CR is JSON whitespace but ends a line for many readers: such an answer is written compactly.
+        if response is not None and (decode_response or b"\r" in raw):
+            response = msgspec.json.decode(response)
     except UnicodeDecodeError:
         raise MalformedResult("not valid UTF-8") from None
     except msgspec.DecodeError:
@@ -301,9 +313,6 @@ def normalise_output_line(raw: bytes, provider_batch_id: str, *, decode_response
     custom_id, line_id = line.custom_id, line.id
     if not isinstance(custom_id, str) or not custom_id:
         raise MalformedResult("no string custom_id")
-    response: Any = line.response if memoryview(line.response)[:1] == b"{" else None
-    if response is not None and decode_response:
-        response = msgspec.json.decode(response)
     error = _normalise_error(line.error)
     if response is None and error is None:
         error = {"code": "invalid_provider_output", "message": "The provider returned no result."}

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.providers.base import ProviderRejected
+from gateway.providers.base import ProviderError, ProviderRejected
 
 log = logging.getLogger(__name__)
 Batch = dict[str, Any]
@@ -35,7 +35,9 @@ class StatusBoard:
     window_s: float = 0.5
     """How old a listed status may be when it answers a poll; the polls within it share one list call."""
     lists: bool = True
-    """False once the provider refused a list call: every poll retrieves its batch."""
+    """False where the provider has no list endpoint: every poll retrieves its batch."""
+    list_pause_s: float = 30.0
+    """How long polls retrieve their own batches after a list call failed."""
     keep_s: float = 300.0
     """How long a batch is remembered after its last poll (its last answer serves :meth:`ended`)."""
     _answers: dict[str, tuple[float, Batch]] = field(default_factory=dict, repr=False)
@@ -67,11 +69,10 @@ class StatusBoard:
                 if self.lists and time.monotonic() - self._listed_at >= self.window_s:
                     try:
                         page = await newest_page()
-                    except ProviderRejected as exc:  # no list endpoint there: every poll retrieves
-                        self.lists = False
-                        log.warning("provider %s: batch list refused (%s); each batch is polled alone", provider, exc)
-                        page = []
-                    self._listed_at = listed = time.monotonic()
+                    except ProviderError as exc:
+                        page = self._list_failed(exc, provider)
+                    listed = time.monotonic()
+                    self._listed_at = max(self._listed_at, listed)
                     for batch in page:
                         if (found := batch.get("id")) in self._polled:  # only batches being polled are kept
                             self._answers[found] = (listed, batch)
@@ -86,6 +87,17 @@ class StatusBoard:
         if has_ended(batch):
             self._reported.add(batch_id)  # its own poll saw the end
         return batch
+
+    def _list_failed(self, exc: ProviderError, provider: str) -> list[Batch]:
+        """After a failed list call every poll retrieves its own batch: for good where the provider has no list
+        endpoint (404, 405), else for :attr:`list_pause_s`."""
+        if isinstance(exc, ProviderRejected) and exc.status_code in (404, 405):
+            self.lists = False
+            log.warning("provider %s: no batch list (%s); each batch is polled alone", provider, exc)
+        else:
+            self._listed_at = time.monotonic() + self.list_pause_s - self.window_s  # so no list before the pause ends
+            log.warning("provider %s: batch list failed (%s); batches are polled alone for a while", provider, exc)
+        return []
 
     def take_ended(self) -> list[str]:
         """Batches polled here that a list page showed ended since the last call."""

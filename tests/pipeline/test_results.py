@@ -47,6 +47,7 @@ def test_a_non_2xx_answer_or_a_body_that_is_not_an_object() -> None:
         b'{"custom_id": "q", "response": {"status_code": 200, "body": {"usage": 01}}}',
         b'{"custom_id": "q", "error": "a string"}',
         b'{"custom_id": "q", "response": {"status_code": 200}',
+        b'{"custom_id": "q", "response": {"status_code": 200, "body": "\xff"}}',
     ],
 )
 def test_unreadable_lines_raise(line: bytes) -> None:

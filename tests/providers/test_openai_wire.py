@@ -267,6 +267,10 @@ def test_a_passed_through_response_is_the_providers_bytes() -> None:
     assert msgspec.json.encode(envelope["response"]) == answer  # written out unchanged, not decoded and encoded again
     with pytest.raises(MalformedResult, match="UTF-8"):
         normalise_output_line(b'{"custom_id": "q-1", "response": {"body": "\xff"}}', "b", decode_response=False)
+    with_cr = normalise_output_line(b'{"custom_id": "q-1", "response": {"a":\r1}}', "b", decode_response=False)
+    assert msgspec.json.encode(with_cr["response"]) == b'{"a":1}'  # a bare CR would split the line for many readers
+    with pytest.raises(MalformedResult):  # decoding the answer fails: the line is skipped, not the whole file
+        normalise_output_line(b'{"custom_id": "q-1", "response": {"a": 1e999}}', "b")
     text = normalise_output_line(b'{"custom_id": "q-1", "response": "text"}', "b", decode_response=False)
     assert text["response"] is None and text["error"]["code"] == "invalid_provider_output"
 

@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from gateway.providers.anthropic_batch import AnthropicBatchAdapter
-from gateway.providers.base import ProviderBatchState
+from gateway.providers.base import ProviderBatchState, ProviderError, ProviderRejected, ProviderUnavailable
 from gateway.providers.config import ProviderConfig
 from gateway.providers.openai_batch import OpenAIBatchAdapter
+from gateway.providers.status_board import StatusBoard
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.providers.support import FAST_RETRY, calls, questions, read_lines, wait_terminal, write_shard
 
@@ -23,7 +24,8 @@ CLAUDE = "claude-haiku-4-5"
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[SimulatorCluster]:
     specs = [
-        ProviderSpec(name="sim", models=[MODEL], processing_delay_s=0.4),
+        ProviderSpec(name="sim", models=[MODEL], processing_delay_s=1.5),
+        ProviderSpec(name="together", dialect="together", models=[MODEL], processing_delay_s=0.2),
         ProviderSpec(name="claude", kind="anthropic", models=[CLAUDE], processing_delay_s=0.4),
     ]
     with SimulatorCluster(specs, control_port=None) as running:
@@ -59,7 +61,7 @@ async def test_the_polls_of_one_tick_share_one_list_call(
     results = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
     assert await status_calls(cluster) == (1, 2)  # ten polls: the first alone again, then one page for the rest
     assert not first.state.is_terminal and not any(result.state.is_terminal for result in results)
-    await asyncio.sleep(1.0)  # the page is too old now and the batches have ended
+    await asyncio.sleep(2.0)  # the page is too old now and the batches have ended
     ended = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
     assert [(result.state, result.total) for result in ended] == [(ProviderBatchState.COMPLETED, 2)] * 10
     assert await status_calls(cluster) == (2, 3)  # again: the first poll alone, then one page
@@ -71,7 +73,7 @@ async def test_a_page_that_shows_other_batches_ended_names_them_once(
     first, second, third = await submitted(adapter, tmp_path, 3)
     await asyncio.gather(*(adapter.poll(batch_id) for batch_id in (first, second, third)))
     assert adapter.take_seen_ended() == []  # running: nothing ended yet
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(2.0)
     await adapter.poll(first)  # alone within this window: retrieved, no page
     assert adapter.take_seen_ended() == []
     assert (await adapter.poll(second)).state is ProviderBatchState.COMPLETED  # the page: third ended too
@@ -136,3 +138,57 @@ async def test_message_batches_share_one_list_call_too(
     await adapter.fetch_results(ids[3], dest, input_path=shards[3].input_path)
     assert await status_calls(cluster, "claude") == before  # the results URL came from the poll's answer
     assert sorted(line["custom_id"] for line in read_lines(dest)) == ["req-000", "req-001"]
+
+
+async def test_a_dialect_without_a_documented_newest_first_list_retrieves_every_batch(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    config = ProviderConfig(
+        name="together", kind="openai", base_url=cluster.base_url("together"), models=[MODEL], timeout_s=5
+    )
+    adapter = OpenAIBatchAdapter(config=config, http=http, retry=FAST_RETRY, dialect="together")
+    ids = await submitted(adapter, tmp_path, 3)
+    await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
+    assert await status_calls(cluster, "together") == (0, 3)
+
+
+class _Provider:
+    """A provider's answers for the board: a list call that fails as told, and retrieves that answer."""
+
+    def __init__(self, list_error: ProviderError | None) -> None:
+        self.list_error, self.listed, self.retrieved = list_error, 0, 0
+
+    async def page(self) -> list[dict[str, object]]:
+        self.listed += 1
+        if self.list_error is not None:
+            raise self.list_error
+        return [{"id": "b1", "status": "in_progress"}, {"id": "b2", "status": "in_progress"}]
+
+    async def read(self, board: StatusBoard, batch_id: str) -> dict[str, object]:
+        async def retrieve() -> dict[str, object]:
+            self.retrieved += 1
+            return {"id": batch_id, "status": "in_progress"}
+
+        return await board.read(batch_id, retrieve, self.page, lambda _: False, "p")
+
+
+async def test_a_failed_list_call_falls_back_to_retrieves_and_pauses_listing() -> None:
+    board, provider = StatusBoard(list_pause_s=0.5), _Provider(ProviderUnavailable("HTTP 503"))
+    answers = await asyncio.gather(*(provider.read(board, batch_id) for batch_id in ("b1", "b2", "b3")))
+    assert [answer["id"] for answer in answers] == ["b1", "b2", "b3"]
+    assert (provider.listed, provider.retrieved, board.lists) == (1, 3, True)  # one try for the tick, then alone
+    await asyncio.gather(provider.read(board, "b1"), provider.read(board, "b2"))
+    assert provider.listed == 1  # paused
+    provider.list_error = None
+    await asyncio.sleep(0.6)
+    await asyncio.gather(provider.read(board, "b1"), provider.read(board, "b2"))
+    assert provider.listed == 2 and provider.retrieved == 6  # listing again: b1 alone first, b2 from the page
+
+
+async def test_a_provider_without_a_list_endpoint_is_never_listed_again() -> None:
+    board, provider = StatusBoard(), _Provider(ProviderRejected("HTTP 404", status_code=404))
+    await asyncio.gather(*(provider.read(board, batch_id) for batch_id in ("b1", "b2")))
+    assert board.lists is False
+    await asyncio.sleep(0.6)
+    await asyncio.gather(*(provider.read(board, batch_id) for batch_id in ("b1", "b2")))
+    assert (provider.listed, provider.retrieved) == (1, 4)
