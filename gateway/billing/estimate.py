@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -45,8 +45,15 @@ class _Line(msgspec.Struct):
 
 class _Body(msgspec.Struct):
     model: str = ""
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: Any = None  # any type: a cap the provider will refuse must not hide the model (nor fail here)
+    max_completion_tokens: Any = None
+
+    def cap(self) -> int | None:
+        """The request's own output cap, where it is a positive whole number."""
+        for value in (self.max_completion_tokens, self.max_tokens):
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
 
 
 _line_decoder = msgspec.json.Decoder(_Line)
@@ -70,8 +77,8 @@ def estimate_body(body: bytes, endpoint: str) -> tuple[str, int, int]:
     ``max_completion_tokens`` or ``max_tokens`` out (else :data:`DEFAULT_OUTPUT_TOKENS`). An upper bound,
     for rate limits; costs use an :class:`Estimator`."""
     head = _head(body)
-    output = 0 if endpoint == EMBEDDINGS else head.max_completion_tokens or head.max_tokens or DEFAULT_OUTPUT_TOKENS
-    return head.model, raw_input_tokens(body), max(0, output)
+    output = 0 if endpoint == EMBEDDINGS else head.cap() or DEFAULT_OUTPUT_TOKENS
+    return head.model, raw_input_tokens(body), output
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,7 @@ class Basis:
         return f"no history: {self.default_source} default ({self.default_output} output tokens)"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestEstimate:
     """Expected tokens of one request."""
 
@@ -120,28 +127,41 @@ class ModelEstimate:
     first_line: int
     requests: int = 0
     input_tokens: int = 0
-    output_tokens: int = 0
-    output_low: int = 0
-    output_high: int = 0
     basis: str = "no history: default"
-    _sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0], repr=False)
+    _output: float = field(default=0.0, repr=False)
+    _low: float = field(default=0.0, repr=False)
+    _high: float = field(default=0.0, repr=False)
+
+    @property
+    def output_tokens(self) -> int:
+        """Expected output tokens of these requests."""
+        return round(self._output)
+
+    @property
+    def output_low(self) -> int:
+        """Output tokens at the p50 of past requests (the expectation without history)."""
+        return round(self._low)
+
+    @property
+    def output_high(self) -> int:
+        """Output tokens at the p90 of past requests (the expectation without history)."""
+        return round(self._high)
 
     def add(self, request: RequestEstimate) -> None:
-        """Count one request in."""
+        """Count one request in (runs once per line of a file: sums only, rounded when read)."""
         self.requests += 1
         self.input_tokens += request.input_tokens
-        sums = self._sums
-        sums[0] += request.output_tokens
-        sums[1] += request.output_low
-        sums[2] += request.output_high
-        self.output_tokens, self.output_low, self.output_high = (round(value) for value in sums)
+        self._output += request.output_tokens
+        self._low += request.output_low
+        self._high += request.output_high
 
     def merged_with(self, other: ModelEstimate) -> None:
         """Add another model's requests (to price a file as one model)."""
         self.requests += other.requests
         self.input_tokens += other.input_tokens
-        self._sums = [a + b for a, b in zip(self._sums, other._sums, strict=True)]
-        self.output_tokens, self.output_low, self.output_high = (round(value) for value in self._sums)
+        self._output += other._output
+        self._low += other._low
+        self._high += other._high
 
 
 class Estimator:
@@ -184,7 +204,7 @@ class Estimator:
         input_tokens = max(1, round(raw * history.input_scale)) if history is not None else raw
         if self.endpoint == EMBEDDINGS:
             return RequestEstimate(custom_id, head.model, input_tokens, 0.0, 0.0, 0.0)
-        cap = head.max_completion_tokens or head.max_tokens or None
+        cap = head.cap()
         if history is not None:
             limit = float(cap) if cap else float("inf")
             return RequestEstimate(

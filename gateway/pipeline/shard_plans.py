@@ -32,12 +32,7 @@ class _Head(msgspec.Struct):
     body: msgspec.Raw = msgspec.Raw(b"")
 
 
-class _BodyModel(msgspec.Struct):
-    model: str = ""
-
-
 _head_decoder = msgspec.json.Decoder(_Head)
-_model_decoder = msgspec.json.Decoder(_BodyModel)
 _TIER_FIELD = b'"service_tier"'
 
 
@@ -223,11 +218,11 @@ def split_into_shards(
                     requests += 1
                     canary = requests <= canary_lines
                     body = bytes(_head_decoder.decode(line).body)
-                    name = _model_decoder.decode(body).model
+                    expected = estimator.request(body)  # reads the model too, as routing's estimate did
+                    name = expected.model
                     lines = assign[name]
                     index = lines.next_placement()
                     placement = lines.placements[index]
-                    expected = estimator.request(body)
                     tiered = placement.tier != "standard" or _TIER_FIELD in body
                     if name != placement.provider_model or tiered:
                         line = rewrite_model(line, placement.provider_model, placement.tier)

@@ -171,3 +171,15 @@ def test_answers_whose_charge_the_provider_reported_cost_that_charge_and_the_res
     cost, list_cost = shard_cost(shard, totals, billed_usd=usage.billed_usd)
     assert cost == pytest.approx(0.02 + (1_000_000 * 0.5 + 100_000 * 2.0) / 1e6)
     assert list_cost == pytest.approx((1_300_000 * 1.0 + 160_000 * 4.0) / 1e6)  # every token at the list price
+
+
+@pytest.mark.parametrize("cap", ["100.0", '"100"', "true", "-5", "null"])
+def test_a_cap_that_is_not_a_positive_whole_number_keeps_the_model_and_gets_the_default(
+    tmp_path: Path, cap: str
+) -> None:
+    path = tmp_path / "input.jsonl"
+    line = '{"custom_id": "%s", "body": {"model": "gpt-4o-mini", "max_tokens": %s, "messages": []}}\n'
+    path.write_text(line % ("a", cap) + line % ("b", "40"))
+    [(model, estimate)] = estimate_file(path, "/v1/chat/completions").items()
+    assert (model, estimate.requests) == ("gpt-4o-mini", 2)
+    assert estimate.output_tokens == DEFAULT_OUTPUT_TOKENS + 40
