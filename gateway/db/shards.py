@@ -222,13 +222,25 @@ async def canary_stats(session: AsyncSession, batch_id: str) -> CanaryStats:
     return CanaryStats(int(open_canary), int(held), int(totals[0]), int(totals[1]), int(totals[2]), float(cost[0]))
 
 
-async def poll_now(session: AsyncSession, provider: str, provider_batch_ids: list[str]) -> int:
-    """Make the running shards of these provider batches due now (their provider showed them ended); how many."""
+async def poll_now(session: AsyncSession, shard: Shard, lease: Lease, provider_batch_ids: list[str]) -> int:
+    """Make the running shards of these provider batches (at ``shard``'s provider) due now, because a poll of
+    ``shard`` showed them ended; how many. Nothing changes once ``lease`` is no longer ``shard``'s current one
+    (a worker woken from a freeze must not act on an old answer); ``lease.lost`` says so."""
+    if lease.lost:
+        return 0
     now = time.time()
+    # Touching the polled shard under its lease fences this statement (and locks the row on PostgreSQL,
+    # so no other worker can claim it before the transaction ends).
+    held = await session.exec(
+        update(Shard).where(col(Shard.id) == shard.id, *lease.holds(Shard)).values(updated_at=now)
+    )
+    if not held.rowcount:
+        lease.lost = True
+        return 0
     result = await session.exec(
         update(Shard)
         .where(
-            col(Shard.provider) == provider,
+            col(Shard.provider) == shard.provider,
             col(Shard.provider_batch_id).in_(provider_batch_ids),
             col(Shard.state) == "running",
             col(Shard.next_action_at) > now,

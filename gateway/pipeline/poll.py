@@ -96,7 +96,9 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
     freeze_point("poll.after_status")
     if ended_elsewhere := adapter.take_seen_ended():
         async with transaction(context.sessions) as session:
-            await shard_db.poll_now(session, shard.provider, ended_elsewhere)
+            await shard_db.poll_now(session, shard, lease, ended_elsewhere)
+        if lease.lost:
+            return
     if shard.unavailable_since is not None:
         await health.call_succeeded(context, shard.provider)
     if status.state.is_terminal:

@@ -134,7 +134,10 @@ def browser_log_in(page: Any, key: str = ADMIN_KEY) -> None:
 
 
 def require_browser() -> Any:
-    """Playwright's sync API, or a skip (a failure in CI) when it or Chromium is missing."""
+    """Playwright's sync API, or a skip (a failure in CI) when it or Chromium is missing.
+
+    Its assertions wait as long as the pages' own waits: a loaded machine renders a page in more than
+    Playwright's default 5 s."""
     problem = None
     try:
         from playwright import sync_api
@@ -146,6 +149,7 @@ def require_browser() -> Any:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"browser test cannot run in CI: {problem}")
         pytest.skip(problem)
+    sync_api.expect.set_options(timeout=TIMEOUT_MS)
     return sync_api
 
 

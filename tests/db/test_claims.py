@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from gateway.context import GatewayContext
@@ -77,7 +78,14 @@ async def _fenced(database_kind: str, tmp_path: Path) -> None:
     upgrade_to_head(settings.resolved_database_url)
     context = GatewayContext.create(settings)
     try:
-        _batch_id, shard_id = await _seed(context)
+        batch_id, shard_id = await _seed(context)
+        later = time.time() + 3600
+        async with transaction(context.sessions) as session:
+            sibling = Shard(
+                batch_id=batch_id, seq=1, provider="p", model="m", provider_model="m", input_key="k1",
+                state="running", provider_batch_id="pb-ended", next_action_at=later,
+            )  # fmt: skip
+            session.add(sibling)
         async with transaction(context.sessions) as session:
             first = await shard_db.claim_shard(session, "frozen-worker", 0.01)
         assert first is not None
@@ -91,7 +99,15 @@ async def _fenced(database_kind: str, tmp_path: Path) -> None:
             assert not await shard_db.save_shard(session, first, stale, state="done", last_error="late write")
             assert stale.lost
             assert not await shard_db.extend_shard_lease(session, shard_id, stale)
+            # Nor can it act on what its last poll saw: the other shards keep their time.
+            assert (
+                await shard_db.poll_now(session, first, Lease("frozen-worker", first.lease_token, 30), ["pb-ended"])
+                == 0
+            )
+            assert await shard_db.poll_now(session, first, stale, ["pb-ended"]) == 0
+            assert (await session.get(Shard, sibling.id)).next_action_at == later  # type: ignore[union-attr]
             assert await shard_db.save_shard(session, second, live, last_error="live write")
+            assert await shard_db.poll_now(session, second, live, ["pb-ended"]) == 1
             await session.commit()
             row = await session.get(Shard, shard_id)
             assert row is not None

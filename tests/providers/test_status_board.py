@@ -111,8 +111,10 @@ async def test_collection_reads_the_file_ids_from_the_poll_that_saw_the_end(
 async def test_a_batch_older_than_the_newest_page_is_retrieved(
     adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
 ) -> None:
+    started = asyncio.get_running_loop().time()
     oldest, *_ = await submitted(adapter, tmp_path, 101, size=1)
     newest = (await submitted(adapter, tmp_path, 1, size=1))[0]
+    await asyncio.sleep(max(0.0, started + 1.8 - asyncio.get_running_loop().time()))  # the oldest has ended
     results = await asyncio.gather(adapter.poll(newest), adapter.poll(oldest))
     assert results[1].state is ProviderBatchState.COMPLETED and results[1].total == 1
     assert await status_calls(cluster) == (1, 2)  # newest alone at first, then the page, then oldest not on it
