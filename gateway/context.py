@@ -31,7 +31,7 @@ class WorkSignal:
     """Wakes every idle loop of this process at once when new work may be ready.
 
     Unlike a plain :class:`asyncio.Event`, one :meth:`set` reaches every loop waiting at that moment,
-    and a loop that starts waiting later waits for the next one. With ``announce`` (PostgreSQL: see
+    and a loop that starts waiting later waits for the next one. With ``announce`` (see
     :mod:`gateway.db.wakeups`), :meth:`set` also tells other processes, one announcement at a time:
     sets that arrive while one is being sent are folded into one more.
     """
@@ -120,7 +120,7 @@ class GatewayContext:
             providers=providers,
             offers=offers,
             policies=policies,
-            work_available=WorkSignal(functools.partial(wakeups.notify, engine) if wakeups.notifies(engine) else None),
+            work_available=WorkSignal(functools.partial(wakeups.notify, engine) if wakeups.announces(engine) else None),
         )
 
     async def close(self) -> None:

@@ -7,7 +7,10 @@ an idle worker elsewhere at once, not at its next poll. The notification carries
 stays the one place that says what is due; a wake-up only makes a worker look sooner. A lost
 notification (a listener reconnecting) costs at most one idle interval.
 
-SQLite has no such channel; there a worker in another process finds new work at its next poll.
+SQLite has no such channel. Processes on one SQLite file announce to each other over Unix datagram
+sockets instead (:mod:`gateway.db.local_wakeups`); work written by a process that does not announce
+(another machine on a shared file, a hand edit) is found at the next poll, so there idle sleeps stay
+short (``worker.poll_interval_s``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select, text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway.db import local_wakeups
 from gateway.db.models import Batch, Shard
 
 log = logging.getLogger(__name__)
@@ -36,12 +40,29 @@ RECONNECT_S = 2.0
 
 
 def notifies(engine: AsyncEngine) -> bool:
-    """True when the database can carry wake-ups between processes (PostgreSQL)."""
+    """True when every hand-off reaches every worker through the database (PostgreSQL), so an idle worker
+    may sleep long."""
     return engine.dialect.name == "postgresql"
+
+
+def _sqlite_file(engine: AsyncEngine) -> str | None:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
+def announces(engine: AsyncEngine) -> bool:
+    """True when processes on this database can wake each other: PostgreSQL, or a SQLite file on a system
+    with Unix sockets."""
+    return notifies(engine) or (_sqlite_file(engine) is not None and local_wakeups.supported())
 
 
 async def notify(engine: AsyncEngine) -> None:
     """Tell every listening process that work may be ready (after the work's own commit)."""
+    if (database_file := _sqlite_file(engine)) is not None:
+        local_wakeups.announce(local_wakeups.directory_for(database_file))
+        return
     async with engine.connect() as connection:
         statement = text("SELECT pg_notify(:channel, :token)")
         await connection.execute(statement, {"channel": CHANNEL, "token": PROCESS_TOKEN})
@@ -58,6 +79,9 @@ async def listen(engine: AsyncEngine, on_wake: Callable[[], None], stop: asyncio
 
     ``on_wake`` is also called after each (re)connect: notifications sent while disconnected are lost.
     """
+    if (database_file := _sqlite_file(engine)) is not None:
+        await local_wakeups.listen(local_wakeups.directory_for(database_file), on_wake, stop)
+        return
     import psycopg  # here, not at the top: only PostgreSQL deployments listen, and it costs every start
 
     while not stop.is_set():

@@ -114,7 +114,7 @@ class Worker:
             asyncio.create_task(webhooks.run_webhook_loop(self.context, self._stop)),
             asyncio.create_task(batch_events.run_event_loop(self.context, self._stop)),
         ]
-        if wakeups.notifies(self.context.engine):
+        if wakeups.announces(self.context.engine):
             wake = self.context.work_available.wake_local
             housekeeping.append(asyncio.create_task(wakeups.listen(self.context.engine, wake, self._stop)))
         try:
@@ -172,8 +172,8 @@ class Worker:
         """Sleep until the lane's next work falls due, a hand-off announces new work, or the worker stops.
 
         Work another process creates is announced on PostgreSQL, so there the sleep may last up to
-        ``worker.idle_max_s``; on SQLite it is announced only within this process, and the sleep lasts at
-        most ``worker.poll_interval_s``.
+        ``worker.idle_max_s``; on SQLite only processes of this machine announce it (see
+        :mod:`gateway.db.wakeups`), and the sleep lasts at most ``worker.poll_interval_s``.
         """
         settings = self.settings
         ticket = self.context.work_available.ticket()

@@ -1,8 +1,13 @@
-"""When the next work falls due, and wake-ups between processes over PostgreSQL's LISTEN/NOTIFY."""
+"""When the next work falls due, and wake-ups between processes: PostgreSQL's LISTEN/NOTIFY, Unix sockets on SQLite."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
+import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,8 +16,8 @@ import pytest
 from sqlmodel import text
 
 from gateway.context import GatewayContext
-from gateway.db import repo, wakeups
-from gateway.db.engine import upgrade_to_head
+from gateway.db import local_wakeups, repo, wakeups
+from gateway.db.engine import create_engine, upgrade_to_head
 from gateway.db.models import Batch, Shard, StoredFile
 from gateway.settings import Settings
 from tests.conftest import FreshDatabase
@@ -136,3 +141,59 @@ def test_notifications_wake_other_processes(database_kind: str, tmp_path: Path) 
     if database_kind != "postgresql":
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
     asyncio.run(_notified(tmp_path))
+
+
+LISTENER = """
+import asyncio, sys, time
+from gateway.db import wakeups
+from gateway.db.engine import create_engine
+
+async def main() -> None:
+    engine = create_engine(sys.argv[1])
+    await wakeups.listen(engine, lambda: print(f"woken {time.time():.6f}", flush=True), asyncio.Event())
+
+asyncio.run(main())
+"""
+
+
+def _next_wake(listener: subprocess.Popen[str], timeout: float) -> float:
+    """When the listening process says it was woken next (its clock), or a failure after ``timeout``."""
+    assert listener.stdout is not None
+    ready, _, _ = select.select([listener.stdout], [], [], timeout)
+    assert ready, f"not woken within {timeout}s"
+    line = listener.stdout.readline()
+    assert line.startswith("woken "), line
+    return float(line.split()[1])
+
+
+def test_processes_on_one_sqlite_file_wake_each_other(tmp_path: Path) -> None:
+    """Two real processes on one SQLite file: an announcement reaches the other at once, and the socket of a
+    process that was killed is removed by the next announcement."""
+    url = Settings(data_dir=tmp_path, database_url=FreshDatabase.create("sqlite", tmp_path).url).resolved_database_url
+    engine = create_engine(url)
+    folder = local_wakeups.directory_for(str(tmp_path / "gateway.db"))
+    assert wakeups.announces(engine) and not wakeups.notifies(engine)
+    listener = subprocess.Popen(
+        [sys.executable, "-c", LISTENER, url], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2]
+    )
+    try:
+        _next_wake(listener, 30)  # listening (a wake on start: announcements before it were lost)
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        for _ in range(3):
+            sent = time.time()
+            asyncio.run(wakeups.notify(engine))
+            woken = _next_wake(listener, 5)
+            assert woken - sent < 1.0
+            print(f"wake-up heard {woken - sent:.4f}s after it was sent")
+        [socket_file] = list(folder.iterdir())
+        listener.kill()
+        listener.wait(10)
+        assert socket_file.exists(), "a killed process leaves its socket behind"
+        assert local_wakeups.announce(folder) == 0
+        assert not socket_file.exists(), "the next announcement removed the socket nobody reads"
+    finally:
+        listener.kill()
+        listener.wait(10)
+        asyncio.run(engine.dispose())
+        with contextlib.suppress(OSError):
+            folder.rmdir()
