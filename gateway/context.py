@@ -17,6 +17,7 @@ from gateway.catalog.loader import CatalogError, load_catalog
 from gateway.config_errors import ConfigError, ConfigProblem, did_you_mean
 from gateway.db import wakeups
 from gateway.db.engine import create_engine
+from gateway.db.point_reads import PointReads
 from gateway.providers.registry import ADAPTER_KINDS, ProviderRegistry, adapter_options
 from gateway.routing.limits import hand_limiters
 from gateway.routing.offers import OfferBook
@@ -96,6 +97,7 @@ class GatewayContext:
     providers: ProviderRegistry
     offers: OfferBook
     policies: PolicyRegistry
+    point_reads: PointReads
     work_available: WorkSignal = field(default_factory=WorkSignal)
     """Set when this process created work, so an idle worker starts at once instead of at its next poll."""
 
@@ -120,6 +122,7 @@ class GatewayContext:
             providers=providers,
             offers=offers,
             policies=policies,
+            point_reads=PointReads(engine),
             work_available=WorkSignal(functools.partial(wakeups.notify, engine) if wakeups.announces(engine) else None),
         )
 
@@ -128,6 +131,7 @@ class GatewayContext:
         await self.work_available.close()
         await self.http.aclose()
         await self.blobs.close()
+        self.point_reads.close()
         await self.engine.dispose()
 
 

@@ -49,7 +49,7 @@ async def provide_principal(request: Request, state: State) -> Principal:
     Read from the database on every request, so a revocation holds at once on every replica."""
     token = _bearer(request, api_key_header=True)
     context: GatewayContext = state.context
-    key = await repo.authenticate(context.engine, token)
+    key = await repo.authenticate(context.point_reads, token)
     if key is None:
         raise Unauthorized("Incorrect API key provided.")
     now = int(time.time())

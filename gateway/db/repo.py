@@ -15,14 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select as select_columns
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import Select
 
 from gateway.db.leases import Lease
 from gateway.db.models import ApiKey, Batch, IdempotencyRecord, Shard, StoredFile, Team
+from gateway.db.point_reads import PointReads
 
 KEY_PREFIX = "bgw-"
 MAX_KEY_LIFETIME_S = 10 * 366 * 24 * 3600
@@ -73,10 +74,11 @@ class PresentedKey:
     last_used_at: int | None
 
 
-async def authenticate(engine: AsyncEngine, secret: str) -> PresentedKey | None:
+async def authenticate(reads: PointReads, secret: str) -> PresentedKey | None:
     """The key a presented secret belongs to, with its team's name, or None.
 
-    One statement on a pooled connection, without a session or loaded rows: it runs on every request.
+    One statement, without a session or loaded rows, read from the database every time (a revocation
+    holds from the next request on): it runs on every request.
     """
     statement = (
         select_columns(
@@ -90,9 +92,11 @@ async def authenticate(engine: AsyncEngine, secret: str) -> PresentedKey | None:
         .join(Team, col(Team.id) == col(ApiKey.team_id))
         .where(col(ApiKey.key_hash) == hash_key(secret))
     )
-    async with engine.connect() as connection:
-        row = (await connection.execute(statement)).first()
-    return PresentedKey(*row) if row else None
+    row = await reads.first(statement)
+    if row is None:
+        return None
+    key_id, team_id, team_name, revoked_at, expires_at, last_used_at = tuple(row)
+    return PresentedKey(key_id, team_id, team_name, revoked_at, expires_at, last_used_at)
 
 
 def _keys_with_teams() -> Select[ApiKey, Team]:
@@ -189,6 +193,18 @@ async def get_batch(session: AsyncSession, team_id: str | None, batch_id: str) -
     if team_id is not None:
         query = query.where(Batch.team_id == team_id)
     return (await session.exec(query)).first()
+
+
+_BATCH_FIELDS = [attribute.key for attribute in sa_inspect(Batch).column_attrs]
+"""Attribute names of a batch row, in the order :func:`read_batch` selects them (``metadata_`` is column
+``metadata``)."""
+
+
+async def read_batch(reads: PointReads, team_id: str, batch_id: str) -> Batch | None:
+    """A batch of one team, read for display only (not attached to a session): a status read."""
+    columns = [getattr(Batch, name) for name in _BATCH_FIELDS]
+    row = await reads.first(select_columns(*columns).where(col(Batch.id) == batch_id, col(Batch.team_id) == team_id))
+    return Batch(**dict(zip(_BATCH_FIELDS, row, strict=True))) if row is not None else None
 
 
 async def list_batches(

@@ -1,0 +1,79 @@
+"""Single-row reads on the request path: what they read is the database's state at that moment (no cache),
+and on SQLite a locked file makes the read wait its turn on the asynchronous path instead of failing."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+from sqlmodel import col, select
+
+from gateway.context import GatewayContext
+from gateway.db import repo
+from gateway.db.engine import upgrade_to_head
+from gateway.db.models import ApiKey, Batch, StoredFile
+from gateway.db.unit_of_work import transaction
+from gateway.settings import Settings
+from tests.conftest import FreshDatabase
+
+
+async def _reads(database_kind: str, tmp_path: Path) -> None:
+    database = FreshDatabase.create(database_kind, tmp_path)
+    settings = Settings(data_dir=tmp_path, database_url=database.url)
+    upgrade_to_head(settings.resolved_database_url)
+    context = GatewayContext.create(settings)
+    try:
+        async with transaction(context.sessions) as session:
+            secret, key = await repo.create_api_key(session, "readers")
+            stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
+            session.add(stored)
+            batch = Batch(
+                team_id=key.team_id, input_file_id=stored.id, endpoint="/v1/chat/completions",
+                completion_window="24h", metadata_={"project": "p1"}, errors=[{"code": "x", "line": 3}],
+            )  # fmt: skip
+            session.add(batch)
+        presented = await repo.authenticate(context.point_reads, secret)
+        assert presented is not None and presented.revoked_at is None and presented.team_name == "readers"
+        assert await repo.authenticate(context.point_reads, secret + "x") is None
+
+        read = await repo.read_batch(context.point_reads, key.team_id, batch.id)
+        assert read is not None
+        assert (read.id, read.metadata_, read.errors, read.status) == (
+            batch.id,
+            {"project": "p1"},
+            batch.errors,
+            "validating",
+        )
+        assert await repo.read_batch(context.point_reads, "another-team", batch.id) is None
+
+        # A write committed by any connection is what the next read sees: a revocation holds at once.
+        async with transaction(context.sessions) as session:
+            row = (await session.exec(select(ApiKey).where(col(ApiKey.id) == key.id))).one()
+            row.revoked_at = int(time.time())
+        presented = await repo.authenticate(context.point_reads, secret)
+        assert presented is not None and presented.revoked_at is not None
+
+        if database_kind == "sqlite":
+            # Another process holds the file exclusively: the read waits for it rather than failing.
+            await context.engine.dispose()  # so that nothing of this process keeps the file open
+            context.point_reads.close()
+            blocker = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)
+            blocker.execute("PRAGMA locking_mode=EXCLUSIVE")
+            blocker.execute("BEGIN EXCLUSIVE")
+            started = time.monotonic()
+            pending = asyncio.create_task(repo.read_batch(context.point_reads, key.team_id, batch.id))
+            await asyncio.sleep(0.5)
+            assert not pending.done()
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            read = await asyncio.wait_for(pending, 10)
+            assert read is not None and read.id == batch.id and time.monotonic() - started >= 0.5
+    finally:
+        await context.close()
+        database.drop()
+
+
+def test_point_reads_see_every_commit_and_wait_out_a_locked_file(database_kind: str, tmp_path: Path) -> None:
+    asyncio.run(_reads(database_kind, tmp_path))
