@@ -47,16 +47,16 @@ class PointReads:
             )
             event.listen(self._sync, "connect", _read_only)
 
-    async def first(self, statement: Executable) -> Row[Any] | None:
-        """The first row ``statement`` returns, or None."""
+    async def first(self, statement: Executable, parameters: dict[str, Any] | None = None) -> Row[Any] | None:
+        """The first row ``statement`` returns (with ``parameters`` for its bound parameters), or None."""
         if self._sync is not None:
             try:
                 with self._sync.connect() as connection:
-                    return connection.execute(statement).first()
+                    return connection.execute(statement, parameters).first()
             except OperationalError as exc:
                 log.debug("point read on the event loop gave way to the async path: %s", exc)
         async with self.engine.connect() as connection:
-            return (await connection.execute(statement)).first()
+            return (await connection.execute(statement, parameters)).first()
 
     def close(self) -> None:
         """Close the synchronous connections."""

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import bindparam, func, or_, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select as select_columns
 from sqlmodel import col, select
@@ -74,25 +74,29 @@ class PresentedKey:
     last_used_at: int | None
 
 
+# The statements of the request path are built once: executing the same statement object again skips
+# SQLAlchemy's per-execution matching of its columns to the cached compiled form.
+_KEY_BY_HASH = (
+    select_columns(
+        col(ApiKey.id),
+        col(ApiKey.team_id),
+        col(Team.name),
+        col(ApiKey.revoked_at),
+        col(ApiKey.expires_at),
+        col(ApiKey.last_used_at),
+    )
+    .join(Team, col(Team.id) == col(ApiKey.team_id))
+    .where(col(ApiKey.key_hash) == bindparam("key_hash"))
+)
+
+
 async def authenticate(reads: PointReads, secret: str) -> PresentedKey | None:
     """The key a presented secret belongs to, with its team's name, or None.
 
     One statement, without a session or loaded rows, read from the database every time (a revocation
     holds from the next request on): it runs on every request.
     """
-    statement = (
-        select_columns(
-            col(ApiKey.id),
-            col(ApiKey.team_id),
-            col(Team.name),
-            col(ApiKey.revoked_at),
-            col(ApiKey.expires_at),
-            col(ApiKey.last_used_at),
-        )
-        .join(Team, col(Team.id) == col(ApiKey.team_id))
-        .where(col(ApiKey.key_hash) == hash_key(secret))
-    )
-    row = await reads.first(statement)
+    row = await reads.first(_KEY_BY_HASH, {"key_hash": hash_key(secret)})
     if row is None:
         return None
     key_id, team_id, team_name, revoked_at, expires_at, last_used_at = tuple(row)
@@ -196,14 +200,16 @@ async def get_batch(session: AsyncSession, team_id: str | None, batch_id: str) -
 
 
 _BATCH_FIELDS = [attribute.key for attribute in sa_inspect(Batch).column_attrs]
-"""Attribute names of a batch row, in the order :func:`read_batch` selects them (``metadata_`` is column
+"""Attribute names of a batch row, in the order :data:`_BATCH_OF_TEAM` selects them (``metadata_`` is column
 ``metadata``)."""
+_BATCH_OF_TEAM = select_columns(*(getattr(Batch, name) for name in _BATCH_FIELDS)).where(
+    col(Batch.id) == bindparam("batch_id"), col(Batch.team_id) == bindparam("team_id")
+)
 
 
 async def read_batch(reads: PointReads, team_id: str, batch_id: str) -> Batch | None:
     """A batch of one team, read for display only (not attached to a session): a status read."""
-    columns = [getattr(Batch, name) for name in _BATCH_FIELDS]
-    row = await reads.first(select_columns(*columns).where(col(Batch.id) == batch_id, col(Batch.team_id) == team_id))
+    row = await reads.first(_BATCH_OF_TEAM, {"batch_id": batch_id, "team_id": team_id})
     return Batch(**dict(zip(_BATCH_FIELDS, row, strict=True))) if row is not None else None
 
 
