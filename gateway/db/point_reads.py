@@ -5,14 +5,18 @@ process), so that read is on the hot path of status polling. Through aiosqlite e
 crosses to the driver's thread and back several times (checkout, execute, fetch, close, reset), which
 costs more than the lookup itself. On a SQLite file these reads run on a plain synchronous connection
 in the event loop instead: in WAL mode a reader never waits for a writer, and an indexed lookup takes
-microseconds. Should the file be busy anyway (a recovery after a crash), the read gives up after
-:data:`BUSY_TIMEOUT_MS` and goes the asynchronous way, which waits its turn. PostgreSQL reads are
-asynchronous already and always take the ordinary path.
+microseconds. Should the file be busy anyway (an outside tool holding it exclusively), the read gives up
+after :data:`BUSY_TIMEOUT_MS` and goes the asynchronous way, which waits its turn, and so do the reads of
+the next :data:`BUSY_BACKOFF_S` seconds. The first read of a process also goes the asynchronous way, so
+that opening the file (and recovering its log after a crash) never happens on the event loop.
+PostgreSQL reads are asynchronous already and always take the ordinary path.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Any
 
 from sqlalchemy import Engine, Row, event
@@ -25,6 +29,8 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 50
 """How long a read on the event loop may wait for a locked file before it takes the asynchronous path."""
+BUSY_BACKOFF_S = 5.0
+"""After a locked file, how long reads take the asynchronous path before they try the event loop again."""
 
 
 def _read_only(dbapi_connection: Any, _record: Any) -> None:
@@ -40,8 +46,15 @@ class PointReads:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sync: Engine | None = None
+        self._sync_from = math.inf  # the event loop's clock time from which reads may run synchronously
         url = engine.url
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        database = url.database or ""
+        if (
+            url.get_backend_name() == "sqlite"
+            and database
+            and database != ":memory:"
+            and not database.startswith("file:")
+        ):
             self._sync = create_sync_engine(
                 url.set(drivername="sqlite"), pool_size=1, max_overflow=4, connect_args={"check_same_thread": False}
             )
@@ -49,14 +62,23 @@ class PointReads:
 
     async def first(self, statement: Executable, parameters: dict[str, Any] | None = None) -> Row[Any] | None:
         """The first row ``statement`` returns (with ``parameters`` for its bound parameters), or None."""
-        if self._sync is not None:
+        if self._sync is not None and time.monotonic() >= self._sync_from:
             try:
                 with self._sync.connect() as connection:
                     return connection.execute(statement, parameters).first()
             except OperationalError as exc:
-                log.debug("point read on the event loop gave way to the async path: %s", exc)
+                self._sync_from = time.monotonic() + BUSY_BACKOFF_S
+                log.info("database file busy: point reads take the async path for %.0fs (%s)", BUSY_BACKOFF_S, exc)
         async with self.engine.connect() as connection:
-            return (await connection.execute(statement, parameters)).first()
+            row = (await connection.execute(statement, parameters)).first()
+        if self._sync_from == math.inf:
+            self._sync_from = 0.0  # the file is open and recovered: reads may now run on the event loop
+        return row
+
+    @property
+    def on_loop(self) -> bool:
+        """True when reads may run synchronously in the event loop (a SQLite file)."""
+        return self._sync is not None
 
     def close(self) -> None:
         """Close the synchronous connections."""

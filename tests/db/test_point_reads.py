@@ -8,6 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from sqlalchemy import event
 from sqlmodel import col, select
 
 from gateway.context import GatewayContext
@@ -34,8 +35,11 @@ async def _reads(database_kind: str, tmp_path: Path) -> None:
                 completion_window="24h", metadata_={"project": "p1"}, errors=[{"code": "x", "line": 3}],
             )  # fmt: skip
             session.add(batch)
+        statements: list[str] = []
+        event.listen(context.engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
         presented = await repo.authenticate(context.point_reads, secret)
         assert presented is not None and presented.revoked_at is None and presented.team_name == "readers"
+        assert len(statements) == 1, "the first read opens the file on the asynchronous path"
         assert await repo.authenticate(context.point_reads, secret + "x") is None
 
         read = await repo.read_batch(context.point_reads, key.team_id, batch.id)
@@ -47,6 +51,8 @@ async def _reads(database_kind: str, tmp_path: Path) -> None:
             "validating",
         )
         assert await repo.read_batch(context.point_reads, "another-team", batch.id) is None
+        # On a SQLite file the later reads ran on the event loop, not through the async engine.
+        assert len(statements) == (1 if database_kind == "sqlite" else 4)
 
         # A write committed by any connection is what the next read sees: a revocation holds at once.
         async with transaction(context.sessions) as session:
@@ -62,14 +68,29 @@ async def _reads(database_kind: str, tmp_path: Path) -> None:
             blocker = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)
             blocker.execute("PRAGMA locking_mode=EXCLUSIVE")
             blocker.execute("BEGIN EXCLUSIVE")
-            started = time.monotonic()
+            gaps: list[float] = []
+
+            async def ticker() -> None:  # how long the event loop was held at a time
+                last = time.monotonic()
+                while True:
+                    await asyncio.sleep(0.01)
+                    gaps.append(time.monotonic() - last)
+                    last = time.monotonic()
+
+            ticking = asyncio.create_task(ticker())
             pending = asyncio.create_task(repo.read_batch(context.point_reads, key.team_id, batch.id))
             await asyncio.sleep(0.5)
-            assert not pending.done()
+            assert not pending.done(), "the read waits for the lock"
             blocker.execute("ROLLBACK")
             blocker.close()
             read = await asyncio.wait_for(pending, 10)
-            assert read is not None and read.id == batch.id and time.monotonic() - started >= 0.5
+            ticking.cancel()
+            assert read is not None and read.id == batch.id
+            assert max(gaps) < 0.25, f"the event loop was held {max(gaps):.3f}s"
+            # For a while after a locked file, reads go the asynchronous way.
+            before = len(statements)
+            assert await repo.authenticate(context.point_reads, secret) is not None
+            assert len(statements) == before + 1
     finally:
         await context.close()
         database.drop()

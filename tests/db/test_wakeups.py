@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import select
+import socket
 import stat
 import subprocess
 import sys
@@ -197,3 +198,23 @@ def test_processes_on_one_sqlite_file_wake_each_other(tmp_path: Path) -> None:
         asyncio.run(engine.dispose())
         with contextlib.suppress(OSError):
             folder.rmdir()
+
+
+def test_an_announcement_touches_only_a_private_folder_of_this_user(tmp_path: Path) -> None:
+    """Someone else's link or an open folder in the shared temporary directory gets no datagrams, and
+    nothing in it is removed."""
+    target = tmp_path / "someone-elses"
+    target.mkdir(mode=0o700)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(str(target / "important.sock"))
+    stale.close()  # nobody reads it: a private folder's announcement would remove it
+    link = tmp_path / "batchgw-wake-link"
+    link.symlink_to(target)
+    assert local_wakeups.announce(link) == 0
+    assert (target / "important.sock").exists()
+    target.chmod(0o755)
+    assert local_wakeups.announce(target) == 0
+    assert (target / "important.sock").exists()
+    target.chmod(0o700)
+    assert local_wakeups.announce(target) == 0
+    assert not (target / "important.sock").exists(), "in a private folder a socket nobody reads is removed"
