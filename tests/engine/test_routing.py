@@ -79,18 +79,19 @@ def test_batch_runs_on_the_cheapest_provider_and_says_why(
 def test_cheap_provider_going_down_mid_job_moves_the_rest_exactly_once(
     gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
 ) -> None:
+    # The cheap provider takes 5 s a batch, so it goes down while its batches run, however busy the machine.
     gateway = start_gateway(
-        gateway_factory, simulator, tmp_path, cheap="steady", pricey="fast", limits={"max_requests_per_batch": 10}
+        gateway_factory, simulator, tmp_path, cheap="slow", pricey="fast", limits={"max_requests_per_batch": 10}
     )
     client = gateway.client(gateway.create_key("acme"))
     requests = chat_requests(60)
     batch = submit(client, requests)
     wait_for(client, batch.id, until=lambda b: b.status == "in_progress", timeout=30)
     deadline = time.monotonic() + 30
-    while not batch_creates(emulator_log(simulator, "steady")):
+    while not batch_creates(emulator_log(simulator, "slow")):
         assert time.monotonic() < deadline, "nothing reached the cheap provider"
         time.sleep(0.05)
-    set_faults(simulator, "steady", down="refuse")
+    set_faults(simulator, "slow", down="refuse")
     batch = wait_for(client, batch.id, timeout=120)
     outcome = collect(client, batch)
     assert batch.status == "completed", batch
