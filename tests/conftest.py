@@ -9,6 +9,7 @@ fresh database (a new file, or a new PostgreSQL database created for it and drop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 if TYPE_CHECKING:
+    from gateway.context import GatewayContext
     from gateway.simulator import SimulatorCluster
 
 PG_URL = os.environ.get("BATCHGW_TEST_DATABASE_URL")
@@ -92,6 +94,24 @@ class FreshDatabase:
 def _sync_pg(url: str) -> str:
     parsed = make_url(url)
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+@contextlib.asynccontextmanager
+async def migrated_context(database_kind: str, folder: Path) -> AsyncIterator[GatewayContext]:
+    """A gateway context (default settings) on a fresh database at head; closed and the database dropped after."""
+    from gateway.context import GatewayContext
+    from gateway.db.engine import upgrade_to_head
+    from gateway.settings import Settings
+
+    database = FreshDatabase.create(database_kind, folder)
+    settings = Settings(data_dir=folder, database_url=database.url)
+    upgrade_to_head(settings.resolved_database_url)
+    context = GatewayContext.create(settings)
+    try:
+        yield context
+    finally:
+        await context.close()
+        database.drop()
 
 
 @dataclass

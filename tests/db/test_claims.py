@@ -9,12 +9,10 @@ from pathlib import Path
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db import shards as shard_db
-from gateway.db.engine import upgrade_to_head
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, StoredFile
 from gateway.db.unit_of_work import transaction
-from gateway.settings import Settings
-from tests.conftest import FreshDatabase
+from tests.conftest import migrated_context
 
 RACERS = 12
 
@@ -36,11 +34,7 @@ async def _seed(context: GatewayContext) -> tuple[str, str]:
 
 
 async def _race(database_kind: str, tmp_path: Path) -> None:
-    database = FreshDatabase.create(database_kind, tmp_path)
-    settings = Settings(data_dir=tmp_path, database_url=database.url)
-    upgrade_to_head(settings.resolved_database_url)
-    context = GatewayContext.create(settings)
-    try:
+    async with migrated_context(database_kind, tmp_path) as context:
         batch_id, shard_id = await _seed(context)
 
         async def claim_batch(n: int) -> Batch | None:
@@ -63,9 +57,6 @@ async def _race(database_kind: str, tmp_path: Path) -> None:
             again = await repo.claim_batch(session, ["validate"], "late-worker", 30)
         assert again is not None and again.lease_owner == "late-worker"
         assert again.lease_token == winner.lease_token + 1, "every claim gives the row a new fencing token"
-    finally:
-        await context.close()
-        database.drop()
 
 
 def test_exactly_one_claim_wins(database_kind: str, tmp_path: Path) -> None:
@@ -73,11 +64,7 @@ def test_exactly_one_claim_wins(database_kind: str, tmp_path: Path) -> None:
 
 
 async def _fenced(database_kind: str, tmp_path: Path) -> None:
-    database = FreshDatabase.create(database_kind, tmp_path)
-    settings = Settings(data_dir=tmp_path, database_url=database.url)
-    upgrade_to_head(settings.resolved_database_url)
-    context = GatewayContext.create(settings)
-    try:
+    async with migrated_context(database_kind, tmp_path) as context:
         batch_id, shard_id = await _seed(context)
         later = time.time() + 3600
         async with transaction(context.sessions) as session:
@@ -113,9 +100,6 @@ async def _fenced(database_kind: str, tmp_path: Path) -> None:
             assert row is not None
             await session.refresh(row)
         assert (row.state, row.last_error, row.lease_owner) == ("queued", "live write", "live-worker")
-    finally:
-        await context.close()
-        database.drop()
 
 
 def test_a_worker_that_lost_its_lease_can_write_nothing(database_kind: str, tmp_path: Path) -> None:

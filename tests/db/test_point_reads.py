@@ -11,21 +11,14 @@ from pathlib import Path
 from sqlalchemy import event
 from sqlmodel import col, select
 
-from gateway.context import GatewayContext
 from gateway.db import repo
-from gateway.db.engine import upgrade_to_head
 from gateway.db.models import ApiKey, Batch, StoredFile
 from gateway.db.unit_of_work import transaction
-from gateway.settings import Settings
-from tests.conftest import FreshDatabase
+from tests.conftest import migrated_context
 
 
 async def _reads(database_kind: str, tmp_path: Path) -> None:
-    database = FreshDatabase.create(database_kind, tmp_path)
-    settings = Settings(data_dir=tmp_path, database_url=database.url)
-    upgrade_to_head(settings.resolved_database_url)
-    context = GatewayContext.create(settings)
-    try:
+    async with migrated_context(database_kind, tmp_path) as context:
         async with transaction(context.sessions) as session:
             secret, key = await repo.create_api_key(session, "readers")
             stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
@@ -91,9 +84,6 @@ async def _reads(database_kind: str, tmp_path: Path) -> None:
             before = len(statements)
             assert await repo.authenticate(context.point_reads, secret) is not None
             assert len(statements) == before + 1
-    finally:
-        await context.close()
-        database.drop()
 
 
 def test_point_reads_see_every_commit_and_wait_out_a_locked_file(database_kind: str, tmp_path: Path) -> None:

@@ -18,19 +18,15 @@ from sqlmodel import text
 
 from gateway.context import GatewayContext
 from gateway.db import local_wakeups, repo, wakeups
-from gateway.db.engine import create_engine, upgrade_to_head
+from gateway.db.engine import create_engine
 from gateway.db.models import Batch, Shard, StoredFile
 from gateway.settings import Settings
-from tests.conftest import FreshDatabase
+from tests.conftest import FreshDatabase, migrated_context
 
 
 async def _due(database_kind: str, tmp_path: Path) -> None:
-    database = FreshDatabase.create(database_kind, tmp_path)
-    settings = Settings(data_dir=tmp_path, database_url=database.url)
-    upgrade_to_head(settings.resolved_database_url)
-    context = GatewayContext.create(settings)
-    now = time.time()
-    try:
+    async with migrated_context(database_kind, tmp_path) as context:
+        now = time.time()
         async with context.sessions() as session:
             assert await wakeups.next_due_at(session, ["validate"], ["running"]) is None
             _secret, key = await repo.create_api_key(session, "due")
@@ -65,9 +61,6 @@ async def _due(database_kind: str, tmp_path: Path) -> None:
             assert await wakeups.next_due_at(session, [], ["running"]) == pytest.approx(now + 30)
             assert await wakeups.next_due_at(session, ["validate"], []) == pytest.approx(now + 100)
             assert await wakeups.next_due_at(session, ["route"], ["queued"]) is None
-    finally:
-        await context.close()
-        database.drop()
 
 
 def test_next_due_is_the_earliest_claimable_time(database_kind: str, tmp_path: Path) -> None:
