@@ -25,6 +25,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
+from gateway.db.engine import sqlite_file
+
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 50
@@ -46,17 +48,13 @@ class PointReads:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sync: Engine | None = None
-        self._sync_from = math.inf  # the event loop's clock time from which reads may run synchronously
-        url = engine.url
-        database = url.database or ""
-        if (
-            url.get_backend_name() == "sqlite"
-            and database
-            and database != ":memory:"
-            and not database.startswith("file:")
-        ):
+        self._sync_from = math.inf  # the time.monotonic() from which reads may run synchronously
+        if sqlite_file(engine.url) is not None:
             self._sync = create_sync_engine(
-                url.set(drivername="sqlite"), pool_size=1, max_overflow=4, connect_args={"check_same_thread": False}
+                engine.url.set(drivername="sqlite"),
+                pool_size=1,
+                max_overflow=4,
+                connect_args={"check_same_thread": False},
             )
             event.listen(self._sync, "connect", _read_only)
 

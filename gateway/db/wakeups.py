@@ -29,6 +29,7 @@ from sqlmodel import col, select, text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db import local_wakeups
+from gateway.db.engine import sqlite_file
 from gateway.db.models import Batch, Shard
 
 log = logging.getLogger(__name__)
@@ -45,22 +46,15 @@ def notifies(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def _sqlite_file(engine: AsyncEngine) -> str | None:
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return database
-
-
 def announces(engine: AsyncEngine) -> bool:
     """True when processes on this database can wake each other: PostgreSQL, or a SQLite file on a system
     with Unix sockets."""
-    return notifies(engine) or (_sqlite_file(engine) is not None and local_wakeups.supported())
+    return notifies(engine) or (sqlite_file(engine.url) is not None and local_wakeups.supported())
 
 
 async def notify(engine: AsyncEngine) -> None:
     """Tell every listening process that work may be ready (after the work's own commit)."""
-    if (database_file := _sqlite_file(engine)) is not None:
+    if (database_file := sqlite_file(engine.url)) is not None:
         local_wakeups.announce(local_wakeups.directory_for(database_file))
         return
     async with engine.connect() as connection:
@@ -79,7 +73,7 @@ async def listen(engine: AsyncEngine, on_wake: Callable[[], None], stop: asyncio
 
     ``on_wake`` is also called after each (re)connect: notifications sent while disconnected are lost.
     """
-    if (database_file := _sqlite_file(engine)) is not None:
+    if (database_file := sqlite_file(engine.url)) is not None:
         await local_wakeups.listen(local_wakeups.directory_for(database_file), on_wake, stop)
         return
     import psycopg  # here, not at the top: only PostgreSQL deployments listen, and it costs every start
