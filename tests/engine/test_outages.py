@@ -42,7 +42,9 @@ POLL_INTERVAL_S = 1.0
 ADAPTER_RETRY_S = 2.5
 """The longest an adapter call waits between its own retries (3 tries: about 0.5 s, then about 1 s, plus jitter):
 a call that started while the provider was down may be asleep when it comes back."""
-STORM_S = 30.0
+STORM_S = 10.0
+"""How long a 429 storm or an outage of every provider lasts: five times ``provider_down_failover_s`` (2 s) of
+these gateways and ten ``Retry-After`` periods, so any failover or circuit would have acted within it."""
 ENV = {"BATCHGW_WORKER__ABANDONED_SWEEP_S": "0.25"}
 
 
