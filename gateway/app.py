@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             if worker and task:
                 worker.stop()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(task, timeout=10)
+                    # The worker gives its running steps their grace period, then releases what it still holds.
+                    await asyncio.wait_for(task, timeout=settings.worker.shutdown_grace_s + 10)
             await context.close()
 
     v1 = Router(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -105,7 +107,13 @@ def run_worker() -> None:
         serve_process_metrics(settings.host, settings.metrics.worker_port)
 
     async def work(context: GatewayContext) -> None:
-        await Worker(context).run()
+        worker = Worker(context)
+        loop = asyncio.get_running_loop()
+        # The first SIGTERM (a service manager's or Kubernetes' stop) or Ctrl-C stops claiming and lets running
+        # steps finish for worker.shutdown_grace_s; a second one stops them at once. Either way leases are released.
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(stop_signal, worker.stop)
+        await worker.run()
 
     run_with_context(settings, work)
 

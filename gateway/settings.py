@@ -105,6 +105,12 @@ class WorkerSettings(_Section):
     blob_gc_grace_s: float = Field(
         3600.0, ge=0, description="Age a blob no row names must reach before removal (writers still publishing)."
     )
+    shutdown_grace_s: float = Field(
+        20.0,
+        ge=0,
+        description="On SIGTERM or Ctrl-C, how long running steps may finish; then they are stopped and their "
+        "leases released, so other workers take them at once (keep it below the pod's termination grace period).",
+    )
 
 
 class RoutingSettings(_Section):

@@ -139,6 +139,8 @@ class GatewayProcess:
                 "BATCHGW_HOST": "127.0.0.1",
                 "BATCHGW_ADMIN_KEY": "test-admin-key",
                 "BATCHGW_WORKER__POLL_INTERVAL_S": "0.1",
+                # A stopped test process ends within the 15 s stop() waits for (tests of the grace set their own).
+                "BATCHGW_WORKER__SHUTDOWN_GRACE_S": "2",
             }
         )
         env.update(self.extra_env)

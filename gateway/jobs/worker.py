@@ -5,9 +5,11 @@ work independently, so batch intake (validate, route, merge) never starves the s
 (submit, poll, fan-out, collect) or the reverse. Claims are leases with fencing tokens and heartbeats
 (:mod:`gateway.db.leases`): a worker killed at any point leaves work another worker picks up once the
 lease expires, and a worker frozen past its lease has its stage cancelled when it wakes, and can write
-nothing anyway. A stage that raises is retried with backoff up to ``worker.stage_max_attempts``
-times, each attempt recorded on the row; errors that cannot heal by retrying end the batch or shard at
-once with an OpenAI-shaped error, keeping every answer already received.
+nothing anyway. A worker asked to stop (:meth:`Worker.stop`, on SIGTERM or Ctrl-C) claims nothing more, gives
+its running steps ``worker.shutdown_grace_s`` to finish, then stops them and releases their leases, so another
+worker takes them at once instead of after the lease. A stage that raises is retried with backoff up to
+``worker.stage_max_attempts`` times, each attempt recorded on the row; errors that cannot heal by retrying end
+the batch or shard at once with an OpenAI-shaped error, keeping every answer already received.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,9 +97,13 @@ class Worker:
         self.owner = owner or worker_id()
         self.settings = context.settings.worker
         self._stop = asyncio.Event()
+        self._halt = asyncio.Event()
 
     def stop(self) -> None:
-        """Ask the loops to finish their current stage and return."""
+        """Claim nothing more; running steps get ``worker.shutdown_grace_s`` to finish. A second call stops
+        them at once. Either way a step stopped before its end releases its lease."""
+        if self._stop.is_set():
+            self._halt.set()
         self._stop.set()
 
     async def run(self) -> None:
@@ -123,14 +129,14 @@ class Worker:
             for task in housekeeping:
                 task.cancel()
             await asyncio.gather(*housekeeping, return_exceptions=True)
+            log.info("worker %s stopped", self.owner)
 
     async def _run_lane(self, lane: _Lane) -> None:
         """Claim work of one lane, up to its concurrency, each step in its own task."""
         slots = asyncio.Semaphore(lane.concurrency)
         running: set[asyncio.Task[None]] = set()
         try:
-            while not self._stop.is_set():
-                await slots.acquire()
+            while await self._free_slot(slots):
                 try:
                     step = await lane.claim()
                 except Exception:
@@ -150,7 +156,38 @@ class Worker:
                 task.add_done_callback(finished)
         finally:
             if running:
-                await asyncio.gather(*running, return_exceptions=True)
+                await self._drain(running)
+
+    async def _free_slot(self, slots: asyncio.Semaphore) -> bool:
+        """Take a slot of the lane once one is free; False (and no slot taken) once the worker is stopping."""
+        if self._stop.is_set():
+            return False
+        acquired = asyncio.ensure_future(slots.acquire())
+        stopping = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait([acquired, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not acquired.done():
+            acquired.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquired
+        if acquired.done() and not acquired.cancelled() and self._stop.is_set():
+            slots.release()
+        return not self._stop.is_set()
+
+    async def _drain(self, running: set[asyncio.Task[None]]) -> None:
+        """Wait for a lane's running steps; once the worker is stopping, only until the grace period ends."""
+        steps = list(running)
+        if self._stop.is_set():
+            grace = self.settings.shutdown_grace_s
+            log.info("worker %s stopping: %d %s running, waiting up to %.0fs", self.owner, len(steps),
+                     "step" if len(steps) == 1 else "steps", grace)  # fmt: skip
+            finished: asyncio.Future[Any] = asyncio.gather(*steps, return_exceptions=True)
+            halted: asyncio.Future[Any] = asyncio.ensure_future(self._halt.wait())
+            await asyncio.wait([finished, halted], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            halted.cancel()
+            for step in steps:
+                step.cancel()  # no-op for a step that has ended
+        await asyncio.gather(*steps, return_exceptions=True)
 
     async def _every(self, seconds: float, job: Callable[[GatewayContext], Awaitable[None]]) -> None:
         """Run ``job`` every ``seconds`` until stopped; a failing run is logged and retried next time."""
@@ -230,7 +267,8 @@ class Worker:
     async def _run_batch_stage(self, batch: Batch, lease: Lease) -> None:
         stage = batch.stage
         extend = repo.extend_batch_lease
-        error = await self._supervised(BATCH_STAGES[stage](self.context, batch, lease), extend, batch.id, lease)
+        async with self._released_if_stopped(repo.release_batch, batch.id, lease):
+            error = await self._supervised(BATCH_STAGES[stage](self.context, batch, lease), extend, batch.id, lease)
         if error is None:
             async with transaction(self.context.sessions) as session:
                 await repo.release_batch(session, batch.id, lease)
@@ -261,7 +299,8 @@ class Worker:
     async def _run_shard_step(self, shard: Shard, batch: Batch, lease: Lease) -> None:
         state = shard.state
         step = SHARD_STAGES[state](self.context, shard, batch, lease)
-        error = await self._supervised(step, shard_db.extend_shard_lease, shard.id, lease)
+        async with self._released_if_stopped(shard_db.release_shard, shard.id, lease):
+            error = await self._supervised(step, shard_db.extend_shard_lease, shard.id, lease)
         if error is None:
             async with transaction(self.context.sessions) as session:
                 if shard.stage_attempts and not lease.lost:
@@ -295,6 +334,24 @@ class Worker:
         log.warning("shard %s: %s", shard.id, wait)
         async with transaction(self.context.sessions) as session:
             await shard_db.record_shard_failure(session, shard, lease, entry, time.time() + delay, wait)
+
+    @contextlib.asynccontextmanager
+    async def _released_if_stopped(
+        self, release: Callable[[Any, str, Lease], Awaitable[None]], row_id: str, lease: Lease
+    ) -> AsyncIterator[None]:
+        """A step the stopping worker cancels releases its lease (fenced), so another worker need not wait for it
+        to expire. What the step committed stands; what it did not is redone by that worker, as after a crash."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            if self._stop.is_set() and not lease.lost:
+                try:
+                    async with transaction(self.context.sessions) as session:
+                        await release(session, row_id, lease)
+                    log.warning("stopped the step on %s before its end; its lease is released", row_id)
+                except Exception:
+                    log.warning("releasing %s on stop failed; it is taken over when its lease expires", row_id)
+            raise
 
     async def _supervised(
         self,

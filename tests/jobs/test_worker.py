@@ -1,9 +1,13 @@
 """The worker's two lanes: a flood of new batches (validate, route) never starves the shards of a job that is
 already running (submit, poll, collect), because each kind of work is claimed by a lane of its own. An idle
-worker sleeps until its next work falls due, and on PostgreSQL wakes at once for work another process made."""
+worker sleeps until its next work falls due, and on PostgreSQL wakes at once for work another process made.
+A ``batchgw worker`` stopped with SIGTERM lets its running steps finish within its grace period; a step still
+running after it is stopped and its lease released, so the next worker takes it at once, not after the lease."""
 
 from __future__ import annotations
 
+import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -11,9 +15,22 @@ from typing import Any
 
 import openai
 
+from gateway.db import local_wakeups
+from gateway.db.engine import sqlite_file
 from gateway.simulator import SimulatorCluster
-from tests.conftest import simulated_provider_env
-from tests.engine import admin, api_without_worker, chat_requests, reset, submit, wait_for, worker_process
+from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.engine import (
+    admin,
+    api_without_worker,
+    chat_requests,
+    collect,
+    emulator_stats,
+    query,
+    reset,
+    submit,
+    wait_for,
+    worker_process,
+)
 
 CLIENTS = 50
 RUNNING_JOB = 40
@@ -28,6 +45,18 @@ PROVIDERS: dict[str, dict[str, Any]] = {
     "bulk": {"emulator": "fast", "models": {"llama-3.3-70b": "llama-3.3-70b"}},
 }
 FAST: dict[str, dict[str, Any]] = {"fast": {"emulator": "fast", "models": {"gpt-4o-mini": "gpt-4o-mini"}}}
+PACED_RPM = 240
+PACED: dict[str, dict[str, Any]] = {
+    # Fan-out one request at a time, four a second: a shard step that runs for seconds.
+    "paced": {
+        "emulator": "other",
+        "kind": "openai_sync",
+        "models": {"gpt-4o-mini": "gpt-4o-mini"},
+        "limits": {"requests_per_minute": PACED_RPM, "max_concurrency": 1},
+    }
+}
+LONG_LEASE = {"BATCHGW_WORKER__LEASE_S": "60"}
+"""A lease far longer than the tests wait: a shard a stopped worker kept would wait that long for the next one."""
 LONG_IDLE = {"BATCHGW_WORKER__POLL_INTERVAL_S": "120", "BATCHGW_WORKER__IDLE_MAX_S": "120"}
 """Idle sleeps far longer than the tests wait: only a due time or a wake-up can start work in time."""
 
@@ -112,3 +141,96 @@ def test_a_worker_in_another_process_starts_at_once_on_a_new_batch(
         worker.stop()
     assert done.status == "completed", done
     assert took < 60, f"the batch took {took:.1f}s: the idle worker did not hear of it\n{worker.log()[-3000:]}"
+
+
+def processed(simulator: SimulatorCluster) -> int:
+    return int(emulator_stats(simulator, "other")["requests_processed"])
+
+
+def wait_until(check: Any, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+
+
+def owner_of(worker: GatewayProcess) -> str:
+    """The lease owner name of a worker process (``host:pid``)."""
+    assert worker.process is not None
+    return f"{socket.gethostname()}:{worker.process.pid}"
+
+
+def stopped_by_sigterm(worker: GatewayProcess, timeout: float) -> float:
+    """SIGTERM to a running ``batchgw worker``; the seconds it took to exit, which it did with status 0."""
+    assert worker.process is not None
+    started = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=timeout) == 0, worker.log()[-3000:]
+    return time.monotonic() - started
+
+
+def test_a_worker_stopped_mid_shard_releases_it_and_the_next_worker_takes_it_at_once(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    reset(simulator, "other")
+    env = simulated_provider_env(simulator, tmp_path, PACED) | LONG_LEASE
+    api = gateway_factory(env).start("serve", "--no-worker")
+    client = api.client(api.create_key("acme"), timeout=60)
+    requests = chat_requests(20, prefix="handover")
+    first = worker_process(api, "first", BATCHGW_WORKER__SHUTDOWN_GRACE_S="1").start("worker")
+    batch = submit(client, requests)
+    wait_until(lambda: processed(simulator) >= 3, 60, "the fan-out never started")
+    took = stopped_by_sigterm(first, timeout=15)
+    assert took < 5, f"the worker took {took:.1f}s to stop with a 1 s grace"
+    log = first.log()
+    assert "its lease is released" in log and f"worker {owner_of(first)} stopped" in log, log[-3000:]
+    [(owner,)] = query(api, "SELECT lease_owner FROM shards WHERE batch_id = :b", b=batch.id)
+    assert owner is None, "the stopped worker still holds the shard"
+    if api.database_url.startswith("sqlite"):
+        sockets = local_wakeups.directory_for(str(sqlite_file(api.database_url)))
+        pid = first.process.pid if first.process else 0
+        leftovers = list(sockets.glob(f"{pid}-*")) if sockets.exists() else []
+        assert not leftovers, f"the stopped worker left its wake-up socket: {leftovers}"
+    answered_before = processed(simulator)
+    assert answered_before < len(requests), "the shard ended before the stop: nothing was handed over"
+
+    second = worker_process(api, "second").start("worker")
+    try:
+        # With the lease kept, the second worker could not start the shard for 60 s.
+        wait_until(lambda: processed(simulator) > answered_before + 1, 15, "the next worker waited for the lease")
+        outcome = collect(client, wait_for(client, batch.id, timeout=60))
+    finally:
+        second.stop()
+    assert outcome.batch.status == "completed" and not outcome.errors
+    assert sorted(outcome.output) == sorted(r["custom_id"] for r in requests)
+    # Answers the stopped worker had recorded were not asked again; only the one in flight at most.
+    assert len(requests) <= processed(simulator) <= len(requests) + 1
+
+
+def test_a_stopped_worker_lets_its_running_shard_finish_within_the_grace(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    reset(simulator, "other")
+    env = simulated_provider_env(simulator, tmp_path, PACED) | LONG_LEASE
+    api = gateway_factory(env).start("serve", "--no-worker")
+    client = api.client(api.create_key("acme"), timeout=60)
+    requests = chat_requests(10, prefix="grace")
+    first = worker_process(api, "first", BATCHGW_WORKER__SHUTDOWN_GRACE_S="30").start("worker")
+    batch = submit(client, requests)
+    wait_until(lambda: processed(simulator) >= 2, 60, "the fan-out never started")
+    took = stopped_by_sigterm(first, timeout=40)
+    # The step ran to its end (about 2 s more at four requests a second), and nothing new was claimed.
+    assert processed(simulator) == len(requests), first.log()[-3000:]
+    assert "its lease is released" not in first.log()
+    assert took < 20, f"the worker took {took:.1f}s to finish a shard of a few seconds"
+    [(state, owner)] = query(api, "SELECT state, lease_owner FROM shards WHERE batch_id = :b", b=batch.id)
+    assert owner is None and state in ("collecting", "done"), (state, owner)  # the fan-out step ended
+
+    second = worker_process(api, "second").start("worker")
+    try:
+        outcome = collect(client, wait_for(client, batch.id, timeout=60))
+    finally:
+        second.stop()
+    assert outcome.batch.status == "completed" and not outcome.errors
+    assert sorted(outcome.output) == sorted(r["custom_id"] for r in requests)
+    assert processed(simulator) == len(requests), "the second worker asked a request again"
