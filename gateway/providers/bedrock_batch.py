@@ -25,15 +25,10 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 import httpx
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials
-from botocore.exceptions import BotoCoreError, ClientError
-from botocore.session import get_session
 
 from gateway.providers.base import (
     LOCAL_BATCH_PREFIX,
@@ -71,6 +66,10 @@ from gateway.storage.s3 import S3BlobStore
 from gateway.translate import MalformedResult
 from gateway.translate.anthropic import DEFAULT_MAX_TOKENS
 from gateway.translate.bedrock import FAMILIES, Family, family_of
+
+if TYPE_CHECKING:
+    # botocore is imported where a Bedrock call is signed: every process would otherwise pay its start-up.
+    from botocore.credentials import Credentials, ReadOnlyCredentials
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +266,9 @@ class BedrockBatchAdapter(HttpAdapter):
             return headers
         if body is None:
             raise ProviderRejected(f"provider {self.name}: a streamed body cannot be signed", 400)
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
         credentials = await self._frozen_credentials()
         target = str(httpx.URL(url, params=params)) if params else url
         request = AWSRequest(method=method, url=target, data=body or b"", headers=headers)
@@ -297,6 +299,9 @@ class BedrockBatchAdapter(HttpAdapter):
         return self._store
 
     async def _frozen_credentials(self) -> ReadOnlyCredentials:
+        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.session import get_session
+
         try:
             if self._credentials is None:
                 found = await asyncio.to_thread(get_session().get_credentials)

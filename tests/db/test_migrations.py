@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect, text
 from sqlmodel import SQLModel
 
 import gateway.db.models  # noqa: F401
-from gateway.db.engine import sync_url, upgrade_to_head
+from gateway.db.engine import HEAD_REVISION, alembic_config, at_head, sync_url, upgrade_to_head
 from gateway.settings import async_database_url
 from tests.conftest import FreshDatabase
 
@@ -29,5 +31,29 @@ def test_upgrade_to_head_matches_models(database_kind: str, tmp_path: Path) -> N
         engine.dispose()
         assert differences == []
         upgrade_to_head(url)  # a second upgrade is a no-op
+    finally:
+        database.drop()
+
+
+def test_the_head_revision_the_start_checks_is_alembics_head(tmp_path: Path) -> None:
+    scripts = ScriptDirectory.from_config(alembic_config(f"sqlite:///{tmp_path / 'any.db'}"))
+    assert scripts.get_heads() == [HEAD_REVISION], "a new migration: set HEAD_REVISION in gateway/db/engine.py"
+
+
+def test_only_a_database_at_head_skips_the_migrations(database_kind: str, tmp_path: Path) -> None:
+    database = FreshDatabase.create(database_kind, tmp_path)
+    try:
+        url = async_database_url(database.url)
+        assert not at_head(url), "an empty database is not at head"
+        upgrade_to_head(url)
+        assert at_head(url)
+        command.downgrade(alembic_config(url), "-1")
+        assert not at_head(url), "a database one migration behind is not at head"
+        upgrade_to_head(url)  # so the start runs the missing migration
+        engine = create_engine(sync_url(url))
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION
+        engine.dispose()
+        assert at_head(url)
     finally:
         database.drop()
