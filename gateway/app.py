@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         finally:
             if worker and task:
                 worker.stop()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     # The worker gives its running steps their grace period, then releases what it still holds.
                     await asyncio.wait_for(task, timeout=settings.worker.shutdown_grace_s + 10)
             await context.close()

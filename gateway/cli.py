@@ -113,7 +113,12 @@ def run_worker() -> None:
         # steps finish for worker.shutdown_grace_s; a second one stops them at once. Either way leases are released.
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(stop_signal, worker.stop)
-        await worker.run()
+        try:
+            await worker.run()
+        finally:
+            # Stopped: a further signal ends the process while it waits for the last file work in threads.
+            for stop_signal in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(stop_signal)
 
     run_with_context(settings, work)
 

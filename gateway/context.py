@@ -100,6 +100,8 @@ class GatewayContext:
     point_reads: PointReads
     work_available: WorkSignal = field(default_factory=WorkSignal)
     """Set when this process created work, so an idle worker starts at once instead of at its next poll."""
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when this process's worker is asked to stop: long stages (a fan-out) hand their work over early."""
 
     @classmethod
     def create(cls, settings: Settings) -> GatewayContext:

@@ -26,6 +26,10 @@ class Lease:
     renewed_at: float = field(default_factory=time.monotonic)
     lost: bool = False
     """Set once a heartbeat found the row claimed by someone else (or this process too late to renew)."""
+    kept_on_stop: bool = False
+    """Set while a provider call whose outcome is not yet recorded may be under way (a create): a worker that
+    stops then leaves this lease to expire, as a killed one would, rather than releasing it at once, so the
+    next owner looks the call's result up (by its tag) only once the provider has had time to settle it."""
 
     def holds(self, table: Any) -> tuple[Any, Any]:
         """WHERE conditions true only while this lease is the row's current one."""

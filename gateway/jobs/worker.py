@@ -5,11 +5,15 @@ work independently, so batch intake (validate, route, merge) never starves the s
 (submit, poll, fan-out, collect) or the reverse. Claims are leases with fencing tokens and heartbeats
 (:mod:`gateway.db.leases`): a worker killed at any point leaves work another worker picks up once the
 lease expires, and a worker frozen past its lease has its stage cancelled when it wakes, and can write
-nothing anyway. A worker asked to stop (:meth:`Worker.stop`, on SIGTERM or Ctrl-C) claims nothing more, gives
-its running steps ``worker.shutdown_grace_s`` to finish, then stops them and releases their leases, so another
-worker takes them at once instead of after the lease. A stage that raises is retried with backoff up to
-``worker.stage_max_attempts`` times, each attempt recorded on the row; errors that cannot heal by retrying end
-the batch or shard at once with an OpenAI-shaped error, keeping every answer already received.
+nothing anyway. A stage that raises is retried with backoff up to ``worker.stage_max_attempts`` times, each
+attempt recorded on the row; errors that cannot heal by retrying end the batch or shard at once with an
+OpenAI-shaped error, keeping every answer already received.
+
+A worker asked to stop (:meth:`Worker.stop`, on SIGTERM or Ctrl-C) claims nothing more and gives its running
+steps ``worker.shutdown_grace_s`` to finish (a fan-out hands its shard over once its requests in flight are
+answered). Then it stops them and releases their leases, so another worker takes them at once instead of after
+the lease; a step stopped during a provider create keeps its lease instead (see
+:attr:`~gateway.db.leases.Lease.kept_on_stop`).
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ class Worker:
         if self._stop.is_set():
             self._halt.set()
         self._stop.set()
+        self.context.stopping.set()
 
     async def run(self) -> None:
         """Claim and run steps in both lanes until :meth:`stop` is called."""
@@ -344,11 +349,15 @@ class Worker:
         try:
             yield
         except asyncio.CancelledError:
-            if self._stop.is_set() and not lease.lost:
+            if self._stop.is_set() and lease.kept_on_stop and not lease.lost:
+                log.warning("stopped the step on %s during a provider create; it is taken over when its lease "
+                            "expires", row_id)  # fmt: skip
+            elif self._stop.is_set() and not lease.lost:
                 try:
                     async with transaction(self.context.sessions) as session:
                         await release(session, row_id, lease)
                     log.warning("stopped the step on %s before its end; its lease is released", row_id)
+                    self.context.work_available.set()
                 except Exception:
                     log.warning("releasing %s on stop failed; it is taken over when its lease expires", row_id)
             raise

@@ -93,7 +93,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
             outcome, error = await _execute_all(context, adapter, shard, batch, requests, parts, len(done), lease)
     finally:
         parts.discard()
-    if outcome == "lease_lost":
+    if outcome in ("lease_lost", "handed_over"):
         return
     error_text = str(error) if outcome in ("budget", "budget_exceeded") and error is not None else None
     if outcome == "auth_failed" and error is not None:
@@ -272,6 +272,12 @@ async def _execute_all(
 
     async def worker() -> None:
         while not stop.is_set():
+            if context.stopping.is_set():
+                # This process is stopping: the requests in flight are answered, the rest is left to the worker
+                # that takes the shard next, so nothing is sent twice.
+                reason["value"] = "handed_over"
+                stop.set()
+                return
             request = next(requests, None)
             if request is None:
                 return

@@ -89,6 +89,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
                 return
             if lease.stale:
                 return  # frozen past the lease: another worker may be submitting this shard now
+            lease.kept_on_stop = True
             found = await _create(context, shard, batch, lease)
         else:
             log.info("shard %s: found its provider batch %s after a restart", shard.id, found.provider_batch_id)
@@ -117,8 +118,16 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
     except ProviderUnavailable as exc:
         await _unavailable(context, shard, batch, lease, exc, recovering)
         return
+    # The provider batch exists: its id is written before anything else, and a worker stopping meanwhile
+    # waits for that one short transaction (without it, a kind that cannot find it by tag would run it twice).
+    record = asyncio.ensure_future(_record_submitted(context, shard, batch, lease, found))
+    try:
+        await asyncio.shield(record)
+    except asyncio.CancelledError:
+        await record
+        raise
+    lease.kept_on_stop = False
     await health.call_succeeded(context, shard.provider)
-    await _record_submitted(context, shard, batch, lease, found)
 
 
 async def _create(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> SubmitResult:
