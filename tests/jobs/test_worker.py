@@ -157,6 +157,14 @@ def wait_until(check: Any, timeout: float, message: str) -> None:
         time.sleep(0.05)
 
 
+def paced_api(gateway_factory: Any, simulator: SimulatorCluster, folder: Path) -> tuple[GatewayProcess, openai.OpenAI]:
+    """An API without a worker (and a client of it) on the paced fan-out provider, with long leases."""
+    reset(simulator, "other")
+    env = simulated_provider_env(simulator, folder, PACED) | LONG_LEASE
+    api = gateway_factory(env).start("serve", "--no-worker")
+    return api, api.client(api.create_key("acme"), timeout=60)
+
+
 def owner_of(worker: GatewayProcess) -> str:
     """The lease owner name of a worker process (``host:pid``)."""
     assert worker.process is not None
@@ -184,10 +192,7 @@ SLOW_ANSWERS = {"latency_s": 1.5}
 def test_a_worker_stopped_mid_request_releases_its_shard_and_the_next_worker_takes_it_at_once(
     gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path, grace_s: str, signals: int
 ) -> None:
-    reset(simulator, "other")
-    env = simulated_provider_env(simulator, tmp_path, PACED) | LONG_LEASE
-    api = gateway_factory(env).start("serve", "--no-worker")
-    client = api.client(api.create_key("acme"), timeout=60)
+    api, client = paced_api(gateway_factory, simulator, tmp_path)
     requests = chat_requests(12, prefix="handover")
     # One shard step at a time: the lane waits for a free slot while the fan-out runs, and must notice the stop.
     first = worker_process(
@@ -227,10 +232,7 @@ def test_a_worker_stopped_mid_request_releases_its_shard_and_the_next_worker_tak
 def test_a_stopped_worker_hands_its_fan_out_over_after_the_requests_in_flight_and_nothing_is_sent_twice(
     gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
 ) -> None:
-    reset(simulator, "other")
-    env = simulated_provider_env(simulator, tmp_path, PACED) | LONG_LEASE
-    api = gateway_factory(env).start("serve", "--no-worker")
-    client = api.client(api.create_key("acme"), timeout=60)
+    api, client = paced_api(gateway_factory, simulator, tmp_path)
     requests = chat_requests(20, prefix="grace")
     first = worker_process(api, "first", BATCHGW_WORKER__SHUTDOWN_GRACE_S="30").start("worker")
     batch = submit(client, requests)
