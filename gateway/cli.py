@@ -110,7 +110,7 @@ def run_worker() -> None:
         worker = Worker(context)
         loop = asyncio.get_running_loop()
         # The first SIGTERM (a service manager's or Kubernetes' stop) or Ctrl-C stops claiming and lets running
-        # steps finish for worker.shutdown_grace_s; a second one stops them at once. Either way leases are released.
+        # steps finish for worker.shutdown_grace_s; a second one stops them at once (see Worker.stop).
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(stop_signal, worker.stop)
         try:

@@ -105,7 +105,8 @@ class Worker:
 
     def stop(self) -> None:
         """Claim nothing more; running steps get ``worker.shutdown_grace_s`` to finish. A second call stops
-        them at once. Either way a step stopped before its end releases its lease."""
+        them at once. Either way a step stopped before its end releases its lease, unless it was stopped during
+        a provider create (:attr:`~gateway.db.leases.Lease.kept_on_stop`)."""
         if self._stop.is_set():
             self._halt.set()
         self._stop.set()
