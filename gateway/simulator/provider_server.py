@@ -123,6 +123,7 @@ class FaultGate:
                 record()  # before the last byte: a client holding the answer always finds the call in the log
             await send(message)
 
+        self.state.calls_in_flight += 1
         try:
             if self.state.faults.latency_s:
                 await asyncio.sleep(self.state.faults.latency_s)
@@ -136,6 +137,7 @@ class FaultGate:
             await send_with_id({"type": "http.response.start", "status": err.status, "headers": head})
             await send_with_id({"type": "http.response.body", "body": body})
         finally:
+            self.state.calls_in_flight -= 1
             record()
 
 

@@ -168,6 +168,8 @@ class EmulatorState:
         self.jobs: dict[str, Job] = {}
         self.log: deque[LogEntry] = deque(maxlen=LOG_LIMIT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.calls_in_flight = 0
+        """API calls received and not yet answered (a live figure: a reset leaves it as it is)."""
         self.reset()
 
     def reset(self) -> None:

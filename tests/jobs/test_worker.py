@@ -150,6 +150,14 @@ def processed(simulator: SimulatorCluster) -> int:
     return int(emulator_stats(simulator, "other")["requests_processed"])
 
 
+def a_request_just_started(simulator: SimulatorCluster, timeout: float = 60) -> None:
+    """Wait for an answer to arrive and the next request to be in flight: the stop that follows lands well before
+    that request's answer (``SLOW_ANSWERS``), whatever the timing of the polls."""
+    answered = processed(simulator)
+    wait_until(lambda: processed(simulator) > answered, timeout, "no answer arrived")
+    wait_until(lambda: emulator_stats(simulator, "other")["calls_in_flight"] > 0, timeout, "no next request")
+
+
 def wait_until(check: Any, timeout: float, message: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -201,6 +209,8 @@ def test_a_worker_stopped_mid_request_releases_its_shard_and_the_next_worker_tak
     set_faults(simulator, "other", **SLOW_ANSWERS)
     batch = submit(client, requests)
     wait_until(lambda: processed(simulator) >= 2, 60, "the fan-out never started")
+    # The request in flight outlasts both the grace and the gap between the two signals.
+    a_request_just_started(simulator)
     took = stopped_by_sigterm(first, timeout=15, signals=signals)
     assert took < 5, f"the worker took {took:.1f}s to stop ({signals} signal(s), grace {grace_s} s)"
     log = first.log()
