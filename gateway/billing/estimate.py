@@ -179,6 +179,7 @@ class Estimator:
         self.defaults = dict(defaults or {})
         self.logical = logical or (lambda name: name)
         self._bases: dict[str, Basis] = {}
+        self._learned_outputs: dict[tuple[str, int | None], tuple[float, float, float]] = {}
 
     def basis(self, name: str) -> Basis:
         """The basis of estimates for a model name as a request gives it."""
@@ -206,17 +207,34 @@ class Estimator:
             return RequestEstimate(custom_id, head.model, input_tokens, 0.0, 0.0, 0.0)
         cap = head.cap()
         if history is not None:
+            return RequestEstimate(custom_id, head.model, input_tokens, *self._learned_output(basis.model, history, cap))
+        expected = float(min(basis.default_output, cap) if cap else basis.default_output)
+        return RequestEstimate(custom_id, head.model, input_tokens, expected, expected, expected)
+
+
+    def _learned_output(self, model: str, history: History, cap: int | None) -> tuple[float, float, float]:
+        """Expected, p50 and p90 output tokens of a request of ``model`` capped at ``cap``, from its history.
+
+        Remembered per model and cap: routing asks this for every line of a file, and a file's requests
+        share a few caps. A hostile file with a distinct cap per line is computed line by line past
+        :data:`_REMEMBERED_CAPS` entries rather than held.
+        """
+        key = (model, cap)
+        found = self._learned_outputs.get(key)
+        if found is None:
             limit = float(cap) if cap else float("inf")
-            return RequestEstimate(
-                custom_id,
-                head.model,
-                input_tokens,
+            found = (
                 history.expected_output(cap),
                 min(history.quantile(0.5), limit),
                 min(history.quantile(0.9), limit),
             )
-        expected = float(min(basis.default_output, cap) if cap else basis.default_output)
-        return RequestEstimate(custom_id, head.model, input_tokens, expected, expected, expected)
+            if len(self._learned_outputs) < _REMEMBERED_CAPS:
+                self._learned_outputs[key] = found
+        return found
+
+
+_REMEMBERED_CAPS = 4096
+"""Learned output estimates an :class:`Estimator` keeps, one per model and request cap."""
 
 
 def iter_estimates(path: Path, estimator: Estimator) -> Iterator[RequestEstimate]:

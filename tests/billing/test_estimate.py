@@ -79,6 +79,18 @@ def test_with_history_outputs_and_inputs_are_learned() -> None:
     assert estimator.basis("alias").describe() == "from 100 past requests"
 
 
+def test_learned_estimates_are_the_same_for_every_cap_however_many_a_file_holds() -> None:
+    history = learned([40] * 60 + [400] * 40)
+    estimator = Estimator(CHAT, histories={"m": history})
+    # More distinct caps than an estimator remembers, each asked twice: the remembered and the recomputed agree.
+    for cap in [*range(1, 5000, 1), *range(1, 5000, 7)]:
+        request = estimator.request(body(max_tokens=cap))
+        expected = (history.expected_output(cap), min(history.quantile(0.5), cap), min(history.quantile(0.9), cap))
+        assert (request.output_tokens, request.output_low, request.output_high) == pytest.approx(expected), cap
+    uncapped = estimator.request(body())
+    assert (uncapped.output_tokens, uncapped.output_high) == pytest.approx((184, history.quantile(0.9)))
+
+
 def test_estimate_file_groups_by_model_with_first_lines_ranges_and_basis(tmp_path: Path) -> None:
     lines = [{"custom_id": f"r{i}", "body": {"model": "a" if i % 3 else "b", "max_tokens": 10}} for i in range(1, 10)]
     path = tmp_path / "in.jsonl"
