@@ -207,7 +207,8 @@ class Estimator:
             return RequestEstimate(custom_id, head.model, input_tokens, 0.0, 0.0, 0.0)
         cap = head.cap()
         if history is not None:
-            return RequestEstimate(custom_id, head.model, input_tokens, *self._learned_output(basis.model, history, cap))
+            learned = self._learned_output(basis.model, history, cap)
+            return RequestEstimate(custom_id, head.model, input_tokens, *learned)
         expected = float(min(basis.default_output, cap) if cap else basis.default_output)
         return RequestEstimate(custom_id, head.model, input_tokens, expected, expected, expected)
 

@@ -199,7 +199,8 @@ async def get_batch(session: AsyncSession, team_id: str | None, batch_id: str) -
     return (await session.exec(query)).first()
 
 
-_BATCH_FIELDS = [attribute.key for attribute in sa_inspect(Batch).column_attrs]
+_BATCH_MAPPER = sa_inspect(Batch)
+_BATCH_FIELDS = [attribute.key for attribute in _BATCH_MAPPER.column_attrs]
 """Attribute names of a batch row, in the order :data:`_BATCH_OF_TEAM` selects them (``metadata_`` is column
 ``metadata``)."""
 _BATCH_OF_TEAM = select_columns(*(getattr(Batch, name) for name in _BATCH_FIELDS)).where(
@@ -210,7 +211,14 @@ _BATCH_OF_TEAM = select_columns(*(getattr(Batch, name) for name in _BATCH_FIELDS
 async def read_batch(reads: PointReads, team_id: str, batch_id: str) -> Batch | None:
     """A batch of one team, read for display only (not attached to a session): a status read."""
     row = await reads.first(_BATCH_OF_TEAM, {"batch_id": batch_id, "team_id": team_id})
-    return Batch(**dict(zip(_BATCH_FIELDS, row, strict=True))) if row is not None else None
+    if row is None:
+        return None
+    # Built as the ORM builds a loaded row (its attributes straight into the instance's dict), not through the
+    # model's constructor, which sets each of the ~50 attributes through the mapper's events: 3.6 us instead
+    # of 105 us, a sixth of a status read.
+    batch: Batch = _BATCH_MAPPER.class_manager.new_instance()
+    batch.__dict__.update(zip(_BATCH_FIELDS, row, strict=True))
+    return batch
 
 
 async def list_batches(
