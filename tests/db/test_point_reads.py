@@ -46,6 +46,10 @@ async def _reads(database_kind: str, tmp_path: Path) -> None:
         assert await repo.read_batch(context.point_reads, "another-team", batch.id) is None
         # On a SQLite file the later reads ran on the event loop, not through the async engine.
         assert len(statements) == (1 if database_kind == "sqlite" else 4)
+        async with transaction(context.sessions) as session:
+            loaded = (await session.exec(select(Batch).where(col(Batch.id) == batch.id))).one()
+            # Every column as the ORM loads it (JSON decoded, numbers and booleans typed), on either path.
+            assert read.model_dump() == loaded.model_dump()
 
         # A write committed by any connection is what the next read sees: a revocation holds at once.
         async with transaction(context.sessions) as session:
