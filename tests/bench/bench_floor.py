@@ -13,8 +13,11 @@ Printed per size: both times and their ratio; the input's MB over the time from 
 to the batch leaving ``validating``, as the client sees it (so it includes the worker noticing the new
 batch); the gateway's CPU seconds (API + worker) per 100,000 requests; the peak RSS of each process.
 Then status reads of a completed batch with 32 connections for ``--status-seconds``, emulator and
-gateway interleaved: requests per second and p50/p99 latency of each. MB means 10^6 bytes. The client
-runs in this process, so the figures include its own cost on both sides alike.
+gateway interleaved: requests per second and p50/p99 latency of each, the server's CPU milliseconds per
+read, and this client's own CPU share. MB means 10^6 bytes. The client runs in this process, so the
+figures include its own cost on both sides alike. When the client's share nears 100 % it is the bottleneck
+and RPS measures the client rather than the server; the server CPU per read is then the comparison that
+holds (its inverse is the reads one core of that server could answer).
 """
 
 from __future__ import annotations
@@ -85,6 +88,10 @@ class StatusFigures:
     rps: float
     p50_ms: float
     p99_ms: float
+    server_cpu_ms: float
+    """The server process's CPU milliseconds per read."""
+    client_cpu_share: float
+    """This process's CPU seconds per second of the run (1.0: one core busy)."""
 
 
 def run_job(client: openai.OpenAI, path: Path) -> JobRun:
@@ -144,31 +151,58 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-async def status_load(url: str, api_key: str, seconds: float) -> StatusFigures:
-    """GET ``url`` from ``STATUS_CONNECTIONS`` connections for ``seconds``; throughput and latency."""
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=STATUS_CONNECTIONS, max_keepalive_connections=STATUS_CONNECTIONS)
-    headers = {"Authorization": f"Bearer {api_key}"}
-    async with httpx.AsyncClient(limits=limits, headers=headers, timeout=30) as client:
-        await client.get(url)  # warm: one connection, the route, any cache
-        deadline = time.monotonic() + seconds
+async def status_load(url: str, api_key: str, seconds: float, server_pid: int) -> StatusFigures:
+    """GET ``url`` from ``STATUS_CONNECTIONS`` keep-alive connections for ``seconds``; throughput, latency, and
+    the CPU time of the server (process ``server_pid``) and of this client.
 
-        async def one_connection() -> None:
+    The client speaks HTTP/1.1 on plain asyncio streams (the request's bytes built once, an answer read by its
+    ``content-length``), so that it costs a fraction of what a full client library does: the server, not the
+    client, should be the bottleneck.
+    """
+    target = httpx.URL(url)
+    request = (
+        f"GET {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n"
+        f"Authorization: Bearer {api_key}\r\n\r\n"
+    ).encode()
+    latencies: list[float] = []
+    deadline = 0.0
+
+    async def one_connection() -> None:
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+        try:
             while time.monotonic() < deadline:
                 sent = time.monotonic()
-                response = await client.get(url)
-                if response.status_code != 200:
-                    raise RuntimeError(f"status read answered {response.status_code}: {response.text[:200]}")
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = head.split(b" ", 2)[1]
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                body = await reader.readexactly(length)
+                if status != b"200":
+                    raise RuntimeError(f"status read answered {status.decode()}: {body[:200]!r}")
                 latencies.append(time.monotonic() - sent)
+        finally:
+            writer.close()
 
-        started = time.monotonic()
-        await asyncio.gather(*(one_connection() for _ in range(STATUS_CONNECTIONS)))
-        elapsed = time.monotonic() - started
+    deadline = time.monotonic() + 0.5  # warm: the route, the connections, any cache
+    await asyncio.gather(*(one_connection() for _ in range(STATUS_CONNECTIONS)))
+    latencies.clear()
+    server_before, client_before = cpu_seconds([server_pid]), cpu_seconds([os.getpid()])
+    started = time.monotonic()
+    deadline = started + seconds
+    await asyncio.gather(*(one_connection() for _ in range(STATUS_CONNECTIONS)))
+    elapsed = time.monotonic() - started
+    server_cpu, client_cpu = cpu_seconds([server_pid]) - server_before, cpu_seconds([os.getpid()]) - client_before
     latencies.sort()
     return StatusFigures(
         rps=len(latencies) / elapsed,
         p50_ms=latencies[len(latencies) // 2] * 1000,
         p99_ms=latencies[int(len(latencies) * 0.99)] * 1000,
+        server_cpu_ms=server_cpu / len(latencies) * 1000,
+        client_cpu_share=client_cpu / elapsed,
     )
 
 
@@ -248,10 +282,10 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], li
         floor_batch, gateway_batch = sizes[0].floor_batch_id, sizes[0].gateway[-1].batch_id
         for _ in range(args.rounds):
             emulator_figures = asyncio.run(
-                status_load(f"{emulator.base_url}/batches/{floor_batch}", "bench", args.status_seconds)
+                status_load(f"{emulator.base_url}/batches/{floor_batch}", "bench", args.status_seconds, emulator.pid)
             )
             gateway_figures = asyncio.run(
-                status_load(f"{api.base_url}/v1/batches/{gateway_batch}", key, args.status_seconds)
+                status_load(f"{api.base_url}/v1/batches/{gateway_batch}", key, args.status_seconds, pids[0])
             )
             status.append((emulator_figures, gateway_figures))
     return sizes, status
@@ -286,14 +320,18 @@ def report(sizes: list[SizeFigures], status: list[StatusPair]) -> None:
             f"{cpu:>11.2f} {figures.api_rss / MB:>6.0f}MB {figures.worker_rss / MB:>9.0f}MB"
         )
     print(f"\nstatus reads of a completed batch, {STATUS_CONNECTIONS} connections")
-    print(f"{'':>10} {'RPS':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'':>10} {'RPS':>8} {'p50 ms':>8} {'p99 ms':>8} {'server CPU ms/read':>19} {'client CPU':>11}")
     for emulator_figures, gateway_figures in status:
         for name, row in (("emulator", emulator_figures), ("gateway", gateway_figures)):
-            print(f"{name:>10} {row.rps:>8.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f}")
+            print(
+                f"{name:>10} {row.rps:>8.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {row.server_cpu_ms:>19.3f} "
+                f"{row.client_cpu_share:>10.0%}"
+            )
         share = gateway_figures.rps / emulator_figures.rps
+        capacity = emulator_figures.server_cpu_ms / gateway_figures.server_cpu_ms
         print(
-            f"{'':>10} gateway/emulator RPS {share:.2f} (goal >= {GOAL_STATUS_SHARE}), "
-            f"p99 {gateway_figures.p99_ms:.0f} ms (goal < {GOAL_STATUS_P99_MS:.0f} ms)"
+            f"{'':>10} gateway/emulator RPS {share:.2f} (goal >= {GOAL_STATUS_SHARE}), by server CPU per read "
+            f"{capacity:.2f}; p99 {gateway_figures.p99_ms:.0f} ms (goal < {GOAL_STATUS_P99_MS:.0f} ms)"
         )
 
 
