@@ -133,7 +133,7 @@ class GatewayContext:
         await self.work_available.close()
         await self.http.aclose()
         await self.blobs.close()
-        self.point_reads.close()
+        await self.point_reads.close()
         await self.engine.dispose()
 
 

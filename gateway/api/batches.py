@@ -71,7 +71,7 @@ class BatchesController(Controller):
     async def retrieve_batch(self, state: State, principal: Principal, batch_id: str) -> dict[str, Any]:
         """One batch of the caller's team."""
         context: GatewayContext = state.context
-        if context.point_reads.on_loop:  # a finished batch's status is one read on the event loop
+        if context.point_reads.direct:  # a finished batch's status is one direct read
             row = await repo.read_batch(context.point_reads, principal.team_id, batch_id)
             if row is not None and row.stage == "done":
                 return batch_object(row)

@@ -1,33 +1,40 @@
-"""Reads of one indexed row on the request path, without a thread hop where the database allows it.
+"""Reads of one indexed row on the request path, on the database driver's own connection.
 
 Every client request reads its key (a revoked key must be refused from its next request on, on every
-process), so that read is on the hot path of status polling. Through aiosqlite each statement of it
-crosses to the driver's thread and back several times (checkout, execute, fetch, close, reset), which
-costs more than the lookup itself. On a SQLite file these reads run on a plain synchronous connection
-in the event loop instead: in WAL mode a reader never waits for a writer, and an indexed lookup takes
-microseconds. Should the file be busy anyway (an outside tool holding it exclusively), the read gives up
-after :data:`BUSY_TIMEOUT_MS` and goes the asynchronous way, which waits its turn, and so do the reads of
-the next :data:`BUSY_BACKOFF_S` seconds. The first read of a process also goes the asynchronous way, so
-that opening the file (and recovering its log after a crash) never happens on the event loop.
-PostgreSQL reads are asynchronous already and always take the ordinary path.
+process), and a status read also reads its batch, so these reads are the hot path of status polling.
+Through SQLAlchemy's async engine each of them paid for a pool checkout and reset, an execution context
+and a result object, and on SQLite for several hops to aiosqlite's thread and back; on PostgreSQL, 32
+concurrent status reads also opened and closed connections beyond the pool's size. That cost several times
+the lookup itself. So each statement is compiled once (for the engine's own dialect) and runs directly on
+one connection this object keeps, with the columns' result processors applied (JSON decoded, booleans made
+booleans, as the ORM would):
 
-On the event loop each statement is compiled once, and then runs on the driver's own connection with the
-columns' result processors applied (JSON decoded, booleans made booleans): SQLAlchemy's per-execution work
-(pool checkout and reset, execution context, result object) was most of a status read's remaining time.
+* **SQLite file**: a plain synchronous, query-only connection in the event loop. In WAL mode a reader
+  never waits for a writer, and an indexed lookup takes microseconds. Should the file be busy anyway (an
+  outside tool holding it exclusively), the read gives up after :data:`BUSY_TIMEOUT_MS`.
+* **PostgreSQL**: one asynchronous psycopg connection in autocommit mode; reads take turns on it (each is
+  a fraction of a millisecond), and psycopg prepares the statements after a few uses.
+
+Each read sees the last commit: nothing is cached. A read that fails on the direct connection (a busy
+file, a lost connection) goes the ordinary way through the engine, which waits its turn or raises as any
+query would, and so do the reads of the next :data:`BUSY_BACKOFF_S` seconds. The first read of a process
+also goes the ordinary way, so that opening a SQLite file (and recovering its log after a crash) never
+happens on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy import Select
-from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
@@ -36,20 +43,23 @@ from gateway.db.engine import sqlite_file
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 50
-"""How long a read on the event loop may wait for a locked file before it takes the asynchronous path."""
+"""How long a read on the event loop may wait for a locked SQLite file before it takes the ordinary path."""
 BUSY_BACKOFF_S = 5.0
-"""After a locked file, how long reads take the asynchronous path before they try the event loop again."""
+"""After a failed direct read, how long reads take the ordinary path before they try the direct one again."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
-    """A statement as the SQLite driver runs it."""
+    """A statement as the database driver runs it."""
 
     sql: str
-    parameters: tuple[str, ...]
-    """Names of the bound parameters, in the order of the statement's placeholders."""
+    positional: tuple[str, ...] | None
+    """Names of the bound parameters in the order of the statement's placeholders (None: passed by name)."""
     processors: tuple[Callable[[Any], Any] | None, ...]
     """Each result column's conversion from the driver's value (None: taken as it is)."""
+
+    def arguments(self, parameters: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        return parameters if self.positional is None else [parameters[name] for name in self.positional]
 
     def row(self, values: Sequence[Any]) -> tuple[Any, ...]:
         converted = zip(self.processors, values, strict=True)
@@ -57,68 +67,93 @@ class _Compiled:
 
 
 class PointReads:
-    """Runs single-row reads for one async engine: synchronously on a SQLite file, else through the engine."""
+    """Runs single-row reads for one async engine, directly on a connection of its own (see the module)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._file = sqlite_file(engine.url)
-        self._connection: sqlite3.Connection | None = None
-        self._dialect = SQLiteDialect_pysqlite()
+        self._postgres = engine.url.get_backend_name() == "postgresql"
         self._compiled: dict[Executable, _Compiled] = {}  # by identity: a statement is kept, never rebuilt
-        self._sync_from = math.inf  # the time.monotonic() from which reads may run synchronously
+        self._sqlite: sqlite3.Connection | None = None
+        self._postgres_connection: psycopg.AsyncConnection[Any] | None = None
+        self._postgres_turn: asyncio.Lock | None = None
+        self._postgres_loop: asyncio.AbstractEventLoop | None = None
+        self._direct_from = math.inf  # the time.monotonic() from which reads may take the direct path
 
     async def first(self, statement: Executable, parameters: dict[str, Any] | None = None) -> Sequence[Any] | None:
         """The first row ``statement`` returns (with ``parameters`` for its bound parameters), or None.
 
         ``statement`` is built once and kept (a module constant): its compiled form is remembered with it.
         """
-        if self._file is not None and time.monotonic() >= self._sync_from:
+        parameters = parameters or {}
+        if self.direct and time.monotonic() >= self._direct_from:
+            compiled = self._compiled.get(statement)
+            if compiled is None:
+                compiled = self._compiled[statement] = self._compile(statement)
             try:
-                return self._read_on_loop(statement, parameters or {})
-            except sqlite3.OperationalError as exc:
-                self._sync_from = time.monotonic() + BUSY_BACKOFF_S
-                log.info("database file busy: point reads take the async path for %.0fs (%s)", BUSY_BACKOFF_S, exc)
+                if self._file is not None:
+                    return self._read_sqlite(compiled, parameters)
+                return await self._read_postgres(compiled, parameters)
+            except (sqlite3.Error, psycopg.Error) as exc:
+                self._direct_from = time.monotonic() + BUSY_BACKOFF_S
+                await self._drop_postgres_connection()
+                log.info("point reads take the ordinary path for %.0fs: %s", BUSY_BACKOFF_S, exc)
         async with self.engine.connect() as connection:
             row = (await connection.execute(statement, parameters)).first()
-        if self._sync_from == math.inf:
-            self._sync_from = 0.0  # the file is open and recovered: reads may now run on the event loop
+        if self._direct_from == math.inf:
+            self._direct_from = 0.0  # the database is open (a SQLite file recovered): reads may go direct now
         return row
 
-    def _read_on_loop(self, statement: Executable, parameters: dict[str, Any]) -> tuple[Any, ...] | None:
-        compiled = self._compiled.get(statement)
-        if compiled is None:
-            compiled = self._compiled[statement] = self._compile(statement)
-        if self._connection is None:
+    @property
+    def direct(self) -> bool:
+        """True when reads run on a connection of this object's (a SQLite file or PostgreSQL)."""
+        return self._file is not None or self._postgres
+
+    def _compile(self, statement: Executable) -> _Compiled:
+        assert isinstance(statement, Select), "a point read is a SELECT"
+        dialect = self.engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        processors = tuple(column.type.result_processor(dialect, None) for column in statement.selected_columns)
+        positional = tuple(compiled.positiontup or ()) if dialect.positional else None
+        return _Compiled(compiled.string, positional, processors)
+
+    def _read_sqlite(self, compiled: _Compiled, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        if self._sqlite is None:
             assert self._file is not None
-            self._connection = self._open(self._file)
-        cursor = self._connection.execute(compiled.sql, [parameters[name] for name in compiled.parameters])
+            # Autocommit: a read takes its snapshot and lets it go, never holding a transaction open.
+            self._sqlite = sqlite3.connect(self._file, check_same_thread=False, isolation_level=None)
+            self._sqlite.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._sqlite.execute("PRAGMA query_only=ON")
+        cursor = self._sqlite.execute(compiled.sql, compiled.arguments(parameters))
         try:
             values = cursor.fetchone()
         finally:
             cursor.close()  # ends the statement, and with it the read's snapshot of the file
         return compiled.row(values) if values is not None else None
 
-    def _compile(self, statement: Executable) -> _Compiled:
-        assert isinstance(statement, Select), "a point read is a SELECT"
-        compiled = statement.compile(dialect=self._dialect)
-        processors = tuple(column.type.result_processor(self._dialect, None) for column in statement.selected_columns)
-        return _Compiled(compiled.string, tuple(compiled.positiontup or ()), processors)
+    async def _read_postgres(self, compiled: _Compiled, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        loop = asyncio.get_running_loop()
+        if self._postgres_loop is not loop:
+            # A connection belongs to the event loop it was opened on; a new loop (a restarted test
+            # context) gets its own, and the old one is left to be collected with its loop.
+            self._postgres_connection, self._postgres_turn, self._postgres_loop = None, asyncio.Lock(), loop
+        assert self._postgres_turn is not None
+        async with self._postgres_turn:
+            if self._postgres_connection is None or self._postgres_connection.closed:
+                url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                self._postgres_connection = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            cursor = await self._postgres_connection.execute(compiled.sql, compiled.arguments(parameters))
+            values = await cursor.fetchone()
+        return compiled.row(values) if values is not None else None
 
-    @staticmethod
-    def _open(file: str) -> sqlite3.Connection:
-        # Autocommit: a read takes its snapshot and lets it go, never holding a transaction open between reads.
-        connection = sqlite3.connect(file, check_same_thread=False, isolation_level=None)
-        connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        connection.execute("PRAGMA query_only=ON")
-        return connection
+    async def _drop_postgres_connection(self) -> None:
+        connection, self._postgres_connection = self._postgres_connection, None
+        if connection is not None and self._postgres_loop is asyncio.get_running_loop():
+            await connection.close()
 
-    @property
-    def on_loop(self) -> bool:
-        """True when reads may run synchronously in the event loop (a SQLite file)."""
-        return self._file is not None
-
-    def close(self) -> None:
-        """Close the synchronous connection."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+    async def close(self) -> None:
+        """Close the direct connections (a later read opens them again)."""
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+        await self._drop_postgres_connection()
