@@ -25,6 +25,7 @@ happens on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import sqlite3
@@ -34,9 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy import Select
+from sqlalchemy import Dialect, Select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
+from sqlalchemy.types import TypeEngine
 
 from gateway.db.engine import sqlite_file
 
@@ -46,22 +48,39 @@ BUSY_TIMEOUT_MS = 50
 """How long a read on the event loop may wait for a locked SQLite file before it takes the ordinary path."""
 BUSY_BACKOFF_S = 5.0
 """After a failed direct read, how long reads take the ordinary path before they try the direct one again."""
+POSTGRES_READ_TIMEOUT_S = 2.0
+"""Longest wait for a turn on the PostgreSQL connection and its answer (connecting included): a connection
+that hangs without failing (dropped silently by the network) must not hold every request of the process."""
 
 
-@dataclass(frozen=True, slots=True)
+class _TakeOrdinaryPath(Exception):
+    """A read found the direct path backing off after another read's failure (not a failure of its own)."""
+
+
+@dataclass(slots=True)
 class _Compiled:
     """A statement as the database driver runs it."""
 
     sql: str
     positional: tuple[str, ...] | None
     """Names of the bound parameters in the order of the statement's placeholders (None: passed by name)."""
-    processors: tuple[Callable[[Any], Any] | None, ...]
-    """Each result column's conversion from the driver's value (None: taken as it is)."""
+    types: tuple[TypeEngine[Any], ...]
+    """The result columns' types, for the dialect."""
+    dialect: Dialect
+    processors: tuple[Callable[[Any], Any] | None, ...] | None = None
+    """Each result column's conversion from the driver's value (None: taken as it is); set from the first
+    answer's description, as SQLAlchemy does (PostgreSQL's numeric types depend on the column's type code)."""
 
     def arguments(self, parameters: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
         return parameters if self.positional is None else [parameters[name] for name in self.positional]
 
-    def row(self, values: Sequence[Any]) -> tuple[Any, ...]:
+    def row(self, values: Sequence[Any], description: Sequence[Any] | None) -> tuple[Any, ...]:
+        if self.processors is None:
+            codes = [column[1] for column in description] if description else [None] * len(self.types)
+            self.processors = tuple(
+                kind.dialect_impl(self.dialect).result_processor(self.dialect, code)
+                for kind, code in zip(self.types, codes, strict=True)
+            )
         converted = zip(self.processors, values, strict=True)
         return tuple(value if convert is None else convert(value) for convert, value in converted)
 
@@ -93,11 +112,16 @@ class PointReads:
             try:
                 if self._file is not None:
                     return self._read_sqlite(compiled, parameters)
-                return await self._read_postgres(compiled, parameters)
-            except (sqlite3.Error, psycopg.Error) as exc:
+                async with asyncio.timeout(POSTGRES_READ_TIMEOUT_S):
+                    return await self._read_postgres(compiled, parameters)
+            except _TakeOrdinaryPath:
+                pass
+            except (sqlite3.Error, psycopg.Error, TimeoutError) as exc:
                 self._direct_from = time.monotonic() + BUSY_BACKOFF_S
                 await self._drop_postgres_connection()
-                log.info("point reads take the ordinary path for %.0fs: %s", BUSY_BACKOFF_S, exc)
+                # The class only for the driver's errors: a refused connection string can quote the password.
+                detail = exc if isinstance(exc, sqlite3.Error) else type(exc).__name__
+                log.info("point reads take the ordinary path for %.0fs: %s", BUSY_BACKOFF_S, detail)
         async with self.engine.connect() as connection:
             row = (await connection.execute(statement, parameters)).first()
         if self._direct_from == math.inf:
@@ -113,9 +137,13 @@ class PointReads:
         assert isinstance(statement, Select), "a point read is a SELECT"
         dialect = self.engine.dialect
         compiled = statement.compile(dialect=dialect)
-        processors = tuple(column.type.result_processor(dialect, None) for column in statement.selected_columns)
+        for bind in compiled.binds.values():
+            # Parameters are handed to the driver as given: no fixed values, conversions or IN-list expansion.
+            assert bind.value is None and not bind.expanding, f"parameter {bind.key} must be a plain bindparam"
+            assert bind.type.dialect_impl(dialect).bind_processor(dialect) is None, f"parameter {bind.key}"
+        types = tuple(column.type for column in statement.selected_columns)
         positional = tuple(compiled.positiontup or ()) if dialect.positional else None
-        return _Compiled(compiled.string, positional, processors)
+        return _Compiled(compiled.string, positional, types, dialect)
 
     def _read_sqlite(self, compiled: _Compiled, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
         if self._sqlite is None:
@@ -127,9 +155,9 @@ class PointReads:
         cursor = self._sqlite.execute(compiled.sql, compiled.arguments(parameters))
         try:
             values = cursor.fetchone()
+            return compiled.row(values, cursor.description) if values is not None else None
         finally:
             cursor.close()  # ends the statement, and with it the read's snapshot of the file
-        return compiled.row(values) if values is not None else None
 
     async def _read_postgres(self, compiled: _Compiled, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
         loop = asyncio.get_running_loop()
@@ -139,17 +167,23 @@ class PointReads:
             self._postgres_connection, self._postgres_turn, self._postgres_loop = None, asyncio.Lock(), loop
         assert self._postgres_turn is not None
         async with self._postgres_turn:
+            if time.monotonic() < self._direct_from:
+                raise _TakeOrdinaryPath  # the read before this one failed while this one waited its turn
             if self._postgres_connection is None or self._postgres_connection.closed:
-                url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                self._postgres_connection = await psycopg.AsyncConnection.connect(url, autocommit=True)
+                # The engine's own connection arguments (hosts, options, the password as given), not a URL
+                # string: libpq would refuse one whose password holds a space.
+                args, options = self.engine.dialect.create_connect_args(self.engine.url)
+                self._postgres_connection = await psycopg.AsyncConnection.connect(*args, **options, autocommit=True)
             cursor = await self._postgres_connection.execute(compiled.sql, compiled.arguments(parameters))
             values = await cursor.fetchone()
-        return compiled.row(values) if values is not None else None
+        return compiled.row(values, cursor.description) if values is not None else None
 
     async def _drop_postgres_connection(self) -> None:
         connection, self._postgres_connection = self._postgres_connection, None
         if connection is not None and self._postgres_loop is asyncio.get_running_loop():
-            await connection.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(POSTGRES_READ_TIMEOUT_S):
+                    await connection.close()
 
     async def close(self) -> None:
         """Close the direct connections (a later read opens them again)."""

@@ -14,16 +14,18 @@ to the batch leaving ``validating``, as the client sees it (so it includes the w
 batch); the gateway's CPU seconds (API + worker) per 100,000 requests; the peak RSS of each process.
 Then status reads of a completed batch with 32 connections for ``--status-seconds``, emulator and
 gateway interleaved: requests per second and p50/p99 latency of each, the server's CPU milliseconds per
-read, and this client's own CPU share. MB means 10^6 bytes. The client runs in this process, so the
-figures include its own cost on both sides alike. When the client's share nears 100 % it is the bottleneck
-and RPS measures the client rather than the server; the server CPU per read is then the comparison that
-holds (its inverse is the reads one core of that server could answer).
+read (the API process's: a PostgreSQL server's CPU is not counted), and this client's own CPU share.
+MB means 10^6 bytes. The client runs in this process, so the figures include its own cost on both sides
+alike. When the client's share nears 100 % it is the bottleneck and RPS measures the client rather than
+the server; the server CPU per read is then the comparison that holds (its inverse is the reads one core
+of that server could answer).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import statistics
 import sys
@@ -89,7 +91,8 @@ class StatusFigures:
     p50_ms: float
     p99_ms: float
     server_cpu_ms: float
-    """The server process's CPU milliseconds per read."""
+    """The server process's CPU milliseconds per read (the gateway's API process: a database server's CPU is
+    not counted)."""
     client_cpu_share: float
     """This process's CPU seconds per second of the run (1.0: one core busy)."""
 
@@ -153,47 +156,58 @@ def cpu_seconds(pids: list[int]) -> float:
 
 async def status_load(url: str, api_key: str, seconds: float, server_pid: int) -> StatusFigures:
     """GET ``url`` from ``STATUS_CONNECTIONS`` keep-alive connections for ``seconds``; throughput, latency, and
-    the CPU time of the server (process ``server_pid``) and of this client.
+    the CPU time of the server's process (``server_pid``; not a database server's) and of this client.
 
     The client speaks HTTP/1.1 on plain asyncio streams (the request's bytes built once, an answer read by its
     ``content-length``), so that it costs a fraction of what a full client library does: the server, not the
-    client, should be the bottleneck.
+    client, should be the bottleneck. The connections are opened and warmed before the timed run.
     """
     target = httpx.URL(url)
+    port = target.port or (443 if target.scheme == "https" else 80)
     request = (
-        f"GET {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n"
+        f"GET {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.host}:{port}\r\n"
         f"Authorization: Bearer {api_key}\r\n\r\n"
     ).encode()
     latencies: list[float] = []
-    deadline = 0.0
 
-    async def one_connection() -> None:
-        reader, writer = await asyncio.open_connection(target.host, target.port)
+    async def read_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(request)
         try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            raise RuntimeError("the server closed a status-read connection") from None
+        status = head.split(b" ", 2)[1]
+        lengths = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+        if not lengths:
+            raise RuntimeError(f"a status read answered {status.decode()} without a content-length: {head[:300]!r}")
+        body = await reader.readexactly(int(lengths[0].split(b":", 1)[1]))
+        if status != b"200":
+            raise RuntimeError(f"status read answered {status.decode()}: {body[:200]!r}")
+
+    async def one_connection(until: float, ready: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection(target.host, port)
+        try:
+            while time.monotonic() < until:  # warm: the route, the connection, any cache
+                await read_one(reader, writer)
+            await ready.wait()
             while time.monotonic() < deadline:
                 sent = time.monotonic()
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = head.split(b" ", 2)[1]
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                body = await reader.readexactly(length)
-                if status != b"200":
-                    raise RuntimeError(f"status read answered {status.decode()}: {body[:200]!r}")
+                await read_one(reader, writer)
                 latencies.append(time.monotonic() - sent)
         finally:
             writer.close()
+            await writer.wait_closed()
 
-    deadline = time.monotonic() + 0.5  # warm: the route, the connections, any cache
-    await asyncio.gather(*(one_connection() for _ in range(STATUS_CONNECTIONS)))
-    latencies.clear()
+    ready = asyncio.Event()
+    deadline = math.inf
+    warm_until = time.monotonic() + 0.5
+    connections = [asyncio.create_task(one_connection(warm_until, ready)) for _ in range(STATUS_CONNECTIONS)]
+    await asyncio.sleep(0.6)
     server_before, client_before = cpu_seconds([server_pid]), cpu_seconds([os.getpid()])
     started = time.monotonic()
     deadline = started + seconds
-    await asyncio.gather(*(one_connection() for _ in range(STATUS_CONNECTIONS)))
+    ready.set()
+    await asyncio.gather(*connections)
     elapsed = time.monotonic() - started
     server_cpu, client_cpu = cpu_seconds([server_pid]) - server_before, cpu_seconds([os.getpid()]) - client_before
     latencies.sort()
@@ -320,11 +334,11 @@ def report(sizes: list[SizeFigures], status: list[StatusPair]) -> None:
             f"{cpu:>11.2f} {figures.api_rss / MB:>6.0f}MB {figures.worker_rss / MB:>9.0f}MB"
         )
     print(f"\nstatus reads of a completed batch, {STATUS_CONNECTIONS} connections")
-    print(f"{'':>10} {'RPS':>8} {'p50 ms':>8} {'p99 ms':>8} {'server CPU ms/read':>19} {'client CPU':>11}")
+    print(f"{'':>10} {'RPS':>8} {'p50 ms':>8} {'p99 ms':>8} {'API CPU ms/read':>16} {'client CPU':>11}")
     for emulator_figures, gateway_figures in status:
         for name, row in (("emulator", emulator_figures), ("gateway", gateway_figures)):
             print(
-                f"{name:>10} {row.rps:>8.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {row.server_cpu_ms:>19.3f} "
+                f"{name:>10} {row.rps:>8.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {row.server_cpu_ms:>16.3f} "
                 f"{row.client_cpu_share:>10.0%}"
             )
         share = gateway_figures.rps / emulator_figures.rps

@@ -4,16 +4,20 @@ and on SQLite a locked file makes the read wait its turn on the asynchronous pat
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from sqlalchemy import event
 from sqlmodel import col, select
 
 from gateway.db import repo
+from gateway.db.engine import create_engine
 from gateway.db.models import ApiKey, Batch, StoredFile
+from gateway.db.point_reads import PointReads
 from gateway.db.unit_of_work import transaction
 from tests.conftest import migrated_context
 
@@ -51,6 +55,9 @@ async def _reads(database_kind: str, tmp_path: Path) -> None:
             loaded = (await session.exec(select(Batch).where(col(Batch.id) == batch.id))).one()
             # Every column as the ORM loads it (JSON decoded, numbers and booleans typed), on either path.
             assert read.model_dump() == loaded.model_dump()
+            assert {k: type(v) for k, v in read.model_dump().items()} == {
+                k: type(v) for k, v in loaded.model_dump().items()
+            }, "a Decimal for a float would compare equal"
 
         # A write committed by any connection is what the next read sees: a revocation holds at once.
         async with transaction(context.sessions) as session:
@@ -62,8 +69,8 @@ async def _reads(database_kind: str, tmp_path: Path) -> None:
         if database_kind == "postgresql":
             # The server ends every other connection of the database (a restart, a failover): the next read
             # still answers, through the engine, whose pool checks its connections before use.
-            url = context.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+            args, options = context.engine.dialect.create_connect_args(context.engine.url)
+            async with await psycopg.AsyncConnection.connect(*args, **options, autocommit=True) as admin:
                 ended = await admin.execute(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                     " WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -108,3 +115,32 @@ async def _reads(database_kind: str, tmp_path: Path) -> None:
 
 def test_point_reads_see_every_commit_and_wait_out_a_locked_file(database_kind: str, tmp_path: Path) -> None:
     asyncio.run(_reads(database_kind, tmp_path))
+
+
+async def _password_with_a_space(tmp_path: Path) -> list[str]:
+    async with migrated_context("postgresql", tmp_path) as context:
+        async with transaction(context.sessions) as session:
+            secret, _ = await repo.create_api_key(session, "readers")
+        # The test server trusts local connections, so any password is accepted: what matters is the string.
+        engine = create_engine(context.engine.url.set(password="my secret pw").render_as_string(hide_password=False))
+        reads = PointReads(engine)
+        statements: list[str] = []
+        event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+        try:
+            for _ in range(3):
+                assert await repo.authenticate(reads, secret) is not None
+        finally:
+            await reads.close()
+            await engine.dispose()
+        return statements
+
+
+def test_a_postgresql_password_with_a_space_reaches_the_direct_connection_and_no_log(
+    database_kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if database_kind != "postgresql":
+        pytest.skip("a PostgreSQL connection's arguments")
+    with caplog.at_level(logging.DEBUG):
+        statements = asyncio.run(_password_with_a_space(tmp_path))
+    assert len(statements) == 1, "only the first read goes through the engine; the others went direct"
+    assert "secret pw" not in caplog.text
