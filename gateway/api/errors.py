@@ -4,7 +4,8 @@ Domain errors (:class:`gateway.errors.GatewayError` and its kinds) carry their s
 the framework's own HTTP errors are mapped to the same vocabulary here. Every non-2xx answer has the
 body ``{"error": {"message", "type", "param", "code"}}`` (on the Anthropic-compatible routes, Anthropic's
 ``{"type": "error", "error": {"type", "message"}, "request_id"}``); a write the blob store refused (disk full or
-not writable) is a 507; unexpected exceptions are logged with a traceback on the server and answered
+not writable) is a 507; a database that cannot be reached or dropped the connection mid-request is a 503 the
+client may retry; unexpected exceptions are logged with a traceback on the server and answered
 as a plain 500 message, never as a traceback.
 """
 
@@ -16,7 +17,13 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_507_INSUFFICIENT_STORAGE
+from litestar.status_codes import (
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+    HTTP_507_INSUFFICIENT_STORAGE,
+)
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from gateway.errors import GatewayError
 from gateway.storage import StorageFull
@@ -97,9 +104,27 @@ def storage_full_handler(request: Request, exc: StorageFull) -> Response[dict[st
     return gateway_error_handler(request, error)
 
 
+def database_unavailable_handler(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    """The database could not be reached, dropped the connection mid-request, or had no connection free in time:
+    503 with ``Retry-After``, logged without a traceback (the driver's message names hosts, never a password)."""
+    cause = getattr(exc, "orig", None) or exc
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(cause).__name__)
+    error = GatewayError(
+        "The gateway's database is unavailable right now, so nothing was done. Retry shortly.",
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        code="database_unavailable",
+        type_="server_error",
+        headers={"Retry-After": "1"},
+    )
+    return gateway_error_handler(request, error)
+
+
 EXCEPTION_HANDLERS = {
     GatewayError: gateway_error_handler,
     StorageFull: storage_full_handler,
+    OperationalError: database_unavailable_handler,
+    InterfaceError: database_unavailable_handler,
+    PoolTimeout: database_unavailable_handler,
     HTTPException: http_exception_handler,
     Exception: internal_error_handler,
 }

@@ -62,6 +62,20 @@ def test_readyz_is_503_while_alive_when_the_database_is_unreachable(unreachable_
     assert "password" not in response.text.lower()
 
 
+def test_client_requests_answer_a_retryable_503_when_the_database_is_unreachable(
+    unreachable_database: GatewayProcess,
+) -> None:
+    for method, path in (("GET", "/v1/models"), ("GET", "/v1/batches/batch_x"), ("GET", "/v1/files")):
+        response = httpx.request(method, unreachable_database.base_url + path, headers={"Authorization": "Bearer k"})
+        assert response.status_code == 503, (path, response.text)
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["error"]["code"] == "database_unavailable"
+        assert response.json()["error"]["type"] == "server_error"
+    log = unreachable_database.log()
+    assert "database unavailable on GET /v1/models: OperationalError" in log
+    assert "unhandled error" not in log  # what a 500 logs, with its traceback
+
+
 def test_openapi_schema_describes_the_client_api(gateway: GatewayProcess) -> None:
     response = httpx.get(f"{gateway.base_url}/schema/openapi.json")
     assert response.status_code == 200
