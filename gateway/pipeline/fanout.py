@@ -33,6 +33,7 @@ from gateway.pipeline.lifecycle import at, end_shard, fanout_parts_prefix, stop_
 from gateway.pipeline.results import Usage, decode_result
 from gateway.providers.base import ProviderAdapter, ProviderAuthFailed, ProviderUnavailable, SyncRequest
 from gateway.routing import health
+from gateway.routing.limits import Paced
 from gateway.storage import BlobStore
 from gateway.storage.local import scratch_file
 
@@ -308,14 +309,20 @@ async def _execute_all(
                 stop.set()
                 return
             await parts.publish()
-            detail = f"running at {shard.provider}: {answered['count']} of {shard.request_count} requests answered"
+            progress = f"{answered['count']} of {shard.request_count} requests answered"
+            paused_s = adapter.limiter.paused_for() if isinstance(adapter, Paced) else 0.0
+            if paused_s > 0:
+                code = "rate_limited"
+                detail = f"{shard.provider} is rate limiting (HTTP 429) until {at(time.time() + paused_s)}: {progress}"
+            else:
+                code, detail = "provider_turnaround", f"running at {shard.provider}: {progress}"
             async with transaction(context.sessions) as session:
                 saved = await shard_db.save_shard(
                     session,
                     shard,
                     lease,
                     progress_completed=answered["count"],
-                    wait_code="provider_turnaround",
+                    wait_code=code,
                     wait_detail=detail,
                 )
                 if saved:

@@ -106,10 +106,19 @@ class RequestLimiter(Protocol):
         """The provider answered 429: hold every request to it for ``retry_after_s`` (a default if None)."""
         ...
 
+    def paused_for(self) -> float:
+        """Seconds until the provider's last 429 pause, as this process knows it, ends (0: not paused)."""
+        ...
+
 
 @runtime_checkable
 class Paced(Protocol):
     """An adapter that sends requests one by one and takes the limiter the engine hands it."""
+
+    @property
+    def limiter(self) -> RequestLimiter:
+        """The limiter every request and retry goes through."""
+        ...
 
     def use_limiter(self, limiter: RequestLimiter) -> None:
         """Pace every request (and every retry) with ``limiter`` from now on."""
@@ -298,6 +307,10 @@ class PacedLimiter:
             if cost == 0:
                 await asyncio.sleep(paused)
             # Else the stretch lies in a pause learned after it was handed out: give it up, queue again.
+
+    def paused_for(self) -> float:
+        """Seconds until the provider's last 429 pause, as this process knows it, ends (0: not paused)."""
+        return max(0.0, self._pause_ends_at - time.monotonic())
 
     async def rate_limited(self, retry_after_s: float | None) -> None:
         """The provider answered 429: pause every request to it, in every process sharing the timeline."""

@@ -7,6 +7,7 @@ the requests it had finished, and the output equals what the batch protocol give
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,6 +93,22 @@ def test_burst_of_429s_is_waited_out(client: Any, simulator: SimulatorCluster) -
     last_429 = max(e["timestamp"] for e in limited)
     assert sum(1 for e in answered if last_429 < e["timestamp"] < last_429 + 0.9) <= CONCURRENCY
     assert max(e["timestamp"] for e in answered) - last_429 >= 0.9
+
+
+def test_a_fan_out_held_by_429s_says_so_while_it_waits(client: Any, simulator: SimulatorCluster) -> None:
+    set_faults(simulator, "other", rate_limit_rate=1.0, retry_after_s=3)
+    requests = chat_requests(8, model="sync-model", prefix="storm")
+    batch_id = submit(client, requests).id
+    reason = ""
+    deadline = time.monotonic() + 30
+    while "rate limiting (HTTP 429)" not in reason:
+        assert time.monotonic() < deadline, f"the batch never said a provider rate-limits it (last: {reason!r})"
+        time.sleep(0.2)
+        reason = (client.batches.retrieve(batch_id).metadata or {}).get("gateway_waiting", "")
+    assert "limited is rate limiting (HTTP 429) until" in reason and "0 of 8 requests answered" in reason, reason
+    set_faults(simulator, "other", rate_limit_rate=0.0)
+    outcome = collect(client, wait_for(client, batch_id))
+    assert outcome.batch.status == "completed" and len(outcome.output) == 8 and not outcome.errors
 
 
 def test_rejected_request_goes_to_error_file(client: Any) -> None:
