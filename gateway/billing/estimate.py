@@ -212,7 +212,6 @@ class Estimator:
         expected = float(min(basis.default_output, cap) if cap else basis.default_output)
         return RequestEstimate(custom_id, head.model, input_tokens, expected, expected, expected)
 
-
     def _learned_output(self, model: str, history: History, cap: int | None) -> tuple[float, float, float]:
         """Expected, p50 and p90 output tokens of a request of ``model`` capped at ``cap``, from its history.
 
