@@ -229,7 +229,7 @@ async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, le
         return "none"
     except ProviderRateLimited as exc:
         delay = lifecycle.rate_limited_delay(exc.retry_after_s, RESULTS_RETRY_S)
-        detail = f"{shard.provider} is rate limiting result downloads (HTTP 429) until {at(time.time() + delay)}"
+        detail = lifecycle.rate_limited_detail(shard.provider, time.time() + delay, "result downloads")
         await wait(context, shard, lease, "rate_limited", detail, time.time() + delay)
         return "later"
     except ProviderUnavailable as exc:

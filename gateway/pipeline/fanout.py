@@ -313,7 +313,7 @@ async def _execute_all(
             paused_s = adapter.limiter.paused_for() if isinstance(adapter, Paced) else 0.0
             if paused_s > 0:
                 code = "rate_limited"
-                detail = f"{shard.provider} is rate limiting (HTTP 429) until {at(time.time() + paused_s)}: {progress}"
+                detail = f"{lifecycle.rate_limited_detail(shard.provider, time.time() + paused_s)}: {progress}"
             else:
                 code, detail = "provider_turnaround", f"running at {shard.provider}: {progress}"
             async with transaction(context.sessions) as session:

@@ -129,6 +129,12 @@ def rate_limited_delay(retry_after_s: float | None, fallback_s: float) -> float:
     return jitter(fallback_s)
 
 
+def rate_limited_detail(provider: str, until: float, doing: str = "") -> str:
+    """The waiting reason of a shard held by a provider's 429s: ``P is rate limiting[ doing] (HTTP 429) until
+    HH:MM:SS UTC`` (``doing``: what is limited, e.g. ``result downloads``)."""
+    return f"{provider} is rate limiting{' ' + doing if doing else ''} (HTTP 429) until {at(until)}"
+
+
 @dataclass(frozen=True)
 class MoveVerdict:
     """Whether a shard's work may leave its failing provider, and the evidence either way."""

@@ -81,7 +81,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         return
     except ProviderRateLimited as exc:
         delay = lifecycle.rate_limited_delay(exc.retry_after_s, context.settings.worker.provider_poll_max_s)
-        detail = f"{shard.provider} is rate limiting (HTTP 429) until {at(time.time() + delay)}: {exc}"
+        detail = f"{lifecycle.rate_limited_detail(shard.provider, time.time() + delay)}: {exc}"
         await wait(context, shard, lease, "rate_limited", detail, time.time() + delay)
         return
     except ProviderUnavailable as exc:

@@ -112,7 +112,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
     except ProviderRateLimited as exc:
         # Alive and asking for patience: wait it out, never move the work because of it.
         delay = lifecycle.rate_limited_delay(exc.retry_after_s, RATE_LIMIT_FALLBACK_S)
-        detail = f"{shard.provider} is rate limiting (HTTP 429) until {at(time.time() + delay)}: {exc}"
+        detail = f"{lifecycle.rate_limited_detail(shard.provider, time.time() + delay)}: {exc}"
         await wait(context, shard, lease, "rate_limited", detail, time.time() + delay, last_error=str(exc)[:2000])
         return
     except ProviderUnavailable as exc:
