@@ -18,7 +18,7 @@ for rate limits: a provider counts ``max_tokens`` against a tokens-per-minute li
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,8 +67,8 @@ def _head(body: bytes) -> _Body:
         return _Body()
 
 
-def raw_input_tokens(body: bytes) -> int:
-    """Input tokens by the bytes / 4 rule alone."""
+def raw_input_tokens(body: Sized) -> int:
+    """Input tokens by the bytes / 4 rule alone (``body`` is the request body's bytes, or a raw JSON value)."""
     return max(1, len(body) // BYTES_PER_TOKEN)
 
 

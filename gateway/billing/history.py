@@ -20,13 +20,14 @@ ZERO_BUCKET = -1
 """Bucket of requests that wrote no output tokens."""
 MIN_HISTORY = 20
 """Answered requests a history needs before estimates use it."""
+_LOG_GROWTH = math.log(GROWTH)
 
 
 def bucket_of(tokens: int) -> int:
     """The histogram bucket of a request that wrote ``tokens`` output tokens."""
     if tokens <= 0:
         return ZERO_BUCKET
-    return math.floor(math.log(tokens) / math.log(GROWTH) + 1e-9)
+    return math.floor(math.log(tokens) / _LOG_GROWTH + 1e-9)
 
 
 def bucket_bounds(bucket: int) -> tuple[float, float]:

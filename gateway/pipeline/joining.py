@@ -135,16 +135,16 @@ def _input_estimates(input_path: Path) -> dict[str, int]:
         for line in handle:
             if line.strip():
                 request = _input_decoder.decode(line)
-                found[request.custom_id] = raw_input_tokens(bytes(request.body))
+                found[request.custom_id] = raw_input_tokens(request.body)
     return found
 
 
 def _answer_tokens(body: AnswerBody | None) -> tuple[int, int]:
     """``(output, input)`` tokens an answer's usage reports."""
     usage = body.usage if body is not None else None
-    if not isinstance(usage, dict):
+    if usage is None:
         return 0, 0
-    return int(usage.get("completion_tokens") or 0), int(usage.get("prompt_tokens") or 0)
+    return usage.completion_tokens or 0, usage.prompt_tokens or 0
 
 
 def _unexecuted(error: dict[str, Any] | None) -> bool:

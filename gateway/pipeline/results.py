@@ -18,9 +18,36 @@ import msgspec
 from gateway.billing.history import Sample
 
 
+class PromptDetails(msgspec.Struct):
+    """``usage.prompt_tokens_details`` as collection reads it."""
+
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+
+
+class CompletionDetails(msgspec.Struct):
+    """``usage.completion_tokens_details`` as collection reads it."""
+
+    reasoning_tokens: int | None = None
+
+
+class TokenUsage(msgspec.Struct):
+    """An answer's ``usage``: the token counts collection adds up (absent or null counts are 0)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tokens_details: PromptDetails | None = None
+    completion_tokens_details: CompletionDetails | None = None
+
+
 class AnswerBody(msgspec.Struct):
     """What collection reads of an answer's body: its usage and the service tier that served it."""
 
+    usage: TokenUsage | None = None
+    service_tier: Any = None
+
+
+class _LooseAnswerBody(msgspec.Struct):
     usage: Any = None
     service_tier: Any = None
 
@@ -62,6 +89,7 @@ class ResultLine:
 _envelope_decoder = msgspec.json.Decoder(_ResultEnvelope)
 _answer_decoder = msgspec.json.Decoder(_Answer | None)
 _body_decoder = msgspec.json.Decoder(AnswerBody)
+_loose_body_decoder = msgspec.json.Decoder(_LooseAnswerBody)
 
 
 def decode_result(line: bytes) -> ResultLine:
@@ -79,8 +107,46 @@ def decode_result(line: bytes) -> ResultLine:
     result = ResultLine(envelope.custom_id, None, envelope.error, envelope.billed_usd, None, None)
     if answer is not None:
         result.response, result.status_code = envelope.response, answer.status_code
-        result.body = _body_decoder.decode(answer.body) if memoryview(answer.body)[:1] == b"{" else None
+        result.body = _answer_body(answer.body) if memoryview(answer.body)[:1] == b"{" else None
     return result
+
+
+def _answer_body(raw: msgspec.Raw) -> AnswerBody:
+    """The body's usage and tier: typed at once when its counts are integers (the usual case), else read
+    loosely, so that a provider writing ``12.0`` or ``"12"`` still counts and one writing nonsense counts 0."""
+    try:
+        return _body_decoder.decode(raw)
+    except msgspec.ValidationError:
+        loose = _loose_body_decoder.decode(raw)
+        return AnswerBody(usage=_loose_usage(loose.usage), service_tier=loose.service_tier)
+
+
+def _loose_usage(usage: Any) -> TokenUsage | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    prompt = prompt if isinstance(prompt, dict) else {}
+    completion = completion if isinstance(completion, dict) else {}
+    return TokenUsage(
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        prompt_tokens_details=PromptDetails(
+            cached_tokens=_count(prompt.get("cached_tokens")),
+            cache_write_tokens=_count(prompt.get("cache_write_tokens")),
+        ),
+        completion_tokens_details=CompletionDetails(_count(completion.get("reasoning_tokens"))),
+    )
+
+
+def _count(value: Any) -> int:
+    """A token count as a provider may write it (an integer, a float or a numeric string); 0 for anything else."""
+    if isinstance(value, bool):
+        return 0
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 class _IdLine(msgspec.Struct):
@@ -127,16 +193,18 @@ class Usage:
         if billed_usd is not None:
             self.billed_usd += billed_usd
         usage = body.usage if body is not None else None
-        if not isinstance(usage, dict):
+        if usage is None:
             return
-        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        details = usage.get("prompt_tokens_details") or {}
-        cached, written = int(details.get("cached_tokens") or 0), int(details.get("cache_write_tokens") or 0)
+        prompt, completion = usage.prompt_tokens or 0, usage.completion_tokens or 0
+        cached = written = 0
+        if (details := usage.prompt_tokens_details) is not None:
+            cached, written = details.cached_tokens or 0, details.cache_write_tokens or 0
         self.input += prompt
         self.output += completion
         self.cached += cached
         self.cache_write += written
-        self.reasoning += int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+        if (output_details := usage.completion_tokens_details) is not None:
+            self.reasoning += output_details.reasoning_tokens or 0
         if billed_usd is not None:
             self.billed_input += prompt
             self.billed_output += completion

@@ -6,9 +6,11 @@ with one page: when more than one of its batches is polled within :attr:`StatusB
 reads the newest page once and answers every poll of that window from it. A batch not on that page (older
 than the newest page) and a lone poll get their own retrieve, as before.
 
-A status read this way is at most ``window_s`` old; a batch polled alone is always retrieved afresh. The
-last answer of each batch is kept for a while, so the collection that follows a poll seeing the batch end
-reads its result file ids from that answer instead of asking again: a batch that ended does not change.
+A status read this way is at most ``window_s`` old, and a listed answer serves one poll of its batch only: the
+next poll of that batch reads a newer page or retrieves it, never the status it saw already. A batch polled
+alone is always retrieved afresh. The last answer of each batch is kept for a while, so the collection that
+follows a poll seeing the batch end reads its result file ids from that answer instead of asking again: a
+batch that ended does not change.
 A page that shows another polled batch ended says so (:meth:`StatusBoard.take_ended`), so its shard is
 collected at once rather than at its own next poll.
 """
@@ -41,7 +43,8 @@ class StatusBoard:
     keep_s: float = 300.0
     """How long a batch is remembered after its last poll (its last answer serves :meth:`ended`)."""
     _answers: dict[str, tuple[float, Batch]] = field(default_factory=dict, repr=False)
-    """The last answer about each batch polled, and when it was listed (-inf for a retrieve's own answer)."""
+    """The last answer about each batch polled, and when it was listed (-inf once it answered a poll: a retrieve's
+    own answer, or a listed one that served its batch's poll)."""
     _polled: dict[str, float] = field(default_factory=dict, repr=False)
     _listed_at: float = field(default=float("-inf"), repr=False)
     _ended: list[str] = field(default_factory=list, repr=False)
@@ -62,7 +65,7 @@ class StatusBoard:
         now = time.monotonic()
         self._forget(now)
         self._polled[batch_id] = now
-        if (fresh := self._fresh(batch_id, now)) is not None:
+        if (fresh := self._take_fresh(batch_id, now)) is not None:
             return fresh
         if self.lists and sum(now - at < self.window_s for at in self._polled.values()) > 1:
             async with self._listing:  # concurrent polls wait for one list call, then read its answer
@@ -80,7 +83,7 @@ class StatusBoard:
                                 self._reported.add(found)
                                 if found != batch_id:  # its own poll is reading it now
                                     self._ended.append(found)
-            if (fresh := self._fresh(batch_id, time.monotonic())) is not None:
+            if (fresh := self._take_fresh(batch_id, time.monotonic())) is not None:
                 return fresh
         batch = await retrieve()
         self._answers[batch_id] = (float("-inf"), batch)  # kept for ended(), never answers another poll
@@ -109,9 +112,15 @@ class StatusBoard:
         entry = self._answers.get(batch_id)
         return entry[1] if entry is not None and has_ended(entry[1]) else None
 
-    def _fresh(self, batch_id: str, now: float) -> Batch | None:
+    def _take_fresh(self, batch_id: str, now: float) -> Batch | None:
+        """The batch's listed answer if it is at most :attr:`window_s` old and has not answered a poll yet; it is
+        then spent: a second poll within the window would only see the status its shard already acted on (and
+        take no progress for a stall), so it lists or retrieves afresh."""
         entry = self._answers.get(batch_id)
-        return entry[1] if entry is not None and now - entry[0] < self.window_s else None
+        if entry is None or now - entry[0] >= self.window_s:
+            return None
+        self._answers[batch_id] = (float("-inf"), entry[1])  # kept for ended()
+        return entry[1]
 
     def _forget(self, now: float) -> None:
         """Drop batches not polled for :attr:`keep_s` (they ended and were collected, or another process polls

@@ -22,7 +22,7 @@ from gateway.billing.estimate import (
 from gateway.billing.history import History, Sample
 from gateway.catalog.loader import load_catalog
 from gateway.db.models import Shard
-from gateway.pipeline.results import AnswerBody, Usage
+from gateway.pipeline.results import AnswerBody, TokenUsage, Usage
 
 CHAT = "/v1/chat/completions"
 
@@ -138,7 +138,7 @@ def test_shipped_cache_rates_and_what_a_shard_pays_for_cached_input() -> None:
 def test_priority_answers_served_at_the_standard_tier_cost_the_standard_rate() -> None:
     usage = Usage(asked_tier="priority")
     for served, prompt, completion in (("priority", 300_000, 30_000), ("default", 100_000, 10_000), (None, 5, 5)):
-        usage.add(AnswerBody(usage={"prompt_tokens": prompt, "completion_tokens": completion}, service_tier=served))
+        usage.add(AnswerBody(usage=TokenUsage(prompt_tokens=prompt, completion_tokens=completion), service_tier=served))
     totals = usage.as_dict()
     assert (totals["input"], totals["standard_input"], totals["standard_output"]) == (400_005, 100_000, 10_000)
     shard = Shard(
@@ -152,7 +152,7 @@ def test_priority_answers_served_at_the_standard_tier_cost_the_standard_rate() -
         (400_005 * 2.0 + 40_005 * 8.0) / 1e6
     )  # no standard price known
     standard_only = Usage()  # a standard shard never splits its usage
-    standard_only.add(AnswerBody(usage={"prompt_tokens": 7, "completion_tokens": 3}, service_tier="default"))
+    standard_only.add(AnswerBody(usage=TokenUsage(prompt_tokens=7, completion_tokens=3), service_tier="default"))
     assert standard_only.as_dict()["standard_input"] == 0
 
 
@@ -161,18 +161,18 @@ def test_flex_answers_that_name_no_tier_are_billed_at_the_standard_rate() -> Non
     no tier keeps the priority rate (never billed below what it may cost)."""
     flex, priority = Usage(asked_tier="flex"), Usage(asked_tier="priority")
     for usage in (flex, priority):
-        usage.add(AnswerBody(usage={"prompt_tokens": 100, "completion_tokens": 10}))
-        usage.add(AnswerBody(usage={"prompt_tokens": 1_000, "completion_tokens": 50}, service_tier="flex"))
-        usage.add(AnswerBody(usage={"prompt_tokens": 7, "completion_tokens": 3}, service_tier=["odd"]))
+        usage.add(AnswerBody(usage=TokenUsage(prompt_tokens=100, completion_tokens=10)))
+        usage.add(AnswerBody(usage=TokenUsage(prompt_tokens=1_000, completion_tokens=50), service_tier="flex"))
+        usage.add(AnswerBody(usage=TokenUsage(prompt_tokens=7, completion_tokens=3), service_tier=["odd"]))
     assert (flex.as_dict()["standard_input"], flex.as_dict()["standard_output"]) == (107, 13)
     assert (priority.as_dict()["standard_input"], priority.as_dict()["standard_output"]) == (0, 0)
 
 
 def test_answers_whose_charge_the_provider_reported_cost_that_charge_and_the_rest_their_tokens() -> None:
     usage = Usage()
-    usage.add(AnswerBody(usage={"prompt_tokens": 200_000, "completion_tokens": 50_000}), billed_usd=0.0123)
-    usage.add(AnswerBody(usage={"prompt_tokens": 100_000, "completion_tokens": 10_000}), billed_usd=0.0077)
-    usage.add(AnswerBody(usage={"prompt_tokens": 1_000_000, "completion_tokens": 100_000}))  # no charge reported
+    usage.add(AnswerBody(usage=TokenUsage(prompt_tokens=200_000, completion_tokens=50_000)), billed_usd=0.0123)
+    usage.add(AnswerBody(usage=TokenUsage(prompt_tokens=100_000, completion_tokens=10_000)), billed_usd=0.0077)
+    usage.add(AnswerBody(usage=TokenUsage(prompt_tokens=1_000_000, completion_tokens=100_000)))  # no charge reported
     totals = usage.as_dict()
     assert usage.billed_usd == pytest.approx(0.02)
     assert (totals["input"], totals["billed_input"], totals["billed_output"]) == (1_300_000, 300_000, 60_000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from gateway.pipeline.results import decode_result, encoder
+from gateway.pipeline.results import TokenUsage, Usage, decode_result, encoder
 
 ANSWER = (
     b'{"status_code": 200, "request_id": "req_1", "body": {"id": "c-1", "service_tier": "flex", '
@@ -18,7 +18,7 @@ def test_an_answer_is_read_for_status_usage_and_tier_and_kept_as_its_bytes() -> 
     item = decode_result(b'{"custom_id": "q-1", "response": ' + ANSWER + b', "error": null, "billed_usd": 0.5}')
     assert (item.custom_id, item.status_code, item.ok, item.billed_usd) == ("q-1", 200, True, 0.5)
     assert item.body is not None
-    assert item.body.usage == {"prompt_tokens": 12, "completion_tokens": 3}
+    assert item.body.usage == TokenUsage(prompt_tokens=12, completion_tokens=3)
     assert item.body.service_tier == "flex"
     assert item.response is not None and bytes(item.response) == ANSWER
     line = encoder.encode({"custom_id": item.custom_id, "response": item.response})
@@ -37,6 +37,30 @@ def test_a_non_2xx_answer_or_a_body_that_is_not_an_object() -> None:
     assert (failed.status_code, failed.ok) == (429, False)
     text = decode_result(b'{"custom_id": "q", "response": {"status_code": 200, "body": "plain text"}}')
     assert (text.ok, text.body) == (True, None)
+
+
+def test_usage_counts_written_as_floats_or_strings_still_count_and_nonsense_counts_zero() -> None:
+    def counted(usage: bytes) -> dict[str, int]:
+        item = decode_result(b'{"custom_id": "q", "response": {"status_code": 200, "body": {"usage": ' + usage + b"}}}")
+        totals = Usage()
+        totals.add(item.body)
+        return totals.as_dict()
+
+    typed = counted(
+        b'{"prompt_tokens": 12, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4, '
+        b'"cache_write_tokens": 2}, "completion_tokens_details": {"reasoning_tokens": 1}}'
+    )
+    loose = counted(
+        b'{"prompt_tokens": 12.0, "completion_tokens": "3", "prompt_tokens_details": {"cached_tokens": "4", '
+        b'"cache_write_tokens": 2.9}, "completion_tokens_details": {"reasoning_tokens": 1}}'
+    )
+    expected = {"input": 12, "output": 3, "cached": 4, "cache_write": 2, "reasoning": 1}
+    assert {key: typed[key] for key in expected} == expected
+    assert {key: loose[key] for key in expected} == expected
+    nonsense = counted(b'{"prompt_tokens": {}, "completion_tokens": "many", "prompt_tokens_details": [1], '
+                       b'"completion_tokens_details": {"reasoning_tokens": true}}')  # fmt: skip
+    assert {key: nonsense[key] for key in expected} == dict.fromkeys(expected, 0)
+    assert counted(b'"not an object"')["input"] == 0 and counted(b"null")["input"] == 0
 
 
 @pytest.mark.parametrize(

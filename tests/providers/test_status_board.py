@@ -67,6 +67,17 @@ async def test_the_polls_of_one_tick_share_one_list_call(
     assert await status_calls(cluster) == (2, 3)  # again: the first poll alone, then one page
 
 
+async def test_a_listed_status_answers_one_poll_of_its_batch_only(
+    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    ids = await submitted(adapter, tmp_path, 2)
+    await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
+    assert await status_calls(cluster) == (1, 1)  # the first alone, the second from the page
+    again = await adapter.poll(ids[1])  # within the page's window: the page is the status it saw already
+    assert await status_calls(cluster) == (1, 2)
+    assert not again.state.is_terminal
+
+
 async def test_a_page_that_shows_other_batches_ended_names_them_once(
     adapter: OpenAIBatchAdapter, tmp_path: Path
 ) -> None:
