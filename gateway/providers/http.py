@@ -50,7 +50,7 @@ from gateway.providers.base import (
 )
 from gateway.providers.error_text import error_message_from_body, sanitise, shorten
 from gateway.providers.jsonl import LineSplitter, encode_line
-from gateway.providers.openai_wire import normalise_output_line
+from gateway.providers.openai_wire import normalised_output_line
 from gateway.providers.retry_after import parse_retry_after
 from gateway.translate import MalformedResult
 
@@ -63,8 +63,9 @@ T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
 
 Params = Mapping[str, str | int]
-KeepLine = Callable[[bytes, int], Mapping[str, Any] | None]
-"""Turns one downloaded line (and its 1-based number) into an output envelope, or None to skip it."""
+KeepLine = Callable[[bytes, int], Mapping[str, Any] | bytes | None]
+"""Turns one downloaded line (and its 1-based number) into an output envelope (or the envelope's JSON bytes,
+without newline), or None to skip it."""
 
 
 # --------------------------------------------------------------------------- retry policy
@@ -338,10 +339,11 @@ class HttpAdapter(ProviderAdapter):
         created.remember(shard.submit_token, batch_id)
         return SubmitResult(provider_batch_id=batch_id)
 
-    def _output_line(self, line: bytes, number: int, file_id: str, provider_batch_id: str) -> Mapping[str, Any] | None:
-        """A result-file line in OpenAI's output envelope, normalised; None (and a warning) if unusable."""
+    def _output_line(self, line: bytes, number: int, file_id: str, provider_batch_id: str) -> bytes | None:
+        """A result-file line in OpenAI's output envelope, normalised (JSON bytes); None (and a warning) if
+        unusable."""
         try:
-            return normalise_output_line(line, provider_batch_id, decode_response=False)
+            return normalised_output_line(line, provider_batch_id)
         except MalformedResult as exc:
             log.warning(
                 "provider %s: skipped line %d of result file %s of batch %s: %s",
@@ -477,4 +479,4 @@ def _is_success(response: httpx.Response) -> bool:
 
 def _write_kept(out: IO[bytes], keep: KeepLine, line: bytes, number: int) -> None:
     if line.strip() and (envelope := keep(line, number)) is not None:
-        out.write(encode_line(envelope))
+        out.write(envelope + b"\n" if isinstance(envelope, bytes) else encode_line(envelope))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -125,7 +124,7 @@ class MistralBatchAdapter(HttpAdapter):
                 if not isinstance(file_id, str) or not file_id:
                     continue
 
-                def keep(line: bytes, number: int, file_id: str = file_id) -> Mapping[str, Any] | None:
+                def keep(line: bytes, number: int, file_id: str = file_id) -> bytes | None:
                     return self._output_line(line, number, file_id, provider_batch_id)
 
                 await self._download_lines(f"/files/{quote(file_id, safe='')}/content", out, keep)

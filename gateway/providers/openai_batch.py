@@ -11,7 +11,7 @@ dialect's answers. Retries, downloads and error hygiene come from
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -156,7 +156,7 @@ class OpenAIBatchAdapter(HttpAdapter):
             for file_id in file_ids:
                 path = f"/files/{quote(file_id, safe='')}/content"
 
-                def keep(line: bytes, number: int, file_id: str = file_id) -> Mapping[str, Any] | None:
+                def keep(line: bytes, number: int, file_id: str = file_id) -> bytes | None:
                     return self._output_line(line, number, file_id, provider_batch_id)
 
                 await self._download_lines(path, out, keep)

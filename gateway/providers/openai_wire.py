@@ -288,6 +288,36 @@ class _ProviderLine(msgspec.Struct):
 _provider_line_decoder = msgspec.json.Decoder(_ProviderLine)
 
 
+class _EnvelopeLine(msgspec.Struct, forbid_unknown_fields=True):
+    """A result line that is already the OpenAI envelope: these keys only, with an answer and no error."""
+
+    id: str
+    custom_id: str
+    response: msgspec.Raw
+    error: None = None
+
+
+_envelope_line_decoder = msgspec.json.Decoder(_EnvelopeLine)
+
+
+def normalised_output_line(raw: bytes, provider_batch_id: str) -> bytes:
+    """:func:`normalise_output_line` encoded (without newline), the response passed through as the provider's
+    bytes. A line that is already the envelope (string ``id`` and ``custom_id``, a response object, a null
+    or absent error, no other keys, no bare CR) is kept as it came: most lines of an OpenAI-protocol result
+    file are, and they are neither decoded into a dict nor encoded again.
+
+    Raises :class:`MalformedResult` as :func:`normalise_output_line` does.
+    """
+    try:
+        raw.decode()  # the response is not read here: the line must be UTF-8 for the client's output file
+        line = _envelope_line_decoder.decode(raw)
+    except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
+        line = None
+    if line is not None and line.id and line.custom_id and memoryview(line.response)[:1] == b"{" and b"\r" not in raw:
+        return raw.strip()
+    return msgspec.json.encode(normalise_output_line(raw, provider_batch_id, decode_response=False))
+
+
 def normalise_output_line(raw: bytes, provider_batch_id: str, *, decode_response: bool = True) -> dict[str, Any]:
     """Turn one provider result line into the OpenAI envelope ``{id, custom_id, response, error}``.
 

@@ -26,6 +26,7 @@ from gateway.providers.openai_wire import (
     has_submit_token,
     map_batch_status,
     normalise_output_line,
+    normalised_output_line,
     parse_batch_page,
     parse_request_counts,
     submit_metadata,
@@ -273,6 +274,29 @@ def test_a_passed_through_response_is_the_providers_bytes() -> None:
         normalise_output_line(b'{"custom_id": "q-1", "response": {"a": 1e999}}', "b")
     text = normalise_output_line(b'{"custom_id": "q-1", "response": "text"}', "b", decode_response=False)
     assert text["response"] is None and text["error"]["code"] == "invalid_provider_output"
+
+
+def test_a_line_already_in_the_envelope_is_kept_as_it_came_and_any_other_is_normalised() -> None:
+    envelope = b'{"id": "batch_req_1", "custom_id": "q-1", "response": {"status_code": 200,  "body": {"z": 1}}}'
+    assert normalised_output_line(envelope + b"  ", "b") == envelope
+    with_null_error = envelope[:-1] + b', "error": null}'
+    assert normalised_output_line(with_null_error, "b") == with_null_error
+    others = [
+        envelope[:-1] + b', "extra": "dropped"}',  # another key
+        envelope.replace(b'"batch_req_1"', b'""'),  # no id: one is made
+        envelope.replace(b'"batch_req_1"', b"7"),
+        envelope[:-1] + b', "error": {"code": "x", "message": "m"}}',
+        b'{"id": "r", "custom_id": "q-1", "response": null, "error": {"code": "x", "message": "m"}}',
+        b'{"id": "r", "custom_id": "q-1", "response": "text"}',
+        b'{"id": "r", "custom_id": "q-1", "response": {"a":\r1}}',
+    ]
+    for line in others:
+        normalised = normalised_output_line(line, "b")
+        assert normalised == msgspec.json.encode(normalise_output_line(line, "b", decode_response=False)), line
+        assert b"extra" not in normalised and b"\r" not in normalised
+    for line in (b'{"id": "r", "custom_id": "q-1", "response": {"body": "\xff"}}', b'{"id": "r", "response": {}}'):
+        with pytest.raises(MalformedResult):
+            normalised_output_line(line, "b")
 
 
 def test_error_line_and_generated_id() -> None:
