@@ -143,6 +143,7 @@ async def _progress(
     if behind and due is not None and await _escalate(context, shard, lease, due - now):
         return
     progressed = status.completed + status.failed != shard.progress_completed + shard.progress_failed
+    counts_changed = (status.completed, status.failed) != (shard.progress_completed, shard.progress_failed)
     last_progress = now if progressed else (shard.last_progress_at or shard.submitted_at or now)
     stall_s = context.settings.routing.stall_timeout_s
     if now - last_progress >= stall_s and not halt:
@@ -182,7 +183,7 @@ async def _progress(
             wait_code="provider_turnaround",
             wait_detail=detail,
         )
-        if saved:
+        if saved and counts_changed:  # else the batch's totals are what they were
             await shard_db.lock_batch(session, shard.batch_id)
             await shard_db.refresh_batch_progress(session, shard.batch_id)
 
