@@ -117,6 +117,27 @@ async def lock_batch(session: AsyncSession, batch_id: str) -> None:
     await session.execute(sa_select(col(Batch.id)).where(col(Batch.id) == batch_id).with_for_update())
 
 
+async def refresh_batch_counts(session: AsyncSession, batch_id: str) -> None:
+    """Recompute a batch's request counts alone (call :func:`lock_batch` first): all a shard's progress changes.
+
+    Its tokens, spend and providers change only when a shard is collected or added, which refresh them all
+    (:func:`refresh_batch_progress`); a poll or a fan-out's progress need not read the ledger each time.
+    """
+    completed, failed = (
+        await session.execute(
+            sa_select(
+                func.coalesce(func.sum(Shard.result_completed + Shard.progress_completed), 0),
+                func.coalesce(func.sum(Shard.result_failed + Shard.progress_failed), 0),
+            ).where(col(Shard.batch_id) == batch_id)
+        )
+    ).one()
+    await session.exec(
+        update(Batch)
+        .where(col(Batch.id) == batch_id)
+        .values(request_completed=int(completed), request_failed=int(failed), updated_at=time.time())
+    )
+
+
 async def refresh_batch_progress(session: AsyncSession, batch_id: str) -> None:
     """Recompute a batch's request counts, token usage, spend and providers (call :func:`lock_batch` first)."""
     totals = (

@@ -327,7 +327,7 @@ async def _execute_all(
                 )
                 if saved:
                     await shard_db.lock_batch(session, batch_id)
-                    await shard_db.refresh_batch_progress(session, batch_id)
+                    await shard_db.refresh_batch_counts(session, batch_id)
                 current = await repo.get_batch(session, None, batch_id)
             if not saved:
                 reason["value"] = "lease_lost"

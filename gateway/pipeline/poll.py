@@ -185,7 +185,7 @@ async def _progress(
         )
         if saved and counts_changed:  # else the batch's totals are what they were
             await shard_db.lock_batch(session, shard.batch_id)
-            await shard_db.refresh_batch_progress(session, shard.batch_id)
+            await shard_db.refresh_batch_counts(session, shard.batch_id)
 
 
 def next_poll_in(

@@ -11,31 +11,34 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from gateway.billing.history import Sample
 
+Count = Annotated[int, msgspec.Meta(ge=0)]
+"""A token count as the typed reading takes it; any other value is read loosely (see :func:`_count`)."""
+
 
 class PromptDetails(msgspec.Struct):
     """``usage.prompt_tokens_details`` as collection reads it."""
 
-    cached_tokens: int | None = None
-    cache_write_tokens: int | None = None
+    cached_tokens: Count | None = None
+    cache_write_tokens: Count | None = None
 
 
 class CompletionDetails(msgspec.Struct):
     """``usage.completion_tokens_details`` as collection reads it."""
 
-    reasoning_tokens: int | None = None
+    reasoning_tokens: Count | None = None
 
 
 class TokenUsage(msgspec.Struct):
     """An answer's ``usage``: the token counts collection adds up (absent or null counts are 0)."""
 
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    prompt_tokens: Count | None = None
+    completion_tokens: Count | None = None
     prompt_tokens_details: PromptDetails | None = None
     completion_tokens_details: CompletionDetails | None = None
 
@@ -96,24 +99,27 @@ def decode_result(line: bytes) -> ResultLine:
     """One result line, its response scanned for the status code, usage and tier only.
 
     Raises :class:`msgspec.DecodeError` or :class:`msgspec.ValidationError` for a line that is not a UTF-8 JSON
-    object, or whose ``response`` is neither an object nor null.
+    object (or is nested too deeply to read), or whose ``response`` is neither an object nor null.
     """
     try:
         line.decode()  # the response is passed on unread: it must be UTF-8 for the client's output file
+        envelope = _envelope_decoder.decode(line)
+        answer = _answer_decoder.decode(envelope.response)
+        body = _answer_body(answer.body) if answer is not None and memoryview(answer.body)[:1] == b"{" else None
     except UnicodeDecodeError:
         raise msgspec.DecodeError("not valid UTF-8") from None
-    envelope = _envelope_decoder.decode(line)
-    answer = _answer_decoder.decode(envelope.response)
+    except RecursionError:
+        raise msgspec.DecodeError("nested too deeply to read") from None
     result = ResultLine(envelope.custom_id, None, envelope.error, envelope.billed_usd, None, None)
     if answer is not None:
-        result.response, result.status_code = envelope.response, answer.status_code
-        result.body = _answer_body(answer.body) if memoryview(answer.body)[:1] == b"{" else None
+        result.response, result.status_code, result.body = envelope.response, answer.status_code, body
     return result
 
 
 def _answer_body(raw: msgspec.Raw) -> AnswerBody:
-    """The body's usage and tier: typed at once when its counts are integers (the usual case), else read
-    loosely, so that a provider writing ``12.0`` or ``"12"`` still counts and one writing nonsense counts 0."""
+    """The body's usage and tier: typed at once when its counts are integers of at least 0 (the usual case), else
+    read loosely, so that a provider writing ``12.0`` or ``"12"`` still counts and one writing nonsense (or a
+    negative count) counts 0."""
     try:
         return _body_decoder.decode(raw)
     except msgspec.ValidationError:
@@ -140,11 +146,12 @@ def _loose_usage(usage: Any) -> TokenUsage | None:
 
 
 def _count(value: Any) -> int:
-    """A token count as a provider may write it (an integer, a float or a numeric string); 0 for anything else."""
+    """A token count as a provider may write it (an integer, a float or a numeric string, ``"12"`` or
+    ``"1e3"``); 0 for anything else, a negative count included."""
     if isinstance(value, bool):
         return 0
     try:
-        return int(value)
+        return max(0, int(float(value) if isinstance(value, str) else value))
     except (TypeError, ValueError, OverflowError):
         return 0
 

@@ -119,7 +119,13 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
             session,
             batch.id,
             expected_status="in_progress",
-            values={"stage": "run", "policy": policy, "estimated_cost_usd": estimated_cost, "stage_attempts": 0},
+            values={
+                "stage": "run",
+                "policy": policy,
+                "estimated_cost_usd": estimated_cost,
+                "stage_attempts": 0,
+                "providers": ",".join(sorted({plan.placement.provider for plan in plans}))[:1024] or None,
+            },
             lease=lease,
         )
         if not changed:

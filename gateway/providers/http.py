@@ -436,14 +436,14 @@ class HttpAdapter(ProviderAdapter):
                 if not response.is_success:
                     await response.aread()
                     raise self._status_error("GET", label, response)
-                splitter, number = LineSplitter(), 0
+                splitter, number, source = LineSplitter(), 0, f"provider {self.name}, {label}"
                 async for chunk in response.aiter_bytes():
                     for line in splitter.feed(chunk):
                         number += 1
-                        _write_kept(out, keep, line, number)
+                        _write_kept(out, keep, line, number, source)
                 for line in splitter.flush():
                     number += 1
-                    _write_kept(out, keep, line, number)
+                    _write_kept(out, keep, line, number, source)
         except BaseException as exc:
             out.truncate(start)
             out.seek(start)
@@ -477,6 +477,13 @@ def _is_success(response: httpx.Response) -> bool:
     return response.is_success
 
 
-def _write_kept(out: IO[bytes], keep: KeepLine, line: bytes, number: int) -> None:
-    if line.strip() and (envelope := keep(line, number)) is not None:
+def _write_kept(out: IO[bytes], keep: KeepLine, line: bytes, number: int, source: str) -> None:
+    if not line.strip():
+        return
+    try:
+        envelope = keep(line, number)
+    except RecursionError:  # nested deeper than the JSON decoder goes: skipped like any other unusable line
+        log.warning("%s: skipped line %d: nested too deeply to read", source, number)
+        return
+    if envelope is not None:
         out.write(envelope + b"\n" if isinstance(envelope, bytes) else encode_line(envelope))

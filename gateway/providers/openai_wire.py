@@ -364,7 +364,7 @@ def sync_output_line(
     """
     try:
         decoded: Any = msgspec.json.decode(body) if body else None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deeply to read: reported as text
         decoded = None
     if not isinstance(decoded, dict):
         text = clean(body[:500].decode("utf-8", "replace"))

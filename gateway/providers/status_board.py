@@ -45,6 +45,8 @@ class StatusBoard:
     _answers: dict[str, tuple[float, Batch]] = field(default_factory=dict, repr=False)
     """The last answer about each batch polled, and when it was listed (-inf once it answered a poll: a retrieve's
     own answer, or a listed one that served its batch's poll)."""
+    _answered_at: dict[str, float] = field(default_factory=dict, repr=False)
+    """When each batch's last answer arrived: a list call that started before it does not replace it."""
     _polled: dict[str, float] = field(default_factory=dict, repr=False)
     _listed_at: float = field(default=float("-inf"), repr=False)
     _ended: list[str] = field(default_factory=list, repr=False)
@@ -70,6 +72,7 @@ class StatusBoard:
         if self.lists and sum(now - at < self.window_s for at in self._polled.values()) > 1:
             async with self._listing:  # concurrent polls wait for one list call, then read its answer
                 if self.lists and time.monotonic() - self._listed_at >= self.window_s:
+                    asked = time.monotonic()
                     try:
                         page = await newest_page()
                     except ProviderError as exc:
@@ -77,16 +80,19 @@ class StatusBoard:
                     listed = time.monotonic()
                     self._listed_at = max(self._listed_at, listed)
                     for batch in page:
-                        if (found := batch.get("id")) in self._polled:  # only batches being polled are kept
-                            self._answers[found] = (listed, batch)
-                            if found not in self._reported and has_ended(batch):
-                                self._reported.add(found)
-                                if found != batch_id:  # its own poll is reading it now
-                                    self._ended.append(found)
+                        found = batch.get("id")
+                        if found not in self._polled or self._answered_at.get(found, asked) > asked:
+                            continue  # only batches being polled are kept, and a retrieve newer than the page wins
+                        self._answers[found], self._answered_at[found] = (listed, batch), listed
+                        if found not in self._reported and has_ended(batch):
+                            self._reported.add(found)
+                            if found != batch_id:  # its own poll is reading it now
+                                self._ended.append(found)
             if (fresh := self._take_fresh(batch_id, time.monotonic())) is not None:
                 return fresh
         batch = await retrieve()
         self._answers[batch_id] = (float("-inf"), batch)  # kept for ended(), never answers another poll
+        self._answered_at[batch_id] = time.monotonic()
         if has_ended(batch):
             self._reported.add(batch_id)  # its own poll saw the end
         return batch
@@ -128,4 +134,5 @@ class StatusBoard:
         if self._polled and now - min(self._polled.values()) >= self.keep_s:
             self._polled = {key: at for key, at in self._polled.items() if now - at < self.keep_s}
             self._answers = {key: entry for key, entry in self._answers.items() if key in self._polled}
+            self._answered_at = {key: at for key, at in self._answered_at.items() if key in self._polled}
             self._reported &= self._polled.keys()

@@ -277,7 +277,7 @@ class OpenAIDriver:
             # Azure points error_file_id at an empty file even when nothing failed.
             if chosen or (not ok and self.wire.always_error_file):
                 name = f"batch_{job.id}_{suffix}.jsonl"
-                lines = self._lines(job, chosen, corrupt)
+                lines = self._lines(job, chosen, corrupt, nested=state.faults.nested_output_line and ok)
                 stored = state.files.write_lines(
                     lines, filename=name, purpose="batch_output", created_at=now, expires_at=expires
                 )
@@ -286,14 +286,15 @@ class OpenAIDriver:
         return written
 
     @staticmethod
-    def _lines(job: Job, outcomes: Sequence[ItemOutcome], corrupt_first: bool) -> Iterator[bytes]:
+    def _lines(job: Job, outcomes: Sequence[ItemOutcome], corrupt_first: bool, nested: bool = False) -> Iterator[bytes]:
         for index, outcome in enumerate(outcomes):
             response = error = None
             if outcome.status_code is None:
                 error = {"code": outcome.error_code, "message": outcome.error_message}
             else:
                 request_id = stable_id("req_", "request", job.id, outcome.custom_id, length=32)
-                response = {"status_code": outcome.status_code, "request_id": request_id, "body": outcome.body}
+                body: Any = msgspec.Raw(b"[" * 5000 + b"]" * 5000) if nested and index == 0 else outcome.body
+                response = {"status_code": outcome.status_code, "request_id": request_id, "body": body}
             line_id = stable_id("batch_req_", job.id, outcome.custom_id)
             encoded = msgspec.json.encode(
                 {"id": line_id, "custom_id": outcome.custom_id, "response": response, "error": error}

@@ -108,6 +108,7 @@ def test_with_only_the_refusing_provider_the_batch_waits_and_says_why(
     waiting = client.batches.retrieve(batch.id)
     assert waiting.status == "in_progress"
     assert "authentication failed" in (waiting.metadata or {})["gateway_waiting"]
+    assert (waiting.metadata or {})["gateway_providers"] == "locked"  # named from routing on, before any answer
     assert_no_key(waiting.model_dump_json())
     jobs = admin(gateway, "/batches")["data"]
     assert jobs[0]["waiting"]["code"] == "auth_failed"

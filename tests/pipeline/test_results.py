@@ -57,6 +57,8 @@ def test_usage_counts_written_as_floats_or_strings_still_count_and_nonsense_coun
     expected = {"input": 12, "output": 3, "cached": 4, "cache_write": 2, "reasoning": 1}
     assert {key: typed[key] for key in expected} == expected
     assert {key: loose[key] for key in expected} == expected
+    assert counted(b'{"prompt_tokens": "1e3", "completion_tokens": -5}')["input"] == 1000
+    assert counted(b'{"prompt_tokens": "1e3", "completion_tokens": -5}')["output"] == 0  # never lowers a count
     nonsense = counted(b'{"prompt_tokens": {}, "completion_tokens": "many", "prompt_tokens_details": [1], '
                        b'"completion_tokens_details": {"reasoning_tokens": true}}')  # fmt: skip
     assert {key: nonsense[key] for key in expected} == dict.fromkeys(expected, 0)
@@ -72,6 +74,7 @@ def test_usage_counts_written_as_floats_or_strings_still_count_and_nonsense_coun
         b'{"custom_id": "q", "error": "a string"}',
         b'{"custom_id": "q", "response": {"status_code": 200}',
         b'{"custom_id": "q", "response": {"status_code": 200, "body": "\xff"}}',
+        b'{"custom_id": "q", "response": {"status_code": 200, "body": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
     ],
 )
 def test_unreadable_lines_raise(line: bytes) -> None:

@@ -245,6 +245,20 @@ async def test_malformed_output_line_skipped(
     assert len(warnings) == 1 and "provider sim" in warnings[0] and "line 1 " in warnings[0]
 
 
+async def test_a_result_line_nested_too_deeply_is_skipped_not_the_download(
+    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster.set_faults("sim", nested_output_line=True)
+    submitted = await adapter.submit(shard_of(tmp_path, count=10))
+    await wait_terminal(adapter, submitted.provider_batch_id)
+    dest = tmp_path / "out.jsonl"
+    with caplog.at_level(logging.WARNING, logger="gateway.providers.http"):
+        await adapter.fetch_results(submitted.provider_batch_id, dest)
+    assert len({line["custom_id"] for line in read_lines(dest)}) == 9
+    warnings = [r.getMessage() for r in caplog.records if "nested too deeply" in r.getMessage()]
+    assert len(warnings) == 1 and "provider sim" in warnings[0] and "line 1:" in warnings[0]
+
+
 async def test_api_key_never_in_errors(cluster: SimulatorCluster, http: httpx.AsyncClient) -> None:
     good = make_adapter(cluster, http, "secure", api_key=SECRET)
     assert (await good.health()).healthy

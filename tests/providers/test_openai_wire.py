@@ -404,6 +404,13 @@ def _redact(text: str) -> str:
     return text.replace("https://example.test/keys", "<prov>")
 
 
+def test_a_synchronous_answer_nested_too_deeply_becomes_a_server_error_line() -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    line = msgspec.json.decode(sync_output_line("a", 200, deep, "req_1", _redact))
+    assert line["response"]["body"]["error"]["type"] == "server_error"
+    assert line["response"]["body"]["error"]["message"].startswith("HTTP 200: [[[")
+
+
 def test_sync_output_line_cleans_only_error_text() -> None:
     ok = {"id": "chatcmpl-1", "choices": [{"message": {"content": "see https://example.test/keys"}}]}
     line = msgspec.json.decode(sync_output_line("a", 200, msgspec.json.encode(ok), "req_1", _redact))

@@ -185,6 +185,30 @@ class _Provider:
         return await board.read(batch_id, retrieve, self.page, lambda _: False, "p")
 
 
+async def test_a_page_asked_for_before_a_batch_was_retrieved_does_not_answer_its_next_poll() -> None:
+    board, calls = StatusBoard(window_s=0.5), {"listed": 0, "retrieved": 0}
+
+    async def read(batch_id: str) -> dict[str, object]:
+        async def retrieve() -> dict[str, object]:
+            calls["retrieved"] += 1
+            await asyncio.sleep(0.01)
+            return {"id": batch_id, "status": "in_progress", "from": "retrieve"}
+
+        async def page() -> list[dict[str, object]]:
+            calls["listed"] += 1
+            taken = [{"id": listed, "status": "in_progress", "from": "page"} for listed in ("a", "b")]
+            await asyncio.sleep(0.05)  # answered after a's own retrieve, but taken before it
+            return taken
+
+        return await board.read(batch_id, retrieve, page, lambda _: False, "p")
+
+    alone = asyncio.create_task(read("a"))
+    await asyncio.sleep(0.001)
+    await asyncio.gather(alone, read("b"))  # a is retrieved alone; b's poll lists
+    again = await read("a")
+    assert calls == {"listed": 1, "retrieved": 2} and again["from"] == "retrieve"
+
+
 async def test_a_failed_list_call_falls_back_to_retrieves_and_pauses_listing() -> None:
     board, provider = StatusBoard(list_pause_s=0.5), _Provider(ProviderUnavailable("HTTP 503"))
     answers = await asyncio.gather(*(provider.read(board, batch_id) for batch_id in ("b1", "b2", "b3")))
