@@ -231,32 +231,31 @@ async def test_5xx_retried_then_unavailable(adapter: OpenAIBatchAdapter, cluster
     assert len(await calls(cluster, "sim", "GET", "/batches/batch_x")) == FAST_RETRY.attempts
 
 
-async def test_malformed_output_line_skipped(
-    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("fault", "logger", "warning"),
+    [
+        ("malformed_output_line", "gateway.providers.openai_batch", "line 1 "),  # cut in half: not JSON
+        ("nested_output_line", "gateway.providers.http", "line 1: nested too deeply"),  # deeper than decoders go
+    ],
+)
+async def test_an_unreadable_output_line_is_skipped_not_the_download(
+    adapter: OpenAIBatchAdapter,
+    cluster: SimulatorCluster,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    fault: str,
+    logger: str,
+    warning: str,
 ) -> None:
-    cluster.set_faults("sim", malformed_output_line=True)
+    cluster.set_faults("sim", **{fault: True})
     submitted = await adapter.submit(shard_of(tmp_path, count=10))
     await wait_terminal(adapter, submitted.provider_batch_id)
     dest = tmp_path / "out.jsonl"
-    with caplog.at_level(logging.WARNING, logger="gateway.providers.openai_batch"):
+    with caplog.at_level(logging.WARNING, logger=logger):
         await adapter.fetch_results(submitted.provider_batch_id, dest)
     assert len({line["custom_id"] for line in read_lines(dest)}) == 9
     warnings = [r.getMessage() for r in caplog.records if "skipped line" in r.getMessage()]
-    assert len(warnings) == 1 and "provider sim" in warnings[0] and "line 1 " in warnings[0]
-
-
-async def test_a_result_line_nested_too_deeply_is_skipped_not_the_download(
-    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    cluster.set_faults("sim", nested_output_line=True)
-    submitted = await adapter.submit(shard_of(tmp_path, count=10))
-    await wait_terminal(adapter, submitted.provider_batch_id)
-    dest = tmp_path / "out.jsonl"
-    with caplog.at_level(logging.WARNING, logger="gateway.providers.http"):
-        await adapter.fetch_results(submitted.provider_batch_id, dest)
-    assert len({line["custom_id"] for line in read_lines(dest)}) == 9
-    warnings = [r.getMessage() for r in caplog.records if "nested too deeply" in r.getMessage()]
-    assert len(warnings) == 1 and "provider sim" in warnings[0] and "line 1:" in warnings[0]
+    assert len(warnings) == 1 and "provider sim" in warnings[0] and warning in warnings[0]
 
 
 async def test_api_key_never_in_errors(cluster: SimulatorCluster, http: httpx.AsyncClient) -> None:
