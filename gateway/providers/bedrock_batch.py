@@ -396,9 +396,11 @@ class _RecordCopy:
             envelope = result_envelope(
                 line, index=self.index, family=self.family, model=self.model, job_id=self.job_id, created=self.created
             )
-        except MalformedResult as exc:
+        except (MalformedResult, RecursionError) as exc:
             where = f"line {number} of {key} of job {self.job_id}"
-            log.warning("provider %s: skipped %s: %s", self.provider, where, exc)
+            # A RecursionError: deeper than the JSON decoder goes, unreadable like any other line.
+            why = "nested too deeply to read" if isinstance(exc, RecursionError) else str(exc)
+            log.warning("provider %s: skipped %s: %s", self.provider, where, why)
             return
         self.answered.add(envelope["id"].removeprefix(f"batch_req_{self.job_id}_"))  # the line id ends in the recordId
         used = response_tokens(envelope)

@@ -56,8 +56,8 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
     expire_after_fraction: Fraction = 0.5
     malformed_output_line: bool = False
     nested_output_line: bool = False
-    """The first line of an OpenAI-protocol result file answers with a body nested 5,000 arrays deep: valid
-    JSON that no decoder's recursion limit lets through (a poison line)."""
+    """The first answer of an OpenAI-protocol result file (or of a Bedrock job's records) is a body nested 5,000
+    arrays deep: valid JSON that no decoder's recursion limit lets through (a poison line)."""
     stall: bool = False
     flex_unavailable_rate: Fraction = 0.0
     """Synchronous calls asking ``service_tier: "flex"`` refused at this rate with OpenAI's unbilled 429

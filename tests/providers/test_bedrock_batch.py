@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,20 @@ async def test_a_stopped_job_keeps_the_records_it_finished(
     dest = tmp_path / "out.jsonl"
     await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
     assert len(read_lines(dest)) == final.completed + final.failed
+
+
+async def test_a_record_nested_too_deeply_is_skipped_and_the_rest_are_read(
+    adapter: BedrockBatchAdapter, cluster: SimulatorCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster.set_faults("bedrock", nested_output_line=True)
+    shard = write_shard(tmp_path, questions(MINIMUM, CLAUDE), CLAUDE)
+    submitted = await adapter.submit(shard)
+    final = await wait_terminal(adapter, submitted.provider_batch_id)
+    dest = tmp_path / "out.jsonl"
+    with caplog.at_level(logging.WARNING, logger="gateway.providers.bedrock_batch"):
+        await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    assert final.total == MINIMUM and len(read_lines(dest)) == MINIMUM - 1
+    assert [r.getMessage() for r in caplog.records if "nested too deeply to read" in r.getMessage()]
 
 
 async def test_an_unreachable_bucket_is_a_transient_failure_and_creates_nothing(
