@@ -61,7 +61,7 @@ def json_object(raw: bytes) -> dict[str, Any] | None:
     """``raw`` decoded, if it is a JSON object."""
     try:
         decoded = msgspec.json.decode(raw) if raw else None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deeply to read
         return None
     return decoded if isinstance(decoded, dict) else None
 
