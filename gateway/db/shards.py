@@ -7,11 +7,11 @@ own (see :func:`gateway.db.repo.claim_batch`).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import ColumnElement, func, or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -117,20 +117,27 @@ async def lock_batch(session: AsyncSession, batch_id: str) -> None:
     await session.execute(sa_select(col(Batch.id)).where(col(Batch.id) == batch_id).with_for_update())
 
 
+def providers_value(providers: Iterable[str]) -> str | None:
+    """The batch's ``providers`` column for the providers its shards run on (sorted, comma-separated)."""
+    return ",".join(sorted(set(providers)))[:1024] or None
+
+
+def _request_sums() -> tuple[ColumnElement[int], ColumnElement[int]]:
+    """The batch's completed and failed requests, summed over its shards (collected and in progress)."""
+    return (
+        func.coalesce(func.sum(Shard.result_completed + Shard.progress_completed), 0),
+        func.coalesce(func.sum(Shard.result_failed + Shard.progress_failed), 0),
+    )
+
+
 async def refresh_batch_counts(session: AsyncSession, batch_id: str) -> None:
     """Recompute a batch's request counts alone (call :func:`lock_batch` first): all a shard's progress changes.
 
     Its tokens, spend and providers change only when a shard is collected or added, which refresh them all
     (:func:`refresh_batch_progress`); a poll or a fan-out's progress need not read the ledger each time.
     """
-    completed, failed = (
-        await session.execute(
-            sa_select(
-                func.coalesce(func.sum(Shard.result_completed + Shard.progress_completed), 0),
-                func.coalesce(func.sum(Shard.result_failed + Shard.progress_failed), 0),
-            ).where(col(Shard.batch_id) == batch_id)
-        )
-    ).one()
+    sums = sa_select(*_request_sums()).where(col(Shard.batch_id) == batch_id)
+    completed, failed = (await session.execute(sums)).one()
     await session.exec(
         update(Batch)
         .where(col(Batch.id) == batch_id)
@@ -143,8 +150,7 @@ async def refresh_batch_progress(session: AsyncSession, batch_id: str) -> None:
     totals = (
         await session.execute(
             sa_select(
-                func.coalesce(func.sum(Shard.result_completed + Shard.progress_completed), 0),
-                func.coalesce(func.sum(Shard.result_failed + Shard.progress_failed), 0),
+                *_request_sums(),
                 func.coalesce(func.sum(Shard.input_tokens), 0),
                 func.coalesce(func.sum(Shard.output_tokens), 0),
                 func.coalesce(func.sum(Shard.cached_tokens), 0),
@@ -171,7 +177,7 @@ async def refresh_batch_progress(session: AsyncSession, batch_id: str) -> None:
             cost_usd=float(spend[0]),
             list_cost_usd=float(spend[1]),
             abandoned_cost_usd=float(spend[2]),
-            providers=",".join(providers)[:1024] or None,
+            providers=providers_value(providers),
             request_completed=int(totals[0]),
             request_failed=int(totals[1]),
             input_tokens=int(totals[2]),

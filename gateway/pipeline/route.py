@@ -23,6 +23,7 @@ from gateway.billing.estimate import estimate_file, team_estimator
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import repo
+from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, RoutingDecision
 from gateway.db.unit_of_work import Rollback, reading, transaction
@@ -124,7 +125,7 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
                 "policy": policy,
                 "estimated_cost_usd": estimated_cost,
                 "stage_attempts": 0,
-                "providers": ",".join(sorted({plan.placement.provider for plan in plans}))[:1024] or None,
+                "providers": shard_db.providers_value(plan.placement.provider for plan in plans),
             },
             lease=lease,
         )
