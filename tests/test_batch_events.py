@@ -15,13 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from gateway.simulator import SimulatorCluster
 from tests.api.batch_helpers import assert_error
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess, loopback, simulated_provider_env
 from tests.engine import chat_requests, reset, submit, wait_for, worker_process
 
 ADMIN = {"Authorization": "Bearer test-admin-key"}
@@ -103,7 +102,7 @@ def fresh_emulators(simulator: SimulatorCluster) -> None:
 
 
 def register(gateway: GatewayProcess, team: str, url: str, **fields: Any) -> dict[str, Any]:
-    response = httpx.post(
+    response = loopback.post(
         f"{gateway.base_url}/admin/webhook_endpoints", json={"team": team, "url": url, **fields}, headers=ADMIN
     )
     assert response.status_code == 201, response.text
@@ -162,10 +161,10 @@ def test_each_ended_batch_is_posted_once_to_its_teams_endpoints_signed_as_openai
     with pytest.raises(openai.InvalidWebhookSignatureError):
         unwrap(other["signing_secret"], headers, body)
 
-    detail = httpx.get(f"{gateway.base_url}/admin/webhook_endpoints/{every['id']}", headers=ADMIN).json()
+    detail = loopback.get(f"{gateway.base_url}/admin/webhook_endpoints/{every['id']}", headers=ADMIN).json()
     assert detail["deliveries"] == {"pending": 0, "delivered": 3, "gave_up": 0}
     assert {e["state"] for e in detail["recent_events"]} == {"delivered"}
-    listed = httpx.get(f"{gateway.base_url}/admin/webhook_endpoints", params={"team": "acme"}, headers=ADMIN)
+    listed = loopback.get(f"{gateway.base_url}/admin/webhook_endpoints", params={"team": "acme"}, headers=ADMIN)
     assert {e["id"] for e in listed.json()["data"]} == {every["id"], failures["id"]}
     assert every["signing_secret"] not in listed.text and every["signing_secret"][-4:] in listed.text
 
@@ -186,26 +185,26 @@ def test_a_failing_endpoint_gets_retries_with_the_same_webhook_id_and_a_redirect
     assert stamps == sorted(stamps)
     for headers, body in attempts:  # every attempt is signed for its own timestamp
         assert unwrap(flaky["signing_secret"], headers, body).data.id == batch.id
-    detail = httpx.get(f"{gateway.base_url}/admin/webhook_endpoints/{flaky['id']}", headers=ADMIN).json()
+    detail = loopback.get(f"{gateway.base_url}/admin/webhook_endpoints/{flaky['id']}", headers=ADMIN).json()
     [event] = detail["recent_events"]
     assert (event["state"], event["attempts"], event["last_status"]) == ("delivered", 3, 200)
 
     receiver.wait_for("/moved", 2)
     assert receiver.received("/elsewhere") == [], "a redirect was followed"
-    detail = httpx.get(f"{gateway.base_url}/admin/webhook_endpoints/{moved['id']}", headers=ADMIN).json()
+    detail = loopback.get(f"{gateway.base_url}/admin/webhook_endpoints/{moved['id']}", headers=ADMIN).json()
     [event] = detail["recent_events"]
     assert event["state"] == "pending" and event["last_status"] == 302 and event["attempts"] >= 2
 
 
 def test_a_deleted_endpoint_gets_nothing_more(gateway: GatewayProcess, receiver: Receiver) -> None:
     gone = register(gateway, "umbrella", receiver.url("/gone"))
-    deleted = httpx.delete(f"{gateway.base_url}/admin/webhook_endpoints/{gone['id']}", headers=ADMIN)
+    deleted = loopback.delete(f"{gateway.base_url}/admin/webhook_endpoints/{gone['id']}", headers=ADMIN)
     assert deleted.status_code == 200 and deleted.json()["deleted"] is True
     client = gateway.client(gateway.create_key("umbrella"))
     wait_for(client, submit(client, chat_requests(1, prefix="late")).id)
     time.sleep(1.0)
     assert receiver.received("/gone") == []
-    assert_error(httpx.get(f"{gateway.base_url}/admin/webhook_endpoints/{gone['id']}", headers=ADMIN), 404)
+    assert_error(loopback.get(f"{gateway.base_url}/admin/webhook_endpoints/{gone['id']}", headers=ADMIN), 404)
 
 
 @pytest.mark.parametrize(
@@ -221,7 +220,7 @@ def test_a_deleted_endpoint_gets_nothing_more(gateway: GatewayProcess, receiver:
 )
 def test_a_bad_endpoint_is_a_400_naming_the_field(gateway: GatewayProcess, fields: dict[str, Any], param: str) -> None:
     body = {"team": "acme", **fields}
-    response = httpx.post(f"{gateway.base_url}/admin/webhook_endpoints", json=body, headers=ADMIN)
+    response = loopback.post(f"{gateway.base_url}/admin/webhook_endpoints", json=body, headers=ADMIN)
     assert_error(response, 400, param=param)
 
 
@@ -236,7 +235,7 @@ CRASH_ENV = {
 
 
 def event_detail(gateway: GatewayProcess, endpoint_id: str) -> dict[str, Any]:
-    detail = httpx.get(f"{gateway.base_url}/admin/webhook_endpoints/{endpoint_id}", headers=ADMIN).json()
+    detail = loopback.get(f"{gateway.base_url}/admin/webhook_endpoints/{endpoint_id}", headers=ADMIN).json()
     [event] = detail["recent_events"]
     return dict(event)
 

@@ -96,6 +96,12 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
         if not published:
             for row in files.values():
                 await context.blobs.delete(row.storage_key)
+    # Counted and logged as soon as the end is committed: the clean-up below talks to the blob store and may be
+    # slow or fail.
+    served = Counter({s.provider: s.result_completed for s in shards if s.result_completed})
+    if served:
+        metrics.record_batch_finished(served.most_common(1)[0][0], time.time() - batch.created_at)
+    log.info("batch %s %s", batch.id, final["status"])
     # The shards' blobs are not needed any more, except the inputs of abandoned provider batches not yet billed.
     async with reading(context.sessions) as session:
         still_needed = await abandoned_db.open_shard_ids(session, batch.id)
@@ -104,10 +110,6 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
         for key in (shard.output_key, shard.error_key, None if keep else shard.input_key):
             if key:
                 await context.blobs.delete(key)
-    served = Counter({s.provider: s.result_completed for s in shards if s.result_completed})
-    if served:
-        metrics.record_batch_finished(served.most_common(1)[0][0], time.time() - batch.created_at)
-    log.info("batch %s %s", batch.id, final["status"])
 
 
 async def _blob_lost(context: GatewayContext, key: str | None) -> bool:

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from gateway.db.models import BillingAlert, LedgerEntry
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, loopback
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC).timestamp()
 HOUR, DAY = 3600, 86400
@@ -151,10 +151,10 @@ def test_spend_rejects_bad_queries(admin: httpx.Client, params: dict[str, Any], 
 
 
 def test_billing_endpoints_need_the_admin_key(gateway: GatewayProcess) -> None:
-    assert_error(httpx.get(f"{gateway.base_url}/admin/budgets"), 401)
+    assert_error(loopback.get(f"{gateway.base_url}/admin/budgets"), 401)
     wrong = {"Authorization": "Bearer nope"}
-    assert_error(httpx.get(f"{gateway.base_url}/admin/spend", headers=wrong), 401)
-    assert_error(httpx.put(f"{gateway.base_url}/admin/budgets", headers=wrong, json={}), 401)
+    assert_error(loopback.get(f"{gateway.base_url}/admin/spend", headers=wrong), 401)
+    assert_error(loopback.put(f"{gateway.base_url}/admin/budgets", headers=wrong, json={}), 401)
 
 
 def test_hard_budget_answers_429_naming_it_until_raised(
@@ -269,7 +269,7 @@ def test_alerts_newest_first_and_acknowledged(admin: httpx.Client, sql: Engine) 
 
 
 def test_billing_routes_are_in_the_openapi_schema(gateway: GatewayProcess) -> None:
-    schema = httpx.get(f"{gateway.base_url}/schema/openapi.json").json()
+    schema = loopback.get(f"{gateway.base_url}/schema/openapi.json").json()
     for path in ("/admin/spend", "/admin/budgets", "/admin/budgets/{budget_id}", "/admin/alerts"):
         assert path in schema["paths"], path
     assert "put" in schema["paths"]["/admin/budgets"]

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess, loopback, simulated_provider_env
 from tests.engine import chat_requests, reset, set_faults, submit, wait_for
 
 ADMIN = {"Authorization": "Bearer test-admin-key"}
@@ -45,7 +45,7 @@ def globex(gateway: GatewayProcess) -> openai.OpenAI:
 
 def admin(gateway: GatewayProcess, method: str, path: str, **kwargs: Any) -> httpx.Response:
     headers = kwargs.pop("headers", ADMIN)
-    return httpx.request(method, f"{gateway.base_url}/admin{path}", headers=headers, timeout=30, **kwargs)
+    return loopback.request(method, f"{gateway.base_url}/admin{path}", headers=headers, timeout=30, **kwargs)
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

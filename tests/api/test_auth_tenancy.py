@@ -11,13 +11,12 @@ import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import openai
 import pytest
 from openai.types import Batch, FileObject
 
 from tests.api.batch_helpers import assert_error
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, loopback
 
 CHAT = "/v1/chat/completions"
 ADMIN_KEY = "test-admin-key"
@@ -70,7 +69,7 @@ def owned(client: openai.OpenAI) -> tuple[FileObject, Batch]:
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 def test_missing_key_is_401_on_every_route(gateway: GatewayProcess, method: str, path: str) -> None:
-    response = httpx.request(method, gateway.base_url + path)
+    response = loopback.request(method, gateway.base_url + path)
     assert_error(response, 401, code="missing_api_key")
 
 
@@ -80,13 +79,13 @@ def test_missing_key_is_401_on_every_route(gateway: GatewayProcess, method: str,
     ids=["empty", "bearer-only", "basic", "no-scheme"],
 )
 def test_malformed_authorization_is_401(gateway: GatewayProcess, authorization: str) -> None:
-    response = httpx.get(f"{gateway.base_url}/v1/batches", headers={"Authorization": authorization})
+    response = loopback.get(f"{gateway.base_url}/v1/batches", headers={"Authorization": authorization})
     assert_error(response, 401, code="missing_api_key")
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 def test_wrong_key_is_401_on_every_route(gateway: GatewayProcess, method: str, path: str) -> None:
-    response = httpx.request(method, gateway.base_url + path, headers={"Authorization": "Bearer bgw-wrong"})
+    response = loopback.request(method, gateway.base_url + path, headers={"Authorization": "Bearer bgw-wrong"})
     assert_error(response, 401, code="invalid_api_key")
 
 
@@ -109,23 +108,23 @@ def test_admin_key_is_not_a_client_key(gateway: GatewayProcess) -> None:
 
 def test_client_key_and_wrong_admin_key_are_refused_by_the_admin_api(gateway: GatewayProcess, team_key: str) -> None:
     url = f"{gateway.base_url}/admin/providers"
-    assert httpx.get(url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
+    assert loopback.get(url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
     for key in (team_key, ADMIN_KEY + "x", "bgw-wrong"):
-        assert_error(httpx.get(url, headers={"Authorization": f"Bearer {key}"}), 401, code="invalid_api_key")
-    assert_error(httpx.get(url), 401)
+        assert_error(loopback.get(url, headers={"Authorization": f"Bearer {key}"}), 401, code="invalid_api_key")
+    assert_error(loopback.get(url), 401)
 
 
 def test_key_is_checked_before_the_body_is_read(gateway: GatewayProcess) -> None:
-    bad_json = httpx.post(f"{gateway.base_url}/v1/batches", content=b"{nope")
+    bad_json = loopback.post(f"{gateway.base_url}/v1/batches", content=b"{nope")
     assert_error(bad_json, 401)
-    not_multipart = httpx.post(
+    not_multipart = loopback.post(
         f"{gateway.base_url}/v1/files", content=b"x" * 100_000, headers={"Authorization": "Bearer bgw-wrong"}
     )
     assert_error(not_multipart, 401, code="invalid_api_key")
 
 
 def test_key_secret_is_not_echoed_in_errors(gateway: GatewayProcess, team_key: str) -> None:
-    response = httpx.get(f"{gateway.base_url}/v1/files", headers={"Authorization": f"Bearer {team_key}zz"})
+    response = loopback.get(f"{gateway.base_url}/v1/files", headers={"Authorization": f"Bearer {team_key}zz"})
     assert_error(response, 401)
     assert team_key not in response.text
 

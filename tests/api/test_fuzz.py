@@ -14,14 +14,13 @@ import io
 import json
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, loopback
 
 MAX_EXAMPLES = 25
 """Generated cases per operation in the fuzzing phase (the coverage phase adds its own boundary cases);
@@ -102,5 +101,5 @@ def test_no_operation_answers_a_server_error(
 
 def test_the_gateway_log_holds_no_traceback(gateway: GatewayProcess) -> None:
     """After the fuzzing, no request has been answered from an unhandled exception."""
-    assert httpx.get(f"{gateway.base_url}/healthz", timeout=10).status_code == 200
+    assert loopback.get(f"{gateway.base_url}/healthz", timeout=10).status_code == 200
     assert "unhandled error" not in gateway.log(), gateway.log()[-5000:]

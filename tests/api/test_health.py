@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import PG_URL, FreshDatabase, GatewayProcess
+from tests.conftest import PG_URL, FreshDatabase, GatewayProcess, loopback
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def unreachable_database(
     deadline = time.monotonic() + 30
     while True:
         try:
-            httpx.get(f"{gw.base_url}/healthz", timeout=1)
+            loopback.get(f"{gw.base_url}/healthz", timeout=1)
             return gw
         except httpx.HTTPError:
             assert time.monotonic() < deadline, gw.log()
@@ -41,20 +41,20 @@ def unreachable_database(
 
 
 def test_healthz_is_ok_without_a_key(gateway: GatewayProcess) -> None:
-    response = httpx.get(f"{gateway.base_url}/healthz")
+    response = loopback.get(f"{gateway.base_url}/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 
 
 def test_readyz_is_ready_when_the_database_answers(gateway: GatewayProcess) -> None:
-    response = httpx.get(f"{gateway.base_url}/readyz")
+    response = loopback.get(f"{gateway.base_url}/readyz")
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "database": "ok"}
 
 
 def test_readyz_is_503_while_alive_when_the_database_is_unreachable(unreachable_database: GatewayProcess) -> None:
-    assert httpx.get(f"{unreachable_database.base_url}/healthz").json() == {"status": "ok"}
-    response = httpx.get(f"{unreachable_database.base_url}/readyz")
+    assert loopback.get(f"{unreachable_database.base_url}/healthz").json() == {"status": "ok"}
+    response = loopback.get(f"{unreachable_database.base_url}/readyz")
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable"
@@ -66,7 +66,7 @@ def test_client_requests_answer_a_retryable_503_when_the_database_is_unreachable
     unreachable_database: GatewayProcess,
 ) -> None:
     for method, path in (("GET", "/v1/models"), ("GET", "/v1/batches/batch_x"), ("GET", "/v1/files")):
-        response = httpx.request(method, unreachable_database.base_url + path, headers={"Authorization": "Bearer k"})
+        response = loopback.request(method, unreachable_database.base_url + path, headers={"Authorization": "Bearer k"})
         assert response.status_code == 503, (path, response.text)
         assert response.headers["retry-after"] == "1"
         assert response.json()["error"]["code"] == "database_unavailable"
@@ -77,7 +77,7 @@ def test_client_requests_answer_a_retryable_503_when_the_database_is_unreachable
 
 
 def test_openapi_schema_describes_the_client_api(gateway: GatewayProcess) -> None:
-    response = httpx.get(f"{gateway.base_url}/schema/openapi.json")
+    response = loopback.get(f"{gateway.base_url}/schema/openapi.json")
     assert response.status_code == 200
     assert response.headers["content-type"].split(";")[0].endswith("json")
     schema = response.json()
@@ -119,7 +119,7 @@ def test_openapi_schema_describes_the_client_api(gateway: GatewayProcess) -> Non
 def test_unknown_routes_answer_openai_errors(
     gateway: GatewayProcess, method: str, path: str, status: int, code: str
 ) -> None:
-    response = httpx.request(method, gateway.base_url + path)
+    response = loopback.request(method, gateway.base_url + path)
     assert response.status_code == status
     body = response.json()
     assert list(body) == ["error"]

@@ -25,7 +25,7 @@ from gateway.api.inputs import MAX_DB_INT, MAX_JSON_BODY_BYTES, MAX_JSON_DEPTH
 from gateway.pipeline.intake import MULTIPART_ALLOWANCE
 from gateway.pipeline.validate import MAX_LINE_DEPTH
 from tests.api.test_files import assert_error, chat_jsonl
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, loopback
 
 ADMIN_KEY = "test-admin-key"
 HOSTILE = ["\x00", "file-\x00", "\x00\nFORGED line", "id\r\nFORGED: x", "\x1b[31mred", "x\x7f", "x\x85y"]
@@ -48,7 +48,7 @@ def admin(gateway: GatewayProcess) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def operations(gateway: GatewayProcess) -> list[tuple[str, str, dict[str, Any]]]:
     """``(method, path, operation)`` of every client and admin route in the served document."""
-    document = httpx.get(f"{gateway.base_url}/schema/openapi.json", timeout=30).json()
+    document = loopback.get(f"{gateway.base_url}/schema/openapi.json", timeout=30).json()
     found = [
         (method, path, operation)
         for path, item in document["paths"].items()
@@ -373,7 +373,7 @@ def test_an_upload_announcing_more_than_the_limit_is_refused_but_the_limit_is_no
     answer, _ = announce_upload(small, key, 1000 + MULTIPART_ALLOWANCE + 1)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
     # Within the allowance the body is read and judged by the file's own size.
-    fitting = httpx.post(
+    fitting = loopback.post(
         f"{small.base_url}/v1/files",
         headers={"Authorization": f"Bearer {key}"},
         files={"file": ("in.jsonl", chat_jsonl(1))},

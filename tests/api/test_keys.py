@@ -12,13 +12,13 @@ import openai
 import pytest
 
 from tests.api.batch_helpers import assert_error
-from tests.conftest import GatewayProcess, free_port
+from tests.conftest import GatewayProcess, free_port, loopback
 
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 
 
 def admin(gateway: GatewayProcess, method: str, path: str, body: Any = None, **params: Any) -> httpx.Response:
-    return httpx.request(
+    return loopback.request(
         method, f"{gateway.base_url}/admin/keys{path}", json=body, params=params, headers=ADMIN, timeout=30
     )
 

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
-import httpx
 import openai
 import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
-from tests.conftest import ENGINE_ENV, GatewayProcess
+from tests.conftest import ENGINE_ENV, GatewayProcess, loopback
 
 CLAUDE_KEY = "sk-ant-front-door-51c2"
 CLAUDE = "claude-haiku"
@@ -214,7 +213,7 @@ def test_cancel_ends_unrun_requests_canceled(claude: anthropic.Anthropic) -> Non
 def test_bad_bodies_are_refused_in_anthropic_shape(
     gateway: GatewayProcess, team_key: str, body: Any, status: int, kind: str, says: str
 ) -> None:
-    response = httpx.post(
+    response = loopback.post(
         f"{gateway.base_url}/v1/messages/batches", json=body, headers={"x-api-key": team_key}, timeout=30
     )
     assert response.status_code == status, response.text
@@ -225,9 +224,9 @@ def test_bad_bodies_are_refused_in_anthropic_shape(
 
 def test_not_json_and_auth_and_unknown_ids(gateway: GatewayProcess, team_key: str, claude: anthropic.Anthropic) -> None:
     url = f"{gateway.base_url}/v1/messages/batches"
-    broken = httpx.post(url, content=b'{"requests": [', headers={"x-api-key": team_key}, timeout=30)
+    broken = loopback.post(url, content=b'{"requests": [', headers={"x-api-key": team_key}, timeout=30)
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
-    nobody = httpx.get(url, timeout=30)
+    nobody = loopback.get(url, timeout=30)
     assert nobody.status_code == 401 and nobody.json()["error"]["type"] == "authentication_error"
     wrong = anthropic.Anthropic(base_url=gateway.base_url, api_key="bgw-wrong", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError):
@@ -236,7 +235,7 @@ def test_not_json_and_auth_and_unknown_ids(gateway: GatewayProcess, team_key: st
         with pytest.raises(anthropic.NotFoundError):
             claude.messages.batches.retrieve(unknown)
     running = claude.messages.batches.create(requests=[{"custom_id": "a", "params": params("llama-3.3-70b", "hi")}])
-    early = httpx.get(f"{url}/{running.id}/results", headers={"x-api-key": team_key}, timeout=30)
+    early = loopback.get(f"{url}/{running.id}/results", headers={"x-api-key": team_key}, timeout=30)
     assert early.status_code == 409 and early.json()["error"]["type"] == "conflict_error"
     claude.messages.batches.cancel(running.id)
 
@@ -246,7 +245,7 @@ def test_a_request_nested_too_deep_is_errored_not_a_crash(gateway: GatewayProces
     fine = json.dumps({"custom_id": "fine", "params": params("gpt-4o-mini", "hi")})
     raw = '{"requests": [{"custom_id": "deep", "params": {"model": "gpt-4o-mini", "max_tokens": 5, "messages": '
     raw += deep + "}}, " + fine + "]}"
-    response = httpx.post(
+    response = loopback.post(
         f"{gateway.base_url}/v1/messages/batches", content=raw, headers={"x-api-key": team_key}, timeout=30
     )
     assert response.status_code == 200, response.text
@@ -262,13 +261,13 @@ def test_a_body_over_the_upload_limit_is_413_announced_or_streamed(gateway: Gate
     count = MAX_BODY // len(request) + 10
     body = ('{"requests": [' + ",".join(request.replace('"r"', f'"r{i}"') for i in range(count)) + "]}").encode()
     url = f"{gateway.base_url}/v1/messages/batches"
-    announced = httpx.post(url, content=body, headers={"x-api-key": team_key}, timeout=30)
+    announced = loopback.post(url, content=body, headers={"x-api-key": team_key}, timeout=30)
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: refused once the streamed bytes pass the limit
         for start in range(0, len(body), 65536):
             yield body[start : start + 65536]
 
-    streamed = httpx.post(url, content=chunks(), headers={"x-api-key": team_key}, timeout=30)
+    streamed = loopback.post(url, content=chunks(), headers={"x-api-key": team_key}, timeout=30)
     for response in (announced, streamed):
         assert response.status_code == 413, response.text
         assert response.json()["error"]["type"] == "request_too_large"
@@ -278,9 +277,9 @@ def test_an_idempotency_key_returns_the_first_batch(gateway: GatewayProcess, tea
     url = f"{gateway.base_url}/v1/messages/batches"
     headers = {"x-api-key": team_key, "Idempotency-Key": f"nightly-{time.time_ns()}"}
     body = {"requests": [{"custom_id": "once", "params": params("gpt-4o-mini", "hi")}]}
-    first = httpx.post(url, json=body, headers=headers, timeout=30)
-    again = httpx.post(url, json=body, headers=headers, timeout=30)
+    first = loopback.post(url, json=body, headers=headers, timeout=30)
+    again = loopback.post(url, json=body, headers=headers, timeout=30)
     assert first.status_code == again.status_code == 200, (first.text, again.text)
     assert first.json()["id"] == again.json()["id"]
-    other = httpx.post(url, json={"requests": [{"custom_id": "two", "params": {}}]}, headers=headers, timeout=30)
+    other = loopback.post(url, json={"requests": [{"custom_id": "two", "params": {}}]}, headers=headers, timeout=30)
     assert other.status_code == 409 and other.json()["error"]["type"] == "conflict_error"

@@ -7,12 +7,11 @@ import json
 import time
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, loopback
 from tests.engine import chat_requests, query, submit, wait_for
 from tests.observability import SECRET, check_metrics, provider_file, require_binary, scrape, value
 
@@ -38,11 +37,11 @@ def finished_batch(client: openai.OpenAI) -> Any:
 
 
 def test_metrics_are_open_to_scrapers_in_the_text_format(gateway: GatewayProcess) -> None:
-    response = httpx.get(f"{gateway.base_url}/metrics", timeout=30)
+    response = loopback.get(f"{gateway.base_url}/metrics", timeout=30)
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert value(response.text, "batchgw_database_up") == 1
-    schema = httpx.get(f"{gateway.base_url}/schema/openapi.json", timeout=30).json()
+    schema = loopback.get(f"{gateway.base_url}/schema/openapi.json", timeout=30).json()
     assert "/metrics" not in schema["paths"]
 
 
@@ -58,8 +57,9 @@ def test_api_requests_are_timed_by_route_template_method_and_status_class(idle_g
                                            route="/v1/files", method="GET", status_class="2xx") or 0,
     }  # fmt: skip
     for n in range(3):  # three different ids: one route template
-        assert httpx.get(f"{idle_gateway.base_url}/v1/files/file-{n}", headers=headers, timeout=30).status_code == 404
-    assert httpx.get(f"{idle_gateway.base_url}/v1/files", headers=headers, timeout=30).status_code == 200
+        missing = loopback.get(f"{idle_gateway.base_url}/v1/files/file-{n}", headers=headers, timeout=30)
+        assert missing.status_code == 404
+    assert loopback.get(f"{idle_gateway.base_url}/v1/files", headers=headers, timeout=30).status_code == 200
     after = scrape(idle_gateway.base_url)
 
     count = "batchgw_http_request_duration_seconds_count"
@@ -135,7 +135,7 @@ def test_budget_gauges_agree_with_the_admin_api(gateway: GatewayProcess, finishe
     [(spent,)] = query(gateway, "SELECT SUM(cost_usd) FROM ledger")
     limit = spent * 4
     body = {"scope": "team:acme", "period": "month", "limit_usd": limit, "hard": False}
-    response = httpx.put(f"{gateway.base_url}/admin/budgets", json=body, headers=ADMIN, timeout=30)
+    response = loopback.put(f"{gateway.base_url}/admin/budgets", json=body, headers=ADMIN, timeout=30)
     assert response.status_code == 200, response.text
     text = scrape(gateway.base_url)
     labels = {"scope": "team:acme", "period": "month", "hard": "false"}
@@ -144,7 +144,7 @@ def test_budget_gauges_agree_with_the_admin_api(gateway: GatewayProcess, finishe
     assert value(text, "batchgw_budget_utilization_ratio", **labels) == pytest.approx(0.25)
     assert value(text, "batchgw_budget_reserved_usd", **labels) == 0  # nothing running
     assert value(text, "batchgw_budget_remaining_usd", **labels) == pytest.approx(limit - spent)
-    [listed] = httpx.get(f"{gateway.base_url}/admin/budgets", headers=ADMIN, timeout=30).json()["data"]
+    [listed] = loopback.get(f"{gateway.base_url}/admin/budgets", headers=ADMIN, timeout=30).json()["data"]
     assert listed["spent_usd"] == pytest.approx(spent, abs=1e-12)
 
 
@@ -181,7 +181,7 @@ def test_batches_past_their_window_and_reservations(idle_gateway: GatewayProcess
     query(idle_gateway, "UPDATE batches SET estimated_cost_usd = 0.25, cost_usd = 0.05 WHERE id = :b", b=batch.id)
     for team in ("acme", "beta"):
         body = {"scope": f"team:{team}", "period": "day", "limit_usd": 1.0, "hard": True}
-        assert httpx.put(f"{idle_gateway.base_url}/admin/budgets", json=body, headers=ADMIN, timeout=30).is_success
+        assert loopback.put(f"{idle_gateway.base_url}/admin/budgets", json=body, headers=ADMIN, timeout=30).is_success
     text = scrape(idle_gateway.base_url)
     assert value(text, "batchgw_batches", status="validating") == 1
     labels = {"period": "day", "hard": "true"}

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.api.batch_helpers import assert_error
-from tests.conftest import GatewayProcess, free_port
+from tests.conftest import GatewayProcess, free_port, loopback
 
 PER_MINUTE = 20  # one every 3 s, in bursts of up to 2 (slow enough for a loaded machine to send a burst in time)
 BURST = 2
@@ -20,7 +20,7 @@ BURST = 2
 
 def burst(key: str, gateway: GatewayProcess, count: int) -> list[httpx.Response]:
     headers = {"Authorization": f"Bearer {key}"}
-    return [httpx.get(f"{gateway.base_url}/v1/files", headers=headers, timeout=30) for _ in range(count)]
+    return [loopback.get(f"{gateway.base_url}/v1/files", headers=headers, timeout=30) for _ in range(count)]
 
 
 def assert_rate_limited(response: httpx.Response) -> float:
@@ -82,10 +82,13 @@ def test_a_refused_request_reserves_nothing(key_limited: GatewayProcess) -> None
 
 
 def test_admin_and_unauthenticated_calls_are_not_counted(key_limited: GatewayProcess) -> None:
-    response = httpx.get(f"{key_limited.base_url}/v1/files", headers={"Authorization": "Bearer bgw-nope"}, timeout=30)
+    nope = {"Authorization": "Bearer bgw-nope"}
+    response = loopback.get(f"{key_limited.base_url}/v1/files", headers=nope, timeout=30)
     assert_error(response, 401)
     listed = [
-        httpx.get(f"{key_limited.base_url}/admin/keys", headers={"Authorization": "Bearer test-admin-key"}, timeout=30)
+        loopback.get(
+            f"{key_limited.base_url}/admin/keys", headers={"Authorization": "Bearer test-admin-key"}, timeout=30
+        )
         for _ in range(10)
     ]
     assert {r.status_code for r in listed} == {200}

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.api.test_files import chat_jsonl
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, loopback
 
 MOUNT_THEN_SERVE = 'mount -t tmpfs -o "$0" tmpfs "$1" && exec "$2" -m gateway.cli serve'
 
@@ -54,7 +54,7 @@ def start_on_tmpfs(gateway_factory: Any, options: str) -> tuple[GatewayProcess, 
 
 
 def upload(gateway: GatewayProcess, key: str, content: bytes) -> httpx.Response:
-    return httpx.post(
+    return loopback.post(
         f"{gateway.base_url}/v1/files",
         headers={"Authorization": f"Bearer {key}"},
         files={"file": ("in.jsonl", content)},

@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from gateway.simulator import SimulatorCluster
 from tests.billing.conftest import Receiver
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess, loopback, simulated_provider_env
 from tests.engine import cancel_calls, chat_requests, emulator_log, query, reset, submit, wait_for
 
 PRICES = {"sync": (2.50, 10.00), "batch": (1.25, 5.00)}
@@ -73,7 +72,7 @@ def gateway(gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path, r
 
 def admin(gateway: GatewayProcess, method: str, path: str, **kwargs: Any) -> Any:
     headers = {"Authorization": "Bearer test-admin-key"}
-    response = httpx.request(method, f"{gateway.base_url}/admin{path}", headers=headers, timeout=30, **kwargs)
+    response = loopback.request(method, f"{gateway.base_url}/admin{path}", headers=headers, timeout=30, **kwargs)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -148,7 +147,7 @@ def test_budget_alerts_reservations_and_refusals_end_to_end(gateway: GatewayProc
     assert [row["key"] for row in spend["data"]] == ["acme"]
     budget = admin(gateway, "GET", "/budgets")["data"][0]
     assert budget["spent_usd"] == pytest.approx(2 * spent_once, rel=1e-9)
-    metrics = httpx.get(f"{gateway.base_url}/metrics", timeout=30).text
+    metrics = loopback.get(f"{gateway.base_url}/metrics", timeout=30).text
     assert 'batchgw_alerts_fired_total{kind="budget_threshold"} 1.0' in metrics
     assert "secret-token" not in gateway.log() + metrics  # the webhook URL is a secret
 

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.billing.estimate import cost_usd, estimate_file
 from gateway.catalog.loader import load_catalog
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, loopback
 
 PROVIDERS = """
 [providers.groq]
@@ -108,7 +108,7 @@ def test_the_admin_endpoint_gives_the_same_figures(workspace: Path, gateway_fact
     client = gateway.client(gateway.create_key("acme"))
     upload = client.files.create(file=(workspace / "in.jsonl").read_bytes(), purpose="batch")
     headers = {"Authorization": "Bearer test-admin-key"}
-    response = httpx.post(f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id}, headers=headers)
+    response = loopback.post(f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id}, headers=headers)
     assert response.status_code == 200, response.text
     answer = response.json()
     rows = {row["provider"]: row for row in answer["data"]}
@@ -119,11 +119,11 @@ def test_the_admin_endpoint_gives_the_same_figures(workspace: Path, gateway_fact
     )
     assert answer["chosen_cost_usd"] == pytest.approx(groq_batch, abs=1e-6)
 
-    bad = httpx.post(
+    bad = loopback.post(
         f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id, "policy": "nope"}, headers=headers
     )
     assert bad.status_code == 400 and "unknown policy 'nope'" in bad.json()["error"]["message"].lower()
-    missing = httpx.post(f"{gateway.base_url}/admin/estimate", json={"file_id": "file-none"}, headers=headers)
+    missing = loopback.post(f"{gateway.base_url}/admin/estimate", json={"file_id": "file-none"}, headers=headers)
     assert missing.status_code == 404
 
 
@@ -134,7 +134,7 @@ def test_the_estimate_shows_ranges_turnaround_fan_out_and_advice(workspace: Path
     headers = {"Authorization": "Bearer test-admin-key"}
 
     def estimate(**body: str) -> dict[str, Any]:
-        response = httpx.post(
+        response = loopback.post(
             f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id, **body}, headers=headers, timeout=60
         )
         assert response.status_code == 200, response.text
@@ -157,11 +157,11 @@ def test_the_estimate_shows_ranges_turnaround_fan_out_and_advice(workspace: Path
     assert "fan-out on" in urgent["reason"] and "misses the 60m deadline" in urgent["reason"]
 
     for body, param in (({"deadline": "soon"}, "deadline"), ({"endpoint": "/v1/other"}, "endpoint")):
-        bad = httpx.post(
+        bad = loopback.post(
             f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id, **body}, headers=headers, timeout=30
         )
         assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
-    unknown_team = httpx.post(
+    unknown_team = loopback.post(
         f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id, "team": "nobody"}, headers=headers
     )
     assert unknown_team.status_code == 404 and unknown_team.json()["error"]["param"] == "team"
@@ -175,12 +175,12 @@ def test_clients_estimate_their_own_files_from_their_team_history(workspace: Pat
 
     def post(body: Any, token: str | None = key) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.post(url, content=json.dumps(body), headers=headers, timeout=60)
+        return loopback.post(url, content=json.dumps(body), headers=headers, timeout=60)
 
     answer = post({"file_id": upload.id, "deadline": "2h"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["object"] == "estimate" and answer.json()["advice"][0]["deadline_s"] == 7200
-    admin_view = httpx.post(
+    admin_view = loopback.post(
         f"{gateway.base_url}/admin/estimate",
         json={"file_id": upload.id, "deadline": "2h"},
         headers={"Authorization": "Bearer test-admin-key"},

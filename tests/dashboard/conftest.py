@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.client import AdminClient
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess, free_port, simulated_provider_env
+from tests.conftest import GatewayProcess, free_port, loopback, simulated_provider_env
 from tests.engine import chat_requests, reset, set_faults, submit, wait_for
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
@@ -171,7 +171,7 @@ def run_dashboard(gateway_url: str, log_dir: Path, *options: str) -> Iterator[st
             if process.poll() is not None:
                 raise RuntimeError(f"dashboard exited:\n{log_path.read_text()}")
             try:
-                if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
+                if loopback.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

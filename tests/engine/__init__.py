@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from openai.types import Batch
@@ -23,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.simulator import SimulatorCluster
 from gateway.simulator.openai_protocol import chat_completion, embeddings
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess, loopback, simulated_provider_env
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -153,7 +152,7 @@ def cancel(client: openai.OpenAI, batch_id: str) -> Batch:
 
 def control(cluster: SimulatorCluster, method: str, path: str, body: Any = None) -> Any:
     """One call to the emulator's control server; returns the decoded answer."""
-    response = httpx.request(method, f"{cluster.control_url}{path}", json=body, timeout=10)
+    response = loopback.request(method, f"{cluster.control_url}{path}", json=body, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -336,7 +335,7 @@ def start_gateway(
 
 def admin(gateway: GatewayProcess, path: str) -> Any:
     """GET an admin endpoint of the gateway; returns the decoded answer."""
-    response = httpx.get(
+    response = loopback.get(
         f"{gateway.base_url}/admin{path}", headers={"Authorization": "Bearer test-admin-key"}, timeout=30
     )
     assert response.status_code == 200, response.text

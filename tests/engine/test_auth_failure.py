@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
-from tests.conftest import ENGINE_ENV, GatewayProcess
+from tests.conftest import ENGINE_ENV, GatewayProcess, loopback
 from tests.engine import chat_requests, collect, submit, wait_for
 from tests.test_client_cli import batchgw
 
@@ -53,7 +52,7 @@ def gateway_with(
 
 
 def admin(gateway: GatewayProcess, path: str) -> Any:
-    response = httpx.get(f"{gateway.base_url}/admin{path}", headers={"Authorization": "Bearer test-admin-key"})
+    response = loopback.get(f"{gateway.base_url}/admin{path}", headers={"Authorization": "Bearer test-admin-key"})
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -86,7 +85,7 @@ def test_a_refused_key_opens_the_circuit_alerts_and_moves_the_work(
     assert "authentication failed" in health["last_error"]
     alerts = [a for a in admin(gateway, "/alerts")["data"] if a["kind"] == "provider_auth_failed"]
     assert len(alerts) == 1 and "locked" in alerts[0]["message"]
-    metrics = httpx.get(f"{gateway.base_url}/metrics").text
+    metrics = loopback.get(f"{gateway.base_url}/metrics").text
     assert 'batchgw_alerts_fired_total{kind="provider_auth_failed"} 1.0' in metrics
     for text in (json.dumps(providers), json.dumps(alerts), batch.model_dump_json(), gateway.log()):
         assert_no_key(text)

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway.simulator import SimulatorCluster
+from tests.conftest import loopback
 from tests.engine import (
     admin,
     batch_creates,
@@ -118,12 +118,12 @@ def test_a_canary_projecting_far_above_its_estimate_holds_the_batch_until_releas
     listed = gateway.cli("canary", "ls", "--base-url", f"{gateway.base_url}/v1").stdout
     assert batch_id in listed and "projected $" in listed
 
-    refused = httpx.post(f"{gateway.base_url}/admin/batches/batch_unknown/canary/release", headers=ADMIN, timeout=30)
+    refused = loopback.post(f"{gateway.base_url}/admin/batches/batch_unknown/canary/release", headers=ADMIN, timeout=30)
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
-    released = httpx.post(f"{gateway.base_url}/admin/batches/{batch_id}/canary/release", headers=ADMIN, timeout=30)
+    released = loopback.post(f"{gateway.base_url}/admin/batches/{batch_id}/canary/release", headers=ADMIN, timeout=30)
     assert released.status_code == 200, released.text
     assert released.json()["hold_reason"] is None
-    again = httpx.post(f"{gateway.base_url}/admin/batches/{batch_id}/canary/release", headers=ADMIN, timeout=30)
+    again = loopback.post(f"{gateway.base_url}/admin/batches/{batch_id}/canary/release", headers=ADMIN, timeout=30)
     assert again.status_code == 409 and again.json()["error"]["code"] == "batch_not_held"
     batch = wait_for(client, batch_id, timeout=90)
     assert batch.status == "completed", batch
@@ -148,7 +148,7 @@ def test_a_held_canary_cancelled_keeps_its_answers_and_runs_nothing_more(
     assert len(batch_creates(emulator_log(simulator, "fast"))) == 1
     spent = float((batch.metadata or {})["gateway_cost_usd"])
     assert spent == pytest.approx(admin(gateway, f"/batches/{batch_id}")["cost_usd"], abs=1e-6)
-    response = httpx.post(f"{gateway.base_url}/admin/batches/{batch_id}/canary/cancel", headers=ADMIN, timeout=30)
+    response = loopback.post(f"{gateway.base_url}/admin/batches/{batch_id}/canary/cancel", headers=ADMIN, timeout=30)
     assert response.status_code == 409
 
 

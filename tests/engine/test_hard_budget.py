@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from gateway.billing.history import MIN_HISTORY
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess, loopback, simulated_provider_env
 from tests.engine import (
     ROUTING_ENV,
     batch_creates,
@@ -93,14 +92,14 @@ def upload(client: openai.OpenAI, requests: list[dict[str, Any]]) -> str:
 
 
 def estimate(gateway: GatewayProcess, file_id: str) -> float:
-    response = httpx.post(f"{gateway.base_url}/admin/estimate", json={"file_id": file_id}, headers=ADMIN, timeout=60)
+    response = loopback.post(f"{gateway.base_url}/admin/estimate", json={"file_id": file_id}, headers=ADMIN, timeout=60)
     assert response.status_code == 200, response.text
     return float(response.json()["chosen_cost_usd"])
 
 
 def set_budget(gateway: GatewayProcess, limit: float) -> None:
     body = {"scope": "team:acme", "period": "day", "limit_usd": limit, "hard": True, "thresholds": []}
-    response = httpx.put(f"{gateway.base_url}/admin/budgets", json=body, headers=ADMIN, timeout=30)
+    response = loopback.put(f"{gateway.base_url}/admin/budgets", json=body, headers=ADMIN, timeout=30)
     assert response.status_code == 200, response.text
 
 
@@ -176,7 +175,7 @@ def test_five_concurrent_jobs_never_take_a_hard_budget_past_the_bound(
         assert finished[name].status == "completed" and not outcomes[name].errors, name
 
     failover = outcomes["failover"]
-    detail = httpx.get(f"{gateway.base_url}/admin/batches/{batches['failover']}", headers=ADMIN, timeout=30).json()
+    detail = loopback.get(f"{gateway.base_url}/admin/batches/{batches['failover']}", headers=ADMIN, timeout=30).json()
     moves = [d for d in detail["decisions"] if d["kind"] == "failover"]
     assert moves, "the expired provider batches moved nothing"
     placed = [d for d in moves if d["chosen_provider"] == "pricey"]
@@ -246,7 +245,7 @@ def test_a_spent_budget_stops_a_fan_out_run_within_a_second_and_raising_it_resum
     answered_before = started.request_counts.completed
     set_budget(gateway, 0.000001)  # spent already: the run must stop at its next check (every second)
     wait_for(client, batch_id, lambda b: "held by budget" in (b.metadata or {}).get("gateway_waiting", ""), 60)
-    shards = httpx.get(f"{gateway.base_url}/admin/batches/{batch_id}", headers=ADMIN, timeout=30).json()["shards"]
+    shards = loopback.get(f"{gateway.base_url}/admin/batches/{batch_id}", headers=ADMIN, timeout=30).json()["shards"]
     [paused] = [s for s in shards if s["state"] == "done"]
     assert paused["end_reason"] == "budget"
     # One second of requests at the rate limit, the two in flight, and a second of slack for a busy machine.

@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess, loopback, simulated_provider_env
 from tests.engine import chat_requests, collect, query, reset, submit, wait_for
 
 PROVIDERS: dict[str, dict[str, Any]] = {
@@ -82,7 +81,7 @@ def test_a_queued_shard_whose_input_is_gone_is_reported_and_the_rest_completes(
 ) -> None:
     requests = chat_requests(10)  # two shards of five at "quick", one provider batch at a time
     reset(simulator, "fast")
-    httpx.post(f"{simulator.control_url}/providers/fast/faults", json={"latency_s": 0.3}, timeout=10)
+    loopback.post(f"{simulator.control_url}/providers/fast/faults", json={"latency_s": 0.3}, timeout=10)
     batch = submit(client, requests)
     deadline = time.monotonic() + 30
     while len(rows := shards(gateway, batch.id)) < 2 or rows[1][1] != "queued":

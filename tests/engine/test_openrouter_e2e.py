@@ -12,12 +12,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
-from tests.conftest import ENGINE_ENV, GatewayProcess
+from tests.conftest import ENGINE_ENV, GatewayProcess, loopback
 from tests.engine import (
     CHAT,
     cancel,
@@ -113,7 +112,7 @@ def chat_lines(count: int, prefix: str) -> list[dict[str, Any]]:
 def openrouter_batch(cluster: SimulatorCluster, batch_id: str) -> dict[str, Any]:
     """The batch object the emulated OpenRouter answers, as a client of OpenRouter reads it."""
     url = f"{cluster.base_url('openrouter-emu')}/batches/{batch_id}"
-    answer = httpx.get(url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    answer = loopback.get(url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
     answer.raise_for_status()
     return answer.json()  # type: ignore[no-any-return]
 

@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from dashboard import format as fmt
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, loopback
 from tests.dashboard.conftest import app_test, log_in
 from tests.engine import (
     BATCH_RATES,
@@ -54,7 +53,7 @@ def clean_emulators(simulator: SimulatorCluster) -> None:
 
 
 def admin_call(gateway: GatewayProcess, method: str, path: str, body: Any = None) -> Any:
-    response = httpx.request(
+    response = loopback.request(
         method,
         f"{gateway.base_url}/admin{path}",
         json=body,
@@ -146,7 +145,7 @@ def test_outage_mid_job_moves_work_once_and_bills_what_the_abandoned_batches_ran
     assert detail["paid_twice_usd"] == pytest.approx(cheap_invoice, abs=1e-6)
     [budget] = admin_call(gateway, "GET", "/budgets")["data"]
     assert budget["spent_usd"] == pytest.approx(total, abs=1e-6)
-    metrics = httpx.get(f"{gateway.base_url}/metrics", timeout=30).text
+    metrics = loopback.get(f"{gateway.base_url}/metrics", timeout=30).text
     abandoned_spend = sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()

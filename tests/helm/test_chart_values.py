@@ -18,7 +18,7 @@ import pytest
 
 from gateway.providers.registry import ADAPTER_KINDS
 from gateway.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, loopback
 from tests.helm.conftest import CHART, FULLNAME, helm, render, values_file
 
 PG = {"database": {"url": "postgresql://gw:pw@db:5432/gw"}, "persistence": {"accessModes": ["ReadWriteMany"]}}
@@ -276,7 +276,7 @@ def test_worker_liveness_probe_reaches_the_workers_metrics_server(chart: Any, tm
         while True:
             assert process.poll() is None, "the worker exited"
             try:
-                response = httpx.get(f"http://127.0.0.1:{local_port}{probe['path']}", timeout=2)
+                response = loopback.get(f"http://127.0.0.1:{local_port}{probe['path']}", timeout=2)
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the worker's metrics server never answered"

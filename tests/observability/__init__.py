@@ -9,12 +9,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.simulator import SimulatorCluster
-from tests.conftest import ENGINE_ENV
+from tests.conftest import ENGINE_ENV, loopback
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "helm" / "batch-gateway" / "files" / "alert-rules.yml"
@@ -43,7 +42,7 @@ def check_metrics(promtool: str, exposition: str) -> subprocess.CompletedProcess
 
 def scrape(base_url: str) -> str:
     """The text of ``GET /metrics``, without any credentials."""
-    response = httpx.get(f"{base_url}/metrics", timeout=30)
+    response = loopback.get(f"{base_url}/metrics", timeout=30)
     assert response.status_code == 200, response.text
     return response.text
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess, free_port
+from tests.conftest import GatewayProcess, free_port, loopback
 from tests.engine import chat_requests, query, submit, wait_for
 from tests.observability import RULES_FILE, provider_file
 
@@ -50,7 +50,7 @@ class PrometheusServer:
             )
 
     def api(self, path: str, **params: str) -> Any:
-        response = httpx.get(f"{self.base_url}/api/v1/{path}", params=params, timeout=10)
+        response = loopback.get(f"{self.base_url}/api/v1/{path}", params=params, timeout=10)
         assert response.status_code == 200, response.text
         return response.json()["data"]
 
@@ -90,7 +90,7 @@ def prometheus(
 ) -> Iterator[PrometheusServer]:
     server = PrometheusServer(prometheus_binary, tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{gateway.port}")
     try:
-        server.wait_until("readiness", lambda: httpx.get(f"{server.base_url}/-/ready", timeout=2).status_code == 200)
+        server.wait_until("readiness", lambda: loopback.get(f"{server.base_url}/-/ready", timeout=2).status_code == 200)
         yield server
     finally:
         server.stop()
@@ -107,7 +107,7 @@ def test_spend_over_budget_alert_fires(
     assert sum(len(group["rules"]) for group in loaded) == len(
         [rule for group in yaml.safe_load(RULES_FILE.read_text())["groups"] for rule in group["rules"]]
     )
-    response = httpx.put(
+    response = loopback.put(
         f"{gateway.base_url}/admin/budgets",
         json={"scope": "global", "period": "day", "limit_usd": 0.00001, "hard": False},
         headers=ADMIN,

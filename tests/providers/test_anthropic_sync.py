@@ -15,6 +15,7 @@ from gateway.providers.anthropic_sync import AnthropicSyncAdapter
 from gateway.providers.base import ProviderAuthFailed, SyncRequest
 from gateway.providers.config import ProviderConfig
 from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.conftest import loopback
 from tests.providers.support import CHAT, FAST_RETRY, executed, sync_request
 
 MODEL = "claude-haiku-4-5"
@@ -52,7 +53,7 @@ async def test_an_answer_reads_as_the_openai_emulator_answers_the_same_request(
     line = await executed(make_adapter(cluster, http), request("a", "the same question"))
     assert line["custom_id"] == "a" and line["error"] is None and line["response"]["status_code"] == 200
     body = line["response"]["body"]
-    direct = httpx.post(
+    direct = loopback.post(
         cluster.base_url("oai") + "/chat/completions",
         json={"model": MODEL, "messages": [{"role": "user", "content": "the same question"}], "max_tokens": 16},
     ).json()

@@ -17,6 +17,7 @@ from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_sync import GeminiSyncAdapter
 from gateway.providers.http import RetryPolicy
 from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.conftest import loopback
 from tests.providers.support import CHAT, FAST_RETRY, executed, sync_request
 
 MODEL = "gemini-2.5-flash"
@@ -59,7 +60,7 @@ async def test_an_answer_reads_as_the_openai_emulator_answers_the_same_request(
     line = await executed(make_adapter(cluster, http), request("a", "the same question"))
     assert line["custom_id"] == "a" and line["error"] is None and line["response"]["status_code"] == 200
     body = line["response"]["body"]
-    direct = httpx.post(
+    direct = loopback.post(
         cluster.base_url("oai") + "/chat/completions",
         json={"model": MODEL, "messages": [{"role": "user", "content": "the same question"}], "max_tokens": 16},
     ).json()

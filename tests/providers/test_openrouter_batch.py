@@ -19,6 +19,7 @@ from gateway.providers.base import (
 from gateway.providers.config import ProviderConfig
 from gateway.providers.openrouter_batch import OpenRouterBatchAdapter
 from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.conftest import loopback
 from tests.providers.support import FAST_RETRY, calls, questions, read_lines, wait_terminal, write_shard
 
 KEY = "sk-or-test-5b1c9e0a7d"
@@ -82,7 +83,7 @@ async def test_round_trip_with_what_openrouter_billed_on_each_answer(
         expected = (usage["prompt_tokens"] * PRICE[0] + usage["completion_tokens"] * PRICE[1]) / 1e6
         assert line["billed_usd"] == pytest.approx(expected, rel=1e-9)
         assert usage["completion_tokens"] <= 40
-    batch = httpx.get(
+    batch = loopback.get(
         f"{cluster.base_url('openrouter')}/batches/{submitted.provider_batch_id}",
         headers={"Authorization": f"Bearer {KEY}"},
     ).json()
@@ -99,7 +100,7 @@ async def test_the_create_body_names_endpoint_and_model_first_and_pins_the_upstr
     job = cluster.state("openrouter").jobs[submitted.provider_batch_id]
     assert job.endpoint == "/v1/chat/completions" and job.model == MODEL and len(job.items) == 3
     assert (await wait_terminal(adapter, submitted.provider_batch_id)).state is ProviderBatchState.COMPLETED
-    batch = httpx.get(
+    batch = loopback.get(
         f"{cluster.base_url('openrouter')}/batches/{submitted.provider_batch_id}",
         headers={"Authorization": f"Bearer {KEY}"},
     ).json()

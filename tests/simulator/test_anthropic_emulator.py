@@ -15,6 +15,7 @@ from anthropic.types.messages import MessageBatch, MessageBatchIndividualRespons
 from gateway.simulator import ProviderSpec, SimulatorCluster, hash_fraction, prompt_tokens
 from gateway.simulator.config import parse_config
 from gateway.simulator.provider_server import driver_for
+from tests.conftest import loopback
 
 KEY = "sk-ant-test"
 MODEL = "claude-haiku-4-5"
@@ -75,7 +76,7 @@ def results(client: anthropic.Anthropic, batch_id: str) -> dict[str, MessageBatc
 
 def raw_get(cluster: SimulatorCluster, path: str, **headers: str) -> httpx.Response:
     base = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
-    return httpx.get(f"{cluster.base_url('main')}{path}", headers={**base, **headers}, timeout=10)
+    return loopback.get(f"{cluster.base_url('main')}{path}", headers={**base, **headers}, timeout=10)
 
 
 # --- the full flow -------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def test_auth_version_header_and_unknown_ids(cluster: SimulatorCluster) -> None:
         sdk(cluster, "main", key="wrong").messages.batches.list()
     assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
     assert raw_get(cluster, "/v1/messages/batches").status_code == 200  # the documented x-api-key header
-    missing = httpx.get(f"{cluster.base_url('main')}/v1/messages/batches", headers={"x-api-key": KEY})
+    missing = loopback.get(f"{cluster.base_url('main')}/v1/messages/batches", headers={"x-api-key": KEY})
     assert missing.status_code == 400 and "anthropic-version" in missing.json()["error"]["message"]
     unknown = raw_get(cluster, "/v1/messages/batches/msgbatch_nope")
     assert unknown.status_code == 404 and unknown.json()["type"] == "error"

@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from gateway.simulator import ProviderSpec, SimulatorCluster, embedding_vector, model_reply, text_tokens
 from gateway.simulator.config import parse_config
-from tests.conftest import S3Server
+from tests.conftest import S3Server, loopback
 
 NAME = "bedrock"
 KEY = "AKIAEMULATORKEY00001"
@@ -471,18 +471,19 @@ def test_expiry_is_expired_before_any_record_ran_and_partially_completed_after(
 
 def test_auth_accepts_a_bearer_key_or_a_sigv4_header_with_the_right_key_and_scope(cluster: SimulatorCluster) -> None:
     url = f"{cluster.base_url(NAME)}/model-invocation-jobs"
-    assert httpx.get(url, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
-    assert httpx.get(url, headers=signed(url)).status_code == 200
-    wrong_key = httpx.get(url, headers=signed(url, key="AKIAANOTHERKEY000001"))
+    assert loopback.get(url, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert loopback.get(url, headers=signed(url)).status_code == 200
+    wrong_key = loopback.get(url, headers=signed(url, key="AKIAANOTHERKEY000001"))
     assert aws_error(wrong_key, 403, "UnrecognizedClientException") == (
         "The security token included in the request is invalid."
     )
-    assert "'bedrock'" in aws_error(httpx.get(url, headers=signed(url, service="s3")), 403, "InvalidSignatureException")
-    aws_error(httpx.get(url, headers=signed(url, region="eu-west-1")), 403, "InvalidSignatureException")
+    wrong_service = loopback.get(url, headers=signed(url, service="s3"))
+    assert "'bedrock'" in aws_error(wrong_service, 403, "InvalidSignatureException")
+    aws_error(loopback.get(url, headers=signed(url, region="eu-west-1")), 403, "InvalidSignatureException")
     stale = signed(url) | {"X-Amz-Date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() - 3600))}
-    aws_error(httpx.get(url, headers=stale), 403, "InvalidSignatureException")
-    aws_error(httpx.get(url, headers={"Authorization": "Bearer wrong"}), 403, "UnrecognizedClientException")
-    aws_error(httpx.get(url), 403, "MissingAuthenticationTokenException")
+    aws_error(loopback.get(url, headers=stale), 403, "InvalidSignatureException")
+    aws_error(loopback.get(url, headers={"Authorization": "Bearer wrong"}), 403, "UnrecognizedClientException")
+    aws_error(loopback.get(url), 403, "MissingAuthenticationTokenException")
 
 
 def test_call_faults_render_a_message_body_and_the_error_type_header(

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster, embedding_vector, hash_fraction, model_reply, text_tokens
 from gateway.simulator.openai_protocol import embeddings
+from tests.conftest import loopback
 
 KEY = "gm-test-key"
 MODEL = "gemini-2.5-flash"
@@ -275,7 +276,7 @@ def test_create_and_upload_errors(http: httpx.Client) -> None:
 
 
 def test_auth_and_models(cluster: SimulatorCluster, http: httpx.Client) -> None:
-    anonymous = httpx.get(f"{cluster.base_url('gem')}/v1beta/models", timeout=10)
+    anonymous = loopback.get(f"{cluster.base_url('gem')}/v1beta/models", timeout=10)
     google_error(anonymous, 401, "UNAUTHENTICATED")
     models = http.get("/v1beta/models", params={"pageSize": 1}).json()
     assert models["models"][0]["name"] == f"models/{MODEL}" and models["nextPageToken"]
@@ -488,7 +489,7 @@ def test_embeddings_job_endpoint_and_invoice(cluster: SimulatorCluster, http: ht
     jobs = cluster.state("gem").jobs
     assert jobs[embed["name"].removeprefix("batches/")].endpoint == EMBED
     assert jobs[generate["name"].removeprefix("batches/")].endpoint == GENERATE
-    invoice = httpx.get(f"{cluster.control_url}/providers/gem/invoice", timeout=10).json()
+    invoice = loopback.get(f"{cluster.control_url}/providers/gem/invoice", timeout=10).json()
     billed = {batch["id"]: batch for batch in invoice["batches"]}[embed["name"].removeprefix("batches/")]
     assert billed["requests_billed"] == 2 and billed["output_tokens"] == 0
     assert billed["input_tokens"] == sum(text_tokens(t) for t in texts)

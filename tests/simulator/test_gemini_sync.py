@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.conftest import loopback
 
 KEY = "gm-sync-emulator"
 MODEL = "gemini-2.5-flash"
@@ -30,7 +31,7 @@ def fresh(cluster: SimulatorCluster) -> None:
 def generate(cluster: SimulatorCluster, model: str = MODEL, key: str = KEY, **fields: Any) -> httpx.Response:
     body = {"contents": [{"role": "user", "parts": [{"text": "hello there"}]}], **fields}
     url = f"{cluster.base_url('gem')}/v1beta/models/{model}:generateContent"
-    return httpx.post(url, json=body, headers={"x-goog-api-key": key})
+    return loopback.post(url, json=body, headers={"x-goog-api-key": key})
 
 
 def test_a_request_is_answered_at_once_with_its_usage(cluster: SimulatorCluster) -> None:
@@ -73,7 +74,7 @@ def test_bad_requests_get_google_errors(cluster: SimulatorCluster) -> None:
     assert invalid.status_code == 400 and invalid.json()["error"]["status"] == "INVALID_ARGUMENT"
     assert generate(cluster, model="gemini-none").json()["error"]["status"] == "NOT_FOUND"
     assert generate(cluster, key="wrong").status_code == 401
-    empty = httpx.post(
+    empty = loopback.post(
         f"{cluster.base_url('gem')}/v1beta/models/{MODEL}:generateContent", json={}, headers={"x-goog-api-key": KEY}
     )
     assert empty.status_code == 400 and "contents" in empty.json()["error"]["message"]

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.conftest import loopback
 
 KEY = "mistral-emulator-key-1f0c"
 MODEL = "mistral-small-latest"
@@ -82,7 +83,7 @@ def test_create_refusals(client: httpx.Client) -> None:
     assert client.post("/batch/jobs", json=too_long).status_code == 422
     wrong_model = {"requests": [line("a", "x")], "endpoint": CHAT, "model": "mistral-huge"}
     assert client.post("/batch/jobs", json=wrong_model).json()["param"] == "model"
-    assert httpx.get(f"{client.base_url}/batch/jobs").status_code == 401
+    assert loopback.get(f"{client.base_url}/batch/jobs").status_code == 401
 
 
 def test_inline_job_with_a_field_mistral_refuses_gets_a_422_line(client: httpx.Client) -> None:

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.conftest import loopback
 from tests.simulator.openai_emulators import CHAT, chat_line, lines_of
 
 KEY = "sk-dialect-key-0123456789"
@@ -64,7 +65,7 @@ def wait_done(client: httpx.Client, batch_id: str, done: set[str]) -> dict[str, 
 
 def test_azure_takes_the_key_in_api_key_and_writes_its_older_shapes(cluster: SimulatorCluster) -> None:
     assert cluster.base_url("azure").endswith("/openai/v1")
-    bearer = httpx.get(f"{cluster.base_url('azure')}/files", headers={"Authorization": f"Bearer {KEY}"})
+    bearer = loopback.get(f"{cluster.base_url('azure')}/files", headers={"Authorization": f"Bearer {KEY}"})
     assert bearer.status_code == 401 and "Access denied" in bearer.json()["error"]["message"]
     assert KEY not in bearer.text
     with http(cluster, "azure") as client:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.conftest import loopback
 
 KEY = "openrouter-emulator-key-7d2e"
 MODEL = "openai/gpt-4o-mini"
@@ -104,7 +105,7 @@ def test_more_than_5000_requests_is_400_and_an_oversized_body_is_413(
     many = client.post("/batches", content=batch_body([chat(f"r{i}", "x") for i in range(5001)]))
     assert many.status_code == 400 and "5000" in many.json()["error"]["message"]
     small = cluster.base_url("openrouter-small")
-    large = httpx.post(f"{small}/batches", content=batch_body([chat("big", "x" * 5000)]))
+    large = loopback.post(f"{small}/batches", content=batch_body([chat("big", "x" * 5000)]))
     assert large.status_code == 413 and large.json()["error"]["code"] == 413
 
 
@@ -166,7 +167,7 @@ def test_each_result_and_the_batch_cost_tokens_times_the_price(cluster: Simulato
     bodies = [item["response"]["body"]["usage"] for item in done["results"]]
     assert usage["prompt_tokens"] == sum(b["prompt_tokens"] for b in bodies)
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    invoice = httpx.get(f"{cluster.control_url}/providers/openrouter/invoice").json()
+    invoice = loopback.get(f"{cluster.control_url}/providers/openrouter/invoice").json()
     [billed] = invoice["batches"]
     assert billed["cost_usd"] == usage["cost"] and billed["input_tokens"] == usage["prompt_tokens"]
     assert billed["output_tokens"] == usage["completion_tokens"] and invoice["cost_usd"] == usage["cost"]
@@ -240,11 +241,11 @@ def test_the_api_beta_path_is_an_alias(cluster: SimulatorCluster) -> None:
 
 def test_a_call_without_the_key_is_401(cluster: SimulatorCluster) -> None:
     base = cluster.base_url("openrouter")
-    missing = httpx.get(f"{base}/batches")
+    missing = loopback.get(f"{base}/batches")
     assert missing.status_code == 401 and missing.json() == {
         "error": {"code": 401, "message": "No auth credentials found"}
     }
-    wrong = httpx.get(f"{base}/batches", headers={"Authorization": "Bearer nope"})
+    wrong = loopback.get(f"{base}/batches", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == 401
 
 

@@ -13,14 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from pydantic import ValidationError
 
 from gateway.settings import Settings, StorageSettings
 from gateway.storage import BlobMissing, StorageFull, open_blob_store
 from gateway.storage.s3 import S3BlobStore
-from tests.conftest import S3_TEST_CREDENTIALS, S3Server, start_s3_server, stop_s3_server
+from tests.conftest import S3_TEST_CREDENTIALS, S3Server, loopback, start_s3_server, stop_s3_server
 from tests.storage.conftest import PART_BYTES, s3_settings
 
 pytestmark = pytest.mark.usefixtures("s3_env")
@@ -220,7 +219,7 @@ def auth_server() -> Iterator[AuthServer]:
         writer = user("gateway", ["s3:*"])
         reader = user("auditor", ["s3:GetObject", "s3:ListBucket"])
         # From now on every request must be signed by a known user and allowed by its policy.
-        httpx.post(f"{server.endpoint_url}/moto-api/reset-auth", content=b"0", timeout=10).raise_for_status()
+        loopback.post(f"{server.endpoint_url}/moto-api/reset-auth", content=b"0", timeout=10).raise_for_status()
         yield AuthServer(server, bucket, writer, reader)
     finally:
         stop_s3_server(server)
