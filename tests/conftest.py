@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -44,6 +45,18 @@ loopback = httpx.Client(
 whole test process: a new one per call (``httpx.get``) builds a TLS context each time, about 50 ms of CPU, and
 startup waits poll ten times a second. Connections idle for a second are closed, well before a server's own
 keep-alive timeout (5 s in uvicorn) could close one under a request; no cookie is kept from one test to the next."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the processes the tests start (gateways, workers, CLI commands, the test workers themselves) share
+    compiled bytecode, in a folder of the system's temporary directory rather than beside the sources. Where the
+    environment asks for no bytecode files, each of those processes compiled the gateway's sources again: about
+    0.65 of the 2.5 CPU-seconds it takes a gateway to start, and most test modules start one or more."""
+    if os.environ.get("PYTHONPYCACHEPREFIX"):
+        return
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / f"batchgw-tests-pycache-{os.getuid()}")
+
 
 PG_URL = os.environ.get("BATCHGW_TEST_DATABASE_URL")
 DATABASES = ["sqlite", *(["postgresql"] if PG_URL else [])]
