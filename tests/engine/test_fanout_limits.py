@@ -58,9 +58,8 @@ def gateway(
 
 @pytest.fixture
 def workers(gateway: GatewayProcess) -> Iterator[list[GatewayProcess]]:
-    # Two shard steps each: the eight shards spread over the four workers. Idle claims every 0.5 s as in
-    # production (not the tests' 0.1 s): on two cores, four workers polling ten times a second delay requests.
-    env = {"BATCHGW_WORKER__CONCURRENCY": "2", "BATCHGW_WORKER__POLL_INTERVAL_S": "0.5"}
+    # Two shard steps each: the eight shards spread over the four workers.
+    env = {"BATCHGW_WORKER__CONCURRENCY": "2"}
     started = [worker_process(gateway, f"worker-{n}", **env).start("worker") for n in range(WORKERS)]
     yield started
     for worker in started:
