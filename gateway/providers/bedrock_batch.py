@@ -18,6 +18,7 @@ work elsewhere (:meth:`ProviderAdapter.min_requests`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 import httpx
+import msgspec
 
 from gateway.providers.base import (
     LOCAL_BATCH_PREFIX,
@@ -49,6 +51,8 @@ from gateway.providers.bedrock_wire import (
     MANIFEST,
     OUTPUT_SUFFIX,
     ShardIndex,
+    apportion,
+    estimated_tokens,
     job_id_of,
     job_name,
     manifest_tokens,
@@ -125,7 +129,7 @@ class BedrockBatchAdapter(HttpAdapter):
     # ----------------------------------------------------------------- adapter contract
 
     def serves(self, endpoint: str) -> bool:
-        """The endpoints of the configured models' families (Claude: chat; Titan: embeddings)."""
+        """The endpoints of the configured models' families (Claude: chat; Titan and Cohere: embeddings)."""
         return any(self._family(model).endpoint == endpoint for model in self.config.models.values())
 
     async def submit(self, shard: ShardSubmission) -> SubmitResult:
@@ -202,7 +206,8 @@ class BedrockBatchAdapter(HttpAdapter):
         """Append the job's records as OpenAI output lines under their client ``custom_id``s, then the unsent lines.
 
         Records are joined on ``recordId`` (Bedrock does not promise input order); the manifest's token
-        counts are compared with the records' and a difference is logged.
+        counts are compared with the records' and a difference is logged. Answers that carry no token counts
+        (Cohere's) share the manifest's input tokens by the size of their texts.
         """
         local = provider_batch_id.startswith(LOCAL_BATCH_PREFIX)
         job: dict[str, Any] = {}
@@ -223,8 +228,12 @@ class BedrockBatchAdapter(HttpAdapter):
             if not local:
                 folder = self._output_folder(job, provider_batch_id)
                 created = unix_time(job.get("endTime")) or unix_time(job.get("submitTime")) or 0
-                copy = _RecordCopy(self.name, out, index, family, model, job_id_of(provider_batch_id), created)
-                await self._copy_records(folder, copy, _count_of(job, "successRecordCount", "errorRecordCount"))
+                with contextlib.ExitStack() as stack:
+                    copy = _RecordCopy(self.name, out, index, family, model, job_id_of(provider_batch_id), created)
+                    if family.counts_in_manifest:
+                        copy.spool = stack.enter_context(tempfile.TemporaryFile(prefix="batchgw-bedrock-"))
+                    reported = _count_of(job, "successRecordCount", "errorRecordCount")
+                    await self._copy_records(folder, copy, reported)
                 answered = copy.answered
             for rid, custom_id, err in index.rejected:
                 if rid not in answered:
@@ -356,6 +365,7 @@ class BedrockBatchAdapter(HttpAdapter):
             counted = None
             if manifest in keys:
                 counted = manifest_tokens(b"".join([chunk async for chunk in store.iter_bytes(manifest)]))
+            results.price_uncounted(counted)
         except BaseException as exc:
             results.out.truncate(start)
             results.out.seek(start)
@@ -376,7 +386,11 @@ class BedrockBatchAdapter(HttpAdapter):
 
 @dataclass
 class _RecordCopy:
-    """Turns one job's ``.jsonl.out`` records into OpenAI output lines in ``out``, summing their tokens."""
+    """Turns one job's ``.jsonl.out`` records into OpenAI output lines in ``out``, summing their tokens.
+
+    An answer without token counts (Cohere's) waits in a spool until the manifest is read; then the job's
+    input tokens that the counted answers do not account for are shared among them by the size of their texts.
+    """
 
     provider: str
     out: IO[bytes]
@@ -387,7 +401,11 @@ class _RecordCopy:
     created: int
     tokens: tuple[int, int] = (0, 0)
     answered: set[str] = field(default_factory=set)
-    """``recordId``s written."""
+    """``recordId``s written (or waiting in the spool)."""
+    spool: IO[bytes] | None = None
+    """Where answers without token counts wait for the manifest (None: the family's answers all have them)."""
+    _uncounted: list[str] = field(default_factory=list, init=False, repr=False)
+    """``recordId``s of the spooled answers, in spool order."""
 
     def write(self, line: bytes, number: int, key: str) -> None:
         if not line.strip():
@@ -402,7 +420,33 @@ class _RecordCopy:
             why = "nested too deeply to read" if isinstance(exc, RecursionError) else str(exc)
             log.warning("provider %s: skipped %s: %s", self.provider, where, why)
             return
-        self.answered.add(envelope["id"].removeprefix(f"batch_req_{self.job_id}_"))  # the line id ends in the recordId
+        rid = envelope["id"].removeprefix(f"batch_req_{self.job_id}_")  # the line id ends in the recordId
+        self.answered.add(rid)
+        response = envelope["response"]
+        if self.spool is not None and response["status_code"] == 200 and "usage" not in response["body"]:
+            self.spool.write(encode_line(envelope))
+            self._uncounted.append(rid)
+            return
+        self._emit(envelope)
+
+    def price_uncounted(self, counted: tuple[int, int] | None) -> None:
+        """Write the spooled answers, priced from the manifest's counts (``None``: by the bytes / 4 rule)."""
+        if self.spool is None or not self._uncounted:
+            return
+        weights = [self.index.text_bytes.get(rid, 0) for rid in self._uncounted]
+        if counted is None:
+            shares = [estimated_tokens(weight) for weight in weights]
+            log.warning("provider %s: job %s has no token counts in its manifest; %d answers are priced at the "
+                        "estimate", self.provider, self.job_id, len(shares))  # fmt: skip
+        else:
+            shares = apportion(max(0, counted[0] - self.tokens[0]), weights)
+        self.spool.seek(0)
+        for raw, share in zip(self.spool, shares, strict=True):  # one line at a time: embeddings are large
+            envelope = msgspec.json.decode(raw)
+            envelope["response"]["body"]["usage"] = {"prompt_tokens": share, "total_tokens": share}
+            self._emit(envelope)
+
+    def _emit(self, envelope: dict[str, Any]) -> None:
         used = response_tokens(envelope)
         self.tokens = (self.tokens[0] + used[0], self.tokens[1] + used[1])
         self.out.write(encode_line(envelope))

@@ -106,6 +106,9 @@ class ShardIndex:
     """Bytes of the records written."""
     known: bool = True
     """False when the shard input is gone: records then keep their ``recordId`` as ``custom_id`` (billing only)."""
+    text_bytes: dict[str, int] = field(default_factory=dict)
+    """``recordId`` -> UTF-8 bytes of the texts it sends, for families priced from the manifest: each answer's
+    share of the job's token count."""
 
 
 def translate_shard(
@@ -127,6 +130,10 @@ def translate_shard(
             index.sent += 1
             if request.get("encoding_format") == "base64":
                 index.base64.add(rid)
+            if family.counts_in_manifest:
+                text = request.get("input")  # translation took it: a string or a list of strings
+                texts: list[str] = [text] if isinstance(text, str) else list(text or [])
+                index.text_bytes[rid] = sum(len(t.encode()) for t in texts)
             if out is not None:
                 encoded = encode_line({"recordId": rid, "modelInput": model_input})
                 out.write(encoded)
@@ -169,7 +176,7 @@ def result_envelope(
         return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
     answer = from_model_output(family, record.modelOutput, model, created)
     if record.recordId in index.base64:
-        answer = vectors_as_base64(answer, "Titan")
+        answer = vectors_as_base64(answer, family.name)
     response = {"status_code": 200, "request_id": request_id, "body": answer}
     return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
 
@@ -195,3 +202,23 @@ def response_tokens(envelope: Mapping[str, Any]) -> tuple[int, int]:
     if not isinstance(usage, dict):
         return 0, 0
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def estimated_tokens(text_bytes: int) -> int:
+    """Input tokens of texts by the gateway's bytes / 4 rule, for an answer no count covers."""
+    return -(-text_bytes // 4)
+
+
+def apportion(total: int, weights: list[int]) -> list[int]:
+    """``total`` split into whole shares proportional to ``weights`` that sum to it exactly (largest remainder;
+    equal shares when every weight is 0)."""
+    if not weights:
+        return []
+    if sum(weights) <= 0:
+        weights = [1] * len(weights)
+    whole = sum(weights)
+    shares = [total * w // whole for w in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (total * weights[i]) % whole, reverse=True)
+    for i in by_remainder[: total - sum(shares)]:
+        shares[i] += 1
+    return shares

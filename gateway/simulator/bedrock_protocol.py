@@ -6,7 +6,8 @@ is one ``.jsonl`` object or every ``.jsonl`` object under a prefix, one ``{"reco
 its output is ``<output s3Uri>/<job id>/<input file name>.out`` per input file (one line per processed record, to
 be joined on ``recordId``) plus ``<output s3Uri>/<job id>/manifest.json.out``. ``modelInput`` is the model's
 native InvokeModel body: Anthropic Messages for Claude (``anthropic_version: "bedrock-2023-05-31"``, no ``model``
-or ``stream``) and ``{"inputText", ...}`` for Titan text embeddings. Other model families answer a per-record 400.
+or ``stream``), ``{"inputText", ...}`` for Titan text embeddings and ``{"texts", "input_type", ...}`` for Cohere Embed
+v3 and v4, whose answers carry no token counts (the manifest does). Other model families answer a per-record 400.
 
 Calls authenticate with a Bedrock API key (``Authorization: Bearer <api_key>``) or a SigV4 ``Authorization``
 header whose access key id is the spec's ``api_key``. The emulator sees only headers, so the signature itself is
@@ -66,6 +67,14 @@ TITAN_V2_FIELDS = frozenset({"inputText", "dimensions", "normalize", "embeddingT
 TITAN_V2_DIMENSIONS = (256, 512, 1024)
 TITAN_V1_DIMENSIONS = 1536
 EMBEDDING_TYPES = frozenset({"float", "binary"})
+COHERE_V3_FIELDS = frozenset({"texts", "images", "input_type", "truncate", "embedding_types"})
+COHERE_V4_FIELDS = COHERE_V3_FIELDS | {"inputs", "output_dimension", "max_tokens"}
+COHERE_INPUT_TYPES = frozenset({"search_document", "search_query", "classification", "clustering"})
+COHERE_V3_TYPES = frozenset({"float", "int8", "uint8", "binary"})
+COHERE_V4_TYPES = COHERE_V3_TYPES | {"ubinary"}
+COHERE_V3_DIMENSIONS = 1024
+COHERE_V4_DIMENSIONS = (256, 512, 1024, 1536)
+COHERE_MAX_TEXTS = 96
 
 
 # --- errors and authentication ---------------------------------------------------------------------------
@@ -187,7 +196,51 @@ def embed_titan(model: str, body: dict[str, Any], _key: str) -> tuple[dict[str, 
     return {"embedding": vector, "embeddingsByType": by_type, "inputTextTokenCount": tokens}, tokens, 0
 
 
-FAMILIES: dict[str, Invocation] = {"anthropic.": invoke_claude, "amazon.titan-embed-text": embed_titan}
+def embed_cohere(model: str, body: dict[str, Any], key: str) -> tuple[dict[str, Any], int, int]:
+    """A Cohere Embed response: ``embeddings`` as float vectors (``embeddings_floats``), or by type when
+    ``embedding_types`` is given (``embeddings_by_type``). No token counts in the body: InvokeModel sends them
+    as response headers, which a batch record has no room for; the tokens still reach the manifest."""
+    v4 = base_model_id(model).startswith("cohere.embed-v4")
+    extra = sorted(set(body) - (COHERE_V4_FIELDS if v4 else COHERE_V3_FIELDS))
+    if extra:
+        raise malformed(f"#: extraneous key [{extra[0]}] is not permitted")
+    if body.get("input_type") not in COHERE_INPUT_TYPES:
+        raise malformed("#: required key [input_type] not found" if "input_type" not in body
+                        else f"#/input_type: {body['input_type']} is not a valid enum value")  # fmt: skip
+    texts = body.get("texts")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        missing = texts is None  # images and inputs are not emulated
+        raise malformed("#: required key [texts] not found" if missing else "#/texts: expected JSONArray of strings")
+    if len(texts) > COHERE_MAX_TEXTS:
+        raise malformed(f"#/texts: expected maximum item count: {COHERE_MAX_TEXTS}, found: {len(texts)}")
+    dimensions = body.get("output_dimension", COHERE_V4_DIMENSIONS[-1]) if v4 else COHERE_V3_DIMENSIONS
+    if isinstance(dimensions, bool) or dimensions not in (COHERE_V4_DIMENSIONS if v4 else (COHERE_V3_DIMENSIONS,)):
+        raise malformed(f"#/output_dimension: {dimensions} is not a valid enum value")
+    types = body.get("embedding_types")
+    allowed = COHERE_V4_TYPES if v4 else COHERE_V3_TYPES
+    if types is not None and (not isinstance(types, list) or not types or not set(types) <= allowed):
+        raise malformed(f"#/embedding_types: expected a non-empty array of values among {sorted(allowed)}")
+    vectors = [embedding_vector(text, dimensions) for text in texts]
+    output: dict[str, Any] = {"id": stable_id("", key, length=32), "texts": texts}
+    if types is None:
+        output |= {"embeddings": vectors, "response_type": "embeddings_floats"}
+    else:
+        by_type: dict[str, list[Any]] = {}
+        for kind in types:
+            if kind == "float":
+                by_type[kind] = vectors
+            elif kind in ("binary", "ubinary"):
+                by_type[kind] = [[1 if v > 0 else 0 for v in vector] for vector in vectors]
+            else:  # int8, uint8
+                offset = 128 if kind == "uint8" else 0
+                by_type[kind] = [[round(v * 127) + offset for v in vector] for vector in vectors]
+        output |= {"embeddings": by_type, "response_type": "embeddings_by_type"}
+    return output, sum(text_tokens(text) for text in texts), 0
+
+
+FAMILIES: dict[str, Invocation] = {
+    "anthropic.": invoke_claude, "amazon.titan-embed-text": embed_titan, "cohere.embed-": embed_cohere,
+}  # fmt: skip
 """Model id prefix (after any geo prefix) -> how its InvokeModel bodies are answered."""
 
 

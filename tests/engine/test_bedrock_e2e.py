@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.simulator import ProviderSpec, SimulatorCluster
+from gateway.simulator import ProviderSpec, SimulatorCluster, text_tokens
 from tests.conftest import ENGINE_ENV, S3_TEST_CREDENTIALS, GatewayProcess, S3Server
 from tests.engine import (
     CHAT,
@@ -36,6 +36,7 @@ from tests.engine import (
 
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
 TITAN = "amazon.titan-embed-text-v2:0"
+COHERE = "cohere.embed-v4:0"
 MINIMUM = 100
 ROLE = "arn:aws:iam::123456789012:role/BatchInference"
 PRICES = {
@@ -45,6 +46,8 @@ PRICES = {
     ("claude-bedrock-only", "bedrock"): (CLAUDE, 0.125, 0.625),
     ("embed", "bedrock"): (TITAN, 0.01, 0.0),
     ("embed", "fallback"): ("embed-on-openai", 0.02, 0.0),
+    ("embed-cohere", "bedrock"): (COHERE, 0.06, 0.0),
+    ("embed-cohere", "fallback"): ("embed-on-openai", 0.10, 0.0),
 }
 CREATED = "submit.after_provider_create"
 LEASE_S = 3.0
@@ -57,7 +60,7 @@ def cluster(s3_server: S3Server, aws_env: None) -> Iterator[SimulatorCluster]:
         ProviderSpec(
             name="bedrock-emu",
             kind="bedrock",
-            models=[CLAUDE, TITAN],
+            models=[CLAUDE, TITAN, COHERE],
             processing_delay_s=0.5,
             s3_endpoint_url=s3_server.endpoint_url,
             min_records=MINIMUM,
@@ -98,7 +101,7 @@ def gateway_env(
         ]
     (folder / "providers.toml").write_text("\n".join(lines), encoding="utf-8")
     catalog = ["schema_version = 1", ""]
-    for logical in ("claude-haiku", "claude-bedrock-only", "embed"):
+    for logical in ("claude-haiku", "claude-bedrock-only", "embed", "embed-cohere"):
         catalog += [f'[models."{logical}"]']
         for (model_name, provider), (model, batch_in, batch_out) in PRICES.items():
             if model_name != logical:
@@ -287,12 +290,16 @@ def test_a_worker_killed_right_after_its_create_leaves_one_job_that_the_next_ado
     assert (rows, requests) == (1, MINIMUM)
 
 
-def test_an_embeddings_backfill_of_10000_inputs_runs_on_titan(
-    client: openai.OpenAI, cluster: SimulatorCluster, database_kind: str
+@pytest.mark.parametrize(("model", "family"), [("embed", "titan"), ("embed-cohere", "cohere")])
+def test_an_embeddings_backfill_of_10000_inputs_runs_on_bedrock_billed_at_bedrocks_count(
+    model: str, family: str, client: openai.OpenAI, gateway: GatewayProcess, database_kind: str
 ) -> None:
+    """Titan answers carry their token counts; Cohere's do not, and share the job manifests' counts."""
     if database_kind != "sqlite":
         pytest.skip("the backfill measures the provider kind; the database's part is the same as in the tests above")
-    requests = [embedding_request(f"doc-{i:05d}", f"document number {i}", model="embed") for i in range(10_000)]
+    # Accented texts: the gateway's own estimate (UTF-8 bytes / 4) comes out above the emulator's count.
+    texts = {f"doc-{i:05d}": f"document number {i}" + " résumé" * (i % 5) for i in range(10_000)}
+    requests = [embedding_request(custom_id, text, model=model) for custom_id, text in texts.items()]
     for line in requests:
         line["body"]["dimensions"] = 256
     batch = wait_for(client, submit(client, requests, endpoint=EMBEDDINGS).id, timeout=300)
@@ -301,7 +308,12 @@ def test_an_embeddings_backfill_of_10000_inputs_runs_on_titan(
     assert providers_of(outcome) == {"bedrock": 10_000}
     sample = outcome.output["doc-04321"]["response"]["body"]
     assert sample["object"] == "list" and len(sample["data"][0]["embedding"]) == 256
-    assert sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in outcome.output.values()) > 10_000
+    counted = sum(text_tokens(text) for text in texts.values())  # what the emulator bills, as its manifest says
+    answered = sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in outcome.output.values())
+    [(tokens, cost)] = query(gateway, "SELECT SUM(input_tokens), SUM(cost_usd) FROM ledger WHERE batch_id = :b",
+                             b=batch.id)  # fmt: skip
+    assert answered == tokens == counted
+    assert cost == pytest.approx(counted * PRICES[(model, "bedrock")][1] / 1e6, rel=1e-9)
 
 
 @pytest.mark.parametrize("point", ["submit.before_provider_create", "submit.after_provider_create"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import math
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,13 @@ from gateway.providers.base import (
 )
 from gateway.providers.bedrock_batch import BedrockBatchAdapter
 from gateway.providers.config import ProviderConfig, ProviderLimits
-from gateway.simulator import ProviderSpec, SimulatorCluster
+from gateway.simulator import ProviderSpec, SimulatorCluster, embedding_vector
 from tests.conftest import S3_TEST_CREDENTIALS, S3Server, free_port
 from tests.providers.support import FAST_RETRY, calls, questions, read_lines, wait_terminal, write_shard
 
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
 TITAN = "amazon.titan-embed-text-v2:0"
+COHERE = "cohere.embed-v4:0"
 EMBEDDINGS = "/v1/embeddings"
 ACCESS_KEY = S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"]
 API_KEY = "bedrock-api-key-5c1e9a"
@@ -42,7 +46,7 @@ def bucket(s3_server: S3Server) -> str:
 def cluster(aws_env: None, s3_server: S3Server) -> Iterator[SimulatorCluster]:
     """Signed calls must carry the S3 test key id; bearer calls the API key (the emulator takes either)."""
     spec = ProviderSpec(
-        name="bedrock", kind="bedrock", models=[CLAUDE, TITAN], api_key=ACCESS_KEY, processing_delay_s=0.2,
+        name="bedrock", kind="bedrock", models=[CLAUDE, TITAN, COHERE], api_key=ACCESS_KEY, processing_delay_s=0.2,
         s3_endpoint_url=s3_server.endpoint_url, min_records=MINIMUM,
     )  # fmt: skip
     with SimulatorCluster([spec], control_port=None) as running:
@@ -53,9 +57,8 @@ def adapter_of(
     cluster: SimulatorCluster, http: httpx.AsyncClient, s3: S3Server, bucket: str, **options: Any
 ) -> BedrockBatchAdapter:
     limits = ProviderLimits(min_requests_per_batch=options.pop("min_requests", MINIMUM))
-    config = ProviderConfig(
-        name="bedrock", kind="bedrock", base_url=cluster.base_url("bedrock"), models=[CLAUDE, TITAN], limits=limits
-    )
+    url = cluster.base_url("bedrock")
+    config = ProviderConfig(name="bedrock", kind="bedrock", base_url=url, models=[CLAUDE, TITAN, COHERE], limits=limits)
     settings = {
         "role_arn": ROLE, "s3_uri": f"s3://{bucket}/jobs", "s3_endpoint_url": s3.endpoint_url, "s3_allow_http": True,
         "region": "us-east-1",
@@ -122,6 +125,82 @@ async def test_titan_embeddings_round_trip_in_float_and_base64(adapter: BedrockB
     assert isinstance(by_id["e0"]["body"]["data"][0]["embedding"], str)
     vector = by_id["e2"]["body"]["data"][0]["embedding"]
     assert len(vector) == 256 and by_id["e2"]["body"]["usage"]["prompt_tokens"] > 0
+
+
+def cohere_lines(count: int) -> list[dict[str, Any]]:
+    """Embeddings requests of texts of different sizes (one of two texts, one in base64, one of 512 dimensions);
+    accented, so the gateway's own estimate (UTF-8 bytes / 4) differs from the emulator's count."""
+    lines = [{"custom_id": f"c{i}", "body": {"model": COHERE, "input": f"tèxt {i} " + "é" * (i * 7 % 90)}}
+             for i in range(count)]  # fmt: skip
+    lines[1]["body"]["input"] = ["first of two", "second of two, longer"]
+    lines[2]["body"]["encoding_format"] = "base64"
+    lines[3]["body"] |= {"dimensions": 512, "input_type": "search_query"}
+    lines[4]["body"]["input_type"] = "image"  # not a text input type: a 400 line, never sent
+    return lines
+
+
+def manifest_of(s3: S3Server, bucket: str, shard: Any) -> dict[str, Any]:
+    (key,) = [k for k in s3.keys(bucket, f"jobs/{shard.submit_token}/out/") if k.endswith("manifest.json.out")]
+    manifest: dict[str, Any] = json.loads(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    return manifest
+
+
+async def test_cohere_answers_share_the_manifests_token_count_by_the_size_of_their_texts(
+    adapter: BedrockBatchAdapter, cluster: SimulatorCluster, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    cluster.set_faults("bedrock", fail_fraction=0.25, shuffle_output=True)
+    lines = cohere_lines(40)
+    shard = write_shard(tmp_path, lines, COHERE, endpoint=EMBEDDINGS)
+    submitted = await adapter.submit(shard)
+    final = await wait_terminal(adapter, submitted.provider_batch_id)
+    assert final.state is ProviderBatchState.COMPLETED and final.failed > 0 and final.completed + final.failed == 39
+    dest = tmp_path / "out.jsonl"
+    await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    by_id = {line["custom_id"]: line["response"] for line in read_lines(dest)}
+    assert sorted(by_id) == sorted(line["custom_id"] for line in lines)
+    assert by_id["c4"]["status_code"] == 400 and "input_type" in by_id["c4"]["body"]["error"]["message"]
+    answered = {cid: r["body"] for cid, r in by_id.items() if r["status_code"] == 200}
+    assert len(answered) == final.completed
+
+    manifest = manifest_of(s3_server, bucket, shard)
+    tokens = {cid: body["usage"]["prompt_tokens"] for cid, body in answered.items()}
+    assert sum(tokens.values()) == manifest["inputTokenCount"] > 0  # the ledger bills what Bedrock counted
+    texts = {line["custom_id"]: line["body"]["input"] for line in lines}
+    size = {cid: sum(len(t.encode()) for t in ([texts[cid]] if isinstance(texts[cid], str) else texts[cid]))
+            for cid in answered}  # fmt: skip
+    for cid, used in tokens.items():  # each answer's share of the count, to the token
+        assert abs(used - manifest["inputTokenCount"] * size[cid] / sum(size.values())) < 1
+        assert answered[cid]["usage"]["total_tokens"] == used
+
+    for cid, body in answered.items():
+        expected = [embedding_vector(t, 512 if cid == "c3" else 1536) for t in
+                    ([texts[cid]] if isinstance(texts[cid], str) else texts[cid])]  # fmt: skip
+        vectors = [item["embedding"] for item in body["data"]]
+        if cid == "c2":
+            vectors = [list(struct.unpack(f"<{len(expected[0])}f", base64.b64decode(vectors[0])))]
+            assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(vectors[0], expected[0], strict=True))
+        else:
+            assert vectors == expected
+
+
+async def test_cohere_answers_are_priced_at_the_estimate_when_the_manifest_is_gone(
+    adapter: BedrockBatchAdapter, s3_server: S3Server, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = [line for line in cohere_lines(8) if line["custom_id"] != "c4"]
+    shard = write_shard(tmp_path, lines, COHERE, endpoint=EMBEDDINGS)
+    submitted = await adapter.submit(shard)
+    assert (await wait_terminal(adapter, submitted.provider_batch_id)).completed == len(lines)
+    (key,) = [k for k in s3_server.keys(bucket, f"jobs/{shard.submit_token}/out/") if k.endswith("manifest.json.out")]
+    s3_server.client().delete_object(Bucket=bucket, Key=key)
+    dest = tmp_path / "out.jsonl"
+    with caplog.at_level(logging.WARNING, logger="gateway.providers.bedrock_batch"):
+        await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    texts = {line["custom_id"]: line["body"]["input"] for line in lines}
+    for line in read_lines(dest):
+        text = texts[line["custom_id"]]
+        size = sum(len(t.encode()) for t in ([text] if isinstance(text, str) else text))
+        assert line["response"]["body"]["usage"]["prompt_tokens"] == -(-size // 4)  # bytes / 4, rounded up
+    assert "no token counts in its manifest; 7 answers are priced at the estimate" in caplog.text
 
 
 async def test_a_repeated_submit_of_the_same_shard_creates_one_job_and_is_found_by_its_token(

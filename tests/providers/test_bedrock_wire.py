@@ -11,6 +11,8 @@ import pytest
 from gateway.providers.base import ProviderBatchState
 from gateway.providers.bedrock_wire import (
     JOB_STATUS,
+    apportion,
+    estimated_tokens,
     job_id_of,
     manifest_tokens,
     parse_job,
@@ -20,7 +22,7 @@ from gateway.providers.bedrock_wire import (
     translate_shard,
 )
 from gateway.translate import MalformedResult
-from gateway.translate.bedrock import CHAT, family_of
+from gateway.translate.bedrock import CHAT, EMBEDDINGS, family_of
 
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
 ARN = "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/ab12cd34ef56"
@@ -107,3 +109,32 @@ def test_result_records_join_on_record_id_whatever_their_order(tmp_path: Path) -
 def test_manifest_token_counts() -> None:
     assert manifest_tokens(b'{"inputTokenCount": 10, "outputTokenCount": 4, "totalRecordCount": 2}') == (10, 4)
     assert manifest_tokens(b'{"totalRecordCount": 2}') is None and manifest_tokens(b"nope") is None
+
+
+@pytest.mark.parametrize(
+    ("total", "weights"),
+    [(10, [1, 1, 1]), (1_000, [3, 5, 2, 0]), (7, [0, 0]), (0, [4, 5]), (12_345, [17, 1, 250, 9, 9, 9]), (3, [1] * 10)],
+)
+def test_a_total_is_shared_by_weight_in_whole_tokens_that_sum_to_it(total: int, weights: list[int]) -> None:
+    shares = apportion(total, weights)
+    assert sum(shares) == total and len(shares) == len(weights) and min(shares) >= 0
+    whole = sum(weights) or len(weights)
+    for share, weight in zip(shares, weights, strict=True):
+        exact = total * (weight if sum(weights) else 1) / whole
+        assert abs(share - exact) < 1  # never a token more or less than its exact share, rounded
+
+
+def test_a_cohere_shard_index_keeps_the_bytes_of_each_records_texts(tmp_path: Path) -> None:
+    family = family_of("cohere.embed-v4:0")
+    assert family is not None
+    shard = tmp_path / "shard.jsonl"
+    lines = [
+        {"custom_id": "a", "body": {"input": "héllo"}},
+        {"custom_id": "b", "body": {"input": ["one", "three"]}},
+        {"custom_id": "c", "body": {"input": "x", "input_type": "image"}},
+    ]
+    shard.write_text("".join(json.dumps({**line, "method": "POST", "url": EMBEDDINGS}) + "\n" for line in lines))
+    index = translate_shard(shard, EMBEDDINGS, family, 100)
+    assert index.text_bytes == {record_id(1): 6, record_id(2): 8} and index.sent == 2
+    assert [rid for rid, _, _ in index.rejected] == [record_id(3)]
+    assert estimated_tokens(6) == 2 and estimated_tokens(8) == 2 and estimated_tokens(0) == 0

@@ -33,6 +33,8 @@ ROLE = f"arn:aws:iam::{ACCOUNT}:role/BedrockBatchRole"
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
 CLAUDE_GEO = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
 TITAN = "amazon.titan-embed-text-v2:0"
+COHERE_V3 = "cohere.embed-english-v3"
+COHERE_V4 = "cohere.embed-v4:0"
 LLAMA = "meta.llama3-8b-instruct-v1:0"
 VERSION = "bedrock-2023-05-31"
 MIN_RECORDS = 3
@@ -46,7 +48,8 @@ ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 @pytest.fixture(scope="module")
 def cluster(s3_server: S3Server, aws_env: None) -> Iterator[SimulatorCluster]:
     spec = ProviderSpec(
-        name=NAME, kind="bedrock", models=[CLAUDE, CLAUDE_GEO, TITAN, LLAMA], api_key=KEY, processing_delay_s=0.1,
+        name=NAME, kind="bedrock", models=[CLAUDE, CLAUDE_GEO, TITAN, COHERE_V3, COHERE_V4, LLAMA], api_key=KEY,
+        processing_delay_s=0.1,
         s3_endpoint_url=s3_server.endpoint_url, min_records=MIN_RECORDS,
     )  # fmt: skip
     with SimulatorCluster([spec], control_port=None) as running:
@@ -255,6 +258,47 @@ def test_a_titan_embeddings_job_answers_deterministic_vectors(
     manifest = json.loads(written["manifest.json.out"])
     tokens = sum(text_tokens(str(bodies[k]["inputText"])) for k in ("SMALL", "DEFAULT", "RAW"))
     assert (manifest["inputTokenCount"], manifest["outputTokenCount"]) == (tokens, 0)
+
+
+def test_a_cohere_embed_job_answers_vectors_without_token_counts_and_counts_them_in_the_manifest(
+    client: httpx.Client, s3_server: S3Server, bucket: str
+) -> None:
+    v4: dict[str, dict[str, Any]] = {
+        "FLOATS": {"texts": ["alpha", "beta gamma"], "input_type": "search_document"},
+        "BYTYPE": {"texts": ["delta"], "input_type": "search_query", "embedding_types": ["float", "int8"],
+                   "output_dimension": 256},
+        "NOTYPE": {"texts": ["epsilon"]},
+        "SIZE": {"texts": ["zeta"], "input_type": "clustering", "output_dimension": 300},
+    }  # fmt: skip
+    put_jsonl(s3_server, bucket, "in/cohere4.jsonl", [{"recordId": k, "modelInput": v} for k, v in v4.items()])
+    job = wait_for(client, create(client, bucket, model=COHERE_V4, source="in/cohere4.jsonl"))
+    assert job["status"] == "Completed" and (job["successRecordCount"], job["errorRecordCount"]) == (2, 2)
+    written = outputs(s3_server, bucket, job["jobArn"])
+    lines = {line["recordId"]: line for line in jsonl(written["cohere4.jsonl.out"])}
+    floats, by_type = lines["FLOATS"]["modelOutput"], lines["BYTYPE"]["modelOutput"]
+    assert floats["response_type"] == "embeddings_floats" and floats["texts"] == ["alpha", "beta gamma"]
+    assert floats["embeddings"] == [embedding_vector("alpha", 1536), embedding_vector("beta gamma", 1536)]
+    assert by_type["response_type"] == "embeddings_by_type" and set(by_type["embeddings"]) == {"float", "int8"}
+    assert by_type["embeddings"]["float"] == [embedding_vector("delta", 256)]
+    assert all(-128 <= v <= 127 for v in by_type["embeddings"]["int8"][0])
+    assert not any("token" in name.lower() for output in (floats, by_type) for name in output)
+    assert "input_type" in lines["NOTYPE"]["error"]["errorMessage"]
+    assert "output_dimension" in lines["SIZE"]["error"]["errorMessage"]
+    manifest = json.loads(written["manifest.json.out"])
+    tokens = sum(text_tokens(text) for text in ("alpha", "beta gamma", "delta"))
+    assert (manifest["inputTokenCount"], manifest["outputTokenCount"]) == (tokens, 0)
+
+    v3 = [
+        {"recordId": "V3", "modelInput": {"texts": ["eta"], "input_type": "classification"}},
+        {"recordId": "V4FIELD", "modelInput": {"texts": ["eta"], "input_type": "clustering", "output_dimension": 256}},
+        {"recordId": "MANY", "modelInput": {"texts": ["t"] * 97, "input_type": "clustering"}},
+    ]  # fmt: skip
+    put_jsonl(s3_server, bucket, "in/cohere3.jsonl", v3)
+    job = wait_for(client, create(client, bucket, name="job-3", model=COHERE_V3, source="in/cohere3.jsonl"))
+    lines = {line["recordId"]: line for line in jsonl(outputs(s3_server, bucket, job["jobArn"])["cohere3.jsonl.out"])}
+    assert lines["V3"]["modelOutput"]["embeddings"] == [embedding_vector("eta", 1024)]
+    assert "extraneous key [output_dimension]" in lines["V4FIELD"]["error"]["errorMessage"]
+    assert "maximum item count: 96" in lines["MANY"]["error"]["errorMessage"]
 
 
 def test_a_model_family_without_an_emulated_body_gets_per_record_400s(

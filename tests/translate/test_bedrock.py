@@ -20,6 +20,8 @@ from gateway.translate.bedrock import (
 
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
 TITAN = "amazon.titan-embed-text-v2:0"
+COHERE_V3 = "cohere.embed-english-v3"
+COHERE_V4 = "us.cohere.embed-v4:0"
 
 
 @pytest.mark.parametrize(
@@ -31,7 +33,11 @@ TITAN = "amazon.titan-embed-text-v2:0"
         ("arn:aws:bedrock:us-east-1:123456789012:inference-profile/eu.anthropic.claude-3-haiku", "anthropic"),
         (TITAN, "titan-embed"),
         ("meta.llama3-70b-instruct-v1:0", None),
-        ("cohere.embed-english-v3", None),
+        (COHERE_V3, "cohere-embed-v3"),
+        ("cohere.embed-multilingual-v3", "cohere-embed-v3"),
+        ("cohere.embed-v4:0", "cohere-embed-v4"),
+        (COHERE_V4, "cohere-embed-v4"),
+        ("cohere.command-r-v1:0", None),
         ("amazon.nova-lite-v1:0", None),
     ],
 )
@@ -123,6 +129,57 @@ def test_a_titan_answer_becomes_an_embeddings_list_in_float_or_base64() -> None:
     assert answer["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
     packed = vectors_as_base64(answer, "Titan")["data"][0]["embedding"]
     assert struct.unpack("<2f", base64.b64decode(packed)) == (0.5, -1.0)
+
+
+def test_cohere_bodies_carry_every_text_of_a_request_with_an_input_type() -> None:
+    v3, v4 = family_of(COHERE_V3), family_of(COHERE_V4)
+    assert v3 is not None and v4 is not None
+    assert to_model_input(v3, EMBEDDINGS, {"model": COHERE_V3, "input": "one", "user": "u"}) == {
+        "texts": ["one"], "input_type": "search_document",
+    }  # fmt: skip
+    asked = {"input": ["a", "b"], "input_type": "search_query", "dimensions": 512, "encoding_format": "base64"}
+    assert to_model_input(v4, EMBEDDINGS, asked) == {
+        "texts": ["a", "b"], "input_type": "search_query", "output_dimension": 512,
+    }  # fmt: skip
+    titan = family_of(TITAN)
+    assert v3.counts_in_manifest and v4.counts_in_manifest and titan is not None and not titan.counts_in_manifest
+
+
+@pytest.mark.parametrize(
+    ("model", "bad", "param"),
+    [
+        (COHERE_V3, {"input": "a", "dimensions": 512}, "dimensions"),  # v3's vectors have one size
+        (COHERE_V4, {"input": "a", "dimensions": 300}, "dimensions"),
+        (COHERE_V4, {"input": "a", "input_type": "image"}, "input_type"),
+        (COHERE_V4, {"input": ["a", ""]}, "input"),
+        (COHERE_V4, {"input": [[1, 2]]}, "input"),
+        (COHERE_V4, {"input": ["t"] * 97}, "input"),
+        (COHERE_V4, {"input": "a", "encoding_format": "int8"}, "encoding_format"),
+        (COHERE_V3, {"input": "a", "truncate": "END"}, "truncate"),
+    ],
+)
+def test_cohere_refuses_what_it_cannot_run_naming_the_field(model: str, bad: dict[str, object], param: str) -> None:
+    family = family_of(model)
+    assert family is not None
+    with pytest.raises(TranslationError) as refused:
+        to_model_input(family, EMBEDDINGS, bad)
+    assert refused.value.param == param
+
+
+@pytest.mark.parametrize(
+    "embeddings", [[[0.5, -1.0], [0.25, 0.0]], {"float": [[0.5, -1.0], [0.25, 0.0]], "int8": [[64, -127], [32, 0]]}]
+)
+def test_a_cohere_answer_in_either_shape_becomes_an_embeddings_list_without_usage(embeddings: object) -> None:
+    family = family_of(COHERE_V3)
+    assert family is not None
+    output = {"id": "x", "texts": ["a", "b"], "embeddings": embeddings, "response_type": "embeddings_floats"}
+    answer = from_model_output(family, output, COHERE_V3, 0)
+    assert [item["embedding"] for item in answer["data"]] == [[0.5, -1.0], [0.25, 0.0]]
+    assert [item["index"] for item in answer["data"]] == [0, 1] and "usage" not in answer  # priced from the manifest
+    billed = from_model_output(family, {**output, "meta": {"billed_units": {"input_tokens": 7}}}, COHERE_V3, 0)
+    assert billed["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    with pytest.raises(MalformedResult, match="without float embeddings"):
+        from_model_output(family, {"embeddings": {"int8": [[1]]}}, COHERE_V3, 0)
 
 
 @pytest.mark.parametrize(
