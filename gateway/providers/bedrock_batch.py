@@ -231,7 +231,10 @@ class BedrockBatchAdapter(HttpAdapter):
                 with contextlib.ExitStack() as stack:
                     copy = _RecordCopy(self.name, out, index, family, model, job_id_of(provider_batch_id), created)
                     if family.counts_in_manifest:
-                        copy.spool = stack.enter_context(tempfile.TemporaryFile(prefix="batchgw-bedrock-"))
+                        try:
+                            copy.spool = stack.enter_context(tempfile.TemporaryFile(prefix="batchgw-bedrock-"))
+                        except OSError as exc:  # a full or missing temporary folder passes
+                            raise ProviderUnavailable(f"provider {self.name}: no temporary file: {exc}") from None
                     reported = _count_of(job, "successRecordCount", "errorRecordCount")
                     await self._copy_records(folder, copy, reported)
                 answered = copy.answered
@@ -434,12 +437,14 @@ class _RecordCopy:
         if self.spool is None or not self._uncounted:
             return
         weights = [self.index.text_bytes.get(rid, 0) for rid in self._uncounted]
-        if counted is None:
+        left = counted[0] - self.tokens[0] if counted is not None else 0
+        if left > 0:
+            shares = apportion(left, weights)
+        else:  # never bill answered texts at nothing: a missing or short count is logged and estimated
             shares = [estimated_tokens(weight) for weight in weights]
-            log.warning("provider %s: job %s has no token counts in its manifest; %d answers are priced at the "
-                        "estimate", self.provider, self.job_id, len(shares))  # fmt: skip
-        else:
-            shares = apportion(max(0, counted[0] - self.tokens[0]), weights)
+            why = "no token counts in its manifest" if counted is None else "too few input tokens in its manifest"
+            log.warning("provider %s: job %s has %s; %d answers are priced at the estimate",
+                        self.provider, self.job_id, why, len(shares))  # fmt: skip
         self.spool.seek(0)
         for raw, share in zip(self.spool, shares, strict=True):  # one line at a time: embeddings are large
             envelope = msgspec.json.decode(raw)

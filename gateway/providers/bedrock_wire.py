@@ -146,8 +146,20 @@ def translate_shard(
 
 class _Record(msgspec.Struct):
     recordId: Any = None  # Bedrock's field names
+    modelInput: msgspec.Raw = msgspec.Raw()
+    """Kept undecoded: read only for families priced from the manifest."""
     modelOutput: Any = None
     error: Any = None
+
+
+def _sent_texts(model_input: msgspec.Raw) -> list[str] | None:
+    """The ``texts`` a record's echoed ``modelInput`` holds, None if it holds none."""
+    try:
+        sent = msgspec.json.decode(model_input) if model_input else None
+    except msgspec.DecodeError:
+        return None
+    texts = sent.get("texts") if isinstance(sent, dict) else None
+    return texts if isinstance(texts, list) and all(isinstance(t, str) for t in texts) else None
 
 
 _record_decoder = msgspec.json.Decoder(_Record)
@@ -156,7 +168,8 @@ _record_decoder = msgspec.json.Decoder(_Record)
 def result_envelope(
     raw: bytes, *, index: ShardIndex, family: Family, model: str, job_id: str, created: int
 ) -> dict[str, Any]:
-    """The OpenAI output line of one ``.jsonl.out`` record; raises :class:`MalformedResult`."""
+    """The OpenAI output line of one ``.jsonl.out`` record; raises :class:`MalformedResult`. For a family priced
+    from the manifest, the record's texts (echoed in ``modelInput``) are noted in ``index.text_bytes``."""
     try:
         record = _record_decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -175,6 +188,13 @@ def result_envelope(
         response = {"status_code": status, "request_id": request_id, "body": body}
         return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
     answer = from_model_output(family, record.modelOutput, model, created)
+    if family.counts_in_manifest:
+        texts = _sent_texts(record.modelInput)
+        if texts is not None:
+            if len(answer["data"]) != len(texts):
+                raise MalformedResult(f"{len(answer['data'])} vectors for {len(texts)} texts")
+            # The record's own texts weigh its share of the manifest's count, even without the shard input.
+            index.text_bytes.setdefault(record.recordId, sum(len(text.encode()) for text in texts))
     if record.recordId in index.base64:
         answer = vectors_as_base64(answer, family.name)
     response = {"status_code": 200, "request_id": request_id, "body": answer}

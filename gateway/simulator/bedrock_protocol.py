@@ -75,6 +75,7 @@ COHERE_V4_TYPES = COHERE_V3_TYPES | {"ubinary"}
 COHERE_V3_DIMENSIONS = 1024
 COHERE_V4_DIMENSIONS = (256, 512, 1024, 1536)
 COHERE_MAX_TEXTS = 96
+COHERE_V3_MAX_CHARS = 2048
 
 
 # --- errors and authentication ---------------------------------------------------------------------------
@@ -213,6 +214,8 @@ def embed_cohere(model: str, body: dict[str, Any], key: str) -> tuple[dict[str, 
         raise malformed("#: required key [texts] not found" if missing else "#/texts: expected JSONArray of strings")
     if len(texts) > COHERE_MAX_TEXTS:
         raise malformed(f"#/texts: expected maximum item count: {COHERE_MAX_TEXTS}, found: {len(texts)}")
+    if not v4 and any(len(text) > COHERE_V3_MAX_CHARS for text in texts):  # per text: unverified, see the adapter
+        raise malformed(f"#/texts: expected maxLength: {COHERE_V3_MAX_CHARS}")
     dimensions = body.get("output_dimension", COHERE_V4_DIMENSIONS[-1]) if v4 else COHERE_V3_DIMENSIONS
     if isinstance(dimensions, bool) or dimensions not in (COHERE_V4_DIMENSIONS if v4 else (COHERE_V3_DIMENSIONS,)):
         raise malformed(f"#/output_dimension: {dimensions} is not a valid enum value")

@@ -36,6 +36,9 @@ COHERE_DEFAULT_INPUT_TYPE = "search_document"
 """What a request that does not say gets: a backfill embeds documents (Cohere's v3 and v4 require an input type)."""
 COHERE_MAX_TEXTS = 96
 """Texts per InvokeModel body, for v3 and v4 alike."""
+COHERE_V3_MAX_CHARS = 2048
+"""Characters per text of Embed v3 (Bedrock documents 2,048 "characters" per call beside 96 texts; read here as
+per text, unverified). Past it, v3's default ``truncate: NONE`` fails the whole record after the job ran."""
 COHERE_V4_DIMENSIONS = frozenset({256, 512, 1024, 1536})
 """``output_dimension`` values Embed v4 offers; v3's vectors have one fixed size."""
 
@@ -112,7 +115,10 @@ def _cohere_record(body: Mapping[str, Any], dimensions_field: str | None) -> dic
 
 
 def _cohere_v3_input(body: Mapping[str, Any], _default_max_tokens: int) -> dict[str, Any]:
-    return _cohere_record(body, None)
+    record = _cohere_record(body, None)
+    if any(len(text) > COHERE_V3_MAX_CHARS for text in record["texts"]):
+        raise TranslationError(f"Cohere Embed v3 takes texts of at most {COHERE_V3_MAX_CHARS} characters.", "input")
+    return record
 
 
 def _cohere_v4_input(body: Mapping[str, Any], _default_max_tokens: int) -> dict[str, Any]:
@@ -129,7 +135,9 @@ def _cohere_output(output: Mapping[str, Any], model: str, _created: int) -> dict
     data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
     answer: dict[str, Any] = {"object": "list", "data": data, "model": model}
     # Cohere's own API reports meta.billed_units; if Bedrock ever passes it through, it is the count.
-    billed = ((output.get("meta") or {}).get("billed_units") or {}).get("input_tokens")
+    meta = output.get("meta")
+    units = meta.get("billed_units") if isinstance(meta, Mapping) else None
+    billed = units.get("input_tokens") if isinstance(units, Mapping) else None
     if isinstance(billed, int) and not isinstance(billed, bool) and billed >= 0:
         answer["usage"] = {"prompt_tokens": billed, "total_tokens": billed}
     return answer

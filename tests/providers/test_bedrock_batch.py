@@ -183,6 +183,61 @@ async def test_cohere_answers_share_the_manifests_token_count_by_the_size_of_the
             assert vectors == expected
 
 
+def rewrite_output(s3: S3Server, bucket: str, shard: Any, change: Any) -> None:
+    """Apply ``change`` to the records of a finished job's ``.jsonl.out`` in S3 (as a provider could answer)."""
+    (key,) = [k for k in s3.keys(bucket, f"jobs/{shard.submit_token}/out/") if k.endswith(".jsonl.out")]
+    records = [json.loads(line) for line in s3.client().get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()]
+    body = "".join(json.dumps(record) + "\n" for record in change(records))
+    s3.client().put_object(Bucket=bucket, Key=key, Body=body.encode())
+
+
+async def test_a_counted_answer_keeps_its_count_the_rest_share_what_is_left_and_a_short_answer_is_skipped(
+    adapter: BedrockBatchAdapter, s3_server: S3Server, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = [line for line in cohere_lines(10) if line["custom_id"] != "c4"]
+    shard = write_shard(tmp_path, lines, COHERE, endpoint=EMBEDDINGS)
+    submitted = await adapter.submit(shard)
+    assert (await wait_terminal(adapter, submitted.provider_batch_id)).completed == len(lines)
+
+    def change(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for record in records:
+            if record["recordId"] == "R0000000001":  # c0 comes with Cohere's own count
+                record["modelOutput"]["meta"] = {"billed_units": {"input_tokens": 11}}
+            if record["recordId"] == "R0000000002":  # c1 sent two texts and gets one vector back
+                record["modelOutput"]["embeddings"] = record["modelOutput"]["embeddings"][:1]
+        return records
+
+    rewrite_output(s3_server, bucket, shard, change)
+    dest = tmp_path / "out.jsonl"
+    with caplog.at_level(logging.WARNING, logger="gateway.providers.bedrock_batch"):
+        await adapter.fetch_results(submitted.provider_batch_id, dest)  # the shard input is gone: records weigh
+    tokens = {line["custom_id"]: line["response"]["body"]["usage"]["prompt_tokens"] for line in read_lines(dest)}
+    assert "R0000000002" not in tokens and "1 vectors for 2 texts" in caplog.text  # skipped, so it runs again
+    assert tokens.pop("R0000000001") == 11
+    manifest = manifest_of(s3_server, bucket, shard)
+    assert sum(tokens.values()) == manifest["inputTokenCount"] - 11
+    size = {f"R{n + 1:010d}": len(line["body"]["input"].encode()) for n, line in enumerate(lines) if n != 1}
+    for rid, used in tokens.items():  # shared by the texts each record echoes, as the shard input is gone
+        assert abs(used - (manifest["inputTokenCount"] - 11) * size[rid] / sum(size[r] for r in tokens)) < 1
+
+
+async def test_a_manifest_that_counts_too_few_tokens_is_not_billed_as_nothing(
+    adapter: BedrockBatchAdapter, s3_server: S3Server, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = [line for line in cohere_lines(6) if line["custom_id"] != "c4"]
+    shard = write_shard(tmp_path, lines, COHERE, endpoint=EMBEDDINGS)
+    submitted = await adapter.submit(shard)
+    assert (await wait_terminal(adapter, submitted.provider_batch_id)).completed == len(lines)
+    (key,) = [k for k in s3_server.keys(bucket, f"jobs/{shard.submit_token}/out/") if k.endswith("manifest.json.out")]
+    manifest = manifest_of(s3_server, bucket, shard) | {"inputTokenCount": 0}
+    s3_server.client().put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
+    dest = tmp_path / "out.jsonl"
+    with caplog.at_level(logging.WARNING, logger="gateway.providers.bedrock_batch"):
+        await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    assert all(line["response"]["body"]["usage"]["prompt_tokens"] > 0 for line in read_lines(dest))
+    assert "too few input tokens in its manifest; 5 answers are priced at the estimate" in caplog.text
+
+
 async def test_cohere_answers_are_priced_at_the_estimate_when_the_manifest_is_gone(
     adapter: BedrockBatchAdapter, s3_server: S3Server, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

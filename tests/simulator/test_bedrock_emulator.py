@@ -292,6 +292,7 @@ def test_a_cohere_embed_job_answers_vectors_without_token_counts_and_counts_them
         {"recordId": "V3", "modelInput": {"texts": ["eta"], "input_type": "classification"}},
         {"recordId": "V4FIELD", "modelInput": {"texts": ["eta"], "input_type": "clustering", "output_dimension": 256}},
         {"recordId": "MANY", "modelInput": {"texts": ["t"] * 97, "input_type": "clustering"}},
+        {"recordId": "LONG", "modelInput": {"texts": ["ok", "x" * 2049], "input_type": "clustering"}},
     ]  # fmt: skip
     put_jsonl(s3_server, bucket, "in/cohere3.jsonl", v3)
     job = wait_for(client, create(client, bucket, name="job-3", model=COHERE_V3, source="in/cohere3.jsonl"))
@@ -299,6 +300,7 @@ def test_a_cohere_embed_job_answers_vectors_without_token_counts_and_counts_them
     assert lines["V3"]["modelOutput"]["embeddings"] == [embedding_vector("eta", 1024)]
     assert "extraneous key [output_dimension]" in lines["V4FIELD"]["error"]["errorMessage"]
     assert "maximum item count: 96" in lines["MANY"]["error"]["errorMessage"]
+    assert "maxLength: 2048" in lines["LONG"]["error"]["errorMessage"]
 
 
 def test_a_model_family_without_an_emulated_body_gets_per_record_400s(

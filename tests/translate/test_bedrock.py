@@ -156,6 +156,7 @@ def test_cohere_bodies_carry_every_text_of_a_request_with_an_input_type() -> Non
         (COHERE_V4, {"input": ["t"] * 97}, "input"),
         (COHERE_V4, {"input": "a", "encoding_format": "int8"}, "encoding_format"),
         (COHERE_V3, {"input": "a", "truncate": "END"}, "truncate"),
+        (COHERE_V3, {"input": ["short", "x" * 2049]}, "input"),  # v3's per-text limit; v4 has none
     ],
 )
 def test_cohere_refuses_what_it_cannot_run_naming_the_field(model: str, bad: dict[str, object], param: str) -> None:
@@ -178,6 +179,8 @@ def test_a_cohere_answer_in_either_shape_becomes_an_embeddings_list_without_usag
     assert [item["index"] for item in answer["data"]] == [0, 1] and "usage" not in answer  # priced from the manifest
     billed = from_model_output(family, {**output, "meta": {"billed_units": {"input_tokens": 7}}}, COHERE_V3, 0)
     assert billed["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    for meta in ("x", [1], {"billed_units": 5}, {"billed_units": {"input_tokens": "7"}}):
+        assert "usage" not in from_model_output(family, {**output, "meta": meta}, COHERE_V3, 0)
     with pytest.raises(MalformedResult, match="without float embeddings"):
         from_model_output(family, {"embeddings": {"int8": [[1]]}}, COHERE_V3, 0)
 
