@@ -13,7 +13,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 from urllib.parse import quote
 
 from gateway.providers.base import (
@@ -114,20 +114,23 @@ class MistralBatchAdapter(HttpAdapter):
         return self._poll_result(*parse_job(await self._retrieve(provider_batch_id)))
 
     async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
-        """Append the output and error files' lines to ``dest``, then a 400 line per request never sent."""
+        """Append the output and error files' lines to ``dest`` (or, for a job that ran requests but names
+        neither file, its inline ``outputs``), then a 400 line per request never sent."""
         job = await self._retrieve(provider_batch_id)
         endpoint = job.get("endpoint") if isinstance(job.get("endpoint"), str) else CHAT
         shard = await asyncio.to_thread(translate_shard, input_path, str(endpoint)) if input_path else None
+        named = [job.get(key) for key in ("output_file", "error_file")]
+        files: list[str] = [file_id for file_id in named if isinstance(file_id, str) and file_id]
         with dest.open("ab") as out:
-            for key in ("output_file", "error_file"):
-                file_id = job.get(key)
-                if not isinstance(file_id, str) or not file_id:
-                    continue
+            for file_id in files:
 
                 def keep(line: bytes, number: int, file_id: str = file_id) -> bytes | None:
                     return self._output_line(line, number, file_id, provider_batch_id)
 
                 await self._download_lines(f"/files/{quote(file_id, safe='')}/content", out, keep)
+            if not files and _ran(job):
+                # Both files may be null (the API's schema allows it): the results are then read inline.
+                await self._write_inline_outputs(provider_batch_id, out)
             for custom_id, problem in shard.rejected if shard else []:
                 out.write(encode_line(rejected_line(custom_id, problem, batch_id=provider_batch_id, target=TARGET)))
 
@@ -148,6 +151,19 @@ class MistralBatchAdapter(HttpAdapter):
 
     # ----------------------------------------------------------------- helpers
 
+    async def _write_inline_outputs(self, provider_batch_id: str, out: IO[bytes]) -> None:
+        """Append the ``outputs`` of ``GET /batch/jobs/{id}?inline=true`` (output-line shaped) to ``out``."""
+        path = f"{JOBS}/{quote(provider_batch_id, safe='')}"
+        job = self._job(await self._call_json("GET", path, params={"inline": "true"}), "GET job inline")
+        outputs = job.get("outputs")
+        if not isinstance(outputs, list):
+            raise ProviderUnavailable(f"provider {self.name}: job {provider_batch_id} ran requests but names no "
+                                      "result file and answers no inline outputs")  # fmt: skip
+        for number, item in enumerate(outputs, 1):
+            kept = self._output_line(encode_line(item), number, "inline outputs", provider_batch_id)
+            if kept is not None:
+                out.write(kept + b"\n")
+
     async def _retrieve(self, provider_batch_id: str) -> dict[str, Any]:
         return self._job(await self._call_json("GET", f"{JOBS}/{quote(provider_batch_id, safe='')}"), "GET job")
 
@@ -158,13 +174,24 @@ class MistralBatchAdapter(HttpAdapter):
 
     async def _find_job(self, submit_token: str, *, retrying: bool) -> dict[str, Any] | None:
         send = self._call_json if retrying else self._send_json
+        seen = 0
         for page in range(self.max_list_pages):
             params: dict[str, str | int] = {"page": page, "page_size": 100, "order_by": "-created"}
-            jobs = parse_batch_page(await send("GET", JOBS, params=params)).batches
+            answer = await send("GET", JOBS, params=params)
+            jobs = parse_batch_page(answer).batches
             found = find_batch_with_token(jobs, submit_token)
             if found is not None:
                 return found
-            if len(jobs) < 100:
+            seen += len(jobs)
+            total = answer.get("total") if isinstance(answer, dict) else None
+            # ``total`` ends the search; without it, a short page does (a server may page by fewer than 100).
+            if not jobs or (seen >= total if isinstance(total, int) else len(jobs) < 100):
                 return None
         log.warning("provider %s: submit token not in the newest %d job pages", self.name, self.max_list_pages)
         return None
+
+
+def _ran(job: dict[str, Any]) -> bool:
+    """Whether a job reports requests that succeeded or failed."""
+    counts = (job.get("succeeded_requests"), job.get("failed_requests"))
+    return any(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in counts)

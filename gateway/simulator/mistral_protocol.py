@@ -129,6 +129,7 @@ class MistralDriver:
                 )  # fmt: skip
                 job.extra[key], job.extra[f"{key}_sample"], corrupt = stored.id, sample, False
                 written.append(stored)
+        job.extra["inline_only"] = state.faults.results_inline_only
         return written
 
 
@@ -189,15 +190,23 @@ def file_object(stored: StoredFile) -> dict[str, Any]:
 
 
 def job_object(job: Job, inline: bool = False, state: EmulatorState | None = None) -> dict[str, Any]:
+    """The BatchJob; ``inline``: with ``outputs``, the lines of the output and error files."""
+    files = [job.extra.get(key) for key in ("output_file", "error_file")]
     outputs = None
-    if inline and state is not None and job.extra.get("output_file"):
-        with Path(state.files.get(job.extra["output_file"]).path).open("rb") as lines:
-            outputs = [msgspec.json.decode(raw) for raw in lines if raw.strip()]
+    if inline and state is not None and any(files):
+        outputs = []
+        for file_id in filter(None, files):
+            with Path(state.files.get(file_id).path).open("rb") as lines:
+                outputs += [msgspec.json.decode(raw) for raw in lines if raw.strip()]
+    if job.extra.get("inline_only"):
+        files = [None, None]
+    # Job-level errors in Mistral's shape, whatever shape the shared job machinery recorded them in.
+    errors = [{"message": str(e.get("message", "")), "count": e.get("count", 1)} for e in job.errors]
     return {
         "id": job.id, "object": "batch", "input_files": job.extra["input_files"], "metadata": job.metadata,
         "endpoint": job.endpoint, "model": job.model, "agent_id": None,
-        "output_file": job.extra.get("output_file"), "error_file": job.extra.get("error_file"),
-        "errors": job.errors, "outputs": outputs, "status": STATUS[job.status], "created_at": job.created_at,
+        "output_file": files[0], "error_file": files[1],
+        "errors": errors, "outputs": outputs, "status": STATUS[job.status], "created_at": job.created_at,
         "started_at": job.times.get("in_progress_at"),
         "completed_at": next((job.times[k] for k in ("completed_at", "failed_at", "expired_at", "cancelled_at")
                               if k in job.times), None),
@@ -325,7 +334,7 @@ class JobsController(Controller):
     async def cancel(self, request: Req) -> dict[str, Any]:
         job = _job(request)
         # What a cancel of an ended job answers is unverified upstream: a 400 naming its status.
-        if job.status not in ("validating", "in_progress", "cancelling"):
+        if job.status not in ("validating", "in_progress", "finalizing", "cancelling"):  # finalizing shows RUNNING
             raise ApiError(400, f"Job {job.id} cannot be cancelled: it is {STATUS[job.status]}.")
         emulator_of(request).request_cancel(job)
         return job_object(job)

@@ -59,6 +59,9 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
     """The first answer of an OpenAI-protocol result file (or of a Bedrock job's records) is a body nested 5,000
     arrays deep: valid JSON that no decoder's recursion limit lets through (a poison line)."""
     stall: bool = False
+    results_inline_only: bool = False
+    """Mistral: a finished job names neither an output nor an error file (the API's schema allows null); its
+    results are only in ``GET /v1/batch/jobs/{id}?inline=true``'s ``outputs``."""
     flex_unavailable_rate: Fraction = 0.0
     """Synchronous calls asking ``service_tier: "flex"`` refused at this rate with OpenAI's unbilled 429
     ``resource_unavailable`` (flex capacity short)."""

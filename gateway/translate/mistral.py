@@ -18,7 +18,9 @@ EMBEDDINGS = "/v1/embeddings"
 
 RENAMED: dict[str, str] = {"max_completion_tokens": "max_tokens", "seed": "random_seed"}
 """OpenAI field -> Mistral's name for the same setting."""
-DROPPED = frozenset({"store", "service_tier", "user", "metadata", "stream_options", "prompt_cache_key"})
+DROPPED = frozenset(
+    {"store", "service_tier", "user", "metadata", "stream_options", "prompt_cache_key", "safety_identifier"}
+)
 """OpenAI-only settings about billing, storage or tracing: the answer is the same without them."""
 REFUSED: dict[str, str] = {
     "logprobs": "Mistral returns no log probabilities.",
@@ -28,6 +30,9 @@ REFUSED: dict[str, str] = {
     "modalities": "Mistral chat models give text only.",
     "web_search_options": "Mistral chat completions have no web search.",
     "reasoning_effort": "Mistral chat completions take no reasoning effort.",
+    "verbosity": "Mistral chat completions take no verbosity.",
+    "functions": "Mistral takes tools, not the deprecated functions.",
+    "function_call": "Mistral takes tool_choice, not the deprecated function_call.",
 }
 """OpenAI settings whose effect Mistral cannot give, and why: the request gets a 400 line instead."""
 ROLES: dict[str, str] = {

@@ -42,11 +42,15 @@ def adapter_of(
     return MistralBatchAdapter(config=config, http=http, api_key=key, retry=FAST_RETRY, **options)
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "file"])
+@pytest.mark.parametrize(
+    ("inline", "results_inline_only"), [(True, False), (False, False), (True, True), (False, True)],
+    ids=["inline", "file", "inline-results-only", "file-results-only"],
+)  # fmt: skip
 async def test_round_trip_inline_or_through_a_file(
-    cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path, inline: bool
+    cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path, inline: bool, results_inline_only: bool
 ) -> None:
-    cluster.set_faults("mistral", fail_fraction=0.2)
+    """``results_inline_only``: the finished job names no output or error file; its results are read inline."""
+    cluster.set_faults("mistral", fail_fraction=0.2, results_inline_only=results_inline_only)
     adapter = adapter_of(cluster, http, inline_max_requests=100 if inline else 10)
     lines = questions(30, MODEL, max_completion_tokens=40)
     lines[3]["body"]["logprobs"] = True  # Mistral cannot honour it: never sent, a 400 line instead
@@ -70,6 +74,8 @@ async def test_round_trip_inline_or_through_a_file(
     assert refused["status_code"] == 400 and "cannot be sent to a Mistral model" in refused["body"]["error"]["message"]
     statuses = [line["response"]["status_code"] for line in by_id.values()]
     assert statuses.count(200) == final.completed and statuses.count(500) == final.failed
+    downloads = await calls(cluster, "mistral", "GET", "/content")  # the output and error files
+    assert (not downloads) is results_inline_only
     answered = by_id["req-004"]["response"]
     assert answered["status_code"] in (200, 500)
     if answered["status_code"] == 200:  # max_completion_tokens arrived as max_tokens

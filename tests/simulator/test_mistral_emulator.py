@@ -93,6 +93,22 @@ def test_inline_job_with_a_field_mistral_refuses_gets_a_422_line(client: httpx.C
     assert (job["succeeded_requests"], job["failed_requests"]) == (1, 1) and job["input_files"] == []
     [error] = [json.loads(raw) for raw in client.get(f"/files/{job['error_file']}/content").text.splitlines()]
     assert error["custom_id"] == "odd" and error["response"]["status_code"] == 422
+    inline = client.get(f"/batch/jobs/{job['id']}", params={"inline": "true"}).json()
+    assert sorted(o["custom_id"] for o in inline["outputs"]) == ["odd", "ok"]  # both files' lines
+
+
+def test_results_inline_only_names_no_file_and_answers_every_line_inline(
+    cluster: SimulatorCluster, client: httpx.Client
+) -> None:
+    cluster.set_faults("mistral", results_inline_only=True, fail_fraction=0.5)
+    requests = [line(f"r{i}", f"question {i}") for i in range(6)]
+    created = client.post("/batch/jobs", json={"requests": requests, "endpoint": CHAT, "model": MODEL}).json()
+    job = wait_done(client, created["id"])
+    assert job["output_file"] is None and job["error_file"] is None and job["outputs"] is None
+    assert job["failed_requests"] > 0 and job["succeeded_requests"] > 0
+    inline = client.get(f"/batch/jobs/{job['id']}", params={"inline": "true"}).json()
+    assert sorted(o["custom_id"] for o in inline["outputs"]) == [f"r{i}" for i in range(6)]
+
 
 
 def test_cancel_and_timeout(cluster: SimulatorCluster, client: httpx.Client) -> None:

@@ -14,7 +14,7 @@ def test_chat_fields_are_renamed_dropped_or_passed_through() -> None:
     body = {
         "model": "mistral-small", "messages": MESSAGES, "max_completion_tokens": 20, "seed": 7, "temperature": 0.2,
         "top_p": 0.9, "stop": ["\n"], "store": True, "service_tier": "auto", "user": "u-1", "metadata": {"a": "b"},
-        "response_format": {"type": "json_object"}, "logprobs": False,
+        "response_format": {"type": "json_object"}, "logprobs": False, "safety_identifier": "hash-1",
     }  # fmt: skip
     assert chat_to_mistral(body) == {
         "model": "mistral-small",
