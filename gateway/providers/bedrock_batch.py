@@ -247,7 +247,7 @@ class BedrockBatchAdapter(HttpAdapter):
         if provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
             return
         try:
-            await self._call_json("POST", f"{JOB}/{quote(provider_batch_id, safe='')}/stop")
+            await self._call_json("POST", f"{JOB}/{_job_identifier(provider_batch_id)}/stop")
         except ProviderRejected:
             status = (await self._retrieve(provider_batch_id)).get("status")
             result, known = parse_job({"status": status})
@@ -328,7 +328,7 @@ class BedrockBatchAdapter(HttpAdapter):
             ) from None
 
     async def _retrieve(self, provider_batch_id: str) -> dict[str, Any]:
-        job = await self._call_json("GET", f"{JOB}/{quote(provider_batch_id, safe='')}", label=f"{JOB}/{{id}}")
+        job = await self._call_json("GET", f"{JOB}/{_job_identifier(provider_batch_id)}", label=f"{JOB}/{{id}}")
         if not isinstance(job, dict) or not isinstance(job.get("status"), str):
             raise ProviderUnavailable(f"provider {self.name}: GET {JOB}/{{id}} answered no job")
         return job
@@ -459,6 +459,12 @@ class _RecordCopy:
 
 def _count_of(job: Mapping[str, Any], *keys: str) -> int:
     return sum(v for k in keys if isinstance(v := job.get(k), int) and not isinstance(v, bool) and v > 0)
+
+
+def _job_identifier(job_arn: str) -> str:
+    """The path's ``jobIdentifier``: the job's 12-character id, which Bedrock takes as well as the ARN; an ARN in
+    a path needs its ``/`` escaped, which a server that decodes paths before routing would not find."""
+    return quote(job_id_of(job_arn), safe="")
 
 
 def _input_key(submit_token: str) -> str:

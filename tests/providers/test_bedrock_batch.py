@@ -95,6 +95,9 @@ async def test_round_trip_through_s3_joins_records_on_their_ids(
 
     final = await wait_terminal(adapter, submitted.provider_batch_id)
     assert final.state is ProviderBatchState.COMPLETED and final.raw_status == "Completed"
+    reads = await calls(cluster, "bedrock", "GET", "/model-invocation-job/")
+    job_id = submitted.provider_batch_id.rsplit("/", 1)[-1]
+    assert reads and {entry.path for entry in reads} == {f"/model-invocation-job/{job_id}"}  # the id, not the ARN
     assert final.total == 29 and final.completed + final.failed == 29 and final.failed > 0
     dest = tmp_path / "out.jsonl"
     await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
