@@ -16,6 +16,7 @@ batch goes to collection (state ``collecting``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -92,6 +93,10 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         log.warning("shard %s: %s refused the status read: %s", shard.id, shard.provider, exc)
         await end_shard(context, shard, lease, reason="failed", error=str(exc))
         return
+    if status.progress is not None and not (status.completed or status.failed):
+        # A percentage, not counts (Together): read as requests done, so the client sees progress and a
+        # batch that moves is never taken for stalled. Collection counts what really succeeded.
+        status = dataclasses.replace(status, completed=int(status.progress * shard.request_count))
     crash_point("poll.after_status")
     freeze_point("poll.after_status")
     if ended_elsewhere := adapter.take_seen_ended():

@@ -201,6 +201,9 @@ class PollResult:
     completed: int = 0
     failed: int = 0
     error: str | None = None
+    progress: float | None = None
+    """Share of the requests done (0 to 1), from a provider that reports a percentage instead of counts
+    (Together); None where counts are reported."""
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from gateway.providers.openai_wire import (
     find_upload_of,
     map_batch_status,
     parse_batch_page,
+    parse_progress,
     parse_request_counts,
     submit_metadata,
     unwrap_batch,
@@ -141,6 +142,7 @@ class OpenAIBatchAdapter(HttpAdapter):
             completed=counts.completed,
             failed=counts.failed,
             error=self._sanitise(error) if error is not None else None,
+            progress=parse_progress(batch) if "request_counts" not in batch else None,
         )
 
     async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:

@@ -158,6 +158,14 @@ def parse_request_counts(batch: Mapping[str, Any]) -> RequestCounts:
     )
 
 
+def parse_progress(batch: Mapping[str, Any]) -> float | None:
+    """Together's ``progress`` (0 to 100) as a share of 0 to 1; None when absent or not a number."""
+    value = batch.get("progress")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN
+        return None
+    return min(1.0, max(0.0, float(value) / 100))
+
+
 def batch_error_summary(batch: Mapping[str, Any], *, limit: int = 3) -> str | None:
     """A short text of a batch's ``errors.data`` (code, message, line), or Together's ``error`` string."""
     errors = batch.get("errors")

@@ -14,6 +14,7 @@ The emulators of all protocols share one deterministic model, so equal answers a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -292,6 +293,35 @@ def test_requests_a_provider_fails_and_a_429_flood_are_retried_until_the_batch_c
     assert outcome.batch.status == "completed" and not outcome.errors and len(outcome.output) == 40
     assert all(line["response"]["status_code"] == 200 for line in outcome.output.values())
     assert len(set(cluster.state(emulator).jobs) - before) >= 2  # the failed requests ran again in a retry
+
+
+def test_a_together_batch_shows_its_percentage_as_progress_and_is_never_taken_for_stalled(
+    gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster
+) -> None:
+    """Together reports a percentage, not counts: read as requests done, the client sees them rise, and a
+    stall timeout shorter than the batch does not cancel it (with counts stuck at 0 it would, and the
+    requests would run again elsewhere)."""
+    emulator = cluster.state("together-emu")
+    gateway = gateway_factory({**gateway_env, "BATCHGW_ROUTING__STALL_TIMEOUT_S": "2.5"}).start()
+    client = gateway.client(gateway.create_key("acme"))
+    lines = [request(f"t-{i:02d}", ("user", f"question {i}"), max_tokens=8) for i in range(40)]
+    requests = [{**line, "body": {**line["body"], "model": "via-together"}} for line in lines]
+    before, emulator.processing_delay_s = set(emulator.jobs), 10.0
+    try:
+        batch = submit(client, requests)
+        seen: set[int] = set()
+        deadline = time.monotonic() + 60
+        while (batch := client.batches.retrieve(batch.id)).status not in ("completed", "failed", "cancelled"):
+            assert time.monotonic() < deadline, "the batch did not end"
+            if batch.status == "in_progress" and batch.request_counts is not None:
+                seen.add(batch.request_counts.completed)
+            time.sleep(0.3)
+    finally:
+        emulator.processing_delay_s = 0.2
+    outcome = collect(client, batch)
+    assert outcome.batch.status == "completed" and len(outcome.output) == 40 and not outcome.errors
+    assert len(set(emulator.jobs) - before) == 1  # never cancelled as stalled and run again
+    assert len({count for count in seen if 0 < count < 40}) >= 2  # the counts rose while it ran
 
 
 @pytest.mark.parametrize("provider", SERVE_EMBEDDINGS)

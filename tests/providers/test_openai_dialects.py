@@ -66,8 +66,9 @@ async def test_round_trip_in_each_dialect(
 
     final = await wait_terminal(adapter, submitted.provider_batch_id)
     assert final.state is ProviderBatchState.COMPLETED and final.raw_status == TERMINAL_SPELLING[dialect]
-    # Together's job has a 0-100 progress, not request counts.
+    # Together's job has a 0-100 progress, not request counts: read as a share of the requests.
     assert (final.total, final.completed) == ((0, 0) if dialect == "together" else (12, 12))
+    assert final.progress == (1.0 if dialect == "together" else None)
     dest = tmp_path / "out.jsonl"
     await adapter.fetch_results(submitted.provider_batch_id, dest)
     lines = read_lines(dest)

@@ -28,6 +28,7 @@ from gateway.providers.openai_wire import (
     normalise_output_line,
     normalised_output_line,
     parse_batch_page,
+    parse_progress,
     parse_request_counts,
     submit_metadata,
     sync_output_line,
@@ -427,3 +428,12 @@ def test_sync_output_line_cleans_only_error_text() -> None:
     text = msgspec.json.decode(sync_output_line("d", 502, b"<html>https://example.test/keys</html>", None, _redact))
     wrapped = text["response"]["body"]["error"]
     assert wrapped["type"] == "server_error" and wrapped["message"] == "HTTP 502: <html><prov></html>"
+
+
+@pytest.mark.parametrize(
+    ("batch", "share"),
+    [({"progress": 37.5}, 0.375), ({"progress": 100}, 1.0), ({"progress": 140}, 1.0), ({"progress": -3}, 0.0),
+     ({"progress": "40"}, None), ({"progress": True}, None), ({"progress": float("nan")}, None), ({}, None)],
+)  # fmt: skip
+def test_togethers_percentage_is_read_as_a_share_of_the_requests(batch: dict[str, object], share: float | None) -> None:
+    assert parse_progress(batch) == share
