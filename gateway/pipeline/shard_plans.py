@@ -264,15 +264,20 @@ async def publish_shards(blobs: BlobStore, plans: list[ShardPlan]) -> None:
             plan.path.unlink(missing_ok=True)
 
 
+STANDARD_TIER_VALUES = frozenset({"auto", "default"})
+"""``service_tier`` values that ask for the standard tier: the only ones a batch or standard placement keeps."""
+
+
 def rewrite_model(line: bytes, provider_model: str, tier: str = "standard") -> bytes:
     """The request line with ``body.model`` set to the provider's model id and ``body.service_tier`` to the
-    placement's tier: a ``flex`` or ``priority`` asked elsewhere (by the client, or by the shard this line comes
-    from) is removed on a batch or standard placement, which cannot honour it; other values pass through."""
+    placement's tier. On a batch or standard placement, any other tier asked elsewhere (by the client, or by the
+    shard this line comes from: ``flex``, ``priority``, ``fast``, ``scale``...) is removed: the placement is priced
+    at the standard or batch rate, and a premium tier would be billed above it."""
     request: dict[str, Any] = msgspec.json.decode(line)
     body = request["body"]
     body["model"] = provider_model
     if tier != "standard":
         body["service_tier"] = tier
-    elif body.get("service_tier") in ("flex", "priority"):
+    elif "service_tier" in body and body["service_tier"] not in STANDARD_TIER_VALUES:
         del body["service_tier"]
     return msgspec.json.encode(request)

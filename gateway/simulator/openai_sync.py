@@ -35,8 +35,13 @@ def _body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-OPENAI_TIERS: dict[str, Tier] = {"auto": "standard", "default": "standard", "flex": "flex", "priority": "priority"}
-"""OpenAI ``service_tier`` values this emulator takes -> the tier asked for."""
+OPENAI_TIERS: dict[str, Tier] = {
+    "auto": "standard", "default": "standard", "scale": "standard", "flex": "flex", "priority": "priority",
+    "fast": "priority",
+}  # fmt: skip
+"""OpenAI ``service_tier`` values chat completions take -> the tier asked for. ``fast`` is answered as
+``priority`` (as OpenAI's answers show it); ``scale`` (pre-purchased units this emulator has none of) is served
+at the standard tier; ``ultrafast`` is the Responses API's only, so chat completions refuse it."""
 FLEX_UNAVAILABLE = (
     "Resource Unavailable: flex processing is temporarily short of capacity. Retry later, or retry with "
     "service_tier 'auto' for standard processing. You were not charged for this request."

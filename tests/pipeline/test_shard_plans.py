@@ -24,7 +24,12 @@ def line(**body: object) -> bytes:
         ("auto", "priority", "priority"),
         ("flex", "standard", None),  # a flex line moved to a standard (or batch) placement
         ("priority", "standard", None),
+        ("fast", "standard", None),  # premium tiers the placement did not choose, billed above its rate
+        ("ultrafast", "standard", None),
+        ("scale", "standard", None),
+        ("fast", "flex", "flex"),
         ("auto", "standard", "auto"),  # the client's own value, which any tier accepts
+        ("default", "standard", "default"),
         (None, "standard", None),
     ],
 )

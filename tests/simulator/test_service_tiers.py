@@ -18,12 +18,13 @@ def ask(client: openai.OpenAI, tier: str | None) -> str | None:
 
 
 def test_the_answer_names_the_tier_that_served_it(client: openai.OpenAI) -> None:
-    assert [ask(client, tier) for tier in (None, "auto", "default", "flex", "priority")] == [
-        "default", "default", "default", "flex", "priority",
+    assert [ask(client, tier) for tier in (None, "auto", "default", "flex", "priority", "fast", "scale")] == [
+        "default", "default", "default", "flex", "priority", "priority", "default",
     ]  # fmt: skip
-    with pytest.raises(openai.BadRequestError) as refused:
-        ask(client, "turbo")
-    assert isinstance(refused.value.body, dict) and refused.value.body["param"] == "service_tier"
+    for unknown in ("turbo", "ultrafast"):  # ultrafast is the Responses API's only
+        with pytest.raises(openai.BadRequestError) as refused:
+            ask(client, unknown)
+        assert isinstance(refused.value.body, dict) and refused.value.body["param"] == "service_tier"
 
 
 def test_flex_short_of_capacity_is_an_unbilled_429_and_priority_can_be_downgraded(
