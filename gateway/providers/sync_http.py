@@ -82,6 +82,16 @@ class SyncCall:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def flex_capacity_refusal(response: httpx.Response) -> bool:
+    """Whether a 429 is flex processing short of capacity (unbilled, retried with backoff) rather than a rate
+    limit: OpenAI's ``resource_unavailable`` code or "Resource Unavailable" message (the exact shape is
+    undocumented, so either is taken)."""
+    if response.status_code != 429:
+        return False
+    text = response.text.lower()
+    return "resource_unavailable" in text or "resource unavailable" in text
+
+
 class _RetryableAnswer(ProviderUnavailable):
     """An answer worth another try; kept so that it becomes the output line if the tries run out."""
 
@@ -154,7 +164,8 @@ class SyncHttpAdapter(HttpAdapter):
             raise self._status_error("POST", call.path, response)
         if issubclass(kind, ProviderUnavailable):
             hint = self._retry_hint(response)
-            if issubclass(kind, ProviderRateLimited):
+            if issubclass(kind, ProviderRateLimited) and not (call.slow and flex_capacity_refusal(response)):
+                # A flex capacity refusal is this call's alone: the provider's other traffic goes on.
                 await self._limiter.rate_limited(hint)
             raise _RetryableAnswer(self._status_error("POST", call.path, response), response, hint)
         return response  # refused for a reason of its own: the request's error line

@@ -70,6 +70,22 @@ async def test_429_is_waited_out_as_the_provider_asks(cluster: SimulatorCluster,
     assert posts(cluster) == [429, 200, 200]
 
 
+async def test_a_flex_capacity_refusal_is_retried_without_holding_the_providers_other_requests(
+    cluster: SimulatorCluster, http: httpx.AsyncClient
+) -> None:
+    cluster.set_faults("sync", flex_unavailable_next=2)
+    adapter = make_adapter(http, cluster.base_url("sync"))
+    flex_body = {**msgspec.json.decode(request("f").body), "service_tier": "flex"}
+    flex = SyncRequest("f", CHAT, msgspec.json.encode(flex_body), estimated_tokens=20)
+    started = time.monotonic()
+    answered = msgspec.json.decode(await adapter.execute(flex))
+    # Retried at the policy's backoff: a rate limit's pause (seconds, for every request to the provider) is
+    # not taken, so the provider's other traffic goes on meanwhile.
+    assert time.monotonic() - started < 2.0 and adapter.limiter.paused_for() == 0
+    assert answered["response"]["status_code"] == 200 and answered["response"]["body"]["service_tier"] == "flex"
+    assert posts(cluster) == [429, 429, 200]  # refused twice for capacity (unbilled), then served
+
+
 async def test_a_request_failing_every_try_gets_its_error_line(
     cluster: SimulatorCluster, http: httpx.AsyncClient
 ) -> None:
