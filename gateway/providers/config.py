@@ -34,9 +34,11 @@ KEYLESS_AUTH: dict[str, str] = {"bedrock": "signed with AWS credentials"}
 
 KIND_CAPS: dict[str, dict[str, int]] = {
     "openrouter": {"max_requests_per_batch": 5_000, "max_bytes_per_batch": 200 * 1000 * 1000},
+    "openai:groq": {"max_bytes_per_batch": 100 * 1000 * 1000},
+    "openai:together": {"max_requests_per_batch": 50_000, "max_bytes_per_batch": 100 * 1000 * 1000},
 }
-"""Most a kind's provider API takes in one batch: the limits where a provider's ``limits`` table does not set
-them, and a configuration problem where it sets more."""
+"""Most a kind's provider API takes in one batch (a dialect's own as ``kind:dialect``): the limits where a
+provider's ``limits`` table does not set them, and a configuration problem where it sets more."""
 
 Problem = tuple[tuple[str, ...], str]
 """A key's path below the provider's table (``("options", "inline_max")``) and what is wrong with it."""
@@ -54,7 +56,8 @@ class ProviderLimits(BaseModel):
         None, ge=1, description="Fewest requests in one provider batch (unset: the kind's own; bedrock 100, else 1)."
     )
     max_bytes_per_batch: int = Field(
-        200 * 1024**2, ge=1024, description="Bytes of one provider batch (unset: 200 MiB; openrouter 200 MB)."
+        200 * 1024**2, ge=1024, description="Bytes of one provider batch (unset: 200 MiB; openrouter 200 MB, groq "
+        "and together 100 MB).",
     )
     max_batches_in_flight: int = Field(100, ge=1, description="Provider batches running at once.")
     max_enqueued_tokens_per_model: int | None = Field(
@@ -97,13 +100,15 @@ class ProviderConfig(BaseModel):
     )
     limits: ProviderLimits = Field(default_factory=ProviderLimits)
 
+    @property
+    def caps(self) -> dict[str, int]:
+        """The most one batch of this provider's kind (and dialect) takes, by limit."""
+        dialect = self.options.get("dialect")
+        return KIND_CAPS.get(f"{self.kind}:{dialect}" if isinstance(dialect, str) else self.kind, {})
+
     @model_validator(mode="after")
     def _kind_limits(self) -> ProviderConfig:
-        defaults = {
-            name: value
-            for name, value in KIND_CAPS.get(self.kind, {}).items()
-            if name not in self.limits.model_fields_set
-        }
+        defaults = {name: value for name, value in self.caps.items() if name not in self.limits.model_fields_set}
         if defaults:
             self.limits = ProviderLimits.model_validate({**self.limits.model_dump(exclude_unset=True), **defaults})
         return self
@@ -192,9 +197,10 @@ class ProviderConfig(BaseModel):
             hint = did_you_mean(self.kind, kinds)
             found.append((("kind",), f"unknown kind {self.kind!r}{hint}; kinds: {', '.join(sorted(kinds))}"))
             return found
-        for limit, cap in KIND_CAPS.get(self.kind, {}).items():
+        for limit, cap in self.caps.items():
             if getattr(self.limits, limit) > cap:
-                text = f"{limit} {getattr(self.limits, limit)} is more than one {self.kind} batch takes ({cap})"
+                which = f"{self.kind} ({self.options['dialect']})" if "dialect" in self.options else self.kind
+                text = f"{limit} {getattr(self.limits, limit)} is more than one {which} batch takes ({cap})"
                 found.append((("limits", limit), text))
         options = kinds[self.kind]
         for option, value in self.options.items():

@@ -95,7 +95,7 @@ def test_the_start_up_line_shows_the_host_only() -> None:
     assert line == (
         "provider groq: kind openai, dialect groq, host api.groq.com:8443, key from GROQ_API_KEY, "
         "models llama-3.3-70b=llama-3.3-70b-versatile, gpt-4o-mini, limits max_requests_per_batch=50000 "
-        "max_bytes_per_batch=209715200 max_batches_in_flight=4 max_concurrency=16"
+        "max_bytes_per_batch=100000000 max_batches_in_flight=4 max_concurrency=16"
     )
     assert "pa55word" not in line and "abc" not in line and "/openai/v1" not in line
 
@@ -234,3 +234,16 @@ def test_an_openrouter_provider_takes_openrouters_caps_unless_it_sets_fewer() ->
             "max_requests_per_batch 6000 is more than one openrouter batch takes (5000)",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "caps"), [("groq", (50_000, 100_000_000)), ("together", (50_000, 100_000_000)), ("azure", None)]
+)
+def test_a_dialect_takes_its_providers_caps(dialect: str, caps: tuple[int, int] | None) -> None:
+    provider = config(options={"dialect": dialect})
+    limits = (provider.limits.max_requests_per_batch, provider.limits.max_bytes_per_batch)
+    assert limits == (caps or (50_000, 200 * 1024**2))  # azure keeps the general defaults
+    too_big = config(options={"dialect": dialect}, limits={"max_bytes_per_batch": 150_000_000})
+    expected = [(("limits", "max_bytes_per_batch"),
+                 f"max_bytes_per_batch 150000000 is more than one openai ({dialect}) batch takes (100000000)")]
+    assert too_big.problems(KINDS) == (expected if caps else [])  # fmt: skip
