@@ -26,10 +26,10 @@ from gateway.translate.anthropic import (
     MalformedResult,
     chat_to_messages,
     envelope,
-    provider_custom_id,
     result_to_envelope,
     translation_error_response,
 )
+from gateway.translate.custom_ids import provider_custom_id
 
 log = logging.getLogger(__name__)
 

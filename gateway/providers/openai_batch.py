@@ -10,7 +10,10 @@ dialect's answers. Retries, downloads and error hygiene come from
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +50,7 @@ from gateway.providers.openai_wire import (
     upload_name,
 )
 from gateway.providers.status_board import StatusBoard
+from gateway.translate.custom_ids import custom_id_of, provider_custom_id, reverse_custom_ids, with_custom_id
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +93,13 @@ class OpenAIBatchAdapter(HttpAdapter):
             served = ", ".join(sorted(self.wire.endpoints))
             raise UnsupportedEndpoint(f"provider {self.name}: its batches serve {served} only", status_code=400)
         fields = {"purpose": self.wire.upload_purpose}
-        upload = Multipart(shard.input_path, upload_name(shard.submit_token), "application/jsonl", fields)
-        uploaded = await self._call_json("POST", "/files", multipart=upload)
+        with contextlib.ExitStack() as stack:
+            source = shard.input_path
+            if self.wire.maps_custom_ids:
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchgw-ids-")))
+                source = await asyncio.to_thread(_with_provider_ids, source, folder / "shard.jsonl")
+            upload = Multipart(source, upload_name(shard.submit_token), "application/jsonl", fields)
+            uploaded = await self._call_json("POST", "/files", multipart=upload)
         file_id = uploaded.get("id") if isinstance(uploaded, dict) else None
         if not isinstance(file_id, str) or not file_id:
             raise ProviderUnavailable(f"provider {self.name}: POST /files answered without a file id")
@@ -154,12 +163,19 @@ class OpenAIBatchAdapter(HttpAdapter):
             value = batch.get(key)
             if isinstance(value, str) and value and value not in file_ids:
                 file_ids.append(value)
+        reverse: dict[str, str] = {}
+        if self.wire.maps_custom_ids and input_path is not None:  # without it, lines keep the ids sent (billing)
+            reverse = await asyncio.to_thread(_reverse_ids, input_path)
         with dest.open("ab") as out:
             for file_id in file_ids:
                 path = f"/files/{quote(file_id, safe='')}/content"
 
                 def keep(line: bytes, number: int, file_id: str = file_id) -> bytes | None:
-                    return self._output_line(line, number, file_id, provider_batch_id)
+                    kept = self._output_line(line, number, file_id, provider_batch_id)
+                    if kept is None or not reverse:
+                        return kept
+                    sent = custom_id_of(kept)
+                    return with_custom_id(kept, reverse[sent]) if sent in reverse else kept
 
                 await self._download_lines(path, out, keep)
 
@@ -239,3 +255,23 @@ class OpenAIBatchAdapter(HttpAdapter):
 def _has_ended(batch: dict[str, Any]) -> bool:
     state = map_batch_status(batch.get("status"))
     return state is not None and state.is_terminal
+
+
+def _with_provider_ids(shard_path: Path, dest: Path) -> Path:
+    """The shard with every ``custom_id`` the provider cannot take mapped (``dest``), or the shard itself when
+    none needs it; blocking, so run it in a thread."""
+    changed = False
+    with shard_path.open("rb") as lines, dest.open("wb") as out:
+        for raw in lines:
+            line = raw.rstrip(b"\r\n")
+            custom_id = custom_id_of(line) if line.strip() else None
+            if custom_id is not None and (sent := provider_custom_id(custom_id)) != custom_id:
+                line, changed = with_custom_id(line, sent), True
+            out.write(line + b"\n")
+    return dest if changed else shard_path
+
+
+def _reverse_ids(shard_path: Path) -> dict[str, str]:
+    """Sent id -> client id for the shard's mapped ``custom_id``s; blocking, so run it in a thread."""
+    with shard_path.open("rb") as lines:
+        return reverse_custom_ids(found for raw in lines if (found := custom_id_of(raw)) is not None)

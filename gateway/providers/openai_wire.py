@@ -46,6 +46,9 @@ class Dialect:
     lists_newest_first: bool = True
     """``GET /batches?limit=100`` answers the newest batches first, one short page: the polls of one tick can
     share it. False where paging or order is undocumented: every poll retrieves its own batch."""
+    maps_custom_ids: bool = False
+    """The provider takes only short ``custom_id``s (Together: at most 64 characters): longer or unusual ones
+    are sent mapped (:mod:`gateway.translate.custom_ids`) and joined back from the shard's own ids."""
 
     def completion_window(self, remaining_s: float) -> str:
         """The longest accepted window that fits in what is left of the client's (the shortest if none does).
@@ -75,7 +78,11 @@ DIALECTS: dict[DialectName, Dialect] = {
     # job object has no ``metadata``: the create body carries only the fields its documentation lists. The
     # paging and order of its list are undocumented, so polls retrieve.
     "together": Dialect(
-        upload_purpose="batch-api", endpoints=frozenset({CHAT}), keeps_metadata=False, lists_newest_first=False
+        upload_purpose="batch-api",
+        endpoints=frozenset({CHAT}),
+        keeps_metadata=False,
+        lists_newest_first=False,
+        maps_custom_ids=True,
     ),
 }
 """Dialect by the ``dialect`` option of an ``openai`` provider."""

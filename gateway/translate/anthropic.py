@@ -6,15 +6,13 @@ Requests: :func:`chat_to_messages` turns an OpenAI ``/v1/chat/completions`` body
 ``params``; a field that would silently change the answer if dropped raises :class:`TranslationError`,
 which the adapter turns into that request's OpenAI-format 400 line. Results: :func:`result_to_envelope`
 turns one Anthropic batch result into an OpenAI output line. ``custom_id``s outside Anthropic's
-``^[a-zA-Z0-9_-]{1,64}$`` are replaced by :func:`provider_custom_id` and recovered with
-:func:`reverse_custom_ids`.
+``^[a-zA-Z0-9_-]{1,64}$`` are replaced and recovered by :mod:`gateway.translate.custom_ids`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -74,33 +72,7 @@ UNFINISHED_TABLE: dict[str, tuple[str, str]] = {
 }
 """OpenAI ``error`` (code, message) for results that never ran."""
 
-SAFE_CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-MAPPED_PREFIX = "m_"
-_MAPPED_ID = re.compile(r"m_[0-9a-f]{40}")
 _DATA_URL = re.compile(r"data:([^;,]+);base64,(.*)", re.DOTALL)
-
-
-# --- custom_id mapping ---------------------------------------------------------------------------------
-
-
-def provider_custom_id(custom_id: str) -> str:
-    """The ``custom_id`` sent to Anthropic: unchanged when allowed, else ``m_`` + 40 hex of its SHA-256.
-
-    Ids that already look like a mapped id are mapped too, so two client ids can never collide.
-    """
-    if SAFE_CUSTOM_ID.fullmatch(custom_id) and not _MAPPED_ID.fullmatch(custom_id):
-        return custom_id
-    return MAPPED_PREFIX + hashlib.sha256(custom_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-
-
-def reverse_custom_ids(custom_ids: Iterable[str]) -> dict[str, str]:
-    """Provider id -> client id for the ids :func:`provider_custom_id` changes (others map to themselves)."""
-    reverse: dict[str, str] = {}
-    for custom_id in custom_ids:
-        mapped = provider_custom_id(custom_id)
-        if mapped != custom_id:
-            reverse[mapped] = custom_id
-    return reverse
 
 
 # --- request: OpenAI chat completion body -> Anthropic Messages params ---------------------------------

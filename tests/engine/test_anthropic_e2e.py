@@ -12,7 +12,7 @@ import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from gateway.simulator.openai_protocol import chat_completion
-from gateway.translate.anthropic import provider_custom_id
+from gateway.translate.custom_ids import provider_custom_id
 from tests.conftest import ENGINE_ENV, GatewayProcess
 from tests.engine import CHAT, collect, submit, wait_for
 

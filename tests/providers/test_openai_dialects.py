@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ MODEL = "gpt-4o-mini"
 DEPLOYMENT = "batch-gpt4o-mini-eu"
 EMBEDDINGS = "/v1/embeddings"
 HOUR = 3600.0
+LONG_ID = "customer-7f3a/ticket-2026-11-30/" + "x" * 60
 TERMINAL_SPELLING = {"azure": "Completed", "groq": "completed", "together": "COMPLETED"}
 
 
@@ -53,7 +55,9 @@ async def test_round_trip_in_each_dialect(
     cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path, dialect: str
 ) -> None:
     adapter = adapter_for(cluster, http, dialect)
-    shard = write_shard(tmp_path, questions(12, model_of(dialect)), model_of(dialect))
+    lines = questions(12, model_of(dialect))
+    lines[5]["custom_id"] = LONG_ID  # Together takes 64 characters at most: sent mapped, joined back
+    shard = write_shard(tmp_path, lines, model_of(dialect))
     submitted = await adapter.submit(shard)
     [uploaded] = cluster.state(dialect).files.files.values()
     assert uploaded.purpose == ("batch-api" if dialect == "together" else "batch")
@@ -70,9 +74,12 @@ async def test_round_trip_in_each_dialect(
     assert (final.total, final.completed) == ((0, 0) if dialect == "together" else (12, 12))
     assert final.progress == (1.0 if dialect == "together" else None)
     dest = tmp_path / "out.jsonl"
-    await adapter.fetch_results(submitted.provider_batch_id, dest)
+    await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
     lines = read_lines(dest)
-    assert sorted(line["custom_id"] for line in lines) == [f"req-{i:03d}" for i in range(12)]
+    expected = [f"req-{i:03d}" if i != 5 else LONG_ID for i in range(12)]
+    assert sorted(line["custom_id"] for line in lines) == sorted(expected)
+    uploaded_ids = [json.loads(raw)["custom_id"] for raw in Path(uploaded.path).read_bytes().splitlines()]
+    assert (LONG_ID in uploaded_ids) is (dialect != "together")  # the others take it as it is
     assert all(line["response"]["status_code"] == 200 and line["error"] is None for line in lines)
     assert {line["response"]["body"]["model"] for line in lines} == {model_of(dialect)}
 

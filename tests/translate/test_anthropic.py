@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
@@ -19,9 +18,7 @@ from gateway.translate.anthropic import (
     chat_to_messages,
     error_to_openai,
     message_to_chat,
-    provider_custom_id,
     result_to_envelope,
-    reverse_custom_ids,
     translation_error_response,
 )
 
@@ -268,28 +265,6 @@ def test_unfinished_results_and_malformed_ones() -> None:
     for result in ({"type": "weird"}, None, {"type": "succeeded", "message": {"content": []}}):
         with pytest.raises(MalformedResult):
             result_to_envelope(result, custom_id="a", line_id="l", request_id="r", created=1)
-
-
-# --- custom_id mapping ---------------------------------------------------------------------------------
-
-
-def test_custom_id_mapping() -> None:
-    assert provider_custom_id("req-1_A") == "req-1_A"
-    assert provider_custom_id("x" * 64) == "x" * 64
-    for unsafe in ("with space", "x" * 65, "é", "a.b", "", "ok\n"):
-        mapped = provider_custom_id(unsafe)
-        assert mapped.startswith("m_") and len(mapped) == 42
-    lookalike = provider_custom_id("with space")
-    assert provider_custom_id(lookalike) != lookalike  # a client id shaped like a mapped id is mapped too
-
-
-@given(st.lists(st.text(max_size=80), unique=True, max_size=30))
-def test_id_mapping_round_trips(custom_ids: list[str]) -> None:
-    reverse = reverse_custom_ids(custom_ids)
-    sent = [provider_custom_id(c) for c in custom_ids]
-    assert len(set(sent)) == len(sent)
-    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", s) for s in sent), sent  # Anthropic's custom_id rule
-    assert [reverse.get(s, s) for s in sent] == custom_ids
 
 
 # --- properties: the text and the token counts survive both directions ---------------------------------
