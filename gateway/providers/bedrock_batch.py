@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 JOB = "/model-invocation-job"
 JOBS = "/model-invocation-jobs"
 SIGNING_NAME = "bedrock"
+MAX_LIST_PAGES = 20
 TARGET = "a Bedrock model"
 _ROLE_ARN = re.compile(r"arn:aws(-[^:]+)?:iam::\d{12}:role/.+")
 _CONTROL_HOST = re.compile(r"bedrock(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
@@ -186,14 +187,21 @@ class BedrockBatchAdapter(HttpAdapter):
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
         """The job named after ``submit_token`` (and created with it as ``clientRequestToken``), if any."""
         name = job_name(submit_token)
-        answer = await self._call_json("GET", JOBS, params={"nameContains": name, "maxResults": 100})
-        jobs = answer.get("invocationJobSummaries") if isinstance(answer, dict) else None
-        for job in jobs if isinstance(jobs, list) else []:
-            if isinstance(job, dict) and job.get("jobName") == name and isinstance(job.get("jobArn"), str):
-                token = job.get("clientRequestToken")
-                if token not in (None, submit_token):
-                    continue
-                return SubmitResult(provider_batch_id=job["jobArn"], provider_file_id=_input_key(submit_token))
+        params: dict[str, str | int] = {"nameContains": name, "maxResults": 100}
+        for _ in range(MAX_LIST_PAGES):  # the name is unique, so one page holds it unless the filter is ignored
+            answer = await self._call_json("GET", JOBS, params=params)
+            jobs = answer.get("invocationJobSummaries") if isinstance(answer, dict) else None
+            for job in jobs if isinstance(jobs, list) else []:
+                if isinstance(job, dict) and job.get("jobName") == name and isinstance(job.get("jobArn"), str):
+                    token = job.get("clientRequestToken")
+                    if token not in (None, submit_token):
+                        continue
+                    return SubmitResult(provider_batch_id=job["jobArn"], provider_file_id=_input_key(submit_token))
+            after = answer.get("nextToken") if isinstance(answer, dict) else None
+            if not isinstance(after, str) or not after:
+                return None
+            params["nextToken"] = after
+        log.warning("provider %s: job %s not in the first %d pages of the listing", self.name, name, MAX_LIST_PAGES)
         return None
 
     async def poll(self, provider_batch_id: str) -> PollResult:
