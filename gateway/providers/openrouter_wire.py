@@ -13,7 +13,7 @@ catalog price.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -50,7 +50,7 @@ def write_create_body(
     head = msgspec.json.encode(fields)
     out.write(head[:-1] + b',"requests":[')
     for _, custom_id, body in iter_requests(shard_path):
-        if isinstance(body, TranslationError):
+        if isinstance(body, TranslationError) or inline_file_refusal(body) is not None:
             continue
         out.write((b"," if count else b"") + msgspec.json.encode({"custom_id": custom_id, "body": body}))
         count += 1
@@ -64,6 +64,31 @@ def unsent_requests(shard_path: Path) -> Iterator[tuple[str, TranslationError]]:
     for _, custom_id, body in iter_requests(shard_path):
         if isinstance(body, TranslationError):
             yield custom_id, body
+        elif (refusal := inline_file_refusal(body)) is not None:
+            yield custom_id, refusal
+
+
+INLINE_PARTS = frozenset({"input_audio", "file"})
+"""Chat content parts that carry their data inline (base64): OpenRouter batches take none."""
+
+
+def inline_file_refusal(body: Mapping[str, Any]) -> TranslationError | None:
+    """Why a chat request cannot go in an OpenRouter batch: a base64 ``data:`` image or an inline file or audio
+    part (its batches take text and http(s) URLs only), else None."""
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, Mapping):
+                continue
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, Mapping) else image
+            if part.get("type") in INLINE_PARTS or (isinstance(url, str) and url.startswith("data:")):
+                return TranslationError(
+                    "OpenRouter batches take text and http(s) image URLs only, not inline (base64) images, "
+                    "files or audio.", "messages",
+                )  # fmt: skip
+    return None
 
 
 class BatchStatus(msgspec.Struct):

@@ -38,6 +38,30 @@ def test_create_body_names_endpoint_and_model_before_the_requests_and_leaves_out
     assert [custom_id for custom_id, _ in unsent_requests(shard)] == ["b"]
 
 
+def test_inline_images_files_and_audio_are_left_out_with_a_reason_and_url_images_go(tmp_path: Path) -> None:
+    def with_part(custom_id: str, part: dict[str, object]) -> dict[str, object]:
+        line = chat_line(custom_id, "look", "m")
+        line["body"]["messages"] = [{"role": "user", "content": [{"type": "text", "text": "look"}, part]}]
+        return line
+
+    lines = [
+        with_part("url", {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}),
+        with_part("data", {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}),
+        with_part("file", {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0="}}),
+        with_part("audio", {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}),
+        chat_line("plain", "text only", "m"),
+    ]  # fmt: skip
+    shard = tmp_path / "shard.jsonl"
+    shard.write_bytes(b"".join(msgspec.json.encode(line) + b"\n" for line in lines))
+    with tempfile.NamedTemporaryFile(dir=tmp_path) as out:
+        body = write_create_body(shard, out, CHAT, "m")
+        sent = [request["custom_id"] for request in msgspec.json.decode(Path(out.name).read_bytes())["requests"]]
+    assert body.count == 2 and sent == ["url", "plain"]
+    refused = dict(unsent_requests(shard))
+    assert sorted(refused) == ["audio", "data", "file"]
+    assert all(why.param == "messages" and "not inline (base64)" in why.message for why in refused.values())
+
+
 def test_the_batch_cost_is_shared_by_each_answers_own_cost_else_by_tokens_else_evenly() -> None:
     assert billed_shares(0.01, [(100, 0.003), (50, 0.007)]) == pytest.approx([0.003, 0.007])
     assert billed_shares(0.02, [(100, 0.003), (50, 0.007)]) == pytest.approx([0.006, 0.014])  # fees: still the total
