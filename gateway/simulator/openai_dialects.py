@@ -56,6 +56,10 @@ class WireDialect:
     """Together's job object, its ``{"job": ...}`` create answer and its bare-array list."""
     keeps_metadata: bool = True
     lines_need_method_url: bool = True
+    max_upload_bytes: int | None = None
+    """The provider's own cap on one batch file (Groq's and Together's 100 MB), below the emulator's."""
+    batch_fields_left_out: frozenset[str] = frozenset()
+    """OpenAI batch-object fields this provider's object does not have (Groq's: no ``model``, no ``usage``)."""
     max_custom_id: int | None = None
 
     def window_hours(self, value: str) -> int | None:
@@ -95,7 +99,13 @@ DIALECTS: dict[str, WireDialect] = {
     "azure": WireDialect(
         base_path="/openai/v1", key_header="api-key", status_names=AZURE_STATUS, iso_times=True, always_error_file=True
     ),
-    "groq": WireDialect(base_path="/openai/v1", longest_window_h=7 * 24, endpoints=(CHAT,)),
+    "groq": WireDialect(
+        base_path="/openai/v1",
+        longest_window_h=7 * 24,
+        endpoints=(CHAT,),
+        max_upload_bytes=100 * 1000 * 1000,
+        batch_fields_left_out=frozenset({"model", "usage"}),
+    ),
     # Together documents purpose "batch-api"; whether it also takes "batch" is unverified, so it is refused here.
     "together": WireDialect(
         purposes=frozenset({"batch-api"}),
@@ -106,6 +116,7 @@ DIALECTS: dict[str, WireDialect] = {
         keeps_metadata=False,
         lines_need_method_url=False,
         max_custom_id=64,
+        max_upload_bytes=100 * 1000 * 1000,
     ),
 }
 

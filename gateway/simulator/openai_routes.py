@@ -37,7 +37,7 @@ def batch_object(job: Job, dialect: WireDialect = DIALECTS["openai"]) -> dict[st
     if dialect.together_jobs:
         return together_job(job, dialect, extra.get("input_bytes", 0))
     stamps = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
-    return {
+    batch = {
         "id": job.id, "object": "batch", "endpoint": job.endpoint, "model": job.model,
         "errors": {"object": "list", "data": job.errors} if job.errors else None,
         "input_file_id": extra["input_file_id"], "completion_window": extra["completion_window"],
@@ -53,6 +53,7 @@ def batch_object(job: Job, dialect: WireDialect = DIALECTS["openai"]) -> dict[st
         },
         "metadata": job.metadata,
     }  # fmt: skip
+    return {k: v for k, v in batch.items() if k not in dialect.batch_fields_left_out}
 
 
 def list_page(objects: Sequence[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:
@@ -126,7 +127,8 @@ class FilesController(Controller):
             if ttl is not None and (not str(ttl).isdigit() or not TTL_MIN_S <= int(ttl) <= TTL_MAX_S):
                 raise invalid("expires_after.seconds", f"Must be between {TTL_MIN_S} and {TTL_MAX_S}.")
             expires = emu.clock.ts() + (int(ttl) if ttl is not None else FILE_TTL_S)
-            stored = await emu.save_upload(request, upload, str(purpose), expires)
+            cap = dialect_of(request).max_upload_bytes
+            stored = await emu.save_upload(request, upload, str(purpose), expires, cap)
         finally:
             await upload.close()
         return file_object(stored)

@@ -229,10 +229,14 @@ class EmulatorState:
         self.stats.api_calls += 1
         self.log.append(LogEntry(self.clock.now(), method, path, status, request_id, detail or None, received_at))
 
-    async def save_upload(self, request: Any, upload: Any, purpose: str, expires_at: int | None) -> StoredFile:
-        """Store a multipart upload that passed the route's checks, count it and note it in the call's log."""
+    async def save_upload(
+        self, request: Any, upload: Any, purpose: str, expires_at: int | None, max_bytes: int | None = None
+    ) -> StoredFile:
+        """Store a multipart upload that passed the route's checks (at most ``max_bytes``, and never more than the
+        emulator's own cap), count it and note it in the call's log."""
         stored = await self.files.save_stream(
-            upload.read, self.max_file_bytes, filename=upload.filename, purpose=purpose,
+            upload.read, min(self.max_file_bytes, max_bytes or self.max_file_bytes), filename=upload.filename,
+            purpose=purpose,
             created_at=self.clock.ts(), expires_at=expires_at,
         )  # fmt: skip
         self.stats.files_uploaded += 1

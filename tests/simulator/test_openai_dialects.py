@@ -103,6 +103,7 @@ def test_groq_takes_windows_from_24h_to_7d_and_serves_chat_only(cluster: Simulat
         time.sleep(0.05)
         done = client.batches.retrieve(done.id)
     assert done.status == "completed" and done.request_counts is not None and done.request_counts.completed == 3
+    assert done.model is None and done.usage is None  # Groq's batch object has neither
 
 
 def test_together_wraps_its_job_and_keeps_no_metadata(cluster: SimulatorCluster) -> None:
