@@ -316,7 +316,7 @@ class JobsController(Controller):
     @get("/")
     async def list_jobs(self, request: Req) -> dict[str, Any]:
         query = request.query_params
-        page, size = int(query.get("page", "0")), int(query.get("page_size", "100"))
+        page, size = _whole(query.get("page", "0"), "page", 0), _whole(query.get("page_size", "100"), "page_size", 1)
         jobs = list(emulator_of(request).jobs.values())
         if query.get("order_by", "-created") == "-created":
             jobs.reverse()
@@ -344,6 +344,13 @@ class JobsController(Controller):
         job = _job(request)
         del emulator_of(request).jobs[job.id]
         return {"id": job.id, "object": "batch", "deleted": True}
+
+
+def _whole(value: str, name: str, least: int) -> int:
+    """A query parameter that must be a whole number of at least ``least`` (else FastAPI's 422)."""
+    if not value.isdigit() or int(value) < least:
+        raise unprocessable(name, f"Input should be a valid integer of at least {least}", "int_parsing")
+    return int(value)
 
 
 def _job(request: Req) -> Job:

@@ -121,3 +121,9 @@ def test_cancel_and_timeout(cluster: SimulatorCluster, client: httpx.Client) -> 
     timed_out = client.post("/batch/jobs", json=request).json()
     cluster.state("mistral").clock.offset_s += 2 * 3600
     assert wait_done(client, timed_out["id"])["status"] == "TIMEOUT_EXCEEDED"
+
+
+def test_a_list_page_that_is_not_a_whole_number_is_a_422_not_a_server_error(client: httpx.Client) -> None:
+    for params in ({"page": "abc"}, {"page_size": "0"}, {"page": "-1"}):
+        answer = client.get("/batch/jobs", params=params)
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] in params
