@@ -27,6 +27,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from gateway import jsondepth
 from gateway.providers.base import (
     HealthReport,
     PollResult,
@@ -175,6 +176,10 @@ class GeminiBatchAdapter(GeminiHttpAdapter):
         inlined = inlined_responses(output)
         with dest.open("ab") as out:
             for position, item in enumerate(inlined or []):
+                if jsondepth.TOO_DEEP in msgspec.json.encode(item):  # cut from an answer too deep to read whole
+                    log.warning("provider %s: skipped inline result %d of batch %s: nested too deeply to read",
+                                self.name, position + 1, provider_batch_id)  # fmt: skip
+                    continue
                 key = (item.get("metadata") or {}).get("key")
                 if not isinstance(key, str) and shard and position < len(shard.sent):
                     key = shard.sent[position]  # inline responses are documented to keep the input order

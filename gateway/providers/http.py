@@ -33,6 +33,7 @@ import httpx
 import msgspec
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from gateway import jsondepth
 from gateway.providers.base import (
     LOCAL_BATCH_PREFIX,
     CreatesAnsweredHere,
@@ -403,11 +404,18 @@ class HttpAdapter(ProviderAdapter):
         if not response.is_success:
             raise self._status_error(method, label, response)
         try:
-            return msgspec.json.decode(response.content)
+            answer, cut = jsondepth.decode_within(msgspec.json.decode, response.content)
         except msgspec.DecodeError:
             raise ProviderUnavailable(
                 f"provider {self.name}: {method} {self._sanitise(label)} answered HTTP {response.status_code}, not JSON"
             ) from None
+        if cut:
+            self._warn_too_deep(method, label)
+        return answer
+
+    def _warn_too_deep(self, method: str, label: str) -> None:
+        log.warning("provider %s: %s %s answered JSON nested deeper than %d levels; the deeper values are left out",
+                    self.name, method, self._sanitise(label), jsondepth.MAX_ANSWER_DEPTH)  # fmt: skip
 
     async def _call_json(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Any:
         """:meth:`_send_json`, retried as the policy says."""

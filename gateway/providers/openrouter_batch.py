@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from gateway import jsondepth
 from gateway.providers.base import (
     LOCAL_BATCH_PREFIX,
     CapabilityNotSupported,
@@ -186,8 +187,11 @@ class OpenRouterBatchAdapter(HttpAdapter):
             if not response.is_success:
                 raise self._status_error("GET", label, response)
             try:
-                return decoder.decode(response.content)
+                batch, cut = jsondepth.decode_within(decoder.decode, response.content)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 raise ProviderUnavailable(f"provider {self.name}: GET {label} answered no batch object") from None
+            if cut:  # a result nested too deeply: the others are read, it is skipped (and runs again)
+                self._warn_too_deep("GET", label)
+            return batch
 
         return await self._retrying(once)

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import msgspec
 
+from gateway import jsondepth
 from gateway.providers.http import CreateBody
 from gateway.providers.jsonl import iter_requests
 from gateway.providers.openai_wire import normalise_output_line
@@ -194,9 +195,13 @@ def result_lines(batch: BatchResults, provider_batch_id: str) -> ResultLines:
     found = ResultLines()
     answers: list[tuple[int, tuple[int, float | None]]] = []
     seen: set[str] = set()
-    for position, raw in enumerate(batch.results or [], 1):
+    for position, item in enumerate(batch.results or [], 1):
+        raw = bytes(item)
+        if jsondepth.TOO_DEEP in raw:  # cut from an answer too deep to read whole
+            found.skipped.append((position, "nested too deeply to read"))
+            continue
         try:
-            line = normalise_output_line(bytes(raw), provider_batch_id)
+            line = normalise_output_line(raw, provider_batch_id)
         except MalformedResult as exc:
             found.skipped.append((position, str(exc)))
             continue

@@ -33,7 +33,7 @@ from gateway.simulator.bedrock_s3 import InputProblem, S3Access, split_s3_uri
 from gateway.simulator.errors import ApiError
 from gateway.simulator.file_store import StoredFile
 from gateway.simulator.jobs import ItemOutcome, Job, JobItem
-from gateway.simulator.model import embedding_vector, stable_id, text_tokens
+from gateway.simulator.model import POISON_NESTING, embedding_vector, stable_id, text_tokens
 from gateway.simulator.state import EmulatorState
 
 if TYPE_CHECKING:
@@ -381,7 +381,7 @@ class BedrockDriver:
         for outcome in processed:
             line: dict[str, Any] = {"recordId": outcome.custom_id, "modelInput": items[outcome.custom_id].body}
             if outcome.ok:
-                line["modelOutput"] = msgspec.Raw(b"[" * 5000 + b"]" * 5000) if nested else outcome.body
+                line["modelOutput"] = POISON_NESTING if nested else outcome.body
                 nested = False
             else:
                 message = (outcome.body or {}).get("message", "")

@@ -34,7 +34,15 @@ from gateway.simulator.gemini_files import (
     rfc3339,
 )
 from gateway.simulator.jobs import EXPIRED, ItemOutcome, Job, JobItem
-from gateway.simulator.model import Reply, embedding_vector, model_reply, random_id, stable_id, text_tokens
+from gateway.simulator.model import (
+    POISON_NESTING,
+    Reply,
+    embedding_vector,
+    model_reply,
+    random_id,
+    stable_id,
+    text_tokens,
+)
 from gateway.simulator.openai_protocol import MAX_DIMENSIONS
 from gateway.simulator.state import DAY_S, EmulatorState, emulator_of, note
 from gateway.translate.gemini import GOOGLE_STATUS_HTTP, GRPC_STATUS_NAMES, HTTP_STATUS_NAMES
@@ -290,6 +298,9 @@ class GeminiDriver:
             # Embeddings batches answer under the same key (the SDKs rename it inlinedEmbedContentResponses).
             results = [{"metadata": meta, **_result(o)} for (meta, _), o in zip(inline, job.outcomes, strict=True)
                        if o.status_code is not None]  # fmt: skip
+            first = next((result for result in results if "response" in result), None)
+            if state.faults.nested_output_line and first is not None:  # poison in the middle of the one answer
+                first["response"] = POISON_NESTING
             job.extra["output"] = {"inlinedResponses": {"inlinedResponses": results}}
             return []
         ran = [o for o in outcomes if o.status_code is not None]

@@ -85,3 +85,7 @@ def stable_id(prefix: str, *parts: str, length: int = 24) -> str:
 def random_id(prefix: str, length: int = 24) -> str:
     """A fresh random id such as ``file-…``, for objects a provider would number itself."""
     return prefix + secrets.token_hex(length // 2)
+
+
+POISON_NESTING = msgspec.Raw(b"[" * 5000 + b"]" * 5000)
+"""Valid JSON nested 5,000 arrays deep, deeper than any decoder's recursion limit: the ``nested_output_line`` fault."""

@@ -18,7 +18,15 @@ from litestar import Router
 from gateway.simulator.errors import ApiError, openai_error_body
 from gateway.simulator.file_store import StoredFile
 from gateway.simulator.jobs import ItemOutcome, Job, JobItem
-from gateway.simulator.model import Reply, embedding_vector, model_reply, pack_floats, stable_id, text_tokens
+from gateway.simulator.model import (
+    POISON_NESTING,
+    Reply,
+    embedding_vector,
+    model_reply,
+    pack_floats,
+    stable_id,
+    text_tokens,
+)
 from gateway.simulator.openai_dialects import CHAT, DIALECTS
 from gateway.simulator.state import DAY_S, EmulatorState
 
@@ -293,7 +301,7 @@ class OpenAIDriver:
                 error = {"code": outcome.error_code, "message": outcome.error_message}
             else:
                 request_id = stable_id("req_", "request", job.id, outcome.custom_id, length=32)
-                body: Any = msgspec.Raw(b"[" * 5000 + b"]" * 5000) if nested and index == 0 else outcome.body
+                body: Any = POISON_NESTING if nested and index == 0 else outcome.body
                 response = {"status_code": outcome.status_code, "request_id": request_id, "body": body}
             line_id = stable_id("batch_req_", job.id, outcome.custom_id)
             encoded = msgspec.json.encode(

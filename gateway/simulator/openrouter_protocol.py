@@ -29,7 +29,7 @@ from gateway.simulator.anthropic_protocol import simulate_message
 from gateway.simulator.errors import ApiError
 from gateway.simulator.file_store import StoredFile
 from gateway.simulator.jobs import ItemOutcome, Job, JobItem
-from gateway.simulator.model import random_id, stable_id
+from gateway.simulator.model import POISON_NESTING, random_id, stable_id
 from gateway.simulator.openai_protocol import chat_completion, embeddings
 from gateway.simulator.openai_routes import list_page
 from gateway.simulator.state import DAY_S, EmulatorState, emulator_of, note
@@ -134,8 +134,13 @@ class OpenRouterDriver:
         return ItemOutcome(item.custom_id, 200, answer, input_tokens=tokens[0], output_tokens=tokens[1])
 
     def finalize(self, state: EmulatorState, job: Job, outcomes: Sequence[ItemOutcome]) -> list[StoredFile]:
-        """Keep the result items on the job (answered inline); no files."""
-        job.extra["results"] = [_result_item(job, outcome) for outcome in outcomes]
+        """Keep the result items on the job (answered inline); no files. The ``nested_output_line`` fault nests
+        the first answer's body too deeply for any decoder (in the middle of the one JSON answer)."""
+        results = [_result_item(job, outcome) for outcome in outcomes]
+        first = next((item for item in results if item["response"] is not None), None)
+        if state.faults.nested_output_line and first is not None:
+            first["response"]["body"] = POISON_NESTING
+        job.extra["results"] = results
         return []
 
 

@@ -56,8 +56,9 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
     expire_after_fraction: Fraction = 0.5
     malformed_output_line: bool = False
     nested_output_line: bool = False
-    """The first answer of an OpenAI-protocol result file (or of a Bedrock job's records) is a body nested 5,000
-    arrays deep: valid JSON that no decoder's recursion limit lets through (a poison line)."""
+    """The first answer of an OpenAI-protocol result file (or of a Bedrock job's records, or of the inline
+    results of an OpenRouter batch or a small Gemini batch) is a body nested 5,000 arrays deep: valid JSON that
+    no decoder's recursion limit lets through (a poison line)."""
     stall: bool = False
     results_inline_only: bool = False
     """Mistral: a finished job names neither an output nor an error file (the API's schema allows null); its

@@ -237,6 +237,21 @@ async def test_malformed_result_line_skipped(
     assert any("skipped line 1 of results file" in record.getMessage() for record in caplog.records)
 
 
+async def test_an_inline_result_nested_too_deeply_is_skipped_and_the_others_are_read(
+    cluster: SimulatorCluster, adapter: GeminiBatchAdapter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster.set_faults("gem", nested_output_line=True)
+    shard = shard_of(tmp_path, standard_lines(5)[:5])
+    submitted = await adapter.submit(shard)
+    with caplog.at_level(logging.WARNING, logger="gateway.providers"):
+        assert (await wait_terminal(adapter, submitted.provider_batch_id)).state is ProviderBatchState.COMPLETED
+        dest = tmp_path / "out.jsonl"
+        await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    lines = read_lines(dest)
+    assert len(lines) == 4 and all(line["response"]["status_code"] == 200 for line in lines.values())  # 5th: again
+    assert "nested deeper than 256 levels" in caplog.text and "skipped inline result 1" in caplog.text
+
+
 @pytest.mark.parametrize("inline", [True, False], ids=["inline", "file"])
 async def test_embeddings_round_trip_priced_by_gemini_token_counts(
     cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path, inline: bool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +89,24 @@ async def test_round_trip_with_what_openrouter_billed_on_each_answer(
         headers={"Authorization": f"Bearer {KEY}"},
     ).json()
     assert sum(line["billed_usd"] for line in answered) == pytest.approx(batch["usage"]["cost"], rel=1e-9)
+
+
+async def test_a_result_nested_too_deeply_is_skipped_and_the_others_are_read(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster.set_faults("openrouter", nested_output_line=True)
+    adapter = adapter_of(cluster, http)
+    shard = write_shard(tmp_path, questions(20, MODEL, max_tokens=10), MODEL)
+    submitted = await adapter.submit(shard)
+    with caplog.at_level(logging.WARNING, logger="gateway.providers"):
+        final = await wait_terminal(adapter, submitted.provider_batch_id)  # the status reads get through too
+        dest = tmp_path / "out.jsonl"
+        await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    assert final.state is ProviderBatchState.COMPLETED and final.completed == 20
+    lines = read_lines(dest)
+    assert len(lines) == 19 and all(line["response"]["status_code"] == 200 for line in lines)  # the 20th runs again
+    assert all(line["billed_usd"] > 0 for line in lines)
+    assert "nested too deeply to read" in caplog.text
 
 
 async def test_the_create_body_names_endpoint_and_model_first_and_pins_the_upstream_providers(
