@@ -142,10 +142,26 @@ def cohere_lines(count: int) -> list[dict[str, Any]]:
     return lines
 
 
-def manifest_of(s3: S3Server, bucket: str, shard: Any) -> dict[str, Any]:
+def manifest_key(s3: S3Server, bucket: str, shard: Any) -> str:
     (key,) = [k for k in s3.keys(bucket, f"jobs/{shard.submit_token}/out/") if k.endswith("manifest.json.out")]
-    manifest: dict[str, Any] = json.loads(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    return key
+
+
+def manifest_of(s3: S3Server, bucket: str, shard: Any) -> dict[str, Any]:
+    body = s3.client().get_object(Bucket=bucket, Key=manifest_key(s3, bucket, shard))["Body"].read()
+    manifest: dict[str, Any] = json.loads(body)
     return manifest
+
+
+async def finished_cohere_job(
+    adapter: BedrockBatchAdapter, tmp_path: Path, count: int
+) -> tuple[list[dict[str, Any]], Any, Any]:
+    """``count`` Cohere requests but the refused one, run to completion: (lines, shard, submitted)."""
+    lines = [line for line in cohere_lines(count) if line["custom_id"] != "c4"]
+    shard = write_shard(tmp_path, lines, COHERE, endpoint=EMBEDDINGS)
+    submitted = await adapter.submit(shard)
+    assert (await wait_terminal(adapter, submitted.provider_batch_id)).completed == len(lines)
+    return lines, shard, submitted
 
 
 async def test_cohere_answers_share_the_manifests_token_count_by_the_size_of_their_texts(
@@ -197,10 +213,7 @@ def rewrite_output(s3: S3Server, bucket: str, shard: Any, change: Any) -> None:
 async def test_a_counted_answer_keeps_its_count_the_rest_share_what_is_left_and_a_short_answer_is_skipped(
     adapter: BedrockBatchAdapter, s3_server: S3Server, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    lines = [line for line in cohere_lines(10) if line["custom_id"] != "c4"]
-    shard = write_shard(tmp_path, lines, COHERE, endpoint=EMBEDDINGS)
-    submitted = await adapter.submit(shard)
-    assert (await wait_terminal(adapter, submitted.provider_batch_id)).completed == len(lines)
+    lines, shard, submitted = await finished_cohere_job(adapter, tmp_path, 10)
 
     def change(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for record in records:
@@ -227,12 +240,9 @@ async def test_a_counted_answer_keeps_its_count_the_rest_share_what_is_left_and_
 async def test_a_manifest_that_counts_too_few_tokens_is_not_billed_as_nothing(
     adapter: BedrockBatchAdapter, s3_server: S3Server, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    lines = [line for line in cohere_lines(6) if line["custom_id"] != "c4"]
-    shard = write_shard(tmp_path, lines, COHERE, endpoint=EMBEDDINGS)
-    submitted = await adapter.submit(shard)
-    assert (await wait_terminal(adapter, submitted.provider_batch_id)).completed == len(lines)
-    (key,) = [k for k in s3_server.keys(bucket, f"jobs/{shard.submit_token}/out/") if k.endswith("manifest.json.out")]
+    _, shard, submitted = await finished_cohere_job(adapter, tmp_path, 6)
     manifest = manifest_of(s3_server, bucket, shard) | {"inputTokenCount": 0}
+    key = manifest_key(s3_server, bucket, shard)
     s3_server.client().put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
     dest = tmp_path / "out.jsonl"
     with caplog.at_level(logging.WARNING, logger="gateway.providers.bedrock_batch"):
@@ -244,12 +254,8 @@ async def test_a_manifest_that_counts_too_few_tokens_is_not_billed_as_nothing(
 async def test_cohere_answers_are_priced_at_the_estimate_when_the_manifest_is_gone(
     adapter: BedrockBatchAdapter, s3_server: S3Server, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    lines = [line for line in cohere_lines(8) if line["custom_id"] != "c4"]
-    shard = write_shard(tmp_path, lines, COHERE, endpoint=EMBEDDINGS)
-    submitted = await adapter.submit(shard)
-    assert (await wait_terminal(adapter, submitted.provider_batch_id)).completed == len(lines)
-    (key,) = [k for k in s3_server.keys(bucket, f"jobs/{shard.submit_token}/out/") if k.endswith("manifest.json.out")]
-    s3_server.client().delete_object(Bucket=bucket, Key=key)
+    lines, shard, submitted = await finished_cohere_job(adapter, tmp_path, 8)
+    s3_server.client().delete_object(Bucket=bucket, Key=manifest_key(s3_server, bucket, shard))
     dest = tmp_path / "out.jsonl"
     with caplog.at_level(logging.WARNING, logger="gateway.providers.bedrock_batch"):
         await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
