@@ -278,6 +278,8 @@ def rewrite_model(line: bytes, provider_model: str, tier: str = "standard") -> b
     body["model"] = provider_model
     if tier != "standard":
         body["service_tier"] = tier
-    elif "service_tier" in body and body["service_tier"] not in STANDARD_TIER_VALUES:
+    elif "service_tier" in body and not (
+        isinstance(asked := body["service_tier"], str) and asked in STANDARD_TIER_VALUES
+    ):
         del body["service_tier"]
     return msgspec.json.encode(request)

@@ -446,7 +446,8 @@ class _RecordCopy:
             return
         weights = [self.index.text_bytes.get(rid, 0) for rid in self._uncounted]
         left = counted[0] - self.tokens[0] if counted is not None else 0
-        if left > 0:
+        # Each answer with text to embed needs a token at least: a count short of that is not the answers'.
+        if left >= max(1, sum(1 for weight in weights if weight > 0)):
             shares = apportion(left, weights)
         else:  # never bill answered texts at nothing: a missing or short count is logged and estimated
             shares = [estimated_tokens(weight) for weight in weights]

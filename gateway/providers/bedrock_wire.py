@@ -109,6 +109,8 @@ class ShardIndex:
     text_bytes: dict[str, int] = field(default_factory=dict)
     """``recordId`` -> UTF-8 bytes of the texts it sends, for families priced from the manifest: each answer's
     share of the job's token count."""
+    text_counts: dict[str, int] = field(default_factory=dict)
+    """``recordId`` -> how many texts it sends (so how many vectors its answer must hold), for the same families."""
 
 
 def translate_shard(
@@ -134,6 +136,7 @@ def translate_shard(
                 text = request.get("input")  # translation took it: a string or a list of strings
                 texts: list[str] = [text] if isinstance(text, str) else list(text or [])
                 index.text_bytes[rid] = sum(len(t.encode()) for t in texts)
+                index.text_counts[rid] = len(texts)
             if out is not None:
                 encoded = encode_line({"recordId": rid, "modelInput": model_input})
                 out.write(encoded)
@@ -189,12 +192,14 @@ def result_envelope(
         return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
     answer = from_model_output(family, record.modelOutput, model, created)
     if family.counts_in_manifest:
-        texts = _sent_texts(record.modelInput)
+        texts = _sent_texts(record.modelInput) if record.recordId not in index.text_counts else None
         if texts is not None:
-            if len(answer["data"]) != len(texts):
-                raise MalformedResult(f"{len(answer['data'])} vectors for {len(texts)} texts")
             # The record's own texts weigh its share of the manifest's count, even without the shard input.
-            index.text_bytes.setdefault(record.recordId, sum(len(text.encode()) for text in texts))
+            index.text_bytes[record.recordId] = sum(len(text.encode()) for text in texts)
+            index.text_counts[record.recordId] = len(texts)
+        sent = index.text_counts.get(record.recordId)
+        if sent is not None and len(answer["data"]) != sent:
+            raise MalformedResult(f"{len(answer['data'])} vectors for {sent} texts")
     if record.recordId in index.base64:
         answer = vectors_as_base64(answer, family.name)
     response = {"status_code": 200, "request_id": request_id, "body": answer}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 from urllib.parse import quote
 
+from gateway import jsondepth
 from gateway.providers.base import (
     HealthReport,
     PollResult,
@@ -160,7 +161,12 @@ class MistralBatchAdapter(HttpAdapter):
             raise ProviderUnavailable(f"provider {self.name}: job {provider_batch_id} ran requests but names no "
                                       "result file and answers no inline outputs")  # fmt: skip
         for number, item in enumerate(outputs, 1):
-            kept = self._output_line(encode_line(item), number, "inline outputs", provider_batch_id)
+            line = encode_line(item)
+            if jsondepth.TOO_DEEP in line:  # cut from an answer too deep to read whole: it runs again
+                log.warning("provider %s: skipped inline output %d of job %s: nested too deeply to read",
+                            self.name, number, provider_batch_id)  # fmt: skip
+                continue
+            kept = self._output_line(line, number, "inline outputs", provider_batch_id)
             if kept is not None:
                 out.write(kept + b"\n")
 

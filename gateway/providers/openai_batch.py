@@ -95,9 +95,13 @@ class OpenAIBatchAdapter(HttpAdapter):
         fields = {"purpose": self.wire.upload_purpose}
         with contextlib.ExitStack() as stack:
             source = shard.input_path
-            if self.wire.maps_custom_ids:
-                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchgw-ids-")))
-                source = await asyncio.to_thread(_with_provider_ids, source, folder / "shard.jsonl")
+            if self.wire.maps_custom_ids and await asyncio.to_thread(_needs_mapped_ids, source):
+                try:
+                    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchgw-ids-")))
+                    source = await asyncio.to_thread(_with_provider_ids, source, folder / "shard.jsonl")
+                except OSError as exc:  # a full or missing temporary folder passes
+                    failure = f"provider {self.name}: mapping the shard's custom_ids failed: {exc}"
+                    raise ProviderUnavailable(failure) from None
             upload = Multipart(source, upload_name(shard.submit_token), "application/jsonl", fields)
             uploaded = await self._call_json("POST", "/files", multipart=upload)
         file_id = uploaded.get("id") if isinstance(uploaded, dict) else None
@@ -257,18 +261,23 @@ def _has_ended(batch: dict[str, Any]) -> bool:
     return state is not None and state.is_terminal
 
 
+def _needs_mapped_ids(shard_path: Path) -> bool:
+    """Whether a shard holds a ``custom_id`` the provider cannot take as it is; blocking, so run it in a thread."""
+    with shard_path.open("rb") as lines:
+        return any((found := custom_id_of(raw)) is not None and provider_custom_id(found) != found for raw in lines)
+
+
 def _with_provider_ids(shard_path: Path, dest: Path) -> Path:
-    """The shard with every ``custom_id`` the provider cannot take mapped (``dest``), or the shard itself when
-    none needs it; blocking, so run it in a thread."""
-    changed = False
+    """``dest``: the shard with every ``custom_id`` the provider cannot take mapped; blocking, so run it in a
+    thread."""
     with shard_path.open("rb") as lines, dest.open("wb") as out:
         for raw in lines:
             line = raw.rstrip(b"\r\n")
             custom_id = custom_id_of(line) if line.strip() else None
             if custom_id is not None and (sent := provider_custom_id(custom_id)) != custom_id:
-                line, changed = with_custom_id(line, sent), True
+                line = with_custom_id(line, sent)
             out.write(line + b"\n")
-    return dest if changed else shard_path
+    return dest
 
 
 def _reverse_ids(shard_path: Path) -> dict[str, str]:

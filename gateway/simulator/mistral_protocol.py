@@ -22,7 +22,7 @@ from litestar.response import File
 from gateway.simulator.errors import ApiError, not_found
 from gateway.simulator.file_store import StoredFile
 from gateway.simulator.jobs import ItemOutcome, Job, JobItem
-from gateway.simulator.model import stable_id
+from gateway.simulator.model import POISON_NESTING, stable_id
 from gateway.simulator.openai_protocol import chat_completion, embeddings
 from gateway.simulator.state import EmulatorState, emulator_of, note
 
@@ -198,6 +198,9 @@ def job_object(job: Job, inline: bool = False, state: EmulatorState | None = Non
         for file_id in filter(None, files):
             with Path(state.files.get(file_id).path).open("rb") as lines:
                 outputs += [msgspec.json.decode(raw) for raw in lines if raw.strip()]
+        answered = next((item for item in outputs if (item.get("response") or {}).get("status_code") == 200), None)
+        if state.faults.nested_output_line and answered is not None:  # a poison answer inside the one JSON answer
+            answered["response"]["body"] = POISON_NESTING
     if job.extra.get("inline_only"):
         files = [None, None]
     # Job-level errors in Mistral's shape, whatever shape the shared job machinery recorded them in.

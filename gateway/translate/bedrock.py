@@ -61,7 +61,7 @@ def _titan_input(body: Mapping[str, Any], _default_max_tokens: int) -> dict[str,
     record: dict[str, Any] = {"inputText": single_text(body, "Titan")}
     dimensions = body.get("dimensions")
     if dimensions is not None:
-        if dimensions not in TITAN_DIMENSIONS or isinstance(dimensions, bool):
+        if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions not in TITAN_DIMENSIONS:
             sizes = ", ".join(map(str, sorted(TITAN_DIMENSIONS)))
             raise TranslationError(f"'dimensions' must be one of {sizes} for Titan.", "dimensions", "invalid_value")
         record["dimensions"] = dimensions
@@ -107,7 +107,7 @@ def _cohere_record(body: Mapping[str, Any], dimensions_field: str | None) -> dic
     record: dict[str, Any] = {"texts": _cohere_texts(body), "input_type": input_type}
     dimensions = body.get("dimensions")
     if dimensions_field and dimensions is not None:
-        if dimensions not in COHERE_V4_DIMENSIONS or isinstance(dimensions, bool):
+        if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions not in COHERE_V4_DIMENSIONS:
             sizes = ", ".join(map(str, sorted(COHERE_V4_DIMENSIONS)))
             raise TranslationError(f"'dimensions' must be one of {sizes} for Cohere.", "dimensions", "invalid_value")
         record[dimensions_field] = dimensions

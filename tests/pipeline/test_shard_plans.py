@@ -30,10 +30,12 @@ def line(**body: object) -> bytes:
         ("fast", "flex", "flex"),
         ("auto", "standard", "auto"),  # the client's own value, which any tier accepts
         ("default", "standard", "default"),
+        ([], "standard", None),  # not a tier at all: removed, never a crash of the whole routing
+        ({"tier": "auto"}, "standard", None),
         (None, "standard", None),
     ],
 )
-def test_the_placement_sets_the_tier_of_each_line(asked: str | None, tier: str, sent: str | None) -> None:
+def test_the_placement_sets_the_tier_of_each_line(asked: object, tier: str, sent: str | None) -> None:
     fields = {"model": "logical", "messages": []} | ({} if asked is None else {"service_tier": asked})
     body = json.loads(rewrite_model(line(**fields), "provider-id", tier))["body"]
     assert body["model"] == "provider-id" and body.get("service_tier") == sent

@@ -210,8 +210,14 @@ def rewrite_output(s3: S3Server, bucket: str, shard: Any, change: Any) -> None:
     s3.client().put_object(Bucket=bucket, Key=key, Body=body.encode())
 
 
+@pytest.mark.parametrize("with_input", [False, True], ids=["input-gone", "input-kept"])
 async def test_a_counted_answer_keeps_its_count_the_rest_share_what_is_left_and_a_short_answer_is_skipped(
-    adapter: BedrockBatchAdapter, s3_server: S3Server, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    adapter: BedrockBatchAdapter,
+    s3_server: S3Server,
+    bucket: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    with_input: bool,
 ) -> None:
     lines, shard, submitted = await finished_cohere_job(adapter, tmp_path, 10)
 
@@ -225,9 +231,11 @@ async def test_a_counted_answer_keeps_its_count_the_rest_share_what_is_left_and_
 
     rewrite_output(s3_server, bucket, shard, change)
     dest = tmp_path / "out.jsonl"
+    source = shard.input_path if with_input else None  # without it, the records' echoed texts weigh
     with caplog.at_level(logging.WARNING, logger="gateway.providers.bedrock_batch"):
-        await adapter.fetch_results(submitted.provider_batch_id, dest)  # the shard input is gone: records weigh
-    tokens = {line["custom_id"]: line["response"]["body"]["usage"]["prompt_tokens"] for line in read_lines(dest)}
+        await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=source)
+    by_line = {int(line["id"].rsplit("R", 1)[-1]): line for line in read_lines(dest)}  # the record's line number
+    tokens = {f"R{n:010d}": line["response"]["body"]["usage"]["prompt_tokens"] for n, line in by_line.items()}
     assert "R0000000002" not in tokens and "1 vectors for 2 texts" in caplog.text  # skipped, so it runs again
     assert tokens.pop("R0000000001") == 11
     manifest = manifest_of(s3_server, bucket, shard)
@@ -237,11 +245,17 @@ async def test_a_counted_answer_keeps_its_count_the_rest_share_what_is_left_and_
         assert abs(used - (manifest["inputTokenCount"] - 11) * size[rid] / sum(size[r] for r in tokens)) < 1
 
 
+@pytest.mark.parametrize("counted", [0, 3])  # 5 answers need 5 tokens at least
 async def test_a_manifest_that_counts_too_few_tokens_is_not_billed_as_nothing(
-    adapter: BedrockBatchAdapter, s3_server: S3Server, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    adapter: BedrockBatchAdapter,
+    s3_server: S3Server,
+    bucket: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    counted: int,
 ) -> None:
     _, shard, submitted = await finished_cohere_job(adapter, tmp_path, 6)
-    manifest = manifest_of(s3_server, bucket, shard) | {"inputTokenCount": 0}
+    manifest = manifest_of(s3_server, bucket, shard) | {"inputTokenCount": counted}
     key = manifest_key(s3_server, bucket, shard)
     s3_server.client().put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
     dest = tmp_path / "out.jsonl"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,23 @@ async def test_round_trip_inline_or_through_a_file(
     assert answered["status_code"] in (200, 500)
     if answered["status_code"] == 200:  # max_completion_tokens arrived as max_tokens
         assert answered["body"]["usage"]["completion_tokens"] <= 40
+
+
+async def test_an_inline_output_nested_too_deeply_is_skipped_and_the_others_are_read(
+    cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster.set_faults("mistral", results_inline_only=True, nested_output_line=True, fail_fraction=0.0)
+    adapter = adapter_of(cluster, http)
+    shard = write_shard(tmp_path, questions(10, MODEL), MODEL)
+    submitted = await adapter.submit(shard)
+    await wait_terminal(adapter, submitted.provider_batch_id)
+    dest = tmp_path / "out.jsonl"
+    with caplog.at_level(logging.WARNING, logger="gateway.providers"):
+        await adapter.fetch_results(submitted.provider_batch_id, dest, input_path=shard.input_path)
+    cluster.set_faults("mistral", results_inline_only=False, nested_output_line=False)
+    lines = read_lines(dest)
+    assert len(lines) == 9 and all(line["response"]["status_code"] == 200 for line in lines)  # the 10th runs again
+    assert "skipped inline output" in caplog.text
 
 
 async def test_embeddings_round_trip(cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path) -> None:

@@ -150,6 +150,8 @@ def test_cohere_bodies_carry_every_text_of_a_request_with_an_input_type() -> Non
     [
         (COHERE_V3, {"input": "a", "dimensions": 512}, "dimensions"),  # v3's vectors have one size
         (COHERE_V4, {"input": "a", "dimensions": 300}, "dimensions"),
+        (COHERE_V4, {"input": "a", "dimensions": [512]}, "dimensions"),  # not a number: a 400 line, not a crash
+        (TITAN, {"input": "a", "dimensions": [512]}, "dimensions"),
         (COHERE_V4, {"input": "a", "input_type": "image"}, "input_type"),
         (COHERE_V4, {"input": ["a", ""]}, "input"),
         (COHERE_V4, {"input": [[1, 2]]}, "input"),
