@@ -342,18 +342,20 @@ def _job(request: Req, name: str) -> Job:
 
 @post("/v1beta/models/{name:str}", status_code=200)
 async def model_method(request: Req) -> Any:
-    """``models/{model}:{method}``: a batch create, or the synchronous ``generateContent``."""
-    from gateway.simulator.gemini_sync import GENERATE, generate
+    """``models/{model}:{method}``: a batch create, or the synchronous ``generateContent`` / ``embedContent``."""
+    from gateway.simulator.gemini_sync import EMBED_ONE, GENERATE, embed, generate
 
     name = request.path_params["name"]
     emu = emulator_of(request)
     model, _, method = name.rpartition(":")
-    if method not in (*CREATE_REQUESTS, GENERATE):
+    if method not in (*CREATE_REQUESTS, GENERATE, EMBED_ONE):
         raise invalid(f"Method {method!r} is not served here.", "NOT_FOUND")
     if model not in emu.models:
         raise invalid(f"models/{model} is not found for API version v1beta.", "NOT_FOUND")
     if method == GENERATE:
         return await generate(request, model)
+    if method == EMBED_ONE:
+        return await embed(request, model)
     return await _create_batch(request, model, method)
 
 
@@ -392,7 +394,7 @@ async def _create_batch(request: Req, model: str, method: str) -> dict[str, Any]
 
 @get("/v1beta/models")
 async def list_models(request: Req) -> dict[str, Any]:
-    methods = ["generateContent", GENERATE, "countTokens", EMBED]
+    methods = ["generateContent", GENERATE, "countTokens", "embedContent", EMBED]
     models = [{"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": methods}
               for m in emulator_of(request).models]  # fmt: skip
     return _page(request, models, "models", 50)

@@ -1,4 +1,5 @@
-"""The Gemini API's synchronous ``models/{model}:generateContent``, with its service tiers.
+"""The Gemini API's synchronous ``models/{model}:generateContent``, with its service tiers, and
+``models/{model}:embedContent`` (one text's vector, without a token count, as the API answers it).
 
 Answered at once by the same deterministic model as the batches. ``serviceTier`` (or ``service_tier``) at the
 request's root asks for ``standard`` (also ``unspecified`` or absent), ``flex`` or ``priority``, in any case
@@ -21,11 +22,12 @@ from litestar import Response
 
 from gateway.simulator.errors import ApiError
 from gateway.simulator.gemini_files import Req, invalid, json_field
-from gateway.simulator.gemini_protocol import generate_content
+from gateway.simulator.gemini_protocol import embed_content, generate_content
 from gateway.simulator.state import emulator_of
 from gateway.simulator.sync_calls import FlexUnavailable, Tier, bill, counted, maybe_fail, serve_tier
 
 GENERATE = "generateContent"
+EMBED_ONE = "embedContent"
 TIER_HEADER = "x-gemini-service-tier"
 GEMINI_TIERS: dict[str, Tier] = {
     "unspecified": "standard", "standard": "standard", "flex": "flex", "priority": "priority",
@@ -50,12 +52,7 @@ async def generate(request: Req, model: str) -> Response[dict[str, Any]]:
     maybe_fail(request, raw)
     emu = emulator_of(request)
     with counted(request):
-        try:
-            body = msgspec.json.decode(raw or b"{}")
-        except msgspec.DecodeError:
-            raise invalid("Invalid JSON payload received.") from None
-        if not isinstance(body, dict):
-            raise invalid("Invalid JSON payload received: expected an object.")
+        body = _json_body(raw)
         try:
             served = serve_tier(emu, asked_tier(json_field(body, "serviceTier", "service_tier")))
         except FlexUnavailable:
@@ -66,3 +63,27 @@ async def generate(request: Req, model: str) -> Response[dict[str, Any]]:
     usage["serviceTier"] = served
     bill(emu, served, usage["promptTokenCount"], usage["candidatesTokenCount"])
     return Response(answer, status_code=200, headers={TIER_HEADER: served})
+
+
+async def embed(request: Req, model: str) -> dict[str, Any]:
+    """One EmbedContentRequest answered now: ``{"embedding": {"values"}}``, without a token count (the
+    synchronous ``EmbedContentResponse`` has none; the batch's ``SingleEmbedContentResponse`` does)."""
+    raw = await request.body()
+    maybe_fail(request, raw)
+    emu = emulator_of(request)
+    with counted(request):
+        body = _json_body(raw)
+        answer = embed_content(body, model)
+    bill(emu, "standard", answer.pop("tokenCount"), 0)
+    return answer
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object (Google's 400 otherwise)."""
+    try:
+        body = msgspec.json.decode(raw or b"{}")
+    except msgspec.DecodeError:
+        raise invalid("Invalid JSON payload received.") from None
+    if not isinstance(body, dict):
+        raise invalid("Invalid JSON payload received: expected an object.")
+    return body

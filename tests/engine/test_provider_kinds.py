@@ -72,7 +72,7 @@ KINDS = {
     "gemini_sync": ("gemini_sync", "gemini", "openai"),
     "anthropic_sync": ("anthropic_sync", "anthropic", "openai"),
 }
-SERVE_EMBEDDINGS = ("openai", "azure", "gemini", "mistral", "openrouter", "fanout")
+SERVE_EMBEDDINGS = ("openai", "azure", "gemini", "mistral", "openrouter", "fanout", "gemini_sync")
 CREATED = "submit.after_provider_create"
 ANY_KIND = "any-kind"
 """A model every provider serves, for the routing test."""

@@ -3,6 +3,9 @@ tier asked and the tier that served, flex refusals and priority downgrades, erro
 
 from __future__ import annotations
 
+import base64
+import math
+import struct
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,9 +19,11 @@ from gateway.providers.base import ProviderAuthFailed, ProviderUnavailable, Sync
 from gateway.providers.config import ProviderConfig
 from gateway.providers.gemini_sync import GeminiSyncAdapter
 from gateway.providers.http import RetryPolicy
-from gateway.simulator import ProviderSpec, SimulatorCluster
+from gateway.simulator import ProviderSpec, SimulatorCluster, embedding_vector, text_tokens
 from tests.conftest import loopback
 from tests.providers.support import CHAT, FAST_RETRY, executed, sync_request
+
+EMBEDDINGS = "/v1/embeddings"
 
 MODEL = "gemini-2.5-flash"
 SECRET = "gm-sync-secret-77a1c3"
@@ -139,8 +144,32 @@ async def test_a_refused_key_raises_without_leaking_it(cluster: SimulatorCluster
 async def test_health_and_endpoints(cluster: SimulatorCluster, http: httpx.AsyncClient) -> None:
     adapter = make_adapter(cluster, http)
     assert (await adapter.health()).healthy
-    assert adapter.serves(CHAT) and not adapter.serves("/v1/embeddings")
+    assert adapter.serves(CHAT) and adapter.serves(EMBEDDINGS) and not adapter.serves("/v1/responses")
     assert adapter.executes_locally
+
+
+async def test_embeddings_are_answered_one_text_at_a_time_and_priced_at_the_estimate(
+    cluster: SimulatorCluster, http: httpx.AsyncClient
+) -> None:
+    adapter = make_adapter(cluster, http)
+
+    def embedding(custom_id: str, **fields: Any) -> SyncRequest:
+        body = {"model": MODEL, "input": "an accented résumé to embed", **fields}
+        return SyncRequest(custom_id, EMBEDDINGS, msgspec.json.encode(body), estimated_tokens=8)
+
+    plain = (await executed(adapter, embedding("e", dimensions=16)))["response"]
+    assert plain["status_code"] == 200 and plain["body"]["object"] == "list"
+    assert plain["body"]["data"][0]["embedding"] == embedding_vector("an accented résumé to embed", 16)
+    # No token count in Gemini's synchronous answer: the text's UTF-8 bytes / 4, rounded up.
+    assert plain["body"]["usage"] == {"prompt_tokens": 8, "total_tokens": 8}
+    assert cluster.state("gem").stats.usage_by_tier["standard"]["input"] == text_tokens("an accented résumé to embed")
+    packed = (await executed(adapter, embedding("b", dimensions=4, encoding_format="base64")))["response"]["body"]
+    values = struct.unpack("<4f", base64.b64decode(packed["data"][0]["embedding"]))
+    expected = embedding_vector("an accented résumé to embed", 4)
+    assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(values, expected, strict=True))
+    two = (await executed(adapter, embedding("two", input=["one", "two"])))["response"]
+    assert two["status_code"] == 400 and "one text per request" in two["body"]["error"]["message"]
+    assert [path for path, _ in posts(cluster)] == [f"/v1beta/models/{MODEL}:embedContent"] * 2  # never sent: the third
 
 
 # --- answers the emulator never gives, from a canned server on loopback ----------------------------------

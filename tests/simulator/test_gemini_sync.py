@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.simulator import ProviderSpec, SimulatorCluster
+from gateway.simulator import ProviderSpec, SimulatorCluster, embedding_vector, text_tokens
 from tests.conftest import loopback
 
 KEY = "gm-sync-emulator"
@@ -78,3 +78,13 @@ def test_bad_requests_get_google_errors(cluster: SimulatorCluster) -> None:
         f"{cluster.base_url('gem')}/v1beta/models/{MODEL}:generateContent", json={}, headers={"x-goog-api-key": KEY}
     )
     assert empty.status_code == 400 and "contents" in empty.json()["error"]["message"]
+
+
+def test_embed_content_answers_one_vector_without_a_token_count(cluster: SimulatorCluster) -> None:
+    url = f"{cluster.base_url('gem')}/v1beta/models/{MODEL}:embedContent"
+    body = {"content": {"parts": [{"text": "embed me"}]}, "outputDimensionality": 6}
+    answer = loopback.post(url, json=body, headers={"x-goog-api-key": KEY})
+    assert answer.status_code == 200 and answer.json() == {"embedding": {"values": embedding_vector("embed me", 6)}}
+    assert cluster.state("gem").stats.usage_by_tier["standard"]["input"] == text_tokens("embed me")
+    empty = loopback.post(url, json={"content": {"parts": []}}, headers={"x-goog-api-key": KEY})
+    assert empty.status_code == 400 and "at least one text part" in empty.json()["error"]["message"]
