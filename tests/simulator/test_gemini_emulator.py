@@ -503,7 +503,7 @@ def test_models_list_names_async_batch_embed_content(http: httpx.Client) -> None
 
 def test_other_methods_stay_not_found(http: httpx.Client) -> None:
     batch = {"batch": {"inputConfig": {"requests": {"requests": [{"request": embed_request("x")}]}}}}
-    for method in ("batchEmbedContents", "embedContent", "asyncBatchEmbedContents"):
+    for method in ("batchEmbedContents", "asyncBatchEmbedContents"):  # embedContent is served (synchronous)
         google_error(http.post(f"/v1beta/models/{EMBED_MODEL}:{method}", json=batch), 404, "NOT_FOUND")
     missing = google_error(
         http.post(f"/v1beta/models/{EMBED_MODEL}:{EMBED}", json={"batch": {}}), 400, "INVALID_ARGUMENT"
