@@ -52,7 +52,6 @@ from gateway.providers.bedrock_wire import (
     OUTPUT_SUFFIX,
     ShardIndex,
     apportion,
-    estimated_tokens,
     job_id_of,
     job_name,
     manifest_tokens,
@@ -67,7 +66,7 @@ from gateway.providers.jsonl import LineSplitter, encode_line, iter_requests
 from gateway.providers.openai_wire import rejected_line
 from gateway.settings import StorageSettings, parse_s3_url
 from gateway.storage.s3 import S3BlobStore
-from gateway.translate import MalformedResult
+from gateway.translate import MalformedResult, estimated_tokens
 from gateway.translate.anthropic import DEFAULT_MAX_TOKENS
 from gateway.translate.bedrock import FAMILIES, Family, family_of
 

@@ -229,11 +229,6 @@ def response_tokens(envelope: Mapping[str, Any]) -> tuple[int, int]:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
-def estimated_tokens(text_bytes: int) -> int:
-    """Input tokens of texts by the gateway's bytes / 4 rule, for an answer no count covers."""
-    return -(-text_bytes // 4)
-
-
 def apportion(total: int, weights: list[int]) -> list[int]:
     """``total`` split into whole shares proportional to ``weights`` that sum to it exactly (largest remainder;
     equal shares when every weight is 0)."""

@@ -29,7 +29,7 @@ from gateway.providers.gemini_batch import API, CHAT_ENDPOINT, GeminiHttpAdapter
 from gateway.providers.gemini_wire import EMBEDDINGS
 from gateway.providers.openai_wire import rejected_line, sync_output_line
 from gateway.providers.sync_http import SyncCall, SyncHttpAdapter, asked_tier, json_object, now_s
-from gateway.translate import MalformedResult, TranslationError, vectors_as_base64
+from gateway.translate import MalformedResult, TranslationError, estimated_tokens, vectors_as_base64
 from gateway.translate.gemini import chat_to_gemini, gemini_to_chat, google_error, served_tier
 from gateway.translate.gemini_embeddings import embedding_to_gemini, gemini_to_embedding
 
@@ -88,7 +88,7 @@ class GeminiSyncAdapter(SyncHttpAdapter, GeminiHttpAdapter):
         body = json_object(request.body) or {}
         text = body.get("input")
         text = text[0] if isinstance(text, list) and text else text
-        estimate = -(-len(str(text).encode()) // 4)
+        estimate = estimated_tokens(len(str(text).encode()))
         try:
             embedded = gemini_to_embedding(answer, model=str(body.get("model") or ""), estimated_tokens=estimate)
             if body.get("encoding_format") == "base64":

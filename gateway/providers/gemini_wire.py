@@ -25,7 +25,7 @@ from gateway.providers.base import PollResult, ProviderBatchState
 from gateway.providers.jsonl import encode_line
 from gateway.providers.openai_wire import rejected_line
 from gateway.providers.retry_after import parse_google_retry_delay
-from gateway.translate import MalformedResult, TranslationError, vectors_as_base64
+from gateway.translate import MalformedResult, TranslationError, estimated_tokens, vectors_as_base64
 from gateway.translate.gemini import chat_to_gemini, gemini_to_chat, google_error
 from gateway.translate.gemini_embeddings import embedding_to_gemini, gemini_to_embedding
 
@@ -220,8 +220,6 @@ class EmbeddingAsk:
     """The request asked for ``encoding_format: base64``."""
 
 
-BYTES_PER_TOKEN = 4
-
 
 def translate_shard(input_path: Path, dest: Path | None = None) -> TranslatedShard:
     """Translate every line of a shard, writing ``{"key", "request"}`` lines to ``dest`` if given."""
@@ -238,7 +236,7 @@ def translate_shard(input_path: Path, dest: Path | None = None) -> TranslatedSha
             shard.sent.append(custom_id)
             if "content" in request:  # an EmbedContentRequest: one text part
                 text = request["content"]["parts"][0]["text"]
-                estimate = -(-len(text.encode()) // BYTES_PER_TOKEN)
+                estimate = estimated_tokens(len(text.encode()))
                 shard.embeddings[custom_id] = EmbeddingAsk(estimate, b'"base64"' in raw and _wants_base64(raw))
             if out is not None:
                 encoded = encode_line({"key": custom_id, "request": request})

@@ -31,6 +31,16 @@ def optional_number(body: Mapping[str, Any], name: str) -> float | None:
     return float(value)
 
 
+BYTES_PER_TOKEN = 4
+"""The gateway's estimate of a text's tokens: its UTF-8 bytes over this, rounded up."""
+
+
+def estimated_tokens(text_bytes: int) -> int:
+    """Input tokens of texts whose answer reports no count (Cohere on Bedrock, Gemini's synchronous embeddings,
+    a Gemini batch answer without ``tokenCount``): their UTF-8 bytes / 4, rounded up."""
+    return -(-text_bytes // BYTES_PER_TOKEN)
+
+
 EMBEDDING_FORMATS = (None, "float", "base64")
 """``encoding_format`` values of an OpenAI embeddings request (None: float)."""
 

@@ -12,7 +12,6 @@ from gateway.providers.base import ProviderBatchState
 from gateway.providers.bedrock_wire import (
     JOB_STATUS,
     apportion,
-    estimated_tokens,
     job_id_of,
     manifest_tokens,
     parse_job,
@@ -21,7 +20,7 @@ from gateway.providers.bedrock_wire import (
     timeout_hours,
     translate_shard,
 )
-from gateway.translate import MalformedResult
+from gateway.translate import MalformedResult, estimated_tokens
 from gateway.translate.bedrock import CHAT, EMBEDDINGS, family_of
 
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
