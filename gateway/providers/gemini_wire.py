@@ -220,7 +220,6 @@ class EmbeddingAsk:
     """The request asked for ``encoding_format: base64``."""
 
 
-
 def translate_shard(input_path: Path, dest: Path | None = None) -> TranslatedShard:
     """Translate every line of a shard, writing ``{"key", "request"}`` lines to ``dest`` if given."""
     shard = TranslatedShard(dest)
