@@ -71,14 +71,11 @@ class BatchesController(Controller):
     async def retrieve_batch(self, state: State, principal: Principal, batch_id: str) -> dict[str, Any]:
         """One batch of the caller's team."""
         context: GatewayContext = state.context
-        if context.point_reads.direct:  # a finished batch's status is one direct read; a live one reads its shards
+        if context.point_reads.direct:  # direct reads: the batch, then (while it runs) its open shards
             row = await repo.read_batch(context.point_reads, principal.team_id, batch_id)
             if row is None:
                 raise not_found("batch", batch_id)
-            if row.stage == "done":
-                return batch_object(row)
-            async with reading(context.sessions) as session:
-                return batch_object(row, await lifecycle.batch_waiting(session, row))
+            return batch_object(row, await lifecycle.batch_waiting(context.point_reads, row))
         async with reading(context.sessions) as session:
             row = await repo.get_batch(session, principal.team_id, batch_id)
             if row is None:

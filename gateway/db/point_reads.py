@@ -1,4 +1,4 @@
-"""Reads of one indexed row on the request path, on the database driver's own connection.
+"""Reads of one indexed row (or a few) on the request path, on the database driver's own connection.
 
 Every client request reads its key (a revoked key must be refused from its next request on, on every
 process), and a status read also reads its batch, so these reads are the hot path of status polling.
@@ -104,16 +104,23 @@ class PointReads:
 
         ``statement`` is built once and kept (a module constant): its compiled form is remembered with it.
         """
-        parameters = parameters or {}
+        rows = await self._read(statement, parameters or {}, many=False)
+        return rows[0] if rows else None
+
+    async def all(self, statement: Executable, parameters: dict[str, Any] | None = None) -> list[Sequence[Any]]:
+        """Every row ``statement`` returns, as :meth:`first` reads one: for a few rows found by an index."""
+        return await self._read(statement, parameters or {}, many=True)
+
+    async def _read(self, statement: Executable, parameters: dict[str, Any], *, many: bool) -> list[Sequence[Any]]:
         if self.direct and time.monotonic() >= self._direct_from:
             compiled = self._compiled.get(statement)
             if compiled is None:
                 compiled = self._compiled[statement] = self._compile(statement)
             try:
                 if self._file is not None:
-                    return self._read_sqlite(compiled, parameters)
+                    return self._read_sqlite(compiled, parameters, many)
                 async with asyncio.timeout(POSTGRES_READ_TIMEOUT_S):
-                    return await self._read_postgres(compiled, parameters)
+                    return await self._read_postgres(compiled, parameters, many)
             except _TakeOrdinaryPath:
                 pass
             except (sqlite3.Error, psycopg.Error, TimeoutError) as exc:
@@ -123,10 +130,11 @@ class PointReads:
                 detail = exc if isinstance(exc, sqlite3.Error) else type(exc).__name__
                 log.info("point reads take the ordinary path for %.0fs: %s", BUSY_BACKOFF_S, detail)
         async with self.engine.connect() as connection:
-            row = (await connection.execute(statement, parameters)).first()
+            result = await connection.execute(statement, parameters)
+            rows: list[Sequence[Any]] = list(result.all()) if many else [row for row in [result.first()] if row]
         if self._direct_from == math.inf:
             self._direct_from = 0.0  # the database is open (a SQLite file recovered): reads may go direct now
-        return row
+        return rows
 
     @property
     def direct(self) -> bool:
@@ -145,7 +153,7 @@ class PointReads:
         positional = tuple(compiled.positiontup or ()) if dialect.positional else None
         return _Compiled(compiled.string, positional, types, dialect)
 
-    def _read_sqlite(self, compiled: _Compiled, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    def _read_sqlite(self, compiled: _Compiled, parameters: Mapping[str, Any], many: bool) -> list[Sequence[Any]]:
         if self._sqlite is None:
             assert self._file is not None
             # Autocommit: a read takes its snapshot and lets it go, never holding a transaction open.
@@ -154,12 +162,14 @@ class PointReads:
             self._sqlite.execute("PRAGMA query_only=ON")
         cursor = self._sqlite.execute(compiled.sql, compiled.arguments(parameters))
         try:
-            values = cursor.fetchone()
-            return compiled.row(values, cursor.description) if values is not None else None
+            found = cursor.fetchall() if many else cursor.fetchmany(1)
+            return [compiled.row(values, cursor.description) for values in found]
         finally:
             cursor.close()  # ends the statement, and with it the read's snapshot of the file
 
-    async def _read_postgres(self, compiled: _Compiled, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    async def _read_postgres(
+        self, compiled: _Compiled, parameters: Mapping[str, Any], many: bool
+    ) -> list[Sequence[Any]]:
         loop = asyncio.get_running_loop()
         if self._postgres_loop is not loop:
             # A connection belongs to the event loop it was opened on; a new loop (a restarted test
@@ -175,8 +185,8 @@ class PointReads:
                 args, options = self.engine.dialect.create_connect_args(self.engine.url)
                 self._postgres_connection = await psycopg.AsyncConnection.connect(*args, **options, autocommit=True)
             cursor = await self._postgres_connection.execute(compiled.sql, compiled.arguments(parameters))
-            values = await cursor.fetchone()
-        return compiled.row(values, cursor.description) if values is not None else None
+            found = await (cursor.fetchall() if many else cursor.fetchmany(1))
+        return [compiled.row(values, cursor.description) for values in found]
 
     async def _drop_postgres_connection(self) -> None:
         connection, self._postgres_connection = self._postgres_connection, None

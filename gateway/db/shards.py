@@ -11,13 +11,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, update
+from sqlalchemy import ColumnElement, bindparam, func, or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, LedgerEntry, Shard
+from gateway.db.point_reads import PointReads
 from gateway.db.repo import ATTEMPT_LOG_KEEP
 
 ACTIVE_STATES = ("queued", "submitting", "running", "executing", "collecting")
@@ -302,15 +303,21 @@ async def drop_held(session: AsyncSession, batch_id: str, reason: str) -> None:
     )
 
 
-async def open_shard_waits(session: AsyncSession, batch_id: str) -> list[tuple[str, str | None, str | None]]:
-    """``(state, wait_code, wait_detail)`` of every unfinished shard of a batch."""
-    rows = (
-        await session.exec(
-            select(Shard.state, Shard.wait_code, Shard.wait_detail).where(
-                Shard.batch_id == batch_id, col(Shard.state) != "done"
-            )
-        )
-    ).all()
+_OPEN_SHARD_WAITS = select(Shard.state, Shard.wait_code, Shard.wait_detail).where(
+    col(Shard.batch_id) == bindparam("batch_id"), col(Shard.state) != bindparam("done")
+)
+
+
+async def open_shard_waits(
+    source: AsyncSession | PointReads, batch_id: str
+) -> list[tuple[str, str | None, str | None]]:
+    """``(state, wait_code, wait_detail)`` of every unfinished shard of a batch, read in ``source``'s transaction,
+    or (:class:`PointReads`, a status read) on its direct connection."""
+    parameters = {"batch_id": batch_id, "done": "done"}
+    if isinstance(source, PointReads):
+        rows: Sequence[Sequence[Any]] = await source.all(_OPEN_SHARD_WAITS, parameters)
+    else:
+        rows = (await source.exec(_OPEN_SHARD_WAITS, params=parameters)).all()
     return [(str(state), code, detail) for state, code, detail in rows]
 
 

@@ -27,6 +27,7 @@ from gateway.db import routing as routing_db
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, now_s
+from gateway.db.point_reads import PointReads
 from gateway.db.unit_of_work import reading, transaction
 from gateway.providers.base import ProviderError, ProviderRateLimited
 from gateway.routing.placement import NoUsableProvider, batch_hints, rank
@@ -366,9 +367,10 @@ def waiting_reason(batch: Batch, shards: list[ShardWait]) -> tuple[str, str] | N
     return None
 
 
-async def batch_waiting(session: AsyncSession, batch: Batch) -> tuple[str, str] | None:
-    """:func:`waiting_reason` of a batch, reading its open shards (nothing is read for a finished batch)."""
+async def batch_waiting(source: AsyncSession | PointReads, batch: Batch) -> tuple[str, str] | None:
+    """:func:`waiting_reason` of a batch, reading its open shards in a session or, for a status read, with
+    :class:`PointReads` (nothing is read for a finished batch)."""
     if batch.stage == "done":
         return None
-    waits = [ShardWait(*row) for row in await shard_db.open_shard_waits(session, batch.id)]
+    waits = [ShardWait(*row) for row in await shard_db.open_shard_waits(source, batch.id)]
     return waiting_reason(batch, waits)

@@ -12,9 +12,11 @@ than the provider's 50,000-request limit is run at the floor as 50,000-request j
 Printed per size: both times and their ratio; the input's MB over the time from the upload's start
 to the batch leaving ``validating``, as the client sees it (so it includes the worker noticing the new
 batch); the gateway's CPU seconds (API + worker) per 100,000 requests; the peak RSS of each process.
-Then status reads of a completed batch with 32 connections for ``--status-seconds``, emulator and
-gateway interleaved: requests per second and p50/p99 latency of each, the server's CPU milliseconds per
-read (the API process's: a PostgreSQL server's CPU is not counted), and this client's own CPU share.
+Then status reads with 32 connections for ``--status-seconds``, emulator and gateway interleaved, of a
+completed batch and then of a batch in progress (100 requests held running by the emulator's ``stall``
+fault; the gateway's status of such a batch also reads its open shards): requests per second and p50/p99
+latency of each, the server's CPU milliseconds per read (the API process's: a PostgreSQL server's CPU is not
+counted), and this client's own CPU share.
 MB means 10^6 bytes. The client runs in this process, so the figures include its own cost on both sides
 alike. When the client's share nears 100 % it is the bottleneck and RPS measures the client rather than
 the server; the server CPU per read is then the comparison that holds (its inverse is the reads one core
@@ -49,6 +51,7 @@ MB = 1_000_000
 PROVIDER_MAX_LINES = 50_000
 POLL_S = 0.02
 STATUS_CONNECTIONS = 32
+STATUS_LIVE_REQUESTS = 100
 GOAL_RATIO_SMALL = 1.5
 GOAL_RATIO_SPLIT = 1.25
 GOAL_STATUS_SHARE = 0.8
@@ -243,9 +246,17 @@ StatusPair = tuple[StatusFigures, StatusFigures]
 """Status-read figures of the emulator and the gateway, measured one after the other."""
 
 
-def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], list[StatusPair]]:
+@dataclass
+class StatusRuns:
+    """Status reads of a completed batch and of one in progress, a pair per round."""
+
+    completed: list[StatusPair] = field(default_factory=list)
+    live: list[StatusPair] = field(default_factory=list)
+
+
+def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], StatusRuns]:
     sizes: list[SizeFigures] = []
-    status: list[StatusPair] = []
+    status = StatusRuns()
     with ExitStack() as stack:
         emulator = stack.enter_context(emulator_process(root, "floor", ["gpt-4o-mini"]))
         gateway_dir = root / "gateway"
@@ -294,15 +305,47 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], li
                     part.unlink()
 
         floor_batch, gateway_batch = sizes[0].floor_batch_id, sizes[0].gateway[-1].batch_id
-        for _ in range(args.rounds):
-            emulator_figures = asyncio.run(
-                status_load(f"{emulator.base_url}/batches/{floor_batch}", "bench", args.status_seconds, emulator.pid)
-            )
-            gateway_figures = asyncio.run(
-                status_load(f"{api.base_url}/v1/batches/{gateway_batch}", key, args.status_seconds, pids[0])
-            )
-            status.append((emulator_figures, gateway_figures))
+        live_floor, live_gateway = live_batches(emulator, direct, through, root)
+        for batches, figures in (
+            ((floor_batch, gateway_batch), status.completed),
+            ((live_floor, live_gateway), status.live),
+        ):
+            for _ in range(args.rounds):
+                emulator_figures = asyncio.run(
+                    status_load(f"{emulator.base_url}/batches/{batches[0]}", "bench", args.status_seconds, emulator.pid)
+                )
+                gateway_figures = asyncio.run(
+                    status_load(f"{api.base_url}/v1/batches/{batches[1]}", key, args.status_seconds, pids[0])
+                )
+                figures.append((emulator_figures, gateway_figures))
+        for client, batch_id in ((direct, live_floor), (through, live_gateway)):
+            client.batches.cancel(batch_id)
+        httpx.post(f"{emulator.control_url}/providers/floor/faults", json={"stall": False}, timeout=10)
     return sizes, status
+
+
+def live_batches(
+    emulator: EmulatorProcess, direct: openai.OpenAI, through: openai.OpenAI, root: Path
+) -> tuple[str, str]:
+    """A batch in progress at the emulator and one through the gateway: ``STATUS_LIVE_REQUESTS`` requests each,
+    kept running by the emulator's ``stall`` fault (the gateway's has its one shard submitted)."""
+    path = root / "input-live.jsonl"
+    write_input(path, STATUS_LIVE_REQUESTS)
+    httpx.post(f"{emulator.control_url}/providers/floor/faults", json={"stall": True}, timeout=10).raise_for_status()
+    ids = []
+    for client in (direct, through):
+        with path.open("rb") as handle:
+            file = client.files.create(file=(path.name, handle), purpose="batch")
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.monotonic() + 60
+        while batch.status != "in_progress":
+            if batch.status in TERMINAL or time.monotonic() > deadline:
+                raise RuntimeError(f"the live batch {batch.id} is {batch.status}: {batch.errors}")
+            time.sleep(POLL_S)
+            batch = client.batches.retrieve(batch.id)
+        ids.append(batch.id)
+    time.sleep(1.0)  # the gateway's shard reaches the provider
+    return ids[0], ids[1]
 
 
 def report_size(figures: SizeFigures, live: bool = False) -> None:
@@ -316,7 +359,7 @@ def report_size(figures: SizeFigures, live: bool = False) -> None:
         )
 
 
-def report(sizes: list[SizeFigures], status: list[StatusPair]) -> None:
+def report(sizes: list[SizeFigures], status: StatusRuns) -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{cpus} CPUs, 1-minute load average at the end {load:.2f}")
@@ -333,20 +376,21 @@ def report(sizes: list[SizeFigures], status: list[StatusPair]) -> None:
             f"{gateway / floor:>6.2f}x {'<=' + format(goal, '.2f'):>7} {figures.input_mb / intake:>19.0f} "
             f"{cpu:>11.2f} {figures.api_rss / MB:>6.0f}MB {figures.worker_rss / MB:>9.0f}MB"
         )
-    print(f"\nstatus reads of a completed batch, {STATUS_CONNECTIONS} connections")
-    print(f"{'':>10} {'RPS':>8} {'p50 ms':>8} {'p99 ms':>8} {'API CPU ms/read':>16} {'client CPU':>11}")
-    for emulator_figures, gateway_figures in status:
-        for name, row in (("emulator", emulator_figures), ("gateway", gateway_figures)):
+    for title, pairs in (("a completed batch", status.completed), ("a batch in progress", status.live)):
+        print(f"\nstatus reads of {title}, {STATUS_CONNECTIONS} connections")
+        print(f"{'':>10} {'RPS':>8} {'p50 ms':>8} {'p99 ms':>8} {'API CPU ms/read':>16} {'client CPU':>11}")
+        for emulator_figures, gateway_figures in pairs:
+            for name, row in (("emulator", emulator_figures), ("gateway", gateway_figures)):
+                print(
+                    f"{name:>10} {row.rps:>8.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {row.server_cpu_ms:>16.3f} "
+                    f"{row.client_cpu_share:>10.0%}"
+                )
+            share = gateway_figures.rps / emulator_figures.rps
+            capacity = emulator_figures.server_cpu_ms / gateway_figures.server_cpu_ms
             print(
-                f"{name:>10} {row.rps:>8.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {row.server_cpu_ms:>16.3f} "
-                f"{row.client_cpu_share:>10.0%}"
+                f"{'':>10} gateway/emulator RPS {share:.2f} (goal >= {GOAL_STATUS_SHARE}), by server CPU per read "
+                f"{capacity:.2f}; p99 {gateway_figures.p99_ms:.0f} ms (goal < {GOAL_STATUS_P99_MS:.0f} ms)"
             )
-        share = gateway_figures.rps / emulator_figures.rps
-        capacity = emulator_figures.server_cpu_ms / gateway_figures.server_cpu_ms
-        print(
-            f"{'':>10} gateway/emulator RPS {share:.2f} (goal >= {GOAL_STATUS_SHARE}), by server CPU per read "
-            f"{capacity:.2f}; p99 {gateway_figures.p99_ms:.0f} ms (goal < {GOAL_STATUS_P99_MS:.0f} ms)"
-        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,9 @@ from sqlalchemy import event
 from sqlmodel import col, select
 
 from gateway.db import repo
+from gateway.db import shards as shard_db
 from gateway.db.engine import create_engine
-from gateway.db.models import ApiKey, Batch, StoredFile
+from gateway.db.models import ApiKey, Batch, Shard, StoredFile
 from gateway.db.point_reads import PointReads
 from gateway.db.unit_of_work import transaction
 from tests.conftest import migrated_context
@@ -161,3 +162,40 @@ def test_a_postgresql_password_with_a_space_reaches_the_direct_connection_and_no
         statements = asyncio.run(_password_with_a_space(tmp_path))
     assert len(statements) == 1, "only the first read goes through the engine; the others went direct"
     assert "secret pw" not in caplog.text
+
+
+async def _open_shard_waits(database_kind: str, tmp_path: Path) -> None:
+    async with migrated_context(database_kind, tmp_path) as context:
+        async with transaction(context.sessions) as session:
+            _, key = await repo.create_api_key(session, "readers")
+            stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
+            session.add(stored)
+            batch = Batch(
+                team_id=key.team_id, input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            session.add(batch)
+            shards = [
+                ("running", None, None),
+                ("done", None, None),
+                ("queued", "rate_limited", "bench is rate limiting batch creates: next try at 10:00:01 UTC"),
+                ("held", "canary_hold", None),
+            ]
+            for seq, (state, code, detail) in enumerate(shards):
+                shard = Shard(batch_id=batch.id, seq=seq, provider="bench", model="m", provider_model="m")
+                shard.input_key, shard.state, shard.wait_code, shard.wait_detail = f"in/{seq}", state, code, detail
+                session.add(shard)
+        await repo.authenticate(context.point_reads, "warm")  # the first read opens the file the ordinary way
+        statements: list[str] = []
+        event.listen(context.engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+        direct = await shard_db.open_shard_waits(context.point_reads, batch.id)
+        assert statements == [], "read on the direct connection"
+        async with transaction(context.sessions) as session:
+            through_session = await shard_db.open_shard_waits(session, batch.id)
+        assert sorted(direct) == sorted(through_session) == sorted(s for s in shards if s[0] != "done")
+        assert await shard_db.open_shard_waits(context.point_reads, "batch_none") == []
+
+
+def test_the_open_shards_of_a_status_read_are_read_directly_and_as_a_session_reads_them(
+    database_kind: str, tmp_path: Path
+) -> None:
+    asyncio.run(_open_shard_waits(database_kind, tmp_path))
