@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
 
 from gateway.catalog.loader import CatalogError, load_catalog
 from gateway.config_errors import ConfigError, ConfigProblem, did_you_mean
+from gateway.cpu_pool import CpuPool
 from gateway.db import wakeups
 from gateway.db.engine import create_engine
 from gateway.db.point_reads import PointReads
@@ -102,6 +103,8 @@ class GatewayContext:
     """Set when this process created work, so an idle worker starts at once instead of at its next poll."""
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when this process's worker is asked to stop: long stages (a fan-out) hand their work over early."""
+    cpu: CpuPool = field(default_factory=lambda: CpuPool(0))
+    """Where the worker's CPU-heavy steps run (:mod:`gateway.cpu_pool`)."""
 
     @classmethod
     def create(cls, settings: Settings) -> GatewayContext:
@@ -125,12 +128,14 @@ class GatewayContext:
             offers=offers,
             policies=policies,
             point_reads=PointReads(engine),
+            cpu=CpuPool(settings.worker.cpu_processes, settings.log_format, settings.log_level),
             work_available=WorkSignal(functools.partial(wakeups.notify, engine) if wakeups.announces(engine) else None),
         )
 
     async def close(self) -> None:
         """Release database and HTTP connections."""
         await self.work_available.close()
+        self.cpu.close()
         await self.http.aclose()
         await self.blobs.close()
         await self.point_reads.close()

@@ -5,6 +5,8 @@ environment and the process kills itself there, with no cleanup, as a power cut 
 ``BATCHGW_FREEZE_AT=<point>`` (or ``<point>:<n>``) and it stops itself there instead, as a long GC
 pause or a frozen VM would: it goes on where it stopped once sent SIGCONT, possibly long after its
 lease expired. With the variables unset (always, in production) a point costs one dictionary lookup.
+Point ``join.after_results`` is passed in the worker's CPU process (:mod:`gateway.cpu_pool`), which inherits
+the environment and counts its own passes: a process started after one died passes it again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ POINTS = (
     "submit.before_provider_create",
     "submit.after_provider_create",
     "poll.after_status",
+    "join.after_results",
     "collect.after_split",
     "merge.after_files_written",
     "fanout.after_request",

@@ -90,14 +90,19 @@ def configure_logging(settings: Settings) -> None:
     Replaces handlers installed earlier on the root logger, so calling it twice is harmless. The
     HTTP server's loggers propagate to the root logger, so its lines share the format.
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else SafeTextFormatter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(settings.log_level.upper())
+    install_handler(settings.log_format, settings.log_level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         server_logger = logging.getLogger(name)
         server_logger.handlers.clear()
         server_logger.propagate = True
+
+
+def install_handler(log_format: str, log_level: str) -> None:
+    """The root logger's one handler: stderr in ``log_format`` (``text`` or ``json``) at ``log_level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else SafeTextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(log_level.upper())

@@ -93,6 +93,12 @@ class WorkerSettings(_Section):
     batch_concurrency: int = Field(
         2, ge=1, description="Batch stages (validate, route, merge) one process runs at once, in a lane of their own."
     )
+    cpu_processes: int = Field(
+        1,
+        ge=0,
+        description="Processes of a worker's own for its CPU-heavy steps (validating input, joining results), so "
+        "they hold neither its event loop nor the API's; 0 runs them in threads of the worker's process.",
+    )
     stage_max_attempts: int = Field(
         5, ge=1, description="Attempts of a stage that raised before its batch or shard ends with the error."
     )

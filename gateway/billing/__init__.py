@@ -15,17 +15,3 @@ Estimates (:mod:`gateway.billing.estimate`) learn from each team's history (:mod
 :mod:`gateway.billing.quote` prices a file on every offer and :mod:`gateway.billing.advisor` says whether to
 batch it, fan it out, or both.
 """
-
-from gateway.billing.alerts import after_spend
-from gateway.billing.budgets import budget_statuses, refuse_new_batch, reserve, team_paused
-from gateway.billing.webhooks import deliver_due, run_webhook_loop
-
-__all__ = [
-    "after_spend",
-    "budget_statuses",
-    "deliver_due",
-    "refuse_new_batch",
-    "reserve",
-    "run_webhook_loop",
-    "team_paused",
-]

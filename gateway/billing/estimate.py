@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.billing.history import History
-from gateway.db.unit_of_work import reading
 
 if TYPE_CHECKING:
     from gateway.catalog.loader import OfferEntry
@@ -262,7 +261,8 @@ def estimate_file(path: Path, endpoint: str, estimator: Estimator | None = None)
 
 async def team_estimator(context: GatewayContext, team_id: str | None, endpoint: str) -> Estimator:
     """The estimator of a team (None: no history, defaults only) for requests to ``endpoint``."""
-    from gateway.db import history as history_db
+    from gateway.db import history as history_db  # here: collection imports this module in its CPU processes
+    from gateway.db.unit_of_work import reading
 
     histories: dict[str, History] = {}
     if team_id:

@@ -55,6 +55,8 @@ BATCH_STAGES: dict[str, BatchStage] = {
 }
 """Batch stage -> its entry. In stage ``run`` the batch's shards do the work; ``done`` needs nothing."""
 INTAKE_STAGES = ["validate", "route"]
+CPU_STEP_MODULES = ("gateway.pipeline.input_lines", "gateway.pipeline.joining")
+"""Modules of the steps the stages run in the CPU processes (:mod:`gateway.cpu_pool`), imported as they start."""
 MIN_IDLE_S = 0.01
 """Shortest idle sleep: work due now that another worker claimed first is not retried in a busy loop."""
 
@@ -115,6 +117,7 @@ class Worker:
     async def run(self) -> None:
         """Claim and run steps in both lanes until :meth:`stop` is called."""
         log.info("worker %s started", self.owner)
+        self.context.cpu.warm(CPU_STEP_MODULES)
         lanes = [
             _Lane("batch", self.settings.batch_concurrency, self._claim_batch, ["merge", *INTAKE_STAGES], []),
             _Lane("shard", self.settings.concurrency, self._claim_shard, [], shard_db.ACTIVE_STATES),

@@ -86,7 +86,7 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lea
             context.blobs.staged(output_key) as output_tmp,
             context.blobs.staged(error_key) as error_tmp,
         ):
-            results = await asyncio.to_thread(
+            results = await context.cpu.run(
                 split_results,
                 batch.id,
                 input_path,

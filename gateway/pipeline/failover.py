@@ -19,7 +19,6 @@ import asyncio
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from gateway.billing import guard
 from gateway.billing.estimate import cost_usd, team_estimator
@@ -32,23 +31,9 @@ from gateway.pipeline.shard_plans import Placement, ShardPlan, publish_shards, s
 from gateway.routing.placement import Choice, NoUsableProvider, rank
 from router_policies.base import PolicyError
 
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
-"""Besides every 5xx: statuses a later try may not get."""
-RETRYABLE_ERROR_CODES = frozenset(
-    {"batch_expired", "timeout", "server_error", "rate_limit_exceeded", "overloaded_error", "api_error"}
-)
-"""Error codes of result lines without an HTTP status that a later try may not get."""
 UNTRIED = frozenset({"rerouted", "budget"})
 """End reasons of shards whose unfinished requests were never tried (moved before they were sent, or paused
 for a spent budget): moving them costs no attempt."""
-
-
-def retryable(status_code: Any, error: Any) -> bool:
-    """Whether a failed result line is worth another try."""
-    if isinstance(status_code, int) and status_code > 0:
-        return status_code in RETRYABLE_STATUS or status_code >= 500
-    code = error.get("code") if isinstance(error, dict) else None
-    return code in RETRYABLE_ERROR_CODES
 
 
 def may_move(batch_stopping: bool, shard: Shard, max_attempts: int) -> bool:

@@ -3,7 +3,8 @@
 :func:`split_results` reads the provider's result lines against the shard's input: lines for unknown or
 already seen ids are dropped; requests that failed retryably or were never answered are moved (their input
 lines, for :mod:`gateway.pipeline.failover`) or, when they may not move, get an error line saying why. The
-collect stage (:mod:`gateway.pipeline.collect`) runs it in a thread and adopts the files it writes.
+collect stage (:mod:`gateway.pipeline.collect`) runs it in a CPU process (:mod:`gateway.cpu_pool`) and adopts the
+files it writes. This module's imports stay light for that process.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import msgspec
 
 from gateway.billing.estimate import raw_input_tokens
-from gateway.pipeline.failover import retryable
+from gateway.crashpoints import crash_point, freeze_point
 from gateway.pipeline.results import (
     AnswerBody,
     ShardResults,
@@ -25,6 +26,7 @@ from gateway.pipeline.results import (
     id_decoder,
     iter_custom_ids,
     request_line_id,
+    retryable,
 )
 from gateway.pipeline.results import encoder as line_encoder
 
@@ -103,6 +105,8 @@ def split_results(
                     else:
                         results.failed += 1
                         err.write(line_encoder.encode(record) + b"\n")
+        crash_point("join.after_results")
+        freeze_point("join.after_results")
         code, message = MISSING_RESULT_ERRORS.get(end_reason, MISSING_RESULT_ERRORS["failed"])
         message = message.format(detail=detail or "no detail given")
         for custom_id in pending:

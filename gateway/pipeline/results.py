@@ -164,6 +164,22 @@ id_decoder = msgspec.json.Decoder(_IdLine)
 encoder = msgspec.json.Encoder()
 
 
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+"""Besides every 5xx: statuses a later try may not get."""
+RETRYABLE_ERROR_CODES = frozenset(
+    {"batch_expired", "timeout", "server_error", "rate_limit_exceeded", "overloaded_error", "api_error"}
+)
+"""Error codes of result lines without an HTTP status that a later try may not get."""
+
+
+def retryable(status_code: Any, error: Any) -> bool:
+    """Whether a failed result line is worth another try."""
+    if isinstance(status_code, int) and status_code > 0:
+        return status_code in RETRYABLE_STATUS or status_code >= 500
+    code = error.get("code") if isinstance(error, dict) else None
+    return code in RETRYABLE_ERROR_CODES
+
+
 STANDARD_TIERS = frozenset({"default", "standard"})
 """``service_tier`` values of an answer served at the standard tier (OpenAI says ``default``)."""
 

@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from gateway.api.inputs import MAX_DB_INT, MAX_JSON_BODY_BYTES, MAX_JSON_DEPTH
+from gateway.pipeline.input_lines import MAX_LINE_DEPTH
 from gateway.pipeline.intake import MULTIPART_ALLOWANCE
-from gateway.pipeline.validate import MAX_LINE_DEPTH
 from tests.api.test_files import assert_error, chat_jsonl
 from tests.conftest import GatewayProcess, loopback
 

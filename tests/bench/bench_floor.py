@@ -11,7 +11,8 @@ than the provider's 50,000-request limit is run at the floor as 50,000-request j
 
 Printed per size: both times and their ratio; the input's MB over the time from the upload's start
 to the batch leaving ``validating``, as the client sees it (so it includes the worker noticing the new
-batch); the gateway's CPU seconds (API + worker) per 100,000 requests; the peak RSS of each process.
+batch); the gateway's CPU seconds (API + worker, with the worker's CPU processes) per 100,000 requests;
+the peak RSS of each process.
 Then status reads with 32 connections for ``--status-seconds``, emulator and gateway interleaved, of a
 completed batch and then of a batch in progress (100 requests held running by the emulator's ``stall``
 fault; the gateway's status of such a batch also reads its open shards): requests per second and p50/p99
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import statistics
@@ -149,11 +151,16 @@ def split_input(path: Path, lines_per_part: int) -> list[Path]:
     return parts
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int], *, children: bool = True) -> float:
+    """CPU seconds the processes ``pids`` (with ``children``, and their live children: the worker's CPU
+    processes) have used."""
     total = 0.0
     for pid in pids:
-        times = psutil.Process(pid).cpu_times()
-        total += times.user + times.system
+        process = psutil.Process(pid)
+        for member in (process, *(process.children(recursive=True) if children else ())):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = member.cpu_times()
+                total += times.user + times.system
     return total
 
 
@@ -206,13 +213,14 @@ async def status_load(url: str, api_key: str, seconds: float, server_pid: int) -
     warm_until = time.monotonic() + 0.5
     connections = [asyncio.create_task(one_connection(warm_until, ready)) for _ in range(STATUS_CONNECTIONS)]
     await asyncio.sleep(0.6)
-    server_before, client_before = cpu_seconds([server_pid]), cpu_seconds([os.getpid()])
+    server_before, client_before = cpu_seconds([server_pid]), cpu_seconds([os.getpid()], children=False)
     started = time.monotonic()
     deadline = started + seconds
     ready.set()
     await asyncio.gather(*connections)
     elapsed = time.monotonic() - started
-    server_cpu, client_cpu = cpu_seconds([server_pid]) - server_before, cpu_seconds([os.getpid()]) - client_before
+    server_cpu = cpu_seconds([server_pid]) - server_before
+    client_cpu = cpu_seconds([os.getpid()], children=False) - client_before
     latencies.sort()
     return StatusFigures(
         rps=len(latencies) / elapsed,

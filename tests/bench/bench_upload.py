@@ -220,8 +220,8 @@ async def multipart_body(path: Path, head: bytes, tail: bytes, piece: int = 64 *
 
 def profile_stages(path: Path, workdir: Path) -> None:
     """Time and profile intake and validation in this process."""
+    from gateway.pipeline.input_lines import validate_input_file
     from gateway.pipeline.intake import receive_upload
-    from gateway.pipeline.validate import validate_input_file
     from gateway.settings import LimitSettings
     from gateway.storage import LocalBlobStore
 

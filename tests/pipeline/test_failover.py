@@ -1,31 +1,9 @@
-"""Which failed requests are worth another try, and when a shard's unfinished requests may move."""
+"""When a shard's unfinished requests may move, and what moved them."""
 
 from __future__ import annotations
 
-import pytest
-
 from gateway.db.models import Shard
-from gateway.pipeline.failover import cause_of, may_move, retryable
-
-
-@pytest.mark.parametrize(
-    ("status", "error", "expected"),
-    [
-        (429, None, True),
-        (500, None, True),
-        (503, None, True),
-        (408, None, True),
-        (400, None, False),
-        (401, None, False),
-        (404, None, False),
-        (None, {"code": "batch_expired"}, True),
-        (None, {"code": "server_error"}, True),
-        (None, {"code": "invalid_request"}, False),
-        (None, None, False),
-    ],
-)
-def test_retryable(status: int | None, error: dict[str, str] | None, expected: bool) -> None:
-    assert retryable(status, error) is expected
+from gateway.pipeline.failover import cause_of, may_move
 
 
 def shard(**values: object) -> Shard:

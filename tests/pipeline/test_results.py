@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from gateway.pipeline.results import TokenUsage, Usage, decode_result, encoder
+from gateway.pipeline.results import TokenUsage, Usage, decode_result, encoder, retryable
 
 ANSWER = (
     b'{"status_code": 200, "request_id": "req_1", "body": {"id": "c-1", "service_tier": "flex", '
@@ -80,3 +80,23 @@ def test_usage_counts_written_as_floats_or_strings_still_count_and_nonsense_coun
 def test_unreadable_lines_raise(line: bytes) -> None:
     with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
         decode_result(line)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "expected"),
+    [
+        (429, None, True),
+        (500, None, True),
+        (503, None, True),
+        (408, None, True),
+        (400, None, False),
+        (401, None, False),
+        (404, None, False),
+        (None, {"code": "batch_expired"}, True),
+        (None, {"code": "server_error"}, True),
+        (None, {"code": "invalid_request"}, False),
+        (None, None, False),
+    ],
+)
+def test_retryable(status: int | None, error: dict[str, str] | None, expected: bool) -> None:
+    assert retryable(status, error) is expected

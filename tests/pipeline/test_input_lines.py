@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.pipeline import validate
-from gateway.pipeline.validate import ValidationReport, iter_lines, validate_input_file
+from gateway.pipeline import input_lines
+from gateway.pipeline.input_lines import ValidationReport, iter_lines, validate_input_file
 from gateway.settings import LimitSettings
 
 CHAT = "/v1/chat/completions"
@@ -61,7 +61,7 @@ def test_iter_lines_matches_a_plain_split_whatever_the_chunk_size(
 ) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(data)
-    with mock.patch.object(validate, "READ_CHUNK", chunk):
+    with mock.patch.object(input_lines, "READ_CHUNK", chunk):
         got = list(iter_lines(path, max_line_bytes))
     assert got == reference_lines(data, max_line_bytes)
 
@@ -75,7 +75,7 @@ def test_iter_lines_counts_a_last_line_without_newline(tmp_path: Path) -> None:
 def test_iter_lines_marks_only_the_long_line_and_keeps_numbering(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"short\n" + b"x" * 11 + b"\n" + b"y" * 10 + b"\nend\n")
-    with mock.patch.object(validate, "READ_CHUNK", 4):
+    with mock.patch.object(input_lines, "READ_CHUNK", 4):
         got = list(iter_lines(path, 10))
     assert got == [(1, b"short"), (2, None), (3, b"y" * 10), (4, b"end")]
 
@@ -210,7 +210,7 @@ def test_a_file_of_one_newline_is_one_blank_line(tmp_path: Path) -> None:
 def test_line_over_the_byte_limit_is_named_and_the_rest_still_checked(tmp_path: Path) -> None:
     long_line = request_line("long", content="x" * 2_000_000)
     lines = [request_line("a"), long_line, b"{broken"]
-    with mock.patch.object(validate, "READ_CHUNK", 64 * 1024):
+    with mock.patch.object(input_lines, "READ_CHUNK", 64 * 1024):
         report = check(write(tmp_path / "in.jsonl", lines), max_line_bytes=1024 * 1024)
     assert [(e["code"], e["line"]) for e in report.errors] == [("line_too_long", 2), ("invalid_json_line", 3)]
     assert "Line 2" in report.errors[0]["message"]
@@ -233,7 +233,7 @@ def test_errors_beyond_the_reporting_limit_are_summarised(tmp_path: Path) -> Non
 
 
 def test_a_file_may_mix_models_up_to_the_limit(tmp_path: Path) -> None:
-    limit = validate.MAX_MODELS_PER_FILE
+    limit = input_lines.MAX_MODELS_PER_FILE
     lines = [request_line(f"r{i}", model=f"model-{i}") for i in range(limit + 2)]
     report = check(write(tmp_path / "in.jsonl", lines))
     assert [(e["code"], e["line"], e["param"]) for e in report.errors] == [
@@ -264,13 +264,13 @@ def nested_line(custom_id: str, depth: int) -> bytes:
 
 
 def test_a_line_at_the_nesting_limit_is_valid_and_one_deeper_is_not(tmp_path: Path) -> None:
-    at_limit = nested_line("a", validate.MAX_LINE_DEPTH)
-    over = nested_line("b", validate.MAX_LINE_DEPTH + 1)
+    at_limit = nested_line("a", input_lines.MAX_LINE_DEPTH)
+    over = nested_line("b", input_lines.MAX_LINE_DEPTH + 1)
     assert json.loads(at_limit) and json.loads(over)
     report = check(write(tmp_path / "in.jsonl", [at_limit, over, request_line("c")]))
     assert report.line_count == 3
     assert [(e["code"], e["line"]) for e in report.errors] == [("nesting_too_deep", 2)]
-    assert str(validate.MAX_LINE_DEPTH) in report.errors[0]["message"]
+    assert str(input_lines.MAX_LINE_DEPTH) in report.errors[0]["message"]
 
 
 @pytest.mark.parametrize("line", [b"[" * 5000 + b"]" * 5000, b'{"a":' * 100_000, b"[" * 1_000_000])

@@ -1,0 +1,158 @@
+"""CPU-heavy steps run in processes of their own: results and errors come back as they were, a process that
+dies under a step fails only that step, and the pool's processes log in the gateway's format."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from gateway.cpu_pool import CpuPool, CpuProcessLost
+
+
+def where_am_i(tag: str) -> tuple[int, str, str]:
+    return os.getpid(), threading.current_thread().name, tag
+
+
+def fill_the_disk() -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def warn(text: str) -> None:
+    logging.getLogger("gateway.pipeline.joining").warning(text)
+
+
+def test_a_step_runs_in_another_process_and_returns_what_it_returned() -> None:
+    async def scenario() -> tuple[tuple[int, str, str], tuple[int, str, str]]:
+        pool = CpuPool(1)
+        try:
+            return await pool.run(where_am_i, "a"), await pool.run(where_am_i, tag="b")
+        finally:
+            pool.close()
+
+    first, second = asyncio.run(scenario())
+    assert first[0] != os.getpid() and first[2] == "a"
+    assert second[0] == first[0] and second[2] == "b", "the pool's process is started once and kept"
+
+
+def test_with_no_processes_a_step_runs_in_a_thread_of_this_process() -> None:
+    pid, thread, tag = asyncio.run(CpuPool(0).run(where_am_i, "t"))
+    assert (pid, tag) == (os.getpid(), "t") and thread != threading.main_thread().name
+
+
+def test_a_step_s_error_comes_back_as_it_was_raised() -> None:
+    async def scenario() -> None:
+        pool = CpuPool(1)
+        try:
+            await pool.run(fill_the_disk)
+        finally:
+            pool.close()
+
+    with pytest.raises(OSError) as raised:
+        asyncio.run(scenario())
+    assert raised.value.errno == errno.ENOSPC
+
+
+def test_a_process_that_dies_fails_its_step_and_the_next_step_runs_in_a_new_one() -> None:
+    async def scenario() -> tuple[str, tuple[int, str, str], int]:
+        pool = CpuPool(1)
+        try:
+            before = await pool.run(where_am_i, "before")
+            with pytest.raises(CpuProcessLost) as lost:
+                await pool.run(die)
+            after = await pool.run(where_am_i, "after")
+            return str(lost.value), after, before[0]
+        finally:
+            pool.close()
+
+    message, after, before_pid = asyncio.run(scenario())
+    assert "the process running die ended before it finished" in message
+    assert after[2] == "after" and after[0] not in (before_pid, os.getpid())
+
+
+def test_a_pool_process_logs_in_the_gateway_format_with_control_characters_escaped(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    async def scenario() -> None:
+        pool = CpuPool(1, "json", "INFO")
+        try:
+            await pool.run(warn, "skipping line 3\nFAKE RECORD")
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+    lines = [line for line in capfd.readouterr().err.splitlines() if "skipping line 3" in line]
+    assert len(lines) == 1, "one record, on one line"
+    assert '"level": "WARNING"' in lines[0] and '"logger": "gateway.pipeline.joining"' in lines[0]
+    assert "\\nFAKE RECORD" in lines[0]
+
+
+def imported(name: str) -> bool:
+    return name in sys.modules
+
+
+def test_a_warmed_pool_has_its_process_running_with_the_steps_modules_before_the_first_step() -> None:
+    async def scenario() -> tuple[int, bool, bool]:
+        pool = CpuPool(1)
+        try:
+            before = {child.pid for child in psutil.Process().children()}
+            pool.warm(["gateway.pipeline.joining"])
+            deadline = time.monotonic() + 30
+            started: set[int] = set()
+            while not started and time.monotonic() < deadline:
+                started = {child.pid for child in psutil.Process().children()} - before
+                await asyncio.sleep(0.05)
+            return (
+                len(started),
+                await pool.run(imported, "gateway.pipeline.joining"),
+                await pool.run(imported, "gateway.pipeline.collect"),
+            )
+        finally:
+            pool.close()
+
+    started, joining, collect = asyncio.run(scenario())
+    assert started == 1, "the process started before any step was sent"
+    assert joining, "the step's module was imported as the process started"
+    assert not collect, "and only what was asked: the stage modules stay out of the CPU process"
+
+
+def pool_processes() -> set[int]:
+    """This process's live pool processes (not multiprocessing's resource tracker, which stays)."""
+    found = set()
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+    return found
+
+
+def test_closing_ends_a_step_still_running_instead_of_waiting_for_it() -> None:
+    async def scenario() -> tuple[float, set[int], set[int]]:
+        pool = CpuPool(1)
+        pool.warm([])
+        step = asyncio.ensure_future(pool.run(time.sleep, 60))
+        await asyncio.sleep(1.0)  # the step is running in the pool's process
+        running = pool_processes()
+        started = time.monotonic()
+        pool.close()
+        took = time.monotonic() - started
+        step.cancel()
+        return took, running, pool_processes() & running
+
+    took, running, left = asyncio.run(scenario())
+    assert len(running) == 1
+    assert took < 5, f"close waited {took:.1f}s for the step"
+    assert not left, "the pool's process is gone"
