@@ -2,7 +2,7 @@
 ``custom_id``: the shard's collection is tried again, and every request is answered, run and paid once.
 
 The freeze point ``join.after_results`` stops a CPU process of the worker after it has written the shard's
-answers and before it has written the rest; the test then kills it, or kills its worker.
+answers and before it has written the rest; the tests then kill it, or kill or freeze its worker.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ PROVIDERS: dict[str, dict[str, Any]] = {
     "quick": {"emulator": "steady", "models": {"gpt-4o-mini": "gpt-4o-mini"}, "limits": {"max_requests_per_batch": 5}},
 }
 FREEZE = {"BATCHGW_FREEZE_AT": "join.after_results", "BATCHGW_WORKER__STAGE_RETRY_BASE_S": "0.2"}
+LEASE_S = 3.0
 
 
 def frozen_cpu_process(worker: psutil.Process, timeout: float = 60.0) -> psutil.Process:
@@ -86,25 +87,47 @@ def test_a_cpu_process_killed_in_the_middle_of_a_join_fails_only_that_attempt(
     assert "ended before it finished" in log, log[-3000:]
 
 
-def test_a_worker_killed_while_its_cpu_process_joins_leaves_no_process_and_no_double_run(
-    gateway_factory: Any, simulator: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory, database_kind: str
+@pytest.mark.parametrize("fate", ["killed", "frozen"])
+def test_a_worker_killed_or_frozen_while_its_cpu_process_joins_runs_and_pays_each_request_once(
+    fate: str,
+    gateway_factory: Any,
+    simulator: SimulatorCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+    database_kind: str,
 ) -> None:
+    """Killed (SIGKILL): its CPU process ends too once it wakes. Frozen (SIGSTOP) past its lease with its CPU
+    process in the middle of the join, then woken after the other worker took over: the late join is never
+    adopted."""
     reset(simulator, "steady")
     api = api_without_worker(
         gateway_factory, simulator, tmp_path_factory.mktemp("providers"), database_kind, PROVIDERS,
-        BATCHGW_WORKER__LEASE_S="3",
+        BATCHGW_WORKER__LEASE_S=str(LEASE_S),
     )  # fmt: skip
     client = api.client(api.create_key("cpu"))
-    requests = chat_requests(REQUESTS, prefix="orphan-join")
-    dying = worker_process(api, "dying", **FREEZE).start("worker")
+    requests = chat_requests(REQUESTS, prefix=f"{fate}-join")
+    first = worker_process(api, "first", **FREEZE).start("worker")
     batch = submit(client, requests)
-    assert dying.process is not None
-    orphan = frozen_cpu_process(psutil.Process(dying.process.pid))
-    dying.kill()
-    survivor = worker_process(api, "survivor").start("worker")
+    assert first.process is not None
+    cpu_process = frozen_cpu_process(psutil.Process(first.process.pid))
+    if fate == "killed":
+        first.kill()
+    else:
+        first.process.send_signal(signal.SIGSTOP)
+    second = worker_process(api, "second").start("worker")
     try:
-        orphan.send_signal(signal.SIGCONT)  # it finishes a join no one will adopt, then finds its worker gone
-        orphan.wait(timeout=30)  # raises psutil.TimeoutExpired if it lingers
+        if fate == "killed":
+            cpu_process.send_signal(signal.SIGCONT)  # it finishes a join no one will adopt, then finds its worker gone
+            cpu_process.wait(timeout=30)  # raises psutil.TimeoutExpired if it lingers
+        else:
+            time.sleep(LEASE_S * 1.5)  # the second worker owns the shard now
+            cpu_process.send_signal(signal.SIGCONT)
+            first.process.send_signal(signal.SIGCONT)
         assert_run_and_paid_once(client, api, simulator, batch.id, requests)
+        time.sleep(LEASE_S)  # a woken first worker has had time to try to close the shard it lost
+        sql = "SELECT count(*), sum(requests) FROM ledger WHERE batch_id = :b"
+        assert query(api, sql, b=batch.id)[0] == (SHARDS, REQUESTS), "the late join was adopted"
     finally:
-        survivor.stop()
+        second.stop()
+        if first.process is not None and first.process.poll() is None:
+            first.process.send_signal(signal.SIGCONT)
+        first.stop()
