@@ -9,11 +9,13 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import event
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db import repo
 from gateway.db import shards as shard_db
@@ -24,17 +26,25 @@ from gateway.db.unit_of_work import transaction
 from tests.conftest import migrated_context
 
 
+async def _key_and_batch(session: AsyncSession, **batch_fields: Any) -> tuple[str, ApiKey, Batch]:
+    """A team's key (its secret too) and a batch of that team on a stored file."""
+    secret, key = await repo.create_api_key(session, "readers")
+    stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
+    session.add(stored)
+    batch = Batch(
+        team_id=key.team_id, input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h",
+        **batch_fields,
+    )  # fmt: skip
+    session.add(batch)
+    return secret, key, batch
+
+
 async def _reads(database_kind: str, tmp_path: Path) -> None:
     async with migrated_context(database_kind, tmp_path) as context:
         async with transaction(context.sessions) as session:
-            secret, key = await repo.create_api_key(session, "readers")
-            stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
-            session.add(stored)
-            batch = Batch(
-                team_id=key.team_id, input_file_id=stored.id, endpoint="/v1/chat/completions",
-                completion_window="24h", metadata_={"project": "p1"}, errors=[{"code": "x", "line": 3}],
-            )  # fmt: skip
-            session.add(batch)
+            secret, key, batch = await _key_and_batch(
+                session, metadata_={"project": "p1"}, errors=[{"code": "x", "line": 3}]
+            )
         statements: list[str] = []
         event.listen(context.engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
         presented = await repo.authenticate(context.point_reads, secret)
@@ -167,13 +177,7 @@ def test_a_postgresql_password_with_a_space_reaches_the_direct_connection_and_no
 async def _open_shard_waits(database_kind: str, tmp_path: Path) -> None:
     async with migrated_context(database_kind, tmp_path) as context:
         async with transaction(context.sessions) as session:
-            _, key = await repo.create_api_key(session, "readers")
-            stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
-            session.add(stored)
-            batch = Batch(
-                team_id=key.team_id, input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h"
-            )
-            session.add(batch)
+            _, _, batch = await _key_and_batch(session)
             shards = [
                 ("running", None, None),
                 ("done", None, None),
