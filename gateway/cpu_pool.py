@@ -8,10 +8,15 @@ instead (``worker.cpu_processes``; 0 keeps them in threads of this process).
 
 A step sent here is a module-level function of paths and small values: the files are the hand-off, and what
 it returns is a small summary. Its module keeps its imports light, since each process imports it once.
-The processes start on first use with ``spawn`` (nothing of this process's threads, connections or event
-loop is inherited), log as this process does, and end when it ends, killed included. Nothing a step writes is
-used until the calling stage adopts it in its fenced transaction, so a step whose caller lost its lease, or
-died, changes nothing.
+The processes start with ``spawn`` (nothing of this process's threads, connections or event loop is
+inherited), log as this process does, leave signals to it (a Ctrl-C or a service manager's SIGTERM reaches
+the whole process group: the worker drains, its steps are not cut), and end when it ends, killed included.
+Nothing a step writes is used until the calling stage adopts it in its fenced transaction, so a step whose
+caller lost its lease, or died, changes nothing.
+
+Steps are handed to the processes only as they become free, never queued in the pool: a process that dies
+(killed, out of memory) fails the steps running at that moment, not others that waited (with one process,
+the default, only the step it was running), and a caller cancelled while it waits sends nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -36,7 +42,7 @@ T = TypeVar("T")
 
 
 class CpuProcessLost(RuntimeError):
-    """The process running a step ended before the step did (killed, or out of memory)."""
+    """A process of the pool ended while it ran the step (killed, out of memory, or it could not start)."""
 
 
 class CpuPool:
@@ -47,32 +53,38 @@ class CpuPool:
         self._log = (log_format, log_level)
         self._executor: ProcessPoolExecutor | None = None
         self._preload: tuple[str, ...] = ()
+        self._free = asyncio.Semaphore(max(1, processes))
+        self._closed = False
 
     async def run(self, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``step(*args, **kwargs)`` in a process of the pool (or a thread), without holding this event loop.
 
-        Raises what the step raised, or :class:`CpuProcessLost` when its process died under it: the pool is
-        started again for the next step, and the caller's stage retries as after any failure.
+        Raises what the step raised, or :class:`CpuProcessLost` when a process of the pool died while the step
+        ran: the pool starts afresh for the next step, and the caller's stage retries as after any failure.
         """
         call = functools.partial(step, *args, **kwargs)
         if self.processes == 0:
             return await asyncio.to_thread(call)
-        executor = self._executor or self._start()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(executor, call)
-        except BrokenProcessPool:
-            if self._executor is executor:
-                self._executor = None
-                executor.shutdown(wait=False, cancel_futures=True)
-            raise CpuProcessLost(
-                f"the process running {step.__name__} ended before it finished (killed, or out of memory)"
-            ) from None
+        async with self._free:
+            if self._closed:
+                raise RuntimeError("the CPU pool is closed")
+            executor = self._executor or self._start()
+            try:
+                return await asyncio.get_running_loop().run_in_executor(executor, call)
+            except BrokenProcessPool as exc:
+                if self._executor is executor:
+                    log.warning("a CPU process ended while it ran %s; the pool starts afresh", step.__name__)
+                    self._executor = None
+                    executor.shutdown(wait=False, cancel_futures=True)
+                raise CpuProcessLost(
+                    f"a CPU process ended while it ran {step.__name__} (killed, out of memory, or it could not start)"
+                ) from exc
 
     def warm(self, modules: Sequence[str]) -> None:
         """Start the processes now, each importing ``modules`` (the steps' own), so that the first step does not
         wait for a process to start (a worker calls this as it starts)."""
         self._preload = tuple(modules)
-        if self.processes and self._executor is None:
+        if self.processes and self._executor is None and not self._closed:
             executor = self._start()
             for _ in range(self.processes):
                 executor.submit(int)  # a no-op that makes the pool start a process
@@ -88,24 +100,27 @@ class CpuPool:
 
     def close(self) -> None:
         """Stop the processes at once: a step still running in one has no caller left (its stage was stopped
-        and is retried after a restart), so it is ended rather than waited for."""
+        and is retried after a restart), so it is ended rather than waited for. The pool takes no more steps."""
+        self._closed = True
         executor, self._executor = self._executor, None
         if executor is None:
             return
-        terminate = getattr(executor, "terminate_workers", None)  # Python 3.14+
-        if terminate is not None:
-            terminate()
+        kill = getattr(executor, "kill_workers", None)  # Python 3.14+
+        if kill is not None:
+            kill()
         else:
             for process in list(getattr(executor, "_processes", {}).values()):
-                process.terminate()
+                process.kill()  # SIGKILL: a process stopped by SIGSTOP ends too
         executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _prepare_process(log_format: str, log_level: str, modules: tuple[str, ...]) -> None:
-    """A pool process logs to stderr in the gateway's format, as its parent does, imports ``modules``, and ends
-    with its parent."""
+    """A pool process logs to stderr in the gateway's format, as its parent does, imports ``modules``, leaves
+    SIGINT and SIGTERM to its parent, and ends with it."""
     from gateway.logs import install_handler
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     install_handler(log_format, log_level)
     for name in modules:
         importlib.import_module(name)

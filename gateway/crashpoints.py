@@ -6,7 +6,8 @@ environment and the process kills itself there, with no cleanup, as a power cut 
 pause or a frozen VM would: it goes on where it stopped once sent SIGCONT, possibly long after its
 lease expired. With the variables unset (always, in production) a point costs one dictionary lookup.
 Point ``join.after_results`` is passed in the worker's CPU process (:mod:`gateway.cpu_pool`), which inherits
-the environment and counts its own passes: a process started after one died passes it again.
+the environment and counts its own passes: a process started after one died passes it again (with
+``worker.cpu_processes=0`` it is passed in the worker itself).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """CPU-heavy steps run in processes of their own: results and errors come back as they were, a process that
-dies under a step fails only that step, and the pool's processes log in the gateway's format."""
+dies under a step fails that step only, a Ctrl-C to the process group does not cut a step, and the pool's
+processes log in the gateway's format."""
 
 from __future__ import annotations
 
@@ -66,21 +67,54 @@ def test_a_step_s_error_comes_back_as_it_was_raised() -> None:
     assert raised.value.errno == errno.ENOSPC
 
 
-def test_a_process_that_dies_fails_its_step_and_the_next_step_runs_in_a_new_one() -> None:
-    async def scenario() -> tuple[str, tuple[int, str, str], int]:
+def test_a_process_that_dies_fails_its_step_only_and_the_steps_that_waited_run_in_a_new_one() -> None:
+    async def scenario() -> tuple[str, list[tuple[int, str, str]], int]:
         pool = CpuPool(1)
         try:
             before = await pool.run(where_am_i, "before")
+            dying = asyncio.ensure_future(pool.run(die))
+            await asyncio.sleep(0)  # the dying step has the process; these two wait for it
+            waiting = [asyncio.ensure_future(pool.run(where_am_i, tag)) for tag in ("w1", "w2")]
             with pytest.raises(CpuProcessLost) as lost:
-                await pool.run(die)
-            after = await pool.run(where_am_i, "after")
-            return str(lost.value), after, before[0]
+                await dying
+            return str(lost.value), list(await asyncio.gather(*waiting)), before[0]
         finally:
             pool.close()
 
     message, after, before_pid = asyncio.run(scenario())
-    assert "the process running die ended before it finished" in message
-    assert after[2] == "after" and after[0] not in (before_pid, os.getpid())
+    assert "a CPU process ended while it ran die" in message
+    assert [tag for _, _, tag in after] == ["w1", "w2"]
+    assert all(pid not in (before_pid, os.getpid()) for pid, _, _ in after)
+
+
+def interrupted_nap(seconds: float) -> str:
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(seconds)
+    return "slept"
+
+
+def test_a_ctrl_c_or_sigterm_to_the_process_group_does_not_cut_a_step() -> None:
+    async def scenario() -> str:
+        pool = CpuPool(1)
+        try:
+            return await pool.run(interrupted_nap, 0.2)
+        finally:
+            pool.close()
+
+    assert asyncio.run(scenario()) == "slept", "the worker decides when its steps stop"
+
+
+def test_a_closed_pool_takes_no_more_steps() -> None:
+    async def scenario() -> None:
+        pool = CpuPool(1)
+        await pool.run(where_am_i, "once")
+        pool.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await pool.run(where_am_i, "again")
+        assert not pool_processes()
+
+    asyncio.run(scenario())
 
 
 def test_a_pool_process_logs_in_the_gateway_format_with_control_characters_escaped(

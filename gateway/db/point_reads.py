@@ -86,7 +86,8 @@ class _Compiled:
 
 
 class PointReads:
-    """Runs single-row reads for one async engine, directly on a connection of its own (see the module)."""
+    """Runs reads of one row (or a few) for one async engine, directly on a connection of its own (see the
+    module)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -131,7 +132,10 @@ class PointReads:
                 log.info("point reads take the ordinary path for %.0fs: %s", BUSY_BACKOFF_S, detail)
         async with self.engine.connect() as connection:
             result = await connection.execute(statement, parameters)
-            rows: list[Sequence[Any]] = list(result.all()) if many else [row for row in [result.first()] if row]
+            if many:
+                rows: list[Sequence[Any]] = list(result.all())
+            else:
+                rows = [row] if (row := result.first()) is not None else []
         if self._direct_from == math.inf:
             self._direct_from = 0.0  # the database is open (a SQLite file recovered): reads may go direct now
         return rows

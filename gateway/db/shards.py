@@ -303,6 +303,7 @@ async def drop_held(session: AsyncSession, batch_id: str, reason: str) -> None:
     )
 
 
+# "done" is a parameter too: a point read's statement holds no bound values (PointReads compiles it once, as is).
 _OPEN_SHARD_WAITS = select(Shard.state, Shard.wait_code, Shard.wait_detail).where(
     col(Shard.batch_id) == bindparam("batch_id"), col(Shard.state) != bindparam("done")
 )
