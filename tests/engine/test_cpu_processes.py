@@ -84,7 +84,7 @@ def test_a_cpu_process_killed_in_the_middle_of_a_join_fails_only_that_attempt(
     second.send_signal(signal.SIGCONT)
     assert_run_and_paid_once(client, gateway, simulator, batch.id, requests)
     log = gateway.log()
-    assert "ended before it finished" in log, log[-3000:]
+    assert "a CPU process ended while it ran split_results" in log, log[-3000:]
 
 
 @pytest.mark.parametrize("fate", ["killed", "frozen"])
