@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import openai
+import psutil
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -68,6 +69,17 @@ connection takes its source port. A port the kernel handed out for ``bind(0)`` c
 connection before the server that was meant to listen on it starts; a port from this range cannot."""
 
 _handed_out: set[int] = set()
+
+
+def cpu_pool_processes(parent: int | None = None) -> list[psutil.Process]:
+    """The live CPU-pool processes (:mod:`gateway.cpu_pool`) of process ``parent`` (default: this one), not
+    multiprocessing's resource tracker beside them."""
+    found = []
+    for child in psutil.Process(parent).children():
+        with contextlib.suppress(psutil.Error):
+            if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+    return found
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ processes log in the gateway's format."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -18,6 +17,7 @@ import psutil
 import pytest
 
 from gateway.cpu_pool import CpuPool, CpuProcessLost
+from tests.conftest import cpu_pool_processes
 
 
 def where_am_i(tag: str) -> tuple[int, str, str]:
@@ -164,13 +164,7 @@ def test_a_warmed_pool_has_its_process_running_with_the_steps_modules_before_the
 
 
 def pool_processes() -> set[int]:
-    """This process's live pool processes (not multiprocessing's resource tracker, which stays)."""
-    found = set()
-    for child in psutil.Process().children():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                found.add(child.pid)
-    return found
+    return {process.pid for process in cpu_pool_processes()}
 
 
 def test_closing_ends_a_step_still_running_instead_of_waiting_for_it() -> None:

@@ -28,7 +28,7 @@ import psutil
 from tests.bench import EmulatorProcess, emulator_process, fresh_database
 from tests.bench.bench_engine import write_input
 from tests.bench.bench_floor import cpu_seconds, gateway_env, run_job
-from tests.conftest import GatewayProcess, free_port
+from tests.conftest import GatewayProcess, cpu_pool_processes, free_port
 
 MB = 1_000_000
 STATUS_EVERY_S = 0.01
@@ -46,16 +46,6 @@ class Run:
     def percentile(self, share: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000
-
-
-def cpu_processes_of(process: psutil.Process) -> list[psutil.Process]:
-    """The gateway's CPU processes (not multiprocessing's resource tracker)."""
-    found = []
-    for child in process.children():
-        with contextlib.suppress(psutil.Error):
-            if "spawn_main" in " ".join(child.cmdline()):
-                found.append(child)
-    return found
 
 
 def one_run(root: Path, emulator: EmulatorProcess, big: Path, big_requests: int, small: Path, setting: int) -> Run:
@@ -89,7 +79,7 @@ def one_run(root: Path, emulator: EmulatorProcess, big: Path, big_requests: int,
             while not stop.is_set():
                 with contextlib.suppress(psutil.Error):
                     peaks[0] = max(peaks[0], process.memory_info().rss)
-                    for child in cpu_processes_of(process):
+                    for child in cpu_pool_processes(process.pid):
                         peaks[1] = max(peaks[1], child.memory_info().rss)
                 time.sleep(0.02)
 

@@ -7,6 +7,7 @@ answers and before it has written the rest; the tests then kill it, or kill or f
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from typing import Any
@@ -16,7 +17,7 @@ import psutil
 import pytest
 
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess, cpu_pool_processes, simulated_provider_env
 from tests.engine import (
     api_without_worker,
     assert_all_succeeded,
@@ -44,12 +45,10 @@ def frozen_cpu_process(worker: psutil.Process, timeout: float = 60.0) -> psutil.
     """The worker's CPU process once it stops at its freeze point."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for child in worker.children(recursive=True):
-            try:
+        for child in cpu_pool_processes(worker.pid):
+            with contextlib.suppress(psutil.NoSuchProcess):
                 if child.status() == psutil.STATUS_STOPPED:
                     return child
-            except psutil.NoSuchProcess:
-                continue
         time.sleep(0.05)
     raise AssertionError("no CPU process of the worker reached the freeze point")
 
