@@ -53,14 +53,44 @@ async def provide_principal(request: Request, state: State) -> Principal:
     if key is None:
         raise Unauthorized("Incorrect API key provided.")
     now = int(time.time())
-    if key.revoked_at is not None:
-        raise Unauthorized(f"This API key was revoked at {_when(key.revoked_at)}.", code="api_key_revoked")
-    if key.expires_at is not None and key.expires_at <= now:
-        raise Unauthorized(f"This API key expired at {_when(key.expires_at)}.", code="api_key_expired")
+    refusal = _refusal(key, now)
+    if refusal is not None:
+        raise refusal
     await _admit(context, key)
-    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_EVERY_S:
+    if _use_to_note(key, now):
         async with transaction(context.sessions) as session:
             await repo.note_key_used(session, key.key_id, now, LAST_USED_EVERY_S)
+    return _principal(key)
+
+
+def read_only_principal(context: GatewayContext, key: repo.PresentedKey) -> Principal | None:
+    """The caller, when its key (just read) needs nothing more: valid now, its last use noted within the
+    minute, no request limits configured. None when anything more is due (an answer other than success, a rate
+    check, a write): the caller then takes :func:`provide_principal`'s path, which does it."""
+    limits = context.settings.limits
+    now = int(time.time())
+    if limits.key_requests_per_minute or limits.team_requests_per_minute:
+        return None
+    if _refusal(key, now) is not None or _use_to_note(key, now):
+        return None
+    return _principal(key)
+
+
+def _refusal(key: repo.PresentedKey, now: int) -> Unauthorized | None:
+    """Why ``key`` may not be used at ``now``, or None."""
+    if key.revoked_at is not None:
+        return Unauthorized(f"This API key was revoked at {_when(key.revoked_at)}.", code="api_key_revoked")
+    if key.expires_at is not None and key.expires_at <= now:
+        return Unauthorized(f"This API key expired at {_when(key.expires_at)}.", code="api_key_expired")
+    return None
+
+
+def _use_to_note(key: repo.PresentedKey, now: int) -> bool:
+    """True when the key's ``last_used_at`` is due to be written."""
+    return key.last_used_at is None or now - key.last_used_at >= LAST_USED_EVERY_S
+
+
+def _principal(key: repo.PresentedKey) -> Principal:
     return Principal(team_id=key.team_id, team_name=key.team_name, api_key_id=key.key_id)
 
 

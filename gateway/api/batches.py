@@ -14,6 +14,7 @@ from gateway.api.auth import Principal, provide_principal
 from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
 from gateway.api.objects import batch_object, list_object
 from gateway.api.openapi import CLIENT_SECURITY, CREATE_BATCH_BODY, errors, page_size, with_request_body
+from gateway.api.status_reads import fast_status_reads
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.unit_of_work import reading
@@ -67,9 +68,9 @@ class BatchesController(Controller):
             rows = await repo.list_batches(session, principal.team_id, after=cursor, limit=limit + 1)
         return list_object([batch_object(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
-    @get("/{batch_id:str}", summary="Retrieve a batch", responses=errors(404))
+    @get("/{batch_id:str}", summary="Retrieve a batch", responses=errors(404), middleware=[fast_status_reads])
     async def retrieve_batch(self, state: State, principal: Principal, batch_id: str) -> dict[str, Any]:
-        """One batch of the caller's team."""
+        """One batch of the caller's team (the route's fast path answers most reads before this)."""
         context: GatewayContext = state.context
         if context.point_reads.direct:  # direct reads: the batch, then (while it runs) its open shards
             row = await repo.read_batch(context.point_reads, principal.team_id, batch_id)

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import event
+from sqlalchemy import inspect as sa_inspect
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -61,15 +62,24 @@ async def _reads(database_kind: str, tmp_path: Path) -> None:
             "validating",
         )
         assert await repo.read_batch(context.point_reads, "another-team", batch.id) is None
+        with_key = await repo.read_batch_with_key(context.point_reads, secret, batch.id)
+        assert with_key is not None and with_key[0] == presented
+        assert await repo.read_batch_with_key(context.point_reads, secret + "x", batch.id) is None
+        assert await repo.read_batch_with_key(context.point_reads, secret, batch.id + "x") is None
         # The later reads ran on the direct connection, not through the async engine.
         assert len(statements) == 1
         async with transaction(context.sessions) as session:
+            other_secret, _ = await repo.create_api_key(session, "others")
             loaded = (await session.exec(select(Batch).where(col(Batch.id) == batch.id))).one()
             # Every column as the ORM loads it (JSON decoded, numbers and booleans typed), on either path.
-            assert read.model_dump() == loaded.model_dump()
-            assert {k: type(v) for k, v in read.model_dump().items()} == {
-                k: type(v) for k, v in loaded.model_dump().items()
-            }, "a Decimal for a float would compare equal"
+            columns = [attribute.key for attribute in sa_inspect(Batch).column_attrs]
+            expected = {name: getattr(loaded, name) for name in columns}
+            for shown in (read, with_key[1]):
+                assert {name: getattr(shown, name) for name in columns} == expected
+                assert {name: type(getattr(shown, name)) for name in columns} == {
+                    name: type(value) for name, value in expected.items()
+                }, "a Decimal for a float would compare equal"
+        assert await repo.read_batch_with_key(context.point_reads, other_secret, batch.id) is None, "another team's"
 
         # A write committed by any connection is what the next read sees: a revocation holds at once.
         async with transaction(context.sessions) as session:
