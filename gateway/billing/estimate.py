@@ -18,6 +18,7 @@ for rate limits: a provider counts ``max_tokens`` against a tokens-per-minute li
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,17 +247,61 @@ def iter_estimates(path: Path, estimator: Estimator) -> Iterator[RequestEstimate
             yield estimator.request(bytes(line.body), line.custom_id)
 
 
+@dataclass
+class LineEstimates:
+    """Each request line's model name and expected tokens, in the file's order, kept in 8 bytes a line (an
+    index into the distinct ``(model, expected output)`` pairs and the input tokens), so that writing the
+    shards need not decode the lines again."""
+
+    kinds: list[tuple[str, float]] = field(default_factory=list)
+    """Distinct ``(model name, expected output tokens)`` pairs of the file's requests."""
+    kind_of_line: array[int] = field(default_factory=lambda: array("I"))
+    input_tokens: array[int] = field(default_factory=lambda: array("I"))
+    _kind_index: dict[tuple[str, float], int] = field(default_factory=dict, repr=False)
+
+    def add(self, request: RequestEstimate) -> None:
+        """Record the next line's estimate."""
+        kind = (request.model, request.output_tokens)
+        index = self._kind_index.get(kind)
+        if index is None:
+            index = self._kind_index[kind] = len(self.kinds)
+            self.kinds.append(kind)
+        self.kind_of_line.append(index)
+        self.input_tokens.append(min(request.input_tokens, _MAX_RECORDED_TOKENS))
+
+    def line(self, number: int) -> tuple[str, int, float]:
+        """``(model name, input tokens, expected output tokens)`` of the ``number``-th request (0-based)."""
+        name, output = self.kinds[self.kind_of_line[number]]
+        return name, self.input_tokens[number], output
+
+    def __len__(self) -> int:
+        return len(self.kind_of_line)
+
+
+_MAX_RECORDED_TOKENS = 2**32 - 1
+"""Input tokens of a line as :class:`LineEstimates` keeps them (a line would need 16 GB to pass it)."""
+
+
 def estimate_file(path: Path, endpoint: str, estimator: Estimator | None = None) -> dict[str, ModelEstimate]:
     """Requests and expected tokens per model name of a batch input file (no history: the defaults)."""
+    return estimate_lines(path, endpoint, estimator)[0]
+
+
+def estimate_lines(
+    path: Path, endpoint: str, estimator: Estimator | None = None
+) -> tuple[dict[str, ModelEstimate], LineEstimates]:
+    """:func:`estimate_file` and, in the same pass, every line's estimate (:class:`LineEstimates`)."""
     estimator = estimator or Estimator(endpoint)
     models: dict[str, ModelEstimate] = {}
+    lines = LineEstimates()
     for number, request in enumerate(iter_estimates(path, estimator), 1):
         entry = models.get(request.model)
         if entry is None:
             basis = estimator.basis(request.model).describe()
             entry = models[request.model] = ModelEstimate(request.model, first_line=number, basis=basis)
         entry.add(request)
-    return models
+        lines.add(request)
+    return models, lines
 
 
 async def team_estimator(context: GatewayContext, team_id: str | None, endpoint: str) -> Estimator:

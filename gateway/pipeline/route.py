@@ -1,11 +1,12 @@
 """Stage 3 of the data path: choose where each request runs and cut the batch into shards.
 
-The file is read once to estimate each model's requests and tokens (:mod:`gateway.billing.estimate`,
-learned from the team's past requests where it has them); the batch's policy then ranks the offers of each model
-(:mod:`gateway.routing.placement`), and every decision is stored with its candidates and reason.
-A second pass writes the shard inputs (:mod:`gateway.pipeline.shard_plans`): lines of one model for one
-provider, within that provider's request and byte limits, ``body.model`` rewritten to the provider's model
-id; a policy that splits a model across providers gives each its share of the lines.
+The file is read once to estimate each model's requests and tokens (:mod:`gateway.billing.estimate`, learned
+from the team's past requests where it has them), keeping each line's model and tokens; the batch's policy then
+ranks the offers of each model (:mod:`gateway.routing.placement`), and every decision is stored with its
+candidates and reason. A second pass writes the shard inputs (:mod:`gateway.pipeline.shard_plans`): lines of one
+model for one provider, within that provider's request and byte limits, copied as they are unless ``body.model``
+is rewritten to the provider's model id; a policy that splits a model across providers gives each its share of
+the lines.
 
 Shard inputs are written to the blob store first (under names derived from the batch id, so a rerun
 overwrites them), then the shard rows, the decisions, the budget reservation and the batch's move
@@ -19,7 +20,7 @@ import functools
 import logging
 
 from gateway.billing import budgets
-from gateway.billing.estimate import estimate_file, team_estimator
+from gateway.billing.estimate import estimate_lines, team_estimator
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import repo
@@ -49,7 +50,7 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
         return
     estimator = await team_estimator(context, batch.team_id, batch.endpoint)
     async with context.blobs.local_copy(input_file.storage_key) as path:
-        estimates = await asyncio.to_thread(estimate_file, path, batch.endpoint, estimator)
+        estimates, line_estimates = await asyncio.to_thread(estimate_lines, path, batch.endpoint, estimator)
         placements: dict[str, list[Placement]] = {}
         decisions: list[RoutingDecision] = []
         estimated_cost = 0.0
@@ -103,6 +104,7 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
             functools.partial(shard_input_key, attempt=lease.token),
             canary,
             estimator,
+            line_estimates,
         )
     crash_point("route.after_shards_written")
     freeze_point("route.after_shards_written")

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import msgspec
 
-from gateway.billing.estimate import Estimator, cache_rates, cost_usd
+from gateway.billing.estimate import Estimator, LineEstimates, cache_rates, cost_usd
 from gateway.context import GatewayContext
 from gateway.db.models import Shard
 from gateway.pipeline.lifecycle import shard_input_key
@@ -176,14 +176,16 @@ def split_into_shards(
     key_of: Any = shard_input_key,
     canary_lines: int = 0,
     estimator: Estimator | None = None,
+    estimates: LineEstimates | None = None,
 ) -> list[ShardPlan]:
     """Write shard inputs for the lines of ``input_path`` (blank lines skipped) into ``scratch``.
 
     ``placements`` maps the model named in ``body.model`` to where its lines go; ``counts`` gives
     each model's request count (to split by share). ``key_of(batch_id, seq)`` names the blobs the
     files become once :func:`publish_shards` stores them. The first ``canary_lines`` requests go to
-    shards of their own, marked ``canary``. Each shard's tokens are estimated by ``estimator`` (default:
-    no history).
+    shards of their own, marked ``canary``. Each shard's tokens are the sum of its lines' ``estimates``
+    (taken by routing's pass over the file: the lines are then copied without being decoded, unless their
+    model or tier is rewritten), else estimated here by ``estimator`` (default: no history).
     """
     estimator = estimator or Estimator(endpoint)
     done: list[ShardPlan] = []
@@ -215,15 +217,19 @@ def split_into_shards(
                     line = raw.rstrip(b"\r\n")
                     if not line.strip():
                         continue
+                    if estimates is not None:  # routing's pass read every line's model and tokens
+                        if requests >= len(estimates):
+                            raise RuntimeError(f"{input_path.name} has more lines than when it was estimated")
+                        name, input_tokens, output_tokens = estimates.line(requests)
+                    else:
+                        name, input_tokens, output_tokens = _estimate_line(line, estimator)
                     requests += 1
                     canary = requests <= canary_lines
-                    body = bytes(_head_decoder.decode(line).body)
-                    expected = estimator.request(body)  # reads the model too, as routing's estimate did
-                    name = expected.model
                     lines = assign[name]
                     index = lines.next_placement()
                     placement = lines.placements[index]
-                    tiered = placement.tier != "standard" or _TIER_FIELD in body
+                    # The field anywhere in the line (a custom_id may name it too): the rewrite then decides.
+                    tiered = placement.tier != "standard" or _TIER_FIELD in line
                     if name != placement.provider_model or tiered:
                         line = rewrite_model(line, placement.provider_model, placement.tier)
                     size = len(line) + 1
@@ -241,9 +247,11 @@ def split_into_shards(
                     shard.handle.write(line + b"\n")
                     shard.request_count += 1
                     shard.byte_size += size
-                    shard.input_tokens += expected.input_tokens
-                    shard.expected_output += expected.output_tokens
+                    shard.input_tokens += input_tokens
+                    shard.expected_output += output_tokens
                     shard.output_tokens = round(shard.expected_output)
+            if estimates is not None and requests != len(estimates):
+                raise RuntimeError(f"{input_path.name} has fewer lines than when it was estimated")
             done.extend(open_shards.values())
         except BaseException:
             for path in written:
@@ -252,6 +260,12 @@ def split_into_shards(
         for shard in done:
             shard.handle.close()
     return sorted(done, key=lambda s: s.seq)
+
+
+def _estimate_line(line: bytes, estimator: Estimator) -> tuple[str, int, float]:
+    """``(model name, input tokens, expected output tokens)`` of a request line."""
+    expected = estimator.request(bytes(_head_decoder.decode(line).body))
+    return expected.model, expected.input_tokens, expected.output_tokens
 
 
 async def publish_shards(blobs: BlobStore, plans: list[ShardPlan]) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.billing.estimate import Estimator, LineEstimates, estimate_lines, iter_estimates
+from gateway.billing.history import History
 from gateway.pipeline.shard_plans import Placement, rewrite_model, split_into_shards
 from gateway.providers.config import ProviderLimits
 
@@ -66,3 +68,68 @@ def test_shards_of_a_provider_with_a_minimum_are_evened_out_so_none_falls_below_
 
     assert sizes(1) == [100, 100, 50]
     assert sizes(60) == [84, 84, 82] and max(sizes(60)) <= 100
+
+
+def _mixed_input(path: Path) -> None:
+    """Two models, output caps, a tier asked, a blank line and a custom_id naming the tier field."""
+    lines = []
+    for number in range(300):
+        body: dict[str, object] = {"model": "a" if number % 3 else "b", "messages": [{"content": "x" * number}]}
+        if number % 7 == 0:
+            body["max_tokens"] = 10 + number
+        if number % 11 == 0:
+            body["service_tier"] = "priority"
+        custom_id = "service_tier" if number == 5 else f"r{number}"
+        lines.append(json.dumps({"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body}).encode())
+    lines.insert(150, b"   ")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def test_shards_cut_with_routings_line_estimates_are_those_cut_by_decoding_every_line(tmp_path: Path) -> None:
+    source = tmp_path / "input.jsonl"
+    (tmp_path / "scratch").mkdir()
+    _mixed_input(source)
+    history = History.of(
+        requests=500, output_tokens=60_000, input_tokens=9_000, estimated_input_tokens=10_000,
+        histogram={"64": 200, "128": 200, "512": 100},
+    )  # fmt: skip
+    assert history.usable
+    estimator = Estimator(CHAT, histories={"a": history})
+    models, lines = estimate_lines(source, CHAT, estimator)
+    per_line = list(iter_estimates(source, estimator))
+    assert len(lines) == 300
+    assert len(lines.kinds) == len({(e.model, e.output_tokens) for e in per_line}), "each kind is kept once"
+    assert [lines.line(n) for n in range(300)] == [(e.model, e.input_tokens, e.output_tokens) for e in per_line]
+    limits = ProviderLimits(max_requests_per_batch=70)
+    placements = {
+        "a": [Placement("p", "a", "a", "batch", limits, (1.0, 1.0), (2.0, 2.0))],
+        "b": [Placement("q", "b-provider", "b", "batch", limits, (1.0, 1.0), (2.0, 2.0))],
+    }
+    counts = {name: entry.requests for name, entry in models.items()}
+
+    def cut(**known: LineEstimates) -> list[tuple[object, ...]]:
+        plans = split_into_shards(
+            source, "batch_x", CHAT, placements, counts, tmp_path / "scratch", lambda b, s: f"{b}/{s}", 30, estimator,
+            **known,
+        )  # fmt: skip
+        seen = [
+            (p.seq, p.canary, p.placement.provider, p.request_count, p.byte_size, p.input_tokens, p.output_tokens,
+             p.path.read_bytes())
+            for p in plans
+        ]  # fmt: skip
+        for plan in plans:
+            plan.path.unlink()
+        return seen
+
+    decoded, copied = cut(), cut(estimates=lines)
+    assert copied == decoded and len(decoded) == 7
+    shard_lines = [json.loads(text) for shard in decoded for text in shard[-1].splitlines()]  # type: ignore[union-attr]
+    assert {request["body"]["model"] for request in shard_lines} == {"a", "b-provider"}
+    assert not any("service_tier" in request["body"] for request in shard_lines), "a batch placement drops priority"
+
+    _mixed_input(source)
+    with source.open("ab") as grown:
+        grown.write(line(model="a") + b"\n")
+    with pytest.raises(RuntimeError, match="more lines than when it was estimated"):
+        cut(estimates=lines)
+    assert not list((tmp_path / "scratch").iterdir()), "a refused cut leaves no scratch file"
