@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -80,6 +81,15 @@ def cpu_pool_processes(parent: int | None = None) -> list[psutil.Process]:
             if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
                 found.append(child)
     return found
+
+
+def can_mount_tmpfs(folder: Path) -> bool:
+    """True where this user may mount a tmpfs in a mount namespace of its own (``unshare --mount
+    --map-root-user``): the way tests give a process a small disk that the kernel itself fills."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--mount", "--map-root-user", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0"', str(folder)]
+    return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
 
 
 def free_port() -> int:

@@ -53,7 +53,10 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
                 continue
             file_id = new_id("file-")
             storage_key = f"outputs/{batch.id}/{kind}.t{lease.token}.jsonl"
-            size = await context.blobs.write_stream(storage_key, _concat(context, batch, keys, extra))
+            if extra:
+                size = await context.blobs.write_stream(storage_key, _concat(context, batch, keys, extra))
+            else:  # the common case: the store joins the shards' blobs (the kernel copies them, on local disk)
+                size = await context.blobs.concat(storage_key, keys)
             if size == 0:
                 await context.blobs.delete(storage_key)
                 continue

@@ -12,7 +12,7 @@ Blobs are published whole: a reader never sees a half-written blob under its key
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +108,20 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str) -> AsyncIterator[BlobInfo]:
         """Every blob whose key starts with ``prefix`` (in no particular order)."""
+
+    async def concat(self, key: str, parts: Sequence[str]) -> int:
+        """Store the blobs ``parts``, one after another, under ``key`` atomically; return the bytes written.
+
+        Raises :class:`BlobMissing` when a part is not stored and :class:`StorageFull` as
+        :meth:`write_stream` does; nothing is left under ``key`` either way. This default streams the parts
+        through the process; a store that can join blobs itself does so.
+        """
+        return await self.write_stream(key, self._chain(parts))
+
+    async def _chain(self, parts: Sequence[str]) -> AsyncIterator[bytes]:
+        for part in parts:
+            async for chunk in self.iter_bytes(part):
+                yield chunk
 
     def appender(self, key: str) -> BlobAppender | None:
         """An in-place appender for ``key``, or None when the store publishes only whole blobs."""

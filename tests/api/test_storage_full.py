@@ -9,7 +9,6 @@ the kernel allows no unprivileged mount namespaces.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,21 +18,14 @@ import httpx
 import pytest
 
 from tests.api.test_files import chat_jsonl
-from tests.conftest import GatewayProcess, loopback
+from tests.conftest import GatewayProcess, can_mount_tmpfs, loopback
 
 MOUNT_THEN_SERVE = 'mount -t tmpfs -o "$0" tmpfs "$1" && exec "$2" -m gateway.cli serve'
 
 
-def _can_mount_tmpfs(folder: Path) -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = ["unshare", "--mount", "--map-root-user", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0"', str(folder)]
-    return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-
-
 @pytest.fixture(scope="module")
 def mountable(tmp_path_factory: pytest.TempPathFactory) -> None:
-    if not _can_mount_tmpfs(tmp_path_factory.mktemp("probe")):
+    if not can_mount_tmpfs(tmp_path_factory.mktemp("probe")):
         pytest.skip("no mount namespaces here (unshare --mount --map-root-user fails)")
 
 

@@ -62,6 +62,34 @@ async def test_empty_blob(subject: Subject) -> None:
         assert path.read_bytes() == b""
 
 
+async def test_concat_joins_blobs_in_order(subject: Subject) -> None:
+    store = subject.store
+    parts = {"shards/a.out": pattern(PART_BYTES + 7), "shards/b.out": b"", "shards/c.out": b"last line\n"}
+    for key, data in parts.items():
+        await store.write_stream(key, chunks_of(data))
+    joined = b"".join(parts.values())
+    assert await store.concat("outputs/b/output.jsonl", list(parts)) == len(joined)
+    assert await read_all(store, "outputs/b/output.jsonl") == joined
+    assert await store.concat("outputs/b/output.jsonl", ["shards/c.out", "shards/c.out"]) == 20, "an overwrite"
+    assert await read_all(store, "outputs/b/output.jsonl") == b"last line\n" * 2
+    assert await read_all(store, "shards/a.out") == parts["shards/a.out"], "the parts are kept"
+    assert await store.concat("outputs/none.jsonl", []) == 0 and await store.size("outputs/none.jsonl") == 0
+    assert subject.hidden_leftovers() == []
+
+
+async def test_concat_with_a_missing_part_raises_blob_missing_and_leaves_nothing(subject: Subject) -> None:
+    store = subject.store
+    await store.write_stream("shards/a.out", chunks_of(pattern(MiB)))
+    await store.write_stream("outputs/kept.jsonl", chunks_of(b"kept\n"))
+    for target in ("outputs/new.jsonl", "outputs/kept.jsonl"):
+        with pytest.raises(BlobMissing) as raised:
+            await store.concat(target, ["shards/a.out", "shards/gone.out"])
+        assert raised.value.key == "shards/gone.out"
+    assert not await store.exists("outputs/new.jsonl")
+    assert await read_all(store, "outputs/kept.jsonl") == b"kept\n", "a failed overwrite keeps the old blob"
+    assert subject.hidden_leftovers() == []
+
+
 async def test_overwrite_replaces_the_blob(subject: Subject) -> None:
     store = subject.store
     await store.write_stream("outputs/b/output.jsonl", chunks_of(b"first version, longer\n"))
