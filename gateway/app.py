@@ -28,6 +28,7 @@ from gateway.api.message_batches import MessageBatchesController
 from gateway.api.metrics import http_metrics, metrics_endpoint
 from gateway.api.models import ModelsController
 from gateway.api.openapi import COMPONENTS
+from gateway.api.provider_webhooks import provider_webhook
 from gateway.context import GatewayContext
 from gateway.db.engine import upgrade_to_head
 from gateway.jobs.worker import Worker
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             healthz,
             readyz,
             metrics_endpoint,
+            provider_webhook,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -89,6 +89,12 @@ FAILOVERS = Counter(
     "Work moved from one provider to another (to_provider 'none' when no provider could take it).",
     ["from_provider", "to_provider", "cause"],
 )
+PROVIDER_WEBHOOKS = Counter(
+    "batchgw_provider_webhooks",
+    "Webhook deliveries from providers, by outcome: 'polled' (a waiting batch is polled at once), 'ignored' "
+    "(another event type, or a batch nothing waits for) or 'refused' (failed verification, or no event).",
+    ["provider", "outcome"],
+)
 ALERTS_FIRED = Counter(
     "batchgw_alerts_fired",
     "Alerts created, by kind (budget_threshold, anomaly, canary, budget_stop, provider_auth_failed).",
@@ -209,6 +215,11 @@ def record_shard_collected(
 def record_abandoned_spend(*, provider: str, model: str, team: str, cost_usd: float) -> None:
     """Count what an abandoned provider batch billed, once its ledger row committed."""
     _add(SPEND_USD, cost_usd, provider=provider, model=model, team=team, reason="abandoned")
+
+
+def record_provider_webhook(provider: str, outcome: str) -> None:
+    """Count one webhook delivery of ``provider`` (``polled``, ``ignored`` or ``refused``)."""
+    PROVIDER_WEBHOOKS.labels(provider=provider, outcome=outcome).inc()
 
 
 def record_failover(from_provider: str, to_provider: str | None, cause: str) -> None:
@@ -352,6 +363,7 @@ def metric_names() -> set[str]:
         BATCH_EVENT_DELIVERIES,
         TOKENS,
         FAILOVERS,
+        PROVIDER_WEBHOOKS,
         ALERTS_FIRED,
         SHARD_TURNAROUND,
         BATCH_TURNAROUND,

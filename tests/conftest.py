@@ -19,11 +19,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +83,67 @@ def cpu_pool_processes(parent: int | None = None) -> list[psutil.Process]:
             if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
                 found.append(child)
     return found
+
+
+@dataclass
+class Receiver:
+    """An HTTP server that records every POST by path; ``answers`` scripts the statuses a path gets."""
+
+    server: ThreadingHTTPServer
+    posts: dict[str, list[tuple[dict[str, str], bytes]]] = field(default_factory=dict)
+    answers: dict[str, list[int]] = field(default_factory=dict)
+    held: dict[str, threading.Event] = field(default_factory=dict)
+    """Paths whose first post is answered only once the event is set (then with its scripted status)."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def received(self, path: str) -> list[tuple[dict[str, str], bytes]]:
+        with self.lock:
+            return list(self.posts.get(path, []))
+
+    def wait_for(self, path: str, count: int, timeout: float = 60) -> list[tuple[dict[str, str], bytes]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received(path)) < count:
+            assert time.monotonic() < deadline, f"{path}: {len(self.received(path))} of {count} posts arrived"
+            time.sleep(0.1)
+        return self.received(path)
+
+
+@contextlib.contextmanager
+def webhook_receiver() -> Iterator[Receiver]:
+    """A :class:`Receiver` on a free loopback port, serving from a thread until the block ends."""
+    holder: list[Receiver] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            target = holder[0]
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            with target.lock:
+                target.posts.setdefault(self.path, []).append((dict(self.headers.items()), body))
+                scripted = target.answers.get(self.path)
+                status = scripted.pop(0) if scripted else 200
+                hold = target.held.pop(self.path, None)
+            if hold is not None:
+                hold.wait(120)
+            self.send_response(status)
+            if 300 <= status < 400:
+                self.send_header("location", target.url("/elsewhere"))
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    holder.append(Receiver(server))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield holder[0]
+    finally:
+        server.shutdown()
 
 
 def can_mount_tmpfs(folder: Path) -> bool:
@@ -386,7 +449,8 @@ def simulated_provider_env(
 
     ``providers`` maps a gateway provider name to ``{"emulator": <emulated provider>, "models":
     {<gateway model>: <emulator model>}, "limits": {<ProviderLimits field>: value}, "kind": <adapter kind>}``
-    ("limits" optional; "kind" defaults to "openai", "openai_sync" drives the emulator request by request).
+    ("limits" optional; "kind" defaults to "openai", "openai_sync" drives the emulator request by request;
+    "webhook_secret_env" optional).
     Several gateway providers may share one emulator. The env also carries ``ENGINE_ENV``.
     """
     lines: list[str] = []
@@ -396,6 +460,11 @@ def simulated_provider_env(
             f"kind = {json.dumps(spec.get('kind', 'openai'))}",
             f"base_url = {json.dumps(cluster.base_url(spec['emulator']))}",
             "models = { " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in spec["models"].items()) + " }",
+            *(
+                [f"webhook_secret_env = {json.dumps(spec['webhook_secret_env'])}"]
+                if "webhook_secret_env" in spec
+                else []
+            ),
             f"[providers.{name}.limits]",
             *(f"{key} = {json.dumps(value)}" for key, value in spec.get("limits", {}).items()),
             "",

@@ -10,8 +10,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import pytest
 
 from gateway.simulator import SimulatorCluster
 from tests.api.batch_helpers import assert_error
-from tests.conftest import GatewayProcess, loopback, simulated_provider_env
+from tests.conftest import GatewayProcess, Receiver, loopback, simulated_provider_env, webhook_receiver
 from tests.engine import chat_requests, reset, submit, wait_for, worker_process
 
 ADMIN = {"Authorization": "Bearer test-admin-key"}
@@ -30,63 +28,11 @@ PROVIDERS = {
 }
 
 
-@dataclass
-class Receiver:
-    """An HTTP server that records every POST by path; ``answers`` scripts the statuses a path gets."""
-
-    server: ThreadingHTTPServer
-    posts: dict[str, list[tuple[dict[str, str], bytes]]] = field(default_factory=dict)
-    answers: dict[str, list[int]] = field(default_factory=dict)
-    held: dict[str, threading.Event] = field(default_factory=dict)
-    """Paths whose first post is answered only once the event is set (then with its scripted status)."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def received(self, path: str) -> list[tuple[dict[str, str], bytes]]:
-        with self.lock:
-            return list(self.posts.get(path, []))
-
-    def wait_for(self, path: str, count: int, timeout: float = 60) -> list[tuple[dict[str, str], bytes]]:
-        deadline = time.monotonic() + timeout
-        while len(self.received(path)) < count:
-            assert time.monotonic() < deadline, f"{path}: {len(self.received(path))} of {count} posts arrived"
-            time.sleep(0.1)
-        return self.received(path)
-
-
 @pytest.fixture(scope="module")
 def receiver(database_kind: str) -> Iterator[Receiver]:
     """A receiver per gateway (one per database), so that no post of one run is counted in the other."""
-    holder: list[Receiver] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            target = holder[0]
-            body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            with target.lock:
-                target.posts.setdefault(self.path, []).append((dict(self.headers.items()), body))
-                scripted = target.answers.get(self.path)
-                status = scripted.pop(0) if scripted else 200
-                hold = target.held.pop(self.path, None)
-            if hold is not None:
-                hold.wait(120)
-            self.send_response(status)
-            if 300 <= status < 400:
-                self.send_header("location", target.url("/elsewhere"))
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    holder.append(Receiver(server))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield holder[0]
-    server.shutdown()
+    with webhook_receiver() as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,11 @@ def admin_errors(*statuses: int) -> dict[int, ResponseSpec]:
     return _error_specs({400, 401, 403, *statuses})
 
 
+def provider_errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """Error responses of a route providers call (signed, no client key): the given status codes, and 400 always."""
+    return _error_specs({400, *statuses})
+
+
 def with_request_body(body: RequestBody) -> type[Operation]:
     """An operation class documenting ``body``, for handlers that read their body themselves."""
 

@@ -143,3 +143,19 @@ async def orphan_fate(session: AsyncSession, row: AbandonedProviderBatch, provid
     if shard.state == "submitting":
         return "undecided"
     return "adopted" if shard.provider_batch_id == provider_batch_id else "orphaned"
+
+
+async def poll_ended_now(session: AsyncSession, provider: str, provider_batch_id: str, now: float) -> int:
+    """Make the open abandoned provider batch ``provider_batch_id`` at ``provider`` due for its poll at once (its
+    provider announced that it ended); how many rows changed."""
+    result = await session.exec(
+        update(AbandonedProviderBatch)
+        .where(
+            col(AbandonedProviderBatch.provider) == provider,
+            col(AbandonedProviderBatch.state) == "open",
+            col(AbandonedProviderBatch.provider_batch_id) == provider_batch_id,
+            col(AbandonedProviderBatch.next_action_at) > now,
+        )
+        .values(next_action_at=now)
+    )
+    return int(result.rowcount)

@@ -337,3 +337,31 @@ async def hold_for_operator(session: AsyncSession, batch_id: str, detail: str) -
             updated_at=now,
         )
     )
+
+
+async def poll_ended_now(session: AsyncSession, provider: str, provider_batch_id: str, now: float) -> str | None:
+    """Make the running shard that holds ``provider_batch_id`` at ``provider`` due for its poll at once (its
+    provider announced that the batch ended). The state of the open shard that holds it, or None when no open
+    shard does (ended already, or its create call's answer not stored yet)."""
+    holder = (
+        await session.exec(
+            select(Shard.state).where(
+                col(Shard.provider) == provider,
+                col(Shard.state).in_(ACTIVE_STATES),
+                col(Shard.provider_batch_id) == provider_batch_id,
+            )
+        )
+    ).first()
+    if holder != "running":
+        return holder
+    await session.exec(
+        update(Shard)
+        .where(
+            col(Shard.provider) == provider,
+            col(Shard.state) == "running",
+            col(Shard.provider_batch_id) == provider_batch_id,
+            col(Shard.next_action_at) > now,
+        )
+        .values(next_action_at=now)
+    )
+    return holder

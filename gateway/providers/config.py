@@ -20,6 +20,8 @@ what only the start can check (kind, adapter options, models, the key's variable
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -30,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from gateway.config_errors import did_you_mean
 
 KEYLESS_AUTH: dict[str, str] = {"bedrock": "signed with AWS credentials"}
+WEBHOOK_SECRET_PREFIX = "whsec_"
+"""The prefix of a webhook signing secret whose rest is the key in base64 (as OpenAI shows it)."""
 """How a provider of these kinds authenticates when ``api_key_env`` is unset (the start-up line says so)."""
 
 KIND_CAPS: dict[str, dict[str, int]] = {
@@ -56,8 +60,9 @@ class ProviderLimits(BaseModel):
         None, ge=1, description="Fewest requests in one provider batch (unset: the kind's own; bedrock 100, else 1)."
     )
     max_bytes_per_batch: int = Field(
-        200 * 1024**2, ge=1024, description="Bytes of one provider batch (unset: 200 MiB; openrouter 200 MB, groq "
-        "and together 100 MB).",
+        200 * 1024**2,
+        ge=1024,
+        description="Bytes of one provider batch (unset: 200 MiB; openrouter 200 MB, groq and together 100 MB).",
     )
     max_batches_in_flight: int = Field(100, ge=1, description="Provider batches running at once.")
     max_enqueued_tokens_per_model: int | None = Field(
@@ -86,6 +91,11 @@ class ProviderConfig(BaseModel):
     kind: str = Field(description="Adapter kind, e.g. 'openai'.")
     base_url: str
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    webhook_secret_env: str | None = Field(
+        None,
+        description="Environment variable holding the signing secret (whsec_...) of the provider's batch webhooks "
+        "(OpenAI): with it, POST /webhooks/providers/<name> takes them and polls the ended batch at once.",
+    )
     models: dict[str, str] = Field(
         default_factory=dict, description="Gateway model name -> the provider's own model id."
     )
@@ -129,6 +139,21 @@ class ProviderConfig(BaseModel):
         """The secret from the environment (never logged, never returned by the API)."""
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
+    def webhook_key(self) -> bytes | None:
+        """The key webhooks are signed with, from the secret in the environment (never logged, never returned by
+        the API), by OpenAI's rule: a ``whsec_`` secret holds the key in base64, any other secret is the key's
+        UTF-8 bytes. None when the variable is unset or empty; raises ``ValueError`` for bad base64."""
+        secret = os.environ.get(self.webhook_secret_env) if self.webhook_secret_env else None
+        if not secret:
+            return None
+        if secret.startswith(WEBHOOK_SECRET_PREFIX):
+            try:
+                return base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+            except binascii.Error:
+                where = self.webhook_secret_env
+                raise ValueError(f"the {WEBHOOK_SECRET_PREFIX} secret in {where} is not base64") from None
+        return secret.encode()
+
     def public_dict(self) -> dict[str, object]:
         """Configuration safe to show to an admin: names the key's variable, never the key."""
         return self.model_dump(mode="json")
@@ -155,8 +180,9 @@ class ProviderConfig(BaseModel):
         key = f"key from {self.api_key_env}" if self.api_key_env else KEYLESS_AUTH.get(self.kind, "no key")
         prices = f", prices of {self.catalog_provider}" if self.catalog_provider else ""
         options = "".join(f", {name} {value}" for name, value in self.options.items())
+        hooks = f", webhooks signed with {self.webhook_secret_env}" if self.webhook_secret_env else ""
         return (
-            f"provider {self.name}: kind {self.kind}{options}, host {self.host()}, {key}{prices}, "
+            f"provider {self.name}: kind {self.kind}{options}, host {self.host()}, {key}{prices}{hooks}, "
             f"models {models or 'none'}, limits {limits}"
         )
 
@@ -189,6 +215,17 @@ class ProviderConfig(BaseModel):
             found.append(
                 (("api_key_env",), f"api_key_env names {self.api_key_env}, which is not set in the environment")
             )
+        if self.webhook_secret_env and (self.kind != "openai" or self.options.get("dialect", "openai") != "openai"):
+            text = "webhook_secret_env is set, but only kind 'openai' (its own dialect) sends batch webhooks"
+            found.append((("webhook_secret_env",), text))
+        elif require_key and self.webhook_secret_env and not os.environ.get(self.webhook_secret_env):
+            text = f"webhook_secret_env names {self.webhook_secret_env}, which is not set in the environment"
+            found.append((("webhook_secret_env",), text))
+        elif self.webhook_secret_env:
+            try:
+                self.webhook_key()
+            except ValueError as exc:
+                found.append((("webhook_secret_env",), f"webhook_secret_env: {exc}"))
         if sellers is not None and self.catalog_provider and self.catalog_provider not in sellers:
             hint = did_you_mean(self.catalog_provider, sellers)
             text = f"catalog_provider {self.catalog_provider!r} prices nothing in the catalog{hint}"

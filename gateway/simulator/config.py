@@ -50,6 +50,10 @@ class ProviderSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     job ARNs and of the SigV4 scope calls must carry, ``min_records`` the "Minimum number of records per batch
     inference job" quota (``max_lines`` is the maximum).
 
+    Kind ``openai`` only: ``webhook_url`` and ``webhook_secret`` (``whsec_`` + base64, as OpenAI shows it) make
+    the provider send a signed ``batch.completed`` (``failed``, ``expired``, ``cancelled``) event to that URL when a
+    batch ends (:mod:`gateway.simulator.webhooks`).
+
     Kind ``openrouter`` only: ``usd_per_mtok`` is ``[input, output]``, the USD per million tokens the emulated
     OpenRouter bills (each result's and each batch's ``usage.cost``).
     """
@@ -68,8 +72,16 @@ class ProviderSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     region: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")] = DEFAULT_REGION
     min_records: Annotated[int, msgspec.Meta(ge=1)] = BEDROCK_MIN_RECORDS
     usd_per_mtok: list[float] = msgspec.field(default_factory=lambda: list(OPENROUTER_USD_PER_MTOK))
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
 
     def __post_init__(self) -> None:
+        if (self.webhook_url is None) != (self.webhook_secret is None):
+            raise ValueError(f"provider {self.name}: webhook_url and webhook_secret go together")
+        if self.webhook_url is not None and (self.kind != "openai" or self.dialect != "openai"):
+            raise ValueError(f"provider {self.name}: webhooks are OpenAI's: they need kind 'openai' and its dialect")
+        if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
+            raise ValueError(f"provider {self.name}: webhook_secret must be a whsec_ secret (whsec_ + base64)")
         if self.dialect != "openai" and self.kind != "openai":
             raise ValueError(f"provider {self.name}: dialect {self.dialect!r} needs kind 'openai', not {self.kind!r}")
         bedrock_only = {

@@ -19,6 +19,7 @@ import msgspec
 from gateway.simulator.errors import ApiError, server_error
 from gateway.simulator.file_store import FileStore, StoredFile
 from gateway.simulator.jobs import ItemOutcome, Job, JobItem, run_job
+from gateway.simulator.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from gateway.simulator.config import ProviderSpec
@@ -175,6 +176,10 @@ class EmulatorState:
         self.jobs: dict[str, Job] = {}
         self.log: deque[LogEntry] = deque(maxlen=LOG_LIMIT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.webhooks = (
+            WebhookSender(spec.webhook_url, spec.webhook_secret) if spec.webhook_url and spec.webhook_secret else None
+        )
+        """Sends the batch-ended events, when the provider has a webhook endpoint."""
         self.calls_in_flight = 0
         """API calls received and not yet answered (a live figure: a reset leaves it as it is)."""
         self.reset()
@@ -250,6 +255,17 @@ class EmulatorState:
         self.jobs[job.id] = job
         self.stats.batches_created += 1
         task = asyncio.get_running_loop().create_task(run_job(self, job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self.webhooks is not None:
+            task.add_done_callback(lambda ran: self._announce_end(job, ran))
+
+    def _announce_end(self, job: Job, ran: asyncio.Task[None]) -> None:
+        """Send the webhook of a job that reached a terminal status (not of one stopped by a reset)."""
+        if ran.cancelled() or self.webhooks is None:
+            return
+        ended_at = job.times.get(f"{job.status}_at", self.clock.ts())
+        task = asyncio.get_running_loop().create_task(self.webhooks.send(job.id, job.status, ended_at))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -68,8 +68,9 @@ class EmulatorProcess:
 
 
 @contextmanager
-def emulator_process(folder: Path, name: str, models: list[str]) -> Iterator[EmulatorProcess]:
-    """Start one OpenAI-protocol emulator answering at once, in its own process; stop it on exit.
+def emulator_process(folder: Path, name: str, models: list[str], extra: str = "") -> Iterator[EmulatorProcess]:
+    """Start one OpenAI-protocol emulator answering at once, in its own process; stop it on exit. ``extra`` is
+    more TOML of its provider table (``webhook_url = "..."``).
 
     In a process of its own, its figures are not slowed by the benchmark's client or other emulators.
     """
@@ -77,7 +78,7 @@ def emulator_process(folder: Path, name: str, models: list[str]) -> Iterator[Emu
     config = folder / f"{name}-emulator.toml"
     model_list = ", ".join(f'"{model}"' for model in models)
     config.write_text(
-        f'control_port = {control}\n\n[[provider]]\nname = "{name}"\nmodels = [{model_list}]\nport = {port}\n',
+        f'control_port = {control}\n\n[[provider]]\nname = "{name}"\nmodels = [{model_list}]\nport = {port}\n{extra}',
         encoding="utf-8",
     )
     log = (folder / f"{name}-emulator.log").open("wb")

@@ -49,6 +49,28 @@ def test_an_unset_or_empty_key_variable_is_a_problem_only_when_keys_are_required
     assert config(api_key_env="GROQ_TEST_KEY").problems(KINDS, require_key=False) == []
 
 
+def test_a_webhook_secret_is_checked_where_the_provider_sends_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOOK_SECRET", "whsec_" + "a2V5IG9mIHRoZSB3ZWJob29rcw==")
+    assert config(webhook_secret_env="HOOK_SECRET").problems(KINDS) == []
+    assert config(webhook_secret_env="HOOK_SECRET").webhook_key() == b"key of the webhooks"
+    monkeypatch.setenv("HOOK_SECRET", "a plain secret")
+    assert config(webhook_secret_env="HOOK_SECRET").webhook_key() == b"a plain secret", "OpenAI's rule: UTF-8 bytes"
+    monkeypatch.setenv("HOOK_SECRET", "whsec_not base64!")
+    assert config(webhook_secret_env="HOOK_SECRET").problems(KINDS) == [
+        (("webhook_secret_env",), "webhook_secret_env: the whsec_ secret in HOOK_SECRET is not base64")
+    ]
+    monkeypatch.delenv("HOOK_SECRET")
+    assert config(webhook_secret_env="HOOK_SECRET").problems(KINDS) == [
+        (("webhook_secret_env",), "webhook_secret_env names HOOK_SECRET, which is not set in the environment")
+    ]
+    assert config(webhook_secret_env="HOOK_SECRET").webhook_key() is None
+    sends_none = config(kind="anthropic", webhook_secret_env="HOOK_SECRET").problems(KINDS)
+    expected_text = "webhook_secret_env is set, but only kind 'openai' (its own dialect) sends batch webhooks"
+    assert (("webhook_secret_env",), expected_text) in sends_none
+    grouped = config(webhook_secret_env="HOOK_SECRET", options={"dialect": "groq"}).problems(KINDS)
+    assert (("webhook_secret_env",), expected_text) in grouped
+
+
 def test_models_must_map_to_something() -> None:
     assert config(models={}).problems(KINDS) == [(("models",), "serves no models: 'models' needs at least one entry")]
     assert config(models={"llama-3.3-70b": " "}).problems(KINDS) == [
@@ -244,6 +266,10 @@ def test_a_dialect_takes_its_providers_caps(dialect: str, caps: tuple[int, int] 
     limits = (provider.limits.max_requests_per_batch, provider.limits.max_bytes_per_batch)
     assert limits == (caps or (50_000, 200 * 1024**2))  # azure keeps the general defaults
     too_big = config(options={"dialect": dialect}, limits={"max_bytes_per_batch": 150_000_000})
-    expected = [(("limits", "max_bytes_per_batch"),
-                 f"max_bytes_per_batch 150000000 is more than one openai ({dialect}) batch takes (100000000)")]
+    expected = [
+        (
+            ("limits", "max_bytes_per_batch"),
+            f"max_bytes_per_batch 150000000 is more than one openai ({dialect}) batch takes (100000000)",
+        )
+    ]
     assert too_big.problems(KINDS) == (expected if caps else [])  # fmt: skip

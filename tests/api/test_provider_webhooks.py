@@ -1,0 +1,127 @@
+"""Batch webhooks from a provider (OpenAI's, sent by the emulator): a verified ``batch.completed`` makes the
+gateway poll that batch at once instead of at its next scheduled poll; deliveries that fail verification, of
+unknown providers or of providers without a webhook secret are refused with OpenAI-shaped errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from gateway.simulator import ProviderSpec, SimulatorCluster
+from tests.api.batch_helpers import assert_error
+from tests.conftest import GatewayProcess, loopback, simulated_provider_env
+from tests.engine import chat_requests, submit
+from tests.observability import samples, scrape
+
+SECRET = "whsec_" + base64.b64encode(b"the provider's webhook key, 32b!").decode()
+POLL_S = 60
+"""The gateway's provider polls come this far apart: a batch done sooner was announced by its webhook."""
+
+
+@pytest.fixture(scope="module")
+def hooked(gateway_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway whose provider ``hooked`` sends webhooks (and ``quiet`` does not), polling only every minute."""
+    gateway: GatewayProcess = gateway_factory()
+    url = f"{gateway.base_url}/webhooks/providers/hooked"
+    specs = [ProviderSpec(name="hooked", webhook_url=url, webhook_secret=SECRET), ProviderSpec(name="quiet")]
+    with SimulatorCluster(specs, control_port=0) as cluster:
+        providers = {
+            "hooked": {"emulator": "hooked", "models": {"gpt-4o-mini": "gpt-4o-mini"}, "webhook_secret_env": "HOOKS"},
+            "quiet": {"emulator": "quiet", "models": {"other-model": "gpt-4o-mini"}},
+        }
+        gateway.extra_env.update(simulated_provider_env(cluster, tmp_path_factory.mktemp("hooked"), providers))
+        gateway.extra_env.update(
+            {
+                "HOOKS": SECRET,
+                "BATCHGW_WORKER__PROVIDER_POLL_MIN_S": str(POLL_S),
+                "BATCHGW_WORKER__PROVIDER_POLL_MAX_S": str(POLL_S),
+            }
+        )
+        yield gateway.start()
+
+
+def delivery(event: dict[str, Any], *, secret: str = SECRET, age_s: float = 0.0) -> tuple[bytes, dict[str, str]]:
+    """A signed delivery of ``event``, as sent ``age_s`` seconds ago."""
+    body = json.dumps(event).encode()
+    sent = datetime.fromtimestamp(int(time.time() - age_s), UTC)
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": "wh_test",
+        "webhook-timestamp": str(int(sent.timestamp())),
+        "webhook-signature": Webhook(secret).sign("wh_test", sent, body),
+    }
+    return body, headers
+
+
+def post(gateway: GatewayProcess, provider: str, body: bytes, headers: dict[str, str]) -> Any:
+    return loopback.post(f"{gateway.base_url}/webhooks/providers/{provider}", content=body, headers=headers)
+
+
+def outcomes(gateway: GatewayProcess) -> dict[str, float]:
+    found = samples(scrape(gateway.base_url))
+    return {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in found.items()
+        if name == "batchgw_provider_webhooks_total" and dict(labels).get("provider") == "hooked"
+    }
+
+
+def test_a_batch_is_collected_when_its_provider_announces_its_end(hooked: GatewayProcess) -> None:
+    client = hooked.client(hooked.create_key("acme"))
+    started = time.monotonic()
+    batch = submit(client, chat_requests(20))
+    while (batch := client.batches.retrieve(batch.id)).status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() - started < POLL_S / 2, f"still {batch.status}: the webhook did not bring the poll"
+        time.sleep(0.2)
+    assert batch.status == "completed" and batch.request_counts and batch.request_counts.completed == 20
+    assert outcomes(hooked).get("polled", 0) >= 1
+    assert len(client.files.content(batch.output_file_id or "").text.splitlines()) == 20
+
+
+def test_deliveries_that_fail_verification_are_refused(hooked: GatewayProcess) -> None:
+    event = {"id": "evt_1", "object": "event", "created_at": 1, "type": "batch.completed", "data": {"id": "batch_x"}}
+    before = outcomes(hooked).get("refused", 0)
+    body, headers = delivery(event, secret="whsec_" + base64.b64encode(b"another key").decode())
+    assert_error(post(hooked, "hooked", body, headers), 400, code="invalid_webhook_signature")
+    body, headers = delivery(event, age_s=400)
+    refused = assert_error(post(hooked, "hooked", body, headers), 400, code="invalid_webhook_signature")
+    assert "too old" in refused["message"]
+    body, headers = delivery(event)
+    tampered = body.replace(b"batch_x", b"batch_y")
+    assert_error(post(hooked, "hooked", tampered, headers), 400, code="invalid_webhook_signature")
+    unsigned = {k: v for k, v in headers.items() if k != "webhook-signature"}
+    assert_error(post(hooked, "hooked", body, unsigned), 400, code="invalid_webhook_signature")
+    body, headers = delivery([1, 2])  # type: ignore[arg-type]
+    assert_error(post(hooked, "hooked", body, headers), 400, code="invalid_webhook_event")
+    assert outcomes(hooked)["refused"] == before + 5
+    assert SECRET not in (hooked.log_path.read_text() if hooked.log_path else "")
+
+
+def test_providers_that_take_no_webhooks_answer_404(hooked: GatewayProcess) -> None:
+    body, headers = delivery({"type": "batch.completed", "data": {"id": "batch_x"}})
+    assert "no webhook_secret_env" in assert_error(post(hooked, "quiet", body, headers), 404)["message"]
+    assert "No such provider" in assert_error(post(hooked, "nobody", body, headers), 404)["message"]
+
+
+def test_other_events_and_batches_nothing_waits_for_are_acknowledged_and_ignored(hooked: GatewayProcess) -> None:
+    for event in (
+        {"id": "evt_2", "type": "response.completed", "created_at": 1, "data": {"id": "resp_1"}},
+        {"id": "evt_3", "type": "batch.completed", "created_at": 1, "data": {"id": "batch_of_someone_else"}},
+    ):
+        body, headers = delivery(event)
+        answered = post(hooked, "hooked", body, headers)
+        assert answered.status_code == 200 and answered.json() == {"status": "ignored"}
+
+
+def test_the_route_is_documented(hooked: GatewayProcess) -> None:
+    schema = loopback.get(f"{hooked.base_url}/schema/openapi.json").json()
+    operation = schema["paths"]["/webhooks/providers/{provider}"]["post"]
+    assert {"400", "404"} <= set(operation["responses"])
+    assert not operation.get("security"), "providers sign their deliveries: no client key"
