@@ -7,7 +7,9 @@ its own; the gateway runs as ``batchgw serve --no-worker`` plus one ``batchgw wo
 official ``openai`` client runs the same job both ways, interleaved (floor, gateway, floor, ...,
 ``--rounds`` times): upload, create, poll every 20 ms, download, count the output lines. A job larger
 than the provider's 50,000-request limit is run at the floor as 50,000-request jobs one after another
-(what a client without the gateway would do), and its floor is their summed time.
+(what a client without the gateway would do), and its floor is their summed time. With
+``--provider-webhooks`` the emulator posts OpenAI's batch webhooks to the gateway, which then polls an
+ended batch at once instead of at its next scheduled poll.
 
 Printed per size: both times and their ratio; the input's MB over the time from the upload's start
 to the batch leaving ``validating``, as the client sees it (so it includes the worker noticing the new
@@ -59,6 +61,7 @@ GOAL_RATIO_SPLIT = 1.25
 GOAL_STATUS_SHARE = 0.8
 GOAL_STATUS_P99_MS = 100.0
 GOAL_CPU_PER_100K = 1.5
+WEBHOOK_SECRET = "whsec_YmVuY2htYXJrIHdlYmhvb2sga2V5IG9mIDMyIGJ5dGVzIQ=="
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
@@ -231,18 +234,22 @@ async def status_load(url: str, api_key: str, seconds: float, server_pid: int) -
     )
 
 
-def gateway_env(root: Path, emulator: EmulatorProcess) -> dict[str, str]:
+def gateway_env(root: Path, emulator: EmulatorProcess, *, webhooks: bool = False) -> dict[str, str]:
+    """The gateway's settings: one provider on the emulator (taking its webhooks with ``webhooks``), production
+    polling."""
     config = root / "providers.toml"
     config.write_text(
         "[providers.floor]\n"
         'kind = "openai"\n'
         f'base_url = "{emulator.base_url}"\n'
-        'models = { "gpt-4o-mini" = "gpt-4o-mini" }\n',
+        + ('webhook_secret_env = "FLOOR_WEBHOOK_SECRET"\n' if webhooks else "")
+        + 'models = { "gpt-4o-mini" = "gpt-4o-mini" }\n',
         encoding="utf-8",
     )
     # Production settings: the tests' fast polling would flatter the figures and busy the CPU.
     defaults = WorkerSettings()
     return {
+        **({"FLOOR_WEBHOOK_SECRET": WEBHOOK_SECRET} if webhooks else {}),
         "BATCHGW_CONFIG_FILE": str(config),
         "BATCHGW_WORKER__POLL_INTERVAL_S": str(defaults.poll_interval_s),
         "BATCHGW_WORKER__PROVIDER_POLL_MIN_S": str(defaults.provider_poll_min_s),
@@ -266,13 +273,18 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
     sizes: list[SizeFigures] = []
     status = StatusRuns()
     with ExitStack() as stack:
-        emulator = stack.enter_context(emulator_process(root, "floor", ["gpt-4o-mini"]))
+        port = free_port()
+        hooks = (
+            f'webhook_url = "http://127.0.0.1:{port}/webhooks/providers/floor"\nwebhook_secret = "{WEBHOOK_SECRET}"\n'
+        )
+        emulator = stack.enter_context(
+            emulator_process(root, "floor", ["gpt-4o-mini"], hooks if args.provider_webhooks else "")
+        )
         gateway_dir = root / "gateway"
         gateway_dir.mkdir()
         database_url, _ = stack.enter_context(fresh_database(args.database_url, gateway_dir))
-        api = GatewayProcess(
-            data_dir=gateway_dir, database_url=database_url, port=free_port(), extra_env=gateway_env(root, emulator)
-        )
+        env = gateway_env(root, emulator, webhooks=args.provider_webhooks)
+        api = GatewayProcess(data_dir=gateway_dir, database_url=database_url, port=port, extra_env=env)
         api.start("serve", "--no-worker")
         stack.callback(api.stop)
         worker = worker_process(api, "worker").start("worker")
@@ -367,10 +379,10 @@ def report_size(figures: SizeFigures, live: bool = False) -> None:
         )
 
 
-def report(sizes: list[SizeFigures], status: StatusRuns) -> None:
+def report(sizes: list[SizeFigures], status: StatusRuns, webhooks: str = "off") -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n{cpus} CPUs, 1-minute load average at the end {load:.2f}")
+    print(f"\n{cpus} CPUs, 1-minute load average at the end {load:.2f}; provider webhooks {webhooks}")
     print(f"{'requests':>10} {'input MB':>9} {'floor s':>9} {'gateway s':>10} {'ratio':>7} {'goal':>7} "
           f"{'upload+valid. MB/s':>19} {'CPU s/100k':>11} {'API RSS':>8} {'worker RSS':>11}")  # fmt: skip
     for figures in sizes:
@@ -410,11 +422,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--database-url", help="a PostgreSQL server to create the gateway's database on (default: SQLite)"
     )
+    parser.add_argument(
+        "--provider-webhooks",
+        action="store_true",
+        help="the emulator posts OpenAI's batch webhooks to the gateway, which polls an ended batch at once",
+    )
     args = parser.parse_args(argv)
     args.sizes = [int(size) for size in args.sizes.split(",")] + ([1_000_000] if args.million else [])
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as folder:
         sizes, status = measure(args, Path(folder))
-    report(sizes, status)
+    report(sizes, status, "on" if args.provider_webhooks else "off")
     return 0
 
 
