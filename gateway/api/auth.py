@@ -28,12 +28,17 @@ class Principal:
     api_key_id: str
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header's value, or None."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def _bearer(request: Request, *, api_key_header: bool = False) -> str:
     """The key of ``Authorization: Bearer``, or (``api_key_header``) of ``x-api-key`` as Anthropic's clients send it."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is not None:
+        return token
     if api_key_header and request.headers.get("x-api-key", "").strip():
         return request.headers["x-api-key"].strip()
     raise Unauthorized(

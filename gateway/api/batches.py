@@ -14,7 +14,7 @@ from gateway.api.auth import Principal, provide_principal
 from gateway.api.inputs import MAX_JSON_BODY_BYTES, decode_json_object
 from gateway.api.objects import batch_object, list_object
 from gateway.api.openapi import CLIENT_SECURITY, CREATE_BATCH_BODY, errors, page_size, with_request_body
-from gateway.api.status_reads import fast_status_reads
+from gateway.api.status_reads import fast_status_reads, shown_batch
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.unit_of_work import reading
@@ -76,7 +76,7 @@ class BatchesController(Controller):
             row = await repo.read_batch(context.point_reads, principal.team_id, batch_id)
             if row is None:
                 raise not_found("batch", batch_id)
-            return batch_object(row, await lifecycle.batch_waiting(context.point_reads, row))
+            return await shown_batch(context, row)
         async with reading(context.sessions) as session:
             row = await repo.get_batch(session, principal.team_id, batch_id)
             if row is None:

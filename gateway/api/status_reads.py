@@ -8,22 +8,24 @@ route only, answers the plain case itself, reading the key and the batch in one 
 needs nothing written or counted (:func:`gateway.api.auth.read_only_principal`), a batch of its team, a
 database read directly (:class:`gateway.db.point_reads.PointReads`). Everything else (no key, a refused key, a
 key whose use is due to be noted, request limits, an unknown batch, a query string, an unusual id) goes on to
-the handler, which gives it its usual answer, errors included. Both render the batch with
-:func:`gateway.api.objects.batch_object`, and the app's metrics middleware times and counts both.
+the handler, which gives it its usual answer, errors included. Both render the batch with :func:`shown_batch`,
+and the app's metrics middleware times and counts both.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
-from gateway.api.auth import read_only_principal
+from gateway.api.auth import bearer_token, read_only_principal
 from gateway.api.objects import batch_object
 from gateway.context import GatewayContext
 from gateway.db import repo
+from gateway.db.models import Batch
 from gateway.pipeline import lifecycle
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -62,16 +64,17 @@ async def _plain_answer(scope: Scope) -> bytes | None:
     key, batch = found
     if read_only_principal(context, key) is None:
         return None
-    return msgspec.json.encode(batch_object(batch, await lifecycle.batch_waiting(context.point_reads, batch)))
+    return msgspec.json.encode(await shown_batch(context, batch))
+
+
+async def shown_batch(context: GatewayContext, batch: Batch) -> dict[str, Any]:
+    """The Batch object of a batch read directly (``context.point_reads``), with, while it runs, why it waits."""
+    return batch_object(batch, await lifecycle.batch_waiting(context.point_reads, batch))
 
 
 def _bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The key of a well-formed ``Authorization: Bearer`` header, or None (the handler explains what is wrong)."""
+    """The key of the ``Authorization: Bearer`` header, read as the framework reads headers, or None."""
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            token = token.strip()
-            if scheme.lower() != b"bearer" or not token or not token.isascii():
-                return None
-            return token.decode()
+            return bearer_token(value.decode("latin-1"))
     return None

@@ -249,33 +249,33 @@ def iter_estimates(path: Path, estimator: Estimator) -> Iterator[RequestEstimate
 
 @dataclass
 class LineEstimates:
-    """Each request line's model name and expected tokens, in the file's order, kept in 8 bytes a line (an
-    index into the distinct ``(model, expected output)`` pairs and the input tokens), so that writing the
-    shards need not decode the lines again."""
+    """Each request line's model name and expected tokens, in the file's order, in 16 bytes a line (an index into
+    the file's model names, the input tokens, the expected output tokens), so that writing the shards need not
+    decode the lines again."""
 
-    kinds: list[tuple[str, float]] = field(default_factory=list)
-    """Distinct ``(model name, expected output tokens)`` pairs of the file's requests."""
-    kind_of_line: array[int] = field(default_factory=lambda: array("I"))
+    names: list[str] = field(default_factory=list)
+    """The model names of the file's requests, as they first appear."""
+    name_of_line: array[int] = field(default_factory=lambda: array("I"))
     input_tokens: array[int] = field(default_factory=lambda: array("I"))
-    _kind_index: dict[tuple[str, float], int] = field(default_factory=dict, repr=False)
+    output_tokens: array[float] = field(default_factory=lambda: array("d"))
+    _name_index: dict[str, int] = field(default_factory=dict, repr=False)
 
     def add(self, request: RequestEstimate) -> None:
         """Record the next line's estimate."""
-        kind = (request.model, request.output_tokens)
-        index = self._kind_index.get(kind)
+        index = self._name_index.get(request.model)
         if index is None:
-            index = self._kind_index[kind] = len(self.kinds)
-            self.kinds.append(kind)
-        self.kind_of_line.append(index)
+            index = self._name_index[request.model] = len(self.names)
+            self.names.append(request.model)
+        self.name_of_line.append(index)
         self.input_tokens.append(min(request.input_tokens, _MAX_RECORDED_TOKENS))
+        self.output_tokens.append(request.output_tokens)
 
     def line(self, number: int) -> tuple[str, int, float]:
         """``(model name, input tokens, expected output tokens)`` of the ``number``-th request (0-based)."""
-        name, output = self.kinds[self.kind_of_line[number]]
-        return name, self.input_tokens[number], output
+        return self.names[self.name_of_line[number]], self.input_tokens[number], self.output_tokens[number]
 
     def __len__(self) -> int:
-        return len(self.kind_of_line)
+        return len(self.name_of_line)
 
 
 _MAX_RECORDED_TOKENS = 2**32 - 1

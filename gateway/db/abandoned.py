@@ -147,15 +147,17 @@ async def orphan_fate(session: AsyncSession, row: AbandonedProviderBatch, provid
 
 async def poll_ended_now(session: AsyncSession, provider: str, provider_batch_id: str, now: float) -> int:
     """Make the open abandoned provider batch ``provider_batch_id`` at ``provider`` due for its poll at once (its
-    provider announced that it ended); how many rows changed."""
+    provider announced that it ended); how many rows changed. Reads first: most events name no such batch."""
+    match = (
+        col(AbandonedProviderBatch.provider) == provider,
+        col(AbandonedProviderBatch.state) == "open",
+        col(AbandonedProviderBatch.provider_batch_id) == provider_batch_id,
+    )
+    if (await session.exec(select(AbandonedProviderBatch.id).where(*match))).first() is None:
+        return 0
     result = await session.exec(
         update(AbandonedProviderBatch)
-        .where(
-            col(AbandonedProviderBatch.provider) == provider,
-            col(AbandonedProviderBatch.state) == "open",
-            col(AbandonedProviderBatch.provider_batch_id) == provider_batch_id,
-            col(AbandonedProviderBatch.next_action_at) > now,
-        )
+        .where(*match, col(AbandonedProviderBatch.next_action_at) > now)
         .values(next_action_at=now)
     )
     return int(result.rowcount)

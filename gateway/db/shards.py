@@ -265,10 +265,15 @@ async def poll_now(session: AsyncSession, shard: Shard, lease: Lease, provider_b
     if not held.rowcount:
         lease.lost = True
         return 0
+    return await _running_due(session, shard.provider, provider_batch_ids, now)
+
+
+async def _running_due(session: AsyncSession, provider: str, provider_batch_ids: list[str], now: float) -> int:
+    """Make the running shards of these provider batches at ``provider`` due at ``now``; how many changed."""
     result = await session.exec(
         update(Shard)
         .where(
-            col(Shard.provider) == shard.provider,
+            col(Shard.provider) == provider,
             col(Shard.provider_batch_id).in_(provider_batch_ids),
             col(Shard.state) == "running",
             col(Shard.next_action_at) > now,
@@ -352,16 +357,12 @@ async def poll_ended_now(session: AsyncSession, provider: str, provider_batch_id
             )
         )
     ).first()
-    if holder != "running":
-        return holder
-    await session.exec(
-        update(Shard)
-        .where(
-            col(Shard.provider) == provider,
-            col(Shard.state) == "running",
-            col(Shard.provider_batch_id) == provider_batch_id,
-            col(Shard.next_action_at) > now,
-        )
-        .values(next_action_at=now)
-    )
+    if holder == "running":
+        await _running_due(session, provider, [provider_batch_id], now)
     return holder
+
+
+async def creating_at(session: AsyncSession, provider: str) -> bool:
+    """True while a shard's create call at ``provider`` may be under way (a shard in ``submitting``)."""
+    query = select(Shard.id).where(col(Shard.provider) == provider, col(Shard.state) == "submitting").limit(1)
+    return (await session.exec(query)).first() is not None

@@ -180,9 +180,8 @@ async def give_up(context: GatewayContext, batch: Batch, lease: Lease, code: str
 
 
 async def _concat(context: GatewayContext, batch: Batch, keys: list[str], lost: list[Shard]) -> AsyncIterator[bytes]:
-    for key in keys:
-        async for chunk in context.blobs.iter_bytes(key):
-            yield chunk
+    async for chunk in context.blobs.chained(keys):
+        yield chunk
     for shard in lost:
         path = scratch_file(context.blobs.scratch, suffix=".lost.jsonl")
         try:

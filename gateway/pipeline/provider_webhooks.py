@@ -4,15 +4,14 @@ OpenAI sends ``batch.completed`` (``failed``, ``expired``, ``cancelled``) events
 project (provider-apis.md, section 9.A): a thin event naming the batch, signed per Standard Webhooks. A provider
 whose ``webhook_secret_env`` is set takes them at ``POST /webhooks/providers/<name>``. A verified event makes the
 running shard that holds the batch (or an abandoned provider batch still owned) due for its poll now, and wakes
-the workers; the poll then reads the batch from the provider and collects it, exactly as after any poll. An event
-that arrives before the answer to the call that created the batch is stored is matched again for a moment
-(:data:`MATCH_WAIT_S`); one that arrives while the shard is being polled may be overtaken by that poll's own
-schedule.
+the workers; the poll then reads the batch from the provider and collects it, exactly as after any poll.
 
-An event only moves a poll forward: nothing is taken from its body but the batch id, so a forged or replayed
-event that passed the signature could cost a provider call, never a result. Polls still run on their own
-schedule, for batches whose event is lost. Events of other types, and of batches no shard waits for (ended
-already, or another deployment's), are acknowledged and ignored, so the provider does not retry them.
+An event that arrives before the answer to the call that created the batch is stored is matched again for a
+moment (:data:`MATCH_WAIT_S`, while a create call at that provider is under way). One that arrives while the
+shard is being polled may be overtaken by that poll's own schedule. An event only moves a poll forward: nothing
+is taken from its body but the batch id, so a replayed event costs a provider call, never a result. Polls still
+run on their own schedule, for batches whose event is lost. Events of other types, and of batches no shard waits
+for (ended already, or another deployment's), are acknowledged and ignored, so the provider does not retry them.
 """
 
 from __future__ import annotations
@@ -56,13 +55,9 @@ async def receive(context: GatewayContext, provider: str, body: bytes, headers: 
     """Verify and act on one webhook delivery of ``provider``; what it did: ``polled`` (a waiting batch is
     polled now) or ``ignored``. Raises :class:`~gateway.errors.NotFound` for a provider that takes no webhooks
     and a 400 for a delivery that fails verification or is no event."""
-    try:
-        config = context.providers.get(provider).config
-    except UnknownProvider:
-        raise NotFound(f"No such provider: '{provider}'") from None
-    key = config.webhook_key()
-    if key is None:
-        raise NotFound(f"Provider '{provider}' takes no webhooks: no webhook_secret_env is set for it.")
+    key = _key_of(context, provider)
+    if key is None:  # one answer for an unknown provider and one without webhooks: callers are not authenticated
+        raise NotFound(f"No provider '{provider}' takes webhooks here.")
     try:
         Webhook(key).verify(body, dict(headers), json_parse=False)
     except WebhookVerificationError as exc:
@@ -92,15 +87,30 @@ announced before the answer to the call that created it is stored."""
 MATCH_PAUSE_S = 0.1
 
 
+def _key_of(context: GatewayContext, provider: str) -> bytes | None:
+    """The webhook key of an enabled provider, or None (unknown provider, no key configured)."""
+    try:
+        config = context.providers.get(provider).config
+    except UnknownProvider:
+        return None
+    try:
+        return config.webhook_key()
+    except ValueError as exc:  # refused at start-up already; the environment cannot have changed since
+        log.error("provider %s: %s", provider, exc)
+        return None
+
+
 async def _poll_now(context: GatewayContext, provider: str, provider_batch_id: str) -> str:
     deadline = time.monotonic() + MATCH_WAIT_S
     while True:
         now = time.time()
         async with transaction(context.sessions) as session:
             holder = await shard_db.poll_ended_now(session, provider, provider_batch_id, now)
-            abandoned = await abandoned_db.poll_ended_now(session, provider, provider_batch_id, now)
+            abandoned = 0 if holder else await abandoned_db.poll_ended_now(session, provider, provider_batch_id, now)
+            creating = holder is None and not abandoned and await shard_db.creating_at(session, provider)
         if holder == "running" or abandoned:
             return "polled"
-        if holder is not None or time.monotonic() >= deadline:  # being collected already, or nothing holds it
+        # Matched again only while a create call at the provider may not be stored yet.
+        if not creating or time.monotonic() >= deadline:
             return "ignored"
         await asyncio.sleep(MATCH_PAUSE_S)

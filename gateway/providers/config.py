@@ -32,9 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from gateway.config_errors import did_you_mean
 
 KEYLESS_AUTH: dict[str, str] = {"bedrock": "signed with AWS credentials"}
+"""How a provider of these kinds authenticates when ``api_key_env`` is unset (the start-up line says so)."""
 WEBHOOK_SECRET_PREFIX = "whsec_"
 """The prefix of a webhook signing secret whose rest is the key in base64 (as OpenAI shows it)."""
-"""How a provider of these kinds authenticates when ``api_key_env`` is unset (the start-up line says so)."""
 
 KIND_CAPS: dict[str, dict[str, int]] = {
     "openrouter": {"max_requests_per_batch": 5_000, "max_bytes_per_batch": 200 * 1000 * 1000},
@@ -142,17 +142,20 @@ class ProviderConfig(BaseModel):
     def webhook_key(self) -> bytes | None:
         """The key webhooks are signed with, from the secret in the environment (never logged, never returned by
         the API), by OpenAI's rule: a ``whsec_`` secret holds the key in base64, any other secret is the key's
-        UTF-8 bytes. None when the variable is unset or empty; raises ``ValueError`` for bad base64."""
+        UTF-8 bytes. None when the variable is unset or empty; raises ``ValueError`` for bad base64 or an empty key."""
         secret = os.environ.get(self.webhook_secret_env) if self.webhook_secret_env else None
         if not secret:
             return None
-        if secret.startswith(WEBHOOK_SECRET_PREFIX):
-            try:
-                return base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
-            except binascii.Error:
-                where = self.webhook_secret_env
-                raise ValueError(f"the {WEBHOOK_SECRET_PREFIX} secret in {where} is not base64") from None
-        return secret.encode()
+        if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+            return secret.encode()
+        where = self.webhook_secret_env
+        try:
+            key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+        except binascii.Error:
+            raise ValueError(f"the {WEBHOOK_SECRET_PREFIX} secret in {where} is not base64") from None
+        if not key:
+            raise ValueError(f"the {WEBHOOK_SECRET_PREFIX} secret in {where} holds no key")
+        return key
 
     def public_dict(self) -> dict[str, object]:
         """Configuration safe to show to an admin: names the key's variable, never the key."""

@@ -116,9 +116,10 @@ class BlobStore(abc.ABC):
         :meth:`write_stream` does; nothing is left under ``key`` either way. This default streams the parts
         through the process; a store that can join blobs itself does so.
         """
-        return await self.write_stream(key, self._chain(parts))
+        return await self.write_stream(key, self.chained(parts))
 
-    async def _chain(self, parts: Sequence[str]) -> AsyncIterator[bytes]:
+    async def chained(self, parts: Sequence[str]) -> AsyncIterator[bytes]:
+        """The bytes of the blobs ``parts``, one after another (raises :class:`BlobMissing` for one not stored)."""
         for part in parts:
             async for chunk in self.iter_bytes(part):
                 yield chunk

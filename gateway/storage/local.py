@@ -235,7 +235,8 @@ def _join_files(sources: list[Path], target: Path, keys: Sequence[str]) -> int:
 
 
 def _copy_all(source: FileIO, out: FileIO) -> int:
-    """Append all of ``source`` to ``out``: in the kernel where it can (``copy_file_range``), else by reading."""
+    """Append all of ``source`` to ``out``: in the kernel where it can (``copy_file_range``), else by reading
+    (from where the kernel's copy stopped: both files' offsets moved with it)."""
     size = os.fstat(source.fileno()).st_size
     copied = 0
     try:
@@ -245,13 +246,16 @@ def _copy_all(source: FileIO, out: FileIO) -> int:
                 break
             copied += step
     except OSError as exc:
-        if exc.errno not in _NO_KERNEL_COPY or copied:
+        if exc.errno not in _NO_KERNEL_COPY:
             raise
     source.seek(copied)
     while chunk := source.read(CHUNK_SIZE):
         view = memoryview(chunk)
         while view:
-            view = view[out.write(view) or 0 :]
+            written = out.write(view)
+            if not written:
+                raise OSError(errno.EIO, "the blob store wrote nothing")
+            view = view[written:]
         copied += len(chunk)
     return copied
 

@@ -115,7 +115,8 @@ async def _fast_path(database_kind: str, tmp_path: Path) -> None:
         assert json.loads(answered[2]) == batch_object(await _loaded(context, batch.id)), "the commit is seen at once"
 
         async with transaction(context.sessions) as session:
-            other_secret, _ = await repo.create_api_key(session, "others")
+            other_secret, other = await repo.create_api_key(session, "others")
+            other.last_used_at = int(time.time())  # a key the fast path would take: only its team differs
         passed_on = {
             "no key": (batch.id, None, b""),
             "another scheme": (batch.id, f"Basic {secret}".encode(), b""),
@@ -133,13 +134,19 @@ async def _fast_path(database_kind: str, tmp_path: Path) -> None:
         context.settings.limits.key_requests_per_minute = None
         assert await route.read(batch.id, bearer) is not None
 
+        for values, case in (
+            ({"last_used_at": None}, "a key's use due to be noted goes to the handler"),
+            ({"expires_at": int(time.time()) - 1}, "an expired key is refused by the handler"),
+            ({"revoked_at": int(time.time())}, "a revoked key is refused by the handler"),
+        ):
+            async with transaction(context.sessions) as session:
+                used_now = {"last_used_at": int(time.time()), "expires_at": None, "revoked_at": None}
+                await session.exec(update(ApiKey).where(col(ApiKey.id) == key.id).values(**(used_now | values)))
+            assert await route.read(batch.id, bearer) is None, case
         async with transaction(context.sessions) as session:
-            await session.exec(update(ApiKey).where(col(ApiKey.id) == key.id).values(last_used_at=None))
-        assert await route.read(batch.id, bearer) is None, "a key's use due to be noted goes to the handler"
-        async with transaction(context.sessions) as session:
-            await session.exec(update(ApiKey).where(col(ApiKey.id) == key.id).values(revoked_at=int(time.time())))
-        assert await route.read(batch.id, bearer) is None, "a revoked key is refused by the handler"
-        assert route.passed_on == len(passed_on) + 3
+            await session.exec(update(ApiKey).where(col(ApiKey.id) == key.id).values(revoked_at=None))
+        assert await route.read(batch.id, bearer) is not None, "the key is plain again"
+        assert route.passed_on == len(passed_on) + 4
 
 
 def test_the_fast_path_answers_plain_reads_and_passes_on_everything_else(database_kind: str, tmp_path: Path) -> None:

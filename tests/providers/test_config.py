@@ -59,6 +59,10 @@ def test_a_webhook_secret_is_checked_where_the_provider_sends_webhooks(monkeypat
     assert config(webhook_secret_env="HOOK_SECRET").problems(KINDS) == [
         (("webhook_secret_env",), "webhook_secret_env: the whsec_ secret in HOOK_SECRET is not base64")
     ]
+    monkeypatch.setenv("HOOK_SECRET", "whsec_")
+    assert config(webhook_secret_env="HOOK_SECRET").problems(KINDS) == [
+        (("webhook_secret_env",), "webhook_secret_env: the whsec_ secret in HOOK_SECRET holds no key")
+    ]
     monkeypatch.delenv("HOOK_SECRET")
     assert config(webhook_secret_env="HOOK_SECRET").problems(KINDS) == [
         (("webhook_secret_env",), "webhook_secret_env names HOOK_SECRET, which is not set in the environment")
