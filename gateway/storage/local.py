@@ -42,12 +42,9 @@ class LocalBlobStore(BlobStore):
         return path
 
     async def write_stream(self, key: str, chunks: AsyncIterable[bytes]) -> int:
-        path = self._path(key)
-        tmp = path.with_name(path.name + PART_SUFFIX)
         written = 0
         pending = bytearray()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        with _written_whole(self._path(key)) as tmp:
             async with await anyio.open_file(tmp, "wb") as handle:
                 # Network chunks are small; each write goes to a thread, so write in large pieces.
                 async for chunk in chunks:
@@ -58,14 +55,6 @@ class LocalBlobStore(BlobStore):
                         pending.clear()
                 if pending:
                     await handle.write(bytes(pending))
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            _raise_full(exc)
-            raise
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return written
 
     async def concat(self, key: str, parts: Sequence[str]) -> int:
@@ -207,23 +196,28 @@ class _FileAppender(BlobAppender):
 
 def _join_files(sources: list[Path], target: Path, keys: Sequence[str]) -> int:
     """Write ``sources`` one after another to ``target`` through a temporary name; the bytes written."""
-    tmp = target.with_name(target.name + PART_SUFFIX)
     written = 0
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+    with _written_whole(target) as tmp, tmp.open("wb", buffering=0) as out:
         # Unbuffered: the kernel's copies and this process's writes go to the same file offset.
-        with tmp.open("wb", buffering=0) as out:
-            for source, key in zip(sources, keys, strict=True):
-                try:
-                    handle = source.open("rb", buffering=0)
-                except FileNotFoundError:
-                    raise BlobMissing(key) from None
-                with handle:
-                    written += _copy_all(handle, out)
-        os.replace(tmp, target)
-    except BlobMissing:
-        tmp.unlink(missing_ok=True)
-        raise
+        for source, key in zip(sources, keys, strict=True):
+            try:
+                handle = source.open("rb", buffering=0)
+            except FileNotFoundError:
+                raise BlobMissing(key) from None
+            with handle:
+                written += _copy_all(handle, out)
+    return written
+
+
+@contextlib.contextmanager
+def _written_whole(path: Path) -> Iterator[Path]:
+    """A temporary name for ``path``'s new content: renamed to ``path`` when the block ends, removed when it
+    fails (an error meaning a full or read-only store raised as :class:`StorageFull`)."""
+    tmp = path.with_name(path.name + PART_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         _raise_full(exc)
@@ -231,7 +225,6 @@ def _join_files(sources: list[Path], target: Path, keys: Sequence[str]) -> int:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return written
 
 
 def _copy_all(source: FileIO, out: FileIO) -> int:
