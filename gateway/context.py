@@ -20,6 +20,7 @@ from gateway.db import wakeups
 from gateway.db.engine import create_engine
 from gateway.db.point_reads import PointReads
 from gateway.providers.registry import ADAPTER_KINDS, ProviderRegistry, adapter_options
+from gateway.providers.send_fence import FencedTransport
 from gateway.routing.limits import hand_limiters
 from gateway.routing.offers import OfferBook
 from gateway.settings import Settings
@@ -86,6 +87,16 @@ class WorkSignal:
                 return
 
 
+def provider_http_client() -> httpx.AsyncClient:
+    """The HTTP client every provider adapter of a process shares; its create calls are fenced by their
+    lease (:mod:`gateway.providers.send_fence`)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(60.0, connect=10.0),
+        transport=FencedTransport(httpx.Limits(max_connections=100, max_keepalive_connections=20)),
+        follow_redirects=False,
+    )
+
+
 @dataclass
 class GatewayContext:
     """Settings, database, blob store, providers, offers and policies of one process."""
@@ -111,11 +122,7 @@ class GatewayContext:
         """Open the database engine and the blob store named by the settings."""
         engine = create_engine(settings.resolved_database_url)
         sessions = async_sessionmaker(engine, class_=SQLModelAsyncSession, expire_on_commit=False)
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0, connect=10.0),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-            follow_redirects=False,
-        )
+        http = provider_http_client()
         providers, offers, policies = routing_setup(settings, http)
         hand_limiters(providers, engine)
         return cls(

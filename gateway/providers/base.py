@@ -150,9 +150,10 @@ class ShardSubmission:
     window_s: float = 24 * 3600.0
     """Seconds left of the client's completion window: the longest provider window that fits is asked for."""
     may_create: Callable[[], bool] = field(default=lambda: True, compare=False)
-    """Asked right before each create call, after any upload: ``False`` raises :class:`SubmitWithdrawn`.
-    The engine answers whether its worker still holds the shard's lease, so a worker frozen during the
-    upload creates nothing when it wakes."""
+    """Asked right before each create call, after any upload, and again before each write of the create
+    request: ``False`` raises :class:`SubmitWithdrawn`. The engine answers whether its worker still holds the
+    shard's lease, so a worker frozen during the upload, or during the create call, creates nothing when it
+    wakes."""
 
 
 @dataclass(frozen=True)

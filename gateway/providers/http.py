@@ -53,6 +53,7 @@ from gateway.providers.error_text import error_message_from_body, sanitise, shor
 from gateway.providers.jsonl import LineSplitter, encode_line
 from gateway.providers.openai_wire import normalised_output_line
 from gateway.providers.retry_after import parse_retry_after
+from gateway.providers.send_fence import sending_only_while
 from gateway.translate import MalformedResult
 
 __all__ = ["HttpAdapter", "Multipart", "RetryPolicy", "file_chunks"]
@@ -288,7 +289,8 @@ class HttpAdapter(ProviderAdapter):
         """A retried create call: before each retry, ``find`` looks for what the failed try may have created
         (an answer lost, or a 5xx after the provider committed), so a kind that can look never creates twice.
         A kind that cannot look passes ``None``: a try whose answer was lost may then leave a second batch
-        (billed, its results ignored). Each try first asks ``shard.may_create``."""
+        (billed, its results ignored). Each try first asks ``shard.may_create``, and asks it again before each
+        write of its request (:mod:`gateway.providers.send_fence`)."""
         tries = 0
 
         async def attempt() -> T:
@@ -296,9 +298,16 @@ class HttpAdapter(ProviderAdapter):
             tries += 1
             if tries > 1 and find is not None and (found := await find()) is not None:
                 return found
+
+            def withdrawn() -> SubmitWithdrawn:
+                return SubmitWithdrawn(f"provider {self.name}: shard {shard.shard_id} withdrawn before its create call")
+
             if not shard.may_create():
-                raise SubmitWithdrawn(f"provider {self.name}: shard {shard.shard_id} withdrawn before its create call")
-            return await create()
+                raise withdrawn()
+            # Asked again right before each write of the request: a worker frozen after this check, or between
+            # two writes, resumes with the rest unsent instead of creating what the shard's new owner creates too.
+            with sending_only_while(shard.may_create, withdrawn):
+                return await create()
 
         return await self._retrying(attempt)
 

@@ -48,6 +48,8 @@ DRIVERS: dict[str, Callable[[ProviderSpec], ProtocolDriver]] = {
 }
 BODY_SLACK_BYTES = 1024 * 1024  # room for multipart framing around the largest accepted file
 WATCH_INTERVAL_S = 0.1
+CLIENT_CLOSED_REQUEST = 499
+"""The status the request log gives a call whose client closed the connection before any answer."""
 
 
 def driver_for(spec: ProviderSpec) -> ProtocolDriver:
@@ -114,10 +116,21 @@ class FaultGate:
                 recorded = True
                 self.state.record_call(scope["method"], scope["path"], status, request_id, detail, received_at)
 
+        answered = gone = False
+
+        async def receive_noting_disconnect() -> Message:
+            nonlocal status, gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not answered:
+                # The client went before any answer (a request cut off): whatever the app answers is never read.
+                status, gone = CLIENT_CLOSED_REQUEST, True
+            return message
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                answered = True
+                status = status if gone else message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 record()  # before the last byte: a client holding the answer always finds the call in the log
@@ -130,7 +143,7 @@ class FaultGate:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             err = self.state.call_fault(headers)
             if err is None:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, receive_noting_disconnect, send_with_id)
                 return
             body = msgspec.json.encode(self.state.driver.error_body(err))  # before the headers, as in respond
             head = [(b"content-type", b"application/json"), *((k.encode(), v.encode()) for k, v in err.headers.items())]

@@ -40,9 +40,13 @@ LEASE_S = 3.0
 PROVIDERS: dict[str, dict[str, Any]] = {
     "quick": {"emulator": "steady", "models": {"gpt-4o-mini": "gpt-4o-mini"}, "limits": {"max_requests_per_batch": 5}},
 }
+MID_CREATE = "submit.before_provider_create:3"
+"""The lease check's third pass in a worker that runs one shard step at a time: right before the create
+request's body is written (the first pass is before the call, the second before the request's head)."""
 POINTS = [
     "route.after_shards_written",
     "submit.before_provider_create",
+    MID_CREATE,
     "submit.after_provider_create",
     "poll.after_status",
     "collect.after_split",
@@ -84,7 +88,8 @@ def test_a_worker_frozen_past_its_lease_changes_nothing_when_it_wakes(
 ) -> None:
     reset(simulator, "steady")
     requests = chat_requests(REQUESTS, prefix=point.replace(".", "-"))
-    frozen = worker_process(gateway, f"frozen-{point}", BATCHGW_FREEZE_AT=point).start("worker")
+    one_step_at_a_time = {"BATCHGW_WORKER__CONCURRENCY": "1"} if point == MID_CREATE else {}
+    frozen = worker_process(gateway, f"frozen-{point}", BATCHGW_FREEZE_AT=point, **one_step_at_a_time).start("worker")
     workers.append(frozen)
     batch = submit(client, requests)
     wait_frozen(frozen)
@@ -102,7 +107,8 @@ def test_a_worker_frozen_past_its_lease_changes_nothing_when_it_wakes(
 
     # Each shard ran at the provider once, and was paid once; an orphan the late worker created was adopted.
     created = batch_creates(emulator_log(simulator, "steady"))
-    assert len(created) == SHARDS, [e["detail"] for e in created]
+    creates = [e["detail"] for e in created]
+    assert len(created) == SHARDS, f"{creates}\n--- frozen:\n{frozen.log()}\n--- live:\n{live.log()}"
     served = query(gateway, "SELECT count(*), count(DISTINCT shard_id) FROM ledger WHERE batch_id = :b", b=batch.id)
     assert served[0] == (SHARDS, SHARDS)
     time.sleep(LEASE_S)  # the woken worker has had time to try whatever it was doing

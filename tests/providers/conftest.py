@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from gateway.context import provider_http_client
 from gateway.simulator import SimulatorCluster
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    """The shared HTTP client an adapter is given, as the gateway gives one to every adapter."""
-    async with httpx.AsyncClient() as client:
+    """The shared HTTP client an adapter is given, the one the gateway gives every adapter."""
+    async with provider_http_client() as client:
         yield client
 
 

@@ -215,6 +215,24 @@ async def test_withdrawn_submission_creates_nothing(
     assert await adapter.find_submitted(shard.submit_token) is None
 
 
+async def test_withdrawn_after_the_create_request_started_creates_nothing(
+    adapter: AnthropicBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    """The lease is lost once the create request's head has gone out: its body is refused, the provider gets
+    a request cut off, and no batch exists."""
+    answers = iter([True, True])  # the check before the call, then the request's head
+
+    def may_create() -> bool:
+        return next(answers, False)
+
+    shard = dataclasses.replace(write_shard(tmp_path, questions(2, MODEL), MODEL), may_create=may_create)
+    with pytest.raises(SubmitWithdrawn):
+        await adapter.submit(shard)
+    [cut_off] = await calls(cluster, "claude", "POST", "/batches")
+    assert cut_off.status == 499  # the emulator saw the request start and its client leave before the body
+    assert cluster.state("claude").jobs == {}
+
+
 # --------------------------------------------------------------------------- wire and errors
 
 

@@ -139,6 +139,24 @@ async def test_withdrawn_after_the_upload_creates_nothing(
     assert await adapter.find_submitted(shard.submit_token) is None
 
 
+async def test_withdrawn_during_the_create_call_creates_nothing(
+    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    """The lease held at the check before the create call and was lost right after it (a worker frozen there
+    wakes past its lease): the create request's bytes are refused before they leave."""
+    answers = iter([True])
+
+    def may_create() -> bool:
+        return next(answers, False)
+
+    shard = dataclasses.replace(shard_of(tmp_path, count=3), may_create=may_create)
+    creates_before = len(await calls(cluster, "sim", "POST", "/batches"))
+    with pytest.raises(SubmitWithdrawn):
+        await adapter.submit(shard)
+    assert len(await calls(cluster, "sim", "POST", "/batches")) == creates_before
+    assert await adapter.find_submitted(shard.submit_token) is None
+
+
 async def test_find_submitted_follows_pages(
     adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
