@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, or_, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal, or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -63,17 +63,32 @@ async def extend_shard_lease(session: AsyncSession, shard_id: str, lease: Lease)
 
 
 async def save_shard(session: AsyncSession, shard: Shard, lease: Lease, **values: Any) -> bool:
-    """Write ``values`` to a shard while ``lease`` is its current one; False (nothing written) if lost."""
+    """Write ``values`` to a shard while ``lease`` is its current one; False (nothing written) if lost.
+
+    A ``next_action_at`` never undoes a wake-up: when someone else made the shard due earlier while this worker
+    held it (a provider webhook saying its batch ended, a budget stop waking open shards), the earlier time is
+    kept, so a wake-up that arrives while the shard's step runs is not overwritten by the step's own schedule."""
     if lease.lost:
         return False
     values["updated_at"] = time.time()
-    result = await session.exec(update(Shard).where(col(Shard.id) == shard.id, *lease.holds(Shard)).values(**values))
+    written = dict(values)
+    if values.get("next_action_at") is not None:
+        written["next_action_at"] = _keeping_wakeups(shard, values["next_action_at"])
+    result = await session.exec(update(Shard).where(col(Shard.id) == shard.id, *lease.holds(Shard)).values(**written))
     if result.rowcount:
         for name, value in values.items():
             setattr(shard, name, value)
     else:
         lease.lost = True
     return bool(result.rowcount)
+
+
+def _keeping_wakeups(shard: Shard, asked: float) -> ColumnElement[float]:
+    """``asked``, unless the row's ``next_action_at`` changed since this worker last read or wrote it (someone
+    woke the shard) to an earlier time: then that time."""
+    current = col(Shard.next_action_at)
+    woken = and_(current != shard.next_action_at, current < asked)
+    return case((woken, current), else_=literal(asked))
 
 
 async def record_shard_failure(
@@ -276,7 +291,8 @@ async def _running_due(session: AsyncSession, provider: str, provider_batch_ids:
             col(Shard.provider) == provider,
             col(Shard.provider_batch_id).in_(provider_batch_ids),
             col(Shard.state) == "running",
-            col(Shard.next_action_at) > now,
+            # Not due yet, or due and being polled right now: that poll's save keeps this wake-up (save_shard).
+            or_(col(Shard.next_action_at) > now, col(Shard.lease_expires_at) > now),
         )
         .values(next_action_at=now)
         .execution_options(synchronize_session=False)

@@ -1,0 +1,93 @@
+"""Shard schedules: a wake-up (a provider webhook) that arrives while a worker holds the shard survives the
+worker's own save of its next poll; with no wake-up the save writes what it asks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from gateway.context import GatewayContext
+from gateway.db import repo
+from gateway.db import shards as shard_db
+from gateway.db.leases import Lease
+from gateway.db.models import Batch, Shard, StoredFile
+from gateway.db.unit_of_work import transaction
+from tests.conftest import migrated_context
+
+PROVIDER = "p"
+
+
+async def _running_shard(context: GatewayContext, provider_batch_id: str, next_action_at: float) -> str:
+    async with transaction(context.sessions) as session:
+        _secret, key = await repo.create_api_key(session, "schedules")
+        stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
+        session.add(stored)
+        batch = Batch(
+            team_id=key.team_id, input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        session.add(batch)
+        await session.flush()
+        shard = Shard(
+            batch_id=batch.id, seq=0, provider=PROVIDER, model="m", provider_model="m", input_key="k",
+            state="running", provider_batch_id=provider_batch_id, next_action_at=next_action_at,
+        )  # fmt: skip
+        session.add(shard)
+        return shard.id
+
+
+async def _claimed(context: GatewayContext) -> tuple[Shard, Lease]:
+    async with transaction(context.sessions) as session:
+        shard = await shard_db.claim_shard(session, "worker", 30)
+    assert shard is not None
+    return shard, Lease("worker", shard.lease_token, 30)
+
+
+async def _webhook(context: GatewayContext, provider_batch_id: str, at: float) -> str | None:
+    async with transaction(context.sessions) as session:
+        return await shard_db.poll_ended_now(session, PROVIDER, provider_batch_id, at)
+
+
+async def _save_next_poll(context: GatewayContext, shard: Shard, lease: Lease, at: float) -> None:
+    async with transaction(context.sessions) as session:
+        assert await shard_db.save_shard(session, shard, lease, next_action_at=at, poll_delay_s=30.0)
+
+
+async def _stored_next_action_at(context: GatewayContext, shard_id: str) -> float:
+    async with context.sessions() as session:
+        shard = await session.get(Shard, shard_id)
+        assert shard is not None
+        return shard.next_action_at
+
+
+async def _schedules(database_kind: str, tmp_path: Path) -> None:
+    async with migrated_context(database_kind, tmp_path) as context:
+        # A webhook while the shard's poll runs: the poll's save (30 s later) keeps the webhook's "now".
+        shard_id = await _running_shard(context, "pb-polled", time.time() - 1)
+        shard, lease = await _claimed(context)
+        woken_at = time.time()
+        assert await _webhook(context, "pb-polled", woken_at) == "running"
+        await _save_next_poll(context, shard, lease, time.time() + 30)
+        assert await _stored_next_action_at(context, shard_id) == woken_at
+        # It stands until a poll claimed after it: that poll's save writes what it asks.
+        await _save_next_poll(context, shard, lease, time.time() + 30)
+        assert await _stored_next_action_at(context, shard_id) == woken_at
+        async with transaction(context.sessions) as session:
+            await shard_db.release_shard(session, shard_id, lease)
+        shard, lease = await _claimed(context)
+        later = time.time() + 30
+        await _save_next_poll(context, shard, lease, later)
+        assert await _stored_next_action_at(context, shard_id) == later
+
+        # Not held: a webhook makes the waiting shard due now, and a second one leaves it due as it is.
+        async with transaction(context.sessions) as session:
+            await shard_db.release_shard(session, shard_id, lease)
+        first = time.time()
+        assert await _webhook(context, "pb-polled", first) == "running"
+        assert await _stored_next_action_at(context, shard_id) == first
+        assert await _webhook(context, "pb-polled", first + 5) == "running"
+        assert await _stored_next_action_at(context, shard_id) == first
+
+
+def test_a_webhook_during_a_poll_survives_the_polls_save(database_kind: str, tmp_path: Path) -> None:
+    asyncio.run(_schedules(database_kind, tmp_path))
