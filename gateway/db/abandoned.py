@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.db.leases import Lease
+from gateway.db.leases import Lease, keeping_wakeups, wakeable
 from gateway.db.models import AbandonedProviderBatch, Batch, Shard
 from gateway.db.unit_of_work import reading, transaction
 
@@ -100,12 +101,17 @@ async def claim_due(
     return claimed
 
 
-async def save(session: AsyncSession, row: AbandonedProviderBatch, lease: Lease, **values: object) -> bool:
-    """Write ``values`` while ``lease`` holds the row; False (nothing written) once lost."""
+async def save(session: AsyncSession, row: AbandonedProviderBatch, lease: Lease, **values: Any) -> bool:
+    """Write ``values`` while ``lease`` holds the row; False (nothing written) once lost. A ``next_action_at``
+    never undoes a wake-up that came while the row was held (:func:`gateway.db.leases.keeping_wakeups`)."""
+    written = dict(values)
+    if values.get("next_action_at") is not None:
+        asked = values["next_action_at"]
+        written["next_action_at"] = keeping_wakeups(AbandonedProviderBatch, row.next_action_at, asked)
     result = await session.exec(
         update(AbandonedProviderBatch)
         .where(col(AbandonedProviderBatch.id) == row.id, *lease.holds(AbandonedProviderBatch))
-        .values(**values)
+        .values(**written)
     )
     if result.rowcount:
         for name, value in values.items():
@@ -156,8 +162,6 @@ async def poll_ended_now(session: AsyncSession, provider: str, provider_batch_id
     if (await session.exec(select(AbandonedProviderBatch.id).where(*match))).first() is None:
         return 0
     result = await session.exec(
-        update(AbandonedProviderBatch)
-        .where(*match, col(AbandonedProviderBatch.next_action_at) > now)
-        .values(next_action_at=now)
+        update(AbandonedProviderBatch).where(*match, wakeable(AbandonedProviderBatch, now)).values(next_action_at=now)
     )
     return int(result.rowcount)

@@ -5,6 +5,8 @@ A worker keeps the :class:`Lease` it got and conditions every write of its stage
 (:meth:`Lease.holds`): once another worker has claimed the row (a new token), the old worker's writes
 match no row, so a worker that was frozen past its lease and wakes up can finish, publish or delete
 nothing. Blobs a stage writes carry the token in their names, so two attempts never share a blob.
+
+A holder's schedule never undoes a wake-up that came while it held the row (:func:`keeping_wakeups`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import ColumnElement, and_, case, literal, or_
 from sqlmodel import col
 
 
@@ -47,3 +50,19 @@ class Lease:
 
 class LeaseLost(Exception):
     """This worker no longer holds the row's lease: the stage must stop without writing anything."""
+
+
+def keeping_wakeups(table: Any, last_known: float | None, asked: float) -> ColumnElement[float]:
+    """What a lease holder writes as the row's ``next_action_at``: ``asked``, unless the row's value changed
+    since the holder last read or wrote it (``last_known``) to an earlier time, which is then kept. Someone
+    woke the row meanwhile (a provider webhook, a budget stop): the wake-up stands until a step claimed after
+    it has run, instead of being undone by the schedule of the step that was running when it came."""
+    current = col(table.next_action_at)
+    woken = and_(current != last_known, current < asked)
+    return case((woken, current), else_=literal(asked))
+
+
+def wakeable(table: Any, now: float) -> ColumnElement[bool]:
+    """Rows a wake-up at ``now`` changes: not due yet, or due and held by a worker right now (whose save of its
+    schedule keeps the wake-up, see :func:`keeping_wakeups`). A due row nobody holds is left as it is."""
+    return or_(col(table.next_action_at) > now, col(table.lease_expires_at) > now)

@@ -11,12 +11,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal, or_, update
+from sqlalchemy import ColumnElement, bindparam, func, or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.db.leases import Lease
+from gateway.db.leases import Lease, keeping_wakeups, wakeable
 from gateway.db.models import Batch, LedgerEntry, Shard
 from gateway.db.point_reads import PointReads
 from gateway.db.repo import ATTEMPT_LOG_KEEP
@@ -73,7 +73,7 @@ async def save_shard(session: AsyncSession, shard: Shard, lease: Lease, **values
     values["updated_at"] = time.time()
     written = dict(values)
     if values.get("next_action_at") is not None:
-        written["next_action_at"] = _keeping_wakeups(shard, values["next_action_at"])
+        written["next_action_at"] = keeping_wakeups(Shard, shard.next_action_at, values["next_action_at"])
     result = await session.exec(update(Shard).where(col(Shard.id) == shard.id, *lease.holds(Shard)).values(**written))
     if result.rowcount:
         for name, value in values.items():
@@ -81,14 +81,6 @@ async def save_shard(session: AsyncSession, shard: Shard, lease: Lease, **values
     else:
         lease.lost = True
     return bool(result.rowcount)
-
-
-def _keeping_wakeups(shard: Shard, asked: float) -> ColumnElement[float]:
-    """``asked``, unless the row's ``next_action_at`` changed since this worker last read or wrote it (someone
-    woke the shard) to an earlier time: then that time."""
-    current = col(Shard.next_action_at)
-    woken = and_(current != shard.next_action_at, current < asked)
-    return case((woken, current), else_=literal(asked))
 
 
 async def record_shard_failure(
@@ -291,8 +283,7 @@ async def _running_due(session: AsyncSession, provider: str, provider_batch_ids:
             col(Shard.provider) == provider,
             col(Shard.provider_batch_id).in_(provider_batch_ids),
             col(Shard.state) == "running",
-            # Not due yet, or due and being polled right now: that poll's save keeps this wake-up (save_shard).
-            or_(col(Shard.next_action_at) > now, col(Shard.lease_expires_at) > now),
+            wakeable(Shard, now),
         )
         .values(next_action_at=now)
         .execution_options(synchronize_session=False)

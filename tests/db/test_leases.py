@@ -1,5 +1,6 @@
-"""Shard schedules: a wake-up (a provider webhook) that arrives while a worker holds the shard survives the
-worker's own save of its next poll; with no wake-up the save writes what it asks."""
+"""Schedules under a lease: a wake-up (a provider webhook) that arrives while a worker holds a shard, or an
+abandoned provider batch, survives the worker's own save of its next poll; with no wake-up the save writes
+what it asks."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 from gateway.context import GatewayContext
+from gateway.db import abandoned as abandoned_db
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
@@ -18,7 +20,7 @@ from tests.conftest import migrated_context
 PROVIDER = "p"
 
 
-async def _running_shard(context: GatewayContext, provider_batch_id: str, next_action_at: float) -> str:
+async def _running_shard(context: GatewayContext, provider_batch_id: str, next_action_at: float) -> tuple[Batch, Shard]:
     async with transaction(context.sessions) as session:
         _secret, key = await repo.create_api_key(session, "schedules")
         stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
@@ -33,7 +35,7 @@ async def _running_shard(context: GatewayContext, provider_batch_id: str, next_a
             state="running", provider_batch_id=provider_batch_id, next_action_at=next_action_at,
         )  # fmt: skip
         session.add(shard)
-        return shard.id
+        return batch, shard
 
 
 async def _claimed(context: GatewayContext) -> tuple[Shard, Lease]:
@@ -63,7 +65,8 @@ async def _stored_next_action_at(context: GatewayContext, shard_id: str) -> floa
 async def _schedules(database_kind: str, tmp_path: Path) -> None:
     async with migrated_context(database_kind, tmp_path) as context:
         # A webhook while the shard's poll runs: the poll's save (30 s later) keeps the webhook's "now".
-        shard_id = await _running_shard(context, "pb-polled", time.time() - 1)
+        _batch, shard = await _running_shard(context, "pb-polled", time.time() - 1)
+        shard_id = shard.id
         shard, lease = await _claimed(context)
         woken_at = time.time()
         assert await _webhook(context, "pb-polled", woken_at) == "running"
@@ -91,3 +94,24 @@ async def _schedules(database_kind: str, tmp_path: Path) -> None:
 
 def test_a_webhook_during_a_poll_survives_the_polls_save(database_kind: str, tmp_path: Path) -> None:
     asyncio.run(_schedules(database_kind, tmp_path))
+
+
+async def _abandoned_schedule(database_kind: str, tmp_path: Path) -> None:
+    async with migrated_context(database_kind, tmp_path) as context:
+        batch, shard = await _running_shard(context, "pb-left", time.time() + 3600)
+        async with transaction(context.sessions) as session:
+            await abandoned_db.register(session, shard, batch, "moved off", provider_batch_id="pb-left")
+        [row] = await abandoned_db.claim_due(context.sessions, "settler", 30)
+        lease = Lease("settler", row.lease_token, 30)
+        woken_at = time.time()
+        async with transaction(context.sessions) as session:
+            assert await abandoned_db.poll_ended_now(session, PROVIDER, "pb-left", woken_at) == 1
+        async with transaction(context.sessions) as session:
+            assert await abandoned_db.save(session, row, lease, next_action_at=time.time() + 30, attempts=1)
+        async with context.sessions() as session:
+            [stored] = await abandoned_db.for_batch(session, batch.id)
+        assert stored.next_action_at == woken_at
+
+
+def test_a_webhook_during_an_abandoned_batchs_poll_survives_its_save(database_kind: str, tmp_path: Path) -> None:
+    asyncio.run(_abandoned_schedule(database_kind, tmp_path))
