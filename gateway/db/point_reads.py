@@ -12,8 +12,10 @@ booleans, as the ORM would):
 * **SQLite file**: a plain synchronous, query-only connection in the event loop. In WAL mode a reader
   never waits for a writer, and an indexed lookup takes microseconds. Should the file be busy anyway (an
   outside tool holding it exclusively), the read gives up after :data:`BUSY_TIMEOUT_MS`.
-* **PostgreSQL**: one asynchronous psycopg connection in autocommit mode; reads take turns on it (each is
-  a fraction of a millisecond), and psycopg prepares the statements after a few uses.
+* **PostgreSQL**: up to :data:`POSTGRES_CONNECTIONS` asynchronous psycopg connections in autocommit mode,
+  opened only for reads that overlap; a read takes a free one (each is a round trip of a fraction of a
+  millisecond, mostly spent waiting on the network and the server, so several overlap), and psycopg
+  prepares the statements after a few uses.
 
 Each read sees the last commit: nothing is cached. A read that fails on the direct connection (a busy
 file, a lost connection) goes the ordinary way through the engine, which waits its turn or raises as any
@@ -48,6 +50,8 @@ BUSY_TIMEOUT_MS = 50
 """How long a read on the event loop may wait for a locked SQLite file before it takes the ordinary path."""
 BUSY_BACKOFF_S = 5.0
 """After a failed direct read, how long reads take the ordinary path before they try the direct one again."""
+POSTGRES_CONNECTIONS = 4
+"""Direct PostgreSQL connections a process keeps for point reads: this many reads run at once."""
 POSTGRES_READ_TIMEOUT_S = 2.0
 """Longest wait for a turn on the PostgreSQL connection and its answer (connecting included): a connection
 that hangs without failing (dropped silently by the network) must not hold every request of the process."""
@@ -95,8 +99,9 @@ class PointReads:
         self._postgres = engine.url.get_backend_name() == "postgresql"
         self._compiled: dict[Executable, _Compiled] = {}  # by identity: a statement is kept, never rebuilt
         self._sqlite: sqlite3.Connection | None = None
-        self._postgres_connection: psycopg.AsyncConnection[Any] | None = None
-        self._postgres_turn: asyncio.Lock | None = None
+        self._postgres_free: asyncio.Queue[psycopg.AsyncConnection[Any] | None] | None = None
+        """The connections no read is using (None: a slot whose connection is not open yet). Last in, first out:
+        a read takes the connection used last, so a process opens a second one only for reads that overlap."""
         self._postgres_loop: asyncio.AbstractEventLoop | None = None
         self._direct_from = math.inf  # the time.monotonic() from which reads may take the direct path
 
@@ -126,7 +131,7 @@ class PointReads:
                 pass
             except (sqlite3.Error, psycopg.Error, TimeoutError) as exc:
                 self._direct_from = time.monotonic() + BUSY_BACKOFF_S
-                await self._drop_postgres_connection()
+                await self._drop_postgres_connections()
                 # The class only for the driver's errors: a refused connection string can quote the password.
                 detail = exc if isinstance(exc, sqlite3.Error) else type(exc).__name__
                 log.info("point reads take the ordinary path for %.0fs: %s", BUSY_BACKOFF_S, detail)
@@ -175,33 +180,57 @@ class PointReads:
         self, compiled: _Compiled, parameters: Mapping[str, Any], many: bool
     ) -> list[Sequence[Any]]:
         loop = asyncio.get_running_loop()
-        if self._postgres_loop is not loop:
+        if self._postgres_loop is not loop or self._postgres_free is None:
             # A connection belongs to the event loop it was opened on; a new loop (a restarted test
-            # context) gets its own, and the old one is left to be collected with its loop.
-            self._postgres_connection, self._postgres_turn, self._postgres_loop = None, asyncio.Lock(), loop
-        assert self._postgres_turn is not None
-        async with self._postgres_turn:
+            # context) gets its own, and the old ones are left to be collected with their loop.
+            self._postgres_free, self._postgres_loop = asyncio.LifoQueue(), loop
+            for _ in range(POSTGRES_CONNECTIONS):
+                self._postgres_free.put_nowait(None)
+        free = self._postgres_free
+        connection = await free.get()
+        kept = False
+        try:
             if time.monotonic() < self._direct_from:
-                raise _TakeOrdinaryPath  # the read before this one failed while this one waited its turn
-            if self._postgres_connection is None or self._postgres_connection.closed:
+                kept = True
+                raise _TakeOrdinaryPath  # a read failed while this one waited for a connection
+            if connection is None or connection.closed:
                 # The engine's own connection arguments (hosts, options, the password as given), not a URL
                 # string: libpq would refuse one whose password holds a space.
                 args, options = self.engine.dialect.create_connect_args(self.engine.url)
-                self._postgres_connection = await psycopg.AsyncConnection.connect(*args, **options, autocommit=True)
-            cursor = await self._postgres_connection.execute(compiled.sql, compiled.arguments(parameters))
+                connection = await psycopg.AsyncConnection.connect(*args, **options, autocommit=True)
+            cursor = await connection.execute(compiled.sql, compiled.arguments(parameters))
             found = await (cursor.fetchall() if many else cursor.fetchmany(1))
+            kept = True
+        finally:
+            if kept or connection is None:
+                free.put_nowait(connection)
+            else:
+                # Failed or cut short (a timeout) mid-read: its state is unknown, so the slot opens a new one.
+                free.put_nowait(None)
+                await self._close_quietly(connection)
         return [compiled.row(values, cursor.description) for values in found]
 
-    async def _drop_postgres_connection(self) -> None:
-        connection, self._postgres_connection = self._postgres_connection, None
-        if connection is not None and self._postgres_loop is asyncio.get_running_loop():
+    async def _close_quietly(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        if self._postgres_loop is asyncio.get_running_loop():
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(POSTGRES_READ_TIMEOUT_S):
                     await connection.close()
+
+    async def _drop_postgres_connections(self) -> None:
+        """Close the connections no read is using (one in use is closed if its read fails)."""
+        free = self._postgres_free
+        if free is None:
+            return
+        idle = [free.get_nowait() for _ in range(free.qsize())]
+        for _ in idle:
+            free.put_nowait(None)
+        for connection in idle:
+            if connection is not None:
+                await self._close_quietly(connection)
 
     async def close(self) -> None:
         """Close the direct connections (a later read opens them again)."""
         if self._sqlite is not None:
             self._sqlite.close()
             self._sqlite = None
-        await self._drop_postgres_connection()
+        await self._drop_postgres_connections()

@@ -13,16 +13,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, func, literal_column, text
 from sqlalchemy import inspect as sa_inspect
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.db import repo
+from gateway.db import point_reads, repo
 from gateway.db import shards as shard_db
 from gateway.db.engine import create_engine
 from gateway.db.models import ApiKey, Batch, Shard, StoredFile
-from gateway.db.point_reads import PointReads
+from gateway.db.point_reads import POSTGRES_CONNECTIONS, PointReads
 from gateway.db.unit_of_work import transaction
 from tests.conftest import migrated_context
 
@@ -215,3 +215,39 @@ def test_the_open_shards_of_a_status_read_are_read_directly_and_as_a_session_rea
     database_kind: str, tmp_path: Path
 ) -> None:
     asyncio.run(_open_shard_waits(database_kind, tmp_path))
+
+
+SLOW_READ = select(func.pg_backend_pid(), func.pg_sleep(literal_column("0.2")))
+"""A read that holds its connection for 0.2 s, and names the server process that answered it."""
+BACKEND = select(func.pg_backend_pid())
+
+
+async def _overlapping_reads(tmp_path: Path) -> None:
+    async with migrated_context("postgresql", tmp_path) as context:
+        reads = context.point_reads
+        await reads.first(BACKEND)  # the first read of a process goes through the engine
+        started = time.monotonic()
+        answers = await asyncio.gather(*(reads.first(SLOW_READ) for _ in range(2 * POSTGRES_CONNECTIONS)))
+        elapsed = time.monotonic() - started
+        backends = {answer[0] for answer in answers if answer is not None}
+        assert len(backends) == POSTGRES_CONNECTIONS, "every read took one of the process's direct connections"
+        # Two rounds of 0.2 s: the reads overlap on the connections, and no more run at once than there are.
+        assert 0.4 <= elapsed < 0.4 + 0.3, elapsed
+
+        # A connection the server ends: the read on it takes the ordinary path, and the direct path comes back.
+        async with context.engine.connect() as connection:
+            for pid in backends:
+                await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        assert await reads.first(BACKEND) is not None
+        await asyncio.sleep(point_reads.BUSY_BACKOFF_S)  # the back-off after the failure
+        fresh = {(await reads.first(BACKEND) or [None])[0] for _ in range(3)}
+        assert fresh and not fresh & backends, "the ended connections were replaced by new ones"
+
+
+def test_postgresql_point_reads_overlap_on_a_few_connections_and_replace_an_ended_one(
+    database_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if database_kind != "postgresql":
+        pytest.skip("the direct connections of PostgreSQL")
+    monkeypatch.setattr(point_reads, "BUSY_BACKOFF_S", 0.2)
+    asyncio.run(_overlapping_reads(tmp_path))
