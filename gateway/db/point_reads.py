@@ -13,9 +13,9 @@ booleans, as the ORM would):
   never waits for a writer, and an indexed lookup takes microseconds. Should the file be busy anyway (an
   outside tool holding it exclusively), the read gives up after :data:`BUSY_TIMEOUT_MS`.
 * **PostgreSQL**: up to :data:`POSTGRES_CONNECTIONS` asynchronous psycopg connections in autocommit mode,
-  opened only for reads that overlap; a read takes a free one (each is a round trip of a fraction of a
-  millisecond, mostly spent waiting on the network and the server, so several overlap), and psycopg
-  prepares the statements after a few uses.
+  opened only for reads that overlap. A read takes a free one, or waits its turn in order of arrival
+  (each read is a round trip of a fraction of a millisecond, mostly spent waiting on the network and
+  the server, so several overlap), and psycopg prepares the statements after a few uses.
 
 Each read sees the last commit: nothing is cached. A read that fails on the direct connection (a busy
 file, a lost connection) goes the ordinary way through the engine, which waits its turn or raises as any
@@ -27,6 +27,7 @@ happens on the event loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -34,7 +35,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from sqlalchemy import Dialect, Select
@@ -45,6 +46,7 @@ from sqlalchemy.types import TypeEngine
 from gateway.db.engine import sqlite_file
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 50
 """How long a read on the event loop may wait for a locked SQLite file before it takes the ordinary path."""
@@ -89,6 +91,43 @@ class _Compiled:
         return tuple(value if convert is None else convert(value) for convert, value in converted)
 
 
+class _Slots(Generic[T]):
+    """A few shared things (connections) handed out fairly: a taker that has to wait gets the next one given
+    back, in order of arrival, and a free one is taken last-used first (the others may stay unopened)."""
+
+    def __init__(self, things: list[T]) -> None:
+        self._free = things
+        self._waiting: collections.deque[asyncio.Future[T]] = collections.deque()
+
+    async def take(self) -> T:
+        if self._free and not self._waiting:
+            return self._free.pop()
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give_back(waiter.result())  # handed over as the taker was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
+            raise
+
+    def give_back(self, thing: T) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(thing)
+                return
+        self._free.append(thing)
+
+    def empty_free(self) -> list[T]:
+        """Take every free thing out, leaving None in each one's place."""
+        taken, self._free = self._free, [None] * len(self._free)  # type: ignore[list-item]
+        return taken
+
+
 class PointReads:
     """Runs reads of one row (or a few) for one async engine, directly on a connection of its own (see the
     module)."""
@@ -99,9 +138,8 @@ class PointReads:
         self._postgres = engine.url.get_backend_name() == "postgresql"
         self._compiled: dict[Executable, _Compiled] = {}  # by identity: a statement is kept, never rebuilt
         self._sqlite: sqlite3.Connection | None = None
-        self._postgres_free: asyncio.Queue[psycopg.AsyncConnection[Any] | None] | None = None
-        """The connections no read is using (None: a slot whose connection is not open yet). Last in, first out:
-        a read takes the connection used last, so a process opens a second one only for reads that overlap."""
+        self._postgres_slots: _Slots[psycopg.AsyncConnection[Any] | None] | None = None
+        """The direct connections (None: a slot whose connection is not open yet)."""
         self._postgres_loop: asyncio.AbstractEventLoop | None = None
         self._direct_from = math.inf  # the time.monotonic() from which reads may take the direct path
 
@@ -180,14 +218,12 @@ class PointReads:
         self, compiled: _Compiled, parameters: Mapping[str, Any], many: bool
     ) -> list[Sequence[Any]]:
         loop = asyncio.get_running_loop()
-        if self._postgres_loop is not loop or self._postgres_free is None:
+        if self._postgres_loop is not loop or self._postgres_slots is None:
             # A connection belongs to the event loop it was opened on; a new loop (a restarted test
             # context) gets its own, and the old ones are left to be collected with their loop.
-            self._postgres_free, self._postgres_loop = asyncio.LifoQueue(), loop
-            for _ in range(POSTGRES_CONNECTIONS):
-                self._postgres_free.put_nowait(None)
-        free = self._postgres_free
-        connection = await free.get()
+            self._postgres_slots, self._postgres_loop = _Slots([None] * POSTGRES_CONNECTIONS), loop
+        slots = self._postgres_slots
+        connection = await slots.take()
         kept = False
         try:
             if time.monotonic() < self._direct_from:
@@ -203,10 +239,10 @@ class PointReads:
             kept = True
         finally:
             if kept or connection is None:
-                free.put_nowait(connection)
+                slots.give_back(connection)
             else:
                 # Failed or cut short (a timeout) mid-read: its state is unknown, so the slot opens a new one.
-                free.put_nowait(None)
+                slots.give_back(None)
                 await self._close_quietly(connection)
         return [compiled.row(values, cursor.description) for values in found]
 
@@ -218,13 +254,9 @@ class PointReads:
 
     async def _drop_postgres_connections(self) -> None:
         """Close the connections no read is using (one in use is closed if its read fails)."""
-        free = self._postgres_free
-        if free is None:
+        if self._postgres_slots is None:
             return
-        idle = [free.get_nowait() for _ in range(free.qsize())]
-        for _ in idle:
-            free.put_nowait(None)
-        for connection in idle:
+        for connection in self._postgres_slots.empty_free():
             if connection is not None:
                 await self._close_quietly(connection)
 

@@ -22,7 +22,7 @@ from gateway.db import point_reads, repo
 from gateway.db import shards as shard_db
 from gateway.db.engine import create_engine
 from gateway.db.models import ApiKey, Batch, Shard, StoredFile
-from gateway.db.point_reads import POSTGRES_CONNECTIONS, PointReads
+from gateway.db.point_reads import POSTGRES_CONNECTIONS, PointReads, _Slots
 from gateway.db.unit_of_work import transaction
 from tests.conftest import migrated_context
 
@@ -251,3 +251,30 @@ def test_postgresql_point_reads_overlap_on_a_few_connections_and_replace_an_ende
         pytest.skip("the direct connections of PostgreSQL")
     monkeypatch.setattr(point_reads, "BUSY_BACKOFF_S", 0.2)
     asyncio.run(_overlapping_reads(tmp_path))
+
+
+async def _slots_in_order() -> None:
+    slots = _Slots(["one", "two"])
+    assert {await slots.take(), await slots.take()} == {"one", "two"}
+    order: list[str] = []
+
+    async def taker(name: str) -> None:
+        thing = await slots.take()
+        order.append(f"{name}:{thing}")
+
+    first, cancelled, third = (asyncio.create_task(taker(name)) for name in ("first", "cancelled", "third"))
+    await asyncio.sleep(0)  # all three wait, in this order
+    cancelled.cancel()
+    slots.give_back("one")
+    late = asyncio.create_task(taker("late"))  # arrives after the hand-over: it must not take "one"
+    slots.give_back("two")
+    await asyncio.gather(first, third, return_exceptions=True)
+    assert order == ["first:one", "third:two"], "handed out in order of arrival; the cancelled taker passed"
+    assert not late.done(), "a late taker waits its turn rather than barging in"
+    slots.give_back("one")
+    await late
+    assert order[-1] == "late:one"
+
+
+def test_connections_are_handed_out_in_order_of_arrival() -> None:
+    asyncio.run(_slots_in_order())
