@@ -3,13 +3,13 @@
 Clients poll ``GET /v1/batches/{id}`` far more often than they call anything else, and most of a read's CPU
 went to the framework's per-request work (resolving dependencies, parsing the handler's signature, building
 and converting a response object), not to the reads it needs. :func:`fast_status_reads`, a middleware of that
-route only, answers the plain case itself, reading the key and the batch in one statement
-(:func:`gateway.db.repo.read_batch_with_key`) and, while the batch runs, its open shards: a Bearer key that
+route only, answers the plain case itself, reading the key, the batch and, while the batch runs, its open
+shards in one statement (:func:`gateway.db.repo.read_batch_with_key`): a Bearer key that
 needs nothing written or counted (:func:`gateway.api.auth.read_only_principal`), a batch of its team, a
 database read directly (:class:`gateway.db.point_reads.PointReads`). Everything else (no key, a refused key, a
 key whose use is due to be noted, request limits, an unknown batch, a query string, an unusual id) goes on to
-the handler, which gives it its usual answer, errors included. Both render the batch with :func:`shown_batch`,
-and the app's metrics middleware times and counts both.
+the handler, which gives it its usual answer, errors included. Both render the batch with
+:func:`gateway.api.objects.batch_object`, and the app's metrics middleware times and counts both.
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ async def _plain_answer(scope: Scope) -> bytes | None:
     found = await repo.read_batch_with_key(context.point_reads, token, batch_id)
     if found is None:
         return None
-    key, batch = found
+    key, batch, open_shards = found
     if read_only_principal(context, key) is None:
         return None
-    return msgspec.json.encode(await shown_batch(context, batch))
+    return msgspec.json.encode(batch_object(batch, lifecycle.waiting_of(batch, open_shards)))
 
 
 async def shown_batch(context: GatewayContext, batch: Batch) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import bindparam, func, or_, update
+from sqlalchemy import and_, bindparam, func, or_, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select as select_columns
 from sqlmodel import col, select
@@ -228,22 +228,45 @@ async def read_batch(reads: PointReads, team_id: str, batch_id: str) -> Batch | 
     return None if row is None else _batch_view(row)
 
 
+OpenShardWait = tuple[str, str | None, str | None]
+"""``(state, wait_code, wait_detail)`` of one unfinished shard."""
+
 _BATCH_WITH_KEY = (
-    select_columns(*_KEY_COLUMNS, *(getattr(Batch, name) for name in _BATCH_FIELDS))
+    select_columns(
+        *_KEY_COLUMNS,
+        *(getattr(Batch, name) for name in _BATCH_FIELDS),
+        col(Shard.state),
+        col(Shard.wait_code),
+        col(Shard.wait_detail),
+    )
     .join(Team, col(Team.id) == col(ApiKey.team_id))
     .join(Batch, col(Batch.team_id) == col(ApiKey.team_id))
+    # One row per open shard of a running batch (one row with no shard for a finished batch, or none open).
+    .outerjoin(
+        Shard,
+        and_(
+            col(Shard.batch_id) == col(Batch.id),
+            col(Shard.state) != bindparam("done"),
+            col(Batch.stage) != bindparam("done"),
+        ),
+    )
     .where(col(ApiKey.key_hash) == bindparam("key_hash"), col(Batch.id) == bindparam("batch_id"))
 )
 
 
-async def read_batch_with_key(reads: PointReads, secret: str, batch_id: str) -> tuple[PresentedKey, Batch] | None:
-    """The key a presented secret belongs to and its team's batch ``batch_id`` (a :class:`BatchView`), in one
-    statement: a status read's one round trip. None when the key is unknown or its team has no such batch."""
-    row = await reads.first(_BATCH_WITH_KEY, {"key_hash": hash_key(secret), "batch_id": batch_id})
-    if row is None:
+async def read_batch_with_key(
+    reads: PointReads, secret: str, batch_id: str
+) -> tuple[PresentedKey, Batch, list[OpenShardWait]] | None:
+    """The key a presented secret belongs to, its team's batch ``batch_id`` (a :class:`BatchView`) and, while the
+    batch runs, its open shards' waits, in one statement: a status read's one round trip. None when the key is
+    unknown or its team has no such batch."""
+    rows = await reads.all(_BATCH_WITH_KEY, {"key_hash": hash_key(secret), "batch_id": batch_id, "done": "done"})
+    if not rows:
         return None
-    width = len(_KEY_COLUMNS)
-    return PresentedKey(*row[:width]), _batch_view(row[width:])
+    width, shard_at = len(_KEY_COLUMNS), len(_KEY_COLUMNS) + len(_BATCH_FIELDS)
+    first = rows[0]
+    waits = [(str(row[shard_at]), row[shard_at + 1], row[shard_at + 2]) for row in rows if row[shard_at] is not None]
+    return PresentedKey(*first[:width]), _batch_view(first[width:shard_at]), waits
 
 
 async def list_batches(

@@ -19,7 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from gateway.db.leases import Lease, keeping_wakeups, wakeable
 from gateway.db.models import Batch, LedgerEntry, Shard
 from gateway.db.point_reads import PointReads
-from gateway.db.repo import ATTEMPT_LOG_KEEP
+from gateway.db.repo import ATTEMPT_LOG_KEEP, OpenShardWait
 
 ACTIVE_STATES = ("queued", "submitting", "running", "executing", "collecting")
 IN_FLIGHT_STATES = ("submitting", "running", "executing")
@@ -323,7 +323,7 @@ _OPEN_SHARD_WAITS = select(Shard.state, Shard.wait_code, Shard.wait_detail).wher
 
 async def open_shard_waits(
     source: AsyncSession | PointReads, batch_id: str
-) -> list[tuple[str, str | None, str | None]]:
+) -> list[OpenShardWait]:
     """``(state, wait_code, wait_detail)`` of every unfinished shard of a batch, read in ``source``'s transaction,
     or (:class:`PointReads`, a status read) on its direct connection."""
     parameters = {"batch_id": batch_id, "done": "done"}

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -372,5 +372,11 @@ async def batch_waiting(source: AsyncSession | PointReads, batch: Batch) -> tupl
     :class:`PointReads` (nothing is read for a finished batch)."""
     if batch.stage == "done":
         return None
-    waits = [ShardWait(*row) for row in await shard_db.open_shard_waits(source, batch.id)]
-    return waiting_reason(batch, waits)
+    return waiting_of(batch, await shard_db.open_shard_waits(source, batch.id))
+
+
+def waiting_of(batch: Batch, open_shards: Sequence[repo.OpenShardWait]) -> tuple[str, str] | None:
+    """:func:`waiting_reason` of a batch whose open shards' ``(state, wait_code, wait_detail)`` were read already."""
+    if batch.stage == "done":
+        return None
+    return waiting_reason(batch, [ShardWait(*row) for row in open_shards])

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import event, func, literal_column, text
+from sqlalchemy import event, func, literal_column, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -278,3 +278,29 @@ async def _slots_in_order() -> None:
 
 def test_connections_are_handed_out_in_order_of_arrival() -> None:
     asyncio.run(_slots_in_order())
+
+
+async def _status_read_with_open_shards(database_kind: str, tmp_path: Path) -> None:
+    async with migrated_context(database_kind, tmp_path) as context:
+        async with transaction(context.sessions) as session:
+            secret, _, batch = await _key_and_batch(session, stage="run", status="in_progress")
+            for seq, (state, code) in enumerate([("running", None), ("done", None), ("queued", "rate_limited")]):
+                shard = Shard(batch_id=batch.id, seq=seq, provider="p", model="m", provider_model="m")
+                shard.input_key, shard.state, shard.wait_code = f"in/{seq}", state, code
+                session.add(shard)
+        for _ in range(2):  # the ordinary path (a process's first read), then the direct one
+            found = await repo.read_batch_with_key(context.point_reads, secret, batch.id)
+            assert found is not None
+            _key, shown, open_shards = found
+            assert shown.id == batch.id and shown.stage == "run"
+            assert sorted(open_shards) == [("queued", "rate_limited", None), ("running", None, None)]
+            assert sorted(open_shards) == sorted(await shard_db.open_shard_waits(context.point_reads, batch.id))
+        # A finished batch reads no shards, even one left unfinished.
+        async with transaction(context.sessions) as session:
+            await session.exec(update(Batch).where(col(Batch.id) == batch.id).values(stage="done", status="failed"))
+        found = await repo.read_batch_with_key(context.point_reads, secret, batch.id)
+        assert found is not None and found[2] == [] and found[1].stage == "done"
+
+
+def test_a_status_read_gets_the_key_the_batch_and_its_open_shards_together(database_kind: str, tmp_path: Path) -> None:
+    asyncio.run(_status_read_with_open_shards(database_kind, tmp_path))
