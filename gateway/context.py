@@ -20,7 +20,7 @@ from gateway.db import wakeups
 from gateway.db.engine import create_engine
 from gateway.db.point_reads import PointReads
 from gateway.providers.registry import ADAPTER_KINDS, ProviderRegistry, adapter_options
-from gateway.providers.send_fence import FencedTransport
+from gateway.providers.send_fence import fence_sends
 from gateway.routing.limits import hand_limiters
 from gateway.routing.offers import OfferBook
 from gateway.settings import Settings
@@ -90,10 +90,12 @@ class WorkSignal:
 def provider_http_client() -> httpx.AsyncClient:
     """The HTTP client every provider adapter of a process shares; its create calls are fenced by their
     lease (:mod:`gateway.providers.send_fence`)."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(60.0, connect=10.0),
-        transport=FencedTransport(httpx.Limits(max_connections=100, max_keepalive_connections=20)),
-        follow_redirects=False,
+    return fence_sends(
+        httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            follow_redirects=False,
+        )
     )
 
 

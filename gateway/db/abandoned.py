@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.db.leases import Lease, keeping_wakeups, wakeable
+from gateway.db.leases import Lease, keeping_wakeups, mirror_write, wakeable
 from gateway.db.models import AbandonedProviderBatch, Batch, Shard
 from gateway.db.unit_of_work import reading, transaction
 
@@ -114,8 +114,7 @@ async def save(session: AsyncSession, row: AbandonedProviderBatch, lease: Lease,
         .values(**written)
     )
     if result.rowcount:
-        for name, value in values.items():
-            setattr(row, name, value)
+        mirror_write(session, row, values)
     return bool(result.rowcount)
 
 

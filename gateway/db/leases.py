@@ -12,11 +12,15 @@ A holder's schedule never undoes a wake-up that came while it held the row (:fun
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, literal, or_
 from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.db.unit_of_work import on_rollback
 
 
 @dataclass
@@ -66,3 +70,19 @@ def wakeable(table: Any, now: float) -> ColumnElement[bool]:
     """Rows a wake-up at ``now`` changes: not due yet, or due and held by a worker right now (whose save of its
     schedule keeps the wake-up, see :func:`keeping_wakeups`). A due row nobody holds is left as it is."""
     return or_(col(table.next_action_at) > now, col(table.lease_expires_at) > now)
+
+
+def mirror_write(session: AsyncSession, row: Any, values: Mapping[str, Any]) -> None:
+    """Copy a fenced write's ``values`` onto the holder's in-memory ``row``, and back to what they were if the
+    unit of work then rolls back: :func:`keeping_wakeups` compares with the row's in-memory
+    ``next_action_at``, so a value the database never kept must not stay there (it would look like a
+    wake-up, and cut the holder's next back-off short)."""
+    before = {name: getattr(row, name) for name in values}
+    for name, value in values.items():
+        setattr(row, name, value)
+
+    def undo() -> None:
+        for name, value in before.items():
+            setattr(row, name, value)
+
+    on_rollback(session, undo)

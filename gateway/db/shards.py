@@ -16,7 +16,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.db.leases import Lease, keeping_wakeups, wakeable
+from gateway.db.leases import Lease, keeping_wakeups, mirror_write, wakeable
 from gateway.db.models import Batch, LedgerEntry, Shard
 from gateway.db.point_reads import PointReads
 from gateway.db.repo import ATTEMPT_LOG_KEEP, OpenShardWait
@@ -76,8 +76,7 @@ async def save_shard(session: AsyncSession, shard: Shard, lease: Lease, **values
         written["next_action_at"] = keeping_wakeups(Shard, shard.next_action_at, values["next_action_at"])
     result = await session.exec(update(Shard).where(col(Shard.id) == shard.id, *lease.holds(Shard)).values(**written))
     if result.rowcount:
-        for name, value in values.items():
-            setattr(shard, name, value)
+        mirror_write(session, shard, values)
     else:
         lease.lost = True
     return bool(result.rowcount)
@@ -321,9 +320,7 @@ _OPEN_SHARD_WAITS = select(Shard.state, Shard.wait_code, Shard.wait_detail).wher
 )
 
 
-async def open_shard_waits(
-    source: AsyncSession | PointReads, batch_id: str
-) -> list[OpenShardWait]:
+async def open_shard_waits(source: AsyncSession | PointReads, batch_id: str) -> list[OpenShardWait]:
     """``(state, wait_code, wait_detail)`` of every unfinished shard of a batch, read in ``source``'s transaction,
     or (:class:`PointReads`, a status read) on its direct connection."""
     parameters = {"batch_id": batch_id, "done": "done"}

@@ -10,9 +10,11 @@ raises :class:`Rollback`: its work is rolled back and the code after the block r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -42,3 +44,13 @@ async def reading(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[A
     """A session for reads only: nothing it does is committed."""
     async with sessions() as session:
         yield session
+
+
+def on_rollback(session: AsyncSession, undo: Callable[[], None]) -> None:
+    """Run ``undo`` if the session's transaction is rolled back (an error later in the unit of work, a failed
+    commit): for in-memory copies of what it wrote, which must go back to what the database still holds."""
+
+    def rolled_back(_session: Any) -> None:
+        undo()
+
+    event.listen(session.sync_session, "after_rollback", rolled_back, once=True)

@@ -96,7 +96,7 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         crash_point("submit.after_provider_create")
         freeze_point("submit.after_provider_create")
     except SubmitWithdrawn as exc:
-        log.info("%s: its worker lost the lease; the shard's new owner submits it", exc)
+        log.info("%s: its worker's lease was not renewed in time; whoever holds the shard next submits it", exc)
         return
     except ProviderAuthFailed as exc:
         await health.auth_failed(context, shard.provider, exc)

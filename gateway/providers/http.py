@@ -300,7 +300,7 @@ class HttpAdapter(ProviderAdapter):
                 return found
 
             def withdrawn() -> SubmitWithdrawn:
-                return SubmitWithdrawn(f"provider {self.name}: shard {shard.shard_id} withdrawn before its create call")
+                return SubmitWithdrawn(f"provider {self.name}: shard {shard.shard_id}'s create call withdrawn, unsent")
 
             if not shard.may_create():
                 raise withdrawn()

@@ -5,9 +5,12 @@ possibly after its last check that it still owns the shard and before the create
 or between two writes of that request. Its heartbeat notices the lost lease only on its next tick, after
 those writes have run, and a create that reaches the provider then makes a second, billed provider batch
 next to the one the shard's new owner created. So the provider HTTP client's connections ask the
-condition the caller set for the request (:func:`sending_only_while`) right before each write, with no
-await between the check and the socket write: a refused write raises, the connection is dropped, and a
-request cut off after its headers creates nothing at the provider.
+condition the caller set for the request (:func:`sending_only_while`) right before each write: a refused
+write raises, the connection is dropped, and a request cut off before its last byte creates nothing at the
+provider. Between the check and the socket there is no await, unless the socket's send buffer is full (a
+large body): a chunk checked before a freeze may then go out after it. Were it the request's last, the
+provider creates the batch, and its answer, read as usual, is recorded as an orphan (cancelled) because
+the worker's lease is gone.
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ class _FencedStream(httpcore.AsyncNetworkStream):
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         fence = _fence.get()
-        if fence is not None and not fence.holds():
+        # An empty write (the end of a body of known length) sends nothing: refusing it would fail a request
+        # the server may already hold whole, and lose the answer that names what it created.
+        if buffer and fence is not None and not fence.holds():
             raise fence.refusal()
         await self._inner.write(buffer, timeout)
 
@@ -92,17 +97,19 @@ class _FencedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-class FencedTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport (HTTP/1.1, certificates verified, no proxy) whose connections honour
-    :func:`sending_only_while`."""
+def fence_sends(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """Make every connection ``client`` opens, its own and its proxies' (as httpx set them up from the
+    environment), honour :func:`sending_only_while`; returns ``client``.
 
-    def __init__(self, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits)
-        # httpx takes no network backend of its own: its pool is replaced by the same pool on a fenced one.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_FencedBackend(httpcore.AnyIOBackend()),
-        )
+    httpx takes no network backend of its own, so each of the client's connection pools is given a fenced
+    one wrapping the backend it had. An httpx that no longer keeps its pools this way fails here, at start,
+    rather than leaving creates unfenced."""
+    transports = [client._transport, *(t for t in client._mounts.values() if t is not None)]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if not isinstance(backend, httpcore.AsyncNetworkBackend):
+            raise RuntimeError(f"cannot fence the sends of {type(transport).__name__}: no httpcore connection pool")
+        if not isinstance(backend, _FencedBackend):
+            pool._network_backend = _FencedBackend(backend)  # type: ignore[union-attr]
+    return client

@@ -8,6 +8,8 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.context import GatewayContext
 from gateway.db import abandoned as abandoned_db
 from gateway.db import repo
@@ -115,3 +117,25 @@ async def _abandoned_schedule(database_kind: str, tmp_path: Path) -> None:
 
 def test_a_webhook_during_an_abandoned_batchs_poll_survives_its_save(database_kind: str, tmp_path: Path) -> None:
     asyncio.run(_abandoned_schedule(database_kind, tmp_path))
+
+
+async def _rolled_back_schedule(database_kind: str, tmp_path: Path) -> None:
+    async with migrated_context(database_kind, tmp_path) as context:
+        await _running_shard(context, "pb-rolled-back", time.time() - 1)
+        shard, lease = await _claimed(context)
+        claimed_value = shard.next_action_at
+        # The step saves its next poll, then fails later in the same unit of work: nothing of it is kept.
+        with pytest.raises(RuntimeError):
+            async with transaction(context.sessions) as session:
+                assert await shard_db.save_shard(session, shard, lease, next_action_at=time.time() + 30)
+                raise RuntimeError("a later write of the step failed")
+        assert shard.next_action_at == claimed_value, "the in-memory copy is what the database still holds"
+        # Its failure is then recorded with a back-off: kept as asked, not mistaken for a wake-up.
+        retry_at = time.time() + 60
+        async with transaction(context.sessions) as session:
+            assert await shard_db.record_shard_failure(session, shard, lease, {"error": "x"}, retry_at, "retrying")
+        assert await _stored_next_action_at(context, shard.id) == retry_at
+
+
+def test_a_rolled_back_save_is_not_taken_for_a_wake_up(database_kind: str, tmp_path: Path) -> None:
+    asyncio.run(_rolled_back_schedule(database_kind, tmp_path))

@@ -151,3 +151,39 @@ async def test_the_fence_binds_its_own_task_only(http: httpx.AsyncClient, server
     assert (await http.post(server.url, json={"after": True})).status_code == 200
     assert sorted(r.body for r in await arrived(server, 2)) == [b'{"after":true}', b'{"free":true}']
     assert all(r.whole for r in server.requests)
+
+
+async def test_the_end_of_a_body_of_known_length_is_never_refused(
+    http: httpx.AsyncClient, server: RecordingServer
+) -> None:
+    """The lease is lost once the body's last byte is written: the request is whole at the server, so the call
+    goes on and its answer (naming what the server made of it) is read, not thrown away."""
+    answers = iter([True, True])  # the head and the body; the end of the message is an empty write
+
+    def holds() -> bool:
+        return next(answers, False)
+
+    with sending_only_while(holds, Refused):
+        answer = await http.post(server.url, json={"create": "a batch"})
+    assert answer.status_code == 200
+    [request] = await arrived(server, 1)
+    assert request.whole and request.body == b'{"create":"a batch"}'
+
+
+async def test_requests_through_the_environments_proxy_are_fenced_too(
+    server: RecordingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider client takes its proxy from the environment, as httpx does, and fences the proxy's
+    connections as its own: the recording server is the proxy here."""
+    monkeypatch.setenv("HTTP_PROXY", server.url.removesuffix("/create"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with provider_http_client() as http:
+        answer = await http.post("http://provider.invalid/create", json={"via": "proxy"})
+        with pytest.raises(Refused), sending_only_while(lambda: False, Refused):
+            await http.post("http://provider.invalid/create", json={"fenced": True})
+    assert answer.status_code == 200
+    [request] = await arrived(server, 1)
+    assert request.head.startswith(b"POST http://provider.invalid/create HTTP/1.1"), "sent to the proxy"
+    await asyncio.sleep(0.2)
+    assert len(server.requests) == 1, "the fenced request sent the proxy nothing"
