@@ -10,23 +10,17 @@ from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
-from gateway.db.models import Batch, Shard, StoredFile
+from gateway.db.models import Batch, Shard
 from gateway.db.unit_of_work import transaction
 from tests.conftest import migrated_context
+from tests.db import key_and_batch
 
 RACERS = 12
 
 
 async def _seed(context: GatewayContext) -> tuple[str, str]:
     async with context.sessions() as session:
-        _secret, key = await repo.create_api_key(session, "racers")
-        stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
-        session.add(stored)
-        batch = Batch(
-            team_id=key.team_id, input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        session.add(batch)
-        await session.flush()
+        _secret, _key, batch = await key_and_batch(session, "racers")
         shard = Shard(batch_id=batch.id, seq=0, provider="p", model="m", provider_model="m", input_key="k")
         session.add(shard)
         await session.commit()

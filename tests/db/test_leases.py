@@ -12,26 +12,19 @@ import pytest
 
 from gateway.context import GatewayContext
 from gateway.db import abandoned as abandoned_db
-from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
-from gateway.db.models import Batch, Shard, StoredFile
+from gateway.db.models import Batch, Shard
 from gateway.db.unit_of_work import transaction
 from tests.conftest import migrated_context
+from tests.db import key_and_batch
 
 PROVIDER = "p"
 
 
 async def _running_shard(context: GatewayContext, provider_batch_id: str, next_action_at: float) -> tuple[Batch, Shard]:
     async with transaction(context.sessions) as session:
-        _secret, key = await repo.create_api_key(session, "schedules")
-        stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
-        session.add(stored)
-        batch = Batch(
-            team_id=key.team_id, input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        session.add(batch)
-        await session.flush()
+        _secret, _key, batch = await key_and_batch(session, "schedules")
         shard = Shard(
             batch_id=batch.id, seq=0, provider=PROVIDER, model="m", provider_model="m", input_key="k",
             state="running", provider_batch_id=provider_batch_id, next_action_at=next_action_at,

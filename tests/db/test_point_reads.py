@@ -9,41 +9,27 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import event, func, literal_column, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db import point_reads, repo
 from gateway.db import shards as shard_db
 from gateway.db.engine import create_engine
-from gateway.db.models import ApiKey, Batch, Shard, StoredFile
+from gateway.db.models import ApiKey, Batch, Shard
 from gateway.db.point_reads import POSTGRES_CONNECTIONS, PointReads, _Slots
 from gateway.db.unit_of_work import transaction
 from tests.conftest import migrated_context
-
-
-async def _key_and_batch(session: AsyncSession, **batch_fields: Any) -> tuple[str, ApiKey, Batch]:
-    """A team's key (its secret too) and a batch of that team on a stored file."""
-    secret, key = await repo.create_api_key(session, "readers")
-    stored = StoredFile(team_id=key.team_id, filename="in.jsonl", purpose="batch", storage_key="files/x")
-    session.add(stored)
-    batch = Batch(
-        team_id=key.team_id, input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h",
-        **batch_fields,
-    )  # fmt: skip
-    session.add(batch)
-    return secret, key, batch
+from tests.db import key_and_batch
 
 
 async def _reads(database_kind: str, tmp_path: Path) -> None:
     async with migrated_context(database_kind, tmp_path) as context:
         async with transaction(context.sessions) as session:
-            secret, key, batch = await _key_and_batch(
+            secret, key, batch = await key_and_batch(
                 session, metadata_={"project": "p1"}, errors=[{"code": "x", "line": 3}]
             )
         statements: list[str] = []
@@ -187,7 +173,7 @@ def test_a_postgresql_password_with_a_space_reaches_the_direct_connection_and_no
 async def _open_shard_waits(database_kind: str, tmp_path: Path) -> None:
     async with migrated_context(database_kind, tmp_path) as context:
         async with transaction(context.sessions) as session:
-            _, _, batch = await _key_and_batch(session)
+            _, _, batch = await key_and_batch(session)
             shards = [
                 ("running", None, None),
                 ("done", None, None),
@@ -287,7 +273,7 @@ def test_connections_are_handed_out_in_order_of_arrival() -> None:
 async def _status_read_with_open_shards(database_kind: str, tmp_path: Path) -> None:
     async with migrated_context(database_kind, tmp_path) as context:
         async with transaction(context.sessions) as session:
-            secret, _, batch = await _key_and_batch(session, stage="run", status="in_progress")
+            secret, _, batch = await key_and_batch(session, stage="run", status="in_progress")
             for seq, (state, code) in enumerate([("running", None), ("done", None), ("queued", "rate_limited")]):
                 shard = Shard(batch_id=batch.id, seq=seq, provider="p", model="m", provider_model="m")
                 shard.input_key, shard.state, shard.wait_code = f"in/{seq}", state, code
