@@ -6,9 +6,12 @@ whose ``webhook_secret_env`` is set takes them at ``POST /webhooks/providers/<na
 running shard that holds the batch (or an abandoned provider batch still owned) due for its poll now, and wakes
 the workers; the poll then reads the batch from the provider and collects it, exactly as after any poll.
 
-An event that arrives before the answer to the call that created the batch is stored is matched again for a
-moment (:data:`MATCH_WAIT_S`, while a create call at that provider is under way). One that arrives while the
-shard is being polled may be overtaken by that poll's own schedule. An event only moves a poll forward: nothing
+OpenAI posts the events of every batch of a project to the project's one endpoint, so an event is matched
+against the batches of every provider on the same project (:func:`same_project`: kind ``openai``, the same base
+URL and API key), not only the one it is addressed to. An event that arrives before the answer to the call
+that created the batch is stored is matched again for a moment (:data:`MATCH_WAIT_S`, while a create call at
+one of those providers is under way). One that arrives while the shard is being polled stands: that poll's own
+schedule does not overwrite it (:func:`gateway.db.leases.keeping_wakeups`). An event only moves a poll forward: nothing
 is taken from its body but the batch id, so a replayed event costs a provider call, never a result. Polls still
 run on their own schedule, for batches whose event is lost. Events of other types, and of batches no shard waits
 for (ended already, or another deployment's), are acknowledged and ignored, so the provider does not retry them.
@@ -100,17 +103,48 @@ def _key_of(context: GatewayContext, provider: str) -> bytes | None:
         return None
 
 
+def same_project(context: GatewayContext, provider: str) -> list[str]:
+    """``provider`` and the other providers of the gateway on the same OpenAI project: kind ``openai`` in its own
+    dialect, the same base URL and the same API key (a project's key; or none, for the same keyless endpoint).
+    Their batches' events all reach the one endpoint the project names."""
+    own = context.providers.get(provider).config
+    siblings = [
+        adapter.name
+        for adapter in context.providers
+        if adapter.name != provider
+        and adapter.config.kind == "openai"
+        and adapter.config.options.get("dialect", "openai") == "openai"
+        and adapter.config.base_url == own.base_url
+        and adapter.config.api_key() == own.api_key()
+    ]
+    return [provider, *siblings]
+
+
 async def _poll_now(context: GatewayContext, provider: str, provider_batch_id: str) -> str:
     deadline = time.monotonic() + MATCH_WAIT_S
+    providers = same_project(context, provider)
     while True:
-        now = time.time()
+        found = await _make_due(context, providers, provider_batch_id)
+        if found is not None:
+            return "polled" if found else "ignored"
+        # Matched again only while a create call at one of the providers may not be stored yet.
         async with transaction(context.sessions) as session:
-            holder = await shard_db.poll_ended_now(session, provider, provider_batch_id, now)
-            abandoned = 0 if holder else await abandoned_db.poll_ended_now(session, provider, provider_batch_id, now)
-            creating = holder is None and not abandoned and await shard_db.creating_at(session, provider)
-        if holder == "running" or abandoned:
-            return "polled"
-        # Matched again only while a create call at the provider may not be stored yet.
+            creating = [name for name in providers if await shard_db.creating_at(session, name)]
         if not creating or time.monotonic() >= deadline:
             return "ignored"
         await asyncio.sleep(MATCH_PAUSE_S)
+
+
+async def _make_due(context: GatewayContext, providers: list[str], provider_batch_id: str) -> bool | None:
+    """Make the running shard or owned abandoned provider batch holding ``provider_batch_id`` at one of
+    ``providers`` due for its poll now: True if one was, False if an open shard holds it past its polls
+    (collecting it already), None if nothing holds it."""
+    now = time.time()
+    async with transaction(context.sessions) as session:
+        for name in providers:
+            holder = await shard_db.poll_ended_now(session, name, provider_batch_id, now)
+            if holder is not None:
+                return holder == "running"
+            if await abandoned_db.poll_ended_now(session, name, provider_batch_id, now):
+                return True
+    return None

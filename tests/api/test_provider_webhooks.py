@@ -27,7 +27,9 @@ POLL_S = 60
 
 @pytest.fixture(scope="module")
 def hooked(gateway_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """A gateway whose provider ``hooked`` sends webhooks (and ``quiet`` does not), polling only every minute."""
+    """A gateway whose provider ``hooked`` sends webhooks (and ``quiet`` does not), polling only every minute;
+    ``hooked-flex`` is a second gateway provider on ``hooked``'s project (the same endpoint and key), without a
+    webhook secret of its own."""
     gateway: GatewayProcess = gateway_factory()
     url = f"{gateway.base_url}/webhooks/providers/hooked"
     specs = [ProviderSpec(name="hooked", webhook_url=url, webhook_secret=SECRET), ProviderSpec(name="quiet")]
@@ -35,6 +37,7 @@ def hooked(gateway_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> It
         providers = {
             "hooked": {"emulator": "hooked", "models": {"gpt-4o-mini": "gpt-4o-mini"}, "webhook_secret_env": "HOOKS"},
             "quiet": {"emulator": "quiet", "models": {"other-model": "gpt-4o-mini"}},
+            "hooked-flex": {"emulator": "hooked", "models": {"flex-model": "gpt-4o-mini"}},
         }
         gateway.extra_env.update(simulated_provider_env(cluster, tmp_path_factory.mktemp("hooked"), providers))
         gateway.extra_env.update(
@@ -83,6 +86,18 @@ def test_a_batch_is_collected_when_its_provider_announces_its_end(hooked: Gatewa
     assert batch.status == "completed" and batch.request_counts and batch.request_counts.completed == 20
     assert outcomes(hooked).get("polled", 0) >= 1
     assert len(client.files.content(batch.output_file_id or "").text.splitlines()) == 20
+
+
+def test_an_event_reaches_the_batch_of_another_provider_on_the_same_project(hooked: GatewayProcess) -> None:
+    """OpenAI posts every batch of a project to the project's endpoint: a batch ``hooked-flex`` created is
+    announced at ``hooked``'s, and polled at once all the same."""
+    client = hooked.client(hooked.create_key("flexers"))
+    started = time.monotonic()
+    batch = submit(client, chat_requests(10, model="flex-model"))
+    while (batch := client.batches.retrieve(batch.id)).status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() - started < POLL_S / 2, f"still {batch.status}: the webhook did not bring the poll"
+        time.sleep(0.2)
+    assert batch.status == "completed" and batch.metadata and batch.metadata.get("gateway_providers") == "hooked-flex"
 
 
 def test_deliveries_that_fail_verification_are_refused(hooked: GatewayProcess) -> None:
