@@ -238,12 +238,13 @@ class PointReads:
             found = await (cursor.fetchall() if many else cursor.fetchmany(1))
             kept = True
         finally:
-            if kept or connection is None:
-                slots.give_back(connection)
-            else:
-                # Failed or cut short (a timeout) mid-read: its state is unknown, so the slot opens a new one.
+            if connection is not None and (not kept or slots is not self._postgres_slots):
+                # Failed or cut short (a timeout) mid-read, its state unknown, or the reads were closed meanwhile:
+                # the slot opens a new connection if it is used again.
                 slots.give_back(None)
                 await self._close_quietly(connection)
+            else:
+                slots.give_back(connection)
         return [compiled.row(values, cursor.description) for values in found]
 
     async def _close_quietly(self, connection: psycopg.AsyncConnection[Any]) -> None:
@@ -261,8 +262,9 @@ class PointReads:
                 await self._close_quietly(connection)
 
     async def close(self) -> None:
-        """Close the direct connections (a later read opens them again)."""
+        """Close the direct connections (a later read opens them again; one in use is closed when its read ends)."""
         if self._sqlite is not None:
             self._sqlite.close()
             self._sqlite = None
         await self._drop_postgres_connections()
+        self._postgres_slots = None
