@@ -266,5 +266,8 @@ class PointReads:
         if self._sqlite is not None:
             self._sqlite.close()
             self._sqlite = None
-        await self._drop_postgres_connections()
-        self._postgres_slots = None
+        # Detached first: a read that starts while the free connections close opens (and closes) its own.
+        slots, self._postgres_slots = self._postgres_slots, None
+        for connection in slots.empty_free() if slots is not None else []:
+            if connection is not None:
+                await self._close_quietly(connection)

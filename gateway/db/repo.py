@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import and_, bindparam, func, or_, update
 from sqlalchemy import inspect as sa_inspect
@@ -228,28 +228,42 @@ async def read_batch(reads: PointReads, team_id: str, batch_id: str) -> Batch | 
     return None if row is None else _batch_view(row)
 
 
-OpenShardWait = tuple[str, str | None, str | None]
-"""``(state, wait_code, wait_detail)`` of one unfinished shard."""
+OpenShardWait = tuple[str, str | None, str | None, int]
+"""``(state, wait_code, wait_detail, shards)``: how many unfinished shards of a batch are in ``state`` waiting for
+``wait_code``, with the first ``wait_detail`` of theirs in text order (the same on every read)."""
 
+
+def open_shard_groups(batch_id: Any) -> Any:
+    """The unfinished shards of batch ``batch_id`` grouped by state and wait code (see :data:`OpenShardWait`):
+    a few rows however many shards a batch has. Columns ``batch_id``, ``state``, ``wait_code``, ``wait_detail``,
+    ``shards``; the ``done`` parameter is ``"done"``."""
+    return (
+        select_columns(
+            col(Shard.batch_id),
+            col(Shard.state),
+            col(Shard.wait_code),
+            func.min(col(Shard.wait_detail)).label("wait_detail"),
+            func.count().label("shards"),
+        )
+        .where(col(Shard.batch_id) == batch_id, col(Shard.state) != bindparam("done"))
+        .group_by(col(Shard.batch_id), col(Shard.state), col(Shard.wait_code))
+    )
+
+
+_OPEN_GROUPS = open_shard_groups(bindparam("batch_id")).subquery()
 _BATCH_WITH_KEY = (
     select_columns(
         *_KEY_COLUMNS,
         *(getattr(Batch, name) for name in _BATCH_FIELDS),
-        col(Shard.state),
-        col(Shard.wait_code),
-        col(Shard.wait_detail),
+        _OPEN_GROUPS.c.state,
+        _OPEN_GROUPS.c.wait_code,
+        _OPEN_GROUPS.c.wait_detail,
+        _OPEN_GROUPS.c.shards,
     )
     .join(Team, col(Team.id) == col(ApiKey.team_id))
     .join(Batch, col(Batch.team_id) == col(ApiKey.team_id))
-    # One row per open shard of a running batch (one row with no shard for a finished batch, or none open).
-    .outerjoin(
-        Shard,
-        and_(
-            col(Shard.batch_id) == col(Batch.id),
-            col(Shard.state) != bindparam("done"),
-            col(Batch.stage) != bindparam("done"),
-        ),
-    )
+    # One row per group of open shards of a running batch (one row with no group for a finished batch).
+    .outerjoin(_OPEN_GROUPS, and_(_OPEN_GROUPS.c.batch_id == col(Batch.id), col(Batch.stage) != bindparam("done")))
     .where(col(ApiKey.key_hash) == bindparam("key_hash"), col(Batch.id) == bindparam("batch_id"))
 )
 
@@ -258,14 +272,18 @@ async def read_batch_with_key(
     reads: PointReads, secret: str, batch_id: str
 ) -> tuple[PresentedKey, Batch, list[OpenShardWait]] | None:
     """The key a presented secret belongs to, its team's batch ``batch_id`` (a :class:`BatchView`) and, while the
-    batch runs, its open shards' waits, in one statement: a status read's one round trip. None when the key is
-    unknown or its team has no such batch."""
+    batch runs, its open shards' waits (grouped, :data:`OpenShardWait`), in one statement: a status read's one
+    round trip. None when the key is unknown or its team has no such batch."""
     rows = await reads.all(_BATCH_WITH_KEY, {"key_hash": hash_key(secret), "batch_id": batch_id, "done": "done"})
     if not rows:
         return None
     width, shard_at = len(_KEY_COLUMNS), len(_KEY_COLUMNS) + len(_BATCH_FIELDS)
     first = rows[0]
-    waits = [(str(row[shard_at]), row[shard_at + 1], row[shard_at + 2]) for row in rows if row[shard_at] is not None]
+    waits = [
+        (str(row[shard_at]), row[shard_at + 1], row[shard_at + 2], int(row[shard_at + 3]))
+        for row in rows
+        if row[shard_at] is not None
+    ]
     return PresentedKey(*first[:width]), _batch_view(first[width:shard_at]), waits
 
 

@@ -19,7 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from gateway.db.leases import Lease, keeping_wakeups, mirror_write, wakeable
 from gateway.db.models import Batch, LedgerEntry, Shard
 from gateway.db.point_reads import PointReads
-from gateway.db.repo import ATTEMPT_LOG_KEEP, OpenShardWait
+from gateway.db.repo import ATTEMPT_LOG_KEEP, OpenShardWait, open_shard_groups
 
 ACTIVE_STATES = ("queued", "submitting", "running", "executing", "collecting")
 IN_FLIGHT_STATES = ("submitting", "running", "executing")
@@ -315,9 +315,7 @@ async def drop_held(session: AsyncSession, batch_id: str, reason: str) -> None:
 
 
 # "done" is a parameter too: a point read's statement holds no bound values (PointReads compiles it once, as is).
-_OPEN_SHARD_WAITS = select(Shard.state, Shard.wait_code, Shard.wait_detail).where(
-    col(Shard.batch_id) == bindparam("batch_id"), col(Shard.state) != bindparam("done")
-)
+_OPEN_SHARD_WAITS = open_shard_groups(bindparam("batch_id"))
 
 
 async def open_shard_waits(source: AsyncSession | PointReads, batch_id: str) -> list[OpenShardWait]:
@@ -328,7 +326,7 @@ async def open_shard_waits(source: AsyncSession | PointReads, batch_id: str) -> 
         rows: Sequence[Sequence[Any]] = await source.all(_OPEN_SHARD_WAITS, parameters)
     else:
         rows = (await source.exec(_OPEN_SHARD_WAITS, params=parameters)).all()
-    return [(str(state), code, detail) for state, code, detail in rows]
+    return [(str(state), code, detail, int(count)) for _batch, state, code, detail, count in rows]
 
 
 async def hold_for_operator(session: AsyncSession, batch_id: str, detail: str) -> None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -32,11 +30,18 @@ async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
             yield session
         except Rollback:
             await session.rollback()
+            _undo(session)
             return
         except BaseException:
             await session.rollback()
+            _undo(session)
             raise
-        await session.commit()
+        try:
+            await session.commit()
+        except BaseException:
+            _undo(session)
+            raise
+        session.info.pop(_UNDO, None)
 
 
 @asynccontextmanager
@@ -46,11 +51,16 @@ async def reading(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[A
         yield session
 
 
+_UNDO = "batchgw_undo"
+
+
 def on_rollback(session: AsyncSession, undo: Callable[[], None]) -> None:
-    """Run ``undo`` if the session's transaction is rolled back (an error later in the unit of work, a failed
-    commit): for in-memory copies of what it wrote, which must go back to what the database still holds."""
+    """Run ``undo`` if the :func:`transaction` of ``session`` does not commit (an error later in the unit of work,
+    a failed commit), after those registered later (last in, first out): for in-memory copies of what it wrote,
+    which must go back to what the database still holds."""
+    session.info.setdefault(_UNDO, []).append(undo)
 
-    def rolled_back(_session: Any) -> None:
+
+def _undo(session: AsyncSession) -> None:
+    for undo in reversed(session.info.pop(_UNDO, [])):
         undo()
-
-    event.listen(session.sync_session, "after_rollback", rolled_back, once=True)

@@ -376,7 +376,8 @@ async def batch_waiting(source: AsyncSession | PointReads, batch: Batch) -> tupl
 
 
 def waiting_of(batch: Batch, open_shards: Sequence[repo.OpenShardWait]) -> tuple[str, str] | None:
-    """:func:`waiting_reason` of a batch whose open shards' ``(state, wait_code, wait_detail)`` were read already."""
+    """:func:`waiting_reason` of a batch whose open shards were read already (grouped: :data:`repo.OpenShardWait`)."""
     if batch.stage == "done":
         return None
-    return waiting_reason(batch, [ShardWait(*row) for row in open_shards])
+    waits = [wait for state, code, detail, count in open_shards for wait in [ShardWait(state, code, detail)] * count]
+    return waiting_reason(batch, waits)

@@ -124,12 +124,14 @@ async def _poll_now(context: GatewayContext, provider: str, provider_batch_id: s
     deadline = time.monotonic() + MATCH_WAIT_S
     providers = same_project(context, provider)
     while True:
+        # Whether a create call may be under way is read first: one whose answer is stored after this read is
+        # matched just below, so an event is never dropped between the two.
+        async with transaction(context.sessions) as session:
+            creating = [name for name in providers if await shard_db.creating_at(session, name)]
         found = await _make_due(context, providers, provider_batch_id)
         if found is not None:
             return "polled" if found else "ignored"
         # Matched again only while a create call at one of the providers may not be stored yet.
-        async with transaction(context.sessions) as session:
-            creating = [name for name in providers if await shard_db.creating_at(session, name)]
         if not creating or time.monotonic() >= deadline:
             return "ignored"
         await asyncio.sleep(MATCH_PAUSE_S)

@@ -153,13 +153,18 @@ async def _settle(
             "lease_expires_at": None,
         }
         if usage is not None:
-            values |= {"requests_billed": requests, "input_tokens": usage["input"], "output_tokens": usage["output"]}
+            # The ledger row first, for its cost: the row's save below clears its lease, after which no write of
+            # this holder matches; a save that finds the lease gone rolls the ledger row back with it.
+            cost, team = await ledger.record_abandoned(session, row, usage, billed_usd)
+            values |= {
+                "requests_billed": requests,
+                "input_tokens": usage["input"],
+                "output_tokens": usage["output"],
+                "cost_usd": cost,
+            }
         settled = await abandoned_db.save(session, row, lease, **values)
         if not settled:
             raise Rollback
-        if usage is not None:
-            cost, team = await ledger.record_abandoned(session, row, usage, billed_usd)
-            await abandoned_db.save(session, row, lease, cost_usd=cost)
     if not settled:
         return
     if usage is not None:

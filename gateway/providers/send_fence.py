@@ -37,7 +37,7 @@ _fence: contextvars.ContextVar[_Fence | None] = contextvars.ContextVar("send_fen
 
 @contextlib.contextmanager
 def sending_only_while(holds: Callable[[], bool], refusal: Callable[[], BaseException]) -> Iterator[None]:
-    """Within the block (in this task), every write of a request on a :class:`FencedTransport` first asks
+    """Within the block (in this task), every write of a request on a client of :func:`fence_sends` first asks
     ``holds()``; when it answers ``False`` the write raises ``refusal()`` instead of sending anything."""
     token = _fence.set(_Fence(holds, refusal))
     try:

@@ -174,11 +174,15 @@ async def _open_shard_waits(database_kind: str, tmp_path: Path) -> None:
     async with migrated_context(database_kind, tmp_path) as context:
         async with transaction(context.sessions) as session:
             _, _, batch = await key_and_batch(session)
+            later = "bench is rate limiting batch creates: next try at 10:00:09 UTC"
+            sooner = "bench is rate limiting batch creates: next try at 10:00:01 UTC"
             shards = [
                 ("running", None, None),
                 ("done", None, None),
-                ("queued", "rate_limited", "bench is rate limiting batch creates: next try at 10:00:01 UTC"),
+                ("queued", "rate_limited", later),
                 ("held", "canary_hold", None),
+                ("queued", "rate_limited", sooner),
+                ("running", None, None),
             ]
             for seq, (state, code, detail) in enumerate(shards):
                 shard = Shard(batch_id=batch.id, seq=seq, provider="bench", model="m", provider_model="m")
@@ -192,7 +196,10 @@ async def _open_shard_waits(database_kind: str, tmp_path: Path) -> None:
         assert len(statements) == 1, "the next one on the direct connection"
         async with transaction(context.sessions) as session:
             through_session = await shard_db.open_shard_waits(session, batch.id)
-        expected = sorted(s for s in shards if s[0] != "done")
+        # Grouped by state and wait: a count each, and the group's first detail in text order.
+        expected = sorted(
+            [("held", "canary_hold", None, 1), ("queued", "rate_limited", sooner, 2), ("running", None, None, 2)]
+        )
         assert sorted(ordinary) == sorted(direct) == sorted(through_session) == expected
         assert await shard_db.open_shard_waits(context.point_reads, "batch_none") == []
 
@@ -274,7 +281,7 @@ async def _status_read_with_open_shards(database_kind: str, tmp_path: Path) -> N
     async with migrated_context(database_kind, tmp_path) as context:
         async with transaction(context.sessions) as session:
             secret, _, batch = await key_and_batch(session, stage="run", status="in_progress")
-            for seq, (state, code) in enumerate([("running", None), ("done", None), ("queued", "rate_limited")]):
+            for seq, (state, code) in enumerate([("running", None), ("done", None), ("queued", "rate_limited")] * 2):
                 shard = Shard(batch_id=batch.id, seq=seq, provider="p", model="m", provider_model="m")
                 shard.input_key, shard.state, shard.wait_code = f"in/{seq}", state, code
                 session.add(shard)
@@ -283,7 +290,7 @@ async def _status_read_with_open_shards(database_kind: str, tmp_path: Path) -> N
             assert found is not None
             _key, shown, open_shards = found
             assert shown.id == batch.id and shown.stage == "run"
-            assert sorted(open_shards) == [("queued", "rate_limited", None), ("running", None, None)]
+            assert sorted(open_shards) == [("queued", "rate_limited", None, 2), ("running", None, None, 2)]
             assert sorted(open_shards) == sorted(await shard_db.open_shard_waits(context.point_reads, batch.id))
         # A finished batch reads no shards, even one left unfinished.
         async with transaction(context.sessions) as session:

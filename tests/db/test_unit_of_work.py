@@ -7,12 +7,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from gateway.context import GatewayContext
 from gateway.db.engine import upgrade_to_head
 from gateway.db.models import Team
-from gateway.db.unit_of_work import Rollback, reading, transaction
+from gateway.db.unit_of_work import Rollback, on_rollback, reading, transaction
 from gateway.settings import Settings
 from tests.conftest import FreshDatabase
 
@@ -48,3 +49,36 @@ def test_a_block_is_committed_when_it_ends_and_rolled_back_when_it_raises(databa
         database.drop()
     assert kept == ["uow-commit"]
     assert dropped == []
+
+
+async def _undone(context: GatewayContext) -> list[str]:
+    undone: list[str] = []
+    async with transaction(context.sessions) as session:
+        session.add(Team(name="uow-taken"))
+        on_rollback(session, lambda: undone.append("committed"))
+    with pytest.raises(IntegrityError):
+        async with transaction(context.sessions) as session:
+            on_rollback(session, lambda: undone.append("first"))
+            on_rollback(session, lambda: undone.append("second"))
+            session.add(Team(name="uow-taken"))  # written by the commit, which the database refuses
+    with pytest.raises(RuntimeError, match="boom"):
+        async with transaction(context.sessions) as session:
+            on_rollback(session, lambda: undone.append("raised"))
+            raise RuntimeError("boom")
+    async with transaction(context.sessions) as session:
+        on_rollback(session, lambda: undone.append("rolled back"))
+        raise Rollback
+    return undone
+
+
+def test_what_a_block_did_in_memory_is_undone_unless_it_commits(database_kind: str, tmp_path: Path) -> None:
+    database = FreshDatabase.create(database_kind, tmp_path)
+    settings = Settings(data_dir=tmp_path, database_url=database.url)
+    upgrade_to_head(settings.resolved_database_url)
+    context = GatewayContext.create(settings)
+    try:
+        undone = asyncio.run(_undone(context))
+    finally:
+        asyncio.run(context.close())
+        database.drop()
+    assert undone == ["second", "first", "raised", "rolled back"], "a failed commit too; the last registered first"

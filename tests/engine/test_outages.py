@@ -143,6 +143,8 @@ def test_outage_mid_job_moves_work_once_and_bills_what_the_abandoned_batches_ran
     assert float(metadata["gateway_paid_twice_usd"]) == pytest.approx(cheap_invoice, abs=1e-6)
     detail = admin_call(gateway, "GET", f"/batches/{batch.id}")
     assert detail["paid_twice_usd"] == pytest.approx(cheap_invoice, abs=1e-6)
+    settled_costs = [a["cost_usd"] for a in detail["abandoned_provider_batches"]]
+    assert sum(settled_costs) == pytest.approx(cheap_invoice, abs=1e-5), "each settled row shows what it cost"
     [budget] = admin_call(gateway, "GET", "/budgets")["data"]
     assert budget["spent_usd"] == pytest.approx(total, abs=1e-6)
     metrics = loopback.get(f"{gateway.base_url}/metrics", timeout=30).text
