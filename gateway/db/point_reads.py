@@ -184,6 +184,11 @@ class PointReads:
         return rows
 
     @property
+    def over_network(self) -> bool:
+        """True when each read is a round trip to a database server (PostgreSQL), not a lookup in a local file."""
+        return self._postgres
+
+    @property
     def direct(self) -> bool:
         """True when reads run on a connection of this object's (a SQLite file or PostgreSQL)."""
         return self._file is not None or self._postgres

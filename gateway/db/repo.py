@@ -13,9 +13,9 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import and_, bindparam, func, or_, update
+from sqlalchemy import bindparam, func, or_, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select as select_columns
 from sqlmodel import col, select
@@ -233,38 +233,25 @@ OpenShardWait = tuple[str, str | None, str | None, int]
 ``wait_code``, with the first ``wait_detail`` of theirs in text order (the same on every read)."""
 
 
-def open_shard_groups(batch_id: Any) -> Any:
-    """The unfinished shards of batch ``batch_id`` grouped by state and wait code (see :data:`OpenShardWait`):
-    a few rows however many shards a batch has. Columns ``batch_id``, ``state``, ``wait_code``, ``wait_detail``,
-    ``shards``; the ``done`` parameter is ``"done"``."""
-    return (
-        select_columns(
-            col(Shard.batch_id),
-            col(Shard.state),
-            col(Shard.wait_code),
-            func.min(col(Shard.wait_detail)).label("wait_detail"),
-            func.count().label("shards"),
-        )
-        .where(col(Shard.batch_id) == batch_id, col(Shard.state) != bindparam("done"))
-        .group_by(col(Shard.batch_id), col(Shard.state), col(Shard.wait_code))
-    )
+OPEN_SHARD_GROUPS = (
+    select(col(Shard.state), col(Shard.wait_code), func.min(col(Shard.wait_detail)), func.count())
+    .where(col(Shard.batch_id) == bindparam("batch_id"), col(Shard.state) != bindparam("done"))
+    .group_by(col(Shard.state), col(Shard.wait_code))
+)
+"""The unfinished shards of a batch grouped by state and wait code (:data:`OpenShardWait`): a few rows however
+many shards a batch has. Parameters ``batch_id``, and ``done`` = ``"done"``."""
 
-
-_OPEN_GROUPS = open_shard_groups(bindparam("batch_id")).subquery()
-_BATCH_WITH_KEY = (
-    select_columns(
-        *_KEY_COLUMNS,
-        *(getattr(Batch, name) for name in _BATCH_FIELDS),
-        _OPEN_GROUPS.c.state,
-        _OPEN_GROUPS.c.wait_code,
-        _OPEN_GROUPS.c.wait_detail,
-        _OPEN_GROUPS.c.shards,
-    )
+_KEY_AND_BATCH = (
+    select_columns(*_KEY_COLUMNS, *(getattr(Batch, name) for name in _BATCH_FIELDS))
     .join(Team, col(Team.id) == col(ApiKey.team_id))
     .join(Batch, col(Batch.team_id) == col(ApiKey.team_id))
-    # One row per group of open shards of a running batch (one row with no group for a finished batch).
-    .outerjoin(_OPEN_GROUPS, and_(_OPEN_GROUPS.c.batch_id == col(Batch.id), col(Batch.stage) != bindparam("done")))
     .where(col(ApiKey.key_hash) == bindparam("key_hash"), col(Batch.id) == bindparam("batch_id"))
+)
+_OPEN_GROUPS = OPEN_SHARD_GROUPS.subquery()
+# One row per group of a running batch's open shards; one without a group for a finished batch. The groups are
+# the batch's already (the same ``batch_id`` parameter as the batch's).
+_KEY_BATCH_AND_GROUPS = _KEY_AND_BATCH.add_columns(*_OPEN_GROUPS.c).outerjoin(
+    _OPEN_GROUPS, col(Batch.stage) != bindparam("done")
 )
 
 
@@ -272,19 +259,26 @@ async def read_batch_with_key(
     reads: PointReads, secret: str, batch_id: str
 ) -> tuple[PresentedKey, Batch, list[OpenShardWait]] | None:
     """The key a presented secret belongs to, its team's batch ``batch_id`` (a :class:`BatchView`) and, while the
-    batch runs, its open shards' waits (grouped, :data:`OpenShardWait`), in one statement: a status read's one
-    round trip. None when the key is unknown or its team has no such batch."""
-    rows = await reads.all(_BATCH_WITH_KEY, {"key_hash": hash_key(secret), "batch_id": batch_id, "done": "done"})
+    batch runs, its open shards' waits (grouped, :data:`OpenShardWait`). None when the key is unknown or its team
+    has no such batch.
+
+    Over a network (PostgreSQL) in one statement, a status read's one round trip. On a SQLite file, where a
+    statement costs microseconds and the grouping would be paid by every read of a finished batch too, the open
+    shards are read apart, and only while the batch runs."""
+    parameters = {"key_hash": hash_key(secret), "batch_id": batch_id, "done": "done"}
+    width, shard_at = len(_KEY_COLUMNS), len(_KEY_COLUMNS) + len(_BATCH_FIELDS)
+    if reads.over_network:
+        rows = await reads.all(_KEY_BATCH_AND_GROUPS, parameters)
+        groups = [row[shard_at:] for row in rows if row[shard_at] is not None]
+    else:
+        row = await reads.first(_KEY_AND_BATCH, parameters)
+        rows = [] if row is None else [row]
+        running = bool(rows) and _batch_view(rows[0][width:shard_at]).stage != "done"
+        groups = await reads.all(OPEN_SHARD_GROUPS, parameters) if running else []
     if not rows:
         return None
-    width, shard_at = len(_KEY_COLUMNS), len(_KEY_COLUMNS) + len(_BATCH_FIELDS)
-    first = rows[0]
-    waits = [
-        (str(row[shard_at]), row[shard_at + 1], row[shard_at + 2], int(row[shard_at + 3]))
-        for row in rows
-        if row[shard_at] is not None
-    ]
-    return PresentedKey(*first[:width]), _batch_view(first[width:shard_at]), waits
+    waits = [(str(state), code, detail, int(count)) for state, code, detail, count in groups]
+    return PresentedKey(*rows[0][:width]), _batch_view(rows[0][width:shard_at]), waits
 
 
 async def list_batches(

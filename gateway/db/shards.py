@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, or_, update
+from sqlalchemy import ColumnElement, func, or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -19,7 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from gateway.db.leases import Lease, keeping_wakeups, mirror_write, wakeable
 from gateway.db.models import Batch, LedgerEntry, Shard
 from gateway.db.point_reads import PointReads
-from gateway.db.repo import ATTEMPT_LOG_KEEP, OpenShardWait, open_shard_groups
+from gateway.db.repo import ATTEMPT_LOG_KEEP, OPEN_SHARD_GROUPS, OpenShardWait
 
 ACTIVE_STATES = ("queued", "submitting", "running", "executing", "collecting")
 IN_FLIGHT_STATES = ("submitting", "running", "executing")
@@ -315,18 +315,17 @@ async def drop_held(session: AsyncSession, batch_id: str, reason: str) -> None:
 
 
 # "done" is a parameter too: a point read's statement holds no bound values (PointReads compiles it once, as is).
-_OPEN_SHARD_WAITS = open_shard_groups(bindparam("batch_id"))
 
 
 async def open_shard_waits(source: AsyncSession | PointReads, batch_id: str) -> list[OpenShardWait]:
-    """``(state, wait_code, wait_detail)`` of every unfinished shard of a batch, read in ``source``'s transaction,
-    or (:class:`PointReads`, a status read) on its direct connection."""
+    """The unfinished shards of a batch, grouped (:data:`~gateway.db.repo.OpenShardWait`), read in ``source``'s
+    transaction or (:class:`PointReads`, a status read) on its direct connection."""
     parameters = {"batch_id": batch_id, "done": "done"}
     if isinstance(source, PointReads):
-        rows: Sequence[Sequence[Any]] = await source.all(_OPEN_SHARD_WAITS, parameters)
+        rows: Sequence[Sequence[Any]] = await source.all(OPEN_SHARD_GROUPS, parameters)
     else:
-        rows = (await source.exec(_OPEN_SHARD_WAITS, params=parameters)).all()
-    return [(str(state), code, detail, int(count)) for _batch, state, code, detail, count in rows]
+        rows = (await source.exec(OPEN_SHARD_GROUPS, params=parameters)).all()
+    return [(str(state), code, detail, int(count)) for state, code, detail, count in rows]
 
 
 async def hold_for_operator(session: AsyncSession, batch_id: str, detail: str) -> None:
