@@ -15,7 +15,7 @@ from gateway.db.engine import upgrade_to_head
 from gateway.db.models import Team
 from gateway.db.unit_of_work import Rollback, on_rollback, reading, transaction
 from gateway.settings import Settings
-from tests.conftest import FreshDatabase
+from tests.conftest import FreshDatabase, migrated_context
 
 
 async def _exercise(context: GatewayContext) -> tuple[list[str], list[str]]:
@@ -51,34 +51,27 @@ def test_a_block_is_committed_when_it_ends_and_rolled_back_when_it_raises(databa
     assert dropped == []
 
 
-async def _undone(context: GatewayContext) -> list[str]:
+async def _undone(database_kind: str, tmp_path: Path) -> list[str]:
     undone: list[str] = []
-    async with transaction(context.sessions) as session:
-        session.add(Team(name="uow-taken"))
-        on_rollback(session, lambda: undone.append("committed"))
-    with pytest.raises(IntegrityError):
+    async with migrated_context(database_kind, tmp_path) as context:
         async with transaction(context.sessions) as session:
-            on_rollback(session, lambda: undone.append("first"))
-            on_rollback(session, lambda: undone.append("second"))
-            session.add(Team(name="uow-taken"))  # written by the commit, which the database refuses
-    with pytest.raises(RuntimeError, match="boom"):
+            session.add(Team(name="uow-taken"))
+            on_rollback(session, lambda: undone.append("committed"))
+        with pytest.raises(IntegrityError):
+            async with transaction(context.sessions) as session:
+                on_rollback(session, lambda: undone.append("first"))
+                on_rollback(session, lambda: undone.append("second"))
+                session.add(Team(name="uow-taken"))  # written by the commit, which the database refuses
+        with pytest.raises(RuntimeError, match="boom"):
+            async with transaction(context.sessions) as session:
+                on_rollback(session, lambda: undone.append("raised"))
+                raise RuntimeError("boom")
         async with transaction(context.sessions) as session:
-            on_rollback(session, lambda: undone.append("raised"))
-            raise RuntimeError("boom")
-    async with transaction(context.sessions) as session:
-        on_rollback(session, lambda: undone.append("rolled back"))
-        raise Rollback
+            on_rollback(session, lambda: undone.append("rolled back"))
+            raise Rollback
     return undone
 
 
 def test_what_a_block_did_in_memory_is_undone_unless_it_commits(database_kind: str, tmp_path: Path) -> None:
-    database = FreshDatabase.create(database_kind, tmp_path)
-    settings = Settings(data_dir=tmp_path, database_url=database.url)
-    upgrade_to_head(settings.resolved_database_url)
-    context = GatewayContext.create(settings)
-    try:
-        undone = asyncio.run(_undone(context))
-    finally:
-        asyncio.run(context.close())
-        database.drop()
+    undone = asyncio.run(_undone(database_kind, tmp_path))
     assert undone == ["second", "first", "raised", "rolled back"], "a failed commit too; the last registered first"
