@@ -388,7 +388,11 @@ class Worker:
             log.warning("lost the lease on %s: its stage was stopped", row_id)
             return None
         except Exception as exc:
-            if lease.lost:
+            if lease.stale:
+                # Lost, or run out while the stage ran (a frozen process that woke): the row may be another
+                # worker's now, so this failure is not this worker's to count, retry or end the row with (ending
+                # it would register and cancel a provider batch the new owner may have collected already).
+                lease.lost = True
                 log.warning("lost the lease on %s: its stage stopped (%s)", row_id, type(exc).__name__)
                 return None
             return exc

@@ -124,7 +124,8 @@ def test_a_worker_killed_or_frozen_while_its_cpu_process_joins_runs_and_pays_eac
         assert_run_and_paid_once(client, api, simulator, batch.id, requests)
         time.sleep(LEASE_S)  # a woken first worker has had time to try to close the shard it lost
         sql = "SELECT count(*), sum(requests) FROM ledger WHERE batch_id = :b"
-        assert query(api, sql, b=batch.id)[0] == (SHARDS, REQUESTS), "the late join was adopted"
+        rows = query(api, "SELECT kind, shard_id, requests FROM ledger WHERE batch_id = :b", b=batch.id)
+        assert query(api, sql, b=batch.id)[0] == (SHARDS, REQUESTS), f"the late join was adopted: {rows}"
     finally:
         second.stop()
         if first.process is not None and first.process.poll() is None:
