@@ -239,7 +239,8 @@ OPEN_SHARD_GROUPS = (
     .group_by(col(Shard.state), col(Shard.wait_code))
 )
 """The unfinished shards of a batch grouped by state and wait code (:data:`OpenShardWait`): a few rows however
-many shards a batch has. Parameters ``batch_id``, and ``done`` = ``"done"``."""
+many shards a batch has. Parameters ``batch_id``, and ``done`` = ``"done"`` (a parameter too: a point read's
+statement holds no bound values, as :class:`PointReads` compiles it once, as is)."""
 
 _KEY_AND_BATCH = (
     select_columns(*_KEY_COLUMNS, *(getattr(Batch, name) for name in _BATCH_FIELDS))

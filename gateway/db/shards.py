@@ -314,9 +314,6 @@ async def drop_held(session: AsyncSession, batch_id: str, reason: str) -> None:
     )
 
 
-# "done" is a parameter too: a point read's statement holds no bound values (PointReads compiles it once, as is).
-
-
 async def open_shard_waits(source: AsyncSession | PointReads, batch_id: str) -> list[OpenShardWait]:
     """The unfinished shards of a batch, grouped (:data:`~gateway.db.repo.OpenShardWait`), read in ``source``'s
     transaction or (:class:`PointReads`, a status read) on its direct connection."""
