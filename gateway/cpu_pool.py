@@ -54,6 +54,8 @@ class CpuPool:
         self._executor: ProcessPoolExecutor | None = None
         self._preload: tuple[str, ...] = ()
         self._free = asyncio.Semaphore(max(1, processes))
+        self._reserved = 0
+        """Steps :meth:`start_if_free` started that have not ended (some may not hold their process yet)."""
         self._closed = False
 
     async def run(self, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -80,6 +82,33 @@ class CpuPool:
                     f"a CPU process ended while it ran {step.__name__} (killed, out of memory, or it could not start)"
                 ) from exc
 
+    def start_if_free(self, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Task[T] | None:
+        """``step`` started at once in a process of the pool that is free now, as a task; None when every
+        process is busy, the pool has none (0 processes) or is closed. For work worth doing only when it costs
+        no wait (checking an upload while it arrives), never in a thread of this process."""
+        if not self.has_free_process():
+            return None
+        self._reserved += 1
+        task = asyncio.ensure_future(self.run(step, *args, **kwargs))
+
+        def release(_: object) -> None:
+            self._reserved -= 1
+
+        task.add_done_callback(release)
+        return task
+
+    def has_free_process(self) -> bool:
+        """True when :meth:`start_if_free` would start a step now."""
+        return self.processes > 0 and not self._closed and not self._free.locked() and self._reserved < self.processes
+
+    def recycle(self) -> None:
+        """Kill the pool's processes now (a step stuck in one, a process frozen): the steps they run fail with
+        :class:`CpuProcessLost`, and the next step starts a new process."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            _kill_processes(executor)
+            executor.shutdown(wait=False, cancel_futures=True)
+
     def warm(self, modules: Sequence[str]) -> None:
         """Start the processes now, each importing ``modules`` (the steps' own), so that the first step does not
         wait for a process to start (a worker calls this as it starts)."""
@@ -105,13 +134,17 @@ class CpuPool:
         executor, self._executor = self._executor, None
         if executor is None:
             return
-        kill = getattr(executor, "kill_workers", None)  # Python 3.14+
-        if kill is not None:
-            kill()
-        else:
-            for process in list(getattr(executor, "_processes", {}).values()):
-                process.kill()  # SIGKILL: a process stopped by SIGSTOP ends too
+        _kill_processes(executor)
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill_processes(executor: ProcessPoolExecutor) -> None:
+    kill = getattr(executor, "kill_workers", None)  # Python 3.14+
+    if kill is not None:
+        kill()
+    else:
+        for process in list(getattr(executor, "_processes", {}).values()):
+            process.kill()  # SIGKILL: a process stopped by SIGSTOP ends too
 
 
 def _prepare_process(log_format: str, log_level: str, modules: tuple[str, ...]) -> None:

@@ -63,6 +63,12 @@ class LimitSettings(_Section):
         3600, ge=1, description="Shortest completion_window a client may ask for (longest: 7 days)."
     )
     max_errors_reported: int = Field(1000, description="Validation errors kept in a batch's errors.data.")
+    upload_check_processes: int = Field(
+        1,
+        ge=0,
+        description="Processes of the API's own that check an upload's lines while it arrives, so that a batch "
+        "naming a clean file need not read it again; 0 leaves every check to the batch's validation.",
+    )
     files_list_max: int = Field(10_000, description="Largest page size of GET /v1/files.")
     key_requests_per_minute: int = Field(
         0, ge=0, description="Client API requests one key may make a minute, across every API replica (0: no limit)."

@@ -184,3 +184,21 @@ def test_closing_ends_a_step_still_running_instead_of_waiting_for_it() -> None:
     assert len(running) == 1
     assert took < 5, f"close waited {took:.1f}s for the step"
     assert not left, "the pool's process is gone"
+
+
+def test_start_if_free_starts_a_step_only_in_a_process_free_now() -> None:
+    async def scenario() -> None:
+        pool = CpuPool(1)
+        try:
+            first = pool.start_if_free(time.sleep, 0.5)
+            assert first is not None
+            assert pool.start_if_free(where_am_i, "busy") is None, "the one process is taken"
+            await first
+            second = pool.start_if_free(where_am_i, "free")
+            assert second is not None and (await second)[2] == "free"
+        finally:
+            pool.close()
+        assert pool.start_if_free(where_am_i, "closed") is None
+        assert CpuPool(0).start_if_free(where_am_i, "threads") is None, "never in a thread of this process"
+
+    asyncio.run(scenario())

@@ -75,6 +75,12 @@ class StoredFile(SQLModel, table=True):
     storage_key: str = Field(max_length=256)
     line_count: int | None = None
     deleted: bool = Field(default=False)
+    line_check: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSON),
+        description="What checking the lines while they uploaded found, for a file with no problem "
+        "(gateway.pipeline.input_lines.UploadCheck); its batches then skip reading it again.",
+    )
 
 
 class Batch(SQLModel, table=True):

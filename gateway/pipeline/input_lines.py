@@ -1,21 +1,29 @@
-"""The line-by-line check of a batch input file, for the validate stage (:mod:`gateway.pipeline.validate`).
+"""The line-by-line check of a batch input file, shared by intake and the validate stage.
 
 Every problem is reported with its 1-based line number in OpenAI's ``errors.data`` shape. The file is
-streamed, so memory grows only with the set of ``custom_id``s seen. Pure functions of a path and limits,
-with light imports: the check runs in a CPU process of its own (:mod:`gateway.cpu_pool`).
+streamed, so memory grows only with the set of ``custom_id``s seen. Pure functions of a path (or a local
+socket) and limits, with light imports: the check runs in a CPU process of its own (:mod:`gateway.cpu_pool`).
+
+Two ways in: :func:`validate_input_file` checks a stored file against a batch's endpoint (the validate
+stage); :func:`check_upload` checks an upload's bytes while they arrive, before any batch names the file.
+A clean upload's check is kept with the file (:class:`UploadCheck`), and the validate stage adopts it
+instead of reading the file again when it still applies (:func:`report_from_check`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from gateway import jsondepth
-from gateway.settings import LimitSettings
+
+if TYPE_CHECKING:
+    from gateway.settings import LimitSettings
 
 READ_CHUNK = 4 * 1024 * 1024
 MAX_MODELS_PER_FILE = 100
@@ -63,6 +71,8 @@ class ValidationReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     models: dict[str, int] = field(default_factory=dict)
     """Requests per model named in ``body.model``."""
+    url: str | None = None
+    """The url every line had to name: the batch's endpoint, or for an upload's check the first valid line's."""
 
     @property
     def ok(self) -> bool:
@@ -81,42 +91,110 @@ def iter_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | N
 
     Reads fixed-size chunks so a single huge line never has to fit in memory.
     """
+    return lines_of(_chunks_of(path), max_line_bytes)
+
+
+def _chunks_of(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            yield chunk
+
+
+def lines_of(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """:func:`iter_lines` over bytes arriving in pieces of any size (a file's chunks, a socket's reads)."""
+    for number, raw, _ in _counted_lines(chunks, max_line_bytes):
+        yield number, raw
+
+
+_OPENINGS_AND_NEWLINES = b"[{\n"
+_ALL_BUT_OPENINGS_AND_NEWLINES = bytes(b for b in range(256) if b not in _OPENINGS_AND_NEWLINES)
+
+
+def _counted_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """:func:`lines_of`, each line with its count of opening brackets (``[`` and ``{``, strings included): a
+    bound on its depth, taken for a whole chunk at once (a pass at memory speed) rather than line by line."""
     number = 0
     carry = bytearray()
     too_long = False
-    with path.open("rb") as handle:
-        while chunk := handle.read(READ_CHUNK):
-            pieces = chunk.split(b"\n")
-            tail = pieces.pop()
-            if pieces and (carry or too_long):
-                number += 1
-                if not too_long:
-                    carry += pieces[0]
-                yield number, (None if too_long or len(carry) > max_line_bytes else bytes(carry))
-                carry, too_long = bytearray(), False
-                pieces = pieces[1:]
-            for piece in pieces:
-                number += 1
-                yield number, (piece if len(piece) <= max_line_bytes else None)
+    for chunk in chunks:
+        pieces = chunk.split(b"\n")
+        openings = chunk.translate(None, _ALL_BUT_OPENINGS_AND_NEWLINES).split(b"\n")  # aligned with pieces
+        tail = pieces.pop()
+        first = 0
+        if pieces and (carry or too_long):
+            number += 1
             if not too_long:
-                carry += tail
-                if len(carry) > max_line_bytes:
-                    carry, too_long = bytearray(), True
+                carry += pieces[0]
+            line = None if too_long or len(carry) > max_line_bytes else bytes(carry)
+            yield number, line, (line.count(b"[") + line.count(b"{") if line is not None else 0)
+            carry, too_long = bytearray(), False
+            first = 1
+        for index in range(first, len(pieces)):
+            number += 1
+            piece = pieces[index]
+            yield number, (piece if len(piece) <= max_line_bytes else None), len(openings[index])
+        if not too_long:
+            carry += tail
+            if len(carry) > max_line_bytes:
+                carry, too_long = bytearray(), True
     if carry or too_long:
-        yield number + 1, (None if too_long else bytes(carry))
+        line = None if too_long else bytes(carry)
+        yield number + 1, line, (line.count(b"[") + line.count(b"{") if line is not None else 0)
 
 
 def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> ValidationReport:
     """Check every line of a batch input file against the batch's endpoint and the limits."""
     report = ValidationReport()
+    repeated = _check_lines(_counted_lines(_chunks_of(path), limits.max_line_bytes), endpoint, limits, report)
+    if repeated:
+        _report_duplicates(path, limits.max_line_bytes, repeated, report, limits.max_errors_reported)
+    return _finish(report, limits.max_errors_reported)
+
+
+class LineLimits(Protocol):
+    """The limits a line check applies (:class:`~gateway.settings.LimitSettings` has them)."""
+
+    @property
+    def max_line_bytes(self) -> int: ...
+    @property
+    def max_file_lines(self) -> int: ...
+    @property
+    def max_errors_reported(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """The limits an upload's check applies, as plain values: its process need not import the settings."""
+
+    max_line_bytes: int
+    max_file_lines: int
+    max_errors_reported: int = 1
+    """The check stops at the first problem: the file is checked in full (every problem named) by its batches."""
+
+    @classmethod
+    def of(cls, limits: LineLimits) -> UploadLimits:
+        """The upload check's share of ``limits``."""
+        return cls(limits.max_line_bytes, limits.max_file_lines)
+
+
+def _check_lines(
+    lines: Iterable[tuple[int, bytes | None, int]],
+    endpoint: str | None,
+    limits: LineLimits,
+    report: ValidationReport,
+) -> set[int]:
+    """Check each line into ``report``; return the hashes of the ``custom_id``s seen more than once, which a
+    second pass settles. With no ``endpoint``, every line must name the url the first valid line names."""
     keep = limits.max_errors_reported
     # Duplicates are found by the hash of each custom_id (half the memory of the strings); the rare
     # repeated hash is settled exactly by a second pass over the lines concerned.
     seen: set[int] = set()
     repeated: set[int] = set()
-    for number, raw in iter_lines(path, limits.max_line_bytes):
-        report.line_count = number
-        if number > limits.max_file_lines:
+    max_lines = limits.max_file_lines
+    models = report.models
+    number = 0
+    for number, raw, openings in lines:
+        if number > max_lines:
             report.add(
                 "too_many_requests",
                 f"The file has more than {limits.max_file_lines} lines, the most one batch accepts.",
@@ -136,17 +214,23 @@ def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> Val
             continue
         if raw.endswith(b"\r"):
             raw = raw[:-1]
-        if jsondepth.nests_deeper_than(raw, MAX_LINE_DEPTH):
+        if openings > MAX_LINE_DEPTH and jsondepth.nesting_depth(raw) > MAX_LINE_DEPTH:
             message = f"Line {number} is nested more than {MAX_LINE_DEPTH} levels deep (arrays and objects)."
             report.add("nesting_too_deep", message, number, None, keep)
             continue
         line = _fast_decode(raw)
+        if endpoint is None and line is not None:
+            endpoint = line.url
         if line is None or line.method != "POST" or line.url != endpoint or not line.custom_id or not line.body.model:
             custom_id, line = _check_line(raw, number, endpoint, report, keep)
         else:
             custom_id = line.custom_id
         if line is not None:
-            _count_model(line.body.model, number, report, keep)
+            model = line.body.model
+            if model in models:
+                models[model] += 1
+            else:
+                _count_model(model, number, report, keep)
         if custom_id is None:
             continue
         key = hash(custom_id)
@@ -154,8 +238,12 @@ def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> Val
             repeated.add(key)
         else:
             seen.add(key)
-    if repeated:
-        _report_duplicates(path, limits.max_line_bytes, repeated, report, keep)
+    report.line_count = number
+    report.url = endpoint
+    return repeated
+
+
+def _finish(report: ValidationReport, keep: int) -> ValidationReport:
     if report.line_count == 0:
         report.add("empty_file", "The input file is empty: it must hold at least one request.", None, None, keep)
     if report.error_count > len(report.errors):
@@ -169,6 +257,78 @@ def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> Val
             }
         )
     return report
+
+
+# --- an upload's check, while it arrives -------------------------------------------------------------------
+
+UPLOAD_CHECK_VERSION = 1
+"""Changes whenever the check does (a rule, :data:`MAX_LINE_DEPTH`, :data:`MAX_MODELS_PER_FILE`): an upload
+checked by other rules is checked again when a batch names it."""
+UPLOAD_READ_BYTES = 1024 * 1024
+UPLOAD_STALL_S = 60.0
+"""Longest wait for an upload's next bytes: a stalled check ends, and frees its process, rather than wait on."""
+
+
+class UploadCheck(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the check of a clean upload found, kept with the file (``files.line_check``) for its batches."""
+
+    version: int
+    url: str
+    """The url every line names: a batch with another endpoint checks the file again (and fails it)."""
+    lines: int
+    size: int
+    models: dict[str, int]
+    limits: list[int]
+    """``max_line_bytes`` and ``max_file_lines`` it was checked under: other limits check the file again."""
+
+
+def _checked_limits(limits: LineLimits) -> list[int]:
+    return [limits.max_line_bytes, limits.max_file_lines]
+
+
+def check_upload(socket_path: str, limits: UploadLimits) -> dict[str, Any] | None:
+    """Check the bytes an upload sends to ``socket_path`` (a local socket the API listens on) while they arrive.
+
+    Returns the :class:`UploadCheck` of a file with no problem as a JSON-ready dict, or None for a file with
+    any problem, a stream that stalls or breaks off: that file is checked in full when a batch names it (which
+    reports its problems with their line numbers). It stops at the first problem, since a file with one is
+    checked again anyway.
+    """
+    report = ValidationReport()
+    size = 0
+
+    def received(stream: socket.socket) -> Iterator[bytes]:
+        nonlocal size
+        while not report.error_count and (data := stream.recv(UPLOAD_READ_BYTES)):
+            size += len(data)
+            yield data
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stream:
+            stream.settimeout(UPLOAD_STALL_S)
+            stream.connect(socket_path)
+            repeated = _check_lines(_counted_lines(received(stream), limits.max_line_bytes), None, limits, report)
+    except OSError:  # the upload is gone, stalled (a timeout) or broke off: no verdict
+        return None
+    if report.error_count or repeated or not report.line_count or report.url is None:
+        return None
+    limits_used = _checked_limits(limits)
+    check = UploadCheck(UPLOAD_CHECK_VERSION, report.url, report.line_count, size, report.models, limits_used)
+    return msgspec.to_builtins(check)
+
+
+def report_from_check(stored: dict[str, Any] | None, endpoint: str, limits: LimitSettings) -> ValidationReport | None:
+    """The validation report an upload's check gives a batch with ``endpoint`` under ``limits``, or None when
+    there is no check, or it does not apply (another endpoint, other limits or rules): then the file is checked."""
+    if not stored or stored.get("version") != UPLOAD_CHECK_VERSION:
+        return None
+    try:
+        check = msgspec.convert(stored, UploadCheck)
+    except msgspec.ValidationError:
+        return None
+    if check.url != endpoint or check.limits != _checked_limits(limits):
+        return None
+    return ValidationReport(line_count=check.lines, models=dict(check.models), url=check.url)
 
 
 def _fast_decode(raw: bytes) -> _ValidLine | None:
@@ -224,7 +384,7 @@ def _report_duplicates(path: Path, max_line_bytes: int, hashes: set[int], report
 
 
 def _check_line(
-    raw: bytes, number: int, endpoint: str, report: ValidationReport, keep: int
+    raw: bytes, number: int, endpoint: str | None, report: ValidationReport, keep: int
 ) -> tuple[str | None, _ValidLine | None]:
     """The slow path: name every problem of one line; return its custom_id, and the line if it is valid."""
     errors_before = report.error_count
@@ -251,7 +411,7 @@ def _check_line(
         report.add("invalid_custom_id", message, number, "custom_id", keep)
     if line.method != "POST":
         report.add("invalid_method", f"Line {number}: 'method' must be \"POST\".", number, "method", keep)
-    if line.url != endpoint:
+    if not isinstance(line.url, str) or line.url != endpoint:  # a missing url matches no endpoint, not even none
         report.add(
             "url_mismatch",
             f"Line {number}: 'url' is {_short(line.url)} but the batch's endpoint is '{endpoint}'.",
@@ -263,7 +423,7 @@ def _check_line(
     valid_id = custom_id if isinstance(custom_id, str) and custom_id else None
     if report.error_count > errors_before or model is None or valid_id is None:
         return valid_id, None
-    return valid_id, _ValidLine(custom_id=valid_id, method="POST", url=endpoint, body=_ValidBody(model=model))
+    return valid_id, _ValidLine(custom_id=valid_id, method="POST", url=line.url, body=_ValidBody(model=model))
 
 
 def _check_body(body: msgspec.Raw, number: int, report: ValidationReport, keep: int) -> str | None:

@@ -1,7 +1,8 @@
 """Stage 2 of the data path: line-by-line validation of a batch's input file.
 
 The check (:mod:`gateway.pipeline.input_lines`) runs before anything is sent to a provider, in a CPU
-process (:mod:`gateway.cpu_pool`) so that it holds neither the worker's event loop nor the API's. Every
+process (:mod:`gateway.cpu_pool`) so that it holds neither the worker's event loop nor the API's. A file whose
+lines were checked while it uploaded, under the same rules and limits and for this endpoint, is not read again. Every
 problem is reported with its 1-based line number in OpenAI's ``errors.data`` shape; a file with any
 problem fails the whole batch.
 """
@@ -16,7 +17,7 @@ from gateway.db import repo
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, now_s
 from gateway.db.unit_of_work import reading, transaction
-from gateway.pipeline.input_lines import ValidationReport, validate_input_file
+from gateway.pipeline.input_lines import ValidationReport, report_from_check, validate_input_file
 from gateway.pipeline.lifecycle import end_unstarted, fail_batch
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,15 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
     if batch.status == "cancelling":
         await end_unstarted(context, batch, lease, status="cancelled")
         return
+    limits = context.settings.limits
     if input_file is None:
         report = ValidationReport()
         report.add("input_file_missing", f"The input file '{batch.input_file_id}' was deleted.", None, None, 1)
+    elif checked := report_from_check(input_file.line_check, batch.endpoint, limits):
+        report = checked  # its lines were checked while it uploaded
     else:
         async with context.blobs.local_copy(input_file.storage_key) as path:
-            report = await context.cpu.run(validate_input_file, path, batch.endpoint, context.settings.limits)
+            report = await context.cpu.run(validate_input_file, path, batch.endpoint, limits)
     now = now_s()
     async with transaction(context.sessions) as session:
         if report.ok:

@@ -46,10 +46,13 @@ class LocalBlobStore(BlobStore):
         pending = bytearray()
         with _written_whole(self._path(key)) as tmp:
             async with await anyio.open_file(tmp, "wb") as handle:
-                # Network chunks are small; each write goes to a thread, so write in large pieces.
+                # Each write goes to a thread, so small chunks (a network's) are written in large pieces.
                 async for chunk in chunks:
-                    pending += chunk
                     written += len(chunk)
+                    if not pending and len(chunk) >= WRITE_BUFFER // 4:
+                        await handle.write(chunk)  # large enough as it is: no copy
+                        continue
+                    pending += chunk
                     if len(pending) >= WRITE_BUFFER:
                         await handle.write(bytes(pending))
                         pending.clear()

@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 
 from gateway.settings import WorkerSettings
@@ -104,7 +103,7 @@ def measure(
     assert gateway.process is not None
     pid = gateway.process.pid
     try:
-        client = gateway.client(gateway.create_key("bench"), timeout=httpx.Timeout(3600.0))
+        client = gateway.client(gateway.create_key("bench"), timeout=3600.0)
         time.sleep(1.0)
         idle = psutil.Process(pid).memory_info().rss
         sampler = RssSampler(pid)

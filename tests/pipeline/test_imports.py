@@ -9,9 +9,9 @@ from pathlib import Path
 import gateway.pipeline
 
 STAGES = {"intake", "validate", "route", "submit", "fanout", "poll", "collect", "merge"}
-SHARED = {"lifecycle", "results", "shard_plans"}
+SHARED = {"lifecycle", "results", "shard_plans", "input_lines"}
 COLLECT_PARTS = {"ledger", "canary", "failover", "joining", "settle"}
-PARTS = {"collect": COLLECT_PARTS, "validate": {"input_lines"}}
+PARTS = {"collect": COLLECT_PARTS}
 
 
 def _imported(path: Path) -> set[str]:

@@ -288,3 +288,55 @@ def test_a_deep_line_beside_repeated_custom_ids_does_not_crash_the_duplicate_pas
     deep = b'{"custom_id": "a", "body": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     report = check(write(tmp_path / "in.jsonl", [request_line("a"), deep, request_line("a")]))
     assert [(e["code"], e["line"]) for e in report.errors] == [("nesting_too_deep", 2), ("duplicate_custom_id", 3)]
+
+
+@HYPOTHESIS
+@given(chunk=st.integers(min_value=1, max_value=400), deep_at=st.integers(min_value=1, max_value=4))
+def test_a_deep_line_is_found_wherever_the_chunks_cut_it(tmp_path: Path, chunk: int, deep_at: int) -> None:
+    lines = [nested_line(f"r{i}", input_lines.MAX_LINE_DEPTH) for i in range(5)]
+    lines[deep_at] = nested_line("deep", input_lines.MAX_LINE_DEPTH + 1)
+    with mock.patch.object(input_lines, "READ_CHUNK", chunk):
+        report = check(write(tmp_path / "in.jsonl", lines))
+    assert [(e["code"], e["line"]) for e in report.errors] == [("nesting_too_deep", deep_at + 1)]
+
+
+# --- an upload's check, adopted by its batches ------------------------------------------------------------
+
+
+def upload_check(**changes: object) -> dict:
+    """What the check of a clean two-model upload keeps with the file (as the database gives it back)."""
+    limits = LimitSettings()
+    stored = {
+        "version": input_lines.UPLOAD_CHECK_VERSION,
+        "url": CHAT,
+        "lines": 12,
+        "size": 3456,
+        "models": {"gpt-4o-mini": 10, "gpt-4o": 2},
+        "limits": [limits.max_line_bytes, limits.max_file_lines],
+    }
+    return stored | changes
+
+
+def test_a_batch_for_the_checked_url_under_the_same_limits_adopts_the_check() -> None:
+    report = input_lines.report_from_check(upload_check(), CHAT, LimitSettings())
+    assert report is not None and report.ok
+    assert (report.line_count, report.models, report.url) == (12, {"gpt-4o-mini": 10, "gpt-4o": 2}, CHAT)
+
+
+@pytest.mark.parametrize(
+    ("stored", "endpoint", "limits"),
+    [
+        (None, CHAT, LimitSettings()),
+        (upload_check(), "/v1/embeddings", LimitSettings()),
+        (upload_check(), CHAT, LimitSettings(max_line_bytes=1000)),
+        (upload_check(), CHAT, LimitSettings(max_file_lines=10)),
+        (upload_check(version=input_lines.UPLOAD_CHECK_VERSION - 1), CHAT, LimitSettings()),
+        (upload_check(models="many"), CHAT, LimitSettings()),
+        (upload_check(lines=None), CHAT, LimitSettings()),
+    ],
+    ids=["none", "other-endpoint", "other-line-limit", "other-line-count-limit", "older-rules", "garbled", "no-lines"],
+)
+def test_a_check_that_does_not_apply_leaves_the_file_to_be_read(
+    stored: dict | None, endpoint: str, limits: LimitSettings
+) -> None:
+    assert input_lines.report_from_check(stored, endpoint, limits) is None

@@ -12,6 +12,7 @@ from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import bad_request, not_found
 from gateway.pipeline.intake import idempotency
 from gateway.pipeline.intake.upload import receive_upload
+from gateway.pipeline.intake.upload_check import checking_upload
 from gateway.textcheck import check_text
 
 ACCEPTED_PURPOSES = {"batch"}
@@ -52,15 +53,22 @@ async def create_file(
     limits = context.settings.limits
     file_id = new_id("file-")
     key = f"files/{file_id}"
-    upload = await receive_upload(
-        content_type,
-        body,
-        context.blobs,
-        key,
-        max_bytes=limits.max_upload_bytes,
-        max_lines=limits.max_file_lines,
-        digest_content=idem_key is not None,
-    )
+    async with checking_upload(context.upload_checks, limits) as line_check:
+        upload = await receive_upload(
+            content_type,
+            body,
+            context.blobs,
+            key,
+            max_bytes=limits.max_upload_bytes,
+            max_lines=limits.max_file_lines,
+            digest_content=idem_key is not None,
+            on_file_piece=line_check.feed,
+        )
+        try:
+            checked = await line_check.verdict(upload.size)
+        except BaseException:
+            await context.blobs.delete(key)
+            raise
     try:
         purpose = upload.fields.get("purpose")
         check_text(purpose or "", "purpose")
@@ -86,6 +94,7 @@ async def create_file(
             expires_at=_expiry(upload.fields, created_at),
             storage_key=key,
             line_count=upload.line_count,
+            line_check=checked if checked and checked.get("lines") == upload.line_count else None,
         )
         expires = (upload.fields.get(name, "") for name in EXPIRY_FIELDS)
         fingerprint = idempotency.fingerprint(upload.sha256, purpose, row.filename, *expires)

@@ -9,7 +9,7 @@ already over the limit is refused before any of it is read.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -24,6 +24,8 @@ MULTIPART_ALLOWANCE = 1024 * 1024
 """Room for the form fields and part headers around the file: a body announcing more than
 ``max_upload_bytes`` plus this is refused before it is read."""
 MAX_FILENAME_CHARS = 1024
+HAND_ON_BYTES = 1024 * 1024
+"""The file's bytes go to storage (and to the upload's check) in pieces of about this size."""
 
 
 @dataclass
@@ -154,6 +156,7 @@ async def receive_upload(
     max_bytes: int,
     max_lines: int,
     digest_content: bool = True,
+    on_file_piece: Callable[[bytes], Awaitable[None]] | None = None,
 ) -> UploadResult:
     """Parse a ``multipart/form-data`` body, storing its ``file`` part under ``key``.
 
@@ -161,6 +164,7 @@ async def receive_upload(
     file, has two file parts or a file name with control characters, and a 413
     :class:`~gateway.errors.TooLarge` as soon as the file passes ``max_bytes`` or ``max_lines`` (the
     partial blob is removed). ``digest_content`` computes the file's SHA-256, needed only to compare idempotent retries.
+    ``on_file_piece`` sees every piece of the file, in order, before it is stored.
     """
     mime, options = parse_options_header(content_type or "")
     boundary = options.get(b"boundary")
@@ -185,30 +189,44 @@ async def receive_upload(
             message = f"The multipart body is malformed: {exc}"
             raise bad_request(message, param="file", code="invalid_multipart") from None
 
+    async def handed_on(pieces: list[bytes]) -> bytes:
+        piece = b"".join(pieces)
+        tally.add(piece)
+        if tally.size > max_bytes:
+            raise _too_large(max_bytes)
+        if tally.newlines > max_lines:
+            raise TooLarge(
+                f"The file has more than {max_lines} lines, the most one batch accepts.",
+                param="file",
+                code="too_many_lines",
+            )
+        if digest_content:
+            digest.update(piece)
+        if on_file_piece is not None:
+            await on_file_piece(piece)
+        return piece
+
     async def file_bytes() -> AsyncIterator[bytes]:
+        # The network's pieces are small: they are handed on joined, so each later step works on few large ones.
+        pending: list[bytes] = []
+        held = 0
         async for chunk in body:
             feed(chunk)
             if sink.problem:
                 raise sink.problem
             if sink.oversized_field:
                 raise bad_request(f"Form field '{sink.oversized_field}' is too large.", param=sink.oversized_field)
-            for piece in sink.file_chunks:
-                tally.add(piece)
-                if tally.size > max_bytes:
-                    raise _too_large(max_bytes)
-                if tally.newlines > max_lines:
-                    raise TooLarge(
-                        f"The file has more than {max_lines} lines, the most one batch accepts.",
-                        param="file",
-                        code="too_many_lines",
-                    )
-                if digest_content:
-                    digest.update(piece)
-                yield piece
+            pending += sink.file_chunks
+            held += sum(map(len, sink.file_chunks))
             sink.file_chunks.clear()
+            if held >= HAND_ON_BYTES:
+                yield await handed_on(pending)
+                pending, held = [], 0
         feed(None)
         if sink.problem:
             raise sink.problem
+        if pending:
+            yield await handed_on(pending)
 
     size = await blobs.write_stream(key, file_bytes())
     if not sink.file_seen:

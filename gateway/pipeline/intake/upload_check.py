@@ -1,0 +1,208 @@
+"""An upload's lines checked while they arrive, so that a batch naming the file need not read it again.
+
+The API hands each piece of the file it stores to a check process of its own (``limits.upload_check_processes``,
+:mod:`gateway.cpu_pool`) over a local socket, and the check (:func:`~gateway.pipeline.input_lines.check_upload`)
+runs while the upload does, on another core, not after it. What it finds for a file with no problem is kept
+with the file; the validate stage adopts it for a batch it applies to.
+
+The check is an optimisation, never a gate: with no free process, a check process that is slow to start,
+stalls or dies, the upload goes on and its batches check the file in full as before. It slows an upload down
+only as far as it keeps up with it (the socket's buffer is bounded), and then at the check's own pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from gateway.cpu_pool import CpuPool
+from gateway.pipeline.input_lines import UploadLimits, check_upload
+from gateway.settings import LimitSettings
+
+log = logging.getLogger(__name__)
+
+CONNECT_S = 5.0
+"""Longest wait for the check process to take the upload's first piece (it is started when the API starts)."""
+STALL_S = 10.0
+"""Longest wait for the check to take more bytes, or to give its verdict after the last ones: then the upload
+goes on without it."""
+BUFFERED_BYTES = 8 * 1024 * 1024
+"""Bytes queued for the check before the upload waits for it."""
+SEND_BYTES = 1024 * 1024
+"""Queued pieces are joined into writes of about this size."""
+SEND_BUFFER_BYTES = 4 * 1024 * 1024
+CHECK_MODULES = ("gateway.pipeline.input_lines",)
+"""What the check processes import as they start (:meth:`~gateway.cpu_pool.CpuPool.warm`)."""
+
+
+class UploadLineCheck:
+    """One upload's check: :meth:`feed` each piece of the file as it is stored, then ask :meth:`verdict`.
+
+    Pieces queue here and a sender task writes them to the socket in large writes, so the upload runs ahead of
+    the check by up to :data:`BUFFERED_BYTES` and the two overlap on two cores."""
+
+    def __init__(self, task: asyncio.Task[dict[str, Any] | None] | None, listener: socket.socket | None) -> None:
+        self._task = task
+        self._listener = listener
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._has_data = asyncio.Event()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._ended = False
+        self._sender: asyncio.Task[None] | None = None
+        self._given_up = task is None or listener is None
+
+    async def feed(self, piece: bytes) -> None:
+        """Queue ``piece`` for the check, waiting only while the check is :data:`BUFFERED_BYTES` behind."""
+        if self._given_up:
+            return
+        if self._task is not None and self._task.done():
+            self._give_up("the check ended before the file did (at a problem in it, or its process was lost)")
+            return
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send())
+        self._queue.append(piece)
+        self._queued += len(piece)
+        self._has_data.set()
+        if self._queued > BUFFERED_BYTES:
+            self._has_room.clear()
+            try:
+                await asyncio.wait_for(self._has_room.wait(), STALL_S)
+            except TimeoutError:
+                self._give_up(f"the check took no bytes for {STALL_S:.0f} s")
+
+    async def _send(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            assert self._listener is not None
+            stream, _ = await asyncio.wait_for(loop.sock_accept(self._listener), CONNECT_S)
+            with stream:
+                # The kernel's buffer lets the check read on while this event loop serves the upload (the system's
+                # wmem_max caps it).
+                stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+                while True:
+                    await self._has_data.wait()
+                    self._has_data.clear()
+                    while self._queue:
+                        pieces = [self._queue.popleft()]
+                        joined = len(pieces[0])
+                        while self._queue and joined < SEND_BYTES:
+                            pieces.append(self._queue.popleft())
+                            joined += len(pieces[-1])
+                        data = b"".join(pieces)
+                        await loop.sock_sendall(stream, data)
+                        self._queued -= len(data)
+                        if self._queued <= BUFFERED_BYTES // 2:
+                            self._has_room.set()
+                    if self._ended:
+                        stream.shutdown(socket.SHUT_WR)  # the end of the file: the check gives its verdict
+                        return
+        except (OSError, TimeoutError) as exc:
+            self._give_up(f"{type(exc).__name__}: {exc}")
+
+    async def verdict(self, size: int) -> dict[str, Any] | None:
+        """What the check found for a clean file of ``size`` bytes (the whole upload), or None."""
+        if self._given_up or self._sender is None or self._task is None:
+            return None
+        self._ended = True
+        self._has_data.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._sender), STALL_S)
+            if self._given_up:  # the sender gave up: the check saw no end of file and gives no verdict
+                return None
+            found = await asyncio.wait_for(asyncio.shield(self._task), STALL_S)
+        except Exception as exc:  # the check only saves work: any failure means "check it again later"
+            self._give_up(f"{type(exc).__name__}: {exc}")
+            return None
+        if self._given_up or found is None or found.get("size") != size:
+            return None
+        return found
+
+    def _give_up(self, reason: str) -> None:
+        if not self._given_up:
+            log.info("checking an upload while it arrives stopped (%s); its batches will check it", reason)
+        self._stop()
+
+    def _stop(self) -> None:
+        self._given_up = True
+        self._queue.clear()
+        self._has_room.set()
+        if self._sender is not None and self._sender is not asyncio.current_task():
+            self._sender.cancel()
+
+    async def aclose(self) -> None:
+        """Stop sending, and wait until the sender has let go of the socket (the check process then ends its
+        step at the end of the stream)."""
+        self._stop()
+        if self._sender is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(self._sender, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def checking_upload(pool: CpuPool, limits: LimitSettings) -> AsyncIterator[UploadLineCheck]:
+    """A check for one upload, in a free process of ``pool``; one that checks nothing when none is free or the
+    check cannot be set up (its socket's folder, say)."""
+    opened = _listening() if pool.has_free_process() else None
+    if opened is None:
+        yield UploadLineCheck(None, None)
+        return
+    folder, listener = opened
+    try:
+        task = pool.start_if_free(check_upload, str(folder / "s"), UploadLimits.of(limits))
+        if task is not None:
+            task.add_done_callback(_settled)
+        check = UploadLineCheck(task, listener)
+        try:
+            yield check
+        finally:
+            await check.aclose()
+            if task is not None and not task.done():
+                # Its socket is gone, so the step ends within moments; one that does not is stuck (its process
+                # frozen, say) and would keep every later upload unchecked: its process is replaced.
+                asyncio.get_running_loop().call_later(STALL_S, _replace_if_stuck, pool, task)
+    finally:
+        asyncio.get_running_loop().remove_reader(listener.fileno())
+        listener.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _listening() -> tuple[Path, socket.socket] | None:
+    """A listening socket in a private folder (0700: only this user may connect), or None when it cannot be made."""
+    folder: Path | None = None
+    listener: socket.socket | None = None
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="batchgw-check-"))
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(folder / "s"))
+        listener.listen(1)  # listening before the step can connect
+        listener.setblocking(False)
+        return folder, listener
+    except OSError as exc:  # a full or read-only temporary folder, a path too long for a socket, no descriptors
+        log.warning("an upload goes unchecked: its check could not be set up (%s)", exc)
+        if listener is not None:
+            listener.close()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def _replace_if_stuck(pool: CpuPool, task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        log.warning("an upload's check did not end with its upload; its process is replaced")
+        pool.recycle()
+
+
+def _settled(task: asyncio.Task[Any]) -> None:
+    """A check nobody asked the verdict of (its upload failed) leaves no unread exception behind."""
+    if not task.cancelled():
+        task.exception()
