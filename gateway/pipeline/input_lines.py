@@ -212,17 +212,16 @@ def _check_lines(
                 keep,
             )
             continue
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
         if openings > MAX_LINE_DEPTH and jsondepth.nesting_depth(raw) > MAX_LINE_DEPTH:
             message = f"Line {number} is nested more than {MAX_LINE_DEPTH} levels deep (arrays and objects)."
             report.add("nesting_too_deep", message, number, None, keep)
             continue
+        # A line ending in CRLF decodes as it is (a carriage return is JSON whitespace); only the slow path cuts it.
         line = _fast_decode(raw)
         if endpoint is None and line is not None:
             endpoint = line.url
         if line is None or line.method != "POST" or line.url != endpoint or not line.custom_id or not line.body.model:
-            custom_id, line = _check_line(raw, number, endpoint, report, keep)
+            custom_id, line = _check_line(raw[:-1] if raw.endswith(b"\r") else raw, number, endpoint, report, keep)
         else:
             custom_id = line.custom_id
         if line is not None:

@@ -158,3 +158,13 @@ async def test_a_check_process_killed_mid_upload_fails_that_check_only(pool: Cpu
         assert await line_check.verdict(len(content)) is None
     found = await check(pool, lines(7))
     assert found is not None and found["lines"] == 7, "a new process checks the next upload"
+
+
+async def test_no_socket_or_folder_is_left_behind(pool: CpuPool, tmp_path: Path) -> None:
+    with mock.patch.object(tempfile, "tempdir", str(tmp_path)):
+        assert await check(pool, lines(20)) is not None
+        with pytest.raises(RuntimeError):
+            async with checking_upload(pool, LIMITS) as line_check:
+                await line_check.feed(lines(20))
+                raise RuntimeError("the upload failed")
+    assert list(tmp_path.iterdir()) == []

@@ -49,9 +49,15 @@ class UploadLineCheck:
     Pieces queue here and a sender task writes them to the socket in large writes, so the upload runs ahead of
     the check by up to :data:`BUFFERED_BYTES` and the two overlap on two cores."""
 
-    def __init__(self, task: asyncio.Task[dict[str, Any] | None] | None, listener: socket.socket | None) -> None:
+    def __init__(
+        self,
+        task: asyncio.Task[dict[str, Any] | None] | None,
+        listener: socket.socket | None,
+        folder: Path | None = None,
+    ) -> None:
         self._task = task
         self._listener = listener
+        self._folder = folder
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued = 0
         self._has_data = asyncio.Event()
@@ -85,6 +91,8 @@ class UploadLineCheck:
         try:
             assert self._listener is not None
             stream, _ = await asyncio.wait_for(loop.sock_accept(self._listener), CONNECT_S)
+            if self._folder is not None:  # connected: the path is not needed any more, and a crash leaves none behind
+                shutil.rmtree(self._folder, ignore_errors=True)
             with stream:
                 # The kernel's buffer lets the check read on while this event loop serves the upload (the system's
                 # wmem_max caps it).
@@ -161,7 +169,7 @@ async def checking_upload(pool: CpuPool, limits: LimitSettings) -> AsyncIterator
         task = pool.start_if_free(check_upload, str(folder / "s"), UploadLimits.of(limits))
         if task is not None:
             task.add_done_callback(_settled)
-        check = UploadLineCheck(task, listener)
+        check = UploadLineCheck(task, listener, folder)
         try:
             yield check
         finally:
