@@ -107,7 +107,7 @@ class CpuPool:
         executor, self._executor = self._executor, None
         if executor is not None:
             _kill_processes(executor)
-            executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown(wait=False)  # steps not yet picked up fail as lost too, rather than as cancelled
 
     def warm(self, modules: Sequence[str]) -> None:
         """Start the processes now, each importing ``modules`` (the steps' own), so that the first step does not

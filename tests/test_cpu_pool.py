@@ -202,3 +202,28 @@ def test_start_if_free_starts_a_step_only_in_a_process_free_now() -> None:
         assert CpuPool(0).start_if_free(where_am_i, "threads") is None, "never in a thread of this process"
 
     asyncio.run(scenario())
+
+
+def test_recycle_fails_the_running_steps_as_lost_and_the_next_step_gets_a_new_process() -> None:
+    async def scenario() -> None:
+        pool = CpuPool(1)
+        try:
+            first_pid = (await pool.run(where_am_i, "before"))[0]
+            stuck = pool.start_if_free(time.sleep, 60)
+            assert stuck is not None
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            pool.recycle()
+            with pytest.raises(CpuProcessLost):
+                await stuck
+            assert time.monotonic() - started < 10
+            deadline = time.monotonic() + 10
+            while psutil.pid_exists(first_pid) and psutil.Process(first_pid).status() != psutil.STATUS_ZOMBIE:
+                assert time.monotonic() < deadline, "the process running the stuck step is still alive"
+                await asyncio.sleep(0.05)
+            pid, _, tag = await pool.run(where_am_i, "after")
+            assert tag == "after" and pid != first_pid
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())

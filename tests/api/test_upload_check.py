@@ -46,6 +46,7 @@ def test_a_batch_of_a_checked_file_is_validated_without_reading_it(
     gateway: GatewayProcess, client: openai.OpenAI, gateway_factory: object
 ) -> None:
     uploaded = upload(client, good_file(25))
+    assert line_check(gateway, uploaded.id) is not None
     remove_content(gateway, uploaded.id)  # validation can only pass by adopting the check
     batch = validated(client, create(client, uploaded.id).id)
     assert batch.in_progress_at is not None, batch

@@ -52,12 +52,19 @@ async def pool() -> AsyncIterator[CpuPool]:
     checks.close()
 
 
-async def check(pool: CpuPool, content: bytes, piece: int = 65536, size: int | None = None) -> dict | None:
-    """Feed ``content`` in pieces as an upload would, and ask for the verdict on ``size`` bytes (default: all)."""
+async def check(
+    pool: CpuPool, content: bytes, piece: int = 65536, size: int | None = None, ran: bool | None = None
+) -> dict | None:
+    """Feed ``content`` in pieces as an upload would, and ask for the verdict on ``size`` bytes (default: all);
+    ``ran`` asserts whether the check process ran to its end (a verdict or none of its own)."""
     async with checking_upload(pool, LIMITS) as line_check:
         for start in range(0, len(content), piece):
             await line_check.feed(content[start : start + piece])
-        return await line_check.verdict(len(content) if size is None else size)
+        found = await line_check.verdict(len(content) if size is None else size)
+        if ran is not None:
+            await asyncio.sleep(0.5)  # a check that stopped at a problem has returned by now
+            assert line_check.check_ran is ran
+        return found
 
 
 async def test_a_clean_file_gets_what_its_batches_need(pool: CpuPool) -> None:
@@ -87,18 +94,18 @@ async def test_a_clean_file_gets_what_its_batches_need(pool: CpuPool) -> None:
     ids=["not-json", "blank", "duplicate-id", "another-url", "too-deep", "no-url", "null-url"],
 )
 async def test_a_file_with_a_problem_gets_no_verdict(pool: CpuPool, bad_line: bytes) -> None:
-    assert await check(pool, lines(100) + bad_line + b"\n" + lines(100, start=100)) is None
+    assert await check(pool, lines(100) + bad_line + b"\n" + lines(100, start=100), ran=True) is None
 
 
 @pytest.mark.parametrize("url", [None, "missing"])
 async def test_a_file_whose_first_lines_name_no_url_gets_no_verdict(pool: CpuPool, url: str | None) -> None:
     first = {"custom_id": "x", "method": "POST", "body": {"model": "m"}} | ({} if url == "missing" else {"url": url})
-    assert await check(pool, json.dumps(first).encode() + b"\n" + lines(100)) is None
+    assert await check(pool, json.dumps(first).encode() + b"\n" + lines(100), ran=True) is None
 
 
 async def test_a_verdict_on_fewer_bytes_than_the_upload_stored_is_not_given(pool: CpuPool) -> None:
     content = lines(200)
-    assert await check(pool, content, size=len(content) + 1) is None
+    assert await check(pool, content, size=len(content) + 1, ran=True) is None
 
 
 async def test_with_no_check_processes_nothing_is_checked() -> None:
@@ -121,13 +128,15 @@ async def test_a_frozen_check_process_holds_an_upload_only_for_a_bounded_time_an
 ) -> None:
     await check(pool, lines(1))  # the process is up
     [process] = cpu_pool_processes()
-    with mock.patch.object(upload_check, "STALL_S", 1.0), mock.patch.object(upload_check, "CONNECT_S", 1.0):
+    content = lines(size)
+    with mock.patch.object(upload_check, "STALL_S", 1.0):
         process.send_signal(signal.SIGSTOP)
         try:
-            started = time.monotonic()
-            assert await check(pool, lines(size), piece=1 << 20) is None
-            assert time.monotonic() - started < 2.5, "held past the connect wait"
-            deadline = time.monotonic() + 15
+            with mock.patch.object(upload_check, "CONNECT_S", 1.0):
+                started = time.monotonic()
+                assert await check(pool, content, piece=1 << 20) is None
+                assert time.monotonic() - started < 2.5, "held past the connect wait"
+            deadline = time.monotonic() + 20
             while (found := await check(pool, lines(5))) is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)  # the stuck step's process is killed after STALL_S, and a new one starts
             assert found is not None and found["lines"] == 5
@@ -152,12 +161,26 @@ async def test_a_check_process_killed_mid_upload_fails_that_check_only(pool: Cpu
     async with checking_upload(pool, LIMITS) as line_check:
         await line_check.feed(content[: 1 << 20])
         os.kill(process.pid, signal.SIGKILL)
-        psutil.Process(process.pid).wait(5) if psutil.pid_exists(process.pid) else None
         for start in range(1 << 20, len(content), 1 << 20):
             await line_check.feed(content[start : start + (1 << 20)])
         assert await line_check.verdict(len(content)) is None
     found = await check(pool, lines(7))
     assert found is not None and found["lines"] == 7, "a new process checks the next upload"
+
+
+async def test_a_check_process_that_dies_before_it_connects_holds_the_upload_for_moments_only(
+    pool: CpuPool,
+) -> None:
+    await check(pool, lines(1))
+    [process] = cpu_pool_processes()
+    process.send_signal(signal.SIGSTOP)  # it cannot take the next upload's connection before it dies
+    async with checking_upload(pool, LIMITS) as line_check:
+        started = time.monotonic()
+        os.kill(process.pid, signal.SIGKILL)
+        for start in range(0, 12 << 20, 1 << 20):  # more than the check may fall behind
+            await line_check.feed(lines(2_300, start=start)[: 1 << 20])
+        assert await line_check.verdict(12 << 20) is None
+        assert time.monotonic() - started < upload_check.CONNECT_S - 1
 
 
 async def test_no_socket_or_folder_is_left_behind(pool: CpuPool, tmp_path: Path) -> None:

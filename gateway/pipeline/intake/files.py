@@ -11,7 +11,7 @@ from gateway.db.models import StoredFile, new_id, now_s
 from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import bad_request, not_found
 from gateway.pipeline.intake import idempotency
-from gateway.pipeline.intake.upload import receive_upload
+from gateway.pipeline.intake.upload import UploadResult, receive_upload
 from gateway.pipeline.intake.upload_check import checking_upload
 from gateway.textcheck import check_text
 
@@ -53,22 +53,24 @@ async def create_file(
     limits = context.settings.limits
     file_id = new_id("file-")
     key = f"files/{file_id}"
-    async with checking_upload(context.upload_checks, limits) as line_check:
-        upload = await receive_upload(
-            content_type,
-            body,
-            context.blobs,
-            key,
-            max_bytes=limits.max_upload_bytes,
-            max_lines=limits.max_file_lines,
-            digest_content=idem_key is not None,
-            on_file_piece=line_check.feed,
-        )
-        try:
+    upload: UploadResult | None = None
+    try:
+        async with checking_upload(context.upload_checks, limits) as line_check:
+            upload = await receive_upload(
+                content_type,
+                body,
+                context.blobs,
+                key,
+                max_bytes=limits.max_upload_bytes,
+                max_lines=limits.max_file_lines,
+                digest_content=idem_key is not None,
+                on_file_piece=line_check.feed,
+            )
             checked = await line_check.verdict(upload.size)
-        except BaseException:
+    except BaseException:
+        if upload is not None:  # stored, but no record will name it (a failed upload removed its own bytes)
             await context.blobs.delete(key)
-            raise
+        raise
     try:
         purpose = upload.fields.get("purpose")
         check_text(purpose or "", "purpose")

@@ -76,28 +76,32 @@ class UploadLineCheck:
             return
         if self._sender is None:
             self._sender = asyncio.create_task(self._send())
+            self._sender.add_done_callback(_settled)
         self._queue.append(piece)
         self._queued += len(piece)
         self._has_data.set()
         if self._queued > BUFFERED_BYTES:
             self._has_room.clear()
             try:
-                await asyncio.wait_for(self._has_room.wait(), STALL_S)
+                async with asyncio.timeout(STALL_S):  # not wait_for: it may swallow a cancel of the request
+                    await self._has_room.wait()
             except TimeoutError:
                 self._give_up(f"the check took no bytes for {STALL_S:.0f} s")
 
     async def _send(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            assert self._listener is not None
-            stream, _ = await asyncio.wait_for(loop.sock_accept(self._listener), CONNECT_S)
+            assert self._listener is not None and self._task is not None
+            stream = await self._accepted(loop, self._listener, self._task)
+            if stream is None:
+                return
             if self._folder is not None:  # connected: the path is not needed any more, and a crash leaves none behind
                 shutil.rmtree(self._folder, ignore_errors=True)
             with stream:
                 # The kernel's buffer lets the check read on while this event loop serves the upload (the system's
                 # wmem_max caps it).
                 stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-                while True:
+                while not self._given_up:
                     await self._has_data.wait()
                     self._has_data.clear()
                     while self._queue:
@@ -117,6 +121,28 @@ class UploadLineCheck:
         except (OSError, TimeoutError) as exc:
             self._give_up(f"{type(exc).__name__}: {exc}")
 
+    async def _accepted(
+        self, loop: asyncio.AbstractEventLoop, listener: socket.socket, task: asyncio.Task[Any]
+    ) -> socket.socket | None:
+        """The check process's connection; None (given up) when it does not come within :data:`CONNECT_S`, or the
+        check ended first (its process died as it started, say)."""
+        accepting = asyncio.ensure_future(loop.sock_accept(listener))
+        try:
+            await asyncio.wait({accepting, task}, timeout=CONNECT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not accepting.done():
+                accepting.cancel()
+        if accepting.done() and not accepting.cancelled() and accepting.exception() is None:
+            return accepting.result()[0]
+        self._give_up("the check process did not take the upload" if not task.done() else "the check ended first")
+        return None
+
+    @property
+    def check_ran(self) -> bool:
+        """True once the check process has read the whole stream it was sent and returned (a verdict or none)."""
+        task = self._task
+        return task is not None and task.done() and not task.cancelled() and task.exception() is None
+
     async def verdict(self, size: int) -> dict[str, Any] | None:
         """What the check found for a clean file of ``size`` bytes (the whole upload), or None."""
         if self._given_up or self._sender is None or self._task is None:
@@ -124,10 +150,15 @@ class UploadLineCheck:
         self._ended = True
         self._has_data.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._sender), STALL_S)
+            async with asyncio.timeout(STALL_S):
+                await asyncio.wait({self._sender})
             if self._given_up:  # the sender gave up: the check saw no end of file and gives no verdict
                 return None
-            found = await asyncio.wait_for(asyncio.shield(self._task), STALL_S)
+            async with asyncio.timeout(STALL_S):
+                await asyncio.wait({self._task})
+            if self._task.cancelled():  # the pool was closed under it (the process is stopping)
+                return None
+            found = self._task.result()
         except Exception as exc:  # the check only saves work: any failure means "check it again later"
             self._give_up(f"{type(exc).__name__}: {exc}")
             return None
@@ -144,6 +175,7 @@ class UploadLineCheck:
         self._given_up = True
         self._queue.clear()
         self._has_room.set()
+        self._has_data.set()  # a sender waiting for data sees it is given up
         if self._sender is not None and self._sender is not asyncio.current_task():
             self._sender.cancel()
 
@@ -151,9 +183,8 @@ class UploadLineCheck:
         """Stop sending, and wait until the sender has let go of the socket (the check process then ends its
         step at the end of the stream)."""
         self._stop()
-        if self._sender is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(self._sender, return_exceptions=True)
+        if self._sender is not None and self._sender is not asyncio.current_task():
+            await asyncio.wait({self._sender})  # a cancel of the request itself goes on to its caller
 
 
 @contextlib.asynccontextmanager
@@ -173,11 +204,13 @@ async def checking_upload(pool: CpuPool, limits: LimitSettings) -> AsyncIterator
         try:
             yield check
         finally:
-            await check.aclose()
-            if task is not None and not task.done():
-                # Its socket is gone, so the step ends within moments; one that does not is stuck (its process
-                # frozen, say) and would keep every later upload unchecked: its process is replaced.
-                asyncio.get_running_loop().call_later(STALL_S, _replace_if_stuck, pool, task)
+            try:
+                await check.aclose()
+            finally:
+                if task is not None and not task.done():
+                    # Its socket is gone, so the step ends within moments; one that does not is stuck (its process
+                    # frozen, say) and would keep every later upload unchecked: its process is replaced.
+                    asyncio.get_running_loop().call_later(STALL_S, _replace_if_stuck, pool, task)
     finally:
         asyncio.get_running_loop().remove_reader(listener.fileno())
         listener.close()
