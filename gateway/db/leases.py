@@ -31,6 +31,9 @@ class Lease:
     token: int
     lease_s: float
     renewed_at: float = field(default_factory=time.monotonic)
+    """When the lease was last known to start: take it (``time.monotonic()``) before the claim or renewal is
+    sent, never after its answer, so a process frozen between the commit and the answer wakes with a stale
+    lease rather than one that looks fresh while the database's has run out."""
     lost: bool = False
     """Set once a heartbeat found the row claimed by someone else (or this process too late to renew)."""
     kept_on_stop: bool = False
@@ -42,9 +45,9 @@ class Lease:
         """WHERE conditions true only while this lease is the row's current one."""
         return col(table.lease_owner) == self.owner, col(table.lease_token) == self.token
 
-    def renewed(self) -> None:
-        """Note a successful heartbeat."""
-        self.renewed_at = time.monotonic()
+    def renewed(self, sent_at: float) -> None:
+        """Note a successful heartbeat whose renewal was sent at ``sent_at`` (``time.monotonic()``)."""
+        self.renewed_at = sent_at
 
     @property
     def stale(self) -> bool:

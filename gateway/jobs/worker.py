@@ -250,6 +250,7 @@ class Worker:
 
     async def _claim_batch(self) -> Coroutine[Any, Any, None] | None:
         lease_s = self.settings.lease_s
+        sent_at = time.monotonic()  # the lease counts from before the claim (see Lease.renewed_at)
         async with transaction(self.context.sessions) as session:
             # A batch whose requests are all answered is merged before new batches are taken in.
             batch = await repo.claim_batch(session, ["merge"], self.owner, lease_s)
@@ -257,16 +258,17 @@ class Worker:
                 batch = await repo.claim_batch(session, INTAKE_STAGES, self.owner, lease_s)
         if batch is None:
             return None
-        return self._run_batch_stage(batch, Lease(self.owner, batch.lease_token, lease_s))
+        return self._run_batch_stage(batch, Lease(self.owner, batch.lease_token, lease_s, renewed_at=sent_at))
 
     async def _claim_shard(self) -> Coroutine[Any, Any, None] | None:
         lease_s = self.settings.lease_s
+        sent_at = time.monotonic()
         async with transaction(self.context.sessions) as session:
             shard = await shard_db.claim_shard(session, self.owner, lease_s)
             batch = await repo.get_batch(session, None, shard.batch_id) if shard is not None else None
         if shard is None:
             return None
-        lease = Lease(self.owner, shard.lease_token, lease_s)
+        lease = Lease(self.owner, shard.lease_token, lease_s, renewed_at=sent_at)
         if batch is None:
             async with transaction(self.context.sessions) as session:
                 await shard_db.release_shard(session, shard.id, lease)
@@ -417,6 +419,7 @@ class Worker:
                 # the row by now. Stop before the stage does anything more.
                 lease.lost = True
             else:
+                sent_at = time.monotonic()
                 try:
                     async with transaction(self.context.sessions) as session:
                         held = await extend(session, row_id, lease)
@@ -424,7 +427,7 @@ class Worker:
                     log.warning("heartbeat for %s failed; retrying", row_id, exc_info=True)
                     continue
                 if held:
-                    lease.renewed()
+                    lease.renewed(sent_at)
                     continue
                 lease.lost = True
             stage.cancel()

@@ -218,7 +218,8 @@ async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, le
         failure = f"{shard.provider} refused the gateway's key when reading results: {exc}"
         verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
         if verdict.allowed:
-            await lifecycle.abandon_provider_batch(context, shard, batch, verdict.evidence)
+            if not await lifecycle.abandon_provider_batch(context, shard, batch, lease, verdict.evidence):
+                return "later"  # the shard is another worker's now
             shard.end_reason, shard.last_error = "abandoned", verdict.evidence
             return "none"
         until = time.time() + context.settings.routing.circuit_cooldown_s
@@ -239,7 +240,8 @@ async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, le
             failure = f"{shard.provider} unreachable for its results for {time.time() - since:.0f}s ({exc})"
             verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
             if verdict.allowed:
-                await lifecycle.abandon_provider_batch(context, shard, batch, verdict.evidence)
+                if not await lifecycle.abandon_provider_batch(context, shard, batch, lease, verdict.evidence):
+                    return "later"
                 shard.end_reason, shard.last_error = "abandoned", verdict.evidence
                 return "none"
         until = time.time() + lifecycle.jitter(RESULTS_RETRY_S)
@@ -266,10 +268,11 @@ async def give_up(
     that is still stored) and the batch records the error.
     """
     history = {"stage_attempts": shard.stage_attempts + 1, "attempt_log": [*(shard.attempt_log or [])[-19:], entry]}
-    if shard.provider_batch_id and shard.state in ("running", "collecting"):
-        await lifecycle.abandon_provider_batch(context, shard, batch, f"its '{shard.state}' step failed: {message}")
-    elif shard.state == "submitting":
-        await lifecycle.abandon_provider_batch(context, shard, batch, f"its submit step failed: {message}")
+    running = shard.provider_batch_id and shard.state in ("running", "collecting")
+    if running or shard.state == "submitting":
+        why = f"its '{shard.state}' step failed: {message}" if running else f"its submit step failed: {message}"
+        if not await lifecycle.abandon_provider_batch(context, shard, batch, lease, why):
+            return  # the shard is another worker's now
     if shard.state != "collecting":
         async with transaction(context.sessions) as session:
             await shard_db.save_shard(session, shard, lease, **history)

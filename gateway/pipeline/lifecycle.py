@@ -28,7 +28,7 @@ from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, Shard, now_s
 from gateway.db.point_reads import PointReads
-from gateway.db.unit_of_work import reading, transaction
+from gateway.db.unit_of_work import Rollback, reading, transaction
 from gateway.providers.base import ProviderError, ProviderRateLimited
 from gateway.routing.placement import NoUsableProvider, batch_hints, rank
 from gateway.storage import BlobStore
@@ -232,14 +232,24 @@ async def _answers(call: Callable[[], Awaitable[object]]) -> bool:
 
 
 async def abandon_provider_batch(
-    context: GatewayContext, shard: Shard, batch: Batch, reason: str, *, origin: str = "abandoned"
-) -> None:
+    context: GatewayContext, shard: Shard, batch: Batch, lease: Lease, reason: str
+) -> bool:
     """Keep owning a provider batch the gateway stops waiting for: it gets a cancel as soon as the provider
-    answers, is polled until it ends, and what it billed goes to the ledger (see :mod:`gateway.pipeline.settle`)."""
+    answers, is polled until it ends, and what it billed goes to the ledger (see :mod:`gateway.pipeline.settle`).
+
+    Only while ``lease`` holds the shard, checked in the same transaction: a worker that lost the shard (frozen
+    past its lease, say) leaves its provider batch to the shard's new owner, which may have collected it already
+    (cancelling and billing it again would pay for it twice). False, with the lease marked lost, when it did."""
+    held = False
     async with transaction(context.sessions) as session:
-        await abandoned_db.register(
-            session, shard, batch, reason, provider_batch_id=shard.provider_batch_id, origin=origin
-        )
+        held = await shard_db.extend_shard_lease(session, shard.id, lease)
+        if not held:
+            raise Rollback
+        await abandoned_db.register(session, shard, batch, reason, provider_batch_id=shard.provider_batch_id)
+    if not held:
+        lease.lost = True
+        log.warning("shard %s: not abandoning its provider batch: the shard is another worker's now", shard.id)
+    return held
 
 
 async def fail_batch(

@@ -157,8 +157,8 @@ async def _progress(
         elif now - last_progress >= 2 * stall_s:
             # It did not even honour the cancel: stop waiting for it, but keep owning it (billed if it ends).
             reason = f"{shard.provider} batch made no progress for {now - last_progress:.0f}s and ignored the cancel"
-            await lifecycle.abandon_provider_batch(context, shard, batch, reason)
-            await end_shard(context, shard, lease, reason="stalled", error=reason)
+            if await lifecycle.abandon_provider_batch(context, shard, batch, lease, reason):
+                await end_shard(context, shard, lease, reason="stalled", error=reason)
             return
     settings = context.settings.worker
     backoff = min(settings.provider_poll_max_s, max(settings.provider_poll_min_s, shard.poll_delay_s * 2))
@@ -261,8 +261,8 @@ async def _unreachable(
             context, batch, shard, failure, answers_again=None if code == "auth_failed" else poll_again
         )
         if verdict.allowed:
-            await lifecycle.abandon_provider_batch(context, shard, batch, verdict.evidence)
-            await end_shard(context, shard, lease, reason="abandoned", error=verdict.evidence)
+            if await lifecycle.abandon_provider_batch(context, shard, batch, lease, verdict.evidence):
+                await end_shard(context, shard, lease, reason="abandoned", error=verdict.evidence)
             return
         log.info("shard %s: %s", shard.id, verdict.evidence)
     await _poll_later(

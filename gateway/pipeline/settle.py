@@ -47,9 +47,11 @@ log = logging.getLogger(__name__)
 
 async def run_due(context: GatewayContext, owner: str, lease_s: float) -> None:
     """Advance every abandoned provider batch that is due (claimed one at a time across workers)."""
+    sent_at = time.monotonic()  # the leases count from before the claims (see Lease.renewed_at)
     rows = await abandoned_db.claim_due(context.sessions, owner, lease_s)
+    leases = [Lease(owner, row.lease_token, lease_s, renewed_at=sent_at) for row in rows]
     # Concurrently: one provider batch waiting out its adapter's retries must not delay the others' cancels.
-    await asyncio.gather(*(_advance_one(context, row, Lease(owner, row.lease_token, lease_s)) for row in rows))
+    await asyncio.gather(*(_advance_one(context, row, lease) for row, lease in zip(rows, leases, strict=True)))
 
 
 async def _advance_one(context: GatewayContext, row: AbandonedProviderBatch, lease: Lease) -> None:

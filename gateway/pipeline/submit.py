@@ -100,8 +100,9 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         return
     except ProviderAuthFailed as exc:
         await health.auth_failed(context, shard.provider, exc)
-        if recovering:
-            await lifecycle.abandon_provider_batch(context, shard, batch, f"{shard.provider} refused the key: {exc}")
+        why = f"{shard.provider} refused the key: {exc}"
+        if recovering and not await lifecycle.abandon_provider_batch(context, shard, batch, lease, why):
+            return
         await _leave_open_circuit(context, shard, batch, lease, failure=str(exc), code="auth_failed")
         return
     except (ProviderRejected, CapabilityNotSupported) as exc:
@@ -190,8 +191,8 @@ async def _unavailable(
         verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
         if verdict.allowed:
             # It may have been created before the provider went away: kept, cancelled and billed if so.
-            await lifecycle.abandon_provider_batch(context, shard, batch, verdict.evidence)
-            await end_shard(context, shard, lease, reason="abandoned", error=verdict.evidence)
+            if await lifecycle.abandon_provider_batch(context, shard, batch, lease, verdict.evidence):
+                await end_shard(context, shard, lease, reason="abandoned", error=verdict.evidence)
             return
         exc = ProviderUnavailable(verdict.evidence)
     base = context.settings.routing.submit_retry_base_s

@@ -4,19 +4,25 @@ for another provider that answers now, and never while the shard's own provider 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from gateway.context import GatewayContext
+from gateway.db import shards as shard_db
 from gateway.db.engine import upgrade_to_head
-from gateway.db.models import Batch, Shard
-from gateway.pipeline.lifecycle import may_leave_provider
+from gateway.db.leases import Lease
+from gateway.db.models import AbandonedProviderBatch, Batch, Shard
+from gateway.db.unit_of_work import transaction
+from gateway.pipeline.lifecycle import abandon_provider_batch, may_leave_provider
 from gateway.providers.config import ProviderConfig
 from gateway.settings import CatalogSettings, Settings
 from gateway.simulator import ProviderSpec, SimulatorCluster
-from tests.conftest import FreshDatabase
+from tests.conftest import FreshDatabase, migrated_context
+from tests.db import key_and_batch
 
 MODEL = "gpt-4o-mini"
 FAILURE = "home unreachable for 40s (last error: connection refused)"
@@ -125,3 +131,44 @@ async def test_with_nowhere_healthy_to_go_nothing_moves(cluster: SimulatorCluste
     verdict = await may_leave_provider(context, batch, shard, FAILURE)
     assert not verdict.allowed
     assert "no other provider is healthy now (checked: away)" in verdict.evidence
+
+
+# --- abandoning a provider batch: only by the shard's holder --------------------------------------------
+
+
+async def test_only_the_shard_s_holder_abandons_its_provider_batch(database_kind: str, tmp_path: Path) -> None:
+    async with migrated_context(database_kind, tmp_path) as context:
+        async with transaction(context.sessions) as session:
+            _secret, _key, batch = await key_and_batch(session, "abandoning")
+            session.add(
+                Shard(
+                    batch_id=batch.id,
+                    seq=0,
+                    provider="p",
+                    model="m",
+                    provider_model="m",
+                    input_key="k",
+                    state="collecting",
+                    provider_batch_id="pb-1",
+                    next_action_at=time.time() - 1,
+                )
+            )
+        async with transaction(context.sessions) as session:
+            frozen_shard = await shard_db.claim_shard(session, "frozen", 0.05)
+        assert frozen_shard is not None
+        frozen = Lease("frozen", frozen_shard.lease_token, 0.05)
+        await asyncio.sleep(0.1)  # its lease runs out, and another worker takes the shard
+        async with transaction(context.sessions) as session:
+            live_shard = await shard_db.claim_shard(session, "live", 30)
+        assert live_shard is not None
+        live = Lease("live", live_shard.lease_token, 30)
+
+        assert not await abandon_provider_batch(context, frozen_shard, batch, frozen, "its step failed")
+        assert frozen.lost
+        async with context.sessions() as session:
+            assert (await session.exec(select(AbandonedProviderBatch))).all() == []
+
+        assert await abandon_provider_batch(context, live_shard, batch, live, "its step failed")
+        async with context.sessions() as session:
+            [row] = (await session.exec(select(AbandonedProviderBatch))).all()
+        assert (row.provider_batch_id, row.shard_id, row.origin) == ("pb-1", live_shard.id, "abandoned")
