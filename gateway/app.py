@@ -32,7 +32,6 @@ from gateway.api.provider_webhooks import provider_webhook
 from gateway.context import GatewayContext
 from gateway.db.engine import upgrade_to_head
 from gateway.jobs.worker import Worker
-from gateway.pipeline.intake.upload_check import CHECK_MODULES
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,6 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         if settings.auto_migrate:
             await asyncio.to_thread(upgrade_to_head, settings.resolved_database_url)
         context = GatewayContext.create(settings)
-        context.upload_checks.warm(CHECK_MODULES)
         app.state.context = context
         worker = Worker(context) if with_worker else None
         task = asyncio.create_task(worker.run()) if worker else None

@@ -42,9 +42,13 @@ class FilesController(Controller):
         """Stream a multipart upload into storage; ``purpose`` must be ``batch``."""
         context: GatewayContext = state.context
         idem_key = idempotency.key_of(request)
-        check_declared_length(request.headers.get("content-length"), context.settings.limits.max_upload_bytes)
+        declared = request.headers.get("content-length")
+        check_declared_length(declared, context.settings.limits.max_upload_bytes)
         content_type = request.headers.get("content-type")
-        row = await intake.create_file(context, principal.team_id, content_type, request.stream(), idem_key)
+        declared_bytes = int(declared) if declared and declared.isdigit() else None
+        row = await intake.create_file(
+            context, principal.team_id, content_type, request.stream(), idem_key, declared_bytes
+        )
         return file_object(row)
 
     @get("/", summary="List files", responses=errors(404))

@@ -47,7 +47,7 @@ def lines(count: int, start: int = 0, model: str = "gpt-4o-mini") -> bytes:
 @pytest.fixture
 async def pool() -> AsyncIterator[CpuPool]:
     checks = CpuPool(1)
-    checks.warm(upload_check.CHECK_MODULES)
+    checks.warm(("gateway.pipeline.input_lines",))
     yield checks
     checks.close()
 

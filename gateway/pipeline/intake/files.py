@@ -46,16 +46,18 @@ async def create_file(
     content_type: str | None,
     body: AsyncIterator[bytes],
     idem_key: str | None,
+    declared_bytes: int | None = None,
 ) -> StoredFile:
     """Store a ``multipart/form-data`` upload whose ``purpose`` must be ``batch`` and record it for the team, or
     return the file an earlier upload with the same ``idem_key`` stored. 400 for a bad form, 413 over the limits,
-    409 for a key reused with another upload; nothing stays stored when it fails."""
+    409 for a key reused with another upload; nothing stays stored when it fails. ``declared_bytes`` (the
+    request's announced length) decides whether the lines are checked while they arrive."""
     limits = context.settings.limits
     file_id = new_id("file-")
     key = f"files/{file_id}"
     upload: UploadResult | None = None
     try:
-        async with checking_upload(context.upload_checks, limits) as line_check:
+        async with checking_upload(context.upload_checks, limits, declared_bytes) as line_check:
             upload = await receive_upload(
                 content_type,
                 body,

@@ -5,6 +5,7 @@ The API hands each piece of the file it stores to a check process of its own (``
 runs while the upload does, on another core, not after it. What it finds for a file with no problem is kept
 with the file; the validate stage adopts it for a batch it applies to.
 
+The check process starts with the first upload it checks (so an API that is never sent a large file runs none).
 The check is an optimisation, never a gate: with no free process, a check process that is slow to start,
 stalls or dies, the upload goes on and its batches check the file in full as before. It slows an upload down
 only as far as it keeps up with it (the socket's buffer is bounded), and then at the check's own pace.
@@ -39,8 +40,9 @@ BUFFERED_BYTES = 8 * 1024 * 1024
 SEND_BYTES = 1024 * 1024
 """Queued pieces are joined into writes of about this size."""
 SEND_BUFFER_BYTES = 4 * 1024 * 1024
-CHECK_MODULES = ("gateway.pipeline.input_lines",)
-"""What the check processes import as they start (:meth:`~gateway.cpu_pool.CpuPool.warm`)."""
+CHECK_FROM_BYTES = 1024 * 1024
+"""Uploads announced smaller are not checked while they arrive: checking them with their batch costs
+milliseconds, less than handing them to a check process."""
 
 
 class UploadLineCheck:
@@ -188,10 +190,14 @@ class UploadLineCheck:
 
 
 @contextlib.asynccontextmanager
-async def checking_upload(pool: CpuPool, limits: LimitSettings) -> AsyncIterator[UploadLineCheck]:
-    """A check for one upload, in a free process of ``pool``; one that checks nothing when none is free or the
+async def checking_upload(
+    pool: CpuPool, limits: LimitSettings, declared_bytes: int | None = None
+) -> AsyncIterator[UploadLineCheck]:
+    """A check for one upload, in a free process of ``pool`` (started with the first upload it checks); one that
+    checks nothing for an upload announced below :data:`CHECK_FROM_BYTES`, when no process is free or when the
     check cannot be set up (its socket's folder, say)."""
-    opened = _listening() if pool.has_free_process() else None
+    worth_it = declared_bytes is None or declared_bytes >= CHECK_FROM_BYTES
+    opened = _listening() if worth_it and pool.has_free_process() else None
     if opened is None:
         yield UploadLineCheck(None, None)
         return
