@@ -35,15 +35,17 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import psycopg
 from sqlalchemy import Dialect, Select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeEngine
 
 from gateway.db.engine import sqlite_file
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -136,6 +138,12 @@ class PointReads:
         self.engine = engine
         self._file = sqlite_file(engine.url)
         self._postgres = engine.url.get_backend_name() == "postgresql"
+        self._driver_errors: tuple[type[Exception], ...] = (sqlite3.Error, TimeoutError)
+        """What a failed direct read raises: the driver's errors, and a read that waited too long."""
+        if self._postgres:
+            import psycopg  # here, not at the top: it costs every start of a process on SQLite
+
+            self._driver_errors += (psycopg.Error,)
         self._compiled: dict[Executable, _Compiled] = {}  # by identity: a statement is kept, never rebuilt
         self._sqlite: sqlite3.Connection | None = None
         self._postgres_slots: _Slots[psycopg.AsyncConnection[Any] | None] | None = None
@@ -167,7 +175,7 @@ class PointReads:
                     return await self._read_postgres(compiled, parameters, many)
             except _TakeOrdinaryPath:
                 pass
-            except (sqlite3.Error, psycopg.Error, TimeoutError) as exc:
+            except self._driver_errors as exc:
                 self._direct_from = time.monotonic() + BUSY_BACKOFF_S
                 await self._drop_postgres_connections()
                 # The class only for the driver's errors: a refused connection string can quote the password.
@@ -238,6 +246,8 @@ class PointReads:
                 # The engine's own connection arguments (hosts, options, the password as given), not a URL
                 # string: libpq would refuse one whose password holds a space.
                 args, options = self.engine.dialect.create_connect_args(self.engine.url)
+                import psycopg
+
                 connection = await psycopg.AsyncConnection.connect(*args, **options, autocommit=True)
             cursor = await connection.execute(compiled.sql, compiled.arguments(parameters))
             found = await (cursor.fetchall() if many else cursor.fetchmany(1))
