@@ -128,8 +128,9 @@ class GatewayContext:
     """Set when this process's worker is asked to stop: long stages (a fan-out) hand their work over early."""
     cpu: CpuPool = field(default_factory=lambda: CpuPool(0))
     """Where the worker's CPU-heavy steps run (:mod:`gateway.cpu_pool`)."""
-    upload_checks: CpuPool = field(default_factory=lambda: CpuPool(0))
-    """Where the API checks uploads while they arrive (:mod:`gateway.pipeline.intake.upload_check`)."""
+    upload_checks: tuple[CpuPool, ...] = ()
+    """Where the API checks uploads while they arrive (:mod:`gateway.pipeline.intake.upload_check`): a pool of one
+    process per check, so that replacing a stuck one ends no other upload's check."""
 
     @classmethod
     def create(cls, settings: Settings) -> GatewayContext:
@@ -150,7 +151,10 @@ class GatewayContext:
             policies=policies,
             point_reads=PointReads(engine),
             cpu=CpuPool(settings.worker.cpu_processes, settings.log_format, settings.log_level),
-            upload_checks=CpuPool(settings.limits.upload_check_processes, settings.log_format, settings.log_level),
+            upload_checks=tuple(
+                CpuPool(1, settings.log_format, settings.log_level)
+                for _ in range(settings.limits.upload_check_processes)
+            ),
             work_available=WorkSignal(functools.partial(wakeups.notify, engine) if wakeups.announces(engine) else None),
         )
 
@@ -158,7 +162,8 @@ class GatewayContext:
         """Release database and HTTP connections."""
         await self.work_available.close()
         self.cpu.close()
-        self.upload_checks.close()
+        for checks in self.upload_checks:
+            checks.close()
         await self.http.aclose()
         await self.blobs.close()
         await self.point_reads.close()

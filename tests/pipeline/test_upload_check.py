@@ -57,7 +57,7 @@ async def check(
 ) -> dict | None:
     """Feed ``content`` in pieces as an upload would, and ask for the verdict on ``size`` bytes (default: all);
     ``ran`` asserts whether the check process ran to its end (a verdict or none of its own)."""
-    async with checking_upload(pool, LIMITS) as line_check:
+    async with checking_upload([pool], LIMITS) as line_check:
         for start in range(0, len(content), piece):
             await line_check.feed(content[start : start + piece])
         found = await line_check.verdict(len(content) if size is None else size)
@@ -113,7 +113,7 @@ async def test_with_no_check_processes_nothing_is_checked() -> None:
 
 
 async def test_a_second_upload_while_the_process_is_busy_goes_unchecked_at_once(pool: CpuPool) -> None:
-    async with checking_upload(pool, LIMITS) as first:
+    async with checking_upload([pool], LIMITS) as first:
         await first.feed(lines(10))
         started = time.monotonic()
         assert await check(pool, lines(10)) is None
@@ -146,6 +146,38 @@ async def test_a_frozen_check_process_holds_an_upload_only_for_a_bounded_time_an
                 process.send_signal(signal.SIGCONT)
 
 
+async def test_replacing_a_frozen_check_process_ends_no_other_uploads_check() -> None:
+    frozen_pool, other_pool = CpuPool(1), CpuPool(1)
+    pools = [frozen_pool, other_pool]
+    try:
+        assert await check(frozen_pool, lines(1)) is not None
+        [frozen] = cpu_pool_processes()
+        frozen.send_signal(signal.SIGSTOP)
+        content = lines(20_000)  # 9 MB, fed a megabyte at a time across the frozen check's replacement
+        with mock.patch.object(upload_check, "STALL_S", 1.0), mock.patch.object(upload_check, "CONNECT_S", 1.0):
+            async with checking_upload(pools, LIMITS) as stuck:  # the first pool's frozen process takes it
+                await stuck.feed(lines(10))
+                assert await stuck.verdict(len(lines(10))) is None
+            async with checking_upload(pools, LIMITS) as line_check:  # the frozen pool is busy: the other one
+                deadline = time.monotonic() + 10
+                for start in range(0, len(content), 1 << 20):
+                    await line_check.feed(content[start : start + (1 << 20)])
+                    while start == 0 and frozen.is_running() and frozen.status() != psutil.STATUS_ZOMBIE:
+                        assert time.monotonic() < deadline, "the frozen check process was not replaced"
+                        await asyncio.sleep(0.1)
+                    if start == 0:
+                        others = cpu_pool_processes()
+                        assert len(others) == 1, "the other upload's check process ended with the frozen one"
+                found = await line_check.verdict(len(content))
+        assert found is not None and found["lines"] == 20_000, "the other upload's check was ended too"
+        assert others[0].is_running() and others[0].status() != psutil.STATUS_ZOMBIE
+    finally:
+        with contextlib.suppress(psutil.Error):
+            frozen.send_signal(signal.SIGCONT)
+        for pool in pools:
+            pool.close()
+
+
 async def test_an_upload_whose_check_cannot_be_set_up_goes_on_unchecked(pool: CpuPool, tmp_path: Path) -> None:
     too_long = tmp_path / ("x" * 120)  # a socket path must fit in 108 bytes
     too_long.mkdir()
@@ -158,7 +190,7 @@ async def test_a_check_process_killed_mid_upload_fails_that_check_only(pool: Cpu
     await check(pool, lines(1))
     [process] = cpu_pool_processes()
     content = lines(20_000)
-    async with checking_upload(pool, LIMITS) as line_check:
+    async with checking_upload([pool], LIMITS) as line_check:
         await line_check.feed(content[: 1 << 20])
         os.kill(process.pid, signal.SIGKILL)
         for start in range(1 << 20, len(content), 1 << 20):
@@ -174,7 +206,7 @@ async def test_a_check_process_that_dies_before_it_connects_holds_the_upload_for
     await check(pool, lines(1))
     [process] = cpu_pool_processes()
     process.send_signal(signal.SIGSTOP)  # it cannot take the next upload's connection before it dies
-    async with checking_upload(pool, LIMITS) as line_check:
+    async with checking_upload([pool], LIMITS) as line_check:
         started = time.monotonic()
         os.kill(process.pid, signal.SIGKILL)
         for start in range(0, 12 << 20, 1 << 20):  # more than the check may fall behind
@@ -187,7 +219,7 @@ async def test_no_socket_or_folder_is_left_behind(pool: CpuPool, tmp_path: Path)
     with mock.patch.object(tempfile, "tempdir", str(tmp_path)):
         assert await check(pool, lines(20)) is not None
         with pytest.raises(RuntimeError):
-            async with checking_upload(pool, LIMITS) as line_check:
+            async with checking_upload([pool], LIMITS) as line_check:
                 await line_check.feed(lines(20))
                 raise RuntimeError("the upload failed")
     assert list(tmp_path.iterdir()) == []

@@ -20,7 +20,7 @@ import logging
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,14 +191,16 @@ class UploadLineCheck:
 
 @contextlib.asynccontextmanager
 async def checking_upload(
-    pool: CpuPool, limits: LimitSettings, declared_bytes: int | None = None
+    pools: Sequence[CpuPool], limits: LimitSettings, declared_bytes: int | None = None
 ) -> AsyncIterator[UploadLineCheck]:
-    """A check for one upload, in a free process of ``pool`` (started with the first upload it checks); one that
-    checks nothing for an upload announced below :data:`CHECK_FROM_BYTES`, when no process is free or when the
-    check cannot be set up (its socket's folder, say)."""
+    """A check for one upload, in the first of ``pools`` with a free process (started with the first upload it
+    checks); one that checks nothing for an upload announced below :data:`CHECK_FROM_BYTES`, when no process is
+    free or when the check cannot be set up (its socket's folder, say). A pool whose step outlives its upload is
+    replaced on its own: give each check process a pool of its own, so that no other upload's check ends with it."""
     worth_it = declared_bytes is None or declared_bytes >= CHECK_FROM_BYTES
-    opened = _listening() if worth_it and pool.has_free_process() else None
-    if opened is None:
+    pool = next((pool for pool in pools if pool.has_free_process()), None) if worth_it else None
+    opened = _listening() if pool is not None else None
+    if pool is None or opened is None:
         yield UploadLineCheck(None, None)
         return
     folder, listener = opened
