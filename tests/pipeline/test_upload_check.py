@@ -150,8 +150,10 @@ async def test_replacing_a_frozen_check_process_ends_no_other_uploads_check() ->
     frozen_pool, other_pool = CpuPool(1), CpuPool(1)
     pools = [frozen_pool, other_pool]
     try:
-        assert await check(frozen_pool, lines(1)) is not None
+        assert await check(frozen_pool, lines(1)) is not None  # both processes are up
         [frozen] = cpu_pool_processes()
+        assert await check(other_pool, lines(1)) is not None
+        [other] = [process for process in cpu_pool_processes() if process.pid != frozen.pid]
         frozen.send_signal(signal.SIGSTOP)
         content = lines(20_000)  # 9 MB, fed a megabyte at a time across the frozen check's replacement
         with mock.patch.object(upload_check, "STALL_S", 1.0), mock.patch.object(upload_check, "CONNECT_S", 1.0):
@@ -159,18 +161,18 @@ async def test_replacing_a_frozen_check_process_ends_no_other_uploads_check() ->
                 await stuck.feed(lines(10))
                 assert await stuck.verdict(len(lines(10))) is None
             async with checking_upload(pools, LIMITS) as line_check:  # the frozen pool is busy: the other one
+                await line_check.feed(content[: 1 << 20])
                 deadline = time.monotonic() + 10
-                for start in range(0, len(content), 1 << 20):
+                while frozen.is_running() and frozen.status() != psutil.STATUS_ZOMBIE:
+                    assert time.monotonic() < deadline, "the frozen check process was not replaced"
+                    await asyncio.sleep(0.1)
+                assert [process.pid for process in cpu_pool_processes()] == [other.pid], (
+                    "the other upload's check process ended with the frozen one"
+                )
+                for start in range(1 << 20, len(content), 1 << 20):
                     await line_check.feed(content[start : start + (1 << 20)])
-                    while start == 0 and frozen.is_running() and frozen.status() != psutil.STATUS_ZOMBIE:
-                        assert time.monotonic() < deadline, "the frozen check process was not replaced"
-                        await asyncio.sleep(0.1)
-                    if start == 0:
-                        others = cpu_pool_processes()
-                        assert len(others) == 1, "the other upload's check process ended with the frozen one"
                 found = await line_check.verdict(len(content))
         assert found is not None and found["lines"] == 20_000, "the other upload's check was ended too"
-        assert others[0].is_running() and others[0].status() != psutil.STATUS_ZOMBIE
     finally:
         with contextlib.suppress(psutil.Error):
             frozen.send_signal(signal.SIGCONT)
