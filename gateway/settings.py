@@ -303,6 +303,12 @@ class Settings(BaseSettings):
     port: int = Field(8080, description="Port `batchgw serve` listens on.")
     admin_key: SecretStr | None = Field(None, description="Bearer key for /admin endpoints; unset disables them.")
     auto_migrate: bool = Field(True, description="Apply database migrations when the gateway starts.")
+    status_cache_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long an API process answers status reads of a finished batch from memory (the key is "
+        "still checked on every read); 0 reads the batch every time.",
+    )
     public_base_url: str | None = Field(None, description="Base URL clients use, for links in responses.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["text", "json"] = Field(

@@ -15,6 +15,7 @@ the handler, which gives it its usual answer, errors included. Both render the b
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,11 +35,44 @@ checks."""
 _JSON = (b"content-type", b"application/json")
 
 
+class FinishedBatchAnswers:
+    """Encoded answers to reads of finished batches, kept a short while by batch id.
+
+    A finished batch's object changes only by a late charge of a provider batch it had abandoned, so an answer
+    kept ``status_cache_s`` is at most that old. Only the batch is kept: every read's key is still read from the
+    database (a revocation holds from the next request on), and must be of the batch's team.
+    """
+
+    def __init__(self, most: int = 4096) -> None:
+        self._answers: dict[str, tuple[str, bytes, float]] = {}
+        """batch id -> (team id, encoded Batch object, time.monotonic() it is kept until)"""
+        self._most = most
+
+    def get(self, batch_id: str) -> tuple[str, bytes] | None:
+        """The team and the answer kept for ``batch_id``, while it is fresh."""
+        kept = self._answers.get(batch_id)
+        if kept is None:
+            return None
+        if time.monotonic() >= kept[2]:
+            del self._answers[batch_id]
+            return None
+        return kept[0], kept[1]
+
+    def keep(self, batch_id: str, team_id: str, body: bytes, ttl_s: float) -> None:
+        """Keep a finished batch's answer for ``ttl_s`` (nothing for 0); the oldest goes when full."""
+        if ttl_s <= 0:
+            return
+        if len(self._answers) >= self._most and batch_id not in self._answers:
+            del self._answers[next(iter(self._answers))]
+        self._answers[batch_id] = (team_id, body, time.monotonic() + ttl_s)
+
+
 def fast_status_reads(app: ASGIApp) -> ASGIApp:
     """Middleware of the retrieve-batch route: answer a plain status read here, pass anything else to ``app``."""
+    finished = FinishedBatchAnswers()
 
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-        body = await _plain_answer(scope) if scope["type"] == "http" else None
+        body = await _plain_answer(scope, finished) if scope["type"] == "http" else None
         if body is None:
             await app(scope, receive, send)
             return
@@ -49,7 +83,7 @@ def fast_status_reads(app: ASGIApp) -> ASGIApp:
     return answer
 
 
-async def _plain_answer(scope: Scope) -> bytes | None:
+async def _plain_answer(scope: Scope, finished: FinishedBatchAnswers) -> bytes | None:
     """The encoded Batch object when this read is the plain case, else None."""
     context: GatewayContext = scope["litestar_app"].state.context
     batch_id = scope["path_params"].get("batch_id", "")
@@ -58,13 +92,23 @@ async def _plain_answer(scope: Scope) -> bytes | None:
     token = _bearer_token(scope["headers"])
     if token is None:
         return None
+    kept = finished.get(batch_id)
+    if kept is not None:
+        team_id, body = kept
+        key = await repo.authenticate(context.point_reads, token)
+        if key is None or key.team_id != team_id or read_only_principal(context, key) is None:
+            return None
+        return body
     found = await repo.read_batch_with_key(context.point_reads, token, batch_id)
     if found is None:
         return None
     key, batch, open_shards = found
     if read_only_principal(context, key) is None:
         return None
-    return msgspec.json.encode(batch_object(batch, lifecycle.waiting_of(batch, open_shards)))
+    body = msgspec.json.encode(batch_object(batch, lifecycle.waiting_of(batch, open_shards)))
+    if batch.stage == "done":
+        finished.keep(batch.id, key.team_id, body, context.settings.status_cache_s)
+    return body
 
 
 async def shown_batch(context: GatewayContext, batch: Batch) -> dict[str, Any]:

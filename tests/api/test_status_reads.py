@@ -1,6 +1,7 @@
 """The retrieve-batch route's fast path: it answers a plain status read itself, byte for byte as the handler
 would, and passes every other read (a refused key, a key whose use is due to be noted, request limits, another
-team's or an unknown batch, a query string, an odd id) to the handler, which gives it its usual answer."""
+team's or an unknown batch, a query string, an odd id) to the handler, which gives it its usual answer. A
+finished batch's answer is kept ``status_cache_s``, while every read's key is still checked."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Route:
     def __init__(self, context: GatewayContext) -> None:
         self.app = SimpleNamespace(state=SimpleNamespace(context=context))
         self.passed_on = 0
+        self.middleware = fast_status_reads(self._handler)  # type: ignore[arg-type]  # once, as the app builds it
 
     async def _handler(self, scope: Any, receive: Any, send: Any) -> None:
         self.passed_on += 1
@@ -54,7 +56,7 @@ class Route:
             sent.append(message)
 
         before = self.passed_on
-        await fast_status_reads(self._handler)(scope, _no_body, send)  # type: ignore[arg-type]
+        await self.middleware(scope, _no_body, send)  # type: ignore[arg-type]
         if self.passed_on > before:
             assert not sent, "a read passed on must not be answered too"
             return None
@@ -151,6 +153,65 @@ async def _fast_path(database_kind: str, tmp_path: Path) -> None:
 
 def test_the_fast_path_answers_plain_reads_and_passes_on_everything_else(database_kind: str, tmp_path: Path) -> None:
     asyncio.run(_fast_path(database_kind, tmp_path))
+
+
+async def _finished_answers(database_kind: str, tmp_path: Path) -> None:
+    async with migrated_context(database_kind, tmp_path) as context:
+        secret, key, batch = await _setup(context)
+        route = Route(context)
+        bearer = f"Bearer {secret}".encode()
+        context.settings.status_cache_s = 0.5
+        await route.read(batch.id, bearer)  # the process's first read opens the database the ordinary way
+
+        async def change(**values: Any) -> dict[str, Any]:
+            async with transaction(context.sessions) as session:
+                await session.exec(update(Batch).where(col(Batch.id) == batch.id).values(**values))
+            return batch_object(await _loaded(context, batch.id))
+
+        async def shown() -> dict[str, Any]:
+            answered = await route.read(batch.id, bearer)
+            assert answered is not None, "a plain read is answered by the fast path"
+            body: dict[str, Any] = json.loads(answered[2])
+            body["metadata"].pop("gateway_waiting", None)  # the open shard's wait, which batch_object is not given
+            return body
+
+        running = await change(request_completed=3)
+        assert await shown() == running
+        running = await change(request_completed=4)
+        assert await shown() == running, "a running batch is read afresh every time"
+
+        finished = await change(status="completed", stage="done", completed_at=7)
+        await route.read(batch.id, bearer)  # kept now
+        late = await change(cost_usd=0.25)  # a late charge of an abandoned provider batch
+        assert late != finished
+        kept_since = time.monotonic()
+        assert await shown() == finished, "a finished batch's answer is kept"
+
+        async with transaction(context.sessions) as session:
+            await session.exec(update(ApiKey).where(col(ApiKey.id) == key.id).values(revoked_at=int(time.time())))
+        assert await route.read(batch.id, bearer) is None, "the key of a kept answer is still checked: revoked"
+        async with transaction(context.sessions) as session:
+            await session.exec(update(ApiKey).where(col(ApiKey.id) == key.id).values(revoked_at=None))
+            other_secret, other = await repo.create_api_key(session, "others")
+            other.last_used_at = int(time.time())
+        assert await route.read(batch.id, f"Bearer {other_secret}".encode()) is None, "another team's key"
+
+        assert time.monotonic() - kept_since < 0.5, "the checks above outlasted the answer's time"
+        assert await shown() == finished
+        await asyncio.sleep(0.5)
+        assert await shown() == late, "an answer is kept no longer than status_cache_s"
+
+        context.settings.status_cache_s = 0
+        route = Route(context)  # a process started with it
+        await route.read(batch.id, bearer)
+        changed = await change(cost_usd=0.5)
+        assert await shown() == changed, "status_cache_s = 0 keeps nothing"
+
+
+def test_a_finished_batch_is_answered_from_memory_and_its_key_checked_every_time(
+    database_kind: str, tmp_path: Path
+) -> None:
+    asyncio.run(_finished_answers(database_kind, tmp_path))
 
 
 def _created_batch(client: openai.OpenAI) -> str:
