@@ -12,7 +12,9 @@ instead of reading the file again when it still applies (:func:`report_from_chec
 
 from __future__ import annotations
 
+import operator
 import socket
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from gateway import jsondepth
+from gateway.pipeline.line_blocks import LineBlock, LineItem, line_items
 
 if TYPE_CHECKING:
     from gateway.settings import LimitSettings
@@ -106,46 +109,20 @@ def lines_of(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int
         yield number, raw
 
 
-_OPENINGS_AND_NEWLINES = b"[{\n"
-_ALL_BUT_OPENINGS_AND_NEWLINES = bytes(b for b in range(256) if b not in _OPENINGS_AND_NEWLINES)
-
-
-def _counted_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
+def _counted_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[LineItem]:
     """:func:`lines_of`, each line with its count of opening brackets (``[`` and ``{``, strings included): a
-    bound on its depth, taken for a whole chunk at once (a pass at memory speed) rather than line by line."""
-    number = 0
-    carry = bytearray()
-    too_long = False
-    for chunk in chunks:
-        pieces = chunk.split(b"\n")
-        openings = chunk.translate(None, _ALL_BUT_OPENINGS_AND_NEWLINES).split(b"\n")  # aligned with pieces
-        tail = pieces.pop()
-        first = 0
-        if pieces and (carry or too_long):
-            number += 1
-            if not too_long:
-                carry += pieces[0]
-            line = None if too_long or len(carry) > max_line_bytes else bytes(carry)
-            yield number, line, (line.count(b"[") + line.count(b"{") if line is not None else 0)
-            carry, too_long = bytearray(), False
-            first = 1
-        for index in range(first, len(pieces)):
-            number += 1
-            piece = pieces[index]
-            yield number, (piece if len(piece) <= max_line_bytes else None), len(openings[index])
-        if not too_long:
-            carry += tail
-            if len(carry) > max_line_bytes:
-                carry, too_long = bytearray(), True
-    if carry or too_long:
-        line = None if too_long else bytes(carry)
-        yield number + 1, line, (line.count(b"[") + line.count(b"{") if line is not None else 0)
+    bound on its depth, taken for a whole read at once (a pass at memory speed) rather than line by line."""
+    for item in line_items(chunks, max_line_bytes):
+        if isinstance(item, LineBlock):
+            yield from item.items(max_line_bytes)
+        else:
+            yield item
 
 
 def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> ValidationReport:
     """Check every line of a batch input file against the batch's endpoint and the limits."""
     report = ValidationReport()
-    repeated = _check_lines(_counted_lines(_chunks_of(path), limits.max_line_bytes), endpoint, limits, report)
+    repeated = _check_lines(line_items(_chunks_of(path), limits.max_line_bytes), endpoint, limits, report)
     if repeated:
         _report_duplicates(path, limits.max_line_bytes, repeated, report, limits.max_errors_reported)
     return _finish(report, limits.max_errors_reported)
@@ -178,13 +155,16 @@ class UploadLimits:
 
 
 def _check_lines(
-    lines: Iterable[tuple[int, bytes | None, int]],
+    items: Iterable[LineItem | LineBlock],
     endpoint: str | None,
     limits: LineLimits,
     report: ValidationReport,
 ) -> set[int]:
     """Check each line into ``report``; return the hashes of the ``custom_id``s seen more than once, which a
-    second pass settles. With no ``endpoint``, every line must name the url the first valid line names."""
+    second pass settles. With no ``endpoint``, every line must name the url the first valid line names.
+
+    A block whose lines are all plain requests is taken whole (:meth:`LineBlock.decoded`); any other block is
+    checked line by line."""
     keep = limits.max_errors_reported
     # Duplicates are found by the hash of each custom_id (half the memory of the strings); the rare
     # repeated hash is settled exactly by a second pass over the lines concerned.
@@ -193,53 +173,94 @@ def _check_lines(
     max_lines = limits.max_file_lines
     models = report.models
     number = 0
-    for number, raw, openings in lines:
-        if number > max_lines:
-            report.add(
-                "too_many_requests",
-                f"The file has more than {limits.max_file_lines} lines, the most one batch accepts.",
-                number,
-                None,
-                keep,
-            )
-            break
-        if raw is None:
-            report.add(
-                "line_too_long",
-                f"Line {number} is longer than {limits.max_line_bytes} bytes.",
-                number,
-                None,
-                keep,
-            )
-            continue
-        if openings > MAX_LINE_DEPTH and jsondepth.nesting_depth(raw) > MAX_LINE_DEPTH:
-            message = f"Line {number} is nested more than {MAX_LINE_DEPTH} levels deep (arrays and objects)."
-            report.add("nesting_too_deep", message, number, None, keep)
-            continue
-        # A line ending in CRLF decodes as it is (a carriage return is JSON whitespace); only the slow path cuts it.
-        line = _fast_decode(raw)
-        if endpoint is None and line is not None:
-            endpoint = line.url
-        if line is None or line.method != "POST" or line.url != endpoint or not line.custom_id or not line.body.model:
-            custom_id, line = _check_line(raw[:-1] if raw.endswith(b"\r") else raw, number, endpoint, report, keep)
+    for item in items:
+        if isinstance(item, LineBlock):
+            last = item.first + len(item.lines) - 1
+            if endpoint is not None and last <= max_lines:
+                plain = item.decoded(endpoint, limits.max_line_bytes, MAX_LINE_DEPTH)
+                if plain is not None and _take_block(plain, models, seen, repeated):
+                    number = last
+                    continue
+            lines: Iterable[LineItem] = item.items(limits.max_line_bytes)
         else:
-            custom_id = line.custom_id
-        if line is not None:
-            model = line.body.model
-            if model in models:
-                models[model] += 1
+            lines = (item,)
+        for number, raw, openings in lines:
+            if number > max_lines:
+                report.add(
+                    "too_many_requests",
+                    f"The file has more than {limits.max_file_lines} lines, the most one batch accepts.",
+                    number,
+                    None,
+                    keep,
+                )
+                break
+            if raw is None:
+                report.add(
+                    "line_too_long",
+                    f"Line {number} is longer than {limits.max_line_bytes} bytes.",
+                    number,
+                    None,
+                    keep,
+                )
+                continue
+            if openings > MAX_LINE_DEPTH and jsondepth.nesting_depth(raw) > MAX_LINE_DEPTH:
+                message = f"Line {number} is nested more than {MAX_LINE_DEPTH} levels deep (arrays and objects)."
+                report.add("nesting_too_deep", message, number, None, keep)
+                continue
+            # A line ending in CRLF decodes as it is (a carriage return is JSON whitespace); only the slow path
+            # cuts it.
+            line = _fast_decode(raw)
+            if endpoint is None and line is not None:
+                endpoint = line.url
+            if (
+                line is None
+                or line.method != "POST"
+                or line.url != endpoint
+                or not line.custom_id
+                or not line.body.model
+            ):
+                custom_id, line = _check_line(raw[:-1] if raw.endswith(b"\r") else raw, number, endpoint, report, keep)
             else:
-                _count_model(model, number, report, keep)
-        if custom_id is None:
-            continue
-        key = hash(custom_id)
-        if key in seen:
-            repeated.add(key)
+                custom_id = line.custom_id
+            if line is not None:
+                model = line.body.model
+                if model in models:
+                    models[model] += 1
+                else:
+                    _count_model(model, number, report, keep)
+            if custom_id is None:
+                continue
+            key = hash(custom_id)
+            if key in seen:
+                repeated.add(key)
+            else:
+                seen.add(key)
         else:
-            seen.add(key)
+            continue
+        break  # over the most lines a file may hold
     report.line_count = number
     report.url = endpoint
     return repeated
+
+
+_CUSTOM_ID = operator.attrgetter("custom_id")
+_MODEL = operator.attrgetter("body.model")
+
+
+def _take_block(lines: list[Any], models: dict[str, int], seen: set[int], repeated: set[int]) -> bool:
+    """Count a block of plain requests into ``models``, ``seen`` and ``repeated``, as line by line would; False
+    (nothing counted) when it names a model beyond :data:`MAX_MODELS_PER_FILE`, which its lines then report."""
+    named = Counter(map(_MODEL, lines))
+    if len(models) + len(named.keys() - models.keys()) > MAX_MODELS_PER_FILE:
+        return False
+    for model, count in named.items():
+        models[model] = models.get(model, 0) + count
+    hashes = list(map(hash, map(_CUSTOM_ID, lines)))
+    fresh = set(hashes)
+    if len(fresh) < len(hashes) or not seen.isdisjoint(fresh):
+        repeated |= (fresh & seen) | {key for key, times in Counter(hashes).items() if times > 1}
+    seen |= fresh
+    return True
 
 
 def _finish(report: ValidationReport, keep: int) -> ValidationReport:
@@ -306,7 +327,7 @@ def check_upload(socket_path: str, limits: UploadLimits) -> dict[str, Any] | Non
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stream:
             stream.settimeout(UPLOAD_STALL_S)
             stream.connect(socket_path)
-            repeated = _check_lines(_counted_lines(received(stream), limits.max_line_bytes), None, limits, report)
+            repeated = _check_lines(line_items(received(stream), limits.max_line_bytes), None, limits, report)
     except OSError:  # the upload is gone, stalled (a timeout) or broke off: no verdict
         return None
     if report.error_count or repeated or not report.line_count or report.url is None:

@@ -300,6 +300,104 @@ def test_a_deep_line_is_found_wherever_the_chunks_cut_it(tmp_path: Path, chunk: 
     assert [(e["code"], e["line"]) for e in report.errors] == [("nesting_too_deep", deep_at + 1)]
 
 
+# --- whole reads at once, and line by line: the same report --------------------------------------------------
+
+
+LINE_KINDS = {
+    "plain", "repeated id", "crlf", "two objects on one line", "one object over two lines", "blank", "not utf-8",
+    "get", "other url", "empty id", "no model", "deep", "long", "leading space",
+}  # fmt: skip
+
+
+def _line_of(kind: str, index: int, model: str) -> list[bytes]:
+    """The line(s) of one ``kind``: plain requests, and every way a line can fall short of one."""
+    plain = request_line(f"r{index}", model)
+    cut = plain.index(b', "url"')
+    return {
+        "plain": [plain],
+        "repeated id": [request_line("r0", model)],
+        "crlf": [plain + b"\r"],
+        "two objects on one line": [plain + b" " + request_line(f"s{index}", model)],
+        "one object over two lines": [plain[: cut + 1], plain[cut + 1 :]],
+        "blank": [b""],
+        "not utf-8": [request_line(f"r{index}", model, content="caf\udce9").replace(b"\\udce9", b"\xe9")],
+        "get": [plain.replace(b'"POST"', b'"GET"')],
+        "other url": [request_line(f"r{index}", model, url="/v1/embeddings")],
+        "empty id": [request_line("", model)],
+        "no model": [request_line(f"r{index}", "")],
+        "deep": [nested_line(f"r{index}", input_lines.MAX_LINE_DEPTH + 1)],
+        "long": [request_line(f"r{index}", model, content="x" * 400)],
+        "leading space": [b" " + plain],
+    }[kind]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kinds=st.lists(st.sampled_from(["plain"] * 40 + sorted(LINE_KINDS - {"plain"})), min_size=1, max_size=60),
+    models=st.lists(st.sampled_from(["m1", "m2", "m3", "m4"]), min_size=60, max_size=60),
+    chunk=st.integers(min_value=40, max_value=3000),
+    max_lines=st.integers(min_value=1, max_value=70),
+)
+def test_reading_whole_reads_at_once_reports_exactly_what_reading_line_by_line_does(
+    tmp_path: Path, kinds: list[str], models: list[str], chunk: int, max_lines: int
+) -> None:
+    lines = [line for index, kind in enumerate(kinds) for line in _line_of(kind, index, models[index])]
+    path = write(tmp_path / "in.jsonl", lines)
+    limits = {"max_file_lines": max_lines, "max_line_bytes": 400}
+    # At most three models a file, so that a read naming a fourth is refused whole and checked line by line.
+    with mock.patch.object(input_lines, "MAX_MODELS_PER_FILE", 3):
+        with mock.patch.object(input_lines, "READ_CHUNK", 1):  # no line is wholly inside a read: line by line
+            by_line = check(path, **limits)
+        with mock.patch.object(input_lines, "READ_CHUNK", chunk):
+            by_read = check(path, **limits)
+    assert by_read == by_line
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "limits"),
+    [
+        ("plain", "too_many_requests", {"max_file_lines": 100}),
+        ("repeated id", "duplicate_custom_id", {}),
+        ("two objects on one line", "invalid_json_line", {}),
+        ("one object over two lines", "invalid_json_line", {}),
+        ("blank", "empty_line", {}),
+        ("not utf-8", "invalid_utf8", {}),
+        ("get", "invalid_method", {}),
+        ("other url", "url_mismatch", {}),
+        ("deep", "nesting_too_deep", {}),
+        ("long", "line_too_long", {"max_line_bytes": 400}),
+    ],
+)
+def test_a_problem_amid_a_read_of_plain_lines_is_named_at_its_line(
+    tmp_path: Path, kind: str, code: str, limits: dict[str, int]
+) -> None:
+    lines = [request_line(f"r{i}") for i in range(200)]
+    lines[100:101] = _line_of(kind, 100, "gpt-4o-mini")
+    path = write(tmp_path / "in.jsonl", lines)
+    report = check(path, **limits)
+    assert (report.errors[0]["code"], report.errors[0]["line"]) == (code, 101)
+    with mock.patch.object(input_lines, "READ_CHUNK", 1):
+        assert report == check(path, **limits), "line by line, the same report"
+
+
+def test_a_model_over_the_most_a_file_may_name_is_found_amid_a_read(tmp_path: Path) -> None:
+    lines = [request_line(f"r{i}", model=f"m{min(i // 50, 3)}") for i in range(200)]  # m3 from line 151 on
+    with mock.patch.object(input_lines, "MAX_MODELS_PER_FILE", 3):
+        report = check(write(tmp_path / "in.jsonl", lines))
+    assert [(e["code"], e["line"]) for e in report.errors][:2] == [("too_many_models", 151), ("too_many_models", 152)]
+    assert report.models == {"m0": 50, "m1": 50, "m2": 50}
+
+
+def test_a_large_clean_file_read_whole_reads_at_once_gives_its_counts(tmp_path: Path) -> None:
+    models = ["gpt-4o-mini", "gpt-4o", "claude-x"]
+    lines = [request_line(f"req-{i}", models[i % 3], content="y" * (i % 200)) for i in range(30_000)]
+    lines[29_999] = request_line("req-7", "gpt-4o")  # a repeat of a line many reads before it, for another model
+    report = check(write(tmp_path / "in.jsonl", lines))
+    assert [(e["code"], e["line"]) for e in report.errors] == [("duplicate_custom_id", 30_000)]
+    assert report.line_count == 30_000
+    assert report.models == {"gpt-4o-mini": 10_000, "gpt-4o": 10_001, "claude-x": 9_999}
+
+
 # --- an upload's check, adopted by its batches ------------------------------------------------------------
 
 

@@ -1,0 +1,111 @@
+"""Input lines in blocks: the whole lines of each read, and one decode for a block whose lines are all plain.
+
+A file's lines arrive in reads (a file's chunks, a socket's pieces). :func:`line_items` cuts them into whole
+lines: a :class:`LineBlock` for the lines wholly inside one read, and a single line for the one a read
+finishes after an earlier one started it. :meth:`LineBlock.decoded` decodes a block's lines without a step of
+Python per line when every one is a plain request, with a decoder that refuses anything else; anything less
+than plain gives None, and the caller checks that block line by line, naming its problems exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+LineItem = tuple[int, bytes | None, int]
+"""``(line number, its bytes or None when over the byte limit, its count of opening brackets)``."""
+
+_OPENINGS_AND_NEWLINES = b"[{\n"
+_ALL_BUT_OPENINGS_AND_NEWLINES = bytes(b for b in range(256) if b not in _OPENINGS_AND_NEWLINES)
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class LineBlock:
+    """Whole lines of one read: ``len(lines)`` lines from line ``first`` on (without their newlines), each with
+    its count of opening brackets."""
+
+    __slots__ = ("first", "lines", "openings")
+
+    def __init__(self, first: int, lines: list[bytes], openings: list[bytes]) -> None:
+        self.first = first
+        self.lines = lines
+        self.openings = openings
+        """The opening brackets of each line: only their number counts."""
+
+    def items(self, max_line_bytes: int) -> Iterator[LineItem]:
+        """The block's lines one by one, as :func:`line_items` gives a single line."""
+        openings = self.openings
+        for index, line in enumerate(self.lines):
+            yield self.first + index, (line if len(line) <= max_line_bytes else None), len(openings[index])
+
+    def decoded(self, endpoint: str, max_line_bytes: int, max_depth: int) -> list[Any] | None:
+        """Every line as a plain request for ``endpoint`` (``custom_id``, ``method``, ``url``, ``body.model``
+        read), or None when any line may be less than plain: the block is then checked line by line."""
+        lines = self.lines
+        if max(map(len, lines)) > max_line_bytes:
+            return None
+        if max(map(len, self.openings)) > max_depth:
+            return None  # a bound on some line's depth is over the limit: its own check measures it
+        for line in lines if not all(map(bytes.isascii, lines)) else ():
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        try:
+            # One line, one value: a line's decode fails on anything after its object.
+            return list(map(_plain_decoder(endpoint).decode, lines))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+
+
+def line_items(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[LineItem | LineBlock]:
+    """The lines of bytes arriving in pieces of any size, in order: a :class:`LineBlock` for the whole lines inside
+    one piece, a :data:`LineItem` for a line that spans pieces (or is the last, without a newline).
+
+    A line over ``max_line_bytes`` is never held whole: it is counted and marked (None) as it goes by.
+    """
+    number = 0
+    carry = bytearray()
+    too_long = False
+    for chunk in chunks:
+        lines = chunk.split(b"\n")
+        # The brackets of each line, found for the whole read at once (a pass at memory speed).
+        openings = chunk.translate(None, _ALL_BUT_OPENINGS_AND_NEWLINES).split(b"\n")  # aligned with lines
+        tail = lines.pop()
+        openings.pop()
+        if lines and (carry or too_long):
+            number += 1
+            if not too_long:
+                carry += lines[0]
+            line = None if too_long or len(carry) > max_line_bytes else bytes(carry)
+            yield number, line, _openings(line)
+            carry, too_long = bytearray(), False
+            del lines[0], openings[0]
+        if lines:
+            yield LineBlock(number + 1, lines, openings)
+            number += len(lines)
+        if not too_long:
+            carry += tail
+            if len(carry) > max_line_bytes:
+                carry, too_long = bytearray(), True
+    if carry or too_long:
+        line = None if too_long else bytes(carry)
+        yield number + 1, line, _openings(line)
+
+
+def _openings(line: bytes | None) -> int:
+    return 0 if line is None else line.count(b"[") + line.count(b"{")
+
+
+@functools.cache
+def _plain_decoder(endpoint: str) -> msgspec.json.Decoder[Any]:
+    """A decoder that takes only plain requests for ``endpoint``: anything else is an error, not a value.
+
+    Its structs are not tracked by the garbage collector: a block's thousands of them would otherwise set it
+    off again and again (it halves the decode's speed)."""
+    body = msgspec.defstruct("PlainBody", [("model", _NonEmpty)], gc=False)
+    fields = [("custom_id", _NonEmpty), ("method", Literal["POST"]), ("url", Literal[endpoint]), ("body", body)]
+    return msgspec.json.Decoder(msgspec.defstruct("PlainLine", fields, gc=False))
