@@ -66,6 +66,9 @@ CHUNK_BYTES = 1024 * 1024
 
 Params = Mapping[str, str | int]
 KeepLine = Callable[[bytes, int], Mapping[str, Any] | bytes | None]
+KeepLines = Callable[[list[bytes]], bytes | None]
+"""What a whole read's lines become at once (the bytes to append, each line ending in a newline), or None when
+they must be taken one by one (:data:`KeepLine`)."""
 """Turns one downloaded line (and its 1-based number) into an output envelope (or the envelope's JSON bytes,
 without newline), or None to skip it."""
 
@@ -431,17 +434,32 @@ class HttpAdapter(ProviderAdapter):
         return await self._retrying(lambda: self._send_json(method, path, **options))
 
     async def _download_lines(
-        self, path: str, out: IO[bytes], keep: KeepLine, *, params: Params | None = None, label: str | None = None
+        self,
+        path: str,
+        out: IO[bytes],
+        keep: KeepLine,
+        *,
+        params: Params | None = None,
+        label: str | None = None,
+        keep_all: KeepLines | None = None,
     ) -> None:
-        """Append the lines of a provider file to ``out``, each as ``keep`` turns it, retried as the policy says.
+        """Append the lines of a provider file to ``out``, each as ``keep`` turns it, retried as the policy says;
+        with ``keep_all``, the lines of each read at once where it takes them.
 
         A try that fails part-way removes what it appended before the next try starts the file
         again, so ``out`` never holds a partial or repeated line.
         """
-        await self._retrying(functools.partial(self._download_once, path, out, keep, params, label or path))
+        download = functools.partial(self._download_once, path, out, keep, params, label or path, keep_all)
+        await self._retrying(download)
 
     async def _download_once(
-        self, path: str, out: IO[bytes], keep: KeepLine, params: Params | None, label: str
+        self,
+        path: str,
+        out: IO[bytes],
+        keep: KeepLine,
+        params: Params | None,
+        label: str,
+        keep_all: KeepLines | None = None,
     ) -> None:
         start = out.tell()
         try:
@@ -455,7 +473,13 @@ class HttpAdapter(ProviderAdapter):
                     raise self._status_error("GET", label, response)
                 splitter, number, source = LineSplitter(), 0, f"provider {self.name}, {label}"
                 async for chunk in response.aiter_bytes():
-                    for line in splitter.feed(chunk):
+                    lines = splitter.feed(chunk)
+                    kept = keep_all(lines) if keep_all is not None and lines else None
+                    if kept is not None:
+                        out.write(kept)
+                        number += len(lines)
+                        continue
+                    for line in lines:
                         number += 1
                         _write_kept(out, keep, line, number, source)
                 for line in splitter.flush():

@@ -27,8 +27,11 @@ class LineSplitter:
         """Complete lines in ``chunk`` (and the buffered tail), without their terminators."""
         if not chunk:
             return []
-        parts = (self._tail + chunk).split(b"\n")
+        data = self._tail + chunk
+        parts = data.split(b"\n")
         self._tail = parts.pop()
+        if b"\r" not in data:
+            return parts
         return [part.removesuffix(b"\r") for part in parts]
 
     def flush(self) -> list[bytes]:

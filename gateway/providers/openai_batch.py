@@ -41,6 +41,7 @@ from gateway.providers.openai_wire import (
     find_batch_on_file,
     find_batch_with_token,
     find_upload_of,
+    kept_envelopes,
     map_batch_status,
     parse_batch_page,
     parse_progress,
@@ -181,7 +182,7 @@ class OpenAIBatchAdapter(HttpAdapter):
                     sent = custom_id_of(kept)
                     return with_custom_id(kept, reverse[sent]) if sent in reverse else kept
 
-                await self._download_lines(path, out, keep)
+                await self._download_lines(path, out, keep, keep_all=None if reverse else kept_envelopes)
 
     async def cancel(self, provider_batch_id: str) -> None:
         """Ask for cancellation; a refusal because the batch already ended (or is finalizing) is fine."""

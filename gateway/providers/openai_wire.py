@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -313,6 +313,45 @@ class _EnvelopeLine(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _envelope_line_decoder = msgspec.json.Decoder(_EnvelopeLine)
+
+
+class _AnObject(msgspec.Struct, gc=False):
+    """Any JSON object, its members skipped (not read)."""
+
+
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _PlainEnvelope(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A line :func:`normalised_output_line` keeps as it came, as a decoder that refuses any other can check it."""
+
+    id: _NonEmpty
+    custom_id: _NonEmpty
+    response: _AnObject
+    error: None = None
+
+
+_plain_envelope_decoder = msgspec.json.Decoder(_PlainEnvelope)
+
+
+def kept_envelopes(lines: list[bytes]) -> bytes | None:
+    """Result lines that :func:`normalised_output_line` would each keep as they came (without the spaces around
+    them), joined, each ending in a newline; None when any line would not be, which is then read line by line.
+
+    Most blocks of an OpenAI-protocol result file are such lines: they are checked without a step of Python per
+    line, and written in one piece.
+    """
+    joined = b"\n".join(lines)
+    if b"\r" in joined:
+        return None
+    try:
+        if not joined.isascii():
+            joined.decode()  # the client's output file is UTF-8
+        for _ in map(_plain_envelope_decoder.decode, lines):
+            pass
+    except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    return b"\n".join(map(bytes.strip, lines)) + b"\n"
 
 
 def normalised_output_line(raw: bytes, provider_batch_id: str) -> bytes:

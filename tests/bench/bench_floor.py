@@ -283,7 +283,9 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
         gateway_dir = root / "gateway"
         gateway_dir.mkdir()
         database_url, _ = stack.enter_context(fresh_database(args.database_url, gateway_dir))
-        env = gateway_env(root, emulator, webhooks=args.provider_webhooks)
+        env = gateway_env(root, emulator, webhooks=args.provider_webhooks) | dict(
+            item.split("=", 1) for item in args.env
+        )
         api = GatewayProcess(data_dir=gateway_dir, database_url=database_url, port=port, extra_env=env)
         api.start("serve", "--no-worker")
         stack.callback(api.stop)
@@ -379,10 +381,13 @@ def report_size(figures: SizeFigures, live: bool = False) -> None:
         )
 
 
-def report(sizes: list[SizeFigures], status: StatusRuns, webhooks: str = "off") -> None:
+def report(
+    sizes: list[SizeFigures], status: StatusRuns, webhooks: str = "off", settings: list[str] | None = None
+) -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n{cpus} CPUs, 1-minute load average at the end {load:.2f}; provider webhooks {webhooks}")
+    changed = f"; gateway settings {', '.join(settings)}" if settings else ""
+    print(f"\n{cpus} CPUs, 1-minute load average at the end {load:.2f}; provider webhooks {webhooks}{changed}")
     print(f"{'requests':>10} {'input MB':>9} {'floor s':>9} {'gateway s':>10} {'ratio':>7} {'goal':>7} "
           f"{'upload+valid. MB/s':>19} {'CPU s/100k':>11} {'API RSS':>8} {'worker RSS':>11}")  # fmt: skip
     for figures in sizes:
@@ -427,11 +432,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the emulator posts OpenAI's batch webhooks to the gateway, which polls an ended batch at once",
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra BATCHGW_* setting for the gateway (BATCHGW_ROUTING__CANARY_REQUESTS=0: no default canary)",
+    )
     args = parser.parse_args(argv)
     args.sizes = [int(size) for size in args.sizes.split(",")] + ([1_000_000] if args.million else [])
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as folder:
         sizes, status = measure(args, Path(folder))
-    report(sizes, status, "on" if args.provider_webhooks else "off")
+    report(sizes, status, "on" if args.provider_webhooks else "off", args.env)
     return 0
 
 
