@@ -66,11 +66,11 @@ CHUNK_BYTES = 1024 * 1024
 
 Params = Mapping[str, str | int]
 KeepLine = Callable[[bytes, int], Mapping[str, Any] | bytes | None]
+"""Turns one downloaded line (and its 1-based number) into an output envelope (or the envelope's JSON bytes,
+without newline), or None to skip it."""
 KeepLines = Callable[[list[bytes]], bytes | None]
 """What a whole read's lines become at once (the bytes to append, each line ending in a newline), or None when
 they must be taken one by one (:data:`KeepLine`)."""
-"""Turns one downloaded line (and its 1-based number) into an output envelope (or the envelope's JSON bytes,
-without newline), or None to skip it."""
 
 
 # --------------------------------------------------------------------------- retry policy
