@@ -249,8 +249,20 @@ class Worker:
         return True
 
     async def _claim_batch(self) -> Coroutine[Any, Any, None] | None:
+        claimed = await self.claimed_batch()
+        return None if claimed is None else self._run_batch_stage(*claimed)
+
+    async def _claim_shard(self) -> Coroutine[Any, Any, None] | None:
+        claimed = await self.claimed_shard()
+        return None if claimed is None else self._run_shard_step(*claimed)
+
+    async def claimed_batch(self) -> tuple[Batch, Lease] | None:
+        """A due batch (merges first, then intake) this worker now holds, with its lease; None when none is due.
+
+        The lease counts from before the claim was sent (see :attr:`Lease.renewed_at`): however long the claim's
+        answer takes, this worker never counts on the row for longer than the database gives it."""
         lease_s = self.settings.lease_s
-        sent_at = time.monotonic()  # the lease counts from before the claim (see Lease.renewed_at)
+        sent_at = time.monotonic()
         async with transaction(self.context.sessions) as session:
             # A batch whose requests are all answered is merged before new batches are taken in.
             batch = await repo.claim_batch(session, ["merge"], self.owner, lease_s)
@@ -258,9 +270,11 @@ class Worker:
                 batch = await repo.claim_batch(session, INTAKE_STAGES, self.owner, lease_s)
         if batch is None:
             return None
-        return self._run_batch_stage(batch, Lease(self.owner, batch.lease_token, lease_s, renewed_at=sent_at))
+        return batch, Lease(self.owner, batch.lease_token, lease_s, renewed_at=sent_at)
 
-    async def _claim_shard(self) -> Coroutine[Any, Any, None] | None:
+    async def claimed_shard(self) -> tuple[Shard, Batch, Lease] | None:
+        """A due shard this worker now holds, with its batch and its lease (counted as :meth:`claimed_batch`'s);
+        None when none is due."""
         lease_s = self.settings.lease_s
         sent_at = time.monotonic()
         async with transaction(self.context.sessions) as session:
@@ -273,7 +287,7 @@ class Worker:
             async with transaction(self.context.sessions) as session:
                 await shard_db.release_shard(session, shard.id, lease)
             return None
-        return self._run_shard_step(shard, batch, lease)
+        return shard, batch, lease
 
     async def _run_batch_stage(self, batch: Batch, lease: Lease) -> None:
         stage = batch.stage

@@ -3,24 +3,37 @@ already running (submit, poll, collect), because each kind of work is claimed by
 worker sleeps until its next work falls due, and on PostgreSQL wakes at once for work another process made.
 A ``batchgw worker`` stopped with SIGTERM lets its running steps finish within its grace period (a fan-out hands
 its shard over after the requests in flight); a step still running after it, or at a second SIGTERM, is stopped
-and its lease released, so the next worker takes it at once, not after the lease."""
+and its lease released, so the next worker takes it at once, not after the lease. A claim that waits on the
+database counts its lease from before it was sent, so the worker never counts on a row longer than the database
+gives it."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
+import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import openai
+import psycopg
 import pytest
+from sqlalchemy import make_url
+from sqlmodel import col, select
 
+from gateway.context import GatewayContext
 from gateway.db import local_wakeups
 from gateway.db.engine import sqlite_file
+from gateway.db.models import Batch, Shard, StoredFile, Team
+from gateway.db.unit_of_work import reading, transaction
+from gateway.jobs.worker import Worker
 from gateway.simulator import SimulatorCluster
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess, migrated_context, simulated_provider_env
 from tests.engine import (
     admin,
     api_without_worker,
@@ -264,3 +277,86 @@ def test_a_stopped_worker_hands_its_fan_out_over_after_the_requests_in_flight_an
     assert outcome.batch.status == "completed" and not outcome.errors
     assert sorted(outcome.output) == sorted(r["custom_id"] for r in requests)
     assert processed(simulator) == len(requests), "a request was asked twice"
+
+
+LOCK_HELD_S = 1.5
+
+
+@contextmanager
+def database_locked(context: GatewayContext) -> Iterator[None]:
+    """Writes to the database wait about :data:`LOCK_HELD_S` from entering: another connection holds them off (a
+    table lock on PostgreSQL, the write lock on SQLite), as a busy database or a frozen claim would."""
+    url = make_url(context.settings.resolved_database_url)
+    held = threading.Event()
+
+    def hold() -> None:
+        path = sqlite_file(url)
+        if path is not None:
+            with sqlite3.connect(path, isolation_level=None) as connection:
+                connection.execute("BEGIN IMMEDIATE")
+                held.set()
+                time.sleep(LOCK_HELD_S)
+                connection.execute("COMMIT")
+            return
+        conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(conninfo) as connection:
+            connection.execute("LOCK TABLE batches, shards IN EXCLUSIVE MODE")  # reads go on, writes wait
+            held.set()
+            time.sleep(LOCK_HELD_S)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        yield
+    finally:
+        holder.join()
+
+
+async def _claims_waiting_on_the_database(database_kind: str, folder: Path) -> None:
+    async with migrated_context(database_kind, folder) as context:
+        async with transaction(context.sessions) as session:
+            team = Team(name="slow")
+            session.add(team)
+            await session.flush()
+            stored = StoredFile(team_id=team.id, filename="in.jsonl", purpose="batch", storage_key="files/x")
+            session.add(stored)
+            await session.flush()
+            batch = Batch(
+                team_id=team.id, input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h",
+                status="in_progress", stage="route", next_action_at=0,
+            )  # fmt: skip
+            session.add(batch)
+            running = Batch(
+                team_id=team.id, input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h",
+                status="in_progress", stage="run",
+            )  # fmt: skip
+            session.add(running)
+            await session.flush()
+            session.add(Shard(batch_id=running.id, seq=0, provider="p", model="m", provider_model="m", input_key="k"))
+        worker = Worker(context)
+        lease_s = context.settings.worker.lease_s
+
+        for table, claim in ((Batch, worker.claimed_batch), (Shard, worker.claimed_shard)):
+            with database_locked(context):
+                sent = time.monotonic()
+                claimed = await claim()
+            answered, answered_wall = time.monotonic(), time.time()
+            assert claimed is not None, f"a due {table.__name__} row is claimed"
+            lease = claimed[-1]
+            assert answered - sent >= LOCK_HELD_S * 0.8, "the claim waited for the database"
+            async with reading(context.sessions) as session:
+                row = (await session.exec(select(table).where(col(table.lease_owner) == worker.owner))).one()
+            database_left = row.lease_expires_at - answered_wall
+            worker_left = lease.renewed_at + lease_s - answered
+            assert database_left < lease_s - LOCK_HELD_S * 0.8, "the database's lease ran while the claim waited"
+            assert worker_left <= database_left + 0.1, (
+                f"the worker counts on its {table.__name__} lease {worker_left:.2f}s more, the database "
+                f"{database_left:.2f}s: the lease must count from before the claim was sent"
+            )
+
+
+def test_a_claim_that_waits_on_the_database_counts_its_lease_from_before_it_was_sent(
+    database_kind: str, tmp_path: Path
+) -> None:
+    asyncio.run(_claims_waiting_on_the_database(database_kind, tmp_path))
