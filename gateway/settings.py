@@ -306,8 +306,8 @@ class Settings(BaseSettings):
     status_cache_s: float = Field(
         1.0,
         ge=0,
-        description="How long an API process answers status reads of a finished batch from memory (the key is "
-        "still checked on every read); 0 reads the batch every time.",
+        description="Longest an API process answers status reads of a finished batch from memory; every read still "
+        "reads its key and the batch's updated_at, so a revocation or a later change shows at once. 0: never.",
     )
     public_base_url: str | None = Field(None, description="Base URL clients use, for links in responses.")
     log_level: str = Field("INFO", description="Python logging level.")

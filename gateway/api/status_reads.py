@@ -9,7 +9,9 @@ needs nothing written or counted (:func:`gateway.api.auth.read_only_principal`),
 database read directly (:class:`gateway.db.point_reads.PointReads`). Everything else (no key, a refused key, a
 key whose use is due to be noted, request limits, an unknown batch, a query string, an unusual id) goes on to
 the handler, which gives it its usual answer, errors included. Both render the batch with
-:func:`gateway.api.objects.batch_object`, and the app's metrics middleware times and counts both.
+:func:`gateway.api.objects.batch_object`, and the app's metrics middleware times and counts both. A finished
+batch's answer is kept (:class:`FinishedBatchAnswers`) and given again while the batch's ``updated_at``, read
+with the key, is unchanged.
 """
 
 from __future__ import annotations
@@ -36,20 +38,21 @@ _JSON = (b"content-type", b"application/json")
 
 
 class FinishedBatchAnswers:
-    """Encoded answers to reads of finished batches, kept a short while by batch id.
+    """Encoded answers to reads of finished batches, kept by batch id with the ``updated_at`` they show.
 
-    A finished batch's object changes only by a late charge of a provider batch it had abandoned, so an answer
-    kept ``status_cache_s`` is at most that old. Only the batch is kept: every read's key is still read from the
-    database (a revocation holds from the next request on), and must be of the batch's team.
+    A kept answer is given only while the batch's ``updated_at`` is unchanged (read with the key, in one indexed
+    statement, on every read: a revocation or a late charge of a provider batch the batch had abandoned shows on
+    the next read), and for at most ``status_cache_s``, which bounds what a write that does not stamp
+    ``updated_at`` could leave unseen.
     """
 
     def __init__(self, most: int = 4096) -> None:
-        self._answers: dict[str, tuple[str, bytes, float]] = {}
-        """batch id -> (team id, encoded Batch object, time.monotonic() it is kept until)"""
+        self._answers: dict[str, tuple[float, bytes, float]] = {}
+        """batch id -> (the batch's updated_at, encoded Batch object, time.monotonic() it is kept until)"""
         self._most = most
 
-    def get(self, batch_id: str) -> tuple[str, bytes] | None:
-        """The team and the answer kept for ``batch_id``, while it is fresh."""
+    def get(self, batch_id: str) -> tuple[float, bytes] | None:
+        """The ``updated_at`` and the answer kept for ``batch_id``, while it is fresh."""
         kept = self._answers.get(batch_id)
         if kept is None:
             return None
@@ -58,13 +61,13 @@ class FinishedBatchAnswers:
             return None
         return kept[0], kept[1]
 
-    def keep(self, batch_id: str, team_id: str, body: bytes, ttl_s: float) -> None:
+    def keep(self, batch_id: str, updated_at: float, body: bytes, ttl_s: float) -> None:
         """Keep a finished batch's answer for ``ttl_s`` (nothing for 0); the oldest goes when full."""
         if ttl_s <= 0:
             return
         if len(self._answers) >= self._most and batch_id not in self._answers:
             del self._answers[next(iter(self._answers))]
-        self._answers[batch_id] = (team_id, body, time.monotonic() + ttl_s)
+        self._answers[batch_id] = (updated_at, body, time.monotonic() + ttl_s)
 
 
 def fast_status_reads(app: ASGIApp) -> ASGIApp:
@@ -94,11 +97,11 @@ async def _plain_answer(scope: Scope, finished: FinishedBatchAnswers) -> bytes |
         return None
     kept = finished.get(batch_id)
     if kept is not None:
-        team_id, body = kept
-        key = await repo.authenticate(context.point_reads, token)
-        if key is None or key.team_id != team_id or read_only_principal(context, key) is None:
+        found_version = await repo.read_key_and_batch_version(context.point_reads, token, batch_id)
+        if found_version is None or read_only_principal(context, found_version[0]) is None:
             return None
-        return body
+        if found_version[1] == kept[0]:
+            return kept[1]
     found = await repo.read_batch_with_key(context.point_reads, token, batch_id)
     if found is None:
         return None
@@ -107,7 +110,7 @@ async def _plain_answer(scope: Scope, finished: FinishedBatchAnswers) -> bytes |
         return None
     body = msgspec.json.encode(batch_object(batch, lifecycle.waiting_of(batch, open_shards)))
     if batch.stage == "done":
-        finished.keep(batch.id, key.team_id, body, context.settings.status_cache_s)
+        finished.keep(batch.id, batch.updated_at, body, context.settings.status_cache_s)
     return body
 
 

@@ -256,6 +256,26 @@ _KEY_BATCH_AND_GROUPS = _KEY_AND_BATCH.add_columns(*_OPEN_GROUPS.c).outerjoin(
 )
 
 
+_KEY_AND_BATCH_VERSION = (
+    select_columns(*_KEY_COLUMNS, col(Batch.updated_at))
+    .join(Team, col(Team.id) == col(ApiKey.team_id))
+    .join(Batch, col(Batch.team_id) == col(ApiKey.team_id))
+    .where(col(ApiKey.key_hash) == bindparam("key_hash"), col(Batch.id) == bindparam("batch_id"))
+)
+
+
+async def read_key_and_batch_version(
+    reads: PointReads, secret: str, batch_id: str
+) -> tuple[PresentedKey, float] | None:
+    """The key a presented secret belongs to and the ``updated_at`` of its team's batch ``batch_id`` (every write a
+    batch's object shows stamps it), in one statement: whether an answer kept for that batch still holds. None
+    when the key is unknown or its team has no such batch."""
+    row = await reads.first(_KEY_AND_BATCH_VERSION, {"key_hash": hash_key(secret), "batch_id": batch_id})
+    if row is None:
+        return None
+    return PresentedKey(*row[: len(_KEY_COLUMNS)]), float(row[len(_KEY_COLUMNS)])
+
+
 async def read_batch_with_key(
     reads: PointReads, secret: str, batch_id: str
 ) -> tuple[PresentedKey, Batch, list[OpenShardWait]] | None:

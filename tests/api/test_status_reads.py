@@ -1,7 +1,7 @@
 """The retrieve-batch route's fast path: it answers a plain status read itself, byte for byte as the handler
 would, and passes every other read (a refused key, a key whose use is due to be noted, request limits, another
 team's or an unknown batch, a query string, an odd id) to the handler, which gives it its usual answer. A
-finished batch's answer is kept ``status_cache_s``, while every read's key is still checked."""
+finished batch's answer is kept, while every read still checks its key and the batch's ``updated_at``."""
 
 from __future__ import annotations
 
@@ -180,12 +180,16 @@ async def _finished_answers(database_kind: str, tmp_path: Path) -> None:
         running = await change(request_completed=4)
         assert await shown() == running, "a running batch is read afresh every time"
 
-        finished = await change(status="completed", stage="done", completed_at=7)
+        finished = await change(status="completed", stage="done", completed_at=7, updated_at=time.time())
         await route.read(batch.id, bearer)  # kept now
-        late = await change(cost_usd=0.25)  # a late charge of an abandoned provider batch
+        assert await shown() == finished
+        late = await change(cost_usd=0.25, updated_at=time.time())  # a late charge of an abandoned provider batch
         assert late != finished
+        assert await shown() == late, "a change of a kept batch (its updated_at) shows on the next read"
+
+        unstamped = await change(cost_usd=0.5)  # a write that does not stamp updated_at: only the time bounds it
         kept_since = time.monotonic()
-        assert await shown() == finished, "a finished batch's answer is kept"
+        assert await shown() == late, "a finished batch's answer is kept"
 
         async with transaction(context.sessions) as session:
             await session.exec(update(ApiKey).where(col(ApiKey.id) == key.id).values(revoked_at=int(time.time())))
@@ -197,18 +201,18 @@ async def _finished_answers(database_kind: str, tmp_path: Path) -> None:
         assert await route.read(batch.id, f"Bearer {other_secret}".encode()) is None, "another team's key"
 
         assert time.monotonic() - kept_since < 0.5, "the checks above outlasted the answer's time"
-        assert await shown() == finished
+        assert await shown() == late
         await asyncio.sleep(0.5)
-        assert await shown() == late, "an answer is kept no longer than status_cache_s"
+        assert await shown() == unstamped, "an answer is kept no longer than status_cache_s"
 
         context.settings.status_cache_s = 0
         route = Route(context)  # a process started with it
         await route.read(batch.id, bearer)
-        changed = await change(cost_usd=0.5)
+        changed = await change(cost_usd=0.75)
         assert await shown() == changed, "status_cache_s = 0 keeps nothing"
 
 
-def test_a_finished_batch_is_answered_from_memory_and_its_key_checked_every_time(
+def test_a_finished_batch_is_answered_from_memory_while_its_key_and_version_hold(
     database_kind: str, tmp_path: Path
 ) -> None:
     asyncio.run(_finished_answers(database_kind, tmp_path))
