@@ -303,18 +303,6 @@ class _ProviderLine(msgspec.Struct):
 _provider_line_decoder = msgspec.json.Decoder(_ProviderLine)
 
 
-class _EnvelopeLine(msgspec.Struct, forbid_unknown_fields=True):
-    """A result line that is already the OpenAI envelope: these keys only, with an answer and no error."""
-
-    id: str
-    custom_id: str
-    response: msgspec.Raw
-    error: None = None
-
-
-_envelope_line_decoder = msgspec.json.Decoder(_EnvelopeLine)
-
-
 class _AnObject(msgspec.Struct, gc=False):
     """Any JSON object, its members skipped (not read)."""
 
@@ -323,7 +311,8 @@ _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class _PlainEnvelope(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """A line :func:`normalised_output_line` keeps as it came, as a decoder that refuses any other can check it."""
+    """A result line that is already the OpenAI envelope, as :func:`normalised_output_line` keeps it: these keys
+    only, non-empty ids, an answer object and no error. A decoder of it refuses any other line."""
 
     id: _NonEmpty
     custom_id: _NonEmpty
@@ -364,10 +353,11 @@ def normalised_output_line(raw: bytes, provider_batch_id: str) -> bytes:
     """
     try:
         raw.decode()  # the response is not read here: the line must be UTF-8 for the client's output file
-        line = _envelope_line_decoder.decode(raw)
-    except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
-        line = None
-    if line is not None and line.id and line.custom_id and memoryview(line.response)[:1] == b"{" and b"\r" not in raw:
+        _plain_envelope_decoder.decode(raw)
+        plain = b"\r" not in raw
+    except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        plain = False
+    if plain:
         return raw.strip()
     return msgspec.json.encode(normalise_output_line(raw, provider_batch_id, decode_response=False))
 
