@@ -18,8 +18,10 @@ for rate limits: a provider counts ``max_tokens`` against a tokens-per-minute li
 
 from __future__ import annotations
 
+import functools
+import operator
 from array import array
-from collections.abc import Callable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.billing.history import History
+from gateway.providers.jsonl import iter_line_blocks
 
 if TYPE_CHECKING:
     from gateway.catalog.loader import OfferEntry
@@ -38,9 +41,17 @@ DEFAULT_OUTPUT_TOKENS = 256
 EMBEDDINGS = "/v1/embeddings"
 
 
-class _Line(msgspec.Struct):
+class _Line(msgspec.Struct, gc=False):
     custom_id: str = ""
     body: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+def _cap(max_completion_tokens: Any, max_tokens: Any) -> int | None:
+    """A request's own output cap, where it is a positive whole number."""
+    for value in (max_completion_tokens, max_tokens):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 class _Body(msgspec.Struct):
@@ -50,17 +61,23 @@ class _Body(msgspec.Struct):
 
     def cap(self) -> int | None:
         """The request's own output cap, where it is a positive whole number."""
-        for value in (self.max_completion_tokens, self.max_tokens):
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return None
+        return _cap(self.max_completion_tokens, self.max_tokens)
+
+
+class _PlainBody(msgspec.Struct, gc=False):
+    """A body whose caps are absent or whole numbers: the usual request, read many at once."""
+
+    model: str = ""
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
 
 
 _line_decoder = msgspec.json.Decoder(_Line)
 _body_decoder = msgspec.json.Decoder(_Body)
+_plain_body_decoder = msgspec.json.Decoder(_PlainBody)
 
 
-def _head(body: bytes) -> _Body:
+def _head(body: bytes | msgspec.Raw) -> _Body:
     try:
         return _body_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -120,6 +137,20 @@ class RequestEstimate:
 
 
 @dataclass
+class RequestColumns:
+    """Expected tokens of many requests, one list per figure, aligned by request."""
+
+    models: list[str]
+    input_tokens: list[int]
+    output_tokens: list[float]
+    output_low: list[float]
+    output_high: list[float]
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+
+@dataclass
 class ModelEstimate:
     """The requests of one model in a file."""
 
@@ -154,6 +185,23 @@ class ModelEstimate:
         self._output += request.output_tokens
         self._low += request.output_low
         self._high += request.output_high
+
+    def add_columns(self, columns: RequestColumns, indexes: Iterable[int] | None = None) -> None:
+        """Count in the requests of ``columns`` (those at ``indexes``, else all) as :meth:`add` counts each."""
+        if indexes is None:
+            self.requests += len(columns)
+            self.input_tokens += sum(columns.input_tokens)
+            # Added in order, one by one, as add() would: the float sums come out the same.
+            self._output = functools.reduce(operator.add, columns.output_tokens, self._output)
+            self._low = functools.reduce(operator.add, columns.output_low, self._low)
+            self._high = functools.reduce(operator.add, columns.output_high, self._high)
+            return
+        for index in indexes:
+            self.requests += 1
+            self.input_tokens += columns.input_tokens[index]
+            self._output += columns.output_tokens[index]
+            self._low += columns.output_low[index]
+            self._high += columns.output_high[index]
 
     def merged_with(self, other: ModelEstimate) -> None:
         """Add another model's requests (to price a file as one model)."""
@@ -199,18 +247,56 @@ class Estimator:
     def request(self, body: bytes, custom_id: str = "") -> RequestEstimate:
         """Expected tokens of one request body."""
         head = _head(body)
-        basis = self.basis(head.model)
         raw = raw_input_tokens(body)
-        history = basis.history if basis.learned else None
-        input_tokens = max(1, round(raw * history.input_scale)) if history is not None else raw
+        scale = self._input_scale(head.model)
+        input_tokens = raw if scale is None else max(1, round(raw * scale))
+        return RequestEstimate(custom_id, head.model, input_tokens, *self._outputs(head.model, head.cap()))
+
+    def requests(self, bodies: Sequence[bytes | msgspec.Raw]) -> RequestColumns:
+        """Expected tokens of many request bodies (bytes or raw JSON values) at once, as :meth:`request` expects
+        each: the work per distinct model and output cap is done once, not once a line."""
+        try:
+            plain = list(map(_plain_body_decoder.decode, bodies))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            heads = list(map(_head, bodies))
+            names = [head.model for head in heads]
+            keys = list(zip(names, [head.cap() for head in heads], strict=True))
+        else:
+            names = [head.model for head in plain]
+            limits = [(head.model, head.max_completion_tokens, head.max_tokens) for head in plain]
+            capped = {limit: (limit[0], _cap(limit[1], limit[2])) for limit in set(limits)}
+            keys = [capped[limit] for limit in limits]
+        raw = [max(1, len(body) // BYTES_PER_TOKEN) for body in bodies]
+        scales = {name: self._input_scale(name) for name in set(names)}
+        if any(scale is not None for scale in scales.values()):
+            raw = [
+                tokens if (scale := scales[name]) is None else max(1, round(tokens * scale))
+                for name, tokens in zip(names, raw, strict=True)
+            ]
+        outputs = {key: self._outputs(*key) for key in set(keys)}
+        expected = [outputs[key] for key in keys]
+        return RequestColumns(
+            names,
+            raw,
+            [output for output, _, _ in expected],
+            [low for _, low, _ in expected],
+            [high for _, _, high in expected],
+        )
+
+    def _input_scale(self, name: str) -> float | None:
+        """How far the bytes / 4 rule was off for the model's past requests (None: no history to say)."""
+        basis = self.basis(name)
+        return basis.history.input_scale if basis.learned and basis.history is not None else None
+
+    def _outputs(self, name: str, cap: int | None) -> tuple[float, float, float]:
+        """Expected, p50 and p90 output tokens of a request of the model ``name`` capped at ``cap``."""
         if self.endpoint == EMBEDDINGS:
-            return RequestEstimate(custom_id, head.model, input_tokens, 0.0, 0.0, 0.0)
-        cap = head.cap()
-        if history is not None:
-            learned = self._learned_output(basis.model, history, cap)
-            return RequestEstimate(custom_id, head.model, input_tokens, *learned)
+            return 0.0, 0.0, 0.0
+        basis = self.basis(name)
+        if basis.learned and basis.history is not None:
+            return self._learned_output(basis.model, basis.history, cap)
         expected = float(min(basis.default_output, cap) if cap else basis.default_output)
-        return RequestEstimate(custom_id, head.model, input_tokens, expected, expected, expected)
+        return expected, expected, expected
 
     def _learned_output(self, model: str, history: History, cap: int | None) -> tuple[float, float, float]:
         """Expected, p50 and p90 output tokens of a request of ``model`` capped at ``cap``, from its history.
@@ -237,14 +323,15 @@ _REMEMBERED_CAPS = 4096
 """Learned output estimates an :class:`Estimator` keeps, one per model and request cap."""
 
 
-def iter_estimates(path: Path, estimator: Estimator) -> Iterator[RequestEstimate]:
-    """An estimate for every request line of a (validated) batch input file, in order."""
-    with path.open("rb") as handle:
-        for raw in handle:
-            if not raw.strip():
-                continue
-            line = _line_decoder.decode(raw)
-            yield estimator.request(bytes(line.body), line.custom_id)
+def iter_request_columns(path: Path, estimator: Estimator) -> Iterator[RequestColumns]:
+    """The estimates of a (validated) batch input file's request lines, in order, a read's lines at a time."""
+    for _, lines in iter_line_blocks(path):
+        try:
+            requests = list(map(_line_decoder.decode, lines))
+        except msgspec.DecodeError:  # a blank line
+            requests = [_line_decoder.decode(line) for line in lines if line.strip()]
+        if requests:
+            yield estimator.requests([request.body for request in requests])
 
 
 @dataclass
@@ -270,6 +357,23 @@ class LineEstimates:
         self.input_tokens.append(min(request.input_tokens, _MAX_RECORDED_TOKENS))
         self.output_tokens.append(request.output_tokens)
 
+    def add_columns(self, columns: RequestColumns) -> None:
+        """Record the next lines' estimates, as :meth:`add` records each."""
+        names = dict.fromkeys(columns.models)
+        for name in names:
+            if name not in self._name_index:
+                self._name_index[name] = len(self.names)
+                self.names.append(name)
+        if len(names) == 1:
+            self.name_of_line.extend(array("I", [self._name_index[columns.models[0]]]) * len(columns))
+        else:
+            self.name_of_line.extend([self._name_index[name] for name in columns.models])
+        tokens = columns.input_tokens
+        self.input_tokens.extend(
+            tokens if max(tokens) <= _MAX_RECORDED_TOKENS else [min(t, _MAX_RECORDED_TOKENS) for t in tokens]
+        )
+        self.output_tokens.extend(columns.output_tokens)
+
     def line(self, number: int) -> tuple[str, int, float]:
         """``(model name, input tokens, expected output tokens)`` of the ``number``-th request (0-based)."""
         return self.names[self.name_of_line[number]], self.input_tokens[number], self.output_tokens[number]
@@ -294,13 +398,19 @@ def estimate_lines(
     estimator = estimator or Estimator(endpoint)
     models: dict[str, ModelEstimate] = {}
     lines = LineEstimates()
-    for number, request in enumerate(iter_estimates(path, estimator), 1):
-        entry = models.get(request.model)
-        if entry is None:
-            basis = estimator.basis(request.model).describe()
-            entry = models[request.model] = ModelEstimate(request.model, first_line=number, basis=basis)
-        entry.add(request)
-        lines.add(request)
+    for columns in iter_request_columns(path, estimator):
+        names = dict.fromkeys(columns.models)
+        for name in names:
+            if name not in models:
+                basis = estimator.basis(name).describe()
+                first_line = len(lines) + columns.models.index(name) + 1
+                models[name] = ModelEstimate(name, first_line=first_line, basis=basis)
+        if len(names) == 1:
+            models[columns.models[0]].add_columns(columns)
+        else:
+            for name in names:
+                models[name].add_columns(columns, [i for i, model in enumerate(columns.models) if model == name])
+        lines.add_columns(columns)
     return models, lines
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
@@ -29,6 +29,7 @@ from gateway.pipeline.results import (
     retryable,
 )
 from gateway.pipeline.results import encoder as line_encoder
+from gateway.providers.jsonl import iter_line_blocks
 
 log = logging.getLogger(__name__)
 
@@ -70,45 +71,19 @@ def split_results(
     ``provider`` that answered it. ``tier`` is the service tier the shard's requests asked for.
     """
     pending = _input_estimates(input_path)
-    moved: set[str] = set()
     results = ShardResults(usage=Usage(asked_tier=tier))
     with output_path.open("wb") as out, error_path.open("wb") as err:
+        join = _Join(batch_id, provider, can_move, pending, results, out, err)
         if raw_path is not None and raw_path.exists():
-            with raw_path.open("rb") as raw:
-                for number, line in enumerate(raw, 1):
-                    try:
-                        item = decode_result(line)
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        log.warning("skipping an unreadable result line %d of batch %s", number, batch_id)
-                        continue
-                    if not isinstance(item.custom_id, str) or item.custom_id not in pending:
-                        continue
-                    if item.response is None and _unexecuted(item.error):
-                        continue  # the provider never ran it: handled below with the pending ones
-                    raw_input = pending.pop(item.custom_id)
-                    ok = item.ok
-                    if not ok and can_move and retryable(item.status_code, item.error):
-                        moved.add(item.custom_id)
-                        continue
-                    record = {
-                        "id": request_line_id(batch_id, item.custom_id),
-                        "custom_id": item.custom_id,
-                        "response": item.response,
-                        "error": item.error,
-                        "provider": provider,
-                    }
-                    if ok:
-                        results.completed += 1
-                        results.usage.add(item.body, item.billed_usd)
-                        results.sample.add(*_answer_tokens(item.body), raw_input)
-                        out.write(line_encoder.encode(record) + b"\n")
-                    else:
-                        results.failed += 1
-                        err.write(line_encoder.encode(record) + b"\n")
+            for first, lines in iter_line_blocks(raw_path):
+                if not join.take_plain(first, lines):
+                    for number, line in enumerate(lines, first):
+                        join.take_line(number, line)
         crash_point("join.after_results")
         freeze_point("join.after_results")
         code, message = MISSING_RESULT_ERRORS.get(end_reason, MISSING_RESULT_ERRORS["failed"])
         message = message.format(detail=detail or "no detail given")
+        moved = join.moved
         for custom_id in pending:
             if can_move:
                 moved.add(custom_id)
@@ -124,6 +99,129 @@ def split_results(
     return results
 
 
+class _Join:
+    """The lines of one shard's results taken against its pending requests (see :func:`split_results`)."""
+
+    def __init__(
+        self,
+        batch_id: str,
+        provider: str,
+        can_move: bool,
+        pending: dict[str, int],
+        results: ShardResults,
+        out: IO[bytes],
+        err: IO[bytes],
+    ) -> None:
+        self.batch_id, self.provider, self.can_move = batch_id, provider, can_move
+        self.pending, self.results, self.out, self.err = pending, results, out, err
+        self.moved: set[str] = set()
+
+    def take_line(self, number: int, line: bytes) -> None:
+        """One result line, whatever it holds: an answer, an error, a line to skip."""
+        if not line.strip():
+            return
+        try:
+            item = decode_result(line)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("skipping an unreadable result line %d of batch %s", number, self.batch_id)
+            return
+        if not isinstance(item.custom_id, str) or item.custom_id not in self.pending:
+            return
+        if item.response is None and _unexecuted(item.error):
+            return  # the provider never ran it: handled with the requests left pending
+        raw_input = self.pending.pop(item.custom_id)
+        ok = item.ok
+        if not ok and self.can_move and retryable(item.status_code, item.error):
+            self.moved.add(item.custom_id)
+            return
+        record = _OutputLine(
+            request_line_id(self.batch_id, item.custom_id), item.custom_id, item.response, item.error, self.provider
+        )
+        if ok:
+            self._answered(item.body, item.billed_usd, raw_input)
+            self.out.write(line_encoder.encode(record) + b"\n")
+        else:
+            self.results.failed += 1
+            self.err.write(line_encoder.encode(record) + b"\n")
+
+    def take_plain(self, first: int, lines: list[bytes]) -> bool:
+        """The lines of one read at once when every one is a plain answer line (see :class:`_PlainResult`); False,
+        having taken none, when any is not: the caller then takes them one by one. An answer that is not a
+        success is taken by :meth:`take_line`."""
+        if not all(map(bytes.isascii, lines)):
+            try:
+                for line in lines:
+                    line.decode()  # the response is passed on unread: it must be UTF-8 for the client's output
+            except UnicodeDecodeError:
+                return False
+        try:
+            found = list(map(_plain_decoder.decode, lines))
+            answers = list(map(_plain_answer_decoder.decode, [item.response for item in found]))
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return False
+        pending, batch_id, provider = self.pending, self.batch_id, self.provider
+        records: list[_OutputLine] = []
+        bodies: list[AnswerBody | None] = []
+        billed: list[float | None] = []
+        raw_inputs: list[int] = []
+        for number, (item, answer) in enumerate(zip(found, answers, strict=True), first):
+            if not 200 <= answer.status_code < 300:
+                self.take_line(number, lines[number - first])
+                continue
+            raw_input = pending.pop(item.custom_id, None)
+            if raw_input is None:
+                continue  # not this shard's, or already answered
+            bodies.append(answer.body)
+            billed.append(item.billed_usd)
+            raw_inputs.append(raw_input)
+            records.append(
+                _OutputLine(request_line_id(batch_id, item.custom_id), item.custom_id, item.response, None, provider)
+            )
+        results = self.results
+        results.completed += len(bodies)
+        results.usage.add_all(bodies, billed)
+        tokens = list(map(_answer_tokens, bodies))
+        results.sample.add_all([output for output, _ in tokens], [input for _, input in tokens], raw_inputs)
+        self.out.write(line_encoder.encode_lines(records))
+        return True
+
+    def _answered(self, body: AnswerBody | None, billed_usd: float | None, raw_input: int) -> None:
+        results = self.results
+        results.completed += 1
+        results.usage.add(body, billed_usd)
+        results.sample.add(*_answer_tokens(body), raw_input)
+
+
+class _OutputLine(msgspec.Struct, gc=False):
+    """A line of the output or error file (see :mod:`gateway.pipeline.results`)."""
+
+    id: str
+    custom_id: str
+    response: msgspec.Raw | None
+    error: dict[str, Any] | None
+    provider: str
+
+
+class _PlainResult(msgspec.Struct, gc=False):
+    """A result line with an answer and no error, its ``custom_id`` a string: the usual line, taken in blocks."""
+
+    custom_id: str
+    response: msgspec.Raw
+    error: None = None
+    billed_usd: float | None = None
+
+
+class _PlainAnswer(msgspec.Struct, gc=False):
+    """The answer of a :class:`_PlainResult`: an HTTP status and a body object whose token counts are integers."""
+
+    status_code: int
+    body: AnswerBody
+
+
+_plain_decoder = msgspec.json.Decoder(_PlainResult)
+_plain_answer_decoder = msgspec.json.Decoder(_PlainAnswer)
+
+
 class _InputLine(msgspec.Struct):
     custom_id: str = ""
     body: msgspec.Raw = msgspec.Raw(b"{}")
@@ -135,11 +233,12 @@ _input_decoder = msgspec.json.Decoder(_InputLine)
 def _input_estimates(input_path: Path) -> dict[str, int]:
     """The shard's custom_ids in order, each with its input tokens by the bytes / 4 rule."""
     found: dict[str, int] = {}
-    with input_path.open("rb") as handle:
-        for line in handle:
-            if line.strip():
-                request = _input_decoder.decode(line)
-                found[request.custom_id] = raw_input_tokens(request.body)
+    for _, lines in iter_line_blocks(input_path):
+        try:
+            requests = list(map(_input_decoder.decode, lines))
+        except msgspec.DecodeError:  # a blank line (a shard's input holds requests only)
+            requests = [_input_decoder.decode(line) for line in lines if line.strip()]
+        found.update({request.custom_id: raw_input_tokens(request.body) for request in requests})
     return found
 
 

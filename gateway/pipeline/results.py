@@ -17,24 +17,27 @@ import msgspec
 
 from gateway.billing.history import Sample
 
+# The structs an answer's usage is read into hold numbers and JSON values only, never a cycle: they are left out
+# of the garbage collector, which a shard's tens of thousands of them would otherwise set off again and again.
+
 Count = Annotated[int, msgspec.Meta(ge=0)]
 """A token count as the typed reading takes it; any other value is read loosely (see :func:`_count`)."""
 
 
-class PromptDetails(msgspec.Struct):
+class PromptDetails(msgspec.Struct, gc=False):
     """``usage.prompt_tokens_details`` as collection reads it."""
 
     cached_tokens: Count | None = None
     cache_write_tokens: Count | None = None
 
 
-class CompletionDetails(msgspec.Struct):
+class CompletionDetails(msgspec.Struct, gc=False):
     """``usage.completion_tokens_details`` as collection reads it."""
 
     reasoning_tokens: Count | None = None
 
 
-class TokenUsage(msgspec.Struct):
+class TokenUsage(msgspec.Struct, gc=False):
     """An answer's ``usage``: the token counts collection adds up (absent or null counts are 0)."""
 
     prompt_tokens: Count | None = None
@@ -43,7 +46,7 @@ class TokenUsage(msgspec.Struct):
     completion_tokens_details: CompletionDetails | None = None
 
 
-class AnswerBody(msgspec.Struct):
+class AnswerBody(msgspec.Struct, gc=False):
     """What collection reads of an answer's body: its usage and the service tier that served it."""
 
     usage: TokenUsage | None = None
@@ -236,6 +239,23 @@ class Usage:
         elif self._served_at_standard(body.service_tier if body is not None else None):
             self.standard_input += prompt
             self.standard_output += completion
+
+    def add_all(self, bodies: list[AnswerBody | None], billed_usd: list[float | None]) -> None:
+        """Add many successful answers at once, as :meth:`add` adds each (the lists are aligned)."""
+        if self.asked_tier != "standard" or any(usd is not None for usd in billed_usd):
+            for body, usd in zip(bodies, billed_usd, strict=True):
+                self.add(body, usd)
+            return
+        # The usual case (a standard tier asked, no charge reported): only the token sums change.
+        self.requests += len(bodies)
+        usages = [usage for body in bodies if body is not None and (usage := body.usage) is not None]
+        self.input += sum([usage.prompt_tokens or 0 for usage in usages])
+        self.output += sum([usage.completion_tokens or 0 for usage in usages])
+        prompts = [details for usage in usages if (details := usage.prompt_tokens_details) is not None]
+        self.cached += sum([details.cached_tokens or 0 for details in prompts])
+        self.cache_write += sum([details.cache_write_tokens or 0 for details in prompts])
+        outputs = [written for usage in usages if (written := usage.completion_tokens_details) is not None]
+        self.reasoning += sum([written.reasoning_tokens or 0 for written in outputs])
 
     def _served_at_standard(self, served: Any) -> bool:
         """Whether an answer to a request asked at :attr:`asked_tier` is billed at the standard rate: it says it was

@@ -9,7 +9,9 @@ built from its plan (:meth:`ShardPlan.shard`) by the transaction that adopts it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import operator
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from gateway.context import GatewayContext
 from gateway.db.models import Shard
 from gateway.pipeline.lifecycle import shard_input_key
 from gateway.providers.config import ProviderLimits
+from gateway.providers.jsonl import iter_line_blocks
 from gateway.routing.placement import Choice
 from gateway.storage import BlobStore
 from gateway.storage.local import scratch_file
@@ -210,46 +213,102 @@ def split_into_shards(
             handle = stack.enter_context(path.open("wb"))
             return ShardPlan(seq=seq, placement=placement, key=key, path=path, handle=handle, canary=canary)
 
+        def place(line: bytes, name: str, input_tokens: int, output_tokens: float, canary: bool) -> None:
+            """Put one request line in the open shard of its placement, opening one as the last fills."""
+            lines = assign[name]
+            index = lines.next_placement()
+            placement = lines.placements[index]
+            # The field anywhere in the line (a custom_id may name it too): the rewrite then decides.
+            tiered = placement.tier != "standard" or _TIER_FIELD in line
+            if name != placement.provider_model or tiered:
+                line = rewrite_model(line, placement.provider_model, placement.tier)
+            size = len(line) + 1
+            slot = (name, index, canary)
+            shard = open_shards.get(slot)
+            limits = placement.limits
+            if shard is not None and (
+                shard.request_count >= caps[(name, index)] or shard.byte_size + size > limits.max_bytes_per_batch
+            ):
+                done.append(open_shards.pop(slot))
+                shard = None
+            if shard is None:
+                shard = open_shards[slot] = new_shard(placement, canary)
+            shard.handle.write(line + b"\n")
+            shard.request_count += 1
+            shard.byte_size += size
+            shard.input_tokens += input_tokens
+            shard.expected_output += output_tokens
+            shard.output_tokens = round(shard.expected_output)
+
+        def place_run(block: list[bytes], first: int, estimates: LineEstimates) -> bool:
+            """Put a read's lines (requests ``first`` on) in shards as runs copied at once, when every one is a
+            request of one model that goes to one placement unchanged; False, having put none, otherwise."""
+            count = len(block)
+            if first + count > len(estimates):
+                return False  # line by line, which says where the file no longer matches its estimates
+            name_index = estimates.name_of_line[first]
+            name = estimates.names[name_index]
+            lines = assign[name]
+            placement = lines.placements[0]
+            if (
+                len(lines.placements) > 1
+                or name != placement.provider_model
+                or placement.tier != "standard"
+                or estimates.name_of_line[first : first + count].count(name_index) != count
+            ):
+                return False
+            data = b"\n".join(block)
+            if b"\r" in data or _TIER_FIELD in data or not all(map(bytes.strip, block)):
+                return False
+            cap, position = caps[(name, 0)], 0
+            while position < count:
+                request = first + position
+                canary = request < canary_lines
+                length = count - position if not canary else min(count - position, canary_lines - request)
+                slot = (name, 0, canary)
+                shard = open_shards.get(slot)
+                room = cap - shard.request_count if shard is not None else cap
+                run = block[position : position + min(length, room)]
+                chunk = b"\n".join(run) + b"\n"
+                held = shard.byte_size if shard is not None else 0
+                if room <= 0 or held + len(chunk) > placement.limits.max_bytes_per_batch:
+                    # A shard fills here: line by line, which closes it where a line no longer fits.
+                    for offset, line in enumerate(run or block[position : position + 1]):
+                        place(line, *estimates.line(request + offset), canary)
+                    position += max(1, len(run))
+                    continue
+                if shard is None:
+                    shard = open_shards[slot] = new_shard(placement, canary)
+                shard.handle.write(chunk)
+                shard.request_count += len(run)
+                shard.byte_size += len(chunk)
+                shard.input_tokens += sum(estimates.input_tokens[request : request + len(run)])
+                # Added in order, one by one, as place() adds them: the float sum comes out the same.
+                outputs = estimates.output_tokens[request : request + len(run)]
+                shard.expected_output = functools.reduce(operator.add, outputs, shard.expected_output)
+                shard.output_tokens = round(shard.expected_output)
+                position += len(run)
+            return True
+
         try:
             requests = 0
-            with input_path.open("rb") as source:
-                for raw in source:
-                    line = raw.rstrip(b"\r\n")
+            for _, block in iter_line_blocks(input_path):
+                # Routing's pass read every line's model and tokens: the lines need not be read again.
+                if estimates is not None and place_run(block, requests, estimates):
+                    requests += len(block)
+                    continue
+                for raw in block:
+                    line = raw.rstrip(b"\r")
                     if not line.strip():
                         continue
-                    if estimates is not None:  # routing's pass read every line's model and tokens
+                    if estimates is not None:
                         if requests >= len(estimates):
                             raise RuntimeError(f"{input_path.name} has more lines than when it was estimated")
                         name, input_tokens, output_tokens = estimates.line(requests)
                     else:
                         name, input_tokens, output_tokens = _estimate_line(line, estimator)
                     requests += 1
-                    canary = requests <= canary_lines
-                    lines = assign[name]
-                    index = lines.next_placement()
-                    placement = lines.placements[index]
-                    # The field anywhere in the line (a custom_id may name it too): the rewrite then decides.
-                    tiered = placement.tier != "standard" or _TIER_FIELD in line
-                    if name != placement.provider_model or tiered:
-                        line = rewrite_model(line, placement.provider_model, placement.tier)
-                    size = len(line) + 1
-                    slot = (name, index, canary)
-                    shard = open_shards.get(slot)
-                    limits = placement.limits
-                    if shard is not None and (
-                        shard.request_count >= caps[(name, index)]
-                        or shard.byte_size + size > limits.max_bytes_per_batch
-                    ):
-                        done.append(open_shards.pop(slot))
-                        shard = None
-                    if shard is None:
-                        shard = open_shards[slot] = new_shard(placement, canary)
-                    shard.handle.write(line + b"\n")
-                    shard.request_count += 1
-                    shard.byte_size += size
-                    shard.input_tokens += input_tokens
-                    shard.expected_output += output_tokens
-                    shard.output_tokens = round(shard.expected_output)
+                    place(line, name, input_tokens, output_tokens, requests <= canary_lines)
             if estimates is not None and requests != len(estimates):
                 raise RuntimeError(f"{input_path.name} has fewer lines than when it was estimated")
             done.extend(open_shards.values())

@@ -14,7 +14,7 @@ import msgspec
 
 from gateway.translate import TranslationError
 
-__all__ = ["LineSplitter", "encode_line", "iter_lines", "iter_requests"]
+__all__ = ["LineSplitter", "encode_line", "iter_line_blocks", "iter_lines", "iter_requests"]
 
 
 class LineSplitter:
@@ -46,6 +46,24 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         for number, raw in enumerate(lines, 1):
             if raw.strip():
                 yield number, raw
+
+
+BLOCK_BYTES = 1024 * 1024
+"""Bytes :func:`iter_line_blocks` reads at a time."""
+
+
+def iter_line_blocks(path: Path, block_bytes: int | None = None) -> Iterator[tuple[int, list[bytes]]]:
+    """``(number of the first line, lines)`` for the whole lines of each read of a file (of ``block_bytes``, by
+    default :data:`BLOCK_BYTES`), blank ones included, without their terminators: a caller can handle a read's
+    lines at once and still name each line."""
+    splitter, number = LineSplitter(), 1
+    with path.open("rb") as source:
+        while chunk := source.read(block_bytes or BLOCK_BYTES):
+            if lines := splitter.feed(chunk):
+                yield number, lines
+                number += len(lines)
+    if last := splitter.flush():
+        yield number, last
 
 
 def encode_line(value: Mapping[str, Any]) -> bytes:

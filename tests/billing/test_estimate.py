@@ -4,18 +4,25 @@ catalog's or the built-in default), capped by max_tokens; nothing out for embedd
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
+from unittest.mock import patch
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.billing.estimate import (
     BYTES_PER_TOKEN,
     DEFAULT_OUTPUT_TOKENS,
     Estimator,
+    ModelEstimate,
     cache_rates,
     cost_usd,
     estimate_body,
     estimate_file,
+    estimate_lines,
     shard_cost,
     usage_cost_usd,
 )
@@ -23,6 +30,7 @@ from gateway.billing.history import History, Sample
 from gateway.catalog.loader import load_catalog
 from gateway.db.models import Shard
 from gateway.pipeline.results import AnswerBody, TokenUsage, Usage
+from gateway.providers import jsonl
 
 CHAT = "/v1/chat/completions"
 
@@ -195,3 +203,49 @@ def test_a_cap_that_is_not_a_positive_whole_number_keeps_the_model_and_gets_the_
     [(model, estimate)] = estimate_file(path, "/v1/chat/completions").items()
     assert (model, estimate.requests) == ("gpt-4o-mini", 2)
     assert estimate.output_tokens == DEFAULT_OUTPUT_TOKENS + 40
+
+
+_CAPS = ["", ', "max_tokens": 40', ', "max_completion_tokens": 7, "max_tokens": 90', ', "max_tokens": 0',
+         ', "max_tokens": 12.0', ', "max_tokens": "50"', ', "max_tokens": true', ', "max_tokens": [1]',
+         ', "max_tokens": 99999999999999999999999', ', "max_completion_tokens": -3, "max_tokens": 64']  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    requests=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "ghost"]), st.sampled_from(_CAPS), st.integers(0, 900)), max_size=60
+    ),
+    blank_every=st.integers(0, 9),
+    read_bytes=st.integers(40, 4000),
+    endpoint=st.sampled_from([CHAT, "/v1/embeddings"]),
+)
+def test_a_files_estimates_taken_a_read_at_a_time_are_those_of_each_line_alone(
+    requests: list[tuple[str, str, int]], blank_every: int, read_bytes: int, endpoint: str
+) -> None:
+    """Whatever the caps, models, blank lines and read sizes, reading a file a read at a time counts what
+    estimating each request on its own counts (model "a" has a learned history, "b" a catalog default)."""
+    lines = []
+    for number, (model, cap, size) in enumerate(requests):
+        lines.append(f'{{"custom_id": "r{number}", "body": {{"model": "{model}", "text": "{"x" * size}"{cap}}}}}')
+        if blank_every and number % blank_every == 0:
+            lines.append("  ")
+    estimator = Estimator(endpoint, histories={"a": learned([30, 60, 90] * 20, scale=0.7)}, defaults={"b": 77})
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "input.jsonl"
+        path.write_text("\n".join(lines))
+        with patch.object(jsonl, "BLOCK_BYTES", read_bytes):
+            models, line_estimates = estimate_lines(path, endpoint, estimator)
+    alone = [
+        estimator.request(bytes(msgspec.json.decode(line, type=dict[str, msgspec.Raw])["body"]), f"r{n}")
+        for n, line in enumerate(text for text in lines if text.strip())
+    ]
+    expected: dict[str, ModelEstimate] = {}
+    for number, request in enumerate(alone, 1):
+        entry = expected.setdefault(request.model, ModelEstimate(request.model, number, basis=""))
+        entry.add(request)
+    for entry in expected.values():
+        entry.basis = estimator.basis(entry.model).describe()
+    assert models == expected
+    assert [line_estimates.line(n) for n in range(len(line_estimates))] == [
+        (request.model, request.input_tokens, request.output_tokens) for request in alone
+    ]
