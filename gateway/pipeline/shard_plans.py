@@ -191,110 +191,13 @@ def split_into_shards(
     model or tier is rewritten), else estimated here by ``estimator`` (default: no history).
     """
     estimator = estimator or Estimator(endpoint)
-    done: list[ShardPlan] = []
-    assign = {
-        model: _ModelLines(places, share_counts(counts[model], [p.share for p in places]))
-        for model, places in placements.items()
-    }
-    caps = {
-        (model, index): place.shard_cap(count)
-        for model, lines in assign.items()
-        for index, (place, count) in enumerate(zip(lines.placements, lines.counts, strict=True))
-    }
-    open_shards: dict[tuple[str, int, bool], ShardPlan] = {}
-    written: list[Path] = []
     with contextlib.ExitStack() as stack:
-
-        def new_shard(placement: Placement, canary: bool) -> ShardPlan:
-            seq = len(done) + len(open_shards)
-            key = key_of(batch_id, seq)
-            path = scratch_file(scratch, suffix=".jsonl")
-            written.append(path)
-            handle = stack.enter_context(path.open("wb"))
-            return ShardPlan(seq=seq, placement=placement, key=key, path=path, handle=handle, canary=canary)
-
-        def place(line: bytes, name: str, input_tokens: int, output_tokens: float, canary: bool) -> None:
-            """Put one request line in the open shard of its placement, opening one as the last fills."""
-            lines = assign[name]
-            index = lines.next_placement()
-            placement = lines.placements[index]
-            # The field anywhere in the line (a custom_id may name it too): the rewrite then decides.
-            tiered = placement.tier != "standard" or _TIER_FIELD in line
-            if name != placement.provider_model or tiered:
-                line = rewrite_model(line, placement.provider_model, placement.tier)
-            size = len(line) + 1
-            slot = (name, index, canary)
-            shard = open_shards.get(slot)
-            limits = placement.limits
-            if shard is not None and (
-                shard.request_count >= caps[(name, index)] or shard.byte_size + size > limits.max_bytes_per_batch
-            ):
-                done.append(open_shards.pop(slot))
-                shard = None
-            if shard is None:
-                shard = open_shards[slot] = new_shard(placement, canary)
-            shard.handle.write(line + b"\n")
-            shard.request_count += 1
-            shard.byte_size += size
-            shard.input_tokens += input_tokens
-            shard.expected_output += output_tokens
-            shard.output_tokens = round(shard.expected_output)
-
-        def place_run(block: list[bytes], first: int, estimates: LineEstimates) -> bool:
-            """Put a read's lines (requests ``first`` on) in shards as runs copied at once, when every one is a
-            request of one model that goes to one placement unchanged; False, having put none, otherwise."""
-            count = len(block)
-            if first + count > len(estimates):
-                return False  # line by line, which says where the file no longer matches its estimates
-            name_index = estimates.name_of_line[first]
-            name = estimates.names[name_index]
-            lines = assign[name]
-            placement = lines.placements[0]
-            if (
-                len(lines.placements) > 1
-                or name != placement.provider_model
-                or placement.tier != "standard"
-                or estimates.name_of_line[first : first + count].count(name_index) != count
-            ):
-                return False
-            data = b"\n".join(block)
-            if b"\r" in data or _TIER_FIELD in data or not all(map(bytes.strip, block)):
-                return False
-            cap, position = caps[(name, 0)], 0
-            while position < count:
-                request = first + position
-                canary = request < canary_lines
-                length = count - position if not canary else min(count - position, canary_lines - request)
-                slot = (name, 0, canary)
-                shard = open_shards.get(slot)
-                room = cap - shard.request_count if shard is not None else cap
-                run = block[position : position + min(length, room)]
-                chunk = b"\n".join(run) + b"\n"
-                held = shard.byte_size if shard is not None else 0
-                if room <= 0 or held + len(chunk) > placement.limits.max_bytes_per_batch:
-                    # A shard fills here: line by line, which closes it where a line no longer fits.
-                    for offset, line in enumerate(run or block[position : position + 1]):
-                        place(line, *estimates.line(request + offset), canary)
-                    position += max(1, len(run))
-                    continue
-                if shard is None:
-                    shard = open_shards[slot] = new_shard(placement, canary)
-                shard.handle.write(chunk)
-                shard.request_count += len(run)
-                shard.byte_size += len(chunk)
-                shard.input_tokens += sum(estimates.input_tokens[request : request + len(run)])
-                # Added in order, one by one, as place() adds them: the float sum comes out the same.
-                outputs = estimates.output_tokens[request : request + len(run)]
-                shard.expected_output = functools.reduce(operator.add, outputs, shard.expected_output)
-                shard.output_tokens = round(shard.expected_output)
-                position += len(run)
-            return True
-
+        cutter = _ShardCutter(batch_id, placements, counts, scratch, key_of, canary_lines, stack)
         try:
             requests = 0
             for _, block in iter_line_blocks(input_path):
                 # Routing's pass read every line's model and tokens: the lines need not be read again.
-                if estimates is not None and place_run(block, requests, estimates):
+                if estimates is not None and cutter.place_run(block, requests, estimates):
                     requests += len(block)
                     continue
                 for raw in block:
@@ -308,17 +211,146 @@ def split_into_shards(
                     else:
                         name, input_tokens, output_tokens = _estimate_line(line, estimator)
                     requests += 1
-                    place(line, name, input_tokens, output_tokens, requests <= canary_lines)
+                    cutter.place(line, name, input_tokens, output_tokens, requests <= canary_lines)
             if estimates is not None and requests != len(estimates):
                 raise RuntimeError(f"{input_path.name} has fewer lines than when it was estimated")
-            done.extend(open_shards.values())
         except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
+            cutter.discard()
             raise
-        for shard in done:
+        return cutter.finished()
+
+
+class _ShardCutter:
+    """The shards being written by :func:`split_into_shards`: each placement's open shard per model (and canary),
+    a new one opened as the last fills."""
+
+    def __init__(
+        self,
+        batch_id: str,
+        placements: dict[str, list[Placement]],
+        counts: dict[str, int],
+        scratch: Path,
+        key_of: Any,
+        canary_lines: int,
+        stack: contextlib.ExitStack,
+    ) -> None:
+        self.batch_id = batch_id
+        self.scratch = scratch
+        self.key_of = key_of
+        self.canary_lines = canary_lines
+        self.stack = stack
+        self.assign = {
+            model: _ModelLines(places, share_counts(counts[model], [p.share for p in places]))
+            for model, places in placements.items()
+        }
+        self.caps = {
+            (model, index): place.shard_cap(count)
+            for model, lines in self.assign.items()
+            for index, (place, count) in enumerate(zip(lines.placements, lines.counts, strict=True))
+        }
+        self.done: list[ShardPlan] = []
+        self.open: dict[tuple[str, int, bool], ShardPlan] = {}
+        self.written: list[Path] = []
+
+    def place(self, line: bytes, name: str, input_tokens: int, output_tokens: float, canary: bool) -> None:
+        """Put one request line in the open shard of its placement, opening one as the last fills."""
+        lines = self.assign[name]
+        index = lines.next_placement()
+        placement = lines.placements[index]
+        # The field anywhere in the line (a custom_id may name it too): the rewrite then decides.
+        tiered = placement.tier != "standard" or _TIER_FIELD in line
+        if name != placement.provider_model or tiered:
+            line = rewrite_model(line, placement.provider_model, placement.tier)
+        size = len(line) + 1
+        slot = (name, index, canary)
+        shard = self.open.get(slot)
+        if shard is not None and (
+            shard.request_count >= self.caps[(name, index)]
+            or shard.byte_size + size > placement.limits.max_bytes_per_batch
+        ):
+            self.done.append(self.open.pop(slot))
+            shard = None
+        if shard is None:
+            shard = self.open[slot] = self._new_shard(placement, canary)
+        shard.handle.write(line + b"\n")
+        shard.request_count += 1
+        shard.byte_size += size
+        shard.input_tokens += input_tokens
+        shard.expected_output += output_tokens
+        shard.output_tokens = round(shard.expected_output)
+
+    def place_run(self, block: list[bytes], first: int, estimates: LineEstimates) -> bool:
+        """Put a read's lines (requests ``first`` on) in shards as runs copied at once, when every one is a request
+        of one model that goes to one placement unchanged; False, having put none, otherwise."""
+        count = len(block)
+        if first + count > len(estimates):
+            return False  # line by line, which says where the file no longer matches its estimates
+        name_index = estimates.name_of_line[first]
+        name = estimates.names[name_index]
+        placements = self.assign[name].placements
+        placement = placements[0]
+        if (
+            len(placements) > 1
+            or name != placement.provider_model
+            or placement.tier != "standard"
+            or estimates.name_of_line[first : first + count].count(name_index) != count
+        ):
+            return False
+        data = b"\n".join(block)
+        if b"\r" in data or _TIER_FIELD in data or not all(map(bytes.strip, block)):
+            return False
+        cap, position = self.caps[(name, 0)], 0
+        while position < count:
+            request = first + position
+            canary = request < self.canary_lines
+            length = count - position if not canary else min(count - position, self.canary_lines - request)
+            slot = (name, 0, canary)
+            shard = self.open.get(slot)
+            room = cap - shard.request_count if shard is not None else cap
+            run = block[position : position + min(length, room)]
+            chunk = b"\n".join(run) + b"\n"
+            held = shard.byte_size if shard is not None else 0
+            if room <= 0 or held + len(chunk) > placement.limits.max_bytes_per_batch:
+                # A shard fills here: line by line, which closes it where a line no longer fits.
+                for offset, line in enumerate(run or block[position : position + 1]):
+                    self.place(line, *estimates.line(request + offset), canary)
+                position += max(1, len(run))
+                continue
+            if shard is None:
+                shard = self.open[slot] = self._new_shard(placement, canary)
+            shard.handle.write(chunk)
+            shard.request_count += len(run)
+            shard.byte_size += len(chunk)
+            shard.input_tokens += sum(estimates.input_tokens[request : request + len(run)])
+            # Added in order, one by one, as place() adds them: the float sum comes out the same.
+            outputs = estimates.output_tokens[request : request + len(run)]
+            shard.expected_output = functools.reduce(operator.add, outputs, shard.expected_output)
+            shard.output_tokens = round(shard.expected_output)
+            position += len(run)
+        return True
+
+    def finished(self) -> list[ShardPlan]:
+        """Every shard, closed, in order."""
+        self.done.extend(self.open.values())
+        for shard in self.done:
             shard.handle.close()
-    return sorted(done, key=lambda s: s.seq)
+        return sorted(self.done, key=lambda s: s.seq)
+
+    def discard(self) -> None:
+        """Remove every file written (a cut that failed)."""
+        for shard in [*self.done, *self.open.values()]:
+            shard.handle.close()
+        for path in self.written:
+            path.unlink(missing_ok=True)
+
+    def _new_shard(self, placement: Placement, canary: bool) -> ShardPlan:
+        seq = len(self.done) + len(self.open)
+        path = scratch_file(self.scratch, suffix=".jsonl")
+        self.written.append(path)
+        handle = self.stack.enter_context(path.open("wb"))
+        return ShardPlan(
+            seq=seq, placement=placement, key=self.key_of(self.batch_id, seq), path=path, handle=handle, canary=canary
+        )
 
 
 def _estimate_line(line: bytes, estimator: Estimator) -> tuple[str, int, float]:
