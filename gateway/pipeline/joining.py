@@ -3,7 +3,9 @@
 :func:`split_results` reads the provider's result lines against the shard's input: lines for unknown or
 already seen ids are dropped; requests that failed retryably or were never answered are moved (their input
 lines, for :mod:`gateway.pipeline.failover`) or, when they may not move, get an error line saying why. The
-collect stage (:mod:`gateway.pipeline.collect`) runs it in a CPU process (:mod:`gateway.cpu_pool`) and adopts the
+lines come a read at a time: a read whose lines are all answers in the usual shape is decoded by a decoder
+that refuses anything else and added up at once; any other read is taken line by line, with the same outcome.
+The collect stage (:mod:`gateway.pipeline.collect`) runs it in a CPU process (:mod:`gateway.cpu_pool`) and adopts the
 files it writes. This module's imports stay light for that process.
 """
 
