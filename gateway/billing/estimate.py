@@ -347,18 +347,8 @@ class LineEstimates:
     output_tokens: array[float] = field(default_factory=lambda: array("d"))
     _name_index: dict[str, int] = field(default_factory=dict, repr=False)
 
-    def add(self, request: RequestEstimate) -> None:
-        """Record the next line's estimate."""
-        index = self._name_index.get(request.model)
-        if index is None:
-            index = self._name_index[request.model] = len(self.names)
-            self.names.append(request.model)
-        self.name_of_line.append(index)
-        self.input_tokens.append(min(request.input_tokens, _MAX_RECORDED_TOKENS))
-        self.output_tokens.append(request.output_tokens)
-
     def add_columns(self, columns: RequestColumns) -> None:
-        """Record the next lines' estimates, as :meth:`add` records each."""
+        """Record the next lines' estimates (input tokens held to what an entry holds)."""
         names = dict.fromkeys(columns.models)
         for name in names:
             if name not in self._name_index:
