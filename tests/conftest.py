@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -65,11 +66,40 @@ LONGEST_FILES = (
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Start the longest test files first. Files go to the test processes in the order collected, so a long
-    file collected late ran alone at the end of the session, minutes after the others had finished."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Spread the tests of ``spread_databases`` modules over the databases, then start the longest test files
+    first. Files go to the test processes in the order collected, so a long file collected late ran alone at the
+    end of the session, minutes after the others had finished."""
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        (kept if _runs_here(item) else left_out).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
     rank = {path: index for index, path in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+def _runs_here(item: pytest.Item) -> bool:
+    """False for the database variants a test leaves out.
+
+    A module marked ``spread_databases`` tests what does not depend on the database (a provider's wire format,
+    a client's input, a CLI): each of its tests runs once, on the database its name picks, so both databases
+    see half of the module instead of all of it twice. A test marked ``database(kind)`` runs on that database
+    only, when it is available (several processes on one database need PostgreSQL)."""
+    callspec = getattr(item, "callspec", None)
+    kind = callspec.params.get("database_kind") if callspec else None
+    if kind is None or len(DATABASES) < 2:
+        return True
+    if (wanted := item.get_closest_marker("database")) is not None:
+        return kind == wanted.args[0]
+    if item.get_closest_marker("spread_databases") is None:
+        return True
+    assert callspec is not None
+    others = sorted((name, repr(value)) for name, value in callspec.params.items() if name != "database_kind")
+    key = f"{item.module.__name__ if item.module else ''}::{getattr(item, 'originalname', item.name)}::{others}"
+    return kind == DATABASES[zlib.crc32(key.encode()) % len(DATABASES)]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -87,10 +117,25 @@ PG_URL = os.environ.get("BATCHGW_TEST_DATABASE_URL")
 DATABASES = ["sqlite", *(["postgresql"] if PG_URL else [])]
 
 
-_LISTEN_PORTS = range(20_000, 32_000)
-"""Where test servers listen: below Linux's ephemeral range (32768-60999), from which every outgoing
-connection takes its source port. A port the kernel handed out for ``bind(0)`` can be taken by such a
-connection before the server that was meant to listen on it starts; a port from this range cannot."""
+def _listen_ports() -> range:
+    """Where this test process's servers listen: below Linux's ephemeral range (32768-60999), from which every
+    outgoing connection takes its source port (a port the kernel handed out for ``bind(0)`` can be taken by such
+    a connection before the server that was meant to listen on it starts; a port from this range cannot).
+
+    Each pytest-xdist worker has a slice of its own. Two workers choosing the same free port within the second
+    before either server binds it would otherwise be a race: the loser's readiness check would be answered by
+    the winner's server, and its test would go on against another test's gateway."""
+    low, high = 20_000, 32_000
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or workers <= 1:
+        return range(low, high)
+    size = (high - low) // workers
+    start = low + int(worker[2:]) % workers * size
+    return range(start, start + size)
+
+
+_LISTEN_PORTS = _listen_ports()
 
 _handed_out: set[int] = set()
 
@@ -290,6 +335,7 @@ class GatewayProcess:
         command = args or ("serve",)
         for _ in range(3):
             self.log_path = self.data_dir / f"{command[0]}-{int(time.time() * 1000)}.log"
+            _gateway_logs.append(self.log_path)
             log = self.log_path.open("wb")
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", *command], env=self.env(), stdout=log, stderr=subprocess.STDOUT
@@ -313,12 +359,24 @@ class GatewayProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{self.log()}")
             try:
-                if loopback.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                # Ready only when the answer came from this process, not from a server of another test that
+                # held the port while this one was starting (this one then exits: the port is in use).
+                if loopback.get(f"{self.base_url}/readyz", timeout=1).status_code == 200 and self.listens():
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"gateway not ready:\n{self.log()}")
+
+    def listens(self) -> bool:
+        """True when this process listens on its port."""
+        assert self.process is not None
+        with contextlib.suppress(psutil.Error):
+            return any(
+                c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port
+                for c in psutil.Process(self.process.pid).net_connections(kind="tcp")
+            )
+        return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
@@ -360,6 +418,33 @@ class GatewayProcess:
             max_retries=0,
             **kwargs,  # type: ignore[arg-type]
         )
+
+
+_gateway_logs: list[Path] = []
+"""The log of every gateway process this test process started, for the report of a failing test."""
+_TEST_STARTED = pytest.StashKey[float]()
+FAILURE_LOG_TAIL_CHARS = 8_000
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_TEST_STARTED] = time.time()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test's report carries the end of each gateway log written while it ran: a 500 or a stuck
+    batch is explained there, and the test's folders may be gone by the time anyone reads the report."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    started = item.stash.get(_TEST_STARTED, None)
+    if not report.failed or started is None:
+        return
+    for path in _gateway_logs:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime >= started:
+                text = path.read_text(errors="replace")[-FAILURE_LOG_TAIL_CHARS:]
+                report.sections.append((f"gateway log {path.parent.name}/{path.name}", text))
 
 
 _made_in_test: list[tuple[GatewayProcess, FreshDatabase | None]] | None = None

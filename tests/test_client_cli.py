@@ -20,6 +20,9 @@ from gateway.simulator import SimulatorCluster
 from tests.conftest import GatewayProcess, free_port, simulated_provider_env
 from tests.engine import chat_requests, expected_body, reset, set_faults, wait_for
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 PROVIDERS: dict[str, dict[str, Any]] = {
     "main": {"emulator": "fast", "models": {"gpt-4o-mini": "gpt-4o-mini"}},
     "slowp": {"emulator": "slow", "models": {"slow-model": "gpt-4o-mini"}},

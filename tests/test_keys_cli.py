@@ -10,6 +10,9 @@ import pytest
 
 from tests.conftest import GatewayProcess
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 
 def test_create_list_and_revoke_from_the_command_line(gateway: GatewayProcess) -> None:
     secret = gateway.cli("keys", "create", "--team", "wayne", "--name", "etl", "--expires-in", "30d").stdout.strip()

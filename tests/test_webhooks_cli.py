@@ -7,6 +7,9 @@ import pytest
 
 from tests.conftest import GatewayProcess
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 
 def test_add_list_and_remove_an_endpoint(gateway: GatewayProcess) -> None:
     added = gateway.cli(

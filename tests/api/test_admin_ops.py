@@ -14,6 +14,9 @@ from gateway.simulator import SimulatorCluster
 from tests.conftest import GatewayProcess, loopback, simulated_provider_env
 from tests.engine import chat_requests, reset, set_faults, submit, wait_for
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 PROVIDERS: dict[str, dict[str, Any]] = {
     "fastp": {"emulator": "fast", "models": {"gpt-4o-mini": "gpt-4o-mini"}},

@@ -45,6 +45,9 @@ from tests.api.batch_helpers import (
 )
 from tests.conftest import GatewayProcess, free_port
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 
 def run_validation_stage(gateway: GatewayProcess, batch_id: str) -> None:
     """Run the validation stage on one batch as a worker would, with the gateway's settings."""

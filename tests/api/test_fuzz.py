@@ -22,6 +22,9 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from tests.conftest import GatewayProcess, loopback
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 MAX_EXAMPLES = 25
 """Generated cases per operation in the fuzzing phase (the coverage phase adds its own boundary cases);
 with 23 operations this keeps a run on one database well under a minute on two cores."""

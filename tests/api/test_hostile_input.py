@@ -27,6 +27,9 @@ from gateway.pipeline.intake import MULTIPART_ALLOWANCE
 from tests.api.test_files import assert_error, chat_jsonl
 from tests.conftest import GatewayProcess, loopback
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 ADMIN_KEY = "test-admin-key"
 HOSTILE = ["\x00", "file-\x00", "\x00\nFORGED line", "id\r\nFORGED: x", "\x1b[31mred", "x\x7f", "x\x85y"]
 """Values with a control character: NUL, a forged log line, a terminal escape, DEL and a C1 control."""

@@ -16,6 +16,9 @@ import pytest
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.conftest import ENGINE_ENV, GatewayProcess, loopback
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 CLAUDE_KEY = "sk-ant-front-door-51c2"
 CLAUDE = "claude-haiku"
 CLAUDE_PROVIDER_MODEL = "claude-haiku-4-5"

@@ -15,6 +15,9 @@ from tests.conftest import GatewayProcess, loopback
 from tests.engine import chat_requests, query, submit, wait_for
 from tests.observability import SECRET, check_metrics, provider_file, require_binary, scrape, value
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 
 

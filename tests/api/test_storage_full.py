@@ -20,6 +20,9 @@ import pytest
 from tests.api.test_files import chat_jsonl
 from tests.conftest import GatewayProcess, can_mount_tmpfs, loopback
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 MOUNT_THEN_SERVE = 'mount -t tmpfs -o "$0" tmpfs "$1" && exec "$2" -m gateway.cli serve'
 
 

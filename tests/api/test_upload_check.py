@@ -17,6 +17,9 @@ from tests.api.batch_helpers import CHAT, MODEL, create, good_file, jsonl, reque
 from tests.conftest import GatewayProcess
 from tests.engine import query
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 NO_CHECK = {"BATCHGW_LIMITS__UPLOAD_CHECK_PROCESSES": "0"}
 LINES = 8_000
 """Requests in a file large enough to be checked while it uploads (over CHECK_FROM_BYTES)."""

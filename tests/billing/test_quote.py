@@ -19,6 +19,9 @@ from gateway.billing.estimate import cost_usd, estimate_file
 from gateway.catalog.loader import load_catalog
 from tests.conftest import GatewayProcess, loopback
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 PROVIDERS = """
 [providers.groq]
 kind = "openai"

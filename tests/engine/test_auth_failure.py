@@ -17,6 +17,9 @@ from tests.conftest import ENGINE_ENV, GatewayProcess, loopback
 from tests.engine import chat_requests, collect, submit, wait_for
 from tests.test_client_cli import batchgw
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 RIGHT_KEY = "sk-sim-Right8Hs3Jd6Q7vLm2Xc9Tb4Nw"
 WRONG_KEY = "sk-sim-Wrong5gYk1Pq7Mv3Bt9Cx2Lf4"
 KEY_ENV = "BATCHGW_TEST_LOCKED_KEY"

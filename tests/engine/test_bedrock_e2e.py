@@ -34,6 +34,9 @@ from tests.engine import (
     worker_process,
 )
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
 TITAN = "amazon.titan-embed-text-v2:0"
 COHERE = "cohere.embed-v4:0"
@@ -290,13 +293,12 @@ def test_a_worker_killed_right_after_its_create_leaves_one_job_that_the_next_ado
     assert (rows, requests) == (1, MINIMUM)
 
 
+@pytest.mark.database("sqlite")  # the backfill measures the provider kind; the database's part is the same
 @pytest.mark.parametrize(("model", "family"), [("embed", "titan"), ("embed-cohere", "cohere")])
 def test_an_embeddings_backfill_of_10000_inputs_runs_on_bedrock_billed_at_bedrocks_count(
-    model: str, family: str, client: openai.OpenAI, gateway: GatewayProcess, database_kind: str
+    model: str, family: str, client: openai.OpenAI, gateway: GatewayProcess
 ) -> None:
     """Titan answers carry their token counts; Cohere's do not, and share the job manifests' counts."""
-    if database_kind != "sqlite":
-        pytest.skip("the backfill measures the provider kind; the database's part is the same as in the tests above")
     # Accented texts: the gateway's own estimate (UTF-8 bytes / 4) comes out above the emulator's count.
     texts = {f"doc-{i:05d}": f"document number {i}" + " résumé" * (i % 5) for i in range(10_000)}
     requests = [embedding_request(custom_id, text, model=model) for custom_id, text in texts.items()]
@@ -316,6 +318,7 @@ def test_an_embeddings_backfill_of_10000_inputs_runs_on_bedrock_billed_at_bedroc
     assert cost == pytest.approx(counted * PRICES[(model, "bedrock")][1] / 1e6, rel=1e-9)
 
 
+@pytest.mark.database("postgresql")  # several workers on one database
 @pytest.mark.parametrize("point", ["submit.before_provider_create", "submit.after_provider_create"])
 def test_a_worker_frozen_past_its_lease_around_its_create_leaves_one_job(
     point: str, gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster, database_kind: str

@@ -25,6 +25,9 @@ from tests.engine import (
     wait_for,
 )
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 
 def test_canary_stops_a_job_whose_projection_is_over_its_cap_and_lets_a_cheap_one_run(
     gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path

@@ -30,6 +30,9 @@ from tests.engine import (
     wait_for,
 )
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 PROVIDERS: dict[str, dict[str, Any]] = {
     "main": {"emulator": "fast", "models": {"gpt-4o-mini": "gpt-4o-mini"}},
     "split": {"emulator": "fast", "models": {"split5": "gpt-4o-mini"}, "limits": {"max_requests_per_batch": 5}},

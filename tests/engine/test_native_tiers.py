@@ -39,6 +39,9 @@ from tests.engine import (
     worker_process,
 )
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 GEMINI, CLAUDE = "tiered-gemini", "tiered-claude"
 STANDARD, FLEX, PRIORITY, BATCH = (1.0, 4.0), (0.5, 2.0), (2.0, 8.0), (0.4, 1.6)
 CONCURRENCY = 4
@@ -237,6 +240,7 @@ def test_a_provider_failing_a_third_of_its_calls_still_answers_every_request(
     assert statuses.count(429) == 3 and any(status >= 500 for status in statuses)
 
 
+@pytest.mark.database("postgresql")  # several workers on one database
 @pytest.mark.parametrize(("provider", "model"), PINNED, ids=["gemini", "anthropic"])
 def test_a_worker_frozen_mid_shard_past_its_lease_changes_nothing_when_it_wakes(
     gateway_factory: Any, env: dict[str, str], cluster: SimulatorCluster, database_kind: str, provider: str, model: str

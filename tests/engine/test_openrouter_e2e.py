@@ -30,6 +30,9 @@ from tests.engine import (
     worker_process,
 )
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 KEY = "sk-or-e2e-7f3a2c9d01"
 MODEL = "meta-llama/llama-3.3-70b-instruct"
 BILLED = (0.11, 0.37)
@@ -191,6 +194,7 @@ def test_a_cancelled_batch_waits_for_openrouter_to_end_and_keeps_its_answers(
     assert cost == pytest.approx(openrouter_batch(cluster, job.id)["usage"]["cost"], rel=1e-9)
 
 
+@pytest.mark.database("postgresql")  # several workers on one database
 def test_a_worker_frozen_past_its_lease_before_its_create_creates_nothing_when_it_wakes(
     gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster, database_kind: str
 ) -> None:

@@ -34,6 +34,9 @@ from tests.engine import (
     wait_for,
 )
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 REQUESTS = 40
 PER_SHARD = 10
 POLL_INTERVAL_S = 1.0
@@ -227,5 +230,3 @@ def test_with_every_provider_down_nothing_moves_and_the_job_finishes_where_it_wa
     assert not batch_creates(emulator_log(simulator, "fast")), "work moved although nowhere else was up"
     assert not admin_call(gateway, "GET", f"/batches/{batch.id}")["abandoned_provider_batches"]
     assert len(batch_creates(emulator_log(simulator, "steady"))) == REQUESTS // PER_SHARD
-
-

@@ -38,6 +38,9 @@ from tests.engine import (
     write_catalog,
 )
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 
 @pytest.fixture(autouse=True)
 def clean_emulators(simulator: SimulatorCluster) -> None:

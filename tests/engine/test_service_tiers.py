@@ -21,6 +21,9 @@ from gateway.simulator import SimulatorCluster
 from tests.conftest import GatewayProcess, simulated_provider_env
 from tests.engine import admin, answer_tokens, collect, control, ledger_cost, priced, reset, run_tiered, set_faults
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 MODEL = "tiered-model"
 STANDARD, FLEX, PRIORITY, BATCH = (1.0, 4.0), (0.5, 2.0), (2.0, 8.0), (0.4, 1.6)
 PROVIDERS: dict[str, dict[str, Any]] = {
