@@ -20,6 +20,9 @@ from gateway.simulator import SimulatorCluster
 from tests.conftest import GatewayProcess, loopback, simulated_provider_env
 from tests.engine import chat_requests, collect, query, reset, submit, wait_for
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 PROVIDERS: dict[str, dict[str, Any]] = {
     "quick": {
         "emulator": "fast",

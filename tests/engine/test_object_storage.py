@@ -37,6 +37,9 @@ from tests.engine import (
     wait_for,
 )
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 PROVIDERS: dict[str, dict[str, Any]] = {
     "batched": {"emulator": "fast", "models": {"batch-model": "gpt-4o-mini"}, "limits": {"max_requests_per_batch": 40}},
     "direct": {
@@ -229,6 +232,7 @@ def test_an_upload_refused_midway_leaves_nothing_in_the_bucket(
 # --- API and worker on different nodes ------------------------------------------------------------------------
 
 
+@pytest.mark.database("postgresql")  # an API and a worker process on one database
 def test_api_and_worker_share_only_the_database_and_the_bucket(
     gateway_factory: Any,
     database_kind: str,

@@ -19,6 +19,9 @@ from tests.conftest import GatewayProcess, free_port, loopback
 from tests.engine import chat_requests, query, submit, wait_for
 from tests.observability import RULES_FILE, provider_file
 
+# The subject is not the database: each test runs on one of them (see tests/conftest.py).
+pytestmark = pytest.mark.spread_databases
+
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 ALERT = "BatchGatewaySoftBudgetExceeded"
 
