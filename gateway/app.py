@@ -32,6 +32,7 @@ from gateway.api.provider_webhooks import provider_webhook
 from gateway.context import GatewayContext
 from gateway.db.engine import upgrade_to_head
 from gateway.jobs.worker import Worker
+from gateway.pipeline.intake import upload_check
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             await asyncio.to_thread(upgrade_to_head, settings.resolved_database_url)
         context = GatewayContext.create(settings)
         app.state.context = context
+        upload_check.warm(context.upload_checks)
         worker = Worker(context) if with_worker else None
         task = asyncio.create_task(worker.run()) if worker else None
         try:

@@ -14,7 +14,7 @@ from gateway.pipeline.input_lines import UPLOAD_CHECK_VERSION
 from gateway.pipeline.intake.upload_check import CHECK_FROM_BYTES
 from gateway.settings import LimitSettings
 from tests.api.batch_helpers import CHAT, MODEL, create, good_file, jsonl, request, upload, validated
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, cpu_pool_processes
 from tests.engine import query
 
 # The subject is not the database: each test runs on one of them (see tests/conftest.py).
@@ -47,6 +47,22 @@ def test_a_clean_upload_keeps_what_its_check_found(gateway: GatewayProcess, clie
         "models": {MODEL: LINES, "gpt-4o": 1},
         "limits": [limits.max_line_bytes, limits.max_file_lines],
     }
+
+
+def test_an_api_process_starts_its_check_process_with_it_and_the_first_upload_uses_it(
+    gateway_factory: object,
+) -> None:
+    api: GatewayProcess = gateway_factory().start("serve", "--no-worker")  # type: ignore[operator]
+    assert api.process is not None
+    deadline = time.monotonic() + 10
+    while not (started := {process.pid for process in cpu_pool_processes(api.process.pid)}):
+        assert time.monotonic() < deadline, "no check process started with the API"
+        time.sleep(0.05)
+    assert len(started) == 1  # the API's one check process (no worker runs in it)
+    client = api.client(api.create_key("acme"))
+    uploaded = upload(client, good_file(LINES))
+    assert line_check(api, uploaded.id) is not None
+    assert {process.pid for process in cpu_pool_processes(api.process.pid)} == started
 
 
 def test_a_batch_of_a_checked_file_is_validated_without_reading_it(
