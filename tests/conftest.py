@@ -74,6 +74,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     left_out: list[pytest.Item] = []
     for item in items:
         (kept if _runs_here(item) else left_out).append(item)
+        wanted = item.get_closest_marker("database")
+        if wanted is not None and wanted.args[0] not in DATABASES:
+            item.add_marker(pytest.mark.skip(reason=wanted.kwargs["reason"]))
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = kept
@@ -86,8 +89,8 @@ def _runs_here(item: pytest.Item) -> bool:
 
     A module marked ``spread_databases`` tests what does not depend on the database (a provider's wire format,
     a client's input, a CLI): each of its tests runs once, on the database its name picks, so both databases
-    see half of the module instead of all of it twice. A test marked ``database(kind)`` runs on that database
-    only, when it is available (several processes on one database need PostgreSQL)."""
+    see half of the module instead of all of it twice. A test marked ``database(kind, reason=...)`` runs on that
+    database only; where it is not available, the test is skipped with that reason."""
     callspec = getattr(item, "callspec", None)
     kind = callspec.params.get("database_kind") if callspec else None
     if kind is None or len(DATABASES) < 2:

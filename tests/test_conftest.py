@@ -10,19 +10,31 @@ import sys
 
 from tests.conftest import GatewayProcess, loopback
 
+FROZEN_ON_POSTGRESQL = (
+    "tests/engine/test_openrouter_e2e.py::"
+    "test_a_worker_frozen_past_its_lease_before_its_create_creates_nothing_when_it_wakes"
+)
 
-def collected(*args: str) -> list[str]:
-    """The node ids ``pytest --collect-only`` lists with PostgreSQL configured (collecting connects to nothing)."""
-    env = {**os.environ, "BATCHGW_TEST_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/never"}
+
+def pytest_run(*args: str, postgresql: bool = True) -> subprocess.CompletedProcess[str]:
+    """``pytest`` in a process of its own, with PostgreSQL configured or not (collecting connects to nothing)."""
+    env = {k: v for k, v in os.environ.items() if k != "BATCHGW_TEST_DATABASE_URL"}
+    if postgresql:
+        env["BATCHGW_TEST_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/never"
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n0", "-p", "no:randomly", *args],
+        [sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:randomly", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    return [line for line in run.stdout.splitlines() if "::" in line]
+    return run
+
+
+def collected(*args: str) -> list[str]:
+    """The node ids ``pytest --collect-only`` lists with PostgreSQL configured."""
+    return [line for line in pytest_run("--collect-only", *args).stdout.splitlines() if "::" in line]
 
 
 def test_a_spread_module_runs_each_test_once_and_uses_both_databases() -> None:
@@ -36,12 +48,14 @@ def test_a_spread_module_runs_each_test_once_and_uses_both_databases() -> None:
 def test_a_test_marked_for_one_database_runs_there_only_and_other_modules_run_on_both() -> None:
     ids = collected("tests/engine/test_openrouter_e2e.py", "tests/engine/test_crash_recovery.py")
     frozen = [node for node in ids if "frozen_past_its_lease_before_its_create" in node]
-    assert frozen == [
-        "tests/engine/test_openrouter_e2e.py::"
-        "test_a_worker_frozen_past_its_lease_before_its_create_creates_nothing_when_it_wakes[postgresql]"
-    ]
+    assert frozen == [f"{FROZEN_ON_POSTGRESQL}[postgresql]"]
     recovery = [node for node in ids if node.startswith("tests/engine/test_crash_recovery.py")]
     assert len([n for n in recovery if "[sqlite" in n]) == len([n for n in recovery if "[postgresql" in n]) > 0
+
+
+def test_a_test_marked_for_a_database_that_is_not_there_is_skipped_with_its_reason() -> None:
+    run = pytest_run("-rs", f"{FROZEN_ON_POSTGRESQL}[sqlite]", postgresql=False)
+    assert "1 skipped" in run.stdout and "several workers on one database need PostgreSQL" in run.stdout
 
 
 def test_a_gateway_is_not_taken_as_started_when_another_answers_on_its_port(

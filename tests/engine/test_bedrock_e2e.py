@@ -293,7 +293,7 @@ def test_a_worker_killed_right_after_its_create_leaves_one_job_that_the_next_ado
     assert (rows, requests) == (1, MINIMUM)
 
 
-@pytest.mark.database("sqlite")  # the backfill measures the provider kind; the database's part is the same
+@pytest.mark.database("sqlite", reason="the backfill measures the provider kind; the database's part is the same")
 @pytest.mark.parametrize(("model", "family"), [("embed", "titan"), ("embed-cohere", "cohere")])
 def test_an_embeddings_backfill_of_10000_inputs_runs_on_bedrock_billed_at_bedrocks_count(
     model: str, family: str, client: openai.OpenAI, gateway: GatewayProcess
@@ -318,15 +318,13 @@ def test_an_embeddings_backfill_of_10000_inputs_runs_on_bedrock_billed_at_bedroc
     assert cost == pytest.approx(counted * PRICES[(model, "bedrock")][1] / 1e6, rel=1e-9)
 
 
-@pytest.mark.database("postgresql")  # several workers on one database
+@pytest.mark.database("postgresql", reason="several workers on one database need PostgreSQL")
 @pytest.mark.parametrize("point", ["submit.before_provider_create", "submit.after_provider_create"])
 def test_a_worker_frozen_past_its_lease_around_its_create_leaves_one_job(
-    point: str, gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster, database_kind: str
+    point: str, gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster
 ) -> None:
     """Frozen after the records are in S3 and before the create, the woken worker creates nothing; frozen after
     it, the job it created is the one the live worker found by its name."""
-    if database_kind != "postgresql":
-        pytest.skip("several workers on one database need PostgreSQL")
     lease = {"BATCHGW_WORKER__LEASE_S": str(LEASE_S)}
     api = gateway_factory({**gateway_env, **lease}).start("serve", "--no-worker")
     client = api.client(api.create_key("freeze"))

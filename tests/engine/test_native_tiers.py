@@ -240,13 +240,11 @@ def test_a_provider_failing_a_third_of_its_calls_still_answers_every_request(
     assert statuses.count(429) == 3 and any(status >= 500 for status in statuses)
 
 
-@pytest.mark.database("postgresql")  # several workers on one database
+@pytest.mark.database("postgresql", reason="several workers on one database need PostgreSQL")
 @pytest.mark.parametrize(("provider", "model"), PINNED, ids=["gemini", "anthropic"])
 def test_a_worker_frozen_mid_shard_past_its_lease_changes_nothing_when_it_wakes(
-    gateway_factory: Any, env: dict[str, str], cluster: SimulatorCluster, database_kind: str, provider: str, model: str
+    gateway_factory: Any, env: dict[str, str], cluster: SimulatorCluster, provider: str, model: str
 ) -> None:
-    if database_kind != "postgresql":
-        pytest.skip("several workers on one database need PostgreSQL")
     emulator = PROVIDERS[provider][1]
     lease = {"BATCHGW_WORKER__LEASE_S": "3"}
     api = gateway_factory(env | lease).start("serve", "--no-worker")

@@ -232,17 +232,14 @@ def test_an_upload_refused_midway_leaves_nothing_in_the_bucket(
 # --- API and worker on different nodes ------------------------------------------------------------------------
 
 
-@pytest.mark.database("postgresql")  # an API and a worker process on one database
+@pytest.mark.database("postgresql", reason="an API and a worker process on one database need PostgreSQL")
 def test_api_and_worker_share_only_the_database_and_the_bucket(
     gateway_factory: Any,
-    database_kind: str,
     env: dict[str, str],
     s3_server: S3Server,
     simulator: SimulatorCluster,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    if database_kind != "postgresql":
-        pytest.skip("an API and a worker process on one database need PostgreSQL")
     own_bucket = s3_server.new_bucket()
     storage = env | s3_server.storage_env(own_bucket, PREFIX)
     api: GatewayProcess = gateway_factory(storage).start("serve", "--no-worker")

@@ -194,14 +194,12 @@ def test_a_cancelled_batch_waits_for_openrouter_to_end_and_keeps_its_answers(
     assert cost == pytest.approx(openrouter_batch(cluster, job.id)["usage"]["cost"], rel=1e-9)
 
 
-@pytest.mark.database("postgresql")  # several workers on one database
+@pytest.mark.database("postgresql", reason="several workers on one database need PostgreSQL")
 def test_a_worker_frozen_past_its_lease_before_its_create_creates_nothing_when_it_wakes(
-    gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster, database_kind: str
+    gateway_factory: Any, gateway_env: dict[str, str], cluster: SimulatorCluster
 ) -> None:
     """Frozen just before the create call (SIGSTOP), the worker loses its lease; the live worker submits the
     shard, and the woken one, asking whether it still holds the shard, creates nothing."""
-    if database_kind != "postgresql":
-        pytest.skip("several workers on one database need PostgreSQL")
     lease = {"BATCHGW_WORKER__LEASE_S": str(LEASE_S)}
     api = gateway_factory({**gateway_env, **lease}).start("serve", "--no-worker")
     client = api.client(api.create_key("freeze"))

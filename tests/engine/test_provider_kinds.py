@@ -327,7 +327,7 @@ def test_a_together_batch_shows_its_percentage_as_progress_and_is_never_taken_fo
     assert len({count for count in seen if 0 < count < 40}) >= 2  # the counts rose while it ran
 
 
-@pytest.mark.database("sqlite")  # the backfill measures the provider kind; the database's part is the same
+@pytest.mark.database("sqlite", reason="the backfill measures the provider kind; the database's part is the same")
 @pytest.mark.parametrize("provider", SERVE_EMBEDDINGS)
 def test_an_embeddings_backfill_runs_on_each_kind_that_serves_embeddings(client: openai.OpenAI, provider: str) -> None:
     """10,000 inputs on a batch API; 2,000 on a kind that sends each input as a call of its own, which took 70 s

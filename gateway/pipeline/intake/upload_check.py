@@ -40,8 +40,6 @@ BUFFERED_BYTES = 8 * 1024 * 1024
 SEND_BYTES = 1024 * 1024
 """Queued pieces are joined into writes of about this size."""
 SEND_BUFFER_BYTES = 4 * 1024 * 1024
-CHECK_STEP_MODULES = ("gateway.pipeline.input_lines",)
-"""The module of the check's step, imported by each check process as it starts."""
 CHECK_FROM_BYTES = 1024 * 1024
 """Uploads announced smaller are not checked while they arrive: checking them with their batch costs
 milliseconds, less than handing them to a check process."""
@@ -232,7 +230,7 @@ def warm(pools: Sequence[CpuPool]) -> None:
     process's interpreter and the step's module took about 0.25 s to start on two cores, and a 10,000-line upload
     took 0.02 s once one was running."""
     for pool in pools:
-        pool.warm(CHECK_STEP_MODULES)
+        pool.warm((check_upload.__module__,))
 
 
 def _listening() -> tuple[Path, socket.socket] | None:
