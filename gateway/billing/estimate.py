@@ -266,14 +266,19 @@ class Estimator:
             limits = [(head.model, head.max_completion_tokens, head.max_tokens) for head in plain]
             capped = {limit: (limit[0], _cap(limit[1], limit[2])) for limit in set(limits)}
             keys = [capped[limit] for limit in limits]
-        raw = [max(1, len(body) // BYTES_PER_TOKEN) for body in bodies]
+        raw = [len(body) // BYTES_PER_TOKEN or 1 for body in bodies]  # raw_input_tokens, without a call a line
         scales = {name: self._input_scale(name) for name in set(names)}
         if any(scale is not None for scale in scales.values()):
             raw = [
                 tokens if (scale := scales[name]) is None else max(1, round(tokens * scale))
                 for name, tokens in zip(names, raw, strict=True)
             ]
-        outputs = {key: self._outputs(*key) for key in set(keys)}
+        distinct = set(keys)
+        if len(distinct) == 1:  # the usual read: one model, one output cap
+            output, low, high = self._outputs(*distinct.pop())
+            count = len(keys)
+            return RequestColumns(names, raw, [output] * count, [low] * count, [high] * count)
+        outputs = {key: self._outputs(*key) for key in distinct}
         expected = [outputs[key] for key in keys]
         return RequestColumns(
             names,

@@ -12,22 +12,23 @@ files it writes. This module's imports stay light for that process.
 from __future__ import annotations
 
 import logging
+from itertools import compress, repeat
 from pathlib import Path
 from typing import IO, Any
 
 import msgspec
 
-from gateway.billing.estimate import raw_input_tokens
+from gateway.billing.estimate import BYTES_PER_TOKEN
 from gateway.crashpoints import crash_point, freeze_point
 from gateway.pipeline.results import (
     AnswerBody,
+    LineIds,
     ShardResults,
     Usage,
     decode_result,
     error_line,
     id_decoder,
     iter_custom_ids,
-    request_line_id,
     retryable,
 )
 from gateway.pipeline.results import encoder as line_encoder
@@ -116,6 +117,7 @@ class _Join:
     ) -> None:
         self.batch_id, self.provider, self.can_move = batch_id, provider, can_move
         self.pending, self.results, self.out, self.err = pending, results, out, err
+        self.line_id = LineIds(batch_id)
         self.moved: set[str] = set()
 
     def take_line(self, number: int, line: bytes) -> None:
@@ -136,9 +138,7 @@ class _Join:
         if not ok and self.can_move and retryable(item.status_code, item.error):
             self.moved.add(item.custom_id)
             return
-        record = _OutputLine(
-            request_line_id(self.batch_id, item.custom_id), item.custom_id, item.response, item.error, self.provider
-        )
+        record = _OutputLine(self.line_id(item.custom_id), item.custom_id, item.response, item.error, self.provider)
         if ok:
             self._answered(item.body, item.billed_usd, raw_input)
             self.out.write(line_encoder.encode(record) + b"\n")
@@ -161,31 +161,49 @@ class _Join:
             answers = list(map(_plain_answer_decoder.decode, [item.response for item in found]))
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return False
-        pending, batch_id, provider = self.pending, self.batch_id, self.provider
-        records: list[_OutputLine] = []
-        bodies: list[AnswerBody | None] = []
-        billed: list[float | None] = []
-        raw_inputs: list[int] = []
-        for number, (item, answer) in enumerate(zip(found, answers, strict=True), first):
-            if not 200 <= answer.status_code < 300:
-                self.take_line(number, lines[number - first])
-                continue
-            raw_input = pending.pop(item.custom_id, None)
-            if raw_input is None:
-                continue  # not this shard's, or already answered
-            bodies.append(answer.body)
-            billed.append(item.billed_usd)
-            raw_inputs.append(raw_input)
-            records.append(
-                _OutputLine(request_line_id(batch_id, item.custom_id), item.custom_id, item.response, None, provider)
-            )
+        if all([200 <= answer.status_code < 300 for answer in answers]):
+            # The usual read: every line a success. Each id is taken from the pending requests at once; a line
+            # of another shard, or one answered already, takes nothing and is dropped.
+            ids = [item.custom_id for item in found]
+            raw_inputs = list(map(self.pending.pop, ids, repeat(0)))  # a pending request's estimate is at least 1
+            if 0 in raw_inputs:
+                taken = [raw > 0 for raw in raw_inputs]
+                found, answers = list(compress(found, taken)), list(compress(answers, taken))
+                ids, raw_inputs = list(compress(ids, taken)), list(compress(raw_inputs, taken))
+        else:
+            taken_found: list[_PlainResult] = []
+            taken_answers: list[_PlainAnswer] = []
+            ids, raw_inputs = [], []
+            for number, (item, answer) in enumerate(zip(found, answers, strict=True), first):
+                if not 200 <= answer.status_code < 300:
+                    self.take_line(number, lines[number - first])
+                    continue
+                raw_input = self.pending.pop(item.custom_id, None)
+                if raw_input is None:
+                    continue  # not this shard's, or already answered
+                taken_found.append(item)
+                taken_answers.append(answer)
+                ids.append(item.custom_id)
+                raw_inputs.append(raw_input)
+            found, answers = taken_found, taken_answers
+        self._answered_all(found, answers, ids, raw_inputs)
+        return True
+
+    def _answered_all(
+        self, found: list[_PlainResult], answers: list[_PlainAnswer], ids: list[str], raw_inputs: list[int]
+    ) -> None:
+        """Count and write the successful answers of a read (the lists are aligned)."""
+        responses = [item.response for item in found]
+        records = list(map(_OutputLine, map(self.line_id, ids), ids, responses, repeat(None), repeat(self.provider)))
+        bodies: list[AnswerBody | None] = [answer.body for answer in answers]
         results = self.results
         results.completed += len(bodies)
-        results.usage.add_all(bodies, billed)
-        tokens = list(map(_answer_tokens, bodies))
-        results.sample.add_all([output for output, _ in tokens], [input for _, input in tokens], raw_inputs)
+        results.usage.add_all(bodies, [item.billed_usd for item in found])
+        usages = [answer.body.usage for answer in answers]
+        outputs = [(usage.completion_tokens or 0) if usage is not None else 0 for usage in usages]
+        inputs = [(usage.prompt_tokens or 0) if usage is not None else 0 for usage in usages]
+        results.sample.add_all(outputs, inputs, raw_inputs)
         self.out.write(line_encoder.encode_lines(records))
-        return True
 
     def _answered(self, body: AnswerBody | None, billed_usd: float | None, raw_input: int) -> None:
         results = self.results
@@ -240,7 +258,8 @@ def _input_estimates(input_path: Path) -> dict[str, int]:
             requests = list(map(_input_decoder.decode, lines))
         except msgspec.DecodeError:  # a blank line (a shard's input holds requests only)
             requests = [_input_decoder.decode(line) for line in lines if line.strip()]
-        found.update({request.custom_id: raw_input_tokens(request.body) for request in requests})
+        # raw_input_tokens, without a call a line
+        found.update({request.custom_id: len(request.body) // BYTES_PER_TOKEN or 1 for request in requests})
     return found
 
 

@@ -4,7 +4,9 @@ that fails is retried with the same ``webhook-id``."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 
@@ -12,6 +14,7 @@ import openai
 import pytest
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
+from gateway.simulator.webhooks import WebhookSender
 from tests.conftest import Receiver, webhook_receiver
 from tests.simulator.openai_emulators import lines_of, sdk, submit, wait
 
@@ -75,3 +78,30 @@ def test_a_failed_delivery_is_retried_with_the_same_webhook_id(receiver: Receive
 def test_webhook_settings_are_checked(fields: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ProviderSpec(name="bad", **fields)  # type: ignore[arg-type]
+
+
+def test_deliveries_of_one_emulator_share_a_connection() -> None:
+    """One client for every delivery: building one per event (its TLS context) delayed each by tens of ms."""
+    peers: list[tuple[str, int]] = []
+
+    async def deliver_three() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(asyncio.IncompleteReadError):  # the client closed the connection
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    sizes = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+                    await reader.readexactly(int(sizes[0].split(b":", 1)[1]))
+                    peers.append(writer.get_extra_info("peername"))
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    await writer.drain()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sender = WebhookSender(f"http://127.0.0.1:{port}/hooks", SECRET)
+        for n in range(3):
+            await sender.send(f"batch_{n}", "completed", 1_700_000_000)
+        server.close()
+        assert sender.delivered == 3
+
+    asyncio.run(deliver_three())
+    assert len(peers) == 3 and len(set(peers)) == 1, peers
