@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from gateway.simulator.config import ProviderSpec, SimulatorConfig, default_config, load_config
 from gateway.simulator.control_server import build_control_app
-from gateway.simulator.jobs import set_aside_ended_jobs
+from gateway.simulator.jobs import exclude_jobs_from_gc
 from gateway.simulator.provider_server import Listener, ProviderRunner
 from gateway.simulator.state import EmulatorState, Faults
 
@@ -178,7 +178,7 @@ def run_simulate(config_path: Path | None, control_port: int | None) -> None:
     ``control_port`` overrides the configuration's. A port already in use ends with ``SystemExit``.
     """
     config = load_config(config_path) if config_path is not None else default_config()
-    set_aside_ended_jobs()
+    exclude_jobs_from_gc()
     if control_port is not None:
         config.control_port = control_port
 
