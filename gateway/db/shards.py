@@ -52,6 +52,12 @@ async def release_shard(session: AsyncSession, shard_id: str, lease: Lease) -> N
     )
 
 
+async def state_and_due(session: AsyncSession, shard_id: str) -> tuple[str, float] | None:
+    """A shard's state and ``next_action_at`` as stored (None: no such shard)."""
+    row = (await session.exec(select(Shard.state, Shard.next_action_at).where(col(Shard.id) == shard_id))).first()
+    return None if row is None else (row[0], float(row[1]))
+
+
 async def extend_shard_lease(session: AsyncSession, shard_id: str, lease: Lease) -> bool:
     """Heartbeat for a shard lease."""
     result = await session.exec(

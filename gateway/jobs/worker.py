@@ -331,7 +331,8 @@ class Worker:
                 if shard.stage_attempts and not lease.lost:
                     await shard_db.save_shard(session, shard, lease, stage_attempts=0)
                 await shard_db.release_shard(session, shard.id, lease)
-            self.context.work_available.set()
+                left = await shard_db.state_and_due(session, shard.id)
+            self._wake_after(state, left)
             return
         attempts = shard.stage_attempts + 1
         entry = attempt_entry(state, error)
@@ -359,6 +360,18 @@ class Worker:
         log.warning("shard %s: %s", shard.id, wait)
         async with transaction(self.context.sessions) as session:
             await shard_db.record_shard_failure(session, shard, lease, entry, time.time() + delay, wait)
+
+    def _wake_after(self, state: str, left: tuple[str, float] | None) -> None:
+        """Wake the loops for what a finished shard step left (``left``: the shard's state and due time after it).
+
+        A step that only put its own shard off (a poll that saw its batch still running) made nothing due now:
+        this process's loops are woken when the shard falls due, and no other process is woken (each finds it
+        at its next look). Any other step (a hand-off, a shard made due now, one another worker holds now)
+        wakes every loop here and, where they can be told, in other processes."""
+        if left is not None and left[0] == state and (delay := left[1] - time.time()) > 0:
+            asyncio.get_running_loop().call_later(delay, self.context.work_available.wake_local)
+            return
+        self.context.work_available.set()
 
     @contextlib.asynccontextmanager
     async def _released_if_stopped(

@@ -1,6 +1,7 @@
 """The worker's two lanes: a flood of new batches (validate, route) never starves the shards of a job that is
 already running (submit, poll, collect), because each kind of work is claimed by a lane of its own. An idle
-worker sleeps until its next work falls due, and on PostgreSQL wakes at once for work another process made.
+worker sleeps until its next work falls due (a poll that finds its batch running wakes it when the next poll is
+due, and nothing else), and on PostgreSQL wakes at once for work another process made.
 A ``batchgw worker`` stopped with SIGTERM lets its running steps finish within its grace period (a fan-out hands
 its shard over after the requests in flight); a step still running after it, or at a second SIGTERM, is stopped
 and its lease released, so the next worker takes it at once, not after the lease. A claim that waits on the
@@ -138,6 +139,25 @@ def test_an_idle_worker_sleeps_until_its_next_work_falls_due(
     took = time.monotonic() - started
     assert done.status == "completed", done
     assert took < 60, f"the batch took {took:.1f}s: the worker slept past its due provider poll"
+
+
+SLOW: dict[str, dict[str, Any]] = {"slow": {"emulator": "slow", "models": {"gpt-4o-mini": "gpt-4o-mini"}}}
+
+
+def test_a_poll_that_finds_its_batch_running_wakes_the_worker_when_the_next_one_is_due(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    # The provider takes 5 s, so polls find the batch running again and again. Such a poll makes nothing due now
+    # and wakes no loop at once: the next poll is reached only by the wake-up set for its due time (the idle
+    # sleeps last 120 s).
+    reset(simulator, "slow")
+    gateway = gateway_factory({**simulated_provider_env(simulator, tmp_path, SLOW), **LONG_IDLE}).start()
+    client = gateway.client(gateway.create_key("acme"), timeout=60)
+    started = time.monotonic()
+    done = wait_for(client, submit(client, chat_requests(5)).id, timeout=40)
+    took = time.monotonic() - started
+    assert done.status == "completed", done
+    assert took < 20, f"the batch took {took:.1f}s: a poll that found it running was not followed by the next"
 
 
 def test_a_worker_in_another_process_starts_at_once_on_a_new_batch(
