@@ -126,37 +126,34 @@ def test_shards_of_a_running_job_progress_while_fifty_clients_create_batches(
     assert gaps[-1] - gaps[0] < 140  # every shard reached its provider while the flood went on
 
 
-def test_an_idle_worker_sleeps_until_its_next_work_falls_due(
-    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
-) -> None:
-    # One process: the API's new batch and every stage hand-off wake the worker in that process; the
-    # provider poll 0.2 s after the submit wakes nobody, so only sleeping until it is due reaches it.
-    reset(simulator, "fast")
-    gateway = gateway_factory({**simulated_provider_env(simulator, tmp_path, FAST), **LONG_IDLE}).start()
+def one_batch_alone(gateway_factory: Any, simulator: SimulatorCluster, folder: Path, emulator: str) -> float:
+    """Seconds one 5-request batch takes through a gateway of one process on ``emulator``, whose worker sleeps
+    up to 120 s when idle: only a wake-up or a due time can move the batch on sooner."""
+    reset(simulator, emulator)
+    providers = {emulator: {"emulator": emulator, "models": {"gpt-4o-mini": "gpt-4o-mini"}}}
+    gateway = gateway_factory({**simulated_provider_env(simulator, folder, providers), **LONG_IDLE}).start()
     client = gateway.client(gateway.create_key("acme"), timeout=60)
     started = time.monotonic()
     done = wait_for(client, submit(client, chat_requests(5)).id, timeout=100)
-    took = time.monotonic() - started
     assert done.status == "completed", done
+    return time.monotonic() - started
+
+
+def test_an_idle_worker_sleeps_until_its_next_work_falls_due(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    # The API's new batch and every stage hand-off wake the worker in that process; the provider poll 0.2 s after
+    # the submit wakes nobody, so only sleeping until it is due reaches it.
+    took = one_batch_alone(gateway_factory, simulator, tmp_path, "fast")
     assert took < 60, f"the batch took {took:.1f}s: the worker slept past its due provider poll"
-
-
-SLOW: dict[str, dict[str, Any]] = {"slow": {"emulator": "slow", "models": {"gpt-4o-mini": "gpt-4o-mini"}}}
 
 
 def test_a_poll_that_finds_its_batch_running_wakes_the_worker_when_the_next_one_is_due(
     gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
 ) -> None:
     # The provider takes 5 s, so polls find the batch running again and again. Such a poll makes nothing due now
-    # and wakes no loop at once: the next poll is reached only by the wake-up set for its due time (the idle
-    # sleeps last 120 s).
-    reset(simulator, "slow")
-    gateway = gateway_factory({**simulated_provider_env(simulator, tmp_path, SLOW), **LONG_IDLE}).start()
-    client = gateway.client(gateway.create_key("acme"), timeout=60)
-    started = time.monotonic()
-    done = wait_for(client, submit(client, chat_requests(5)).id, timeout=40)
-    took = time.monotonic() - started
-    assert done.status == "completed", done
+    # and wakes no loop at once: the next poll is reached only by the wake-up set for its due time.
+    took = one_batch_alone(gateway_factory, simulator, tmp_path, "slow")
     assert took < 20, f"the batch took {took:.1f}s: a poll that found it running was not followed by the next"
 
 
