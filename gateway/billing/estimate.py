@@ -89,6 +89,11 @@ def raw_input_tokens(body: Sized) -> int:
     return max(1, len(body) // BYTES_PER_TOKEN)
 
 
+def raw_input_token_counts(bodies: Iterable[Sized]) -> list[int]:
+    """:func:`raw_input_tokens` of many bodies, without a call per body (a read holds thousands)."""
+    return [len(body) // BYTES_PER_TOKEN or 1 for body in bodies]
+
+
 def estimate_body(body: bytes, endpoint: str) -> tuple[str, int, int]:
     """``(model, input tokens, most output tokens)`` of one request body: bytes / 4 in, the request's own
     ``max_completion_tokens`` or ``max_tokens`` out (else :data:`DEFAULT_OUTPUT_TOKENS`). An upper bound,
@@ -266,7 +271,7 @@ class Estimator:
             limits = [(head.model, head.max_completion_tokens, head.max_tokens) for head in plain]
             capped = {limit: (limit[0], _cap(limit[1], limit[2])) for limit in set(limits)}
             keys = [capped[limit] for limit in limits]
-        raw = [len(body) // BYTES_PER_TOKEN or 1 for body in bodies]  # raw_input_tokens, without a call a line
+        raw = raw_input_token_counts(bodies)
         scales = {name: self._input_scale(name) for name in set(names)}
         if any(scale is not None for scale in scales.values()):
             raw = [

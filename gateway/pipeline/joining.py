@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import msgspec
 
-from gateway.billing.estimate import BYTES_PER_TOKEN
+from gateway.billing.estimate import raw_input_token_counts
 from gateway.crashpoints import crash_point, freeze_point
 from gateway.pipeline.results import (
     AnswerBody,
@@ -258,8 +258,8 @@ def _input_estimates(input_path: Path) -> dict[str, int]:
             requests = list(map(_input_decoder.decode, lines))
         except msgspec.DecodeError:  # a blank line (a shard's input holds requests only)
             requests = [_input_decoder.decode(line) for line in lines if line.strip()]
-        # raw_input_tokens, without a call a line
-        found.update({request.custom_id: len(request.body) // BYTES_PER_TOKEN or 1 for request in requests})
+        ids = [request.custom_id for request in requests]
+        found.update(zip(ids, raw_input_token_counts([request.body for request in requests]), strict=True))
     return found
 
 
