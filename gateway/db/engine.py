@@ -11,6 +11,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from gateway.db import sqlite_driver
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -60,7 +62,8 @@ def create_engine(url: str) -> AsyncEngine:
     """An async engine with the pragmas and pool settings this gateway relies on."""
     ensure_sqlite_dir(url)
     if is_sqlite(url):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        module = sqlite_driver.dbapi() if make_url(url).get_driver_name() == "aiosqlite" else None
+        engine = create_async_engine(url, connect_args={"timeout": 30}, module=module)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
