@@ -3,11 +3,11 @@
 Every client request reads its key (a revoked key must be refused from its next request on, on every
 process), and a status read also reads its batch, so these reads are the hot path of status polling.
 Through SQLAlchemy's async engine each of them paid for a pool checkout and reset, an execution context
-and a result object, and on SQLite for several hops to aiosqlite's thread and back; on PostgreSQL, 32
-concurrent status reads also opened and closed connections beyond the pool's size. That cost several times
-the lookup itself. So each statement is compiled once (for the engine's own dialect) and runs directly on
-one connection this object keeps, with the columns' result processors applied (JSON decoded, booleans made
-booleans, as the ORM would):
+and a result object, and on SQLite a hop to the connection's thread and back (see
+:mod:`gateway.db.sqlite_driver`); on PostgreSQL, 32 concurrent status reads also opened and closed connections
+beyond the pool's size. That cost several times the lookup itself. So each statement is compiled once (for the
+engine's own dialect) and runs directly on one connection this object keeps, with the columns' result processors
+applied (JSON decoded, booleans made booleans, as the ORM would):
 
 * **SQLite file**: a plain synchronous, query-only connection in the event loop. In WAL mode a reader
   never waits for a writer, and an indexed lookup takes microseconds. Should the file be busy anyway (an
