@@ -194,6 +194,7 @@ class AnthropicDriver:
     """Create-time checks, per-request execution and the results file of Anthropic Message Batches."""
 
     kind = "anthropic"
+    answers_in_files = False
     base_path = ""
 
     def route_handlers(self) -> list[Any]:

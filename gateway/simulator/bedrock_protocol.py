@@ -262,6 +262,7 @@ class BedrockDriver:
     """Validation (S3 input), execution by model family and the S3 output of Bedrock model invocation jobs."""
 
     kind = "bedrock"
+    answers_in_files = False
     base_path = ""
 
     def __init__(self, region: str = "us-east-1", s3_endpoint_url: str | None = None) -> None:

@@ -224,6 +224,7 @@ class GeminiDriver:
     """Validation, execution and results of Gemini batches; ``file_api`` holds the File API's state."""
 
     kind = "gemini"
+    answers_in_files = False
     base_path = ""
 
     def __init__(self) -> None:

@@ -101,6 +101,11 @@ class Job:
         self.status = status
         self.times[f"{status}_at"] = now
 
+    def release_answers(self) -> None:
+        """Let go of the requests and answers (their counts stay): for a job whose result files hold them."""
+        self.items = []
+        self.outcomes = []
+
     def record(self, outcome: ItemOutcome) -> None:
         self.outcomes.append(outcome)
         if outcome.ok:
@@ -143,6 +148,8 @@ async def run_job(state: EmulatorState, job: Job) -> None:
             state.files.add(stored)
         final: JobStatus = "completed" if stopped is None else "cancelled" if stopped is CANCELLED else "expired"
         job.set_status(final, state.clock.ts())
+        if state.driver.answers_in_files:
+            job.release_answers()
     except Exception as exc:
         log.exception("emulated batch %s crashed", job.id)
         job.errors = [{"code": "server_error", "message": str(exc), "param": None, "line": None}]

@@ -65,6 +65,7 @@ class MistralDriver:
     """Validation, execution and result files of Mistral batch jobs."""
 
     kind = "mistral"
+    answers_in_files = False
     base_path = "/v1"
 
     def route_handlers(self) -> list[Any]:

@@ -167,6 +167,7 @@ class OpenAIDriver:
     """Validation, execution and result files of OpenAI batches, in one of the protocol's dialects."""
 
     kind = "openai"
+    answers_in_files = True
 
     def __init__(self, dialect: str = "openai") -> None:
         self.wire = DIALECTS[dialect]

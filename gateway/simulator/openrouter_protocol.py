@@ -72,6 +72,7 @@ class OpenRouterDriver:
     """Submit checks, per-request execution and inline results of OpenRouter batches."""
 
     kind = "openrouter"
+    answers_in_files = False
     base_path = "/api/v1"
 
     def __init__(self) -> None:

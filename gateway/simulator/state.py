@@ -134,6 +134,9 @@ class ProtocolDriver(Protocol):
 
     kind: str
     base_path: str
+    answers_in_files: bool
+    """True when nothing reads a finished job's requests and answers but its result files: the job lets them go
+    once the files are written, so that an emulator serving millions of requests does not hold them all."""
 
     def route_handlers(self) -> list[Any]:
         """Litestar routers or controllers of the protocol's API; routes reach the state via ``emulator_of``."""
