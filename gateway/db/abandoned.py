@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.db.leases import Lease, keeping_wakeups, mirror_write, wakeable
+from gateway.db.leases import Lease, keeping_wakeups, mirror_write
 from gateway.db.models import AbandonedProviderBatch, Batch, Shard
 from gateway.db.unit_of_work import reading, transaction
 
@@ -161,6 +161,7 @@ async def poll_ended_now(session: AsyncSession, provider: str, provider_batch_id
     if (await session.exec(select(AbandonedProviderBatch.id).where(*match))).first() is None:
         return 0
     result = await session.exec(
-        update(AbandonedProviderBatch).where(*match, wakeable(AbandonedProviderBatch, now)).values(next_action_at=now)
+        # Due already or not: ``now`` is what its poll's status read must follow (see shards._running_due).
+        update(AbandonedProviderBatch).where(*match).values(next_action_at=now)
     )
     return int(result.rowcount)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, literal, or_
+from sqlalchemy import ColumnElement, and_, case, literal
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -67,12 +67,6 @@ def keeping_wakeups(table: Any, last_known: float | None, asked: float) -> Colum
     current = col(table.next_action_at)
     woken = and_(current != last_known, current < asked)
     return case((woken, current), else_=literal(asked))
-
-
-def wakeable(table: Any, now: float) -> ColumnElement[bool]:
-    """Rows a wake-up at ``now`` changes: not due yet, or due and held by a worker right now (whose save of its
-    schedule keeps the wake-up, see :func:`keeping_wakeups`). A due row nobody holds is left as it is."""
-    return or_(col(table.next_action_at) > now, col(table.lease_expires_at) > now)
 
 
 def mirror_write(session: AsyncSession, row: Any, values: Mapping[str, Any]) -> None:

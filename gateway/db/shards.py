@@ -16,7 +16,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.db.leases import Lease, keeping_wakeups, mirror_write, wakeable
+from gateway.db.leases import Lease, keeping_wakeups, mirror_write
 from gateway.db.models import Batch, LedgerEntry, Shard
 from gateway.db.point_reads import PointReads
 from gateway.db.repo import ATTEMPT_LOG_KEEP, OPEN_SHARD_GROUPS, OpenShardWait
@@ -281,14 +281,17 @@ async def poll_now(session: AsyncSession, shard: Shard, lease: Lease, provider_b
 
 
 async def _running_due(session: AsyncSession, provider: str, provider_batch_ids: list[str], now: float) -> int:
-    """Make the running shards of these provider batches at ``provider`` due at ``now``; how many changed."""
+    """Make the running shards of these provider batches at ``provider`` due at ``now``; how many changed.
+
+    A shard due already is set to ``now`` too: its poll then takes no status read from before this wake-up
+    (``fresh_after``), which could still show the batch running. One held by a worker keeps the wake-up through
+    that worker's save of its schedule (:func:`~gateway.db.leases.keeping_wakeups`)."""
     result = await session.exec(
         update(Shard)
         .where(
             col(Shard.provider) == provider,
             col(Shard.provider_batch_id).in_(provider_batch_ids),
             col(Shard.state) == "running",
-            wakeable(Shard, now),
         )
         .values(next_action_at=now)
         .execution_options(synchronize_session=False)

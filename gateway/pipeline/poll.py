@@ -2,7 +2,9 @@
 
 Polls back off from ``provider_poll_min_s`` to ``provider_poll_max_s``, so the cost grows with the
 number of shards in flight, not with requests, yet come at least every tenth of the time the batch has run
-(:data:`AGE_SHARE`); when the provider reports progress, the next poll comes when that progress says the
+(:data:`AGE_SHARE`), except at a provider that announces ended batches by webhook (``webhook_secret_env``): there
+the webhook makes the poll due at once, and the poll takes no status read from before it; when the provider
+reports progress, the next poll comes when that progress says the
 batch will be done, if that is sooner (:func:`next_poll_in`). A poll whose answer (a shared list page)
 shows other batches of the provider ended makes their shards due at once. A cancel,
 the end of the completion window or a hard budget (:mod:`gateway.billing.guard`: spent, or no longer
@@ -75,7 +77,8 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         async with transaction(context.sessions) as session:
             await shard_db.save_shard(session, shard, lease, end_reason=halt, last_error=why or shard.last_error)
     try:
-        status = await adapter.poll(shard.provider_batch_id)
+        # Not answered by a status read older than the moment the poll fell due (a webhook's wake-up).
+        status = await adapter.poll(shard.provider_batch_id, fresh_after=shard.next_action_at)
     except ProviderAuthFailed as exc:
         await health.auth_failed(context, shard.provider, exc)
         await _unreachable(context, shard, batch, lease, exc, code="auth_failed")
@@ -165,7 +168,9 @@ async def _progress(
     done = status.completed + status.failed
     before = shard.progress_completed + shard.progress_failed
     since = shard.last_progress_at or shard.submitted_at
-    running_s = now - (shard.submitted_at or now)
+    # A provider that announces ended batches by webhook makes the poll due at once: the age rule is not needed.
+    announces = context.providers.get(shard.provider).config.webhook_secret_env is not None
+    running_s = None if announces else now - (shard.submitted_at or now)
     delay = next_poll_in(
         backoff, settings.provider_poll_min_s, before, since, done, shard.request_count, now, running_s=running_s
     )

@@ -96,7 +96,7 @@ async def advance(context: GatewayContext, row: AbandonedProviderBatch, lease: L
             async with transaction(context.sessions) as session:
                 await abandoned_db.save(session, row, lease, cancel_sent_at=time.time())
             log.info("abandoned provider batch %s at %s: cancel sent", row.provider_batch_id, row.provider)
-        status = await adapter.poll(row.provider_batch_id)
+        status = await adapter.poll(row.provider_batch_id, fresh_after=row.next_action_at)
         if not status.state.is_terminal:
             await _later(context, row, lease, None, provider_status=status.raw_status, backoff=True)
             return

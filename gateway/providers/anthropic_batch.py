@@ -121,13 +121,18 @@ class AnthropicBatchAdapter(AnthropicHttpAdapter):
         """The batch created for ``submit_token`` if this process saw its create answered (module docstring)."""
         return self._created.find(submit_token, self.name)
 
-    async def poll(self, provider_batch_id: str) -> PollResult:
+    async def poll(self, provider_batch_id: str, *, fresh_after: float | None = None) -> PollResult:
         """Read the batch (from the page listed for this tick's polls, else retrieved); counts are all
         ``processing`` until it ends (Anthropic's semantics)."""
         if provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
             return PollResult(state=ProviderBatchState.COMPLETED, raw_status="ended")
         batch = await self.board.read(
-            provider_batch_id, lambda: self._retrieve(provider_batch_id), self._newest_batches, _has_ended, self.name
+            provider_batch_id,
+            lambda: self._retrieve(provider_batch_id),
+            self._newest_batches,
+            _has_ended,
+            self.name,
+            fresh_after=fresh_after,
         )
         result = parse_batch(batch)
         if result is None:

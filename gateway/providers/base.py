@@ -275,8 +275,9 @@ class ProviderAdapter(abc.ABC):
         """Find a provider batch created earlier with this token (crash reconciliation)."""
         raise self.unsupported("has no batch API")
 
-    async def poll(self, provider_batch_id: str) -> PollResult:
-        """Read the provider batch's state and progress."""
+    async def poll(self, provider_batch_id: str, *, fresh_after: float | None = None) -> PollResult:
+        """Read the provider batch's state and progress, as read after ``fresh_after`` (a ``time.time()``; the
+        moment the poll fell due: a status an adapter shares between polls must not be older)."""
         raise self.unsupported("has no batch API")
 
     async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:

@@ -203,7 +203,7 @@ class BedrockBatchAdapter(HttpAdapter):
         log.warning("provider %s: job %s not in the first %d pages of the listing", self.name, name, MAX_LIST_PAGES)
         return None
 
-    async def poll(self, provider_batch_id: str) -> PollResult:
+    async def poll(self, provider_batch_id: str, *, fresh_after: float | None = None) -> PollResult:
         """Read the job's status and record counts."""
         if provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
             return PollResult(state=ProviderBatchState.COMPLETED, raw_status="Completed")

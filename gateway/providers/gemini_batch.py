@@ -151,7 +151,7 @@ class GeminiBatchAdapter(GeminiHttpAdapter):
             provider_file_id=file_name if isinstance(file_name, str) else None,
         )
 
-    async def poll(self, provider_batch_id: str) -> PollResult:
+    async def poll(self, provider_batch_id: str, *, fresh_after: float | None = None) -> PollResult:
         """Read the Operation: ``metadata.state`` (either spelling), ``batchStats`` and ``done``."""
         result = parse_operation(await self._operation(provider_batch_id))
         if map_batch_state(result.raw_status) is None and result.raw_status not in ("done", "running"):

@@ -110,7 +110,7 @@ class MistralBatchAdapter(HttpAdapter):
         file_id = files[0] if isinstance(files, list) and files and isinstance(files[0], str) else None
         return SubmitResult(provider_batch_id=job["id"], provider_file_id=file_id)
 
-    async def poll(self, provider_batch_id: str) -> PollResult:
+    async def poll(self, provider_batch_id: str, *, fresh_after: float | None = None) -> PollResult:
         """Read the job's status and counts."""
         return self._poll_result(*parse_job(await self._retrieve(provider_batch_id)))
 

@@ -136,11 +136,16 @@ class OpenAIBatchAdapter(HttpAdapter):
             provider_file_id=file_id if isinstance(file_id, str) else None,
         )
 
-    async def poll(self, provider_batch_id: str) -> PollResult:
+    async def poll(self, provider_batch_id: str, *, fresh_after: float | None = None) -> PollResult:
         """Read the batch (from the page of batches listed for this tick's polls, else retrieved) and translate
         its status and request counts."""
         batch = await self.board.read(
-            provider_batch_id, lambda: self._retrieve(provider_batch_id), self._newest_batches, _has_ended, self.name
+            provider_batch_id,
+            lambda: self._retrieve(provider_batch_id),
+            self._newest_batches,
+            _has_ended,
+            self.name,
+            fresh_after=fresh_after,
         )
         raw_status = batch.get("status")
         state = map_batch_status(raw_status)

@@ -102,7 +102,7 @@ class OpenRouterBatchAdapter(HttpAdapter):
         """The batch created for ``submit_token`` if this process saw its create answered (module docstring)."""
         return self._created.find(submit_token, self.name)
 
-    async def poll(self, provider_batch_id: str) -> PollResult:
+    async def poll(self, provider_batch_id: str, *, fresh_after: float | None = None) -> PollResult:
         """Read the batch's status and counts (its inline results are skipped, not decoded)."""
         if provider_batch_id.startswith(LOCAL_BATCH_PREFIX):
             return PollResult(state=ProviderBatchState.COMPLETED, raw_status="completed")

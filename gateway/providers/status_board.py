@@ -60,14 +60,18 @@ class StatusBoard:
         newest_page: Callable[[], Awaitable[list[Batch]]],
         has_ended: Callable[[Batch], bool],
         provider: str,
+        fresh_after: float | None = None,
     ) -> Batch:
         """The batch's status object: from the shared list page (``newest_page``) when several batches are being
         polled, else from ``retrieve``. Other polled batches the page shows ended (``has_ended``) are noted for
-        :meth:`take_ended`. ``provider`` names the provider in the log."""
+        :meth:`take_ended`. ``provider`` names the provider in the log. A listed answer serves only if it was
+        listed after ``fresh_after`` (a ``time.time()``: when the poll fell due, which a provider's webhook
+        makes the moment the batch was announced ended); an older one would answer "still running" for it."""
         now = time.monotonic()
+        not_before = float("-inf") if fresh_after is None else now - max(0.0, time.time() - fresh_after)
         self._forget(now)
         self._polled[batch_id] = now
-        if (fresh := self._take_fresh(batch_id, now)) is not None:
+        if (fresh := self._take_fresh(batch_id, now, not_before, has_ended)) is not None:
             return fresh
         if self.lists and sum(now - at < self.window_s for at in self._polled.values()) > 1:
             async with self._listing:  # concurrent polls wait for one list call, then read its answer
@@ -88,7 +92,7 @@ class StatusBoard:
                             self._reported.add(found)
                             if found != batch_id:  # its own poll is reading it now
                                 self._ended.append(found)
-            if (fresh := self._take_fresh(batch_id, time.monotonic())) is not None:
+            if (fresh := self._take_fresh(batch_id, time.monotonic(), not_before, has_ended)) is not None:
                 return fresh
         batch = await retrieve()
         self._answers[batch_id] = (float("-inf"), batch)  # kept for ended(), never answers another poll
@@ -118,12 +122,15 @@ class StatusBoard:
         entry = self._answers.get(batch_id)
         return entry[1] if entry is not None and has_ended(entry[1]) else None
 
-    def _take_fresh(self, batch_id: str, now: float) -> Batch | None:
-        """The batch's listed answer if it is at most :attr:`window_s` old and has not answered a poll yet; it is
-        then spent: a second poll within the window would only see the status its shard already acted on (and
-        take no progress for a stall), so it lists or retrieves afresh."""
+    def _take_fresh(
+        self, batch_id: str, now: float, not_before: float, has_ended: Callable[[Batch], bool]
+    ) -> Batch | None:
+        """The batch's listed answer if it is at most :attr:`window_s` old, has not answered a poll yet, and was
+        listed after ``not_before`` or shows the batch ended (which no later read can change); it is then spent: a
+        second poll within the window would only see the status its shard already acted on (and take no progress
+        for a stall), so it lists or retrieves afresh."""
         entry = self._answers.get(batch_id)
-        if entry is None or now - entry[0] >= self.window_s:
+        if entry is None or now - entry[0] >= self.window_s or (entry[0] < not_before and not has_ended(entry[1])):
             return None
         self._answers[batch_id] = (float("-inf"), entry[1])  # kept for ended()
         return entry[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +77,32 @@ async def test_a_listed_status_answers_one_poll_of_its_batch_only(
     again = await adapter.poll(ids[1])  # within the page's window: the page is the status it saw already
     assert await status_calls(cluster) == (1, 2)
     assert not again.state.is_terminal
+
+
+async def test_a_poll_that_fell_due_after_the_page_was_listed_reads_afresh_unless_the_page_shows_the_end(
+    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    """A webhook makes a poll due the moment its batch ended: a page listed before then may still show it running."""
+    first, second, third = await submitted(adapter, tmp_path, 3)
+    await adapter.poll(first)  # alone: retrieved
+    await asyncio.gather(adapter.poll(second), adapter.poll(third))  # one page, which holds first's status too
+    assert await status_calls(cluster) == (1, 1)
+    await adapter.poll(first, fresh_after=time.time())  # fell due after that page: retrieved
+    assert await status_calls(cluster) == (1, 2)
+    await asyncio.sleep(0.6)
+    await adapter.poll(first)  # a new window: retrieved alone again
+    await asyncio.gather(adapter.poll(second), adapter.poll(third))
+    assert await status_calls(cluster) == (2, 3)
+    await adapter.poll(first, fresh_after=time.time() - 5)  # fell due before the page: the page serves it
+    assert await status_calls(cluster) == (2, 3)
+
+    await asyncio.sleep(2.0)  # all three ended
+    await adapter.poll(first)
+    await asyncio.gather(adapter.poll(second), adapter.poll(third))
+    assert await status_calls(cluster) == (3, 4)
+    ended = await adapter.poll(first, fresh_after=time.time())  # an ended batch does not change: the page serves it
+    assert ended.state is ProviderBatchState.COMPLETED
+    assert await status_calls(cluster) == (3, 4)
 
 
 async def test_a_page_that_shows_other_batches_ended_names_them_once(
