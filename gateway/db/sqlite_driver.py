@@ -7,7 +7,8 @@ so those round trips, not SQLite, were most of a statement's time. :class:`OneHo
 aiosqlite's thread and queue and only changes the cursor: one call runs the statement, reads all its rows,
 its row count and last row id, and closes the sqlite3 cursor; the rest are answered from what it kept.
 Every row is read at execute, which is what SQLAlchemy's adapter does anyway (the gateway uses no
-server-side cursors).
+server-side cursors). It relies on aiosqlite running each call through ``Connection._execute`` on the sqlite3
+connection ``Connection._conn`` (0.20 to 0.22 do); ``tests/db/test_sqlite_driver.py`` fails if that changes.
 """
 
 from __future__ import annotations
