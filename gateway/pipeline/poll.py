@@ -1,19 +1,18 @@
 """Stage 5 of the data path: follow a submitted shard until its provider batch ends.
 
-Polls back off from ``provider_poll_min_s`` to ``provider_poll_max_s``, so the cost grows with the
-number of shards in flight, not with requests, yet come at least every tenth of the time the batch has run
-(:data:`AGE_SHARE`), except at a provider that announces ended batches by webhook (``webhook_secret_env``): there
-the webhook makes the poll due at once, and the poll takes no status read from before it; when the provider
-reports progress, the next poll comes when that progress says the
-batch will be done, if that is sooner (:func:`next_poll_in`). A poll whose answer (a shared list page)
-shows other batches of the provider ended makes their shards due at once. A cancel,
-the end of the completion window or a hard budget (:mod:`gateway.billing.guard`: spent, or no longer
-able to take the batch) is passed on to the provider here as a cancel; results already finished are
-kept either way. A provider that answers 429 is waited out (its Retry-After honoured); one that stays
-unreachable for ``routing.provider_down_failover_s`` loses the shard only if another provider is
-healthy right now (:func:`gateway.pipeline.lifecycle.may_leave_provider`), and the abandoned provider
-batch stays owned: cancelled, polled and billed (:mod:`gateway.pipeline.settle`). A finished provider
-batch goes to collection (state ``collecting``).
+Polls back off from ``provider_poll_min_s`` to ``provider_poll_max_s``, so the cost grows with the number of
+shards in flight, not with requests, yet come at least every tenth of the time the batch has run
+(:data:`AGE_SHARE`), except at a provider that announces ended batches by webhook (``webhook_secret_env``):
+there the webhook makes the poll due at once, and the poll takes no status read from before it; when the
+provider reports progress, the next poll comes when that progress says the batch will be done, if that is
+sooner (:func:`next_poll_in`). A poll whose answer (a shared list page) shows other batches of the provider
+ended makes their shards due at once. A cancel, the end of the completion window or a hard budget
+(:mod:`gateway.billing.guard`: spent, or no longer able to take the batch) is passed on to the provider here
+as a cancel; results already finished are kept either way. A provider that answers 429 is waited out (its
+Retry-After honoured); one that stays unreachable for ``routing.provider_down_failover_s`` loses the shard
+only if another provider is healthy right now (:func:`gateway.pipeline.lifecycle.may_leave_provider`), and the
+abandoned provider batch stays owned: cancelled, polled and billed (:mod:`gateway.pipeline.settle`). A
+finished provider batch goes to collection (state ``collecting``).
 """
 
 from __future__ import annotations
