@@ -54,7 +54,8 @@ END_REASON_BY_STATE = {
 
 AGE_SHARE = 0.1
 """A running provider batch is polled at least every tenth of the time it has run (then the backoff's maximum),
-so noticing its end takes at most about a tenth longer than the batch itself."""
+so noticing its end takes at most about a tenth longer than the batch itself; not at a provider whose webhooks
+announce the end."""
 
 
 async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease) -> None:
