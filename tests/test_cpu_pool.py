@@ -204,6 +204,14 @@ def test_start_if_free_starts_a_step_only_in_a_process_free_now() -> None:
     asyncio.run(scenario())
 
 
+def _running(pid: int) -> bool:
+    """True while ``pid`` is a process that has not exited (a zombie waiting to be reaped has)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # exited and reaped, also between two looks
+        return False
+
+
 def test_recycle_fails_the_running_steps_as_lost_and_the_next_step_gets_a_new_process() -> None:
     async def scenario() -> None:
         pool = CpuPool(1)
@@ -218,7 +226,7 @@ def test_recycle_fails_the_running_steps_as_lost_and_the_next_step_gets_a_new_pr
                 await stuck
             assert time.monotonic() - started < 10
             deadline = time.monotonic() + 10
-            while psutil.pid_exists(first_pid) and psutil.Process(first_pid).status() != psutil.STATUS_ZOMBIE:
+            while _running(first_pid):
                 assert time.monotonic() < deadline, "the process running the stuck step is still alive"
                 await asyncio.sleep(0.05)
             pid, _, tag = await pool.run(where_am_i, "after")
