@@ -214,15 +214,18 @@ class _Provider:
 
 async def test_a_page_asked_for_before_a_batch_was_retrieved_does_not_answer_its_next_poll() -> None:
     board, calls = StatusBoard(window_s=0.5), {"listed": 0, "retrieved": 0}
+    retrieving, asked = asyncio.Event(), asyncio.Event()
 
     async def read(batch_id: str) -> dict[str, object]:
         async def retrieve() -> dict[str, object]:
             calls["retrieved"] += 1
-            await asyncio.sleep(0.01)
+            retrieving.set()
+            await asyncio.wait_for(asked.wait(), 5)  # answered only once the page was asked for
             return {"id": batch_id, "status": "in_progress", "from": "retrieve"}
 
         async def page() -> list[dict[str, object]]:
             calls["listed"] += 1
+            asked.set()
             taken = [{"id": listed, "status": "in_progress", "from": "page"} for listed in ("a", "b")]
             await asyncio.sleep(0.05)  # answered after a's own retrieve, but taken before it
             return taken
@@ -230,8 +233,8 @@ async def test_a_page_asked_for_before_a_batch_was_retrieved_does_not_answer_its
         return await board.read(batch_id, retrieve, page, lambda _: False, "p")
 
     alone = asyncio.create_task(read("a"))
-    await asyncio.sleep(0.001)
-    await asyncio.gather(alone, read("b"))  # a is retrieved alone; b's poll lists
+    await asyncio.wait_for(retrieving.wait(), 5)
+    await asyncio.gather(alone, read("b"))  # a is retrieved alone; b's poll lists while a's retrieve runs
     again = await read("a")
     assert calls == {"listed": 1, "retrieved": 2} and again["from"] == "retrieve"
 
