@@ -32,23 +32,25 @@ log = logging.getLogger(__name__)
 
 
 class WorkSignal:
-    """Wakes every idle loop of this process at once when new work may be ready.
+    """Wakes the idle loops of this process when new work may be ready.
 
-    Unlike a plain :class:`asyncio.Event`, one :meth:`set` reaches every loop waiting at that moment,
-    and a loop that starts waiting later waits for the next one. With ``announce`` (see
-    :mod:`gateway.db.wakeups`), :meth:`set` also tells other processes, one announcement at a time:
-    sets that arrive while one is being sent are folded into one more.
+    Unlike a plain :class:`asyncio.Event`, one :meth:`set` reaches every loop waiting at that moment, and a loop
+    that starts waiting later waits for the next one. Loops wait by kind (the worker's lanes: ``"batch"``,
+    ``"shard"``): a wake-up for one kind leaves the others asleep, so work only one lane can take does not send
+    the other to look for work too. With ``announce`` (see :mod:`gateway.db.wakeups`), :meth:`set` also tells
+    other processes, one announcement at a time: sets that arrive while one is being sent are folded into one more.
     """
 
     def __init__(self, announce: Callable[[], Awaitable[None]] | None = None) -> None:
-        self._event = asyncio.Event()
+        self._events: dict[str, asyncio.Event] = {}
         self._announce = announce
         self._announcing: asyncio.Task[None] | None = None
         self._again = False
 
-    def set(self) -> None:
-        """Wake the loops waiting now, here and (with ``announce``) in other processes."""
-        self.wake_local()
+    def set(self, kind: str | None = None) -> None:
+        """Wake the loops waiting now for ``kind`` of work (every kind: None) here and, with ``announce``, every
+        loop of other processes (they learn that there is work, not which)."""
+        self.wake_local(kind)
         if self._announce is None:
             return
         if self._announcing is not None and not self._announcing.done():
@@ -56,18 +58,24 @@ class WorkSignal:
             return
         self._announcing = asyncio.get_running_loop().create_task(self._send())
 
-    def wake_local(self) -> None:
-        """Wake the loops of this process waiting now."""
-        self._event.set()
-        self._event = asyncio.Event()
+    def wake_local(self, kind: str | None = None) -> None:
+        """Wake the loops of this process waiting now for ``kind`` of work (every kind: None)."""
+        for waited in list(self._events) if kind is None else [kind]:
+            event = self._events.pop(waited, None)
+            if event is not None:
+                event.set()
 
-    def ticket(self) -> asyncio.Event:
-        """What :meth:`wait` waits on now: take it before looking for work, so a set in between is not missed."""
-        return self._event
+    def ticket(self, kind: str = "any") -> asyncio.Event:
+        """What :meth:`wait` waits on now for ``kind`` of work: take it before looking for work, so a set in between
+        is not missed."""
+        event = self._events.get(kind)
+        if event is None:
+            event = self._events[kind] = asyncio.Event()
+        return event
 
     async def wait(self, timeout: float, ticket: asyncio.Event | None = None) -> None:
         """Return on the next :meth:`set` (or the first after ``ticket`` was taken), or after ``timeout`` seconds."""
-        event = ticket or self._event
+        event = ticket or self.ticket()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 

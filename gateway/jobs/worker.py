@@ -54,7 +54,12 @@ BATCH_STAGES: dict[str, BatchStage] = {
     "merge": merge.run,
 }
 """Batch stage -> its entry. In stage ``run`` the batch's shards do the work; ``done`` needs nothing."""
+BATCH_LANE, SHARD_LANE = "batch", "shard"
+"""The lanes' names, which are also the kinds of work :class:`~gateway.context.WorkSignal` wakes them for."""
 INTAKE_STAGES = ["validate", "route"]
+BATCH_STAGE_HANDS_TO = {"validate": BATCH_LANE, "route": SHARD_LANE}
+"""Batch stage -> the one lane its success can make work for (validation hands over to routing, routing to the
+shards), the only one it wakes in this process; a stage not named here wakes every lane."""
 CPU_STEP_MODULES = ("gateway.pipeline.input_lines", "gateway.pipeline.joining")
 """Modules of the steps the stages run in the CPU processes (:mod:`gateway.cpu_pool`), imported as they start."""
 MIN_IDLE_S = 0.01
@@ -119,8 +124,8 @@ class Worker:
         log.info("worker %s started", self.owner)
         self.context.cpu.warm(CPU_STEP_MODULES)
         lanes = [
-            _Lane("batch", self.settings.batch_concurrency, self._claim_batch, ["merge", *INTAKE_STAGES], []),
-            _Lane("shard", self.settings.concurrency, self._claim_shard, [], shard_db.ACTIVE_STATES),
+            _Lane(BATCH_LANE, self.settings.batch_concurrency, self._claim_batch, ["merge", *INTAKE_STAGES], []),
+            _Lane(SHARD_LANE, self.settings.concurrency, self._claim_shard, [], shard_db.ACTIVE_STATES),
         ]
         housekeeping = [
             asyncio.create_task(self._every(HEALTH_PROBE_EVERY_S, health.probe_open_circuits)),
@@ -222,7 +227,7 @@ class Worker:
         :mod:`gateway.db.wakeups`), and the sleep lasts at most ``worker.poll_interval_s``.
         """
         settings = self.settings
-        ticket = self.context.work_available.ticket()
+        ticket = self.context.work_available.ticket(lane.name)
         longest = settings.idle_max_s if wakeups.notifies(self.context.engine) else settings.poll_interval_s
         try:
             async with reading(self.context.sessions) as session:
@@ -297,7 +302,7 @@ class Worker:
         if error is None:
             async with transaction(self.context.sessions) as session:
                 await repo.release_batch(session, batch.id, lease)
-            self.context.work_available.set()
+            self.context.work_available.set(BATCH_STAGE_HANDS_TO.get(stage))
             return
         attempts = batch.stage_attempts + 1
         entry = attempt_entry(stage, error)
@@ -365,13 +370,16 @@ class Worker:
         """Wake the loops for what a finished shard step left (``left``: the shard's state and due time after it).
 
         A step that only put its own shard off (a poll that saw its batch still running) made nothing due now:
-        this process's loops are woken when the shard falls due, and no other process is woken (each finds it
-        at its next look). Any other step (a hand-off, a shard made due now, one another worker holds now)
-        wakes every loop here and, where they can be told, in other processes."""
+        this process's shard loops are woken when the shard falls due, and no other process is woken (each finds
+        it at its next look). A step that left its shard open (a hand-off to the shard's next step, a shard made
+        due now) made work for shard loops only: here only they are woken, and other processes are told. A step
+        that ended its shard may have made its batch's merge due: every loop is woken, here and where they can be
+        told."""
+        signal = self.context.work_available
         if left is not None and left[0] == state and (delay := left[1] - time.time()) > 0:
-            asyncio.get_running_loop().call_later(delay, self.context.work_available.wake_local)
+            asyncio.get_running_loop().call_later(delay, signal.wake_local, SHARD_LANE)
             return
-        self.context.work_available.set()
+        signal.set(SHARD_LANE if left is not None and left[0] in shard_db.ACTIVE_STATES else None)
 
     @contextlib.asynccontextmanager
     async def _released_if_stopped(
