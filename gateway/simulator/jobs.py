@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STALL_POLL_S = 0.05
+TURN_S = 0.002
+"""Longest a running job holds the event loop between two yields. Every other job, upload, download and status
+read waits for its turn, so a download moves on by a chunk only once every running job has had one: with turns
+of 256 answers (about 6 ms), a finished batch's results downloaded at about 10 MB/s while five others ran."""
 FREEZE_ANSWERS_EVERY = 1024
 """How many answers a running job makes between two freezes (:func:`exclude_jobs_from_gc`)."""
 _exclude_jobs_from_gc = False
@@ -169,7 +173,7 @@ def _deadline_passed(state: EmulatorState, job: Job) -> bool:
 async def _process_items(state: EmulatorState, job: Job, budget_s: float) -> tuple[str, str] | None:
     """Run the items in order; returns CANCELLED or EXPIRED when stopped early, None when all ran."""
     per_item = budget_s / max(1, len(job.items))
-    start = time.monotonic()
+    start = last_turn = time.monotonic()
     for index, item in enumerate(job.items):
         while state.faults.stall and not job.cancel_requested and not _deadline_passed(state, job):
             await asyncio.sleep(STALL_POLL_S)
@@ -189,7 +193,9 @@ async def _process_items(state: EmulatorState, job: Job, budget_s: float) -> tup
         state.stats.requests_failed += not outcome.ok
         if _exclude_jobs_from_gc and index % FREEZE_ANSWERS_EVERY == FREEZE_ANSWERS_EVERY - 1:
             gc.freeze()  # the answers so far: with jobs side by side, each collection walked every job's answers
-        wait = start + (index + 1) * per_item - time.monotonic()
-        if wait > 0.001 or index % 256 == 255:
+        now = time.monotonic()
+        wait = start + (index + 1) * per_item - now
+        if wait > 0.001 or now - last_turn >= TURN_S:
             await asyncio.sleep(max(0.0, wait))
+            last_turn = time.monotonic()
     return CANCELLED if job.cancel_requested else None

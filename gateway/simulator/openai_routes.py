@@ -66,6 +66,11 @@ def list_page(objects: Sequence[dict[str, Any]], after: str | None, limit: int) 
     return {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more}
 
 
+DOWNLOAD_CHUNK = 8 * 1024 * 1024
+"""Bytes a file download sends at a time. Each chunk waits for a turn of the event loop, which running batches
+share: with 1 MiB chunks, a 30 MB result file took 2-3 s to download while five other batches ran."""
+
+
 class _ExpiresAfter(msgspec.Struct, forbid_unknown_fields=True):
     anchor: Literal["created_at"]
     seconds: Annotated[int, msgspec.Meta(ge=TTL_MIN_S, le=TTL_MAX_S)]
@@ -150,7 +155,12 @@ class FilesController(Controller):
     @get("/{file_id:str}/content")
     async def content(self, request: Request[Any, Any, Any]) -> File:
         stored = emulator_of(request).files.get(request.path_params["file_id"])
-        return File(path=stored.path, filename=stored.filename, media_type="application/octet-stream")
+        return File(
+            path=stored.path,
+            filename=stored.filename,
+            media_type="application/octet-stream",
+            chunk_size=DOWNLOAD_CHUNK,
+        )
 
     @delete("/{file_id:str}", status_code=200)
     async def remove(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
