@@ -66,6 +66,8 @@ COPY_READ_AHEAD = 4
 """Ranges in flight while a blob is copied to a local file."""
 ABORT_WAIT_S = 60.0
 """How long a failed streamed upload waits for the library to abort it."""
+SETTLE_S = 0.05
+"""How long :meth:`S3BlobStore.close` lets the library's threads finish handing over their last results."""
 _FULL_MARKERS = re.compile(
     r"\b507\b|Insufficient Storage|QuotaExceeded|StorageFull|XMinioStorageFull|EntityTooLarge", re.IGNORECASE
 )
@@ -345,6 +347,16 @@ class S3BlobStore(BlobStore):
             return
         except BaseError as exc:
             raise OSError(errno.EIO, f"{self.description} could not delete {key!r}: {_summary(exc)}") from None
+
+    async def close(self) -> None:
+        """Let the library's threads finish handing over their last results before the process may end.
+
+        The library answers each call from a thread of its own, which still needs the GIL for a moment after the
+        awaiting task has its result (to wake the event loop). Python 3.11 makes a thread that wakes while the
+        interpreter is finalizing exit in the middle of its call, which aborts the process from the library's
+        thread (SIGABRT): one-shot commands such as ``batchgw gc`` on object storage ended so, now and then, after
+        their work was done. A short sleep lets the GIL go to those threads first."""
+        await asyncio.sleep(SETTLE_S)
 
     async def delete_prefix(self, prefix: str) -> None:
         keys = [info.key async for info in self.list(prefix)]
