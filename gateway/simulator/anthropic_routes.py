@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.response import File, Response
+from litestar.response import Response
 
 from gateway.simulator.anthropic_protocol import BATCHES, CUSTOM_ID, RETENTION_S, invalid
+from gateway.simulator.file_store import download
 from gateway.simulator.jobs import Job, JobItem
 from gateway.simulator.model import random_id
 from gateway.simulator.state import DAY_S, emulator_of, note
@@ -178,4 +178,4 @@ class MessageBatchesController(Controller):
         stored = emu.files.files.get(job.extra.get("results_file_id", ""))
         if stored is None:
             return Response(b"", media_type="application/x-jsonl")
-        return File(path=Path(stored.path), filename=stored.filename, media_type="application/x-jsonl")
+        return download(stored, "application/x-jsonl")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from litestar.response import File
 
 from gateway.simulator.errors import ApiError, not_found
 from gateway.simulator.model import random_id
@@ -25,6 +26,18 @@ class StoredFile(msgspec.Struct):
     path: str
     bytes: int = 0
     lines: int = 0
+
+
+DOWNLOAD_CHUNK = 8 * 1024 * 1024
+"""Bytes a file download sends at a time. Each chunk waits for a turn of the event loop, which running batches
+share: with 1 MiB chunks, a 30 MB result file took 2-3 s to download while five other batches ran."""
+
+
+def download(stored: StoredFile, media_type: str = "application/octet-stream", filename: str | None = None) -> File:
+    """The response that sends a stored file's bytes (every protocol's content download)."""
+    return File(
+        path=stored.path, filename=filename or stored.filename, media_type=media_type, chunk_size=DOWNLOAD_CHUNK
+    )
 
 
 class FileStore:

@@ -18,7 +18,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.response import File
 
 from gateway.simulator.errors import ApiError
-from gateway.simulator.file_store import StoredFile
+from gateway.simulator.file_store import StoredFile, download
 from gateway.simulator.model import random_id
 from gateway.simulator.state import DAY_S, EmulatorState, emulator_of, note
 from gateway.translate.gemini import GOOGLE_STATUS_HTTP
@@ -166,7 +166,7 @@ async def download_file(request: Req) -> File:
     if action != "download" or request.query_params.get("alt") != "media":
         raise invalid("Download with GET /download/v1beta/files/{id}:download?alt=media.")
     stored = _stored(request, ident)
-    return File(path=stored.path, filename=f"{stored.id}.jsonl", media_type="application/octet-stream")
+    return download(stored, filename=f"{stored.id}.jsonl")
 
 
 FILE_ROUTES = [upload_file, get_file, delete_file, download_file]

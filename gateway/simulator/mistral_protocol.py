@@ -20,7 +20,7 @@ from litestar.datastructures import UploadFile
 from litestar.response import File
 
 from gateway.simulator.errors import ApiError, not_found
-from gateway.simulator.file_store import StoredFile
+from gateway.simulator.file_store import StoredFile, download
 from gateway.simulator.jobs import ItemOutcome, Job, JobItem
 from gateway.simulator.model import POISON_NESTING, stable_id
 from gateway.simulator.openai_protocol import chat_completion, embeddings
@@ -275,7 +275,7 @@ class FilesController(Controller):
     @get("/{file_id:str}/content")
     async def content(self, request: Req) -> File:
         stored = emulator_of(request).files.get(request.path_params["file_id"])
-        return File(path=stored.path, filename=stored.filename, media_type="application/octet-stream")
+        return download(stored)
 
     @delete("/{file_id:str}", status_code=200)
     async def remove(self, request: Req) -> dict[str, Any]:
