@@ -68,12 +68,14 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lea
     scratch = context.blobs.scratch
     raw_path = scratch_file(scratch, suffix=".raw.jsonl")
     moved_path = scratch_file(scratch, suffix=".moved.jsonl")
+    as_sent = False
     try:
         if shard.provider_batch_id:
             fetched = await _fetch_results(context, batch, shard, lease, raw_path)
             if fetched == "later":
                 return
             raw_available = fetched == "fetched"
+            as_sent = context.providers.get(shard.provider).results_as_sent
         else:
             # Fan-out shards published their answers in parts as they ran.
             raw_available = await gather_parts(context.blobs, fanout_parts_prefix(shard), raw_path) > 0
@@ -99,6 +101,7 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lea
                 shard.provider,
                 can_move,
                 shard_tier(shard),
+                as_sent,
             )
             if results.moved:
                 move = await failover.plan_move(context, batch, shard, lease, moved_path, results.moved)

@@ -5,6 +5,9 @@ already seen ids are dropped; requests that failed retryably or were never answe
 lines, for :mod:`gateway.pipeline.failover`) or, when they may not move, get an error line saying why. The
 lines come a read at a time: a read whose lines are all answers in the usual shape is decoded by a decoder
 that refuses anything else and added up at once; any other read is taken line by line, with the same outcome.
+Lines an adapter passed on as the provider wrote them (``as_sent``, see
+:attr:`~gateway.providers.base.ProviderAdapter.results_as_sent`) are read once here: a read of plain answers as
+above, any other line first normalised as the adapter would have (:func:`normalised_output_line`).
 The collect stage (:mod:`gateway.pipeline.collect`) runs it in a CPU process (:mod:`gateway.cpu_pool`) and adopts the
 files it writes. This module's imports stay light for that process.
 """
@@ -33,6 +36,8 @@ from gateway.pipeline.results import (
 )
 from gateway.pipeline.results import encoder as line_encoder
 from gateway.providers.jsonl import iter_line_blocks
+from gateway.providers.openai_wire import normalised_output_line
+from gateway.translate import MalformedResult
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +71,19 @@ def split_results(
     provider: str,
     can_move: bool,
     tier: str = "standard",
+    as_sent: bool = False,
 ) -> ShardResults:
     """Write one output, error or moved line per request of the shard; see the module docstring.
 
     With ``can_move``, requests that failed retryably or were never answered go to ``moved_path``
     (their input lines) instead of the error file. Every output and error line names the
-    ``provider`` that answered it. ``tier`` is the service tier the shard's requests asked for.
+    ``provider`` that answered it. ``tier`` is the service tier the shard's requests asked for. With
+    ``as_sent``, the result lines are the provider's own, not yet normalised (see the module docstring).
     """
     pending = _input_estimates(input_path)
     results = ShardResults(usage=Usage(asked_tier=tier))
     with output_path.open("wb") as out, error_path.open("wb") as err:
-        join = _Join(batch_id, provider, can_move, pending, results, out, err)
+        join = _Join(batch_id, provider, can_move, pending, results, out, err, as_sent)
         if raw_path is not None and raw_path.exists():
             for first, lines in iter_line_blocks(raw_path):
                 if not join.take_plain(first, lines):
@@ -114,9 +121,11 @@ class _Join:
         results: ShardResults,
         out: IO[bytes],
         err: IO[bytes],
+        as_sent: bool = False,
     ) -> None:
         self.batch_id, self.provider, self.can_move = batch_id, provider, can_move
         self.pending, self.results, self.out, self.err = pending, results, out, err
+        self.as_sent = as_sent
         self.line_id = LineIds(batch_id)
         self.moved: set[str] = set()
 
@@ -124,6 +133,18 @@ class _Join:
         """One result line, whatever it holds: an answer, an error, a line to skip."""
         if not line.strip():
             return
+        if self.as_sent:
+            try:
+                # The provider's own line id is not read: every output line gets the gateway's.
+                line = normalised_output_line(line, "")
+            except MalformedResult as exc:
+                log.warning("provider %s: skipped line %d of batch %s's results: %s", self.provider, number,
+                            self.batch_id, exc)  # fmt: skip
+                return
+            except RecursionError:
+                log.warning("provider %s: skipped line %d of batch %s's results: nested too deeply to read",
+                            self.provider, number, self.batch_id)  # fmt: skip
+                return
         try:
             item = decode_result(line)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -150,6 +171,8 @@ class _Join:
         """The lines of one read at once when every one is a plain answer line (see :class:`_PlainResult`); False,
         having taken none, when any is not: the caller then takes them one by one. An answer that is not a
         success is taken by :meth:`take_line`."""
+        if self.as_sent and b"\r" in b"".join(lines):
+            return False  # a bare CR inside a line: normalised, so that no reader breaks the line there
         if not all(map(bytes.isascii, lines)):
             try:
                 for line in lines:
@@ -198,7 +221,9 @@ class _Join:
         bodies: list[AnswerBody | None] = [answer.body for answer in answers]
         results = self.results
         results.completed += len(bodies)
-        results.usage.add_all(bodies, [item.billed_usd for item in found])
+        # A charge is what an adapter reports, never a key of a provider's line passed on as it came.
+        billed: list[float | None] = [None] * len(found) if self.as_sent else [item.billed_usd for item in found]
+        results.usage.add_all(bodies, billed)
         usages = [answer.body.usage for answer in answers]
         outputs = [(usage.completion_tokens or 0) if usage is not None else 0 for usage in usages]
         inputs = [(usage.prompt_tokens or 0) if usage is not None else 0 for usage in usages]

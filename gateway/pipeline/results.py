@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import msgspec
 
 from gateway.billing.history import Sample
+from gateway.providers.openai_wire import normalised_output_line
+from gateway.translate import MalformedResult
 
 # The structs an answer's usage is read into hold numbers and JSON values only, never a cycle: they are left out
 # of the garbage collector, which a shard's tens of thousands of them would otherwise set off again and again.
@@ -334,8 +336,10 @@ def iter_custom_ids(path: Path) -> Iterator[str]:
                 yield id_decoder.decode(line).custom_id
 
 
-def billed_usage(path: Path) -> Usage:
-    """Usage of the successful answers in a file of provider result lines: what the provider billed.
+def billed_usage(path: Path, as_sent: bool = False) -> Usage:
+    """Usage of the successful answers in a file of provider result lines: what the provider billed. With
+    ``as_sent``, the lines are the provider's own, each read as its adapter would normalise it (see
+    :attr:`~gateway.providers.base.ProviderAdapter.results_as_sent`).
 
     Unreadable lines and repeated custom_ids count once at most.
     """
@@ -344,8 +348,8 @@ def billed_usage(path: Path) -> Usage:
     with path.open("rb") as handle:
         for line in handle:
             try:
-                item = decode_result(line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+                item = decode_result(normalised_output_line(line, "") if as_sent else line)
+            except (msgspec.DecodeError, msgspec.ValidationError, MalformedResult, RecursionError):
                 continue
             if not isinstance(item.custom_id, str) or item.custom_id in seen or not item.ok:
                 continue

@@ -121,7 +121,7 @@ async def _bill(context: GatewayContext, row: AbandonedProviderBatch, lease: Lea
                 await adapter.fetch_results(row.provider_batch_id, raw, input_path=input_path)
         except BlobMissing:
             await adapter.fetch_results(row.provider_batch_id, raw, input_path=None)
-        usage = await asyncio.to_thread(billed_usage, raw)
+        usage = await asyncio.to_thread(billed_usage, raw, adapter.results_as_sent)
     finally:
         raw.unlink(missing_ok=True)
     await _settle(context, row, lease, None, provider_status, usage.as_dict(), usage.requests, usage.billed_usd)

@@ -245,6 +245,10 @@ class ProviderAdapter(abc.ABC):
     catalog price for another tier makes no offer on it. Only kinds that execute locally have tiers."""
     DEFAULT_MIN_REQUESTS: ClassVar[int] = 1
     """Fewest requests a batch of this kind may hold when ``limits.min_requests_per_batch`` is unset."""
+    results_as_sent: ClassVar[bool] = False
+    """True where :meth:`fetch_results` writes the provider's lines of OpenAI's batch output format as they came,
+    which collection reads as :func:`~gateway.providers.openai_wire.normalised_output_line` turns them (and trusts
+    nothing else in them: a ``billed_usd`` is ignored); False where it writes the envelopes themselves."""
     config: ProviderConfig
     http: httpx.AsyncClient
     api_key: str | None = field(default=None, repr=False)
@@ -281,7 +285,8 @@ class ProviderAdapter(abc.ABC):
         raise self.unsupported("has no batch API")
 
     async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
-        """Stream every result line the provider holds into ``dest`` as OpenAI-format output lines.
+        """Stream every result line the provider holds into ``dest`` as OpenAI-format output lines (each ending
+        in a newline; see :attr:`results_as_sent` for lines passed on as the provider wrote them).
 
         Success and error lines go to the same file; the engine sorts them by ``custom_id``.
         A line the provider sent that cannot be parsed is skipped (the engine notices the

@@ -68,9 +68,6 @@ Params = Mapping[str, str | int]
 KeepLine = Callable[[bytes, int], Mapping[str, Any] | bytes | None]
 """Turns one downloaded line (and its 1-based number) into an output envelope (or the envelope's JSON bytes,
 without newline), or None to skip it."""
-KeepLines = Callable[[list[bytes]], bytes | None]
-"""What a whole read's lines become at once (the bytes to append, each line ending in a newline), or None when
-they must be taken one by one (:data:`KeepLine`)."""
 
 
 # --------------------------------------------------------------------------- retry policy
@@ -437,29 +434,22 @@ class HttpAdapter(ProviderAdapter):
         self,
         path: str,
         out: IO[bytes],
-        keep: KeepLine,
+        keep: KeepLine | None,
         *,
         params: Params | None = None,
         label: str | None = None,
-        keep_all: KeepLines | None = None,
     ) -> None:
         """Append the lines of a provider file to ``out``, each as ``keep`` turns it, retried as the policy says;
-        with ``keep_all``, the lines of each read at once where it takes them.
+        with ``keep`` None, the file's bytes as they come (ending in a newline), not split into lines at all.
 
         A try that fails part-way removes what it appended before the next try starts the file
         again, so ``out`` never holds a partial or repeated line.
         """
-        download = functools.partial(self._download_once, path, out, keep, params, label or path, keep_all)
+        download = functools.partial(self._download_once, path, out, keep, params, label or path)
         await self._retrying(download)
 
     async def _download_once(
-        self,
-        path: str,
-        out: IO[bytes],
-        keep: KeepLine,
-        params: Params | None,
-        label: str,
-        keep_all: KeepLines | None = None,
+        self, path: str, out: IO[bytes], keep: KeepLine | None, params: Params | None, label: str
     ) -> None:
         start = out.tell()
         try:
@@ -471,15 +461,12 @@ class HttpAdapter(ProviderAdapter):
                 if not response.is_success:
                     await response.aread()
                     raise self._status_error("GET", label, response)
+                if keep is None:
+                    await _copy_lines(response, out)
+                    return
                 splitter, number, source = LineSplitter(), 0, f"provider {self.name}, {label}"
                 async for chunk in response.aiter_bytes():
-                    lines = splitter.feed(chunk)
-                    kept = keep_all(lines) if keep_all is not None and lines else None
-                    if kept is not None:
-                        out.write(kept)
-                        number += len(lines)
-                        continue
-                    for line in lines:
+                    for line in splitter.feed(chunk):
                         number += 1
                         _write_kept(out, keep, line, number, source)
                 for line in splitter.flush():
@@ -516,6 +503,18 @@ class HttpAdapter(ProviderAdapter):
 
 def _is_success(response: httpx.Response) -> bool:
     return response.is_success
+
+
+async def _copy_lines(response: httpx.Response, out: IO[bytes]) -> None:
+    """The body's bytes appended to ``out`` as they come, with a newline after the last line if it has none (the
+    next file's first line then starts a line of its own)."""
+    last = b"\n"
+    async for chunk in response.aiter_bytes():
+        if chunk:
+            out.write(chunk)
+            last = chunk[-1:]
+    if last != b"\n":
+        out.write(b"\n")
 
 
 def _write_kept(out: IO[bytes], keep: KeepLine, line: bytes, number: int, source: str) -> None:

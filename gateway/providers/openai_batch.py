@@ -41,7 +41,6 @@ from gateway.providers.openai_wire import (
     find_batch_on_file,
     find_batch_with_token,
     find_upload_of,
-    kept_envelopes,
     map_batch_status,
     parse_batch_page,
     parse_progress,
@@ -65,6 +64,7 @@ class OpenAIBatchAdapter(HttpAdapter):
     """A provider reached through OpenAI's ``/files`` and ``/batches`` endpoints."""
 
     kind: ClassVar[str] = "openai"
+    results_as_sent: ClassVar[bool] = True
     dialect: DialectName = "openai"
     """Where the provider departs from OpenAI's format: ``azure``, ``groq`` or ``together``."""
     max_list_pages: int = 20
@@ -165,8 +165,10 @@ class OpenAIBatchAdapter(HttpAdapter):
         )
 
     async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
-        """Append the output and error files' lines to ``dest`` as OpenAI output envelopes (the file ids from the
-        poll that saw the batch end, where this process made it)."""
+        """Append the output and error files' lines to ``dest`` as the provider wrote them (the file ids from the
+        poll that saw the batch end, where this process made it): collection reads each line once, normalising
+        the few that are not plain envelopes (:attr:`results_as_sent`). Where ``custom_id``s were sent mapped,
+        each line is normalised here, its id mapped back."""
         batch = self.board.ended(provider_batch_id, _has_ended) or await self._retrieve(provider_batch_id)
         file_ids: list[str] = []
         for key in ("output_file_id", "error_file_id"):
@@ -187,7 +189,7 @@ class OpenAIBatchAdapter(HttpAdapter):
                     sent = custom_id_of(kept)
                     return with_custom_id(kept, reverse[sent]) if sent in reverse else kept
 
-                await self._download_lines(path, out, keep, keep_all=None if reverse else kept_envelopes)
+                await self._download_lines(path, out, keep if reverse else None)
 
     async def cancel(self, provider_batch_id: str) -> None:
         """Ask for cancellation; a refusal because the batch already ended (or is finalizing) is fine."""

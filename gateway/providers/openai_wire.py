@@ -323,26 +323,6 @@ class _PlainEnvelope(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 _plain_envelope_decoder = msgspec.json.Decoder(_PlainEnvelope)
 
 
-def kept_envelopes(lines: list[bytes]) -> bytes | None:
-    """Result lines that :func:`normalised_output_line` would each keep as they came (without the spaces around
-    them), joined, each ending in a newline; None when any line would not be, which is then read line by line.
-
-    Most blocks of an OpenAI-protocol result file are such lines: they are checked without a step of Python per
-    line, and written in one piece.
-    """
-    joined = b"\n".join(lines)
-    if b"\r" in joined:
-        return None
-    try:
-        if not joined.isascii():
-            joined.decode()  # the client's output file is UTF-8
-        for _ in map(_plain_envelope_decoder.decode, lines):
-            pass
-    except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return None
-    return b"\n".join(map(bytes.strip, lines)) + b"\n"
-
-
 def normalised_output_line(raw: bytes, provider_batch_id: str) -> bytes:
     """:func:`normalise_output_line` encoded (without newline), the response passed through as the provider's
     bytes. A line that is already the envelope (string ``id`` and ``custom_id``, a response object, a null

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from gateway.pipeline.joining import _Join, split_results
 from gateway.pipeline.results import ShardResults, Usage
+from gateway.providers.openai_wire import normalised_output_line
+from gateway.translate import MalformedResult
 
 IDS = [f"q-{n}" for n in range(6)]
 
@@ -62,10 +64,19 @@ def _line(kind: str, custom_id: str) -> bytes:
     return KINDS[kind].replace("{id}", custom_id).encode()
 
 
-def _join(pending: dict[str, int], can_move: bool, tier: str) -> tuple[_Join, io.BytesIO, io.BytesIO]:
+def _join(
+    pending: dict[str, int], can_move: bool, tier: str, as_sent: bool = False
+) -> tuple[_Join, io.BytesIO, io.BytesIO]:
     out, err = io.BytesIO(), io.BytesIO()
     results = ShardResults(usage=Usage(asked_tier=tier))
-    return _Join("batch_j", "floor", can_move, pending, results, out, err), out, err
+    return _Join("batch_j", "floor", can_move, pending, results, out, err, as_sent), out, err
+
+
+def _take(join: _Join, lines: list[bytes]) -> None:
+    """Take the lines as one read, the way :func:`split_results` does."""
+    if not join.take_plain(1, lines):
+        for number, line in enumerate(lines, 1):
+            join.take_line(number, line)
 
 
 def _outcome(join: _Join, out: io.BytesIO, err: io.BytesIO) -> tuple[object, ...]:
@@ -109,6 +120,66 @@ def test_a_read_taken_at_once_gives_what_its_lines_give_one_by_one(
     for number, line in enumerate(raw, 1):
         single.take_line(number, line)
     assert _outcome(whole, whole_out, whole_err) == _outcome(single, single_out, single_err)
+
+
+SENT_KINDS: dict[str, bytes] = {  # lines a provider may send that its adapter's normalising changes
+    "bare CR": b'{"custom_id": "%s", "response": {"status_code": 200,\r "body": {"usage": {"prompt_tokens": 3}}}}',
+    "error text": b'{"custom_id": "%s", "response": null, "error": "boom"}',
+    "numeric error code": b'{"custom_id": "%s", "response": null, "error": {"code": 5, "message": "m"}}',
+    "empty error": b'{"custom_id": "%s", "response": {"status_code": 200, "body": {}}, "error": ""}',
+    "answer text": b'{"custom_id": "%s", "response": "text"}',
+    "no result": b'{"custom_id": "%s", "response": null, "error": null}',
+    "two values": b'{"custom_id": "%s", "response": {"status_code": 200, "body": {}}} {"custom_id": "q-5"}',
+    "spaces around": b'  {"custom_id": "%s", "response": {"status_code": 200, "body": {}}}\t',
+    "extra key": b'{"custom_id": "%s", "extra": 1, "response": {"status_code": 200, "body": {}}}',
+    "empty id": b'{"custom_id": "", "response": {"status_code": 200, "body": {}}, "also": "%s"}',
+}
+
+
+def _normalised(line: bytes) -> bytes | None:
+    """What an adapter that normalises its lines writes for ``line`` (None: skipped)."""
+    if not line.strip():
+        return None
+    try:
+        return normalised_output_line(line, "b")
+    except (MalformedResult, RecursionError):
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.tuples(st.sampled_from([*KINDS, *BYTE_KINDS, *SENT_KINDS]), st.sampled_from(IDS)), max_size=12),
+    plain_lines=st.lists(st.sampled_from(IDS), max_size=6),
+    can_move=st.booleans(),
+)
+def test_lines_as_the_provider_sent_them_give_what_the_same_lines_normalised_give(
+    lines: list[tuple[str, str]], plain_lines: list[str], can_move: bool
+) -> None:
+    raw = [SENT_KINDS[kind] % i.encode() if kind in SENT_KINDS else _line(kind, i) for kind, i in lines]
+    raw += [_line("plain", i) for i in plain_lines]
+    pending = {custom_id: 10 + n for n, custom_id in enumerate(IDS)}
+    as_sent, sent_out, sent_err = _join(dict(pending), can_move, "standard", as_sent=True)
+    _take(as_sent, raw)
+    normalised, out, err = _join(dict(pending), can_move, "standard")
+    _take(normalised, [line for line in map(_normalised, raw) if line is not None])
+    assert _outcome(as_sent, sent_out, sent_err) == _outcome(normalised, out, err)
+
+
+def test_a_charge_in_a_line_as_sent_is_not_trusted() -> None:
+    line = _line("billed", "q-0")
+    trusted, _, _ = _join({"q-0": 1}, True, "standard")
+    _take(trusted, [line])
+    as_sent, _, _ = _join({"q-0": 1}, True, "standard", as_sent=True)
+    _take(as_sent, [line])
+    assert (trusted.results.usage.billed_usd, as_sent.results.usage.billed_usd) == (0.125, 0.0)
+    assert as_sent.results.completed == 1
+
+
+def test_a_bare_cr_in_an_answer_as_sent_is_not_written_out() -> None:
+    join, out, _ = _join({"q-0": 1}, True, "standard", as_sent=True)
+    _take(join, [SENT_KINDS["bare CR"] % b"q-0"])
+    assert join.results.completed == 1 and b"\r" not in out.getvalue()
+    assert msgspec.json.decode(out.getvalue())["response"]["body"]["usage"] == {"prompt_tokens": 3}
 
 
 @pytest.mark.parametrize("kind", [k for k in [*KINDS, *BYTE_KINDS] if k != "plain"])

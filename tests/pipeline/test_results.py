@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
-from gateway.pipeline.results import TokenUsage, Usage, decode_result, encoder, retryable
+from gateway.pipeline.results import TokenUsage, Usage, billed_usage, decode_result, encoder, retryable
 
 ANSWER = (
     b'{"status_code": 200, "request_id": "req_1", "body": {"id": "c-1", "service_tier": "flex", '
@@ -100,3 +102,20 @@ def test_unreadable_lines_raise(line: bytes) -> None:
 )
 def test_retryable(status: int | None, error: dict[str, str] | None, expected: bool) -> None:
     assert retryable(status, error) is expected
+
+
+def test_billed_usage_of_lines_as_sent_reads_them_as_normalised_and_trusts_no_charge(tmp_path: Path) -> None:
+    answer = '{"status_code": 200, "body": {"usage": {"prompt_tokens": 10, "completion_tokens": 4}}}'
+    lines = [
+        f'{{"custom_id": "a", "response": {answer}, "billed_usd": 0.5}}',
+        f'{{"custom_id": "b", "response": {answer}, "error": ""}}',  # an empty error is no error once normalised
+        f'{{"custom_id": "a", "response": {answer}}}',  # a repeat counts once
+        '{"custom_id": "c", "response": "text"}',
+        "not json",
+    ]
+    path = tmp_path / "raw.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    usage = billed_usage(path, as_sent=True)
+    assert (usage.requests, usage.input, usage.output, usage.billed_usd) == (2, 20, 8, 0.0)
+    trusted = billed_usage(path)
+    assert (trusted.requests, trusted.billed_usd) == (1, 0.5)  # envelopes: the charge counts; "b" is unreadable

@@ -14,6 +14,7 @@ import httpx
 import msgspec
 import pytest
 
+from gateway.pipeline.joining import split_results
 from gateway.providers.base import (
     ProviderBatchState,
     ProviderRateLimited,
@@ -250,10 +251,10 @@ async def test_5xx_retried_then_unavailable(adapter: OpenAIBatchAdapter, cluster
 
 
 @pytest.mark.parametrize(
-    ("fault", "logger", "warning"),
+    ("fault", "warning"),
     [
-        ("malformed_output_line", "gateway.providers.openai_batch", "line 1 "),  # cut in half: not JSON
-        ("nested_output_line", "gateway.providers.http", "line 1: nested too deeply"),  # deeper than decoders go
+        ("malformed_output_line", "line 1 of"),  # cut in half: not JSON
+        ("nested_output_line", "line 1 of"),  # deeper than decoders go
     ],
 )
 async def test_an_unreadable_output_line_is_skipped_not_the_download(
@@ -262,16 +263,21 @@ async def test_an_unreadable_output_line_is_skipped_not_the_download(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     fault: str,
-    logger: str,
     warning: str,
 ) -> None:
+    """The adapter passes the file on as the provider wrote it; collection's join skips the line it cannot read,
+    saying which, and takes the other nine."""
     cluster.set_faults("sim", **{fault: True})
-    submitted = await adapter.submit(shard_of(tmp_path, count=10))
+    shard = shard_of(tmp_path, count=10)
+    submitted = await adapter.submit(shard)
     await wait_terminal(adapter, submitted.provider_batch_id)
-    dest = tmp_path / "out.jsonl"
-    with caplog.at_level(logging.WARNING, logger=logger):
-        await adapter.fetch_results(submitted.provider_batch_id, dest)
-    assert len({line["custom_id"] for line in read_lines(dest)}) == 9
+    dest = tmp_path / "raw.jsonl"
+    await adapter.fetch_results(submitted.provider_batch_id, dest)
+    assert len(dest.read_bytes().splitlines()) == 10 and adapter.results_as_sent
+    paths = [tmp_path / name for name in ("out.jsonl", "err.jsonl", "moved.jsonl")]
+    with caplog.at_level(logging.WARNING, logger="gateway.pipeline.joining"):
+        results = split_results("b", shard.input_path, dest, *paths, "completed", None, "sim", False, as_sent=True)
+    assert results.completed == 9 and len(read_lines(paths[0])) == 9
     warnings = [r.getMessage() for r in caplog.records if "skipped line" in r.getMessage()]
     assert len(warnings) == 1 and "provider sim" in warnings[0] and warning in warnings[0]
 
@@ -344,6 +350,26 @@ async def test_interrupted_download_is_not_duplicated(tmp_path: Path) -> None:
         await adapter.fetch_results("b1", dest)
     assert [line["custom_id"] for line in read_lines(dest)] == ["earlier", "a", "b"]
     assert attempts == 2
+
+
+async def test_a_file_without_a_last_newline_does_not_run_into_the_next(tmp_path: Path) -> None:
+    files = {
+        "/v1/files/file-o/content": b'{"custom_id":"a","response":{"status_code":200,"body":{}}}',
+        "/v1/files/file-e/content": b'{"custom_id":"b","error":{"code":"x","message":"y"}}',
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/batches/b1":
+            batch = {"id": "b1", "status": "completed", "output_file_id": "file-o", "error_file_id": "file-e"}
+            return httpx.Response(200, json=batch)
+        return httpx.Response(200, content=files[request.url.path])
+
+    adapter, client = _mock_adapter(handler)
+    dest = tmp_path / "out.jsonl"
+    async with client:
+        await adapter.fetch_results("b1", dest)
+    assert [line["custom_id"] for line in read_lines(dest)] == ["a", "b"]
+    assert dest.read_bytes().endswith(b"}\n")
 
 
 # --------------------------------------------------------------------------- registry

@@ -24,7 +24,6 @@ from gateway.providers.openai_wire import (
     cancel_refusal_is_benign,
     find_batch_with_token,
     has_submit_token,
-    kept_envelopes,
     map_batch_status,
     normalise_output_line,
     normalised_output_line,
@@ -299,54 +298,6 @@ def test_a_line_already_in_the_envelope_is_kept_as_it_came_and_any_other_is_norm
     for line in (b'{"id": "r", "custom_id": "q-1", "response": {"body": "\xff"}}', b'{"id": "r", "response": {}}'):
         with pytest.raises(MalformedResult):
             normalised_output_line(line, "b")
-
-
-_ENVELOPE = b'{"id": "batch_req_1", "custom_id": "q-1", "response": {"status_code": 200,  "body": {"z": [1]}}}'
-RESULT_LINES = [
-    _ENVELOPE,
-    b"  " + _ENVELOPE + b"\t",
-    _ENVELOPE[:-1] + b', "error": null}',
-    _ENVELOPE.replace(b'"z"', '"\u00e9"'.encode()),  # UTF-8 inside the answer
-    _ENVELOPE[:-1] + b', "extra": "dropped"}',
-    _ENVELOPE.replace(b'"batch_req_1"', b'""'),
-    _ENVELOPE.replace(b'"q-1"', b'""'),
-    _ENVELOPE[:-1] + b', "error": {"code": "x", "message": "m"}}',
-    b'{"id": "r", "custom_id": "q-1", "response": null, "error": {"code": "x", "message": "m"}}',
-    b'{"id": "r", "custom_id": "q-1", "response": [1]}',
-    b'{"id": "r", "custom_id": "q-1", "response": {"a":\r1}}',
-    b'{"id": "r", "custom_id": "q-1", "response": {"body": "\xff"}}',
-    b'{"id": "r", "custom_id": "q-1", "response": {}} {"id": "s", "custom_id": "q-2", "response": {}}',
-    b'{"id": "r", "custom_id": "q-1", "response": ' + b"[" * 3000 + b"]" * 3000 + b"}",
-    b"",
-    b"not json",
-]
-
-
-def _one_by_one(line: bytes) -> bytes | None:
-    """What the download writes for one line taken alone (None: skipped)."""
-    if not line.strip():
-        return None
-    try:
-        return normalised_output_line(line, "b") + b"\n"
-    except (MalformedResult, RecursionError):
-        return None
-
-
-@given(st.lists(st.sampled_from(range(len(RESULT_LINES))), min_size=1, max_size=12))
-def test_a_reads_lines_are_kept_at_once_only_as_each_would_be_alone(picks: list[int]) -> None:
-    lines = [RESULT_LINES[pick] for pick in picks]
-    kept = kept_envelopes(lines)
-    each = [_one_by_one(line) for line in lines]
-    if all(pick < 4 for pick in picks):  # every line an envelope kept as it came
-        assert kept is not None, "a read of plain envelopes is kept at once"
-    if kept is not None:
-        assert None not in each
-        assert kept == b"".join(line for line in each if line is not None)
-
-
-@pytest.mark.parametrize("other", RESULT_LINES[4:])
-def test_one_line_not_kept_as_it_came_sends_its_read_line_by_line(other: bytes) -> None:
-    assert kept_envelopes([_ENVELOPE, other, _ENVELOPE]) is None
 
 
 def test_error_line_and_generated_id() -> None:
