@@ -1,5 +1,6 @@
 """Joining a shard's results: a read whose lines are all plain answers is taken at once, and gives what taking
-its lines one by one gives, whatever the lines hold."""
+its lines one by one gives, whatever the lines hold; lines as a provider sent them give what the same lines
+normalised by their adapter give."""
 
 from __future__ import annotations
 
