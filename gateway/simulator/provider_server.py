@@ -155,11 +155,24 @@ class FaultGate:
 
 
 class _QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves signals to its owner, since several share one event loop."""
+    """A uvicorn server that leaves signals to its owner, since several share one event loop, and that drops every
+    connection it holds when it stops, as a server that goes down does."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Without this, uvicorn lets open connections finish what they were sending (a kept-alive connection's next
+        # request included) for up to a second after the socket stopped listening: a provider "down" would
+        # still answer on them.
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+        await super().shutdown(sockets)
 
 
 class Listener:

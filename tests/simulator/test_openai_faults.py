@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Iterator
 
+import httpx
 import msgspec
 import openai
 import pytest
@@ -37,6 +40,27 @@ def test_refused_connection_and_recovery(cluster: SimulatorCluster, client: open
     assert listed["main"]["listening"] is False and listed["main"]["faults"]["down"] == "refuse"
     set_faults(cluster, down="off")
     assert client.files.list().data == [] and cluster.port_of("main") == port
+
+
+def test_going_down_drops_a_connection_whose_request_is_still_arriving(cluster: SimulatorCluster) -> None:
+    """An upload still arriving when the provider goes down gets no answer: its connection is dropped, as a server
+    that goes down drops it, rather than the upload finishing and being answered."""
+    started = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+        started.set()
+        time.sleep(1.0)  # the provider goes down meanwhile
+        yield b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n\r\n--b--\r\n'
+
+    going_down = threading.Thread(target=lambda: started.wait(10) and set_faults(cluster, down="refuse"))
+    going_down.start()
+    headers = {"Authorization": f"Bearer {KEY}", "content-type": "multipart/form-data; boundary=b"}
+    with pytest.raises(httpx.TransportError):
+        httpx.post(f"{cluster.base_url('main')}/files", content=body(), headers=headers, timeout=10)
+    going_down.join()
+    assert [p["listening"] for p in control(cluster, "GET", "/providers").json() if p["name"] == "main"] == [False]
 
 
 def test_outage_answers_503(cluster: SimulatorCluster, client: openai.OpenAI) -> None:
