@@ -7,7 +7,7 @@ lines come a read at a time: a read whose lines are all answers in the usual sha
 that refuses anything else and added up at once; any other read is taken line by line, with the same outcome.
 Lines an adapter passed on as the provider wrote them (``as_sent``, see
 :attr:`~gateway.providers.base.ProviderAdapter.results_as_sent`) are read once here: a read of plain answers as
-above, any other line first normalised as the adapter would have (:func:`normalised_output_line`).
+above, any other line first normalised as the adapter would have (:func:`normalised_sent_line`).
 The collect stage (:mod:`gateway.pipeline.collect`) runs it in a CPU process (:mod:`gateway.cpu_pool`) and adopts the
 files it writes. This module's imports stay light for that process.
 """
@@ -32,11 +32,11 @@ from gateway.pipeline.results import (
     error_line,
     id_decoder,
     iter_custom_ids,
+    normalised_sent_line,
     retryable,
 )
 from gateway.pipeline.results import encoder as line_encoder
 from gateway.providers.jsonl import iter_line_blocks
-from gateway.providers.openai_wire import normalised_output_line
 from gateway.translate import MalformedResult
 
 log = logging.getLogger(__name__)
@@ -135,15 +135,10 @@ class _Join:
             return
         if self.as_sent:
             try:
-                # The provider's own line id is not read: every output line gets the gateway's.
-                line = normalised_output_line(line, "")
+                line = normalised_sent_line(line)
             except MalformedResult as exc:
                 log.warning("provider %s: skipped line %d of batch %s's results: %s", self.provider, number,
                             self.batch_id, exc)  # fmt: skip
-                return
-            except RecursionError:
-                log.warning("provider %s: skipped line %d of batch %s's results: nested too deeply to read",
-                            self.provider, number, self.batch_id)  # fmt: skip
                 return
         try:
             item = decode_result(line)

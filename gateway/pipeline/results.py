@@ -336,6 +336,19 @@ def iter_custom_ids(path: Path) -> Iterator[str]:
                 yield id_decoder.decode(line).custom_id
 
 
+def normalised_sent_line(line: bytes) -> bytes:
+    """A provider's result line passed on as it came (see
+    :attr:`~gateway.providers.base.ProviderAdapter.results_as_sent`), as its adapter would have normalised it.
+
+    The provider's own line id is not read: every output line gets the gateway's. Raises :class:`MalformedResult`
+    for a line that cannot be normalised, one nested too deeply to read included.
+    """
+    try:
+        return normalised_output_line(line, "")
+    except RecursionError:
+        raise MalformedResult("nested too deeply to read") from None
+
+
 def billed_usage(path: Path, as_sent: bool = False) -> Usage:
     """Usage of the successful answers in a file of provider result lines: what the provider billed. With
     ``as_sent``, the lines are the provider's own, each read as its adapter would normalise it (see
@@ -348,8 +361,8 @@ def billed_usage(path: Path, as_sent: bool = False) -> Usage:
     with path.open("rb") as handle:
         for line in handle:
             try:
-                item = decode_result(normalised_output_line(line, "") if as_sent else line)
-            except (msgspec.DecodeError, msgspec.ValidationError, MalformedResult, RecursionError):
+                item = decode_result(normalised_sent_line(line) if as_sent else line)
+            except (msgspec.DecodeError, msgspec.ValidationError, MalformedResult):
                 continue
             if not isinstance(item.custom_id, str) or item.custom_id in seen or not item.ok:
                 continue
