@@ -55,7 +55,8 @@ WEBHOOK_OUTCOMES = ("delivered", "failed", "gave_up")
 SPEND_USD = Counter(
     "batchgw_spend_usd",
     "Spend in USD recorded in the ledger, at the price of the offer that ran the requests "
-    "(reason 'served': collected answers; 'abandoned': what a provider batch the gateway moved work off billed).",
+    "(reason 'served': collected answers; 'abandoned': what a provider batch the gateway moved work off billed; "
+    "'unread': what a provider batch billed for answers the gateway could not read).",
     ["provider", "model", "team", "reason"],
 )
 SAVINGS_USD = Counter(
@@ -215,6 +216,11 @@ def record_shard_collected(
 def record_abandoned_spend(*, provider: str, model: str, team: str, cost_usd: float) -> None:
     """Count what an abandoned provider batch billed, once its ledger row committed."""
     _add(SPEND_USD, cost_usd, provider=provider, model=model, team=team, reason="abandoned")
+
+
+def record_unread_spend(*, provider: str, model: str, team: str, cost_usd: float) -> None:
+    """Count what a provider batch billed for answers the gateway could not read, once its ledger row committed."""
+    _add(SPEND_USD, cost_usd, provider=provider, model=model, team=team, reason="unread")
 
 
 def record_provider_webhook(provider: str, outcome: str) -> None:

@@ -129,7 +129,9 @@ class Batch(SQLModel, table=True):
     )
     cost_usd: float = Field(default=0.0, description="Spend recorded in the ledger so far.")
     abandoned_cost_usd: float = Field(
-        default=0.0, description="Of which billed by provider batches the gateway moved work off (paid twice)."
+        default=0.0,
+        description="Of which paid twice: billed by provider batches the gateway moved work off, or billed for "
+        "answers it could not read and ran again.",
     )
     list_cost_usd: float = Field(default=0.0, description="What the same tokens cost at synchronous list prices.")
     providers: str | None = Field(default=None, max_length=1024, description="Providers that ran its shards.")
@@ -295,6 +297,14 @@ class ApiRateLimit(SQLModel, table=True):
     next_free_at: float = Field(default=0.0, description="Unix time from which the timeline is not reserved yet.")
 
 
+UNREAD = "unread"
+"""Ledger kind: what a provider batch billed for answers the gateway could not read."""
+UNREAD_RERUN = "unread_rerun"
+"""Ledger kind: the same, for answers whose requests run again (so paid twice)."""
+PAID_TWICE_KINDS = ("abandoned", UNREAD_RERUN)
+"""Ledger kinds of spend on requests that were run again elsewhere: a batch's "paid twice"."""
+
+
 class LedgerEntry(SQLModel, table=True):
     """What one collected shard cost: written once, in the transaction that closes the shard."""
 
@@ -309,7 +319,9 @@ class LedgerEntry(SQLModel, table=True):
     kind: str = Field(
         default="served",
         max_length=16,
-        description="'served': the shard's collected requests; 'abandoned': what an abandoned provider batch billed.",
+        description="'served': the shard's collected requests; 'abandoned': what an abandoned provider batch billed; "
+        "'unread' / 'unread_rerun': what its provider batch billed for answers the gateway could not read (whose "
+        "requests then ran again).",
     )
     batch_id: str = Field(index=True, max_length=64)
     team_id: str = Field(max_length=64)

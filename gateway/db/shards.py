@@ -17,7 +17,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.leases import Lease, keeping_wakeups, mirror_write
-from gateway.db.models import Batch, LedgerEntry, Shard
+from gateway.db.models import PAID_TWICE_KINDS, Batch, LedgerEntry, Shard
 from gateway.db.point_reads import PointReads
 from gateway.db.repo import ATTEMPT_LOG_KEEP, OPEN_SHARD_GROUPS, OpenShardWait
 
@@ -176,7 +176,7 @@ async def refresh_batch_progress(session: AsyncSession, batch_id: str) -> None:
             sa_select(
                 func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0),
                 func.coalesce(func.sum(LedgerEntry.list_cost_usd), 0.0),
-                func.coalesce(func.sum(LedgerEntry.cost_usd).filter(col(LedgerEntry.kind) == "abandoned"), 0.0),
+                func.coalesce(func.sum(LedgerEntry.cost_usd).filter(col(LedgerEntry.kind).in_(PAID_TWICE_KINDS)), 0.0),
             ).where(col(LedgerEntry.batch_id) == batch_id)
         )
     ).one()

@@ -43,6 +43,7 @@ from gateway.pipeline.lifecycle import (
 )
 from gateway.pipeline.results import ShardResults
 from gateway.providers.base import (
+    BatchUsage,
     CapabilityNotSupported,
     ProviderAuthFailed,
     ProviderRateLimited,
@@ -69,9 +70,10 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lea
     raw_path = scratch_file(scratch, suffix=".raw.jsonl")
     moved_path = scratch_file(scratch, suffix=".moved.jsonl")
     as_sent = False
+    reported: BatchUsage | None = None
     try:
         if shard.provider_batch_id:
-            fetched = await _fetch_results(context, batch, shard, lease, raw_path)
+            fetched, reported = await _fetch_results(context, batch, shard, lease, raw_path)
             if fetched == "later":
                 return
             raw_available = fetched == "fetched"
@@ -117,7 +119,10 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lea
     finally:
         raw_path.unlink(missing_ok=True)
         moved_path.unlink(missing_ok=True)
-    closed = await _close(context, shard, batch, lease, results, move, output_key, error_key)
+    unread = ledger.unread_usage(reported, results.usage)
+    # The unread answers' requests were left pending, so they moved with the rest when any did.
+    rerun = unread is not None and results.unreadable > 0 and results.moved > 0
+    closed = await _close(context, shard, batch, lease, results, move, output_key, error_key, unread, rerun)
     if not closed:
         # Another worker owns the shard now: nothing this attempt wrote is used.
         for key in (output_key, error_key, *(plan.key for plan in (move.plans if move else []))):
@@ -135,8 +140,11 @@ async def _close(
     move: failover.Move | None,
     output_key: str,
     error_key: str,
+    unread: dict[str, int] | None = None,
+    rerun: bool = False,
 ) -> bool:
-    """The one transaction that makes this attempt's results the shard's; False if the lease was lost."""
+    """The one transaction that makes this attempt's results the shard's; False if the lease was lost.
+    ``unread`` and ``rerun``: answers billed but not read (see :func:`ledger.unread_usage`)."""
     async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(
             session,
@@ -172,7 +180,16 @@ async def _close(
                 session.add(child)
         usage = results.usage.as_dict()
         spend = await ledger.record(
-            session, context, batch, shard, results.completed, usage, results.sample, results.usage.billed_usd
+            session,
+            context,
+            batch,
+            shard,
+            results.completed,
+            usage,
+            results.sample,
+            results.usage.billed_usd,
+            unread,
+            rerun,
         )
         if shard.canary and (verdict := await canary.evaluate(session, context, batch)) is not None:
             spend.alerts.append(verdict)
@@ -206,36 +223,39 @@ async def _note_budget_refusal(session: Any, batch_id: str, message: str) -> Non
     )
 
 
-async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, lease: Lease, dest: Path) -> str:
-    """Download a provider batch's results into ``dest``: ``fetched``; ``none`` when none will come (the
-    provider refuses for good, or stayed unreachable past ``routing.provider_down_failover_s`` while another
-    provider is healthy: the provider batch is then abandoned, and billed when it can be read); ``later``
-    when the provider is rate limiting or unreachable for now (the shard waits, saying so)."""
+async def _fetch_results(
+    context: GatewayContext, batch: Batch, shard: Shard, lease: Lease, dest: Path
+) -> tuple[str, BatchUsage | None]:
+    """Download a provider batch's results into ``dest``: ``fetched``, with the batch's own total of billed
+    tokens where the provider reports one; ``none`` when none will come (the provider refuses for good, or
+    stayed unreachable past ``routing.provider_down_failover_s`` while another provider is healthy: the provider
+    batch is then abandoned, and billed when it can be read); ``later`` when the provider is rate limiting or
+    unreachable for now (the shard waits, saying so)."""
     assert shard.provider_batch_id
     adapter = context.providers.get(shard.provider)
     try:
         async with context.blobs.local_copy(shard.input_key) as input_path:
-            await adapter.fetch_results(shard.provider_batch_id, dest, input_path=input_path)
+            reported = await adapter.fetch_results(shard.provider_batch_id, dest, input_path=input_path)
     except ProviderAuthFailed as exc:
         await health.auth_failed(context, shard.provider, exc)
         failure = f"{shard.provider} refused the gateway's key when reading results: {exc}"
         verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
         if verdict.allowed:
             if not await lifecycle.abandon_provider_batch(context, shard, batch, lease, verdict.evidence):
-                return "later"  # the shard is another worker's now
+                return "later", None  # the shard is another worker's now
             shard.end_reason, shard.last_error = "abandoned", verdict.evidence
-            return "none"
+            return "none", None
         until = time.time() + context.settings.routing.circuit_cooldown_s
         await wait(context, shard, lease, "auth_failed", verdict.evidence, until)
-        return "later"
+        return "later", None
     except (ProviderRejected, CapabilityNotSupported) as exc:
         log.warning("shard %s: %s refused its results: %s", shard.id, shard.provider, exc)
-        return "none"
+        return "none", None
     except ProviderRateLimited as exc:
         delay = lifecycle.rate_limited_delay(exc.retry_after_s, RESULTS_RETRY_S)
         detail = lifecycle.rate_limited_detail(shard.provider, time.time() + delay, "result downloads")
         await wait(context, shard, lease, "rate_limited", detail, time.time() + delay)
-        return "later"
+        return "later", None
     except ProviderUnavailable as exc:
         await health.call_failed(context, shard.provider, exc)
         since = shard.unavailable_since or time.time()
@@ -244,14 +264,14 @@ async def _fetch_results(context: GatewayContext, batch: Batch, shard: Shard, le
             verdict = await lifecycle.may_leave_provider(context, batch, shard, failure)
             if verdict.allowed:
                 if not await lifecycle.abandon_provider_batch(context, shard, batch, lease, verdict.evidence):
-                    return "later"
+                    return "later", None
                 shard.end_reason, shard.last_error = "abandoned", verdict.evidence
-                return "none"
+                return "none", None
         until = time.time() + lifecycle.jitter(RESULTS_RETRY_S)
         detail = f"results of {shard.provider} batch unreachable since {at(since)}: {exc}; next try at {at(until)}"
         await wait(context, shard, lease, "provider_unreachable", detail, until, unavailable_since=since)
-        return "later"
-    return "fetched"
+        return "later", None
+    return "fetched", reported
 
 
 async def give_up(

@@ -139,11 +139,13 @@ class _Join:
             except MalformedResult as exc:
                 log.warning("provider %s: skipped line %d of batch %s's results: %s", self.provider, number,
                             self.batch_id, exc)  # fmt: skip
+                self.results.unreadable += 1
                 return
         try:
             item = decode_result(line)
         except (msgspec.DecodeError, msgspec.ValidationError):
             log.warning("skipping an unreadable result line %d of batch %s", number, self.batch_id)
+            self.results.unreadable += 1
             return
         if not isinstance(item.custom_id, str) or item.custom_id not in self.pending:
             return

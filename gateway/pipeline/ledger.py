@@ -11,10 +11,17 @@ served the shard (its batch rate, or the synchronous rate for fan-out; cached an
 the offer's own cache rates where the provider reports them), except where the provider reports what it
 billed for an answer (OpenRouter's ``usage.cost``): that charge is the cost. The list cost prices the same
 tokens at the synchronous list price, so savings are a real figure.
+
+Where a provider batch reports its own total of billed tokens (OpenAI's batch ``usage``) and it is above what
+the answers read add up to, the rest was billed for answers the gateway could not read (a line cut short, a
+usage it could not parse): :func:`unread_usage` finds it and the shard gets a second row for it (kind
+``unread``, or ``unread_rerun`` when those requests run again, which counts as paid twice), so that the ledger
+still equals the provider's invoice.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +37,21 @@ from gateway.db import billing as billing_db
 from gateway.db import history as history_db
 from gateway.db import repo
 from gateway.db import shards as shard_db
-from gateway.db.models import AbandonedProviderBatch, Batch, BillingAlert, LedgerEntry, Shard, now_s
+from gateway.db.models import (
+    UNREAD,
+    UNREAD_RERUN,
+    AbandonedProviderBatch,
+    Batch,
+    BillingAlert,
+    LedgerEntry,
+    Shard,
+    now_s,
+)
+from gateway.pipeline.results import Usage
+from gateway.providers.base import BatchUsage
 from gateway.routing.placement import batch_hints
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +68,8 @@ class Spend:
     """Alerts fired or the batch was stopped: work for the workers right away."""
     stopped: bool = False
     """The batch was stopped (its budget or its own cost cap): its open shards should be woken."""
+    unread_cost_usd: float = 0.0
+    """Of the shard's spend, what its provider billed for answers the gateway could not read."""
 
 
 async def record(
@@ -59,11 +81,15 @@ async def record(
     usage: dict[str, int],
     sample: Sample | None = None,
     billed_usd: float = 0.0,
+    unread: dict[str, int] | None = None,
+    rerun: bool = False,
 ) -> Spend:
     """Add the shard's ledger row and what follows from it (call under the batch lock; the caller commits):
     the batch's totals, the team's history of what requests used (``sample``), billing alerts, the batch's
     projection and the budget checks that may stop it (:mod:`gateway.billing.guard`), and its own cost cap.
-    ``billed_usd`` is what the provider reported billing for the answers counted in ``usage``'s ``billed_*``."""
+    ``billed_usd`` is what the provider reported billing for the answers counted in ``usage``'s ``billed_*``.
+    ``unread`` (from :func:`unread_usage`) adds the row of answers billed but not read, ``rerun`` when their
+    requests run again."""
     downgraded = usage.get("standard_input", 0) or usage.get("standard_output", 0)
     standard = context.offers.standard_rates(shard.provider, shard.provider_model) if downgraded else None
     cost, list_cost = shard_cost(shard, usage, standard, billed_usd)
@@ -86,6 +112,7 @@ async def record(
             list_cost_usd=list_cost,
         )
     )
+    unread_cost = _add_unread(session, batch, shard, unread, rerun) if unread else 0.0
     await session.flush()
     await shard_db.refresh_batch_progress(session, batch.id)
     if sample is not None:
@@ -106,7 +133,66 @@ async def record(
     if stopped is not None:
         fired.append(stopped)
     team = await billing_db.team_name(session, batch.team_id) or batch.team_id
-    return Spend(cost, list_cost, team, fired, bool(fired) or capped, stopped=stopped is not None or capped)
+    return Spend(
+        cost + unread_cost,
+        list_cost,
+        team,
+        fired,
+        bool(fired) or capped,
+        stopped=stopped is not None or capped,
+        unread_cost_usd=unread_cost,
+    )
+
+
+def unread_usage(reported: BatchUsage | None, read: Usage) -> dict[str, int] | None:
+    """The tokens a provider batch reports billing (``reported``) beyond those of the answers read from its results
+    (``read``): answers billed that the gateway could not read. None when the provider reports no total, or
+    the answers read account for all of it."""
+    if reported is None:
+        return None
+    beyond = {
+        "input": max(0, reported.input - read.input),
+        "output": max(0, reported.output - read.output),
+        "cached": max(0, reported.cached - read.cached),
+        "reasoning": max(0, reported.reasoning - read.reasoning),
+    }
+    beyond["cached"] = min(beyond["cached"], beyond["input"])
+    return beyond if beyond["input"] or beyond["output"] else None
+
+
+def _add_unread(session: AsyncSession, batch: Batch, shard: Shard, unread: dict[str, int], rerun: bool) -> float:
+    """The ledger row of what the shard's provider batch billed for answers the gateway could not read; its cost,
+    at the shard's rates (no list cost: nobody was served by them)."""
+    cost = usage_cost_usd(
+        unread,
+        (shard.input_per_mtok, shard.output_per_mtok),
+        (shard.cached_input_per_mtok, shard.cache_write_per_mtok),
+    )
+    session.add(
+        LedgerEntry(
+            shard_id=shard.id,
+            kind=UNREAD_RERUN if rerun else UNREAD,
+            batch_id=batch.id,
+            team_id=batch.team_id,
+            api_key_id=batch.api_key_id,
+            provider=shard.provider,
+            model=shard.model,
+            provider_model=shard.provider_model,
+            mode=shard.mode,
+            requests=0,
+            input_tokens=unread["input"],
+            output_tokens=unread["output"],
+            cached_tokens=unread["cached"],
+            cost_usd=cost,
+            list_cost_usd=0.0,
+        )
+    )
+    log.warning(
+        "shard %s: %s billed %d input and %d output tokens for answers the gateway could not read: $%.6f recorded%s",
+        shard.id, shard.provider, unread["input"], unread["output"], cost,
+        " (their requests run again: paid twice)" if rerun else "",
+    )  # fmt: skip
+    return cost
 
 
 async def record_abandoned(
@@ -158,10 +244,14 @@ def count(shard: Shard, spend: Spend, succeeded: int, failed: int, moved: int, u
         retried=moved,
         input_tokens=usage["input"],
         output_tokens=usage["output"],
-        cost_usd=spend.cost_usd,
+        cost_usd=spend.cost_usd - spend.unread_cost_usd,
         list_cost_usd=spend.list_cost_usd,
         turnaround_s=(time.time() - shard.submitted_at) if shard.submitted_at else None,
     )
+    if spend.unread_cost_usd:
+        metrics.record_unread_spend(
+            provider=shard.provider, model=shard.model, team=spend.team, cost_usd=spend.unread_cost_usd
+        )
     alerts.count_fired(spend.alerts)
 
 

@@ -293,6 +293,8 @@ class ShardResults:
     completed: int = 0
     failed: int = 0
     moved: int = 0
+    unreadable: int = 0
+    """Result lines skipped because they could not be read."""
     usage: Usage = field(default_factory=Usage)
     sample: Sample = field(default_factory=Sample)
     """Tokens per answered request, for the team's history (learned estimates)."""

@@ -118,13 +118,17 @@ async def _bill(context: GatewayContext, row: AbandonedProviderBatch, lease: Lea
         input_key = await _input_key(context, row)
         try:
             async with context.blobs.local_copy(input_key) as input_path:
-                await adapter.fetch_results(row.provider_batch_id, raw, input_path=input_path)
+                reported = await adapter.fetch_results(row.provider_batch_id, raw, input_path=input_path)
         except BlobMissing:
-            await adapter.fetch_results(row.provider_batch_id, raw, input_path=None)
+            reported = await adapter.fetch_results(row.provider_batch_id, raw, input_path=None)
         usage = await asyncio.to_thread(billed_usage, raw, adapter.results_as_sent)
     finally:
         raw.unlink(missing_ok=True)
-    await _settle(context, row, lease, None, provider_status, usage.as_dict(), usage.requests, usage.billed_usd)
+    totals = usage.as_dict()
+    # Answers it billed that could not be read count too, where the provider batch reports its own total.
+    for name, tokens in (ledger.unread_usage(reported, usage) or {}).items():
+        totals[name] += tokens
+    await _settle(context, row, lease, None, provider_status, totals, usage.requests, usage.billed_usd)
 
 
 async def _input_key(context: GatewayContext, row: AbandonedProviderBatch) -> str:

@@ -193,6 +193,17 @@ class CreatesAnsweredHere:
 
 
 @dataclass(frozen=True)
+class BatchUsage:
+    """The tokens a provider batch says it billed in all (OpenAI's batch ``usage``): those of the answers the
+    gateway read and of any it could not read."""
+
+    input: int
+    output: int
+    cached: int = 0
+    reasoning: int = 0
+
+
+@dataclass(frozen=True)
 class PollResult:
     """One status read of a provider batch."""
 
@@ -284,7 +295,9 @@ class ProviderAdapter(abc.ABC):
         moment the poll fell due: a status an adapter shares between polls must not be older)."""
         raise self.unsupported("has no batch API")
 
-    async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
+    async def fetch_results(
+        self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None
+    ) -> BatchUsage | None:
         """Stream every result line the provider holds into ``dest`` as OpenAI-format output lines (each ending
         in a newline; see :attr:`results_as_sent` for lines passed on as the provider wrote them).
 
@@ -293,6 +306,9 @@ class ProviderAdapter(abc.ABC):
         missing ``custom_id`` and treats that request as unfinished). ``input_path`` is the
         shard's input as submitted, for adapters that must map provider ids back to
         ``custom_id``s (the engine always passes it).
+
+        Returns the batch's own total of billed tokens where the provider reports one (:class:`BatchUsage`), so
+        that the ledger also counts answers billed but unreadable; None (the default) where it does not.
         """
         raise self.unsupported("has no batch API")
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 from gateway.providers.base import (
+    BatchUsage,
     HealthReport,
     PollResult,
     ProviderBatchState,
@@ -43,6 +44,7 @@ from gateway.providers.openai_wire import (
     find_upload_of,
     map_batch_status,
     parse_batch_page,
+    parse_batch_usage,
     parse_progress,
     parse_request_counts,
     submit_metadata,
@@ -164,11 +166,13 @@ class OpenAIBatchAdapter(HttpAdapter):
             progress=parse_progress(batch) if "request_counts" not in batch else None,
         )
 
-    async def fetch_results(self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None) -> None:
+    async def fetch_results(
+        self, provider_batch_id: str, dest: Path, *, input_path: Path | None = None
+    ) -> BatchUsage | None:
         """Append the output and error files' lines to ``dest`` as the provider wrote them (the file ids from the
         poll that saw the batch end, where this process made it): collection reads each line once, normalising
         the few that are not plain envelopes (:attr:`results_as_sent`). Where ``custom_id``s were sent mapped,
-        each line is normalised here, its id mapped back."""
+        each line is normalised here, its id mapped back. Returns the batch object's ``usage``, where it has one."""
         batch = self.board.ended(provider_batch_id, _has_ended) or await self._retrieve(provider_batch_id)
         file_ids: list[str] = []
         for key in ("output_file_id", "error_file_id"):
@@ -190,6 +194,7 @@ class OpenAIBatchAdapter(HttpAdapter):
                     return with_custom_id(kept, reverse[sent]) if sent in reverse else kept
 
                 await self._download_lines(path, out, keep if reverse else None)
+        return parse_batch_usage(batch)
 
     async def cancel(self, provider_batch_id: str) -> None:
         """Ask for cancellation; a refusal because the batch already ended (or is finalizing) is fine."""

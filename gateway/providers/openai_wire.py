@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 import msgspec
 
-from gateway.providers.base import ProviderBatchState
+from gateway.providers.base import BatchUsage, ProviderBatchState
 from gateway.translate import MalformedResult, TranslationError
 
 SUBMIT_TOKEN_KEY = "batchgw_submit_token"
@@ -163,6 +163,26 @@ def parse_request_counts(batch: Mapping[str, Any]) -> RequestCounts:
         completed=_count(counts.get("completed")),
         failed=_count(counts.get("failed")),
     )
+
+
+def parse_batch_usage(batch: Mapping[str, Any]) -> BatchUsage | None:
+    """A batch object's ``usage`` (OpenAI's total of the batch's billed tokens); None when it has none, or its
+    token counts are not whole numbers of at least 0 (OpenAI fills it only for batches created after 2025-09-07;
+    Groq's and Together's objects have none)."""
+    usage = batch.get("usage")
+    if not isinstance(usage, Mapping):
+        return None
+    input_tokens, output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
+    if not (_is_count(input_tokens) and _is_count(output_tokens)):
+        return None
+    input_details, output_details = usage.get("input_tokens_details"), usage.get("output_tokens_details")
+    cached = input_details.get("cached_tokens") if isinstance(input_details, Mapping) else None
+    reasoning = output_details.get("reasoning_tokens") if isinstance(output_details, Mapping) else None
+    return BatchUsage(input_tokens, output_tokens, cached=_count(cached), reasoning=_count(reasoning))
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def parse_progress(batch: Mapping[str, Any]) -> float | None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
 from gateway.simulator import SimulatorCluster, hash_fraction
-from tests.conftest import GatewayProcess, simulated_provider_env
+from tests.conftest import GatewayProcess, loopback, simulated_provider_env
 from tests.engine import (
     assert_all_succeeded,
     assert_submitted_once,
@@ -21,11 +22,13 @@ from tests.engine import (
     cancel_calls,
     chat_requests,
     collect,
+    control,
     emulator_log,
     emulator_stats,
     query,
     reset,
     set_faults,
+    start_gateway,
     submit,
     wait_for,
 )
@@ -249,6 +252,56 @@ def test_malformed_output_line_becomes_an_error_line(
     assert (batch.request_counts.completed, batch.request_counts.failed) == (9, 1)
     assert gateway.process is not None and gateway.process.poll() is None
     assert "Traceback" not in gateway.log()
+
+
+def test_answers_billed_but_unreadable_are_in_the_ledger_and_paid_twice_when_run_again(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    # Every result file's first line is cut in half, retried batches' included: one request is answered, billed
+    # and unreadable three times (its first run, then two more tries), the third time ending as an error.
+    priced = start_gateway(gateway_factory, simulator, tmp_path, cheap="fast", pricey="steady")
+    for emulator in ("fast", "steady"):
+        set_faults(simulator, emulator, malformed_output_line=True)
+    client = priced.client(priced.create_key("acme"))
+    batch = wait_for(client, submit(client, chat_requests(10)).id)
+    assert batch.status == "completed" and batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (9, 1)
+
+    sent = {row[0] for row in query(priced, "SELECT provider_batch_id FROM shards WHERE batch_id = :b", b=batch.id)}
+    billed = [
+        billed_batch
+        for emulator in ("fast", "steady")
+        for billed_batch in control(simulator, "GET", f"/providers/{emulator}/invoice")["batches"]
+        if billed_batch["id"] in sent
+    ]
+    assert len(billed) == 3 and sum(b["requests_billed"] for b in billed) == 12
+    ledger = query(
+        priced,
+        "SELECT kind, input_tokens, output_tokens, cost_usd, shard_id FROM ledger WHERE batch_id = :b ORDER BY id",
+        b=batch.id,
+    )
+    assert sum(row[1] for row in ledger) == sum(b["input_tokens"] for b in billed)
+    assert sum(row[2] for row in ledger) == sum(b["output_tokens"] for b in billed)
+    unread = [row for row in ledger if row[0].startswith("unread")]
+    assert sorted(row[0] for row in unread) == ["unread", "unread_rerun", "unread_rerun"], ledger
+    # Priced at the rates of the shard whose provider batch billed them.
+    for kind, input_tokens, output_tokens, cost, shard_id in unread:
+        [(rate_in, rate_out)] = query(
+            priced, "SELECT input_per_mtok, output_per_mtok FROM shards WHERE id = :s", s=shard_id
+        )
+        assert input_tokens > 0 and output_tokens > 0 and rate_in > 0
+        assert cost == pytest.approx((input_tokens * rate_in + output_tokens * rate_out) / 1e6), kind
+    [(cost, paid_twice)] = query(priced, "SELECT cost_usd, abandoned_cost_usd FROM batches WHERE id = :b", b=batch.id)
+    assert cost == pytest.approx(sum(row[3] for row in ledger))
+    assert paid_twice == pytest.approx(sum(row[3] for row in unread if row[0] == "unread_rerun")) and paid_twice > 0
+    metrics = loopback.get(f"{priced.base_url}/metrics", timeout=30).text
+    unread_spend = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("batchgw_spend_usd_total{") and 'reason="unread"' in line
+    )
+    assert unread_spend == pytest.approx(sum(row[3] for row in unread))
+    assert "could not read" in priced.log()
 
 
 def test_stalled_provider_keeps_the_batch_in_progress_until_cancelled(

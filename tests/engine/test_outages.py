@@ -2,7 +2,8 @@
 
 * an outage mid-job (503s, connection resets, a refused port): the work moves to the healthy provider,
   and the provider batches left behind stay owned: cancelled as soon as their provider answers again,
-  followed to their end and billed, so the ledger equals each provider's own invoice;
+  followed to their end and billed (answers that cannot be read included), so the ledger equals each
+  provider's own invoice;
 * a storm of 429s: the provider is alive and asks for patience, which it gets: nothing moves;
 * every provider down: nowhere to go, so nothing moves; the job finishes where it was once they are back.
 """
@@ -93,6 +94,8 @@ def test_outage_mid_job_moves_work_once_and_bills_what_the_abandoned_batches_ran
         limits={"max_requests_per_batch": PER_SHARD}, env=ENV,
     )  # fmt: skip
     admin_call(gateway, "PUT", "/budgets", {"scope": "global", "period": "day", "limit_usd": 100, "hard": False})
+    # The first answer of each abandoned batch's results is cut short: billed all the same, from its batch's usage.
+    set_faults(simulator, "slow", malformed_output_line=True)
     client = gateway.client(gateway.create_key("acme"))
     requests = chat_requests(REQUESTS)
     batch = submit(client, requests)

@@ -16,6 +16,7 @@ import pytest
 
 from gateway.pipeline.joining import split_results
 from gateway.providers.base import (
+    BatchUsage,
     ProviderBatchState,
     ProviderRateLimited,
     ProviderRejected,
@@ -91,12 +92,18 @@ async def test_submit_poll_fetch_round_trip(
     assert final.error is None
 
     dest = tmp_path / "results.jsonl"
-    await adapter.fetch_results(submitted.provider_batch_id, dest)
+    reported = await adapter.fetch_results(submitted.provider_batch_id, dest)
     lines = read_lines(dest)
     assert sorted(line["custom_id"] for line in lines) == [f"req-{i:03d}" for i in range(50)]
     assert all(set(line) == {"id", "custom_id", "response", "error"} for line in lines)
     statuses = [line["response"]["status_code"] for line in lines]
     assert statuses.count(200) == final.completed and statuses.count(500) == final.failed
+    # The batch's own usage: what its successful answers used, failed ones billing nothing.
+    usages = [line["response"]["body"]["usage"] for line in lines if line["response"]["status_code"] == 200]
+    assert reported == BatchUsage(
+        input=sum(usage["prompt_tokens"] for usage in usages),
+        output=sum(usage["completion_tokens"] for usage in usages),
+    )
 
 
 async def test_failed_batch_reports_errors(adapter: OpenAIBatchAdapter, tmp_path: Path) -> None:

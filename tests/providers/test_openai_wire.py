@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.providers.base import ProviderBatchState
+from gateway.providers.base import BatchUsage, ProviderBatchState
 from gateway.providers.error_text import error_message_from_body
 from gateway.providers.jsonl import LineSplitter, encode_line
 from gateway.providers.openai_wire import (
@@ -28,6 +28,7 @@ from gateway.providers.openai_wire import (
     normalise_output_line,
     normalised_output_line,
     parse_batch_page,
+    parse_batch_usage,
     parse_progress,
     parse_request_counts,
     submit_metadata,
@@ -141,6 +142,31 @@ def test_request_counts_tolerates_garbage(batch: dict[str, object]) -> None:
 
 def test_request_counts_partial_and_negative() -> None:
     assert parse_request_counts({"request_counts": {"total": 4.0, "completed": -2}}) == RequestCounts(4, 0, 0)
+
+
+def test_batch_usage() -> None:
+    usage = {
+        "input_tokens": 1200, "input_tokens_details": {"cached_tokens": 200},
+        "output_tokens": 300, "output_tokens_details": {"reasoning_tokens": 40}, "total_tokens": 1500,
+    }  # fmt: skip
+    assert parse_batch_usage({"usage": usage}) == BatchUsage(input=1200, output=300, cached=200, reasoning=40)
+    assert parse_batch_usage({"usage": {"input_tokens": 5, "output_tokens": 0}}) == BatchUsage(5, 0)
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        {},
+        {"usage": None},
+        {"usage": {"input_tokens": 10}},
+        {"usage": {"input_tokens": "10", "output_tokens": 3}},
+        {"usage": {"input_tokens": -1, "output_tokens": 3}},
+        {"usage": {"input_tokens": True, "output_tokens": 3}},
+    ],
+)
+def test_batch_usage_absent_or_unreadable_is_none(batch: dict[str, object]) -> None:
+    # No total to hold the answers' usage against: the ledger then counts what the lines say.
+    assert parse_batch_usage(batch) is None
 
 
 def test_failed_batch_error_summary_takes_first_few() -> None:
