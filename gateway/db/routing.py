@@ -88,8 +88,9 @@ async def force_open(session: AsyncSession, provider: str, error: str) -> bool:
     return not was_open
 
 
-async def record_success(session: AsyncSession, provider: str) -> bool:
-    """A call succeeded: close the circuit and reset the count. True if it had recorded failures.
+async def record_success(session: AsyncSession, provider: str) -> str:
+    """A call succeeded: close the circuit and reset the count. Returns what it found: ``closed`` (its circuit was
+    open or half open), ``reset`` (failures were counted, the circuit closed) or ``healthy`` (nothing to reset).
 
     ``last_success_at`` is refreshed at most every :data:`SUCCESS_STAMP_EVERY_S`, so a busy provider
     costs one read per success, not a write.
@@ -101,16 +102,16 @@ async def record_success(session: AsyncSession, provider: str) -> bool:
         await session.exec(
             update(ProviderHealth).where(col(ProviderHealth.provider) == provider).values(last_success_at=now)
         )
-        return False
-    recovered = row.circuit != "closed" or row.consecutive_failures > 0
+        return "healthy"
+    found = "closed" if row.circuit != "closed" else "reset" if row.consecutive_failures > 0 else "healthy"
     stale = row.last_success_at is None or row.last_success_at < now - SUCCESS_STAMP_EVERY_S
-    if recovered or stale:
+    if found != "healthy" or stale:
         await session.exec(
             update(ProviderHealth)
             .where(col(ProviderHealth.provider) == provider)
             .values(circuit="closed", consecutive_failures=0, opened_at=None, probe_until=None, last_success_at=now)
         )
-    return recovered
+    return found
 
 
 async def claim_probe(session: AsyncSession, provider: str, cooldown_s: float, probe_s: float) -> bool:

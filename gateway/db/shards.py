@@ -202,6 +202,27 @@ async def refresh_batch_progress(session: AsyncSession, batch_id: str) -> None:
     )
 
 
+PROVIDER_DOWN_WAITS = ("provider_unreachable", "circuit_open", "auth_failed")
+"""Waiting codes of shards that wait for their provider to answer again."""
+
+
+async def wake_waiting_on(session: AsyncSession, provider: str, codes: Sequence[str] = PROVIDER_DOWN_WAITS) -> int:
+    """Make the unfinished shards of ``provider`` that wait with one of ``codes`` due now; how many were."""
+    now = time.time()
+    result = await session.exec(
+        update(Shard)
+        .where(
+            col(Shard.provider) == provider,
+            col(Shard.state) != "done",
+            col(Shard.wait_code).in_(codes),
+            col(Shard.next_action_at) > now,
+        )
+        .values(next_action_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
+
+
 async def open_shard_count(session: AsyncSession, batch_id: str) -> int:
     """Shards of the batch that have not finished."""
     query = select(func.count()).select_from(Shard).where(Shard.batch_id == batch_id, col(Shard.state) != "done")

@@ -59,11 +59,20 @@ async def auth_failed(context: RoutingNeeds, provider: str, error: Exception) ->
 
 
 async def call_succeeded(context: RoutingNeeds, provider: str) -> None:
-    """Record a successful call to ``provider`` (closes its circuit)."""
+    """Record a successful call to ``provider`` (closes its circuit). A provider whose circuit was open is back: the
+    shards waiting for it to answer again are due at once, not at the end of their own back-off."""
+    woken = 0
     async with transaction(context.sessions) as session:
-        closed = await routing_db.record_success(session, provider)
-    if closed:
-        log.info("provider %s: healthy again (circuit closed, failures reset)", provider)
+        found = await routing_db.record_success(session, provider)
+        if found == "closed":
+            woken = await shard_db.wake_waiting_on(session, provider)
+    if found != "healthy":
+        log.info(
+            "provider %s: healthy again (circuit closed, failures reset)%s",
+            provider, f"; {woken} shards waiting for it are due now" if woken else "",
+        )  # fmt: skip
+    if woken:
+        context.work_available.set()
 
 
 async def circuit_of(context: RoutingNeeds, provider: str) -> str:

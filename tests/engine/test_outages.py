@@ -233,3 +233,51 @@ def test_with_every_provider_down_nothing_moves_and_the_job_finishes_where_it_wa
     assert not batch_creates(emulator_log(simulator, "fast")), "work moved although nowhere else was up"
     assert not admin_call(gateway, "GET", f"/batches/{batch.id}")["abandoned_provider_batches"]
     assert len(batch_creates(emulator_log(simulator, "steady"))) == REQUESTS // PER_SHARD
+
+
+def test_a_provider_back_from_an_outage_wakes_the_shards_waiting_for_it(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    # Long poll back-offs and no failover: the shards wait where they are, each on its own schedule, and the health
+    # probe (every cool-down of 1 s) is the first call to find the provider back.
+    env = ENV | {
+        "BATCHGW_WORKER__PROVIDER_POLL_MIN_S": "3",
+        "BATCHGW_WORKER__PROVIDER_POLL_MAX_S": "120",
+        "BATCHGW_ROUTING__CIRCUIT_COOLDOWN_S": "1",
+        "BATCHGW_ROUTING__PROVIDER_DOWN_FAILOVER_S": "600",
+    }
+    gateway = start_gateway(
+        gateway_factory, simulator, tmp_path, cheap="slow", pricey="fast",
+        limits={"max_requests_per_batch": PER_SHARD}, env=env,
+    )  # fmt: skip
+    client = gateway.client(gateway.create_key("acme"))
+    requests = chat_requests(REQUESTS)
+    batch = submit(client, requests)
+    wait_until(
+        lambda: len(batch_creates(emulator_log(simulator, "slow"))) == REQUESTS // PER_SHARD,
+        60, "the shards never reached the cheap provider",
+    )  # fmt: skip
+    set_faults(simulator, "slow", down="503")
+
+    def next_looks() -> list[float]:
+        """How far off each waiting shard's own next look is."""
+        rows = query(
+            gateway,
+            "SELECT next_action_at FROM shards WHERE batch_id = :b AND wait_code = 'provider_unreachable'",
+            b=batch.id,
+        )
+        return [row[0] - time.time() for row in rows]
+
+    wait_until(
+        lambda: len(looks := next_looks()) == REQUESTS // PER_SHARD and min(looks) >= 10,
+        90, "the shards never backed off for 10 s",
+    )  # fmt: skip
+    back_at = time.time()
+    set_faults(simulator, "slow", down="off")
+    batch = wait_for(client, batch.id, timeout=120)
+    assert batch.status == "completed" and batch.completed_at is not None
+    # Done before any shard's own next look would have come: the probe that found the provider back woke them.
+    assert batch.completed_at - back_at < 8, (batch.completed_at, back_at)
+    assert {line["provider"] for line in collect(client, batch).output.values()} == {"cheap"}
+    assert "shards waiting for it are due now" in gateway.log()
+
