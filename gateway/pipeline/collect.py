@@ -198,6 +198,12 @@ async def _close(
     if not saved:
         return False
     ledger.count(shard, spend, results.completed, results.failed, results.moved, results.usage.as_dict())
+    if unread:
+        log.warning(
+            "shard %s: %s billed %d input and %d output tokens for answers the gateway could not read: $%.6f "
+            "recorded%s", shard.id, shard.provider, unread["input"], unread["output"], spend.unread_cost_usd,
+            " (their requests run again: paid twice)" if rerun else "",
+        )  # fmt: skip
     if move is not None and move.decision.kind == "failover":
         metrics.record_failover(shard.provider, move.decision.chosen_provider, shard.end_reason or "failed")
     if spend.stopped:

@@ -21,7 +21,6 @@ still equals the provider's invoice.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +49,6 @@ from gateway.db.models import (
 from gateway.pipeline.results import Usage
 from gateway.providers.base import BatchUsage
 from gateway.routing.placement import batch_hints
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -187,11 +184,6 @@ def _add_unread(session: AsyncSession, batch: Batch, shard: Shard, unread: dict[
             list_cost_usd=0.0,
         )
     )
-    log.warning(
-        "shard %s: %s billed %d input and %d output tokens for answers the gateway could not read: $%.6f recorded%s",
-        shard.id, shard.provider, unread["input"], unread["output"], cost,
-        " (their requests run again: paid twice)" if rerun else "",
-    )  # fmt: skip
     return cost
 
 
