@@ -90,25 +90,7 @@ async def record(
     downgraded = usage.get("standard_input", 0) or usage.get("standard_output", 0)
     standard = context.offers.standard_rates(shard.provider, shard.provider_model) if downgraded else None
     cost, list_cost = shard_cost(shard, usage, standard, billed_usd)
-    session.add(
-        LedgerEntry(
-            shard_id=shard.id,
-            batch_id=batch.id,
-            team_id=batch.team_id,
-            api_key_id=batch.api_key_id,
-            provider=shard.provider,
-            model=shard.model,
-            provider_model=shard.provider_model,
-            mode=shard.mode,
-            requests=completed,
-            input_tokens=usage["input"],
-            output_tokens=usage["output"],
-            cached_tokens=usage["cached"],
-            cache_write_tokens=usage.get("cache_write", 0),
-            cost_usd=cost,
-            list_cost_usd=list_cost,
-        )
-    )
+    session.add(_entry(batch, shard, "served", completed, usage, cost, list_cost))
     unread_cost = _add_unread(session, batch, shard, unread, rerun) if unread else 0.0
     await session.flush()
     await shard_db.refresh_batch_progress(session, batch.id)
@@ -165,26 +147,32 @@ def _add_unread(session: AsyncSession, batch: Batch, shard: Shard, unread: dict[
         (shard.input_per_mtok, shard.output_per_mtok),
         (shard.cached_input_per_mtok, shard.cache_write_per_mtok),
     )
-    session.add(
-        LedgerEntry(
-            shard_id=shard.id,
-            kind=UNREAD_RERUN if rerun else UNREAD,
-            batch_id=batch.id,
-            team_id=batch.team_id,
-            api_key_id=batch.api_key_id,
-            provider=shard.provider,
-            model=shard.model,
-            provider_model=shard.provider_model,
-            mode=shard.mode,
-            requests=0,
-            input_tokens=unread["input"],
-            output_tokens=unread["output"],
-            cached_tokens=unread["cached"],
-            cost_usd=cost,
-            list_cost_usd=0.0,
-        )
-    )
+    session.add(_entry(batch, shard, UNREAD_RERUN if rerun else UNREAD, 0, unread, cost, 0.0))
     return cost
+
+
+def _entry(
+    batch: Batch, shard: Shard, kind: str, requests: int, usage: dict[str, int], cost: float, list_cost: float
+) -> LedgerEntry:
+    """A ledger row of ``kind`` for the shard's ``usage``, at ``cost``."""
+    return LedgerEntry(
+        shard_id=shard.id,
+        kind=kind,
+        batch_id=batch.id,
+        team_id=batch.team_id,
+        api_key_id=batch.api_key_id,
+        provider=shard.provider,
+        model=shard.model,
+        provider_model=shard.provider_model,
+        mode=shard.mode,
+        requests=requests,
+        input_tokens=usage["input"],
+        output_tokens=usage["output"],
+        cached_tokens=usage["cached"],
+        cache_write_tokens=usage.get("cache_write", 0),
+        cost_usd=cost,
+        list_cost_usd=list_cost,
+    )
 
 
 async def record_abandoned(

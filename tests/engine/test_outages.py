@@ -75,6 +75,19 @@ def wait_until(check: Any, timeout: float, message: str) -> None:
         time.sleep(0.1)
 
 
+def submit_to_cheap(gateway: GatewayProcess, simulator: SimulatorCluster, cheap: str) -> tuple[Any, Any, list[Any]]:
+    """Submit the job's requests with a new key and wait until every shard reached the cheap provider's emulator;
+    the client, the batch and the requests."""
+    client = gateway.client(gateway.create_key("acme"))
+    requests = chat_requests(REQUESTS)
+    batch = submit(client, requests)
+    wait_until(
+        lambda: len(batch_creates(emulator_log(simulator, cheap))) == REQUESTS // PER_SHARD,
+        60, "the shards never reached the cheap provider",
+    )  # fmt: skip
+    return client, batch, requests
+
+
 def invoice_usd(cluster: SimulatorCluster, emulator: str, rates: tuple[float, float]) -> float:
     """What the emulated provider bills: every successful request of every batch it ran, at ``rates``."""
     invoice = control(cluster, "GET", f"/providers/{emulator}/invoice")
@@ -96,13 +109,7 @@ def test_outage_mid_job_moves_work_once_and_bills_what_the_abandoned_batches_ran
     admin_call(gateway, "PUT", "/budgets", {"scope": "global", "period": "day", "limit_usd": 100, "hard": False})
     # The first answer of each abandoned batch's results is cut short: billed all the same, from its batch's usage.
     set_faults(simulator, "slow", malformed_output_line=True)
-    client = gateway.client(gateway.create_key("acme"))
-    requests = chat_requests(REQUESTS)
-    batch = submit(client, requests)
-    wait_until(
-        lambda: len(batch_creates(emulator_log(simulator, "slow"))) == REQUESTS // PER_SHARD,
-        60, "the shards never reached the cheap provider",
-    )  # fmt: skip
+    client, batch, requests = submit_to_cheap(gateway, simulator, "slow")
     set_faults(simulator, "slow", down=mode)
     batch = wait_for(client, batch.id, timeout=120)
     outcome = collect(client, batch)
@@ -211,13 +218,7 @@ def test_with_every_provider_down_nothing_moves_and_the_job_finishes_where_it_wa
         gateway_factory, simulator, tmp_path, cheap="steady", pricey="fast",
         limits={"max_requests_per_batch": PER_SHARD}, env=ENV,
     )  # fmt: skip
-    client = gateway.client(gateway.create_key("acme"))
-    requests = chat_requests(REQUESTS)
-    batch = submit(client, requests)
-    wait_until(
-        lambda: len(batch_creates(emulator_log(simulator, "steady"))) == REQUESTS // PER_SHARD,
-        60, "the shards never reached the cheap provider",
-    )  # fmt: skip
+    client, batch, _ = submit_to_cheap(gateway, simulator, "steady")
     set_faults(simulator, "steady", down="refuse")
     set_faults(simulator, "fast", down="refuse")
     time.sleep(STORM_S)
@@ -250,13 +251,7 @@ def test_a_provider_back_from_an_outage_wakes_the_shards_waiting_for_it(
         gateway_factory, simulator, tmp_path, cheap="slow", pricey="fast",
         limits={"max_requests_per_batch": PER_SHARD}, env=env,
     )  # fmt: skip
-    client = gateway.client(gateway.create_key("acme"))
-    requests = chat_requests(REQUESTS)
-    batch = submit(client, requests)
-    wait_until(
-        lambda: len(batch_creates(emulator_log(simulator, "slow"))) == REQUESTS // PER_SHARD,
-        60, "the shards never reached the cheap provider",
-    )  # fmt: skip
+    client, batch, _ = submit_to_cheap(gateway, simulator, "slow")
     set_faults(simulator, "slow", down="503")
 
     def next_looks() -> list[float]:
@@ -280,4 +275,3 @@ def test_a_provider_back_from_an_outage_wakes_the_shards_waiting_for_it(
     assert batch.completed_at - back_at < 8, (batch.completed_at, back_at)
     assert {line["provider"] for line in collect(client, batch).output.values()} == {"cheap"}
     assert "shards waiting for it are due now" in gateway.log()
-
