@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Literal
 
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -88,7 +89,11 @@ async def force_open(session: AsyncSession, provider: str, error: str) -> bool:
     return not was_open
 
 
-async def record_success(session: AsyncSession, provider: str) -> str:
+SuccessFound = Literal["closed", "reset", "healthy"]
+"""What a successful call found of its provider's health (see :func:`record_success`)."""
+
+
+async def record_success(session: AsyncSession, provider: str) -> SuccessFound:
     """A call succeeded: close the circuit and reset the count. Returns what it found: ``closed`` (its circuit was
     open or half open), ``reset`` (failures were counted, the circuit closed) or ``healthy`` (nothing to reset).
 
@@ -103,7 +108,9 @@ async def record_success(session: AsyncSession, provider: str) -> str:
             update(ProviderHealth).where(col(ProviderHealth.provider) == provider).values(last_success_at=now)
         )
         return "healthy"
-    found = "closed" if row.circuit != "closed" else "reset" if row.consecutive_failures > 0 else "healthy"
+    found: SuccessFound = (
+        "closed" if row.circuit != "closed" else "reset" if row.consecutive_failures > 0 else "healthy"
+    )
     stale = row.last_success_at is None or row.last_success_at < now - SUCCESS_STAMP_EVERY_S
     if found != "healthy" or stale:
         await session.exec(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeGuard
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -143,14 +143,17 @@ class RequestCounts:
     failed: int = 0
 
 
-def _count(value: object) -> int:
+def _whole(value: object) -> int | None:
+    """A count as a batch object writes it (an integer, or a float with no fraction) when at least 0, else None."""
     if isinstance(value, bool):
-        return 0
-    if isinstance(value, int):
-        return max(value, 0)
+        return None
     if isinstance(value, float) and value.is_integer():
-        return max(int(value), 0)
-    return 0
+        value = int(value)
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+def _count(value: object) -> int:
+    return _whole(value) or 0
 
 
 def parse_request_counts(batch: Mapping[str, Any]) -> RequestCounts:
@@ -167,22 +170,18 @@ def parse_request_counts(batch: Mapping[str, Any]) -> RequestCounts:
 
 def parse_batch_usage(batch: Mapping[str, Any]) -> BatchUsage | None:
     """A batch object's ``usage`` (OpenAI's total of the batch's billed tokens); None when it has none, or its
-    token counts are not whole numbers of at least 0 (OpenAI fills it only for batches created after 2025-09-07;
-    Groq's and Together's objects have none)."""
+    token counts are not whole numbers of at least 0, read as ``request_counts`` are (OpenAI fills it only for
+    batches created after 2025-09-07; Groq's and Together's objects have none)."""
     usage = batch.get("usage")
     if not isinstance(usage, Mapping):
         return None
-    input_tokens, output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
-    if not (_is_count(input_tokens) and _is_count(output_tokens)):
+    input_tokens, output_tokens = _whole(usage.get("input_tokens")), _whole(usage.get("output_tokens"))
+    if input_tokens is None or output_tokens is None:
         return None
     input_details, output_details = usage.get("input_tokens_details"), usage.get("output_tokens_details")
     cached = input_details.get("cached_tokens") if isinstance(input_details, Mapping) else None
     reasoning = output_details.get("reasoning_tokens") if isinstance(output_details, Mapping) else None
     return BatchUsage(input_tokens, output_tokens, cached=_count(cached), reasoning=_count(reasoning))
-
-
-def _is_count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def parse_progress(batch: Mapping[str, Any]) -> float | None:
