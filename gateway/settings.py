@@ -92,6 +92,12 @@ class WorkerSettings(_Section):
     provider_poll_min_s: float = Field(
         0.25, gt=0, description="First delay between provider status polls (doubling: a small batch is seen done soon)."
     )
+    provider_poll_announced_min_s: float = Field(
+        5.0,
+        gt=0,
+        description="First delay between status polls at a provider whose webhooks announce ended batches "
+        "(webhook_secret_env): there the webhook brings the end, and a poll is a safety net and a progress read.",
+    )
     provider_poll_max_s: float = Field(30.0, description="Longest delay between provider status polls.")
     concurrency: int = Field(
         8, ge=1, description="Shard steps (submit, poll, fan-out, collect) one process runs at once."

@@ -118,6 +118,23 @@ def at(timestamp: float) -> str:
     return time.strftime("%H:%M:%S UTC", time.gmtime(timestamp))
 
 
+def announces_ends(context: GatewayContext, provider: str) -> bool:
+    """True at a provider whose webhooks announce ended batches (``webhook_secret_env``): a webhook makes the
+    poll of an ended batch due at once."""
+    return context.providers.get(provider).config.webhook_secret_env is not None
+
+
+def first_poll_delay_s(context: GatewayContext, provider: str) -> float:
+    """The first delay between status polls of a provider batch (doubling up to ``worker.provider_poll_max_s``):
+    ``worker.provider_poll_announced_min_s`` at a provider whose webhooks announce ended batches
+    (``webhook_secret_env``), where the webhook brings the end; else ``worker.provider_poll_min_s``."""
+    settings = context.settings.worker
+    first = (
+        settings.provider_poll_announced_min_s if announces_ends(context, provider) else settings.provider_poll_min_s
+    )
+    return min(settings.provider_poll_max_s, first)
+
+
 def jitter(seconds: float) -> float:
     """``seconds`` give or take 20 %, so that many waiters do not wake together."""
     return seconds * random.uniform(0.8, 1.2)

@@ -3,7 +3,8 @@
 Polls back off from ``provider_poll_min_s`` to ``provider_poll_max_s``, so the cost grows with the number of
 shards in flight, not with requests, yet come at least every tenth of the time the batch has run
 (:data:`AGE_SHARE`), except at a provider that announces ended batches by webhook (``webhook_secret_env``):
-there the webhook makes the poll due at once, and the poll takes no status read from before it; when the
+there the webhook makes the poll due at once, and the poll takes no status read from before it, so polls are
+a safety net that starts from ``provider_poll_announced_min_s`` (:func:`lifecycle.first_poll_delay_s`); when the
 provider reports progress, the next poll comes when that progress says the batch will be done, if that is
 sooner (:func:`next_poll_in`). A poll whose answer (a shared list page) shows other batches of the provider
 ended makes their shards due at once. A cancel, the end of the completion window or a hard budget
@@ -164,16 +165,14 @@ async def _progress(
                 await end_shard(context, shard, lease, reason="stalled", error=reason)
             return
     settings = context.settings.worker
-    backoff = min(settings.provider_poll_max_s, max(settings.provider_poll_min_s, shard.poll_delay_s * 2))
+    first_s = lifecycle.first_poll_delay_s(context, shard.provider)
+    backoff = min(settings.provider_poll_max_s, max(first_s, shard.poll_delay_s * 2))
     done = status.completed + status.failed
     before = shard.progress_completed + shard.progress_failed
     since = shard.last_progress_at or shard.submitted_at
     # A provider that announces ended batches by webhook makes the poll due at once: the age rule is not needed.
-    announces = context.providers.get(shard.provider).config.webhook_secret_env is not None
-    running_s = None if announces else now - (shard.submitted_at or now)
-    delay = next_poll_in(
-        backoff, settings.provider_poll_min_s, before, since, done, shard.request_count, now, running_s=running_s
-    )
+    running_s = None if lifecycle.announces_ends(context, shard.provider) else now - (shard.submitted_at or now)
+    delay = next_poll_in(backoff, first_s, before, since, done, shard.request_count, now, running_s=running_s)
     detail = (
         f"running at {shard.provider} (status {status.raw_status}): {done} of {shard.request_count} requests done; "
         f"next check at {at(now + delay)}"
@@ -329,8 +328,8 @@ async def _poll_later(
     wait_code: str | None = None,
     wait_detail: str | None = None,
 ) -> None:
-    settings = context.settings.worker
-    delay = min(settings.provider_poll_max_s, max(settings.provider_poll_min_s, shard.poll_delay_s * 2))
+    first_s = lifecycle.first_poll_delay_s(context, shard.provider)
+    delay = min(context.settings.worker.provider_poll_max_s, max(first_s, shard.poll_delay_s * 2))
     values: dict[str, object] = {"poll_delay_s": delay, "next_action_at": time.time() + delay}
     if unavailable_since is not None:
         values["unavailable_since"] = unavailable_since

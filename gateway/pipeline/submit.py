@@ -337,7 +337,7 @@ def _fits(limits: ProviderLimits, shard: Shard, batches: int, tokens: dict[str, 
 async def _record_submitted(
     context: GatewayContext, shard: Shard, batch: Batch, lease: Lease, result: SubmitResult
 ) -> None:
-    poll_s = context.settings.worker.provider_poll_min_s
+    poll_s = lifecycle.first_poll_delay_s(context, shard.provider)
     now = time.time()
     async with transaction(context.sessions) as session:
         saved = await shard_db.save_shard(

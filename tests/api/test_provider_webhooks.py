@@ -17,11 +17,12 @@ from standardwebhooks.webhooks import Webhook
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.api.batch_helpers import assert_error
 from tests.conftest import GatewayProcess, loopback, simulated_provider_env
-from tests.engine import chat_requests, submit
+from tests.engine import chat_requests, emulator_log, submit
 from tests.observability import samples, scrape
 
 SECRET = "whsec_" + base64.b64encode(b"the provider's webhook key, 32b!").decode()
 POLL_S = 60
+TERMINAL = ("completed", "failed", "expired", "cancelled")
 """The gateway's provider polls come this far apart: a batch done sooner was announced by its webhook."""
 
 
@@ -44,10 +45,40 @@ def hooked(gateway_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> It
             {
                 "HOOKS": SECRET,
                 "BATCHGW_WORKER__PROVIDER_POLL_MIN_S": str(POLL_S),
+                "BATCHGW_WORKER__PROVIDER_POLL_ANNOUNCED_MIN_S": str(POLL_S),
                 "BATCHGW_WORKER__PROVIDER_POLL_MAX_S": str(POLL_S),
             }
         )
         yield gateway.start()
+
+
+@pytest.fixture(scope="module")
+def safety_net(
+    gateway_factory: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, SimulatorCluster]]:
+    """A gateway polling its providers from 0.25 s, except ``hooked``, whose webhooks announce ended batches: from
+    ``POLL_S`` there. Both emulated providers take 3 s per batch."""
+    gateway: GatewayProcess = gateway_factory()
+    url = f"{gateway.base_url}/webhooks/providers/hooked"
+    specs = [
+        ProviderSpec(name="hooked", webhook_url=url, webhook_secret=SECRET, processing_delay_s=3.0),
+        ProviderSpec(name="quiet", processing_delay_s=3.0),
+    ]
+    with SimulatorCluster(specs, control_port=0) as cluster:
+        providers = {
+            "hooked": {"emulator": "hooked", "models": {"gpt-4o-mini": "gpt-4o-mini"}, "webhook_secret_env": "HOOKS"},
+            "quiet": {"emulator": "quiet", "models": {"other-model": "gpt-4o-mini"}},
+        }
+        gateway.extra_env.update(simulated_provider_env(cluster, tmp_path_factory.mktemp("net"), providers))
+        gateway.extra_env.update(
+            {
+                "HOOKS": SECRET,
+                "BATCHGW_WORKER__PROVIDER_POLL_MIN_S": "0.25",
+                "BATCHGW_WORKER__PROVIDER_POLL_ANNOUNCED_MIN_S": str(POLL_S),
+                "BATCHGW_WORKER__PROVIDER_POLL_MAX_S": str(POLL_S),
+            }
+        )
+        yield gateway.start(), cluster
 
 
 def delivery(event: dict[str, Any], *, secret: str = SECRET, age_s: float = 0.0) -> tuple[bytes, dict[str, str]]:
@@ -98,6 +129,30 @@ def test_an_event_reaches_the_batch_of_another_provider_on_the_same_project(hook
         assert time.monotonic() - started < POLL_S / 2, f"still {batch.status}: the webhook did not bring the poll"
         time.sleep(0.2)
     assert batch.status == "completed" and batch.metadata and batch.metadata.get("gateway_providers") == "hooked-flex"
+
+
+def test_a_provider_that_announces_ended_batches_is_polled_as_a_safety_net_only(
+    safety_net: tuple[GatewayProcess, SimulatorCluster],
+) -> None:
+    """At ``hooked`` the first poll is ``POLL_S`` after the submit, so its batch's one status read is the poll its
+    webhook brought; ``quiet`` sends none, and its batch is polled from 0.25 s on, doubling."""
+    gateway, cluster = safety_net
+    client = gateway.client(gateway.create_key("net"))
+    started = time.monotonic()
+    batches = [submit(client, chat_requests(5)), submit(client, chat_requests(5, model="other-model"))]
+    for batch in batches:
+        while (batch := client.batches.retrieve(batch.id)).status not in TERMINAL:
+            assert time.monotonic() - started < POLL_S / 2, f"still {batch.status}"
+            time.sleep(0.2)
+        assert batch.status == "completed", batch.errors
+
+    def status_reads(provider: str) -> int:
+        return sum(
+            e["method"] == "GET" and e["path"].startswith("/v1/batches") for e in emulator_log(cluster, provider)
+        )
+
+    assert status_reads("hooked") == 1
+    assert status_reads("quiet") >= 3
 
 
 def test_deliveries_that_fail_verification_are_refused(hooked: GatewayProcess) -> None:
