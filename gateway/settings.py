@@ -312,8 +312,9 @@ class Settings(BaseSettings):
     status_cache_s: float = Field(
         1.0,
         ge=0,
-        description="Longest an API process answers status reads of a finished batch from memory; every read still "
-        "reads its key and the batch's updated_at, so a revocation or a later change shows at once. 0: never.",
+        description="Longest an API process answers status reads of a batch from memory; every read still reads its "
+        "key, the batch's updated_at and its open shards' count and latest updated_at, so a revocation or a "
+        "later change shows at once. 0: never.",
     )
     public_base_url: str | None = Field(None, description="Base URL clients use, for links in responses.")
     log_level: str = Field("INFO", description="Python logging level.")

@@ -9,9 +9,10 @@ needs nothing written or counted (:func:`gateway.api.auth.read_only_principal`),
 database read directly (:class:`gateway.db.point_reads.PointReads`). Everything else (no key, a refused key, a
 key whose use is due to be noted, request limits, an unknown batch, a query string, an unusual id) goes on to
 the handler, which gives it its usual answer, errors included. Both render the batch with
-:func:`gateway.api.objects.batch_object`, and the app's metrics middleware times and counts both. A finished
-batch's answer is kept (:class:`FinishedBatchAnswers`) and given again while the batch's ``updated_at``, read
-with the key, is unchanged.
+:func:`gateway.api.objects.batch_object`, and the app's metrics middleware times and counts both. A batch's
+answer is kept (:class:`KeptBatchAnswers`) and given again while its version (:data:`gateway.db.repo.BatchVersion`:
+the batch's ``updated_at`` and its open shards' count and latest ``updated_at``), read with the key, is unchanged:
+a client polling a running batch is answered without rendering it again until something it shows changed.
 """
 
 from __future__ import annotations
@@ -37,22 +38,22 @@ checks."""
 _JSON = (b"content-type", b"application/json")
 
 
-class FinishedBatchAnswers:
-    """Encoded answers to reads of finished batches, kept by batch id with the ``updated_at`` they show.
+class KeptBatchAnswers:
+    """Encoded answers to status reads, kept by batch id with the version (:data:`repo.BatchVersion`) they show.
 
-    A kept answer is given only while the batch's ``updated_at`` is unchanged (read with the key, in one indexed
-    statement, on every read: a revocation or a late charge of a provider batch the batch had abandoned shows on
-    the next read), and for at most ``status_cache_s``, which bounds what a write that does not stamp
-    ``updated_at`` could leave unseen.
+    A kept answer is given only while the batch's version is unchanged (read with the key, in one indexed
+    statement, on every read: a revocation, a new count, a shard's new wait or a late charge of a provider batch
+    the batch had abandoned shows on the next read), and for at most ``status_cache_s``, which bounds what a write
+    that stamps no ``updated_at`` could leave unseen.
     """
 
     def __init__(self, most: int = 4096) -> None:
-        self._answers: dict[str, tuple[float, bytes, float]] = {}
-        """batch id -> (the batch's updated_at, encoded Batch object, time.monotonic() it is kept until)"""
+        self._answers: dict[str, tuple[repo.BatchVersion, bytes, float]] = {}
+        """batch id -> (the batch's version, encoded Batch object, time.monotonic() it is kept until)"""
         self._most = most
 
-    def get(self, batch_id: str) -> tuple[float, bytes] | None:
-        """The ``updated_at`` and the answer kept for ``batch_id``, while it is fresh."""
+    def get(self, batch_id: str) -> tuple[repo.BatchVersion, bytes] | None:
+        """The version and the answer kept for ``batch_id``, while it is fresh."""
         kept = self._answers.get(batch_id)
         if kept is None:
             return None
@@ -61,21 +62,21 @@ class FinishedBatchAnswers:
             return None
         return kept[0], kept[1]
 
-    def keep(self, batch_id: str, updated_at: float, body: bytes, ttl_s: float) -> None:
-        """Keep a finished batch's answer for ``ttl_s`` (nothing for 0); the oldest goes when full."""
+    def keep(self, batch_id: str, version: repo.BatchVersion, body: bytes, ttl_s: float) -> None:
+        """Keep a batch's answer for ``ttl_s`` (nothing for 0); the oldest goes when full."""
         if ttl_s <= 0:
             return
         if len(self._answers) >= self._most and batch_id not in self._answers:
             del self._answers[next(iter(self._answers))]
-        self._answers[batch_id] = (updated_at, body, time.monotonic() + ttl_s)
+        self._answers[batch_id] = (version, body, time.monotonic() + ttl_s)
 
 
 def fast_status_reads(app: ASGIApp) -> ASGIApp:
     """Middleware of the retrieve-batch route: answer a plain status read here, pass anything else to ``app``."""
-    finished = FinishedBatchAnswers()
+    kept = KeptBatchAnswers()
 
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-        body = await _plain_answer(scope, finished) if scope["type"] == "http" else None
+        body = await _plain_answer(scope, kept) if scope["type"] == "http" else None
         if body is None:
             await app(scope, receive, send)
             return
@@ -86,7 +87,7 @@ def fast_status_reads(app: ASGIApp) -> ASGIApp:
     return answer
 
 
-async def _plain_answer(scope: Scope, finished: FinishedBatchAnswers) -> bytes | None:
+async def _plain_answer(scope: Scope, answers: KeptBatchAnswers) -> bytes | None:
     """The encoded Batch object when this read is the plain case, else None."""
     context: GatewayContext = scope["litestar_app"].state.context
     batch_id = scope["path_params"].get("batch_id", "")
@@ -95,7 +96,7 @@ async def _plain_answer(scope: Scope, finished: FinishedBatchAnswers) -> bytes |
     token = _bearer_token(scope["headers"])
     if token is None:
         return None
-    kept = finished.get(batch_id)
+    kept = answers.get(batch_id)
     if kept is not None:
         found_version = await repo.read_key_and_batch_version(context.point_reads, token, batch_id)
         if found_version is None or read_only_principal(context, found_version[0]) is None:
@@ -105,12 +106,11 @@ async def _plain_answer(scope: Scope, finished: FinishedBatchAnswers) -> bytes |
     found = await repo.read_batch_with_key(context.point_reads, token, batch_id)
     if found is None:
         return None
-    key, batch, open_shards = found
+    key, batch, open_shards, version = found
     if read_only_principal(context, key) is None:
         return None
     body = msgspec.json.encode(batch_object(batch, lifecycle.waiting_of(batch, open_shards)))
-    if batch.stage == "done":
-        finished.keep(batch.id, batch.updated_at, body, context.settings.status_cache_s)
+    answers.keep(batch.id, version, body, context.settings.status_cache_s)
     return body
 
 

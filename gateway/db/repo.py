@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import bindparam, func, or_, update
+from sqlalchemy import bindparam, case, func, literal_column, or_, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select as select_columns
 from sqlmodel import col, select
@@ -235,12 +235,22 @@ OpenShardWait = tuple[str, str | None, str | None, int]
 
 OPEN_SHARD_GROUPS = (
     select(col(Shard.state), col(Shard.wait_code), func.min(col(Shard.wait_detail)), func.count())
+    .add_columns(func.max(col(Shard.updated_at)))
     .where(col(Shard.batch_id) == bindparam("batch_id"), col(Shard.state) != bindparam("done"))
     .group_by(col(Shard.state), col(Shard.wait_code))
 )
-"""The unfinished shards of a batch grouped by state and wait code (:data:`OpenShardWait`): a few rows however
-many shards a batch has. Parameters ``batch_id``, and ``done`` = ``"done"`` (a parameter too: a point read's
-statement holds no bound values, as :class:`PointReads` compiles it once, as is)."""
+"""The unfinished shards of a batch grouped by state and wait code (:data:`OpenShardWait`, then the group's latest
+``updated_at``): a few rows however many shards a batch has. Parameters ``batch_id``, and ``done`` = ``"done"`` (a
+parameter too: a point read's statement holds no bound values, as :class:`PointReads` compiles it once, as is)."""
+
+BatchVersion = tuple[float, int, float | None]
+"""``(batch updated_at, open shards, their latest updated_at)``: what a status answer shows changes with it. Every
+write of a field a Batch object shows stamps the batch's ``updated_at``, and every write of a shard's state or wait
+stamps the shard's, so an answer read at one version holds while the version does."""
+
+_OPEN_SHARDS = (col(Shard.batch_id) == col(Batch.id), col(Shard.state) != bindparam("done"))
+_RUNNING = col(Batch.stage) != bindparam("done")
+"""A finished batch's version counts no shards, as its answer reads none (and SQLite then runs no subquery)."""
 
 _KEY_AND_BATCH = (
     select_columns(*_KEY_COLUMNS, *(getattr(Batch, name) for name in _BATCH_FIELDS))
@@ -257,7 +267,12 @@ _KEY_BATCH_AND_GROUPS = _KEY_AND_BATCH.add_columns(*_OPEN_GROUPS.c).outerjoin(
 
 
 _KEY_AND_BATCH_VERSION = (
-    select_columns(*_KEY_COLUMNS, col(Batch.updated_at))
+    select_columns(
+        *_KEY_COLUMNS,
+        col(Batch.updated_at),
+        case((_RUNNING, select(func.count()).where(*_OPEN_SHARDS).scalar_subquery()), else_=literal_column("0")),
+        case((_RUNNING, select(func.max(col(Shard.updated_at))).where(*_OPEN_SHARDS).scalar_subquery())),
+    )
     .join(Team, col(Team.id) == col(ApiKey.team_id))
     .join(Batch, col(Batch.team_id) == col(ApiKey.team_id))
     .where(col(ApiKey.key_hash) == bindparam("key_hash"), col(Batch.id) == bindparam("batch_id"))
@@ -266,22 +281,25 @@ _KEY_AND_BATCH_VERSION = (
 
 async def read_key_and_batch_version(
     reads: PointReads, secret: str, batch_id: str
-) -> tuple[PresentedKey, float] | None:
-    """The key a presented secret belongs to and the ``updated_at`` of its team's batch ``batch_id`` (every write a
-    batch's object shows stamps it), in one statement: whether an answer kept for that batch still holds. None
-    when the key is unknown or its team has no such batch."""
-    row = await reads.first(_KEY_AND_BATCH_VERSION, {"key_hash": hash_key(secret), "batch_id": batch_id})
+) -> tuple[PresentedKey, BatchVersion] | None:
+    """The key a presented secret belongs to and the version (:data:`BatchVersion`) of its team's batch
+    ``batch_id``, in one statement: whether an answer kept for that batch still holds. None when the key is unknown
+    or its team has no such batch."""
+    parameters = {"key_hash": hash_key(secret), "batch_id": batch_id, "done": "done"}
+    row = await reads.first(_KEY_AND_BATCH_VERSION, parameters)
     if row is None:
         return None
-    return PresentedKey(*row[: len(_KEY_COLUMNS)]), float(row[len(_KEY_COLUMNS)])
+    width = len(_KEY_COLUMNS)
+    updated, shards, latest = row[width:]
+    return PresentedKey(*row[:width]), (float(updated), int(shards), None if latest is None else float(latest))
 
 
 async def read_batch_with_key(
     reads: PointReads, secret: str, batch_id: str
-) -> tuple[PresentedKey, Batch, list[OpenShardWait]] | None:
-    """The key a presented secret belongs to, its team's batch ``batch_id`` (a :class:`BatchView`) and, while the
-    batch runs, its open shards' waits (grouped, :data:`OpenShardWait`). None when the key is unknown or its team
-    has no such batch.
+) -> tuple[PresentedKey, Batch, list[OpenShardWait], BatchVersion] | None:
+    """The key a presented secret belongs to, its team's batch ``batch_id`` (a :class:`BatchView`), while the
+    batch runs its open shards' waits (grouped, :data:`OpenShardWait`), and the version of what was read
+    (:data:`BatchVersion`). None when the key is unknown or its team has no such batch.
 
     Over a network (PostgreSQL) in one statement, a status read's one round trip. On a SQLite file, where a
     statement costs microseconds and the grouping would be paid by every read of a finished batch too, the open
@@ -290,16 +308,20 @@ async def read_batch_with_key(
     width, shard_at = len(_KEY_COLUMNS), len(_KEY_COLUMNS) + len(_BATCH_FIELDS)
     if reads.over_network:
         rows = await reads.all(_KEY_BATCH_AND_GROUPS, parameters)
+        if not rows:
+            return None
+        batch = _batch_view(rows[0][width:shard_at])
         groups = [row[shard_at:] for row in rows if row[shard_at] is not None]
     else:
         row = await reads.first(_KEY_AND_BATCH, parameters)
-        rows = [] if row is None else [row]
-        running = bool(rows) and _batch_view(rows[0][width:shard_at]).stage != "done"
-        groups = await reads.all(OPEN_SHARD_GROUPS, parameters) if running else []
-    if not rows:
-        return None
-    waits = [(str(state), code, detail, int(count)) for state, code, detail, count in groups]
-    return PresentedKey(*rows[0][:width]), _batch_view(rows[0][width:shard_at]), waits
+        if row is None:
+            return None
+        rows, batch = [row], _batch_view(row[width:shard_at])
+        groups = await reads.all(OPEN_SHARD_GROUPS, parameters) if batch.stage != "done" else []
+    waits = [(str(state), code, detail, int(count)) for state, code, detail, count, _ in groups]
+    latest = max((float(group[4]) for group in groups), default=None)
+    version = (float(batch.updated_at), sum(wait[3] for wait in waits), latest)
+    return PresentedKey(*rows[0][:width]), batch, waits, version
 
 
 async def list_batches(
@@ -449,6 +471,7 @@ async def record_batch_failure(
     values: dict[str, object] = {
         "stage_attempts": batch.stage_attempts + 1,
         "attempt_log": [*(batch.attempt_log or [])[-(ATTEMPT_LOG_KEEP - 1) :], entry],
+        "updated_at": time.time(),  # the batch's waiting reason names the failed attempt
     }
     if retry_at is not None:
         values |= {"next_action_at": retry_at, "lease_owner": None, "lease_expires_at": None}

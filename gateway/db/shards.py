@@ -351,8 +351,8 @@ async def open_shard_waits(source: AsyncSession | PointReads, batch_id: str) -> 
     if isinstance(source, PointReads):
         rows: Sequence[Sequence[Any]] = await source.all(OPEN_SHARD_GROUPS, parameters)
     else:
-        rows = (await source.exec(OPEN_SHARD_GROUPS, params=parameters)).all()
-    return [(str(state), code, detail, int(count)) for state, code, detail, count in rows]
+        rows = (await source.execute(OPEN_SHARD_GROUPS, params=parameters)).all()
+    return [(str(state), code, detail, int(count)) for state, code, detail, count, _ in rows]
 
 
 async def hold_for_operator(session: AsyncSession, batch_id: str, detail: str) -> None:

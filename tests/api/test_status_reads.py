@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import openai
 import pytest
@@ -175,10 +175,26 @@ async def _finished_answers(database_kind: str, tmp_path: Path) -> None:
             body["metadata"].pop("gateway_waiting", None)  # the open shard's wait, which batch_object is not given
             return body
 
-        running = await change(request_completed=3)
+        async def waiting() -> str | None:
+            answered = await route.read(batch.id, bearer)
+            assert answered is not None
+            return cast("str | None", json.loads(answered[2])["metadata"].get("gateway_waiting"))
+
+        running = await change(request_completed=3, updated_at=time.time())
         assert await shown() == running
-        running = await change(request_completed=4)
-        assert await shown() == running, "a running batch is read afresh every time"
+        running = await change(request_completed=4, updated_at=time.time())
+        assert await shown() == running, "a change of a running batch (its updated_at) shows on the next read"
+        assert await change(request_completed=5) != running
+        assert await shown() == running, "a running batch's answer is kept too"
+        async with transaction(context.sessions) as session:
+            await session.exec(
+                update(Shard)
+                .where(col(Shard.batch_id) == batch.id)
+                .values(wait_code="provider_turnaround", wait_detail="running at floor", updated_at=time.time())
+            )
+        assert await waiting() == "running at floor", (
+            "a change of an open shard (its updated_at) shows on the next read"
+        )
 
         finished = await change(status="completed", stage="done", completed_at=7, updated_at=time.time())
         await route.read(batch.id, bearer)  # kept now
@@ -212,9 +228,7 @@ async def _finished_answers(database_kind: str, tmp_path: Path) -> None:
         assert await shown() == changed, "status_cache_s = 0 keeps nothing"
 
 
-def test_a_finished_batch_is_answered_from_memory_while_its_key_and_version_hold(
-    database_kind: str, tmp_path: Path
-) -> None:
+def test_a_batch_is_answered_from_memory_while_its_key_and_version_hold(database_kind: str, tmp_path: Path) -> None:
     asyncio.run(_finished_answers(database_kind, tmp_path))
 
 

@@ -285,18 +285,40 @@ async def _status_read_with_open_shards(database_kind: str, tmp_path: Path) -> N
                 shard = Shard(batch_id=batch.id, seq=seq, provider="p", model="m", provider_model="m")
                 shard.input_key, shard.state, shard.wait_code = f"in/{seq}", state, code
                 session.add(shard)
+        async with transaction(context.sessions) as session:
+            stamps = (await session.exec(select(Shard.updated_at).where(col(Shard.state) != "done"))).all()
         for _ in range(2):  # the ordinary path (a process's first read), then the direct one
             found = await repo.read_batch_with_key(context.point_reads, secret, batch.id)
             assert found is not None
-            _key, shown, open_shards = found
+            _key, shown, open_shards, version = found
             assert shown.id == batch.id and shown.stage == "run"
             assert sorted(open_shards) == [("queued", "rate_limited", None, 2), ("running", None, None, 2)]
             assert sorted(open_shards) == sorted(await shard_db.open_shard_waits(context.point_reads, batch.id))
-        # A finished batch reads no shards, even one left unfinished.
+            assert version == (shown.updated_at, 4, max(stamps)), "the batch's stamp, its open shards and their latest"
+            checked = await repo.read_key_and_batch_version(context.point_reads, secret, batch.id)
+            assert checked is not None and checked[1] == version, "the version check reads the same version"
+
+        async def version_now() -> repo.BatchVersion:
+            checked = await repo.read_key_and_batch_version(context.point_reads, secret, batch.id)
+            assert checked is not None
+            return checked[1]
+
+        for values, case in (
+            ({"wait_detail": "a new wait", "updated_at": max(stamps) + 1}, "a stamped shard"),
+            ({"state": "done", "updated_at": 1.0}, "a shard that closed"),
+        ):
+            before = await version_now()
+            async with transaction(context.sessions) as session:
+                first = (await session.exec(select(Shard).where(col(Shard.state) == "running"))).first()
+                assert first is not None
+                await session.exec(update(Shard).where(col(Shard.id) == first.id).values(**values))
+            assert await version_now() != before, f"{case} changes the version"
+        # A finished batch reads no shards, even one left unfinished, and its version counts none.
         async with transaction(context.sessions) as session:
             await session.exec(update(Batch).where(col(Batch.id) == batch.id).values(stage="done", status="failed"))
         found = await repo.read_batch_with_key(context.point_reads, secret, batch.id)
         assert found is not None and found[2] == [] and found[1].stage == "done"
+        assert found[3] == (found[1].updated_at, 0, None) == await version_now()
 
 
 def test_a_status_read_gets_the_key_the_batch_and_its_open_shards_together(database_kind: str, tmp_path: Path) -> None:
