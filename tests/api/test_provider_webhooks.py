@@ -16,13 +16,15 @@ from standardwebhooks.webhooks import Webhook
 
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.api.batch_helpers import assert_error
-from tests.conftest import GatewayProcess, loopback, simulated_provider_env
+from tests.conftest import GatewayProcess, free_port, loopback, simulated_provider_env
 from tests.engine import chat_requests, emulator_log, submit
 from tests.observability import samples, scrape
 
 SECRET = "whsec_" + base64.b64encode(b"the provider's webhook key, 32b!").decode()
 POLL_S = 60
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+SAFETY_NET_S = 6.0
+"""The first poll at a provider whose webhooks announce ended batches, in the ``safety_net`` gateway."""
 """The gateway's provider polls come this far apart: a batch done sooner was announced by its webhook."""
 
 
@@ -56,17 +58,22 @@ def hooked(gateway_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> It
 def safety_net(
     gateway_factory: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[GatewayProcess, SimulatorCluster]]:
-    """A gateway polling its providers from 0.25 s, except ``hooked``, whose webhooks announce ended batches: from
-    ``POLL_S`` there. Both emulated providers take 3 s per batch."""
+    """A gateway polling its providers from 0.25 s, except those whose webhooks announce ended batches: from
+    ``SAFETY_NET_S`` there. ``hooked``'s webhooks arrive; ``deaf``'s go to a port nobody listens on. The emulated
+    providers take 2 s per batch."""
     gateway: GatewayProcess = gateway_factory()
     url = f"{gateway.base_url}/webhooks/providers/hooked"
+    nowhere = f"http://127.0.0.1:{free_port()}/webhooks/providers/deaf"
     specs = [
-        ProviderSpec(name="hooked", webhook_url=url, webhook_secret=SECRET, processing_delay_s=3.0),
-        ProviderSpec(name="quiet", processing_delay_s=3.0),
+        ProviderSpec(name="hooked", webhook_url=url, webhook_secret=SECRET, processing_delay_s=2.0),
+        ProviderSpec(name="deaf", webhook_url=nowhere, webhook_secret=SECRET, processing_delay_s=2.0),
+        ProviderSpec(name="quiet", processing_delay_s=2.0),
     ]
     with SimulatorCluster(specs, control_port=0) as cluster:
+        hooks = {"webhook_secret_env": "HOOKS"}
         providers = {
-            "hooked": {"emulator": "hooked", "models": {"gpt-4o-mini": "gpt-4o-mini"}, "webhook_secret_env": "HOOKS"},
+            "hooked": {"emulator": "hooked", "models": {"gpt-4o-mini": "gpt-4o-mini"}, **hooks},
+            "deaf": {"emulator": "deaf", "models": {"deaf-model": "gpt-4o-mini"}, **hooks},
             "quiet": {"emulator": "quiet", "models": {"other-model": "gpt-4o-mini"}},
         }
         gateway.extra_env.update(simulated_provider_env(cluster, tmp_path_factory.mktemp("net"), providers))
@@ -74,7 +81,7 @@ def safety_net(
             {
                 "HOOKS": SECRET,
                 "BATCHGW_WORKER__PROVIDER_POLL_MIN_S": "0.25",
-                "BATCHGW_WORKER__PROVIDER_POLL_ANNOUNCED_MIN_S": str(POLL_S),
+                "BATCHGW_WORKER__PROVIDER_POLL_ANNOUNCED_MIN_S": str(SAFETY_NET_S),
                 "BATCHGW_WORKER__PROVIDER_POLL_MAX_S": str(POLL_S),
             }
         )
@@ -134,17 +141,24 @@ def test_an_event_reaches_the_batch_of_another_provider_on_the_same_project(hook
 def test_a_provider_that_announces_ended_batches_is_polled_as_a_safety_net_only(
     safety_net: tuple[GatewayProcess, SimulatorCluster],
 ) -> None:
-    """At ``hooked`` the first poll is ``POLL_S`` after the submit, so its batch's one status read is the poll its
-    webhook brought; ``quiet`` sends none, and its batch is polled from 0.25 s on, doubling."""
+    """At ``hooked`` the first poll is ``SAFETY_NET_S`` after the submit, so its batch's one status read is the poll
+    its webhook brought, seconds before; ``deaf``'s webhooks never arrive, and the first poll finds its batch ended;
+    ``quiet`` sends none, and its batch is polled from 0.25 s on, doubling."""
     gateway, cluster = safety_net
     client = gateway.client(gateway.create_key("net"))
-    started = time.monotonic()
-    batches = [submit(client, chat_requests(5)), submit(client, chat_requests(5, model="other-model"))]
-    for batch in batches:
+    submitted = {
+        provider: (time.monotonic(), submit(client, chat_requests(5, model=model)))
+        for provider, model in (("hooked", "gpt-4o-mini"), ("deaf", "deaf-model"), ("quiet", "other-model"))
+    }
+    ended_after: dict[str, float] = {}
+    for provider, (started, batch) in submitted.items():
         while (batch := client.batches.retrieve(batch.id)).status not in TERMINAL:
             assert time.monotonic() - started < POLL_S / 2, f"still {batch.status}"
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert batch.status == "completed", batch.errors
+        ended_after[provider] = time.monotonic() - started
+    assert ended_after["hooked"] < SAFETY_NET_S, "the webhook brought the poll"
+    assert ended_after["deaf"] >= SAFETY_NET_S, "no webhook: the first poll, at the safety net's delay, found the end"
 
     def status_reads(provider: str) -> int:
         return sum(
@@ -152,6 +166,7 @@ def test_a_provider_that_announces_ended_batches_is_polled_as_a_safety_net_only(
         )
 
     assert status_reads("hooked") == 1
+    assert status_reads("deaf") == 1
     assert status_reads("quiet") >= 3
 
 
