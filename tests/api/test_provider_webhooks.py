@@ -22,10 +22,10 @@ from tests.observability import samples, scrape
 
 SECRET = "whsec_" + base64.b64encode(b"the provider's webhook key, 32b!").decode()
 POLL_S = 60
-TERMINAL = ("completed", "failed", "expired", "cancelled")
+"""The gateway's provider polls come this far apart: a batch done sooner was announced by its webhook."""
 SAFETY_NET_S = 6.0
 """The first poll at a provider whose webhooks announce ended batches, in the ``safety_net`` gateway."""
-"""The gateway's provider polls come this far apart: a batch done sooner was announced by its webhook."""
+TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 @pytest.fixture(scope="module")
