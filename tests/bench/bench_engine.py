@@ -25,12 +25,12 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from gateway.settings import WorkerSettings
 from gateway.simulator import ProviderSpec, SimulatorCluster
 from tests.bench import RssSampler, high_water_mark
+from tests.bench.job_stages import log_events
 from tests.conftest import GatewayProcess, free_port, simulated_provider_env
 from tests.engine import CHAT, worker_process
 
@@ -38,7 +38,6 @@ MB = 1_000_000
 TARGET_S = 20.0
 TARGET_RSS_MB = 300.0
 EMULATOR = "bench"
-LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ (\S+): (.*)$")
 
 
 class JobWatcher(threading.Thread):
@@ -94,17 +93,6 @@ def write_input(path: Path, count: int) -> int:
             }
             out.write(json.dumps({"custom_id": f"req-{i:07d}", "method": "POST", "url": CHAT, "body": body}) + "\n")
     return path.stat().st_size
-
-
-def log_events(log: str) -> list[tuple[float, str, str]]:
-    """(unix time, logger, message) of every line of a worker log."""
-    events = []
-    for line in log.splitlines():
-        match = LOG_LINE.match(line)
-        if match:
-            stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            events.append((stamp, match.group(2), match.group(3)))
-    return events
 
 
 def milestones(

@@ -14,7 +14,10 @@ ended batch at once instead of at its next scheduled poll.
 Printed per size: both times and their ratio; the input's MB over the time from the upload's start
 to the batch leaving ``validating``, as the client sees it (so it includes the worker noticing the new
 batch); the gateway's CPU seconds (API + worker, with the worker's CPU processes) per 100,000 requests;
-the peak RSS of each process.
+the peak RSS of each process. Then, per size, where the gateway's time went: each step it logs (validated,
+routed, canary released, last shard submitted, the provider's last end announced by its webhook, last shard
+collected, merged) in seconds after the create call, beside the floor's wait for its own batches
+(:mod:`tests.bench.job_stages`).
 Then status reads with 32 connections for ``--status-seconds``, emulator and gateway interleaved, of a
 completed batch and then of a batch in progress (100 requests held running by the emulator's ``stall``
 fault; the gateway's status of such a batch also reads its open shards): requests per second and p50/p99
@@ -48,6 +51,7 @@ import psutil
 from gateway.settings import WorkerSettings
 from tests.bench import EmulatorProcess, RssSampler, emulator_process, fresh_database
 from tests.bench.bench_engine import write_input
+from tests.bench.job_stages import MILESTONES, job_milestones, median_milestones
 from tests.conftest import GatewayProcess, free_port
 from tests.engine import worker_process
 
@@ -75,6 +79,12 @@ class JobRun:
     download_s: float
     lines: int
     batch_id: str
+    created_at: float = 0.0
+    """Unix time of the create call (the logs' clock)."""
+    ended_at: float = 0.0
+    """Unix time the client saw the batch end."""
+    milestones: dict[str, float] = field(default_factory=dict)
+    """Seconds from the create call to each step the gateway logged (:mod:`tests.bench.job_stages`)."""
 
     @property
     def total_s(self) -> float:
@@ -86,6 +96,8 @@ class SizeFigures:
     requests: int
     input_mb: float
     floor: list[float] = field(default_factory=list)
+    floor_wait: list[float] = field(default_factory=list)
+    """The floor's seconds from each create call to its batch's end, summed over a split job's parts."""
     floor_batch_id: str = ""
     gateway: list[JobRun] = field(default_factory=list)
     cpu_s: list[float] = field(default_factory=list)
@@ -111,6 +123,7 @@ def run_job(client: openai.OpenAI, path: Path) -> JobRun:
     with path.open("rb") as handle:
         file = client.files.create(file=(path.name, handle), purpose="batch")
     uploaded = time.monotonic()
+    created_at = time.time()
     batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
     validated: float | None = None
     while batch.status not in TERMINAL:
@@ -119,6 +132,7 @@ def run_job(client: openai.OpenAI, path: Path) -> JobRun:
         time.sleep(POLL_S)
         batch = client.batches.retrieve(batch.id)
     done = time.monotonic()
+    ended_at = time.time()
     if batch.status != "completed" or batch.output_file_id is None:
         raise RuntimeError(f"batch {batch.id} ended {batch.status}: {batch.errors}")
     lines = 0
@@ -133,6 +147,8 @@ def run_job(client: openai.OpenAI, path: Path) -> JobRun:
         download_s=finished - done,
         lines=lines,
         batch_id=batch.id,
+        created_at=created_at,
+        ended_at=ended_at,
     )
 
 
@@ -307,6 +323,7 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
                 if sum(run.lines for run in floor_runs) != count:
                     raise RuntimeError("the floor's outputs do not hold one line per request")
                 figures.floor.append(sum(run.total_s for run in floor_runs))
+                figures.floor_wait.append(sum(run.wait_s for run in floor_runs))
                 figures.floor_batch_id = floor_runs[-1].batch_id
                 samplers = [RssSampler(pid, interval=0.02) for pid in pids]
                 for sampler in samplers:
@@ -319,6 +336,7 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
                 figures.worker_rss = max(figures.worker_rss, worker_peak)
                 if run.lines != count:
                     raise RuntimeError(f"the gateway's output has {run.lines} lines for {count} requests")
+                run.milestones = job_milestones([api.log(), worker.log()], run.batch_id, run.created_at, run.ended_at)
                 figures.gateway.append(run)
                 report_size(figures, live=True)
             sizes.append(figures)
@@ -401,6 +419,7 @@ def report(
             f"{gateway / floor:>6.2f}x {'<=' + format(goal, '.2f'):>7} {figures.input_mb / intake:>19.0f} "
             f"{cpu:>11.2f} {figures.api_rss / MB:>6.0f}MB {figures.worker_rss / MB:>9.0f}MB"
         )
+    report_milestones(sizes)
     for title, pairs in (("a completed batch", status.completed), ("a batch in progress", status.live)):
         print(f"\nstatus reads of {title}, {STATUS_CONNECTIONS} connections")
         print(f"{'':>10} {'RPS':>8} {'p50 ms':>8} {'p99 ms':>8} {'API CPU ms/read':>16} {'client CPU':>11}")
@@ -416,6 +435,25 @@ def report(
                 f"{'':>10} gateway/emulator RPS {share:.2f} (goal >= {GOAL_STATUS_SHARE}), by server CPU per read "
                 f"{capacity:.2f}; p99 {gateway_figures.p99_ms:.0f} ms (goal < {GOAL_STATUS_P99_MS:.0f} ms)"
             )
+
+
+def report_milestones(sizes: list[SizeFigures]) -> None:
+    """Where the gateway's jobs spent their time, step by step (a step with no log line shows ``-``), beside the
+    floor's wait for the same jobs: medians over the rounds."""
+    names = [name for name, _, _ in MILESTONES]
+    print("\nwhere the gateway's time went: seconds after the create call (upload: before it; download: after)")
+    print(f"{'requests':>10} {'upload':>7} " + " ".join(f"{name:>{max(9, len(name))}}" for name in names)
+          + f" {'client sees':>11} {'download':>9} {'floor sees':>11}")  # fmt: skip
+    for figures in sizes:
+        runs = figures.gateway
+        steps = median_milestones([run.milestones for run in runs])
+        cells = [f"{steps[name]:.2f}" if name in steps else "-" for name in names]
+        print(
+            f"{figures.requests:>10,} {statistics.median(run.upload_s for run in runs):>7.2f} "
+            + " ".join(f"{cell:>{max(9, len(name))}}" for name, cell in zip(names, cells, strict=True))
+            + f" {statistics.median(run.wait_s for run in runs):>11.2f}"
+            f" {statistics.median(run.download_s for run in runs):>9.2f} {statistics.median(figures.floor_wait):>11.2f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
