@@ -55,7 +55,7 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
             storage_key = f"outputs/{batch.id}/{kind}.t{lease.token}.jsonl"
             if extra:
                 size = await context.blobs.write_stream(storage_key, _concat(context, batch, keys, extra))
-            else:  # the common case: the store joins the shards' blobs (the kernel copies them, on local disk)
+            else:  # the common case: the store joins the shards' blobs (on local disk it links them: no copy)
                 size = await context.blobs.concat(storage_key, keys)
             if size == 0:
                 await context.blobs.delete(storage_key)

@@ -1,4 +1,13 @@
-"""The embedded default blob store: files under one local folder."""
+"""The embedded default blob store: files under one local folder.
+
+Joining blobs (a batch's merge, :meth:`LocalBlobStore.concat`) copies no byte: the joined blob is a *composite*,
+a folder under the blob's name holding a hard link to each part, in order, and the mark file
+:data:`COMPOSITE_MARK`. A hard link is a second name of the same bytes: the parts may be deleted afterwards (the
+merge deletes the shards' blobs) and the composite still holds them, and deleting the composite deletes only its
+names. Reads, sizes, listings and local copies treat a composite as the one blob it stands for. Where a link
+cannot be made (the parts on another filesystem, a filesystem without hard links), the parts are copied into one
+file instead, by the kernel where it can.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +32,10 @@ _KERNEL_COPY = hasattr(os, "copy_file_range")  # Linux
 _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF})
 """``copy_file_range`` errors that mean "copy it by reading" (another filesystem, an old kernel)."""
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+COMPOSITE_MARK = ".composite"
+"""The file that makes a folder a composite blob (see the module docstring); its other files are the parts."""
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES})
+"""``link`` errors that mean "join by copying" (another filesystem, no hard links there, too many links)."""
 
 
 class LocalBlobStore(BlobStore):
@@ -61,15 +74,18 @@ class LocalBlobStore(BlobStore):
         return written
 
     async def concat(self, key: str, parts: Sequence[str]) -> int:
-        """The parts joined by the kernel (no bytes pass through the process), in a worker thread."""
+        """The parts joined as a composite of hard links (see the module docstring), else copied by the kernel
+        into one file; no byte passes through the process. Replacing a blob already stored under ``key`` by a
+        composite leaves a moment when ``key`` names nothing (a merge writes under a name of its own)."""
         sources = [self._path(part) for part in parts]
         target = self._path(key)
-        return await anyio.to_thread.run_sync(_join_files, sources, target, parts)
+        return await anyio.to_thread.run_sync(_link_or_join_files, sources, target, parts)
 
     async def put_file(self, key: str, path: Path) -> int:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         size = path.stat().st_size
+        _remove_composite(target)
         try:
             os.replace(path, target)
         except OSError as exc:
@@ -88,29 +104,39 @@ class LocalBlobStore(BlobStore):
     async def iter_bytes(
         self, key: str, chunk_size: int = CHUNK_SIZE, *, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        try:
-            handle = await anyio.open_file(self._path(key), "rb")
-        except FileNotFoundError:
-            raise BlobMissing(key) from None
-        async with handle:
-            if start:
-                await handle.seek(start)
-            remaining = None if end is None else max(0, end - start)
-            while remaining is None or remaining > 0:
-                size = chunk_size if remaining is None else min(chunk_size, remaining)
-                chunk = await handle.read(size)
-                if not chunk:
-                    return
-                if remaining is not None:
-                    remaining -= len(chunk)
+        path = self._path(key)
+        parts = _composite_parts(path)
+        if parts is None:
+            async for chunk in _file_bytes(path, key, chunk_size, start, end):
                 yield chunk
+            return
+        offset = 0  # where the part begins in the composite
+        for part in parts:
+            if end is not None and offset >= end:
+                return
+            size = _part_size(part, key)
+            if start < offset + size:
+                stop = None if end is None or end >= offset + size else end - offset
+                async for chunk in _file_bytes(part, key, chunk_size, max(0, start - offset), stop):
+                    yield chunk
+            offset += size
 
     @asynccontextmanager
     async def local_copy(self, key: str) -> AsyncIterator[Path]:
         path = self._path(key)
-        if not path.is_file():
-            raise BlobMissing(key)
-        yield path
+        parts = _composite_parts(path)
+        if parts is None:
+            if not path.is_file():
+                raise BlobMissing(key)
+            yield path
+            return
+        # A composite is no one file: its parts are copied into a scratch file (by the kernel where it can).
+        copy = scratch_file(self.scratch, suffix=".jsonl")
+        try:
+            await anyio.to_thread.run_sync(_copy_parts, parts, copy, key)
+            yield copy
+        finally:
+            copy.unlink(missing_ok=True)
 
     @asynccontextmanager
     async def staged(self, key: str) -> AsyncIterator[Path]:
@@ -124,16 +150,22 @@ class LocalBlobStore(BlobStore):
             with _storage_errors():
                 if not tmp.exists():
                     tmp.touch()
+                _remove_composite(target)
                 os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
 
     async def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        path = self._path(key)
+        return path.is_file() or _composite_parts(path) is not None
 
     async def size(self, key: str) -> int:
+        path = self._path(key)
+        parts = _composite_parts(path)
+        if parts is not None:
+            return sum(_part_size(part, key) for part in parts)
         try:
-            return self._path(key).stat().st_size
+            return path.stat().st_size
         except FileNotFoundError:
             raise BlobMissing(key) from None
 
@@ -163,7 +195,10 @@ class LocalBlobStore(BlobStore):
             for path in self._resolved_root.rglob(f"*{PART_SUFFIX}"):
                 with contextlib.suppress(FileNotFoundError):
                     if path.stat().st_mtime < older_than:
-                        path.unlink()
+                        if path.is_dir():  # a composite whose join was cut short
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink()
                         removed += 1
             return removed
 
@@ -203,13 +238,129 @@ def _join_files(sources: list[Path], target: Path, keys: Sequence[str]) -> int:
     with _written_whole(target) as tmp, tmp.open("wb", buffering=0) as out:
         # Unbuffered: the kernel's copies and this process's writes go to the same file offset.
         for source, key in zip(sources, keys, strict=True):
+            for piece in _composite_parts(source) or [source]:  # a composite part: its own parts, in order
+                try:
+                    handle = piece.open("rb", buffering=0)
+                except (FileNotFoundError, IsADirectoryError):
+                    raise BlobMissing(key) from None
+                with handle:
+                    written += _copy_all(handle, out)
+    return written
+
+
+def _link_or_join_files(sources: list[Path], target: Path, keys: Sequence[str]) -> int:
+    """Join ``sources`` under ``target`` as a composite of hard links, else by copying; the bytes joined."""
+    try:
+        return _link_files(sources, target, keys)
+    except _CannotLink:
+        return _join_files(sources, target, keys)
+
+
+class _CannotLink(Exception):
+    """A part cannot be hard-linked into a composite: the parts are copied instead."""
+
+
+def _link_files(sources: list[Path], target: Path, keys: Sequence[str]) -> int:
+    """A composite of hard links to ``sources`` under ``target``, built under a temporary name and renamed."""
+    tmp = target.with_name(target.name + PART_SUFFIX)
+    size = 0
+    try:
+        _remove_any(tmp)  # a join cut short before
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        for index, (source, key) in enumerate(zip(sources, keys, strict=True)):
+            link = tmp / f"{index:06d}"
             try:
-                handle = source.open("rb", buffering=0)
+                if not source.is_file():
+                    if source.is_dir():
+                        raise _CannotLink  # a composite itself: its parts are copied
+                    raise BlobMissing(key)
+                os.link(source, link)
+            except FileNotFoundError:
+                raise BlobMissing(key) from None
+            except OSError as exc:
+                if exc.errno in _NO_LINK:
+                    raise _CannotLink from None
+                raise
+            size += link.stat().st_size
+        (tmp / COMPOSITE_MARK).touch()
+        if target.exists() or target.is_symlink():
+            # Another blob under this name: set aside, then removed once the composite stands in its place.
+            old = target.with_name(f"{target.name}.old{PART_SUFFIX}")
+            _remove_any(old)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            _remove_any(old)
+        else:
+            os.replace(tmp, target)
+    except OSError as exc:
+        _remove_any(tmp)
+        if not isinstance(exc, BlobMissing):
+            _raise_full(exc)
+        raise
+    except BaseException:
+        _remove_any(tmp)
+        raise
+    return size
+
+
+def _composite_parts(path: Path) -> list[Path] | None:
+    """The parts of the composite blob at ``path``, in order; None when ``path`` is no composite."""
+    if not (path / COMPOSITE_MARK).is_file():
+        return None
+    return sorted(part for part in path.iterdir() if part.name != COMPOSITE_MARK)
+
+
+def _part_size(part: Path, key: str) -> int:
+    try:
+        return part.stat().st_size
+    except FileNotFoundError:
+        raise BlobMissing(key) from None
+
+
+def _remove_composite(path: Path) -> None:
+    """Remove the composite blob at ``path``, if there is one, before another blob is stored there."""
+    if _composite_parts(path) is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_any(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _copy_parts(parts: list[Path], dest: Path, key: str) -> None:
+    """Write a composite's parts one after another into ``dest``."""
+    with dest.open("wb", buffering=0) as out:
+        for part in parts:
+            try:
+                handle = part.open("rb", buffering=0)
             except FileNotFoundError:
                 raise BlobMissing(key) from None
             with handle:
-                written += _copy_all(handle, out)
-    return written
+                _copy_all(handle, out)
+
+
+async def _file_bytes(path: Path, key: str, chunk_size: int, start: int, end: int | None) -> AsyncIterator[bytes]:
+    """The bytes ``start`` to ``end`` (None: the end) of the file at ``path``, which stores (part of) ``key``."""
+    try:
+        handle = await anyio.open_file(path, "rb")
+    except (FileNotFoundError, IsADirectoryError):
+        raise BlobMissing(key) from None
+    async with handle:
+        if start:
+            await handle.seek(start)
+        remaining = None if end is None else max(0, end - start)
+        while remaining is None or remaining > 0:
+            size = chunk_size if remaining is None else min(chunk_size, remaining)
+            chunk = await handle.read(size)
+            if not chunk:
+                return
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
 
 
 @contextlib.contextmanager
@@ -220,6 +371,7 @@ def _written_whole(path: Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
+        _remove_composite(path)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -277,6 +429,16 @@ def _walk(folder: Path, root: Path, scratch: Path) -> list[tuple[str, int, float
         if Path(directory) == scratch or scratch in Path(directory).parents:
             subdirs.clear()
             continue
+        for name in list(subdirs):
+            path = Path(directory) / name
+            if name.endswith(PART_SUFFIX):
+                subdirs.remove(name)  # a composite being joined
+            elif (parts := _composite_parts(path)) is not None:
+                subdirs.remove(name)  # one blob, not a folder of blobs
+                with contextlib.suppress(FileNotFoundError):
+                    size = sum(part.stat().st_size for part in parts)
+                    modified = (path / COMPOSITE_MARK).stat().st_mtime
+                    found.append((path.relative_to(root).as_posix(), size, modified))
         for name in files:
             if name.endswith(PART_SUFFIX):
                 continue
