@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -124,3 +125,16 @@ def fresh_database(url: str | None, workdir: Path) -> Iterator[tuple[str, str | 
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def cpu_seconds(pids: list[int], *, children: bool = True) -> float:
+    """CPU seconds the processes ``pids`` (with ``children``, and their live children: the worker's CPU
+    processes) have used."""
+    total = 0.0
+    for pid in pids:
+        process = psutil.Process(pid)
+        for member in (process, *(process.children(recursive=True) if children else ())):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = member.cpu_times()
+                total += times.user + times.system
+    return total

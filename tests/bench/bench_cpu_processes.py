@@ -25,9 +25,9 @@ import httpx
 import openai
 import psutil
 
-from tests.bench import EmulatorProcess, emulator_process, fresh_database
+from tests.bench import EmulatorProcess, cpu_seconds, emulator_process, fresh_database
 from tests.bench.bench_engine import write_input
-from tests.bench.bench_floor import cpu_seconds, gateway_env, run_job
+from tests.bench.bench_floor import gateway_env, run_job
 from tests.conftest import GatewayProcess, cpu_pool_processes, free_port
 
 MB = 1_000_000
