@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -225,3 +226,30 @@ async def test_no_socket_or_folder_is_left_behind(pool: CpuPool, tmp_path: Path)
                 await line_check.feed(lines(20))
                 raise RuntimeError("the upload failed")
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_an_upload_stopped_in_the_turn_the_check_connects_logs_no_error(
+    tmp_path: Path,
+) -> None:
+    """The check process connects in the very turn of the event loop in which the upload stops waiting for it (a
+    full disk failed the upload): the accept queued for that turn must not complete the cancelled wait."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    path = str(tmp_path / "check.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, socket.socket(socket.AF_UNIX) as process:
+        listener.bind(path)
+        listener.listen(1)
+        listener.setblocking(False)
+        never = asyncio.ensure_future(asyncio.Event().wait())  # the check process's step, still running
+        line_check = upload_check.UploadLineCheck(never, listener)
+        waiting = asyncio.ensure_future(line_check._accepted(loop, listener, never))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the accept finds no connection and waits for one
+        process.connect(path)  # the next turn's poll finds it ...
+        waiting.cancel()  # ... and this cancel runs in that turn, before the accept
+        await asyncio.wait({waiting})
+        assert waiting.cancelled()
+        await asyncio.sleep(0.05)
+        never.cancel()
+    assert errors == [], errors

@@ -133,6 +133,10 @@ class UploadLineCheck:
             await asyncio.wait({accepting, task}, timeout=CONNECT_S, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not accepting.done():
+                # The connection may arrive in this very turn of the loop, its accept already queued to run after
+                # this: its reader is taken off first, else it would set a result on the cancelled accept (Python
+                # 3.11's loop logs that as an error with a traceback) and the connection would be left open.
+                loop.remove_reader(listener.fileno())
                 accepting.cancel()
         if accepting.done() and not accepting.cancelled() and accepting.exception() is None:
             return accepting.result()[0]
