@@ -53,6 +53,17 @@ async def status_calls(cluster: SimulatorCluster, name: str = "sim") -> tuple[in
     return listed, len(gets) - listed
 
 
+async def ended_at_the_emulator(
+    cluster: SimulatorCluster, *batch_ids: str, name: str = "sim", timeout: float = 20.0
+) -> None:
+    """Wait until the emulator's own records show the batches ended, without a status call the test counts."""
+    deadline = time.monotonic() + timeout
+    jobs = cluster.state(name).jobs
+    while any(jobs[batch_id].status != "completed" for batch_id in batch_ids):
+        assert time.monotonic() < deadline, f"{batch_ids} did not end within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
 async def test_the_polls_of_one_tick_share_one_list_call(
     adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
 ) -> None:
@@ -62,7 +73,8 @@ async def test_the_polls_of_one_tick_share_one_list_call(
     results = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
     assert await status_calls(cluster) == (1, 2)  # ten polls: the first alone again, then one page for the rest
     assert not first.state.is_terminal and not any(result.state.is_terminal for result in results)
-    await asyncio.sleep(2.0)  # the page is too old now and the batches have ended
+    await asyncio.sleep(2.0)  # the page is too old now
+    await ended_at_the_emulator(cluster, *ids)
     ended = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
     assert [(result.state, result.total) for result in ended] == [(ProviderBatchState.COMPLETED, 2)] * 10
     assert await status_calls(cluster) == (2, 3)  # again: the first poll alone, then one page
@@ -149,10 +161,9 @@ async def test_collection_reads_the_file_ids_from_the_poll_that_saw_the_end(
 async def test_a_batch_older_than_the_newest_page_is_retrieved(
     adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
 ) -> None:
-    started = asyncio.get_running_loop().time()
     oldest, *_ = await submitted(adapter, tmp_path, 101, size=1)
     newest = (await submitted(adapter, tmp_path, 1, size=1))[0]
-    await asyncio.sleep(max(0.0, started + 1.8 - asyncio.get_running_loop().time()))  # the oldest has ended
+    await ended_at_the_emulator(cluster, oldest)
     results = await asyncio.gather(adapter.poll(newest), adapter.poll(oldest))
     assert results[1].state is ProviderBatchState.COMPLETED and results[1].total == 1
     assert await status_calls(cluster) == (1, 2)  # newest alone at first, then the page, then oldest not on it
@@ -170,7 +181,8 @@ async def test_message_batches_share_one_list_call_too(
     running = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
     assert not any(result.state.is_terminal for result in running)
     assert await status_calls(cluster, "claude") == (1, 1)  # the first alone, then one page for the other four
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the page is too old now
+    await ended_at_the_emulator(cluster, *ids, name="claude")
     ended = await asyncio.gather(*(adapter.poll(batch_id) for batch_id in ids))
     assert [result.state for result in ended] == [ProviderBatchState.COMPLETED] * 5
     before = await status_calls(cluster, "claude")
