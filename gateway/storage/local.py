@@ -238,13 +238,7 @@ def _join_files(sources: list[Path], target: Path, keys: Sequence[str]) -> int:
     with _written_whole(target) as tmp, tmp.open("wb", buffering=0) as out:
         # Unbuffered: the kernel's copies and this process's writes go to the same file offset.
         for source, key in zip(sources, keys, strict=True):
-            for piece in _composite_parts(source) or [source]:  # a composite part: its own parts, in order
-                try:
-                    handle = piece.open("rb", buffering=0)
-                except (FileNotFoundError, IsADirectoryError):
-                    raise BlobMissing(key) from None
-                with handle:
-                    written += _copy_all(handle, out)
+            written += _append_files(out, _composite_parts(source) or [source], key)  # a composite: its parts
     return written
 
 
@@ -334,13 +328,20 @@ def _remove_any(path: Path) -> None:
 def _copy_parts(parts: list[Path], dest: Path, key: str) -> None:
     """Write a composite's parts one after another into ``dest``."""
     with dest.open("wb", buffering=0) as out:
-        for part in parts:
-            try:
-                handle = part.open("rb", buffering=0)
-            except FileNotFoundError:
-                raise BlobMissing(key) from None
-            with handle:
-                _copy_all(handle, out)
+        _append_files(out, parts, key)
+
+
+def _append_files(out: FileIO, files: list[Path], key: str) -> int:
+    """Append ``files``, which store blob ``key``, to ``out`` in order; the bytes appended."""
+    written = 0
+    for path in files:
+        try:
+            handle = path.open("rb", buffering=0)
+        except (FileNotFoundError, IsADirectoryError):
+            raise BlobMissing(key) from None
+        with handle:
+            written += _copy_all(handle, out)
+    return written
 
 
 async def _file_bytes(path: Path, key: str, chunk_size: int, start: int, end: int | None) -> AsyncIterator[bytes]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,23 @@ from tests.conftest import S3_TEST_CREDENTIALS, S3Server
 
 PART_BYTES = 5 * 1024 * 1024
 """The smallest part S3 accepts: tests cross part boundaries with little data."""
+
+
+async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    """``data`` in network-sized pieces."""
+    for offset in range(0, len(data), size):
+        yield data[offset : offset + size]
+
+
+async def read_all(store: BlobStore, key: str, **kwargs: int) -> bytes:
+    """The blob's bytes (``start``/``end``/``chunk_size`` as :meth:`BlobStore.iter_bytes` takes them)."""
+    return b"".join([chunk async for chunk in store.iter_bytes(key, **kwargs)])
+
+
+def pattern(size: int) -> bytes:
+    """``size`` bytes that differ from offset to offset, so a misplaced range shows."""
+    block = bytes(range(251)) * (64 * 1024 // 251 + 1)
+    return (block * (size // len(block) + 1))[:size]
 
 
 @dataclass

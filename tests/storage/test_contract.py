@@ -15,25 +15,9 @@ import pytest
 
 from gateway.storage import BlobMissing, BlobStore
 from tests.bench import RssSampler
-from tests.storage.conftest import PART_BYTES, Subject
+from tests.storage.conftest import PART_BYTES, Subject, chunks_of, pattern, read_all
 
 MiB = 1024 * 1024
-
-
-async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
-    """``data`` in network-sized pieces."""
-    for offset in range(0, len(data), size):
-        yield data[offset : offset + size]
-
-
-async def read_all(store: BlobStore, key: str, **kwargs: int) -> bytes:
-    return b"".join([chunk async for chunk in store.iter_bytes(key, **kwargs)])
-
-
-def pattern(size: int) -> bytes:
-    """``size`` bytes that differ from offset to offset, so a misplaced range shows."""
-    block = bytes(range(251)) * (64 * 1024 // 251 + 1)
-    return (block * (size // len(block) + 1))[:size]
 
 
 class Boom(Exception):

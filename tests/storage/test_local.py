@@ -18,7 +18,7 @@ import pytest
 from gateway.storage import BlobMissing
 from gateway.storage.local import COMPOSITE_MARK, PART_SUFFIX, LocalBlobStore
 from tests.conftest import can_mount_tmpfs
-from tests.storage.test_contract import chunks_of, pattern, read_all
+from tests.storage.conftest import chunks_of, pattern, read_all
 
 MiB = 1024 * 1024
 
