@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import GatewayProcess, S3Server
 from tests.engine import chat_requests, query, submit, wait_for
 
@@ -55,6 +57,7 @@ def test_gc_keeps_the_input_file_of_a_finished_batch(gateway_factory: Any) -> No
     assert after == before == [Path("blobs/files") / batch.input_file_id]
 
 
+@pytest.mark.spread_databases  # the storage library's threads at exit, not the database, are the subject
 def test_gc_on_object_storage_ends_cleanly_every_time(gateway_factory: Any, s3_server: S3Server) -> None:
     """The storage library answers from threads of its own; a one-shot command that ended while one of them was
     still handing over a result was aborted (SIGABRT, in about one run of five on PostgreSQL)."""

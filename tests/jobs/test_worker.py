@@ -50,9 +50,9 @@ from tests.engine import (
 )
 
 CLIENTS = 50
-RUNNING_JOB = 40
+RUNNING_JOB = 20
 PROVIDERS: dict[str, dict[str, Any]] = {
-    # The running job: four provider batches, one at a time, about a second each.
+    # The running job: two provider batches, one at a time, about a second each.
     "main": {
         "emulator": "steady",
         "models": {"gpt-4o-mini": "gpt-4o-mini"},
@@ -120,10 +120,10 @@ def test_shards_of_a_running_job_progress_while_fifty_clients_create_batches(
     gaps = sorted(s["submitted_at"] for s in shards)
     print(f"running job finished {took:.1f}s into a flood of {len(created)} new batches from {CLIENTS} clients")
     assert len(shards) == RUNNING_JOB // 10
-    # Starved, the job's shards waited 5-6 minutes; served in its own lane it ends within about 80 s even
-    # when the whole suite loads two cores (63-80 s seen).
-    assert took < 150, f"the running job took {took:.1f}s under the flood ({len(created)} batches created)"
-    assert gaps[-1] - gaps[0] < 140  # every shard reached its provider while the flood went on
+    # Starved, each of the job's shards waited minutes (four took 5-6 minutes); served in its own lane, four
+    # ended within 63-92 s when the whole suite loaded two cores, about 20 s a shard.
+    assert took < 75, f"the running job took {took:.1f}s under the flood ({len(created)} batches created)"
+    assert gaps[-1] - gaps[0] < 70  # every shard reached its provider while the flood went on
 
 
 def one_batch_alone(gateway_factory: Any, simulator: SimulatorCluster, folder: Path, emulator: str) -> float:
