@@ -254,8 +254,8 @@ class FreshDatabase:
     @classmethod
     def create(cls, kind: str, folder: Path, *, migrated: bool = False) -> FreshDatabase:
         """A new, empty database; with ``migrated``, one already at the newest migration, copied from a template
-        this test process migrated once (a gateway starting on it skips Alembic: about 0.7 of the 2.9 CPU-seconds
-        a ``batchgw serve`` takes to be ready on an empty SQLite database)."""
+        this test process migrated once (a gateway starting on it skips Alembic: 0.5-0.9 of the 2.9 CPU-seconds a
+        ``batchgw serve`` takes to be ready on an empty SQLite database)."""
         if kind == "sqlite":
             path = folder / "gateway.db"
             if migrated:
@@ -316,10 +316,10 @@ def _pg_database_url(name: str) -> str:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Remove this test process's template databases."""
-    if (name := _templates.pop("postgresql", None)) is not None:
-        FreshDatabase(url=_pg_database_url(name), _drop=name).drop()
     if (path := _templates.pop("sqlite", None)) is not None:
         shutil.rmtree(Path(path).parent, ignore_errors=True)
+    if (name := _templates.pop("postgresql", None)) is not None:
+        FreshDatabase(url=_pg_database_url(name), _drop=name).drop()
 
 
 def _sync_pg(url: str) -> str:
