@@ -310,9 +310,12 @@ async def test_a_429_in_one_process_pauses_the_others(limiters: Limiters, databa
 @pytest.mark.usefixtures("shared")
 async def test_a_shorter_429_never_shortens_a_pause(limiters: Limiters) -> None:
     one, two = limiters(requests_per_minute=600), limiters(requests_per_minute=600)
-    await one.rate_limited(2.0)
+    started = time.monotonic()
+    await one.rate_limited(5.0)
     await two.rate_limited(0.5)
-    assert await two.timeline.paused_until() - time.monotonic() > 1.5
+    # Shortened, the pause would end 0.5 s after the second call; kept, 5 s after the first. Measured from before
+    # both calls, so a loaded machine's slow round trips cannot make the kept pause look shortened.
+    assert await two.timeline.paused_until() - started > 4.5
 
 
 # --- an adapter with no engine keeps its limits in the process ----------------------------------------------
