@@ -331,12 +331,10 @@ def _sync_pg(url: str) -> str:
 async def migrated_context(database_kind: str, folder: Path) -> AsyncIterator[GatewayContext]:
     """A gateway context (default settings) on a fresh database at head; closed and the database dropped after."""
     from gateway.context import GatewayContext
-    from gateway.db.engine import upgrade_to_head
     from gateway.settings import Settings
 
     database = FreshDatabase.create(database_kind, folder, migrated=True)
     settings = Settings(data_dir=folder, database_url=database.url)
-    upgrade_to_head(settings.resolved_database_url)  # at head already: one query
     context = GatewayContext.create(settings)
     try:
         yield context

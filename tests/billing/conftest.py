@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -16,7 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.db.engine import create_engine, upgrade_to_head
+from gateway.db.engine import create_engine
 from gateway.db.models import Batch, LedgerEntry, Shard, Team
 from gateway.settings import async_database_url
 from tests.conftest import FreshDatabase
@@ -133,9 +132,8 @@ class Seeder:
 @pytest.fixture
 async def seed(database_kind: str, tmp_path: Path) -> AsyncIterator[Seeder]:
     """A freshly migrated database (SQLite, and PostgreSQL when configured) with a seeding helper."""
-    database = FreshDatabase.create(database_kind, tmp_path)
+    database = FreshDatabase.create(database_kind, tmp_path, migrated=True)
     url = async_database_url(database.url)
-    await asyncio.to_thread(upgrade_to_head, url)
     engine = create_engine(url)
     try:
         yield Seeder(async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False), database.url)

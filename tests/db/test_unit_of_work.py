@@ -11,7 +11,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from gateway.context import GatewayContext
-from gateway.db.engine import upgrade_to_head
 from gateway.db.models import Team
 from gateway.db.unit_of_work import Rollback, on_rollback, reading, transaction
 from gateway.settings import Settings
@@ -38,9 +37,8 @@ async def _exercise(context: GatewayContext) -> tuple[list[str], list[str]]:
 
 
 def test_a_block_is_committed_when_it_ends_and_rolled_back_when_it_raises(database_kind: str, tmp_path: Path) -> None:
-    database = FreshDatabase.create(database_kind, tmp_path)
+    database = FreshDatabase.create(database_kind, tmp_path, migrated=True)
     settings = Settings(data_dir=tmp_path, database_url=database.url)
-    upgrade_to_head(settings.resolved_database_url)
     context = GatewayContext.create(settings)
     try:
         kept, dropped = asyncio.run(_exercise(context))

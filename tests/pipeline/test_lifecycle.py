@@ -13,7 +13,6 @@ from sqlmodel import select
 
 from gateway.context import GatewayContext
 from gateway.db import shards as shard_db
-from gateway.db.engine import upgrade_to_head
 from gateway.db.leases import Lease
 from gateway.db.models import AbandonedProviderBatch, Batch, Shard
 from gateway.db.unit_of_work import transaction
@@ -57,7 +56,7 @@ def cluster() -> Iterator[SimulatorCluster]:
 
 @pytest.fixture
 async def context(cluster: SimulatorCluster, database_kind: str, tmp_path: Path) -> AsyncIterator[GatewayContext]:
-    database = FreshDatabase.create(database_kind, tmp_path)
+    database = FreshDatabase.create(database_kind, tmp_path, migrated=True)
     settings = Settings(
         data_dir=tmp_path,
         database_url=database.url,
@@ -67,7 +66,6 @@ async def context(cluster: SimulatorCluster, database_kind: str, tmp_path: Path)
         },
         catalog=CatalogSettings(file=write_catalog(tmp_path)),
     )
-    await asyncio.to_thread(upgrade_to_head, settings.resolved_database_url)
     made = GatewayContext.create(settings)
     for name in ("home", "away"):
         cluster.set_faults(name, down="off")

@@ -12,7 +12,6 @@ import pytest
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db import routing as routing_db
-from gateway.db.engine import upgrade_to_head
 from gateway.db.models import Batch, Shard, StoredFile
 from gateway.providers.config import ProviderConfig
 from gateway.routing import health
@@ -31,14 +30,13 @@ def cluster() -> Iterator[SimulatorCluster]:
 
 @pytest.fixture
 async def context(cluster: SimulatorCluster, database_kind: str, tmp_path: Path) -> AsyncIterator[GatewayContext]:
-    database = FreshDatabase.create(database_kind, tmp_path)
+    database = FreshDatabase.create(database_kind, tmp_path, migrated=True)
     settings = Settings(
         data_dir=tmp_path,
         database_url=database.url,
         providers={"prov": ProviderConfig(kind="openai", base_url=cluster.base_url("prov"))},
         routing=RoutingSettings(circuit_failure_threshold=2, circuit_cooldown_s=COOLDOWN_S),
     )
-    await asyncio.to_thread(upgrade_to_head, settings.resolved_database_url)
     made = GatewayContext.create(settings)
     cluster.set_faults("prov", down="off")
     yield made

@@ -21,7 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
 
 from gateway.context import GatewayContext
 from gateway.db import routing as routing_db
-from gateway.db.engine import create_engine, upgrade_to_head
+from gateway.db.engine import create_engine
 from gateway.providers.config import ProviderConfig, ProviderLimits
 from gateway.providers.openai_sync import OpenAISyncAdapter
 from gateway.routing.limits import (
@@ -41,9 +41,8 @@ from tests.conftest import FreshDatabase
 @pytest.fixture(scope="module")
 def database(database_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh, migrated database for the module (each test paces a provider of its own); its async URL."""
-    made = FreshDatabase.create(database_kind, tmp_path_factory.mktemp("limits"))
+    made = FreshDatabase.create(database_kind, tmp_path_factory.mktemp("limits"), migrated=True)
     url = async_database_url(made.url)
-    upgrade_to_head(url)
     yield url
     made.drop()
 
