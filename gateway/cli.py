@@ -14,11 +14,13 @@ import typer
 from gateway import client_cli
 from gateway.cli_support import load_settings, run_with_context
 from gateway.keys_cli import keys_app
-from gateway.settings import Settings
 from gateway.webhooks_cli import webhooks_app
 
+# The settings and everything heavier are imported inside the commands: each CPU process (gateway.cpu_pool)
+# imports this module again as it starts.
 if TYPE_CHECKING:
     from gateway.context import GatewayContext
+    from gateway.settings import Settings
 
 T = TypeVar("T")
 

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
-from gateway.settings import Settings
-
 if TYPE_CHECKING:
     from gateway.context import GatewayContext
+    from gateway.settings import Settings
 
 T = TypeVar("T")
 
@@ -25,6 +24,7 @@ def load_settings(*, require_keys: bool = True, check: bool = True) -> Settings:
     from pydantic import ValidationError
 
     from gateway.config_errors import ConfigError
+    from gateway.settings import Settings
 
     try:
         settings = Settings.load()

@@ -7,7 +7,8 @@ several joins at once take turns on one core. A :class:`CpuPool` runs them in a 
 instead (``worker.cpu_processes``; 0 keeps them in threads of this process).
 
 A step sent here is a module-level function of paths and small values: the files are the hand-off, and what
-it returns is a small summary. Its module keeps its imports light, since each process imports it once.
+it returns is a small summary. Its module keeps its imports light, since each process imports it once, and so
+does :mod:`gateway.cli`: a spawned process imports its parent's main module first.
 The processes start with ``spawn`` (nothing of this process's threads, connections or event loop is
 inherited), log as this process does, leave signals to it (a Ctrl-C or a service manager's SIGTERM reaches
 the whole process group: the worker drains, its steps are not cut), and end when it ends, killed included.

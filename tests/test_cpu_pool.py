@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -161,6 +162,15 @@ def test_a_warmed_pool_has_its_process_running_with_the_steps_modules_before_the
     assert started == 1, "the process started before any step was sent"
     assert joining, "the step's module was imported as the process started"
     assert not collect, "and only what was asked: the stage modules stay out of the CPU process"
+
+
+def test_the_cli_module_each_cpu_process_imports_again_loads_no_settings_database_or_http_library() -> None:
+    # A process started with ``spawn`` imports its parent's main module first: for ``batchgw serve`` and
+    # ``batchgw worker`` that is gateway.cli, so whatever it imports at the top each CPU process imports too.
+    heavy = ("gateway.settings", "gateway.context", "pydantic", "sqlalchemy", "httpx")
+    code = f"import sys, gateway.cli; print(*[name for name in {heavy!r} if name in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert loaded.stdout.split() == [], f"gateway.cli imports {loaded.stdout.strip()} at the top"
 
 
 def pool_processes() -> set[int]:
