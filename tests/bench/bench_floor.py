@@ -249,6 +249,8 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
                 if part != path:
                     part.unlink()
 
+        if args.status_seconds <= 0:
+            return sizes, status  # the jobs alone
         floor_batch, gateway_batch = sizes[0].floor_batch_id, sizes[0].gateway[-1].batch_id
         live_floor, live_gateway = live_batches(emulator, direct, through, root)
         for batches, figures in (
@@ -326,6 +328,8 @@ def report(
         )
     report_milestones(sizes)
     for title, pairs in (("a completed batch", status.completed), ("a batch in progress", status.live)):
+        if not pairs:
+            continue
         print(f"\nstatus reads of {title}, {STATUS_CONNECTIONS} connections")
         print(f"{'':>10} {'RPS':>8} {'p50 ms':>8} {'p99 ms':>8} {'API CPU ms/read':>16} {'client CPU':>11}")
         for emulator_figures, gateway_figures in pairs:
@@ -366,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,50000,300000", help="request counts, comma-separated")
     parser.add_argument("--million", action="store_true", help="add a 1,000,000-request job")
     parser.add_argument("--rounds", type=int, default=1, help="floor/gateway pairs per size (default 1)")
-    parser.add_argument("--status-seconds", type=float, default=5.0, help="length of each status-read run")
+    parser.add_argument("--status-seconds", type=float, default=5.0, help="length of each status-read run (0: no status reads)")
     parser.add_argument(
         "--database-url", help="a PostgreSQL server to create the gateway's database on (default: SQLite)"
     )
