@@ -29,6 +29,7 @@ from gateway.api.metrics import http_metrics, metrics_endpoint
 from gateway.api.models import ModelsController
 from gateway.api.openapi import COMPONENTS
 from gateway.api.provider_webhooks import provider_webhook
+from gateway.api.request_ids import add_request_id
 from gateway.context import GatewayContext
 from gateway.db.engine import upgrade_to_head
 from gateway.jobs.worker import Worker
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         before_request=check_request_url,
         middleware=[http_metrics],
+        before_send=[add_request_id],
         openapi_config=OpenAPIConfig(
             title="batch-gateway",
             version=__version__,

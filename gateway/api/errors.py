@@ -12,7 +12,6 @@ as a plain 500 message, never as a traceback.
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 from litestar import Request, Response
@@ -25,6 +24,7 @@ from litestar.status_codes import (
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from gateway.api.request_ids import new_request_id
 from gateway.errors import GatewayError
 from gateway.storage import StorageFull
 from gateway.translate.anthropic_clients import error_object, error_type
@@ -45,7 +45,7 @@ def gateway_error_handler(request: Request, exc: GatewayError) -> Response[dict[
     """Render a domain error: in OpenAI's shape, or in Anthropic's on the Anthropic-compatible routes
     (``{"type": "error", "error": {"type", "message"}, "request_id"}``)."""
     if request.url.path.startswith(ANTHROPIC_FORMAT_PATHS):
-        request_id = "req_" + secrets.token_hex(12)
+        request_id = new_request_id()
         body = error_object(error_type(exc.status_code), exc.message, request_id)
         headers = {**(exc.headers or {}), "request-id": request_id}
         return Response(content=body, status_code=exc.status_code, headers=headers)

@@ -56,6 +56,10 @@ class ApiKey(SQLModel, table=True):
     last_used_at: int | None = Field(default=None, description="Last authenticated request, to the minute.")
 
 
+DEFAULT_FILE_TTL_S = 30 * 24 * 3600
+"""How long a batch file is kept when nothing says otherwise (OpenAI's 30 days, for inputs and results alike)."""
+
+
 class StoredFile(SQLModel, table=True):
     """A file as the OpenAI Files API shows it; the bytes live in the blob store."""
 
@@ -114,6 +118,9 @@ class Batch(SQLModel, table=True):
     cancelled_at: int | None = None
     output_file_id: str | None = Field(default=None, max_length=64)
     error_file_id: str | None = Field(default=None, max_length=64)
+    output_ttl_s: int | None = Field(
+        default=None, description="Seconds its output and error files are kept (output_expires_after; None: 30 days)."
+    )
     request_total: int = 0
     request_completed: int = 0
     request_failed: int = 0

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from gateway.settings import LimitSettings
 
 READ_CHUNK = 4 * 1024 * 1024
+UTF8_BOM = b"\xef\xbb\xbf"
 MAX_MODELS_PER_FILE = 100
 """A file may mix models (each part is routed on its own), but not without bound."""
 MAX_LINE_DEPTH = 128
@@ -417,6 +418,10 @@ def _check_line(
         except UnicodeDecodeError as exc:
             report.add("invalid_utf8", f"Line {number} is not valid UTF-8 (byte {exc.start + 1}).", number, None, keep)
             return None, None
+    if number == 1 and raw.startswith(UTF8_BOM):
+        message = "Line 1 starts with a byte order mark (BOM): save the file as UTF-8 without a BOM."
+        report.add("invalid_json_line", message, number, None, keep)
+        return None, None
     try:
         line = _line_decoder.decode(raw)
     except msgspec.ValidationError:

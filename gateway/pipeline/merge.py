@@ -26,7 +26,7 @@ from gateway.db import abandoned as abandoned_db
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
-from gateway.db.models import Batch, Shard, StoredFile, new_id, now_s
+from gateway.db.models import DEFAULT_FILE_TTL_S, Batch, Shard, StoredFile, new_id, now_s
 from gateway.db.unit_of_work import Rollback, reading, transaction
 from gateway.pipeline.lifecycle import PROVIDER_FAILURES, batch_window_closed
 from gateway.pipeline.results import error_line, iter_custom_ids
@@ -60,12 +60,16 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
             if size == 0:
                 await context.blobs.delete(storage_key)
                 continue
+            created_at = now_s()
             files[kind] = StoredFile(
                 id=file_id,
                 team_id=batch.team_id,
                 filename=f"{batch.id}_{kind}.jsonl",
                 purpose="batch_output",
                 bytes=size,
+                created_at=created_at,
+                # OpenAI's rule: kept 30 days from its creation, or as long as the batch's output_expires_after says.
+                expires_at=created_at + (batch.output_ttl_s or DEFAULT_FILE_TTL_S),
                 storage_key=storage_key,
             )
         crash_point("merge.after_files_written")

@@ -67,7 +67,7 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
                     output_tokens=estimate.output_tokens,
                 )
             except UnknownModel as exc:
-                message = f"Line {estimate.first_line}: {exc}."
+                message = f"Line {estimate.first_line}: {exc}" + ("" if str(exc).endswith("?") else ".")
                 await fail_batch(context, batch, lease, "model_not_found", message, estimate.first_line)
                 return
             except NoUsableProvider as exc:

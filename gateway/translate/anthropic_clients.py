@@ -260,9 +260,9 @@ def params_to_chat(params: Any) -> dict[str, Any]:
     _check_params(params)
     model, max_tokens = params.get("model"), params.get("max_tokens")
     if not isinstance(model, str) or not model:
-        raise TranslationError("model: Field required", "model", "missing_required_parameter")
+        raise TranslationError("Field required", "model", "missing_required_parameter")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise TranslationError("max_tokens: must be an integer >= 1", "max_tokens", "invalid_value")
+        raise TranslationError("must be an integer >= 1", "max_tokens", "invalid_value")
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
     system = _system(params.get("system"))
     body["messages"] = ([{"role": "system", "content": system}] if system else []) + _conversation(
@@ -384,6 +384,8 @@ def output_to_result(line: Mapping[str, Any]) -> dict[str, Any]:
 def check_custom_id(value: Any, seen: set[str], index: int) -> str:
     """``requests[index].custom_id`` if valid and new; raises :class:`TranslationError` naming the field."""
     param = f"requests.{index}.custom_id"
+    if value is None:
+        raise TranslationError(f"{param}: Field required", param, "missing_required_parameter")
     if not isinstance(value, str) or not CUSTOM_ID.fullmatch(value):
         raise TranslationError(
             f"{param}: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'", param, "invalid_value"

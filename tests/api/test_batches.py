@@ -121,6 +121,19 @@ def test_create_answers_a_validating_batch_that_retrieve_repeats(client: openai.
     assert (retrieved.id, retrieved.created_at, retrieved.metadata) == (batch.id, batch.created_at, batch.metadata)
 
 
+def test_metadata_copied_from_a_routed_batch_can_be_sent_again(client: openai.OpenAI, input_file: FileObject) -> None:
+    # A routed batch's metadata holds the client's pairs and the gateway's own (gateway_...), more than 16 in all.
+    theirs = {f"key{i}": f"value {i}" for i in range(16)}
+    copied = {**theirs, "gateway_policy": "cheapest", "gateway_cost_usd": "0.5", "gateway_waiting": "no"}
+    batch = create(client, input_file.id, metadata=copied)
+    assert batch.metadata == theirs
+    shown = client.batches.retrieve(batch.id).metadata or {}
+    assert {key: value for key, value in shown.items() if not key.startswith("gateway_")} == theirs
+    assert shown.get("gateway_cost_usd") != "0.5"  # the copied value is not taken for the gateway's own
+    with pytest.raises(openai.BadRequestError):
+        create(client, input_file.id, metadata={**theirs, "one more": "x"})
+
+
 def test_embeddings_endpoint_is_accepted(client: openai.OpenAI) -> None:
     line = {"custom_id": "e1", "method": "POST", "url": "/v1/embeddings", "body": {"model": "emb", "input": "hi"}}
     batch = client.batches.create(
@@ -205,6 +218,7 @@ BAD_INPUTS: dict[str, tuple[bytes, str, int | None, str | None]] = {
     "blank line": (jsonl(request("a"), b"", request("b")), "empty_line", 2, None),
     "whitespace line": (jsonl(request("a"), request("b"), b"  \t "), "empty_line", 3, None),
     "empty file": (b"", "empty_file", None, None),
+    "byte order mark": (b"\xef\xbb\xbf" + jsonl(request("a"), request("b")), "invalid_json_line", 1, None),
 }
 
 
@@ -226,6 +240,11 @@ def test_bad_input_fails_the_batch_naming_the_line(failed_batches: dict[str, Bat
     assert [(e.code, e.line, e.param) for e in batch.errors.data] == [(code, line, param)]
     if line is not None:
         assert f"Line {line}" in (batch.errors.data[0].message or "")
+
+
+def test_a_byte_order_mark_is_named_as_such(failed_batches: dict[str, Batch]) -> None:
+    errors = failed_batches["byte order mark"].errors
+    assert errors is not None and "byte order mark (BOM)" in (errors.data[0].message or "")
 
 
 def test_every_bad_line_of_a_file_is_listed_in_order(client: openai.OpenAI) -> None:

@@ -137,6 +137,20 @@ def test_missing_file_part_is_400(http: httpx.Client) -> None:
     assert_error(response, 400, code="missing_file", param="file")
 
 
+@pytest.mark.parametrize("name", ["notes.txt", "input.json", "requests.jsonl.gz", "upload"])
+def test_file_not_named_jsonl_is_400_as_at_openai_and_stores_nothing(client: openai.OpenAI, name: str) -> None:
+    before = {f.id for f in client.files.list()}
+    with pytest.raises(openai.BadRequestError) as caught:
+        upload(client, chat_jsonl(2), name=name)
+    error = assert_error(caught.value.response, 400, code="invalid_file_format", param="file")
+    assert error["message"] == "Invalid file format for Batch API. Must be .jsonl"
+    assert {f.id for f in client.files.list()} == before
+
+
+def test_jsonl_in_capitals_is_a_jsonl_file(client: openai.OpenAI) -> None:
+    assert upload(client, chat_jsonl(1), name="REQUESTS.JSONL").filename == "REQUESTS.JSONL"
+
+
 @pytest.mark.parametrize(
     "headers",
     [{"content-type": "application/json"}, {"content-type": "text/plain"}, {"content-type": "multipart/form-data"}],

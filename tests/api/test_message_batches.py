@@ -114,6 +114,7 @@ REQUESTS = [
     {"custom_id": "unknown-model", "params": params("gpt-9-imaginary", "hi")},
     {"custom_id": "no-max-tokens", "params": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}},
     {"custom_id": "top-k", "params": params(CLAUDE, "hi", top_k=5)},
+    {"custom_id": "params-text", "params": "not an object"},
 ]
 
 
@@ -127,7 +128,7 @@ def test_one_batch_runs_on_both_protocols_and_reads_back_as_anthropic_results(
 
     ended = wait_ended(claude, created.id)
     counts = ended.request_counts
-    assert (counts.processing, counts.succeeded, counts.errored, counts.canceled, counts.expired) == (0, 4, 3, 0, 0)
+    assert (counts.processing, counts.succeeded, counts.errored, counts.canceled, counts.expired) == (0, 4, 4, 0, 0)
     assert ended.ended_at is not None and ended.results_url.endswith(f"/v1/messages/batches/{created.id}/results")
 
     results = {entry.custom_id: entry.result for entry in claude.messages.batches.results(created.id)}
@@ -141,9 +142,12 @@ def test_one_batch_runs_on_both_protocols_and_reads_back_as_anthropic_results(
     assert results["claude-capped"].message.stop_reason == "max_tokens"  # type: ignore[union-attr]
     assert results["claude-plain"].message.model == CLAUDE_PROVIDER_MODEL  # type: ignore[union-attr]
     assert results["openai-plain"].message.model.startswith("gpt-4o-mini")  # type: ignore[union-attr]
-    errors = {cid: results[cid].error.error for cid in ("unknown-model", "no-max-tokens", "top-k")}  # type: ignore[union-attr]
+    errored = ("unknown-model", "no-max-tokens", "top-k", "params-text")
+    errors = {cid: results[cid].error.error for cid in errored}  # type: ignore[union-attr]
     assert errors["unknown-model"].type == "not_found_error" and "gpt-9-imaginary" in errors["unknown-model"].message
-    assert errors["no-max-tokens"].type == "invalid_request_error" and "max_tokens" in errors["no-max-tokens"].message
+    assert errors["no-max-tokens"].type == "invalid_request_error"
+    assert errors["no-max-tokens"].message == "params.max_tokens: must be an integer >= 1"
+    assert errors["params-text"].message == "params: 'params' must be an object."
     assert errors["top-k"].type == "invalid_request_error" and "top_k" in errors["top-k"].message
 
     # The same work is an ordinary batch underneath: both providers ran their part of it.
@@ -208,6 +212,7 @@ def test_cancel_ends_unrun_requests_canceled(claude: anthropic.Anthropic) -> Non
         ),
         ({"requests": []}, 400, "invalid_request_error", "at least one request"),
         ({"requests": [{"custom_id": "a"}]}, 400, "invalid_request_error", "requests.0.params"),
+        ({"requests": [{"params": {}}]}, 400, "invalid_request_error", "requests.0.custom_id: Field required"),
         ({"requests": [], "extra": 1}, 400, "invalid_request_error", "extra"),
         ({}, 400, "invalid_request_error", "requests: Field required"),
         ([1, 2], 400, "invalid_request_error", "JSON object"),

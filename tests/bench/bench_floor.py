@@ -370,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,50000,300000", help="request counts, comma-separated")
     parser.add_argument("--million", action="store_true", help="add a 1,000,000-request job")
     parser.add_argument("--rounds", type=int, default=1, help="floor/gateway pairs per size (default 1)")
-    parser.add_argument("--status-seconds", type=float, default=5.0, help="length of each status-read run (0: no status reads)")
+    parser.add_argument(
+        "--status-seconds", type=float, default=5.0, help="length of each status-read run (0: no status reads)"
+    )
     parser.add_argument(
         "--database-url", help="a PostgreSQL server to create the gateway's database on (default: SQLite)"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from gateway.simulator import SimulatorCluster
 from tests.conftest import GatewayProcess, simulated_provider_env
 from tests.engine import (
     ACTIVE_EMULATOR_STATES,
+    CHAT,
     EMBEDDINGS,
     assert_all_succeeded,
     assert_submitted_once,
@@ -82,6 +84,27 @@ def test_chat_batch_has_one_exact_line_per_request_and_summed_usage(
         assert outcome.output[request["custom_id"]]["id"].startswith("batch_req_")
     assert batch.model == "gpt-4o-mini"
     assert_submitted_once(gateway, simulator, "fast", batch.id)
+
+
+def test_output_files_expire_thirty_days_after_they_are_written_or_as_output_expires_after_says(
+    client: openai.OpenAI,
+) -> None:
+    content = "".join(json.dumps(r) + "\n" for r in chat_requests(3)).encode()
+    file = client.files.create(file=("input.jsonl", content), purpose="batch")
+    kept_an_hour = client.batches.create(
+        input_file_id=file.id,
+        endpoint=CHAT,
+        completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    default = client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    for batch_id, seconds in ((kept_an_hour.id, 3600), (default.id, 30 * 24 * 3600)):
+        batch = wait_for(client, batch_id)
+        assert batch.status == "completed" and batch.output_file_id
+        output = client.files.retrieve(batch.output_file_id)
+        assert output.purpose == "batch_output"
+        assert batch.completed_at is not None and batch.created_at <= output.created_at <= batch.completed_at
+        assert output.expires_at == output.created_at + seconds
 
 
 def test_embeddings_batch(client: openai.OpenAI, simulator: SimulatorCluster) -> None:

@@ -222,7 +222,8 @@ def test_unknown_model_fails_with_its_line_and_close_matches(
     assert batch.status == "failed" and batch.errors is not None
     [error] = batch.errors.data
     assert error.code == "model_not_found" and error.line == 4
-    assert "'gpt-4o-mimi'" in (error.message or "") and "did you mean 'gpt-4o-mini'" in (error.message or "")
+    message = error.message or ""
+    assert "'gpt-4o-mimi'" in message and "did you mean 'gpt-4o-mini'" in message and message.endswith("'?")
 
 
 def test_spread_policy_splits_by_weight_and_a_third_party_policy_plugs_in(

@@ -47,6 +47,8 @@ class BatchRequest:
     completion_window: str
     window_s: int
     metadata: dict[str, str] | None
+    output_ttl_s: int | None
+    """Seconds the batch's output and error files are kept (None: the default, 30 days)."""
     fingerprint: str
     """What makes two creates with the same idempotency key the same request."""
 
@@ -65,11 +67,16 @@ def parse_completion_window(value: object, min_seconds: int = 3600) -> int:
 
 
 def validate_metadata(value: object) -> dict[str, str] | None:
-    """OpenAI's metadata rules: at most 16 string pairs, keys <= 64 and values <= 512 chars."""
+    """OpenAI's metadata rules: at most 16 string pairs, keys <= 64 and values <= 512 chars.
+
+    Keys starting with :data:`RESERVED_METADATA_PREFIX` are the gateway's own (what it adds to a batch it
+    routed): they are dropped before the rules apply, so metadata read from one batch can be sent with the next.
+    """
     if value is None:
         return None
     if not isinstance(value, dict):
         raise bad_request("'metadata' must be an object of string keys and string values.", param="metadata")
+    value = {key: item for key, item in value.items() if not str(key).startswith(RESERVED_METADATA_PREFIX)}
     if len(value) > METADATA_MAX_PAIRS:
         raise bad_request(f"'metadata' may hold at most {METADATA_MAX_PAIRS} pairs.", param="metadata")
     for key, item in value.items():
@@ -108,17 +115,13 @@ def validate_routing_hints(context: GatewayContext, metadata: dict[str, str] | N
             param="metadata.canary",
             code="invalid_hint",
         )
-    if any(key.startswith(RESERVED_METADATA_PREFIX) for key in metadata or {}):
-        raise bad_request(
-            f"metadata keys starting with '{RESERVED_METADATA_PREFIX}' are reserved for the gateway.",
-            param="metadata",
-        )
 
 
-def validate_output_expiry(value: object) -> None:
-    """OpenAI's rule: ``{"anchor": "created_at", "seconds": 3600..2592000}``, or absent."""
+def validate_output_expiry(value: object) -> int | None:
+    """OpenAI's rule: ``{"anchor": "created_at", "seconds": 3600..2592000}``, or absent; the seconds (None: absent).
+    The anchor is the output file's creation."""
     if value is None:
-        return
+        return None
     if not isinstance(value, dict) or set(value) != {"anchor", "seconds"}:
         raise bad_request(
             "'output_expires_after' must be an object with 'anchor' and 'seconds'.", param="output_expires_after"
@@ -131,6 +134,7 @@ def validate_output_expiry(value: object) -> None:
             "'output_expires_after.seconds' must be an integer from 3600 (1 hour) to 2592000 (30 days).",
             param="output_expires_after",
         )
+    return seconds
 
 
 def check_batch_request(context: GatewayContext, body: Mapping[str, Any]) -> BatchRequest:
@@ -156,12 +160,13 @@ def check_batch_request(context: GatewayContext, body: Mapping[str, Any]) -> Bat
     window_s = parse_completion_window(body["completion_window"], context.settings.limits.min_completion_window_s)
     metadata = validate_metadata(body.get("metadata"))
     validate_routing_hints(context, metadata)
-    validate_output_expiry(body.get("output_expires_after"))
+    output_ttl_s = validate_output_expiry(body.get("output_expires_after"))
     return BatchRequest(
         input_file_id=body["input_file_id"],
         endpoint=body["endpoint"],
         completion_window=body["completion_window"],
         window_s=window_s,
+        output_ttl_s=output_ttl_s,
         metadata=metadata,
         fingerprint=idempotency.fingerprint(msgspec.json.encode(body, order="sorted").decode()),
     )
@@ -204,6 +209,7 @@ async def create_batch(
                 metadata_=request.metadata,
                 created_at=created_at,
                 expires_at=created_at + request.window_s,
+                output_ttl_s=request.output_ttl_s,
             )
             session.add(batch)
             if attach is not None:

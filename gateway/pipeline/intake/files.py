@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from gateway.context import GatewayContext
 from gateway.db import repo
-from gateway.db.models import StoredFile, new_id, now_s
+from gateway.db.models import DEFAULT_FILE_TTL_S, StoredFile, new_id, now_s
 from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import bad_request, not_found
 from gateway.pipeline.intake import idempotency
@@ -17,7 +17,6 @@ from gateway.textcheck import check_text
 
 ACCEPTED_PURPOSES = {"batch"}
 KNOWN_PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
-DEFAULT_BATCH_FILE_TTL_S = 30 * 24 * 3600
 EXPIRY_FIELDS = ("expires_after[anchor]", "expires_after.anchor", "expires_after[seconds]", "expires_after.seconds")
 
 
@@ -25,7 +24,7 @@ def _expiry(fields: dict[str, str], created_at: int) -> int:
     anchor = fields.get("expires_after[anchor]") or fields.get("expires_after.anchor")
     seconds = fields.get("expires_after[seconds]") or fields.get("expires_after.seconds")
     if anchor is None and seconds is None:
-        return created_at + DEFAULT_BATCH_FILE_TTL_S
+        return created_at + DEFAULT_FILE_TTL_S
     if anchor != "created_at":
         raise bad_request("'expires_after[anchor]' must be 'created_at'.", param="expires_after.anchor")
     try:

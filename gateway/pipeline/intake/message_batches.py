@@ -123,7 +123,7 @@ class _Sink:
         try:
             body = params_to_chat(params)
         except TranslationError as exc:
-            where = f"params.{exc.param}: " if exc.param else ""
+            where = "params: " if exc.param == "params" else f"params.{exc.param}: " if exc.param else ""
             self._errored(custom_id, "invalid_request_error", f"{where}{exc.message}")
             return None
         try:
@@ -310,6 +310,7 @@ async def _create(
         completion_window=COMPLETION_WINDOW,
         window_s=WINDOW_S,
         metadata=metadata,
+        output_ttl_s=None,
         fingerprint=idempotency.fingerprint("message_batch", body.digest.hexdigest()),
     )
     try:

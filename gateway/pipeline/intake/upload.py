@@ -113,9 +113,15 @@ class _MultipartSink:
             )
             return
         self.in_file = self.file_seen = True
-        self.filename = filename.decode("utf-8", "replace")[:MAX_FILENAME_CHARS] if filename is not None else None
+        given = filename.decode("utf-8", "replace") if filename is not None else None
+        self.filename = given[:MAX_FILENAME_CHARS] if given is not None else None
         if has_control_characters(self.filename or ""):
             self.problem = self.problem or invalid_characters("The file's name", "file")
+        elif given is not None and not given.lower().endswith(".jsonl"):
+            # OpenAI's rule for batch files, checked before any byte is stored (every upload here is one).
+            self.problem = self.problem or bad_request(
+                "Invalid file format for Batch API. Must be .jsonl", param="file", code="invalid_file_format"
+            )
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file:

@@ -1,0 +1,26 @@
+"""output expiry: how long a batch's output and error files are kept (its ``output_expires_after``)
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-07 09:45:00.000000
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0011"
+down_revision: str | None = "0010"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("batches", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("output_ttl_s", sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("batches", schema=None) as batch_op:
+        batch_op.drop_column("output_ttl_s")
