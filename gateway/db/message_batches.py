@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import delete, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -66,12 +68,15 @@ async def keep_counts(session: AsyncSession, batch_id: str, counts: dict[str, in
 
 
 async def mark_deleted(session: AsyncSession, batch_id: str) -> bool:
-    """Hide a message batch from its team for good; False if it was already deleted."""
+    """Hide a message batch, and the batch that ran it, from its team for good; False if it was already deleted."""
+    now = now_s()
     result = await session.exec(
         update(MessageBatch)
         .where(col(MessageBatch.batch_id) == batch_id, col(MessageBatch.deleted_at).is_(None))
-        .values(deleted_at=now_s())
+        .values(deleted_at=now)
     )
+    # The batch is the same work seen through OpenAI's API: deleted there too (an operator still sees it).
+    await session.exec(update(Batch).where(col(Batch.id) == batch_id).values(deleted_at=now, updated_at=time.time()))
     return bool(result.rowcount)
 
 

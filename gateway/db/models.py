@@ -121,6 +121,9 @@ class Batch(SQLModel, table=True):
     output_ttl_s: int | None = Field(
         default=None, description="Seconds its output and error files are kept (output_expires_after; None: 30 days)."
     )
+    deleted_at: int | None = Field(
+        default=None, description="When its client deleted it (Message Batches): its team no longer sees it."
+    )
     request_total: int = 0
     request_completed: int = 0
     request_failed: int = 0

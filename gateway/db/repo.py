@@ -192,11 +192,15 @@ async def file_in_use(session: AsyncSession, file_id: str) -> bool:
 # --- batches ----------------------------------------------------------------------------------
 
 
+_NOT_DELETED = col(Batch.deleted_at).is_(None)
+"""A batch its client has not deleted: every read of a team's batches leaves the deleted out (an admin's keeps them)."""
+
+
 async def get_batch(session: AsyncSession, team_id: str | None, batch_id: str) -> Batch | None:
-    """A batch, restricted to one team unless ``team_id`` is None (admin)."""
+    """A batch, restricted to one team's batches not deleted unless ``team_id`` is None (admin)."""
     query = select(Batch).where(Batch.id == batch_id)
     if team_id is not None:
-        query = query.where(Batch.team_id == team_id)
+        query = query.where(Batch.team_id == team_id, _NOT_DELETED)
     return (await session.exec(query)).first()
 
 
@@ -205,7 +209,7 @@ _BATCH_FIELDS = [attribute.key for attribute in _BATCH_MAPPER.column_attrs]
 """Attribute names of a batch row, in the order :data:`_BATCH_OF_TEAM` selects them (``metadata_`` is column
 ``metadata``)."""
 _BATCH_OF_TEAM = select_columns(*(getattr(Batch, name) for name in _BATCH_FIELDS)).where(
-    col(Batch.id) == bindparam("batch_id"), col(Batch.team_id) == bindparam("team_id")
+    col(Batch.id) == bindparam("batch_id"), col(Batch.team_id) == bindparam("team_id"), _NOT_DELETED
 )
 
 
@@ -256,7 +260,7 @@ _KEY_AND_BATCH = (
     select_columns(*_KEY_COLUMNS, *(getattr(Batch, name) for name in _BATCH_FIELDS))
     .join(Team, col(Team.id) == col(ApiKey.team_id))
     .join(Batch, col(Batch.team_id) == col(ApiKey.team_id))
-    .where(col(ApiKey.key_hash) == bindparam("key_hash"), col(Batch.id) == bindparam("batch_id"))
+    .where(col(ApiKey.key_hash) == bindparam("key_hash"), col(Batch.id) == bindparam("batch_id"), _NOT_DELETED)
 )
 _OPEN_GROUPS = OPEN_SHARD_GROUPS.subquery()
 # One row per group of a running batch's open shards; one without a group for a finished batch. The groups are
@@ -275,7 +279,7 @@ _KEY_AND_BATCH_VERSION = (
     )
     .join(Team, col(Team.id) == col(ApiKey.team_id))
     .join(Batch, col(Batch.team_id) == col(ApiKey.team_id))
-    .where(col(ApiKey.key_hash) == bindparam("key_hash"), col(Batch.id) == bindparam("batch_id"))
+    .where(col(ApiKey.key_hash) == bindparam("key_hash"), col(Batch.id) == bindparam("batch_id"), _NOT_DELETED)
 )
 
 
@@ -340,7 +344,7 @@ async def list_batches(
     """
     query = select(Batch)
     if team_id is not None:
-        query = query.where(Batch.team_id == team_id)
+        query = query.where(Batch.team_id == team_id, _NOT_DELETED)
     if statuses:
         query = query.where(col(Batch.status).in_(statuses))
     if provider:

@@ -156,7 +156,7 @@ def test_one_batch_runs_on_both_protocols_and_reads_back_as_anthropic_results(
     assert set(batch.metadata["gateway_providers"].split(",")) == {"openai", "claude"}
 
 
-def test_list_pages_both_ways_and_delete_hides_a_batch(claude: anthropic.Anthropic) -> None:
+def test_list_pages_both_ways_and_delete_hides_a_batch(claude: anthropic.Anthropic, client: openai.OpenAI) -> None:
     ids = [
         claude.messages.batches.create(requests=[{"custom_id": f"r{i}", "params": params("gpt-4o-mini", "hi")}]).id
         for i in range(3)
@@ -170,12 +170,20 @@ def test_list_pages_both_ways_and_delete_hides_a_batch(claude: anthropic.Anthrop
     assert [b.id for b in back.data] == [ids[2]]
     assert ids[0] in [b.id for b in claude.messages.batches.list(limit=2)]  # auto-pagination
     ended = wait_ended(claude, ids[0])
+    twin = ended.id.replace("msgbatch_", "batch_")  # the same work as OpenAI's API shows it
+    for _ in range(2):  # read twice: the second answer is the one a status read keeps
+        assert client.batches.retrieve(twin).status == "completed"
     deleted = claude.messages.batches.delete(ended.id)
     assert (deleted.id, deleted.type) == (ended.id, "message_batch_deleted")
     with pytest.raises(anthropic.NotFoundError) as missing:
         claude.messages.batches.retrieve(ended.id)
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
     assert ended.id not in [b.id for b in claude.messages.batches.list(limit=1000).data]
+    with pytest.raises(openai.NotFoundError):
+        client.batches.retrieve(twin)
+    assert twin not in [b.id for b in client.batches.list(limit=100)]
+    with pytest.raises(openai.NotFoundError):
+        client.batches.cancel(twin)
 
 
 def test_cancel_ends_unrun_requests_canceled(claude: anthropic.Anthropic) -> None:

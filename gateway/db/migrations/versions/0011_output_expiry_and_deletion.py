@@ -1,4 +1,5 @@
-"""output expiry: how long a batch's output and error files are kept (its ``output_expires_after``)
+"""output expiry and deletion: how long a batch's output and error files are kept (its ``output_expires_after``),
+and when its client deleted it (a Message Batches delete)
 
 Revision ID: 0011
 Revises: 0010
@@ -19,8 +20,10 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("batches", schema=None) as batch_op:
         batch_op.add_column(sa.Column("output_ttl_s", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("deleted_at", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("batches", schema=None) as batch_op:
+        batch_op.drop_column("deleted_at")
         batch_op.drop_column("output_ttl_s")
