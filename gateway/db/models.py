@@ -297,6 +297,19 @@ class ProviderPacing(SQLModel, table=True):
     updated_at: float = Field(default_factory=time.time)
 
 
+class ProviderSlots(SQLModel, table=True):
+    """The requests one gateway process may have in flight at one provider at once: its share of the provider's
+    ``max_concurrency``, held for a short lease (see :mod:`gateway.routing.slots`)."""
+
+    __tablename__ = "provider_slots"
+
+    provider: str = Field(primary_key=True, max_length=128)
+    holder: str = Field(primary_key=True, max_length=128, description="The process: host, pid and a random part.")
+    slots: int = Field(default=0, description="Requests it may have in flight (at least those it has).")
+    wanted: int = Field(default=0, description="Requests it had in flight or waiting when it last claimed.")
+    expires_at: float = Field(description="Unix time (database clock) after which its slots are anyone's.")
+
+
 class ApiRateLimit(SQLModel, table=True):
     """The request timeline of one client key or team (see :mod:`gateway.db.ratelimits`), shared by every
     API replica."""

@@ -8,21 +8,28 @@ all processes follow each other on one line and none starts inside a 429 pause. 
 back with its "now", so that each process can place them on its own clock.
 
 Run these on a connection in autocommit mode: each is one statement (two when a row is missing), so a
-provider's row is locked for the length of one statement only.
+provider's row is locked for the length of one statement only; :func:`claim_slots` is the exception, a short
+transaction of its own.
+
+A provider's ``max_concurrency`` is shared out as *slots* (:class:`~gateway.db.models.ProviderSlots`): each process
+holding some has a row with how many it may use, how many it wanted, and when its lease ends. A claim, under the
+provider's advisory lock, drops expired rows, gives the claimer its fair share of what the others leave free
+(:func:`fair_share`), and writes its row back: the rows' slots never add up to more than the limit, whatever the
+number of processes.
 """
 
 from __future__ import annotations
 
 import time
 
-from sqlalchemy import Float, cast, func, update
+from sqlalchemy import Float, cast, delete, func, literal, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
 
-from gateway.db.models import ProviderHealth, ProviderPacing
+from gateway.db.models import ProviderHealth, ProviderPacing, ProviderSlots
 
 
 def database_now() -> ColumnElement[float]:
@@ -88,3 +95,56 @@ async def paused_until(connection: AsyncConnection, provider: str) -> tuple[floa
     """When the provider's 429 pause ends (0 if it never had one) and the database's "now"."""
     ends, at = (await connection.execute(sa_select(rate_limited_until(provider), database_now()))).one()
     return float(ends), float(at)
+
+
+def fair_share(limit: int, wants: dict[str, int], holder: str) -> int:
+    """``holder``'s share of ``limit`` slots among ``wants`` (what each holder wants, its own included): each gets
+    what it wants up to an equal part of what the smaller wants leave (water-filling); the shares add up to at most
+    ``limit``, and a slot left over by the division goes to the holder first in (want, name) order."""
+    left = limit
+    ordered = sorted(wants.items(), key=lambda item: (item[1], item[0]))
+    for index, (name, want) in enumerate(ordered):
+        share = min(want, -(-left // (len(ordered) - index)))
+        if name == holder:
+            return share
+        left -= share
+    return 0
+
+
+async def claim_slots(
+    engine: AsyncEngine, provider: str, holder: str, limit: int, wanted: int, in_use: int, lease_s: float
+) -> int:
+    """Renew ``holder``'s slots at ``provider`` (``limit`` in all) for ``lease_s`` seconds, in one transaction under
+    the provider's advisory lock; returns how many it may use now.
+
+    ``wanted`` is what it has in flight and waiting, ``in_use`` what it has in flight. It gets its
+    :func:`fair_share` of the limit, but never more than the other live rows leave free (a process over its share
+    gives back at its own next claim); its row keeps at least ``in_use``, slots its requests already hold. A holder
+    wanting nothing gives its row up.
+    """
+    async with engine.begin() as connection:
+        await connection.execute(
+            sa_select(func.pg_advisory_xact_lock(func.hashtext(literal("batchgw-slots:" + provider))))
+        )
+        now = database_now()
+        mine = (col(ProviderSlots.provider) == provider, col(ProviderSlots.holder) == holder)
+        await connection.execute(
+            delete(ProviderSlots).where(col(ProviderSlots.provider) == provider, col(ProviderSlots.expires_at) < now)
+        )
+        if wanted == 0 and in_use == 0:
+            await connection.execute(delete(ProviderSlots).where(*mine))
+            return 0
+        others = (
+            await connection.execute(
+                sa_select(col(ProviderSlots.holder), col(ProviderSlots.slots), col(ProviderSlots.wanted)).where(
+                    col(ProviderSlots.provider) == provider, col(ProviderSlots.holder) != holder
+                )
+            )
+        ).all()
+        free = limit - sum(int(row.slots) for row in others)
+        wants = {str(row.holder): int(row.wanted) for row in others} | {holder: wanted}
+        granted = max(0, min(fair_share(limit, wants, holder), free))
+        row = {"slots": max(granted, in_use), "wanted": wanted, "expires_at": now + lease_s}
+        upsert = postgresql.insert(ProviderSlots).values(provider=provider, holder=holder, **row)
+        await connection.execute(upsert.on_conflict_do_update(index_elements=["provider", "holder"], set_=row))
+        return granted

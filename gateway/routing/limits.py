@@ -3,7 +3,7 @@
 **Contract.** :class:`RequestLimiter`: whoever sends requests to a provider one by one (the synchronous
 adapter, for every try of every request of the fan-out stage) holds :meth:`RequestLimiter.slot` while the
 request runs, and calls :meth:`RequestLimiter.rate_limited` when the provider answers 429. The limits are
-the provider's ``[limits]``: ``max_concurrency`` (requests in flight in one process),
+the provider's ``[limits]``: ``max_concurrency`` (requests in flight at once, see :mod:`gateway.routing.slots`),
 ``requests_per_minute``, ``tokens_per_minute`` (a request counts its estimated tokens) and the pause a
 429's ``Retry-After`` asks for. The engine hands each such adapter its limiter (:func:`hand_limiters`);
 the adapter itself knows nothing of databases.
@@ -43,9 +43,9 @@ it. Other processes learn of it with their next reservation, or at the latest :d
 stretch that turns out to lie inside a pause is given up and its request queues again, so a pause ends as
 smoothly as a start.
 
-Not shared: ``max_concurrency`` stays a per-process bound (each replica keeps at most that many requests in
-flight). Batch providers' API calls (submit, poll, downloads) are not paced: they are few, and their
-providers limit batches, not calls.
+``max_concurrency`` is shared too, through the database on PostgreSQL (:mod:`gateway.routing.slots`): the
+replicas together keep at most that many requests in flight. Batch providers' API calls (submit, poll, downloads)
+are not paced: they are few, and their providers limit batches, not calls.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.db import pacing as pacing_db
 from gateway.providers.base import ProviderAdapter
 from gateway.providers.config import ProviderLimits
+from gateway.routing.slots import LocalSlots, SharedSlots, Slots
 
 log = logging.getLogger(__name__)
 
@@ -261,11 +262,11 @@ class SharedTimeline(Timeline):
 class PacedLimiter:
     """A provider's limits for the requests of this process, paced on a local or shared :class:`Timeline`."""
 
-    def __init__(self, provider: str, limits: ProviderLimits, timeline: Timeline) -> None:
+    def __init__(self, provider: str, limits: ProviderLimits, timeline: Timeline, slots: Slots | None = None) -> None:
         self.provider = provider
         self.pace = Pace.of(limits)
         self.timeline = timeline
-        self._concurrency = asyncio.Semaphore(limits.max_concurrency)
+        self.slots = slots or LocalSlots(limits.max_concurrency)
         self._stretches: deque[list[float]] = deque()
         """Reserved stretches not handed out yet, oldest first: ``[next free, end]``."""
         self._demand = 0.0
@@ -282,7 +283,7 @@ class PacedLimiter:
     @contextlib.asynccontextmanager
     async def slot(self, estimated_tokens: int) -> AsyncIterator[None]:
         """Wait for one of ``max_concurrency`` slots, then for the request's moment; hold the slot while it runs."""
-        async with self._concurrency:
+        async with self.slots.hold():
             await self.acquire(estimated_tokens)
             yield
 
@@ -398,7 +399,8 @@ def local_limiter(provider: str, limits: ProviderLimits) -> PacedLimiter:
 def limiter_for(provider: str, limits: ProviderLimits, engine: AsyncEngine) -> PacedLimiter:
     """A provider's limiter: shared through the database on PostgreSQL, kept in this process on SQLite."""
     if engine.dialect.name == "postgresql":
-        return PacedLimiter(provider, limits, SharedTimeline(engine, provider))
+        slots = SharedSlots(engine, provider, limits.max_concurrency)
+        return PacedLimiter(provider, limits, SharedTimeline(engine, provider), slots)
     return local_limiter(provider, limits)
 
 

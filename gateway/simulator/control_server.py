@@ -72,7 +72,11 @@ def build_control_app(cluster: SimulatorCluster) -> Litestar:
         for job in state.jobs.values():
             statuses[job.status] = statuses.get(job.status, 0) + 1
         counts = msgspec.to_builtins(state.stats)
-        live = {"files_stored": len(state.files.files), "calls_in_flight": state.calls_in_flight}
+        live = {
+            "files_stored": len(state.files.files),
+            "calls_in_flight": state.calls_in_flight,
+            "most_calls_in_flight": state.most_calls_in_flight,
+        }
         return {**counts, **live, "batches": statuses}
 
     @get("/providers/{name:str}/invoice")

@@ -137,6 +137,7 @@ class FaultGate:
             await send(message)
 
         self.state.calls_in_flight += 1
+        self.state.most_calls_in_flight = max(self.state.most_calls_in_flight, self.state.calls_in_flight)
         try:
             if self.state.faults.latency_s:
                 await asyncio.sleep(self.state.faults.latency_s)

@@ -185,6 +185,8 @@ class EmulatorState:
         """Sends the batch-ended events, when the provider has a webhook endpoint."""
         self.calls_in_flight = 0
         """API calls received and not yet answered (a live figure: a reset leaves it as it is)."""
+        self.most_calls_in_flight = 0
+        """The most API calls in flight at once since the last reset (from those in flight then)."""
         self.reset()
 
     def reset(self) -> None:
@@ -195,6 +197,7 @@ class EmulatorState:
         self.files.clear()
         self.log.clear()
         self.stats = Stats()
+        self.most_calls_in_flight = self.calls_in_flight
         self.faults = self.spec.faults.merged({})
         self.clock = Clock()
         self.rng = random.Random(0)

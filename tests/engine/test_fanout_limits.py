@@ -1,6 +1,6 @@
 """Four worker processes fan one job out to one synchronous provider on PostgreSQL: together they keep
 its requests-per-minute limit, over every minute and every two seconds, as the provider's own log shows
-(the times requests arrived there)."""
+(the times requests arrived there), and its max_concurrency, as the provider counts the calls it holds at once."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from tests.engine import (
     chat_requests,
     collect,
     emulator_log,
+    emulator_stats,
     query,
     reset,
+    set_faults,
     submit,
     wait_for,
     worker_process,
@@ -33,7 +35,19 @@ RPM = 600
 REQUESTS = 640  # a little over a minute at 600 a minute
 SHARDS = 8
 WORKERS = 4
+CROWDED_LIMIT = 3
+CROWDED_REQUESTS = 60
 PROVIDERS: dict[str, dict[str, Any]] = {
+    "crowded": {
+        "emulator": "fast",
+        "kind": "openai_sync",
+        "models": {"crowded-model": "gpt-4o-mini"},
+        "limits": {
+            "requests_per_minute": 60_000,
+            "max_concurrency": CROWDED_LIMIT,
+            "max_requests_per_batch": CROWDED_REQUESTS // WORKERS,
+        },
+    },
     "paced": {
         "emulator": "other",
         "kind": "openai_sync",
@@ -57,10 +71,11 @@ def gateway(
 
 
 @pytest.fixture
-def workers(gateway: GatewayProcess) -> Iterator[list[GatewayProcess]]:
+def workers(gateway: GatewayProcess, request: pytest.FixtureRequest) -> Iterator[list[GatewayProcess]]:
     # Two shard steps each: the eight shards spread over the four workers.
     env = {"BATCHGW_WORKER__CONCURRENCY": "2"}
-    started = [worker_process(gateway, f"worker-{n}", **env).start("worker") for n in range(WORKERS)]
+    test = request.node.originalname
+    started = [worker_process(gateway, f"{test}-worker-{n}", **env).start("worker") for n in range(WORKERS)]
     yield started
     for worker in started:
         worker.stop()
@@ -124,3 +139,26 @@ def test_four_workers_together_keep_the_providers_rate(
     assert stamps[-1] - stamps[0] > 60.0, "the job should run over a minute"
     # Not merely slow: together the workers came close to the limit.
     assert per_minute >= RPM * 0.8, f"only {per_minute} requests in the busiest minute: the workers held back"
+
+
+def test_four_workers_together_keep_the_providers_max_concurrency(
+    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster, workers: list[GatewayProcess]
+) -> None:
+    reset(simulator, "fast")
+    set_faults(simulator, "fast", latency_s=0.2)  # each answer takes a while: requests pile up in flight
+    requests = chat_requests(CROWDED_REQUESTS, model="crowded-model", prefix="crowded")
+    batch = submit(client, requests)
+    most_owners, deadline = 0, time.monotonic() + 120
+    while client.batches.retrieve(batch.id).status not in TERMINAL and time.monotonic() < deadline:
+        owners = query(gateway, "SELECT DISTINCT lease_owner FROM shards WHERE state = 'executing'")
+        most_owners = max(most_owners, len(owners))
+        time.sleep(0.2)
+    outcome = collect(client, wait_for(client, batch.id, timeout=10))
+    stats = emulator_stats(simulator, "fast")
+    reset(simulator, "fast")
+    assert outcome.batch.status == "completed" and not outcome.errors
+    assert sorted(outcome.output) == sorted(r["custom_id"] for r in requests)
+    assert most_owners >= 2, "the shards should run in several workers at once"
+    # Each worker alone would keep to the limit; together, without a shared count, they would hold several times it.
+    assert stats["most_calls_in_flight"] <= CROWDED_LIMIT, stats
+    assert stats["most_calls_in_flight"] == CROWDED_LIMIT, "the workers together should use the whole limit"

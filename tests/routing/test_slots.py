@@ -1,0 +1,153 @@
+"""A provider's max_concurrency shared by every process on PostgreSQL: the shares never add up to more than the
+limit, follow demand, and a process that stops renewing (frozen) loses its share when its lease ends.
+
+Each :class:`SharedSlots` gets an engine of its own, as separate processes would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.db.engine import create_engine
+from gateway.db.pacing import fair_share
+from gateway.routing.slots import LocalSlots, SharedSlots
+from gateway.settings import async_database_url
+from tests.conftest import FreshDatabase
+
+SHARED = pytest.mark.database("postgresql", reason="slots are shared between processes on PostgreSQL only")
+
+
+@pytest.fixture(scope="module")
+def database(database_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh, migrated database for the module (each test uses a provider of its own); its async URL."""
+    made = FreshDatabase.create(database_kind, tmp_path_factory.mktemp("slots"), migrated=True)
+    yield async_database_url(made.url)
+    made.drop()
+
+
+Make = Callable[..., SharedSlots]
+
+
+@pytest.fixture
+async def shared(database: str, request: pytest.FixtureRequest) -> AsyncIterator[Make]:
+    """``shared(limit, lease_s=...)``: slots of the test's own provider on an engine of its own (one per process)."""
+    made: list[tuple[SharedSlots, AsyncEngine]] = []
+    provider = request.node.name[:120]
+
+    def make(limit: int, **kwargs: float) -> SharedSlots:
+        engine = create_engine(database)
+        made.append((SharedSlots(engine, provider, limit, holder=f"process-{len(made)}", **kwargs), engine))
+        return made[-1][0]
+
+    yield make
+    for slots, engine in made:
+        await slots.close()
+        await engine.dispose()
+
+
+class InFlight:
+    """Requests in flight across every process, and the most seen at once."""
+
+    def __init__(self) -> None:
+        self.now = self.most = self.done = 0
+
+    async def request(self, slots: SharedSlots | LocalSlots, seconds: float) -> None:
+        async with slots.hold():
+            self.now += 1
+            self.most = max(self.most, self.now)
+            await asyncio.sleep(seconds)
+            self.now -= 1
+            self.done += 1
+
+
+@pytest.mark.parametrize(
+    ("limit", "wants", "shares"),
+    [
+        (4, {"a": 4, "b": 4}, {"a": 2, "b": 2}),
+        (4, {"a": 1, "b": 9}, {"a": 1, "b": 3}),
+        (5, {"a": 5, "b": 5}, {"a": 3, "b": 2}),
+        (3, {"a": 2, "b": 2, "c": 2, "d": 2}, {"a": 1, "b": 1, "c": 1, "d": 0}),
+        (10, {"a": 2, "b": 3}, {"a": 2, "b": 3}),
+        (4, {"a": 0, "b": 9}, {"a": 0, "b": 4}),
+    ],
+)
+def test_fair_shares_fill_the_smaller_wants_first_and_never_exceed_the_limit(
+    limit: int, wants: dict[str, int], shares: dict[str, int]
+) -> None:
+    found = {holder: fair_share(limit, wants, holder) for holder in wants}
+    assert found == shares
+    assert sum(found.values()) <= limit
+
+
+async def test_local_slots_keep_this_process_to_the_limit() -> None:
+    slots, flight = LocalSlots(3), InFlight()
+    await asyncio.gather(*(flight.request(slots, 0.01) for _ in range(20)))
+    assert (flight.most, flight.done) == (3, 20)
+
+
+@SHARED
+async def test_processes_together_never_have_more_in_flight_than_the_limit(shared: Make) -> None:
+    processes, flight = [shared(4) for _ in range(3)], InFlight()
+    started = time.monotonic()
+    await asyncio.gather(*(flight.request(slots, 0.05) for slots in processes for _ in range(20)))
+    assert flight.done == 60
+    assert flight.most <= 4, f"{flight.most} requests in flight at once, limit 4"
+    # Not merely safe: the limit was used. 60 requests of 50 ms four at a time take 0.75 s.
+    assert flight.most == 4 and time.monotonic() - started < 4.0
+
+
+@SHARED
+async def test_a_lone_process_takes_the_whole_limit_and_gives_it_back_when_idle(
+    shared: Make, database: str, request: pytest.FixtureRequest
+) -> None:
+    first, second = shared(4), shared(4)
+    flight = InFlight()
+    await asyncio.gather(*(flight.request(first, 0.05) for _ in range(12)))
+    assert flight.most == 4, "one process alone may use every slot"
+    await asyncio.sleep(1.5)  # idle past IDLE_S: its share is given up
+    engine = create_engine(database)
+    try:
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    text("SELECT count(*) FROM provider_slots WHERE provider = :p"), {"p": request.node.name[:120]}
+                )
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+    assert rows == 0
+    flight = InFlight()
+    await asyncio.gather(*(flight.request(second, 0.05) for _ in range(8)))
+    assert flight.most == 4
+
+
+@SHARED
+async def test_a_process_that_stops_renewing_loses_its_share_when_its_lease_ends(shared: Make) -> None:
+    frozen, other = shared(4, lease_s=1.0), shared(4, lease_s=1.0)
+    release = asyncio.Event()
+
+    async def held() -> None:
+        async with frozen.hold():
+            await release.wait()
+
+    holders = [asyncio.create_task(held()) for _ in range(4)]
+    while frozen.in_flight < 4:
+        await asyncio.sleep(0.01)
+    assert frozen._keeper is not None
+    frozen._keeper.cancel()  # as a frozen process: no more renewals, its requests still out
+    stopped = time.monotonic()
+    flight = InFlight()
+    await asyncio.wait_for(flight.request(other, 0.0), timeout=10)
+    waited = time.monotonic() - stopped
+    # The other process waited for the lease (1 s, from the frozen one's last claim) rather than exceed the limit.
+    assert 0.5 < waited < 5.0, waited
+    # Woken, the frozen process sends nothing more until it has claimed again (its lease ran out).
+    assert not frozen._may_send()
+    release.set()
+    await asyncio.gather(*holders)
