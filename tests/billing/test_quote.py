@@ -109,7 +109,7 @@ def test_the_command_explains_an_unknown_model(workspace: Path) -> None:
 def test_the_admin_endpoint_gives_the_same_figures(workspace: Path, gateway_factory: Any) -> None:
     gateway: GatewayProcess = gateway_factory({"BATCHGW_CONFIG_FILE": str(workspace / "providers.toml")}).start()
     client = gateway.client(gateway.create_key("acme"))
-    upload = client.files.create(file=(workspace / "in.jsonl").read_bytes(), purpose="batch")
+    upload = client.files.create(file=("in.jsonl", (workspace / "in.jsonl").read_bytes()), purpose="batch")
     headers = {"Authorization": "Bearer test-admin-key"}
     response = loopback.post(f"{gateway.base_url}/admin/estimate", json={"file_id": upload.id}, headers=headers)
     assert response.status_code == 200, response.text
@@ -133,7 +133,7 @@ def test_the_admin_endpoint_gives_the_same_figures(workspace: Path, gateway_fact
 def test_the_estimate_shows_ranges_turnaround_fan_out_and_advice(workspace: Path, gateway_factory: Any) -> None:
     gateway: GatewayProcess = gateway_factory({"BATCHGW_CONFIG_FILE": str(workspace / "providers.toml")}).start()
     client = gateway.client(gateway.create_key("acme"))
-    upload = client.files.create(file=(workspace / "in.jsonl").read_bytes(), purpose="batch")
+    upload = client.files.create(file=("in.jsonl", (workspace / "in.jsonl").read_bytes()), purpose="batch")
     headers = {"Authorization": "Bearer test-admin-key"}
 
     def estimate(**body: str) -> dict[str, Any]:
@@ -173,7 +173,7 @@ def test_the_estimate_shows_ranges_turnaround_fan_out_and_advice(workspace: Path
 def test_clients_estimate_their_own_files_from_their_team_history(workspace: Path, gateway_factory: Any) -> None:
     gateway: GatewayProcess = gateway_factory({"BATCHGW_CONFIG_FILE": str(workspace / "providers.toml")}).start()
     key, other_key = gateway.create_key("acme"), gateway.create_key("globex")
-    upload = gateway.client(key).files.create(file=(workspace / "in.jsonl").read_bytes(), purpose="batch")
+    upload = gateway.client(key).files.create(file=("in.jsonl", (workspace / "in.jsonl").read_bytes()), purpose="batch")
     url = f"{gateway.base_url}/v1/estimates"
 
     def post(body: Any, token: str | None = key) -> httpx.Response:
