@@ -5,6 +5,7 @@ its requests-per-minute limit, over every minute and every two seconds, as the p
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -162,3 +163,41 @@ def test_four_workers_together_keep_the_providers_max_concurrency(
     # Each worker alone would keep to the limit; together, without a shared count, they would hold several times it.
     assert stats["most_calls_in_flight"] <= CROWDED_LIMIT, stats
     assert stats["most_calls_in_flight"] == CROWDED_LIMIT, "the workers together should use the whole limit"
+
+
+def test_a_worker_frozen_holding_every_slot_leaves_them_to_the_others_once_its_lease_ends(
+    client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster
+) -> None:
+    reset(simulator, "fast")
+    set_faults(simulator, "fast", latency_s=0.3)
+    env = {"BATCHGW_WORKER__LEASE_S": "3", "BATCHGW_WORKER__CONCURRENCY": str(WORKERS)}
+    first = worker_process(gateway, "frozen-first", **env).start("worker")
+    second: GatewayProcess | None = None
+    try:
+        requests = chat_requests(CROWDED_REQUESTS, model="crowded-model", prefix="frozen")
+        batch = submit(client, requests)
+        # The first worker alone runs every shard: it holds every slot when it freezes.
+        deadline = time.monotonic() + 30
+        while emulator_stats(simulator, "fast")["calls_in_flight"] < CROWDED_LIMIT:
+            assert time.monotonic() < deadline, "the first worker never used every slot"
+            time.sleep(0.02)
+        assert first.process is not None
+        first.process.send_signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        second = worker_process(gateway, "frozen-second", **env).start("worker")
+        done = wait_for(client, batch.id, timeout=90)  # the first worker is still frozen
+        finished_after = time.monotonic() - frozen_at
+        stats = emulator_stats(simulator, "fast")
+    finally:
+        if first.process is not None:
+            first.process.send_signal(signal.SIGCONT)
+        first.stop()
+        if second is not None:
+            second.stop()
+        reset(simulator, "fast")
+    outcome = collect(client, done)
+    assert done.status == "completed" and not outcome.errors
+    assert sorted(outcome.output) == sorted(r["custom_id"] for r in requests)
+    # The second worker waited out the leases (shards 3 s, the frozen share 5 s), then used the slots.
+    assert finished_after > 3.0
+    assert stats["most_calls_in_flight"] <= CROWDED_LIMIT, stats
