@@ -22,7 +22,7 @@ from gateway.db.engine import create_engine
 from gateway.db.point_reads import PointReads
 from gateway.providers.registry import ADAPTER_KINDS, ProviderRegistry, adapter_options
 from gateway.providers.send_fence import fence_sends
-from gateway.routing.limits import hand_limiters
+from gateway.routing.limits import hand_limiters, release_limiters
 from gateway.routing.offers import OfferBook
 from gateway.settings import Settings
 from gateway.storage import BlobStore, open_blob_store
@@ -169,6 +169,7 @@ class GatewayContext:
     async def close(self) -> None:
         """Release database and HTTP connections."""
         await self.work_available.close()
+        await release_limiters(self.providers)
         self.cpu.close()
         for checks in self.upload_checks:
             checks.close()

@@ -307,6 +307,7 @@ class ProviderSlots(SQLModel, table=True):
     holder: str = Field(primary_key=True, max_length=128, description="The process: host, pid and a random part.")
     slots: int = Field(default=0, description="Requests it may have in flight (at least those it has).")
     wanted: int = Field(default=0, description="Requests it had in flight or waiting when it last claimed.")
+    limit: int = Field(default=0, description="The provider's max_concurrency as this process is configured.")
     expires_at: float = Field(description="Unix time (database clock) after which its slots are anyone's.")
 
 

@@ -15,12 +15,13 @@ A provider's ``max_concurrency`` is shared out as *slots* (:class:`~gateway.db.m
 holding some has a row with how many it may use, how many it wanted, and when its lease ends. A claim, under the
 provider's advisory lock, drops expired rows, gives the claimer its fair share of what the others leave free
 (:func:`fair_share`), and writes its row back: the rows' slots never add up to more than the limit, whatever the
-number of processes.
+number of processes (but for what a process whose lease ended still had in flight).
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 
 from sqlalchemy import Float, cast, delete, func, literal, update
 from sqlalchemy import select as sa_select
@@ -97,12 +98,14 @@ async def paused_until(connection: AsyncConnection, provider: str) -> tuple[floa
     return float(ends), float(at)
 
 
-def fair_share(limit: int, wants: dict[str, int], holder: str) -> int:
+def fair_share(limit: int, wants: dict[str, int], holder: str, turn: int = 0) -> int:
     """``holder``'s share of ``limit`` slots among ``wants`` (what each holder wants, its own included): each gets
-    what it wants up to an equal part of what the smaller wants leave (water-filling); the shares add up to at most
-    ``limit``, and a slot left over by the division goes to the holder first in (want, name) order."""
+    what it wants up to an equal part of what the smaller wants leave (water-filling), and the shares add up to at
+    most ``limit``. A slot the division leaves over goes to the holders first in an order that changes with
+    ``turn`` (claims pass a new turn every second), so that when more processes want slots than there are, none
+    is left out for good."""
     left = limit
-    ordered = sorted(wants.items(), key=lambda item: (item[1], item[0]))
+    ordered = sorted(wants.items(), key=lambda item: (item[1], zlib.crc32(f"{item[0]}:{turn}".encode())))
     for index, (name, want) in enumerate(ordered):
         share = min(want, -(-left // (len(ordered) - index)))
         if name == holder:
@@ -117,10 +120,11 @@ async def claim_slots(
     """Renew ``holder``'s slots at ``provider`` (``limit`` in all) for ``lease_s`` seconds, in one transaction under
     the provider's advisory lock; returns how many it may use now.
 
-    ``wanted`` is what it has in flight and waiting, ``in_use`` what it has in flight. It gets its
-    :func:`fair_share` of the limit, but never more than the other live rows leave free (a process over its share
-    gives back at its own next claim); its row keeps at least ``in_use``, slots its requests already hold. A holder
-    wanting nothing gives its row up.
+    ``wanted`` is what it has in flight and waiting, ``in_use`` what it may have in flight until the answer comes.
+    It gets its :func:`fair_share` of the limit, but never more than the other live rows leave free (a process
+    over its share gives back at its own next claim); its row keeps at least ``in_use``. The limit is the smallest
+    of the live rows' and its own, should processes be configured differently. A holder wanting nothing and
+    holding nothing gives its row up.
     """
     async with engine.begin() as connection:
         await connection.execute(
@@ -134,17 +138,19 @@ async def claim_slots(
         if wanted == 0 and in_use == 0:
             await connection.execute(delete(ProviderSlots).where(*mine))
             return 0
+        columns = (col(ProviderSlots.holder), col(ProviderSlots.slots), col(ProviderSlots.wanted))
         others = (
             await connection.execute(
-                sa_select(col(ProviderSlots.holder), col(ProviderSlots.slots), col(ProviderSlots.wanted)).where(
+                sa_select(*columns, col(ProviderSlots.limit)).where(
                     col(ProviderSlots.provider) == provider, col(ProviderSlots.holder) != holder
                 )
             )
         ).all()
-        free = limit - sum(int(row.slots) for row in others)
+        shared = min([limit, *(int(row.limit) for row in others)])
+        free = shared - sum(int(row.slots) for row in others)
         wants = {str(row.holder): int(row.wanted) for row in others} | {holder: wanted}
-        granted = max(0, min(fair_share(limit, wants, holder), free))
-        row = {"slots": max(granted, in_use), "wanted": wanted, "expires_at": now + lease_s}
+        granted = max(0, min(fair_share(shared, wants, holder, int(time.time())), free))
+        row = {"slots": max(granted, in_use), "wanted": wanted, "limit": limit, "expires_at": now + lease_s}
         upsert = postgresql.insert(ProviderSlots).values(provider=provider, holder=holder, **row)
         await connection.execute(upsert.on_conflict_do_update(index_elements=["provider", "holder"], set_=row))
         return granted

@@ -283,8 +283,9 @@ class PacedLimiter:
     @contextlib.asynccontextmanager
     async def slot(self, estimated_tokens: int) -> AsyncIterator[None]:
         """Wait for one of ``max_concurrency`` slots, then for the request's moment; hold the slot while it runs."""
-        async with self.slots.hold():
+        async with self.slots.hold() as held:
             await self.acquire(estimated_tokens)
+            await held.confirm()  # the wait for the moment may have outlived the share (a frozen process)
             yield
 
     async def acquire(self, estimated_tokens: int = 0) -> None:
@@ -386,6 +387,10 @@ class PacedLimiter:
                 return
             self._saw_pause(await self.timeline.paused_until())
 
+    async def close(self) -> None:
+        """Give up what this process holds of the provider's limits (it is stopping)."""
+        await self.slots.close()
+
     def _saw_pause(self, ends_at: float) -> None:
         self._pause_ends_at = max(self._pause_ends_at, ends_at)
         self._pause_read_at = time.monotonic()
@@ -409,3 +414,10 @@ def hand_limiters(adapters: Iterable[ProviderAdapter], engine: AsyncEngine) -> N
     for adapter in adapters:
         if isinstance(adapter, Paced):
             adapter.use_limiter(limiter_for(adapter.name, adapter.config.limits, engine))
+
+
+async def release_limiters(adapters: Iterable[ProviderAdapter]) -> None:
+    """Give up what this process holds of every provider's limits (see :func:`hand_limiters`), as it stops."""
+    for adapter in adapters:
+        if isinstance(adapter, Paced) and isinstance(adapter.limiter, PacedLimiter):
+            await adapter.limiter.close()

@@ -11,11 +11,14 @@ the slot is free again when the block ends.
   database for a short lease (:func:`gateway.db.pacing.claim_slots`). While it has requests in flight or waiting,
   a keeper renews the share every :data:`RENEW_S` (at once when requests wait beyond it, at most every
   :data:`MIN_CLAIM_GAP_S`), so a share follows demand: processes that want slots get equal parts of the limit,
-  and a process that wants fewer leaves the rest to the others. The shares never add up to more than the limit.
-  A process stops sending when its lease may have run out (its own clock, started before the claim was sent, so
-  it errs early), so a process frozen (SIGSTOP) past its lease sends nothing more until it has claimed again,
-  and the others take its share once the lease ends. What it had in flight when it froze is the one excess: those
-  requests are already at the provider.
+  and a process that wants fewer leaves the rest to the others; a process idle for :data:`IDLE_S` gives its share
+  up. While a claim is on its way, the process may still send up to its last share, so the claim keeps that much
+  in its row: a share shrinks at the claim after the one that decided it. The rows never add up to more than the
+  limit (the smallest ``max_concurrency`` of the processes holding one, should their settings differ), so neither
+  do the requests in flight. A process sends only while its lease may still hold (its own clock, started before
+  the claim was sent, so it errs early), checked again just before each request leaves: one frozen (SIGSTOP) past
+  its lease sends nothing more until it has claimed again, and the others take its share once the lease ends.
+  What it had in flight when it froze is the one excess: those requests are already at the provider.
 """
 
 from __future__ import annotations
@@ -49,12 +52,32 @@ RETRY_S = 1.0
 """Wait after a claim that failed (the database did not answer) before the next."""
 
 
+class Held(Protocol):
+    """A slot held by one request."""
+
+    async def confirm(self) -> None:
+        """Right before the request leaves: wait until this process may still send it (the wait for its moment may
+        have outlived the share, as in a process frozen meanwhile)."""
+        ...
+
+
 class Slots(Protocol):
     """Requests one process may have in flight at one provider."""
 
-    def hold(self) -> contextlib.AbstractAsyncContextManager[None]:
+    def hold(self) -> contextlib.AbstractAsyncContextManager[Held]:
         """Wait for a slot; it is held until the block ends."""
         ...
+
+    async def close(self) -> None:
+        """Give up what this process holds (it is stopping)."""
+        ...
+
+
+class _Kept:
+    """A slot of this process's own: nothing to confirm."""
+
+    async def confirm(self) -> None:
+        return None
 
 
 class LocalSlots:
@@ -64,14 +87,34 @@ class LocalSlots:
         self._semaphore = asyncio.Semaphore(limit)
 
     @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def hold(self) -> AsyncIterator[Held]:
         async with self._semaphore:
-            yield
+            yield _Kept()
+
+    async def close(self) -> None:
+        return None
 
 
 def process_holder() -> str:
     """A name for this process among every gateway process on the database."""
     return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class _Ticket:
+    """A slot of a :class:`SharedSlots` held by one request, and whether the request was sent."""
+
+    def __init__(self, slots: SharedSlots) -> None:
+        self.slots = slots
+        self.sent = False
+
+    async def confirm(self) -> None:
+        slots = self.slots
+        async with slots._changed:
+            if not slots._may_go():
+                slots._wanted.set()
+                await slots._changed.wait_for(slots._may_go)
+            slots.sent += 1
+            self.sent = True
 
 
 class SharedSlots:
@@ -88,32 +131,43 @@ class SharedSlots:
         self.valid_until = -math.inf
         """When that claim may have run out (this process's monotonic clock)."""
         self.in_flight = 0
+        """Requests holding a slot: waiting for their moment, or sent."""
+        self.sent = 0
+        """Requests sent and not yet answered: those at the provider."""
         self.waiting = 0
         self._changed = asyncio.Condition()
         self._wanted = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def hold(self) -> AsyncIterator[Held]:
         async with self._changed:
             self.waiting += 1
             try:
                 self._start_keeper()
                 if self.in_flight + self.waiting > self.granted:
                     self._wanted.set()
-                await self._changed.wait_for(self._may_send)
+                await self._changed.wait_for(self._may_hold)
             finally:
                 self.waiting -= 1
             self.in_flight += 1
+        ticket = _Ticket(self)
         try:
-            yield
+            yield ticket
         finally:
             async with self._changed:
                 self.in_flight -= 1
+                self.sent -= ticket.sent
                 self._changed.notify_all()
 
-    def _may_send(self) -> bool:
+    def _may_hold(self) -> bool:
+        """A request may take a slot: the share has one free and the lease holds."""
         return self.in_flight < self.granted and time.monotonic() < self.valid_until
+
+    def _may_go(self) -> bool:
+        """A request holding a slot may be sent: fewer than the share are at the provider and the lease holds (a
+        share that shrank meanwhile holds back the requests not sent yet, never those sent)."""
+        return self.sent < self.granted and time.monotonic() < self.valid_until
 
     def _start_keeper(self) -> None:
         if self._keeper is None or self._keeper.done():
@@ -127,24 +181,26 @@ class SharedSlots:
             wanted = self.in_flight + self.waiting
             if wanted:
                 idle_since = None
+                await self._claim(wanted)
             elif idle_since is None:
-                idle_since = time.monotonic()
+                idle_since = time.monotonic()  # the lease (longer than IDLE_S) covers a short gap between requests
             elif time.monotonic() - idle_since >= IDLE_S:
-                await self._claim(0)  # gives the share up
+                await self._give_up()
                 if not self.in_flight + self.waiting:
                     return  # no await after this check: a request that comes later starts a new keeper
                 idle_since = None
                 continue
-            await self._claim(wanted)
             await asyncio.sleep(MIN_CLAIM_GAP_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wanted.wait(), RENEW_S - MIN_CLAIM_GAP_S)
 
     async def _claim(self, wanted: int) -> None:
         sent = time.monotonic()
+        # Until the answer comes, this process may send up to its current share: the row must cover that much.
+        in_use = max(self.sent, self.granted if sent < self.valid_until else 0)
         try:
             granted = await pacing_db.claim_slots(
-                self.engine, self.provider, self.holder, self.limit, wanted, self.in_flight, self.lease_s
+                self.engine, self.provider, self.holder, self.limit, wanted, in_use, self.lease_s
             )
         except Exception as exc:  # the database did not answer: the share lapses, requests wait
             log.warning("provider %s: could not renew this process's share of max_concurrency: %s", self.provider, exc)
@@ -153,8 +209,14 @@ class SharedSlots:
         async with self._changed:
             self.granted = granted
             # The lease was stamped by the database after ``sent``: counting from ``sent`` ends it early, not late.
-            self.valid_until = sent + self.lease_s if wanted else -math.inf
+            self.valid_until = sent + self.lease_s
             self._changed.notify_all()
+
+    async def _give_up(self) -> None:
+        """Give the share up (nothing in flight): nothing may be sent on it from now on."""
+        self.granted, self.valid_until = 0, -math.inf
+        with contextlib.suppress(Exception):  # an unreachable database: the row's lease ends on its own
+            await pacing_db.claim_slots(self.engine, self.provider, self.holder, self.limit, 0, 0, self.lease_s)
 
     async def close(self) -> None:
         """Stop renewing and give the share up (a process stopping: its lease would end on its own anyway)."""
@@ -162,8 +224,10 @@ class SharedSlots:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
-        with contextlib.suppress(Exception):
-            await pacing_db.claim_slots(self.engine, self.provider, self.holder, self.limit, 0, 0, self.lease_s)
+        self.granted, self.valid_until = 0, -math.inf
+        if not self.sent:
+            with contextlib.suppress(Exception):
+                await pacing_db.claim_slots(self.engine, self.provider, self.holder, self.limit, 0, 0, self.lease_s)
 
 
-__all__ = ["LocalSlots", "SharedSlots", "Slots"]
+__all__ = ["Held", "LocalSlots", "SharedSlots", "Slots"]

@@ -183,11 +183,12 @@ def test_a_worker_frozen_holding_every_slot_leaves_them_to_the_others_once_its_l
             time.sleep(0.02)
         assert first.process is not None
         first.process.send_signal(signal.SIGSTOP)
-        frozen_at = time.monotonic()
+        frozen_at, frozen_wall = time.monotonic(), time.time()
         second = worker_process(gateway, "frozen-second", **env).start("worker")
         done = wait_for(client, batch.id, timeout=90)  # the first worker is still frozen
         finished_after = time.monotonic() - frozen_at
         stats = emulator_stats(simulator, "fast")
+        arrivals = sorted(e["received_at"] for e in emulator_log(simulator, "fast") if e["path"] == CHAT)
     finally:
         if first.process is not None:
             first.process.send_signal(signal.SIGCONT)
@@ -198,6 +199,9 @@ def test_a_worker_frozen_holding_every_slot_leaves_them_to_the_others_once_its_l
     outcome = collect(client, done)
     assert done.status == "completed" and not outcome.errors
     assert sorted(outcome.output) == sorted(r["custom_id"] for r in requests)
-    # The second worker waited out the leases (shards 3 s, the frozen share 5 s), then used the slots.
-    assert finished_after > 3.0
+    # The second worker took the shards once their lease ended (3 s), but sent nothing before the frozen worker's
+    # share of the slots ended too (5 s from its last renewal, at most 0.25 s before it froze).
+    first_sent = next(stamp for stamp in arrivals if stamp > frozen_wall + 0.5)
+    assert first_sent - frozen_wall > 4.5, first_sent - frozen_wall
+    assert finished_after > 4.5
     assert stats["most_calls_in_flight"] <= CROWDED_LIMIT, stats

@@ -116,6 +116,7 @@ async def retry_batch(context: GatewayContext, batch_id: str) -> Batch:
         metadata_=_retry_metadata(original.metadata_, batch_id),
         created_at=created_at,
         expires_at=created_at + max(window_s, 0),
+        output_ttl_s=original.output_ttl_s,
     )
     try:
         async with transaction(context.sessions) as session:

@@ -21,6 +21,11 @@ def upgrade() -> None:
     with op.batch_alter_table("batches", schema=None) as batch_op:
         batch_op.add_column(sa.Column("output_ttl_s", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("deleted_at", sa.Integer(), nullable=True))
+    # Message batches deleted before this revision: their batches are deleted too.
+    op.execute(
+        "UPDATE batches SET deleted_at = (SELECT m.deleted_at FROM message_batches m WHERE m.batch_id = batches.id) "
+        "WHERE id IN (SELECT batch_id FROM message_batches WHERE deleted_at IS NOT NULL)"
+    )
 
 
 def downgrade() -> None:

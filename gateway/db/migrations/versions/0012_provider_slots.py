@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("holder", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
         sa.Column("slots", sa.Integer(), nullable=False),
         sa.Column("wanted", sa.Integer(), nullable=False),
+        sa.Column("limit", sa.Integer(), nullable=False),
         sa.Column("expires_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("provider", "holder"),
     )
