@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -34,18 +34,7 @@ from gateway.routing.limits import (
     limiter_for,
     local_limiter,
 )
-from gateway.settings import Settings, async_database_url
-from tests.conftest import FreshDatabase
-
-
-@pytest.fixture(scope="module")
-def database(database_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh, migrated database for the module (each test paces a provider of its own); its async URL."""
-    made = FreshDatabase.create(database_kind, tmp_path_factory.mktemp("limits"), migrated=True)
-    url = async_database_url(made.url)
-    yield url
-    made.drop()
-
+from gateway.settings import Settings
 
 Limiters = Callable[..., PacedLimiter]
 

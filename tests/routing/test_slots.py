@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy import text
@@ -17,18 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.db.engine import create_engine
 from gateway.db.pacing import fair_share
 from gateway.routing.slots import LocalSlots, SharedSlots
-from gateway.settings import async_database_url
-from tests.conftest import FreshDatabase
 
 SHARED = pytest.mark.database("postgresql", reason="slots are shared between processes on PostgreSQL only")
-
-
-@pytest.fixture(scope="module")
-def database(database_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh, migrated database for the module (each test uses a provider of its own); its async URL."""
-    made = FreshDatabase.create(database_kind, tmp_path_factory.mktemp("slots"), migrated=True)
-    yield async_database_url(made.url)
-    made.drop()
 
 
 Make = Callable[..., SharedSlots]
