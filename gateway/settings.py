@@ -153,8 +153,9 @@ class RoutingSettings(_Section):
         900.0,
         ge=0,
         description=(
-            "A provider batch still running this long before its batch's deadline hint is cancelled, and its "
-            "unfinished requests move to the fastest tier that fits what is left (0: never)."
+            "A provider batch still running this long before its batch's deadline hint (or halfway from its "
+            "submission to a nearer deadline) is cancelled, and its unfinished requests move to the fastest tier "
+            "that fits what is left (0: never)."
         ),
     )
     turnaround_samples: int = Field(50, ge=1, description="Finished shards per provider model kept for p50/p90.")

@@ -49,6 +49,11 @@ MISSING_RESULT_ERRORS = {
     "stalled": ("provider_stalled", "The provider batch that held this request made no progress: {detail}"),
     "abandoned": ("provider_unavailable", "The provider that held this request stayed unreachable: {detail}"),
     "rerouted": ("provider_unavailable", "No provider could take this request: {detail}"),
+    "behind": (
+        "deadline_missed",
+        "This request did not finish by the batch's deadline: its provider batch was cancelled while still "
+        "running ({detail}) and no other placement took it.",
+    ),
     "canary_failed": ("canary_failed", "This request was not run: {detail}"),
     "budget_exceeded": (
         "budget_exceeded",

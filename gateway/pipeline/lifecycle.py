@@ -53,6 +53,19 @@ def deadline_at(batch: Batch) -> float | None:
     return None if hints.deadline_s is None else batch.created_at + hints.deadline_s
 
 
+def escalation_at(batch: Batch, shard: Shard, ahead_s: float) -> float | None:
+    """When a provider batch of ``shard`` still running is cancelled and its rest moved to a faster tier: ``ahead_s``
+    (``routing.escalate_before_deadline_s``) before the batch's deadline, or halfway from the shard's submission to
+    the deadline when that comes later. A deadline shorter than the margin (10 minutes against 15) thus still gives
+    a provider batch that fits it half the time left, instead of moving it at its first poll. None: never (no
+    deadline, or a margin of 0)."""
+    due = deadline_at(batch)
+    if due is None or ahead_s <= 0:
+        return None
+    submitted_at = shard.submitted_at or time.time()
+    return max(due - ahead_s, submitted_at + (due - submitted_at) / 2)
+
+
 def window_left_s(batch: Batch) -> float:
     """Seconds until the batch's completion window closes (a day for a batch without one)."""
     if batch.expires_at is None:

@@ -154,7 +154,7 @@ def final_status(batch: Batch, shards: list[Shard]) -> dict[str, Any]:
     if provider_failed and not any(s.result_completed for s in shards):
         errors = [
             {
-                "code": "provider_unavailable",
+                "code": "deadline_missed" if s.end_reason == "behind" else "provider_unavailable",
                 "message": s.last_error or f"provider {s.provider} failed",
                 "param": None,
                 "line": None,

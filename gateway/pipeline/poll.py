@@ -146,9 +146,9 @@ async def _progress(
     context: GatewayContext, shard: Shard, batch: Batch, lease: Lease, status: PollResult, halt: str | None
 ) -> None:
     now = time.time()
+    escalate_at = lifecycle.escalation_at(batch, shard, context.settings.routing.escalate_before_deadline_s)
+    behind = escalate_at is not None and now >= escalate_at and shard.end_reason is None and not halt
     due = lifecycle.deadline_at(batch)
-    ahead_s = context.settings.routing.escalate_before_deadline_s
-    behind = due is not None and ahead_s > 0 and now >= due - ahead_s and shard.end_reason is None and not halt
     if behind and due is not None and await _escalate(context, shard, lease, due - now):
         return
     progressed = status.completed + status.failed != shard.progress_completed + shard.progress_failed

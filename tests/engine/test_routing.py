@@ -27,6 +27,7 @@ from tests.engine import (
     batch_creates,
     chat_requests,
     collect,
+    control,
     create_batch,
     emulator_log,
     expected_cost,
@@ -224,6 +225,27 @@ def test_unknown_model_fails_with_its_line_and_close_matches(
     assert error.code == "model_not_found" and error.line == 4
     message = error.message or ""
     assert "'gpt-4o-mimi'" in message and "did you mean 'gpt-4o-mini'" in message and message.endswith("'?")
+
+
+def test_a_deadline_inside_the_escalation_margin_still_runs_on_the_batch_tier_it_fits(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    # Both providers sell batches only, and both are seen to finish in seconds: a 10-minute deadline fits them,
+    # though it is shorter than the 15 minutes before a deadline at which a provider batch still running is moved.
+    gateway = start_gateway(gateway_factory, simulator, tmp_path, cheap="steady", pricey="slow")
+    client = gateway.client(gateway.create_key("acme"))
+    requests = chat_requests(20)
+    seen = wait_for(client, create_batch(client, requests, {"policy": "deadline"}))
+    assert seen.status == "completed"
+    batch = wait_for(client, create_batch(client, requests, {"policy": "deadline", "deadline": "10m"}))
+    outcome = collect(client, batch)
+    assert batch.status == "completed" and len(outcome.output) == 20 and not outcome.errors
+    assert {line["provider"] for line in outcome.output.values()} == {"cheap"}
+    [decision] = admin(gateway, f"/batches/{batch.id}")["decisions"]
+    assert decision["chosen_provider"] == "cheap" and "fits deadline 10m" in decision["reason"]
+    assert control(simulator, "GET", "/providers/steady/stats")["batches"] == {"completed": 2}
+    assert not emulator_log(simulator, "slow"), "the batch was moved off the provider it fits"
+    assert admin(gateway, "/providers")["data"][0]["health"]["circuit"] == "closed"
 
 
 def test_spread_policy_splits_by_weight_and_a_third_party_policy_plugs_in(

@@ -61,7 +61,9 @@ source = "test prices"
 as_of = 2026-12-01
 """
 REQUESTS = 20
-ESCALATE_BEFORE_S = 50
+ESCALATE_BEFORE_S = 8
+"""Seconds before a deadline at which a provider batch still running moves (a deadline of 18 s: 10 s after it was
+created, rather than halfway to the deadline, which comes earlier)."""
 
 
 @pytest.fixture(scope="module")

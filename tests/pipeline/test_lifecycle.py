@@ -16,7 +16,7 @@ from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import AbandonedProviderBatch, Batch, Shard
 from gateway.db.unit_of_work import transaction
-from gateway.pipeline.lifecycle import abandon_provider_batch, may_leave_provider
+from gateway.pipeline.lifecycle import abandon_provider_batch, escalation_at, may_leave_provider
 from gateway.providers.config import ProviderConfig
 from gateway.settings import CatalogSettings, Settings
 from gateway.simulator import ProviderSpec, SimulatorCluster
@@ -170,3 +170,21 @@ async def test_only_the_shard_s_holder_abandons_its_provider_batch(database_kind
         async with context.sessions() as session:
             [row] = (await session.exec(select(AbandonedProviderBatch))).all()
         assert (row.provider_batch_id, row.shard_id, row.origin) == ("pb-1", live_shard.id, "abandoned")
+
+
+def test_a_provider_batch_is_moved_before_the_deadline_by_the_margin_or_halfway_whichever_is_later() -> None:
+    def moved_at(deadline: str, submitted_at: float, ahead_s: float) -> float | None:
+        batch = Batch(team_id="acme", input_file_id="file-1", endpoint="/v1/chat/completions", created_at=1_000)
+        batch.metadata_ = {"deadline": deadline}
+        return escalation_at(batch, Shard(batch_id=batch.id, submitted_at=submitted_at), ahead_s)
+
+    # A deadline well beyond the margin: the margin before it.
+    assert moved_at("1h", 1_010, 900) == 1_000 + 3600 - 900
+    # A deadline shorter than the margin: halfway from the submission to the deadline, not at once.
+    assert moved_at("10m", 1_010, 900) == 1_010 + (1_600 - 1_010) / 2
+    # A follow-up submitted later gets half of what is left then.
+    assert moved_at("10m", 1_400, 900) == 1_500
+    # No deadline, or a margin of 0: never.
+    assert moved_at("24h", 1_010, 0) is None
+    plain = Batch(team_id="acme", input_file_id="file-1", endpoint="/v1/chat/completions", created_at=1_000)
+    assert escalation_at(plain, Shard(batch_id=plain.id, submitted_at=1_010), 900) is None
