@@ -15,8 +15,9 @@ from gateway.api.auth import Principal, provide_principal
 from gateway.api.objects import file_object, list_object
 from gateway.api.openapi import CLIENT_SECURITY, UPLOAD_BODY, errors, page_size, with_request_body
 from gateway.context import GatewayContext
+from gateway.db import message_batches as message_db
 from gateway.db import repo
-from gateway.db.models import StoredFile
+from gateway.db.models import HELD_BY_MESSAGE_BATCH, StoredFile
 from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import Conflict, NotFound, bad_request, not_found
 from gateway.pipeline import intake
@@ -108,6 +109,14 @@ class FilesController(Controller):
                 raise not_found("file", file_id)
             if await repo.file_in_use(session, file_id):
                 raise Conflict(f"File '{file_id}' is the input of a batch that is still running.", code="file_in_use")
+            if row.held_by == HELD_BY_MESSAGE_BATCH:
+                batch_id = await repo.batch_holding_file(session, principal.team_id, file_id)
+                holder = message_db.public_id(batch_id) if batch_id else "{id}"
+                raise Conflict(
+                    f"File '{file_id}' holds the requests or results of a message batch: it is deleted with the "
+                    f"message batch (DELETE /v1/messages/batches/{holder}).",
+                    code="file_in_use",
+                )
             row.deleted = True
             session.add(row)
         await context.blobs.delete(row.storage_key)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0013"
 """The newest migration in ``migrations/versions`` (``tests/db/test_migrations.py`` checks it is Alembic's head)."""
 
 

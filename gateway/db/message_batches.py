@@ -41,6 +41,12 @@ async def get(session: AsyncSession, team_id: str, message_batch_id: str) -> tup
     return (row[0], row[1]) if row is not None else None
 
 
+async def runs_one(session: AsyncSession, batch_id: str) -> bool:
+    """True when the batch ``batch_id`` runs a message batch (deleted or not)."""
+    query = select(MessageBatch.batch_id).where(MessageBatch.batch_id == batch_id)
+    return (await session.exec(query)).first() is not None
+
+
 async def page(
     session: AsyncSession, team_id: str, *, before: Batch | None, after: Batch | None, limit: int
 ) -> list[tuple[MessageBatch, Batch]]:

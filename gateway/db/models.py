@@ -60,6 +60,10 @@ DEFAULT_FILE_TTL_S = 30 * 24 * 3600
 """How long a batch file is kept when nothing says otherwise (OpenAI's 30 days, for inputs and results alike)."""
 
 
+HELD_BY_MESSAGE_BATCH = "message_batch"
+"""``files.held_by`` of a message batch's request and result files."""
+
+
 class StoredFile(SQLModel, table=True):
     """A file as the OpenAI Files API shows it; the bytes live in the blob store."""
 
@@ -84,6 +88,12 @@ class StoredFile(SQLModel, table=True):
         sa_column=Column(JSON),
         description="What checking the lines while they uploaded found, for a file with no problem "
         "(gateway.pipeline.input_lines.UploadCheck); its batches then skip reading it again.",
+    )
+    held_by: str | None = Field(
+        default=None,
+        max_length=32,
+        description="``message_batch``: the requests or results of a message batch, kept for it. The Files API "
+        "neither lists nor deletes such a file (its message batch's delete does).",
     )
 
 

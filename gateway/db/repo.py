@@ -170,14 +170,30 @@ async def list_files(
     limit: int,
     descending: bool,
 ) -> list[StoredFile]:
-    """A page of the team's files ordered by creation, starting after the cursor file."""
-    query = select(StoredFile).where(StoredFile.team_id == team_id, col(StoredFile.deleted).is_(False))
+    """A page of the team's files ordered by creation, starting after the cursor file (a message batch's own files
+    left out: they are its requests and results, not the client's uploads)."""
+    query = select(StoredFile).where(
+        StoredFile.team_id == team_id, col(StoredFile.deleted).is_(False), col(StoredFile.held_by).is_(None)
+    )
     if purpose:
         query = query.where(StoredFile.purpose == purpose)
     if after is not None and after.seq is not None:
         query = query.where(col(StoredFile.seq) < after.seq if descending else col(StoredFile.seq) > after.seq)
     order = col(StoredFile.seq).desc() if descending else col(StoredFile.seq).asc()
     return list((await session.exec(query.order_by(order).limit(limit))).all())
+
+
+async def batch_holding_file(session: AsyncSession, team_id: str, file_id: str) -> str | None:
+    """The id of the team's batch whose input, output or error file ``file_id`` is (the first found), if any."""
+    query = select(Batch.id).where(
+        Batch.team_id == team_id,
+        or_(
+            col(Batch.input_file_id) == file_id,
+            col(Batch.output_file_id) == file_id,
+            col(Batch.error_file_id) == file_id,
+        ),
+    )
+    return (await session.exec(query.limit(1))).first()
 
 
 async def file_in_use(session: AsyncSession, file_id: str) -> bool:

@@ -23,10 +23,11 @@ from gateway import metrics
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import abandoned as abandoned_db
+from gateway.db import message_batches as message_db
 from gateway.db import repo
 from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
-from gateway.db.models import DEFAULT_FILE_TTL_S, Batch, Shard, StoredFile, new_id, now_s
+from gateway.db.models import DEFAULT_FILE_TTL_S, HELD_BY_MESSAGE_BATCH, Batch, Shard, StoredFile, new_id, now_s
 from gateway.db.unit_of_work import Rollback, reading, transaction
 from gateway.pipeline.lifecycle import PROVIDER_FAILURES, batch_window_closed
 from gateway.pipeline.results import error_line, iter_custom_ids
@@ -40,6 +41,8 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
     """Batch entry for stage ``merge``: write the output and error files and end the batch."""
     async with reading(context.sessions) as session:
         shards = list(await shard_db.batch_shards(session, batch.id))
+        # A message batch's results are its own: the Files API neither lists nor deletes them.
+        held_by = HELD_BY_MESSAGE_BATCH if await message_db.runs_one(session, batch.id) else None
     lost = [s for s in shards if await _blob_lost(context, s.output_key) or await _blob_lost(context, s.error_key)]
     files: dict[str, StoredFile] = {}
     published = False
@@ -71,6 +74,7 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
                 # OpenAI's rule: kept 30 days from its creation, or as long as the batch's output_expires_after says.
                 expires_at=created_at + (batch.output_ttl_s or DEFAULT_FILE_TTL_S),
                 storage_key=storage_key,
+                held_by=held_by,
             )
         crash_point("merge.after_files_written")
         freeze_point("merge.after_files_written")

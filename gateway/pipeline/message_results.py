@@ -40,14 +40,15 @@ class _Head(msgspec.Struct):
 _head = msgspec.json.Decoder(_Head)
 
 
-async def _keys(context: GatewayContext, message: MessageBatch, batch: Batch) -> list[str]:
-    """Blob keys of the batch's output and error files, then of the intake errors."""
-    keys = []
+async def _keys(context: GatewayContext, message: MessageBatch, batch: Batch) -> list[str | None]:
+    """Blob keys of the batch's output and error files (None for one that is gone: expired), then of the intake
+    errors."""
+    keys: list[str | None] = []
     async with reading(context.sessions) as session:
         for file_id in (batch.output_file_id, batch.error_file_id):
-            row = await repo.get_file_any_team(session, file_id) if file_id else None
-            if row is not None:
-                keys.append(row.storage_key)
+            if file_id:
+                row = await repo.get_file_any_team(session, file_id)
+                keys.append(row.storage_key if row is not None else None)
     if message.intake_errors_key:
         keys.append(message.intake_errors_key)
     return keys
@@ -56,7 +57,7 @@ async def _keys(context: GatewayContext, message: MessageBatch, batch: Batch) ->
 async def check_stored(context: GatewayContext, message: MessageBatch, batch: Batch) -> None:
     """Raise 404 ``content_missing`` when a blob the results are read from is gone (before streaming starts)."""
     for key in await _keys(context, message, batch):
-        if not await context.blobs.exists(key):
+        if key is None or not await context.blobs.exists(key):
             raise NotFound(
                 f"The results of message batch '{message_db.public_id(batch.id)}' are no longer stored.",
                 code="content_missing",
@@ -91,6 +92,8 @@ async def results(context: GatewayContext, message: MessageBatch, batch: Batch) 
     keys = await _keys(context, message, batch)
     seen: set[str] | None = None if batch.status == "completed" else set()
     for key in keys:
+        if key is None:
+            continue  # gone since check_stored looked
         translate = key != message.intake_errors_key
         async for raw in _lines(context, key):
             try:

@@ -338,12 +338,18 @@ def message_to_chat(message: Mapping[str, Any], *, created: int) -> dict[str, An
     if tool_calls:
         reply["tool_calls"] = tool_calls
     finish = FINISH_REASON_TABLE.get(str(message.get("stop_reason")), "stop")
+    choice: dict[str, Any] = {"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}
+    matched = message.get("stop_sequence")
+    if message.get("stop_reason") == "stop_sequence" and isinstance(matched, str):
+        # OpenAI has no field for the stop string that ended a reply; vLLM's OpenAI-compatible server names it
+        # ``stop_reason``, and a Message Batches client reads it back as ``stop_sequence``.
+        choice["stop_reason"] = matched
     chat = {
         "id": message["id"],
         "object": "chat.completion",
         "created": created,
         "model": message.get("model"),
-        "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}],
+        "choices": [choice],
         "usage": chat_usage(usage),
     }
     served = usage.get("service_tier")

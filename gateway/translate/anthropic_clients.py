@@ -344,6 +344,13 @@ def chat_to_message(body: Mapping[str, Any], *, fallback_id: str) -> dict[str, A
             )  # fmt: skip
     finish = choice.get("finish_reason")
     stop_reason = "refusal" if reply.get("refusal") and not reply.get("content") else None
+    # The stop string that ended the reply, where the provider named it (choice ``stop_reason``, as vLLM does and
+    # as the gateway keeps Anthropic's ``stop_sequence``); a number there is a stop token's id, not a sequence.
+    matched = choice.get("stop_reason") if finish == "stop" else None
+    if stop_reason is None and isinstance(matched, str):
+        stop_reason = "stop_sequence"
+    else:
+        matched = None
     chat_id = body.get("id")
     message_id = chat_id if isinstance(chat_id, str) and chat_id.startswith("msg_") else fallback_id
     return {
@@ -353,7 +360,7 @@ def chat_to_message(body: Mapping[str, Any], *, fallback_id: str) -> dict[str, A
         "model": str(body.get("model") or ""),
         "content": content,
         "stop_reason": stop_reason or STOP_REASON_TABLE.get(str(finish), "end_turn"),
-        "stop_sequence": None,
+        "stop_sequence": matched,
         "usage": message_usage(body.get("usage")),
     }
 

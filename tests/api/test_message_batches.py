@@ -111,6 +111,7 @@ REQUESTS = [
     },
     {"custom_id": "claude-plain", "params": params(CLAUDE, "Hello there", temperature=0.2, stop_sequences=["END"])},
     {"custom_id": "claude-capped", "params": params(CLAUDE, "a question long enough to be cut short", max_tokens=2)},
+    {"custom_id": "claude-stopped", "params": params(CLAUDE, "hello there my friend", stop_sequences=["friend"])},
     {"custom_id": "unknown-model", "params": params("gpt-9-imaginary", "hi")},
     {"custom_id": "no-max-tokens", "params": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}},
     {"custom_id": "top-k", "params": params(CLAUDE, "hi", top_k=5)},
@@ -128,18 +129,22 @@ def test_one_batch_runs_on_both_protocols_and_reads_back_as_anthropic_results(
 
     ended = wait_ended(claude, created.id)
     counts = ended.request_counts
-    assert (counts.processing, counts.succeeded, counts.errored, counts.canceled, counts.expired) == (0, 4, 4, 0, 0)
+    assert (counts.processing, counts.succeeded, counts.errored, counts.canceled, counts.expired) == (0, 5, 4, 0, 0)
     assert ended.ended_at is not None and ended.results_url.endswith(f"/v1/messages/batches/{created.id}/results")
 
     results = {entry.custom_id: entry.result for entry in claude.messages.batches.results(created.id)}
     assert set(results) == {r["custom_id"] for r in REQUESTS}
-    for custom_id in ("openai-plain", "openai-tools", "claude-plain", "claude-capped"):
+    for custom_id in ("openai-plain", "openai-tools", "claude-plain", "claude-capped", "claude-stopped"):
         result = results[custom_id]
         assert result.type == "succeeded", (custom_id, result)
         message = result.message
         assert message.type == "message" and message.role == "assistant" and message.usage.output_tokens > 0
         assert message.content and message.content[0].type == "text" and message.content[0].text
     assert results["claude-capped"].message.stop_reason == "max_tokens"  # type: ignore[union-attr]
+    stopped = results["claude-stopped"].message  # type: ignore[union-attr]
+    assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", "friend")
+    plain = results["claude-plain"].message  # type: ignore[union-attr]
+    assert (plain.stop_reason, plain.stop_sequence) == ("end_turn", None)
     assert results["claude-plain"].message.model == CLAUDE_PROVIDER_MODEL  # type: ignore[union-attr]
     assert results["openai-plain"].message.model.startswith("gpt-4o-mini")  # type: ignore[union-attr]
     errored = ("unknown-model", "no-max-tokens", "top-k", "params-text")
@@ -184,6 +189,26 @@ def test_list_pages_both_ways_and_delete_hides_a_batch(claude: anthropic.Anthrop
     assert twin not in [b.id for b in client.batches.list(limit=100)]
     with pytest.raises(openai.NotFoundError):
         client.batches.cancel(twin)
+
+
+def test_a_message_batch_s_files_are_neither_listed_nor_deletable_through_the_files_api(
+    claude: anthropic.Anthropic, client: openai.OpenAI
+) -> None:
+    requests = [{"custom_id": f"f{i}", "params": params("gpt-4o-mini", "hi")} for i in range(3)]
+    created = claude.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+    wait_ended(claude, created.id)
+    twin = client.batches.retrieve(created.id.replace("msgbatch_", "batch_"))
+    assert twin.output_file_id is not None
+    held = {twin.input_file_id, twin.output_file_id}
+    assert not held & {file.id for file in client.files.list()}, "a clean-up of the listed files would take them"
+    for file_id in held:
+        with pytest.raises(openai.ConflictError) as refused:
+            client.files.delete(file_id)
+        assert refused.value.code == "file_in_use"
+        assert f"DELETE /v1/messages/batches/{created.id}" in refused.value.message
+        assert client.files.retrieve(file_id).id == file_id  # the ids the twin names still answer
+    results = {entry.custom_id: entry.result.type for entry in claude.messages.batches.results(created.id)}
+    assert results == {"f0": "succeeded", "f1": "succeeded", "f2": "succeeded"}
 
 
 def test_cancel_ends_unrun_requests_canceled(claude: anthropic.Anthropic) -> None:

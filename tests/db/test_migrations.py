@@ -61,6 +61,52 @@ def test_only_a_database_at_head_skips_the_migrations(database_kind: str, tmp_pa
         database.drop()
 
 
+def test_the_files_of_message_batches_made_before_0013_are_marked_held(database_kind: str, tmp_path: Path) -> None:
+    database = FreshDatabase.create(database_kind, tmp_path)
+    try:
+        url = async_database_url(database.url)
+        command.upgrade(alembic_config(url), "0012")
+        engine = create_engine(sync_url(url))
+        batch_columns = (
+            "id, team_id, input_file_id, output_file_id, error_file_id, endpoint, completion_window, status, "
+            "created_at, request_total, request_completed, request_failed, input_tokens, output_tokens, "
+            "cached_tokens, reasoning_tokens, stage, updated_at"
+        )
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO teams (id, name, created_at) VALUES ('acme', 'acme', 0)"))
+            for file_id in ("file-in", "file-out", "file-err", "file-own-in", "file-own-out"):
+                connection.execute(
+                    text(
+                        "INSERT INTO files (id, team_id, filename, purpose, bytes, created_at, status, storage_key, "
+                        "deleted) VALUES (:id, 'acme', 'x.jsonl', 'batch', 1, 0, 'processed', :id, false)"
+                    ),
+                    {"id": file_id},
+                )
+            runs = {"batch_m": ("file-in", "file-out", "file-err"), "batch_o": ("file-own-in", "file-own-out", None)}
+            for batch_id, files in runs.items():
+                connection.execute(
+                    text(
+                        f"INSERT INTO batches ({batch_columns}) VALUES (:id, 'acme', :input, :output, :error, "
+                        "'/v1/chat/completions', '24h', 'completed', 0, 1, 1, 0, 0, 0, 0, 0, 'done', 0)"
+                    ),
+                    {"id": batch_id, "input": files[0], "output": files[1], "error": files[2]},
+                )
+            connection.execute(
+                text(
+                    "INSERT INTO message_batches (batch_id, team_id, request_count, intake_errors) "
+                    "VALUES ('batch_m', 'acme', 1, 0)"
+                )
+            )
+        upgrade_to_head(url)
+        with engine.connect() as connection:
+            held = {row[0]: row[1] for row in connection.execute(text("SELECT id, held_by FROM files"))}
+        engine.dispose()
+        message_batch_files = dict.fromkeys(("file-in", "file-out", "file-err"), "message_batch")
+        assert held == message_batch_files | {"file-own-in": None, "file-own-out": None}
+    finally:
+        database.drop()
+
+
 def test_a_gateway_started_on_an_empty_database_migrates_it_before_it_is_ready(
     gateway_factory: Any, database_kind: str, tmp_path: Path
 ) -> None:

@@ -220,6 +220,15 @@ def test_finish_reason_table(stop_reason: str, finish: str) -> None:
     assert completion["choices"][0]["finish_reason"] == finish
 
 
+def test_the_stop_sequence_that_ended_a_reply_is_kept_on_its_choice() -> None:
+    body = message({"type": "text", "text": "Lima"}, stop_reason="stop_sequence") | {"stop_sequence": "END"}
+    completion = message_to_chat(body, created=1)
+    choice = ChatCompletion.model_validate(completion, strict=True).choices[0]
+    assert choice.finish_reason == "stop" and completion["choices"][0]["stop_reason"] == "END"
+    ended = message_to_chat(message({"type": "text", "text": "Lima"}), created=1)
+    assert "stop_reason" not in ended["choices"][0]
+
+
 def test_tool_use_becomes_tool_calls() -> None:
     body = message(
         {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Lima"}}, stop_reason="tool_use"

@@ -101,6 +101,21 @@ def test_a_succeeded_line_becomes_a_message_with_cache_split_out() -> None:
 
 
 @pytest.mark.parametrize(
+    ("choice_stop_reason", "stop_reason", "stop_sequence"),
+    [("END", "stop_sequence", "END"), (None, "end_turn", None), (128001, "end_turn", None)],
+)
+def test_a_named_stop_string_reads_back_as_the_stop_sequence(
+    choice_stop_reason: Any, stop_reason: str, stop_sequence: str | None
+) -> None:
+    # A string is the stop sequence that ended the reply (Anthropic's, kept, or vLLM's); a number is a token id.
+    choice = {"message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}
+    body = {"id": "chatcmpl-1", "model": "m", "choices": [choice | {"stop_reason": choice_stop_reason}], "usage": {}}
+    line = {"id": "batch_req_1", "custom_id": "c", "response": {"status_code": 200, "body": body}, "error": None}
+    message = output_to_result(line)["result"]["message"]
+    assert (message["stop_reason"], message["stop_sequence"]) == (stop_reason, stop_sequence)
+
+
+@pytest.mark.parametrize(
     ("line", "expected"),
     [
         ({"response": {"status_code": 429, "body": {"error": {"message": "slow"}}}}, ("errored", "rate_limit_error")),

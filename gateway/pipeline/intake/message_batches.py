@@ -23,7 +23,7 @@ import msgspec
 from gateway.context import GatewayContext
 from gateway.db import message_batches as message_db
 from gateway.db import repo
-from gateway.db.models import Batch, MessageBatch, StoredFile, new_id, now_s
+from gateway.db.models import HELD_BY_MESSAGE_BATCH, Batch, MessageBatch, StoredFile, new_id, now_s
 from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import GatewayError, TooLarge, UnknownModel, bad_request, not_found
 from gateway.pipeline.intake import idempotency
@@ -292,6 +292,7 @@ async def _create(
                 expires_at=created_at + WINDOW_S + 30 * 24 * 3600,
                 storage_key=f"files/{file_id}",
                 line_count=intake.sent,
+                held_by=HELD_BY_MESSAGE_BATCH,
             )
         )
 
