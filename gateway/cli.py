@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from gateway import client_cli
-from gateway.cli_support import load_settings, run_with_context
+from gateway.cli_support import load_settings, require_database, run_with_context
 from gateway.keys_cli import keys_app
 from gateway.webhooks_cli import webhooks_app
 
@@ -72,6 +72,7 @@ def serve(
 ) -> None:
     """Run the API (and, by default, a worker) on the configured database."""
     settings = load_settings()
+    require_database(settings)
 
     import uvicorn
 
@@ -101,6 +102,7 @@ def run_worker() -> None:
     from gateway.jobs.worker import Worker
 
     settings = load_settings()
+    require_database(settings)
     _setup_logging(settings)
     _log_configuration(settings)
     if settings.metrics.worker_port:
@@ -175,7 +177,9 @@ def batches_retry(batch_id: Annotated[str, typer.Argument(help="A finished batch
 def collect_blobs(
     grace_s: Annotated[
         float | None,
-        typer.Option("--grace-s", help="Remove unnamed blobs at least this old (default: worker.blob_gc_grace_s)."),
+        typer.Option(
+            "--grace-s", min=0, help="Remove unnamed blobs at least this old (default: worker.blob_gc_grace_s)."
+        ),
     ] = None,
 ) -> None:
     """Remove stored blobs no database row names (what workers also do every worker.blob_gc_interval_s).

@@ -41,6 +41,35 @@ def load_settings(*, require_keys: bool = True, check: bool = True) -> Settings:
     return settings
 
 
+def checked_team_and_label(team: str, label: str | None) -> tuple[str, str | None]:
+    """A team name and optional label as the admin API takes them (stripped, non-empty, at most 200 characters, no
+    control characters), or exit 2 with one line on stderr."""
+    from gateway.api.inputs import team_and_label
+    from gateway.errors import GatewayError
+    from gateway.textcheck import check_text
+
+    try:
+        team, label = team_and_label({"team": team, "name": label})
+        check_text(team, "team")
+        if label is not None:
+            check_text(label, "name")
+    except GatewayError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    return team, label
+
+
+def require_database(settings: Settings) -> None:
+    """Exit 2 with one line on stderr when the database server does not answer (before anything starts)."""
+    from gateway.db.engine import DatabaseUnreachable, check_reachable
+
+    try:
+        check_reachable(settings.resolved_database_url)
+    except DatabaseUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def run_with_context(settings: Settings, job: Callable[[GatewayContext], Awaitable[T]]) -> T:
     """Run ``job`` with this process's gateway context (database migrated first when enabled), then close it."""
     from gateway.context import GatewayContext

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -35,11 +36,27 @@ BaseUrl = Annotated[str, typer.Option("--base-url", envvar="BATCHGW_BASE_URL", h
 ApiKey = Annotated[
     str | None, typer.Option("--api-key", envvar="BATCHGW_API_KEY", help="Client key (prefer BATCHGW_API_KEY).")
 ]
+
+
+def _writable_out(out: Path | None) -> Path | None:
+    """``--out`` checked before anything is sent: a folder that is missing or not writable would fail only once the
+    batch has run (and been paid for)."""
+    if out is None:
+        return None
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise typer.BadParameter(f"the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise typer.BadParameter(f"{str(out)!r} cannot be written")
+    return out
+
+
 Out = Annotated[
     Path | None,
     typer.Option(
         "--out",
         dir_okay=False,
+        callback=_writable_out,
         help="Wait, then write the merged results here (output and error lines, in input order).",
     ),
 ]
@@ -319,7 +336,9 @@ def cancel(
 
 def download(
     batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch id.")],
-    out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Where to write the merged results.")],
+    out: Annotated[
+        Path, typer.Option("--out", dir_okay=False, callback=_writable_out, help="Where to write the merged results.")
+    ],
     base_url: BaseUrl = DEFAULT_BASE_URL,
     api_key: ApiKey = None,
 ) -> None:

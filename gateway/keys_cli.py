@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gateway.cli_support import load_settings, run_with_context
+from gateway.cli_support import checked_team_and_label, load_settings, run_with_context
 
 if TYPE_CHECKING:
     from gateway.context import GatewayContext
@@ -48,6 +48,7 @@ def keys_create(
     from gateway.db import repo
     from gateway.db.unit_of_work import transaction
 
+    team, name = checked_team_and_label(team, name)
     lifetime = parse_lifetime(expires_in)
 
     async def create(context: GatewayContext) -> str:

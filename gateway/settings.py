@@ -54,22 +54,24 @@ class _Section(BaseModel):
 class LimitSettings(_Section):
     """Limits on client input; exceeding one answers a clear 4xx error."""
 
-    max_upload_bytes: int = Field(2 * 1024**3, description="Largest accepted upload, in bytes.")
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="Largest accepted upload, in bytes.")
     max_file_lines: int = Field(
-        1_000_000, description="Most requests (lines) in one batch input file; validation holds ~70 bytes per line."
+        1_000_000,
+        ge=1,
+        description="Most requests (lines) in one batch input file; validation holds ~70 bytes per line.",
     )
-    max_line_bytes: int = Field(1024**2, description="Longest accepted input line, in bytes.")
+    max_line_bytes: int = Field(1024**2, ge=64, description="Longest accepted input line, in bytes.")
     min_completion_window_s: int = Field(
         3600, ge=1, description="Shortest completion_window a client may ask for (longest: 7 days)."
     )
-    max_errors_reported: int = Field(1000, description="Validation errors kept in a batch's errors.data.")
+    max_errors_reported: int = Field(1000, ge=1, description="Validation errors kept in a batch's errors.data.")
     upload_check_processes: int = Field(
         1,
         ge=0,
         description="Processes of the API's own that check an upload's lines while it arrives, so that a batch "
         "naming a clean file need not read it again; 0 leaves every check to the batch's validation.",
     )
-    files_list_max: int = Field(10_000, description="Largest page size of GET /v1/files.")
+    files_list_max: int = Field(10_000, ge=1, description="Largest page size of GET /v1/files.")
     key_requests_per_minute: int = Field(
         0, ge=0, description="Client API requests one key may make a minute, across every API replica (0: no limit)."
     )
@@ -88,7 +90,7 @@ class WorkerSettings(_Section):
     idle_max_s: float = Field(
         5.0, gt=0, description="Longest idle sleep on PostgreSQL, where every hand-off is announced (LISTEN/NOTIFY)."
     )
-    lease_s: float = Field(30.0, description="How long a claimed job stays owned without a heartbeat.")
+    lease_s: float = Field(30.0, ge=1, description="How long a claimed job stays owned without a heartbeat.")
     provider_poll_min_s: float = Field(
         0.25, gt=0, description="First delay between provider status polls (doubling: a small batch is seen done soon)."
     )
@@ -98,7 +100,7 @@ class WorkerSettings(_Section):
         description="First delay between status polls at a provider whose webhooks announce ended batches "
         "(webhook_secret_env): there the webhook brings the end, and a poll is a safety net and a progress read.",
     )
-    provider_poll_max_s: float = Field(30.0, description="Longest delay between provider status polls.")
+    provider_poll_max_s: float = Field(30.0, gt=0, description="Longest delay between provider status polls.")
     concurrency: int = Field(
         8, ge=1, description="Shard steps (submit, poll, fan-out, collect) one process runs at once."
     )
@@ -307,7 +309,7 @@ class Settings(BaseSettings):
         None, description="Folder for this process's temporary files (local copies of blobs); default data_dir/scratch."
     )
     host: str = Field("127.0.0.1", description="Address `batchgw serve` listens on.")
-    port: int = Field(8080, description="Port `batchgw serve` listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port `batchgw serve` listens on.")
     admin_key: SecretStr | None = Field(None, description="Bearer key for /admin endpoints; unset disables them.")
     auto_migrate: bool = Field(True, description="Apply database migrations when the gateway starts.")
     status_cache_s: float = Field(
@@ -318,7 +320,10 @@ class Settings(BaseSettings):
         "later change shows at once. 0: never.",
     )
     public_base_url: str | None = Field(None, description="Base URL clients use, for links in responses.")
-    log_level: str = Field("INFO", description="Python logging level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Python logging level."
+    )
+
     log_format: Literal["text", "json"] = Field(
         "text", description="'text': one escaped line per record; 'json': one JSON object per line."
     )
@@ -341,6 +346,12 @@ class Settings(BaseSettings):
         for name, provider in self.providers.items():
             provider.name = name
         return self
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        """``debug`` and ``DEBUG`` alike, as Python's logging takes them."""
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("database_url")
     @classmethod

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gateway.cli_support import load_settings, run_with_context
+from gateway.cli_support import checked_team_and_label, load_settings, run_with_context
 
 if TYPE_CHECKING:
     from gateway.context import GatewayContext
@@ -32,6 +32,7 @@ def webhooks_add(
     from gateway.db.unit_of_work import transaction
     from gateway.errors import GatewayError
 
+    team, name = checked_team_and_label(team, name)
     try:
         checked, event_types = checked_url(url), checked_event_types(event)
     except GatewayError as exc:

@@ -256,6 +256,17 @@ def test_clear_errors_without_tracebacks(
     assert "Traceback" not in run.stderr
 
 
+def test_an_out_path_that_cannot_be_written_is_refused_before_anything_is_sent(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    key = gateway.create_key("out-checked")  # a team of its own: its files are this test's only
+    source = write_requests(tmp_path / "in.jsonl", chat_requests(2))
+    run = batchgw(gateway, key, "submit", str(source), "--out", str(tmp_path / "missing" / "out.jsonl"))
+    assert run.returncode == 2 and "does not exist" in " ".join(run.stderr.split()), run.stderr
+    client = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key)
+    assert not list(client.files.list()), "the file was uploaded (and the batch would have run) anyway"
+
+
 def test_unreachable_gateway(gateway: GatewayProcess, team_key: str) -> None:
     env = {**cli_env(gateway, team_key), "BATCHGW_BASE_URL": f"http://127.0.0.1:{free_port()}/v1"}
     run = subprocess.run(

@@ -43,6 +43,9 @@ def test_create_list_and_revoke_from_the_command_line(gateway: GatewayProcess) -
         (("keys", "create", "--team", "wayne", "--expires-in", "0d"), "use a duration such as 90m, 12h, 30d or 8w"),
         (("keys", "revoke", "key_nope"), "no key 'key_nope'"),
         (("keys", "list", "--team", "nobody"), "no team named 'nobody'"),
+        (("keys", "create", "--team", " "), "'team' must be a non-empty string of at most 200 characters."),
+        (("keys", "create", "--team", "a\nb"), "'team' contains a control character"),
+        (("keys", "create", "--team", "wayne", "--name", "x" * 201), "'name' must be a string of at most 200"),
     ],
 )
 def test_bad_input_is_one_line_without_a_traceback(

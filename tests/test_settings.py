@@ -259,3 +259,32 @@ def test_the_dashboard_reads_the_config_as_strictly_when_it_needs_it(tmp_path: P
     path.write_text("prot = 8080\n", encoding="utf-8")
     stderr = start_refused(tmp_path, "dashboard", {"BATCHGW_CONFIG_FILE": str(path)})
     assert stderr == f"config error in {path}: unknown top-level key 'prot' (did you mean 'port'?)"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"BATCHGW_WORKER__LEASE_S": "0"}, "[worker] key 'lease_s': Input should be greater than or equal to 1"),
+        ({"BATCHGW_LIMITS__MAX_UPLOAD_BYTES": "-5"}, "key 'max_upload_bytes': Input should be greater than or equal"),
+        ({"BATCHGW_LIMITS__MAX_FILE_LINES": "-3"}, "key 'max_file_lines': Input should be greater than or equal to 1"),
+        ({"BATCHGW_LOG_LEVEL": "LOUD"}, "Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"),
+    ],
+)
+def test_a_value_the_gateway_cannot_run_with_stops_it_in_one_line(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    # A lease of 0 would have every claimed step lost at once, over and over; a negative limit refuses every upload.
+    stderr = start_refused(tmp_path, "serve", env)
+    assert stderr.startswith("config error in environment variable ") and expected in stderr, stderr
+
+
+def test_the_log_level_is_read_in_any_case() -> None:
+    assert Settings(log_level="debug").log_level == "DEBUG"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_database_server_that_does_not_answer_stops_the_process_in_one_line(tmp_path: Path, command: str) -> None:
+    url = f"postgresql://gateway:s3cret-pw@127.0.0.1:{free_port()}/batches"  # nothing listens there
+    stderr = start_refused(tmp_path, command, {"BATCHGW_DATABASE_URL": url})
+    assert stderr.startswith("error: cannot reach the database at postgresql+psycopg://gateway:***@127.0.0.1:")
+    assert "Connection refused" in stderr and "s3cret-pw" not in stderr

@@ -36,6 +36,8 @@ def test_add_list_and_remove_an_endpoint(gateway: GatewayProcess) -> None:
         (("webhooks", "add", "--team", "acme", "--url", "https://x.example", "--event", "batch.done"), "event_types"),
         (("webhooks", "rm", "we_nope"), "no endpoint 'we_nope'"),
         (("webhooks", "list", "--team", "nobody"), "no team named 'nobody'"),
+        (("webhooks", "add", "--team", "", "--url", "https://x.example"), "'team' must be a non-empty string"),
+        (("webhooks", "add", "--team", "a\tb", "--url", "https://x.example"), "'team' contains a control character"),
     ],
 )
 def test_bad_input_is_one_line_without_a_traceback(

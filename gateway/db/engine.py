@@ -84,6 +84,34 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+CONNECT_TIMEOUT_S = 10
+"""Longest wait for a database server's first answer when a process starts."""
+
+
+class DatabaseUnreachable(ConnectionError):
+    """The database server did not take a connection when a process started (down, a wrong address or name,
+    refused credentials): one line, the password hidden."""
+
+
+def check_reachable(url: str) -> None:
+    """Connect to a database server once; raise :class:`DatabaseUnreachable` when it does not answer. SQLite, a
+    local file made when needed, is not checked."""
+    if is_sqlite(url):
+        return
+    engine = sqlalchemy.create_engine(
+        sync_url(url), poolclass=pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+    )
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        where = make_url(url).render_as_string(hide_password=True)
+        raise DatabaseUnreachable(f"cannot reach the database at {where}: {reason[:400]}") from None
+    finally:
+        engine.dispose()
+
+
 def at_head(url: str) -> bool:
     """True when the database already carries the newest migration, read with one query.
 
