@@ -35,6 +35,7 @@ from gateway.pipeline.joining import error_lines, fail_moved, split_results
 from gateway.pipeline.lifecycle import (
     at,
     attempt_key,
+    batch_window_closed,
     fanout_parts_prefix,
     gather_parts,
     shard_tier,
@@ -84,6 +85,9 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lea
         output_key, error_key = attempt_key(shard, lease, "out.jsonl"), attempt_key(shard, lease, "err.jsonl")
         stopping = stop_reason(batch) is not None
         can_move = failover.may_move(stopping, shard, context.settings.routing.max_request_attempts)
+        end_reason = shard.end_reason or "completed"
+        if end_reason == "expired" and not batch_window_closed(batch):
+            end_reason = "provider_expired"  # the provider's own window ended, not the client's
         move: failover.Move | None = None
         async with (
             context.blobs.local_copy(shard.input_key) as input_path,
@@ -98,7 +102,7 @@ async def collect_shard(context: GatewayContext, shard: Shard, batch: Batch, lea
                 output_tmp,
                 error_tmp,
                 moved_path,
-                shard.end_reason or "completed",
+                end_reason,
                 shard.last_error,
                 shard.provider,
                 can_move,

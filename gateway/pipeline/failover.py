@@ -26,7 +26,7 @@ from gateway.context import GatewayContext
 from gateway.db.leases import Lease
 from gateway.db.models import Batch, RoutingDecision, Shard
 from gateway.db.unit_of_work import reading
-from gateway.pipeline.lifecycle import PROVIDER_FAILURES, attempt_key
+from gateway.pipeline.lifecycle import PROVIDER_FAILURE_TEXT, PROVIDER_FAILURES, attempt_key
 from gateway.pipeline.shard_plans import Placement, ShardPlan, publish_shards, split_into_shards
 from gateway.routing.placement import Choice, NoUsableProvider, rank
 from router_policies.base import PolicyError
@@ -73,19 +73,10 @@ def cause_of(shard: Shard, moved: int) -> tuple[str, str, bool]:
         return "retry", f"{moved} request(s) paused at {shard.provider}: {why}", False
     if reason in PROVIDER_FAILURES:
         detail = f": {shard.last_error}" if shard.last_error else ""
-        return "failover", f"{shard.provider} {_REASON_TEXT.get(reason, reason)}{detail}", True
+        return "failover", f"{shard.provider} {PROVIDER_FAILURE_TEXT.get(reason, reason)}{detail}", True
     return "retry", f"{moved} request(s) failed at {shard.provider} with retryable errors (429, 5xx, timeouts)", False
 
 
-_REASON_TEXT = {
-    "failed": "failed the provider batch",
-    "expired": "expired the provider batch before it finished",
-    "cancelled": "cancelled the provider batch",
-    "stalled": "made no progress (stalled batch abandoned)",
-    "abandoned": "stayed unreachable (batch abandoned)",
-    "rerouted": "could not take the shard",
-    "behind": "was too slow for the deadline (batch cancelled)",
-}
 
 
 async def plan_move(

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 MISSING_RESULT_ERRORS = {
     "cancelled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
     "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
+    "provider_expired": (
+        "provider_batch_expired",
+        "The provider expired the batch that held this request before running it, and no other placement took it.",
+    ),
     "failed": ("provider_batch_failed", "The provider batch that held this request failed: {detail}"),
     "completed": ("result_missing", "The provider finished its batch without a valid result for this request."),
     "stalled": ("provider_stalled", "The provider batch that held this request made no progress: {detail}"),

@@ -29,7 +29,7 @@ from gateway.db import shards as shard_db
 from gateway.db.leases import Lease
 from gateway.db.models import DEFAULT_FILE_TTL_S, HELD_BY_MESSAGE_BATCH, Batch, Shard, StoredFile, new_id, now_s
 from gateway.db.unit_of_work import Rollback, reading, transaction
-from gateway.pipeline.lifecycle import PROVIDER_FAILURES, batch_window_closed
+from gateway.pipeline.lifecycle import PROVIDER_FAILURE_TEXT, PROVIDER_FAILURES, batch_window_closed
 from gateway.pipeline.results import error_line, iter_custom_ids
 from gateway.storage import BlobMissing
 from gateway.storage.local import scratch_file
@@ -159,7 +159,7 @@ def final_status(batch: Batch, shards: list[Shard]) -> dict[str, Any]:
         errors = [
             {
                 "code": "deadline_missed" if s.end_reason == "behind" else "provider_unavailable",
-                "message": s.last_error or f"provider {s.provider} failed",
+                "message": s.last_error or f"{s.provider} {PROVIDER_FAILURE_TEXT.get(s.end_reason or '', 'failed')}",
                 "param": None,
                 "line": None,
             }

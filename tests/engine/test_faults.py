@@ -183,7 +183,8 @@ def test_provider_expiry_keeps_finished_lines_and_requeues_the_rest(
     client: openai.OpenAI, simulator: SimulatorCluster
 ) -> None:
     # Every provider batch expires half-way: 20 -> 10 done, the other 10 requeued -> 5 done, the last
-    # 5 requeued -> 3 done; after the third try (routing.max_request_attempts) 2 end as expired.
+    # 5 requeued -> 3 done; after the third try (routing.max_request_attempts) 2 end in error: the provider's
+    # batch expired, not the client's window.
     set_faults(simulator, "fast", expire=True, expire_after_fraction=0.5)
     requests = chat_requests(20)
     batch = wait_for(client, submit(client, requests).id)
@@ -193,7 +194,8 @@ def test_provider_expiry_keeps_finished_lines_and_requeues_the_rest(
     assert set(outcome.output) == {r["custom_id"] for r in finished}
     input_tokens, output_tokens = assert_succeeded(outcome, finished, "gpt-4o-mini")
     assert set(outcome.errors) == {r["custom_id"] for r in requests[18:]}
-    assert all(line["error"]["code"] == "batch_expired" for line in outcome.errors.values())
+    assert {line["error"]["code"] for line in outcome.errors.values()} == {"provider_batch_expired"}
+    assert all("The provider expired the batch" in line["error"]["message"] for line in outcome.errors.values())
     assert batch.request_counts is not None and batch.usage is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (18, 2)
     assert (batch.usage.input_tokens, batch.usage.output_tokens) == (input_tokens, output_tokens)
