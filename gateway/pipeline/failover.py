@@ -77,8 +77,6 @@ def cause_of(shard: Shard, moved: int) -> tuple[str, str, bool]:
     return "retry", f"{moved} request(s) failed at {shard.provider} with retryable errors (429, 5xx, timeouts)", False
 
 
-
-
 async def plan_move(
     context: GatewayContext, batch: Batch, shard: Shard, lease: Lease, moved_path: Path, moved: int
 ) -> Move:
