@@ -73,7 +73,10 @@ async def run(context: GatewayContext, shard: Shard, batch: Batch, lease: Lease)
         except CapabilityNotSupported:
             pass
         except ProviderError as exc:
-            await _poll_later(context, shard, lease, error=f"cancelling at {shard.provider} failed: {exc}")
+            # Said on the batch, so a cancel that waits for an unreachable provider does not read as running.
+            failure = f"cancelling the provider batch at {shard.provider} failed: {exc}"
+            code = "rate_limited" if isinstance(exc, ProviderRateLimited) else "provider_unreachable"
+            await _poll_later(context, shard, lease, error=failure, wait_code=code, wait_detail=f"{failure}; retrying")
             return
         async with transaction(context.sessions) as session:
             await shard_db.save_shard(session, shard, lease, end_reason=halt, last_error=why or shard.last_error)

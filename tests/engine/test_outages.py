@@ -275,3 +275,26 @@ def test_a_provider_back_from_an_outage_wakes_the_shards_waiting_for_it(
     assert batch.completed_at - back_at < 8, (batch.completed_at, back_at)
     assert {line["provider"] for line in collect(client, batch).output.values()} == {"cheap"}
     assert "shards waiting for it are due now" in gateway.log()
+
+
+def test_a_cancel_that_waits_for_an_unreachable_provider_says_so_and_ends_once_it_answers(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    env = ENV | {"BATCHGW_ROUTING__PROVIDER_DOWN_FAILOVER_S": "600"}  # the running shards stay where they are
+    gateway = start_gateway(
+        gateway_factory, simulator, tmp_path, cheap="slow", pricey="fast",
+        limits={"max_requests_per_batch": PER_SHARD}, env=env,
+    )  # fmt: skip
+    client, batch, _ = submit_to_cheap(gateway, simulator, "slow")
+    set_faults(simulator, "slow", down="refuse")
+    assert client.batches.cancel(batch.id).status == "cancelling"
+
+    def waiting() -> str:
+        return str((client.batches.retrieve(batch.id).metadata or {}).get("gateway_waiting", ""))
+
+    wait_until(lambda: "cancelling the provider batch at cheap failed" in waiting(), 30, "the cancel's wait is unsaid")
+    assert admin_call(gateway, "GET", f"/batches/{batch.id}")["waiting"]["code"] == "provider_unreachable"
+    set_faults(simulator, "slow", down="off")
+    batch = wait_for(client, batch.id, timeout=120)
+    assert batch.status == "cancelled"
+    assert not batch_creates(emulator_log(simulator, "fast")), "a cancelled batch's work moved"
