@@ -25,15 +25,19 @@ from gateway.providers.base import (
     HealthReport,
     PollResult,
     ProviderBatchState,
+    ProviderError,
+    ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
     ShardSubmission,
     SubmitResult,
+    SubmitWithdrawn,
     UnsupportedEndpoint,
 )
 from gateway.providers.http import HttpAdapter, Multipart
 from gateway.providers.openai_wire import (
     DIALECTS,
+    UPLOAD_TTL_S,
     BatchPage,
     Dialect,
     DialectName,
@@ -96,6 +100,9 @@ class OpenAIBatchAdapter(HttpAdapter):
             served = ", ".join(sorted(self.wire.endpoints))
             raise UnsupportedEndpoint(f"provider {self.name}: its batches serve {served} only", status_code=400)
         fields = {"purpose": self.wire.upload_purpose}
+        if self.wire.upload_expiry_fields is not None:
+            anchor, seconds = self.wire.upload_expiry_fields
+            fields |= {anchor: "created_at", seconds: str(UPLOAD_TTL_S)}
         with contextlib.ExitStack() as stack:
             source = shard.input_path
             if self.wire.maps_custom_ids and await asyncio.to_thread(_needs_mapped_ids, source):
@@ -124,8 +131,20 @@ class OpenAIBatchAdapter(HttpAdapter):
         async def find() -> dict[str, Any] | None:
             return await self._find_batch(shard.submit_token, retrying=False, file_id=file_id)
 
-        batch = await self._create_once(shard, create, find)
+        try:
+            batch = await self._create_once(shard, create, find)
+        except (ProviderRejected, ProviderRateLimited, SubmitWithdrawn):
+            # Refused, or never sent: no batch reads the upload, and the next try uploads under a fresh token.
+            await self._discard_upload(file_id)
+            raise
         return SubmitResult(provider_batch_id=self._batch_id(batch, "POST /batches"), provider_file_id=file_id)
+
+    async def _discard_upload(self, file_id: str) -> None:
+        """Delete an upload no batch will read; one try (the provider's expiry takes what it misses)."""
+        try:
+            await self._send_json("DELETE", f"/files/{quote(file_id, safe='')}")
+        except ProviderError as exc:
+            log.info("provider %s: deleting the unused upload %s failed: %s", self.name, file_id, exc)
 
     async def find_submitted(self, submit_token: str) -> SubmitResult | None:
         """The batch tagged with ``submit_token`` among the newest :attr:`max_list_pages` pages."""

@@ -49,6 +49,10 @@ class Dialect:
     maps_custom_ids: bool = False
     """The provider takes only short ``custom_id``s (Together: at most 64 characters): longer or unusual ones
     are sent mapped (:mod:`gateway.translate.custom_ids`) and joined back from the shard's own ids."""
+    upload_expiry_fields: tuple[str, str] | None = ("expires_after[anchor]", "expires_after[seconds]")
+    """Form fields of an upload's expiry (anchor, seconds), so that shard inputs do not pile up at the provider
+    (OpenAI keeps a batch input until it is deleted; Azure counts files against a cap of 500, 10,000 with an
+    expiry); None where the provider documents none."""
 
     def completion_window(self, remaining_s: float) -> str:
         """The longest accepted window that fits in what is left of the client's (the shortest if none does).
@@ -65,7 +69,7 @@ DIALECTS: dict[DialectName, Dialect] = {
     "openai": Dialect(),
     # Azure OpenAI v1 (``https://<resource>.openai.azure.com/openai/v1``): the key goes in ``api-key``;
     # ``models`` maps each gateway model to a Global-Batch deployment's name, which is what lines carry.
-    "azure": Dialect(key_header="api-key"),
+    "azure": Dialect(key_header="api-key", upload_expiry_fields=("expires_after.anchor", "expires_after.seconds")),
     # Groq takes windows "from 24h to 7d"; its exact grammar is unverified, so only the forms its
     # documentation shows are sent: whole days in hours, and "7d".
     # Its list takes no paging parameters (it may answer the whole history), so polls retrieve.
@@ -73,6 +77,7 @@ DIALECTS: dict[DialectName, Dialect] = {
         windows=((24 * _HOUR, "24h"), (48 * _HOUR, "48h"), (72 * _HOUR, "72h"), (168 * _HOUR, "7d")),
         endpoints=frozenset({CHAT}),
         lists_newest_first=False,
+        upload_expiry_fields=None,
     ),
     # Together's SDK uploads with purpose "batch-api" (whether plain "batch" works is unverified), and its
     # job object has no ``metadata``: the create body carries only the fields its documentation lists. The
@@ -83,9 +88,15 @@ DIALECTS: dict[DialectName, Dialect] = {
         keeps_metadata=False,
         lists_newest_first=False,
         maps_custom_ids=True,
+        upload_expiry_fields=None,
     ),
 }
 """Dialect by the ``dialect`` option of an ``openai`` provider."""
+
+
+UPLOAD_TTL_S = 30 * 24 * 3600
+"""Life of a shard input uploaded to a provider that takes an expiry: the longest OpenAI and Azure accept, well past
+the longest completion window (7 days)."""
 
 
 def upload_name(submit_token: str) -> str:

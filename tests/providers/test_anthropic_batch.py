@@ -112,9 +112,10 @@ async def test_round_trip_with_unsafe_ids_and_rejections(
     assert answer["id"].startswith("msg_") and answer["object"] == "chat.completion" and answer["model"] == MODEL
     assert answer["choices"][0]["message"]["content"] == "Echo: Capital of Peru?"
     assert answer["usage"]["prompt_tokens"] == prompt_tokens(["Answer tersely.", "Capital of Peru?"])
+    # The stop string that ended the reply is kept where vLLM's OpenAI-compatible server names it.
     assert got["stopped"]["response"]["body"]["choices"][0] == {
         "index": 0, "message": {"role": "assistant", "content": "Echo: one", "refusal": None},
-        "logprobs": None, "finish_reason": "stop",
+        "logprobs": None, "finish_reason": "stop", "stop_reason": ". t",
     }  # fmt: skip
     assert got["capped"]["response"]["body"]["choices"][0]["finish_reason"] == "length"
     assert got["tools"]["response"]["body"]["choices"][0]["message"]["content"] == "Echo: And here?"

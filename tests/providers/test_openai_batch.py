@@ -26,6 +26,7 @@ from gateway.providers.base import (
 )
 from gateway.providers.config import ProviderConfig
 from gateway.providers.openai_batch import OpenAIBatchAdapter
+from gateway.providers.openai_wire import UPLOAD_TTL_S, upload_name
 from gateway.providers.registry import (
     ADAPTER_KINDS,
     ProviderRegistry,
@@ -145,6 +146,17 @@ async def test_withdrawn_after_the_upload_creates_nothing(
     assert len(await calls(cluster, "sim", "POST", "/files")) == uploads_before + 1
     assert len(await calls(cluster, "sim", "POST", "/batches")) == creates_before
     assert await adapter.find_submitted(shard.submit_token) is None
+    # No batch will read the upload: it is deleted, not left at the provider.
+    assert not [f for f in cluster.state("sim").files.files.values() if f.filename == upload_name(shard.submit_token)]
+
+
+async def test_an_upload_carries_an_expiry_so_shard_inputs_do_not_pile_up(
+    adapter: OpenAIBatchAdapter, cluster: SimulatorCluster, tmp_path: Path
+) -> None:
+    submitted = await adapter.submit(shard_of(tmp_path, count=3))
+    assert submitted.provider_file_id is not None
+    kept = cluster.state("sim").files.get(submitted.provider_file_id)
+    assert kept.expires_at is not None and kept.expires_at - kept.created_at == UPLOAD_TTL_S
 
 
 async def test_withdrawn_during_the_create_call_creates_nothing(
