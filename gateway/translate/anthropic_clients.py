@@ -271,6 +271,10 @@ def params_to_chat(params: Any) -> dict[str, Any]:
     for name in ("temperature", "top_p"):
         value = optional_number(params, name)
         if value is not None:
+            # Anthropic's range, whichever provider runs it: OpenAI's goes to 2, so a temperature of 1.5 would
+            # run there and fail at Anthropic.
+            if not 0 <= value <= 1:
+                raise TranslationError("must be between 0 and 1", name, "invalid_value")
             body[name] = value
     stops = params.get("stop_sequences")
     if stops is not None:

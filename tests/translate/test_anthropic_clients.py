@@ -64,6 +64,8 @@ def test_a_tool_conversation_becomes_openai_messages_in_order() -> None:
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0]"),
         ({"surprise": 1}, "surprise"),
         ({"tool_choice": {"type": ["auto"]}}, "tool_choice"),
+        ({"temperature": 1.5}, "temperature"),  # OpenAI's range (to 2), not Anthropic's (to 1)
+        ({"top_p": -0.1}, "top_p"),
     ],
 )
 def test_what_would_change_the_answer_is_refused_naming_the_field(change: dict[str, Any], param: str) -> None:
