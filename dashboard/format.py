@@ -15,12 +15,14 @@ CIRCUIT_LABEL = {"closed": "closed (healthy)", "half_open": "half-open (probing)
 
 
 def money(value: Any, digits: int = 4) -> str:
-    """``$0.0123``, with enough decimals to show two significant digits of a tiny amount; missing: a dash."""
+    """``$0.0123`` (``-$0.0060`` below zero), with enough decimals to show two significant digits of a tiny amount;
+    missing: a dash."""
     if value is None or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return MISSING
     if value and abs(value) < 10**-digits:
         digits = min(10, 1 - math.floor(math.log10(abs(value))))
-    return f"${value:,.{digits}f}"
+    sign = "-" if value < 0 and round(value, digits) != 0 else ""
+    return f"{sign}${abs(value):,.{digits}f}"
 
 
 def duration(seconds: Any) -> str:

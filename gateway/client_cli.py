@@ -38,6 +38,14 @@ ApiKey = Annotated[
 ]
 
 
+def _error_text(error: Any) -> str:
+    """A batch error with its line number, unless its message already starts with it (``Line 4: ...``)."""
+    message = str(error.message)
+    if error.line and not message.startswith(f"Line {error.line}"):
+        return f"line {error.line}: {message}"
+    return message
+
+
 def _writable_out(out: Path | None) -> Path | None:
     """``--out`` checked before anything is sent: a folder that is missing or not writable would fail only once the
     batch has run (and been paid for)."""
@@ -279,7 +287,7 @@ def _batch_table(batch: Batch) -> Any:
     for name, value in rows:
         table.add_row(name, str(value))
     for error in (batch.errors.data or [])[:10] if batch.errors else []:
-        table.add_row("error", f"line {error.line}: {error.message}" if error.line else str(error.message))
+        table.add_row("error", _error_text(error))
     return table
 
 
@@ -300,7 +308,7 @@ def _wait_and_collect(client: openai.OpenAI, batch_id: str, out: Path | None, ba
     summary = f"{counts.completed} done, {counts.failed} failed of {counts.total}" if counts else ""
     console.print(f"batch {batch_id} {batch.status}: {summary}")
     for error in (batch.errors.data or [])[:10] if batch.errors else []:
-        console.print(f"  line {error.line}: {error.message}" if error.line else f"  {error.message}")
+        console.print(f"  {_error_text(error)}")
     if out is not None:
         try:
             with _clear_errors(base_url):

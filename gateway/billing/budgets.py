@@ -15,6 +15,7 @@ one transaction.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,8 +31,13 @@ _ADJECTIVE = {"day": "daily", "month": "monthly"}
 
 
 def usd(amount: float) -> str:
-    """A dollar amount for messages: cents, or four decimals below one dollar."""
-    return f"${amount:,.2f}" if abs(amount) >= 1 or amount == 0 else f"${amount:.4f}"
+    """A dollar amount for messages: cents, four decimals below one dollar, and two significant digits below a
+    hundredth of a cent (a request's cost: ``$0.000017``, not ``$0.0000``); ``-$0.0060`` below zero."""
+    sign, amount = ("-", -amount) if amount < 0 else ("", amount)
+    if amount >= 1 or amount == 0:
+        return f"{sign}${amount:,.2f}"
+    digits = 4 if amount >= 1e-4 else min(10, 1 - math.floor(math.log10(amount)))
+    return f"{sign}${amount:.{digits}f}"
 
 
 def period_bounds(period: str, now: float) -> tuple[float, float]:

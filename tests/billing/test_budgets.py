@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.billing.budgets import period_bounds, refuse_new_batch, reserve, set_budget, team_paused
+from gateway.billing.budgets import period_bounds, refuse_new_batch, reserve, set_budget, team_paused, usd
 from gateway.db import billing as db
 from tests.billing.conftest import Seeder
 
@@ -145,3 +145,9 @@ async def test_team_paused_while_hard_budget_spent_and_resumed_by_raising_it(see
         await set_budget(session, acme, "day", 5.0, False, [])  # a soft budget never pauses
         await session.commit()
         assert await team_paused(session, acme) is None
+
+
+def test_amounts_in_messages_keep_two_significant_digits_and_their_sign() -> None:
+    assert (usd(12.345), usd(0.5), usd(0), usd(0.00123)) == ("$12.35", "$0.5000", "$0.00", "$0.0012")
+    assert usd(1.73e-5) == "$0.000017"  # a request's cost, not "$0.0000"
+    assert (usd(-0.006), usd(-2.5)) == ("-$0.0060", "-$2.50")

@@ -10,6 +10,8 @@ def test_money_shows_two_significant_digits_of_tiny_amounts() -> None:
     assert fmt.money(1.73e-5) == "$0.000017"
     assert fmt.money(1234.5, 2) == "$1,234.50"
     assert fmt.money(0) == "$0.0000"
+    assert fmt.money(-0.006) == "-$0.0060"  # a placement that cost more than the synchronous baseline
+    assert fmt.money(-1.73e-5) == "-$0.000017"
     assert fmt.money(None) == fmt.MISSING and fmt.money(True) == fmt.MISSING and fmt.money(float("nan")) == fmt.MISSING
 
 
