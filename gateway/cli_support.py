@@ -60,9 +60,13 @@ def checked_team_and_label(team: str, label: str | None) -> tuple[str, str | Non
 
 
 def require_database(settings: Settings) -> None:
-    """Exit 2 with one line on stderr when the database server does not answer (before anything starts)."""
+    """Exit 2 with one line on stderr when the database server does not answer, before anything starts and where the
+    process would migrate it at once (``auto_migrate``). Without that, a process starts anyway: the API answers
+    ``/readyz`` with 503 until the database does, as an orchestrator expects of a replica."""
     from gateway.db.engine import DatabaseUnreachable, check_reachable
 
+    if not settings.auto_migrate:
+        return
     try:
         check_reachable(settings.resolved_database_url)
     except DatabaseUnreachable as exc:

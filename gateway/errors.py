@@ -35,7 +35,8 @@ Every exception the project defines, by where it lives::
     │   └── NoUsableProvider           gateway.routing.placement: nothing usable serves a model
     └── OSError
         ├── BlobMissing (FileNotFoundError)   gateway.storage: stored content is gone
-        └── StorageFull                gateway.storage: the blob store refused a write (answered 507)
+        ├── StorageFull                gateway.storage: the blob store refused a write (answered 507)
+        └── DatabaseUnreachable (ConnectionError)   gateway.db.engine: the database did not answer at start-up
 
 Only :class:`GatewayError` and :class:`~gateway.storage.StorageFull` reach an API client as exceptions
 (:mod:`gateway.api.errors` renders both, and the framework's own HTTP errors, in OpenAI's shape). The

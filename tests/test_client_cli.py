@@ -228,7 +228,8 @@ def test_an_invalid_line_fails_the_batch_with_its_line_number(
     source.write_text(json.dumps(chat_requests(1)[0]) + "\n{not json\n")
     run = batchgw(gateway, team_key, "submit", str(source), "--model", "gpt-4o-mini", "--wait")
     assert run.returncode == 1
-    assert "failed" in run.stdout and "line 2:" in run.stdout
+    assert "failed" in run.stdout and "Line 2 is not valid JSON" in run.stdout
+    assert "line 2: Line 2" not in run.stdout  # the message names its line: it is not prefixed again
     assert "Traceback" not in run.stderr
 
 

@@ -58,7 +58,14 @@ def ensure_sqlite_dir(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-def create_engine(url: str) -> AsyncEngine:
+IDLE_TRANSACTION_TIMEOUT_S = 10.0
+"""On PostgreSQL, a session that leaves a transaction open and idle this long is ended by the server. A process frozen
+mid-transaction (SIGSTOP, a VM paused) would otherwise keep its row and advisory locks, and every other process
+waiting on one of them (the claim of a provider's concurrency slots, say) would wait until it woke up. The gateway's
+transactions never wait on anything but the database, so only a frozen or stuck process reaches it."""
+
+
+def create_engine(url: str, *, idle_transaction_timeout_s: float = IDLE_TRANSACTION_TIMEOUT_S) -> AsyncEngine:
     """An async engine with the pragmas and pool settings this gateway relies on."""
     ensure_sqlite_dir(url)
     if is_sqlite(url):
@@ -66,7 +73,9 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30}, module=module)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    timeout_ms = round(idle_transaction_timeout_s * 1000)
+    options = {"options": f"-c idle_in_transaction_session_timeout={timeout_ms}"}
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=options)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 
 PROVIDER_FAILURES = frozenset({"failed", "expired", "cancelled", "stalled", "abandoned", "rerouted", "behind"})
+"""End reasons of a shard whose provider let it down as a whole (as opposed to single requests); ``behind``:
+its provider batch was still running too close to the batch's deadline."""
 PROVIDER_FAILURE_TEXT = {
     "failed": "failed the provider batch",
     "expired": "expired the provider batch before it finished",
@@ -48,8 +50,6 @@ PROVIDER_FAILURE_TEXT = {
     "behind": "was too slow for the deadline (batch cancelled)",
 }
 """What a provider did, by a shard's end reason: ``cheap expired the provider batch before it finished``."""
-"""End reasons of a shard whose provider let it down as a whole (as opposed to single requests); ``behind``:
-its provider batch was still running too close to the batch's deadline."""
 
 
 def shard_tier(shard: Shard) -> str:

@@ -134,15 +134,17 @@ class OpenAIBatchAdapter(HttpAdapter):
         try:
             batch = await self._create_once(shard, create, find)
         except (ProviderRejected, ProviderRateLimited, SubmitWithdrawn):
-            # Refused, or never sent: no batch reads the upload, and the next try uploads under a fresh token.
-            await self._discard_upload(file_id)
+            # Refused, or never sent: the next try uploads again, under a fresh token.
+            await self._discard_upload(file_id, find)
             raise
         return SubmitResult(provider_batch_id=self._batch_id(batch, "POST /batches"), provider_file_id=file_id)
 
-    async def _discard_upload(self, file_id: str) -> None:
-        """Delete an upload no batch will read; one try (the provider's expiry takes what it misses)."""
+    async def _discard_upload(self, file_id: str, find: Callable[[], Awaitable[dict[str, Any] | None]]) -> None:
+        """Delete an upload no batch reads: looked for first, since an earlier try of the create whose answer was
+        lost may have made one. One try each (the provider's expiry takes what this misses)."""
         try:
-            await self._send_json("DELETE", f"/files/{quote(file_id, safe='')}")
+            if await find() is None:
+                await self._send_json("DELETE", f"/files/{quote(file_id, safe='')}")
         except ProviderError as exc:
             log.info("provider %s: deleting the unused upload %s failed: %s", self.name, file_id, exc)
 

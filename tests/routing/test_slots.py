@@ -160,3 +160,27 @@ async def test_a_process_that_stops_renewing_loses_its_share_when_its_lease_ends
     assert time.monotonic() >= frozen.valid_until and not frozen._may_go()
     release.set()
     await asyncio.gather(*holders)
+
+
+@SHARED
+async def test_a_process_frozen_inside_a_claim_holds_the_others_up_only_until_the_server_ends_its_session(
+    database: str, shared: Make, request: pytest.FixtureRequest
+) -> None:
+    # A process frozen (SIGSTOP) in the middle of a claim keeps the claim's transaction, and the provider's advisory
+    # lock with it, open: without the server's idle-transaction timeout every other claim would wait until it woke.
+    provider = request.node.name[:120]
+    frozen = create_engine(database, idle_transaction_timeout_s=1.5)
+    try:
+        async with frozen.connect() as connection:
+            await connection.begin()
+            lock = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+            await connection.execute(lock, {"key": "batchgw-slots:" + provider})
+            other = shared(2)
+            started = time.monotonic()
+            await asyncio.wait_for(InFlight().request(other, 0.0), timeout=15)
+            waited = time.monotonic() - started
+            assert 1.0 < waited < 10.0, waited  # held up while the lock was held, not for good
+            with pytest.raises(Exception, match=r"idle-in-transaction timeout|terminat|closed"):
+                await connection.execute(text("SELECT 1"))  # the frozen session was ended by the server
+    finally:
+        await frozen.dispose()
