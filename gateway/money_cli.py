@@ -101,7 +101,8 @@ def print_estimate(estimate: dict[str, Any], title: str) -> int:
             format_seconds(row["fanout_s"]),
             choice,
         )
-    console.print(table)
+    if estimate["data"]:  # else nothing could be priced: the problems below say why
+        console.print(table)
     bases = sorted({f"{row['model']}: {row['basis']}" for row in estimate["data"]})
     for basis in bases:
         console.print(f"estimate basis, {basis}")
@@ -112,6 +113,8 @@ def print_estimate(estimate: dict[str, Any], title: str) -> int:
         console.print(f"advice for {advice['model']}: {advice['recommendation'].upper()}{suffix}: {advice['reason']}")
     for problem in estimate["problems"]:
         console.print(f"cannot route: {problem}")
+    if not estimate["data"]:
+        return 1
     low, high = estimate["chosen_cost_range_usd"]
     spread = f" (p50-p90 range ${low:.4f}-${high:.4f})" if abs(high - low) > 1e-12 else ""
     console.print(f"Estimated total on the policy's choices: ${estimate['chosen_cost_usd']:.4f}{spread}")

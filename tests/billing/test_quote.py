@@ -104,6 +104,8 @@ def test_the_command_explains_an_unknown_model(workspace: Path) -> None:
     assert result.returncode == 1
     assert "cannot route: unknown model 'llama-3.3-7b'; did you mean 'llama-3.3-70b'" in result.stdout
     assert "Traceback" not in result.stderr
+    # Nothing could be priced: no empty table and no total of $0 before the reason.
+    assert "estimated cost by provider" not in result.stdout and "Estimated total" not in result.stdout
 
 
 def test_the_admin_endpoint_gives_the_same_figures(workspace: Path, gateway_factory: Any) -> None:
