@@ -146,7 +146,9 @@ def test_four_workers_together_keep_the_providers_max_concurrency(
     client: openai.OpenAI, gateway: GatewayProcess, simulator: SimulatorCluster, workers: list[GatewayProcess]
 ) -> None:
     reset(simulator, "fast")
-    set_faults(simulator, "fast", latency_s=0.2)  # each answer takes a while: requests pile up in flight
+    # Each answer takes a while (half a second, so that on a loaded machine the shares of the workers still overlap
+    # in time): requests pile up in flight.
+    set_faults(simulator, "fast", latency_s=0.5)
     requests = chat_requests(CROWDED_REQUESTS, model="crowded-model", prefix="crowded")
     batch = submit(client, requests)
     most_owners, deadline = 0, time.monotonic() + 120
