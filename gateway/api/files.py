@@ -119,7 +119,7 @@ class FilesController(Controller):
                 )
             row.deleted = True
             session.add(row)
-        await context.blobs.delete(row.storage_key)
+        await intake.delete_file_blobs(context, row.storage_key)
         return {"id": file_id, "object": "file", "deleted": True}
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.billing.history import History
+from gateway.pipeline.line_figures import LineFigures, output_cap
 from gateway.providers.jsonl import iter_line_blocks
 
 if TYPE_CHECKING:
@@ -46,14 +47,6 @@ class _Line(msgspec.Struct, gc=False):
     body: msgspec.Raw = msgspec.Raw(b"{}")
 
 
-def _cap(max_completion_tokens: Any, max_tokens: Any) -> int | None:
-    """A request's own output cap, where it is a positive whole number."""
-    for value in (max_completion_tokens, max_tokens):
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
 class _Body(msgspec.Struct):
     model: str = ""
     max_tokens: Any = None  # any type: a cap the provider will refuse must not hide the model (nor fail here)
@@ -61,7 +54,7 @@ class _Body(msgspec.Struct):
 
     def cap(self) -> int | None:
         """The request's own output cap, where it is a positive whole number."""
-        return _cap(self.max_completion_tokens, self.max_tokens)
+        return output_cap(self.max_completion_tokens, self.max_tokens)
 
 
 class _PlainBody(msgspec.Struct, gc=False):
@@ -269,9 +262,13 @@ class Estimator:
         else:
             names = [head.model for head in plain]
             limits = [(head.model, head.max_completion_tokens, head.max_tokens) for head in plain]
-            capped = {limit: (limit[0], _cap(limit[1], limit[2])) for limit in set(limits)}
+            capped = {limit: (limit[0], output_cap(limit[1], limit[2])) for limit in set(limits)}
             keys = [capped[limit] for limit in limits]
-        raw = raw_input_token_counts(bodies)
+        return self.columns(names, raw_input_token_counts(bodies), keys)
+
+    def columns(self, names: list[str], raw: list[int], keys: list[tuple[str, int | None]]) -> RequestColumns:
+        """Expected tokens of requests of the models ``names``, with ``raw`` input tokens by the bytes / 4 rule
+        and ``(model, output cap)`` ``keys``, as :meth:`request` expects each."""
         scales = {name: self._input_scale(name) for name in set(names)}
         if any(scale is not None for scale in scales.values()):
             raw = [
@@ -396,9 +393,46 @@ def estimate_lines(
 ) -> tuple[dict[str, ModelEstimate], LineEstimates]:
     """:func:`estimate_file` and, in the same pass, every line's estimate (:class:`LineEstimates`)."""
     estimator = estimator or Estimator(endpoint)
+    return _summed(iter_request_columns(path, estimator), estimator)
+
+
+def estimate_figures(
+    figures: LineFigures, endpoint: str, estimator: Estimator | None = None
+) -> tuple[dict[str, ModelEstimate], LineEstimates]:
+    """:func:`estimate_lines` of a file from the figures its check kept (each request's model, body size and
+    output cap), without reading the file: the same estimates."""
+    estimator = estimator or Estimator(endpoint)
+    return _summed(_figure_columns(figures, estimator), estimator)
+
+
+_FIGURES_AT_ONCE = 65536
+"""Requests estimated from their figures at a time (the columns of one step)."""
+
+
+def _figure_columns(figures: LineFigures, estimator: Estimator) -> Iterator[RequestColumns]:
+    names = figures.names
+    for start in range(0, len(figures), _FIGURES_AT_ONCE):
+        stop = min(start + _FIGURES_AT_ONCE, len(figures))
+        if len(names) == 1:
+            models = names * (stop - start)
+        else:
+            models = [names[index] for index in figures.name_of_line[start:stop]]
+        raw = [size // BYTES_PER_TOKEN or 1 for size in figures.body_bytes[start:stop]]
+        caps = figures.caps[start:stop]
+        if len(names) == 1 and caps.count(caps[0]) == len(caps):  # the usual file: one model, one cap
+            keys = [(names[0], caps[0] or None)] * len(caps)
+        else:
+            keys = list(zip(models, [cap or None for cap in caps], strict=True))
+        yield estimator.columns(models, raw, keys)
+
+
+def _summed(
+    request_columns: Iterable[RequestColumns], estimator: Estimator
+) -> tuple[dict[str, ModelEstimate], LineEstimates]:
+    """Each model's estimate, and every line's, from a file's requests' columns in order."""
     models: dict[str, ModelEstimate] = {}
     lines = LineEstimates()
-    for columns in iter_request_columns(path, estimator):
+    for columns in request_columns:
         names = dict.fromkeys(columns.models)
         for name in names:
             if name not in models:

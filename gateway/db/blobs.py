@@ -10,14 +10,19 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.db.models import AbandonedProviderBatch, Batch, MessageBatch, Shard, StoredFile
+from gateway.pipeline.line_figures import FIGURES_SUFFIX
 
 CHUNK = 500
 
 
 async def named_file_keys(session: AsyncSession, keys: Iterable[str]) -> set[str]:
-    """Those of ``keys`` that a live file (upload, output or error file) stores its content under, or a live
-    message batch its intake errors."""
+    """Those of ``keys`` that a live file (upload, output or error file) stores its content or its figures under,
+    or a live message batch its intake errors."""
     keys = list(keys)
+    figures = {key.removesuffix(FIGURES_SUFFIX): key for key in keys if key.endswith(FIGURES_SUFFIX)}
+    if figures:
+        listed = set(keys)
+        keys += [content for content in figures if content not in listed]
     named: set[str] = set()
     for start in range(0, len(keys), CHUNK):
         chunk = keys[start : start + CHUNK]
@@ -29,6 +34,7 @@ async def named_file_keys(session: AsyncSession, keys: Iterable[str]) -> set[str
             col(MessageBatch.intake_errors_key).in_(chunk), col(MessageBatch.deleted_at).is_(None)
         )
         named.update(key for key in (await session.exec(intake_errors)).all() if key is not None)
+    named.update(key for content, key in figures.items() if content in named)
     return named
 
 

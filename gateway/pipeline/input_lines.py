@@ -12,7 +12,6 @@ instead of reading the file again when it still applies (:func:`report_from_chec
 
 from __future__ import annotations
 
-import operator
 import socket
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -23,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from gateway import jsondepth
-from gateway.pipeline.line_blocks import LineBlock, LineItem, line_items
+from gateway.pipeline.line_blocks import LineBlock, LineItem, PlainBlock, line_items
+from gateway.pipeline.line_figures import BodyHeads, LineFigures
 
 if TYPE_CHECKING:
     from gateway.settings import LimitSettings
@@ -77,6 +77,8 @@ class ValidationReport:
     """Requests per model named in ``body.model``."""
     url: str | None = None
     """The url every line had to name: the batch's endpoint, or for an upload's check the first valid line's."""
+    figures: bytes | None = None
+    """The :class:`~gateway.pipeline.line_figures.LineFigures` of a clean file's requests, as stored."""
 
     @property
     def ok(self) -> bool:
@@ -121,11 +123,15 @@ def _counted_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[Lin
 
 
 def validate_input_file(path: Path, endpoint: str, limits: LimitSettings) -> ValidationReport:
-    """Check every line of a batch input file against the batch's endpoint and the limits."""
+    """Check every line of a batch input file against the batch's endpoint and the limits; a clean file's report
+    carries its requests' figures."""
     report = ValidationReport()
-    repeated = _check_lines(line_items(_chunks_of(path), limits.max_line_bytes), endpoint, limits, report)
+    figures = LineFigures()
+    repeated = _check_lines(line_items(_chunks_of(path), limits.max_line_bytes), endpoint, limits, report, figures)
     if repeated:
         _report_duplicates(path, limits.max_line_bytes, repeated, report, limits.max_errors_reported)
+    if report.ok and report.line_count and len(figures) == report.line_count:
+        report.figures = figures.to_bytes()
     return _finish(report, limits.max_errors_reported)
 
 
@@ -160,9 +166,11 @@ def _check_lines(
     endpoint: str | None,
     limits: LineLimits,
     report: ValidationReport,
+    figures: LineFigures | None = None,
 ) -> set[int]:
     """Check each line into ``report``; return the hashes of the ``custom_id``s seen more than once, which a
-    second pass settles. With no ``endpoint``, every line must name the url the first valid line names.
+    second pass settles. With no ``endpoint``, every line must name the url the first valid line names. Each
+    valid line's figures go into ``figures`` (its lines then match the file's only when no problem is found).
 
     A block whose lines are all plain requests is taken whole (:meth:`LineBlock.decoded`); any other block is
     checked line by line."""
@@ -180,6 +188,8 @@ def _check_lines(
             if endpoint is not None and last <= max_lines:
                 plain = item.decoded(endpoint, limits.max_line_bytes, MAX_LINE_DEPTH)
                 if plain is not None and _take_block(plain, models, seen, repeated):
+                    if figures is not None:
+                        figures.add(plain.heads)
                     number = last
                     continue
             lines: Iterable[LineItem] = item.items(limits.max_line_bytes)
@@ -229,6 +239,12 @@ def _check_lines(
                     models[model] += 1
                 else:
                     _count_model(model, number, report, keep)
+                if figures is not None and not report.error_count:
+                    heads = _heads_of(raw)
+                    if heads is None:
+                        figures = None  # none kept: routing reads the file
+                    else:
+                        figures.add(heads)
             if custom_id is None:
                 continue
             key = hash(custom_id)
@@ -244,19 +260,15 @@ def _check_lines(
     return repeated
 
 
-_CUSTOM_ID = operator.attrgetter("custom_id")
-_MODEL = operator.attrgetter("body.model")
-
-
-def _take_block(lines: list[Any], models: dict[str, int], seen: set[int], repeated: set[int]) -> bool:
+def _take_block(block: PlainBlock, models: dict[str, int], seen: set[int], repeated: set[int]) -> bool:
     """Count a block of plain requests into ``models``, ``seen`` and ``repeated``, as line by line would; False
     (nothing counted) when it names a model beyond :data:`MAX_MODELS_PER_FILE`, which its lines then report."""
-    named = Counter(map(_MODEL, lines))
+    named = Counter(block.heads.models)
     if len(models) + len(named.keys() - models.keys()) > MAX_MODELS_PER_FILE:
         return False
     for model, count in named.items():
         models[model] = models.get(model, 0) + count
-    hashes = list(map(hash, map(_CUSTOM_ID, lines)))
+    hashes = list(map(hash, block.custom_ids))
     fresh = set(hashes)
     if len(fresh) < len(hashes) or not seen.isdisjoint(fresh):
         repeated |= (fresh & seen) | {key for key, times in Counter(hashes).items() if times > 1}
@@ -307,15 +319,25 @@ def _checked_limits(limits: LineLimits) -> list[int]:
     return [limits.max_line_bytes, limits.max_file_lines]
 
 
-def check_upload(socket_path: str, limits: UploadLimits) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class CheckedUpload:
+    """What the check of a clean upload gives the API: the check to keep with the file, and its lines' figures."""
+
+    check: dict[str, Any]
+    """The :class:`UploadCheck`, JSON-ready."""
+    figures: bytes | None
+    """The :class:`~gateway.pipeline.line_figures.LineFigures` of its requests, as stored; None if not taken."""
+
+
+def check_upload(socket_path: str, limits: UploadLimits) -> CheckedUpload | None:
     """Check the bytes an upload sends to ``socket_path`` (a local socket the API listens on) while they arrive.
 
-    Returns the :class:`UploadCheck` of a file with no problem as a JSON-ready dict, or None for a file with
-    any problem, a stream that stalls or breaks off: that file is checked in full when a batch names it (which
-    reports its problems with their line numbers). It stops at the first problem, since a file with one is
-    checked again anyway.
+    Returns what the check of a file with no problem found, or None for a file with any problem, a stream that
+    stalls or breaks off: that file is checked in full when a batch names it (which reports its problems with
+    their line numbers). It stops at the first problem, since a file with one is checked again anyway.
     """
     report = ValidationReport()
+    figures = LineFigures()
     size = 0
 
     def received(stream: socket.socket) -> Iterator[bytes]:
@@ -328,14 +350,15 @@ def check_upload(socket_path: str, limits: UploadLimits) -> dict[str, Any] | Non
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stream:
             stream.settimeout(UPLOAD_STALL_S)
             stream.connect(socket_path)
-            repeated = _check_lines(line_items(received(stream), limits.max_line_bytes), None, limits, report)
+            repeated = _check_lines(line_items(received(stream), limits.max_line_bytes), None, limits, report, figures)
     except OSError:  # the upload is gone, stalled (a timeout) or broke off: no verdict
         return None
     if report.error_count or repeated or not report.line_count or report.url is None:
         return None
     limits_used = _checked_limits(limits)
     check = UploadCheck(UPLOAD_CHECK_VERSION, report.url, report.line_count, size, report.models, limits_used)
-    return msgspec.to_builtins(check)
+    taken = len(figures) == report.line_count
+    return CheckedUpload(msgspec.to_builtins(check), figures.to_bytes() if taken else None)
 
 
 def report_from_check(stored: dict[str, Any] | None, endpoint: str, limits: LimitSettings) -> ValidationReport | None:
@@ -350,6 +373,14 @@ def report_from_check(stored: dict[str, Any] | None, endpoint: str, limits: Limi
     if check.url != endpoint or check.limits != _checked_limits(limits):
         return None
     return ValidationReport(line_count=check.lines, models=dict(check.models), url=check.url)
+
+
+def _heads_of(raw: bytes) -> BodyHeads | None:
+    """The figures of one valid line (a line the block decode did not take); None if they cannot be read."""
+    try:
+        return BodyHeads([_line_decoder.decode(raw).body])
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
 
 
 def _fast_decode(raw: bytes) -> _ValidLine | None:

@@ -10,10 +10,13 @@ than plain gives None, and the caller checks that block line by line, naming its
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from gateway.pipeline.line_figures import BodyHeads
 
 LineItem = tuple[int, bytes | None, int]
 """``(line number, its bytes or None when over the byte limit, its count of opening brackets)``."""
@@ -21,6 +24,8 @@ LineItem = tuple[int, bytes | None, int]
 _OPENINGS_AND_NEWLINES = b"[{\n"
 _ALL_BUT_OPENINGS_AND_NEWLINES = bytes(b for b in range(256) if b not in _OPENINGS_AND_NEWLINES)
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+_CUSTOM_ID = operator.attrgetter("custom_id")
+_BODY = operator.attrgetter("body")
 
 
 class LineBlock:
@@ -41,9 +46,9 @@ class LineBlock:
         for index, line in enumerate(self.lines):
             yield self.first + index, (line if len(line) <= max_line_bytes else None), len(openings[index])
 
-    def decoded(self, endpoint: str, max_line_bytes: int, max_depth: int) -> list[Any] | None:
-        """Every line as a plain request for ``endpoint`` (``custom_id``, ``method``, ``url``, ``body.model``
-        read), or None when any line may be less than plain: the block is then checked line by line."""
+    def decoded(self, endpoint: str, max_line_bytes: int, max_depth: int) -> PlainBlock | None:
+        """Every line as a plain request for ``endpoint`` (``custom_id``, ``method``, ``url``, the body's model and
+        caps read), or None when any line may be less than plain: the block is then checked line by line."""
         lines = self.lines
         if max(map(len, lines)) > max_line_bytes:
             return None
@@ -56,9 +61,20 @@ class LineBlock:
                 return None
         try:
             # One line, one value: a line's decode fails on anything after its object.
-            return list(map(_plain_decoder(endpoint).decode, lines))
+            plain = list(map(_plain_decoder(endpoint).decode, lines))
+            return PlainBlock(list(map(_CUSTOM_ID, plain)), BodyHeads(list(map(_BODY, plain))))
         except (msgspec.ValidationError, msgspec.DecodeError):
             return None
+
+
+class PlainBlock:
+    """A block of plain requests: their ``custom_id``s, and their bodies' models, sizes and caps."""
+
+    __slots__ = ("custom_ids", "heads")
+
+    def __init__(self, custom_ids: list[str], heads: BodyHeads) -> None:
+        self.custom_ids = custom_ids
+        self.heads = heads
 
 
 def line_items(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[LineItem | LineBlock]:
@@ -106,6 +122,5 @@ def _plain_decoder(endpoint: str) -> msgspec.json.Decoder[Any]:
 
     Its structs are not tracked by the garbage collector: a block's thousands of them would otherwise set it
     off again and again (it halves the decode's speed)."""
-    body = msgspec.defstruct("PlainBody", [("model", _NonEmpty)], gc=False)
-    fields = [("custom_id", _NonEmpty), ("method", Literal["POST"]), ("url", Literal[endpoint]), ("body", body)]
+    fields = [("custom_id", _NonEmpty), ("method", Literal["POST"]), ("url", Literal[endpoint]), ("body", msgspec.Raw)]
     return msgspec.json.Decoder(msgspec.defstruct("PlainLine", fields, gc=False))

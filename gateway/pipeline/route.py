@@ -1,7 +1,9 @@
 """Stage 3 of the data path: choose where each request runs and cut the batch into shards.
 
-The file is read once to estimate each model's requests and tokens (:mod:`gateway.billing.estimate`, learned
-from the team's past requests where it has them), keeping each line's model and tokens; the batch's policy then
+Each model's requests and tokens are estimated (:mod:`gateway.billing.estimate`, learned from the team's past
+requests where it has them) from the figures the file's check kept of each request (its model, body size and
+output cap: :mod:`gateway.pipeline.line_figures`), or, for a file without them, from a read of the file, keeping
+each line's model and tokens; the batch's policy then
 ranks the offers of each model (:mod:`gateway.routing.placement`), and every decision is stored with its
 candidates and reason. A second pass writes the shard inputs (:mod:`gateway.pipeline.shard_plans`): lines of one
 model for one provider, within that provider's request and byte limits, copied as they are unless ``body.model``
@@ -20,7 +22,7 @@ import functools
 import logging
 
 from gateway.billing import budgets
-from gateway.billing.estimate import estimate_lines, team_estimator
+from gateway.billing.estimate import estimate_figures, estimate_lines, team_estimator
 from gateway.context import GatewayContext
 from gateway.crashpoints import crash_point, freeze_point
 from gateway.db import repo
@@ -30,6 +32,7 @@ from gateway.db.models import Batch, RoutingDecision
 from gateway.db.unit_of_work import Rollback, reading, transaction
 from gateway.errors import UnknownModel
 from gateway.pipeline.lifecycle import end_unstarted, fail_batch, shard_input_key
+from gateway.pipeline.line_figures import read_figures
 from gateway.pipeline.shard_plans import Placement, ShardPlan, publish_shards, split_into_shards
 from gateway.routing.placement import NoUsableProvider, rank, split_shares
 from router_policies.base import PolicyError
@@ -49,8 +52,13 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
         await fail_batch(context, batch, lease, "input_file_missing", message)
         return
     estimator = await team_estimator(context, batch.team_id, batch.endpoint)
+    figures = await read_figures(context.blobs, input_file.storage_key, input_file.line_count)
     async with context.blobs.local_copy(input_file.storage_key) as path:
-        estimates, line_estimates = await asyncio.to_thread(estimate_lines, path, batch.endpoint, estimator)
+        if figures is not None:
+            estimated = await asyncio.to_thread(estimate_figures, figures, batch.endpoint, estimator)
+        else:
+            estimated = await asyncio.to_thread(estimate_lines, path, batch.endpoint, estimator)
+        estimates, line_estimates = estimated
         placements: dict[str, list[Placement]] = {}
         decisions: list[RoutingDecision] = []
         estimated_cost = 0.0

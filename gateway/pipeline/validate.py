@@ -4,7 +4,8 @@ The check (:mod:`gateway.pipeline.input_lines`) runs before anything is sent to 
 process (:mod:`gateway.cpu_pool`) so that it holds neither the worker's event loop nor the API's. A file whose
 lines were checked while it uploaded, under the same rules and limits and for this endpoint, is not read again. Every
 problem is reported with its 1-based line number in OpenAI's ``errors.data`` shape; a file with any
-problem fails the whole batch.
+problem fails the whole batch. A clean file's requests' figures (:mod:`gateway.pipeline.line_figures`) are kept
+beside it, by the upload's check or by this one, so that routing does not read the file for its estimates.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gateway.db.models import Batch, now_s
 from gateway.db.unit_of_work import reading, transaction
 from gateway.pipeline.input_lines import ValidationReport, report_from_check, validate_input_file
 from gateway.pipeline.lifecycle import end_unstarted, fail_batch
+from gateway.pipeline.line_figures import store_figures
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ async def run(context: GatewayContext, batch: Batch, lease: Lease) -> None:
     else:
         async with context.blobs.local_copy(input_file.storage_key) as path:
             report = await context.cpu.run(validate_input_file, path, batch.endpoint, limits)
+        if report.figures is not None:  # for routing, before the batch moves on to it
+            await store_figures(context.blobs, input_file.storage_key, report.figures)
     now = now_s()
     async with transaction(context.sessions) as session:
         if report.ok:

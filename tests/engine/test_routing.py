@@ -10,32 +10,38 @@ from __future__ import annotations
 import json
 import textwrap
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from gateway.pipeline.line_figures import LineFigures
 from gateway.simulator import SimulatorCluster
 from tests.conftest import simulated_provider_env
 from tests.engine import (
     BATCH_RATES,
+    CHAT,
     CHEAP,
     PRICEY,
     ROUTING_ENV,
     admin,
     batch_creates,
+    chat_request,
     chat_requests,
     collect,
     control,
     create_batch,
     emulator_log,
     expected_cost,
+    query,
     reset,
     set_faults,
     start_gateway,
     submit,
     wait_for,
+    worker_process,
     write_catalog,
 )
 
@@ -359,3 +365,45 @@ def test_a_short_deadline_falls_back_to_synchronous_fan_out(
     assert {line["provider"] for line in collect(client, observed).output.values()} == {"cheap"}
     turnaround = {p["name"]: p["turnaround"] for p in admin(gateway, "/providers")["data"]}["cheap"]
     assert turnaround["gpt-4o-mini"]["samples"] >= 1 and turnaround["gpt-4o-mini"]["p90_s"] < 60
+
+
+def test_routing_estimates_from_the_figures_the_files_check_kept_without_reading_it(
+    gateway_factory: Any, simulator: SimulatorCluster, tmp_path: Path
+) -> None:
+    """The API alone takes two uploads of over 1 MB, checked while they arrive, and keeps each one's requests'
+    figures beside it. With the first one's figures doctored (every body a hundred times its size), a worker
+    started afterwards routes on them: its estimate holds a hundred times the input tokens a read finds. The second
+    one's figures are cut short, so they do not match the file and routing reads it instead."""
+    gateway = start_gateway(gateway_factory, simulator, tmp_path, env={"BATCHGW_WORKER__ENABLED_IN_SERVE": "false"})
+    client = gateway.client(gateway.create_key("acme"))
+    requests = [chat_request(f"req-{i:05d}", f"question {i}: " + "why " * (i % 90)) for i in range(4000)]
+    content = "".join(json.dumps(r) + "\n" for r in requests).encode()
+    assert len(content) > 1 << 20
+    files = [client.files.create(file=("input.jsonl", content), purpose="batch") for _ in range(2)]
+    stored = [gateway.data_dir / "blobs" / "files" / f"{file.id}.figures" for file in files]
+    assert all(path.is_file() for path in stored), "no figures were kept at upload"
+
+    doctored = LineFigures.from_bytes(stored[0].read_bytes())
+    assert doctored is not None and len(doctored) == 4000
+    doctored.body_bytes = array("I", [size * 100 for size in doctored.body_bytes])
+    stored[0].write_bytes(doctored.to_bytes())
+    cut = LineFigures.from_bytes(stored[1].read_bytes())
+    assert cut is not None
+    cut.name_of_line, cut.body_bytes, cut.caps = cut.name_of_line[:-1], cut.body_bytes[:-1], cut.caps[:-1]
+    stored[1].write_bytes(cut.to_bytes())
+
+    batches = [client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h") for file in files]
+    worker = worker_process(gateway, "worker").start("worker")
+    try:
+        done = [wait_for(client, batch.id, timeout=120) for batch in batches]
+    finally:
+        worker.stop()
+    assert [batch.status for batch in done] == ["completed", "completed"]
+    # The estimate routing priced the batch with: the same output estimate for both, input at the cheap batch rate.
+    estimated = [
+        query(gateway, "SELECT estimated_cost_usd FROM batches WHERE id = :b", b=batch.id)[0][0] for batch in done
+    ]
+    body_sizes = [len(json.dumps(r["body"])) for r in requests]
+    input_rate = CHEAP["batch"][0] / 1_000_000
+    extra_input = sum(size * 100 // 4 for size in body_sizes) - sum(size // 4 for size in body_sizes)
+    assert estimated[0] - estimated[1] == pytest.approx(extra_input * input_rate, rel=1e-9)

@@ -31,16 +31,20 @@ def test_gc_removes_unnamed_blobs_and_keeps_named_ones(gateway_factory: Any) -> 
         blobs / "shards" / "batch_gone" / "00000.r3.in.jsonl",  # shard input of a batch that is no more
         blobs / "files" / "file-never-committed",  # an upload whose row was never written
     ]
-    for stray in strays:
+    # The requests' figures beside a file (small uploads are not checked while they arrive: none were stored).
+    figures = [blobs / f"{key}.figures" for key in (kept_key, expiring_key, "files/file-never-committed")]
+    for stray in [*strays, *figures]:
         stray.parent.mkdir(parents=True, exist_ok=True)
         stray.write_bytes(b"{}\n")
     partial = blobs / "files" / "file-cut.part"  # a write a killed process left behind
     partial.write_bytes(b"{")
 
     result = gateway.cli("gc", "--grace-s", "0")
-    assert "removed 5 blob(s)" in result.stdout, result.stdout + result.stderr
+    assert "removed 7 blob(s)" in result.stdout, result.stdout + result.stderr
     assert not any(stray.exists() for stray in strays) and not partial.exists()
     assert (blobs / kept_key).is_file(), "a blob a live file names was removed"
+    assert figures[0].is_file(), "the figures of a live file were removed"
+    assert not figures[1].exists() and not figures[2].exists(), "figures of files that are no more stayed"
     assert not (blobs / expiring_key).exists(), "an expired file's content stayed"
     assert [row[0] for row in query(gateway, "SELECT deleted FROM files WHERE id = :f", f=expiring.id)] == [True]
     assert client.files.content(kept.id).read() == b'{"a": 1}\n'
@@ -54,7 +58,9 @@ def test_gc_keeps_the_input_file_of_a_finished_batch(gateway_factory: Any) -> No
     gateway.cli("gc", "--grace-s", "0")
     after = sorted(p.relative_to(gateway.data_dir) for p in (gateway.data_dir / "blobs").rglob("*") if p.is_file())
     assert batch.status == "failed"
-    assert after == before == [Path("blobs/files") / batch.input_file_id]
+    # The file's content and its requests' figures, kept by its validation for routing.
+    stored = Path("blobs/files") / batch.input_file_id
+    assert after == before == [stored, stored.with_name(f"{stored.name}.figures")]
 
 
 @pytest.mark.spread_databases  # the storage library's threads at exit, not the database, are the subject

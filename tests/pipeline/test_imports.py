@@ -9,7 +9,7 @@ from pathlib import Path
 import gateway.pipeline
 
 STAGES = {"intake", "validate", "route", "submit", "fanout", "poll", "collect", "merge"}
-SHARED = {"lifecycle", "results", "shard_plans", "input_lines"}
+SHARED = {"lifecycle", "results", "shard_plans", "input_lines", "line_figures"}
 COLLECT_PARTS = {"ledger", "canary", "failover", "joining", "settle"}
 PARTS = {"collect": COLLECT_PARTS}
 

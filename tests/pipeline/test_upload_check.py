@@ -20,9 +20,10 @@ import psutil
 import pytest
 
 from gateway.cpu_pool import CpuPool
-from gateway.pipeline.input_lines import UPLOAD_CHECK_VERSION
+from gateway.pipeline.input_lines import UPLOAD_CHECK_VERSION, validate_input_file
 from gateway.pipeline.intake import upload_check
 from gateway.pipeline.intake.upload_check import checking_upload
+from gateway.pipeline.line_figures import LineFigures
 from gateway.settings import LimitSettings
 from tests.conftest import cpu_pool_processes
 
@@ -65,7 +66,7 @@ async def check(
         if ran is not None:
             await asyncio.sleep(0.5)  # a check that stopped at a problem has returned by now
             assert line_check.check_ran is ran
-        return found
+        return found.check if found is not None else None
 
 
 async def test_a_clean_file_gets_what_its_batches_need(pool: CpuPool) -> None:
@@ -79,6 +80,22 @@ async def test_a_clean_file_gets_what_its_batches_need(pool: CpuPool) -> None:
         "models": {"gpt-4o-mini": 3000, "other-model": 2},
         "limits": [LIMITS.max_line_bytes, LIMITS.max_file_lines],
     }
+
+
+async def test_a_clean_uploads_figures_for_routing_are_those_its_full_check_finds(
+    pool: CpuPool, tmp_path: Path
+) -> None:
+    content = lines(3000) + lines(2, start=3000, model="other-model")
+    async with checking_upload([pool], LIMITS) as line_check:
+        for start in range(0, len(content), 7777):
+            await line_check.feed(content[start : start + 7777])
+        found = await line_check.verdict(len(content))
+    path = tmp_path / "input.jsonl"
+    path.write_bytes(content)
+    assert found is not None and found.figures is not None
+    assert found.figures == validate_input_file(path, CHAT, LIMITS).figures
+    figures = LineFigures.from_bytes(found.figures)
+    assert figures is not None and figures.names == ["gpt-4o-mini", "other-model"] and len(figures) == 3002
 
 
 @pytest.mark.parametrize(
@@ -173,7 +190,7 @@ async def test_replacing_a_frozen_check_process_ends_no_other_uploads_check() ->
                 for start in range(1 << 20, len(content), 1 << 20):
                     await line_check.feed(content[start : start + (1 << 20)])
                 found = await line_check.verdict(len(content))
-        assert found is not None and found["lines"] == 20_000, "the other upload's check was ended too"
+        assert found is not None and found.check["lines"] == 20_000, "the other upload's check was ended too"
     finally:
         with contextlib.suppress(psutil.Error):
             frozen.send_signal(signal.SIGCONT)

@@ -10,7 +10,7 @@ The client API, the admin API and the CLI call these functions; they only parse 
 """
 
 from gateway.pipeline.intake.batches import BatchRequest, cancel_batch, check_batch_request, create_batch
-from gateway.pipeline.intake.files import create_file
+from gateway.pipeline.intake.files import create_file, delete_file_blobs
 from gateway.pipeline.intake.retry import retry_batch
 from gateway.pipeline.intake.upload import MULTIPART_ALLOWANCE, UploadResult, check_declared_length, receive_upload
 
@@ -23,6 +23,7 @@ __all__ = [
     "check_declared_length",
     "create_batch",
     "create_file",
+    "delete_file_blobs",
     "receive_upload",
     "retry_batch",
 ]

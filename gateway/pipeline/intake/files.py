@@ -4,15 +4,18 @@ idempotently. The Files API calls :func:`create_file` and only parses and render
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from gateway.context import GatewayContext
 from gateway.db import repo
 from gateway.db.models import DEFAULT_FILE_TTL_S, StoredFile, new_id, now_s
 from gateway.db.unit_of_work import reading, transaction
 from gateway.errors import bad_request, not_found
+from gateway.pipeline.input_lines import CheckedUpload
 from gateway.pipeline.intake import idempotency
 from gateway.pipeline.intake.upload import UploadResult, receive_upload
 from gateway.pipeline.intake.upload_check import checking_upload
+from gateway.pipeline.line_figures import figures_key, store_figures
 from gateway.textcheck import check_text
 
 ACCEPTED_PURPOSES = {"batch"}
@@ -56,7 +59,7 @@ async def create_file(
     key = f"files/{file_id}"
     upload: UploadResult | None = None
     try:
-        async with checking_upload(context.upload_checks, limits, declared_bytes) as line_check:
+        async with checking_upload(context.upload_checks, limits, declared_bytes) as checking:
             upload = await receive_upload(
                 content_type,
                 body,
@@ -65,12 +68,13 @@ async def create_file(
                 max_bytes=limits.max_upload_bytes,
                 max_lines=limits.max_file_lines,
                 digest_content=idem_key is not None,
-                on_file_piece=line_check.feed,
+                on_file_piece=checking.feed,
             )
-            checked = await line_check.verdict(upload.size)
+            verdict = await checking.verdict(upload.size)
+        line_check = await _kept_check(context, verdict, key, upload.line_count)
     except BaseException:
         if upload is not None:  # stored, but no record will name it (a failed upload removed its own bytes)
-            await context.blobs.delete(key)
+            await delete_file_blobs(context, key)
         raise
     try:
         purpose = upload.fields.get("purpose")
@@ -97,7 +101,7 @@ async def create_file(
             expires_at=_expiry(upload.fields, created_at),
             storage_key=key,
             line_count=upload.line_count,
-            line_check=checked if checked and checked.get("lines") == upload.line_count else None,
+            line_check=line_check,
         )
         expires = (upload.fields.get(name, "") for name in EXPIRY_FIELDS)
         fingerprint = idempotency.fingerprint(upload.sha256, purpose, row.filename, *expires)
@@ -115,12 +119,29 @@ async def create_file(
                         session.add(loser)
             if earlier is None:
                 return row
-        await context.blobs.delete(key)
+        await delete_file_blobs(context, key)
         async with reading(context.sessions) as session:
             original = await repo.get_file(session, team_id, earlier)
         if original is None:
             raise not_found("file", earlier)
         return original
     except BaseException:
-        await context.blobs.delete(key)
+        await delete_file_blobs(context, key)
         raise
+
+
+async def _kept_check(
+    context: GatewayContext, verdict: CheckedUpload | None, storage_key: str, lines: int
+) -> dict[str, Any] | None:
+    """The check to keep with the file (None: its batches check it), its requests' figures stored first."""
+    if verdict is None or verdict.check.get("lines") != lines:
+        return None
+    if verdict.figures is not None:
+        await store_figures(context.blobs, storage_key, verdict.figures)
+    return verdict.check
+
+
+async def delete_file_blobs(context: GatewayContext, storage_key: str) -> None:
+    """Remove a file's content and its figures."""
+    await context.blobs.delete(storage_key)
+    await context.blobs.delete(figures_key(storage_key))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cpu_pool import CpuPool
-from gateway.pipeline.input_lines import UploadLimits, check_upload
+from gateway.pipeline.input_lines import CheckedUpload, UploadLimits, check_upload
 from gateway.settings import LimitSettings
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class UploadLineCheck:
 
     def __init__(
         self,
-        task: asyncio.Task[dict[str, Any] | None] | None,
+        task: asyncio.Task[CheckedUpload | None] | None,
         listener: socket.socket | None,
         folder: Path | None = None,
     ) -> None:
@@ -149,7 +149,7 @@ class UploadLineCheck:
         task = self._task
         return task is not None and task.done() and not task.cancelled() and task.exception() is None
 
-    async def verdict(self, size: int) -> dict[str, Any] | None:
+    async def verdict(self, size: int) -> CheckedUpload | None:
         """What the check found for a clean file of ``size`` bytes (the whole upload), or None."""
         if self._given_up or self._sender is None or self._task is None:
             return None
@@ -168,7 +168,7 @@ class UploadLineCheck:
         except Exception as exc:  # the check only saves work: any failure means "check it again later"
             self._give_up(f"{type(exc).__name__}: {exc}")
             return None
-        if self._given_up or found is None or found.get("size") != size:
+        if self._given_up or found is None or found.check.get("size") != size:
             return None
         return found
 
