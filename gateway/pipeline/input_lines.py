@@ -263,7 +263,8 @@ def _check_lines(
 def _take_block(block: PlainBlock, models: dict[str, int], seen: set[int], repeated: set[int]) -> bool:
     """Count a block of plain requests into ``models``, ``seen`` and ``repeated``, as line by line would; False
     (nothing counted) when it names a model beyond :data:`MAX_MODELS_PER_FILE`, which its lines then report."""
-    named = Counter(block.heads.models)
+    heads = block.heads
+    named = {heads.one_model: len(heads.models)} if heads.one_model is not None else Counter(heads.models)
     if len(models) + len(named.keys() - models.keys()) > MAX_MODELS_PER_FILE:
         return False
     for model, count in named.items():

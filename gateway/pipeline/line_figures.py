@@ -65,32 +65,35 @@ _LIMIT = operator.attrgetter("max_tokens")
 class BodyHeads:
     """The models and caps of a block of request bodies, decoded at once."""
 
-    __slots__ = ("caps", "models", "sizes")
+    __slots__ = ("caps", "models", "one_model", "sizes")
 
     def __init__(self, bodies: Sequence[msgspec.Raw]) -> None:
-        """Decode ``bodies``; raises :class:`msgspec.ValidationError` or :class:`msgspec.DecodeError` when one is
-        not an object naming a model (the caller then checks its lines one by one)."""
+        """Decode ``bodies`` (at least one); raises :class:`msgspec.ValidationError` or :class:`msgspec.DecodeError`
+        when one is not an object naming a model (the caller then checks its lines one by one)."""
         try:
             heads: list[Any] = list(map(_plain_body.decode, bodies))
         except msgspec.ValidationError:  # a cap of another type (a float, a string): read loosely
             heads = list(map(_any_body.decode, bodies))
         self.models: list[str] = list(map(_MODEL, heads))
+        self.one_model: str | None = self.models[0] if self.models.count(self.models[0]) == len(heads) else None
+        """The model every body names, where they name one."""
         self.sizes: list[int] = list(map(len, bodies))
         self.caps: list[int] = _caps(heads)
 
 
 def _caps(heads: list[Any]) -> list[int]:
-    """Each head's output cap (:data:`NO_CAP`: none), worked out once per distinct pair of limits."""
+    """Each head's output cap (:data:`NO_CAP`: none), worked out once per distinct limit, not once per head."""
     completion = list(map(_COMPLETION_LIMIT, heads))
     limit = list(map(_LIMIT, heads))
     try:
-        if len(set(completion)) == 1 and len(set(limit)) == 1:  # the usual block: one cap, or none
-            return [output_cap(completion[0], limit[0]) or NO_CAP] * len(heads)
+        if completion.count(None) == len(completion):  # the usual block: max_tokens alone, or no cap
+            by_limit = {value: output_cap(None, value) or NO_CAP for value in set(limit)}
+            return list(map(by_limit.__getitem__, limit))
         pairs = list(zip(completion, limit, strict=True))
-        distinct = {pair: output_cap(*pair) or NO_CAP for pair in set(pairs)}
+        by_pair = {pair: output_cap(*pair) or NO_CAP for pair in set(pairs)}
     except TypeError:  # an unhashable cap (a list): one by one
         return [output_cap(*pair) or NO_CAP for pair in zip(completion, limit, strict=True)]
-    return [distinct[pair] for pair in pairs]
+    return list(map(by_pair.__getitem__, pairs))
 
 
 class LineFigures:
@@ -112,11 +115,8 @@ class LineFigures:
     def add(self, heads: BodyHeads) -> None:
         """Record the next requests."""
         models = heads.models
-        if not models:
-            return
-        first = models[0]
-        if models.count(first) == len(models):
-            self.name_of_line.extend(array("I", [self._name(first)]) * len(models))
+        if heads.one_model is not None:
+            self.name_of_line.extend(array("I", [self._name(heads.one_model)]) * len(models))
         else:
             self.name_of_line.extend([self._name(model) for model in models])
         sizes, caps = heads.sizes, heads.caps
