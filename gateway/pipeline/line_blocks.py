@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import re
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
@@ -29,20 +30,24 @@ _BODY = operator.attrgetter("body")
 
 
 class LineBlock:
-    """Whole lines of one read: ``len(lines)`` lines from line ``first`` on (without their newlines), each with
-    its count of opening brackets."""
+    """Whole lines of one read: ``len(lines)`` lines from line ``first`` on (without their newlines), with the
+    opening brackets of each (only their number counts), found for the whole read at once."""
 
-    __slots__ = ("first", "lines", "openings")
+    __slots__ = ("ascii", "brackets", "first", "lines", "read_bytes")
 
-    def __init__(self, first: int, lines: list[bytes], openings: list[bytes]) -> None:
+    def __init__(self, first: int, lines: list[bytes], brackets: bytes, read_bytes: int, ascii: bool) -> None:
         self.first = first
         self.lines = lines
-        self.openings = openings
-        """The opening brackets of each line: only their number counts."""
+        self.brackets = brackets
+        """Each line's opening brackets, a newline between lines (aligned with ``lines``)."""
+        self.read_bytes = read_bytes
+        """The size of the read the lines came from: no line is longer."""
+        self.ascii = ascii
+        """The read was all ASCII (no line needs its UTF-8 checked)."""
 
     def items(self, max_line_bytes: int) -> Iterator[LineItem]:
         """The block's lines one by one, as :func:`line_items` gives a single line."""
-        openings = self.openings
+        openings = self.brackets.split(b"\n")
         for index, line in enumerate(self.lines):
             yield self.first + index, (line if len(line) <= max_line_bytes else None), len(openings[index])
 
@@ -50,11 +55,11 @@ class LineBlock:
         """Every line as a plain request for ``endpoint`` (``custom_id``, ``method``, ``url``, the body's model and
         caps read), or None when any line may be less than plain: the block is then checked line by line."""
         lines = self.lines
-        if max(map(len, lines)) > max_line_bytes:
+        if self.read_bytes > max_line_bytes and max(map(len, lines)) > max_line_bytes:
             return None
-        if max(map(len, self.openings)) > max_depth:
+        if _more_openings_than(max_depth).search(self.brackets):
             return None  # a bound on some line's depth is over the limit: its own check measures it
-        for line in lines if not all(map(bytes.isascii, lines)) else ():
+        for line in lines if not self.ascii and not all(map(bytes.isascii, lines)) else ():
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError:
@@ -89,9 +94,9 @@ def line_items(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[LineIte
     for chunk in chunks:
         lines = chunk.split(b"\n")
         # The brackets of each line, found for the whole read at once (a pass at memory speed).
-        openings = chunk.translate(None, _ALL_BUT_OPENINGS_AND_NEWLINES).split(b"\n")  # aligned with lines
+        brackets = chunk.translate(None, _ALL_BUT_OPENINGS_AND_NEWLINES)
         tail = lines.pop()
-        openings.pop()
+        start, end = 0, brackets.rfind(b"\n")  # the whole lines' brackets end at the read's last newline
         if lines and (carry or too_long):
             number += 1
             if not too_long:
@@ -99,9 +104,10 @@ def line_items(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[LineIte
             line = None if too_long or len(carry) > max_line_bytes else bytes(carry)
             yield number, line, _openings(line)
             carry, too_long = bytearray(), False
-            del lines[0], openings[0]
+            del lines[0]
+            start = brackets.find(b"\n") + 1
         if lines:
-            yield LineBlock(number + 1, lines, openings)
+            yield LineBlock(number + 1, lines, brackets[start:end], len(chunk), chunk.isascii())
             number += len(lines)
         if not too_long:
             carry += tail
@@ -114,6 +120,12 @@ def line_items(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[LineIte
 
 def _openings(line: bytes | None) -> int:
     return 0 if line is None else line.count(b"[") + line.count(b"{")
+
+
+@functools.cache
+def _more_openings_than(most: int) -> re.Pattern[bytes]:
+    """Finds, in a block's brackets, a line with more than ``most`` opening brackets."""
+    return re.compile(b"[^\n]{%d}" % (most + 1))
 
 
 @functools.cache

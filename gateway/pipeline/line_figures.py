@@ -119,9 +119,13 @@ class LineFigures:
             self.name_of_line.extend(array("I", [self._name(heads.one_model)]) * len(models))
         else:
             self.name_of_line.extend([self._name(model) for model in models])
-        sizes, caps = heads.sizes, heads.caps
-        self.body_bytes.extend(sizes if max(sizes) <= _MOST else [min(size, _MOST) for size in sizes])
-        self.caps.extend(caps if max(caps) <= _MOST else [min(cap, _MOST) for cap in caps])
+        for column, values in ((self.body_bytes, heads.sizes), (self.caps, heads.caps)):
+            held = len(column)
+            try:
+                column.extend(values)
+            except OverflowError:  # a figure beyond what a line holds: held as the most it holds
+                del column[held:]
+                column.extend([min(value, _MOST) for value in values])
 
     def _name(self, model: str) -> int:
         index = self._index.get(model)
