@@ -203,6 +203,9 @@ async def read_figures(blobs: BlobStore, storage_key: str, line_count: int | Non
         data = b"".join([piece async for piece in blobs.iter_bytes(figures_key(storage_key))])
     except BlobMissing:
         return None
+    except OSError as exc:  # a store that does not answer: the read of the file says what is wrong, if anything
+        log.warning("the figures stored beside %s could not be read (%s); routing reads the file", storage_key, exc)
+        return None
     figures = LineFigures.from_bytes(data)
     if figures is None or len(figures) != line_count:
         log.warning("the figures stored beside %s do not match it; routing reads the file", storage_key)

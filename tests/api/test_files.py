@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.pipeline.line_figures import LineFigures
 from tests.api.batch_helpers import assert_error
 from tests.conftest import GatewayProcess
 
@@ -271,6 +272,20 @@ def test_delete_removes_the_file_everywhere(client: openai.OpenAI) -> None:
         error = assert_error(caught.value.response, 404, code="not_found")
         assert created.id in error["message"]
     assert created.id not in {f.id for f in client.files.list()}
+
+
+def test_an_upload_checked_while_it_arrives_keeps_its_figures_until_it_is_deleted(
+    client: openai.OpenAI, gateway: GatewayProcess
+) -> None:
+    content = chat_jsonl(12_000)
+    assert len(content) > 1 << 20  # large enough to be checked while it arrives
+    created = upload(client, content)
+    figures = gateway.data_dir / "blobs" / "files" / f"{created.id}.figures"
+    stored = LineFigures.from_bytes(figures.read_bytes())
+    assert stored is not None and len(stored) == 12_000 and stored.names == ["gpt-4o-mini"]
+    client.files.delete(created.id)
+    assert not figures.exists(), "the figures outlived their file"
+    assert not figures.with_suffix("").exists()
 
 
 @pytest.mark.parametrize("path", ["/v1/files/file-nope", "/v1/files/file-nope/content"])

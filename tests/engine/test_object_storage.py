@@ -95,6 +95,7 @@ def job_keys(
     )
     kept = {f"{PREFIX}/{row[0]}" for row in rows}
     assert len(kept) == len(file_ids)
+    [(input_key,)] = query(gateway, "SELECT storage_key FROM files WHERE id = :f", f=input_file_id)
     deadline = time.monotonic() + 10
     while True:
         keys = set(s3_server.keys(bucket, f"{PREFIX}/"))
@@ -112,6 +113,8 @@ def job_keys(
         "shard_inputs": shards - intermediate,
         "intermediate": intermediate,
         "other": {k for k in keys if batch.id in k} - kept - shards,
+        "figures": {k for k in keys if k == f"{PREFIX}/{input_key}.figures"},
+        "expected_figures": {f"{PREFIX}/{input_key}.figures"},
     }
 
 
@@ -191,6 +194,13 @@ def test_only_the_input_and_result_files_stay_after_a_provider_batch(batch_job: 
 
 def test_only_the_input_and_result_files_stay_after_fanout(fanout_job: Job) -> None:
     assert_only_input_and_results_stay(fanout_job)
+
+
+def test_the_input_files_request_figures_stay_beside_it_in_the_bucket(batch_job: Job, fanout_job: Job) -> None:
+    """Validation keeps each request's figures for routing beside the input file (these uploads are too small to be
+    checked while they arrive); they stay while the file does."""
+    for job in (batch_job, fanout_job):
+        assert job.keys["figures"] == job.keys["expected_figures"]
 
 
 def test_shard_inputs_are_removed_when_the_job_ends(batch_job: Job, fanout_job: Job) -> None:
