@@ -1,8 +1,9 @@
 """What the check of an input file reads of each request for routing: its model, its body's size and its output
 cap, 12 bytes a line, so that routing estimates the file without reading it again.
 
-The check (:mod:`gateway.pipeline.input_lines`) decodes every line anyway; with these figures kept, the bytes of a
-file are parsed once before its shards are written. A clean file's figures are stored beside it (under
+The check (:mod:`gateway.pipeline.input_lines`) decodes every line anyway; keeping these figures costs it a second
+look at each body (its size is known only once it is cut out of its line, and its model and caps are read from it
+then), and spares routing a pass of its own over the file. A clean file's figures are stored beside it (under
 :func:`figures_key`, by the upload's check or else by validation) and routing estimates from them
 (:func:`gateway.billing.estimate.estimate_figures`); a file without them, or whose figures do not match it, is
 read again as before. Light imports: the check runs in a CPU process of its own.
