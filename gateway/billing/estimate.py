@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.billing.history import History
-from gateway.pipeline.line_figures import LineFigures, output_cap
+from gateway.pipeline.line_figures import LineFigures, output_cap, output_caps
 from gateway.providers.jsonl import iter_line_blocks
 
 if TYPE_CHECKING:
@@ -254,21 +254,17 @@ class Estimator:
         """Expected tokens of many request bodies (bytes or raw JSON values) at once, as :meth:`request` expects
         each: the work per distinct model and output cap is done once, not once a line."""
         try:
-            plain = list(map(_plain_body_decoder.decode, bodies))
+            heads: list[Any] = list(map(_plain_body_decoder.decode, bodies))
         except (msgspec.DecodeError, msgspec.ValidationError):
             heads = list(map(_head, bodies))
-            names = [head.model for head in heads]
-            keys = list(zip(names, [head.cap() for head in heads], strict=True))
-        else:
-            names = [head.model for head in plain]
-            limits = [(head.model, head.max_completion_tokens, head.max_tokens) for head in plain]
-            capped = {limit: (limit[0], output_cap(limit[1], limit[2])) for limit in set(limits)}
-            keys = [capped[limit] for limit in limits]
-        return self.columns(names, raw_input_token_counts(bodies), keys)
+        names = [head.model for head in heads]
+        return self.columns(names, raw_input_token_counts(bodies), output_caps(heads))
 
-    def columns(self, names: list[str], raw: list[int], keys: list[tuple[str, int | None]]) -> RequestColumns:
+    def columns(self, names: list[str], raw: list[int], caps: Sequence[int]) -> RequestColumns:
         """Expected tokens of requests of the models ``names``, with ``raw`` input tokens by the bytes / 4 rule
-        and ``(model, output cap)`` ``keys``, as :meth:`request` expects each."""
+        and output ``caps`` (:data:`~gateway.pipeline.line_figures.NO_CAP`: none), as :meth:`request` expects
+        each."""
+        keys = list(zip(names, caps, strict=True))
         scales = {name: self._input_scale(name) for name in set(names)}
         if any(scale is not None for scale in scales.values()):
             raw = [
@@ -277,10 +273,11 @@ class Estimator:
             ]
         distinct = set(keys)
         if len(distinct) == 1:  # the usual read: one model, one output cap
-            output, low, high = self._outputs(*distinct.pop())
+            name, cap = distinct.pop()
+            output, low, high = self._outputs(name, cap or None)
             count = len(keys)
             return RequestColumns(names, raw, [output] * count, [low] * count, [high] * count)
-        outputs = {key: self._outputs(*key) for key in distinct}
+        outputs = {(name, cap): self._outputs(name, cap or None) for name, cap in distinct}
         expected = [outputs[key] for key in keys]
         return RequestColumns(
             names,
@@ -418,12 +415,7 @@ def _figure_columns(figures: LineFigures, estimator: Estimator) -> Iterator[Requ
         else:
             models = [names[index] for index in figures.name_of_line[start:stop]]
         raw = [size // BYTES_PER_TOKEN or 1 for size in figures.body_bytes[start:stop]]
-        caps = figures.caps[start:stop]
-        if len(names) == 1 and caps.count(caps[0]) == len(caps):  # the usual file: one model, one cap
-            keys = [(names[0], caps[0] or None)] * len(caps)
-        else:
-            keys = list(zip(models, [cap or None for cap in caps], strict=True))
-        yield estimator.columns(models, raw, keys)
+        yield estimator.columns(models, raw, figures.caps[start:stop])
 
 
 def _summed(

@@ -79,11 +79,12 @@ class BodyHeads:
         self.one_model: str | None = self.models[0] if self.models.count(self.models[0]) == len(heads) else None
         """The model every body names, where they name one."""
         self.sizes: list[int] = list(map(len, bodies))
-        self.caps: list[int] = _caps(heads)
+        self.caps: list[int] = output_caps(heads)
 
 
-def _caps(heads: list[Any]) -> list[int]:
-    """Each head's output cap (:data:`NO_CAP`: none), worked out once per distinct limit, not once per head."""
+def output_caps(heads: Sequence[Any]) -> list[int]:
+    """The output cap (:func:`output_cap`; :data:`NO_CAP`: none) of each decoded body head (anything with
+    ``max_completion_tokens`` and ``max_tokens``), worked out once per distinct limit, not once per head."""
     completion = list(map(_COMPLETION_LIMIT, heads))
     limit = list(map(_LIMIT, heads))
     try:
