@@ -16,8 +16,10 @@ Nothing a step writes is used until the calling stage adopts it in its fenced tr
 caller lost its lease, or died, changes nothing.
 
 Steps are handed to the processes only as they become free, never queued in the pool: a process that dies
-(killed, out of memory) fails the steps running at that moment, not others that waited (with one process,
-the default, only the step it was running), and a caller cancelled while it waits sends nothing.
+(killed, out of memory) fails the steps running at that moment, not others that waited, and a caller cancelled
+while it waits sends nothing. One process starts with the pool (:meth:`CpuPool.warm`); another starts when a
+step is sent while every started one is busy (or just finishing it), so that shards ending together are joined
+side by side, and then stays.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import ParamSpec, TypeVar
 
@@ -54,6 +56,8 @@ class CpuPool:
         self._log = (log_format, log_level)
         self._executor: ProcessPoolExecutor | None = None
         self._preload: tuple[str, ...] = ()
+        self._warming: Future[int] | None = None
+        """The step that started the first process (:meth:`warm`)."""
         self._free = asyncio.Semaphore(max(1, processes))
         self._reserved = 0
         """Steps :meth:`start_if_free` started that have not ended (some may not hold their process yet)."""
@@ -72,6 +76,10 @@ class CpuPool:
             if self._closed:
                 raise RuntimeError("the CPU pool is closed")
             executor = self._executor or self._start()
+            warming = self._warming
+            if warming is not None and not warming.done():
+                # The first process is starting: a step sent now would start a second, no sooner ready.
+                await asyncio.wait([asyncio.wrap_future(warming)])
             try:
                 return await asyncio.get_running_loop().run_in_executor(executor, call)
             except BrokenProcessPool as exc:
@@ -111,13 +119,12 @@ class CpuPool:
             executor.shutdown(wait=False)  # steps not yet picked up fail as lost too, rather than as cancelled
 
     def warm(self, modules: Sequence[str]) -> None:
-        """Start the processes now, each importing ``modules`` (the steps' own), so that the first step does not
-        wait for a process to start (a worker calls this as it starts)."""
+        """Start one process now, importing ``modules`` (the steps' own), so that the first step does not wait for
+        a process to start (a worker calls this as it starts). Each process imports them as it starts; the others
+        start when steps overlap."""
         self._preload = tuple(modules)
         if self.processes and self._executor is None and not self._closed:
-            executor = self._start()
-            for _ in range(self.processes):
-                executor.submit(int)  # a no-op that makes the pool start a process
+            self._warming = self._start().submit(int)  # a no-op that makes the pool start a process
 
     def _start(self) -> ProcessPoolExecutor:
         self._executor = ProcessPoolExecutor(

@@ -108,10 +108,12 @@ class WorkerSettings(_Section):
         2, ge=1, description="Batch stages (validate, route, merge) one process runs at once, in a lane of their own."
     )
     cpu_processes: int = Field(
-        1,
+        2,
         ge=0,
         description="Processes of a worker's own for its CPU-heavy steps (validating input, joining results), so "
-        "they hold neither its event loop nor the API's; 0 runs them in threads of the worker's process.",
+        "they hold neither its event loop nor the API's: the first starts with the worker, another when steps "
+        "overlap (shards that end together are joined side by side); 0 runs them in threads of the worker's "
+        "process.",
     )
     stage_max_attempts: int = Field(
         5, ge=1, description="Attempts of a stage that raised before its batch or shard ends with the error."

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -35,6 +36,18 @@ def die() -> None:
 
 def warn(text: str) -> None:
     logging.getLogger("gateway.pipeline.joining").warning(text)
+
+
+def meet(mine: str, other: str) -> tuple[int, bool]:
+    """This process's id, and whether the step ``other`` was running while this one ran: each leaves a mark and
+    waits for the other's (at most 30 s)."""
+    Path(mine).touch()
+    deadline = time.monotonic() + 30
+    while not Path(other).exists():
+        if time.monotonic() > deadline:
+            return os.getpid(), False
+        time.sleep(0.01)
+    return os.getpid(), True
 
 
 def test_a_step_runs_in_another_process_and_returns_what_it_returned() -> None:
@@ -194,6 +207,31 @@ def test_closing_ends_a_step_still_running_instead_of_waiting_for_it() -> None:
     assert len(running) == 1
     assert took < 5, f"close waited {took:.1f}s for the step"
     assert not left, "the pool's process is gone"
+
+
+def test_a_pool_of_two_starts_one_process_and_a_second_when_steps_overlap_which_then_run_side_by_side(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> tuple[set[int], list[tuple[int, bool]], set[int]]:
+        pool = CpuPool(2)
+        try:
+            pool.warm([])
+            deadline = time.monotonic() + 30
+            while not pool_processes() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # time enough for a second process to show, were one started
+            warmed = pool_processes()
+            first, second = str(tmp_path / "first"), str(tmp_path / "second")
+            overlapping = await asyncio.gather(pool.run(meet, first, second), pool.run(meet, second, first))
+            return warmed, list(overlapping), pool_processes()
+        finally:
+            pool.close()
+
+    warmed, overlapping, after = asyncio.run(scenario())
+    assert len(warmed) == 1, "warming starts one process"
+    (first, met), (second, met_too) = overlapping
+    assert met and met_too, "each step ran while the other did: side by side, not one after the other"
+    assert first != second and len(after) == 2 and warmed <= after
 
 
 def test_start_if_free_starts_a_step_only_in_a_process_free_now() -> None:

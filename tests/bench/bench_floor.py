@@ -17,7 +17,9 @@ batch); the gateway's CPU seconds (API + worker, with the worker's CPU processes
 the peak RSS of each process. Then, per size, where the gateway's time went: each step it logs (validated,
 routed, canary released, last shard submitted, the provider's last end announced by its webhook, last shard
 collected, merged) in seconds after the create call, beside the floor's wait for its own batches
-(:mod:`tests.bench.job_stages`).
+(:mod:`tests.bench.job_stages`). Then the CPU seconds of each process during a job: the emulator's for the
+floor's job and for the gateway's (the same requests, as the gateway's shards), and the gateway's API, upload
+check, worker and worker's CPU process (:mod:`tests.bench.floor_report` prints the tables).
 Then status reads with 32 connections for ``--status-seconds``, emulator and gateway interleaved, of a
 completed batch and then of a batch in progress (100 requests held running by the emulator's ``stall``
 fault; the gateway's status of such a batch also reads its open shards): requests per second and p50/p99
@@ -33,13 +35,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import statistics
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -48,58 +47,25 @@ import openai
 from gateway.settings import WorkerSettings
 from tests.bench import EmulatorProcess, RssSampler, cpu_seconds, emulator_process, fresh_database
 from tests.bench.bench_engine import write_input
-from tests.bench.job_stages import MILESTONES, job_milestones, median_milestones
-from tests.bench.status_load import STATUS_CONNECTIONS, StatusFigures, status_load
+from tests.bench.floor_report import (
+    MB,
+    PROVIDER_MAX_LINES,
+    JobRun,
+    ProcessCpu,
+    SizeFigures,
+    StatusRuns,
+    report,
+    report_size,
+)
+from tests.bench.job_stages import job_milestones
+from tests.bench.status_load import status_load
 from tests.conftest import GatewayProcess, free_port
 from tests.engine import worker_process
 
-MB = 1_000_000
-PROVIDER_MAX_LINES = 50_000
 POLL_S = 0.02
 STATUS_LIVE_REQUESTS = 100
-GOAL_RATIO_SMALL = 1.5
-GOAL_RATIO_SPLIT = 1.25
-GOAL_STATUS_SHARE = 0.8
-GOAL_STATUS_P99_MS = 100.0
-GOAL_CPU_PER_100K = 1.5
 WEBHOOK_SECRET = "whsec_YmVuY2htYXJrIHdlYmhvb2sga2V5IG9mIDMyIGJ5dGVzIQ=="
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
-@dataclass
-class JobRun:
-    """One client journey: upload, create, wait, download."""
-
-    upload_s: float
-    validate_s: float
-    wait_s: float
-    download_s: float
-    lines: int
-    batch_id: str
-    created_at: float = 0.0
-    """Unix time of the create call (the logs' clock)."""
-    ended_at: float = 0.0
-    """Unix time the client saw the batch end."""
-    milestones: dict[str, float] = field(default_factory=dict)
-    """Seconds from the create call to each step the gateway logged (:mod:`tests.bench.job_stages`)."""
-
-    @property
-    def total_s(self) -> float:
-        return self.upload_s + self.wait_s + self.download_s
-
-
-@dataclass
-class SizeFigures:
-    requests: int
-    input_mb: float
-    floor: list[float] = field(default_factory=list)
-    floor_wait: list[float] = field(default_factory=list)
-    """The floor's seconds from each create call to its batch's end, summed over a split job's parts."""
-    floor_batch_id: str = ""
-    gateway: list[JobRun] = field(default_factory=list)
-    cpu_s: list[float] = field(default_factory=list)
-    api_rss: int = 0
-    worker_rss: int = 0
 
 
 def run_job(client: openai.OpenAI, path: Path) -> JobRun:
@@ -134,6 +100,32 @@ def run_job(client: openai.OpenAI, path: Path) -> JobRun:
         batch_id=batch.id,
         created_at=created_at,
         ended_at=ended_at,
+    )
+
+
+def own_cpu(pid: int) -> float:
+    """CPU seconds process ``pid`` itself has used."""
+    return cpu_seconds([pid], children=False)
+
+
+def job_cpu(emulator: int, api: int, worker: int, since: ProcessCpu | None = None) -> ProcessCpu:
+    """The CPU seconds of the emulator and of each gateway process (its live children apart), less ``since``."""
+    api_own, worker_own = own_cpu(api), own_cpu(worker)
+    now = ProcessCpu(
+        emulator=own_cpu(emulator),
+        api=api_own,
+        api_children=cpu_seconds([api]) - api_own,
+        worker=worker_own,
+        worker_children=cpu_seconds([worker]) - worker_own,
+    )
+    if since is None:
+        return now
+    return ProcessCpu(
+        emulator=now.emulator - since.emulator,
+        api=now.api - since.api,
+        api_children=now.api_children - since.api_children,
+        worker=now.worker - since.worker,
+        worker_children=now.worker_children - since.worker_children,
     )
 
 
@@ -178,18 +170,6 @@ def gateway_env(root: Path, emulator: EmulatorProcess, *, webhooks: bool = False
     }
 
 
-StatusPair = tuple[StatusFigures, StatusFigures]
-"""Status-read figures of the emulator and the gateway, measured one after the other."""
-
-
-@dataclass
-class StatusRuns:
-    """Status reads of a completed batch and of one in progress, a pair per round."""
-
-    completed: list[StatusPair] = field(default_factory=list)
-    live: list[StatusPair] = field(default_factory=list)
-
-
 def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], StatusRuns]:
     sizes: list[SizeFigures] = []
     status = StatusRuns()
@@ -224,7 +204,9 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
             figures = SizeFigures(requests=count, input_mb=write_input(path, count) / MB)
             parts = split_input(path, PROVIDER_MAX_LINES) if count > PROVIDER_MAX_LINES else [path]
             for _ in range(args.rounds):
+                emulator_before = own_cpu(emulator.pid)
                 floor_runs = [run_job(direct, part) for part in parts]
+                figures.floor_cpu.append(ProcessCpu(emulator=own_cpu(emulator.pid) - emulator_before))
                 if sum(run.lines for run in floor_runs) != count:
                     raise RuntimeError("the floor's outputs do not hold one line per request")
                 figures.floor.append(sum(run.total_s for run in floor_runs))
@@ -234,8 +216,10 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
                 for sampler in samplers:
                     sampler.start()
                 cpu_before = cpu_seconds(pids)
+                parts_before = job_cpu(emulator.pid, pids[0], pids[1])
                 run = run_job(through, path)
                 figures.cpu_s.append(cpu_seconds(pids) - cpu_before)
+                figures.gateway_cpu.append(job_cpu(emulator.pid, pids[0], pids[1], since=parts_before))
                 api_peak, worker_peak = (sampler.stop() for sampler in samplers)
                 figures.api_rss = max(figures.api_rss, api_peak)
                 figures.worker_rss = max(figures.worker_rss, worker_peak)
@@ -253,7 +237,7 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
             return sizes, status  # the jobs alone
         floor_batch, gateway_batch = sizes[0].floor_batch_id, sizes[0].gateway[-1].batch_id
         live_floor, live_gateway = live_batches(emulator, direct, through, root)
-        for batches, figures in (
+        for batches, pairs in (
             ((floor_batch, gateway_batch), status.completed),
             ((live_floor, live_gateway), status.live),
         ):
@@ -264,7 +248,7 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
                 gateway_figures = asyncio.run(
                     status_load(f"{api.base_url}/v1/batches/{batches[1]}", key, args.status_seconds, pids[0])
                 )
-                figures.append((emulator_figures, gateway_figures))
+                pairs.append((emulator_figures, gateway_figures))
         for client, batch_id in ((direct, live_floor), (through, live_gateway)):
             client.batches.cancel(batch_id)
         httpx.post(f"{emulator.control_url}/providers/floor/faults", json={"stall": False}, timeout=10)
@@ -293,76 +277,6 @@ def live_batches(
         ids.append(batch.id)
     time.sleep(1.0)  # the gateway's shard reaches the provider
     return ids[0], ids[1]
-
-
-def report_size(figures: SizeFigures, live: bool = False) -> None:
-    if live:
-        run = figures.gateway[-1]
-        print(
-            f"  {figures.requests:>9,}: floor {figures.floor[-1]:7.2f} s, gateway {run.total_s:7.2f} s "
-            f"(upload {run.upload_s:.2f} s, validation {run.validate_s:.2f} s, download {run.download_s:.2f} s), "
-            f"ratio {run.total_s / figures.floor[-1]:.2f}x, gateway CPU {figures.cpu_s[-1]:.1f} s",
-            flush=True,
-        )
-
-
-def report(
-    sizes: list[SizeFigures], status: StatusRuns, webhooks: str = "off", settings: list[str] | None = None
-) -> None:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    changed = f"; gateway settings {', '.join(settings)}" if settings else ""
-    print(f"\n{cpus} CPUs, 1-minute load average at the end {load:.2f}; provider webhooks {webhooks}{changed}")
-    print(f"{'requests':>10} {'input MB':>9} {'floor s':>9} {'gateway s':>10} {'ratio':>7} {'goal':>7} "
-          f"{'upload+valid. MB/s':>19} {'CPU s/100k':>11} {'API RSS':>8} {'worker RSS':>11}")  # fmt: skip
-    for figures in sizes:
-        floor = statistics.median(figures.floor)
-        gateway = statistics.median(run.total_s for run in figures.gateway)
-        intake = statistics.median(run.upload_s + run.validate_s for run in figures.gateway)
-        goal = GOAL_RATIO_SPLIT if figures.requests > PROVIDER_MAX_LINES else GOAL_RATIO_SMALL
-        cpu = statistics.median(figures.cpu_s) / figures.requests * 100_000
-        print(
-            f"{figures.requests:>10,} {figures.input_mb:>9.1f} {floor:>9.2f} {gateway:>10.2f} "
-            f"{gateway / floor:>6.2f}x {'<=' + format(goal, '.2f'):>7} {figures.input_mb / intake:>19.0f} "
-            f"{cpu:>11.2f} {figures.api_rss / MB:>6.0f}MB {figures.worker_rss / MB:>9.0f}MB"
-        )
-    report_milestones(sizes)
-    for title, pairs in (("a completed batch", status.completed), ("a batch in progress", status.live)):
-        if not pairs:
-            continue
-        print(f"\nstatus reads of {title}, {STATUS_CONNECTIONS} connections")
-        print(f"{'':>10} {'RPS':>8} {'p50 ms':>8} {'p99 ms':>8} {'API CPU ms/read':>16} {'client CPU':>11}")
-        for emulator_figures, gateway_figures in pairs:
-            for name, row in (("emulator", emulator_figures), ("gateway", gateway_figures)):
-                print(
-                    f"{name:>10} {row.rps:>8.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {row.server_cpu_ms:>16.3f} "
-                    f"{row.client_cpu_share:>10.0%}"
-                )
-            share = gateway_figures.rps / emulator_figures.rps
-            capacity = emulator_figures.server_cpu_ms / gateway_figures.server_cpu_ms
-            print(
-                f"{'':>10} gateway/emulator RPS {share:.2f} (goal >= {GOAL_STATUS_SHARE}), by server CPU per read "
-                f"{capacity:.2f}; p99 {gateway_figures.p99_ms:.0f} ms (goal < {GOAL_STATUS_P99_MS:.0f} ms)"
-            )
-
-
-def report_milestones(sizes: list[SizeFigures]) -> None:
-    """Where the gateway's jobs spent their time, step by step (a step with no log line shows ``-``), beside the
-    floor's wait for the same jobs: medians over the rounds."""
-    names = [name for name, _, _ in MILESTONES]
-    print("\nwhere the gateway's time went: seconds after the create call (upload: before it; download: after)")
-    print(f"{'requests':>10} {'upload':>7} " + " ".join(f"{name:>{max(9, len(name))}}" for name in names)
-          + f" {'client sees':>11} {'download':>9} {'floor sees':>11}")  # fmt: skip
-    for figures in sizes:
-        runs = figures.gateway
-        steps = median_milestones([run.milestones for run in runs])
-        cells = [f"{steps[name]:.2f}" if name in steps else "-" for name in names]
-        print(
-            f"{figures.requests:>10,} {statistics.median(run.upload_s for run in runs):>7.2f} "
-            + " ".join(f"{cell:>{max(9, len(name))}}" for name, cell in zip(names, cells, strict=True))
-            + f" {statistics.median(run.wait_s for run in runs):>11.2f}"
-            f" {statistics.median(run.download_s for run in runs):>9.2f} {statistics.median(figures.floor_wait):>11.2f}"
-        )
 
 
 def main(argv: list[str] | None = None) -> int:

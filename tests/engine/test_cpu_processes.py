@@ -37,7 +37,12 @@ SHARDS = 4
 PROVIDERS: dict[str, dict[str, Any]] = {
     "quick": {"emulator": "steady", "models": {"gpt-4o-mini": "gpt-4o-mini"}, "limits": {"max_requests_per_batch": 5}},
 }
-FREEZE = {"BATCHGW_FREEZE_AT": "join.after_results", "BATCHGW_WORKER__STAGE_RETRY_BASE_S": "0.2"}
+FREEZE = {
+    "BATCHGW_FREEZE_AT": "join.after_results",
+    "BATCHGW_WORKER__STAGE_RETRY_BASE_S": "0.2",
+    # One CPU process: the freeze point stops each process once, and the tests follow the one that joins.
+    "BATCHGW_WORKER__CPU_PROCESSES": "1",
+}
 LEASE_S = 3.0
 
 
