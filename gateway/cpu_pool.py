@@ -73,13 +73,13 @@ class CpuPool:
         if self.processes == 0:
             return await asyncio.to_thread(call)
         async with self._free:
-            if self._closed:
-                raise RuntimeError("the CPU pool is closed")
-            executor = self._executor or self._start()
             warming = self._warming
             if warming is not None and not warming.done():
                 # The first process is starting: a step sent now would start a second, no sooner ready.
                 await asyncio.wait([asyncio.wrap_future(warming)])
+            if self._closed:
+                raise RuntimeError("the CPU pool is closed")
+            executor = self._executor or self._start()
             try:
                 return await asyncio.get_running_loop().run_in_executor(executor, call)
             except BrokenProcessPool as exc:
