@@ -59,7 +59,7 @@ from tests.bench.floor_report import (
 )
 from tests.bench.job_stages import job_milestones
 from tests.bench.status_load import status_load
-from tests.conftest import GatewayProcess, free_port
+from tests.conftest import GatewayProcess, cpu_pool_processes, free_port
 from tests.engine import worker_process
 
 POLL_S = 0.02
@@ -108,24 +108,39 @@ def own_cpu(pid: int) -> float:
     return cpu_seconds([pid], children=False)
 
 
-def job_cpu(emulator: int, api: int, worker: int, since: ProcessCpu | None = None) -> ProcessCpu:
-    """The CPU seconds of the emulator and of each gateway process (its live children apart), less ``since``."""
-    api_own, worker_own = own_cpu(api), own_cpu(worker)
-    now = ProcessCpu(
-        emulator=own_cpu(emulator),
-        api=api_own,
-        api_children=cpu_seconds([api]) - api_own,
-        worker=worker_own,
-        worker_children=cpu_seconds([worker]) - worker_own,
-    )
-    if since is None:
-        return now
+Snapshot = dict[str, float | dict[int, float]]
+"""CPU seconds of the emulator, the API and the worker, and of each live child of the latter two by process id."""
+
+
+def cpu_snapshot(emulator: int, api: int, worker: int) -> Snapshot:
+    """The CPU seconds each process has used so far (see :data:`Snapshot`)."""
+    snapshot: Snapshot = {"emulator": own_cpu(emulator)}
+    for name, pid in (("api", api), ("worker", worker)):
+        snapshot[name] = own_cpu(pid)
+        snapshot[f"{name}_children"] = {child.pid: own_cpu(child.pid) for child in cpu_pool_processes(pid)}
+    return snapshot
+
+
+def job_cpu(before: Snapshot, after: Snapshot) -> ProcessCpu:
+    """The CPU seconds each process used between two snapshots; a child started in between counts whole, one that
+    ended in between is not seen."""
+
+    def children(name: str) -> float:
+        earlier, later = before[name], after[name]
+        assert isinstance(earlier, dict) and isinstance(later, dict)
+        return sum(seconds - earlier.get(pid, 0.0) for pid, seconds in later.items())
+
+    def own(name: str) -> float:
+        earlier, later = before[name], after[name]
+        assert isinstance(earlier, float) and isinstance(later, float)
+        return later - earlier
+
     return ProcessCpu(
-        emulator=now.emulator - since.emulator,
-        api=now.api - since.api,
-        api_children=now.api_children - since.api_children,
-        worker=now.worker - since.worker,
-        worker_children=now.worker_children - since.worker_children,
+        emulator=own("emulator"),
+        api=own("api"),
+        api_children=children("api_children"),
+        worker=own("worker"),
+        worker_children=children("worker_children"),
     )
 
 
@@ -216,10 +231,10 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
                 for sampler in samplers:
                     sampler.start()
                 cpu_before = cpu_seconds(pids)
-                parts_before = job_cpu(emulator.pid, pids[0], pids[1])
+                parts_before = cpu_snapshot(emulator.pid, pids[0], pids[1])
                 run = run_job(through, path)
                 figures.cpu_s.append(cpu_seconds(pids) - cpu_before)
-                figures.gateway_cpu.append(job_cpu(emulator.pid, pids[0], pids[1], since=parts_before))
+                figures.gateway_cpu.append(job_cpu(parts_before, cpu_snapshot(emulator.pid, pids[0], pids[1])))
                 api_peak, worker_peak = (sampler.stop() for sampler in samplers)
                 figures.api_rss = max(figures.api_rss, api_peak)
                 figures.worker_rss = max(figures.worker_rss, worker_peak)

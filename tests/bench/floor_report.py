@@ -166,14 +166,11 @@ def report_cpu(sizes: list[SizeFigures]) -> None:
     print("\nCPU seconds of each process during a job (the gateway's check and CPU processes apart)")
     print(f"{'requests':>10} {'emulator, floor':>16} {'emulator, gateway':>18} {'API':>6} {'check':>6} "
           f"{'worker':>7} {'CPU process':>12} {'gateway':>8}")  # fmt: skip
+    median = statistics.median
     for figures in sizes:
         if not figures.gateway_cpu or not figures.floor_cpu:
             continue
         runs = figures.gateway_cpu
-
-        def median(values: list[float]) -> float:
-            return statistics.median(values)
-
         print(
             f"{figures.requests:>10,} {median([run.emulator for run in figures.floor_cpu]):>16.2f} "
             f"{median([run.emulator for run in runs]):>18.2f} {median([run.api for run in runs]):>6.2f} "
