@@ -99,15 +99,16 @@ async def test_processes_together_never_have_more_in_flight_than_the_limit(share
     started = time.monotonic()
     # Each request holds its slot a while before it is sent, as paced requests do. The first process takes every
     # slot before the others arrive; its share then shrinks under requests holding slots and not sent yet, which
-    # wait rather than exceed the limit (or hang).
-    first = [asyncio.create_task(flight.request(processes[0], 0.05, moment_s=0.3)) for _ in range(20)]
+    # wait rather than exceed the limit (or hang). A request stays in flight 0.15 s, long enough for the shares'
+    # four to overlap on a loaded machine (at 0.05 s a loaded run once saw no more than three at once).
+    first = [asyncio.create_task(flight.request(processes[0], 0.15, moment_s=0.3)) for _ in range(20)]
     await asyncio.sleep(0.1)
-    rest = [flight.request(slots, 0.05, moment_s=0.02) for slots in processes[1:] for _ in range(20)]
-    await asyncio.wait_for(asyncio.gather(*first, *rest), timeout=20)
+    rest = [flight.request(slots, 0.15, moment_s=0.02) for slots in processes[1:] for _ in range(20)]
+    await asyncio.wait_for(asyncio.gather(*first, *rest), timeout=30)
     assert flight.done == 60
     assert flight.most <= 4, f"{flight.most} requests in flight at once, limit 4"
     # Not merely safe: the limit was used.
-    assert flight.most == 4 and time.monotonic() - started < 10.0
+    assert flight.most == 4 and time.monotonic() - started < 15.0
 
 
 @SHARED
