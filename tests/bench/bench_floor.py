@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -108,40 +109,38 @@ def own_cpu(pid: int) -> float:
     return cpu_seconds([pid], children=False)
 
 
-Snapshot = dict[str, float | dict[int, float]]
-"""CPU seconds of the emulator, the API and the worker, and of each live child of the latter two by process id."""
+@dataclass
+class CpuSnapshot:
+    """CPU seconds the emulator, the API and the worker have used so far, and each live check or CPU process of
+    the latter two by process id."""
 
+    emulator: float
+    api: float
+    worker: float
+    api_children: dict[int, float]
+    worker_children: dict[int, float]
 
-def cpu_snapshot(emulator: int, api: int, worker: int) -> Snapshot:
-    """The CPU seconds each process has used so far (see :data:`Snapshot`)."""
-    snapshot: Snapshot = {"emulator": own_cpu(emulator)}
-    for name, pid in (("api", api), ("worker", worker)):
-        snapshot[name] = own_cpu(pid)
-        snapshot[f"{name}_children"] = {child.pid: own_cpu(child.pid) for child in cpu_pool_processes(pid)}
-    return snapshot
+    @classmethod
+    def take(cls, emulator: int, api: int, worker: int) -> CpuSnapshot:
+        def children(pid: int) -> dict[int, float]:
+            return {child.pid: own_cpu(child.pid) for child in cpu_pool_processes(pid)}
 
+        return cls(own_cpu(emulator), own_cpu(api), own_cpu(worker), children(api), children(worker))
 
-def job_cpu(before: Snapshot, after: Snapshot) -> ProcessCpu:
-    """The CPU seconds each process used between two snapshots; a child started in between counts whole, one that
-    ended in between is not seen."""
+    def since(self, before: CpuSnapshot) -> ProcessCpu:
+        """What each process used after ``before``: a child started in between counts whole, one that ended in
+        between is not seen."""
 
-    def children(name: str) -> float:
-        earlier, later = before[name], after[name]
-        assert isinstance(earlier, dict) and isinstance(later, dict)
-        return sum(seconds - earlier.get(pid, 0.0) for pid, seconds in later.items())
+        def grown(now: dict[int, float], then: dict[int, float]) -> float:
+            return sum(seconds - then.get(pid, 0.0) for pid, seconds in now.items())
 
-    def own(name: str) -> float:
-        earlier, later = before[name], after[name]
-        assert isinstance(earlier, float) and isinstance(later, float)
-        return later - earlier
-
-    return ProcessCpu(
-        emulator=own("emulator"),
-        api=own("api"),
-        api_children=children("api_children"),
-        worker=own("worker"),
-        worker_children=children("worker_children"),
-    )
+        return ProcessCpu(
+            emulator=self.emulator - before.emulator,
+            api=self.api - before.api,
+            api_children=grown(self.api_children, before.api_children),
+            worker=self.worker - before.worker,
+            worker_children=grown(self.worker_children, before.worker_children),
+        )
 
 
 def split_input(path: Path, lines_per_part: int) -> list[Path]:
@@ -221,7 +220,7 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
             for _ in range(args.rounds):
                 emulator_before = own_cpu(emulator.pid)
                 floor_runs = [run_job(direct, part) for part in parts]
-                figures.floor_cpu.append(ProcessCpu(emulator=own_cpu(emulator.pid) - emulator_before))
+                figures.floor_emulator_cpu.append(own_cpu(emulator.pid) - emulator_before)
                 if sum(run.lines for run in floor_runs) != count:
                     raise RuntimeError("the floor's outputs do not hold one line per request")
                 figures.floor.append(sum(run.total_s for run in floor_runs))
@@ -230,11 +229,9 @@ def measure(args: argparse.Namespace, root: Path) -> tuple[list[SizeFigures], St
                 samplers = [RssSampler(pid, interval=0.02) for pid in pids]
                 for sampler in samplers:
                     sampler.start()
-                cpu_before = cpu_seconds(pids)
-                parts_before = cpu_snapshot(emulator.pid, pids[0], pids[1])
+                cpu_before = CpuSnapshot.take(emulator.pid, *pids)
                 run = run_job(through, path)
-                figures.cpu_s.append(cpu_seconds(pids) - cpu_before)
-                figures.gateway_cpu.append(job_cpu(parts_before, cpu_snapshot(emulator.pid, pids[0], pids[1])))
+                figures.gateway_cpu.append(CpuSnapshot.take(emulator.pid, *pids).since(cpu_before))
                 api_peak, worker_peak = (sampler.stop() for sampler in samplers)
                 figures.api_rss = max(figures.api_rss, api_peak)
                 figures.worker_rss = max(figures.worker_rss, worker_peak)

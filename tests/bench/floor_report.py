@@ -67,8 +67,7 @@ class SizeFigures:
     """The floor's seconds from each create call to its batch's end, summed over a split job's parts."""
     floor_batch_id: str = ""
     gateway: list[JobRun] = field(default_factory=list)
-    cpu_s: list[float] = field(default_factory=list)
-    floor_cpu: list[ProcessCpu] = field(default_factory=list)
+    floor_emulator_cpu: list[float] = field(default_factory=list)
     """The emulator's CPU seconds for the floor's job (its parts summed)."""
     gateway_cpu: list[ProcessCpu] = field(default_factory=list)
     api_rss: int = 0
@@ -93,7 +92,7 @@ def report_size(figures: SizeFigures, live: bool = False) -> None:
         print(
             f"  {figures.requests:>9,}: floor {figures.floor[-1]:7.2f} s, gateway {run.total_s:7.2f} s "
             f"(upload {run.upload_s:.2f} s, validation {run.validate_s:.2f} s, download {run.download_s:.2f} s), "
-            f"ratio {run.total_s / figures.floor[-1]:.2f}x, gateway CPU {figures.cpu_s[-1]:.1f} s",
+            f"ratio {run.total_s / figures.floor[-1]:.2f}x, gateway CPU {figures.gateway_cpu[-1].gateway:.1f} s",
             flush=True,
         )
 
@@ -112,7 +111,7 @@ def report(
         gateway = statistics.median(run.total_s for run in figures.gateway)
         intake = statistics.median(run.upload_s + run.validate_s for run in figures.gateway)
         goal = GOAL_RATIO_SPLIT if figures.requests > PROVIDER_MAX_LINES else GOAL_RATIO_SMALL
-        cpu = statistics.median(figures.cpu_s) / figures.requests * 100_000
+        cpu = statistics.median(run.gateway for run in figures.gateway_cpu) / figures.requests * 100_000
         print(
             f"{figures.requests:>10,} {figures.input_mb:>9.1f} {floor:>9.2f} {gateway:>10.2f} "
             f"{gateway / floor:>6.2f}x {'<=' + format(goal, '.2f'):>7} {figures.input_mb / intake:>19.0f} "
@@ -168,11 +167,11 @@ def report_cpu(sizes: list[SizeFigures]) -> None:
           f"{'worker':>7} {'CPU process':>12} {'gateway':>8}")  # fmt: skip
     median = statistics.median
     for figures in sizes:
-        if not figures.gateway_cpu or not figures.floor_cpu:
+        if not figures.gateway_cpu or not figures.floor_emulator_cpu:
             continue
         runs = figures.gateway_cpu
         print(
-            f"{figures.requests:>10,} {median([run.emulator for run in figures.floor_cpu]):>16.2f} "
+            f"{figures.requests:>10,} {median(figures.floor_emulator_cpu):>16.2f} "
             f"{median([run.emulator for run in runs]):>18.2f} {median([run.api for run in runs]):>6.2f} "
             f"{median([run.api_children for run in runs]):>6.2f} {median([run.worker for run in runs]):>7.2f} "
             f"{median([run.worker_children for run in runs]):>12.2f} {median([run.gateway for run in runs]):>8.2f}"
