@@ -15,11 +15,13 @@ the whole process group: the worker drains, its steps are not cut), and end when
 Nothing a step writes is used until the calling stage adopts it in its fenced transaction, so a step whose
 caller lost its lease, or died, changes nothing.
 
-Steps are handed to the processes only as they become free, never queued in the pool: a process that dies
-(killed, out of memory) fails the steps running at that moment, not others that waited, and a caller cancelled
-while it waits sends nothing. One process starts with the pool (:meth:`CpuPool.warm`); another starts when a
-step is sent while every started one is busy (or just finishing it), so that shards ending together are joined
-side by side, and then stays.
+Each process is a lane of its own (a one-process executor), and steps are handed to a lane only as it becomes
+free, never queued in the pool: a process that dies (killed, out of memory) fails the step it was running, not
+a step in another lane nor steps that waited, and a caller cancelled while it waits sends nothing. The first
+lane's process starts with the pool (:meth:`CpuPool.warm`); another lane's starts when a step is sent while
+every started one is busy, so that shards ending together are joined side by side, and then stays. (One
+executor of several processes would start them the same way, but its watch over its processes can miss the
+death of one it started while another ran a step, and one death breaks every step it runs.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import ParamSpec, TypeVar
 
@@ -54,10 +56,10 @@ class CpuPool:
     def __init__(self, processes: int, log_format: str = "text", log_level: str = "INFO") -> None:
         self.processes = processes
         self._log = (log_format, log_level)
-        self._executor: ProcessPoolExecutor | None = None
+        self._lanes: list[ProcessPoolExecutor | None] = [None] * max(0, processes)
+        """One executor of one process per lane, started when a step first needs it."""
+        self._busy = [False] * max(0, processes)
         self._preload: tuple[str, ...] = ()
-        self._warming: Future[int] | None = None
-        """The step that started the first process (:meth:`warm`)."""
         self._free = asyncio.Semaphore(max(1, processes))
         self._reserved = 0
         """Steps :meth:`start_if_free` started that have not ended (some may not hold their process yet)."""
@@ -66,30 +68,32 @@ class CpuPool:
     async def run(self, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``step(*args, **kwargs)`` in a process of the pool (or a thread), without holding this event loop.
 
-        Raises what the step raised, or :class:`CpuProcessLost` when a process of the pool died while the step
-        ran: the pool starts afresh for the next step, and the caller's stage retries as after any failure.
+        Raises what the step raised, or :class:`CpuProcessLost` when its process died while the step ran: that
+        lane starts afresh for its next step, and the caller's stage retries as after any failure.
         """
         call = functools.partial(step, *args, **kwargs)
         if self.processes == 0:
             return await asyncio.to_thread(call)
         async with self._free:
-            warming = self._warming
-            if warming is not None and not warming.done():
-                # The first process is starting: a step sent now would start a second, no sooner ready.
-                await asyncio.wait([asyncio.wrap_future(warming)])
             if self._closed:
                 raise RuntimeError("the CPU pool is closed")
-            executor = self._executor or self._start()
+            lane = self._busy.index(False)  # the first free lane: a second process only when the first is busy
+            self._busy[lane] = True
             try:
-                return await asyncio.get_running_loop().run_in_executor(executor, call)
-            except BrokenProcessPool as exc:
-                if self._executor is executor:
-                    log.warning("a CPU process ended while it ran %s; the pool starts afresh", step.__name__)
-                    self._executor = None
-                    executor.shutdown(wait=False, cancel_futures=True)
-                raise CpuProcessLost(
-                    f"a CPU process ended while it ran {step.__name__} (killed, out of memory, or it could not start)"
-                ) from exc
+                executor = self._lanes[lane] or self._start(lane)
+                try:
+                    return await asyncio.get_running_loop().run_in_executor(executor, call)
+                except BrokenProcessPool as exc:
+                    if self._lanes[lane] is executor:
+                        log.warning("a CPU process ended while it ran %s; its lane starts afresh", step.__name__)
+                        self._lanes[lane] = None
+                        executor.shutdown(wait=False, cancel_futures=True)
+                    raise CpuProcessLost(
+                        f"a CPU process ended while it ran {step.__name__} (killed, out of memory, or it could not "
+                        "start)"
+                    ) from exc
+            finally:
+                self._busy[lane] = False
 
     def start_if_free(self, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Task[T] | None:
         """``step`` started at once in a process of the pool that is free now, as a task; None when every
@@ -113,37 +117,38 @@ class CpuPool:
     def recycle(self) -> None:
         """Kill the pool's processes now (a step stuck in one, a process frozen): the steps they run fail with
         :class:`CpuProcessLost`, and the next step starts a new process."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            _kill_processes(executor)
-            executor.shutdown(wait=False)  # steps not yet picked up fail as lost too, rather than as cancelled
+        for lane, executor in enumerate(self._lanes):
+            self._lanes[lane] = None
+            if executor is not None:
+                _kill_processes(executor)
+                executor.shutdown(wait=False)  # steps not yet picked up fail as lost too, rather than as cancelled
 
     def warm(self, modules: Sequence[str]) -> None:
-        """Start one process now, importing ``modules`` (the steps' own), so that the first step does not wait for
-        a process to start (a worker calls this as it starts). Each process imports them as it starts; the others
-        start when steps overlap."""
+        """Start the first lane's process now, importing ``modules`` (the steps' own), so that the first step does
+        not wait for a process to start (a worker calls this as it starts). Every process imports them as it
+        starts; the other lanes' start when steps overlap."""
         self._preload = tuple(modules)
-        if self.processes and self._executor is None and not self._closed:
-            self._warming = self._start().submit(int)  # a no-op that makes the pool start a process
+        if self.processes and self._lanes[0] is None and not self._closed:
+            self._start(0).submit(int)  # a no-op that makes the executor start its process
 
-    def _start(self) -> ProcessPoolExecutor:
-        self._executor = ProcessPoolExecutor(
-            self.processes,
+    def _start(self, lane: int) -> ProcessPoolExecutor:
+        executor = self._lanes[lane] = ProcessPoolExecutor(
+            1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_prepare_process,
             initargs=(*self._log, self._preload),
         )
-        return self._executor
+        return executor
 
     def close(self) -> None:
         """Stop the processes at once: a step still running in one has no caller left (its stage was stopped
         and is retried after a restart), so it is ended rather than waited for. The pool takes no more steps."""
         self._closed = True
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        _kill_processes(executor)
-        executor.shutdown(wait=True, cancel_futures=True)
+        for lane, executor in enumerate(self._lanes):
+            self._lanes[lane] = None
+            if executor is not None:
+                _kill_processes(executor)
+                executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _kill_processes(executor: ProcessPoolExecutor) -> None:

@@ -38,6 +38,11 @@ def warn(text: str) -> None:
     logging.getLogger("gateway.pipeline.joining").warning(text)
 
 
+def where_am_i_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def meet(mine: str, other: str) -> tuple[int, bool]:
     """This process's id, and whether the step ``other`` was running while this one ran: each leaves a mark and
     waits for the other's (at most 30 s)."""
@@ -106,6 +111,35 @@ def interrupted_nap(seconds: float) -> str:
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(seconds)
     return "slept"
+
+
+def sleep_then_die(seconds: float) -> None:
+    time.sleep(seconds)
+    die()
+
+
+def test_a_process_that_dies_beside_another_fails_its_own_step_at_once_and_the_other_runs_on() -> None:
+    async def scenario() -> tuple[int | BaseException, float | None, float]:
+        pool = CpuPool(2)
+        try:
+            pool.warm([])
+            started = time.monotonic()
+            running = asyncio.ensure_future(pool.run(where_am_i_after, 5.0))
+            failed_after: float | None = None
+            try:
+                await pool.run(sleep_then_die, 0.5)
+            except CpuProcessLost:
+                failed_after = time.monotonic() - started
+            other = (await asyncio.gather(running, return_exceptions=True))[0]
+            return other, failed_after, time.monotonic() - started
+        finally:
+            pool.close()
+
+    other, failed_after, took = asyncio.run(scenario())
+    assert failed_after is not None, "the step whose process died failed as lost"
+    assert failed_after < 4.5, f"its failure was seen {failed_after:.1f} s in, not at once (the other ran 5 s)"
+    assert isinstance(other, int), f"the step in the other process ran on: {other!r}"
+    assert took >= 5.0
 
 
 def test_a_ctrl_c_or_sigterm_to_the_process_group_does_not_cut_a_step() -> None:
